@@ -1,0 +1,28 @@
+# Two commands a new user needs: `make demo` (the main job) and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+export WANDB_MODE ?= offline
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)  ## D-Net on the embedded synthetic LiTS phantoms, CPU-sized (python -m experiments.run +exp=lits_dnet)
+	$(PY) -m experiments.run +exp=lits_dnet
+
+test: $(STAMP)  ## the whole CPU test suite
+	$(PY) -m pytest
+
+test-fast: $(STAMP)  ## everything but the learning tests
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf logs .pytest_cache

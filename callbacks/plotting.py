@@ -1,0 +1,39 @@
+"""Small shared helpers for figure callbacks: Agg backend, atomic PNG save, W&B image logging."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+
+
+def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 110) -> Path:
+    """Save ``fig`` to ``path`` atomically (temp file + rename) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    return Path(trainer.default_root_dir)
+
+
+def log_images(trainer: pl.Trainer, key: str, paths: list[Path], captions: list[str] | None = None) -> None:
+    """Log PNGs to every W&B logger attached to the trainer (no-op without one)."""
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger":
+            kwargs = {"caption": captions} if captions else {}
+            lg.log_image(key=key, images=[str(p) for p in paths], **kwargs)

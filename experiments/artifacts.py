@@ -1,0 +1,81 @@
+"""Run-directory artefacts: atomic JSON/YAML/text writes and the console tables people read."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temp file beside ``path`` and rename it over: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item"):
+        return _json_safe(value.item())
+    return value
+
+
+def write_json(path: str | Path, data: Mapping) -> Path:
+    """Atomic JSON write; NaN/inf become ``null`` so the file stays valid JSON."""
+    return atomic_write_text(path, json.dumps(_json_safe(data), indent=2, sort_keys=True) + "\n")
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def print_case_table(per_case: Mapping[str, Mapping[str, float]], summary: Mapping[str, float], title: str) -> None:
+    """Per-case test scores and the mean ± std row, as a rich table."""
+    if not per_case:
+        return
+    keys = list(next(iter(per_case.values())))
+    table = Table(title=title)
+    table.add_column("case")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for case, scores in per_case.items():
+        table.add_row(case, *[fmt(scores.get(k)) for k in keys])
+    table.add_row(
+        "mean ± std",
+        *[f"{fmt(summary.get(k))} ± {fmt(summary.get(k + '_std'))}" for k in keys],
+        style="bold",
+    )
+    console.print(table)
+
+
+def print_metrics(metrics: Mapping[str, float], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in sorted(metrics):
+        table.add_row(key, fmt(metrics[key]))
+    console.print(table)

@@ -1,0 +1,100 @@
+"""Shared LightningModule plumbing: the net from config, optimiser/scheduler partials, extra loss terms.
+
+Every task module (segmentation, classification, distillation) derives from :class:`BaseModule`, so a
+federated client, a distillation student and a centralised run train through the same code path.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+LossTerm = Callable[["BaseModule"], torch.Tensor]
+
+
+def build(obj: Any, *args: Any, what: str = "object") -> Any:
+    """Instantiate ``obj`` when it is a ``_target_`` config (Hydra or plain dict), else return it as is.
+
+    Module configs use ``_recursive_: false`` so that nets, losses and optimisers reach the module as
+    configs: the module keeps them in ``hparams`` and a checkpoint alone can rebuild the whole run.
+    """
+    if isinstance(obj, (Mapping, DictConfig)):
+        if "_target_" not in obj:
+            raise TypeError(f"{what} config has no _target_: {dict(obj)}")
+        return instantiate(obj, *args, _convert_="all")
+    return obj
+
+
+def to_plain(cfg: Any) -> Any:
+    """Plain-python copy of a (possibly Omega) config, safe for hparams and checkpoints."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+class BaseModule(pl.LightningModule):
+    """Builds ``net`` from its config (kept in ``hparams`` so checkpoints are self-describing).
+
+    ``optimizer`` is a partial (Hydra ``_partial_: true``) taking the parameters, or its config;
+    ``scheduler`` likewise takes the optimiser and is stepped per epoch unless ``scheduler_interval='step'``.
+    Subclasses call ``self.save_hyperparameters(...)`` with configs, never with built objects.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | Mapping,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
+        monitor: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = build(net, what="net")
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.monitor = monitor
+        self._loss_terms: dict[str, LossTerm] = {}
+
+    # ------------------------------------------------------------------ extra loss terms
+    def add_loss_term(self, name: str, fn: LossTerm) -> None:
+        """Register ``fn(module) -> scalar`` to be added to the training loss (e.g. FedProx's proximal term)."""
+        self._loss_terms[name] = fn
+
+    def remove_loss_term(self, name: str) -> None:
+        self._loss_terms.pop(name, None)
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """Sum of registered extra terms, each logged as ``train/<name>``; ``None`` when there are none."""
+        total = None
+        for name, fn in self._loss_terms.items():
+            value = fn(self)
+            self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True)
+            total = value if total is None else total + value
+        return total
+
+    def trainable_parameters(self):
+        """Parameters the optimiser updates; distillation overrides this (student + adapters only)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        factory = build(self.optimizer_factory, what="optimizer") or (
+            lambda params: torch.optim.Adam(params, lr=1e-3)
+        )
+        optimizer = factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        sched = build(self.scheduler_factory, what="scheduler")(optimizer)
+        scheduler = {"scheduler": sched, "interval": self.scheduler_interval}
+        if self.monitor:
+            scheduler["monitor"] = self.monitor
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def forward(self, x: torch.Tensor):
+        return self.net(x)

@@ -1,0 +1,64 @@
+"""Hybrid pixel cross-entropy + Dice loss of D-Net, Eq. (1) of paper 000 (000_44cbc91774f2c4df.txt, §4.2).
+
+Eq. (1) is printed as  L = -(1/N) Σ_c Σ_n ( y log P + 2 y P / (y² + P²) ).  Read literally, the Dice
+term is evaluated per pixel, where it is 0 for every background pixel whatever P is, so false positives
+would never be penalised. Eq. (1) is copied from UNet++ (Zhou et al. 2019), whose text and reference code
+compute the Dice term over the whole batch. We therefore implement
+
+    L = CE + (1 - mean_c Dice_c),   CE   = -(1/N) Σ_n Σ_c y_{n,c} log P_{n,c}
+                                    Dice_c = 2 Σ_n y_{n,c} P_{n,c} / (Σ_n y_{n,c}² + Σ_n P_{n,c}² + ε)
+
+i.e. the sums over pixels moved inside the fraction (batch Dice with the squared denominator of the
+equation) and the constant 1 added so the loss is non-negative (no effect on gradients). With one output
+channel the net is read as sigmoid (binary) and both classes {1-P, P} enter the sums, so binary and
+two-channel softmax models get the same loss.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over classes, or ``[1-σ, σ]`` for a single-channel (sigmoid) output: [B, C≥2, H, W]."""
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=1)
+    return logits.softmax(dim=1)
+
+
+def one_hot(target: torch.Tensor, num_classes: int, ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-hot [B, C, H, W] float target and the [B, 1, H, W] mask of pixels that count."""
+    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    if int(safe.max()) >= num_classes or int(safe.min()) < 0:
+        raise ValueError(f"mask values {sorted(safe.unique().tolist())} outside [0, {num_classes - 1}]")
+    y = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(torch.float32)
+    return y, valid.unsqueeze(1)
+
+
+def hybrid_ce_dice(
+    logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6, ignore_index: int | None = None
+) -> torch.Tensor:
+    """Hybrid loss, Eq. (1) of paper 000 with batch Dice (see module docstring for the reading)."""
+    prob = class_probabilities(logits.float())
+    y, valid = one_hot(target, prob.shape[1], ignore_index)
+    w = valid.to(prob.dtype)
+    n = w.sum().clamp_min(1.0)
+    ce = -(y * torch.log(prob.clamp_min(1e-8)) * w).sum() / n
+    inter = (y * prob * w).sum(dim=(0, 2, 3))
+    denom = (y.pow(2) * w).sum(dim=(0, 2, 3)) + (prob.pow(2) * w).sum(dim=(0, 2, 3))
+    dice = 2 * inter / (denom + eps)
+    return ce + (1 - dice.mean())
+
+
+class HybridCEDiceLoss(nn.Module):
+    """``nn.Module`` wrapper of :func:`hybrid_ce_dice` (paper 000, Eq. 1)."""
+
+    def __init__(self, eps: float = 1e-6, ignore_index: int | None = None) -> None:
+        super().__init__()
+        self.eps, self.ignore_index = eps, ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return hybrid_ce_dice(logits, target, self.eps, self.ignore_index)

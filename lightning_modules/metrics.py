@@ -1,0 +1,122 @@
+"""Segmentation metrics that torchmetrics lacks: per-volume reassembly, mIoU (paper 000 Eq. 5), RVD.
+
+torchmetrics provides the ROC curve / AUC (``BinaryROC``, ``BinaryAUROC``) used by the modules; what it has
+no notion of is a *case*: test metrics in medical segmentation are per patient volume, with the slices of a
+case reassembled before Dice is taken, and reported as mean ± std across cases. :class:`PerCaseConfusion`
+keeps one confusion matrix per slice (a torchmetrics ``Metric`` with ``cat`` states, so it syncs correctly
+across DDP ranks) and sums them per case at ``compute()``; every score below derives from those counts.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+
+def case_key(case_id: str) -> int:
+    """Stable integer key of a case id (identical on every rank, so gathered states stay consistent)."""
+    return zlib.crc32(case_id.encode())
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-sample confusion matrices [B, C, C]; entry (i, j) counts pixels of true class i predicted j."""
+    b = pred.shape[0]
+    idx = target.reshape(b, -1).long() * num_classes + pred.reshape(b, -1).long()
+    offs = torch.arange(b, device=pred.device).unsqueeze(1) * num_classes * num_classes
+    counts = torch.bincount((idx + offs).reshape(-1), minlength=b * num_classes * num_classes)
+    return counts.reshape(b, num_classes, num_classes)
+
+
+def dice_per_class(cm: np.ndarray) -> np.ndarray:
+    """Dice 2TP/(2TP+FP+FN) per class from a C×C confusion matrix; NaN where class absent in both."""
+    tp = np.diag(cm).astype(float)
+    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+
+
+def iou_per_class(cm: np.ndarray) -> np.ndarray:
+    """IoU P_ii / (Σ_j P_ij + Σ_j P_ji − P_ii) per class, the summand of paper 000 Eq. (5)."""
+    tp = np.diag(cm).astype(float)
+    denom = cm.sum(0) + cm.sum(1) - tp
+    return np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
+
+
+def mean_iou(cm: np.ndarray) -> float:
+    """mIoU, Eq. (5) of paper 000: IoU averaged over all k+1 classes, background included."""
+    return float(np.nanmean(iou_per_class(cm)))
+
+
+def pixel_accuracy(cm: np.ndarray) -> float:
+    """Accuracy (TP+TN)/(TP+TN+FP+FN), Eq. (3) of paper 000; for C classes: trace / total."""
+    return float(np.trace(cm) / max(cm.sum(), 1))
+
+
+def relative_volume_difference(cm: np.ndarray) -> np.ndarray:
+    """RVD (V_pred − V_gt) / V_gt per class (paper 001's RVD, signed); NaN where the class is absent."""
+    v_gt, v_pred = cm.sum(1).astype(float), cm.sum(0).astype(float)
+    return np.where(v_gt > 0, (v_pred - v_gt) / np.maximum(v_gt, 1), np.nan)
+
+
+def case_scores(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """All per-volume scores of one case: dice/iou/rvd per foreground class, mean Dice, mIoU, accuracy."""
+    dice, iou, rvd = dice_per_class(cm), iou_per_class(cm), relative_volume_difference(cm)
+    out: dict[str, float] = {}
+    for c, name in enumerate(class_names):
+        if c == 0:
+            continue
+        out[f"dice_{name}"], out[f"iou_{name}"], out[f"rvd_{name}"] = dice[c], iou[c], rvd[c]
+    fg = dice[1:]
+    out["dice"] = float(np.nanmean(fg)) if np.isfinite(fg).any() else math.nan
+    out["miou"] = mean_iou(cm)
+    out["accuracy"] = pixel_accuracy(cm)
+    return out
+
+
+def summarise(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean and std across cases of every score (NaNs — class absent in a case — are left out)."""
+    keys = sorted({k for scores in per_case.values() for k in scores})
+    out: dict[str, float] = {}
+    for k in keys:
+        vals = np.array([s.get(k, math.nan) for s in per_case.values()], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        out[k] = float(vals.mean()) if vals.size else math.nan
+        out[f"{k}_std"] = float(vals.std()) if vals.size else math.nan
+    out["num_cases"] = float(len(per_case))
+    return out
+
+
+class PerCaseConfusion(Metric):
+    """Confusion matrices accumulated per case (volume); DDP-safe via ``cat`` states."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.add_state("keys", default=[], dist_reduce_fx="cat")
+        self.add_state("matrices", default=[], dist_reduce_fx="cat")
+        self.names: dict[int, str] = {}
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, case_ids: Sequence[str]) -> None:
+        keys = [case_key(c) for c in case_ids]
+        self.names.update(zip(keys, case_ids))
+        self.keys.append(torch.tensor(keys, dtype=torch.long, device=pred.device))
+        self.matrices.append(confusion_matrix(pred, target, self.num_classes))
+
+    def compute(self) -> dict[str, np.ndarray]:
+        """Case id → summed C×C confusion matrix (numpy, int64)."""
+        if not self.keys:
+            return {}
+        keys = dim_zero_cat(self.keys).cpu().numpy()
+        mats = dim_zero_cat(self.matrices).cpu().numpy()
+        out: dict[str, np.ndarray] = {}
+        for key in np.unique(keys):
+            name = self.names.get(int(key), f"case_{int(key)}")
+            out[name] = mats[keys == key].sum(0)
+        return out

@@ -1,0 +1,92 @@
+"""Name -> constructor registry for segmentation networks.
+
+Every constructor follows the segmentation-models-pytorch keyword convention (``in_channels``,
+``classes``) and returns an ``nn.Module`` whose ``forward(x)`` yields logits ``[B, classes, H, W]``
+(see ``docs/architecture.md``, section *Networks*).
+
+Own nets register themselves with :func:`register_model` when ``lightning_modules.nets`` is imported
+(importing this module imports the package first, so the registry is always complete).  The smp
+entries below never download weights unless the caller passes ``encoder_weights`` explicitly.
+
+smp models require ``H`` and ``W`` divisible by the encoder's output stride (32 for ResNets) and
+raise smp's own ``RuntimeError`` naming the size otherwise; the nets implemented here pad instead.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import torch.nn as nn
+
+__all__ = ["register_model", "build_model", "list_models", "get_model_class", "count_parameters"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+def register_model(name: str) -> Callable[[F], F]:
+    """Class/function decorator adding a constructor under ``name`` (case-insensitive)."""
+
+    key = name.lower()
+
+    def deco(fn: F) -> F:
+        if key in _REGISTRY and _REGISTRY[key] is not fn:
+            raise ValueError(f"model name {name!r} is already registered to {_REGISTRY[key]!r}")
+        _REGISTRY[key] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Sorted list of registered model names."""
+    return sorted(_REGISTRY)
+
+
+def get_model_class(name: str) -> Callable[..., nn.Module]:
+    """Constructor registered under ``name``; ``ValueError`` listing valid names if unknown."""
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    return _REGISTRY[key]
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Instantiate the model registered under ``name`` with ``kwargs`` (e.g. ``in_channels``, ``classes``)."""
+    return get_model_class(name)(**kwargs)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of (optionally only trainable) parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# --------------------------------------------------------------------------- smp entries
+def _smp():
+    import segmentation_models_pytorch as smp  # local import keeps `import registry` cheap
+
+    return smp
+
+
+@register_model("unet")
+def smp_unet(in_channels: int = 3, classes: int = 1, encoder_name: str = "resnet34",
+             encoder_weights: str | None = None, **kwargs) -> nn.Module:
+    """``smp.Unet`` (Ronneberger et al. 2015 with a ResNet encoder); no pretrained weights by default."""
+    return _smp().Unet(encoder_name=encoder_name, encoder_weights=encoder_weights,
+                       in_channels=in_channels, classes=classes, **kwargs)
+
+
+@register_model("unetpp")
+def smp_unetpp(in_channels: int = 3, classes: int = 1, encoder_name: str = "resnet34",
+               encoder_weights: str | None = None, **kwargs) -> nn.Module:
+    """``smp.UnetPlusPlus`` (Zhou et al. 2018 with a ResNet encoder); no pretrained weights by default."""
+    return _smp().UnetPlusPlus(encoder_name=encoder_name, encoder_weights=encoder_weights,
+                               in_channels=in_channels, classes=classes, **kwargs)
+
+
+@register_model("resnet18_unet")
+def smp_resnet18_unet(in_channels: int = 3, classes: int = 1, encoder_weights: str | None = None,
+                      **kwargs) -> nn.Module:
+    """``smp.Unet`` with a ResNet-18 encoder (~14.3M parameters); no pretrained weights by default."""
+    return smp_unet(in_channels=in_channels, classes=classes, encoder_name="resnet18",
+                    encoder_weights=encoder_weights, **kwargs)
