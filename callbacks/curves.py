@@ -47,7 +47,8 @@ class SegmentationCurves(pl.Callback):
     def __init__(self, keys: tuple[str, ...] = ("train/loss_epoch", "val/loss", "val/dice", "val/miou")) -> None:
         self.keys = tuple(keys)
 
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_test_end: after the module's own on_test_epoch_end has computed the ROC curves
         if not trainer.is_global_zero:
             return
         out = run_dir(trainer)

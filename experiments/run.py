@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+import datamodules.medmnist  # noqa: E402,F401  (registers the ${medmnist:...} resolver used by data configs)
 from experiments import artifacts  # noqa: E402
 from experiments.builders import (  # noqa: E402
     build_callbacks,
@@ -41,15 +42,20 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
-def train_and_test(cfg: DictConfig) -> dict[str, Any]:
-    """Centralised run: fit, test with the best checkpoint, write ``metrics.json``; returns the metrics."""
+def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
+                   extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Centralised run: fit, test with the best checkpoint, write ``metrics.json``; returns the metrics.
+
+    ``module``: an already built LightningModule (distillation builds its own; default ``cfg.module``);
+    it ends holding the tested (best) weights. ``extra_metrics`` are added to ``metrics.json``.
+    """
     pl.seed_everything(cfg.seed, workers=True)
     out = output_dir(cfg)
     datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     check_datamodule(datamodule)
-    module = build_module(cfg)
+    module = build_module(cfg) if module is None else module
     callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
     log_run_facts(trainer, module, cfg)
@@ -73,6 +79,7 @@ def train_and_test(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(module.summary_metrics())
     metrics["fit_seconds"] = fit_seconds
     metrics["num_parameters"] = sum(p.numel() for p in module.net.parameters())
+    metrics.update(extra_metrics or {})
     if trainer.is_global_zero:
         artifacts.write_json(out / "metrics.json", metrics)
         _report(cfg, module, metrics, trainer)

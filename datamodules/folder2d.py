@@ -1,0 +1,163 @@
+"""2D segmentation from image/mask folders (PNG, JPG or NPY pairs matched by file stem).
+
+Slices are grouped into cases (patients/volumes) by ``case_pattern`` so that splits stay
+patient-level; everything else (dataset, splits, slice selection, augmentation, loaders) is the
+shared :class:`datamodules.segmentation.SliceDataModule`.
+
+Defaults fit ``../shared/data/liver-tumor-msd-slices`` (root = that folder): ``test/images`` +
+``test/masks``, RGB JPGs of grey CT, masks thresholded at > 127 (liver incl. tumour = 1), names
+``{flipped|mirrored}_<volume>_<slice>.jpg`` grouped by volume. For
+``kidney-tumor-kits19-slices``: ``image_dir=mini_eval/images``, ``mask_dir=mini_eval/masks``,
+``mask_channel=0`` (tumour drawn in red), ``class_names=[background, tumor]``.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from datamodules.errors import DataError
+from datamodules.segmentation import SliceCase, SliceDataModule
+from datamodules.volumes import resize_slices
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy")
+
+
+def _read(path: Path) -> np.ndarray:
+    """Image file -> array ([H, W] or [H, W, C]); one-line DataError when unreadable."""
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path)
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB", "I", "F", "I;16") else im)
+    except Exception as exc:
+        raise DataError(f"cannot read image file {path}: {type(exc).__name__}: {exc}") from None
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Grey float32 [H, W]: RGB(A) converted with ITU-R 601 luma weights; uint8 scaled to [0, 1],
+    other dtypes kept as stored (e.g. HU or already-normalised NPY)."""
+    x = _read(path)
+    scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
+    x = x.astype(np.float32)
+    if x.ndim == 3:
+        x = x[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32) if x.shape[-1] >= 3 else x[..., 0]
+    if x.ndim != 2:
+        raise DataError(f"image file {path} has shape {x.shape}, expected a 2D image")
+    return x * scale
+
+
+def decode_mask(path: Path, threshold: float | None, channel: int | None,
+                label_map: Mapping[int, int] | None) -> np.ndarray:
+    """Mask file -> uint8 labels [H, W]: pick ``channel`` (else the first one), then ``label_map``
+    (pixel value -> class; unmapped values are an error) or ``value > threshold`` or the raw values."""
+    m = _read(path)
+    if m.ndim == 3:
+        c = 0 if channel is None else channel
+        if c >= m.shape[-1]:
+            raise DataError(f"data.mask_channel={c} but mask {path} has {m.shape[-1]} channels")
+        m = m[..., c]
+    if label_map is not None:
+        values = np.unique(m)
+        bad = [v for v in values.tolist() if int(v) not in label_map]
+        if bad:
+            raise DataError(f"mask {path} has values {bad[:10]} missing from data.label_map")
+        lut = np.zeros(int(values.max()) + 1, np.uint8)
+        for k, v in label_map.items():
+            if int(k) < len(lut):
+                lut[int(k)] = int(v)
+        return lut[m.astype(np.int64)]
+    if threshold is not None:
+        return (m > threshold).astype(np.uint8)
+    return m.astype(np.uint8)
+
+
+class FolderSegmentationDataModule(SliceDataModule):
+    """2D image/mask folders as a segmentation DataModule (same batch/split contract as volumes).
+
+    Files pair up when ``<stem><image_suffix>`` in ``image_dir`` matches ``<stem><mask_suffix>`` in
+    ``mask_dir``. ``case_pattern`` is searched in the stem: group 1 is the case id, an optional named
+    group ``slice`` gives the slice number (else slices are numbered in name order); stems that do
+    not match are their own case. ``class_names`` defaults to background + one class per label.
+    """
+
+    def __init__(self, root: str, image_dir: str = "test/images", mask_dir: str = "test/masks",
+                 image_suffix: str = "", mask_suffix: str = "", mask_threshold: float | None = 127,
+                 mask_channel: int | None = None, label_map: Mapping[int, int] | None = None,
+                 case_pattern: str | None = r"^(?:flipped_|mirrored_)?(\d+)_(?P<slice>\d+)",
+                 class_names: Sequence[str] | None = ("background", "liver"),
+                 image_size: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                 seed: int = 0, batch_size: int = 16, num_workers: int = 0, augment: bool = True,
+                 rotation_limit: float = 15.0, train_slices: str | float = "all") -> None:
+        super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
+                         rotation_limit, train_slices)
+        self.root = Path(root)
+        self.image_dir, self.mask_dir = self.root / image_dir, self.root / mask_dir
+        self.image_suffix, self.mask_suffix = image_suffix, mask_suffix
+        self.mask_threshold, self.mask_channel = mask_threshold, mask_channel
+        self.label_map = None if label_map is None else {int(k): int(v) for k, v in label_map.items()}
+        self.case_pattern = re.compile(case_pattern) if case_pattern else None
+        self.image_size = None if image_size is None else int(image_size)
+        if class_names is None:
+            n = max(self.label_map.values()) + 1 if self.label_map else 2
+            class_names = ["background"] + [f"class_{i}" for i in range(1, n)]
+        self.class_names = list(class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _files(self, folder: Path, suffix: str) -> dict[str, Path]:
+        if not folder.is_dir():
+            raise DataError(f"data folder {folder} does not exist")
+        out = {}
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in EXTENSIONS and not p.name.startswith(".") and p.stem.endswith(suffix):
+                out[p.stem[: len(p.stem) - len(suffix)] if suffix else p.stem] = p
+        return out
+
+    def pairs(self) -> list[tuple[str, Path, Path]]:
+        """``(stem, image, mask)`` for every pair; unmatched files are an error."""
+        images, masks = self._files(self.image_dir, self.image_suffix), self._files(self.mask_dir, self.mask_suffix)
+        if not images:
+            raise DataError(f"no images ({'/'.join(EXTENSIONS)}) found in data.image_dir {self.image_dir}")
+        for a, b, what in ((images, masks, "mask"), (masks, images, "image")):
+            missing = sorted(set(a) - set(b))
+            if missing:
+                raise DataError(f"{len(missing)} file(s) without a matching {what}, e.g. {a[missing[0]]}")
+        return [(s, images[s], masks[s]) for s in sorted(images)]
+
+    def _case_of(self, stem: str) -> tuple[str, int | None]:
+        m = self.case_pattern.search(stem) if self.case_pattern else None
+        if m is None:
+            return stem, None
+        sl = m.groupdict().get("slice")
+        return m.group(1), (int(sl) if sl is not None else None)
+
+    def load_cases(self) -> list[SliceCase]:
+        groups: dict[str, list[tuple[Any, str, Path, Path]]] = defaultdict(list)
+        for stem, img, msk in self.pairs():
+            cid, sl = self._case_of(stem)
+            groups[cid].append((sl if sl is not None else -1, stem, img, msk))
+        cases = []
+        for cid, members in groups.items():
+            members.sort(key=lambda t: (t[0], t[1]))
+            images, labels = [], []
+            for _, _, img, msk in members:
+                x = load_image(img)
+                y = decode_mask(msk, self.mask_threshold, self.mask_channel, self.label_map)
+                if x.shape != y.shape:
+                    raise DataError(f"shape mismatch: image {img} is {x.shape} but mask {msk} is {y.shape}")
+                if y.max() >= self.num_classes:
+                    raise DataError(f"mask {msk} has label {int(y.max())} but data.class_names has "
+                                    f"{self.num_classes} classes")
+                images.append(resize_slices(x[None], self.image_size, is_label=False)[0])
+                labels.append(resize_slices(y[None], self.image_size, is_label=True)[0])
+            numbers = [t[0] if t[0] >= 0 else i for i, t in enumerate(members)]
+            cases.append(SliceCase(cid, images, labels, list(range(len(members))), numbers))
+        return cases

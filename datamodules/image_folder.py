@@ -1,0 +1,106 @@
+"""2D image classification from class subfolders (e.g. COVID-CT: ``CT_COVID/``, ``CT_NonCOVID/``).
+
+``root/<class folder>/*.{png,jpg,jpeg,bmp,tif}``; classes are the subfolders named in ``classes`` (in
+label order) or all subfolders sorted. Official split lists are optional: ``split_dir`` holding text files
+whose names contain ``train`` / ``val`` / ``test`` and list file names (one a line), as COVID-CT's
+``Data-split/{COVID,NonCOVID}/{train,val,test}CT_*.txt``; without them a stratified seeded split is drawn.
+Images are converted to grey (or RGB), resized to ``size`` x ``size`` and kept in memory as uint8 (the
+COVID-CT set at 64 px is ~3 MB). Items follow ``docs/architecture.md``; datasets expose ``targets``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from datamodules.classification import ArrayClassificationDataset, ClassificationDataModule, normalize_task
+from datamodules.digits import stratified_split
+from datamodules.errors import DataError
+
+EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def _load(path: Path, size: int, rgb: bool) -> np.ndarray:
+    with Image.open(path) as im:
+        im = im.convert("RGB" if rgb else "L").resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _split_lists(split_dir: Path) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {"train": set(), "val": set(), "test": set()}
+    for f in sorted(split_dir.rglob("*.txt")):
+        name = f.stem.lower()
+        split = next((s for s in ("train", "val", "test") if name.startswith(s) or f"_{s}" in name), None)
+        if split is not None:
+            out[split].update(line.strip() for line in f.read_text().splitlines() if line.strip())
+    return out
+
+
+class ImageFolderDataModule(ClassificationDataModule):
+    """Class-subfolder image classification (module docstring). ``task`` is ``binary`` for two classes."""
+
+    def __init__(self, root: str, classes: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
+                 split_dir: str | None = None, size: int = 64, rgb: bool = False, batch_size: int = 32,
+                 val_fraction: float = 0.15, test_fraction: float = 0.25, seed: int = 0, num_workers: int = 0,
+                 task: str | None = None, mean: float = 0.0, std: float = 1.0) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        self.root = Path(root)
+        self.classes = list(classes) if classes else None
+        self.split_dir = None if split_dir in (None, "") else Path(split_dir)
+        if self.split_dir is not None and not self.split_dir.is_absolute():
+            self.split_dir = self.root / self.split_dir
+        self.size, self.rgb = int(size), bool(rgb)
+        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        self.mean, self.std = float(mean), float(std)
+        self._names = list(class_names) if class_names else None
+        self._task = task
+        self.in_channels = 3 if rgb else 1
+        self._resolve_classes()
+
+    def _resolve_classes(self) -> None:
+        if not self.root.is_dir():
+            raise DataError(f"data.root {self.root} does not exist (expected class subfolders)")
+        folders = self.classes or sorted(p.name for p in self.root.iterdir() if p.is_dir() and
+                                         any(q.suffix.lower() in EXTS for q in p.iterdir()))
+        missing = [c for c in folders if not (self.root / c).is_dir()]
+        if missing or len(folders) < 2:
+            raise DataError(f"data.root {self.root}: class folders {missing or folders} missing or fewer than two")
+        self.classes = folders
+        self.num_classes = len(folders)
+        self.class_names = self._names or folders
+        self.task = normalize_task(self._task or ("binary" if self.num_classes == 2 else "multi-class"))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        files, labels = [], []
+        for k, c in enumerate(self.classes):
+            for p in sorted((self.root / c).iterdir()):
+                if p.suffix.lower() in EXTS:
+                    files.append(p)
+                    labels.append(k)
+        if not files:
+            raise DataError(f"data.root {self.root} has no images in {self.classes}")
+        labels_arr = np.asarray(labels, dtype=np.int64)
+        images = np.stack([_load(p, self.size, self.rgb) for p in files])
+        if self.split_dir is not None:
+            if not self.split_dir.is_dir():
+                raise DataError(f"data.split_dir {self.split_dir} does not exist")
+            lists = _split_lists(self.split_dir)
+            names = np.asarray([p.name for p in files])
+            parts = {s: np.flatnonzero(np.isin(names, sorted(lists[s]))) for s in ("train", "val", "test")}
+            listed = np.zeros(len(files), bool)
+            for s in ("val", "test"):
+                parts[s] = parts[s][~listed[parts[s]]]
+                listed[parts[s]] = True
+            parts["train"] = parts["train"][~listed[parts["train"]]]
+            if not all(len(v) for v in parts.values()):
+                raise DataError(f"split lists in {self.split_dir} leave an empty split: "
+                                f"{ {k: len(v) for k, v in parts.items()} }")
+        else:
+            parts = stratified_split(labels_arr, self.val_fraction, self.test_fraction, self.seed)
+        made = {s: ArrayClassificationDataset(images[idx], labels_arr[idx], scale=255.0, mean=self.mean, std=self.std)
+                for s, idx in parts.items()}
+        self.train_dataset, self.val_dataset, self.test_dataset = made["train"], made["val"], made["test"]

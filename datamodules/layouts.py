@@ -1,0 +1,135 @@
+"""Where the files of each dataset layout are, nothing more (no reading of voxels here).
+
+* ``lits``: ``volume-N.nii[.gz]`` + ``segmentation-N.nii[.gz]`` anywhere below root (the LiTS
+  release spreads them over "Training Batch 1/2"); labels 0 background, 1 liver, 2 tumour.
+* ``kits``: ``case_XXXXX/imaging.nii.gz`` + ``case_XXXXX/segmentation.nii.gz`` (KiTS19);
+  labels 0 background, 1 kidney, 2 tumour.
+* ``msd``: Medical Segmentation Decathlon task folder: ``imagesTr/*.nii.gz``, ``labelsTr/*.nii.gz``
+  and ``dataset.json`` whose ``"labels"`` map gives the classes; macOS ``._*`` files are ignored.
+* ``covid_stack``: MedSeg COVID-19 CT ``tr_im.nii.gz`` + ``tr_mask.nii.gz``, one stack of unrelated
+  2D slices; each slice is its own case unless ``stack_group_size`` groups consecutive slices.
+  Labels 0 background, 1 ground-glass, 2 consolidation, 3 pleural effusion.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+
+from datamodules.errors import DataError
+
+LAYOUTS = ("lits", "kits", "msd", "covid_stack")
+
+#: Classes of each layout (label value -> name); msd reads its own from dataset.json.
+DEFAULT_CLASSES: dict[str, dict[int, str]] = {
+    "lits": {0: "background", 1: "liver", 2: "tumor"},
+    "kits": {0: "background", 1: "kidney", 2: "tumor"},
+    "covid_stack": {0: "background", 1: "ground_glass", 2: "consolidation", 3: "pleural_effusion"},
+}
+
+_PATTERNS = {
+    "lits": "volume-<N>.nii[.gz] with segmentation-<N>.nii[.gz]",
+    "kits": "case_XXXXX/imaging.nii.gz with case_XXXXX/segmentation.nii.gz",
+    "msd": "imagesTr/*.nii.gz with labelsTr/*.nii.gz and dataset.json",
+    "covid_stack": "tr_im.nii.gz with tr_mask.nii.gz",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One patient: image file, label file (None when unlabelled) and, for a stack of unrelated
+    slices (``covid_stack``), the slice indices of the stack that belong to this case."""
+
+    case_id: str
+    image: Path
+    label: Path | None
+    slices: tuple[int, ...] | None = None
+
+
+def _nii_stem(p: Path) -> str:
+    return re.sub(r"\.nii(\.gz)?$", "", p.name)
+
+
+def _is_nifti(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith("._") and re.search(r"\.nii(\.gz)?$", p.name) is not None
+
+
+def _lits(root: Path) -> list[Case]:
+    labels = {m.group(1): p for p in root.rglob("segmentation-*") if _is_nifti(p)
+              and (m := re.fullmatch(r"segmentation-(\d+)", _nii_stem(p)))}
+    cases = [Case(f"volume-{m.group(1)}", p, labels.get(m.group(1)))
+             for p in root.rglob("volume-*") if _is_nifti(p)
+             and (m := re.fullmatch(r"volume-(\d+)", _nii_stem(p)))]
+    return sorted(cases, key=lambda c: int(c.case_id.split("-")[1]))
+
+
+def _kits(root: Path) -> list[Case]:
+    cases = []
+    for d in sorted(root.glob("case_*")):
+        img = next((p for p in (d / "imaging.nii.gz", d / "imaging.nii") if p.is_file()), None)
+        if img is not None:
+            seg = next((p for p in (d / "segmentation.nii.gz", d / "segmentation.nii") if p.is_file()), None)
+            cases.append(Case(d.name, img, seg))
+    return cases
+
+
+def _msd(root: Path) -> list[Case]:
+    cases = []
+    for p in sorted((root / "imagesTr").glob("*.nii*")):
+        if _is_nifti(p):
+            lab = root / "labelsTr" / p.name
+            cases.append(Case(_nii_stem(p), p, lab if lab.is_file() else None))
+    return cases
+
+
+def _covid_stack(root: Path, group_size: int) -> list[Case]:
+    img, lab = root / "tr_im.nii.gz", root / "tr_mask.nii.gz"
+    if not img.is_file():
+        return []
+    try:
+        depth = nib.load(str(img)).shape[2]  # header only, no voxel decoding
+    except Exception as exc:
+        raise DataError(f"cannot read NIfTI header of {img}: {exc}") from None
+    return [Case(f"slice-{s:03d}", img, lab if lab.is_file() else None,
+                 tuple(range(s, min(s + group_size, depth)))) for s in range(0, depth, group_size)]
+
+
+def msd_classes(root: str | Path) -> dict[int, str]:
+    """Label value -> class name from an MSD ``dataset.json`` ``"labels"`` map."""
+    path = Path(root) / "dataset.json"
+    try:
+        labels = json.loads(path.read_text())["labels"]
+        return {int(k): str(v) for k, v in sorted(labels.items(), key=lambda kv: int(kv[0]))}
+    except FileNotFoundError:
+        raise DataError(f"MSD dataset.json not found at {path}") from None
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise DataError(f"{path} has no valid \"labels\" map ({exc})") from None
+
+
+def layout_classes(root: str | Path, layout: str) -> dict[int, str]:
+    """Declared classes (label value -> name) of a dataset."""
+    return msd_classes(root) if layout == "msd" else DEFAULT_CLASSES[layout]
+
+
+def find_cases(root: str | Path, layout: str, stack_group_size: int = 1) -> list[Case]:
+    """All cases of ``layout`` below ``root``, sorted by case id.
+
+    Raises :class:`DataError` when root is missing, the layout unknown or no case is found.
+    """
+    if layout not in LAYOUTS:
+        raise DataError(f"data.layout={layout!r} is not one of {list(LAYOUTS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.root {root} does not exist")
+    if layout == "covid_stack":
+        if stack_group_size < 1:
+            raise DataError(f"data.stack_group_size must be >= 1, got {stack_group_size}")
+        cases = _covid_stack(root, stack_group_size)
+    else:
+        cases = {"lits": _lits, "kits": _kits, "msd": _msd}[layout](root)
+    if not cases:
+        raise DataError(f"no {layout} cases found in data.root {root}: expected {_PATTERNS[layout]}")
+    return cases

@@ -1,0 +1,112 @@
+"""Several sites (institutions) as one datamodule: the natural partition of a federated run.
+
+:class:`MultiSiteDataModule` builds one datamodule per site (any ``_target_`` config, typically a
+:class:`~datamodules.segmentation.VolumeSegmentationDataModule` over synthetic phantoms written with
+different :class:`~datamodules.synthetic.SiteParams`), sets each up, and concatenates their train / val /
+test sets. Every concatenated dataset carries ``groups`` (the site name of each item, for the
+``by_site`` partitioner and per-site test sets) and ``case_ids`` (``<site>/<case>``, so client
+validation splits take whole cases). Sites must agree on ``num_classes``.
+"""
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.errors import DataError
+from datamodules.subset import sample_cases
+
+__all__ = ["SiteConcat", "MultiSiteDataModule"]
+
+
+class SiteConcat(Dataset):
+    """Concatenation of per-site datasets with ``groups`` (site per item) and ``case_ids``.
+    Order is kept (site by site), so slices of a case stay contiguous for per-case metrics."""
+
+    def __init__(self, datasets: Mapping[str, Dataset]) -> None:
+        self.names = list(datasets)
+        self.datasets = [datasets[n] for n in self.names]
+        self.offsets = np.cumsum([0] + [len(d) for d in self.datasets]).tolist()
+        self.groups = np.concatenate([np.full(len(d), n, dtype=object) for n, d in zip(self.names, self.datasets)]
+                                     ).astype(str) if self.datasets else np.empty(0, str)
+        cases = []
+        for n, d in zip(self.names, self.datasets):
+            ids = sample_cases(d)
+            cases.append(np.asarray([f"{n}/{c}" for c in ids]) if ids is not None
+                         else np.asarray([f"{n}/{i}" for i in range(len(d))]))
+        self.case_ids = np.concatenate(cases) if cases else np.empty(0, str)
+        targets = [getattr(d, "targets", None) for d in self.datasets]
+        if targets and all(t is not None for t in targets):
+            self.targets = np.concatenate([np.asarray(t) for t in targets])
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, i: int) -> Any:
+        if i < 0:
+            i += len(self)
+        s = bisect.bisect_right(self.offsets, i) - 1
+        item = dict(self.datasets[s][i - self.offsets[s]])
+        if "case_id" in item:
+            item["case_id"] = f"{self.names[s]}/{item['case_id']}"
+        return item
+
+
+class MultiSiteDataModule(pl.LightningDataModule):
+    """One datamodule per site, concatenated (module docstring). ``sites``: site name -> config."""
+
+    def __init__(self, sites: Mapping[str, Any], batch_size: int = 16, num_workers: int = 0) -> None:
+        super().__init__()
+        if not sites:
+            raise DataError("data.sites is empty: give at least one site config")
+        self.site_cfgs = {str(k): v for k, v in sites.items()}
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.sites: dict[str, pl.LightningDataModule] = {}
+        self.train_dataset = self.val_dataset = self.test_dataset = None
+
+    def prepare_data(self) -> None:
+        for dm in self._build().values():
+            dm.prepare_data()
+
+    def _build(self) -> dict[str, pl.LightningDataModule]:
+        if not self.sites:
+            self.sites = {n: instantiate(c, _convert_="all") if isinstance(c, Mapping) else c
+                          for n, c in self.site_cfgs.items()}
+        return self.sites
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        sites = self._build()
+        for dm in sites.values():
+            dm.prepare_data()
+            dm.setup(stage)
+        ncls = {n: int(dm.num_classes) for n, dm in sites.items()}
+        if len(set(ncls.values())) != 1:
+            raise DataError(f"sites disagree on num_classes: {ncls}")
+        first = next(iter(sites.values()))
+        self.num_classes, self.in_channels = next(iter(ncls.values())), int(getattr(first, "in_channels", 1))
+        self.class_names = list(first.class_names)
+        self.train_dataset, self.val_dataset, self.test_dataset = (
+            SiteConcat({n: getattr(dm, f"{s}_dataset") for n, dm in sites.items()}) for s in ("train", "val", "test"))
+
+    @property
+    def site_names(self) -> list[str]:
+        return list(self.site_cfgs)
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, False)

@@ -1,0 +1,293 @@
+"""Slice-based segmentation DataModules: the shared dataset/split/loader logic and the 3D-volume one.
+
+:class:`SliceDataModule` holds everything common to 3D volumes and 2D folders (one dataset class over
+cached or in-memory slices, patient-level splits, slice selection, augmentation, loaders); subclasses
+only say how to get the cases (:meth:`SliceDataModule.load_cases`).
+:class:`VolumeSegmentationDataModule` reads the NIfTI layouts of :mod:`datamodules.layouts` through the
+cached pipeline of :mod:`datamodules.volumes`, generating the synthetic phantom first when asked to
+(the embedded default).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from collections.abc import Sequence as AbcSequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.errors import DataError
+from datamodules.layouts import find_cases, layout_classes
+from datamodules.splits import patient_split
+from datamodules.synthetic import MANIFEST, SiteParams, write_phantom_dataset
+from datamodules.transforms import SliceAugment, build_augmentation
+from datamodules.volumes import (PreprocessParams, VolumeCache, load_nifti, preprocess_image,
+                                 restore_label_volume)
+
+TARGETS = ("organ", "tumor", "multiclass")
+
+
+@dataclass
+class SliceCase:
+    """The slices of one case: ``image[p]`` / ``label[p]`` are 2D arrays for ``p`` in ``positions``
+    (an ``[D, H, W]`` array, possibly memory-mapped, or a list of 2D arrays); ``slice_indices`` are
+    the slice numbers reported in batches, in the same order."""
+
+    case_id: str
+    image: Sequence[np.ndarray]
+    label: Sequence[np.ndarray]
+    positions: list[int]
+    slice_indices: list[int]
+
+
+class TargetMap:
+    """Label volume -> training target: ``organ`` = label >= 1 (liver incl. tumour), ``tumor`` =
+    label == 2, ``multiclass`` = labels unchanged. A class (not a lambda) so workers can pickle it."""
+
+    def __init__(self, target: str) -> None:
+        if target not in TARGETS:
+            raise DataError(f"data.target={target!r} is not one of {list(TARGETS)}")
+        self.target = target
+
+    def __call__(self, label: np.ndarray) -> np.ndarray:
+        if self.target == "organ":
+            return (label >= 1).astype(np.uint8)
+        if self.target == "tumor":
+            return (label == 2).astype(np.uint8)
+        return label.astype(np.uint8)
+
+
+class SliceDataset(Dataset):
+    """Map-style dataset over ``(case index, position index)`` items; yields
+    ``dict(image=float32[1,H,W], mask=int64[H,W], case_id=str, slice_index=int)``."""
+
+    def __init__(self, cases: list[SliceCase], items: list[tuple[int, int]],
+                 label_fn: Callable[[np.ndarray], np.ndarray],
+                 augment: SliceAugment | None = None) -> None:
+        self.cases, self.items, self.label_fn, self.augment = cases, items, label_fn, augment
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        c, k = self.items[i]
+        case = self.cases[c]
+        p = case.positions[k]
+        image = np.array(case.image[p], dtype=np.float32)
+        mask = self.label_fn(np.asarray(case.label[p]))
+        if self.augment is not None:
+            image, mask = self.augment(image, mask)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image))[None],
+                "mask": torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
+                "case_id": case.case_id, "slice_index": int(case.slice_indices[k])}
+
+
+class SliceDataModule(pl.LightningDataModule):
+    """Shared split/selection/loader logic for slice-based segmentation.
+
+    ``train_slices``: ``"all"``, ``"foreground"`` (slices with any label > 0, whatever the target, so
+    a tumour net also sees tumour-free organ) or a float f: all foreground slices plus a seeded random
+    fraction f of the empty ones (default 0.25: enough empty slices to learn "nothing here" for
+    per-volume metrics, few enough not to drown the organ). Val/test always use every slice, cases in
+    sorted order and slices in order, with shuffle off, so per-case 3D metrics can be reassembled.
+    """
+
+    in_channels = 1
+
+    def __init__(self, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+                 batch_size: int = 16, num_workers: int = 0, augment: bool = True,
+                 rotation_limit: float = 15.0, train_slices: str | float = 0.25) -> None:
+        super().__init__()
+        if not (train_slices in ("all", "foreground") or isinstance(train_slices, (int, float))):
+            raise DataError(f"data.train_slices={train_slices!r} must be 'all', 'foreground' or a float")
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.augment, self.rotation_limit, self.train_slices = augment, rotation_limit, train_slices
+        self.splits: dict[str, list[str]] | None = None
+        self.train_dataset = self.val_dataset = self.test_dataset = None
+
+    # --- hooks for subclasses -------------------------------------------------------------------
+    def load_cases(self) -> list[SliceCase]:
+        raise NotImplementedError
+
+    def label_fn(self) -> Callable[[np.ndarray], np.ndarray]:
+        return TargetMap("multiclass")
+
+    def fill_value(self) -> float:
+        return 0.0
+
+    # --- shared logic ---------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        cases = sorted(self.load_cases(), key=lambda c: c.case_id)
+        self.splits = patient_split([c.case_id for c in cases], self.val_fraction,
+                                    self.test_fraction, self.seed)
+        pos = {c.case_id: i for i, c in enumerate(cases)}
+        fn = self.label_fn()
+        aug = build_augmentation(self.augment, self.rotation_limit, self.fill_value())
+        self.train_dataset = SliceDataset(cases, self._train_items(cases, pos), fn, aug)
+        self.val_dataset, self.test_dataset = (
+            SliceDataset(cases, [(pos[cid], k) for cid in self.splits[s]
+                                 for k in range(len(cases[pos[cid]].positions))], fn)
+            for s in ("val", "test"))
+
+    def _train_items(self, cases: list[SliceCase], pos: dict[str, int]) -> list[tuple[int, int]]:
+        items, empty = [], []
+        for cid in self.splits["train"]:
+            case = cases[pos[cid]]
+            for k, p in enumerate(case.positions):
+                fg = self.train_slices == "all" or bool(np.any(np.asarray(case.label[p]) > 0))
+                (items if fg else empty).append((pos[cid], k))
+        if isinstance(self.train_slices, (int, float)) and empty:
+            rng = np.random.default_rng(self.seed)
+            keep = rng.permutation(len(empty))[: int(round(float(self.train_slices) * len(empty)))]
+            items += [empty[i] for i in sorted(keep)]
+        if not items:
+            raise DataError(f"data.train_slices={self.train_slices!r} selects no training slice "
+                            f"(no foreground in the {len(self.splits['train'])} training cases)")
+        return sorted(items)
+
+    def case_ids(self, split: str) -> list[str]:
+        """Case ids of ``split`` ("train" | "val" | "test"), after :meth:`setup`."""
+        if self.splits is None:
+            self.setup()
+        return list(self.splits[split])
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, shuffle=False)
+
+
+def _plain(v: Any) -> Any:
+    """OmegaConf containers -> plain dicts/tuples (keeps this module free of an OmegaConf import)."""
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, AbcSequence) and not isinstance(v, str):
+        return tuple(_plain(x) for x in v)
+    return v
+
+
+class VolumeSegmentationDataModule(SliceDataModule):
+    """Axial-slice segmentation from NIfTI volumes (layouts ``lits``, ``kits``, ``msd``, ``covid_stack``).
+
+    ``window``/``out_range``: HU window and output range (liver -40..160 from paper 001; use
+    -200..300 for kidney, and -200..250 -> [-1, 1] for pancreas, paper 003). ``cache_dir`` defaults to
+    ``<root>/.cache``. ``synthetic``: None, or keyword arguments of
+    :func:`datamodules.synthetic.write_phantom_dataset`; then, when ``root`` holds no case (or holds
+    a phantom written earlier), the phantom is generated there first -- the embedded default.
+    ``stack_group_size``: consecutive slices per case for ``covid_stack``.
+    """
+
+    def __init__(self, root: str, layout: str = "lits", window: Sequence[float] = (-40.0, 160.0),
+                 out_range: Sequence[float] = (0.0, 1.0), target: str = "organ",
+                 image_size: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                 seed: int = 0, batch_size: int = 16, num_workers: int = 0, cache_dir: str | None = None,
+                 augment: bool = True, rotation_limit: float = 15.0, train_slices: str | float = 0.25,
+                 synthetic: Mapping[str, Any] | None = None, stack_group_size: int = 1) -> None:
+        super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
+                         rotation_limit, train_slices)
+        self.root, self.layout, self.target = Path(root), layout, target
+        self.window = tuple(float(v) for v in window)
+        self.out_range = tuple(float(v) for v in out_range)
+        self.image_size = None if image_size is None else int(image_size)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.root / ".cache"
+        self.synthetic = None if synthetic is None else _plain(synthetic)
+        self.stack_group_size = stack_group_size
+        self.target_map = TargetMap(target)
+        self.cache: VolumeCache | None = None
+
+    def prepare_data(self) -> None:
+        self._ensure_data()
+
+    def _ensure_data(self) -> None:
+        """Generate the synthetic phantom into root when configured and root has no case."""
+        if self.synthetic is None:
+            return
+        kw = dict(self.synthetic)
+        if kw.setdefault("layout", self.layout) != self.layout:
+            raise DataError(f"data.synthetic.layout={kw['layout']!r} differs from data.layout={self.layout!r}")
+        if (self.root / MANIFEST).is_file() or not self._has_cases():
+            if isinstance(kw.get("site"), Mapping):
+                kw["site"] = SiteParams(**kw["site"])
+            write_phantom_dataset(self.root, **kw)
+
+    def _has_cases(self) -> bool:
+        try:
+            return bool(find_cases(self.root, self.layout, self.stack_group_size))
+        except DataError:
+            return False
+
+    @property
+    def classes(self) -> dict[int, str]:
+        """Declared label values -> names of the source data (before ``target`` mapping)."""
+        if self.layout == "msd":
+            self._ensure_data()
+        return layout_classes(self.root, self.layout)
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.classes
+        if self.target == "multiclass":
+            return [names[k] for k in sorted(names)]
+        if self.target == "tumor":
+            if 2 not in names:
+                raise DataError(f"data.target='tumor' needs label 2, but {self.root} declares {names}")
+            return ["background", names[2]]
+        return ["background", names[1] if len(names) <= 3 else "foreground"]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def params(self) -> PreprocessParams:
+        return PreprocessParams(self.window, self.out_range, self.image_size, tuple(sorted(self.classes)))
+
+    def label_fn(self) -> TargetMap:
+        return self.target_map
+
+    def fill_value(self) -> float:
+        return self.out_range[0]
+
+    def load_cases(self) -> list[SliceCase]:
+        self._ensure_data()
+        cases = [c for c in find_cases(self.root, self.layout, self.stack_group_size) if c.label is not None]
+        if not cases:
+            raise DataError(f"data.root {self.root} has {self.layout} images but no label files")
+        self.cache = VolumeCache(self.cache_dir, self.params)
+        out = []
+        for c in cases:
+            name = c.case_id if c.slices is None else c.image.name.split(".")[0]
+            vol = self.cache.load(c.image, c.label, name)
+            positions = list(c.slices) if c.slices is not None else list(range(vol.image.shape[0]))
+            if positions[-1] >= vol.image.shape[0]:
+                raise DataError(f"case {c.case_id} asks for slice {positions[-1]} of {c.image} "
+                                f"which has {vol.image.shape[0]} slices")
+            out.append(SliceCase(c.case_id, vol.image, vol.label, positions, positions))
+        return out
+
+    def preprocess_volume(self, path: str | Path) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """A NIfTI through the same pipeline as training: ``(float32 [D, 1, H, W], original (H, W, D))``.
+        Use :meth:`restore_prediction` to map predicted labels back to the source voxel grid."""
+        x, _, _ = load_nifti(path)
+        return torch.from_numpy(preprocess_image(x, self.params))[:, None], tuple(x.shape)
+
+    @staticmethod
+    def restore_prediction(pred: np.ndarray | torch.Tensor, original_shape: Sequence[int]) -> np.ndarray:
+        """Predicted labels ``[D, h, w]`` -> uint8 (H, W, D) volume in the source NIfTI's grid."""
+        pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else pred
+        return restore_label_volume(pred, original_shape)

@@ -1,0 +1,195 @@
+"""A client's view of a set-up base datamodule: index lists over its datasets (federated clients).
+
+:class:`SubsetDataModule` is an ordinary LightningDataModule (any Trainer can fit / validate / test it)
+whose datasets are index subsets of a *base* datamodule that was built and ``setup()`` once:
+
+* train = the client's partition of the base train set, plus the shared-pool samples the server sent
+  (paper 000 §4.1 step 8-9: "the client will share data and local data to train together");
+* val   = a split carved from the client's local data (:func:`carve_val`), never from shared samples;
+* test  = a subset of the base (pooled) test set, or the whole of it.
+
+Items can be post-processed per client (``item_fn``), e.g. partial labels for SegViz-style sites:
+:class:`PartialLabels` hides the classes a site does not annotate (mask -> ignore index, plus the
+batch key ``label_mask``). Only indices are kept: no data is copied, so a client costs a few arrays.
+
+Helpers :func:`sample_labels` / :func:`sample_groups` give the per-sample label summary the
+partitioners need: ``targets`` for classification; for segmentation the largest class present in the
+slice mask (label summary) and the site (``groups``) or case id of every item.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["IndexSubset", "SubsetDataModule", "PartialLabels", "carve_val", "sample_labels", "sample_groups",
+           "sample_cases"]
+
+
+class IndexSubset(Dataset):
+    """``dataset[indices[i]]``, optionally through ``item_fn``; ``targets``/``groups`` follow the subset."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int] | np.ndarray,
+                 item_fn: Callable[[dict], dict] | None = None) -> None:
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.item_fn = item_fn
+        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= len(dataset)):
+            raise IndexError(f"subset indices span [{self.indices.min()}, {self.indices.max()}] "
+                             f"outside a dataset of {len(dataset)}")
+        for attr in ("targets", "groups"):
+            values = getattr(dataset, attr, None)
+            if values is not None:
+                setattr(self, attr, np.asarray(values)[self.indices])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.dataset[int(self.indices[i])]
+        return self.item_fn(item) if self.item_fn is not None else item
+
+
+class PartialLabels:
+    """Per-site partial annotation (SegViz, paper 004): mask pixels of classes the site does not
+    annotate become ``ignore_index`` (:func:`federation.partition.mask_unannotated`) and the item gets
+    ``label_mask=bool[K]``. Picklable (a class, not a closure) so loader workers and Ray can carry it."""
+
+    def __init__(self, annotated: Iterable[int], num_classes: int, ignore_index: int = 255) -> None:
+        self.annotated = sorted(int(a) for a in annotated)
+        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+
+    def __call__(self, item: dict) -> dict:
+        from federation.partition import label_mask, mask_unannotated
+
+        out = dict(item)
+        out["mask"] = mask_unannotated(item["mask"], self.annotated, self.ignore_index)
+        out["label_mask"] = label_mask(self.annotated, self.num_classes)
+        return out
+
+
+def sample_cases(dataset: Dataset) -> np.ndarray | None:
+    """Case id per item: ``dataset.case_ids`` when present, derived for slice datasets
+    (``SliceDataset``: ``items`` + ``cases``), else None (classification: every item is its own case)."""
+    ids = getattr(dataset, "case_ids", None)
+    if ids is not None and not callable(ids):
+        return np.asarray(ids)
+    items, cases = getattr(dataset, "items", None), getattr(dataset, "cases", None)
+    if items is None or cases is None:
+        return None
+    return np.asarray([cases[c].case_id for c, _ in items])
+
+
+def sample_groups(dataset: Dataset) -> np.ndarray | None:
+    """Group (site) of every item: ``dataset.groups`` when present, else the case id for slice
+    datasets, else None."""
+    groups = getattr(dataset, "groups", None)
+    if groups is not None:
+        return np.asarray(groups)
+    return sample_cases(dataset)
+
+
+def sample_labels(dataset: Dataset) -> np.ndarray:
+    """Per-sample label for partitioning: ``targets`` (classification), or the largest class present
+    in each item's mask (segmentation label summary: 0 = empty slice, 2 = slice with tumour, ...)."""
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        t = np.asarray(targets)
+        return t.argmax(1) if t.ndim == 2 else t
+    out = np.empty(len(dataset), dtype=np.int64)
+    for i in range(len(dataset)):
+        mask = dataset[i]["mask"]
+        mask = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        valid = mask[mask != 255]
+        out[i] = int(valid.max()) if valid.size else 0
+    return out
+
+
+def carve_val(indices: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Split a client's local indices into ``(train, val)``; ``val`` holds about ``fraction`` of them.
+
+    With ``groups`` (case id per item of the base dataset) whole cases go to val, so per-case
+    segmentation metrics stay meaningful; at least one item (one case) stays in train. Seeded.
+    """
+    idx = np.asarray(indices, dtype=np.int64)
+    if fraction <= 0 or len(idx) < 2:
+        return np.sort(idx), np.empty(0, np.int64)
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        g = np.asarray(groups)[idx]
+        uniq = rng.permutation(np.unique(g))
+        if len(uniq) >= 2:
+            n_val = min(len(uniq) - 1, max(1, int(round(fraction * len(uniq)))))
+            is_val = np.isin(g, uniq[:n_val])
+            return np.sort(idx[~is_val]), np.sort(idx[is_val])
+    n_val = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
+    perm = rng.permutation(idx)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+class SubsetDataModule(pl.LightningDataModule):
+    """Datamodule over index subsets of a set-up ``base`` datamodule (see the module docstring).
+
+    Args:
+        base: a datamodule after ``setup()`` (exposes ``train_dataset``/``val_dataset``/``test_dataset``).
+        train_indices: the client's local training indices into ``base.train_dataset``.
+        val_indices: validation indices into ``base.train_dataset`` (carved from local data) or, with
+            ``val_from="val"``, into ``base.val_dataset`` (the server's held-out set).
+        shared_indices: shared-pool indices into ``base.train_dataset`` added to training only.
+        test_indices: indices into ``base.test_dataset``; None = the whole pooled test set.
+        train_item_fn: per-item transform of the training items (e.g. :class:`PartialLabels`).
+        seed: seeds the training shuffle (a fresh generator per ``train_dataloader`` call).
+    """
+
+    def __init__(self, base: pl.LightningDataModule, train_indices: Sequence[int] | np.ndarray,
+                 val_indices: Sequence[int] | np.ndarray | None = None,
+                 shared_indices: Sequence[int] | np.ndarray | None = None,
+                 test_indices: Sequence[int] | np.ndarray | None = None, *,
+                 val_from: str = "train", batch_size: int | None = None, num_workers: int = 0,
+                 seed: int = 0, train_item_fn: Callable[[dict], dict] | None = None) -> None:
+        super().__init__()
+        if getattr(base, "train_dataset", None) is None:
+            raise RuntimeError("SubsetDataModule needs a base datamodule after setup()")
+        self.base = base
+        local = np.asarray(train_indices, dtype=np.int64)
+        shared = np.asarray([] if shared_indices is None else shared_indices, dtype=np.int64)
+        overlap = np.intersect1d(local, shared)
+        if len(overlap):
+            raise ValueError(f"{len(overlap)} shared indices are also local training indices")
+        self.num_local, self.num_shared = len(local), len(shared)
+        self.train_indices = np.concatenate([local, shared])
+        self.batch_size = int(batch_size or getattr(base, "batch_size", 32))
+        self.num_workers, self.seed = int(num_workers), int(seed)
+        for attr in ("in_channels", "num_classes", "class_names", "task"):
+            if hasattr(base, attr):
+                setattr(self, attr, getattr(base, attr))
+        self.train_dataset = IndexSubset(base.train_dataset, self.train_indices, train_item_fn)
+        self.val_dataset = None
+        if val_indices is not None and len(val_indices):
+            src = base.train_dataset if val_from == "train" else base.val_dataset
+            self.val_dataset = IndexSubset(src, val_indices)
+        self.test_dataset = base.test_dataset if test_indices is None else IndexSubset(base.test_dataset, test_indices)
+
+    def setup(self, stage: str | None = None) -> None:  # everything is built in __init__
+        pass
+
+    def _loader(self, ds: Dataset | None, shuffle: bool) -> DataLoader:
+        if ds is None:
+            raise RuntimeError("this client has no such split")
+        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, False)

@@ -1,0 +1,210 @@
+"""Synthetic abdominal CT phantoms written as real NIfTI files: the embedded default dataset.
+
+Each case is an (H, W, D) HU volume in nibabel (x, y, z) order with a proper affine (voxel spacing
+on the diagonal): air (-1000 HU) outside an elliptic body with a subcutaneous fat ring (-100 HU),
+a muscle wall (40 HU), an abdomen of fat and bowel-like soft tissue, the spine (700 HU), liver
+(60 HU), spleen (50 HU), pancreas (40 HU), contrast-enhanced kidneys (150 HU) and hypo-dense tumours
+(liver ~20 HU, kidney ~80 HU). Organ sizes, positions and blobby outlines vary per case,
+deterministically by seed. :class:`SiteParams` models per-site scanner differences (intensity
+offset/scale, noise, voxel spacing) for non-IID federated sites.
+
+The liver is large and homogeneous on purpose, so a small net learns it in a few CPU minutes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+from scipy.ndimage import zoom
+
+from datamodules.errors import DataError
+
+STRUCTURES = ("liver", "spleen", "pancreas", "kidney", "liver_tumor", "kidney_tumor")
+LAYOUT_LABELS = {"lits": ("liver", "liver_tumor"), "kits": ("kidney", "kidney_tumor"),
+                 "msd": ("liver", "liver_tumor")}
+HU = {"air": -1000.0, "fat": -100.0, "muscle": 40.0, "bowel": 30.0, "bone": 700.0, "liver": 60.0,
+      "spleen": 50.0, "pancreas": 40.0, "kidney": 150.0, "liver_tumor": 20.0, "kidney_tumor": 80.0}
+MANIFEST = "phantom_manifest.json"
+REFERENCE_SPACING = 0.8  # mm; in-plane spacing at which the body fills the field of view
+
+
+@dataclass(frozen=True)
+class SiteParams:
+    """Scanner/site knobs: HU' = HU * intensity_scale + intensity_offset + N(0, noise_std), and voxel
+    spacing (mm, x/y/z) written to the affine; a coarser in-plane spacing also shrinks the anatomy in
+    voxels, as a scanner with a larger field of view would."""
+
+    intensity_offset: float = 0.0
+    intensity_scale: float = 1.0
+    noise_std: float = 10.0
+    spacing: tuple[float, float, float] = (0.8, 0.8, 2.5)
+
+
+def _ellipsoid(grid: tuple[np.ndarray, ...], centre: Sequence[float], radii: Sequence[float],
+               rng: np.random.Generator | None = None) -> np.ndarray:
+    """Boolean ellipsoid on the normalised grid; with ``rng`` the outline is made blobby by an
+    angular modulation of the radius (2nd and 3rd harmonics)."""
+    u = [(g - c) / r for g, c, r in zip(grid, centre, radii)]
+    d2 = sum(v * v for v in u)
+    if rng is None:
+        return d2 <= 1.0
+    theta = np.arctan2(u[1], u[0])
+    a2, a3 = rng.uniform(0.03, 0.10, size=2)
+    p2, p3 = rng.uniform(0, 2 * np.pi, size=2)
+    wobble = 1.0 + a2 * np.sin(2 * theta + p2) + a3 * np.sin(3 * theta + p3)
+    return d2 <= wobble * wobble
+
+
+def make_phantom(shape: Sequence[int], rng: np.random.Generator,
+                 site: SiteParams = SiteParams()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One phantom: ``(HU volume float32 (H, W, D), {structure name: bool mask})``."""
+    h, w, d = (int(s) for s in shape)
+    sx, sy = (site.spacing[0] / REFERENCE_SPACING, site.spacing[1] / REFERENCE_SPACING)
+    grid = (np.linspace(-1, 1, h, dtype=np.float32)[:, None, None] * sx,
+            np.linspace(-1, 1, w, dtype=np.float32)[None, :, None] * sy,
+            np.linspace(0, 1, d, dtype=np.float32)[None, None, :])
+    j = lambda s: rng.uniform(-s, s)  # noqa: E731 - small jitter helper
+    ba, bb = 0.85 + j(0.05), 0.68 + j(0.05)
+    body = _ellipsoid(grid[:2], (0, 0), (ba, bb))
+    wall = _ellipsoid(grid[:2], (0, 0), (ba - 0.09, bb - 0.09))
+    inner = _ellipsoid(grid[:2], (0, 0), (ba - 0.14, bb - 0.14))
+    body, wall, inner = (np.broadcast_to(m, (h, w, d)) for m in (body, wall, inner))
+    m: dict[str, np.ndarray] = {}
+    m["liver"] = _ellipsoid(grid, (-0.33 + j(0.05), -0.05 + j(0.05), 0.6 + j(0.05)),
+                            (0.42 * (1 + j(0.1)), 0.38 * (1 + j(0.1)), 0.42), rng) & inner
+    m["spleen"] = _ellipsoid(grid, (0.45 + j(0.04), 0.2 + j(0.04), 0.7 + j(0.05)),
+                             (0.14, 0.2 * (1 + j(0.1)), 0.2), rng) & inner & ~m["liver"]
+    m["pancreas"] = _ellipsoid(grid, (0.12 + j(0.04), 0.12 + j(0.03), 0.5 + j(0.05)),
+                               (0.3, 0.07, 0.12), rng) & inner & ~m["liver"]
+    kz = 0.3 + j(0.05)
+    kidney = np.zeros((h, w, d), bool)
+    for side in (-1, 1):
+        kidney |= _ellipsoid(grid, (side * 0.36 + j(0.03), 0.38 + j(0.03), kz + j(0.03)),
+                             (0.12 * (1 + j(0.1)), 0.16, 0.2), rng)
+    m["kidney"] = kidney & inner & ~m["liver"]
+    m["liver_tumor"] = _tumours(grid, m["liver"], rng, int(rng.integers(1, 4)), (0.05, 0.12))
+    m["kidney_tumor"] = _tumours(grid, m["kidney"], rng, 1, (0.06, 0.1), spill=True) & inner & ~m["liver"]
+    spine = np.broadcast_to(_ellipsoid(grid[:2], (0, 0.48), (0.11, 0.1)), (h, w, d))
+
+    coarse = rng.standard_normal((8, 8, max(2, d // 6)))
+    field = zoom(coarse, [n / c for n, c in zip((h, w, d), coarse.shape)], order=1)[:h, :w, :d]
+    vol = np.full((h, w, d), HU["air"], np.float32)
+    vol[body] = HU["fat"]
+    vol[wall] = HU["muscle"]
+    vol[inner] = np.where(field[inner] > 0.2, HU["bowel"], HU["fat"])
+    vol[spine] = HU["bone"]
+    for name in ("liver", "spleen", "pancreas", "kidney", "liver_tumor", "kidney_tumor"):
+        vol[m[name]] = HU[name]
+    vol = vol * site.intensity_scale + site.intensity_offset
+    vol += rng.normal(0.0, site.noise_std, vol.shape).astype(np.float32) if site.noise_std > 0 else 0.0
+    return vol.astype(np.float32), m
+
+
+def _tumours(grid: tuple[np.ndarray, ...], organ: np.ndarray, rng: np.random.Generator, n: int,
+             radius: tuple[float, float], spill: bool = False) -> np.ndarray:
+    """``n`` blobby tumours centred on random organ voxels; kept inside the organ unless ``spill``
+    (exophytic kidney tumours may grow out of the kidney)."""
+    out = np.zeros(organ.shape, bool)
+    idx = np.argwhere(organ)
+    if len(idx) == 0:
+        return out
+    for _ in range(n):
+        c = idx[rng.integers(len(idx))]
+        centre = [float(g.reshape(-1)[i]) for g, i in zip(grid, c)]
+        r = rng.uniform(*radius)
+        out |= _ellipsoid(grid, centre, (r, r * rng.uniform(0.7, 1.3), r * 1.5), rng)
+    return out if spill else out & organ
+
+
+def label_volume(masks: dict[str, np.ndarray], structures: Sequence[str]) -> np.ndarray:
+    """uint8 labels: ``structures[i]`` gets value ``i + 1``; organs are painted first, tumours last
+    (a tumour overrides its organ). An organ without its tumour in ``structures`` includes it."""
+    lab = np.zeros(next(iter(masks.values())).shape, np.uint8)
+    for name in sorted(structures, key=lambda s: s.endswith("_tumor")):
+        region = masks[name]
+        if not name.endswith("_tumor") and f"{name}_tumor" in masks:
+            region = region | masks[f"{name}_tumor"]
+        lab[region] = structures.index(name) + 1
+    return lab
+
+
+def _paths(root: Path, layout: str, i: int) -> tuple[Path, Path]:
+    if layout == "lits":
+        return root / f"volume-{i}.nii.gz", root / f"segmentation-{i}.nii.gz"
+    if layout == "kits":
+        return root / f"case_{i:05d}" / "imaging.nii.gz", root / f"case_{i:05d}" / "segmentation.nii.gz"
+    return root / "imagesTr" / f"phantom_{i:03d}.nii.gz", root / "labelsTr" / f"phantom_{i:03d}.nii.gz"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_phantom_dataset(root: str | Path, layout: str = "lits", n_cases: int = 8,
+                          shape: Sequence[int] = (96, 96, 24), seed: int = 0,
+                          site: SiteParams | dict = SiteParams(),
+                          organs: Sequence[str] | None = None) -> Path:
+    """Write ``n_cases`` phantoms to ``root`` in the ``lits``, ``kits`` or ``msd`` layout; returns root.
+
+    ``organs`` (msd only) chooses the labelled structures in label order, e.g.
+    ``("liver", "spleen", "pancreas", "kidney")`` for a SegViz-like multi-organ set (paper 004);
+    default lits: 1 liver, 2 tumour; kits: 1 kidney, 2 tumour; msd: 1 liver, 2 tumour.
+    Idempotent: a manifest written last (atomically) records the parameters, and a complete dataset
+    with the same parameters is left untouched. Each NIfTI is written to a temp name and renamed.
+    """
+    root = Path(root)
+    site = SiteParams(**site) if isinstance(site, dict) else site
+    if layout not in LAYOUT_LABELS:
+        raise DataError(f"synthetic layout={layout!r} is not one of {list(LAYOUT_LABELS)}")
+    if organs is not None and layout != "msd":
+        raise DataError(f"synthetic organs={list(organs)} is only supported for layout 'msd', not {layout!r}")
+    structures = tuple(organs) if organs is not None else LAYOUT_LABELS[layout]
+    unknown = [s for s in structures if s not in STRUCTURES]
+    if unknown or not structures:
+        raise DataError(f"synthetic organs {unknown or '[]'} not in {list(STRUCTURES)}")
+    params = {"layout": layout, "n_cases": int(n_cases), "shape": [int(s) for s in shape],
+              "seed": int(seed), "site": {k: list(v) if isinstance(v, tuple) else v
+                                          for k, v in asdict(site).items()},
+              "structures": list(structures)}
+    manifest = root / MANIFEST
+    if manifest.is_file():
+        old = json.loads(manifest.read_text())
+        if old.get("params") == params and all((root / f).is_file() for f in old.get("files", [])):
+            return root
+        for f in old.get("files", []):
+            (root / f).unlink(missing_ok=True)
+        manifest.unlink()
+    affine = np.diag([*map(float, site.spacing), 1.0])
+    tmp_dir = root / ".phantom-tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n_cases):
+        vol, masks = make_phantom(shape, np.random.default_rng([seed, i]), site)
+        lab = label_volume(masks, structures)
+        for arr, dst in zip((np.rint(vol).astype(np.int16), lab), _paths(root, layout, i)):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = tmp_dir / f"tmp-{dst.parent.name}-{dst.name}"
+            nib.save(nib.Nifti1Image(arr, affine), str(tmp))
+            os.replace(tmp, dst)
+            files.append(str(dst.relative_to(root)))
+    if layout == "msd":
+        ds = {"name": "phantom", "modality": {"0": "CT"},
+              "labels": {"0": "background", **{str(i + 1): s for i, s in enumerate(structures)}},
+              "numTraining": n_cases,
+              "training": [{"image": f"./{files[2 * i]}", "label": f"./{files[2 * i + 1]}"}
+                           for i in range(n_cases)]}
+        _atomic_write_text(root / "dataset.json", json.dumps(ds, indent=1))
+        files.append("dataset.json")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    _atomic_write_text(manifest, json.dumps({"params": params, "files": files}, indent=1))
+    return root

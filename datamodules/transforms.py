@@ -1,0 +1,44 @@
+"""2D augmentation for CT slices (albumentations), applied identically to image and mask.
+
+Random rotation (default limit 15 degrees) and horizontal/vertical flips, as in HLFD (paper 001,
+``001_b32febb3a09ef2c2.txt`` §Experiments: "random rotation and flipping were applied").
+Deliberately NO Gaussian noise: the same paper reports that "Gaussian noise augmentation is
+unsuitable for medical images" (it degrades the HU texture the nets rely on for CT).
+"""
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+
+
+class SliceAugment:
+    """Callable ``(image [H, W] float32, mask [H, W] int) -> (image, mask)`` with the same random
+    geometry for both; the mask uses nearest interpolation so no new labels appear.
+
+    ``fill`` is the image value for pixels rotated in from outside: use the lower end of the
+    intensity range (air after windowing), e.g. 0 for out_range [0, 1] and -1 for [-1, 1].
+    """
+
+    def __init__(self, rotation_limit: float = 15.0, hflip: bool = True, vflip: bool = True,
+                 p_rotate: float = 0.5, fill: float = 0.0) -> None:
+        ops: list[A.BasicTransform] = []
+        if rotation_limit > 0:
+            ops.append(A.Rotate(limit=rotation_limit, interpolation=cv2.INTER_LINEAR,
+                                border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=0,
+                                mask_interpolation=cv2.INTER_NEAREST, p=p_rotate))
+        if hflip:
+            ops.append(A.HorizontalFlip(p=0.5))
+        if vflip:
+            ops.append(A.VerticalFlip(p=0.5))
+        self.compose = A.Compose(ops)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.compose(image=np.ascontiguousarray(image, dtype=np.float32),
+                           mask=np.ascontiguousarray(mask, dtype=np.uint8))
+        return out["image"], out["mask"]
+
+
+def build_augmentation(enabled: bool, rotation_limit: float = 15.0, fill: float = 0.0) -> SliceAugment | None:
+    """The training augmentation, or None when ``enabled`` is False."""
+    return SliceAugment(rotation_limit=rotation_limit, fill=fill) if enabled else None

@@ -1,0 +1,165 @@
+"""Distillation runs (paper 001, Table 1): ``python -m experiments.run +exp=kits_hlfd distill=<method>``.
+
+``cfg.distill.method`` picks the row of Table 1:
+
+* ``teacher`` - the teacher alone (UNet++), trained and tested like any centralised run;
+* ``none``    - the student alone (no KD), with the distillation module's L_seg and protocol;
+* any KD method (``hlfd``, ``pixel_kd``, ``at``, ``skd``, ``dkd``, ``ifd``, ``hifd``) - the student
+  trained by :class:`~lightning_modules.distillation.DistillationModule` from a frozen teacher.
+
+When ``distill.teacher.ckpt`` is null the teacher is trained first on the same data and split and
+cached under ``${paths.data_dir}/teachers/<hash>.ckpt`` (hash of the teacher model config, the data
+config, the seed and the teacher's training length), so every method and every later run with the
+same seed reuses it.  Every run writes ``metrics.json`` (with ``distill/method`` and
+``distill/protocol``) and ``student.pt`` (the deployable net alone) into its run dir.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from experiments.builders import ConfigError, build_module
+from experiments.run import output_dir, train_and_test
+from lightning_modules.segmentation import SegmentationModule
+
+log = logging.getLogger("experiments.distill")
+
+#: methods that are not a KD loss: the teacher alone and the student without KD.
+PLAIN_METHODS = ("teacher", "none")
+PROTOCOLS = {"foreground": "a (foreground slices)", "all": "b (all slices)"}
+
+
+def _plain(node: Any, resolve: bool = True) -> Any:
+    return OmegaConf.to_container(node, resolve=resolve) if isinstance(node, DictConfig) else node
+
+
+def teacher_key(cfg: DictConfig) -> dict[str, Any]:
+    """What determines a trained teacher: its net, its loss, the data (and thus split), the seed, and
+    its training length (``distill.teacher.max_epochs``, ``trainer.limit_train_batches``)."""
+    t = cfg.distill.teacher
+    return {"model": _plain(t.model), "loss": _plain(t.get("loss")), "data": _plain(cfg.data),
+            "seed": int(cfg.seed), "max_epochs": t.get("max_epochs"),
+            "limit_train_batches": _plain(cfg.trainer.get("limit_train_batches"))}
+
+
+def teacher_cache_path(cfg: DictConfig) -> Path:
+    digest = hashlib.sha256(json.dumps(teacher_key(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cfg.paths.data_dir) / "teachers" / f"{digest}.ckpt"
+
+
+def segmentation_cfg(cfg: DictConfig, model: Any, loss: Any, out: Path, max_epochs: int | None = None,
+                     sub_run: bool = False) -> DictConfig:
+    """A copy of ``cfg`` that is a plain centralised run of ``model`` with ``loss`` and the distillation
+    module's optimiser, scheduler and evaluation protocol, writing into ``out``. ``sub_run``: keep only
+    the checkpoint callback and the CSV logger (the teacher pre-training inside a distillation run)."""
+    new = copy.deepcopy(cfg)
+    seg_keys = set(inspect.signature(SegmentationModule.__init__).parameters) - {"self", "net", "loss"}
+    module = {k: v for k, v in _plain(cfg.module, resolve=False).items() if k in seg_keys}
+    module.update({"_target_": "lightning_modules.segmentation.SegmentationModule", "_recursive_": False,
+                   "net": "${model}", "loss": _plain(loss, resolve=False)})
+    with open_dict(new):
+        new.model = _plain(model)
+        new.module = module
+        new.paths.output_dir = str(out)
+        if max_epochs is not None:
+            new.trainer.max_epochs = int(max_epochs)
+        if sub_run:
+            new.callbacks = {"model_checkpoint": _plain(cfg.callbacks.model_checkpoint, resolve=False)}
+            new.logger = {"csv": _plain(cfg.logger.csv, resolve=False)} if cfg.get("logger") and "csv" in cfg.logger else {}
+            new.ckpt_path, new.resume, new.test, new.print_per_case = None, False, False, False
+    return new
+
+
+def teacher_loss(cfg: DictConfig) -> Any:
+    return cfg.distill.teacher.get("loss") or cfg.module.loss
+
+
+def _atomic_copy(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dst
+
+
+def ensure_teacher(cfg: DictConfig) -> Path:
+    """The teacher checkpoint: ``distill.teacher.ckpt`` when set, else the cached one, else train it
+    (same data, split and seed) in ``<run dir>/teacher`` and cache its best checkpoint atomically."""
+    given = cfg.distill.teacher.get("ckpt")
+    if given:
+        return Path(given)
+    cache = teacher_cache_path(cfg)
+    if cache.is_file():
+        log.info("reusing cached teacher %s", cache)
+        return cache
+    if cfg.distill.teacher.get("model") is None:
+        raise ConfigError("distill.teacher.ckpt is null and distill.teacher.model is null: nothing to train")
+    log.info("training the teacher first (cache: %s)", cache)
+    tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), output_dir(cfg) / "teacher",
+                            cfg.distill.teacher.get("max_epochs"), sub_run=True)
+    train_and_test(tcfg)
+    ckpt_dir = Path(tcfg.paths.output_dir) / "checkpoints"
+    best = ckpt_dir / "best.ckpt"
+    src = best if best.is_file() else ckpt_dir / "last.ckpt"
+    if not src.is_file():
+        raise ConfigError(f"teacher training wrote no checkpoint in {ckpt_dir} (is callbacks.model_checkpoint set?)")
+    return _atomic_copy(src, cache)
+
+
+def run_distillation(cfg: DictConfig) -> dict[str, Any]:
+    """One row of Table 1 for one dataset and seed: teacher, student w/o KD, or a KD method."""
+    from lightning_modules.distillation import save_student
+
+    method = str(cfg.distill.get("method") or "")
+    out = output_dir(cfg)
+    eval_slices = cfg.module.get("eval_slices", "all")
+    extra = {"distill/method": method, "distill/protocol": PROTOCOLS.get(eval_slices, eval_slices),
+             "distill/eval_slices": eval_slices}
+    if method == "teacher":
+        given = cfg.distill.teacher.get("ckpt")
+        cache = Path(given) if given else teacher_cache_path(cfg)
+        tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), out,
+                                cfg.distill.teacher.get("max_epochs"))
+        if cache.is_file():  # test the cached / given teacher, no retraining
+            with open_dict(tcfg):
+                tcfg.train, tcfg.ckpt_path = False, str(cache)
+        pl.seed_everything(cfg.seed, workers=True)
+        module = build_module(tcfg)
+        metrics = train_and_test(tcfg, module=module, extra_metrics={**extra, "distill/teacher_ckpt": str(cache)})
+        best = out / "checkpoints" / "best.ckpt"
+        if not cache.is_file() and best.is_file():
+            _atomic_copy(best, cache)
+        return metrics
+    if method == "none":
+        scfg = segmentation_cfg(cfg, cfg.model, cfg.module.loss, out)
+        pl.seed_everything(cfg.seed, workers=True)
+        module = build_module(scfg)
+        metrics = train_and_test(scfg, module=module, extra_metrics=extra)
+        save_student(module, out / "student.pt", method=method)
+        return metrics
+    if cfg.distill.get("loss") is None:
+        raise ConfigError(f"distill.method={method!r} has no distill.loss; valid methods: teacher, none, or a KD loss")
+    ckpt = ensure_teacher(cfg)
+    kcfg = copy.deepcopy(cfg)
+    with open_dict(kcfg):
+        kcfg.distill.teacher.ckpt = str(ckpt)
+    pl.seed_everything(cfg.seed, workers=True)
+    module = build_module(kcfg)
+    metrics = train_and_test(kcfg, module=module, extra_metrics={**extra, "distill/teacher_ckpt": str(ckpt)})
+    save_student(module, out / "student.pt", method=method)
+    return metrics

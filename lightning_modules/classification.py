@@ -1,0 +1,210 @@
+"""Image classification for the four MedMNIST task types (paper 002, MedMNIST Classification Decathlon).
+
+Training uses cross-entropy (paper 002, §3.1), or BCE-with-logits for the multi-label task. Evaluation
+follows MedMNIST's reference evaluator (``medmnist/evaluator.py``, ``getAUC``/``getACC``), with scores =
+softmax of the logits (sigmoid for multi-label):
+
+* ``binary`` (two logits, as MedMNIST's nets): AUC of the positive-class score ``y_score[:, -1]``;
+  ACC with ``score > 0.5`` (for two classes the same as arg-max).
+* ``multi-class``: AUC = mean over classes of the one-vs-rest AUC (unweighted); ACC by arg-max.
+* ``ordinal-regression`` (RetinaMNIST): MedMNIST trains it as a plain multi-class problem with
+  cross-entropy and evaluates it with the multi-class branch above (its evaluator has no ordinal case);
+  we do the same, so numbers compare with the paper's Table 2.
+* ``multi-label`` (ChestMNIST): AUC = mean over labels of each label's AUC; ACC = mean over labels of
+  each label's accuracy at threshold 0.5 (MedMNIST predicts 1 when ``score >= 0.5``, torchmetrics when
+  ``score > 0.5``; ties have probability zero). With equal sample counts per label this equals the
+  element-wise accuracy over the ``N x L`` matrix.
+
+These map onto torchmetrics (``BinaryAUROC``/``BinaryAccuracy``, ``MulticlassAUROC(average="macro")``/
+``MulticlassAccuracy(average="micro")``, ``MultilabelAUROC``/``MultilabelAccuracy(average="macro")``),
+checked against sklearn in ``tests/test_cls_metrics.py``. Keys: ``{train,val,test}/{loss,auc,acc}``; the test
+confusion matrix (per class; ``[L, 2, 2]`` per label for multi-label) is kept as ``confusion_matrix``
+and written as ``confusion_matrix_test.png`` (logged to W&B when a ``WandbLogger`` is attached).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from pytorch_lightning.loggers import WandbLogger  # noqa: E402
+from torch import nn  # noqa: E402
+from torchmetrics import MeanMetric, Metric, MetricCollection  # noqa: E402
+from torchmetrics import classification as tmc  # noqa: E402
+
+from datamodules.classification import normalize_task  # noqa: E402
+from lightning_modules.base import BaseModule, to_plain  # noqa: E402
+
+SPLITS = ("train", "val", "test")
+
+
+def task_metrics(task: str, num_classes: int) -> MetricCollection:
+    """AUC and ACC of MedMNIST's evaluator for ``task`` (see module docstring)."""
+    task = normalize_task(task)
+    if task == "binary":
+        return MetricCollection({"auc": tmc.BinaryAUROC(), "acc": tmc.BinaryAccuracy(threshold=0.5)})
+    if task == "multi-label":
+        return MetricCollection({"auc": tmc.MultilabelAUROC(num_classes, average="macro"),
+                                 "acc": tmc.MultilabelAccuracy(num_classes, threshold=0.5, average="macro")})
+    return MetricCollection({"auc": tmc.MulticlassAUROC(num_classes, average="macro"),
+                             "acc": tmc.MulticlassAccuracy(num_classes, average="micro")})
+
+
+def task_scores(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """MedMNIST's ``y_score`` as the metrics take it: P(positive) [B] for binary, sigmoid for multi-label,
+    softmax [B, C] otherwise."""
+    if task == "multi-label":
+        return torch.sigmoid(logits)
+    probs = F.softmax(logits, dim=1)
+    return probs[:, -1] if task == "binary" else probs
+
+
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], title: str) -> plt.Figure:
+    """Heat map of a C x C confusion matrix (rows true, columns predicted), or of per-label
+    ``[L, 2, 2]`` matrices as an L x 4 table of TN/FP/FN/TP counts."""
+    per_label = cm.ndim == 3
+    data = cm.reshape(len(cm), 4) if per_label else cm
+    cols = ["TN", "FP", "FN", "TP"] if per_label else list(class_names)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(cols) + 2), max(3.5, 0.45 * len(data) + 1.5)))
+    ax.imshow(data, cmap="Blues")
+    ax.set_xticks(range(len(cols)), cols, rotation=0 if per_label else 45, ha="center" if per_label else "right")
+    ax.set_yticks(range(len(data)), list(class_names)[: len(data)])
+    ax.set_xlabel("count" if per_label else "predicted")
+    ax.set_ylabel("label" if per_label else "true")
+    hi = data.max() if data.size else 0
+    for (i, j), v in np.ndenumerate(data):
+        ax.text(j, i, int(v), ha="center", va="center", fontsize=7, color="white" if v > hi / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Atomic PNG write (temp file + rename); closes ``fig``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+class ClassificationModule(BaseModule):
+    """Classifier over ``dict(image, label)`` batches for MedMNIST's four task types (module docstring).
+
+    ``net``/``optimizer``/``scheduler`` are modules/partials or ``_target_`` configs (Hydra
+    ``_recursive_: false``); configs are stored in ``hparams`` so ``load_from_checkpoint`` rebuilds the
+    run. ``num_classes`` is the number of logits: 2 for binary (as MedMNIST), L labels for multi-label.
+    Extra loss terms registered with :meth:`add_loss_term` (FedProx) are added to the training loss.
+    """
+
+    def __init__(self, net: nn.Module | Mapping, task: str, num_classes: int,
+                 optimizer: Callable[..., torch.optim.Optimizer] | Mapping | None = None,
+                 scheduler: Callable[..., Any] | Mapping | None = None,
+                 class_names: Sequence[str] | None = None, monitor: str = "val/auc") -> None:
+        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, monitor=monitor)
+        self.task, self.num_classes = normalize_task(task), int(num_classes)
+        if self.task == "binary" and self.num_classes != 2:
+            raise ValueError(f"task binary needs num_classes=2 (two logits, as MedMNIST), got {num_classes}")
+        self.class_names = [str(c) for c in class_names] if class_names else [str(i) for i in range(self.num_classes)]
+        configs = {k: to_plain(v) for k, v in (("net", net), ("optimizer", optimizer), ("scheduler", scheduler))
+                   if v is None or isinstance(v, (Mapping, DictConfig))}  # built objects are not hparams
+        self.save_hyperparameters({**configs, "task": self.task, "num_classes": self.num_classes,
+                                   "class_names": self.class_names, "monitor": monitor})
+        self.loss_fn = nn.BCEWithLogitsLoss() if self.task == "multi-label" else nn.CrossEntropyLoss()
+        # keyed "<split>_metrics": a ModuleDict key may not shadow nn.Module.train
+        self.split_metrics = nn.ModuleDict({f"{s}_metrics": task_metrics(self.task, self.num_classes) for s in SPLITS})
+        self.split_losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in SPLITS})
+        self.confmat: Metric = (tmc.MultilabelConfusionMatrix(self.num_classes) if self.task == "multi-label"
+                                else tmc.MulticlassConfusionMatrix(self.num_classes))
+        self.results: dict[str, float] = {}
+        self.confusion_matrix: np.ndarray | None = None
+        self._updated: set[str] = set()
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, batch: Mapping[str, torch.Tensor], split: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        label = batch["label"]
+        target = label.float() if self.task == "multi-label" else label.long()
+        loss = self.loss_fn(logits, target)
+        with torch.no_grad():
+            scores = task_scores(logits.detach().float(), self.task)
+            self.split_metrics[f"{split}_metrics"].update(scores, target.long() if self.task == "multi-label" else target)
+            self.split_losses[f"{split}_loss"].update(loss.detach(), weight=label.shape[0])
+            if split == "test":
+                pred = scores if self.task == "multi-label" else logits.argmax(dim=1)
+                self.confmat.update(pred, target.long())
+        self._updated.add(split)
+        return loss
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        extra = self.extra_loss()
+        return loss if extra is None else loss + extra
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """MedMNIST's ``y_score``: softmax [B, C] (sigmoid [B, L] for multi-label)."""
+        logits = self(batch["image"])
+        return torch.sigmoid(logits) if self.task == "multi-label" else F.softmax(logits, dim=1)
+
+    # ------------------------------------------------------------------ epoch ends
+    def _epoch_end(self, split: str) -> None:
+        metrics, losses = self.split_metrics[f"{split}_metrics"], self.split_losses[f"{split}_loss"]
+        if split in self._updated and not (self._trainer is not None and self.trainer.sanity_checking):
+            values = {f"{split}/{k}": v for k, v in metrics.compute().items()}
+            values[f"{split}/loss"] = losses.compute()
+            self.log_dict(values, prog_bar=split != "test", sync_dist=False)
+            self.results.update({k: float(v) for k, v in values.items()})
+            if self.monitor in values:  # best validation score: the checkpoint the test uses (§3.1)
+                best = self.results.get(f"{self.monitor}_best", -np.inf)
+                self.results[f"{self.monitor}_best"] = max(best, float(values[self.monitor]))
+        metrics.reset()
+        losses.reset()
+        self._updated.discard(split)
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        if "test" in self._updated:
+            self.confusion_matrix = self.confmat.compute().cpu().numpy()
+            self._write_confusion(self.confusion_matrix)
+        self.confmat.reset()
+        self._epoch_end("test")
+
+    def _write_confusion(self, cm: np.ndarray) -> None:
+        if self._trainer is None or not self.trainer.is_global_zero:
+            return
+        fig = plot_confusion(cm, self.class_names, f"test confusion matrix ({self.task})")
+        path = save_figure(fig, Path(self.trainer.default_root_dir) / "confusion_matrix_test.png")
+        for lg in self.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_image(key="test/confusion_matrix", images=[str(path)])
+
+    def summary_metrics(self) -> dict[str, float]:
+        """Last computed ``{train,val,test}/{loss,auc,acc}`` plus the best monitored validation score
+        (e.g. ``val/auc_best``), for the run's ``metrics.json``."""
+        return dict(sorted(self.results.items()))

@@ -1,0 +1,504 @@
+"""Teacher-student knowledge distillation: a frozen teacher, a trainable student, a KD loss over
+intermediate features read by forward hooks (paper 001, HLFD, Eq. 5: ``L_H = L_seg + KD total``).
+
+The student is ``self.net``, so validation, test, per-case metrics and prediction are exactly those of
+:class:`~lightning_modules.segmentation.SegmentationModule`.  The teacher is built from its config,
+loaded from one of the framework's own SegmentationModule checkpoints, frozen (``requires_grad`` off,
+eval mode whatever Lightning asks, run under ``torch.no_grad``) and never handed to the optimiser.
+
+Taps (torchdistill spirit) are declared in the config as a list of entries
+``{role, teacher: <module path> | null, student: <module path> | null, index: int | null,
+head: <module path> | null}``: exactly one of ``teacher``/``student`` is set; the output of that
+module (element ``index`` when it returns a tuple) fills the KD role (``student_mid``,
+``teacher_mid`` and ``teacher_pred_mid`` are lists, in declaration order).  ``head`` (teacher side
+only) names a module of the same net applied to the tapped tensor, e.g. ``teacher: conv0_1,
+head: final1`` is the teacher's deep-supervision map X^{0,1} -> logits, which a UNet++ in eval mode
+never computes itself.  ``student_logits`` / ``teacher_pred_late`` default to the nets' main outputs
+and ``mask`` to the batch's ground truth.
+
+Adapters (the students' predictive heads of HLFD/HIFD) are owned by the KD loss, created once at
+construction with channel counts inferred by a dry forward pass on a dummy ``example_size`` input,
+and optimised with the student (see ``losses/kd/adapters.py`` for the reference-code defect this fixes).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_class
+from torch import Tensor, nn
+
+from lightning_modules.base import build, to_plain
+from lightning_modules.hooks import FeatureTap
+from lightning_modules.losses.kd.adapters import infer_shapes
+from lightning_modules.losses.kd.attention import (
+    LIST_ROLES, MASK, ROLES, STUDENT_LOGITS, TEACHER_PRED_LATE,
+)
+from lightning_modules.segmentation import SegmentationModule
+
+log = logging.getLogger(__name__)
+
+try:  # user errors become one clear line in experiments.run
+    from experiments.builders import ConfigError
+    from experiments.errors import CheckpointError
+except ImportError:  # pragma: no cover - the module is usable without the experiments package
+    class ConfigError(ValueError):
+        pass
+
+    class CheckpointError(ValueError):
+        pass
+
+#: roles filled automatically when not declared: net outputs and the ground truth.
+AUTO_ROLES = (STUDENT_LOGITS, TEACHER_PRED_LATE, MASK)
+#: net hyper-parameters compared between a teacher checkpoint and the teacher config.
+ARCH_KEYS = ("_target_", "in_channels", "classes", "preset", "width", "filters", "encoder_name", "decoder")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A KD or segmentation term became NaN/inf; raised before the optimiser step."""
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One declared tap: ``role`` read from ``side`` (teacher | student) at module ``path``."""
+
+    role: str
+    side: str
+    path: str
+    index: int | None = None
+    head: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.side}:{self.path}"
+
+
+def parse_taps(taps: Sequence[Mapping[str, Any]]) -> list[Tap]:
+    """Validate the declared tap entries (roles, one side each, heads only on the teacher)."""
+    out: list[Tap] = []
+    seen_single: set[str] = set()
+    for i, entry in enumerate(taps or []):
+        entry = dict(entry)
+        role = entry.get("role")
+        where = f"distill.taps[{i}]"
+        unknown = set(entry) - {"role", "teacher", "student", "index", "head"}
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; valid: role, teacher, student, index, head")
+        if role not in ROLES or role == MASK:
+            raise ConfigError(f"{where}.role={role!r} is not a KD role; valid: {[r for r in ROLES if r != MASK]}")
+        t_path, s_path = entry.get("teacher"), entry.get("student")
+        if (t_path is None) == (s_path is None):
+            raise ConfigError(f"{where} ({role}) must set exactly one of teacher/student, got teacher={t_path!r} student={s_path!r}")
+        side = "teacher" if t_path is not None else "student"
+        if not role.startswith(side):
+            raise ConfigError(f"{where}: role {role!r} must be tapped on the {role.split('_')[0]}, not the {side}")
+        if entry.get("head") is not None and side != "teacher":
+            raise ConfigError(f"{where}: 'head' is only for teacher taps (student heads are the KD loss's adapters)")
+        if role not in LIST_ROLES:
+            if role in seen_single:
+                raise ConfigError(f"{where}: role {role!r} takes one tensor but is declared twice")
+            seen_single.add(role)
+        index = entry.get("index")
+        out.append(Tap(role, side, str(t_path if side == "teacher" else s_path),
+                       None if index is None else int(index), entry.get("head")))
+    return out
+
+
+def _first_conv_in_channels(net: nn.Module) -> int | None:
+    if isinstance(getattr(net, "in_channels", None), int):
+        return int(net.in_channels)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    return None
+
+
+def _main(output: Any) -> Tensor:
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """``torch.load`` with ``weights_only=True`` (falls back to a full load, with a warning, only for
+    checkpoints holding other objects); any failure is a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"teacher checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as first:  # noqa: BLE001
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            log.warning("teacher checkpoint %s needed weights_only=False (%s)", path, one_line(first))
+            return ckpt
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"teacher checkpoint {path} does not load: {one_line(err)}") from err
+
+
+def one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+
+
+def teacher_state_from_checkpoint(ckpt: Any, path: str | Path, teacher_cfg: Mapping | None) -> tuple[dict, Any]:
+    """``(net state dict, stored net config)`` of a framework SegmentationModule checkpoint (or a plain
+    state dict); raises :class:`CheckpointError` naming ``path`` when its stored net config differs
+    from ``teacher_cfg`` in ``_target_`` or an architecture hyper-parameter."""
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"teacher checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    if "state_dict" not in ckpt:  # a bare state dict
+        if not all(isinstance(v, Tensor) for v in ckpt.values()):
+            raise CheckpointError(f"teacher checkpoint {path} has no 'state_dict' and is not a state dict")
+        return dict(ckpt), None
+    stored = (ckpt.get("hyper_parameters") or {}).get("net")
+    if isinstance(stored, Mapping) and isinstance(teacher_cfg, Mapping):
+        diffs = [f"{k}: checkpoint {stored.get(k)!r} vs config {teacher_cfg.get(k)!r}"
+                 for k in ARCH_KEYS if k in stored and k in teacher_cfg and stored.get(k) != teacher_cfg.get(k)]
+        if diffs:
+            raise CheckpointError(f"teacher checkpoint {path} is another architecture than distill.teacher.model "
+                                  f"({'; '.join(diffs)})")
+    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    if not state:
+        raise CheckpointError(f"teacher checkpoint {path} has no 'net.*' weights (not a SegmentationModule checkpoint?)")
+    return state, stored
+
+
+class DistillationModule(SegmentationModule):
+    """Student (``net``) trained with ``L_seg`` (``loss``) + the KD loss total, from a frozen teacher.
+
+    Args:
+        net: student config (``_target_``) or module.
+        teacher: teacher net config or module; ``None`` takes the net config stored in ``teacher_ckpt``.
+        teacher_ckpt: a SegmentationModule checkpoint of the teacher (``None``: keep the teacher's
+            initial weights - only sensible in tests).
+        kd_loss: KD loss config (``_target_`` to a :class:`~lightning_modules.losses.kd.KDLoss`) or
+            module; constructor arguments ``classes`` and ``<role>_channels`` (e.g.
+            ``student_mid_channels``) that the config leaves out are filled from the dry forward.
+        taps: list of tap entries (see the module docstring).
+        example_size: dummy input for the dry forward: spatial size ``S`` (input ``[1, C, S, S]``) or a
+            full shape.
+        method: name logged in metrics (``hlfd``, ``pixel_kd``, ...).
+        Other arguments: as :class:`SegmentationModule` (``fg_threshold`` 0.4 and
+        ``eval_slices='foreground'`` are paper 001's protocol a).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | Mapping,
+        teacher: nn.Module | Mapping | None,
+        kd_loss: nn.Module | Mapping,
+        taps: Sequence[Mapping[str, Any]],
+        loss: nn.Module | Mapping,
+        num_classes: int,
+        teacher_ckpt: str | None = None,
+        example_size: int | Sequence[int] = 64,
+        method: str = "kd",
+        optimizer: Any = None,
+        scheduler: Any = None,
+        scheduler_interval: str = "epoch",
+        class_names: Sequence[str] | None = None,
+        fg_threshold: float | None = 0.4,
+        eval_slices: str = "foreground",
+        roc_thresholds: int = 200,
+        monitor: str = "val/dice",
+    ) -> None:
+        super().__init__(net, loss, num_classes, optimizer, scheduler, scheduler_interval, class_names,
+                         fg_threshold, eval_slices, roc_thresholds, monitor)
+        teacher_cfg = None if isinstance(teacher, nn.Module) else to_plain(teacher)
+        self.save_hyperparameters({
+            **dict(self.hparams),
+            "teacher": teacher_cfg if teacher_cfg is not None else type(teacher).__name__,
+            "teacher_ckpt": None if teacher_ckpt is None else str(teacher_ckpt),
+            "kd_loss": to_plain(kd_loss) if not isinstance(kd_loss, nn.Module) else type(kd_loss).__name__,
+            "taps": [dict(t) for t in to_plain(taps) or []],
+            "example_size": to_plain(example_size),
+            "method": method,
+            "scheduler_interval": scheduler_interval,
+            "roc_thresholds": roc_thresholds,
+        })
+        self.method = method
+        self.teacher = self._build_teacher(teacher, teacher_cfg, teacher_ckpt)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.taps = parse_taps(taps)
+        self.example_shape = self._example_shape(example_size)
+        self._check_pair()
+        shapes = self._dry_run()
+        self.kd_loss = self._build_kd_loss(kd_loss, shapes)
+        missing = [r for r in getattr(self.kd_loss, "required_roles", ())
+                   if r not in {t.role for t in self.taps} | set(AUTO_ROLES)]
+        if missing:
+            raise ConfigError(f"{type(self.kd_loss).__name__} ({method}) needs roles {missing} that distill.taps "
+                              f"does not declare (declared: {sorted({t.role for t in self.taps})})")
+        self.student_tap: FeatureTap | None = None
+        self.teacher_tap: FeatureTap | None = None
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _build_teacher(teacher: Any, teacher_cfg: Mapping | None, ckpt_path: str | None) -> nn.Module:
+        ckpt = state = None
+        if ckpt_path is not None:
+            ckpt = load_checkpoint_file(ckpt_path)
+            state, stored = teacher_state_from_checkpoint(ckpt, ckpt_path, teacher_cfg)
+            if teacher is None:
+                if not isinstance(stored, Mapping):
+                    raise CheckpointError(f"teacher checkpoint {ckpt_path} stores no net config; set distill.teacher.model")
+                teacher = stored
+        if teacher is None:
+            raise ConfigError("distillation needs a teacher: set distill.teacher.model or distill.teacher.ckpt")
+        net = build(teacher, what="teacher")
+        if state is not None:
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise CheckpointError(f"teacher checkpoint {ckpt_path} does not fit the teacher "
+                                      f"{type(net).__name__}: {one_line(err)}") from err
+        return net
+
+    def _example_shape(self, example_size: int | Sequence[int]) -> tuple[int, ...]:
+        in_ch = _first_conv_in_channels(self.net) or 1
+        if isinstance(example_size, int):
+            return (1, in_ch, example_size, example_size)
+        shape = tuple(int(s) for s in example_size)
+        return shape if len(shape) == 4 else (1, in_ch, *shape[-2:])
+
+    def _check_pair(self) -> None:
+        t_in, s_in = _first_conv_in_channels(self.teacher), _first_conv_in_channels(self.net)
+        if t_in is not None and s_in is not None and t_in != s_in:
+            raise ConfigError(f"teacher {type(self.teacher).__name__} takes in_channels={t_in} but student "
+                              f"{type(self.net).__name__} takes in_channels={s_in}")
+
+    @torch.no_grad()
+    def _dry_run(self) -> dict[str, torch.Size]:
+        """Shapes at every tap (``side:path`` keys, after a teacher ``head``) and of both outputs, from
+        one forward of each net on zeros; also checks that every tap fires and the class counts agree."""
+        shapes: dict[str, torch.Size] = {}
+        for side, net in (("teacher", self.teacher), ("student", self.net)):
+            taps = [t for t in self.taps if t.side == side]
+            paths = list(dict.fromkeys(t.path for t in taps))
+            try:
+                with FeatureTap(net, paths, index={t.path: t.index for t in taps}) as tap:
+                    modes = {m: m.training for m in net.modules()}
+                    net.eval()
+                    try:
+                        out = _main(net(torch.zeros(self.example_shape, device=self.device)))
+                    finally:
+                        for m, mode in modes.items():
+                            m.training = mode
+                    silent = [p for p in paths if p not in tap.outputs]
+                    if silent:
+                        raise ConfigError(f"distill.taps: {side} {type(net).__name__} module(s) {silent} produced no "
+                                          f"output in an eval-mode forward (not called? use 'head' on a tapped "
+                                          f"feature for heads that only run in training)")
+                    for t in taps:
+                        x = tap[t.path]
+                        if t.head is not None:
+                            x = self._resolve(net, t.head, side)(x)
+                        shapes[f"{t.key}>{t.head}" if t.head else t.key] = x.shape
+            except ValueError as err:
+                if isinstance(err, ConfigError):
+                    raise
+                raise ConfigError(f"distill.taps: bad {side} path for {type(net).__name__}: {err}") from err
+            shapes[f"{side}:<output>"] = out.shape
+        t_cls, s_cls = shapes["teacher:<output>"][1], shapes["student:<output>"][1]
+        if t_cls != s_cls:
+            raise ConfigError(f"teacher {type(self.teacher).__name__} predicts {t_cls} classes but student "
+                              f"{type(self.net).__name__} predicts {s_cls}")
+        return shapes
+
+    @staticmethod
+    def _resolve(net: nn.Module, path: str, side: str) -> nn.Module:
+        from lightning_modules.hooks import resolve_module
+        try:
+            return resolve_module(net, path)
+        except ValueError as err:
+            raise ConfigError(f"distill.taps: bad {side} head path: {err}") from err
+
+    def _build_kd_loss(self, kd_loss: Any, shapes: Mapping[str, torch.Size]) -> nn.Module:
+        """Instantiate the KD loss, filling ``classes`` and ``<role>_channels`` from the dry forward."""
+        if isinstance(kd_loss, nn.Module):
+            return kd_loss
+        cfg = dict(to_plain(kd_loss))
+        if "_target_" not in cfg:
+            raise ConfigError(f"distill.loss has no _target_: {cfg}")
+        params = inspect.signature(get_class(cfg["_target_"]).__init__).parameters
+        if "classes" in params and "classes" not in cfg:
+            cfg["classes"] = int(shapes["student:<output>"][1])
+        for name in params:
+            if not name.endswith("_channels") or name in cfg:
+                continue
+            role = name[: -len("_channels")]
+            chans = [int(shapes[t.key][1]) for t in self.taps if t.role == role]
+            if not chans:
+                raise ConfigError(f"{cfg['_target_']} needs {name} but no tap declares role {role!r}")
+            cfg[name] = chans if role in LIST_ROLES else chans[0]
+        return build(cfg, what="distill.loss")
+
+    # ------------------------------------------------------------------ frozen teacher
+    def train(self, mode: bool = True) -> "DistillationModule":
+        """Lightning switches modules to train mode each epoch; the teacher always stays in eval."""
+        super().train(mode)
+        teacher = self._modules.get("teacher")
+        if teacher is not None:
+            teacher.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Student + KD-loss adapters only; the teacher is never optimised."""
+        params = list(self.net.parameters()) + list(self.kd_loss.parameters())
+        return [p for p in params if p.requires_grad]
+
+    # ------------------------------------------------------------------ hooks
+    def attach_taps(self) -> None:
+        if self.student_tap is None or not self.student_tap.active:
+            s = [t for t in self.taps if t.side == "student"]
+            self.student_tap = FeatureTap(self.net, [t.path for t in s], index={t.path: t.index for t in s})
+        if self.teacher_tap is None or not self.teacher_tap.active:
+            t = [t for t in self.taps if t.side == "teacher"]
+            self.teacher_tap = FeatureTap(self.teacher, [x.path for x in t], index={x.path: x.index for x in t},
+                                          detach=True)
+
+    def remove_taps(self) -> None:
+        for tap in (self.student_tap, self.teacher_tap):
+            if tap is not None:
+                tap.remove()
+                tap.clear()
+        self.student_tap = self.teacher_tap = None
+
+    def on_fit_start(self) -> None:
+        self.attach_taps()
+
+    def on_fit_end(self) -> None:
+        self.remove_taps()
+
+    def teardown(self, stage: str) -> None:
+        self.remove_taps()
+
+    # ------------------------------------------------------------------ training
+    def kd_inputs(self, batch: Mapping[str, Any], student_out: Any, teacher_out: Any) -> dict[str, Any]:
+        """The role dictionary the KD loss reads, from the taps' latest outputs."""
+        roles: dict[str, Any] = {STUDENT_LOGITS: _main(student_out), TEACHER_PRED_LATE: _main(teacher_out),
+                                 MASK: batch.get("mask")}
+        declared: set[str] = set()
+        for t in self.taps:
+            x = (self.teacher_tap if t.side == "teacher" else self.student_tap)[t.path]
+            if t.head is not None:
+                with torch.no_grad():
+                    x = self.teacher.get_submodule(t.head)(x)
+            if t.role in LIST_ROLES:
+                roles[t.role] = roles[t.role] + [x] if t.role in declared else [x]
+            else:
+                roles[t.role] = x
+            declared.add(t.role)
+        return roles
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.attach_taps()
+        self.student_tap.clear(), self.teacher_tap.clear()
+        image, mask = batch["image"], batch["mask"]
+        self.teacher.eval()
+        with torch.no_grad():
+            teacher_out = self.teacher(image)
+        student_out = self.net(image)
+        seg = self.loss(student_out, mask)
+        terms = self.kd_loss(self.kd_inputs(batch, student_out, teacher_out))
+        self.student_tap.clear(), self.teacher_tap.clear()
+        for name, value in {"seg": seg, **terms}.items():
+            if not torch.isfinite(value).all():
+                raise NonFiniteLossError(f"non-finite {'L_seg' if name == 'seg' else 'KD term ' + repr(name)} "
+                                         f"({float(value.detach())}) at global step {self.global_step} (epoch "
+                                         f"{self.current_epoch}, batch {batch_idx}) of {self.method}; "
+                                         f"stopped before the optimizer step")
+        loss = seg + terms["total_kd"]
+        extra = self.extra_loss()
+        if extra is not None:
+            loss = loss + extra
+        bs = len(mask)
+        self.log("train/seg", seg.detach(), on_step=False, on_epoch=True, batch_size=bs)
+        for name, value in terms.items():
+            self.log(f"train/kd/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        return loss
+
+    # ------------------------------------------------------------------ inspection (Fig. 2)
+    @torch.no_grad()
+    def intermediate_predictions(self, image: Tensor) -> "OrderedDict[str, Tensor]":
+        """Student predictive maps (logits resized to the input) through the KD loss's predictive heads
+        (``early_head`` / ``mid_heads`` when the loss has them), then the final prediction."""
+        s_taps = {t.role: [] for t in self.taps if t.side == "student"}
+        for t in self.taps:
+            if t.side == "student":
+                s_taps[t.role].append(t)
+        heads: list[tuple[str, Tap, nn.Module]] = []
+        early, mids = getattr(self.kd_loss, "early_head", None), getattr(self.kd_loss, "mid_heads", None)
+        if early is not None and s_taps.get("student_early"):
+            heads.append(("early", s_taps["student_early"][0], early))
+        if mids is not None:
+            heads += [(f"mid{j + 1}", t, h) for j, (t, h) in enumerate(zip(s_taps.get("student_mid", []), mids))]
+        out: OrderedDict[str, Tensor] = OrderedDict()
+        with FeatureTap(self.net, [t.path for _, t, _ in heads], index={t.path: t.index for _, t, _ in heads}) as tap:
+            logits = _main(self.net(image))
+            for name, t, head in heads:
+                z = head(tap[t.path])
+                out[f"{name} ({t.path})"] = nn.functional.interpolate(z.float(), size=image.shape[-2:],
+                                                                      mode="bilinear", align_corners=False)
+        out["final"] = logits
+        return out
+
+    # ------------------------------------------------------------------ checkpoints / export
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints hold the student and its adapters, not the (frozen, separately stored) teacher."""
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refill the teacher's weights (from ``teacher_ckpt``, already loaded) so strict loading works."""
+        state = checkpoint["state_dict"]
+        for k, v in self.teacher.state_dict().items():
+            state.setdefault(f"teacher.{k}", v)
+
+    def student_export(self) -> dict[str, Any]:
+        """The deployable student alone: its ``state_dict`` and net config (no teacher, no adapters)."""
+        return {"state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+                "net": self.hparams.get("net"), "method": self.method,
+                "num_classes": self.num_classes, "class_names": self.class_names,
+                "fg_threshold": self.fg_threshold}
+
+
+def save_student(module: DistillationModule | SegmentationModule, path: str | Path,
+                 method: str | None = None) -> Path:
+    """Write ``module``'s student (``net``) as ``student.pt`` atomically (temp file + rename)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(module, DistillationModule):
+        payload = module.student_export()
+    else:
+        payload = {"state_dict": {k: v.detach().cpu() for k, v in module.net.state_dict().items()},
+                   "net": module.hparams.get("net"), "method": method, "num_classes": module.num_classes,
+                   "class_names": module.class_names, "fg_threshold": module.fg_threshold}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def load_student(path: str | Path) -> nn.Module:
+    """Rebuild the student net saved by :func:`save_student` (``weights_only=True``)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    net = build(payload["net"], what="student net")
+    net.load_state_dict(payload["state_dict"])
+    return net
+
+
+__all__ = ["DistillationModule", "Tap", "parse_taps", "save_student", "load_student", "NonFiniteLossError",
+           "teacher_state_from_checkpoint", "load_checkpoint_file"]

@@ -1,0 +1,75 @@
+"""End to end: the digits default learns, MedMNIST configs compose, the Decathlon report reads a sweep."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import datamodules.medmnist  # noqa: F401 - registers the ${medmnist:...} resolver
+from experiments import decathlon_report
+from experiments.run import train_and_test
+from hydra_helpers import compose_run
+
+FAST = ["logger=csv", "callbacks.rich_progress_bar=null", "+trainer.enable_progress_bar=false",
+        "+trainer.enable_model_summary=false"]
+
+
+@pytest.mark.slow
+def test_digits_small_cnn_reaches_90_percent(tmp_path):
+    # one thread (conftest resets it per test): tiny convolutions gain nothing from more threads and
+    # lose a lot to contention on a busy shared CPU
+    torch.set_num_threads(1)
+    cfg = compose_run(["+exp=digits_cnn", "seed=0", *FAST], tmp_path)
+    metrics = train_and_test(cfg)
+    assert metrics["test/acc"] >= 0.90, metrics
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["test/acc"] == pytest.approx(metrics["test/acc"]) and "val/auc_best" in saved
+    assert (tmp_path / "run" / "confusion_matrix_test.png").stat().st_size > 0
+
+
+def test_medmnist_configs_compose(tmp_path):
+    cfg = compose_run(["+exp=medmnist", "data.flag=chestmnist", "model=resnet50", "data.size=224"], tmp_path)
+    assert cfg.module.task == "multi-label" and cfg.module.num_classes == 14
+    assert cfg.model.in_channels == 1 and cfg.model.resolution == 224
+    assert cfg.module.optimizer.lr == 1e-3 and cfg.data.batch_size == 128 and cfg.trainer.max_epochs == 100
+    breast = compose_run(["+exp=medmnist_breast"], tmp_path)
+    assert breast.data.flag == "breastmnist" and breast.module.class_names[0] == "malignant"
+
+
+def test_medmnist_run_on_tiny_file(tmp_path):
+    from test_cls_data import write_npz
+
+    write_npz(tmp_path / "npz", "retinamnist.npz", channels=3, n_classes=5)
+    cfg = compose_run(["+exp=medmnist", "data.flag=retinamnist", f"data.root={tmp_path / 'npz'}", "model=small_cnn",
+                       "trainer.max_epochs=1", *FAST], tmp_path)
+    metrics = train_and_test(cfg)
+    assert {"test/auc", "test/acc", "val/auc", "val/loss", "train/loss"} <= set(metrics)
+
+
+def _job(root, num, flag, metrics=None, error=None):
+    job = root / f"{num}_resnet18_s42"
+    (job / ".hydra").mkdir(parents=True)
+    cfg = {"data": {"flag": flag, "size": 28}, "model": {"_target_": "lightning_modules.nets.classifiers.ResNet18"}}
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if metrics:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if error:
+        (job / "failed.json").write_text(json.dumps({"error": error}))
+
+
+def test_decathlon_report_flags_missing_datasets(tmp_path, capsys):
+    _job(tmp_path, 0, "breastmnist", metrics={"test/auc": 0.9, "test/acc": 0.8})
+    _job(tmp_path, 1, "retinamnist", metrics={"test/auc": 0.7, "test/acc": 0.5})
+    _job(tmp_path, 2, "pathmnist", error="MissingDataFileError: MedMNIST file pathmnist.npz not found in /x")
+    _job(tmp_path, 3, "organcmnist", error="DataError: /x/organcmnist.npz [train]: images contain NaN")
+    rows = decathlon_report.report(tmp_path)
+    by = {r["dataset"]: r for r in rows}
+    assert by["BreastMNIST"]["auc"] == 0.9 and by["BreastMNIST"]["ResNet-18 (28) AUC"] == 0.897
+    assert by["PathMNIST"]["status"] == "missing" and by["OrganMNIST_Coronal"]["status"] == "failed"
+    assert by["ChestMNIST"]["status"] == "not run"
+    assert by["mean"]["auc"] == pytest.approx(0.8) and by["mean"]["status"] == "2/10 ok"
+    assert by["mean"]["ResNet-18 (28) ACC"] == pytest.approx(0.8059, abs=1e-4)
+    assert "| ResNet18 (28) | RetinaMNIST | 0.700 | 0.500 | 0.727 | 0.515 |" in (tmp_path / "decathlon.md").read_text()
+    assert (tmp_path / "decathlon.csv").read_text().count("\n") == 12

@@ -1,0 +1,106 @@
+"""FolderSegmentationDataModule on tiny generated PNG/NPY folders and (skippable) real slices."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from data_fixtures import real_data
+from PIL import Image
+
+from datamodules.errors import DataError
+from datamodules.folder2d import FolderSegmentationDataModule
+
+
+def _write_png_folder(root, n_cases=4, n_slices=3, mask_suffix="", red_mask=False):
+    (root / "imgs").mkdir(parents=True)
+    (root / "msks").mkdir(parents=True)
+    for c in range(n_cases):
+        for s in range(n_slices):
+            stem = f"{'flipped' if s % 2 else 'mirrored'}_{100 + c}_{s * 5}"
+            grey = np.full((20, 24), 30 + 10 * c, np.uint8)
+            grey[5:12, 6:14] = 220
+            Image.fromarray(np.stack([grey] * 3, -1)).save(root / "imgs" / f"{stem}.png")
+            m = np.zeros((20, 24), np.uint8)
+            m[5:12, 6:14] = 255
+            mask = np.stack([m, np.zeros_like(m), np.zeros_like(m)], -1) if red_mask else m
+            Image.fromarray(mask).save(root / "msks" / f"{stem}{mask_suffix}.png")
+    return root
+
+
+def test_png_pairs_grouped_by_patient(tmp_path):
+    root = _write_png_folder(tmp_path, mask_suffix="_mask", red_mask=True)
+    dm = FolderSegmentationDataModule(str(root), image_dir="imgs", mask_dir="msks", mask_suffix="_mask",
+                                      mask_channel=0, image_size=16, batch_size=4, augment=False)
+    dm.setup()
+    assert (dm.in_channels, dm.num_classes) == (1, 2)
+    assert sorted(dm.case_ids("train") + dm.case_ids("val") + dm.case_ids("test")) == ["100", "101", "102", "103"]
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image"].shape == (3, 1, 16, 16) and batch["mask"].dtype == torch.int64
+    assert batch["slice_index"].tolist() == [0, 5, 10] and len(set(batch["case_id"])) == 1
+    assert batch["image"].max() <= 1.0 and batch["mask"].sum() > 0
+    fg = batch["mask"] == 1
+    assert batch["image"][:, 0][fg].mean() > batch["image"][:, 0][~fg].mean() + 0.3, "mask aligned to image"
+
+
+def test_npy_pairs_label_map_and_no_pattern(tmp_path):
+    for d in ("images", "masks"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        np.save(tmp_path / "images" / f"s{i}.npy", np.random.rand(8, 8).astype(np.float32))
+        np.save(tmp_path / "masks" / f"s{i}.npy", np.tile(np.array([0, 128, 255, 0], np.uint8), (8, 2)))
+    dm = FolderSegmentationDataModule(str(tmp_path), image_dir="images", mask_dir="masks", case_pattern=None,
+                                      label_map={0: 0, 128: 1, 255: 2}, class_names=None, augment=False)
+    dm.setup()
+    assert dm.num_classes == 3 and len(dm.train_dataset) == 1
+    assert set(dm.test_dataset[0]["mask"].unique().tolist()) == {0, 1, 2}
+    bad = FolderSegmentationDataModule(str(tmp_path), image_dir="images", mask_dir="masks", case_pattern=None,
+                                       label_map={0: 0, 128: 1}, class_names=None)
+    with pytest.raises(DataError, match=r"s0\.npy.*255"):
+        bad.setup()
+
+
+def test_unmatched_and_missing_folders(tmp_path):
+    root = _write_png_folder(tmp_path, n_cases=3)
+    (root / "msks" / "flipped_100_5.png").unlink()
+    dm = FolderSegmentationDataModule(str(root), image_dir="imgs", mask_dir="msks")
+    with pytest.raises(DataError, match="without a matching mask.*flipped_100_5"):
+        dm.setup()
+    with pytest.raises(DataError, match="does not exist"):
+        FolderSegmentationDataModule(str(root), image_dir="nope", mask_dir="msks").setup()
+
+
+def test_shape_mismatch(tmp_path):
+    root = _write_png_folder(tmp_path, n_cases=3)
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(root / "msks" / "mirrored_101_0.png")
+    with pytest.raises(DataError, match=r"mirrored_101_0\.png.*mirrored_101_0\.png"):
+        FolderSegmentationDataModule(str(root), image_dir="imgs", mask_dir="msks").setup()
+
+
+@pytest.mark.realdata
+def test_real_liver_slices_patient_level(tmp_path):
+    root = real_data("liver-tumor-msd-slices")
+    dm = FolderSegmentationDataModule(str(root), image_size=32, batch_size=8)
+    dm.setup()
+    splits = {s: set(dm.case_ids(s)) for s in ("train", "val", "test")}
+    assert not (splits["train"] & splits["val"] or splits["train"] & splits["test"] or splits["val"] & splits["test"])
+    assert sum(map(len, splits.values())) == 122
+    for name, ds in (("val", dm.val_dataset), ("test", dm.test_dataset)):
+        assert {ds.cases[c].case_id for c, _ in ds.items} == splits[name]
+    vol = re.compile(r"_(\d+)_\d+$")
+    files = sorted(p.stem for p in (root / "test" / "images").iterdir())
+    assert {vol.search(f).group(1) for f in files} == set().union(*splits.values())
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (8, 1, 32, 32) and set(batch["mask"].unique().tolist()) <= {0, 1}
+
+
+@pytest.mark.realdata
+def test_real_kits_slices_red_channel(tmp_path):
+    root = real_data("kidney-tumor-kits19-slices")
+    dm = FolderSegmentationDataModule(str(root), image_dir="mini_test/images", mask_dir="mini_test/masks",
+                                      mask_channel=0, class_names=["background", "tumor"], image_size=32,
+                                      val_fraction=0.2, test_fraction=0.2)
+    dm.setup()
+    masks = torch.stack([dm.train_dataset[i]["mask"] for i in range(len(dm.train_dataset))])
+    assert 0.0 < masks.float().mean() < 0.2

@@ -1,0 +1,71 @@
+"""Layouts (where files are) and patient-level splits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from data_fixtures import write_nifti
+
+from datamodules.errors import DataError
+from datamodules.layouts import find_cases, layout_classes
+from datamodules.splits import patient_split
+from datamodules.synthetic import write_phantom_dataset
+
+SHAPE = (32, 32, 6)
+
+
+def test_lits_kits_msd_cases(tmp_path):
+    lits = find_cases(write_phantom_dataset(tmp_path / "l", "lits", 3, SHAPE), "lits")
+    assert [c.case_id for c in lits] == ["volume-0", "volume-1", "volume-2"]
+    assert lits[1].label.name == "segmentation-1.nii.gz"
+    kits = find_cases(write_phantom_dataset(tmp_path / "k", "kits", 2, SHAPE), "kits")
+    assert [c.case_id for c in kits] == ["case_00000", "case_00001"]
+    msd_root = write_phantom_dataset(tmp_path / "m", "msd", 2, SHAPE)
+    (msd_root / "imagesTr" / "._phantom_000.nii.gz").write_bytes(b"macos junk")
+    msd = find_cases(msd_root, "msd")
+    assert [c.case_id for c in msd] == ["phantom_000", "phantom_001"]
+    assert layout_classes(msd_root, "msd") == {0: "background", 1: "liver", 2: "liver_tumor"}
+
+
+def test_lits_unlabelled_volume_and_plain_nii(tmp_path):
+    write_nifti(tmp_path / "batch" / "volume-10.nii", np.zeros(SHAPE, np.int16))
+    write_nifti(tmp_path / "batch" / "segmentation-10.nii", np.zeros(SHAPE, np.uint8))
+    write_nifti(tmp_path / "test" / "volume-2.nii", np.zeros(SHAPE, np.int16))
+    cases = find_cases(tmp_path, "lits")
+    assert [(c.case_id, c.label is not None) for c in cases] == [("volume-2", False), ("volume-10", True)]
+
+
+def test_covid_stack_cases(tmp_path):
+    write_nifti(tmp_path / "tr_im.nii.gz", np.zeros((8, 8, 5), np.int16))
+    write_nifti(tmp_path / "tr_mask.nii.gz", np.zeros((8, 8, 5), np.uint8))
+    single = find_cases(tmp_path, "covid_stack")
+    assert len(single) == 5 and single[3].slices == (3,) and single[3].case_id == "slice-003"
+    grouped = find_cases(tmp_path, "covid_stack", stack_group_size=2)
+    assert [c.slices for c in grouped] == [(0, 1), (2, 3), (4,)]
+
+
+def test_missing_root_and_no_cases(tmp_path):
+    with pytest.raises(DataError, match=r"data.root .*nope does not exist"):
+        find_cases(tmp_path / "nope", "lits")
+    with pytest.raises(DataError, match=r"no kits cases found .*case_XXXXX/imaging"):
+        find_cases(tmp_path, "kits")
+    with pytest.raises(DataError, match="data.layout"):
+        find_cases(tmp_path, "brats")
+
+
+def test_patient_split_properties():
+    ids = [f"case{i}" for i in range(10)]
+    s = patient_split(ids, 0.2, 0.2, seed=0)
+    assert s == patient_split(list(reversed(ids)), 0.2, 0.2, seed=0), "independent of input order"
+    assert s != patient_split(ids, 0.2, 0.2, seed=1)
+    assert sorted(s["train"] + s["val"] + s["test"]) == sorted(ids)
+    assert (len(s["train"]), len(s["val"]), len(s["test"])) == (6, 2, 2)
+    three = patient_split(ids[:3], 0.1, 0.1, seed=0)
+    assert all(len(v) == 1 for v in three.values())
+    assert patient_split(ids, 0.2, 0.0, seed=0)["test"] == []
+
+
+def test_patient_split_too_few_cases():
+    with pytest.raises(DataError, match="train split is empty"):
+        patient_split(["a", "b"], 0.2, 0.2, seed=0)
+    with pytest.raises(DataError, match="val_fraction"):
+        patient_split(["a", "b", "c"], 1.5, 0.2, seed=0)

@@ -1,0 +1,117 @@
+"""Volume pipeline: HU window, NIfTI errors, label checks, resize, slice cache hits and atomicity."""
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+from data_fixtures import write_nifti
+
+import datamodules.volumes as volumes
+from datamodules.errors import DataError
+from datamodules.volumes import (PreprocessParams, VolumeCache, apply_window, load_nifti,
+                                 resize_slices, restore_label_volume)
+
+
+def _pair(tmp_path, shape=(16, 16, 4), label_shape=None, bad_value=None):
+    rng = np.random.default_rng(0)
+    img = write_nifti(tmp_path / "img.nii.gz", rng.integers(-200, 300, shape).astype(np.int16))
+    lab = np.zeros(label_shape or shape, np.uint8)
+    lab[4:10, 4:10, 1:3] = 1
+    lab[6:8, 6:8, 2] = 2
+    if bad_value is not None:
+        lab[0, 0, 0] = bad_value
+    return img, write_nifti(tmp_path / "lab.nii.gz", lab)
+
+
+def test_window_maps_known_hu():
+    x = np.array([-1000, -40, 60, 160, 3000], np.float32)
+    assert np.allclose(apply_window(x, -40, 160), [0, 0, 0.5, 1, 1])
+    pancreas = apply_window(np.array([-500, -200, 25, 250], np.float32), -200, 250, (-1, 1))
+    assert np.allclose(pancreas, [-1, -1, 0, 1]) and pancreas.dtype == np.float32
+    with pytest.raises(DataError, match="window"):
+        apply_window(x, 100, 0)
+
+
+def test_load_nifti_order_and_corrupt_file(tmp_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    data, affine, _ = load_nifti(write_nifti(tmp_path / "a.nii.gz", arr, (0.5, 0.5, 2.0)))
+    assert data.dtype == np.float32 and data.shape == (2, 3, 4) and np.array_equal(data, arr)
+    assert np.allclose(np.diag(affine)[:3], (0.5, 0.5, 2.0))
+    good = (tmp_path / "a.nii.gz").read_bytes()
+    (tmp_path / "trunc.nii.gz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match="trunc.nii.gz"):
+        load_nifti(tmp_path / "trunc.nii.gz")
+    (tmp_path / "junk.nii.gz").write_bytes(gzip.compress(b"not a nifti header" * 30))
+    with pytest.raises(DataError, match="junk.nii.gz"):
+        load_nifti(tmp_path / "junk.nii.gz")
+    with pytest.raises(DataError, match="missing.nii"):
+        load_nifti(tmp_path / "missing.nii")
+
+
+def test_shape_mismatch_names_both_files(tmp_path):
+    img, lab = _pair(tmp_path, label_shape=(16, 16, 5))
+    with pytest.raises(DataError, match=r"img\.nii\.gz.*lab\.nii\.gz"):
+        VolumeCache(tmp_path / "c", PreprocessParams()).load(img, lab, "x")
+
+
+def test_bad_label_value_names_file_and_value(tmp_path):
+    img, lab = _pair(tmp_path, bad_value=7)
+    with pytest.raises(DataError, match=r"lab\.nii\.gz.*\[7\]"):
+        VolumeCache(tmp_path / "c", PreprocessParams(labels=(0, 1, 2))).load(img, lab, "x")
+
+
+def test_resize_nearest_for_labels_and_restore():
+    lab = np.zeros((2, 20, 20), np.uint8)
+    lab[:, 5:15, 5:15] = 2
+    small = resize_slices(lab, 8, is_label=True)
+    assert small.shape == (2, 8, 8) and set(np.unique(small)) <= {0, 2}
+    img = resize_slices(lab.astype(np.float32), 8, is_label=False)
+    assert img.dtype == np.float32 and img.shape == (2, 8, 8)
+    back = restore_label_volume(small, (20, 20, 2))
+    assert back.shape == (20, 20, 2) and set(np.unique(back)) <= {0, 2}
+
+
+def test_cache_hit_and_no_temp_files(tmp_path):
+    img, lab = _pair(tmp_path)
+    params = PreprocessParams(image_size=8)
+    first = VolumeCache(tmp_path / "c", params)
+    v1 = first.load(img, lab, "case0")
+    assert first.decode_count == 1 and v1.image.shape == (4, 8, 8) and v1.original_shape == (16, 16, 4)
+    assert 0.0 <= v1.image.min() and v1.image.max() <= 1.0
+    first.load(img, lab, "case0")
+    second = VolumeCache(tmp_path / "c", params)
+    v2 = second.load(img, lab, "case0")
+    assert first.decode_count == 1 and second.decode_count == 0
+    assert np.array_equal(v1.image, v2.image) and np.array_equal(v1.label, v2.label)
+    files = [p.name for p in (tmp_path / "c").rglob("*") if p.is_file()]
+    assert sorted(files) == ["case0_image.npy", "case0_label.npy", "case0_meta.json"]
+    other = VolumeCache(tmp_path / "c", PreprocessParams(image_size=8, window=(-200.0, 300.0)))
+    other.load(img, lab, "case0")
+    assert other.decode_count == 1, "different preprocessing -> different cache entry"
+
+
+def test_interrupted_write_leaves_no_partial_cache(tmp_path, monkeypatch):
+    img, lab = _pair(tmp_path)
+    real_save = np.save
+    calls = {"n": 0}
+
+    def failing_save(fh, arr):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the image file, written last
+            fh.write(b"partial")
+            raise KeyboardInterrupt
+        real_save(fh, arr)
+
+    monkeypatch.setattr(volumes.np, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        VolumeCache(tmp_path / "c", PreprocessParams()).load(img, lab, "case0")
+    monkeypatch.setattr(volumes.np, "save", real_save)
+    leftovers = [p.name for p in (tmp_path / "c").rglob("*") if p.is_file()]
+    assert "case0_image.npy" not in leftovers and not any(n.endswith(".tmp") for n in leftovers)
+    cache = VolumeCache(tmp_path / "c", PreprocessParams())
+    cache.load(img, lab, "case0")
+    assert cache.decode_count == 1
+    again = VolumeCache(tmp_path / "c", PreprocessParams())
+    again.load(img, lab, "case0")
+    assert again.decode_count == 0

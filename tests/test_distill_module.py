@@ -1,0 +1,203 @@
+"""DistillationModule: frozen teacher, trainable student + adapters, hook taps, checkpoints, errors."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from experiments.builders import ConfigError
+from experiments.errors import CheckpointError
+from lightning_modules.distillation import (
+    DistillationModule, NonFiniteLossError, load_student, save_student,
+)
+from lightning_modules.losses.kd import KDLoss
+from lightning_modules.segmentation import SegmentationModule
+
+TEACHER = {"_target_": "lightning_modules.nets.nested_unet.NestedUNet", "in_channels": 1, "classes": 2,
+           "preset": "tiny", "width": 4, "deep_supervision": True}
+STUDENT = {"_target_": "lightning_modules.nets.student.ResNet18Student", "in_channels": 1, "classes": 2}
+LOSS = {"_target_": "lightning_modules.losses.deep_supervision.DeepSupervisionLoss",
+        "base": {"_target_": "lightning_modules.losses.focal_dice.FocalDiceLoss"}}
+HLFD = {"_target_": "lightning_modules.losses.kd.HLFDLoss", "beta": 0.9, "lam": 0.1}
+TAPS = [
+    {"role": "student_early", "student": "encoder.layer1"},
+    {"role": "student_mid", "student": "encoder.layer2"},
+    {"role": "student_mid", "student": "encoder.layer3"},
+    {"role": "student_late", "student": "encoder.layer4"},
+    {"role": "teacher_mid", "teacher": "conv1_0"},
+    {"role": "teacher_mid", "teacher": "conv2_0"},
+    {"role": "teacher_mid", "teacher": "conv3_0"},
+    {"role": "teacher_late", "teacher": "conv4_0"},
+    {"role": "teacher_pred_mid", "teacher": "conv0_1", "head": "final1"},
+    {"role": "teacher_pred_mid", "teacher": "conv0_2", "head": "final2"},
+    {"role": "teacher_pred_mid", "teacher": "conv0_3", "head": "final3"},
+    {"role": "teacher_pred_late", "teacher": "conv0_4", "head": "final4"},
+]
+
+
+def make(**kw) -> DistillationModule:
+    args = dict(net=STUDENT, teacher=TEACHER, kd_loss=HLFD, taps=TAPS, loss=LOSS, num_classes=2,
+                example_size=32, method="hlfd")
+    args.update(kw)
+    return DistillationModule(**args)
+
+
+def batch(b: int = 2, size: int = 32) -> dict:
+    mask = torch.zeros(b, size, size, dtype=torch.long)
+    mask[:, 10:20, 12:22] = 1
+    return {"image": torch.rand(b, 1, size, size), "mask": mask, "case_id": [f"c{i}" for i in range(b)],
+            "slice_index": torch.arange(b)}
+
+
+def no_hooks(net: nn.Module) -> bool:
+    return all(len(m._forward_hooks) == 0 for m in net.modules())
+
+
+def test_train_step_keeps_teacher_frozen_and_trains_adapters():
+    module = make()
+    module.train()
+    assert not module.teacher.training and all(not m.training for m in module.teacher.modules())
+    assert all(not p.requires_grad for p in module.teacher.parameters())
+    before = copy.deepcopy(module.teacher.state_dict())
+    opt = module.configure_optimizers()
+    loss = module.training_step(batch(), 0)
+    loss.backward()
+    heads = [module.kd_loss.early_head, *module.kd_loss.mid_heads]
+    for head in heads:  # adapters (predictive heads) receive gradients
+        assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in module.teacher.parameters())
+    opt.step()
+    after = module.teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical, BN buffers included
+
+
+def test_optimizer_holds_only_student_and_adapters():
+    module = make()
+    opt = module.configure_optimizers()
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    expected = {id(p) for p in [*module.net.parameters(), *module.kd_loss.parameters()]}
+    assert in_opt == expected
+    assert not in_opt & {id(p) for p in module.teacher.parameters()}
+    assert module.kd_loss.early_head.in_channels == 64  # inferred from encoder.layer1
+    assert [h.in_channels for h in module.kd_loss.mid_heads] == [128, 256]
+
+
+def test_hooks_capture_declared_shapes_and_are_removed():
+    module = make()
+    module.attach_taps()
+    b = batch()
+    t_out = module.teacher(b["image"])
+    s_out = module.net(b["image"])
+    roles = module.kd_inputs(b, s_out, t_out)
+    assert roles["student_early"].shape == (2, 64, 8, 8)
+    assert [t.shape for t in roles["student_mid"]] == [(2, 128, 4, 4), (2, 256, 2, 2)]
+    assert roles["student_late"].shape == (2, 512, 1, 1)
+    assert [t.shape[1] for t in roles["teacher_mid"]] == [8, 16, 32]
+    assert roles["teacher_late"].shape == (2, 64, 2, 2)
+    assert [t.shape for t in roles["teacher_pred_mid"]] == [(2, 2, 32, 32)] * 3
+    assert torch.allclose(roles["teacher_pred_late"], t_out)  # final4 on conv0_4 == teacher output
+    assert not roles["teacher_late"].requires_grad and roles["student_late"].requires_grad
+    assert not no_hooks(module.net) and not no_hooks(module.teacher)
+    module.teardown("fit")
+    assert no_hooks(module.net) and no_hooks(module.teacher)
+
+
+def test_fit_leaves_teacher_untouched_and_no_hooks():
+    module = make(kd_loss={"_target_": "lightning_modules.losses.kd.HIFDLoss"},
+                  taps=[TAPS[1], TAPS[2], TAPS[7], TAPS[11]], method="hifd")
+    before = copy.deepcopy(module.teacher.state_dict())
+    data = [batch(2) for _ in range(2)]
+    loader = DataLoader(data, batch_size=None)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=loader)
+    assert all(torch.equal(before[k], v) for k, v in module.teacher.state_dict().items())
+    assert not module.teacher.training
+    assert no_hooks(module.net) and no_hooks(module.teacher)
+    assert "train/kd/feature" in trainer.callback_metrics and "train/kd/total_kd" in trainer.callback_metrics
+
+
+def test_bad_hook_path_names_path_and_close_matches():
+    taps = [dict(t) for t in TAPS]
+    taps[0]["student"] = "encoder.layr1"
+    with pytest.raises(ConfigError, match=r"encoder\.layr1.*encoder\.layer1"):
+        make(taps=taps)
+    taps = [dict(t) for t in TAPS]
+    taps[4]["teacher"] = "conv1_9"
+    with pytest.raises(ConfigError, match=r"conv1_9.*close matches"):
+        make(taps=taps)
+
+
+def test_config_errors_for_roles_and_pairs():
+    with pytest.raises(ConfigError, match="teacher_late"):  # HLFD needs a role that is not declared
+        make(taps=[t for t in TAPS if t["role"] != "teacher_late"])
+    with pytest.raises(ConfigError, match=r"in_channels=3.*in_channels=1"):
+        make(teacher={**TEACHER, "in_channels": 3})
+    with pytest.raises(ConfigError, match=r"predicts 3 classes.*predicts 2"):
+        make(teacher={**TEACHER, "classes": 3})
+    with pytest.raises(ConfigError, match="produced no output"):  # a head that eval mode never runs
+        make(taps=[*TAPS[:8], {"role": "teacher_pred_mid", "teacher": "final1"}])
+
+
+def _teacher_ckpt(tmp_path, net_cfg) -> tuple:
+    seg = SegmentationModule(net=net_cfg, loss=LOSS, num_classes=2)
+    path = tmp_path / "teacher.ckpt"
+    torch.save({"state_dict": seg.state_dict(), "hyper_parameters": dict(seg.hparams)}, path)
+    return path, seg
+
+
+def test_teacher_checkpoint_loads_and_checks_architecture(tmp_path):
+    path, seg = _teacher_ckpt(tmp_path, TEACHER)
+    module = make(teacher_ckpt=str(path))
+    assert all(torch.equal(v, seg.net.state_dict()[k]) for k, v in module.teacher.state_dict().items())
+    module = make(teacher=None, teacher_ckpt=str(path))  # net config taken from the checkpoint
+    assert type(module.teacher).__name__ == "NestedUNet"
+    with pytest.raises(CheckpointError, match=r"teacher\.ckpt.*width"):
+        make(teacher={**TEACHER, "width": 8}, teacher_ckpt=str(path))
+    dnet = {"_target_": "lightning_modules.nets.dnet.DNet", "in_channels": 1, "classes": 2, "width": 4}
+    with pytest.raises(CheckpointError, match=r"teacher\.ckpt.*_target_"):
+        make(teacher=dnet, teacher_ckpt=str(path))
+    bad = tmp_path / "garbage.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.ckpt"):
+        make(teacher_ckpt=str(bad))
+    with pytest.raises(CheckpointError, match="missing.ckpt"):
+        make(teacher_ckpt=str(tmp_path / "missing.ckpt"))
+
+
+def test_checkpoint_without_teacher_and_student_export(tmp_path):
+    path, _ = _teacher_ckpt(tmp_path, TEACHER)
+    module = make(teacher_ckpt=str(path))
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    assert any(k.startswith("kd_loss.") for k in ckpt["state_dict"])
+    module.on_load_checkpoint(ckpt)
+    module.load_state_dict(ckpt["state_dict"], strict=True)
+    out = save_student(module, tmp_path / "student.pt")
+    payload = torch.load(out, weights_only=True)
+    assert set(payload["state_dict"]) == set(module.net.state_dict())
+    net = load_student(out)
+    x = torch.rand(1, 1, 32, 32)
+    module.eval(), net.eval()
+    assert torch.allclose(net(x), module.net(x))
+
+
+class NaNKD(KDLoss):
+    def forward(self, inputs):
+        bad = inputs["student_logits"].mean() * float("nan")
+        return {"ufd": bad, "total_kd": bad}
+
+
+def test_non_finite_kd_term_raises_naming_step_and_term():
+    module = make(kd_loss=NaNKD(), taps=[])
+    module.train()
+    before = {k: p.detach().clone() for k, p in module.net.named_parameters()}
+    with pytest.raises(NonFiniteLossError, match=r"'ufd'.*step 0"):
+        module.training_step(batch(), 0)
+    # raised inside training_step: no backward, no optimizer step, weights untouched
+    assert all(torch.equal(before[k], p) for k, p in module.net.named_parameters())

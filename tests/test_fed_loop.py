@@ -1,0 +1,236 @@
+"""The federation loop end to end on tiny data: artefacts, no data crossing, failing clients, resume,
+FedBN's local BN, and each federated experiment for two rounds through Hydra compose."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import federation.client as fed_client
+from datamodules.subset import IndexSubset, SubsetDataModule, carve_val
+from experiments.run import dispatch
+from federation.loop import FederationError, sample_clients
+from federation.messages import ClientUpdate, assert_no_data
+from federation.store import ClientStore
+from federation.strategies import bn_state_keys
+from tests.hydra_helpers import compose_run
+
+DIGITS = [
+    "+exp=fed_digits_datashare", "logger=csv", "model.width=4", "federation.num_clients=4",
+    "federation.clients_per_round=4", "federation.rounds=2", "federation.local_epochs=1",
+    "federation.min_clients=1", "federation.progress=false", "trainer.limit_train_batches=3",
+]
+
+
+def _record(monkeypatch, hook=None):
+    """Wrap run_client: record every update (and optionally replace it via ``hook``)."""
+    seen: list[ClientUpdate] = []
+    real = fed_client.run_client
+
+    def wrapper(client_id, **kw):
+        if hook is not None:
+            out = hook(client_id, real, kw)
+        else:
+            out = real(client_id, **kw)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(fed_client, "run_client", wrapper)
+    return seen
+
+
+def _net_state(cfg):
+    from experiments.builders import build_module
+
+    return build_module(cfg).net.state_dict()
+
+
+def test_subset_and_carve_val():
+    class DS(torch.utils.data.Dataset):
+        targets = np.arange(20) % 4
+
+        def __len__(self):
+            return 20
+
+        def __getitem__(self, i):
+            return {"image": torch.zeros(1, 2, 2), "label": torch.tensor(int(self.targets[i]))}
+
+    tr, va = carve_val(np.arange(10), 0.2, 0)
+    assert len(va) == 2 and not set(tr) & set(va) and set(tr) | set(va) == set(range(10))
+    groups = np.repeat(np.arange(5), 4)
+    tr, va = carve_val(np.arange(20), 0.4, 0, groups)
+    assert not set(groups[tr]) & set(groups[va])  # whole cases
+    base = type("B", (), {"train_dataset": DS(), "val_dataset": DS(), "test_dataset": DS(), "batch_size": 4})()
+    dm = SubsetDataModule(base, [0, 1, 2], [3], shared_indices=[10, 11])
+    assert len(dm.train_dataset) == 5 and dm.num_shared == 2 and list(dm.train_dataset.targets) == [0, 1, 2, 2, 3]
+    with pytest.raises(ValueError):
+        SubsetDataModule(base, [0, 1], [3], shared_indices=[1])
+    assert len(IndexSubset(DS(), [5])) == 1
+
+
+def test_sample_clients_seeded():
+    ids = [str(i) for i in range(100)]
+    a = sample_clients(ids, 0.1, 0, 3)
+    assert len(a) == 10 and a == sample_clients(ids, 0.1, 0, 3) and a != sample_clients(ids, 0.1, 0, 4)
+    assert sample_clients(ids, 5, 0, 0) == sorted(sample_clients(ids, 5, 0, 0), key=int)
+
+
+def test_digits_datashare_two_rounds(tmp_path, monkeypatch):
+    seen = _record(monkeypatch)
+    cfg = compose_run([*DIGITS, "federation.strategy.mode=all"], tmp_path)
+    metrics = dispatch(cfg)
+    run = tmp_path / "run"
+    for f in ("rounds.csv", "fed_curves.png", "partition.md", "partition.png", "server.pt", "global_final.pt",
+              "metrics.json", "csv/metrics.csv"):
+        assert (run / f).is_file(), f
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["fed/rounds"] == 2 and "fed/global/test/acc" in saved and saved["fed/shared_pool"] > 0
+    assert math.isfinite(metrics["test/acc"])
+    lines = (run / "rounds.csv").read_text().splitlines()
+    assert len(lines) == 3 and "test/acc" in lines[0] and "server_val/acc" in lines[0]
+    # shared pool disjoint from every client; the second round sent shared data (mode=all)
+    store = ClientStore(run / "client_store")
+    assert store.index() == ["0", "1", "2", "3"]
+    state = torch.load(run / "server.pt", weights_only=True)
+    assert state["round"] == 1 and state["strategy"]["allocation"]
+    rows = [dict(zip(lines[0].split(","), r.split(","))) for r in lines[1:]]
+    assert float(rows[0]["shared_sent"]) == 0 and float(rows[1]["shared_sent"]) > 0
+    hist = store.load("0", "history")
+    assert hist[-1]["num_shared"] > 0
+    # no data crossed: every update is model state of the right shapes plus float metrics
+    schema = _net_state(cfg)
+    assert len(seen) == 8
+    for u in seen:
+        assert_no_data(u, schema)
+        assert set(u.weights) == set(schema) and all(isinstance(v, float) for v in u.metrics.values())
+        assert "acc" in u.metrics
+
+
+def test_failing_clients_are_dropped(tmp_path, monkeypatch):
+    def hook(cid, real, kw):
+        if cid == "1":
+            raise RuntimeError("client 1 crashed")
+        out = real(cid, **kw)
+        if cid == "2":
+            bad = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in out.weights.items()}
+            return ClientUpdate(cid, bad, out.num_samples, dict(out.metrics))
+        return out
+
+    _record(monkeypatch, hook)
+    cfg = compose_run([*DIGITS, "federation.rounds=1", "federation/strategy=fedavg", "federation.min_clients=2"],
+                      tmp_path)
+    dispatch(cfg)
+    run = tmp_path / "run"
+    header, row = (run / "rounds.csv").read_text().splitlines()
+    row = dict(zip(header.split(","), row.split(",")))
+    assert float(row["dropped"]) == 2 and float(row["clients"]) == 2
+    final = torch.load(run / "global_final.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
+
+    # too few clients even after the retry: a clear error, the previous global model untouched
+    cfg = compose_run([*DIGITS, "federation.rounds=1", "federation/strategy=fedavg", "federation.min_clients=4"],
+                      tmp_path / "b")
+    with pytest.raises(FederationError, match="min_clients=4"):
+        dispatch(cfg)
+    assert not (tmp_path / "b" / "run" / "server.pt").exists()
+
+
+def test_resume_is_equivalent(tmp_path):
+    common = [*DIGITS, "federation.strategy.mode=part", "trainer.deterministic=true"]
+    dispatch(compose_run([*common, "federation.rounds=2"], tmp_path / "a"))
+    dispatch(compose_run([*common, "federation.rounds=1"], tmp_path / "b"))  # "killed" after round 1
+    dispatch(compose_run([*common, "federation.rounds=2", "resume=true"], tmp_path / "b"))
+    a = torch.load(tmp_path / "a" / "run" / "global_final.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "run" / "global_final.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ra = (tmp_path / "a" / "run" / "rounds.csv").read_text().splitlines()
+    rb = (tmp_path / "b" / "run" / "rounds.csv").read_text().splitlines()
+    assert len(ra) == len(rb) == 3
+
+
+def test_fedbn_keeps_bn_local(tmp_path, monkeypatch):
+    seen = _record(monkeypatch)
+    cfg = compose_run([*DIGITS, "federation/strategy=fedbn"], tmp_path)
+    dispatch(cfg)
+    from experiments.builders import build_module
+
+    net = build_module(cfg).net
+    bn = bn_state_keys(net)
+    assert bn
+    for u in seen:
+        assert not bn & set(u.weights)  # BN never leaves a client
+    store = ClientStore(tmp_path / "run" / "client_store")
+    local = [store.load(c, "local_state") for c in store.index()]
+    assert all(set(s) == bn for s in local)
+    key = next(k for k in sorted(bn) if k.endswith("running_mean"))
+    assert not torch.equal(local[0][key], local[1][key])  # each client has its own statistics
+    final = torch.load(tmp_path / "run" / "global_final.pt", weights_only=True)
+    assert torch.equal(final[key], net.state_dict()[key])  # the server never aggregated BN
+
+
+def _seg(exp, sites, extra=()):
+    ov = [f"+exp={exp}", "logger=csv", "model.width=4", "federation.rounds=2", "federation.local_epochs=1",
+          "federation.matrix.standalone_epochs=1", "federation.matrix.centralised_epochs=1",
+          "federation.progress=false", "trainer.limit_train_batches=2"]
+    for s in sites:
+        ov += [f"data.sites.{s}.image_size=32", f"data.sites.{s}.synthetic.n_cases=4",
+               f"data.sites.{s}.synthetic.shape=[32,32,6]"]
+    return ov + list(extra)
+
+
+@pytest.mark.parametrize("exp, sites, extra", [
+    ("fed_pancreas", ["site1", "site2"], []),
+    ("segviz_fedbn", ["liver_site", "spleen_site", "pancreas_site", "kidney_site"],
+     ["federation.matrix.standalone=false", "federation.matrix.centralised=false"]),
+    ("fed_lits_dnet", ["hospital_a", "hospital_b", "hospital_c"], []),
+])
+def test_segmentation_experiments_two_rounds(tmp_path, exp, sites, extra):
+    cfg = compose_run(_seg(exp, sites, extra), tmp_path)
+    metrics = dispatch(cfg)
+    run = tmp_path / "run"
+    assert metrics["fed/rounds"] == 2 and metrics["fed/num_clients"] == len(sites)
+    assert "fed/global/test/dice" in metrics and (run / "fed_curves.png").is_file()
+    assert ClientStore(run / "client_store").index() == sorted(sites)
+    if cfg.federation.evaluation_matrix:
+        md = (run / "evaluation_matrix.md").read_text()
+        assert "FL_global" in md and f"{sites[0]}_FL_local" in md and "pooled" in md
+        if cfg.federation.matrix.standalone:
+            assert f"{sites[-1]}_baseline" in md and "centralised" in md
+
+
+def test_partial_labels_mask_unannotated(tmp_path):
+    cfg = compose_run(_seg("fed_pancreas", ["site1", "site2"]), tmp_path)
+    from federation.loop import Server
+
+    server = Server(cfg)
+    ind = server.indices["site1"]
+    dm = fed_client._client_datamodule(server.ccfg, server.base, ind, None, 0)
+    masks = torch.stack([dm.train_dataset[i]["mask"] for i in range(len(dm.train_dataset))])
+    raw = torch.stack([server.base.train_dataset[int(i)]["mask"] for i in ind.train])
+    assert not (masks == 2).any() and ((raw == 2) == (masks == 255)).all()  # tumour hidden at site 1
+    assert dm.train_dataset[0]["label_mask"].tolist() == [True, True, False]
+
+
+def test_covid_datashare_real_data(tmp_path, shared_data):
+    root = shared_data / "covid-ct-ucsd-cropped"
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent")
+    cfg = compose_run(["+exp=fed_covid_datashare", "logger=csv", "model.width=4", "federation.rounds=2",
+                       "federation.num_clients=4", "federation.clients_per_round=2", "federation.local_epochs=1",
+                       "data.size=32", "federation.progress=false", "trainer.limit_train_batches=2",
+                       f"data.root={root}"], tmp_path)
+    metrics = dispatch(cfg)
+    assert metrics["fed/rounds"] == 2 and "fed/global/test/acc" in metrics
+
+
+def test_ray_executor_two_cpu_workers(tmp_path):
+    pytest.importorskip("ray")
+    cfg = compose_run([*DIGITS, "federation.rounds=1", "federation/executor=ray", "federation.executor.num_workers=2",
+                       "federation.executor.gpus_per_client=0", "federation.executor.cpus_per_client=1"], tmp_path)
+    metrics = dispatch(cfg)
+    assert metrics["fed/rounds"] == 1 and metrics["fed/dropped_total"] == 0

@@ -1,0 +1,145 @@
+"""Partitioners (paper 000 §5.1), feature skew, partial labels (SegViz, paper 004) and reports."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from federation.partition import (
+    FeatureShift, by_group, dirichlet, feature_skew_params, iid, label_mask, mask_unannotated,
+    merge_unannotated_to_background, partial_label_sets, partition_report, pathological, plot_partition,
+    quantity_skew,
+)
+
+LABELS = np.repeat(np.arange(10), 100)  # 10 classes x 100 samples
+
+
+def _check_cover(parts, expected):
+    allidx = np.concatenate(parts)
+    assert len(allidx) == len(np.unique(allidx)), "overlap"
+    assert np.array_equal(np.sort(allidx), np.sort(np.asarray(expected)))
+    assert all(p.dtype == np.int64 for p in parts)
+
+
+PARTITIONERS = {
+    "iid": lambda seed, idx=None: iid(len(LABELS) if idx is None else idx, 7, seed),
+    "quantity": lambda seed, idx=None: quantity_skew(len(LABELS) if idx is None else idx, 5, seed, alpha=1.0),
+    "dirichlet": lambda seed, idx=None: dirichlet(LABELS, 6, 0.5, seed, min_size=5, indices=idx),
+    "pathological": lambda seed, idx=None: pathological(LABELS, 10, 2, seed=seed, indices=idx),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARTITIONERS))
+def test_cover_without_overlap_and_reproducible(name):
+    fn = PARTITIONERS[name]
+    a, b, c = fn(0), fn(0), fn(1)
+    _check_cover(a, np.arange(len(LABELS)))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    subset = np.setdiff1d(np.arange(len(LABELS)), np.arange(0, 1000, 9))  # e.g. after carving a shared pool
+    _check_cover(fn(0, subset), subset)
+
+
+@pytest.mark.parametrize("k,clients", [(1, 10), (2, 10), (2, 4), (1, 30), (2, 5)])
+def test_pathological_80_20(k, clients):
+    parts = pathological(LABELS, clients, k, major_fraction=0.8, seed=3)
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+    for p in parts:
+        counts = np.sort(np.bincount(LABELS[p], minlength=10))[::-1]
+        assert abs(counts[:k].sum() / len(p) - 0.8) <= max(0.02, 1.5 / len(p))  # ±1 sample of rounding
+        assert counts[k] < counts[k - 1] / 2  # the rest is spread, not another major class
+
+
+def test_pathological_infeasible_warns_and_still_covers():
+    with pytest.warns(UserWarning, match="major demand"):
+        parts = pathological(LABELS, 7, 1, seed=0)  # 143 per client, 114 > 100 samples of a class
+    _check_cover(parts, np.arange(len(LABELS)))
+    with pytest.raises(ValueError):
+        pathological(LABELS, 4, 10)
+
+
+def test_dirichlet_small_alpha_more_skewed():
+    _, skewed = partition_report(LABELS, dirichlet(LABELS, 5, 0.05, seed=0))
+    _, mild = partition_report(LABELS, dirichlet(LABELS, 5, 100.0, seed=0))
+    assert skewed["mean_emd"] > mild["mean_emd"] + 0.5
+    assert min(len(p) for p in dirichlet(LABELS, 5, 0.05, seed=0, min_size=20)) >= 20
+
+
+def test_quantity_skew_sizes():
+    parts = quantity_skew(100, 3, seed=0, sizes=[50, 30, 20])
+    assert [len(p) for p in parts] == [50, 30, 20]
+    parts = quantity_skew(100, 4, seed=0, sizes=[0.4, 0.3, 0.2, 0.1])
+    assert [len(p) for p in parts] == [40, 30, 20, 10]
+    sizes = [len(p) for p in quantity_skew(1000, 5, seed=1, alpha=0.5)]
+    assert sum(sizes) == 1000 and max(sizes) > 1.5 * min(sizes)
+
+
+def test_by_group():
+    groups = np.array(["b", "a", "b", "c", "a"])
+    parts = by_group(groups)
+    assert [p.tolist() for p in parts] == [[1, 4], [0, 2], [3]]
+    assert [p.tolist() for p in by_group(groups, indices=np.array([0, 1, 3]))] == [[1], [0], [3]]
+
+
+def test_feature_shift_deterministic_per_site():
+    img = torch.rand(1, 8, 8)
+    shifts = feature_skew_params(3, seed=0, strength=1.0)
+    a0, a1 = shifts[0](img), shifts[0](img)
+    assert torch.equal(a0, a1) and a0.shape == img.shape and a0.dtype == img.dtype
+    assert not torch.allclose(a0, shifts[1](img))
+    assert shifts == feature_skew_params(3, seed=0, strength=1.0)
+    ident = feature_skew_params(2, seed=0, strength=0.0)[0]
+    assert torch.allclose(ident(img), img, atol=1e-6)
+    fs = FeatureShift(intensity_offset=1.0, intensity_scale=2.0)
+    assert torch.allclose(fs(img), img * 2 + 1)
+    g = FeatureShift(contrast_gamma=2.0)(torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.allclose(g, torch.tensor([0.0, 0.25, 1.0]))
+
+
+def test_partial_label_sets():
+    sets = partial_label_sets(5, 2, seed=0)
+    assert set(sets) == {"0", "1"} and all(0 in s for s in sets.values())
+    assert set().union(*sets.values()) == set(range(5))  # every class annotated somewhere
+    assert sets == partial_label_sets(5, 2, seed=0)
+    spec = partial_label_sets(4, ["A", "B"], spec={"A": [1], "B": [2, 3]})
+    assert spec == {"A": frozenset({0, 1}), "B": frozenset({0, 2, 3})}
+    assert all(len(s) >= 4 for s in partial_label_sets(6, 3, seed=1, per_client=3).values())
+    with pytest.raises(ValueError):
+        partial_label_sets(3, ["A"], spec={"A": [5]})
+
+
+def test_mask_unannotated_is_ignore_not_background():
+    target = torch.tensor([[0, 1, 2], [3, 255, 1]])
+    out = mask_unannotated(target, {1}, ignore_index=255)
+    assert out.tolist() == [[0, 1, 255], [255, 255, 1]]
+    assert mask_unannotated(target.numpy(), {1, 3}).tolist() == [[0, 1, 255], [3, 255, 1]]
+    assert label_mask({0, 2}, 4).tolist() == [True, False, True, False]
+
+
+def test_merge_unannotated_to_background():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 3, 3, requires_grad=True)
+    lm = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    logp = merge_unannotated_to_background(logits, lm)
+    p = logits.softmax(1)
+    assert torch.allclose(logp[0, 0].exp(), p[0, 0] + p[0, 2] + p[0, 3], atol=1e-6)
+    assert torch.isinf(logp[0, 2]).all() and torch.allclose(logp[1], p[1].log(), atol=1e-6)
+    assert torch.allclose(logp[0, :2].exp().sum(0), torch.ones(3, 3), atol=1e-5)
+    target = torch.randint(0, 2, (2, 3, 3))
+    loss = F.nll_loss(logp, target)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_report_and_plot(tmp_path):
+    parts = pathological(LABELS, 10, 1, seed=0)
+    md, stats = partition_report(LABELS, parts, [f"c{i}" for i in range(10)])
+    assert md.splitlines()[0].startswith("| client | n | c0") and len(md.splitlines()) == 12
+    assert stats["sizes"] == [100] * 10 and len(stats["emd"]) == 10
+    assert all(abs(f - 0.8) <= 0.02 for f in stats["max_class_fraction"])
+    out = plot_partition(LABELS, parts, tmp_path / "partition.png")
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(tmp_path) == ["partition.png"]

@@ -1,0 +1,58 @@
+"""ClientStore: per-client state on disk, atomic writes, weights_only loading."""
+import os
+import pickle
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from federation.store import ClientStore
+
+
+def test_round_trip_and_index(tmp_path):
+    store = ClientStore(tmp_path / "clients")
+    bn = {"1.running_mean": torch.arange(3.0), "1.num_batches_tracked": torch.tensor(7)}
+    store.save("site/a b", "bn", bn)
+    store.save("site/a b", "shared_indices", np.array([3, 1, 2]))
+    store.save("c2", "history", [{"round": 1, "accuracy": np.float64(0.5)}])
+    store.save("c2", "nothing", None)
+    got = store.load("site/a b", "bn")
+    assert set(got) == set(bn) and all(torch.equal(got[k], bn[k]) for k in bn)
+    idx = store.load("site/a b", "shared_indices")
+    assert isinstance(idx, np.ndarray) and idx.tolist() == [3, 1, 2]
+    assert store.load("c2", "history") == [{"round": 1, "accuracy": 0.5}]
+    assert store.load("c2", "missing", default=42) == 42
+    assert store.load("nobody", "bn") is None
+    assert store.index() == ["c2", "site/a b"]
+    assert store.keys("c2") == ["history", "nothing"]
+    store.delete("c2", "nothing")
+    assert store.keys("c2") == ["history"]
+    store.delete("c2")
+    assert store.index() == ["site/a b"]
+    assert ClientStore(tmp_path / "clients").load("site/a b", "shared_indices").tolist() == [3, 1, 2]  # persisted
+
+
+def test_atomic_write_leaves_no_temp(tmp_path, monkeypatch):
+    store = ClientStore(tmp_path)
+    store.save("c", "w", torch.ones(2))
+    assert sorted(os.listdir(tmp_path)) == ["c.pt"]
+
+    def boom(obj, f, *a, **k):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(RuntimeError):
+        store.save("c", "w", torch.zeros(2))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["c.pt"]
+    assert torch.equal(store.load("c", "w"), torch.ones(2))  # old state intact
+
+
+def test_load_is_weights_only(tmp_path):
+    store = ClientStore(tmp_path)
+
+    torch.save({"x": Fraction(1, 3)}, store.path("bad"))  # arbitrary pickled object
+    with pytest.raises(pickle.UnpicklingError):
+        store.load("bad", "x")
