@@ -77,6 +77,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         metrics["test_checkpoint"] = test_ckpt or "last weights"
     if hasattr(module, "summary_metrics"):
         metrics.update(module.summary_metrics())
+    for cb in callbacks:  # e.g. callbacks.throughput: parameters, FLOPs, images/s, peak memory
+        metrics.update(getattr(cb, "summary", {}))
     metrics["fit_seconds"] = fit_seconds
     metrics["num_parameters"] = sum(p.numel() for p in module.net.parameters())
     metrics.update(extra_metrics or {})

@@ -1,0 +1,80 @@
+"""Training images/s and peak memory of segmentation nets at equal width and input size.
+
+    python benchmarks/seg_throughput.py --models dnet unet3plus attention_unet unet --width 16 --size 128
+
+Each model is measured in a fresh subprocess so its peak memory (CPU max-RSS, or CUDA max allocated) is
+its own. Output: one Markdown row per model (paste into docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def measure(name: str, width: int | None, size: int, batch: int, steps: int, warmup: int, device: str) -> dict:
+    import torch
+
+    from lightning_modules.losses.deep_supervision import DeepSupervisionLoss
+    from lightning_modules.losses.hybrid import HybridCEDiceLoss
+    from lightning_modules.nets import build_model, count_parameters
+
+    torch.manual_seed(0)
+    kwargs = {"in_channels": 1, "classes": 2}
+    if name not in ("unet", "unetpp", "resnet18_unet", "resnet18_student"):
+        kwargs.update(preset="paper", width=width)
+    net = build_model(name, **kwargs).to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = DeepSupervisionLoss(HybridCEDiceLoss())
+    x = torch.randn(batch, 1, size, size, device=device)
+    y = torch.randint(0, 2, (batch, size, size), device=device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"model": name, "params_M": count_parameters(net) / 1e6, "images_per_s": steps * batch / seconds,
+            "peak_MiB": peak, "device": device, "width": width, "size": size, "batch": batch}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["dnet", "unet3plus", "attention_unet", "unet"])
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        print(json.dumps(measure(a.one, a.width, a.size, a.batch, a.steps, a.warmup, a.device)))
+        return
+    print("| model | params (M) | train images/s | peak memory (MiB) | device | width | input | batch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in a.models:
+        out = subprocess.run([sys.executable, __file__, "--one", name, "--width", str(a.width), "--size", str(a.size),
+                              "--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup),
+                              "--device", a.device], capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        width = r["width"] if name not in ("unet", "unetpp") else "smp resnet34"
+        print(f"| {name} | {r['params_M']:.2f} | {r['images_per_s']:.1f} | {r['peak_MiB']:.0f} | {r['device']} | "
+              f"{width} | {r['size']}² | {r['batch']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Compare finished runs without a network: ``python -m experiments.report <multirun dir or glob> [...]``.
+
+Collects every run dir (one with ``metrics.json``, or ``failed.json`` for a job that failed) below the
+given paths, groups runs by their Hydra overrides minus ``seed``, and writes a comparison table — one row
+per method, mean ± std over seeds, the best value per column in bold — as Markdown and CSV, plus
+learning-curve PNGs. Failed jobs are listed with their error line; no runs at all is an error.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from experiments.artifacts import atomic_write_text, console
+
+DEFAULT_KEYS = ("test/dice", "test/miou", "test/accuracy", "test/auc", "test/acc", "fed/test/accuracy")
+LOWER_IS_BETTER = ("loss", "rvd", "seconds")
+
+
+def find_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
+    """Run dirs holding ``metrics.json`` and those holding ``failed.json`` below the given paths/globs."""
+    done, failed = set(), set()
+    for pattern in paths:
+        for root in [Path(p) for p in glob.glob(pattern)] or [Path(pattern)]:
+            done.update(p.parent for p in root.rglob("metrics.json"))
+            failed.update(p.parent for p in root.rglob("failed.json"))
+    return sorted(done), sorted(failed - done)
+
+
+def run_label(run: Path, drop: tuple[str, ...] = ("seed",)) -> str:
+    """The method a run belongs to: its Hydra overrides, minus the seed (``.hydra/overrides.yaml``)."""
+    path = run / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
+    kept = [o for o in overrides or [] if o.split("=")[0].lstrip("+~") not in drop]
+    return " ".join(kept) or run.name
+
+
+def collect(runs: list[Path], keys: tuple[str, ...] | None) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
+    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    found: list[str] = []
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        label = run_label(run)
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and (keys is None or key in keys):
+                groups[label][key].append(float(value))
+                if key not in found:
+                    found.append(key)
+    ordered = [k for k in (keys or found) if k in found]
+    return groups, ordered
+
+
+def table(groups: dict[str, dict[str, list[float]]], keys: list[str]) -> tuple[str, str]:
+    """Markdown and CSV tables: mean ± std per method and key; best mean per column in bold."""
+    best = {}
+    for key in keys:
+        means = {m: np.mean(v[key]) for m, v in groups.items() if v.get(key)}
+        if means:
+            pick = min if any(t in key for t in LOWER_IS_BETTER) else max
+            best[key] = pick(means, key=lambda m: abs(means[m]) if "rvd" in key else means[m])
+    md = ["| method | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["method", "n", *[c for k in keys for c in (f"{k}_mean", f"{k}_std")]])
+    for method, vals in sorted(groups.items()):
+        n = max((len(v) for v in vals.values()), default=0)
+        cells, row = [], [method, n]
+        for key in keys:
+            v = vals.get(key, [])
+            if not v:
+                cells.append("–")
+                row += ["", ""]
+                continue
+            mean, std = float(np.mean(v)), float(np.std(v))
+            cell = f"{mean:.4f} ± {std:.4f}"
+            cells.append(f"**{cell}**" if best.get(key) == method else cell)
+            row += [f"{mean:.6f}", f"{std:.6f}"]
+        md.append(f"| {method} | {n} | " + " | ".join(cells) + " |")
+        writer.writerow(row)
+    return "\n".join(md) + "\n", buf.getvalue()
+
+
+def failures(failed: list[Path]) -> list[str]:
+    lines = []
+    for run in failed:
+        info = json.loads((run / "failed.json").read_text())
+        lines.append(f"- `{run}`: {info.get('error', '?')}")
+    return lines
+
+
+def plot_curves(runs: list[Path], out: Path, key: str) -> Path | None:
+    """Mean learning curve of ``key`` (from each run's CSV log) per method, as a PNG."""
+    from callbacks.curves import read_csv_metrics
+    from callbacks.plotting import plt, save_figure
+
+    per_method: dict[str, list[list[tuple[int, float]]]] = defaultdict(list)
+    for run in runs:
+        series = read_csv_metrics(run / "csv" / "metrics.csv").get(key)
+        if series:
+            per_method[run_label(run)].append(series)
+    if not per_method:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method, curves in sorted(per_method.items()):
+        length = min(len(c) for c in curves)
+        ys = np.array([[v for _, v in c[:length]] for c in curves])
+        xs = [e for e, _ in curves[0][:length]]
+        ax.plot(xs, ys.mean(0), marker="o", ms=3, label=f"{method} (n={len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    ax.set_title(f"{key} per method (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="multirun dirs, run dirs or globs")
+    parser.add_argument("--keys", nargs="*", default=None, help=f"metric keys (default: those of {DEFAULT_KEYS} present)")
+    parser.add_argument("--out", default=None, help="output folder (default: the first path)")
+    parser.add_argument("--curve", default="val/dice", help="metric to plot per epoch")
+    args = parser.parse_args(argv)
+    runs, failed = find_runs(args.paths)
+    if not runs and not failed:
+        print(f"error: no runs (metrics.json or failed.json) under {' '.join(args.paths)}", file=sys.stderr)
+        return 2
+    keys = tuple(args.keys) if args.keys else None
+    groups, ordered = collect(runs, keys)
+    if keys is None:
+        ordered = [k for k in DEFAULT_KEYS if k in ordered] or ordered
+    md, csv_text = table(groups, ordered)
+    fails = failures(failed)
+    if fails:
+        md += f"\nFailed runs ({len(fails)}):\n" + "\n".join(fails) + "\n"
+    out = Path(args.out or args.paths[0])
+    atomic_write_text(out / "report.md", md)
+    atomic_write_text(out / "report.csv", csv_text)
+    curve = plot_curves(runs, out / "report_curves.png", args.curve)
+    console.print(md)
+    console.print(f"wrote {out / 'report.md'}, {out / 'report.csv'}" + (f", {curve}" if curve else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
