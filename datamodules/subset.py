@@ -59,8 +59,9 @@ class PartialLabels:
     annotate become ``ignore_index`` (:func:`federation.partition.mask_unannotated`) and the item gets
     ``label_mask=bool[K]``. Picklable (a class, not a closure) so loader workers and Ray can carry it."""
 
-    def __init__(self, annotated: Iterable[int], num_classes: int, ignore_index: int = 255) -> None:
-        self.annotated = sorted(int(a) for a in annotated)
+    def __init__(self, annotated: Iterable[int], num_classes: int, ignore_index: int = 255,
+                 background: int = 0) -> None:
+        self.annotated = sorted({int(a) for a in annotated} | {int(background)})  # background always known
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
 
     def __call__(self, item: dict) -> dict:

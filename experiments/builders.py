@@ -5,19 +5,20 @@ centralised run is (DESIGN.md: one data path, one training path).
 """
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.artifacts import atomic_write_text
+from lightning_modules.errors import ConfigError
+
 #: Keys a data config carries for interpolation by the model/module configs (``${data.num_classes}``),
 #: which the datamodule constructor does not take; they are checked against the built datamodule.
 DATA_META_KEYS = ("in_channels", "num_classes", "class_names")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work, named by its key."""
 
 
 def build_datamodule(data_cfg: DictConfig, **overrides: Any) -> pl.LightningDataModule:
@@ -49,12 +50,29 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
 
 
-def build_loggers(cfg: DictConfig) -> list[Any]:
+def wandb_run_id(output_dir: str | Path) -> str:
+    """The W&B run id of a run dir, created once and kept in ``wandb_id.txt`` so ``resume=true`` continues
+    the same W&B run."""
+    path = Path(output_dir) / "wandb_id.txt"
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
+def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
+    """Loggers of ``cfg.logger``; a W&B logger gets the run dir's stable id (and ``resume='allow'``)."""
     loggers = []
-    for name, lg in (cfg.get("logger") or {}).items():
+    for lg in (cfg.get("logger") or {}).values():
         if lg is None or "_target_" not in lg:
             continue
-        loggers.append(instantiate(lg))
+        extra: dict[str, Any] = {}
+        if lg._target_.endswith("WandbLogger"):
+            extra = {"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow"}
+            if job_type:
+                extra["job_type"] = job_type
+        loggers.append(instantiate(lg, **extra))
     return loggers
 
 

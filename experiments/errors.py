@@ -3,18 +3,10 @@ from __future__ import annotations
 
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.builders import ConfigError
+from datamodules.errors import DataError
+from lightning_modules.errors import CheckpointError, ConfigError, one_line
 
-try:
-    from datamodules.errors import DataError
-except ImportError:  # pragma: no cover - datamodules always ships errors.py
-    class DataError(ValueError):
-        pass
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not load or belongs to another model."""
-
+__all__ = ["USER_ERRORS", "CheckpointError", "ConfigError", "DataError", "find_user_error", "one_line"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
@@ -23,12 +15,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     OmegaConfBaseException,
 )
-
-
-def one_line(err: BaseException) -> str:
-    """The error as one line: its type and the first line of its message."""
-    msg = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-    return f"{type(err).__name__}: {msg}"
 
 
 def find_user_error(err: BaseException) -> BaseException | None:

@@ -11,7 +11,6 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import hydra
 import nibabel as nib
@@ -22,34 +21,9 @@ from rich.progress import Progress
 
 from experiments.builders import build_datamodule
 from experiments.errors import CheckpointError, find_user_error, one_line
+from lightning_modules.checkpoints import load_checkpoint, net_state
 from lightning_modules.base import build
 from lightning_modules.losses.hybrid import class_probabilities
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A framework checkpoint, loaded with ``weights_only=True``; clear errors for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad checkpoint for the user
-        raise CheckpointError(f"checkpoint {path} does not load ({type(err).__name__}: {str(err).splitlines()[0]})") from err
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if not isinstance(hp.get("net"), dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"checkpoint {path} is not a framework segmentation checkpoint (no net config)")
-    return ckpt
-
-
-def net_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> torch.nn.Module:
-    """Rebuild the net from the checkpoint's own config and load its weights (strict)."""
-    net = build(ckpt["hyper_parameters"]["net"], what="net")
-    state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not match its net config: {str(err).splitlines()[0]}") from err
-    return net.eval()
 
 
 def atomic_save_nifti(img: nib.Nifti1Image, path: Path) -> None:
@@ -70,11 +44,19 @@ def predict_volume(cfg: DictConfig) -> Path:
     if not in_path.is_file():
         raise FileNotFoundError(f"input {in_path} does not exist")
     ckpt = load_checkpoint(ckpt_path)
+    state, net_cfg = net_state(ckpt, ckpt_path)
+    if not isinstance(net_cfg, dict):
+        raise CheckpointError(f"checkpoint {ckpt_path} stores no net config (not a framework segmentation checkpoint)")
     run_cfg_path = Path(cfg.run_config) if cfg.run_config else ckpt_path.resolve().parent.parent / "config.yaml"
     if not run_cfg_path.is_file():
         raise CheckpointError(f"no run config at {run_cfg_path}; pass run_config=<training run>/config.yaml")
     run_cfg = OmegaConf.load(run_cfg_path)
-    net = net_from_checkpoint(ckpt, ckpt_path)
+    net = build(net_cfg, what="net")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {ckpt_path} does not match its net config: {one_line(err)}") from err
+    net.eval()
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     net.to(device)

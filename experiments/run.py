@@ -20,7 +20,7 @@ import hydra  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 import datamodules.medmnist  # noqa: E402,F401  (registers the ${medmnist:...} resolver used by data configs)
 from experiments import artifacts  # noqa: E402
@@ -115,6 +115,14 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    resume = cfg.get("resume")
+    if isinstance(resume, str) and resume not in ("true", "false"):
+        # resume=<run dir>: continue that run in its own folder (same checkpoints, same W&B run id)
+        if not (Path(resume) / "checkpoints").is_dir():
+            print(f"error: resume={resume} is not a run dir with checkpoints/", file=sys.stderr)
+            sys.exit(2)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(Path(resume).resolve())
     out = output_dir(cfg)
     artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:

@@ -179,10 +179,6 @@ def _partition(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | None, 
     return [str(i) for i in range(len(parts))], parts
 
 
-def _needs_labels(pcfg: Any) -> bool:
-    return "labels" in inspect.signature(get_method(pcfg._target_)).parameters
-
-
 def _finite_state(state: Mapping[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
 
@@ -207,8 +203,9 @@ class Server:
         register_base(self.ccfg.data, self.base)
         train = self.base.train_dataset
         n = len(train)
-        needs_labels = _needs_labels(self.fed.partition) or float(self.fed.get("shared_fraction", 0) or 0) > 0
-        self.labels = sample_labels(train) if needs_labels or getattr(train, "targets", None) is not None else None
+        # per-sample labels (classification targets, or the largest class of each slice) for the
+        # partitioner, the stratified shared pool and the partition report
+        self.labels = sample_labels(train)
         self.groups = sample_groups(train)
         self.cases = sample_cases(train)
 

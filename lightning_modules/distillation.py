@@ -44,22 +44,11 @@ from lightning_modules.segmentation import SegmentationModule
 
 log = logging.getLogger(__name__)
 
-try:  # user errors become one clear line in experiments.run
-    from experiments.builders import ConfigError
-    from experiments.errors import CheckpointError
-except ImportError:  # pragma: no cover - the module is usable without the experiments package
-    class ConfigError(ValueError):
-        pass
-
-    class CheckpointError(ValueError):
-        pass
+from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_net, net_state, save_net
+from lightning_modules.errors import ConfigError, one_line
 
 #: roles filled automatically when not declared: net outputs and the ground truth.
 AUTO_ROLES = (STUDENT_LOGITS, TEACHER_PRED_LATE, MASK)
-#: net hyper-parameters compared between a teacher checkpoint and the teacher config.
-ARCH_KEYS = ("_target_", "in_channels", "classes", "preset", "width", "filters", "encoder_name", "decoder")
-
-
 class NonFiniteLossError(FloatingPointError):
     """A KD or segmentation term became NaN/inf; raised before the optimiser step."""
 
@@ -121,50 +110,6 @@ def _first_conv_in_channels(net: nn.Module) -> int | None:
 
 def _main(output: Any) -> Tensor:
     return output[0] if isinstance(output, (list, tuple)) else output
-
-
-def load_checkpoint_file(path: str | Path) -> dict:
-    """``torch.load`` with ``weights_only=True`` (falls back to a full load, with a warning, only for
-    checkpoints holding other objects); any failure is a :class:`CheckpointError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"teacher checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as first:  # noqa: BLE001
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-            log.warning("teacher checkpoint %s needed weights_only=False (%s)", path, one_line(first))
-            return ckpt
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"teacher checkpoint {path} does not load: {one_line(err)}") from err
-
-
-def one_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-
-
-def teacher_state_from_checkpoint(ckpt: Any, path: str | Path, teacher_cfg: Mapping | None) -> tuple[dict, Any]:
-    """``(net state dict, stored net config)`` of a framework SegmentationModule checkpoint (or a plain
-    state dict); raises :class:`CheckpointError` naming ``path`` when its stored net config differs
-    from ``teacher_cfg`` in ``_target_`` or an architecture hyper-parameter."""
-    if not isinstance(ckpt, Mapping):
-        raise CheckpointError(f"teacher checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint dict")
-    if "state_dict" not in ckpt:  # a bare state dict
-        if not all(isinstance(v, Tensor) for v in ckpt.values()):
-            raise CheckpointError(f"teacher checkpoint {path} has no 'state_dict' and is not a state dict")
-        return dict(ckpt), None
-    stored = (ckpt.get("hyper_parameters") or {}).get("net")
-    if isinstance(stored, Mapping) and isinstance(teacher_cfg, Mapping):
-        diffs = [f"{k}: checkpoint {stored.get(k)!r} vs config {teacher_cfg.get(k)!r}"
-                 for k in ARCH_KEYS if k in stored and k in teacher_cfg and stored.get(k) != teacher_cfg.get(k)]
-        if diffs:
-            raise CheckpointError(f"teacher checkpoint {path} is another architecture than distill.teacher.model "
-                                  f"({'; '.join(diffs)})")
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    if not state:
-        raise CheckpointError(f"teacher checkpoint {path} has no 'net.*' weights (not a SegmentationModule checkpoint?)")
-    return state, stored
 
 
 class DistillationModule(SegmentationModule):
@@ -242,8 +187,8 @@ class DistillationModule(SegmentationModule):
     def _build_teacher(teacher: Any, teacher_cfg: Mapping | None, ckpt_path: str | None) -> nn.Module:
         ckpt = state = None
         if ckpt_path is not None:
-            ckpt = load_checkpoint_file(ckpt_path)
-            state, stored = teacher_state_from_checkpoint(ckpt, ckpt_path, teacher_cfg)
+            ckpt = load_checkpoint(ckpt_path, "teacher checkpoint")
+            state, stored = net_state(ckpt, ckpt_path, teacher_cfg, "teacher checkpoint")
             if teacher is None:
                 if not isinstance(stored, Mapping):
                     raise CheckpointError(f"teacher checkpoint {ckpt_path} stores no net config; set distill.teacher.model")
@@ -460,45 +405,14 @@ class DistillationModule(SegmentationModule):
         for k, v in self.teacher.state_dict().items():
             state.setdefault(f"teacher.{k}", v)
 
-    def student_export(self) -> dict[str, Any]:
-        """The deployable student alone: its ``state_dict`` and net config (no teacher, no adapters)."""
-        return {"state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                "net": self.hparams.get("net"), "method": self.method,
-                "num_classes": self.num_classes, "class_names": self.class_names,
-                "fg_threshold": self.fg_threshold}
+
+def save_student(module: SegmentationModule, path: str | Path, method: str | None = None) -> Path:
+    """Write ``module``'s student (``net``) as ``student.pt``: weights + net config, no teacher/adapters."""
+    return save_net(path, module.net, module.hparams.get("net"), method=getattr(module, "method", method),
+                    num_classes=module.num_classes, class_names=module.class_names,
+                    fg_threshold=module.fg_threshold)
 
 
-def save_student(module: DistillationModule | SegmentationModule, path: str | Path,
-                 method: str | None = None) -> Path:
-    """Write ``module``'s student (``net``) as ``student.pt`` atomically (temp file + rename)."""
-    import os
-    import tempfile
+load_student = load_net
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(module, DistillationModule):
-        payload = module.student_export()
-    else:
-        payload = {"state_dict": {k: v.detach().cpu() for k, v in module.net.state_dict().items()},
-                   "net": module.hparams.get("net"), "method": method, "num_classes": module.num_classes,
-                   "class_names": module.class_names, "fg_threshold": module.fg_threshold}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
-def load_student(path: str | Path) -> nn.Module:
-    """Rebuild the student net saved by :func:`save_student` (``weights_only=True``)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    net = build(payload["net"], what="student net")
-    net.load_state_dict(payload["state_dict"])
-    return net
-
-
-__all__ = ["DistillationModule", "Tap", "parse_taps", "save_student", "load_student", "NonFiniteLossError",
-           "teacher_state_from_checkpoint", "load_checkpoint_file"]
+__all__ = ["DistillationModule", "Tap", "parse_taps", "save_student", "load_student", "NonFiniteLossError"]

@@ -1,0 +1,109 @@
+"""Loading and saving nets with their configs: framework checkpoints and deployable ``*.pt`` exports.
+
+Shared by prediction (``experiments/predict.py``) and distillation (teacher loading, student export), so
+"which net is in this file, does it match what I expect, load it safely" is answered in one place.
+Every load uses ``torch.load(weights_only=True)``: our checkpoints hold tensors and plain configs only.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_modules.base import build
+
+#: net hyper-parameters compared between a checkpoint's stored net config and an expected one.
+ARCH_KEYS = ("_target_", "in_channels", "classes", "preset", "width", "filters", "encoder_name", "decoder")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not exist, does not load, or holds another model."""
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    msg = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+    return f"{type(err).__name__}: {msg}"
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise CheckpointError(f"{what} {path} does not load ({one_line(err)})") from err
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{what} {path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return dict(ckpt)
+
+
+def net_state(ckpt: Mapping[str, Any], path: str | Path, expected: Mapping | None = None,
+              what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], Mapping | None]:
+    """``(net state dict, stored net config)`` of a framework module checkpoint or a bare state dict.
+
+    Raises :class:`CheckpointError` naming ``path`` when the stored net config differs from ``expected``
+    in ``_target_`` or an architecture hyper-parameter (:data:`ARCH_KEYS`).
+    """
+    if "state_dict" not in ckpt:
+        if not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise CheckpointError(f"{what} {path} has no 'state_dict' and is not a state dict")
+        return dict(ckpt), None
+    stored = (ckpt.get("hyper_parameters") or {}).get("net")
+    if isinstance(stored, Mapping) and isinstance(expected, Mapping):
+        diffs = [f"{k}: checkpoint {stored.get(k)!r} vs config {expected.get(k)!r}"
+                 for k in ARCH_KEYS if k in stored and k in expected and stored.get(k) != expected.get(k)]
+        if diffs:
+            raise CheckpointError(f"{what} {path} is another architecture ({'; '.join(diffs)})")
+    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    if not state:
+        raise CheckpointError(f"{what} {path} has no 'net.*' weights (not a framework module checkpoint?)")
+    return state, stored
+
+
+def net_from_checkpoint(path: str | Path, expected: Mapping | None = None, what: str = "checkpoint") -> nn.Module:
+    """Rebuild a net from a framework checkpoint's own net config and load its weights strictly."""
+    ckpt = load_checkpoint(path, what)
+    state, stored = net_state(ckpt, path, expected, what)
+    cfg = stored if isinstance(stored, Mapping) else expected
+    if not isinstance(cfg, Mapping):
+        raise CheckpointError(f"{what} {path} stores no net config; give the model config explicitly")
+    net = build(dict(cfg), what="net")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{what} {path} does not match its net config: {one_line(err)}") from err
+    return net
+
+
+def save_net(path: str | Path, net: nn.Module, net_cfg: Mapping | None, **meta: Any) -> Path:
+    """Write a deployable ``{"state_dict", "net" (its _target_ config), **meta}`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+               "net": dict(net_cfg) if net_cfg is not None else None, **meta}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def load_net(path: str | Path) -> nn.Module:
+    """Rebuild a net written by :func:`save_net` (``weights_only=True``)."""
+    payload = load_checkpoint(path, "net file")
+    if not isinstance(payload.get("net"), Mapping):
+        raise CheckpointError(f"net file {path} stores no net config")
+    net = build(payload["net"], what="net")
+    net.load_state_dict(payload["state_dict"])
+    return net
