@@ -85,6 +85,9 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     if trainer.is_global_zero:
         artifacts.write_json(out / "metrics.json", metrics)
         _report(cfg, module, metrics, trainer)
+    for lg in trainer.loggers:  # close the W&B run so its summary and config are written to disk
+        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
+            lg.experiment.finish()
     return metrics
 
 

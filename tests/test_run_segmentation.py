@@ -66,14 +66,14 @@ SMALL_DATA = ["data.synthetic.n_cases=4", "data.synthetic.shape=[32,32,6]", "dat
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["data=lits", "data.root=/nonexistent/LiTS"], "/nonexistent/LiTS"),
+        (["data=lits", "data.root={tmp}/no_such_dir/LiTS"], "no_such_dir/LiTS"),
         ([*SMALL_DATA, "model.no_such_key=1"], "no_such_key"),
         ([*SMALL_DATA, "data.num_classes=3"], "data.num_classes=3"),
     ],
 )
 def test_bad_input_one_line_nonzero_exit(tmp_path, args, expected):
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.run", "+exp=lits_dnet", *args, "logger=csv", "trainer.max_epochs=1",
+        [sys.executable, "-m", "experiments.run", "+exp=lits_dnet", *[a.format(tmp=tmp_path) for a in args], "logger=csv", "trainer.max_epochs=1",
          f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}", "model.width=4"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
