@@ -20,15 +20,14 @@ import hashlib
 import inspect
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lightning_modules.atomic import atomic_output
 from experiments.builders import ConfigError, build_module
 from experiments.run import output_dir, train_and_test
 from lightning_modules.segmentation import SegmentationModule
@@ -86,14 +85,8 @@ def teacher_loss(cfg: DictConfig) -> Any:
 
 
 def _atomic_copy(src: Path, dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dst
 
 

@@ -7,9 +7,7 @@ the prediction is resized back to the input's voxel grid and written with the in
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -21,21 +19,15 @@ from rich.progress import Progress
 
 from experiments.builders import build_datamodule
 from experiments.errors import CheckpointError, find_user_error, one_line
+from lightning_modules.atomic import atomic_output
 from lightning_modules.checkpoints import load_checkpoint, net_state
 from lightning_modules.base import build
 from lightning_modules.losses.hybrid import class_probabilities
 
 
 def atomic_save_nifti(img: nib.Nifti1Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".nii.gz"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.split('.')[0]}.", suffix=suffix)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_output(path, suffix="".join(path.suffixes) or ".nii.gz") as tmp:
+        nib.save(img, str(tmp))
 
 
 @torch.no_grad()

@@ -30,7 +30,6 @@ import os
 import random
 import tempfile
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Mapping
 

@@ -6,8 +6,6 @@ Every load uses ``torch.load(weights_only=True)``: our checkpoints hold tensors 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_modules.atomic import atomic_output
 from lightning_modules.base import build
 
 #: net hyper-parameters compared between a checkpoint's stored net config and an expected one.
@@ -85,18 +84,11 @@ def net_from_checkpoint(path: str | Path, expected: Mapping | None = None, what:
 
 def save_net(path: str | Path, net: nn.Module, net_cfg: Mapping | None, **meta: Any) -> Path:
     """Write a deployable ``{"state_dict", "net" (its _target_ config), **meta}`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                "net": dict(net_cfg) if net_cfg is not None else None, **meta}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def load_net(path: str | Path) -> nn.Module:

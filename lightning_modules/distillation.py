@@ -36,7 +36,6 @@ from torch import Tensor, nn
 
 from lightning_modules.base import build, to_plain
 from lightning_modules.hooks import FeatureTap
-from lightning_modules.losses.kd.adapters import infer_shapes
 from lightning_modules.losses.kd.attention import (
     LIST_ROLES, MASK, ROLES, STUDENT_LOGITS, TEACHER_PRED_LATE,
 )
