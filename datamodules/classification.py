@@ -19,9 +19,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from datamodules.errors import DataError
+from datamodules.loaders import SplitLoadersMixin
 
 TASKS = ("multi-class", "binary", "multi-label", "ordinal-regression")
 _TASK_ALIASES = {
@@ -115,7 +116,7 @@ class ArrayClassificationDataset(Dataset):
         return {"image": x.float(), "label": label}
 
 
-class ClassificationDataModule(pl.LightningDataModule):
+class ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """Loader plumbing shared by the classification datamodules.
 
     Subclasses set ``task``, ``in_channels``, ``num_classes``, ``class_names`` and, in ``setup()``,
@@ -135,22 +136,6 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.val_dataset: ArrayClassificationDataset | None = None
         self.test_dataset: ArrayClassificationDataset | None = None
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a loader")
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=gen,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False)
 
 
 def default_class_names(num_classes: int, names: Sequence[str] | None = None) -> list[str]:

@@ -18,13 +18,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from datamodules.errors import DataError
 from datamodules.layouts import find_cases, layout_classes
 from datamodules.splits import patient_split
 from datamodules.synthetic import MANIFEST, SiteParams, write_phantom_dataset
 from datamodules.transforms import SliceAugment, build_augmentation
+from datamodules.loaders import SplitLoadersMixin
 from datamodules.volumes import (PreprocessParams, VolumeCache, load_nifti, preprocess_image,
                                  restore_label_volume)
 
@@ -86,7 +87,7 @@ class SliceDataset(Dataset):
                 "case_id": case.case_id, "slice_index": int(case.slice_indices[k])}
 
 
-class SliceDataModule(pl.LightningDataModule):
+class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """Shared split/selection/loader logic for slice-based segmentation.
 
     ``train_slices``: ``"all"``, ``"foreground"`` (slices with any label > 0, whatever the target, so
@@ -158,18 +159,6 @@ class SliceDataModule(pl.LightningDataModule):
             self.setup()
         return list(self.splits[split])
 
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False)
 
 
 def _plain(v: Any) -> Any:
