@@ -4,14 +4,16 @@ from __future__ import annotations
 from omegaconf.errors import OmegaConfBaseException
 
 from datamodules.errors import DataError
+from federation.errors import FederationError
 from lightning_modules.errors import CheckpointError, ConfigError, one_line
 
-__all__ = ["USER_ERRORS", "CheckpointError", "ConfigError", "DataError", "find_user_error", "one_line"]
+__all__ = ["USER_ERRORS", "CheckpointError", "ConfigError", "DataError", "FederationError", "find_user_error", "one_line"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
     ConfigError,
     CheckpointError,
+    FederationError,
     FileNotFoundError,
     OmegaConfBaseException,
 )

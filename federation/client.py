@@ -7,7 +7,8 @@ builders, loads the global weights (``strategy.client_receive`` keeps FedBN's lo
 the :class:`~federation.store.ClientStore`), adds FedProx's proximal term when the server config asks
 for it, fits for ``federation.local_epochs`` (optionally early-stopped on its validation split, paper
 000 step 5 "until the model converges"), validates (the accuracy the data-sharing strategy reads, step
-5), saves its local-only state to the store and returns ``strategy.make_update(...)``. Only weights,
+5), saves its local-only state (and, for the evaluation matrix, its best local checkpoint by its own
+validation metric: paper 003's FL_local) to the store and returns ``strategy.make_update(...)``. Only weights,
 a sample count and scalar metrics leave (checked against the model's state schema).
 
 The exchanged state is ``module.net.state_dict()`` (the network, not metric buffers of the module).
@@ -193,6 +194,26 @@ def train_local(cfg: DictConfig, datamodule: SubsetDataModule, init_state: Mappi
     return module, metrics
 
 
+def _keeps_best_local(cfg: DictConfig) -> bool:
+    """The evaluation matrix's FL_local row reads each client's best local checkpoint (paper 003)."""
+    return bool(_fed(cfg, "evaluation_matrix", False)) and \
+        str(_fed(cfg, "matrix.fl_local", "best_local")) == "best_local"
+
+
+def _save_if_best(store: ClientStore, client_id: str, rnd: int, state: Mapping[str, torch.Tensor],
+                  reported: Mapping[str, float], monitor: str) -> None:
+    """Keep ``state`` as the client's ``best_local`` when its own validation ``monitor`` improved."""
+    key = monitor.split("/", 1)[-1]
+    value = reported.get(key)
+    if value is None:
+        return
+    best = store.load(client_id, "best_local_meta", default=None)
+    lower = monitor.endswith("loss")
+    if best is None or (value < best["value"] if lower else value > best["value"]):
+        store.save(client_id, "best_local", {"state": dict(state), "round": rnd, "value": float(value)})
+        store.save(client_id, "best_local_meta", {"round": rnd, "value": float(value), "monitor": monitor})
+
+
 def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, indices: ClientIndices,
                store: ClientStore | str, base: pl.LightningDataModule | None = None) -> ClientUpdate:
     """One round of local training for ``client_id`` (see the module docstring)."""
@@ -229,4 +250,6 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
     data = {"local_state": local_only, "history": history, "last_round": rnd}
     for k, v in data.items():
         store.save(client_id, k, v)
+    if _keeps_best_local(cfg):
+        _save_if_best(store, client_id, rnd, new_state, reported, _module_monitor(cfg))
     return strategy.make_update(client_id, new_state, len(dm.train_dataset), reported)

@@ -15,20 +15,15 @@ and on the pooled test set, log ``fed/round/...`` and ``client/<id>/...`` metric
 server state atomically (``server.pt``). ``resume=true`` continues after the last completed round.
 
 End: ``rounds.csv``, ``fed_curves.png``, the global weights (final and best by server validation),
-``metrics.json`` and, with ``federation.evaluation_matrix=true``, paper 003's Table 1 matrix.
+``metrics.json`` and, with ``federation.evaluation_matrix=true``, paper 003's Table 1 matrix
+(:mod:`federation.matrix`).
 Per-client state lives in the :class:`~federation.store.ClientStore` on disk and only the sampled
 clients are materialised in a round, so memory does not grow with the number of clients.
 """
 from __future__ import annotations
 
-import csv
-import inspect
-import io
 import logging
 import math
-import os
-import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,22 +31,25 @@ from typing import Any, Mapping
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_method, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from torch.utils.data import DataLoader
 
-from datamodules.subset import IndexSubset, SubsetDataModule, carve_val, sample_cases, sample_groups, sample_labels
+from datamodules.subset import IndexSubset, carve_val, sample_cases, sample_groups, sample_labels
 from experiments import artifacts
 from experiments.builders import build_datamodule, build_loggers, build_module, check_datamodule
 from federation import client as fed_client
 from federation.client import (ClientIndices, build_strategy, client_seed, eval_trainer, evaluate,
-                               quiet_lightning, register_base, train_local)
+                               quiet_lightning, register_base)
 from federation.curves import plot_rounds
+from federation.matrix import evaluation_matrix, main_metric, write_matrix
 from federation.executors import ClientJob, SequentialExecutor
 from federation.messages import assert_no_data, state_schema
-from federation.partition import partition_report, plot_partition
+from federation.errors import FederationError
+from federation.plan import call_partitioner, sample_clients, write_partition_report
+from federation.records import fmt, log_image, log_metrics, rounds_table, write_rounds_csv
+from federation.server_state import rng_state, save_atomic, set_rng_state
 from federation.sharing import SharedPool
 from federation.store import ClientStore
 from federation.strategies import Strategy
@@ -62,10 +60,6 @@ log = logging.getLogger("federation.loop")
 SERVER_CKPT = "server.pt"
 
 
-class FederationError(RuntimeError):
-    """The federation cannot go on (e.g. fewer than ``min_clients`` reported twice)."""
-
-
 # ---------------------------------------------------------------------------------------- helpers
 def _client_cfg(cfg: DictConfig) -> DictConfig:
     """Resolved, Hydra-free copy of what a client needs (picklable for Ray workers)."""
@@ -74,108 +68,6 @@ def _client_cfg(cfg: DictConfig) -> DictConfig:
         value = cfg.get(key)
         out[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
     return OmegaConf.create(out)
-
-
-def sample_clients(client_ids: list[str], per_round: int | float | None, seed: int, round: int) -> list[str]:
-    """The round's clients: ``per_round`` (an int count, or a float fraction in (0, 1]) drawn without
-    replacement by a generator seeded by (seed, round); returned in ``client_ids`` order."""
-    n = len(client_ids)
-    if per_round is None:
-        k = n
-    elif isinstance(per_round, float) and per_round <= 1.0:
-        k = max(1, int(round_half_up(per_round * n)))
-    else:
-        k = int(per_round)
-    k = max(1, min(n, k))
-    chosen = set(np.random.default_rng([int(seed), 7919, int(round)]).choice(n, size=k, replace=False).tolist())
-    return [c for i, c in enumerate(client_ids) if i in chosen]
-
-
-def round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {"python": [int(py_state[0]), torch.tensor(py_state[1], dtype=torch.int64),
-                       None if py_state[2] is None else float(py_state[2])],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                      int(np_state[3]), float(np_state[4])],
-            "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(int(v) for v in py[1].tolist()), py[2]))
-    npst = state["numpy"]
-    np.random.set_state((npst[0], npst[1].numpy().astype(np.uint32), npst[2], npst[3], npst[4]))
-    torch.set_rng_state(state["torch"])
-
-
-def _fmt(v: Any) -> str:
-    return artifacts.fmt(v, 4) if isinstance(v, float) else str(v)
-
-
-def _log_metrics(loggers: list, metrics: Mapping[str, float], step: int) -> None:
-    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-    for lg in loggers:
-        try:
-            lg.log_metrics(clean, step=step)
-        except Exception as exc:  # noqa: BLE001 - a logger must not stop the federation
-            log.warning("logger %s failed: %s", type(lg).__name__, exc)
-
-
-def _log_image(loggers: list, key: str, path: Path) -> None:
-    for lg in loggers:
-        if hasattr(lg, "log_image"):
-            try:
-                lg.log_image(key=key, images=[str(path)])
-            except Exception as exc:  # noqa: BLE001
-                log.warning("logging image %s failed: %s", key, exc)
-
-
-def _partition(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | None, remaining: np.ndarray,
-               num_clients: int | None, seed: int) -> tuple[list[str], list[np.ndarray]]:
-    """Call the configured partitioner with what its signature asks for; returns (ids, parts)."""
-    plain = OmegaConf.to_container(pcfg, resolve=True) if isinstance(pcfg, DictConfig) else dict(pcfg)
-    fn = get_method(plain.pop("_target_"))
-    params = inspect.signature(fn).parameters
-    if "groups" in params:
-        if groups is None:
-            raise FederationError("federation.partition by_site needs a multi-site datamodule (data with "
-                                  "per-sample groups, e.g. datamodules.multisite.MultiSiteDataModule)")
-        parts = fn(groups=groups, indices=remaining, **plain)
-        ids = [str(g) for g in np.unique(groups[remaining])]
-        if num_clients not in (None, len(ids)):
-            raise FederationError(f"federation.num_clients={num_clients} but the data has {len(ids)} sites {ids}")
-        return ids, parts
-    if num_clients is None:
-        raise FederationError("federation.num_clients must be set for this partitioner")
-    kw = dict(plain)
-    if "seed" in params:
-        kw.setdefault("seed", seed)
-    kw["num_clients"] = int(num_clients)
-    if "labels" in params:
-        if labels is None:
-            raise FederationError("this partitioner needs labels")
-        parts = fn(labels=labels, indices=remaining, **kw)
-    else:
-        parts = fn(remaining, **kw)
-    return [str(i) for i in range(len(parts))], parts
 
 
 def _finite_state(state: Mapping[str, torch.Tensor]) -> bool:
@@ -213,7 +105,7 @@ class Server:
         remaining = np.arange(n, dtype=np.int64)
         if frac > 0:
             self.pool, remaining = SharedPool.carve(remaining, frac, self.seed, labels=self.labels)
-        self.client_ids, parts = _partition(self.fed.partition, self.labels, self.groups, remaining,
+        self.client_ids, parts = call_partitioner(self.fed.partition, self.labels, self.groups, remaining,
                                             self.fed.get("num_clients"), self.seed)
         test_groups = getattr(self.base.test_dataset, "groups", None)
         partial = self.fed.get("partial_labels") or {}
@@ -228,7 +120,8 @@ class Server:
             ann = partial.get(cid)
             self.indices[cid] = ClientIndices(tr, va, te, None if ann is None else [int(a) for a in ann])
             self.store.save(cid, "indices", {"train": tr, "val": va, "test": te if te is not None else np.empty(0, np.int64)})
-        self._write_partition(parts)
+        self._partition_png = write_partition_report(self.out, self.labels, parts, self.client_ids, self.pool,
+                                                     self.fed.partition._target_, getattr(self.base, "class_names", None))
 
         self.template = build_module(cfg)
         self.global_state = {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}
@@ -244,26 +137,6 @@ class Server:
         self.best: dict[str, Any] = {"round": -1, "value": None}
         self.start_round = 0
         self.dropped_total = 0
-
-    # ------------------------------------------------------------------ partition report
-    def _write_partition(self, parts: list[np.ndarray]) -> None:
-        if self.labels is None:
-            return
-        names = list(getattr(self.base, "class_names", []) or [])
-        if names and (self.labels.max() >= len(names)):
-            names = []
-        report, stats = partition_report(self.labels, parts, names or None)
-        shared = "" if self.pool is None else f"\nShared pool (server): {len(self.pool)} samples, disjoint from all clients.\n"
-        header = (f"# Partition: {self.fed.partition._target_.split('.')[-1]}, {len(parts)} clients, "
-                  f"mean EMD {stats['mean_emd']:.3f}\n{shared}\n")
-        artifacts.atomic_write_text(self.out / "partition.md", header + report)
-        artifacts.write_json(self.out / "partition.json", {"clients": self.client_ids, **stats,
-                                                           "shared": 0 if self.pool is None else len(self.pool)})
-        png = plot_partition(self.labels, parts, self.out / "partition.png", names or None,
-                             title=f"Class histogram per client ({len(parts)} clients)")
-        self._partition_png = Path(png)
-        if len(parts) <= 12:
-            artifacts.console.print(report)
 
     # ------------------------------------------------------------------ modules with a given state
     def _module_for(self, state: Mapping[str, torch.Tensor], client_id: str | None = None) -> pl.LightningModule:
@@ -328,10 +201,10 @@ class Server:
 
     # ------------------------------------------------------------------ checkpoint / resume
     def checkpoint(self, rnd: int) -> None:
-        _atomic_torch_save({"round": rnd, "global": self.global_state, "strategy": self.strategy.state_dict(),
+        save_atomic({"round": rnd, "global": self.global_state, "strategy": self.strategy.state_dict(),
                             "history": self.history, "best": self.best, "dropped_total": self.dropped_total,
                             "store_index": self.store.index(), "client_ids": self.client_ids,
-                            "rng": _rng_state()}, self.out / SERVER_CKPT)
+                            "rng": rng_state()}, self.out / SERVER_CKPT)
 
     def maybe_resume(self) -> None:
         path = self.out / SERVER_CKPT
@@ -353,7 +226,7 @@ class Server:
         self.best = dict(state["best"])
         self.dropped_total = int(state.get("dropped_total", 0))
         self.start_round = int(state["round"]) + 1
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         artifacts.console.print(f"[bold]resume:[/bold] {path} (rounds 1..{self.start_round} done)")
 
     # ------------------------------------------------------------------ one round
@@ -427,110 +300,7 @@ class Server:
                                                   else value < self.best["value"])
         if better:
             self.best = {"round": rnd + 1, "value": float(value), "key": key}
-            _atomic_torch_save(self.global_state, self.out / "global_best.pt")
-
-
-# ---------------------------------------------------------------------------------------- outputs
-def _rounds_table(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    rows = []
-    for h in history:
-        r = {"round": h["round"]}
-        r.update({k[len("fed/round/"):]: v for k, v in h.items() if k.startswith("fed/round/")})
-        rows.append(r)
-    return rows
-
-
-def _write_rounds_csv(rows: list[dict[str, float]], path: Path) -> None:
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r.get(k, "") for k in cols})
-    artifacts.atomic_write_text(path, buf.getvalue())
-
-
-def _main_metric(cfg: DictConfig, server: Server) -> str:
-    metric = server.fed.get("matrix_metric")
-    return str(metric) if metric else server.monitor.split("/", 1)[-1]
-
-
-def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
-    """Paper 003 Table 1 / SegViz: rows FL_global, <client>_FL_local, <client>_baseline, centralised;
-    columns each client's test set (its site's test cases, or its local validation split when the data
-    has no sites), the pooled test set and the mean over client columns. Values: ``test/<metric>``."""
-    cfg, fed = server.cfg, server.fed
-    mcfg = fed.get("matrix") or {}
-    metric = _main_metric(cfg, server)
-    key = f"test/{metric}"
-    ids = server.client_ids[: int(mcfg.get("max_clients", 8) or len(server.client_ids))]
-    cols = {cid: server._client_eval_loader(cid, "test") for cid in ids}
-    cols = {k: v for k, v in cols.items() if v is not None}
-    cols["pooled"] = server._loader(server.base.test_dataset)
-
-    has_local = any(server.strategy.is_local(k) for k in server.global_state)
-
-    def score(module: pl.LightningModule, client_local: str | None = None) -> dict[str, float]:
-        out = {}
-        for col, loader in cols.items():
-            mod = module
-            if client_local is None and has_local:
-                # FL_global under FedBN: each client column is evaluated with that client's local BN
-                mod = server._module_for(server.global_state, col if col != "pooled" else None)
-            out[col] = evaluate(server.evaluator, mod, loader, "test").get(key, math.nan)
-        client_vals = [v for c, v in out.items() if c != "pooled" and math.isfinite(v)]
-        out["mean"] = float(np.mean(client_vals)) if client_vals else math.nan
-        return out
-
-    rows: dict[str, dict[str, float]] = {}
-    rows["FL_global"] = score(server._module_for(server.global_state))
-    ccfg = server.ccfg
-    local_epochs = int(mcfg.get("local_epochs", fed.get("local_epochs", 1)))
-    base = server.base
-    for cid in ids:
-        ind = server.indices[cid]
-        dm = fed_client._client_datamodule(ccfg, base, ind, None, client_seed(server.seed, 10_000, cid, "fl_local"))
-        init = dict(server._module_for(server.global_state, cid).net.state_dict())
-        module, _ = train_local(ccfg, dm, init, local_epochs, client_seed(server.seed, 10_000, cid, "fl_local"),
-                                root_dir=str(server.store.root))
-        rows[f"{cid}_FL_local"] = score(module, cid)
-    if mcfg.get("standalone", True):
-        for cid in ids:
-            ind = server.indices[cid]
-            dm = fed_client._client_datamodule(ccfg, base, ind, None, client_seed(server.seed, 20_000, cid))
-            module, _ = train_local(ccfg, dm, None, int(mcfg.get("standalone_epochs", 2)),
-                                    client_seed(server.seed, 20_000, cid, "baseline"), root_dir=str(server.store.root))
-            rows[f"{cid}_baseline"] = score(module, cid)
-    if mcfg.get("centralised", True):
-        train = np.concatenate([server.indices[c].train for c in server.client_ids])
-        val = np.concatenate([server.indices[c].val for c in server.client_ids])
-        dm = SubsetDataModule(base, np.sort(train), np.sort(val), seed=server.seed)
-        module, _ = train_local(ccfg, dm, None, int(mcfg.get("centralised_epochs", 2)),
-                                client_seed(server.seed, 30_000, "central"), root_dir=str(server.store.root))
-        rows["centralised"] = score(module, "central")
-    return rows
-
-
-def _write_matrix(rows: dict[str, dict[str, float]], out: Path, metric: str) -> None:
-    cols = list(next(iter(rows.values())))
-    md = [f"| model \\ test set ({metric}) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    md += [f"| {r} | " + " | ".join(artifacts.fmt(v.get(c), 4) for c in cols) + " |" for r, v in rows.items()]
-    artifacts.atomic_write_text(out / "evaluation_matrix.md", "\n".join(md) + "\n")
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["model", *cols])
-    for r, v in rows.items():
-        w.writerow([r, *[v.get(c) for c in cols]])
-    artifacts.atomic_write_text(out / "evaluation_matrix.csv", buf.getvalue())
-    table = Table(title=f"evaluation matrix (test/{metric})")
-    table.add_column("model")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for r, v in rows.items():
-        table.add_row(r, *[artifacts.fmt(v.get(c), 4) for c in cols])
-    artifacts.console.print(table)
+            save_atomic(self.global_state, self.out / "global_best.pt")
 
 
 # ---------------------------------------------------------------------------------------- entry
@@ -547,7 +317,7 @@ def run_federation(cfg: DictConfig) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001
             log.warning("log_hyperparams failed: %s", exc)
     if getattr(server, "_partition_png", None) is not None and server.start_round == 0:
-        _log_image(server.loggers, "fed/partition", server._partition_png)
+        log_image(server.loggers, "fed/partition", server._partition_png)
     artifacts.console.print(
         f"[bold]federation[/bold] {fed.strategy._target_.split('.')[-1]}: {len(server.client_ids)} clients, "
         f"{fed.get('clients_per_round')} per round, {rounds} rounds x {fed.local_epochs} local epochs, "
@@ -562,13 +332,13 @@ def run_federation(cfg: DictConfig) -> dict[str, Any]:
                 row = server.run_round(rnd, progress, ctask)
                 server.history.append(row)
                 server._update_best(rnd, row)
-                _log_metrics(server.loggers, row, step=rnd + 1)
+                log_metrics(server.loggers, row, step=rnd + 1)
                 server.checkpoint(rnd)
                 progress.advance(rtask)
                 shown = {k.split("fed/round/")[-1]: v for k, v in row.items()
                          if k.startswith("fed/round/") and any(s in k for s in ("test/", "server_val/", "dropped"))}
                 progress.console.print(f"round {rnd + 1}/{rounds}: " + ", ".join(
-                    f"{k}={_fmt(v)}" for k, v in sorted(shown.items())[:8]))
+                    f"{k}={fmt(v)}" for k, v in sorted(shown.items())[:8]))
     finally:
         server.executor.shutdown()
     return _finish(server, t_start)
@@ -576,14 +346,14 @@ def run_federation(cfg: DictConfig) -> dict[str, Any]:
 
 def _finish(server: Server, t_start: float) -> dict[str, Any]:
     cfg, out = server.cfg, server.out
-    rows = _rounds_table(server.history)
+    rows = rounds_table(server.history)
     if rows:
-        _write_rounds_csv(rows, out / "rounds.csv")
-        metric = _main_metric(cfg, server)
+        write_rounds_csv(rows, out / "rounds.csv")
+        metric = main_metric(server)
         png = plot_rounds({str(server.fed.strategy._target_.split(".")[-1]): rows}, out / "fed_curves.png",
                           metric, title=str(cfg.get("exp_name", "federation")))
-        _log_image(server.loggers, "fed/curves", png)
-    _atomic_torch_save(server.global_state, out / "global_final.pt")
+        log_image(server.loggers, "fed/curves", png)
+    save_atomic(server.global_state, out / "global_final.pt")
     module = server._module_for(server.global_state)
     final = evaluate(server.evaluator, module, server._loader(server.base.test_dataset), "test")
     metrics: dict[str, Any] = {f"fed/global/{k}": v for k, v in final.items()}
@@ -600,10 +370,10 @@ def _finish(server: Server, t_start: float) -> dict[str, Any]:
                     "num_parameters": sum(p.numel() for p in server.template.net.parameters())})
     if server.fed.get("evaluation_matrix"):
         matrix = evaluation_matrix(server)
-        _write_matrix(matrix, out, _main_metric(cfg, server))
+        write_matrix(matrix, out, main_metric(server))
         metrics["evaluation_matrix"] = matrix
     artifacts.write_json(out / "metrics.json", metrics)
-    _log_metrics(server.loggers, {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    log_metrics(server.loggers, {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                  step=len(server.history) + 1)
     for lg in server.loggers:
         try:

@@ -11,13 +11,14 @@ lists/tuples/dicts of them.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
 import numpy as np
 import torch
+
+from lightning_modules.atomic import atomic_output
 
 __all__ = ["ClientStore"]
 
@@ -70,17 +71,8 @@ class ClientStore:
         return torch.load(p, map_location="cpu", weights_only=True)
 
     def _write(self, client_id: str, data: dict[str, Any]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(data, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path(client_id))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_output(self.path(client_id)) as tmp:
+            torch.save(data, tmp)
 
     def save(self, client_id: str, key: str, obj: Any) -> None:
         """Set ``key`` of the client's state to ``obj`` (tensors moved to CPU) and rewrite the file."""

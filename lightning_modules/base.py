@@ -52,9 +52,12 @@ class BaseModule(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "epoch",
         monitor: str | None = None,
+        regulariser: Callable[[nn.Module], nn.Module] | Mapping | None = None,
     ) -> None:
         super().__init__()
         self.net = build(net, what="net")
+        if regulariser is not None:  # e.g. paper 003's VAE branch: a partial that wraps the net
+            self.net = build(regulariser, what="regulariser")(self.net)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
@@ -70,9 +73,12 @@ class BaseModule(pl.LightningModule):
         self._loss_terms.pop(name, None)
 
     def extra_loss(self) -> torch.Tensor | None:
-        """Sum of registered extra terms, each logged as ``train/<name>``; ``None`` when there are none."""
+        """Sum of registered extra terms and of the net's ``auxiliary_losses()`` (a regulariser branch),
+        each logged as ``train/<name>``; ``None`` when there are none."""
         total = None
-        for name, fn in self._loss_terms.items():
+        aux = getattr(self.net, "auxiliary_losses", None)
+        terms = [(name, lambda _m, v=v: v) for name, v in (aux() if callable(aux) else {}).items()]
+        for name, fn in [*self._loss_terms.items(), *terms]:
             value = fn(self)
             self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True)
             total = value if total is None else total + value

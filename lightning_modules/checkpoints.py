@@ -61,7 +61,9 @@ def net_state(ckpt: Mapping[str, Any], path: str | Path, expected: Mapping | Non
                  for k in ARCH_KEYS if k in stored and k in expected and stored.get(k) != expected.get(k)]
         if diffs:
             raise CheckpointError(f"{what} {path} is another architecture ({'; '.join(diffs)})")
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    # a net trained under a regulariser branch (paper 003's VAE) deploys without it: keep the inner net
+    prefix = "net.net." if (ckpt.get("hyper_parameters") or {}).get("regulariser") else "net."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not state:
         raise CheckpointError(f"{what} {path} has no 'net.*' weights (not a framework module checkpoint?)")
     return state, stored

@@ -31,6 +31,8 @@ class SegmentationModule(BaseModule):
         eval_slices: ``"all"`` (full-volume protocol) or ``"foreground"`` (paper 001's protocol: only slices
             whose ground truth contains a foreground class count in val/test metrics).
         roc_thresholds: number of bins of the ROC curve (bounded memory on whole volumes).
+        regulariser: optional partial wrapping the net with an auxiliary branch whose
+            ``auxiliary_losses()`` join the training loss (paper 003's VAE: ``module/regulariser=vae``).
     """
 
     def __init__(
@@ -46,8 +48,9 @@ class SegmentationModule(BaseModule):
         eval_slices: str = "all",
         roc_thresholds: int = 200,
         monitor: str = "val/dice",
+        regulariser: Any = None,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, scheduler_interval, monitor=None)
+        super().__init__(net, optimizer, scheduler, scheduler_interval, monitor=None, regulariser=regulariser)
         self.save_hyperparameters(
             {
                 "net": to_plain(net) if not isinstance(net, nn.Module) else type(net).__name__,
@@ -59,6 +62,7 @@ class SegmentationModule(BaseModule):
                 "fg_threshold": fg_threshold,
                 "eval_slices": eval_slices,
                 "monitor": monitor,
+                "regulariser": to_plain(regulariser) if isinstance(regulariser, Mapping) else None,
             }
         )
         if eval_slices not in ("all", "foreground"):

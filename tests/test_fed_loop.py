@@ -234,3 +234,36 @@ def test_ray_executor_two_cpu_workers(tmp_path):
                        "federation.executor.gpus_per_client=0", "federation.executor.cpus_per_client=1"], tmp_path)
     metrics = dispatch(cfg)
     assert metrics["fed/rounds"] == 1 and metrics["fed/dropped_total"] == 0
+
+
+def test_fl_local_is_each_clients_best_local_checkpoint(tmp_path, monkeypatch):
+    from federation import matrix
+
+    cfg = compose_run(_seg("fed_pancreas", ["site1", "site2"], ["federation.rounds=3", "federation.matrix.standalone=false",
+                                                                 "federation.matrix.centralised=false"]), tmp_path)
+    used = {}
+    real = matrix._fl_local
+
+    def spy(server, cid, mode, epochs):
+        module = real(server, cid, mode, epochs)
+        used[cid] = {k: v.clone() for k, v in module.net.state_dict().items()}
+        return module
+
+    monkeypatch.setattr(matrix, "_fl_local", spy)
+    dispatch(cfg)
+    store = ClientStore(tmp_path / "run" / "client_store")
+    for cid in ("site1", "site2"):
+        history = store.load(cid, "history")
+        best = store.load(cid, "best_local")
+        assert best["round"] == max(history, key=lambda h: h["dice"])["round"]  # first best kept on ties
+        assert all(torch.equal(best["state"][k], used[cid][k]) for k in best["state"])
+
+
+def test_federation_error_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", *DIGITS, "federation/partition=by_site",
+                           f"paths.log_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "by_site needs a multi-site datamodule" in proc.stderr and "Traceback" not in proc.stderr

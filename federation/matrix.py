@@ -1,0 +1,126 @@
+"""Paper 003's Table 1 (and SegViz's comparison): every model of a federation on every client's test set.
+
+Rows: ``FL_global``; each client's ``<id>_FL_local``; each client's standalone ``<id>_baseline``; and a
+``centralised`` model trained on the union of the clients' data. Columns: each client's test set (its
+site's test cases, or its local validation split when the data has no sites), the pooled test set and
+the mean over client columns. Values are ``test/<metric>`` (``federation.matrix_metric``).
+
+FL_local (paper 003 §3: "the local model" each client keeps): by default the client's **best local
+checkpoint** of the federation, i.e. the weights it trained in the round where its own validation
+metric was best (saved in the client store by :func:`federation.client.run_client`);
+``federation.matrix.fl_local=finetune`` instead fine-tunes the final global model on the client's data
+for ``matrix.local_epochs``. A client with no stored best (never sampled) falls back to fine-tuning.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytorch_lightning as pl
+from rich.table import Table
+
+from datamodules.subset import SubsetDataModule
+from experiments import artifacts
+from federation import client as fed_client
+from federation.client import client_seed, evaluate, train_local
+
+if TYPE_CHECKING:
+    from federation.loop import Server
+
+__all__ = ["main_metric", "evaluation_matrix", "write_matrix"]
+
+log = logging.getLogger("federation.loop")
+
+
+def main_metric(server: Server) -> str:
+    """The matrix's metric: ``federation.matrix_metric``, else the module's monitor without its split."""
+    metric = server.fed.get("matrix_metric")
+    return str(metric) if metric else server.monitor.split("/", 1)[-1]
+
+
+def _fl_local(server: Server, cid: str, mode: str, epochs: int) -> pl.LightningModule:
+    if mode not in ("best_local", "finetune"):
+        raise ValueError(f"federation.matrix.fl_local must be 'best_local' or 'finetune', got {mode!r}")
+    if mode == "best_local":
+        best = server.store.load(cid, "best_local", default=None)
+        if best is not None:
+            module = server._module_for(server.global_state, cid)
+            module.net.load_state_dict(best["state"])
+            return module
+        log.warning("client %s has no best local checkpoint (never sampled?): FL_local fine-tunes the global model", cid)
+    seed = client_seed(server.seed, 10_000, cid, "fl_local")
+    dm = fed_client._client_datamodule(server.ccfg, server.base, server.indices[cid], None, seed)
+    init = dict(server._module_for(server.global_state, cid).net.state_dict())
+    module, _ = train_local(server.ccfg, dm, init, epochs, seed, root_dir=str(server.store.root))
+    return module
+
+
+def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
+    """The matrix described in the module docstring, as ``{row: {column: value}}``."""
+    fed = server.fed
+    mcfg = fed.get("matrix") or {}
+    key = f"test/{main_metric(server)}"
+    ids = server.client_ids[: int(mcfg.get("max_clients", 8) or len(server.client_ids))]
+    cols = {cid: server._client_eval_loader(cid, "test") for cid in ids}
+    cols = {k: v for k, v in cols.items() if v is not None}
+    cols["pooled"] = server._loader(server.base.test_dataset)
+    has_local = any(server.strategy.is_local(k) for k in server.global_state)
+
+    def score(module: pl.LightningModule, client_local: str | None = None) -> dict[str, float]:
+        out = {}
+        for col, loader in cols.items():
+            mod = module
+            if client_local is None and has_local:
+                # FL_global under FedBN: each client column is evaluated with that client's local BN
+                mod = server._module_for(server.global_state, col if col != "pooled" else None)
+            out[col] = evaluate(server.evaluator, mod, loader, "test").get(key, math.nan)
+        client_vals = [v for c, v in out.items() if c != "pooled" and math.isfinite(v)]
+        out["mean"] = float(np.mean(client_vals)) if client_vals else math.nan
+        return out
+
+    rows: dict[str, dict[str, float]] = {"FL_global": score(server._module_for(server.global_state))}
+    ccfg, base = server.ccfg, server.base
+    mode = str(mcfg.get("fl_local", "best_local"))
+    local_epochs = int(mcfg.get("local_epochs", fed.get("local_epochs", 1)))
+    for cid in ids:
+        rows[f"{cid}_FL_local"] = score(_fl_local(server, cid, mode, local_epochs), cid)
+    if mcfg.get("standalone", True):
+        for cid in ids:
+            dm = fed_client._client_datamodule(ccfg, base, server.indices[cid], None, client_seed(server.seed, 20_000, cid))
+            module, _ = train_local(ccfg, dm, None, int(mcfg.get("standalone_epochs", 2)),
+                                    client_seed(server.seed, 20_000, cid, "baseline"), root_dir=str(server.store.root))
+            rows[f"{cid}_baseline"] = score(module, cid)
+    if mcfg.get("centralised", True):
+        train = np.concatenate([server.indices[c].train for c in server.client_ids])
+        val = np.concatenate([server.indices[c].val for c in server.client_ids])
+        dm = SubsetDataModule(base, np.sort(train), np.sort(val), seed=server.seed)
+        module, _ = train_local(ccfg, dm, None, int(mcfg.get("centralised_epochs", 2)),
+                                client_seed(server.seed, 30_000, "central"), root_dir=str(server.store.root))
+        rows["centralised"] = score(module, "central")
+    return rows
+
+
+def write_matrix(rows: dict[str, dict[str, float]], out: Path, metric: str) -> None:
+    """``evaluation_matrix.md`` / ``.csv`` in ``out`` (atomic) and a rich table on the console."""
+    cols = list(next(iter(rows.values())))
+    md = [f"| model \\ test set ({metric}) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    md += [f"| {r} | " + " | ".join(artifacts.fmt(v.get(c), 4) for c in cols) + " |" for r, v in rows.items()]
+    artifacts.atomic_write_text(out / "evaluation_matrix.md", "\n".join(md) + "\n")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", *cols])
+    for r, v in rows.items():
+        w.writerow([r, *[v.get(c) for c in cols]])
+    artifacts.atomic_write_text(out / "evaluation_matrix.csv", buf.getvalue())
+    table = Table(title=f"evaluation matrix (test/{metric})")
+    table.add_column("model")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for r, v in rows.items():
+        table.add_row(r, *[artifacts.fmt(v.get(c), 4) for c in cols])
+    artifacts.console.print(table)

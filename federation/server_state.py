@@ -1,0 +1,44 @@
+"""What the server checkpoints besides weights: atomic ``torch.save`` and the process RNG states.
+
+``server.pt`` must never be half-written (a killed run resumes from it), and ``resume=true`` must end with
+the same weights as an uninterrupted run, so the Python, NumPy and torch generator states travel with it
+as tensors and plain numbers (loadable with ``torch.load(weights_only=True)``).
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from lightning_modules.atomic import atomic_output
+
+__all__ = ["save_atomic", "rng_state", "set_rng_state"]
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temp file renamed over ``path``: readers see the old or the new file."""
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch CPU generator states, as tensors/numbers (``weights_only``-loadable)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"python": [int(py_state[0]), torch.tensor(py_state[1], dtype=torch.int64),
+                       None if py_state[2] is None else float(py_state[2])],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                      int(np_state[3]), float(np_state[4])],
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    py = state["python"]
+    random.setstate((py[0], tuple(int(v) for v in py[1].tolist()), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], npst[1].numpy().astype(np.uint32), npst[2], npst[3], npst[4]))
+    torch.set_rng_state(state["torch"])
