@@ -1,4 +1,4 @@
-"""Non-IID partitioners, per-site feature shift, partial labels and partition reports.
+"""Non-IID partitioners and per-site feature shift.
 
 Every partitioner is a pure function of (labels / size, seed): it returns one sorted ``int64`` index
 array per client, the arrays are disjoint and together cover exactly the given indices (pass the
@@ -9,22 +9,22 @@ indices left after :meth:`federation.sharing.SharedPool.carve` so no client owns
   client's data from k randomly chosen classes, 20 % from the rest, equal sizes; k = 1, 2) and
   :func:`by_group` (natural partition by site).
 * :class:`FeatureShift` / :func:`feature_skew_params`: per-site intensity transforms (feature skew).
-* :func:`partial_label_sets`, :func:`mask_unannotated`, :func:`label_mask`,
-  :func:`merge_unannotated_to_background`: partial annotation (SegViz, paper 004; Wang et al., 003).
-* :func:`partition_report` / :func:`plot_partition`.
+Partial labels live in :mod:`federation.partial_labels`, reports in :mod:`federation.partition_report`
+(both re-exported here).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .partial_labels import label_mask, mask_unannotated, merge_unannotated_to_background, partial_label_sets
+from .partition_report import partition_report, plot_partition
 
 __all__ = [
     "iid", "dirichlet", "pathological", "quantity_skew", "by_group", "FeatureShift",
@@ -229,113 +229,3 @@ def feature_skew_params(num_clients: int, seed: int = 0, strength: float = 1.0) 
     return [FeatureShift(float(0.1 * strength * a), float(np.exp(0.2 * strength * b)),
                          float(np.exp(0.4 * strength * c)), float(0.025 * strength * (d + 1)), seed * 1000 + i)
             for i, (a, b, c, d) in enumerate(u)]
-
-
-def partial_label_sets(num_classes: int, clients: int | Sequence[str], spec: Mapping[str, Iterable[int]] | None = None,
-                       seed: int = 0, per_client: int | None = None, background: int = 0) -> dict[str, frozenset[int]]:
-    """Annotated classes per client (background always included). ``spec`` gives them explicitly;
-    otherwise foreground classes are shuffled and dealt round-robin (every class annotated by at
-    least one client when there are enough clients), topped up at random to ``per_client``."""
-    ids = [str(i) for i in range(clients)] if isinstance(clients, int) else [str(c) for c in clients]
-    if spec is not None:
-        out = {str(c): frozenset(int(x) for x in v) | {background} for c, v in spec.items()}
-        bad = [c for c, v in out.items() if not all(0 <= x < num_classes for x in v)]
-        if bad or set(out) != set(ids):
-            raise ValueError(f"bad partial-label spec for clients {bad or sorted(set(out) ^ set(ids))}")
-        return {c: out[c] for c in ids}
-    rng = np.random.default_rng(seed)
-    fg = rng.permutation([c for c in range(num_classes) if c != background])
-    sets = [{int(fg[j]) for j in range(i, len(fg), len(ids))} if i < len(fg) else {int(fg[i % len(fg)])}
-            for i in range(len(ids))]
-    for s in sets:
-        extra = [int(c) for c in rng.permutation(fg) if c not in s]
-        s.update(extra[: max(0, (per_client or 0) - len(s))])
-    return {c: frozenset(s) | {background} for c, s in zip(ids, sets)}
-
-
-def mask_unannotated(target: Tensor | np.ndarray, annotated: Iterable[int], ignore_index: int = 255,
-                     background: int = 0) -> Tensor | np.ndarray:
-    """Simulate partial labels on a fully labelled mask: pixels of classes the client does *not*
-    annotate become ``ignore_index`` (unknown: excluded from the loss), **not** background; background
-    and annotated classes are kept. For real partially annotated data, where unannotated organs are
-    already labelled background, use :func:`merge_unannotated_to_background` instead."""
-    keep = sorted(set(int(a) for a in annotated) | {background, ignore_index})
-    if isinstance(target, Tensor):
-        known = torch.isin(target, torch.tensor(keep, dtype=target.dtype, device=target.device))
-        return torch.where(known, target, torch.full_like(target, ignore_index))
-    target = np.asarray(target)
-    return np.where(np.isin(target, keep), target, np.asarray(ignore_index, dtype=target.dtype))
-
-
-def label_mask(annotated: Iterable[int], num_classes: int) -> Tensor:
-    """``bool[K]`` mask of annotated classes (the batch key ``label_mask`` of docs/architecture.md)."""
-    m = torch.zeros(num_classes, dtype=torch.bool)
-    m[list(annotated)] = True
-    return m
-
-
-def merge_unannotated_to_background(logits: Tensor, label_mask: Tensor, background: int = 0) -> Tensor:
-    """Marginal log-probabilities for partially annotated data (Shi et al. 2021, marginal loss):
-    softmax over all K classes, then the probability of every class the sample's site does not
-    annotate is merged into background (log-sum-exp) and the class itself gets log p = -inf.
-    ``logits``: [B, K, ...]; ``label_mask``: bool [B, K] or [K]. Feed the result to ``F.nll_loss``."""
-    logp = logits.log_softmax(1)
-    lm = label_mask.bool().to(logits.device).expand(logits.shape[0], -1).clone()
-    lm[:, background] = True
-    unann = (~lm).view(*lm.shape, *([1] * (logits.dim() - 2))).expand_as(logp)
-    to_bg = unann.clone()
-    to_bg[:, background] = True
-    merged = torch.logsumexp(logp.masked_fill(~to_bg, float("-inf")), dim=1)
-    out = logp.masked_fill(unann, float("-inf"))
-    return torch.cat([out[:, :background], merged.unsqueeze(1), out[:, background + 1:]], dim=1)
-
-
-def partition_report(labels: np.ndarray, parts: Sequence[np.ndarray], class_names: Sequence[str] | None = None
-                     ) -> tuple[str, dict]:
-    """Markdown table (client, n, per-class counts, EMD) and stats. EMD is Zhao et al. 2018's
-    sum_c |p_k(c) - p(c)| between a client's label distribution and the pooled one (paper 000 §2.1)."""
-    labels = np.asarray(labels)
-    classes = np.arange(len(class_names)) if class_names else np.unique(labels[np.concatenate(parts)])
-    names = list(class_names) if class_names else [str(c) for c in classes]
-    counts = np.stack([(labels[p][:, None] == classes[None, :]).sum(0) for p in parts])
-    total = counts.sum(0) / max(counts.sum(), 1)
-    dist = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    emd = np.abs(dist - total).sum(1)
-    rows = ["| client | n | " + " | ".join(names) + " | EMD |", "|" + "---|" * (len(names) + 3)]
-    rows += [f"| {i} | {counts[i].sum()} | " + " | ".join(map(str, counts[i])) + f" | {emd[i]:.3f} |"
-             for i in range(len(parts))]
-    stats = {"classes": names, "sizes": counts.sum(1).tolist(), "counts": counts.tolist(),
-             "emd": emd.tolist(), "mean_emd": float(emd.mean()), "max_class_fraction": dist.max(1).tolist()}
-    return "\n".join(rows) + "\n", stats
-
-
-def plot_partition(labels: np.ndarray, parts: Sequence[np.ndarray], path: str | os.PathLike,
-                   class_names: Sequence[str] | None = None, title: str = "Class histogram per client") -> str:
-    """Stacked-bar PNG of each client's class counts, written atomically (temp file + os.replace)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    _, stats = partition_report(labels, parts, class_names)
-    counts = np.asarray(stats["counts"])
-    fig = Figure(figsize=(max(4.0, 0.5 * len(parts) + 2), 3.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    bottom = np.zeros(len(parts))
-    x = np.arange(len(parts))
-    for c, name in enumerate(stats["classes"]):
-        ax.bar(x, counts[:, c], bottom=bottom, label=name)
-        bottom += counts[:, c]
-    ax.set(title=title, xlabel="client", ylabel="samples", xticks=x)
-    ax.legend(title="class", fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.tight_layout()
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path

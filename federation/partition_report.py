@@ -1,0 +1,61 @@
+"""The partition report: per-client class histogram as a Markdown table, EMD statistics and a PNG."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["partition_report", "plot_partition"]
+
+
+def partition_report(labels: np.ndarray, parts: Sequence[np.ndarray], class_names: Sequence[str] | None = None
+                     ) -> tuple[str, dict]:
+    """Markdown table (client, n, per-class counts, EMD) and stats. EMD is Zhao et al. 2018's
+    sum_c |p_k(c) - p(c)| between a client's label distribution and the pooled one (paper 000 §2.1)."""
+    labels = np.asarray(labels)
+    classes = np.arange(len(class_names)) if class_names else np.unique(labels[np.concatenate(parts)])
+    names = list(class_names) if class_names else [str(c) for c in classes]
+    counts = np.stack([(labels[p][:, None] == classes[None, :]).sum(0) for p in parts])
+    total = counts.sum(0) / max(counts.sum(), 1)
+    dist = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    emd = np.abs(dist - total).sum(1)
+    rows = ["| client | n | " + " | ".join(names) + " | EMD |", "|" + "---|" * (len(names) + 3)]
+    rows += [f"| {i} | {counts[i].sum()} | " + " | ".join(map(str, counts[i])) + f" | {emd[i]:.3f} |"
+             for i in range(len(parts))]
+    stats = {"classes": names, "sizes": counts.sum(1).tolist(), "counts": counts.tolist(),
+             "emd": emd.tolist(), "mean_emd": float(emd.mean()), "max_class_fraction": dist.max(1).tolist()}
+    return "\n".join(rows) + "\n", stats
+
+
+def plot_partition(labels: np.ndarray, parts: Sequence[np.ndarray], path: str | os.PathLike,
+                   class_names: Sequence[str] | None = None, title: str = "Class histogram per client") -> str:
+    """Stacked-bar PNG of each client's class counts, written atomically (temp file + os.replace)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    _, stats = partition_report(labels, parts, class_names)
+    counts = np.asarray(stats["counts"])
+    fig = Figure(figsize=(max(4.0, 0.5 * len(parts) + 2), 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    bottom = np.zeros(len(parts))
+    x = np.arange(len(parts))
+    for c, name in enumerate(stats["classes"]):
+        ax.bar(x, counts[:, c], bottom=bottom, label=name)
+        bottom += counts[:, c]
+    ax.set(title=title, xlabel="client", ylabel="samples", xticks=x)
+    ax.legend(title="class", fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path

@@ -1,0 +1,146 @@
+"""The strategy interface and the pure aggregation functions every strategy builds on."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..messages import ClientUpdate, ServerMessage, is_finite, state_schema
+
+__all__ = ["Strategy", "StateDict", "STAT_SUFFIXES", "weighted_average", "fedavg", "bn_state_keys"]
+
+StateDict = dict[str, Tensor]
+STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def weighted_average(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """sum_k w_k x_k / sum_k w_k, accumulated in float64 and cast back to the input dtype.
+
+    Integer tensors (e.g. BN ``num_batches_tracked``) get the weighted mean *rounded* to the nearest
+    integer; bool tensors the weighted majority. Zero total weight falls back to the plain mean.
+    """
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    w = torch.ones_like(w) if float(w.sum()) <= 0 else w
+    w = w / w.sum()
+    ref = tensors[0]
+    acc = torch.zeros(ref.shape, dtype=torch.float64, device=ref.device)
+    for wk, t in zip(w.tolist(), tensors):
+        acc += wk * t.detach().to(device=ref.device, dtype=torch.float64)
+    if ref.dtype == torch.bool:
+        return acc >= 0.5
+    if not (ref.is_floating_point() or ref.is_complex()):
+        return acc.round().to(ref.dtype)
+    return acc.to(ref.dtype)
+
+
+def _absolute(global_state: Mapping[str, Tensor], update: ClientUpdate, key: str) -> Tensor:
+    value = update.weights[key]
+    return global_state[key] + value.to(global_state[key].device) if update.is_delta else value
+
+
+def fedavg(
+    global_state: Mapping[str, Tensor], updates: Sequence[ClientUpdate], keys: Iterable[str], weighted: bool = True
+) -> StateDict:
+    """Pure FedAvg (McMahan et al. 2017, Alg. 1) over ``keys``; other entries copied from global.
+
+    Weights are n_k (``num_samples``) when ``weighted`` else uniform. Delta updates are made
+    absolute against ``global_state`` first.
+    """
+    new = {k: v.clone() for k, v in global_state.items()}
+    if not updates:
+        return new
+    coef = [float(u.num_samples) if weighted else 1.0 for u in updates]
+    for key in keys:
+        missing = [u.client_id for u in updates if key not in u.weights]
+        if missing:
+            raise KeyError(f"updates from {missing} lack exchanged key {key!r}")
+        new[key] = weighted_average([_absolute(global_state, u, key) for u in updates], coef)
+    return new
+
+
+def bn_state_keys(model: nn.Module, prefix: str = "") -> set[str]:
+    """State-dict keys of every ``_BatchNorm`` module (BatchNorm1d/2d/3d, SyncBatchNorm) of ``model``:
+    weight, bias, running_mean, running_var, num_batches_tracked. ``prefix`` is prepended (e.g.
+    ``"net."`` when the federated state is the LightningModule's). Instance/Group/LayerNorm excluded.
+    """
+    keys: set[str] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm):
+            head = f"{prefix}{name}." if name else prefix
+            keys.update(head + k for k in module.state_dict().keys())
+    return keys
+
+
+class Strategy:
+    """Base strategy. ``local_keys`` / ``local_prefixes`` name state entries that never leave a
+    client (they are excluded from :meth:`client_keys`, from messages and from aggregation)."""
+
+    name = "base"
+
+    def __init__(self, local_keys: Iterable[str] = (), local_prefixes: Iterable[str] = ()) -> None:
+        self._local_keys = frozenset(local_keys)
+        self._local_prefixes = tuple(p.rstrip(".") + "." for p in local_prefixes)
+
+    def is_local(self, key: str) -> bool:
+        return key in self._local_keys or key.startswith(self._local_prefixes)
+
+    def client_keys(self, state_dict: Mapping[str, Tensor]) -> list[str]:
+        """Keys a client sends and receives (all minus the local ones), in state-dict order."""
+        return [k for k in state_dict if not self.is_local(k)]
+
+    def configure_client(self, round: int, client_id: str | None = None) -> dict[str, Any]:
+        """Per-round config sent to a client (empty by default)."""
+        return {}
+
+    def aggregate(self, global_state: Mapping[str, Tensor], updates: Sequence[ClientUpdate], round: int) -> StateDict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Server-side state for checkpoint/resume (``torch.save``-able with weights_only)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    # helpers shared by every strategy -------------------------------------------------------
+    def server_message(self, global_state: Mapping[str, Tensor], round: int, client_id: str | None = None) -> ServerMessage:
+        keys = self.client_keys(global_state)
+        return ServerMessage(round, {k: global_state[k] for k in keys}, self.configure_client(round, client_id))
+
+    def client_receive(self, local_state: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> StateDict:
+        """New client state: exchanged entries from ``weights``, local entries (e.g. BN) kept."""
+        new = dict(local_state)
+        for k, v in weights.items():
+            if not self.is_local(k):
+                new[k] = v.detach().clone().to(local_state[k].device) if k in local_state else v.detach().clone()
+        return new
+
+    def make_update(
+        self, client_id: str, local_state: Mapping[str, Tensor], num_samples: int,
+        metrics: Mapping[str, float] | None = None, global_state: Mapping[str, Tensor] | None = None,
+    ) -> ClientUpdate:
+        """Client-side: package the exchanged entries (as deltas when ``global_state`` is given),
+        checked against the model's schema so that only model state leaves the client."""
+        keys = self.client_keys(local_state)
+        if global_state is None:
+            weights = {k: local_state[k].detach().cpu().clone() for k in keys}
+        else:
+            weights = {k: (local_state[k].detach() - global_state[k].to(local_state[k].device)).cpu() for k in keys}
+        return ClientUpdate(client_id, weights, int(num_samples), dict(metrics or {}),
+                            is_delta=global_state is not None, schema=state_schema(local_state))
+
+    def _usable(self, updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
+        good = [u for u in updates if is_finite(u)]
+        if len(good) < len(updates):
+            bad = sorted(set(u.client_id for u in updates) - set(u.client_id for u in good))
+            warnings.warn(f"dropping non-finite updates from clients {bad}")
+        return good
+
+    def _check_local_not_sent(self, updates: Sequence[ClientUpdate]) -> None:
+        for u in updates:
+            leaked = [k for k in u.weights if self.is_local(k)]
+            if leaked:
+                raise ValueError(f"client {u.client_id} sent local-only entries {leaked[:3]}...")

@@ -1,0 +1,67 @@
+"""Paper 000 §4.1: FedAvg plus the accuracy-driven allocation of the server's shared data."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from torch import Tensor
+
+from ..messages import ClientUpdate, is_finite
+from ..sharing import SharedPool, SharingMode, allocate_shared, client_rng, select_shared_indices
+from .base import StateDict
+from .fedavg import FedAvg
+
+__all__ = ["DataSharing"]
+
+class DataSharing(FedAvg):
+    """Paper 000 §4.1: FedAvg aggregation (step 6) plus shared-data allocation (step 7).
+
+    After each aggregation the latest accuracy of every client (``metrics[metric]``) is recorded and
+    the allocation ``m_i`` is recomputed with :func:`~federation.sharing.allocate_shared` over all
+    clients seen so far. With ``reallocate_every_round=False`` a client's allocation is frozen the
+    first time it is computed (the paper's literal loop, steps 9-11). ``configure_client`` returns
+    ``num_shared`` and, when a :class:`SharedPool` is given, ``shared_indices``: a per-client
+    permutation prefix of the pool (seeded by ``seed`` and client id, so a client's subset only
+    grows or shrinks as ``m`` changes). Before any accuracy is known, clients get 0.
+    """
+
+    name = "datasharing"
+
+    def __init__(self, pool: SharedPool | None = None, n_shared: int | None = None, mode: SharingMode = "part",
+                 metric: str = "accuracy", seed: int = 0, reallocate_every_round: bool = True, **kw: Any) -> None:
+        super().__init__(**kw)
+        if pool is None and n_shared is None:
+            raise ValueError("DataSharing needs a SharedPool or n_shared")
+        self.pool, self.mode, self.metric, self.seed = pool, mode, metric, int(seed)
+        self.n_shared = len(pool) if n_shared is None else int(n_shared)
+        self.reallocate_every_round = reallocate_every_round
+        self.accuracies: dict[str, float] = {}
+        self.allocation: dict[str, int] = {}
+        allocate_shared({}, self.n_shared, mode)  # validates mode / n
+
+    def aggregate(self, global_state: Mapping[str, Tensor], updates: Sequence[ClientUpdate], round: int) -> StateDict:
+        new = super().aggregate(global_state, updates, round)
+        for u in updates:
+            if not is_finite(u):
+                continue
+            if self.metric not in u.metrics and self.mode == "part":
+                raise KeyError(f"client {u.client_id} reported no {self.metric!r} metric")
+            self.accuracies[u.client_id] = float(u.metrics.get(self.metric, float("nan")))
+        fresh = allocate_shared(self.accuracies, self.n_shared, self.mode)
+        for cid, m in fresh.items():
+            if self.reallocate_every_round or cid not in self.allocation:
+                self.allocation[cid] = m
+        return new
+
+    def configure_client(self, round: int, client_id: str | None = None) -> dict[str, Any]:
+        m = self.allocation.get(client_id, 0) if client_id is not None else 0
+        cfg: dict[str, Any] = {"num_shared": m, "sharing_mode": self.mode}
+        if self.pool is not None and client_id is not None:
+            cfg["shared_indices"] = select_shared_indices(self.pool.indices, m, client_rng(self.seed, client_id))
+        return cfg
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"accuracies": dict(self.accuracies), "allocation": dict(self.allocation)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.accuracies = {k: float(v) for k, v in state.get("accuracies", {}).items()}
+        self.allocation = {k: int(v) for k, v in state.get("allocation", {}).items()}

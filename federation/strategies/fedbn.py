@@ -1,0 +1,27 @@
+"""FedBN (Li et al. 2021, Alg. 1): batch-norm parameters and statistics never leave a client."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from torch import nn
+
+from .base import bn_state_keys
+from .fedavg import FedAvg
+
+__all__ = ["FedBN"]
+
+class FedBN(FedAvg):
+    """FedBN (Li et al. 2021, Alg. 1): FedAvg over everything except batch-norm entries, which are
+    neither sent nor aggregated. BN keys come from ``model`` (``_BatchNorm`` modules, see
+    :func:`bn_state_keys`), explicit ``bn_keys`` and/or ``bn_prefixes`` (module names)."""
+
+    name = "fedbn"
+
+    def __init__(self, model: nn.Module | None = None, bn_keys: Iterable[str] = (),
+                 bn_prefixes: Iterable[str] = (), prefix: str = "", **kw: Any) -> None:
+        keys = set(bn_keys) | (bn_state_keys(model, prefix) if model is not None else set())
+        prefixes = tuple(bn_prefixes)
+        if not keys and not prefixes:
+            raise ValueError("FedBN needs a model with BatchNorm layers, bn_keys or bn_prefixes")
+        super().__init__(local_keys=keys | set(kw.pop("local_keys", ())),
+                         local_prefixes=prefixes + tuple(kw.pop("local_prefixes", ())), **kw)
