@@ -2,6 +2,11 @@
 
     python benchmarks/seg_throughput.py --models dnet unet3plus attention_unet unet --width 16 --size 128
 
+The MedMNIST classifiers (paper 002) go through the same loop with cross-entropy on random labels:
+
+    python benchmarks/seg_throughput.py --models resnet18 resnet50 --size 28 --batch 128
+    python benchmarks/seg_throughput.py --models resnet18 --size 224 --batch 32
+
 Each model is measured in a fresh subprocess so its peak memory (CPU max-RSS, or CUDA max allocated) is
 its own. Output: one Markdown row per model (paste into docs/benchmarks.md).
 """
@@ -15,6 +20,9 @@ import sys
 import time
 
 
+CLASSIFIERS = {"resnet18": "ResNet18", "resnet50": "ResNet50"}
+
+
 def measure(name: str, width: int | None, size: int, batch: int, steps: int, warmup: int, device: str) -> dict:
     import torch
 
@@ -23,14 +31,22 @@ def measure(name: str, width: int | None, size: int, batch: int, steps: int, war
     from lightning_modules.nets import build_model, count_parameters
 
     torch.manual_seed(0)
-    kwargs = {"in_channels": 1, "classes": 2}
-    if name not in ("unet", "unetpp", "resnet18_unet", "resnet18_student"):
-        kwargs.update(preset="paper", width=width)
-    net = build_model(name, **kwargs).to(device).train()
+    if name in CLASSIFIERS:  # paper 002: 28 px (MedMNIST stem) or 224 px (ImageNet stem), 3 channels
+        from lightning_modules.nets import classifiers
+
+        net = getattr(classifiers, CLASSIFIERS[name])(in_channels=3, num_classes=2, resolution=size).to(device).train()
+        loss_fn, width = torch.nn.CrossEntropyLoss(), None
+        x = torch.randn(batch, 3, size, size, device=device)
+        y = torch.randint(0, 2, (batch,), device=device)
+    else:
+        kwargs = {"in_channels": 1, "classes": 2}
+        if name not in ("unet", "unetpp", "resnet18_unet", "resnet18_student"):
+            kwargs.update(preset="paper", width=width)
+        net = build_model(name, **kwargs).to(device).train()
+        loss_fn = DeepSupervisionLoss(HybridCEDiceLoss())
+        x = torch.randn(batch, 1, size, size, device=device)
+        y = torch.randint(0, 2, (batch, size, size), device=device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    loss_fn = DeepSupervisionLoss(HybridCEDiceLoss())
-    x = torch.randn(batch, 1, size, size, device=device)
-    y = torch.randint(0, 2, (batch, size, size), device=device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for i in range(warmup + steps):
@@ -71,7 +87,7 @@ def main() -> None:
                               "--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup),
                               "--device", a.device], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        width = r["width"] if name not in ("unet", "unetpp") else "smp resnet34"
+        width = "smp resnet34" if name in ("unet", "unetpp") else ("—" if name in CLASSIFIERS else r["width"])
         print(f"| {name} | {r['params_M']:.2f} | {r['images_per_s']:.1f} | {r['peak_MiB']:.0f} | {r['device']} | "
               f"{width} | {r['size']}² | {r['batch']} |")
 

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from datamodules.loaders import SplitLoadersMixin
 
 from datamodules.errors import DataError
 from datamodules.subset import sample_cases
@@ -57,7 +59,7 @@ class SiteConcat(Dataset):
         return item
 
 
-class MultiSiteDataModule(pl.LightningDataModule):
+class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """One datamodule per site, concatenated (module docstring). ``sites``: site name -> config."""
 
     def __init__(self, sites: Mapping[str, Any], batch_size: int = 16, num_workers: int = 0) -> None:
@@ -98,15 +100,3 @@ class MultiSiteDataModule(pl.LightningDataModule):
     @property
     def site_names(self) -> list[str]:
         return list(self.site_cfgs)
-
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, False)

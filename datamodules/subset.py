@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from datamodules.loaders import SplitLoadersMixin
 
 __all__ = ["IndexSubset", "SubsetDataModule", "PartialLabels", "carve_val", "sample_labels", "sample_groups",
            "sample_cases"]
@@ -133,7 +135,7 @@ def carve_val(indices: np.ndarray, fraction: float, seed: int, groups: np.ndarra
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-class SubsetDataModule(pl.LightningDataModule):
+class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """Datamodule over index subsets of a set-up ``base`` datamodule (see the module docstring).
 
     Args:
@@ -178,19 +180,3 @@ class SubsetDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:  # everything is built in __init__
         pass
-
-    def _loader(self, ds: Dataset | None, shuffle: bool) -> DataLoader:
-        if ds is None:
-            raise RuntimeError("this client has no such split")
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, False)

@@ -16,99 +16,37 @@ head: final1`` is the teacher's deep-supervision map X^{0,1} -> logits, which a 
 never computes itself.  ``student_logits`` / ``teacher_pred_late`` default to the nets' main outputs
 and ``mask`` to the batch's ground truth.
 
+Construction checks and inference live in :mod:`lightning_modules.distill_setup`.
 Adapters (the students' predictive heads of HLFD/HIFD) are owned by the KD loss, created once at
 construction with channel counts inferred by a dry forward pass on a dummy ``example_size`` input,
 and optimised with the student (see ``losses/kd/adapters.py`` for the reference-code defect this fixes).
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_class
 from torch import Tensor, nn
 
-from lightning_modules.base import build, to_plain
-from lightning_modules.hooks import FeatureTap
-from lightning_modules.losses.kd.attention import (
-    LIST_ROLES, MASK, ROLES, STUDENT_LOGITS, TEACHER_PRED_LATE,
+from lightning_modules.base import to_plain
+from lightning_modules.checkpoints import load_net, save_net
+from lightning_modules.distill_setup import (
+    AUTO_ROLES, Tap, build_kd_loss, build_teacher, check_pair, dry_run, example_shape, main_output, parse_taps,
 )
+from lightning_modules.errors import ConfigError
+from lightning_modules.hooks import FeatureTap
+from lightning_modules.losses.kd.attention import LIST_ROLES, MASK, STUDENT_LOGITS, TEACHER_PRED_LATE
 from lightning_modules.segmentation import SegmentationModule
 
 log = logging.getLogger(__name__)
 
-from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_net, net_state, save_net
-from lightning_modules.errors import ConfigError, one_line
 
-#: roles filled automatically when not declared: net outputs and the ground truth.
-AUTO_ROLES = (STUDENT_LOGITS, TEACHER_PRED_LATE, MASK)
 class NonFiniteLossError(FloatingPointError):
     """A KD or segmentation term became NaN/inf; raised before the optimiser step."""
-
-
-@dataclass(frozen=True)
-class Tap:
-    """One declared tap: ``role`` read from ``side`` (teacher | student) at module ``path``."""
-
-    role: str
-    side: str
-    path: str
-    index: int | None = None
-    head: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.side}:{self.path}"
-
-
-def parse_taps(taps: Sequence[Mapping[str, Any]]) -> list[Tap]:
-    """Validate the declared tap entries (roles, one side each, heads only on the teacher)."""
-    out: list[Tap] = []
-    seen_single: set[str] = set()
-    for i, entry in enumerate(taps or []):
-        entry = dict(entry)
-        role = entry.get("role")
-        where = f"distill.taps[{i}]"
-        unknown = set(entry) - {"role", "teacher", "student", "index", "head"}
-        if unknown:
-            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; valid: role, teacher, student, index, head")
-        if role not in ROLES or role == MASK:
-            raise ConfigError(f"{where}.role={role!r} is not a KD role; valid: {[r for r in ROLES if r != MASK]}")
-        t_path, s_path = entry.get("teacher"), entry.get("student")
-        if (t_path is None) == (s_path is None):
-            raise ConfigError(f"{where} ({role}) must set exactly one of teacher/student, got teacher={t_path!r} student={s_path!r}")
-        side = "teacher" if t_path is not None else "student"
-        if not role.startswith(side):
-            raise ConfigError(f"{where}: role {role!r} must be tapped on the {role.split('_')[0]}, not the {side}")
-        if entry.get("head") is not None and side != "teacher":
-            raise ConfigError(f"{where}: 'head' is only for teacher taps (student heads are the KD loss's adapters)")
-        if role not in LIST_ROLES:
-            if role in seen_single:
-                raise ConfigError(f"{where}: role {role!r} takes one tensor but is declared twice")
-            seen_single.add(role)
-        index = entry.get("index")
-        out.append(Tap(role, side, str(t_path if side == "teacher" else s_path),
-                       None if index is None else int(index), entry.get("head")))
-    return out
-
-
-def _first_conv_in_channels(net: nn.Module) -> int | None:
-    if isinstance(getattr(net, "in_channels", None), int):
-        return int(net.in_channels)
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            return int(m.in_channels)
-    return None
-
-
-def _main(output: Any) -> Tensor:
-    return output[0] if isinstance(output, (list, tuple)) else output
 
 
 class DistillationModule(SegmentationModule):
@@ -165,14 +103,14 @@ class DistillationModule(SegmentationModule):
             "roc_thresholds": roc_thresholds,
         })
         self.method = method
-        self.teacher = self._build_teacher(teacher, teacher_cfg, teacher_ckpt)
+        self.teacher = build_teacher(teacher, teacher_cfg, teacher_ckpt)
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.taps = parse_taps(taps)
-        self.example_shape = self._example_shape(example_size)
-        self._check_pair()
-        shapes = self._dry_run()
-        self.kd_loss = self._build_kd_loss(kd_loss, shapes)
+        self.example_shape = example_shape(self.net, example_size)
+        check_pair(self.teacher, self.net)
+        shapes = dry_run(self.teacher, self.net, self.taps, self.example_shape, self.device)
+        self.kd_loss = build_kd_loss(kd_loss, self.taps, shapes)
         missing = [r for r in getattr(self.kd_loss, "required_roles", ())
                    if r not in {t.role for t in self.taps} | set(AUTO_ROLES)]
         if missing:
@@ -180,107 +118,6 @@ class DistillationModule(SegmentationModule):
                               f"does not declare (declared: {sorted({t.role for t in self.taps})})")
         self.student_tap: FeatureTap | None = None
         self.teacher_tap: FeatureTap | None = None
-
-    # ------------------------------------------------------------------ construction
-    @staticmethod
-    def _build_teacher(teacher: Any, teacher_cfg: Mapping | None, ckpt_path: str | None) -> nn.Module:
-        ckpt = state = None
-        if ckpt_path is not None:
-            ckpt = load_checkpoint(ckpt_path, "teacher checkpoint")
-            state, stored = net_state(ckpt, ckpt_path, teacher_cfg, "teacher checkpoint")
-            if teacher is None:
-                if not isinstance(stored, Mapping):
-                    raise CheckpointError(f"teacher checkpoint {ckpt_path} stores no net config; set distill.teacher.model")
-                teacher = stored
-        if teacher is None:
-            raise ConfigError("distillation needs a teacher: set distill.teacher.model or distill.teacher.ckpt")
-        net = build(teacher, what="teacher")
-        if state is not None:
-            try:
-                net.load_state_dict(state, strict=True)
-            except RuntimeError as err:
-                raise CheckpointError(f"teacher checkpoint {ckpt_path} does not fit the teacher "
-                                      f"{type(net).__name__}: {one_line(err)}") from err
-        return net
-
-    def _example_shape(self, example_size: int | Sequence[int]) -> tuple[int, ...]:
-        in_ch = _first_conv_in_channels(self.net) or 1
-        if isinstance(example_size, int):
-            return (1, in_ch, example_size, example_size)
-        shape = tuple(int(s) for s in example_size)
-        return shape if len(shape) == 4 else (1, in_ch, *shape[-2:])
-
-    def _check_pair(self) -> None:
-        t_in, s_in = _first_conv_in_channels(self.teacher), _first_conv_in_channels(self.net)
-        if t_in is not None and s_in is not None and t_in != s_in:
-            raise ConfigError(f"teacher {type(self.teacher).__name__} takes in_channels={t_in} but student "
-                              f"{type(self.net).__name__} takes in_channels={s_in}")
-
-    @torch.no_grad()
-    def _dry_run(self) -> dict[str, torch.Size]:
-        """Shapes at every tap (``side:path`` keys, after a teacher ``head``) and of both outputs, from
-        one forward of each net on zeros; also checks that every tap fires and the class counts agree."""
-        shapes: dict[str, torch.Size] = {}
-        for side, net in (("teacher", self.teacher), ("student", self.net)):
-            taps = [t for t in self.taps if t.side == side]
-            paths = list(dict.fromkeys(t.path for t in taps))
-            try:
-                with FeatureTap(net, paths, index={t.path: t.index for t in taps}) as tap:
-                    modes = {m: m.training for m in net.modules()}
-                    net.eval()
-                    try:
-                        out = _main(net(torch.zeros(self.example_shape, device=self.device)))
-                    finally:
-                        for m, mode in modes.items():
-                            m.training = mode
-                    silent = [p for p in paths if p not in tap.outputs]
-                    if silent:
-                        raise ConfigError(f"distill.taps: {side} {type(net).__name__} module(s) {silent} produced no "
-                                          f"output in an eval-mode forward (not called? use 'head' on a tapped "
-                                          f"feature for heads that only run in training)")
-                    for t in taps:
-                        x = tap[t.path]
-                        if t.head is not None:
-                            x = self._resolve(net, t.head, side)(x)
-                        shapes[f"{t.key}>{t.head}" if t.head else t.key] = x.shape
-            except ValueError as err:
-                if isinstance(err, ConfigError):
-                    raise
-                raise ConfigError(f"distill.taps: bad {side} path for {type(net).__name__}: {err}") from err
-            shapes[f"{side}:<output>"] = out.shape
-        t_cls, s_cls = shapes["teacher:<output>"][1], shapes["student:<output>"][1]
-        if t_cls != s_cls:
-            raise ConfigError(f"teacher {type(self.teacher).__name__} predicts {t_cls} classes but student "
-                              f"{type(self.net).__name__} predicts {s_cls}")
-        return shapes
-
-    @staticmethod
-    def _resolve(net: nn.Module, path: str, side: str) -> nn.Module:
-        from lightning_modules.hooks import resolve_module
-        try:
-            return resolve_module(net, path)
-        except ValueError as err:
-            raise ConfigError(f"distill.taps: bad {side} head path: {err}") from err
-
-    def _build_kd_loss(self, kd_loss: Any, shapes: Mapping[str, torch.Size]) -> nn.Module:
-        """Instantiate the KD loss, filling ``classes`` and ``<role>_channels`` from the dry forward."""
-        if isinstance(kd_loss, nn.Module):
-            return kd_loss
-        cfg = dict(to_plain(kd_loss))
-        if "_target_" not in cfg:
-            raise ConfigError(f"distill.loss has no _target_: {cfg}")
-        params = inspect.signature(get_class(cfg["_target_"]).__init__).parameters
-        if "classes" in params and "classes" not in cfg:
-            cfg["classes"] = int(shapes["student:<output>"][1])
-        for name in params:
-            if not name.endswith("_channels") or name in cfg:
-                continue
-            role = name[: -len("_channels")]
-            chans = [int(shapes[t.key][1]) for t in self.taps if t.role == role]
-            if not chans:
-                raise ConfigError(f"{cfg['_target_']} needs {name} but no tap declares role {role!r}")
-            cfg[name] = chans if role in LIST_ROLES else chans[0]
-        return build(cfg, what="distill.loss")
 
     # ------------------------------------------------------------------ frozen teacher
     def train(self, mode: bool = True) -> "DistillationModule":
@@ -325,7 +162,7 @@ class DistillationModule(SegmentationModule):
     # ------------------------------------------------------------------ training
     def kd_inputs(self, batch: Mapping[str, Any], student_out: Any, teacher_out: Any) -> dict[str, Any]:
         """The role dictionary the KD loss reads, from the taps' latest outputs."""
-        roles: dict[str, Any] = {STUDENT_LOGITS: _main(student_out), TEACHER_PRED_LATE: _main(teacher_out),
+        roles: dict[str, Any] = {STUDENT_LOGITS: main_output(student_out), TEACHER_PRED_LATE: main_output(teacher_out),
                                  MASK: batch.get("mask")}
         declared: set[str] = set()
         for t in self.taps:
@@ -385,7 +222,7 @@ class DistillationModule(SegmentationModule):
             heads += [(f"mid{j + 1}", t, h) for j, (t, h) in enumerate(zip(s_taps.get("student_mid", []), mids))]
         out: OrderedDict[str, Tensor] = OrderedDict()
         with FeatureTap(self.net, [t.path for _, t, _ in heads], index={t.path: t.index for _, t, _ in heads}) as tap:
-            logits = _main(self.net(image))
+            logits = main_output(self.net(image))
             for name, t, head in heads:
                 z = head(tap[t.path])
                 out[f"{name} ({t.path})"] = nn.functional.interpolate(z.float(), size=image.shape[-2:],

@@ -1,0 +1,194 @@
+"""Setting up a distillation pair: declared taps, the frozen teacher, a dry forward and the KD loss.
+
+Everything :class:`~lightning_modules.distillation.DistillationModule` checks and infers before training,
+as plain functions: :func:`parse_taps` validates the tap entries of ``distill.taps`` (torchdistill-style:
+which layers to distil is config, not code); :func:`build_teacher` loads the teacher from one of the
+framework's checkpoints (wrong architecture: one clear error); :func:`dry_run` runs both nets once on
+zeros to get every tapped shape (a path that does not fire, or mismatched class counts, fail here, at
+start-up); :func:`build_kd_loss` fills the KD loss's ``classes`` and ``<role>_channels`` from those shapes,
+so its adapters are created once, as registered sub-modules.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.utils import get_class
+from torch import Tensor, nn
+
+from lightning_modules.base import build, to_plain
+from lightning_modules.checkpoints import CheckpointError, load_checkpoint, net_state
+from lightning_modules.errors import ConfigError, one_line
+from lightning_modules.hooks import FeatureTap, resolve_module
+from lightning_modules.losses.kd.attention import LIST_ROLES, MASK, ROLES, STUDENT_LOGITS, TEACHER_PRED_LATE
+
+__all__ = ["AUTO_ROLES", "Tap", "parse_taps", "build_teacher", "example_shape", "check_pair", "dry_run",
+           "build_kd_loss", "main_output"]
+
+#: roles filled automatically when not declared: net outputs and the ground truth.
+AUTO_ROLES = (STUDENT_LOGITS, TEACHER_PRED_LATE, MASK)
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One declared tap: ``role`` read from ``side`` (teacher | student) at module ``path``."""
+
+    role: str
+    side: str
+    path: str
+    index: int | None = None
+    head: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.side}:{self.path}"
+
+
+def parse_taps(taps: Sequence[Mapping[str, Any]]) -> list[Tap]:
+    """Validate the declared tap entries (roles, one side each, heads only on the teacher)."""
+    out: list[Tap] = []
+    seen_single: set[str] = set()
+    for i, entry in enumerate(taps or []):
+        entry = dict(entry)
+        role = entry.get("role")
+        where = f"distill.taps[{i}]"
+        unknown = set(entry) - {"role", "teacher", "student", "index", "head"}
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; valid: role, teacher, student, index, head")
+        if role not in ROLES or role == MASK:
+            raise ConfigError(f"{where}.role={role!r} is not a KD role; valid: {[r for r in ROLES if r != MASK]}")
+        t_path, s_path = entry.get("teacher"), entry.get("student")
+        if (t_path is None) == (s_path is None):
+            raise ConfigError(f"{where} ({role}) must set exactly one of teacher/student, got teacher={t_path!r} student={s_path!r}")
+        side = "teacher" if t_path is not None else "student"
+        if not role.startswith(side):
+            raise ConfigError(f"{where}: role {role!r} must be tapped on the {role.split('_')[0]}, not the {side}")
+        if entry.get("head") is not None and side != "teacher":
+            raise ConfigError(f"{where}: 'head' is only for teacher taps (student heads are the KD loss's adapters)")
+        if role not in LIST_ROLES:
+            if role in seen_single:
+                raise ConfigError(f"{where}: role {role!r} takes one tensor but is declared twice")
+            seen_single.add(role)
+        index = entry.get("index")
+        out.append(Tap(role, side, str(t_path if side == "teacher" else s_path),
+                       None if index is None else int(index), entry.get("head")))
+    return out
+
+
+def _first_conv_in_channels(net: nn.Module) -> int | None:
+    if isinstance(getattr(net, "in_channels", None), int):
+        return int(net.in_channels)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    return None
+
+
+def main_output(output: Any) -> Tensor:
+    """The main head of a (possibly deep-supervised) net output."""
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
+def build_teacher(teacher: Any, teacher_cfg: Mapping | None, ckpt_path: str | None) -> nn.Module:
+    """The teacher net from its config (or the one stored in ``ckpt_path``), loaded strictly from the checkpoint."""
+    ckpt = state = None
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path, "teacher checkpoint")
+        state, stored = net_state(ckpt, ckpt_path, teacher_cfg, "teacher checkpoint")
+        if teacher is None:
+            if not isinstance(stored, Mapping):
+                raise CheckpointError(f"teacher checkpoint {ckpt_path} stores no net config; set distill.teacher.model")
+            teacher = stored
+    if teacher is None:
+        raise ConfigError("distillation needs a teacher: set distill.teacher.model or distill.teacher.ckpt")
+    net = build(teacher, what="teacher")
+    if state is not None:
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"teacher checkpoint {ckpt_path} does not fit the teacher "
+                                  f"{type(net).__name__}: {one_line(err)}") from err
+    return net
+
+def example_shape(student: nn.Module, example_size: int | Sequence[int]) -> tuple[int, ...]:
+    """The dry forward's input shape: ``[1, C, S, S]`` for an int ``S`` (C from the student's first conv)."""
+    in_ch = _first_conv_in_channels(student) or 1
+    if isinstance(example_size, int):
+        return (1, in_ch, example_size, example_size)
+    shape = tuple(int(s) for s in example_size)
+    return shape if len(shape) == 4 else (1, in_ch, *shape[-2:])
+
+def check_pair(teacher: nn.Module, student: nn.Module) -> None:
+    """Teacher and student must read the same number of input channels."""
+    t_in, s_in = _first_conv_in_channels(teacher), _first_conv_in_channels(student)
+    if t_in is not None and s_in is not None and t_in != s_in:
+        raise ConfigError(f"teacher {type(teacher).__name__} takes in_channels={t_in} but student "
+                          f"{type(student).__name__} takes in_channels={s_in}")
+
+@torch.no_grad()
+def dry_run(teacher: nn.Module, student: nn.Module, taps: Sequence[Tap], shape: Sequence[int],
+            device: torch.device | str = "cpu") -> dict[str, torch.Size]:
+    """Shapes at every tap (``side:path`` keys, after a teacher ``head``) and of both outputs, from
+    one forward of each net on zeros; also checks that every tap fires and the class counts agree."""
+    shapes: dict[str, torch.Size] = {}
+    for side, net in (("teacher", teacher), ("student", student)):
+        side_taps = [t for t in taps if t.side == side]
+        paths = list(dict.fromkeys(t.path for t in side_taps))
+        try:
+            with FeatureTap(net, paths, index={t.path: t.index for t in side_taps}) as tap:
+                modes = {m: m.training for m in net.modules()}
+                net.eval()
+                try:
+                    out = main_output(net(torch.zeros(tuple(shape), device=device)))
+                finally:
+                    for m, mode in modes.items():
+                        m.training = mode
+                silent = [p for p in paths if p not in tap.outputs]
+                if silent:
+                    raise ConfigError(f"distill.taps: {side} {type(net).__name__} module(s) {silent} produced no "
+                                      f"output in an eval-mode forward (not called? use 'head' on a tapped "
+                                      f"feature for heads that only run in training)")
+                for t in side_taps:
+                    x = tap[t.path]
+                    if t.head is not None:
+                        x = _resolve(net, t.head, side)(x)
+                    shapes[f"{t.key}>{t.head}" if t.head else t.key] = x.shape
+        except ValueError as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"distill.taps: bad {side} path for {type(net).__name__}: {err}") from err
+        shapes[f"{side}:<output>"] = out.shape
+    t_cls, s_cls = shapes["teacher:<output>"][1], shapes["student:<output>"][1]
+    if t_cls != s_cls:
+        raise ConfigError(f"teacher {type(teacher).__name__} predicts {t_cls} classes but student "
+                          f"{type(student).__name__} predicts {s_cls}")
+    return shapes
+
+def _resolve(net: nn.Module, path: str, side: str) -> nn.Module:
+    try:
+        return resolve_module(net, path)
+    except ValueError as err:
+        raise ConfigError(f"distill.taps: bad {side} head path: {err}") from err
+
+def build_kd_loss(kd_loss: Any, taps: Sequence[Tap], shapes: Mapping[str, torch.Size]) -> nn.Module:
+    """Instantiate the KD loss, filling ``classes`` and ``<role>_channels`` from the dry forward."""
+    if isinstance(kd_loss, nn.Module):
+        return kd_loss
+    cfg = dict(to_plain(kd_loss))
+    if "_target_" not in cfg:
+        raise ConfigError(f"distill.loss has no _target_: {cfg}")
+    params = inspect.signature(get_class(cfg["_target_"]).__init__).parameters
+    if "classes" in params and "classes" not in cfg:
+        cfg["classes"] = int(shapes["student:<output>"][1])
+    for name in params:
+        if not name.endswith("_channels") or name in cfg:
+            continue
+        role = name[: -len("_channels")]
+        chans = [int(shapes[t.key][1]) for t in taps if t.role == role]
+        if not chans:
+            raise ConfigError(f"{cfg['_target_']} needs {name} but no tap declares role {role!r}")
+        cfg[name] = chans if role in LIST_ROLES else chans[0]
+    return build(cfg, what="distill.loss")
