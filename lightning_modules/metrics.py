@@ -109,12 +109,23 @@ class PerCaseConfusion(Metric):
         self.keys.append(torch.tensor(keys, dtype=torch.long, device=pred.device))
         self.matrices.append(confusion_matrix(pred, target, self.num_classes))
 
+    def _gather_names(self) -> None:
+        """Case names seen on other ranks (strings are not tensor states; every rank calls compute)."""
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, self.names)
+            for names in gathered:
+                self.names.update(names or {})
+
     def compute(self) -> dict[str, np.ndarray]:
-        """Case id → summed C×C confusion matrix (numpy, int64)."""
-        if not self.keys:
+        """Case id → summed C×C confusion matrix (numpy, int64), summed over ranks under DDP."""
+        # after a DDP sync the list states are already one concatenated tensor
+        if isinstance(self.keys, list) and not self.keys:
             return {}
         keys = dim_zero_cat(self.keys).cpu().numpy()
         mats = dim_zero_cat(self.matrices).cpu().numpy()
+        self._gather_names()
         out: dict[str, np.ndarray] = {}
         for key in np.unique(keys):
             name = self.names.get(int(key), f"case_{int(key)}")

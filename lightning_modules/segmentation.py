@@ -104,7 +104,7 @@ class SegmentationModule(BaseModule):
         logits = self.net(image)
         logits = logits[0] if isinstance(logits, (list, tuple)) else logits
         loss = self.loss(logits, mask)
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(mask))
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(mask), sync_dist=True)
         prob = self.probabilities(logits)
         keep = torch.ones(len(mask), dtype=torch.bool, device=mask.device)
         if self.eval_slices == "foreground":
@@ -140,7 +140,8 @@ class SegmentationModule(BaseModule):
         _, self.val_summary = self._case_summary(self.val_cases)
         for key in ("dice", "miou", "accuracy"):
             value = self.val_summary.get(key, math.nan)
-            self.log(f"val/{key}", 0.0 if math.isnan(value) else value, prog_bar=key == "dice")
+            # computed from the DDP-synced case matrices, so every rank holds the same value
+            self.log(f"val/{key}", 0.0 if math.isnan(value) else value, prog_bar=key == "dice", sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self.test_per_case, self.test_summary = self._case_summary(self.test_cases)
@@ -153,7 +154,7 @@ class SegmentationModule(BaseModule):
             self.test_summary[f"auc_{name}"] = float(auc[c])
         for key, value in self.test_summary.items():
             if not key.endswith("_std") and not math.isnan(value):
-                self.log(f"test/{key}", value)
+                self.log(f"test/{key}", value, sync_dist=True)
 
     def summary_metrics(self) -> dict[str, float]:
         """Final metrics for the run's ``metrics.json`` (``val/*`` from the last validation, ``test/*``)."""

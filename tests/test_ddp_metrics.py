@@ -1,0 +1,55 @@
+"""Per-case metrics under DDP: two CPU processes (gloo) each see part of every case; compute() on each
+rank must give the confusion matrices of the whole data set, with case names seen only on the other rank."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lightning_modules.metrics import PerCaseConfusion, confusion_matrix
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randint(0, 3, (6, 8, 8), generator=g)
+    target = torch.randint(0, 3, (6, 8, 8), generator=g)
+    cases = ["a", "a", "b", "b", "c", "only_rank1"]
+    return pred, target, cases
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        pred, target, cases = _data()
+        mine = [i for i in range(6) if (i % 2 == rank and i != 5) or (i == 5 and rank == 1)]
+        metric = PerCaseConfusion(3)
+        metric.update(pred[mine], target[mine], [cases[i] for i in mine])
+        result = metric.compute()
+        torch.save({k: torch.as_tensor(v) for k, v in result.items()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+def test_per_case_confusion_syncs_across_two_ranks(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path / "r")), nprocs=2, join=True)
+    pred, target, cases = _data()
+    expected = {}
+    for i, c in enumerate(cases):
+        expected[c] = expected.get(c, 0) + confusion_matrix(pred[i:i + 1], target[i:i + 1], 3).sum(0)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"r.{rank}", weights_only=True)
+        assert sorted(got) == sorted(expected)  # names from the other rank included
+        for c in expected:
+            assert torch.equal(got[c].long(), expected[c].long().cpu()), (rank, c)
