@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from timing import time_steps  # noqa: E402
 
 
 def measure(method: str, size: int, batch: int, steps: int, warmup: int, teacher_width: int | None,
@@ -51,21 +51,13 @@ def measure(method: str, size: int, batch: int, steps: int, warmup: int, teacher
     batch_ = {"image": torch.randn(batch, 1, size, size, generator=g).to(device),
               "mask": (torch.rand(batch, size, size, generator=g) > 0.9).long().to(device),
               "case_id": [f"c{i}" for i in range(batch)]}
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for i in range(warmup + steps):
-        if i == warmup:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+    def step(i: int) -> None:
         opt.zero_grad(set_to_none=True)
         module.training_step(batch_, i).backward()
         opt.step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    ms = 1000 * (time.perf_counter() - t0) / steps
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    seconds, peak = time_steps(step, steps, warmup, device)
+    ms = 1000 * seconds / steps
     teacher = getattr(module, "teacher", None)
     return {"method": method, "step_ms": ms, "peak_MiB": peak, "device": device, "size": size, "batch": batch,
             "student_M": sum(p.numel() for p in module.net.parameters()) / 1e6,

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import time_steps  # noqa: E402
 
 
 CLASSIFIERS = {"resnet18": "ResNet18", "resnet50": "ResNet50"}
@@ -47,21 +49,12 @@ def measure(name: str, width: int | None, size: int, batch: int, steps: int, war
         x = torch.randn(batch, 1, size, size, device=device)
         y = torch.randint(0, 2, (batch, size, size), device=device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for i in range(warmup + steps):
-        if i == warmup:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+    def step(_i: int) -> None:
         opt.zero_grad(set_to_none=True)
         loss_fn(net(x), y).backward()
         opt.step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    seconds, peak = time_steps(step, steps, warmup, device)
     return {"model": name, "params_M": count_parameters(net) / 1e6, "images_per_s": steps * batch / seconds,
             "peak_MiB": peak, "device": device, "width": width, "size": size, "batch": batch}
 
