@@ -35,20 +35,31 @@ def find_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
     return sorted(done), sorted(failed - done)
 
 
-def run_label(run: Path, drop: tuple[str, ...] = ("seed",)) -> str:
-    """The method a run belongs to: its Hydra overrides, minus the seed (``.hydra/overrides.yaml``)."""
+def run_overrides(run: Path, drop: tuple[str, ...] = ("seed",)) -> list[str]:
+    """A run's Hydra overrides (``.hydra/overrides.yaml``), minus the seed."""
     path = run / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
-    kept = [o for o in overrides or [] if o.split("=")[0].lstrip("+~") not in drop]
-    return " ".join(kept) or run.name
+    return [o for o in overrides or [] if o.split("=")[0].lstrip("+~") not in drop]
+
+
+def run_labels(runs: list[Path]) -> tuple[dict[Path, str], list[str]]:
+    """The method each run belongs to: the overrides that differ between runs (those shared by every
+    run are returned separately, printed once above the table)."""
+    ovs = {run: run_overrides(run) for run in runs}
+    common = [o for o in next(iter(ovs.values()), []) if all(o in v for v in ovs.values())] if len(runs) > 1 else []
+    labels = {run: " ".join(o for o in v if o not in common) for run, v in ovs.items()}
+    if not any(labels.values()):  # one method over seeds: name it by its overrides
+        return {run: " ".join(v) or run.parent.name for run, v in ovs.items()}, []
+    return {run: label or "(defaults)" for run, label in labels.items()}, common
 
 
 def collect(runs: list[Path], keys: tuple[str, ...] | None) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     found: list[str] = []
+    labels, _ = run_labels(runs)
     for run in runs:
         metrics = json.loads((run / "metrics.json").read_text())
-        label = run_label(run)
+        label = labels[run]
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and (keys is None or key in keys):
                 groups[label][key].append(float(value))
@@ -102,10 +113,11 @@ def plot_curves(runs: list[Path], out: Path, key: str) -> Path | None:
     from callbacks.plotting import plt, save_figure
 
     per_method: dict[str, list[list[tuple[int, float]]]] = defaultdict(list)
+    labels, _ = run_labels(runs)
     for run in runs:
         series = read_csv_metrics(run / "csv" / "metrics.csv").get(key)
         if series:
-            per_method[run_label(run)].append(series)
+            per_method[labels[run]].append(series)
     if not per_method:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -140,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     if keys is None:
         ordered = [k for k in DEFAULT_KEYS if k in ordered] or ordered
     md, csv_text = table(groups, ordered)
+    common = run_labels(runs)[1]
+    if common:
+        md = f"Common to every run: `{' '.join(common)}`\n\n" + md
     fails = failures(failed)
     if fails:
         md += f"\nFailed runs ({len(fails)}):\n" + "\n".join(fails) + "\n"

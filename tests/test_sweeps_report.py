@@ -79,3 +79,20 @@ def test_resume_continues_from_last_checkpoint(tmp_path, monkeypatch):
     dispatch(cfg2)
     assert seen["ckpt_path"] == str(last)
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2 * step1
+
+
+def test_report_labels_methods_by_the_overrides_that_differ(tmp_path):
+    from experiments.report import run_labels
+
+    runs = []
+    for i, (model, seed) in enumerate([("dnet", 1), ("dnet", 2), ("unet", 1)]):
+        run = tmp_path / f"{i}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(
+            f"- +exp=lits_dnet\n- data=liver_slices\n- model={model}\n- seed={seed}\n")
+        runs.append(run)
+    labels, common = run_labels(runs)
+    assert [labels[r] for r in runs] == ["model=dnet", "model=dnet", "model=unet"]
+    assert common == ["+exp=lits_dnet", "data=liver_slices"]
+    labels, common = run_labels(runs[:2])  # one method over seeds
+    assert set(labels.values()) == {"+exp=lits_dnet data=liver_slices model=dnet"} and common == []
