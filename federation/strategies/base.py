@@ -27,8 +27,8 @@ def weighted_average(tensors: Sequence[Tensor], weights: Sequence[float]) -> Ten
     w = w / w.sum()
     ref = tensors[0]
     acc = torch.zeros(ref.shape, dtype=torch.float64, device=ref.device)
-    for wk, t in zip(w.tolist(), tensors):
-        acc += wk * t.detach().to(device=ref.device, dtype=torch.float64)
+    for wk, t in zip(w.tolist(), tensors):  # in place: one float64 temporary per client tensor
+        acc.add_(t.detach().to(device=ref.device, dtype=torch.float64), alpha=wk)
     if ref.dtype == torch.bool:
         return acc >= 0.5
     if not (ref.is_floating_point() or ref.is_complex()):
