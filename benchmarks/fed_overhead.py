@@ -39,7 +39,7 @@ def _compose(overrides: list[str], out: Path):
 
 def _digits(clients: int, per_round: int, rounds: int, epochs: int) -> list[str]:
     return ["+exp=fed_digits_datashare", "federation/strategy=fedavg", "federation/partition=iid",
-            "~federation.shared_fraction", f"federation.num_clients={clients}",
+            f"federation.num_clients={clients}",
             f"federation.clients_per_round={per_round}", f"federation.rounds={rounds}",
             f"federation.local_epochs={epochs}", "federation.min_clients=1"]
 

@@ -1,0 +1,28 @@
+"""The benchmark scripts compose real experiment configs: check those compositions still hold (no run)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fed_overhead_composes_an_iid_fedavg_federation(tmp_path):
+    fed = _load("fed_overhead")
+    cfg = fed._compose(fed._digits(10, 10, 3, 1), tmp_path)
+    assert cfg.federation.strategy._target_.endswith("FedAvg") and cfg.federation.num_clients == 10
+    assert cfg.federation.get("shared_fraction") is None  # no server pool under FedAvg
+
+
+def test_kd_step_builds_the_plain_student_and_a_kd_module():
+    kd = _load("kd_step")
+    none = kd.measure("none", size=32, batch=2, steps=1, warmup=0, teacher_width=4, device="cpu")
+    hlfd = kd.measure("hlfd", size=32, batch=2, steps=1, warmup=0, teacher_width=4, device="cpu")
+    assert none["teacher_M"] is None and hlfd["teacher_M"] > 0 and hlfd["step_ms"] > 0
