@@ -4,7 +4,7 @@
     python benchmarks/fed_overhead.py server  --clients 10 --model dnet --preset paper
     python benchmarks/fed_overhead.py memory  --clients 10 100 --per-round 10
 
-* ``ratio``: ``fed_digits_datashare`` (FedAvg, IID) with every client sampled every round, R rounds x E
+* ``ratio``: ``fed_digits_datashare`` (FedAvg, its pathological k=2 partition) with every client sampled every round, R rounds x E
   local epochs, against centralised training of the same module on the union of the clients' training
   samples for R x E epochs. Reported: clients' training time / centralised fit time (the ideal is 1.0;
   the excess is one Trainer per client and round plus weight transfer) and the whole federation (with
@@ -38,7 +38,7 @@ def _compose(overrides: list[str], out: Path):
 
 
 def _digits(clients: int, per_round: int, rounds: int, epochs: int) -> list[str]:
-    return ["+exp=fed_digits_datashare", "federation/strategy=fedavg", "federation/partition=iid",
+    return ["+exp=fed_digits_datashare", "federation/strategy=fedavg",
             f"federation.num_clients={clients}",
             f"federation.clients_per_round={per_round}", f"federation.rounds={rounds}",
             f"federation.local_epochs={epochs}", "federation.min_clients=1"]

@@ -22,7 +22,7 @@ import yaml
 from experiments.artifacts import atomic_write_text, console
 
 DEFAULT_KEYS = ("test/dice", "test/miou", "test/accuracy", "test/auc", "test/acc", "fed/test/accuracy")
-LOWER_IS_BETTER = ("loss", "rvd", "seconds")
+LOWER_IS_BETTER = ("loss", "rvd", "seconds", "_std", "peak_memory")
 
 
 def find_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:

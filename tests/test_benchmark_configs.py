@@ -14,11 +14,18 @@ def _load(name: str):
     return module
 
 
-def test_fed_overhead_composes_an_iid_fedavg_federation(tmp_path):
+def test_fed_overhead_composes_a_fedavg_federation(tmp_path):
+    import numpy as np
+
+    from federation.plan import call_partitioner
+
     fed = _load("fed_overhead")
     cfg = fed._compose(fed._digits(10, 10, 3, 1), tmp_path)
     assert cfg.federation.strategy._target_.endswith("FedAvg") and cfg.federation.num_clients == 10
     assert cfg.federation.get("shared_fraction") is None  # no server pool under FedAvg
+    labels = np.arange(200) % 10
+    ids, parts = call_partitioner(cfg.federation.partition, labels, None, np.arange(200), 10, 0)
+    assert len(ids) == 10 and sum(len(p) for p in parts) == 200
 
 
 def test_kd_step_builds_the_plain_student_and_a_kd_module():
