@@ -37,7 +37,7 @@ from federation.messages import ClientUpdate, ServerMessage
 from federation.store import ClientStore
 from federation.strategies import Strategy, proximal_loss_term
 
-__all__ = ["ClientIndices", "run_client", "train_local", "build_strategy", "get_base_datamodule",
+__all__ = ["ClientIndices", "run_client", "train_local", "best_local_store", "build_strategy", "get_base_datamodule",
            "register_base", "client_seed", "quiet_lightning", "evaluate", "eval_trainer"]
 
 log = logging.getLogger("federation.client")
@@ -200,6 +200,12 @@ def _keeps_best_local(cfg: DictConfig) -> bool:
         str(_fed(cfg, "matrix.fl_local", "best_local")) == "best_local"
 
 
+def best_local_store(store: ClientStore) -> ClientStore:
+    """Where the full best-local checkpoints live: beside the per-client state, not in it, because that
+    small state file is read for every client every round and must not carry a whole model."""
+    return ClientStore(store.root / "best_local")
+
+
 def _save_if_best(store: ClientStore, client_id: str, rnd: int, state: Mapping[str, torch.Tensor],
                   reported: Mapping[str, float], monitor: str) -> None:
     """Keep ``state`` as the client's ``best_local`` when its own validation ``monitor`` improved."""
@@ -210,7 +216,7 @@ def _save_if_best(store: ClientStore, client_id: str, rnd: int, state: Mapping[s
     best = store.load(client_id, "best_local_meta", default=None)
     lower = monitor.endswith("loss")
     if best is None or (value < best["value"] if lower else value > best["value"]):
-        store.save(client_id, "best_local", {"state": dict(state), "round": rnd, "value": float(value)})
+        best_local_store(store).save(client_id, "best_local", {"state": dict(state), "round": rnd, "value": float(value)})
         store.save(client_id, "best_local_meta", {"round": rnd, "value": float(value), "monitor": monitor})
 
 

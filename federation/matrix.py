@@ -27,7 +27,7 @@ from rich.table import Table
 from datamodules.subset import SubsetDataModule
 from experiments import artifacts
 from federation import client as fed_client
-from federation.client import client_seed, evaluate, train_local
+from federation.client import best_local_store, client_seed, evaluate, train_local
 
 if TYPE_CHECKING:
     from federation.loop import Server
@@ -47,7 +47,7 @@ def _fl_local(server: Server, cid: str, mode: str, epochs: int) -> pl.LightningM
     if mode not in ("best_local", "finetune"):
         raise ValueError(f"federation.matrix.fl_local must be 'best_local' or 'finetune', got {mode!r}")
     if mode == "best_local":
-        best = server.store.load(cid, "best_local", default=None)
+        best = best_local_store(server.store).load(cid, "best_local", default=None)
         if best is not None:
             module = server._module_for(server.global_state, cid)
             module.net.load_state_dict(best["state"])
