@@ -62,8 +62,10 @@ def test_reconstruction_gradient_reaches_the_shared_encoder_not_the_decoders():
     assert all(p.grad is None for p in net.net.heads.parameters())
 
 
-def test_bad_endpoint_names_close_matches():
-    with pytest.raises(ValueError, match="encoder.stages.4"):
+def test_bad_endpoint_is_a_config_error_naming_close_matches():
+    from lightning_modules.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"module.regulariser.encoder_path: .*encoder.stages.4"):
         VAERegularised(DNet(in_channels=1, classes=2, width=4), "encoder.stage.4")
 
 

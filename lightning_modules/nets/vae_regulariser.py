@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.errors import ConfigError
 from lightning_modules.hooks import FeatureTap, resolve_module
 
 __all__ = ["VAERegularised"]
@@ -73,8 +74,11 @@ class VAERegularised(nn.Module):
                  grid: int = 4, up_stages: int = 3, kl_weight: float = 0.2, recon_weight: float = 0.3) -> None:
         super().__init__()
         self.net = net
-        endpoint = resolve_module(net, encoder_path)  # fails at build time, naming close matches
-        encoder_channels = int(encoder_channels or _out_channels(endpoint, encoder_path))
+        try:  # a bad path fails at build time, as one line naming the key and close matches
+            endpoint = resolve_module(net, encoder_path)
+            encoder_channels = int(encoder_channels or _out_channels(endpoint, encoder_path))
+        except ValueError as err:
+            raise ConfigError(f"module.regulariser.encoder_path: {err}") from err
         self.encoder_path, self.encoder_index = encoder_path, encoder_index
         self.grid, self.reduce_channels = int(grid), int(reduce_channels)
         self.kl_weight, self.recon_weight = float(kl_weight), float(recon_weight)
