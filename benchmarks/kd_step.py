@@ -28,7 +28,7 @@ def measure(method: str, size: int, batch: int, steps: int, warmup: int, teacher
             device: str) -> dict:
     import torch
 
-    from experiments.builders import build_module
+    from engine.builders import build_module
     from tests.hydra_helpers import compose_run
 
     over = ["+exp=kits_hlfd", f"distill={method}", "logger=csv", f"data.image_size={size}",
@@ -37,8 +37,8 @@ def measure(method: str, size: int, batch: int, steps: int, warmup: int, teacher
              else [f"distill.teacher.model.width={teacher_width}"])
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_run(over, Path(tmp))
-        if method == "none":  # the plain student run of Table 1, built as experiments.distill builds it
-            from experiments.distill import segmentation_cfg
+        if method == "none":  # the plain student run of Table 1, built as engine.distill builds it
+            from engine.distill import segmentation_cfg
 
             cfg = segmentation_cfg(cfg, cfg.model, cfg.module.loss, Path(tmp) / "student")
         torch.manual_seed(0)

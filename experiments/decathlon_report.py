@@ -24,7 +24,7 @@ import yaml
 from rich.table import Table
 
 from datamodules.medmnist import DECATHLON, MEDMNIST_INFO, medmnist_info
-from experiments.artifacts import atomic_write_text, console, fmt
+from engine.artifacts import atomic_write_text, console, fmt
 
 #: Paper 002, Table 2, test (AUC, ACC) of the baselines at resolution 28, transcribed from the paper text
 #: (``../shared/papers/002_f37f0d617c9b1b40.txt``). ResNet-50 (28) on OrganMNIST_Coronal is illegible in

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from experiments.artifacts import atomic_write_text
+from engine.artifacts import atomic_write_text
 
 #: paper 001 Table 1 ("Quantitative Results (beta=0.9 and lambda=0.1)"), transcribed from the paper text:
 #: method -> dataset -> (DSC mean, DSC std, RVD). Pixel KD and AT are not in the paper's table (blank).

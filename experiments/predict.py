@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 
-from experiments.builders import build_datamodule
-from experiments.errors import CheckpointError, find_user_error, one_line
+from engine.builders import build_datamodule
+from engine.errors import CheckpointError, find_user_error, one_line
 from lightning_modules.atomic import atomic_output
 from lightning_modules.checkpoints import load_checkpoint, net_state
 from lightning_modules.base import build

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from experiments.artifacts import atomic_write_text, console
+from engine.artifacts import atomic_write_text, console
 
 DEFAULT_KEYS = ("test/dice", "test/miou", "test/accuracy", "test/auc", "test/acc", "fed/test/accuracy")
 LOWER_IS_BETTER = ("loss", "rvd", "seconds", "_std", "peak_memory")

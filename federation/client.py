@@ -32,7 +32,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.subset import PartialLabels, SubsetDataModule
-from experiments.builders import build_datamodule, build_module, build_trainer
+from engine.builders import build_datamodule, build_module, build_trainer
 from federation.messages import ClientUpdate, ServerMessage
 from federation.store import ClientStore
 from federation.strategies import Strategy, proximal_loss_term

@@ -37,8 +37,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader
 
 from datamodules.subset import IndexSubset, carve_val, sample_cases, sample_groups, sample_labels
-from experiments import artifacts
-from experiments.builders import build_datamodule, build_loggers, build_module, check_datamodule
+from engine import artifacts
+from engine.builders import build_datamodule, build_loggers, build_module, check_datamodule
 from federation import client as fed_client
 from federation.client import (ClientIndices, build_strategy, client_seed, eval_trainer, evaluate,
                                quiet_lightning, register_base)

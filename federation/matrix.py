@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 from rich.table import Table
 
 from datamodules.subset import SubsetDataModule
-from experiments import artifacts
+from engine import artifacts
 from federation import client as fed_client
 from federation.client import best_local_store, client_seed, evaluate, train_local
 

@@ -16,7 +16,7 @@ import numpy as np
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import artifacts
+from engine import artifacts
 from federation.errors import FederationError
 from federation.partition import partition_report, plot_partition
 

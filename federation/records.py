@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from experiments import artifacts
+from engine import artifacts
 
 __all__ = ["fmt", "log_metrics", "log_image", "rounds_table", "write_rounds_csv"]
 

@@ -9,7 +9,7 @@ import yaml
 
 import datamodules.medmnist  # noqa: F401 - registers the ${medmnist:...} resolver
 from experiments import decathlon_report
-from experiments.run import train_and_test
+from engine.fit import train_and_test
 from hydra_helpers import compose_run
 
 FAST = ["logger=csv", "callbacks.rich_progress_bar=null", "+trainer.enable_progress_bar=false",

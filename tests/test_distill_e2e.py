@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from experiments import kd_report
-from experiments.artifacts import write_json
+from engine.artifacts import write_json
 from hydra_helpers import compose_run
 
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "logger=csv",

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from experiments.builders import ConfigError
-from experiments.errors import CheckpointError
+from engine.builders import ConfigError
+from engine.errors import CheckpointError
 from lightning_modules.distillation import (
     DistillationModule, NonFiniteLossError, load_student, save_student,
 )

@@ -43,7 +43,7 @@ def _record(monkeypatch, hook=None):
 
 
 def _net_state(cfg):
-    from experiments.builders import build_module
+    from engine.builders import build_module
 
     return build_module(cfg).net.state_dict()
 
@@ -157,7 +157,7 @@ def test_fedbn_keeps_bn_local(tmp_path, monkeypatch):
     seen = _record(monkeypatch)
     cfg = compose_run([*DIGITS, "federation/strategy=fedbn"], tmp_path)
     dispatch(cfg)
-    from experiments.builders import build_module
+    from engine.builders import build_module
 
     net = build_module(cfg).net
     bn = bn_state_keys(net)

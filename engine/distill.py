@@ -28,11 +28,11 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules.atomic import atomic_output
-from experiments.builders import ConfigError, build_module
-from experiments.run import output_dir, train_and_test
+from engine.builders import ConfigError, build_module
+from engine.fit import output_dir, train_and_test
 from lightning_modules.segmentation import SegmentationModule
 
-log = logging.getLogger("experiments.distill")
+log = logging.getLogger("engine.distill")
 
 #: methods that are not a KD loss: the teacher alone and the student without KD.
 PLAIN_METHODS = ("teacher", "none")

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.artifacts import atomic_write_text
+from engine.artifacts import atomic_write_text
 from lightning_modules.errors import ConfigError
 
 #: Keys a data config carries for interpolation by the model/module configs (``${data.num_classes}``),
