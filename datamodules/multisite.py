@@ -3,7 +3,9 @@
 :class:`MultiSiteDataModule` builds one datamodule per site (any ``_target_`` config, typically a
 :class:`~datamodules.segmentation.VolumeSegmentationDataModule` over synthetic phantoms written with
 different :class:`~datamodules.synthetic.SiteParams`), sets each up, and concatenates their train / val /
-test sets. Every concatenated dataset carries ``groups`` (the site name of each item, for the
+test sets. ``site_defaults`` (any site-config keys, e.g. ``_target_``, ``target``, ``image_size``) fill in what
+a site does not set, so a user's own sites need only ``root`` and ``layout`` each
+(``experiments/configs/data/multisite_custom.yaml``). Every concatenated dataset carries ``groups`` (the site name of each item, for the
 ``by_site`` partitioner and per-site test sets) and ``case_ids`` (``<site>/<case>``, so client
 validation splits take whole cases). Sites must agree on ``num_classes``.
 """
@@ -60,13 +62,19 @@ class SiteConcat(Dataset):
 
 
 class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
-    """One datamodule per site, concatenated (module docstring). ``sites``: site name -> config."""
+    """One datamodule per site, concatenated (module docstring). ``sites``: site name -> config, each
+    completed by ``site_defaults``."""
 
-    def __init__(self, sites: Mapping[str, Any], batch_size: int = 16, num_workers: int = 0) -> None:
+    def __init__(self, sites: Mapping[str, Any], batch_size: int = 16, num_workers: int = 0,
+                 site_defaults: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         if not sites:
             raise DataError("data.sites is empty: give at least one site config")
-        self.site_cfgs = {str(k): v for k, v in sites.items()}
+        defaults = dict(site_defaults or {})
+        self.site_cfgs = {str(k): {**defaults, **v} if isinstance(v, Mapping) else v for k, v in sites.items()}
+        for name, c in self.site_cfgs.items():
+            if isinstance(c, Mapping) and "_target_" not in c:
+                raise DataError(f"data.sites.{name} has no _target_ (set it there or in data.site_defaults)")
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.sites: dict[str, pl.LightningDataModule] = {}
         self.train_dataset = self.val_dataset = self.test_dataset = None

@@ -9,8 +9,8 @@ whose datasets are index subsets of a *base* datamodule that was built and ``set
 * test  = a subset of the base (pooled) test set, or the whole of it.
 
 Items can be post-processed per client (``item_fn``), e.g. partial labels for SegViz-style sites:
-:class:`PartialLabels` hides the classes a site does not annotate (mask -> ignore index, plus the
-batch key ``label_mask``). Only indices are kept: no data is copied, so a client costs a few arrays.
+:class:`federation.core.partial_labels.PartialLabels` hides the classes a site does not annotate (mask ->
+ignore index, plus the batch key ``label_mask``). Only indices are kept: no data is copied, so a client costs a few arrays.
 
 Helpers :func:`sample_labels` / :func:`sample_groups` give the per-sample label summary the
 partitioners need: ``targets`` for classification; for segmentation the largest class present in the
@@ -18,7 +18,7 @@ slice mask (label summary) and the site (``groups``) or case id of every item.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from datamodules.loaders import SplitLoadersMixin
 
-__all__ = ["IndexSubset", "SubsetDataModule", "PartialLabels", "carve_val", "sample_labels", "sample_groups",
+__all__ = ["IndexSubset", "SubsetDataModule", "carve_val", "sample_labels", "sample_groups",
            "sample_cases"]
 
 
@@ -54,25 +54,6 @@ class IndexSubset(Dataset):
     def __getitem__(self, i: int) -> Any:
         item = self.dataset[int(self.indices[i])]
         return self.item_fn(item) if self.item_fn is not None else item
-
-
-class PartialLabels:
-    """Per-site partial annotation (SegViz, paper 004): mask pixels of classes the site does not
-    annotate become ``ignore_index`` (:func:`federation.partition.mask_unannotated`) and the item gets
-    ``label_mask=bool[K]``. Picklable (a class, not a closure) so loader workers and Ray can carry it."""
-
-    def __init__(self, annotated: Iterable[int], num_classes: int, ignore_index: int = 255,
-                 background: int = 0) -> None:
-        self.annotated = sorted({int(a) for a in annotated} | {int(background)})  # background always known
-        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
-
-    def __call__(self, item: dict) -> dict:
-        from federation.partition import label_mask, mask_unannotated
-
-        out = dict(item)
-        out["mask"] = mask_unannotated(item["mask"], self.annotated, self.ignore_index)
-        out["label_mask"] = label_mask(self.annotated, self.num_classes)
-        return out
 
 
 def sample_cases(dataset: Dataset) -> np.ndarray | None:
@@ -145,7 +126,7 @@ class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
             ``val_from="val"``, into ``base.val_dataset`` (the server's held-out set).
         shared_indices: shared-pool indices into ``base.train_dataset`` added to training only.
         test_indices: indices into ``base.test_dataset``; None = the whole pooled test set.
-        train_item_fn: per-item transform of the training items (e.g. :class:`PartialLabels`).
+        train_item_fn: per-item transform of the training items (e.g. federation's ``PartialLabels``).
         seed: seeds the training shuffle (a fresh generator per ``train_dataloader`` call).
     """
 

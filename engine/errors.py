@@ -4,16 +4,15 @@ from __future__ import annotations
 from omegaconf.errors import OmegaConfBaseException
 
 from datamodules.errors import DataError
-from federation.errors import FederationError
-from lightning_modules.errors import CheckpointError, ConfigError, one_line
+from lightning_modules.errors import CheckpointError, ConfigError, UserError, one_line
 
-__all__ = ["USER_ERRORS", "CheckpointError", "ConfigError", "DataError", "FederationError", "find_user_error", "one_line"]
+__all__ = ["USER_ERRORS", "CheckpointError", "ConfigError", "DataError", "UserError", "find_user_error", "one_line"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
     ConfigError,
     CheckpointError,
-    FederationError,
+    UserError,  # e.g. federation.errors.FederationError (engine does not import federation)
     FileNotFoundError,
     OmegaConfBaseException,
 )

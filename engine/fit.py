@@ -1,6 +1,11 @@
 """The one centralised run: build datamodule + module + Trainer from a composed config, fit, test, and
 write the run dir's ``metrics.json`` and console report. ``experiments.run`` (centralised runs) and
 :mod:`engine.distill` (teacher and student stages) call :func:`train_and_test`.
+
+:func:`fit_and_evaluate` is the one fit step under every run: :func:`train_and_test` (centralised runs and
+distillation stages) and the federated client runner (:mod:`federation.runner`: every client, and the
+evaluation matrix's FL_local / standalone / centralised rows) call it; :func:`evaluate` is one
+validate/test pass returning ``{metric: value}``.
 """
 from __future__ import annotations
 
@@ -30,6 +35,32 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
+def evaluate(trainer: pl.Trainer, module: pl.LightningModule, loader: Any, stage: str = "val") -> dict[str, float]:
+    """``{metric: value}`` of one validate (``stage="val"``) or test pass over ``loader``."""
+    fn = trainer.validate if stage == "val" else trainer.test
+    out = fn(module, dataloaders=loader, verbose=False)
+    return {k: float(v) for d in out for k, v in d.items()}
+
+
+def fit_and_evaluate(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule,
+                     ckpt_path: str | None = None, fit: bool = True, evaluate_on: str | None = None,
+                     evaluator: pl.Trainer | None = None) -> tuple[dict[str, float], float]:
+    """Fit ``module`` on ``datamodule`` with ``trainer`` (from ``ckpt_path`` when given; skipped when
+    ``fit`` is false), then, with ``evaluate_on="val"|"test"``, one pass of the fitted weights over that
+    split with ``evaluator`` (default ``trainer``). Returns ``(metrics, fit_seconds)``; metrics is empty
+    without ``evaluate_on`` or when the split is empty."""
+    t0 = time.perf_counter()
+    if fit:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - t0
+    metrics: dict[str, float] = {}
+    dataset = getattr(datamodule, f"{evaluate_on}_dataset", None) if evaluate_on else None
+    if dataset is not None and len(dataset) > 0:
+        loader = getattr(datamodule, f"{evaluate_on}_dataloader")()
+        metrics = evaluate(evaluator or trainer, module, loader, evaluate_on)
+    return metrics, fit_seconds
+
+
 def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
                    extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """Centralised run: fit, test with the best checkpoint, write ``metrics.json``; returns the metrics.
@@ -53,10 +84,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         last = out / "checkpoints" / "last.ckpt"
         ckpt_path = str(last) if last.exists() else ckpt_path
         log.info("resume: %s", ckpt_path or "no checkpoint yet, starting fresh")
-    t0 = time.perf_counter()
-    if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    fit_seconds = time.perf_counter() - t0
+    _, fit_seconds = fit_and_evaluate(trainer, module, datamodule, ckpt_path=ckpt_path, fit=cfg.get("train", True))
     metrics: dict[str, Any] = {}
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -7,7 +7,7 @@ the mean over client columns. Values are ``test/<metric>`` (``federation.matrix_
 
 FL_local (paper 003 §3: "the local model" each client keeps): by default the client's **best local
 checkpoint** of the federation, i.e. the weights it trained in the round where its own validation
-metric was best (saved in the client store by :func:`federation.client.run_client`);
+metric was best (saved in the client store by :func:`federation.runner.run_client`);
 ``federation.matrix.fl_local=finetune`` instead fine-tunes the final global model on the client's data
 for ``matrix.local_epochs``. A client with no stored best (never sampled) falls back to fine-tuning.
 """
@@ -26,21 +26,15 @@ from rich.table import Table
 
 from datamodules.subset import SubsetDataModule
 from engine import artifacts
-from federation import client as fed_client
-from federation.client import best_local_store, client_seed, evaluate, train_local
+from federation.core.sampling import client_seed
+from federation.runner import best_local_store, train_local
 
 if TYPE_CHECKING:
-    from federation.loop import Server
+    from federation.server import Server
 
-__all__ = ["main_metric", "evaluation_matrix", "write_matrix"]
+__all__ = ["evaluation_matrix", "write_matrix"]
 
-log = logging.getLogger("federation.loop")
-
-
-def main_metric(server: Server) -> str:
-    """The matrix's metric: ``federation.matrix_metric``, else the module's monitor without its split."""
-    metric = server.fed.get("matrix_metric")
-    return str(metric) if metric else server.monitor.split("/", 1)[-1]
+log = logging.getLogger("federation.matrix")
 
 
 def _fl_local(server: Server, cid: str, mode: str, epochs: int) -> pl.LightningModule:
@@ -49,13 +43,13 @@ def _fl_local(server: Server, cid: str, mode: str, epochs: int) -> pl.LightningM
     if mode == "best_local":
         best = best_local_store(server.store).load(cid, "best_local", default=None)
         if best is not None:
-            module = server._module_for(server.global_state, cid)
+            module = server.module_for(server.global_state, cid)
             module.net.load_state_dict(best["state"])
             return module
         log.warning("client %s has no best local checkpoint (never sampled?): FL_local fine-tunes the global model", cid)
     seed = client_seed(server.seed, 10_000, cid, "fl_local")
-    dm = fed_client._client_datamodule(server.ccfg, server.base, server.indices[cid], None, seed)
-    init = dict(server._module_for(server.global_state, cid).net.state_dict())
+    dm = server.client_datamodule(cid, seed)
+    init = dict(server.module_for(server.global_state, cid).net.state_dict())
     module, _ = train_local(server.ccfg, dm, init, epochs, seed, root_dir=str(server.store.root))
     return module
 
@@ -64,11 +58,11 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
     """The matrix described in the module docstring, as ``{row: {column: value}}``."""
     fed = server.fed
     mcfg = fed.get("matrix") or {}
-    key = f"test/{main_metric(server)}"
+    key = f"test/{server.main_metric()}"
     ids = server.client_ids[: int(mcfg.get("max_clients", 8) or len(server.client_ids))]
-    cols = {cid: server._client_eval_loader(cid, "test") for cid in ids}
+    cols = {cid: server.client_loader(cid, "test") for cid in ids}
     cols = {k: v for k, v in cols.items() if v is not None}
-    cols["pooled"] = server._loader(server.base.test_dataset)
+    cols["pooled"] = server.loader(server.base.test_dataset)
     has_local = any(server.strategy.is_local(k) for k in server.global_state)
 
     def score(module: pl.LightningModule, client_local: str | None = None) -> dict[str, float]:
@@ -77,13 +71,13 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
             mod = module
             if client_local is None and has_local:
                 # FL_global under FedBN: each client column is evaluated with that client's local BN
-                mod = server._module_for(server.global_state, col if col != "pooled" else None)
-            out[col] = evaluate(server.evaluator, mod, loader, "test").get(key, math.nan)
+                mod = server.module_for(server.global_state, col if col != "pooled" else None)
+            out[col] = server.evaluate(mod, loader, "test").get(key, math.nan)
         client_vals = [v for c, v in out.items() if c != "pooled" and math.isfinite(v)]
         out["mean"] = float(np.mean(client_vals)) if client_vals else math.nan
         return out
 
-    rows: dict[str, dict[str, float]] = {"FL_global": score(server._module_for(server.global_state))}
+    rows: dict[str, dict[str, float]] = {"FL_global": score(server.module_for(server.global_state))}
     ccfg, base = server.ccfg, server.base
     mode = str(mcfg.get("fl_local", "best_local"))
     local_epochs = int(mcfg.get("local_epochs", fed.get("local_epochs", 1)))
@@ -91,7 +85,7 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
         rows[f"{cid}_FL_local"] = score(_fl_local(server, cid, mode, local_epochs), cid)
     if mcfg.get("standalone", True):
         for cid in ids:
-            dm = fed_client._client_datamodule(ccfg, base, server.indices[cid], None, client_seed(server.seed, 20_000, cid))
+            dm = server.client_datamodule(cid, client_seed(server.seed, 20_000, cid))
             module, _ = train_local(ccfg, dm, None, int(mcfg.get("standalone_epochs", 2)),
                                     client_seed(server.seed, 20_000, cid, "baseline"), root_dir=str(server.store.root))
             rows[f"{cid}_baseline"] = score(module, cid)

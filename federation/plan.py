@@ -1,14 +1,16 @@
-"""Who takes part: the partition of the training set into clients, its report, and each round's sample.
+"""Who takes part: the checks on ``federation.*`` before any work, the partition and its report.
 
-The partitioners themselves are pure functions in :mod:`federation.partition`; this module calls the
-configured one, writes ``partition.md`` / ``partition.json`` / ``partition.png`` (the per-client class
-histogram the issue asks for) and draws each round's clients from a generator seeded by (seed, round),
-so a resumed run samples the same clients as an uninterrupted one.
+The partitioners are pure functions in :mod:`federation.core.partition`; :func:`call_partitioner` calls the
+configured one with what its signature asks for. A parameter that belongs to *another* partitioner (the
+exp's ``k`` of ``pathological`` after ``federation/partition=dirichlet`` on the command line) is dropped with
+a warning, so switching partitioner just works; a parameter no partitioner takes is an error (a typo).
+:func:`write_partition_report` writes ``partition.md`` / ``partition.json`` / ``partition.png`` with the
+client ids the rest of the run uses (site names under ``by_site``).
 """
 from __future__ import annotations
 
 import inspect
-import math
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,81 +19,114 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from engine import artifacts
+from federation.core.partition import PARTITIONERS, partition_report, plot_partition
+from federation.core.sampling import sample_clients  # noqa: F401 (re-exported)
 from federation.errors import FederationError
-from federation.partition import partition_report, plot_partition
 
-__all__ = ["call_partitioner", "sample_clients", "round_half_up", "write_partition_report"]
+__all__ = ["check_federation_config", "call_partitioner", "sample_clients", "write_partition_report"]
+
+log = logging.getLogger("federation.plan")
+_DATA_ARGS = {"labels", "groups", "indices", "n", "num_clients", "seed"}
+
+
+def _int(fed: Any, key: str, minimum: int, allow_none: bool = False) -> None:
+    value = fed.get(key)
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise FederationError(f"federation.{key}={value}: must be an integer >= {minimum}"
+                              + (" or null" if allow_none else ""))
+
+
+def check_federation_config(fed: Any) -> None:
+    """Refuse ``federation.*`` values that cannot work, before any data is built (one line each)."""
+    _int(fed, "rounds", 1)
+    _int(fed, "num_clients", 1, allow_none=True)
+    _int(fed, "local_epochs", 1)
+    _int(fed, "min_clients", 1, allow_none=True)
+    per = fed.get("clients_per_round")
+    if isinstance(per, bool) or (per is not None and not isinstance(per, (int, float))):
+        raise FederationError(f"federation.clients_per_round={per}: give an int count or a float fraction in (0, 1]")
+    if isinstance(per, float) and not 0.0 < per <= 1.0:
+        raise FederationError(f"federation.clients_per_round={per}: a float is a fraction of the clients and must "
+                              f"be in (0, 1]; give an int for a count")
+    if isinstance(per, int) and per < 1:
+        raise FederationError(f"federation.clients_per_round={per}: must be >= 1")
+    frac = fed.get("shared_fraction")
+    if frac is not None and not 0.0 <= float(frac) < 1.0:
+        raise FederationError(f"federation.shared_fraction={frac}: must be in [0, 1)")
+
+
+def _known_params() -> set[str]:
+    return {p for fn in PARTITIONERS.values() for p in inspect.signature(fn).parameters} - _DATA_ARGS
 
 
 def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | None, remaining: np.ndarray,
                      num_clients: int | None, seed: int) -> tuple[list[str], list[np.ndarray]]:
     """Call ``federation.partition`` (a ``_target_`` config) with what its signature asks for: ``groups``
-    (by-site), ``labels`` (label skew), ``seed``, ``num_clients``. Returns (client ids, index arrays).
-    """
+    (by site), ``labels`` (label skew), ``seed``, ``num_clients``. Returns (client ids, index arrays)."""
     plain = OmegaConf.to_container(pcfg, resolve=True) if isinstance(pcfg, DictConfig) else dict(pcfg)
-    fn = get_method(plain.pop("_target_"))
+    target = plain.pop("_target_")
+    fn = get_method(target)
+    name = target.rsplit(".", 1)[-1]
     params = inspect.signature(fn).parameters
-    if "groups" in params:
-        if groups is None:
-            raise FederationError("federation.partition by_site needs a multi-site datamodule (data with "
-                                  "per-sample groups, e.g. datamodules.multisite.MultiSiteDataModule)")
-        parts = fn(groups=groups, indices=remaining, **plain)
-        ids = [str(g) for g in np.unique(groups[remaining])]
-        if num_clients not in (None, len(ids)):
-            raise FederationError(f"federation.num_clients={num_clients} but the data has {len(ids)} sites {ids}")
-        return ids, parts
-    if num_clients is None:
-        raise FederationError("federation.num_clients must be set for this partitioner")
-    kw = dict(plain)
-    if "seed" in params:
-        kw.setdefault("seed", seed)
-    kw["num_clients"] = int(num_clients)
-    if "labels" in params:
-        if labels is None:
-            raise FederationError("this partitioner needs labels")
-        parts = fn(labels=labels, indices=remaining, **kw)
-    else:
-        parts = fn(remaining, **kw)
+    for key in [k for k in plain if k not in params]:
+        if key in _known_params():
+            log.warning("federation.partition.%s=%s ignored: it belongs to another partitioner, not %s",
+                        key, plain[key], name)
+            plain.pop(key)
+        else:
+            raise FederationError(f"federation.partition.{key}={plain[key]}: {name} takes "
+                                  f"{sorted(set(params) - _DATA_ARGS)}")
+    try:
+        if "groups" in params:
+            if groups is None:
+                raise FederationError("federation.partition by_site needs a multi-site datamodule (data with "
+                                      "per-sample groups, e.g. datamodules.multisite.MultiSiteDataModule)")
+            parts = fn(groups=groups, indices=remaining, **plain)
+            ids = [str(g) for g in np.unique(groups[remaining])]
+            if num_clients not in (None, len(ids)):
+                raise FederationError(f"federation.num_clients={num_clients} but the data has {len(ids)} sites "
+                                      f"{ids}: set federation.num_clients=null")
+            return ids, parts
+        if num_clients is None:
+            raise FederationError(f"federation.num_clients=null: the {name} partitioner needs a number of clients")
+        if int(num_clients) > len(remaining):
+            raise FederationError(f"federation.num_clients={num_clients} is more than the {len(remaining)} "
+                                  f"training samples left for clients")
+        kw = dict(plain)
+        if "seed" in params:
+            kw.setdefault("seed", seed)
+        kw["num_clients"] = int(num_clients)
+        if "labels" in params:
+            if labels is None:
+                raise FederationError(f"federation.partition={name} needs per-sample labels, which this data lacks")
+            parts = fn(labels=labels, indices=remaining, **kw)
+        else:
+            parts = fn(remaining, **kw)
+    except ValueError as exc:  # the partitioner's own check on a parameter value
+        raise FederationError(f"federation.partition ({name}): {exc}") from exc
     return [str(i) for i in range(len(parts))], parts
-
-
-def sample_clients(client_ids: list[str], per_round: int | float | None, seed: int, round: int) -> list[str]:
-    """The round's clients: ``per_round`` (an int count, or a float fraction in (0, 1]) drawn without
-    replacement by a generator seeded by (seed, round); returned in ``client_ids`` order."""
-    n = len(client_ids)
-    if per_round is None:
-        k = n
-    elif isinstance(per_round, float) and per_round <= 1.0:
-        k = max(1, int(round_half_up(per_round * n)))
-    else:
-        k = int(per_round)
-    k = max(1, min(n, k))
-    chosen = set(np.random.default_rng([int(seed), 7919, int(round)]).choice(n, size=k, replace=False).tolist())
-    return [c for i, c in enumerate(client_ids) if i in chosen]
-
-
-def round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
 
 
 def write_partition_report(out: Path, labels: np.ndarray | None, parts: list[np.ndarray], client_ids: list[str],
                            pool: Any, target: str, class_names: Sequence[str] | None = None) -> Path | None:
-    """``partition.md`` (table), ``partition.json`` (stats) and ``partition.png`` (histogram) in ``out``;
-    returns the PNG path (``None`` when the data has no per-sample labels)."""
+    """``partition.md`` (table), ``partition.json`` (stats) and ``partition.png`` (histogram) in ``out``,
+    rows named by ``client_ids``; returns the PNG path (``None`` when the data has no per-sample labels)."""
     if labels is None:
         return None
     names = list(class_names or [])
     if names and labels.max() >= len(names):
         names = []
-    report, stats = partition_report(labels, parts, names or None)
+    report, stats = partition_report(labels, parts, names or None, client_ids)
     n_shared = 0 if pool is None else len(pool)
     shared = f"\nShared pool (server): {n_shared} samples, disjoint from all clients.\n" if n_shared else ""
     header = (f"# Partition: {target.split('.')[-1]}, {len(parts)} clients, "
               f"mean EMD {stats['mean_emd']:.3f}\n{shared}\n")
     artifacts.atomic_write_text(out / "partition.md", header + report)
-    artifacts.write_json(out / "partition.json", {"clients": client_ids, **stats, "shared": n_shared})
+    artifacts.write_json(out / "partition.json", {**stats, "shared": n_shared})
     png = plot_partition(labels, parts, out / "partition.png", names or None,
-                         title=f"Class histogram per client ({len(parts)} clients)")
+                         title=f"Class histogram per client ({len(parts)} clients)", client_ids=client_ids)
     if len(parts) <= 12:
         artifacts.console.print(report)
     return Path(png)

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from engine import artifacts
 
-__all__ = ["fmt", "log_metrics", "log_image", "rounds_table", "write_rounds_csv"]
+__all__ = ["fmt", "log_metrics", "log_image", "close_loggers", "rounds_table", "write_rounds_csv"]
 
 log = logging.getLogger("federation.loop")
 
@@ -38,6 +38,17 @@ def log_image(loggers: list, key: str, path: Path) -> None:
                 lg.log_image(key=key, images=[str(path)])
             except Exception as exc:  # noqa: BLE001
                 log.warning("logging image %s failed: %s", key, exc)
+
+
+def close_loggers(loggers: list, status: str = "success") -> None:
+    """Finalise every logger and finish the W&B run, so the next job of a ``-m`` sweep starts its own run."""
+    for lg in loggers:
+        try:
+            lg.finalize(status)
+            if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
+                lg.experiment.finish(exit_code=0 if status == "success" else 1)
+        except Exception as exc:  # noqa: BLE001 - closing a logger must not hide the run's outcome
+            log.warning("closing logger %s failed: %s", type(lg).__name__, exc)
 
 
 def rounds_table(history: list[dict[str, float]]) -> list[dict[str, float]]:

@@ -15,13 +15,31 @@ import torch
 
 from lightning_modules.atomic import atomic_output
 
-__all__ = ["save_atomic", "rng_state", "set_rng_state"]
+__all__ = ["save_atomic", "load_server_state", "rng_state", "set_rng_state"]
+
+SERVER_KEYS = ("round", "global", "strategy", "history", "best", "store_index", "client_ids", "rng")
 
 
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` through a temp file renamed over ``path``: readers see the old or the new file."""
     with atomic_output(path) as tmp:
         torch.save(obj, tmp)
+
+
+def load_server_state(path: Path) -> dict[str, Any]:
+    """``server.pt`` (``weights_only``); a file that does not load or lacks the server's keys is a one-line
+    :class:`~federation.errors.FederationError` naming it (delete it, or the run dir, to start afresh)."""
+    from federation.errors import FederationError
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, not a zip, a pickle with code, ...
+        raise FederationError(f"{path} is not a readable server checkpoint ({type(exc).__name__}); delete it "
+                              f"to start the federation afresh") from exc
+    missing = [k for k in SERVER_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise FederationError(f"{path} is not a server checkpoint (missing {missing}); delete it to start afresh")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

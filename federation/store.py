@@ -80,6 +80,12 @@ class ClientStore:
         data[key] = _encode(obj)
         self._write(client_id, data)
 
+    def update(self, client_id: str, values: dict[str, Any]) -> None:
+        """Set several keys at once: one read and one atomic write (a client's end of round)."""
+        data = self._read(client_id)
+        data.update({k: _encode(v) for k, v in values.items()})
+        self._write(client_id, data)
+
     def load(self, client_id: str, key: str, default: Any = None) -> Any:
         """The stored object, or ``default`` when the client or key is absent."""
         data = self._read(client_id)

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import federation.client as fed_client
+import federation.runner as fed_client
 from datamodules.subset import IndexSubset, SubsetDataModule, carve_val
 from experiments.run import dispatch
-from federation.loop import FederationError, sample_clients
-from federation.messages import ClientUpdate, assert_no_data
+from federation.core.messages import ClientUpdate, assert_no_data
+from federation.core.sampling import sample_clients
+from federation.core.strategies import bn_state_keys
+from federation.errors import FederationError
 from federation.store import ClientStore
-from federation.strategies import bn_state_keys
 from tests.hydra_helpers import compose_run
 
 DIGITS = [
@@ -205,11 +206,11 @@ def test_segmentation_experiments_two_rounds(tmp_path, exp, sites, extra):
 
 def test_partial_labels_mask_unannotated(tmp_path):
     cfg = compose_run(_seg("fed_pancreas", ["site1", "site2"]), tmp_path)
-    from federation.loop import Server
+    from federation.server import Server
 
     server = Server(cfg)
     ind = server.indices["site1"]
-    dm = fed_client._client_datamodule(server.ccfg, server.base, ind, None, 0)
+    dm = server.client_datamodule("site1", 0)
     masks = torch.stack([dm.train_dataset[i]["mask"] for i in range(len(dm.train_dataset))])
     raw = torch.stack([server.base.train_dataset[int(i)]["mask"] for i in ind.train])
     assert not (masks == 2).any() and ((raw == 2) == (masks == 255)).all()  # tumour hidden at site 1
@@ -228,14 +229,6 @@ def test_covid_datashare_real_data(tmp_path, shared_data):
     assert metrics["fed/rounds"] == 2 and "fed/global/test/acc" in metrics
 
 
-def test_ray_executor_two_cpu_workers(tmp_path):
-    pytest.importorskip("ray")
-    cfg = compose_run([*DIGITS, "federation.rounds=1", "federation/executor=ray", "federation.executor.num_workers=2",
-                       "federation.executor.gpus_per_client=0", "federation.executor.cpus_per_client=1"], tmp_path)
-    metrics = dispatch(cfg)
-    assert metrics["fed/rounds"] == 1 and metrics["fed/dropped_total"] == 0
-
-
 def test_fl_local_is_each_clients_best_local_checkpoint(tmp_path, monkeypatch):
     from federation import matrix
 
@@ -244,7 +237,7 @@ def test_fl_local_is_each_clients_best_local_checkpoint(tmp_path, monkeypatch):
     used = {}
     real = matrix._fl_local
 
-    def spy(server, cid, mode, epochs):
+    def spy(server, cid, mode, epochs):  # noqa: ANN001
         module = real(server, cid, mode, epochs)
         used[cid] = {k: v.clone() for k, v in module.net.state_dict().items()}
         return module

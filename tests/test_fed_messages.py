@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from federation.messages import ClientUpdate, DataLeakError, ServerMessage, assert_no_data, is_finite, state_schema
-from federation.strategies import FedAvg, FedBN
+from federation.core.messages import ClientUpdate, DataLeakError, ServerMessage, assert_no_data, is_finite, state_schema
+from federation.core.strategies import FedAvg, FedBN
 
 
 def _model() -> nn.Module:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from federation.partition import (
+from federation.core.partition import (
     FeatureShift, by_group, dirichlet, feature_skew_params, iid, label_mask, mask_unannotated,
     merge_unannotated_to_background, partial_label_sets, partition_report, pathological, plot_partition,
     quantity_skew,

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from federation.sharing import SharedPool, allocate_shared, client_rng, select_shared_indices
+from federation.core.sharing import SharedPool, allocate_shared, client_rng, select_shared_indices
 
 
 def test_allocation_hand_example_three_clients():

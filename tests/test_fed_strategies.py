@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from federation.messages import ClientUpdate
-from federation.sharing import SharedPool
-from federation.strategies import (
+from federation.core.messages import ClientUpdate
+from federation.core.sharing import SharedPool
+from federation.core.strategies import (
     STRATEGIES, DataSharing, FedAdam, FedAvg, FedBN, FedProx, FedYogi, bn_state_keys, proximal_loss_term,
     proximal_term,
 )

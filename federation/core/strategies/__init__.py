@@ -1,7 +1,7 @@
 """Server-side aggregation strategies as small objects over state dicts (Flower-style).
 
 A strategy never sees data, Lightning or a network: ``aggregate(global_state, updates, round)`` maps
-the current global state dict and a list of :class:`~federation.messages.ClientUpdate` to the new
+the current global state dict and a list of :class:`~federation.core.messages.ClientUpdate` to the new
 global state. ``client_keys`` says which state entries are exchanged (the rest stay on the client,
 e.g. FedBN's batch-norm entries), ``configure_client`` gives the per-round client config, and
 ``state_dict``/``load_state_dict`` hold server-side state for checkpoint / resume.

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["partial_label_sets", "mask_unannotated", "label_mask", "merge_unannotated_to_background"]
+__all__ = ["partial_label_sets", "mask_unannotated", "label_mask", "merge_unannotated_to_background", "PartialLabels"]
 
 
 def partial_label_sets(num_classes: int, clients: int | Sequence[str], spec: Mapping[str, Iterable[int]] | None = None,
@@ -72,3 +72,21 @@ def merge_unannotated_to_background(logits: Tensor, label_mask: Tensor, backgrou
     merged = torch.logsumexp(logp.masked_fill(~to_bg, float("-inf")), dim=1)
     out = logp.masked_fill(unann, float("-inf"))
     return torch.cat([out[:, :background], merged.unsqueeze(1), out[:, background + 1:]], dim=1)
+
+
+class PartialLabels:
+    """Per-site partial annotation as a training-item transform (SegViz, paper 004): mask pixels of
+    classes the site does not annotate become ``ignore_index`` (:func:`mask_unannotated`) and the item
+    gets ``label_mask=bool[K]``. Picklable (a class, not a closure) so loader workers and Ray carry it;
+    given to :class:`datamodules.subset.SubsetDataModule` as ``train_item_fn``."""
+
+    def __init__(self, annotated: Iterable[int], num_classes: int, ignore_index: int = 255,
+                 background: int = 0) -> None:
+        self.annotated = sorted({int(a) for a in annotated} | {int(background)})  # background always known
+        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+
+    def __call__(self, item: dict) -> dict:
+        out = dict(item)
+        out["mask"] = mask_unannotated(item["mask"], self.annotated, self.ignore_index)
+        out["label_mask"] = label_mask(self.annotated, self.num_classes)
+        return out

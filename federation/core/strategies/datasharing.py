@@ -16,7 +16,7 @@ class DataSharing(FedAvg):
     """Paper 000 §4.1: FedAvg aggregation (step 6) plus shared-data allocation (step 7).
 
     After each aggregation the latest accuracy of every client (``metrics[metric]``) is recorded and
-    the allocation ``m_i`` is recomputed with :func:`~federation.sharing.allocate_shared` over all
+    the allocation ``m_i`` is recomputed with :func:`~federation.core.sharing.allocate_shared` over all
     clients seen so far. With ``reallocate_every_round=False`` a client's allocation is frozen the
     first time it is computed (the paper's literal loop, steps 9-11). ``configure_client`` returns
     ``num_shared`` and, when a :class:`SharedPool` is given, ``shared_indices``: a per-client

@@ -1,0 +1,254 @@
+"""The client runner: "datamodule for my partition + LightningModule + Trainer, fit, evaluate", the same
+run wrapper as a centralised run (:func:`engine.fit.fit_and_evaluate`).
+
+:func:`run_client` is what every transport (in-process, Ray, Flower) calls once per sampled client and
+round. It builds the client's
+:class:`~datamodules.subset.SubsetDataModule` (local indices + shared indices from the server message),
+the LightningModule from ``cfg.module`` and a Trainer from ``cfg.trainer`` with the experiments'
+builders, loads the global weights (``strategy.client_receive`` keeps FedBN's local BN entries, read from
+the :class:`~federation.store.ClientStore`), adds FedProx's proximal term when the server config asks
+for it, fits for ``federation.local_epochs`` (optionally early-stopped on its validation split, paper
+000 step 5 "until the model converges"), validates (the accuracy the data-sharing strategy reads, step
+5), saves its local-only state (and, for the evaluation matrix, its best local checkpoint by its own
+validation metric: paper 003's FL_local) to the store and returns ``strategy.make_update(...)``. Only weights,
+a sample count and scalar metrics leave (checked against the model's state schema).
+
+The exchanged state is ``module.net.state_dict()`` (the network, not metric buffers of the module).
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.subset import SubsetDataModule
+from engine.builders import build_datamodule, build_module, build_trainer
+from engine.fit import evaluate as _evaluate
+from engine.fit import fit_and_evaluate
+from federation.core.messages import ClientUpdate, ServerMessage
+from federation.core.partial_labels import PartialLabels
+from federation.core.sampling import client_seed
+from federation.core.strategies import Strategy, proximal_loss_term
+from federation.store import ClientStore
+
+__all__ = ["ClientIndices", "run_client", "train_local", "client_datamodule", "best_local_store", "build_strategy",
+           "get_base_datamodule", "register_base", "client_seed", "quiet_lightning", "evaluate", "eval_trainer"]
+
+log = logging.getLogger("federation.runner")
+_BASE_CACHE: dict[str, pl.LightningDataModule] = {}
+_EVAL_TRAINERS: dict[str, pl.Trainer] = {}
+
+
+@dataclass
+class ClientIndices:
+    """What the server's partition gives a client: indices only (into the base datamodule's sets)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray | None = None            # into base.test_dataset (a site's own test cases)
+    annotated: list[int] | None = None        # partial labels: classes this client annotates
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-Trainer banners (one Trainer per client and round)."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+def _data_key(data_cfg: Any) -> str:
+    plain = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else data_cfg
+    if isinstance(plain, dict):
+        plain = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in plain.items()}
+    return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def register_base(data_cfg: Any, dm: pl.LightningDataModule) -> None:
+    """Make a set-up base datamodule available to clients in this process (no rebuild)."""
+    _BASE_CACHE[_data_key(data_cfg)] = dm
+
+
+def get_base_datamodule(data_cfg: Any) -> pl.LightningDataModule:
+    """The base datamodule for ``data_cfg``, built and set up once per process (Ray workers too)."""
+    key = _data_key(data_cfg)
+    if key not in _BASE_CACHE:
+        dm = build_datamodule(data_cfg)
+        dm.prepare_data()
+        dm.setup("fit")
+        _BASE_CACHE[key] = dm
+    return _BASE_CACHE[key]
+
+
+def build_strategy(strategy_cfg: Any, net: torch.nn.Module | None = None, **extra: Any) -> Strategy:
+    """Instantiate ``federation.strategy``; ``model=net`` is passed to strategies that take it (FedBN)
+    and each of ``extra`` (e.g. ``pool``, ``seed``) to those whose constructor names it."""
+    plain = OmegaConf.to_container(strategy_cfg, resolve=True) if isinstance(strategy_cfg, DictConfig) \
+        else dict(strategy_cfg)
+    cls = get_class(plain.pop("_target_"))
+    params = inspect.signature(cls.__init__).parameters
+    if "model" in params and net is not None:
+        plain.setdefault("model", net)
+    for k, v in extra.items():
+        if k in params and v is not None:
+            plain.setdefault(k, v)
+    if cls.__name__ == "DataSharing" and plain.get("pool") is None and plain.get("n_shared") is None:
+        plain["n_shared"] = 0  # client side: only client_keys/client_receive/make_update are used
+    return cls(**plain)
+
+
+def _fed(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    return OmegaConf.select(cfg, f"federation.{key}", default=default)
+
+
+def _module_monitor(cfg: DictConfig) -> str:
+    return str(OmegaConf.select(cfg, "module.monitor", default="val/loss") or "val/loss")
+
+
+def eval_trainer(cfg: DictConfig, root_dir: str | None = None) -> pl.Trainer:
+    """A quiet Trainer for validate/test passes (no logger, checkpoint or progress bar), built once per
+    process and trainer config (a Trainer validates any number of modules)."""
+    quiet_lightning()
+    key = _data_key({"trainer": cfg.get("trainer"), "root": root_dir})
+    if key not in _EVAL_TRAINERS:
+        kw: dict[str, Any] = dict(enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+        if root_dir is not None:
+            kw["default_root_dir"] = root_dir
+        _EVAL_TRAINERS[key] = build_trainer(cfg, callbacks=[], logger=False, **kw)
+    return _EVAL_TRAINERS[key]
+
+
+def evaluate(trainer: pl.Trainer, module: pl.LightningModule, loader: Any, stage: str = "val") -> dict[str, float]:
+    """``{metric: value}`` of one validate/test pass over ``loader`` (keys keep their ``val/``/``test/``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _evaluate(trainer, module, loader, stage)
+
+
+def client_datamodule(cfg: DictConfig, base: pl.LightningDataModule, indices: ClientIndices,
+                       shared: Any, seed: int) -> SubsetDataModule:
+    item_fn = None
+    if indices.annotated is not None:
+        item_fn = PartialLabels(indices.annotated, int(base.num_classes),
+                                int(_fed(cfg, "ignore_index", 255)))
+    return SubsetDataModule(base, indices.train, indices.val, shared_indices=shared,
+                            test_indices=indices.test, batch_size=getattr(base, "batch_size", None),
+                            seed=seed, train_item_fn=item_fn)
+
+
+def train_local(cfg: DictConfig, datamodule: SubsetDataModule, init_state: Mapping[str, torch.Tensor] | None,
+                epochs: int, seed: int, loss_terms: Mapping[str, Any] | None = None,
+                early_stopping: Mapping[str, Any] | None = None, root_dir: str | None = None,
+                module: pl.LightningModule | None = None) -> tuple[pl.LightningModule, dict[str, float]]:
+    """Fit ``module`` (default: a fresh one from ``cfg.module``), loaded with ``init_state`` when given, on
+    ``datamodule`` for ``epochs`` epochs; returns the module and its validation metrics after training
+    (empty when the datamodule has no validation split). Used by clients, FL_local fine-tuning,
+    standalone and centralised baselines alike."""
+    quiet_lightning()
+    if module is None:
+        pl.seed_everything(seed, workers=True, verbose=False)
+        module = build_module(cfg)
+    if init_state is not None:
+        module.net.load_state_dict(dict(init_state))
+    for name, fn in (loss_terms or {}).items():
+        module.add_loss_term(name, fn)
+    has_val = datamodule.val_dataset is not None and len(datamodule.val_dataset) > 0
+    callbacks: list[pl.Callback] = []
+    kw: dict[str, Any] = dict(max_epochs=int(epochs), min_epochs=1, enable_progress_bar=False,
+                              enable_checkpointing=False, enable_model_summary=False)
+    if root_dir is not None:
+        kw["default_root_dir"] = root_dir
+    if early_stopping and early_stopping.get("enabled") and has_val:
+        from pytorch_lightning.callbacks import EarlyStopping
+
+        monitor = early_stopping.get("monitor") or _module_monitor(cfg)
+        mode = early_stopping.get("mode") or ("min" if monitor.endswith("loss") else "max")
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
+                                       patience=int(early_stopping.get("patience", 2)),
+                                       min_delta=float(early_stopping.get("min_delta", 0.0))))
+        kw["check_val_every_n_epoch"] = 1
+    else:
+        kw["limit_val_batches"] = 0  # validate once after fit, below
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=False, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics, _ = fit_and_evaluate(trainer, module, datamodule, evaluate_on="val",
+                                      evaluator=eval_trainer(cfg, root_dir))
+    return module, metrics
+
+
+def _keeps_best_local(cfg: DictConfig) -> bool:
+    """The evaluation matrix's FL_local row reads each client's best local checkpoint (paper 003)."""
+    return bool(_fed(cfg, "evaluation_matrix", False)) and \
+        str(_fed(cfg, "matrix.fl_local", "best_local")) == "best_local"
+
+
+def best_local_store(store: ClientStore) -> ClientStore:
+    """Where the full best-local checkpoints live: beside the per-client state, not in it, because that
+    small state file is read for every client every round and must not carry a whole model."""
+    return ClientStore(store.root / "best_local")
+
+
+def _save_if_best(store: ClientStore, client_id: str, rnd: int, state: Mapping[str, torch.Tensor],
+                  reported: Mapping[str, float], monitor: str) -> None:
+    """Keep ``state`` as the client's ``best_local`` when its own validation ``monitor`` improved."""
+    key = monitor.split("/", 1)[-1]
+    value = reported.get(key)
+    if value is None:
+        return
+    best = store.load(client_id, "best_local_meta", default=None)
+    lower = monitor.endswith("loss")
+    if best is None or (value < best["value"] if lower else value > best["value"]):
+        best_local_store(store).save(client_id, "best_local", {"state": dict(state), "round": rnd, "value": float(value)})
+        store.save(client_id, "best_local_meta", {"round": rnd, "value": float(value), "monitor": monitor})
+
+
+def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, indices: ClientIndices,
+               store: ClientStore | str, base: pl.LightningDataModule | None = None) -> ClientUpdate:
+    """One round of local training for ``client_id`` (see the module docstring)."""
+    store = store if isinstance(store, ClientStore) else ClientStore(store)
+    base = base if base is not None else get_base_datamodule(cfg.data)
+    rnd = int(server_message.round)
+    seed = client_seed(int(cfg.seed), rnd, client_id)
+    config = dict(server_message.config)
+    shared = config.get("shared_indices")
+    dm = client_datamodule(cfg, base, indices, shared, seed)
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    module = build_module(cfg)  # the strategy needs the net too (FedBN: which keys are BN)
+    strategy = build_strategy(cfg.federation.strategy, module.net)
+    local_state = module.net.state_dict()
+    saved = store.load_all(client_id)  # one read: local-only state and history
+    stored = saved.get("local_state") or {}
+    local_state.update({k: v for k, v in stored.items() if k in local_state})
+    state = strategy.client_receive(local_state, server_message.weights)
+
+    terms = {}
+    mu = float(config.get("proximal_mu", 0.0) or 0.0)
+    if mu > 0:
+        terms["proximal"] = proximal_loss_term(dict(server_message.weights), mu, attr="net")
+    es = _fed(cfg, "early_stopping", None)
+    es = OmegaConf.to_container(es, resolve=True) if isinstance(es, DictConfig) else es
+    module, metrics = train_local(cfg, dm, state, int(_fed(cfg, "local_epochs", 1)), seed, terms, es,
+                                  root_dir=str(store.root), module=module)
+    new_state = {k: v.detach().cpu() for k, v in module.net.state_dict().items()}
+    local_only = {k: v for k, v in new_state.items() if strategy.is_local(k)}
+    reported = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("val/") and math.isfinite(v)}
+    history = list(saved.get("history") or [])
+    history.append({"round": rnd, "num_samples": len(dm.train_dataset), "num_shared": dm.num_shared, **reported})
+    store.update(client_id, {"local_state": local_only, "history": history, "last_round": rnd})
+    if _keeps_best_local(cfg):
+        _save_if_best(store, client_id, rnd, new_state, reported, _module_monitor(cfg))
+    return strategy.make_update(client_id, new_state, len(dm.train_dataset), reported)

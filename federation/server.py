@@ -1,0 +1,291 @@
+"""The federated server: set-up, one round at a time, evaluation and ``server.pt`` (a small public API).
+
+Set-up (once): seed; build and set up the base datamodule with the engine's builders; carve the server's
+shared pool (paper 000 §4.1 step 1; disjoint from every client) off the base training set; partition the
+rest with ``federation.partition``; carve each client's validation split from its local data; write the
+partition report. The base datamodule's validation set is the server's held-out set for model selection
+(paper 003 §4 names its absence as the reason FL_global lags); its test set is the pooled test set.
+
+A round (:meth:`Server.run_round`): sample clients (seeded by (seed, round) only), broadcast
+``strategy.server_message``, run the clients through the executor (failing ones dropped, retried once
+when fewer than ``min_clients`` reported), check every update carries no data, aggregate, evaluate the
+global model (every client's validation split, the server's validation set, the pooled test set).
+:meth:`Server.checkpoint` / :meth:`Server.resume` write and read ``server.pt`` atomically.
+
+Public API used by :mod:`federation.loop` and :mod:`federation.matrix`: :meth:`module_for`, :meth:`loader`,
+:meth:`client_loader`, :meth:`client_datamodule`, :meth:`evaluate`, :meth:`main_metric` and the attributes
+``client_ids``, ``indices``, ``store``, ``base``, ``global_state``, ``strategy``, ``seed``, ``monitor``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from datamodules.subset import IndexSubset, SubsetDataModule, carve_val, sample_cases, sample_groups, sample_labels
+from engine import artifacts
+from engine.builders import build_datamodule, build_loggers, build_module, check_datamodule
+from federation import runner
+from federation.core.messages import assert_no_data, state_schema
+from federation.core.sampling import client_seed, sample_clients
+from federation.core.sharing import SharedPool
+from federation.core.strategies import Strategy
+from federation.errors import FederationError
+from federation.plan import call_partitioner, check_federation_config, write_partition_report
+from federation.runner import ClientIndices, build_strategy, eval_trainer, quiet_lightning, register_base
+from federation.server_state import load_server_state, rng_state, save_atomic, set_rng_state
+from federation.store import ClientStore
+from federation.transports import ClientJob
+from federation.transports.inprocess import SequentialExecutor
+
+__all__ = ["Server", "SERVER_CKPT"]
+
+log = logging.getLogger("federation.server")
+SERVER_CKPT = "server.pt"
+
+
+def client_cfg(cfg: DictConfig) -> DictConfig:
+    """Resolved, Hydra-free copy of what a client needs (picklable for Ray workers and Flower nodes)."""
+    out: dict[str, Any] = {}
+    for key in ("seed", "data", "model", "module", "trainer", "federation"):
+        value = cfg.get(key)
+        out[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    return OmegaConf.create(out)
+
+
+def _finite(state: Mapping[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+class Server:
+    """Holds the run's objects between rounds (kept small: indices, the global state, the strategy)."""
+
+    def __init__(self, cfg: DictConfig, executor: Any | None = None) -> None:
+        quiet_lightning()
+        self.cfg, self.fed = cfg, cfg.federation
+        check_federation_config(self.fed)
+        self.out = Path(cfg.paths.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.seed = int(cfg.seed)
+        self.ccfg = client_cfg(cfg)
+        pl.seed_everything(self.seed, workers=True, verbose=False)
+
+        self.base = build_datamodule(cfg.data)
+        self.base.prepare_data()
+        self.base.setup("fit")
+        check_datamodule(self.base)
+        register_base(self.ccfg.data, self.base)
+        train = self.base.train_dataset
+        self.labels, self.groups, self.cases = sample_labels(train), sample_groups(train), sample_cases(train)
+
+        frac = float(self.fed.get("shared_fraction", 0.0) or 0.0)
+        self.pool: SharedPool | None = None
+        remaining = np.arange(len(train), dtype=np.int64)
+        if frac > 0:
+            self.pool, remaining = SharedPool.carve(remaining, frac, self.seed, labels=self.labels)
+        self.client_ids, parts = call_partitioner(self.fed.partition, self.labels, self.groups, remaining,
+                                                  self.fed.get("num_clients"), self.seed)
+        test_groups = getattr(self.base.test_dataset, "groups", None)
+        partial = self.fed.get("partial_labels") or {}
+        self.store = ClientStore(self.out / str(self.fed.get("store_dir", "client_store")))
+        self.indices: dict[str, ClientIndices] = {}
+        for cid, part in zip(self.client_ids, parts):
+            tr, va = carve_val(part, float(self.fed.get("client_val_fraction", 0.2)),
+                               client_seed(self.seed, -1, cid, "val"), self.cases)
+            te = None
+            if test_groups is not None and cid in set(np.asarray(test_groups).tolist()):
+                te = np.flatnonzero(np.asarray(test_groups) == cid)
+            ann = partial.get(cid)
+            self.indices[cid] = ClientIndices(tr, va, te, None if ann is None else [int(a) for a in ann])
+        self.partition_png = write_partition_report(self.out, self.labels, parts, self.client_ids, self.pool,
+                                                    self.fed.partition._target_, getattr(self.base, "class_names", None))
+
+        self.template = build_module(cfg)
+        self.global_state = {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}
+        self.schema = state_schema(self.global_state)
+        self.strategy: Strategy = build_strategy(self.fed.strategy, self.template.net, pool=self.pool, seed=self.seed)
+        if executor is None:
+            executor = instantiate(self.fed.executor) if self.fed.get("executor") else SequentialExecutor()
+        self.executor = executor
+        self.in_process = bool(getattr(executor, "in_process", False))
+        self.monitor = str(cfg.module.get("monitor") or "val/loss")
+        self.monitor_mode = "min" if self.monitor.endswith("loss") else "max"
+        self.loggers = build_loggers(cfg)
+        self.evaluator = eval_trainer(self.ccfg, str(self.out))
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, Any] = {"round": -1, "value": None}
+        self.start_round = 0
+        self.dropped_total = 0
+
+    # ------------------------------------------------------------------ public helpers (matrix, loop)
+    def main_metric(self) -> str:
+        """``federation.matrix_metric``, else the module's monitor without its split."""
+        metric = self.fed.get("matrix_metric")
+        return str(metric) if metric else self.monitor.split("/", 1)[-1]
+
+    def module_for(self, state: Mapping[str, torch.Tensor], client_id: str | None = None) -> pl.LightningModule:
+        """The template module loaded with ``state``; local-only entries (FedBN) from the client's store,
+        or, for the server's view (``client_id=None``), the mean of every stored client's local entries."""
+        full = dict(self.template.net.state_dict())
+        full.update(state)
+        if any(self.strategy.is_local(k) for k in full):
+            if client_id is not None:
+                stored = self.store.load(client_id, "local_state", default=None) or {}
+                full.update({k: v for k, v in stored.items() if k in full})
+            else:
+                acc: dict[str, list] = {}
+                for cid in self.client_ids:
+                    for k, v in (self.store.load(cid, "local_state", default=None) or {}).items():
+                        acc.setdefault(k, []).append(v.double())
+                for k, vs in acc.items():
+                    mean = torch.stack(vs).mean(0)
+                    full[k] = mean.to(full[k].dtype) if full[k].is_floating_point() else mean.round().to(full[k].dtype)
+        self.template.net.load_state_dict(full)
+        return self.template
+
+    def loader(self, dataset: Any) -> DataLoader:
+        return DataLoader(dataset, batch_size=int(getattr(self.base, "batch_size", 32)), shuffle=False)
+
+    def client_loader(self, cid: str, split: str) -> DataLoader | None:
+        """``split="test"``: the client's own test cases (its site's), else its validation split."""
+        ind = self.indices[cid]
+        if split == "test" and ind.test is not None and len(ind.test):
+            return self.loader(IndexSubset(self.base.test_dataset, ind.test))
+        return self.loader(IndexSubset(self.base.train_dataset, ind.val)) if len(ind.val) else None
+
+    def client_datamodule(self, cid: str, seed: int) -> SubsetDataModule:
+        return runner.client_datamodule(self.ccfg, self.base, self.indices[cid], None, seed)
+
+    def evaluate(self, module: pl.LightningModule, loader: Any, stage: str = "val") -> dict[str, float]:
+        return runner.evaluate(self.evaluator, module, loader, stage)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_round(self, sampled: list[str]) -> dict[str, float]:
+        row: dict[str, float] = {}
+        mode = str(self.fed.get("eval_clients", "all"))
+        eval_ids = self.client_ids if mode == "all" else (sampled if mode == "sampled" else [])
+        per_client: dict[str, dict[str, float]] = {}
+        for cid in eval_ids:
+            loader = self.client_loader(cid, "val")
+            if loader is not None:
+                per_client[cid] = m = self.evaluate(self.module_for(self.global_state, cid), loader, "val")
+                row.update({f"client/{cid}/{k}": v for k, v in m.items()})
+        if per_client:
+            for k in sorted(set.intersection(*(set(m) for m in per_client.values()))):
+                vals = [m[k] for m in per_client.values() if math.isfinite(m[k])]
+                if vals:
+                    row[f"fed/round/client_val/{k.split('/', 1)[1]}"] = float(np.mean(vals))
+        module = self.module_for(self.global_state)
+        if self.base.val_dataset is not None and len(self.base.val_dataset):
+            m = self.evaluate(module, self.loader(self.base.val_dataset), "val")
+            row.update({f"fed/round/server_val/{k.split('/', 1)[1]}": v for k, v in m.items()})
+        if self.fed.get("eval_test_every_round", True):
+            m = self.evaluate(module, self.loader(self.base.test_dataset), "test")
+            row.update({f"fed/round/{k}": v for k, v in m.items()})
+        return row
+
+    # ------------------------------------------------------------------ checkpoint / resume
+    def checkpoint(self, rnd: int) -> None:
+        save_atomic({"round": rnd, "global": self.global_state, "strategy": self.strategy.state_dict(),
+                     "history": self.history, "best": self.best, "dropped_total": self.dropped_total,
+                     "store_index": self.store.index(), "client_ids": self.client_ids,
+                     "rng": rng_state()}, self.out / SERVER_CKPT)
+
+    def resume(self) -> None:
+        """With ``resume=true`` and a ``server.pt`` in the run dir: continue after its last round."""
+        path = self.out / SERVER_CKPT
+        if not self.cfg.get("resume") or not path.is_file():
+            if self.cfg.get("resume"):
+                log.info("resume: no %s in %s yet, starting fresh", SERVER_CKPT, self.out)
+            return
+        state = load_server_state(path)
+        if list(state["client_ids"]) != self.client_ids:
+            raise FederationError(f"{path} was written for clients {state['client_ids'][:5]}..., this config "
+                                  f"partitions into {self.client_ids[:5]}...: not the same federation")
+        missing = set(state["store_index"]) - set(self.store.index())
+        if missing:
+            raise FederationError(f"client store {self.store.root} lacks clients {sorted(missing)[:5]} "
+                                  f"recorded in {path}")
+        self.global_state = dict(state["global"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.history, self.best = list(state["history"]), dict(state["best"])
+        self.dropped_total = int(state.get("dropped_total", 0))
+        self.start_round = int(state["round"]) + 1
+        set_rng_state(state["rng"])
+        artifacts.console.print(f"[bold]resume:[/bold] {path} (rounds 1..{self.start_round} done)")
+
+    # ------------------------------------------------------------------ one round
+    def jobs(self, rnd: int, ids: list[str]) -> list[ClientJob]:
+        """The round's :class:`ClientJob` s: live objects in process, a store path otherwise."""
+        out = []
+        for cid in ids:
+            kw: dict[str, Any] = dict(server_message=self.strategy.server_message(self.global_state, rnd, cid),
+                                      cfg=self.ccfg, indices=self.indices[cid],
+                                      store=self.store if self.in_process else str(self.store.root))
+            if self.in_process:
+                kw["base"] = self.base
+            out.append(ClientJob(cid, kw))
+        return out
+
+    def run_round(self, rnd: int, on_start: Callable[[int], None] | None = None,
+                  on_done: Callable[[str, bool], None] | None = None) -> dict[str, float]:
+        """Round ``rnd`` (0-based): sample, train, check, aggregate, evaluate; returns its row of metrics."""
+        sampled = sample_clients(self.client_ids, self.fed.get("clients_per_round"), self.seed, rnd)
+        min_clients = min(int(self.fed.get("min_clients", 1) or 1), len(sampled))
+        if on_start is not None:
+            on_start(len(sampled))
+        fn = runner.run_client
+        t0 = time.perf_counter()
+        jobs = self.jobs(rnd, sampled)
+        sent = {j.client_id: int(j.kwargs["server_message"].config.get("num_shared", 0) or 0) for j in jobs}
+        updates, failures = self.executor.map(fn, jobs, on_done)
+        if len(updates) < min_clients and failures:  # retry the failed clients once
+            log.warning("round %d: %d of %d clients reported (min_clients=%d); retrying %s once", rnd + 1,
+                        len(updates), len(sampled), min_clients, sorted(failures))
+            more, failures = self.executor.map(fn, self.jobs(rnd, sorted(failures, key=self.client_ids.index)))
+            updates = sorted(updates + more, key=lambda u: self.client_ids.index(u.client_id))
+        if len(updates) < min_clients:
+            kept = f"{self.out / SERVER_CKPT}" if (self.out / SERVER_CKPT).is_file() else "nowhere (no round completed)"
+            raise FederationError(
+                f"round {rnd + 1}: only {len(updates)} of {len(sampled)} clients reported after a retry "
+                f"(federation.min_clients={min_clients}); failures: {failures}. Stopping: the global model of "
+                f"round {rnd} is kept in {kept}")
+        for u in updates:
+            assert_no_data(u, self.schema)
+        new_state = self.strategy.aggregate(self.global_state, updates, rnd)
+        if not _finite(new_state):
+            raise FederationError(f"round {rnd + 1}: aggregation produced non-finite weights; the global "
+                                  f"model of round {rnd} is kept")
+        self.global_state = {k: v.detach().cpu() for k, v in new_state.items()}
+        self.dropped_total += len(failures)
+        row: dict[str, float] = {"round": rnd + 1, "fed/round/clients": len(updates),
+                                 "fed/round/dropped": len(failures),
+                                 "fed/round/seconds_clients": time.perf_counter() - t0,
+                                 "fed/round/train_samples": sum(u.num_samples for u in updates),
+                                 "fed/round/shared_sent": sum(sent[u.client_id] for u in updates)}
+        for key in sorted(set.intersection(*(set(u.metrics) for u in updates))):
+            row[f"fed/round/local_val/{key}"] = float(np.mean([u.metrics[key] for u in updates]))
+            for u in updates:
+                row[f"client/{u.client_id}/local_val/{key}"] = float(u.metrics[key])
+        row.update(self.evaluate_round(sampled))
+        return row
+
+    def update_best(self, rnd: int, row: Mapping[str, float]) -> None:
+        """Keep ``global_best.pt`` when the server validation ``monitor`` improved in round ``rnd``."""
+        key = f"fed/round/server_val/{self.monitor.split('/', 1)[-1]}"
+        value = row.get(key)
+        if value is None or not math.isfinite(value):
+            return
+        if self.best["value"] is None or (value > self.best["value"] if self.monitor_mode == "max"
+                                          else value < self.best["value"]):
+            self.best = {"round": rnd + 1, "value": float(value), "key": key}
+            save_atomic(self.global_state, self.out / "global_best.pt")

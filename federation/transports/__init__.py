@@ -1,0 +1,65 @@
+"""Where the sampled clients of a round run. Every transport is an *executor* with one contract:
+
+    executor.map(fn, jobs: list[ClientJob], on_done=None) -> (updates: list[ClientUpdate], failures: dict[str, str])
+    executor.shutdown() -> None
+
+``fn(client_id, **job.kwargs) -> ClientUpdate`` is :func:`federation.runner.run_client` (the server passes it;
+kwargs: ``server_message``, ``cfg``, ``indices``, ``store`` and, in process only, ``base``). ``updates`` are
+returned in ``jobs`` order whatever the finishing order (aggregation must not depend on it); a client that
+raises, times out (``timeout_s``, per client) or returns an unusable update (:func:`check_update`) is left out
+of ``updates`` and ``failures[client_id]`` says why (logged as a warning); ``on_done(client_id, ok)`` is
+called once per job as it finishes. An executor never interprets weights. ``shutdown()`` releases what the
+executor started (idempotent); the server calls it in a ``finally``.
+
+Chosen by ``federation/executor=sequential|ray|flower`` (a ``_target_`` config):
+:class:`~federation.transports.inprocess.SequentialExecutor`, :class:`~federation.transports.ray.RayExecutor`,
+and the Flower transport in :mod:`federation.transports.flower`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from federation.core.messages import ClientUpdate, is_finite
+
+__all__ = ["ClientJob", "ClientFn", "Executor", "ExecutorError", "check_update", "drop"]
+
+log = logging.getLogger("federation.transports")
+ClientFn = Callable[..., ClientUpdate]
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot run at all (e.g. Ray is not installed)."""
+
+
+@dataclass
+class ClientJob:
+    """One client's work in a round: ``fn(client_id, **kwargs)``."""
+
+    client_id: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class Executor(Protocol):
+    def map(self, fn: ClientFn, jobs: Sequence[ClientJob], on_done: Callable[[str, bool], None] | None = None
+            ) -> tuple[list[ClientUpdate], dict[str, str]]: ...
+
+    def shutdown(self) -> None: ...
+
+
+def check_update(client_id: str, update: Any) -> str | None:
+    """Why ``update`` must be dropped (None when it is usable)."""
+    if not isinstance(update, ClientUpdate):
+        return f"returned a {type(update).__name__}, not a ClientUpdate"
+    if update.client_id != client_id:
+        return f"returned an update for client {update.client_id!r}"
+    if not is_finite(update):
+        return "returned non-finite weights or metrics"
+    return None
+
+
+def drop(failures: dict[str, str], client_id: str, reason: str) -> None:
+    """Record (and log) that ``client_id`` is dropped from the round."""
+    failures[client_id] = reason
+    log.warning("client %s dropped from the round: %s", client_id, reason)

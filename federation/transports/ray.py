@@ -1,0 +1,237 @@
+"""The Ray transport: a pool of long-lived Ray actors, one client at a time each, reused across rounds.
+
+``num_workers`` actors are created on the first round and kept: a worker builds the base datamodule once
+(:func:`federation.runner.get_base_datamodule`) and then only receives the round's ``ServerMessage`` and the
+client's indices, so there is no new process per client per round. Each actor holds ``cpus_per_client``
+CPUs and ``gpus_per_client`` GPUs (fractions allowed: 0.5 puts two small clients on one GPU). ``gpu_resource``
+names the Ray resource that stands for a GPU (``GPU``, or a custom resource such as ``fake_gpu`` declared
+with ``local_resources`` - how CI tests placement without a GPU). ``address`` joins an existing cluster
+(``ray start --head`` on one node, ``ray start --address=<head>:6379`` on the others); without it a local
+instance with ``num_workers * cpus_per_client`` CPUs is started (and stopped by :meth:`shutdown`).
+
+Before its first client each worker checks that the data roots of ``cfg.data`` exist on its node: a missing
+one is a :class:`~datamodules.errors.DataError` naming the node and the path. A client running longer than
+``timeout_s`` is dropped, its actor killed and replaced; a client that raises is dropped; the round goes on.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from datamodules.errors import DataError
+from federation.core.messages import ClientUpdate
+from federation.transports import ClientFn, ClientJob, ExecutorError, check_update, drop
+
+__all__ = ["RayExecutor", "missing_data_root"]
+
+log = logging.getLogger("federation.transports.ray")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ExecutorError("federation/executor=ray needs Ray: `pip install -e .[ray]` (or 'ray[default]'), "
+                            "or use federation/executor=sequential") from exc
+    return ray
+
+
+def missing_data_root(data_cfg: Any) -> str | None:
+    """The first ``root`` in ``data_cfg`` (any depth) that does not exist here, None when all do. Roots
+    of configs with a ``synthetic`` entry are skipped (the datamodule writes its phantoms there)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    node = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else data_cfg
+    if isinstance(node, Mapping):
+        root = node.get("root")
+        if isinstance(root, str) and root and not node.get("synthetic") and not Path(root).exists():
+            return root
+        children = node.values()
+    elif isinstance(node, (list, tuple)):
+        children = node
+    else:
+        return None
+    for child in children:
+        found = missing_data_root(child)
+        if found:
+            return found
+    return None
+
+
+class _Worker:
+    """A Ray actor running clients (``fn``) one after the other in its own process."""
+
+    def where(self) -> dict[str, Any]:
+        import ray
+
+        return {"node": socket.gethostname(), "ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+                "resources": {k: float(v) for k, v in ray.get_runtime_context().get_assigned_resources().items()}}
+
+    def check_data(self, data_cfg: Any) -> str | None:
+        root = missing_data_root(data_cfg)
+        if root is None:
+            return None
+        w = self.where()
+        return f"data root {root} is missing on Ray node {w['node']} ({w['ip']}): copy or mount it there"
+
+    def run(self, fn: ClientFn, accelerator: str, client_id: str, kwargs: dict[str, Any]) -> ClientUpdate:
+        cfg = kwargs.get("cfg")
+        if cfg is not None:  # pin the Trainer to what this actor was given
+            from omegaconf import open_dict
+
+            cfg = cfg.copy()
+            with open_dict(cfg):
+                cfg.trainer.accelerator = accelerator
+                cfg.trainer.devices = 1
+            kwargs = {**kwargs, "cfg": cfg}
+        return fn(client_id, **kwargs)
+
+
+class RayExecutor:
+    """A reused pool of Ray actors (see the module docstring). Same contract as every executor:
+    ``map(fn, jobs, on_done) -> (updates in jobs order, failures)`` and ``shutdown()``."""
+
+    in_process = False
+
+    def __init__(self, num_workers: int = 2, gpus_per_client: float = 1.0, cpus_per_client: float = 1.0,
+                 timeout_s: float | None = None, address: str | None = None, gpu_resource: str = "GPU",
+                 local_resources: Mapping[str, float] | None = None) -> None:
+        ray = self.ray = _import_ray()
+        self._started = False
+        if not ray.is_initialized():
+            pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+            kw: dict[str, Any] = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
+                                      runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+            if address:
+                kw["address"] = address
+            else:
+                kw["num_cpus"] = max(1, math.ceil(num_workers * cpus_per_client))
+                kw["resources"] = dict(local_resources or {})
+            ray.init(**kw)
+            self._started = True
+        self.gpu_resource = str(gpu_resource)
+        total = float(ray.cluster_resources().get(self.gpu_resource, 0.0))
+        gpus = float(gpus_per_client or 0.0)
+        if gpus > 0 and total <= 0:
+            if self.gpu_resource != "GPU":
+                raise ExecutorError(f"federation.executor.gpu_resource={self.gpu_resource}: the Ray cluster has "
+                                    f"no such resource")
+            log.warning("RayExecutor: the Ray cluster has no GPU; clients run on CPU workers")
+            gpus = 0.0
+        self.num_workers = max(1, int(num_workers))
+        if gpus > 0 and math.floor(total / gpus + 1e-9) < self.num_workers:
+            fit = max(1, math.floor(total / gpus + 1e-9))
+            log.warning("RayExecutor: %g %s / %g per client -> %d concurrent clients, not %d", total,
+                        self.gpu_resource, gpus, fit, self.num_workers)
+            self.num_workers = fit
+        self.gpus_per_client, self.cpus_per_client = gpus, float(cpus_per_client)
+        self.timeout_s = None if timeout_s in (None, 0) else float(timeout_s)
+        self.accelerator = "gpu" if gpus > 0 and self.gpu_resource == "GPU" else "cpu"
+        opts: dict[str, Any] = dict(num_cpus=self.cpus_per_client, max_restarts=0)
+        if gpus > 0:
+            opts.update(num_gpus=gpus) if self.gpu_resource == "GPU" else opts.update(resources={self.gpu_resource: gpus})
+        self._actor_cls = ray.remote(_Worker).options(**opts)
+        self._pool: list[Any] = []
+        self._checked: set[int] = set()
+
+    # ------------------------------------------------------------------ pool
+    def _new_actor(self) -> Any:
+        actor = self._actor_cls.remote()
+        self._pool.append(actor)
+        return actor
+
+    def _retire(self, actor: Any) -> None:
+        self._pool = [a for a in self._pool if a is not actor]
+        try:
+            self.ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already dead
+            pass
+
+    def _prepare(self, actors: list[Any], jobs: Sequence[ClientJob]) -> None:
+        """Wait until fresh actors are up (a timeout counts from then, not from process start) and check the
+        data roots on their nodes; a missing one is a DataError naming node and path."""
+        fresh = [a for a in actors if id(a) not in self._checked]
+        if not fresh:
+            return
+        cfg = next((j.kwargs.get("cfg") for j in jobs if j.kwargs.get("cfg") is not None), None)
+        data = cfg.get("data") if cfg is not None else None
+        for msg in self.ray.get([a.check_data.remote(data) for a in fresh]):
+            if msg:
+                raise DataError(msg)
+        self._checked.update(id(a) for a in fresh)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Node, IP, pid and assigned resources of every live actor (for tests and logs)."""
+        return self.ray.get([a.where.remote() for a in self._pool])
+
+    # ------------------------------------------------------------------ contract
+    def map(self, fn: ClientFn, jobs: Sequence[ClientJob],
+            on_done: Callable[[str, bool], None] | None = None) -> tuple[list[ClientUpdate], dict[str, str]]:
+        ray = self.ray
+        while len(self._pool) < min(self.num_workers, max(1, len(jobs))):
+            self._new_actor()
+        self._prepare(list(self._pool), jobs)
+        idle, queue = list(self._pool), list(jobs)
+        running: dict[Any, tuple[Any, str, float]] = {}
+        updates: list[ClientUpdate] = []
+        failures: dict[str, str] = {}
+
+        def finish(cid: str, ok: bool) -> None:
+            if on_done is not None:
+                on_done(cid, ok)
+
+        while queue or running:
+            while idle and queue:
+                actor, job = idle.pop(0), queue.pop(0)
+                ref = actor.run.remote(fn, self.accelerator, job.client_id, job.kwargs)
+                running[ref] = (actor, job.client_id, time.monotonic())
+            wait = None
+            if self.timeout_s is not None:
+                wait = max(0.0, min(t for _, _, t in running.values()) + self.timeout_s - time.monotonic())
+            done, _ = ray.wait(list(running), num_returns=1, timeout=wait)
+            for ref in done:
+                actor, cid, _ = running.pop(ref)
+                try:
+                    update = ray.get(ref)
+                    reason = check_update(cid, update)
+                    idle.append(actor)
+                except ray.exceptions.RayActorError as exc:  # the worker process died: replace it
+                    update, reason = None, f"its Ray worker died ({type(exc).__name__})"
+                    self._retire(actor)
+                    idle.append(self._new_actor())
+                    self._prepare(idle[-1:], jobs)
+                except Exception as exc:  # noqa: BLE001 - RayTaskError wraps the client's exception
+                    cause = getattr(exc, "cause", None) or exc
+                    update, reason = None, f"raised {type(cause).__name__}: {cause}"
+                    idle.append(actor)
+                if reason is None:
+                    updates.append(update)
+                else:
+                    drop(failures, cid, reason)
+                finish(cid, reason is None)
+            if self.timeout_s is not None:
+                now = time.monotonic()
+                for ref, (actor, cid, t0) in list(running.items()):
+                    if now - t0 >= self.timeout_s:
+                        running.pop(ref)
+                        self._retire(actor)  # a Ray actor task cannot be cancelled: kill its worker
+                        idle.append(self._new_actor())
+                        self._prepare(idle[-1:], jobs)
+                        drop(failures, cid, f"timed out (> {self.timeout_s:.1f} s); its worker was replaced")
+                        finish(cid, False)
+        order = {j.client_id: i for i, j in enumerate(jobs)}
+        updates.sort(key=lambda u: order[u.client_id])  # aggregation order independent of finish order
+        return updates, failures
+
+    def shutdown(self) -> None:
+        for actor in list(self._pool):
+            self._retire(actor)
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started = False
