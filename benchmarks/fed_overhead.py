@@ -47,7 +47,7 @@ def _digits(clients: int, per_round: int, rounds: int, epochs: int) -> list[str]
 def ratio(args: argparse.Namespace) -> dict:
     import numpy as np
 
-    from federation.client import train_local
+    from federation.runner import train_local
     from federation.loop import run_federation
     from datamodules.subset import SubsetDataModule
 
@@ -58,7 +58,7 @@ def ratio(args: argparse.Namespace) -> dict:
         fed_total = time.perf_counter() - t0
         rows = [json.loads(json.dumps(r)) for r in _rounds(Path(tmp) / "run" / "rounds.csv")]
         clients_s = sum(float(r["seconds_clients"]) for r in rows)
-        from federation.loop import Server
+        from federation.server import Server
 
         server = Server(cfg)  # same partition (seeded): the union of the clients' training indices
         train = np.sort(np.concatenate([server.indices[c].train for c in server.client_ids]))
@@ -82,9 +82,9 @@ def _rounds(path: Path) -> list[dict]:
 def server(args: argparse.Namespace) -> dict:
     import torch
 
-    from federation.messages import ClientUpdate, assert_no_data, state_schema
+    from federation.core.messages import ClientUpdate, assert_no_data, state_schema
     from federation.server_state import save_atomic
-    from federation.strategies import FedAvg
+    from federation.core.strategies import FedAvg
     from lightning_modules.nets import build_model, count_parameters
 
     torch.manual_seed(0)
