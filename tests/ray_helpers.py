@@ -1,0 +1,18 @@
+"""Client functions Ray workers import in the Ray tests (a light module: no test collection, no fixtures)."""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from federation.core.messages import ClientUpdate
+
+
+def fake_client(client_id: str, behaviour: str = "ok", **_: object) -> ClientUpdate:
+    """An update naming the worker process (metric ``pid``); ``behaviour``: ok | raise | hang."""
+    if behaviour == "raise":
+        raise RuntimeError(f"client {client_id} crashed")
+    if behaviour == "hang":
+        time.sleep(120)
+    return ClientUpdate(client_id, {"w": torch.ones(2)}, 1, {"pid": float(os.getpid())})

@@ -1,0 +1,82 @@
+"""Bad federation inputs through the real entry point (issue 10): one line naming the key/value, exit 2, no
+Traceback, nothing half-written; switching partitioner on the command line just works; a two-job federated
+sweep gives two W&B runs (each job finishes its own)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["+exp=fed_digits_datashare", "model.width=4", "federation.progress=false", "trainer.limit_train_batches=2",
+        "federation.rounds=1", "federation.num_clients=4", "federation.clients_per_round=2",
+        "federation.local_epochs=1", "federation.eval_clients=none"]
+
+
+def _run(args: list[str], tmp: Path, logger: str = "logger=csv") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "experiments.run", *BASE, logger, f"paths.root_dir={tmp}",
+           f"paths.log_dir={tmp / 'logs'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["federation.rounds=0"], ["federation.rounds=0"]),
+    (["federation.clients_per_round=1.5"], ["federation.clients_per_round=1.5"]),
+    (["federation.num_clients=5000"], ["federation.num_clients=5000", "training samples"]),
+    (["federation/partition=dirichlet", "federation.partition.alpha=0"], ["alpha=0"]),
+    (["federation/partition=dirichlet", "federation.partition.alpha=-0.5"], ["alpha=-0.5"]),
+    (["federation/partition=dirichlet", "+federation.partition.alpah=0.1"], ["federation.partition.alpah=0.1"]),
+], ids=["rounds0", "float_per_round", "too_many_clients", "alpha0", "alpha_negative", "partition_typo"])
+def test_bad_federation_value_is_one_line_exit_2(tmp_path, args, needles):
+    run = tmp_path / "run"
+    proc = _run([*args, f"hydra.run.dir={run}"], tmp_path)
+    _one_line_error(proc, *needles)
+    assert not (run / "rounds.csv").exists() and not (run / "metrics.json").exists()
+    assert not (run / "server.pt").exists()
+
+
+def test_corrupt_server_pt_on_resume_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "server.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    proc = _run(["resume=true", f"hydra.run.dir={run}"], tmp_path)
+    _one_line_error(proc, str(run / "server.pt"))
+    assert (run / "server.pt").read_bytes().startswith(b"PK\x03\x04 not")  # left as it was
+
+
+def test_switching_partitioner_from_the_command_line_just_works(tmp_path):
+    run = tmp_path / "run"  # the exp's pathological partition has k; dirichlet does not take it
+    proc = _run(["federation/partition=dirichlet", f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Partition: dirichlet" in (run / "partition.md").read_text()
+    assert len((run / "rounds.csv").read_text().splitlines()) == 2  # header + the one round
+
+
+def test_two_job_federated_sweep_gives_two_wandb_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _run(["-m", "federation.strategy.mode=none,all", f"hydra.sweep.dir={sweep}"], tmp_path, logger="logger=default")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
+    assert len(jobs) == 2
+    ids = []
+    for job in jobs:
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, f"{job}: {runs}"  # its own W&B run, not the first job's
+        run_id = (job / "wandb_id.txt").read_text().strip()
+        assert runs[0].name.endswith(run_id)
+        ids.append(run_id)
+    assert ids[0] != ids[1]

@@ -1,0 +1,139 @@
+"""The Ray transport on a local Ray instance with 2 CPU workers (issue 11 §2): same model as the in-process
+run, failing and timed-out clients dropped with the round completing, one worker pool reused across rounds,
+fractional GPU placement through a custom resource, an existing cluster reached by address, and a missing
+data root named with its node. ``ray.shutdown()`` always runs (module fixture)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+ray = pytest.importorskip("ray")
+
+from datamodules.errors import DataError  # noqa: E402
+from federation.transports import ClientJob, ExecutorError  # noqa: E402
+from federation.transports.ray import RayExecutor  # noqa: E402
+from tests.ray_helpers import fake_client  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the module: 2 CPUs and 1 unit of the custom resource ``fake_gpu``."""
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+           "OMP_NUM_THREADS": "1"}
+    for attempt in range(3):  # Ray gives a raylet 30 s to register: an overloaded machine can miss that
+        try:
+            ray.init(num_cpus=2, resources={"fake_gpu": 1}, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": env})
+            break
+        except Exception:  # noqa: BLE001
+            ray.shutdown()
+            if attempt == 2:
+                raise
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _executor(**kw) -> RayExecutor:
+    return RayExecutor(**{"num_workers": 2, "gpus_per_client": 0, "cpus_per_client": 1, **kw})
+
+
+def test_failing_and_timed_out_clients_are_dropped_and_the_round_completes(local_ray):
+    ex = _executor(timeout_s=8)
+    try:
+        jobs = [ClientJob("a"), ClientJob("b", {"behaviour": "raise"}), ClientJob("c", {"behaviour": "hang"}),
+                ClientJob("d")]
+        done = []
+        updates, failures = ex.map(fake_client, jobs, lambda cid, ok: done.append((cid, ok)))
+        assert [u.client_id for u in updates] == ["a", "d"]
+        assert "RuntimeError" in failures["b"] and "timed out" in failures["c"]
+        assert sorted(done) == [("a", True), ("b", False), ("c", False), ("d", True)]
+        # the next round runs on a full pool again (the hung worker was replaced)
+        updates, failures = ex.map(fake_client, [ClientJob("a"), ClientJob("d")])
+        assert len(updates) == 2 and not failures and len(ex.workers()) == 2
+    finally:
+        ex.shutdown()
+
+
+def test_worker_pool_is_reused_across_rounds(local_ray):
+    ex = _executor()
+    try:
+        pids = []
+        for _ in range(3):  # three rounds of four clients on two workers
+            updates, failures = ex.map(fake_client, [ClientJob(str(i)) for i in range(4)])
+            assert not failures and [u.client_id for u in updates] == ["0", "1", "2", "3"]
+            pids.append({int(u.metrics["pid"]) for u in updates})
+        assert pids[0] == pids[1] == pids[2] and 1 <= len(pids[0]) <= 2
+        assert {w["pid"] for w in ex.workers()} >= pids[0]
+    finally:
+        ex.shutdown()
+
+
+def test_fractional_gpus_through_a_custom_resource(local_ray):
+    ex = _executor(gpus_per_client=0.5, gpu_resource="fake_gpu")
+    try:
+        assert ex.num_workers == 2 and ex.accelerator == "cpu"  # 1 fake GPU / 0.5 per client = 2 at once
+        ex.map(fake_client, [ClientJob("a"), ClientJob("b")])
+        assert [w["resources"].get("fake_gpu") for w in ex.workers()] == [0.5, 0.5]
+    finally:
+        ex.shutdown()
+    whole = _executor(gpus_per_client=1, gpu_resource="fake_gpu")
+    try:
+        assert whole.num_workers == 1  # one whole fake GPU: one client at a time, not a hang
+    finally:
+        whole.shutdown()
+    with pytest.raises(ExecutorError, match="no_such_gpu"):
+        _executor(gpus_per_client=1, gpu_resource="no_such_gpu")
+
+
+def test_missing_data_root_names_node_and_path(local_ray, tmp_path):
+    ex = _executor(num_workers=1)
+    missing = tmp_path / "hospital_b"
+    cfg = OmegaConf.create({"data": {"sites": {"b": {"root": str(missing), "layout": "lits"}}}, "trainer": {}})
+    try:
+        with pytest.raises(DataError) as err:
+            ex.map(fake_client, [ClientJob("b", {"cfg": cfg})])
+        msg = str(err.value)
+        assert str(missing) in msg and "Ray node" in msg and "\n" not in msg
+    finally:
+        ex.shutdown()
+
+
+def test_address_reaches_an_existing_cluster(local_ray):
+    address = ray.get_runtime_context().gcs_address
+    code = ("from federation.transports import ClientJob\nfrom federation.transports.ray import RayExecutor\n"
+            "from tests.ray_helpers import fake_client\n"
+            f"ex = RayExecutor(num_workers=1, gpus_per_client=0, address={address!r})\n"
+            "ups, fails = ex.map(fake_client, [ClientJob('remote')])\n"
+            "print('CLUSTER', ex.ray.get_runtime_context().gcs_address, ups[0].client_id, len(fails))\nex.shutdown()\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    assert f"CLUSTER {address} remote 0" in proc.stdout, proc.stderr[-2000:]
+    assert ray.is_initialized()  # the other driver disconnected; the cluster it joined is still up
+
+
+def test_ray_gives_the_same_global_model_as_sequential(local_ray, tmp_path):
+    from experiments.run import dispatch
+    from tests.hydra_helpers import compose_run
+
+    common = ["+exp=fed_digits_datashare", "logger=csv", "model.width=4", "federation.num_clients=4",
+              "federation.clients_per_round=4", "federation.rounds=2", "federation.local_epochs=1",
+              "federation/strategy=fedavg", "federation.progress=false", "trainer.limit_train_batches=2",
+              "trainer.deterministic=true", "federation.eval_clients=none", "federation.eval_test_every_round=false"]
+    dispatch(compose_run(common, tmp_path / "seq"))
+    dispatch(compose_run([*common, "federation/executor=ray", "federation.executor.gpus_per_client=0"], tmp_path / "ray"))
+    a = torch.load(tmp_path / "seq" / "run" / "global_final.pt", weights_only=True)
+    b = torch.load(tmp_path / "ray" / "run" / "global_final.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a)
