@@ -306,6 +306,12 @@ class Server:
 # ---------------------------------------------------------------------------------------- entry
 def run_federation(cfg: DictConfig) -> dict[str, Any]:
     """Run the federation described by ``cfg.federation`` (module docstring); returns the final metrics."""
+    from federation.transports.flower import launches
+
+    if launches(cfg):  # federation/executor=flower outside a ServerApp: start the local deployment
+        from federation.transports.flower.launch import rehearse
+
+        return rehearse(cfg)
     t_start = time.perf_counter()
     server = Server(cfg)
     fed = server.fed
