@@ -97,6 +97,14 @@ def test_data_transfer_needs_permission(tmp_path):
     assert not launches(compose_run(SMALL, tmp_path))
 
 
+def test_real_deployment_writes_the_run_config(tmp_path, capsys):
+    out = dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.executor.launch=false"], tmp_path))
+    written = OmegaConf.load(out["flower/config"])
+    assert written.paths.output_dir == str((tmp_path / "run").resolve())
+    assert (tmp_path / "run" / "flower" / "app" / "pyproject.toml").is_file()
+    assert "flwr run" in capsys.readouterr().out
+
+
 def test_throwaway_tls_chain(tmp_path):
     from cryptography import x509
 

@@ -18,11 +18,12 @@ __all__ = ["launches"]
 
 
 def launches(cfg: Any) -> bool:
-    """True when ``cfg`` asks for the Flower executor with ``launch: true`` and this process is not the
-    ServerApp itself (there the executor talks to the Grid instead)."""
+    """True when ``cfg`` asks for the Flower executor and this process is not the ServerApp itself (there
+    the executor talks to the Grid instead): :func:`.launch.rehearse` then starts the local deployment
+    (``launch: true``) or writes the config and prints the ``flwr run`` command for a real one."""
     ex = cfg.get("federation", {}).get("executor") if hasattr(cfg, "get") else None
     if not ex or not str(ex.get("_target_", "")).startswith("federation.transports.flower"):
         return False
     from federation.transports.flower.executor import current_grid
 
-    return bool(ex.get("launch", False)) and current_grid() is None
+    return current_grid() is None

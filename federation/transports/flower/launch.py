@@ -122,8 +122,31 @@ def _raise_terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def write_run_config(cfg: DictConfig, fdir: Path) -> Path:
+    """The resolved experiment config the ServerApp reads (``cfg-path``), with an absolute output dir."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain["paths"]["output_dir"] = str(Path(cfg.paths.output_dir).resolve())
+    path = fdir / "config.yaml"
+    artifacts.atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(plain)))
+    return path
+
+
+def prepare(cfg: DictConfig) -> dict[str, Any]:
+    """``launch: false``: write the run config and the app for a real SuperLink; print the command."""
+    fdir = Path(cfg.paths.output_dir).resolve() / "flower"
+    fdir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(APP_DIR, fdir / "app", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    path = write_run_config(cfg, fdir)
+    artifacts.console.print(f"[bold]flower:[/bold] config written; submit the run to your SuperLink with\n"
+                            f"  flwr run {fdir / 'app'} <superlink connection> --stream "
+                            f"--run-config 'cfg-path=\"{path}\"'")
+    return {"flower/config": str(path)}
+
+
 def rehearse(cfg: DictConfig) -> dict[str, Any]:
     """Run the federation of ``cfg`` as a local Flower deployment; returns the run's metrics."""
+    if not cfg.federation.executor.get("launch", True):
+        return prepare(cfg)
     out = Path(cfg.paths.output_dir).resolve()
     fdir = out / "flower"
     logs = fdir / "logs"
@@ -138,10 +161,7 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
         f'root-certificates = "{tls["ca"]}"\n')
     app = fdir / "app"
     shutil.copytree(APP_DIR, app, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain["paths"]["output_dir"] = str(out)
-    cfg_path = fdir / "config.yaml"
-    artifacts.atomic_write_text(cfg_path, OmegaConf.to_yaml(OmegaConf.create(plain)))
+    cfg_path = write_run_config(cfg, fdir)
     ids = _client_ids(cfg)
     store = out / str(OmegaConf.select(cfg, "federation.store_dir", default="client_store"))
     env = _env(home)
