@@ -90,15 +90,19 @@ def test_data_transfer_needs_permission(tmp_path):
     cfg = compose_run([*SMALL, "federation/executor=flower", "federation.executor.launch=false"], tmp_path)
     with pytest.raises(ConfigError, match="allow_data_transfer"):
         check_data_transfer(cfg)
-    OmegaConf.update(cfg, "federation.strategy.allow_data_transfer", True, force_add=True)
+    OmegaConf.update(cfg, "federation.strategy.allow_data_transfer", True)
     assert "DATA TRANSFER" in check_data_transfer(cfg)
     assert check_data_transfer(compose_run([*SMALL, "federation/strategy=fedprox"], tmp_path)) is None
+    with pytest.raises(ConfigError, match="federation.privacy=secagg"):
+        dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.privacy=secagg"], tmp_path))
+    assert not (tmp_path / "run" / "flower" / "pgids.json").exists()  # refused before any process started
     assert launches(compose_run([*SMALL, "federation/executor=flower"], tmp_path))
     assert not launches(compose_run(SMALL, tmp_path))
 
 
 def test_real_deployment_writes_the_run_config(tmp_path, capsys):
-    out = dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.executor.launch=false"], tmp_path))
+    out = dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.executor.launch=false",
+                                "federation.strategy.allow_data_transfer=true"], tmp_path))
     written = OmegaConf.load(out["flower/config"])
     assert written.paths.output_dir == str((tmp_path / "run").resolve())
     assert (tmp_path / "run" / "flower" / "app" / "pyproject.toml").is_file()
@@ -225,3 +229,24 @@ def test_ctrl_c_leaves_no_process(tmp_path):
     finally:
         _stop(proc)
     _no_leftovers(run_dir)
+
+
+def test_server_killed_then_resumed(tmp_path):
+    proc, run_dir = _launch(tmp_path, [])
+    try:
+        _wait_for(lambda: (run_dir / "server.pt").is_file(), proc, timeout_s=600)
+        os.killpg(json.loads((run_dir / "flower" / "pgids.json").read_text())["superlink"], signal.SIGKILL)
+        assert proc.wait(timeout=300) != 0  # the ServerApp went down with its SuperLink
+    finally:
+        _stop(proc)
+        _no_leftovers(run_dir)
+    assert torch.load(run_dir / "server.pt", weights_only=True)["round"] == 0  # round 1 of 2 done
+    proc, run_dir = _launch(tmp_path, ["resume=true"])
+    try:
+        assert proc.wait(timeout=900) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    finally:
+        _stop(proc)
+        _no_leftovers(run_dir)
+    assert "resume:" in (tmp_path / "out.log").read_text()
+    assert (run_dir / "rounds.csv").read_text().count("\n") == 3
+    assert torch.load(run_dir / "server.pt", weights_only=True)["round"] == 1

@@ -131,8 +131,21 @@ def write_run_config(cfg: DictConfig, fdir: Path) -> Path:
     return path
 
 
+def check(cfg: DictConfig) -> None:
+    """Refuse, before any process starts, what the ServerApp would refuse (one line, ``ConfigError``)."""
+    from engine.errors import ConfigError
+    from federation.transports.flower.server_app import check_data_transfer
+
+    privacy = str(OmegaConf.select(cfg, "federation.privacy", default="none"))
+    if privacy not in ("none", "dp"):
+        raise ConfigError(f"federation.privacy={privacy}: expected none or dp (secagg is not available yet, "
+                          "see docs/deployment.md)")
+    check_data_transfer(cfg)
+
+
 def prepare(cfg: DictConfig) -> dict[str, Any]:
     """``launch: false``: write the run config and the app for a real SuperLink; print the command."""
+    check(cfg)
     fdir = Path(cfg.paths.output_dir).resolve() / "flower"
     fdir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(APP_DIR, fdir / "app", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
@@ -147,6 +160,7 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     """Run the federation of ``cfg`` as a local Flower deployment; returns the run's metrics."""
     if not cfg.federation.executor.get("launch", True):
         return prepare(cfg)
+    check(cfg)
     out = Path(cfg.paths.output_dir).resolve()
     fdir = out / "flower"
     logs = fdir / "logs"
