@@ -34,6 +34,12 @@ log = logging.getLogger("federation.loop")
 def run_federation(cfg, executor: Any | None = None) -> dict[str, Any]:
     """Run the federation described by ``cfg.federation``; returns the final metrics. ``executor``
     overrides ``federation.executor`` (any object with the executor contract of :mod:`federation.transports`)."""
+    from federation.transports.flower import launches
+
+    if executor is None and launches(cfg):  # federation/executor=flower outside a ServerApp: local deployment
+        from federation.transports.flower.launch import rehearse
+
+        return rehearse(cfg)
     t_start = time.perf_counter()
     server = Server(cfg, executor)
     status = "failed"

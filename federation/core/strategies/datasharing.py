@@ -27,8 +27,10 @@ class DataSharing(FedAvg):
     name = "datasharing"
 
     def __init__(self, pool: SharedPool | None = None, n_shared: int | None = None, mode: SharingMode = "part",
-                 metric: str = "accuracy", seed: int = 0, reallocate_every_round: bool = True, **kw: Any) -> None:
+                 metric: str = "accuracy", seed: int = 0, reallocate_every_round: bool = True,
+                 allow_data_transfer: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
+        self.allow_data_transfer = bool(allow_data_transfer)  # a deployment moves pool samples only if true
         if pool is None and n_shared is None:
             raise ValueError("DataSharing needs a SharedPool or n_shared")
         self.pool, self.mode, self.metric, self.seed = pool, mode, metric, int(seed)

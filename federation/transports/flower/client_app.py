@@ -1,0 +1,85 @@
+"""The Flower ClientApp: one site's process runs the project's client runner on its own data.
+
+The SuperNode's node config names the site and its data (``flower-supernode --node-config``):
+
+* ``site`` (required): the client id this node answers for (e.g. ``"hospital_a"``, or ``"3"`` in the
+  rehearsal of a partitioned dataset);
+* ``partition``: ``derive`` (rehearsal: recompute the server's partition from the seed and keep this
+  site's part) or ``all`` (a real site: all of its local training data); default ``all``;
+* ``data-root`` / ``layout``: override ``data.root`` / ``data.layout`` of the experiment's data config
+  (the site's own folder);
+* ``store``: the site's client-state folder (FedBN's local BatchNorm entries, history); default
+  ``./fedmed_client_store``.
+
+A ``train`` message carries the global weights and the experiment's client config; the reply carries
+weights, a sample count and scalar metrics only (:mod:`.wire`). A ``query`` message asks which site a
+node is. ``fedmed.privacy=dp`` in the message wraps the handler with Flower's ``LocalDpMod`` (clipping
++ Gaussian noise on the client, before anything leaves).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import LocalDpMod
+from omegaconf import OmegaConf, open_dict
+
+from federation.transports.flower.wire import PREFIX, decode_message, encode_update
+
+__all__ = ["app"]
+
+log = logging.getLogger("federation.transports.flower.client_app")
+
+
+def _node(context: Context, key: str, default: Any = None) -> Any:
+    value = context.node_config.get(key, default)
+    return default if value in (None, "") else value
+
+
+def _privacy_mod(msg: Message, context: Context, call_next: Any) -> Message:
+    """Apply the privacy the server's config asks for (Flower's own mods; none by default)."""
+    try:
+        cfg = msg.content.config_records["fitins.config"]
+    except KeyError:
+        return call_next(msg, context)
+    if str(cfg.get(PREFIX + "privacy", "none")) == "dp":
+        mod = LocalDpMod(float(cfg[PREFIX + "dp.clipping_norm"]), float(cfg[PREFIX + "dp.sensitivity"]),
+                         float(cfg[PREFIX + "dp.epsilon"]), float(cfg[PREFIX + "dp.delta"]))
+        return mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[_privacy_mod])
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Which site this node is (the server maps client ids to node ids with it)."""
+    return Message(RecordDict({"site": ConfigRecord({"site": str(_node(context, "site", ""))})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training with :func:`federation.client.run_client`."""
+    import pytorch_lightning as pl  # here, not at import: a site query must not pay for Lightning
+
+    from federation.runner import get_base_datamodule, quiet_lightning, run_client
+    from federation.transports.flower.partition import site_indices
+
+    quiet_lightning()
+    server_msg, client_id, ccfg, extra = decode_message(msg.content)
+    site = str(_node(context, "site", ""))
+    if client_id != site:
+        raise ValueError(f"message for client {client_id!r} reached the node of site {site!r}")
+    cfg = OmegaConf.create(ccfg)
+    with open_dict(cfg):
+        for key, node_key in (("root", "data-root"), ("layout", "layout")):
+            if _node(context, node_key) is not None:
+                cfg.data[key] = str(_node(context, node_key))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # as the server before its base datamodule
+    base = get_base_datamodule(cfg.data)
+    indices = site_indices(cfg, base, client_id, str(_node(context, "partition", "all")))
+    update = run_client(client_id, server_msg, cfg, indices, str(_node(context, "store", "fedmed_client_store")), base)
+    return Message(encode_update(update, as_float=extra.get("privacy") == "dp"), reply_to=msg)

@@ -1,0 +1,157 @@
+"""``FlowerExecutor``: a round's client jobs as Flower messages to the SuperNodes that hold the sites.
+
+It runs inside our ServerApp (:mod:`.server_app`), where the round loop of :mod:`federation.loop` runs
+unchanged: ``map`` sends each job's :class:`~federation.messages.ServerMessage` as a ``train`` message
+(:mod:`.wire`) to the node whose node config names that client (learnt once with a ``query`` message),
+and turns the replies into :class:`~federation.messages.ClientUpdate`. A node that is gone, answers
+with an error, sends something malformed or misses ``timeout_s`` is a failure of that client (the loop
+retries once, then drops it and completes the round with ``min_clients``). Only the job's server message
+and the experiment's client config go down; the client's indices and data stay on the node.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from omegaconf import DictConfig, OmegaConf
+
+from federation.transports import ClientJob, ExecutorError, check_update
+from federation.core.messages import ClientUpdate
+from federation.transports.flower.wire import decode_update, encode_message
+
+__all__ = ["FlowerExecutor", "current_grid", "set_grid"]
+
+log = logging.getLogger("federation.transports.flower")
+_GRID: Any = None
+
+
+def set_grid(grid: Any) -> None:
+    """Called by the ServerApp around the run: the Grid this process's executors talk through."""
+    global _GRID
+    _GRID = grid
+
+
+def current_grid() -> Any:
+    return _GRID
+
+
+class FlowerExecutor:
+    """See the module docstring.
+
+    Args:
+        timeout_s: per-round limit for the replies (None: wait until every node answered or the
+            SuperLink reports it unavailable).
+        connect_timeout_s: how long the first round waits for every sampled site's SuperNode.
+        privacy: ``none`` | ``dp`` (Flower's ``LocalDpMod`` on each client: clip + Gaussian noise).
+        dp: ``clipping_norm``, ``sensitivity``, ``epsilon``, ``delta`` of ``LocalDpMod``.
+        Other keys (``launch``, ``superlink``, ...) are read by the launcher, not here.
+    """
+
+    def __init__(self, timeout_s: float | None = None, connect_timeout_s: float = 180.0, privacy: str = "none",
+                 dp: Mapping[str, float] | None = None, **_launcher: Any) -> None:
+        self.grid = current_grid()
+        if self.grid is None:
+            raise ExecutorError("federation/executor=flower runs inside the Flower ServerApp "
+                                "(python -m experiments.run ... federation/executor=flower launches it)")
+        if privacy not in ("none", "dp"):
+            raise ExecutorError(f"federation.executor.privacy={privacy!r}: expected none or dp")
+        self.timeout_s = None if timeout_s in (None, 0) else float(timeout_s)
+        self.connect_timeout_s = float(connect_timeout_s)
+        self.privacy = privacy
+        self.extra: dict[str, Any] = {"privacy": privacy}
+        if privacy == "dp":
+            dp = dict(dp or {})
+            for key in ("clipping_norm", "sensitivity", "epsilon", "delta"):
+                self.extra[f"dp.{key}"] = float(dp[key])
+        self.nodes: dict[str, int] = {}   # client id -> node id
+        self._asked: set[int] = set()
+
+    # ------------------------------------------------------------------ which node is which site
+    def _ask(self, node_ids: list[int]) -> None:
+        msgs = [Message(RecordDict({"q": ConfigRecord({"what": "site"})}), dst_node_id=n,
+                        message_type=MessageType.QUERY) for n in node_ids]
+        t0 = time.monotonic()
+        replies = list(self.grid.send_and_receive(msgs, timeout=self.connect_timeout_s))
+        log.warning("site query: %d of %d nodes answered in %.1f s", len(replies), len(msgs), time.monotonic() - t0)
+        for reply in replies:
+            if reply.has_error():
+                log.warning("node %s did not say its site: %s", reply.metadata.src_node_id, reply.error.reason)
+                continue
+            site = str(reply.content.config_records["site"]["site"])
+            node = int(reply.metadata.src_node_id)
+            self._asked.add(node)
+            if site in self.nodes and self.nodes[site] != node:
+                log.warning("site %s now answers from node %d (was %d)", site, node, self.nodes[site])
+            self.nodes[site] = node
+
+    def discover(self, wanted: set[str]) -> None:
+        """Map client ids to node ids, waiting up to ``connect_timeout_s`` for the wanted sites."""
+        deadline = time.monotonic() + self.connect_timeout_s
+        live = set(self.grid.get_node_ids())
+        while True:
+            new = sorted(n for n in live if n not in self._asked)
+            if new:
+                self._ask(new)
+            if wanted <= {s for s, n in self.nodes.items() if n in live} or time.monotonic() > deadline:
+                return
+            time.sleep(1.0)
+            live = set(self.grid.get_node_ids())
+
+    # ------------------------------------------------------------------ executor contract
+    def map(self, fn: Callable[..., ClientUpdate], jobs: Sequence[ClientJob],
+            on_done: Callable[[str, bool], None] | None = None) -> tuple[list[ClientUpdate], dict[str, str]]:
+        """``fn`` is not called here: each site's ClientApp calls the same runner on its node."""
+        del fn
+        failures: dict[str, str] = {}
+        first = not self.nodes
+        self.discover({j.client_id for j in jobs} if first else set())
+        live = set(self.grid.get_node_ids())
+        msgs, by_node, dtypes = [], {}, {}
+        for job in jobs:
+            node = self.nodes.get(job.client_id)
+            if node is None or node not in live:
+                failures[job.client_id] = "no SuperNode for this site is connected"
+                continue
+            smsg = job.kwargs["server_message"]
+            cfg = job.kwargs.get("cfg")
+            plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+            msgs.append(Message(encode_message(smsg, job.client_id, plain, self.extra, self.privacy == "dp"),
+                                dst_node_id=node, message_type=MessageType.TRAIN))
+            by_node[node] = job.client_id
+            dtypes[job.client_id] = {k: v.dtype for k, v in smsg.weights.items()}
+        got: dict[str, ClientUpdate] = {}
+        if msgs:
+            for reply in self.grid.send_and_receive(msgs, timeout=self.timeout_s):
+                cid = by_node.get(int(reply.metadata.src_node_id))
+                if cid is None:
+                    continue
+                if reply.has_error():
+                    failures[cid] = f"node error {reply.error.code}: {reply.error.reason}"
+                    continue
+                try:
+                    update = decode_update(reply.content, cid, dtypes[cid])
+                except Exception as exc:  # noqa: BLE001 - a malformed reply drops that client only
+                    failures[cid] = f"malformed reply: {type(exc).__name__}: {exc}"
+                    continue
+                reason = check_update(cid, update)
+                if reason is None:
+                    got[cid] = update
+                else:
+                    failures[cid] = reason
+        updates = []
+        for job in jobs:  # aggregation order = job order, independent of arrival order
+            cid = job.client_id
+            if cid not in got and cid not in failures:
+                failures[cid] = f"no reply within {self.timeout_s} s" if self.timeout_s else "no reply"
+            if cid in got:
+                updates.append(got[cid])
+            else:
+                log.warning("client %s dropped from the round: %s", cid, failures[cid])
+            if on_done is not None:
+                on_done(cid, cid in got)
+        return updates, failures
+
+    def shutdown(self) -> None:
+        pass

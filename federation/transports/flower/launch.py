@@ -1,0 +1,226 @@
+"""Local rehearsal of a deployment: ``federation/executor=flower`` (with ``launch: true``).
+
+Starts, as separate OS processes on 127.0.0.1: a SuperLink with TLS (a throw-away CA and certificate in
+``<run dir>/flower/certs``) and one SuperNode per client whose node config names its site
+(``partition="derive"``: it recomputes its own share of the dataset); then ``flwr run`` submits the
+project's Flower App, whose ServerApp runs the usual round loop and writes the usual outputs into the run
+dir. Every process is started in its own process group and the whole group is stopped on success,
+failure, Ctrl-C and SIGTERM (``try/finally`` + a SIGTERM handler); their pgids are in
+``flower/pgids.json`` and their logs in ``flower/logs/``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from engine import artifacts
+from federation.errors import FederationError
+from federation.transports.flower.tls import throwaway_tls
+
+__all__ = ["rehearse", "ProcessGroups", "free_port"]
+
+APP_DIR = Path(__file__).parent / "app"
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class ProcessGroups:
+    """Children each in a new session (their own process group), all stopped by :meth:`stop`."""
+
+    def __init__(self, record: Path) -> None:
+        self.record = record
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], log: Path, **kw: Any) -> subprocess.Popen:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=kw.pop("stdout", fh),
+                                    stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        self.procs[name] = proc
+        self.record.write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
+        return proc
+
+    @staticmethod
+    def _alive(pgid: int) -> bool:
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal one child's whole group (the fault tests kill a SuperNode this way)."""
+        try:
+            os.killpg(self.procs[name].pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        for proc in self.procs.values():
+            if self._alive(proc.pid):
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(self._alive(p.pid) for p in self.procs.values()):
+            time.sleep(0.2)
+        for proc in self.procs.values():
+            if self._alive(proc.pid):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not fail
+                pass
+
+
+def _client_ids(cfg: DictConfig) -> list[str]:
+    n = OmegaConf.select(cfg, "federation.num_clients")
+    if n is not None and "by_site" not in str(OmegaConf.select(cfg, "federation.partition._target_", default="")):
+        return [str(i) for i in range(int(n))]
+    from federation.runner import get_base_datamodule
+    from federation.transports.flower.partition import derive_indices
+
+    return list(derive_indices(cfg, get_base_datamodule(cfg.data)))
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # flower-superexec, flwr-*
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["FLWR_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("WANDB_MODE", "offline")
+    return env
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name) if (Path(sys.executable).parent / name).exists() else name
+
+
+def _raise_terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def write_run_config(cfg: DictConfig, fdir: Path) -> Path:
+    """The resolved experiment config the ServerApp reads (``cfg-path``), with an absolute output dir."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain["paths"]["output_dir"] = str(Path(cfg.paths.output_dir).resolve())
+    path = fdir / "config.yaml"
+    artifacts.atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(plain)))
+    return path
+
+
+def check(cfg: DictConfig) -> None:
+    """Refuse, before any process starts, what the ServerApp would refuse (one line, ``ConfigError``)."""
+    from engine.errors import ConfigError
+    from federation.transports.flower.server_app import check_data_transfer
+
+    privacy = str(OmegaConf.select(cfg, "federation.privacy", default="none"))
+    if privacy not in ("none", "dp"):
+        raise ConfigError(f"federation.privacy={privacy}: expected none or dp (secagg is not available yet, "
+                          "see docs/deployment.md)")
+    check_data_transfer(cfg)
+
+
+def prepare(cfg: DictConfig) -> dict[str, Any]:
+    """``launch: false``: write the run config and the app for a real SuperLink; print the command."""
+    check(cfg)
+    fdir = Path(cfg.paths.output_dir).resolve() / "flower"
+    fdir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(APP_DIR, fdir / "app", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    path = write_run_config(cfg, fdir)
+    artifacts.console.print(f"[bold]flower:[/bold] config written; submit the run to your SuperLink with\n"
+                            f"  flwr run {fdir / 'app'} <superlink connection> --stream "
+                            f"--run-config 'cfg-path=\"{path}\"'")
+    return {"flower/config": str(path)}
+
+
+def rehearse(cfg: DictConfig) -> dict[str, Any]:
+    """Run the federation of ``cfg`` as a local Flower deployment; returns the run's metrics."""
+    if not cfg.federation.executor.get("launch", True):
+        return prepare(cfg)
+    check(cfg)
+    out = Path(cfg.paths.output_dir).resolve()
+    fdir = out / "flower"
+    logs = fdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (fdir / "result.json").unlink(missing_ok=True)
+    tls = throwaway_tls(fdir / "certs")
+    home = fdir / "home"
+    home.mkdir(exist_ok=True)
+    port = free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "rehearsal"\n\n[superlink.rehearsal]\naddress = "{HOST}:{port}"\n'
+        f'root-certificates = "{tls["ca"]}"\n')
+    app = fdir / "app"
+    shutil.copytree(APP_DIR, app, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    cfg_path = write_run_config(cfg, fdir)
+    ids = _client_ids(cfg)
+    store = out / str(OmegaConf.select(cfg, "federation.store_dir", default="client_store"))
+    env = _env(home)
+    ex = cfg.federation.executor
+    groups = ProcessGroups(fdir / "pgids.json")
+    previous = signal.getsignal(signal.SIGTERM)
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        signal.signal(signal.SIGTERM, _raise_terminate)
+    try:
+        groups.start("superlink", [_bin("flower-superlink"), "--ssl-ca-certfile", str(tls["ca"]),
+                                   "--ssl-certfile", str(tls["cert"]), "--ssl-keyfile", str(tls["key"]),
+                                   "--host", HOST, "--port", str(port),
+                                   "--disable-runtime-dependency-installation"], env, logs / "superlink.log")
+        for cid in ids:
+            node_cfg = f'site="{cid}" partition="derive" store="{store}"'
+            groups.start(f"supernode_{cid}", [_bin("flower-supernode"), "--root-certificates", str(tls["ca"]),
+                                              "--superlink", f"{HOST}:{port}", "--host", HOST,
+                                              "--port", str(free_port()), "--node-config", node_cfg],
+                         env, logs / f"supernode_{cid}.log")
+        artifacts.console.print(f"[bold]flower:[/bold] SuperLink https://{HOST}:{port} (TLS, throw-away CA "
+                                f"{tls['ca']}) + {len(ids)} SuperNodes; logs in {logs}")
+        run = groups.start("flwr_run", [_bin("flwr"), "run", str(app), "rehearsal", "--stream",
+                                        "--run-config", f'cfg-path="{cfg_path}"'], env, logs / "flwr_run.log",
+                           stdout=subprocess.PIPE)
+        with open(logs / "flwr_run.log", "a", encoding="utf-8") as log_fh:
+            for raw in iter(run.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace")
+                log_fh.write(line)
+                if ex.get("stream", True):
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                if groups.procs["superlink"].poll() is not None:
+                    raise FederationError(f"the SuperLink exited (code {groups.procs['superlink'].returncode}); "
+                                          f"see {logs / 'superlink.log'}")
+        run.wait()
+        result_path = fdir / "result.json"
+        if not result_path.is_file():
+            raise FederationError(f"the Flower run ended (flwr run exit {run.returncode}) without a result; "
+                                  f"see {logs}")
+        result = json.loads(result_path.read_text())
+        if not result.get("ok"):
+            raise FederationError(f"ServerApp failed: {result.get('error')} (traceback in {result_path})")
+        return json.loads((out / "metrics.json").read_text())
+    finally:
+        groups.stop()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

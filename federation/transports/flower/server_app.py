@@ -1,0 +1,71 @@
+"""The Flower ServerApp: the project's federation (rounds, strategy, evaluation, ``server.pt``,
+resume, W&B / rounds.csv / metrics.json) running inside Flower, with :class:`.executor.FlowerExecutor`
+as the transport.
+
+``flwr run <app> <superlink> --run-config 'cfg-path="<run dir>/flower/config.yaml"'``: the file is the
+experiment's resolved config (written by the launcher, or by hand on a server host). On the way out
+the app writes ``flower/result.json`` (``ok`` or the error) beside it, which the launcher reads.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import OmegaConf
+
+from federation.transports.flower.executor import set_grid
+
+__all__ = ["app", "check_data_transfer"]
+
+log = logging.getLogger("federation.transports.flower.server_app")
+app = ServerApp()
+
+
+def check_data_transfer(cfg) -> str | None:
+    """Paper 000's data sharing sends server-held samples to clients. Under a deployment that runs only
+    with ``federation.strategy.allow_data_transfer=true``; returns the warning to print loudly (None when
+    no data moves). Raises ``ConfigError`` when it would move data without permission."""
+    from engine.errors import ConfigError
+
+    target = str(OmegaConf.select(cfg, "federation.strategy._target_", default=""))
+    frac = float(OmegaConf.select(cfg, "federation.shared_fraction", default=0.0) or 0.0)
+    if not target.endswith("DataSharing") or frac <= 0:
+        return None
+    allowed = bool(OmegaConf.select(cfg, "federation.strategy.allow_data_transfer", default=False))
+    rehearsal = bool(OmegaConf.select(cfg, "federation.executor.launch", default=False))
+    if not allowed and not rehearsal:
+        raise ConfigError("federation.strategy=datashare sends server-held training samples to the sites; "
+                          "under a Flower deployment set federation.strategy.allow_data_transfer=true to allow it")
+    return ("DATA TRANSFER: the data-sharing strategy (paper 000) sends samples of the server's shared pool "
+            "to the sites" + ("" if allowed else " (allowed in this local rehearsal, where every node already "
+                              "holds the dataset; a deployment needs federation.strategy.allow_data_transfer=true)"))
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run :func:`federation.loop.run_federation` on the config named by ``cfg-path``."""
+    path = Path(str(context.run_config["cfg-path"]))
+    result = path.parent / "result.json"
+    try:
+        cfg = OmegaConf.load(path)
+        warning = check_data_transfer(cfg)
+        if warning:
+            log.warning("!" * 20 + " %s " + "!" * 20, warning)
+            print(f"\n{'!' * 78}\n{warning}\n{'!' * 78}\n", flush=True)
+        from federation.loop import run_federation
+
+        set_grid(grid)
+        try:
+            metrics = run_federation(cfg)
+        finally:
+            set_grid(None)
+        result.write_text(json.dumps({"ok": True, "rounds": metrics.get("fed/rounds")}))
+    except BaseException as exc:
+        result.write_text(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                                      "user_error": type(exc).__module__.startswith(("engine", "federation")),
+                                      "traceback": traceback.format_exc()}))
+        raise

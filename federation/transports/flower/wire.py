@@ -1,0 +1,100 @@
+"""What crosses the wire between our ServerApp and ClientApp, in Flower's legacy Fit layout.
+
+The round's :class:`~federation.messages.ServerMessage` goes down as ``fitins.parameters`` (an
+``ArrayRecord`` keyed by state-dict name) and ``fitins.config`` (a ``ConfigRecord`` of scalars: the
+round, the client's id, the strategy's per-round config and the experiment's client config as JSON).
+The reply is ``fitres.parameters`` / ``fitres.num_examples`` / ``fitres.metrics`` / ``fitres.status``:
+weights, one sample count and scalar metrics, nothing else. The Fit layout is the one Flower's own
+client-side mods (``LocalDpMod``, ``secaggplus_mod``) read and rewrite, so they apply unchanged; since
+``LocalDpMod`` re-keys the arrays, the reply carries the state-dict key order as one metric string.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from federation.core.messages import ClientUpdate, ServerMessage
+
+__all__ = ["encode_message", "decode_message", "encode_update", "decode_update", "KEYS", "PREFIX"]
+
+PREFIX = "fedmed."
+KEYS = PREFIX + "keys"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"config value of type {type(value).__name__} cannot cross the wire")
+
+
+def _arrays(weights: Mapping[str, torch.Tensor], as_float: bool) -> ArrayRecord:
+    """``as_float``: integer buffers (BatchNorm's counter) as float64, so DP's in-place clip/noise applies."""
+    out = {}
+    for k, v in weights.items():
+        a = v.detach().cpu().numpy()
+        out[k] = Array(a.astype(np.float64) if as_float and not np.issubdtype(a.dtype, np.floating) else a)
+    return ArrayRecord(out)
+
+
+def _tensors(record: ArrayRecord, keys: list[str]) -> dict[str, torch.Tensor]:
+    values = [record[k].numpy() for k in record.keys() if k != "_empty"]
+    if len(values) != len(keys):
+        raise ValueError(f"{len(values)} arrays arrived for {len(keys)} keys")
+    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in zip(keys, values)}
+
+
+def encode_message(msg: ServerMessage, client_id: str, client_cfg: Mapping[str, Any],
+                   extra: Mapping[str, Any] | None = None, as_float: bool = False) -> RecordDict:
+    """The Fit content for one client: weights + round, client id, strategy config and client config."""
+    config = {PREFIX + "round": int(msg.round), PREFIX + "client_id": client_id,
+              PREFIX + "config": json.dumps(dict(msg.config), default=_jsonable),
+              PREFIX + "cfg": json.dumps(dict(client_cfg), default=_jsonable)}
+    config.update({PREFIX + k: v for k, v in (extra or {}).items()})
+    return RecordDict({"fitins.parameters": _arrays(msg.weights, as_float), "fitins.config": ConfigRecord(config)})
+
+
+def decode_message(content: RecordDict) -> tuple[ServerMessage, str, dict[str, Any], dict[str, Any]]:
+    """``(server message, client id, client cfg, extra scalars)`` from a Fit content."""
+    cfg = dict(content.config_records["fitins.config"])
+    record = content.array_records["fitins.parameters"]
+    weights = {k: torch.from_numpy(np.array(record[k].numpy(), copy=True)) for k in record.keys()}
+    config = json.loads(str(cfg.pop(PREFIX + "config")))
+    msg = ServerMessage(int(cfg.pop(PREFIX + "round")), weights, config)
+    client_id = str(cfg.pop(PREFIX + "client_id"))
+    client_cfg = json.loads(str(cfg.pop(PREFIX + "cfg")))
+    extra = {k[len(PREFIX):]: v for k, v in cfg.items() if k.startswith(PREFIX)}
+    return msg, client_id, client_cfg, extra
+
+
+def encode_update(update: ClientUpdate, as_float: bool = False) -> RecordDict:
+    """The Fit reply: weights, sample count, scalar metrics (+ the key order), status OK."""
+    metrics: dict[str, Any] = {k: float(v) for k, v in update.metrics.items()}
+    metrics[KEYS] = "\n".join(update.weights)
+    metrics[PREFIX + "is_delta"] = bool(update.is_delta)
+    return RecordDict({
+        "fitres.parameters": _arrays(update.weights, as_float),
+        "fitres.num_examples": MetricRecord({"num_examples": int(update.num_samples)}),
+        "fitres.metrics": ConfigRecord(metrics),
+        "fitres.status": ConfigRecord({"code": 0, "message": "Success"}),
+    })
+
+
+def decode_update(content: RecordDict, client_id: str, dtypes: Mapping[str, torch.dtype]) -> ClientUpdate:
+    """A :class:`ClientUpdate` from a Fit reply; tensors cast back to the global model's dtypes."""
+    metrics = dict(content.config_records["fitres.metrics"])
+    keys = str(metrics.pop(KEYS)).split("\n")
+    is_delta = bool(metrics.pop(PREFIX + "is_delta", False))
+    weights = _tensors(content.array_records["fitres.parameters"], keys)
+    for k, v in weights.items():
+        if k in dtypes and v.dtype != dtypes[k]:
+            weights[k] = (v.round() if not dtypes[k].is_floating_point else v).to(dtypes[k])
+    n = int(content.metric_records["fitres.num_examples"]["num_examples"])
+    return ClientUpdate(client_id, weights, n, metrics, is_delta=is_delta)

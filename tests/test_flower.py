@@ -1,0 +1,252 @@
+"""Flower transport (issue 11 §3): the wire format, the node-side partition, the TLS material, and real
+deployments rehearsed on 127.0.0.1 (SuperLink + SuperNodes as OS processes over TLS): equal to the
+in-process run, a SuperNode killed mid-round, Ctrl-C; every process a test starts is stopped."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+pytest.importorskip("flwr")
+pytestmark = pytest.mark.flower
+
+from experiments.run import dispatch  # noqa: E402
+from federation.messages import DataLeakError, ServerMessage  # noqa: E402
+from federation.strategies import FedAvg  # noqa: E402
+from federation.transports.flower import launches  # noqa: E402
+from federation.transports.flower.wire import decode_message, decode_update, encode_message, encode_update  # noqa: E402
+from tests.hydra_helpers import compose_run  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "+exp=fed_digits_datashare", "logger=csv", "model.width=4", "federation.num_clients=2",
+    "federation.clients_per_round=2", "federation.rounds=2", "federation.local_epochs=1",
+    "federation.min_clients=1", "federation.progress=false", "trainer.limit_train_batches=3",
+    "trainer.deterministic=true",
+]
+SHARE_ALL = "federation.strategy.mode=all"  # data sharing from round 2: shared indices cross as config
+
+
+def _state():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------- wire
+def test_wire_roundtrip_exact():
+    state = _state()
+    msg = ServerMessage(3, state, {"proximal_mu": 0.01, "shared_indices": np.array([4, 2, 9])})
+    back, cid, ccfg, extra = decode_message(encode_message(msg, "site_a", {"seed": 1}, {"privacy": "none"}))
+    assert (back.round, cid, ccfg, extra) == (3, "site_a", {"seed": 1}, {"privacy": "none"})
+    assert back.config["shared_indices"] == [4, 2, 9] and back.config["proximal_mu"] == 0.01
+    for k in state:
+        assert torch.equal(back.weights[k], state[k]) and back.weights[k].dtype == state[k].dtype
+    update = FedAvg().make_update("site_a", state, 17, {"acc": 0.5})
+    for as_float in (False, True):  # DP sends integer buffers as floats; the server casts them back
+        got = decode_update(encode_update(update, as_float), "site_a", {k: v.dtype for k, v in state.items()})
+        assert got.num_samples == 17 and dict(got.metrics) == {"acc": 0.5} and not got.is_delta
+        for k in state:
+            assert torch.equal(got.weights[k], state[k]) and got.weights[k].dtype == state[k].dtype
+
+
+def test_wire_refuses_non_scalar_metrics():
+    update = FedAvg().make_update("a", _state(), 5, {"acc": 0.5})
+    content = encode_update(update)
+    content.config_records["fitres.metrics"]["leak"] = "patient 17: 63 y, female"  # a string is not a metric
+    with pytest.raises(DataLeakError):
+        decode_update(content, "a", {})
+
+
+# ---------------------------------------------------------------------------------------- node side
+def test_node_derives_the_server_partition(tmp_path):
+    from federation.client import get_base_datamodule
+    from federation.loop import Server
+    from federation.transports.flower.partition import derive_indices, site_indices
+
+    cfg = compose_run([*SMALL, "federation.num_clients=3"], tmp_path)
+    server = Server(cfg)
+    ccfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    mine = derive_indices(ccfg, get_base_datamodule(ccfg.data))
+    assert list(mine) == server.client_ids
+    for cid, ind in server.indices.items():
+        assert np.array_equal(mine[cid].train, ind.train) and np.array_equal(mine[cid].val, ind.val)
+    whole = site_indices(ccfg, get_base_datamodule(ccfg.data), "x", "all")
+    assert len(whole.train) + len(whole.val) == len(server.base.train_dataset)
+
+
+def test_data_transfer_needs_permission(tmp_path):
+    from engine.errors import ConfigError
+    from federation.transports.flower.server_app import check_data_transfer
+
+    cfg = compose_run([*SMALL, "federation/executor=flower", "federation.executor.launch=false"], tmp_path)
+    with pytest.raises(ConfigError, match="allow_data_transfer"):
+        check_data_transfer(cfg)
+    OmegaConf.update(cfg, "federation.strategy.allow_data_transfer", True)
+    assert "DATA TRANSFER" in check_data_transfer(cfg)
+    assert check_data_transfer(compose_run([*SMALL, "federation/strategy=fedprox"], tmp_path)) is None
+    with pytest.raises(ConfigError, match="federation.privacy=secagg"):
+        dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.privacy=secagg"], tmp_path))
+    assert not (tmp_path / "run" / "flower" / "pgids.json").exists()  # refused before any process started
+    assert launches(compose_run([*SMALL, "federation/executor=flower"], tmp_path))
+    assert not launches(compose_run(SMALL, tmp_path))
+
+
+def test_real_deployment_writes_the_run_config(tmp_path, capsys):
+    out = dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.executor.launch=false",
+                                "federation.strategy.allow_data_transfer=true"], tmp_path))
+    written = OmegaConf.load(out["flower/config"])
+    assert written.paths.output_dir == str((tmp_path / "run").resolve())
+    assert (tmp_path / "run" / "flower" / "app" / "pyproject.toml").is_file()
+    assert "flwr run" in capsys.readouterr().out
+
+
+def test_throwaway_tls_chain(tmp_path):
+    from cryptography import x509
+
+    from federation.transports.flower.tls import throwaway_tls
+
+    paths = throwaway_tls(tmp_path)
+    ca = x509.load_pem_x509_certificate(paths["ca"].read_bytes())
+    cert = x509.load_pem_x509_certificate(paths["cert"].read_bytes())
+    cert.verify_directly_issued_by(ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    assert paths["key"].stat().st_mode & 0o077 == 0
+
+
+# ---------------------------------------------------------------------------------------- processes
+def _leftovers(run_dir: Path) -> list[int]:
+    """Processes still alive from a rehearsal: in a recorded group, or carrying its FLWR_HOME."""
+    home = f"FLWR_HOME={run_dir / 'flower' / 'home'}".encode()
+    alive = []
+    pgids = json.loads((run_dir / "flower" / "pgids.json").read_text()).values()
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            env = (pid_dir / "environ").read_bytes()
+            pgid = os.getpgid(int(pid_dir.name))
+        except (OSError, ProcessLookupError):
+            continue
+        if (home in env.split(b"\0") or pgid in pgids) and "Z" not in (pid_dir / "stat").read_text().split()[2]:
+            alive.append(int(pid_dir.name))
+    return alive
+
+
+def _no_leftovers(run_dir: Path, wait_s: float = 20.0) -> None:
+    deadline = time.monotonic() + wait_s
+    while _leftovers(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _leftovers(run_dir) == []
+
+
+def test_rehearsal_equals_in_process(tmp_path):
+    ref = dispatch(compose_run([*SMALL, SHARE_ALL], tmp_path / "seq"))
+    run_dir = tmp_path / "flower" / "run"
+    try:
+        got = dispatch(compose_run([*SMALL, SHARE_ALL, "federation/executor=flower", "federation.executor.stream=false"],
+                                   tmp_path / "flower"))
+    finally:
+        _no_leftovers(run_dir)
+    for key, value in ref.items():
+        if isinstance(value, float) and "seconds" not in key:
+            assert got[key] == pytest.approx(value, abs=1e-6), key
+    a = torch.load(tmp_path / "seq" / "run" / "global_final.pt", weights_only=True)
+    b = torch.load(run_dir / "global_final.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), atol=1e-6, rtol=0), k
+    for name in ("server.pt", "rounds.csv", "metrics.json", "partition.md", "flower/certs/ca.pem"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "rounds.csv").read_text().count("\n") == 3
+
+
+def _launch(tmp_path: Path, extra: list[str]) -> tuple[subprocess.Popen, Path]:
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    argv = [sys.executable, "-m", "experiments.run", *SMALL, "federation/executor=flower", f"hydra.run.dir={run_dir}",
+            f"paths.log_dir={tmp_path / 'logs'}", *extra]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=open(tmp_path / "out.log", "wb"), stderr=subprocess.STDOUT)
+    return proc, run_dir
+
+
+def _wait_for(pred, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert proc.poll() is None, "the run ended early"
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _log_count(path: Path, text: str) -> int:
+    return path.read_text(errors="replace").count(text) if path.is_file() else 0
+
+
+def test_supernode_killed_mid_round_is_dropped(tmp_path):
+    proc, run_dir = _launch(tmp_path, ["federation.num_clients=3", "federation.clients_per_round=3",
+                                        "federation.rounds=1", "federation.min_clients=2"])
+    try:
+        log2 = run_dir / "flower" / "logs" / "supernode_2.log"
+        _wait_for(lambda: _log_count(log2, "Start `flwr-clientapp` process") >= 2, proc)  # query, then train
+        pgids = json.loads((run_dir / "flower" / "pgids.json").read_text())
+        os.killpg(pgids["supernode_2"], signal.SIGKILL)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    finally:
+        _stop(proc)
+        _no_leftovers(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["fed/rounds"] == 1 and metrics["fed/dropped_total"] >= 1
+    header, row = (run_dir / "rounds.csv").read_text().splitlines()[:2]
+    assert dict(zip(header.split(","), row.split(",")))["clients"] == "2"
+
+
+def test_ctrl_c_leaves_no_process(tmp_path):
+    proc, run_dir = _launch(tmp_path, [])
+    try:
+        _wait_for(lambda: "flwr_run" in (run_dir / "flower" / "pgids.json").read_text()
+                  if (run_dir / "flower" / "pgids.json").is_file() else False, proc)
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) != 0
+    finally:
+        _stop(proc)
+    _no_leftovers(run_dir)
+
+
+def test_server_killed_then_resumed(tmp_path):
+    proc, run_dir = _launch(tmp_path, [])
+    try:
+        _wait_for(lambda: (run_dir / "server.pt").is_file(), proc, timeout_s=600)
+        os.killpg(json.loads((run_dir / "flower" / "pgids.json").read_text())["superlink"], signal.SIGKILL)
+        assert proc.wait(timeout=300) != 0  # the ServerApp went down with its SuperLink
+    finally:
+        _stop(proc)
+        _no_leftovers(run_dir)
+    assert torch.load(run_dir / "server.pt", weights_only=True)["round"] == 0  # round 1 of 2 done
+    proc, run_dir = _launch(tmp_path, ["resume=true"])
+    try:
+        assert proc.wait(timeout=900) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    finally:
+        _stop(proc)
+        _no_leftovers(run_dir)
+    assert "resume:" in (tmp_path / "out.log").read_text()
+    assert (run_dir / "rounds.csv").read_text().count("\n") == 3
+    assert torch.load(run_dir / "server.pt", weights_only=True)["round"] == 1
