@@ -24,6 +24,7 @@ import datamodules.medmnist  # noqa: E402,F401  (registers the ${medmnist:...} r
 from engine import artifacts  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
+from lightning_modules import targets  # noqa: E402
 
 log = logging.getLogger("experiments.run")
 
@@ -51,6 +52,7 @@ def main(cfg: DictConfig) -> float | None:
             sys.exit(2)
         with open_dict(cfg):
             cfg.paths.output_dir = str(Path(resume).resolve())
+    targets.allow(cfg.get("allow_targets"))
     out = output_dir(cfg)
     artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:
@@ -66,8 +68,18 @@ def main(cfg: DictConfig) -> float | None:
             return None
         print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
-    value = metrics.get(f"test/{cfg.module.get('monitor', 'val/dice').split('/')[-1]}")
-    return float(value) if isinstance(value, (int, float)) else None
+    return objective(cfg, metrics)
+
+
+def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """What a Hydra sweeper optimises: the best *validation* score of ``module.monitor`` (never a test
+    metric, which would select hyper-parameters on the test set)."""
+    monitor = str(cfg.module.get("monitor", "val/dice"))
+    for key in (f"{monitor}_best", monitor):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lightning_modules.targets import check_targets
+
 LossTerm = Callable[["BaseModule"], torch.Tensor]
 
 
@@ -22,10 +24,13 @@ def build(obj: Any, *args: Any, what: str = "object") -> Any:
 
     Module configs use ``_recursive_: false`` so that nets, losses and optimisers reach the module as
     configs: the module keeps them in ``hparams`` and a checkpoint alone can rebuild the whole run.
+    Every ``_target_`` in ``obj`` (nested ones too) must pass :func:`lightning_modules.targets.check_targets`:
+    a config read from a checkpoint is data, never a way to call an arbitrary function.
     """
     if isinstance(obj, (Mapping, DictConfig)):
         if "_target_" not in obj:
             raise TypeError(f"{what} config has no _target_: {dict(obj)}")
+        check_targets(obj, what)
         return instantiate(obj, *args, _convert_="all")
     return obj
 
