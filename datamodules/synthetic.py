@@ -193,9 +193,11 @@ def _own_files(root: Path) -> tuple[dict | None, dict[str, str]]:
     try:
         old = json.loads(manifest.read_text())
         params, files = old["params"], old["files"]
-        assert isinstance(files, dict) and all(isinstance(v, str) for v in files.values())
-    except Exception as err:  # noqa: BLE001 - unreadable or from an older version: not provably ours
-        raise DataError(f"synthetic: {manifest} is not a manifest this generator wrote (no file hashes); "
+        if isinstance(files, list):  # an older version's manifest: names without hashes (usable, not deletable)
+            files = {str(n): None for n in files}
+        assert isinstance(files, dict) and all(isinstance(v, (str, type(None))) for v in files.values())
+    except Exception as err:  # noqa: BLE001 - unreadable: not provably ours
+        raise DataError(f"synthetic: {manifest} is not a manifest this generator wrote; "
                         f"delete {root} to regenerate") from err
     real_root = root.resolve()
     for name, digest in files.items():
@@ -203,7 +205,7 @@ def _own_files(root: Path) -> tuple[dict | None, dict[str, str]]:
         if (Path(name).is_absolute() or ".." in Path(name).parts or path.is_symlink()
                 or not path.resolve().is_relative_to(real_root)):
             raise DataError(f"synthetic: {manifest} lists {name!r}, outside {root}; refusing to touch it")
-        if path.exists() and _sha256(path) != digest:
+        if path.exists() and digest is not None and _sha256(path) != digest:
             raise DataError(f"synthetic: {path} changed since the generator wrote it; delete {root} to regenerate")
     listed = {Path(n).parts[0] for n in files} | {MANIFEST}
     foreign = [p.name for p in entries if p.name not in listed]
@@ -260,6 +262,9 @@ def write_phantom_dataset(root: str | Path, layout: str = "lits", n_cases: int =
         old_params, old_files = _own_files(root)
         if old_params == params and all((root / f).is_file() for f in old_files):
             return root
+        if any(digest is None for digest in old_files.values()):
+            raise DataError(f"synthetic: {root / MANIFEST} was written by an older version (no file hashes), "
+                            f"so its files cannot be proven unchanged; delete {root} to regenerate")
         with tempfile.TemporaryDirectory(dir=root, prefix=TMP_PREFIX) as tmp:
             files = _generate(Path(tmp), layout, n_cases, shape, seed, site, structures)
             _remove(root, old_files)
