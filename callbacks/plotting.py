@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -11,12 +10,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 
+from lightning_modules.atomic import temp_beside  # noqa: E402
+
 
 def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 110) -> Path:
     """Save ``fig`` to ``path`` atomically (temp file + rename) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    fd, tmp = temp_beside(path, ".png")  # the user's umask, not mkstemp's 0600
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")

@@ -209,6 +209,8 @@ class MedMNISTDataModule(ClassificationDataModule):
 def _resolve(flag: str, key: str, as_rgb: Any = False) -> Any:
     """``${medmnist:flag,key[,as_rgb]}``: a table value for the Hydra configs."""
     info = medmnist_info(flag)
+    if info is None and key == "class_names":
+        return None  # a file outside the table: classes are named 0..n-1 (data.class_names=[...] to name them)
     if info is None:
         raise ValueError(f"{flag!r} is not one of the ten MedMNIST datasets ({', '.join(DECATHLON)}); "
                          "set data.task, data.num_classes and data.in_channels explicitly")

@@ -254,7 +254,11 @@ class VolumeSegmentationDataModule(SliceDataModule):
 
     def load_cases(self) -> list[SliceCase]:
         self._ensure_data()
-        cases = [c for c in find_cases(self.root, self.layout, self.stack_group_size) if c.label is not None]
+        cases = find_cases(self.root, self.layout, self.stack_group_size)
+        unlabelled = [c for c in cases if c.label is None]
+        if unlabelled:  # never silently train on fewer volumes than the folder holds
+            raise DataError(f"volume {unlabelled[0].image} has no label file ({len(unlabelled)} of {len(cases)} "
+                            f"cases unlabelled); add the labels or move those volumes out of data.root {self.root}")
         if not cases:
             raise DataError(f"data.root {self.root} has {self.layout} images but no label files")
         self.cache = VolumeCache(self.cache_dir, self.params)

@@ -12,10 +12,14 @@ The liver is large and homogeneous on purpose, so a small net learns it in a few
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
-import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +36,8 @@ LAYOUT_LABELS = {"lits": ("liver", "liver_tumor"), "kits": ("kidney", "kidney_tu
 HU = {"air": -1000.0, "fat": -100.0, "muscle": 40.0, "bowel": 30.0, "bone": 700.0, "liver": 60.0,
       "spleen": 50.0, "pancreas": 40.0, "kidney": 150.0, "liver_tumor": 20.0, "kidney_tumor": 80.0}
 MANIFEST = "phantom_manifest.json"
+LOCK = ".phantom.lock"
+TMP_PREFIX = ".phantom-tmp-"
 REFERENCE_SPACING = 0.8  # mm; in-plane spacing at which the body fills the field of view
 
 
@@ -143,11 +149,81 @@ def _paths(root: Path, layout: str, i: int) -> tuple[Path, Path]:
     return root / "imagesTr" / f"phantom_{i:03d}.nii.gz", root / "labelsTr" / f"phantom_{i:03d}.nii.gz"
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    """Temp name unique to this process, created with the user's umask (not mkstemp's 0600), renamed over."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "x") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """An exclusive lock on ``root/.phantom.lock``: two runs generating into the same folder take turns."""
+    with open(root / LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _own_files(root: Path) -> tuple[dict | None, dict[str, str]]:
+    """``(params, {relative path: sha256})`` of the phantom in ``root``, checked to be only what this
+    generator wrote; raises :class:`DataError` naming the first thing that is not (a path outside
+    ``root``, a file changed since, anything else in the folder)."""
+    manifest = root / MANIFEST
+    entries = [p for p in root.iterdir() if p.name not in (LOCK, ".cache") and not p.name.startswith(TMP_PREFIX)]
+    if not manifest.is_file():
+        if entries:
+            raise DataError(f"synthetic: {root} holds files the phantom generator did not write "
+                            f"(e.g. {entries[0].name}) and no {MANIFEST}; not writing there (use an empty data.root)")
+        return None, {}
+    try:
+        old = json.loads(manifest.read_text())
+        params, files = old["params"], old["files"]
+        if isinstance(files, list):  # an older version's manifest: names without hashes (usable, not deletable)
+            files = {str(n): None for n in files}
+        assert isinstance(files, dict) and all(isinstance(v, (str, type(None))) for v in files.values())
+    except Exception as err:  # noqa: BLE001 - unreadable: not provably ours
+        raise DataError(f"synthetic: {manifest} is not a manifest this generator wrote; "
+                        f"delete {root} to regenerate") from err
+    real_root = root.resolve()
+    for name, digest in files.items():
+        path = root / name
+        if (Path(name).is_absolute() or ".." in Path(name).parts or path.is_symlink()
+                or not path.resolve().is_relative_to(real_root)):
+            raise DataError(f"synthetic: {manifest} lists {name!r}, outside {root}; refusing to touch it")
+        if path.exists() and digest is not None and _sha256(path) != digest:
+            raise DataError(f"synthetic: {path} changed since the generator wrote it; delete {root} to regenerate")
+    listed = {Path(n).parts[0] for n in files} | {MANIFEST}
+    foreign = [p.name for p in entries if p.name not in listed]
+    if foreign:
+        raise DataError(f"synthetic: {root} holds {foreign[0]!r}, which the phantom generator did not write; "
+                        f"not writing there (use an empty data.root)")
+    return params, files
+
+
+def _remove(root: Path, files: Mapping[str, str]) -> None:
+    """Delete the (checked) files of an earlier phantom and the folders they leave empty."""
+    for name in files:
+        (root / name).unlink(missing_ok=True)
+    for name in files:
+        parent = (root / name).parent
+        while parent != root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
 
 
 def write_phantom_dataset(root: str | Path, layout: str = "lits", n_cases: int = 8,
@@ -159,8 +235,11 @@ def write_phantom_dataset(root: str | Path, layout: str = "lits", n_cases: int =
     ``organs`` (msd only) chooses the labelled structures in label order, e.g.
     ``("liver", "spleen", "pancreas", "kidney")`` for a SegViz-like multi-organ set (paper 004);
     default lits: 1 liver, 2 tumour; kits: 1 kidney, 2 tumour; msd: 1 liver, 2 tumour.
-    Idempotent: a manifest written last (atomically) records the parameters, and a complete dataset
-    with the same parameters is left untouched. Each NIfTI is written to a temp name and renamed.
+    Idempotent: the manifest (written last) records the parameters and every file's SHA-256, and a
+    complete dataset with the same parameters is left untouched. It never deletes or overwrites what it
+    did not write: regenerating (new parameters) first checks that the folder holds only the manifest's
+    files, unchanged and inside ``root``; anything else is a :class:`DataError`. Cases are written into a
+    temp folder inside ``root`` and moved into place under a lock (two runs at once take turns).
     """
     root = Path(root)
     site = SiteParams(**site) if isinstance(site, dict) else site
@@ -176,35 +255,45 @@ def write_phantom_dataset(root: str | Path, layout: str = "lits", n_cases: int =
               "seed": int(seed), "site": {k: list(v) if isinstance(v, tuple) else v
                                           for k, v in asdict(site).items()},
               "structures": list(structures)}
-    manifest = root / MANIFEST
-    if manifest.is_file():
-        old = json.loads(manifest.read_text())
-        if old.get("params") == params and all((root / f).is_file() for f in old.get("files", [])):
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise DataError(f"synthetic: data.root {root} is not a plain folder; not writing there")
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root):
+        old_params, old_files = _own_files(root)
+        if old_params == params and all((root / f).is_file() for f in old_files):
             return root
-        for f in old.get("files", []):
-            (root / f).unlink(missing_ok=True)
-        manifest.unlink()
+        if any(digest is None for digest in old_files.values()):
+            raise DataError(f"synthetic: {root / MANIFEST} was written by an older version (no file hashes), "
+                            f"so its files cannot be proven unchanged; delete {root} to regenerate")
+        with tempfile.TemporaryDirectory(dir=root, prefix=TMP_PREFIX) as tmp:
+            files = _generate(Path(tmp), layout, n_cases, shape, seed, site, structures)
+            _remove(root, old_files)
+            (root / MANIFEST).unlink(missing_ok=True)
+            for name in files:
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(Path(tmp) / name, root / name)
+        _atomic_write_text(root / MANIFEST, json.dumps({"params": params, "files": files}, indent=1))
+    return root
+
+
+def _generate(out: Path, layout: str, n_cases: int, shape: Sequence[int], seed: int, site: SiteParams,
+              structures: Sequence[str]) -> dict[str, str]:
+    """Write the cases (and ``dataset.json`` for msd) under ``out``; returns ``{relative path: sha256}``."""
     affine = np.diag([*map(float, site.spacing), 1.0])
-    tmp_dir = root / ".phantom-tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    files = []
+    names = []
     for i in range(n_cases):
         vol, masks = make_phantom(shape, np.random.default_rng([seed, i]), site)
         lab = label_volume(masks, structures)
-        for arr, dst in zip((np.rint(vol).astype(np.int16), lab), _paths(root, layout, i)):
+        for arr, dst in zip((np.rint(vol).astype(np.int16), lab), _paths(out, layout, i)):
             dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = tmp_dir / f"tmp-{dst.parent.name}-{dst.name}"
-            nib.save(nib.Nifti1Image(arr, affine), str(tmp))
-            os.replace(tmp, dst)
-            files.append(str(dst.relative_to(root)))
+            nib.save(nib.Nifti1Image(arr, affine), str(dst))
+            names.append(dst.relative_to(out).as_posix())
     if layout == "msd":
         ds = {"name": "phantom", "modality": {"0": "CT"},
               "labels": {"0": "background", **{str(i + 1): s for i, s in enumerate(structures)}},
               "numTraining": n_cases,
-              "training": [{"image": f"./{files[2 * i]}", "label": f"./{files[2 * i + 1]}"}
+              "training": [{"image": f"./{names[2 * i]}", "label": f"./{names[2 * i + 1]}"}
                            for i in range(n_cases)]}
-        _atomic_write_text(root / "dataset.json", json.dumps(ds, indent=1))
-        files.append("dataset.json")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    _atomic_write_text(manifest, json.dumps({"params": params, "files": files}, indent=1))
-    return root
+        (out / "dataset.json").write_text(json.dumps(ds, indent=1))
+        names.append("dataset.json")
+    return {name: _sha256(out / name) for name in names}

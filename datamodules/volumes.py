@@ -203,6 +203,8 @@ class VolumeCache:
         """Read, check and preprocess one volume (no cache involved)."""
         self.decode_count += 1
         x, _, _ = load_nifti(image)
+        if not np.isfinite(x).all():  # NaN would train to a NaN loss and write metrics as if nothing happened
+            raise DataError(f"image {image} has {int((~np.isfinite(x)).sum())} NaN/inf voxels")
         y = None
         if label is not None:
             y_raw, _, _ = load_nifti(label)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,14 +11,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from lightning_modules.atomic import temp_beside
+
 console = Console()
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to a temp file beside ``path`` and rename it over: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)  # the user's umask, not mkstemp's 0600
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)

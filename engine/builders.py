@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from engine.artifacts import atomic_write_text
+from engine.tracking import wandb_mode
 from lightning_modules.errors import ConfigError
 
 #: Keys a data config carries for interpolation by the model/module configs (``${data.num_classes}``),
@@ -69,7 +70,7 @@ def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
             continue
         extra: dict[str, Any] = {}
         if lg._target_.endswith("WandbLogger"):
-            extra = {"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow"}
+            extra = {"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow", "mode": wandb_mode(lg.get("mode"))}
             if job_type:
                 extra["job_type"] = job_type
         loggers.append(instantiate(lg, **extra))

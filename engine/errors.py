@@ -1,6 +1,7 @@
 """Which exceptions are the user's (bad path, key, value, file) and how they are shown: one clear line."""
 from __future__ import annotations
 
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import OmegaConfBaseException
 
 from datamodules.errors import DataError
@@ -15,6 +16,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError,  # e.g. federation.errors.FederationError (engine does not import federation)
     FileNotFoundError,
     OmegaConfBaseException,
+    MisconfigurationException,  # Lightning's own one-line config errors (e.g. trainer.max_epochs=-2)
 )
 
 

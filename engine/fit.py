@@ -9,13 +9,16 @@ validate/test pass returning ``{metric: value}``.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import WandbLogger
 
 from engine import artifacts
 from engine.builders import (
@@ -27,6 +30,9 @@ from engine.builders import (
     check_datamodule,
 )
 from engine.tracking import log_run_facts
+from lightning_modules.checkpoints import load_checkpoint
+from lightning_modules.errors import CheckpointError, ConfigError, one_line
+from lightning_modules.targets import check_targets
 
 log = logging.getLogger("engine.fit")
 
@@ -51,7 +57,7 @@ def fit_and_evaluate(trainer: pl.Trainer, module: pl.LightningModule, datamodule
     without ``evaluate_on`` or when the split is empty."""
     t0 = time.perf_counter()
     if fit:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - t0
     metrics: dict[str, float] = {}
     dataset = getattr(datamodule, f"{evaluate_on}_dataset", None) if evaluate_on else None
@@ -59,6 +65,42 @@ def fit_and_evaluate(trainer: pl.Trainer, module: pl.LightningModule, datamodule
         loader = getattr(datamodule, f"{evaluate_on}_dataloader")()
         metrics = evaluate(evaluator or trainer, module, loader, evaluate_on)
     return metrics, fit_seconds
+
+
+def is_debug(cfg: DictConfig) -> bool:
+    """A ``fast_dev_run`` (debug) run: no checkpoints, its metrics are not results."""
+    return bool((cfg.get("trainer") or {}).get("fast_dev_run"))
+
+
+def checked_ckpt(path: str | Path | None, what: str = "ckpt_path") -> dict[str, Any] | None:
+    """Load ``path`` with ``weights_only=True`` before Lightning sees it: a crafted pickle, a truncated
+    file or a missing one is one :class:`CheckpointError` naming it, and nothing in it runs."""
+    if not path:
+        return None
+    ckpt = load_checkpoint(path, what)
+    if "state_dict" not in ckpt:
+        raise CheckpointError(f"{what} {path} is not a Lightning checkpoint of this framework (no 'state_dict')")
+    return ckpt
+
+
+def test_only_cfg(cfg: DictConfig, ckpt: dict[str, Any], path: str) -> DictConfig:
+    """Test-only runs (``train=false ckpt_path=...``) build the net from the checkpoint's own (allow-listed)
+    net config, as predict does, not from the command line's default model."""
+    stored = (ckpt.get("hyper_parameters") or {}).get("net")
+    if not isinstance(stored, Mapping):
+        return cfg
+    try:
+        check_targets(stored, f"checkpoint {path} net")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from err
+    declared = (cfg.get("data") or {}).get("num_classes")
+    for key in ("classes", "num_classes", "out_channels"):
+        if declared is not None and key in stored and int(stored[key]) != int(declared):
+            raise CheckpointError(f"ckpt_path {path} predicts {key}={stored[key]} but data.num_classes={declared}")
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.module.net = OmegaConf.create(dict(stored))
+    return cfg
 
 
 def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
@@ -70,6 +112,15 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     """
     pl.seed_everything(cfg.seed, workers=True)
     out = output_dir(cfg)
+    train = bool(cfg.get("train", True))
+    ckpt_path = cfg.get("ckpt_path")
+    if cfg.get("resume"):
+        last = out / "checkpoints" / "last.ckpt"
+        ckpt_path = str(last) if last.exists() else ckpt_path
+        log.info("resume: %s", ckpt_path or "no checkpoint yet, starting fresh")
+    given = checked_ckpt(ckpt_path)
+    if given is not None and not train and module is None:
+        cfg = test_only_cfg(cfg, given, str(ckpt_path))
     datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -78,19 +129,20 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
     log_run_facts(trainer, module, cfg)
+    if given is not None and not train:  # test-only: the checkpoint's weights, loaded strictly
+        try:
+            module.load_state_dict(given["state_dict"])
+        except RuntimeError as err:
+            raise CheckpointError(f"ckpt_path {ckpt_path} holds another model than module "
+                                  f"{type(module).__name__} builds ({one_line(err)})") from err
 
-    ckpt_path = cfg.get("ckpt_path")
-    if cfg.get("resume"):
-        last = out / "checkpoints" / "last.ckpt"
-        ckpt_path = str(last) if last.exists() else ckpt_path
-        log.info("resume: %s", ckpt_path or "no checkpoint yet, starting fresh")
-    _, fit_seconds = fit_and_evaluate(trainer, module, datamodule, ckpt_path=ckpt_path, fit=cfg.get("train", True))
+    _, fit_seconds = fit_and_evaluate(trainer, module, datamodule, ckpt_path=ckpt_path, fit=train)
     metrics: dict[str, Any] = {}
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        test_ckpt = best or (ckpt_path if not cfg.get("train", True) else None)
-        trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt or None, weights_only=False)
-        metrics["test_checkpoint"] = test_ckpt or "last weights"
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback and train else ""
+        checked_ckpt(best, "best checkpoint")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics["test_checkpoint"] = best or (str(ckpt_path) if given is not None and not train else "last weights")
     if hasattr(module, "summary_metrics"):
         metrics.update(module.summary_metrics())
     for cb in callbacks:  # e.g. callbacks.throughput: parameters, FLOPs, images/s, peak memory
@@ -98,20 +150,25 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     metrics["fit_seconds"] = fit_seconds
     metrics["num_parameters"] = sum(p.numel() for p in module.net.parameters())
     metrics.update(extra_metrics or {})
+    monitor = getattr(trainer.checkpoint_callback, "monitor", None)
+    best_score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    if train and monitor and best_score is not None:  # what a sweeper optimises: the best validation score
+        metrics[f"{monitor}_best"] = float(best_score)
+    if is_debug(cfg):
+        metrics["debug"] = True  # fast_dev_run: experiments.report leaves it out of its tables
     if trainer.is_global_zero:
         artifacts.write_json(out / "metrics.json", metrics)
         _report(cfg, module, metrics, trainer)
     for lg in trainer.loggers:  # close the W&B run so its summary and config are written to disk
-        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
+        if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
             lg.experiment.finish()
     return metrics
 
 
 def _report(cfg: DictConfig, module: Any, metrics: dict, trainer: pl.Trainer) -> None:
-    for lg in trainer.loggers:
-        experiment = getattr(lg, "experiment", None)
-        if hasattr(experiment, "summary"):
-            experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    for lg in trainer.loggers:  # fast_dev_run swaps loggers for Lightning's DummyLogger: W&B loggers only
+        if isinstance(lg, WandbLogger):
+            lg.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     if cfg.get("print_per_case") and getattr(module, "test_per_case", None):
         artifacts.print_case_table(module.test_per_case, module.test_summary, "test: per case (volume)")
     else:

@@ -1,14 +1,39 @@
 """Facts every run logs for comparison: resolved config, code version, environment, model size."""
 from __future__ import annotations
 
+import logging
+import os
 import platform
+import socket
 import subprocess
+from urllib.parse import urlparse
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+
+log = logging.getLogger("engine.tracking")
+
+
+def wandb_mode(requested: str | None) -> str | None:
+    """``online`` only when the W&B server answers within ``FEDMED_WANDB_TIMEOUT`` seconds (default 10);
+    otherwise one warning and ``offline`` (``wandb sync`` uploads the run later), never a long hang."""
+    if requested != "online":
+        return requested
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    parsed = urlparse(url)
+    timeout = float(os.environ.get("FEDMED_WANDB_TIMEOUT", "10"))
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        socket.create_connection((parsed.hostname or "", port), timeout=timeout).close()
+        return "online"
+    except (OSError, ValueError) as err:
+        log.warning("W&B server %s unreachable within %.0f s (%s): logging offline; upload later with "
+                    "`wandb sync <run dir>/wandb/offline-run-*`", url, timeout, type(err).__name__)
+        return "offline"
 
 
 def git_sha(cwd: str | Path | None = None) -> str:

@@ -4,6 +4,11 @@ Collects every run dir (one with ``metrics.json``, or ``failed.json`` for a job 
 given paths, groups runs by their Hydra overrides minus ``seed``, and writes a comparison table — one row
 per method, mean ± std over seeds, the best value per column in bold — as Markdown and CSV, plus
 learning-curve PNGs. Failed jobs are listed with their error line; no runs at all is an error.
+
+Only results count by default: debug runs (``trainer.fast_dev_run``, marked ``"debug": true`` in
+``metrics.json``), crashed runs (``failed.json``) and unfinished ones (a run dir with ``.hydra/`` or
+``config.yaml`` but neither file) stay out of the tables; they are counted in one line, and ``--all``
+puts debug runs in the tables and lists the crashed and unfinished ones.
 """
 from __future__ import annotations
 
@@ -35,8 +40,32 @@ def find_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
     return sorted(done), sorted(failed - done)
 
 
-def run_overrides(run: Path, drop: tuple[str, ...] = ("seed",)) -> list[str]:
-    """A run's Hydra overrides (``.hydra/overrides.yaml``), minus the seed."""
+def find_unfinished(paths: list[str]) -> list[Path]:
+    """Run dirs (``.hydra/`` or ``config.yaml``) with neither ``metrics.json`` nor ``failed.json``: killed
+    or crashed before the end."""
+    found = set()
+    for pattern in paths:
+        for root in [Path(p) for p in glob.glob(pattern)] or [Path(pattern)]:
+            found.update(p.parent for p in root.rglob(".hydra") if p.is_dir())
+            found.update(p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra")
+    return sorted(r for r in found if not (r / "metrics.json").is_file() and not (r / "failed.json").is_file()
+                  and r.name not in ("teacher", "files"))
+
+
+def is_debug(run: Path) -> bool:
+    """A ``fast_dev_run`` run: its numbers come from one batch and are not results."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    if metrics.get("debug"):
+        return True
+    cfg = run / "config.yaml"
+    if cfg.is_file():
+        trainer = (yaml.safe_load(cfg.read_text()) or {}).get("trainer") or {}
+        return bool(trainer.get("fast_dev_run"))
+    return False
+
+
+def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list[str]:
+    """A run's Hydra overrides (``.hydra/overrides.yaml``), minus the seed and ``resume``."""
     path = run / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
     return [o for o in overrides or [] if o.split("=")[0].lstrip("+~") not in drop]
@@ -142,11 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", nargs="*", default=None, help=f"metric keys (default: those of {DEFAULT_KEYS} present)")
     parser.add_argument("--out", default=None, help="output folder (default: the first path)")
     parser.add_argument("--curve", default="val/dice", help="metric to plot per epoch")
+    parser.add_argument("--all", action="store_true",
+                        help="also debug (fast_dev_run) runs in the tables, and list unfinished runs")
     args = parser.parse_args(argv)
     runs, failed = find_runs(args.paths)
     if not runs and not failed:
         print(f"error: no runs (metrics.json or failed.json) under {' '.join(args.paths)}", file=sys.stderr)
         return 2
+    debug = [r for r in runs if is_debug(r)]
+    unfinished = find_unfinished(args.paths)
+    if not args.all:
+        runs = [r for r in runs if r not in debug]
     keys = tuple(args.keys) if args.keys else None
     groups, ordered = collect(runs, keys)
     if keys is None:
@@ -158,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     fails = failures(failed)
     if fails:
         md += f"\nFailed runs ({len(fails)}):\n" + "\n".join(fails) + "\n"
+    if args.all and unfinished:
+        md += f"\nUnfinished runs ({len(unfinished)}):\n" + "\n".join(f"- `{r}`" for r in unfinished) + "\n"
+    if not args.all and (debug or unfinished):
+        md += (f"\nLeft out: {len(debug)} debug (fast_dev_run) and {len(unfinished)} unfinished run(s); "
+               f"`--all` includes them.\n")
     out = Path(args.out or args.paths[0])
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.csv", csv_text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,25 @@ import datamodules.medmnist  # noqa: E402,F401  (registers the ${medmnist:...} r
 from engine import artifacts  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
+from lightning_modules import targets  # noqa: E402
 
 log = logging.getLogger("experiments.run")
+
+#: per-process suffix of run/sweep dirs: two runs started in the same second never share a run dir
+#: (and so never a checkpoint or a W&B id, which live in it)
+RUN_UID = f"{os.getpid() % 100000:05d}{secrets.token_hex(2)}"
+
+
+def _run_dir(resume: Any, default: str) -> str:
+    """``hydra.run.dir``: the resumed run's own folder for ``resume=<run dir>`` (no stray new folder)."""
+    if isinstance(resume, str) and resume not in ("true", "false") and (Path(resume) / "checkpoints").is_dir():
+        return str(Path(resume).resolve())
+    return default
+
+
+for _name, _fn in (("fedmed_uid", lambda: RUN_UID), ("fedmed_run_dir", _run_dir)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
 
 
 def dispatch(cfg: DictConfig) -> dict[str, Any]:
@@ -51,9 +69,10 @@ def main(cfg: DictConfig) -> float | None:
             sys.exit(2)
         with open_dict(cfg):
             cfg.paths.output_dir = str(Path(resume).resolve())
+    targets.allow(cfg.get("allow_targets"))
     out = output_dir(cfg)
-    artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:
+        artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         metrics = dispatch(cfg)
     except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
         err = find_user_error(exc)
@@ -66,8 +85,18 @@ def main(cfg: DictConfig) -> float | None:
             return None
         print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
-    value = metrics.get(f"test/{cfg.module.get('monitor', 'val/dice').split('/')[-1]}")
-    return float(value) if isinstance(value, (int, float)) else None
+    return objective(cfg, metrics)
+
+
+def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """What a Hydra sweeper optimises: the best *validation* score of ``module.monitor`` (never a test
+    metric, which would select hyper-parameters on the test set)."""
+    monitor = str(cfg.module.get("monitor", "val/dice"))
+    for key in (f"{monitor}_best", monitor):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
 
 
 if __name__ == "__main__":

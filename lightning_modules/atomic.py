@@ -2,10 +2,23 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def temp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new, uniquely named file beside ``path`` (parents created), opened for writing: ``(fd, name)``.
+    Unlike ``tempfile.mkstemp`` (always 0600) it is created 0666 minus the user's umask, so a renamed
+    result is as readable as any file the user writes (0644 typically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
 
 
 @contextmanager
@@ -13,8 +26,7 @@ def atomic_output(path: str | Path, suffix: str | None = None) -> Iterator[Path]
     """Yield a temp path in ``path``'s folder; on normal exit it replaces ``path`` (readers never see half
     a file), on error it is removed. ``suffix`` keeps extensions that writers inspect (``.nii.gz``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
+    fd, tmp = temp_beside(path, suffix or ".tmp")
     os.close(fd)
     try:
         yield Path(tmp)

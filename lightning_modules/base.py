@@ -14,6 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lightning_modules.errors import ConfigError
+from lightning_modules.targets import check_targets
+
 LossTerm = Callable[["BaseModule"], torch.Tensor]
 
 
@@ -22,12 +25,28 @@ def build(obj: Any, *args: Any, what: str = "object") -> Any:
 
     Module configs use ``_recursive_: false`` so that nets, losses and optimisers reach the module as
     configs: the module keeps them in ``hparams`` and a checkpoint alone can rebuild the whole run.
+    Every ``_target_`` in ``obj`` (nested ones too) must pass :func:`lightning_modules.targets.check_targets`:
+    a config read from a checkpoint is data, never a way to call an arbitrary function.
     """
     if isinstance(obj, (Mapping, DictConfig)):
         if "_target_" not in obj:
             raise TypeError(f"{what} config has no _target_: {dict(obj)}")
+        check_targets(obj, what)
         return instantiate(obj, *args, _convert_="all")
     return obj
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    """Build the optimiser once on a dummy parameter: a negative lr or weight decay, or betas outside
+    [0, 1), is a :class:`ConfigError` naming the value now, not a traceback when training starts."""
+    if not isinstance(optimizer, (Mapping, DictConfig)):
+        return
+    try:
+        build(optimizer, what="module.optimizer")([nn.Parameter(torch.zeros(1))])
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"module.optimizer ({optimizer.get('_target_')}): {err}") from err
 
 
 def to_plain(cfg: Any) -> Any:
@@ -59,6 +78,7 @@ class BaseModule(pl.LightningModule):
         if regulariser is not None:  # e.g. paper 003's VAE branch: a partial that wraps the net
             self.net = build(regulariser, what="regulariser")(self.net)
         self.optimizer_factory = optimizer
+        _check_optimizer(optimizer)
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.monitor = monitor

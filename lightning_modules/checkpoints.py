@@ -15,19 +15,10 @@ from torch import nn
 
 from lightning_modules.atomic import atomic_output
 from lightning_modules.base import build
+from lightning_modules.errors import CheckpointError, one_line
 
 #: net hyper-parameters compared between a checkpoint's stored net config and an expected one.
 ARCH_KEYS = ("_target_", "in_channels", "classes", "preset", "width", "filters", "encoder_name", "decoder")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not exist, does not load, or holds another model."""
-
-
-def one_line(err: BaseException) -> str:
-    """An exception as one line: its type and the first line of its message."""
-    msg = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-    return f"{type(err).__name__}: {msg}"
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:

@@ -24,7 +24,6 @@ and written as ``confusion_matrix_test.png`` (logged to W&B when a ``WandbLogger
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from torchmetrics import MeanMetric, Metric, MetricCollection  # noqa: E402
 from torchmetrics import classification as tmc  # noqa: E402
 
 from datamodules.classification import normalize_task  # noqa: E402
+from lightning_modules.atomic import temp_beside  # noqa: E402
 from lightning_modules.base import BaseModule, to_plain  # noqa: E402
 
 SPLITS = ("train", "val", "test")
@@ -91,8 +91,7 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], title: str) -> pl
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Atomic PNG write (temp file + rename); closes ``fig``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path, ".png")  # the user's umask, not mkstemp's 0600
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=120)

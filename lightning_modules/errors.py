@@ -4,7 +4,7 @@
 subclasses it for its own user errors, so ``engine.errors`` recognises them without importing those
 packages.
 """
-from lightning_modules.checkpoints import CheckpointError, one_line
+from __future__ import annotations
 
 
 class UserError(Exception):
@@ -13,6 +13,16 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config value that cannot work, named by its key."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that does not exist, does not load, or holds another model."""
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    msg = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+    return f"{type(err).__name__}: {msg}"
 
 
 __all__ = ["UserError", "ConfigError", "CheckpointError", "one_line"]

@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAUROC, MulticlassROC
 
 from lightning_modules.base import BaseModule, build, to_plain
+from lightning_modules.errors import ConfigError
 from lightning_modules.losses.hybrid import class_probabilities
 from lightning_modules.metrics import PerCaseConfusion, case_scores, summarise
 
@@ -66,7 +67,9 @@ class SegmentationModule(BaseModule):
             }
         )
         if eval_slices not in ("all", "foreground"):
-            raise ValueError(f"module.eval_slices must be 'all' or 'foreground', got {eval_slices!r}")
+            raise ConfigError(f"module.eval_slices must be 'all' or 'foreground', got {eval_slices!r}")
+        if fg_threshold is not None and not 0.0 < float(fg_threshold) < 1.0:
+            raise ConfigError(f"module.fg_threshold must be in (0, 1) or null, got {fg_threshold}")
         self.loss = build(loss, what="loss")
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]

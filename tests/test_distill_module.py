@@ -64,12 +64,14 @@ def test_train_step_keeps_teacher_frozen_and_trains_adapters():
     assert all(not p.requires_grad for p in module.teacher.parameters())
     before = copy.deepcopy(module.teacher.state_dict())
     opt = module.configure_optimizers()
+    module.teacher.requires_grad_(True)  # so "no teacher gradient" is the step's doing (no_grad), not the flag's
     loss = module.training_step(batch(), 0)
     loss.backward()
     heads = [module.kd_loss.early_head, *module.kd_loss.mid_heads]
     for head in heads:  # adapters (predictive heads) receive gradients
         assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in module.teacher.parameters())
+    assert all(p.requires_grad and p.grad is None for p in module.teacher.parameters())
+    module.teacher.requires_grad_(False)
     opt.step()
     after = module.teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical, BN buffers included

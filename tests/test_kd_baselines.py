@@ -24,12 +24,12 @@ def identical_roles() -> dict:
 def random_roles() -> dict:
     torch.manual_seed(2)
 
-    def s(*shape):
+    def s(*shape):  # teacher tensors require grad too: "the teacher gets no gradient" can then fail
         return torch.randn(*shape, requires_grad=True)
-    return {"student_logits": s(2, K, 8, 8), "teacher_pred_late": torch.randn(2, K, 8, 8),
+    return {"student_logits": s(2, K, 8, 8), "teacher_pred_late": s(2, K, 8, 8),
             "student_mid": [s(2, 3, 8, 8), s(2, 5, 4, 4)],
-            "teacher_mid": [torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)],
-            "student_late": s(2, 5, 4, 4), "teacher_late": torch.randn(2, 7, 2, 2),
+            "teacher_mid": [s(2, 4, 8, 8), s(2, 6, 4, 4)],
+            "student_late": s(2, 5, 4, 4), "teacher_late": s(2, 7, 2, 2),
             "mask": torch.randint(0, K, (2, 8, 8))}
 
 
@@ -71,7 +71,8 @@ def test_baseline_positive_and_differentiable(name):
     assert grads and all(torch.isfinite(g).all() for g in grads)
     for p in loss.parameters():  # HIFD heads
         assert p.grad is not None and torch.isfinite(p.grad).all()
-    assert all(roles[k].grad is None for k in ("teacher_pred_late", "teacher_late"))
+    teacher = [roles["teacher_pred_late"], roles["teacher_late"], *roles["teacher_mid"]]
+    assert all(t.requires_grad and t.grad is None for t in teacher)  # the loss detaches the teacher side
 
 
 def test_required_roles_checked():
@@ -117,3 +118,64 @@ def test_pixel_kd_weight():
     roles = random_roles()
     out = PixelKDLoss(temperature=4.0, weight=0.5)(roles)
     assert out["total_kd"].item() == pytest.approx(0.5 * out["pixel"].item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- hand-computed values (issue 10)
+# One sample, 2 classes, a 1x2 image: every term below is worked out on paper from the method's formula,
+# not from the module's helpers. Shared numbers:
+#   KL((.75,.25) || (.5,.5)) = .75 ln 1.5 + .25 ln .5          (teacher softmax (.75,.25), student uniform)
+#   attention maps (p = 4, mean over channels of |z|^4, L2-normalised): (1,0) vs (1,1)/sqrt2 -> 2 - sqrt2
+#   cosine of nodes (1,0),(0,1) = 0; of (1,0),(1,1) = 1/sqrt2
+import math  # noqa: E402
+
+KL_75_50 = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+ATT_10_11 = 2.0 - math.sqrt(2.0)
+
+
+def _t(*rows) -> torch.Tensor:
+    """[1, C, 1, W] from per-channel rows."""
+    return torch.tensor([[[list(r)] for r in rows]], dtype=torch.float32)
+
+
+def test_skd_hand_computed():
+    """SKD (Liu et al. 2019): pixel KD at T=1 + pair-wise similarity distillation, weights 0.1 / 0.9."""
+    roles = {"student_logits": _t((0, 0), (0, 0)), "teacher_pred_late": _t((math.log(3), 0), (0, 0)),
+             "student_late": _t((1, 0), (0, 1)), "teacher_late": _t((1, 1), (0, 1))}
+    out = SKDLoss(temperature=1.0, pool_size=(1, 2))(roles)
+    pixel = KL_75_50 / 2  # pixel 1: KL(.75,.25 || .5,.5); pixel 2: identical -> 0; mean over 2 pixels
+    pair = (0 + 0.5 + 0.5 + 0) / 4  # a^s = [[1,0],[0,1]], a^t = [[1,1/sqrt2],[1/sqrt2,1]]: mean of squared diffs
+    assert out["pixel"].item() == pytest.approx(pixel, rel=1e-5)
+    assert out["pairwise"].item() == pytest.approx(pair, rel=1e-5)
+    assert out["total_kd"].item() == pytest.approx(0.1 * pixel + 0.9 * pair, rel=1e-5)
+
+
+def test_dkd_hand_computed():
+    """DKD/EMKD (Qin et al. 2021): PMD (T=4) + IMD (attention, p=4) + RAD (region affinity), 0.1/0.9/0.9."""
+    roles = {"student_logits": _t((0, 0), (0, 0)), "teacher_pred_late": _t((4 * math.log(3), 0), (0, 0)),
+             "student_mid": [_t((1, 0))], "teacher_mid": [_t((1, 1))],
+             "student_late": _t((1, 0), (0, 1)), "teacher_late": _t((1, 1), (0, 1)),
+             "mask": torch.tensor([[[0, 1]]])}
+    out = DKDLoss()(roles)
+    pmd = 16 * KL_75_50 / 2  # T^2 * mean over pixels; softmax((4 ln 3, 0) / 4) = (.75, .25)
+    imd = ATT_10_11
+    rad = (0 - 1 / math.sqrt(2)) ** 2  # class prototypes = the two pixels; one pair (0, 1)
+    assert out["pmd"].item() == pytest.approx(pmd, rel=1e-5)
+    assert out["imd"].item() == pytest.approx(imd, rel=1e-5)
+    assert out["rad"].item() == pytest.approx(rad, rel=1e-5)
+    assert out["total_kd"].item() == pytest.approx(0.1 * pmd + 0.9 * imd + 0.9 * rad, rel=1e-5)
+
+
+def test_hifd_hand_computed():
+    """HIFD (Luo et al. 2023) as paper 001 extends it: sum_j attention(z_j^s, z_late^t) and
+    mean_j T^2 KL(p_late^t || softmax(z_j^s / T)) (identity heads: the student layers hold logits)."""
+    s1, s2 = _t((1, 0), (0, 0)), _t((1, 1), (1, 1))
+    roles = {"student_mid": [s1, s2], "teacher_late": _t((1, 1)),
+             "teacher_pred_late": _t((4 * math.log(3), 0), (0, 0))}
+    out = HIFDLoss(classes=2, student_mid_channels=[None, None])(roles)
+    feature = ATT_10_11 + 0.0  # A(s1) = (1,0) vs (1,1)/sqrt2; A(s2) = A(t)
+    e = math.exp(0.25)  # s1 pixel 1: softmax((1, 0) / 4) = (e, 1) / (e + 1)
+    kl_s1 = 0.75 * math.log(0.75 * (e + 1) / e) + 0.25 * math.log(0.25 * (e + 1))
+    pixel = (16 * kl_s1 / 2 + 16 * KL_75_50 / 2) / 2  # pixel 2 is uniform for teacher and both students
+    assert out["feature"].item() == pytest.approx(feature, rel=1e-5)
+    assert out["pixel"].item() == pytest.approx(pixel, rel=1e-5)
+    assert out["total_kd"].item() == pytest.approx(0.9 * feature + 0.1 * pixel, rel=1e-5)

@@ -1,0 +1,85 @@
+"""Which ``_target_``s :func:`lightning_modules.base.build` may instantiate: configs read from files are data.
+
+A checkpoint stores its net, loss, optimiser and scheduler as ``_target_`` configs so that it can rebuild the
+run; a crafted checkpoint could name ``shutil.copyfile`` or ``builtins.open`` instead. Every ``_target_``
+(nested ones included) must therefore *resolve* to a class defined in the project's packages, a well-known
+net library or ``torch.nn`` / ``torch.optim`` (the string alone is not enough: ``engine.distill.shutil.copyfile``
+resolves to :func:`shutil.copyfile`), and be a network, loss, optimiser or scheduler class. Prefixes given
+in the config key ``allow_targets`` (or ``FEDMED_ALLOW_TARGETS``, comma separated) are trusted as they are.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+
+from lightning_modules.errors import ConfigError
+
+#: the project's own packages
+PROJECT_PACKAGES = ("lightning_modules", "datamodules", "callbacks", "federation", "engine")
+#: well-known network libraries and torch's building blocks (losses, optimisers, schedulers)
+LIBRARY_PACKAGES = ("segmentation_models_pytorch", "monai.networks.nets", "torchvision.models", "torch.nn",
+                    "torch.optim")
+#: what an allowed class must be: a network/loss, an optimiser or a learning-rate scheduler
+ALLOWED_BASES: tuple[type, ...] = (nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
+                                   torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+ENV = "FEDMED_ALLOW_TARGETS"
+
+
+def allow(prefixes: Iterable[str] | None) -> None:
+    """Trust these module prefixes as well (the ``allow_targets`` config key). Kept in the environment so
+    worker processes (Ray clients, DDP ranks) apply the same list."""
+    extra = [str(p).strip() for p in (prefixes or []) if str(p).strip()]
+    if extra:
+        os.environ[ENV] = ",".join(dict.fromkeys([*_extra_prefixes(), *extra]))
+
+
+def _extra_prefixes() -> tuple[str, ...]:
+    return tuple(p.strip() for p in os.environ.get(ENV, "").split(",") if p.strip())
+
+
+def _under(name: str, prefixes: Iterable[str]) -> bool:
+    return any(name == p.rstrip(".") or name.startswith(p.rstrip(".") + ".") for p in prefixes)
+
+
+def check_target(target: Any, what: str = "object") -> None:
+    """Raise :class:`ConfigError` (one line naming ``target``) unless ``target`` may be instantiated."""
+    if not isinstance(target, str):
+        raise ConfigError(f"{what} _target_ {target!r} is not a dotted name; refused")
+    if _under(target, _extra_prefixes()):
+        return
+    allowed = PROJECT_PACKAGES + LIBRARY_PACKAGES
+    refused = (f"{what} _target_ {target!r} refused: only net/loss/optimiser/scheduler classes of the project, "
+               f"smp, monai.networks.nets, torchvision.models or torch.nn/optim are built (trust more with "
+               f"allow_targets=[prefix])")
+    if not _under(target, allowed):
+        raise ConfigError(refused)
+    try:
+        obj = get_object(target)
+    except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
+        raise ConfigError(f"{what} _target_ {target!r} does not resolve ({type(err).__name__})") from err
+    module = getattr(obj, "__module__", None) or ""
+    if not (inspect.isclass(obj) and _under(module, allowed) and issubclass(obj, ALLOWED_BASES)):
+        raise ConfigError(refused)
+
+
+def check_targets(cfg: Any, what: str = "object") -> None:
+    """:func:`check_target` on every ``_target_`` in ``cfg``, however deeply nested."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+    if isinstance(cfg, Mapping):
+        for key, value in cfg.items():
+            if key == "_target_":
+                check_target(value, what)
+            else:
+                check_targets(value, f"{what}.{key}")
+    elif isinstance(cfg, (list, tuple)):
+        for i, value in enumerate(cfg):
+            check_targets(value, f"{what}[{i}]")

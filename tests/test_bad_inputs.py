@@ -1,0 +1,289 @@
+"""Issue 10: every bad input through the real entry point (``python -m experiments.run``) gives exit code 2,
+one line starting ``error`` that names the culprit, no traceback, and no half-written output (no
+``metrics.json``, no checkpoint). Most cases fail before training, on tiny phantoms generated once.
+Federation and predict cases live in tests/test_bad_inputs_federation.py and tests/test_bad_inputs_predict.py.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from datamodules.synthetic import MANIFEST, write_phantom_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
+        "data.synthetic.shape=[48,48,10]", "trainer.max_epochs=1", "logger=csv", "callbacks=default",
+        "~callbacks.rich_progress_bar", "~callbacks.throughput"]
+KD = ["+exp=lits_hlfd", "data.image_size=32", "data.batch_size=4", "data.synthetic.n_cases=6",
+      "data.synthetic.shape=[48,48,10]", "trainer.max_epochs=1", "logger=csv", "module.example_size=32"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """Phantoms (the shapes BASE asks for, so nothing is regenerated) and a framework checkpoint, built
+    in-process without training."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    data = root / "data"
+    write_phantom_dataset(data / "synthetic_lits", "lits", n_cases=6, shape=(48, 48, 10), seed=0)
+    from lightning_modules.segmentation import SegmentationModule
+
+    net = {"_target_": "lightning_modules.nets.dnet.DNet", "in_channels": 1, "classes": 2, "width": 4}
+    loss = {"_target_": "lightning_modules.losses.hybrid.HybridCEDiceLoss"}
+    module = SegmentationModule(net, loss, num_classes=2)
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    torch.save(ckpt, root / "dnet.ckpt")
+    return {"root": root, "data": data, "ckpt": ckpt}
+
+
+def lits_copy(env: dict, tmp: Path) -> Path:
+    """A plain LiTS-layout folder (no manifest) to break, for ``data=lits``."""
+    dst = tmp / "lits"
+    shutil.copytree(env["data"] / "synthetic_lits", dst, ignore=shutil.ignore_patterns(".*", MANIFEST))
+    return dst
+
+
+def save_ckpt(env: dict, tmp: Path, name: str = "c.ckpt", **hp) -> Path:
+    ckpt = {"state_dict": env["ckpt"]["state_dict"],
+            "hyper_parameters": {**env["ckpt"]["hyper_parameters"], **hp}}
+    torch.save(ckpt, tmp / name)
+    return tmp / name
+
+
+class Marker:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def _nifti(path: Path, array: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+
+
+# -------------------------------------------------------------------------------- the cases
+# name -> (setup(env, tmp) -> (overrides, culprit)); overrides are added to BASE unless they start with +exp
+Setup = Callable[[dict, Path], tuple[list[str], str]]
+
+
+def _text_file(env, tmp):
+    (tmp / "notes.ckpt").write_text("not a checkpoint")
+    return ["train=false", f"ckpt_path={tmp / 'notes.ckpt'}"], "notes.ckpt"
+
+
+def _truncated(env, tmp):
+    save_ckpt(env, tmp, "full.ckpt")
+    (tmp / "cut.ckpt").write_bytes((tmp / "full.ckpt").read_bytes()[:200])
+    return ["train=false", f"ckpt_path={tmp / 'cut.ckpt'}"], "cut.ckpt"
+
+
+def _list_pickle(env, tmp):
+    torch.save([1, 2, 3], tmp / "list.ckpt")
+    return ["train=false", f"ckpt_path={tmp / 'list.ckpt'}"], "list.ckpt"
+
+
+def _no_state_dict(env, tmp):
+    torch.save({"epoch": 3}, tmp / "bare.ckpt")
+    return ["train=false", f"ckpt_path={tmp / 'bare.ckpt'}"], "bare.ckpt"
+
+
+def _pickle(env, tmp):
+    torch.save({"state_dict": {"x": Marker(str(tmp / "pwned"))}}, tmp / "evil.ckpt")
+    return ["train=false", f"ckpt_path={tmp / 'evil.ckpt'}"], "evil.ckpt"
+
+
+def _other_arch(env, tmp):
+    net = {"_target_": "lightning_modules.nets.unet3plus.UNet3Plus", "in_channels": 1, "classes": 2, "width": 4}
+    return ["train=false", f"ckpt_path={save_ckpt(env, tmp, net=net)}"], "c.ckpt"
+
+
+def _other_classes(env, tmp):
+    net = {**env["ckpt"]["hyper_parameters"]["net"], "classes": 3}
+    return ["train=false", f"ckpt_path={save_ckpt(env, tmp, net=net)}"], "classes=3"
+
+
+def _target(env, tmp):
+    net = {"_target_": "os.system", "command": f"touch {tmp / 'pwned'}"}
+    return ["train=false", f"ckpt_path={save_ckpt(env, tmp, net=net)}"], "os.system"
+
+
+def _resume_crafted(env, tmp):
+    (tmp / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {"x": Marker(str(tmp / "pwned"))}}, tmp / "run" / "checkpoints" / "last.ckpt")
+    return [f"resume={tmp / 'run'}"], "last.ckpt"
+
+
+def _teacher_other_arch(env, tmp):  # distill.teacher.model is nested_unet, the checkpoint a D-Net
+    return [*KD, f"distill.teacher.ckpt={save_ckpt(env, tmp, 'dnet_teacher.ckpt')}"], "dnet_teacher.ckpt"
+
+
+def _teacher_pickle(env, tmp):
+    torch.save({"state_dict": {"x": Marker(str(tmp / "pwned"))}}, tmp / "t.ckpt")
+    return [*KD, f"distill.teacher.ckpt={tmp / 't.ckpt'}"], "t.ckpt"
+
+
+def _teacher_target(env, tmp):
+    net = {"_target_": "builtins.open", "file": str(tmp / "pwned"), "mode": "w"}
+    return [*KD, "distill.teacher.model=null", f"distill.teacher.ckpt={save_ckpt(env, tmp, net=net)}"], "builtins.open"
+
+
+def _nan_image(env, tmp):
+    root = lits_copy(env, tmp)
+    img = nib.load(str(root / "volume-2.nii.gz"))
+    vol = np.asarray(img.dataobj, dtype=np.float32)
+    vol[10, 10, 3] = np.nan
+    _nifti(root / "volume-2.nii.gz", vol)
+    return ["data=lits", f"data.root={root}", "data.image_size=32", "data.num_workers=0"], "volume-2.nii.gz"
+
+
+def _missing_label(env, tmp):
+    root = lits_copy(env, tmp)
+    (root / "segmentation-4.nii.gz").unlink()
+    return ["data=lits", f"data.root={root}", "data.image_size=32", "data.num_workers=0"], "volume-4.nii.gz"
+
+
+def _label_values(env, tmp):
+    root = lits_copy(env, tmp)
+    _nifti(root / "segmentation-1.nii.gz", np.full((48, 48, 10), 7, np.uint8))
+    return ["data=lits", f"data.root={root}", "data.image_size=32", "data.num_workers=0"], "segmentation-1.nii.gz"
+
+
+def _shape_mismatch(env, tmp):
+    root = lits_copy(env, tmp)
+    _nifti(root / "segmentation-3.nii.gz", np.zeros((40, 48, 10), np.uint8))
+    return ["data=lits", f"data.root={root}", "data.image_size=32", "data.num_workers=0"], "segmentation-3.nii.gz"
+
+
+def _corrupt_nifti(env, tmp):
+    root = lits_copy(env, tmp)
+    (root / "volume-5.nii.gz").write_bytes(gzip.compress(b"garbage" * 50))
+    return ["data=lits", f"data.root={root}", "data.image_size=32", "data.num_workers=0"], "volume-5.nii.gz"
+
+
+def _empty_root(env, tmp):
+    (tmp / "empty").mkdir()
+    return ["data=lits", f"data.root={tmp / 'empty'}", "data.num_workers=0"], "empty"
+
+
+def _foreign_folder(env, tmp):
+    root = tmp / "mine"
+    root.mkdir()
+    (root / "notes.txt").write_text("my files")
+    return [f"data.root={root}"], "notes.txt"
+
+
+def _crafted_manifest(env, tmp):
+    root = tmp / "phantoms"
+    root.mkdir()
+    (tmp / "victim.txt").write_text("precious")
+    (root / MANIFEST).write_text(json.dumps({"params": {}, "files": {"../victim.txt": "0" * 64}}))
+    return [f"data.root={root}"], "../victim.txt"
+
+
+def _medmnist_outside_table(env, tmp):
+    rng = np.random.default_rng(0)
+    arrays = {f"{s}_images": rng.integers(0, 255, (n, 28, 28), dtype=np.uint8) for s, n in
+              (("train", 20), ("val", 6), ("test", 6))}
+    arrays |= {f"{s}_labels": rng.integers(0, 3, (n, 1)) for s, n in (("train", 20), ("val", 6), ("test", 6))}
+    np.savez(tmp / "mymnist.npz", **arrays)
+    return ["+exp=medmnist", f"data.root={tmp}", "data.flag=mymnist", "logger=csv"], "mymnist"
+
+
+def _medmnist_missing(env, tmp):
+    return ["+exp=medmnist", f"data.root={tmp}", "data.flag=pathmnist", "logger=csv"], "pathmnist"
+
+
+def simple(overrides: list[str], culprit: str) -> Setup:
+    return lambda env, tmp: (overrides, culprit)
+
+
+CASES: dict[str, Setup] = {
+    # checkpoints (test-only, resume, teacher)
+    "ckpt_missing": simple(["train=false", "ckpt_path=/nonexistent/best.ckpt"], "/nonexistent/best.ckpt"),
+    "ckpt_text_file": _text_file,
+    "ckpt_truncated": _truncated,
+    "ckpt_not_a_dict": _list_pickle,
+    "ckpt_no_state_dict": _no_state_dict,
+    "ckpt_crafted_pickle": _pickle,
+    "ckpt_other_architecture": _other_arch,
+    "ckpt_other_class_count": _other_classes,
+    "ckpt_crafted_target": _target,
+    "resume_not_a_run_dir": simple(["resume=/nonexistent/run"], "/nonexistent/run"),
+    "resume_crafted_last_ckpt": _resume_crafted,
+    "teacher_missing": simple([*KD, "distill.teacher.ckpt=/nonexistent/teacher.ckpt"], "/nonexistent/teacher.ckpt"),
+    "teacher_other_architecture": _teacher_other_arch,
+    "teacher_crafted_pickle": _teacher_pickle,
+    "teacher_crafted_target": _teacher_target,
+    # optimiser / module / trainer values
+    "negative_lr": simple(["module.optimizer.lr=-0.1"], "-0.1"),
+    "negative_weight_decay": simple(["module.optimizer.weight_decay=-1"], "weight_decay"),
+    "betas_out_of_range": simple(["module.optimizer.betas=[1.5,0.9]"], "beta"),
+    "eval_slices_unknown": simple(["module.eval_slices=some"], "module.eval_slices"),
+    "fg_threshold_out_of_range": simple(["module.fg_threshold=2"], "module.fg_threshold"),
+    "max_epochs_negative": simple(["trainer.max_epochs=-5"], "max_epochs"),
+    # data
+    "data_root_missing": simple(["data=lits", "data.root=/nonexistent/LiTS"], "/nonexistent/LiTS"),
+    "data_root_empty": _empty_root,
+    "nan_in_image": _nan_image,
+    "volume_without_label": _missing_label,
+    "label_values_outside_classes": _label_values,
+    "image_label_shape_mismatch": _shape_mismatch,
+    "corrupt_nifti": _corrupt_nifti,
+    "data_num_classes_wrong": simple(["data.num_classes=3"], "data.num_classes"),
+    "data_layout_unknown": simple(["data.layout=nope", "data.synthetic=null"], "data.layout"),
+    "data_target_unknown": simple(["data.target=nope"], "data.target"),
+    "data_window_inverted": simple(["data.window=[160,-40]"], "data.window"),
+    "synthetic_organs_wrong_layout": simple(["+data.synthetic.organs=[liver,spleen]"], "organs"),
+    "synthetic_layout_mismatch": simple(["+data.synthetic.layout=kits"], "data.synthetic.layout"),
+    "synthetic_into_foreign_folder": _foreign_folder,
+    "synthetic_crafted_manifest": _crafted_manifest,
+    "medmnist_missing_file": _medmnist_missing,
+    "medmnist_outside_table": _medmnist_outside_table,
+    # output
+    "output_dir_unwritable": lambda env, tmp: ((tmp / "file").write_text("x") and [f"paths.log_dir={tmp / 'file' / 'logs'}"],
+                                               str(tmp / "file")),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_exit_2(name, env, tmp_path):
+    overrides, culprit = CASES[name](env, tmp_path)
+    base = [] if overrides and overrides[0].startswith("+exp") else BASE
+    run = tmp_path / "run_out"
+    args = [*base, *overrides, f"paths.data_dir={env['data']}"]
+    if not any(a.startswith("paths.log_dir") for a in args):
+        args += [f"hydra.run.dir={run}"]
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stdout[-1500:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert culprit in errors[0], errors[0]
+    assert not (tmp_path / "pwned").exists(), "a crafted file ran code"
+    assert not (run / "metrics.json").exists() and not list(run.glob("checkpoints/*.ckpt")) or name.startswith("resume")
+    if name == "synthetic_crafted_manifest":
+        assert (tmp_path / "victim.txt").read_text() == "precious"
+
+
+def test_medmnist_outside_table_advice_is_enough(env, tmp_path):
+    """The error's advice alone (data.task, data.num_classes, data.in_channels) makes the file work."""
+    overrides, _ = _medmnist_outside_table(env, tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", *overrides, "data.task=multi-class",
+                           "data.num_classes=3", "data.in_channels=1", "model=small_cnn", "data.num_workers=0",
+                           "++trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]

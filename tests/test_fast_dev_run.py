@@ -1,0 +1,59 @@
+"""Issue 10 §4: ``python -m experiments.run +exp=<each exp> ++trainer.fast_dev_run=true`` exits 0 for every
+file in ``experiments/configs/exp/`` (tiny data overrides keep it fast), and the run is marked as debug."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import shared_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+EXPS = sorted(p.stem for p in (REPO / "experiments" / "configs" / "exp").glob("*.yaml"))
+PHANTOM = ["data.synthetic.n_cases=6", "data.synthetic.shape=[48,48,10]", "data.image_size=32", "data.batch_size=4"]
+FED = ["federation.rounds=1", "federation.progress=false"]
+#: per exp: extra overrides (tiny data), and the shared data folder it needs (None: embedded data)
+TINY: dict[str, tuple[list[str], str | None]] = {
+    "digits_cnn": ([], None),
+    "fed_digits_datashare": ([*FED, "federation.num_clients=4", "federation.clients_per_round=2"], None),
+    "fed_covid_datashare": ([*FED, "federation.num_clients=4", "federation.clients_per_round=2"],
+                            "covid-ct-ucsd-cropped"),
+    "fed_lits_dnet": ([*FED, "model.width=4"], None),
+    "fed_pancreas": (FED, None),
+    "segviz_fedbn": (FED, None),
+    "kits_hlfd": ([*PHANTOM, "module.example_size=32", "distill.teacher.model.width=4"], None),
+    "lits_hlfd": ([*PHANTOM, "module.example_size=32", "distill.teacher.model.width=4"], None),
+    "lits_dnet": ([*PHANTOM, "model.width=4"], None),
+    "medmnist": (["data.flag=breastmnist", "data.num_workers=0"], "medmnist-breastmnist"),
+    "medmnist_breast": (["data.num_workers=0"], "medmnist-breastmnist"),
+    "medmnist_decathlon": (["hydra.mode=RUN", "data.flag=breastmnist", "data.num_workers=0"], "medmnist-breastmnist"),
+}
+
+
+def test_every_exp_has_tiny_overrides():
+    assert sorted(TINY) == EXPS, "add the new exp to TINY in tests/test_fast_dev_run.py"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exp", EXPS)
+def test_fast_dev_run_exits_zero(exp, tmp_path):
+    extra, shared = TINY[exp]
+    if shared is not None:
+        folder = shared_data_dir() / shared
+        if not folder.is_dir():
+            pytest.skip(f"real data folder {folder} is absent")
+        extra = [*extra, f"data.root={folder}"]
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.run", f"+exp={exp}", "++trainer.fast_dev_run=true", "logger=csv",
+         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}", *extra],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    if "federation" not in exp and not exp.startswith(("fed_", "segviz")):
+        assert metrics.get("debug") is True  # experiments.report leaves it out of its tables

@@ -1,0 +1,265 @@
+"""Issue 10 §1-3: no file a user is handed can run code or delete files (crafted pickle, crafted ``_target_``
+in a checkpoint's config, crafted phantom manifest), through the real entry points."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+import torch
+
+from datamodules.errors import DataError
+from datamodules.synthetic import MANIFEST, write_phantom_dataset
+from lightning_modules.base import build
+from lightning_modules.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
+        "data.synthetic.shape=[48,48,10]", "trainer.max_epochs=1", "logger=csv", "callbacks=default",
+        "~callbacks.rich_progress_bar", "~callbacks.throughput"]
+TINY_KD = ["+exp=lits_hlfd", "data.image_size=32", "data.batch_size=4", "data.synthetic.n_cases=6",
+           "data.synthetic.shape=[48,48,10]", "trainer.max_epochs=1", "logger=csv", "module.example_size=32"]
+
+
+def run_cli(module: str, args: list[str], tmp: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
+           "FEDMED_LOG_DIR": str(tmp / "logs")}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *names: str) -> str:
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for name in names:
+        assert name in lines[0], lines[0]
+    return lines[0]
+
+
+class MakeMarker:
+    """Unpickling this calls ``os.mkdir(marker)``: proof that a pickle ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One tiny real run (shared): its run dir with checkpoints/best.ckpt, last.ckpt and config.yaml."""
+    tmp = tmp_path_factory.mktemp("trained")
+    proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={tmp / 'run'}"], tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp
+
+
+# ------------------------------------------------------------------ 1. pickles never run
+@pytest.mark.parametrize("name", ["best.ckpt", "last.ckpt"])
+def test_framework_checkpoints_load_weights_only(trained, name):
+    """Round trip: what the framework writes (hparams, callback/loop/optimizer states) is weights_only-loadable."""
+    ckpt = torch.load(trained / "run" / "checkpoints" / name, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["net"]["_target_"].endswith("DNet")
+    assert isinstance(ckpt["hyper_parameters"]["optimizer"], dict)  # a plain config, not a functools.partial
+
+
+def test_classification_checkpoint_loads_weights_only(tmp_path):
+    from lightning_modules.classification import ClassificationModule
+    import pytorch_lightning as pl
+
+    net = {"_target_": "lightning_modules.nets.classifiers.SmallCNN", "in_channels": 1, "num_classes": 3}
+    module = ClassificationModule(net, task="multi-class", num_classes=3,
+                                  optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, max_epochs=0, enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    ckpt = torch.load(tmp_path / "c.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["optimizer"]["_target_"] == "torch.optim.Adam"
+
+
+def _evil_ckpt(path: Path, marker: Path) -> Path:
+    torch.save({"state_dict": {"net.x": MakeMarker(marker)}, "hyper_parameters": {}}, path)
+    return path
+
+
+def test_crafted_pickle_as_test_ckpt_path_runs_nothing(trained, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _evil_ckpt(tmp_path / "evil.ckpt", marker)
+    proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", f"hydra.run.dir={tmp_path / 'r'}",
+                                       "train=false", f"ckpt_path={evil}"], tmp_path)
+    assert not marker.exists(), "the pickle ran"
+    assert_one_line_error(proc, "evil.ckpt")
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_crafted_last_ckpt_on_resume_runs_nothing(trained, tmp_path):
+    marker = tmp_path / "pwned"
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    _evil_ckpt(run / "checkpoints" / "last.ckpt", marker)
+    proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", f"resume={run}"], tmp_path)
+    assert not marker.exists(), "the pickle ran"
+    assert_one_line_error(proc, "last.ckpt")
+
+
+def test_crafted_pickle_as_teacher_runs_nothing(trained, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _evil_ckpt(tmp_path / "teacher.ckpt", marker)
+    proc = run_cli("experiments.run", [*TINY_KD, f"paths.data_dir={trained / 'data'}",
+                                       f"hydra.run.dir={tmp_path / 'r'}", f"distill.teacher.ckpt={evil}"], tmp_path)
+    assert not marker.exists(), "the pickle ran"
+    assert_one_line_error(proc, "teacher.ckpt")
+
+
+# ------------------------------------------------------------------ 2. a checkpoint's config is data
+def _crafted_config_ckpt(trained: Path, tmp: Path, net_cfg: dict) -> Path:
+    ckpt = torch.load(trained / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["net"] = net_cfg
+    (tmp / "run" / "checkpoints").mkdir(parents=True)
+    (tmp / "run" / "config.yaml").write_text((trained / "run" / "config.yaml").read_text())
+    torch.save(ckpt, tmp / "run" / "checkpoints" / "best.ckpt")
+    return tmp / "run" / "checkpoints" / "best.ckpt"
+
+
+def _victim(tmp: Path) -> tuple[Path, Path]:
+    victim = tmp / "victim.txt"
+    victim.write_text("precious")
+    return victim, tmp / "copied.txt"
+
+
+CRAFTED = {
+    "copyfile": lambda v, m: {"_target_": "shutil.copyfile", "src": str(v), "dst": str(m)},
+    "open": lambda v, m: {"_target_": "builtins.open", "file": str(m), "mode": "w"},
+    "attribute_of_project_module": lambda v, m: {"_target_": "engine.distill.shutil.copyfile", "src": str(v),
+                                                 "dst": str(m)},
+    "nested": lambda v, m: {"_target_": "lightning_modules.nets.dnet.DNet", "in_channels": 1, "classes": 2,
+                            "width": {"_target_": "builtins.open", "file": str(m), "mode": "w"}},
+}
+
+
+@pytest.mark.parametrize("kind", list(CRAFTED))
+def test_crafted_target_in_checkpoint_refused_by_predict(trained, tmp_path, kind):
+    victim, marker = _victim(tmp_path)
+    ckpt = _crafted_config_ckpt(trained, tmp_path, CRAFTED[kind](victim, marker))
+    volume = trained / "data" / "synthetic_lits" / "volume-0.nii.gz"
+    proc = run_cli("experiments.predict", [f"ckpt={ckpt}", f"input={volume}", f"output={tmp_path / 'seg.nii.gz'}"],
+                   tmp_path)
+    assert not marker.exists(), f"{kind} ran"
+    line = assert_one_line_error(proc, "_target_")
+    assert ("builtins.open" in line) or ("copyfile" in line)
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
+@pytest.mark.parametrize("kind", ["copyfile", "nested"])
+def test_crafted_target_in_checkpoint_refused_by_test_only_run(trained, tmp_path, kind):
+    victim, marker = _victim(tmp_path)
+    ckpt = _crafted_config_ckpt(trained, tmp_path, CRAFTED[kind](victim, marker))
+    proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", f"hydra.run.dir={tmp_path / 'r'}",
+                                       "train=false", f"ckpt_path={ckpt}"], tmp_path)
+    assert not marker.exists()
+    assert_one_line_error(proc, "_target_")
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_crafted_target_in_teacher_checkpoint_refused(trained, tmp_path):
+    victim, marker = _victim(tmp_path)
+    ckpt = _crafted_config_ckpt(trained, tmp_path, CRAFTED["copyfile"](victim, marker))
+    proc = run_cli("experiments.run", [*TINY_KD, f"paths.data_dir={trained / 'data'}",
+                                       f"hydra.run.dir={tmp_path / 'r'}", "distill.teacher.model=null",
+                                       f"distill.teacher.ckpt={ckpt}"], tmp_path)
+    assert not marker.exists()
+    assert_one_line_error(proc, "shutil.copyfile")
+
+
+def test_build_allow_list():
+    assert type(build({"_target_": "torch.nn.Identity"})).__name__ == "Identity"
+    for target in ("os.system", "builtins.eval", "lightning_modules.base.instantiate",
+                   "engine.artifacts.atomic_write_text", "torch.nn.modules.module.torch.load"):
+        with pytest.raises(ConfigError, match=target.replace(".", r"\.")):
+            build({"_target_": target})
+
+
+def test_explicit_allow_list_extends(monkeypatch):
+    from lightning_modules import targets
+
+    with pytest.raises(ConfigError):
+        build({"_target_": "collections.OrderedDict"})
+    monkeypatch.setenv(targets.ENV, "")
+    targets.allow(["collections.OrderedDict"])
+    assert build({"_target_": "collections.OrderedDict"}) == {}
+
+
+# ------------------------------------------------------------------ 3. the phantom generator deletes nothing
+SHAPE = (24, 24, 6)
+
+
+def test_crafted_manifest_deletes_nothing_through_the_cli(tmp_path):
+    root = tmp_path / "data" / "synthetic_lits"
+    root.mkdir(parents=True)
+    outside, absolute = tmp_path / "data" / "victim.txt", tmp_path / "abs_victim.txt"
+    outside.write_text("precious")
+    absolute.write_text("precious")
+    (root / MANIFEST).write_text(json.dumps({"params": {"layout": "other"},
+                                             "files": {"../victim.txt": "0" * 64, str(absolute): "0" * 64}}))
+    proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'r'}"],
+                   tmp_path)
+    assert outside.read_text() == "precious" and absolute.read_text() == "precious"
+    assert_one_line_error(proc, MANIFEST)
+    assert sorted(p.name for p in root.iterdir() if p.name != ".phantom.lock") == [MANIFEST]
+
+
+@pytest.mark.parametrize("files", [["../victim.txt"], "list", {"volume-0.nii.gz": "0" * 64}])
+def test_manifest_listing_other_files_is_refused(tmp_path, files):
+    root = write_phantom_dataset(tmp_path / "p", "lits", n_cases=1, shape=SHAPE)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"] = list(manifest["files"]) if files == "list" else (
+        {n: "0" * 64 for n in files} if isinstance(files, list) else files)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    before = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
+    with pytest.raises(DataError):
+        write_phantom_dataset(root, "lits", n_cases=2, shape=SHAPE)
+    assert victim.read_text() == "precious"
+    assert {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()} == before
+
+
+def test_folder_with_other_files_is_never_written(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="notes.txt"):
+        write_phantom_dataset(tmp_path, "lits", n_cases=1, shape=SHAPE)
+    root = write_phantom_dataset(tmp_path / "p", "lits", n_cases=1, shape=SHAPE)
+    (root / "mine.nii.gz").write_text("mine")
+    with pytest.raises(DataError, match="mine.nii.gz"):
+        write_phantom_dataset(root, "lits", n_cases=2, shape=SHAPE)
+    assert (root / "mine.nii.gz").read_text() == "mine" and (root / "volume-0.nii.gz").is_file()
+
+
+def _generate(root: str) -> None:
+    write_phantom_dataset(root, "kits", n_cases=3, shape=SHAPE, seed=7)
+
+
+def test_two_processes_generating_into_one_fresh_folder(tmp_path):
+    root = tmp_path / "fresh"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_generate, args=(str(root),)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    manifest = json.loads((root / MANIFEST).read_text())
+    assert len(manifest["files"]) == 6
+    for name in manifest["files"]:
+        assert nib.load(root / name).shape == SHAPE
+    assert sorted(p.name for p in root.iterdir()) == sorted({".phantom.lock", MANIFEST, *(
+        Path(n).parts[0] for n in manifest["files"])})
+    write_phantom_dataset(root, "kits", n_cases=3, shape=SHAPE, seed=7)  # still recognised as its own
