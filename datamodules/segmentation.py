@@ -26,7 +26,8 @@ from datamodules.splits import patient_split
 from datamodules.synthetic import MANIFEST, SiteParams, write_phantom_dataset
 from datamodules.transforms import SliceAugment, build_augmentation
 from datamodules.loaders import SplitLoadersMixin
-from datamodules.volumes import (PreprocessParams, VolumeCache, load_nifti, preprocess_image,
+from datamodules.spatial import GridMeta
+from datamodules.volumes import (PreprocessParams, VolumeCache, load_on_grid, preprocess_image,
                                  restore_label_volume)
 
 TARGETS = ("organ", "tumor", "multiclass")
@@ -43,6 +44,7 @@ class SliceCase:
     label: Sequence[np.ndarray]
     positions: list[int]
     slice_indices: list[int]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 class TargetMap:
@@ -82,9 +84,11 @@ class SliceDataset(Dataset):
         mask = self.label_fn(np.asarray(case.label[p]))
         if self.augment is not None:
             image, mask = self.augment(image, mask)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image))[None],
+        image = torch.from_numpy(np.ascontiguousarray(image))
+        return {"image": image[None] if image.ndim == 2 else image,
                 "mask": torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
-                "case_id": case.case_id, "slice_index": int(case.slice_indices[k])}
+                "case_id": case.case_id, "slice_index": int(case.slice_indices[k]),
+                "spacing": torch.tensor(case.spacing, dtype=torch.float32)}
 
 
 class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
@@ -179,6 +183,11 @@ class VolumeSegmentationDataModule(SliceDataModule):
     :func:`datamodules.synthetic.write_phantom_dataset`; then, when ``root`` holds no case (or holds
     a phantom written earlier), the phantom is generated there first -- the embedded default.
     ``stack_group_size``: consecutive slices per case for ``covid_stack``.
+    ``orientation``: axis codes every volume is reoriented to at load (RAS: the last axis is axial
+    whatever the file's axis order; ``null`` keeps the stored order; ``covid_stack`` always keeps it, its
+    cases are slice indices). ``spacing``: target voxel size in mm (``[1, 1, 1]`` for paper 003) or
+    ``null`` for the native grid. ``normalization``: ``window`` (HU window, CT) or ``zscore`` (per image
+    and channel, MRI). Predictions are mapped back onto each input's own grid (:meth:`restore_prediction`).
     """
 
     def __init__(self, root: str, layout: str = "lits", window: Sequence[float] = (-40.0, 160.0),
@@ -186,7 +195,9 @@ class VolumeSegmentationDataModule(SliceDataModule):
                  image_size: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
                  seed: int = 0, batch_size: int = 16, num_workers: int = 0, cache_dir: str | None = None,
                  augment: bool = True, rotation_limit: float = 15.0, train_slices: str | float = 0.25,
-                 synthetic: Mapping[str, Any] | None = None, stack_group_size: int = 1) -> None:
+                 synthetic: Mapping[str, Any] | None = None, stack_group_size: int = 1,
+                 orientation: str | None = "RAS", spacing: Sequence[float] | None = None,
+                 normalization: str = "window") -> None:
         super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
                          rotation_limit, train_slices)
         self.root, self.layout, self.target = Path(root), layout, target
@@ -198,6 +209,9 @@ class VolumeSegmentationDataModule(SliceDataModule):
         self.stack_group_size = stack_group_size
         self.target_map = TargetMap(target)
         self.cache: VolumeCache | None = None
+        self.orientation = None if layout == "covid_stack" else orientation
+        self.spacing = None if spacing is None else tuple(float(v) for v in spacing)
+        self.normalization = normalization
 
     def prepare_data(self) -> None:
         self._ensure_data()
@@ -244,7 +258,8 @@ class VolumeSegmentationDataModule(SliceDataModule):
 
     @property
     def params(self) -> PreprocessParams:
-        return PreprocessParams(self.window, self.out_range, self.image_size, tuple(sorted(self.classes)))
+        return PreprocessParams(self.window, self.out_range, self.image_size, tuple(sorted(self.classes)),
+                                self.orientation, self.spacing, self.normalization)
 
     def label_fn(self) -> TargetMap:
         return self.target_map
@@ -266,17 +281,19 @@ class VolumeSegmentationDataModule(SliceDataModule):
             if positions[-1] >= vol.image.shape[0]:
                 raise DataError(f"case {c.case_id} asks for slice {positions[-1]} of {c.image} "
                                 f"which has {vol.image.shape[0]} slices")
-            out.append(SliceCase(c.case_id, vol.image, vol.label, positions, positions))
+            out.append(SliceCase(c.case_id, vol.image, vol.label, positions, positions, vol.slice_spacing()))
         return out
 
-    def preprocess_volume(self, path: str | Path) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """A NIfTI through the same pipeline as training: ``(float32 [D, 1, H, W], original (H, W, D))``.
-        Use :meth:`restore_prediction` to map predicted labels back to the source voxel grid."""
-        x, _, _ = load_nifti(path)
-        return torch.from_numpy(preprocess_image(x, self.params))[:, None], tuple(x.shape)
+    def preprocess_volume(self, path: str | Path | Sequence[Path]) -> tuple[torch.Tensor, GridMeta]:
+        """A NIfTI (or one file per channel) through the same pipeline as training:
+        ``(float32 [D, C, H, W] slices on the working grid, grid)``. Use :meth:`restore_prediction`
+        to map predicted labels back to the source voxel grid."""
+        x, _, grid = load_on_grid(path, self.params)
+        slices = torch.from_numpy(preprocess_image(x, self.params))
+        return (slices[:, None] if slices.ndim == 3 else slices), grid
 
     @staticmethod
-    def restore_prediction(pred: np.ndarray | torch.Tensor, original_shape: Sequence[int]) -> np.ndarray:
-        """Predicted labels ``[D, h, w]`` -> uint8 (H, W, D) volume in the source NIfTI's grid."""
+    def restore_prediction(pred: np.ndarray | torch.Tensor, grid: GridMeta | Sequence[int]) -> np.ndarray:
+        """Predicted labels ``[D, h, w]`` on the working grid -> uint8 volume on the source NIfTI's grid."""
         pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else pred
-        return restore_label_volume(pred, original_shape)
+        return restore_label_volume(pred, grid)
