@@ -18,11 +18,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.collate import PadCollate
 
 from datamodules.errors import DataError
-from datamodules.layouts import find_cases, layout_classes
-from datamodules.splits import patient_split
+from datamodules.layouts import find_cases, layout_classes, nnunet_channels
+from datamodules.splits import patient_split, read_split_file
 from datamodules.synthetic import MANIFEST, SiteParams, write_phantom_dataset
 from datamodules.transforms import SliceAugment, build_augmentation
 from datamodules.loaders import SplitLoadersMixin
@@ -130,8 +132,7 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
         if self.splits is not None:
             return
         cases = sorted(self.load_cases(), key=lambda c: c.case_id)
-        self.splits = patient_split([c.case_id for c in cases], self.val_fraction,
-                                    self.test_fraction, self.seed)
+        self.splits = self.make_splits([c.case_id for c in cases])
         pos = {c.case_id: i for i, c in enumerate(cases)}
         fn = self.label_fn()
         aug = build_augmentation(self.augment, self.rotation_limit, self.fill_value())
@@ -140,6 +141,23 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
             SliceDataset(cases, [(pos[cid], k) for cid in self.splits[s]
                                  for k in range(len(cases[pos[cid]].positions))], fn)
             for s in ("val", "test"))
+
+    def make_splits(self, case_ids: list[str]) -> dict[str, list[str]]:
+        """Patient-level splits: ``split_file`` when set (JSON of case-id lists), else seeded fractions."""
+        split_file = getattr(self, "split_file", None)
+        if split_file:
+            return read_split_file(split_file, case_ids)
+        return patient_split(case_ids, self.val_fraction, self.test_fraction, self.seed)
+
+    def _loader(self, dataset, shuffle: bool):
+        """Loaders as :class:`SplitLoadersMixin`; with ``image_size=None`` batches of mixed slice sizes
+        are padded per batch (aspect ratio kept, :class:`datamodules.collate.PadCollate`)."""
+        loader = super()._loader(dataset, shuffle)
+        if getattr(self, "image_size", None) is None:
+            loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=loader.generator,
+                                num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                                pin_memory=loader.pin_memory, collate_fn=PadCollate(32, self.fill_value()))
+        return loader
 
     def _train_items(self, cases: list[SliceCase], pos: dict[str, int]) -> list[tuple[int, int]]:
         items, empty = [], []
@@ -235,9 +253,17 @@ class VolumeSegmentationDataModule(SliceDataModule):
             return False
 
     @property
+    def in_channels(self) -> int:
+        """Input channels: one per nnU-Net channel file, else 1."""
+        if self.layout != "nnunet":
+            return 1
+        self._ensure_data()
+        return len(nnunet_channels(self.root))
+
+    @property
     def classes(self) -> dict[int, str]:
         """Declared label values -> names of the source data (before ``target`` mapping)."""
-        if self.layout == "msd":
+        if self.layout in ("msd", "nnunet"):
             self._ensure_data()
         return layout_classes(self.root, self.layout)
 
@@ -276,7 +302,7 @@ class VolumeSegmentationDataModule(SliceDataModule):
         out = []
         for c in cases:
             name = c.case_id if c.slices is None else c.image.name.split(".")[0]
-            vol = self.cache.load(c.image, c.label, name)
+            vol = self.cache.load(c.images, c.label, name)
             positions = list(c.slices) if c.slices is not None else list(range(vol.image.shape[0]))
             if positions[-1] >= vol.image.shape[0]:
                 raise DataError(f"case {c.case_id} asks for slice {positions[-1]} of {c.image} "

@@ -149,7 +149,9 @@ class SegmentationModule(BaseModule):
             pred = [slices[k][0] for k in order]
             mask = [slices[k][1] for k in order]
             if pred[0].ndim == 2:  # a stack of 2D slices [H, W] -> (H, W, D) as the source volume
-                pred, mask = np.stack(pred, -1), np.stack(mask, -1)
+                # batches of mixed slice sizes are padded bottom/right per batch: crop to the smallest
+                h, w = min(p.shape[0] for p in pred), min(p.shape[1] for p in pred)
+                pred, mask = np.stack([p[:h, :w] for p in pred], -1), np.stack([m[:h, :w] for m in mask], -1)
                 spacing = self._test_spacing.get(cid, (1.0, 1.0, 1.0))
             else:
                 pred, mask = pred[0], mask[0]

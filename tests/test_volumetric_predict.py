@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -88,11 +89,17 @@ def test_spacing_round_trip_labels_and_predict(setup):
 def test_folder_predict_with_labels_ensemble_and_tta(setup):
     tmp, ckpt, root = setup
     other = make_run(tmp, seed=1, name="run2")
-    out = tmp / "folder_out"
-    summary = predict(_cfg(ckpt=[str(ckpt), str(other)], input=str(root), output=str(out), labels=str(root),
+    imgs, labs, out = tmp / "imgs", tmp / "labs", tmp / "folder_out"
+    for d in (imgs, labs):
+        d.mkdir()
+    for name in ("caseA", "caseB"):  # nnU-Net naming: <case>_0000.nii.gz images, <case>.nii.gz labels
+        shutil.copy(root / "volume-0.nii.gz", imgs / f"{name}_0000.nii.gz")
+        shutil.copy(root / "segmentation-0.nii.gz", labs / f"{name}.nii.gz")
+    summary = predict(_cfg(ckpt=[str(ckpt), str(other)], input=str(imgs), output=str(out), labels=str(labs),
                            tta=True))
-    # the phantom folder holds volume-0 and segmentation-0: both are inputs, labels by file name
-    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["segmentation-0.nii.gz", "volume-0.nii.gz"]
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["caseA.nii.gz", "caseB.nii.gz"]
+    for p in out.glob("*.nii.gz"):
+        assert nib.load(p).shape == nib.load(root / "volume-0.nii.gz").shape
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"dice", "hd95", "nsd"} <= set(metrics["summary"]) and "volume-0" in metrics["per_case"]
-    assert summary["num_cases"] == 2
+    assert {"dice", "hd95", "nsd"} <= set(metrics["summary"]) and set(metrics["per_case"]) == {"caseA", "caseB"}
+    assert summary["num_cases"] == 2 and 0 <= summary["nsd"] <= 1
