@@ -17,9 +17,14 @@ TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.synthetic
         "data.synthetic.shape=[40,36,8]", "logger=csv"]
 
 
-def make_run(tmp_path: Path, overrides: list[str] = (), seed: int = 0, name: str = "run") -> Path:
+TINY_3D = ["+exp=pancreas_3d", "data.synthetic.n_cases=5", "data.synthetic.shape=[32,32,8]",
+           "data.patch_size=[16,16,16]", "data.samples_per_volume=1", "model.init_filters=4", "logger=csv"]
+
+
+def make_run(tmp_path: Path, overrides: list[str] = (), seed: int = 0, name: str = "run",
+             base: list[str] = TINY) -> Path:
     """``<tmp>/<name>/checkpoints/best.ckpt`` + ``<tmp>/<name>/config.yaml``; returns the ckpt path."""
-    cfg = compose_run([*TINY, *overrides], tmp_path / name)
+    cfg = compose_run([*base, *overrides], tmp_path / name)
     torch.manual_seed(seed)
     module = build_module(cfg)
     run = tmp_path / name / "run"
