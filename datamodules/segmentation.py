@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.collate import PadCollate
 
 from datamodules.errors import DataError
+from datamodules.intensity import CTNormalised, foreground_stats
 from datamodules.layouts import find_cases, layout_classes, nnunet_channels
 from datamodules.splits import patient_split, read_split_file
 from datamodules.synthetic import MANIFEST, SiteParams, write_phantom_dataset
@@ -205,7 +206,9 @@ class VolumeSegmentationDataModule(SliceDataModule):
     whatever the file's axis order; ``null`` keeps the stored order; ``covid_stack`` always keeps it, its
     cases are slice indices). ``spacing``: target voxel size in mm (``[1, 1, 1]`` for paper 003) or
     ``null`` for the native grid. ``normalization``: ``window`` (HU window, CT) or ``zscore`` (per image
-    and channel, MRI). Predictions are mapped back onto each input's own grid (:meth:`restore_prediction`).
+    and channel, MRI) or ``ct`` (nnU-Net: clip to the training foreground's 0.5/99.5 percentiles, z-score
+    with its mean/std; ``ct_stats=[lo, hi, mean, std]`` fixes them, else they are computed from the
+    training split). Predictions are mapped back onto each input's own grid (:meth:`restore_prediction`).
     """
 
     def __init__(self, root: str, layout: str = "lits", window: Sequence[float] = (-40.0, 160.0),
@@ -215,7 +218,7 @@ class VolumeSegmentationDataModule(SliceDataModule):
                  augment: bool = True, rotation_limit: float = 15.0, train_slices: str | float = 0.25,
                  synthetic: Mapping[str, Any] | None = None, stack_group_size: int = 1,
                  orientation: str | None = "RAS", spacing: Sequence[float] | None = None,
-                 normalization: str = "window") -> None:
+                 normalization: str = "window", ct_stats: Sequence[float] | None = None) -> None:
         super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
                          rotation_limit, train_slices)
         self.root, self.layout, self.target = Path(root), layout, target
@@ -230,6 +233,7 @@ class VolumeSegmentationDataModule(SliceDataModule):
         self.orientation = None if layout == "covid_stack" else orientation
         self.spacing = None if spacing is None else tuple(float(v) for v in spacing)
         self.normalization = normalization
+        self.ct_stats = None if ct_stats is None else tuple(float(v) for v in ct_stats)
 
     def prepare_data(self) -> None:
         self._ensure_data()
@@ -308,14 +312,35 @@ class VolumeSegmentationDataModule(SliceDataModule):
                 raise DataError(f"case {c.case_id} asks for slice {positions[-1]} of {c.image} "
                                 f"which has {vol.image.shape[0]} slices")
             out.append(SliceCase(c.case_id, vol.image, vol.label, positions, positions, vol.slice_spacing()))
+        if self.normalization == "ct":
+            out = self._ct_normalised(out)
         return out
+
+    def _ct_normalised(self, cases: list[SliceCase]) -> list[SliceCase]:
+        if self.ct_stats is None:
+            train = set(self.make_splits(sorted(c.case_id for c in cases))["train"])
+            chosen = [c for c in cases if c.case_id in train]
+            self.ct_stats = foreground_stats([c.image for c in chosen], [c.label for c in chosen], seed=self.seed)
+            print(f"CT normalisation from {len(chosen)} training case(s): data.ct_stats="
+                  f"[{', '.join(f'{v:.4g}' for v in self.ct_stats)}]")
+        for c in cases:
+            c.image = CTNormalised(c.image, self.ct_stats)
+        return cases
 
     def preprocess_volume(self, path: str | Path | Sequence[Path]) -> tuple[torch.Tensor, GridMeta]:
         """A NIfTI (or one file per channel) through the same pipeline as training:
         ``(float32 [D, C, H, W] slices on the working grid, grid)``. Use :meth:`restore_prediction`
         to map predicted labels back to the source voxel grid."""
         x, _, grid = load_on_grid(path, self.params)
-        slices = torch.from_numpy(preprocess_image(x, self.params))
+        slices = preprocess_image(x, self.params)
+        if self.normalization == "ct":
+            if self.ct_stats is None:
+                if not self._has_cases():
+                    raise DataError("data.normalization=ct needs data.ct_stats=[lo, hi, mean, std] (printed by "
+                                    f"the training run) or the training data at data.root={self.root}")
+                self.load_cases()
+            slices = np.asarray(CTNormalised(slices, self.ct_stats))
+        slices = torch.from_numpy(slices)
         return (slices[:, None] if slices.ndim == 3 else slices), grid
 
     @staticmethod

@@ -31,7 +31,7 @@ __all__ = [
     "resize_slices", "check_labels", "preprocess_image", "restore_label_volume", "NORMALIZATIONS",
 ]
 
-NORMALIZATIONS = ("window", "zscore")
+NORMALIZATIONS = ("window", "zscore", "ct")
 
 
 def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
@@ -152,9 +152,12 @@ class CachedVolume:
 
 
 def normalise(volume: np.ndarray, params: PreprocessParams) -> np.ndarray:
-    """HU window + rescale (CT, papers 001/003) or per-image, per-channel z-score (MRI, nnU-Net)."""
+    """HU window + rescale (CT, papers 001/003), per-image per-channel z-score (MRI, nnU-Net) or, for
+    ``ct``, raw HU (nnU-Net's CT scheme needs training-set statistics: :mod:`datamodules.intensity`)."""
     if params.normalization == "window":
         return apply_window(volume, params.window[0], params.window[1], params.out_range)
+    if params.normalization == "ct":
+        return volume.astype(np.float32)
     axes = tuple(range(volume.ndim - 3, volume.ndim))
     mean, std = volume.mean(axis=axes, keepdims=True), volume.std(axis=axes, keepdims=True)
     return ((volume - mean) / np.maximum(std, 1e-8)).astype(np.float32)

@@ -89,3 +89,17 @@ def test_folder_explicit_test_dir_split_file_and_mixed_sizes(tmp_path):
     split.write_text(json.dumps({"train": ["p0", "nope"]}))
     with pytest.raises(DataError, match=r"split.json.*nope"):
         FolderSegmentationDataModule(str(tmp_path), split_file=str(split), **kw).setup()
+
+
+def test_ct_normalisation_uses_training_foreground(tmp_path):
+    root = _nnunet(tmp_path / "ct", n_cases=5, channels=1)
+    dm = VolumeSegmentationDataModule(str(root), layout="nnunet", normalization="ct", target="multiclass",
+                                      image_size=None, batch_size=4, augment=False)
+    dm.setup()
+    lo, hi, mean, std = dm.ct_stats
+    assert lo < mean < hi and std > 0 and 45 < mean < 110  # foreground = raw + 50 or + 100 (labels 1, 2)
+    x = np.stack([np.asarray(dm.train_dataset[i]["image"]) for i in range(len(dm.train_dataset))])
+    assert x.min() >= (lo - mean) / std - 1e-4 and x.max() <= (hi - mean) / std + 1e-4
+    fixed = VolumeSegmentationDataModule(str(root), layout="nnunet", normalization="ct", ct_stats=[0, 100, 50, 10])
+    v, _ = fixed.preprocess_volume(root / "imagesTr" / "case_000_0000.nii.gz")
+    assert float(v.max()) == pytest.approx(5.0) and float(v.min()) == pytest.approx(-5.0)
