@@ -120,8 +120,7 @@ class SegmentationModule(BaseModule):
 
     def forward_eval(self, image: torch.Tensor) -> torch.Tensor:
         """Main-head logits; a 3D net given whole volumes runs MONAI's Gaussian sliding window."""
-        if image.ndim == 5 and self.roi_size is not None and any(
-                s > r for s, r in zip(image.shape[2:], self.roi_size)):
+        if image.ndim == 5 and self.roi_size is not None and tuple(image.shape[2:]) != self.roi_size:
             from monai.inferers import sliding_window_inference
             return sliding_window_inference(image, self.roi_size, 4, lambda x: main_head(self.net(x)).float(),
                                             overlap=self.overlap, mode="gaussian")

@@ -27,7 +27,7 @@ def test_patches_foreground_oversampling_and_vae_loss(tmp_path):
     fg = [bool((dm.train_dataset[i % len(dm.train_dataset)][0]["mask"] > 0).any()) for i in range(8)]
     assert sum(fg) >= 3
     whole = dm.test_dataset[0]
-    assert whole["image"].ndim == 4 and whole["spacing"].tolist() == [1.0, 1.0, 1.0]
+    assert whole["image"].ndim == 4 and np.allclose(whole["spacing"].numpy(), 1.0, atol=0.05)  # ~1 mm grid
     module = build_module(cfg)
     module.train()
     loss = module.training_step(batch, 0)

@@ -18,7 +18,7 @@ TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.synthetic
 
 
 TINY_3D = ["+exp=pancreas_3d", "data.synthetic.n_cases=5", "data.synthetic.shape=[32,32,8]",
-           "data.patch_size=[16,16,16]", "data.samples_per_volume=1", "model.init_filters=4", "logger=csv"]
+           "data.patch_size=[16,16,16]", "data.samples_per_volume=1", "logger=csv"]
 
 
 def make_run(tmp_path: Path, overrides: list[str] = (), seed: int = 0, name: str = "run",
