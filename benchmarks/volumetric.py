@@ -70,6 +70,7 @@ def bench_predict(shape, roi: int) -> None:
             t0 = time.perf_counter()
             sliding_window_inference(x, (roi,) * 3, 4, net, overlap=0.5, mode="gaussian")
             bare = time.perf_counter() - t0
+        print(f"bare MONAI sliding_window_inference {shape} roi {roi}: {bare:.2f} s", flush=True)
         t0 = time.perf_counter()
         predict(cfg)
         whole = time.perf_counter() - t0

@@ -103,3 +103,24 @@ def test_folder_predict_with_labels_ensemble_and_tta(setup):
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"dice", "hd95", "nsd"} <= set(metrics["summary"]) and set(metrics["per_case"]) == {"caseA", "caseB"}
     assert summary["num_cases"] == 2 and 0 <= summary["nsd"] <= 1
+
+
+def test_predictor_ensemble_mean_and_mirror_tta():
+    import torch
+    from torch import nn
+
+    from lightning_modules.inference import VolumePredictor, mirror_sets
+
+    torch.manual_seed(0)
+    point, conv = nn.Conv2d(1, 2, 1).eval(), nn.Conv2d(1, 2, 3, padding=1).eval()
+    x = torch.randn(3, 1, 16, 16)
+    one = VolumePredictor([point]).probabilities(x)
+    two = VolumePredictor([conv]).probabilities(x)
+    assert torch.allclose(VolumePredictor([point, conv]).probabilities(x), (one + two) / 2, atol=1e-6)
+    assert torch.allclose(one.sum(1), torch.ones(3, 16, 16), atol=1e-5)
+    # a 1x1 conv commutes with flips: mirroring changes nothing; a 3x3 conv does not commute
+    assert torch.allclose(VolumePredictor([point], mirror_axes=(0, 1)).probabilities(x), one, atol=1e-6)
+    assert not torch.allclose(VolumePredictor([conv], mirror_axes=(0, 1)).probabilities(x), two, atol=1e-4)
+    assert mirror_sets([0, 1]) == [(), (0,), (1,), (0, 1)]
+    with pytest.raises(ValueError, match="mirror_axes"):
+        VolumePredictor([point], mirror_axes=(2,))
