@@ -23,6 +23,7 @@ from PIL import Image
 
 from datamodules.errors import DataError
 from datamodules.segmentation import SliceCase, SliceDataModule
+from datamodules.splits import patient_split
 from datamodules.volumes import resize_slices
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy")
@@ -84,6 +85,10 @@ class FolderSegmentationDataModule(SliceDataModule):
     ``mask_dir``. ``case_pattern`` is searched in the stem: group 1 is the case id, an optional named
     group ``slice`` gives the slice number (else slices are numbered in name order); stems that do
     not match are their own case. ``class_names`` defaults to background + one class per label.
+    ``test_image_dir``/``test_mask_dir``: an explicit test folder (its cases are the test split; train
+    and val are drawn from ``image_dir`` with ``val_fraction``). ``split_file``: a JSON of case-id
+    lists ``{"train": [...], "val": [...], "test": [...]}`` instead of seeded fractions.
+    ``image_size=null`` keeps each slice's own size; batches are padded to a common size.
     """
 
     def __init__(self, root: str, image_dir: str = "test/images", mask_dir: str = "test/masks",
@@ -93,7 +98,9 @@ class FolderSegmentationDataModule(SliceDataModule):
                  class_names: Sequence[str] | None = ("background", "liver"),
                  image_size: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
                  seed: int = 0, batch_size: int = 16, num_workers: int = 0, augment: bool = True,
-                 rotation_limit: float = 15.0, train_slices: str | float = "all") -> None:
+                 rotation_limit: float = 15.0, train_slices: str | float = "all",
+                 test_image_dir: str | None = None, test_mask_dir: str | None = None,
+                 split_file: str | None = None) -> None:
         super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
                          rotation_limit, train_slices)
         self.root = Path(root)
@@ -103,6 +110,11 @@ class FolderSegmentationDataModule(SliceDataModule):
         self.label_map = None if label_map is None else {int(k): int(v) for k, v in label_map.items()}
         self.case_pattern = re.compile(case_pattern) if case_pattern else None
         self.image_size = None if image_size is None else int(image_size)
+        if (test_image_dir is None) != (test_mask_dir is None):
+            raise DataError("data.test_image_dir and data.test_mask_dir must be given together")
+        self.test_dirs = None if test_image_dir is None else (self.root / test_image_dir, self.root / test_mask_dir)
+        self.split_file = split_file
+        self.test_ids: set[str] = set()
         if class_names is None:
             n = max(self.label_map.values()) + 1 if self.label_map else 2
             class_names = ["background"] + [f"class_{i}" for i in range(1, n)]
@@ -121,11 +133,12 @@ class FolderSegmentationDataModule(SliceDataModule):
                 out[p.stem[: len(p.stem) - len(suffix)] if suffix else p.stem] = p
         return out
 
-    def pairs(self) -> list[tuple[str, Path, Path]]:
+    def pairs(self, image_dir: Path | None = None, mask_dir: Path | None = None) -> list[tuple[str, Path, Path]]:
         """``(stem, image, mask)`` for every pair; unmatched files are an error."""
-        images, masks = self._files(self.image_dir, self.image_suffix), self._files(self.mask_dir, self.mask_suffix)
+        image_dir, mask_dir = image_dir or self.image_dir, mask_dir or self.mask_dir
+        images, masks = self._files(image_dir, self.image_suffix), self._files(mask_dir, self.mask_suffix)
         if not images:
-            raise DataError(f"no images ({'/'.join(EXTENSIONS)}) found in data.image_dir {self.image_dir}")
+            raise DataError(f"no images ({'/'.join(EXTENSIONS)}) found in {image_dir}")
         for a, b, what in ((images, masks, "mask"), (masks, images, "image")):
             missing = sorted(set(a) - set(b))
             if missing:
@@ -139,11 +152,30 @@ class FolderSegmentationDataModule(SliceDataModule):
         sl = m.groupdict().get("slice")
         return m.group(1), (int(sl) if sl is not None else None)
 
-    def load_cases(self) -> list[SliceCase]:
+    def make_splits(self, case_ids: list[str]) -> dict[str, list[str]]:
+        if self.test_dirs is None or self.split_file:
+            return super().make_splits(case_ids)
+        rest = [c for c in case_ids if c not in self.test_ids]
+        splits = patient_split(rest, self.val_fraction, 0.0, self.seed)
+        splits["test"] = sorted(self.test_ids)
+        return splits
+
+    def _groups(self, image_dir: Path, mask_dir: Path) -> dict[str, list[tuple[Any, str, Path, Path]]]:
         groups: dict[str, list[tuple[Any, str, Path, Path]]] = defaultdict(list)
-        for stem, img, msk in self.pairs():
+        for stem, img, msk in self.pairs(image_dir, mask_dir):
             cid, sl = self._case_of(stem)
             groups[cid].append((sl if sl is not None else -1, stem, img, msk))
+        return groups
+
+    def load_cases(self) -> list[SliceCase]:
+        groups = self._groups(self.image_dir, self.mask_dir)
+        if self.test_dirs is not None:
+            test = self._groups(*self.test_dirs)
+            both = sorted(set(test) & set(groups))
+            if both:
+                raise DataError(f"case(s) {both[:5]} appear in both {self.image_dir} and {self.test_dirs[0]}")
+            self.test_ids = set(test)
+            groups.update(test)
         cases = []
         for cid, members in groups.items():
             members.sort(key=lambda t: (t[0], t[1]))

@@ -6,6 +6,9 @@
   labels 0 background, 1 kidney, 2 tumour.
 * ``msd``: Medical Segmentation Decathlon task folder: ``imagesTr/*.nii.gz``, ``labelsTr/*.nii.gz``
   and ``dataset.json`` whose ``"labels"`` map gives the classes; macOS ``._*`` files are ignored.
+* ``nnunet``: nnU-Net v2 raw dataset: ``imagesTr/<case>_<XXXX>.nii.gz`` (one file per input channel,
+  ``XXXX`` = 0000, 0001, ...), ``labelsTr/<case>.nii.gz`` and ``dataset.json`` with ``channel_names``
+  (``{"0": "CT"}``) and ``labels`` (``{"background": 0, "liver": 1}``; region lists are not supported).
 * ``covid_stack``: MedSeg COVID-19 CT ``tr_im.nii.gz`` + ``tr_mask.nii.gz``, one stack of unrelated
   2D slices; each slice is its own case unless ``stack_group_size`` groups consecutive slices.
   Labels 0 background, 1 ground-glass, 2 consolidation, 3 pleural effusion.
@@ -21,7 +24,7 @@ import nibabel as nib
 
 from datamodules.errors import DataError
 
-LAYOUTS = ("lits", "kits", "msd", "covid_stack")
+LAYOUTS = ("lits", "kits", "msd", "nnunet", "covid_stack")
 
 #: Classes of each layout (label value -> name); msd reads its own from dataset.json.
 DEFAULT_CLASSES: dict[str, dict[int, str]] = {
@@ -34,6 +37,7 @@ _PATTERNS = {
     "lits": "volume-<N>.nii[.gz] with segmentation-<N>.nii[.gz]",
     "kits": "case_XXXXX/imaging.nii.gz with case_XXXXX/segmentation.nii.gz",
     "msd": "imagesTr/*.nii.gz with labelsTr/*.nii.gz and dataset.json",
+    "nnunet": "imagesTr/<case>_0000.nii.gz with labelsTr/<case>.nii.gz and dataset.json",
     "covid_stack": "tr_im.nii.gz with tr_mask.nii.gz",
 }
 
@@ -47,6 +51,12 @@ class Case:
     image: Path
     label: Path | None
     slices: tuple[int, ...] | None = None
+    channels: tuple[Path, ...] | None = None  # nnU-Net: every channel file, image == channels[0]
+
+    @property
+    def images(self) -> Path | tuple[Path, ...]:
+        """The image file, or one file per channel."""
+        return self.channels if self.channels and len(self.channels) > 1 else self.image
 
 
 def _nii_stem(p: Path) -> str:
@@ -85,6 +95,57 @@ def _msd(root: Path) -> list[Case]:
     return cases
 
 
+def _nnunet_json(root: Path) -> dict:
+    path = root / "dataset.json"
+    try:
+        ds = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"nnU-Net dataset.json not found at {path}") from None
+    except ValueError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc})") from None
+    for key in ("channel_names", "labels"):
+        if not isinstance(ds.get(key), dict) or not ds[key]:
+            raise DataError(f"{path} has no {key!r} map (nnU-Net v2 dataset.json)")
+    return ds
+
+
+def nnunet_channels(root: str | Path) -> list[str]:
+    """Channel names of an nnU-Net v2 dataset, in channel order."""
+    names = _nnunet_json(Path(root))["channel_names"]
+    return [str(names[k]) for k in sorted(names, key=int)]
+
+
+def _nnunet(root: Path) -> list[Case]:
+    ds = _nnunet_json(root)
+    n = len(ds["channel_names"])
+    ending = str(ds.get("file_ending", ".nii.gz"))
+    groups: dict[str, dict[int, Path]] = {}
+    for p in sorted((root / "imagesTr").glob(f"*{ending}")):
+        m = re.fullmatch(r"(.+)_(\d{4})", p.name[: -len(ending)])
+        if _is_nifti(p) and m:
+            groups.setdefault(m.group(1), {})[int(m.group(2))] = p
+    cases = []
+    for case, chans in sorted(groups.items()):
+        missing = [f"{case}_{c:04d}{ending}" for c in range(n) if c not in chans]
+        if missing:
+            raise DataError(f"nnU-Net case {case} lacks channel file(s) {missing} in {root / 'imagesTr'} "
+                            f"(dataset.json declares {n} channel(s))")
+        lab = root / "labelsTr" / f"{case}{ending}"
+        files = tuple(chans[c] for c in range(n))
+        cases.append(Case(case, files[0], lab if lab.is_file() else None, channels=files))
+    return cases
+
+
+def nnunet_classes(root: str | Path) -> dict[int, str]:
+    """Label value -> class name from an nnU-Net v2 ``dataset.json`` (``{"name": value}``)."""
+    path = Path(root) / "dataset.json"
+    labels = _nnunet_json(Path(root))["labels"]
+    try:
+        return {int(v): str(k) for k, v in sorted(labels.items(), key=lambda kv: int(kv[1]))}
+    except (TypeError, ValueError):
+        raise DataError(f"{path} \"labels\" uses regions ({labels}); only integer labels are supported") from None
+
+
 def _covid_stack(root: Path, group_size: int) -> list[Case]:
     img, lab = root / "tr_im.nii.gz", root / "tr_mask.nii.gz"
     if not img.is_file():
@@ -111,6 +172,8 @@ def msd_classes(root: str | Path) -> dict[int, str]:
 
 def layout_classes(root: str | Path, layout: str) -> dict[int, str]:
     """Declared classes (label value -> name) of a dataset."""
+    if layout == "nnunet":
+        return nnunet_classes(root)
     return msd_classes(root) if layout == "msd" else DEFAULT_CLASSES[layout]
 
 
@@ -129,7 +192,7 @@ def find_cases(root: str | Path, layout: str, stack_group_size: int = 1) -> list
             raise DataError(f"data.stack_group_size must be >= 1, got {stack_group_size}")
         cases = _covid_stack(root, stack_group_size)
     else:
-        cases = {"lits": _lits, "kits": _kits, "msd": _msd}[layout](root)
+        cases = {"lits": _lits, "kits": _kits, "msd": _msd, "nnunet": _nnunet}[layout](root)
     if not cases:
         raise DataError(f"no {layout} cases found in data.root {root}: expected {_PATTERNS[layout]}")
     return cases

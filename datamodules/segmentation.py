@@ -18,15 +18,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.collate import PadCollate
 
 from datamodules.errors import DataError
-from datamodules.layouts import find_cases, layout_classes
-from datamodules.splits import patient_split
+from datamodules.intensity import CTNormalised, foreground_stats
+from datamodules.layouts import find_cases, layout_classes, nnunet_channels
+from datamodules.splits import patient_split, read_split_file
 from datamodules.synthetic import MANIFEST, SiteParams, write_phantom_dataset
 from datamodules.transforms import SliceAugment, build_augmentation
 from datamodules.loaders import SplitLoadersMixin
-from datamodules.volumes import (PreprocessParams, VolumeCache, load_nifti, preprocess_image,
+from datamodules.spatial import GridMeta
+from datamodules.volumes import (PreprocessParams, VolumeCache, load_on_grid, preprocess_image,
                                  restore_label_volume)
 
 TARGETS = ("organ", "tumor", "multiclass")
@@ -43,6 +47,7 @@ class SliceCase:
     label: Sequence[np.ndarray]
     positions: list[int]
     slice_indices: list[int]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 class TargetMap:
@@ -82,9 +87,11 @@ class SliceDataset(Dataset):
         mask = self.label_fn(np.asarray(case.label[p]))
         if self.augment is not None:
             image, mask = self.augment(image, mask)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image))[None],
+        image = torch.from_numpy(np.ascontiguousarray(image))
+        return {"image": image[None] if image.ndim == 2 else image,
                 "mask": torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
-                "case_id": case.case_id, "slice_index": int(case.slice_indices[k])}
+                "case_id": case.case_id, "slice_index": int(case.slice_indices[k]),
+                "spacing": torch.tensor(case.spacing, dtype=torch.float32)}
 
 
 class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
@@ -126,8 +133,7 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
         if self.splits is not None:
             return
         cases = sorted(self.load_cases(), key=lambda c: c.case_id)
-        self.splits = patient_split([c.case_id for c in cases], self.val_fraction,
-                                    self.test_fraction, self.seed)
+        self.splits = self.make_splits([c.case_id for c in cases])
         pos = {c.case_id: i for i, c in enumerate(cases)}
         fn = self.label_fn()
         aug = build_augmentation(self.augment, self.rotation_limit, self.fill_value())
@@ -136,6 +142,23 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
             SliceDataset(cases, [(pos[cid], k) for cid in self.splits[s]
                                  for k in range(len(cases[pos[cid]].positions))], fn)
             for s in ("val", "test"))
+
+    def make_splits(self, case_ids: list[str]) -> dict[str, list[str]]:
+        """Patient-level splits: ``split_file`` when set (JSON of case-id lists), else seeded fractions."""
+        split_file = getattr(self, "split_file", None)
+        if split_file:
+            return read_split_file(split_file, case_ids)
+        return patient_split(case_ids, self.val_fraction, self.test_fraction, self.seed)
+
+    def _loader(self, dataset, shuffle: bool):
+        """Loaders as :class:`SplitLoadersMixin`; with ``image_size=None`` batches of mixed slice sizes
+        are padded per batch (aspect ratio kept, :class:`datamodules.collate.PadCollate`)."""
+        loader = super()._loader(dataset, shuffle)
+        if getattr(self, "image_size", None) is None:
+            loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=loader.generator,
+                                num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                                pin_memory=loader.pin_memory, collate_fn=PadCollate(32, self.fill_value()))
+        return loader
 
     def _train_items(self, cases: list[SliceCase], pos: dict[str, int]) -> list[tuple[int, int]]:
         items, empty = [], []
@@ -179,6 +202,13 @@ class VolumeSegmentationDataModule(SliceDataModule):
     :func:`datamodules.synthetic.write_phantom_dataset`; then, when ``root`` holds no case (or holds
     a phantom written earlier), the phantom is generated there first -- the embedded default.
     ``stack_group_size``: consecutive slices per case for ``covid_stack``.
+    ``orientation``: axis codes every volume is reoriented to at load (RAS: the last axis is axial
+    whatever the file's axis order; ``null`` keeps the stored order; ``covid_stack`` always keeps it, its
+    cases are slice indices). ``spacing``: target voxel size in mm (``[1, 1, 1]`` for paper 003) or
+    ``null`` for the native grid. ``normalization``: ``window`` (HU window, CT) or ``zscore`` (per image
+    and channel, MRI) or ``ct`` (nnU-Net: clip to the training foreground's 0.5/99.5 percentiles, z-score
+    with its mean/std; ``ct_stats=[lo, hi, mean, std]`` fixes them, else they are computed from the
+    training split). Predictions are mapped back onto each input's own grid (:meth:`restore_prediction`).
     """
 
     def __init__(self, root: str, layout: str = "lits", window: Sequence[float] = (-40.0, 160.0),
@@ -186,7 +216,9 @@ class VolumeSegmentationDataModule(SliceDataModule):
                  image_size: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
                  seed: int = 0, batch_size: int = 16, num_workers: int = 0, cache_dir: str | None = None,
                  augment: bool = True, rotation_limit: float = 15.0, train_slices: str | float = 0.25,
-                 synthetic: Mapping[str, Any] | None = None, stack_group_size: int = 1) -> None:
+                 synthetic: Mapping[str, Any] | None = None, stack_group_size: int = 1,
+                 orientation: str | None = "RAS", spacing: Sequence[float] | None = None,
+                 normalization: str = "window", ct_stats: Sequence[float] | None = None) -> None:
         super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
                          rotation_limit, train_slices)
         self.root, self.layout, self.target = Path(root), layout, target
@@ -198,6 +230,10 @@ class VolumeSegmentationDataModule(SliceDataModule):
         self.stack_group_size = stack_group_size
         self.target_map = TargetMap(target)
         self.cache: VolumeCache | None = None
+        self.orientation = None if layout == "covid_stack" else orientation
+        self.spacing = None if spacing is None else tuple(float(v) for v in spacing)
+        self.normalization = normalization
+        self.ct_stats = None if ct_stats is None else tuple(float(v) for v in ct_stats)
 
     def prepare_data(self) -> None:
         self._ensure_data()
@@ -221,9 +257,17 @@ class VolumeSegmentationDataModule(SliceDataModule):
             return False
 
     @property
+    def in_channels(self) -> int:
+        """Input channels: one per nnU-Net channel file, else 1."""
+        if self.layout != "nnunet":
+            return 1
+        self._ensure_data()
+        return len(nnunet_channels(self.root))
+
+    @property
     def classes(self) -> dict[int, str]:
         """Declared label values -> names of the source data (before ``target`` mapping)."""
-        if self.layout == "msd":
+        if self.layout in ("msd", "nnunet"):
             self._ensure_data()
         return layout_classes(self.root, self.layout)
 
@@ -244,7 +288,8 @@ class VolumeSegmentationDataModule(SliceDataModule):
 
     @property
     def params(self) -> PreprocessParams:
-        return PreprocessParams(self.window, self.out_range, self.image_size, tuple(sorted(self.classes)))
+        return PreprocessParams(self.window, self.out_range, self.image_size, tuple(sorted(self.classes)),
+                                self.orientation, self.spacing, self.normalization)
 
     def label_fn(self) -> TargetMap:
         return self.target_map
@@ -265,22 +310,45 @@ class VolumeSegmentationDataModule(SliceDataModule):
         out = []
         for c in cases:
             name = c.case_id if c.slices is None else c.image.name.split(".")[0]
-            vol = self.cache.load(c.image, c.label, name)
+            vol = self.cache.load(c.images, c.label, name)
             positions = list(c.slices) if c.slices is not None else list(range(vol.image.shape[0]))
             if positions[-1] >= vol.image.shape[0]:
                 raise DataError(f"case {c.case_id} asks for slice {positions[-1]} of {c.image} "
                                 f"which has {vol.image.shape[0]} slices")
-            out.append(SliceCase(c.case_id, vol.image, vol.label, positions, positions))
+            out.append(SliceCase(c.case_id, vol.image, vol.label, positions, positions, vol.slice_spacing()))
+        if self.normalization == "ct":
+            out = self._ct_normalised(out)
         return out
 
-    def preprocess_volume(self, path: str | Path) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """A NIfTI through the same pipeline as training: ``(float32 [D, 1, H, W], original (H, W, D))``.
-        Use :meth:`restore_prediction` to map predicted labels back to the source voxel grid."""
-        x, _, _ = load_nifti(path)
-        return torch.from_numpy(preprocess_image(x, self.params))[:, None], tuple(x.shape)
+    def _ct_normalised(self, cases: list[SliceCase]) -> list[SliceCase]:
+        if self.ct_stats is None:
+            train = set(self.make_splits(sorted(c.case_id for c in cases))["train"])
+            chosen = [c for c in cases if c.case_id in train]
+            self.ct_stats = foreground_stats([c.image for c in chosen], [c.label for c in chosen], seed=self.seed)
+            print(f"CT normalisation from {len(chosen)} training case(s): data.ct_stats="
+                  f"[{', '.join(f'{v:.4g}' for v in self.ct_stats)}]")
+        for c in cases:
+            c.image = CTNormalised(c.image, self.ct_stats)
+        return cases
+
+    def preprocess_volume(self, path: str | Path | Sequence[Path]) -> tuple[torch.Tensor, GridMeta]:
+        """A NIfTI (or one file per channel) through the same pipeline as training:
+        ``(float32 [D, C, H, W] slices on the working grid, grid)``. Use :meth:`restore_prediction`
+        to map predicted labels back to the source voxel grid."""
+        x, _, grid = load_on_grid(path, self.params)
+        slices = preprocess_image(x, self.params)
+        if self.normalization == "ct":
+            if self.ct_stats is None:
+                if not self._has_cases():
+                    raise DataError("data.normalization=ct needs data.ct_stats=[lo, hi, mean, std] (printed by "
+                                    f"the training run) or the training data at data.root={self.root}")
+                self.load_cases()
+            slices = np.asarray(CTNormalised(slices, self.ct_stats))
+        slices = torch.from_numpy(slices)
+        return (slices[:, None] if slices.ndim == 3 else slices), grid
 
     @staticmethod
-    def restore_prediction(pred: np.ndarray | torch.Tensor, original_shape: Sequence[int]) -> np.ndarray:
-        """Predicted labels ``[D, h, w]`` -> uint8 (H, W, D) volume in the source NIfTI's grid."""
+    def restore_prediction(pred: np.ndarray | torch.Tensor, grid: GridMeta | Sequence[int]) -> np.ndarray:
+        """Predicted labels ``[D, h, w]`` on the working grid -> uint8 volume on the source NIfTI's grid."""
         pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else pred
-        return restore_label_volume(pred, original_shape)
+        return restore_label_volume(pred, grid)

@@ -38,3 +38,31 @@ def patient_split(case_ids: Sequence[str], val_fraction: float, test_fraction: f
     shuffled = [ids[i] for i in order]
     return {"train": sorted(shuffled[n_val + n_test:]), "val": sorted(shuffled[:n_val]),
             "test": sorted(shuffled[n_val:n_val + n_test])}
+
+
+def read_split_file(path: str, case_ids: Sequence[str]) -> dict[str, list[str]]:
+    """``{"train": [...], "val": [...], "test": [...]}`` case ids from a JSON split file, checked
+    against the cases found (unknown ids or a case in two splits are errors naming the file)."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise DataError(f"data.split_file {p} does not exist") from None
+    except ValueError as exc:
+        raise DataError(f"data.split_file {p} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("train"), list):
+        raise DataError(f"data.split_file {p} must map 'train' (and optionally 'val', 'test') to case-id lists")
+    splits = {s: sorted(str(c) for c in raw.get(s, [])) for s in ("train", "val", "test")}
+    known, seen = set(case_ids), {}
+    for s, ids in splits.items():
+        unknown = sorted(set(ids) - known)
+        if unknown:
+            raise DataError(f"data.split_file {p} lists case(s) {unknown[:5]} in {s!r} that are not in the data")
+        for c in ids:
+            if c in seen:
+                raise DataError(f"data.split_file {p} puts case {c!r} in both {seen[c]!r} and {s!r}")
+            seen[c] = s
+    return splits

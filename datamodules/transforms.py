@@ -34,9 +34,12 @@ class SliceAugment:
         self.compose = A.Compose(ops)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.compose(image=np.ascontiguousarray(image, dtype=np.float32),
+        channels_first = image.ndim == 3  # [C, H, W] multi-channel slice -> albumentations' H, W, C
+        img = np.moveaxis(image, 0, -1) if channels_first else image
+        out = self.compose(image=np.ascontiguousarray(img, dtype=np.float32),
                            mask=np.ascontiguousarray(mask, dtype=np.uint8))
-        return out["image"], out["mask"]
+        img = np.moveaxis(out["image"], -1, 0) if channels_first else out["image"]
+        return img, out["mask"]
 
 
 def build_augmentation(enabled: bool, rotation_limit: float = 15.0, fill: float = 0.0) -> SliceAugment | None:

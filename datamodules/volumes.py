@@ -1,10 +1,12 @@
 """The one volume pipeline shared by every 3D layout (LiTS, KiTS19, MSD, COVID stacks).
 
-NIfTI read (nibabel) -> label checks -> HU window + rescale -> axial slices -> optional resize, with the
-result cached on disk so a second epoch or run never decodes the NIfTI again.
+NIfTI read (nibabel) -> label checks -> canonical orientation + optional resampling
+(:mod:`datamodules.spatial`) -> HU window + rescale (or per-image z-score) -> axial slices -> optional
+resize, with the result cached on disk so a second epoch or run never decodes the NIfTI again.
 
-Array conventions: nibabel returns volumes in voxel (x, y, z) order, called (H, W, D) here; axial
-slices are taken along the last axis and stored as ``[D, H, W]``.
+Array conventions: nibabel returns volumes in voxel (x, y, z) order, called (H, W, D) here. After
+reorientation (RAS by default) the last axis is the axial one whatever the file's axis order; slices are
+taken along it and stored as ``[D, H, W]`` (``[D, C, H, W]`` for multi-channel inputs).
 """
 from __future__ import annotations
 
@@ -22,11 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.errors import DataError
+from datamodules.spatial import GridMeta, check_orientation, to_grid, from_grid
 
 __all__ = [
     "PreprocessParams", "CachedVolume", "VolumeCache", "load_nifti", "apply_window", "to_slices",
-    "resize_slices", "check_labels", "preprocess_image", "restore_label_volume",
+    "resize_slices", "check_labels", "preprocess_image", "restore_label_volume", "NORMALIZATIONS",
 ]
+
+NORMALIZATIONS = ("window", "zscore", "ct")
 
 
 def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
@@ -70,16 +75,18 @@ def to_slices(volume: np.ndarray) -> np.ndarray:
 
 
 def resize_slices(slices: np.ndarray, size: int | None, is_label: bool) -> np.ndarray:
-    """Resize a ``[D, H, W]`` stack to ``size x size``: bilinear (antialiased) for images,
-    nearest for labels so no new class values appear. ``size=None`` returns the input."""
-    if size is None or slices.shape[1:] == (size, size):
+    """Resize a ``[D, H, W]`` (or ``[D, C, H, W]``) stack to ``size x size``: bilinear (antialiased)
+    for images, nearest for labels so no new class values appear. ``size=None`` returns the input."""
+    if size is None or slices.shape[-2:] == (size, size):
         return slices
-    t = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
+    t = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
+    t = t[:, None] if t.ndim == 3 else t
     if is_label:
         out = F.interpolate(t, size=(size, size), mode="nearest")
-        return out[:, 0].numpy().astype(slices.dtype)
-    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return out[:, 0].numpy()
+    else:
+        out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    out = out[:, 0] if slices.ndim == 3 else out
+    return out.numpy().astype(slices.dtype)
 
 
 def check_labels(label: np.ndarray, allowed: Sequence[int], path: str | Path) -> np.ndarray:
@@ -106,32 +113,98 @@ class PreprocessParams:
     out_range: tuple[float, float] = (0.0, 1.0)
     image_size: int | None = None
     labels: tuple[int, ...] = (0, 1, 2)
+    orientation: str | None = "RAS"
+    spacing: tuple[float, float, float] | None = None
+    normalization: str = "window"
+
+    def __post_init__(self) -> None:
+        check_orientation(self.orientation)
+        if self.normalization not in NORMALIZATIONS:
+            raise DataError(f"data.normalization={self.normalization!r} is not one of {list(NORMALIZATIONS)}")
+
+
+def _identity_grid(shape: Sequence[int]) -> GridMeta:
+    eye = tuple(tuple(float(v) for v in r) for r in np.eye(4))
+    ident = ((0.0, 1.0), (1.0, 1.0), (2.0, 1.0))
+    shape = tuple(int(s) for s in shape)
+    return GridMeta(shape, eye, ident, ident, shape, shape, (1.0, 1.0, 1.0))
 
 
 @dataclass
 class CachedVolume:
-    """Preprocessed slices of one volume: ``image`` float32 ``[D, H, W]``, ``label`` uint8 ``[D, H, W]``
-    (or None for unlabelled volumes) and the original (H, W, D) shape for resizing predictions back."""
+    """Preprocessed slices of one volume: ``image`` float32 ``[D, H, W]`` (``[D, C, H, W]`` with
+    several channels), ``label`` uint8 ``[D, H, W]`` (or None for unlabelled volumes) and ``grid``, how
+    the source voxel grid was reoriented/resampled (to map predictions back)."""
 
     image: np.ndarray
     label: np.ndarray | None
-    original_shape: tuple[int, int, int]
+    grid: GridMeta
+
+    @property
+    def original_shape(self) -> tuple[int, int, int]:
+        return self.grid.source_shape
+
+    def slice_spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) of the cached slices (after the in-plane resize), for surface metrics."""
+        sx, sy, sz = self.grid.spacing
+        h, w, _ = self.grid.shape
+        return (sx * h / self.image.shape[-2], sy * w / self.image.shape[-1], sz)
+
+
+def normalise(volume: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    """HU window + rescale (CT, papers 001/003), per-image per-channel z-score (MRI, nnU-Net) or, for
+    ``ct``, raw HU (nnU-Net's CT scheme needs training-set statistics: :mod:`datamodules.intensity`)."""
+    if params.normalization == "window":
+        return apply_window(volume, params.window[0], params.window[1], params.out_range)
+    if params.normalization == "ct":
+        return volume.astype(np.float32)
+    axes = tuple(range(volume.ndim - 3, volume.ndim))
+    mean, std = volume.mean(axis=axes, keepdims=True), volume.std(axis=axes, keepdims=True)
+    return ((volume - mean) / np.maximum(std, 1e-8)).astype(np.float32)
 
 
 def preprocess_image(volume: np.ndarray, params: PreprocessParams) -> np.ndarray:
-    """(H, W, D) HU volume -> windowed, rescaled, resized ``[D, H, W]`` float32 slices."""
-    x = apply_window(volume, params.window[0], params.window[1], params.out_range)
-    return resize_slices(to_slices(x), params.image_size, is_label=False)
+    """(H, W, D) or [C, H, W, D] volume already on the working grid -> normalised, resized
+    ``[D, H, W]`` (``[D, C, H, W]``) float32 slices."""
+    x = normalise(volume, params)
+    x = to_slices(x) if x.ndim == 3 else np.ascontiguousarray(np.moveaxis(x, -1, 0))
+    return resize_slices(x, params.image_size, is_label=False)
 
 
-def restore_label_volume(pred: np.ndarray, original_shape: Sequence[int]) -> np.ndarray:
-    """Predicted labels ``[D, h, w]`` -> uint8 (H, W, D) volume in the source NIfTI's voxel grid."""
-    h, w, _ = original_shape
+def restore_label_volume(pred: np.ndarray, grid: GridMeta | Sequence[int]) -> np.ndarray:
+    """Predicted labels ``[D, h, w]`` on the working grid -> uint8 volume on the source NIfTI's voxel
+    grid (its shape and axis order). ``grid`` may be a plain (H, W, D) shape (no reorientation)."""
+    grid = grid if isinstance(grid, GridMeta) else _identity_grid(grid)
+    h, w, _ = grid.shape
     out = np.asarray(pred, dtype=np.uint8)
     if out.shape[1:] != (h, w):
         t = torch.from_numpy(out.astype(np.float32))[:, None]
         out = F.interpolate(t, size=(h, w), mode="nearest")[:, 0].numpy().astype(np.uint8)
-    return np.moveaxis(out, 0, -1)
+    return from_grid(np.moveaxis(out, 0, -1), grid, is_label=True).astype(np.uint8)
+
+
+def load_on_grid(images: Path | Sequence[Path], params: PreprocessParams,
+                 label: Path | None = None) -> tuple[np.ndarray, np.ndarray | None, GridMeta]:
+    """Read image channel file(s) (+ label) and move them to the working grid: ``(image (H, W, D) or
+    [C, H, W, D], raw label (H, W, D) or None, grid)``; shapes are checked against each other."""
+    paths = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
+    chans, affine = [], None
+    for p in paths:
+        x, aff, _ = load_nifti(p)
+        if chans and x.shape != chans[0].shape:
+            raise DataError(f"shape mismatch: channel {p} is {x.shape} but {paths[0]} is {chans[0].shape}")
+        chans.append(x)
+        affine = aff if affine is None else affine
+    x = chans[0] if len(chans) == 1 else np.stack(chans)
+    y = None
+    if label is not None:
+        y, _, _ = load_nifti(label)
+        if y.shape != chans[0].shape:
+            raise DataError(f"shape mismatch: image {paths[0]} is {chans[0].shape} but label {label} "
+                            f"is {y.shape}")
+        y, _ = to_grid(y, affine, params.orientation, params.spacing, is_label=True)
+    x, grid = to_grid(x, affine, params.orientation, params.spacing, is_label=False)
+    return x, y, grid
 
 
 def _file_key(path: Path | None) -> dict | None:
@@ -169,48 +242,47 @@ class VolumeCache:
         self.params = params
         self.decode_count = 0
 
-    def entry_dir(self, image: Path, label: Path | None) -> Path:
-        key = json.dumps({"params": asdict(self.params), "image": _file_key(image),
+    def entry_dir(self, image: Path | Sequence[Path], label: Path | None) -> Path:
+        images = [image] if isinstance(image, Path) else list(image)
+        key = json.dumps({"params": asdict(self.params), "image": [_file_key(p) for p in images],
                           "label": _file_key(label)}, sort_keys=True)
         return self.cache_dir / hashlib.sha1(key.encode()).hexdigest()[:20]
 
-    def load(self, image: str | Path, label: str | Path | None, name: str) -> CachedVolume:
-        """Preprocessed slices of ``image``/``label``; decodes and caches them on a miss."""
-        image, label = Path(image), (Path(label) if label is not None else None)
-        if not image.is_file():
-            raise DataError(f"image file {image} does not exist")
+    def load(self, image: str | Path | Sequence[Path], label: str | Path | None, name: str) -> CachedVolume:
+        """Preprocessed slices of ``image`` (one file, or one per channel)/``label``; decodes and
+        caches them on a miss."""
+        image = Path(image) if isinstance(image, (str, Path)) else tuple(Path(p) for p in image)
+        label = Path(label) if label is not None else None
+        for p in [image] if isinstance(image, Path) else image:
+            if not p.is_file():
+                raise DataError(f"image file {p} does not exist")
         if label is not None and not label.is_file():
             raise DataError(f"label file {label} does not exist")
         d = self.entry_dir(image, label)
         img_f, lab_f, meta_f = (d / f"{name}_image.npy", d / f"{name}_label.npy", d / f"{name}_meta.json")
         if img_f.is_file() and meta_f.is_file() and (label is None or lab_f.is_file()):
-            shape = tuple(json.loads(meta_f.read_text())["original_shape"])
+            grid = GridMeta.from_json(json.loads(meta_f.read_text())["grid"])
             return CachedVolume(np.load(img_f, mmap_mode="r"),
-                                np.load(lab_f, mmap_mode="r") if label is not None else None, shape)
+                                np.load(lab_f, mmap_mode="r") if label is not None else None, grid)
         vol = self.decode(image, label)
         d.mkdir(parents=True, exist_ok=True)
         if vol.label is not None:
             _atomic_save(lab_f, vol.label)
         fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{meta_f.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
-            json.dump({"original_shape": list(vol.original_shape), "image": str(image),
+            json.dump({"grid": vol.grid.to_json(), "image": str(image),
                        "label": str(label) if label else None}, fh)
         os.replace(tmp, meta_f)
         _atomic_save(img_f, vol.image)
         return vol
 
-    def decode(self, image: Path, label: Path | None) -> CachedVolume:
-        """Read, check and preprocess one volume (no cache involved)."""
+    def decode(self, image: Path | Sequence[Path], label: Path | None) -> CachedVolume:
+        """Read, check, reorient/resample and preprocess one volume (no cache involved)."""
         self.decode_count += 1
-        x, _, _ = load_nifti(image)
+        x, y, grid = load_on_grid(image, self.params, label)
         if not np.isfinite(x).all():  # NaN would train to a NaN loss and write metrics as if nothing happened
             raise DataError(f"image {image} has {int((~np.isfinite(x)).sum())} NaN/inf voxels")
-        y = None
-        if label is not None:
-            y_raw, _, _ = load_nifti(label)
-            if y_raw.shape != x.shape:
-                raise DataError(f"shape mismatch: image {image} is {x.shape} but label {label} "
-                                f"is {y_raw.shape}")
-            y = check_labels(y_raw, self.params.labels, label)
+        if y is not None:
+            y = check_labels(y, self.params.labels, label)
             y = resize_slices(to_slices(y), self.params.image_size, is_label=True)
-        return CachedVolume(preprocess_image(x, self.params), y, tuple(int(s) for s in x.shape))
+        return CachedVolume(preprocess_image(x, self.params), y, grid)

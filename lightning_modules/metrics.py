@@ -131,3 +131,40 @@ class PerCaseConfusion(Metric):
             name = self.names.get(int(key), f"case_{int(key)}")
             out[name] = mats[keys == key].sum(0)
         return out
+
+
+def surface_scores(pred: np.ndarray, target: np.ndarray, class_names: Sequence[str],
+                   spacing: Sequence[float], tolerance_mm: float = 1.0) -> dict[str, float]:
+    """HD95 and normalised surface Dice per foreground class of one case, in mm (MONAI's
+    ``compute_hausdorff_distance(percentile=95)`` and ``compute_surface_dice``, Nikolov et al. 2021),
+    plus their means over classes as ``hd95`` / ``nsd``.
+
+    ``pred`` / ``target``: integer label arrays of the same 2D or 3D shape; ``spacing``: voxel size (mm)
+    per axis. Empty-case conventions (docs/data.md): a class absent from both prediction and ground
+    truth is left out (NaN, as Dice); present in exactly one, HD95 is the image diagonal in mm (the
+    largest distance possible) and NSD is 0.
+    """
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice  # heavy import, used late
+
+    pred, target = np.asarray(pred), np.asarray(target)
+    spacing = [float(s) for s in spacing][-pred.ndim:]
+    diagonal = float(np.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing))))
+    out: dict[str, float] = {}
+    for c, name in enumerate(class_names):
+        if c == 0:
+            continue
+        p, t = pred == c, target == c
+        if not p.any() and not t.any():
+            hd, nsd = math.nan, math.nan
+        elif not p.any() or not t.any():
+            hd, nsd = diagonal, 0.0
+        else:
+            onehot_p = torch.from_numpy(np.stack([~p, p]))[None].float()
+            onehot_t = torch.from_numpy(np.stack([~t, t]))[None].float()
+            hd = float(compute_hausdorff_distance(onehot_p, onehot_t, percentile=95, spacing=spacing)[0, 0])
+            nsd = float(compute_surface_dice(onehot_p, onehot_t, [tolerance_mm], spacing=spacing)[0, 0])
+        out[f"hd95_{name}"], out[f"nsd_{name}"] = hd, nsd
+    for key in ("hd95", "nsd"):
+        vals = [v for k, v in out.items() if k.startswith(f"{key}_") and np.isfinite(v)]
+        out[key] = float(np.mean(vals)) if vals else math.nan
+    return out

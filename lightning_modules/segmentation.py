@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAUROC, MulticlassROC
@@ -17,7 +18,8 @@ from torchmetrics.classification import MulticlassAUROC, MulticlassROC
 from lightning_modules.base import BaseModule, build, to_plain
 from lightning_modules.errors import ConfigError
 from lightning_modules.losses.hybrid import class_probabilities
-from lightning_modules.metrics import PerCaseConfusion, case_scores, summarise
+from lightning_modules.inference import main_head
+from lightning_modules.metrics import PerCaseConfusion, case_scores, summarise, surface_scores
 
 
 class SegmentationModule(BaseModule):
@@ -34,6 +36,10 @@ class SegmentationModule(BaseModule):
         roc_thresholds: number of bins of the ROC curve (bounded memory on whole volumes).
         regulariser: optional partial wrapping the net with an auxiliary branch whose
             ``auxiliary_losses()`` join the training loss (paper 003's VAE: ``module/regulariser=vae``).
+        surface_metrics: add HD95 and normalised surface Dice (mm, from the batches' ``spacing``) to the
+            per-case test table; needs a case's slices on one process (skipped under DDP).
+        nsd_tolerance_mm: NSD tolerance. ``roi_size``/``overlap``: for 3D nets (5D batches) validation and
+            test run MONAI's Gaussian sliding window over whole volumes with this patch size.
     """
 
     def __init__(
@@ -50,6 +56,10 @@ class SegmentationModule(BaseModule):
         roc_thresholds: int = 200,
         monitor: str = "val/dice",
         regulariser: Any = None,
+        surface_metrics: bool = True,
+        nsd_tolerance_mm: float = 1.0,
+        roi_size: Sequence[int] | None = None,
+        overlap: float = 0.5,
     ) -> None:
         super().__init__(net, optimizer, scheduler, scheduler_interval, monitor=None, regulariser=regulariser)
         self.save_hyperparameters(
@@ -64,6 +74,10 @@ class SegmentationModule(BaseModule):
                 "eval_slices": eval_slices,
                 "monitor": monitor,
                 "regulariser": to_plain(regulariser) if isinstance(regulariser, Mapping) else None,
+                "surface_metrics": surface_metrics,
+                "nsd_tolerance_mm": nsd_tolerance_mm,
+                "roi_size": list(roi_size) if roi_size is not None else None,
+                "overlap": overlap,
             }
         )
         if eval_slices not in ("all", "foreground"):
@@ -82,6 +96,11 @@ class SegmentationModule(BaseModule):
         self.test_summary: dict[str, float] = {}
         self.val_summary: dict[str, float] = {}
         self.roc_curves: dict[str, tuple[Any, Any]] = {}
+        self.surface_metrics, self.nsd_tolerance_mm = surface_metrics, nsd_tolerance_mm
+        self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
+        self.overlap = overlap
+        self._test_slices: dict[str, dict[int, tuple]] = {}
+        self._test_spacing: dict[str, tuple[float, ...]] = {}
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -102,10 +121,50 @@ class SegmentationModule(BaseModule):
             return (prob[:, 1] > self.fg_threshold).long()
         return prob.argmax(1)
 
+    def forward_eval(self, image: torch.Tensor) -> torch.Tensor:
+        """Main-head logits; a 3D net given whole volumes runs MONAI's Gaussian sliding window."""
+        if image.ndim == 5 and self.roi_size is not None and tuple(image.shape[2:]) != self.roi_size:
+            from monai.inferers import sliding_window_inference
+            return sliding_window_inference(image, self.roi_size, 4, lambda x: main_head(self.net(x)).float(),
+                                            overlap=self.overlap, mode="gaussian")
+        return main_head(self.net(image))
+
+    def _keep_for_surface(self, batch: dict, pred: torch.Tensor, mask: torch.Tensor, ids: list[str],
+                          keep: torch.Tensor) -> None:
+        if not self.surface_metrics or (torch.distributed.is_available() and torch.distributed.is_initialized()
+                                        and torch.distributed.get_world_size() > 1):
+            return
+        index = batch.get("slice_index")
+        index = [0] * len(keep) if index is None else [int(i) for i in index]
+        spacing = batch.get("spacing")
+        rows = [i for i, k in enumerate(keep.tolist()) if k]
+        for j, (cid, i) in enumerate(zip(ids, rows)):
+            self._test_slices.setdefault(cid, {})[index[i]] = (pred[j].to(torch.uint8).cpu().numpy(),
+                                                               mask[j].to(torch.uint8).cpu().numpy())
+            if spacing is not None:
+                self._test_spacing[cid] = tuple(float(v) for v in spacing[i])
+
+    def _surface_scores(self) -> None:
+        """HD95 / NSD per test case from its reassembled slices (or volume), merged into the table."""
+        for cid, slices in self._test_slices.items():
+            order = sorted(slices)
+            pred = [slices[k][0] for k in order]
+            mask = [slices[k][1] for k in order]
+            if pred[0].ndim == 2:  # a stack of 2D slices [H, W] -> (H, W, D) as the source volume
+                # batches of mixed slice sizes are padded bottom/right per batch: crop to the smallest
+                h, w = min(p.shape[0] for p in pred), min(p.shape[1] for p in pred)
+                pred, mask = np.stack([p[:h, :w] for p in pred], -1), np.stack([m[:h, :w] for m in mask], -1)
+                spacing = self._test_spacing.get(cid, (1.0, 1.0, 1.0))
+            else:
+                pred, mask = pred[0], mask[0]
+                spacing = self._test_spacing.get(cid, (1.0,) * pred.ndim)
+            self.test_per_case.setdefault(cid, {}).update(
+                surface_scores(pred, mask, self.class_names, spacing, self.nsd_tolerance_mm))
+        self._test_slices, self._test_spacing = {}, {}
+
     def _evaluate(self, batch: dict, stage: str, cases: PerCaseConfusion) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
-        logits = self.net(image)
-        logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+        logits = self.forward_eval(image)
         loss = self.loss(logits, mask)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(mask), sync_dist=True)
         prob = self.probabilities(logits)
@@ -114,9 +173,11 @@ class SegmentationModule(BaseModule):
             keep = (mask > 0).flatten(1).any(1)
         if keep.any():
             ids = [c for c, k in zip(batch["case_id"], keep.tolist()) if k]
-            cases.update(self.predict_labels(prob[keep]), mask[keep], ids)
+            pred = self.predict_labels(prob[keep])
+            cases.update(pred, mask[keep], ids)
             if stage == "test":
-                flat_p = prob[keep].permute(0, 2, 3, 1).reshape(-1, prob.shape[1])
+                self._keep_for_surface(batch, pred, mask[keep], ids, keep)
+                flat_p = prob[keep].movedim(1, -1).reshape(-1, prob.shape[1])
                 flat_t = mask[keep].reshape(-1)
                 self.test_roc.update(flat_p, flat_t)
                 self.test_auc.update(flat_p, flat_t)
@@ -148,6 +209,9 @@ class SegmentationModule(BaseModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_per_case, self.test_summary = self._case_summary(self.test_cases)
+        if self._test_slices:
+            self._surface_scores()
+            self.test_summary = summarise(self.test_per_case)
         fpr, tpr, _ = self.test_roc.compute()
         auc = self.test_auc.compute()
         self.test_roc.reset(), self.test_auc.reset()

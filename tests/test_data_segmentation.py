@@ -55,7 +55,7 @@ def test_image_in_out_range_and_windowed(tmp_path):
     img = torch.stack([dm.test_dataset[i]["image"] for i in range(len(dm.test_dataset))])
     assert img.min() >= -1 and img.max() <= 1 and img.min() == -1, "air maps to the low end"
     x, shape = dm.preprocess_volume(tmp_path / "volume-0.nii.gz")
-    assert x.shape == (8, 1, 48, 48) and shape == (48, 48, 8) and x.dtype == torch.float32
+    assert x.shape == (8, 1, 48, 48) and shape.source_shape == (48, 48, 8) and x.dtype == torch.float32
     pred = dm.restore_prediction(x[:, 0] > 0, shape)
     assert pred.shape == (48, 48, 8) and pred.dtype == np.uint8
 

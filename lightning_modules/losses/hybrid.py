@@ -29,12 +29,12 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 def one_hot(target: torch.Tensor, num_classes: int, ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-hot [B, C, H, W] float target and the [B, 1, H, W] mask of pixels that count."""
+    """One-hot [B, C, *spatial] float target and the [B, 1, *spatial] mask of voxels that count (2D or 3D)."""
     valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
     safe = torch.where(valid, target, torch.zeros_like(target))
     if int(safe.max()) >= num_classes or int(safe.min()) < 0:
         raise ValueError(f"mask values {sorted(safe.unique().tolist())} outside [0, {num_classes - 1}]")
-    y = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(torch.float32)
+    y = F.one_hot(safe, num_classes).movedim(-1, 1).to(torch.float32)
     return y, valid.unsqueeze(1)
 
 
@@ -47,8 +47,9 @@ def hybrid_ce_dice(
     w = valid.to(prob.dtype)
     n = w.sum().clamp_min(1.0)
     ce = -(y * torch.log(prob.clamp_min(1e-8)) * w).sum() / n
-    inter = (y * prob * w).sum(dim=(0, 2, 3))
-    denom = (y.pow(2) * w).sum(dim=(0, 2, 3)) + (prob.pow(2) * w).sum(dim=(0, 2, 3))
+    dims = (0, *range(2, prob.ndim))  # batch + every spatial axis: one Dice per class (2D or 3D)
+    inter = (y * prob * w).sum(dim=dims)
+    denom = (y.pow(2) * w).sum(dim=dims) + (prob.pow(2) * w).sum(dim=dims)
     dice = 2 * inter / (denom + eps)
     return ce + (1 - dice.mean())
 

@@ -1,0 +1,150 @@
+"""Volumetric benchmarks (issue 12): whole predict vs bare MONAI sliding window, 3D patch data time vs
+step time, folder predict vs one call per volume.
+
+    python -m benchmarks.volumetric predict  [--shape 256 256 100] [--roi 64]   # project predict / bare MONAI
+    python -m benchmarks.volumetric patches  [--steps 5]                       # data time / step time
+    python -m benchmarks.volumetric folder   [--n 10]                          # 10 single calls / one folder call
+
+Nets are randomly initialised (speed does not depend on the weights); everything runs on CPU unless
+CUDA is present. Print-only: copy figures into docs/benchmarks.md with the command and the machine state.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import yaml
+
+NET = {"_target_": "lightning_modules.nets.monai3d.unet3d", "in_channels": 1, "classes": 3,
+       "features": [8, 8, 16, 32, 64, 8], "spatial_dims": 3}
+
+
+def _run_dir(tmp: Path, roi: int) -> Path:
+    """A checkpoint + run config the way a training run leaves them (3D U-Net, 1 mm, HU window)."""
+    from lightning_modules.base import build
+
+    torch.manual_seed(0)
+    net = build(dict(NET), what="net")
+    run = tmp / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"net": NET, "num_classes": 3, "eval_slices": "all",
+                                     "class_names": ["background", "organ", "tumor"], "fg_threshold": None}},
+               run / "checkpoints" / "best.ckpt")
+    data = {"_target_": "datamodules.patches3d.PatchVolumeDataModule", "root": str(tmp / "unused"),
+            "layout": "kits", "window": [-200, 250], "out_range": [-1.0, 1.0], "target": "multiclass",
+            "orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "patch_size": [roi] * 3, "synthetic": None}
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+    return run / "checkpoints" / "best.ckpt"
+
+
+def _volume(path: Path, shape) -> Path:
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.normal(40, 50, shape).astype(np.float32), np.diag([1.0, 1.0, 1.0, 1.0])), str(path))
+    return path
+
+
+def bench_predict(shape, roi: int) -> None:
+    from monai.inferers import sliding_window_inference
+    from omegaconf import OmegaConf
+
+    from experiments.predict import predict
+    from lightning_modules.checkpoints import net_from_checkpoint
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        ckpt, vol = _run_dir(tmp, roi), _volume(tmp / "ct.nii.gz", shape)
+        cfg = OmegaConf.create(dict(ckpt=str(ckpt), input=str(vol), output=str(tmp / "seg.nii.gz"), labels=None,
+                                    run_config=None, batch_size=4, roi_size=None, overlap=0.5, mode="gaussian",
+                                    tta=False, nsd_tolerance_mm=1.0, device="auto"))
+        net = net_from_checkpoint(ckpt).eval()
+        x = torch.from_numpy(np.asarray(nib.load(str(vol)).dataobj, np.float32))[None, None]
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            sliding_window_inference(x, (roi,) * 3, 4, net, overlap=0.5, mode="gaussian")
+            bare = time.perf_counter() - t0
+        print(f"bare MONAI sliding_window_inference {shape} roi {roi}: {bare:.2f} s", flush=True)
+        t0 = time.perf_counter()
+        predict(cfg)
+        whole = time.perf_counter() - t0
+    print(f"predict {shape} roi {roi}: project predict {whole:.2f} s, bare MONAI sliding_window_inference "
+          f"{bare:.2f} s, ratio {whole / bare:.2f}")
+
+
+def bench_patches(steps: int) -> None:
+    from omegaconf import OmegaConf
+
+    from datamodules.patches3d import PatchVolumeDataModule
+    from lightning_modules.nets.monai3d import SegResNetVAE3D
+
+    with tempfile.TemporaryDirectory() as d:
+        dm = PatchVolumeDataModule(str(Path(d) / "ph"), layout="kits", window=[-200, 250], out_range=[-1, 1],
+                                   target="multiclass", spacing=[1, 1, 1], patch_size=[32, 32, 32],
+                                   samples_per_volume=2, batch_size=2,
+                                   synthetic=OmegaConf.create({"n_cases": 6, "shape": [96, 96, 32], "seed": 0}))
+        dm.prepare_data()
+        dm.setup()
+        net = SegResNetVAE3D(1, 3, (32, 32, 32), init_filters=8)
+        opt = torch.optim.Adam(net.parameters())
+        data_t = step_t = 0.0
+        it = iter(dm.train_dataloader())
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(dm.train_dataloader())
+                batch = next(it)
+            t1 = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(net(batch["image"]), batch["mask"]) + net.auxiliary_losses()["vae"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            t2 = time.perf_counter()
+            if i:  # first step warms up (cache fill, allocator)
+                data_t, step_t = data_t + t1 - t0, step_t + t2 - t1
+    print(f"3D patches 2x2x32^3, SegResNetVAE: data {data_t / steps * 1000:.0f} ms/step, "
+          f"train step {step_t / steps * 1000:.0f} ms/step, data share {data_t / (data_t + step_t):.1%}")
+
+
+def bench_folder(n: int) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        ckpt = _run_dir(tmp, 32)
+        (tmp / "in").mkdir()
+        for i in range(n):
+            _volume(tmp / "in" / f"case{i}_0000.nii.gz", (64, 64, 32))
+        base = [sys.executable, "-m", "experiments.predict", f"ckpt={ckpt}", "device=cpu"]
+        t0 = time.perf_counter()
+        for i in range(n):
+            subprocess.run([*base, f"input={tmp / 'in' / f'case{i}_0000.nii.gz'}", f"output={tmp / 'single' / f'c{i}.nii.gz'}"],
+                           check=True, capture_output=True)
+        single = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        subprocess.run([*base, f"input={tmp / 'in'}", f"output={tmp / 'folder'}"], check=True, capture_output=True)
+        folder = time.perf_counter() - t0
+    print(f"{n} volumes 64x64x32: {n} single calls {single:.1f} s, one folder call {folder:.1f} s, "
+          f"ratio {single / folder:.1f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["predict", "patches", "folder"])
+    ap.add_argument("--shape", type=int, nargs=3, default=[256, 256, 100])
+    ap.add_argument("--roi", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--n", type=int, default=10)
+    a = ap.parse_args()
+    {"predict": lambda: bench_predict(a.shape, a.roi), "patches": lambda: bench_patches(a.steps),
+     "folder": lambda: bench_folder(a.n)}[a.what]()
+
+
+if __name__ == "__main__":
+    main()

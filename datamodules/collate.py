@@ -1,0 +1,34 @@
+"""Batches of 2D slices of mixed sizes (``image_size=null``): pad each batch to a common size.
+
+Every slice keeps its aspect ratio and pixels (no resize): the batch is padded at the bottom/right to
+its largest height/width, rounded up to ``multiple`` (encoder-decoder nets halve the size 4-5 times);
+images are padded with ``fill`` (air after windowing), masks with background (0).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import default_collate
+
+
+class PadCollate:
+    """``collate_fn`` padding ``image [C, H, W]`` / ``mask [H, W]`` to one size per batch."""
+
+    def __init__(self, multiple: int = 32, fill: float = 0.0) -> None:
+        self.multiple, self.fill = int(multiple), float(fill)
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        sizes = {tuple(b["image"].shape[-2:]) for b in batch}
+        if len(sizes) == 1 and all(s % self.multiple == 0 for s in next(iter(sizes))):
+            return default_collate(batch)
+        h = max(s[0] for s in sizes)
+        w = max(s[1] for s in sizes)
+        h, w = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
+        out = []
+        for b in batch:
+            dh, dw = h - b["image"].shape[-2], w - b["image"].shape[-1]
+            out.append({**b, "image": F.pad(b["image"], (0, dw, 0, dh), value=self.fill),
+                        "mask": F.pad(b["mask"], (0, dw, 0, dh), value=0)})
+        return default_collate(out)

@@ -1,0 +1,132 @@
+"""3D patch-based segmentation (nnU-Net / paper 003 style) through MONAI transforms.
+
+Volumes go through the same cached pipeline as the 2D path (:mod:`datamodules.volumes`: orientation,
+spacing, HU window; ``image_size`` must stay null). Training draws ``samples_per_volume`` random patches
+per volume with MONAI's ``RandCropByPosNegLabeld`` -- foreground-centred and background-centred patches
+in the ratio ``pos:neg`` (paper 003 §3: "the sample rate of foreground patches and background patches
+are equal", 96^3 patches) -- plus random flips; validation and test see whole volumes (batch size 1),
+segmented by the module's Gaussian sliding window.
+Batches: ``image`` float32 ``[B, C, H, W, D]``, ``mask`` int64 ``[B, H, W, D]``, ``case_id``, ``spacing``.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.errors import DataError
+from datamodules.segmentation import SliceCase, VolumeSegmentationDataModule
+from datamodules.splits import patient_split
+
+
+def _volume(case: SliceCase, label_fn) -> tuple[np.ndarray, np.ndarray]:
+    """Cached ``[D, H, W]`` (``[D, C, H, W]``) slices -> channel-first ``[C, H, W, D]`` image, ``[H, W, D]`` mask."""
+    img = np.asarray(case.image, dtype=np.float32)
+    img = np.moveaxis(img, 0, -1)[None] if img.ndim == 3 else np.moveaxis(img, 0, -1)
+    return np.ascontiguousarray(img), np.ascontiguousarray(np.moveaxis(label_fn(np.asarray(case.label)), 0, -1))
+
+
+class PatchDataset(Dataset):
+    """``samples_per_volume`` random patches per volume per item (a list the collate flattens)."""
+
+    def __init__(self, cases: list[SliceCase], label_fn, patch_size: Sequence[int], samples: int,
+                 pos: float, neg: float, fill: float, flip: bool) -> None:
+        from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
+
+        self.cases, self.label_fn = cases, label_fn
+        ops = [SpatialPadd(["image"], patch_size, value=fill), SpatialPadd(["label"], patch_size, value=0),
+               RandCropByPosNegLabeld(["image", "label"], "label", patch_size, pos=pos, neg=neg,
+                                      num_samples=samples)]
+        if flip:
+            ops += [RandFlipd(["image", "label"], prob=0.5, spatial_axis=a) for a in range(3)]
+        self.transform = Compose(ops)
+
+    def set_random_state(self, seed: int) -> None:
+        self.transform.set_random_state(seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: int) -> list[dict[str, Any]]:
+        case = self.cases[i]
+        img, lab = _volume(case, self.label_fn)
+        out = self.transform({"image": torch.from_numpy(img), "label": torch.from_numpy(lab[None].astype(np.float32))})
+        return [{"image": torch.as_tensor(o["image"]).float(), "mask": torch.as_tensor(o["label"])[0].long(),
+                 "case_id": case.case_id, "spacing": torch.tensor(case.spacing, dtype=torch.float32)}
+                for o in out]
+
+
+class WholeVolumeDataset(Dataset):
+    def __init__(self, cases: list[SliceCase], label_fn) -> None:
+        self.cases, self.label_fn = cases, label_fn
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        case = self.cases[i]
+        img, lab = _volume(case, self.label_fn)
+        return {"image": torch.from_numpy(img), "mask": torch.from_numpy(lab.astype(np.int64)),
+                "case_id": case.case_id, "spacing": torch.tensor(case.spacing, dtype=torch.float32)}
+
+
+def flatten_collate(batch: list[list[dict]]) -> dict[str, Any]:
+    """Patches of several volumes -> one batch."""
+    items = [x for group in batch for x in group]
+    return {"image": torch.stack([x["image"] for x in items]), "mask": torch.stack([x["mask"] for x in items]),
+            "case_id": [x["case_id"] for x in items], "spacing": torch.stack([x["spacing"] for x in items])}
+
+
+class PatchVolumeDataModule(VolumeSegmentationDataModule):
+    """3D patches for training, whole volumes for val/test; every other argument as
+    :class:`VolumeSegmentationDataModule` (``image_size`` is fixed to null: 3D nets see the grid as is).
+
+    ``patch_size``: training patch (paper 003: 96^3; CPU configs use less); ``samples_per_volume``:
+    patches drawn per volume per step; ``pos``/``neg``: foreground/background-centred patch ratio.
+    ``batch_size`` counts volumes per step (so ``batch_size * samples_per_volume`` patches).
+    """
+
+    def __init__(self, root: str, patch_size: Sequence[int] = (96, 96, 96), samples_per_volume: int = 2,
+                 pos: float = 1.0, neg: float = 1.0, **kwargs: Any) -> None:
+        if kwargs.get("image_size") is not None:
+            raise DataError(f"data.image_size={kwargs['image_size']} must be null for 3D patches (use data.spacing)")
+        kwargs["image_size"] = None
+        kwargs.pop("train_slices", None)
+        kwargs.pop("rotation_limit", None)
+        super().__init__(root, **kwargs)
+        if len(patch_size) != 3 or min(patch_size) < 1:
+            raise DataError(f"data.patch_size={list(patch_size)} must be three positive integers")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.samples_per_volume, self.pos, self.neg = int(samples_per_volume), float(pos), float(neg)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        cases = sorted(self.load_cases(), key=lambda c: c.case_id)
+        self.splits = patient_split([c.case_id for c in cases], self.val_fraction, self.test_fraction, self.seed)
+        by_id = {c.case_id: c for c in cases}
+        fn = self.label_fn()
+        self.train_dataset = PatchDataset([by_id[c] for c in self.splits["train"]], fn, self.patch_size,
+                                          self.samples_per_volume, self.pos, self.neg, self.fill_value(),
+                                          self.augment)
+        self.train_dataset.set_random_state(self.seed)
+        self.val_dataset, self.test_dataset = (WholeVolumeDataset([by_id[c] for c in self.splits[s]], fn)
+                                               for s in ("val", "test"))
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(int(self.seed))
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=gen,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          collate_fn=flatten_collate, pin_memory=torch.cuda.is_available())
+
+    def _whole(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._whole(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._whole(self.test_dataset)

@@ -1,0 +1,126 @@
+"""Voxel grids: one canonical orientation and an optional target spacing, and the exact way back.
+
+Every volume is brought to one orientation at load (``data.orientation``, RAS by default: voxel axis 0
+runs to the patient's Right, 1 to Anterior, 2 to Superior -- so the last axis is always axial whatever
+axis order the file was stored in), then optionally resampled to ``data.spacing`` (mm; paper 003
+resamples to 1 mm isotropic: ``003_b4df17e9a6a6137e.txt`` §Implementation). :class:`GridMeta` records
+what was done so a prediction made in that space is mapped back onto the input's own voxel grid
+(shape, axis order and affine) -- nnU-Net / MONAI's ``Orientationd`` + ``Spacingd`` + inverse.
+
+Reorientation uses nibabel's orientation transforms (pure axis permutations and flips: exact, no
+interpolation); resampling uses ``torch.nn.functional.interpolate`` (trilinear for images, nearest for
+labels), the same as MONAI's ``Spacing`` on an axis-aligned grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nibabel import orientations as nio
+
+from datamodules.errors import DataError
+
+__all__ = ["GridMeta", "to_grid", "from_grid", "voxel_spacing", "check_orientation"]
+
+
+def check_orientation(codes: str | None) -> str | None:
+    """``"RAS"``-style axis codes (one of R/L, A/P, S/I per axis) or None (keep the stored order)."""
+    if codes is None:
+        return None
+    codes = str(codes).upper()
+    groups = sorted(next((i for i, p in enumerate(("RL", "AP", "SI")) if c in p), 9) for c in codes)
+    if len(codes) != 3 or groups != [0, 1, 2]:
+        raise DataError(f"data.orientation={codes!r} must be three axis codes, one of R/L, A/P and S/I "
+                        "each (e.g. RAS, LPS)")
+    return codes
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along each array axis from the affine's column norms."""
+    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
+
+
+@dataclass(frozen=True)
+class GridMeta:
+    """How a volume was moved to the working grid: the source shape/affine, the orientation transform
+    (nibabel ``ornt``), the reoriented shape, and the working grid's shape and spacing (mm)."""
+
+    source_shape: tuple[int, int, int]
+    source_affine: tuple[tuple[float, ...], ...]
+    ornt: tuple[tuple[float, float], ...]
+    inverse: tuple[tuple[float, float], ...]
+    oriented_shape: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+
+    def to_json(self) -> dict:
+        return {k: [list(r) if isinstance(r, tuple) else r for r in v] for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "GridMeta":
+        return cls(**{k: tuple(tuple(r) if isinstance(r, list) else r for r in v) for k, v in d.items()})
+
+    @property
+    def affine(self) -> np.ndarray:
+        """The working grid's affine (world mm), e.g. to save an intermediate volume."""
+        src = np.asarray(self.source_affine)
+        aff = src @ nio.inv_ornt_aff(np.asarray(self.ornt), self.source_shape)
+        scale = np.array(self.oriented_shape, float) / np.array(self.shape, float)
+        return aff @ np.diag([*scale, 1.0])
+
+
+def _resize(x: np.ndarray, shape: Sequence[int], is_label: bool) -> np.ndarray:
+    """Resize a 3D array (or ``[C, H, W, D]``) to ``shape``: trilinear for images, nearest for labels."""
+    if tuple(x.shape[-3:]) == tuple(shape):
+        return x
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    t = t[None, None] if t.ndim == 3 else t[None]
+    if is_label:
+        out = F.interpolate(t, size=tuple(shape), mode="nearest-exact")
+    else:
+        out = F.interpolate(t, size=tuple(shape), mode="trilinear", align_corners=False)
+    out = out[0, 0] if x.ndim == 3 else out[0]
+    return out.numpy().astype(x.dtype)
+
+
+def to_grid(x: np.ndarray, affine: np.ndarray, orientation: str | None = "RAS",
+            spacing: Sequence[float] | None = None, is_label: bool = False) -> tuple[np.ndarray, GridMeta]:
+    """``(H, W, D)`` or ``[C, H, W, D]`` volume -> the working grid (``orientation``, then ``spacing``)."""
+    src_shape = tuple(int(s) for s in x.shape[-3:])
+    start = nio.io_orientation(affine)
+    end = nio.axcodes2ornt(orientation) if orientation else start
+    ornt, inverse = nio.ornt_transform(start, end), nio.ornt_transform(end, start)
+    if x.ndim == 3:
+        y = nio.apply_orientation(x, ornt)
+    else:
+        y = np.stack([nio.apply_orientation(c, ornt) for c in x])
+    oriented_shape = tuple(int(s) for s in y.shape[-3:])
+    src_spacing = np.array(voxel_spacing(affine))
+    # the source axis that lands on working axis i is the one whose ornt row maps to i
+    oriented_spacing = tuple(float(src_spacing[list(ornt[:, 0].astype(int)).index(i)]) for i in range(3))
+    if spacing is None:
+        shape, out_spacing = oriented_shape, oriented_spacing
+    else:
+        target = [float(s) for s in spacing]
+        if len(target) != 3 or min(target) <= 0:
+            raise DataError(f"data.spacing={list(spacing)} must be three positive numbers (mm) or null")
+        shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(oriented_shape, oriented_spacing, target))
+        out_spacing = tuple(n * s / m for n, s, m in zip(oriented_shape, oriented_spacing, shape))
+        y = _resize(y, shape, is_label)
+    meta = GridMeta(src_shape, tuple(tuple(float(v) for v in r) for r in np.asarray(affine)),
+                    tuple(tuple(float(v) for v in r) for r in ornt),
+                    tuple(tuple(float(v) for v in r) for r in inverse), oriented_shape, tuple(shape),
+                    tuple(float(s) for s in out_spacing))
+    return np.ascontiguousarray(y), meta
+
+
+def from_grid(y: np.ndarray, meta: GridMeta, is_label: bool = True) -> np.ndarray:
+    """A volume on the working grid (``(h, w, d)`` or ``[C, h, w, d]``) -> the source voxel grid."""
+    y = _resize(y, meta.oriented_shape, is_label)
+    inv = np.asarray(meta.inverse)
+    back = nio.apply_orientation(y, inv) if y.ndim == 3 else np.stack([nio.apply_orientation(c, inv) for c in y])
+    assert back.shape[-3:] == meta.source_shape, (back.shape, meta.source_shape)
+    return np.ascontiguousarray(back)

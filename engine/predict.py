@@ -1,0 +1,185 @@
+"""Prediction of NIfTI volumes with trained checkpoints: one file or a folder (nnU-Net style), ensembles,
+sliding windows, mirror TTA, predictions written back on each input's own grid, per-case metrics.
+
+Everything is checked before the first volume is read (inputs are NIfTI, labels exist, checkpoints are
+segmentation checkpoints of matching classes, the output is writable), so a bad input leaves nothing
+behind; each prediction is written atomically.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from datamodules.errors import DataError
+from datamodules.spatial import voxel_spacing
+from datamodules.volumes import check_labels, load_nifti
+from lightning_modules.atomic import atomic_output
+from lightning_modules.base import build
+from lightning_modules.checkpoints import CheckpointError, load_checkpoint, net_state, one_line
+from lightning_modules.errors import ConfigError
+from lightning_modules.inference import VolumePredictor
+from lightning_modules.metrics import case_scores, confusion_matrix, surface_scores, summarise
+
+_NII = re.compile(r"\.nii(\.gz)?$")
+_CHANNEL = re.compile(r"^(.+)_(\d{4})$")
+
+
+def nifti_stem(p: Path) -> str:
+    return _NII.sub("", p.name)
+
+
+def is_nifti(p: Path) -> bool:
+    return _NII.search(p.name) is not None and not p.name.startswith(".") and not p.name.startswith("._")
+
+
+@dataclass
+class PredictCase:
+    """One volume to segment: its channel file(s), where the prediction goes, its label (optional)."""
+
+    case_id: str
+    images: list[Path]
+    output: Path
+    label: Path | None = None
+
+
+def _label_for(case_id: str, first: Path, labels: Path) -> Path:
+    for name in (f"{case_id}.nii.gz", f"{case_id}.nii", first.name):
+        if (labels / name).is_file():
+            return labels / name
+    raise DataError(f"no label for case {case_id} in labels={labels} (expected {case_id}.nii.gz)")
+
+
+def plan_cases(input: str | Path, output: str | Path, labels: str | Path | None = None) -> list[PredictCase]:
+    """The cases of ``input`` (a NIfTI file, or a folder of them: nnU-Net ``<case>_0000.nii.gz``
+    channel files are grouped per case) and their output paths (``output/<case>.nii.gz`` for a folder)."""
+    src, out = Path(input), Path(output)
+    lab = None if labels in (None, "") else Path(labels)
+    if not src.exists():
+        raise DataError(f"input {src} does not exist")
+    if lab is not None and not lab.exists():
+        raise DataError(f"labels {lab} does not exist")
+    if src.is_file():
+        if not is_nifti(src):
+            raise DataError(f"input {src} is not a NIfTI file (.nii or .nii.gz)")
+        target = out / f"{nifti_stem(src)}.nii.gz" if out.is_dir() else out
+        if not is_nifti(target):
+            raise ConfigError(f"output={out} must end in .nii.gz or .nii (or be an existing folder)")
+        label = None if lab is None else (lab if lab.is_file() else _label_for(nifti_stem(src), src, lab))
+        return [PredictCase(nifti_stem(src), [src], target, label)]
+    files = sorted(p for p in src.iterdir() if p.is_file() and is_nifti(p))
+    if not files:
+        others = sorted(p.name for p in src.iterdir())[:3]
+        raise DataError(f"input folder {src} holds no NIfTI file (.nii/.nii.gz){'; found ' + ', '.join(others) if others else ''}")
+    if is_nifti(out) or out.is_file():
+        raise ConfigError(f"output={out} must be a folder when input={src} is a folder")
+    groups: dict[str, list[Path]] = {}
+    nnunet = all(_CHANNEL.match(nifti_stem(p)) for p in files)
+    for p in files:
+        case = _CHANNEL.match(nifti_stem(p)).group(1) if nnunet else nifti_stem(p)
+        groups.setdefault(case, []).append(p)
+    if lab is not None and not lab.is_dir():
+        raise ConfigError(f"labels={lab} must be a folder when input={src} is a folder")
+    return [PredictCase(c, ps, out / f"{c}.nii.gz", None if lab is None else _label_for(c, ps[0], lab))
+            for c, ps in sorted(groups.items())]
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and probe it with a temp file; a one-line ConfigError otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"output folder {folder} is not writable ({type(err).__name__}: {err.strerror or err})") from None
+
+
+@dataclass
+class Models:
+    """The loaded ensemble: nets, the first checkpoint's run config and hyper-parameters."""
+
+    nets: list[torch.nn.Module]
+    run_cfg: object
+    hparams: dict
+    spatial_dims: int = 2
+    paths: list[Path] = field(default_factory=list)
+
+
+def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None) -> Models:
+    """Load every checkpoint (``weights_only``; the net built from its allow-listed config), refusing
+    classification checkpoints and ensembles whose members predict different classes."""
+    nets, first_hp, dims = [], None, set()
+    for path in map(Path, ckpts):
+        ckpt = load_checkpoint(path)
+        hp = dict(ckpt.get("hyper_parameters") or {})
+        if "task" in hp or ("state_dict" in ckpt and "eval_slices" not in hp):
+            raise CheckpointError(f"checkpoint {path} is not a segmentation checkpoint"
+                                  f"{' (task=' + str(hp['task']) + ')' if 'task' in hp else ''}; "
+                                  "predict needs one trained with module=segmentation")
+        state, net_cfg = net_state(ckpt, path)
+        if not isinstance(net_cfg, dict):
+            raise CheckpointError(f"checkpoint {path} stores no net config (not a framework segmentation checkpoint)")
+        net = build(net_cfg, what="net")
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint {path} does not match its net config: {one_line(err)}") from err
+        if first_hp is not None and hp.get("num_classes") != first_hp.get("num_classes"):
+            raise CheckpointError(f"checkpoint {path} predicts {hp.get('num_classes')} classes but "
+                                  f"{ckpts[0]} predicts {first_hp.get('num_classes')}: an ensemble needs the same classes")
+        first_hp = first_hp or hp
+        dims.add(int(net_cfg.get("spatial_dims", 2)))
+        nets.append(net.eval())
+    if len(dims) > 1:
+        raise CheckpointError(f"checkpoints {list(map(str, ckpts))} mix 2D and 3D nets")
+    first = Path(ckpts[0])
+    run_cfg_path = Path(run_config) if run_config else first.resolve().parent.parent / "config.yaml"
+    if not run_cfg_path.is_file():
+        raise CheckpointError(f"no run config at {run_cfg_path}; pass run_config=<training run>/config.yaml")
+    return Models(nets, OmegaConf.load(run_cfg_path), first_hp, dims.pop(), [Path(c) for c in ckpts])
+
+
+def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None) -> nib.Nifti1Image:
+    """Segment one case on the working grid and map the labels back onto the input's own grid."""
+    x, grid = dm.preprocess_volume(case.images if len(case.images) > 1 else case.images[0])
+    if predictor.spatial_dims == 3:
+        prob = predictor.probabilities(x.permute(1, 2, 3, 0))          # [K, H, W, D]
+        labels = VolumePredictor.labels(prob, threshold, class_dim=0).permute(2, 0, 1)
+    else:
+        labels = VolumePredictor.labels(predictor.probabilities(x), threshold)
+    volume = dm.restore_prediction(labels, grid).astype(np.uint8)
+    src = nib.load(str(case.images[0]))
+    header = src.header.copy()
+    header.set_data_dtype(np.uint8)
+    return nib.Nifti1Image(volume, src.affine, header)
+
+
+def save_nifti(img: nib.Nifti1Image, path: Path) -> None:
+    with atomic_output(path, suffix="".join(path.suffixes) or ".nii.gz") as tmp:
+        nib.save(img, str(tmp))
+
+
+def score_case(pred: np.ndarray, case: PredictCase, dm, class_names: Sequence[str],
+               tolerance_mm: float) -> dict[str, float]:
+    """Dice/IoU/RVD, HD95 and NSD of one prediction against its label, on the input's grid (mm)."""
+    raw, affine, _ = load_nifti(case.label)
+    if raw.shape != pred.shape:
+        raise DataError(f"label {case.label} is {raw.shape} but input {case.images[0]} is {pred.shape}")
+    target = dm.label_fn()(check_labels(raw, dm.params.labels, case.label))
+    k = len(class_names)
+    cm = confusion_matrix(torch.from_numpy(pred.astype(np.int64))[None],
+                          torch.from_numpy(target.astype(np.int64))[None], k)[0].numpy()
+    return {**case_scores(cm, class_names), **surface_scores(pred, target, class_names, voxel_spacing(affine), tolerance_mm)}
+
+
+def summary_of(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    return summarise(per_case) if per_case else {}

@@ -1,0 +1,64 @@
+"""Bad input to ``python -m experiments.predict``: exit 2, one line naming the culprit, no traceback,
+nothing written (issue 10's predict items)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from tests.volumetric_helpers import make_run
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("badpredict")
+    ckpt = make_run(tmp)
+    vol = tmp / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 3), np.float32), np.eye(4)), vol)
+    (tmp / "empty_dir").mkdir()
+    (tmp / "notes.txt").write_text("not a volume")
+    (tmp / "image.png").write_bytes(b"\x89PNG\r\n")
+    cls = torch.load(ckpt, weights_only=True)
+    cls["hyper_parameters"] = {"task": "multi-class", "num_classes": 2, "net": cls["hyper_parameters"]["net"]}
+    torch.save(cls, tmp / "classifier.ckpt")
+    other = torch.load(ckpt, weights_only=True)
+    other["hyper_parameters"]["net"] = {**other["hyper_parameters"]["net"], "width": 8}
+    (tmp / "other" / "checkpoints").mkdir(parents=True)
+    torch.save(other, tmp / "other" / "checkpoints" / "wider.ckpt")
+    (tmp / "other" / "config.yaml").write_text((ckpt.parent.parent / "config.yaml").read_text())
+    (tmp / "a_file").write_text("a file where a folder is needed")
+    return tmp, ckpt
+
+
+CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one line must contain, output)
+    ("classification ckpt", ["ckpt={t}/classifier.ckpt", "input={t}/vol.nii.gz", "output={t}/o1.nii.gz"],
+     "classifier.ckpt", "o1.nii.gz"),
+    ("missing input", ["ckpt={c}", "input={t}/nope.nii.gz", "output={t}/o2.nii.gz"], "nope.nii.gz", "o2.nii.gz"),
+    ("non-NIfTI input", ["ckpt={c}", "input={t}/image.png", "output={t}/o3.nii.gz"], "image.png", "o3.nii.gz"),
+    ("folder without NIfTI", ["ckpt={c}", "input={t}/empty_dir", "output={t}/o4"], "empty_dir", "o4"),
+    ("another architecture", ["ckpt={t}/other/checkpoints/wider.ckpt", "input={t}/vol.nii.gz",
+                              "output={t}/o5.nii.gz"], "wider.ckpt", "o5.nii.gz"),
+    ("unwritable output", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/a_file/seg.nii.gz"], "a_file", None),
+    ("folder into a file name", ["ckpt={c}", "input={t}", "output={t}/o7.nii.gz"], "o7.nii.gz", "o7.nii.gz"),
+    ("missing checkpoint", ["ckpt={t}/none.ckpt", "input={t}/vol.nii.gz", "output={t}/o8.nii.gz"],
+     "none.ckpt", "o8.nii.gz"),
+]
+
+
+@pytest.mark.parametrize("name, args, culprit, output", CASES, ids=[c[0] for c in CASES])
+def test_predict_bad_input(files, name, args, culprit, output):
+    tmp, ckpt = files
+    argv = [a.format(t=tmp, c=ckpt) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "experiments.predict", *argv, "device=cpu"],
+                          capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert culprit in lines[0] and lines[0].startswith("error: ")
+    if output:
+        assert not (tmp / output).exists()
+    assert not list(tmp.rglob("*.tmp")), "no half-written temp file left"

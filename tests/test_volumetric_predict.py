@@ -1,0 +1,126 @@
+"""Orientation and spacing round trips, folder / ensemble / TTA predict, HD95 and NSD (issue 12)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from datamodules.spatial import from_grid, to_grid
+from experiments.predict import predict
+from tests.volumetric_helpers import make_run, phantom, reoriented, to_ras
+
+
+def _cfg(**kw):
+    base = dict(labels=None, run_config=None, batch_size=8, roi_size=None, overlap=0.5, mode="gaussian",
+                tta=False, nsd_tolerance_mm=1.0, device="cpu")
+    return OmegaConf.create({**base, **kw})
+
+
+def _dice(a, b):
+    a, b = a > 0, b > 0
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vol")
+    return tmp, make_run(tmp), phantom(tmp)
+
+
+def test_orientations_give_the_same_prediction(setup):
+    """RAS, LPS, RSA and PSR copies of one volume: the same segmentation once mapped back (>= 0.99 Dice)."""
+    tmp, ckpt, root = setup
+    src = root / "volume-0.nii.gz"
+    inp = tmp / "orient_in"
+    inp.mkdir()
+    for codes in ("RAS", "LPS", "RSA", "PSR"):
+        reoriented(src, codes, inp / f"{codes}.nii.gz")
+    predict(_cfg(ckpt=str(ckpt), input=str(inp), output=str(tmp / "orient_out")))
+    ref = None
+    for codes in ("RAS", "LPS", "RSA", "PSR"):
+        img_in, seg = nib.load(inp / f"{codes}.nii.gz"), nib.load(tmp / "orient_out" / f"{codes}.nii.gz")
+        assert seg.shape == img_in.shape and np.allclose(seg.affine, img_in.affine)
+        assert nib.aff2axcodes(seg.affine) == tuple(codes)
+        ras = to_ras(seg)
+        ref = ras if ref is None else ref
+        assert ras.any() and _dice(ras, ref) >= 0.99, codes
+
+
+def test_orientation_matters_without_reorientation(setup):
+    """The same check fails when volumes are not reoriented (data.orientation=null): the test can fail."""
+    tmp, ckpt, root = setup
+    cfg = OmegaConf.load(ckpt.parent.parent / "config.yaml")
+    cfg.data.orientation = None
+    run_cfg = tmp / "noorient.yaml"
+    run_cfg.write_text(OmegaConf.to_yaml(cfg))
+    inp = tmp / "noorient_in"
+    inp.mkdir()
+    for codes in ("RAS", "PSR"):
+        reoriented(root / "volume-0.nii.gz", codes, inp / f"{codes}.nii.gz")
+    predict(_cfg(ckpt=str(ckpt), input=str(inp), output=str(tmp / "noorient_out"), run_config=str(run_cfg)))
+    a, b = (to_ras(nib.load(tmp / "noorient_out" / f"{c}.nii.gz")) for c in ("RAS", "PSR"))
+    assert _dice(a, b) < 0.99
+
+
+def test_spacing_round_trip_labels_and_predict(setup):
+    tmp, ckpt, root = setup
+    lab = nib.load(root / "segmentation-0.nii.gz")
+    y = np.asarray(lab.dataobj).astype(np.float32)
+    g, meta = to_grid(y, lab.affine, "RAS", spacing=[1.0, 1.0, 1.0], is_label=True)
+    assert np.allclose(meta.spacing, 1.0, atol=0.1) and g.shape != y.shape and set(np.unique(g)) <= set(np.unique(y))
+    back = from_grid(g, meta, is_label=True)
+    assert back.shape == y.shape and _dice(back, y) >= 0.9  # 0.8 -> 1 mm in-plane loses detail
+    fine, meta = to_grid(y, lab.affine, "RAS", spacing=[0.4, 0.4, 1.25], is_label=True)
+    assert fine.shape == (80, 72, 16) and np.array_equal(from_grid(fine, meta, is_label=True), y)
+    cfg = OmegaConf.load(ckpt.parent.parent / "config.yaml")
+    cfg.data.spacing = [1.0, 1.0, 1.0]
+    run_cfg = tmp / "spacing.yaml"
+    run_cfg.write_text(OmegaConf.to_yaml(cfg))
+    src = reoriented(root / "volume-0.nii.gz", "LPS", tmp / "lps.nii.gz")
+    predict(_cfg(ckpt=str(ckpt), input=str(src), output=str(tmp / "sp.nii.gz"), run_config=str(run_cfg)))
+    seg = nib.load(tmp / "sp.nii.gz")
+    assert seg.shape == nib.load(src).shape and np.allclose(seg.affine, nib.load(src).affine)
+
+
+def test_folder_predict_with_labels_ensemble_and_tta(setup):
+    tmp, ckpt, root = setup
+    other = make_run(tmp, seed=1, name="run2")
+    imgs, labs, out = tmp / "imgs", tmp / "labs", tmp / "folder_out"
+    for d in (imgs, labs):
+        d.mkdir()
+    for name in ("caseA", "caseB"):  # nnU-Net naming: <case>_0000.nii.gz images, <case>.nii.gz labels
+        shutil.copy(root / "volume-0.nii.gz", imgs / f"{name}_0000.nii.gz")
+        shutil.copy(root / "segmentation-0.nii.gz", labs / f"{name}.nii.gz")
+    summary = predict(_cfg(ckpt=[str(ckpt), str(other)], input=str(imgs), output=str(out), labels=str(labs),
+                           tta=True))
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["caseA.nii.gz", "caseB.nii.gz"]
+    for p in out.glob("*.nii.gz"):
+        assert nib.load(p).shape == nib.load(root / "volume-0.nii.gz").shape
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"dice", "hd95", "nsd"} <= set(metrics["summary"]) and set(metrics["per_case"]) == {"caseA", "caseB"}
+    assert summary["num_cases"] == 2 and 0 <= summary["nsd"] <= 1
+
+
+def test_predictor_ensemble_mean_and_mirror_tta():
+    import torch
+    from torch import nn
+
+    from lightning_modules.inference import VolumePredictor, mirror_sets
+
+    torch.manual_seed(0)
+    point, conv = nn.Conv2d(1, 2, 1).eval(), nn.Conv2d(1, 2, 3, padding=1).eval()
+    x = torch.randn(3, 1, 16, 16)
+    one = VolumePredictor([point]).probabilities(x)
+    two = VolumePredictor([conv]).probabilities(x)
+    assert torch.allclose(VolumePredictor([point, conv]).probabilities(x), (one + two) / 2, atol=1e-6)
+    assert torch.allclose(one.sum(1), torch.ones(3, 16, 16), atol=1e-5)
+    # a 1x1 conv commutes with flips: mirroring changes nothing; a 3x3 conv does not commute
+    assert torch.allclose(VolumePredictor([point], mirror_axes=(0, 1)).probabilities(x), one, atol=1e-6)
+    assert not torch.allclose(VolumePredictor([conv], mirror_axes=(0, 1)).probabilities(x), two, atol=1e-4)
+    assert mirror_sets([0, 1]) == [(), (0,), (1,), (0, 1)]
+    with pytest.raises(ValueError, match="mirror_axes"):
+        VolumePredictor([point], mirror_axes=(2,))
