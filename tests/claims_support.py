@@ -7,8 +7,12 @@ metrics dict (the same values as the run's ``metrics.json``, ``rounds.csv``, ``e
 Seeds: every test runs at ``FEDMED_CLAIMS_SEED`` (default 0). To measure a claim's spread over seeds,
 run the marker once per seed and collect the measured values (written before any assertion)::
 
-    for s in 0 1 2; do FEDMED_CLAIMS_SEED=$s FEDMED_CLAIMS_RECORD=/tmp/claims.jsonl pytest -m claims; done
+    for s in 0 1 2; do FEDMED_CLAIMS_ALL=1 FEDMED_CLAIMS_SEED=$s FEDMED_CLAIMS_RECORD=/tmp/claims.jsonl pytest -m claims; done
     python -m tests.claims_support /tmp/claims.jsonl      # mean / min / max per claim and value
+
+``FEDMED_CLAIMS_DISABLE=1`` runs every test with its mechanism switched off (each must then fail).
+Tests whose margin has not been measured over seeds yet carry :func:`unvalidated` (skipped unless
+``FEDMED_CLAIMS_ALL=1``).
 """
 from __future__ import annotations
 
@@ -19,8 +23,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from experiments.run import dispatch
 from tests.hydra_helpers import compose_run
+
+
+def unvalidated(why: str) -> pytest.MarkDecorator:
+    """Skip a claims test whose margin has not yet been measured over >= 3 seeds (so the default suite
+    never fails on a guessed margin); ``FEDMED_CLAIMS_ALL=1`` runs it anyway, to measure it."""
+    return pytest.mark.skipif(os.environ.get("FEDMED_CLAIMS_ALL", "") != "1",
+                              reason=f"claim margin not validated over seeds yet: {why} (FEDMED_CLAIMS_ALL=1 runs it)")
 
 
 def claims_seed() -> int:

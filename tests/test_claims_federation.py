@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from tests.claims_support import record, run
+from tests.claims_support import record, run, unvalidated
 
-pytestmark = [pytest.mark.claims, pytest.mark.slow]
+pytestmark = [pytest.mark.claims]
 
 DISABLED = os.environ.get("FEDMED_CLAIMS_DISABLE", "") == "1"
 
@@ -28,16 +28,22 @@ DATASHARE = ["+exp=fed_digits_datashare", "logger=csv", "federation.partition.k=
              "federation.eval_clients=none", "federation.progress=false"]
 
 
+@pytest.mark.slow
+@unvalidated("part-all gap at 20 rounds measured at seed 0 only")
 def test_datasharing_part_beats_none_and_nears_all(tmp_path):
     """Paper 000 §5.1 (Figs. 2-3): under 1-class skew the part-distributed shared data lifts the global
     model well above no sharing and close to sharing everything with every client.
 
     Digits (MNIST stand-in), SmallCNN, 20 clients / 5 per round, 80 % of each client's data from one
-    class, shared pool 10 %, 20 rounds x 2 local epochs.  Asserted: acc(part) >= acc(none) + 0.05 and
-    acc(part) >= acc(all) - 0.03.  Why safe: over seeds 0-2 (docs/benchmarks.md) part - none is
-    >= 0.15 and all - part <= 0.02 at 20 rounds; the 0.05 margin is 3x below the smallest
-    part-none gap.  Mechanism disabled (``federation.shared_fraction=0``: an empty pool, so `part`
-    sends nothing): part falls to none's level and the first assertion fails (docs/benchmarks.md).
+    class, shared pool 10 %, 20 rounds x 2 local epochs (the paper trains to convergence; at 10 rounds
+    `part` is still climbing: seed 0 gave none 0.733 / part 0.928 / all 0.981, a part-all gap of
+    0.053).  Asserted: acc(part) >= acc(none) + 0.05 and acc(part) >= acc(all) - 0.03 (the issue's
+    margins).  Measured so far (docs/benchmarks.md, Claims tests): seed 0 at 20 rounds part 0.983;
+    part - none at 10 rounds 0.195 (seed 0), so the 0.05 margin is ~4x below the observed gap; the
+    spread over three seeds at 20 rounds is still being measured, hence :func:`unvalidated`.
+    Mechanism disabled (``federation.shared_fraction=0``: an empty pool, so `part` sends nothing;
+    ``FEDMED_CLAIMS_DISABLE=1``): not yet run on this machine (contended CPU), expected to fail the
+    first assertion.
     """
     t0 = time.perf_counter()
     acc = {}
@@ -66,8 +72,8 @@ def two_sites(partial: dict[str, list[int]] | None = None, same_scanner: bool = 
     if not same_scanner:
         ov.append("data.sites.site2.synthetic.site={intensity_offset:-150.0,intensity_scale:0.6,noise_std:20.0}")
     else:
-        ov.append("data.sites.site2.synthetic.site={intensity_offset:0.0,intensity_scale:1.0,noise_std:10.0,"
-                  "spacing:[0.8,0.8,2.5]}")
+        ov += [f"data.sites.{s}.synthetic.site={{intensity_offset:0.0,intensity_scale:1.0,noise_std:10.0,"
+               f"spacing:[0.8,0.8,2.5]}}" for s in ("site1", "site2")]
     if partial is None:
         ov.append("federation.partial_labels=null")
     else:
@@ -87,16 +93,19 @@ def fedavg_matrix(tmp_path_factory):
     return m, time.perf_counter() - t0
 
 
+@pytest.mark.slow
+@unvalidated("the two-site federation has not completed a run on the contended machine")
 def test_fl_global_beats_standalone_off_site(fedavg_matrix):
     """Paper 003 §4 / Table 1: the federated global model generalises to the other institution, where
     each institution's standalone model does not.
 
     Asserted, for each site i: Dice(FL_global on site j's test) >= Dice(site i standalone on site j's
-    test) + 0.15 (j != i).  Why safe: the intensity shift is large (site 2's organs fall on site 1's fat
-    intensities), so a standalone model is near chance off-site (Dice <= 0.35 over seeds 0-2) while
-    FL_global reaches >= 0.7 on both sites (docs/benchmarks.md).  Mechanism disabled (no federation:
-    site 2 removed, so the "global" model saw site 1 only): the site-2 column has no FL score and
-    FL_global equals a site-1 model, the assertion fails.
+    test) + 0.15 (j != i).  Rationale for the margin: the intensity shift is large (site 2's organs fall
+    on site 1's fat intensities), so a standalone model should be near chance off-site while FL_global
+    saw both scanners.  NOT yet measured (the run did not complete on the contended CPU this session):
+    the margin is a design value until docs/benchmarks.md records its spread over seeds.  Mechanism
+    disabled (``FEDMED_CLAIMS_DISABLE=1``: site 2 removed, so the "global" model saw site 1 only): the
+    site-2 column has no FL score (NaN) and the assertion fails by construction.
     """
     metrics, _ = fedavg_matrix
     mat = metrics["evaluation_matrix"]
@@ -107,16 +116,19 @@ def test_fl_global_beats_standalone_off_site(fedavg_matrix):
     assert fl.get("site1", math.nan) >= sa2.get("site1", math.nan) + 0.15, mat
 
 
+@pytest.mark.slow
+@unvalidated("the two-site federation has not completed a run on the contended machine")
 def test_evaluation_matrix_rows_and_order(fedavg_matrix):
     """Paper 003 Table 1 on the two sites: rows FL_global, <site>_FL_local, <site>_baseline (standalone)
     and centralised are all present, and on the pooled test set centralised >= FL_global - 0.05 and
     FL_global >= every off-site standalone score + 0.15 (the matrix's ordering in the paper:
     centralised ~ FL_global > a model from one institution on the other's data).
 
-    Why safe: centralised and FL_global see the same data for the same number of epochs per site
-    (20), so they differ by the federation's averaging only (|diff| <= 0.03 over seeds 0-2); the
-    off-site gap is the one of test_fl_global_beats_standalone_off_site.  Mechanism disabled (site 2
-    removed): rows for site 2 are missing and the ordering assertion fails.
+    Rationale: centralised and FL_global see the same data for the same number of epochs per site
+    (20), so they should differ by the federation's averaging only (hence a 0.05 tolerance rather than
+    a strict >=); the off-site gap is the one of test_fl_global_beats_standalone_off_site.  NOT yet
+    measured (see that test).  Mechanism disabled (site 2 removed): the site-2 rows are missing and the
+    row assertion fails by construction.
     """
     metrics, seconds = fedavg_matrix
     mat = metrics["evaluation_matrix"]
@@ -133,6 +145,8 @@ def test_evaluation_matrix_rows_and_order(fedavg_matrix):
 
 
 # ------------------------------------------------------------------------------------- paper 004
+@pytest.mark.slow
+@unvalidated("FedBN - FedAvg not measured yet on the contended machine")
 def test_fedbn_beats_fedavg_under_feature_shift(fedavg_matrix, tmp_path):
     """SegViz (paper 004) / FedBN: under feature shift (the two sites' scanners differ in intensity
     scale, offset and noise) keeping batch-norm local beats averaging it, on each site's own test set.
@@ -140,9 +154,10 @@ def test_fedbn_beats_fedavg_under_feature_shift(fedavg_matrix, tmp_path):
     Asserted: mean over sites of Dice(FL_global with the site's own BN, own test set) under FedBN >=
     the same under FedAvg + 0.02.  Why this margin: FedBN >= FedAvg is the claim, but with BN averaged
     FedBN *is* FedAvg (equal scores), so a test that must fail when BN is averaged needs a positive
-    margin; over seeds 0-2 FedBN - FedAvg >= 0.05 (docs/benchmarks.md).  Mechanism disabled
-    (``federation/strategy=fedavg`` in place of fedbn, i.e. BN averaged): the difference is exactly 0
-    and the assertion fails.
+    margin.  NOT yet measured: 0.02 is a design value until docs/benchmarks.md records FedBN - FedAvg
+    over seeds.  Mechanism disabled (``FEDMED_CLAIMS_DISABLE=1``: ``federation/strategy=fedavg`` in
+    place of fedbn, i.e. BN averaged): the run is the fixture's FedAvg run, the difference is exactly 0
+    and the assertion fails by construction.
     """
     t0 = time.perf_counter()
     avg = fedavg_matrix[0]["evaluation_matrix"]["FL_global"]
@@ -156,6 +171,8 @@ def test_fedbn_beats_fedavg_under_feature_shift(fedavg_matrix, tmp_path):
     assert own_bn >= own_avg + 0.02, (bn, avg)
 
 
+@pytest.mark.slow
+@unvalidated("the partial-label federation has not completed a run on the contended machine")
 def test_partial_labels_federation_learns_each_sites_missing_organ(tmp_path):
     """SegViz (paper 004): from partially annotated sites (site 1 labels the liver only, site 2 the
     spleen only; the other organ's pixels are ignored by the loss), the federated model segments each
@@ -164,10 +181,11 @@ def test_partial_labels_federation_learns_each_sites_missing_organ(tmp_path):
     Same scanner at both sites (label shift only), so the pooled test set has each site's distribution.
     Standalone model of a site = the same federation with that site alone (FedAvg over one client is
     local training), same rounds and epochs.  Asserted: Dice(FL, spleen) >= Dice(site 1 alone, spleen)
-    + 0.3 and Dice(FL, liver) >= Dice(site 2 alone, liver) + 0.3.  Why safe: a site never shown an
-    organ scores ~0 on it, the federated model >= 0.6 on both over seeds 0-2 (docs/benchmarks.md).
-    Mechanism disabled (both sites annotate the liver only: nobody labels the spleen): the federated
-    spleen Dice is ~0 and the first assertion fails.
+    + 0.3 and Dice(FL, liver) >= Dice(site 2 alone, liver) + 0.3.  Rationale: a site never shown an
+    organ cannot predict it (its logit is only ever pushed down), so its standalone Dice on that organ
+    is ~0, while the federated model learns it from the other site.  NOT yet measured on this machine.
+    Mechanism disabled (``FEDMED_CLAIMS_DISABLE=1``: both sites annotate the liver only, nobody labels
+    the spleen): the federated spleen Dice should be ~0 and the first assertion fail.
     """
     t0 = time.perf_counter()
     labels = {"site1": [1], "site2": [1]} if DISABLED else {"site1": [1], "site2": [2]}
@@ -179,3 +197,21 @@ def test_partial_labels_federation_learns_each_sites_missing_organ(tmp_path):
     record("004_partial_labels", t0, **vals)
     assert vals["fl_spleen"] >= vals["site1_alone_spleen"] + 0.3, vals
     assert vals["fl_liver"] >= vals["site2_alone_liver"] + 0.3, vals
+
+
+def test_claims_scenarios_compose(tmp_path):
+    """The claims' scenarios compose against the real config tree (no training): two liver + spleen
+    sites with different scanners, per-site partial labels, and one-site standalone runs."""
+    from omegaconf import OmegaConf
+
+    from tests.hydra_helpers import compose_run
+
+    cfg = compose_run(two_sites(), tmp_path)
+    s1, s2 = (OmegaConf.to_container(cfg.data.sites[s].synthetic) for s in ("site1", "site2"))
+    assert s1["organs"] == s2["organs"] == ["liver", "spleen"] and s1["site"] != s2["site"]
+    assert cfg.federation.partial_labels is None and cfg.data.num_classes == 3
+    cfg = compose_run(two_sites({"site1": [1], "site2": [2]}, same_scanner=True), tmp_path)
+    assert OmegaConf.to_container(cfg.federation.partial_labels) == {"site1": [1], "site2": [2]}
+    assert cfg.data.sites.site1.synthetic.site == cfg.data.sites.site2.synthetic.site
+    cfg = compose_run([*two_sites({"site1": [1]}, same_scanner=True), "~data.sites.site2"], tmp_path)
+    assert list(cfg.data.sites) == ["site1"] and list(cfg.federation.partial_labels) == ["site1"]
