@@ -72,8 +72,9 @@ def two_sites(partial: dict[str, list[int]] | None = None, same_scanner: bool = 
     if not same_scanner:
         ov.append("data.sites.site2.synthetic.site={intensity_offset:-150.0,intensity_scale:0.6,noise_std:20.0}")
     else:
-        ov += [f"data.sites.{s}.synthetic.site={{intensity_offset:0.0,intensity_scale:1.0,noise_std:10.0,"
-               f"spacing:[0.8,0.8,2.5]}}" for s in ("site1", "site2")]
+        ov += ["+data.sites.site1.synthetic.site.spacing=[0.8,0.8,2.5]",  # site 1's (default) spacing, explicit
+               "data.sites.site2.synthetic.site={intensity_offset:0.0,intensity_scale:1.0,noise_std:10.0,"
+               "spacing:[0.8,0.8,2.5]}"]
     if partial is None:
         ov.append("federation.partial_labels=null")
     else:
