@@ -85,18 +85,26 @@ def two_sites(partial: dict[str, list[int]] | None = None, same_scanner: bool = 
 @pytest.fixture(scope="module")
 def fedavg_matrix(tmp_path_factory):
     """One FedAvg federation over the two shifted sites with paper 003's evaluation matrix (FL_global,
-    FL_local, standalone baselines, centralised), shared by the FL-vs-standalone and matrix claims."""
+    FL_local, standalone baselines, centralised), shared by the FL-vs-standalone, matrix and FedBN claims."""
     t0 = time.perf_counter()
-    ov = two_sites()
-    if DISABLED:  # no federation: the "FL" model is trained by site 1 alone (FedAvg over one client)
-        ov += ["federation.partial_labels=null", "~data.sites.site2"]
-    m = run([*ov, "federation.evaluation_matrix=true"], tmp_path_factory.mktemp("fedavg"))
+    m = run([*two_sites(), "federation.evaluation_matrix=true"], tmp_path_factory.mktemp("fedavg"))
+    return m, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def fl_matrix(request, tmp_path_factory):
+    """``fedavg_matrix``; with ``FEDMED_CLAIMS_DISABLE=1`` the same run without federation (site 2
+    removed: the "FL" model is site 1's alone, FedAvg over one client)."""
+    if not DISABLED:
+        return request.getfixturevalue("fedavg_matrix")
+    t0 = time.perf_counter()
+    m = run([*two_sites(), "~data.sites.site2", "federation.evaluation_matrix=true"], tmp_path_factory.mktemp("nofl"))
     return m, time.perf_counter() - t0
 
 
 @pytest.mark.slow
 @unvalidated("the two-site federation has not completed a run on the contended machine")
-def test_fl_global_beats_standalone_off_site(fedavg_matrix):
+def test_fl_global_beats_standalone_off_site(fl_matrix):
     """Paper 003 §4 / Table 1: the federated global model generalises to the other institution, where
     each institution's standalone model does not.
 
@@ -108,7 +116,7 @@ def test_fl_global_beats_standalone_off_site(fedavg_matrix):
     disabled (``FEDMED_CLAIMS_DISABLE=1``: site 2 removed, so the "global" model saw site 1 only): the
     site-2 column has no FL score (NaN) and the assertion fails by construction.
     """
-    metrics, _ = fedavg_matrix
+    metrics, _ = fl_matrix
     mat = metrics["evaluation_matrix"]
     fl, sa1, sa2 = mat["FL_global"], mat.get("site1_baseline", {}), mat.get("site2_baseline", {})
     record("003_fl_vs_standalone", fl_on_site2=fl.get("site2", math.nan), site1_alone_on_site2=sa1.get("site2", math.nan),
@@ -119,7 +127,7 @@ def test_fl_global_beats_standalone_off_site(fedavg_matrix):
 
 @pytest.mark.slow
 @unvalidated("the two-site federation has not completed a run on the contended machine")
-def test_evaluation_matrix_rows_and_order(fedavg_matrix):
+def test_evaluation_matrix_rows_and_order(fl_matrix):
     """Paper 003 Table 1 on the two sites: rows FL_global, <site>_FL_local, <site>_baseline (standalone)
     and centralised are all present, and on the pooled test set centralised >= FL_global - 0.05 and
     FL_global >= every off-site standalone score + 0.15 (the matrix's ordering in the paper:
@@ -131,7 +139,7 @@ def test_evaluation_matrix_rows_and_order(fedavg_matrix):
     measured (see that test).  Mechanism disabled (site 2 removed): the site-2 rows are missing and the
     row assertion fails by construction.
     """
-    metrics, seconds = fedavg_matrix
+    metrics, seconds = fl_matrix
     mat = metrics["evaluation_matrix"]
     record("003_matrix", seconds=seconds, centralised=mat.get("centralised", {}).get("pooled", math.nan),
            fl_global=mat["FL_global"]["pooled"],
