@@ -1,0 +1,63 @@
+"""Paper 001 (HLFD) as a learning test (marker ``claims``): with a teacher clearly stronger than the
+student, HLFD distillation lifts the student above the same student trained without KD, on synthetic
+kidney phantoms.  Runs through Hydra composition + ``experiments.run.dispatch`` (``distill=...``); the
+teacher is trained once and cached under the test's data dir, as ``python -m experiments.run`` does.
+``FEDMED_CLAIMS_DISABLE=1``: HLFD with beta = lambda = 0 (the KD terms off), which must fail.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.claims_support import record, run, unvalidated
+
+pytestmark = [pytest.mark.claims, pytest.mark.slow]
+
+DISABLED = os.environ.get("FEDMED_CLAIMS_DISABLE", "") == "1"
+
+#: The regime (designed so the teacher earns its place, issue 13): the teacher is a wider net (UNet++,
+#: 16..256 filters) trained longer (10 epochs) on all the labelled slices; the student (ResNet-18 LinkNet)
+#: gets a shorter schedule (6 epochs), so what the teacher knows is what the student lacks.  Target: the
+#: kidney (the synthetic tumours are too small to learn at CPU size, docs/benchmarks.md), 32 px, protocol a.
+#: Measured at 64 px (seed 1): the width-16 teacher after 8 epochs reaches test Dice 0.822, but a 2-epoch
+#: student collapses (Dice 0.028, predicts kidney everywhere) with *and* without HLFD (0.028 both), so a
+#: 2-epoch student is no regime for this claim; 6 epochs is the next design, not yet measured.
+KD = ["+exp=kits_hlfd", "logger=csv", "data.target=organ", "data.class_names=[background,kidney]",
+      "data.image_size=32", "data.augment=false", "distill.teacher.model.width=16", "distill.teacher.max_epochs=10",
+      "trainer.max_epochs=6", "callbacks.kd_maps=null"]
+
+
+@pytest.fixture(scope="module")
+def kd_runs(tmp_path_factory):
+    """Teacher, student without KD, HLFD and pixel KD at the claims seed, sharing one cached teacher."""
+    root = tmp_path_factory.mktemp("kd")
+    t0 = time.perf_counter()
+    data = [f"paths.data_dir={root / 'data'}"]
+    out = {}
+    hlfd = ["distill=hlfd", "distill.loss.beta=0.0", "distill.loss.lam=0.0"] if DISABLED else ["distill=hlfd"]
+    for name, ov in (("teacher", ["distill=teacher"]), ("none", ["distill=none"]), ("hlfd", hlfd),
+                     ("pixel_kd", ["distill=pixel_kd"])):
+        out[name] = run([*KD, *data, *ov], root / name)["test/dice"]
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+@unvalidated("the teacher/student regime at 32 px has not completed a run on the contended machine")
+def test_hlfd_student_beats_student_without_kd(kd_runs):
+    """Paper 001 Table 1: HLFD student > student w/o KD, given a teacher clearly above the student.
+
+    Asserted: Dice(teacher) >= Dice(student w/o KD) + 0.05 (the regime holds: the teacher earns it) and
+    Dice(HLFD) >= Dice(student w/o KD) + 0.03.  NOT yet measured in this regime (contended CPU): the
+    margins are design values until docs/benchmarks.md records their spread.  Mechanism disabled
+    (``FEDMED_CLAIMS_DISABLE=1``: beta = lambda = 0, HLFD's L_F and L_P off, the student trains on L_seg
+    alone): HLFD then equals the student w/o KD (same seed, same data order) and the assertion fails.
+    HLFD vs pixel KD is measured and recorded here but not asserted (see docs/benchmarks.md for whether
+    it holds across seeds).
+    """
+    r = kd_runs
+    record("001_hlfd", seconds=r["seconds"], teacher=r["teacher"], student=r["none"], hlfd=r["hlfd"],
+           pixel_kd=r["pixel_kd"])
+    assert r["teacher"] >= r["none"] + 0.05, r
+    assert r["hlfd"] >= r["none"] + 0.03, r

@@ -1,0 +1,226 @@
+"""The federation papers' claims as learning tests (marker ``claims``): each trains real federations at a
+fixed seed through Hydra composition + ``experiments.run.dispatch`` and asserts the claim's direction
+with a margin.  Margins, the spread over seeds and the "mechanism disabled" failures are recorded in
+docs/benchmarks.md ("Claims tests").  ``FEDMED_CLAIMS_DISABLE=1`` runs every test with its mechanism
+switched off (each must then fail); ``FEDMED_CLAIMS_SEED`` picks the seed (tests/claims_support.py).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import pytest
+
+from tests.claims_support import record, run, unvalidated
+
+pytestmark = [pytest.mark.claims]
+
+DISABLED = os.environ.get("FEDMED_CLAIMS_DISABLE", "") == "1"
+
+
+def _pick(normal: list[str], disabled: list[str]) -> list[str]:
+    return disabled if DISABLED else normal
+
+
+# ------------------------------------------------------------------------------------- paper 000
+DATASHARE = ["+exp=fed_digits_datashare", "logger=csv", "federation.partition.k=1", "federation.rounds=20",
+             "federation.eval_clients=none", "federation.progress=false"]
+
+
+@pytest.mark.slow
+@unvalidated("part-all gap at 20 rounds measured at seed 0 only")
+def test_datasharing_part_beats_none_and_nears_all(tmp_path):
+    """Paper 000 §5.1 (Figs. 2-3): under 1-class skew the part-distributed shared data lifts the global
+    model well above no sharing and close to sharing everything with every client.
+
+    Digits (MNIST stand-in), SmallCNN, 20 clients / 5 per round, 80 % of each client's data from one
+    class, shared pool 10 %, 20 rounds x 2 local epochs (the paper trains to convergence; at 10 rounds
+    `part` is still climbing: seed 0 gave none 0.733 / part 0.928 / all 0.981, a part-all gap of
+    0.053).  Asserted: acc(part) >= acc(none) + 0.05 and acc(part) >= acc(all) - 0.03 (the issue's
+    margins).  Measured so far (docs/benchmarks.md, Claims tests): seed 0 at 20 rounds part 0.983;
+    part - none at 10 rounds 0.195 (seed 0), so the 0.05 margin is ~4x below the observed gap; the
+    spread over three seeds at 20 rounds is still being measured, hence :func:`unvalidated`.
+    Mechanism disabled (``federation.shared_fraction=0``: an empty pool, so `part` sends nothing;
+    ``FEDMED_CLAIMS_DISABLE=1``): not yet run on this machine (contended CPU), expected to fail the
+    first assertion.
+    """
+    t0 = time.perf_counter()
+    acc = {}
+    for mode in ("none", "part", "all"):
+        extra = ["federation.shared_fraction=0.0"] if DISABLED and mode == "part" else []
+        acc[mode] = run([*DATASHARE, f"federation.strategy.mode={mode}", *extra], tmp_path / mode)["test/acc"]
+    record("000_datasharing", t0, none=acc["none"], part=acc["part"], all=acc["all"])
+    assert acc["part"] >= acc["none"] + 0.05, acc
+    assert acc["part"] >= acc["all"] - 0.03, acc
+
+
+# ------------------------------------------------------------------------------- two phantom sites
+def two_sites(partial: dict[str, list[int]] | None = None, same_scanner: bool = False) -> list[str]:
+    """Two synthetic CT sites (``exp/fed_pancreas``'s institutions) holding liver + spleen phantoms
+    (MSD layout, labels 1 liver, 2 spleen) at 32 px.  Site 2's scanner differs strongly in intensity
+    (HU' = 0.6 HU - 150, more noise): its organs sit where site 1's fat is in the [-200, 250] window.
+    ``same_scanner``: site 2 with site 1's scanner (label shift only)."""
+    ov = ["+exp=fed_pancreas", "logger=csv", "data.num_classes=3", "data.class_names=[background,liver,spleen]",
+          "federation.progress=false", "federation.eval_clients=none", "federation.rounds=5",
+          "federation.local_epochs=4", "federation.matrix.standalone_epochs=20",
+          "federation.matrix.centralised_epochs=20", "module.optimizer.lr=3e-3"]
+    for s in ("site1", "site2"):
+        ov += [f"data.sites.{s}.layout=msd", f"data.sites.{s}.target=multiclass", f"data.sites.{s}.image_size=32",
+               f"data.sites.{s}.batch_size=4", f"data.sites.{s}.synthetic.n_cases=8",
+               f"data.sites.{s}.synthetic.shape=[64,64,10]", f"+data.sites.{s}.synthetic.organs=[liver,spleen]"]
+    if not same_scanner:
+        ov.append("data.sites.site2.synthetic.site={intensity_offset:-150.0,intensity_scale:0.6,noise_std:20.0}")
+    else:
+        ov += ["+data.sites.site1.synthetic.site.spacing=[0.8,0.8,2.5]",  # site 1's (default) spacing, explicit
+               "data.sites.site2.synthetic.site={intensity_offset:0.0,intensity_scale:1.0,noise_std:10.0,"
+               "spacing:[0.8,0.8,2.5]}"]
+    if partial is None:
+        ov.append("federation.partial_labels=null")
+    else:
+        ov += ["federation.partial_labels=null"] + [f"+federation.partial_labels.{k}={v}" for k, v in partial.items()]
+    return ov
+
+
+@pytest.fixture(scope="module")
+def fedavg_matrix(tmp_path_factory):
+    """One FedAvg federation over the two shifted sites with paper 003's evaluation matrix (FL_global,
+    FL_local, standalone baselines, centralised), shared by the FL-vs-standalone, matrix and FedBN claims."""
+    t0 = time.perf_counter()
+    m = run([*two_sites(), "federation.evaluation_matrix=true"], tmp_path_factory.mktemp("fedavg"))
+    return m, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def fl_matrix(request, tmp_path_factory):
+    """``fedavg_matrix``; with ``FEDMED_CLAIMS_DISABLE=1`` the same run without federation (site 2
+    removed: the "FL" model is site 1's alone, FedAvg over one client)."""
+    if not DISABLED:
+        return request.getfixturevalue("fedavg_matrix")
+    t0 = time.perf_counter()
+    m = run([*two_sites(), "~data.sites.site2", "federation.evaluation_matrix=true"], tmp_path_factory.mktemp("nofl"))
+    return m, time.perf_counter() - t0
+
+
+@pytest.mark.slow
+@unvalidated("the two-site federation has not completed a run on the contended machine")
+def test_fl_global_beats_standalone_off_site(fl_matrix):
+    """Paper 003 §4 / Table 1: the federated global model generalises to the other institution, where
+    each institution's standalone model does not.
+
+    Asserted, for each site i: Dice(FL_global on site j's test) >= Dice(site i standalone on site j's
+    test) + 0.15 (j != i).  Rationale for the margin: the intensity shift is large (site 2's organs fall
+    on site 1's fat intensities), so a standalone model should be near chance off-site while FL_global
+    saw both scanners.  NOT yet measured (the run did not complete on the contended CPU this session):
+    the margin is a design value until docs/benchmarks.md records its spread over seeds.  Mechanism
+    disabled (``FEDMED_CLAIMS_DISABLE=1``: site 2 removed, so the "global" model saw site 1 only): the
+    site-2 column has no FL score (NaN) and the assertion fails by construction.
+    """
+    metrics, _ = fl_matrix
+    mat = metrics["evaluation_matrix"]
+    fl, sa1, sa2 = mat["FL_global"], mat.get("site1_baseline", {}), mat.get("site2_baseline", {})
+    record("003_fl_vs_standalone", fl_on_site2=fl.get("site2", math.nan), site1_alone_on_site2=sa1.get("site2", math.nan),
+           fl_on_site1=fl.get("site1", math.nan), site2_alone_on_site1=sa2.get("site1", math.nan))
+    assert fl.get("site2", math.nan) >= sa1.get("site2", math.nan) + 0.15, mat
+    assert fl.get("site1", math.nan) >= sa2.get("site1", math.nan) + 0.15, mat
+
+
+@pytest.mark.slow
+@unvalidated("the two-site federation has not completed a run on the contended machine")
+def test_evaluation_matrix_rows_and_order(fl_matrix):
+    """Paper 003 Table 1 on the two sites: rows FL_global, <site>_FL_local, <site>_baseline (standalone)
+    and centralised are all present, and on the pooled test set centralised >= FL_global - 0.05 and
+    FL_global >= every off-site standalone score + 0.15 (the matrix's ordering in the paper:
+    centralised ~ FL_global > a model from one institution on the other's data).
+
+    Rationale: centralised and FL_global see the same data for the same number of epochs per site
+    (20), so they should differ by the federation's averaging only (hence a 0.05 tolerance rather than
+    a strict >=); the off-site gap is the one of test_fl_global_beats_standalone_off_site.  NOT yet
+    measured (see that test).  Mechanism disabled (site 2 removed): the site-2 rows are missing and the
+    row assertion fails by construction.
+    """
+    metrics, seconds = fl_matrix
+    mat = metrics["evaluation_matrix"]
+    record("003_matrix", seconds=seconds, centralised=mat.get("centralised", {}).get("pooled", math.nan),
+           fl_global=mat["FL_global"]["pooled"],
+           off_site_max=max(mat.get("site1_baseline", {}).get("site2", math.nan),
+                            mat.get("site2_baseline", {}).get("site1", math.nan)))
+    for row in ("FL_global", "site1_FL_local", "site2_FL_local", "site1_baseline", "site2_baseline", "centralised"):
+        assert row in mat, (row, sorted(mat))
+    fl = mat["FL_global"]["pooled"]
+    assert mat["centralised"]["pooled"] >= fl - 0.05, mat
+    assert fl >= mat["site1_baseline"]["site2"] + 0.15, mat
+    assert fl >= mat["site2_baseline"]["site1"] + 0.15, mat
+
+
+# ------------------------------------------------------------------------------------- paper 004
+@pytest.mark.slow
+@unvalidated("FedBN - FedAvg not measured yet on the contended machine")
+def test_fedbn_beats_fedavg_under_feature_shift(fedavg_matrix, tmp_path):
+    """SegViz (paper 004) / FedBN: under feature shift (the two sites' scanners differ in intensity
+    scale, offset and noise) keeping batch-norm local beats averaging it, on each site's own test set.
+
+    Asserted: mean over sites of Dice(FL_global with the site's own BN, own test set) under FedBN >=
+    the same under FedAvg + 0.02.  Why this margin: FedBN >= FedAvg is the claim, but with BN averaged
+    FedBN *is* FedAvg (equal scores), so a test that must fail when BN is averaged needs a positive
+    margin.  NOT yet measured: 0.02 is a design value until docs/benchmarks.md records FedBN - FedAvg
+    over seeds.  Mechanism disabled (``FEDMED_CLAIMS_DISABLE=1``: ``federation/strategy=fedavg`` in
+    place of fedbn, i.e. BN averaged): the run has the fixture's FedAvg configuration and seed, so the
+    difference is ~0 (0 when the CPU kernels are deterministic) and the assertion fails.
+    """
+    t0 = time.perf_counter()
+    avg = fedavg_matrix[0]["evaluation_matrix"]["FL_global"]
+    strategy = "federation/strategy=fedavg" if DISABLED else "federation/strategy=fedbn"
+    bn = run([*two_sites(), strategy, "federation.evaluation_matrix=true", "federation.matrix.standalone=false",
+              "federation.matrix.centralised=false"], tmp_path)["evaluation_matrix"]["FL_global"]
+    own_avg = (avg["site1"] + avg["site2"]) / 2
+    own_bn = (bn["site1"] + bn["site2"]) / 2
+    record("004_fedbn", t0, fedavg_own=own_avg, fedbn_own=own_bn, fedavg_site1=avg["site1"], fedavg_site2=avg["site2"],
+           fedbn_site1=bn["site1"], fedbn_site2=bn["site2"])
+    assert own_bn >= own_avg + 0.02, (bn, avg)
+
+
+@pytest.mark.slow
+@unvalidated("the partial-label federation has not completed a run on the contended machine")
+def test_partial_labels_federation_learns_each_sites_missing_organ(tmp_path):
+    """SegViz (paper 004): from partially annotated sites (site 1 labels the liver only, site 2 the
+    spleen only; the other organ's pixels are ignored by the loss), the federated model segments each
+    site's *missing* organ, which that site's standalone model cannot.
+
+    Same scanner at both sites (label shift only), so the pooled test set has each site's distribution.
+    Standalone model of a site = the same federation with that site alone (FedAvg over one client is
+    local training), same rounds and epochs.  Asserted: Dice(FL, spleen) >= Dice(site 1 alone, spleen)
+    + 0.3 and Dice(FL, liver) >= Dice(site 2 alone, liver) + 0.3.  Rationale: a site never shown an
+    organ cannot predict it (its logit is only ever pushed down), so its standalone Dice on that organ
+    is ~0, while the federated model learns it from the other site.  NOT yet measured on this machine.
+    Mechanism disabled (``FEDMED_CLAIMS_DISABLE=1``: both sites annotate the liver only, nobody labels
+    the spleen): the federated spleen Dice should be ~0 and the first assertion fail.
+    """
+    t0 = time.perf_counter()
+    labels = {"site1": [1], "site2": [1]} if DISABLED else {"site1": [1], "site2": [2]}
+    fl = run(two_sites(labels, same_scanner=True), tmp_path / "fl")
+    alone1 = run([*two_sites({"site1": [1]}, same_scanner=True), "~data.sites.site2"], tmp_path / "s1")
+    alone2 = run([*two_sites({"site2": [2]}, same_scanner=True), "~data.sites.site1"], tmp_path / "s2")
+    vals = {"fl_spleen": fl["test/dice_spleen"], "site1_alone_spleen": alone1.get("test/dice_spleen", 0.0),
+            "fl_liver": fl["test/dice_liver"], "site2_alone_liver": alone2.get("test/dice_liver", 0.0)}
+    record("004_partial_labels", t0, **vals)
+    assert vals["fl_spleen"] >= vals["site1_alone_spleen"] + 0.3, vals
+    assert vals["fl_liver"] >= vals["site2_alone_liver"] + 0.3, vals
+
+
+def test_claims_scenarios_compose(tmp_path):
+    """The claims' scenarios compose against the real config tree (no training): two liver + spleen
+    sites with different scanners, per-site partial labels, and one-site standalone runs."""
+    from omegaconf import OmegaConf
+
+    from tests.hydra_helpers import compose_run
+
+    cfg = compose_run(two_sites(), tmp_path)
+    s1, s2 = (OmegaConf.to_container(cfg.data.sites[s].synthetic) for s in ("site1", "site2"))
+    assert s1["organs"] == s2["organs"] == ["liver", "spleen"] and s1["site"] != s2["site"]
+    assert cfg.federation.partial_labels is None and cfg.data.num_classes == 3
+    cfg = compose_run(two_sites({"site1": [1], "site2": [2]}, same_scanner=True), tmp_path)
+    assert OmegaConf.to_container(cfg.federation.partial_labels) == {"site1": [1], "site2": [2]}
+    assert cfg.data.sites.site1.synthetic.site == cfg.data.sites.site2.synthetic.site
+    cfg = compose_run([*two_sites({"site1": [1]}, same_scanner=True), "~data.sites.site2"], tmp_path)
+    assert list(cfg.data.sites) == ["site1"] and list(cfg.federation.partial_labels) == ["site1"]
