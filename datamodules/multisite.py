@@ -60,14 +60,16 @@ class SiteConcat(Dataset):
 
 
 class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
-    """One datamodule per site, concatenated (module docstring). ``sites``: site name -> config."""
+    """One datamodule per site, concatenated (module docstring). ``sites``: site name -> config.
+    ``root``: the folder the site configs place their roots under (``${data.root}/<site>``); kept for them only."""
 
-    def __init__(self, sites: Mapping[str, Any], batch_size: int = 16, num_workers: int = 0) -> None:
+    def __init__(self, sites: Mapping[str, Any], batch_size: int = 16, num_workers: int = 0,
+                 root: str | None = None) -> None:
         super().__init__()
         if not sites:
             raise DataError("data.sites is empty: give at least one site config")
         self.site_cfgs = {str(k): v for k, v in sites.items()}
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.batch_size, self.num_workers, self.root = int(batch_size), int(num_workers), root
         self.sites: dict[str, pl.LightningDataModule] = {}
         self.train_dataset = self.val_dataset = self.test_dataset = None
 

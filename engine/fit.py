@@ -82,7 +82,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
 def _report(cfg: DictConfig, module: Any, metrics: dict, trainer: pl.Trainer) -> None:
     for lg in trainer.loggers:
         experiment = getattr(lg, "experiment", None)
-        if hasattr(experiment, "summary"):
+        if hasattr(getattr(experiment, "summary", None), "update"):  # not fast_dev_run's DummyLogger
             experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     if cfg.get("print_per_case") and getattr(module, "test_per_case", None):
         artifacts.print_case_table(module.test_per_case, module.test_summary, "test: per case (volume)")
