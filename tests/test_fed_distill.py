@@ -87,3 +87,23 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="KD method"):
         fed_distill.check_config(cfg)
     assert OmegaConf.select(compose_run(["+exp=fed_kits_hlfd"], tmp_path), "fed_distill.teacher_weights") == "best"
+
+
+def test_fedbn_site_teacher_keeps_the_sites_own_bn(tmp_path):
+    """With FedBN a site receives the global weights plus its own batch-norm entries (from the client store)."""
+    import torch
+
+    run = tmp_path / "run"
+    (run / "teacher" / "client_store").mkdir(parents=True)
+    torch.save({"conv.weight": torch.ones(2), "bn.running_mean": torch.zeros(2)}, run / "teacher" / "global_best.pt")
+    torch.save({"local_state": {"bn.running_mean": torch.full((2,), 7.0)}}, run / "teacher" / "client_store" / "site_a.pt")
+    cfg = OmegaConf.create({"paths": {"output_dir": str(run)},
+                            "federation": {"strategy": {"_target_": "federation.strategies.FedBN"}, "store_dir": "client_store"}})
+    path = fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_a")
+    state = torch.load(path, weights_only=True)
+    assert path == run / "sites" / "site_a" / "teacher_fed.pt"
+    assert torch.equal(state["bn.running_mean"], torch.full((2,), 7.0)) and torch.equal(state["conv.weight"], torch.ones(2))
+    with pytest.raises(fed_distill.CheckpointError, match="site_b"):
+        fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b")
+    cfg.federation.strategy._target_ = "federation.strategies.FedAvg"
+    assert fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b") == run / "teacher" / "global_best.pt"
