@@ -23,7 +23,7 @@ from torch import nn
 
 from engine import artifacts
 from engine.builders import build_datamodule
-from engine.fed_distill import TEACHER_DIR, site_cfg, site_names, site_teacher
+from engine.fed_distill import site_cfg, site_names, site_teacher
 from engine.fit import output_dir
 from lightning_modules.atomic import atomic_output
 from lightning_modules.base import build
