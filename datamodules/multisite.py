@@ -63,10 +63,11 @@ class SiteConcat(Dataset):
 
 class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """One datamodule per site, concatenated (module docstring). ``sites``: site name -> config, each
-    completed by ``site_defaults``."""
+    completed by ``site_defaults``. ``root``: the folder the site configs place their roots under
+    (``${data.root}/<site>``); kept for them only."""
 
     def __init__(self, sites: Mapping[str, Any], batch_size: int = 16, num_workers: int = 0,
-                 site_defaults: Mapping[str, Any] | None = None) -> None:
+                 site_defaults: Mapping[str, Any] | None = None, root: str | None = None) -> None:
         super().__init__()
         if not sites:
             raise DataError("data.sites is empty: give at least one site config")
@@ -75,7 +76,7 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
         for name, c in self.site_cfgs.items():
             if isinstance(c, Mapping) and "_target_" not in c:
                 raise DataError(f"data.sites.{name} has no _target_ (set it there or in data.site_defaults)")
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.batch_size, self.num_workers, self.root = int(batch_size), int(num_workers), root
         self.sites: dict[str, pl.LightningDataModule] = {}
         self.train_dataset = self.val_dataset = self.test_dataset = None
 

@@ -47,7 +47,11 @@ for _name, _fn in (("fedmed_uid", lambda: RUN_UID), ("fedmed_run_dir", _run_dir)
 
 
 def dispatch(cfg: DictConfig) -> dict[str, Any]:
-    """Pick the run kind from the config: federation, distillation, or centralised training."""
+    """Pick the run kind from the config: federated distillation, federation, distillation, or centralised."""
+    if cfg.get("fed_distill") is not None:  # stage 1 (the federated teacher) goes back through dispatch
+        from engine.fed_distill import run_fed_distill
+
+        return run_fed_distill(cfg, federate=dispatch)
     if cfg.get("federation") is not None:
         from federation.loop import run_federation
 

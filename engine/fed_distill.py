@@ -1,0 +1,202 @@
+"""Federated distillation (issue 15): ``python -m experiments.run +exp=fed_kits_hlfd``.
+
+Stage 1 - the federated teacher: the teacher net (``distill.teacher.model``, a CPU-sized UNet++ by
+default) is trained by the federation in ``cfg.federation`` (FedAvg / FedProx / FedBN, any executor or
+transport: the stage-1 config is handed unchanged to the ``federate`` callable, which is
+``experiments.run.dispatch``) over the sites of ``cfg.data`` (a :class:`~datamodules.multisite.
+MultiSiteDataModule`, one client per site). It writes into ``<run dir>/teacher`` (``global_best.pt``,
+``global_final.pt``, ``metrics.json``). Only weights, sample counts and metrics cross sites.
+
+Stage 2 - local distillation: each site, on its own data only (``data.sites.<site>``), trains the arms
+in ``fed_distill.arms`` into ``<run dir>/sites/<site>/<arm>``:
+
+* ``none``          - the student (``model``, paper 001's ResNet-18) with L_seg only;
+* ``teacher_local`` - the teacher net trained on the site's data alone (the local teacher);
+* ``hlfd_local``    - the student + HLFD (paper 001, Eq. 5) from the local teacher;
+* ``hlfd_fed``      - the student + HLFD from the federated teacher: the only thing that reaches the site
+  from outside is the teacher's weights (with FedBN: the global weights + the site's own BN entries).
+
+Resume: a finished stage is skipped - the teacher when ``<run>/teacher/metrics.json`` exists, a site arm
+when the file it hands on (``student.pt``, or ``teacher.pt`` for the local teacher) exists; an interrupted federation continues from its ``server.pt``. Evaluation (every
+model on every site's test set, one table + one figure) is :mod:`engine.fed_distill_eval`.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from engine import artifacts
+from engine.builders import ConfigError, build_module
+from engine.distill import run_distillation, segmentation_cfg, teacher_loss
+from engine.fit import output_dir, train_and_test
+from lightning_modules.atomic import atomic_output
+from lightning_modules.checkpoints import CheckpointError, load_checkpoint
+
+log = logging.getLogger("engine.fed_distill")
+
+ARMS = ("none", "teacher_local", "hlfd_local", "hlfd_fed")
+TEACHER_DIR = "teacher"
+WEIGHTS = {"best": "global_best.pt", "final": "global_final.pt"}
+DONE = "metrics.json"
+META_KEYS = ("in_channels", "num_classes", "class_names")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def site_names(cfg: DictConfig) -> list[str]:
+    sites = cfg.data.get("sites")
+    if not sites:
+        raise ConfigError("fed_distill needs data.sites (a multi-site data config, e.g. data=multisite_kits)")
+    return [str(s) for s in sites]
+
+
+def check_config(cfg: DictConfig) -> list[str]:
+    """The arms to run; one-line errors for a config this experiment cannot run."""
+    fd = cfg.fed_distill
+    arms = [str(a) for a in (fd.get("arms") or ARMS)]
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        raise ConfigError(f"fed_distill.arms has {bad}; valid: {list(ARMS)}")
+    if cfg.get("federation") is None and "hlfd_fed" in arms:
+        raise ConfigError("fed_distill: arm hlfd_fed needs a federation config (add /federation: default)")
+    if cfg.get("distill") is None or cfg.distill.get("loss") is None:
+        raise ConfigError("fed_distill needs distill=<a KD method> (e.g. distill=hlfd)")
+    if str(fd.get("teacher_weights", "best")) not in WEIGHTS:
+        raise ConfigError(f"fed_distill.teacher_weights={fd.get('teacher_weights')!r}; valid: {list(WEIGHTS)}")
+    site_names(cfg)
+    return arms
+
+
+# ------------------------------------------------------------------------------------------ stage 1
+def teacher_stage_cfg(cfg: DictConfig) -> DictConfig:
+    """The stage-1 config: a plain federated segmentation run of the teacher net, everything else
+    (federation, data, trainer, seed, logger) passed through unchanged, writing into ``<run>/teacher``."""
+    out = output_dir(cfg) / TEACHER_DIR
+    tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), out)
+    with open_dict(tcfg):
+        del tcfg["distill"], tcfg["fed_distill"]
+        tcfg.exp_name = f"{cfg.get('exp_name', 'fed_distill')}_teacher"
+        tcfg.module.scheduler = cfg.fed_distill.get("teacher_scheduler")  # rounds restart local optimisers
+        if (out / "server.pt").is_file():
+            tcfg.resume = True  # an interrupted federation continues after its last completed round
+    return tcfg
+
+
+def federated_teacher(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -> Path:
+    """Stage 1 (reused when ``<run>/teacher/metrics.json`` exists): the global teacher weights file."""
+    out = output_dir(cfg) / TEACHER_DIR
+    if (out / DONE).is_file():
+        artifacts.console.print(f"[bold]stage 1:[/bold] reusing the federated teacher in {out}")
+    else:
+        artifacts.console.print(f"[bold]stage 1:[/bold] federated teacher -> {out}")
+        federate(teacher_stage_cfg(cfg))
+    choice = str(cfg.fed_distill.get("teacher_weights", "best"))
+    path = out / WEIGHTS[choice]
+    if not path.is_file() and choice == "best":
+        path = out / WEIGHTS["final"]  # no server validation round finished (e.g. fast_dev_run)
+    if not path.is_file():
+        raise CheckpointError(f"stage 1 wrote no global weights in {out} ({', '.join(WEIGHTS.values())})")
+    return path
+
+
+def site_teacher(cfg: DictConfig, global_path: Path, site: str) -> Path:
+    """The teacher weights a site receives: the global ones, plus - for strategies that keep entries
+    local (FedBN's batch norm) - the site's own local entries from the federation's client store."""
+    strategy = str(cfg.federation.strategy.get("_target_", ""))
+    if not strategy.endswith("FedBN"):
+        return global_path
+    out = output_dir(cfg) / "sites" / site / "teacher_fed.pt"
+    if out.is_file():
+        return out
+    store = output_dir(cfg) / TEACHER_DIR / str(cfg.federation.get("store_dir", "client_store")) / f"{site}.pt"
+    local = load_checkpoint(store, "client store").get("local_state")
+    if not isinstance(local, dict) or not local:
+        raise CheckpointError(f"client store {store} holds no local_state: cannot personalise the FedBN teacher")
+    state = dict(load_checkpoint(global_path, "global weights"))
+    state.update({k: v for k, v in local.items() if k in state})
+    return save_state(state, out)
+
+
+def save_state(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """A bare net state dict, atomically (the format of the federation's global weights)."""
+    with atomic_output(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ stage 2
+def site_cfg(cfg: DictConfig, site: str, arm: str, teacher_ckpt: Path | None = None) -> DictConfig:
+    """A centralised distillation config on ``site``'s data only, writing into ``<run>/sites/<site>/<arm>``."""
+    new = copy.deepcopy(cfg)
+    data = _plain(cfg.data.sites[site])
+    data.update({k: _plain(cfg.data[k]) for k in META_KEYS if k in cfg.data})
+    with open_dict(new):
+        for key in ("federation", "fed_distill"):
+            new.pop(key, None)
+        new.data = data
+        new.paths.output_dir = str(output_dir(cfg) / "sites" / site / arm)
+        new.exp_name = f"{cfg.get('exp_name', 'fed_distill')}_{site}_{arm}"
+        new.distill.method = "none" if arm == "none" else ("teacher" if arm == "teacher_local" else str(cfg.distill.method))
+        new.distill.teacher.ckpt = str(teacher_ckpt) if teacher_ckpt is not None else None
+        new.print_per_case = False
+    return new
+
+
+def train_local_teacher(cfg: DictConfig) -> dict[str, Any]:
+    """The teacher net on the site's data alone; its weights -> ``teacher.pt`` (a bare state dict, so
+    it loads as ``distill.teacher.ckpt`` even when no Lightning checkpoint is written, as in fast_dev_run)."""
+    out = output_dir(cfg)
+    tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), out, cfg.distill.teacher.get("max_epochs"))
+    pl.seed_everything(cfg.seed, workers=True)
+    module = build_module(tcfg)
+    metrics = train_and_test(tcfg, module=module, extra_metrics={"distill/method": "teacher_local"})
+    save_state(module.net.state_dict(), out / "teacher.pt")
+    return metrics
+
+
+def run_site_arm(cfg: DictConfig, site: str, arm: str, fed_teacher: Path | None) -> Path:
+    """One arm at one site (skipped when its ``metrics.json`` exists); returns the arm's run dir."""
+    root = output_dir(cfg) / "sites" / site
+    out = root / arm
+    if (out / ("teacher.pt" if arm == "teacher_local" else "student.pt")).is_file():  # written last
+        log.info("site %s arm %s: done already (%s)", site, arm, out)
+        return out
+    artifacts.console.print(f"[bold]stage 2:[/bold] site {site}, {arm} -> {out}")
+    if arm == "teacher_local":
+        train_local_teacher(site_cfg(cfg, site, arm))
+    elif arm == "hlfd_local":
+        local = root / "teacher_local" / "teacher.pt"
+        if not local.is_file():
+            run_site_arm(cfg, site, "teacher_local", fed_teacher)
+        run_distillation(site_cfg(cfg, site, arm, local))
+    elif arm == "hlfd_fed":
+        run_distillation(site_cfg(cfg, site, arm, site_teacher(cfg, fed_teacher, site)))
+    else:
+        run_distillation(site_cfg(cfg, site, arm))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ entry
+def run_fed_distill(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -> dict[str, Any]:
+    """Both stages, then the cross-site evaluation; returns (and writes) the run's ``metrics.json``."""
+    from engine.fed_distill_eval import evaluate_run
+
+    arms = check_config(cfg)
+    out = output_dir(cfg)
+    fed_teacher = federated_teacher(cfg, federate) if cfg.get("federation") is not None else None
+    runs = {site: {arm: run_site_arm(cfg, site, arm, fed_teacher) for arm in arms} for site in site_names(cfg)}
+    metrics: dict[str, Any] = {"fed_distill/arms": arms, "fed_distill/sites": site_names(cfg),
+                               "fed_distill/teacher_weights": str(fed_teacher) if fed_teacher else None}
+    if cfg.fed_distill.get("evaluate", True):
+        metrics.update(evaluate_run(cfg, runs, fed_teacher))
+    artifacts.write_json(out / DONE, metrics)
+    return metrics
