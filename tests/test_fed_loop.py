@@ -258,6 +258,6 @@ def test_federation_error_is_one_line(tmp_path):
     import sys
 
     proc = subprocess.run([sys.executable, "-m", "experiments.run", *DIGITS, "federation/partition=by_site",
-                           f"paths.log_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+                           f"paths.log_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "by_site needs a multi-site datamodule" in proc.stderr and "Traceback" not in proc.stderr
