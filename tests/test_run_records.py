@@ -103,3 +103,21 @@ def test_wandb_online_without_network_falls_back_to_offline(tmp_path):
     warnings = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "unreachable" in ln]
     assert len(warnings) == 1 and "offline" in warnings[0]
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_report_leaves_debug_and_unfinished_runs_out(tmp_path):
+    import json
+
+    from experiments import report
+
+    for name, metrics in (("0", {"test/dice": 0.5}), ("1", {"test/dice": 0.9, "debug": True})):
+        (tmp_path / "m" / name).mkdir(parents=True)
+        (tmp_path / "m" / name / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "m" / "2" / ".hydra").mkdir(parents=True)  # killed before the end
+    assert report.main([str(tmp_path / "m")]) == 0
+    text = (tmp_path / "m" / "report.md").read_text()
+    assert "0.5000" in text and "0.9000" not in text and "1 debug (fast_dev_run) and 1 unfinished" in text
+    assert report.main([str(tmp_path / "m"), "--all"]) == 0
+    text = (tmp_path / "m" / "report.md").read_text()
+    assert "0.9000" in text or "0.7000" in text  # the debug run is in the table
+    assert "Unfinished runs (1)" in text
