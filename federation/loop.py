@@ -104,6 +104,7 @@ def _finish(server: Server, t_start: float) -> dict[str, Any]:
         best = server.evaluate(server.module_for(best_state), test_loader, "test")
         metrics.update({f"fed/best/{k}": v for k, v in best.items()})
         metrics["fed/best_round"] = server.best["round"]
+        metrics[f"{server.monitor}_best"] = server.best["value"]  # server validation: what a sweep optimises
     metrics.update({"fed/rounds": len(server.history), "fed/num_clients": len(server.client_ids),
                     "fed/dropped_total": server.dropped_total,
                     "fed/shared_pool": 0 if server.pool is None else len(server.pool),

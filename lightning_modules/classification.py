@@ -40,6 +40,7 @@ from pytorch_lightning.loggers import WandbLogger  # noqa: E402
 from torch import nn  # noqa: E402
 from torchmetrics import MeanMetric, Metric, MetricCollection  # noqa: E402
 from torchmetrics import classification as tmc  # noqa: E402
+from torchmetrics.utilities import dim_zero_cat  # noqa: E402
 
 from datamodules.classification import normalize_task  # noqa: E402
 from lightning_modules.atomic import temp_beside  # noqa: E402
@@ -48,13 +49,29 @@ from lightning_modules.base import BaseModule, to_plain  # noqa: E402
 SPLITS = ("train", "val", "test")
 
 
+class PresentLabelsAUROC(tmc.MultilabelAUROC):
+    """Multi-label macro AUC over the labels that have positives and negatives in the split (MedMNIST's
+    per-label mean): a label with no positive (small federated client splits) is left out, not averaged
+    in as 0. NaN when no label qualifies."""
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__(num_labels, average=None)
+
+    def compute(self) -> torch.Tensor:
+        per_label = super().compute()
+        target = dim_zero_cat(self.target)
+        positives, n = target.sum(0), target.shape[0]
+        valid = (positives > 0) & (positives < n)
+        return per_label[valid].mean() if bool(valid.any()) else torch.tensor(float("nan"))
+
+
 def task_metrics(task: str, num_classes: int) -> MetricCollection:
     """AUC and ACC of MedMNIST's evaluator for ``task`` (see module docstring)."""
     task = normalize_task(task)
     if task == "binary":
         return MetricCollection({"auc": tmc.BinaryAUROC(), "acc": tmc.BinaryAccuracy(threshold=0.5)})
     if task == "multi-label":
-        return MetricCollection({"auc": tmc.MultilabelAUROC(num_classes, average="macro"),
+        return MetricCollection({"auc": PresentLabelsAUROC(num_classes),
                                  "acc": tmc.MultilabelAccuracy(num_classes, threshold=0.5, average="macro")})
     return MetricCollection({"auc": tmc.MulticlassAUROC(num_classes, average="macro"),
                              "acc": tmc.MulticlassAccuracy(num_classes, average="micro")})

@@ -123,3 +123,16 @@ def test_small_cnn_size():
     n = sum(p.numel() for p in SmallCNN(1, 10).parameters())
     assert 50_000 < n < 150_000
     assert SmallCNN(3, 5, norm="group")(torch.randn(2, 3, 28, 28)).shape == (2, 5)
+
+
+def test_multilabel_auc_leaves_out_a_label_without_positives():
+    """Issue 10 §8: label 2 has no positive in the split: the AUC is the mean over labels 0 and 1 only."""
+    from lightning_modules.classification import PresentLabelsAUROC
+
+    probs = torch.tensor([[0.9, 0.2, 0.3], [0.1, 0.8, 0.6], [0.7, 0.15, 0.2], [0.3, 0.1, 0.9]])
+    target = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    metric = PresentLabelsAUROC(3)
+    metric.update(probs, target)
+    # label 0: positives {0.9, 0.7} above negatives {0.1, 0.3} -> 1.0
+    # label 1: positives {0.8, 0.15} vs negatives {0.2, 0.1}: 3 of 4 pairs ordered -> 0.75; label 2 left out
+    assert metric.compute().item() == pytest.approx((1.0 + 0.75) / 2)

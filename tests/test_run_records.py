@@ -1,0 +1,122 @@
+"""Issue 10 §6, 7, 9-11: run records that can be trusted — resume keeps the CSV history, a sweep optimises a
+validation metric, test-only runs build the checkpoint's own net, run dirs are unique, files follow the
+umask, W&B without a network falls back to offline."""
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.artifacts import atomic_write_text, write_json
+from experiments.run import dispatch, objective
+from lightning_modules.atomic import atomic_output
+from lightning_modules.base import build
+from tests.hydra_helpers import compose_run
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
+        "data.synthetic.shape=[48,48,10]", "trainer.max_epochs=1", "logger=csv", "callbacks=default",
+        "~callbacks.rich_progress_bar", "~callbacks.throughput"]
+
+
+def _epochs(path: Path) -> list[int]:
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    return sorted({int(r["epoch"]) for r in rows if r.get("epoch") not in (None, "")})
+
+
+def test_resume_keeps_csv_history_and_sweep_value_is_validation(tmp_path):
+    cfg = compose_run([*TINY, "test=false"], tmp_path)
+    metrics = dispatch(cfg)
+    csv_file = tmp_path / "run" / "csv" / "metrics.csv"
+    assert _epochs(csv_file) == [0]
+    assert objective(cfg, metrics) == pytest.approx(metrics["val/dice_best"])  # never test/dice
+    cfg2 = compose_run([*TINY, "test=false", "resume=true", "trainer.max_epochs=2"], tmp_path)
+    dispatch(cfg2)
+    assert _epochs(csv_file) == [0, 1]  # the epoch before the resume is still there
+
+
+def test_objective_ignores_test_metrics():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"module": {"monitor": "val/dice"}})
+    assert objective(cfg, {"test/dice": 0.9}) is None
+    assert objective(cfg, {"test/dice": 0.9, "val/dice_best": 0.4}) == 0.4
+
+
+def test_test_only_builds_the_checkpoints_net(tmp_path):
+    """§9: the checkpoint holds a UNet3+; the command line's default model (D-Net) is not what is tested."""
+    cfg = compose_run([*TINY, "model=unet3plus", "model.width=4", "test=false"], tmp_path / "a")
+    dispatch(cfg)
+    best = tmp_path / "a" / "run" / "checkpoints" / "best.ckpt"
+    cfg2 = compose_run([*TINY, "train=false", f"ckpt_path={best}"], tmp_path / "b")
+    metrics = dispatch(cfg2)
+    assert metrics["test_checkpoint"] == str(best)
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    unet3plus = build(ckpt["hyper_parameters"]["net"])
+    assert type(unet3plus).__name__ == "UNet3Plus"
+    assert metrics["num_parameters"] == sum(p.numel() for p in unet3plus.parameters())
+
+
+def test_two_processes_never_share_a_run_dir_suffix():
+    code = "import experiments.run as r; print(r.RUN_UID)"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    uids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
+            for _ in range(2)}
+    assert len(uids) == 2 and all(uids)
+    text = (REPO / "experiments" / "configs" / "hydra" / "default.yaml").read_text()
+    assert text.count("${fedmed_uid:}") == 2  # run dir and sweep dir
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        write_json(tmp_path / "m.json", {"a": 1})
+        with atomic_output(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"x")
+        os.umask(0o027)
+        atomic_write_text(tmp_path / "c.txt", "x")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"a.txt": 0o644, "m.json": 0o644, "b.bin": 0o644, "c.txt": 0o640}
+
+
+def test_wandb_online_without_network_falls_back_to_offline(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "online",
+           "WANDB_BASE_URL": f"http://127.0.0.1:{port}", "FEDMED_WANDB_TIMEOUT": "3", "WANDB_API_KEY": "x" * 40}
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", *TINY[:-3], "logger=default",
+                           "++trainer.fast_dev_run=true", f"paths.data_dir={tmp_path / 'data'}",
+                           f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "unreachable" in ln]
+    assert len(warnings) == 1 and "offline" in warnings[0]  # (fast_dev_run then swaps loggers for a dummy)
+
+
+def test_report_leaves_debug_and_unfinished_runs_out(tmp_path):
+    import json
+
+    from experiments import report
+
+    for name, metrics in (("0", {"test/dice": 0.5}), ("1", {"test/dice": 0.9, "debug": True})):
+        (tmp_path / "m" / name).mkdir(parents=True)
+        (tmp_path / "m" / name / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "m" / "2" / ".hydra").mkdir(parents=True)  # killed before the end
+    assert report.main([str(tmp_path / "m")]) == 0
+    text = (tmp_path / "m" / "report.md").read_text()
+    assert "0.5000" in text and "0.9000" not in text and "1 debug (fast_dev_run) and 1 unfinished" in text
+    assert report.main([str(tmp_path / "m"), "--all"]) == 0
+    text = (tmp_path / "m" / "report.md").read_text()
+    assert "0.9000" in text or "0.7000" in text  # the debug run is in the table
+    assert "Unfinished runs (1)" in text
