@@ -24,6 +24,19 @@ def _pick(normal: list[str], disabled: list[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- paper 000
+LAST_ROUNDS = 5  # the claims compare the mean pooled test accuracy of the last 5 rounds (the curves' plateau)
+
+
+def last_rounds_mean(rounds_csv, key: str, last: int) -> float:
+    """Mean of ``key`` over the last ``last`` rows of a federation's ``rounds.csv``."""
+    import csv
+
+    with open(rounds_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    vals = [float(r[key]) for r in rows[-last:] if r.get(key) not in (None, "")]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
 DATASHARE = ["+exp=fed_digits_datashare", "logger=csv", "federation.partition.k=1", "federation.rounds=20",
              "federation.eval_clients=none", "federation.progress=false"]
 
@@ -37,8 +50,11 @@ def test_datasharing_part_beats_none_and_nears_all(tmp_path):
     Digits (MNIST stand-in), SmallCNN, 20 clients / 5 per round, 80 % of each client's data from one
     class, shared pool 10 %, 20 rounds x 2 local epochs (the paper trains to convergence; at 10 rounds
     `part` is still climbing: seed 0 gave none 0.733 / part 0.928 / all 0.981, a part-all gap of
-    0.053).  Asserted: acc(part) >= acc(none) + 0.05 and acc(part) >= acc(all) - 0.03 (the issue's
-    margins).  Measured so far (docs/benchmarks.md, Claims tests): seed 0 at 20 rounds part 0.983;
+    0.053).  acc = mean pooled test accuracy over the last 5 rounds (rounds.csv): `part`'s curve swings
+    by up to 0.1 between rounds once it plateaus (seed 0, rounds 11-20: 0.947 0.939 0.975 0.936 0.881
+    0.972 0.972 0.925 0.931 0.983) because only below-average clients get shared data, so a single final
+    round would make a 0.03 margin a coin toss.  Asserted: acc(part) >= acc(none) + 0.05 and
+    acc(part) >= acc(all) - 0.03 (the issue's margins).  Measured so far (docs/benchmarks.md, Claims tests): seed 0 at 20 rounds part 0.983;
     part - none at 10 rounds 0.195 (seed 0), so the 0.05 margin is ~4x below the observed gap; the
     spread over three seeds at 20 rounds is still being measured, hence :func:`unvalidated`.
     Mechanism disabled (``federation.shared_fraction=0``: an empty pool, so `part` sends nothing;
@@ -46,11 +62,13 @@ def test_datasharing_part_beats_none_and_nears_all(tmp_path):
     first assertion.
     """
     t0 = time.perf_counter()
-    acc = {}
+    acc, final = {}, {}
     for mode in ("none", "part", "all"):
         extra = ["federation.shared_fraction=0.0"] if DISABLED and mode == "part" else []
-        acc[mode] = run([*DATASHARE, f"federation.strategy.mode={mode}", *extra], tmp_path / mode)["test/acc"]
-    record("000_datasharing", t0, none=acc["none"], part=acc["part"], all=acc["all"])
+        final[mode] = run([*DATASHARE, f"federation.strategy.mode={mode}", *extra], tmp_path / mode)["test/acc"]
+        acc[mode] = last_rounds_mean(tmp_path / mode / "run" / "rounds.csv", "test/acc", LAST_ROUNDS)
+    record("000_datasharing", t0, none=acc["none"], part=acc["part"], all=acc["all"], none_final=final["none"],
+           part_final=final["part"], all_final=final["all"])
     assert acc["part"] >= acc["none"] + 0.05, acc
     assert acc["part"] >= acc["all"] - 0.03, acc
 
