@@ -44,9 +44,24 @@ def free_port() -> int:
 class ProcessGroups:
     """Children each in a new session (their own process group), all stopped by :meth:`stop`."""
 
-    def __init__(self, record: Path) -> None:
+    def __init__(self, record: Path, marker: str | None = None) -> None:
         self.record = record
+        self.marker = None if marker is None else marker.encode()  # an env entry every descendant carries
         self.procs: dict[str, subprocess.Popen] = {}
+
+    def _marked(self) -> list[int]:
+        """Descendants that left our groups (Flower starts its SuperExec in a new session)."""
+        if self.marker is None:
+            return []
+        found = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit() and int(d.name) != os.getpid():
+                try:
+                    if self.marker in (d / "environ").read_bytes().split(b"\0"):
+                        found.append(int(d.name))
+                except OSError:
+                    continue
+        return found
 
     def start(self, name: str, argv: list[str], env: dict[str, str], log: Path, **kw: Any) -> subprocess.Popen:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +106,11 @@ class ProcessGroups:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not fail
+                pass
+        for pid in self._marked():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
 
 
@@ -180,7 +200,7 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     store = out / str(OmegaConf.select(cfg, "federation.store_dir", default="client_store"))
     env = _env(home)
     ex = cfg.federation.executor
-    groups = ProcessGroups(fdir / "pgids.json")
+    groups = ProcessGroups(fdir / "pgids.json", marker=f"FLWR_HOME={home}")
     previous = signal.getsignal(signal.SIGTERM)
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
