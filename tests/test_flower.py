@@ -20,7 +20,7 @@ pytest.importorskip("flwr")
 pytestmark = pytest.mark.flower
 
 from experiments.run import dispatch  # noqa: E402
-from federation.messages import DataLeakError, ServerMessage  # noqa: E402
+from federation.core.messages import DataLeakError, ServerMessage  # noqa: E402
 from federation.strategies import FedAvg  # noqa: E402
 from federation.transports.flower import launches  # noqa: E402
 from federation.transports.flower.wire import decode_message, decode_update, encode_message, encode_update  # noqa: E402
@@ -68,7 +68,7 @@ def test_wire_refuses_non_scalar_metrics():
 
 # ---------------------------------------------------------------------------------------- node side
 def test_node_derives_the_server_partition(tmp_path):
-    from federation.client import get_base_datamodule
+    from federation.runner import get_base_datamodule
     from federation.loop import Server
     from federation.transports.flower.partition import derive_indices, site_indices
 
