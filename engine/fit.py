@@ -81,6 +81,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
 
 def _report(cfg: DictConfig, module: Any, metrics: dict, trainer: pl.Trainer) -> None:
     for lg in trainer.loggers:
+        if type(lg).__name__ != "WandbLogger":  # fast_dev_run's DummyLogger answers every attribute
+            continue
         experiment = getattr(lg, "experiment", None)
         if hasattr(experiment, "summary"):
             experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 import datamodules.medmnist  # noqa: E402,F401  (registers the ${medmnist:...} resolver used by data configs)
 from engine import artifacts  # noqa: E402
+from engine.debug import apply_debug  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
 
@@ -30,6 +31,7 @@ log = logging.getLogger("experiments.run")
 
 def dispatch(cfg: DictConfig) -> dict[str, Any]:
     """Pick the run kind from the config: federation, distillation, or centralised training."""
+    apply_debug(cfg)  # debug=<mode>: after the experiment, which +exp= appends last
     if cfg.get("federation") is not None:
         from federation.loop import run_federation
 
