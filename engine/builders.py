@@ -69,7 +69,9 @@ def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
             continue
         extra: dict[str, Any] = {}
         if lg._target_.endswith("WandbLogger"):
-            extra = {"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow"}
+            from engine.wandb_tracking import wandb_logger_kwargs  # name/tags: exp, model, strategy, seed...
+
+            extra = {"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow", **wandb_logger_kwargs(cfg, lg)}
             if job_type:
                 extra["job_type"] = job_type
         loggers.append(instantiate(lg, **extra))
