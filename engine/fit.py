@@ -22,6 +22,7 @@ from engine.builders import (
     check_datamodule,
 )
 from engine.tracking import log_run_facts
+from engine.wandb_tracking import write_summary
 
 log = logging.getLogger("engine.fit")
 
@@ -80,12 +81,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
 
 
 def _report(cfg: DictConfig, module: Any, metrics: dict, trainer: pl.Trainer) -> None:
-    for lg in trainer.loggers:
-        if type(lg).__name__ != "WandbLogger":  # fast_dev_run's DummyLogger answers every attribute
-            continue
-        experiment = getattr(lg, "experiment", None)
-        if hasattr(experiment, "summary"):
-            experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    write_summary(trainer.loggers, metrics)  # W&B summary: final metrics, val/* kept as their best
     if cfg.get("print_per_case") and getattr(module, "test_per_case", None):
         artifacts.print_case_table(module.test_per_case, module.test_summary, "test: per case (volume)")
     else:

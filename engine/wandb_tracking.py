@@ -3,20 +3,17 @@
 * :func:`run_identity` - ``name``, ``tags`` and a compact ``config={"run": {...}}`` for the WandbLogger:
   experiment, model, data, distillation method, FL strategy and partition, seed, and every other override
   given to the job (a sweep's varying values), so runs can be filtered, grouped and told apart.
-* :func:`track_best` - ``<key>_best`` and ``<key>_best_step`` in the run summary for every ``val/*``
-  metric (``define_metric`` gives the key W&B's own best-of summary too); ``step`` is the epoch of a
-  centralised run and the round of a federated one, the x axis both share (``epoch``).
+* :func:`callbacks.best_metric.track_best` keeps ``<key>_best``/``<key>_best_step`` in the summary.
 * :func:`write_summary` - the run's final metrics into the summary (``val/*`` kept as best-of).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-#: metric names where lower is better (|RVD| for relative volume difference)
-LOWER_IS_BETTER = ("loss", "hd95", "hd", "rvd", "asd", "error", "seconds")
+from callbacks.best_metric import wandb_runs
+
 #: groups the name already holds, and keys that say nothing about the method
 _IN_NAME = {"exp", "model", "data", "distill", "seed", "federation/strategy", "federation/partition"}
 _NOT_METHOD = ("paths.", "hydra.", "hydra/", "logger", "debug", "hparams_search", "print_per_case")
@@ -124,64 +121,6 @@ def wandb_logger_kwargs(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, An
     given = OmegaConf.to_container(logger_cfg.tags, resolve=True) if logger_cfg.get("tags") is not None else []
     extra["tags"] = list(dict.fromkeys([*given, *ident["tags"]]))
     return extra
-
-
-# ------------------------------------------------------------------ summaries
-def goal(key: str) -> str:
-    name = key.rsplit("/", 1)[-1]
-    return "min" if any(name.startswith(s) or f"_{s}" in name for s in LOWER_IS_BETTER) else "max"
-
-
-def _better(key: str, new: float, old: float | None) -> bool:
-    if old is None:
-        return True
-    if "rvd" in key:
-        return abs(new) < abs(old)
-    return new < old if goal(key) == "min" else new > old
-
-
-def wandb_runs(loggers: Iterable[Any]) -> list[Any]:
-    """The live W&B run of each W&B logger (not fast_dev_run's DummyLogger)."""
-    runs = []
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
-            run = lg.experiment
-            if hasattr(run, "define_metric") and not callable(getattr(run, "summary", None)):
-                runs.append(run)
-    return runs
-
-
-def track_best(loggers: Iterable[Any], metrics: Mapping[str, Any], step: int,
-               state: dict | None = None) -> dict[str, float]:
-    """Keep ``<key>_best`` and ``<key>_best_step`` in each W&B run's summary for every finite ``val/*``
-    metric; returns the current bests (also without W&B, for ``metrics.json``). ``state`` holds the bests
-    between calls (default: kept on the first W&B logger, i.e. per run)."""
-    out: dict[str, float] = {}
-    loggers = list(loggers)
-    if state is None:
-        holder = next((lg for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
-        state = holder.__dict__.setdefault("_fedmed_best", {}) if holder is not None else {}
-    for key, value in metrics.items():
-        if not key.startswith("val/") or key.endswith(("_best", "_best_step")):
-            continue
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            continue
-        if not math.isfinite(value):
-            continue
-        if _better(key, value, state.get(key, (None, 0))[0]):
-            state[key] = (value, int(step))
-    for key, (value, at) in state.items():
-        out[f"{key}_best"], out[f"{key}_best_step"] = value, at
-    for run in wandb_runs(loggers):
-        defined = run.__dict__.setdefault("_fedmed_defined", set())
-        for key in state:
-            if key not in defined:
-                run.define_metric(key, summary="best", goal="minimize" if goal(key) == "min" else "maximize")
-                defined.add(key)
-        run.summary.update(out)
-    return out
 
 
 def write_summary(loggers: Iterable[Any], metrics: Mapping[str, Any]) -> None:

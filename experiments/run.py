@@ -25,6 +25,7 @@ from engine import artifacts  # noqa: E402
 from engine.debug import apply_debug  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
+from engine.objective import optimized_value  # noqa: E402
 
 log = logging.getLogger("experiments.run")
 
@@ -57,6 +58,7 @@ def main(cfg: DictConfig) -> float | None:
     artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         metrics = dispatch(cfg)
+        return optimized_value(cfg, metrics)  # the sweep objective: cfg.optimized_metric, a validation metric
     except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
         err = find_user_error(exc)
         if err is None:
@@ -68,8 +70,6 @@ def main(cfg: DictConfig) -> float | None:
             return None
         print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
-    value = metrics.get(f"test/{cfg.module.get('monitor', 'val/dice').split('/')[-1]}")
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from federation.executors import ClientJob, SequentialExecutor
 from federation.messages import assert_no_data, state_schema
 from federation.errors import FederationError
 from federation.plan import call_partitioner, sample_clients, write_partition_report
-from federation.records import fmt, log_image, log_metrics, rounds_table, write_rounds_csv
+from federation.records import best_of_rounds, fmt, log_image, log_metrics, rounds_table, write_rounds_csv
 from federation.server_state import rng_state, save_atomic, set_rng_state
 from federation.sharing import SharedPool
 from federation.store import ClientStore
@@ -372,6 +372,7 @@ def _finish(server: Server, t_start: float) -> dict[str, Any]:
         matrix = evaluation_matrix(server)
         write_matrix(matrix, out, main_metric(server))
         metrics["evaluation_matrix"] = matrix
+    metrics.update(best_of_rounds(server.history))  # val/<m>_best: the global model's best server validation
     artifacts.write_json(out / "metrics.json", metrics)
     log_metrics(server.loggers, {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                  step=len(server.history) + 1)

@@ -26,6 +26,7 @@ def test_federation_fdr_is_one_round_one_batch_per_client(tmp_path):
     metrics = dispatch(cfg)
     assert cfg.federation.rounds == 1 and cfg.trainer.fast_dev_run is True
     assert metrics["fed/rounds"] == 1 and metrics["fed/num_clients"] == 3 and "fed/global/test/dice" in metrics
+    assert metrics["val/dice_best_step"] == 1 and "val/dice_best" in metrics  # the sweep objective
 
 
 def test_distillation_fdr_trains_teacher_then_student(tmp_path):
