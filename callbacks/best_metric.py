@@ -1,8 +1,8 @@
 """Best validation values and the step they came from: in ``metrics.json``, the W&B summary and sweeps.
 
 :func:`track_best` keeps ``<key>_best`` and ``<key>_best_step`` for every finite ``val/*`` metric and
-writes them into each W&B run's summary, after ``define_metric(key, summary="best")`` so W&B's own summary
-of the key is its best too. ``step`` is the epoch of a centralised run (Lightning's ``epoch`` axis) and the
+writes them into each W&B run's summary, after ``define_metric(key, summary="max,last")`` (``min`` for
+losses) so W&B's own summary of the key holds its best too. ``step`` is the epoch of a centralised run (Lightning's ``epoch`` axis) and the
 round of a federated one (``federation.records`` calls it), so both sit on one W&B panel.
 :class:`BestMetric` is the centralised runs' callback (``callbacks/default.yaml``).
 """
@@ -66,7 +66,7 @@ def track_best(loggers: Iterable[Any], metrics: Mapping[str, Any], step: int,
         defined = run.__dict__.setdefault("_fedmed_defined", set())
         for key in state:
             if key not in defined:
-                run.define_metric(key, summary="best", goal="minimize" if goal(key) == "min" else "maximize")
+                run.define_metric(key, summary=f"{goal(key)},last")  # W&B's own best-of and last
                 defined.add(key)
         run.summary.update(out)
     return out

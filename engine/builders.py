@@ -69,9 +69,10 @@ def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
             continue
         extra: dict[str, Any] = {}
         if lg._target_.endswith("WandbLogger"):
-            from engine.wandb_tracking import wandb_logger_kwargs  # name/tags: exp, model, strategy, seed...
+            from engine.wandb_tracking import with_identity
 
-            extra = {"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow", **wandb_logger_kwargs(cfg, lg)}
+            lg = with_identity(cfg, lg)  # name, tags and config.run: exp, model, strategy, partition, seed...
+            extra = {"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow"}
             if job_type:
                 extra["job_type"] = job_type
         loggers.append(instantiate(lg, **extra))

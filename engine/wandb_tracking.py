@@ -112,15 +112,17 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
             "config": {"run": {**facts, "overrides": overrides}}}
 
 
-def wandb_logger_kwargs(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]:
-    """Extra ``WandbLogger`` arguments from :func:`run_identity`; explicit ``name``/``tags`` win."""
+def with_identity(cfg: DictConfig, logger_cfg: DictConfig) -> DictConfig:
+    """``logger_cfg`` (a WandbLogger config) with :func:`run_identity`'s name, tags and ``config``; a name
+    set in ``logger.wandb.name`` is kept, given tags come first."""
     ident = run_identity(cfg)
-    extra: dict[str, Any] = {"config": ident["config"]}
-    if not logger_cfg.get("name"):
-        extra["name"] = ident["name"]
-    given = OmegaConf.to_container(logger_cfg.tags, resolve=True) if logger_cfg.get("tags") is not None else []
-    extra["tags"] = list(dict.fromkeys([*given, *ident["tags"]]))
-    return extra
+    plain = OmegaConf.to_container(logger_cfg, resolve=True)
+    if not plain.get("name"):
+        plain["name"] = ident["name"]
+    plain["tags"] = list(dict.fromkeys([*(plain.get("tags") or []), *ident["tags"]]))
+    plain["config"] = ident["config"]
+    plain["_convert_"] = "all"  # wandb.init wants a plain dict, not a DictConfig
+    return OmegaConf.create(plain)
 
 
 def write_summary(loggers: Iterable[Any], metrics: Mapping[str, Any]) -> None:

@@ -48,7 +48,7 @@ from federation.executors import ClientJob, SequentialExecutor
 from federation.messages import assert_no_data, state_schema
 from federation.errors import FederationError
 from federation.plan import call_partitioner, sample_clients, write_partition_report
-from federation.records import best_of_rounds, fmt, log_image, log_metrics, rounds_table, write_rounds_csv
+from federation.records import best_of_rounds, fmt, log_round, log_image, log_metrics, rounds_table, write_rounds_csv
 from federation.server_state import rng_state, save_atomic, set_rng_state
 from federation.sharing import SharedPool
 from federation.store import ClientStore
@@ -333,6 +333,7 @@ def run_federation(cfg: DictConfig) -> dict[str, Any]:
                 server.history.append(row)
                 server._update_best(rnd, row)
                 log_metrics(server.loggers, row, step=rnd + 1)
+                log_round(row, rounds)  # per-client and global lines in run.log / non-TTY stdout
                 server.checkpoint(rnd)
                 progress.advance(rtask)
                 shown = {k.split("fed/round/")[-1]: v for k, v in row.items()

@@ -15,7 +15,7 @@ from callbacks.best_metric import track_best
 from engine import artifacts
 
 __all__ = ["fmt", "log_metrics", "log_image", "rounds_table", "write_rounds_csv", "global_model_keys",
-           "best_of_rounds"]
+           "best_of_rounds", "log_round"]
 
 log = logging.getLogger("federation.loop")
 
@@ -43,6 +43,24 @@ def best_of_rounds(history: list[Mapping[str, float]]) -> dict[str, float]:
     for row in history:
         best = track_best([], global_model_keys(row), int(row.get("round", 0)), state)
     return best
+
+
+def log_round(row: Mapping[str, float], rounds: int) -> None:
+    """One log line per client and one for the global model per round (``run.log``, non-TTY stdout)."""
+    rnd = int(row.get("round", 0))
+    clients: dict[str, dict[str, float]] = {}
+    for k, v in row.items():
+        parts = k.split("/")
+        if parts[0] == "client" and len(parts) >= 4 and parts[2] == "local_val":
+            clients.setdefault(parts[1], {})["/".join(parts[3:])] = v
+    for cid, m in clients.items():
+        log.info("round %d/%d client %s: local val %s", rnd, rounds, cid,
+                 " ".join(f"{k}={fmt(v)}" for k, v in sorted(m.items())))
+    shown = {k: row[k] for k in ("fed/round/clients", "fed/round/dropped", "fed/round/seconds_clients") if k in row}
+    shown.update(global_model_keys(row))
+    shown.pop("epoch", None)
+    log.info("round %d/%d global: %s", rnd, rounds, " ".join(f"{k.replace('fed/round/', '')}={fmt(v)}"
+                                                           for k, v in shown.items()))
 
 
 def log_metrics(loggers: list, metrics: Mapping[str, float], step: int) -> None:
