@@ -10,6 +10,7 @@ cached pipeline of :mod:`datamodules.volumes`, generating the synthetic phantom 
 from __future__ import annotations
 
 from collections.abc import Mapping
+import logging
 from collections.abc import Sequence as AbcSequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,15 @@ from datamodules.errors import DataError
 from datamodules.intensity import CTNormalised, foreground_stats
 from datamodules.layouts import find_cases, layout_classes, nnunet_channels
 from datamodules.splits import patient_split, read_split_file
+from datamodules.progress import log_progress
 from datamodules.synthetic import MANIFEST, SiteParams, write_phantom_dataset
 from datamodules.transforms import SliceAugment, build_augmentation
 from datamodules.loaders import SplitLoadersMixin
 from datamodules.spatial import GridMeta
 from datamodules.volumes import (PreprocessParams, VolumeCache, load_on_grid, preprocess_image,
                                  restore_label_volume)
+
+log = logging.getLogger("datamodules.segmentation")
 
 TARGETS = ("organ", "tumor", "multiclass")
 
@@ -308,7 +312,9 @@ class VolumeSegmentationDataModule(SliceDataModule):
             raise DataError(f"data.root {self.root} has {self.layout} images but no label files")
         self.cache = VolumeCache(self.cache_dir, self.params)
         out = []
-        for c in cases:
+        cache = self.cache
+        for c in log_progress(cases, len(cases), f"volumes (cache {self.cache_dir})", log,
+                              lambda: f"{cache.decode_count} decoded, the rest from the cache"):
             name = c.case_id if c.slices is None else c.image.name.split(".")[0]
             vol = self.cache.load(c.images, c.label, name)
             positions = list(c.slices) if c.slices is not None else list(range(vol.image.shape[0]))

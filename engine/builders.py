@@ -70,6 +70,9 @@ def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
             continue
         extra: dict[str, Any] = {}
         if lg._target_.endswith("WandbLogger"):
+            from engine.wandb_tracking import with_identity
+
+            lg = with_identity(cfg, lg)  # name, tags and config.run: exp, model, strategy, partition, seed...
             extra = {"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow", "mode": wandb_mode(lg.get("mode"))}
             if job_type:
                 extra["job_type"] = job_type

@@ -49,7 +49,8 @@ def teacher_key(cfg: DictConfig) -> dict[str, Any]:
     t = cfg.distill.teacher
     return {"model": _plain(t.model), "loss": _plain(t.get("loss")), "data": _plain(cfg.data),
             "seed": int(cfg.seed), "max_epochs": t.get("max_epochs"),
-            "limit_train_batches": _plain(cfg.trainer.get("limit_train_batches"))}
+            "limit_train_batches": _plain(cfg.trainer.get("limit_train_batches")),
+            **{k: _plain(cfg.trainer[k]) for k in ("fast_dev_run", "overfit_batches") if cfg.trainer.get(k)}}
 
 
 def teacher_cache_path(cfg: DictConfig) -> Path:
@@ -105,6 +106,10 @@ def ensure_teacher(cfg: DictConfig) -> Path:
     log.info("training the teacher first (cache: %s)", cache)
     tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), output_dir(cfg) / "teacher",
                             cfg.distill.teacher.get("max_epochs"), sub_run=True)
+    if tcfg.trainer.get("fast_dev_run"):  # fast_dev_run writes no checkpoint: one batch, one epoch instead
+        n = int(tcfg.trainer.fast_dev_run)  # True -> 1
+        with open_dict(tcfg):
+            tcfg.trainer.update(fast_dev_run=False, max_epochs=1, limit_train_batches=n, limit_val_batches=n)
     train_and_test(tcfg)
     ckpt_dir = Path(tcfg.paths.output_dir) / "checkpoints"
     best = ckpt_dir / "best.ckpt"

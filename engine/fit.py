@@ -33,6 +33,7 @@ from engine.tracking import log_run_facts
 from lightning_modules.checkpoints import load_checkpoint
 from lightning_modules.errors import CheckpointError, ConfigError, one_line
 from lightning_modules.targets import check_targets
+from engine.wandb_tracking import write_summary
 
 log = logging.getLogger("engine.fit")
 
@@ -166,9 +167,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
 
 
 def _report(cfg: DictConfig, module: Any, metrics: dict, trainer: pl.Trainer) -> None:
-    for lg in trainer.loggers:  # fast_dev_run swaps loggers for Lightning's DummyLogger: W&B loggers only
-        if isinstance(lg, WandbLogger):
-            lg.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    write_summary(trainer.loggers, metrics)  # W&B summary: final metrics, val/* kept as their best
     if cfg.get("print_per_case") and getattr(module, "test_per_case", None):
         artifacts.print_case_table(module.test_per_case, module.test_summary, "test: per case (volume)")
     else:

@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 from engine.artifacts import atomic_write_text, console
+from experiments.report_html import write_html
 
 DEFAULT_KEYS = ("test/dice", "test/miou", "test/accuracy", "test/auc", "test/acc", "fed/test/accuracy")
 LOWER_IS_BETTER = ("loss", "rvd", "seconds", "_std", "peak_memory")
@@ -202,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.csv", csv_text)
     curve = plot_curves(runs, out / "report_curves.png", args.curve)
+    page = write_html(out, md, curve, runs, run_labels(runs)[0])  # self-contained: tables + figures inline
     console.print(md)
-    console.print(f"wrote {out / 'report.md'}, {out / 'report.csv'}" + (f", {curve}" if curve else ""))
+    console.print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {page}" + (f", {curve}" if curve else ""))
     return 0
 
 

@@ -23,9 +23,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 import datamodules.medmnist  # noqa: E402,F401  (registers the ${medmnist:...} resolver used by data configs)
 from engine import artifacts  # noqa: E402
+from engine.debug import apply_debug  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
 from lightning_modules import targets  # noqa: E402
+from engine.objective import optimized_value  # noqa: E402
 
 log = logging.getLogger("experiments.run")
 
@@ -48,6 +50,7 @@ for _name, _fn in (("fedmed_uid", lambda: RUN_UID), ("fedmed_run_dir", _run_dir)
 
 def dispatch(cfg: DictConfig) -> dict[str, Any]:
     """Pick the run kind from the config: federated distillation, federation, distillation, or centralised."""
+    apply_debug(cfg)  # debug=<mode>: after the experiment, which +exp= appends last
     if cfg.get("fed_distill") is not None:  # stage 1 (the federated teacher) goes back through dispatch
         from engine.fed_distill import run_fed_distill
 
@@ -78,6 +81,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         metrics = dispatch(cfg)
+        return optimized_value(cfg, metrics)  # the sweep objective: cfg.optimized_metric, a validation metric
     except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
         err = find_user_error(exc)
         if err is None:
@@ -89,18 +93,6 @@ def main(cfg: DictConfig) -> float | None:
             return None
         print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
-    return objective(cfg, metrics)
-
-
-def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
-    """What a Hydra sweeper optimises: the best *validation* score of ``module.monitor`` (never a test
-    metric, which would select hyper-parameters on the test set)."""
-    monitor = str(cfg.module.get("monitor", "val/dice"))
-    for key in (f"{monitor}_best", monitor):
-        value = metrics.get(key)
-        if isinstance(value, (int, float)):
-            return float(value)
-    return None
 
 
 if __name__ == "__main__":

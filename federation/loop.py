@@ -22,7 +22,8 @@ from engine import artifacts
 from federation.curves import plot_rounds
 from federation.errors import FederationError
 from federation.matrix import evaluation_matrix, write_matrix
-from federation.records import close_loggers, fmt, log_image, log_metrics, rounds_table, write_rounds_csv
+from federation.records import (best_of_rounds, close_loggers, fmt, log_image, log_metrics, log_round, rounds_table,
+                                write_rounds_csv)
 from federation.server import SERVER_CKPT, Server
 from federation.server_state import save_atomic
 
@@ -77,6 +78,7 @@ def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
             server.history.append(row)
             server.update_best(rnd, row)
             log_metrics(server.loggers, row, step=rnd + 1)
+            log_round(row, rounds)  # per-client and global lines in run.log / non-TTY stdout
             server.checkpoint(rnd)
             write_rounds_csv(rounds_table(server.history), server.out / "rounds.csv")
             bar.advance(rtask)
@@ -114,6 +116,7 @@ def _finish(server: Server, t_start: float) -> dict[str, Any]:
         matrix = evaluation_matrix(server)
         write_matrix(matrix, out, metric)
         metrics["evaluation_matrix"] = matrix
+    metrics.update(best_of_rounds(server.history))  # val/<m>_best: the global model's best server validation
     artifacts.write_json(out / "metrics.json", metrics)
     log_metrics(server.loggers, {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                 step=len(server.history) + 1)

@@ -11,9 +11,11 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from callbacks.best_metric import track_best
 from engine import artifacts
 
-__all__ = ["fmt", "log_metrics", "log_image", "close_loggers", "rounds_table", "write_rounds_csv"]
+__all__ = ["fmt", "log_metrics", "log_image", "close_loggers", "rounds_table", "write_rounds_csv", "global_model_keys",
+           "best_of_rounds", "log_round"]
 
 log = logging.getLogger("federation.loop")
 
@@ -22,13 +24,57 @@ def fmt(v: Any) -> str:
     return artifacts.fmt(v, 4) if isinstance(v, float) else str(v)
 
 
+def global_model_keys(row: Mapping[str, float]) -> dict[str, float]:
+    """The global model's round metrics under a centralised run's keys: ``val/<m>`` (server validation
+    set), ``test/<m>`` (pooled test set) and ``epoch`` = round, so a centralised and a federated run of the
+    same model share one W&B panel (x axis ``epoch``)."""
+    out = {}
+    for prefix, stage in (("fed/round/server_val/", "val/"), ("fed/round/test/", "test/")):
+        out.update({stage + k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)})
+    if out and "round" in row:
+        out["epoch"] = row["round"]
+    return out
+
+
+def best_of_rounds(history: list[Mapping[str, float]]) -> dict[str, float]:
+    """``val/<m>_best`` and ``val/<m>_best_step`` (the round) of the global model over the rounds."""
+    state: dict = {}
+    best: dict[str, float] = {}
+    for row in history:
+        best = track_best([], global_model_keys(row), int(row.get("round", 0)), state)
+    return best
+
+
+def log_round(row: Mapping[str, float], rounds: int) -> None:
+    """One log line per client and one for the global model per round (``run.log``, non-TTY stdout)."""
+    rnd = int(row.get("round", 0))
+    clients: dict[str, dict[str, float]] = {}
+    for k, v in row.items():
+        parts = k.split("/")
+        if parts[0] == "client" and len(parts) >= 4 and parts[2] == "local_val":
+            clients.setdefault(parts[1], {})["/".join(parts[3:])] = v
+    for cid, m in clients.items():
+        log.info("round %d/%d client %s: local val %s", rnd, rounds, cid,
+                 " ".join(f"{k}={fmt(v)}" for k, v in sorted(m.items())))
+    shown = {k: row[k] for k in ("fed/round/clients", "fed/round/dropped", "fed/round/seconds_clients") if k in row}
+    shown.update(global_model_keys(row))
+    shown.pop("epoch", None)
+    log.info("round %d/%d global: %s", rnd, rounds, " ".join(f"{k.replace('fed/round/', '')}={fmt(v)}"
+                                                           for k, v in shown.items()))
+
+
 def log_metrics(loggers: list, metrics: Mapping[str, float], step: int) -> None:
+    metrics = {**metrics, **global_model_keys(metrics)}
     clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     for lg in loggers:
         try:
             lg.log_metrics(clean, step=step)
         except Exception as exc:  # noqa: BLE001 - a logger must not stop the federation
             log.warning("logger %s failed: %s", type(lg).__name__, exc)
+    try:
+        track_best(loggers, clean, step)  # W&B summary: val/<m>_best and the round it came from
+    except Exception as exc:  # noqa: BLE001
+        log.warning("W&B summary failed: %s", exc)
 
 
 def log_image(loggers: list, key: str, path: Path) -> None:

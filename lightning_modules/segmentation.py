@@ -196,7 +196,9 @@ class SegmentationModule(BaseModule):
 
     # ------------------------------------------------------------------ epoch ends
     def _case_summary(self, cases: PerCaseConfusion) -> tuple[dict, dict]:
-        per_case = {cid: case_scores(cm, self.class_names) for cid, cm in sorted(cases.compute().items())}
+        matrices = cases.compute()
+        self.confusion = sum(matrices.values()) if matrices else None  # pixels, true x predicted (W&B plot)
+        per_case = {cid: case_scores(cm, self.class_names) for cid, cm in sorted(matrices.items())}
         cases.reset()
         return per_case, summarise(per_case) if per_case else {}
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from engine.artifacts import atomic_write_text, write_json
-from experiments.run import dispatch, objective
+from engine.objective import optimized_value as objective
+from experiments.run import dispatch
 from lightning_modules.atomic import atomic_output
 from lightning_modules.base import build
 from tests.hydra_helpers import compose_run

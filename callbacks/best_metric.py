@@ -1,0 +1,87 @@
+"""Best validation values and the step they came from: in ``metrics.json``, the W&B summary and sweeps.
+
+:func:`track_best` keeps ``<key>_best`` and ``<key>_best_step`` for every finite ``val/*`` metric and
+writes them into each W&B run's summary, after ``define_metric(key, summary="max,last")`` (``min`` for
+losses) so W&B's own summary of the key holds its best too. ``step`` is the epoch of a centralised run (Lightning's ``epoch`` axis) and the
+round of a federated one (``federation.records`` calls it), so both sit on one W&B panel.
+:class:`BestMetric` is the centralised runs' callback (``callbacks/default.yaml``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+import pytorch_lightning as pl
+
+#: metric names where lower is better (|RVD| for the relative volume difference)
+LOWER_IS_BETTER = ("loss", "hd95", "hd", "rvd", "asd", "error", "seconds")
+
+
+def goal(key: str) -> str:
+    """``min`` or ``max``: which way ``key`` improves."""
+    name = key.rsplit("/", 1)[-1]
+    return "min" if any(name.startswith(s) or f"_{s}" in name for s in LOWER_IS_BETTER) else "max"
+
+
+def better(key: str, new: float, old: float | None) -> bool:
+    if old is None:
+        return True
+    if "rvd" in key:
+        return abs(new) < abs(old)
+    return new < old if goal(key) == "min" else new > old
+
+
+def wandb_runs(loggers: Iterable[Any]) -> list[Any]:
+    """The live W&B run of each W&B logger (not fast_dev_run's DummyLogger, not another rank's dummy)."""
+    runs = []
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            run = lg.experiment
+            if hasattr(run, "define_metric") and not callable(getattr(run, "summary", None)):
+                runs.append(run)
+    return runs
+
+
+def track_best(loggers: Iterable[Any], metrics: Mapping[str, Any], step: int,
+               state: dict | None = None) -> dict[str, float]:
+    """Update the bests with ``metrics`` (see the module docstring); returns every ``<key>_best`` and
+    ``<key>_best_step``. ``state`` holds the bests between calls (default: on the first W&B logger)."""
+    loggers = list(loggers)
+    if state is None:
+        holder = next((lg for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
+        state = holder.__dict__.setdefault("_fedmed_best", {}) if holder is not None else {}
+    for key, value in metrics.items():
+        if not key.startswith("val/") or key.endswith(("_best", "_best_step")):
+            continue
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value) and better(key, value, state.get(key, (None, 0))[0]):
+            state[key] = (value, int(step))
+    out: dict[str, float] = {}
+    for key, (value, at) in state.items():
+        out[f"{key}_best"], out[f"{key}_best_step"] = value, at
+    for run in wandb_runs(loggers):
+        defined = run.__dict__.setdefault("_fedmed_defined", set())
+        for key in state:
+            if key not in defined:
+                run.define_metric(key, summary=f"{goal(key)},last")  # W&B's own best-of and last
+                defined.add(key)
+        run.summary.update(out)
+    return out
+
+
+class BestMetric(pl.Callback):
+    """After every validation epoch: the best of each ``val/*`` metric and its epoch (``summary`` is
+    merged into ``metrics.json`` by ``engine.fit``; ``optimized_metric: val/dice_best`` is what a sweep reads)."""
+
+    def __init__(self) -> None:
+        self.summary: dict[str, float] = {}
+        self._state: dict[str, tuple[float, int]] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        self.summary = track_best(trainer.loggers, metrics, trainer.current_epoch, self._state)

@@ -1,0 +1,94 @@
+"""Test results as interactive W&B media: overlays with mask layers, a per-case table, ROC and confusion plots.
+
+After testing a segmentation module, to every live W&B run (nothing without one; fast_dev_run's dummy
+logger is skipped):
+
+* ``test/overlay_masks`` - the slices :class:`~callbacks.overlays.SegmentationOverlays` picked, as
+  ``wandb.Image`` with ``ground_truth`` and ``prediction`` mask layers (each class can be toggled);
+* ``test/per_case`` - a ``wandb.Table``: case, Dice, IoU, RVD (and HD95/NSD where the module has them);
+* ``test/roc`` - the per-class ROC curves (``wandb.plot.line_series``);
+* ``test/confusion_matrix`` - pixel counts, true x predicted (W&B's confusion-matrix chart).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+
+from callbacks.best_metric import wandb_runs
+
+#: per-case columns shown in the table (metric name prefixes), in this order
+TABLE_METRICS = ("dice", "iou", "miou", "rvd", "hd95", "nsd", "accuracy")
+
+
+def _labels(pl_module: Any) -> dict[int, str]:
+    return {i: str(n) for i, n in enumerate(getattr(pl_module, "class_names", []) or [])}
+
+
+def per_case_table(per_case: dict[str, dict[str, float]]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows of the per-case table: ``case`` then the scores named in :data:`TABLE_METRICS`."""
+    keys = sorted({k for s in per_case.values() for k in s},
+                  key=lambda k: (next((i for i, m in enumerate(TABLE_METRICS) if k.startswith(m)), 99), k))
+    keys = [k for k in keys if k.startswith(TABLE_METRICS)]
+    rows = [[case] + [float(scores.get(k, np.nan)) for k in keys] for case, scores in sorted(per_case.items())]
+    return ["case", *keys], rows
+
+
+def overlay_images(overlays: Any, labels: dict[int, str]) -> list[Any]:
+    """``wandb.Image`` per picked slice, image as grey, masks as toggleable layers."""
+    import wandb
+
+    images = []
+    for case, (_, img, mask, pred) in sorted(getattr(overlays, "_best", {}).items()):
+        lo, hi = float(np.min(img)), float(np.max(img))
+        grey = ((img - lo) / (hi - lo + 1e-8) * 255).astype(np.uint8)
+        orient = lambda a: np.flipud(np.asarray(a).T)  # noqa: E731 - as the PNG (x right, y up)
+        images.append(wandb.Image(orient(grey), caption=str(case), masks={
+            "ground_truth": {"mask_data": orient(mask).astype(np.int64), "class_labels": labels},
+            "prediction": {"mask_data": orient(pred).astype(np.int64), "class_labels": labels}}))
+    return images
+
+
+class WandbSegmentationMedia(pl.Callback):
+    """See the module docstring (``callbacks/segmentation.yaml``)."""
+
+    def __init__(self, max_roc_points: int = 200) -> None:
+        self.max_roc_points = max_roc_points
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        runs = wandb_runs(trainer.loggers) if trainer.is_global_zero else []
+        if not runs:
+            return
+        import wandb
+
+        labels = _labels(pl_module)
+        media: dict[str, Any] = {}
+        overlays = next((cb for cb in trainer.callbacks if type(cb).__name__ == "SegmentationOverlays"), None)
+        if overlays is not None and getattr(overlays, "_best", None):
+            media["test/overlay_masks"] = overlay_images(overlays, labels)
+        per_case = getattr(pl_module, "test_per_case", None)
+        if per_case:
+            columns, rows = per_case_table(per_case)
+            media["test/per_case"] = wandb.Table(columns=columns, data=rows)
+        curves = getattr(pl_module, "roc_curves", None) or {}
+        if curves:
+            xs, ys = [], []
+            for fpr, tpr in curves.values():
+                keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), self.max_roc_points)).astype(int))
+                xs.append(np.asarray(fpr)[keep].tolist())
+                ys.append(np.asarray(tpr)[keep].tolist())
+            media["test/roc"] = wandb.plot.line_series(xs=xs, ys=ys, keys=list(curves), title="ROC (test)",
+                                                       xname="false positive rate")
+        cm = getattr(pl_module, "confusion", None)
+        if cm is not None:
+            cm = np.asarray(cm)
+            names = [labels.get(i, str(i)) for i in range(cm.shape[0])]
+            data = [[names[i], names[j], int(cm[i, j])] for i in range(cm.shape[0]) for j in range(cm.shape[1])]
+            table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=data)
+            media["test/confusion_matrix"] = wandb.plot_table(
+                "wandb/confusion_matrix/v1", table,
+                {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+                {"title": "Confusion matrix (test pixels)"})
+        for run in runs:
+            run.log(media, commit=True)

@@ -1,0 +1,58 @@
+"""The ``debug=`` modes (lightning-hydra-template's ``debug/`` group) applied to a composed config.
+
+``+exp=<name>`` appends the experiment after every entry of ``train.yaml``'s defaults list, so a debug
+config selected there could not override what the experiment sets (``trainer.max_epochs: 6``). The debug
+configs therefore put their settings under ``debug:`` and :func:`apply_debug` writes them into the config
+after composition: ``trainer.*`` always; other keys (``federation.rounds``, ``distill.teacher.max_epochs``,
+``data.num_workers``) only where the run has them, so one mode fits centralised, distillation and federated
+runs. A key given on the command line (``trainer.max_epochs=3``) keeps the user's value.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger("engine.debug")
+_ABSENT = object()
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted keys and values of ``node``; a mapping with ``_target_`` (a profiler) is one value."""
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, DictConfig) and "_target_" not in value:
+            yield from _leaves(value, path + ".")
+        else:
+            yield path, value
+
+
+def command_line_keys() -> set[str]:
+    """Dotted keys the user set on the command line (``a.b=1``, ``+a.b=1``, ``++a.b=1``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task)
+    except (ValueError, ImportError):  # no Hydra context (a config built in code)
+        return set()
+    return {o.lstrip("+~").split("=", 1)[0] for o in task if "=" in o and "/" not in o.split("=", 1)[0]}
+
+
+def apply_debug(cfg: DictConfig) -> dict[str, Any]:
+    """Write ``cfg.debug``'s settings into ``cfg`` (see the module docstring); returns what was set."""
+    debug = cfg.get("debug")
+    if not isinstance(debug, DictConfig):
+        return {}
+    given = command_line_keys()
+    applied: dict[str, Any] = {}
+    with open_dict(cfg):
+        for key, value in _leaves(debug):
+            if key == "mode" or key in given:
+                continue
+            if not key.startswith("trainer.") and OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+                continue  # e.g. federation.rounds in a centralised run
+            OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+            applied[key] = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+    log.info("debug=%s: %s", debug.get("mode"), ", ".join(f"{k}={v}" for k, v in applied.items()))
+    return applied

@@ -1,0 +1,133 @@
+"""W&B runs that compare: a name and tags that say what the run is, summaries that keep the best value.
+
+* :func:`run_identity` - ``name``, ``tags`` and a compact ``config={"run": {...}}`` for the WandbLogger:
+  experiment, model, data, distillation method, FL strategy and partition, seed, and every other override
+  given to the job (a sweep's varying values), so runs can be filtered, grouped and told apart.
+* :func:`callbacks.best_metric.track_best` keeps ``<key>_best``/``<key>_best_step`` in the summary.
+* :func:`write_summary` - the run's final metrics into the summary (``val/*`` kept as best-of).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks.best_metric import wandb_runs
+
+#: groups the name already holds, and keys that say nothing about the method
+_IN_NAME = {"exp", "model", "data", "distill", "seed", "federation/strategy", "federation/partition"}
+_NOT_METHOD = ("paths.", "hydra.", "hydra/", "logger", "debug", "hparams_search", "print_per_case")
+
+
+def _choice(group: str) -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        value = HydraConfig.get().runtime.choices.get(group)
+        return None if value in (None, "null") else str(value)
+    except (ValueError, ImportError):
+        return None
+
+
+def _target_name(node: Any) -> str | None:
+    target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
+    return str(target).rsplit(".", 1)[-1].lower() if target else None
+
+
+def _task_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except (ValueError, ImportError):
+        return []
+
+
+def run_facts(cfg: DictConfig) -> dict[str, Any]:
+    """What the run is: experiment, model, data, distillation method, strategy, partition, seed."""
+    fed = cfg.get("federation")
+    distill = cfg.get("distill")
+    facts = {
+        "exp": str(cfg.get("exp_name", "default")),
+        "model": _choice("model") or _target_name(cfg.get("model")),
+        "data": _choice("data") or _target_name(cfg.get("data")),
+        "distill": str(distill.get("method")) if isinstance(distill, DictConfig) else None,
+        "strategy": (_choice("federation/strategy") or _target_name(fed.get("strategy"))) if fed else None,
+        "partition": (_choice("federation/partition") or _target_name(fed.get("partition"))) if fed else None,
+        "seed": int(cfg.get("seed", 0)),
+    }
+    return {k: v for k, v in facts.items() if v is not None}
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _is_sweep(value: str) -> bool:
+    """A command-line sweep value: ``a,b``, ``choice(...)``, ``range(...)``, ``interval(...)``, ``glob(...)``."""
+    depth, comma = 0, False
+    for ch in value:
+        depth += ch in "[({"
+        depth -= ch in "])}"
+        comma |= ch == "," and depth == 0
+    return comma or value.startswith(("choice(", "range(", "interval(", "glob(", "tag("))
+
+
+def swept_keys() -> set[str]:
+    """Keys a sweep varies: the sweeper's ``params`` (Optuna, config sweeps) and the command line's sweeps."""
+    import sys
+
+    keys: set[str] = set()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        keys |= {str(k) for k in (HydraConfig.get().sweeper.get("params") or {})}
+    except (ValueError, ImportError, AttributeError):
+        pass
+    keys |= {_key(a) for a in sys.argv[1:] if "=" in a and _is_sweep(a.split("=", 1)[1])}
+    return keys
+
+
+def method_overrides(overrides: Iterable[str] | None = None) -> list[str]:
+    """The job's overrides that change the method (not paths, logging, launcher, debug, the exp)."""
+    task = _task_overrides() if overrides is None else list(overrides)
+    return [o.lstrip("+") for o in task if _key(o) not in _IN_NAME and not _key(o).startswith(_NOT_METHOD)]
+
+
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """``name``/``tags``/``config`` for ``WandbLogger``: the run's facts (:func:`run_facts`) plus, in the
+    name and the tags, the overrides a sweep varies; every method override is in ``config.run.overrides``."""
+    facts = run_facts(cfg)
+    parts = [facts["exp"], facts.get("model"), facts.get("distill"), facts.get("strategy"),
+             facts.get("partition"), f"s{facts['seed']}"]
+    name = "-".join(str(p) for p in parts if p)
+    overrides = method_overrides()
+    varied = swept_keys()
+    swept = [o for o in overrides if _key(o) in varied]
+    if swept:
+        name += "-" + ",".join(swept)
+    tags = [str(t) for t in (cfg.get("tags") or [])]
+    tags += [f"{k}:{v}" for k, v in facts.items()] + swept
+    return {"name": name[:128], "tags": list(dict.fromkeys(t[:64] for t in tags)),
+            "config": {"run": {**facts, "overrides": overrides}}}
+
+
+def with_identity(cfg: DictConfig, logger_cfg: DictConfig) -> DictConfig:
+    """``logger_cfg`` (a WandbLogger config) with :func:`run_identity`'s name, tags and ``config``; a name
+    set in ``logger.wandb.name`` is kept, given tags come first."""
+    ident = run_identity(cfg)
+    plain = OmegaConf.to_container(logger_cfg, resolve=True)
+    if not plain.get("name"):
+        plain["name"] = ident["name"]
+    plain["tags"] = list(dict.fromkeys([*(plain.get("tags") or []), *ident["tags"]]))
+    plain["config"] = ident["config"]
+    plain["_convert_"] = "all"  # wandb.init wants a plain dict, not a DictConfig
+    return OmegaConf.create(plain)
+
+
+def write_summary(loggers: Iterable[Any], metrics: Mapping[str, Any]) -> None:
+    """The run's final scalar metrics into each W&B summary; ``val/*`` keys keep their best-of summary."""
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and not (k.startswith("val/") and not k.endswith(("_best", "_best_step")))}
+    for run in wandb_runs(loggers):
+        run.summary.update(scalars)

@@ -1,0 +1,61 @@
+"""`debug=<mode>` (lightning-hydra-template's debug/ group) for centralised, distillation and federated runs."""
+import pytest
+
+from engine.debug import apply_debug
+from experiments.run import dispatch
+from tests.hydra_helpers import compose_run
+
+TINY_LITS = ["model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
+             "data.synthetic.shape=[48,48,10]", "logger=csv"]
+SITES = ["hospital_a", "hospital_b", "hospital_c"]
+TINY_FED = ["+exp=fed_lits_dnet", "logger=csv", "model.width=4", "federation.progress=false",
+            "federation.matrix.standalone_epochs=1", "federation.matrix.centralised_epochs=1"] + [
+    o for s in SITES for o in (f"data.sites.{s}.image_size=32", f"data.sites.{s}.synthetic.n_cases=4",
+                               f"data.sites.{s}.synthetic.shape=[32,32,6]")]
+
+
+def test_lits_dnet_fdr_runs_one_batch(tmp_path):
+    cfg = compose_run(["+exp=lits_dnet", *TINY_LITS, "debug=fdr"], tmp_path)
+    metrics = dispatch(cfg)
+    assert cfg.trainer.fast_dev_run is True and cfg.trainer.max_epochs == 1 and cfg.task_name == "debug"
+    assert "test/dice" in metrics and metrics["test_checkpoint"] == "last weights"  # fdr saves no checkpoint
+
+
+def test_federation_fdr_is_one_round_one_batch_per_client(tmp_path):
+    cfg = compose_run([*TINY_FED, "debug=fdr"], tmp_path)
+    metrics = dispatch(cfg)
+    assert cfg.federation.rounds == 1 and cfg.trainer.fast_dev_run is True
+    assert metrics["fed/rounds"] == 1 and metrics["fed/num_clients"] == 3 and "fed/global/test/dice" in metrics
+    assert metrics["val/dice_best_step"] == 1 and "val/dice_best" in metrics  # the sweep objective
+
+
+def test_distillation_fdr_trains_teacher_then_student(tmp_path):
+    cfg = compose_run(["+exp=lits_hlfd", "data.synthetic.n_cases=6", "data.synthetic.shape=[48,48,10]",
+                       "data.image_size=32", "logger=csv", "debug=fdr"], tmp_path)
+    metrics = dispatch(cfg)
+    assert metrics["distill/method"] == "hlfd" and "test/dice" in metrics
+    assert any((tmp_path / "data" / "teachers").glob("*.ckpt"))
+
+
+@pytest.mark.parametrize("mode, key, value", [
+    ("default", "trainer.detect_anomaly", True), ("limit", "trainer.limit_train_batches", 3),
+    ("overfit", "trainer.overfit_batches", 3), ("profiler", "trainer.profiler._target_",
+                                                "pytorch_lightning.profilers.SimpleProfiler")])
+def test_modes_win_over_the_experiment_but_not_the_command_line(tmp_path, mode, key, value):
+    from omegaconf import OmegaConf
+
+    cfg = compose_run(["+exp=lits_dnet", f"debug={mode}", "trainer.devices=1"], tmp_path)
+    assert cfg.trainer.max_epochs == 6  # the exp's value until the debug mode is applied
+    apply_debug(cfg)
+    assert OmegaConf.select(cfg, key) == value
+    assert cfg.trainer.max_epochs == {"limit": 3, "overfit": 20}.get(mode, 1)
+    assert "federation" not in cfg or cfg.federation is None  # federation keys skipped in a centralised run
+    given = compose_run(["+exp=lits_dnet", f"debug={mode}", "trainer.max_epochs=2"], tmp_path)
+    apply_debug(given)
+    assert given.trainer.max_epochs == 2
+
+
+def test_federation_modes_set_rounds(tmp_path):
+    cfg = compose_run([*TINY_FED, "debug=limit"], tmp_path)
+    apply_debug(cfg)
+    assert cfg.federation.rounds == 2 and cfg.federation.local_epochs == 1 and cfg.trainer.limit_train_batches == 3

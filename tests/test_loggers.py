@@ -1,0 +1,34 @@
+"""`logger=wandb|csv|tensorboard|many_loggers|default` and W&B offline unless asked."""
+import os
+
+import pytest
+
+from experiments.run import dispatch
+from tests.hydra_helpers import compose_run
+
+TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
+        "data.synthetic.shape=[48,48,10]", "trainer.max_epochs=1"]
+
+
+@pytest.mark.parametrize("choice, keys", [("default", {"csv", "wandb"}), ("csv", {"csv"}), ("wandb", {"wandb"}),
+                                          ("tensorboard", {"tensorboard"}),
+                                          ("many_loggers", {"csv", "tensorboard", "wandb"})])
+def test_logger_group(tmp_path, monkeypatch, choice, keys):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_run([*TINY, f"logger={choice}"], tmp_path)
+    assert set(cfg.logger) == keys
+    if "wandb" in keys:
+        assert cfg.logger.wandb.mode == "offline"  # no WANDB_MODE: nothing is sent
+
+
+def test_tensorboard_writes_event_files(tmp_path):
+    cfg = compose_run([*TINY, "logger=tensorboard"], tmp_path)
+    dispatch(cfg)
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert "val/dice" in acc.Tags()["scalars"] and "test/dice" in acc.Tags()["scalars"]
+    assert not os.path.exists(tmp_path / "run" / "wandb")

@@ -1,0 +1,46 @@
+"""Progress where people look: one line per epoch (per client per round in federations) in run.log and on
+a non-TTY stdout, and a line while volumes are decoded and cached."""
+import logging
+import subprocess
+import sys
+
+from callbacks.progress_log import epoch_line
+from experiments.run import dispatch
+from tests.hydra_helpers import compose_run
+
+SITES = ["hospital_a", "hospital_b", "hospital_c"]
+
+
+def test_run_log_of_a_two_epoch_run_shows_both_epochs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "+exp=lits_dnet", "model.width=4", "data.image_size=32",
+         "data.batch_size=8", "data.synthetic.n_cases=6", "data.synthetic.shape=[48,48,10]",
+         "trainer.max_epochs=2", "logger=csv", f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=900)  # stdout is a pipe: not a TTY
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (tmp_path / "run" / "run.log").read_text()
+    for line in ("epoch 1/2: ", "epoch 2/2: "):
+        assert line in text and line in proc.stdout
+    epoch2 = next(ln for ln in text.splitlines() if "epoch 2/2: " in ln)
+    assert "val/dice=" in epoch2 and "train/loss=" in epoch2
+    assert "volumes (cache" in text and "6/6" in text and "decoded" in text
+
+
+def test_federation_logs_a_line_per_client_per_round(tmp_path, caplog):
+    ov = ["+exp=fed_lits_dnet", "logger=csv", "model.width=4", "federation.progress=false", "federation.rounds=2",
+          "trainer.limit_train_batches=1", "federation.evaluation_matrix=false"] + [
+        o for s in SITES for o in (f"data.sites.{s}.image_size=32", f"data.sites.{s}.synthetic.n_cases=4",
+                                   f"data.sites.{s}.synthetic.shape=[32,32,6]")]
+    with caplog.at_level(logging.INFO, logger="federation.loop"):
+        dispatch(compose_run(ov, tmp_path))
+    lines = [r.getMessage() for r in caplog.records if r.name == "federation.loop"]
+    for rnd in (1, 2):
+        for site in SITES:
+            assert any(m.startswith(f"round {rnd}/2 client {site}: local val ") and "dice=" in m for m in lines)
+        assert any(m.startswith(f"round {rnd}/2 global: ") and "val/dice=" in m for m in lines)
+
+
+def test_epoch_line_format():
+    line = epoch_line(1, 6, {"train/loss_epoch": 0.5, "train/loss_step": 0.4, "val/dice": 0.61234,
+                             "val/dice_best": 0.7}, 3.21)
+    assert line == "epoch 2/6: train/loss=0.5 val/dice=0.6123 (3.2 s)"

@@ -1,0 +1,31 @@
+"""`python -m experiments.report` also writes a self-contained report.html (tables + figures inline)."""
+import base64
+import json
+
+from experiments import report
+from experiments.report_html import markdown_to_html
+
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+
+
+def test_report_writes_self_contained_html(tmp_path):
+    for i, (model, dice) in enumerate([("dnet", 0.8), ("dnet", 0.6), ("unet", 0.5)]):
+        run = tmp_path / "m" / str(i)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n- seed={i}\n")
+        (run / "metrics.json").write_text(json.dumps({"test/dice": dice}))
+        (run / "test_overlays.png").write_bytes(PNG)
+    (tmp_path / "m" / "9").mkdir()
+    (tmp_path / "m" / "9" / "failed.json").write_text(json.dumps({"error": "DataError: data.root /x <missing>"}))
+    assert report.main([str(tmp_path / "m")]) == 0
+    page = (tmp_path / "m" / "report.html").read_text()
+    assert page.count("<table>") == 1 and "<th>method</th>" in page and "model=dnet" in page
+    assert "0.7000" in page  # mean Dice of the two dnet seeds
+    assert page.count("data:image/png;base64,") == 3  # one overlay per run, embedded
+    assert "&lt;missing&gt;" in page  # failures listed, escaped
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_markdown_tables_and_bold():
+    out = markdown_to_html("Common: `x=1`\n\n| a | b |\n|---|---|\n| **1** | 2 |\n")
+    assert "<code>x=1</code>" in out and "<th>a</th>" in out and "<td><b>1</b></td>" in out

@@ -1,0 +1,78 @@
+"""W&B runs that compare: name/tags/config, best-of summaries, federated runs on centralised keys, media.
+Reads the offline run files (tests/wandb_offline.py), no network."""
+import json
+import sys
+
+import pytest
+
+from engine.wandb_tracking import method_overrides, run_identity
+from experiments.run import dispatch
+from federation.records import best_of_rounds, global_model_keys
+from tests.hydra_helpers import compose_run
+from tests.wandb_offline import read_run
+
+SITES = ["hospital_a", "hospital_b", "hospital_c"]
+TINY = ["model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
+        "data.synthetic.shape=[48,48,10]"]
+FED = ["+exp=fed_lits_dnet", "model.width=4", "federation.progress=false", "federation.rounds=2",
+       "trainer.limit_train_batches=1", "federation.evaluation_matrix=false"] + [
+    o for s in SITES for o in (f"data.sites.{s}.image_size=32", f"data.sites.{s}.synthetic.n_cases=4",
+                               f"data.sites.{s}.synthetic.shape=[32,32,6]")]
+
+
+def _keys(run):
+    return set().union(*(h.keys() for h in run["history"]))
+
+
+def test_centralised_run_name_tags_best_summary_and_media(tmp_path):
+    dispatch(compose_run(["+exp=lits_dnet", *TINY, "trainer.max_epochs=2", "logger=wandb"], tmp_path))
+    run = read_run(tmp_path / "run")
+    assert run["name"] == "lits_dnet-dnet-s42"
+    assert {"exp:lits_dnet", "model:dnet", "data:synthetic_lits", "seed:42"} <= set(run["tags"])
+    assert run["config"]["run"]["exp"] == "lits_dnet" and "model.width=4" in run["config"]["run"]["overrides"]
+    vals = [(h["epoch"], h["val/dice"]) for h in run["history"] if "val/dice" in h]
+    best_epoch, best = max(vals, key=lambda t: t[1])
+    assert run["summary"]["val/dice_best"] == pytest.approx(best)
+    assert run["summary"]["val/dice_best_step"] == best_epoch
+    assert run["summary"]["val/dice"]["max"] == pytest.approx(best)  # define_metric: W&B's best-of
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["val/dice_best"] == pytest.approx(best)
+    keys = _keys(run)
+    assert {"test/overlay_masks/all_masks", "test/per_case/path", "test/roc_table/path",
+            "test/confusion_matrix_table/path"} <= keys
+    media = next((tmp_path / "run" / "wandb").glob("offline-run-*/files/media"))
+    table = json.loads(next(media.glob("table/test/per_case_*.table.json")).read_text())
+    assert table["columns"][:2] == ["case", "dice"] and {"iou_liver", "rvd_liver"} <= set(table["columns"])
+    assert list(media.glob("images/mask/test/overlay_masks_*.mask.png"))  # ground truth + prediction layers
+
+
+def test_federated_run_logs_the_global_model_on_centralised_keys(tmp_path):
+    dispatch(compose_run([*FED, "logger=wandb", "federation/strategy=fedprox"], tmp_path))
+    run = read_run(tmp_path / "run")
+    assert run["name"] == "fed_lits_dnet-dnet-fedprox-by_site-s42"
+    assert {"strategy:fedprox", "partition:by_site", "exp:fed_lits_dnet"} <= set(run["tags"])
+    rounds = [h for h in run["history"] if "fed/round/server_val/dice" in h]
+    assert [h["epoch"] for h in rounds] == [1, 2] and [h["trainer/global_step"] for h in rounds] == [1, 2]
+    for h in rounds:  # same values under the centralised keys, step = round
+        assert h["val/dice"] == h["fed/round/server_val/dice"] and h["test/dice"] == h["fed/round/test/dice"]
+    best = max(rounds, key=lambda h: h["val/dice"])
+    assert run["summary"]["val/dice_best"] == pytest.approx(best["val/dice"])
+    assert run["summary"]["val/dice_best_step"] == best["epoch"]
+
+
+def test_alias_and_best_of_rounds_are_pure():
+    rows = [{"round": 1, "fed/round/server_val/loss": 0.5, "fed/round/server_val/dice": 0.2, "fed/round/test/dice": 0.1},
+            {"round": 2, "fed/round/server_val/loss": 0.7, "fed/round/server_val/dice": 0.4, "fed/round/test/dice": 0.3}]
+    assert global_model_keys(rows[1]) == {"val/loss": 0.7, "val/dice": 0.4, "test/dice": 0.3, "epoch": 2}
+    best = best_of_rounds(rows)
+    assert best["val/dice_best"] == 0.4 and best["val/dice_best_step"] == 2
+    assert best["val/loss_best"] == 0.5 and best["val/loss_best_step"] == 1  # losses: lower is better
+
+
+def test_sweep_values_enter_name_and_tags(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run", "-m", "+exp=lits_dnet", "module.optimizer.lr=0.001,0.01", "seed=1,2"])
+    cfg = compose_run(["+exp=lits_dnet", "module.optimizer.lr=0.01", "seed=2", "paths.log_dir=/x"], tmp_path)
+    ident = run_identity(cfg)
+    assert ident["name"] == "lits_dnet-dnet-s2-module.optimizer.lr=0.01"
+    assert "module.optimizer.lr=0.01" in ident["tags"] and "seed:2" in ident["tags"]
+    assert method_overrides(["paths.log_dir=/x", "logger=csv", "model.width=4", "+exp=a"]) == ["model.width=4"]
