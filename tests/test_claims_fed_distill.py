@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import pytest
 
+from claims_support import unvalidated
 from hydra_helpers import compose_run
 
-pytestmark = pytest.mark.claims
+pytestmark = [pytest.mark.claims,
+              unvalidated("stage 2 of the 3-seed check never finished on the contended machine")]
 
 #: minimum gain (absolute Dice, mean over sites of the other-site Dice) of hlfd_fed over none.
 MARGIN = 0.02
