@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pytest
 
-from claims_support import unvalidated
+from tests.claims_support import unvalidated
 from hydra_helpers import compose_run
 
 pytestmark = [pytest.mark.claims,
