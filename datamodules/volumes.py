@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from datamodules.errors import DataError
 from datamodules.spatial import GridMeta, check_orientation, to_grid, from_grid
+from lightning_modules.atomic import temp_beside
 
 __all__ = [
     "PreprocessParams", "CachedVolume", "VolumeCache", "load_nifti", "apply_window", "to_slices",
@@ -216,7 +216,7 @@ def _file_key(path: Path | None) -> dict | None:
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     """np.save to a temp file in the same folder, then os.replace: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)  # the user's umask, not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, array)
@@ -268,7 +268,7 @@ class VolumeCache:
         d.mkdir(parents=True, exist_ok=True)
         if vol.label is not None:
             _atomic_save(lab_f, vol.label)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{meta_f.name}.", suffix=".tmp")
+        fd, tmp = temp_beside(meta_f)
         with os.fdopen(fd, "w") as fh:
             json.dump({"grid": vol.grid.to_json(), "image": str(image),
                        "label": str(label) if label else None}, fh)

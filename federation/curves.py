@@ -10,9 +10,10 @@ import argparse
 import csv
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from callbacks.plotting import save_figure
 
 __all__ = ["read_rounds", "plot_rounds", "compare_runs"]
 
@@ -23,18 +24,6 @@ def read_rounds(path: str | Path) -> list[dict[str, float]]:
         for row in csv.DictReader(fh):
             rows.append({k: (float(v) if v not in ("", None) else math.nan) for k, v in row.items()})
     return rows
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def _panels(metric: str) -> list[tuple[str, str]]:
@@ -63,7 +52,7 @@ def plot_rounds(runs: Mapping[str, Sequence[Mapping[str, float]]], path: str | P
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def _label(run_dir: Path, key: str) -> str:

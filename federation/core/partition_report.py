@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
+
+from lightning_modules.atomic import atomic_output
 
 __all__ = ["partition_report", "plot_partition"]
 
@@ -53,13 +54,6 @@ def plot_partition(labels: np.ndarray, parts: Sequence[np.ndarray], path: str | 
     ax.legend(title="class", fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_output(path, ".png") as tmp:  # the user's umask, not mkstemp's 0600
+        fig.savefig(tmp, format="png", dpi=100)
     return path
