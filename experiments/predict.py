@@ -18,6 +18,7 @@ from rich.progress import Progress
 
 from engine.artifacts import print_case_table, write_json
 from engine.builders import build_datamodule
+from lightning_modules.targets import check_data_target, check_targets
 from engine.errors import ConfigError, find_user_error, one_line
 from engine.predict import check_writable, load_models, plan_cases, predict_case, save_nifti, score_case, summary_of
 from lightning_modules.inference import VolumePredictor
@@ -47,6 +48,7 @@ def predict(cfg: DictConfig) -> dict:
         net.to(predictor.device)
     for folder in sorted({c.output.parent for c in cases}):
         check_writable(folder)
+    check_targets(models.run_cfg.data, "run config data", check_data_target)  # a file's config is data, not code
     dm = build_datamodule(models.run_cfg.data, synthetic=None)
     class_names = models.hparams.get("class_names") or dm.class_names
     threshold = models.hparams.get("fg_threshold")

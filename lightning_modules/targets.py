@@ -70,16 +70,31 @@ def check_target(target: Any, what: str = "object") -> None:
         raise ConfigError(refused)
 
 
-def check_targets(cfg: Any, what: str = "object") -> None:
-    """:func:`check_target` on every ``_target_`` in ``cfg``, however deeply nested."""
+def check_data_target(target: Any, what: str = "data") -> None:
+    """A data config read from a file (a run's ``config.yaml`` beside a checkpoint) may only build classes
+    of the project's ``datamodules`` package: one line naming ``target`` otherwise."""
+    if isinstance(target, str) and _under(target, _extra_prefixes()):
+        return
+    try:
+        obj = get_object(target) if isinstance(target, str) and _under(target, ("datamodules",)) else None
+    except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
+        raise ConfigError(f"{what} _target_ {target!r} does not resolve ({type(err).__name__})") from err
+    if not (inspect.isclass(obj) and _under(getattr(obj, "__module__", "") or "", ("datamodules",))):
+        raise ConfigError(f"{what} _target_ {target!r} refused: a data config read from a file may only build "
+                          f"classes of the project's datamodules package (trust more with allow_targets=[prefix])")
+
+
+def check_targets(cfg: Any, what: str = "object", check: Any = None) -> None:
+    """:func:`check_target` (or ``check``) on every ``_target_`` in ``cfg``, however deeply nested."""
+    check = check or check_target
     if isinstance(cfg, (DictConfig, ListConfig)):
         cfg = OmegaConf.to_container(cfg, resolve=False)
     if isinstance(cfg, Mapping):
         for key, value in cfg.items():
             if key == "_target_":
-                check_target(value, what)
+                check(value, what)
             else:
-                check_targets(value, f"{what}.{key}")
+                check_targets(value, f"{what}.{key}", check)
     elif isinstance(cfg, (list, tuple)):
         for i, value in enumerate(cfg):
-            check_targets(value, f"{what}[{i}]")
+            check_targets(value, f"{what}[{i}]", check)

@@ -263,3 +263,25 @@ def test_two_processes_generating_into_one_fresh_folder(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == sorted({".phantom.lock", MANIFEST, *(
         Path(n).parts[0] for n in manifest["files"])})
     write_phantom_dataset(root, "kits", n_cases=3, shape=SHAPE, seed=7)  # still recognised as its own
+
+
+def test_crafted_data_target_in_run_config_refused_by_predict(trained, tmp_path):
+    """The run's config.yaml beside a checkpoint is a file handed over too: its data ``_target_`` may only
+    name a class of the project's datamodules package."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    victim, marker = _victim(tmp_path)
+    run = tmp_path / "handed_over"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained / "run" / "checkpoints" / "best.ckpt", run / "checkpoints" / "best.ckpt")
+    cfg = OmegaConf.load(trained / "run" / "config.yaml")
+    cfg.data = OmegaConf.create({"_target_": "shutil.copyfile", "src": str(victim), "dst": str(marker)})
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    volume = trained / "data" / "synthetic_lits" / "volume-0.nii.gz"
+    proc = run_cli("experiments.predict", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", f"input={volume}",
+                                           f"output={tmp_path / 'seg.nii.gz'}"], tmp_path)
+    assert not marker.exists(), "the run config's data _target_ ran"
+    assert "shutil.copyfile" in assert_one_line_error(proc, "_target_")
+    assert not (tmp_path / "seg.nii.gz").exists()
