@@ -67,12 +67,14 @@ def train(msg: Message, context: Context) -> Message:
 
     from federation.runner import get_base_datamodule, quiet_lightning, run_client
     from federation.transports.flower.partition import site_indices
+    from lightning_modules.targets import check_received_target, check_targets
 
     quiet_lightning()
     server_msg, client_id, ccfg, extra = decode_message(msg.content)
     site = str(_node(context, "site", ""))
     if client_id != site:
         raise ValueError(f"message for client {client_id!r} reached the node of site {site!r}")
+    check_targets(ccfg, "client config from the server", check_received_target)  # data from the wire, not code
     cfg = OmegaConf.create(ccfg)
     with open_dict(cfg):
         for key, node_key in (("root", "data-root"), ("layout", "layout")):
