@@ -18,8 +18,9 @@ BASE = ["+exp=fed_digits_datashare", "model.width=4", "federation.progress=false
 
 def _run(args: list[str], tmp: Path, logger: str = "logger=csv") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "experiments.run", *BASE, logger, f"paths.root_dir={tmp}",
-           f"paths.log_dir={tmp / 'logs'}", *args]
+    flags = [a for a in args if a == "-m"]  # Hydra's parser takes its flags before the overrides
+    cmd = [sys.executable, "-m", "experiments.run", *flags, *BASE, logger, f"paths.root_dir={tmp}",
+           f"paths.log_dir={tmp / 'logs'}", *[a for a in args if a != "-m"]]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
 
 
