@@ -24,6 +24,9 @@ TINY: dict[str, tuple[list[str], str | None]] = {
                             "covid-ct-ucsd-cropped"),
     "fed_lits_dnet": ([*FED, "model.width=4"], None),
     "fed_pancreas": (FED, None),
+    "fed_kits_hlfd": ([*FED, "distill.teacher.model.width=4"], None),
+    "fed_kits_hlfd_claim": ([*FED, "distill.teacher.model.width=4"], None),
+    "pancreas_3d": ([], None),
     "segviz_fedbn": ([*FED, "federation.evaluation_matrix=false"], None),  # the matrix trains extra baselines: minutes
     "kits_hlfd": ([*PHANTOM, "module.example_size=32", "distill.teacher.model.width=4"], None),
     "lits_hlfd": ([*PHANTOM, "module.example_size=32", "distill.teacher.model.width=4"], None),
