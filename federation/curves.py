@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 

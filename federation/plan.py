@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,12 +19,16 @@ import numpy as np
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.subset import carve_val, sample_cases, sample_groups, sample_labels
 from engine import artifacts
 from federation.core.partition import PARTITIONERS, partition_report, plot_partition
-from federation.core.sampling import sample_clients  # noqa: F401 (re-exported)
+from federation.core.sampling import client_seed, sample_clients  # noqa: F401 (re-exported)
+from federation.core.sharing import SharedPool
 from federation.errors import FederationError
+from federation.runner import ClientIndices
 
-__all__ = ["check_federation_config", "call_partitioner", "sample_clients", "write_partition_report"]
+__all__ = ["check_federation_config", "call_partitioner", "sample_clients", "split_clients", "ClientSplit",
+           "write_partition_report"]
 
 log = logging.getLogger("federation.plan")
 _DATA_ARGS = {"labels", "groups", "indices", "n", "num_clients", "seed"}
@@ -130,3 +135,40 @@ def write_partition_report(out: Path, labels: np.ndarray | None, parts: list[np.
     if len(parts) <= 12:
         artifacts.console.print(report)
     return Path(png)
+
+
+@dataclass
+class ClientSplit:
+    """Who holds what: the shared pool (paper 000), the client ids, their raw parts and their indices."""
+    pool: SharedPool | None
+    client_ids: list[str]
+    parts: list[np.ndarray]
+    indices: dict[str, ClientIndices]
+
+
+def split_clients(fed: Any, train: Any, test: Any, seed: int) -> ClientSplit:
+    """The one partition of a federation, as the server makes it and a Flower node re-derives it.
+
+    Carve the shared pool (paper 000 §4.1 step 1; disjoint from every client) off the training set,
+    partition the rest with ``federation.partition``, carve each client's validation split (by case where
+    the data has cases) and attach its own test cases (by site) and partial-label annotation.
+    """
+    labels, groups, cases = sample_labels(train), sample_groups(train), sample_cases(train)
+    remaining = np.arange(len(train), dtype=np.int64)
+    frac = float(fed.get("shared_fraction", 0.0) or 0.0)
+    pool = None
+    if frac > 0:
+        pool, remaining = SharedPool.carve(remaining, frac, seed, labels=labels)
+    ids, parts = call_partitioner(fed.partition, labels, groups, remaining, fed.get("num_clients"), seed)
+    test_groups = getattr(test, "groups", None)
+    site_of_test = None if test_groups is None else np.asarray(test_groups)
+    partial = fed.get("partial_labels") or {}
+    indices: dict[str, ClientIndices] = {}
+    for cid, part in zip(ids, parts):
+        tr, va = carve_val(part, float(fed.get("client_val_fraction", 0.2)), client_seed(seed, -1, cid, "val"), cases)
+        te = None
+        if site_of_test is not None and cid in set(site_of_test.tolist()):
+            te = np.flatnonzero(site_of_test == cid)
+        ann = partial.get(cid)
+        indices[cid] = ClientIndices(tr, va, te, None if ann is None else [int(a) for a in ann])
+    return ClientSplit(pool, list(ids), list(parts), indices)

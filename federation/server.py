@@ -31,17 +31,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from datamodules.subset import IndexSubset, SubsetDataModule, carve_val, sample_cases, sample_groups, sample_labels
+from datamodules.subset import IndexSubset, SubsetDataModule, sample_cases, sample_groups, sample_labels
 from engine import artifacts
 from engine.builders import build_datamodule, build_loggers, build_module, check_datamodule
 from federation import runner
 from federation.core.messages import assert_no_data, state_schema
-from federation.core.sampling import client_seed, sample_clients
-from federation.core.sharing import SharedPool
+from federation.core.sampling import sample_clients
 from federation.core.strategies import Strategy
 from federation.errors import FederationError
-from federation.plan import call_partitioner, check_federation_config, write_partition_report
-from federation.runner import ClientIndices, build_strategy, eval_trainer, quiet_lightning, register_base
+from federation.plan import check_federation_config, split_clients, write_partition_report
+from federation.runner import build_strategy, eval_trainer, quiet_lightning, register_base
 from federation.server_state import load_server_state, rng_state, save_atomic, set_rng_state
 from federation.store import ClientStore
 from federation.transports import ClientJob
@@ -87,25 +86,9 @@ class Server:
         train = self.base.train_dataset
         self.labels, self.groups, self.cases = sample_labels(train), sample_groups(train), sample_cases(train)
 
-        frac = float(self.fed.get("shared_fraction", 0.0) or 0.0)
-        self.pool: SharedPool | None = None
-        remaining = np.arange(len(train), dtype=np.int64)
-        if frac > 0:
-            self.pool, remaining = SharedPool.carve(remaining, frac, self.seed, labels=self.labels)
-        self.client_ids, parts = call_partitioner(self.fed.partition, self.labels, self.groups, remaining,
-                                                  self.fed.get("num_clients"), self.seed)
-        test_groups = getattr(self.base.test_dataset, "groups", None)
-        partial = self.fed.get("partial_labels") or {}
+        split = split_clients(self.fed, train, self.base.test_dataset, self.seed)
+        self.pool, self.client_ids, self.indices, parts = split.pool, split.client_ids, split.indices, split.parts
         self.store = ClientStore(self.out / str(self.fed.get("store_dir", "client_store")))
-        self.indices: dict[str, ClientIndices] = {}
-        for cid, part in zip(self.client_ids, parts):
-            tr, va = carve_val(part, float(self.fed.get("client_val_fraction", 0.2)),
-                               client_seed(self.seed, -1, cid, "val"), self.cases)
-            te = None
-            if test_groups is not None and cid in set(np.asarray(test_groups).tolist()):
-                te = np.flatnonzero(np.asarray(test_groups) == cid)
-            ann = partial.get(cid)
-            self.indices[cid] = ClientIndices(tr, va, te, None if ann is None else [int(a) for a in ann])
         self.partition_png = write_partition_report(self.out, self.labels, parts, self.client_ids, self.pool,
                                                     self.fed.partition._target_, getattr(self.base, "class_names", None))
 

@@ -98,12 +98,12 @@ def test_fedbn_site_teacher_keeps_the_sites_own_bn(tmp_path):
     torch.save({"conv.weight": torch.ones(2), "bn.running_mean": torch.zeros(2)}, run / "teacher" / "global_best.pt")
     torch.save({"local_state": {"bn.running_mean": torch.full((2,), 7.0)}}, run / "teacher" / "client_store" / "site_a.pt")
     cfg = OmegaConf.create({"paths": {"output_dir": str(run)},
-                            "federation": {"strategy": {"_target_": "federation.strategies.FedBN"}, "store_dir": "client_store"}})
+                            "federation": {"strategy": {"_target_": "federation.core.strategies.FedBN"}, "store_dir": "client_store"}})
     path = fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_a")
     state = torch.load(path, weights_only=True)
     assert path == run / "sites" / "site_a" / "teacher_fed.pt"
     assert torch.equal(state["bn.running_mean"], torch.full((2,), 7.0)) and torch.equal(state["conv.weight"], torch.ones(2))
     with pytest.raises(fed_distill.CheckpointError, match="site_b"):
         fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b")
-    cfg.federation.strategy._target_ = "federation.strategies.FedAvg"
+    cfg.federation.strategy._target_ = "federation.core.strategies.FedAvg"
     assert fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b") == run / "teacher" / "global_best.pt"

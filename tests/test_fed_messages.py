@@ -1,4 +1,4 @@
-"""No-data-crosses checks for federation.messages (paper 003 §2: only weights leave a client)."""
+"""No-data-crosses checks for federation.core.messages (paper 003 §2: only weights leave a client)."""
 import dataclasses
 import math
 import pickle

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.flower
 
 from experiments.run import dispatch  # noqa: E402
 from federation.core.messages import DataLeakError, ServerMessage  # noqa: E402
-from federation.strategies import FedAvg  # noqa: E402
+from federation.core.strategies import FedAvg  # noqa: E402
 from federation.transports.flower import launches  # noqa: E402
 from federation.transports.flower.wire import decode_message, decode_update, encode_message, encode_update  # noqa: E402
 from tests.hydra_helpers import compose_run  # noqa: E402

@@ -2,7 +2,7 @@
 
 * :mod:`.server_app`: a Flower ServerApp that runs :func:`federation.loop.run_federation` (our rounds,
   strategy, evaluation, ``server.pt``, resume, logging) with :class:`.executor.FlowerExecutor`;
-* :mod:`.client_app`: a Flower ClientApp that runs :func:`federation.client.run_client` on the node's
+* :mod:`.client_app`: a Flower ClientApp that runs :func:`federation.runner.run_client` on the node's
   own data (named by its node config);
 * :mod:`.wire`: what crosses (weights, one sample count, scalar metrics);
 * :mod:`.launch`: the local rehearsal: ``federation/executor=flower`` starts a SuperLink and one SuperNode

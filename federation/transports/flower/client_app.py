@@ -62,7 +62,7 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One round of local training with :func:`federation.client.run_client`."""
+    """One round of local training with :func:`federation.runner.run_client`."""
     import pytorch_lightning as pl  # here, not at import: a site query must not pay for Lightning
 
     from federation.runner import get_base_datamodule, quiet_lightning, run_client

@@ -1,9 +1,9 @@
 """``FlowerExecutor``: a round's client jobs as Flower messages to the SuperNodes that hold the sites.
 
 It runs inside our ServerApp (:mod:`.server_app`), where the round loop of :mod:`federation.loop` runs
-unchanged: ``map`` sends each job's :class:`~federation.messages.ServerMessage` as a ``train`` message
+unchanged: ``map`` sends each job's :class:`~federation.core.messages.ServerMessage` as a ``train`` message
 (:mod:`.wire`) to the node whose node config names that client (learnt once with a ``query`` message),
-and turns the replies into :class:`~federation.messages.ClientUpdate`. A node that is gone, answers
+and turns the replies into :class:`~federation.core.messages.ClientUpdate`. A node that is gone, answers
 with an error, sends something malformed or misses ``timeout_s`` is a failure of that client (the loop
 retries once, then drops it and completes the round with ``min_clients``). Only the job's server message
 and the experiment's client config go down; the client's indices and data stay on the node.

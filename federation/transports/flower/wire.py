@@ -1,6 +1,6 @@
 """What crosses the wire between our ServerApp and ClientApp, in Flower's legacy Fit layout.
 
-The round's :class:`~federation.messages.ServerMessage` goes down as ``fitins.parameters`` (an
+The round's :class:`~federation.core.messages.ServerMessage` goes down as ``fitins.parameters`` (an
 ``ArrayRecord`` keyed by state-dict name) and ``fitins.config`` (a ``ConfigRecord`` of scalars: the
 round, the client's id, the strategy's per-round config and the experiment's client config as JSON).
 The reply is ``fitres.parameters`` / ``fitres.num_examples`` / ``fitres.metrics`` / ``fitres.status``:
