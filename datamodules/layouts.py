@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import nibabel as nib
 
 from datamodules.errors import DataError
+from datamodules.jsonfile import read_json
 
 LAYOUTS = ("lits", "kits", "msd", "nnunet", "covid_stack")
 
@@ -97,12 +97,9 @@ def _msd(root: Path) -> list[Case]:
 
 def _nnunet_json(root: Path) -> dict:
     path = root / "dataset.json"
-    try:
-        ds = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"nnU-Net dataset.json not found at {path}") from None
-    except ValueError as exc:
-        raise DataError(f"{path} is not valid JSON ({exc})") from None
+    ds = read_json(path, "nnU-Net dataset.json")
+    if not isinstance(ds, dict):
+        raise DataError(f"{path} must be a JSON object (nnU-Net v2 dataset.json)")
     for key in ("channel_names", "labels"):
         if not isinstance(ds.get(key), dict) or not ds[key]:
             raise DataError(f"{path} has no {key!r} map (nnU-Net v2 dataset.json)")
@@ -161,12 +158,11 @@ def _covid_stack(root: Path, group_size: int) -> list[Case]:
 def msd_classes(root: str | Path) -> dict[int, str]:
     """Label value -> class name from an MSD ``dataset.json`` ``"labels"`` map."""
     path = Path(root) / "dataset.json"
+    ds = read_json(path, "MSD dataset.json")
     try:
-        labels = json.loads(path.read_text())["labels"]
+        labels = ds["labels"]
         return {int(k): str(v) for k, v in sorted(labels.items(), key=lambda kv: int(kv[0]))}
-    except FileNotFoundError:
-        raise DataError(f"MSD dataset.json not found at {path}") from None
-    except (KeyError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DataError(f"{path} has no valid \"labels\" map ({exc})") from None
 
 

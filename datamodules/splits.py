@@ -43,16 +43,10 @@ def patient_split(case_ids: Sequence[str], val_fraction: float, test_fraction: f
 def read_split_file(path: str, case_ids: Sequence[str]) -> dict[str, list[str]]:
     """``{"train": [...], "val": [...], "test": [...]}`` case ids from a JSON split file, checked
     against the cases found (unknown ids or a case in two splits are errors naming the file)."""
-    import json
-    from pathlib import Path
+    from datamodules.jsonfile import read_json
 
-    p = Path(path)
-    try:
-        raw = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise DataError(f"data.split_file {p} does not exist") from None
-    except ValueError as exc:
-        raise DataError(f"data.split_file {p} is not valid JSON ({exc})") from None
+    p = path
+    raw = read_json(path, "data.split_file")
     if not isinstance(raw, dict) or not isinstance(raw.get("train"), list):
         raise DataError(f"data.split_file {p} must map 'train' (and optionally 'val', 'test') to case-id lists")
     splits = {s: sorted(str(c) for c in raw.get(s, [])) for s in ("train", "val", "test")}
