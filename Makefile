@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export WANDB_MODE ?= offline
+# test workers (pytest-xdist): one per core, at most 4 (each Ray / Flower test starts its own processes)
+JOBS   ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: install demo test test-fast bench clean
 
@@ -18,11 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)  ## D-Net on the embedded synthetic LiTS phantoms, CPU-sized (python -m experiments.run +exp=lits_dnet)
 	$(PY) -m experiments.run +exp=lits_dnet
 
-test: $(STAMP)  ## the whole CPU test suite
-	$(PY) -m pytest
+test: $(STAMP)  ## the whole CPU test suite, one worker per core (JOBS=1 for one process)
+	$(PY) -m pytest -n $(JOBS) --dist loadfile --durations=25
 
 test-fast: $(STAMP)  ## everything but the learning tests
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(JOBS) --dist loadfile -m "not slow"
 
 clean:
 	rm -rf logs .pytest_cache

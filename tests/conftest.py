@@ -9,6 +9,11 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+#: under pytest-xdist (``make test`` runs one worker per core) each worker and the runs it starts use one
+#: thread: two workers with two torch threads each on two cores only fight over them.
+XDIST = "PYTEST_XDIST_WORKER" in os.environ
+if XDIST:
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "experiments" / "configs"
@@ -30,5 +35,5 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1 if XDIST else max(1, min(2, os.cpu_count() or 1)))
     yield
