@@ -84,6 +84,13 @@ def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | 
             raise FederationError(f"federation.partition.{key}={plain[key]}: {name} takes "
                                   f"{sorted(set(params) - _DATA_ARGS)}")
     try:
+        if "sites" in params:  # named remote sites: the ids are the names, the server holds no site data
+            parts = fn(remaining, **plain)
+            ids = [str(x) for x in plain.get("sites") or []]
+            if num_clients not in (None, len(ids)):
+                raise FederationError(f"federation.num_clients={num_clients} but federation.partition.sites names "
+                                      f"{len(ids)} sites: set federation.num_clients=null")
+            return ids, parts
         if "groups" in params:
             if groups is None:
                 raise FederationError("federation.partition by_site needs a multi-site datamodule (data with "

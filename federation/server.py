@@ -72,6 +72,13 @@ class Server:
         quiet_lightning()
         self.cfg, self.fed = cfg, cfg.federation
         check_federation_config(self.fed)
+        if str(self.fed.partition.get("_target_", "")).endswith("remote_sites"):
+            on_nodes = getattr(executor, "data_on_nodes", False) if executor is not None else \
+                str(OmegaConf.select(self.fed, "executor._target_", default="")).endswith("FlowerExecutor")
+            if not on_nodes:
+                raise FederationError("federation/partition=remote_sites: the server holds none of the sites' data; "
+                                      "it runs only as a real Flower deployment (federation/executor=flower "
+                                      "federation.executor.launch=false, docs/deployment.md)")
         self.out = Path(cfg.paths.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.seed = int(cfg.seed)
@@ -89,8 +96,10 @@ class Server:
         split = split_clients(self.fed, train, self.base.test_dataset, self.seed)
         self.pool, self.client_ids, self.indices, parts = split.pool, split.client_ids, split.indices, split.parts
         self.store = ClientStore(self.out / str(self.fed.get("store_dir", "client_store")))
-        self.partition_png = write_partition_report(self.out, self.labels, parts, self.client_ids, self.pool,
-                                                    self.fed.partition._target_, getattr(self.base, "class_names", None))
+        self.remote = not any(len(p) for p in parts)  # remote_sites: the sites' data is on their own nodes
+        self.partition_png = None if self.remote else write_partition_report(
+            self.out, self.labels, parts, self.client_ids, self.pool, self.fed.partition._target_,
+            getattr(self.base, "class_names", None))
 
         self.template = build_module(cfg)
         self.global_state = {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}

@@ -30,3 +30,83 @@ def test_custom_sites_are_named_the_same_everywhere(tmp_path):
         header = next(csv.reader(fh))
     for site in SITES:
         assert any(h.startswith(f"client/{site}/") for h in header), site
+
+
+class _SiteNodes:
+    """Stands in for the hospitals' Flower SuperNodes: each site trains on its own folder with the ClientApp's
+    own steps (node config ``partition="all"``, ``data-root``), so the deployment server runs as it would
+    behind Flower, minus the wire (tested in tests/test_flower.py)."""
+
+    data_on_nodes = True
+    in_process = False
+
+    def __init__(self, roots: dict[str, str]) -> None:
+        self.roots, self.seen = roots, []
+
+    def map(self, fn, jobs, on_done=None):
+        from omegaconf import OmegaConf
+
+        from federation.runner import get_base_datamodule, run_client
+        from federation.transports.flower.partition import site_indices
+
+        updates = []
+        for job in jobs:
+            assert len(job.kwargs["indices"].train) == 0  # the server holds none of the site's data
+            cfg = OmegaConf.create(OmegaConf.to_container(job.kwargs["cfg"], resolve=True))
+            cfg.data.root = self.roots[job.client_id]
+            base = get_base_datamodule(cfg.data)
+            indices = site_indices(cfg, base, job.client_id, "all")
+            updates.append(run_client(job.client_id, job.kwargs["server_message"], cfg, indices,
+                                      job.kwargs["store"], base))
+            self.seen.append(job.client_id)
+            if on_done is not None:
+                on_done(job.client_id, True)
+        return updates, {}
+
+    def shutdown(self) -> None:
+        pass
+
+
+REMOTE = ["+exp=fed_lits_dnet", "data=lits", "logger=csv", "model.width=4", "federation.rounds=1",
+          "federation.local_epochs=1", "federation.progress=false", "trainer.limit_train_batches=2",
+          "federation/partition=remote_sites", "federation.partition.sites=[hospital_a,hospital_b]",
+          "federation.num_clients=null", "federation.clients_per_round=null", "federation.eval_clients=none",
+          "data.image_size=32", "data.batch_size=4", "data.num_workers=0", "data.augment=false"]
+
+
+def _phantoms(seed: int) -> str:
+    return f"+data.synthetic={{n_cases: 3, shape: [32, 32, 6], seed: {seed}}}"
+
+
+def test_remote_sites_deployment_server_names_the_sites(tmp_path):
+    """Issue 11 §3/§4: a real deployment's server (docs/deployment.md, three hospitals) names its sites
+    with ``federation/partition=remote_sites``, holds none of their data, and each site's node trains on
+    its own folder; the sites' names are the client ids in the store and the logged keys."""
+    from federation.loop import run_federation
+    from federation.runner import get_base_datamodule
+
+    cfg = compose_run([*REMOTE, f"data.root={tmp_path / 'server'}", _phantoms(9)], tmp_path)
+    nodes = _SiteNodes({})
+    for i, site in enumerate(("hospital_a", "hospital_b")):  # each hospital's own folder (generated phantoms)
+        get_base_datamodule(compose_run([*REMOTE, f"data.root={tmp_path / site}", _phantoms(i + 1)],
+                                        tmp_path / f"n{i}").data)
+        nodes.roots[site] = str(tmp_path / site)
+    metrics = run_federation(cfg, nodes)
+    run = tmp_path / "run"
+    assert nodes.seen == ["hospital_a", "hospital_b"]
+    assert metrics["fed/num_clients"] == 2 and "test/dice" in metrics
+    assert ClientStore(run / "client_store").index() == ["hospital_a", "hospital_b"]
+    assert not (run / "partition.md").exists()  # nothing of the sites' data is at the server to report
+
+
+def test_remote_sites_refused_in_process(tmp_path):
+    """With a transport whose clients run on the server's data the named remote sites would train on nothing:
+    one error line naming the partition and the way out."""
+    import pytest
+
+    from federation.errors import FederationError
+    from federation.loop import run_federation
+
+    cfg = compose_run([*REMOTE, f"data.root={tmp_path / 'server'}", _phantoms(9)], tmp_path)
+    with pytest.raises(FederationError, match="remote_sites.*launch=false"):
+        run_federation(cfg)

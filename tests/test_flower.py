@@ -109,6 +109,22 @@ def test_real_deployment_writes_the_run_config(tmp_path, capsys):
     assert "flwr run" in capsys.readouterr().out
 
 
+def test_three_hospital_server_command_writes_its_config(tmp_path, capsys):
+    """docs/deployment.md step 5 (three hospitals, FedProx, named remote sites), as written there."""
+    out = dispatch(compose_run(["+exp=fed_lits_dnet", "data=lits", f"data.root={tmp_path / 'heldout'}",
+                                "+data.synthetic={n_cases: 3, shape: [32, 32, 6], seed: 1}",
+                                "federation/partition=remote_sites",
+                                "federation.partition.sites=[hospital_a,hospital_b,hospital_c]",
+                                "federation.num_clients=null", "federation.clients_per_round=null",
+                                "federation.min_clients=2", "federation/strategy=fedprox", "federation.strategy.mu=0.01",
+                                "federation.eval_clients=none", "federation/executor=flower",
+                                "federation.executor.launch=false"], tmp_path))
+    written = OmegaConf.load(out["flower/config"])
+    assert list(written.federation.partition.sites) == ["hospital_a", "hospital_b", "hospital_c"]
+    assert written.federation.strategy._target_.endswith("FedProx")
+    assert "flwr run" in capsys.readouterr().out
+
+
 def test_throwaway_tls_chain(tmp_path):
     from cryptography import x509
 

@@ -7,7 +7,8 @@ indices left after :meth:`federation.core.sharing.SharedPool.carve` so no client
 * :func:`iid`, :func:`quantity_skew` (same distribution, different volumes - paper 000 §5.1 Fig. 3),
   :func:`dirichlet` label skew (Hsu et al. 2019), :func:`pathological` (paper 000 §5.1: 80 % of a
   client's data from k randomly chosen classes, 20 % from the rest, equal sizes; k = 1, 2) and
-  :func:`by_group` (natural partition by site).
+  :func:`by_group` (natural partition by site) and :func:`remote_sites` (a real deployment: named sites
+  whose data the server never holds).
 * :data:`PARTITIONERS`: every partitioner by name (a parameter that belongs to one of them but not to the
   configured one is dropped with a warning, so switching partitioner on the command line just works).
 * :class:`FeatureShift` / :func:`feature_skew_params`: per-site intensity transforms (feature skew).
@@ -29,7 +30,7 @@ from .partial_labels import label_mask, mask_unannotated, merge_unannotated_to_b
 from .partition_report import partition_report, plot_partition
 
 __all__ = [
-    "iid", "dirichlet", "pathological", "quantity_skew", "by_group", "FeatureShift",
+    "iid", "dirichlet", "pathological", "quantity_skew", "by_group", "remote_sites", "FeatureShift",
     "feature_skew_params", "partial_label_sets", "mask_unannotated", "label_mask",
     "merge_unannotated_to_background", "partition_report", "plot_partition", "PARTITIONERS",
 ]
@@ -201,6 +202,17 @@ def by_group(groups: Sequence | np.ndarray, indices: np.ndarray | None = None) -
     return [np.sort(idx[g == v]) for v in np.unique(g)]
 
 
+def remote_sites(indices: np.ndarray | None, sites: Sequence[str]) -> list[np.ndarray]:
+    """A deployment's sites by name: the server holds none of their data, so every part is empty (each
+    SuperNode trains on its own folder, node config ``partition="all"``); the names are the client ids
+    everywhere (node config ``site``, W&B keys, the store)."""
+    del indices
+    names = [str(s) for s in (sites or [])]
+    if not names or len(set(names)) != len(names) or any(not n for n in names):
+        raise ValueError(f"sites={list(sites or [])}: give distinct, non-empty site names")
+    return [np.empty(0, dtype=np.int64) for _ in names]
+
+
 @dataclass(frozen=True)
 class FeatureShift:
     """Per-site acquisition shift applied to an image tensor (feature skew, as in FedBN's
@@ -238,4 +250,4 @@ def feature_skew_params(num_clients: int, seed: int = 0, strength: float = 1.0) 
 
 
 PARTITIONERS = {"iid": iid, "quantity_skew": quantity_skew, "dirichlet": dirichlet, "pathological": pathological,
-                "by_group": by_group}
+                "by_group": by_group, "remote_sites": remote_sites}

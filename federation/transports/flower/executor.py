@@ -38,7 +38,7 @@ def current_grid() -> Any:
 
 
 class FlowerExecutor:
-    """See the module docstring.
+    """See the module docstring (``data_on_nodes``: each site's data lives on its own SuperNode).
 
     Args:
         timeout_s: per-round limit for the replies (None: wait until every node answered or the
@@ -48,6 +48,8 @@ class FlowerExecutor:
         dp: ``clipping_norm``, ``sensitivity``, ``epsilon``, ``delta`` of ``LocalDpMod``.
         Other keys (``launch``, ``superlink``, ...) are read by the launcher, not here.
     """
+
+    data_on_nodes = True
 
     def __init__(self, timeout_s: float | None = None, connect_timeout_s: float = 180.0, privacy: str = "none",
                  dp: Mapping[str, float] | None = None, **_launcher: Any) -> None:

@@ -181,6 +181,12 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.federation.executor.get("launch", True):
         return prepare(cfg)
     check(cfg)
+    if str(OmegaConf.select(cfg, "federation.partition._target_", default="")).endswith("remote_sites"):
+        from engine.errors import ConfigError
+
+        raise ConfigError("federation/partition=remote_sites names real sites whose data is on their own hosts; "
+                          "the local rehearsal needs a partition of local data (set federation.executor.launch=false "
+                          "for a real deployment, docs/deployment.md)")
     out = Path(cfg.paths.output_dir).resolve()
     fdir = out / "flower"
     logs = fdir / "logs"
