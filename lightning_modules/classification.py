@@ -19,32 +19,24 @@ These map onto torchmetrics (``BinaryAUROC``/``BinaryAccuracy``, ``MulticlassAUR
 ``MulticlassAccuracy(average="micro")``, ``MultilabelAUROC``/``MultilabelAccuracy(average="macro")``),
 checked against sklearn in ``tests/test_cls_metrics.py``. Keys: ``{train,val,test}/{loss,auc,acc}``; the test
 confusion matrix (per class; ``[L, 2, 2]`` per label for multi-label) is kept as ``confusion_matrix``
-and written as ``confusion_matrix_test.png`` (logged to W&B when a ``WandbLogger`` is attached).
+and drawn by :class:`callbacks.confusion.ConfusionFigure` (``confusion_matrix_test.png``, W&B).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics import classification as tmc
+from torchmetrics.utilities import dim_zero_cat
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from pytorch_lightning.loggers import WandbLogger  # noqa: E402
-from torch import nn  # noqa: E402
-from torchmetrics import MeanMetric, Metric, MetricCollection  # noqa: E402
-from torchmetrics import classification as tmc  # noqa: E402
-from torchmetrics.utilities import dim_zero_cat  # noqa: E402
-
-from datamodules.classification import normalize_task  # noqa: E402
-from lightning_modules.atomic import temp_beside  # noqa: E402
-from lightning_modules.base import BaseModule, to_plain  # noqa: E402
+from datamodules.classification import normalize_task
+from lightning_modules.base import BaseModule, to_plain
 
 SPLITS = ("train", "val", "test")
 
@@ -84,39 +76,6 @@ def task_scores(logits: torch.Tensor, task: str) -> torch.Tensor:
         return torch.sigmoid(logits)
     probs = F.softmax(logits, dim=1)
     return probs[:, -1] if task == "binary" else probs
-
-
-def plot_confusion(cm: np.ndarray, class_names: Sequence[str], title: str) -> plt.Figure:
-    """Heat map of a C x C confusion matrix (rows true, columns predicted), or of per-label
-    ``[L, 2, 2]`` matrices as an L x 4 table of TN/FP/FN/TP counts."""
-    per_label = cm.ndim == 3
-    data = cm.reshape(len(cm), 4) if per_label else cm
-    cols = ["TN", "FP", "FN", "TP"] if per_label else list(class_names)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(cols) + 2), max(3.5, 0.45 * len(data) + 1.5)))
-    ax.imshow(data, cmap="Blues")
-    ax.set_xticks(range(len(cols)), cols, rotation=0 if per_label else 45, ha="center" if per_label else "right")
-    ax.set_yticks(range(len(data)), list(class_names)[: len(data)])
-    ax.set_xlabel("count" if per_label else "predicted")
-    ax.set_ylabel("label" if per_label else "true")
-    hi = data.max() if data.size else 0
-    for (i, j), v in np.ndenumerate(data):
-        ax.text(j, i, int(v), ha="center", va="center", fontsize=7, color="white" if v > hi / 2 else "black")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def save_figure(fig: plt.Figure, path: Path) -> Path:
-    """Atomic PNG write (temp file + rename); closes ``fig``."""
-    fd, tmp = temp_beside(path, ".png")  # the user's umask, not mkstemp's 0600
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 class ClassificationModule(BaseModule):
@@ -206,19 +165,9 @@ class ClassificationModule(BaseModule):
 
     def on_test_epoch_end(self) -> None:
         if "test" in self._updated:
-            self.confusion_matrix = self.confmat.compute().cpu().numpy()
-            self._write_confusion(self.confusion_matrix)
+            self.confusion_matrix = self.confmat.compute().cpu().numpy()  # drawn by callbacks.confusion
         self.confmat.reset()
         self._epoch_end("test")
-
-    def _write_confusion(self, cm: np.ndarray) -> None:
-        if self._trainer is None or not self.trainer.is_global_zero:
-            return
-        fig = plot_confusion(cm, self.class_names, f"test confusion matrix ({self.task})")
-        path = save_figure(fig, Path(self.trainer.default_root_dir) / "confusion_matrix_test.png")
-        for lg in self.loggers:
-            if isinstance(lg, WandbLogger):
-                lg.log_image(key="test/confusion_matrix", images=[str(path)])
 
     def summary_metrics(self) -> dict[str, float]:
         """Last computed ``{train,val,test}/{loss,auc,acc}`` plus the best monitored validation score
