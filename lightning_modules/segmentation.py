@@ -6,6 +6,8 @@ mean ± std across cases (see :mod:`lightning_modules.metrics`); the ROC curve a
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +23,23 @@ from lightning_modules.losses.hybrid import class_probabilities
 from lightning_modules.inference import main_head
 from lightning_modules.metrics import PerCaseConfusion, case_scores, summarise, surface_scores
 
+
+
+@contextmanager
+def _native_bincount(device: torch.device):
+    """torchmetrics' binned ROC/AUROC count with ``torch.bincount``, but under deterministic algorithms it
+    falls back to a ``[pixels, classes x thresholds x 4]`` comparison (15-22 GB for one test batch of
+    slices). ``torch.bincount`` on CPU is deterministic (integer counts), so there the flag is lifted
+    around the update; on GPU the fallback stays (its bincount is not deterministic)."""
+    if device.type != "cpu" or not torch.are_deterministic_algorithms_enabled():
+        yield
+        return
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
 
 class SegmentationModule(BaseModule):
     """Semantic segmentation of 2D slices with per-volume evaluation.
@@ -179,8 +198,9 @@ class SegmentationModule(BaseModule):
                 self._keep_for_surface(batch, pred, mask[keep], ids, keep)
                 flat_p = prob[keep].movedim(1, -1).reshape(-1, prob.shape[1])
                 flat_t = mask[keep].reshape(-1)
-                self.test_roc.update(flat_p, flat_t)
-                self.test_auc.update(flat_p, flat_t)
+                with _native_bincount(flat_p.device):
+                    self.test_roc.update(flat_p, flat_t)
+                    self.test_auc.update(flat_p, flat_t)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

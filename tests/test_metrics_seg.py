@@ -47,3 +47,29 @@ def test_per_case_reassembles_slices_across_batches():
     assert summary["dice"] == pytest.approx((4 / 6 + 0) / 2)
     assert summary["dice_std"] == pytest.approx(np.std([4 / 6, 0]))
     assert summary["num_cases"] == 2
+
+
+def test_test_roc_under_deterministic_algorithms_counts_natively():
+    """With ``torch.use_deterministic_algorithms(True)`` (``trainer.deterministic=true``) torchmetrics'
+    binned ROC would build a [pixels, classes x thresholds x 4] mesh (GBs for one test batch); on CPU the
+    module counts with torch.bincount instead and gets the same curve, and the flag is restored."""
+    import torch
+
+    from lightning_modules.segmentation import _native_bincount
+    from torchmetrics.classification import MulticlassAUROC
+
+    gen = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(4096, 3, generator=gen), 1)
+    t = torch.randint(0, 3, (4096,), generator=gen)
+    ref = MulticlassAUROC(3, average=None, thresholds=50)
+    ref.update(p, t)
+    torch.use_deterministic_algorithms(True)
+    try:
+        auc = MulticlassAUROC(3, average=None, thresholds=50)
+        with _native_bincount(p.device):
+            assert not torch.are_deterministic_algorithms_enabled()
+            auc.update(p, t)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(auc.compute(), ref.compute())
