@@ -1,0 +1,140 @@
+"""``federation.privacy=secagg`` (issue 11 §3): Flower's SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``)
+under our executor. The protocol runs for real in one process over a fake Grid that hands each message (a
+deep copy, as the wire would) to the ClientApp's mod chain; one rehearsal with real processes over TLS
+checks the whole path against the in-process run; refused configurations give one line and exit 2."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+pytestmark = pytest.mark.flower
+
+from flwr.app import Context, Message, MessageType, RecordDict  # noqa: E402
+
+from federation.core.messages import ClientUpdate, ServerMessage  # noqa: E402
+from federation.core.strategies import FedAvg  # noqa: E402
+from federation.transports import ClientJob  # noqa: E402
+from federation.transports.flower import client_app, executor  # noqa: E402
+from federation.transports.flower.wire import decode_message  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+N = {"a": 30, "b": 50, "c": 20}  # sample counts: FedAvg weights
+
+
+def _states():
+    g = torch.Generator().manual_seed(0)
+    glob = {"w": torch.randn(4, 3, generator=g), "bn.running_var": torch.rand(3, generator=g) + 0.5,
+            "bn.num_batches_tracked": torch.tensor(7)}
+    local = {s: {"w": glob["w"] + 0.1 * torch.randn(4, 3, generator=g),
+                 "bn.running_var": glob["bn.running_var"] + 0.05 * torch.rand(3, generator=g),
+                 "bn.num_batches_tracked": glob["bn.num_batches_tracked"] + n // 10} for s, n in N.items()}
+    return glob, local
+
+
+class _Grid:
+    """Routes every message to the node's ClientApp mods (``client_app._privacy_mod``) and ``train``."""
+
+    def __init__(self, train, node_privacy: str = "none", fail: str | None = None) -> None:
+        self.sites = {101 * (i + 1): s for i, s in enumerate(N)}
+        self.ctx = {n: Context(run_id=1, node_id=n, node_config={"site": s, "privacy": node_privacy},
+                               state=RecordDict(), run_config={}) for n, s in self.sites.items()}
+        self.train, self.fail = train, fail
+
+    def get_node_ids(self):
+        return list(self.sites)
+
+    def send_and_receive(self, msgs, timeout=None):
+        out = []
+        for msg in msgs:
+            msg = copy.deepcopy(msg)  # each node gets its own copy, as over the wire
+            node = msg.metadata.dst_node_id
+            if msg.metadata.message_type == MessageType.QUERY:
+                out.append(client_app.query(msg, self.ctx[node]))
+                continue
+            try:
+                out.append(client_app._privacy_mod(msg, self.ctx[node], self.train))
+            except Exception as exc:  # noqa: BLE001 - a node's error reply
+                from flwr.app import Error
+                out.append(Message(Error(code=0, reason=str(exc)), reply_to=msg))
+        return out
+
+
+@pytest.fixture
+def grid_env(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for key, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):  # what a ServerApp process has set
+        monkeypatch.setattr(TaskIdentity, key, value, raising=False)
+    yield
+    executor.set_grid(None)
+
+
+def _fake_train(local, nan_site=None):
+    def train(msg, ctx):
+        smsg, cid, _, extra = decode_message(msg.content)
+        assert client_app.secagg_round(msg, ctx, extra)  # the real handler's check (raises for a plain request)
+        state = {k: (v.float() * float("nan") if cid == nan_site and v.is_floating_point() else v)
+                 for k, v in local[cid].items()}
+        update = ClientUpdate(cid, state, N[cid], {"acc": N[cid] / 100})
+        return Message(client_app._secagg_reply(update, smsg.weights, extra), reply_to=msg)
+    return train
+
+
+def _jobs(glob):
+    return [ClientJob(c, {"server_message": ServerMessage(0, glob, {}), "cfg": {"seed": 1}}) for c in N]
+
+
+def test_secagg_gives_the_weighted_mean_within_the_quantisation_bound(grid_env):
+    """The server gets only the mean, equal to FedAvg's within the bound of the defaults
+    (clipping_range 8, quantization_range 2**22, max_weight 1000): each site's scaled delta is off by at
+    most one step 2*8/2**22 = 3.8e-6, so the mean by at most 3 * 3.8e-6 * 1000 / 100 = 1.1e-4 here."""
+    glob, local = _states()
+    executor.set_grid(_Grid(_fake_train(local)))
+    ex = executor.FlowerExecutor(privacy="secagg", secagg={})
+    updates, failures = ex.map(None, _jobs(glob))
+    assert failures == {} and [u.client_id for u in updates] == list(N)
+    assert [u.num_samples for u in updates] == list(N.values())            # in clear (Flower's FitRes)
+    assert [u.metrics["acc"] for u in updates] == [N[s] / 100 for s in N]  # in clear
+    got = FedAvg().aggregate(glob, updates, 0)
+    plain = FedAvg().aggregate(glob, [ClientUpdate(s, local[s], n) for s, n in N.items()], 0)
+    bound = 3 * 2 * 8 / 2 ** 22 * 1000 / sum(N.values())
+    for k in glob:
+        assert got[k].dtype == glob[k].dtype and got[k].shape == glob[k].shape, k
+        err = (got[k].double() - plain[k].double()).abs().max().item()
+        assert err <= (0 if k.endswith("tracked") else bound), (k, err)
+    assert (got["w"] - glob["w"]).abs().max() > 10 * bound  # the sum did move the model
+
+
+def test_a_nan_site_or_a_plain_request_never_reaches_the_sum(grid_env):
+    glob, local = _states()
+    executor.set_grid(_Grid(_fake_train(local, nan_site="b")))
+    updates, failures = executor.FlowerExecutor(privacy="secagg", secagg={}).map(None, _jobs(glob))
+    assert "b" in failures and {u.client_id for u in updates} <= {"a", "c"}  # a and c: unmasked without b
+    plain = FedAvg().aggregate(glob, [ClientUpdate(s, local[s], N[s]) for s in ("a", "c")], 0)
+    if updates:
+        got = FedAvg().aggregate(glob, updates, 0)
+        assert (got["w"] - plain["w"]).abs().max() < 1e-3
+    executor.set_grid(_Grid(_fake_train(local), node_privacy="secagg"))
+    updates, failures = executor.FlowerExecutor(privacy="none").map(None, _jobs(glob))
+    assert updates == [] and set(failures) == set(N)  # a secagg node never answers in clear
+
+
+def test_refused_secagg_config_is_one_line_exit_2(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", "+exp=fed_digits_datashare", "logger=csv",
+                           "federation/strategy=fedavg", "federation.strategy.weighted=false",
+                           "federation/executor=flower", "federation.privacy=secagg", f"hydra.run.dir={run}",
+                           f"paths.log_dir={tmp_path / 'logs'}"], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert len(lines) == 1 and "weighted=false" in lines[0] and "FedAvg" in lines[0], proc.stderr[-3000:]
+    assert not (run / "flower" / "pgids.json").exists()  # refused before any process started
