@@ -18,8 +18,8 @@ pytestmark = pytest.mark.flower
 
 from flwr.app import Context, Message, MessageType, RecordDict  # noqa: E402
 
-from federation.core.messages import ClientUpdate, ServerMessage  # noqa: E402
-from federation.core.strategies import FedAvg  # noqa: E402
+from federation.core.messages import ClientUpdate  # noqa: E402
+from federation.core.strategies import FedAdam, FedAvg, FedBN, FedProx, FedYogi  # noqa: E402
 from federation.transports import ClientJob  # noqa: E402
 from federation.transports.flower import client_app, executor  # noqa: E402
 from federation.transports.flower.wire import decode_message  # noqa: E402
@@ -81,29 +81,39 @@ def _fake_train(local, nan_site=None):
         smsg, cid, _, extra = decode_message(msg.content)
         assert client_app.secagg_round(msg, ctx, extra)  # the real handler's check (raises for a plain request)
         state = {k: (v.float() * float("nan") if cid == nan_site and v.is_floating_point() else v)
-                 for k, v in local[cid].items()}
+                 for k, v in local[cid].items() if k in smsg.weights}  # the exchanged keys only (FedBN)
         update = ClientUpdate(cid, state, N[cid], {"acc": N[cid] / 100})
         return Message(client_app._secagg_reply(update, smsg.weights, extra), reply_to=msg)
     return train
 
 
-def _jobs(glob):
-    return [ClientJob(c, {"server_message": ServerMessage(0, glob, {}), "cfg": {"seed": 1}}) for c in N]
+def _jobs(glob, strategy=None):
+    strategy = strategy or FedAvg()
+    return [ClientJob(c, {"server_message": strategy.server_message(glob, 0, c), "cfg": {"seed": 1}}) for c in N]
 
 
-def test_secagg_gives_the_weighted_mean_within_the_quantisation_bound(grid_env):
-    """The server gets only the mean, equal to FedAvg's within the bound of the defaults
-    (clipping_range 8, quantization_range 2**22, max_weight 1000): each site's scaled delta is off by at
-    most one step 2*8/2**22 = 3.8e-6, so the mean by at most 3 * 3.8e-6 * 1000 / 100 = 1.1e-4 here."""
+STRATEGIES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi,
+              "fedbn": lambda: FedBN(bn_keys=["bn.running_var", "bn.num_batches_tracked"])}
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_secagg_gives_the_weighted_mean_within_the_quantisation_bound(grid_env, name):
+    """The server gets only the mean; the strategy's result equals its plain one within the bound of the
+    defaults (clipping_range 8, quantization_range 2**22, max_weight 1000): each site's scaled delta is
+    off by at most one step 2*8/2**22 = 3.8e-6, so the mean by at most 3 * 3.8e-6 * 1000 / 100 = 1.1e-4
+    here (FedAdam/FedYogi's step is a contraction of that error)."""
     glob, local = _states()
     executor.set_grid(_Grid(_fake_train(local)))
     ex = executor.FlowerExecutor(privacy="secagg", secagg={})
-    updates, failures = ex.map(None, _jobs(glob))
+    updates, failures = ex.map(None, _jobs(glob, STRATEGIES[name]()))
     assert failures == {} and [u.client_id for u in updates] == list(N)
     assert [u.num_samples for u in updates] == list(N.values())            # in clear (Flower's FitRes)
     assert [u.metrics["acc"] for u in updates] == [N[s] / 100 for s in N]  # in clear
-    got = FedAvg().aggregate(glob, updates, 0)
-    plain = FedAvg().aggregate(glob, [ClientUpdate(s, local[s], n) for s, n in N.items()], 0)
+    strategy = STRATEGIES[name]()
+    keys = strategy.client_keys(glob)
+    got = strategy.aggregate(glob, updates, 0)
+    plain = STRATEGIES[name]().aggregate(glob, [ClientUpdate(s, {k: local[s][k] for k in keys}, n)
+                                                for s, n in N.items()], 0)
     bound = 3 * 2 * 8 / 2 ** 22 * 1000 / sum(N.values())
     for k in glob:
         assert got[k].dtype == glob[k].dtype and got[k].shape == glob[k].shape, k
