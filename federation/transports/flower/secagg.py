@@ -50,7 +50,7 @@ class SecAggSettings:
     quantization_range: int = 4194304
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> "SecAggSettings":
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> SecAggSettings:
         cfg = dict(cfg or {})
         unknown = set(cfg) - set(cls.__dataclass_fields__)
         if unknown:
