@@ -143,7 +143,7 @@ def test_refused_secagg_config_is_one_line_exit_2(tmp_path):
                            "federation/strategy=fedavg", "federation.strategy.weighted=false",
                            "federation/executor=flower", "federation.privacy=secagg", f"hydra.run.dir={run}",
                            f"paths.log_dir={tmp_path / 'logs'}"], capture_output=True, text=True, timeout=600,
-                          check=False,                          cwd=ROOT, env=env)
+                          check=False, cwd=ROOT, env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
     assert len(lines) == 1 and "weighted=false" in lines[0] and "FedAvg" in lines[0], proc.stderr[-3000:]
