@@ -93,8 +93,8 @@ def test_data_transfer_needs_permission(tmp_path):
     OmegaConf.update(cfg, "federation.strategy.allow_data_transfer", True)
     assert "DATA TRANSFER" in check_data_transfer(cfg)
     assert check_data_transfer(compose_run([*SMALL, "federation/strategy=fedprox"], tmp_path)) is None
-    with pytest.raises(ConfigError, match="federation.privacy=secagg"):
-        dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.privacy=secagg"], tmp_path))
+    with pytest.raises(ConfigError, match="federation.privacy=he"):
+        dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.privacy=he"], tmp_path))
     assert not (tmp_path / "run" / "flower" / "pgids.json").exists()  # refused before any process started
     assert launches(compose_run([*SMALL, "federation/executor=flower"], tmp_path))
     assert not launches(compose_run(SMALL, tmp_path))

@@ -9,12 +9,18 @@ The SuperNode's node config names the site and its data (``flower-supernode --no
 * ``data-root`` / ``layout``: override ``data.root`` / ``data.layout`` of the experiment's data config
   (the site's own folder);
 * ``store``: the site's client-state folder (FedBN's local BatchNorm entries, history); default
-  ``./fedmed_client_store``.
+  ``./fedmed_client_store``;
+* ``privacy``: ``secagg`` makes the node refuse any ``train`` message that is not part of a SecAgg+ round
+  (a site's own guarantee: the server cannot ask it for its weights in clear).
 
 A ``train`` message carries the global weights and the experiment's client config; the reply carries
 weights, a sample count and scalar metrics only (:mod:`.wire`). A ``query`` message asks which site a
 node is. ``fedmed.privacy=dp`` in the message wraps the handler with Flower's ``LocalDpMod`` (clipping
-+ Gaussian noise on the client, before anything leaves).
++ Gaussian noise on the client, before anything leaves). A SecAgg+ message (one carrying the
+``secaggplus_configs`` record of ``SecAggPlusWorkflow``) goes through Flower's ``secaggplus_mod``, which
+answers the protocol's key stages itself and calls the handler only to collect the masked vector: the
+handler then replies with the delta ``w_k - w_global`` in float64 (:func:`.wire.secagg_update`), which the
+mod weights by ``n_k / max_weight``, clips, quantises and masks.
 """
 from __future__ import annotations
 
@@ -23,10 +29,12 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.mod import LocalDpMod
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from omegaconf import OmegaConf, open_dict
 
-from federation.transports.flower.wire import PREFIX, decode_message, encode_update
+from federation.transports.flower.wire import PREFIX, clipped_entries, decode_message, encode_update, secagg_update
 
 __all__ = ["app"]
 
@@ -40,6 +48,8 @@ def _node(context: Context, key: str, default: Any = None) -> Any:
 
 def _privacy_mod(msg: Message, context: Context, call_next: Any) -> Message:
     """Apply the privacy the server's config asks for (Flower's own mods; none by default)."""
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
     try:
         cfg = msg.content.config_records["fitins.config"]
     except KeyError:
@@ -52,6 +62,16 @@ def _privacy_mod(msg: Message, context: Context, call_next: Any) -> Message:
 
 
 app = ClientApp(mods=[_privacy_mod])
+
+
+def secagg_round(msg: Message, context: Context, extra: dict[str, Any]) -> bool:
+    """Whether this train message is SecAgg+'s collect stage; raises when the server's config or the node's
+    own ``privacy=secagg`` wants SecAgg+ and the message is a plain one (the update would leave in clear)."""
+    secagg = RECORD_KEY_CONFIGS in msg.content.config_records
+    if (extra.get("privacy") == "secagg" or _node(context, "privacy") == "secagg") and not secagg:
+        raise ValueError(f"site {_node(context, 'site', '')!r} sends its update only through SecAgg+; this "
+                         "train message is not part of a SecAgg+ round")
+    return secagg
 
 
 @app.query()
@@ -74,6 +94,7 @@ def train(msg: Message, context: Context) -> Message:
     site = str(_node(context, "site", ""))
     if client_id != site:
         raise ValueError(f"message for client {client_id!r} reached the node of site {site!r}")
+    secagg = secagg_round(msg, context, extra)
     check_targets(ccfg, "client config from the server", check_received_target)  # data from the wire, not code
     cfg = OmegaConf.create(ccfg)
     with open_dict(cfg):
@@ -84,4 +105,22 @@ def train(msg: Message, context: Context) -> Message:
     base = get_base_datamodule(cfg.data)
     indices = site_indices(cfg, base, client_id, str(_node(context, "partition", "all")))
     update = run_client(client_id, server_msg, cfg, indices, str(_node(context, "store", "fedmed_client_store")), base)
+    if secagg:
+        return Message(_secagg_reply(update, server_msg.weights, extra), reply_to=msg)
     return Message(encode_update(update, as_float=extra.get("privacy") == "dp"), reply_to=msg)
+
+
+def _secagg_reply(update: Any, sent: Any, extra: dict[str, Any]) -> RecordDict:
+    """The delta for ``secaggplus_mod``, refused when non-finite (under SecAgg+ the server could not
+    tell one site's NaN from the others), with the count of entries the mod will clip."""
+    import math
+
+    delta = secagg_update(update, sent)
+    if not all(bool(v.isfinite().all()) for v in delta.weights.values()) or not all(
+            math.isfinite(v) for v in delta.metrics.values()):
+        raise ValueError(f"site {update.client_id!r}: non-finite update, not sent into the SecAgg+ sum")
+    clipped = clipped_entries({k: v.numpy() for k, v in delta.weights.items()}, delta.num_samples,
+                              float(extra["secagg.max_weight"]), float(extra["secagg.clipping_range"]))
+    content = encode_update(delta)
+    content.config_records["fitres.metrics"][PREFIX + "secagg_clipped"] = clipped
+    return content

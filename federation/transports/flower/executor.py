@@ -7,6 +7,12 @@ and turns the replies into :class:`~federation.core.messages.ClientUpdate`. A no
 with an error, sends something malformed or misses ``timeout_s`` is a failure of that client (the loop
 retries once, then drops it and completes the round with ``min_clients``). Only the job's server message
 and the experiment's client config go down; the client's indices and data stay on the node.
+
+``privacy=secagg``: the round's train messages go through one run of Flower's SecAgg+ workflow
+(:mod:`.secagg`) instead; the server learns only the sample-weighted mean of the sites' deltas, plus each
+site's sample count and scalar metrics, which Flower's SecAgg+ sends in clear. ``map`` then returns, for
+every site that took part, an update whose weights are that mean (so the project's strategy, which
+weights by the sites' sample counts, reproduces the mean) with the site's own count and metrics.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from federation.transports import ClientJob, ExecutorError, check_update
 from federation.core.messages import ClientUpdate
-from federation.transports.flower.wire import decode_update, encode_message
+from federation.transports.flower.wire import KEYS, PREFIX, decode_mean, decode_update, encode_message
 
 __all__ = ["FlowerExecutor", "current_grid", "set_grid"]
 
@@ -44,21 +50,25 @@ class FlowerExecutor:
         timeout_s: per-round limit for the replies (None: wait until every node answered or the
             SuperLink reports it unavailable).
         connect_timeout_s: how long the first round waits for every sampled site's SuperNode.
-        privacy: ``none`` | ``dp`` (Flower's ``LocalDpMod`` on each client: clip + Gaussian noise).
+        privacy: ``none`` | ``dp`` (Flower's ``LocalDpMod`` on each client: clip + Gaussian noise) |
+            ``secagg`` (Flower's SecAgg+: the server sees only the weighted mean of the updates).
         dp: ``clipping_norm``, ``sensitivity``, ``epsilon``, ``delta`` of ``LocalDpMod``.
+        secagg: ``num_shares``, ``reconstruction_threshold``, ``max_weight``, ``clipping_range``,
+            ``quantization_range`` of ``SecAggPlusWorkflow`` (:class:`.secagg.SecAggSettings`).
         Other keys (``launch``, ``superlink``, ...) are read by the launcher, not here.
     """
 
     data_on_nodes = True
 
     def __init__(self, timeout_s: float | None = None, connect_timeout_s: float = 180.0, privacy: str = "none",
-                 dp: Mapping[str, float] | None = None, **_launcher: Any) -> None:
+                 dp: Mapping[str, float] | None = None, secagg: Mapping[str, Any] | None = None,
+                 **_launcher: Any) -> None:
         self.grid = current_grid()
         if self.grid is None:
             raise ExecutorError("federation/executor=flower runs inside the Flower ServerApp "
                                 "(python -m experiments.run ... federation/executor=flower launches it)")
-        if privacy not in ("none", "dp"):
-            raise ExecutorError(f"federation.executor.privacy={privacy!r}: expected none or dp")
+        if privacy not in ("none", "dp", "secagg"):
+            raise ExecutorError(f"federation.executor.privacy={privacy!r}: expected none, dp or secagg")
         self.timeout_s = None if timeout_s in (None, 0) else float(timeout_s)
         self.connect_timeout_s = float(connect_timeout_s)
         self.privacy = privacy
@@ -67,6 +77,13 @@ class FlowerExecutor:
             dp = dict(dp or {})
             for key in ("clipping_norm", "sensitivity", "epsilon", "delta"):
                 self.extra[f"dp.{key}"] = float(dp[key])
+        self.secagg = None
+        if privacy == "secagg":
+            from federation.transports.flower.secagg import SecAggSettings
+
+            self.secagg = SecAggSettings.from_config(secagg)
+            self.extra.update({"secagg.max_weight": float(self.secagg.max_weight),
+                               "secagg.clipping_range": float(self.secagg.clipping_range)})
         self.nodes: dict[str, int] = {}   # client id -> node id
         self._asked: set[int] = set()
 
@@ -123,25 +140,11 @@ class FlowerExecutor:
                                 dst_node_id=node, message_type=MessageType.TRAIN))
             by_node[node] = job.client_id
             dtypes[job.client_id] = {k: v.dtype for k, v in smsg.weights.items()}
-        got: dict[str, ClientUpdate] = {}
-        if msgs:
-            for reply in self.grid.send_and_receive(msgs, timeout=self.timeout_s):
-                cid = by_node.get(int(reply.metadata.src_node_id))
-                if cid is None:
-                    continue
-                if reply.has_error():
-                    failures[cid] = f"node error {reply.error.code}: {reply.error.reason}"
-                    continue
-                try:
-                    update = decode_update(reply.content, cid, dtypes[cid])
-                except Exception as exc:  # noqa: BLE001 - a malformed reply drops that client only
-                    failures[cid] = f"malformed reply: {type(exc).__name__}: {exc}"
-                    continue
-                reason = check_update(cid, update)
-                if reason is None:
-                    got[cid] = update
-                else:
-                    failures[cid] = reason
+        if self.privacy == "secagg" and jobs:
+            smsg = jobs[0].kwargs["server_message"]  # the strategies send every site the same global weights
+            got = self._secagg(msgs, by_node, smsg.weights, failures, smsg.round)
+        else:
+            got = self._plain(msgs, by_node, dtypes, failures) if jobs else {}
         updates = []
         for job in jobs:  # aggregation order = job order, independent of arrival order
             cid = job.client_id
@@ -155,5 +158,81 @@ class FlowerExecutor:
                 on_done(cid, cid in got)
         return updates, failures
 
+    def _plain(self, msgs: list[Message], by_node: dict[int, str], dtypes: dict, failures: dict[str, str]
+               ) -> dict[str, ClientUpdate]:
+        got: dict[str, ClientUpdate] = {}
+        if not msgs:
+            return got
+        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout_s):
+            cid = by_node.get(int(reply.metadata.src_node_id))
+            if cid is None:
+                continue
+            if reply.has_error():
+                failures[cid] = f"node error {reply.error.code}: {reply.error.reason}"
+                continue
+            try:
+                update = decode_update(reply.content, cid, dtypes[cid])
+            except Exception as exc:  # noqa: BLE001 - a malformed reply drops that client only
+                failures[cid] = f"malformed reply: {type(exc).__name__}: {exc}"
+                continue
+            _keep(got, failures, cid, update)
+        return got
+
+    def _secagg(self, msgs: list[Message], by_node: dict[int, str], sent_weights: Mapping[str, Any],
+                failures: dict[str, str], rnd: int) -> dict[str, ClientUpdate]:
+        """One SecAgg+ round over the sites of ``msgs`` (see the module docstring)."""
+        from flwr.compat.common.recorddict_compat import recorddict_to_fitins
+
+        from federation.transports.flower.secagg import run_secagg
+
+        got: dict[str, ClientUpdate] = {}
+        if len(msgs) < 2:
+            for cid in by_node.values():
+                failures[cid] = f"SecAgg+ needs at least 2 sites in a round, {len(msgs)} connected"
+            return got
+        fitins = {m.metadata.dst_node_id: recorddict_to_fitins(m.content, keep_input=True) for m in msgs}
+        t0 = time.monotonic()
+        result = run_secagg(self.grid, fitins, int(rnd) + 1, self.secagg, self.timeout_s)
+        log.warning("round %d: SecAgg+ over %d sites in %.1f s", int(rnd) + 1, len(msgs), time.monotonic() - t0)
+        if result is None:
+            for cid in by_node.values():
+                failures[cid] = "SecAgg+ halted: too few sites answered to unmask the sum (see the ServerApp log)"
+            return got
+        sent = next(iter(fitins.values())).config[KEYS]
+        for node, cid in by_node.items():
+            if node not in result.replies:
+                failures[cid] = "dropped out of the SecAgg+ round (its masks were removed from the sum)"
+        for node, res in result.replies.items():
+            cid = by_node.get(node)
+            if cid is None:
+                continue
+            metrics = dict(res.metrics)
+            if metrics.get(KEYS) != sent:
+                failures[cid] = "its update's entries are not those the server sent (SecAgg+ sums them in order)"
+                continue
+            clipped = int(metrics.pop(PREFIX + "secagg_clipped", 0))
+            if clipped:
+                log.warning("site %s: SecAgg+ clipped %d entries of its update to +-clipping_range; raise "
+                            "federation.executor.secagg.clipping_range (or max_weight)", cid, clipped)
+            try:
+                update = decode_mean(result.mean, metrics, res.num_examples, cid, sent_weights)
+            except Exception as exc:  # noqa: BLE001
+                failures[cid] = f"malformed reply: {type(exc).__name__}: {exc}"
+                continue
+            _keep(got, failures, cid, update)
+        if len(got) < len(result.replies):  # a mean that mixes a site we cannot use is no mean of the others
+            for cid in got:
+                failures[cid] = "dropped with the whole SecAgg+ round (another site's reply was unusable)"
+            got = {}
+        return got
+
     def shutdown(self) -> None:
         pass
+
+
+def _keep(got: dict[str, ClientUpdate], failures: dict[str, str], cid: str, update: ClientUpdate) -> None:
+    reason = check_update(cid, update)
+    if reason is None:
+        got[cid] = update
+    else:
+        failures[cid] = reason

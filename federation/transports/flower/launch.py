@@ -157,10 +157,31 @@ def check(cfg: DictConfig) -> None:
     from federation.transports.flower.server_app import check_data_transfer
 
     privacy = str(OmegaConf.select(cfg, "federation.privacy", default="none"))
-    if privacy not in ("none", "dp"):
-        raise ConfigError(f"federation.privacy={privacy}: expected none or dp (secagg is not available yet, "
-                          "see docs/deployment.md)")
+    if privacy not in ("none", "dp", "secagg"):
+        raise ConfigError(f"federation.privacy={privacy}: expected none, dp or secagg")
+    if privacy == "secagg":
+        check_secagg(cfg)
     check_data_transfer(cfg)
+
+
+def check_secagg(cfg: DictConfig) -> None:
+    """What SecAgg+ cannot do, refused in one line (``ConfigError``) before any process starts."""
+    from engine.errors import ConfigError
+    from federation.core.sampling import clients_per_round
+    from federation.transports.flower.secagg import SecAggSettings
+
+    strategy = str(OmegaConf.select(cfg, "federation.strategy._target_", default="")).rsplit(".", 1)[-1]
+    if OmegaConf.select(cfg, "federation.strategy.weighted", default=True) is False:
+        raise ConfigError(f"federation.strategy.weighted=false ({strategy}): SecAgg+ (federation.privacy=secagg) "
+                          "always weights a site by its sample count; use weighted=true")
+    n = OmegaConf.select(cfg, "federation.num_clients")
+    if n is not None and clients_per_round(int(n), OmegaConf.select(cfg, "federation.clients_per_round")) < 2:
+        raise ConfigError("federation.clients_per_round: SecAgg+ (federation.privacy=secagg) needs at least 2 "
+                          "sites per round (a sum of one update is that update)")
+    try:
+        SecAggSettings.from_config(OmegaConf.to_container(cfg.federation.executor.get("secagg"), resolve=True))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"federation.executor.secagg: {exc}") from None
 
 
 def prepare(cfg: DictConfig) -> dict[str, Any]:
@@ -206,6 +227,7 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     store = out / str(OmegaConf.select(cfg, "federation.store_dir", default="client_store"))
     env = _env(home)
     ex = cfg.federation.executor
+    privacy = str(OmegaConf.select(cfg, "federation.privacy", default="none"))
     groups = ProcessGroups(fdir / "pgids.json", marker=f"FLWR_HOME={home}")
     previous = signal.getsignal(signal.SIGTERM)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -217,7 +239,7 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
                                    "--host", HOST, "--port", str(port),
                                    "--disable-runtime-dependency-installation"], env, logs / "superlink.log")
         for cid in ids:
-            node_cfg = f'site="{cid}" partition="derive" store="{store}"'
+            node_cfg = f'site="{cid}" partition="derive" store="{store}" privacy="{privacy}"'
             groups.start(f"supernode_{cid}", [_bin("flower-supernode"), "--root-certificates", str(tls["ca"]),
                                               "--superlink", f"{HOST}:{port}", "--host", HOST,
                                               "--port", str(free_port()), "--node-config", node_cfg],

@@ -52,6 +52,10 @@ def main(grid: Grid, context: Context) -> None:
     result = path.parent / "result.json"
     try:
         cfg = OmegaConf.load(path)
+        if OmegaConf.select(cfg, "federation.privacy", default="none") == "secagg":
+            from federation.transports.flower.launch import check_secagg
+
+            check_secagg(cfg)
         warning = check_data_transfer(cfg)
         if warning:
             log.warning("!" * 20 + " %s " + "!" * 20, warning)

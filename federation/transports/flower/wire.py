@@ -6,7 +6,10 @@ round, the client's id, the strategy's per-round config and the experiment's cli
 The reply is ``fitres.parameters`` / ``fitres.num_examples`` / ``fitres.metrics`` / ``fitres.status``:
 weights, one sample count and scalar metrics, nothing else. The Fit layout is the one Flower's own
 client-side mods (``LocalDpMod``, ``secaggplus_mod``) read and rewrite, so they apply unchanged; since
-``LocalDpMod`` re-keys the arrays, the reply carries the state-dict key order as one metric string.
+``LocalDpMod`` re-keys the arrays (and SecAgg+'s legacy ``FitIns`` numbers them), both directions carry the
+state-dict key order as one string. Under SecAgg+ a site replies with its delta ``w_k - w_global`` in
+float64 (:func:`secagg_update`), which the mod masks; the server decodes the unmasked mean with
+:func:`decode_mean`.
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from federation.core.messages import ClientUpdate, ServerMessage
 
-__all__ = ["encode_message", "decode_message", "encode_update", "decode_update", "KEYS", "PREFIX"]
+__all__ = ["encode_message", "decode_message", "encode_update", "decode_update", "secagg_update", "decode_mean",
+           "clipped_entries",
+           "KEYS", "PREFIX"]
 
 PREFIX = "fedmed."
 KEYS = PREFIX + "keys"
@@ -54,7 +59,7 @@ def _tensors(record: ArrayRecord, keys: list[str]) -> dict[str, torch.Tensor]:
 def encode_message(msg: ServerMessage, client_id: str, client_cfg: Mapping[str, Any],
                    extra: Mapping[str, Any] | None = None, as_float: bool = False) -> RecordDict:
     """The Fit content for one client: weights + round, client id, strategy config and client config."""
-    config = {PREFIX + "round": int(msg.round), PREFIX + "client_id": client_id,
+    config = {PREFIX + "round": int(msg.round), PREFIX + "client_id": client_id, KEYS: "\n".join(msg.weights),
               PREFIX + "config": json.dumps(dict(msg.config), default=_jsonable),
               PREFIX + "cfg": json.dumps(dict(client_cfg), default=_jsonable)}
     config.update({PREFIX + k: v for k, v in (extra or {}).items()})
@@ -64,8 +69,12 @@ def encode_message(msg: ServerMessage, client_id: str, client_cfg: Mapping[str, 
 def decode_message(content: RecordDict) -> tuple[ServerMessage, str, dict[str, Any], dict[str, Any]]:
     """``(server message, client id, client cfg, extra scalars)`` from a Fit content."""
     cfg = dict(content.config_records["fitins.config"])
+    keys = str(cfg.pop(KEYS, ""))
     record = content.array_records["fitins.parameters"]
-    weights = {k: torch.from_numpy(np.array(record[k].numpy(), copy=True)) for k in record.keys()}
+    if keys and list(record.keys()) != keys.split("\n"):  # SecAgg+'s legacy FitIns numbers the arrays 0, 1, ...
+        weights = _tensors(record, keys.split("\n"))
+    else:
+        weights = {k: torch.from_numpy(np.array(record[k].numpy(), copy=True)) for k in record.keys()}
     config = json.loads(str(cfg.pop(PREFIX + "config")))
     msg = ServerMessage(int(cfg.pop(PREFIX + "round")), weights, config)
     client_id = str(cfg.pop(PREFIX + "client_id"))
@@ -98,3 +107,36 @@ def decode_update(content: RecordDict, client_id: str, dtypes: Mapping[str, torc
             weights[k] = (v.round() if not dtypes[k].is_floating_point else v).to(dtypes[k])
     n = int(content.metric_records["fitres.num_examples"]["num_examples"])
     return ClientUpdate(client_id, weights, n, metrics, is_delta=is_delta)
+
+
+def secagg_update(update: ClientUpdate, sent: Mapping[str, torch.Tensor]) -> ClientUpdate:
+    """The delta ``w_k - w_global`` (float64) a site hands to ``secaggplus_mod``. 0-d entries (BatchNorm's
+    counter) go as shape ``(1,)``: Flower 1.42's unmasking skips the offset and rescaling of 0-d arrays
+    (``secaggplus_workflow.py``, ``for vec in aggregated_vector: vec += offset`` rebinds a NumPy scalar)."""
+    weights = {k: (v.double() if update.is_delta else v.double() - sent[k].double()).reshape(-1 if v.dim() == 0 else v.shape)
+               for k, v in update.weights.items()}
+    return ClientUpdate(update.client_id, weights, update.num_samples, dict(update.metrics), is_delta=True)
+
+
+def clipped_entries(delta: Mapping[str, Any], num_examples: int, max_weight: float, clipping_range: float) -> int:
+    """How many entries ``secaggplus_mod`` will clip: ``|n_k / max_weight * delta| > clipping_range``."""
+    scale = float(num_examples) / float(max_weight)
+    return int(sum(int((np.abs(np.asarray(v, dtype=np.float64)) * scale > clipping_range).sum())
+                   for v in delta.values()))
+
+
+def decode_mean(mean: list[np.ndarray], content_metrics: Mapping[str, Any], num_examples: int, client_id: str,
+                sent: Mapping[str, torch.Tensor]) -> ClientUpdate:
+    """Site ``client_id``'s update under SecAgg+: the round's mean delta (the server sees no site's own),
+    with the site's clear sample count and scalar metrics; in the shapes and dtypes of ``sent``."""
+    metrics = dict(content_metrics)
+    keys = str(metrics.pop(KEYS)).split("\n")
+    metrics.pop(PREFIX + "is_delta", None)
+    if len(mean) != len(keys):
+        raise ValueError(f"{len(mean)} aggregated arrays for {len(keys)} keys")
+    weights = {}
+    for k, v in zip(keys, mean):
+        ref = sent[k]
+        t = torch.from_numpy(np.array(v, dtype=np.float64, copy=True)).reshape(ref.shape)
+        weights[k] = (t if ref.is_floating_point() else t.round()).to(ref.dtype)
+    return ClientUpdate(client_id, weights, int(num_examples), metrics, is_delta=True)
