@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf, open_dict
 
 from engine import fed_distill
@@ -195,3 +196,39 @@ def test_fedbn_site_teacher_keeps_the_sites_own_bn(tmp_path):
         fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b")
     cfg.federation.strategy._target_ = "federation.core.strategies.FedAvg"
     assert fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b") == run / "teacher" / "global_best.pt"
+
+
+def test_flower_node_gets_a_client_config_it_accepts(tiny_run, tmp_path):
+    """federation/executor=flower reaches fed_hlfd: the stage goes to the Flower launcher, the run config the
+    ServerApp reads yields a client config that crosses the wire, passes the node's target allow-list and
+    builds, at the node, the distillation module with that site's frozen teacher (no process is started)."""
+    pytest.importorskip("flwr")
+    from federation.core.messages import ServerMessage
+    from federation.runner import client_module_cfg
+    from federation.server import client_cfg
+    from federation.transports.flower import launch, launches
+    from federation.transports.flower.wire import decode_message, encode_message
+    from lightning_modules.targets import check_received_target, check_targets
+
+    cfg, _, run, _ = tiny_run
+    teacher = run / "teacher" / "global_final.pt"
+    fcfg = compose_run(["+exp=fed_kits_hlfd", *TINY, "federation/executor=flower", "federation/strategy=fedbn"], tmp_path)
+    with open_dict(fcfg):
+        fcfg.paths.output_dir = str(run)  # the tiny run's sites/<site>/teacher_fed.pt are written below
+    for site in SITES:
+        (run / "sites" / site / "teacher_fed.pt").write_bytes(teacher.read_bytes())
+    try:
+        scfg = fed_distill.student_stage_cfg(fcfg, "fed_hlfd", teacher)
+        assert launches(scfg)
+        launch.check(scfg)
+        loaded = OmegaConf.load(launch.write_run_config(scfg, tmp_path))  # what the ServerApp reads
+        plain = OmegaConf.to_container(client_cfg(loaded), resolve=True)  # as the Flower executor sends it
+        _, cid, ccfg, _ = decode_message(encode_message(ServerMessage(0, {}, {}), "site_b", plain, {}))
+        check_targets(ccfg, "client config from the server", check_received_target)
+        module = fed_distill.build_module(client_module_cfg(OmegaConf.create(ccfg), cid))
+        site_teacher = torch.load(run / "sites" / "site_b" / "teacher_fed.pt", weights_only=True)
+        assert all(torch.equal(v, site_teacher[k]) for k, v in module.teacher.state_dict().items())
+        assert not any(p.requires_grad for p in module.teacher.parameters())
+    finally:
+        for site in SITES:
+            (run / "sites" / site / "teacher_fed.pt").unlink()
