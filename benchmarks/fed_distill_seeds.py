@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODELS = ("none", "teacher_local", "hlfd_local", "hlfd_fed", "teacher_fed")
+MODELS = ("none", "teacher_local", "hlfd_local", "hlfd_fed", "fed_none", "fed_hlfd", "teacher_fed")  # as fed_distill_eval
 
 
 def main(dirs: list[str]) -> int:

@@ -16,8 +16,20 @@ in ``fed_distill.arms`` into ``<run dir>/sites/<site>/<arm>``:
 * ``hlfd_fed``      - the student + HLFD from the federated teacher: the only thing that reaches the site
   from outside is the teacher's weights (with FedBN: the global weights + the site's own BN entries).
 
+Stage 2 - federated students (after stage 1, into ``<run dir>/<arm>``): one student for all sites, trained
+by the same federation (strategy, executor, transport) as the teacher:
+
+* ``fed_none`` - the student with L_seg only (a plain federated segmentation run of ``model``);
+* ``fed_hlfd`` - the student with L_seg + HLFD against the frozen federated teacher in every client's loss
+  (:class:`~lightning_modules.distillation.DistillationModule`): the federated state is the module's
+  ``net``, the student, alone; the teacher is loaded at each client from ``module.teacher_ckpt`` (FedBN:
+  the site's own teacher, via ``federation.client_module``) and never averaged or sent; the KD adapters
+  stay in each client's store. Crossing sites: the teacher's weights down (once), the student's weights
+  both ways each round.
+
 Resume: a finished stage is skipped - the teacher when ``<run>/teacher/metrics.json`` exists, a site arm
-when the file it hands on (``student.pt``, or ``teacher.pt`` for the local teacher) exists; an interrupted federation continues from its ``server.pt``. Evaluation (every
+when the file it hands on (``student.pt``, or ``teacher.pt`` for the local teacher) exists, a federated
+student when ``<run>/<arm>/metrics.json`` exists; an interrupted federation continues from its ``server.pt``. Evaluation (every
 model on every site's test set, one table + one figure) is :mod:`engine.fed_distill_eval`.
 """
 from __future__ import annotations
@@ -41,7 +53,9 @@ from lightning_modules.checkpoints import CheckpointError, load_checkpoint
 
 log = logging.getLogger("engine.fed_distill")
 
-ARMS = ("none", "teacher_local", "hlfd_local", "hlfd_fed")
+LOCAL_ARMS = ("none", "teacher_local", "hlfd_local", "hlfd_fed")
+FED_ARMS = ("fed_none", "fed_hlfd")  # students trained by the federation (stage 2, federated)
+ARMS = LOCAL_ARMS + FED_ARMS
 TEACHER_DIR = "teacher"
 WEIGHTS = {"best": "global_best.pt", "final": "global_final.pt"}
 DONE = "metrics.json"
@@ -66,8 +80,9 @@ def check_config(cfg: DictConfig) -> list[str]:
     bad = [a for a in arms if a not in ARMS]
     if bad:
         raise ConfigError(f"fed_distill.arms has {bad}; valid: {list(ARMS)}")
-    if cfg.get("federation") is None and "hlfd_fed" in arms:
-        raise ConfigError("fed_distill: arm hlfd_fed needs a federation config (add /federation: default)")
+    needs = [a for a in arms if a in ("hlfd_fed", *FED_ARMS)]
+    if cfg.get("federation") is None and needs:
+        raise ConfigError(f"fed_distill: arms {needs} need a federation config (add /federation: default)")
     if cfg.get("distill") is None or cfg.distill.get("loss") is None:
         raise ConfigError("fed_distill needs distill=<a KD method> (e.g. distill=hlfd)")
     if str(fd.get("teacher_weights", "best")) not in WEIGHTS:
@@ -99,28 +114,39 @@ def federated_teacher(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -
     else:
         artifacts.console.print(f"[bold]stage 1:[/bold] federated teacher -> {out}")
         federate(teacher_stage_cfg(cfg))
+    return global_weights(cfg, out, "stage 1")
+
+
+def global_weights(cfg: DictConfig, fed_dir: Path, what: str) -> Path:
+    """``global_best.pt`` or ``global_final.pt`` of the federation in ``fed_dir`` (``fed_distill.teacher_weights``)."""
     choice = str(cfg.fed_distill.get("teacher_weights", "best"))
-    path = out / WEIGHTS[choice]
+    path = fed_dir / WEIGHTS[choice]
     if not path.is_file() and choice == "best":
-        path = out / WEIGHTS["final"]  # no server validation round finished (e.g. fast_dev_run)
+        path = fed_dir / WEIGHTS["final"]  # no server validation round finished (e.g. fast_dev_run)
     if not path.is_file():
-        raise CheckpointError(f"stage 1 wrote no global weights in {out} ({', '.join(WEIGHTS.values())})")
-    return path
+        raise CheckpointError(f"{what} wrote no global weights in {fed_dir} ({', '.join(WEIGHTS.values())})")
+    return path.resolve()
 
 
 def site_teacher(cfg: DictConfig, global_path: Path, site: str) -> Path:
     """The teacher weights a site receives: the global ones, plus - for strategies that keep entries
     local (FedBN's batch norm) - the site's own local entries from the federation's client store."""
+    return site_weights(cfg, global_path, output_dir(cfg) / TEACHER_DIR, site,
+                        output_dir(cfg) / "sites" / site / "teacher_fed.pt")
+
+
+def site_weights(cfg: DictConfig, global_path: Path, fed_dir: Path, site: str, out: Path) -> Path:
+    """A site's weights from the federation in ``fed_dir``: ``global_path``, or with FedBN the global
+    weights + the site's own local entries (its client store), written once to ``out``."""
     strategy = str(cfg.federation.strategy.get("_target_", ""))
     if not strategy.endswith("FedBN"):
         return global_path
-    out = output_dir(cfg) / "sites" / site / "teacher_fed.pt"
     if out.is_file():
         return out
-    store = output_dir(cfg) / TEACHER_DIR / str(cfg.federation.get("store_dir", "client_store")) / f"{site}.pt"
+    store = fed_dir / str(cfg.federation.get("store_dir", "client_store")) / f"{site}.pt"
     local = load_checkpoint(store, "client store").get("local_state")
     if not isinstance(local, dict) or not local:
-        raise CheckpointError(f"client store {store} holds no local_state: cannot personalise the FedBN teacher")
+        raise CheckpointError(f"client store {store} holds no local_state: cannot personalise the FedBN weights")
     state = dict(load_checkpoint(global_path, "global weights"))
     state.update({k: v for k, v in local.items() if k in state})
     return save_state(state, out)
@@ -185,6 +211,54 @@ def run_site_arm(cfg: DictConfig, site: str, arm: str, fed_teacher: Path | None)
     return out
 
 
+# ------------------------------------------------------------------------------------------ stage 2, federated
+def student_stage_cfg(cfg: DictConfig, arm: str, fed_teacher: Path | None) -> DictConfig:
+    """A federated run of the student (``fed_none``: L_seg only; ``fed_hlfd``: the distillation module with
+    the frozen federated teacher, per site with FedBN) with stage 1's federation, into ``<run>/<arm>``."""
+    out = output_dir(cfg) / arm
+    if arm == "fed_none":
+        scfg = segmentation_cfg(cfg, cfg.model, cfg.module.loss, out)
+        with open_dict(scfg):
+            del scfg["distill"]
+    else:
+        scfg = copy.deepcopy(cfg)
+        with open_dict(scfg):
+            scfg.paths.output_dir = str(out)
+            scfg.distill.teacher.ckpt = str(fed_teacher)  # the server's template; clients: module.teacher_ckpt
+            if str(cfg.federation.strategy.get("_target_", "")).endswith("FedBN"):
+                scfg.federation.client_module = {s: {"teacher_ckpt": str(site_teacher(cfg, fed_teacher, s).resolve())}
+                                                 for s in site_names(cfg)}
+    with open_dict(scfg):
+        del scfg["fed_distill"]
+        scfg.exp_name = f"{cfg.get('exp_name', 'fed_distill')}_{arm}"
+        scfg.module.scheduler = cfg.fed_distill.get("student_scheduler")  # rounds restart local optimisers
+        if cfg.fed_distill.get("student_rounds"):
+            scfg.federation.rounds = int(cfg.fed_distill.student_rounds)
+        if (out / "server.pt").is_file():
+            scfg.resume = True
+    return scfg
+
+
+def federated_student(cfg: DictConfig, arm: str, fed_teacher: Path | None,
+                      federate: Callable[[DictConfig], dict]) -> Path:
+    """One federated student (reused when ``<run>/<arm>/metrics.json`` exists); returns its run dir."""
+    out = output_dir(cfg) / arm
+    if (out / DONE).is_file():
+        log.info("federated student %s: done already (%s)", arm, out)
+        return out
+    if arm == "fed_hlfd" and fed_teacher is None:
+        raise ConfigError("fed_distill: arm fed_hlfd needs the federated teacher (stage 1)")
+    artifacts.console.print(f"[bold]stage 2:[/bold] federated student {arm} -> {out}")
+    federate(student_stage_cfg(cfg, arm, fed_teacher))
+    return out
+
+
+def site_student(cfg: DictConfig, fed_dir: Path, site: str) -> Path:
+    """The weights of a federated student at ``site`` (global; FedBN: + the site's own BN entries)."""
+    return site_weights(cfg, global_weights(cfg, fed_dir, fed_dir.name), fed_dir, site,
+                        output_dir(cfg) / "sites" / site / f"{fed_dir.name}.pt")
+
+
 # ------------------------------------------------------------------------------------------ entry
 def run_fed_distill(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -> dict[str, Any]:
     """Both stages, then the cross-site evaluation; returns (and writes) the run's ``metrics.json``."""
@@ -193,10 +267,12 @@ def run_fed_distill(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -> 
     arms = check_config(cfg)
     out = output_dir(cfg)
     fed_teacher = federated_teacher(cfg, federate) if cfg.get("federation") is not None else None
-    runs = {site: {arm: run_site_arm(cfg, site, arm, fed_teacher) for arm in arms} for site in site_names(cfg)}
+    runs = {site: {arm: run_site_arm(cfg, site, arm, fed_teacher) for arm in arms if arm in LOCAL_ARMS}
+            for site in site_names(cfg)}
+    fed_runs = {arm: federated_student(cfg, arm, fed_teacher, federate) for arm in arms if arm in FED_ARMS}
     metrics: dict[str, Any] = {"fed_distill/arms": arms, "fed_distill/sites": site_names(cfg),
                                "fed_distill/teacher_weights": str(fed_teacher) if fed_teacher else None}
     if cfg.fed_distill.get("evaluate", True):
-        metrics.update(evaluate_run(cfg, runs, fed_teacher))
+        metrics.update(evaluate_run(cfg, runs, fed_teacher, fed_runs))
     artifacts.write_json(out / DONE, metrics)
     return metrics

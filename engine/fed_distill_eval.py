@@ -1,7 +1,8 @@
 """Cross-site evaluation of a federated-distillation run (issue 15; :mod:`engine.fed_distill`).
 
-Every model - each site's arms (``none``, ``teacher_local``, ``hlfd_local``, ``hlfd_fed``) and the
-federated teacher as that site receives it (``teacher_fed``) - is tested on every site's test set with the
+Every model - each site's arms (``none``, ``teacher_local``, ``hlfd_local``, ``hlfd_fed``), the federated
+students (``fed_none``, ``fed_hlfd``) and the federated teacher as that site receives them (``teacher_fed``;
+with FedBN the site's own BN entries) - is tested on every site's test set with the
 run's protocol (``module.eval_slices``, ``module.fg_threshold``: paper 001's protocol a by default) and
 per-volume Dice (:mod:`lightning_modules.metrics`). Written into the run dir: ``fed_distill.csv``,
 ``fed_distill.md`` (one row per site x model: parameters, inference ms per volume, Dice on each site's
@@ -23,7 +24,7 @@ from torch import nn
 
 from engine import artifacts
 from engine.builders import build_datamodule
-from engine.fed_distill import site_cfg, site_names, site_teacher
+from engine.fed_distill import site_cfg, site_names, site_student, site_teacher
 from engine.fit import output_dir
 from lightning_modules.atomic import atomic_output
 from lightning_modules.base import build
@@ -32,19 +33,25 @@ from lightning_modules.distill_setup import main_output
 from lightning_modules.losses.hybrid import class_probabilities
 from lightning_modules.metrics import PerCaseConfusion, case_scores, summarise
 
-MODEL_ORDER = ("none", "teacher_local", "hlfd_local", "hlfd_fed", "teacher_fed")
+MODEL_ORDER = ("none", "teacher_local", "hlfd_local", "hlfd_fed", "fed_none", "fed_hlfd", "teacher_fed")
 LABELS = {"none": "student (no KD)", "teacher_local": "local teacher", "hlfd_local": "student + HLFD (local teacher)",
-          "hlfd_fed": "student + HLFD (federated teacher)", "teacher_fed": "federated teacher"}
+          "hlfd_fed": "student + HLFD (federated teacher)", "fed_none": "federated student (no KD)",
+          "fed_hlfd": "federated student + HLFD", "teacher_fed": "federated teacher"}
+
+
+def state_net(model_cfg: Any, path: Path, what: str) -> nn.Module:
+    """The net of ``model_cfg`` with the bare state dict in ``path`` (federation weights) loaded strictly."""
+    net = build(OmegaConf.to_container(model_cfg, resolve=True), what=what)
+    try:
+        net.load_state_dict(load_checkpoint(path, f"{what} weights"))
+    except RuntimeError as err:
+        raise CheckpointError(f"{what} weights {path} do not fit its model config: {str(err).splitlines()[0]}") from err
+    return net
 
 
 def teacher_net(cfg: DictConfig, path: Path) -> nn.Module:
     """The teacher net (``distill.teacher.model``) with the bare state dict in ``path`` loaded strictly."""
-    net = build(OmegaConf.to_container(cfg.distill.teacher.model, resolve=True), what="teacher")
-    try:
-        net.load_state_dict(load_checkpoint(path, "teacher weights"))
-    except RuntimeError as err:
-        raise CheckpointError(f"teacher weights {path} do not fit distill.teacher.model: {str(err).splitlines()[0]}") from err
-    return net
+    return state_net(cfg.distill.teacher.model, path, "teacher")
 
 
 def arm_net(cfg: DictConfig, run_dir: Path, arm: str) -> nn.Module:
@@ -93,8 +100,10 @@ def _test_loaders(cfg: DictConfig) -> dict[str, Any]:
     return loaders
 
 
-def evaluate_run(cfg: DictConfig, runs: dict[str, dict[str, Path]], fed_teacher: Path | None) -> dict[str, Any]:
-    """The cross-site table (module docstring); returns summary metrics for ``metrics.json``."""
+def evaluate_run(cfg: DictConfig, runs: dict[str, dict[str, Path]], fed_teacher: Path | None,
+                 fed_runs: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The cross-site table (module docstring); returns summary metrics for ``metrics.json``.
+    ``fed_runs``: the federated students' run dirs by arm (their weights, per site with FedBN)."""
     sites = site_names(cfg)
     loaders = _test_loaders(cfg)
     class_names = [str(c) for c in cfg.data.class_names]
@@ -102,6 +111,7 @@ def evaluate_run(cfg: DictConfig, runs: dict[str, dict[str, Path]], fed_teacher:
     rows: list[dict[str, Any]] = []
     for site in sites:
         models = {arm: arm_net(cfg, d, arm) for arm, d in runs[site].items()}
+        models.update({arm: state_net(cfg.model, site_student(cfg, d, site), "student") for arm, d in (fed_runs or {}).items()})
         if fed_teacher is not None:
             models["teacher_fed"] = teacher_net(cfg, site_teacher(cfg, fed_teacher, site))
         for name in [m for m in MODEL_ORDER if m in models]:

@@ -13,7 +13,12 @@ for it, fits for ``federation.local_epochs`` (optionally early-stopped on its va
 validation metric: paper 003's FL_local) to the store and returns ``strategy.make_update(...)``. Only weights,
 a sample count and scalar metrics leave (checked against the model's state schema).
 
-The exchanged state is ``module.net.state_dict()`` (the network, not metric buffers of the module).
+The exchanged state is ``module.net.state_dict()`` (the network, not metric buffers of the module). A
+distillation module federates its student this way: ``net`` is the student, the frozen teacher is
+``module.teacher`` (loaded at the client from ``module.teacher_ckpt``; ``federation.client_module.<client
+id>`` overrides module keys for one client, e.g. the site's own FedBN teacher) and is never sent. State a
+module keeps private between rounds (``private_state()`` / ``load_private_state()``: the KD loss's
+adapters) stays in the client's store, never in the update.
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ from federation.core.sampling import client_seed
 from federation.core.strategies import Strategy, proximal_loss_term
 from federation.store import ClientStore
 
-__all__ = ["ClientIndices", "run_client", "train_local", "client_datamodule", "best_local_store", "build_strategy",
+__all__ = ["ClientIndices", "run_client", "train_local", "client_datamodule", "client_module_cfg", "best_local_store", "build_strategy",
            "get_base_datamodule", "register_base", "client_seed", "quiet_lightning", "evaluate", "eval_trainer"]
 
 log = logging.getLogger("federation.runner")
@@ -189,6 +194,24 @@ def train_local(cfg: DictConfig, datamodule: SubsetDataModule, init_state: Mappi
     return module, metrics
 
 
+def client_module_cfg(cfg: DictConfig, client_id: str) -> DictConfig:
+    """``cfg`` with ``federation.client_module.<client_id>`` merged into ``cfg.module`` (a per-client module
+    setting, e.g. the teacher weights a site distils from); ``cfg`` itself when there is none."""
+    per = _fed(cfg, "client_module", None)
+    over = per.get(client_id) if per else None
+    if not over:
+        return cfg
+    bad = sorted(k for k in over if k in ("_target_", "net"))
+    if bad:
+        from federation.errors import FederationError
+
+        raise FederationError(f"federation.client_module.{client_id} sets {bad}: a client may not change the "
+                              f"module class or the federated net")
+    out = cfg.copy()
+    out.module = OmegaConf.merge(cfg.module, over)
+    return out
+
+
 def _keeps_best_local(cfg: DictConfig) -> bool:
     """The evaluation matrix's FL_local row reads each client's best local checkpoint (paper 003)."""
     return bool(_fed(cfg, "evaluation_matrix", False)) and \
@@ -227,12 +250,14 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
     dm = client_datamodule(cfg, base, indices, shared, seed)
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    module = build_module(cfg)  # the strategy needs the net too (FedBN: which keys are BN)
+    module = build_module(client_module_cfg(cfg, client_id))  # the strategy needs the net (FedBN: BN keys)
     strategy = build_strategy(cfg.federation.strategy, module.net)
     local_state = module.net.state_dict()
     saved = store.load_all(client_id)  # one read: local-only state and history
     stored = saved.get("local_state") or {}
     local_state.update({k: v for k, v in stored.items() if k in local_state})
+    if saved.get("private_state") and hasattr(module, "load_private_state"):
+        module.load_private_state(saved["private_state"])  # e.g. the KD adapters: stay at the client
     state = strategy.client_receive(local_state, server_message.weights)
 
     terms = {}
@@ -248,7 +273,10 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
     reported = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("val/") and math.isfinite(v)}
     history = list(saved.get("history") or [])
     history.append({"round": rnd, "num_samples": len(dm.train_dataset), "num_shared": dm.num_shared, **reported})
-    store.update(client_id, {"local_state": local_only, "history": history, "last_round": rnd})
+    record = {"local_state": local_only, "history": history, "last_round": rnd}
+    if hasattr(module, "private_state"):
+        record["private_state"] = {k: v.detach().cpu() for k, v in module.private_state().items()}
+    store.update(client_id, record)
     if _keeps_best_local(cfg):
         _save_if_best(store, client_id, rnd, new_state, reported, _module_monitor(cfg))
     return strategy.make_update(client_id, new_state, len(dm.train_dataset), reported)

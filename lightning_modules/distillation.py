@@ -133,6 +133,15 @@ class DistillationModule(SegmentationModule):
         params = list(self.net.parameters()) + list(self.kd_loss.parameters())
         return [p for p in params if p.requires_grad]
 
+    # ------------------------------------------------------------------ federation (federation/runner.py)
+    def private_state(self) -> dict[str, Tensor]:
+        """What a federated client keeps between rounds beside the federated student (``net``): the KD
+        loss's adapters (HLFD's predictive heads) - trained on the site's data, never sent."""
+        return dict(self.kd_loss.state_dict())
+
+    def load_private_state(self, state: Mapping[str, Tensor]) -> None:
+        self.kd_loss.load_state_dict(dict(state))
+
     # ------------------------------------------------------------------ hooks
     def attach_taps(self) -> None:
         if self.student_tap is None or not self.student_tap.active:

@@ -1,12 +1,15 @@
 """Federated distillation (issue 15, engine/fed_distill.py): +exp=fed_kits_hlfd end to end on tiny phantoms,
-stage resumption, the privacy boundary of stage 2 (a site's config holds only its own data), and config errors."""
+stage resumption, the privacy boundary of stage 2 (a site's config holds only its own data; a federated
+student's updates hold only the student), and config errors."""
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+import torch
+from omegaconf import OmegaConf, open_dict
 
 from engine import fed_distill
 from engine.builders import ConfigError
@@ -20,15 +23,33 @@ TINY = ["~data.sites.site_c", "trainer.max_epochs=1", "trainer.limit_train_batch
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """The tiny run, with a spy on what the server receives: {federation run dir: [update weight keys]}."""
     from experiments.run import dispatch
+    from federation import server
 
     tmp = tmp_path_factory.mktemp("fed_distill")
     cfg = compose_run(["+exp=fed_kits_hlfd", *TINY], tmp)
-    return cfg, dispatch(cfg), tmp / "run"
+    received: dict[str, list[set[str]]] = {}
+    check, run_round = server.assert_no_data, server.Server.run_round
+
+    def spy_round(self, *a, **k):
+        received.setdefault(Path(self.out).name, [])
+        spy_round.current = Path(self.out).name
+        return run_round(self, *a, **k)
+
+    def spy_check(update, schema):
+        received[spy_round.current].append(set(update.weights))
+        return check(update, schema)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(server.Server, "run_round", spy_round)
+        mp.setattr(server, "assert_no_data", spy_check)
+        metrics = dispatch(cfg)
+    return cfg, metrics, tmp / "run", received
 
 
 def test_end_to_end_table_and_teacher_flow(tiny_run):
-    cfg, metrics, run = tiny_run
+    cfg, metrics, run, _ = tiny_run
     fed_teacher = run / "teacher" / "global_best.pt"
     assert fed_teacher.is_file() and (run / "teacher" / "metrics.json").is_file()
     assert metrics["fed_distill/teacher_weights"] == str(fed_teacher)
@@ -40,32 +61,64 @@ def test_end_to_end_table_and_teacher_flow(tiny_run):
         assert (run / "sites" / site / "none" / "student.pt").is_file()
     rows = list(csv.DictReader((run / "fed_distill.csv").open()))
     assert [(r["site"], r["model"]) for r in rows] == [
-        (s, m) for s in SITES for m in ("none", "teacher_local", "hlfd_local", "hlfd_fed", "teacher_fed")]
+        (s, m) for s in SITES for m in ("none", "teacher_local", "hlfd_local", "hlfd_fed", "fed_none", "fed_hlfd",
+                                        "teacher_fed")]
     for r in rows:
         assert 0.0 <= float(r["dice_own"]) <= 1.0 and float(r["ms_per_volume"]) > 0
         assert r["dice_own"] == r[f"dice_{r['site']}"]
     params = {r["model"]: int(r["parameters"]) for r in rows}
-    assert params["teacher_fed"] == params["teacher_local"] != params["none"] == params["hlfd_fed"]
-    assert (run / "fed_distill.png").stat().st_size > 0 and "federated teacher" in (run / "fed_distill.md").read_text()
-    assert "fed_distill/hlfd_fed/dice_other" in json.loads((run / "metrics.json").read_text())
+    assert params["teacher_fed"] == params["teacher_local"] != params["none"] == params["hlfd_fed"] \
+        == params["fed_none"] == params["fed_hlfd"]
+    table = (run / "fed_distill.md").read_text()
+    assert (run / "fed_distill.png").stat().st_size > 0 and "federated teacher" in table
+    assert "federated student + HLFD" in table and "federated student (no KD)" in table
+    summary = json.loads((run / "metrics.json").read_text())
+    assert "fed_distill/hlfd_fed/dice_other" in summary and "fed_distill/fed_hlfd/ms_per_volume" in summary
+    for arm in ("fed_none", "fed_hlfd"):  # each federated student is a federation of its own, on every site
+        fed = json.loads((run / arm / "metrics.json").read_text())
+        assert fed["fed/num_clients"] == len(SITES) and (run / arm / "global_final.pt").is_file()
+
+
+def test_federated_student_sends_only_the_student(tiny_run):
+    """What the server receives from a fed_hlfd client: the student's entries, never the teacher's (nor the
+    KD adapters, which stay in the client's store)."""
+    import torch
+
+    from engine.fed_distill_eval import state_net, teacher_net
+    from federation.store import ClientStore
+
+    cfg, _, run, received = tiny_run
+    student_keys = set(state_net(cfg.model, run / "fed_hlfd" / "global_final.pt", "student").state_dict())
+    teacher_keys = set(teacher_net(cfg, run / "teacher" / "global_final.pt").state_dict())
+    assert len(received["fed_hlfd"]) == len(SITES) * int(cfg.federation.rounds)
+    for keys in received["fed_hlfd"] + received["fed_none"]:
+        assert keys == student_keys and not keys & teacher_keys and not any(k.startswith("teacher.") for k in keys)
+    assert all(keys == teacher_keys for keys in received["teacher"])
+    stored = ClientStore(run / "fed_hlfd" / "client_store").load_all("site_a")
+    private = stored["private_state"]  # HLFD's adapters: kept at the site between rounds
+    assert private and not set(private) & student_keys and all(isinstance(v, torch.Tensor) for v in private.values())
+    assert "private_state" not in ClientStore(run / "fed_none" / "client_store").load_all("site_a")
 
 
 def test_finished_stages_are_reused(tiny_run, monkeypatch):
-    cfg, _, run = tiny_run
-    before = (run / "teacher" / "global_best.pt").stat().st_mtime_ns
+    cfg, _, run, _ = tiny_run
+    before = {p: p.stat().st_mtime_ns for p in (run / "teacher" / "global_best.pt", run / "fed_hlfd" / "global_final.pt",
+                                                 run / "fed_none" / "global_final.pt")}
 
     def boom(*_a, **_k):
         raise AssertionError("a finished stage was run again")
 
     monkeypatch.setattr(fed_distill, "run_distillation", boom)
     monkeypatch.setattr(fed_distill, "train_local_teacher", boom)
-    metrics = fed_distill.run_fed_distill(cfg, federate=boom)
-    assert (run / "teacher" / "global_best.pt").stat().st_mtime_ns == before
-    assert "fed_distill/none/dice_other" in metrics
+    metrics = fed_distill.run_fed_distill(cfg, federate=boom)  # the federated students too: federate never runs
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert "fed_distill/none/dice_other" in metrics and "fed_distill/fed_hlfd/dice_other" in metrics
+    # an interrupted student federation (server.pt, no metrics.json) continues after its last round
+    assert fed_distill.student_stage_cfg(cfg, "fed_hlfd", run / "teacher" / "global_best.pt").resume is True
 
 
 def test_stage_configs(tiny_run):
-    cfg, _, run = tiny_run
+    cfg, _, run, _ = tiny_run
     tcfg = fed_distill.teacher_stage_cfg(cfg)
     assert tcfg.federation == cfg.federation  # passed through unchanged (any strategy / executor / transport)
     assert tcfg.model._target_.endswith("NestedUNet") and "distill" not in tcfg and "fed_distill" not in tcfg
@@ -74,6 +127,37 @@ def test_stage_configs(tiny_run):
     assert "sites" not in scfg.data and scfg.data.root.endswith("site_b")  # the site's own data only
     assert "federation" not in scfg and scfg.distill.teacher.ckpt.endswith("global_best.pt")
     assert scfg.data.num_classes == cfg.data.num_classes and scfg.model.classes == cfg.data.num_classes
+    teacher = run / "teacher" / "global_best.pt"
+    fcfg = fed_distill.student_stage_cfg(cfg, "fed_hlfd", teacher)
+    assert fcfg.federation == cfg.federation and fcfg.paths.output_dir == str(run / "fed_hlfd")
+    assert fcfg.module._target_.endswith("DistillationModule") and fcfg.module.teacher_ckpt == str(teacher)
+    assert fcfg.module.scheduler is None and "fed_distill" not in fcfg
+    ncfg = fed_distill.student_stage_cfg(cfg, "fed_none", teacher)
+    assert ncfg.module._target_.endswith("SegmentationModule") and ncfg.model == cfg.model and "distill" not in ncfg
+
+
+def test_fedbn_federated_student_loads_each_sites_own_teacher(tiny_run):
+    """With FedBN each client of fed_hlfd distils from its own site's teacher (federation.client_module)."""
+    from federation.errors import FederationError
+    from federation.runner import client_module_cfg
+    from federation.server import client_cfg
+
+    cfg, _, run, _ = tiny_run
+    cfg = cfg.copy()
+    cfg.federation.strategy = {"_target_": "federation.core.strategies.FedBN"}
+    for site in SITES:  # as site_teacher writes them from stage 1's client store
+        (run / "sites" / site / "teacher_fed.pt").write_bytes((run / "teacher" / "global_final.pt").read_bytes())
+    try:
+        ccfg = client_cfg(fed_distill.student_stage_cfg(cfg, "fed_hlfd", run / "teacher" / "global_best.pt"))
+        for site in SITES:
+            assert client_module_cfg(ccfg, site).module.teacher_ckpt == str((run / "sites" / site / "teacher_fed.pt").resolve())
+        assert client_module_cfg(ccfg, "elsewhere") is ccfg
+        ccfg.federation.client_module.site_a = {"net": {"_target_": "x"}}
+        with pytest.raises(FederationError, match="client_module.site_a"):
+            client_module_cfg(ccfg, "site_a")
+    finally:
+        for site in SITES:
+            (run / "sites" / site / "teacher_fed.pt").unlink()
 
 
 def test_config_errors(tmp_path):
@@ -85,6 +169,11 @@ def test_config_errors(tmp_path):
         fed_distill.check_config(cfg)
     cfg = compose_run(["+exp=fed_kits_hlfd", "distill=none"], tmp_path)
     with pytest.raises(ConfigError, match="KD method"):
+        fed_distill.check_config(cfg)
+    cfg = compose_run(["+exp=fed_kits_hlfd", "fed_distill.arms=[none,fed_none]"], tmp_path)
+    with open_dict(cfg):
+        del cfg["federation"]
+    with pytest.raises(ConfigError, match="fed_none"):
         fed_distill.check_config(cfg)
     assert OmegaConf.select(compose_run(["+exp=fed_kits_hlfd"], tmp_path), "fed_distill.teacher_weights") == "best"
 
@@ -107,3 +196,39 @@ def test_fedbn_site_teacher_keeps_the_sites_own_bn(tmp_path):
         fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b")
     cfg.federation.strategy._target_ = "federation.core.strategies.FedAvg"
     assert fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b") == run / "teacher" / "global_best.pt"
+
+
+def test_flower_node_gets_a_client_config_it_accepts(tiny_run, tmp_path):
+    """federation/executor=flower reaches fed_hlfd: the stage goes to the Flower launcher, the run config the
+    ServerApp reads yields a client config that crosses the wire, passes the node's target allow-list and
+    builds, at the node, the distillation module with that site's frozen teacher (no process is started)."""
+    pytest.importorskip("flwr")
+    from federation.core.messages import ServerMessage
+    from federation.runner import client_module_cfg
+    from federation.server import client_cfg
+    from federation.transports.flower import launch, launches
+    from federation.transports.flower.wire import decode_message, encode_message
+    from lightning_modules.targets import check_received_target, check_targets
+
+    cfg, _, run, _ = tiny_run
+    teacher = run / "teacher" / "global_final.pt"
+    fcfg = compose_run(["+exp=fed_kits_hlfd", *TINY, "federation/executor=flower", "federation/strategy=fedbn"], tmp_path)
+    with open_dict(fcfg):
+        fcfg.paths.output_dir = str(run)  # the tiny run's sites/<site>/teacher_fed.pt are written below
+    for site in SITES:
+        (run / "sites" / site / "teacher_fed.pt").write_bytes(teacher.read_bytes())
+    try:
+        scfg = fed_distill.student_stage_cfg(fcfg, "fed_hlfd", teacher)
+        assert launches(scfg)
+        launch.check(scfg)
+        loaded = OmegaConf.load(launch.write_run_config(scfg, tmp_path))  # what the ServerApp reads
+        plain = OmegaConf.to_container(client_cfg(loaded), resolve=True)  # as the Flower executor sends it
+        _, cid, ccfg, _ = decode_message(encode_message(ServerMessage(0, {}, {}), "site_b", plain, {}))
+        check_targets(ccfg, "client config from the server", check_received_target)
+        module = fed_distill.build_module(client_module_cfg(OmegaConf.create(ccfg), cid))
+        site_teacher = torch.load(run / "sites" / "site_b" / "teacher_fed.pt", weights_only=True)
+        assert all(torch.equal(v, site_teacher[k]) for k, v in module.teacher.state_dict().items())
+        assert not any(p.requires_grad for p in module.teacher.parameters())
+    finally:
+        for site in SITES:
+            (run / "sites" / site / "teacher_fed.pt").unlink()

@@ -137,3 +137,37 @@ def test_ray_gives_the_same_global_model_as_sequential(local_ray, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a)
+
+
+def test_federated_student_with_a_frozen_teacher_runs_on_ray(local_ray, tmp_path):
+    """fed_hlfd (issue 15) on Ray workers: each worker loads the frozen teacher from the path in the client
+    config and keeps HLFD's adapters in the client store; the global student holds student keys only."""
+    import csv
+
+    from engine.fed_distill import student_stage_cfg
+    from engine.fed_distill_eval import state_net, teacher_net
+    from experiments.run import dispatch
+    from federation.store import ClientStore
+    from lightning_modules.base import build
+    from tests.hydra_helpers import compose_run
+
+    sites = ("site_a", "site_b")
+    cfg = compose_run(["+exp=fed_kits_hlfd", "~data.sites.site_c", "logger=csv", "callbacks=default",
+                       "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                       "federation.rounds=2", "federation.progress=false", "federation.eval_clients=none",
+                       "federation.eval_test_every_round=false", "module.example_size=32",
+                       "distill.teacher.model.width=4", "federation/executor=ray", "federation.executor.gpus_per_client=0",
+                       *[f"data.sites.{s}.{k}" for s in sites for k in ("image_size=32", "synthetic.n_cases=4",
+                                                                          "augment=false")]], tmp_path)
+    teacher = tmp_path / "teacher.pt"
+    torch.save(build(OmegaConf.to_container(cfg.distill.teacher.model, resolve=True), what="teacher").state_dict(), teacher)
+    dispatch(student_stage_cfg(cfg, "fed_hlfd", teacher))
+    run = tmp_path / "run" / "fed_hlfd"
+    rounds = list(csv.DictReader((run / "rounds.csv").open()))
+    assert [int(float(r["clients"])) for r in rounds] == [2, 2]  # every Ray client reported, both rounds
+    final = torch.load(run / "global_final.pt", weights_only=True)
+    assert set(final) == set(state_net(cfg.model, run / "global_final.pt", "student").state_dict())
+    assert not set(final) & set(teacher_net(cfg, teacher).state_dict())
+    for site in sites:  # written by the Ray workers: round 2 read round 1's adapters back
+        stored = ClientStore(run / "client_store").load_all(site)
+        assert stored["private_state"] and stored["last_round"] == 1

@@ -12,6 +12,9 @@ The SuperNode's node config names the site and its data (``flower-supernode --no
   ``./fedmed_client_store``;
 * ``privacy``: ``secagg`` makes the node refuse any ``train`` message that is not part of a SecAgg+ round
   (a site's own guarantee: the server cannot ask it for its weights in clear).
+* ``teacher``: the site's copy of the frozen teacher's weights for a distillation module (the federated
+  student ``fed_hlfd`` of :mod:`engine.fed_distill`): overrides ``module.teacher_ckpt`` for this site (the
+  run config names the server's path, which a real site does not have).
 
 A ``train`` message carries the global weights and the experiment's client config; the reply carries
 weights, a sample count and scalar metrics only (:mod:`.wire`). A ``query`` message asks which site a
@@ -101,6 +104,10 @@ def train(msg: Message, context: Context) -> Message:
         for key, node_key in (("root", "data-root"), ("layout", "layout")):
             if _node(context, node_key) is not None:
                 cfg.data[key] = str(_node(context, node_key))
+        if _node(context, "teacher") is not None and "teacher_ckpt" in cfg.module:
+            per = OmegaConf.to_container(cfg.federation.get("client_module") or {})
+            per[client_id] = {**(per.get(client_id) or {}), "teacher_ckpt": str(_node(context, "teacher"))}
+            cfg.federation.client_module = per
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # as the server before its base datamodule
     base = get_base_datamodule(cfg.data)
     indices = site_indices(cfg, base, client_id, str(_node(context, "partition", "all")))
