@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from datamodules.collate import PadCollate
 
@@ -154,15 +154,10 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
             return read_split_file(split_file, case_ids)
         return patient_split(case_ids, self.val_fraction, self.test_fraction, self.seed)
 
-    def _loader(self, dataset, shuffle: bool):
-        """Loaders as :class:`SplitLoadersMixin`; with ``image_size=None`` batches of mixed slice sizes
-        are padded per batch (aspect ratio kept, :class:`datamodules.collate.PadCollate`)."""
-        loader = super()._loader(dataset, shuffle)
-        if getattr(self, "image_size", None) is None:
-            loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=loader.generator,
-                                num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                                pin_memory=loader.pin_memory, collate_fn=PadCollate(32, self.fill_value()))
-        return loader
+    def collate_fn(self, train: bool):
+        """With ``image_size=None`` batches of mixed slice sizes are padded per batch (aspect ratio kept,
+        :class:`datamodules.collate.PadCollate`); else the default collate."""
+        return PadCollate(32, self.fill_value()) if getattr(self, "image_size", None) is None else None
 
     def _train_items(self, cases: list[SliceCase], pos: dict[str, int]) -> list[tuple[int, int]]:
         items, empty = [], []
