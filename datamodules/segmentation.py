@@ -332,6 +332,19 @@ class VolumeSegmentationDataModule(SliceDataModule):
             c.image = CTNormalised(c.image, self.ct_stats)
         return cases
 
+    def state_dict(self) -> dict[str, Any]:
+        """What every checkpoint keeps of the data (Lightning stores it under the class name): with
+        ``normalization=ct`` the training foreground statistics as plain floats, so that predict on new
+        volumes normalises them exactly as training did (:meth:`preprocess_volume`)."""
+        if self.normalization == "ct" and self.ct_stats is not None:
+            return {"ct_stats": [float(v) for v in self.ct_stats]}
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take a checkpoint's CT statistics unless this datamodule already has its own."""
+        if state.get("ct_stats") is not None and self.ct_stats is None:
+            self.ct_stats = tuple(float(v) for v in state["ct_stats"])
+
     def preprocess_volume(self, path: str | Path | Sequence[Path]) -> tuple[torch.Tensor, GridMeta]:
         """A NIfTI (or one file per channel) through the same pipeline as training:
         ``(float32 [D, C, H, W] slices on the working grid, grid)``. Use :meth:`restore_prediction`
@@ -341,8 +354,9 @@ class VolumeSegmentationDataModule(SliceDataModule):
         if self.normalization == "ct":
             if self.ct_stats is None:
                 if not self._has_cases():
-                    raise DataError("data.normalization=ct needs data.ct_stats=[lo, hi, mean, std] (printed by "
-                                    f"the training run) or the training data at data.root={self.root}")
+                    raise DataError("data.normalization=ct needs data.ct_stats=[lo, hi, mean, std] (printed by the "
+                                    "training run and stored in its checkpoints) or the training data at "
+                                    f"data.root={self.root}")
                 self.load_cases()
             slices = np.asarray(CTNormalised(slices, self.ct_stats))
         slices = torch.from_numpy(slices)

@@ -112,14 +112,32 @@ class Models:
     hparams: dict
     spatial_dims: int = 2
     paths: list[Path] = field(default_factory=list)
+    data_state: dict = field(default_factory=dict)
+
+    def data_overrides(self) -> dict:
+        """Datamodule arguments the checkpoint fixes: the training set's CT statistics (``normalization=ct``)."""
+        stats = self.data_state.get("ct_stats")
+        return {} if stats is None or self.run_cfg.data.get("ct_stats") is not None else {"ct_stats": list(stats)}
 
 
 def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None) -> Models:
     """Load every checkpoint (``weights_only``; the net built from its allow-listed config), refusing
     classification checkpoints and ensembles whose members predict different classes."""
-    nets, first_hp, dims = [], None, set()
+    first = Path(ckpts[0])
+    run_cfg_path = Path(run_config) if run_config else first.resolve().parent.parent / "config.yaml"
+    if not run_cfg_path.is_file():
+        raise CheckpointError(f"no run config at {run_cfg_path}; pass run_config=<training run>/config.yaml")
+    run_cfg = OmegaConf.load(run_cfg_path)
+    # Lightning keeps the datamodule's state_dict() under its class name (the CT normalisation statistics)
+    dm_key = str(OmegaConf.select(run_cfg, "data._target_", default="") or "").rsplit(".", 1)[-1]
+    nets, first_hp, dims, data_state = [], None, set(), None
     for path in map(Path, ckpts):
         ckpt = load_checkpoint(path)
+        state_of_data = dict(ckpt.get(dm_key) or {}) if dm_key else {}
+        if data_state is not None and state_of_data.get("ct_stats") != data_state.get("ct_stats"):
+            raise CheckpointError(f"checkpoint {path} was trained with CT statistics {state_of_data.get('ct_stats')} "
+                                  f"but {ckpts[0]} with {data_state.get('ct_stats')}: an ensemble needs one preprocessing")
+        data_state = state_of_data if data_state is None else data_state
         hp = dict(ckpt.get("hyper_parameters") or {})
         if "task" in hp or ("state_dict" in ckpt and "eval_slices" not in hp):
             raise CheckpointError(f"checkpoint {path} is not a segmentation checkpoint"
@@ -141,11 +159,7 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
         nets.append(net.eval())
     if len(dims) > 1:
         raise CheckpointError(f"checkpoints {list(map(str, ckpts))} mix 2D and 3D nets")
-    first = Path(ckpts[0])
-    run_cfg_path = Path(run_config) if run_config else first.resolve().parent.parent / "config.yaml"
-    if not run_cfg_path.is_file():
-        raise CheckpointError(f"no run config at {run_cfg_path}; pass run_config=<training run>/config.yaml")
-    return Models(nets, OmegaConf.load(run_cfg_path), first_hp, dims.pop(), [Path(c) for c in ckpts])
+    return Models(nets, run_cfg, first_hp, dims.pop(), [Path(c) for c in ckpts], data_state or {})
 
 
 def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None) -> nib.Nifti1Image:
