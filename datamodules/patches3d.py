@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from datamodules.errors import DataError
-from datamodules.segmentation import SliceCase, VolumeSegmentationDataModule
+from datamodules.segmentation import VolumeSegmentationDataModule
+from datamodules.slices import SliceCase
 from datamodules.splits import patient_split
 
 
