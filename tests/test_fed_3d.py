@@ -41,10 +41,12 @@ def test_3d_clients_train_on_patches_and_evaluate_whole_volumes(tmp_path):
     assert 0.0 <= row["test/dice"] <= 1.0 and "test/hd95" in row
 
 
+@pytest.mark.slow  # two rounds of a 3D net plus the matrix's whole-volume evaluations: about 2 CPU minutes
 def test_two_round_3d_federation_writes_metrics(tmp_path):
     cfg = compose_run([*FED_3D, "federation.rounds=2", "federation.local_epochs=1",
                        "federation.matrix.standalone=false", "federation.matrix.centralised=false",
-                       "trainer.limit_train_batches=1"], tmp_path)
+                       "trainer.limit_train_batches=1", "module.overlap=0",   # few sliding windows on CPU
+                       "federation.eval_clients=none", "federation.eval_test_every_round=false"], tmp_path)
     dispatch(cfg)
     run = tmp_path / "run"
     saved = json.loads((run / "metrics.json").read_text())
