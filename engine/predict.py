@@ -123,21 +123,11 @@ class Models:
 def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None) -> Models:
     """Load every checkpoint (``weights_only``; the net built from its allow-listed config), refusing
     classification checkpoints and ensembles whose members predict different classes."""
-    first = Path(ckpts[0])
-    run_cfg_path = Path(run_config) if run_config else first.resolve().parent.parent / "config.yaml"
-    if not run_cfg_path.is_file():
-        raise CheckpointError(f"no run config at {run_cfg_path}; pass run_config=<training run>/config.yaml")
-    run_cfg = OmegaConf.load(run_cfg_path)
-    # Lightning keeps the datamodule's state_dict() under its class name (the CT normalisation statistics)
-    dm_key = str(OmegaConf.select(run_cfg, "data._target_", default="") or "").rsplit(".", 1)[-1]
-    nets, first_hp, dims, data_state = [], None, set(), None
+    nets, first_hp, dims, data_states = [], None, set(), []
     for path in map(Path, ckpts):
         ckpt = load_checkpoint(path)
-        state_of_data = dict(ckpt.get(dm_key) or {}) if dm_key else {}
-        if data_state is not None and state_of_data.get("ct_stats") != data_state.get("ct_stats"):
-            raise CheckpointError(f"checkpoint {path} was trained with CT statistics {state_of_data.get('ct_stats')} "
-                                  f"but {ckpts[0]} with {data_state.get('ct_stats')}: an ensemble needs one preprocessing")
-        data_state = state_of_data if data_state is None else data_state
+        # Lightning keeps the datamodule's state_dict() under its class name (CT normalisation statistics)
+        data_states.append({k: dict(v) for k, v in ckpt.items() if isinstance(v, dict) and "ct_stats" in v})
         hp = dict(ckpt.get("hyper_parameters") or {})
         if "task" in hp or ("state_dict" in ckpt and "eval_slices" not in hp):
             raise CheckpointError(f"checkpoint {path} is not a segmentation checkpoint"
@@ -159,7 +149,18 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
         nets.append(net.eval())
     if len(dims) > 1:
         raise CheckpointError(f"checkpoints {list(map(str, ckpts))} mix 2D and 3D nets")
-    return Models(nets, run_cfg, first_hp, dims.pop(), [Path(c) for c in ckpts], data_state or {})
+    first = Path(ckpts[0])
+    run_cfg_path = Path(run_config) if run_config else first.resolve().parent.parent / "config.yaml"
+    if not run_cfg_path.is_file():
+        raise CheckpointError(f"no run config at {run_cfg_path}; pass run_config=<training run>/config.yaml")
+    run_cfg = OmegaConf.load(run_cfg_path)
+    dm_key = str(OmegaConf.select(run_cfg, "data._target_", default="") or "").rsplit(".", 1)[-1]
+    states = [s.get(dm_key, {}) for s in data_states]
+    for path, st in zip(ckpts[1:], states[1:]):
+        if st.get("ct_stats") != states[0].get("ct_stats"):
+            raise CheckpointError(f"checkpoint {path} was trained with CT statistics {st.get('ct_stats')} but "
+                                  f"{ckpts[0]} with {states[0].get('ct_stats')}: an ensemble needs one preprocessing")
+    return Models(nets, run_cfg, first_hp, dims.pop(), [Path(c) for c in ckpts], states[0])
 
 
 def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None) -> nib.Nifti1Image:
