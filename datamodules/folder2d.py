@@ -2,7 +2,7 @@
 
 Slices are grouped into cases (patients/volumes) by ``case_pattern`` so that splits stay
 patient-level; everything else (dataset, splits, slice selection, augmentation, loaders) is the
-shared :class:`datamodules.segmentation.SliceDataModule`.
+shared :class:`datamodules.slices.SliceDataModule`.
 
 Defaults fit ``../shared/data/liver-tumor-msd-slices`` (root = that folder): ``test/images`` +
 ``test/masks``, RGB JPGs of grey CT, masks thresholded at > 127 (liver incl. tumour = 1), names
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from datamodules.errors import DataError
-from datamodules.segmentation import SliceCase, SliceDataModule
+from datamodules.slices import SliceCase, SliceDataModule
 from datamodules.splits import patient_split
 from datamodules.volumes import resize_slices
 

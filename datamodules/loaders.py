@@ -1,28 +1,74 @@
-"""The train/val/test loaders every datamodule shares: seeded shuffling, persistent workers, pinned memory."""
+"""The train/val/test loaders every datamodule shares: seeded shuffling, persistent workers, pinned memory.
+
+A datamodule also says how *its* items are batched, so that whoever builds a loader over its datasets (a
+federated client's :class:`~datamodules.subset.SubsetDataModule`, the server's evaluation, the evaluation
+matrix) batches them as the datamodule itself would: :meth:`SplitLoadersMixin.collate_fn` (2D slices of
+mixed sizes: padded per batch; 3D patches: the patches of several volumes flattened into one batch),
+:attr:`SplitLoadersMixin.eval_batch_size` (whole 3D volumes: one per batch) and
+:meth:`SplitLoadersMixin.train_eval_dataset` (the training cases as they are *evaluated*: whole volumes when
+training draws random patches of them, aligned item for item with ``train_dataset``).
+"""
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["SplitLoadersMixin", "eval_loader", "train_eval_dataset"]
 
 
 class SplitLoadersMixin:
     """``train/val/test_dataloader`` over ``self.{train,val,test}_dataset`` with ``batch_size``,
     ``num_workers`` and (optional) ``seed`` attributes; shuffling is seeded so runs repeat."""
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+    #: batch size of validation/test loaders; None = ``batch_size`` (whole-volume 3D data: 1)
+    eval_batch_size: int | None = None
+
+    def collate_fn(self, train: bool) -> Callable[[list], Any] | None:
+        """How items of this datamodule's training (``train=True``) or evaluation datasets are batched
+        (None: PyTorch's default collate)."""
+        return None
+
+    def train_eval_dataset(self) -> Dataset | None:
+        """The training cases as evaluated, index-aligned with ``train_dataset`` (validation splits carved
+        from training data read it); the training dataset itself unless a subclass says otherwise."""
+        return self.train_dataset
+
+    def make_loader(self, dataset: Dataset | None, train: bool, shuffle: bool | None = None,
+                    num_workers: int | None = None) -> DataLoader:
+        """A loader over ``dataset`` batched as this datamodule batches its training / evaluation items."""
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a loader")
+        shuffle = train if shuffle is None else shuffle
         seed = getattr(self, "seed", None)
         gen = torch.Generator().manual_seed(int(seed)) if shuffle and seed is not None else None
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=gen,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        workers = self.num_workers if num_workers is None else int(num_workers)
+        size = self.batch_size if train or self.eval_batch_size is None else self.eval_batch_size
+        return DataLoader(dataset, batch_size=size, shuffle=shuffle, generator=gen, num_workers=workers,
+                          persistent_workers=workers > 0, collate_fn=self.collate_fn(train),
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
+        return self.make_loader(self.train_dataset, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
+        return self.make_loader(self.val_dataset, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False)
+        return self.make_loader(self.test_dataset, train=False)
+
+
+def eval_loader(dm: Any, dataset: Dataset) -> DataLoader:
+    """An in-process evaluation loader (no workers, no shuffle) over ``dataset``, batched as ``dm``
+    batches evaluation items; a datamodule without :class:`SplitLoadersMixin` gets the default collate."""
+    if isinstance(dm, SplitLoadersMixin):
+        return dm.make_loader(dataset, train=False, shuffle=False, num_workers=0)
+    return DataLoader(dataset, batch_size=int(getattr(dm, "batch_size", 32)), shuffle=False)
+
+
+def train_eval_dataset(dm: Any) -> Dataset:
+    """``dm.train_eval_dataset()`` where the datamodule defines it, else its ``train_dataset``."""
+    fn = getattr(dm, "train_eval_dataset", None)
+    view = fn() if callable(fn) else None
+    return dm.train_dataset if view is None else view

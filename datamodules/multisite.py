@@ -7,20 +7,26 @@ test sets. ``site_defaults`` (any site-config keys, e.g. ``_target_``, ``target`
 a site does not set, so a user's own sites need only ``root`` and ``layout`` each
 (``experiments/configs/data/multisite_custom.yaml``). Every concatenated dataset carries ``groups`` (the site name of each item, for the
 ``by_site`` partitioner and per-site test sets) and ``case_ids`` (``<site>/<case>``, so client
-validation splits take whole cases). Sites must agree on ``num_classes``.
+validation splits take whole cases). Sites must agree on ``num_classes`` and on being 3D or not.
+
+3D sites (:class:`~datamodules.patches3d.PatchVolumeDataModule`, ``data/multisite_pancreas_3d.yaml``): an
+item of a site's training set is a list of patches (each gets its ``<site>/<case>`` id), and batching comes
+from the sites (:mod:`datamodules.loaders`: patches flattened for training, whole volumes one per batch for
+evaluation, ``train_eval_dataset()`` the training cases as whole volumes). ``patch_size`` is every site's
+patch (a site default, kept here so the 3D model configs read ``${data.patch_size}``).
 """
 from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from torch.utils.data import Dataset
 
-from datamodules.loaders import SplitLoadersMixin
+from datamodules.loaders import SplitLoadersMixin, train_eval_dataset
 
 from datamodules.errors import DataError
 from datamodules.subset import sample_cases
@@ -47,6 +53,17 @@ class SiteConcat(Dataset):
         targets = [getattr(d, "targets", None) for d in self.datasets]
         if targets and all(t is not None for t in targets):
             self.targets = np.concatenate([np.asarray(t) for t in targets])
+        self._summary: np.ndarray | None = None
+
+    @property
+    def label_summary(self) -> np.ndarray | None:
+        """The sites' per-item label summaries (3D patch datasets), concatenated; None when a site has none."""
+        if self._summary is None:
+            parts = [getattr(d, "label_summary", None) for d in self.datasets]
+            if not parts or any(p is None for p in parts):
+                return None
+            self._summary = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+        return self._summary
 
     def __len__(self) -> int:
         return self.offsets[-1]
@@ -55,9 +72,16 @@ class SiteConcat(Dataset):
         if i < 0:
             i += len(self)
         s = bisect.bisect_right(self.offsets, i) - 1
-        item = dict(self.datasets[s][i - self.offsets[s]])
+        item = self.datasets[s][i - self.offsets[s]]
+        if isinstance(item, list):  # 3D training: the patches of one volume
+            return [self._named(x, self.names[s]) for x in item]
+        return self._named(item, self.names[s])
+
+    @staticmethod
+    def _named(item: Any, site: str) -> Any:
+        item = dict(item)
         if "case_id" in item:
-            item["case_id"] = f"{self.names[s]}/{item['case_id']}"
+            item["case_id"] = f"{site}/{item['case_id']}"
         return item
 
 
@@ -67,11 +91,15 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
     (``${data.root}/<site>``); kept for them only."""
 
     def __init__(self, sites: Mapping[str, Any], batch_size: int = 16, num_workers: int = 0,
-                 site_defaults: Mapping[str, Any] | None = None, root: str | None = None) -> None:
+                 site_defaults: Mapping[str, Any] | None = None, root: str | None = None,
+                 patch_size: Any = None) -> None:
         super().__init__()
         if not sites:
             raise DataError("data.sites is empty: give at least one site config")
         defaults = dict(site_defaults or {})
+        self.patch_size = None if patch_size is None else tuple(int(p) for p in patch_size)
+        if self.patch_size is not None:
+            defaults.setdefault("patch_size", list(self.patch_size))
         self.site_cfgs = {str(k): {**defaults, **v} if isinstance(v, Mapping) else v for k, v in sites.items()}
         for name, c in self.site_cfgs.items():
             if isinstance(c, Mapping) and "_target_" not in c:
@@ -103,8 +131,21 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
         first = next(iter(sites.values()))
         self.num_classes, self.in_channels = next(iter(ncls.values())), int(getattr(first, "in_channels", 1))
         self.class_names = list(first.class_names)
+        dims = {n: "3D patches" if getattr(dm, "patch_size", None) is not None else "2D" for n, dm in sites.items()}
+        if len(set(dims.values())) != 1:
+            raise DataError(f"sites mix 2D and 3D data: {dims}; give every site the same datamodule kind")
+        self.eval_batch_size = getattr(first, "eval_batch_size", None)
         self.train_dataset, self.val_dataset, self.test_dataset = (
             SiteConcat({n: getattr(dm, f"{s}_dataset") for n, dm in sites.items()}) for s in ("train", "val", "test"))
+        self._train_eval = SiteConcat({n: train_eval_dataset(dm) for n, dm in sites.items()})
+
+    def collate_fn(self, train: bool) -> Callable[[list], Any] | None:
+        """The sites' own batching (they agree on 2D / 3D)."""
+        fn = getattr(next(iter(self._build().values())), "collate_fn", None)
+        return fn(train) if callable(fn) else None
+
+    def train_eval_dataset(self) -> SiteConcat | None:
+        return getattr(self, "_train_eval", None)
 
     @property
     def site_names(self) -> list[str]:

@@ -7,6 +7,9 @@ in the ratio ``pos:neg`` (paper 003 §3: "the sample rate of foreground patches 
 are equal", 96^3 patches) -- plus random flips; validation and test see whole volumes (batch size 1),
 segmented by the module's Gaussian sliding window.
 Batches: ``image`` float32 ``[B, C, H, W, D]``, ``mask`` int64 ``[B, H, W, D]``, ``case_id``, ``spacing``.
+The datamodule says how its items are batched (:mod:`datamodules.loaders`): training items (lists of
+patches) through :func:`flatten_collate`, whole volumes one per batch, and ``train_eval_dataset()`` the
+training cases as whole volumes (client validation splits carved from training cases, federation).
 """
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, default_collate
 
 from datamodules.errors import DataError
-from datamodules.segmentation import SliceCase, VolumeSegmentationDataModule
+from datamodules.segmentation import VolumeSegmentationDataModule
+from datamodules.slices import SliceCase
 from datamodules.splits import patient_split
 
 
@@ -36,12 +40,23 @@ class PatchDataset(Dataset):
         from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
 
         self.cases, self.label_fn = cases, label_fn
+        self.case_ids = np.asarray([c.case_id for c in cases])
+        self._summary: np.ndarray | None = None
         ops = [SpatialPadd(["image"], patch_size, value=fill), SpatialPadd(["label"], patch_size, value=0),
                RandCropByPosNegLabeld(["image", "label"], "label", patch_size, pos=pos, neg=neg,
                                       num_samples=samples)]
         if flip:
             ops += [RandFlipd(["image", "label"], prob=0.5, spatial_axis=a) for a in range(3)]
         self.transform = Compose(ops)
+
+    @property
+    def label_summary(self) -> np.ndarray:
+        """Largest class in each case's label (the per-item summary partitioners read; computed once,
+        without drawing patches)."""
+        if self._summary is None:
+            self._summary = np.asarray([int(np.max(self.label_fn(np.asarray(c.label)), initial=0))
+                                        for c in self.cases], dtype=np.int64)
+        return self._summary
 
     def set_random_state(self, seed: int) -> None:
         self.transform.set_random_state(seed=seed)
@@ -59,8 +74,11 @@ class PatchDataset(Dataset):
 
 
 class WholeVolumeDataset(Dataset):
+    """One whole volume per item (validation, test, and the training cases as evaluated)."""
+
     def __init__(self, cases: list[SliceCase], label_fn) -> None:
         self.cases, self.label_fn = cases, label_fn
+        self.case_ids = np.asarray([c.case_id for c in cases])
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -73,10 +91,8 @@ class WholeVolumeDataset(Dataset):
 
 
 def flatten_collate(batch: list[list[dict]]) -> dict[str, Any]:
-    """Patches of several volumes -> one batch."""
-    items = [x for group in batch for x in group]
-    return {"image": torch.stack([x["image"] for x in items]), "mask": torch.stack([x["mask"] for x in items]),
-            "case_id": [x["case_id"] for x in items], "spacing": torch.stack([x["spacing"] for x in items])}
+    """Patches of several volumes -> one batch (every key, e.g. partial labels' ``label_mask``, kept)."""
+    return default_collate([x for group in batch for x in group])
 
 
 class PatchVolumeDataModule(VolumeSegmentationDataModule):
@@ -87,6 +103,8 @@ class PatchVolumeDataModule(VolumeSegmentationDataModule):
     patches drawn per volume per step; ``pos``/``neg``: foreground/background-centred patch ratio.
     ``batch_size`` counts volumes per step (so ``batch_size * samples_per_volume`` patches).
     """
+
+    eval_batch_size = 1  # whole volumes of different sizes
 
     def __init__(self, root: str, patch_size: Sequence[int] = (96, 96, 96), samples_per_volume: int = 2,
                  pos: float = 1.0, neg: float = 1.0, **kwargs: Any) -> None:
@@ -115,18 +133,13 @@ class PatchVolumeDataModule(VolumeSegmentationDataModule):
         self.val_dataset, self.test_dataset = (WholeVolumeDataset([by_id[c] for c in self.splits[s]], fn)
                                                for s in ("val", "test"))
 
-    def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(int(self.seed))
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=gen,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          collate_fn=flatten_collate, pin_memory=torch.cuda.is_available())
+    def collate_fn(self, train: bool):
+        return flatten_collate if train else None
 
-    def _whole(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._whole(self.val_dataset)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._whole(self.test_dataset)
+    def train_eval_dataset(self) -> Dataset | None:
+        """The training cases as whole volumes, index-aligned with the patch dataset (one item per case)."""
+        if self.train_dataset is None:
+            return None
+        if getattr(self, "_train_whole", None) is None:
+            self._train_whole = WholeVolumeDataset(self.train_dataset.cases, self.train_dataset.label_fn)
+        return self._train_whole

@@ -5,12 +5,14 @@ whose datasets are index subsets of a *base* datamodule that was built and ``set
 
 * train = the client's partition of the base train set, plus the shared-pool samples the server sent
   (paper 000 §4.1 step 8-9: "the client will share data and local data to train together");
-* val   = a split carved from the client's local data (:func:`carve_val`), never from shared samples;
+* val   = a split carved from the client's local data (:func:`carve_val`), never from shared samples
+  (read from the base's ``train_eval_dataset()``: whole volumes where training draws 3D patches);
 * test  = a subset of the base (pooled) test set, or the whole of it.
 
 Items can be post-processed per client (``item_fn``), e.g. partial labels for SegViz-style sites:
 :class:`federation.core.partial_labels.PartialLabels` hides the classes a site does not annotate (mask ->
 ignore index, plus the batch key ``label_mask``). Only indices are kept: no data is copied, so a client costs a few arrays.
+Loaders batch as the base does (its ``collate_fn`` and ``eval_batch_size``, :mod:`datamodules.loaders`).
 
 Helpers :func:`sample_labels` / :func:`sample_groups` give the per-sample label summary the
 partitioners need: ``targets`` for classification; for segmentation the largest class present in the
@@ -26,7 +28,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.loaders import SplitLoadersMixin
+from datamodules.loaders import SplitLoadersMixin, train_eval_dataset
 
 __all__ = ["IndexSubset", "SubsetDataModule", "carve_val", "sample_labels", "sample_groups",
            "sample_cases"]
@@ -84,6 +86,9 @@ def sample_labels(dataset: Dataset) -> np.ndarray:
     if targets is not None:
         t = np.asarray(targets)
         return t.argmax(1) if t.ndim == 2 else t
+    summary = getattr(dataset, "label_summary", None)  # 3D patch datasets: per case, without drawing patches
+    if summary is not None:
+        return np.asarray(summary, dtype=np.int64)
     out = np.empty(len(dataset), dtype=np.int64)
     for i in range(len(dataset)):
         mask = dataset[i]["mask"]
@@ -155,9 +160,17 @@ class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
         self.train_dataset = IndexSubset(base.train_dataset, self.train_indices, train_item_fn)
         self.val_dataset = None
         if val_indices is not None and len(val_indices):
-            src = base.train_dataset if val_from == "train" else base.val_dataset
+            src = train_eval_dataset(base) if val_from == "train" else base.val_dataset
             self.val_dataset = IndexSubset(src, val_indices)
         self.test_dataset = base.test_dataset if test_indices is None else IndexSubset(base.test_dataset, test_indices)
+        self.eval_batch_size = getattr(base, "eval_batch_size", None)
 
     def setup(self, stage: str | None = None) -> None:  # everything is built in __init__
         pass
+
+    def collate_fn(self, train: bool):
+        fn = getattr(self.base, "collate_fn", None)
+        return fn(train) if callable(fn) else None
+
+    def train_eval_dataset(self) -> Dataset:
+        return IndexSubset(train_eval_dataset(self.base), self.train_indices)

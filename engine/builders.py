@@ -42,6 +42,27 @@ def check_datamodule(dm: pl.LightningDataModule) -> None:
             raise ConfigError(f"data.{key}={declared} but the data has {key}={actual}; set data.{key}={actual}")
 
 
+def check_dimensions(cfg: DictConfig, choices: dict[str, Any] | None = None) -> None:
+    """A 3D net (``model.spatial_dims=3``) needs 3D patch data (``data.patch_size``) and a 2D net slice
+    data: else one line naming the experiment of the other kind (the exp's ``exp_3d`` / ``exp_2d`` key).
+    Read before anything is resolved (the 3D model configs interpolate ``${data.patch_size}``)."""
+    model, data = cfg.get("model"), cfg.get("data")
+    if not isinstance(model, DictConfig) or not isinstance(data, DictConfig) or "_target_" not in model:
+        return
+    net_3d = OmegaConf.select(model, "spatial_dims", default=2, throw_on_resolution_failure=False) == 3
+    data_3d = "patch_size" in data
+    if net_3d == data_3d:
+        return
+    names = choices or {}
+    net, dat = names.get("model") or model._target_.rsplit(".", 1)[-1], names.get("data") or "the data"
+    other = cfg.get("exp_3d" if net_3d else "exp_2d")
+    hint = f"use +exp={other}" if other else (
+        "use 3D patch data (a data config with patch_size, e.g. data=synthetic_pancreas_3d)" if net_3d
+        else "use a 2D net (e.g. model=dnet) or 2D slice data")
+    raise ConfigError(f"model={net} is a {'3D' if net_3d else '2D'} net but data={dat} gives "
+                      f"{'2D slices (no data.patch_size)' if net_3d else '3D patches'}: {hint}")
+
+
 def build_module(cfg: DictConfig) -> pl.LightningModule:
     """Instantiate ``cfg.module`` (``_recursive_: false``: the module builds its net/loss from config)."""
     return instantiate(cfg.module)

@@ -112,14 +112,22 @@ class Models:
     hparams: dict
     spatial_dims: int = 2
     paths: list[Path] = field(default_factory=list)
+    data_state: dict = field(default_factory=dict)
+
+    def data_overrides(self) -> dict:
+        """Datamodule arguments the checkpoint fixes: the training set's CT statistics (``normalization=ct``)."""
+        stats = self.data_state.get("ct_stats")
+        return {} if stats is None or self.run_cfg.data.get("ct_stats") is not None else {"ct_stats": list(stats)}
 
 
 def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None) -> Models:
     """Load every checkpoint (``weights_only``; the net built from its allow-listed config), refusing
     classification checkpoints and ensembles whose members predict different classes."""
-    nets, first_hp, dims = [], None, set()
+    nets, first_hp, dims, data_states = [], None, set(), []
     for path in map(Path, ckpts):
         ckpt = load_checkpoint(path)
+        # Lightning keeps the datamodule's state_dict() under its class name (CT normalisation statistics)
+        data_states.append({k: dict(v) for k, v in ckpt.items() if isinstance(v, dict) and "ct_stats" in v})
         hp = dict(ckpt.get("hyper_parameters") or {})
         if "task" in hp or ("state_dict" in ckpt and "eval_slices" not in hp):
             raise CheckpointError(f"checkpoint {path} is not a segmentation checkpoint"
@@ -145,7 +153,14 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
     run_cfg_path = Path(run_config) if run_config else first.resolve().parent.parent / "config.yaml"
     if not run_cfg_path.is_file():
         raise CheckpointError(f"no run config at {run_cfg_path}; pass run_config=<training run>/config.yaml")
-    return Models(nets, OmegaConf.load(run_cfg_path), first_hp, dims.pop(), [Path(c) for c in ckpts])
+    run_cfg = OmegaConf.load(run_cfg_path)
+    dm_key = str(OmegaConf.select(run_cfg, "data._target_", default="") or "").rsplit(".", 1)[-1]
+    states = [s.get(dm_key, {}) for s in data_states]
+    for path, st in zip(ckpts[1:], states[1:]):
+        if st.get("ct_stats") != states[0].get("ct_stats"):
+            raise CheckpointError(f"checkpoint {path} was trained with CT statistics {st.get('ct_stats')} but "
+                                  f"{ckpts[0]} with {states[0].get('ct_stats')}: an ensemble needs one preprocessing")
+    return Models(nets, run_cfg, first_hp, dims.pop(), [Path(c) for c in ckpts], states[0])
 
 
 def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None) -> nib.Nifti1Image:

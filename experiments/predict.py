@@ -4,7 +4,7 @@
 ``python -m experiments.predict ckpt=[a.ckpt,b.ckpt] input=<dir> output=<dir> labels=<dir> tta=true``
 
 Preprocessing is the training run's own (orientation, spacing, HU window, resize -- read from the run's
-``config.yaml``); predictions are mapped back onto each input's own voxel grid and written with its
+``config.yaml``; the CT normalisation statistics of ``data.normalization=ct`` from the checkpoint); predictions are mapped back onto each input's own voxel grid and written with its
 affine and header. The work is in :mod:`engine.predict`; this is the command line only.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ def predict(cfg: DictConfig) -> dict:
     for folder in sorted({c.output.parent for c in cases}):
         check_writable(folder)
     check_targets(models.run_cfg.data, "run config data", check_data_target)  # a file's config is data, not code
-    dm = build_datamodule(models.run_cfg.data, synthetic=None)
+    dm = build_datamodule(models.run_cfg.data, synthetic=None, **models.data_overrides())
     class_names = models.hparams.get("class_names") or dm.class_names
     threshold = models.hparams.get("fg_threshold")
     per_case = {}

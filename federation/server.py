@@ -31,6 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from datamodules.loaders import eval_loader, train_eval_dataset
 from datamodules.subset import IndexSubset, SubsetDataModule, sample_cases, sample_groups, sample_labels
 from engine import artifacts
 from engine.builders import build_datamodule, build_loggers, build_module, check_datamodule
@@ -145,14 +146,17 @@ class Server:
         return self.template
 
     def loader(self, dataset: Any) -> DataLoader:
-        return DataLoader(dataset, batch_size=int(getattr(self.base, "batch_size", 32)), shuffle=False)
+        """An evaluation loader batched as the base datamodule batches evaluation items (whole 3D volumes
+        one at a time, mixed-size 2D slices padded; :func:`datamodules.loaders.eval_loader`)."""
+        return eval_loader(self.base, dataset)
 
     def client_loader(self, cid: str, split: str) -> DataLoader | None:
-        """``split="test"``: the client's own test cases (its site's), else its validation split."""
+        """``split="test"``: the client's own test cases (its site's), else its validation split (training
+        cases as evaluated: whole volumes for 3D patch data)."""
         ind = self.indices[cid]
         if split == "test" and ind.test is not None and len(ind.test):
             return self.loader(IndexSubset(self.base.test_dataset, ind.test))
-        return self.loader(IndexSubset(self.base.train_dataset, ind.val)) if len(ind.val) else None
+        return self.loader(IndexSubset(train_eval_dataset(self.base), ind.val)) if len(ind.val) else None
 
     def client_datamodule(self, cid: str, seed: int) -> SubsetDataModule:
         return runner.client_datamodule(self.ccfg, self.base, self.indices[cid], None, seed)

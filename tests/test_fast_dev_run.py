@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import shared_data_dir
+from tests.volumetric_helpers import TINY_FED_3D
 
 REPO = Path(__file__).resolve().parents[1]
 EXPS = sorted(p.stem for p in (REPO / "experiments" / "configs" / "exp").glob("*.yaml"))
@@ -24,6 +25,7 @@ TINY: dict[str, tuple[list[str], str | None]] = {
                             "covid-ct-ucsd-cropped"),
     "fed_lits_dnet": ([*FED, "model.width=4"], None),
     "fed_pancreas": (FED, None),
+    "fed_pancreas_3d": ([*FED, *TINY_FED_3D], None),
     "fed_kits_hlfd": ([*FED, "distill.teacher.model.width=4"], None),
     "fed_kits_hlfd_claim": ([*FED, "distill.teacher.model.width=4"], None),
     "pancreas_3d": ([], None),

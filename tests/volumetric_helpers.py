@@ -20,6 +20,11 @@ TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.synthetic
 TINY_3D = ["+exp=pancreas_3d", "data.synthetic.n_cases=5", "data.synthetic.shape=[32,32,8]",
            "data.patch_size=[16,16,16]", "data.samples_per_volume=1", "logger=csv"]
 
+#: +exp=fed_pancreas_3d on two tiny phantom sites (16^3 patches, one patch per volume)
+TINY_FED_3D = ["data.patch_size=[16,16,16]", "data.site_defaults.samples_per_volume=1",
+               *[f"data.sites.{s}.synthetic.{k}" for s in ("site1", "site2")
+                 for k in ("n_cases=5", "shape=[32,32,8]")]]
+
 
 def make_run(tmp_path: Path, overrides: list[str] = (), seed: int = 0, name: str = "run",
              base: list[str] = TINY) -> Path:

@@ -77,7 +77,7 @@ def merge_unannotated_to_background(logits: Tensor, label_mask: Tensor, backgrou
 class PartialLabels:
     """Per-site partial annotation as a training-item transform (SegViz, paper 004): mask pixels of
     classes the site does not annotate become ``ignore_index`` (:func:`mask_unannotated`) and the item
-    gets ``label_mask=bool[K]``. Picklable (a class, not a closure) so loader workers and Ray carry it;
+    gets ``label_mask=bool[K]`` (each patch of a 3D training item alike). Picklable (a class, not a closure) so loader workers and Ray carry it;
     given to :class:`datamodules.subset.SubsetDataModule` as ``train_item_fn``."""
 
     def __init__(self, annotated: Iterable[int], num_classes: int, ignore_index: int = 255,
@@ -85,7 +85,9 @@ class PartialLabels:
         self.annotated = sorted({int(a) for a in annotated} | {int(background)})  # background always known
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
 
-    def __call__(self, item: dict) -> dict:
+    def __call__(self, item: dict | list[dict]) -> dict | list[dict]:
+        if isinstance(item, list):  # 3D training items: the patches of one volume
+            return [self(x) for x in item]
         out = dict(item)
         out["mask"] = mask_unannotated(item["mask"], self.annotated, self.ignore_index)
         out["label_mask"] = label_mask(self.annotated, self.num_classes)

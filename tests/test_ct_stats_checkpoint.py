@@ -1,0 +1,50 @@
+"""nnU-Net CT normalisation (issue 12 §3): the training set's foreground statistics travel in the checkpoint
+(the datamodule's state_dict, plain floats, read with weights_only=True), so predict on new volumes
+normalises exactly as training did, even once the training data is gone."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from engine.builders import build_datamodule
+from experiments.predict import predict
+from experiments.run import dispatch
+from engine.predict import load_models
+from tests.hydra_helpers import compose_run
+from tests.volumetric_helpers import TINY
+
+
+def test_predict_reuses_the_checkpoints_ct_statistics(tmp_path):
+    cfg = compose_run([*TINY, "+data.normalization=ct", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                       "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"], tmp_path)
+    dispatch(cfg)
+    (tmp_path / "run" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # as experiments.run does
+    ckpt_path = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    train_dm = build_datamodule(cfg.data)
+    train_dm.setup()
+    stats = train_dm.ct_stats
+    assert stats is not None and stats[2] != 0.0
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert ckpt["VolumeSegmentationDataModule"]["ct_stats"] == list(stats)
+    case = train_dm.splits["train"][0]
+    trained = next(c for c in train_dm.load_cases() if c.case_id == case)
+    expected = np.asarray(trained.image)                     # [D, H, W] as training normalised it
+    volume = tmp_path / "new" / "volume-0.nii.gz"           # the same scan, seen as new data
+    volume.parent.mkdir()
+    src = next(p for p in train_dm.root.iterdir() if p.name.startswith(f"volume-{case.split('-')[-1]}."))
+    shutil.copy(src, volume)
+    shutil.rmtree(train_dm.root)                            # the training data is gone: only the checkpoint knows
+
+    models = load_models([ckpt_path])
+    assert models.data_overrides() == {"ct_stats": list(stats)}
+    dm = build_datamodule(models.run_cfg.data, synthetic=None, **models.data_overrides())
+    x, _ = dm.preprocess_volume(volume)
+    assert np.allclose(x[:, 0].numpy(), expected, atol=1e-5)
+    out = tmp_path / "seg.nii.gz"
+    predict(OmegaConf.create(dict(ckpt=str(ckpt_path), input=str(volume), output=str(out), labels=None,
+                                  run_config=None, batch_size=4, roi_size=None, overlap=0.25, mode="gaussian",
+                                  tta=None, nsd_tolerance_mm=1.0, device="cpu")))
+    assert out.is_file()
