@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-NET = {"_target_": "lightning_modules.nets.monai3d.unet3d", "in_channels": 1, "classes": 3,
+NET = {"_target_": "lightning_modules.nets.monai3d.UNet3D", "in_channels": 1, "classes": 3,
        "features": [8, 8, 16, 32, 64, 8], "spatial_dims": 3}
 
 

@@ -300,3 +300,16 @@ def test_config_received_by_a_flower_node_builds_only_project_code():
     for bad in ("os.system", "shutil.rmtree", "engine.distill.shutil.copyfile", "builtins.eval"):
         with pytest.raises(ConfigError, match="refused|resolve"):
             check_targets({"data": {"x": {"_target_": bad}}}, "client config", check_received_target)
+
+
+def test_every_shipped_model_config_passes_the_allow_list():
+    """Every ``configs/model/*.yaml`` builds through the ``_target_`` allow-list (``model=unet3d`` named a
+    factory function, which the list refuses: it checks classes)."""
+    from omegaconf import OmegaConf
+
+    from lightning_modules.targets import check_target
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs" / "model").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        check_target(OmegaConf.load(path)["_target_"], f"{path.name}")

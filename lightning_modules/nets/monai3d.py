@@ -59,8 +59,15 @@ class SegResNetVAE3D(SegResNetVAE):
         return {"vae": self._vae_loss} if self.training and self._vae_loss is not None else {}
 
 
-def unet3d(in_channels: int = 1, classes: int = 2, features: Sequence[int] = (16, 16, 32, 64, 128, 16),
-           spatial_dims: int = 3, dropout: float = 0.0) -> BasicUNet:
-    """A 3D U-Net (MONAI BasicUNet; Çiçek et al. 2016) with the framework's argument names."""
-    return BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=classes,
-                     features=tuple(features), dropout=dropout)
+class UNet3D(BasicUNet):
+    """A 3D U-Net (MONAI BasicUNet; Çiçek et al. 2016) with the framework's argument names. A class, not a
+    factory function, so the ``_target_`` allow-list (:mod:`lightning_modules.targets`) can check it."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 2,
+                 features: Sequence[int] = (16, 16, 32, 64, 128, 16), spatial_dims: int = 3,
+                 dropout: float = 0.0) -> None:
+        super().__init__(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=classes,
+                         features=tuple(features), dropout=dropout)
+
+
+unet3d = UNet3D  #: the name run configs of earlier versions use
