@@ -303,13 +303,23 @@ def test_config_received_by_a_flower_node_builds_only_project_code():
 
 
 def test_every_shipped_model_config_passes_the_allow_list():
-    """Every ``configs/model/*.yaml`` builds through the ``_target_`` allow-list (``model=unet3d`` named a
-    factory function, which the list refuses: it checks classes)."""
+    """Every ``_target_`` in ``configs/{model,module,distill}`` builds through the ``_target_`` allow-list
+    (``model=unet3d`` named a factory function, which the list refuses: it checks classes)."""
     from omegaconf import OmegaConf
 
     from lightning_modules.targets import check_target
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs" / "model").glob("*.yaml"))
-    assert configs
+    def targets(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from ([value] if key == "_target_" else targets(value))
+        elif isinstance(node, list):
+            for value in node:
+                yield from targets(value)
+
+    root = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+    configs = sorted(p for d in ("model", "module", "distill") for p in (root / d).rglob("*.yaml"))
+    assert len(configs) > 10
     for path in configs:
-        check_target(OmegaConf.load(path)["_target_"], f"{path.name}")
+        for target in targets(OmegaConf.to_container(OmegaConf.load(path))):
+            check_target(target, str(path.relative_to(root)))
