@@ -18,6 +18,7 @@ SHOWN = ("train/loss", "val/")
 def epoch_line(epoch: int, max_epochs: int | None, metrics: dict, seconds: float) -> str:
     shown = {k: float(v) for k, v in metrics.items()
              if k.startswith(SHOWN) and not k.endswith(("_step", "_best", "_best_step"))}
+    shown = {k: v for k, v in shown.items() if f"{k}_epoch" not in shown}  # Lightning keeps both for on_step+on_epoch
     parts = [f"{k.removesuffix('_epoch')}={v:.4g}" for k, v in sorted(shown.items()) if math.isfinite(v)]
     total = f"/{max_epochs}" if max_epochs and max_epochs > 0 else ""
     return f"epoch {epoch + 1}{total}: " + " ".join(parts) + f" ({seconds:.1f} s)"

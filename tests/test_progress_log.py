@@ -44,3 +44,9 @@ def test_epoch_line_format():
     line = epoch_line(1, 6, {"train/loss_epoch": 0.5, "train/loss_step": 0.4, "val/dice": 0.61234,
                              "val/dice_best": 0.7}, 3.21)
     assert line == "epoch 2/6: train/loss=0.5 val/dice=0.6123 (3.2 s)"
+
+
+def test_epoch_line_shows_a_metric_once():
+    """Lightning's callback_metrics hold ``train/loss`` and ``train/loss_epoch`` for an on_step+on_epoch log."""
+    line = epoch_line(0, 2, {"train/loss": 1.188, "train/loss_epoch": 1.188, "train/loss_step": 0.9}, 1.0)
+    assert line == "epoch 1/2: train/loss=1.188 (1.0 s)"
