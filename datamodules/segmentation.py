@@ -21,7 +21,7 @@ from datamodules.layouts import find_cases, layout_classes, nnunet_channels
 from datamodules.progress import log_progress
 from datamodules.slices import TARGETS, SliceCase, SliceDataModule, SliceDataset, TargetMap
 from datamodules.spatial import GridMeta
-from datamodules.synthetic import MANIFEST, SiteParams, write_phantom_dataset
+from datamodules.synthetic import SiteParams, needs_phantom, write_phantom_dataset
 from datamodules.volumes import (PreprocessParams, VolumeCache, load_on_grid, preprocess_image,
                                  restore_label_volume)
 
@@ -92,7 +92,7 @@ class VolumeSegmentationDataModule(SliceDataModule):
         kw = dict(self.synthetic)
         if kw.setdefault("layout", self.layout) != self.layout:
             raise DataError(f"data.synthetic.layout={kw['layout']!r} differs from data.layout={self.layout!r}")
-        if (self.root / MANIFEST).is_file() or not self._has_cases():
+        if needs_phantom(self.root, self._has_cases):
             if isinstance(kw.get("site"), Mapping):
                 kw["site"] = SiteParams(**kw["site"])
             write_phantom_dataset(self.root, **kw)

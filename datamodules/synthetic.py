@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -177,6 +177,22 @@ def _locked(root: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def needs_phantom(root: str | Path, has_cases: Callable[[], bool]) -> bool:
+    """Whether ``root`` should get (or be checked against) a phantom: it has our manifest, or no case.
+
+    A folder of someone's own cases (no manifest) is left alone. Cases seen without a manifest may be a
+    generator's half-moved output (another run of a sweep writing right now): the lock file exists
+    before the first case is moved in, so then the answer waits for that run and is decided again.
+    """
+    root = Path(root)
+    if (root / MANIFEST).is_file() or not has_cases():
+        return True
+    if not (root / LOCK).exists():
+        return False
+    with _locked(root):
+        return (root / MANIFEST).is_file() or not has_cases()
 
 
 def _own_files(root: Path) -> tuple[dict | None, dict[str, str]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import nibabel as nib
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from datamodules.errors import DataError
-from datamodules.synthetic import MANIFEST, SiteParams, make_phantom, write_phantom_dataset
+from datamodules.synthetic import (LOCK, MANIFEST, SiteParams, _locked, make_phantom, needs_phantom,
+                                   write_phantom_dataset)
 
 SHAPE = (64, 64, 16)
 
@@ -89,3 +91,24 @@ def test_fast(tmp_path):
     t = time.perf_counter()
     write_phantom_dataset(tmp_path, "lits", n_cases=8, shape=(96, 96, 24))
     assert time.perf_counter() - t < 5.0
+
+
+def test_needs_phantom_waits_for_a_generator_still_moving_cases_in(tmp_path):
+    """Two runs of a sweep share data.root: the second must not read the first's half-moved cases
+    as someone's own data set (seen in CI: 'train split is empty: 2 case(s)')."""
+    (tmp_path / LOCK).touch()
+    answer = []
+    with _locked(tmp_path):  # the first run, moving cases in: some are there, the manifest not yet
+        waiter = threading.Thread(target=lambda: answer.append(needs_phantom(tmp_path, lambda: True)))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive() and not answer  # waits instead of deciding on a partial folder
+        (tmp_path / MANIFEST).write_text("{}")
+    waiter.join(5)
+    assert answer == [True]  # decided after the first run finished: the folder is a phantom
+
+
+def test_needs_phantom_leaves_a_users_own_cases_alone(tmp_path):
+    assert needs_phantom(tmp_path, lambda: False) is True
+    assert needs_phantom(tmp_path, lambda: True) is False
+    assert not (tmp_path / LOCK).exists()  # a real data folder gets no lock file

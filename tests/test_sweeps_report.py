@@ -24,7 +24,7 @@ def test_submitit_local_sweep_and_report(tmp_path):
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent for p in sweep.rglob("metrics.json"))
-    assert len(runs) == 2
+    assert len(runs) == 2, [p.read_text() for p in sweep.rglob("failed.json")]
     assert report.main([str(sweep)]) == 0
     rows = list(csv.DictReader((sweep / "report.csv").read_text().splitlines()))
     assert len(rows) == 1  # one method: the two seeds are grouped
