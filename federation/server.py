@@ -37,6 +37,7 @@ from engine import artifacts
 from engine.builders import build_datamodule, build_loggers, build_module, check_datamodule
 from federation import runner
 from federation.core.messages import assert_no_data, state_schema
+from federation.core.partition import is_remote_sites
 from federation.core.sampling import sample_clients
 from federation.core.strategies import Strategy
 from federation.errors import FederationError
@@ -73,7 +74,7 @@ class Server:
         quiet_lightning()
         self.cfg, self.fed = cfg, cfg.federation
         check_federation_config(self.fed)
-        if str(self.fed.partition.get("_target_", "")).endswith("remote_sites"):
+        if is_remote_sites(self.fed.partition):
             on_nodes = getattr(executor, "data_on_nodes", False) if executor is not None else \
                 str(OmegaConf.select(self.fed, "executor._target_", default="")).endswith("FlowerExecutor")
             if not on_nodes:

@@ -34,7 +34,8 @@ def test_custom_sites_are_named_the_same_everywhere(tmp_path):
 
 class _SiteNodes:
     """Stands in for the hospitals' Flower SuperNodes: each site trains on its own folder with the ClientApp's
-    own steps (node config ``partition="all"``, ``data-root``), so the deployment server runs as it would
+    own steps (:func:`federation.transports.flower.node.node_train`, node config ``partition="all"``,
+    ``data-root``), so the deployment server runs as it would
     behind Flower, minus the wire (tested in tests/test_flower.py)."""
 
     data_on_nodes = True
@@ -46,18 +47,15 @@ class _SiteNodes:
     def map(self, fn, jobs, on_done=None):
         from omegaconf import OmegaConf
 
-        from federation.runner import get_base_datamodule, run_client
-        from federation.transports.flower.partition import site_indices
+        from federation.transports.flower.node import node_train
 
         updates = []
         for job in jobs:
             assert len(job.kwargs["indices"].train) == 0  # the server holds none of the site's data
-            cfg = OmegaConf.create(OmegaConf.to_container(job.kwargs["cfg"], resolve=True))
-            cfg.data.root = self.roots[job.client_id]
-            base = get_base_datamodule(cfg.data)
-            indices = site_indices(cfg, base, job.client_id, "all")
-            updates.append(run_client(job.client_id, job.kwargs["server_message"], cfg, indices,
-                                      job.kwargs["store"], base))
+            ccfg = OmegaConf.to_container(job.kwargs["cfg"], resolve=True)
+            node = {"site": job.client_id, "partition": "all", "data-root": self.roots[job.client_id],
+                    "store": job.kwargs["store"]}
+            updates.append(node_train(job.client_id, job.kwargs["server_message"], ccfg, node))
             self.seen.append(job.client_id)
             if on_done is not None:
                 on_done(job.client_id, True)
@@ -110,3 +108,14 @@ def test_remote_sites_refused_in_process(tmp_path):
     cfg = compose_run([*REMOTE, f"data.root={tmp_path / 'server'}", _phantoms(9)], tmp_path)
     with pytest.raises(FederationError, match="remote_sites.*launch=false"):
         run_federation(cfg)
+
+
+def test_remote_sites_is_told_by_the_function_not_the_name():
+    from omegaconf import OmegaConf
+
+    from federation.core.partition import is_remote_sites
+
+    assert is_remote_sites(OmegaConf.create({"_target_": "federation.core.partition.remote_sites", "sites": ["a"]}))
+    assert not is_remote_sites(OmegaConf.create({"_target_": "federation.core.partition.iid"}))
+    assert not is_remote_sites(OmegaConf.create({"_target_": "mypkg.not_remote_sites"}))  # a name ending alike
+    assert not is_remote_sites(None)

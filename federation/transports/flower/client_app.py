@@ -35,8 +35,8 @@ from flwr.clientapp import ClientApp
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.mod import LocalDpMod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from omegaconf import OmegaConf, open_dict
 
+from federation.transports.flower.node import node_train, node_value
 from federation.transports.flower.wire import PREFIX, clipped_entries, decode_message, encode_update, secagg_update
 
 __all__ = ["app"]
@@ -45,8 +45,7 @@ log = logging.getLogger("federation.transports.flower.client_app")
 
 
 def _node(context: Context, key: str, default: Any = None) -> Any:
-    value = context.node_config.get(key, default)
-    return default if value in (None, "") else value
+    return node_value(context.node_config, key, default)
 
 
 def _privacy_mod(msg: Message, context: Context, call_next: Any) -> Message:
@@ -85,33 +84,13 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One round of local training with :func:`federation.runner.run_client`."""
-    import pytorch_lightning as pl  # here, not at import: a site query must not pay for Lightning
-
-    from federation.runner import get_base_datamodule, quiet_lightning, run_client
-    from federation.transports.flower.partition import site_indices
-    from lightning_modules.targets import check_received_target, check_targets
-
-    quiet_lightning()
+    """One round of local training: :func:`.node.node_train` on this node's own data."""
     server_msg, client_id, ccfg, extra = decode_message(msg.content)
     site = str(_node(context, "site", ""))
     if client_id != site:
         raise ValueError(f"message for client {client_id!r} reached the node of site {site!r}")
     secagg = secagg_round(msg, context, extra)
-    check_targets(ccfg, "client config from the server", check_received_target)  # data from the wire, not code
-    cfg = OmegaConf.create(ccfg)
-    with open_dict(cfg):
-        for key, node_key in (("root", "data-root"), ("layout", "layout")):
-            if _node(context, node_key) is not None:
-                cfg.data[key] = str(_node(context, node_key))
-        if _node(context, "teacher") is not None and "teacher_ckpt" in cfg.module:
-            per = OmegaConf.to_container(cfg.federation.get("client_module") or {})
-            per[client_id] = {**(per.get(client_id) or {}), "teacher_ckpt": str(_node(context, "teacher"))}
-            cfg.federation.client_module = per
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # as the server before its base datamodule
-    base = get_base_datamodule(cfg.data)
-    indices = site_indices(cfg, base, client_id, str(_node(context, "partition", "all")))
-    update = run_client(client_id, server_msg, cfg, indices, str(_node(context, "store", "fedmed_client_store")), base)
+    update = node_train(client_id, server_msg, ccfg, context.node_config)
     if secagg:
         return Message(_secagg_reply(update, server_msg.weights, extra), reply_to=msg)
     return Message(encode_update(update, as_float=extra.get("privacy") == "dp"), reply_to=msg)

@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from engine import artifacts
+from federation.core.partition import is_remote_sites
 from federation.errors import FederationError
 from federation.transports.flower.tls import throwaway_tls
 
@@ -202,7 +203,7 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.federation.executor.get("launch", True):
         return prepare(cfg)
     check(cfg)
-    if str(OmegaConf.select(cfg, "federation.partition._target_", default="")).endswith("remote_sites"):
+    if is_remote_sites(OmegaConf.select(cfg, "federation.partition")):
         from engine.errors import ConfigError
 
         raise ConfigError("federation/partition=remote_sites names real sites whose data is on their own hosts; "
