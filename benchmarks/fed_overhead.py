@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from timing import in_fresh_process  # noqa: E402
 
 
 def _compose(overrides: list[str], out: Path):
@@ -136,14 +137,8 @@ def _one_round_peak(clients: int, per_round: int) -> dict:
 
 
 def memory(args: argparse.Namespace) -> list[dict]:
-    rows = []
-    for n in args.clients_list:
-        proc = subprocess.run([sys.executable, __file__, "_peak", str(n), str(args.per_round)], cwd=ROOT,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"memory run with {n} clients failed: {proc.stderr.strip().splitlines()[-1:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return rows
+    return [in_fresh_process(__file__, ["_peak", n, args.per_round], f"memory run with {n} clients")
+            for n in args.clients_list]
 
 
 def main() -> None:

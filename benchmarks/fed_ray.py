@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from timing import in_fresh_process  # noqa: E402
 
 
 def _job(clients: int, per_round: int, rounds: int, epochs: int, width: int) -> list[str]:
@@ -82,7 +85,6 @@ def _tree_rss_mib(root: int) -> float:
 
 
 def _peak_child(clients: int, per_round: int, rounds: int) -> dict:
-    sys.path.insert(0, str(ROOT))
     from hydra.utils import instantiate
 
     from federation.loop import run_federation
@@ -122,11 +124,7 @@ def _peak_child(clients: int, per_round: int, rounds: int) -> dict:
 def memory(args: argparse.Namespace) -> list[dict]:
     rows = []
     for n in args.clients_list:
-        proc = subprocess.run([sys.executable, __file__, "_peak", str(n), str(args.per_round), str(args.rounds)],
-                              cwd=ROOT, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
-        if proc.returncode != 0:
-            raise SystemExit(f"memory run with {n} clients failed: {proc.stderr.strip().splitlines()[-3:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.append(in_fresh_process(__file__, ["_peak", n, args.per_round, args.rounds], f"memory run with {n} clients"))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from timing import time_steps  # noqa: E402
+from timing import in_fresh_process, time_steps  # noqa: E402
 
 
 def measure(method: str, size: int, batch: int, steps: int, warmup: int, teacher_width: int | None,
@@ -84,13 +83,10 @@ def main() -> None:
         return
     rows = []
     for m in a.methods:
-        cmd = [sys.executable, __file__, "--one", m, "--size", str(a.size), "--batch", str(a.batch),
-               "--steps", str(a.steps), "--warmup", str(a.warmup), "--device", a.device]
-        cmd += ["--paper-teacher"] if a.paper_teacher else ["--teacher-width", str(a.teacher_width)]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        if out.returncode != 0:
-            raise SystemExit(f"{m}: {out.stderr.strip().splitlines()[-1]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        cmd = ["--one", m, "--size", a.size, "--batch", a.batch, "--steps", a.steps, "--warmup", a.warmup,
+               "--device", a.device]
+        cmd += ["--paper-teacher"] if a.paper_teacher else ["--teacher-width", a.teacher_width]
+        rows.append(in_fresh_process(__file__, cmd, m))
     ref = next((r for r in rows if r["method"] == "none"), rows[0])
     print("| method | step (ms) | × plain student | peak memory (MiB) | × plain student | teacher (M) | device | input | batch |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import time_steps  # noqa: E402
+from timing import in_fresh_process, time_steps  # noqa: E402
 
 
 CLASSIFIERS = {"resnet18": "ResNet18", "resnet50": "ResNet50"}
@@ -76,10 +75,8 @@ def main() -> None:
     print("| model | params (M) | train images/s | peak memory (MiB) | device | width | input | batch |")
     print("|---|---|---|---|---|---|---|---|")
     for name in a.models:
-        out = subprocess.run([sys.executable, __file__, "--one", name, "--width", str(a.width), "--size", str(a.size),
-                              "--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup),
-                              "--device", a.device], capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r = in_fresh_process(__file__, ["--one", name, "--width", a.width, "--size", a.size, "--batch", a.batch,
+                                        "--steps", a.steps, "--warmup", a.warmup, "--device", a.device], name)
         width = "smp resnet34" if name in ("unet", "unetpp") else ("—" if name in CLASSIFIERS else r["width"])
         print(f"| {name} | {r['params_M']:.2f} | {r['images_per_s']:.1f} | {r['peak_MiB']:.0f} | {r['device']} | "
               f"{width} | {r['size']}² | {r['batch']} |")
