@@ -14,20 +14,21 @@ the claim, on the mean over sites of the Dice on the two other sites' test sets.
 Margins, set a priori (not from results): MARGIN = 0.02 Dice is above the rounding of a mean over 3 sites x 2
 other sites x 2-3 test volumes and well below the teacher-student gap the precondition demands (0.05), so
 the claim is "a measurable part of the teacher's off-site advantage reaches the student".
-STATUS: unvalidated (one seed). Seed 1 on an idle 2-core machine (docs/benchmarks.md, "Federated
-distillation"): both tests passed in 501 s; other-site Dice teacher 0.686, local student 0.186, HLFD
-student 0.212 (+0.026 over the 0.02 margin, and negative at site_c). Seeds 2-3 are not measured, so the test
-stays skipped by default.
+STATUS: does not hold across seeds in this regime (measured on an idle 2-core CPU, docs/benchmarks.md,
+"Federated distillation"): other-site Dice, HLFD from the federated teacher minus no KD, **+0.026 (seed 1),
+-0.049 (seed 2), +0.060 (seed 3)**; mean +0.012, below the margin, and seed 2 fails it. The precondition
+holds at every seed (teacher 0.686 / 0.578 / 0.679 vs local student 0.186 / 0.297 / 0.228). Reported as found,
+not re-tuned; the test stays skipped by default (``FEDMED_CLAIMS_ALL=1`` runs it at seed 1, where it passes).
 """
 from __future__ import annotations
 
 import pytest
 
 from tests.claims_support import unvalidated
-from hydra_helpers import compose_run
+from tests.hydra_helpers import compose_run
 
 pytestmark = [pytest.mark.claims,
-              unvalidated("measured at seed 1 only (HLFD +0.026 over the 0.02 margin), seeds 2-3 not run")]
+              unvalidated("does not hold across seeds: HLFD - no KD off-site +0.026 / -0.049 / +0.060 at seeds 1 / 2 / 3")]
 
 #: minimum gain (absolute Dice, mean over sites of the other-site Dice) of hlfd_fed over none.
 MARGIN = 0.02
