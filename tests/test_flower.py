@@ -199,8 +199,11 @@ def _log_count(path: Path, text: str) -> int:
 
 
 def test_supernode_killed_mid_round_is_dropped(tmp_path):
+    """With node authentication on (``node_auth=true``: only registered keys get in), a SuperNode killed
+    mid-round is dropped and the round completes with the other two."""
     proc, run_dir = _launch(tmp_path, ["federation.num_clients=3", "federation.clients_per_round=3",
-                                        "federation.rounds=1", "federation.min_clients=2"])
+                                        "federation.rounds=1", "federation.min_clients=2",
+                                        "federation.executor.node_auth=true"])
     try:
         log2 = run_dir / "flower" / "logs" / "supernode_2.log"
         _wait_for(lambda: _log_count(log2, "Start `flwr-clientapp` process") >= 2, proc)  # query, then train
@@ -212,8 +215,47 @@ def test_supernode_killed_mid_round_is_dropped(tmp_path):
         _no_leftovers(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["fed/rounds"] == 1 and metrics["fed/dropped_total"] >= 1
+    for cid in range(3):
+        assert (run_dir / "flower" / "keys" / f"supernode_{cid}.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
     header, row = (run_dir / "rounds.csv").read_text().splitlines()[:2]
     assert dict(zip(header.split(","), row.split(",")))["clients"] == "2"
+
+
+def test_unregistered_supernode_is_refused(tmp_path):
+    """Node authentication as docs/deployment.md sets it up: a SuperLink with ``--enable-supernode-auth`` admits
+    the SuperNode whose key was registered (``flwr supernode register``) and refuses one with an unknown key."""
+    from federation.transports.flower.launch import _bin, _env, register_nodes
+    from federation.transports.flower.processes import HOST, ProcessGroups, free_port
+    from federation.transports.flower.tls import node_keys, throwaway_tls
+
+    tls, keys = throwaway_tls(tmp_path / "certs"), node_keys(tmp_path / "keys", ["hospital_a", "rogue"])
+    home, port = tmp_path / "home", free_port()
+    home.mkdir()
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "rehearsal"\n\n[superlink.rehearsal]\n'
+                                      f'address = "{HOST}:{port}"\nroot-certificates = "{tls["ca"]}"\n')
+    env = _env(home)
+    groups = ProcessGroups(tmp_path / "pgids.json", marker=f"FLWR_HOME={home}")
+    try:
+        link = groups.start("superlink", [_bin("flower-superlink"), "--ssl-ca-certfile", str(tls["ca"]),
+                                          "--ssl-certfile", str(tls["cert"]), "--ssl-keyfile", str(tls["key"]),
+                                          "--host", HOST, "--port", str(port), "--enable-supernode-auth",
+                                          "--disable-runtime-dependency-installation"], env, tmp_path / "link.log")
+        register_nodes({"hospital_a": keys["hospital_a"][1]}, env, link)
+        nodes = {name: groups.start(name, [_bin("flower-supernode"), "--root-certificates", str(tls["ca"]),
+                                           "--superlink", f"{HOST}:{port}", "--host", HOST, "--port", str(free_port()),
+                                           "--auth-supernode-private-key", str(keys[name][0]),
+                                           "--node-config", f'site="{name}"'], env, tmp_path / f"{name}.log")
+                 for name in ("hospital_a", "rogue")}
+        assert nodes["rogue"].wait(timeout=120) != 0
+        assert "Failed to activate SuperNode" in (tmp_path / "rogue.log").read_text()
+        assert nodes["hospital_a"].poll() is None, (tmp_path / "hospital_a.log").read_text()[-2000:]
+        listing = subprocess.run([_bin("flwr"), "supernode", "ls", "rehearsal", "--format", "json"], env=env,
+                                 capture_output=True, text=True, timeout=120)
+        online = [n for n in json.loads(listing.stdout[listing.stdout.index("{"):])["nodes"] if n["status"] == "online"]
+        assert len(online) == 1, listing.stdout
+    finally:
+        groups.stop()
+    assert all(p.poll() is not None for p in groups.procs.values())
 
 
 def test_ctrl_c_leaves_no_process(tmp_path):

@@ -2,7 +2,10 @@
 
 Starts, as separate OS processes on 127.0.0.1: a SuperLink with TLS (a throw-away CA and certificate in
 ``<run dir>/flower/certs``) and one SuperNode per client whose node config names its site
-(``partition="derive"``: it recomputes its own share of the dataset); then ``flwr run`` submits the
+(``partition="derive"``: it recomputes its own share of the dataset); with ``node_auth: true`` the
+SuperLink admits only SuperNodes whose public key was registered (``--enable-supernode-auth``; a P-384 key
+pair per node in ``<run dir>/flower/keys``, registered by ``flwr supernode register`` as an operator
+would, docs/deployment.md); then ``flwr run`` submits the
 project's Flower App, whose ServerApp runs the usual round loop and writes the usual outputs into the run
 dir. Every process is started in its own process group and the whole group is stopped on success,
 failure, Ctrl-C and SIGTERM (``try/finally`` + a SIGTERM handler); their pgids are in
@@ -14,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,92 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 from engine import artifacts
 from federation.core.partition import is_remote_sites
 from federation.errors import FederationError
-from federation.transports.flower.tls import throwaway_tls
+from federation.transports.flower.processes import HOST, ProcessGroups, free_port
+from federation.transports.flower.tls import node_keys, throwaway_tls
 
-__all__ = ["rehearse", "ProcessGroups", "free_port"]
+__all__ = ["rehearse", "ProcessGroups", "free_port", "register_nodes"]
 
 APP_DIR = Path(__file__).parent / "app"
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-class ProcessGroups:
-    """Children each in a new session (their own process group), all stopped by :meth:`stop`."""
-
-    def __init__(self, record: Path, marker: str | None = None) -> None:
-        self.record = record
-        self.marker = None if marker is None else marker.encode()  # an env entry every descendant carries
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def _marked(self) -> list[int]:
-        """Descendants that left our groups (Flower starts its SuperExec in a new session)."""
-        if self.marker is None:
-            return []
-        found = []
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit() and int(d.name) != os.getpid():
-                try:
-                    if self.marker in (d / "environ").read_bytes().split(b"\0"):
-                        found.append(int(d.name))
-                except OSError:
-                    continue
-        return found
-
-    def start(self, name: str, argv: list[str], env: dict[str, str], log: Path, **kw: Any) -> subprocess.Popen:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as fh:
-            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=kw.pop("stdout", fh),
-                                    stderr=subprocess.STDOUT, start_new_session=True, **kw)
-        self.procs[name] = proc
-        self.record.write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
-        return proc
-
-    @staticmethod
-    def _alive(pgid: int) -> bool:
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Signal one child's whole group (the fault tests kill a SuperNode this way)."""
-        try:
-            os.killpg(self.procs[name].pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        for proc in self.procs.values():
-            if self._alive(proc.pid):
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(self._alive(p.pid) for p in self.procs.values()):
-            time.sleep(0.2)
-        for proc in self.procs.values():
-            if self._alive(proc.pid):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not fail
-                pass
-        for pid in self._marked():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def _client_ids(cfg: DictConfig) -> list[str]:
@@ -137,6 +60,23 @@ def _env(home: Path) -> dict[str, str]:
 
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name) if (Path(sys.executable).parent / name).exists() else name
+
+
+def register_nodes(public_keys: dict[str, Path], env: dict[str, str], superlink: subprocess.Popen,
+                   timeout_s: float = 120.0) -> None:
+    """``flwr supernode register <key>.pub rehearsal`` for every node, as the operator of a deployment does
+    (docs/deployment.md); retried while the SuperLink starts. One ``FederationError`` naming the key at fault."""
+    deadline = time.monotonic() + timeout_s
+    for name, pub in public_keys.items():
+        while True:
+            res = subprocess.run([_bin("flwr"), "supernode", "register", str(pub), "rehearsal"], env=env,
+                                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
+            if res.returncode == 0:
+                break
+            if superlink.poll() is not None or time.monotonic() > deadline:
+                last = (res.stdout + res.stderr).strip().splitlines()[-1:] or ["no output"]
+                raise FederationError(f"could not register {name}'s key {pub} with the SuperLink: {last[0]}")
+            time.sleep(1.0)
 
 
 def _raise_terminate(signum: int, frame: Any) -> None:
@@ -234,19 +174,25 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
         signal.signal(signal.SIGTERM, _raise_terminate)
+    auth = bool(ex.get("node_auth", False))
+    keys = node_keys(fdir / "keys", [f"supernode_{cid}" for cid in ids]) if auth else {}
     try:
-        groups.start("superlink", [_bin("flower-superlink"), "--ssl-ca-certfile", str(tls["ca"]),
-                                   "--ssl-certfile", str(tls["cert"]), "--ssl-keyfile", str(tls["key"]),
-                                   "--host", HOST, "--port", str(port),
-                                   "--disable-runtime-dependency-installation"], env, logs / "superlink.log")
+        superlink = groups.start("superlink", [
+            _bin("flower-superlink"), "--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
+            "--ssl-keyfile", str(tls["key"]), "--host", HOST, "--port", str(port),
+            "--disable-runtime-dependency-installation", *(["--enable-supernode-auth"] if auth else [])],
+            env, logs / "superlink.log")
+        register_nodes({name: pub for name, (_, pub) in keys.items()}, env, superlink)
         for cid in ids:
             node_cfg = f'site="{cid}" partition="derive" store="{store}" privacy="{privacy}"'
+            key = ["--auth-supernode-private-key", str(keys[f"supernode_{cid}"][0])] if auth else []
             groups.start(f"supernode_{cid}", [_bin("flower-supernode"), "--root-certificates", str(tls["ca"]),
                                               "--superlink", f"{HOST}:{port}", "--host", HOST,
-                                              "--port", str(free_port()), "--node-config", node_cfg],
+                                              "--port", str(free_port()), *key, "--node-config", node_cfg],
                          env, logs / f"supernode_{cid}.log")
         artifacts.console.print(f"[bold]flower:[/bold] SuperLink https://{HOST}:{port} (TLS, throw-away CA "
-                                f"{tls['ca']}) + {len(ids)} SuperNodes; logs in {logs}")
+                                f"{tls['ca']}{', node authentication: keys in ' + str(fdir / 'keys') if auth else ''})"
+                                f" + {len(ids)} SuperNodes; logs in {logs}")
         run = groups.start("flwr_run", [_bin("flwr"), "run", str(app), "rehearsal", "--stream",
                                         "--run-config", f'cfg-path="{cfg_path}"'], env, logs / "flwr_run.log",
                            stdout=subprocess.PIPE)

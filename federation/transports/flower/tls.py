@@ -1,7 +1,8 @@
-"""A throw-away TLS certificate authority and a SuperLink certificate for 127.0.0.1 / localhost.
+"""A throw-away TLS certificate authority and a SuperLink certificate for 127.0.0.1 / localhost, and
+throw-away SuperNode authentication keys.
 
 Only for the local rehearsal: the CA key is discarded, the certificates live one day. A real deployment
-uses certificates from the hospital's PKI (docs/deployment.md).
+uses certificates from the hospital's PKI and keys each hospital makes itself (docs/deployment.md).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["throwaway_tls"]
+__all__ = ["throwaway_tls", "node_keys"]
 
 
 def throwaway_tls(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict[str, Path]:
@@ -44,3 +45,22 @@ def throwaway_tls(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhos
     paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
     return paths
+
+
+def node_keys(folder: Path, names: list[str]) -> dict[str, tuple[Path, Path]]:
+    """One P-384 key pair per SuperNode, OpenSSH format as ``ssh-keygen -t ecdsa -b 384`` writes it (what
+    ``flwr supernode register`` and ``flower-supernode --auth-supernode-private-key`` read): ``<name>``
+    (private, 0600) and ``<name>.pub``; returns ``{name: (private, public)}``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in names:
+        key = ec.generate_private_key(ec.SECP384R1())
+        private, public = folder / name, folder / f"{name}.pub"
+        private.unlink(missing_ok=True)
+        private.touch(mode=0o600)
+        private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                              serialization.NoEncryption()))
+        public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                         serialization.PublicFormat.OpenSSH) + b"\n")
+        out[name] = (private, public)
+    return out
