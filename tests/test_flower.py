@@ -224,28 +224,21 @@ def test_supernode_killed_mid_round_is_dropped(tmp_path):
 def test_unregistered_supernode_is_refused(tmp_path):
     """Node authentication as docs/deployment.md sets it up: a SuperLink with ``--enable-supernode-auth`` admits
     the SuperNode whose key was registered (``flwr supernode register``) and refuses one with an unknown key."""
-    from federation.transports.flower.launch import _bin, _env, register_nodes
-    from federation.transports.flower.processes import HOST, ProcessGroups, free_port
+    from federation.transports.flower.launch import (_bin, _env, flwr_home, register_nodes, superlink_argv,
+                                                     supernode_argv)
+    from federation.transports.flower.processes import ProcessGroups, free_port
     from federation.transports.flower.tls import node_keys, throwaway_tls
 
     tls, keys = throwaway_tls(tmp_path / "certs"), node_keys(tmp_path / "keys", ["hospital_a", "rogue"])
     home, port = tmp_path / "home", free_port()
-    home.mkdir()
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "rehearsal"\n\n[superlink.rehearsal]\n'
-                                      f'address = "{HOST}:{port}"\nroot-certificates = "{tls["ca"]}"\n')
+    flwr_home(home, port, tls["ca"])
     env = _env(home)
     groups = ProcessGroups(tmp_path / "pgids.json", marker=f"FLWR_HOME={home}")
     try:
-        link = groups.start("superlink", [_bin("flower-superlink"), "--ssl-ca-certfile", str(tls["ca"]),
-                                          "--ssl-certfile", str(tls["cert"]), "--ssl-keyfile", str(tls["key"]),
-                                          "--host", HOST, "--port", str(port), "--enable-supernode-auth",
-                                          "--disable-runtime-dependency-installation"], env, tmp_path / "link.log")
+        link = groups.start("superlink", superlink_argv(tls, port, auth=True), env, tmp_path / "link.log")
         register_nodes({"hospital_a": keys["hospital_a"][1]}, env, link)
-        nodes = {name: groups.start(name, [_bin("flower-supernode"), "--root-certificates", str(tls["ca"]),
-                                           "--superlink", f"{HOST}:{port}", "--host", HOST, "--port", str(free_port()),
-                                           "--auth-supernode-private-key", str(keys[name][0]),
-                                           "--node-config", f'site="{name}"'], env, tmp_path / f"{name}.log")
-                 for name in ("hospital_a", "rogue")}
+        nodes = {name: groups.start(name, supernode_argv(tls, port, f'site="{name}"', keys[name][0]), env,
+                                    tmp_path / f"{name}.log") for name in ("hospital_a", "rogue")}
         assert nodes["rogue"].wait(timeout=120) != 0
         assert "Failed to activate SuperNode" in (tmp_path / "rogue.log").read_text()
         assert nodes["hospital_a"].poll() is None, (tmp_path / "hospital_a.log").read_text()[-2000:]

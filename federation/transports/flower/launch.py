@@ -32,7 +32,7 @@ from federation.errors import FederationError
 from federation.transports.flower.processes import HOST, ProcessGroups, free_port
 from federation.transports.flower.tls import node_keys, throwaway_tls
 
-__all__ = ["rehearse", "ProcessGroups", "free_port", "register_nodes"]
+__all__ = ["rehearse", "ProcessGroups", "free_port", "register_nodes", "superlink_argv", "supernode_argv"]
 
 APP_DIR = Path(__file__).parent / "app"
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -60,6 +60,27 @@ def _env(home: Path) -> dict[str, str]:
 
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name) if (Path(sys.executable).parent / name).exists() else name
+
+
+def flwr_home(home: Path, port: int, ca: Path) -> None:
+    """``FLWR_HOME/config.toml`` naming the rehearsal's SuperLink ``rehearsal`` (for ``flwr run`` / ``flwr supernode``)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "rehearsal"\n\n[superlink.rehearsal]\n'
+                                      f'address = "{HOST}:{port}"\nroot-certificates = "{ca}"\n')
+
+
+def superlink_argv(tls: dict[str, Path], port: int, auth: bool = False) -> list[str]:
+    """The rehearsal's SuperLink on 127.0.0.1 with the throw-away TLS chain (``auth``: node authentication)."""
+    return [_bin("flower-superlink"), "--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
+            "--ssl-keyfile", str(tls["key"]), "--host", HOST, "--port", str(port),
+            "--disable-runtime-dependency-installation", *(["--enable-supernode-auth"] if auth else [])]
+
+
+def supernode_argv(tls: dict[str, Path], port: int, node_config: str, key: Path | None = None) -> list[str]:
+    """A SuperNode dialling the rehearsal's SuperLink (``key``: its private key for node authentication)."""
+    return [_bin("flower-supernode"), "--root-certificates", str(tls["ca"]), "--superlink", f"{HOST}:{port}",
+            "--host", HOST, "--port", str(free_port()),
+            *(["--auth-supernode-private-key", str(key)] if key is not None else []), "--node-config", node_config]
 
 
 def register_nodes(public_keys: dict[str, Path], env: dict[str, str], superlink: subprocess.Popen,
@@ -155,12 +176,8 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     logs.mkdir(parents=True, exist_ok=True)
     (fdir / "result.json").unlink(missing_ok=True)
     tls = throwaway_tls(fdir / "certs")
-    home = fdir / "home"
-    home.mkdir(exist_ok=True)
-    port = free_port()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "rehearsal"\n\n[superlink.rehearsal]\naddress = "{HOST}:{port}"\n'
-        f'root-certificates = "{tls["ca"]}"\n')
+    home, port = fdir / "home", free_port()
+    flwr_home(home, port, tls["ca"])
     app = fdir / "app"
     shutil.copytree(APP_DIR, app, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     cfg_path = write_run_config(cfg, fdir)
@@ -177,19 +194,13 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     auth = bool(ex.get("node_auth", False))
     keys = node_keys(fdir / "keys", [f"supernode_{cid}" for cid in ids]) if auth else {}
     try:
-        superlink = groups.start("superlink", [
-            _bin("flower-superlink"), "--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
-            "--ssl-keyfile", str(tls["key"]), "--host", HOST, "--port", str(port),
-            "--disable-runtime-dependency-installation", *(["--enable-supernode-auth"] if auth else [])],
-            env, logs / "superlink.log")
+        superlink = groups.start("superlink", superlink_argv(tls, port, auth), env, logs / "superlink.log")
         register_nodes({name: pub for name, (_, pub) in keys.items()}, env, superlink)
         for cid in ids:
             node_cfg = f'site="{cid}" partition="derive" store="{store}" privacy="{privacy}"'
-            key = ["--auth-supernode-private-key", str(keys[f"supernode_{cid}"][0])] if auth else []
-            groups.start(f"supernode_{cid}", [_bin("flower-supernode"), "--root-certificates", str(tls["ca"]),
-                                              "--superlink", f"{HOST}:{port}", "--host", HOST,
-                                              "--port", str(free_port()), *key, "--node-config", node_cfg],
-                         env, logs / f"supernode_{cid}.log")
+            key = keys[f"supernode_{cid}"][0] if auth else None
+            groups.start(f"supernode_{cid}", supernode_argv(tls, port, node_cfg, key), env,
+                         logs / f"supernode_{cid}.log")
         artifacts.console.print(f"[bold]flower:[/bold] SuperLink https://{HOST}:{port} (TLS, throw-away CA "
                                 f"{tls['ca']}{', node authentication: keys in ' + str(fdir / 'keys') if auth else ''})"
                                 f" + {len(ids)} SuperNodes; logs in {logs}")
