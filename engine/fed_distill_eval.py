@@ -67,12 +67,15 @@ def _labels(prob: torch.Tensor, fg_threshold: float | None) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_net(net: nn.Module, loader: Any, class_names: list[str], fg_threshold: float | None,
-                 eval_slices: str) -> dict[str, float]:
-    """Per-volume Dice (mean over test cases) and net-forward milliseconds per volume (all its slices)."""
+                 eval_slices: str, max_batches: int | None = None) -> dict[str, float]:
+    """Per-volume Dice (mean over test cases) and net-forward milliseconds per volume (all its slices);
+    ``max_batches``: stop after that many batches (``trainer.fast_dev_run``, as Lightning's own loops)."""
     net.eval()
     cases = PerCaseConfusion(len(class_names))
     seconds, volumes, warm = 0.0, set(), False
-    for batch in loader:
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
         image, mask = batch["image"], batch["mask"]
         if not warm:  # one untimed forward: first-call allocations are not inference time
             net(image[:1])
@@ -108,6 +111,8 @@ def evaluate_run(cfg: DictConfig, runs: dict[str, dict[str, Path]], fed_teacher:
     loaders = _test_loaders(cfg)
     class_names = [str(c) for c in cfg.data.class_names]
     fg, slices = cfg.module.get("fg_threshold"), str(cfg.module.get("eval_slices", "all"))
+    fdr = cfg.get("trainer", {}).get("fast_dev_run")
+    limit = (1 if fdr is True else int(fdr)) if fdr else None  # a smoke run: one batch per test set, as Lightning
     rows: list[dict[str, Any]] = []
     for site in sites:
         models = {arm: arm_net(cfg, d, arm) for arm, d in runs[site].items()}
@@ -118,7 +123,7 @@ def evaluate_run(cfg: DictConfig, runs: dict[str, dict[str, Path]], fed_teacher:
             net = models[name]
             row: dict[str, Any] = {"site": site, "model": name,
                                    "parameters": sum(p.numel() for p in net.parameters())}
-            scores = {test: evaluate_net(net, loaders[test], class_names, fg, slices) for test in sites}
+            scores = {test: evaluate_net(net, loaders[test], class_names, fg, slices, limit) for test in sites}
             row["ms_per_volume"] = float(np.mean([s["ms_per_volume"] for s in scores.values()]))
             row.update({f"dice_{test}": s["dice"] for test, s in scores.items()})
             row["dice_own"] = scores[site]["dice"]

@@ -232,3 +232,16 @@ def test_flower_node_gets_a_client_config_it_accepts(tiny_run, tmp_path):
     finally:
         for site in SITES:
             (run / "sites" / site / "teacher_fed.pt").unlink()
+
+
+def test_evaluate_net_stops_after_max_batches():
+    """``trainer.fast_dev_run`` reaches the cross-site evaluation as ``max_batches``: one batch per test set."""
+    from engine.fed_distill_eval import evaluate_net
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 1)
+    batches = [{"image": torch.randn(2, 1, 8, 8), "mask": torch.randint(0, 2, (2, 8, 8)),
+                "case_id": [f"case{i}", f"case{i}"]} for i in range(3)]
+    full = evaluate_net(net, batches, ["background", "tumor"], None, "all")
+    one = evaluate_net(net, batches, ["background", "tumor"], None, "all", max_batches=1)
+    assert (full["volumes"], one["volumes"]) == (3, 1)
