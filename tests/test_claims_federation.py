@@ -207,7 +207,7 @@ def test_fedbn_beats_fedavg_under_feature_shift(tmp_path):
 
 
 @pytest.mark.slow
-@unvalidated("the partial-label federation has not completed a run on the contended machine")
+@unvalidated("spleen half fails at seeds 0-2 (FL 0.044/0.000/0.000), liver half holds; see docs/benchmarks.md")
 def test_partial_labels_federation_learns_each_sites_missing_organ(tmp_path):
     """SegViz (paper 004): from partially annotated sites (site 1 labels the liver only, site 2 the
     spleen only; the other organ's pixels are ignored by the loss), the federated model segments each
@@ -218,7 +218,10 @@ def test_partial_labels_federation_learns_each_sites_missing_organ(tmp_path):
     local training), same rounds and epochs.  Asserted: Dice(FL, spleen) >= Dice(site 1 alone, spleen)
     + 0.3 and Dice(FL, liver) >= Dice(site 2 alone, liver) + 0.3.  Rationale: a site never shown an
     organ cannot predict it (its logit is only ever pushed down), so its standalone Dice on that organ
-    is ~0, while the federated model learns it from the other site.  NOT yet measured on this machine.
+    is ~0, while the federated model learns it from the other site.  MEASURED over seeds 0-2 (final-round
+    models): liver FL 0.721 / 0.775 / 0.322 vs site 2 alone 0.000 (holds); spleen FL 0.044 / 0.000 / 0.000 vs
+    site 1 alone 0.000 (FAILS), while site 2 alone learns its spleen (0.43 / 0.40 / 0.40): the federation loses
+    the smaller organ that one site annotates.  Reported as found (docs/benchmarks.md), not re-tuned.
     Mechanism disabled (``FEDMED_CLAIMS_DISABLE=1``: both sites annotate the liver only, nobody labels
     the spleen): the federated spleen Dice should be ~0 and the first assertion fail.
     """
