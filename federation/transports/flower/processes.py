@@ -61,29 +61,28 @@ class ProcessGroups:
         except (ProcessLookupError, PermissionError):
             return False
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Signal one child's whole group (the fault tests kill a SuperNode this way)."""
+    @staticmethod
+    def _signal_group(pgid: int, sig: int) -> None:
+        """``killpg`` that tolerates a group already gone."""
         try:
-            os.killpg(self.procs[name].pid, sig)
+            os.killpg(pgid, sig)
         except ProcessLookupError:
             pass
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal one child's whole group (the fault tests kill a SuperNode this way)."""
+        self._signal_group(self.procs[name].pid, sig)
 
     def stop(self, grace_s: float = 10.0) -> None:
         for proc in self.procs.values():
             if self._alive(proc.pid):
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                self._signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and any(self._alive(p.pid) for p in self.procs.values()):
             time.sleep(0.2)
         for proc in self.procs.values():
             if self._alive(proc.pid):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                self._signal_group(proc.pid, signal.SIGKILL)
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not fail
