@@ -100,9 +100,9 @@ class FolderSegmentationDataModule(SliceDataModule):
                  seed: int = 0, batch_size: int = 16, num_workers: int = 0, augment: bool = True,
                  rotation_limit: float = 15.0, train_slices: str | float = "all",
                  test_image_dir: str | None = None, test_mask_dir: str | None = None,
-                 split_file: str | None = None) -> None:
+                 split_file: str | None = None, train_cases: int | None = None) -> None:
         super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
-                         rotation_limit, train_slices)
+                         rotation_limit, train_slices, train_cases)
         self.root = Path(root)
         self.image_dir, self.mask_dir = self.root / image_dir, self.root / mask_dir
         self.image_suffix, self.mask_suffix = image_suffix, mask_suffix

@@ -65,9 +65,9 @@ class VolumeSegmentationDataModule(SliceDataModule):
                  augment: bool = True, rotation_limit: float = 15.0, train_slices: str | float = 0.25,
                  synthetic: Mapping[str, Any] | None = None, stack_group_size: int = 1,
                  orientation: str | None = "RAS", spacing: Sequence[float] | None = None,
-                 normalization: str = "window", ct_stats: Sequence[float] | None = None) -> None:
+                 normalization: str = "window", ct_stats: Sequence[float] | None = None, train_cases: int | None = None) -> None:
         super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
-                         rotation_limit, train_slices)
+                         rotation_limit, train_slices, train_cases)
         self.root, self.layout, self.target = Path(root), layout, target
         self.window = tuple(float(v) for v in window)
         self.out_range = tuple(float(v) for v in out_range)

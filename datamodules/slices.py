@@ -91,19 +91,24 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
     fraction f of the empty ones (default 0.25: enough empty slices to learn "nothing here" for
     per-volume metrics, few enough not to drown the organ). Val/test always use every slice, cases in
     sorted order and slices in order, with shuffle off, so per-case 3D metrics can be reassembled.
+    ``train_cases``: null (every training case) or N, a seeded subset of the training split (val/test kept).
     """
 
     in_channels = 1
 
     def __init__(self, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
                  batch_size: int = 16, num_workers: int = 0, augment: bool = True,
-                 rotation_limit: float = 15.0, train_slices: str | float = 0.25) -> None:
+                 rotation_limit: float = 15.0, train_slices: str | float = 0.25,
+                 train_cases: int | None = None) -> None:
         super().__init__()
         if not (train_slices in ("all", "foreground") or isinstance(train_slices, (int, float))):
             raise DataError(f"data.train_slices={train_slices!r} must be 'all', 'foreground' or a float")
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment, self.rotation_limit, self.train_slices = augment, rotation_limit, train_slices
+        if train_cases is not None and int(train_cases) < 1:
+            raise DataError(f"data.train_cases={train_cases!r} must be a positive number of cases or null")
+        self.train_cases = None if train_cases is None else int(train_cases)
         self.splits: dict[str, list[str]] | None = None
         self.train_dataset = self.val_dataset = self.test_dataset = None
 
@@ -135,9 +140,20 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def make_splits(self, case_ids: list[str]) -> dict[str, list[str]]:
         """Patient-level splits: ``split_file`` when set (JSON of case-id lists), else seeded fractions."""
         split_file = getattr(self, "split_file", None)
-        if split_file:
-            return read_split_file(split_file, case_ids)
-        return patient_split(case_ids, self.val_fraction, self.test_fraction, self.seed)
+        splits = (read_split_file(split_file, case_ids) if split_file else
+                  patient_split(case_ids, self.val_fraction, self.test_fraction, self.seed))
+        return self.limit_train_cases(splits)
+
+    def limit_train_cases(self, splits: dict[str, list[str]]) -> dict[str, list[str]]:
+        """``train_cases`` = N: train on a seeded random N of the training cases (a labelled-data budget,
+        e.g. a distillation student with less data than its teacher); val and test are unchanged."""
+        n, train = self.train_cases, list(splits["train"])
+        if n is None or n == len(train):
+            return splits
+        if n > len(train):
+            raise DataError(f"data.train_cases={n} but the split has only {len(train)} training cases")
+        keep = np.random.default_rng(self.seed).permutation(len(train))[:n]
+        return {**splits, "train": [train[i] for i in sorted(keep)]}
 
     def collate_fn(self, train: bool):
         """With ``image_size=None`` batches of mixed slice sizes are padded per batch (aspect ratio kept,

@@ -47,10 +47,23 @@ def teacher_key(cfg: DictConfig) -> dict[str, Any]:
     """What determines a trained teacher: its net, its loss, the data (and thus split), the seed, and
     its training length (``distill.teacher.max_epochs``, ``trainer.limit_train_batches``)."""
     t = cfg.distill.teacher
-    return {"model": _plain(t.model), "loss": _plain(t.get("loss")), "data": _plain(cfg.data),
+    return {"model": _plain(t.model), "loss": _plain(t.get("loss")), "data": _plain(teacher_data(cfg)),
             "seed": int(cfg.seed), "max_epochs": t.get("max_epochs"),
             "limit_train_batches": _plain(cfg.trainer.get("limit_train_batches")),
             **{k: _plain(cfg.trainer[k]) for k in ("fast_dev_run", "overfit_batches") if cfg.trainer.get(k)}}
+
+
+def teacher_data(cfg: DictConfig) -> DictConfig:
+    """``cfg.data`` with ``distill.teacher.data`` merged on top: what the teacher trains on (e.g.
+    ``train_cases: null`` where the student has a labelled-data budget; the split itself must not change)."""
+    extra = cfg.distill.teacher.get("data") or {}
+    if not extra:
+        return cfg.data
+    bad = sorted(set(extra) & {"val_fraction", "test_fraction", "seed", "split_file", "root", "synthetic"})
+    if bad:
+        raise ConfigError(f"distill.teacher.data may not change the split or the data ({', '.join(bad)}): "
+                          "teacher and student are tested on the same cases")
+    return OmegaConf.merge(cfg.data, extra)
 
 
 def teacher_cache_path(cfg: DictConfig) -> Path:
@@ -59,11 +72,15 @@ def teacher_cache_path(cfg: DictConfig) -> Path:
 
 
 def segmentation_cfg(cfg: DictConfig, model: Any, loss: Any, out: Path, max_epochs: int | None = None,
-                     sub_run: bool = False) -> DictConfig:
+                     sub_run: bool = False, data: DictConfig | None = None) -> DictConfig:
     """A copy of ``cfg`` that is a plain centralised run of ``model`` with ``loss`` and the distillation
     module's optimiser, scheduler and evaluation protocol, writing into ``out``. ``sub_run``: keep only
-    the checkpoint callback and the CSV logger (the teacher pre-training inside a distillation run)."""
+    the checkpoint callback and the CSV logger (the teacher pre-training inside a distillation run).
+    ``data``: the data config to use instead of ``cfg.data`` (the teacher's, :func:`teacher_data`)."""
     new = copy.deepcopy(cfg)
+    if data is not None:
+        with open_dict(new):
+            new.data = data
     seg_keys = set(inspect.signature(SegmentationModule.__init__).parameters) - {"self", "net", "loss"}
     module = {k: v for k, v in _plain(cfg.module, resolve=False).items() if k in seg_keys}
     module.update({"_target_": "lightning_modules.segmentation.SegmentationModule", "_recursive_": False,
@@ -105,7 +122,7 @@ def ensure_teacher(cfg: DictConfig) -> Path:
         raise ConfigError("distill.teacher.ckpt is null and distill.teacher.model is null: nothing to train")
     log.info("training the teacher first (cache: %s)", cache)
     tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), output_dir(cfg) / "teacher",
-                            cfg.distill.teacher.get("max_epochs"), sub_run=True)
+                            cfg.distill.teacher.get("max_epochs"), sub_run=True, data=teacher_data(cfg))
     if tcfg.trainer.get("fast_dev_run"):  # fast_dev_run writes no checkpoint: one batch, one epoch instead
         n = int(tcfg.trainer.fast_dev_run)  # True -> 1
         with open_dict(tcfg):
@@ -132,7 +149,7 @@ def run_distillation(cfg: DictConfig) -> dict[str, Any]:
         given = cfg.distill.teacher.get("ckpt")
         cache = Path(given) if given else teacher_cache_path(cfg)
         tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), out,
-                                cfg.distill.teacher.get("max_epochs"))
+                                cfg.distill.teacher.get("max_epochs"), data=teacher_data(cfg))
         if cache.is_file():  # test the cached / given teacher, no retraining
             with open_dict(tcfg):
                 tcfg.train, tcfg.ckpt_path = False, str(cache)

@@ -146,8 +146,8 @@ def client_datamodule(cfg: DictConfig, base: pl.LightningDataModule, indices: Cl
                        shared: Any, seed: int) -> SubsetDataModule:
     item_fn = None
     if indices.annotated is not None:
-        item_fn = PartialLabels(indices.annotated, int(base.num_classes),
-                                int(_fed(cfg, "ignore_index", 255)))
+        item_fn = PartialLabels(indices.annotated, int(base.num_classes), int(_fed(cfg, "ignore_index", 255)),
+                                unannotated=str(_fed(cfg, "unannotated", "ignore")))
     return SubsetDataModule(base, indices.train, indices.val, shared_indices=shared,
                             test_indices=indices.test, batch_size=getattr(base, "batch_size", None),
                             seed=seed, train_item_fn=item_fn)

@@ -124,7 +124,8 @@ class SegmentationModule(BaseModule):
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         outputs = self.net(batch["image"])
-        loss = self.loss(outputs, batch["mask"])
+        partial = {"label_mask": batch["label_mask"]} if "label_mask" in batch else {}  # marginal loss (004)
+        loss = self.loss(outputs, batch["mask"], **partial)
         extra = self.extra_loss()
         if extra is not None:
             loss = loss + extra

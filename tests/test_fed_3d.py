@@ -20,7 +20,7 @@ FED_3D = ["+exp=fed_pancreas_3d", *TINY_FED_3D, "logger=csv", "federation.progre
 
 
 def test_3d_clients_train_on_patches_and_evaluate_whole_volumes(tmp_path):
-    cfg = compose_run([*FED_3D, "federation.rounds=1"], tmp_path)
+    cfg = compose_run([*FED_3D, "federation.rounds=1", "federation.unannotated=background"], tmp_path)
     server = Server(cfg)
     assert server.client_ids == ["site1", "site2"]
     assert set(server.labels.tolist()) <= {0, 1, 2} and server.labels.max() == 2  # per case, no patch drawn
@@ -29,7 +29,7 @@ def test_3d_clients_train_on_patches_and_evaluate_whole_volumes(tmp_path):
     dm = client_datamodule(server.ccfg, server.base, ind, None, seed=0)
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape[1:] == (1, 16, 16, 16) and batch["label_mask"].tolist()[0] == [True, True, False]
-    assert not (batch["mask"] == 2).any()                    # site 1 annotates the organ only
+    assert not (batch["mask"] == 2).any()                    # site 1 annotates the organ only: tumour -> bg
     assert all(c.startswith("site1/") for c in batch["case_id"])
     whole = next(iter(dm.val_dataloader()))                  # a training case of site 1, as a whole volume
     assert whole["image"].shape[0] == 1 and min(whole["image"].shape[2:]) > 16
@@ -46,7 +46,8 @@ def test_two_round_3d_federation_writes_metrics(tmp_path):
     cfg = compose_run([*FED_3D, "federation.rounds=2", "federation.local_epochs=1",
                        "federation.matrix.standalone=false", "federation.matrix.centralised=false",
                        "trainer.limit_train_batches=1", "module.overlap=0",   # few sliding windows on CPU
-                       "federation.eval_clients=none", "federation.eval_test_every_round=false"], tmp_path)
+                       "federation.eval_clients=none", "federation.eval_test_every_round=false",
+                       "federation.unannotated=background"], tmp_path)   # the marginal loss on 3D patches
     dispatch(cfg)
     run = tmp_path / "run"
     saved = json.loads((run / "metrics.json").read_text())

@@ -214,6 +214,11 @@ def test_partial_labels_mask_unannotated(tmp_path):
     masks = torch.stack([dm.train_dataset[i]["mask"] for i in range(len(dm.train_dataset))])
     raw = torch.stack([server.base.train_dataset[int(i)]["mask"] for i in ind.train])
     assert not (masks == 2).any() and ((raw == 2) == (masks == 255)).all()  # tumour hidden at site 1
+    assert "label_mask" not in dm.train_dataset[0]                 # ignore mode: the loss skips 255 alone
+    cfg.federation.unannotated = "background"                      # real partial data: tumour -> background
+    dm = Server(cfg).client_datamodule("site1", 0)
+    masks = torch.stack([dm.train_dataset[i]["mask"] for i in range(len(dm.train_dataset))])
+    assert ((raw == 2) <= (masks == 0)).all() and not (masks == 255).any()
     assert dm.train_dataset[0]["label_mask"].tolist() == [True, True, False]
 
 

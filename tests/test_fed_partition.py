@@ -4,11 +4,10 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from federation.core.partition import (
     FeatureShift, by_group, dirichlet, feature_skew_params, iid, label_mask, mask_unannotated,
-    merge_unannotated_to_background, partial_label_sets, partition_report, pathological, plot_partition,
+    partial_label_sets, partition_report, pathological, plot_partition,
     quantity_skew,
 )
 
@@ -116,21 +115,6 @@ def test_mask_unannotated_is_ignore_not_background():
     assert out.tolist() == [[0, 1, 255], [255, 255, 1]]
     assert mask_unannotated(target.numpy(), {1, 3}).tolist() == [[0, 1, 255], [3, 255, 1]]
     assert label_mask({0, 2}, 4).tolist() == [True, False, True, False]
-
-
-def test_merge_unannotated_to_background():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 4, 3, 3, requires_grad=True)
-    lm = torch.tensor([[True, True, False, False], [True, True, True, True]])
-    logp = merge_unannotated_to_background(logits, lm)
-    p = logits.softmax(1)
-    assert torch.allclose(logp[0, 0].exp(), p[0, 0] + p[0, 2] + p[0, 3], atol=1e-6)
-    assert torch.isinf(logp[0, 2]).all() and torch.allclose(logp[1], p[1].log(), atol=1e-6)
-    assert torch.allclose(logp[0, :2].exp().sum(0), torch.ones(3, 3), atol=1e-5)
-    target = torch.randint(0, 2, (2, 3, 3))
-    loss = F.nll_loss(logp, target)
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
 
 
 def test_report_and_plot(tmp_path):

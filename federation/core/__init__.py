@@ -15,7 +15,7 @@ from .messages import ClientUpdate, DataLeakError, ServerMessage, assert_no_data
 from .partial_labels import PartialLabels
 from .partition import (
     PARTITIONERS, FeatureShift, by_group, dirichlet, feature_skew_params, iid, label_mask, mask_unannotated,
-    merge_unannotated_to_background, partial_label_sets, partition_report, pathological, plot_partition,
+    partial_label_sets, partition_report, pathological, plot_partition,
     quantity_skew,
 )
 from .sampling import client_seed, sample_clients
@@ -28,7 +28,7 @@ from .strategies import (
 __all__ = [
     "ClientUpdate", "ServerMessage", "DataLeakError", "assert_no_data", "is_finite", "state_schema",
     "PartialLabels", "PARTITIONERS", "FeatureShift", "by_group", "dirichlet", "feature_skew_params", "iid",
-    "label_mask", "mask_unannotated", "merge_unannotated_to_background", "partial_label_sets",
+    "label_mask", "mask_unannotated", "partial_label_sets",
     "partition_report", "pathological", "plot_partition", "quantity_skew", "client_seed", "sample_clients",
     "SharedPool", "allocate_shared", "client_rng", "select_shared_indices", "STRATEGIES", "DataSharing",
     "FedAdagrad", "FedAdam", "FedAvg", "FedBN", "FedOpt", "FedProx", "FedYogi", "Strategy", "bn_state_keys",

@@ -1,8 +1,13 @@
 """Partial annotation: each client labels a subset of classes (SegViz, paper 004; Wang et al., paper 003).
 
-A client's unannotated classes are set to ``ignore_index`` in its targets (:func:`mask_unannotated`) so
-the loss ignores them, or its logits are merged into background (:func:`merge_unannotated_to_background`,
-the marginal-loss reading).
+Two ways to simulate it on fully labelled data (``federation.unannotated``):
+
+* ``ignore``: a client's unannotated classes become ``ignore_index`` in its targets (:func:`mask_unannotated`)
+  and the loss skips those pixels. This knows *where* the unannotated organs are, which a real partially
+  annotated site does not: an upper bound.
+* ``background``: they become background, as in real partially annotated data, and the training items carry
+  ``label_mask`` so the segmentation loss merges the unannotated classes into background (the marginal loss,
+  ``lightning_modules/losses/marginal.py``). On real partially labelled data this is the only sound choice.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["partial_label_sets", "mask_unannotated", "label_mask", "merge_unannotated_to_background", "PartialLabels"]
+__all__ = ["partial_label_sets", "mask_unannotated", "label_mask", "PartialLabels"]
 
 
 def partial_label_sets(num_classes: int, clients: int | Sequence[str], spec: Mapping[str, Iterable[int]] | None = None,
@@ -42,7 +47,7 @@ def mask_unannotated(target: Tensor | np.ndarray, annotated: Iterable[int], igno
     """Simulate partial labels on a fully labelled mask: pixels of classes the client does *not*
     annotate become ``ignore_index`` (unknown: excluded from the loss), **not** background; background
     and annotated classes are kept. For real partially annotated data, where unannotated organs are
-    already labelled background, use :func:`merge_unannotated_to_background` instead."""
+    already labelled background, use :class:`PartialLabels` with ``unannotated="background"`` instead."""
     keep = sorted(set(int(a) for a in annotated) | {background, ignore_index})
     if isinstance(target, Tensor):
         known = torch.isin(target, torch.tensor(keep, dtype=target.dtype, device=target.device))
@@ -58,37 +63,33 @@ def label_mask(annotated: Iterable[int], num_classes: int) -> Tensor:
     return m
 
 
-def merge_unannotated_to_background(logits: Tensor, label_mask: Tensor, background: int = 0) -> Tensor:
-    """Marginal log-probabilities for partially annotated data (Shi et al. 2021, marginal loss):
-    softmax over all K classes, then the probability of every class the sample's site does not
-    annotate is merged into background (log-sum-exp) and the class itself gets log p = -inf.
-    ``logits``: [B, K, ...]; ``label_mask``: bool [B, K] or [K]. Feed the result to ``F.nll_loss``."""
-    logp = logits.log_softmax(1)
-    lm = label_mask.bool().to(logits.device).expand(logits.shape[0], -1).clone()
-    lm[:, background] = True
-    unann = (~lm).view(*lm.shape, *([1] * (logits.dim() - 2))).expand_as(logp)
-    to_bg = unann.clone()
-    to_bg[:, background] = True
-    merged = torch.logsumexp(logp.masked_fill(~to_bg, float("-inf")), dim=1)
-    out = logp.masked_fill(unann, float("-inf"))
-    return torch.cat([out[:, :background], merged.unsqueeze(1), out[:, background + 1:]], dim=1)
-
-
 class PartialLabels:
-    """Per-site partial annotation as a training-item transform (SegViz, paper 004): mask pixels of
-    classes the site does not annotate become ``ignore_index`` (:func:`mask_unannotated`) and the item
-    gets ``label_mask=bool[K]`` (each patch of a 3D training item alike). Picklable (a class, not a closure) so loader workers and Ray carry it;
-    given to :class:`datamodules.subset.SubsetDataModule` as ``train_item_fn``."""
+    """Per-site partial annotation as a training-item transform (SegViz, paper 004), the module docstring's
+    ``unannotated`` mode: ``ignore`` sets the unannotated classes' pixels to ``ignore_index``;
+    ``background`` sets them to background and adds ``label_mask=bool[K]`` (the loss then marginalises).
+    3D training items (lists of patches) are handled patch by patch. Picklable (a class, not a closure) so
+    loader workers and Ray carry it; given to :class:`datamodules.subset.SubsetDataModule` as ``train_item_fn``."""
+
+    MODES = ("ignore", "background")
 
     def __init__(self, annotated: Iterable[int], num_classes: int, ignore_index: int = 255,
-                 background: int = 0) -> None:
+                 background: int = 0, unannotated: str = "ignore") -> None:
+        if unannotated not in self.MODES:
+            raise ValueError(f"federation.unannotated={unannotated!r}: expected one of {', '.join(self.MODES)}")
         self.annotated = sorted({int(a) for a in annotated} | {int(background)})  # background always known
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+        self.background, self.unannotated = int(background), unannotated
 
     def __call__(self, item: dict | list[dict]) -> dict | list[dict]:
         if isinstance(item, list):  # 3D training items: the patches of one volume
             return [self(x) for x in item]
         out = dict(item)
-        out["mask"] = mask_unannotated(item["mask"], self.annotated, self.ignore_index)
+        if self.unannotated == "ignore":
+            out["mask"] = mask_unannotated(item["mask"], self.annotated, self.ignore_index)
+            return out
+        m = item["mask"]
+        hidden = (mask_unannotated(m, self.annotated, self.ignore_index) == self.ignore_index) & (m != self.ignore_index)
+        out["mask"] = (torch.where(hidden, torch.full_like(m, self.background), m) if isinstance(m, Tensor)
+                       else np.where(hidden, np.asarray(self.background, dtype=m.dtype), m))
         out["label_mask"] = label_mask(self.annotated, self.num_classes)
         return out

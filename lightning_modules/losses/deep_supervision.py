@@ -24,11 +24,12 @@ class DeepSupervisionLoss(nn.Module):
         self.eta = list(eta) if eta is not None else None
         self.aux_weight = None if aux_weight is None else float(aux_weight)
 
-    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor, **kw) -> torch.Tensor:
+        """``kw`` (e.g. partial labels' ``label_mask``) goes to ``base`` with every head."""
         if isinstance(outputs, torch.Tensor):
-            return self.base(outputs, target)
+            return self.base(outputs, target, **kw)
         side = 1.0 if self.aux_weight is None else self.aux_weight
         eta = self.eta or [1.0] + [side] * (len(outputs) - 1)
         if len(eta) != len(outputs):
             raise ValueError(f"loss.eta has {len(eta)} weights but the net returned {len(outputs)} heads")
-        return sum(w * self.base(o, target) for w, o in zip(eta, outputs))
+        return sum(w * self.base(o, target, **kw) for w, o in zip(eta, outputs))

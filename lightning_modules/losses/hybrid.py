@@ -12,12 +12,18 @@ i.e. the sums over pixels moved inside the fraction (batch Dice with the squared
 equation) and the constant 1 added so the loss is non-negative (no effect on gradients). With one output
 channel the net is read as sigmoid (binary) and both classes {1-P, P} enter the sums, so binary and
 two-channel softmax models get the same loss.
+
+Partially annotated batches (``label_mask``, SegViz / paper 004): the probabilities of the classes a
+sample's site does not annotate are merged into background first and each class's Dice is summed over
+the samples that annotate it (the marginal loss, :mod:`lightning_modules.losses.marginal`).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lightning_modules.losses.marginal import marginal_probabilities
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -39,19 +45,26 @@ def one_hot(target: torch.Tensor, num_classes: int, ignore_index: int | None = N
 
 
 def hybrid_ce_dice(
-    logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6, ignore_index: int | None = None
+    logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6, ignore_index: int | None = None,
+    label_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Hybrid loss, Eq. (1) of paper 000 with batch Dice (see module docstring for the reading)."""
+    """Hybrid loss, Eq. (1) of paper 000 with batch Dice (see module docstring for the reading); with
+    ``label_mask`` (bool [K] or [B, K]) its marginal form for partially annotated sites."""
     prob = class_probabilities(logits.float())
+    counted = None
+    if label_mask is not None:
+        prob, counted = marginal_probabilities(prob, label_mask)
     y, valid = one_hot(target, prob.shape[1], ignore_index)
     w = valid.to(prob.dtype)
     n = w.sum().clamp_min(1.0)
     ce = -(y * torch.log(prob.clamp_min(1e-8)) * w).sum() / n
+    if counted is not None:  # [B, K]: a class's Dice over the samples whose site annotates it
+        w = w * counted.to(prob.dtype).view(*counted.shape, *([1] * (prob.ndim - 2)))
     dims = (0, *range(2, prob.ndim))  # batch + every spatial axis: one Dice per class (2D or 3D)
     inter = (y * prob * w).sum(dim=dims)
     denom = (y.pow(2) * w).sum(dim=dims) + (prob.pow(2) * w).sum(dim=dims)
     dice = 2 * inter / (denom + eps)
-    return ce + (1 - dice.mean())
+    return ce + (1 - (dice.mean() if counted is None else dice[counted.any(0)].mean()))
 
 
 class HybridCEDiceLoss(nn.Module):
@@ -61,5 +74,5 @@ class HybridCEDiceLoss(nn.Module):
         super().__init__()
         self.eps, self.ignore_index = eps, ignore_index
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return hybrid_ce_dice(logits, target, self.eps, self.ignore_index)
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, label_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return hybrid_ce_dice(logits, target, self.eps, self.ignore_index, label_mask)

@@ -1,0 +1,36 @@
+"""A labelled-data budget (``data.train_cases``) and the teacher's own data (``distill.teacher.data``):
+the distillation regime where the teacher saw more labelled cases than its student (issue 13)."""
+import pytest
+
+from datamodules.errors import DataError
+from datamodules.segmentation import VolumeSegmentationDataModule
+from engine.builders import ConfigError
+from engine.distill import teacher_data, teacher_key
+from tests.hydra_helpers import compose_run
+
+CASES = [f"case_{i:05d}" for i in range(20)]
+
+
+def test_train_cases_keeps_a_seeded_subset_and_the_same_val_test(tmp_path):
+    full = VolumeSegmentationDataModule(str(tmp_path), seed=3).make_splits(CASES)
+    few = VolumeSegmentationDataModule(str(tmp_path), seed=3, train_cases=4).make_splits(CASES)
+    assert few["val"] == full["val"] and few["test"] == full["test"]
+    assert len(few["train"]) == 4 and set(few["train"]) < set(full["train"])
+    again = VolumeSegmentationDataModule(str(tmp_path), seed=3, train_cases=4).make_splits(CASES)
+    assert again == few
+    with pytest.raises(DataError, match=r"data.train_cases=50 but the split has only 12 training cases"):
+        VolumeSegmentationDataModule(str(tmp_path), seed=3, train_cases=50).make_splits(CASES)
+    with pytest.raises(DataError, match="data.train_cases=0"):
+        VolumeSegmentationDataModule(str(tmp_path), train_cases=0)
+
+
+def test_teacher_trains_on_its_own_data_budget(tmp_path):
+    base = ["+exp=kits_hlfd", "logger=csv"]
+    student_budget = compose_run([*base, "data.train_cases=2", "distill.teacher.data={train_cases:null}"], tmp_path)
+    plain = compose_run(base, tmp_path)
+    assert student_budget.data.train_cases == 2 and teacher_data(student_budget).train_cases is None
+    assert teacher_key(student_budget) == teacher_key(plain)       # one cached teacher for both students
+    assert teacher_data(plain) is plain.data
+    bad = compose_run([*base, "distill.teacher.data={test_fraction:0.5}"], tmp_path)
+    with pytest.raises(ConfigError, match=r"distill.teacher.data may not change the split .*test_fraction"):
+        teacher_data(bad)
