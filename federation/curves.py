@@ -2,7 +2,9 @@
 
 ``python -m federation.curves <multirun dir> [--metric acc] [--label federation.strategy.mode]`` overlays
 the ``rounds.csv`` of every run below the directory (e.g. the none / part / all runs of paper 000 §5.1
-Fig. 2-3, launched as one Hydra multirun) and writes ``<dir>/fed_compare.png``.
+Fig. 2-3, launched as one Hydra multirun) and writes ``<dir>/fed_compare.png``. Runs with the same label
+(the same mode at several seeds: ``seed=0,1,2`` in the multirun) are drawn as their mean per round with a
+band of ± one standard deviation, and their per-round mean/std/n go to ``<dir>/fed_compare.csv``.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Mapping, Sequence
 
 from callbacks.plotting import save_figure
 
-__all__ = ["read_rounds", "plot_rounds", "compare_runs"]
+__all__ = ["read_rounds", "seed_band", "plot_rounds", "compare_runs"]
 
 
 def read_rounds(path: str | Path) -> list[dict[str, float]]:
@@ -29,10 +31,29 @@ def _panels(metric: str) -> list[tuple[str, str]]:
     return [(metric, f"test/{metric}"), ("loss", "test/loss")]
 
 
-def plot_rounds(runs: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path, metric: str = "acc",
+Rows = Sequence[Mapping[str, float]]
+
+
+def seed_band(runs: Sequence[Rows], col: str) -> tuple[list[float], list[float], list[float], list[int]]:
+    """Rounds, mean, population std and number of runs with a finite ``col`` at each round, over ``runs``
+    (the same setting at several seeds; rounds a run lacks are left out of that round's statistics)."""
+    by_round: dict[float, list[float]] = {}
+    for rows in runs:
+        for r in rows:
+            v = r.get(col, math.nan)
+            if math.isfinite(v):
+                by_round.setdefault(r["round"], []).append(v)
+    x = sorted(by_round)
+    mean = [sum(by_round[k]) / len(by_round[k]) for k in x]
+    std = [math.sqrt(sum((v - m) ** 2 for v in by_round[k]) / len(by_round[k])) for k, m in zip(x, mean)]
+    return x, mean, std, [len(by_round[k]) for k in x]
+
+
+def plot_rounds(runs: Mapping[str, Rows | Sequence[Rows]], path: str | Path, metric: str = "acc",
                 title: str = "federation") -> Path:
     """Two panels (``metric`` and loss on the pooled test set, solid; server validation, dashed) per
-    round, one line per run in ``runs`` (label -> rows of ``rounds.csv``)."""
+    round, one line per label in ``runs`` (label -> rows of one ``rounds.csv``, or a list of them: the
+    mean over those runs with a ± std band)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -40,13 +61,18 @@ def plot_rounds(runs: Mapping[str, Sequence[Mapping[str, float]]], path: str | P
     FigureCanvasAgg(fig)
     for i, (name, key) in enumerate(_panels(metric)):
         ax = fig.add_subplot(1, 2, i + 1)
-        for label, rows in runs.items():
-            x = [r["round"] for r in rows]
+        for label, group in runs.items():
+            group = [group] if group and isinstance(group[0], Mapping) else list(group)
+            n = f", n={len(group)}" if len(group) > 1 else ""
             for col, style in ((key, "-"), (key.replace("test/", "server_val/"), "--")):
-                y = [r.get(col, math.nan) for r in rows]
-                if any(math.isfinite(v) for v in y):
-                    ax.plot(x, y, style, marker="o", ms=3,
-                            label=f"{label} ({'test' if style == '-' else 'server val'})")
+                x, y, sd, _ = seed_band(group, col)
+                if not x:
+                    continue
+                line, = ax.plot(x, y, style, marker="o", ms=3,
+                                label=f"{label} ({'test' if style == '-' else 'server val'}{n})")
+                if len(group) > 1:
+                    ax.fill_between(x, [m - s for m, s in zip(y, sd)], [m + s for m, s in zip(y, sd)],
+                                    color=line.get_color(), alpha=0.15 if style == "-" else 0.07, lw=0)
         ax.set(xlabel="round", ylabel=name, title=f"{title}: {name} per round")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
@@ -72,11 +98,24 @@ def compare_runs(root: str | Path, metric: str = "acc", label_key: str = "federa
     files = sorted(root.rglob("rounds.csv"))
     if not files:
         raise FileNotFoundError(f"no rounds.csv below {root}")
-    runs = {}
+    runs: dict[str, list] = {}
     for f in files:
-        label = _label(f.parent, label_key)
-        runs[label if label not in runs else f"{label} ({f.parent.name})"] = read_rounds(f)
-    return plot_rounds(runs, out or root / "fed_compare.png", metric, title=root.name)
+        runs.setdefault(_label(f.parent, label_key), []).append(read_rounds(f))
+    png = Path(out or root / "fed_compare.png")
+    _write_band_table(runs, png.with_suffix(".csv"), f"test/{metric}")
+    return plot_rounds(runs, png, metric, title=root.name)
+
+
+def _write_band_table(runs: Mapping[str, Sequence[Rows]], path: Path, col: str) -> Path:
+    from lightning_modules.atomic import atomic_output
+
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["label", "round", f"{col} mean", f"{col} std", "n"])
+        for label, group in runs.items():
+            for row in zip(*seed_band(group, col)):
+                w.writerow([label, int(row[0]), f"{row[1]:.4f}", f"{row[2]:.4f}", row[3]])
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,37 @@
+"""Per-round federation curves: the same setting at several seeds becomes a mean line with a ± std band
+(paper 000 Figs. 2-5 with seed bands), and the per-round statistics are written beside the PNG."""
+import csv
+
+import pytest
+
+from federation.curves import compare_runs, seed_band
+
+
+def _run(root, name, mode, accs):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(f"federation:\n  strategy:\n    mode: {mode}\n")
+    with open(d / "rounds.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["round", "test/acc", "test/loss"])
+        for r, a in enumerate(accs, 1):
+            w.writerow([r, a, 1 - a])
+
+
+def test_seed_band_mean_std_and_missing_rounds():
+    runs = [[{"round": 1, "a": 0.2}, {"round": 2, "a": 0.6}], [{"round": 1, "a": 0.4}]]
+    x, mean, std, n = seed_band(runs, "a")
+    assert x == [1, 2] and mean == pytest.approx([0.3, 0.6]) and std == pytest.approx([0.1, 0.0]) and n == [2, 1]
+
+
+def test_compare_runs_groups_seeds_into_bands(tmp_path):
+    _run(tmp_path, "0", "part", [0.5, 0.9])
+    _run(tmp_path, "1", "part", [0.7, 0.9])
+    _run(tmp_path, "2", "none", [0.1, 0.3])
+    png = compare_runs(tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader(open(tmp_path / "fed_compare.csv")))
+    part = [r for r in rows if r["label"] == "part"]
+    assert [(r["round"], r["test/acc mean"], r["test/acc std"], r["n"]) for r in part] == [
+        ("1", "0.6000", "0.1000", "2"), ("2", "0.9000", "0.0000", "2")]
+    assert [r["n"] for r in rows if r["label"] == "none"] == ["1", "1"]
