@@ -48,17 +48,21 @@ def kd_runs(tmp_path_factory):
     return out
 
 
-@unvalidated("the teacher/student regime at 32 px has not completed a run on the contended machine")
+@unvalidated("fails at seeds 0-2 in the data-budget regime (HLFD - no KD: -0.063 / -0.000 / -0.136); "
+             "see docs/benchmarks.md")
 def test_hlfd_student_beats_student_without_kd(kd_runs):
     """Paper 001 Table 1: HLFD student > student w/o KD, given a teacher clearly above the student.
 
     Asserted: Dice(teacher) >= Dice(student w/o KD) + 0.05 (the regime holds: the teacher earns it) and
-    Dice(HLFD) >= Dice(student w/o KD) + 0.03.  NOT yet measured in this regime (contended CPU): the
-    margins are design values until docs/benchmarks.md records their spread.  Mechanism disabled
-    (``FEDMED_CLAIMS_DISABLE=1``: beta = lambda = 0, HLFD's L_F and L_P off, the student trains on L_seg
-    alone): HLFD then equals the student w/o KD (same seed, same data order) and the assertion fails.
-    HLFD vs pixel KD is measured and recorded here but not asserted (see docs/benchmarks.md for whether
-    it holds across seeds).
+    Dice(HLFD) >= Dice(student w/o KD) + 0.03 (margins fixed before any run).  MEASURED over seeds 0-2 in
+    the regime above (docs/benchmarks.md), test Dice teacher / no KD / HLFD / pixel KD:
+    seed 0 0.823 / 0.243 / 0.180 / 0.215; seed 1 0.827 / 0.029 / 0.029 / 0.029 (every student collapses);
+    seed 2 0.583 / 0.161 / 0.025 / 0.150.  The precondition holds at every seed (the teacher is 0.42-0.80
+    ahead); the claim FAILS at every seed: HLFD is below the student without KD at seeds 0 and 2 and equal
+    at seed 1; pixel KD is no better (-0.028 / 0.000 / -0.011).  Reported as found, not re-tuned; skipped
+    by default.  Mechanism disabled (``FEDMED_CLAIMS_DISABLE=1``: beta = lambda = 0, HLFD's L_F and L_P
+    off): HLFD then equals the student w/o KD and the second assertion fails by construction; not run,
+    since the enabled test already fails.  HLFD vs pixel KD is recorded, not asserted.
     """
     r = kd_runs
     record("001_hlfd", seconds=r["seconds"], teacher=r["teacher"], student=r["none"], hlfd=r["hlfd"],
