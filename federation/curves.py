@@ -56,6 +56,7 @@ def plot_rounds(runs: Mapping[str, Rows | Sequence[Rows]], path: str | Path, met
     mean over those runs with a ± std band)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(10, 3.8))
     FigureCanvasAgg(fig)
@@ -74,6 +75,7 @@ def plot_rounds(runs: Mapping[str, Rows | Sequence[Rows]], path: str | Path, met
                     ax.fill_between(x, [m - s for m, s in zip(y, sd)], [m + s for m, s in zip(y, sd)],
                                     color=line.get_color(), alpha=0.15 if style == "-" else 0.07, lw=0)
         ax.set(xlabel="round", ylabel=name, title=f"{title}: {name} per round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     fig.tight_layout()
