@@ -162,23 +162,24 @@ def test_fedbn_beats_fedavg_under_feature_shift(tmp_path):
 
 
 @pytest.mark.slow
-@unvalidated("spleen half fails at seeds 0-2 (FL 0.044/0.000/0.000), liver half holds; see docs/benchmarks.md")
+@unvalidated("spleen margin missed by 0.002 at seed 2 (+0.423/+0.330/+0.298 vs 0.3); see docs/benchmarks.md")
 def test_partial_labels_federation_learns_each_sites_missing_organ(tmp_path):
     """SegViz (paper 004): from partially annotated sites (site 1 labels the liver only, site 2 the
-    spleen only; the other organ's pixels are ignored by the loss), the federated model segments each
-    site's *missing* organ, which that site's standalone model cannot.
+    spleen only), the federated model segments each site's *missing* organ better than that site's
+    standalone model.  Default (``UNANNOTATED=background``): a site's other organ is labelled background,
+    as in real partially labelled data, and the hybrid loss is marginalised over it.
 
     Same scanner at both sites (label shift only), so the pooled test set has each site's distribution.
     Standalone model of a site = the same federation with that site alone (FedAvg over one client is
     local training), same rounds and epochs.  Asserted: Dice(FL, spleen) >= Dice(site 1 alone, spleen)
-    + 0.3 and Dice(FL, liver) >= Dice(site 2 alone, liver) + 0.3.  Rationale: a site never shown an
-    organ cannot predict it (its logit is only ever pushed down), so its standalone Dice on that organ
-    is ~0, while the federated model learns it from the other site.  MEASURED over seeds 0-2 (final-round
-    models): liver FL 0.721 / 0.775 / 0.322 vs site 2 alone 0.000 (holds); spleen FL 0.044 / 0.000 / 0.000 vs
-    site 1 alone 0.000 (FAILS), while site 2 alone learns its spleen (0.43 / 0.40 / 0.40): the federation loses
-    the smaller organ that one site annotates.  Reported as found (docs/benchmarks.md), not re-tuned.
+    + 0.3 and Dice(FL, liver) >= Dice(site 2 alone, liver) + 0.3 (margins fixed before any run).
+    MEASURED over seeds 0-2 (final-round models, docs/benchmarks.md): spleen FL 0.445 / 0.350 / 0.298 vs
+    site 1 alone 0.022 / 0.020 / 0.001 (+0.423 / +0.330 / +0.298: seed 2 misses the margin by 0.002);
+    liver FL 0.673 / 0.663 / 0.830 vs site 2 alone 0.250 / 0.068 / 0.000 (holds).  The margin is not
+    lowered after the runs, so the test stays skipped.  With ``UNANNOTATED=ignore`` (the organ's pixels
+    skipped; fourth session) the spleen half failed at every seed (FL 0.044 / 0.000 / 0.000).
     Mechanism disabled (``FEDMED_CLAIMS_DISABLE=1``: both sites annotate the liver only, nobody labels
-    the spleen): the federated spleen Dice should be ~0 and the first assertion fail.
+    the spleen), seed 0: FL spleen 0.021 vs site 1 alone 0.022, the first assertion fails, as it must.
     """
     t0 = time.perf_counter()
     labels = {"site1": [1], "site2": [1]} if DISABLED else {"site1": [1], "site2": [2]}
