@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.subset import carve_val, sample_cases, sample_groups, sample_labels
 from engine import artifacts
+from federation.core.partial_labels import PartialLabels
 from federation.core.partition import PARTITIONERS, partition_report, plot_partition
 from federation.core.sampling import client_seed, sample_clients  # noqa: F401 (re-exported)
 from federation.core.sharing import SharedPool
@@ -60,6 +61,9 @@ def check_federation_config(fed: Any) -> None:
     frac = fed.get("shared_fraction")
     if frac is not None and not 0.0 <= float(frac) < 1.0:
         raise FederationError(f"federation.shared_fraction={frac}: must be in [0, 1)")
+    mode = fed.get("unannotated", "ignore")
+    if mode not in PartialLabels.MODES:
+        raise FederationError(f"federation.unannotated={mode}: expected one of {', '.join(PartialLabels.MODES)}")
 
 
 def _known_params() -> set[str]:

@@ -266,3 +266,16 @@ def test_federation_error_is_one_line(tmp_path):
                            f"paths.log_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "by_site needs a multi-site datamodule" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unannotated_mode_is_checked_before_any_data(tmp_path, monkeypatch):
+    """A bad ``federation.unannotated`` is refused with one line naming it, at config time: the server stops
+    before it builds any datamodule (not later, when the first client's data is built)."""
+    import federation.server as server
+
+    built = []
+    monkeypatch.setattr(server, "build_datamodule", lambda *a, **k: built.append(a) or pytest.fail("data built"))
+    cfg = compose_run([*DIGITS, "federation.unannotated=both"], tmp_path)
+    with pytest.raises(FederationError, match=r"federation.unannotated=both: expected one of ignore, background"):
+        dispatch(cfg)
+    assert not built
