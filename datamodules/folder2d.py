@@ -78,6 +78,30 @@ def decode_mask(path: Path, threshold: float | None, channel: int | None,
     return m.astype(np.uint8)
 
 
+def _natural(case_id: str) -> tuple:
+    """Sort key: numeric case ids by value (``"9"`` before ``"10"``), others after them by name."""
+    return (0, int(case_id), "") if case_id.isdigit() else (1, 0, case_id)
+
+
+def _check_shard(shard: Sequence[int] | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    vals = list(shard)
+    if len(vals) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals) \
+            or vals[1] < 1 or not 0 <= vals[0] < vals[1]:
+        raise DataError(f"data.case_shard={vals}: expected [i, n] with integers 0 <= i < n")
+    return vals[0], vals[1]
+
+
+def _check_window(window: Sequence[float] | None) -> tuple[float, float] | None:
+    if window is None:
+        return None
+    vals = [float(v) for v in window]
+    if len(vals) != 2 or not vals[0] < vals[1]:
+        raise DataError(f"data.window={list(window)}: expected [lo, hi] with lo < hi (grey levels in [0, 1])")
+    return vals[0], vals[1]
+
+
 class FolderSegmentationDataModule(SliceDataModule):
     """2D image/mask folders as a segmentation DataModule (same batch/split contract as volumes).
 
@@ -89,6 +113,10 @@ class FolderSegmentationDataModule(SliceDataModule):
     and val are drawn from ``image_dir`` with ``val_fraction``). ``split_file``: a JSON of case-id
     lists ``{"train": [...], "val": [...], "test": [...]}`` instead of seeded fractions.
     ``image_size=null`` keeps each slice's own size; batches are padded to a common size.
+    ``case_shard=[i, n]``: keep only the cases whose position in the sorted case ids is ``i`` mod ``n``, so
+    ``n`` datamodules over one folder are ``n`` disjoint sites (whole cases; ``data/liver_slices_two_sites``).
+    ``window=[lo, hi]``: re-window the grey [0, 1] image to ``clip((x - lo) / (hi - lo), 0, 1)``, as a site
+    whose scanner or export uses another intensity window would store it (applied before resizing).
     """
 
     def __init__(self, root: str, image_dir: str = "test/images", mask_dir: str = "test/masks",
@@ -100,7 +128,8 @@ class FolderSegmentationDataModule(SliceDataModule):
                  seed: int = 0, batch_size: int = 16, num_workers: int = 0, augment: bool = True,
                  rotation_limit: float = 15.0, train_slices: str | float = "all",
                  test_image_dir: str | None = None, test_mask_dir: str | None = None,
-                 split_file: str | None = None, train_cases: int | None = None) -> None:
+                 split_file: str | None = None, train_cases: int | None = None,
+                 case_shard: Sequence[int] | None = None, window: Sequence[float] | None = None) -> None:
         super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
                          rotation_limit, train_slices, train_cases)
         self.root = Path(root)
@@ -115,6 +144,8 @@ class FolderSegmentationDataModule(SliceDataModule):
         self.test_dirs = None if test_image_dir is None else (self.root / test_image_dir, self.root / test_mask_dir)
         self.split_file = split_file
         self.test_ids: set[str] = set()
+        self.case_shard = _check_shard(case_shard)
+        self.window = _check_window(window)
         if class_names is None:
             n = max(self.label_map.values()) + 1 if self.label_map else 2
             class_names = ["background"] + [f"class_{i}" for i in range(1, n)]
@@ -176,12 +207,22 @@ class FolderSegmentationDataModule(SliceDataModule):
                 raise DataError(f"case(s) {both[:5]} appear in both {self.image_dir} and {self.test_dirs[0]}")
             self.test_ids = set(test)
             groups.update(test)
+        if self.case_shard is not None:
+            i, n = self.case_shard
+            keep = sorted(groups, key=_natural)[i::n]
+            if not keep:
+                raise DataError(f"data.case_shard=[{i}, {n}] keeps none of the {len(groups)} cases in {self.image_dir}")
+            groups = {c: groups[c] for c in keep}
+            self.test_ids &= set(keep)
         cases = []
         for cid, members in groups.items():
             members.sort(key=lambda t: (t[0], t[1]))
             images, labels = [], []
             for _, _, img, msk in members:
                 x = load_image(img)
+                if self.window is not None:
+                    lo, hi = self.window
+                    x = np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
                 y = decode_mask(msk, self.mask_threshold, self.mask_channel, self.label_map)
                 if x.shape != y.shape:
                     raise DataError(f"shape mismatch: image {img} is {x.shape} but mask {msk} is {y.shape}")

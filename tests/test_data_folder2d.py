@@ -104,3 +104,58 @@ def test_real_kits_slices_red_channel(tmp_path):
     dm.setup()
     masks = torch.stack([dm.train_dataset[i]["mask"] for i in range(len(dm.train_dataset))])
     assert 0.0 < masks.float().mean() < 0.2
+
+
+def test_case_shards_are_disjoint_sites_and_window_rewindows(tmp_path):
+    """``case_shard=[i, n]`` splits one folder into n disjoint sites of whole cases (natural order of the
+    case ids); ``window=[lo, hi]`` re-windows the grey image (clip((x - lo) / (hi - lo), 0, 1))."""
+    root = _write_png_folder(tmp_path, n_cases=5)
+    kw = dict(image_dir="imgs", mask_dir="msks", image_size=None, augment=False, val_fraction=0.0,
+              test_fraction=0.0)
+    shards = []
+    for i in range(2):
+        dm = FolderSegmentationDataModule(str(root), case_shard=[i, 2], **kw)
+        dm.setup()
+        shards.append(set(dm.case_ids("train")))
+    assert shards == [{"100", "102", "104"}, {"101", "103"}]
+    plain = FolderSegmentationDataModule(str(root), **kw)
+    windowed = FolderSegmentationDataModule(str(root), window=[-0.5, 1.0], **kw)
+    for dm in (plain, windowed):
+        dm.setup()
+    x, y = plain.train_dataset[0]["image"], windowed.train_dataset[0]["image"]
+    assert torch.allclose(y, (x + 0.5) / 1.5, atol=1e-6)
+    assert torch.equal(plain.train_dataset[0]["mask"], windowed.train_dataset[0]["mask"])
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"case_shard": [2, 2]}, r"data.case_shard=\[2, 2\]"), ({"case_shard": [0]}, r"data.case_shard=\[0\]"),
+    ({"window": [0.8, 0.2]}, r"data.window=\[0.8, 0.2\]"),
+])
+def test_bad_shard_or_window_names_the_key(tmp_path, kw, needle):
+    with pytest.raises(DataError, match=needle):
+        FolderSegmentationDataModule(str(tmp_path), **kw)
+
+
+@pytest.mark.realdata
+def test_real_liver_two_sites_config(tmp_path, monkeypatch):
+    """``data=liver_slices_two_sites``: two disjoint sites of whole volumes (even / odd), site_b re-windowed
+    (its images are brighter and flatter), every volume in exactly one site."""
+    from engine.builders import build_datamodule
+    from tests.hydra_helpers import compose_run
+
+    root = real_data("liver-tumor-msd-slices")
+    monkeypatch.setenv("FEDMED_SHARED_DATA", str(root.parent))
+    cfg = compose_run(["+exp=fed_lits_dnet", "data=liver_slices_two_sites", "data.site_defaults.image_size=32"],
+                      tmp_path)
+    dm = build_datamodule(cfg.data)
+    dm.setup()
+    cases = {s: set() for s in ("site_a", "site_b")}
+    for ds in (dm.train_dataset, dm.val_dataset, dm.test_dataset):
+        for site, case in (c.split("/") for c in set(ds.case_ids.tolist())):
+            cases[site].add(case)
+    assert not cases["site_a"] & cases["site_b"] and len(cases["site_a"] | cases["site_b"]) == 122
+    means = {s: [] for s in cases}
+    for i in range(len(dm.train_dataset)):
+        item = dm.train_dataset[i]
+        means[item["case_id"].split("/")[0]].append(float(item["image"].mean()))
+    assert np.mean(means["site_b"]) > np.mean(means["site_a"]) + 0.15
