@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from datamodules.errors import DataError
 from datamodules.loaders import SplitLoadersMixin
+from datamodules.transforms import reseed_from_torch
 
 TASKS = ("multi-class", "binary", "multi-label", "ordinal-regression")
 _TASK_ALIASES = {
@@ -93,6 +94,7 @@ class ArrayClassificationDataset(Dataset):
         self.size, self.scale, self.mean, self.std = size, float(scale), float(mean), float(std)
         self.as_rgb, self.transform, self.interpolation = as_rgb, transform, interpolation
         self._albu = isinstance(transform, (A.BaseCompose, A.BasicTransform))
+        self._seeded: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -104,6 +106,7 @@ class ArrayClassificationDataset(Dataset):
         if self.as_rgb and img.shape[2] == 1:
             img = np.repeat(img, 3, axis=2)
         if self._albu:
+            self._seeded = reseed_from_torch(self.transform, self._seeded)
             img = self.transform(image=img)["image"]
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         if self.transform is not None and not self._albu:

@@ -7,9 +7,24 @@ unsuitable for medical images" (it degrades the HU texture the nets rely on for 
 """
 from __future__ import annotations
 
+import os
+
 import albumentations as A
 import cv2
 import numpy as np
+import torch
+
+
+def reseed_from_torch(transform: A.BaseCompose | A.BasicTransform, last: tuple[int, int] | None) -> tuple[int, int]:
+    """Seed an albumentations transform's own generator from ``torch.initial_seed()`` when the process or
+    that seed changed since ``last`` (the key this returns). albumentations 2 ignores the global seeds set by
+    ``seed_everything`` and, unseeded, draws from OS entropy: two runs with one ``seed`` would augment
+    differently. In the main process the torch seed is the run's (or a client's); in a DataLoader worker it
+    is PyTorch's per-worker seed (base seed + worker id, new every epoch), so workers do not repeat each other."""
+    key = (os.getpid(), torch.initial_seed())
+    if key != last:
+        transform.set_random_seed(key[1] % 2**32)
+    return key
 
 
 class SliceAugment:
@@ -18,6 +33,7 @@ class SliceAugment:
 
     ``fill`` is the image value for pixels rotated in from outside: use the lower end of the
     intensity range (air after windowing), e.g. 0 for out_range [0, 1] and -1 for [-1, 1].
+    The random draws follow the run's seed (:func:`reseed_from_torch`).
     """
 
     def __init__(self, rotation_limit: float = 15.0, hflip: bool = True, vflip: bool = True,
@@ -32,8 +48,10 @@ class SliceAugment:
         if vflip:
             ops.append(A.VerticalFlip(p=0.5))
         self.compose = A.Compose(ops)
+        self._seeded: tuple[int, int] | None = None
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._seeded = reseed_from_torch(self.compose, self._seeded)
         channels_first = image.ndim == 3  # [C, H, W] multi-channel slice -> albumentations' H, W, C
         img = np.moveaxis(image, 0, -1) if channels_first else image
         out = self.compose(image=np.ascontiguousarray(img, dtype=np.float32),
