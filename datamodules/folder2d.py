@@ -24,7 +24,7 @@ from PIL import Image
 from datamodules.errors import DataError
 from datamodules.slices import SliceCase, SliceDataModule
 from datamodules.splits import patient_split
-from datamodules.volumes import resize_slices
+from datamodules.volumes import apply_window, resize_slices
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy")
 
@@ -221,8 +221,7 @@ class FolderSegmentationDataModule(SliceDataModule):
             for _, _, img, msk in members:
                 x = load_image(img)
                 if self.window is not None:
-                    lo, hi = self.window
-                    x = np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+                    x = apply_window(x, *self.window)
                 y = decode_mask(msk, self.mask_threshold, self.mask_channel, self.label_map)
                 if x.shape != y.shape:
                     raise DataError(f"shape mismatch: image {img} is {x.shape} but mask {msk} is {y.shape}")
