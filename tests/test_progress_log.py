@@ -50,3 +50,19 @@ def test_epoch_line_shows_a_metric_once():
     """Lightning's callback_metrics hold ``train/loss`` and ``train/loss_epoch`` for an on_step+on_epoch log."""
     line = epoch_line(0, 2, {"train/loss": 1.188, "train/loss_epoch": 1.188, "train/loss_step": 0.9}, 1.0)
     assert line == "epoch 1/2: train/loss=1.188 (1.0 s)"
+
+
+def test_log_progress_is_quiet_when_fast_and_steady_when_slow(monkeypatch, caplog):
+    """A loop done within ``quiet_s`` (volumes from the cache) logs its final line only; a slow one
+    (decoding) logs about ``lines`` lines plus the final one."""
+    import datamodules.progress as progress
+
+    log = logging.getLogger("test.progress")
+    for step_s, want in ((0.01, ["20/20"]), (1.0, [f"{i}/20" for i in range(2, 21, 2)])):
+        clock = iter(range(10_000))
+        monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock) * step_s)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="test.progress"):
+            assert list(progress.log_progress(range(20), 20, "volumes", log, lines=10)) == list(range(20))
+        got = [r.getMessage().split()[1] for r in caplog.records]
+        assert got == want, (step_s, got)
