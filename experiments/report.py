@@ -4,6 +4,9 @@ Collects every run dir (one with ``metrics.json``, or ``failed.json`` for a job 
 given paths, groups runs by their Hydra overrides minus ``seed``, and writes a comparison table — one row
 per method, mean ± std over seeds, the best value per column in bold — as Markdown and CSV, plus
 learning-curve PNGs. Failed jobs are listed with their error line; no runs at all is an error.
+A federation's evaluation matrix (paper 003 Table 1, ``federation.evaluation_matrix=true``) enters as
+``matrix/<row>/<test set>`` keys, so ``--keys 'matrix/FL_global/*'`` gives that row over seeds per strategy
+(``--keys`` takes shell-style patterns).
 
 Only results count by default: debug runs (``trainer.fast_dev_run``, marked ``"debug": true`` in
 ``metrics.json``), crashed runs (``failed.json``) and unfinished ones (a run dir with ``.hydra/`` or
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import glob
 import io
 import json
@@ -83,20 +87,30 @@ def run_labels(runs: list[Path]) -> tuple[dict[Path, str], list[str]]:
     return {run: label or "(defaults)" for run, label in labels.items()}, common
 
 
+def numeric_metrics(metrics: dict) -> dict[str, float]:
+    """A run's numeric metrics, with its evaluation matrix ({row: {test set: value}}) flattened to
+    ``matrix/<row>/<test set>``."""
+    flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for row, cols in (metrics.get("evaluation_matrix") or {}).items():
+        flat.update({f"matrix/{row}/{col}": float(v) for col, v in (cols or {}).items() if isinstance(v, (int, float))})
+    return flat
+
+
 def collect(runs: list[Path], keys: tuple[str, ...] | None) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
+    """Values per method and key; ``keys`` are names or shell-style patterns (``matrix/FL_global/*``),
+    ordered as given, each pattern's matches in the order first met."""
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     found: list[str] = []
     labels, _ = run_labels(runs)
     for run in runs:
-        metrics = json.loads((run / "metrics.json").read_text())
         label = labels[run]
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and (keys is None or key in keys):
-                groups[label][key].append(float(value))
+        for key, value in numeric_metrics(json.loads((run / "metrics.json").read_text())).items():
+            if keys is None or any(fnmatch.fnmatchcase(key, k) for k in keys):
+                groups[label][key].append(value)
                 if key not in found:
                     found.append(key)
-    ordered = [k for k in (keys or found) if k in found]
-    return groups, ordered
+    ordered = [f for k in keys for f in found if fnmatch.fnmatchcase(f, k)] if keys else found
+    return groups, list(dict.fromkeys(ordered))
 
 
 def table(groups: dict[str, dict[str, list[float]]], keys: list[str]) -> tuple[str, str]:

@@ -96,3 +96,28 @@ def test_report_labels_methods_by_the_overrides_that_differ(tmp_path):
     assert common == ["+exp=lits_dnet", "data=liver_slices"]
     labels, common = run_labels(runs[:2])  # one method over seeds
     assert set(labels.values()) == {"+exp=lits_dnet data=liver_slices model=dnet"} and common == []
+
+
+def test_report_gives_the_evaluation_matrix_over_seeds_per_strategy(tmp_path):
+    """``--keys 'matrix/FL_global/*'``: the matrix row of each run, mean ± std per strategy over seeds."""
+    from experiments.report import main
+
+    values = {("fedavg", 0): (0.70, 0.20), ("fedavg", 1): (0.80, 0.30), ("fedbn", 0): (0.85, 0.90),
+              ("fedbn", 1): (0.87, 0.88)}
+    for i, ((strategy, seed), (a, b)) in enumerate(values.items()):
+        run = tmp_path / f"{i}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- +exp=fed_lits_dnet\n- federation/strategy={strategy}\n"
+                                                       f"- seed={seed}\n")
+        matrix = {"FL_global": {"site_a": a, "site_b": b}, "site_a_FL_local": {"site_a": 0.9, "site_b": 0.1}}
+        (run / "metrics.json").write_text(json.dumps({"test/dice": 0.5, "debug": False, "evaluation_matrix": matrix}))
+    assert main([str(tmp_path), "--keys", "matrix/FL_global/*", "test/dice"]) == 0
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert [r["method"] for r in rows] == ["federation/strategy=fedavg", "federation/strategy=fedbn"]
+    assert list(rows[0])[2:] == ["matrix/FL_global/site_a_mean", "matrix/FL_global/site_a_std",
+                                 "matrix/FL_global/site_b_mean", "matrix/FL_global/site_b_std",
+                                 "test/dice_mean", "test/dice_std"]
+    assert float(rows[0]["matrix/FL_global/site_b_mean"]) == pytest.approx(0.25)
+    assert float(rows[1]["matrix/FL_global/site_b_mean"]) == pytest.approx(0.89)
+    assert float(rows[1]["matrix/FL_global/site_a_std"]) == pytest.approx(0.01)
+    assert "**0.8900 ± 0.0100**" in (tmp_path / "report.md").read_text()  # FedBN's site_b: the best in its column
