@@ -39,12 +39,33 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
+def _finished_records(path: Path, wait_s: float = 60.0) -> list:
+    """The file's records once wandb-core has written its ``exit`` record: the run's ``finish()`` has
+    returned, but the writer lives in the wandb-core process, so on a loaded machine the file may lag;
+    wait for it (``wandb.teardown()`` first, which flushes every stream), then fail with what was there."""
+    import time
+
+    import wandb
+
+    recs = list(records(path))
+    if not any(r.WhichOneof("record_type") == "exit" for r in recs) and wandb.run is None:
+        wandb.teardown()
+    deadline = time.monotonic() + wait_s
+    while not any(r.WhichOneof("record_type") == "exit" for r in recs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        recs = list(records(path))
+    kinds = [r.WhichOneof("record_type") for r in recs]
+    assert "exit" in kinds, f"{path} ({path.stat().st_size} bytes) has no exit record after {wait_s:.0f} s: {kinds}"
+    return recs
+
+
 def read_run(run_dir: Path) -> dict:
     """``{"name", "tags", "config", "history": [{key: value}], "summary": {key: value}}`` of a run dir's W&B run."""
     files = list(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
-    assert files, f"no offline W&B run under {run_dir}"
+    assert len(files) == 1, f"expected one offline W&B run under {run_dir}, found {files}"
+    recs = _finished_records(files[0])
     out: dict = {"name": None, "tags": [], "config": {}, "history": [], "summary": {}}
-    for rec in records(files[0]):
+    for rec in recs:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out["name"], out["tags"] = rec.run.display_name, list(rec.run.tags)
