@@ -8,6 +8,7 @@ import torch
 
 from experiments import kd_report
 from engine.artifacts import write_json
+from lightning_modules.checkpoints import load_checkpoint
 from hydra_helpers import compose_run
 
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "logger=csv",
@@ -33,7 +34,7 @@ def test_kits_hlfd_end_to_end(tmp_path):
     assert not any("teacher" in k or "kd_loss" in k for k in payload["state_dict"])
     assert isinstance(load_student(run / "student.pt"), ResNet18Student)
     assert (run / "kd_maps.png").stat().st_size > 0
-    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
+    best = load_checkpoint(run / "checkpoints" / "best.ckpt")  # weights_only=True
     assert not any(k.startswith("teacher.") for k in best["state_dict"])
 
 

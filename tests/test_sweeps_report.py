@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import pytorch_lightning as pl
-import torch
 
 from experiments import report
 from experiments.run import dispatch
+from lightning_modules.checkpoints import load_checkpoint
 from tests.hydra_helpers import compose_run
 
 TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8",
@@ -65,7 +65,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path, monkeypatch):
     cfg = compose_run([*TINY, "logger=csv", "test=false"], tmp_path)
     dispatch(cfg)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    step1 = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    step1 = load_checkpoint(last)["global_step"]
     seen = {}
     original_fit = pl.Trainer.fit
 
@@ -78,7 +78,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path, monkeypatch):
     cfg2 = compose_run([*TINY, "logger=csv", "test=false", "resume=true", "trainer.max_epochs=2"], tmp_path)
     dispatch(cfg2)
     assert seen["ckpt_path"] == str(last)
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2 * step1
+    assert load_checkpoint(last)["global_step"] == 2 * step1
 
 
 def test_report_labels_methods_by_the_overrides_that_differ(tmp_path):
