@@ -92,7 +92,8 @@ def segmentation_cfg(cfg: DictConfig, model: Any, loss: Any, out: Path, max_epoc
         if max_epochs is not None:
             new.trainer.max_epochs = int(max_epochs)
         if sub_run:
-            new.callbacks = {"model_checkpoint": _plain(cfg.callbacks.model_checkpoint, resolve=False)}
+            new.callbacks = {k: _plain(cfg.callbacks[k], resolve=False) for k in ("model_checkpoint", "last_checkpoint")
+                             if k in cfg.callbacks}
             new.logger = {"csv": _plain(cfg.logger.csv, resolve=False)} if cfg.get("logger") and "csv" in cfg.logger else {}
             new.ckpt_path, new.resume, new.test, new.print_per_case = None, False, False, False
     return new

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from engine import artifacts
@@ -138,9 +139,10 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
                                   f"{type(module).__name__} builds ({one_line(err)})") from err
 
     _, fit_seconds = fit_and_evaluate(trainer, module, datamodule, ckpt_path=ckpt_path, fit=train)
+    ckpt_cb = best_checkpoint_callback(trainer)
     metrics: dict[str, Any] = {}
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback and train else ""
+        best = ckpt_cb.best_model_path if ckpt_cb is not None and train else ""
         checked_ckpt(best, "best checkpoint")
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics["test_checkpoint"] = best or (str(ckpt_path) if given is not None and not train else "last weights")
@@ -151,8 +153,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     metrics["fit_seconds"] = fit_seconds
     metrics["num_parameters"] = sum(p.numel() for p in module.net.parameters())
     metrics.update(extra_metrics or {})
-    monitor = getattr(trainer.checkpoint_callback, "monitor", None)
-    best_score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    monitor = getattr(ckpt_cb, "monitor", None)
+    best_score = getattr(ckpt_cb, "best_model_score", None)
     if train and monitor and best_score is not None:  # what a sweeper optimises: the best validation score
         metrics[f"{monitor}_best"] = float(best_score)
     if is_debug(cfg):
@@ -173,3 +175,10 @@ def _report(cfg: DictConfig, module: Any, metrics: dict, trainer: pl.Trainer) ->
     else:
         artifacts.print_metrics({k: v for k, v in metrics.items() if k.startswith("test/")}, "test")
     artifacts.console.print(f"[bold]artefacts:[/bold] {output_dir(cfg)}  (metrics.json, checkpoints/, csv/, wandb/, *.png)")
+
+
+def best_checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
+    """The ``ModelCheckpoint`` that keeps the best score (a ``monitor`` set), not ``last_checkpoint``'s
+    every-epoch one; ``trainer.checkpoint_callback`` is merely the first in the callbacks' order."""
+    monitored = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor]
+    return monitored[0] if monitored else trainer.checkpoint_callback

@@ -1,0 +1,47 @@
+"""``checkpoints/last.ckpt`` holds the latest epoch even when the monitored score stops improving (what
+``resume=true`` continues from), and the best checkpoint stays the monitored one: the default callbacks as
+composed from the config tree, on a tiny module whose validation score falls every epoch."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+from engine.fit import best_checkpoint_callback
+from lightning_modules.checkpoints import load_checkpoint
+from tests.hydra_helpers import compose_run
+
+
+class FallingScore(pl.LightningModule):
+    """One linear layer; logs ``monitor`` = -epoch, so only epoch 0 is ever the best."""
+
+    def __init__(self, monitor: str) -> None:
+        super().__init__()
+        self.monitor, self.layer = monitor, torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, _):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, _):
+        self.log(self.monitor, -float(self.current_epoch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _loader():
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
+
+
+def test_last_ckpt_is_the_latest_epoch_when_the_score_stops_improving(tmp_path):
+    cfg = compose_run(["+exp=lits_dnet"], tmp_path)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    callbacks = [instantiate(cfg.callbacks.last_checkpoint), instantiate(cfg.callbacks.model_checkpoint)]
+    trainer = pl.Trainer(max_epochs=3, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(FallingScore(cfg.module.monitor), _loader(), _loader())
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert load_checkpoint(ckpt_dir / "last.ckpt")["epoch"] == 2  # Lightning 2.6's own save_last: epoch 0
+    assert load_checkpoint(ckpt_dir / "best.ckpt")["epoch"] == 0
+    best = best_checkpoint_callback(trainer)  # the monitored one, although last_checkpoint comes first
+    assert best is callbacks[1] and best.best_model_path == str(ckpt_dir / "best.ckpt")
