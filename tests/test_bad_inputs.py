@@ -9,8 +9,6 @@ import gzip
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +18,8 @@ import pytest
 import torch
 
 from datamodules.synthetic import MANIFEST, write_phantom_dataset
+from tests.cli import run_in_process, run_subprocess
 
-REPO = Path(__file__).resolve().parents[1]
 BASE = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
         "data.synthetic.shape=[48,48,10]", "trainer.max_epochs=1", "logger=csv", "callbacks=default",
         "~callbacks.rich_progress_bar", "~callbacks.throughput"]
@@ -256,6 +254,11 @@ CASES: dict[str, Setup] = {
 }
 
 
+#: cases run as real ``python -m`` processes (one per family: checkpoint, data, output); the rest run the same
+#: ``__main__`` in this process (tests/cli.py: ~10 s of imports saved per case)
+AS_PROCESS = {"ckpt_crafted_pickle", "corrupt_nifti", "output_dir_unwritable"}
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_exit_2(name, env, tmp_path):
     overrides, culprit = CASES[name](env, tmp_path)
@@ -266,9 +269,8 @@ def test_bad_input_is_one_line_exit_2(name, env, tmp_path):
     args = [*base, *overrides, f"paths.data_dir={env['data']}"]
     if not any(a.startswith("paths.log_dir") for a in args):
         args += [f"hydra.run.dir={run}"]
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
+    run_cli = run_subprocess if name in AS_PROCESS else run_in_process
+    proc = run_cli("experiments.run", args, tmp_path)
     assert proc.returncode == 2, proc.stdout[-1500:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
@@ -283,9 +285,23 @@ def test_bad_input_is_one_line_exit_2(name, env, tmp_path):
 def test_medmnist_outside_table_advice_is_enough(env, tmp_path):
     """The error's advice alone (data.task, data.num_classes, data.in_channels) makes the file work."""
     overrides, _ = _medmnist_outside_table(env, tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", *overrides, "data.task=multi-class",
-                           "data.num_classes=3", "data.in_channels=1", "model=small_cnn", "data.num_workers=0",
-                           "++trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
+    proc = run_in_process("experiments.run", [*overrides, "data.task=multi-class", "data.num_classes=3",
+                                              "data.in_channels=1", "model=small_cnn", "data.num_workers=0",
+                                              "++trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path / 'run'}"],
+                          tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_in_process_cli_matches_a_real_process(env, tmp_path):
+    """tests/cli.py's in-process runner gives what ``python -m experiments.run`` gives (status, the one error
+    line) and leaves the test process as it found it (argv, cwd, environment, root logger handlers)."""
+    import logging
+    import os
+    import sys
+
+    args = [*BASE, "module.optimizer.lr=-0.1", f"paths.data_dir={env['data']}", f"hydra.run.dir={tmp_path / 'r'}"]
+    before = (list(sys.argv), os.getcwd(), dict(os.environ), list(logging.getLogger().handlers))
+    mine, real = run_in_process("experiments.run", args, tmp_path), run_subprocess("experiments.run", args, tmp_path)
+    assert (list(sys.argv), os.getcwd(), dict(os.environ), list(logging.getLogger().handlers)) == before
+    errors = [[ln for ln in p.stderr.splitlines() if ln.startswith("error")] for p in (mine, real)]
+    assert mine.returncode == real.returncode == 2 and errors[0] == errors[1] and len(errors[0]) == 1, errors

@@ -3,12 +3,12 @@ Traceback, nothing half-written; switching partitioner on the command line just 
 sweep gives two W&B runs (each job finishes its own)."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cli import run_in_process, run_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["+exp=fed_digits_datashare", "model.width=4", "federation.progress=false", "trainer.limit_train_batches=2",
@@ -16,12 +16,13 @@ BASE = ["+exp=fed_digits_datashare", "model.width=4", "federation.progress=false
         "federation.local_epochs=1", "federation.eval_clients=none"]
 
 
-def _run(args: list[str], tmp: Path, logger: str = "logger=csv") -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+def _run(args: list[str], tmp: Path, logger: str = "logger=csv", as_process: bool = False
+         ) -> subprocess.CompletedProcess:
+    """``python -m experiments.run`` on the tiny federation: in this process (tests/cli.py) or as a real one."""
     flags = [a for a in args if a == "-m"]  # Hydra's parser takes its flags before the overrides
-    cmd = [sys.executable, "-m", "experiments.run", *flags, *BASE, logger, f"paths.root_dir={tmp}",
-           f"paths.log_dir={tmp / 'logs'}", *[a for a in args if a != "-m"]]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    argv = [*flags, *BASE, logger, f"paths.root_dir={tmp}", f"paths.log_dir={tmp / 'logs'}",
+            *[a for a in args if a != "-m"]]
+    return (run_subprocess if as_process else run_in_process)("experiments.run", argv, ROOT)
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -69,7 +70,8 @@ def test_switching_partitioner_from_the_command_line_just_works(tmp_path):
 
 def test_two_job_federated_sweep_gives_two_wandb_runs(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = _run(["-m", "federation.strategy.mode=none,all", f"hydra.sweep.dir={sweep}"], tmp_path, logger="logger=default")
+    proc = _run(["-m", "federation.strategy.mode=none,all", f"hydra.sweep.dir={sweep}"], tmp_path, logger="logger=default",
+                as_process=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
     assert len(jobs) == 2

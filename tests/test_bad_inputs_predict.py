@@ -2,14 +2,12 @@
 nothing written (issue 10's predict items)."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
+from tests.cli import run_in_process, run_subprocess
 from tests.volumetric_helpers import make_run
 
 
@@ -49,12 +47,16 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
 ]
 
 
+#: run as a real ``python -m`` process; the rest run the same ``__main__`` in this process (tests/cli.py)
+AS_PROCESS = {"missing input"}
+
+
 @pytest.mark.parametrize("name, args, culprit, output", CASES, ids=[c[0] for c in CASES])
 def test_predict_bad_input(files, name, args, culprit, output):
     tmp, ckpt = files
     argv = [a.format(t=tmp, c=ckpt) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "experiments.predict", *argv, "device=cpu"],
-                          capture_output=True, text=True, timeout=600)
+    run_cli = run_subprocess if name in AS_PROCESS else run_in_process
+    proc = run_cli("experiments.predict", [*argv, "device=cpu"], tmp)
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr

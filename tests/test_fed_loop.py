@@ -259,11 +259,10 @@ def test_fl_local_is_each_clients_best_local_checkpoint(tmp_path, monkeypatch):
 
 
 def test_federation_error_is_one_line(tmp_path):
-    import subprocess
-    import sys
+    from tests.cli import run_in_process
 
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", *DIGITS, "federation/partition=by_site",
-                           f"paths.log_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
+    proc = run_in_process("experiments.run", [*DIGITS, "federation/partition=by_site", f"paths.log_dir={tmp_path}"],
+                          tmp_path)
     assert proc.returncode != 0
     assert "by_site needs a multi-site datamodule" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.run import dispatch
+from tests.cli import run_in_process
 from tests.hydra_helpers import compose_run
 
 TINY = [
@@ -72,10 +73,9 @@ SMALL_DATA = ["data.synthetic.n_cases=4", "data.synthetic.shape=[32,32,6]", "dat
     ],
 )
 def test_bad_input_one_line_nonzero_exit(tmp_path, args, expected):
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.run", "+exp=lits_dnet", *[a.format(tmp=tmp_path) for a in args], "logger=csv", "trainer.max_epochs=1",
-         f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}", "model.width=4"],
-        capture_output=True, text=True, timeout=300)
+    proc = run_in_process("experiments.run", ["+exp=lits_dnet", *[a.format(tmp=tmp_path) for a in args], "logger=csv",
+                                              "trainer.max_epochs=1", f"paths.log_dir={tmp_path}",
+                                              f"paths.data_dir={tmp_path / 'data'}", "model.width=4"], tmp_path)
     assert proc.returncode != 0
     assert expected in proc.stderr
 
@@ -85,8 +85,8 @@ def test_predict_rejects_bad_checkpoint(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     vol = tmp_path / "v.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.float32), np.eye(4)), vol)
-    proc = subprocess.run([sys.executable, "-m", "experiments.predict", f"ckpt={bad}", f"input={vol}",
-                           f"output={tmp_path / 'o.nii.gz'}"], capture_output=True, text=True, timeout=120)
+    proc = run_in_process("experiments.predict", [f"ckpt={bad}", f"input={vol}", f"output={tmp_path / 'o.nii.gz'}"],
+                          tmp_path)
     assert proc.returncode == 2 and "bad.ckpt" in proc.stderr and not (tmp_path / "o.nii.gz").exists()
 
 

@@ -6,7 +6,6 @@ import json
 import multiprocessing as mp
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -17,6 +16,7 @@ from datamodules.errors import DataError
 from datamodules.synthetic import MANIFEST, write_phantom_dataset
 from lightning_modules.base import build
 from lightning_modules.errors import ConfigError
+from tests.cli import run_in_process, run_subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
@@ -26,11 +26,11 @@ TINY_KD = ["+exp=lits_hlfd", "data.image_size=32", "data.batch_size=4", "data.sy
            "data.synthetic.shape=[48,48,10]", "trainer.max_epochs=1", "logger=csv", "module.example_size=32"]
 
 
-def run_cli(module: str, args: list[str], tmp: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
-           "FEDMED_LOG_DIR": str(tmp / "logs")}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def run_cli(module: str, args: list[str], tmp: Path, as_process: bool = False) -> subprocess.CompletedProcess:
+    """The entry point's ``__main__`` in this process (tests/cli.py), or as a real process for the crafted
+    pickles and the shared training run."""
+    run = run_subprocess if as_process else run_in_process
+    return run(module, args, tmp, env={"FEDMED_LOG_DIR": str(tmp / "logs")})
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *names: str) -> str:
@@ -57,7 +57,8 @@ class MakeMarker:
 def trained(tmp_path_factory) -> Path:
     """One tiny real run (shared): its run dir with checkpoints/best.ckpt, last.ckpt and config.yaml."""
     tmp = tmp_path_factory.mktemp("trained")
-    proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={tmp / 'run'}"], tmp)
+    proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={tmp / 'run'}"], tmp,
+                   as_process=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp
 
@@ -94,7 +95,7 @@ def test_crafted_pickle_as_test_ckpt_path_runs_nothing(trained, tmp_path):
     marker = tmp_path / "pwned"
     evil = _evil_ckpt(tmp_path / "evil.ckpt", marker)
     proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", f"hydra.run.dir={tmp_path / 'r'}",
-                                       "train=false", f"ckpt_path={evil}"], tmp_path)
+                                       "train=false", f"ckpt_path={evil}"], tmp_path, as_process=True)
     assert not marker.exists(), "the pickle ran"
     assert_one_line_error(proc, "evil.ckpt")
     assert not (tmp_path / "r" / "metrics.json").exists()
@@ -105,7 +106,8 @@ def test_crafted_last_ckpt_on_resume_runs_nothing(trained, tmp_path):
     run = tmp_path / "r"
     (run / "checkpoints").mkdir(parents=True)
     _evil_ckpt(run / "checkpoints" / "last.ckpt", marker)
-    proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", f"resume={run}"], tmp_path)
+    proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", f"resume={run}"], tmp_path,
+                   as_process=True)
     assert not marker.exists(), "the pickle ran"
     assert_one_line_error(proc, "last.ckpt")
 
@@ -114,7 +116,8 @@ def test_crafted_pickle_as_teacher_runs_nothing(trained, tmp_path):
     marker = tmp_path / "pwned"
     evil = _evil_ckpt(tmp_path / "teacher.ckpt", marker)
     proc = run_cli("experiments.run", [*TINY_KD, f"paths.data_dir={trained / 'data'}",
-                                       f"hydra.run.dir={tmp_path / 'r'}", f"distill.teacher.ckpt={evil}"], tmp_path)
+                                       f"hydra.run.dir={tmp_path / 'r'}", f"distill.teacher.ckpt={evil}"], tmp_path,
+                   as_process=True)
     assert not marker.exists(), "the pickle ran"
     assert_one_line_error(proc, "teacher.ckpt")
 

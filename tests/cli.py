@@ -1,0 +1,79 @@
+"""The command line, two ways: in the test process, or as a real ``python -m`` process.
+
+Each ``python -m experiments.run`` started by a test pays ~10 s of imports (torch, Lightning, torchmetrics)
+before it reads its first override; the bad-input tests (~60 cases that each end within a second of reading
+the bad value) spent ~9 of every 10 minutes of their CI time there. :func:`run_in_process` runs the same
+``__main__`` of the module (``runpy``, the path ``python -m`` takes) with the same argv, cwd and environment,
+captures stdout/stderr and the exit status, and then puts back what a run changes in the process: argv, cwd,
+the environment (the ``allow_targets`` list lives there), Hydra's global state, the root logger's handlers and
+torch's determinism flag. :func:`run_subprocess` is the real process, kept for a few cases per file so that
+what only a whole interpreter shows (an exit-time traceback, a stray write at shutdown) is still covered.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import runpy
+import subprocess
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+#: what every CLI run in the tests gets: offline W&B, one thread, the repository importable
+BASE_ENV = {"PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+def run_subprocess(module: str, args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None,
+                   timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` as its own process."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **BASE_ENV, **(env or {})})
+
+
+def run_in_process(module: str, args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None,
+                   timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` in this process: its exit status, stdout and stderr as a
+    :class:`subprocess.CompletedProcess` (``timeout`` is accepted for the same signature and not enforced)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    saved_argv, saved_cwd, saved_env = list(sys.argv), os.getcwd(), dict(os.environ)
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    saved_deterministic = torch.are_deterministic_algorithms_enabled()
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    GlobalHydra.instance().clear()
+    os.environ.update({**BASE_ENV, **(env or {})})
+    os.chdir(cwd)
+    sys.argv = [module, *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # a test module that imported experiments.run already: runpy runs a fresh copy as __main__, as
+            # ``python -m`` does, and says so
+            warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
+            try:
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:
+            if handler not in saved_handlers:
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        torch.use_deterministic_algorithms(saved_deterministic)
+    status = 0 if code is None else code if isinstance(code, int) else 1
+    if isinstance(code, str):  # sys.exit("message") prints the message and exits 1
+        err.write(code + "\n")
+    return subprocess.CompletedProcess([module, *map(str, args)], status, out.getvalue(), err.getvalue())
