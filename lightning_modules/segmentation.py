@@ -2,11 +2,10 @@
 
 Training sums the loss over every head the net returns (paper 000 Eq. 2); validation, test and prediction
 use the main head only. Test metrics are per case (slices reassembled per volume) and reported as
-mean ± std across cases (see :mod:`lightning_modules.metrics`); the ROC curve and AUC come from torchmetrics.
+mean ± std across cases (see :mod:`lightning_modules.metrics`); the ROC curve and AUC are torchmetrics' binned
+ones, counted by :mod:`lightning_modules.roc`.
 """
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 import math
 from collections.abc import Mapping, Sequence
@@ -15,31 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAUROC, MulticlassROC
 
 from lightning_modules.base import BaseModule, build, to_plain
 from lightning_modules.errors import ConfigError
 from lightning_modules.losses.hybrid import class_probabilities
 from lightning_modules.inference import main_head
 from lightning_modules.metrics import PerCaseConfusion, case_scores, summarise, surface_scores
+from lightning_modules.roc import BinnedMulticlassROC
 
-
-
-@contextmanager
-def _native_bincount(device: torch.device):
-    """torchmetrics' binned ROC/AUROC count with ``torch.bincount``, but under deterministic algorithms it
-    falls back to a ``[pixels, classes x thresholds x 4]`` comparison (15-22 GB for one test batch of
-    slices). ``torch.bincount`` on CPU is deterministic (integer counts), so there the flag is lifted
-    around the update; on GPU the fallback stays (its bincount is not deterministic)."""
-    if device.type != "cpu" or not torch.are_deterministic_algorithms_enabled():
-        yield
-        return
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(False)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(True, warn_only=warn_only)
 
 class SegmentationModule(BaseModule):
     """Semantic segmentation of 2D slices with per-volume evaluation.
@@ -109,8 +91,7 @@ class SegmentationModule(BaseModule):
         self.fg_threshold, self.eval_slices = fg_threshold, eval_slices
         self.val_cases = PerCaseConfusion(num_classes)
         self.test_cases = PerCaseConfusion(num_classes)
-        self.test_roc = MulticlassROC(num_classes, thresholds=roc_thresholds)
-        self.test_auc = MulticlassAUROC(num_classes, average=None, thresholds=roc_thresholds)
+        self.test_roc = BinnedMulticlassROC(num_classes, thresholds=roc_thresholds)
         self.test_per_case: dict[str, dict[str, float]] = {}
         self.test_summary: dict[str, float] = {}
         self.val_summary: dict[str, float] = {}
@@ -199,9 +180,7 @@ class SegmentationModule(BaseModule):
                 self._keep_for_surface(batch, pred, mask[keep], ids, keep)
                 flat_p = prob[keep].movedim(1, -1).reshape(-1, prob.shape[1])
                 flat_t = mask[keep].reshape(-1)
-                with _native_bincount(flat_p.device):
-                    self.test_roc.update(flat_p, flat_t)
-                    self.test_auc.update(flat_p, flat_t)
+                self.test_roc.update(flat_p, flat_t)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -236,8 +215,8 @@ class SegmentationModule(BaseModule):
             self._surface_scores()
             self.test_summary = summarise(self.test_per_case)
         fpr, tpr, _ = self.test_roc.compute()
-        auc = self.test_auc.compute()
-        self.test_roc.reset(), self.test_auc.reset()
+        auc = self.test_roc.auroc()
+        self.test_roc.reset()
         for c in range(1, self.num_classes):
             name = self.class_names[c]
             self.roc_curves[name] = (fpr[c].cpu().numpy(), tpr[c].cpu().numpy())

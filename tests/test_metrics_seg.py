@@ -49,27 +49,30 @@ def test_per_case_reassembles_slices_across_batches():
     assert summary["num_cases"] == 2
 
 
-def test_test_roc_under_deterministic_algorithms_counts_natively():
-    """With ``torch.use_deterministic_algorithms(True)`` (``trainer.deterministic=true``) torchmetrics'
-    binned ROC would build a [pixels, classes x thresholds x 4] mesh (GBs for one test batch); on CPU the
-    module counts with torch.bincount instead and gets the same curve, and the flag is restored."""
+def test_binned_roc_counts_and_auc_equal_torchmetrics_also_under_deterministic_algorithms():
+    """lightning_modules.roc counts the binned ROC state by sorting instead of comparing every pixel with every
+    threshold: the same [T, C, 2, 2] counts and per-class AUC as torchmetrics' MulticlassROC / MulticlassAUROC,
+    probabilities exactly on a threshold (0 and 1) included, and it runs under deterministic algorithms
+    (``trainer.deterministic=true``) without lifting the flag."""
     import torch
+    from torchmetrics.classification import MulticlassAUROC, MulticlassROC
 
-    from lightning_modules.segmentation import _native_bincount
-    from torchmetrics.classification import MulticlassAUROC
+    from lightning_modules.roc import BinnedMulticlassROC
 
     gen = torch.Generator().manual_seed(0)
-    p = torch.softmax(torch.randn(4096, 3, generator=gen), 1)
-    t = torch.randint(0, 3, (4096,), generator=gen)
-    ref = MulticlassAUROC(3, average=None, thresholds=50)
-    ref.update(p, t)
-    torch.use_deterministic_algorithms(True)
-    try:
-        auc = MulticlassAUROC(3, average=None, thresholds=50)
-        with _native_bincount(p.device):
-            assert not torch.are_deterministic_algorithms_enabled()
-            auc.update(p, t)
-        assert torch.are_deterministic_algorithms_enabled()
-    finally:
-        torch.use_deterministic_algorithms(False)
-    assert torch.equal(auc.compute(), ref.compute())
+    for classes, pixels, bins in ((2, 4096, 200), (3, 20000, 50), (4, 999, 7)):
+        p = torch.softmax(3 * torch.randn(pixels, classes, generator=gen), 1)
+        p[:8] = torch.nn.functional.one_hot(torch.arange(8) % classes, classes).float()
+        t = torch.randint(0, classes, (pixels,), generator=gen)
+        ref, ref_auc = MulticlassROC(classes, thresholds=bins), MulticlassAUROC(classes, average=None, thresholds=bins)
+        ref.update(p, t), ref_auc.update(p, t)
+        mine = BinnedMulticlassROC(classes, thresholds=bins)
+        torch.use_deterministic_algorithms(True)
+        try:
+            mine.update(p[: pixels // 2], t[: pixels // 2]), mine.update(p[pixels // 2:], t[pixels // 2:])
+        finally:
+            torch.use_deterministic_algorithms(False)
+        assert torch.equal(mine.confmat, ref.confmat), classes
+        assert torch.equal(mine.auroc(), ref_auc.compute()), classes
+        for a, b in zip(mine.compute(), ref.compute()):
+            assert torch.equal(a, b)
