@@ -5,9 +5,10 @@ before it reads its first override; the bad-input tests (~60 cases that each end
 the bad value) spent ~9 of every 10 minutes of their CI time there. :func:`run_in_process` runs the same
 ``__main__`` of the module (``runpy``, the path ``python -m`` takes) with the same argv, cwd and environment,
 captures stdout/stderr and the exit status, and then puts back what a run changes in the process: argv, cwd,
-the environment (the ``allow_targets`` list lives there), Hydra's global state, the root logger's handlers and
-torch's determinism flag. :func:`run_subprocess` is the real process, kept for a few cases per file so that
-what only a whole interpreter shows (an exit-time traceback, a stray write at shutdown) is still covered.
+the environment (the ``allow_targets`` list lives there), Hydra's global state, the root logger's handlers,
+torch's determinism flag and the random generators' states. :func:`run_subprocess` is the real process, kept
+for a few cases per file so that what only a whole interpreter shows (an exit-time traceback, a stray write at
+shutdown) is still covered.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import contextlib
 import io
 import logging
 import os
+import random
 import runpy
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +49,7 @@ def run_in_process(module: str, args: Sequence[str], cwd: Path, env: Mapping[str
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
     saved_deterministic = torch.are_deterministic_algorithms_enabled()
+    saved_rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())  # runs seed_everything
     out, err = io.StringIO(), io.StringIO()
     code: int | str | None = 0
     GlobalHydra.instance().clear()
@@ -73,6 +77,7 @@ def run_in_process(module: str, args: Sequence[str], cwd: Path, env: Mapping[str
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
         torch.use_deterministic_algorithms(saved_deterministic)
+        random.setstate(saved_rng[0]), np.random.set_state(saved_rng[1]), torch.set_rng_state(saved_rng[2])
     status = 0 if code is None else code if isinstance(code, int) else 1
     if isinstance(code, str):  # sys.exit("message") prints the message and exits 1
         err.write(code + "\n")

@@ -294,14 +294,17 @@ def test_medmnist_outside_table_advice_is_enough(env, tmp_path):
 
 def test_in_process_cli_matches_a_real_process(env, tmp_path):
     """tests/cli.py's in-process runner gives what ``python -m experiments.run`` gives (status, the one error
-    line) and leaves the test process as it found it (argv, cwd, environment, root logger handlers)."""
+    line) and leaves the test process as it found it (argv, cwd, environment, root logger handlers, torch's
+    generator: the run seeds it)."""
     import logging
     import os
     import sys
 
     args = [*BASE, "module.optimizer.lr=-0.1", f"paths.data_dir={env['data']}", f"hydra.run.dir={tmp_path / 'r'}"]
-    before = (list(sys.argv), os.getcwd(), dict(os.environ), list(logging.getLogger().handlers))
+    torch.manual_seed(123)
+    before = (list(sys.argv), os.getcwd(), dict(os.environ), list(logging.getLogger().handlers), torch.get_rng_state())
     mine, real = run_in_process("experiments.run", args, tmp_path), run_subprocess("experiments.run", args, tmp_path)
-    assert (list(sys.argv), os.getcwd(), dict(os.environ), list(logging.getLogger().handlers)) == before
+    after = (list(sys.argv), os.getcwd(), dict(os.environ), list(logging.getLogger().handlers), torch.get_rng_state())
+    assert after[:4] == before[:4] and torch.equal(after[4], before[4])
     errors = [[ln for ln in p.stderr.splitlines() if ln.startswith("error")] for p in (mine, real)]
     assert mine.returncode == real.returncode == 2 and errors[0] == errors[1] and len(errors[0]) == 1, errors
