@@ -1,5 +1,6 @@
 """Cost of the test-time ROC/AUC update per test batch: torchmetrics' binned ``MulticlassROC`` +
-``MulticlassAUROC`` (what the segmentation module ran before) against :class:`lightning_modules.roc.BinnedMulticlassROC`.
+``MulticlassAUROC`` (what the segmentation module ran before) against
+:class:`lightning_modules.roc.BinnedMulticlassROC`.
 
     python benchmarks/roc_update.py                       # 16 slices of 128 px (KiTS), 8 of 64 px x 3 classes
     python benchmarks/roc_update.py --batch 16 --size 256 --classes 3 --thresholds 200
