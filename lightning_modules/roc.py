@@ -34,10 +34,10 @@ def binned_confusion(probs: torch.Tensor, target: torch.Tensor, thresholds: torc
     t = thresholds.numel()
     # bins[i, k] = number of thresholds <= probs[i, k]: the pixel is predicted positive at threshold j iff bin > j
     bins = torch.searchsorted(thresholds.contiguous(), probs.contiguous(), right=True)
-    offset = torch.arange(c, device=probs.device) * (t + 1)
-    every = _counts(bins + offset, c * (t + 1)).reshape(c, t + 1)
+    slot = bins + torch.arange(c, device=probs.device) * (t + 1)  # one run of T + 1 slots per class
+    every = _counts(slot, c * (t + 1)).reshape(c, t + 1)
     positive = target.unsqueeze(1) == torch.arange(c, device=probs.device)
-    hits = _counts((bins + offset)[positive], c * (t + 1)).reshape(c, t + 1)
+    hits = _counts(slot[positive], c * (t + 1)).reshape(c, t + 1)
     pos = positive.sum(0)  # [C]
     tp = pos.unsqueeze(1) - hits.cumsum(1)[:, :t]  # bins > j
     pp = n - every.cumsum(1)[:, :t]
