@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from pathlib import Path
 
 BLOCK, HEADER = 32768, 7
 
 
 def records(path: Path):
+    """The file's whole records, in order, up to the first chunk not yet fully written: wandb-core writes
+    the file while it is read, so a chunk cut short or whose CRC (zlib crc32 seeded with the chunk's type
+    byte) does not match ends the readable prefix instead of reaching protobuf half-written."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = Path(path).read_bytes()
@@ -21,12 +25,14 @@ def records(path: Path):
         if left < HEADER:
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
         chunk = data[pos + HEADER:pos + HEADER + length]
         pos += HEADER + length
         if kind == 0 and length == 0:
             pos += BLOCK - pos % BLOCK if pos % BLOCK else 0
             continue
+        if len(chunk) < length or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
+            return
         chunks.append(chunk)
         if kind in (1, 4):  # FULL or LAST: a whole record
             rec = pb.Record()
