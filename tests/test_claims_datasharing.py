@@ -3,16 +3,13 @@ the helpers' conventions and docs/benchmarks.md, "Claims tests", for the spread 
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import pytest
 
-from tests.claims_support import record, run
+from tests.claims_support import DISABLED, record, run
 
 pytestmark = [pytest.mark.claims]
-
-DISABLED = os.environ.get("FEDMED_CLAIMS_DISABLE", "") == "1"
 
 
 # ------------------------------------------------------------------------------------- paper 000

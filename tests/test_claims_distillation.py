@@ -6,16 +6,14 @@ teacher is trained once and cached under the test's data dir, as ``python -m exp
 """
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
-from tests.claims_support import record, run, unvalidated
+from tests.claims_support import DISABLED, record, run, unvalidated
 
 pytestmark = [pytest.mark.claims, pytest.mark.slow]
 
-DISABLED = os.environ.get("FEDMED_CLAIMS_DISABLE", "") == "1"
 
 #: The regime (designed so the teacher earns its place, issue 13): the teacher is a wider net (UNet++,
 #: 16..256 filters) trained 10 epochs on every labelled training case; the student (ResNet-18 LinkNet) has a

@@ -14,11 +14,10 @@ import time
 
 import pytest
 
-from tests.claims_support import record, run, unvalidated
+from tests.claims_support import DISABLED, record, run, unvalidated
 
 pytestmark = [pytest.mark.claims]
 
-DISABLED = os.environ.get("FEDMED_CLAIMS_DISABLE", "") == "1"
 #: How the partial-label claim hides a site's unannotated organ: ``background`` (as in real partially
 #: labelled data, with the marginal loss) by default; ``FEDMED_CLAIMS_UNANNOTATED=ignore`` gives the earlier
 #: regime (the organ's pixels skipped by the loss), whose figures docs/benchmarks.md keeps.
