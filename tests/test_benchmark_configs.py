@@ -33,3 +33,24 @@ def test_kd_step_builds_the_plain_student_and_a_kd_module():
     none = kd.measure("none", size=32, batch=2, steps=1, warmup=0, teacher_width=4, device="cpu")
     hlfd = kd.measure("hlfd", size=32, batch=2, steps=1, warmup=0, teacher_width=4, device="cpu")
     assert none["teacher_M"] is None and hlfd["teacher_M"] > 0 and hlfd["step_ms"] > 0
+
+
+def test_fed_distill_seeds_prints_each_gain_over_its_baseline(tmp_path, capsys):
+    import json
+
+    seeds = _load("fed_distill_seeds")
+    dirs = []
+    for i, (none, fed, fed_none, fed_hlfd) in enumerate([(0.2, 0.25, 0.4, 0.5), (0.3, 0.2, 0.5, 0.55)]):
+        d = tmp_path / f"s{i}"
+        d.mkdir()
+        m = {f"fed_distill/{k}/{key}": v for k, v in
+             (("none", none), ("hlfd_fed", fed), ("fed_none", fed_none), ("fed_hlfd", fed_hlfd))
+             for key in ("dice_other", "dice_own")}
+        (d / "metrics.json").write_text(json.dumps(m))
+        dirs.append(str(d))
+    assert seeds.main(dirs) == 0
+    out = capsys.readouterr().out
+    assert "hlfd_fed - none, other sites: +0.050 / -0.100 (mean -0.025, min -0.100)" in out
+    assert "fed_hlfd - fed_none, other sites: +0.100 / +0.050 (mean +0.075, min +0.050)" in out
+    assert "hlfd_local - none" not in out  # an arm the runs did not train is left out
+    assert "| none | 0.200 / 0.300 | 0.250 ± 0.050 |" in out

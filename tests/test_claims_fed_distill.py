@@ -4,8 +4,8 @@ federated teacher beats the local student without distillation on the other site
 Regime (``+exp=fed_kits_hlfd_claim``, seed 1): three kidney phantom sites with different scanners
 (``data/multisite_kits``: intensity offset 0 / +60 / -50 HU, scale 1 / 1.2 / 0.85, noise, spacing), kidney
 target (tumour Dice on 2-3 test phantoms per site after a CPU minute is noise for every model); stage 1 is
-a UNet++ (width 16, 2.3M) trained by FedAvg over all three sites for 8 rounds x 1 local epoch; stage 2 gives
-each site's ResNet-18 student (11.7M) 6 epochs on that site's ~27 training slices, with L_seg only (``none``)
+a UNet++ (width 16, 2.3M) trained by FedAvg over all three sites for 10 rounds x 2 local epochs; stage 2 gives
+each site's ResNet-18 student (11.7M) 15 epochs on that site's ~27 training slices, with L_seg only (``none``)
 or L_seg + HLFD from the federated teacher (``hlfd_fed``). The teacher is stronger than the local student
 because of its data, not its size: it has seen every site's intensity profile, each local student one.
 The test first checks that precondition (a teacher no better than the student would show nothing), then
@@ -20,16 +20,20 @@ Dice, HLFD from the federated teacher minus no KD, with seeded augmentation (aft
 precondition holds at every seed (teacher 0.691 / 0.568 / 0.701 vs local student 0.178 / 0.230 / 0.235).
 Reported as found, not re-tuned; the test stays skipped by default (``FEDMED_CLAIMS_ALL=1`` runs it at seed 1,
 where the precondition passes and the claim misses its margin).
+
+The federated variant (issue 15 §2) has its own test below, with a hypothesis fixed before its seeds ran.
 """
 from __future__ import annotations
 
 import pytest
 
-from tests.claims_support import unvalidated
+from tests.claims_support import DISABLED, claims_seed, record, unvalidated
 from tests.hydra_helpers import compose_run
 
-pytestmark = [pytest.mark.claims,
-              unvalidated("does not hold across seeds: HLFD - no KD off-site +0.017 / -0.063 / +0.045 at seeds 1 / 2 / 3")]
+pytestmark = [pytest.mark.claims]
+LOCAL_CLAIM = unvalidated("does not hold across seeds: HLFD - no KD off-site +0.017 / -0.063 / +0.045 at seeds 1 / 2 / 3")
+#: the federated-student hypothesis runs at its first held-out seed unless FEDMED_CLAIMS_SEED says otherwise
+FED_STUDENT_SEED = claims_seed(default=4)
 
 #: minimum gain (absolute Dice, mean over sites of the other-site Dice) of hlfd_fed over none.
 MARGIN = 0.02
@@ -45,13 +49,55 @@ def claim_metrics(tmp_path_factory):
     return dispatch(cfg)
 
 
+@LOCAL_CLAIM
 def test_federated_teacher_is_stronger_off_site(claim_metrics):
     teacher = claim_metrics["fed_distill/teacher_fed/dice_other"]
     student = claim_metrics["fed_distill/none/dice_other"]
     assert teacher >= student + TEACHER_MARGIN, f"teacher {teacher:.3f} vs local student {student:.3f}"
 
 
+@LOCAL_CLAIM
 def test_hlfd_from_federated_teacher_beats_local_student_off_site(claim_metrics):
     distilled = claim_metrics["fed_distill/hlfd_fed/dice_other"]
     local = claim_metrics["fed_distill/none/dice_other"]
     assert distilled >= local + MARGIN, f"HLFD from the federated teacher {distilled:.3f} vs no KD {local:.3f}"
+
+
+# ------------------------------------------------------------------ the federated variant (issue 15 §2)
+@pytest.fixture(scope="module")
+def fed_student_metrics(tmp_path_factory):
+    """The claim regime with the federated students only (``fed_none``, ``fed_hlfd``), at
+    ``FEDMED_CLAIMS_SEED`` (default 4, the first held-out seed); ``FEDMED_CLAIMS_DISABLE=1``: HLFD with
+    beta = lambda = 0 in every client's loss."""
+    from experiments.run import dispatch
+
+    off = ["distill.loss.beta=0.0", "distill.loss.lam=0.0"] if DISABLED else []
+    overrides = ["+exp=fed_kits_hlfd_claim", f"seed={FED_STUDENT_SEED}", "fed_distill.arms=[fed_none,fed_hlfd]", *off]
+    return dispatch(compose_run(overrides, tmp_path_factory.mktemp("fed_student_claim")))
+
+
+@unvalidated("failed at held-out seed 4 (fed_hlfd - fed_none off-site -0.120; +0.199 / +0.152 at seeds 5 / 6)")
+def test_federated_student_with_hlfd_beats_federated_student_without_kd_off_site(fed_student_metrics):
+    """Issue 15 §2, the federated variant: one student for all sites trained by the federation with the
+    HLFD term against the frozen federated teacher in every client's loss (``fed_hlfd``) beats the same
+    federated student with L_seg only (``fed_none``), on the other sites' test sets (mean over sites).
+
+    Where the hypothesis comes from: the six-model table of seeds 1-3 (docs/benchmarks.md, "all six
+    models"), which was not made to test it, showed fed_hlfd - fed_none = +0.027 / +0.069 / +0.065 off-site.
+    A claim suggested by those seeds cannot be validated on them, so it is tested on seeds never run
+    before (4, 5, 6), with the margins of the local claim above, fixed before those runs:
+    precondition federated teacher >= fed_none + TEACHER_MARGIN, claim fed_hlfd >= fed_none + MARGIN.
+    STATUS, measured at the held-out seeds (``FEDMED_CLAIMS_ALL=1 FEDMED_CLAIMS_SEED=4|5|6``, one thread,
+    ~400 s each): fed_hlfd - fed_none off-site **-0.120 (seed 4)**, +0.199 (seed 5), +0.152 (seed 6); the
+    precondition holds at each (teacher 0.697 / 0.656 / 0.763 vs fed_none 0.564 / 0.423 / 0.486). It fails at
+    seed 4, so it is not validated: reported as found (docs/benchmarks.md), not re-tuned, skipped by default.
+    Mechanism disabled (``FEDMED_CLAIMS_DISABLE=1 FEDMED_CLAIMS_SEED=5``, beta = lambda = 0): fed_hlfd equals
+    fed_none to the last digit (0.4226 both; the teacher's forward draws no random numbers), so the test
+    fails, as it must.
+    """
+    teacher = fed_student_metrics["fed_distill/teacher_fed/dice_other"]
+    plain = fed_student_metrics["fed_distill/fed_none/dice_other"]
+    distilled = fed_student_metrics["fed_distill/fed_hlfd/dice_other"]
+    record("015_fed_student_hlfd", seed=FED_STUDENT_SEED, teacher=teacher, fed_none=plain, fed_hlfd=distilled)
+    assert teacher >= plain + TEACHER_MARGIN, f"federated teacher {teacher:.3f} vs federated student {plain:.3f}"
+    assert distilled >= plain + MARGIN, f"federated student + HLFD {distilled:.3f} vs without KD {plain:.3f}"
