@@ -18,6 +18,8 @@ def records(path: Path):
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = Path(path).read_bytes()
+    if len(data) < HEADER:  # the file's own header not written yet
+        return
     assert data[:4] == b":W&B", data[:8]
     pos, chunks = HEADER, []
     while pos + HEADER <= len(data):
