@@ -57,13 +57,16 @@ def two_sites(partial: dict[str, list[int]] | None = None, same_scanner: bool = 
     return ov
 
 
+MATRIX = ["federation.evaluation_matrix=true"]  # paper 003's Table 1 with every row
+
+
 @pytest.fixture(scope="module")
 def fedavg_matrix(tmp_path_factory):
     """One FedAvg federation over the two sites (site 2 on the :data:`MODERATE` scanner) with paper 003's
     evaluation matrix (FL_global, FL_local, standalone baselines, centralised), shared by the
     FL-vs-standalone and matrix claims."""
     t0 = time.perf_counter()
-    m = run([*two_sites(scanner=MODERATE), "federation.evaluation_matrix=true"], tmp_path_factory.mktemp("fedavg"))
+    m = run([*two_sites(scanner=MODERATE), *MATRIX], tmp_path_factory.mktemp("fedavg"))
     return m, time.perf_counter() - t0
 
 
@@ -74,8 +77,7 @@ def fl_matrix(request, tmp_path_factory):
     if not DISABLED:
         return request.getfixturevalue("fedavg_matrix")
     t0 = time.perf_counter()
-    m = run([*two_sites(scanner=MODERATE), "~data.sites.site2", "federation.evaluation_matrix=true"],
-            tmp_path_factory.mktemp("nofl"))
+    m = run([*two_sites(scanner=MODERATE), "~data.sites.site2", *MATRIX], tmp_path_factory.mktemp("nofl"))
     return m, time.perf_counter() - t0
 
 

@@ -3,7 +3,7 @@
 import struct
 import zlib
 
-from tests.wandb_offline import HEADER, records
+from tests.wandb_offline import records
 
 
 def _write(path, recs) -> bytes:
