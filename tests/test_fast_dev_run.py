@@ -1,16 +1,19 @@
 """Issue 10 §4: ``python -m experiments.run +exp=<each exp> ++trainer.fast_dev_run=true`` exits 0 for every
-file in ``experiments/configs/exp/`` (tiny data overrides keep it fast), and the run is marked as debug."""
+file in ``experiments/configs/exp/`` (tiny data overrides keep it fast), and the run is marked as debug.
+
+Each run is its own process, forked from a zygote that has imported only third-party packages
+(``tests/forkserver.py``), so every module of this repository is imported afresh by each experiment, as a cold
+``python -m`` does, without paying ~12 s of torch/Lightning imports per experiment."""
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import shared_data_dir
+from tests.forkserver import Zygote
 from tests.volumetric_helpers import TINY_FED_3D
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,13 +44,24 @@ TINY: dict[str, tuple[list[str], str | None]] = {
 }
 
 
+def _run_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    server = Zygote(_run_env())
+    yield server
+    server.close()
+
+
 def test_every_exp_has_tiny_overrides():
     assert sorted(TINY) == EXPS, "add the new exp to TINY in tests/test_fast_dev_run.py"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("exp", EXPS)
-def test_fast_dev_run_exits_zero(exp, tmp_path):
+def test_fast_dev_run_exits_zero(exp, tmp_path, zygote):
     extra, shared = TINY[exp]
     if shared is not None:
         folder = shared_data_dir() / shared
@@ -55,11 +69,9 @@ def test_fast_dev_run_exits_zero(exp, tmp_path):
             pytest.skip(f"real data folder {folder} is absent")
         extra = [*extra, f"data.root={folder}"]
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.run", f"+exp={exp}", "++trainer.fast_dev_run=true", "logger=csv",
-         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}", *extra],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = zygote.run("experiments.run", [f"+exp={exp}", "++trainer.fast_dev_run=true", "logger=csv",
+                                          f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}", *extra],
+                      cwd=tmp_path, env=_run_env(), timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     metrics = json.loads((run / "metrics.json").read_text())
     if "federation" not in exp and not exp.startswith(("fed_", "segviz")):
