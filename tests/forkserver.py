@@ -63,7 +63,7 @@ class Zygote:
         request = {"module": module, "args": list(map(str, args)), "cwd": str(cwd), "env": dict(env),
                    "stdout": str(out), "stderr": str(err)}
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
-        pid = self._reply(60)["pid"]
+        pid = self._reply(600)["pid"]  # the first run waits for the preload: ~20 s idle, minutes on a busy CI
         try:
             code = self._reply(timeout)["returncode"]
         except TimeoutError:
