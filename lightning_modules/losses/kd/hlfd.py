@@ -20,6 +20,9 @@ Interpretation choices (the paper is terse):
   maps (logits from its deep-supervision heads or decoder taps) are bilinearly resized to the
   smallest size among them (mirroring z_mid^t in Eq. 1) and their logits averaged; the softmax with
   temperature is taken after averaging.
+* Fig. 1's "input X and augmentation X'": both nets see the same augmented batch (Sec. 3's rotation and
+  flips are the augmentation), not two views of it; the caption sends both X and X' through both encoders,
+  and no term of Eqs. 1-5 compares two views.
 * IFD compares at the teacher late feature's spatial size; the sum over j is kept unnormalised as
   printed in Eq. 2 while IPD is averaged (1/N) as printed in Eq. 4.
 """
