@@ -21,10 +21,10 @@ demo: $(STAMP)  ## D-Net on the embedded synthetic LiTS phantoms, CPU-sized (pyt
 	$(PY) -m experiments.run +exp=lits_dnet
 
 test: $(STAMP)  ## the whole CPU test suite, one worker per core (JOBS=1 for one process)
-	$(PY) -m pytest -n $(JOBS) --dist loadfile --durations=25
+	$(PY) -m pytest -n $(JOBS) --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: $(STAMP)  ## everything but the learning tests
-	$(PY) -m pytest -n $(JOBS) --dist loadfile -m "not slow"
+	$(PY) -m pytest -n $(JOBS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 clean:
 	rm -rf logs .pytest_cache

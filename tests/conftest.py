@@ -37,3 +37,12 @@ def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(1 if XDIST else max(1, min(2, os.cpu_count() or 1)))
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Queue the test files longest first (``tests/durations.py``), so that ``make test``'s workers finish
+    together; the order of the tests inside a file is kept."""
+    from tests.durations import load, order
+
+    rank = order((item.nodeid.split("::")[0] for item in items), load())
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
