@@ -37,9 +37,8 @@ class Zygote:
 
     def __init__(self, env: Mapping[str, str], preload: Sequence[str] = PRELOAD) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.forkserver", ",".join(preload)],
-                                     stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=dict(env), cwd=Path(__file__).parents[1],
-                                     bufsize=0)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(env),
+                                     cwd=Path(__file__).parents[1], bufsize=0)
         self._pending = b""  # replies read from the pipe and not yet returned
 
     def _reply(self, timeout: float | None) -> dict:
