@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import BASE_ENV
 from tests.conftest import shared_data_dir
 from tests.forkserver import Zygote
 from tests.volumetric_helpers import TINY_FED_3D
@@ -45,7 +46,7 @@ TINY: dict[str, tuple[list[str], str | None]] = {
 
 
 def _run_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    return {**os.environ, **BASE_ENV}
 
 
 @pytest.fixture(scope="module")
