@@ -2,12 +2,16 @@
 
 Every slice keeps its aspect ratio and pixels (no resize): the batch is padded at the bottom/right to
 its largest height/width, rounded up to ``multiple`` (encoder-decoder nets halve the size 4-5 times);
-images are padded with ``fill`` (air after windowing), masks with background (0).
+images are padded with ``fill`` (air after windowing), masks with background (0), so training treats the
+padding as background (as nnU-Net does). A padded batch also carries ``valid`` (bool ``[B, H, W]``, True
+on each slice's own pixels) so that evaluation counts only real pixels: padding counted as true background
+would inflate accuracy (paper 000 Eq. 3) and background IoU (Eq. 5).
 """
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
@@ -28,6 +32,8 @@ class PadCollate:
         out = []
         for b in batch:
             dh, dw = h - b["image"].shape[-2], w - b["image"].shape[-1]
+            valid = torch.ones(b["image"].shape[-2:], dtype=torch.bool)
             out.append({**b, "image": F.pad(b["image"], (0, dw, 0, dh), value=self.fill),
-                        "mask": F.pad(b["mask"], (0, dw, 0, dh), value=0)})
+                        "mask": F.pad(b["mask"], (0, dw, 0, dh), value=0),
+                        "valid": F.pad(valid, (0, dw, 0, dh), value=False)})
         return default_collate(out)

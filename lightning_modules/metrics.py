@@ -23,13 +23,18 @@ def case_key(case_id: str) -> int:
     return zlib.crc32(case_id.encode())
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-sample confusion matrices [B, C, C]; entry (i, j) counts pixels of true class i predicted j."""
-    b = pred.shape[0]
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample confusion matrices [B, C, C]; entry (i, j) counts pixels of true class i predicted j.
+    ``valid`` (bool, the shape of ``pred``) leaves the pixels where it is False out (batch padding)."""
+    b, bins = pred.shape[0], num_classes * num_classes
     idx = target.reshape(b, -1).long() * num_classes + pred.reshape(b, -1).long()
-    offs = torch.arange(b, device=pred.device).unsqueeze(1) * num_classes * num_classes
-    counts = torch.bincount((idx + offs).reshape(-1), minlength=b * num_classes * num_classes)
-    return counts.reshape(b, num_classes, num_classes)
+    if valid is not None:  # one extra bin per sample collects the left-out pixels
+        idx = torch.where(valid.reshape(b, -1), idx, torch.full_like(idx, bins))
+        bins += 1
+    offs = torch.arange(b, device=pred.device).unsqueeze(1) * bins
+    counts = torch.bincount((idx + offs).reshape(-1), minlength=b * bins).reshape(b, bins)
+    return counts[:, :num_classes * num_classes].reshape(b, num_classes, num_classes)
 
 
 def dice_per_class(cm: np.ndarray) -> np.ndarray:
@@ -103,11 +108,12 @@ class PerCaseConfusion(Metric):
         self.add_state("matrices", default=[], dist_reduce_fx="cat")
         self.names: dict[int, str] = {}
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor, case_ids: Sequence[str]) -> None:
+    def update(self, pred: torch.Tensor, target: torch.Tensor, case_ids: Sequence[str],
+               valid: torch.Tensor | None = None) -> None:
         keys = [case_key(c) for c in case_ids]
         self.names.update(zip(keys, case_ids))
         self.keys.append(torch.tensor(keys, dtype=torch.long, device=pred.device))
-        self.matrices.append(confusion_matrix(pred, target, self.num_classes))
+        self.matrices.append(confusion_matrix(pred, target, self.num_classes, valid))
 
     def _gather_names(self) -> None:
         """Case names seen on other ranks (strings are not tensor states; every rank calls compute)."""

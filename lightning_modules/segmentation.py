@@ -131,7 +131,7 @@ class SegmentationModule(BaseModule):
         return main_head(self.net(image))
 
     def _keep_for_surface(self, batch: dict, pred: torch.Tensor, mask: torch.Tensor, ids: list[str],
-                          keep: torch.Tensor) -> None:
+                          keep: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         if not self.surface_metrics or (torch.distributed.is_available() and torch.distributed.is_initialized()
                                         and torch.distributed.get_world_size() > 1):
             return
@@ -140,8 +140,12 @@ class SegmentationModule(BaseModule):
         spacing = batch.get("spacing")
         rows = [i for i, k in enumerate(keep.tolist()) if k]
         for j, (cid, i) in enumerate(zip(ids, rows)):
-            self._test_slices.setdefault(cid, {})[index[i]] = (pred[j].to(torch.uint8).cpu().numpy(),
-                                                               mask[j].to(torch.uint8).cpu().numpy())
+            p, m = pred[j], mask[j]
+            if valid is not None:  # padding is bottom/right: the slice's own pixels are the top-left block
+                h, w = int(valid[j].any(1).sum()), int(valid[j].any(0).sum())
+                p, m = p[:h, :w], m[:h, :w]
+            self._test_slices.setdefault(cid, {})[index[i]] = (p.to(torch.uint8).cpu().numpy(),
+                                                               m.to(torch.uint8).cpu().numpy())
             if spacing is not None:
                 self._test_spacing[cid] = tuple(float(v) for v in spacing[i])
 
@@ -152,7 +156,7 @@ class SegmentationModule(BaseModule):
             pred = [slices[k][0] for k in order]
             mask = [slices[k][1] for k in order]
             if pred[0].ndim == 2:  # a stack of 2D slices [H, W] -> (H, W, D) as the source volume
-                # batches of mixed slice sizes are padded bottom/right per batch: crop to the smallest
+                # padding was cropped per slice; a case's slices share one size (min: a safeguard)
                 h, w = min(p.shape[0] for p in pred), min(p.shape[1] for p in pred)
                 pred, mask = np.stack([p[:h, :w] for p in pred], -1), np.stack([m[:h, :w] for m in mask], -1)
                 spacing = self._test_spacing.get(cid, (1.0, 1.0, 1.0))
@@ -175,11 +179,15 @@ class SegmentationModule(BaseModule):
         if keep.any():
             ids = [c for c, k in zip(batch["case_id"], keep.tolist()) if k]
             pred = self.predict_labels(prob[keep])
-            cases.update(pred, mask[keep], ids)
+            valid = batch.get("valid")  # padded mixed-size batches: only the slices' own pixels count
+            valid = None if valid is None else valid[keep]
+            cases.update(pred, mask[keep], ids, valid)
             if stage == "test":
-                self._keep_for_surface(batch, pred, mask[keep], ids, keep)
+                self._keep_for_surface(batch, pred, mask[keep], ids, keep, valid)
                 flat_p = prob[keep].movedim(1, -1).reshape(-1, prob.shape[1])
                 flat_t = mask[keep].reshape(-1)
+                if valid is not None:
+                    flat_p, flat_t = flat_p[valid.reshape(-1)], flat_t[valid.reshape(-1)]
                 self.test_roc.update(flat_p, flat_t)
         return loss
 
