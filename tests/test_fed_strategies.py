@@ -168,5 +168,20 @@ def test_datasharing_allocates_after_aggregation():
     assert alls.configure_client(2, "a")["num_shared"] == 10
 
 
+def test_datasharing_compares_only_the_accuracies_of_one_round_under_client_sampling():
+    """Step 6-7 of paper 000 §4.1: acc_avg and acc_min are over the clients that uploaded in the round.
+    Round 2's clients (d, e, f) are all better than round 1's, whose old accuracies were measured against
+    an older global model; mixing them in would give f nothing (it was 0 for d, e, f before the fix)."""
+    g = {"w": torch.zeros(1)}
+    r1 = [_upd(c, 1, {"accuracy": a}, w=[1.0]) for c, a in (("a", 0.5), ("b", 0.6), ("c", 0.4))]
+    r2 = [_upd(c, 1, {"accuracy": a}, w=[1.0]) for c, a in (("d", 0.85), ("e", 0.9), ("f", 0.7))]
+    for realloc in (False, True):
+        s = DataSharing(n_shared=100, reallocate_every_round=realloc)
+        s.aggregate(g, r1, 1)
+        s.aggregate(g, r2, 2)
+        assert s.allocation == {"a": 0, "b": 0, "c": 100, "d": 0, "e": 0, "f": 100}, realloc
+        assert set(s.accuracies) == set("abcdef")  # every reported accuracy is kept in the state
+
+
 def test_registry():
     assert {"fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "datasharing"} <= set(STRATEGIES)

@@ -15,10 +15,14 @@ __all__ = ["DataSharing"]
 class DataSharing(FedAvg):
     """Paper 000 §4.1: FedAvg aggregation (step 6) plus shared-data allocation (step 7).
 
-    After each aggregation the latest accuracy of every client (``metrics[metric]``) is recorded and
-    the allocation ``m_i`` is recomputed with :func:`~federation.core.sharing.allocate_shared` over all
-    clients seen so far. With ``reallocate_every_round=False`` a client's allocation is frozen the
-    first time it is computed (the paper's literal loop, steps 9-11). ``configure_client`` returns
+    After each aggregation the allocation ``m_i`` is computed with
+    :func:`~federation.core.sharing.allocate_shared` over the accuracies (``metrics[metric]``) uploaded
+    *in that round* (step 6: "the average accuracy ... uploaded by each client"), so acc_avg and acc_min
+    come from one global model; accuracies from earlier rounds, measured against older and weaker
+    global models, are not mixed in (with client sampling they would starve every client first sampled
+    later). With ``reallocate_every_round=False`` a client's allocation is frozen the first time it is
+    computed (the paper's literal loop, steps 9-11); with ``True`` each round's reporters get a fresh
+    one and the others keep theirs. ``configure_client`` returns
     ``num_shared`` and, when a :class:`SharedPool` is given, ``shared_indices``: a per-client
     permutation prefix of the pool (seeded by ``seed`` and client id, so a client's subset only
     grows or shrinks as ``m`` changes). Before any accuracy is known, clients get 0.
@@ -42,13 +46,15 @@ class DataSharing(FedAvg):
 
     def aggregate(self, global_state: Mapping[str, Tensor], updates: Sequence[ClientUpdate], round: int) -> StateDict:
         new = super().aggregate(global_state, updates, round)
+        reported: dict[str, float] = {}
         for u in updates:
             if not is_finite(u):
                 continue
             if self.metric not in u.metrics and self.mode == "part":
                 raise KeyError(f"client {u.client_id} reported no {self.metric!r} metric")
-            self.accuracies[u.client_id] = float(u.metrics.get(self.metric, float("nan")))
-        fresh = allocate_shared(self.accuracies, self.n_shared, self.mode)
+            reported[u.client_id] = float(u.metrics.get(self.metric, float("nan")))
+        self.accuracies.update(reported)
+        fresh = allocate_shared(reported, self.n_shared, self.mode)
         for cid, m in fresh.items():
             if self.reallocate_every_round or cid not in self.allocation:
                 self.allocation[cid] = m
