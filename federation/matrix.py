@@ -1,7 +1,8 @@
 """Paper 003's Table 1 (and SegViz's comparison): every model of a federation on every client's test set.
 
 Rows: ``FL_global``; each client's ``<id>_FL_local``; each client's standalone ``<id>_baseline``; and a
-``centralised`` model trained on the union of the clients' data. Columns: each client's test set (its
+``centralised`` model trained on the union of the clients' data (under partial labels, each site's data
+with that site's annotation: pooled, not relabelled). Columns: each client's test set (its
 site's test cases, or its local validation split when the data has no sites), the pooled test set and
 the mean over client columns. Values are ``test/<metric>`` (``federation.matrix_metric``).
 
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytorch_lightning as pl
 from rich.table import Table
+from torch.utils.data import ConcatDataset
 
 from datamodules.subset import SubsetDataModule
 from engine import artifacts
@@ -93,6 +95,11 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
         train = np.concatenate([server.indices[c].train for c in server.client_ids])
         val = np.concatenate([server.indices[c].val for c in server.client_ids])
         dm = SubsetDataModule(base, np.sort(train), np.sort(val), seed=server.seed)
+        if any(server.indices[c].annotated is not None for c in server.client_ids):
+            # partial labels: the pooled data keep each site's own annotation (the same labels, pooled),
+            # not annotations of organs no site has labelled on those cases
+            dm.train_dataset = ConcatDataset([server.client_datamodule(c, server.seed).train_dataset
+                                              for c in server.client_ids])
         module, _ = train_local(ccfg, dm, None, int(mcfg.get("centralised_epochs", 2)),
                                 client_seed(server.seed, 30_000, "central"), root_dir=str(server.store.root))
         rows["centralised"] = score(module, "central")
