@@ -161,8 +161,12 @@ def test_datasharing_allocates_after_aggregation():
     frozen.aggregate(g, ups, 1)
     frozen.aggregate(g, ups2, 2)
     assert frozen.allocation == {"a": 0, "b": 0, "c": 10}
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="no client reported"):  # a metric name no client reports: a config error
         DataSharing(n_shared=10).aggregate(g, [_upd("a", 1, w=[1.0])], 1)
+    one_silent = DataSharing(n_shared=10)  # one client without a validation split: left out, with a warning
+    with pytest.warns(UserWarning, match=r"\['d'\] reported no 'accuracy'"):
+        one_silent.aggregate(g, [*ups, _upd("d", 1, w=[1.0])], 1)
+    assert one_silent.allocation == {"a": 0, "b": 0, "c": 10}
     alls = DataSharing(n_shared=10, mode="all")
     alls.aggregate(g, [_upd("a", 1, w=[1.0])], 1)
     assert alls.configure_client(2, "a")["num_shared"] == 10

@@ -1,6 +1,7 @@
 """Paper 000 §4.1: FedAvg plus the accuracy-driven allocation of the server's shared data."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 from torch import Tensor
@@ -47,12 +48,17 @@ class DataSharing(FedAvg):
     def aggregate(self, global_state: Mapping[str, Tensor], updates: Sequence[ClientUpdate], round: int) -> StateDict:
         new = super().aggregate(global_state, updates, round)
         reported: dict[str, float] = {}
-        for u in updates:
-            if not is_finite(u):
-                continue
-            if self.metric not in u.metrics and self.mode == "part":
-                raise KeyError(f"client {u.client_id} reported no {self.metric!r} metric")
-            reported[u.client_id] = float(u.metrics.get(self.metric, float("nan")))
+        finite = [u for u in updates if is_finite(u)]
+        silent = [u.client_id for u in finite if self.metric not in u.metrics]
+        if self.mode == "part" and silent and len(silent) == len(finite):  # a wrong metric name, not a small client
+            raise KeyError(f"no client reported the {self.metric!r} metric (clients {silent}); "
+                           f"set federation.strategy.metric to one they report")
+        if self.mode == "part" and silent:  # e.g. a client too small for a validation split
+            warnings.warn(f"clients {silent} reported no {self.metric!r}: left out of this round's allocation "
+                          f"(they keep the shared data they had)", stacklevel=2)
+        for u in finite:
+            if self.mode != "part" or u.client_id not in silent:
+                reported[u.client_id] = float(u.metrics.get(self.metric, float("nan")))
         self.accuracies.update(reported)
         fresh = allocate_shared(reported, self.n_shared, self.mode)
         for cid, m in fresh.items():
