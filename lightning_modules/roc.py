@@ -64,6 +64,10 @@ class BinnedMulticlassROC(MulticlassROC):
         self.confmat += binned_confusion(preds, target, self.thresholds)
 
     def auroc(self) -> torch.Tensor:
-        """Per-class area under the binned curve (trapezoids), as ``MulticlassAUROC(average=None)`` gives it."""
+        """Per-class area under the binned curve (trapezoids), as ``MulticlassAUROC(average=None)`` gives it,
+        except for a class with no positive (or no negative) pixel: NaN, as Dice for an absent class, since the
+        area is undefined there (torchmetrics gives 0.0, which would pull any mean over runs down)."""
         fpr, tpr, _ = self.compute()
-        return torch.trapezoid(tpr, fpr, dim=-1)
+        auc = torch.trapezoid(tpr, fpr, dim=-1)
+        truth = self.confmat[0].sum(-1)  # [C, 2]: negative and positive pixels per class (any threshold)
+        return torch.where((truth > 0).all(-1), auc, torch.full_like(auc, float("nan")))

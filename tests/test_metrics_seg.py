@@ -76,3 +76,17 @@ def test_binned_roc_counts_and_auc_equal_torchmetrics_also_under_deterministic_a
         assert torch.equal(mine.auroc(), ref_auc.compute()), classes
         for a, b in zip(mine.compute(), ref.compute()):
             assert torch.equal(a, b)
+
+
+def test_binned_auc_is_nan_for_a_class_without_positive_pixels():
+    """AUC is undefined for a class absent from the test set: NaN (left out of means), not torchmetrics' 0.0."""
+    import math
+
+    from lightning_modules.roc import BinnedMulticlassROC
+
+    p = torch.softmax(torch.randn(500, 3, generator=torch.Generator().manual_seed(0)), 1)
+    t = torch.arange(500) % 2  # classes 0 and 1 only
+    roc = BinnedMulticlassROC(3, thresholds=50)
+    roc.update(p, t)
+    auc = roc.auroc()
+    assert math.isnan(float(auc[2])) and all(0.0 < float(a) < 1.0 for a in auc[:2])
