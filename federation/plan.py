@@ -169,7 +169,7 @@ def split_clients(fed: Any, train: Any, test: Any, seed: int) -> ClientSplit:
     frac = float(fed.get("shared_fraction", 0.0) or 0.0)
     pool = None
     if frac > 0:
-        pool, remaining = SharedPool.carve(remaining, frac, seed, labels=labels)
+        pool, remaining = SharedPool.carve(remaining, frac, seed, labels=labels, cases=cases)
     ids, parts = call_partitioner(fed.partition, labels, groups, remaining, fed.get("num_clients"), seed)
     test_groups = getattr(test, "groups", None)
     site_of_test = None if test_groups is None else np.asarray(test_groups)

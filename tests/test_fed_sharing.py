@@ -71,3 +71,17 @@ def test_shared_pool_carve_disjoint_and_stratified():
         SharedPool.carve(10, 1.0)
     with pytest.raises(ValueError):
         pool.indices[0] = 3  # read-only
+
+
+def test_pool_takes_whole_cases_when_the_data_has_cases():
+    """Slice data: no case may have slices both in the shared pool and with a client (whose validation split
+    takes whole cases), or the pool would send a client slices of its own validation volume."""
+    cases = np.repeat([f"case{i}" for i in range(13)], np.arange(13) % 4 + 3)  # 13 volumes of 3-6 slices
+    pool, rest = SharedPool.carve(len(cases), 0.2, seed=3, cases=cases)
+    assert not set(cases[pool.indices]) & set(cases[rest])
+    assert len(pool) >= round(0.2 * len(cases)) and len(pool) - round(0.2 * len(cases)) < 6  # one case at most over
+    assert np.array_equal(np.sort(np.concatenate([pool.indices, rest])), np.arange(len(cases)))
+    again, _ = SharedPool.carve(len(cases), 0.2, seed=3, cases=cases)
+    assert np.array_equal(again.indices, pool.indices)
+    none, everything = SharedPool.carve(len(cases), 0.0, seed=3, cases=cases)
+    assert len(none) == 0 and len(everything) == len(cases)

@@ -116,6 +116,7 @@ class SharedPool:
         fraction: float,
         seed: int = 0,
         labels: np.ndarray | None = None,
+        cases: np.ndarray | None = None,
     ) -> tuple["SharedPool", np.ndarray]:
         """Split ``fraction`` of the samples off as the shared pool.
 
@@ -126,6 +127,11 @@ class SharedPool:
             labels: optional label array over the *full* dataset; when given the pool is
                 stratified (each class contributes ``round(fraction * count)``), so the shared set
                 follows the global label distribution, the point of a shared set under label skew.
+            cases: optional case (volume) id per sample over the *full* dataset: the pool then takes whole
+                cases (seeded order, until ``round(fraction * n)`` samples are reached), so no case has
+                slices both in the pool and with a client, whose validation split takes whole cases
+                (slices of a client's own validation case sent back to it would leak into its training).
+                Takes precedence over ``labels``.
 
         Returns:
             ``(pool, remaining)``: the pool and the sorted indices left for the clients.
@@ -134,7 +140,14 @@ class SharedPool:
             raise ValueError(f"fraction must be in [0, 1), got {fraction}")
         idx = np.arange(n_or_indices) if np.isscalar(n_or_indices) else np.asarray(n_or_indices, dtype=np.int64)
         rng = np.random.default_rng(seed)
-        if labels is None:
+        if cases is not None:
+            case_of = np.asarray(cases)[idx]
+            names, counts = np.unique(case_of, return_counts=True)
+            order = rng.permutation(len(names))
+            want = int(round(fraction * len(idx)))
+            k = int(np.searchsorted(np.cumsum(counts[order]), want, side="left")) + 1 if want else 0
+            take = idx[np.isin(case_of, names[order[:k]])]
+        elif labels is None:
             take = rng.permutation(idx)[: int(round(fraction * len(idx)))]
         else:
             lab = np.asarray(labels)[idx]
