@@ -13,6 +13,13 @@ equation) and the constant 1 added so the loss is non-negative (no effect on gra
 channel the net is read as sigmoid (binary) and both classes {1-P, P} enter the sums, so binary and
 two-channel softmax models get the same loss.
 
+A class absent from the whole batch has Dice 0 whatever the prediction (ε = 1e-6 only guards the division),
+so it adds the constant 1/C and its false positives cost through the CE term alone; the loss then bottoms
+out at (number of absent classes)/C, not 0. UNet++'s Keras code would instead add a smoothing of 1 to the
+numerator and denominator, which gives such false positives a small Dice gradient; Eq. (1) has no such
+term and we do not add one (it would change every published figure of this project for a constant the
+paper does not have).
+
 Partially annotated batches (``label_mask``, SegViz / paper 004): the probabilities of the classes a
 sample's site does not annotate are merged into background first and each class's Dice is summed over
 the samples that annotate it (the marginal loss, :mod:`lightning_modules.losses.marginal`).
