@@ -31,6 +31,8 @@ def build(obj: Any, *args: Any, what: str = "object") -> Any:
     if isinstance(obj, (Mapping, DictConfig)):
         if "_target_" not in obj:
             raise TypeError(f"{what} config has no _target_: {dict(obj)}")
+        if isinstance(obj, DictConfig):  # our own composed config: resolved here, so what is checked is built
+            obj = OmegaConf.to_container(obj, resolve=True)
         check_targets(obj, what)
         return instantiate(obj, *args, _convert_="all")
     return obj

@@ -84,33 +84,22 @@ def check_data_target(target: Any, what: str = "data") -> None:
                           f"classes of the project's datamodules package (trust more with allow_targets=[prefix])")
 
 
-def check_received_target(target: Any, what: str = "received config") -> None:
-    """A run config that arrived over the network (a Flower node's client config) may only build what a
-    run of this project builds: a class or function *defined in* the project's packages, a class of the
-    network libraries above, or Lightning's ``Trainer``; one line naming ``target`` otherwise."""
-    if isinstance(target, str) and (_under(target, _extra_prefixes()) or
-                                    target in ("pytorch_lightning.Trainer", "lightning.pytorch.Trainer")):
-        return
-    try:
-        obj = get_object(target) if isinstance(target, str) and _under(target, PROJECT_PACKAGES + LIBRARY_PACKAGES) \
-            else None
-    except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
-        raise ConfigError(f"{what} _target_ {target!r} does not resolve ({type(err).__name__})") from err
-    module = getattr(obj, "__module__", "") or ""
-    ours = callable(obj) and _under(module, PROJECT_PACKAGES)
-    library_class = inspect.isclass(obj) and _under(module, LIBRARY_PACKAGES)
-    if not (ours or library_class):
-        raise ConfigError(f"{what} _target_ {target!r} refused: a config received from elsewhere may only build "
-                          f"the project's own classes/functions, net libraries' classes or Lightning's Trainer")
-
-
 def check_targets(cfg: Any, what: str = "object", check: Any = None) -> None:
-    """:func:`check_target` (or ``check``) on every ``_target_`` in ``cfg``, however deeply nested."""
+    """:func:`check_target` (or ``check``) on every ``_target_`` in ``cfg``, however deeply nested, and no
+    string may hold an interpolation: ``instantiate`` would resolve ``${oc.create:{_target_: ...}}`` into a
+    ``_target_`` this check never saw (and ``${oc.env:...}`` would read the environment). Configs of our own
+    Hydra composition are resolved before they get here (:func:`lightning_modules.base.build`); configs read
+    from a checkpoint, a run folder or the network are stored resolved, so a ``${`` in them is crafted."""
     check = check or check_target
     if isinstance(cfg, (DictConfig, ListConfig)):
         cfg = OmegaConf.to_container(cfg, resolve=False)
+    if isinstance(cfg, str) and "${" in cfg:
+        raise ConfigError(f"{what}={cfg!r} refused: an interpolation in a config that is built here "
+                          f"(configs read from files or the network are stored resolved)")
     if isinstance(cfg, Mapping):
         for key, value in cfg.items():
+            if isinstance(key, str) and "${" in key:
+                raise ConfigError(f"{what} key {key!r} refused: an interpolation in a config that is built here")
             if key == "_target_":
                 check(value, what)
             else:

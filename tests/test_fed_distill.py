@@ -208,7 +208,7 @@ def test_flower_node_gets_a_client_config_it_accepts(tiny_run, tmp_path):
     from federation.server import client_cfg
     from federation.transports.flower import launch, launches
     from federation.transports.flower.wire import decode_message, encode_message
-    from lightning_modules.targets import check_received_target, check_targets
+    from federation.received import check_received_config
 
     cfg, _, run, _ = tiny_run
     teacher = run / "teacher" / "global_final.pt"
@@ -224,7 +224,7 @@ def test_flower_node_gets_a_client_config_it_accepts(tiny_run, tmp_path):
         loaded = OmegaConf.load(launch.write_run_config(scfg, tmp_path))  # what the ServerApp reads
         plain = OmegaConf.to_container(client_cfg(loaded), resolve=True)  # as the Flower executor sends it
         _, cid, ccfg, _ = decode_message(encode_message(ServerMessage(0, {}, {}), "site_b", plain, {}))
-        check_targets(ccfg, "client config from the server", check_received_target)
+        ccfg = check_received_config(ccfg)
         module = fed_distill.build_module(client_module_cfg(OmegaConf.create(ccfg), cid))
         site_teacher = torch.load(run / "sites" / "site_b" / "teacher_fed.pt", weights_only=True)
         assert all(torch.equal(v, site_teacher[k]) for k, v in module.teacher.state_dict().items())

@@ -23,19 +23,18 @@ def node_value(node: Mapping[str, Any], key: str, default: Any = None) -> Any:
 def node_train(client_id: str, server_msg: Any, ccfg: Mapping[str, Any], node: Mapping[str, Any]) -> Any:
     """Train ``client_id`` for one round on this node's own data; returns the runner's ``ClientUpdate``.
 
-    ``ccfg`` (the client config from the server) is data from the wire: every ``_target_`` in it must be one
-    of ours before anything is built. The node's own settings override the server's: its data folder and
+    ``ccfg`` (the client config from the server) is data from the wire: it passes
+    :func:`federation.received.check_received_config` before anything is built. The node's own settings override the server's: its data folder and
     layout, and its copy of the teacher's weights (the server's path means nothing on a site's host).
     """
     import pytorch_lightning as pl  # here, not at import: a site query must not pay for Lightning
 
+    from federation.received import check_received_config
     from federation.runner import get_base_datamodule, quiet_lightning, run_client
     from federation.transports.flower.partition import site_indices
-    from lightning_modules.targets import check_received_target, check_targets
 
     quiet_lightning()
-    check_targets(ccfg, "client config from the server", check_received_target)
-    cfg = OmegaConf.create(dict(ccfg))
+    cfg = OmegaConf.create(check_received_config(ccfg))
     with open_dict(cfg):
         for key, node_key in (("root", "data-root"), ("layout", "layout")):
             if node_value(node, node_key) is not None:

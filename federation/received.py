@@ -1,0 +1,88 @@
+"""What a site's node may build from the run config it receives over the network (a Flower ClientApp).
+
+The server's client config is data from the wire, so before anything is built:
+
+* every ``_target_`` must be of the kind a client run builds, judged on the resolved object, not the
+  string: a datamodule class of ``datamodules``, a LightningModule class of ``lightning_modules``, a
+  net/loss/optimiser/scheduler class (:func:`lightning_modules.targets.check_target`'s rule), a
+  :class:`~federation.core.strategies.Strategy` class, one of the partition functions of
+  :data:`~federation.core.partition.PARTITIONERS`, or Lightning's ``Trainer``. Any other function or
+  class of the project (a file writer, a process launcher) is refused;
+* no string may hold an interpolation (``${...}``): the server sends resolved configs, and resolving one
+  on the node could build a hidden ``_target_`` (``oc.create``) or read the node's environment (``oc.env``)
+  (:func:`lightning_modules.targets.check_targets` refuses them);
+* the keys a node decides for itself are replaced or dropped: ``federation.executor`` (a node runs no
+  executor) and every ``cache_dir`` (the preprocessing cache stays under the node's own data folder).
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.utils import get_object
+
+from lightning_modules.errors import ConfigError
+from lightning_modules.targets import LIBRARY_PACKAGES, PROJECT_PACKAGES, _extra_prefixes, _under, check_target, \
+    check_targets
+
+__all__ = ["check_received_config", "check_received_target"]
+
+TRAINERS = ("pytorch_lightning.Trainer", "lightning.pytorch.Trainer")
+
+
+def _kinds() -> tuple[tuple[type, ...], tuple[Any, ...]]:
+    """(allowed base classes, allowed functions); imported here so a node pays for them only when asked."""
+    import pytorch_lightning as pl
+
+    from federation.core.partition import PARTITIONERS
+    from federation.core.strategies.base import Strategy
+
+    return (pl.LightningDataModule, pl.LightningModule, Strategy), tuple(PARTITIONERS.values())
+
+
+def check_received_target(target: Any, what: str = "received config") -> None:
+    """One line naming ``target`` unless it is of a kind a client run builds (see the module docstring)."""
+    if isinstance(target, str) and (_under(target, _extra_prefixes()) or target in TRAINERS):
+        return
+    refused = (f"{what} _target_ {target!r} refused: a config received from elsewhere may only build datamodules, "
+               f"LightningModules, nets/losses/optimisers, strategies, partitioners or Lightning's Trainer")
+    if not (isinstance(target, str) and _under(target, PROJECT_PACKAGES + LIBRARY_PACKAGES)):
+        raise ConfigError(refused)
+    try:
+        obj = get_object(target)
+    except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
+        raise ConfigError(f"{what} _target_ {target!r} does not resolve ({type(err).__name__})") from err
+    bases, functions = _kinds()
+    module = getattr(obj, "__module__", "") or ""
+    if any(obj is fn for fn in functions):
+        return
+    if inspect.isclass(obj) and _under(module, PROJECT_PACKAGES) and issubclass(obj, bases):
+        return
+    try:
+        check_target(target, what)  # nets, losses, optimisers, schedulers (project or libraries)
+    except ConfigError:
+        raise ConfigError(refused) from None
+
+
+def _drop_cache_dirs(node: Any) -> None:
+    if isinstance(node, dict):
+        node.pop("cache_dir", None)
+        for value in node.values():
+            _drop_cache_dirs(value)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_cache_dirs(value)
+
+
+def check_received_config(ccfg: Mapping[str, Any], what: str = "client config from the server") -> dict[str, Any]:
+    """A checked copy of ``ccfg``: every ``_target_`` and string checked, node-owned keys removed."""
+    if not isinstance(ccfg, Mapping):
+        raise ConfigError(f"{what} is not a mapping ({type(ccfg).__name__})")
+    cfg = copy.deepcopy(dict(ccfg))
+    if isinstance(cfg.get("federation"), dict):
+        cfg["federation"].pop("executor", None)
+    _drop_cache_dirs(cfg.get("data"))
+    check_targets(cfg, what, check_received_target)
+    return cfg
