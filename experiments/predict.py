@@ -49,7 +49,14 @@ def predict(cfg: DictConfig) -> dict:
     for folder in sorted({c.output.parent for c in cases}):
         check_writable(folder)
     check_targets(models.run_cfg.data, "run config data", check_data_target)  # a file's config is data, not code
-    dm = build_datamodule(models.run_cfg.data, synthetic=None, **models.data_overrides())
+    data_target = str(models.run_cfg.data.get("_target_", ""))
+    no_phantoms = {"synthetic": None} if "synthetic" in models.run_cfg.data else {}  # never write phantoms here
+    dm = build_datamodule(models.run_cfg.data, **no_phantoms, **models.data_overrides())
+    if not callable(getattr(dm, "preprocess_volume", None)):
+        raise ConfigError(f"checkpoint {cfg.ckpt} was trained on {data_target.rsplit('.', 1)[-1]} (2D image files), "
+                          f"but predict segments NIfTI volumes with the training run's CT preprocessing: use a "
+                          f"checkpoint trained on volumes (data=lits, kits, msd, nnunet...), or score an image folder's test "
+                          f"split with `python -m experiments.run ... train=false ckpt_path=<ckpt> data.root=<folder>`")
     class_names = models.hparams.get("class_names") or dm.class_names
     threshold = models.hparams.get("fg_threshold")
     per_case = {}

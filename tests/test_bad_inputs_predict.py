@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tests.cli import run_in_process, run_subprocess
 from tests.volumetric_helpers import make_run
@@ -29,6 +30,13 @@ def files(tmp_path_factory):
     torch.save(other, tmp / "other" / "checkpoints" / "wider.ckpt")
     (tmp / "other" / "config.yaml").write_text((ckpt.parent.parent / "config.yaml").read_text())
     (tmp / "a_file").write_text("a file where a folder is needed")
+    folder_run = tmp / "folder_run"  # a run trained on 2D image files (data=liver_slices): no NIfTI pipeline
+    (folder_run / "checkpoints").mkdir(parents=True)
+    (folder_run / "checkpoints" / "best.ckpt").write_bytes(ckpt.read_bytes())
+    run_cfg = OmegaConf.load(ckpt.parent.parent / "config.yaml")
+    run_cfg.data = {"_target_": "datamodules.folder2d.FolderSegmentationDataModule", "root": str(tmp),
+                    "image_dir": "empty_dir", "mask_dir": "empty_dir", "class_names": ["background", "liver"]}
+    (folder_run / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg))
     return tmp, ckpt
 
 
@@ -44,6 +52,8 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
     ("folder into a file name", ["ckpt={c}", "input={t}", "output={t}/o7.nii.gz"], "o7.nii.gz", "o7.nii.gz"),
     ("missing checkpoint", ["ckpt={t}/none.ckpt", "input={t}/vol.nii.gz", "output={t}/o8.nii.gz"],
      "none.ckpt", "o8.nii.gz"),
+    ("checkpoint trained on 2D image files", ["ckpt={t}/folder_run/checkpoints/best.ckpt", "input={t}/vol.nii.gz",
+                                              "output={t}/o9.nii.gz"], "2D image files", "o9.nii.gz"),
 ]
 
 
