@@ -18,7 +18,7 @@ from tests.volumetric_helpers import TINY
 
 
 def test_predict_reuses_the_checkpoints_ct_statistics(tmp_path):
-    cfg = compose_run([*TINY, "+data.normalization=ct", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+    cfg = compose_run([*TINY, "data.normalization=ct", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
                        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"], tmp_path)
     dispatch(cfg)
     (tmp_path / "run" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # as experiments.run does
