@@ -13,7 +13,16 @@ from rich.table import Table
 
 from lightning_modules.atomic import temp_beside
 
-console = Console()
+#: piped output (sbatch logs, ``| tee``) is not cut to rich's 80-column default: per-case tables stay readable
+console = Console(width=None if os.isatty(1) or os.environ.get("COLUMNS") else 160)
+
+
+def artefacts_line(out: str | Path) -> str:
+    """``artefacts: <dir>  (what it holds)``: the run folder's top-level entries as written, folders with '/'."""
+    out = Path(out)
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()) if out.is_dir() else []
+    shown = [n for n in names if not n.startswith(".")]
+    return f"[bold]artefacts:[/bold] {out}  ({', '.join(shown)})"
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -129,6 +129,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     check_datamodule(datamodule)
     module = build_module(cfg) if module is None else module
     callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
+    if not loggers:  # `~logger`: nothing records the learning rate, and Lightning refuses the monitor
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
     log_run_facts(trainer, module, cfg)
     if given is not None and not train:  # test-only: the checkpoint's weights, loaded strictly
@@ -174,7 +176,7 @@ def _report(cfg: DictConfig, module: Any, metrics: dict, trainer: pl.Trainer) ->
         artifacts.print_case_table(module.test_per_case, module.test_summary, "test: per case (volume)")
     else:
         artifacts.print_metrics({k: v for k, v in metrics.items() if k.startswith("test/")}, "test")
-    artifacts.console.print(f"[bold]artefacts:[/bold] {output_dir(cfg)}  (metrics.json, checkpoints/, csv/, wandb/, *.png)")
+    artifacts.console.print(artifacts.artefacts_line(output_dir(cfg)))
 
 
 def best_checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:

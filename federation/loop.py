@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine import artifacts
+from federation.core.sampling import clients_per_round
 from federation.curves import plot_rounds
 from federation.errors import FederationError
 from federation.matrix import evaluation_matrix, write_matrix
@@ -65,7 +66,7 @@ def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
         log_image(server.loggers, "fed/partition", server.partition_png)
     artifacts.console.print(
         f"[bold]federation[/bold] {fed.strategy._target_.split('.')[-1]}: {len(server.client_ids)} clients, "
-        f"{fed.get('clients_per_round')} per round, {rounds} rounds x {fed.local_epochs} local epochs, "
+        f"{clients_per_round(len(server.client_ids), fed.get('clients_per_round'))} per round, {rounds} rounds x {fed.local_epochs} local epochs, "
         f"executor {type(server.executor).__name__}" + (f", shared pool {len(server.pool)}" if server.pool else ""))
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=artifacts.console, transient=False, disable=not fed.get("progress", True)) as bar:
@@ -122,6 +123,5 @@ def _finish(server: Server, t_start: float) -> dict[str, Any]:
                 step=len(server.history) + 1)
     artifacts.print_metrics({k: v for k, v in metrics.items() if k.startswith(("fed/global/", "fed/best/"))},
                             "federation: global model on the pooled test set")
-    artifacts.console.print(f"[bold]artefacts:[/bold] {out}  (metrics.json, rounds.csv, fed_curves.png, "
-                            f"partition.md/png, server.pt, global_final.pt)")
+    artifacts.console.print(artifacts.artefacts_line(out))
     return metrics
