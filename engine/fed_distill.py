@@ -47,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from engine import artifacts
 from engine.builders import ConfigError, build_module
 from engine.distill import run_distillation, segmentation_cfg, teacher_loss
-from engine.fit import output_dir, train_and_test
+from engine.fit import is_debug, output_dir, train_and_test
 from lightning_modules.atomic import atomic_output
 from lightning_modules.checkpoints import CheckpointError, load_checkpoint
 
@@ -274,5 +274,7 @@ def run_fed_distill(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -> 
                                "fed_distill/teacher_weights": str(fed_teacher) if fed_teacher else None}
     if cfg.fed_distill.get("evaluate", True):
         metrics.update(evaluate_run(cfg, runs, fed_teacher, fed_runs))
+    if is_debug(cfg):
+        metrics["debug"] = True  # fast_dev_run: experiments.report and kd_report leave it out
     artifacts.write_json(out / DONE, metrics)
     return metrics

@@ -88,6 +88,8 @@ def collect(root: Path) -> tuple[list[dict], list[dict]]:
         method = metrics.get("distill/method")
         if not method:  # e.g. the teacher pre-training inside a run dir
             continue
+        if metrics.get("debug"):  # fast_dev_run: one batch, not a result (experiments.report leaves it out too)
+            continue
         cfg = _load_config(path.parent)
         loss = ((cfg.get("distill") or {}).get("loss") or {})
         dice = metrics.get("test/dice")

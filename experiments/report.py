@@ -42,6 +42,8 @@ def find_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
         for root in [Path(p) for p in glob.glob(pattern)] or [Path(pattern)]:
             done.update(p.parent for p in root.rglob("metrics.json"))
             failed.update(p.parent for p in root.rglob("failed.json"))
+    # a run's own stages (a distillation's teacher/, a federated distillation's arms) are not runs of their own
+    done = {d for d in done if not any(a in done for a in d.parents)}
     return sorted(done), sorted(failed - done)
 
 
@@ -189,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true",
                         help="also debug (fast_dev_run) runs in the tables, and list unfinished runs")
     args = parser.parse_args(argv)
+    missing = [p for p in args.paths if not glob.glob(p)]
+    if missing:
+        print(f"error: {missing[0]} does not exist (report takes multirun dirs, run dirs or globs)", file=sys.stderr)
+        return 2
     runs, failed = find_runs(args.paths)
     if not runs and not failed:
         print(f"error: no runs (metrics.json or failed.json) under {' '.join(args.paths)}", file=sys.stderr)
@@ -197,8 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     unfinished = find_unfinished(args.paths)
     if not args.all:
         runs = [r for r in runs if r not in debug]
+    if not runs and not failed:
+        print(f"error: all {len(debug)} run(s) under {' '.join(args.paths)} are debug (fast_dev_run) runs, "
+              f"whose numbers are not results; --all includes them", file=sys.stderr)
+        return 2
     keys = tuple(args.keys) if args.keys else None
     groups, ordered = collect(runs, keys)
+    unknown = [k for k in keys or () if not any(fnmatch.fnmatchcase(f, k) for f in ordered)]
+    if unknown:
+        print(f"error: --keys {' '.join(unknown)}: no run has such a metric (e.g. {', '.join(ordered[:4])})",
+              file=sys.stderr)
+        return 2
     if keys is None:
         ordered = [k for k in DEFAULT_KEYS if k in ordered] or ordered
     md, csv_text = table(groups, ordered)

@@ -9,6 +9,7 @@ band of ± one standard deviation, and their per-round mean/std/n go to ``<dir>/
 from __future__ import annotations
 
 import argparse
+import sys
 import csv
 import math
 from pathlib import Path
@@ -103,6 +104,9 @@ def compare_runs(root: str | Path, metric: str = "acc", label_key: str = "federa
     runs: dict[str, list] = {}
     for f in files:
         runs.setdefault(_label(f.parent, label_key), []).append(read_rounds(f))
+    col = f"test/{metric}"
+    if not any(col in row for group in runs.values() for rows in group for row in rows):
+        raise KeyError(f"--metric {metric}: no rounds.csv below {root} has a {col} column")
     png = Path(out or root / "fed_compare.png")
     _write_band_table(runs, png.with_suffix(".csv"), f"test/{metric}")
     return plot_rounds(runs, png, metric, title=root.name)
@@ -127,7 +131,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--label", default="federation.strategy.mode")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    print(compare_runs(a.root, a.metric, a.label, a.out))
+    try:
+        print(compare_runs(a.root, a.metric, a.label, a.out))
+    except (FileNotFoundError, KeyError) as err:
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine import artifacts
+from engine.fit import is_debug
 from federation.core.sampling import clients_per_round
 from federation.curves import plot_rounds
 from federation.errors import FederationError
@@ -113,6 +114,8 @@ def _finish(server: Server, t_start: float) -> dict[str, Any]:
                     "fed/shared_pool": 0 if server.pool is None else len(server.pool),
                     "fit_seconds": time.perf_counter() - t_start,
                     "num_parameters": sum(p.numel() for p in server.template.net.parameters())})
+    if is_debug(server.cfg):
+        metrics["debug"] = True  # fast_dev_run: experiments.report leaves it out of its tables
     if server.fed.get("evaluation_matrix"):
         matrix = evaluation_matrix(server)
         write_matrix(matrix, out, metric)

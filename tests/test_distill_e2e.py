@@ -56,6 +56,9 @@ def test_report_means_and_failures(tmp_path, capsys):
     write_json(tmp_path / "0_s1" / "teacher" / "metrics.json", {"test/dice": 0.9})  # teacher pre-training: ignored
     (tmp_path / "3_s3").mkdir()
     write_json(tmp_path / "3_s3" / "failed.json", {"error": "ConfigError: bad tap", "overrides": ["seed=3"]})
+    _fake_run(tmp_path, "4_fdr", "hlfd", "kits", 4, 0.01, 9.0)  # a fast_dev_run: one batch, not a result
+    write_json(tmp_path / "4_fdr" / "metrics.json", {**json.loads((tmp_path / "4_fdr" / "metrics.json").read_text()),
+                                                    "debug": True})
     assert kd_report.main([str(tmp_path)]) == 0
     res = kd_report.report(tmp_path)
     row = next(r for r in res["table1"] if r["method"] == "hlfd" and r["dataset"] == "KiTS")

@@ -1,0 +1,59 @@
+"""experiments.report and federation.curves on the inputs a user gets wrong: one line, exit 2, nothing
+overwritten; a run's own stages (a distillation's teacher/) are not runs of their own."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import report
+from federation import curves
+
+
+def _run(root: Path, name: str, metrics: dict) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_a_runs_teacher_is_not_a_run_of_its_own(tmp_path):
+    kd = _run(tmp_path, "kd", {"test/dice": 0.5})
+    _run(kd, "teacher", {"test/dice": 0.9})
+    _run(tmp_path, "plain", {"test/dice": 0.4})
+    runs, _ = report.find_runs([str(tmp_path)])
+    assert runs == [kd, tmp_path / "plain"]
+
+
+def test_unknown_key_is_an_error_and_the_earlier_report_stays(tmp_path, capsys):
+    _run(tmp_path, "a", {"test/dice": 0.5})
+    assert report.main([str(tmp_path)]) == 0
+    before = (tmp_path / "report.md").read_text()
+    assert report.main([str(tmp_path), "--keys", "test/dice", "test/bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "test/bogus" in err[0] and "test/dice" in err[0]
+    assert (tmp_path / "report.md").read_text() == before
+
+
+def test_only_debug_runs_and_a_missing_folder_are_errors(tmp_path, capsys):
+    _run(tmp_path, "fdr", {"test/dice": 0.1, "debug": True})
+    assert report.main([str(tmp_path)]) == 2
+    assert "debug" in capsys.readouterr().err and not (tmp_path / "report.md").exists()
+    assert report.main([str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_curves_missing_folder_and_unknown_metric(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        curves.main([str(tmp_path / "nope")])
+    assert exc.value.code == 2 and "no rounds.csv" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rounds.csv").write_text("round,test/acc,test/loss\n1,0.5,1.0\n2,0.6,0.9\n")
+    with pytest.raises(SystemExit) as exc:
+        curves.main([str(tmp_path), "--metric", "dice"])
+    assert exc.value.code == 2 and "test/dice" in capsys.readouterr().err
+    assert not (tmp_path / "fed_compare.png").exists()
+    curves.main([str(tmp_path), "--metric", "acc"])
+    assert (tmp_path / "fed_compare.png").is_file()
