@@ -260,7 +260,7 @@ def write_phantom_dataset(root: str | Path, layout: str = "lits", n_cases: int =
     root = Path(root)
     site = SiteParams(**site) if isinstance(site, dict) else site
     if layout not in LAYOUT_LABELS:
-        raise DataError(f"synthetic layout={layout!r} is not one of {list(LAYOUT_LABELS)}")
+        raise DataError(f"data.layout={layout!r} (the phantoms' layout) is not one of {list(LAYOUT_LABELS)}")
     if organs is not None and layout != "msd":
         raise DataError(f"synthetic organs={list(organs)} is only supported for layout 'msd', not {layout!r}")
     structures = tuple(organs) if organs is not None else LAYOUT_LABELS[layout]

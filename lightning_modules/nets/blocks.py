@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lightning_modules.errors import ConfigError
+
 __all__ = [
     "PRESETS", "resolve_filters", "pad_to_multiple", "crop_to", "resample",
     "ConvBNReLU", "DoubleConv", "FullScaleNode", "SideHead", "init_weights",
@@ -45,12 +47,12 @@ def resolve_filters(preset: str = "paper", width: int | None = None,
         if len(out) != levels or min(out) < 1:
             raise ValueError(f"filters must be {levels} positive ints, got {list(filters)}")
         return out
+    if preset not in PRESETS:  # checked even when width wins, so a typo is never silently ignored
+        raise ConfigError(f"model.preset={preset!r} is not one of {sorted(PRESETS)}")
     if width is None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; valid presets: {sorted(PRESETS)}")
         width = PRESETS[preset]
     if int(width) < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
+        raise ConfigError(f"model.width={width} must be >= 1")
     return [int(width) * 2 ** i for i in range(levels)]
 
 
