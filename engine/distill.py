@@ -154,7 +154,7 @@ def run_distillation(cfg: DictConfig) -> dict[str, Any]:
         if cache.is_file():  # test the cached / given teacher, no retraining
             with open_dict(tcfg):
                 tcfg.train, tcfg.ckpt_path = False, str(cache)
-        pl.seed_everything(cfg.seed, workers=True)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
         module = build_module(tcfg)
         metrics = train_and_test(tcfg, module=module, extra_metrics={**extra, "distill/teacher_ckpt": str(cache)})
         best = out / "checkpoints" / "best.ckpt"
@@ -163,7 +163,7 @@ def run_distillation(cfg: DictConfig) -> dict[str, Any]:
         return metrics
     if method == "none":
         scfg = segmentation_cfg(cfg, cfg.model, cfg.module.loss, out)
-        pl.seed_everything(cfg.seed, workers=True)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
         module = build_module(scfg)
         metrics = train_and_test(scfg, module=module, extra_metrics=extra)
         save_student(module, out / "student.pt", method=method)
@@ -174,7 +174,7 @@ def run_distillation(cfg: DictConfig) -> dict[str, Any]:
     kcfg = copy.deepcopy(cfg)
     with open_dict(kcfg):
         kcfg.distill.teacher.ckpt = str(ckpt)
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(kcfg)
     metrics = train_and_test(kcfg, module=module, extra_metrics={**extra, "distill/teacher_ckpt": str(ckpt)})
     save_student(module, out / "student.pt", method=method)

@@ -182,7 +182,7 @@ def train_local_teacher(cfg: DictConfig) -> dict[str, Any]:
     it loads as ``distill.teacher.ckpt`` even when no Lightning checkpoint is written, as in fast_dev_run)."""
     out = output_dir(cfg)
     tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), out, cfg.distill.teacher.get("max_epochs"))
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(tcfg)
     metrics = train_and_test(tcfg, module=module, extra_metrics={"distill/method": "teacher_local"})
     save_state(module.net.state_dict(), out / "teacher.pt")

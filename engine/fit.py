@@ -112,7 +112,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     ``module``: an already built LightningModule (distillation builds its own; default ``cfg.module``);
     it ends holding the tested (best) weights. ``extra_metrics`` are added to ``metrics.json``.
     """
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out = output_dir(cfg)
     train = bool(cfg.get("train", True))
     ckpt_path = cfg.get("ckpt_path")

@@ -89,8 +89,9 @@ def main(cfg: DictConfig) -> float | None:
         if err is None:
             raise
         line = one_line(err)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one bad job must not kill the sweep
+        if out.is_dir():  # the run folder says why it holds no results (experiments.report lists it as failed)
             artifacts.write_json(out / "failed.json", {"error": line, "overrides": list(HydraConfig.get().overrides.task)})
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one bad job must not kill the sweep
             print(f"error (job {out.name}): {line}", file=sys.stderr)
             return None
         print(f"error: {line}", file=sys.stderr)

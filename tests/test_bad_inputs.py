@@ -278,6 +278,8 @@ def test_bad_input_is_one_line_exit_2(name, env, tmp_path):
     assert culprit in errors[0], errors[0]
     assert not (tmp_path / "pwned").exists(), "a crafted file ran code"
     assert not (run / "metrics.json").exists() and not list(run.glob("checkpoints/*.ckpt")) or name.startswith("resume")
+    if (run / "config.yaml").is_file():  # a run folder was made: it says why it holds no results
+        assert json.loads((run / "failed.json").read_text())["error"] == errors[0].removeprefix("error: ")
     if name == "synthetic_crafted_manifest":
         assert (tmp_path / "victim.txt").read_text() == "precious"
 
