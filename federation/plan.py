@@ -171,6 +171,17 @@ def split_clients(fed: Any, train: Any, test: Any, seed: int) -> ClientSplit:
     if frac > 0:
         pool, remaining = SharedPool.carve(remaining, frac, seed, labels=labels, cases=cases)
     ids, parts = call_partitioner(fed.partition, labels, groups, remaining, fed.get("num_clients"), seed)
+    if cases is not None and len(parts) > 1:
+        owners = {}
+        for cid, part in zip(ids, parts):
+            for case in np.unique(np.asarray(cases)[part]):
+                owners.setdefault(case, set()).add(cid)
+        split = sum(len(o) > 1 for o in owners.values())
+        if split:  # slice-level partitioners: one patient's slices at several hospitals
+            log.warning("federation.partition %s puts slices of %d of %d volumes at more than one client; a "
+                        "hospital holds whole patients: use federation/partition=by_site (one client per site "
+                        "or per volume)", str(fed.partition.get("_target_", "?")).rsplit(".", 1)[-1], split,
+                        len(owners))
     test_groups = getattr(test, "groups", None)
     site_of_test = None if test_groups is None else np.asarray(test_groups)
     partial = fed.get("partial_labels") or {}

@@ -127,3 +127,24 @@ def test_report_and_plot(tmp_path):
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(tmp_path) == ["partition.png"]
+
+
+def test_slice_level_partition_of_volumes_is_warned(caplog):
+    """iid / dirichlet on slice data put one volume's slices at several clients (a hospital holds whole
+    patients): split_clients says so; by_site (one client per volume here) does not."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from federation.plan import split_clients
+
+    cases = np.repeat([f"v{i}" for i in range(6)], 5)  # 6 volumes of 5 slices
+    train = type("Slices", (), {"targets": np.zeros(len(cases), np.int64), "case_ids": cases,
+                                "__len__": lambda self: len(cases)})()
+    for target, warned in (("federation.core.partition.iid", True), ("federation.core.partition.by_group", False)):
+        fed = OmegaConf.create({"partition": {"_target_": target}, "num_clients": 3 if warned else None,
+                                "client_val_fraction": 0.2})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="federation.plan"):
+            split_clients(fed, train, None, seed=0)
+        assert any("more than one client" in r.message for r in caplog.records) == warned, target
