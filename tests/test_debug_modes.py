@@ -21,6 +21,17 @@ def test_lits_dnet_fdr_runs_one_batch(tmp_path):
     assert "test/dice" in metrics and metrics["test_checkpoint"] == "last weights"  # fdr saves no checkpoint
 
 
+def test_a_run_without_loggers(tmp_path):
+    """``~logger`` (logger/default.yaml's way to log nothing): no logger, so no learning-rate monitor either;
+    metrics.json is still written."""
+    cfg = compose_run(["+exp=lits_dnet", *[o for o in TINY_LITS if not o.startswith("logger")], "~logger",
+                       "debug=fdr"], tmp_path)
+    assert "logger" not in cfg
+    metrics = dispatch(cfg)
+    assert "test/dice" in metrics and (tmp_path / "run" / "metrics.json").is_file()
+    assert not (tmp_path / "run" / "csv").exists() and not (tmp_path / "run" / "wandb").exists()
+
+
 def test_federation_fdr_is_one_round_one_batch_per_client(tmp_path):
     cfg = compose_run([*TINY_FED, "debug=fdr"], tmp_path)
     metrics = dispatch(cfg)

@@ -59,6 +59,8 @@ def test_width_presets() -> None:
     assert resolve_filters(filters=[1, 2, 3, 4, 5]) == [1, 2, 3, 4, 5]
     with pytest.raises(ValueError):
         resolve_filters("huge")
+    with pytest.raises(ValueError, match="papr"):  # a mistyped preset is an error even when width wins
+        resolve_filters("papr", width=16)
 
 
 # ----------------------------------------------------------------------------- deep supervision
