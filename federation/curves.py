@@ -9,9 +9,9 @@ band of ± one standard deviation, and their per-round mean/std/n go to ``<dir>/
 from __future__ import annotations
 
 import argparse
-import sys
 import csv
 import math
+import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 

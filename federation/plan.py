@@ -172,9 +172,10 @@ def split_clients(fed: Any, train: Any, test: Any, seed: int) -> ClientSplit:
         pool, remaining = SharedPool.carve(remaining, frac, seed, labels=labels, cases=cases)
     ids, parts = call_partitioner(fed.partition, labels, groups, remaining, fed.get("num_clients"), seed)
     if cases is not None and len(parts) > 1:
-        owners = {}
+        owners: dict[str, set[str]] = {}
+        case_of = np.asarray(cases)
         for cid, part in zip(ids, parts):
-            for case in np.unique(np.asarray(cases)[part]):
+            for case in np.unique(case_of[part]):
                 owners.setdefault(case, set()).add(cid)
         split = sum(len(o) > 1 for o in owners.values())
         if split:  # slice-level partitioners: one patient's slices at several hospitals

@@ -24,8 +24,8 @@ from typing import Any
 from hydra.utils import get_object
 
 from lightning_modules.errors import ConfigError
-from lightning_modules.targets import LIBRARY_PACKAGES, PROJECT_PACKAGES, _extra_prefixes, _under, check_target, \
-    check_targets
+from lightning_modules.targets import (LIBRARY_PACKAGES, PROJECT_PACKAGES, check_target, check_targets,
+                                       extra_prefixes, under_prefixes)
 
 __all__ = ["check_received_config", "check_received_target"]
 
@@ -44,11 +44,11 @@ def _kinds() -> tuple[tuple[type, ...], tuple[Any, ...]]:
 
 def check_received_target(target: Any, what: str = "received config") -> None:
     """One line naming ``target`` unless it is of a kind a client run builds (see the module docstring)."""
-    if isinstance(target, str) and (_under(target, _extra_prefixes()) or target in TRAINERS):
+    if isinstance(target, str) and (under_prefixes(target, extra_prefixes()) or target in TRAINERS):
         return
     refused = (f"{what} _target_ {target!r} refused: a config received from elsewhere may only build datamodules, "
                f"LightningModules, nets/losses/optimisers, strategies, partitioners or Lightning's Trainer")
-    if not (isinstance(target, str) and _under(target, PROJECT_PACKAGES + LIBRARY_PACKAGES)):
+    if not (isinstance(target, str) and under_prefixes(target, PROJECT_PACKAGES + LIBRARY_PACKAGES)):
         raise ConfigError(refused)
     try:
         obj = get_object(target)
@@ -58,7 +58,7 @@ def check_received_target(target: Any, what: str = "received config") -> None:
     module = getattr(obj, "__module__", "") or ""
     if any(obj is fn for fn in functions):
         return
-    if inspect.isclass(obj) and _under(module, PROJECT_PACKAGES) and issubclass(obj, bases):
+    if inspect.isclass(obj) and under_prefixes(module, PROJECT_PACKAGES) and issubclass(obj, bases):
         return
     try:
         check_target(target, what)  # nets, losses, optimisers, schedulers (project or libraries)

@@ -38,14 +38,16 @@ def allow(prefixes: Iterable[str] | None) -> None:
     worker processes (Ray clients, DDP ranks) apply the same list."""
     extra = [str(p).strip() for p in (prefixes or []) if str(p).strip()]
     if extra:
-        os.environ[ENV] = ",".join(dict.fromkeys([*_extra_prefixes(), *extra]))
+        os.environ[ENV] = ",".join(dict.fromkeys([*extra_prefixes(), *extra]))
 
 
-def _extra_prefixes() -> tuple[str, ...]:
+def extra_prefixes() -> tuple[str, ...]:
+    """The module prefixes trusted by `allow_targets` / FEDMED_ALLOW_TARGETS."""
     return tuple(p.strip() for p in os.environ.get(ENV, "").split(",") if p.strip())
 
 
-def _under(name: str, prefixes: Iterable[str]) -> bool:
+def under_prefixes(name: str, prefixes: Iterable[str]) -> bool:
+    """Whether the dotted ``name`` is one of ``prefixes`` or lies below one."""
     return any(name == p.rstrip(".") or name.startswith(p.rstrip(".") + ".") for p in prefixes)
 
 
@@ -53,33 +55,33 @@ def check_target(target: Any, what: str = "object") -> None:
     """Raise :class:`ConfigError` (one line naming ``target``) unless ``target`` may be instantiated."""
     if not isinstance(target, str):
         raise ConfigError(f"{what} _target_ {target!r} is not a dotted name; refused")
-    if _under(target, _extra_prefixes()):
+    if under_prefixes(target, extra_prefixes()):
         return
     allowed = PROJECT_PACKAGES + LIBRARY_PACKAGES
     refused = (f"{what} _target_ {target!r} refused: only net/loss/optimiser/scheduler classes of the project, "
                f"smp, monai.networks.nets, torchvision.models or torch.nn/optim are built (trust more with "
                f"allow_targets=[prefix])")
-    if not _under(target, allowed):
+    if not under_prefixes(target, allowed):
         raise ConfigError(refused)
     try:
         obj = get_object(target)
     except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
         raise ConfigError(f"{what} _target_ {target!r} does not resolve ({type(err).__name__})") from err
     module = getattr(obj, "__module__", None) or ""
-    if not (inspect.isclass(obj) and _under(module, allowed) and issubclass(obj, ALLOWED_BASES)):
+    if not (inspect.isclass(obj) and under_prefixes(module, allowed) and issubclass(obj, ALLOWED_BASES)):
         raise ConfigError(refused)
 
 
 def check_data_target(target: Any, what: str = "data") -> None:
     """A data config read from a file (a run's ``config.yaml`` beside a checkpoint) may only build classes
     of the project's ``datamodules`` package: one line naming ``target`` otherwise."""
-    if isinstance(target, str) and _under(target, _extra_prefixes()):
+    if isinstance(target, str) and under_prefixes(target, extra_prefixes()):
         return
     try:
-        obj = get_object(target) if isinstance(target, str) and _under(target, ("datamodules",)) else None
+        obj = get_object(target) if isinstance(target, str) and under_prefixes(target, ("datamodules",)) else None
     except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
         raise ConfigError(f"{what} _target_ {target!r} does not resolve ({type(err).__name__})") from err
-    if not (inspect.isclass(obj) and _under(getattr(obj, "__module__", "") or "", ("datamodules",))):
+    if not (inspect.isclass(obj) and under_prefixes(getattr(obj, "__module__", "") or "", ("datamodules",))):
         raise ConfigError(f"{what} _target_ {target!r} refused: a data config read from a file may only build "
                           f"classes of the project's datamodules package (trust more with allow_targets=[prefix])")
 
