@@ -12,13 +12,19 @@ The server's client config is data from the wire, so before anything is built:
   on the node could build a hidden ``_target_`` (``oc.create``) or read the node's environment (``oc.env``)
   (:func:`lightning_modules.targets.check_targets` refuses them);
 * the keys a node decides for itself are replaced or dropped: ``federation.executor`` (a node runs no
-  executor) and every ``cache_dir`` (the preprocessing cache stays under the node's own data folder).
+  executor) and every ``cache_dir`` (the preprocessing cache stays under the node's own data folder);
+* once a node names its data folder (``data-root``), :func:`pin_data_paths` keeps every other path the
+  server chose for the data (``image_dir``, ``split_dir``, ``split_file``, a site's ``root``, ...) inside it:
+  such a path must be relative, without ``..``. Otherwise the server could point the node's training (and
+  so the weights it sends back) at any folder the node's process can read.
 """
 from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, MutableMapping
+from pathlib import PureWindowsPath
 from typing import Any
 
 from hydra.utils import get_object
@@ -27,7 +33,7 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.targets import (LIBRARY_PACKAGES, PROJECT_PACKAGES, check_target, check_targets,
                                        extra_prefixes, under_prefixes)
 
-__all__ = ["check_received_config", "check_received_target"]
+__all__ = ["check_received_config", "check_received_target", "pin_data_paths"]
 
 TRAINERS = ("pytorch_lightning.Trainer", "lightning.pytorch.Trainer")
 
@@ -86,3 +92,37 @@ def check_received_config(ccfg: Mapping[str, Any], what: str = "client config fr
     _drop_cache_dirs(cfg.get("data"))
     check_targets(cfg, what, check_received_target)
     return cfg
+
+
+def _escapes(value: str) -> bool:
+    """True for a string that names a place outside a folder it is joined to: absolute, ``~``, or ``..``."""
+    parts = value.replace("\\", "/").split("/")
+    return value.startswith(("/", "~", "\\")) or PureWindowsPath(value).drive != "" or ".." in parts
+
+
+def pin_data_paths(data: MutableMapping[str, Any], root: str, what: str = "client config from the server") -> None:
+    """Set ``data.root`` to the node's own ``root`` and refuse any other path the server chose outside it.
+
+    Every string of ``data`` (nested site configs included, ``_target_`` and ``layout`` excepted) must be
+    relative without ``..``: the datamodules join their folder keys to their root, and a relative
+    ``split_file`` is joined here (elsewhere it is read from the working directory). A string that is no
+    path (a case regex, a class name) has no leading ``/`` or ``..`` part and passes unchanged.
+    """
+    def visit(node: Any, key: str) -> None:
+        if isinstance(node, MutableMapping):
+            for k, v in node.items():
+                if k not in ("_target_", "layout"):
+                    visit(v, f"{key}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                visit(v, f"{key}[{i}]")
+        elif isinstance(node, str) and _escapes(node):
+            raise ConfigError(f"{what}: {key}={node!r} refused: this node reads only under its own data-root "
+                              f"{root!r} (a path from the server must be relative, without '..')")
+
+    if not isinstance(data, MutableMapping):
+        raise ConfigError(f"{what}: data is not a mapping ({type(data).__name__})")
+    visit({k: v for k, v in data.items() if k != "root"}, "data")
+    data["root"] = str(root)
+    if data.get("split_file"):
+        data["split_file"] = os.path.join(str(root), str(data["split_file"]))

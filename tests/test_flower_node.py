@@ -9,6 +9,7 @@ import federation.runner as runner
 import federation.transports.flower.partition as node_partition
 from federation.transports.flower.node import node_train, node_value
 from engine.errors import ConfigError
+from federation.errors import FederationError
 
 CCFG = {"seed": 3, "data": {"_target_": "datamodules.segmentation.VolumeSegmentationDataModule", "root": "/server/data",
                             "layout": "lits"},
@@ -37,12 +38,38 @@ def test_node_teacher_and_data_override_the_servers_paths(seen):
     assert cfg.module.teacher_ckpt == "/server/teacher.pt"  # other sites' entries untouched: only site_b's override
 
 
-def test_node_without_settings_keeps_the_servers_config(seen):
-    node_train("site_a", None, CCFG, {"site": "site_a", "data-root": ""})  # empty counts as unset
+def test_a_rehearsal_node_without_settings_keeps_the_servers_config(seen):
+    node_train("site_a", None, CCFG, {"site": "site_a", "partition": "derive", "data-root": ""})  # "" is unset
     cfg = seen["cfg"]
-    assert (cfg.data.root, seen["mode"], seen["store"]) == ("/server/data", "all", "fedmed_client_store")
+    assert (cfg.data.root, seen["mode"], seen["store"]) == ("/server/data", "derive", "fedmed_client_store")
     assert "site_a" not in cfg.federation.client_module
     assert node_value({"k": ""}, "k", "d") == "d"
+
+
+def test_a_real_site_must_name_its_data_folder(seen):
+    """``partition="all"`` (the default: a real site) without ``data-root`` would train on the server's path."""
+    with pytest.raises(FederationError, match="site_a.*needs data-root"):
+        node_train("site_a", None, CCFG, {"site": "site_a", "data-root": ""})
+    assert seen == {}
+
+
+@pytest.mark.parametrize("key,value", [("split_file", "/etc/hosts"), ("image_dir", "../../other_study/images"),
+                                       ("split_dir", "~/lists"), ("sites", {"b": {"root": "/data/other_study"}})])
+def test_the_server_cannot_point_a_node_outside_its_data_root(seen, key, value):
+    """Found by an audit: with ``data-root`` set, the server still chose ``split_file``, image folders or a
+    site's root anywhere on the node; now every data path must stay under the node's folder."""
+    ccfg = {**CCFG, "data": {**CCFG["data"], key: value}}
+    with pytest.raises(ConfigError, match=rf"data\.{key}.*refused.*/site_b/ct"):
+        node_train("site_b", None, ccfg, {"site": "site_b", "data-root": "/site_b/ct"})
+    assert seen == {}
+
+
+def test_relative_data_paths_stay_under_the_node_root(seen):
+    ccfg = {**CCFG, "data": {**CCFG["data"], "split_file": "splits/fold0.json", "image_dir": "train/images",
+                             "case_pattern": r"^(\d+)_(?P<slice>\d+)"}}
+    node_train("site_b", None, ccfg, {"site": "site_b", "data-root": "/site_b/ct"})
+    data = seen["cfg"].data
+    assert (data.root, data.split_file, data.image_dir) == ("/site_b/ct", "/site_b/ct/splits/fold0.json", "train/images")
 
 
 def test_node_refuses_a_foreign_target_before_building_anything(seen):

@@ -24,27 +24,36 @@ def node_train(client_id: str, server_msg: Any, ccfg: Mapping[str, Any], node: M
     """Train ``client_id`` for one round on this node's own data; returns the runner's ``ClientUpdate``.
 
     ``ccfg`` (the client config from the server) is data from the wire: it passes
-    :func:`federation.received.check_received_config` before anything is built. The node's own settings override the server's: its data folder and
-    layout, and its copy of the teacher's weights (the server's path means nothing on a site's host).
+    :func:`federation.received.check_received_config` before anything is built. The node's own settings override
+    the server's: its data folder (every other data path the server chose must lie inside it,
+    :func:`federation.received.pin_data_paths`) and layout, and its copy of the teacher's weights (the server's
+    path means nothing on a site's host). A real site (``partition="all"``) must name its data folder; only
+    the rehearsal (``derive``, every node holding the same dataset) reads the server's ``data.root``.
     """
     import pytorch_lightning as pl  # here, not at import: a site query must not pay for Lightning
 
-    from federation.received import check_received_config
+    from federation.errors import FederationError
+    from federation.received import check_received_config, pin_data_paths
     from federation.runner import get_base_datamodule, quiet_lightning, run_client
     from federation.transports.flower.partition import site_indices
 
     quiet_lightning()
-    cfg = OmegaConf.create(check_received_config(ccfg))
+    plain, mode = check_received_config(ccfg), str(node_value(node, "partition", "all"))
+    if node_value(node, "data-root") is not None:
+        pin_data_paths(plain["data"], str(node_value(node, "data-root")))
+    elif mode == "all":
+        raise FederationError(f"node config of site {client_id!r}: partition=\"all\" (a real site) needs data-root, "
+                              f"the folder of this site's own data; the server's path is not used")
+    cfg = OmegaConf.create(plain)
     with open_dict(cfg):
-        for key, node_key in (("root", "data-root"), ("layout", "layout")):
-            if node_value(node, node_key) is not None:
-                cfg.data[key] = str(node_value(node, node_key))
+        if node_value(node, "layout") is not None:
+            cfg.data.layout = str(node_value(node, "layout"))
         if node_value(node, "teacher") is not None and "teacher_ckpt" in cfg.module:
             per = OmegaConf.to_container(cfg.federation.get("client_module") or {})
             per[client_id] = {**(per.get(client_id) or {}), "teacher_ckpt": str(node_value(node, "teacher"))}
             cfg.federation.client_module = per
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # as the server before its base datamodule
     base = get_base_datamodule(cfg.data)
-    indices = site_indices(cfg, base, client_id, str(node_value(node, "partition", "all")))
+    indices = site_indices(cfg, base, client_id, mode)
     return run_client(client_id, server_msg, cfg, indices, str(node_value(node, "store", "fedmed_client_store")),
                       base)
