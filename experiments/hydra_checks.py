@@ -1,13 +1,18 @@
 """Checks Hydra runs before it creates the run dir: an output folder that cannot be written is one line
-naming it and exit code 2 (Hydra itself would fail with a stack trace after creating part of the tree)."""
+naming it and exit code 2 (Hydra itself would fail with a stack trace after creating part of the tree).
+
+:func:`run_cli` does the same for Hydra's own command-line errors (a mistyped key, an unknown config
+option, an override that does not parse): one line and exit code 2, where Hydra prints several lines, its
+search path and exit code 1. ``HYDRA_FULL_ERROR=1`` keeps Hydra's full report."""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -44,3 +49,46 @@ class WritableOutput(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+FULL_ERROR = "HYDRA_FULL_ERROR"
+_compact = {"set": False}  # whether run_cli set HYDRA_FULL_ERROR itself (to catch composition errors)
+
+
+def hydra_error_line(exc: Exception) -> str:
+    """One line for a Hydra composition or override error (Hydra's own text spans several lines)."""
+    if isinstance(exc, OverrideParseException):
+        lines = [ln.strip() for ln in exc.message.splitlines() if ln.strip()]
+        return f"override {exc.override!r}: {lines[0]}" + (f" ({lines[1]})" if len(lines) > 1 else "")
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    head = lines[0].split(": ", 1)[1] if lines and lines[0].startswith("In '") and ": " in lines[0] else (lines or [""])[0]
+    if isinstance(exc, MissingConfigException) and exc.options:
+        return f"{head}; available: {', '.join(str(o) for o in exc.options)}"
+    cause = str(exc.__cause__).strip().splitlines()[0] if exc.__cause__ is not None and str(exc.__cause__).strip() else ""
+    rest = [ln for ln in lines[1:] if not ln.startswith(("Available options", "Config search path", "provider="))]
+    return head.rstrip(".") + (f": {cause}" if cause else "") + "".join(f" ({ln.rstrip('.')})" for ln in rest[:1])
+
+
+def task_started() -> None:
+    """Called first in the task function: from here on the task's own errors get Hydra's usual report."""
+    if _compact["set"]:
+        os.environ.pop(FULL_ERROR, None)
+        _compact["set"] = False
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` function; Hydra's command-line errors become one line and exit code 2."""
+    if FULL_ERROR in os.environ:  # the user asked for Hydra's full report
+        main()
+        return
+    os.environ[FULL_ERROR] = "1"  # Hydra then raises composition errors instead of printing them
+    _compact["set"] = True
+    try:
+        main()
+    except (OverrideParseException, ConfigCompositionException) as exc:
+        if not _compact["set"]:  # raised by the task itself, after task_started(): not a command-line error
+            raise
+        print(f"error: {hydra_error_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        task_started()

@@ -20,6 +20,7 @@ from engine.artifacts import print_case_table, write_json
 from engine.builders import build_datamodule
 from lightning_modules.targets import check_data_target, check_targets
 from engine.errors import ConfigError, find_user_error, one_line
+from experiments.hydra_checks import run_cli, task_started
 from engine.predict import check_writable, load_models, plan_cases, predict_case, save_nifti, score_case, summary_of
 from lightning_modules.inference import VolumePredictor
 
@@ -82,6 +83,7 @@ def predict(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
+    task_started()
     try:
         predict(cfg)
     except Exception as exc:  # noqa: BLE001
@@ -93,4 +95,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

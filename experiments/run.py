@@ -29,6 +29,7 @@ from engine.builders import check_dimensions  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
 from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
+from experiments.hydra_checks import run_cli, task_started  # noqa: E402
 
 log = logging.getLogger("experiments.run")
 
@@ -69,6 +70,7 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    task_started()
     resume = cfg.get("resume")
     if isinstance(resume, str) and resume not in ("true", "false"):
         # resume=<run dir>: continue that run in its own folder (same checkpoints, same W&B run id)
@@ -99,4 +101,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -248,15 +248,19 @@ CASES: dict[str, Setup] = {
     "synthetic_crafted_manifest": _crafted_manifest,
     "medmnist_missing_file": _medmnist_missing,
     "medmnist_outside_table": _medmnist_outside_table,
+    # Hydra's own command-line errors (one line through experiments.hydra_checks.run_cli, not Hydra's report)
+    "hydra_key_typo": simple(["trainer.max_epoch=1"], "trainer.max_epoch"),
+    "hydra_unknown_option": simple(["model=dnett"], "model/dnett"),
+    "hydra_override_syntax": simple(["trainer.max_epochs=["], "trainer.max_epochs=["),
     # output
     "output_dir_unwritable": lambda env, tmp: ((tmp / "file").write_text("x") and [f"paths.log_dir={tmp / 'file' / 'logs'}"],
                                                str(tmp / "file")),
 }
 
 
-#: cases run as real ``python -m`` processes (one per family: checkpoint, data, output); the rest run the same
+#: cases run as real ``python -m`` processes (one per family: checkpoint, data, output, Hydra); the rest run the same
 #: ``__main__`` in this process (tests/cli.py: ~10 s of imports saved per case)
-AS_PROCESS = {"ckpt_crafted_pickle", "corrupt_nifti", "output_dir_unwritable"}
+AS_PROCESS = {"ckpt_crafted_pickle", "corrupt_nifti", "output_dir_unwritable", "hydra_key_typo"}
 
 
 @pytest.mark.parametrize("name", list(CASES))
