@@ -229,7 +229,7 @@ def _save_if_best(store: ClientStore, client_id: str, rnd: int, state: Mapping[s
     """Keep ``state`` as the client's ``best_local`` when its own validation ``monitor`` improved."""
     key = monitor.split("/", 1)[-1]
     value = reported.get(key)
-    if value is None:
+    if value is None or not math.isfinite(float(value)):  # NaN (e.g. AUC of a one-class split) never compares
         return
     best = store.load(client_id, "best_local_meta", default=None)
     lower = monitor.endswith("loss")

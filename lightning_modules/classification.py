@@ -15,8 +15,10 @@ softmax of the logits (sigmoid for multi-label):
   ``score > 0.5``; ties have probability zero). With equal sample counts per label this equals the
   element-wise accuracy over the ``N x L`` matrix.
 
-These map onto torchmetrics (``BinaryAUROC``/``BinaryAccuracy``, ``MulticlassAUROC(average="macro")``/
-``MulticlassAccuracy(average="micro")``, ``MultilabelAUROC``/``MultilabelAccuracy(average="macro")``),
+These map onto torchmetrics (``BinaryAUROC``/``BinaryAccuracy``, ``MulticlassAUROC`` macro-averaged/
+``MulticlassAccuracy(average="micro")``, ``MultilabelAUROC``/``MultilabelAccuracy(average="macro")``; a class
+or label with no positive in the split is left out of the AUC mean, and binary AUC is NaN for a one-class
+split, where torchmetrics would count 0.0),
 checked against sklearn in ``tests/test_cls_metrics.py``. Keys: ``{train,val,test}/{loss,auc,acc}``; the test
 confusion matrix (per class; ``[L, 2, 2]`` per label for multi-label) is kept as ``confusion_matrix``
 and drawn by :class:`callbacks.confusion.ConfusionFigure` (``confusion_matrix_test.png``, W&B).
@@ -57,15 +59,43 @@ class PresentLabelsAUROC(tmc.MultilabelAUROC):
         return per_label[valid].mean() if bool(valid.any()) else torch.tensor(float("nan"))
 
 
+class PresentClassesAUROC(tmc.MulticlassAUROC):
+    """Multi-class macro AUC (MedMNIST's mean of one-vs-rest AUCs) over the classes that have positives and
+    negatives in the split. torchmetrics scores a class with no positive as 0.0 and averages it in: a
+    label-skewed federated client holding 2 of 10 classes would read 0.2 for a perfect model. NaN when no
+    class qualifies."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes, average=None)
+
+    def compute(self) -> torch.Tensor:
+        per_class = super().compute()
+        target = dim_zero_cat(self.target).long()
+        positives = torch.bincount(target, minlength=self.num_classes)[: self.num_classes]
+        valid = (positives > 0) & (positives < target.numel())
+        return per_class[valid].mean() if bool(valid.any()) else torch.tensor(float("nan"))
+
+
+class DefinedBinaryAUROC(tmc.BinaryAUROC):
+    """Binary AUC, NaN (undefined, as sklearn says) for a split holding one class only, not torchmetrics' 0.0."""
+
+    def compute(self) -> torch.Tensor:
+        target = dim_zero_cat(self.target)
+        if target.numel() == 0 or bool((target == target[0]).all()):
+            return torch.tensor(float("nan"))
+        return super().compute()
+
+
 def task_metrics(task: str, num_classes: int) -> MetricCollection:
-    """AUC and ACC of MedMNIST's evaluator for ``task`` (see module docstring)."""
+    """AUC and ACC of MedMNIST's evaluator for ``task`` (see module docstring); AUC leaves out a class the
+    split does not hold (undefined there), as MedMNIST's ``getAUC`` cannot score it either."""
     task = normalize_task(task)
     if task == "binary":
-        return MetricCollection({"auc": tmc.BinaryAUROC(), "acc": tmc.BinaryAccuracy(threshold=0.5)})
+        return MetricCollection({"auc": DefinedBinaryAUROC(), "acc": tmc.BinaryAccuracy(threshold=0.5)})
     if task == "multi-label":
         return MetricCollection({"auc": PresentLabelsAUROC(num_classes),
                                  "acc": tmc.MultilabelAccuracy(num_classes, threshold=0.5, average="macro")})
-    return MetricCollection({"auc": tmc.MulticlassAUROC(num_classes, average="macro"),
+    return MetricCollection({"auc": PresentClassesAUROC(num_classes),
                              "acc": tmc.MulticlassAccuracy(num_classes, average="micro")})
 
 

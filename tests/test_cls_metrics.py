@@ -136,3 +136,23 @@ def test_multilabel_auc_leaves_out_a_label_without_positives():
     # label 0: positives {0.9, 0.7} above negatives {0.1, 0.3} -> 1.0
     # label 1: positives {0.8, 0.15} vs negatives {0.2, 0.1}: 3 of 4 pairs ordered -> 0.75; label 2 left out
     assert metric.compute().item() == pytest.approx((1.0 + 0.75) / 2)
+
+
+@pytest.mark.parametrize("task", ["multi-class", "ordinal-regression"])
+def test_multiclass_auc_leaves_out_classes_the_split_does_not_hold(task):
+    """Found by an audit: a label-skewed client (paper 000's 2-class skew) holds classes 3 and 7 of 10; a
+    perfect model read AUC 0.2 (torchmetrics scores the eight absent classes 0.0). MedMNIST's getAUC cannot
+    score an absent class either: the mean is over the present ones, here sklearn's two one-vs-rest AUCs."""
+    rng = np.random.default_rng(1)
+    labels = rng.choice([3, 7], 60)
+    logits = rng.normal(size=(60, 10))
+    logits[np.arange(60), labels] += 1.5  # good, not perfect: the per-class AUCs are below 1
+    out = _eval(task, logits, labels)
+    probs = _softmax(logits)
+    ref = np.mean([roc_auc_score(labels == c, probs[:, c]) for c in (3, 7)])
+    assert 0.6 < ref < 1.0 and out["auc"] == pytest.approx(ref, abs=1e-6)
+
+
+def test_binary_auc_of_a_one_class_split_is_undefined():
+    out = _eval("binary", np.zeros((6, 2)), np.zeros(6, dtype=np.int64))
+    assert np.isnan(out["auc"]) and out["acc"] == pytest.approx(1.0)  # score 0.5 -> predicted negative

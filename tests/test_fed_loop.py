@@ -278,3 +278,17 @@ def test_unannotated_mode_is_checked_before_any_data(tmp_path, monkeypatch):
     with pytest.raises(FederationError, match=r"federation.unannotated=both: expected one of ignore, background"):
         dispatch(cfg)
     assert not built
+
+
+def test_best_local_ignores_a_non_finite_validation_value(tmp_path):
+    """A client's val AUC is NaN when its split holds one class (undefined AUC): NaN never compares, so a
+    NaN first round kept as best would pin ``best_local`` to round 1 for good. It is skipped instead."""
+    from federation.runner import _save_if_best
+    from federation.store import ClientStore
+
+    store, state = ClientStore(tmp_path / "store"), {"w": torch.zeros(1)}
+    _save_if_best(store, "0", 1, state, {"auc": float("nan")}, "val/auc")
+    assert store.load("0", "best_local_meta") is None
+    _save_if_best(store, "0", 2, state, {"auc": 0.6}, "val/auc")
+    _save_if_best(store, "0", 3, state, {"auc": 0.8}, "val/auc")
+    assert store.load("0", "best_local_meta")["round"] == 3
