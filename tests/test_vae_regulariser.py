@@ -90,3 +90,23 @@ def test_fed_pancreas_with_vae_through_hydra(tmp_path):
     assert metrics["fed/rounds"] == 2 and "fed/global/test/dice" in metrics
     final = torch.load(tmp_path / "run" / "global_final.pt", weights_only=True)
     assert any(k.startswith("fc_mu") for k in final)  # the branch is part of the federated model
+
+
+def test_3d_segresnet_vae_uses_the_same_kl_as_the_2d_branch():
+    """Found by an audit: MONAI's SegResNetVAE halves L_KL, the 2D branch follows Myronenko's summand, so one
+    config (kl_weight 0.2) put twice the KL weight on the 2D encoder. Both are now (μ² + σ² − log σ² − 1)
+    averaged over latent dimensions; with recon_weight 0 the 3D loss is exactly kl_weight · that."""
+    pytest.importorskip("monai")
+    import torch.nn.functional as F
+
+    from lightning_modules.nets.monai3d import SegResNetVAE3D
+
+    torch.manual_seed(0)
+    net = SegResNetVAE3D(patch_size=(16, 16, 16), init_filters=8, latent_dim=8, kl_weight=0.2, recon_weight=0.0)
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        feat = net.encode(x)[0]
+        h = net.vae_down(feat).view(-1, net.vae_fc1.in_features)
+        mu, sigma = net.vae_fc1(h), F.softplus(net.vae_fc2(h))
+        expected = 0.2 * (mu**2 + sigma**2 - torch.log(1e-8 + sigma**2) - 1).mean()
+        assert net._get_vae_loss(x, feat).item() == pytest.approx(expected.item(), rel=1e-5)

@@ -31,11 +31,13 @@ class SegResNetVAE3D(SegResNetVAE):
         self._vae_loss: torch.Tensor | None = None
 
     def _get_vae_loss(self, net_input: torch.Tensor, vae_input: torch.Tensor) -> torch.Tensor:
-        """Myronenko 2018 Eq. (KL + L2) with paper 003's weights; MONAI's own code, weights added."""
+        """Paper 003 §3's 0.2·L_KL + 0.3·L_2, L_KL as Myronenko 2018 (μ² + σ² − log σ² − 1, no ½). MONAI's code
+        halves it; the ½ is dropped so the 3D net and the 2D branch (:mod:`.vae_regulariser`) put the same
+        weight on KL. Both average over latent dimensions, not Myronenko's N voxels (docs/papers.md)."""
         x_vae = self.vae_down(vae_input).view(-1, self.vae_fc1.in_features)
         z_mean = self.vae_fc1(x_vae)
         z_sigma = F.softplus(self.vae_fc2(x_vae))
-        kl = 0.5 * torch.mean(z_mean**2 + z_sigma**2 - torch.log(1e-8 + z_sigma**2) - 1)
+        kl = torch.mean(z_mean**2 + z_sigma**2 - torch.log(1e-8 + z_sigma**2) - 1)
         x_vae = self.act_mod(self.vae_fc3(z_mean + z_sigma * torch.randn_like(z_mean)))
         x_vae = self.vae_fc_up_sample(x_vae.view([-1, self.smallest_filters] + self.fc_insize))
         for up, upl in zip(self.up_samples, self.up_layers):
