@@ -126,8 +126,11 @@ class SegmentationModule(BaseModule):
         """Main-head logits; a 3D net given whole volumes runs MONAI's Gaussian sliding window."""
         if image.ndim == 5 and self.roi_size is not None and tuple(image.shape[2:]) != self.roi_size:
             from monai.inferers import sliding_window_inference
+            # windows past the volume's edge are filled with its lowest value (air), as predict and the
+            # training patches' padding do; MONAI's default 0 is mid-window tissue after the HU rescale
             return sliding_window_inference(image, self.roi_size, 4, lambda x: main_head(self.net(x)).float(),
-                                            overlap=self.overlap, mode="gaussian")
+                                            overlap=self.overlap, mode="gaussian", padding_mode="constant",
+                                            cval=float(image.min()))
         return main_head(self.net(image))
 
     def _keep_for_surface(self, batch: dict, pred: torch.Tensor, mask: torch.Tensor, ids: list[str],

@@ -58,3 +58,39 @@ def test_predict_3d_checkpoint_sliding_window(tmp_path):
     src, seg = nib.load(root / "volume-0.nii.gz"), nib.load(out)
     assert seg.shape == src.shape and np.allclose(seg.affine, src.affine)
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2}
+
+
+def test_patch_sizes_a_3d_net_cannot_take_are_one_config_line():
+    """Found by an audit: ``model=unet3d data.patch_size=[24,24,24]`` ended in torch's instance-norm shape
+    error, ``segresnet_vae`` with 40³ in a view error; both now name data.patch_size and what fits."""
+    import pytest
+
+    from lightning_modules.errors import ConfigError
+    from lightning_modules.nets.monai3d import SegResNetVAE3D, UNet3D
+
+    with pytest.raises(ConfigError, match=r"segresnet_vae .*multiple of 16.*\[40, 40, 40\]"):
+        SegResNetVAE3D(patch_size=(40, 40, 40))
+    SegResNetVAE3D(patch_size=(16, 32, 48))
+    with pytest.raises(ConfigError, match=r"unet3d .*\[24, 24, 24\] are too small.*data.patch_size"):
+        UNet3D()(torch.zeros(1, 1, 24, 24, 24))
+    assert UNet3D().eval()(torch.zeros(1, 1, 32, 16, 16)).shape == (1, 2, 32, 16, 16)
+
+
+def test_sliding_window_fills_past_the_edge_with_the_volumes_lowest_value():
+    """Validation/test windows past a volume's edge hold its lowest value (air after the HU rescale), as
+    predict's windows and the training patches' padding do; MONAI's default 0 is mid-window tissue. The
+    net here scores each voxel by its window's mean, so the fill value shows in every output voxel."""
+    from lightning_modules.segmentation import SegmentationModule
+
+    class WindowMean(torch.nn.Module):
+        def forward(self, x):
+            m = x.mean(dim=(1, 2, 3, 4), keepdim=True).expand_as(x)
+            return torch.cat([-m, m], 1)
+
+    module = SegmentationModule(WindowMean(), {"_target_": "lightning_modules.losses.hybrid.HybridCEDiceLoss"},
+                                num_classes=2, roi_size=(8, 8, 8), overlap=0.0)
+    image = torch.full((1, 1, 8, 8, 4), 0.5)
+    image[..., 0] = -1.0  # the lowest value: 64 of 256 voxels
+    logits = module.forward_eval(image)
+    expected = (image.sum() + 256 * -1.0) / 512  # the 8x8x8 window: the volume plus 256 voxels of -1
+    assert torch.allclose(logits[:, 1], torch.full_like(logits[:, 1], float(expected)), atol=1e-5)

@@ -9,11 +9,14 @@ logits tensor out, auxiliary losses through ``auxiliary_losses()``).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, SegResNetVAE
+
+from lightning_modules.errors import ConfigError
 
 
 class SegResNetVAE3D(SegResNetVAE):
@@ -24,6 +27,10 @@ class SegResNetVAE3D(SegResNetVAE):
                  init_filters: int = 8, latent_dim: int = 128, kl_weight: float = 0.2, recon_weight: float = 0.3,
                  blocks_down: Sequence[int] = (1, 2, 2, 4), blocks_up: Sequence[int] = (1, 1, 1),
                  spatial_dims: int = 3) -> None:
+        step = 2 ** len(tuple(blocks_down))  # the encoder halves the size len(blocks_down) - 1 times, the VAE once more
+        if any(int(p) % step or int(p) < step for p in patch_size):
+            raise ConfigError(f"model=segresnet_vae needs every data.patch_size side to be a multiple of {step} "
+                              f"(its encoder and VAE branch halve it {len(tuple(blocks_down))} times): got {list(patch_size)}")
         super().__init__(input_image_size=tuple(int(p) for p in patch_size), vae_nz=latent_dim,
                          spatial_dims=spatial_dims, init_filters=init_filters, in_channels=in_channels,
                          out_channels=classes, blocks_down=tuple(blocks_down), blocks_up=tuple(blocks_up))
@@ -70,6 +77,14 @@ class UNet3D(BasicUNet):
                  dropout: float = 0.0) -> None:
         super().__init__(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=classes,
                          features=tuple(features), dropout=dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # four 2x poolings; instance norm at the bottom needs more than one voxel, else torch fails deep inside
+        # with a shape message that names neither the patch size nor the fix
+        if math.prod(int(s) // 16 for s in x.shape[2:]) < 2:
+            raise ConfigError(f"model=unet3d pools each side 4 times (/16) and needs more than one voxel left: "
+                              f"patches of {list(x.shape[2:])} are too small; set data.patch_size to at least 32 a side")
+        return super().forward(x)
 
 
 unet3d = UNet3D  #: the name run configs of earlier versions use
