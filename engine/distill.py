@@ -43,14 +43,27 @@ def _plain(node: Any, resolve: bool = True) -> Any:
     return OmegaConf.to_container(node, resolve=resolve) if isinstance(node, DictConfig) else node
 
 
+#: trainer keys that change nothing a teacher learns (where it writes, what it prints)
+_COSMETIC_TRAINER_KEYS = ("_target_", "default_root_dir", "log_every_n_steps", "enable_progress_bar",
+                          "enable_model_summary", "num_sanity_val_steps", "logger", "callbacks", "profiler")
+
+
 def teacher_key(cfg: DictConfig) -> dict[str, Any]:
-    """What determines a trained teacher: its net, its loss, the data (and thus split), the seed, and
-    its training length (``distill.teacher.max_epochs``, ``trainer.limit_train_batches``)."""
+    """What determines a trained teacher: its net and loss, the data (and thus split), the seed, the module
+    settings it trains and is selected with (optimiser, scheduler, evaluation), every trainer setting but
+    the cosmetic ones (precision, gradient clipping, validation batches, ...), its effective ``max_epochs``,
+    and the checkpoint monitor that picks ``best.ckpt``. An audit found the key holding only the first four
+    and the length: ``-m module.optimizer.lr=a,b`` reused the first run's teacher for the second."""
     t = cfg.distill.teacher
+    seg_keys = set(inspect.signature(SegmentationModule.__init__).parameters) - {"self", "net", "loss"}
+    module = {k: v for k, v in _plain(cfg.module).items() if k in seg_keys}
+    trainer = {k: v for k, v in _plain(cfg.trainer).items() if k not in _COSMETIC_TRAINER_KEYS}
+    if t.get("max_epochs") is not None:
+        trainer["max_epochs"] = int(t.max_epochs)
+    ckpt = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
     return {"model": _plain(t.model), "loss": _plain(t.get("loss")), "data": _plain(teacher_data(cfg)),
-            "seed": int(cfg.seed), "max_epochs": t.get("max_epochs"),
-            "limit_train_batches": _plain(cfg.trainer.get("limit_train_batches")),
-            **{k: _plain(cfg.trainer[k]) for k in ("fast_dev_run", "overfit_batches") if cfg.trainer.get(k)}}
+            "seed": int(cfg.seed), "module": module, "trainer": trainer,
+            "monitor": [ckpt.get("monitor"), ckpt.get("mode")]}
 
 
 def teacher_data(cfg: DictConfig) -> DictConfig:

@@ -34,3 +34,15 @@ def test_teacher_trains_on_its_own_data_budget(tmp_path):
     bad = compose_run([*base, "distill.teacher.data={test_fraction:0.5}"], tmp_path)
     with pytest.raises(ConfigError, match=r"distill.teacher.data may not change the split .*test_fraction"):
         teacher_data(bad)
+
+
+def test_teacher_cache_key_follows_what_trains_the_teacher(tmp_path):
+    """Found by an audit: the key held only net, loss, data, seed and length, so a teacher trained with
+    another learning rate, precision, clipping or validation budget was reused without a word."""
+    base = ["+exp=lits_hlfd", "logger=csv"]
+    key = teacher_key(compose_run(base, tmp_path))
+    for extra in (["module.optimizer.lr=0.5"], ["++trainer.gradient_clip_val=0.01"], ["trainer.precision=bf16-mixed"],
+                  ["trainer.limit_val_batches=2"], ["callbacks.model_checkpoint.monitor=val/loss"]):
+        assert teacher_key(compose_run([*base, *extra], tmp_path)) != key, extra
+    for cosmetic in (["trainer.log_every_n_steps=1"], ["trainer.num_sanity_val_steps=2"]):
+        assert teacher_key(compose_run([*base, *cosmetic], tmp_path)) == key, cosmetic
