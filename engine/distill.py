@@ -108,7 +108,8 @@ def segmentation_cfg(cfg: DictConfig, model: Any, loss: Any, out: Path, max_epoc
             new.callbacks = {k: _plain(cfg.callbacks[k], resolve=False) for k in ("model_checkpoint", "last_checkpoint")
                              if k in cfg.callbacks}
             new.logger = {"csv": _plain(cfg.logger.csv, resolve=False)} if cfg.get("logger") and "csv" in cfg.logger else {}
-            new.ckpt_path, new.resume, new.test, new.print_per_case = None, False, False, False
+            # resume=<run dir> of a run stopped in its teacher stage continues teacher/checkpoints/last.ckpt
+            new.ckpt_path, new.resume, new.test, new.print_per_case = None, bool(cfg.get("resume")), False, False
     return new
 
 

@@ -27,6 +27,20 @@ def unwritable(folder: str | Path) -> Path | None:
     return None
 
 
+def resumable(resume: Any) -> bool | None:
+    """For ``resume=<run dir>``: whether the folder holds a run to continue (a centralised or distillation
+    run's ``checkpoints/``, a federation's ``server.pt``, a distillation stopped in its ``teacher/`` stage);
+    ``None`` when ``resume`` names no folder (``true``/``false``/unset)."""
+    if not isinstance(resume, str) or resume in ("true", "false"):
+        return None
+    run = Path(resume)
+    return (run / "checkpoints").is_dir() or (run / "server.pt").is_file() or (run / "teacher").is_dir()
+
+
+def not_resumable_line(resume: str) -> str:
+    return f"error: resume={resume} is not a run dir to continue (no checkpoints/, server.pt or teacher/ in it)"
+
+
 class WritableOutput(Callback):
     """``hydra.run.dir`` / ``hydra.sweep.dir`` must be creatable and writable before anything is written."""
 
@@ -40,8 +54,8 @@ class WritableOutput(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         resume = config.get("resume")
-        if isinstance(resume, str) and resume not in ("true", "false") and not (Path(resume) / "checkpoints").is_dir():
-            print(f"error: resume={resume} is not a run dir with checkpoints/", file=sys.stderr)
+        if resumable(resume) is False:
+            print(not_resumable_line(resume), file=sys.stderr)
             sys.exit(2)  # before Hydra creates a run dir for a run that will not happen
         HydraConfig.instance().set_config(config)  # ${hydra:runtime.choices...} in the run dir's name
         self._check(config.hydra.run.dir, "hydra.run.dir")

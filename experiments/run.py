@@ -20,6 +20,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+from pytorch_lightning.utilities.exceptions import SIGTERMException  # noqa: E402
 
 import datamodules.medmnist  # noqa: E402,F401  (registers the ${medmnist:...} resolver used by data configs)
 from engine import artifacts  # noqa: E402
@@ -29,7 +30,7 @@ from engine.builders import check_dimensions  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
 from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
-from experiments.hydra_checks import run_cli, task_started  # noqa: E402
+from experiments.hydra_checks import not_resumable_line, resumable, run_cli, task_started  # noqa: E402
 
 log = logging.getLogger("experiments.run")
 
@@ -40,7 +41,7 @@ RUN_UID = f"{os.getpid() % 100000:05d}{secrets.token_hex(2)}"
 
 def _run_dir(resume: Any, default: str) -> str:
     """``hydra.run.dir``: the resumed run's own folder for ``resume=<run dir>`` (no stray new folder)."""
-    if isinstance(resume, str) and resume not in ("true", "false") and (Path(resume) / "checkpoints").is_dir():
+    if resumable(resume):
         return str(Path(resume).resolve())
     return default
 
@@ -72,10 +73,10 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     task_started()
     resume = cfg.get("resume")
-    if isinstance(resume, str) and resume not in ("true", "false"):
+    if resumable(resume) is not None:
         # resume=<run dir>: continue that run in its own folder (same checkpoints, same W&B run id)
-        if not (Path(resume) / "checkpoints").is_dir():
-            print(f"error: resume={resume} is not a run dir with checkpoints/", file=sys.stderr)
+        if not resumable(resume):
+            print(not_resumable_line(resume), file=sys.stderr)
             sys.exit(2)
         with open_dict(cfg):
             cfg.paths.output_dir = str(Path(resume).resolve())
@@ -86,6 +87,9 @@ def main(cfg: DictConfig) -> float | None:
         artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         metrics = dispatch(cfg)
         return optimized_value(cfg, metrics)  # the sweep objective: cfg.optimized_metric, a validation metric
+    except SIGTERMException:  # Lightning's SIGTERM (a SystemExit without a code): exit 0 would read as success
+        print(f"error: interrupted by SIGTERM; continue with resume={out}", file=sys.stderr)
+        sys.exit(128 + 15)
     except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
         err = find_user_error(exc)
         if err is None:

@@ -1,0 +1,73 @@
+"""A run stopped by SIGTERM (a job scheduler's preemption, ``timeout``, ``docker stop``) exits non-zero and
+continues with ``resume=<run dir>``; ``resume=`` also takes a federation's run dir (``server.pt``) and a
+distillation stopped in its teacher stage (``teacher/``). Found by an audit: Lightning turns SIGTERM into a
+``SystemExit`` without a code, so the run exited 0, and ``resume=<dir>`` accepted only ``checkpoints/``."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.hydra_checks import resumable
+from tests.cli import BASE_ENV, REPO
+
+
+def test_resumable_run_dirs(tmp_path):
+    kinds = {"central": "checkpoints/", "federation": "server.pt", "distill": "teacher/", "empty": None}
+    for name, marker in kinds.items():
+        run = tmp_path / name
+        run.mkdir()
+        if marker and marker.endswith("/"):
+            (run / marker).mkdir()
+        elif marker:
+            (run / marker).write_bytes(b"")
+    assert [resumable(str(tmp_path / k)) for k in kinds] == [True, True, True, False]
+    assert resumable("true") is None and resumable(None) is None and resumable(str(tmp_path / "nope")) is False
+
+
+def test_sigterm_exits_143_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "experiments.run", "+exp=digits_cnn", "logger=csv", "trainer.max_epochs=200",
+            f"hydra.run.dir={run}"]
+    env = {**os.environ, **BASE_ENV}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoints" / "last.ckpt").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "no last.ckpt before the run ended"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err[-2000:]
+    assert [ln for ln in err.splitlines() if ln.startswith("error")] == [
+        f"error: interrupted by SIGTERM; continue with resume={run}"]
+    assert not (run / "metrics.json").exists()
+    done = subprocess.run([sys.executable, "-m", "experiments.run", "+exp=digits_cnn", "logger=csv",
+                           "trainer.max_epochs=3", f"resume={run}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run / "metrics.json").read_text())["test/acc"] > 0.5
+
+
+@pytest.mark.parametrize("marker", ["server.pt", "teacher"])
+def test_resume_accepts_federation_and_teacher_stage_dirs(tmp_path, marker):
+    """The gate before Hydra makes a run dir: such a folder is not refused as 'not a run dir'."""
+    from tests.cli import run_in_process
+
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / marker).mkdir() if marker == "teacher" else (run / marker).write_bytes(b"")
+    proc = run_in_process("experiments.run", ["+exp=digits_cnn", "logger=csv", f"resume={run}",
+                                              "++trainer.fast_dev_run=true"], tmp_path)
+    assert "is not a run dir" not in proc.stderr, proc.stderr[-1500:]
+    assert proc.returncode == 0, proc.stderr[-1500:]
