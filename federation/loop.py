@@ -14,7 +14,6 @@ import logging
 import time
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -27,7 +26,7 @@ from federation.matrix import evaluation_matrix, write_matrix
 from federation.records import (best_of_rounds, close_loggers, fmt, log_image, log_metrics, log_round, rounds_table,
                                 write_rounds_csv)
 from federation.server import SERVER_CKPT, Server
-from federation.server_state import save_atomic
+from federation.server_state import load_global_weights, save_atomic
 
 __all__ = ["run_federation", "FederationError", "SERVER_CKPT"]
 
@@ -104,7 +103,7 @@ def _finish(server: Server, t_start: float) -> dict[str, Any]:
     metrics: dict[str, Any] = {f"fed/global/{k}": v for k, v in final.items()}
     metrics.update(final)  # test/<metric> of the final global model
     if server.best["round"] > 0 and (out / "global_best.pt").is_file():
-        best_state = torch.load(out / "global_best.pt", map_location="cpu", weights_only=True)
+        best_state = load_global_weights(out / "global_best.pt")
         best = server.evaluate(server.module_for(best_state), test_loader, "test")
         metrics.update({f"fed/best/{k}": v for k, v in best.items()})
         metrics["fed/best_round"] = server.best["round"]

@@ -15,7 +15,7 @@ import torch
 
 from lightning_modules.atomic import atomic_output
 
-__all__ = ["save_atomic", "load_server_state", "rng_state", "set_rng_state"]
+__all__ = ["save_atomic", "load_server_state", "load_global_weights", "rng_state", "set_rng_state"]
 
 SERVER_KEYS = ("round", "global", "strategy", "history", "best", "store_index", "client_ids", "rng")
 
@@ -39,6 +39,21 @@ def load_server_state(path: Path) -> dict[str, Any]:
     missing = [k for k in SERVER_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise FederationError(f"{path} is not a server checkpoint (missing {missing}); delete it to start afresh")
+    return state
+
+
+def load_global_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A saved global model (``global_best.pt``, ``global_final.pt``; ``weights_only``): one-line
+    :class:`~federation.errors.FederationError` naming the file when it does not load or holds no weights."""
+    from federation.errors import FederationError
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, not a zip, a pickle with code, ...
+        raise FederationError(f"{path} is not a readable model state ({type(exc).__name__}); delete it, or the "
+                              f"run dir, to start afresh") from exc
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FederationError(f"{path} is not a model state (a dict of tensors); delete it to start afresh")
     return state
 
 

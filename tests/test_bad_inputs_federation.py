@@ -83,3 +83,28 @@ def test_two_job_federated_sweep_gives_two_wandb_runs(tmp_path):
         assert runs[0].name.endswith(run_id)
         ids.append(run_id)
     assert ids[0] != ids[1]
+
+
+def test_crafted_or_corrupt_global_best_is_one_federation_error(tmp_path):
+    """Found by an audit: ``global_best.pt`` (read back for the best round's test) was a bare ``torch.load``:
+    a crafted file ran nothing (``weights_only``) but ended in a traceback; now one line naming it."""
+    import os
+
+    import torch
+
+    from federation.errors import FederationError
+    from federation.server_state import load_global_weights
+
+    class Marker:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "pwned"),))
+
+    torch.save({"w": Marker()}, tmp_path / "crafted.pt")
+    (tmp_path / "text.pt").write_text("not a model")
+    torch.save([1, 2], tmp_path / "list.pt")
+    for name in ("crafted.pt", "text.pt", "list.pt"):
+        with pytest.raises(FederationError, match=name):
+            load_global_weights(tmp_path / name)
+    assert not (tmp_path / "pwned").exists()
+    torch.save({"w": torch.ones(2)}, tmp_path / "good.pt")
+    assert torch.equal(load_global_weights(tmp_path / "good.pt")["w"], torch.ones(2))
