@@ -25,16 +25,31 @@ def epoch_line(epoch: int, max_epochs: int | None, metrics: dict, seconds: float
 
 
 class EpochLog(pl.Callback):
-    """Logs :func:`epoch_line` at the end of every training epoch (after its validation)."""
+    """Logs :func:`epoch_line` for every training epoch, after its validation and after the module's own
+    ``on_train_epoch_end``: Lightning calls callbacks' epoch-end hooks first, and a module that computes its
+    epoch metrics there (``ClassificationModule``) would show the previous epoch's ``train/*`` values. The
+    line is written when the next epoch starts, or when training ends."""
 
     def __init__(self) -> None:
         self._t0 = time.perf_counter()
+        self._pending: tuple[int, float] | None = None
+
+    def _flush(self, trainer: pl.Trainer) -> None:
+        if self._pending is not None and trainer.is_global_zero:
+            epoch, seconds = self._pending
+            log.info(epoch_line(epoch, trainer.max_epochs, dict(trainer.callback_metrics), seconds))
+        self._pending = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer)
         self._t0 = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        log.info(epoch_line(trainer.current_epoch, trainer.max_epochs, dict(trainer.callback_metrics),
-                            time.perf_counter() - self._t0))
+        if not trainer.sanity_checking:
+            self._pending = (trainer.current_epoch, time.perf_counter() - self._t0)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._flush(trainer)  # an interrupted run still logs the epoch it finished

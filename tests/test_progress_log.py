@@ -66,3 +66,20 @@ def test_log_progress_is_quiet_when_fast_and_steady_when_slow(monkeypatch, caplo
             assert list(progress.log_progress(range(20), 20, "volumes", log, lines=10)) == list(range(20))
         got = [r.getMessage().split()[1] for r in caplog.records]
         assert got == want, (step_s, got)
+
+
+def test_epoch_lines_of_a_classification_run_show_their_own_epochs_train_loss(tmp_path, caplog):
+    """Found by an audit: ClassificationModule computes train/* in its own on_train_epoch_end, which Lightning
+    calls after the callbacks', so the line for epoch 2 showed epoch 1's train/loss and epoch 1's none."""
+    import csv
+
+    cfg = compose_run(["+exp=digits_cnn", "logger=csv", "trainer.max_epochs=2"], tmp_path)
+    with caplog.at_level(logging.INFO, logger="progress"):
+        dispatch(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.name == "progress" and r.getMessage().startswith("epoch ")]
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"]
+    with open(next(tmp_path.rglob("metrics.csv")), newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("train/loss")]
+    by_epoch = {int(r["epoch"]): float(r["train/loss"]) for r in rows}
+    for epoch, line in enumerate(lines):
+        assert f"train/loss={by_epoch[epoch]:.4g}" in line, (line, by_epoch)
