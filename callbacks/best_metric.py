@@ -85,3 +85,12 @@ class BestMetric(pl.Callback):
             return
         metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         self.summary = track_best(trainer.loggers, metrics, trainer.current_epoch, self._state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint, so a resumed run's bests include the epochs before the resume."""
+        return {"best": {k: [float(v), int(at)] for k, (v, at) in self._state.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._state = {str(k): (float(v), int(at)) for k, (v, at) in (state_dict.get("best") or {}).items()}
+        self.summary = {**{f"{k}_best": v for k, (v, _) in self._state.items()},
+                        **{f"{k}_best_step": at for k, (_, at) in self._state.items()}}

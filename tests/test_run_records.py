@@ -38,9 +38,35 @@ def test_resume_keeps_csv_history_and_sweep_value_is_validation(tmp_path):
     csv_file = tmp_path / "run" / "csv" / "metrics.csv"
     assert _epochs(csv_file) == [0]
     assert objective(cfg, metrics) == pytest.approx(metrics["val/dice_best"])  # never test/dice
+    # the bests carry over the resume (BestMetric's state is in the checkpoint; an audit found val/*_best and
+    # *_best_step taken over the resumed epochs only): a best of 0.0 at epoch 0 planted in last.ckpt survives
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["callbacks"]["BestMetric"]["best"]["val/loss"] = [0.0, 0]
+    torch.save(ckpt, last)
     cfg2 = compose_run([*TINY, "test=false", "resume=true", "trainer.max_epochs=2"], tmp_path)
-    dispatch(cfg2)
+    resumed = dispatch(cfg2)
     assert _epochs(csv_file) == [0, 1]  # the epoch before the resume is still there
+    assert (resumed["val/loss_best"], resumed["val/loss_best_step"]) == (0.0, 0)
+
+
+def test_best_metric_state_round_trips():
+    from callbacks.best_metric import BestMetric
+
+    cb = BestMetric()
+    cb._state = {"val/dice": (0.7, 3), "val/loss": (0.2, 1)}
+    fresh = BestMetric()
+    fresh.load_state_dict(torch.load(_saved(cb.state_dict()), weights_only=True))
+    assert fresh._state == cb._state and fresh.summary["val/dice_best_step"] == 3
+
+
+def _saved(obj) -> "io.BytesIO":
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
 
 
 def test_objective_ignores_test_metrics():
