@@ -27,6 +27,7 @@ from engine import artifacts  # noqa: E402
 from engine.debug import apply_debug  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.builders import check_dimensions  # noqa: E402
+from engine.scalars import check_scalars  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
 from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
@@ -84,6 +85,7 @@ def main(cfg: DictConfig) -> float | None:
     out = output_dir(cfg)
     try:
         check_dimensions(cfg, dict(HydraConfig.get().runtime.choices))
+        check_scalars(cfg)
         artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         metrics = dispatch(cfg)
         return optimized_value(cfg, metrics)  # the sweep objective: cfg.optimized_metric, a validation metric

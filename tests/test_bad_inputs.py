@@ -230,6 +230,12 @@ CASES: dict[str, Setup] = {
     "eval_slices_unknown": simple(["module.eval_slices=some"], "module.eval_slices"),
     "fg_threshold_out_of_range": simple(["module.fg_threshold=2"], "module.fg_threshold"),
     "max_epochs_negative": simple(["trainer.max_epochs=-5"], "max_epochs"),
+    # wrong types (engine/scalars.py; found by an audit: tracebacks from Lightning, the DataLoader, seed_everything)
+    "max_epochs_not_a_number": simple(["trainer.max_epochs=abc"], "trainer.max_epochs='abc'"),
+    "batch_size_not_a_number": simple(["data.batch_size=abc"], "data.batch_size='abc'"),
+    "batch_size_negative": simple(["data.batch_size=-4"], "data.batch_size=-4"),
+    "seed_not_a_number": simple(["seed=abc"], "seed='abc'"),
+    "limit_batches_out_of_range": simple(["trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5"),
     # data
     "data_root_missing": simple(["data=lits", "data.root=/nonexistent/LiTS"], "/nonexistent/LiTS"),
     "data_root_empty": _empty_root,

@@ -1,0 +1,63 @@
+"""Type and range checks of the scalar settings every run reads (seed, batch size, epochs, batch limits,
+rounds), before anything is built: a value of the wrong type otherwise fails deep inside Lightning, the
+DataLoader or ``seed_everything`` with a traceback (``trainer.max_epochs=abc`` trained up to the fit loop and
+ended in a bare ``AssertionError``), where every other bad input is one line naming the key.
+
+Only what the project's own configs set is checked, and ``null`` / an absent key always passes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.errors import ConfigError
+
+__all__ = ["SCALARS", "check_scalars"]
+
+#: key -> (kind, lowest allowed value); kinds: ``int``, ``float``, ``limit`` (a batch count >= 0 or a
+#: fraction in [0, 1], as Lightning's ``limit_*_batches`` take it)
+SCALARS: dict[str, tuple[str, float]] = {
+    "seed": ("int", 0),
+    "data.batch_size": ("int", 1),
+    "data.num_workers": ("int", 0),
+    "trainer.max_epochs": ("int", -1),
+    "trainer.min_epochs": ("int", 0),
+    "trainer.log_every_n_steps": ("int", 1),
+    "trainer.accumulate_grad_batches": ("int", 1),
+    "trainer.check_val_every_n_epoch": ("int", 1),
+    "trainer.num_sanity_val_steps": ("int", -1),
+    "trainer.limit_train_batches": ("limit", 0),
+    "trainer.limit_val_batches": ("limit", 0),
+    "trainer.limit_test_batches": ("limit", 0),
+    "trainer.gradient_clip_val": ("float", 0),
+    "federation.rounds": ("int", 1),
+    "federation.local_epochs": ("int", 1),
+    "federation.num_clients": ("int", 1),
+    "federation.clients_per_round": ("limit", 0),  # a count, or a fraction of num_clients
+}
+
+
+def _problem(kind: str, low: float, value: Any) -> str | None:
+    """Why ``value`` is not a ``kind`` >= ``low``, or None when it is."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    is_num = is_int or (isinstance(value, float) and not isinstance(value, bool))
+    if kind == "int":
+        return None if is_int and value >= low else f"must be an integer >= {int(low)}"
+    if kind == "float":
+        return None if is_num and value >= low else f"must be a number >= {low:g}"
+    if is_int and value >= 0 or isinstance(value, float) and 0.0 <= value <= 1.0:
+        return None
+    return "must be a batch count >= 0 or a fraction in [0, 1]"
+
+
+def check_scalars(cfg: DictConfig) -> None:
+    """One :class:`ConfigError` line naming the first key of :data:`SCALARS` whose value is of the wrong
+    type or out of range."""
+    for key, (kind, low) in SCALARS.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if value is None:
+            continue
+        why = _problem(kind, low, value)
+        if why is not None:
+            raise ConfigError(f"{key}={value!r} {why}")
