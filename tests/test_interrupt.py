@@ -10,12 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from experiments.hydra_checks import resumable
-from tests.cli import BASE_ENV, REPO
+from tests.cli import BASE_ENV
 
 
 def test_resumable_run_dirs(tmp_path):

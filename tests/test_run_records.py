@@ -4,6 +4,7 @@ umask, W&B without a network falls back to offline."""
 from __future__ import annotations
 
 import csv
+import io
 import os
 import socket
 import stat
@@ -60,9 +61,7 @@ def test_best_metric_state_round_trips():
     assert fresh._state == cb._state and fresh.summary["val/dice_best_step"] == 3
 
 
-def _saved(obj) -> "io.BytesIO":
-    import io
-
+def _saved(obj) -> io.BytesIO:
     buf = io.BytesIO()
     torch.save(obj, buf)
     buf.seek(0)
