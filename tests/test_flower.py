@@ -199,8 +199,9 @@ def _log_count(path: Path, text: str) -> int:
 
 
 def test_supernode_killed_mid_round_is_dropped(tmp_path):
-    """With node authentication on (``node_auth=true``: only registered keys get in), a SuperNode killed
-    mid-round is dropped and the round completes with the other two."""
+    """With node authentication on (``node_auth=true``: only registered keys get in, and the SuperLink keeps
+    its state in a SQLite file as docs/deployment.md runs it), a SuperNode killed mid-round is dropped and
+    the round completes with the other two."""
     proc, run_dir = _launch(tmp_path, ["federation.num_clients=3", "federation.clients_per_round=3",
                                         "federation.rounds=1", "federation.min_clients=2",
                                         "federation.executor.node_auth=true"])
@@ -215,6 +216,7 @@ def test_supernode_killed_mid_round_is_dropped(tmp_path):
         _no_leftovers(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["fed/rounds"] == 1 and metrics["fed/dropped_total"] >= 1
+    assert (run_dir / "flower" / "superlink.db").is_file()  # the deployment's file-backed SuperLink state
     for cid in range(3):
         assert (run_dir / "flower" / "keys" / f"supernode_{cid}.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
     header, row = (run_dir / "rounds.csv").read_text().splitlines()[:2]

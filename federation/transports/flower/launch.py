@@ -5,7 +5,8 @@ Starts, as separate OS processes on 127.0.0.1: a SuperLink with TLS (a throw-awa
 (``partition="derive"``: it recomputes its own share of the dataset); with ``node_auth: true`` the
 SuperLink admits only SuperNodes whose public key was registered (``--enable-supernode-auth``; a P-384 key
 pair per node in ``<run dir>/flower/keys``, registered by ``flwr supernode register`` as an operator
-would, docs/deployment.md); then ``flwr run`` submits the
+would, docs/deployment.md) and keeps its state in a SQLite file (``--database flower/superlink.db``, as the
+deployment's SuperLink does; fresh per launch); then ``flwr run`` submits the
 project's Flower App, whose ServerApp runs the usual round loop and writes the usual outputs into the run
 dir. Every process is started in its own process group and the whole group is stopped on success,
 failure, Ctrl-C and SIGTERM (``try/finally`` + a SIGTERM handler); their pgids are in
@@ -69,11 +70,13 @@ def flwr_home(home: Path, port: int, ca: Path) -> None:
                                       f'address = "{HOST}:{port}"\nroot-certificates = "{ca}"\n')
 
 
-def superlink_argv(tls: dict[str, Path], port: int, auth: bool = False) -> list[str]:
-    """The rehearsal's SuperLink on 127.0.0.1 with the throw-away TLS chain (``auth``: node authentication)."""
+def superlink_argv(tls: dict[str, Path], port: int, auth: bool = False, database: Path | None = None) -> list[str]:
+    """The rehearsal's SuperLink on 127.0.0.1 with the throw-away TLS chain (``auth``: node authentication;
+    ``database``: its state in that SQLite file, as docs/deployment.md's SuperLink keeps it)."""
     return [_bin("flower-superlink"), "--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
             "--ssl-keyfile", str(tls["key"]), "--host", HOST, "--port", str(port),
-            "--disable-runtime-dependency-installation", *(["--enable-supernode-auth"] if auth else [])]
+            "--disable-runtime-dependency-installation", *(["--enable-supernode-auth"] if auth else []),
+            *(["--database", str(database)] if database is not None else [])]
 
 
 def supernode_argv(tls: dict[str, Path], port: int, node_config: str, key: Path | None = None) -> list[str]:
@@ -193,8 +196,13 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
         signal.signal(signal.SIGTERM, _raise_terminate)
     auth = bool(ex.get("node_auth", False))
     keys = node_keys(fdir / "keys", [f"supernode_{cid}" for cid in ids]) if auth else {}
+    database = None
+    if auth:  # the deployment's SuperLink (docs/deployment.md): node authentication and a file-backed state,
+        database = fdir / "superlink.db"  # fresh per launch (the federation's own state is server.pt)
+        for stale in (database, *database.parent.glob(database.name + "-*")):
+            stale.unlink(missing_ok=True)
     try:
-        superlink = groups.start("superlink", superlink_argv(tls, port, auth), env, logs / "superlink.log")
+        superlink = groups.start("superlink", superlink_argv(tls, port, auth, database), env, logs / "superlink.log")
         register_nodes({name: pub for name, (_, pub) in keys.items()}, env, superlink)
         for cid in ids:
             node_cfg = f'site="{cid}" partition="derive" store="{store}" privacy="{privacy}"'
