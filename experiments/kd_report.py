@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runs and not failed:
         print(f"error: no distillation runs (metrics.json with distill/method, or failed.json) under {args.root}",
               file=sys.stderr)
-        return 1
+        return 2  # a folder without runs is a wrong argument, as for experiments.report
     result = report(args.root, args.out)
     print(result["markdown"])
     if not runs:

@@ -72,5 +72,5 @@ def test_report_means_and_failures(tmp_path, capsys):
 
 
 def test_report_without_runs_fails(tmp_path, capsys):
-    assert kd_report.main([str(tmp_path)]) == 1
+    assert kd_report.main([str(tmp_path)]) == 2  # a wrong folder: exit 2, as experiments.report
     assert "no distillation runs" in capsys.readouterr().err
