@@ -23,7 +23,7 @@ from datamodules.slices import TARGETS, SliceCase, SliceDataModule, SliceDataset
 from datamodules.spatial import GridMeta
 from datamodules.synthetic import SiteParams, needs_phantom, write_phantom_dataset
 from datamodules.volumes import (PreprocessParams, VolumeCache, load_on_grid, preprocess_image,
-                                 restore_label_volume)
+                                 restore_label_volume, restore_probability_volume)
 
 #: the slice core lives in :mod:`datamodules.slices`; these names stay importable from here
 __all__ = ["VolumeSegmentationDataModule", "TARGETS", "SliceCase", "SliceDataModule", "SliceDataset", "TargetMap"]
@@ -209,6 +209,11 @@ class VolumeSegmentationDataModule(SliceDataModule):
             slices = np.asarray(CTNormalised(slices, self.ct_stats))
         slices = torch.from_numpy(slices)
         return (slices[:, None] if slices.ndim == 3 else slices), grid
+
+    @staticmethod
+    def restore_probabilities(prob: np.ndarray | torch.Tensor, grid: GridMeta | Sequence[int]) -> np.ndarray:
+        """Class probabilities ``[D, K, h, w]`` on the working grid -> float32 ``[K, ...]`` on the source grid."""
+        return restore_probability_volume(prob, grid)
 
     @staticmethod
     def restore_prediction(pred: np.ndarray | torch.Tensor, grid: GridMeta | Sequence[int]) -> np.ndarray:

@@ -164,14 +164,15 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
 
 
 def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None) -> nib.Nifti1Image:
-    """Segment one case on the working grid and map the labels back onto the input's own grid."""
+    """Segment one case on the working grid, map the class probabilities back onto the input's own grid
+    (:func:`datamodules.volumes.restore_probability_volume`) and take the labels there."""
     x, grid = dm.preprocess_volume(case.images if len(case.images) > 1 else case.images[0])
     if predictor.spatial_dims == 3:
-        prob = predictor.probabilities(x.permute(1, 2, 3, 0))          # [K, H, W, D]
-        labels = VolumePredictor.labels(prob, threshold, class_dim=0).permute(2, 0, 1)
+        prob = predictor.probabilities(x.permute(1, 2, 3, 0)).permute(3, 0, 1, 2)   # [K, H, W, D] -> [D, K, H, W]
     else:
-        labels = VolumePredictor.labels(predictor.probabilities(x), threshold)
-    volume = dm.restore_prediction(labels, grid).astype(np.uint8)
+        prob = predictor.probabilities(x)                                        # [D, K, h, w]
+    source = torch.from_numpy(dm.restore_probabilities(prob, grid))             # [K, *input shape]
+    volume = VolumePredictor.labels(source, threshold, class_dim=0).numpy().astype(np.uint8)
     src = nib.load(str(case.images[0]))
     header = src.header.copy()
     header.set_data_dtype(np.uint8)
