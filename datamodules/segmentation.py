@@ -195,8 +195,9 @@ class VolumeSegmentationDataModule(SliceDataModule):
 
     def preprocess_volume(self, path: str | Path | Sequence[Path]) -> tuple[torch.Tensor, GridMeta]:
         """A NIfTI (or one file per channel) through the same pipeline as training:
-        ``(float32 [D, C, H, W] slices on the working grid, grid)``. Use :meth:`restore_prediction`
-        to map predicted labels back to the source voxel grid."""
+        ``(float32 [D, C, H, W] slices on the working grid, grid)``. Use :meth:`restore_probabilities`
+        (what ``experiments.predict`` does) or :meth:`restore_prediction` (labels) to map a prediction back
+        to the source voxel grid."""
         x, _, grid = load_on_grid(path, self.params)
         slices = preprocess_image(x, self.params)
         if self.normalization == "ct":

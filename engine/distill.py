@@ -43,6 +43,11 @@ def _plain(node: Any, resolve: bool = True) -> Any:
     return OmegaConf.to_container(node, resolve=resolve) if isinstance(node, DictConfig) else node
 
 
+def _segmentation_keys() -> set[str]:
+    """The settings of ``cfg.module`` a plain segmentation run of the teacher takes (net and loss come apart)."""
+    return set(inspect.signature(SegmentationModule.__init__).parameters) - {"self", "net", "loss"}
+
+
 #: trainer keys that change nothing a teacher learns (where it writes, what it prints)
 _COSMETIC_TRAINER_KEYS = ("_target_", "default_root_dir", "log_every_n_steps", "enable_progress_bar",
                           "enable_model_summary", "num_sanity_val_steps", "logger", "callbacks", "profiler")
@@ -55,8 +60,7 @@ def teacher_key(cfg: DictConfig) -> dict[str, Any]:
     and the checkpoint monitor that picks ``best.ckpt``. An audit found the key holding only the first four
     and the length: ``-m module.optimizer.lr=a,b`` reused the first run's teacher for the second."""
     t = cfg.distill.teacher
-    seg_keys = set(inspect.signature(SegmentationModule.__init__).parameters) - {"self", "net", "loss"}
-    module = {k: v for k, v in _plain(cfg.module).items() if k in seg_keys}
+    module = {k: v for k, v in _plain(cfg.module).items() if k in _segmentation_keys()}
     trainer = {k: v for k, v in _plain(cfg.trainer).items() if k not in _COSMETIC_TRAINER_KEYS}
     if t.get("max_epochs") is not None:
         trainer["max_epochs"] = int(t.max_epochs)
@@ -94,8 +98,7 @@ def segmentation_cfg(cfg: DictConfig, model: Any, loss: Any, out: Path, max_epoc
     if data is not None:
         with open_dict(new):
             new.data = data
-    seg_keys = set(inspect.signature(SegmentationModule.__init__).parameters) - {"self", "net", "loss"}
-    module = {k: v for k, v in _plain(cfg.module, resolve=False).items() if k in seg_keys}
+    module = {k: v for k, v in _plain(cfg.module, resolve=False).items() if k in _segmentation_keys()}
     module.update({"_target_": "lightning_modules.segmentation.SegmentationModule", "_recursive_": False,
                    "net": "${model}", "loss": _plain(loss, resolve=False)})
     with open_dict(new):

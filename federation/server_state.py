@@ -26,16 +26,23 @@ def save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _read(path: Path, kind: str) -> Any:
+    """``torch.load(weights_only=True)`` of a federation file; a file that does not load is one line naming it."""
+    from federation.errors import FederationError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, not a zip, a pickle with code, ...
+        raise FederationError(f"{path} is not a readable {kind} ({type(exc).__name__}); delete it, or the run dir, "
+                              f"to start the federation afresh") from exc
+
+
 def load_server_state(path: Path) -> dict[str, Any]:
     """``server.pt`` (``weights_only``); a file that does not load or lacks the server's keys is a one-line
     :class:`~federation.errors.FederationError` naming it (delete it, or the run dir, to start afresh)."""
     from federation.errors import FederationError
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated, not a zip, a pickle with code, ...
-        raise FederationError(f"{path} is not a readable server checkpoint ({type(exc).__name__}); delete it "
-                              f"to start the federation afresh") from exc
+    state = _read(path, "server checkpoint")
     missing = [k for k in SERVER_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise FederationError(f"{path} is not a server checkpoint (missing {missing}); delete it to start afresh")
@@ -47,11 +54,7 @@ def load_global_weights(path: Path) -> dict[str, torch.Tensor]:
     :class:`~federation.errors.FederationError` naming the file when it does not load or holds no weights."""
     from federation.errors import FederationError
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated, not a zip, a pickle with code, ...
-        raise FederationError(f"{path} is not a readable model state ({type(exc).__name__}); delete it, or the "
-                              f"run dir, to start afresh") from exc
+    state = _read(path, "model state")
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FederationError(f"{path} is not a model state (a dict of tensors); delete it to start afresh")
     return state

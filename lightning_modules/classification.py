@@ -43,6 +43,13 @@ from lightning_modules.base import BaseModule, to_plain
 SPLITS = ("train", "val", "test")
 
 
+def _defined_mean(per_class: torch.Tensor, positives: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of the per-class AUCs whose class has positives and negatives among the ``n`` samples (AUC is
+    undefined otherwise); NaN when none has."""
+    valid = (positives > 0) & (positives < n)
+    return per_class[valid].mean() if bool(valid.any()) else torch.tensor(float("nan"))
+
+
 class PresentLabelsAUROC(tmc.MultilabelAUROC):
     """Multi-label macro AUC over the labels that have positives and negatives in the split (MedMNIST's
     per-label mean): a label with no positive (small federated client splits) is left out, not averaged
@@ -52,11 +59,8 @@ class PresentLabelsAUROC(tmc.MultilabelAUROC):
         super().__init__(num_labels, average=None)
 
     def compute(self) -> torch.Tensor:
-        per_label = super().compute()
         target = dim_zero_cat(self.target)
-        positives, n = target.sum(0), target.shape[0]
-        valid = (positives > 0) & (positives < n)
-        return per_label[valid].mean() if bool(valid.any()) else torch.tensor(float("nan"))
+        return _defined_mean(super().compute(), target.sum(0), target.shape[0])
 
 
 class PresentClassesAUROC(tmc.MulticlassAUROC):
@@ -69,11 +73,9 @@ class PresentClassesAUROC(tmc.MulticlassAUROC):
         super().__init__(num_classes, average=None)
 
     def compute(self) -> torch.Tensor:
-        per_class = super().compute()
         target = dim_zero_cat(self.target).long()
-        positives = torch.bincount(target, minlength=self.num_classes)[: self.num_classes]
-        valid = (positives > 0) & (positives < target.numel())
-        return per_class[valid].mean() if bool(valid.any()) else torch.tensor(float("nan"))
+        return _defined_mean(super().compute(), torch.bincount(target, minlength=self.num_classes)[: self.num_classes],
+                             target.numel())
 
 
 class DefinedBinaryAUROC(tmc.BinaryAUROC):
