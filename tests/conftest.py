@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -39,10 +42,30 @@ def _seed_and_threads():
     yield
 
 
-def pytest_collection_modifyitems(config, items):
-    """Queue the test files longest first (``tests/durations.py``), so that ``make test``'s workers finish
-    together; the order of the tests inside a file is kept."""
-    from tests.durations import load, order
+@pytest.fixture(autouse=True)
+def _no_leftover_processes(request):
+    """A process a test left running (found by its ``tmp_path``) is killed at teardown and reported as a
+    :class:`tests.leftovers.LeftoverProcessWarning`, so it cannot slow the rest of the suite."""
+    # asked for here (it exists for this test anyway), so the reap runs before tmp_path's own teardown
+    path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if path is not None:
+        from tests.leftovers import LeftoverProcessWarning, reap
 
-    rank = order((item.nodeid.split("::")[0] for item in items), load())
-    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+        killed = reap(path)
+        if killed:
+            warnings.warn(LeftoverProcessWarning(f"{request.node.nodeid} left {len(killed)} process(es) running, "
+                                                 f"killed: {'; '.join(killed.values())}"))
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """``module_tmp(name)``: a new folder for a module's shared fixtures (``tmp_path_factory.mktemp``'s
+    role). The module's folders are removed after its last test unless one of its tests failed, as a passed
+    test's ``tmp_path`` is at once (``tmp_path_retention_policy = "failed"``): the suite's checkpoints
+    (~4 GB in all) do not pile up on a CI disk."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed_before = request.session.testsfailed
+    yield lambda name: Path(tempfile.mkdtemp(prefix=f"{name}_", dir=root))
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(root, ignore_errors=True)

@@ -28,10 +28,10 @@ KD = ["+exp=lits_hlfd", "data.image_size=32", "data.batch_size=4", "data.synthet
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
+def env(module_tmp) -> dict:
     """Phantoms (the shapes BASE asks for, so nothing is regenerated) and a framework checkpoint, built
     in-process without training."""
-    root = tmp_path_factory.mktemp("bad_inputs")
+    root = module_tmp("bad_inputs")
     data = root / "data"
     write_phantom_dataset(data / "synthetic_lits", "lits", n_cases=6, shape=(48, 48, 10), seed=0)
     from lightning_modules.segmentation import SegmentationModule

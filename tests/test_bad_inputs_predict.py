@@ -13,8 +13,8 @@ from tests.volumetric_helpers import make_run
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("badpredict")
+def files(module_tmp):
+    tmp = module_tmp("badpredict")
     ckpt = make_run(tmp)
     vol = tmp / "vol.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 3), np.float32), np.eye(4)), vol)

@@ -32,9 +32,9 @@ KD = ["+exp=kits_hlfd", "logger=csv", "data.target=organ", "data.class_names=[ba
 
 
 @pytest.fixture(scope="module")
-def kd_runs(tmp_path_factory):
+def kd_runs(module_tmp):
     """Teacher, student without KD, HLFD and pixel KD at the claims seed, sharing one cached teacher."""
-    root = tmp_path_factory.mktemp("kd")
+    root = module_tmp("kd")
     t0 = time.perf_counter()
     data = [f"paths.data_dir={root / 'data'}"]
     out = {}

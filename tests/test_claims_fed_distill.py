@@ -42,10 +42,10 @@ TEACHER_MARGIN = 0.05
 
 
 @pytest.fixture(scope="module")
-def claim_metrics(tmp_path_factory):
+def claim_metrics(module_tmp):
     from experiments.run import dispatch
 
-    cfg = compose_run(["+exp=fed_kits_hlfd_claim", "seed=1"], tmp_path_factory.mktemp("fed_distill_claim"))
+    cfg = compose_run(["+exp=fed_kits_hlfd_claim", "seed=1"], module_tmp("fed_distill_claim"))
     return dispatch(cfg)
 
 
@@ -65,7 +65,7 @@ def test_hlfd_from_federated_teacher_beats_local_student_off_site(claim_metrics)
 
 # ------------------------------------------------------------------ the federated variant (issue 15 §2)
 @pytest.fixture(scope="module")
-def fed_student_metrics(tmp_path_factory):
+def fed_student_metrics(module_tmp):
     """The claim regime with the federated students only (``fed_none``, ``fed_hlfd``), at
     ``FEDMED_CLAIMS_SEED`` (default 4, the first held-out seed); ``FEDMED_CLAIMS_DISABLE=1``: HLFD with
     beta = lambda = 0 in every client's loss."""
@@ -73,7 +73,7 @@ def fed_student_metrics(tmp_path_factory):
 
     off = ["distill.loss.beta=0.0", "distill.loss.lam=0.0"] if DISABLED else []
     overrides = ["+exp=fed_kits_hlfd_claim", f"seed={FED_STUDENT_SEED}", "fed_distill.arms=[fed_none,fed_hlfd]", *off]
-    return dispatch(compose_run(overrides, tmp_path_factory.mktemp("fed_student_claim")))
+    return dispatch(compose_run(overrides, module_tmp("fed_student_claim")))
 
 
 @unvalidated("failed at held-out seed 4 (fed_hlfd - fed_none off-site -0.120; +0.199 / +0.152 at seeds 5 / 6)")

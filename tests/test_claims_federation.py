@@ -61,23 +61,23 @@ MATRIX = ["federation.evaluation_matrix=true"]  # paper 003's Table 1 with every
 
 
 @pytest.fixture(scope="module")
-def fedavg_matrix(tmp_path_factory):
+def fedavg_matrix(module_tmp):
     """One FedAvg federation over the two sites (site 2 on the :data:`MODERATE` scanner) with paper 003's
     evaluation matrix (FL_global, FL_local, standalone baselines, centralised), shared by the
     FL-vs-standalone and matrix claims."""
     t0 = time.perf_counter()
-    m = run([*two_sites(scanner=MODERATE), *MATRIX], tmp_path_factory.mktemp("fedavg"))
+    m = run([*two_sites(scanner=MODERATE), *MATRIX], module_tmp("fedavg"))
     return m, time.perf_counter() - t0
 
 
 @pytest.fixture(scope="module")
-def fl_matrix(request, tmp_path_factory):
+def fl_matrix(request, module_tmp):
     """``fedavg_matrix``; with ``FEDMED_CLAIMS_DISABLE=1`` the same run without federation (site 2
     removed: the "FL" model is site 1's alone, FedAvg over one client)."""
     if not DISABLED:
         return request.getfixturevalue("fedavg_matrix")
     t0 = time.perf_counter()
-    m = run([*two_sites(scanner=MODERATE), "~data.sites.site2", *MATRIX], tmp_path_factory.mktemp("nofl"))
+    m = run([*two_sites(scanner=MODERATE), "~data.sites.site2", *MATRIX], module_tmp("nofl"))
     return m, time.perf_counter() - t0
 
 

@@ -22,12 +22,12 @@ TINY = ["~data.sites.site_c", "trainer.max_epochs=1", "trainer.limit_train_batch
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(module_tmp):
     """The tiny run, with a spy on what the server receives: {federation run dir: [update weight keys]}."""
     from experiments.run import dispatch
     from federation import server
 
-    tmp = tmp_path_factory.mktemp("fed_distill")
+    tmp = module_tmp("fed_distill")
     cfg = compose_run(["+exp=fed_kits_hlfd", *TINY], tmp)
     received: dict[str, list[set[str]]] = {}
     check, run_round = server.assert_no_data, server.Server.run_round

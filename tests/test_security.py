@@ -54,9 +54,9 @@ class MakeMarker:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(module_tmp) -> Path:
     """One tiny real run (shared): its run dir with checkpoints/best.ckpt, last.ckpt and config.yaml."""
-    tmp = tmp_path_factory.mktemp("trained")
+    tmp = module_tmp("trained")
     proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={tmp / 'run'}"], tmp,
                    as_process=True)
     assert proc.returncode == 0, proc.stderr[-3000:]

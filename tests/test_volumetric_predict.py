@@ -26,8 +26,8 @@ def _dice(a, b):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("vol")
+def setup(module_tmp):
+    tmp = module_tmp("vol")
     return tmp, make_run(tmp), phantom(tmp)
 
 
