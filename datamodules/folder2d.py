@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from datamodules.errors import DataError
@@ -155,6 +157,32 @@ class FolderSegmentationDataModule(SliceDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    # --- prediction on image files (experiments.predict; engine/predict_images.py) -----------------------
+    def preprocess_image(self, path: str | Path) -> tuple[torch.Tensor, tuple[int, int]]:
+        """An image file through the training pipeline (grey [0, 1], ``window``, ``image_size``):
+        ``(float32 [1, 1, h, w], (H, W) of the file)``; :meth:`restore_image_probabilities` maps back."""
+        x = load_image(Path(path))
+        if self.window is not None:
+            x = apply_window(x, *self.window)
+        y = resize_slices(x[None], self.image_size, is_label=False)
+        return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))[:, None], (int(x.shape[0]), int(x.shape[1]))
+
+    @staticmethod
+    def restore_image_probabilities(prob: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+        """Class probabilities ``[1, K, h, w]`` -> float32 ``[K, H, W]`` on the file's own pixel grid, resampled
+        bilinearly (probabilities, then labels: as volumes are mapped back)."""
+        t = prob.float()
+        if tuple(t.shape[-2:]) != tuple(shape):
+            t = F.interpolate(t, size=tuple(int(v) for v in shape), mode="bilinear", align_corners=False)
+        return t[0].numpy()
+
+    def read_label(self, path: str | Path) -> np.ndarray:
+        """A mask file decoded as training decodes it (``mask_threshold``/``mask_channel``/``label_map``)."""
+        y = decode_mask(Path(path), self.mask_threshold, self.mask_channel, self.label_map)
+        if y.max() >= self.num_classes:
+            raise DataError(f"mask {path} has label {int(y.max())} but data.class_names has {self.num_classes} classes")
+        return y
+
     def _files(self, folder: Path, suffix: str) -> dict[str, Path]:
         if not folder.is_dir():
             raise DataError(f"data folder {folder} does not exist")
@@ -222,12 +250,9 @@ class FolderSegmentationDataModule(SliceDataModule):
                 x = load_image(img)
                 if self.window is not None:
                     x = apply_window(x, *self.window)
-                y = decode_mask(msk, self.mask_threshold, self.mask_channel, self.label_map)
+                y = self.read_label(msk)
                 if x.shape != y.shape:
                     raise DataError(f"shape mismatch: image {img} is {x.shape} but mask {msk} is {y.shape}")
-                if y.max() >= self.num_classes:
-                    raise DataError(f"mask {msk} has label {int(y.max())} but data.class_names has "
-                                    f"{self.num_classes} classes")
                 images.append(resize_slices(x[None], self.image_size, is_label=False)[0])
                 labels.append(resize_slices(y[None], self.image_size, is_label=True)[0])
             numbers = [t[0] if t[0] >= 0 else i for i, t in enumerate(members)]

@@ -1,15 +1,19 @@
-"""Segment NIfTI volumes with trained checkpoints; outputs open aligned in 3D Slicer / ITK-SNAP.
+"""Segment NIfTI volumes (or 2D image files) with trained checkpoints; outputs open aligned in 3D Slicer /
+ITK-SNAP.
 
 ``python -m experiments.predict ckpt=<run>/checkpoints/best.ckpt input=volume.nii.gz output=seg.nii.gz``
 ``python -m experiments.predict ckpt=[a.ckpt,b.ckpt] input=<dir> output=<dir> labels=<dir> tta=true``
 
 Preprocessing is the training run's own (orientation, spacing, HU window, resize -- read from the run's
 ``config.yaml``; the CT normalisation statistics of ``data.normalization=ct`` from the checkpoint); predictions are mapped back onto each input's own voxel grid and written with its
-affine and header. The work is in :mod:`engine.predict`; this is the command line only.
+affine and header. A checkpoint trained on 2D image files (``data=folder2d``...) takes ``.png``/``.jpg``/``.npy``
+files and writes PNGs of class indices on each file's own pixel grid (:mod:`engine.predict_images`). The work is
+in :mod:`engine.predict` and :mod:`engine.predict_images`; this is the command line only.
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 import torch
@@ -21,7 +25,10 @@ from engine.builders import build_datamodule
 from lightning_modules.targets import check_data_target, check_targets
 from engine.errors import ConfigError, find_user_error, one_line
 from experiments.hydra_checks import run_cli, task_started
-from engine.predict import check_writable, load_models, plan_cases, predict_case, save_nifti, score_case, summary_of
+from engine.predict import (check_writable, is_nifti, load_models, plan_cases, predict_case, save_nifti, score_case,
+                            summary_of)
+from engine.predict_images import is_image, plan_images, predict_image, save_png, score_image
+from datamodules.errors import DataError
 from lightning_modules.inference import VolumePredictor
 
 
@@ -31,11 +38,22 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _is_image_input(src: Path) -> bool:
+    """``input`` names 2D image files (a .png/.jpg/.npy file, or a folder holding some and no NIfTI)."""
+    if src.is_file():
+        return is_image(src)
+    return src.is_dir() and any(is_image(p) for p in src.iterdir()) and not any(is_nifti(p) for p in src.iterdir())
+
+
 def predict(cfg: DictConfig) -> dict:
     ckpts = list(cfg.ckpt) if isinstance(cfg.ckpt, (list, ListConfig)) else [cfg.ckpt]
     if not ckpts:
         raise ConfigError("ckpt=[] names no checkpoint")
-    cases = plan_cases(cfg.input, cfg.output, cfg.labels)
+    src = Path(str(cfg.input))
+    if not src.exists():
+        raise DataError(f"input {src} does not exist")
+    images = _is_image_input(src)
+    cases = None if images else plan_cases(cfg.input, cfg.output, cfg.labels)
     models = load_models(ckpts, cfg.run_config)
     dims = models.spatial_dims
     roi = cfg.roi_size or (models.run_cfg.data.get("patch_size") if dims == 3 else None)
@@ -47,34 +65,44 @@ def predict(cfg: DictConfig) -> dict:
         raise ConfigError(f"predict settings: {err}") from None
     for net in models.nets:
         net.to(predictor.device)
-    for folder in sorted({c.output.parent for c in cases}):
-        check_writable(folder)
     check_targets(models.run_cfg.data, "run config data", check_data_target)  # a file's config is data, not code
-    data_target = str(models.run_cfg.data.get("_target_", ""))
+    data_kind = str(models.run_cfg.data.get("_target_", "")).rsplit(".", 1)[-1]
     no_phantoms = {"synthetic": None} if "synthetic" in models.run_cfg.data else {}  # never write phantoms here
     dm = build_datamodule(models.run_cfg.data, **no_phantoms, **models.data_overrides())
-    if not callable(getattr(dm, "preprocess_volume", None)):
-        raise ConfigError(f"checkpoint {cfg.ckpt} was trained on {data_target.rsplit('.', 1)[-1]} (2D image files), "
-                          f"but predict segments NIfTI volumes with the training run's CT preprocessing: use a "
-                          f"checkpoint trained on volumes (data=lits, kits, msd, nnunet...), or score an image folder's test "
-                          f"split with `python -m experiments.run ... train=false ckpt_path=<ckpt> data.root=<folder>`")
+    if images and not callable(getattr(dm, "preprocess_image", None)):
+        raise ConfigError(f"input={src} holds 2D image files, but checkpoint {ckpts[0]} was trained on {data_kind} "
+                          f"(volumes): give it NIfTI volumes (.nii/.nii.gz)")
+    if not images and not callable(getattr(dm, "preprocess_volume", None)):
+        raise ConfigError(f"input={src} holds NIfTI volumes, but checkpoint {ckpts[0]} was trained on {data_kind} "
+                          f"(2D image files): give it image files (.png/.jpg/.npy), or a checkpoint trained on "
+                          f"volumes (data=lits, kits, msd, nnunet...)")
+    if images:
+        cases = plan_images(cfg.input, cfg.output, cfg.labels, str(models.run_cfg.data.get("mask_suffix") or ""))
+    for folder in sorted({c.output.parent for c in cases}):
+        check_writable(folder)
     class_names = models.hparams.get("class_names") or dm.class_names
     threshold = models.hparams.get("fg_threshold")
     per_case = {}
     with Progress() as progress:
-        task = progress.add_task(f"segmenting {len(cases)} volume(s)", total=len(cases))
+        task = progress.add_task(f"segmenting {len(cases)} {'image' if images else 'volume'}(s)", total=len(cases))
         for case in cases:
-            img = predict_case(case, dm, predictor, threshold)
-            save_nifti(img, case.output)
-            if case.label is not None:
-                per_case[case.case_id] = score_case(img.get_fdata(dtype="float32").astype("uint8"), case, dm,
-                                                    class_names, cfg.nsd_tolerance_mm)
+            if images:
+                pred = predict_image(case, dm, predictor, threshold)
+                save_png(pred, case.output)
+                if case.label is not None:
+                    per_case[case.case_id] = score_image(pred, case, dm, class_names)
+            else:
+                img = predict_case(case, dm, predictor, threshold)
+                save_nifti(img, case.output)
+                if case.label is not None:
+                    per_case[case.case_id] = score_case(img.get_fdata(dtype="float32").astype("uint8"), case, dm,
+                                                        class_names, cfg.nsd_tolerance_mm)
             progress.advance(task)
     out = cases[0].output
     print(f"wrote {len(cases)} prediction(s): {out if len(cases) == 1 else out.parent}")
     if per_case:
         summary = summary_of(per_case)
-        print_case_table(per_case, summary, "per-case metrics")
+        print_case_table(per_case, summary, "per-case metrics" if not images else "per-image metrics")
         write_json(out.parent / "metrics.json", {"summary": summary, "per_case": per_case,
                                                  "checkpoints": [str(c) for c in ckpts]})
         return summary

@@ -44,7 +44,8 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
     ("classification ckpt", ["ckpt={t}/classifier.ckpt", "input={t}/vol.nii.gz", "output={t}/o1.nii.gz"],
      "classifier.ckpt", "o1.nii.gz"),
     ("missing input", ["ckpt={c}", "input={t}/nope.nii.gz", "output={t}/o2.nii.gz"], "nope.nii.gz", "o2.nii.gz"),
-    ("non-NIfTI input", ["ckpt={c}", "input={t}/image.png", "output={t}/o3.nii.gz"], "image.png", "o3.nii.gz"),
+    ("image input, volume checkpoint", ["ckpt={c}", "input={t}/image.png", "output={t}/o3.nii.gz"], "image.png",
+     "o3.nii.gz"),
     ("folder without NIfTI", ["ckpt={c}", "input={t}/empty_dir", "output={t}/o4"], "empty_dir", "o4"),
     ("another architecture", ["ckpt={t}/other/checkpoints/wider.ckpt", "input={t}/vol.nii.gz",
                               "output={t}/o5.nii.gz"], "wider.ckpt", "o5.nii.gz"),
@@ -54,6 +55,10 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
      "none.ckpt", "o8.nii.gz"),
     ("checkpoint trained on 2D image files", ["ckpt={t}/folder_run/checkpoints/best.ckpt", "input={t}/vol.nii.gz",
                                               "output={t}/o9.nii.gz"], "2D image files", "o9.nii.gz"),
+    ("unreadable image", ["ckpt={t}/folder_run/checkpoints/best.ckpt", "input={t}/image.png",
+                          "output={t}/o10.png"], "image.png", "o10.png"),
+    ("image into a NIfTI name", ["ckpt={t}/folder_run/checkpoints/best.ckpt", "input={t}/image.png",
+                                "output={t}/o11.nii.gz"], "o11.nii.gz", "o11.nii.gz"),
 ]
 
 

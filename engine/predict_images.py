@@ -1,0 +1,110 @@
+"""Prediction of 2D image files (PNG, JPG, NPY) with checkpoints trained on image folders (``data=folder2d``,
+``liver_slices``, ``kits_slices``...): one file or a folder, ensembles and mirror TTA as for volumes.
+
+Each image goes through the training run's own preprocessing (grey [0, 1], ``data.window``,
+``data.image_size``; :meth:`datamodules.folder2d.FolderSegmentationDataModule.preprocess_image`), is padded at the
+bottom/right to a multiple of 32 with the run's fill value (as training batches of mixed sizes are), and its
+class probabilities are resampled back to the file's own pixel grid before the labels are taken (as volumes
+are). The output is a single-channel 8-bit PNG whose pixel values are the class indices (nnU-Net's 2D export:
+0 = background, 1, 2, ... as in the run's ``class_names``), written atomically; with ``labels=<dir>`` each image
+is scored (Dice, IoU, RVD per class) against its mask, decoded as training decodes masks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from datamodules.errors import DataError
+from datamodules.folder2d import EXTENSIONS
+from lightning_modules.atomic import atomic_output
+from lightning_modules.errors import ConfigError
+from lightning_modules.inference import VolumePredictor
+from lightning_modules.metrics import case_scores, confusion_matrix
+
+__all__ = ["ImageCase", "is_image", "plan_images", "predict_image", "save_png", "score_image"]
+
+#: what the 2D nets' encoders downsample by (training batches of mixed sizes are padded to it: PadCollate)
+MULTIPLE = 32
+
+
+def is_image(p: Path) -> bool:
+    return p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
+
+
+@dataclass
+class ImageCase:
+    """One image to segment: the file, where its PNG goes, its mask (optional)."""
+
+    case_id: str
+    image: Path
+    output: Path
+    label: Path | None = None
+
+
+def _mask_for(stem: str, labels: Path, suffix: str) -> Path:
+    for p in sorted(labels.iterdir()):
+        if is_image(p) and p.stem == f"{stem}{suffix}":
+            return p
+    raise DataError(f"no mask for image {stem} in labels={labels} (expected {stem}{suffix}.png/.jpg/.npy)")
+
+
+def plan_images(input: str | Path, output: str | Path, labels: str | Path | None = None,
+                mask_suffix: str = "") -> list[ImageCase]:
+    """The images of ``input`` (a file or a folder of them) and their outputs (``output/<stem>.png`` for a
+    folder); masks in ``labels`` pair up by stem as in training (``<stem><mask_suffix>``)."""
+    src, out = Path(input), Path(output)
+    lab = None if labels in (None, "") else Path(labels)
+    if lab is not None and not lab.exists():
+        raise DataError(f"labels {lab} does not exist")
+    if src.is_file():
+        target = out / f"{src.stem}.png" if out.is_dir() else out
+        if target.suffix.lower() != ".png":
+            raise ConfigError(f"output={out} must end in .png (or be an existing folder)")
+        label = None if lab is None else (lab if lab.is_file() else _mask_for(src.stem, lab, mask_suffix))
+        return [ImageCase(src.stem, src, target, label)]
+    files = sorted(p for p in src.iterdir() if p.is_file() and is_image(p))
+    if not files:
+        raise DataError(f"input folder {src} holds no image file ({'/'.join(EXTENSIONS)})")
+    if out.suffix.lower() == ".png" or out.is_file():
+        raise ConfigError(f"output={out} must be a folder when input={src} is a folder")
+    if lab is not None and not lab.is_dir():
+        raise ConfigError(f"labels={lab} must be a folder when input={src} is a folder")
+    stems = [p.stem for p in files]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise DataError(f"input folder {src} holds several files named {twice[0]} (.png/.jpg/.npy): one output each")
+    return [ImageCase(p.stem, p, out / f"{p.stem}.png", None if lab is None else _mask_for(p.stem, lab, mask_suffix))
+            for p in files]
+
+
+def predict_image(case: ImageCase, dm, predictor: VolumePredictor, threshold: float | None) -> np.ndarray:
+    """uint8 class indices ``[H, W]`` on the file's own pixel grid."""
+    x, shape = dm.preprocess_image(case.image)                                   # [1, 1, h, w]
+    h, w = x.shape[-2:]
+    ph, pw = -(-h // MULTIPLE) * MULTIPLE - h, -(-w // MULTIPLE) * MULTIPLE - w
+    padded = F.pad(x, (0, pw, 0, ph), value=float(dm.fill_value())) if ph or pw else x
+    prob = predictor.probabilities(padded)[..., :h, :w]                          # [1, K, h, w]
+    source = torch.from_numpy(dm.restore_image_probabilities(prob, shape))      # [K, H, W]
+    return VolumePredictor.labels(source, threshold, class_dim=0).numpy().astype(np.uint8)
+
+
+def save_png(labels: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, suffix=".png") as tmp:
+        Image.fromarray(labels.astype(np.uint8)).save(tmp, format="PNG")
+
+
+def score_image(pred: np.ndarray, case: ImageCase, dm, class_names: Sequence[str]) -> dict[str, float]:
+    """Dice/IoU/RVD per class of one prediction against its mask, on the file's pixel grid."""
+    target = dm.label_fn()(dm.read_label(case.label))
+    if target.shape != pred.shape:
+        raise DataError(f"mask {case.label} is {target.shape} but image {case.image} is {pred.shape}")
+    cm = confusion_matrix(torch.from_numpy(pred.astype(np.int64))[None],
+                          torch.from_numpy(target.astype(np.int64))[None], len(class_names))[0].numpy()
+    return case_scores(cm, class_names)
