@@ -61,6 +61,9 @@ def check_federation_config(fed: Any) -> None:
     frac = fed.get("shared_fraction")
     if frac is not None and not 0.0 <= float(frac) < 1.0:
         raise FederationError(f"federation.shared_fraction={frac}: must be in [0, 1)")
+    unit = fed.get("partition_unit", "case")
+    if unit not in ("case", "sample"):
+        raise FederationError(f"federation.partition_unit={unit}: expected case (whole patients per client) or sample")
     mode = fed.get("unannotated", "ignore")
     if mode not in PartialLabels.MODES:
         raise FederationError(f"federation.unannotated={mode}: expected one of {', '.join(PartialLabels.MODES)}")
@@ -71,7 +74,8 @@ def _known_params() -> set[str]:
 
 
 def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | None, remaining: np.ndarray,
-                     num_clients: int | None, seed: int) -> tuple[list[str], list[np.ndarray]]:
+                     num_clients: int | None, seed: int, unit: str = "training samples"
+                     ) -> tuple[list[str], list[np.ndarray]]:
     """Call ``federation.partition`` (a ``_target_`` config) with what its signature asks for: ``groups``
     (by site), ``labels`` (label skew), ``seed``, ``num_clients``. Returns (client ids, index arrays)."""
     plain = OmegaConf.to_container(pcfg, resolve=True) if isinstance(pcfg, DictConfig) else dict(pcfg)
@@ -109,7 +113,7 @@ def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | 
             raise FederationError(f"federation.num_clients=null: the {name} partitioner needs a number of clients")
         if int(num_clients) > len(remaining):
             raise FederationError(f"federation.num_clients={num_clients} is more than the {len(remaining)} "
-                                  f"training samples left for clients")
+                                  f"{unit} left for clients")
         kw = dict(plain)
         if "seed" in params:
             kw.setdefault("seed", seed)
@@ -148,6 +152,22 @@ def write_partition_report(out: Path, labels: np.ndarray | None, parts: list[np.
     return Path(png)
 
 
+def _partition_cases(pcfg: Any, labels: np.ndarray | None, cases: np.ndarray, remaining: np.ndarray,
+                     num_clients: int | None, seed: int) -> tuple[list[str], list[np.ndarray]]:
+    """The partitioner applied to whole cases (patients/volumes) instead of slices: each case of
+    ``remaining`` is one unit, with its slices' most frequent label where the partitioner skews labels; each
+    client gets every slice of its cases."""
+    case_of = np.asarray(cases)[remaining]
+    uniq, inverse = np.unique(case_of, return_inverse=True)
+    case_labels = None
+    if labels is not None:
+        lab = np.asarray(labels)[remaining]
+        case_labels = np.array([np.bincount(lab[inverse == i].astype(np.int64)).argmax() for i in range(len(uniq))])
+    ids, case_parts = call_partitioner(pcfg, case_labels, None, np.arange(len(uniq), dtype=np.int64), num_clients,
+                                       seed, unit="cases (whole volumes; federation.partition_unit=case)")
+    return ids, [np.sort(remaining[np.isin(inverse, part)]) for part in case_parts]
+
+
 @dataclass
 class ClientSplit:
     """Who holds what: the shared pool (paper 000), the client ids, their raw parts and their indices."""
@@ -161,7 +181,8 @@ def split_clients(fed: Any, train: Any, test: Any, seed: int) -> ClientSplit:
     """The one partition of a federation, as the server makes it and a Flower node re-derives it.
 
     Carve the shared pool (paper 000 §4.1 step 1; disjoint from every client) off the training set,
-    partition the rest with ``federation.partition``, carve each client's validation split (by case where
+    partition the rest with ``federation.partition`` (by whole case where the data has cases, unless
+    ``federation.partition_unit=sample``), carve each client's validation split (by case where
     the data has cases) and attach its own test cases (by site) and partial-label annotation.
     """
     labels, groups, cases = sample_labels(train), sample_groups(train), sample_cases(train)
@@ -170,7 +191,11 @@ def split_clients(fed: Any, train: Any, test: Any, seed: int) -> ClientSplit:
     pool = None
     if frac > 0:
         pool, remaining = SharedPool.carve(remaining, frac, seed, labels=labels, cases=cases)
-    ids, parts = call_partitioner(fed.partition, labels, groups, remaining, fed.get("num_clients"), seed)
+    by_group = bool({"groups", "sites"} & set(inspect.signature(get_method(str(fed.partition["_target_"]))).parameters))
+    if cases is not None and not by_group and fed.get("partition_unit", "case") == "case":
+        ids, parts = _partition_cases(fed.partition, labels, cases, remaining, fed.get("num_clients"), seed)
+    else:
+        ids, parts = call_partitioner(fed.partition, labels, groups, remaining, fed.get("num_clients"), seed)
     if cases is not None and len(parts) > 1:
         owners: dict[str, set[str]] = {}
         case_of = np.asarray(cases)
@@ -179,10 +204,10 @@ def split_clients(fed: Any, train: Any, test: Any, seed: int) -> ClientSplit:
                 owners.setdefault(case, set()).add(cid)
         split = sum(len(o) > 1 for o in owners.values())
         if split:  # slice-level partitioners: one patient's slices at several hospitals
-            log.warning("federation.partition %s puts slices of %d of %d volumes at more than one client; a "
-                        "hospital holds whole patients: use federation/partition=by_site (one client per site "
-                        "or per volume)", str(fed.partition.get("_target_", "?")).rsplit(".", 1)[-1], split,
-                        len(owners))
+            log.warning("federation.partition %s puts slices of %d of %d volumes at more than one client "
+                        "(federation.partition_unit=sample); a hospital holds whole patients: use "
+                        "federation.partition_unit=case", str(fed.partition.get("_target_", "?")).rsplit(".", 1)[-1],
+                        split, len(owners))
     test_groups = getattr(test, "groups", None)
     site_of_test = None if test_groups is None else np.asarray(test_groups)
     partial = fed.get("partial_labels") or {}

@@ -42,7 +42,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     (["federation/partition=dirichlet", "federation.partition.alpha=0"], ["alpha=0"]),
     (["federation/partition=dirichlet", "federation.partition.alpha=-0.5"], ["alpha=-0.5"]),
     (["federation/partition=dirichlet", "+federation.partition.alpah=0.1"], ["federation.partition.alpah=0.1"]),
-], ids=["rounds0", "float_per_round", "too_many_clients", "alpha0", "alpha_negative", "partition_typo"])
+    (["federation.partition_unit=patient"], ["federation.partition_unit=patient"]),
+], ids=["rounds0", "float_per_round", "too_many_clients", "alpha0", "alpha_negative", "partition_typo", "unit"])
 def test_bad_federation_value_is_one_line_exit_2(tmp_path, args, needles):
     run = tmp_path / "run"
     proc = _run([*args, f"hydra.run.dir={run}"], tmp_path)

@@ -129,9 +129,11 @@ def test_report_and_plot(tmp_path):
     assert os.listdir(tmp_path) == ["partition.png"]
 
 
-def test_slice_level_partition_of_volumes_is_warned(caplog):
-    """iid / dirichlet on slice data put one volume's slices at several clients (a hospital holds whole
-    patients): split_clients says so; by_site (one client per volume here) does not."""
+def test_slice_data_is_partitioned_by_whole_volume(caplog):
+    """On slice data a partitioner deals out whole volumes by default (``federation.partition_unit=case``: a
+    hospital holds whole patients), label skew by each volume's most frequent label; ``partition_unit=sample``
+    deals out slices and is warned about, by_site never is. Found by an audit: iid put one volume's slices at
+    several clients."""
     import logging
 
     from omegaconf import OmegaConf
@@ -139,12 +141,26 @@ def test_slice_level_partition_of_volumes_is_warned(caplog):
     from federation.plan import split_clients
 
     cases = np.repeat([f"v{i}" for i in range(6)], 5)  # 6 volumes of 5 slices
-    train = type("Slices", (), {"targets": np.zeros(len(cases), np.int64), "case_ids": cases,
-                                "__len__": lambda self: len(cases)})()
-    for target, warned in (("federation.core.partition.iid", True), ("federation.core.partition.by_group", False)):
-        fed = OmegaConf.create({"partition": {"_target_": target}, "num_clients": 3 if warned else None,
-                                "client_val_fraction": 0.2})
+    targets = np.repeat([0, 0, 1, 1, 2, 2], 5)
+    targets[[0, 10, 20]] = 9  # one odd slice in some volumes: the volume's label is its most frequent one
+    train = type("Slices", (), {"targets": targets, "case_ids": cases, "__len__": lambda self: len(cases)})()
+    runs = [("federation.core.partition.iid", {}, "case", False), ("federation.core.partition.iid", {}, "sample", True),
+            ("federation.core.partition.pathological", {"k": 1, "major_fraction": 1.0}, "case", False),
+            ("federation.core.partition.by_group", {}, "sample", False)]
+    for target, kw, unit, warned in runs:
+        fed = OmegaConf.create({"partition": {"_target_": target, **kw}, "partition_unit": unit,
+                                "num_clients": None if "by_group" in target else 3, "client_val_fraction": 0.2})
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="federation.plan"):
-            split_clients(fed, train, None, seed=0)
-        assert any("more than one client" in r.message for r in caplog.records) == warned, target
+            split = split_clients(fed, train, None, seed=0)
+        assert any("more than one client" in r.message for r in caplog.records) == warned, (target, unit)
+        assert np.array_equal(np.sort(np.concatenate(split.parts)), np.arange(len(cases)))
+        owners = [{c for c in cases[p]} for p in split.parts]
+        if unit == "case" or "by_group" in target:
+            assert sum(len(o) for o in owners) == 6, (target, owners)  # every volume at exactly one client
+        if "pathological" in target:  # k=1, all major: each client holds the two volumes of one label
+            assert sorted(sorted(o) for o in owners) == [["v0", "v1"], ["v2", "v3"], ["v4", "v5"]]
+    fed = OmegaConf.create({"partition": {"_target_": "federation.core.partition.iid"}, "num_clients": 7,
+                            "client_val_fraction": 0.2})
+    with pytest.raises(Exception, match="more than the 6 cases"):
+        split_clients(fed, train, None, seed=0)
