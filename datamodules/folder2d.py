@@ -31,35 +31,58 @@ from datamodules.volumes import apply_window, resize_slices
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy")
 
 
-def _read(path: Path) -> np.ndarray:
-    """Image file -> array ([H, W] or [H, W, C]); one-line DataError when unreadable."""
+def _read(path: Path, labels: bool = False) -> np.ndarray:
+    """Image file -> array ([H, W] or [H, W, C]); one-line DataError when unreadable. A palette PNG read as
+    ``labels`` gives its indices (the classes), not their colours."""
     try:
         if path.suffix.lower() == ".npy":
-            return np.load(path)
+            return _channels_last(np.load(path), path)  # allow_pickle=False: a file is data, never code
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB", "I", "F", "I;16") else im)
+            if labels and im.mode == "P":
+                return np.asarray(im)
+            if im.mode.startswith("I;16"):  # 16-bit grey: uint16, whatever the byte order on disk
+                return np.asarray(im).astype(np.uint16)
+            if im.mode == "I":  # 32-bit integer grey, how some Pillow versions open a 16-bit PNG
+                return np.asarray(im).astype(np.uint16 if im.format == "PNG" else np.int32)
+            return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB", "F") else im)
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"cannot read image file {path}: {type(exc).__name__}: {exc}") from None
 
 
+def _channels_last(x: np.ndarray, path: Path) -> np.ndarray:
+    """[H, W], [H, W, C] or [C, H, W] (C <= 4, as ``np.save`` of a torch-style array gives) -> [H, W(, C)]."""
+    if x.ndim == 3 and x.shape[-1] > 4 and x.shape[0] <= 4:
+        x = np.moveaxis(x, 0, -1)
+    if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[-1] > 4):
+        raise DataError(f"image file {path} has shape {x.shape}, expected [H, W], [H, W, C] or [C, H, W] with C <= 4")
+    return x
+
+
+#: what an integer image file's grey levels are divided by: its bit depth's maximum (NPY floats kept as stored)
+_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
 def load_image(path: Path) -> np.ndarray:
-    """Grey float32 [H, W]: RGB(A) converted with ITU-R 601 luma weights; uint8 scaled to [0, 1],
-    other dtypes kept as stored (e.g. HU or already-normalised NPY)."""
+    """Grey float32 [H, W]: RGB(A) converted with ITU-R 601 luma weights; 8- and 16-bit integer images
+    scaled to [0, 1] by their bit depth, other dtypes kept as stored (e.g. HU or already-normalised NPY)."""
     x = _read(path)
-    scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
+    scale = 1.0 / _SCALE.get(x.dtype, 1.0)
     x = x.astype(np.float32)
     if x.ndim == 3:
         x = x[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32) if x.shape[-1] >= 3 else x[..., 0]
-    if x.ndim != 2:
-        raise DataError(f"image file {path} has shape {x.shape}, expected a 2D image")
     return x * scale
 
 
 def decode_mask(path: Path, threshold: float | None, channel: int | None,
                 label_map: Mapping[int, int] | None) -> np.ndarray:
     """Mask file -> uint8 labels [H, W]: pick ``channel`` (else the first one), then ``label_map``
-    (pixel value -> class; unmapped values are an error) or ``value > threshold`` or the raw values."""
-    m = _read(path)
+    (pixel value -> class; unmapped values are an error) or ``value > threshold`` or the raw values. A
+    palette PNG's indices are its labels: no channel or threshold applies (``label_map`` does)."""
+    m = _read(path, labels=True)
+    if _is_palette(path):
+        threshold = None
     if m.ndim == 3:
         c = 0 if channel is None else channel
         if c >= m.shape[-1]:
@@ -78,6 +101,13 @@ def decode_mask(path: Path, threshold: float | None, channel: int | None,
     if threshold is not None:
         return (m > threshold).astype(np.uint8)
     return m.astype(np.uint8)
+
+
+def _is_palette(path: Path) -> bool:
+    if path.suffix.lower() == ".npy":
+        return False
+    with Image.open(path) as im:  # the header only
+        return im.mode == "P"
 
 
 def _natural(case_id: str) -> tuple:

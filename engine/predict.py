@@ -74,6 +74,7 @@ def plan_cases(input: str | Path, output: str | Path, labels: str | Path | None 
         if not is_nifti(target):
             raise ConfigError(f"output={out} must end in .nii.gz or .nii (or be an existing folder)")
         label = None if lab is None else (lab if lab.is_file() else _label_for(nifti_stem(src), src, lab))
+        refuse_overwrite([target], [p for p in (src, label) if p is not None])
         return [PredictCase(nifti_stem(src), [src], target, label)]
     files = sorted(p for p in src.iterdir() if p.is_file() and is_nifti(p))
     if not files:
@@ -88,8 +89,19 @@ def plan_cases(input: str | Path, output: str | Path, labels: str | Path | None 
         groups.setdefault(case, []).append(p)
     if lab is not None and not lab.is_dir():
         raise ConfigError(f"labels={lab} must be a folder when input={src} is a folder")
-    return [PredictCase(c, ps, out / f"{c}.nii.gz", None if lab is None else _label_for(c, ps[0], lab))
-            for c, ps in sorted(groups.items())]
+    cases = [PredictCase(c, ps, out / f"{c}.nii.gz", None if lab is None else _label_for(c, ps[0], lab))
+             for c, ps in sorted(groups.items())]
+    refuse_overwrite([c.output for c in cases], [p for c in cases for p in (*c.images, c.label) if p is not None])
+    return cases
+
+
+def refuse_overwrite(outputs: Sequence[Path], sources: Sequence[Path]) -> None:
+    """One line if an output would replace an input image or label (``output=`` the input folder)."""
+    taken = {p.resolve(): p for p in sources}
+    for out in outputs:
+        if out.resolve() in taken:
+            raise ConfigError(f"output {out} would overwrite the input {taken[out.resolve()]}: "
+                              f"choose another output file or folder")
 
 
 def check_writable(folder: Path) -> None:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from datamodules.errors import DataError
 from datamodules.folder2d import EXTENSIONS
+from engine.predict import refuse_overwrite
 from lightning_modules.atomic import atomic_output
 from lightning_modules.errors import ConfigError
 from lightning_modules.inference import VolumePredictor
@@ -47,40 +48,48 @@ class ImageCase:
     label: Path | None = None
 
 
-def _mask_for(stem: str, labels: Path, suffix: str) -> Path:
+def _mask_for(case: str, labels: Path, suffix: str) -> Path:
     for p in sorted(labels.iterdir()):
-        if is_image(p) and p.stem == f"{stem}{suffix}":
+        if is_image(p) and p.stem == f"{case}{suffix}":
             return p
-    raise DataError(f"no mask for image {stem} in labels={labels} (expected {stem}{suffix}.png/.jpg/.npy)")
+    raise DataError(f"no mask for image {case} in labels={labels} (expected {case}{suffix}.png/.jpg/.npy)")
 
 
 def plan_images(input: str | Path, output: str | Path, labels: str | Path | None = None,
-                mask_suffix: str = "") -> list[ImageCase]:
-    """The images of ``input`` (a file or a folder of them) and their outputs (``output/<stem>.png`` for a
-    folder); masks in ``labels`` pair up by stem as in training (``<stem><mask_suffix>``)."""
+                mask_suffix: str = "", image_suffix: str = "") -> list[ImageCase]:
+    """The images of ``input`` (a file or a folder of them) and their outputs (``output/<case>.png`` for a
+    folder); as in training, ``<case><image_suffix>`` pairs with the mask ``<case><mask_suffix>`` in
+    ``labels``. An output that would replace an input or a mask is refused."""
     src, out = Path(input), Path(output)
     lab = None if labels in (None, "") else Path(labels)
     if lab is not None and not lab.exists():
         raise DataError(f"labels {lab} does not exist")
+
+    def case_of(p: Path) -> str:
+        return p.stem[: len(p.stem) - len(image_suffix)] if image_suffix and p.stem.endswith(image_suffix) else p.stem
+
     if src.is_file():
-        target = out / f"{src.stem}.png" if out.is_dir() else out
+        target = out / f"{case_of(src)}.png" if out.is_dir() else out
         if target.suffix.lower() != ".png":
             raise ConfigError(f"output={out} must end in .png (or be an existing folder)")
-        label = None if lab is None else (lab if lab.is_file() else _mask_for(src.stem, lab, mask_suffix))
-        return [ImageCase(src.stem, src, target, label)]
-    files = sorted(p for p in src.iterdir() if p.is_file() and is_image(p))
-    if not files:
-        raise DataError(f"input folder {src} holds no image file ({'/'.join(EXTENSIONS)})")
-    if out.suffix.lower() == ".png" or out.is_file():
-        raise ConfigError(f"output={out} must be a folder when input={src} is a folder")
-    if lab is not None and not lab.is_dir():
-        raise ConfigError(f"labels={lab} must be a folder when input={src} is a folder")
-    stems = [p.stem for p in files]
-    twice = sorted({s for s in stems if stems.count(s) > 1})
-    if twice:
-        raise DataError(f"input folder {src} holds several files named {twice[0]} (.png/.jpg/.npy): one output each")
-    return [ImageCase(p.stem, p, out / f"{p.stem}.png", None if lab is None else _mask_for(p.stem, lab, mask_suffix))
-            for p in files]
+        label = None if lab is None else (lab if lab.is_file() else _mask_for(case_of(src), lab, mask_suffix))
+        cases = [ImageCase(case_of(src), src, target, label)]
+    else:
+        files = sorted(p for p in src.iterdir() if p.is_file() and is_image(p))
+        if not files:
+            raise DataError(f"input folder {src} holds no image file ({'/'.join(EXTENSIONS)})")
+        if out.suffix.lower() == ".png" or out.is_file():
+            raise ConfigError(f"output={out} must be a folder when input={src} is a folder")
+        if lab is not None and not lab.is_dir():
+            raise ConfigError(f"labels={lab} must be a folder when input={src} is a folder")
+        ids = [case_of(p) for p in files]
+        twice = sorted({c for c in ids if ids.count(c) > 1})
+        if twice:
+            raise DataError(f"input folder {src} holds several images of {twice[0]} (.png/.jpg/.npy): one output each")
+        cases = [ImageCase(c, p, out / f"{c}.png", None if lab is None else _mask_for(c, lab, mask_suffix))
+                 for c, p in zip(ids, files)]
+    refuse_overwrite([c.output for c in cases], [p for c in cases for p in (c.image, c.label) if p is not None])
+    return cases
 
 
 def predict_image(case: ImageCase, dm, predictor: VolumePredictor, threshold: float | None) -> np.ndarray:

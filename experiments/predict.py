@@ -12,6 +12,7 @@ in :mod:`engine.predict` and :mod:`engine.predict_images`; this is the command l
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +37,11 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _bare(name: str) -> str:
+    """An output file name without its extension (``seg.nii.gz`` -> ``seg``, ``a.b.png`` -> ``a.b``)."""
+    return re.sub(r"\.(nii\.gz|nii|png)$", "", name, flags=re.IGNORECASE)
 
 
 def _is_image_input(src: Path) -> bool:
@@ -77,7 +83,9 @@ def predict(cfg: DictConfig) -> dict:
                           f"(2D image files): give it image files (.png/.jpg/.npy), or a checkpoint trained on "
                           f"volumes (data=lits, kits, msd, nnunet...)")
     if images:
-        cases = plan_images(cfg.input, cfg.output, cfg.labels, str(models.run_cfg.data.get("mask_suffix") or ""))
+        data = models.run_cfg.data
+        cases = plan_images(cfg.input, cfg.output, cfg.labels, str(data.get("mask_suffix") or ""),
+                            str(data.get("image_suffix") or ""))
     for folder in sorted({c.output.parent for c in cases}):
         check_writable(folder)
     class_names = models.hparams.get("class_names") or dm.class_names
@@ -103,8 +111,10 @@ def predict(cfg: DictConfig) -> dict:
     if per_case:
         summary = summary_of(per_case)
         print_case_table(per_case, summary, "per-case metrics" if not images else "per-image metrics")
-        write_json(out.parent / "metrics.json", {"summary": summary, "per_case": per_case,
-                                                 "checkpoints": [str(c) for c in ckpts]})
+        # a folder's scores go in it; one file's beside it under its own name, never over a run's metrics.json
+        where = out.parent / "metrics.json" if src.is_dir() else out.with_name(f"{_bare(out.name)}.metrics.json")
+        write_json(where, {"summary": summary, "per_case": per_case, "checkpoints": [str(c) for c in ckpts]})
+        print(f"scores: {where}")
         return summary
     return {}
 

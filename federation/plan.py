@@ -113,7 +113,8 @@ def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | 
             raise FederationError(f"federation.num_clients=null: the {name} partitioner needs a number of clients")
         if int(num_clients) > len(remaining):
             raise FederationError(f"federation.num_clients={num_clients} is more than the {len(remaining)} "
-                                  f"{unit} left for clients")
+                                  f"{unit} left for clients"
+                                  + (" (federation.partition_unit=case)" if unit != "training samples" else ""))
         kw = dict(plain)
         if "seed" in params:
             kw.setdefault("seed", seed)
@@ -125,7 +126,8 @@ def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | 
         else:
             parts = fn(remaining, **kw)
     except ValueError as exc:  # the partitioner's own check on a parameter value
-        raise FederationError(f"federation.partition ({name}): {exc}") from exc
+        counted = "" if unit == "training samples" else " (a sample here is a whole volume: federation.partition_unit=case)"
+        raise FederationError(f"federation.partition ({name}): {exc}{counted}") from exc
     return [str(i) for i in range(len(parts))], parts
 
 
@@ -164,7 +166,7 @@ def _partition_cases(pcfg: Any, labels: np.ndarray | None, cases: np.ndarray, re
         lab = np.asarray(labels)[remaining]
         case_labels = np.array([np.bincount(lab[inverse == i].astype(np.int64)).argmax() for i in range(len(uniq))])
     ids, case_parts = call_partitioner(pcfg, case_labels, None, np.arange(len(uniq), dtype=np.int64), num_clients,
-                                       seed, unit="cases (whole volumes; federation.partition_unit=case)")
+                                       seed, unit="whole volumes")
     return ids, [np.sort(remaining[np.isin(inverse, part)]) for part in case_parts]
 
 
@@ -196,6 +198,11 @@ def split_clients(fed: Any, train: Any, test: Any, seed: int) -> ClientSplit:
         ids, parts = _partition_cases(fed.partition, labels, cases, remaining, fed.get("num_clients"), seed)
     else:
         ids, parts = call_partitioner(fed.partition, labels, groups, remaining, fed.get("num_clients"), seed)
+    name = str(fed.partition.get("_target_", "?")).rsplit(".", 1)[-1]
+    empty = [cid for cid, part in zip(ids, parts) if len(part) == 0]
+    if empty and name != "remote_sites":  # remote sites hold their data themselves: empty here by design
+        raise FederationError(f"federation.partition {name} leaves client(s) {', '.join(empty[:5])} without any "
+                              f"data: give fewer clients or other partition settings")
     if cases is not None and len(parts) > 1:
         owners: dict[str, set[str]] = {}
         case_of = np.asarray(cases)
@@ -206,17 +213,23 @@ def split_clients(fed: Any, train: Any, test: Any, seed: int) -> ClientSplit:
         if split:  # slice-level partitioners: one patient's slices at several hospitals
             log.warning("federation.partition %s puts slices of %d of %d volumes at more than one client "
                         "(federation.partition_unit=sample); a hospital holds whole patients: use "
-                        "federation.partition_unit=case", str(fed.partition.get("_target_", "?")).rsplit(".", 1)[-1],
-                        split, len(owners))
+                        "federation.partition_unit=case", name, split, len(owners))
     test_groups = getattr(test, "groups", None)
     site_of_test = None if test_groups is None else np.asarray(test_groups)
     partial = fed.get("partial_labels") or {}
     indices: dict[str, ClientIndices] = {}
+    single = []  # clients whose only volume also gives their validation slices
     for cid, part in zip(ids, parts):
         tr, va = carve_val(part, float(fed.get("client_val_fraction", 0.2)), client_seed(seed, -1, cid, "val"), cases)
+        if cases is not None and len(va) and len(np.unique(np.asarray(cases)[part])) == 1:
+            single.append(cid)
         te = None
         if site_of_test is not None and cid in set(site_of_test.tolist()):
             te = np.flatnonzero(site_of_test == cid)
         ann = partial.get(cid)
         indices[cid] = ClientIndices(tr, va, te, None if ann is None else [int(a) for a in ann])
+    if single:
+        log.warning("%d client(s) (%s) hold a single volume, so their validation slices come from the volume they "
+                    "train on: their val/* scores are optimistic; give fewer clients to have whole validation "
+                    "volumes", len(single), ", ".join(single[:5]))
     return ClientSplit(pool, list(ids), list(parts), indices)

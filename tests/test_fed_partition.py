@@ -162,5 +162,31 @@ def test_slice_data_is_partitioned_by_whole_volume(caplog):
             assert sorted(sorted(o) for o in owners) == [["v0", "v1"], ["v2", "v3"], ["v4", "v5"]]
     fed = OmegaConf.create({"partition": {"_target_": "federation.core.partition.iid"}, "num_clients": 7,
                             "client_val_fraction": 0.2})
-    with pytest.raises(Exception, match="more than the 6 cases"):
+    with pytest.raises(Exception, match="more than the 6 whole volumes"):
         split_clients(fed, train, None, seed=0)
+
+
+def test_empty_clients_and_single_volume_clients(caplog):
+    """A partition that leaves a client without data is one line before any round (it used to be accepted
+    and the client dropped from every round); a client holding one volume gets a warning that its validation
+    slices come from its training volume. Both found by an audit."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from federation.errors import FederationError
+    from federation.plan import split_clients
+
+    cases = np.repeat([f"v{i}" for i in range(6)], 5)
+    train = type("Slices", (), {"targets": np.zeros(30, np.int64), "case_ids": cases, "__len__": lambda self: 30})()
+    fed = OmegaConf.create({"partition": {"_target_": "federation.core.partition.quantity_skew", "sizes": [0.95, 0.05, 0.0]},
+                            "num_clients": 3, "client_val_fraction": 0.2})
+    with pytest.raises(FederationError, match="leaves client.s. 1, 2 without any data"):
+        split_clients(fed, train, None, seed=0)
+    for n, warned in ((6, True), (3, False)):
+        fed = OmegaConf.create({"partition": {"_target_": "federation.core.partition.iid"}, "num_clients": n,
+                                "client_val_fraction": 0.2})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="federation.plan"):
+            split_clients(fed, train, None, seed=0)
+        assert any("hold a single volume" in r.message for r in caplog.records) == warned, n

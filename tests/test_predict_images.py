@@ -67,7 +67,7 @@ def test_plan_pairs_masks_by_stem_and_refuses_ambiguous_names(tmp_path):
     assert [(c.case_id, c.output.name, c.label.name) for c in cases] == [("x", "x.png", "x_mask.png"),
                                                                         ("y", "y.png", "y_mask.jpg")]
     np.save(tmp_path / "in" / "x.npy", np.zeros((8, 8), np.float32))
-    with pytest.raises(Exception, match="several files named x"):
+    with pytest.raises(Exception, match="several images of x"):
         plan_images(tmp_path / "in", tmp_path / "out")
 
 
@@ -107,3 +107,48 @@ def test_cli_segments_a_folder_of_mixed_images_and_scores_them(tmp_path):
     for key, value in expected.items():
         got = metrics["per_case"]["p2"][key]
         assert (np.isnan(value) and np.isnan(got)) or got == pytest.approx(value), key
+    # one file: its scores go beside its output under its own name, never over a folder's metrics.json
+    one = ckpt.parent.parent / "p1_seg.png"
+    proc = run_in_process("experiments.predict", [f"ckpt={ckpt}", f"input={images / 'p1.png'}", f"output={one}",
+                                                  f"labels={masks}", "device=cpu"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert one.is_file() and (one.parent / "p1_seg.metrics.json").is_file()
+    assert not (one.parent / "metrics.json").exists()
+
+
+
+def test_output_never_replaces_an_input_and_image_suffix_pairs_as_in_training(tmp_path):
+    """Found by an audit: ``output=`` the input folder replaced ``b.png`` with its segmentation, and
+    ``data.image_suffix`` was not stripped, so ``c1_img`` looked for the mask ``c1_img_mask``."""
+    (tmp_path / "in").mkdir(), (tmp_path / "lab").mkdir()
+    for name in ("a.jpg", "b.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / name)
+    with pytest.raises(Exception, match="would overwrite the input"):
+        plan_images(tmp_path / "in", tmp_path / "in")
+    with pytest.raises(Exception, match="would overwrite the input"):
+        plan_images(tmp_path / "in" / "b.png", tmp_path / "in" / "b.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / "c1_img.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "lab" / "c1_mask.png")
+    (case,) = plan_images(tmp_path / "in" / "c1_img.png", tmp_path, tmp_path / "lab", "_mask", "_img")
+    assert (case.case_id, case.output.name, case.label.name) == ("c1", "c1.png", "c1_mask.png")
+
+
+def test_image_files_read_as_training_reads_them(tmp_path):
+    """16-bit PNGs are scaled by their bit depth (they were left at 0..65535), a [C, H, W] NPY is
+    channels-first (a [1, H, W] array was read as a 1 x H image), and a palette mask's indices are its
+    classes (they were read as the red channel of their colours). Found by an audit."""
+    from datamodules.folder2d import decode_mask, load_image
+
+    grey = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    assert np.allclose(load_image(tmp_path / "g16.png"), grey / 65535.0, atol=1e-6)
+    img = np.random.default_rng(0).random((3, 12, 20)).astype(np.float32)
+    np.save(tmp_path / "chw.npy", img)
+    np.save(tmp_path / "c1.npy", img[:1])
+    assert load_image(tmp_path / "chw.npy").shape == (12, 20)
+    assert np.allclose(load_image(tmp_path / "c1.npy"), img[0])
+    labels = np.array([[0, 1], [2, 1]], np.uint8)
+    pal = Image.fromarray(labels, mode="P")
+    pal.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+    pal.save(tmp_path / "pal.png")
+    assert np.array_equal(decode_mask(tmp_path / "pal.png", 127, None, None), labels)
