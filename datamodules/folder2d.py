@@ -31,20 +31,25 @@ from datamodules.volumes import apply_window, resize_slices
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy")
 
 
-def _read(path: Path, labels: bool = False) -> np.ndarray:
-    """Image file -> array ([H, W] or [H, W, C]); one-line DataError when unreadable. A palette PNG read as
-    ``labels`` gives its indices (the classes), not their colours."""
+def _read(path: Path) -> np.ndarray:
+    """Image file -> array ([H, W] or [H, W, C]); one-line DataError when unreadable."""
+    return _read_file(path, labels=False)[0]
+
+
+def _read_file(path: Path, labels: bool) -> tuple[np.ndarray, bool]:
+    """``(array, is a palette image)``; a palette PNG read as ``labels`` gives its indices (the classes), not
+    their colours."""
     try:
         if path.suffix.lower() == ".npy":
-            return _channels_last(np.load(path), path)  # allow_pickle=False: a file is data, never code
+            return _channels_last(np.load(path), path), False  # allow_pickle=False: a file is data, never code
         with Image.open(path) as im:
             if labels and im.mode == "P":
-                return np.asarray(im)
+                return np.asarray(im), True
             if im.mode.startswith("I;16"):  # 16-bit grey: uint16, whatever the byte order on disk
-                return np.asarray(im).astype(np.uint16)
+                return np.asarray(im).astype(np.uint16), False
             if im.mode == "I":  # 32-bit integer grey, how some Pillow versions open a 16-bit PNG
-                return np.asarray(im).astype(np.uint16 if im.format == "PNG" else np.int32)
-            return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB", "F") else im)
+                return np.asarray(im).astype(np.uint16 if im.format == "PNG" else np.int32), False
+            return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB", "F") else im), False
     except DataError:
         raise
     except Exception as exc:
@@ -80,8 +85,8 @@ def decode_mask(path: Path, threshold: float | None, channel: int | None,
     """Mask file -> uint8 labels [H, W]: pick ``channel`` (else the first one), then ``label_map``
     (pixel value -> class; unmapped values are an error) or ``value > threshold`` or the raw values. A
     palette PNG's indices are its labels: no channel or threshold applies (``label_map`` does)."""
-    m = _read(path, labels=True)
-    if _is_palette(path):
+    m, palette = _read_file(path, labels=True)
+    if palette:
         threshold = None
     if m.ndim == 3:
         c = 0 if channel is None else channel
@@ -103,11 +108,10 @@ def decode_mask(path: Path, threshold: float | None, channel: int | None,
     return m.astype(np.uint8)
 
 
-def _is_palette(path: Path) -> bool:
-    if path.suffix.lower() == ".npy":
-        return False
-    with Image.open(path) as im:  # the header only
-        return im.mode == "P"
+def strip_suffix(stem: str, suffix: str) -> str:
+    """A file stem without ``data.image_suffix``/``mask_suffix`` (``c1_img`` -> ``c1``): how images and masks
+    pair up, in training and predict."""
+    return stem[: len(stem) - len(suffix)] if suffix and stem.endswith(suffix) else stem
 
 
 def _natural(case_id: str) -> tuple:
@@ -219,7 +223,7 @@ class FolderSegmentationDataModule(SliceDataModule):
         out = {}
         for p in sorted(folder.iterdir()):
             if p.suffix.lower() in EXTENSIONS and not p.name.startswith(".") and p.stem.endswith(suffix):
-                out[p.stem[: len(p.stem) - len(suffix)] if suffix else p.stem] = p
+                out[strip_suffix(p.stem, suffix)] = p
         return out
 
     def pairs(self, image_dir: Path | None = None, mask_dir: Path | None = None) -> list[tuple[str, Path, Path]]:

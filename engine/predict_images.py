@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from datamodules.errors import DataError
-from datamodules.folder2d import EXTENSIONS
+from datamodules.folder2d import EXTENSIONS, strip_suffix
 from engine.predict import refuse_overwrite
 from lightning_modules.atomic import atomic_output
 from lightning_modules.errors import ConfigError
@@ -66,7 +66,7 @@ def plan_images(input: str | Path, output: str | Path, labels: str | Path | None
         raise DataError(f"labels {lab} does not exist")
 
     def case_of(p: Path) -> str:
-        return p.stem[: len(p.stem) - len(image_suffix)] if image_suffix and p.stem.endswith(image_suffix) else p.stem
+        return strip_suffix(p.stem, image_suffix)
 
     if src.is_file():
         target = out / f"{case_of(src)}.png" if out.is_dir() else out

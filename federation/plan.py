@@ -74,7 +74,7 @@ def _known_params() -> set[str]:
 
 
 def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | None, remaining: np.ndarray,
-                     num_clients: int | None, seed: int, unit: str = "training samples"
+                     num_clients: int | None, seed: int, by_volume: bool = False
                      ) -> tuple[list[str], list[np.ndarray]]:
     """Call ``federation.partition`` (a ``_target_`` config) with what its signature asks for: ``groups``
     (by site), ``labels`` (label skew), ``seed``, ``num_clients``. Returns (client ids, index arrays)."""
@@ -113,8 +113,8 @@ def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | 
             raise FederationError(f"federation.num_clients=null: the {name} partitioner needs a number of clients")
         if int(num_clients) > len(remaining):
             raise FederationError(f"federation.num_clients={num_clients} is more than the {len(remaining)} "
-                                  f"{unit} left for clients"
-                                  + (" (federation.partition_unit=case)" if unit != "training samples" else ""))
+                                  + ("whole volumes left for clients (federation.partition_unit=case)" if by_volume
+                                     else "training samples left for clients"))
         kw = dict(plain)
         if "seed" in params:
             kw.setdefault("seed", seed)
@@ -126,7 +126,7 @@ def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | 
         else:
             parts = fn(remaining, **kw)
     except ValueError as exc:  # the partitioner's own check on a parameter value
-        counted = "" if unit == "training samples" else " (a sample here is a whole volume: federation.partition_unit=case)"
+        counted = " (a sample here is a whole volume: federation.partition_unit=case)" if by_volume else ""
         raise FederationError(f"federation.partition ({name}): {exc}{counted}") from exc
     return [str(i) for i in range(len(parts))], parts
 
@@ -166,7 +166,7 @@ def _partition_cases(pcfg: Any, labels: np.ndarray | None, cases: np.ndarray, re
         lab = np.asarray(labels)[remaining]
         case_labels = np.array([np.bincount(lab[inverse == i].astype(np.int64)).argmax() for i in range(len(uniq))])
     ids, case_parts = call_partitioner(pcfg, case_labels, None, np.arange(len(uniq), dtype=np.int64), num_clients,
-                                       seed, unit="whole volumes")
+                                       seed, by_volume=True)
     return ids, [np.sort(remaining[np.isin(inverse, part)]) for part in case_parts]
 
 
