@@ -38,6 +38,22 @@ def test_node_teacher_and_data_override_the_servers_paths(seen):
     assert cfg.module.teacher_ckpt == "/server/teacher.pt"  # other sites' entries untouched: only site_b's override
 
 
+def test_the_node_teacher_wins_wherever_the_server_names_one(seen):
+    """Found by an audit: the server left ``module.teacher_ckpt`` out and named a file of its choosing in
+    ``client_module.site_b``; the node kept it and loaded that file. A real site without ``teacher`` now
+    refuses a server-named teacher path."""
+    ccfg = {**CCFG, "module": {"_target_": "lightning_modules.distillation.DistillationModule"},
+            "federation": {"client_module": {"site_b": {"teacher_ckpt": "/home/other_project/private.ckpt"}}}}
+    node = {"site": "site_b", "data-root": "/site_b/ct", "teacher": "/site_b/teacher.pt", "partition": "all"}
+    node_train("site_b", None, ccfg, node)
+    assert seen["cfg"].federation.client_module.site_b.teacher_ckpt == "/site_b/teacher.pt"
+    seen.clear()
+    for server_side in (ccfg, CCFG):
+        with pytest.raises(FederationError, match="site_b.*names the teacher checkpoint.*set teacher="):
+            node_train("site_b", None, server_side, {**node, "teacher": ""})
+    assert seen == {}
+
+
 def test_a_rehearsal_node_without_settings_keeps_the_servers_config(seen):
     node_train("site_a", None, CCFG, {"site": "site_a", "partition": "derive", "data-root": ""})  # "" is unset
     cfg = seen["cfg"]
@@ -67,7 +83,7 @@ def test_the_server_cannot_point_a_node_outside_its_data_root(seen, key, value):
 def test_relative_data_paths_stay_under_the_node_root(seen):
     ccfg = {**CCFG, "data": {**CCFG["data"], "split_file": "splits/fold0.json", "image_dir": "train/images",
                              "case_pattern": r"^(\d+)_(?P<slice>\d+)"}}
-    node_train("site_b", None, ccfg, {"site": "site_b", "data-root": "/site_b/ct"})
+    node_train("site_b", None, ccfg, {"site": "site_b", "data-root": "/site_b/ct", "teacher": "t.pt"})
     data = seen["cfg"].data
     assert (data.root, data.split_file, data.image_dir) == ("/site_b/ct", "/site_b/ct/splits/fold0.json", "train/images")
 

@@ -13,8 +13,9 @@ The SuperNode's node config names the site and its data (``flower-supernode --no
 * ``privacy``: ``secagg`` makes the node refuse any ``train`` message that is not part of a SecAgg+ round
   (a site's own guarantee: the server cannot ask it for its weights in clear).
 * ``teacher``: the site's copy of the frozen teacher's weights for a distillation module (the federated
-  student ``fed_hlfd`` of :mod:`engine.fed_distill`): overrides ``module.teacher_ckpt`` for this site (the
-  run config names the server's path, which a real site does not have).
+  student ``fed_hlfd`` of :mod:`engine.fed_distill`): replaces the server's ``teacher_ckpt`` for this site, in
+  ``module`` or ``federation.client_module`` (the server's path means nothing on a site's host, and a real site
+  without ``teacher`` refuses it rather than load a file the server names: :func:`.node.pin_teacher`).
 
 A ``train`` message carries the global weights and the experiment's client config; the reply carries
 weights, a sample count and scalar metrics only (:mod:`.wire`). A ``query`` message asks which site a

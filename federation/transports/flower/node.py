@@ -11,13 +11,37 @@ from typing import Any, Mapping
 
 from omegaconf import OmegaConf, open_dict
 
-__all__ = ["node_train", "node_value"]
+__all__ = ["node_train", "node_value", "pin_teacher"]
 
 
 def node_value(node: Mapping[str, Any], key: str, default: Any = None) -> Any:
     """A node-config value; an empty string counts as unset (``--node-config 'data-root=""'``)."""
     value = node.get(key, default)
     return default if value in (None, "") else value
+
+
+def pin_teacher(cfg: Any, client_id: str, node: Mapping[str, Any], mode: str) -> None:
+    """The teacher checkpoint this client loads is the node's own ``teacher``, wherever the server put a
+    ``teacher_ckpt`` (``module`` or ``federation.client_module.<client_id>``). A real site (``partition="all"``)
+    without ``teacher`` refuses a server-named path: it would load whatever file the server names on this
+    host. The rehearsal (``derive``, every node on the server's host) keeps the server's path."""
+    per = OmegaConf.to_container(cfg.federation.get("client_module") or {}) if "federation" in cfg else {}
+    own = per.get(client_id) or {}
+    if "teacher_ckpt" not in cfg.module and "teacher_ckpt" not in own:
+        return
+    teacher = node_value(node, "teacher")
+    if teacher is None:
+        named = own.get("teacher_ckpt", cfg.module.get("teacher_ckpt"))
+        if named not in (None, "") and mode == "all":
+            from federation.errors import FederationError
+            raise FederationError(f"node config of site {client_id!r}: the server names the teacher checkpoint "
+                                  f"{named!r}; a real site loads only its own copy (set teacher=<path> in the node "
+                                  f"config)")
+        return
+    per[client_id] = {**own, "teacher_ckpt": str(teacher)}
+    if "federation" not in cfg:
+        cfg.federation = {}
+    cfg.federation.client_module = per
 
 
 def node_train(client_id: str, server_msg: Any, ccfg: Mapping[str, Any], node: Mapping[str, Any]) -> Any:
@@ -48,10 +72,7 @@ def node_train(client_id: str, server_msg: Any, ccfg: Mapping[str, Any], node: M
     with open_dict(cfg):
         if node_value(node, "layout") is not None:
             cfg.data.layout = str(node_value(node, "layout"))
-        if node_value(node, "teacher") is not None and "teacher_ckpt" in cfg.module:
-            per = OmegaConf.to_container(cfg.federation.get("client_module") or {})
-            per[client_id] = {**(per.get(client_id) or {}), "teacher_ckpt": str(node_value(node, "teacher"))}
-            cfg.federation.client_module = per
+        pin_teacher(cfg, client_id, node, mode)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # as the server before its base datamodule
     base = get_base_datamodule(cfg.data)
     indices = site_indices(cfg, base, client_id, mode)
