@@ -31,7 +31,7 @@ from engine.builders import (
     check_datamodule,
 )
 from engine.tracking import log_run_facts
-from lightning_modules.checkpoints import load_checkpoint
+from lightning_modules.checkpoints import load_checkpoint, stored_net_cfg
 from lightning_modules.errors import CheckpointError, ConfigError, one_line
 from lightning_modules.targets import check_targets
 from engine.wandb_tracking import write_summary
@@ -88,7 +88,7 @@ def checked_ckpt(path: str | Path | None, what: str = "ckpt_path") -> dict[str, 
 def test_only_cfg(cfg: DictConfig, ckpt: dict[str, Any], path: str) -> DictConfig:
     """Test-only runs (``train=false ckpt_path=...``) build the net from the checkpoint's own (allow-listed)
     net config, as predict does, not from the command line's default model."""
-    stored = (ckpt.get("hyper_parameters") or {}).get("net")
+    stored = stored_net_cfg(ckpt, path, "checkpoint")
     if not isinstance(stored, Mapping):
         return cfg
     try:

@@ -31,7 +31,7 @@ from hydra.utils import get_object
 
 from lightning_modules.errors import ConfigError
 from lightning_modules.targets import (LIBRARY_PACKAGES, PROJECT_PACKAGES, check_target, check_targets,
-                                       extra_prefixes, under_prefixes)
+                                       extra_prefixes, no_downloads, under_prefixes)
 
 __all__ = ["check_received_config", "check_received_target", "pin_data_paths"]
 
@@ -91,6 +91,8 @@ def check_received_config(ccfg: Mapping[str, Any], what: str = "client config fr
         cfg["federation"].pop("executor", None)
     _drop_cache_dirs(cfg.get("data"))
     check_targets(cfg, what, check_received_target)
+    if isinstance(cfg.get("module"), Mapping):  # the weights come from the server: nothing is fetched here
+        cfg["module"] = no_downloads(cfg["module"], f"{what}: module")
     return cfg
 
 

@@ -15,7 +15,8 @@ from torch import nn
 
 from lightning_modules.atomic import atomic_output
 from lightning_modules.base import build
-from lightning_modules.errors import CheckpointError, one_line
+from lightning_modules.errors import CheckpointError, ConfigError, one_line
+from lightning_modules.targets import no_downloads
 
 #: net hyper-parameters compared between a checkpoint's stored net config and an expected one.
 ARCH_KEYS = ("_target_", "in_channels", "classes", "preset", "width", "filters", "encoder_name", "decoder")
@@ -35,6 +36,18 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     return dict(ckpt)
 
 
+def stored_net_cfg(ckpt: Mapping[str, Any], path: str | Path, what: str = "checkpoint") -> Any:
+    """The net config a checkpoint stores (``hyper_parameters.net``), made to build offline
+    (:func:`lightning_modules.targets.no_downloads`); a Hub model name is a :class:`CheckpointError`."""
+    stored = (ckpt.get("hyper_parameters") or {}).get("net")
+    if not isinstance(stored, Mapping):
+        return stored
+    try:
+        return no_downloads(stored, f"{what} {path} net")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from err
+
+
 def net_state(ckpt: Mapping[str, Any], path: str | Path, expected: Mapping | None = None,
               what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], Mapping | None]:
     """``(net state dict, stored net config)`` of a framework module checkpoint or a bare state dict.
@@ -46,7 +59,7 @@ def net_state(ckpt: Mapping[str, Any], path: str | Path, expected: Mapping | Non
         if not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
             raise CheckpointError(f"{what} {path} has no 'state_dict' and is not a state dict")
         return dict(ckpt), None
-    stored = (ckpt.get("hyper_parameters") or {}).get("net")
+    stored = stored_net_cfg(ckpt, path, what)
     if isinstance(stored, Mapping) and isinstance(expected, Mapping):
         diffs = [f"{k}: checkpoint {stored.get(k)!r} vs config {expected.get(k)!r}"
                  for k in ARCH_KEYS if k in stored and k in expected and stored.get(k) != expected.get(k)]
@@ -89,6 +102,9 @@ def load_net(path: str | Path) -> nn.Module:
     payload = load_checkpoint(path, "net file")
     if not isinstance(payload.get("net"), Mapping):
         raise CheckpointError(f"net file {path} stores no net config")
-    net = build(payload["net"], what="net")
+    try:
+        net = build(no_downloads(payload["net"], f"net file {path} net"), what="net")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from err
     net.load_state_dict(payload["state_dict"])
     return net

@@ -109,3 +109,27 @@ def check_targets(cfg: Any, what: str = "object", check: Any = None) -> None:
     elif isinstance(cfg, (list, tuple)):
         for i, value in enumerate(cfg):
             check_targets(value, f"{what}[{i}]", check)
+
+
+#: net arguments that make a constructor fetch weights from the network, and their offline values
+DOWNLOAD_KEYS = {"encoder_weights": None, "pretrained": False, "weights": None}
+#: timm's / huggingface_hub's model names fetched from the Hub (``tu-hf-hub:org/name`` in smp)
+HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+
+
+def no_downloads(cfg: Any, what: str = "net") -> Any:
+    """A copy of a net config read from a checkpoint or received from the network that builds without
+    touching the network: ``encoder_weights`` / ``weights`` -> ``None`` and ``pretrained`` -> ``False``
+    (the weights come from the checkpoint or the server, so nothing is lost), and a Hugging Face Hub
+    model name is refused with one line (its architecture itself is fetched, from a repo the file names)."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+    if isinstance(cfg, str) and any(p in cfg.lower() for p in HUB_PREFIXES):
+        raise ConfigError(f"{what}={cfg!r} refused: a config read from a file or the network may not name a "
+                          f"Hugging Face Hub model (it would be fetched from a repo the file chooses)")
+    if isinstance(cfg, Mapping):
+        return {k: (DOWNLOAD_KEYS[k] if k in DOWNLOAD_KEYS and isinstance(v, (str, bool)) and v
+                    else no_downloads(v, f"{what}.{k}")) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [no_downloads(v, f"{what}[{i}]") for i, v in enumerate(cfg)]
+    return cfg

@@ -93,3 +93,14 @@ def test_node_refuses_a_foreign_target_before_building_anything(seen):
     with pytest.raises(ConfigError, match="os.system"):
         node_train("site_a", None, bad, {"site": "site_a"})
     assert seen == {}
+
+
+def test_a_received_net_config_builds_offline_and_names_no_hub_model():
+    """The server's config cannot make a node fetch anything: weights come from the server every round."""
+    from federation.received import check_received_config
+
+    net = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": "imagenet"}
+    got = check_received_config({**CCFG, "module": {**CCFG["module"], "net": net}})
+    assert got["module"]["net"]["encoder_weights"] is None
+    with pytest.raises(ConfigError, match="module.net.encoder_name.*Hugging Face Hub"):
+        check_received_config({**CCFG, "module": {**CCFG["module"], "net": {**net, "encoder_name": "tu-hf-hub:a/b"}}})

@@ -185,6 +185,52 @@ def test_crafted_target_in_teacher_checkpoint_refused(trained, tmp_path):
     assert_one_line_error(proc, "shutil.copyfile")
 
 
+HUB_NET = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "tu-hf-hub:attacker-org/beacon-model",
+           "encoder_weights": "imagenet", "in_channels": 1, "classes": 2}
+
+
+@pytest.mark.parametrize("entry", ["predict", "test_only"])
+def test_crafted_hub_model_in_checkpoint_is_refused_before_any_download(trained, tmp_path, entry):
+    """Found by an audit: a checkpoint whose net names a timm Hub encoder made predict contact a repo the
+    file chose (the class is allowed; its arguments fetched the architecture). Now one line, nothing built."""
+    ckpt = _crafted_config_ckpt(trained, tmp_path, HUB_NET)
+    if entry == "predict":
+        volume = trained / "data" / "synthetic_lits" / "volume-0.nii.gz"
+        args = [f"ckpt={ckpt}", f"input={volume}", f"output={tmp_path / 'seg.nii.gz'}"]
+        proc = run_cli("experiments.predict", args, tmp_path)
+    else:
+        proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", "train=false",
+                                           f"hydra.run.dir={tmp_path / 'r'}", f"ckpt_path={ckpt}"], tmp_path)
+    line = assert_one_line_error(proc, "best.ckpt")
+    assert "Hugging Face Hub" in line and "huggingface.co" not in proc.stderr
+
+
+def test_a_checkpoint_trained_from_pretrained_weights_loads_offline(tmp_path):
+    """A checkpoint's net config saying ``encoder_weights=imagenet`` is rebuilt without fetching anything
+    (its weights are in the file): before, loading it offline failed in the download."""
+    from lightning_modules.checkpoints import net_from_checkpoint
+
+    cfg = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "in_channels": 1, "classes": 2}
+    net = build({**cfg, "encoder_weights": None})
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"net": {**cfg, "encoder_weights": "imagenet"}}}, tmp_path / "m.ckpt")
+    loaded = net_from_checkpoint(tmp_path / "m.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+
+
+def test_no_downloads_rewrites_weight_keys_and_refuses_hub_names():
+    from lightning_modules.targets import no_downloads
+
+    cfg = {"_target_": "x.Net", "encoder_weights": "imagenet", "pretrained": True, "weights": "IMAGENET1K_V1",
+           "loss": {"weights": [1.0, 2.0]}, "sub": [{"pretrained": False}]}
+    assert no_downloads(cfg) == {"_target_": "x.Net", "encoder_weights": None, "pretrained": False, "weights": None,
+                                 "loss": {"weights": [1.0, 2.0]}, "sub": [{"pretrained": False}]}
+    with pytest.raises(ConfigError, match=r"net\.encoder_name=.*Hugging Face Hub"):
+        no_downloads(HUB_NET)
+    with pytest.raises(ConfigError, match="Hugging Face Hub"):
+        no_downloads({"model_name": "HF_HUB:org/x"})
+
+
 def test_build_allow_list():
     assert type(build({"_target_": "torch.nn.Identity"})).__name__ == "Identity"
     for target in ("os.system", "builtins.eval", "lightning_modules.base.instantiate",
