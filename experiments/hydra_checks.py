@@ -1,5 +1,6 @@
-"""Checks Hydra runs before it creates the run dir: an output folder that cannot be written is one line
-naming it and exit code 2 (Hydra itself would fail with a stack trace after creating part of the tree).
+"""Checks Hydra runs before it creates the run dir: an output folder that cannot be written, or an existing
+one (``resume=``) holding a link out of it, is one line naming it and exit code 2 (Hydra itself would fail
+with a stack trace after creating part of the tree, or write through the link).
 
 :func:`run_cli` does the same for Hydra's own command-line errors (a mistyped key, an unknown config
 option, an override that does not parse): one line and exit code 2, where Hydra prints several lines, its
@@ -41,6 +42,26 @@ def not_resumable_line(resume: str) -> str:
     return f"error: resume={resume} is not a run dir to continue (no checkpoints/, server.pt or teacher/ in it)"
 
 
+def foreign_link(folder: str | Path) -> tuple[Path, str] | None:
+    """The first link under an existing run folder that leads outside it (or nowhere), with its target.
+
+    A run writes into its folder: CSV logs, ``run.log``, checkpoints, ``metrics.json``. A crafted run folder
+    handed to ``resume=`` with ``csv/hparams.yaml`` linked to another file would have that file replaced.
+    Links inside the folder (W&B's ``wandb/latest-run``) are fine."""
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    base = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            entry = Path(dirpath) / name
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not target.exists() or not target.is_relative_to(base):
+                    return entry.relative_to(root), os.readlink(entry)
+    return None
+
+
 class WritableOutput(Callback):
     """``hydra.run.dir`` / ``hydra.sweep.dir`` must be creatable and writable before anything is written."""
 
@@ -59,6 +80,11 @@ class WritableOutput(Callback):
             sys.exit(2)  # before Hydra creates a run dir for a run that will not happen
         HydraConfig.instance().set_config(config)  # ${hydra:runtime.choices...} in the run dir's name
         self._check(config.hydra.run.dir, "hydra.run.dir")
+        link = foreign_link(str(config.hydra.run.dir))
+        if link is not None:
+            print(f"error: run dir {config.hydra.run.dir} holds {link[0]}, a link to {link[1]} outside it; a run "
+                  f"writes only into its own folder (remove the link)", file=sys.stderr)
+            sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)

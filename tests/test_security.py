@@ -122,6 +122,35 @@ def test_crafted_pickle_as_teacher_runs_nothing(trained, tmp_path):
     assert_one_line_error(proc, "teacher.ckpt")
 
 
+@pytest.mark.parametrize("linked", ["csv/hparams.yaml", "run.log", "checkpoints"])
+def test_resume_refuses_a_run_folder_linking_out_of_itself(trained, tmp_path, linked):
+    """Found by an audit: ``resume=`` a crafted run folder whose ``csv/hparams.yaml`` linked to another file
+    replaced that file with the module's hyper-parameters (exit 0). Now one line before anything is written."""
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(trained / "run", run, symlinks=True)
+    victim = tmp_path / "victim"
+    victim.mkdir() if linked == "checkpoints" else victim.write_text("precious")
+    before = sorted(p.name for p in victim.iterdir()) if victim.is_dir() else victim.read_text()
+    target = run / linked
+    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    target.symlink_to(victim)
+    proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", f"resume={run}"], tmp_path)
+    assert_one_line_error(proc, linked.split("/")[-1], "outside")
+    assert (sorted(p.name for p in victim.iterdir()) if victim.is_dir() else victim.read_text()) == before
+
+
+def test_links_inside_a_run_folder_are_fine(tmp_path):
+    from experiments.hydra_checks import foreign_link
+
+    (tmp_path / "wandb" / "run-1").mkdir(parents=True)
+    (tmp_path / "wandb" / "latest-run").symlink_to("run-1")  # what W&B writes
+    assert foreign_link(tmp_path) is None
+    (tmp_path / "wandb" / "dangling").symlink_to(tmp_path / "nowhere")
+    assert foreign_link(tmp_path) == (Path("wandb/dangling"), str(tmp_path / "nowhere"))
+
+
 # ------------------------------------------------------------------ 2. a checkpoint's config is data
 def _crafted_config_ckpt(trained: Path, tmp: Path, net_cfg: dict) -> Path:
     ckpt = torch.load(trained / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
