@@ -80,7 +80,7 @@ class WritableOutput(Callback):
             sys.exit(2)  # before Hydra creates a run dir for a run that will not happen
         HydraConfig.instance().set_config(config)  # ${hydra:runtime.choices...} in the run dir's name
         self._check(config.hydra.run.dir, "hydra.run.dir")
-        link = foreign_link(str(config.hydra.run.dir))
+        link = foreign_link(str(config.hydra.run.dir)) if resume not in (None, False, "false") else None
         if link is not None:
             print(f"error: run dir {config.hydra.run.dir} holds {link[0]}, a link to {link[1]} outside it; a run "
                   f"writes only into its own folder (remove the link)", file=sys.stderr)
