@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.artifacts import atomic_write_text
 from engine.tracking import wandb_mode
+from lightning_modules.base import instantiate_with_args_checked
 from lightning_modules.errors import ConfigError
 
 #: Keys a data config carries for interpolation by the model/module configs (``${data.num_classes}``),
@@ -27,7 +28,7 @@ def build_datamodule(data_cfg: DictConfig, **overrides: Any) -> pl.LightningData
     plain = OmegaConf.to_container(data_cfg, resolve=True)
     meta = {k: plain.pop(k) for k in DATA_META_KEYS if k in plain}
     plain.update(overrides)
-    dm = instantiate(plain, _convert_="all")
+    dm = instantiate_with_args_checked(plain, "data")
     dm._declared_meta = meta  # checked after setup(), when the datamodule knows its classes
     return dm
 

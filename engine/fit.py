@@ -85,6 +85,24 @@ def checked_ckpt(path: str | Path | None, what: str = "ckpt_path") -> dict[str, 
     return ckpt
 
 
+#: what Lightning restores when it continues training from a checkpoint, and the type each must have
+TRAINER_STATE = {"pytorch-lightning_version": str, "epoch": int, "global_step": int, "optimizer_states": list,
+                 "lr_schedulers": list, "loops": dict, "callbacks": dict}
+
+
+def check_trainer_state(ckpt: dict[str, Any], path: str | Path) -> None:
+    """A checkpoint that training continues from (``resume``, ``ckpt_path`` with ``train=true``) must hold
+    Lightning's trainer state with the types Lightning expects: one :class:`CheckpointError` naming the key,
+    not a ``KeyError`` from inside Lightning's restore."""
+    if not isinstance(ckpt.get("pytorch-lightning_version"), str):
+        raise CheckpointError(f"ckpt_path {path} holds weights without trainer state (no 'pytorch-lightning_version'):"
+                              f" training cannot continue from it; test it with train=false")
+    for key, kind in TRAINER_STATE.items():
+        if key in ckpt and not isinstance(ckpt[key], kind):
+            raise CheckpointError(f"ckpt_path {path}: '{key}' holds {type(ckpt[key]).__name__}, expected "
+                                  f"{kind.__name__} (not a checkpoint Lightning wrote)")
+
+
 def test_only_cfg(cfg: DictConfig, ckpt: dict[str, Any], path: str) -> DictConfig:
     """Test-only runs (``train=false ckpt_path=...``) build the net from the checkpoint's own (allow-listed)
     net config, as predict does, not from the command line's default model."""
@@ -123,6 +141,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     given = checked_ckpt(ckpt_path)
     if given is not None and not train and module is None:
         cfg = test_only_cfg(cfg, given, str(ckpt_path))
+    if given is not None and train:
+        check_trainer_state(given, str(ckpt_path))
     datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")

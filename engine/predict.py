@@ -17,7 +17,7 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from datamodules.errors import DataError
 from datamodules.spatial import voxel_spacing
@@ -140,6 +140,11 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
         ckpt = load_checkpoint(path)
         # Lightning keeps the datamodule's state_dict() under its class name (CT normalisation statistics)
         data_states.append({k: dict(v) for k, v in ckpt.items() if isinstance(v, dict) and "ct_stats" in v})
+        for key, st in data_states[-1].items():
+            stats = st["ct_stats"]
+            if stats is not None and not (isinstance(stats, (list, tuple)) and len(stats) == 2
+                                          and all(isinstance(x, (int, float)) for x in stats)):
+                raise CheckpointError(f"checkpoint {path}: {key}.ct_stats={stats!r} is not [mean, std]")
         hp = dict(ckpt.get("hyper_parameters") or {})
         if "task" in hp or ("state_dict" in ckpt and "eval_slices" not in hp):
             raise CheckpointError(f"checkpoint {path} is not a segmentation checkpoint"
@@ -148,7 +153,7 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
         state, net_cfg = net_state(ckpt, path)
         if not isinstance(net_cfg, dict):
             raise CheckpointError(f"checkpoint {path} stores no net config (not a framework segmentation checkpoint)")
-        net = build(net_cfg, what="net")
+        net = build(net_cfg, what=f"checkpoint {path} net")
         try:
             net.load_state_dict(state)
         except RuntimeError as err:
@@ -165,7 +170,14 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
     run_cfg_path = Path(run_config) if run_config else first.resolve().parent.parent / "config.yaml"
     if not run_cfg_path.is_file():
         raise CheckpointError(f"no run config at {run_cfg_path}; pass run_config=<training run>/config.yaml")
-    run_cfg = OmegaConf.load(run_cfg_path)
+    try:
+        run_cfg = OmegaConf.load(run_cfg_path)
+    except Exception as err:  # noqa: BLE001 - a YAML or OmegaConf error: the file is bad, not the program
+        raise CheckpointError(f"run config {run_cfg_path} does not parse ({one_line(err)})") from err
+    if not isinstance(run_cfg, DictConfig) or not isinstance(run_cfg.get("data"), DictConfig) \
+            or "_target_" not in run_cfg.data:
+        raise CheckpointError(f"run config {run_cfg_path} holds no data config (data._target_); pass "
+                              f"run_config=<training run>/config.yaml")
     dm_key = str(OmegaConf.select(run_cfg, "data._target_", default="") or "").rsplit(".", 1)[-1]
     states = [s.get(dm_key, {}) for s in data_states]
     for path, st in zip(ckpts[1:], states[1:]):

@@ -5,11 +5,13 @@ federated client, a distillation student and a centralised run train through the
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -34,8 +36,24 @@ def build(obj: Any, *args: Any, what: str = "object") -> Any:
         if isinstance(obj, DictConfig):  # our own composed config: resolved here, so what is checked is built
             obj = OmegaConf.to_container(obj, resolve=True)
         check_targets(obj, what)
-        return instantiate(obj, *args, _convert_="all")
+        return instantiate_with_args_checked(obj, what, *args)
     return obj
+
+
+#: a constructor called with arguments it does not take (a mistyped key, a checkpoint's config from elsewhere)
+_ARGUMENT_ERROR = re.compile(r"unexpected keyword argument|missing \d+ required|got multiple values|takes \d+ positional")
+
+
+def instantiate_with_args_checked(obj: Mapping, what: str, *args: Any) -> Any:
+    """``instantiate(obj)``; a constructor given arguments it does not take is one :class:`ConfigError`
+    naming ``what``, the class and the argument (Hydra wraps it in a multi-line InstantiationException)."""
+    try:
+        return instantiate(obj, *args, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, TypeError) and _ARGUMENT_ERROR.search(str(cause)):
+            raise ConfigError(f"{what} {obj.get('_target_')}: {cause}") from err
+        raise
 
 
 def _check_optimizer(optimizer: Any) -> None:

@@ -80,7 +80,7 @@ def net_from_checkpoint(path: str | Path, expected: Mapping | None = None, what:
     cfg = stored if isinstance(stored, Mapping) else expected
     if not isinstance(cfg, Mapping):
         raise CheckpointError(f"{what} {path} stores no net config; give the model config explicitly")
-    net = build(dict(cfg), what="net")
+    net = build(dict(cfg), what=f"{what} {path} net")
     try:
         net.load_state_dict(state)
     except RuntimeError as err:

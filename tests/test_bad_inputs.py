@@ -116,6 +116,16 @@ def _target(env, tmp):
     return ["train=false", f"ckpt_path={save_ckpt(env, tmp, net=net)}"], "os.system"
 
 
+def _weights_without_trainer_state(env, tmp):  # found by an audit: KeyError 'pytorch-lightning_version'
+    return [f"ckpt_path={save_ckpt(env, tmp)}"], "trainer state"
+
+
+def _trainer_state_of_wrong_type(env, tmp):  # found by an audit: AttributeError from Lightning's loop restore
+    torch.save({**env["ckpt"], "pytorch-lightning_version": "2.5.0", "epoch": 0, "global_step": 0, "loops": 5},
+               tmp / "loops.ckpt")
+    return [f"ckpt_path={tmp / 'loops.ckpt'}"], "'loops' holds int"
+
+
 def _resume_crafted(env, tmp):
     (tmp / "run" / "checkpoints").mkdir(parents=True)
     torch.save({"state_dict": {"x": Marker(str(tmp / "pwned"))}}, tmp / "run" / "checkpoints" / "last.ckpt")
@@ -217,6 +227,8 @@ CASES: dict[str, Setup] = {
     "ckpt_other_architecture": _other_arch,
     "ckpt_other_class_count": _other_classes,
     "ckpt_crafted_target": _target,
+    "ckpt_fit_without_trainer_state": _weights_without_trainer_state,
+    "ckpt_fit_trainer_state_wrong_type": _trainer_state_of_wrong_type,
     "resume_not_a_run_dir": simple(["resume=/nonexistent/run"], "/nonexistent/run"),
     "resume_crafted_last_ckpt": _resume_crafted,
     "teacher_missing": simple([*KD, "distill.teacher.ckpt=/nonexistent/teacher.ckpt"], "/nonexistent/teacher.ckpt"),

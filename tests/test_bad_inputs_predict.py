@@ -37,7 +37,27 @@ def files(module_tmp):
     run_cfg.data = {"_target_": "datamodules.folder2d.FolderSegmentationDataModule", "root": str(tmp),
                     "image_dir": "empty_dir", "mask_dir": "empty_dir", "class_names": ["background", "liver"]}
     (folder_run / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg))
+    crafted = {  # found by an audit: each was a traceback (TypeError, AttributeError, ParserError, ...)
+        "bogus_arg": (lambda c: c["hyper_parameters"]["net"].update(bogus=1), None),
+        "bad_stats": (lambda c: c.update(VolumeSegmentationDataModule={"ct_stats": 5}), None),
+        "data_int": (None, "data: 5\n"),
+        "bad_yaml": (None, "data: [unclosed\n"),
+        "data_kwarg": (None, OmegaConf.to_yaml({**OmegaConf.to_container(run_cfg0 := OmegaConf.load(
+            ckpt.parent.parent / "config.yaml")), "data": {**OmegaConf.to_container(run_cfg0.data), "bogus_key": 1}})),
+    }
+    for name, (edit_ckpt, config) in crafted.items():
+        c = torch.load(ckpt, weights_only=True)
+        if edit_ckpt is not None:
+            edit_ckpt(c)
+        (tmp / name / "checkpoints").mkdir(parents=True)
+        torch.save(c, tmp / name / "checkpoints" / "best.ckpt")
+        (tmp / name / "config.yaml").write_text(config or (ckpt.parent.parent / "config.yaml").read_text())
     return tmp, ckpt
+
+
+def crafted(name: str, culprit: str) -> tuple:
+    return (f"crafted {name}", [f"ckpt={{t}}/{name}/checkpoints/best.ckpt", "input={t}/vol.nii.gz",
+                                f"output={{t}}/{name}.nii.gz"], culprit, f"{name}.nii.gz")
 
 
 CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one line must contain, output)
@@ -59,6 +79,9 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
                           "output={t}/o10.png"], "image.png", "o10.png"),
     ("image into a NIfTI name", ["ckpt={t}/folder_run/checkpoints/best.ckpt", "input={t}/image.png",
                                 "output={t}/o11.nii.gz"], "o11.nii.gz", "o11.nii.gz"),
+    crafted("bogus_arg", "unexpected keyword argument 'bogus'"), crafted("bad_stats", "ct_stats=5"),
+    crafted("data_int", "no data config"), crafted("bad_yaml", "does not parse"),
+    crafted("data_kwarg", "bogus_key"),
 ]
 
 
