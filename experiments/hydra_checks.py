@@ -62,6 +62,26 @@ def foreign_link(folder: str | Path) -> tuple[Path, str] | None:
     return None
 
 
+def unusable_resume_state(run: Path) -> str | None:
+    """Why the state a resume continues from (a federation's ``server.pt``, a run's ``checkpoints/last.ckpt``)
+    cannot be used, or ``None``: checked before anything is written, so a failed resume leaves a finished
+    run's ``config.yaml`` and ``.hydra/`` as they were (both are rewritten when a run starts)."""
+    from engine.fit import check_trainer_state, checked_ckpt
+    from federation.server_state import load_server_state
+    from lightning_modules.errors import CheckpointError
+    from federation.errors import FederationError
+
+    try:
+        if (run / "server.pt").is_file():
+            load_server_state(run / "server.pt")
+        last = run / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            check_trainer_state(checked_ckpt(last), last)
+    except (CheckpointError, FederationError) as err:
+        return str(err)
+    return None
+
+
 class WritableOutput(Callback):
     """``hydra.run.dir`` / ``hydra.sweep.dir`` must be creatable and writable before anything is written."""
 
@@ -80,10 +100,16 @@ class WritableOutput(Callback):
             sys.exit(2)  # before Hydra creates a run dir for a run that will not happen
         HydraConfig.instance().set_config(config)  # ${hydra:runtime.choices...} in the run dir's name
         self._check(config.hydra.run.dir, "hydra.run.dir")
-        link = foreign_link(str(config.hydra.run.dir)) if resume not in (None, False, "false") else None
+        if resume in (None, False, "false"):
+            return
+        link = foreign_link(str(config.hydra.run.dir))
         if link is not None:
             print(f"error: run dir {config.hydra.run.dir} holds {link[0]}, a link to {link[1]} outside it; a run "
                   f"writes only into its own folder (remove the link)", file=sys.stderr)
+            sys.exit(2)
+        bad = unusable_resume_state(Path(str(config.hydra.run.dir)))
+        if bad is not None:  # before Hydra rewrites .hydra/ and the run its config.yaml: the run dir stays as it was
+            print(f"error: {bad}", file=sys.stderr)
             sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -212,12 +212,16 @@ class Server:
         if missing:
             raise FederationError(f"client store {self.store.root} lacks clients {sorted(missing)[:5]} "
                                   f"recorded in {path}")
-        self.global_state = dict(state["global"])
-        self.strategy.load_state_dict(state["strategy"])
-        self.history, self.best = list(state["history"]), dict(state["best"])
-        self.dropped_total = int(state.get("dropped_total", 0))
-        self.start_round = int(state["round"]) + 1
-        set_rng_state(state["rng"])
+        try:  # the entries' types are checked; what they hold is the strategy's and the RNGs' to refuse
+            self.global_state = dict(state["global"])
+            self.strategy.load_state_dict(state["strategy"])
+            self.history, self.best = list(state["history"]), dict(state["best"])
+            self.dropped_total = int(state.get("dropped_total", 0))
+            self.start_round = int(state["round"]) + 1
+            set_rng_state(state["rng"])
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as err:
+            raise FederationError(f"{path} does not restore this federation ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''}); delete it to start afresh") from err
         artifacts.console.print(f"[bold]resume:[/bold] {path} (rounds 1..{self.start_round} done)")
 
     # ------------------------------------------------------------------ one round

@@ -46,7 +46,29 @@ def load_server_state(path: Path) -> dict[str, Any]:
     missing = [k for k in SERVER_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise FederationError(f"{path} is not a server checkpoint (missing {missing}); delete it to start afresh")
+    wrong = [k for k, ok in _SERVER_TYPES.items() if not ok(state[k])]
+    if wrong:
+        raise FederationError(f"{path} is not a server checkpoint this framework wrote ({', '.join(wrong)} of the "
+                              f"wrong type); delete it to start afresh")
     return state
+
+
+def _tensor_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+#: what each server.pt entry must be before the server uses it (a crafted file is one line, not a TypeError)
+_SERVER_TYPES = {
+    "round": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "global": lambda v: _tensor_dict(v) and bool(v),
+    "strategy": lambda v: isinstance(v, dict),
+    "history": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+    "best": lambda v: isinstance(v, dict),
+    "store_index": lambda v: isinstance(v, (list, tuple, dict)),
+    "client_ids": lambda v: isinstance(v, (list, tuple)) and all(isinstance(c, str) for c in v),
+    "rng": lambda v: isinstance(v, dict) and {"python", "numpy", "torch"} <= set(v)
+    and isinstance(v["torch"], torch.Tensor),
+}
 
 
 def load_global_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -52,13 +52,29 @@ def test_bad_federation_value_is_one_line_exit_2(tmp_path, args, needles):
     assert not (run / "server.pt").exists()
 
 
-def test_corrupt_server_pt_on_resume_is_one_line(tmp_path):
+@pytest.mark.parametrize("kind", ["truncated", "wrong_types"])
+def test_corrupt_server_pt_on_resume_is_one_line(tmp_path, kind):
+    """Found by audits: a crafted ``server.pt`` whose entries have the wrong types was a TypeError; and a
+    resume that failed on its ``server.pt`` rewrote the finished run's ``config.yaml`` and ``.hydra/`` and
+    added ``failed.json`` beside its ``metrics.json``. Now one line before anything is written."""
+    import torch
+
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "server.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
-    proc = _run(["resume=true", f"hydra.run.dir={run}"], tmp_path)
+    (run / ".hydra").mkdir(parents=True)
+    if kind == "truncated":
+        (run / "server.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    else:
+        torch.save({"round": "x", "global": {"w": torch.zeros(1)}, "strategy": 5, "history": 5, "best": {},
+                    "store_index": [], "client_ids": ["0"], "rng": {}}, run / "server.pt")
+    before = {name: name.encode() for name in ("config.yaml", "metrics.json", ".hydra/overrides.yaml")}
+    for name, text in before.items():
+        (run / name).write_bytes(text)
+    server = (run / "server.pt").read_bytes()
+    proc = _run(["resume=true", f"hydra.run.dir={run}", "federation.rounds=6"], tmp_path)
     _one_line_error(proc, str(run / "server.pt"))
-    assert (run / "server.pt").read_bytes().startswith(b"PK\x03\x04 not")  # left as it was
+    assert (run / "server.pt").read_bytes() == server  # left as it was, and the finished run with it
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not (run / "failed.json").exists()
 
 
 def test_switching_partitioner_from_the_command_line_just_works(tmp_path):
