@@ -142,9 +142,9 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
         data_states.append({k: dict(v) for k, v in ckpt.items() if isinstance(v, dict) and "ct_stats" in v})
         for key, st in data_states[-1].items():
             stats = st["ct_stats"]
-            if stats is not None and not (isinstance(stats, (list, tuple)) and len(stats) == 2
+            if stats is not None and not (isinstance(stats, (list, tuple)) and len(stats) == 4
                                           and all(isinstance(x, (int, float)) for x in stats)):
-                raise CheckpointError(f"checkpoint {path}: {key}.ct_stats={stats!r} is not [mean, std]")
+                raise CheckpointError(f"checkpoint {path}: {key}.ct_stats={stats!r} is not [lo, hi, mean, std]")
         hp = dict(ckpt.get("hyper_parameters") or {})
         if "task" in hp or ("state_dict" in ckpt and "eval_slices" not in hp):
             raise CheckpointError(f"checkpoint {path} is not a segmentation checkpoint"
