@@ -30,6 +30,7 @@ from engine.builders import (
     build_trainer,
     check_datamodule,
 )
+from engine.run_match import TEST_ONLY, differences, saved_config
 from engine.tracking import log_run_facts
 from lightning_modules.checkpoints import load_checkpoint, stored_net_cfg
 from lightning_modules.errors import CheckpointError, ConfigError, one_line
@@ -117,6 +118,11 @@ def test_only_cfg(cfg: DictConfig, ckpt: dict[str, Any], path: str) -> DictConfi
     for key in ("classes", "num_classes", "out_channels"):
         if declared is not None and key in stored and int(stored[key]) != int(declared):
             raise CheckpointError(f"ckpt_path {path} predicts {key}={stored[key]} but data.num_classes={declared}")
+    trained = saved_config(Path(path).resolve().parent.parent)  # <run>/checkpoints/<name>.ckpt
+    diffs = differences(trained, cfg, TEST_ONLY) if trained is not None else []
+    if diffs:
+        raise CheckpointError(f"ckpt_path {path} was trained with other data settings than this run composes: "
+                              f"{'; '.join(diffs)}; set them as the run had them (its config.yaml)")
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.module.net = OmegaConf.create(dict(stored))
@@ -141,6 +147,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     given = checked_ckpt(ckpt_path)
     if given is not None and not train and module is None:
         cfg = test_only_cfg(cfg, given, str(ckpt_path))
+        artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # the net tested
     if given is not None and train:
         check_trainer_state(given, str(ckpt_path))
     datamodule = build_datamodule(cfg.data)

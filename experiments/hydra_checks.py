@@ -62,7 +62,7 @@ def foreign_link(folder: str | Path) -> tuple[Path, str] | None:
     return None
 
 
-def unusable_resume_state(run: Path) -> str | None:
+def unusable_resume_state(run: Path, federation: bool) -> str | None:
     """Why the state a resume continues from (a federation's ``server.pt``, a run's ``checkpoints/last.ckpt``)
     cannot be used, or ``None``: checked before anything is written, so a failed resume leaves a finished
     run's ``config.yaml`` and ``.hydra/`` as they were (both are rewritten when a run starts)."""
@@ -72,14 +72,34 @@ def unusable_resume_state(run: Path) -> str | None:
     from federation.errors import FederationError
 
     try:
-        if (run / "server.pt").is_file():
-            load_server_state(run / "server.pt")
         last = run / "checkpoints" / "last.ckpt"
-        if last.is_file():
+        if federation and (run / "server.pt").is_file():
+            load_server_state(run / "server.pt")
+        elif not federation and last.is_file():
             check_trainer_state(checked_ckpt(last), last)
     except (CheckpointError, FederationError) as err:
         return str(err)
     return None
+
+
+def another_run(run: Path, config: DictConfig) -> str | None:
+    """Why ``config`` does not continue the run in ``run`` (another net, other data settings or split than
+    its ``config.yaml``), with the command that does; ``None`` when it does or the run has no config yet."""
+    from engine.run_match import differences, saved_config, saved_overrides
+
+    saved = saved_config(run)
+    if saved is None:
+        return None
+    try:
+        diffs = differences(saved, config)
+    except Exception:  # noqa: BLE001 - a config that does not resolve here fails with its own message later
+        return None
+    if not diffs:
+        return None
+    shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    again = " ".join(saved_overrides(run))
+    return (f"resume={run} composes another run than the one in it: {shown}. Repeat the run's overrides: "
+            f"python -m experiments.run {again + ' ' if again else ''}resume={run}")
 
 
 class WritableOutput(Callback):
@@ -107,7 +127,9 @@ class WritableOutput(Callback):
             print(f"error: run dir {config.hydra.run.dir} holds {link[0]}, a link to {link[1]} outside it; a run "
                   f"writes only into its own folder (remove the link)", file=sys.stderr)
             sys.exit(2)
-        bad = unusable_resume_state(Path(str(config.hydra.run.dir)))
+        run = Path(str(config.hydra.run.dir))
+        federation = config.get("federation") is not None and config.get("fed_distill") is None
+        bad = unusable_resume_state(run, federation) or another_run(run, config)
         if bad is not None:  # before Hydra rewrites .hydra/ and the run its config.yaml: the run dir stays as it was
             print(f"error: {bad}", file=sys.stderr)
             sys.exit(2)

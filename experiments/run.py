@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,7 @@ def main(cfg: DictConfig) -> float | None:
             cfg.paths.output_dir = str(Path(resume).resolve())
     targets.allow(cfg.get("allow_targets"))
     out = output_dir(cfg)
+    previous = _raise_on_sigterm()
     try:
         check_dimensions(cfg, dict(HydraConfig.get().runtime.choices))
         check_scalars(cfg)
@@ -90,7 +93,9 @@ def main(cfg: DictConfig) -> float | None:
         metrics = dispatch(cfg)
         return optimized_value(cfg, metrics)  # the sweep objective: cfg.optimized_metric, a validation metric
     except SIGTERMException:  # Lightning's SIGTERM (a SystemExit without a code): exit 0 would read as success
-        print(f"error: interrupted by SIGTERM; continue with resume={out}", file=sys.stderr)
+        again = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("resume=", "hydra."))]
+        print(f"error: interrupted by SIGTERM; continue with: python -m experiments.run "
+              f"{' '.join([*again, f'resume={out}'])}", file=sys.stderr)
         sys.exit(128 + 15)
     except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
         err = find_user_error(exc)
@@ -104,6 +109,22 @@ def main(cfg: DictConfig) -> float | None:
             return None
         print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_on_sigterm() -> Any:
+    """SIGTERM raises Lightning's ``SIGTERMException`` anywhere in the run, not only inside ``trainer.fit``
+    (Lightning's own handler): a federation stopped between two clients, or in the server's evaluation,
+    exited 143 silently. Returns the handler to restore (``None`` off the main thread, where none is set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SIGTERMException()
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":

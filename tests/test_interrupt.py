@@ -49,7 +49,8 @@ def test_sigterm_exits_143_and_the_run_resumes(tmp_path):
             proc.wait()
     assert proc.returncode == 143, err[-2000:]
     assert [ln for ln in err.splitlines() if ln.startswith("error")] == [
-        f"error: interrupted by SIGTERM; continue with resume={run}"]
+        f"error: interrupted by SIGTERM; continue with: python -m experiments.run +exp=digits_cnn logger=csv "
+        f"trainer.max_epochs=200 resume={run}"]
     assert not (run / "metrics.json").exists()
     done = subprocess.run([sys.executable, "-m", "experiments.run", "+exp=digits_cnn", "logger=csv",
                            "trainer.max_epochs=3", f"resume={run}"], cwd=tmp_path, env=env, capture_output=True,
@@ -70,3 +71,29 @@ def test_resume_accepts_federation_and_teacher_stage_dirs(tmp_path, marker):
                                               "++trainer.fast_dev_run=true"], tmp_path)
     assert "is not a run dir" not in proc.stderr, proc.stderr[-1500:]
     assert proc.returncode == 0, proc.stderr[-1500:]
+
+
+def test_sigterm_between_federation_clients_is_reported(tmp_path):
+    """Found by an audit: SIGTERM outside Lightning's fit (between clients, in the server's aggregation or
+    evaluation) killed a federation with no line; it now prints the command that continues it, exit 143."""
+    run = tmp_path / "run"
+    over = ["+exp=fed_digits_datashare", "model.width=4", "federation.progress=false", "trainer.limit_train_batches=2",
+            "federation.rounds=200", "federation.num_clients=4", "federation.clients_per_round=2",
+            "federation.local_epochs=1", "logger=csv"]
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *over, f"hydra.run.dir={run}"], cwd=tmp_path,
+                            env={**os.environ, **BASE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "rounds.csv").is_file() or len((run / "rounds.csv").read_text().splitlines()) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, "no second round before the run ended"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert lines == [f"error: interrupted by SIGTERM; continue with: python -m experiments.run {' '.join(over)} "
+                     f"resume={run}"], err[-2000:]

@@ -1,0 +1,95 @@
+"""Whether a composed config builds the same net, on the same data, as a run's own ``config.yaml``.
+
+``resume=<run dir>`` composes its config from the command line, not from the run: without the run's own
+overrides it built another net (a width-16 D-Net against a width-4 checkpoint: hundreds of ``size mismatch``
+lines) or read the data at another size, after rewriting the run's ``config.yaml``. A test-only run
+(``train=false ckpt_path=...``) rebuilds the net from the checkpoint but took the data from the command line,
+so a 32-px checkpoint was silently tested at 64 px. Both now compare the keys below with the run's
+``config.yaml`` first and name every difference in one line. The file is read as data (``yaml.safe_load``):
+nothing in it is built.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["PIXELS", "SOURCE", "RESUME", "TEST_ONLY", "saved_config", "differences", "saved_overrides"]
+
+#: data keys that decide what the net sees of an image: a checkpoint is only meaningful with the same ones
+PIXELS = ("window", "out_range", "image_size", "spacing", "orientation", "normalization", "in_channels",
+          "num_classes", "patch_size")
+#: data keys that decide which data, labels and cases a run trains, validates and tests on
+SOURCE = ("_target_", "layout", "target", "label_map", "mask_threshold", "mask_channel", "val_fraction",
+          "test_fraction", "seed", "train_cases", "train_slices", "split_file", "case_pattern")
+#: what a resumed run must keep: its net, what it sees and its data (``data.root`` may move)
+RESUME = ("module.net", *(f"data.{k}" for k in (*PIXELS, *SOURCE)))
+#: what a test-only run must keep of the checkpoint's training run (its net comes from the checkpoint; the
+#: data may be another site's: cross-site testing is a use, not a mistake)
+TEST_ONLY = tuple(f"data.{k}" for k in PIXELS)
+
+
+def saved_config(run: Path) -> dict[str, Any] | None:
+    """A run's ``config.yaml`` as plain data, or ``None`` when it has none or it does not parse."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def saved_overrides(run: Path) -> list[str]:
+    """The command-line overrides the run was started with (``.hydra/overrides.yaml``), to be shown, never
+    applied; ``resume=`` and ``hydra.*`` ones left out."""
+    try:
+        got = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return []
+    if not isinstance(got, list):
+        return []
+    return [str(o) for o in got if not str(o).lstrip("+~").startswith(("resume=", "hydra.", "ckpt_path="))]
+
+
+def _plain(cfg: Any, key: str) -> Any:
+    if isinstance(cfg, DictConfig):
+        node = OmegaConf.select(cfg, key, default=None)
+        return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _norm(value: Any) -> Any:
+    """Lists and tuples compare alike, ints and floats alike (YAML writes ``[-40, 160]``, a CLI ``[-40.0, 160.0]``)."""
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _norm(v) for k, v in value.items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def differences(saved: Mapping[str, Any], cfg: Any, keys: tuple[str, ...] = RESUME) -> list[str]:
+    """``key=<this run's value> (the run's <saved value>)`` for each of ``keys`` that differs (``module.net``
+    argument by argument). Keys absent from the saved run are not compared."""
+    out = []
+    for key in keys:
+        parent, leaf = key.rsplit(".", 1)
+        holder = _plain(saved, parent)
+        if not isinstance(holder, Mapping) or leaf not in holder:
+            continue  # not in the saved config at all
+        old, new = holder[leaf], _plain(cfg, key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            out += [f"{key}.{k}={new.get(k)!r} (the run's {old.get(k)!r})" for k in sorted(set(old) | set(new))
+                    if _norm(old.get(k)) != _norm(new.get(k))]
+        elif _norm(old) != _norm(new):
+            out.append(f"{key}={new!r} (the run's {old!r})")
+    return out

@@ -1,0 +1,88 @@
+"""``resume=<run dir>`` and test-only runs (``train=false ckpt_path=...``) must build the run they continue or
+test (engine/run_match.py). Found by an audit: resuming without the run's own overrides built another net
+(hundreds of ``size mismatch`` lines, exit 1) after rewriting the run's ``config.yaml``, so predict then read
+the data at the wrong size; a test-only run tested a 32-px checkpoint at 64 px with no word, and recorded a
+net it did not test."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.run_match import TEST_ONLY, differences, saved_overrides
+from tests.cli import run_in_process
+
+TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
+        "data.synthetic.shape=[48,48,10]", "trainer.max_epochs=1", "logger=csv", "callbacks=default",
+        "~callbacks.rich_progress_bar", "~callbacks.throughput"]
+
+
+@pytest.fixture(scope="module")
+def trained(module_tmp) -> Path:
+    tmp = module_tmp("run_match")
+    proc = run_in_process("experiments.run", [*TINY, f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={tmp / 'run'}"],
+                          tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp
+
+
+def _error_line(proc) -> str:
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_differences_name_each_key_and_ignore_number_spelling():
+    saved = {"module": {"net": {"_target_": "D", "width": 4}}, "data": {"window": [-40, 160], "image_size": 32}}
+    same = {"module": {"net": {"_target_": "D", "width": 4}}, "data": {"window": (-40.0, 160.0), "image_size": 32,
+                                                                       "seed": 3}}
+    assert differences(saved, same) == []  # data.seed is not in the saved run: not compared
+    other = {"module": {"net": {"_target_": "D", "width": 16}}, "data": {"window": [-40, 160], "image_size": 64}}
+    assert differences(saved, other) == ["module.net.width=16 (the run's 4)", "data.image_size=64 (the run's 32)"]
+    assert differences(saved, other, TEST_ONLY) == ["data.image_size=64 (the run's 32)"]
+
+
+def test_saved_overrides_are_shown_without_resume_or_hydra_keys(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        ["+exp=lits_dnet", "model.width=4", "hydra.run.dir=/x", "resume=/y", "ckpt_path=/z"]))
+    assert saved_overrides(tmp_path) == ["+exp=lits_dnet", "model.width=4"]
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("{not: [a list")
+    assert saved_overrides(tmp_path) == []
+
+
+def test_resume_without_the_runs_overrides_is_one_line_and_changes_nothing(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    kept = {p: (run / p).read_bytes() for p in ("config.yaml", ".hydra/overrides.yaml", ".hydra/config.yaml")}
+    proc = run_in_process("experiments.run", ["+exp=lits_dnet", f"paths.data_dir={trained / 'data'}",
+                                              f"resume={run}"], tmp_path)
+    line = _error_line(proc)
+    assert "module.net.width=16 (the run's 4)" in line and "data.image_size=64 (the run's 32)" in line, line
+    again = " ".join([*TINY, f"paths.data_dir={trained / 'data'}"])
+    assert line.endswith(f"Repeat the run's overrides: python -m experiments.run {again} resume={run}"), line
+    assert {p: (run / p).read_bytes() for p in kept} == kept and not (run / "failed.json").exists()
+
+
+def test_resume_with_the_runs_overrides_continues(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    proc = run_in_process("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", "trainer.max_epochs=2",
+                                              f"resume={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
+
+
+def test_test_only_run_with_other_data_settings_is_one_line(trained, tmp_path):
+    ckpt = trained / "run" / "checkpoints" / "best.ckpt"
+    args = [*TINY, f"paths.data_dir={trained / 'data'}", "train=false", f"ckpt_path={ckpt}",
+            f"hydra.run.dir={tmp_path / 'r'}"]
+    line = _error_line(run_in_process("experiments.run", [*args, "data.image_size=64"], tmp_path))
+    assert "best.ckpt" in line and "data.image_size=64 (the run's 32)" in line, line
+    assert not (tmp_path / "r" / "metrics.json").exists()
+    proc = run_in_process("experiments.run", [*args, "model.width=8"], tmp_path)  # the net comes from the checkpoint
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["module"]["net"]["width"] == 4
