@@ -89,6 +89,7 @@ def plan_cases(input: str | Path, output: str | Path, labels: str | Path | None 
         groups.setdefault(case, []).append(p)
     if lab is not None and not lab.is_dir():
         raise ConfigError(f"labels={lab} must be a folder when input={src} is a folder")
+    refuse_input_folder(out, [src, lab])
     cases = [PredictCase(c, ps, out / f"{c}.nii.gz", None if lab is None else _label_for(c, ps[0], lab))
              for c, ps in sorted(groups.items())]
     refuse_overwrite([c.output for c in cases], [p for c in cases for p in (*c.images, c.label) if p is not None])
@@ -102,6 +103,14 @@ def refuse_overwrite(outputs: Sequence[Path], sources: Sequence[Path]) -> None:
         if out.resolve() in taken:
             raise ConfigError(f"output {out} would overwrite the input {taken[out.resolve()]}: "
                               f"choose another output file or folder")
+
+
+def refuse_input_folder(out: Path, folders: Sequence[Path | None]) -> None:
+    """One line if a folder of inputs would receive the predictions (``input=images/ output=images/``): they
+    would sit among the inputs, and the next run over that folder would take them for inputs."""
+    for folder in folders:
+        if folder is not None and out.resolve() == folder.resolve():
+            raise ConfigError(f"output={out} is the input folder {folder}: write the predictions to another folder")
 
 
 def check_writable(folder: Path) -> None:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from datamodules.errors import DataError
 from datamodules.folder2d import EXTENSIONS, strip_suffix
-from engine.predict import refuse_overwrite
+from engine.predict import refuse_input_folder, refuse_overwrite
 from lightning_modules.atomic import atomic_output
 from lightning_modules.errors import ConfigError
 from lightning_modules.inference import VolumePredictor
@@ -82,6 +82,7 @@ def plan_images(input: str | Path, output: str | Path, labels: str | Path | None
             raise ConfigError(f"output={out} must be a folder when input={src} is a folder")
         if lab is not None and not lab.is_dir():
             raise ConfigError(f"labels={lab} must be a folder when input={src} is a folder")
+        refuse_input_folder(out, [src, lab])
         ids = [case_of(p) for p in files]
         twice = sorted({c for c in ids if ids.count(c) > 1})
         if twice:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -31,6 +32,19 @@ from engine.predict import (check_writable, is_nifti, load_models, plan_cases, p
 from engine.predict_images import is_image, plan_images, predict_image, save_png, score_image
 from datamodules.errors import DataError
 from lightning_modules.inference import VolumePredictor
+
+
+def tta_axes(tta: Any, dims: int) -> tuple[int, ...]:
+    """``tta``: ``true`` (flip every spatial axis), ``false``/``null`` (none) or a list of spatial axes."""
+    if tta is True:
+        return tuple(range(dims))
+    if tta in (None, False):
+        return ()
+    axes = list(tta) if isinstance(tta, (list, tuple, ListConfig)) else None
+    if axes is None or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < dims for a in axes):
+        raise ConfigError(f"tta={tta!r} must be true, false or a list of spatial axes in 0..{dims - 1} "
+                          f"(the checkpoint's net is {dims}D)")
+    return tuple(axes)
 
 
 def _device(name: str) -> torch.device:
@@ -63,7 +77,7 @@ def predict(cfg: DictConfig) -> dict:
     models = load_models(ckpts, cfg.run_config)
     dims = models.spatial_dims
     roi = cfg.roi_size or (models.run_cfg.data.get("patch_size") if dims == 3 else None)
-    axes = tuple(range(dims)) if cfg.tta is True else tuple(cfg.tta or ())
+    axes = tta_axes(cfg.tta, dims)
     try:
         predictor = VolumePredictor(models.nets, dims, roi, cfg.overlap, cfg.mode, axes, cfg.batch_size,
                                     _device(cfg.device))

@@ -82,6 +82,10 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
     crafted("bogus_arg", "unexpected keyword argument 'bogus'"), crafted("bad_stats", "ct_stats=5"),
     crafted("data_int", "no data config"), crafted("bad_yaml", "does not parse"),
     crafted("data_kwarg", "bogus_key"),
+    ("tta not a flag or axes", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o12.nii.gz", "tta=maybe"],
+     "tta='maybe'", "o12.nii.gz"),
+    ("tta axis beyond the net", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o13.nii.gz", "tta=[0,2]"],
+     "0..1", "o13.nii.gz"),
 ]
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from datamodules.folder2d import FolderSegmentationDataModule
+from engine.predict import plan_cases
 from engine.predict_images import ImageCase, plan_images, predict_image
 from lightning_modules.metrics import case_scores, confusion_matrix
 from tests.cli import run_in_process
@@ -123,10 +125,20 @@ def test_output_never_replaces_an_input_and_image_suffix_pairs_as_in_training(tm
     (tmp_path / "in").mkdir(), (tmp_path / "lab").mkdir()
     for name in ("a.jpg", "b.png"):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / name)
-    with pytest.raises(Exception, match="would overwrite the input"):
+    with pytest.raises(Exception, match="is the input folder"):
         plan_images(tmp_path / "in", tmp_path / "in")
     with pytest.raises(Exception, match="would overwrite the input"):
         plan_images(tmp_path / "in" / "b.png", tmp_path / "in" / "b.png")
+    # a second audit: JPG inputs have no .png namesake, so their folder took the predictions among them
+    (tmp_path / "jpg").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "jpg" / "a.jpg")
+    for out, lab in ((tmp_path / "jpg", None), (tmp_path / "lab", tmp_path / "lab")):
+        with pytest.raises(Exception, match="is the input folder"):
+            plan_images(tmp_path / "jpg", out, lab)
+    (tmp_path / "vols").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), str(tmp_path / "vols" / "v.nii.gz"))
+    with pytest.raises(Exception, match="is the input folder"):
+        plan_cases(tmp_path / "vols", tmp_path / "vols")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / "c1_img.png")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "lab" / "c1_mask.png")
     (case,) = plan_images(tmp_path / "in" / "c1_img.png", tmp_path, tmp_path / "lab", "_mask", "_img")
