@@ -34,7 +34,7 @@ SCALARS: dict[str, tuple[str, float]] = {
     "federation.rounds": ("int", 1),
     "federation.local_epochs": ("int", 1),
     "federation.num_clients": ("int", 1),
-    "federation.clients_per_round": ("limit", 0),  # a count, or a fraction of num_clients
+    "federation.clients_per_round": ("share", 0),  # a count, or a fraction of num_clients
 }
 
 
@@ -46,6 +46,10 @@ def _problem(kind: str, low: float, value: Any) -> str | None:
         return None if is_int and value >= low else f"must be an integer >= {int(low)}"
     if kind == "float":
         return None if is_num and value >= low else f"must be a number >= {low:g}"
+    if kind == "share":
+        if is_int and value >= 1 or isinstance(value, float) and 0.0 < value <= 1.0:
+            return None
+        return "must be a client count >= 1 or a fraction of federation.num_clients in (0, 1]"
     if is_int and value >= 0 or isinstance(value, float) and 0.0 <= value <= 1.0:
         return None
     return "must be a batch count >= 0 or a fraction in [0, 1]"

@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     groups, ordered = collect(runs, keys)
     unknown = [k for k in keys or () if not any(fnmatch.fnmatchcase(f, k) for f in ordered)]
     if unknown:
-        print(f"error: --keys {' '.join(unknown)}: no run has such a metric (e.g. {', '.join(ordered[:4])})",
+        known = collect(runs, None)[1]  # ordered holds the requested keys only: suggest from every metric
+        close = [k for k in known if any(u.split("/")[0] == k.split("/")[0] for u in unknown)] or known
+        print(f"error: --keys {' '.join(unknown)}: no run has such a metric (e.g. {', '.join(close[:4])})",
               file=sys.stderr)
         return 2
     if keys is None:

@@ -64,6 +64,10 @@ def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
             log.warning("log_hyperparams failed: %s", exc)
     if server.partition_png is not None and server.start_round == 0:
         log_image(server.loggers, "fed/partition", server.partition_png)
+    per = fed.get("clients_per_round")
+    if isinstance(per, int) and not isinstance(per, bool) and per > len(server.client_ids):
+        log.warning("federation.clients_per_round=%d but the federation has %d clients: every client trains in "
+                    "every round", per, len(server.client_ids))
     artifacts.console.print(
         f"[bold]federation[/bold] {fed.strategy._target_.split('.')[-1]}: {len(server.client_ids)} clients, "
         f"{clients_per_round(len(server.client_ids), fed.get('clients_per_round'))} per round, {rounds} rounds x {fed.local_epochs} local epochs, "

@@ -37,13 +37,14 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
 
 @pytest.mark.parametrize("args, needles", [
     (["federation.rounds=0"], ["federation.rounds=0"]),
-    (["federation.clients_per_round=1.5"], ["federation.clients_per_round=1.5"]),
+    (["federation.clients_per_round=1.5"], ["federation.clients_per_round=1.5", "client count >= 1", "(0, 1]"]),
+    (["federation.clients_per_round=-1"], ["federation.clients_per_round=-1", "client count >= 1"]),
     (["federation.num_clients=5000"], ["federation.num_clients=5000", "training samples"]),
     (["federation/partition=dirichlet", "federation.partition.alpha=0"], ["alpha=0"]),
     (["federation/partition=dirichlet", "federation.partition.alpha=-0.5"], ["alpha=-0.5"]),
     (["federation/partition=dirichlet", "+federation.partition.alpah=0.1"], ["federation.partition.alpah=0.1"]),
     (["federation.partition_unit=patient"], ["federation.partition_unit=patient"]),
-], ids=["rounds0", "float_per_round", "too_many_clients", "alpha0", "alpha_negative", "partition_typo", "unit"])
+], ids=["rounds0", "float_per_round", "negative_per_round", "too_many_clients", "alpha0", "alpha_negative", "partition_typo", "unit"])
 def test_bad_federation_value_is_one_line_exit_2(tmp_path, args, needles):
     run = tmp_path / "run"
     proc = _run([*args, f"hydra.run.dir={run}"], tmp_path)

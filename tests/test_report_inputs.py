@@ -34,6 +34,9 @@ def test_unknown_key_is_an_error_and_the_earlier_report_stays(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "test/bogus" in err[0] and "test/dice" in err[0]
     assert (tmp_path / "report.md").read_text() == before
+    # found by an audit: a lone unknown key suggested nothing ("e.g. "): the suggestions come from every metric
+    assert report.main([str(tmp_path), "--keys", "test/dcie"]) == 2
+    assert "(e.g. test/dice" in capsys.readouterr().err
 
 
 def test_only_debug_runs_and_a_missing_folder_are_errors(tmp_path, capsys):
