@@ -103,6 +103,9 @@ def _nnunet_json(root: Path) -> dict:
     for key in ("channel_names", "labels"):
         if not isinstance(ds.get(key), dict) or not ds[key]:
             raise DataError(f"{path} has no {key!r} map (nnU-Net v2 dataset.json)")
+    bad = [k for k in ds["channel_names"] if not str(k).isdigit()]
+    if bad:
+        raise DataError(f"{path}: channel_names key {bad[0]!r} is not a channel index (\"0\", \"1\", ...)")
     return ds
 
 

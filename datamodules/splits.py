@@ -47,7 +47,8 @@ def read_split_file(path: str, case_ids: Sequence[str]) -> dict[str, list[str]]:
 
     p = path
     raw = read_json(path, "data.split_file")
-    if not isinstance(raw, dict) or not isinstance(raw.get("train"), list):
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(s, []), list) for s in ("train", "val", "test")) \
+            or "train" not in raw:
         raise DataError(f"data.split_file {p} must map 'train' (and optionally 'val', 'test') to case-id lists")
     splits = {s: sorted(str(c) for c in raw.get(s, [])) for s in ("train", "val", "test")}
     known, seen = set(case_ids), {}

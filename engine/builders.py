@@ -5,6 +5,7 @@ centralised run is (DESIGN.md: one data path, one training path).
 """
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,11 @@ def wandb_run_id(output_dir: str | Path) -> str:
     the same W&B run."""
     path = Path(output_dir) / "wandb_id.txt"
     if path.is_file():
-        return path.read_text().strip()
+        run_id = path.read_text(errors="replace").strip()
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
+            raise ConfigError(f"{path} holds {run_id[:40]!r}, not a W&B run id (letters, digits, '-', '_'); "
+                              f"delete the file to start a new W&B run")
+        return run_id
     run_id = uuid.uuid4().hex[:12]
     atomic_write_text(path, run_id + "\n")
     return run_id

@@ -35,6 +35,15 @@ DEFAULT_KEYS = ("test/dice", "test/miou", "test/accuracy", "test/auc", "test/acc
 LOWER_IS_BETTER = ("loss", "rvd", "seconds", "_std", "peak_memory")
 
 
+def json_object(path: Path) -> dict | None:
+    """A run file's JSON object, or ``None`` when it does not parse as one (a killed write, a crafted file)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def find_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
     """Run dirs holding ``metrics.json`` and those holding ``failed.json`` below the given paths/globs."""
     done, failed = set(), set()
@@ -61,7 +70,7 @@ def find_unfinished(paths: list[str]) -> list[Path]:
 
 def is_debug(run: Path) -> bool:
     """A ``fast_dev_run`` run: its numbers come from one batch and are not results."""
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json_object(run / "metrics.json") or {}
     if metrics.get("debug"):
         return True
     cfg = run / "config.yaml"
@@ -106,7 +115,7 @@ def collect(runs: list[Path], keys: tuple[str, ...] | None) -> tuple[dict[str, d
     labels, _ = run_labels(runs)
     for run in runs:
         label = labels[run]
-        for key, value in numeric_metrics(json.loads((run / "metrics.json").read_text())).items():
+        for key, value in numeric_metrics(json_object(run / "metrics.json") or {}).items():
             if keys is None or any(fnmatch.fnmatchcase(key, k) for k in keys):
                 groups[label][key].append(value)
                 if key not in found:
@@ -148,7 +157,7 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str]) -> tuple[s
 def failures(failed: list[Path]) -> list[str]:
     lines = []
     for run in failed:
-        info = json.loads((run / "failed.json").read_text())
+        info = json_object(run / "failed.json") or {"error": "failed.json does not parse"}
         lines.append(f"- `{run}`: {info.get('error', '?')}")
     return lines
 
@@ -196,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {missing[0]} does not exist (report takes multirun dirs, run dirs or globs)", file=sys.stderr)
         return 2
     runs, failed = find_runs(args.paths)
+    broken = [r for r in runs if json_object(r / "metrics.json") is None]
+    if broken:
+        print(f"warning: {len(broken)} run(s) left out, their metrics.json is not a JSON object: "
+              f"{', '.join(str(r) for r in broken[:3])}", file=sys.stderr)
+        runs = [r for r in runs if r not in broken]
     if not runs and not failed:
         print(f"error: no runs (metrics.json or failed.json) under {' '.join(args.paths)}", file=sys.stderr)
         return 2

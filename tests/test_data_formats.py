@@ -56,6 +56,10 @@ def test_nnunet_missing_channel_and_json(tmp_path):
     (root / "dataset.json").write_text("{}")
     with pytest.raises(DataError, match="channel_names"):
         VolumeSegmentationDataModule(str(root), layout="nnunet").setup()
+    # found by an audit: a channel key that is no index was a ValueError from sorted(key=int)
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"zero": "CT"}, "labels": {"background": 0}}))
+    with pytest.raises(DataError, match="channel_names key 'zero'"):
+        VolumeSegmentationDataModule(str(root), layout="nnunet").setup()
 
 
 def _png_folder(root, sizes, prefix="p"):
@@ -88,6 +92,9 @@ def test_folder_explicit_test_dir_split_file_and_mixed_sizes(tmp_path):
     assert dm.splits == {"train": ["p0", "p1"], "val": ["p2"], "test": ["p3"]}
     split.write_text(json.dumps({"train": ["p0", "nope"]}))
     with pytest.raises(DataError, match=r"split.json.*nope"):
+        FolderSegmentationDataModule(str(tmp_path), split_file=str(split), **kw).setup()
+    split.write_text(json.dumps({"train": ["p0"], "val": 5}))  # found by an audit: a TypeError
+    with pytest.raises(DataError, match=r"split.json must map 'train'"):
         FolderSegmentationDataModule(str(tmp_path), split_file=str(split), **kw).setup()
 
 

@@ -32,3 +32,15 @@ def test_tensorboard_writes_event_files(tmp_path):
     acc.Reload()
     assert "val/dice" in acc.Tags()["scalars"] and "test/dice" in acc.Tags()["scalars"]
     assert not os.path.exists(tmp_path / "run" / "wandb")
+
+
+def test_a_wandb_id_file_that_holds_no_run_id_is_one_line(tmp_path):
+    """Found by an audit: ``wandb_id.txt`` holding a ``/`` reached wandb, which raised a UsageError."""
+    from engine.builders import wandb_run_id
+    from lightning_modules.errors import ConfigError
+
+    (tmp_path / "wandb_id.txt").write_text("../../x\n")
+    with pytest.raises(ConfigError, match="wandb_id.txt holds '../../x', not a W&B run id"):
+        wandb_run_id(tmp_path)
+    (tmp_path / "wandb_id.txt").write_text("abc_12-Z\n")
+    assert wandb_run_id(tmp_path) == "abc_12-Z"

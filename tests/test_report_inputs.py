@@ -60,3 +60,19 @@ def test_curves_missing_folder_and_unknown_metric(tmp_path, capsys):
     assert not (tmp_path / "fed_compare.png").exists()
     curves.main([str(tmp_path), "--metric", "acc"])
     assert (tmp_path / "fed_compare.png").is_file()
+
+
+def test_a_metrics_json_that_is_no_json_object_is_left_out_with_a_warning(tmp_path, capsys):
+    """Found by an audit: an invalid or non-object ``metrics.json`` (a killed write, a crafted file) was a
+    JSONDecodeError / AttributeError traceback for the whole report."""
+    _run(tmp_path, "good", {"test/dice": 0.5})
+    for name, text in (("cut", '{"test/dice": 0.'), ("list", "[1, 2]")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(text)
+    (tmp_path / "failed_run").mkdir()
+    (tmp_path / "failed_run" / "failed.json").write_text("not json")
+    assert report.main([str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "2 run(s) left out" in err and "Traceback" not in err
+    text = (tmp_path / "report.md").read_text()
+    assert "0.5000" in text and "failed.json does not parse" in text
