@@ -13,7 +13,7 @@ import csv
 import math
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from callbacks.plotting import save_figure
 
@@ -85,10 +85,15 @@ def plot_rounds(runs: Mapping[str, Rows | Sequence[Rows]], path: str | Path, met
 
 def _label(run_dir: Path, key: str) -> str:
     cfg = run_dir / "config.yaml"
-    if cfg.is_file():
-        from omegaconf import OmegaConf
+    if cfg.is_file():  # read as data: a ${oc.env:...} in a run's config is shown, never resolved
+        import yaml
 
-        value = OmegaConf.select(OmegaConf.load(cfg), key, default=None)
+        try:
+            value: Any = yaml.safe_load(cfg.read_text())
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            value = None
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
         if value is not None:
             return str(value)
     return run_dir.name

@@ -81,7 +81,10 @@ def check_data_target(target: Any, what: str = "data") -> None:
         obj = get_object(target) if isinstance(target, str) and under_prefixes(target, ("datamodules",)) else None
     except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
         raise ConfigError(f"{what} _target_ {target!r} does not resolve ({type(err).__name__})") from err
-    if not (inspect.isclass(obj) and under_prefixes(getattr(obj, "__module__", "") or "", ("datamodules",))):
+    import pytorch_lightning as pl
+
+    if not (inspect.isclass(obj) and under_prefixes(getattr(obj, "__module__", "") or "", ("datamodules",))
+            and issubclass(obj, pl.LightningDataModule)):
         raise ConfigError(f"{what} _target_ {target!r} refused: a data config read from a file may only build "
                           f"classes of the project's datamodules package (trust more with allow_targets=[prefix])")
 

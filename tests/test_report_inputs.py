@@ -76,3 +76,22 @@ def test_a_metrics_json_that_is_no_json_object_is_left_out_with_a_warning(tmp_pa
     assert "2 run(s) left out" in err and "Traceback" not in err
     text = (tmp_path / "report.md").read_text()
     assert "0.5000" in text and "failed.json does not parse" in text
+
+
+def test_curve_labels_read_a_runs_config_as_data(tmp_path, monkeypatch):
+    """A label is read from the run's config.yaml as text: an interpolation in it is shown, not resolved
+    (``${oc.env:...}`` would have put an environment variable of the user's into the figure)."""
+    monkeypatch.setenv("FEDMED_TEST_SECRET", "s3cret")
+    run = _run(tmp_path, "r", {"test/dice": 0.5})
+    (run / "config.yaml").write_text("federation:\n  strategy:\n    mode: ${oc.env:FEDMED_TEST_SECRET}\n")
+    assert curves._label(run, "federation.strategy.mode") == "${oc.env:FEDMED_TEST_SECRET}"
+    assert curves._label(run, "federation.nope") == "r"
+
+
+def test_a_run_config_may_only_build_datamodules():
+    from lightning_modules.errors import ConfigError
+    from lightning_modules.targets import check_data_target
+
+    check_data_target("datamodules.folder2d.FolderSegmentationDataModule")
+    with pytest.raises(ConfigError, match="refused"):  # a class of the package that is no datamodule
+        check_data_target("datamodules.errors.DataError")
