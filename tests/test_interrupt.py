@@ -30,24 +30,32 @@ def test_resumable_run_dirs(tmp_path):
     assert resumable("true") is None and resumable(None) is None and resumable(str(tmp_path / "nope")) is False
 
 
-def test_sigterm_exits_143_and_the_run_resumes(tmp_path):
-    run = tmp_path / "run"
-    args = [sys.executable, "-m", "experiments.run", "+exp=digits_cnn", "logger=csv", "trainer.max_epochs=200",
-            f"hydra.run.dir={run}"]
-    env = {**os.environ, **BASE_ENV}
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _sigterm_when(args: list[str], cwd, ready) -> tuple[int, str]:
+    """Start ``args``, send SIGTERM once ``ready()`` holds, and return its exit code and stderr (the process is
+    killed if it outlives the test)."""
+    proc = subprocess.Popen(args, cwd=cwd, env={**os.environ, **BASE_ENV}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
-        while not (run / "checkpoints" / "last.ckpt").is_file():
-            assert proc.poll() is None and time.monotonic() < deadline, "no last.ckpt before the run ended"
-            time.sleep(0.5)
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, "not ready before the run ended"
+            time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 143, err[-2000:]
+    return proc.returncode, err
+
+
+def test_sigterm_exits_143_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "experiments.run", "+exp=digits_cnn", "logger=csv", "trainer.max_epochs=200",
+            f"hydra.run.dir={run}"]
+    env = {**os.environ, **BASE_ENV}
+    returncode, err = _sigterm_when(args, tmp_path, lambda: (run / "checkpoints" / "last.ckpt").is_file())
+    assert returncode == 143, err[-2000:]
     assert [ln for ln in err.splitlines() if ln.startswith("error")] == [
         f"error: interrupted by SIGTERM; continue with: python -m experiments.run +exp=digits_cnn logger=csv "
         f"trainer.max_epochs=200 resume={run}"]
@@ -80,20 +88,10 @@ def test_sigterm_between_federation_clients_is_reported(tmp_path):
     over = ["+exp=fed_digits_datashare", "model.width=4", "federation.progress=false", "trainer.limit_train_batches=2",
             "federation.rounds=200", "federation.num_clients=4", "federation.clients_per_round=2",
             "federation.local_epochs=1", "logger=csv"]
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *over, f"hydra.run.dir={run}"], cwd=tmp_path,
-                            env={**os.environ, **BASE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not (run / "rounds.csv").is_file() or len((run / "rounds.csv").read_text().splitlines()) < 3:
-            assert proc.poll() is None and time.monotonic() < deadline, "no second round before the run ended"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, err[-2000:]
+    rounds = run / "rounds.csv"
+    returncode, err = _sigterm_when([sys.executable, "-m", "experiments.run", *over, f"hydra.run.dir={run}"], tmp_path,
+                                    lambda: rounds.is_file() and len(rounds.read_text().splitlines()) >= 3)
+    assert returncode == 143, err[-2000:]
     lines = [ln for ln in err.splitlines() if ln.startswith("error")]
     assert lines == [f"error: interrupted by SIGTERM; continue with: python -m experiments.run {' '.join(over)} "
                      f"resume={run}"], err[-2000:]
