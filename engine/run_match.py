@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_modules.errors import ConfigError
+
 __all__ = ["PIXELS", "SOURCE", "RESUME", "TEST_ONLY", "saved_config", "differences", "saved_overrides"]
 
 #: data keys that decide what the net sees of an image: a checkpoint is only meaningful with the same ones
@@ -33,14 +35,15 @@ TEST_ONLY = tuple(f"data.{k}" for k in PIXELS)
 
 
 def saved_config(run: Path) -> dict[str, Any] | None:
-    """A run's ``config.yaml`` as plain data, or ``None`` when it has none or it does not parse."""
+    """A run's ``config.yaml`` as plain data; ``None`` when it has none (or holds no mapping); a file that
+    does not parse is a :class:`ConfigError` naming it (a deeply nested crafted one included)."""
     path = run / "config.yaml"
     if not path.is_file():
         return None
     try:
         cfg = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
-        return None
+    except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError) as err:
+        raise ConfigError(f"{path} does not parse as a run config ({type(err).__name__})") from None
     return cfg if isinstance(cfg, dict) else None
 
 
@@ -49,7 +52,7 @@ def saved_overrides(run: Path) -> list[str]:
     applied; ``resume=`` and ``hydra.*`` ones left out."""
     try:
         got = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+    except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError):
         return []
     if not isinstance(got, list):
         return []

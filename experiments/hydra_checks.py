@@ -43,21 +43,29 @@ def not_resumable_line(resume: str) -> str:
 
 
 def foreign_link(folder: str | Path) -> tuple[Path, str] | None:
-    """The first link under an existing run folder that leads outside it (or nowhere), with its target.
+    """The first link under an existing run folder that leads outside it (or nowhere, or in a loop), with
+    its target.
 
     A run writes into its folder: CSV logs, ``run.log``, checkpoints, ``metrics.json``. A crafted run folder
     handed to ``resume=`` with ``csv/hparams.yaml`` linked to another file would have that file replaced.
-    Links inside the folder (W&B's ``wandb/latest-run``) are fine."""
+    Links inside the folder are fine. W&B's own folder is left to W&B (a link there leads into
+    ``~/.cache/wandb``): a resumed run writes a new ``wandb/offline-run-*`` folder and W&B re-points its own
+    links rather than writing through them; ``wandb`` itself as a link is refused like any other."""
     root = Path(folder)
     if not root.is_dir():
         return None
     base = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root and "wandb" in dirnames and not (root / "wandb").is_symlink():
+            dirnames.remove("wandb")
         for name in (*dirnames, *filenames):
             entry = Path(dirpath) / name
             if entry.is_symlink():
-                target = entry.resolve()
-                if not target.exists() or not target.is_relative_to(base):
+                try:
+                    target = entry.resolve(strict=True)
+                except (OSError, RuntimeError):  # dangling, or a loop (RuntimeError on Python 3.11)
+                    return entry.relative_to(root), os.readlink(entry)
+                if not target.is_relative_to(base):
                     return entry.relative_to(root), os.readlink(entry)
     return None
 
@@ -102,6 +110,17 @@ def another_run(run: Path, config: DictConfig) -> str | None:
             f"python -m experiments.run {again + ' ' if again else ''}resume={run}")
 
 
+def resume_problem(run: Path, config: DictConfig) -> str | None:
+    """Why ``config`` cannot continue the run in ``run``, or ``None``: a link out of the folder, a state
+    that does not load, another net or data than the run's."""
+    link = foreign_link(run)
+    if link is not None:
+        return (f"run dir {run} holds {link[0]}, a link to {link[1]} outside it; a run writes only into its own "
+                f"folder (remove the link)")
+    federation = config.get("federation") is not None and config.get("fed_distill") is None
+    return unusable_resume_state(run, federation) or another_run(run, config)
+
+
 class WritableOutput(Callback):
     """``hydra.run.dir`` / ``hydra.sweep.dir`` must be creatable and writable before anything is written."""
 
@@ -122,16 +141,15 @@ class WritableOutput(Callback):
         self._check(config.hydra.run.dir, "hydra.run.dir")
         if resume in (None, False, "false"):
             return
-        link = foreign_link(str(config.hydra.run.dir))
-        if link is not None:
-            print(f"error: run dir {config.hydra.run.dir} holds {link[0]}, a link to {link[1]} outside it; a run "
-                  f"writes only into its own folder (remove the link)", file=sys.stderr)
-            sys.exit(2)
-        run = Path(str(config.hydra.run.dir))
-        federation = config.get("federation") is not None and config.get("fed_distill") is None
-        bad = unusable_resume_state(run, federation) or another_run(run, config)
+        try:  # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it
+            bad = resume_problem(Path(str(config.hydra.run.dir)), config)
+        except Exception as err:  # noqa: BLE001 - a run dir that cannot be checked is not continued
+            from lightning_modules.errors import ConfigError
+
+            bad = str(err) if isinstance(err, ConfigError) else \
+                f"resume: run dir {config.hydra.run.dir} could not be checked ({type(err).__name__}: {err})"
         if bad is not None:  # before Hydra rewrites .hydra/ and the run its config.yaml: the run dir stays as it was
-            print(f"error: {bad}", file=sys.stderr)
+            print(f"error: {bad.splitlines()[0] if bad else bad}", file=sys.stderr)
             sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

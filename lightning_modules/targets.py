@@ -120,6 +120,20 @@ DOWNLOAD_KEYS = {"encoder_weights": None, "pretrained": False, "weights": None}
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 
 
+def _downloading_defaults(target: Any) -> list[str]:
+    """The :data:`DOWNLOAD_KEYS` parameters of an allowed ``target`` whose default would fetch weights (a
+    non-empty string or ``True``). Only names under the allowed prefixes are imported, as in
+    :func:`check_target`; anything else is left for it to refuse."""
+    if not isinstance(target, str) or not under_prefixes(target, PROJECT_PACKAGES + LIBRARY_PACKAGES + extra_prefixes()):
+        return []
+    try:
+        params = inspect.signature(get_object(target)).parameters
+    except Exception:  # noqa: BLE001 - unresolvable or no signature: check_target has the last word
+        return []
+    return [k for k in DOWNLOAD_KEYS if k in params and isinstance(params[k].default, (str, bool))
+            and params[k].default]
+
+
 def no_downloads(cfg: Any, what: str = "net") -> Any:
     """A copy of a net config read from a checkpoint or received from the network that builds without
     touching the network: ``encoder_weights`` / ``weights`` -> ``None`` and ``pretrained`` -> ``False``
@@ -131,8 +145,11 @@ def no_downloads(cfg: Any, what: str = "net") -> Any:
         raise ConfigError(f"{what}={cfg!r} refused: a config read from a file or the network may not name a "
                           f"Hugging Face Hub model (it would be fetched from a repo the file chooses)")
     if isinstance(cfg, Mapping):
-        return {k: (DOWNLOAD_KEYS[k] if k in DOWNLOAD_KEYS and isinstance(v, (str, bool)) and v
-                    else no_downloads(v, f"{what}.{k}")) for k, v in cfg.items()}
+        out = {k: (DOWNLOAD_KEYS[k] if k in DOWNLOAD_KEYS and isinstance(v, (str, bool)) and v
+                   else no_downloads(v, f"{what}.{k}")) for k, v in cfg.items()}
+        for key in _downloading_defaults(cfg.get("_target_")):  # smp.Unet: encoder_weights="imagenet" if unset
+            out.setdefault(key, DOWNLOAD_KEYS[key])
+        return out
     if isinstance(cfg, (list, tuple)):
         return [no_downloads(v, f"{what}[{i}]") for i, v in enumerate(cfg)]
     return cfg

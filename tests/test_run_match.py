@@ -86,3 +86,27 @@ def test_test_only_run_with_other_data_settings_is_one_line(trained, tmp_path):
     proc = run_in_process("experiments.run", [*args, "model.width=8"], tmp_path)  # the net comes from the checkpoint
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["module"]["net"]["width"] == 4
+
+
+def test_a_run_with_the_default_loggers_resumes(module_tmp, tmp_path):
+    """Found by a review: W&B links a log of its offline run into ~/.cache/wandb, and the link check refused
+    every resume of a run that used the default loggers (CSV + W&B); the resume tests all used logger=csv."""
+    data = module_tmp("run_match_wandb") / "data"
+    tiny = [a for a in TINY if a != "logger=csv"]
+    run = tmp_path / "run"
+    first = run_in_process("experiments.run", [*tiny, f"paths.data_dir={data}", f"hydra.run.dir={run}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_in_process("experiments.run", [*tiny, f"paths.data_dir={data}", "trainer.max_epochs=2",
+                                               f"resume={run}"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_a_run_config_that_does_not_parse_stops_the_resume(trained, tmp_path):
+    """Found by a review: an exception in the checks (here yaml's RecursionError on a crafted config.yaml) was
+    logged by Hydra, which then ran the training into the folder anyway."""
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    (run / "config.yaml").write_text("[" * 20000)
+    proc = run_in_process("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", f"resume={run}"], tmp_path)
+    assert "config.yaml does not parse" in _error_line(proc)
+    assert (run / "config.yaml").read_text() == "[" * 20000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -147,8 +148,23 @@ def test_links_inside_a_run_folder_are_fine(tmp_path):
     (tmp_path / "wandb" / "run-1").mkdir(parents=True)
     (tmp_path / "wandb" / "latest-run").symlink_to("run-1")  # what W&B writes
     assert foreign_link(tmp_path) is None
-    (tmp_path / "wandb" / "dangling").symlink_to(tmp_path / "nowhere")
-    assert foreign_link(tmp_path) == (Path("wandb/dangling"), str(tmp_path / "nowhere"))
+    # W&B's own folder is W&B's: 0.31 links wandb/offline-run-*/logs/debug-core.log into ~/.cache/wandb (a
+    # review found every resume of a run with the default logger refused)
+    (tmp_path / "wandb" / "run-1" / "logs").mkdir()
+    (tmp_path / "wandb" / "run-1" / "logs" / "debug-core.log").symlink_to(tmp_path.parent)
+    assert foreign_link(tmp_path) is None
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "dangling").symlink_to(tmp_path / "nowhere")
+    assert foreign_link(tmp_path) == (Path("csv/dangling"), str(tmp_path / "nowhere"))
+    (tmp_path / "csv" / "dangling").unlink()
+    (tmp_path / "aaa").symlink_to("aaa")  # a loop: Path.resolve raised RuntimeError, and Hydra ran the run anyway
+    assert foreign_link(tmp_path) == (Path("aaa"), "aaa")
+    (tmp_path / "aaa").unlink()
+    other = tmp_path.parent / f"{tmp_path.name}_elsewhere"
+    other.mkdir()
+    shutil.move(str(tmp_path / "wandb"), str(other / "wandb"))
+    (tmp_path / "wandb").symlink_to(other / "wandb")  # the W&B folder itself as a link out: refused
+    assert foreign_link(tmp_path) == (Path("wandb"), str(other / "wandb"))
 
 
 # ------------------------------------------------------------------ 2. a checkpoint's config is data
@@ -234,15 +250,17 @@ def test_crafted_hub_model_in_checkpoint_is_refused_before_any_download(trained,
     assert "Hugging Face Hub" in line and "huggingface.co" not in proc.stderr
 
 
-def test_a_checkpoint_trained_from_pretrained_weights_loads_offline(tmp_path):
-    """A checkpoint's net config saying ``encoder_weights=imagenet`` is rebuilt without fetching anything
-    (its weights are in the file): before, loading it offline failed in the download."""
+@pytest.mark.parametrize("weights", [{"encoder_weights": "imagenet"}, {}], ids=["imagenet", "library_default"])
+def test_a_checkpoint_trained_from_pretrained_weights_loads_offline(tmp_path, weights):
+    """A checkpoint's net config saying ``encoder_weights=imagenet``, or leaving it to smp's default (which is
+    ``imagenet``; found by a review), is rebuilt without fetching anything (its weights are in the file):
+    before, loading it offline failed in the download."""
     from lightning_modules.checkpoints import net_from_checkpoint
 
     cfg = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "in_channels": 1, "classes": 2}
     net = build({**cfg, "encoder_weights": None})
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "hyper_parameters": {"net": {**cfg, "encoder_weights": "imagenet"}}}, tmp_path / "m.ckpt")
+                "hyper_parameters": {"net": {**cfg, **weights}}}, tmp_path / "m.ckpt")
     loaded = net_from_checkpoint(tmp_path / "m.ckpt")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
 
