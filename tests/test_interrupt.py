@@ -81,13 +81,19 @@ def test_resume_accepts_federation_and_teacher_stage_dirs(tmp_path, marker):
     assert proc.returncode == 0, proc.stderr[-1500:]
 
 
-def test_sigterm_between_federation_clients_is_reported(tmp_path):
+@pytest.mark.parametrize("executor", ["sequential", "ray"])
+def test_sigterm_between_federation_clients_is_reported(tmp_path, executor):
     """Found by an audit: SIGTERM outside Lightning's fit (between clients, in the server's aggregation or
-    evaluation) killed a federation with no line; it now prints the command that continues it, exit 143."""
+    evaluation) killed a federation with no line; it now prints the command that continues it, exit 143.
+    With Ray (found by a review), ``ray.init`` replaced the run's handler with its own ``sys.exit``."""
+    if executor == "ray":
+        pytest.importorskip("ray")
     run = tmp_path / "run"
     over = ["+exp=fed_digits_datashare", "model.width=4", "federation.progress=false", "trainer.limit_train_batches=2",
             "federation.rounds=200", "federation.num_clients=4", "federation.clients_per_round=2",
-            "federation.local_epochs=1", "logger=csv"]
+            "federation.local_epochs=1", "logger=csv", f"federation/executor={executor}"]
+    if executor == "ray":
+        over += ["federation.executor.gpus_per_client=0", "federation.executor.num_workers=1"]
     rounds = run / "rounds.csv"
     returncode, err = _sigterm_when([sys.executable, "-m", "experiments.run", *over, f"hydra.run.dir={run}"], tmp_path,
                                     lambda: rounds.is_file() and len(rounds.read_text().splitlines()) >= 3)

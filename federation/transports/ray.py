@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -113,7 +115,10 @@ class RayExecutor:
             else:
                 kw["num_cpus"] = max(1, math.ceil(num_workers * cpus_per_client))
                 kw["resources"] = dict(local_resources or {})
-            ray.init(**kw)
+            handler = signal.getsignal(signal.SIGTERM)
+            ray.init(**kw)  # installs its own SIGTERM handler (sys.exit) in the driver; the run's is kept instead
+            if threading.current_thread() is threading.main_thread() and handler is not None:
+                signal.signal(signal.SIGTERM, handler)
             self._started = True
         self.gpu_resource = str(gpu_resource)
         total = float(ray.cluster_resources().get(self.gpu_resource, 0.0))

@@ -104,7 +104,11 @@ def register_nodes(public_keys: dict[str, Path], env: dict[str, str], superlink:
 
 
 def _raise_terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    """SIGTERM during the rehearsal: Lightning's ``SIGTERMException``, which ``experiments.run`` turns into the
+    line that continues the run (exit 143); the ``finally`` below stops every process group first."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    raise SIGTERMException()
 
 
 def write_run_config(cfg: DictConfig, fdir: Path) -> Path:
