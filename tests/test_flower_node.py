@@ -54,6 +54,18 @@ def test_the_node_teacher_wins_wherever_the_server_names_one(seen):
     assert seen == {}
 
 
+@pytest.mark.parametrize("federation", [{"client_module": None}, {}, None], ids=["null", "unset", "no_federation"])
+def test_a_config_without_client_modules_passes_the_teacher_pin(seen, federation):
+    """A plain federation (no ``client_module``, or no ``federation`` key at all) must pass :func:`pin_teacher`
+    untouched (CI found the first version calling ``to_container`` on a plain ``{}``)."""
+    ccfg = {**CCFG, "module": {"_target_": "lightning_modules.segmentation.SegmentationModule"}}
+    ccfg = {k: v for k, v in ccfg.items() if k != "federation"}
+    if federation is not None:
+        ccfg["federation"] = federation
+    node_train("site_a", None, ccfg, {"site": "site_a", "data-root": "/site_a/ct"})
+    assert "teacher_ckpt" not in seen["cfg"].module
+
+
 def test_a_rehearsal_node_without_settings_keeps_the_servers_config(seen):
     node_train("site_a", None, CCFG, {"site": "site_a", "partition": "derive", "data-root": ""})  # "" is unset
     cfg = seen["cfg"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 __all__ = ["node_train", "node_value", "pin_teacher"]
 
@@ -25,7 +25,8 @@ def pin_teacher(cfg: Any, client_id: str, node: Mapping[str, Any], mode: str) ->
     ``teacher_ckpt`` (``module`` or ``federation.client_module.<client_id>``). A real site (``partition="all"``)
     without ``teacher`` refuses a server-named path: it would load whatever file the server names on this
     host. The rehearsal (``derive``, every node on the server's host) keeps the server's path."""
-    per = OmegaConf.to_container(cfg.federation.get("client_module") or {}) if "federation" in cfg else {}
+    given = cfg.federation.get("client_module") if "federation" in cfg else None
+    per = OmegaConf.to_container(given) if isinstance(given, DictConfig) else dict(given or {})
     own = per.get(client_id) or {}
     if "teacher_ckpt" not in cfg.module and "teacher_ckpt" not in own:
         return
