@@ -253,17 +253,27 @@ def test_unregistered_supernode_is_refused(tmp_path):
     assert all(p.poll() is not None for p in groups.procs.values())
 
 
-def test_ctrl_c_leaves_no_process(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_leaves_no_process(tmp_path, sig):
+    """Ctrl-C or SIGTERM (a scheduler's preemption) during a rehearsal stops every process group. SIGTERM also
+    ends in the line that continues the run, exit 143 (found by a review: the rehearsal raised KeyboardInterrupt,
+    a traceback and no line)."""
     proc, run_dir = _launch(tmp_path, [])
     try:
         _wait_for(lambda: "flwr_run" in (run_dir / "flower" / "pgids.json").read_text()
                   if (run_dir / "flower" / "pgids.json").is_file() else False, proc)
         time.sleep(3)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) != 0
+        proc.send_signal(sig)
+        code = proc.wait(timeout=120)
     finally:
         _stop(proc)
     _no_leftovers(run_dir)
+    assert code != 0
+    if sig == signal.SIGTERM:
+        out = (tmp_path / "out.log").read_text(errors="replace")
+        assert code == 143 and "Traceback" not in out, out[-3000:]
+        assert f"error: interrupted by SIGTERM; continue with: python -m experiments.run " in out, out[-3000:]
+        assert out.rstrip().endswith(f"resume={run_dir}"), out[-3000:]
 
 
 def test_server_killed_then_resumed_equals_in_process(tmp_path):
