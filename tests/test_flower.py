@@ -272,7 +272,7 @@ def test_ctrl_c_leaves_no_process(tmp_path, sig):
     if sig == signal.SIGTERM:
         out = (tmp_path / "out.log").read_text(errors="replace")
         assert code == 143 and "Traceback" not in out, out[-3000:]
-        assert f"error: interrupted by SIGTERM; continue with: python -m experiments.run " in out, out[-3000:]
+        assert "error: interrupted by SIGTERM; continue with: python -m experiments.run " in out, out[-3000:]
         assert out.rstrip().endswith(f"resume={run_dir}"), out[-3000:]
 
 
