@@ -9,9 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from pytorch_lightning.utilities.exceptions import SIGTERMException  # noqa: E402
 
 import datamodules.medmnist  # noqa: E402,F401  (registers the ${medmnist:...} resolver used by data configs)
-from engine import artifacts  # noqa: E402
+from engine import artifacts, stop  # noqa: E402
 from engine.debug import apply_debug  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.builders import check_dimensions  # noqa: E402
@@ -85,7 +83,7 @@ def main(cfg: DictConfig) -> float | None:
             cfg.paths.output_dir = str(Path(resume).resolve())
     targets.allow(cfg.get("allow_targets"))
     out = output_dir(cfg)
-    previous = _raise_on_sigterm()
+    previous = stop.install()
     try:
         check_dimensions(cfg, dict(HydraConfig.get().runtime.choices))
         check_scalars(cfg)
@@ -110,21 +108,7 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_on_sigterm() -> Any:
-    """SIGTERM raises Lightning's ``SIGTERMException`` anywhere in the run, not only inside ``trainer.fit``
-    (Lightning's own handler): a federation stopped between two clients, or in the server's evaluation,
-    exited 143 silently. Returns the handler to restore (``None`` off the main thread, where none is set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def stop(signum: int, frame: Any) -> None:
-        raise SIGTERMException()
-
-    return signal.signal(signal.SIGTERM, stop)
+        stop.restore(previous)  # SIGTERM anywhere in the run, not only in Lightning's fit (engine/stop.py)
 
 
 if __name__ == "__main__":

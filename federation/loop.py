@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from engine import artifacts
+from engine import artifacts, stop
 from engine.fit import is_debug
 from federation.core.sampling import clients_per_round
 from federation.curves import plot_rounds
@@ -77,9 +77,10 @@ def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
         rtask = bar.add_task("rounds", total=rounds, completed=server.start_round)
         ctask = bar.add_task("clients", total=1)
         for rnd in range(server.start_round, rounds):
+            stop.check()  # a SIGTERM stops the federation between clients and rounds (engine/stop.py)
             row = server.run_round(
                 rnd, on_start=lambda n, r=rnd: bar.reset(ctask, total=n, description=f"round {r + 1}: clients"),
-                on_done=lambda cid, ok: bar.advance(ctask))
+                on_done=lambda cid, ok: (bar.advance(ctask), stop.check()))
             server.history.append(row)
             server.update_best(rnd, row)
             log_metrics(server.loggers, row, step=rnd + 1)
