@@ -10,7 +10,8 @@ nothing in it is built.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import shlex
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.errors import ConfigError
 
-__all__ = ["PIXELS", "SOURCE", "RESUME", "TEST_ONLY", "saved_config", "differences", "saved_overrides"]
+__all__ = ["PIXELS", "SOURCE", "RESUME", "TEST_ONLY", "saved_config", "differences", "saved_overrides",
+           "continue_command"]
 
 #: data keys that decide what the net sees of an image: a checkpoint is only meaningful with the same ones
 PIXELS = ("window", "out_range", "image_size", "spacing", "orientation", "normalization", "in_channels",
@@ -47,16 +49,25 @@ def saved_config(run: Path) -> dict[str, Any] | None:
     return cfg if isinstance(cfg, dict) else None
 
 
+#: overrides a continued run must not repeat: its folder comes from ``resume=``, Hydra's own from Hydra
+_NOT_REPEATED = ("resume=", "hydra.", "ckpt_path=")
+
+
 def saved_overrides(run: Path) -> list[str]:
     """The command-line overrides the run was started with (``.hydra/overrides.yaml``), to be shown, never
-    applied; ``resume=`` and ``hydra.*`` ones left out."""
+    applied; ``resume=``, ``hydra.*`` and ``ckpt_path=`` ones left out."""
     try:
         got = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
     except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError):
         return []
-    if not isinstance(got, list):
-        return []
-    return [str(o) for o in got if not str(o).lstrip("+~").startswith(("resume=", "hydra.", "ckpt_path="))]
+    return [str(o) for o in got if not str(o).lstrip("+~").startswith(_NOT_REPEATED)] if isinstance(got, list) else []
+
+
+def continue_command(overrides: Iterable[str], run: Path | str) -> str:
+    """The shell command that continues the run in ``run``: ``overrides`` (less those a resume must not
+    repeat), each quoted for a POSIX shell (``data.window=[-40,160]`` is a glob there), then ``resume=<run>``."""
+    kept = [str(o) for o in overrides if not str(o).lstrip("+~").startswith(_NOT_REPEATED)]
+    return " ".join(["python -m experiments.run", *(shlex.quote(a) for a in [*kept, f"resume={run}"])])
 
 
 def _plain(cfg: Any, key: str) -> Any:

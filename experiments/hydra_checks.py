@@ -93,7 +93,7 @@ def unusable_resume_state(run: Path, federation: bool) -> str | None:
 def another_run(run: Path, config: DictConfig) -> str | None:
     """Why ``config`` does not continue the run in ``run`` (another net, other data settings or split than
     its ``config.yaml``), with the command that does; ``None`` when it does or the run has no config yet."""
-    from engine.run_match import differences, saved_config, saved_overrides
+    from engine.run_match import continue_command, differences, saved_config, saved_overrides
 
     saved = saved_config(run)
     if saved is None:
@@ -105,9 +105,8 @@ def another_run(run: Path, config: DictConfig) -> str | None:
     if not diffs:
         return None
     shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
-    again = " ".join(saved_overrides(run))
     return (f"resume={run} composes another run than the one in it: {shown}. Repeat the run's overrides: "
-            f"python -m experiments.run {again + ' ' if again else ''}resume={run}")
+            f"{continue_command(saved_overrides(run), run)}")
 
 
 def resume_problem(run: Path, config: DictConfig) -> str | None:

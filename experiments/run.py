@@ -31,6 +31,7 @@ from engine.scalars import check_scalars  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
 from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
+from engine.run_match import continue_command  # noqa: E402
 from experiments.hydra_checks import not_resumable_line, resumable, run_cli, task_started  # noqa: E402
 
 log = logging.getLogger("experiments.run")
@@ -91,9 +92,8 @@ def main(cfg: DictConfig) -> float | None:
         metrics = dispatch(cfg)
         return optimized_value(cfg, metrics)  # the sweep objective: cfg.optimized_metric, a validation metric
     except SIGTERMException:  # Lightning's SIGTERM (a SystemExit without a code): exit 0 would read as success
-        again = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("resume=", "hydra."))]
-        print(f"error: interrupted by SIGTERM; continue with: python -m experiments.run "
-              f"{' '.join([*again, f'resume={out}'])}", file=sys.stderr)
+        again = continue_command(HydraConfig.get().overrides.task, out)
+        print(f"error: interrupted by SIGTERM; continue with: {again}", file=sys.stderr)
         sys.exit(128 + 15)
     except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
         err = find_user_error(exc)

@@ -5,13 +5,14 @@ the data at the wrong size; a test-only run tested a 32-px checkpoint at 64 px w
 net it did not test."""
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from engine.run_match import TEST_ONLY, differences, saved_overrides
+from engine.run_match import TEST_ONLY, continue_command, differences, saved_overrides
 from tests.cli import run_in_process
 
 TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
@@ -54,6 +55,16 @@ def test_saved_overrides_are_shown_without_resume_or_hydra_keys(tmp_path):
     assert saved_overrides(tmp_path) == []
 
 
+def test_continue_command_is_shell_quoted_and_leaves_out_what_a_resume_sets(tmp_path):
+    """One command for the SIGTERM line and the refused resume; a list override (a glob to a POSIX shell)
+    and a value with a space reach the run as typed when the line is pasted into ``sh``."""
+    over = ["+exp=lits_dnet", "data.window=[-40,160]", "task_name=two words", "hydra.run.dir=/x",
+            "ckpt_path=/y.ckpt", "resume=/old"]
+    line = continue_command(over, tmp_path / "my run")
+    assert shlex.split(line) == ["python", "-m", "experiments.run", "+exp=lits_dnet", "data.window=[-40,160]",
+                                 "task_name=two words", f"resume={tmp_path / 'my run'}"]
+
+
 def test_resume_without_the_runs_overrides_is_one_line_and_changes_nothing(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained / "run", run)
@@ -62,8 +73,9 @@ def test_resume_without_the_runs_overrides_is_one_line_and_changes_nothing(train
                                               f"resume={run}"], tmp_path)
     line = _error_line(proc)
     assert "module.net.width=16 (the run's 4)" in line and "data.image_size=64 (the run's 32)" in line, line
-    again = " ".join([*TINY, f"paths.data_dir={trained / 'data'}"])
-    assert line.endswith(f"Repeat the run's overrides: python -m experiments.run {again} resume={run}"), line
+    head, _, command = line.partition("Repeat the run's overrides: ")
+    assert shlex.split(command) == ["python", "-m", "experiments.run", *TINY, f"paths.data_dir={trained / 'data'}",
+                                    f"resume={run}"], line
     assert {p: (run / p).read_bytes() for p in kept} == kept and not (run / "failed.json").exists()
 
 
