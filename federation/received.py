@@ -11,6 +11,9 @@ The server's client config is data from the wire, so before anything is built:
 * no string may hold an interpolation (``${...}``): the server sends resolved configs, and resolving one
   on the node could build a hidden ``_target_`` (``oc.create``) or read the node's environment (``oc.env``)
   (:func:`lightning_modules.targets.check_targets` refuses them);
+* no positional ``_args_`` (a value's parameter must be named to be checked) and no ``teacher_ckpt`` but
+  ``module.teacher_ckpt`` and ``federation.client_module.<site>.teacher_ckpt``, the two places a node pins
+  to its own teacher file (:func:`federation.transports.flower.node.pin_teacher`);
 * the keys a node decides for itself are replaced or dropped: ``federation.executor`` (a node runs no
   executor) and every ``cache_dir`` (the preprocessing cache stays under the node's own data folder);
 * once a node names its data folder (``data-root``), :func:`pin_data_paths` keeps every other path the
@@ -33,7 +36,7 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.targets import (LIBRARY_PACKAGES, PROJECT_PACKAGES, check_target, check_targets,
                                        extra_prefixes, no_downloads, under_prefixes)
 
-__all__ = ["check_received_config", "check_received_target", "pin_data_paths"]
+__all__ = ["check_received_config", "check_received_target", "pin_data_paths", "TEACHER_KEYS"]
 
 TRAINERS = ("pytorch_lightning.Trainer", "lightning.pytorch.Trainer")
 
@@ -82,11 +85,42 @@ def _drop_cache_dirs(node: Any) -> None:
             _drop_cache_dirs(value)
 
 
+#: where a received config may name the teacher checkpoint: the node replaces or refuses it there
+#: (:func:`federation.transports.flower.node.pin_teacher`); anywhere else it would be loaded unseen
+TEACHER_KEYS = ("module.teacher_ckpt", "federation.client_module.*.teacher_ckpt")
+
+
+def _at(path: tuple[str, ...], pattern: str) -> bool:
+    """``path`` is ``pattern``, a ``*`` standing for exactly one key (a site id)."""
+    want = pattern.split(".")
+    return len(path) == len(want) and all(w in ("*", p) for p, w in zip(path, want))
+
+
+def _refuse_hidden_arguments(node: Any, key: str, what: str, path: tuple[str, ...] = ()) -> None:
+    """No positional ``_args_`` (they hide which parameter a value sets: a teacher path passed as the 7th
+    argument of ``DistillationModule`` got past the teacher pin) and no ``teacher_ckpt`` outside
+    :data:`TEACHER_KEYS` (a nested LightningModule's would be loaded with no pin)."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            at, here = f"{key}.{k}" if key else str(k), (*path, str(k))
+            if k == "_args_":
+                raise ConfigError(f"{what}: {at} refused: a received config names each argument")
+            if k == "teacher_ckpt" and not any(_at(here, p) for p in TEACHER_KEYS):
+                raise ConfigError(f"{what}: {at} refused: a teacher checkpoint is named only as "
+                                  f"{' or '.join(TEACHER_KEYS)}")
+            _refuse_hidden_arguments(v, at, what, here)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _refuse_hidden_arguments(v, f"{key}[{i}]", what, (*path, f"[{i}]"))
+
+
 def check_received_config(ccfg: Mapping[str, Any], what: str = "client config from the server") -> dict[str, Any]:
-    """A checked copy of ``ccfg``: every ``_target_`` and string checked, node-owned keys removed."""
+    """A checked copy of ``ccfg``: every ``_target_`` and string checked, no positional ``_args_`` nor stray
+    ``teacher_ckpt``, node-owned keys removed."""
     if not isinstance(ccfg, Mapping):
         raise ConfigError(f"{what} is not a mapping ({type(ccfg).__name__})")
     cfg = copy.deepcopy(dict(ccfg))
+    _refuse_hidden_arguments(cfg, "", what)
     if isinstance(cfg.get("federation"), dict):
         cfg["federation"].pop("executor", None)
     _drop_cache_dirs(cfg.get("data"))

@@ -138,13 +138,17 @@ def no_downloads(cfg: Any, what: str = "net") -> Any:
     """A copy of a net config read from a checkpoint or received from the network that builds without
     touching the network: ``encoder_weights`` / ``weights`` -> ``None`` and ``pretrained`` -> ``False``
     (the weights come from the checkpoint or the server, so nothing is lost), and a Hugging Face Hub
-    model name is refused with one line (its architecture itself is fetched, from a repo the file names)."""
+    model name is refused with one line (its architecture itself is fetched, from a repo the file names), and
+    so are positional ``_args_``."""
     if isinstance(cfg, (DictConfig, ListConfig)):
         cfg = OmegaConf.to_container(cfg, resolve=False)
     if isinstance(cfg, str) and any(p in cfg.lower() for p in HUB_PREFIXES):
         raise ConfigError(f"{what}={cfg!r} refused: a config read from a file or the network may not name a "
                           f"Hugging Face Hub model (it would be fetched from a repo the file chooses)")
     if isinstance(cfg, Mapping):
+        if "_args_" in cfg:  # smp.Unet(name, depth, "imagenet"): a positional argument escapes every key check
+            raise ConfigError(f"{what}._args_ refused: a config read from a file or the network names each "
+                              f"argument (positional arguments hide which parameter a value sets)")
         out = {k: (DOWNLOAD_KEYS[k] if k in DOWNLOAD_KEYS and isinstance(v, (str, bool)) and v
                    else no_downloads(v, f"{what}.{k}")) for k, v in cfg.items()}
         for key in _downloading_defaults(cfg.get("_target_")):  # smp.Unet: encoder_weights="imagenet" if unset

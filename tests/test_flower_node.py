@@ -54,6 +54,27 @@ def test_the_node_teacher_wins_wherever_the_server_names_one(seen):
     assert seen == {}
 
 
+HIDDEN = {"positional": {"module": {"_target_": "lightning_modules.distillation.DistillationModule", "_recursive_": False,
+                                   "_args_": [{}, {}, {}, [], {}, 2, "/home/other_project/private.ckpt"]}},
+          "nested": {"module": {"_target_": "lightning_modules.segmentation.SegmentationModule",
+                                "net": {"_target_": "lightning_modules.distillation.DistillationModule",
+                                        "teacher_ckpt": "/home/other_project/private.ckpt"}}},
+          "deep_client_module": {"federation": {"client_module": {"site_b": {
+              "net": {"teacher_ckpt": "/home/other_project/private.ckpt"}}}}}}
+
+
+@pytest.mark.parametrize("where", sorted(HIDDEN))
+def test_a_teacher_path_the_pin_cannot_see_is_refused(seen, where):
+    """Found by an audit: a teacher path passed as ``DistillationModule``'s 7th positional argument
+    (``_args_``) got past the pin, and a real site without ``teacher`` loaded the server-named file (its
+    error text, returned to the server, even told which files exist). Positional ``_args_`` and a
+    ``teacher_ckpt`` anywhere but the two pinned places are refused before anything is built."""
+    node = {"site": "site_b", "data-root": "/site_b/ct", "partition": "all"}
+    with pytest.raises(ConfigError, match="_args_ refused|teacher_ckpt refused"):
+        node_train("site_b", None, {**CCFG, **HIDDEN[where]}, node)
+    assert seen == {}
+
+
 @pytest.mark.parametrize("federation", [{"client_module": None}, {}, None], ids=["null", "unset", "no_federation"])
 def test_a_config_without_client_modules_passes_the_teacher_pin(seen, federation):
     """A plain federation (no ``client_module``, or no ``federation`` key at all) must pass :func:`pin_teacher`

@@ -276,6 +276,10 @@ def test_no_downloads_rewrites_weight_keys_and_refuses_hub_names():
         no_downloads(HUB_NET)
     with pytest.raises(ConfigError, match="Hugging Face Hub"):
         no_downloads({"model_name": "HF_HUB:org/x"})
+    # smp.Unet(encoder_name, encoder_depth, encoder_weights): "imagenet" as a positional argument escapes the keys
+    with pytest.raises(ConfigError, match=r"net\.sub\._args_ refused"):
+        no_downloads({"_target_": "x.Net", "sub": {"_target_": "segmentation_models_pytorch.Unet",
+                                                   "_args_": ["resnet18", 5, "imagenet"]}}, "net")
 
 
 def test_build_allow_list():
