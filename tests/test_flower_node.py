@@ -137,3 +137,15 @@ def test_a_received_net_config_builds_offline_and_names_no_hub_model():
     assert got["module"]["net"]["encoder_weights"] is None
     with pytest.raises(ConfigError, match="module.net.encoder_name.*Hugging Face Hub"):
         check_received_config({**CCFG, "module": {**CCFG["module"], "net": {**net, "encoder_name": "tu-hf-hub:a/b"}}})
+
+
+def test_the_node_decides_its_own_hardware(seen):
+    """Found by an audit: the server's ``trainer.strategy=ddp num_nodes=2`` reached the node as is (Ray's
+    executor already pinned one device); a SuperNode trains in one process, on its own accelerator."""
+    ccfg = {**CCFG, "trainer": {"strategy": "ddp", "num_nodes": 2, "devices": 8, "accelerator": "gpu", "max_epochs": 3}}
+    node = {"site": "site_b", "data-root": "/site_b/ct", "teacher": "/site_b/teacher.pt", "partition": "all"}
+    node_train("site_b", None, ccfg, node)
+    assert dict(seen["cfg"].trainer) == {"strategy": "auto", "num_nodes": 1, "devices": 1, "accelerator": "gpu",
+                                         "max_epochs": 3}
+    node_train("site_b", None, ccfg, {**node, "accelerator": "cpu", "devices": "2"})
+    assert (seen["cfg"].trainer.accelerator, seen["cfg"].trainer.devices) == ("cpu", 2)

@@ -3,7 +3,7 @@ decodes the message and calls :func:`node_train`; tests that stand in for SuperN
 both run the same steps.
 
 ``node`` is the SuperNode's node config (keys documented in :mod:`.client_app`): ``site``, ``partition``,
-``data-root``, ``layout``, ``store``, ``teacher``.
+``data-root``, ``layout``, ``store``, ``teacher``, ``accelerator``, ``devices``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-__all__ = ["node_train", "node_value", "pin_teacher"]
+__all__ = ["node_train", "node_value", "pin_teacher", "pin_hardware"]
 
 
 def node_value(node: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -45,6 +45,18 @@ def pin_teacher(cfg: Any, client_id: str, node: Mapping[str, Any], mode: str) ->
     cfg.federation.client_module = per
 
 
+def pin_hardware(cfg: Any, node: Mapping[str, Any]) -> None:
+    """The node's hardware is its own: one process on one node (a SuperNode starts no DDP ranks and joins no
+    other host, whatever ``trainer.strategy`` / ``num_nodes`` the server's host uses), on the node's
+    ``accelerator`` / ``devices`` when its node config names them (default: the server's accelerator, 1 device)."""
+    if "trainer" not in cfg or cfg.trainer is None:
+        cfg.trainer = {}
+    cfg.trainer.num_nodes, cfg.trainer.strategy = 1, "auto"
+    cfg.trainer.devices = int(node_value(node, "devices", 1))
+    if node_value(node, "accelerator") is not None:
+        cfg.trainer.accelerator = str(node_value(node, "accelerator"))
+
+
 def node_train(client_id: str, server_msg: Any, ccfg: Mapping[str, Any], node: Mapping[str, Any]) -> Any:
     """Train ``client_id`` for one round on this node's own data; returns the runner's ``ClientUpdate``.
 
@@ -74,6 +86,7 @@ def node_train(client_id: str, server_msg: Any, ccfg: Mapping[str, Any], node: M
         if node_value(node, "layout") is not None:
             cfg.data.layout = str(node_value(node, "layout"))
         pin_teacher(cfg, client_id, node, mode)
+        pin_hardware(cfg, node)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # as the server before its base datamodule
     base = get_base_datamodule(cfg.data)
     indices = site_indices(cfg, base, client_id, mode)
