@@ -273,6 +273,7 @@ class Server:
                                  "fed/round/seconds_clients": time.perf_counter() - t0,
                                  "fed/round/train_samples": sum(u.num_samples for u in updates),
                                  "fed/round/shared_sent": sum(sent[u.client_id] for u in updates)}
+        row.update({f"client/{u.client_id}/num_samples": u.num_samples for u in updates})  # FedAvg's n_k, as each said
         for key in sorted(set.intersection(*(set(u.metrics) for u in updates))):
             row[f"fed/round/local_val/{key}"] = float(np.mean([u.metrics[key] for u in updates]))
             for u in updates:

@@ -24,7 +24,13 @@ __all__ = [
     "state_schema",
     "assert_no_data",
     "is_finite",
+    "update_problem",
+    "MAX_SAMPLES",
 ]
+
+#: the largest sample count a client may report: every count up to it is exact as a float, and thousands of
+#: them sum to a finite FedAvg weight (a site claiming 1.7e308 made two sites' weights overflow to a zero model)
+MAX_SAMPLES = 2 ** 53
 
 Schema = Mapping[str, tuple[int, ...]]
 
@@ -93,8 +99,9 @@ class ClientUpdate:
             raise TypeError(f"client_id must be a non-empty str, got {self.client_id!r}")
         if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int):
             raise TypeError(f"num_samples must be an int, got {type(self.num_samples).__name__}")
-        if self.num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {self.num_samples}")
+        if not 0 <= self.num_samples <= MAX_SAMPLES:
+            shown = str(self.num_samples) if len(str(self.num_samples)) < 20 else f"a {len(str(self.num_samples))}-digit int"
+            raise ValueError(f"num_samples must be in [0, 2**53], got {shown}")
         _check_weights(self.weights, self.schema)
         object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
         object.__setattr__(self, "metrics", MappingProxyType(_check_metrics(self.metrics)))
@@ -146,3 +153,33 @@ def is_finite(update: ClientUpdate) -> bool:
         if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
             return False
     return all(math.isfinite(v) for v in update.metrics.values())
+
+
+def _kind(t: Tensor) -> str:
+    return "bool" if t.dtype == torch.bool else "float" if (t.is_floating_point() or t.is_complex()) else "int"
+
+
+def update_problem(update: ClientUpdate, sent: Mapping[str, Tensor]) -> str | None:
+    """Why ``update`` cannot be aggregated with the others (``None`` when it can), judged against the
+    weights ``sent`` to its client: the same keys, shapes and kind (float, integer, bool) of entries, finite
+    values, and BatchNorm counters (``num_batches_tracked``) that are not negative.
+
+    An executor drops such a client from the round with this reason, as it drops one that raised: a single
+    hostile or broken site's extra, missing or reshaped entry stopped every site's federation before.
+    """
+    got, want = set(update.weights), set(sent)
+    if got != want:
+        extra, missing = sorted(got - want), sorted(want - got)
+        return ("its update's entries are not those sent" + (f"; extra: {extra[:3]}" if extra else "")
+                + (f"; missing: {missing[:3]}" if missing else ""))
+    for key, ref in sent.items():
+        value = update.weights[key]
+        if tuple(value.shape) != tuple(ref.shape):
+            return f"entry {key!r} has shape {tuple(value.shape)}, {tuple(ref.shape)} was sent"
+        if _kind(value) != _kind(ref):
+            return f"entry {key!r} is {value.dtype}, {ref.dtype} was sent"
+        if key.endswith("num_batches_tracked"):
+            count = value + ref if update.is_delta else value
+            if bool((count < 0).any()):
+                return f"entry {key!r} (a BatchNorm counter) is negative"
+    return None if is_finite(update) else "returned non-finite weights or metrics"

@@ -52,8 +52,8 @@ def allocate_shared(accuracies: Mapping[str, float], n_shared: int, mode: Sharin
     if not accuracies:
         return {}
     values = [float(a) for a in accuracies.values()]
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"accuracies must be finite, got {dict(accuracies)}")
+    if not all(0.0 <= v <= 1.0 for v in values):  # NaN fails too; a client's -1e300 took the whole pool
+        raise ValueError(f"accuracies must lie in [0, 1], got {dict(accuracies)}")
     acc_avg = sum(values) / len(values)
     acc_min = min(values)
     spread = acc_avg - acc_min

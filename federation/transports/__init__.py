@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from federation.core.messages import ClientUpdate, is_finite
+from federation.core.messages import ClientUpdate, is_finite, update_problem
 
 __all__ = ["ClientJob", "ClientFn", "Executor", "ExecutorError", "check_update", "drop"]
 
@@ -48,15 +48,18 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
-def check_update(client_id: str, update: Any) -> str | None:
-    """Why ``update`` must be dropped (None when it is usable)."""
+def check_update(client_id: str, update: Any, job: ClientJob | None = None) -> str | None:
+    """Why ``update`` must be dropped (None when it is usable): not an update of ``client_id``, or, against
+    the weights ``job`` sent, other entries than were sent or unusable values
+    (:func:`~federation.core.messages.update_problem`)."""
     if not isinstance(update, ClientUpdate):
         return f"returned a {type(update).__name__}, not a ClientUpdate"
     if update.client_id != client_id:
         return f"returned an update for client {update.client_id!r}"
-    if not is_finite(update):
-        return "returned non-finite weights or metrics"
-    return None
+    message = job.kwargs.get("server_message") if job is not None else None
+    if message is not None:
+        return update_problem(update, message.weights)
+    return None if is_finite(update) else "returned non-finite weights or metrics"
 
 
 def drop(failures: dict[str, str], client_id: str, reason: str) -> None:

@@ -40,7 +40,7 @@ class SequentialExecutor:
                 update = None
             if update is not None:
                 elapsed = time.perf_counter() - t0
-                reason = check_update(job.client_id, update)
+                reason = check_update(job.client_id, update, job)
                 if reason is None and self.timeout_s is not None and elapsed > self.timeout_s:
                     reason = f"timed out ({elapsed:.1f} s > {self.timeout_s:.1f} s)"
                 if reason is None:

@@ -183,6 +183,7 @@ class RayExecutor:
             self._new_actor()
         self._prepare(list(self._pool), jobs)
         idle, queue = list(self._pool), list(jobs)
+        by_id = {j.client_id: j for j in jobs}
         running: dict[Any, tuple[Any, str, float]] = {}
         updates: list[ClientUpdate] = []
         failures: dict[str, str] = {}
@@ -204,7 +205,7 @@ class RayExecutor:
                 actor, cid, _ = running.pop(ref)
                 try:
                     update = ray.get(ref)
-                    reason = check_update(cid, update)
+                    reason = check_update(cid, update, by_id[cid])
                     idle.append(actor)
                 except ray.exceptions.RayActorError as exc:  # the worker process died: replace it
                     update, reason = None, f"its Ray worker died ({type(exc).__name__})"

@@ -16,24 +16,28 @@ StateDict = dict[str, Tensor]
 STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def weighted_average(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
-    """sum_k w_k x_k / sum_k w_k, accumulated in float64 and cast back to the input dtype.
+def weighted_average(tensors: Sequence[Tensor], weights: Sequence[float], dtype: torch.dtype | None = None) -> Tensor:
+    """sum_k w_k x_k / sum_k w_k, accumulated in float64 and cast to ``dtype`` (the global entry's; by
+    default the first tensor's: a client's dtype must not become the global model's).
 
     Integer tensors (e.g. BN ``num_batches_tracked``) get the weighted mean *rounded* to the nearest
     integer; bool tensors the weighted majority. Zero total weight falls back to the plain mean.
     """
     w = torch.as_tensor(weights, dtype=torch.float64)
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"aggregation weights must be finite and >= 0, got {w.tolist()[:5]}")
     w = torch.ones_like(w) if float(w.sum()) <= 0 else w
     w = w / w.sum()
     ref = tensors[0]
+    dtype = ref.dtype if dtype is None else dtype
     acc = torch.zeros(ref.shape, dtype=torch.float64, device=ref.device)
     for wk, t in zip(w.tolist(), tensors):  # in place: one float64 temporary per client tensor
         acc.add_(t.detach().to(device=ref.device, dtype=torch.float64), alpha=wk)
-    if ref.dtype == torch.bool:
+    if dtype == torch.bool:
         return acc >= 0.5
-    if not (ref.is_floating_point() or ref.is_complex()):
-        return acc.round().to(ref.dtype)
-    return acc.to(ref.dtype)
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return acc.round().to(dtype)
+    return acc.to(dtype)
 
 
 def _absolute(global_state: Mapping[str, Tensor], update: ClientUpdate, key: str) -> Tensor:
@@ -57,7 +61,7 @@ def fedavg(
         missing = [u.client_id for u in updates if key not in u.weights]
         if missing:
             raise KeyError(f"updates from {missing} lack exchanged key {key!r}")
-        new[key] = weighted_average([_absolute(global_state, u, key) for u in updates], coef)
+        new[key] = weighted_average([_absolute(global_state, u, key) for u in updates], coef, global_state[key].dtype)
     return new
 
 

@@ -49,13 +49,13 @@ class DataSharing(FedAvg):
         new = super().aggregate(global_state, updates, round)
         reported: dict[str, float] = {}
         finite = [u for u in updates if is_finite(u)]
-        silent = [u.client_id for u in finite if self.metric not in u.metrics]
+        silent = [u.client_id for u in finite if not 0.0 <= u.metrics.get(self.metric, -1.0) <= 1.0]
         if self.mode == "part" and silent and len(silent) == len(finite):  # a wrong metric name, not a small client
-            raise KeyError(f"no client reported the {self.metric!r} metric (clients {silent}); "
-                           f"set federation.strategy.metric to one they report")
+            raise KeyError(f"no client reported the {self.metric!r} metric as a score in [0, 1] (clients {silent}); "
+                           f"set federation.strategy.metric to an accuracy they report")
         if self.mode == "part" and silent:  # e.g. a client too small for a validation split
-            warnings.warn(f"clients {silent} reported no {self.metric!r}: left out of this round's allocation "
-                          f"(they keep the shared data they had)", stacklevel=2)
+            warnings.warn(f"clients {silent} reported no {self.metric!r} in [0, 1]: left out of this round's "
+                          f"allocation (they keep the shared data they had)", stacklevel=2)
         for u in finite:
             if self.mode != "part" or u.client_id not in silent:
                 reported[u.client_id] = float(u.metrics.get(self.metric, float("nan")))

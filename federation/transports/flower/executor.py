@@ -86,6 +86,7 @@ class FlowerExecutor:
                                "secagg.clipping_range": float(self.secagg.clipping_range)})
         self.nodes: dict[str, int] = {}   # client id -> node id
         self._asked: set[int] = set()
+        self._refused: dict[int, str] = {}  # node id -> the site it claimed while another node held it
 
     # ------------------------------------------------------------------ which node is which site
     def _ask(self, node_ids: list[int]) -> None:
@@ -94,15 +95,27 @@ class FlowerExecutor:
         t0 = time.monotonic()
         replies = list(self.grid.send_and_receive(msgs, timeout=self.connect_timeout_s))
         log.warning("site query: %d of %d nodes answered in %.1f s", len(replies), len(msgs), time.monotonic() - t0)
+        live = set(self.grid.get_node_ids())
         for reply in replies:
-            if reply.has_error():
-                log.warning("node %s did not say its site: %s", reply.metadata.src_node_id, reply.error.reason)
-                continue
-            site = str(reply.content.config_records["site"]["site"])
             node = int(reply.metadata.src_node_id)
             self._asked.add(node)
-            if site in self.nodes and self.nodes[site] != node:
-                log.warning("site %s now answers from node %d (was %d)", site, node, self.nodes[site])
+            if reply.has_error():
+                log.warning("node %s did not say its site: %s", node, reply.error.reason)
+                continue
+            try:
+                site = str(reply.content.config_records["site"]["site"])
+            except (KeyError, TypeError, AttributeError) as exc:  # a malformed answer leaves that node out
+                log.warning("node %s answered the site query without a site (%s): left out", node, type(exc).__name__)
+                continue
+            held = self.nodes.get(site)
+            if held is not None and held != node and held in live:  # first claim wins while its node is connected
+                log.warning("node %d claims site %s, which connected node %d holds: refused (a site answers from "
+                            "one node; restart the federation if %d is not that site's)", node, site, held, held)
+                self._refused[node] = site  # asked again once node `held` has left (a reconnecting site)
+                continue
+            self._refused.pop(node, None)
+            if held is not None and held != node:
+                log.warning("site %s now answers from node %d (node %d has left)", site, node, held)
             self.nodes[site] = node
 
     def discover(self, wanted: set[str]) -> None:
@@ -110,7 +123,8 @@ class FlowerExecutor:
         deadline = time.monotonic() + self.connect_timeout_s
         live = set(self.grid.get_node_ids())
         while True:
-            new = sorted(n for n in live if n not in self._asked)
+            new = sorted(n for n in live if n not in self._asked
+                         or (n in self._refused and self.nodes.get(self._refused[n]) not in live))
             if new:
                 self._ask(new)
             if wanted <= {s for s, n in self.nodes.items() if n in live} or time.monotonic() > deadline:
@@ -127,7 +141,7 @@ class FlowerExecutor:
         first = not self.nodes
         self.discover({j.client_id for j in jobs} if first else set())
         live = set(self.grid.get_node_ids())
-        msgs, by_node, dtypes = [], {}, {}
+        msgs, by_node, by_site = [], {}, {}
         for job in jobs:
             node = self.nodes.get(job.client_id)
             if node is None or node not in live:
@@ -139,12 +153,12 @@ class FlowerExecutor:
             msgs.append(Message(encode_message(smsg, job.client_id, plain, self.extra, self.privacy == "dp"),
                                 dst_node_id=node, message_type=MessageType.TRAIN))
             by_node[node] = job.client_id
-            dtypes[job.client_id] = {k: v.dtype for k, v in smsg.weights.items()}
+            by_site[job.client_id] = job
         if self.privacy == "secagg" and jobs:
             smsg = jobs[0].kwargs["server_message"]  # the strategies send every site the same global weights
-            got = self._secagg(msgs, by_node, smsg.weights, failures, smsg.round)
+            got = self._secagg(msgs, by_node, smsg.weights, failures, smsg.round, by_site)
         else:
-            got = self._plain(msgs, by_node, dtypes, failures) if jobs else {}
+            got = self._plain(msgs, by_node, by_site, failures) if jobs else {}
         updates = []
         for job in jobs:  # aggregation order = job order, independent of arrival order
             cid = job.client_id
@@ -158,8 +172,8 @@ class FlowerExecutor:
                 on_done(cid, cid in got)
         return updates, failures
 
-    def _plain(self, msgs: list[Message], by_node: dict[int, str], dtypes: dict, failures: dict[str, str]
-               ) -> dict[str, ClientUpdate]:
+    def _plain(self, msgs: list[Message], by_node: dict[int, str], jobs: dict[str, ClientJob],
+               failures: dict[str, str]) -> dict[str, ClientUpdate]:
         got: dict[str, ClientUpdate] = {}
         if not msgs:
             return got
@@ -171,15 +185,17 @@ class FlowerExecutor:
                 failures[cid] = f"node error {reply.error.code}: {reply.error.reason}"
                 continue
             try:
-                update = decode_update(reply.content, cid, dtypes[cid])
+                sent = jobs[cid].kwargs["server_message"].weights
+                update = decode_update(reply.content, cid, {k: v.dtype for k, v in sent.items()},
+                                       noisy=self.privacy == "dp")
             except Exception as exc:  # noqa: BLE001 - a malformed reply drops that client only
                 failures[cid] = f"malformed reply: {type(exc).__name__}: {exc}"
                 continue
-            _keep(got, failures, cid, update)
+            _keep(got, failures, cid, update, jobs[cid])
         return got
 
     def _secagg(self, msgs: list[Message], by_node: dict[int, str], sent_weights: Mapping[str, Any],
-                failures: dict[str, str], rnd: int) -> dict[str, ClientUpdate]:
+                failures: dict[str, str], rnd: int, jobs: dict[str, ClientJob]) -> dict[str, ClientUpdate]:
         """One SecAgg+ round over the sites of ``msgs`` (see the module docstring)."""
         from flwr.compat.common.recorddict_compat import recorddict_to_fitins
 
@@ -219,7 +235,7 @@ class FlowerExecutor:
             except Exception as exc:  # noqa: BLE001
                 failures[cid] = f"malformed reply: {type(exc).__name__}: {exc}"
                 continue
-            _keep(got, failures, cid, update)
+            _keep(got, failures, cid, update, jobs[cid])
         if len(got) < len(result.replies):  # a mean that mixes a site we cannot use is no mean of the others
             for cid in got:
                 failures[cid] = "dropped with the whole SecAgg+ round (another site's reply was unusable)"
@@ -230,8 +246,9 @@ class FlowerExecutor:
         pass
 
 
-def _keep(got: dict[str, ClientUpdate], failures: dict[str, str], cid: str, update: ClientUpdate) -> None:
-    reason = check_update(cid, update)
+def _keep(got: dict[str, ClientUpdate], failures: dict[str, str], cid: str, update: ClientUpdate,
+          job: ClientJob) -> None:
+    reason = check_update(cid, update, job)
     if reason is None:
         got[cid] = update
     else:

@@ -14,6 +14,7 @@ float64 (:func:`secagg_update`), which the mod masks; the server decodes the unm
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -96,16 +97,39 @@ def encode_update(update: ClientUpdate, as_float: bool = False) -> RecordDict:
     })
 
 
-def decode_update(content: RecordDict, client_id: str, dtypes: Mapping[str, torch.dtype]) -> ClientUpdate:
-    """A :class:`ClientUpdate` from a Fit reply; tensors cast back to the global model's dtypes."""
+def _count(value: Any) -> int:
+    """``fitres.num_examples`` as an exact integer: a float is accepted only when it is a whole number."""
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ValueError(f"num_examples={value!r} is not a whole number")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"num_examples is a {type(value).__name__}")
+    return int(value)
+
+
+def _as_integer(key: str, value: torch.Tensor, dtype: torch.dtype, noisy: bool) -> torch.Tensor:
+    """An integer entry (BatchNorm's counter) that crossed as a float. Only DP sends one so (``as_float``):
+    its noise is rounded away and a counter it made negative is clamped to 0. Anything else must already
+    be a whole number within the integer type's range: NaN or 1e30 cast to int64 is an arbitrary value."""
+    if not bool(torch.isfinite(value).all()) or (value.numel() and float(value.abs().max()) >= 2.0 ** 62):
+        raise ValueError(f"entry {key!r}: {dtype} values arrived non-finite or out of range")
+    if not noisy and not bool((value == value.round()).all()):
+        raise ValueError(f"entry {key!r}: {dtype} values arrived as fractions")
+    value = value.round()
+    return (value.clamp(min=0) if noisy else value).to(dtype)
+
+
+def decode_update(content: RecordDict, client_id: str, dtypes: Mapping[str, torch.dtype],
+                  noisy: bool = False) -> ClientUpdate:
+    """A :class:`ClientUpdate` from a Fit reply; tensors cast back to the global model's dtypes (``noisy``:
+    the reply went through ``LocalDpMod``, whose noise lands on integer entries too)."""
     metrics = dict(content.config_records["fitres.metrics"])
     keys = str(metrics.pop(KEYS)).split("\n")
     is_delta = bool(metrics.pop(PREFIX + "is_delta", False))
     weights = _tensors(content.array_records["fitres.parameters"], keys)
     for k, v in weights.items():
         if k in dtypes and v.dtype != dtypes[k]:
-            weights[k] = (v.round() if not dtypes[k].is_floating_point else v).to(dtypes[k])
-    n = int(content.metric_records["fitres.num_examples"]["num_examples"])
+            weights[k] = v.to(dtypes[k]) if dtypes[k].is_floating_point else _as_integer(k, v, dtypes[k], noisy)
+    n = _count(content.metric_records["fitres.num_examples"]["num_examples"])
     return ClientUpdate(client_id, weights, n, metrics, is_delta=is_delta)
 
 
