@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.errors import DataError
+from datamodules.nifti_checks import check_affine, check_header
 from datamodules.spatial import GridMeta, check_orientation, to_grid, from_grid
 from lightning_modules.atomic import temp_beside
 
@@ -38,15 +39,21 @@ NORMALIZATIONS = ("window", "zscore", "ct")
 def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     """Read a NIfTI file as ``(float32 array in (H, W, D) = nibabel x,y,z order, affine, header)``.
 
-    A missing, corrupt or truncated file raises :class:`DataError` naming the file.
+    A missing, corrupt or truncated file, or one whose header or affine fails
+    :mod:`datamodules.nifti_checks`, raises :class:`DataError` naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"NIfTI file {path} does not exist")
     try:
         img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel/gzip/zlib raise many types for a damaged file
+        raise DataError(f"cannot read NIfTI file {path}: {type(exc).__name__}: {exc}") from None
+    check_header(path, img)  # before the read: a tiny file may claim gigabytes
+    check_affine(path, img.affine)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001
         raise DataError(f"cannot read NIfTI file {path}: {type(exc).__name__}: {exc}") from None
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -206,6 +213,8 @@ def load_on_grid(images: Path | Sequence[Path], params: PreprocessParams,
     chans, affine = [], None
     for p in paths:
         x, aff, _ = load_nifti(p)
+        if not np.isfinite(x).all():  # NaN would train to a NaN loss, or spread through a prediction
+            raise DataError(f"image {p} has {int((~np.isfinite(x)).sum())} NaN/inf voxels")
         if chans and x.shape != chans[0].shape:
             raise DataError(f"shape mismatch: channel {p} is {x.shape} but {paths[0]} is {chans[0].shape}")
         chans.append(x)
@@ -217,8 +226,8 @@ def load_on_grid(images: Path | Sequence[Path], params: PreprocessParams,
         if y.shape != chans[0].shape:
             raise DataError(f"shape mismatch: image {paths[0]} is {chans[0].shape} but label {label} "
                             f"is {y.shape}")
-        y, _ = to_grid(y, affine, params.orientation, params.spacing, is_label=True)
-    x, grid = to_grid(x, affine, params.orientation, params.spacing, is_label=False)
+        y, _ = to_grid(y, affine, params.orientation, params.spacing, is_label=True, source=paths[0])
+    x, grid = to_grid(x, affine, params.orientation, params.spacing, is_label=False, source=paths[0])
     return x, y, grid
 
 
@@ -295,8 +304,6 @@ class VolumeCache:
         """Read, check, reorient/resample and preprocess one volume (no cache involved)."""
         self.decode_count += 1
         x, y, grid = load_on_grid(image, self.params, label)
-        if not np.isfinite(x).all():  # NaN would train to a NaN loss and write metrics as if nothing happened
-            raise DataError(f"image {image} has {int((~np.isfinite(x)).sum())} NaN/inf voxels")
         if y is not None:
             y = check_labels(y, self.params.labels, label)
             y = resize_slices(to_slices(y), self.params.image_size, is_label=True)

@@ -207,6 +207,8 @@ def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: f
     source = torch.from_numpy(dm.restore_probabilities(prob, grid))             # [K, *input shape]
     volume = VolumePredictor.labels(source, threshold, class_dim=0).numpy().astype(np.uint8)
     src = nib.load(str(case.images[0]))
+    if volume.shape != src.shape and volume.size == int(np.prod(src.shape)):  # (H, W, D, 1): the input's own shape
+        volume = volume.reshape(src.shape)
     header = src.header.copy()
     header.set_data_dtype(np.uint8)
     return nib.Nifti1Image(volume, src.affine, header)
@@ -217,17 +219,40 @@ def save_nifti(img: nib.Nifti1Image, path: Path) -> None:
         nib.save(img, str(tmp))
 
 
-def score_case(pred: np.ndarray, case: PredictCase, dm, class_names: Sequence[str],
-               tolerance_mm: float) -> dict[str, float]:
-    """Dice/IoU/RVD, HD95 and NSD of one prediction against its label, on the input's grid (mm)."""
+def check_label_shapes(cases: Sequence[PredictCase]) -> None:
+    """Every label's shape is its input's, read from the headers before any case is segmented (a folder's
+    bad label stopped the run after earlier cases were written, and their scores were lost)."""
+    def shape(path: Path) -> tuple[int, ...]:
+        try:
+            dims = tuple(int(d) for d in nib.load(str(path)).shape)
+        except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged file
+            raise DataError(f"cannot read NIfTI file {path}: {type(exc).__name__}: {exc}") from None
+        return dims[:3] if len(dims) == 4 and dims[3] == 1 else dims
+    for case in cases:
+        if case.label is not None and shape(case.label) != shape(case.images[0]):
+            raise DataError(f"label {case.label} is {shape(case.label)} but input {case.images[0]} is "
+                            f"{shape(case.images[0])}")
+
+
+def load_case_label(case: PredictCase, dm) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A case's label, checked against the data's classes, as the scores read it: ``(target, spacing mm)``.
+    Read before the case's prediction is written, so a bad label leaves no output behind."""
     raw, affine, _ = load_nifti(case.label)
-    if raw.shape != pred.shape:
-        raise DataError(f"label {case.label} is {raw.shape} but input {case.images[0]} is {pred.shape}")
-    target = dm.label_fn()(check_labels(raw, dm.params.labels, case.label))
+    return dm.label_fn()(check_labels(raw, dm.params.labels, case.label)), voxel_spacing(affine)
+
+
+def score_case(pred: np.ndarray, case: PredictCase, label: tuple[np.ndarray, tuple[float, float, float]],
+               class_names: Sequence[str], tolerance_mm: float) -> dict[str, float]:
+    """Dice/IoU/RVD, HD95 and NSD of one prediction against its label (:func:`load_case_label`), on the
+    input's grid (mm)."""
+    target, spacing = label
+    pred = pred.reshape(pred.shape[:3]) if pred.ndim == 4 and pred.shape[3] == 1 else pred
+    if target.shape != pred.shape:
+        raise DataError(f"label {case.label} is {target.shape} but input {case.images[0]} is {pred.shape}")
     k = len(class_names)
     cm = confusion_matrix(torch.from_numpy(pred.astype(np.int64))[None],
                           torch.from_numpy(target.astype(np.int64))[None], k)[0].numpy()
-    return {**case_scores(cm, class_names), **surface_scores(pred, target, class_names, voxel_spacing(affine), tolerance_mm)}
+    return {**case_scores(cm, class_names), **surface_scores(pred, target, class_names, spacing, tolerance_mm)}
 
 
 def summary_of(per_case: dict[str, dict[str, float]]) -> dict[str, float]:

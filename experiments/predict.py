@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig
 from rich.progress import Progress
@@ -27,8 +28,8 @@ from engine.builders import build_datamodule
 from lightning_modules.targets import check_data_target, check_targets
 from engine.errors import ConfigError, find_user_error, one_line
 from experiments.hydra_checks import run_cli, task_started
-from engine.predict import (check_writable, is_nifti, load_models, plan_cases, predict_case, save_nifti, score_case,
-                            summary_of)
+from engine.predict import (check_label_shapes, check_writable, is_nifti, load_case_label, load_models, plan_cases,
+                            predict_case, save_nifti, score_case, summary_of)
 from engine.predict_images import is_image, plan_images, predict_image, save_png, score_image
 from datamodules.errors import DataError
 from lightning_modules.inference import VolumePredictor
@@ -102,6 +103,8 @@ def predict(cfg: DictConfig) -> dict:
                             str(data.get("image_suffix") or ""))
     for folder in sorted({c.output.parent for c in cases}):
         check_writable(folder)
+    if not images:
+        check_label_shapes(cases)
     class_names = models.hparams.get("class_names") or dm.class_names
     threshold = models.hparams.get("fg_threshold")
     per_case = {}
@@ -114,11 +117,13 @@ def predict(cfg: DictConfig) -> dict:
                 if case.label is not None:
                     per_case[case.case_id] = score_image(pred, case, dm, class_names)
             else:
+                label = load_case_label(case, dm) if case.label is not None else None  # before anything is written
                 img = predict_case(case, dm, predictor, threshold)
+                scores = score_case(np.asarray(img.dataobj), case, label, class_names, cfg.nsd_tolerance_mm) \
+                    if label is not None else None
                 save_nifti(img, case.output)
-                if case.label is not None:
-                    per_case[case.case_id] = score_case(img.get_fdata(dtype="float32").astype("uint8"), case, dm,
-                                                        class_names, cfg.nsd_tolerance_mm)
+                if scores is not None:
+                    per_case[case.case_id] = scores
             progress.advance(task)
     out = cases[0].output
     print(f"wrote {len(cases)} prediction(s): {out if len(cases) == 1 else out.parent}")

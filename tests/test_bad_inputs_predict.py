@@ -19,6 +19,14 @@ def files(module_tmp):
     vol = tmp / "vol.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 3), np.float32), np.eye(4)), vol)
     (tmp / "empty_dir").mkdir()
+    nan = np.zeros((16, 16, 3), np.float32)
+    nan[2:4, 2:4, 1] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), tmp / "nan_vol.nii.gz")
+    outside = np.zeros((16, 16, 3), np.uint8)
+    outside[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(outside, np.eye(4)), tmp / "lab_outside.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 2), np.uint8), np.eye(4)), tmp / "lab_small.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 3, 1), np.float32), np.eye(4)), tmp / "vol4d.nii.gz")
     (tmp / "notes.txt").write_text("not a volume")
     (tmp / "image.png").write_bytes(b"\x89PNG\r\n")
     cls = torch.load(ckpt, weights_only=True)
@@ -82,6 +90,13 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
     crafted("bogus_arg", "unexpected keyword argument 'bogus'"), crafted("bad_stats", "ct_stats=5"),
     crafted("data_int", "no data config"), crafted("bad_yaml", "does not parse"),
     crafted("data_kwarg", "bogus_key"),
+    # found by an audit: predict segmented NaN voxels (training refused them), and a bad label stopped the run
+    # after the case's segmentation was written
+    ("NaN voxels", ["ckpt={c}", "input={t}/nan_vol.nii.gz", "output={t}/o14.nii.gz"], "nan_vol.nii.gz", "o14.nii.gz"),
+    ("label outside the classes", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o15.nii.gz",
+                                   "labels={t}/lab_outside.nii.gz"], "lab_outside.nii.gz", "o15.nii.gz"),
+    ("label of another shape", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o16.nii.gz",
+                                "labels={t}/lab_small.nii.gz"], "lab_small.nii.gz", "o16.nii.gz"),
     ("tta not a flag or axes", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o12.nii.gz", "tta=maybe"],
      "tta='maybe'", "o12.nii.gz"),
     ("tta axis beyond the net", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o13.nii.gz", "tta=[0,2]"],
@@ -106,3 +121,13 @@ def test_predict_bad_input(files, name, args, culprit, output):
     if output:
         assert not (tmp / output).exists()
     assert not list(tmp.rglob("*.tmp")), "no half-written temp file left"
+
+
+def test_a_4d_input_with_one_time_point_gets_its_own_shape_back(files):
+    """Found by an audit: an (H, W, D, 1) input got an (H, W, D) segmentation."""
+    tmp, ckpt = files
+    proc = run_in_process("experiments.predict", [f"ckpt={ckpt}", f"input={tmp / 'vol4d.nii.gz'}",
+                                                  f"output={tmp / 'seg4d.nii.gz'}", "device=cpu"], tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = nib.load(tmp / "seg4d.nii.gz")
+    assert out.shape == (16, 16, 3, 1) and np.allclose(out.affine, np.eye(4))

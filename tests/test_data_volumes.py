@@ -138,3 +138,71 @@ def test_probabilities_back_on_the_source_grid_keep_the_boundary():
         return 2 * (a & truth).sum() / (a.sum() + truth.sum())
 
     assert dice(back.argmax(0).astype(bool)) > 0.995 and dice(via_labels) < dice(back.argmax(0).astype(bool))
+
+
+def _sform_only(path, arr, affine, pixdim):
+    """A NIfTI whose affine is the sform as given (nibabel would otherwise derive one from pixdim)."""
+    import nibabel as nib
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(arr.shape)
+    hdr.set_data_dtype(np.int16)
+    hdr.set_sform(affine, code=1)
+    hdr.set_qform(None, code=0)
+    hdr["pixdim"][1:4] = pixdim
+    nib.save(nib.Nifti1Image(arr, None, hdr), str(path))
+    return path
+
+
+_SINGULAR = np.eye(4)
+_SINGULAR[:3, :3] = [[0.8, 0.8, 0], [0.8, 0.8, 0], [0, 0, 2.5]]
+_NAN = np.diag([0.8, np.nan, 2.5, 1.0])
+AFFINES = {"zero_spacing": (np.diag([0.8, 0.8, 0.0, 1.0]), "at least 0.001 mm"),
+           "tiny_spacing": (np.diag([0.8, 0.8, 1e-6, 1.0]), "at least 0.001 mm"),
+           "singular": (_SINGULAR, "singular affine"), "nan": (_NAN, "non-finite affine")}
+
+
+@pytest.mark.parametrize("name", sorted(AFFINES))
+def test_an_affine_without_real_voxel_axes_is_one_error(tmp_path, name):
+    """Found by an audit: zero or NaN spacing raised from nibabel's orientation code (a traceback), a singular
+    affine was segmented as is, and a 1e-6 mm spacing collapsed the volume into one slice."""
+    affine, reason = AFFINES[name]
+    path = _sform_only(tmp_path / f"{name}.nii.gz", np.zeros((8, 8, 4), np.int16), affine, [0.8, 0.8, 2.5])
+    with pytest.raises(DataError, match=f"{name}.nii.gz.*{reason}|{name}.nii.gz has a {reason}"):
+        load_nifti(path)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_header_claiming_more_voxels_than_the_file_holds_fails_before_reading(tmp_path, suffix, monkeypatch):
+    """Found by an audit: a 1.3 KB file claiming 1000^3 float32 voxels allocated 4.4 GB for 16 s before
+    nibabel called it truncated. The claim is checked against the file's bytes first (streamed for gzip)."""
+    import nibabel as nib
+
+    import datamodules.nifti_checks as checks
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((1000, 1000, 1000))
+    hdr.set_data_dtype(np.float32)
+    hdr.set_sform(np.eye(4), code=1)
+    raw = hdr.binaryblock + b"\0" * 1004
+    path = tmp_path / f"bomb{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+    monkeypatch.setattr(checks, "STREAM_CHECK_BYTES", 2 ** 20)
+    monkeypatch.setattr(np, "asarray", lambda *a, **k: pytest.fail("the voxels were read"))
+    with pytest.raises(DataError, match=r"bomb\.nii(\.gz)? is truncated: its header claims 4000000\d{3} bytes of voxels, the file holds 1352"):
+        load_nifti(path)
+    hdr.set_data_shape((30000, 30000, 30000))
+    path.write_bytes(gzip.compress(hdr.binaryblock + b"\0" * 4) if suffix.endswith(".gz") else hdr.binaryblock + b"\0" * 4)
+    with pytest.raises(DataError, match=r"claims \(30000, 30000, 30000\) = 2\.7e\+13 voxels"):
+        load_nifti(path)
+
+
+def test_resampling_to_an_unbounded_grid_is_one_error():
+    """Found by an audit: a 70 KB volume with 20000-mm slices asked for a 51 x 51 x 320000 grid (3.3 GB)."""
+    from datamodules.spatial import to_grid
+
+    with pytest.raises(DataError, match=r"case_7\.nii\.gz: .*make a \(51, 51, 320000\) grid"):
+        to_grid(np.zeros((64, 64, 16), np.float32), np.diag([0.8, 0.8, 20000.0, 1.0]), "RAS", (1.0, 1.0, 1.0),
+                source="case_7.nii.gz")
+    out, _ = to_grid(np.zeros((64, 64, 16), np.float32), np.diag([0.8, 0.8, 5.0, 1.0]), "RAS", (0.5, 0.5, 0.5))
+    assert out.shape == (102, 102, 160)  # a real upsampling (x26) is fine
