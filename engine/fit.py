@@ -30,6 +30,7 @@ from engine.builders import (
     build_trainer,
     check_datamodule,
 )
+from engine.loggers import forget_from
 from engine.run_match import TEST_ONLY, differences, saved_config
 from engine.tracking import log_run_facts
 from lightning_modules.checkpoints import load_checkpoint, stored_net_cfg
@@ -159,6 +160,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     if not loggers:  # `~logger`: nothing records the learning rate, and Lightning refuses the monitor
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
+    if given is not None and train:  # resumed: what was logged after the checkpoint is logged again
+        forget_from(trainer.loggers, int(given["global_step"]))
     log_run_facts(trainer, module, cfg)
     if given is not None and not train:  # test-only: the checkpoint's weights, loaded strictly
         try:

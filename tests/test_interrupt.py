@@ -65,6 +65,13 @@ def test_sigterm_exits_143_and_the_run_resumes(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((run / "metrics.json").read_text())["test/acc"] > 0.5
+    # found by an audit: the steps logged after the last checkpoint were in metrics.csv twice after the resume
+    import csv
+
+    with open(run / "csv" / "metrics.csv", newline="") as fh:
+        logged = [(r["step"], tuple(sorted(k for k, v in r.items() if v and k not in ("step", "epoch"))))
+                  for r in csv.DictReader(fh)]
+    assert len(logged) == len(set(logged)), sorted(x for x in logged if logged.count(x) > 1)[:4]
 
 
 @pytest.mark.parametrize("marker", ["server.pt", "teacher"])
