@@ -25,7 +25,7 @@ import numpy as np
 
 from datamodules.errors import DataError
 
-__all__ = ["MAX_VOXELS", "MIN_SPACING_MM", "STREAM_CHECK_BYTES", "check_header", "check_affine"]
+__all__ = ["MAX_VOXELS", "MIN_SPACING_MM", "STREAM_CHECK_BYTES", "check_header", "check_affine", "space_unit"]
 
 #: the most voxels a volume (or a working grid) may hold: 2^31, 8 GiB as float32 (a 512 x 512 x 8192 CT)
 MAX_VOXELS = 2 ** 31
@@ -68,15 +68,29 @@ def check_header(path: Path, img) -> None:
                         f"holds {have}")
 
 
-def check_affine(path: Path, affine: np.ndarray) -> None:
-    """A finite affine with real voxel sizes along independent axes (see the module docstring)."""
+#: millimetres per unit of the header's ``xyzt_units`` (NIfTI's default, and ``unknown``, is mm)
+_MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3}
+
+
+def space_unit(img) -> str:
+    """The header's spatial unit (``meter``, ``mm``, ``micron``; ``mm`` when unset or unknown)."""
+    try:
+        unit = str(img.header.get_xyzt_units()[0])
+    except (AttributeError, IndexError, TypeError):
+        return "mm"
+    return unit if unit in _MM_PER_UNIT else "mm"
+
+
+def check_affine(path: Path, affine: np.ndarray, unit: str = "mm") -> None:
+    """A finite affine with real voxel sizes along independent axes (see the module docstring); the
+    minimum spacing is judged in mm, from the header's ``unit``."""
     a = np.asarray(affine, dtype=np.float64)
     if a.shape != (4, 4) or not np.isfinite(a).all():
         raise DataError(f"NIfTI file {path} has a non-finite affine (voxel-to-world matrix)")
     m = a[:3, :3]
     spacing = np.sqrt((m ** 2).sum(0))
-    if spacing.min() < MIN_SPACING_MM:
-        raise DataError(f"NIfTI file {path}: voxel spacing {np.round(spacing, 6).tolist()} mm; every axis must "
+    if spacing.min() * _MM_PER_UNIT.get(unit, 1.0) < MIN_SPACING_MM:
+        raise DataError(f"NIfTI file {path}: voxel spacing {np.round(spacing, 6).tolist()} {unit}; every axis must "
                         f"be at least {MIN_SPACING_MM} mm")
     if abs(float(np.linalg.det(m))) < 1e-3 * float(np.prod(spacing)):
         raise DataError(f"NIfTI file {path} has a singular affine: its voxel axes are (nearly) collinear, so it "

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.errors import DataError
-from datamodules.nifti_checks import check_affine, check_header
+from datamodules.nifti_checks import check_affine, check_header, space_unit
 from datamodules.spatial import GridMeta, check_orientation, to_grid, from_grid
 from lightning_modules.atomic import temp_beside
 
@@ -50,7 +50,7 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Head
     except Exception as exc:  # nibabel/gzip/zlib raise many types for a damaged file
         raise DataError(f"cannot read NIfTI file {path}: {type(exc).__name__}: {exc}") from None
     check_header(path, img)  # before the read: a tiny file may claim gigabytes
-    check_affine(path, img.affine)
+    check_affine(path, img.affine, space_unit(img))
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # noqa: BLE001

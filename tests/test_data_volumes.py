@@ -206,3 +206,17 @@ def test_resampling_to_an_unbounded_grid_is_one_error():
                 source="case_7.nii.gz")
     out, _ = to_grid(np.zeros((64, 64, 16), np.float32), np.diag([0.8, 0.8, 5.0, 1.0]), "RAS", (0.5, 0.5, 0.5))
     assert out.shape == (102, 102, 160)  # a real upsampling (x26) is fine
+
+
+def test_the_minimum_spacing_is_judged_in_the_headers_unit(tmp_path):
+    """Found by a review: a header in metres (0.7 mm = 0.0007 m) was refused as 0.0007 mm."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.diag([0.0007, 0.0007, 0.005, 1.0]))
+    img.header.set_xyzt_units("meter")
+    nib.save(img, tmp_path / "metres.nii.gz")
+    assert load_nifti(tmp_path / "metres.nii.gz")[0].shape == (8, 8, 4)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, tmp_path / "mm.nii.gz")
+    with pytest.raises(DataError, match=r"mm\.nii\.gz: voxel spacing \[0\.0007, 0\.0007, 0\.005\] mm"):
+        load_nifti(tmp_path / "mm.nii.gz")

@@ -147,5 +147,8 @@ def test_the_node_decides_its_own_hardware(seen):
     node_train("site_b", None, ccfg, node)
     assert dict(seen["cfg"].trainer) == {"strategy": "auto", "num_nodes": 1, "devices": 1, "accelerator": "gpu",
                                          "max_epochs": 3}
-    node_train("site_b", None, ccfg, {**node, "accelerator": "cpu", "devices": "2"})
-    assert (seen["cfg"].trainer.accelerator, seen["cfg"].trainer.devices) == ("cpu", 2)
+    node_train("site_b", None, ccfg, {**node, "accelerator": "gpu", "devices": "[1]"})
+    assert (seen["cfg"].trainer.accelerator, list(seen["cfg"].trainer.devices)) == ("gpu", [1])
+    for many in ("2", "0,1", "[0, 1]"):  # found by a review: devices=2 made Lightning launch DDP on the node
+        with pytest.raises(FederationError, match=r"devices=.*one process on one device"):
+            node_train("site_b", None, ccfg, {**node, "devices": many})

@@ -13,8 +13,9 @@ The SuperNode's node config names the site and its data (``flower-supernode --no
 * ``privacy``: ``secagg`` makes the node refuse any ``train`` message that is not part of a SecAgg+ round
   (a site's own guarantee: the server cannot ask it for its weights in clear).
 * ``accelerator`` / ``devices``: the node's own hardware for local training (default: the server's
-  accelerator, 1 device); a node always trains in one process on one host (``trainer.strategy`` and
-  ``num_nodes`` of the server's config are replaced: :func:`.node.pin_hardware`);
+  accelerator, 1 device; ``devices="[1]"`` picks GPU 1); a node always trains in one process on one device
+  (``trainer.strategy``, ``num_nodes`` and ``devices`` of the server's config are replaced:
+  :func:`.node.pin_hardware`);
 * ``teacher``: the site's copy of the frozen teacher's weights for a distillation module (the federated
   student ``fed_hlfd`` of :mod:`engine.fed_distill`): replaces the server's ``teacher_ckpt`` for this site, in
   ``module`` or ``federation.client_module`` (the server's path means nothing on a site's host, and a real site

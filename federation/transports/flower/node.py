@@ -7,11 +7,12 @@ both run the same steps.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-__all__ = ["node_train", "node_value", "pin_teacher", "pin_hardware"]
+__all__ = ["node_train", "node_value", "pin_teacher", "pin_hardware", "one_device"]
 
 
 def node_value(node: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -45,14 +46,29 @@ def pin_teacher(cfg: Any, client_id: str, node: Mapping[str, Any], mode: str) ->
     cfg.federation.client_module = per
 
 
+def one_device(value: Any) -> int | list[int]:
+    """A node config's ``devices``: ``1``, or one GPU index as ``[i]`` (Lightning's form; ``i,`` too). More
+    than one device would make Lightning launch DDP ranks by re-running the SuperNode's own command."""
+    text = str(value).strip()
+    if text == "1":
+        return 1
+    match = re.fullmatch(r"\[\s*(\d+)\s*\]|(\d+)\s*,", text)
+    if match:
+        return [int(match.group(1) or match.group(2))]
+    from federation.errors import FederationError
+    raise FederationError(f"node config devices={value!r}: a SuperNode trains in one process on one device; "
+                          f"give devices=1 or one GPU index as devices=[i]")
+
+
 def pin_hardware(cfg: Any, node: Mapping[str, Any]) -> None:
-    """The node's hardware is its own: one process on one node (a SuperNode starts no DDP ranks and joins no
-    other host, whatever ``trainer.strategy`` / ``num_nodes`` the server's host uses), on the node's
-    ``accelerator`` / ``devices`` when its node config names them (default: the server's accelerator, 1 device)."""
+    """The node's hardware is its own: one process on one device of one host (a SuperNode starts no DDP ranks
+    and joins no other host, whatever ``trainer.strategy`` / ``num_nodes`` / ``devices`` the server's host
+    uses), on the node's ``accelerator`` and ``devices`` (:func:`one_device`) when its node config names
+    them (default: the server's accelerator, 1 device)."""
     if "trainer" not in cfg or cfg.trainer is None:
         cfg.trainer = {}
     cfg.trainer.num_nodes, cfg.trainer.strategy = 1, "auto"
-    cfg.trainer.devices = int(node_value(node, "devices", 1))
+    cfg.trainer.devices = one_device(node_value(node, "devices", 1))
     if node_value(node, "accelerator") is not None:
         cfg.trainer.accelerator = str(node_value(node, "accelerator"))
 
