@@ -207,7 +207,7 @@ def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: f
     source = torch.from_numpy(dm.restore_probabilities(prob, grid))             # [K, *input shape]
     volume = VolumePredictor.labels(source, threshold, class_dim=0).numpy().astype(np.uint8)
     src = nib.load(str(case.images[0]))
-    if volume.shape != src.shape and volume.size == int(np.prod(src.shape)):  # (H, W, D, 1): the input's own shape
+    if volume.shape != src.shape and volume_shape(src.shape) == volume.shape:  # (H, W, D, 1): the input's own
         volume = volume.reshape(src.shape)
     header = src.header.copy()
     header.set_data_dtype(np.uint8)
@@ -219,6 +219,13 @@ def save_nifti(img: nib.Nifti1Image, path: Path) -> None:
         nib.save(img, str(tmp))
 
 
+def volume_shape(dims: Sequence[int]) -> tuple[int, ...]:
+    """The 3D shape of a NIfTI of ``dims``: one time point (``(H, W, D, 1)``) is a volume, as
+    :func:`datamodules.volumes.load_nifti` reads it."""
+    dims = tuple(int(d) for d in dims)
+    return dims[:3] if len(dims) == 4 and dims[3] == 1 else dims
+
+
 def check_label_shapes(cases: Sequence[PredictCase]) -> None:
     """Every label's shape is its input's, read from the headers before any case is segmented (a folder's
     bad label stopped the run after earlier cases were written, and their scores were lost)."""
@@ -227,7 +234,7 @@ def check_label_shapes(cases: Sequence[PredictCase]) -> None:
             dims = tuple(int(d) for d in nib.load(str(path)).shape)
         except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged file
             raise DataError(f"cannot read NIfTI file {path}: {type(exc).__name__}: {exc}") from None
-        return dims[:3] if len(dims) == 4 and dims[3] == 1 else dims
+        return volume_shape(dims)
     for case in cases:
         if case.label is not None and shape(case.label) != shape(case.images[0]):
             raise DataError(f"label {case.label} is {shape(case.label)} but input {case.images[0]} is "
@@ -246,7 +253,7 @@ def score_case(pred: np.ndarray, case: PredictCase, label: tuple[np.ndarray, tup
     """Dice/IoU/RVD, HD95 and NSD of one prediction against its label (:func:`load_case_label`), on the
     input's grid (mm)."""
     target, spacing = label
-    pred = pred.reshape(pred.shape[:3]) if pred.ndim == 4 and pred.shape[3] == 1 else pred
+    pred = pred.reshape(volume_shape(pred.shape))
     if target.shape != pred.shape:
         raise DataError(f"label {case.label} is {target.shape} but input {case.images[0]} is {pred.shape}")
     k = len(class_names)

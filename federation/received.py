@@ -96,22 +96,19 @@ def _at(path: tuple[str, ...], pattern: str) -> bool:
     return len(path) == len(want) and all(w in ("*", p) for p, w in zip(path, want))
 
 
-def _refuse_hidden_arguments(node: Any, key: str, what: str, path: tuple[str, ...] = ()) -> None:
+def _refuse_hidden_arguments(node: Any, what: str, path: tuple[str, ...] = ()) -> None:
     """No positional ``_args_`` (they hide which parameter a value sets: a teacher path passed as the 7th
     argument of ``DistillationModule`` got past the teacher pin) and no ``teacher_ckpt`` outside
     :data:`TEACHER_KEYS` (a nested LightningModule's would be loaded with no pin)."""
-    if isinstance(node, Mapping):
-        for k, v in node.items():
-            at, here = f"{key}.{k}" if key else str(k), (*path, str(k))
-            if k == "_args_":
-                raise ConfigError(f"{what}: {at} refused: a received config names each argument")
-            if k == "teacher_ckpt" and not any(_at(here, p) for p in TEACHER_KEYS):
-                raise ConfigError(f"{what}: {at} refused: a teacher checkpoint is named only as "
-                                  f"{' or '.join(TEACHER_KEYS)}")
-            _refuse_hidden_arguments(v, at, what, here)
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            _refuse_hidden_arguments(v, f"{key}[{i}]", what, (*path, f"[{i}]"))
+    items = node.items() if isinstance(node, Mapping) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        here = (*path, str(k) if isinstance(node, Mapping) else f"[{k}]")
+        if k == "_args_":
+            raise ConfigError(f"{what}: {'.'.join(here)} refused: a received config names each argument")
+        if k == "teacher_ckpt" and not any(_at(here, p) for p in TEACHER_KEYS):
+            raise ConfigError(f"{what}: {'.'.join(here)} refused: a teacher checkpoint is named only as "
+                              f"{' or '.join(TEACHER_KEYS)}")
+        _refuse_hidden_arguments(v, what, here)
 
 
 def check_received_config(ccfg: Mapping[str, Any], what: str = "client config from the server") -> dict[str, Any]:
@@ -120,7 +117,7 @@ def check_received_config(ccfg: Mapping[str, Any], what: str = "client config fr
     if not isinstance(ccfg, Mapping):
         raise ConfigError(f"{what} is not a mapping ({type(ccfg).__name__})")
     cfg = copy.deepcopy(dict(ccfg))
-    _refuse_hidden_arguments(cfg, "", what)
+    _refuse_hidden_arguments(cfg, what)
     if isinstance(cfg.get("federation"), dict):
         cfg["federation"].pop("executor", None)
     _drop_cache_dirs(cfg.get("data"))
