@@ -76,12 +76,13 @@ def is_debug(cfg: DictConfig) -> bool:
     return bool((cfg.get("trainer") or {}).get("fast_dev_run"))
 
 
-def checked_ckpt(path: str | Path | None, what: str = "ckpt_path") -> dict[str, Any] | None:
+def checked_ckpt(path: str | Path | None, what: str = "ckpt_path", lazy: bool = False) -> dict[str, Any] | None:
     """Load ``path`` with ``weights_only=True`` before Lightning sees it: a crafted pickle, a truncated
-    file or a missing one is one :class:`CheckpointError` naming it, and nothing in it runs."""
+    file or a missing one is one :class:`CheckpointError` naming it, and nothing in it runs. ``lazy``: for
+    a check only (the tensors are memory-mapped, not read; Lightning then reads the file itself)."""
     if not path:
         return None
-    ckpt = load_checkpoint(path, what)
+    ckpt = load_checkpoint(path, what, lazy=lazy)
     if "state_dict" not in ckpt:
         raise CheckpointError(f"{what} {path} is not a Lightning checkpoint of this framework (no 'state_dict')")
     return ckpt
@@ -145,12 +146,14 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         last = out / "checkpoints" / "last.ckpt"
         ckpt_path = str(last) if last.exists() else ckpt_path
         log.info("resume: %s", ckpt_path or "no checkpoint yet, starting fresh")
-    given = checked_ckpt(ckpt_path)
+    given = checked_ckpt(ckpt_path, lazy=train)  # training: Lightning reads the weights itself
     if given is not None and not train and module is None:
         cfg = test_only_cfg(cfg, given, str(ckpt_path))
         artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # the net tested
+    resumed_step = None
     if given is not None and train:
         check_trainer_state(given, str(ckpt_path))
+        resumed_step, given = int(given.get("global_step", 0)), None  # no mapped view of a file Lightning rewrites
     datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -160,8 +163,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     if not loggers:  # `~logger`: nothing records the learning rate, and Lightning refuses the monitor
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
-    if given is not None and train:  # resumed: what was logged after the checkpoint is logged again
-        forget_from(trainer.loggers, int(given["global_step"]))
+    if resumed_step is not None:  # resumed: what was logged after the checkpoint is logged again
+        forget_from(trainer.loggers, resumed_step)
     log_run_facts(trainer, module, cfg)
     if given is not None and not train:  # test-only: the checkpoint's weights, loaded strictly
         try:
@@ -175,7 +178,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     metrics: dict[str, Any] = {}
     if cfg.get("test", True):
         best = ckpt_cb.best_model_path if ckpt_cb is not None and train else ""
-        checked_ckpt(best, "best checkpoint")
+        checked_ckpt(best, "best checkpoint", lazy=True)
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics["test_checkpoint"] = best or (str(ckpt_path) if given is not None and not train else "last weights")
     if hasattr(module, "summary_metrics"):

@@ -84,7 +84,7 @@ def unusable_resume_state(run: Path, federation: bool) -> str | None:
         if federation and (run / "server.pt").is_file():
             load_server_state(run / "server.pt")
         elif not federation and last.is_file():
-            check_trainer_state(checked_ckpt(last), last)
+            check_trainer_state(checked_ckpt(last, lazy=True), last)
     except (CheckpointError, FederationError) as err:
         return str(err)
     return None

@@ -6,6 +6,7 @@ Every load uses ``torch.load(weights_only=True)``: our checkpoints hold tensors 
 """
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,16 @@ from lightning_modules.targets import no_downloads
 ARCH_KEYS = ("_target_", "in_channels", "classes", "preset", "width", "filters", "encoder_name", "decoder")
 
 
-def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with one-line errors naming the file."""
+def load_checkpoint(path: str | Path, what: str = "checkpoint", lazy: bool = False) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file. ``lazy``: the tensors are
+    memory-mapped, not read, for a caller that checks the structure only before Lightning reads the file
+    itself (a 330 MB checkpoint: 0.03 s instead of 0.2-1 s); a pre-zip (torch < 1.6) file is read whole."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        mmap = lazy and zipfile.is_zipfile(path)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         raise CheckpointError(f"{what} {path} does not load ({one_line(err)})") from err
     if not isinstance(ckpt, Mapping):
