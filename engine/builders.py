@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from engine.artifacts import atomic_write_text
+from engine.checkpoint_io import AtomicCheckpointIO
 from engine.tracking import wandb_mode
 from lightning_modules.base import instantiate_with_args_checked
 from lightning_modules.errors import ConfigError
@@ -108,4 +109,8 @@ def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = None, **overrides: Any) -> pl.Trainer:
+    """``cfg.trainer`` with ``callbacks`` and loggers; checkpoints are saved atomically beside their target
+    (:class:`engine.checkpoint_io.AtomicCheckpointIO`) unless ``trainer.plugins`` names other plugins."""
+    if cfg.trainer.get("plugins") is None and "plugins" not in overrides:
+        overrides["plugins"] = [AtomicCheckpointIO()]
     return instantiate(cfg.trainer, callbacks=callbacks or [], logger=logger if logger is not None else False, **overrides)

@@ -3,10 +3,16 @@
 composed from the config tree, on a tiny module whose validation score falls every epoch."""
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
+from engine.builders import build_trainer
+from engine.checkpoint_io import AtomicCheckpointIO
 from engine.fit import best_checkpoint_callback
 from lightning_modules.checkpoints import load_checkpoint
 from tests.hydra_helpers import compose_run
@@ -45,3 +51,30 @@ def test_last_ckpt_is_the_latest_epoch_when_the_score_stops_improving(tmp_path):
     assert load_checkpoint(ckpt_dir / "best.ckpt")["epoch"] == 0
     best = best_checkpoint_callback(trainer)  # the monitored one, although last_checkpoint comes first
     assert best is callbacks[1] and best.best_model_path == str(ckpt_dir / "best.ckpt")
+
+
+def test_checkpoints_are_replaced_atomically_beside_their_target(tmp_path, monkeypatch):
+    """The built Trainer saves through :class:`AtomicCheckpointIO`: nothing is staged in ``$TMPDIR``
+    (Lightning's fsspec path staged there, and across file systems its commit truncated ``last.ckpt``
+    first), and a save that fails midway leaves the previous checkpoint whole and no temp file behind."""
+    cfg = compose_run(["+exp=lits_dnet", "trainer.max_epochs=2", "++trainer.enable_progress_bar=false",
+                       "++trainer.enable_model_summary=false"], tmp_path)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    staging = tmp_path / "tmpdir"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
+    trainer = build_trainer(cfg, callbacks=[instantiate(cfg.callbacks.last_checkpoint)])
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    trainer.fit(FallingScore(cfg.module.monitor), _loader(), _loader())
+    assert list(staging.iterdir()) == []
+    assert load_checkpoint(ckpt_dir / "last.ckpt")["epoch"] == 1
+
+    def cut(obj, f):  # a write that stops halfway, as a full disk or a kill does
+        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", cut)
+    with pytest.raises(OSError):
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+    assert load_checkpoint(ckpt_dir / "last.ckpt")["epoch"] == 1
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["last.ckpt"]
