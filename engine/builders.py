@@ -5,13 +5,14 @@ centralised run is (DESIGN.md: one data path, one training path).
 """
 from __future__ import annotations
 
+import inspect
 import re
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from engine.artifacts import atomic_write_text
@@ -20,15 +21,25 @@ from engine.tracking import wandb_mode
 from lightning_modules.base import instantiate_with_args_checked
 from lightning_modules.errors import ConfigError
 
-#: Keys a data config carries for interpolation by the model/module configs (``${data.num_classes}``),
-#: which the datamodule constructor does not take; they are checked against the built datamodule.
+#: Keys a data config carries for interpolation by the model/module configs (``${data.num_classes}``);
+#: they are checked against the built datamodule, and passed to its constructor only where it takes them.
 DATA_META_KEYS = ("in_channels", "num_classes", "class_names")
 
 
+def _takes(target: Any, key: str) -> bool:
+    """Whether the class ``target`` names has a constructor argument ``key`` (``FolderSegmentationDataModule``
+    takes ``class_names``: dropping it named a 2D folder's tumour class "liver" and capped it at 2 classes)."""
+    try:
+        return key in inspect.signature(get_class(str(target))).parameters
+    except Exception:  # noqa: BLE001 - an unknown target is reported by the instantiation itself
+        return False
+
+
 def build_datamodule(data_cfg: DictConfig, **overrides: Any) -> pl.LightningDataModule:
-    """Instantiate ``cfg.data`` without its meta keys; ``overrides`` replace constructor arguments."""
+    """Instantiate ``cfg.data``; its meta keys go to the constructor only where it takes them;
+    ``overrides`` replace constructor arguments."""
     plain = OmegaConf.to_container(data_cfg, resolve=True)
-    meta = {k: plain.pop(k) for k in DATA_META_KEYS if k in plain}
+    meta = {k: plain[k] if _takes(plain.get("_target_"), k) else plain.pop(k) for k in DATA_META_KEYS if k in plain}
     plain.update(overrides)
     dm = instantiate_with_args_checked(plain, "data")
     dm._declared_meta = meta  # checked after setup(), when the datamodule knows its classes

@@ -159,3 +159,26 @@ def test_real_liver_two_sites_config(tmp_path, monkeypatch):
         item = dm.train_dataset[i]
         means[item["case_id"].split("/")[0]].append(float(item["image"].mean()))
     assert np.mean(means["site_b"]) > np.mean(means["site_a"]) + 0.15
+
+
+def test_a_folder_config_names_its_classes(tmp_path):
+    """``data.class_names`` reaches the 2D folder datamodule (it was dropped with the meta keys, so
+    ``data=kits_slices`` called its tumour class "liver" and no folder config could have 3 classes)."""
+    from engine.builders import build_datamodule, check_datamodule
+    from tests.hydra_helpers import compose_run
+
+    for d in ("images", "masks"):
+        (tmp_path / "f" / d).mkdir(parents=True)
+    for i in range(5):
+        np.save(tmp_path / "f" / "images" / f"s{i}.npy", np.random.rand(8, 8).astype(np.float32))
+        np.save(tmp_path / "f" / "masks" / f"s{i}.npy", np.tile(np.array([0, 128, 255, 0], np.uint8), (8, 2)))
+    cfg = compose_run(["data=kits_slices", f"data.root={tmp_path / 'f'}", "data.image_dir=images",
+                       "data.mask_dir=masks", "data.case_pattern=null", "data.mask_threshold=null",
+                       "data.mask_channel=null", "+data.label_map={0: 0, 128: 1, 255: 2}",
+                       "data.class_names=[background,organ,core]", "data.num_classes=3", "data.image_size=8"],
+                      tmp_path)
+    dm = build_datamodule(cfg.data)
+    dm.setup("fit")
+    check_datamodule(dm)
+    assert dm.class_names == ["background", "organ", "core"] and dm.num_classes == 3
+    assert build_datamodule(compose_run(["data=kits_slices"], tmp_path / "k").data).class_names == ["background", "tumor"]
