@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from lightning_modules.atomic import atomic_output
+from lightning_modules.atomic import save_torch
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -25,5 +24,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        with atomic_output(Path(path)) as tmp:
-            torch.save(checkpoint, tmp)
+        save_torch(checkpoint, Path(path))

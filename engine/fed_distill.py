@@ -48,7 +48,7 @@ from engine import artifacts
 from engine.builders import ConfigError, build_module
 from engine.distill import run_distillation, segmentation_cfg, teacher_loss
 from engine.fit import is_debug, output_dir, train_and_test
-from lightning_modules.atomic import atomic_output
+from lightning_modules.atomic import save_torch
 from lightning_modules.checkpoints import CheckpointError, load_checkpoint
 
 log = logging.getLogger("engine.fed_distill")
@@ -154,8 +154,7 @@ def site_weights(cfg: DictConfig, global_path: Path, fed_dir: Path, site: str, o
 
 def save_state(state: dict[str, torch.Tensor], path: Path) -> Path:
     """A bare net state dict, atomically (the format of the federation's global weights)."""
-    with atomic_output(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+    save_torch({k: v.detach().cpu() for k, v in state.items()}, path)
     return path
 
 

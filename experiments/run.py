@@ -101,7 +101,10 @@ def main(cfg: DictConfig) -> float | None:
             raise
         line = one_line(err)
         if out.is_dir():  # the run folder says why it holds no results (experiments.report lists it as failed)
-            artifacts.write_json(out / "failed.json", {"error": line, "overrides": list(HydraConfig.get().overrides.task)})
+            try:
+                artifacts.write_json(out / "failed.json", {"error": line, "overrides": list(HydraConfig.get().overrides.task)})
+            except OSError:  # the disk that stopped the run may not take this file either
+                pass
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # one bad job must not kill the sweep
             print(f"error (job {out.name}): {line}", file=sys.stderr)
             return None

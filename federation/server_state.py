@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from lightning_modules.atomic import atomic_output
+from lightning_modules.atomic import save_torch
 
 __all__ = ["save_atomic", "load_server_state", "load_global_weights", "rng_state", "set_rng_state"]
 
@@ -22,8 +22,7 @@ SERVER_KEYS = ("round", "global", "strategy", "history", "best", "store_index", 
 
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` through a temp file renamed over ``path``: readers see the old or the new file."""
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    save_torch(obj, path)
 
 
 def _read(path: Path, kind: str) -> Any:

@@ -1,11 +1,15 @@
 """Atomic file output: write to a temp file beside the target, rename over it on success, else delete it."""
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import torch
 
 
 def temp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
@@ -33,3 +37,13 @@ def atomic_output(path: str | Path, suffix: str | None = None) -> Iterator[Path]
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_output`. Serialised in memory first, so a write
+    the machine refuses (full disk, file-size limit) is an ``OSError`` with its errno, which the command line
+    shows as one line; torch's own file writer reports it as ``RuntimeError: ... unexpected pos``."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())

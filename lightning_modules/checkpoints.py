@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_modules.atomic import atomic_output
+from lightning_modules.atomic import save_torch
 from lightning_modules.base import build
 from lightning_modules.errors import CheckpointError, ConfigError, one_line
 from lightning_modules.targets import no_downloads
@@ -96,8 +96,7 @@ def save_net(path: str | Path, net: nn.Module, net_cfg: Mapping | None, **meta: 
     """Write a deployable ``{"state_dict", "net" (its _target_ config), **meta}`` atomically."""
     payload = {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                "net": dict(net_cfg) if net_cfg is not None else None, **meta}
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
     return Path(path)
 
 

@@ -332,3 +332,27 @@ def test_in_process_cli_matches_a_real_process(env, tmp_path):
     assert after[:4] == before[:4] and torch.equal(after[4], before[4])
     errors = [[ln for ln in p.stderr.splitlines() if ln.startswith("error")] for p in (mine, real)]
     assert mine.returncode == real.returncode == 2 and errors[0] == errors[1] and len(errors[0]) == 1, errors
+
+
+def test_a_write_the_machine_refuses_is_one_line(env, tmp_path):
+    """A write that fails for the machine's sake (here a 100 KB file-size limit, as ``ulimit -f``; a full disk
+    is ENOSPC on the same path) is one line naming the errno, exit 2, with ``failed.json`` in the run
+    folder; before, a 63-line traceback, exit 1, and no ``failed.json`` (found by a fault-injection audit)."""
+    import resource
+    import subprocess
+    import sys
+
+    from tests.cli import BASE_ENV
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    run = tmp_path / "run"
+    args = [*BASE, f"paths.data_dir={env['data']}", f"hydra.run.dir={run}"]
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **BASE_ENV}, preexec_fn=limit)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(errors) == 1 and "File too large" in errors[0], proc.stderr[-3000:]
+    assert json.loads((run / "failed.json").read_text())["error"] == errors[0].removeprefix("error: ")
+    assert not list(run.rglob("*.ckpt")), "a checkpoint cut at the limit was left behind"
