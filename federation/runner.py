@@ -234,8 +234,11 @@ def _save_if_best(store: ClientStore, client_id: str, rnd: int, state: Mapping[s
     best = store.load(client_id, "best_local_meta", default=None)
     lower = monitor.endswith("loss")
     if best is None or (value < best["value"] if lower else value > best["value"]):
-        best_local_store(store).save(client_id, "best_local", {"state": dict(state), "round": rnd, "value": float(value)})
+        best_local_store(store).update(client_id, {"best_local": {"state": dict(state), "round": rnd,
+                                                                  "value": float(value)}}, round=rnd)
         store.save(client_id, "best_local_meta", {"round": rnd, "value": float(value), "monitor": monitor})
+    else:  # a stopped attempt at this round may have kept its weights as the best: they are not
+        best_local_store(store).rollback(client_id, rnd)
 
 
 def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, indices: ClientIndices,
@@ -253,7 +256,7 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
     module = build_module(client_module_cfg(cfg, client_id))  # the strategy needs the net (FedBN: BN keys)
     strategy = build_strategy(cfg.federation.strategy, module.net)
     local_state = module.net.state_dict()
-    saved = store.load_all(client_id)  # one read: local-only state and history
+    saved = store.load_all(client_id, round=rnd)  # one read: local-only state and history before this round
     stored = saved.get("local_state") or {}
     local_state.update({k: v for k, v in stored.items() if k in local_state})
     if saved.get("private_state") and hasattr(module, "load_private_state"):
@@ -276,7 +279,7 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
     record = {"local_state": local_only, "history": history, "last_round": rnd}
     if hasattr(module, "private_state"):
         record["private_state"] = {k: v.detach().cpu() for k, v in module.private_state().items()}
-    store.update(client_id, record)
+    store.update(client_id, record, round=rnd)  # replaces what a stopped attempt at this round wrote
     if _keeps_best_local(cfg):
         _save_if_best(store, client_id, rnd, new_state, reported, _module_monitor(cfg))
     return strategy.make_update(client_id, new_state, len(dm.train_dataset), reported)

@@ -42,7 +42,7 @@ from federation.core.sampling import sample_clients
 from federation.core.strategies import Strategy
 from federation.errors import FederationError
 from federation.plan import check_federation_config, split_clients, write_partition_report
-from federation.runner import build_strategy, eval_trainer, quiet_lightning, register_base
+from federation.runner import best_local_store, build_strategy, eval_trainer, quiet_lightning, register_base
 from federation.server_state import load_server_state, rng_state, save_atomic, set_rng_state
 from federation.store import ClientStore
 from federation.transports import ClientJob
@@ -200,9 +200,11 @@ class Server:
     def resume(self) -> None:
         """With ``resume=true`` and a ``server.pt`` in the run dir: continue after its last round."""
         path = self.out / SERVER_CKPT
-        if not self.cfg.get("resume") or not path.is_file():
-            if self.cfg.get("resume"):
-                log.info("resume: no %s in %s yet, starting fresh", SERVER_CKPT, self.out)
+        if not self.cfg.get("resume"):
+            return
+        if not path.is_file():
+            log.info("resume: no %s in %s yet, starting fresh", SERVER_CKPT, self.out)
+            self._drop_stopped_round(0)
             return
         state = load_server_state(path)
         if list(state["client_ids"]) != self.client_ids:
@@ -222,7 +224,18 @@ class Server:
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as err:
             raise FederationError(f"{path} does not restore this federation ({type(err).__name__}: "
                                   f"{str(err).splitlines()[0] if str(err) else ''}); delete it to start afresh") from err
+        self._drop_stopped_round(self.start_round)
         artifacts.console.print(f"[bold]resume:[/bold] {path} (rounds 1..{self.start_round} done)")
+
+    def _drop_stopped_round(self, rnd: int) -> None:
+        """What clients stored in round ``rnd`` before the run stopped (after their training, before this
+        ``server.pt``) is dropped, so the round runs again from the state it began with."""
+        kept = self.store.root / "best_local"  # best_local_store(...) would create it
+        for store in (self.store, *([best_local_store(self.store)] if kept.is_dir() else [])):
+            dropped = [cid for cid in store.index() if store.rollback(cid, rnd)]
+            if dropped:
+                log.info("resume: dropped what %d client(s) stored in the stopped round %d (%s)",
+                         len(dropped), rnd + 1, store.root)
 
     # ------------------------------------------------------------------ one round
     def jobs(self, rnd: int, ids: list[str]) -> list[ClientJob]:

@@ -7,6 +7,13 @@ is cached in memory, so the server's memory does not grow with the number of cli
 are stored as tensors with a marker and come back as numpy arrays; numpy scalars become Python
 numbers. Other values must be what ``weights_only`` accepts: tensors, str/int/float/bool/None and
 lists/tuples/dicts of them.
+
+Round-versioned writes (``update(..., round=r)``) keep the state as it was before round ``r`` beside the
+new one, so a round that was stopped after some clients wrote their state but before the server saved
+``server.pt`` can be run again from where it began: reads ``as of`` round ``r`` and the next write of round
+``r`` see the state before the stopped attempt, and :meth:`ClientStore.rollback` drops the attempt for
+good (the server does so on resume). A resumed federation then matches an uninterrupted one; before, the
+re-run round started from the stopped attempt's BN statistics, history and best-local weights.
 """
 from __future__ import annotations
 
@@ -18,12 +25,14 @@ from urllib.parse import quote, unquote
 import numpy as np
 import torch
 
-from lightning_modules.atomic import atomic_output
+from lightning_modules.atomic import save_torch
 
 __all__ = ["ClientStore"]
 
 _SUFFIX = ".pt"
 _ND = "__ndarray__"
+#: the state before the last round-versioned write: ``{"round": r, "data": {...}}``
+_BEFORE = "__before_round__"
 
 
 def _encode(obj: Any) -> Any:
@@ -64,15 +73,23 @@ class ClientStore:
         """Client ids that have state on disk (sorted)."""
         return sorted(unquote(p.name[: -len(_SUFFIX)]) for p in self.root.glob("*" + _SUFFIX))
 
-    def _read(self, client_id: str) -> dict[str, Any]:
+    def _read(self, client_id: str, lazy: bool = False) -> dict[str, Any]:
         p = self.path(client_id)
         if not p.exists():
             return {}
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True, mmap=lazy)
 
     def _write(self, client_id: str, data: dict[str, Any]) -> None:
-        with atomic_output(self.path(client_id)) as tmp:
-            torch.save(data, tmp)
+        save_torch(data, self.path(client_id))
+
+    @staticmethod
+    def _as_of(data: dict[str, Any], round: int | None) -> dict[str, Any]:
+        """``data`` as it was before round ``round`` (its latest state when ``round`` is None), without
+        the kept earlier version."""
+        before = data.get(_BEFORE)
+        if round is not None and before is not None and int(before["round"]) >= round:
+            return dict(before["data"])
+        return {k: v for k, v in data.items() if k != _BEFORE}
 
     def save(self, client_id: str, key: str, obj: Any) -> None:
         """Set ``key`` of the client's state to ``obj`` (tensors moved to CPU) and rewrite the file."""
@@ -80,22 +97,44 @@ class ClientStore:
         data[key] = _encode(obj)
         self._write(client_id, data)
 
-    def update(self, client_id: str, values: dict[str, Any]) -> None:
-        """Set several keys at once: one read and one atomic write (a client's end of round)."""
+    def update(self, client_id: str, values: dict[str, Any], round: int | None = None) -> None:
+        """Set several keys at once: one read and one atomic write (a client's end of round). With
+        ``round``: what was written at that round or later is a stopped attempt's and is dropped first, and
+        the state before the round is kept beside the new one (see the module docstring); so one
+        round-versioned write per client and round, and :meth:`save` for more keys in the same round."""
         data = self._read(client_id)
-        data.update({k: _encode(v) for k, v in values.items()})
+        encoded = {k: _encode(v) for k, v in values.items()}
+        if round is None:
+            data.update(encoded)
+        else:
+            base = self._as_of(data, round)
+            data = {**base, **encoded, _BEFORE: {"round": round, "data": base}}
         self._write(client_id, data)
 
-    def load(self, client_id: str, key: str, default: Any = None) -> Any:
-        """The stored object, or ``default`` when the client or key is absent."""
-        data = self._read(client_id)
+    def rollback(self, client_id: str, round: int) -> bool:
+        """Drop for good what was written at round ``round`` or later (a stopped attempt); True if it did."""
+        data = self._read(client_id, lazy=True)
+        before = data.get(_BEFORE)
+        if before is None or int(before["round"]) < round:
+            return False
+        restored = dict(before["data"])  # memory-mapped: the write below goes to a new file, then a rename
+        if restored:
+            self._write(client_id, restored)
+        else:
+            self.path(client_id).unlink(missing_ok=True)
+        return True
+
+    def load(self, client_id: str, key: str, default: Any = None, round: int | None = None) -> Any:
+        """The stored object, or ``default`` when the client or key is absent; ``round``: as of before it."""
+        data = self._as_of(self._read(client_id), round)
         return _decode(data[key]) if key in data else default
 
-    def load_all(self, client_id: str) -> dict[str, Any]:
-        return _decode(self._read(client_id))
+    def load_all(self, client_id: str, round: int | None = None) -> dict[str, Any]:
+        """Every key of the client's state; ``round``: as of before that round."""
+        return _decode(self._as_of(self._read(client_id), round))
 
     def keys(self, client_id: str) -> list[str]:
-        return sorted(self._read(client_id))
+        return sorted(self._as_of(self._read(client_id), None))
 
     def delete(self, client_id: str, key: str | None = None) -> None:
         """Remove one key, or the client's whole file when ``key`` is None."""

@@ -56,3 +56,24 @@ def test_load_is_weights_only(tmp_path):
     torch.save({"x": Fraction(1, 3)}, store.path("bad"))  # arbitrary pickled object
     with pytest.raises(pickle.UnpicklingError):
         store.load("bad", "x")
+
+
+def test_round_versioned_writes_drop_a_stopped_attempt(tmp_path):
+    """``update(..., round=r)`` keeps the state before round r: a stopped attempt at r is invisible to
+    reads as of r, replaced by the next write of r, and dropped for good by ``rollback``."""
+    store = ClientStore(tmp_path)
+    store.update("c", {"bn": torch.zeros(2), "history": [0]}, round=0)
+    store.update("c", {"bn": torch.ones(2), "history": [0, 1]}, round=1)
+    store.save("c", "best_meta", 1)  # a second key in the same round
+    assert store.load("c", "history") == [0, 1] and store.keys("c") == ["best_meta", "bn", "history"]
+    assert store.load("c", "history", round=1) == [0, 1][:1] and store.load("c", "best_meta", round=1) is None
+    assert store.load_all("c", round=2)["history"] == [0, 1]  # a later round sees the latest state
+    # round 1 runs again (its first attempt stopped before the server saved the round)
+    store.update("c", {"bn": torch.full((2,), 2.0), "history": [0, 1]}, round=1)
+    assert store.load("c", "best_meta") is None and torch.equal(store.load("c", "bn"), torch.full((2,), 2.0))
+    assert store.rollback("c", 2) is False
+    assert store.rollback("c", 1) is True
+    assert store.load("c", "history") == [0] and torch.equal(store.load("c", "bn"), torch.zeros(2))
+    assert store.rollback("c", 1) is False  # one level of undo: the round before is final
+    store.update("d", {"x": 1}, round=0)
+    assert store.rollback("d", 0) is True and store.index() == ["c"]  # nothing before its first round
