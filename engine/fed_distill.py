@@ -42,6 +42,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from engine import artifacts
@@ -128,6 +129,14 @@ def global_weights(cfg: DictConfig, fed_dir: Path, what: str) -> Path:
     return path.resolve()
 
 
+def _keeps_local(strategy_cfg: Any) -> bool:
+    """Whether the federation's strategy keeps entries at the sites (``Strategy.keeps_local``, e.g. FedBN, or
+    ``local_keys`` / ``local_prefixes`` given): asked of the class, so a FedBN-like strategy of another name
+    counts too (engine does not import federation: the attribute is read from the class the config names)."""
+    cls = get_class(str(strategy_cfg.get("_target_", "")))
+    return bool(getattr(cls, "keeps_local", False) or strategy_cfg.get("local_keys") or strategy_cfg.get("local_prefixes"))
+
+
 def site_teacher(cfg: DictConfig, global_path: Path, site: str) -> Path:
     """The teacher weights a site receives: the global ones, plus - for strategies that keep entries
     local (FedBN's batch norm) - the site's own local entries from the federation's client store."""
@@ -138,15 +147,14 @@ def site_teacher(cfg: DictConfig, global_path: Path, site: str) -> Path:
 def site_weights(cfg: DictConfig, global_path: Path, fed_dir: Path, site: str, out: Path) -> Path:
     """A site's weights from the federation in ``fed_dir``: ``global_path``, or with FedBN the global
     weights + the site's own local entries (its client store), written once to ``out``."""
-    strategy = str(cfg.federation.strategy.get("_target_", ""))
-    if not strategy.endswith("FedBN"):
+    if not _keeps_local(cfg.federation.strategy):
         return global_path
     if out.is_file():
         return out
     store = fed_dir / str(cfg.federation.get("store_dir", "client_store")) / f"{site}.pt"
     local = load_checkpoint(store, "client store").get("local_state")
     if not isinstance(local, dict) or not local:
-        raise CheckpointError(f"client store {store} holds no local_state: cannot personalise the FedBN weights")
+        raise CheckpointError(f"client store {store} holds no local_state: cannot personalise the site's weights")
     state = dict(load_checkpoint(global_path, "global weights"))
     state.update({k: v for k, v in local.items() if k in state})
     return save_state(state, out)
@@ -224,7 +232,7 @@ def student_stage_cfg(cfg: DictConfig, arm: str, fed_teacher: Path | None) -> Di
         with open_dict(scfg):
             scfg.paths.output_dir = str(out)
             scfg.distill.teacher.ckpt = str(fed_teacher)  # the server's template; clients: module.teacher_ckpt
-            if str(cfg.federation.strategy.get("_target_", "")).endswith("FedBN"):
+            if _keeps_local(cfg.federation.strategy):
                 scfg.federation.client_module = {s: {"teacher_ckpt": str(site_teacher(cfg, fed_teacher, s).resolve())}
                                                  for s in site_names(cfg)}
     with open_dict(scfg):

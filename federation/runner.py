@@ -44,7 +44,7 @@ from engine.fit import fit_and_evaluate
 from federation.core.messages import ClientUpdate, ServerMessage
 from federation.core.partial_labels import PartialLabels
 from federation.core.sampling import client_seed
-from federation.core.strategies import Strategy, proximal_loss_term
+from federation.core.strategies import DataSharing, Strategy, proximal_loss_term
 from federation.store import ClientStore
 
 __all__ = ["ClientIndices", "run_client", "train_local", "client_datamodule", "client_module_cfg", "best_local_store", "build_strategy",
@@ -109,7 +109,7 @@ def build_strategy(strategy_cfg: Any, net: torch.nn.Module | None = None, **extr
     for k, v in extra.items():
         if k in params and v is not None:
             plain.setdefault(k, v)
-    if cls.__name__ == "DataSharing" and plain.get("pool") is None and plain.get("n_shared") is None:
+    if issubclass(cls, DataSharing) and plain.get("pool") is None and plain.get("n_shared") is None:
         plain["n_shared"] = 0  # client side: only client_keys/client_receive/make_update are used
     return cls(**plain)
 

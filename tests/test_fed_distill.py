@@ -196,6 +196,11 @@ def test_fedbn_site_teacher_keeps_the_sites_own_bn(tmp_path):
         fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b")
     cfg.federation.strategy._target_ = "federation.core.strategies.FedAvg"
     assert fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b") == run / "teacher" / "global_best.pt"
+    # what the strategy does, not its name: FedAvg keeping entries local personalises as FedBN does
+    (run / "sites" / "site_a" / "teacher_fed.pt").unlink()
+    cfg.federation.strategy.local_prefixes = ["bn"]
+    path = fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_a")
+    assert torch.equal(torch.load(path, weights_only=True)["bn.running_mean"], torch.full((2,), 7.0))
 
 
 def test_flower_node_gets_a_client_config_it_accepts(tiny_run, tmp_path):

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.flower
 
 from experiments.run import dispatch  # noqa: E402
 from federation.core.messages import DataLeakError, ServerMessage  # noqa: E402
-from federation.core.strategies import FedAvg  # noqa: E402
+from federation.core.strategies import DataSharing, FedAvg  # noqa: E402
 from federation.transports.flower import launches  # noqa: E402
 from federation.transports.flower.wire import decode_message, decode_update, encode_message, encode_update  # noqa: E402
 from tests.hydra_helpers import compose_run  # noqa: E402
@@ -83,6 +83,10 @@ def test_node_derives_the_server_partition(tmp_path):
     assert len(whole.train) + len(whole.val) == len(server.base.train_dataset)
 
 
+class RenamedSharing(DataSharing):
+    """Paper 000's data sharing under another name: it moves data all the same."""
+
+
 def test_data_transfer_needs_permission(tmp_path):
     from engine.errors import ConfigError
     from federation.transports.flower.server_app import check_data_transfer
@@ -93,6 +97,10 @@ def test_data_transfer_needs_permission(tmp_path):
     OmegaConf.update(cfg, "federation.strategy.allow_data_transfer", True)
     assert "DATA TRANSFER" in check_data_transfer(cfg)
     assert check_data_transfer(compose_run([*SMALL, "federation/strategy=fedprox"], tmp_path)) is None
+    OmegaConf.update(cfg, "federation.strategy._target_", "tests.test_flower.RenamedSharing")  # asked of the class
+    OmegaConf.update(cfg, "federation.strategy.allow_data_transfer", False)
+    with pytest.raises(ConfigError, match="allow_data_transfer"):
+        check_data_transfer(cfg)
     with pytest.raises(ConfigError, match="federation.privacy=he"):
         dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.privacy=he"], tmp_path))
     assert not (tmp_path / "run" / "flower" / "pgids.json").exists()  # refused before any process started

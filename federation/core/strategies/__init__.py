@@ -2,7 +2,10 @@
 
 A strategy never sees data, Lightning or a network: ``aggregate(global_state, updates, round)`` maps
 the current global state dict and a list of :class:`~federation.core.messages.ClientUpdate` to the new
-global state. ``client_keys`` says which state entries are exchanged (the rest stay on the client,
+global state. Updates cross as deltas from the global state under Flower (``is_delta``) and as weights in
+process: read them with :func:`absolute_weights`. Class attributes say what a strategy does, for the
+checks that depend on it: ``averages`` (SecAgg+ allows only a sample-weighted mean), ``moves_data``,
+``keeps_local``. ``client_keys`` says which state entries are exchanged (the rest stay on the client,
 e.g. FedBN's batch-norm entries), ``configure_client`` gives the per-round client config, and
 ``state_dict``/``load_state_dict`` hold server-side state for checkpoint / resume.
 
@@ -14,7 +17,8 @@ e.g. FedBN's batch-norm entries), ``configure_client`` gives the per-round clien
 """
 from __future__ import annotations
 
-from .base import StateDict, Strategy, bn_state_keys, fedavg, weighted_average
+from .base import (StateDict, Strategy, absolute_weights, bn_state_keys, fedavg, strategy_class,
+                   weighted_average)
 from .datasharing import DataSharing
 from .fedavg import FedAvg
 from .fedbn import FedBN
@@ -24,7 +28,7 @@ from .fedprox import FedProx, proximal_loss_term, proximal_term
 __all__ = [
     "Strategy", "FedAvg", "FedProx", "FedBN", "FedOpt", "FedAdam", "FedYogi", "FedAdagrad",
     "DataSharing", "STRATEGIES", "weighted_average", "fedavg", "proximal_term",
-    "proximal_loss_term", "bn_state_keys", "StateDict",
+    "proximal_loss_term", "bn_state_keys", "StateDict", "absolute_weights", "strategy_class",
 ]
 
 STRATEGIES: dict[str, type[Strategy]] = {

@@ -1,6 +1,7 @@
 """The strategy interface and the pure aggregation functions every strategy builds on."""
 from __future__ import annotations
 
+import importlib
 import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -40,7 +41,9 @@ def weighted_average(tensors: Sequence[Tensor], weights: Sequence[float], dtype:
     return acc.to(dtype)
 
 
-def _absolute(global_state: Mapping[str, Tensor], update: ClientUpdate, key: str) -> Tensor:
+def absolute_weights(global_state: Mapping[str, Tensor], update: ClientUpdate, key: str) -> Tensor:
+    """A site's entry ``key`` as weights: updates cross as deltas from the global state under Flower
+    (``is_delta``, what SecAgg+ and DP noise) and as weights in process; a strategy reads them through this."""
     value = update.weights[key]
     return global_state[key] + value.to(global_state[key].device) if update.is_delta else value
 
@@ -61,7 +64,7 @@ def fedavg(
         missing = [u.client_id for u in updates if key not in u.weights]
         if missing:
             raise KeyError(f"updates from {missing} lack exchanged key {key!r}")
-        new[key] = weighted_average([_absolute(global_state, u, key) for u in updates], coef, global_state[key].dtype)
+        new[key] = weighted_average([absolute_weights(global_state, u, key) for u in updates], coef, global_state[key].dtype)
     return new
 
 
@@ -83,6 +86,15 @@ class Strategy:
     client (they are excluded from :meth:`client_keys`, from messages and from aggregation)."""
 
     name = "base"
+    #: ``aggregate`` uses the updates only through their sample-weighted mean (and the sites' metrics),
+    #: which is all SecAgg+ (``federation.privacy=secagg``) lets the server see; a median, a trimmed mean
+    #: or any rule that looks at one site's weights must leave this False, and is refused under SecAgg+
+    averages = False
+    #: the strategy sends server-held training samples to the sites (paper 000's data sharing)
+    moves_data = False
+    #: some entries always stay at the sites (FedBN's batch norm): a site's model is the global weights plus
+    #: its own local entries. Also true of any strategy given ``local_keys`` / ``local_prefixes``
+    keeps_local = False
 
     def __init__(self, local_keys: Iterable[str] = (), local_prefixes: Iterable[str] = ()) -> None:
         self._local_keys = frozenset(local_keys)
@@ -148,3 +160,17 @@ class Strategy:
             leaked = [k for k in u.weights if self.is_local(k)]
             if leaked:
                 raise ValueError(f"client {u.client_id} sent local-only entries {leaked[:3]}...")
+
+
+def strategy_class(target: str) -> type[Strategy]:
+    """The :class:`Strategy` subclass a ``federation.strategy._target_`` names (``ValueError`` otherwise):
+    what a config's strategy can do (:attr:`Strategy.averages`, ...) is asked of the class, not its name."""
+    module, _, name = str(target).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"federation.strategy._target_={target!r} names no class ({err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ValueError(f"federation.strategy._target_={target!r} is not a federation.core.strategies.Strategy")
+    return cls
+

@@ -29,6 +29,7 @@ class DataSharing(FedAvg):
     grows or shrinks as ``m`` changes). Before any accuracy is known, clients get 0.
     """
 
+    moves_data = True
     name = "datasharing"
 
     def __init__(self, pool: SharedPool | None = None, n_shared: int | None = None, mode: SharingMode = "part",

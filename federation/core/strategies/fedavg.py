@@ -17,6 +17,7 @@ class FedAvg(Strategy):
     """
 
     name = "fedavg"
+    averages = True
 
     def __init__(self, weighted: bool = True, **kw: Any) -> None:
         super().__init__(**kw)

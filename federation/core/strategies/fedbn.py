@@ -16,6 +16,7 @@ class FedBN(FedAvg):
     :func:`bn_state_keys`), explicit ``bn_keys`` and/or ``bn_prefixes`` (module names)."""
 
     name = "fedbn"
+    keeps_local = True
 
     def __init__(self, model: nn.Module | None = None, bn_keys: Iterable[str] = (),
                  bn_prefixes: Iterable[str] = (), prefix: str = "", **kw: Any) -> None:

@@ -137,9 +137,19 @@ def check_secagg(cfg: DictConfig) -> None:
     """What SecAgg+ cannot do, refused in one line (``ConfigError``) before any process starts."""
     from engine.errors import ConfigError
     from federation.core.sampling import clients_per_round
+    from federation.core.strategies import strategy_class
     from federation.transports.flower.secagg import SecAggSettings
 
-    strategy = str(OmegaConf.select(cfg, "federation.strategy._target_", default="")).rsplit(".", 1)[-1]
+    target = str(OmegaConf.select(cfg, "federation.strategy._target_", default=""))
+    strategy = target.rsplit(".", 1)[-1]
+    try:
+        averages = strategy_class(target).averages
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not averages:
+        raise ConfigError(f"federation.strategy={strategy}: SecAgg+ (federation.privacy=secagg) shows the server "
+                          f"only the sites' weighted mean, and {strategy} does not aggregate by a mean "
+                          "(Strategy.averages is False); use a mean-based strategy (FedAvg, FedProx, FedBN, FedOpt)")
     if OmegaConf.select(cfg, "federation.strategy.weighted", default=True) is False:
         raise ConfigError(f"federation.strategy.weighted=false ({strategy}): SecAgg+ (federation.privacy=secagg) "
                           "always weights a site by its sample count; use weighted=true")

@@ -31,9 +31,17 @@ def check_data_transfer(cfg) -> str | None:
     no data moves). Raises ``ConfigError`` when it would move data without permission."""
     from engine.errors import ConfigError
 
+    from federation.core.strategies import strategy_class
+
     target = str(OmegaConf.select(cfg, "federation.strategy._target_", default=""))
     frac = float(OmegaConf.select(cfg, "federation.shared_fraction", default=0.0) or 0.0)
-    if not target.endswith("DataSharing") or frac <= 0:
+    if frac <= 0 or not target:
+        return None
+    try:
+        moves_data = strategy_class(target).moves_data
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not moves_data:
         return None
     allowed = bool(OmegaConf.select(cfg, "federation.strategy.allow_data_transfer", default=False))
     rehearsal = bool(OmegaConf.select(cfg, "federation.executor.launch", default=False))
