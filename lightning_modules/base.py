@@ -5,6 +5,8 @@ federated client, a distillation student and a centralised run train through the
 """
 from __future__ import annotations
 
+import inspect
+import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -20,6 +22,7 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.targets import check_targets
 
 LossTerm = Callable[["BaseModule"], torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 def build(obj: Any, *args: Any, what: str = "object") -> Any:
@@ -36,8 +39,26 @@ def build(obj: Any, *args: Any, what: str = "object") -> Any:
         if isinstance(obj, DictConfig):  # our own composed config: resolved here, so what is checked is built
             obj = OmegaConf.to_container(obj, resolve=True)
         check_targets(obj, what)
+        _warn_ignored_keys(obj, what)
         return instantiate_with_args_checked(obj, what, *args)
     return obj
+
+
+def _warn_ignored_keys(obj: Mapping, what: str) -> None:
+    """segmentation-models-pytorch nets take ``**kwargs`` and ignore what they do not know: an experiment's
+    ``model.width`` (a D-Net / UNet3+ argument) given to ``model=unet`` built a 24M-parameter U-Net without a
+    word, so a ``model=dnet,unet`` sweep compared nets 14x apart in size. Say so, once per build."""
+    target = str(obj.get("_target_", ""))
+    if not target.startswith("segmentation_models_pytorch."):
+        return
+    try:
+        params = inspect.signature(get_class(target)).parameters
+    except Exception:  # noqa: BLE001 - an unknown class is reported by the instantiation itself
+        return
+    ignored = sorted(k for k in obj if not k.startswith("_") and k not in params)
+    if ignored:
+        log.warning("%s: %s does not take %s; ignored", what, target,
+                    ", ".join(f"{k}={obj[k]!r}" for k in ignored))
 
 
 #: a constructor called with arguments it does not take (a mistyped key, a checkpoint's config from elsewhere)

@@ -4,9 +4,11 @@ Forward passes use tiny widths (8..128 channels) and 32-64 px inputs only (CPU-f
 """
 from __future__ import annotations
 
+import logging
 import pytest
 import torch
 
+from lightning_modules.base import build
 from lightning_modules.nets import (AttentionUNet, DNet, NestedUNet, ResNet18Student, UNet3Plus, build_model,
                                     count_parameters, list_models)
 from lightning_modules.nets.blocks import resolve_filters
@@ -164,3 +166,16 @@ def test_every_registered_model_runs(name: str) -> None:
 def test_smp_defaults_no_weights() -> None:
     net = build_model("unet", in_channels=1, classes=2)
     assert net.encoder._in_channels == 1  # resnet34 built locally, no download attempted
+
+
+def test_smp_net_warns_about_keys_it_ignores(caplog):
+    """``model.width`` from an experiment given to an smp U-Net is named as ignored (it was silent)."""
+    cfg = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": None,
+           "in_channels": 1, "classes": 2, "width": 16}
+    with caplog.at_level(logging.WARNING, logger="lightning_modules.base"):
+        build(cfg, what="module.net")
+    assert "does not take width=16; ignored" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lightning_modules.base"):
+        build({k: v for k, v in cfg.items() if k != "width"}, what="module.net")
+    assert "ignored" not in caplog.text
