@@ -1,0 +1,88 @@
+"""surface_scores (HD95, NSD from one symmetric distance query per class) against MONAI's own
+compute_hausdorff_distance(percentile=95) and compute_surface_dice, and its empty-class conventions."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+from lightning_modules.metrics import surface_scores
+
+
+def monai_reference(pred, target, class_names, spacing, tolerance_mm):
+    """The per-class HD95 / NSD of MONAI's two functions (the implementation surface_scores replaced)."""
+    spacing = [float(s) for s in spacing][-pred.ndim:]
+    out = {}
+    for c, name in enumerate(class_names[1:], start=1):
+        p, t = pred == c, target == c
+        if not (p.any() and t.any()):
+            continue
+        onehot_p = torch.from_numpy(np.stack([~p, p]))[None].float()
+        onehot_t = torch.from_numpy(np.stack([~t, t]))[None].float()
+        out[f"hd95_{name}"] = float(compute_hausdorff_distance(onehot_p, onehot_t, percentile=95, spacing=spacing)[0, 0])
+        out[f"nsd_{name}"] = float(compute_surface_dice(onehot_p, onehot_t, [tolerance_mm], spacing=spacing)[0, 0])
+    return out
+
+
+def blobs(rng, shape, num_classes):
+    """A label map of a few random boxes per class with label noise, so boundaries are irregular."""
+    lab = np.zeros(shape, dtype=np.int64)
+    for c in range(1, num_classes):
+        for _ in range(2):
+            lo = [rng.integers(0, n // 2) for n in shape]
+            hi = [lo_ + rng.integers(2, n // 2 + 1) for lo_, n in zip(lo, shape)]
+            lab[tuple(slice(a, b) for a, b in zip(lo, hi))] = c
+    noise = rng.random(shape) < 0.08
+    lab[noise] = rng.integers(0, num_classes, size=int(noise.sum()))
+    return lab
+
+
+CASES = [  # (shape, spacing, number of classes incl. background, tolerance in mm)
+    ((40, 36), (1.0, 1.0), 2, 1.0),
+    ((33, 47), (0.7, 1.9), 3, 1.5),
+    ((20, 18, 12), (1.0, 1.0, 1.0), 2, 1.0),
+    ((24, 20, 10), (0.8, 0.8, 2.5), 3, 2.0),
+    ((16, 22, 9), (1.0, 1.0, 1.0, 3.0), 4, 1.0),  # spacing longer than the image: the last ndim entries count
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("shape,spacing,num_classes,tol", CASES)
+def test_surface_scores_match_monai(seed, shape, spacing, num_classes, tol):
+    rng = np.random.default_rng(seed)
+    pred, target = blobs(rng, shape, num_classes), blobs(rng, shape, num_classes)
+    names = ["background"] + [f"c{c}" for c in range(1, num_classes)]
+    got, ref = surface_scores(pred, target, names, spacing, tol), monai_reference(pred, target, names, spacing, tol)
+    assert ref, "every case must have at least one class present in both"
+    for key, val in ref.items():
+        assert got[key] == pytest.approx(val, rel=1e-5, abs=1e-5), key
+    assert got["hd95"] == pytest.approx(np.mean([v for k, v in ref.items() if k.startswith("hd95_")]), rel=1e-5)
+    assert got["nsd"] == pytest.approx(np.mean([v for k, v in ref.items() if k.startswith("nsd_")]), rel=1e-5)
+
+
+def test_surface_scores_empty_class_conventions_and_match_on_the_rest():
+    rng = np.random.default_rng(5)
+    shape, spacing = (30, 26, 8), (0.9, 0.9, 3.0)
+    target = blobs(rng, shape, 3)
+    pred = blobs(rng, shape, 3)
+    pred[pred == 2] = 0  # class 2: in the ground truth only
+    target[target == 3] = 0  # class 3 in neither
+    names = ["background", "a", "b", "c"]
+    got, ref = surface_scores(pred, target, names, spacing, 1.0), monai_reference(pred, target, names, spacing, 1.0)
+    diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing)))
+    assert got["hd95_a"] == pytest.approx(ref["hd95_a"], rel=1e-5, abs=1e-5)
+    assert got["nsd_a"] == pytest.approx(ref["nsd_a"], rel=1e-5, abs=1e-5)
+    assert got["hd95_b"] == pytest.approx(diagonal) and got["nsd_b"] == 0.0
+    assert math.isnan(got["hd95_c"]) and math.isnan(got["nsd_c"])
+    assert got["hd95"] == pytest.approx((ref["hd95_a"] + diagonal) / 2, rel=1e-5)
+    assert got["nsd"] == pytest.approx(ref["nsd_a"] / 2, rel=1e-5)
+    empty = surface_scores(np.zeros(shape, int), np.zeros(shape, int), names, spacing)
+    assert all(math.isnan(v) for v in empty.values())
+
+
+def test_surface_scores_identical_masks():
+    rng = np.random.default_rng(7)
+    lab = blobs(rng, (28, 28), 2)
+    got = surface_scores(lab, lab, ["background", "fg"], (0.5, 0.5), 1.0)
+    assert got["hd95_fg"] == 0.0 and got["nsd_fg"] == 1.0
