@@ -11,13 +11,15 @@ from callbacks.plotting import log_images, plt, run_dir, save_figure
 class SegmentationOverlays(pl.Callback):
     """At the end of testing, render the largest-foreground slice of the first ``num_cases`` test cases.
 
-    The slices are collected during ``test_batch_end`` (one per case, the one with the most ground-truth
-    foreground), so no second pass over the data is needed.
+    The slices are chosen during ``test_batch_end`` by ground-truth foreground area alone (one per case,
+    kept on the CPU), so no second pass over the data is needed; the net predicts the chosen slices once,
+    at ``test_epoch_end`` (it used to run again on every test batch holding a slice of those cases).
     """
 
     def __init__(self, num_cases: int = 4, filename: str = "test_overlays.png") -> None:
         self.num_cases, self.filename = num_cases, filename
-        self._best: dict[str, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}
+        # case -> (foreground area, image [C, H, W] as the net saw it, mask [H, W])
+        self._best: dict[str, tuple[int, torch.Tensor, np.ndarray]] = {}
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._best = {}
@@ -25,26 +27,41 @@ class SegmentationOverlays(pl.Callback):
     @torch.no_grad()
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         case_ids = batch["case_id"]
-        pending = [i for i, c in enumerate(case_ids) if c in self._best or len(self._best) < self.num_cases]
-        if not pending:
+        if not any(c in self._best or len(self._best) < self.num_cases for c in case_ids):
             return
-        logits = pl_module.net(batch["image"][pending])
-        logits = logits[0] if isinstance(logits, (list, tuple)) else logits
-        pred = pl_module.predict_labels(pl_module.probabilities(logits)).cpu().numpy()
-        for j, i in enumerate(pending):
-            case, mask = case_ids[i], batch["mask"][i].cpu().numpy()
-            area = int((mask > 0).sum())
+        areas = (batch["mask"] > 0).flatten(1).sum(1).tolist()
+        for i, case in enumerate(case_ids):
             if case not in self._best and len(self._best) >= self.num_cases:
                 continue
-            if case not in self._best or area > self._best[case][0]:
-                self._best[case] = (area, batch["image"][i, 0].cpu().numpy(), mask, pred[j])
+            if case not in self._best or areas[i] > self._best[case][0]:
+                self._best[case] = (int(areas[i]), batch["image"][i].detach().to("cpu", copy=True), batch["mask"][i].cpu().numpy())
+
+    @torch.no_grad()
+    def _predict(self, pl_module: pl.LightningModule, cases: list[str]) -> dict[str, np.ndarray]:
+        """Predicted labels of the chosen slices: one forward pass per image size (one when the test
+        slices share a size; padded mixed-size batches keep the padded image their prediction was made on)."""
+        by_shape: dict[tuple, list[str]] = {}
+        for case in cases:
+            by_shape.setdefault(tuple(self._best[case][1].shape), []).append(case)
+        out: dict[str, np.ndarray] = {}
+        for group in by_shape.values():
+            images = torch.stack([self._best[c][1] for c in group]).to(pl_module.device)
+            logits = pl_module.net(images)
+            logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+            pred = pl_module.predict_labels(pl_module.probabilities(logits)).cpu().numpy()
+            out.update(zip(group, pred))
+        return out
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or not self._best:
             return
-        n = len(self._best)
+        cases = sorted(self._best)
+        preds = self._predict(pl_module, cases)
+        n = len(cases)
         fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
-        for ax, (case, (_, img, mask, pred)) in zip(axes[0], sorted(self._best.items())):
+        for ax, case in zip(axes[0], cases):
+            _, image, mask = self._best[case]
+            img, pred = image[0].numpy(), preds[case]
             ax.imshow(img.T, cmap="gray", origin="lower")
             for c in range(1, int(max(mask.max(), pred.max())) + 1):
                 if (mask == c).any():
