@@ -34,7 +34,8 @@ class SegmentationOverlays(pl.Callback):
             if case not in self._best and len(self._best) >= self.num_cases:
                 continue
             if case not in self._best or areas[i] > self._best[case][0]:
-                self._best[case] = (int(areas[i]), batch["image"][i].detach().to("cpu", copy=True), batch["mask"][i].cpu().numpy())
+                image = batch["image"][i].detach().to("cpu", copy=True)  # a copy: not a view holding the batch
+                self._best[case] = (int(areas[i]), image, batch["mask"][i].cpu().numpy())
 
     @torch.no_grad()
     def _predict(self, pl_module: pl.LightningModule, cases: list[str]) -> dict[str, np.ndarray]:
