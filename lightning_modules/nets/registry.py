@@ -4,8 +4,10 @@ Every constructor follows the segmentation-models-pytorch keyword convention (``
 ``classes``) and returns an ``nn.Module`` whose ``forward(x)`` yields logits ``[B, classes, H, W]``
 (see ``docs/architecture.md``, section *Networks*).
 
-Own nets register themselves with :func:`register_model` when ``lightning_modules.nets`` is imported
-(importing this module imports the package first, so the registry is always complete).  The smp
+Own nets register themselves with :func:`register_model` when ``lightning_modules.nets`` is imported:
+importing this module imports the package first, and the package imports its flat net modules by name
+and every sub-package ``lightning_modules/nets/<name>/`` automatically, so the registry is complete.
+Nets outside ``lightning_modules.nets`` register only once their own module is imported.  The smp
 entries below never download weights unless the caller passes ``encoder_weights`` explicitly.
 
 smp models require ``H`` and ``W`` divisible by the encoder's output stride (32 for ResNets) and
@@ -13,11 +15,14 @@ raise smp's own ``RuntimeError`` naming the size otherwise; the nets implemented
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import importlib
+import pkgutil
+from typing import Callable, Iterable, TypeVar
 
 import torch.nn as nn
 
-__all__ = ["register_model", "build_model", "list_models", "get_model_class", "count_parameters"]
+__all__ = ["register_model", "build_model", "list_models", "get_model_class", "count_parameters",
+           "import_subpackages"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -36,6 +41,16 @@ def register_model(name: str) -> Callable[[F], F]:
         return fn
 
     return deco
+
+
+def import_subpackages(package: str, path: Iterable[str]) -> list[str]:
+    """Import every sub-package (a folder with ``__init__.py``) of ``package`` found on ``path`` (the
+    package's ``__path__``), so that the nets they define run their :func:`register_model`; returns their
+    names. Flat modules are left alone. An import error is not swallowed: a broken net folder fails loudly."""
+    names = sorted(info.name for info in pkgutil.iter_modules(list(path)) if info.ispkg)
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names
 
 
 def list_models() -> list[str]:
