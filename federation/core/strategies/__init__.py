@@ -31,6 +31,7 @@ __all__ = [
     "proximal_loss_term", "bn_state_keys", "StateDict", "absolute_weights", "strategy_class",
 ]
 
+#: a name index (tests keep it one-to-one with configs/federation/strategy/*.yaml); runs build the ``_target_``
 STRATEGIES: dict[str, type[Strategy]] = {
     c.name: c for c in (FedAvg, FedProx, FedBN, FedAdam, FedYogi, FedAdagrad, DataSharing)
 }
