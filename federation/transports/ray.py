@@ -12,6 +12,12 @@ instance with ``num_workers * cpus_per_client`` CPUs is started (and stopped by 
 Before its first client each worker checks that the data roots of ``cfg.data`` exist on its node: a missing
 one is a :class:`~datamodules.errors.DataError` naming the node and the path. A client running longer than
 ``timeout_s`` is dropped, its actor killed and replaced; a client that raises is dropped; the round goes on.
+
+The driver waits for its clients in slices of ``LIVENESS_S`` seconds and checks between slices that the Ray
+node it runs on is still there (the raylet and GCS of a local instance it started, the node's ``Alive`` flag
+in ``ray.nodes()`` otherwise): when the node is gone (its raylet or DashboardAgent killed, an OOM kill) the
+run stops with one :class:`~federation.errors.FederationError` line naming the command that continues it
+from ``server.pt``, instead of waiting forever for objects Ray can no longer recover.
 """
 from __future__ import annotations
 
@@ -29,10 +35,11 @@ from datamodules.errors import DataError
 from federation.core.messages import ClientUpdate
 from federation.transports import ClientFn, ClientJob, ExecutorError, check_update, drop
 
-__all__ = ["RayExecutor", "missing_data_root"]
+__all__ = ["RayExecutor", "missing_data_root", "LIVENESS_S"]
 
 log = logging.getLogger("federation.transports.ray")
 ROOT = Path(__file__).resolve().parents[2]
+LIVENESS_S = 3.0  # the longest the driver waits on ray.wait before checking that its Ray node is alive
 
 
 def _import_ray():
@@ -64,6 +71,26 @@ def missing_data_root(data_cfg: Any) -> str | None:
         if found:
             return found
     return None
+
+
+def _continue_hint(jobs: Sequence[ClientJob]) -> str:
+    """``server.pt`` holds the last finished round: the command that continues the run from it."""
+    cfg = next((j.kwargs.get("cfg") for j in jobs if j.kwargs.get("cfg") is not None), None)
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.select(cfg, "paths.output_dir", default=None) if cfg is not None else None
+    if not out:
+        return "Continue the run with resume=<its run dir>."
+    from engine.run_match import continue_command, saved_overrides
+
+    run = Path(str(out)).resolve()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - not under Hydra (a test, a notebook): the run's saved overrides
+        overrides = saved_overrides(run)
+    return f"server.pt holds the last finished round; continue with: {continue_command(overrides, run)}"
 
 
 class _Worker:
@@ -144,6 +171,7 @@ class RayExecutor:
         self._actor_cls = ray.remote(_Worker).options(**opts)
         self._pool: list[Any] = []
         self._checked: set[int] = set()
+        self._dead = False
 
     # ------------------------------------------------------------------ pool
     def _new_actor(self) -> Any:
@@ -166,7 +194,10 @@ class RayExecutor:
             return
         cfg = next((j.kwargs.get("cfg") for j in jobs if j.kwargs.get("cfg") is not None), None)
         data = cfg.get("data") if cfg is not None else None
-        for msg in self.ray.get([a.check_data.remote(data) for a in fresh]):
+        refs = [a.check_data.remote(data) for a in fresh]
+        while len(self.ray.wait(refs, num_returns=len(refs), timeout=LIVENESS_S)[0]) < len(refs):
+            self._check_node(jobs)  # an actor that cannot start on a dead node would be waited for forever
+        for msg in self.ray.get(refs):
             if msg:
                 raise DataError(msg)
         self._checked.update(id(a) for a in fresh)
@@ -174,6 +205,41 @@ class RayExecutor:
     def workers(self) -> list[dict[str, Any]]:
         """Node, IP, pid and assigned resources of every live actor (for tests and logs)."""
         return self.ray.get([a.where.remote() for a in self._pool])
+
+    # ------------------------------------------------------------------ liveness
+    def _node_gone(self) -> str | None:
+        """Why the driver's Ray node is gone (None while it is alive): a local instance's raylet or GCS
+        process exited, or ``ray.nodes()`` marks the node dead or cannot be asked."""
+        ray = self.ray
+        if self._started:
+            try:
+                from ray._private import worker as ray_worker
+
+                dead = sorted({kind for kind, _ in ray_worker._global_node.dead_processes()
+                               if kind in ("raylet", "gcs_server")})
+            except Exception:  # noqa: BLE001 - a Ray without this (private) API: the node table below decides
+                dead = []
+            if dead:
+                return f"its {' and '.join(dead)} process exited"
+        try:
+            me = ray.get_runtime_context().get_node_id()
+            alive = {n.get("NodeID"): bool(n.get("Alive")) for n in ray.nodes()}
+        except Exception as exc:  # noqa: BLE001 - the GCS itself is unreachable
+            return f"its GCS cannot be reached ({type(exc).__name__})"
+        if not alive.get(me, False):
+            return "Ray marks it dead"
+        return None
+
+    def _check_node(self, jobs: Sequence[ClientJob]) -> None:
+        """Raise one FederationError line when the driver's Ray node is gone (see the module docstring)."""
+        why = self._node_gone()
+        if why is None:
+            return
+        self._dead = True
+        from federation.errors import FederationError
+
+        raise FederationError(f"the Ray node of this run is gone ({why}: a killed raylet or DashboardAgent, or "
+                              f"an out-of-memory kill); the round's clients are lost. {_continue_hint(jobs)}")
 
     # ------------------------------------------------------------------ contract
     def map(self, fn: ClientFn, jobs: Sequence[ClientJob],
@@ -197,10 +263,12 @@ class RayExecutor:
                 actor, job = idle.pop(0), queue.pop(0)
                 ref = actor.run.remote(fn, self.accelerator, job.client_id, job.kwargs)
                 running[ref] = (actor, job.client_id, time.monotonic())
-            wait = None
+            wait = LIVENESS_S  # finite: a dead node never completes a ref, and ray.wait(timeout=None) would hang
             if self.timeout_s is not None:
-                wait = max(0.0, min(t for _, _, t in running.values()) + self.timeout_s - time.monotonic())
+                wait = min(wait, max(0.0, min(t for _, _, t in running.values()) + self.timeout_s - time.monotonic()))
             done, _ = ray.wait(list(running), num_returns=1, timeout=wait)
+            if not done:
+                self._check_node(jobs)
             for ref in done:
                 actor, cid, _ = running.pop(ref)
                 try:
@@ -236,6 +304,8 @@ class RayExecutor:
         return updates, failures
 
     def shutdown(self) -> None:
+        if self._dead:  # the node is gone: its actors with it (ray.kill would wait on a raylet that is not there)
+            self._pool = []
         for actor in list(self._pool):
             self._retire(actor)
         if self._started and self.ray.is_initialized():

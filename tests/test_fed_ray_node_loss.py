@@ -1,0 +1,102 @@
+"""The Ray transport when the driver's own Ray node dies (found by a fault-injection audit: with
+``timeout_s: null`` the driver waited on ``ray.wait(timeout=None)`` forever once the raylet was gone).
+A driver in a subprocess starts its local Ray instance, runs a client that hangs, and SIGKILLs its raylet;
+it must end within seconds with the one FederationError line. Every process of the subprocess (they carry
+a marker in their environment: the raylet's orphaned workers too) is killed afterwards."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DRIVER = textwrap.dedent('''
+    import os, subprocess, sys, threading, time
+    from omegaconf import OmegaConf
+    from federation.errors import FederationError
+    from federation.transports import ClientJob
+    from federation.transports.ray import RayExecutor
+    from tests.ray_helpers import fake_client
+
+    ex = RayExecutor(num_workers=1, gpus_per_client=0, cpus_per_client=1)
+
+    def kill_raylet():
+        while not ex._pool:
+            time.sleep(0.2)
+        time.sleep(4)  # the client is running (it hangs for 120 s)
+        out = subprocess.run(["ps", "-eo", "pid=,ppid=,comm="], capture_output=True, text=True).stdout
+        rows = [line.split(None, 2) for line in out.splitlines()]
+        raylets = [int(p) for p, pp, comm in rows if int(pp) == os.getpid() and comm.strip() == "raylet"]
+        print("KILL", raylets, flush=True)
+        for pid in raylets:
+            os.kill(pid, 9)
+
+    threading.Thread(target=kill_raylet, daemon=True).start()
+    try:
+        cfg = OmegaConf.create({"paths": {"output_dir": sys.argv[1]}, "trainer": {}})
+        ex.map(fake_client, [ClientJob("0", {"behaviour": "hang", "cfg": cfg})])
+        print("MAP RETURNED", flush=True)
+        code = 1
+    except FederationError as exc:
+        print("LINE:", exc, flush=True)
+        code = 3
+    ex.shutdown()
+    print("SHUT DOWN", flush=True)
+    sys.exit(code)
+''')
+
+
+def _marked(mark: bytes) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if mark in (d / "environ").read_bytes().split(b"\0"):
+                    found.append(int(d.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_driver_stops_with_one_line_when_its_ray_node_dies(tmp_path):
+    mark = f"FEDMED_RAY_NODE_LOSS_TEST={uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local instance, never a shared one
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", FEDMED_RAY_NODE_LOSS_TEST=mark.split("=", 1)[1])
+    log = tmp_path / "driver.log"
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- federation/executor=ray\n- federation.rounds=3\n")
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(run)], cwd=ROOT, env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT)
+    try:
+        code = proc.wait(timeout=55)
+        out = log.read_text(errors="replace")
+        assert "KILL [" in out and "KILL []" not in out, out[-3000:]
+        assert code == 3, out[-3000:]
+        line = next(x for x in out.splitlines() if x.startswith("LINE:"))
+        assert "the Ray node of this run is gone" in line, line
+        assert line.endswith("continue with: python -m experiments.run federation/executor=ray federation.rounds=3 "
+                             f"resume={run}"), line
+        assert "SHUT DOWN" in out, out[-3000:]
+    except subprocess.TimeoutExpired:
+        pytest.fail("the driver still waits on a dead Ray node: " + log.read_text(errors="replace")[-3000:])
+    finally:
+        for pid in [proc.pid] * (proc.poll() is None) + _marked(mark.encode()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _marked(mark.encode()) and time.monotonic() < deadline:
+            time.sleep(0.2)
