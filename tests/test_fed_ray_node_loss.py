@@ -1,7 +1,8 @@
 """The Ray transport when the driver's own Ray node dies (found by a fault-injection audit: with
 ``timeout_s: null`` the driver waited on ``ray.wait(timeout=None)`` forever once the raylet was gone).
-A driver in a subprocess starts its local Ray instance, runs a client that hangs, and SIGKILLs its raylet;
-it must end within seconds with the one FederationError line. Every process of the subprocess (they carry
+A driver in a subprocess starts its local Ray instance, runs a client that hangs, and SIGKILLs its raylet:
+it must end within seconds with the one FederationError line; the same when the victim is the raylet's
+DashboardAgent (what the audit killed: the raylet fate-shares with it). Every process of the subprocess (they carry
 a marker in their environment: the raylet's orphaned workers too) is killed afterwards."""
 from __future__ import annotations
 
@@ -34,11 +35,20 @@ DRIVER = textwrap.dedent('''
         while not ex._pool:
             time.sleep(0.2)
         time.sleep(4)  # the client is running (it hangs for 120 s)
-        out = subprocess.run(["ps", "-eo", "pid=,ppid=,comm="], capture_output=True, text=True).stdout
-        rows = [line.split(None, 2) for line in out.splitlines()]
-        raylets = [int(p) for p, pp, comm in rows if int(pp) == os.getpid() and comm.strip() == "raylet"]
-        print("KILL", raylets, flush=True)
-        for pid in raylets:
+        out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+        rows = [line.split(None, 2) + [""] for line in out.splitlines()]
+        kids, stack, mine = {}, [os.getpid()], []
+        for p, pp, args, *_ in rows:
+            kids.setdefault(int(pp), []).append((int(p), args))
+        while stack:
+            for p, args in kids.get(stack.pop(), []):
+                mine.append((p, args))
+                stack.append(p)
+        victim = sys.argv[2]  # "raylet", or "ray::DashboardAgent" (fate-shared with the raylet)
+        pids = [p for p, args in mine if (args.split()[0].endswith("/raylet") if victim == "raylet"
+                                          else args.startswith(victim))]
+        print("KILL", pids, flush=True)
+        for pid in pids:
             os.kill(pid, 9)
 
     threading.Thread(target=kill_raylet, daemon=True).start()
@@ -68,7 +78,8 @@ def _marked(mark: bytes) -> list[int]:
     return found
 
 
-def test_driver_stops_with_one_line_when_its_ray_node_dies(tmp_path):
+@pytest.mark.parametrize("victim", ["raylet", "ray::DashboardAgent"])
+def test_driver_stops_with_one_line_when_its_ray_node_dies(tmp_path, victim):
     mark = f"FEDMED_RAY_NODE_LOSS_TEST={uuid.uuid4().hex}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local instance, never a shared one
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", FEDMED_RAY_NODE_LOSS_TEST=mark.split("=", 1)[1])
@@ -76,7 +87,7 @@ def test_driver_stops_with_one_line_when_its_ray_node_dies(tmp_path):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- federation/executor=ray\n- federation.rounds=3\n")
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(run)], cwd=ROOT, env=env, stdout=open(log, "wb"),
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(run), victim], cwd=ROOT, env=env, stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT)
     try:
         code = proc.wait(timeout=55)

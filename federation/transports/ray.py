@@ -241,6 +241,15 @@ class RayExecutor:
         raise FederationError(f"the Ray node of this run is gone ({why}: a killed raylet or DashboardAgent, or "
                               f"an out-of-memory kill); the round's clients are lost. {_continue_hint(jobs)}")
 
+    def _get(self, ref: Any, jobs: Sequence[ClientJob]) -> Any:
+        """``ray.get`` in slices with the node check between them: a ready result whose copy was in the dead
+        node's object store would otherwise be waited for forever ("Attempting to recover lost objects")."""
+        while True:
+            try:
+                return self.ray.get(ref, timeout=LIVENESS_S)
+            except self.ray.exceptions.GetTimeoutError:
+                self._check_node(jobs)
+
     # ------------------------------------------------------------------ contract
     def map(self, fn: ClientFn, jobs: Sequence[ClientJob],
             on_done: Callable[[str, bool], None] | None = None) -> tuple[list[ClientUpdate], dict[str, str]]:
@@ -272,7 +281,7 @@ class RayExecutor:
             for ref in done:
                 actor, cid, _ = running.pop(ref)
                 try:
-                    update = ray.get(ref)
+                    update = self._get(ref, jobs)
                     reason = check_update(cid, update, by_id[cid])
                     idle.append(actor)
                 except ray.exceptions.RayActorError as exc:  # the worker process died: replace it
