@@ -172,6 +172,7 @@ class RayExecutor:
         self._pool: list[Any] = []
         self._checked: set[int] = set()
         self._dead = False
+        self._gcs_misses = 0  # consecutive node checks whose ray.nodes() failed (a busy GCS is not a dead one)
 
     # ------------------------------------------------------------------ pool
     def _new_actor(self) -> Any:
@@ -224,8 +225,10 @@ class RayExecutor:
         try:
             me = ray.get_runtime_context().get_node_id()
             alive = {n.get("NodeID"): bool(n.get("Alive")) for n in ray.nodes()}
-        except Exception as exc:  # noqa: BLE001 - the GCS itself is unreachable
-            return f"its GCS cannot be reached ({type(exc).__name__})"
+        except Exception as exc:  # noqa: BLE001 - the GCS itself is unreachable: gone once it stays so
+            self._gcs_misses += 1
+            return f"its GCS cannot be reached ({type(exc).__name__})" if self._gcs_misses >= 3 else None
+        self._gcs_misses = 0
         if not alive.get(me, False):
             return "Ray marks it dead"
         return None
