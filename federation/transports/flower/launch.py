@@ -10,7 +10,11 @@ deployment's SuperLink does; fresh per launch); then ``flwr run`` submits the
 project's Flower App, whose ServerApp runs the usual round loop and writes the usual outputs into the run
 dir. Every process is started in its own process group and the whole group is stopped on success,
 failure, Ctrl-C and SIGTERM (``try/finally`` + a SIGTERM handler); their pgids are in
-``flower/pgids.json`` and their logs in ``flower/logs/``.
+``flower/pgids.json`` and their logs in ``flower/logs/``. A launcher killed outright (SIGKILL) takes them
+with it (:mod:`~federation.transports.flower.processes`: PDEATHSIG and a watchdog); and a launch or resume
+into a run folder still served by processes of an earlier launch (``FLWR_HOME`` of this run in their
+environment) stops them first, or refuses in one line while the launcher that owns them is alive
+(``flower/launcher.json``), so two ServerApps never write into one folder.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from engine import artifacts
 from federation.core.partition import is_remote_sites
 from federation.errors import FederationError
-from federation.transports.flower.processes import HOST, ProcessGroups, free_port
+from federation.transports.flower.processes import HOST, ProcessGroups, free_port, marked, stop_marked
 from federation.transports.flower.tls import node_keys, throwaway_tls
 
 __all__ = ["rehearse", "ProcessGroups", "free_port", "register_nodes", "superlink_argv", "supernode_argv"]
@@ -101,6 +105,35 @@ def register_nodes(public_keys: dict[str, Path], env: dict[str, str], superlink:
                 last = (res.stdout + res.stderr).strip().splitlines()[-1:] or ["no output"]
                 raise FederationError(f"could not register {name}'s key {pub} with the SuperLink: {last[0]}")
             time.sleep(1.0)
+
+
+def _started_at(pid: int) -> str | None:
+    """The start time of ``pid`` (``/proc/<pid>/stat`` field 22; None when it is gone): a pid with a
+    different start time is another process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def claim(fdir: Path, marker: str) -> None:
+    """Make this process the one launcher of the rehearsal in ``fdir``: processes an earlier launch left
+    running (they carry ``marker``) are stopped, or, while the launcher recorded in ``launcher.json`` is
+    still alive, one ``FederationError``; then this process is recorded there."""
+    record = fdir / "launcher.json"
+    if marked(marker):
+        try:
+            owner = json.loads(record.read_text())
+            pid, started = int(owner["pid"]), str(owner["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pid, started = None, None
+        if pid is not None and pid != os.getpid() and _started_at(pid) == started:
+            raise FederationError(f"the Flower rehearsal in {fdir.parent} is still run by launcher pid {pid}: "
+                                  f"stop it first (kill {pid}); two ServerApps must not write into one run folder")
+        stopped = stop_marked(marker)
+        artifacts.console.print(f"[bold]flower:[/bold] stopped {len(stopped)} processes an earlier launch of this "
+                                f"run left running (pids {' '.join(map(str, sorted(stopped)))})")
+    artifacts.write_json(record, {"pid": os.getpid(), "started": _started_at(os.getpid())})
 
 
 def _raise_terminate(signum: int, frame: Any) -> None:
@@ -191,9 +224,10 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     fdir = out / "flower"
     logs = fdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    home, port = fdir / "home", free_port()
+    claim(fdir, f"FLWR_HOME={home}")  # before anything in the folder is rewritten
     (fdir / "result.json").unlink(missing_ok=True)
     tls = throwaway_tls(fdir / "certs")
-    home, port = fdir / "home", free_port()
     flwr_home(home, port, tls["ca"])
     app = fdir / "app"
     shutil.copytree(APP_DIR, app, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))

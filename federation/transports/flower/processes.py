@@ -1,5 +1,13 @@
 """Processes of the local rehearsal: each child in its own session (process group), all stopped together,
-and free ports on 127.0.0.1 (the rehearsal binds nothing else)."""
+and free ports on 127.0.0.1 (the rehearsal binds nothing else).
+
+They also die with the launcher when it is killed outright (SIGKILL, an OOM kill: no ``finally`` runs):
+every child asks the kernel for SIGTERM on its parent's death (``PR_SET_PDEATHSIG``, Linux), and a small
+watchdog (this file run as a script, in its own session) holds the read end of a pipe whose write end only
+the launcher has; at EOF (the launcher gone, or :meth:`ProcessGroups.stop` done) it stops every process
+carrying the rehearsal's marker (``FLWR_HOME=<run dir>/flower/home``), which reaches what Flower starts in
+sessions of its own (SuperExec, ServerApp, ClientApps). :func:`stop_marked` is also what a new launch
+into the same run folder uses on processes an earlier, killed launch left behind."""
 from __future__ import annotations
 
 import json
@@ -7,13 +15,68 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HOST", "free_port", "ProcessGroups"]
+__all__ = ["HOST", "free_port", "ProcessGroups", "marked", "stop_marked"]
 
 HOST = "127.0.0.1"
+PR_SET_PDEATHSIG = 1
+
+
+def marked(marker: bytes | str) -> list[int]:
+    """Live processes (not this one) whose environment holds the entry ``marker`` (``NAME=value``)."""
+    marker = marker.encode() if isinstance(marker, str) else marker
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if marker in (d / "environ").read_bytes().split(b"\0"):  # a zombie's environ reads empty
+                    found.append(int(d.name))
+            except OSError:
+                continue
+    return found
+
+
+def stop_marked(marker: bytes | str, grace_s: float = 10.0) -> list[int]:
+    """SIGTERM every process carrying ``marker``, SIGKILL those left after ``grace_s``; the pids found."""
+    found = marked(marker)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in marked(marker):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 5.0)
+        while marked(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return found
+
+
+def _die_with_parent() -> Any:
+    """A ``preexec_fn`` asking for SIGTERM when the parent dies (Linux ``prctl``; nothing elsewhere). libc is
+    loaded here, before the fork; the child only calls it, then checks the parent did not die in between.
+    The kernel sends it when the *thread* that forked ends, so only the main thread (which lives as long as
+    the launcher) asks for it; children started from another thread rely on the watchdog alone."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the launcher died before prctl: go now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -29,26 +92,32 @@ class ProcessGroups:
         self.record = record
         self.marker = None if marker is None else marker.encode()  # an env entry every descendant carries
         self.procs: dict[str, subprocess.Popen] = {}
+        self._watchdog: subprocess.Popen | None = None
+        self._lifeline: int | None = None  # the write end of the watchdog's pipe (only this process holds it)
 
     def _marked(self) -> list[int]:
         """Descendants that left our groups (Flower starts its SuperExec in a new session)."""
-        if self.marker is None:
-            return []
-        found = []
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit() and int(d.name) != os.getpid():
-                try:
-                    if self.marker in (d / "environ").read_bytes().split(b"\0"):
-                        found.append(int(d.name))
-                except OSError:
-                    continue
-        return found
+        return [] if self.marker is None else marked(self.marker)
+
+    def _watch(self) -> None:
+        """Start the watchdog that stops the marked processes once this process is gone (module docstring)."""
+        if self.marker is None or self._watchdog is not None:
+            return
+        read, self._lifeline = os.pipe()  # non-inheritable: no other child keeps the pipe open
+        try:
+            self._watchdog = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--watch",
+                                               self.marker.decode()], stdin=read, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            os.close(read)
 
     def start(self, name: str, argv: list[str], env: dict[str, str], log: Path, **kw: Any) -> subprocess.Popen:
         log.parent.mkdir(parents=True, exist_ok=True)
+        self._watch()
         with open(log, "ab") as fh:
             proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=kw.pop("stdout", fh),
-                                    stderr=subprocess.STDOUT, start_new_session=True, **kw)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_die_with_parent(), **kw)
         self.procs[name] = proc
         self.record.write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
         return proc
@@ -92,3 +161,18 @@ class ProcessGroups:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        if self._lifeline is not None:  # everything is stopped: the watchdog sees EOF, finds nothing, exits
+            os.close(self._lifeline)
+            self._lifeline = None
+            try:
+                self._watchdog.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                self._watchdog.kill()
+            self._watchdog = None
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--watch"]:  # the watchdog: wait for EOF, then stop the marked
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the launcher's to handle
+    while sys.stdin.buffer.read(65536):
+        pass
+    stop_marked(sys.argv[2])

@@ -1,0 +1,106 @@
+"""The local Flower rehearsal when its launcher is killed outright (found by a fault-injection audit: a
+SIGKILLed ``experiments.run`` left the SuperLink, SuperNodes, SuperExecs and the ServerApp running, and the
+orphaned ServerApp went on writing into the run folder). One launch checks both halves of the fix: a process
+left behind by an earlier launch of the same run folder (it carries the run's ``FLWR_HOME``) is stopped before
+the new launch starts anything, and once the ServerApp runs, SIGKILL of the launcher takes every process of
+the rehearsal with it (SuperLink, SuperNodes, and what Flower starts in sessions of its own) within seconds.
+Whatever is left is killed at the end."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr")
+pytestmark = pytest.mark.flower
+
+from tests.test_flower import _launch, _leftovers  # noqa: E402
+
+
+def _cmdlines(marker: str) -> dict[int, str]:
+    """Live processes carrying ``marker`` in their environment, with their command lines."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and marker.encode() in (d / "environ").read_bytes().split(b"\0"):
+                out[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return out
+
+
+def _kill_marked(marker: str) -> None:
+    for _ in range(3):
+        for pid in _cmdlines(marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+
+
+def test_launcher_killed_takes_its_processes_and_a_relaunch_stops_leftovers(tmp_path):
+    run_dir = tmp_path / "run"
+    marker = f"FLWR_HOME={run_dir / 'flower' / 'home'}"
+    stale = subprocess.Popen(["sleep", "300"], env=dict(os.environ, FLWR_HOME=marker.split("=", 1)[1]),
+                             start_new_session=True)  # what a killed earlier launch of this run left running
+    proc, run_dir = _launch(tmp_path, ["federation.rounds=1"])
+    try:
+        deadline = time.monotonic() + 50
+        while not any("flwr-serverapp" in c for c in _cmdlines(marker).values()):
+            assert proc.poll() is None, (tmp_path / "out.log").read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "no ServerApp within 50 s"
+            time.sleep(0.3)
+        assert stale.poll() is not None, "a process of an earlier launch still runs beside the new one"
+        assert "processes an earlier launch of this run left running" in (tmp_path / "out.log").read_text(errors="replace")
+        before = _cmdlines(marker)
+        names = " ".join(before.values())
+        assert all(n in names for n in ("flower-superlink", "flower-supernode", "flwr-serverapp")), names
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while _leftovers(run_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _leftovers(run_dir) == [], {p: before.get(p, "?")[:120] for p in _leftovers(run_dir)}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        _kill_marked(marker)
+        if stale.poll() is None:
+            stale.kill()
+        stale.wait(timeout=10)
+
+
+def test_a_launch_refuses_while_the_launcher_of_the_leftovers_lives(tmp_path):
+    """The other half of ``claim``: processes of this run folder whose launcher (``flower/launcher.json``)
+    still runs are not stopped: one FederationError line, and they live on; with the launcher gone they
+    are stopped."""
+    from federation.errors import FederationError
+    from federation.transports.flower.launch import _started_at, claim
+
+    fdir = tmp_path / "run" / "flower"
+    fdir.mkdir(parents=True)
+    marker = f"FLWR_HOME={fdir / 'home'}"
+    owner = subprocess.Popen(["sleep", "60"])  # stands for a live launcher
+    child = subprocess.Popen(["sleep", "60"], env=dict(os.environ, FLWR_HOME=str(fdir / "home")), start_new_session=True)
+    try:
+        (fdir / "launcher.json").write_text(json.dumps({"pid": owner.pid, "started": _started_at(owner.pid)}))
+        with pytest.raises(FederationError, match=f"still run by launcher pid {owner.pid}"):
+            claim(fdir, marker)
+        assert child.poll() is None
+        owner.kill()
+        owner.wait(timeout=10)
+        claim(fdir, marker)
+        assert child.wait(timeout=15) is not None
+        assert json.loads((fdir / "launcher.json").read_text())["pid"] == os.getpid()
+    finally:
+        for p in (owner, child):
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
