@@ -53,8 +53,10 @@ DRIVER = textwrap.dedent('''
 
     threading.Thread(target=kill_raylet, daemon=True).start()
     try:
-        cfg = OmegaConf.create({"paths": {"output_dir": sys.argv[1]}, "trainer": {}})
-        ex.map(fake_client, [ClientJob("0", {"behaviour": "hang", "cfg": cfg})])
+        # as the server sends it: a Hydra-free cfg without paths, and the run's client_store/ beside server.pt
+        cfg = OmegaConf.create({"trainer": {}})
+        store = os.path.join(sys.argv[1], "client_store")
+        ex.map(fake_client, [ClientJob("0", {"behaviour": "hang", "cfg": cfg, "store": store})])
         print("MAP RETURNED", flush=True)
         code = 1
     except FederationError as exc:
@@ -86,6 +88,7 @@ def test_driver_stops_with_one_line_when_its_ray_node_dies(tmp_path, victim):
     log = tmp_path / "driver.log"
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
+    (run / "server.pt").write_bytes(b"")
     (run / ".hydra" / "overrides.yaml").write_text("- federation/executor=ray\n- federation.rounds=3\n")
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(run), victim], cwd=ROOT, env=env, stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT)

@@ -75,10 +75,13 @@ def missing_data_root(data_cfg: Any) -> str | None:
 
 def _continue_hint(jobs: Sequence[ClientJob]) -> str:
     """``server.pt`` holds the last finished round: the command that continues the run from it."""
-    cfg = next((j.kwargs.get("cfg") for j in jobs if j.kwargs.get("cfg") is not None), None)
     from omegaconf import OmegaConf
 
+    cfg = next((j.kwargs.get("cfg") for j in jobs if j.kwargs.get("cfg") is not None), None)
     out = OmegaConf.select(cfg, "paths.output_dir", default=None) if cfg is not None else None
+    store = next((j.kwargs.get("store") for j in jobs if isinstance(j.kwargs.get("store"), str)), None)
+    if not out and store and (Path(store).parent / "server.pt").is_file():  # the server's client_store/
+        out = Path(store).parent
     if not out:
         return "Continue the run with resume=<its run dir>."
     from engine.run_match import continue_command, saved_overrides
@@ -208,20 +211,27 @@ class RayExecutor:
         return self.ray.get([a.where.remote() for a in self._pool])
 
     # ------------------------------------------------------------------ liveness
+    def _local_gone(self) -> str | None:
+        """Why the local instance this executor started is gone (its raylet or GCS process exited; a cheap
+        ``poll`` of the processes Ray started), None while they run or for a cluster joined by address."""
+        if not self._started:
+            return None
+        try:
+            from ray._private import worker as ray_worker
+
+            dead = sorted({kind for kind, _ in ray_worker._global_node.dead_processes()
+                           if kind in ("raylet", "gcs_server")})
+        except Exception:  # noqa: BLE001 - a Ray without this (private) API: the node table decides
+            return None
+        return f"its {' and '.join(dead)} process exited" if dead else None
+
     def _node_gone(self) -> str | None:
         """Why the driver's Ray node is gone (None while it is alive): a local instance's raylet or GCS
         process exited, or ``ray.nodes()`` marks the node dead or cannot be asked."""
         ray = self.ray
-        if self._started:
-            try:
-                from ray._private import worker as ray_worker
-
-                dead = sorted({kind for kind, _ in ray_worker._global_node.dead_processes()
-                               if kind in ("raylet", "gcs_server")})
-            except Exception:  # noqa: BLE001 - a Ray without this (private) API: the node table below decides
-                dead = []
-            if dead:
-                return f"its {' and '.join(dead)} process exited"
+        local = self._local_gone()
+        if local:
+            return local
         try:
             me = ray.get_runtime_context().get_node_id()
             alive = {n.get("NodeID"): bool(n.get("Alive")) for n in ray.nodes()}
@@ -233,9 +243,10 @@ class RayExecutor:
             return "Ray marks it dead"
         return None
 
-    def _check_node(self, jobs: Sequence[ClientJob]) -> None:
-        """Raise one FederationError line when the driver's Ray node is gone (see the module docstring)."""
-        why = self._node_gone()
+    def _check_node(self, jobs: Sequence[ClientJob], cheap: bool = False) -> None:
+        """Raise one FederationError line when the driver's Ray node is gone (see the module docstring);
+        ``cheap``: only the local processes (no GCS call), as before every submission."""
+        why = self._local_gone() if cheap else self._node_gone()
         if why is None:
             return
         self._dead = True
@@ -271,6 +282,7 @@ class RayExecutor:
                 on_done(cid, ok)
 
         while queue or running:
+            self._check_node(jobs, cheap=True)  # before Ray is asked for more on a node already gone
             while idle and queue:
                 actor, job = idle.pop(0), queue.pop(0)
                 ref = actor.run.remote(fn, self.accelerator, job.client_id, job.kwargs)
