@@ -311,7 +311,9 @@ def test_server_killed_then_resumed_equals_in_process(tmp_path):
     got = json.loads((run_dir / "metrics.json").read_text())
     for key, value in ref.items():
         if isinstance(value, float) and "seconds" not in key and key in got:
-            assert got[key] == pytest.approx(value, abs=1e-6), key
+            # AUC ranks scores: a 1-ulp weight difference (allowed below: float sums in another process)
+            # may flip one near-tied pair; measured here at 684d8ae and later: weights within 1.2e-7, AUC 8.3e-6
+            assert got[key] == pytest.approx(value, abs=1e-4 if "auc" in key else 1e-6), key
     assert "fed/global/test/acc" in got
     a = torch.load(tmp_path / "seq" / "run" / "global_final.pt", weights_only=True)
     b = torch.load(run_dir / "global_final.pt", weights_only=True)
