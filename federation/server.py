@@ -196,6 +196,14 @@ class Server:
                      "history": self.history, "best": self.best, "dropped_total": self.dropped_total,
                      "store_index": self.store.index(), "client_ids": self.client_ids,
                      "rng": rng_state()}, self.out / SERVER_CKPT)
+        for cid in sample_clients(self.client_ids, self.fed.get("clients_per_round"), self.seed, rnd):
+            for store in self._client_stores():  # the round is saved: the state before it is not needed
+                store.commit(cid)
+
+    def _client_stores(self) -> list[ClientStore]:
+        """The per-client state and, where the evaluation matrix keeps them, the best-local weights."""
+        kept = self.store.root / "best_local"  # best_local_store(...) would create it
+        return [self.store, *([best_local_store(self.store)] if kept.is_dir() else [])]
 
     def resume(self) -> None:
         """With ``resume=true`` and a ``server.pt`` in the run dir: continue after its last round."""
@@ -230,8 +238,7 @@ class Server:
     def _drop_stopped_round(self, rnd: int) -> None:
         """What clients stored in round ``rnd`` before the run stopped (after their training, before this
         ``server.pt``) is dropped, so the round runs again from the state it began with."""
-        kept = self.store.root / "best_local"  # best_local_store(...) would create it
-        for store in (self.store, *([best_local_store(self.store)] if kept.is_dir() else [])):
+        for store in self._client_stores():
             dropped = [cid for cid in store.index() if store.rollback(cid, rnd)]
             if dropped:
                 log.info("resume: dropped what %d client(s) stored in the stopped round %d (%s)",

@@ -12,7 +12,8 @@ Round-versioned writes (``update(..., round=r)``) keep the state as it was befor
 new one, so a round that was stopped after some clients wrote their state but before the server saved
 ``server.pt`` can be run again from where it began: reads ``as of`` round ``r`` and the next write of round
 ``r`` see the state before the stopped attempt, and :meth:`ClientStore.rollback` drops the attempt for
-good (the server does so on resume). A resumed federation then matches an uninterrupted one; before, the
+good (the server does so on resume); once the round's ``server.pt`` is saved, :meth:`ClientStore.commit`
+drops the earlier version. A resumed federation then matches an uninterrupted one; before, the
 re-run round started from the stopped attempt's BN statistics, history and best-local weights.
 """
 from __future__ import annotations
@@ -123,6 +124,14 @@ class ClientStore:
         else:
             self.path(client_id).unlink(missing_ok=True)
         return True
+
+    def commit(self, client_id: str) -> None:
+        """The round is saved (``server.pt``): the kept earlier version is dropped, so a file holds one
+        (a best-local file one model, not two)."""
+        if _BEFORE in self._read(client_id, lazy=True):
+            data = self._read(client_id)
+            del data[_BEFORE]
+            self._write(client_id, data)
 
     def load(self, client_id: str, key: str, default: Any = None, round: int | None = None) -> Any:
         """The stored object, or ``default`` when the client or key is absent; ``round``: as of before it."""

@@ -1,7 +1,6 @@
 """Atomic file output: write to a temp file beside the target, rename over it on success, else delete it."""
 from __future__ import annotations
 
-import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -40,10 +39,9 @@ def atomic_output(path: str | Path, suffix: str | None = None) -> Iterator[Path]
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj)`` to ``path`` through :func:`atomic_output`. Serialised in memory first, so a write
-    the machine refuses (full disk, file-size limit) is an ``OSError`` with its errno, which the command line
-    shows as one line; torch's own file writer reports it as ``RuntimeError: ... unexpected pos``."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(buffer.getbuffer())
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_output`, streamed through a Python file object:
+    a write the machine refuses (full disk, file-size limit) is then the ``OSError`` with its errno behind
+    torch's ``RuntimeError: ... unexpected pos`` (its ``__context__``, which the command line shows as one
+    line); torch's own path-based writer hides the errno."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)

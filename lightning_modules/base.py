@@ -44,18 +44,22 @@ def build(obj: Any, *args: Any, what: str = "object") -> Any:
     return obj
 
 
+#: old argument names smp still takes through ``**kwargs`` (it pops and maps them)
+_SMP_DEPRECATED = frozenset({"decoder_use_batchnorm", "psp_use_batchnorm", "upscale_mode"})
+
+
 def _warn_ignored_keys(obj: Mapping, what: str) -> None:
     """segmentation-models-pytorch nets take ``**kwargs`` and ignore what they do not know: an experiment's
     ``model.width`` (a D-Net / UNet3+ argument) given to ``model=unet`` built a 24M-parameter U-Net without a
     word, so a ``model=dnet,unet`` sweep compared nets 14x apart in size. Say so, once per build."""
     target = str(obj.get("_target_", ""))
-    if not target.startswith("segmentation_models_pytorch."):
-        return
+    if not target.startswith("segmentation_models_pytorch.") or str(obj.get("encoder_name", "")).startswith(("tu-", "timm-")):
+        return  # a timm encoder takes the extra keys (drop_path_rate, ...)
     try:
         params = inspect.signature(get_class(target)).parameters
     except Exception:  # noqa: BLE001 - an unknown class is reported by the instantiation itself
         return
-    ignored = sorted(k for k in obj if not k.startswith("_") and k not in params)
+    ignored = sorted(k for k in obj if not k.startswith("_") and k not in params and k not in _SMP_DEPRECATED)
     if ignored:
         log.warning("%s: %s does not take %s; ignored", what, target,
                     ", ".join(f"{k}={obj[k]!r}" for k in ignored))

@@ -185,6 +185,7 @@ def test_a_round_stopped_midway_resumes_as_if_never_stopped(tmp_path, monkeypatc
     assert sa.index() == sb.index()
     for cid in sa.index():
         assert [h["round"] for h in sb.load(cid, "history")] == [0, 1]
+        assert "__before_round__" not in torch.load(sb.path(cid), weights_only=True)  # committed with server.pt
         la, lb = sa.load(cid, "local_state"), sb.load(cid, "local_state")
         assert la.keys() == lb.keys() and all(torch.equal(la[k], lb[k]) for k in la)
 

@@ -77,3 +77,8 @@ def test_round_versioned_writes_drop_a_stopped_attempt(tmp_path):
     assert store.rollback("c", 1) is False  # one level of undo: the round before is final
     store.update("d", {"x": 1}, round=0)
     assert store.rollback("d", 0) is True and store.index() == ["c"]  # nothing before its first round
+    store.update("c", {"history": [0, 1]}, round=1)
+    store.commit("c")  # round 1 saved: one version left (a best-local file holds one model, not two)
+    assert "__before_round__" not in torch.load(store.path("c"), weights_only=True)
+    assert store.rollback("c", 1) is False and store.load("c", "history") == [0, 1]
+    store.commit("nobody")  # no file: nothing to do

@@ -176,6 +176,9 @@ def test_smp_net_warns_about_keys_it_ignores(caplog):
         build(cfg, what="module.net")
     assert "does not take width=16; ignored" in caplog.text
     caplog.clear()
+    plain = {k: v for k, v in cfg.items() if k != "width"}
     with caplog.at_level(logging.WARNING, logger="lightning_modules.base"):
-        build({k: v for k, v in cfg.items() if k != "width"}, what="module.net")
+        build(plain, what="module.net")
+        build({**plain, "decoder_use_batchnorm": False}, what="module.net")  # smp maps its old name itself
+        build({**plain, "encoder_name": "tu-resnet18", "drop_path_rate": 0.1}, what="module.net")  # timm takes it
     assert "ignored" not in caplog.text
