@@ -4,7 +4,6 @@ composed from the config tree, on a tiny module whose validation score falls eve
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl

@@ -3,7 +3,6 @@ the registry, a new net folder registers itself, and every strategy has exactly 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
