@@ -20,9 +20,11 @@ class SegmentationOverlays(pl.Callback):
         self.num_cases, self.filename = num_cases, filename
         # case -> (foreground area, image [C, H, W] as the net saw it, mask [H, W])
         self._best: dict[str, tuple[int, torch.Tensor, np.ndarray]] = {}
+        #: what the figure shows, for other callbacks (W&B media): ``[(case, image [H, W], mask, prediction)]``
+        self.picked: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._best = {}
+        self._best, self.picked = {}, []
 
     @torch.no_grad()
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -58,11 +60,10 @@ class SegmentationOverlays(pl.Callback):
             return
         cases = sorted(self._best)
         preds = self._predict(pl_module, cases)
+        self.picked = [(case, self._best[case][1][0].numpy(), self._best[case][2], preds[case]) for case in cases]
         n = len(cases)
         fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
-        for ax, case in zip(axes[0], cases):
-            _, image, mask = self._best[case]
-            img, pred = image[0].numpy(), preds[case]
+        for ax, (case, img, mask, pred) in zip(axes[0], self.picked):
             ax.imshow(img.T, cmap="gray", origin="lower")
             for c in range(1, int(max(mask.max(), pred.max())) + 1):
                 if (mask == c).any():

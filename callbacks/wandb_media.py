@@ -40,7 +40,7 @@ def overlay_images(overlays: Any, labels: dict[int, str]) -> list[Any]:
     import wandb
 
     images = []
-    for case, (_, img, mask, pred) in sorted(getattr(overlays, "_best", {}).items()):
+    for case, img, mask, pred in getattr(overlays, "picked", []):
         lo, hi = float(np.min(img)), float(np.max(img))
         grey = ((img - lo) / (hi - lo + 1e-8) * 255).astype(np.uint8)
         orient = lambda a: np.flipud(np.asarray(a).T)  # noqa: E731 - as the PNG (x right, y up)
@@ -65,7 +65,7 @@ class WandbSegmentationMedia(pl.Callback):
         labels = _labels(pl_module)
         media: dict[str, Any] = {}
         overlays = next((cb for cb in trainer.callbacks if type(cb).__name__ == "SegmentationOverlays"), None)
-        if overlays is not None and getattr(overlays, "_best", None):
+        if overlays is not None and getattr(overlays, "picked", None):
             media["test/overlay_masks"] = overlay_images(overlays, labels)
         per_case = getattr(pl_module, "test_per_case", None)
         if per_case:
