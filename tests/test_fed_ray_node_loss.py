@@ -31,22 +31,40 @@ DRIVER = textwrap.dedent('''
 
     ex = RayExecutor(num_workers=1, gpus_per_client=0, cpus_per_client=1)
 
+    def procs():
+        """pid -> (ppid, argv, environ) of every process, read from /proc (ps may cut long paths to a width)."""
+        table = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    stat = open(f"/proc/{d}/stat", "rb").read()
+                    argv = open(f"/proc/{d}/cmdline", "rb").read().split(b"\\0")
+                    env = open(f"/proc/{d}/environ", "rb").read().split(b"\\0")
+                except OSError:
+                    continue
+                table[int(d)] = (int(stat.rsplit(b")", 1)[1].split()[1]), [a.decode(errors="replace") for a in argv], env)
+        return table
+
     def kill_raylet():
-        while not ex._pool:
-            time.sleep(0.2)
-        time.sleep(4)  # the client is running (it hangs for 120 s)
-        out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
-        rows = [line.split(None, 2) + [""] for line in out.splitlines()]
-        kids, stack, mine = {}, [os.getpid()], []
-        for p, pp, args, *_ in rows:
-            kids.setdefault(int(pp), []).append((int(p), args))
-        while stack:
-            for p, args in kids.get(stack.pop(), []):
-                mine.append((p, args))
-                stack.append(p)
+        if sys.argv[3] == "running":
+            while not ex._checked:  # the actor is up and has been sent the client, which hangs for 120 s
+                time.sleep(0.2)
+            time.sleep(2)
+        else:  # "starting": while the driver waits for its actor to come up (Ray's error may come before the check)
+            while not ex._pool:
+                time.sleep(0.05)
+        table, mark = procs(), ("FEDMED_RAY_NODE_LOSS_TEST=" + os.environ["FEDMED_RAY_NODE_LOSS_TEST"]).encode()
+        mine, stack = set(), [os.getpid()]
+        while stack:  # descendants, and (in case Ray re-parents one) whatever carries this run's marker
+            parent = stack.pop()
+            for p, (pp, _, _) in table.items():
+                if pp == parent and p not in mine:
+                    mine.add(p)
+                    stack.append(p)
+        mine |= {p for p, (_, _, env) in table.items() if mark in env and p != os.getpid()}
         victim = sys.argv[2]  # "raylet", or "ray::DashboardAgent" (fate-shared with the raylet)
-        pids = [p for p, args in mine if (args.split()[0].endswith("/raylet") if victim == "raylet"
-                                          else args.startswith(victim))]
+        pids = sorted(p for p in mine if (os.path.basename(table[p][1][0]) == "raylet" if victim == "raylet"
+                                          else " ".join(table[p][1]).startswith(victim)))
         print("KILL", pids, flush=True)
         for pid in pids:
             os.kill(pid, 9)
@@ -80,8 +98,9 @@ def _marked(mark: bytes) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("victim", ["raylet", "ray::DashboardAgent"])
-def test_driver_stops_with_one_line_when_its_ray_node_dies(tmp_path, victim):
+@pytest.mark.parametrize("victim,moment", [("raylet", "running"), ("ray::DashboardAgent", "running"),
+                                           ("ray::DashboardAgent", "starting")])
+def test_driver_stops_with_one_line_when_its_ray_node_dies(tmp_path, victim, moment):
     mark = f"FEDMED_RAY_NODE_LOSS_TEST={uuid.uuid4().hex}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local instance, never a shared one
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", FEDMED_RAY_NODE_LOSS_TEST=mark.split("=", 1)[1])
@@ -90,7 +109,7 @@ def test_driver_stops_with_one_line_when_its_ray_node_dies(tmp_path, victim):
     (run / ".hydra").mkdir(parents=True)
     (run / "server.pt").write_bytes(b"")
     (run / ".hydra" / "overrides.yaml").write_text("- federation/executor=ray\n- federation.rounds=3\n")
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(run), victim], cwd=ROOT, env=env, stdout=open(log, "wb"),
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(run), victim, moment], cwd=ROOT, env=env, stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT)
     try:
         code = proc.wait(timeout=55)

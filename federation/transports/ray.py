@@ -17,7 +17,9 @@ The driver waits for its clients in slices of ``LIVENESS_S`` seconds and checks 
 node it runs on is still there (the raylet and GCS of a local instance it started, the node's ``Alive`` flag
 in ``ray.nodes()`` otherwise): when the node is gone (its raylet or DashboardAgent killed, an OOM kill) the
 run stops with one :class:`~federation.errors.FederationError` line naming the command that continues it
-from ``server.pt``, instead of waiting forever for objects Ray can no longer recover.
+from ``server.pt``, instead of waiting forever for objects Ray can no longer recover. An error Ray raises
+because of that loss (an actor "died before finishing" while it was starting) becomes the same line once the
+node is seen gone within a few seconds; any other error is raised as it is.
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 from datamodules.errors import DataError
 from federation.core.messages import ClientUpdate
 from federation.transports import ClientFn, ClientJob, ExecutorError, check_update, drop
+from federation.transports.ray_worker import RayWorker, missing_data_root
 
 __all__ = ["RayExecutor", "missing_data_root", "LIVENESS_S"]
 
@@ -49,28 +51,6 @@ def _import_ray():
         raise ExecutorError("federation/executor=ray needs Ray: `pip install -e .[ray]` (or 'ray[default]'), "
                             "or use federation/executor=sequential") from exc
     return ray
-
-
-def missing_data_root(data_cfg: Any) -> str | None:
-    """The first ``root`` in ``data_cfg`` (any depth) that does not exist here, None when all do. Roots
-    of configs with a ``synthetic`` entry are skipped (the datamodule writes its phantoms there)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    node = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else data_cfg
-    if isinstance(node, Mapping):
-        root = node.get("root")
-        if isinstance(root, str) and root and not node.get("synthetic") and not Path(root).exists():
-            return root
-        children = node.values()
-    elif isinstance(node, (list, tuple)):
-        children = node
-    else:
-        return None
-    for child in children:
-        found = missing_data_root(child)
-        if found:
-            return found
-    return None
 
 
 def _continue_hint(jobs: Sequence[ClientJob]) -> str:
@@ -94,35 +74,6 @@ def _continue_hint(jobs: Sequence[ClientJob]) -> str:
     except Exception:  # noqa: BLE001 - not under Hydra (a test, a notebook): the run's saved overrides
         overrides = saved_overrides(run)
     return f"server.pt holds the last finished round; continue with: {continue_command(overrides, run)}"
-
-
-class _Worker:
-    """A Ray actor running clients (``fn``) one after the other in its own process."""
-
-    def where(self) -> dict[str, Any]:
-        import ray
-
-        return {"node": socket.gethostname(), "ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
-                "resources": {k: float(v) for k, v in ray.get_runtime_context().get_assigned_resources().items()}}
-
-    def check_data(self, data_cfg: Any) -> str | None:
-        root = missing_data_root(data_cfg)
-        if root is None:
-            return None
-        w = self.where()
-        return f"data root {root} is missing on Ray node {w['node']} ({w['ip']}): copy or mount it there"
-
-    def run(self, fn: ClientFn, accelerator: str, client_id: str, kwargs: dict[str, Any]) -> ClientUpdate:
-        cfg = kwargs.get("cfg")
-        if cfg is not None:  # pin the Trainer to what this actor was given
-            from omegaconf import open_dict
-
-            cfg = cfg.copy()
-            with open_dict(cfg):
-                cfg.trainer.accelerator = accelerator
-                cfg.trainer.devices = 1
-            kwargs = {**kwargs, "cfg": cfg}
-        return fn(client_id, **kwargs)
 
 
 class RayExecutor:
@@ -171,7 +122,7 @@ class RayExecutor:
         opts: dict[str, Any] = dict(num_cpus=self.cpus_per_client, max_restarts=0)
         if gpus > 0:
             opts.update(num_gpus=gpus) if self.gpu_resource == "GPU" else opts.update(resources={self.gpu_resource: gpus})
-        self._actor_cls = ray.remote(_Worker).options(**opts)
+        self._actor_cls = ray.remote(RayWorker).options(**opts)
         self._pool: list[Any] = []
         self._checked: set[int] = set()
         self._dead = False
@@ -264,9 +215,34 @@ class RayExecutor:
             except self.ray.exceptions.GetTimeoutError:
                 self._check_node(jobs)
 
+    def _gone_within(self, seconds: float, jobs: Sequence[ClientJob]) -> None:
+        """Raise the node-loss line when the node is, or within ``seconds`` turns out to be, gone (a killed
+        DashboardAgent takes its raylet with it a moment later; Ray's error can come first)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self._check_node(jobs)
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.5)
+
     # ------------------------------------------------------------------ contract
     def map(self, fn: ClientFn, jobs: Sequence[ClientJob],
             on_done: Callable[[str, bool], None] | None = None) -> tuple[list[ClientUpdate], dict[str, str]]:
+        from federation.errors import FederationError
+
+        try:
+            return self._map(fn, jobs, on_done)
+        except (FederationError, DataError, ExecutorError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a Ray error raised because the node died is the node-loss line
+            try:
+                self._gone_within(10.0, jobs)
+            except FederationError as gone:
+                raise gone from exc
+            raise
+
+    def _map(self, fn: ClientFn, jobs: Sequence[ClientJob],
+             on_done: Callable[[str, bool], None] | None) -> tuple[list[ClientUpdate], dict[str, str]]:
         ray = self.ray
         while len(self._pool) < min(self.num_workers, max(1, len(jobs))):
             self._new_actor()
