@@ -1,9 +1,11 @@
 """The Ray transport on a local Ray instance with 2 CPU workers (issue 11 §2): same model as the in-process
 run, failing and timed-out clients dropped with the round completing, one worker pool reused across rounds,
-fractional GPU placement through a custom resource, an existing cluster reached by address, and a missing
-data root named with its node. ``ray.shutdown()`` always runs (module fixture)."""
+fractional GPU placement through a custom resource, an existing cluster reached by address, a missing
+data root named with its node, and a local instance listening on 127.0.0.1 only. ``ray.shutdown()`` always runs
+(module fixture)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +19,7 @@ ray = pytest.importorskip("ray")
 
 from datamodules.errors import DataError  # noqa: E402
 from federation.transports import ClientJob, ExecutorError  # noqa: E402
-from federation.transports.ray import RayExecutor  # noqa: E402
+from federation.transports.ray import RayExecutor, _loopback_init  # noqa: E402
 from tests.ray_helpers import fake_client  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,13 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray instance for the module: 2 CPUs and 1 unit of the custom resource ``fake_gpu``."""
+    """One local Ray instance for the module: 2 CPUs and 1 unit of the custom resource ``fake_gpu``, listening
+    on 127.0.0.1 only as the executor's own instance does."""
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
            "OMP_NUM_THREADS": "1"}
     for attempt in range(3):  # Ray gives a raylet 30 s to register: an overloaded machine can miss that
         try:
-            ray.init(num_cpus=2, resources={"fake_gpu": 1}, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": env})
+            _loopback_init(ray, num_cpus=2, resources={"fake_gpu": 1}, include_dashboard=False,
+                           log_to_driver=False, runtime_env={"env_vars": env})
             break
         except Exception:  # noqa: BLE001
             ray.shutdown()
@@ -115,7 +118,10 @@ def test_address_reaches_an_existing_cluster(local_ray):
             f"ex = RayExecutor(num_workers=1, gpus_per_client=0, address={address!r})\n"
             "ups, fails = ex.map(fake_client, [ClientJob('remote')])\n"
             "print('CLUSTER', ex.ray.get_runtime_context().gcs_address, ups[0].client_id, len(fails))\nex.shutdown()\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the fixture's head listens on 127.0.0.1 only; a driver joining it must not rewrite 127.0.0.1 to the
+    # machine's routable address (Ray does on Linux unless its cluster mode is off): the executor passes the
+    # address through as given, so the other driver turns that mode off the way a user would
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
     assert f"CLUSTER {address} remote 0" in proc.stdout, proc.stderr[-2000:]
     assert ray.is_initialized()  # the other driver disconnected; the cluster it joined is still up
@@ -171,3 +177,82 @@ def test_federated_student_with_a_frozen_teacher_runs_on_ray(local_ray, tmp_path
     for site in sites:  # written by the Ray workers: round 2 read round 1's adapters back
         stored = ClientStore(run / "client_store").load_all(site)
         assert stored["private_state"] and stored["last_round"] == 1
+
+
+LISTENERS = r"""
+import json, os, socket, sys
+from federation.transports import ClientJob
+from federation.transports.ray import RayExecutor
+from tests.ray_helpers import fake_client
+
+
+def listening():  # socket inode -> address of every TCP listener (state 0A) of this network namespace
+    out = {}
+    for family, path in ((socket.AF_INET, "/proc/net/tcp"), (socket.AF_INET6, "/proc/net/tcp6")):
+        if not os.path.exists(path):
+            continue
+        for row in open(path).read().splitlines()[1:]:
+            f = row.split()
+            if f[3] == "0A":
+                raw = bytes.fromhex(f[1].split(":")[0])  # 32-bit words in host byte order
+                if sys.byteorder == "little":
+                    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                out[f[9]] = f"{socket.inet_ntop(family, raw)}:{int(f[1].split(':')[1], 16)}"
+    return out
+
+
+def tree(root):  # root and every process below it (the Ray processes the driver started)
+    kids = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            kids.setdefault(int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1]), []).append(int(p))
+        except OSError:
+            pass
+    todo, out = [root], []
+    while todo:
+        out.append(todo.pop()); todo += kids.get(out[-1], [])
+    return out
+
+
+def link(path):  # an fd closed while it is read is no listener
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+ex = RayExecutor(num_workers=1, gpus_per_client=0, cpus_per_client=1)
+ups, fails = ex.map(fake_client, [ClientJob("a")])
+addrs, found = listening(), {}
+for pid in tree(os.getpid()):
+    try:
+        name = open(f"/proc/{pid}/comm").read().strip()
+        links = [link(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:  # the process exited meanwhile
+        continue
+    found[f"{name}[{pid}]"] = sorted(addrs[s[8:-1]] for s in links if s.startswith("socket:[") and s[8:-1] in addrs)
+found["driver"] = found.pop(f"{open('/proc/self/comm').read().strip()}[{os.getpid()}]", [])
+print("LISTENERS", json.dumps({"ok": [u.client_id for u in ups], "found": found}))
+ex.shutdown()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="no /proc/net/tcp: this platform cannot tell "
+                    "which addresses a process listens on")
+def test_a_local_instance_listens_on_loopback_only():
+    """The local Ray instance a RayExecutor starts (no ``address``): every TCP listener of the driver and of
+    the processes below it (GCS, raylet, agents, the worker actor) is on 127.0.0.1, none on 0.0.0.0, ``::``
+    or the machine's routable address."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, timeout=240, cwd=ROOT,
+                          env=env)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("LISTENERS ")), None)
+    assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(line.split(" ", 1)[1])
+    assert report["ok"] == ["a"]
+    found = report["found"]
+    addrs = {a.rsplit(":", 1)[0] for socks in found.values() for a in socks}
+    assert found["driver"], found  # its core worker's gRPC port: the driver's own sockets were read
+    assert any(k.startswith("gcs_server") for k, v in found.items() if v), found  # the GCS was seen listening
+    assert any(k.startswith("raylet") for k, v in found.items() if v), found
+    assert addrs and all(a.startswith(("127.", "::ffff:127.")) or a == "::1" for a in addrs), found

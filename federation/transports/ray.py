@@ -7,7 +7,9 @@ CPUs and ``gpus_per_client`` GPUs (fractions allowed: 0.5 puts two small clients
 names the Ray resource that stands for a GPU (``GPU``, or a custom resource such as ``fake_gpu`` declared
 with ``local_resources`` - how CI tests placement without a GPU). ``address`` joins an existing cluster
 (``ray start --head`` on one node, ``ray start --address=<head>:6379`` on the others); without it a local
-instance with ``num_workers * cpus_per_client`` CPUs is started (and stopped by :meth:`shutdown`).
+instance with ``num_workers * cpus_per_client`` CPUs is started (and stopped by :meth:`shutdown`). Its servers
+(GCS, raylet, object manager, agents, workers' gRPC ports) listen on 127.0.0.1 only (:func:`_loopback_init`);
+a cluster joined by ``address`` keeps the addresses its nodes were started with.
 
 Before its first client each worker checks that the data roots of ``cfg.data`` exist on its node: a missing
 one is a :class:`~datamodules.errors.DataError` naming the node and the path. A client running longer than
@@ -51,6 +53,27 @@ def _import_ray():
         raise ExecutorError("federation/executor=ray needs Ray: `pip install -e .[ray]` (or 'ray[default]'), "
                             "or use federation/executor=sequential") from exc
     return ray
+
+
+def _loopback_init(ray: Any, **kw: Any) -> None:
+    """``ray.init`` of a local instance whose node address is the loopback one, so that every server it starts
+    listens on 127.0.0.1 only. On Linux Ray replaces a loopback ``_node_ip_address`` by the machine's routable
+    address unless cluster mode is off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's default on macOS and
+    Windows), a flag Ray reads once at import into ``ray._private.ray_constants.ENABLE_RAY_CLUSTER``: it is
+    turned off for this call only. A Ray without that constant starts as it would anyway (a warning says so)."""
+    kw["_node_ip_address"] = "127.0.0.1"
+    consts = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    old = getattr(consts, "ENABLE_RAY_CLUSTER", None)
+    if old is not None:
+        consts.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(**kw)
+    finally:
+        if old is not None:
+            consts.ENABLE_RAY_CLUSTER = old
+    if not ray.util.get_node_ip_address().startswith(("127.", "::1")):
+        log.warning("RayExecutor: the local Ray instance listens on %s, not on 127.0.0.1 only",
+                    ray.util.get_node_ip_address())
 
 
 def _continue_hint(jobs: Sequence[ClientJob]) -> str:
@@ -97,7 +120,8 @@ class RayExecutor:
                 kw["num_cpus"] = max(1, math.ceil(num_workers * cpus_per_client))
                 kw["resources"] = dict(local_resources or {})
             handler = signal.getsignal(signal.SIGTERM)
-            ray.init(**kw)  # installs its own SIGTERM handler (sys.exit) in the driver; the run's is kept instead
+            # ray.init installs its own SIGTERM handler (sys.exit) in the driver; the run's is kept instead
+            ray.init(**kw) if address else _loopback_init(ray, **kw)
             if threading.current_thread() is threading.main_thread() and handler is not None:
                 signal.signal(signal.SIGTERM, handler)
             self._started = True
