@@ -6,6 +6,10 @@ configs therefore put their settings under ``debug:`` and :func:`apply_debug` wr
 after composition: ``trainer.*`` always; other keys (``federation.rounds``, ``distill.teacher.max_epochs``,
 ``data.num_workers``) only where the run has them, so one mode fits centralised, distillation and federated
 runs. A key given on the command line (``trainer.max_epochs=3``) keeps the user's value.
+
+``++trainer.fast_dev_run=true`` alone (no ``debug=``) is one batch per fit, but a federation's rounds are ours,
+not Lightning's: :func:`fast_dev_rounds` makes it one round too (as ``debug=fdr`` does), unless the command
+line sets the rounds.
 """
 from __future__ import annotations
 
@@ -55,4 +59,26 @@ def apply_debug(cfg: DictConfig) -> dict[str, Any]:
             OmegaConf.update(cfg, key, value, merge=False, force_add=True)
             applied[key] = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
     log.info("debug=%s: %s", debug.get("mode"), ", ".join(f"{k}={v}" for k, v in applied.items()))
+    return applied
+
+
+#: the round counts a fast_dev_run federation sets to 1 (where the run has them)
+_ROUND_KEYS = ("federation.rounds", "fed_distill.student_rounds")
+
+
+def fast_dev_rounds(cfg: DictConfig) -> dict[str, Any]:
+    """With ``trainer.fast_dev_run`` set, a federation runs one round (see the module docstring); returns
+    what was set."""
+    if not (cfg.get("trainer") or {}).get("fast_dev_run"):
+        return {}
+    given = command_line_keys()
+    applied: dict[str, Any] = {}
+    with open_dict(cfg):
+        for key in _ROUND_KEYS:
+            value = OmegaConf.select(cfg, key, default=None)
+            if key not in given and value not in (None, 1):
+                OmegaConf.update(cfg, key, 1, merge=False)
+                applied[key] = 1
+    if applied:
+        log.info("trainer.fast_dev_run: %s (one batch per client, one round)", ", ".join(f"{k}=1" for k in applied))
     return applied

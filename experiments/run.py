@@ -24,7 +24,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException  # noqa: E40
 
 import datamodules.medmnist  # noqa: E402,F401  (registers the ${medmnist:...} resolver used by data configs)
 from engine import artifacts, stop  # noqa: E402
-from engine.debug import apply_debug  # noqa: E402
+from engine.debug import apply_debug, fast_dev_rounds  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.builders import check_dimensions  # noqa: E402
 from engine.scalars import check_scalars  # noqa: E402
@@ -56,6 +56,7 @@ for _name, _fn in (("fedmed_uid", lambda: RUN_UID), ("fedmed_run_dir", _run_dir)
 def dispatch(cfg: DictConfig) -> dict[str, Any]:
     """Pick the run kind from the config: federated distillation, federation, distillation, or centralised."""
     apply_debug(cfg)  # debug=<mode>: after the experiment, which +exp= appends last
+    fast_dev_rounds(cfg)  # ++trainer.fast_dev_run=true: a federation runs one round
     if cfg.get("fed_distill") is not None:  # stage 1 (the federated teacher) goes back through dispatch
         from engine.fed_distill import run_fed_distill
 

@@ -1,7 +1,7 @@
 """`debug=<mode>` (lightning-hydra-template's debug/ group) for centralised, distillation and federated runs."""
 import pytest
 
-from engine.debug import apply_debug
+from engine.debug import apply_debug, fast_dev_rounds
 from experiments.run import dispatch
 from tests.hydra_helpers import compose_run
 
@@ -70,3 +70,22 @@ def test_federation_modes_set_rounds(tmp_path):
     cfg = compose_run([*TINY_FED, "debug=limit"], tmp_path)
     apply_debug(cfg)
     assert cfg.federation.rounds == 2 and cfg.federation.local_epochs == 1 and cfg.trainer.limit_train_batches == 3
+
+
+def test_fast_dev_run_alone_makes_a_federation_one_round(tmp_path):
+    """``++trainer.fast_dev_run=true`` without ``debug=`` (a walkthrough ran all 10 rounds of fed_lits_dnet and
+    4 + 4 of fed_kits_hlfd with it): one round, the federated students' rounds too; rounds given on the
+    command line are kept; a centralised run is untouched."""
+    cfg = compose_run(["+exp=fed_kits_hlfd", "++trainer.fast_dev_run=true", "fed_distill.student_rounds=3"], tmp_path)
+    assert cfg.federation.rounds == 4
+    assert fast_dev_rounds(cfg) == {"federation.rounds": 1}  # student_rounds=3 came from the command line
+    assert cfg.federation.rounds == 1 and cfg.fed_distill.student_rounds == 3
+    cfg = compose_run(["+exp=fed_kits_hlfd", "++trainer.fast_dev_run=true"], tmp_path)
+    cfg.fed_distill.student_rounds = 5
+    fast_dev_rounds(cfg)
+    assert cfg.federation.rounds == 1 and cfg.fed_distill.student_rounds == 1
+    given = compose_run([*TINY_FED, "++trainer.fast_dev_run=true", "federation.rounds=2"], tmp_path)
+    assert fast_dev_rounds(given) == {} and given.federation.rounds == 2
+    plain = compose_run([*TINY_FED], tmp_path)
+    assert fast_dev_rounds(plain) == {} and plain.federation.rounds == 10
+    assert fast_dev_rounds(compose_run(["+exp=lits_dnet", "++trainer.fast_dev_run=true"], tmp_path)) == {}
