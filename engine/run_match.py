@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.errors import ConfigError
 
-__all__ = ["PIXELS", "SOURCE", "RESUME", "TEST_ONLY", "saved_config", "differences", "saved_overrides",
-           "continue_command"]
+__all__ = ["PIXELS", "SOURCE", "RESUME", "TEST_ONLY", "saved_config", "differences", "debug_difference",
+           "saved_overrides", "continue_command"]
 
 #: data keys that decide what the net sees of an image: a checkpoint is only meaningful with the same ones
 PIXELS = ("window", "out_range", "image_size", "spacing", "orientation", "normalization", "in_channels",
@@ -107,3 +107,17 @@ def differences(saved: Mapping[str, Any], cfg: Any, keys: tuple[str, ...] = RESU
         elif _norm(old) != _norm(new):
             out.append(f"{key}={new!r} (the run's {old!r})")
     return out
+
+
+def _fast_dev_run(cfg: Any) -> Any:
+    """A run's ``fast_dev_run``: Lightning's switch, or the one ``debug=fdr`` applies after composition."""
+    return _plain(cfg, "trainer.fast_dev_run") or _plain(cfg, "debug.trainer.fast_dev_run") or False
+
+
+def debug_difference(saved: Mapping[str, Any], cfg: Any) -> list[str]:
+    """A debug (``fast_dev_run``) run and a real one do not continue each other: resuming a debug run without
+    it turned its one-batch numbers into a result, and the reverse would add one-batch rounds to a real run."""
+    old, new = _fast_dev_run(saved), _fast_dev_run(cfg)
+    if bool(old) == bool(new):
+        return []
+    return [f"trainer.fast_dev_run={new!r} (the run's {old!r}: a debug run and a real one do not continue each other)"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.run_match import TEST_ONLY, continue_command, differences, saved_overrides
+from engine.run_match import TEST_ONLY, continue_command, debug_difference, differences, saved_overrides
 from tests.cli import run_in_process
 
 TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
@@ -86,6 +86,27 @@ def test_resume_with_the_runs_overrides_continues(trained, tmp_path):
                                               f"resume={run}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
+
+
+def test_a_debug_run_and_a_real_one_do_not_continue_each_other():
+    """A walkthrough resumed a ``fast_dev_run`` federation without the switch: exit 0, nothing trained, and its
+    ``metrics.json`` lost ``"debug": true``, so experiments.report listed the one-batch numbers as a result."""
+    real, fdr = {"trainer": {"fast_dev_run": False}}, {"trainer": {"fast_dev_run": True}}
+    by_mode = {"trainer": {"fast_dev_run": False}, "debug": {"mode": "fdr", "trainer": {"fast_dev_run": True}}}
+    assert debug_difference(real, real) == [] and debug_difference(fdr, by_mode) == []
+    assert debug_difference(fdr, real) == ["trainer.fast_dev_run=False (the run's True: a debug run and a real "
+                                           "one do not continue each other)"]
+    assert debug_difference(real, by_mode) and debug_difference(by_mode, {"trainer": {}})
+
+
+def test_resuming_a_real_run_as_a_debug_run_is_one_line(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    kept = (run / "config.yaml").read_bytes()
+    proc = run_in_process("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", "++trainer.fast_dev_run=true",
+                                              f"resume={run}"], tmp_path)
+    assert "trainer.fast_dev_run=True (the run's False" in _error_line(proc)
+    assert (run / "config.yaml").read_bytes() == kept
 
 
 def test_test_only_run_with_other_data_settings_is_one_line(trained, tmp_path):
