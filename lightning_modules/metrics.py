@@ -9,6 +9,7 @@ across DDP ranks) and sums them per case at ``compute()``; every score below der
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections.abc import Sequence
 
@@ -172,9 +173,11 @@ def surface_scores(pred: np.ndarray, target: np.ndarray, class_names: Sequence[s
         elif not p.any() or not t.any():
             hd, nsd = diagonal, 0.0
         else:
-            _, (d_pt, d_tp), _ = get_edge_surface_distance(
-                torch.from_numpy(p).float(), torch.from_numpy(t).float(), distance_metric="euclidean",
-                spacing=spacing, symmetric=True, class_index=c)
+            with warnings.catch_warnings():  # MONAI 1.5 passes its own deprecated argument to get_mask_edges
+                warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+                _, (d_pt, d_tp), _ = get_edge_surface_distance(
+                    torch.from_numpy(p).float(), torch.from_numpy(t).float(), distance_metric="euclidean",
+                    spacing=spacing, symmetric=True, class_index=c)
             # MONAI stores both scores in float32 tensors; the float32 round trip keeps its values exactly
             hd = float(torch.max(torch.stack([torch.quantile(d, 0.95) for d in (d_pt, d_tp)])).float())
             within = torch.sum(d_pt <= tolerance_mm) + torch.sum(d_tp <= tolerance_mm)
