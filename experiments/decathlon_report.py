@@ -1,20 +1,21 @@
 """MedMNIST Classification Decathlon report: our runs beside paper 002's Table 2.
 
-    python -m experiments.decathlon_report <multirun dir> [--out DIR]
+    python -m experiments.decathlon_report <multirun dir> [--out DIR] [--all]
 
 Collects every finished job under the multirun directory (``metrics.json`` + ``config.yaml``, or Hydra's
 ``.hydra/config.yaml``), and prints test AUC / ACC per dataset in the layout of the paper's Table 2, next
 to the paper's ResNet-18 (28) and ResNet-50 (28) numbers, with the mean over the datasets (the
 Decathlon's summary score, paper 002 §3.3). Jobs that wrote ``failed.json`` are flagged, datasets whose
 file is missing locally as ``missing``, rather than failing the report. Writes ``decathlon.md`` and
-``decathlon.csv`` (atomically) into ``--out`` (default: the multirun directory).
+``decathlon.csv`` (atomically) into ``--out`` (default: the multirun directory). Debug runs
+(``trainer.fast_dev_run``: one batch, not a result) are left out, as in ``experiments.report``; ``--all``
+includes them.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -25,6 +26,7 @@ from rich.table import Table
 
 from datamodules.medmnist import DECATHLON, MEDMNIST_INFO, medmnist_info
 from engine.artifacts import atomic_write_text, console, fmt
+from experiments.report import json_object
 
 #: Paper 002, Table 2, test (AUC, ACC) of the baselines at resolution 28, transcribed from the paper text
 #: (``../shared/papers/002_f37f0d617c9b1b40.txt``). ResNet-50 (28) on OrganMNIST_Coronal is illegible in
@@ -66,12 +68,12 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
         return None
     flag = next(k for k, v in MEDMNIST_INFO.items() if v is info)
     run: dict[str, Any] = {"flag": flag, "model": _model_label(cfg), "dir": str(run_dir), "auc": None, "acc": None}
-    metrics_file, failed_file = run_dir / "metrics.json", run_dir / "failed.json"
-    if metrics_file.exists():
-        metrics = json.loads(metrics_file.read_text())
+    metrics, failed = json_object(run_dir / "metrics.json"), json_object(run_dir / "failed.json")
+    run["debug"] = bool((metrics or {}).get("debug") or (cfg.get("trainer") or {}).get("fast_dev_run"))
+    if metrics is not None:
         run.update(status="ok", auc=metrics.get("test/auc"), acc=metrics.get("test/acc"))
-    elif failed_file.exists():
-        error = str(json.loads(failed_file.read_text()).get("error", ""))
+    elif failed is not None:
+        error = str(failed.get("error", ""))
         missing = "MissingDataFileError" in error or "not found" in error
         run.update(status="missing" if missing else "failed", error=error)
     else:
@@ -79,12 +81,14 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
     return run
 
 
-def collect_runs(root: str | Path) -> list[dict[str, Any]]:
-    """Every MedMNIST job below ``root`` (a job dir holds ``config.yaml`` or ``.hydra/config.yaml``)."""
+def collect_runs(root: str | Path, include_debug: bool = False) -> list[dict[str, Any]]:
+    """Every MedMNIST job below ``root`` (a job dir holds ``config.yaml`` or ``.hydra/config.yaml``);
+    debug (fast_dev_run) jobs only with ``include_debug``."""
     root = Path(root)
     dirs = {p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra"}
     dirs |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
-    return [r for r in (read_run(d) for d in sorted(dirs)) if r is not None]
+    runs = [r for r in (read_run(d) for d in sorted(dirs)) if r is not None]
+    return runs if include_debug else [r for r in runs if not r["debug"]]
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -155,9 +159,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         console.print(table)
 
 
-def report(root: str | Path, out: str | Path | None = None) -> list[dict[str, Any]]:
+def report(root: str | Path, out: str | Path | None = None, include_debug: bool = False) -> list[dict[str, Any]]:
     """Collect, print and write ``decathlon.md`` / ``decathlon.csv``; returns the rows."""
-    rows = build_rows(collect_runs(root))
+    runs = collect_runs(root, include_debug=True)
+    debug = sum(r["debug"] for r in runs)
+    if debug and not include_debug:
+        console.print(f"left out {debug} debug (fast_dev_run) run(s), whose numbers are not results; --all includes them")
+        runs = [r for r in runs if not r["debug"]]
+    rows = build_rows(runs)
     out = Path(out or root)
     atomic_write_text(out / "decathlon.md", to_markdown(rows))
     atomic_write_text(out / "decathlon.csv", to_csv(rows))
@@ -169,10 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir", help="Hydra multirun directory of +exp=medmnist_decathlon")
     parser.add_argument("--out", default=None, help="where to write decathlon.md/.csv (default: multirun_dir)")
+    parser.add_argument("--all", action="store_true", help="also debug (fast_dev_run) runs")
     args = parser.parse_args(argv)
     if not Path(args.multirun_dir).is_dir():
         parser.error(f"not a directory: {args.multirun_dir}")
-    report(args.multirun_dir, args.out)
+    report(args.multirun_dir, args.out, include_debug=args.all)
 
 
 if __name__ == "__main__":

@@ -162,6 +162,20 @@ def failures(failed: list[Path]) -> list[str]:
     return lines
 
 
+#: the learning curve drawn when ``--curve`` is not given: the first of these any run logged
+CURVE_KEYS = ("val/dice", "val/auc", "val/acc", "val/accuracy", "val/loss")
+
+
+def curve_key(runs: list[Path]) -> str | None:
+    """The first of :data:`CURVE_KEYS` some run logged per epoch (its ``csv/metrics.csv``), else None."""
+    from callbacks.curves import read_csv_metrics
+
+    logged = set()
+    for run in runs:
+        logged.update(k for k, v in read_csv_metrics(run / "csv" / "metrics.csv").items() if v)
+    return next((k for k in CURVE_KEYS if k in logged), None)
+
+
 def plot_curves(runs: list[Path], out: Path, key: str) -> Path | None:
     """Mean learning curve of ``key`` (from each run's CSV log) per method, as a PNG."""
     from callbacks.curves import read_csv_metrics
@@ -196,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", help="multirun dirs, run dirs or globs")
     parser.add_argument("--keys", nargs="*", default=None, help=f"metric keys (default: those of {DEFAULT_KEYS} present)")
     parser.add_argument("--out", default=None, help="output folder (default: the first path)")
-    parser.add_argument("--curve", default="val/dice", help="metric to plot per epoch")
+    parser.add_argument("--curve", default=None,
+                        help=f"metric to plot per epoch (default: the first logged of {', '.join(CURVE_KEYS)})")
     parser.add_argument("--all", action="store_true",
                         help="also debug (fast_dev_run) runs in the tables, and list unfinished runs")
     args = parser.parse_args(argv)
@@ -247,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or args.paths[0])
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.csv", csv_text)
-    curve = plot_curves(runs, out / "report_curves.png", args.curve)
+    key = args.curve or curve_key(runs)
+    curve = plot_curves(runs, out / "report_curves.png", key) if key else None
+    if curve is None:
+        console.print(f"no learning curve: no run logged {key or ' or '.join(CURVE_KEYS)} per epoch in csv/metrics.csv")
     page = write_html(out, md, curve, runs, run_labels(runs)[0])  # self-contained: tables + figures inline
     console.print(md)
     console.print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {page}" + (f", {curve}" if curve else ""))

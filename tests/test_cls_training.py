@@ -73,3 +73,16 @@ def test_decathlon_report_flags_missing_datasets(tmp_path, capsys):
     assert by["mean"]["ResNet-18 (28) ACC"] == pytest.approx(0.8059, abs=1e-4)
     assert "| ResNet18 (28) | RetinaMNIST | 0.700 | 0.500 | 0.727 | 0.515 |" in (tmp_path / "decathlon.md").read_text()
     assert (tmp_path / "decathlon.csv").read_text().count("\n") == 12
+
+
+def test_decathlon_report_leaves_out_debug_runs(tmp_path):
+    """A fast_dev_run decathlon was listed beside the paper's Table 2 as a result (found by a walkthrough)."""
+    _job(tmp_path, 0, "breastmnist", metrics={"test/auc": 0.9, "test/acc": 0.8})
+    _job(tmp_path, 1, "retinamnist", metrics={"test/auc": 0.6, "test/acc": 0.3, "debug": True})
+    _job(tmp_path, 2, "pathmnist")
+    (tmp_path / "2_resnet18_s42" / "metrics.json").write_text("{cut")  # a killed write: incomplete, no traceback
+    by = {r["dataset"]: r for r in decathlon_report.report(tmp_path)}
+    assert by["RetinaMNIST"]["status"] == "not run" and by["mean"]["status"] == "1/10 ok"
+    assert by["PathMNIST"]["status"] == "incomplete"
+    by = {r["dataset"]: r for r in decathlon_report.report(tmp_path, include_debug=True)}
+    assert by["RetinaMNIST"]["auc"] == 0.6 and by["mean"]["status"] == "2/10 ok"

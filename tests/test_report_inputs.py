@@ -95,3 +95,17 @@ def test_a_run_config_may_only_build_datamodules():
     check_data_target("datamodules.folder2d.FolderSegmentationDataModule")
     with pytest.raises(ConfigError, match="refused"):  # a class of the package that is no datamodule
         check_data_target("datamodules.errors.DataError")
+
+
+def test_the_curve_is_the_first_metric_the_runs_logged(tmp_path, capsys):
+    """Classification runs log val/acc and val/auc, not val/dice, the old default: no report_curves.png and no
+    word about it (found by a walkthrough of ``run -m +exp=digits_cnn seed=1,2``)."""
+    for seed in (1, 2):
+        run = _run(tmp_path, f"s{seed}", {"test/acc": 0.9})
+        (run / "csv").mkdir()
+        (run / "csv" / "metrics.csv").write_text("epoch,step,val/acc,val/auc\n0,9,0.5,0.6\n1,19,0.7,0.8\n")
+    assert report.curve_key(report.find_runs([str(tmp_path)])[0]) == "val/auc"
+    assert report.main([str(tmp_path)]) == 0 and (tmp_path / "report_curves.png").is_file()
+    assert report.main([str(tmp_path), "--curve", "val/dice", "--out", str(tmp_path / "o")]) == 0
+    assert "no learning curve: no run logged val/dice" in capsys.readouterr().out
+    assert not (tmp_path / "o" / "report_curves.png").exists()
