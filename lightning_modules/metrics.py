@@ -97,6 +97,23 @@ def summarise(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def updated_anywhere(metric: Metric) -> bool:
+    """Whether ``metric.update`` ran since its last reset, on this or (under DDP) any other rank.
+
+    An epoch can give a metric no batch (``fast_dev_run``/``limit_*_batches`` with ``eval_slices:
+    foreground`` and a batch without foreground, an empty split); its ``compute()`` would then warn that it
+    ran before ``update`` and return a made-up zero curve.  The decision is all-reduced so that every rank
+    skips (or runs) ``compute()``, whose state sync is a collective, together."""
+    count = metric.update_count
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        device = metric.device if dist.get_backend() != "gloo" else torch.device("cpu")
+        total = torch.tensor([count], dtype=torch.long, device=device)
+        dist.all_reduce(total)
+        count = int(total.item())
+    return count > 0
+
+
 class PerCaseConfusion(Metric):
     """Confusion matrices accumulated per case (volume); DDP-safe via ``cat`` states."""
 

@@ -19,7 +19,7 @@ from lightning_modules.base import BaseModule, build, to_plain
 from lightning_modules.errors import ConfigError
 from lightning_modules.losses.hybrid import class_probabilities
 from lightning_modules.inference import main_head
-from lightning_modules.metrics import PerCaseConfusion, case_scores, summarise, surface_scores
+from lightning_modules.metrics import PerCaseConfusion, case_scores, summarise, surface_scores, updated_anywhere
 from lightning_modules.roc import BinnedMulticlassROC
 
 
@@ -207,7 +207,8 @@ class SegmentationModule(BaseModule):
 
     # ------------------------------------------------------------------ epoch ends
     def _case_summary(self, cases: PerCaseConfusion) -> tuple[dict, dict]:
-        matrices = cases.compute()
+        # no batch reached the metric this epoch (see updated_anywhere): no cases, as compute() would give
+        matrices = cases.compute() if updated_anywhere(cases) else {}
         self.confusion = sum(matrices.values()) if matrices else None  # pixels, true x predicted (W&B plot)
         per_case = {cid: case_scores(cm, self.class_names) for cid, cm in sorted(matrices.items())}
         cases.reset()
@@ -225,13 +226,18 @@ class SegmentationModule(BaseModule):
         if self._test_slices:
             self._surface_scores()
             self.test_summary = summarise(self.test_per_case)
-        fpr, tpr, _ = self.test_roc.compute()
-        auc = self.test_roc.auroc()
+        if updated_anywhere(self.test_roc):
+            fpr, tpr, _ = self.test_roc.compute()
+            auc = self.test_roc.auroc()
+            for c in range(1, self.num_classes):
+                name = self.class_names[c]
+                self.roc_curves[name] = (fpr[c].cpu().numpy(), tpr[c].cpu().numpy())
+                self.test_summary[f"auc_{name}"] = float(auc[c])
+        else:  # no test pixel: no curve to draw (compute() would give an all-zero one) and AUC undefined
+            for c in range(1, self.num_classes):
+                self.roc_curves.pop(self.class_names[c], None)
+                self.test_summary[f"auc_{self.class_names[c]}"] = math.nan
         self.test_roc.reset()
-        for c in range(1, self.num_classes):
-            name = self.class_names[c]
-            self.roc_curves[name] = (fpr[c].cpu().numpy(), tpr[c].cpu().numpy())
-            self.test_summary[f"auc_{name}"] = float(auc[c])
         for key, value in self.test_summary.items():
             if not key.endswith("_std") and not math.isnan(value):
                 self.log(f"test/{key}", value, sync_dist=True)

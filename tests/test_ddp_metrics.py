@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lightning_modules.metrics import PerCaseConfusion, confusion_matrix
+from lightning_modules.metrics import PerCaseConfusion, confusion_matrix, updated_anywhere
 
 
 def _free_port() -> int:
@@ -53,3 +53,26 @@ def test_per_case_confusion_syncs_across_two_ranks(tmp_path):
         assert sorted(got) == sorted(expected)  # names from the other rank included
         for c in expected:
             assert torch.equal(got[c].long(), expected[c].long().cpu()), (rank, c)
+
+
+def _updated_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        pred, target, cases = _data()
+        none, one_rank = PerCaseConfusion(3), PerCaseConfusion(3)
+        if rank == 1:  # rank 0 got no batch, rank 1 one: both must decide to compute()
+            one_rank.update(pred[:1], target[:1], cases[:1])
+        flags = (updated_anywhere(none), updated_anywhere(one_rank))
+        torch.save({"flags": torch.tensor(flags)}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+def test_updated_anywhere_is_the_same_decision_on_every_rank(tmp_path):
+    """An epoch-end skips compute() for a metric no batch reached, on all ranks together or on none."""
+    mp.spawn(_updated_worker, args=(_free_port(), str(tmp_path / "r")), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"r.{rank}", weights_only=True)
+        assert got["flags"].tolist() == [False, True], rank

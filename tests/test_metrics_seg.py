@@ -90,3 +90,38 @@ def test_binned_auc_is_nan_for_a_class_without_positive_pixels():
     roc.update(p, t)
     auc = roc.auroc()
     assert math.isnan(float(auc[2])) and all(0.0 < float(a) < 1.0 for a in auc[:2])
+
+def test_an_epoch_without_a_scored_slice_computes_no_metric_and_reports_no_case(recwarn):
+    """fast_dev_run with ``eval_slices: foreground`` can give val/test a batch without foreground: no metric is
+    updated, so none is computed (torchmetrics warned 'compute ... called before the update method' for
+    PerCaseConfusion and BinnedMulticlassROC); no case, no ROC curve, AUC NaN (not logged), val/dice 0.0 as
+    before (the monitor needs the key)."""
+    from torch import nn
+
+    from lightning_modules.losses.hybrid import HybridCEDiceLoss
+    from lightning_modules.segmentation import SegmentationModule
+
+    class Zero(nn.Module):
+        def forward(self, x):
+            return torch.cat([x, -x], 1)
+
+    module = SegmentationModule(Zero(), HybridCEDiceLoss(), num_classes=2, eval_slices="foreground")
+    logged = {}
+    module.log = lambda key, value, **k: logged.__setitem__(key, value)
+    batch = {"image": torch.rand(2, 1, 8, 8), "mask": torch.zeros(2, 8, 8, dtype=torch.long), "case_id": ["a", "a"]}
+    module.roc_curves["class_1"] = ("stale", "stale")
+    for stage, cases, end in (("val", module.val_cases, module.on_validation_epoch_end),
+                              ("test", module.test_cases, module.on_test_epoch_end)):
+        module._evaluate(batch, stage, cases)
+        end()
+    assert not [w for w in recwarn if "before the ``update`` method" in str(w.message)], \
+        [str(w.message) for w in recwarn]
+    assert module.val_summary == {} and module.test_per_case == {} and module.roc_curves == {}
+    assert math.isnan(module.test_summary["auc_class_1"]) and module.confusion is None
+    assert logged["val/dice"] == 0.0 and not [k for k in logged if k.startswith("test/") and k != "test/loss"]
+    # and with a scored slice the metrics are computed as before
+    batch["mask"][0, :2, :2] = 1
+    module._evaluate(batch, "test", module.test_cases)
+    module.on_test_epoch_end()
+    assert list(module.test_per_case) == ["a"] and 0.0 <= module.test_summary["auc_class_1"] <= 1.0
+    assert set(module.roc_curves) == {"class_1"}
