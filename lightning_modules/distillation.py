@@ -24,12 +24,15 @@ and optimised with the student (see ``losses/kd/adapters.py`` for the reference-
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from lightning_modules.base import to_plain
@@ -161,12 +164,44 @@ class DistillationModule(SegmentationModule):
 
     def on_fit_start(self) -> None:
         self.attach_taps()
+        self._quiet_frozen_teacher()
+
+    def on_train_start(self) -> None:
+        self._unquiet_frozen_teacher()  # Lightning's check ran just before this hook
 
     def on_fit_end(self) -> None:
+        self._unquiet_frozen_teacher()
         self.remove_taps()
 
     def teardown(self, stage: str) -> None:
+        self._unquiet_frozen_teacher()
         self.remove_taps()
+
+    # Lightning's fit loop warns "Found N module(s) in eval mode at the start of training" between
+    # on_fit_start and on_train_start; the frozen teacher is in eval on purpose (all its modules count).
+    _EVAL_MODE_WARNING = "Found {} module(s) in eval mode at the start of training."
+
+    def _quiet_frozen_teacher(self) -> None:
+        """Ignore that warning for exactly this fit, and only if every eval-mode module is the teacher's:
+        the message must name the teacher's module count, so a student (or adapter) left in eval mode
+        raises the count and the warning still shows."""
+        self._unquiet_frozen_teacher()
+        teacher = self._modules.get("teacher")
+        if teacher is None:
+            return
+        in_teacher = {id(m) for m in teacher.modules()}
+        eval_modules = [m for m in self.modules() if not m.training]
+        if not eval_modules or any(id(m) not in in_teacher for m in eval_modules):
+            return
+        message = re.escape(self._EVAL_MODE_WARNING.format(len(eval_modules)))
+        warnings.filterwarnings("ignore", message=message, category=PossibleUserWarning)
+        self._eval_mode_filter = warnings.filters[0]
+
+    def _unquiet_frozen_teacher(self) -> None:
+        entry = self.__dict__.pop("_eval_mode_filter", None)
+        if entry is not None and entry in warnings.filters:
+            warnings.filters.remove(entry)
+            getattr(warnings, "_filters_mutated", lambda: None)()  # as warnings.filterwarnings does
 
     # ------------------------------------------------------------------ training
     def kd_inputs(self, batch: Mapping[str, Any], student_out: Any, teacher_out: Any) -> dict[str, Any]:

@@ -123,6 +123,32 @@ def test_fit_leaves_teacher_untouched_and_no_hooks():
     assert "train/kd/feature" in trainer.callback_metrics and "train/kd/total_kd" in trainer.callback_metrics
 
 
+def _fit_eval_mode_warnings(module: DistillationModule) -> list[str]:
+    import warnings
+    loader = DataLoader([batch(2)], batch_size=None)
+    trainer = pl.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, train_dataloaders=loader)
+    assert warnings.filters == filters  # the frozen teacher's filter lives for one fit only
+    return [str(w.message) for w in caught if "in eval mode at the start of training" in str(w.message)]
+
+
+def test_frozen_teacher_alone_in_eval_mode_does_not_warn_a_student_left_in_eval_does():
+    """Lightning warns of eval-mode modules at the start of training: the frozen teacher is intended, so
+    quiet; a student layer in eval mode (BatchNorm not learning its statistics) is not, so still warned."""
+    module = make(kd_loss={"_target_": "lightning_modules.losses.kd.HIFDLoss"},
+                  taps=[TAPS[1], TAPS[2], TAPS[7], TAPS[11]], method="hifd")
+    assert _fit_eval_mode_warnings(module) == []
+    module.net.encoder.layer1.eval()
+    n = sum(1 for m in module.modules() if not m.training)
+    assert _fit_eval_mode_warnings(module) == [
+        f"Found {n} module(s) in eval mode at the start of training. This may lead to unexpected behavior "
+        "during training. If this is intentional, you can ignore this warning."]
+
+
 def test_bad_hook_path_names_path_and_close_matches():
     taps = [dict(t) for t in TAPS]
     taps[0]["student"] = "encoder.layr1"
