@@ -115,8 +115,19 @@ def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
             extra = {"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow", "mode": wandb_mode(lg.get("mode"))}
             if job_type:
                 extra["job_type"] = job_type
-        loggers.append(instantiate(lg, **extra))
+        logger = instantiate(lg, **extra)
+        _drop_unset_anonymous(logger)
+        loggers.append(logger)
     return loggers
+
+
+def _drop_unset_anonymous(logger: Any) -> None:
+    """Lightning's WandbLogger always hands ``wandb.init`` an ``anonymous`` argument (None unless asked), and
+    wandb >= 0.23 (anonymous mode removed, wandb/wandb#10909) warns "The anonymous setting has no effect"
+    on any value but its unset default; None meant "never" anyway, so leaving it out changes nothing."""
+    init = getattr(logger, "_wandb_init", None)
+    if type(logger).__name__ == "WandbLogger" and isinstance(init, dict) and init.get("anonymous", 0) is None:
+        del init["anonymous"]
 
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = None, **overrides: Any) -> pl.Trainer:

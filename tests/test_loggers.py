@@ -44,3 +44,15 @@ def test_a_wandb_id_file_that_holds_no_run_id_is_one_line(tmp_path):
         wandb_run_id(tmp_path)
     (tmp_path / "wandb_id.txt").write_text("abc_12-Z\n")
     assert wandb_run_id(tmp_path) == "abc_12-Z"
+
+
+def test_wandb_init_gets_no_anonymous_setting_unless_asked(tmp_path, monkeypatch):
+    """Lightning's WandbLogger passed ``anonymous=None`` to wandb.init, and this wandb warns "The anonymous
+    setting has no effect and will be removed" on every run (`make demo`); an explicit choice is still passed."""
+    from engine.builders import build_loggers
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    (wandb,) = build_loggers(compose_run([*TINY, "logger=wandb"], tmp_path))
+    assert "anonymous" not in wandb._wandb_init and wandb._wandb_init["mode"] == "offline"
+    (wandb,) = build_loggers(compose_run([*TINY, "logger=wandb", "+logger.wandb.anonymous=true"], tmp_path))
+    assert wandb._wandb_init["anonymous"] == "allow"
