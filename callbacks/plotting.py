@@ -31,9 +31,37 @@ def run_dir(trainer: pl.Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
+def same_size(images: list) -> list:
+    """PIL images padded (white, bottom/right) to the largest width and height among them: W&B shows the
+    images of one key at the first one's size and warns "Images sizes do not match" otherwise."""
+    from PIL import Image
+
+    width, height = max(im.width for im in images), max(im.height for im in images)
+    out = []
+    for im in images:
+        if im.size != (width, height):
+            canvas = Image.new(im.mode, (width, height), "white")
+            canvas.paste(im, (0, 0))
+            im = canvas
+        out.append(im)
+    return out
+
+
 def log_images(trainer: pl.Trainer, key: str, paths: list[Path], captions: list[str] | None = None) -> None:
-    """Log PNGs to every W&B logger attached to the trainer (no-op without one)."""
-    for lg in trainer.loggers:
-        if type(lg).__name__ == "WandbLogger":
-            kwargs = {"caption": captions} if captions else {}
-            lg.log_image(key=key, images=[str(p) for p in paths], **kwargs)
+    """Log PNGs to every W&B logger attached to the trainer (no-op without one); several under one key
+    (``test/curves``: ROC and learning curves) are padded to one size, the files are left as they are."""
+    wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
+    if not wandb_loggers:
+        return
+    images: list = [str(p) for p in paths]
+    if len(paths) > 1:
+        from PIL import Image
+
+        opened = []
+        for p in paths:
+            with Image.open(p) as im:
+                opened.append(im.convert("RGB"))
+        images = same_size(opened)
+    for lg in wandb_loggers:
+        kwargs = {"caption": captions} if captions else {}
+        lg.log_image(key=key, images=images, **kwargs)

@@ -39,11 +39,20 @@ def overlay_images(overlays: Any, labels: dict[int, str]) -> list[Any]:
     """``wandb.Image`` per picked slice, image as grey, masks as toggleable layers."""
     import wandb
 
+    picked = list(getattr(overlays, "picked", []))
+    # slices of mixed sizes (data.image_size=null) are padded to one size, image black and masks background:
+    # W&B shows a key's images at the first one's size and warned "Images sizes do not match"
+    height = max((np.shape(img)[1] for _, img, _, _ in picked), default=0)
+    width = max((np.shape(img)[0] for _, img, _, _ in picked), default=0)
+
+    def orient(a: Any) -> np.ndarray:  # as the PNG (x right, y up), padded at the bottom/right
+        a = np.flipud(np.asarray(a).T)
+        return np.pad(a, ((0, height - a.shape[0]), (0, width - a.shape[1])))
+
     images = []
-    for case, img, mask, pred in getattr(overlays, "picked", []):
+    for case, img, mask, pred in picked:
         lo, hi = float(np.min(img)), float(np.max(img))
         grey = ((img - lo) / (hi - lo + 1e-8) * 255).astype(np.uint8)
-        orient = lambda a: np.flipud(np.asarray(a).T)  # noqa: E731 - as the PNG (x right, y up)
         images.append(wandb.Image(orient(grey), caption=str(case), masks={
             "ground_truth": {"mask_data": orient(mask).astype(np.int64), "class_labels": labels},
             "prediction": {"mask_data": orient(pred).astype(np.int64), "class_labels": labels}}))
