@@ -83,6 +83,42 @@ def test_node_derives_the_server_partition(tmp_path):
     assert len(whole.train) + len(whole.val) == len(server.base.train_dataset)
 
 
+def test_the_server_app_drops_only_flowers_empty_exit_line():
+    """Flower's flwr_exit logs an empty INFO on a successful exit; ``flwr run --stream`` showed it as a
+    stray ``\\x1b[92mINFO \\x1b[0m:`` after the run's last line. Other Flower lines, and exit lines with text, stay."""
+    import inspect
+    import logging
+
+    from flwr.supercore.exit import exit as flwr_exit_module
+
+    from federation.transports.flower.server_app import quiet_empty_exit_line
+
+    assert "log(log_level, exit_message)" in inspect.getsource(flwr_exit_module.flwr_exit)  # what is filtered
+    flwr_logger = logging.getLogger("flwr")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(f"{record.funcName}:{record.getMessage()}")
+    flwr_logger.addHandler(handler)
+    before = list(flwr_logger.filters)
+    try:
+        def flwr_exit(message: str, level: int = logging.INFO) -> None:  # stands in for Flower's (which exits)
+            flwr_logger.log(level, message)
+
+        def spacer() -> None:
+            flwr_logger.log(logging.INFO, "")
+
+        quiet_empty_exit_line()
+        quiet_empty_exit_line()  # once per process
+        assert len(flwr_logger.filters) == len(before) + 1
+        flwr_exit("")
+        flwr_exit("Exit Code: 300\nboom", logging.ERROR)
+        spacer()
+        assert seen == ["flwr_exit:Exit Code: 300\nboom", "spacer:"]
+    finally:
+        flwr_logger.removeHandler(handler)
+        flwr_logger.filters[:] = before
+
+
 class RenamedSharing(DataSharing):
     """Paper 000's data sharing under another name: it moves data all the same."""
 

@@ -53,9 +53,26 @@ def check_data_transfer(cfg) -> str | None:
                               "holds the dataset; a deployment needs federation.strategy.allow_data_transfer=true)"))
 
 
+class NoEmptyExitLine(logging.Filter):
+    """Drops the record Flower's ``flwr_exit`` logs on a successful exit: an INFO with an empty message
+    (no exit code, no help text for code 0), which ``flwr run --stream`` showed as a stray coloured
+    ``INFO :`` after the run's last line. Exit messages with text (errors) still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.funcName == "flwr_exit" and record.levelno == logging.INFO and not record.getMessage())
+
+
+def quiet_empty_exit_line() -> None:
+    """Install :class:`NoEmptyExitLine` on Flower's logger (once per process: the ServerApp's)."""
+    flwr_logger = logging.getLogger("flwr")
+    if not any(isinstance(f, NoEmptyExitLine) for f in flwr_logger.filters):
+        flwr_logger.addFilter(NoEmptyExitLine())
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run :func:`federation.loop.run_federation` on the config named by ``cfg-path``."""
+    quiet_empty_exit_line()
     path = Path(str(context.run_config["cfg-path"]))
     result = path.parent / "result.json"
     try:
