@@ -12,6 +12,7 @@ import math
 import warnings
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,6 +133,17 @@ class PerCaseConfusion(Metric):
         self.names.update(zip(keys, case_ids))
         self.keys.append(torch.tensor(keys, dtype=torch.long, device=pred.device))
         self.matrices.append(confusion_matrix(pred, target, self.num_classes, valid))
+
+    def _sync_dist(self, *args: Any, **kwargs: Any) -> None:
+        """A rank that got no batch gathers empty states of the others' shapes and dtypes: torchmetrics'
+        placeholder for an empty list state is a 1-D tensor of the metric's float dtype, which gloo/NCCL
+        cannot gather beside the other ranks' [N] / [N, C, C] int64 tensors (the idle rank aborted)."""
+        c, device = self.num_classes, self.device
+        if isinstance(self.keys, list) and not self.keys:  # new lists: unsync() restores the cached empty ones
+            self.keys = [torch.empty(0, dtype=torch.long, device=device)]
+        if isinstance(self.matrices, list) and not self.matrices:
+            self.matrices = [torch.empty(0, c, c, dtype=torch.long, device=device)]
+        super()._sync_dist(*args, **kwargs)
 
     def _gather_names(self) -> None:
         """Case names seen on other ranks (strings are not tensor states; every rank calls compute)."""

@@ -27,23 +27,42 @@ def _data():
     return pred, target, cases
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, idle_rank: int | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         pred, target, cases = _data()
         mine = [i for i in range(6) if (i % 2 == rank and i != 5) or (i == 5 and rank == 1)]
+        if idle_rank is not None:  # one rank sees every sample, the other none
+            mine = [] if rank == idle_rank else list(range(6))
         metric = PerCaseConfusion(3)
-        metric.update(pred[mine], target[mine], [cases[i] for i in mine])
+        if mine:
+            metric.update(pred[mine], target[mine], [cases[i] for i in mine])
         result = metric.compute()
         torch.save({k: torch.as_tensor(v) for k, v in result.items()}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
+def _spawn(fn, *args) -> None:
+    """Two gloo ranks; a hang fails the test after 120 s instead of stalling the suite."""
+    ctx = mp.spawn(fn, args=(_free_port(), *args), nprocs=2, join=False)
+    try:
+        while not ctx.join(timeout=120):
+            pass
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+
+
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
-def test_per_case_confusion_syncs_across_two_ranks(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path / "r")), nprocs=2, join=True)
+@pytest.mark.parametrize("idle_rank", [None, 0, 1], ids=["split", "rank0_idle", "rank1_idle"])
+def test_per_case_confusion_syncs_across_two_ranks(tmp_path, idle_rank):
+    """Also when one rank got no batch at all (an eval_slices=foreground shard without foreground): its empty
+    states used to reach the all-gather as torchmetrics' 1-D float placeholder beside the others' [N, C, C]
+    long matrices, and the idle rank died of SIGABRT in compute()."""
+    _spawn(_worker, str(tmp_path / "r"), idle_rank)
     pred, target, cases = _data()
     expected = {}
     for i, c in enumerate(cases):
@@ -72,7 +91,7 @@ def _updated_worker(rank: int, port: int, out: str) -> None:
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_updated_anywhere_is_the_same_decision_on_every_rank(tmp_path):
     """An epoch-end skips compute() for a metric no batch reached, on all ranks together or on none."""
-    mp.spawn(_updated_worker, args=(_free_port(), str(tmp_path / "r")), nprocs=2, join=True)
+    _spawn(_updated_worker, str(tmp_path / "r"))
     for rank in (0, 1):
         got = torch.load(tmp_path / f"r.{rank}", weights_only=True)
         assert got["flags"].tolist() == [False, True], rank
