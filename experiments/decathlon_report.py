@@ -21,12 +21,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.table import Table
 
 from datamodules.medmnist import DECATHLON, MEDMNIST_INFO, medmnist_info
 from engine.artifacts import atomic_write_text, console, fmt
-from experiments.report import json_object
+from experiments.report import debug_run, json_object, run_config
 
 #: Paper 002, Table 2, test (AUC, ACC) of the baselines at resolution 28, transcribed from the paper text
 #: (``../shared/papers/002_f37f0d617c9b1b40.txt``). ResNet-50 (28) on OrganMNIST_Coronal is illegible in
@@ -47,13 +46,6 @@ PAPER_TABLE2: dict[str, dict[str, tuple[float, float] | None]] = {
 }
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-
-
 def _model_label(cfg: dict[str, Any]) -> str:
     target = str((cfg.get("model") or {}).get("_target_", "?")).rsplit(".", 1)[-1]
     size = (cfg.get("data") or {}).get("size", 28)
@@ -62,14 +54,14 @@ def _model_label(cfg: dict[str, Any]) -> str:
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:
     """One job: flag, model label, status (``ok`` | ``missing`` | ``failed`` | ``incomplete``), AUC, ACC."""
-    cfg = _read_yaml(run_dir / "config.yaml") or _read_yaml(run_dir / ".hydra" / "config.yaml")
+    cfg = run_config(run_dir)
     info = medmnist_info(str((cfg.get("data") or {}).get("flag", "")))
     if info is None:
         return None
     flag = next(k for k, v in MEDMNIST_INFO.items() if v is info)
     run: dict[str, Any] = {"flag": flag, "model": _model_label(cfg), "dir": str(run_dir), "auc": None, "acc": None}
     metrics, failed = json_object(run_dir / "metrics.json"), json_object(run_dir / "failed.json")
-    run["debug"] = bool((metrics or {}).get("debug") or (cfg.get("trainer") or {}).get("fast_dev_run"))
+    run["debug"] = debug_run(metrics, cfg)
     if metrics is not None:
         run.update(status="ok", auc=metrics.get("test/auc"), acc=metrics.get("test/acc"))
     elif failed is not None:
@@ -81,14 +73,14 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
     return run
 
 
-def collect_runs(root: str | Path, include_debug: bool = False) -> list[dict[str, Any]]:
-    """Every MedMNIST job below ``root`` (a job dir holds ``config.yaml`` or ``.hydra/config.yaml``);
-    debug (fast_dev_run) jobs only with ``include_debug``."""
+def collect_runs(root: str | Path) -> list[dict[str, Any]]:
+    """Every MedMNIST job below ``root`` (a job dir holds ``config.yaml`` or ``.hydra/config.yaml``), debug
+    (fast_dev_run) jobs included: each run's ``debug`` says which."""
     root = Path(root)
     dirs = {p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra"}
     dirs |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
     runs = [r for r in (read_run(d) for d in sorted(dirs)) if r is not None]
-    return runs if include_debug else [r for r in runs if not r["debug"]]
+    return runs
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -161,7 +153,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def report(root: str | Path, out: str | Path | None = None, include_debug: bool = False) -> list[dict[str, Any]]:
     """Collect, print and write ``decathlon.md`` / ``decathlon.csv``; returns the rows."""
-    runs = collect_runs(root, include_debug=True)
+    runs = collect_runs(root)
     debug = sum(r["debug"] for r in runs)
     if debug and not include_debug:
         console.print(f"left out {debug} debug (fast_dev_run) run(s), whose numbers are not results; --all includes them")

@@ -68,16 +68,27 @@ def find_unfinished(paths: list[str]) -> list[Path]:
                   and r.name not in ("teacher", "files"))
 
 
+def run_config(run: Path) -> dict:
+    """A run's composed config: ``config.yaml``, else Hydra's ``.hydra/config.yaml``; ``{}`` when neither parses."""
+    for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
+        try:
+            cfg = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(cfg, dict) and cfg:
+            return cfg
+    return {}
+
+
+def debug_run(metrics: dict | None, cfg: dict) -> bool:
+    """A ``fast_dev_run`` run, from its parsed ``metrics.json`` and config: one batch, its numbers are not results."""
+    trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
+    return bool((metrics or {}).get("debug") or trainer.get("fast_dev_run"))
+
+
 def is_debug(run: Path) -> bool:
-    """A ``fast_dev_run`` run: its numbers come from one batch and are not results."""
-    metrics = json_object(run / "metrics.json") or {}
-    if metrics.get("debug"):
-        return True
-    cfg = run / "config.yaml"
-    if cfg.is_file():
-        trainer = (yaml.safe_load(cfg.read_text()) or {}).get("trainer") or {}
-        return bool(trainer.get("fast_dev_run"))
-    return False
+    """:func:`debug_run` of a run dir."""
+    return debug_run(json_object(run / "metrics.json"), run_config(run))
 
 
 def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list[str]:
@@ -166,36 +177,37 @@ def failures(failed: list[Path]) -> list[str]:
 CURVE_KEYS = ("val/dice", "val/auc", "val/acc", "val/accuracy", "val/loss")
 
 
-def curve_key(runs: list[Path]) -> str | None:
-    """The first of :data:`CURVE_KEYS` some run logged per epoch (its ``csv/metrics.csv``), else None."""
+def read_curves(runs: list[Path]) -> dict[Path, dict[str, list[tuple[int, float]]]]:
+    """Each run's per-epoch series (its ``csv/metrics.csv``), read once for :func:`curve_key` and :func:`plot_curves`."""
     from callbacks.curves import read_csv_metrics
 
-    logged = set()
-    for run in runs:
-        logged.update(k for k, v in read_csv_metrics(run / "csv" / "metrics.csv").items() if v)
+    return {run: read_csv_metrics(run / "csv" / "metrics.csv") for run in runs}
+
+
+def curve_key(curves: dict[Path, dict[str, list]]) -> str | None:
+    """The first of :data:`CURVE_KEYS` some run logged per epoch, else None."""
+    logged = {k for series in curves.values() for k, v in series.items() if v}
     return next((k for k in CURVE_KEYS if k in logged), None)
 
 
-def plot_curves(runs: list[Path], out: Path, key: str) -> Path | None:
-    """Mean learning curve of ``key`` (from each run's CSV log) per method, as a PNG."""
-    from callbacks.curves import read_csv_metrics
+def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str) -> Path | None:
+    """Mean learning curve of ``key`` per method (runs grouped as in the table), as a PNG."""
     from callbacks.plotting import plt, save_figure
 
     per_method: dict[str, list[list[tuple[int, float]]]] = defaultdict(list)
-    labels, _ = run_labels(runs)
-    for run in runs:
-        series = read_csv_metrics(run / "csv" / "metrics.csv").get(key)
-        if series:
-            per_method[labels[run]].append(series)
+    labels, _ = run_labels(list(curves))
+    for run, series in curves.items():
+        if series.get(key):
+            per_method[labels[run]].append(series[key])
     if not per_method:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method, curves in sorted(per_method.items()):
-        length = min(len(c) for c in curves)
-        ys = np.array([[v for _, v in c[:length]] for c in curves])
-        xs = [e for e, _ in curves[0][:length]]
-        ax.plot(xs, ys.mean(0), marker="o", ms=3, label=f"{method} (n={len(curves)})")
-        if len(curves) > 1:
+    for method, runs_curves in sorted(per_method.items()):
+        length = min(len(c) for c in runs_curves)
+        ys = np.array([[v for _, v in c[:length]] for c in runs_curves])
+        xs = [e for e, _ in runs_curves[0][:length]]
+        ax.plot(xs, ys.mean(0), marker="o", ms=3, label=f"{method} (n={len(runs_curves)})")
+        if len(runs_curves) > 1:
             ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel(key)
@@ -262,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or args.paths[0])
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.csv", csv_text)
-    key = args.curve or curve_key(runs)
-    curve = plot_curves(runs, out / "report_curves.png", key) if key else None
+    curves = read_curves(runs)
+    key = args.curve or curve_key(curves)
+    curve = plot_curves(curves, out / "report_curves.png", key) if key else None
     if curve is None:
         console.print(f"no learning curve: no run logged {key or ' or '.join(CURVE_KEYS)} per epoch in csv/metrics.csv")
     page = write_html(out, md, curve, runs, run_labels(runs)[0])  # self-contained: tables + figures inline

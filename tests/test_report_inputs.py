@@ -104,8 +104,21 @@ def test_the_curve_is_the_first_metric_the_runs_logged(tmp_path, capsys):
         run = _run(tmp_path, f"s{seed}", {"test/acc": 0.9})
         (run / "csv").mkdir()
         (run / "csv" / "metrics.csv").write_text("epoch,step,val/acc,val/auc\n0,9,0.5,0.6\n1,19,0.7,0.8\n")
-    assert report.curve_key(report.find_runs([str(tmp_path)])[0]) == "val/auc"
+    assert report.curve_key(report.read_curves(report.find_runs([str(tmp_path)])[0])) == "val/auc"
     assert report.main([str(tmp_path)]) == 0 and (tmp_path / "report_curves.png").is_file()
     assert report.main([str(tmp_path), "--curve", "val/dice", "--out", str(tmp_path / "o")]) == 0
     assert "no learning curve: no run logged val/dice" in capsys.readouterr().out
     assert not (tmp_path / "o" / "report_curves.png").exists()
+
+
+def test_a_debug_run_is_known_by_its_hydra_config_too(tmp_path):
+    """A job of a multirun keeps its config in ``.hydra/config.yaml`` only; ``is_debug`` read ``config.yaml``
+    alone, so such a fast_dev_run job without ``"debug"`` in its metrics counted as a result."""
+    run = _run(tmp_path, "job", {"test/dice": 0.5})
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("trainer:\n  fast_dev_run: true\n")
+    assert report.is_debug(run)
+    (run / ".hydra" / "config.yaml").write_text("trainer:\n  fast_dev_run: false\n")
+    assert not report.is_debug(run)
+    (run / ".hydra" / "config.yaml").write_text("- not a mapping\n")
+    assert not report.is_debug(run)
