@@ -22,14 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.subset import carve_val, sample_cases, sample_groups, sample_labels
 from engine import artifacts
 from federation.core.partial_labels import PartialLabels
-from federation.core.partition import PARTITIONERS, partition_report, plot_partition
+from federation.core.partition import PARTITIONERS, partition_report
 from federation.core.sampling import client_seed, sample_clients  # noqa: F401 (re-exported)
 from federation.core.sharing import SharedPool
 from federation.errors import FederationError
 from federation.runner import ClientIndices
 
 __all__ = ["check_federation_config", "call_partitioner", "sample_clients", "split_clients", "ClientSplit",
-           "write_partition_report"]
+           "write_partition_report", "plot_partition"]
 
 log = logging.getLogger("federation.plan")
 _DATA_ARGS = {"labels", "groups", "indices", "n", "num_clients", "seed"}
@@ -129,6 +129,26 @@ def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | 
         counted = " (a sample here is a whole volume: federation.partition_unit=case)" if by_volume else ""
         raise FederationError(f"federation.partition ({name}): {exc}{counted}") from exc
     return [str(i) for i in range(len(parts))], parts
+
+
+def plot_partition(labels: np.ndarray, parts: Sequence[np.ndarray], path: str | Path,
+                   class_names: Sequence[str] | None = None, title: str = "Class histogram per client",
+                   client_ids: Sequence[str] | None = None) -> Path:
+    """Stacked-bar PNG of each client's class counts (:func:`federation.core.partition.partition_report`'s),
+    written atomically by the one figure saver, :func:`callbacks.plotting.save_figure`."""
+    from callbacks.plotting import plt, save_figure
+
+    _, stats = partition_report(labels, parts, class_names, client_ids)
+    counts = np.asarray(stats["counts"])
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(parts) + 2), 3.5))
+    bottom, x = np.zeros(len(parts)), np.arange(len(parts))
+    for c, name in enumerate(stats["classes"]):
+        ax.bar(x, counts[:, c], bottom=bottom, label=name)
+        bottom += counts[:, c]
+    ax.set(title=title, xlabel="client", ylabel="samples", xticks=x)
+    ax.set_xticklabels(stats["clients"], rotation=30 if max(len(c) for c in stats["clients"]) > 3 else 0)
+    ax.legend(title="class", fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
+    return save_figure(fig, path, dpi=100)
 
 
 def write_partition_report(out: Path, labels: np.ndarray | None, parts: list[np.ndarray], client_ids: list[str],

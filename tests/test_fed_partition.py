@@ -7,9 +7,9 @@ import torch
 
 from federation.core.partition import (
     FeatureShift, by_group, dirichlet, feature_skew_params, iid, label_mask, mask_unannotated,
-    partial_label_sets, partition_report, pathological, plot_partition,
-    quantity_skew,
+    partial_label_sets, partition_report, pathological, quantity_skew,
 )
+from federation.plan import plot_partition
 
 LABELS = np.repeat(np.arange(10), 100)  # 10 classes x 100 samples
 

@@ -6,7 +6,7 @@
   paper 000's data sharing.
 * :mod:`.sharing`    paper 000 §4.1: the server's shared pool and its accuracy-driven allocation.
 * :mod:`.partition`  non-IID partitioners (IID, Dirichlet, pathological, quantity, by site), feature shift,
-  the partition report; :mod:`.partial_labels` per-site annotation.
+  the partition report (a table and its statistics); :mod:`.partial_labels` per-site annotation.
 * :mod:`.sampling`   each round's clients and every client's seed, from (seed, round, client) only.
 
 Transports (in-process, Ray, Flower) move these objects; they never interpret weights.
@@ -15,8 +15,7 @@ from .messages import ClientUpdate, DataLeakError, ServerMessage, assert_no_data
 from .partial_labels import PartialLabels
 from .partition import (
     PARTITIONERS, FeatureShift, by_group, dirichlet, feature_skew_params, iid, label_mask, mask_unannotated,
-    partial_label_sets, partition_report, pathological, plot_partition,
-    quantity_skew,
+    partial_label_sets, partition_report, pathological, quantity_skew,
 )
 from .sampling import client_seed, sample_clients
 from .sharing import SharedPool, allocate_shared, client_rng, select_shared_indices
@@ -29,7 +28,7 @@ __all__ = [
     "ClientUpdate", "ServerMessage", "DataLeakError", "assert_no_data", "is_finite", "state_schema",
     "PartialLabels", "PARTITIONERS", "FeatureShift", "by_group", "dirichlet", "feature_skew_params", "iid",
     "label_mask", "mask_unannotated", "partial_label_sets",
-    "partition_report", "pathological", "plot_partition", "quantity_skew", "client_seed", "sample_clients",
+    "partition_report", "pathological", "quantity_skew", "client_seed", "sample_clients",
     "SharedPool", "allocate_shared", "client_rng", "select_shared_indices", "STRATEGIES", "DataSharing",
     "FedAdagrad", "FedAdam", "FedAvg", "FedBN", "FedOpt", "FedProx", "FedYogi", "Strategy", "bn_state_keys",
     "fedavg", "proximal_loss_term", "proximal_term", "weighted_average",

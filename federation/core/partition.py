@@ -27,12 +27,12 @@ import torch
 from torch import Tensor
 
 from .partial_labels import label_mask, mask_unannotated, partial_label_sets
-from .partition_report import partition_report, plot_partition
+from .partition_report import partition_report
 
 __all__ = [
     "iid", "dirichlet", "pathological", "quantity_skew", "by_group", "remote_sites", "is_remote_sites", "FeatureShift",
     "feature_skew_params", "partial_label_sets", "mask_unannotated", "label_mask",
-    "partition_report", "plot_partition", "PARTITIONERS",
+    "partition_report", "PARTITIONERS",
 ]
 
 

@@ -1,14 +1,12 @@
-"""The partition report: per-client class histogram as a Markdown table, EMD statistics and a PNG."""
+"""The partition report: per-client class histogram as a Markdown table and EMD statistics (the PNG is drawn
+by :func:`federation.plan.plot_partition`, outside the core: the core writes no files)."""
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 
-from lightning_modules.atomic import atomic_output
-
-__all__ = ["partition_report", "plot_partition"]
+__all__ = ["partition_report"]
 
 
 def partition_report(labels: np.ndarray, parts: Sequence[np.ndarray], class_names: Sequence[str] | None = None,
@@ -30,30 +28,3 @@ def partition_report(labels: np.ndarray, parts: Sequence[np.ndarray], class_name
     stats = {"clients": ids, "classes": names, "sizes": counts.sum(1).tolist(), "counts": counts.tolist(),
              "emd": emd.tolist(), "mean_emd": float(emd.mean()), "max_class_fraction": dist.max(1).tolist()}
     return "\n".join(rows) + "\n", stats
-
-
-def plot_partition(labels: np.ndarray, parts: Sequence[np.ndarray], path: str | os.PathLike,
-                   class_names: Sequence[str] | None = None, title: str = "Class histogram per client",
-                   client_ids: Sequence[str] | None = None) -> str:
-    """Stacked-bar PNG of each client's class counts, written atomically (temp file + os.replace)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    _, stats = partition_report(labels, parts, class_names, client_ids)
-    counts = np.asarray(stats["counts"])
-    fig = Figure(figsize=(max(4.0, 0.5 * len(parts) + 2), 3.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    bottom = np.zeros(len(parts))
-    x = np.arange(len(parts))
-    for c, name in enumerate(stats["classes"]):
-        ax.bar(x, counts[:, c], bottom=bottom, label=name)
-        bottom += counts[:, c]
-    ax.set(title=title, xlabel="client", ylabel="samples", xticks=x)
-    ax.set_xticklabels(stats["clients"], rotation=30 if max(len(c) for c in stats["clients"]) > 3 else 0)
-    ax.legend(title="class", fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.tight_layout()
-    path = os.fspath(path)
-    with atomic_output(path, ".png") as tmp:  # the user's umask, not mkstemp's 0600
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
