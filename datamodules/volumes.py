@@ -49,10 +49,10 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Head
         img = nib.load(str(path))
     except Exception as exc:  # nibabel/gzip/zlib raise many types for a damaged file
         raise DataError(f"cannot read NIfTI file {path}: {type(exc).__name__}: {exc}") from None
-    check_header(path, img)  # before the read: a tiny file may claim gigabytes
+    data = check_header(path, img)  # before the read: a tiny file may claim gigabytes (a large .gz: read)
     check_affine(path, img.affine, space_unit(img))
     try:
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        data = np.asarray(img.dataobj, dtype=np.float32) if data is None else data
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"cannot read NIfTI file {path}: {type(exc).__name__}: {exc}") from None
     if data.ndim == 4 and data.shape[-1] == 1:

@@ -220,3 +220,29 @@ def test_the_minimum_spacing_is_judged_in_the_headers_unit(tmp_path):
     nib.save(img, tmp_path / "mm.nii.gz")
     with pytest.raises(DataError, match=r"mm\.nii\.gz: voxel spacing \[0\.0007, 0\.0007, 0\.005\] mm"):
         load_nifti(tmp_path / "mm.nii.gz")
+
+
+@pytest.mark.parametrize("dtype,slope,inter", [(np.int16, 2.0, -1024.0), (">i2", 1.0, 0.0), (np.float32, np.nan, np.nan),
+                                               (np.uint8, 0.5, 3.0)])
+def test_a_large_gzip_file_is_decompressed_once(tmp_path, monkeypatch, dtype, slope, inter):
+    """A .nii.gz whose claim passes STREAM_CHECK_BYTES was decompressed twice (once to count its bytes, once
+    by nibabel to read them); the counted bytes are now the voxels, read as nibabel reads them: endianness,
+    Fortran order, scl_slope/scl_inter (NaN: no scaling) and the float32 cast."""
+    import nibabel as nib
+
+    import datamodules.nifti_checks as checks
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 200, (9, 7, 5)).astype(dtype)
+    img = nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.5, 1.0]))
+    img.header.set_slope_inter(slope, inter)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(img, str(path))
+    expected = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    monkeypatch.setattr(checks, "STREAM_CHECK_BYTES", 16)
+    monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "_get_unscaled",
+                        lambda *a, **k: pytest.fail("nibabel decompressed the file a second time"))
+    got, _, _ = load_nifti(path)
+    assert got.dtype == np.float32 and got.shape == expected.shape and np.array_equal(got, expected, equal_nan=True)
+    if slope == 2.0:
+        assert got.min() < -900  # the intercept was applied
