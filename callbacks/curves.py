@@ -65,6 +65,8 @@ class SegmentationCurves(pl.Callback):
             ax.set_title("test ROC (pixel-wise)")
             ax.legend(loc="lower right")
             paths.append(save_figure(fig, out / "test_roc.png"))
+        else:  # no test pixel scored: no curve, and none left from an earlier test in this run dir
+            (out / "test_roc.png").unlink(missing_ok=True)
         curve = plot_learning_curves(out / "csv" / "metrics.csv", out / "learning_curves.png", self.keys)
         if curve:
             paths.append(curve)

@@ -88,7 +88,8 @@ def evaluate_net(net: nn.Module, loader: Any, class_names: list[str], fg_thresho
         if keep.any():
             pred = _labels(class_probabilities(logits.float()), fg_threshold)
             cases.update(pred[keep], mask[keep], [c for c, k in zip(batch["case_id"], keep.tolist()) if k])
-    per_case = {cid: case_scores(cm, class_names) for cid, cm in cases.compute().items()}
+    matrices = cases.compute() if cases.update_count else {}  # no scored slice (max_batches, foreground)
+    per_case = {cid: case_scores(cm, class_names) for cid, cm in matrices.items()}
     dice = summarise(per_case).get("dice", math.nan) if per_case else math.nan
     return {"dice": dice, "ms_per_volume": 1000.0 * seconds / max(len(volumes), 1), "volumes": len(volumes)}
 

@@ -200,8 +200,8 @@ class DistillationModule(SegmentationModule):
     def _unquiet_frozen_teacher(self) -> None:
         entry = self.__dict__.pop("_eval_mode_filter", None)
         if entry is not None and entry in warnings.filters:
+            # no registry reset needed: an "ignore" filter never records a warning in __warningregistry__
             warnings.filters.remove(entry)
-            getattr(warnings, "_filters_mutated", lambda: None)()  # as warnings.filterwarnings does
 
     # ------------------------------------------------------------------ training
     def kd_inputs(self, batch: Mapping[str, Any], student_out: Any, teacher_out: Any) -> dict[str, Any]:

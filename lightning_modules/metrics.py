@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -103,16 +104,30 @@ def updated_anywhere(metric: Metric) -> bool:
 
     An epoch can give a metric no batch (``fast_dev_run``/``limit_*_batches`` with ``eval_slices:
     foreground`` and a batch without foreground, an empty split); its ``compute()`` would then warn that it
-    ran before ``update`` and return a made-up zero curve.  The decision is all-reduced so that every rank
-    skips (or runs) ``compute()``, whose state sync is a collective, together."""
+    ran before ``update`` and return a made-up zero curve.  The decision is all-reduced over the metric's
+    process group so that every rank skips (or runs) ``compute()``, whose state sync is a collective, together."""
     count = metric.update_count
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        device = metric.device if dist.get_backend() != "gloo" else torch.device("cpu")
+        group = metric.process_group
+        backend = dist.get_backend(group)
+        # NCCL reduces CUDA tensors only, whichever device the metric's states sit on (compute_on_cpu)
+        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         total = torch.tensor([count], dtype=torch.long, device=device)
-        dist.all_reduce(total)
+        dist.all_reduce(total, group=group)
         count = int(total.item())
     return count > 0
+
+
+@contextmanager
+def quiet_if_idle(metric: Metric) -> Iterator[None]:
+    """Around ``compute()`` on a DDP rank that got no batch while another did (so :func:`updated_anywhere`
+    says compute): that rank's torchmetrics warns "called before the ``update`` method", though the synced
+    result holds the other ranks' data. Other warnings, and every warning on an updated rank, still show."""
+    with warnings.catch_warnings():
+        if metric.update_count == 0:
+            warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* before the ``update``")
+        yield
 
 
 class PerCaseConfusion(Metric):

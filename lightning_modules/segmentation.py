@@ -19,7 +19,9 @@ from lightning_modules.base import BaseModule, build, to_plain
 from lightning_modules.errors import ConfigError
 from lightning_modules.losses.hybrid import class_probabilities
 from lightning_modules.inference import main_head
-from lightning_modules.metrics import PerCaseConfusion, case_scores, summarise, surface_scores, updated_anywhere
+from lightning_modules.metrics import (
+    PerCaseConfusion, case_scores, quiet_if_idle, summarise, surface_scores, updated_anywhere,
+)
 from lightning_modules.roc import BinnedMulticlassROC
 
 
@@ -208,7 +210,10 @@ class SegmentationModule(BaseModule):
     # ------------------------------------------------------------------ epoch ends
     def _case_summary(self, cases: PerCaseConfusion) -> tuple[dict, dict]:
         # no batch reached the metric this epoch (see updated_anywhere): no cases, as compute() would give
-        matrices = cases.compute() if updated_anywhere(cases) else {}
+        matrices = {}
+        if updated_anywhere(cases):
+            with quiet_if_idle(cases):
+                matrices = cases.compute()
         self.confusion = sum(matrices.values()) if matrices else None  # pixels, true x predicted (W&B plot)
         per_case = {cid: case_scores(cm, self.class_names) for cid, cm in sorted(matrices.items())}
         cases.reset()
@@ -227,8 +232,9 @@ class SegmentationModule(BaseModule):
             self._surface_scores()
             self.test_summary = summarise(self.test_per_case)
         if updated_anywhere(self.test_roc):
-            fpr, tpr, _ = self.test_roc.compute()
-            auc = self.test_roc.auroc()
+            with quiet_if_idle(self.test_roc):
+                fpr, tpr, _ = self.test_roc.compute()
+                auc = self.test_roc.auroc()
             for c in range(1, self.num_classes):
                 name = self.class_names[c]
                 self.roc_curves[name] = (fpr[c].cpu().numpy(), tpr[c].cpu().numpy())

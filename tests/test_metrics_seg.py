@@ -125,3 +125,19 @@ def test_an_epoch_without_a_scored_slice_computes_no_metric_and_reports_no_case(
     module.on_test_epoch_end()
     assert list(module.test_per_case) == ["a"] and 0.0 <= module.test_summary["auc_class_1"] <= 1.0
     assert set(module.roc_curves) == {"class_1"}
+
+
+def test_a_test_without_a_scored_pixel_leaves_no_earlier_roc_figure(tmp_path):
+    """A test epoch whose ROC got no pixel draws no curve; a test_roc.png from an earlier test in the same run
+    dir (the report's HTML page shows it) is removed rather than left to stand for this one."""
+    from types import SimpleNamespace
+
+    from callbacks.curves import SegmentationCurves
+
+    (tmp_path / "test_roc.png").write_bytes(b"\x89PNG stale")
+    trainer = SimpleNamespace(is_global_zero=True, default_root_dir=str(tmp_path), loggers=[])
+    SegmentationCurves().on_test_end(trainer, SimpleNamespace(roc_curves={}, test_summary={}))
+    assert not (tmp_path / "test_roc.png").exists()
+    module = SimpleNamespace(roc_curves={"liver": ([0.0, 0.5, 1.0], [0.0, 0.8, 1.0])}, test_summary={"auc_liver": 0.8})
+    SegmentationCurves().on_test_end(trainer, module)
+    assert (tmp_path / "test_roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
