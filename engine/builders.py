@@ -6,8 +6,10 @@ centralised run is (DESIGN.md: one data path, one training path).
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +132,28 @@ def _drop_unset_anonymous(logger: Any) -> None:
         del init["anonymous"]
 
 
+class _NoProductTip(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger" line, printed by every Trainer it builds
+    without a LitLogger (an advertisement for a cloud service, not a statement about the run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+def quiet_library_notices() -> None:
+    """Once per process: Lightning's product tip (above), and the deprecation torch 2.14 raises inside
+    Lightning's own ``_pytree`` (``isinstance(treespec, LeafSpec)``), which a user can do nothing about."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoProductTip) for f in logger.filters):
+            logger.addFilter(_NoProductTip())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = None, **overrides: Any) -> pl.Trainer:
     """``cfg.trainer`` with ``callbacks`` and loggers; checkpoints are saved atomically beside their target
     (:class:`engine.checkpoint_io.AtomicCheckpointIO`) unless ``trainer.plugins`` names other plugins."""
+    quiet_library_notices()
     if cfg.trainer.get("plugins") is None and "plugins" not in overrides:
         overrides["plugins"] = [AtomicCheckpointIO()]
     return instantiate(cfg.trainer, callbacks=callbacks or [], logger=logger if logger is not None else False, **overrides)

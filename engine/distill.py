@@ -144,7 +144,8 @@ def ensure_teacher(cfg: DictConfig) -> Path:
     if tcfg.trainer.get("fast_dev_run"):  # fast_dev_run writes no checkpoint: one batch, one epoch instead
         n = int(tcfg.trainer.fast_dev_run)  # True -> 1
         with open_dict(tcfg):
-            tcfg.trainer.update(fast_dev_run=False, max_epochs=1, limit_train_batches=n, limit_val_batches=n)
+            tcfg.trainer.update(fast_dev_run=False, max_epochs=1, limit_train_batches=n, limit_val_batches=n,
+                                log_every_n_steps=1)  # as fast_dev_run logs (Lightning warns about n < 5 batches)
     train_and_test(tcfg)
     ckpt_dir = Path(tcfg.paths.output_dir) / "checkpoints"
     best = ckpt_dir / "best.ckpt"

@@ -8,8 +8,8 @@ to the paper's ResNet-18 (28) and ResNet-50 (28) numbers, with the mean over the
 Decathlon's summary score, paper 002 §3.3). Jobs that wrote ``failed.json`` are flagged, datasets whose
 file is missing locally as ``missing``, rather than failing the report. Writes ``decathlon.md`` and
 ``decathlon.csv`` (atomically) into ``--out`` (default: the multirun directory). Debug runs
-(``trainer.fast_dev_run``: one batch, not a result) are left out, as in ``experiments.report``; ``--all``
-includes them.
+(``trainer.fast_dev_run``: one batch, not a result) are left out, as in ``experiments.report``, unless they
+failed (a dataset missing here is worth saying in any run); ``--all`` includes them.
 """
 from __future__ import annotations
 
@@ -154,10 +154,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def report(root: str | Path, out: str | Path | None = None, include_debug: bool = False) -> list[dict[str, Any]]:
     """Collect, print and write ``decathlon.md`` / ``decathlon.csv``; returns the rows."""
     runs = collect_runs(root)
-    debug = sum(r["debug"] for r in runs)
+    # a debug job's numbers are not results; its failure (a dataset missing here) is still news
+    debug = [r for r in runs if r["debug"] and r["status"] in ("ok", "incomplete")]
     if debug and not include_debug:
-        console.print(f"left out {debug} debug (fast_dev_run) run(s), whose numbers are not results; --all includes them")
-        runs = [r for r in runs if not r["debug"]]
+        console.print(f"left out {len(debug)} debug (fast_dev_run) run(s), whose numbers are not results; "
+                      "--all includes them")
+        runs = [r for r in runs if r not in debug]
     rows = build_rows(runs)
     out = Path(out or root)
     atomic_write_text(out / "decathlon.md", to_markdown(rows))

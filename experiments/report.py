@@ -143,7 +143,7 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str]) -> tuple[s
         if means:
             pick = min if any(t in key for t in LOWER_IS_BETTER) else max
             best[key] = pick(means, key=lambda m: abs(means[m]) if "rvd" in key else means[m])
-    md = ["| method | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    md = ["| " + " | ".join(["method", "n", *keys]) + " |", "|---|---|" + "---|" * len(keys)]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["method", "n", *[c for k in keys for c in (f"{k}_mean", f"{k}_std")]])
@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     if keys is None:
         ordered = [k for k in DEFAULT_KEYS if k in ordered] or ordered
     md, csv_text = table(groups, ordered)
+    if not runs:  # only failed jobs (the others left out): no table to draw
+        md = "No finished run to compare.\n"
     common = run_labels(runs)[1]
     if common:
         md = f"Common to every run: `{' '.join(common)}`\n\n" + md

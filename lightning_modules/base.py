@@ -137,15 +137,16 @@ class BaseModule(pl.LightningModule):
     def remove_loss_term(self, name: str) -> None:
         self._loss_terms.pop(name, None)
 
-    def extra_loss(self) -> torch.Tensor | None:
+    def extra_loss(self, batch_size: int | None = None) -> torch.Tensor | None:
         """Sum of registered extra terms and of the net's ``auxiliary_losses()`` (a regulariser branch),
-        each logged as ``train/<name>``; ``None`` when there are none."""
+        each logged as ``train/<name>`` (epoch means weighted by ``batch_size``, which Lightning cannot infer
+        from a batch of several tensors); ``None`` when there are none."""
         total = None
         aux = getattr(self.net, "auxiliary_losses", None)
         terms = [(name, lambda _m, v=v: v) for name, v in (aux() if callable(aux) else {}).items()]
         for name, fn in [*self._loss_terms.items(), *terms]:
             value = fn(self)
-            self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True)
+            self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=batch_size)
             total = value if total is None else total + value
         return total
 

@@ -160,7 +160,7 @@ class ClassificationModule(BaseModule):
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
-        extra = self.extra_loss()
+        extra = self.extra_loss(batch_size=len(batch["label"]))
         return loss if extra is None else loss + extra
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:

@@ -239,10 +239,10 @@ class DistillationModule(SegmentationModule):
                                          f"{self.current_epoch}, batch {batch_idx}) of {self.method}; "
                                          f"stopped before the optimizer step")
         loss = seg + terms["total_kd"]
-        extra = self.extra_loss()
+        bs = len(mask)
+        extra = self.extra_loss(batch_size=bs)
         if extra is not None:
             loss = loss + extra
-        bs = len(mask)
         self.log("train/seg", seg.detach(), on_step=False, on_epoch=True, batch_size=bs)
         for name, value in terms.items():
             self.log(f"train/kd/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs)

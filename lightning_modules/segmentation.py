@@ -109,7 +109,7 @@ class SegmentationModule(BaseModule):
         outputs = self.net(batch["image"])
         partial = {"label_mask": batch["label_mask"]} if "label_mask" in batch else {}  # marginal loss (004)
         loss = self.loss(outputs, batch["mask"], **partial)
-        extra = self.extra_loss()
+        extra = self.extra_loss(batch_size=len(batch["mask"]))
         if extra is not None:
             loss = loss + extra
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["mask"]))

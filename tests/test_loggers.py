@@ -56,3 +56,36 @@ def test_wandb_init_gets_no_anonymous_setting_unless_asked(tmp_path, monkeypatch
     assert "anonymous" not in wandb._wandb_init and wandb._wandb_init["mode"] == "offline"
     (wandb,) = build_loggers(compose_run([*TINY, "logger=wandb", "+logger.wandb.anonymous=true"], tmp_path))
     assert wandb._wandb_init["anonymous"] == "allow"
+
+
+def test_a_trainer_prints_no_product_tip_and_no_deprecation_of_lightnings_own(tmp_path):
+    """Every Trainer printed Lightning's "💡 Tip: ... try installing litlogger" line (a walkthrough counted it
+    in every centralised run), and fits warned of torch 2.14's LeafSpec deprecation inside Lightning's own
+    ``_pytree``: neither is about the run. Both are dropped by their exact text; other lines still show."""
+    import logging
+    import warnings
+
+    from omegaconf import OmegaConf
+    from pytorch_lightning.loggers import CSVLogger
+
+    from engine.builders import build_trainer, quiet_library_notices
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    emitter = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    emitter.addHandler(handler)
+    try:
+        cfg = OmegaConf.create({"trainer": {"_target_": "pytorch_lightning.Trainer", "max_epochs": 1,
+                                            "accelerator": "cpu", "enable_progress_bar": False}})
+        build_trainer(cfg, logger=CSVLogger(str(tmp_path)))
+    finally:
+        emitter.removeHandler(handler)
+    assert seen and not [m for m in seen if "litlogger" in m], seen  # other notices (GPU available...) pass
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        quiet_library_notices()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and "
+                      "treespec.is_leaf()` instead.", FutureWarning)
+        warnings.warn("another deprecation", FutureWarning)
+    assert [str(w.message) for w in caught] == ["another deprecation"]

@@ -141,3 +141,30 @@ def test_a_test_without_a_scored_pixel_leaves_no_earlier_roc_figure(tmp_path):
     module = SimpleNamespace(roc_curves={"liver": ([0.0, 0.5, 1.0], [0.0, 0.8, 1.0])}, test_summary={"auc_liver": 0.8})
     SegmentationCurves().on_test_end(trainer, module)
     assert (tmp_path / "test_roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_auxiliary_losses_are_logged_with_the_batch_size():
+    """SegResNetVAE's ``train/vae`` was logged without ``batch_size``, so Lightning guessed it from the batch
+    dict and warned "Trying to infer the batch_size from an ambiguous collection" (pancreas_3d, every fit)."""
+    from torch import nn
+
+    from lightning_modules.losses.hybrid import HybridCEDiceLoss
+    from lightning_modules.segmentation import SegmentationModule
+
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+        def auxiliary_losses(self):
+            return {"vae": self.conv.weight.sum() * 0}
+
+    module = SegmentationModule(WithAux(), HybridCEDiceLoss(), num_classes=2)
+    logged = {}
+    module.log = lambda key, value, **k: logged.__setitem__(key, k)
+    batch = {"image": torch.rand(3, 1, 8, 8), "mask": torch.zeros(3, 8, 8, dtype=torch.long), "case_id": ["a"] * 3}
+    module.training_step(batch, 0)
+    assert logged["train/vae"]["batch_size"] == 3 and logged["train/loss"]["batch_size"] == 3

@@ -122,3 +122,17 @@ def test_a_debug_run_is_known_by_its_hydra_config_too(tmp_path):
     assert not report.is_debug(run)
     (run / ".hydra" / "config.yaml").write_text("- not a mapping\n")
     assert not report.is_debug(run)
+
+
+def test_a_report_of_failed_runs_only_has_no_broken_table(tmp_path):
+    """With every finished run left out (debug) and a failed one listed, report.md held a table whose header
+    had three cells and its separator two."""
+    _run(tmp_path, "debug", {"test/dice": 0.5, "debug": True})
+    failed = tmp_path / "crashed"
+    failed.mkdir()
+    (failed / "failed.json").write_text(json.dumps({"error": "DataError: x"}))
+    assert report.main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "No finished run to compare." in md and "| method |" not in md and "DataError: x" in md
+    header, sep = report.table({"m": {"a": [1.0]}}, [])[0].splitlines()[:2]
+    assert header.count("|") == sep.count("|")
