@@ -74,13 +74,16 @@ def test_a_trainer_prints_no_product_tip_and_no_deprecation_of_lightnings_own(tm
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
     emitter = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    level = emitter.level
     emitter.addHandler(handler)
+    emitter.setLevel(logging.INFO)  # an earlier federation test in this worker set Lightning's loggers to ERROR
     try:
         cfg = OmegaConf.create({"trainer": {"_target_": "pytorch_lightning.Trainer", "max_epochs": 1,
                                             "accelerator": "cpu", "enable_progress_bar": False}})
         build_trainer(cfg, logger=CSVLogger(str(tmp_path)))
     finally:
         emitter.removeHandler(handler)
+        emitter.setLevel(level)
     assert seen and not [m for m in seen if "litlogger" in m], seen  # other notices (GPU available...) pass
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
