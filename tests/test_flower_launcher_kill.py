@@ -83,6 +83,7 @@ def test_a_launch_refuses_while_the_launcher_of_the_leftovers_lives(tmp_path):
     are stopped."""
     from federation.errors import FederationError
     from federation.transports.flower.launch import _started_at, claim
+    from federation.transports.flower.processes import marked
 
     fdir = tmp_path / "run" / "flower"
     fdir.mkdir(parents=True)
@@ -90,6 +91,11 @@ def test_a_launch_refuses_while_the_launcher_of_the_leftovers_lives(tmp_path):
     owner = subprocess.Popen(["sleep", "60"])  # stands for a live launcher
     child = subprocess.Popen(["sleep", "60"], env=dict(os.environ, FLWR_HOME=str(fdir / "home")), start_new_session=True)
     try:
+        # until the child has exec'd, /proc/<pid>/environ is still this process's (no marker): a CI run under
+        # load called claim() before that, found no leftover and did not raise
+        deadline = time.monotonic() + 15
+        while child.pid not in marked(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
         (fdir / "launcher.json").write_text(json.dumps({"pid": owner.pid, "started": _started_at(owner.pid)}))
         with pytest.raises(FederationError, match=f"still run by launcher pid {owner.pid}"):
             claim(fdir, marker)
