@@ -141,8 +141,9 @@ class _NoProductTip(logging.Filter):
 
 
 def quiet_library_notices() -> None:
-    """Once per process: Lightning's product tip (above), and the deprecation torch 2.14 raises inside
-    Lightning's own ``_pytree`` (``isinstance(treespec, LeafSpec)``), which a user can do nothing about."""
+    """Lightning's product tip (above), and the deprecation torch 2.14 raises inside Lightning's own
+    ``_pytree`` (``isinstance(treespec, LeafSpec)``), which a user can do nothing about. Idempotent: every
+    :func:`build_trainer` calls it (a filter already in place is not added twice)."""
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoProductTip) for f in logger.filters):
