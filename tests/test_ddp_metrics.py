@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import warnings
 
 import pytest
@@ -53,8 +54,10 @@ def _spawn(fn, *args) -> None:
     """Two gloo ranks; a hang fails the test after 120 s instead of stalling the suite."""
     ctx = mp.spawn(fn, args=(_free_port(), *args), nprocs=2, join=False)
     try:
-        while not ctx.join(timeout=120):
-            pass
+        deadline = time.monotonic() + 120
+        while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):  # join returns False while one runs
+            if time.monotonic() > deadline:
+                pytest.fail("a rank still runs after 120 s (a collective that never matched?)")
     finally:
         for p in ctx.processes:
             if p.is_alive():

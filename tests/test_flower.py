@@ -192,12 +192,13 @@ def _leftovers(run_dir: Path) -> list[int]:
     for pid_dir in Path("/proc").iterdir():
         if not pid_dir.name.isdigit():
             continue
-        try:
+        try:  # a process may end between these reads
             env = (pid_dir / "environ").read_bytes()
             pgid = os.getpgid(int(pid_dir.name))
-        except (OSError, ProcessLookupError):
+            state = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ProcessLookupError, IndexError):
             continue
-        if (home in env.split(b"\0") or pgid in pgids) and "Z" not in (pid_dir / "stat").read_text().split()[2]:
+        if (home in env.split(b"\0") or pgid in pgids) and state != "Z":
             alive.append(int(pid_dir.name))
     return alive
 
@@ -288,9 +289,15 @@ def test_unregistered_supernode_is_refused(tmp_path):
         assert nodes["rogue"].wait(timeout=120) != 0
         assert "Failed to activate SuperNode" in (tmp_path / "rogue.log").read_text()
         assert nodes["hospital_a"].poll() is None, (tmp_path / "hospital_a.log").read_text()[-2000:]
-        listing = subprocess.run([_bin("flwr"), "supernode", "ls", "rehearsal", "--format", "json"], env=env,
-                                 capture_output=True, text=True, timeout=120)
-        online = [n for n in json.loads(listing.stdout[listing.stdout.index("{"):])["nodes"] if n["status"] == "online"]
+        deadline = time.monotonic() + 60  # hospital_a, started with the rogue, may not be online yet
+        while True:
+            listing = subprocess.run([_bin("flwr"), "supernode", "ls", "rehearsal", "--format", "json"], env=env,
+                                     capture_output=True, text=True, timeout=120)
+            nodes = json.loads(listing.stdout[listing.stdout.index("{"):])["nodes"]
+            online = [n for n in nodes if n["status"] == "online"]
+            if len(online) == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         assert len(online) == 1, listing.stdout
     finally:
         groups.stop()

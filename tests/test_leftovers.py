@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 from tests.leftovers import naming, reap
 
@@ -21,6 +22,10 @@ def test_processes_naming_the_folder_are_killed_and_others_left(tmp_path):
     by_env = _start([*SLEEP, "300"], FLWR_HOME=str(tmp_path / "home"))
     other = _start([*SLEEP, "300"])
     try:
+        # until a child has exec'd, its /proc cmdline and environ are this process's (missed 5 in 400 here)
+        deadline = time.monotonic() + 15
+        while set(naming(tmp_path)) != {by_argv.pid, by_env.pid} and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert set(naming(tmp_path)) == {by_argv.pid, by_env.pid}
         killed = reap(tmp_path, grace_s=0.5)
         assert set(killed) == {by_argv.pid, by_env.pid}

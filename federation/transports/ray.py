@@ -55,19 +55,30 @@ def _import_ray():
     return ray
 
 
-def _loopback_init(ray: Any, **kw: Any) -> None:
+def _loopback_init(ray: Any, attempts: int = 3, **kw: Any) -> None:
     """``ray.init`` of a local instance whose node address is the loopback one, so that every server it starts
     listens on 127.0.0.1 only. On Linux Ray replaces a loopback ``_node_ip_address`` by the machine's routable
     address unless cluster mode is off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's default on macOS and
     Windows), a flag Ray reads once at import into ``ray._private.ray_constants.ENABLE_RAY_CLUSTER``: it is
-    turned off for this call only. A Ray without that constant starts as it would anyway (a warning says so)."""
+    turned off for this call only. A Ray without that constant starts as it would anyway (a warning says so).
+    A start that fails is tried up to ``attempts`` times: Ray gives a raylet 30 s to register with its GCS,
+    which a loaded machine can miss (the test suite's fixture retried so; now every local instance does)."""
     kw["_node_ip_address"] = "127.0.0.1"
     consts = getattr(getattr(ray, "_private", None), "ray_constants", None)
     old = getattr(consts, "ENABLE_RAY_CLUSTER", None)
     if old is not None:
         consts.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(**kw)
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(**kw)
+                break
+            except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception/RuntimeError on a timed-out start
+                ray.shutdown()
+                if attempt == attempts:
+                    raise
+                log.warning("RayExecutor: the local Ray instance did not start (%s: %s); attempt %d of %d",
+                            type(exc).__name__, exc, attempt + 1, attempts)
     finally:
         if old is not None:
             consts.ENABLE_RAY_CLUSTER = old

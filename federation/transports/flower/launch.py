@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from engine import artifacts
 from federation.core.partition import is_remote_sites
 from federation.errors import FederationError
-from federation.transports.flower.processes import HOST, ProcessGroups, free_port, marked, stop_marked
+from federation.transports.flower.processes import HOST, ProcessGroups, free_port, listening, marked, stop_marked
 from federation.transports.flower.tls import node_keys, throwaway_tls
 
 __all__ = ["rehearse", "ProcessGroups", "free_port", "register_nodes", "superlink_argv", "supernode_argv"]
@@ -251,6 +251,9 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
             stale.unlink(missing_ok=True)
     try:
         superlink = groups.start("superlink", superlink_argv(tls, port, auth, database), env, logs / "superlink.log")
+        if not listening(superlink, port):
+            why = "within 120 s" if superlink.poll() is None else f"(it exited with code {superlink.returncode})"
+            raise FederationError(f"the SuperLink did not listen on {HOST}:{port} {why}; see {logs / 'superlink.log'}")
         register_nodes({name: pub for name, (_, pub) in keys.items()}, env, superlink)
         for cid in ids:
             node_cfg = f'site="{cid}" partition="derive" store="{store}" privacy="{privacy}"'

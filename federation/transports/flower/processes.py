@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HOST", "free_port", "ProcessGroups", "marked", "stop_marked"]
+__all__ = ["HOST", "free_port", "listening", "ProcessGroups", "marked", "stop_marked"]
 
 HOST = "127.0.0.1"
 PR_SET_PDEATHSIG = 1
@@ -83,6 +83,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def listening(proc: subprocess.Popen, port: int, timeout_s: float = 120.0) -> bool:
+    """Wait until ``HOST:port`` accepts a connection: True then, False when ``proc`` (the server meant to
+    listen there) exits first or ``timeout_s`` passes. Flower's ``flwr run`` does not retry a refused
+    connection, and a SuperLink importing Flower on a loaded machine took seconds to listen."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=1.0):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
 
 
 class ProcessGroups:
