@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 # test workers (pytest-xdist): one per core, at most 4 (each Ray / Flower test starts its own processes)
 JOBS   ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -10,7 +10,7 @@ or ``failed.json``) with its ``config.yaml``, and writes, atomically, beside the
 * the failed runs with their error line.
 
 Std is the population std over seeds (``numpy.std``, ddof=0); the paper does not say which it used.
-No run found -> a message on stderr and exit status 1.
+No run found (or not a folder) -> a message on stderr and exit status 2; only failed runs -> the report, then exit 1.
 """
 from __future__ import annotations
 
