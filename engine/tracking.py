@@ -1,11 +1,13 @@
 """Facts every run logs for comparison: resolved config, code version, environment, model size."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
 import socket
 import subprocess
+from importlib import metadata
 from urllib.parse import urlparse
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from engine.artifacts import write_json
 
 
 log = logging.getLogger("engine.tracking")
@@ -49,7 +53,32 @@ def git_sha(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+#: the libraries whose versions change a run's numbers (besides torch and Lightning): kernels, layers, losses
+NUMERIC_PACKAGES = ("numpy", "torchmetrics", "segmentation-models-pytorch", "timm", "monai", "scikit-learn",
+                    "albumentations", "nibabel")
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, where ``platform.processor()`` is often empty)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def environment() -> dict[str, Any]:
+    """What a run's numbers depend on besides the code, config and seed: the same seed gives other figures
+    under another library build, CPU or intra-op thread count (a claims test measured all three)."""
     cuda = torch.cuda.is_available()
     return {
         "python": platform.python_version(),
@@ -57,7 +86,32 @@ def environment() -> dict[str, Any]:
         "lightning": pl.__version__,
         "cuda": torch.version.cuda if cuda else None,
         "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "packages": {name: _version(name) for name in NUMERIC_PACKAGES},
     }
+
+
+def record_environment(out: str | Path) -> dict[str, Any]:
+    """``<run dir>/env.json``: the git SHA and :func:`environment` of the process that started the run. A resumed
+    run keeps that record and appends its own to ``resumed`` when anything differs, with one warning naming
+    what changed (its numbers then mix two environments)."""
+    path = Path(out) / "env.json"
+    now = {"git_sha": git_sha(), **environment()}
+    try:
+        first = json.loads(path.read_text())
+    except (OSError, ValueError):
+        first = None
+    if not isinstance(first, dict):
+        write_json(path, now)
+        return now
+    changed = {k: (first.get(k), v) for k, v in now.items() if k != "resumed" and first.get(k) != v}
+    if changed:
+        log.warning("resumed in another environment than the run started in (%s): its numbers mix both",
+                    "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+        first = {**first, "resumed": [*first.get("resumed", []), now]}
+        write_json(path, first)
+    return first
 
 
 def log_run_facts(trainer: pl.Trainer, module: pl.LightningModule, cfg: DictConfig) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from engine.scalars import check_scalars  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
 from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
+from engine.tracking import record_environment  # noqa: E402
 from engine.run_match import continue_command  # noqa: E402
 from experiments.hydra_checks import not_resumable_line, resumable, run_cli, task_started  # noqa: E402
 
@@ -57,6 +58,8 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
     """Pick the run kind from the config: federated distillation, federation, distillation, or centralised."""
     apply_debug(cfg)  # debug=<mode>: after the experiment, which +exp= appends last
     fast_dev_rounds(cfg)  # ++trainer.fast_dev_run=true: a federation runs one round
+    output_dir(cfg).mkdir(parents=True, exist_ok=True)
+    record_environment(output_dir(cfg))  # env.json: versions, CPU, threads (the same seed differs without them)
     if cfg.get("fed_distill") is not None:  # stage 1 (the federated teacher) goes back through dispatch
         from engine.fed_distill import run_fed_distill
 
