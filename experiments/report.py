@@ -165,6 +165,20 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str]) -> tuple[s
     return "\n".join(md) + "\n", buf.getvalue()
 
 
+def environment_differences(runs: list[Path]) -> list[str]:
+    """``key: a | b`` for each field of the runs' ``env.json`` (``packages.<name>`` per library) that differs
+    between them: the same config and seed give other numbers under another thread count, CPU or build. The
+    git SHA is left out (runs of one study span commits that change no number)."""
+    values: dict[str, set[str]] = defaultdict(set)
+    for run in runs:
+        env = json_object(run / "env.json") or {}
+        flat = {k: v for k, v in env.items() if k not in ("packages", "resumed", "git_sha")}
+        flat.update({f"packages.{k}": v for k, v in (env.get("packages") or {}).items()})
+        for key, value in flat.items():
+            values[key].add(str(value))
+    return [f"{k}: {' | '.join(sorted(v))}" for k, v in sorted(values.items()) if len(v) > 1]
+
+
 def failures(failed: list[Path]) -> list[str]:
     lines = []
     for run in failed:
@@ -265,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     common = run_labels(runs)[1]
     if common:
         md = f"Common to every run: `{' '.join(common)}`\n\n" + md
+    differ = environment_differences(runs)
+    if differ:
+        md += f"\nThe runs' environments differ (env.json; equal settings need not give equal numbers): {'; '.join(differ)}\n"
     fails = failures(failed)
     if fails:
         md += f"\nFailed runs ({len(fails)}):\n" + "\n".join(fails) + "\n"
