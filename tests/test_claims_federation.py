@@ -82,8 +82,8 @@ def fl_matrix(request, module_tmp):
 
 
 @pytest.mark.slow
-@unvalidated("missed at seed 2 in the moderate regime (FL on site 2 +0.074 over site 1 alone, margin 0.15); "
-             "strong shift: FedAvg scores 0.000-0.023 on site 2; see docs/benchmarks.md")
+@unvalidated("missed at seed 2 in the moderate regime (FL on site 2 +0.074 over site 1 alone, margin 0.15; "
+             "+0.121 in the 2026-12-03 environment); strong shift: FedAvg scores 0.000-0.023 on site 2; see docs/benchmarks.md")
 def test_fl_global_beats_standalone_off_site(fl_matrix):
     """Paper 003 §4 / Table 1: the federated global model generalises to the other institution, where
     each institution's standalone model does not.
@@ -116,7 +116,8 @@ def test_fl_global_beats_standalone_off_site(fl_matrix):
 
 
 @pytest.mark.slow
-@unvalidated("missed at seed 2 in the moderate regime (FL_global pooled 0.600 vs off-site 0.599 + 0.15); "
+@unvalidated("missed at seed 2 in the moderate regime (FL_global pooled 0.600 vs off-site 0.599 + 0.15; "
+             "0.600 vs 0.528 + 0.15 in the 2026-12-03 environment); "
              "see docs/benchmarks.md")
 def test_evaluation_matrix_rows_and_order(fl_matrix):
     """Paper 003 Table 1 on the two sites: rows FL_global, <site>_FL_local, <site>_baseline (standalone)
@@ -180,7 +181,8 @@ def test_fedbn_beats_fedavg_under_feature_shift(tmp_path):
 
 
 @pytest.mark.slow
-@unvalidated("spleen margin missed by 0.002 at seed 2 (+0.423/+0.330/+0.298 vs 0.3); see docs/benchmarks.md")
+@unvalidated("spleen margin missed by 0.002 at seed 2 (+0.423/+0.330/+0.298 vs 0.3; +0.313/+0.221/+0.571 in "
+             "the 2026-12-03 environment); see docs/benchmarks.md")
 def test_partial_labels_federation_learns_each_sites_missing_organ(tmp_path):
     """SegViz (paper 004): from partially annotated sites (site 1 labels the liver only, site 2 the
     spleen only), the federated model segments each site's *missing* organ better than that site's
