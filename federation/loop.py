@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from engine import artifacts, stop
 from engine.fit import is_debug
+from engine.tracking import environment, git_sha
 from federation.core.sampling import clients_per_round
 from federation.curves import plot_rounds
 from federation.errors import FederationError
@@ -59,7 +60,9 @@ def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
     server.resume()
     for lg in server.loggers:
         try:
-            lg.log_hyperparams(OmegaConf.to_container(server.ccfg, resolve=True))
+            # as a centralised run's (engine.tracking.log_run_facts): the config, the code's SHA, the environment
+            lg.log_hyperparams({**OmegaConf.to_container(server.ccfg, resolve=True), "git_sha": git_sha(),
+                                "env": environment()})
         except Exception as exc:  # noqa: BLE001
             log.warning("log_hyperparams failed: %s", exc)
     if server.partition_png is not None and server.start_round == 0:

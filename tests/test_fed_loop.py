@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import federation.runner as fed_client
 from datamodules.subset import IndexSubset, SubsetDataModule, carve_val
@@ -85,8 +86,11 @@ def test_digits_datashare_two_rounds(tmp_path, monkeypatch):
     metrics = dispatch(cfg)
     run = tmp_path / "run"
     for f in ("rounds.csv", "fed_curves.png", "partition.md", "partition.png", "server.pt", "global_final.pt",
-              "metrics.json", "csv/metrics.csv"):
+              "metrics.json", "csv/metrics.csv", "env.json"):
         assert (run / f).is_file(), f
+    # the loggers get the code's SHA and the environment beside the config, as a centralised run's do
+    hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
+    assert hparams["git_sha"] and hparams["env"]["torch_threads"] == torch.get_num_threads(), sorted(hparams)
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["fed/rounds"] == 2 and "fed/global/test/acc" in saved and saved["fed/shared_pool"] > 0
     assert math.isfinite(metrics["test/acc"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from engine.artifacts import atomic_write_text, write_json
 from engine.objective import optimized_value as objective
@@ -43,6 +44,8 @@ def test_resume_keeps_csv_history_and_sweep_value_is_validation(tmp_path):
     csv_file = tmp_path / "run" / "csv" / "metrics.csv"
     assert _epochs(csv_file) == [0]
     assert json.loads((tmp_path / "run" / "env.json").read_text())["torch_threads"] == torch.get_num_threads()
+    # the run facts are plain data: csv/hparams.yaml held torch's version as a python/object tag safe_load refused
+    assert yaml.safe_load((tmp_path / "run" / "csv" / "hparams.yaml").read_text())["env"]["torch"] == torch.__version__
     assert objective(cfg, metrics) == pytest.approx(metrics["val/dice_best"])  # never test/dice
     # the bests carry over the resume (BestMetric's state is in the checkpoint; an audit found val/*_best and
     # *_best_step taken over the resumed epochs only): a best of 0.0 at epoch 0 planted in last.ckpt survives
