@@ -13,6 +13,7 @@ training cases as whole volumes (client validation splits carved from training c
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from datamodules.errors import DataError
 from datamodules.segmentation import VolumeSegmentationDataModule
 from datamodules.slices import SliceCase
 from datamodules.splits import patient_split
+from datamodules.transforms import reseed_from_torch
 
 
 def _volume(case: SliceCase, label_fn) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +50,7 @@ class PatchDataset(Dataset):
         if flip:
             ops += [RandFlipd(["image", "label"], prob=0.5, spatial_axis=a) for a in range(3)]
         self.transform = Compose(ops)
+        self._seeded: tuple[int, int] | None = None
 
     @property
     def label_summary(self) -> np.ndarray:
@@ -60,6 +63,7 @@ class PatchDataset(Dataset):
 
     def set_random_state(self, seed: int) -> None:
         self.transform.set_random_state(seed=seed)
+        self._seeded = (os.getpid(), torch.initial_seed())  # re-seeded from torch once that moves on
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -67,6 +71,7 @@ class PatchDataset(Dataset):
     def __getitem__(self, i: int) -> list[dict[str, Any]]:
         case = self.cases[i]
         img, lab = _volume(case, self.label_fn)
+        self._seeded = reseed_from_torch(self.transform, self._seeded)
         out = self.transform({"image": torch.from_numpy(img), "label": torch.from_numpy(lab[None].astype(np.float32))})
         return [{"image": torch.as_tensor(o["image"]).float(), "mask": torch.as_tensor(o["label"])[0].long(),
                  "case_id": case.case_id, "spacing": torch.tensor(case.spacing, dtype=torch.float32)}

@@ -8,6 +8,7 @@ unsuitable for medical images" (it degrades the HU texture the nets rely on for 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -15,15 +16,20 @@ import numpy as np
 import torch
 
 
-def reseed_from_torch(transform: A.BaseCompose | A.BasicTransform, last: tuple[int, int] | None) -> tuple[int, int]:
-    """Seed an albumentations transform's own generator from ``torch.initial_seed()`` when the process or
-    that seed changed since ``last`` (the key this returns). albumentations 2 ignores the global seeds set by
-    ``seed_everything`` and, unseeded, draws from OS entropy: two runs with one ``seed`` would augment
-    differently. In the main process the torch seed is the run's (or a client's); in a DataLoader worker it
-    is PyTorch's per-worker seed (base seed + worker id, new every epoch), so workers do not repeat each other."""
+def reseed_from_torch(transform: Any, last: tuple[int, int] | None) -> tuple[int, int]:
+    """Seed a transform's own generator (albumentations' ``set_random_seed``, MONAI's ``set_random_state``)
+    from ``torch.initial_seed()`` when the process or that seed changed since ``last`` (the key this returns).
+    albumentations 2 ignores the global seeds set by ``seed_everything`` and, unseeded, draws from OS entropy
+    (two runs with one ``seed`` would augment differently); a MONAI transform seeded once is copied into every
+    DataLoader worker with the same state (every worker would draw the same crops and flips). In a seeded
+    training loader torch's seed is the item's (:mod:`datamodules.epoch_seeding`); elsewhere, the run's in the
+    main process and PyTorch's per-worker seed in a worker, so workers do not repeat each other."""
     key = (os.getpid(), torch.initial_seed())
     if key != last:
-        transform.set_random_seed(key[1] % 2**32)
+        if hasattr(transform, "set_random_seed"):
+            transform.set_random_seed(key[1] % 2**32)
+        else:
+            transform.set_random_state(seed=key[1] % 2**32)
     return key
 
 

@@ -60,3 +60,25 @@ def test_classification_albumentations_transform_follows_the_seed():
         return torch.stack([ds[i]["image"] for i in range(6)])
 
     assert torch.equal(items(0), items(0)) and not torch.equal(items(0), items(1))
+
+
+def _patch_draws(num_workers: int) -> list[torch.Tensor]:
+    from datamodules.patches3d import PatchDataset, flatten_collate
+    from datamodules.slices import SliceCase
+
+    rng = np.random.default_rng(0)
+    image, label = rng.random((12, 16, 16)).astype(np.float32), (rng.random((12, 16, 16)) > 0.7).astype(np.int64)
+    case = SliceCase("c0", image, label, list(range(12)), list(range(12)))
+    ds = PatchDataset([case] * 4, lambda x: x, (8, 8, 8), samples=2, pos=1.0, neg=1.0, fill=0.0, flip=True)
+    pl.seed_everything(0, workers=True, verbose=False)
+    ds.set_random_state(0)  # as PatchVolumeDataModule.setup(): one seed, copied into every worker
+    loader = DataLoader(ds, batch_size=1, num_workers=num_workers, collate_fn=flatten_collate)
+    return [b["image"] for b in loader]
+
+
+def test_3d_patch_workers_do_not_repeat_each_other():
+    """One volume four times, two workers: each worker used to draw the crops and flips of the other (MONAI's
+    generator, seeded once in the main process, was copied into both); now each re-seeds from its torch seed."""
+    draws = _patch_draws(2)
+    assert not torch.equal(draws[0], draws[1])  # worker 0's first item against worker 1's
+    assert all(torch.equal(a, b) for a, b in zip(draws, _patch_draws(2)))  # and still reproducible
