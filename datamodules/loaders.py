@@ -15,12 +15,16 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.epoch_seeding import EpochSampler, EpochSeededDataset
+
 __all__ = ["SplitLoadersMixin", "eval_loader", "train_eval_dataset"]
 
 
 class SplitLoadersMixin:
     """``train/val/test_dataloader`` over ``self.{train,val,test}_dataset`` with ``batch_size``,
-    ``num_workers`` and (optional) ``seed`` attributes; shuffling is seeded so runs repeat."""
+    ``num_workers`` and (optional) ``seed`` attributes. With a seed, a shuffled loader's order and its items'
+    augmentation are functions of (seed, epoch, item) (:mod:`datamodules.epoch_seeding`), so runs repeat, a
+    resumed fit draws what the uninterrupted one would have, and the worker count changes nothing."""
 
     #: batch size of validation/test loaders; None = ``batch_size`` (whole-volume 3D data: 1)
     eval_batch_size: int | None = None
@@ -42,12 +46,27 @@ class SplitLoadersMixin:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a loader")
         shuffle = train if shuffle is None else shuffle
         seed = getattr(self, "seed", None)
-        gen = torch.Generator().manual_seed(int(seed)) if shuffle and seed is not None else None
         workers = self.num_workers if num_workers is None else int(num_workers)
         size = self.batch_size if train or self.eval_batch_size is None else self.eval_batch_size
-        return DataLoader(dataset, batch_size=size, shuffle=shuffle, generator=gen, num_workers=workers,
-                          persistent_workers=workers > 0, collate_fn=self.collate_fn(train),
-                          pin_memory=torch.cuda.is_available())
+        kw: dict[str, Any] = dict(batch_size=size, num_workers=workers, persistent_workers=workers > 0,
+                                  collate_fn=self.collate_fn(train), pin_memory=torch.cuda.is_available())
+        if shuffle and seed is not None:  # order and augmentation from (seed, epoch, item): exact resume
+            epoch = self._fit_epoch()
+            dataset = EpochSeededDataset(dataset, int(seed), epoch)
+            # a generator of its own: the loader's per-iterator base-seed draw leaves the global streams alone
+            return DataLoader(dataset, sampler=EpochSampler(dataset, int(seed), epoch),
+                              generator=torch.Generator().manual_seed(int(seed)), **kw)
+        return DataLoader(dataset, shuffle=shuffle, **kw)
+
+    def _fit_epoch(self) -> int:
+        """The epoch the attached trainer's fit is about to run (a resumed fit's, before Lightning's own
+        ``set_epoch``, which comes after the first batch is drawn); 0 outside a fit."""
+        try:
+            trainer = getattr(self, "trainer", None)
+        except RuntimeError:  # a LightningDataModule not attached to a trainer
+            trainer = None
+        loop = getattr(trainer, "fit_loop", None)
+        return int(loop.epoch_progress.current.processed) if loop is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self.make_loader(self.train_dataset, train=True)

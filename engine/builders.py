@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.epoch_seeding import EpochSeeding
 from engine.artifacts import atomic_write_text
 from engine.checkpoint_io import AtomicCheckpointIO
 from engine.tracking import wandb_mode
@@ -153,8 +154,12 @@ def quiet_library_notices() -> None:
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = None, **overrides: Any) -> pl.Trainer:
     """``cfg.trainer`` with ``callbacks`` and loggers; checkpoints are saved atomically beside their target
-    (:class:`engine.checkpoint_io.AtomicCheckpointIO`) unless ``trainer.plugins`` names other plugins."""
+    (:class:`engine.checkpoint_io.AtomicCheckpointIO`) unless ``trainer.plugins`` names other plugins; every
+    trainer re-seeds the model's draws per epoch (:class:`callbacks.epoch_seeding.EpochSeeding`)."""
     quiet_library_notices()
     if cfg.trainer.get("plugins") is None and "plugins" not in overrides:
         overrides["plugins"] = [AtomicCheckpointIO()]
-    return instantiate(cfg.trainer, callbacks=callbacks or [], logger=logger if logger is not None else False, **overrides)
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, EpochSeeding) for c in callbacks):
+        callbacks.append(EpochSeeding())
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger if logger is not None else False, **overrides)

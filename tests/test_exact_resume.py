@@ -1,0 +1,146 @@
+"""A centralised run resumed from ``last.ckpt`` ends with the weights of the same run left uninterrupted, and the
+worker count changes no draw (:mod:`datamodules.epoch_seeding`, :mod:`callbacks.epoch_seeding`). Before, the
+resumed fit's first epoch drew epoch 0's order and augmentations again (digits, 4 epochs resumed after 1: test
+accuracy 0.989 against 0.969)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from datamodules.epoch_seeding import EpochSampler, EpochSeededDataset, derive_seed
+from experiments.run import dispatch
+from tests.hydra_helpers import compose_run
+
+# D-Net on 2D phantom slices: shuffled, augmented (rotation + flips), Adam
+LITS = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
+        "data.synthetic.shape=[48,48,10]", "logger=csv", "callbacks=default", "~callbacks.rich_progress_bar",
+        "~callbacks.throughput", "test=false"]
+# a classifier with dropout: draws in the model too
+DIGITS = ["+exp=digits_cnn", "model.width=8", "model.dropout=0.3", "logger=csv", "callbacks=default",
+          "~callbacks.rich_progress_bar", "~callbacks.throughput", "test=false"]
+
+
+def _run(tmp: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
+    dispatch(compose_run(overrides, tmp))
+    return torch.load(tmp / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class StopAfter(pl.Callback):
+    """Stops the fit after epoch ``epoch`` (its checkpoints written), as a preempted job stops."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+def _resumed_equals_uninterrupted(tmp_path: Path, base: list[str]) -> None:
+    """The same command (``max_epochs`` too: the cosine schedule's length is ``trainer.max_epochs``), stopped
+    after epoch 0 and resumed, against it left alone."""
+    whole = _run(tmp_path / "whole", [*base, "trainer.max_epochs=3"])
+    stop = f"+callbacks.stop_after={{_target_: {__name__}.StopAfter, epoch: 0}}"
+    first = _run(tmp_path / "parts", [*base, "trainer.max_epochs=3", stop])
+    assert not _same(first, whole)
+    resumed = _run(tmp_path / "parts", [*base, "trainer.max_epochs=3", "resume=true"])
+    assert _same(resumed, whole)
+
+
+def test_resumed_segmentation_run_ends_as_the_uninterrupted_one(tmp_path):
+    _resumed_equals_uninterrupted(tmp_path, LITS)
+
+
+def test_resumed_classifier_with_dropout_ends_as_the_uninterrupted_one(tmp_path):
+    _resumed_equals_uninterrupted(tmp_path, DIGITS)
+
+
+def test_worker_count_changes_no_draw(tmp_path):
+    """Two workers read the items (in other processes, persistent across epochs) as the main process does."""
+    alone = _run(tmp_path / "w0", [*LITS, "trainer.max_epochs=2", "data.num_workers=0"])
+    two = _run(tmp_path / "w2", [*LITS, "trainer.max_epochs=2", "data.num_workers=2"])
+    assert _same(alone, two)
+
+
+class _Draws(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.rand(()) + float(np.random.rand())
+
+
+def test_items_draw_from_seed_epoch_and_index_only():
+    ds = EpochSeededDataset(_Draws(), seed=7)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a = ds[(2, 3)]
+    assert torch.equal(torch.get_rng_state(), before)  # the main process's stream is left where it was
+    torch.rand(5)
+    assert torch.equal(ds[(2, 3)], a)  # whatever was drawn in between
+    assert not torch.equal(ds[(2, 4)], a) and not torch.equal(ds[(3, 3)], a)
+    assert not torch.equal(EpochSeededDataset(_Draws(), seed=8)[(2, 3)], a)
+    ds.epoch = 2
+    assert torch.equal(ds[3], a)  # a plain index reads at the dataset's epoch (Lightning's overfit_batches)
+
+
+def test_order_depends_on_seed_and_epoch_and_shards_like_distributed_sampler():
+    ds = list(range(11))
+    s = EpochSampler(ds, seed=3)
+    e0 = list(s)
+    s.set_epoch(1)
+    e1 = list(s)
+    assert {k[0] for k in e0} == {0} and {k[0] for k in e1} == {1}
+    assert sorted(i for _, i in e0) == ds and [i for _, i in e0] != [i for _, i in e1]
+    assert list(EpochSampler(ds, seed=3, epoch=1)) == e1  # a resumed fit's first epoch
+    shards = []
+    for rank in range(3):  # as under DDP: equal shards, padded by repeating the head of the order
+        s = EpochSampler(ds, seed=3, epoch=1)
+        s.num_replicas, s.rank = 3, rank
+        s.num_samples = len(DistributedSampler(ds, num_replicas=3, rank=rank, shuffle=True))
+        s.total_size = s.num_samples * 3
+        shards.append([i for _, i in s])
+    assert {len(x) for x in shards} == {4} and set(sum(shards, [])) == set(ds)
+    gen = torch.Generator().manual_seed(derive_seed(0, 3, 1))
+    order = torch.randperm(11, generator=gen).tolist()
+    assert shards[0] == (order + order[:1])[0::3]
+
+
+def test_a_loader_over_keys_batches_as_before():
+    loader = DataLoader(EpochSeededDataset(list(range(6)), seed=0), batch_size=4,
+                        sampler=EpochSampler(list(range(6)), seed=0))
+    batches = list(loader)
+    assert [len(b) for b in batches] == [4, 2] and sorted(torch.cat(batches).tolist()) == list(range(6))
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.save(torch.tensor([i for _, i in EpochSampler(list(range(9)), seed=5, epoch=2)]), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_ddp_each_rank_reads_its_own_shard(tmp_path):
+    """Two gloo ranks: the sampler takes the world size and rank from the process group (Lightning keeps a
+    DistributedSampler as it is), so the ranks split the epoch's order instead of each reading all of it."""
+    from tests.test_ddp_metrics import _spawn
+
+    _spawn(_ddp_worker, str(tmp_path / "keys"))
+    r0, r1 = (torch.load(tmp_path / f"keys.{r}", weights_only=True).tolist() for r in (0, 1))
+    assert len(r0) == len(r1) == 5 and set(r0) | set(r1) == set(range(9))
+    order = [i for _, i in EpochSampler(list(range(9)), seed=5, epoch=2)]
+    assert r0 == (order + order[:1])[0::2] and r1 == (order + order[:1])[1::2]
