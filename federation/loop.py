@@ -58,11 +58,11 @@ def run_federation(cfg, executor: Any | None = None) -> dict[str, Any]:
 def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
     fed, rounds = server.fed, int(server.fed.rounds)
     server.resume()
+    # as a centralised run's (engine.tracking.log_run_facts): the config, the code's SHA, the environment
+    facts = {**OmegaConf.to_container(server.ccfg, resolve=True), "git_sha": git_sha(), "env": environment()}
     for lg in server.loggers:
         try:
-            # as a centralised run's (engine.tracking.log_run_facts): the config, the code's SHA, the environment
-            lg.log_hyperparams({**OmegaConf.to_container(server.ccfg, resolve=True), "git_sha": git_sha(),
-                                "env": environment()})
+            lg.log_hyperparams(facts)
         except Exception as exc:  # noqa: BLE001
             log.warning("log_hyperparams failed: %s", exc)
     if server.partition_png is not None and server.start_round == 0:
