@@ -16,13 +16,11 @@ class EpochSeeding(pl.Callback):
     alike)."""
 
     def __init__(self) -> None:
-        self.base: int | None = None
+        self.base = 0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.base = int(torch.initial_seed())
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.base is None:
-            self.base = int(torch.initial_seed())
         seed_generators(derive_seed(MODEL, self.base, trainer.current_epoch, trainer.global_rank),
                         cuda=True)

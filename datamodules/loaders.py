@@ -61,11 +61,7 @@ class SplitLoadersMixin:
     def _fit_epoch(self) -> int:
         """The epoch the attached trainer's fit is about to run (a resumed fit's, before Lightning's own
         ``set_epoch``, which comes after the first batch is drawn); 0 outside a fit."""
-        try:
-            trainer = getattr(self, "trainer", None)
-        except RuntimeError:  # a LightningDataModule not attached to a trainer
-            trainer = None
-        loop = getattr(trainer, "fit_loop", None)
+        loop = getattr(getattr(self, "trainer", None), "fit_loop", None)
         return int(loop.epoch_progress.current.processed) if loop is not None else 0
 
     def train_dataloader(self) -> DataLoader:
