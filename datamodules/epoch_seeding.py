@@ -60,6 +60,12 @@ class EpochSeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped dataset's attributes (``loader.dataset.cases`` in a user's callback reads as before)."""
+        if name.startswith("__") or name == "dataset":  # unpickling in a worker: no ``dataset`` yet
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
         seed = derive_seed(ITEM, self.seed, epoch, index)

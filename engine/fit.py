@@ -163,8 +163,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     if not loggers:  # `~logger`: nothing records the learning rate, and Lightning refuses the monitor
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
-    if resumed_step is not None:  # resumed: what was logged after the checkpoint is logged again
-        forget_from(trainer.loggers, resumed_step)
+    if resumed_step is not None and trainer.is_global_zero:  # resumed: what was logged after the checkpoint
+        forget_from(trainer.loggers, resumed_step)  # is logged again; only rank 0 writes the CSV log under DDP
     log_run_facts(trainer, module, cfg)
     if given is not None and not train:  # test-only: the checkpoint's weights, loaded strictly
         try:

@@ -4,15 +4,18 @@ resumed fit's first epoch drew epoch 0's order and augmentations again (digits, 
 accuracy 0.989 against 0.969)."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.epoch_seeding import EpochSampler, EpochSeededDataset, derive_seed
 from experiments.run import dispatch
+from tests.cli import run_subprocess
 from tests.hydra_helpers import compose_run
 
 # D-Net on 2D phantom slices: shuffled, augmented (rotation + flips), Adam
@@ -24,9 +27,13 @@ DIGITS = ["+exp=digits_cnn", "model.width=8", "model.dropout=0.3", "logger=csv",
           "~callbacks.rich_progress_bar", "~callbacks.throughput", "test=false"]
 
 
+def _last(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
 def _run(tmp: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
     dispatch(compose_run(overrides, tmp))
-    return torch.load(tmp / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return _last(tmp / "run")
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -92,6 +99,18 @@ def test_items_draw_from_seed_epoch_and_index_only():
     assert torch.equal(ds[3], a)  # a plain index reads at the dataset's epoch (Lightning's overfit_batches)
 
 
+def test_the_wrapper_reads_as_the_dataset_it_wraps():
+    import pickle
+
+    inner = _Draws()
+    inner.cases = ["a", "b"]
+    ds = EpochSeededDataset(inner, seed=1)
+    assert ds.cases == ["a", "b"] and len(ds) == 10  # a callback's loader.dataset.cases
+    assert pickle.loads(pickle.dumps(ds)).cases == ["a", "b"]  # as it reaches a spawned worker
+    with pytest.raises(AttributeError):
+        ds.missing
+
+
 def test_order_depends_on_seed_and_epoch_and_shards_like_distributed_sampler():
     ds = list(range(11))
     s = EpochSampler(ds, seed=3)
@@ -119,6 +138,28 @@ def test_a_loader_over_keys_batches_as_before():
                         sampler=EpochSampler(list(range(6)), seed=0))
     batches = list(loader)
     assert [len(b) for b in batches] == [4, 2] and sorted(torch.cat(batches).tolist()) == list(range(6))
+
+
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32",
+       "trainer.sync_batchnorm=false", "data.batch_size=4", "data.synthetic.shape=[32,32,8]"]
+
+
+@pytest.mark.slow
+def test_resumed_ddp_run_ends_as_the_uninterrupted_one(tmp_path):
+    """Two CPU ranks (gloo) through the real command line, as on a GPU node (Lightning starts rank 1 as a copy
+    of the command): stopped after epoch 0 and resumed, the run ends with the uninterrupted run's weights. Found
+    by running it: the resume used to crash on rank 1, which cleared the CSV log that only rank 0 keeps."""
+    args = [*LITS, *DDP, "trainer.max_epochs=3"]
+    stop = "+callbacks.stop_after={_target_: tests.test_exact_resume.StopAfter, epoch: 0}"  # a new process's name
+    for run_dir, extra in (("whole", []), ("parts", [stop]), ("parts", ["resume=true"])):
+        done = run_subprocess("experiments.run", [*args, *extra, f"hydra.run.dir={tmp_path / run_dir}"], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        if extra == [stop]:
+            assert not _same(_last(tmp_path / "parts"), _last(tmp_path / "whole"))
+    assert _same(_last(tmp_path / "parts"), _last(tmp_path / "whole"))
+    with open(tmp_path / "parts" / "csv" / "metrics.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["val/dice"]]
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]  # epoch 0's row kept once, none logged twice
 
 
 def _ddp_worker(rank: int, port: int, out: str) -> None:
