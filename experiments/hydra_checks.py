@@ -38,6 +38,15 @@ def resumable(resume: Any) -> bool | None:
     return (run / "checkpoints").is_dir() or (run / "server.pt").is_file() or (run / "teacher").is_dir()
 
 
+def slurm_restarts() -> int:
+    """How many times SLURM has requeued this job (``SLURM_RESTART_COUNT``: preemption, ``--requeue``,
+    submitit's requeue at the time limit); 0 outside SLURM or when the variable is not a count."""
+    try:
+        return max(int(os.environ.get("SLURM_RESTART_COUNT", "0")), 0)
+    except ValueError:
+        return 0
+
+
 def not_resumable_line(resume: str) -> str:
     return f"error: resume={resume} is not a run dir to continue (no checkpoints/, server.pt or teacher/ in it)"
 

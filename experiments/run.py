@@ -33,7 +33,7 @@ from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
 from engine.tracking import record_environment  # noqa: E402
 from engine.run_match import continue_command  # noqa: E402
-from experiments.hydra_checks import not_resumable_line, resumable, run_cli, task_started  # noqa: E402
+from experiments.hydra_checks import not_resumable_line, resumable, run_cli, slurm_restarts, task_started  # noqa: E402
 
 log = logging.getLogger("experiments.run")
 
@@ -88,6 +88,12 @@ def main(cfg: DictConfig) -> float | None:
             cfg.paths.output_dir = str(Path(resume).resolve())
     targets.allow(cfg.get("allow_targets"))
     out = output_dir(cfg)
+    if resume in (None, False) and slurm_restarts():
+        # SLURM reruns a requeued job's command in the same run dir: continue it (as Lightning restores its own
+        # checkpoint on a requeue) rather than start over there; resume=true with no checkpoint starts fresh
+        log.info("SLURM requeue %d of this job: resume=true (continuing %s)", slurm_restarts(), out)
+        with open_dict(cfg):
+            cfg.resume = True
     previous = stop.install()
     try:
         check_dimensions(cfg, dict(HydraConfig.get().runtime.choices))

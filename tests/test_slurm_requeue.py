@@ -1,0 +1,111 @@
+"""A SLURM job stopped before its end (preemption, the time limit) is requeued and continues its run.
+
+SLURM sends the job ``USR2`` (``--signal``, which ``hydra/launcher=slurm`` sets ``signal_delay_s`` before the
+limit, and at a preemption); submitit catches it, checkpoints Hydra's launcher call and requeues the job, which
+runs the same overrides into the same run dir. The run then continues from ``last.ckpt``: by ``resume=true``
+on the submitted command, and by itself when ``SLURM_RESTART_COUNT`` says the job is a requeue
+(docs/experiments.md, "Sweeps"). Submitit's local executor requeues as SLURM does, so the first test runs the
+whole path here; the second shows the ``SLURM_RESTART_COUNT`` rule alone."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.cli import BASE_ENV, run_in_process, run_subprocess
+
+TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
+        "data.synthetic.shape=[48,48,10]", "logger=csv", "test=false", "~callbacks.rich_progress_bar", "seed=1"]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def _saved_epoch(sweep: Path) -> int:
+    """The epoch of the sweep job's ``last.ckpt``; -1 while there is none (or it is being written)."""
+    for ckpt in sweep.glob("0_*/checkpoints/last.ckpt"):
+        try:
+            return int(torch.load(ckpt, weights_only=True)["epoch"])
+        except Exception:  # noqa: BLE001 - read while Lightning replaces it
+            return -1
+    return -1
+
+
+def _job_pids(sweep: Path) -> list[int]:
+    """The submitit job processes of this sweep (their command line names its ``.submitit`` folder)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if "submitit.core._submit" in cmd and str(sweep) in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _epochs_logged(run_dir: Path) -> list[str]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as fh:
+        return [r["epoch"] for r in csv.DictReader(fh) if r.get("val/dice")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the job process through /proc")
+def test_preempted_sweep_job_is_requeued_and_ends_as_the_uninterrupted_run(tmp_path):
+    args = [*TINY, "trainer.max_epochs=12", "resume=true", f"paths.data_dir={tmp_path / 'data'}"]
+    sweep = tmp_path / "sweep"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", "-m", "hydra/launcher=submitit_local", *args,
+         f"hydra.sweep.dir={sweep}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **BASE_ENV}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _saved_epoch(sweep) < 1 and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        jobs = _job_pids(sweep)
+        assert jobs and _saved_epoch(sweep) < 11, "the job ended (or never saved) before it could be stopped"
+        for pid in jobs:
+            os.kill(pid, signal.SIGUSR2)  # what SLURM's --signal sends
+        _, err = launcher.communicate(timeout=600)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    assert launcher.returncode == 0, err[-3000:]
+    job_logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
+    assert "Requeued job" in job_logs, job_logs[-3000:]
+    (run,) = sweep.glob("0_*")
+    assert "resume: " + str(run / "checkpoints" / "last.ckpt") in (run / "run.log").read_text()
+
+    whole = tmp_path / "whole"
+    done = run_subprocess("experiments.run", [*args, f"hydra.run.dir={whole}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _weights(run), _weights(whole)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _epochs_logged(run) == [str(e) for e in range(12)]  # the epochs after last.ckpt are not logged twice
+
+
+def test_a_slurm_requeue_continues_the_run_without_resume(tmp_path):
+    """``SLURM_RESTART_COUNT`` > 0: the same command into the same run dir continues it (Lightning restores its
+    own checkpoint on a requeue too); outside a requeue the run starts afresh, as before."""
+    run_dir, fresh = tmp_path / "run", tmp_path / "fresh"
+    args = [*TINY, "trainer.max_epochs=2", f"paths.data_dir={tmp_path / 'data'}"]
+    stop = "+callbacks.stop_after={_target_: tests.test_exact_resume.StopAfter, epoch: 0}"  # a preempted job
+    assert run_in_process("experiments.run", [*args, stop, f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    done = run_in_process("experiments.run", [*args, f"hydra.run.dir={run_dir}"], tmp_path,
+                          env={"SLURM_RESTART_COUNT": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (run_dir / "run.log").read_text()
+    assert "SLURM requeue 1 of this job: resume=true" in text
+    assert "resume: " + str(run_dir / "checkpoints" / "last.ckpt") in text
+    assert _epochs_logged(run_dir) == ["0", "1"]
+    assert run_in_process("experiments.run", [*args, f"hydra.run.dir={fresh}"], tmp_path).returncode == 0
+    assert "SLURM requeue" not in (fresh / "run.log").read_text()
