@@ -49,6 +49,7 @@ from engine import artifacts
 from engine.builders import ConfigError, build_module
 from engine.distill import run_distillation, segmentation_cfg, teacher_loss
 from engine.fit import is_debug, output_dir, train_and_test
+from engine.one_process import check_one_process_trainer
 from lightning_modules.atomic import save_torch
 from lightning_modules.checkpoints import CheckpointError, load_checkpoint
 
@@ -77,6 +78,7 @@ def site_names(cfg: DictConfig) -> list[str]:
 def check_config(cfg: DictConfig) -> list[str]:
     """The arms to run; one-line errors for a config this experiment cannot run."""
     fd = cfg.fed_distill
+    check_one_process_trainer(cfg.trainer, "a federated distillation")
     arms = [str(a) for a in (fd.get("arms") or ARMS)]
     bad = [a for a in arms if a not in ARMS]
     if bad:

@@ -35,6 +35,7 @@ from datamodules.loaders import eval_loader, train_eval_dataset
 from datamodules.subset import IndexSubset, SubsetDataModule, sample_cases, sample_groups, sample_labels
 from engine import artifacts
 from engine.builders import build_datamodule, build_loggers, build_module, check_datamodule
+from engine.one_process import check_one_process_trainer
 from federation import runner
 from federation.core.messages import assert_no_data, state_schema
 from federation.core.partition import is_remote_sites
@@ -74,6 +75,7 @@ class Server:
         quiet_lightning()
         self.cfg, self.fed = cfg, cfg.federation
         check_federation_config(self.fed)
+        check_one_process_trainer(cfg.trainer)
         if is_remote_sites(self.fed.partition):
             on_nodes = getattr(executor, "data_on_nodes", False) if executor is not None else \
                 str(OmegaConf.select(self.fed, "executor._target_", default="")).endswith("FlowerExecutor")

@@ -53,6 +53,34 @@ def test_bad_federation_value_is_one_line_exit_2(tmp_path, args, needles):
     assert not (run / "server.pt").exists()
 
 
+@pytest.mark.parametrize("args, needles", [
+    (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], ["trainer.strategy=ddp", "trainer.devices=2"]),
+    (["trainer.devices=2"], ["trainer.devices=2", "federation/executor=ray"]),
+    (["trainer.num_nodes=2"], ["trainer.num_nodes=2"]),
+], ids=["ddp", "devices", "nodes"])
+def test_a_federation_on_several_processes_is_refused(tmp_path, args, needles):
+    """Found by running ``trainer=ddp`` on a federation: Lightning started the whole command again as rank 1,
+    which ran its own federation over the same client store (a KeyError, and a rank left running)."""
+    run = tmp_path / "run"
+    _one_line_error(_run([*args, f"hydra.run.dir={run}"], tmp_path), *needles)
+    assert not (run / "server.pt").exists() and not (run / "client_store").exists()
+
+
+def test_a_federated_distillation_on_several_processes_is_refused(tmp_path):
+    proc = run_in_process("experiments.run", ["+exp=fed_kits_hlfd", "trainer.devices=[0,1]",
+                                              f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"], ROOT)
+    _one_line_error(proc, "trainer.devices=[0, 1]", "a federated distillation")
+
+
+@pytest.mark.parametrize("devices, accelerator, one", [(1, "gpu", True), ("1", "gpu", True), ([3], "gpu", True),
+                                                        ("2,", "gpu", True), ("auto", "cpu", True), ("auto", "gpu", False),
+                                                        (-1, "gpu", False), ([0, 1], "gpu", False), (2, "cpu", False)])
+def test_one_device(devices, accelerator, one):
+    from engine.one_process import one_device
+
+    assert one_device(devices, accelerator) is one
+
+
 @pytest.mark.parametrize("kind", ["truncated", "wrong_types"])
 def test_corrupt_server_pt_on_resume_is_one_line(tmp_path, kind):
     """Found by audits: a crafted ``server.pt`` whose entries have the wrong types was a TypeError; and a
