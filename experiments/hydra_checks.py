@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -190,8 +191,17 @@ def task_started() -> None:
         _compact["set"] = False
 
 
+def submission_error(exc: BaseException) -> bool:
+    """Raised by submitit while it submits a sweep (no ``srun`` here, ``sbatch`` refused the jobs: a bad
+    partition, account or time), not while it reads a job's result (a job that crashed keeps its traceback)."""
+    codes = [frame.f_code for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    in_submitit = any("/submitit/" in code.co_filename.replace("\\", "/") for code in codes)
+    return in_submitit and not any(code.co_name in ("result", "results") for code in codes)
+
+
 def run_cli(main: Callable[[], Any]) -> None:
-    """Run a ``@hydra.main`` function; Hydra's command-line errors become one line and exit code 2."""
+    """Run a ``@hydra.main`` function; Hydra's command-line errors, and a launcher that cannot submit the
+    sweep, become one line and exit code 2."""
     if FULL_ERROR in os.environ:  # the user asked for Hydra's full report
         main()
         return
@@ -203,6 +213,13 @@ def run_cli(main: Callable[[], Any]) -> None:
         if not _compact["set"]:  # raised by the task itself, after task_started(): not a command-line error
             raise
         print(f"error: {hydra_error_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - only the launcher's submission errors are shortened
+        if not (_compact["set"] and submission_error(exc)):
+            raise
+        from lightning_modules.errors import one_line
+
+        print(f"error: hydra/launcher could not submit the jobs: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     finally:
         task_started()

@@ -5,7 +5,8 @@ limit, and at a preemption); submitit catches it, checkpoints Hydra's launcher c
 runs the same overrides into the same run dir. The run then continues from ``last.ckpt``: by ``resume=true``
 on the submitted command, and by itself when ``SLURM_RESTART_COUNT`` says the job is a requeue
 (docs/experiments.md, "Sweeps"). Submitit's local executor requeues as SLURM does, so the first test runs the
-whole path here; the second shows the ``SLURM_RESTART_COUNT`` rule alone."""
+whole path here; the second shows the ``SLURM_RESTART_COUNT`` rule alone. With no SLURM here, the last test
+submits through ``hydra/launcher=slurm`` to a stand-in ``sbatch`` that keeps the job script and refuses it."""
 from __future__ import annotations
 
 import csv
@@ -109,3 +110,33 @@ def test_a_slurm_requeue_continues_the_run_without_resume(tmp_path):
     assert _epochs_logged(run_dir) == ["0", "1"]
     assert run_in_process("experiments.run", [*args, f"hydra.run.dir={fresh}"], tmp_path).returncode == 0
     assert "SLURM requeue" not in (fresh / "run.log").read_text()
+
+
+def _stand_in(bin_dir: Path, name: str, body: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+    (bin_dir / name).chmod(0o755)
+
+
+def test_slurm_launcher_submits_the_job_script_requeue_needs_or_says_why_not(tmp_path):
+    """``hydra/launcher=slurm`` as configured reaches ``sbatch`` with the signal that requeues a job
+    (``USR2`` 120 s before the limit), the array of the sweep's jobs and the resources of slurm.yaml; a refused
+    submission (or no ``srun`` on this machine) is one line naming the cause and exit 2, not a traceback."""
+    bin_dir, script = tmp_path / "bin", tmp_path / "job.sh"
+    _stand_in(bin_dir, "srun", "exit 1")
+    _stand_in(bin_dir, "sbatch", f'cp "$1" {script}\necho "sbatch: error: invalid partition specified: gpu" >&2\nexit 1')
+    args = ["-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", *TINY, "seed=1,2",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    path = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = run_subprocess("experiments.run", args, tmp_path, env=path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert [ln for ln in done.stderr.splitlines() if ln.startswith("error")] == [
+        "error: hydra/launcher could not submit the jobs: FailedJobError: sbatch: error: invalid partition specified: gpu"]
+    text = script.read_text()
+    for line in ("#SBATCH --signal=USR2@120", "#SBATCH --array=0-1%2", "#SBATCH --partition=gpu",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --ntasks-per-node=1", "#SBATCH --time=240"):
+        assert line in text.splitlines(), (line, text)
+    assert "-m submitit.core._submit" in text
+    (bin_dir / "srun").unlink()  # not on a cluster at all
+    done = run_subprocess("experiments.run", args, tmp_path, env=path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "srun" in done.stderr.splitlines()[-1], done.stderr
