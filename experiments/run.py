@@ -33,6 +33,7 @@ from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
 from engine.tracking import record_environment  # noqa: E402
 from engine.run_match import continue_command  # noqa: E402
+from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import not_resumable_line, resumable, run_cli, slurm_restarts, task_started  # noqa: E402
 
 log = logging.getLogger("experiments.run")
@@ -99,7 +100,8 @@ def main(cfg: DictConfig) -> float | None:
         check_dimensions(cfg, dict(HydraConfig.get().runtime.choices))
         check_scalars(cfg)
         artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        metrics = dispatch(cfg)
+        with job_command():  # DDP's ranks > 0 in a sweep job run this job (experiments/ddp_job.py)
+            metrics = dispatch(cfg)
         return optimized_value(cfg, metrics)  # the sweep objective: cfg.optimized_metric, a validation metric
     except SIGTERMException:  # Lightning's SIGTERM (a SystemExit without a code): exit 0 would read as success
         again = continue_command(HydraConfig.get().overrides.task, out)

@@ -1,0 +1,35 @@
+"""DDP inside a sweep (``-m ... trainer=ddp``), two CPU ranks (gloo) per job through the real command line
+(:mod:`experiments.ddp_job`). Found by running it: Lightning started rank 1 of the first job with the whole
+sweep's command, so that rank ran the sweep by itself, and with the rank's command fixed the second job waited
+for the first job's rank (Lightning's variables and process group were still set in the sweep's process)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.cli import run_subprocess
+
+DDP = ["+exp=lits_dnet", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32",
+       "trainer.sync_batchnorm=false", "trainer.max_epochs=1", "model.width=4", "data.image_size=32",
+       "data.synthetic.n_cases=6", "data.synthetic.shape=[32,32,8]", "logger=csv", "~callbacks.rich_progress_bar",
+       "test=false"]
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_each_sweep_job_trains_on_its_own_ranks_as_a_single_run_does(tmp_path):
+    sweep, single = tmp_path / "sweep", tmp_path / "single"
+    data = f"paths.data_dir={tmp_path / 'data'}"
+    done = run_subprocess("experiments.run", ["-m", *DDP, data, "seed=1,2", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.stdout + done.stderr).count("Launching 2 jobs") == 1  # rank 1 no longer runs the sweep again
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0_dnet_s1", "1_dnet_s2"], jobs
+    assert all((sweep / j / "train_ddp_process_1.log").is_file() for j in jobs)  # each job's rank 1 wrote there
+    done = run_subprocess("experiments.run", [*DDP, data, "seed=2", f"hydra.run.dir={single}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _weights(sweep / "1_dnet_s2"), _weights(single)  # the second job, after a DDP job in the same process
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
