@@ -7,12 +7,17 @@ Lightning starts ranks > 0 of a DDP fit by running ``python -m <__main__> sys.ar
 own (found by running ``-m ... trainer=ddp seed=1,2``). :func:`job_command` points both at the job for the
 job's duration: its own overrides, its own output dir, so a rank > 0 runs what a single DDP run's does.
 
+A launcher that runs jobs through its own entry point (submitit's ``python -m submitit.core._submit <folder>``)
+would have rank 1 run that entry with the job's overrides; for the job's duration ``__main__.__spec__`` names
+this entry point, so the rank runs ``python -m experiments.run`` (on SLURM, srun starts the ranks instead).
+
 After the job it also undoes what the DDP fit left in this process for the next job of a sequential sweep:
 the process group (Lightning keeps it) and the ``LOCAL_RANK`` / ``MASTER_PORT`` / ... variables it set, from
 which the next job's Trainer would conclude that its ranks were started already and wait for the last job's.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from contextlib import contextmanager
@@ -22,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, read_write
 
+ENTRY = "experiments.run"
 #: what Lightning's DDP launcher sets in the launching process (torchrun's names too)
 DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK",
              "LOCAL_WORLD_SIZE")
@@ -37,13 +43,17 @@ def job_command() -> Iterator[None]:
         return
     saved_argv, saved_dir = list(sys.argv), OmegaConf.to_container(hydra.run)["dir"]  # unresolved, as it was
     saved_env = {k: os.environ.get(k) for k in DIST_VARS}
+    main = sys.modules["__main__"]
+    saved_spec = getattr(main, "__spec__", None)
     sys.argv = [saved_argv[0], *hydra.overrides.task]
+    if saved_spec is not None and saved_spec.name != ENTRY:
+        main.__spec__ = importlib.util.find_spec(ENTRY)
     with read_write(hydra):
         hydra.run.dir = hydra.runtime.output_dir
     try:
         yield
     finally:
-        sys.argv = saved_argv
+        sys.argv, main.__spec__ = saved_argv, saved_spec
         with read_write(hydra):
             hydra.run.dir = saved_dir
         import torch.distributed as dist
