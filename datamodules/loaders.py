@@ -10,6 +10,8 @@ training draws random patches of them, aligned item for item with ``train_datase
 """
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any, Callable
 
 import torch
@@ -17,7 +19,29 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.epoch_seeding import EpochSampler, EpochSeededDataset
 
-__all__ = ["SplitLoadersMixin", "eval_loader", "train_eval_dataset"]
+__all__ = ["SplitLoadersMixin", "eval_loader", "train_eval_dataset", "worker_init"]
+
+#: the signals a scheduler sends a job to have it save and requeue (submitit's USR2, Lightning's SLURM USR1)
+REQUEUE_SIGNALS = ("SIGUSR1", "SIGUSR2")
+
+
+def worker_init(worker_id: int) -> None:
+    """Every loader worker: leave the scheduler's requeue signals to the main process, then Lightning's worker
+    seeding (which Lightning adds itself only to a loader without ``worker_init_fn``).
+
+    SLURM signals every process of a task, and a forked worker inherits submitit's (or Lightning's) handler:
+    at a preemption each worker checkpointed and requeued the job too, racing the main process for
+    submitit's checkpoint file ("A temporary saved file already exists"), and the job ended instead of
+    continuing (found with ``data.num_workers=2``, ``tests/test_slurm_requeue.py``)."""
+    extra = os.environ.get("SUBMITIT_PREEMPT_SIGNAL")
+    for name in {*REQUEUE_SIGNALS, *([f"SIG{extra}"] if extra else [])}:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning_fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 class SplitLoadersMixin:
@@ -49,7 +73,8 @@ class SplitLoadersMixin:
         workers = self.num_workers if num_workers is None else int(num_workers)
         size = self.batch_size if train or self.eval_batch_size is None else self.eval_batch_size
         kw: dict[str, Any] = dict(batch_size=size, num_workers=workers, persistent_workers=workers > 0,
-                                  collate_fn=self.collate_fn(train), pin_memory=torch.cuda.is_available())
+                                  collate_fn=self.collate_fn(train), pin_memory=torch.cuda.is_available(),
+                                  worker_init_fn=worker_init if workers > 0 else None)
         if shuffle and seed is not None:  # order and augmentation from (seed, epoch, item): exact resume
             epoch = self._fit_epoch()
             dataset = EpochSeededDataset(dataset, int(seed), epoch)

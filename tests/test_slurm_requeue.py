@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,19 @@ def _job_pids(sweep: Path) -> list[int]:
     return pids
 
 
+def _children(pids: list[int]) -> list[int]:
+    """The processes whose parent is one of ``pids`` (a job's loader workers)."""
+    kids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid in pids:
+            kids.append(int(proc.name))
+    return kids
+
+
 def _epochs_logged(run_dir: Path) -> list[str]:
     with open(run_dir / "csv" / "metrics.csv", newline="") as fh:
         return [r["epoch"] for r in csv.DictReader(fh) if r.get("val/dice")]
@@ -61,7 +75,7 @@ def _epochs_logged(run_dir: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the job process through /proc")
 def test_preempted_sweep_job_is_requeued_and_ends_as_the_uninterrupted_run(tmp_path):
-    args = [*TINY, "trainer.max_epochs=12", "resume=true", f"paths.data_dir={tmp_path / 'data'}"]
+    args = [*TINY, "trainer.max_epochs=12", "resume=true", "data.num_workers=2", f"paths.data_dir={tmp_path / 'data'}"]
     sweep = tmp_path / "sweep"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "experiments.run", "-m", "hydra/launcher=submitit_local", *args,
@@ -73,8 +87,8 @@ def test_preempted_sweep_job_is_requeued_and_ends_as_the_uninterrupted_run(tmp_p
             time.sleep(0.2)
         jobs = _job_pids(sweep)
         assert jobs and _saved_epoch(sweep) < 11, "the job ended (or never saved) before it could be stopped"
-        for pid in jobs:
-            os.kill(pid, signal.SIGUSR2)  # what SLURM's --signal sends
+        for pid in {*jobs, *_children(jobs)}:  # what SLURM's --signal sends, to every process of the task
+            os.kill(pid, signal.SIGUSR2)
         _, err = launcher.communicate(timeout=600)
     finally:
         if launcher.poll() is None:
@@ -83,6 +97,8 @@ def test_preempted_sweep_job_is_requeued_and_ends_as_the_uninterrupted_run(tmp_p
     assert launcher.returncode == 0, err[-3000:]
     job_logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
     assert "Requeued job" in job_logs, job_logs[-3000:]
+    caught = set(re.findall(r"submitit WARNING \(([^)]*)\) - Caught signal SIGUSR2", job_logs))
+    assert len(caught) == 1, job_logs[-3000:]  # by the job's main process only: its loader workers leave it alone
     (run,) = sweep.glob("0_*")
     assert "resume: " + str(run / "checkpoints" / "last.ckpt") in (run / "run.log").read_text()
 
@@ -140,3 +156,28 @@ def test_slurm_launcher_submits_the_job_script_requeue_needs_or_says_why_not(tmp
     (bin_dir / "srun").unlink()  # not on a cluster at all
     done = run_subprocess("experiments.run", args, tmp_path, env=path)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "srun" in done.stderr.splitlines()[-1], done.stderr
+
+
+class _SignalSeen(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN,
+                             signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN])
+
+
+def test_loader_workers_leave_the_requeue_signals_to_the_main_process():
+    """A worker forked from a submitit (or Lightning-on-SLURM) job inherits its requeue handler; SLURM signals
+    the worker too, and every worker then checkpointed and requeued the job (the test above, before the fix)."""
+    from datamodules.loaders import SplitLoadersMixin
+
+    class Data(SplitLoadersMixin):
+        batch_size, num_workers, seed, train_dataset = 2, 1, 0, _SignalSeen()
+
+    before = signal.signal(signal.SIGUSR2, lambda *_: None)  # as submitit's handler in the job process
+    try:
+        (batch,) = list(Data().train_dataloader())
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    assert batch.all(), batch
