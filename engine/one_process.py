@@ -18,12 +18,21 @@ from lightning_modules.errors import ConfigError
 MULTI_PROCESS = ("ddp", "fsdp", "deepspeed", "xla")
 
 
-def one_device(devices: Any, accelerator: Any) -> bool:
-    """``trainer.devices`` that Lightning runs in one process: 1, one index (``[i]``, ``"i,"``), ``auto`` on CPU."""
+def single_device(devices: Any) -> int | list[int] | None:
+    """``devices`` naming one device, in Lightning's form: ``1``, or one index as ``[i]`` (from ``[i]``,
+    ``"[i]"`` or ``"i,"``); None for anything else (several devices, ``-1``, ``auto``)."""
     if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        return len(devices) == 1
+        return [int(devices[0])] if len(devices) == 1 else None
     text = str(devices).strip()
-    return text == "1" or bool(re.fullmatch(r"\d+\s*,", text)) or (text == "auto" and str(accelerator) == "cpu")
+    if text == "1":
+        return 1
+    match = re.fullmatch(r"\[\s*(\d+)\s*\]|(\d+)\s*,", text)
+    return [int(match.group(1) or match.group(2))] if match else None
+
+
+def one_device(devices: Any, accelerator: Any) -> bool:
+    """``trainer.devices`` that Lightning runs in one process: one device, or ``auto`` on CPU."""
+    return single_device(devices) is not None or (str(devices).strip() == "auto" and str(accelerator) == "cpu")
 
 
 def check_one_process_trainer(trainer: Any, run: str = "a federation") -> None:

@@ -89,10 +89,11 @@ def main(cfg: DictConfig) -> float | None:
             cfg.paths.output_dir = str(Path(resume).resolve())
     targets.allow(cfg.get("allow_targets"))
     out = output_dir(cfg)
-    if resume in (None, False) and slurm_restarts():
+    restarts = slurm_restarts()
+    if resume in (None, False) and restarts:
         # SLURM reruns a requeued job's command in the same run dir: continue it (as Lightning restores its own
         # checkpoint on a requeue) rather than start over there; resume=true with no checkpoint starts fresh
-        log.info("SLURM requeue %d of this job: resume=true (continuing %s)", slurm_restarts(), out)
+        log.info("SLURM requeue %d of this job: resume=true (continuing %s)", restarts, out)
         with open_dict(cfg):
             cfg.resume = True
     previous = stop.install()

@@ -7,7 +7,6 @@ both run the same steps.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -49,12 +48,11 @@ def pin_teacher(cfg: Any, client_id: str, node: Mapping[str, Any], mode: str) ->
 def one_device(value: Any) -> int | list[int]:
     """A node config's ``devices``: ``1``, or one GPU index as ``[i]`` (Lightning's form; ``i,`` too). More
     than one device would make Lightning launch DDP ranks by re-running the SuperNode's own command."""
-    text = str(value).strip()
-    if text == "1":
-        return 1
-    match = re.fullmatch(r"\[\s*(\d+)\s*\]|(\d+)\s*,", text)
-    if match:
-        return [int(match.group(1) or match.group(2))]
+    from engine.one_process import single_device
+
+    one = single_device(value)
+    if one is not None:
+        return one
     from federation.errors import FederationError
     raise FederationError(f"node config devices={value!r}: a SuperNode trains in one process on one device; "
                           f"give devices=1 or one GPU index as devices=[i]")
