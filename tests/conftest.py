@@ -17,6 +17,12 @@ os.environ.setdefault("WANDB_SILENT", "true")
 XDIST = "PYTEST_XDIST_WORKER" in os.environ
 if XDIST:
     os.environ["OMP_NUM_THREADS"] = "1"
+#: torch threads per test process. Set here, at import, as well as per test (``_seed_and_threads``): a
+#: module- or session-scoped fixture (the claims tests' shared federations) is set up *before* the first test's
+#: function-scoped fixtures, so it used to train at torch's default (all cores) when its file ran first in a
+#: worker and at one thread otherwise, and its figures moved with the order the tests ran in.
+THREADS = 1 if XDIST else max(1, min(2, os.cpu_count() or 1))
+torch.set_num_threads(THREADS)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "experiments" / "configs"
@@ -38,7 +44,7 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(1 if XDIST else max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(THREADS)
     yield
 
 
