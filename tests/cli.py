@@ -82,3 +82,8 @@ def run_in_process(module: str, args: Sequence[str], cwd: Path, env: Mapping[str
     if isinstance(code, str):  # sys.exit("message") prints the message and exits 1
         err.write(code + "\n")
     return subprocess.CompletedProcess([module, *map(str, args)], status, out.getvalue(), err.getvalue())
+
+
+def last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a run's ``checkpoints/last.ckpt`` (what the resume and requeue tests compare)."""
+    return torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

@@ -8,16 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.cli import run_subprocess
+from tests.cli import last_weights, run_subprocess
 
 DDP = ["+exp=lits_dnet", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32",
        "trainer.sync_batchnorm=false", "trainer.max_epochs=1", "model.width=4", "data.image_size=32",
        "data.synthetic.n_cases=6", "data.synthetic.shape=[32,32,8]", "logger=csv", "~callbacks.rich_progress_bar",
        "test=false"]
 
-
-def _weights(run_dir):
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
 @pytest.mark.slow
@@ -36,5 +33,5 @@ def test_each_sweep_job_trains_on_its_own_ranks_as_a_single_run_does(tmp_path, l
     assert all((sweep / j / "train_ddp_process_1.log").is_file() for j in jobs)  # each job's rank 1 wrote there
     done = run_subprocess("experiments.run", [*DDP, data, "seed=2", f"hydra.run.dir={single}"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    a, b = _weights(sweep / "1_dnet_s2"), _weights(single)  # the second job, after a DDP job in the same process
+    a, b = last_weights(sweep / "1_dnet_s2"), last_weights(single)  # the second job, after a DDP job in the same process
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.epoch_seeding import EpochSampler, EpochSeededDataset, derive_seed
 from experiments.run import dispatch
-from tests.cli import run_subprocess
+from tests.cli import last_weights, run_subprocess
 from tests.hydra_helpers import compose_run
 
 # D-Net on 2D phantom slices: shuffled, augmented (rotation + flips), Adam
@@ -27,13 +27,10 @@ DIGITS = ["+exp=digits_cnn", "model.width=8", "model.dropout=0.3", "logger=csv",
           "~callbacks.rich_progress_bar", "~callbacks.throughput", "test=false"]
 
 
-def _last(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-
 
 def _run(tmp: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
     dispatch(compose_run(overrides, tmp))
-    return _last(tmp / "run")
+    return last_weights(tmp / "run")
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -155,8 +152,8 @@ def test_resumed_ddp_run_ends_as_the_uninterrupted_one(tmp_path):
         done = run_subprocess("experiments.run", [*args, *extra, f"hydra.run.dir={tmp_path / run_dir}"], tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         if extra == [stop]:
-            assert not _same(_last(tmp_path / "parts"), _last(tmp_path / "whole"))
-    assert _same(_last(tmp_path / "parts"), _last(tmp_path / "whole"))
+            assert not _same(last_weights(tmp_path / "parts"), last_weights(tmp_path / "whole"))
+    assert _same(last_weights(tmp_path / "parts"), last_weights(tmp_path / "whole"))
     with open(tmp_path / "parts" / "csv" / "metrics.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["val/dice"]]
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]  # epoch 0's row kept once, none logged twice

@@ -22,14 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.cli import BASE_ENV, run_in_process, run_subprocess
+from tests.cli import BASE_ENV, last_weights, run_in_process, run_subprocess
 
 TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
         "data.synthetic.shape=[48,48,10]", "logger=csv", "test=false", "~callbacks.rich_progress_bar", "seed=1"]
 
-
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
 def _saved_epoch(sweep: Path) -> int:
@@ -107,7 +104,7 @@ def test_preempted_sweep_job_is_requeued_and_ends_as_the_uninterrupted_run(tmp_p
     whole = tmp_path / "whole"
     done = run_subprocess("experiments.run", [*args, f"hydra.run.dir={whole}"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    a, b = _weights(run), _weights(whole)
+    a, b = last_weights(run), last_weights(whole)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _epochs_logged(run) == [str(e) for e in range(12)]  # the epochs after last.ckpt are not logged twice
 
