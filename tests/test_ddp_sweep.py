@@ -16,7 +16,6 @@ DDP = ["+exp=lits_dnet", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devi
        "test=false"]
 
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
 def test_each_sweep_job_trains_on_its_own_ranks_as_a_single_run_does(tmp_path, launcher):

@@ -27,7 +27,6 @@ DIGITS = ["+exp=digits_cnn", "model.width=8", "model.dropout=0.3", "logger=csv",
           "~callbacks.rich_progress_bar", "~callbacks.throughput", "test=false"]
 
 
-
 def _run(tmp: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
     dispatch(compose_run(overrides, tmp))
     return last_weights(tmp / "run")

@@ -28,7 +28,6 @@ TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_siz
         "data.synthetic.shape=[48,48,10]", "logger=csv", "test=false", "~callbacks.rich_progress_bar", "seed=1"]
 
 
-
 def _saved_epoch(sweep: Path) -> int:
     """The epoch of the sweep job's ``last.ckpt``; -1 while there is none (or it is being written)."""
     for ckpt in sweep.glob("0_*/checkpoints/last.ckpt"):

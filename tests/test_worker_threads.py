@@ -3,10 +3,14 @@ a module-scoped fixture (the claims tests' shared federations) is set up before 
 ``_seed_and_threads``, and its learning figures must not depend on which file the worker ran first."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
+import torch
+
+from tests.claims_support import record, summarise
 from tests.cli import REPO
 
 
@@ -20,12 +24,6 @@ def test_an_xdist_worker_is_at_one_thread_from_import_on():
 
 
 def test_a_claims_record_carries_its_thread_count(tmp_path, monkeypatch):
-    import json
-
-    import torch
-
-    from tests.claims_support import record, summarise
-
     out = tmp_path / "claims.jsonl"
     monkeypatch.setenv("FEDMED_CLAIMS_RECORD", str(out))
     record("demo", a=0.5)
