@@ -3,7 +3,7 @@
 Every volume is brought to one orientation at load (``data.orientation``, RAS by default: voxel axis 0
 runs to the patient's Right, 1 to Anterior, 2 to Superior -- so the last axis is always axial whatever
 axis order the file was stored in), then optionally resampled to ``data.spacing`` (mm; paper 003
-resamples to 1 mm isotropic: ``003_b4df17e9a6a6137e.txt`` §Implementation). :class:`GridMeta` records
+resamples to 1 mm isotropic: ``003_b4df17e9a6a6137e.txt`` §2.3, Data Pre-Processing). :class:`GridMeta` records
 what was done so a prediction made in that space is mapped back onto the input's own voxel grid
 (shape, axis order and affine) -- nnU-Net / MONAI's ``Orientationd`` + ``Spacingd`` + inverse.
 

@@ -1,7 +1,7 @@
 """2D augmentation for CT slices (albumentations), applied identically to image and mask.
 
 Random rotation (default limit 15 degrees) and horizontal/vertical flips, as in HLFD (paper 001,
-``001_b32febb3a09ef2c2.txt`` §Experiments: "random rotation and flipping were applied").
+``001_b32febb3a09ef2c2.txt`` §3, Implementation Details: "random rotation and flipping were applied").
 Deliberately NO Gaussian noise: the same paper reports that "Gaussian noise augmentation is
 unsuitable for medical images" (it degrades the HU texture the nets rely on for CT).
 """

@@ -67,8 +67,8 @@ def apply_window(x: np.ndarray, lo: float, hi: float,
     """Clip intensities to the HU window ``[lo, hi]`` and map it linearly onto ``out_range``.
 
     Windows used in the papers: liver -40..160 HU and kidney -200..300 HU (HLFD, paper 001,
-    ``001_b32febb3a09ef2c2.txt`` §Experiments, out_range [0, 1]); pancreas -200..250 HU rescaled to
-    [-1, 1] (paper 003, ``003_b4df17e9a6a6137e.txt`` §Implementation).
+    ``001_b32febb3a09ef2c2.txt`` §3, Implementation Details, out_range [0, 1]); pancreas -200..250 HU rescaled to
+    [-1, 1] (paper 003, ``003_b4df17e9a6a6137e.txt`` §2.3, Data Pre-Processing).
     """
     if hi <= lo:
         raise DataError(f"data.window must be [lo, hi] with lo < hi, got [{lo}, {hi}]")

@@ -1,5 +1,5 @@
 """Nested U-Net / UNet++ (Zhou et al., "UNet++: A Nested U-Net Architecture for Medical Image
-Segmentation", DLMIA 2018), from scratch; the HLFD teacher of paper 001 (Sec. 4, "UNet++ ... 36.1M").
+Segmentation", DLMIA 2018), from scratch; the HLFD teacher of paper 001 (Sec. 3, "UNet++ ... 36.1M").
 
 Node ``X^{i,j}`` (module ``conv{i}_{j}``) is a VGG block (two 3x3 conv + BN + ReLU) over the
 concatenation of ``X^{i,0..j-1}`` (dense skip pathway, Zhou et al. Sec. 2, Eq. 1) and the bilinearly

@@ -1,4 +1,4 @@
-"""ResNet-18 segmentation student for HLFD distillation (paper 001, Sec. 4: "ResNet18 (11.6M
+"""ResNet-18 segmentation student for HLFD distillation (paper 001, Sec. 3: "ResNet18 (11.6M
 parameters) as the student network").
 
 A thin wrapper around segmentation-models-pytorch: ResNet-18 encoder (He et al. 2016) with a LinkNet

@@ -3,7 +3,7 @@
 Paper 003 adds to C2FNAS "a VAE branch to the encoder endpoint": two dense layers give the 128-d mean and
 standard deviation of the encoded features, the latent is ``μ + σ·ε`` in training (``μ`` at validation/
 test), a dense layer recovers the feature shape and up-sampling + residual convolution blocks reconstruct
-the input; the total loss adds ``0.2·L_KL + 0.3·L_2`` (§3, "constant coefficients 0.2 and 0.3").
+the input; the total loss adds ``0.2·L_KL + 0.3·L_2`` (§2.5, "constant coefficients 0.2 and 0.3").
 
 Written here because no library ships it as a branch for an arbitrary net. The endpoint is read with a
 forward hook (:class:`~lightning_modules.hooks.FeatureTap`, registered for each training forward), so any registry net works without editing it:
