@@ -121,10 +121,10 @@ def attention_loss(s: Tensor, t: Tensor, p: float = 4.0, size: Size2d | None = N
     """Attention distance of HLFD Eqs. 1-2, ``mean_b || A(s)/||A(s)||_2 - A(t)/||A(t)||_2 ||_2^2``.
 
     Reading of the paper: the printed Eqs. 1-2 lost their norm bars; we read them as the *squared*
-    L2 distance between the L2-normalised flattened attention maps, averaged over the batch (as in
-    the reference code ``(at(s) - at(t)).pow(2).sum(1).mean()``).  Both maps are brought to ``size``
-    (default: the teacher's spatial size, "rescale the student's representation to match the
-    teacher").  The teacher side is detached.
+    L2 distance between the L2-normalised flattened attention maps (summed over the positions, as a
+    norm is), averaged over the batch: ``(a_s - a_t).pow(2).sum(1).mean()``.  Both maps are brought
+    to ``size`` (default: the teacher's spatial size, "rescale the student's representation to match
+    the teacher").  The teacher side is detached.
     """
     size = spatial_size(t) if size is None else tuple(size)
     a_s = attention_map(s, p=p, size=size, resize_features=resize_features)
