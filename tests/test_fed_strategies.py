@@ -66,6 +66,9 @@ def test_fedbn_keys_and_local_bn_untouched():
     for k in bn:
         assert torch.equal(new[k], g[k])  # BN never aggregated
     assert torch.allclose(new["0.weight"], g["0.weight"] + (1 * 10 + 2 * 20) / 30)
+    uniform = FedBN(model, weighted=False).aggregate(g, ups, 1)  # Alg. 1's 1/K over unequal clients
+    assert torch.allclose(uniform["0.weight"], g["0.weight"] + (1 + 2) / 2)
+    assert all(torch.equal(uniform[k], g[k]) for k in bn)
     received = strat.client_receive(locals_[0], strat.server_message(new, 1).weights)
     for k in bn:
         assert torch.equal(received[k], locals_[0][k])  # client's BN untouched

@@ -13,7 +13,12 @@ __all__ = ["FedBN"]
 class FedBN(FedAvg):
     """FedBN (Li et al. 2021, Alg. 1): FedAvg over everything except batch-norm entries, which are
     neither sent nor aggregated. BN keys come from ``model`` (``_BatchNorm`` modules, see
-    :func:`bn_state_keys`), explicit ``bn_keys`` and/or ``bn_prefixes`` (module names)."""
+    :func:`bn_state_keys`), explicit ``bn_keys`` and/or ``bn_prefixes`` (module names).
+
+    Choice: Alg. 1 averages the shared layers uniformly (1/K), over clients of equal size in its
+    experiments, where that equals FedAvg's n_k weighting. Sites of unequal size (paper 004's) are
+    weighted by n_k here (``weighted=True``, the config's default), so FedBN differs from FedAvg only in
+    what stays local, and SecAgg+ (a sample-weighted mean) can run it; ``weighted=false`` is Alg. 1."""
 
     name = "fedbn"
     keeps_local = True
