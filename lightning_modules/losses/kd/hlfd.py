@@ -17,9 +17,10 @@ Interpretation choices (the paper is terse):
   class logits by a learnable 1x1 predictive head (``adapters.predictive_head``, built once, trained)
   and bilinearly interpolated to the teacher map's size; it is not the attention map of Eqs. 1-2.
 * p_mid^t (Eq. 3), the teacher's *unified* middle predictive map: the teacher's middle predictive
-  maps (logits from its deep-supervision heads or decoder taps) are bilinearly resized to the
-  smallest size among them (mirroring z_mid^t in Eq. 1) and their logits averaged; the softmax with
-  temperature is taken after averaging.
+  maps p_mid_j^t (logits from its deep-supervision heads or decoder taps) are bilinearly resized to
+  the smallest size among them (mirroring z_mid^t in Eq. 1) and their logits averaged; the softmax
+  with temperature is taken after averaging. Sec. 2.2 names an early map p_early^t apart, which no
+  term uses, so ``distill/hlfd.yaml`` leaves UNet++'s X^{0,1} out of p_mid^t.
 * Fig. 1's "input X and augmentation X'": both nets see the same augmented batch (Sec. 3's rotation and
   flips are the augmentation), not two views of it; the caption sends both X and X' through both encoders,
   and no term of Eqs. 1-5 compares two views.
