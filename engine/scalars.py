@@ -1,7 +1,8 @@
 """Type and range checks of the scalar settings every run reads (seed, batch size, epochs, batch limits,
-rounds), before anything is built: a value of the wrong type otherwise fails deep inside Lightning, the
-DataLoader or ``seed_everything`` with a traceback (``trainer.max_epochs=abc`` trained up to the fit loop and
-ended in a bare ``AssertionError``), where every other bad input is one line naming the key.
+rounds, width, image size, learning rate, the KD losses' weights), before anything is built: a value of the
+wrong type otherwise fails deep inside Lightning, the DataLoader or ``seed_everything`` with a traceback
+(``trainer.max_epochs=abc`` trained up to the fit loop and ended in a bare ``AssertionError``), where every
+other bad input is one line naming the key.
 
 Only what the project's own configs set is checked, and ``null`` / an absent key always passes.
 """
@@ -35,7 +36,15 @@ SCALARS: dict[str, tuple[str, float]] = {
     "federation.local_epochs": ("int", 1),
     "federation.num_clients": ("int", 1),
     "federation.clients_per_round": ("share", 0),  # a count, or a fraction of num_clients
+    "model.width": ("int", 1),  # D-Net / UNet3+ / UNet++ base filters
+    "data.image_size": ("int", 1),
+    "module.optimizer.lr": ("pos", 0),
 }
+
+#: numeric arguments of the KD losses (``distill.loss``): weights and beta / lambda >= 0, temperature and
+#: the attention power p > 0 (``distill.loss.beta=abc`` failed at the first training step with a torch
+#: TypeError naming no key)
+KD_NUMBERS: dict[str, str] = {"beta": "float", "lam": "float", "weight": "float", "temperature": "pos", "p": "pos"}
 
 
 def _problem(kind: str, low: float, value: Any) -> str | None:
@@ -46,6 +55,8 @@ def _problem(kind: str, low: float, value: Any) -> str | None:
         return None if is_int and value >= low else f"must be an integer >= {int(low)}"
     if kind == "float":
         return None if is_num and value >= low else f"must be a number >= {low:g}"
+    if kind == "pos":
+        return None if is_num and value > low else f"must be a number > {low:g}"
     if kind == "share":
         if is_int and value >= 1 or isinstance(value, float) and 0.0 < value <= 1.0:
             return None
@@ -65,3 +76,11 @@ def check_scalars(cfg: DictConfig) -> None:
         why = _problem(kind, low, value)
         if why is not None:
             raise ConfigError(f"{key}={value!r} {why}")
+    loss = OmegaConf.select(cfg, "distill.loss", default=None, throw_on_resolution_failure=False)
+    if isinstance(loss, DictConfig):
+        for name in loss:
+            kind = KD_NUMBERS.get(str(name), "float" if str(name).endswith("_weight") else None)
+            value = OmegaConf.select(loss, str(name), default=None, throw_on_resolution_failure=False)
+            why = None if kind is None or value is None else _problem(kind, 0, value)
+            if why is not None:
+                raise ConfigError(f"distill.loss.{name}={value!r} {why}")

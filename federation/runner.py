@@ -46,6 +46,7 @@ from federation.core.partial_labels import PartialLabels
 from federation.core.sampling import client_seed
 from federation.core.strategies import DataSharing, Strategy, proximal_loss_term
 from federation.store import ClientStore
+from lightning_modules.errors import ConfigError
 
 __all__ = ["ClientIndices", "run_client", "train_local", "client_datamodule", "client_module_cfg", "best_local_store", "build_strategy",
            "get_base_datamodule", "register_base", "client_seed", "quiet_lightning", "evaluate", "eval_trainer"]
@@ -111,7 +112,10 @@ def build_strategy(strategy_cfg: Any, net: torch.nn.Module | None = None, **extr
             plain.setdefault(k, v)
     if issubclass(cls, DataSharing) and plain.get("pool") is None and plain.get("n_shared") is None:
         plain["n_shared"] = 0  # client side: only client_keys/client_receive/make_update are used
-    return cls(**plain)
+    try:
+        return cls(**plain)
+    except (ValueError, TypeError) as err:  # a bad value (mu=-1, mode=bogus, eta=abc): one line, not a traceback
+        raise ConfigError(f"federation.strategy ({cls.__name__}): {err}") from err
 
 
 def _fed(cfg: DictConfig, key: str, default: Any = None) -> Any:

@@ -248,6 +248,11 @@ CASES: dict[str, Setup] = {
     "batch_size_negative": simple(["data.batch_size=-4"], "data.batch_size=-4"),
     "seed_not_a_number": simple(["seed=abc"], "seed='abc'"),
     "limit_batches_out_of_range": simple(["trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5"),
+    "width_not_a_number": simple(["model.width=abc"], "model.width='abc'"),
+    "image_size_not_a_number": simple(["data.image_size=abc"], "data.image_size='abc'"),
+    "lr_not_a_number": simple(["module.optimizer.lr=abc"], "module.optimizer.lr='abc'"),
+    "kd_weight_not_a_number": simple([*KD, "distill.loss.beta=abc"], "distill.loss.beta='abc'"),
+    "kd_temperature_zero": simple([*KD, "distill.loss.temperature=0"], "distill.loss.temperature=0"),
     # data
     "data_root_missing": simple(["data=lits", "data.root=/nonexistent/LiTS"], "/nonexistent/LiTS"),
     "data_root_empty": _empty_root,
