@@ -33,8 +33,8 @@ from engine.builders import (
 from engine.loggers import forget_from
 from engine.run_match import TEST_ONLY, differences, saved_config
 from engine.tracking import log_run_facts
-from lightning_modules.checkpoints import load_checkpoint, stored_net_cfg
-from lightning_modules.errors import CheckpointError, ConfigError, one_line
+from lightning_modules.checkpoints import load_checkpoint, load_strict, stored_net_cfg
+from lightning_modules.errors import CheckpointError, ConfigError
 from lightning_modules.targets import check_targets
 from engine.wandb_tracking import write_summary
 
@@ -167,11 +167,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         forget_from(trainer.loggers, resumed_step)  # is logged again; only rank 0 writes the CSV log under DDP
     log_run_facts(trainer, module, cfg)
     if given is not None and not train:  # test-only: the checkpoint's weights, loaded strictly
-        try:
-            module.load_state_dict(given["state_dict"])
-        except RuntimeError as err:
-            raise CheckpointError(f"ckpt_path {ckpt_path} holds another model than module "
-                                  f"{type(module).__name__} builds ({one_line(err)})") from err
+        load_strict(module, given["state_dict"],
+                    f"ckpt_path {ckpt_path} holds another model than module {type(module).__name__} builds")
 
     _, fit_seconds = fit_and_evaluate(trainer, module, datamodule, ckpt_path=ckpt_path, fit=train)
     ckpt_cb = best_checkpoint_callback(trainer)

@@ -24,7 +24,7 @@ from datamodules.spatial import voxel_spacing
 from datamodules.volumes import check_labels, load_nifti
 from lightning_modules.atomic import atomic_output
 from lightning_modules.base import build
-from lightning_modules.checkpoints import CheckpointError, load_checkpoint, net_state, one_line
+from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_strict, net_state, one_line
 from lightning_modules.errors import ConfigError
 from lightning_modules.inference import VolumePredictor
 from lightning_modules.metrics import case_scores, confusion_matrix, surface_scores, summarise
@@ -163,10 +163,7 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
         if not isinstance(net_cfg, dict):
             raise CheckpointError(f"checkpoint {path} stores no net config (not a framework segmentation checkpoint)")
         net = build(net_cfg, what=f"checkpoint {path} net")
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as err:
-            raise CheckpointError(f"checkpoint {path} does not match its net config: {one_line(err)}") from err
+        load_strict(net, state, f"checkpoint {path} does not match its net config")
         if first_hp is not None and hp.get("num_classes") != first_hp.get("num_classes"):
             raise CheckpointError(f"checkpoint {path} predicts {hp.get('num_classes')} classes but "
                                   f"{ckpts[0]} predicts {first_hp.get('num_classes')}: an ensemble needs the same classes")

@@ -6,6 +6,7 @@ Every load uses ``torch.load(weights_only=True)``: our checkpoints hold tensors 
 """
 from __future__ import annotations
 
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,16 +29,60 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", lazy: bool = Fal
     memory-mapped, not read, for a caller that checks the structure only before Lightning reads the file
     itself (a 330 MB checkpoint: 0.03 s instead of 0.2-1 s); a pre-zip (torch < 1.6) file is read whole."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(str(p.relative_to(path)) for pattern in ("checkpoints/*.ckpt", "*.ckpt", "*.pt")
+                       for p in path.glob(pattern))[:3]  # a run dir, a checkpoints folder (no deep walk)
+        raise CheckpointError(f"{what} {path} is a folder, not a checkpoint file"
+                              + (f"; it holds e.g. {', '.join(found)}" if found else ""))
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:
         mmap = lazy and zipfile.is_zipfile(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise CheckpointError(f"{what} {path} does not load ({one_line(err)})") from err
+        raise CheckpointError(f"{what} {path} does not load: {_load_failure(err)}") from err
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{what} {path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return dict(ckpt)
+
+
+def _load_failure(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line. torch's own message for a pickled
+    object advises loading with ``weights_only=False``, which would run the file's code: never relayed."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        detail = re.search(r"WeightsUnpickler error: ([^\n]+?)(?:\. |\.?$)", text, re.MULTILINE)
+        return ("it holds Python objects besides tensors and plain values, which are never unpickled here "
+                "(a file from elsewhere is data, not code)" + (f": {detail.group(1).strip()}" if detail else ""))
+    return f"not a torch checkpoint, or corrupt or truncated ({one_line(err).split('. ')[0][:160]})"
+
+
+def state_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:
+    """What keeps the state dict ``given`` from loading strictly into a model whose state is ``expected``,
+    in one line (torch's own message puts every key on lines of its own after a colon)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [k for k in expected if k in given and hasattr(given[k], "shape")
+                and tuple(given[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} key(s) missing (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} of another shape (first: {k}, {list(given[k].shape)} in the file, "
+                     f"{list(expected[k].shape)} here)")
+    return "; ".join(parts) or "its state dict does not load"
+
+
+def load_strict(module: nn.Module, state: Mapping[str, Any], error: str) -> None:
+    """``module.load_state_dict(state)`` (strict); a mismatch is one :class:`CheckpointError`: ``error``, then
+    :func:`state_mismatch`."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{error}: {state_mismatch(module.state_dict(), state)}") from err
 
 
 def stored_net_cfg(ckpt: Mapping[str, Any], path: str | Path, what: str = "checkpoint") -> Any:
@@ -85,10 +130,7 @@ def net_from_checkpoint(path: str | Path, expected: Mapping | None = None, what:
     if not isinstance(cfg, Mapping):
         raise CheckpointError(f"{what} {path} stores no net config; give the model config explicitly")
     net = build(dict(cfg), what=f"{what} {path} net")
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{what} {path} does not match its net config: {one_line(err)}") from err
+    load_strict(net, state, f"{what} {path} does not match its net config")
     return net
 
 

@@ -20,8 +20,8 @@ from hydra.utils import get_class
 from torch import Tensor, nn
 
 from lightning_modules.base import build, to_plain
-from lightning_modules.checkpoints import CheckpointError, load_checkpoint, net_state
-from lightning_modules.errors import ConfigError, one_line
+from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_strict, net_state
+from lightning_modules.errors import ConfigError
 from lightning_modules.hooks import FeatureTap, resolve_module
 from lightning_modules.losses.kd.attention import LIST_ROLES, MASK, ROLES, STUDENT_LOGITS, TEACHER_PRED_LATE
 
@@ -106,11 +106,7 @@ def build_teacher(teacher: Any, teacher_cfg: Mapping | None, ckpt_path: str | No
         raise ConfigError("distillation needs a teacher: set distill.teacher.model or distill.teacher.ckpt")
     net = build(teacher, what="teacher")
     if state is not None:
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise CheckpointError(f"teacher checkpoint {ckpt_path} does not fit the teacher "
-                                  f"{type(net).__name__}: {one_line(err)}") from err
+        load_strict(net, state, f"teacher checkpoint {ckpt_path} does not fit the teacher {type(net).__name__}")
     return net
 
 def example_shape(student: nn.Module, example_size: int | Sequence[int]) -> tuple[int, ...]:

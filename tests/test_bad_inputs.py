@@ -136,6 +136,11 @@ def _teacher_other_arch(env, tmp):  # distill.teacher.model is nested_unet, the 
     return [*KD, f"distill.teacher.ckpt={save_ckpt(env, tmp, 'dnet_teacher.ckpt')}"], "dnet_teacher.ckpt"
 
 
+def _teacher_foreign_weights(env, tmp):  # a bare state dict of another net: what does not fit, in one line
+    torch.save({"fc.weight": torch.zeros(10, 4), "fc.bias": torch.zeros(10)}, tmp / "resnet.pt")
+    return [*KD, f"distill.teacher.ckpt={tmp / 'resnet.pt'}"], "2 unexpected (first: fc.weight)"
+
+
 def _teacher_pickle(env, tmp):
     torch.save({"state_dict": {"x": Marker(str(tmp / "pwned"))}}, tmp / "t.ckpt")
     return [*KD, f"distill.teacher.ckpt={tmp / 't.ckpt'}"], "t.ckpt"
@@ -219,6 +224,7 @@ def simple(overrides: list[str], culprit: str) -> Setup:
 CASES: dict[str, Setup] = {
     # checkpoints (test-only, resume, teacher)
     "ckpt_missing": simple(["train=false", "ckpt_path=/nonexistent/best.ckpt"], "/nonexistent/best.ckpt"),
+    "ckpt_is_a_folder": lambda env, tmp: (["train=false", f"ckpt_path={env['root']}"], "is a folder, not a checkpoint"),
     "ckpt_text_file": _text_file,
     "ckpt_truncated": _truncated,
     "ckpt_not_a_dict": _list_pickle,
@@ -233,6 +239,7 @@ CASES: dict[str, Setup] = {
     "resume_crafted_last_ckpt": _resume_crafted,
     "teacher_missing": simple([*KD, "distill.teacher.ckpt=/nonexistent/teacher.ckpt"], "/nonexistent/teacher.ckpt"),
     "teacher_other_architecture": _teacher_other_arch,
+    "teacher_foreign_weights": _teacher_foreign_weights,
     "teacher_crafted_pickle": _teacher_pickle,
     "teacher_crafted_target": _teacher_target,
     # optimiser / module / trainer values
@@ -303,6 +310,7 @@ def test_bad_input_is_one_line_exit_2(name, env, tmp_path):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
     assert len(errors) == 1, proc.stderr[-3000:]
     assert culprit in errors[0], errors[0]
+    assert "weights_only set to False" not in proc.stderr  # torch's advice to run the file's code is not relayed
     assert not (tmp_path / "pwned").exists(), "a crafted file ran code"
     assert not (run / "metrics.json").exists() and not list(run.glob("checkpoints/*.ckpt")) or name.startswith("resume")
     if (run / "config.yaml").is_file():  # a run folder was made: it says why it holds no results
