@@ -105,8 +105,20 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
             if isinstance(c, Mapping) and "_target_" not in c:
                 raise DataError(f"data.sites.{name} has no _target_ (set it there or in data.site_defaults)")
         self.batch_size, self.num_workers, self.root = int(batch_size), int(num_workers), root
+        self._check_root_is_used()
         self.sites: dict[str, pl.LightningDataModule] = {}
         self.train_dataset = self.val_dataset = self.test_dataset = None
+
+    def _check_root_is_used(self) -> None:
+        """``data.root`` moves the sites only where their roots are ``${data.root}/<site>`` (multisite_kits):
+        ``+data.root=<folder>`` on sites with roots of their own (Hydra's advice when the key is absent) was
+        taken and ignored, and the run trained on phantoms elsewhere (found by an audit)."""
+        roots = [str(c["root"]) for c in self.site_cfgs.values() if isinstance(c, Mapping) and c.get("root")]
+        base = str(self.root).rstrip("/") if self.root is not None else None
+        if base and roots and not any(r == base or r.startswith(base + "/") for r in roots):
+            raise DataError(f"data.root={self.root} is under no site's root (the sites read {', '.join(roots[:2])}"
+                            f"{', ...' if len(roots) > 2 else ''}): set data.sites.<site>.root for each site "
+                            "(data=multisite_custom shows how)")
 
     def prepare_data(self) -> None:
         for dm in self._build().values():
