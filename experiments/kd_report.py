@@ -76,9 +76,10 @@ def _rvd(metrics: dict) -> float | None:
     return None
 
 
-def collect(root: Path) -> tuple[list[dict], list[dict]]:
-    """``(runs, failed)``: one record per run dir (method, dataset, seed, beta, lam, dsc, rvd)."""
-    runs, failed = [], []
+def collect(root: Path, include_debug: bool = False) -> tuple[list[dict], list[dict], int]:
+    """``(runs, failed, debug)``: one record per run dir (method, dataset, seed, beta, lam, dsc, rvd), and how
+    many debug runs were left out (all of them kept with ``include_debug``)."""
+    runs, failed, debug = [], [], 0
     for path in sorted(root.rglob("failed.json")):
         info = json.loads(path.read_text())
         failed.append({"run": str(path.parent.relative_to(root)) or ".", "error": info.get("error", "?"),
@@ -88,7 +89,8 @@ def collect(root: Path) -> tuple[list[dict], list[dict]]:
         method = metrics.get("distill/method")
         if not method:  # e.g. the teacher pre-training inside a run dir
             continue
-        if metrics.get("debug"):  # fast_dev_run: one batch, not a result (experiments.report leaves it out too)
+        if metrics.get("debug") and not include_debug:  # fast_dev_run: one batch, not a result (as in report)
+            debug += 1
             continue
         cfg = _load_config(path.parent)
         loss = ((cfg.get("distill") or {}).get("loss") or {})
@@ -98,7 +100,7 @@ def collect(root: Path) -> tuple[list[dict], list[dict]]:
             "seed": cfg.get("seed"), "beta": loss.get("beta"), "lam": loss.get("lam"),
             "protocol": metrics.get("distill/protocol", ""),
             "dsc": None if dice is None else 100.0 * float(dice), "rvd": _rvd(metrics)})
-    return runs, failed
+    return runs, failed, debug
 
 
 def _stats(values: list[float | None]) -> tuple[float, float, int]:
@@ -181,9 +183,9 @@ def _csv(records: list[dict]) -> str:
     return buf.getvalue()
 
 
-def report(root: Path, out: Path | None = None) -> dict[str, Any]:
+def report(root: Path, out: Path | None = None, include_debug: bool = False) -> dict[str, Any]:
     """Write ``kd_report.md``, ``kd_table1.csv``, ``kd_table2.csv``; returns the tables' records."""
-    runs, failed = collect(root)
+    runs, failed, debug = collect(root, include_debug)
     out = out or root
     h1, r1, rec1 = table1(runs)
     h2, r2, rec2 = table2(runs)
@@ -195,6 +197,8 @@ def report(root: Path, out: Path | None = None) -> dict[str, Any]:
           "Pixel KD and AT are not in the paper's tables (blank).", "",
           "## Table 1 (β = 0.9, λ = 0.1)", "", _markdown(h1, r1), "",
           "## Table 2: impact of β and λ on DSC (HLFD)", "", _markdown(h2, r2), ""]
+    if debug:
+        md += [f"Left out: {debug} debug (fast_dev_run) run(s); `--all` includes them.", ""]
     if failed:
         md += ["## Failed runs", "", _markdown(["run", "error", "overrides"],
                                                [[f["run"], f["error"], f["overrides"]] for f in failed]), ""]
@@ -208,16 +212,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a multirun (or run) directory")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: root)")
+    parser.add_argument("--all", action="store_true", help="also debug (fast_dev_run) runs in the tables")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         print(f"error: {args.root} is not a directory", file=sys.stderr)
         return 2
-    runs, failed = collect(args.root)
+    runs, failed, debug = collect(args.root, args.all)
+    if not runs and not failed and debug:
+        print(f"error: all {debug} run(s) under {args.root} are debug (fast_dev_run) runs, whose numbers are not "
+              "results; --all includes them", file=sys.stderr)
+        return 2
     if not runs and not failed:
         print(f"error: no distillation runs (metrics.json with distill/method, or failed.json) under {args.root}",
               file=sys.stderr)
         return 2  # a folder without runs is a wrong argument, as for experiments.report
-    result = report(args.root, args.out)
+    result = report(args.root, args.out, args.all)
     print(result["markdown"])
     if not runs:
         print(f"error: every run under {args.root} failed", file=sys.stderr)

@@ -68,7 +68,21 @@ def test_report_means_and_failures(tmp_path, capsys):
     assert t2[(1.8, 0.1)]["dsc_mean"] == pytest.approx(30.0) and t2[(1.8, 0.1)]["paper_dsc_mean"] == 51.58
     md = (tmp_path / "kd_report.md").read_text()
     assert "55.00 ± 5.00 (n=2)" in md and "ConfigError: bad tap" in md
+    assert "Left out: 1 debug (fast_dev_run) run(s); `--all` includes them." in md
     assert (tmp_path / "kd_table1.csv").read_text().startswith("method,dataset")
+    assert kd_report.main([str(tmp_path), "--all"]) == 0  # the debug run joins its seed-4 row
+    with_debug = next(r for r in kd_report.report(tmp_path, include_debug=True)["table1"]
+                      if r["method"] == "hlfd" and r["dataset"] == "KiTS")
+    assert with_debug["n_seeds"] == 3
+
+
+def test_report_of_debug_runs_only_says_so(tmp_path, capsys):
+    """A sweep made with ``debug=fdr`` is not "no distillation runs": one line saying why, and ``--all``."""
+    _fake_run(tmp_path, "0_fdr", "hlfd", "kits", 1, 0.01, 9.0)
+    write_json(tmp_path / "0_fdr" / "metrics.json", {"distill/method": "hlfd", "test/dice": 0.01, "debug": True})
+    assert kd_report.main([str(tmp_path)]) == 2
+    assert "all 1 run(s) under" in capsys.readouterr().err
+    assert kd_report.main([str(tmp_path), "--all"]) == 0
 
 
 def test_report_without_runs_fails(tmp_path, capsys):
