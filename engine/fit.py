@@ -125,9 +125,15 @@ def test_only_cfg(cfg: DictConfig, ckpt: dict[str, Any], path: str) -> DictConfi
     if diffs:
         raise CheckpointError(f"ckpt_path {path} was trained with other data settings than this run composes: "
                               f"{'; '.join(diffs)}; set them as the run had them (its config.yaml)")
+    composed = OmegaConf.select(cfg, "model._target_", default=None)
+    if composed is not None and composed != stored.get("_target_"):  # the folder's name came from model=
+        log.warning("ckpt_path %s holds a %s, not the %s that model= composes: this run tests the checkpoint's "
+                    "net (config.yaml and W&B say so), though its folder is named after model=",
+                    path, str(stored.get("_target_")).rsplit(".", 1)[-1], str(composed).rsplit(".", 1)[-1])
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.module.net = OmegaConf.create(dict(stored))
+        cfg.model = OmegaConf.create(dict(stored))  # config.yaml's model: is the net tested, as module.net
     return cfg
 
 

@@ -47,9 +47,10 @@ def run_facts(cfg: DictConfig) -> dict[str, Any]:
     """What the run is: experiment, model, data, distillation method, strategy, partition, seed."""
     fed = cfg.get("federation")
     distill = cfg.get("distill")
+    test_only = cfg.get("train") is False and cfg.get("ckpt_path")  # the net is the checkpoint's, not model='s
     facts = {
         "exp": str(cfg.get("exp_name", "default")),
-        "model": _choice("model") or _target_name(cfg.get("model")),
+        "model": (None if test_only else _choice("model")) or _target_name(cfg.get("model")),
         "data": _choice("data") or _target_name(cfg.get("data")),
         "distill": str(distill.get("method")) if isinstance(distill, DictConfig) else None,
         "strategy": (_choice("federation/strategy") or _target_name(fed.get("strategy"))) if fed else None,

@@ -19,9 +19,13 @@ import pytest
 import torch
 import yaml
 
+from omegaconf import OmegaConf
+
 from engine.artifacts import atomic_write_text, write_json
+from engine import fit as engine_fit  # not `import test_only_cfg`: pytest would collect it as a test
 from engine.objective import optimized_value as objective
 from engine.tracking import record_environment
+from engine.wandb_tracking import run_facts
 from experiments.run import dispatch
 from lightning_modules.atomic import atomic_output
 from lightning_modules.base import build
@@ -97,8 +101,6 @@ def _saved(obj) -> io.BytesIO:
 
 
 def test_objective_ignores_test_metrics():
-    from omegaconf import OmegaConf
-
     cfg = OmegaConf.create({"module": {"monitor": "val/dice"}})
     assert objective(cfg, {"test/dice": 0.9}) is None
     assert objective(cfg, {"test/dice": 0.9, "val/dice_best": 0.4}) == 0.4
@@ -116,6 +118,10 @@ def test_test_only_builds_the_checkpoints_net(tmp_path):
     unet3plus = build(ckpt["hyper_parameters"]["net"])
     assert type(unet3plus).__name__ == "UNet3Plus"
     assert metrics["num_parameters"] == sum(p.numel() for p in unet3plus.parameters())
+    written = OmegaConf.load(tmp_path / "b" / "run" / "config.yaml")  # found by an audit: model: said DNet
+    assert written.model._target_ == written.module.net._target_ == ckpt["hyper_parameters"]["net"]["_target_"]
+    tested = engine_fit.test_only_cfg(cfg2, ckpt, str(best))
+    assert run_facts(tested)["model"] == "unet3plus"  # W&B's name and tags: the net tested, not model=dnet
 
 
 def test_two_processes_never_share_a_run_dir_suffix():
