@@ -18,6 +18,7 @@ patch (a site default, kept here so the 3D model configs read ``${data.patch_siz
 from __future__ import annotations
 
 import bisect
+import os
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -113,9 +114,13 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
         """``data.root`` moves the sites only where their roots are ``${data.root}/<site>`` (multisite_kits):
         ``+data.root=<folder>`` on sites with roots of their own (Hydra's advice when the key is absent) was
         taken and ignored, and the run trained on phantoms elsewhere (found by an audit)."""
-        roots = [str(c["root"]) for c in self.site_cfgs.values() if isinstance(c, Mapping) and c.get("root")]
-        base = str(self.root).rstrip("/") if self.root is not None else None
-        if base and roots and not any(r == base or r.startswith(base + "/") for r in roots):
+        # sites come as configs (``_recursive_: false``) or as datamodules Hydra built already
+        roots = [str(c.get("root") if isinstance(c, Mapping) else getattr(c, "root", None) or "")
+                 for c in self.site_cfgs.values()]
+        roots = [r for r in roots if r and r != "None"]
+        base = os.path.abspath(str(self.root)) if self.root else None
+        if base and roots and not any(os.path.abspath(r) == base or os.path.abspath(r).startswith(base + os.sep)
+                                      for r in roots):
             raise DataError(f"data.root={self.root} is under no site's root (the sites read {', '.join(roots[:2])}"
                             f"{', ...' if len(roots) > 2 else ''}): set data.sites.<site>.root for each site "
                             "(data=multisite_custom shows how)")

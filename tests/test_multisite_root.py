@@ -23,3 +23,27 @@ def test_a_root_the_sites_sit_under_is_taken():
     assert MultiSiteDataModule(sites).root is None  # no data.root: nothing to check
     with pytest.raises(DataError):  # a prefix of a folder's name is not that folder
         MultiSiteDataModule(sites, root="/tmp/min")
+
+
+def test_the_default_multisite_configs_refuse_a_root_their_sites_ignore(tmp_path):
+    """The configs whose sites Hydra builds before the datamodule sees them (multisite_lits, ...): the review
+    of the first fix found it looked at site configs only, so these still took ``+data.root`` and ignored it."""
+    from hydra.errors import InstantiationException
+
+    from engine.builders import build_datamodule
+    from engine.errors import find_user_error
+    from tests.hydra_helpers import compose_run
+
+    cfg = compose_run(["+exp=fed_lits_dnet", f"+data.root={tmp_path / 'mine'}"], tmp_path)
+    with pytest.raises(InstantiationException) as info:
+        build_datamodule(cfg.data)
+    assert isinstance(find_user_error(info.value), DataError)  # experiments.run shows it as one line, exit 2
+    assert "data.root=" in str(find_user_error(info.value))
+    kits = compose_run(["+exp=fed_kits_hlfd", f"data.root={tmp_path / 'kits'}"], tmp_path)  # sites under it
+    assert build_datamodule(kits.data).root == str(tmp_path / "kits")
+
+
+def test_relative_roots_are_compared_as_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sites = {"a": {**SITE, "root": "mine/a"}}
+    assert MultiSiteDataModule(sites, root="./mine").root == "./mine"
