@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
@@ -34,6 +35,32 @@ def _target_name(node: Any) -> str | None:
     return str(target).rsplit(".", 1)[-1].lower() if target else None
 
 
+#: the ``model=`` options, read (not imported) to name a test-only run's net as its training run was named
+MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "model"
+
+
+def model_options(target: Any) -> list[str]:
+    """The ``model=`` options whose config builds ``target`` (a ``_target_`` path), in name order."""
+    names = []
+    for path in sorted(MODEL_CONFIGS.glob("*.yaml")) if target else []:
+        try:
+            if OmegaConf.load(path).get("_target_") == target:
+                names.append(path.stem)
+        except Exception:  # noqa: BLE001 - a config that does not parse names nothing here; composing reports it
+            continue
+    return names
+
+
+def _model_name(cfg: DictConfig) -> str | None:
+    """The run's ``model=`` choice; for a test-only run, the option that builds the checkpoint's net (it
+    replaced ``cfg.model``): the choice when it builds that net, else the first such option."""
+    choice = _choice("model")
+    if cfg.get("train") is False and cfg.get("ckpt_path"):
+        options = model_options(OmegaConf.select(cfg, "model._target_", default=None))
+        choice = choice if choice in options else (options[0] if options else None)
+    return choice or _target_name(cfg.get("model"))
+
+
 def _task_overrides() -> list[str]:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -47,10 +74,9 @@ def run_facts(cfg: DictConfig) -> dict[str, Any]:
     """What the run is: experiment, model, data, distillation method, strategy, partition, seed."""
     fed = cfg.get("federation")
     distill = cfg.get("distill")
-    test_only = cfg.get("train") is False and cfg.get("ckpt_path")  # the net is the checkpoint's, not model='s
     facts = {
         "exp": str(cfg.get("exp_name", "default")),
-        "model": (None if test_only else _choice("model")) or _target_name(cfg.get("model")),
+        "model": _model_name(cfg),
         "data": _choice("data") or _target_name(cfg.get("data")),
         "distill": str(distill.get("method")) if isinstance(distill, DictConfig) else None,
         "strategy": (_choice("federation/strategy") or _target_name(fed.get("strategy"))) if fed else None,

@@ -25,7 +25,7 @@ from engine.artifacts import atomic_write_text, write_json
 from engine import fit as engine_fit  # not `import test_only_cfg`: pytest would collect it as a test
 from engine.objective import optimized_value as objective
 from engine.tracking import record_environment
-from engine.wandb_tracking import run_facts
+from engine.wandb_tracking import model_options, run_facts
 from experiments.run import dispatch
 from lightning_modules.atomic import atomic_output
 from lightning_modules.base import build
@@ -122,6 +122,9 @@ def test_test_only_builds_the_checkpoints_net(tmp_path):
     assert written.model._target_ == written.module.net._target_ == ckpt["hyper_parameters"]["net"]["_target_"]
     tested = engine_fit.test_only_cfg(cfg2, ckpt, str(best))
     assert run_facts(tested)["model"] == "unet3plus"  # W&B's name and tags: the net tested, not model=dnet
+    # named as its training runs are (the option, not the class: nested_unet, not nestedunet)
+    assert model_options("lightning_modules.nets.nested_unet.NestedUNet") == ["nested_unet"]
+    assert model_options("segmentation_models_pytorch.Unet") == ["unet"] and model_options(None) == []
 
 
 def test_two_processes_never_share_a_run_dir_suffix():
