@@ -16,8 +16,9 @@ from lightning_modules.errors import ConfigError
 
 __all__ = ["SCALARS", "check_scalars"]
 
-#: key -> (kind, lowest allowed value); kinds: ``int``, ``float``, ``limit`` (a batch count >= 0 or a
-#: fraction in [0, 1], as Lightning's ``limit_*_batches`` take it)
+#: key -> (kind, lowest allowed value); kinds: ``int``, ``float`` (>= the value), ``pos`` (> the value),
+#: ``share`` (a count >= 1 or a fraction in (0, 1]), ``limit`` (a batch count >= 0 or a fraction in [0, 1], as
+#: Lightning's ``limit_*_batches`` take it)
 SCALARS: dict[str, tuple[str, float]] = {
     "seed": ("int", 0),
     "data.batch_size": ("int", 1),
@@ -36,6 +37,11 @@ SCALARS: dict[str, tuple[str, float]] = {
     "federation.local_epochs": ("int", 1),
     "federation.num_clients": ("int", 1),
     "federation.clients_per_round": ("share", 0),  # a count, or a fraction of num_clients
+    "federation.strategy.mu": ("float", 0),  # ranges beyond the type: the strategies' own constructors
+    "federation.strategy.eta": ("float", 0),
+    "federation.strategy.tau": ("float", 0),
+    "federation.strategy.beta1": ("float", 0),
+    "federation.strategy.beta2": ("float", 0),
     "model.width": ("int", 1),  # D-Net / UNet3+ / UNet++ base filters
     "data.image_size": ("int", 1),
     "module.optimizer.lr": ("pos", 0),

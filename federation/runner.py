@@ -46,6 +46,7 @@ from federation.core.partial_labels import PartialLabels
 from federation.core.sampling import client_seed
 from federation.core.strategies import DataSharing, Strategy, proximal_loss_term
 from federation.store import ClientStore
+from lightning_modules.base import is_argument_error
 from lightning_modules.errors import ConfigError
 
 __all__ = ["ClientIndices", "run_client", "train_local", "client_datamodule", "client_module_cfg", "best_local_store", "build_strategy",
@@ -114,7 +115,9 @@ def build_strategy(strategy_cfg: Any, net: torch.nn.Module | None = None, **extr
         plain["n_shared"] = 0  # client side: only client_keys/client_receive/make_update are used
     try:
         return cls(**plain)
-    except (ValueError, TypeError) as err:  # a bad value (mu=-1, mode=bogus, eta=abc): one line, not a traceback
+    except (ValueError, TypeError) as err:  # a bad value (mu=-1, mode=bogus) or key: one line, not a traceback
+        if isinstance(err, TypeError) and not is_argument_error(err):
+            raise  # a TypeError from inside the constructor is a bug to see, not the user's value
         raise ConfigError(f"federation.strategy ({cls.__name__}): {err}") from err
 
 

@@ -69,6 +69,11 @@ def _warn_ignored_keys(obj: Mapping, what: str) -> None:
 _ARGUMENT_ERROR = re.compile(r"unexpected keyword argument|missing \d+ required|got multiple values|takes \d+ positional")
 
 
+def is_argument_error(err: BaseException) -> bool:
+    """A constructor called with arguments it does not take (not a TypeError from inside its body)."""
+    return isinstance(err, TypeError) and bool(_ARGUMENT_ERROR.search(str(err)))
+
+
 def instantiate_with_args_checked(obj: Mapping, what: str, *args: Any) -> Any:
     """``instantiate(obj)``; a constructor given arguments it does not take is one :class:`ConfigError`
     naming ``what``, the class and the argument (Hydra wraps it in a multi-line InstantiationException)."""
@@ -76,7 +81,7 @@ def instantiate_with_args_checked(obj: Mapping, what: str, *args: Any) -> Any:
         return instantiate(obj, *args, _convert_="all")
     except InstantiationException as err:
         cause = err.__cause__
-        if isinstance(cause, TypeError) and _ARGUMENT_ERROR.search(str(cause)):
+        if cause is not None and is_argument_error(cause):
             raise ConfigError(f"{what} {obj.get('_target_')}: {cause}") from err
         raise
 

@@ -10,7 +10,7 @@ from torch import nn
 from federation.core.messages import ClientUpdate
 from federation.core.sharing import SharedPool
 from federation.core.strategies import (
-    STRATEGIES, DataSharing, FedAdam, FedAvg, FedBN, FedProx, FedYogi, bn_state_keys, proximal_loss_term,
+    STRATEGIES, DataSharing, FedAdagrad, FedAdam, FedAvg, FedBN, FedProx, FedYogi, bn_state_keys, proximal_loss_term,
     proximal_term,
 )
 
@@ -192,3 +192,13 @@ def test_datasharing_compares_only_the_accuracies_of_one_round_under_client_samp
 
 def test_registry():
     assert {"fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "datasharing"} <= set(STRATEGIES)
+
+
+def test_fedopt_refuses_values_that_walk_away_and_ignores_an_unused_beta2():
+    """Found by an audit: ``federation.strategy.eta=-1`` ran to the end (the server moved away from the clients)."""
+    for bad in ({"eta": -1.0}, {"tau": 0.0}, {"beta1": 1.0}, {"beta2": -0.1}):
+        with pytest.raises(ValueError, match="must"):
+            FedAdam(**bad)
+    with pytest.raises(ValueError, match="mu must be >= 0"):
+        FedProx(mu=-1)
+    assert FedAdagrad(beta2=5.0).eta == 1e-2  # Adagrad's v_t takes no beta2

@@ -25,13 +25,14 @@ class FedOpt(FedAvg):
     """
 
     name = "fedopt"
+    uses_beta2 = True  # FedAdagrad's v_t takes no beta2: its value is not checked there
 
     def __init__(self, eta: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, **kw: Any) -> None:
         super().__init__(**kw)
         self.eta, self.beta1, self.beta2, self.tau = float(eta), float(beta1), float(beta2), float(tau)
         if not (self.eta > 0 and self.tau > 0):  # a negative eta walks the global model away from the clients'
             raise ValueError(f"eta and tau must be > 0, got eta={eta}, tau={tau}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+        if not 0 <= self.beta1 < 1 or self.uses_beta2 and not 0 <= self.beta2 < 1:
             raise ValueError(f"beta1 and beta2 must lie in [0, 1), got beta1={beta1}, beta2={beta2}")
         self.m: dict[str, Tensor] = {}
         self.v: dict[str, Tensor] = {}
@@ -91,6 +92,7 @@ class FedAdagrad(FedOpt):
     """FedAdagrad: ``v_t = v_{t-1} + Delta_t^2`` (Reddi et al. 2021, Alg. 2)."""
 
     name = "fedadagrad"
+    uses_beta2 = False
 
     def _second_moment(self, v: Tensor, d2: Tensor) -> Tensor:
         return v + d2
