@@ -60,7 +60,7 @@ def _load_failure(err: BaseException) -> str:
 def state_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:
     """What keeps the state dict ``given`` from loading strictly into a model whose state is ``expected``,
     in one line (torch's own message puts every key on lines of its own after a colon)."""
-    missing = [k for k in expected if k not in given]
+    missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]  # torch lets it be
     unexpected = [k for k in given if k not in expected]
     reshaped = [k for k in expected if k in given and hasattr(given[k], "shape")
                 and tuple(given[k].shape) != tuple(expected[k].shape)]
@@ -73,16 +73,17 @@ def state_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str
         k = reshaped[0]
         parts.append(f"{len(reshaped)} of another shape (first: {k}, {list(given[k].shape)} in the file, "
                      f"{list(expected[k].shape)} here)")
-    return "; ".join(parts) or "its state dict does not load"
+    return "; ".join(parts)
 
 
 def load_strict(module: nn.Module, state: Mapping[str, Any], error: str) -> None:
     """``module.load_state_dict(state)`` (strict); a mismatch is one :class:`CheckpointError`: ``error``, then
-    :func:`state_mismatch`."""
+    :func:`state_mismatch` (torch's own first line when no key or shape differs)."""
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"{error}: {state_mismatch(module.state_dict(), state)}") from err
+        why = state_mismatch(module.state_dict(), state) or one_line(err)
+        raise CheckpointError(f"{error}: {why}") from err
 
 
 def stored_net_cfg(ckpt: Mapping[str, Any], path: str | Path, what: str = "checkpoint") -> Any:

@@ -1,0 +1,31 @@
+"""The one line a checkpoint that does not fit gets (``lightning_modules.checkpoints.load_strict``): what is
+missing, unexpected or reshaped, never a key torch would have let pass, and torch's own reason otherwise."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_modules.checkpoints import load_strict, state_mismatch
+from lightning_modules.errors import CheckpointError
+
+
+def test_the_line_counts_and_names_the_first_of_each_kind():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    state = {k: v for k, v in net.state_dict().items() if k != "1.num_batches_tracked"}  # torch allows this
+    state["0.weight"] = torch.zeros(2, 1, 5, 5)
+    state.pop("1.bias")
+    state["fc.weight"] = torch.zeros(1)
+    line = state_mismatch(net.state_dict(), state)
+    assert line == ("1 key(s) missing (first: 1.bias); 1 unexpected (first: fc.weight); "
+                    "1 of another shape (first: 0.weight, [2, 1, 5, 5] in the file, [2, 1, 3, 3] here)")
+    with pytest.raises(CheckpointError, match=r"^teacher t.pt does not fit: 1 key\(s\) missing"):
+        load_strict(net, state, "teacher t.pt does not fit")
+
+
+def test_a_failure_with_every_key_in_place_keeps_torchs_reason():
+    net = nn.Linear(2, 1)
+    state = {"weight": torch.zeros(1, 2), "bias": "not a tensor"}
+    assert state_mismatch(net.state_dict(), state) == ""
+    with pytest.raises(CheckpointError, match=r"^c.pt does not fit: \w+Error: "):
+        load_strict(net, state, "c.pt does not fit")
