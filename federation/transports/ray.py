@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -53,6 +54,28 @@ def _import_ray():
         raise ExecutorError("federation/executor=ray needs Ray: `pip install -e .[ray]` (or 'ray[default]'), "
                             "or use federation/executor=sequential") from exc
     return ray
+
+
+#: how long the driver tries to reach a cluster's GCS port before it says so (Ray itself retries for ever)
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """One :class:`~federation.errors.FederationError` line when nothing answers at a ``host:port`` cluster
+    address: ``ray.init`` logged "Failed to connect to GCS" every ~40 s and never gave up (found by a
+    deployment walkthrough). ``auto`` and ``ray://`` (Ray Client) addresses are left to Ray."""
+    from federation.errors import FederationError
+
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not port.isdigit() or "://" in str(address):
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise FederationError(f"federation.executor.address={address}: no Ray cluster answers there within "
+                              f"{timeout_s:g} s ({err.strerror or err}); start its head with `ray start --head "
+                              f"--port={port}` or fix the address") from None
 
 
 def _loopback_init(ray: Any, attempts: int = 3, **kw: Any) -> None:
@@ -126,6 +149,7 @@ class RayExecutor:
             kw: dict[str, Any] = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
                                       runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
             if address:
+                check_reachable(address)
                 kw["address"] = address
             else:
                 kw["num_cpus"] = max(1, math.ceil(num_workers * cpus_per_client))
