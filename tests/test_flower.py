@@ -150,7 +150,18 @@ def test_real_deployment_writes_the_run_config(tmp_path, capsys):
     written = OmegaConf.load(out["flower/config"])
     assert written.paths.output_dir == str((tmp_path / "run").resolve())
     assert (tmp_path / "run" / "flower" / "app" / "pyproject.toml").is_file()
-    assert "flwr run" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "flwr run" in printed and "privacy=none: the server sees each site's update" in printed
+
+
+@pytest.mark.parametrize("privacy, says", [("dp", "clips its update to L2 norm 0.5 and adds Gaussian noise"),
+                                           ("secagg", "learns only the sites' weighted sum")])
+def test_the_launch_says_which_privacy_is_on(tmp_path, capsys, privacy, says):
+    """A DP rehearsal printed nothing saying DP was on (deployment walkthrough); the launcher now says it."""
+    dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.executor.launch=false",
+                          "federation.strategy.allow_data_transfer=true", f"federation.privacy={privacy}",
+                          "federation.executor.dp.clipping_norm=0.5"], tmp_path))
+    assert says in capsys.readouterr().out.replace("\n", " ")
 
 
 def test_three_hospital_server_command_writes_its_config(tmp_path, capsys):

@@ -166,6 +166,20 @@ def check(cfg: DictConfig) -> None:
     check_data_transfer(cfg)
 
 
+def privacy_line(cfg: DictConfig) -> str:
+    """One line saying what the server sees of a site's update (a deployment walkthrough found a DP rehearsal
+    silent about DP being on): the plain update, a clipped and noised one, or only the sum."""
+    privacy = str(OmegaConf.select(cfg, "federation.privacy", default="none"))
+    if privacy == "dp":
+        dp = OmegaConf.select(cfg, "federation.executor.dp", default={}) or {}
+        return (f"privacy=dp: each site clips its update to L2 norm {dp.get('clipping_norm')} and adds Gaussian "
+                f"noise before sending it (Flower's LocalDpMod, epsilon={dp.get('epsilon')}, "
+                f"delta={dp.get('delta')}, sensitivity={dp.get('sensitivity')})")
+    if privacy == "secagg":
+        return "privacy=secagg: the server learns only the sites' weighted sum of updates (Flower's SecAgg+)"
+    return "privacy=none: the server sees each site's update as it is (federation.privacy=dp|secagg to change)"
+
+
 def check_secagg(cfg: DictConfig) -> None:
     """What SecAgg+ cannot do, refused in one line (``ConfigError``) before any process starts."""
     from engine.errors import ConfigError
@@ -199,6 +213,7 @@ def check_secagg(cfg: DictConfig) -> None:
 def prepare(cfg: DictConfig) -> dict[str, Any]:
     """``launch: false``: write the run config and the app for a real SuperLink; print the command."""
     check(cfg)
+    artifacts.console.print(f"[bold]flower:[/bold] {privacy_line(cfg)}")
     fdir = Path(cfg.paths.output_dir).resolve() / "flower"
     fdir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(APP_DIR, fdir / "app", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
@@ -214,6 +229,7 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.federation.executor.get("launch", True):
         return prepare(cfg)
     check(cfg)
+    artifacts.console.print(f"[bold]flower:[/bold] {privacy_line(cfg)}")
     if is_remote_sites(OmegaConf.select(cfg, "federation.partition")):
         from engine.errors import ConfigError
 
