@@ -54,7 +54,10 @@ def _load_failure(err: BaseException) -> str:
         detail = re.search(r"WeightsUnpickler error: ([^\n]+?)(?:\. |\.?$)", text, re.MULTILINE)
         return ("it holds Python objects besides tensors and plain values, which are never unpickled here "
                 "(a file from elsewhere is data, not code)" + (f": {detail.group(1).strip()}" if detail else ""))
-    return f"not a torch checkpoint, or corrupt or truncated ({one_line(err).split('. ')[0][:160]})"
+    first = one_line(err).split(". ")[0][:160]
+    if "weights_only" in first:  # torch reworded its refusal: its advice is still never passed on
+        first = type(err).__name__
+    return f"not a torch checkpoint, or corrupt or truncated ({first})"
 
 
 def state_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.checkpoints import load_strict, state_mismatch
+from lightning_modules.checkpoints import _load_failure, load_checkpoint, load_strict, state_mismatch
 from lightning_modules.errors import CheckpointError
 
 
@@ -29,3 +29,27 @@ def test_a_failure_with_every_key_in_place_keeps_torchs_reason():
     assert state_mismatch(net.state_dict(), state) == ""
     with pytest.raises(CheckpointError, match=r"^c.pt does not fit: \w+Error: "):
         load_strict(net, state, "c.pt does not fit")
+
+
+class _Payload:
+    """A pickled object with a ``__reduce__``: what a crafted checkpoint would carry."""
+
+    def __reduce__(self):
+        return (print, ("ran",))
+
+
+def test_a_refused_pickle_names_the_global_and_never_relays_torchs_advice(tmp_path, capsys):
+    path = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {}, "x": _Payload()}, path)
+    with pytest.raises(CheckpointError) as got:
+        load_checkpoint(path)
+    assert "ran" not in capsys.readouterr().out  # nothing was executed
+    line = str(got.value)
+    assert line.startswith(f"checkpoint {path} does not load: it holds Python objects") and "print" in line
+    assert "weights_only" not in line
+
+
+def test_a_reworded_torch_refusal_still_hides_its_advice():
+    """The fallback when torch words its refusal otherwise (``_load_failure`` matches its current text)."""
+    err = RuntimeError("Loading failed: re-run with weights_only=False if you trust the source. More text")
+    assert _load_failure(err) == "not a torch checkpoint, or corrupt or truncated (RuntimeError)"
