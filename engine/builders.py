@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.checkpoint_paths import ConfineCheckpointPaths
 from callbacks.epoch_seeding import EpochSeeding
 from engine.artifacts import atomic_write_text
 from engine.checkpoint_io import AtomicCheckpointIO
@@ -155,11 +156,15 @@ def quiet_library_notices() -> None:
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = None, **overrides: Any) -> pl.Trainer:
     """``cfg.trainer`` with ``callbacks`` and loggers; checkpoints are saved atomically beside their target
     (:class:`engine.checkpoint_io.AtomicCheckpointIO`) unless ``trainer.plugins`` names other plugins; every
-    trainer re-seeds the model's draws per epoch (:class:`callbacks.epoch_seeding.EpochSeeding`)."""
+    trainer re-seeds the model's draws per epoch (:class:`callbacks.epoch_seeding.EpochSeeding`) and keeps
+    only checkpoint paths inside its checkpoint folder from a resumed file
+    (:class:`callbacks.checkpoint_paths.ConfineCheckpointPaths`)."""
     quiet_library_notices()
     if cfg.trainer.get("plugins") is None and "plugins" not in overrides:
         overrides["plugins"] = [AtomicCheckpointIO()]
     callbacks = list(callbacks or [])
     if not any(isinstance(c, EpochSeeding) for c in callbacks):
         callbacks.append(EpochSeeding())
+    if not any(isinstance(c, ConfineCheckpointPaths) for c in callbacks):
+        callbacks.append(ConfineCheckpointPaths())
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger if logger is not None else False, **overrides)

@@ -1,0 +1,70 @@
+"""Checkpoint paths restored from a checkpoint are confined to this run's checkpoint folder.
+
+Lightning's ``ModelCheckpoint`` restores ``best_model_path``, ``last_model_path``, ``kth_best_model_path``
+and ``best_k_models`` from the file it resumes from, and later *deletes* the previous one with
+``fs.rm(recursive=True)``. Its own check (``_should_remove_checkpoint``) treats ``local://...`` as remote
+and does not normalise ``..``, so a crafted checkpoint naming ``local:///home/you`` or
+``<run>/checkpoints/../../data`` deleted that folder one epoch after ``resume=`` or ``train=true ckpt_path=``
+(found by a security audit). :func:`engine.builders.build_trainer` gives every trainer this callback: before
+any callback loads its state, each such path that is not a plain local path inside the folder of the
+``ModelCheckpoint`` that restores it is dropped (a warning names it), so Lightning never sees it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+log = logging.getLogger("callbacks.checkpoint_paths")
+
+#: what ModelCheckpoint.load_state_dict restores that names a file it may later delete
+PATH_KEYS = ("best_model_path", "last_model_path", "kth_best_model_path")
+
+
+def inside(path: Any, folder: str | Path | None) -> bool:
+    """``path`` is a plain local path (no ``scheme://``) that, links and ``..`` resolved, lies in ``folder``."""
+    if folder is None or not isinstance(path, str) or "://" in path or "://" in str(folder):
+        return False
+    try:
+        return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def confine_state(state: dict[str, Any], folder: str | Path | None, where: str) -> list[str]:
+    """Drop from one ``ModelCheckpoint`` state every restored path outside ``folder``; returns those dropped."""
+    dropped: list[str] = []
+    for key in PATH_KEYS:
+        value = state.get(key)
+        if value and not inside(value, folder):
+            dropped.append(f"{key}={value!r}")
+            state[key] = ""
+    best_k = state.get("best_k_models")
+    if isinstance(best_k, dict):
+        outside = [p for p in best_k if not inside(p, folder)]
+        for p in outside:
+            dropped.append(f"best_k_models[{p!r}]")
+            best_k.pop(p)
+    if dropped:
+        log.warning("%s: dropped checkpoint paths outside %s (never deleted nor loaded): %s", where, folder,
+                    ", ".join(dropped))
+    return dropped
+
+
+class ConfineCheckpointPaths(pl.Callback):
+    """At ``on_load_checkpoint`` (Lightning calls every callback's before any ``load_state_dict``) each restored
+    ``ModelCheckpoint`` state keeps only paths inside that callback's ``dirpath``; a state no callback of
+    this trainer restores loses all its paths."""
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("callbacks")
+        if not isinstance(states, dict):
+            return
+        folders = {cb.state_key: cb.dirpath for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)}
+        for key, state in states.items():
+            if isinstance(state, dict) and any(k in state for k in (*PATH_KEYS, "best_k_models")):
+                confine_state(state, folders.get(key), f"checkpoint callback state {key}")
