@@ -12,6 +12,17 @@ import numpy as np
 from datamodules.errors import DataError
 
 
+def checked_ct_stats(value: object, what: str) -> tuple[float, float, float, float] | None:
+    """``[lo, hi, mean, std]`` as floats (``None`` stays ``None``), or one :class:`DataError` naming ``what``:
+    the statistics a checkpoint's datamodule state carries are data from a file, checked before use."""
+    if value is None:
+        return None
+    if not (isinstance(value, (list, tuple)) and len(value) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)):
+        raise DataError(f"{what}={value!r} is not [lo, hi, mean, std] (four finite numbers)")
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
 def foreground_stats(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], max_voxels: int = 1_000_000,
                      seed: int = 0) -> tuple[float, float, float, float]:
     """``(p0.5, p99.5, mean, std)`` of the voxels with label > 0 (a seeded subsample of at most

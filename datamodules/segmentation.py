@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from datamodules.errors import DataError
-from datamodules.intensity import CTNormalised, foreground_stats
+from datamodules.intensity import CTNormalised, checked_ct_stats, foreground_stats
 from datamodules.layouts import find_cases, layout_classes, nnunet_channels
 from datamodules.progress import log_progress
 from datamodules.slices import TARGETS, SliceCase, SliceDataModule, SliceDataset, TargetMap
@@ -191,7 +191,7 @@ class VolumeSegmentationDataModule(SliceDataModule):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Take a checkpoint's CT statistics unless this datamodule already has its own."""
         if state.get("ct_stats") is not None and self.ct_stats is None:
-            self.ct_stats = tuple(float(v) for v in state["ct_stats"])
+            self.ct_stats = checked_ct_stats(state["ct_stats"], "the checkpoint's datamodule state ct_stats")
 
     def preprocess_volume(self, path: str | Path | Sequence[Path]) -> tuple[torch.Tensor, GridMeta]:
         """A NIfTI (or one file per channel) through the same pipeline as training:

@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
+from datamodules.errors import DataError
+from datamodules.intensity import checked_ct_stats
 from engine import artifacts
 from engine.builders import (
     build_callbacks,
@@ -104,6 +106,19 @@ def check_trainer_state(ckpt: dict[str, Any], path: str | Path) -> None:
         if key in ckpt and not isinstance(ckpt[key], kind):
             raise CheckpointError(f"ckpt_path {path}: '{key}' holds {type(ckpt[key]).__name__}, expected "
                                   f"{kind.__name__} (not a checkpoint Lightning wrote)")
+    check_data_states(ckpt, path)
+
+
+def check_data_states(ckpt: Mapping[str, Any], path: str | Path) -> None:
+    """The datamodule states a checkpoint carries (Lightning keeps each under the class name; ours holds CT
+    normalisation statistics) are checked before a datamodule or predict takes them: one
+    :class:`CheckpointError` naming the file and the key, not a ``ValueError`` from inside Lightning's restore."""
+    for key, state in ckpt.items():
+        if isinstance(state, Mapping) and "ct_stats" in state:
+            try:
+                checked_ct_stats(state["ct_stats"], f"{key}.ct_stats")
+            except DataError as err:
+                raise CheckpointError(f"checkpoint {path}: {err}") from err
 
 
 def test_only_cfg(cfg: DictConfig, ckpt: dict[str, Any], path: str) -> DictConfig:

@@ -22,11 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.errors import DataError
 from datamodules.spatial import voxel_spacing
 from datamodules.volumes import check_labels, load_nifti
+from engine.fit import check_data_states
 from lightning_modules.atomic import atomic_output
 from lightning_modules.base import build
 from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_strict, net_state, one_line
 from lightning_modules.errors import ConfigError
 from lightning_modules.inference import VolumePredictor
+from lightning_modules.targets import check_data_target, check_targets
 from lightning_modules.metrics import case_scores, confusion_matrix, surface_scores, summarise
 
 _NII = re.compile(r"\.nii(\.gz)?$")
@@ -149,11 +151,7 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
         ckpt = load_checkpoint(path)
         # Lightning keeps the datamodule's state_dict() under its class name (CT normalisation statistics)
         data_states.append({k: dict(v) for k, v in ckpt.items() if isinstance(v, dict) and "ct_stats" in v})
-        for key, st in data_states[-1].items():
-            stats = st["ct_stats"]
-            if stats is not None and not (isinstance(stats, (list, tuple)) and len(stats) == 4
-                                          and all(isinstance(x, (int, float)) for x in stats)):
-                raise CheckpointError(f"checkpoint {path}: {key}.ct_stats={stats!r} is not [lo, hi, mean, std]")
+        check_data_states(ckpt, path)
         hp = dict(ckpt.get("hyper_parameters") or {})
         if "task" in hp or ("state_dict" in ckpt and "eval_slices" not in hp):
             raise CheckpointError(f"checkpoint {path} is not a segmentation checkpoint"
@@ -180,10 +178,14 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
         run_cfg = OmegaConf.load(run_cfg_path)
     except Exception as err:  # noqa: BLE001 - a YAML or OmegaConf error: the file is bad, not the program
         raise CheckpointError(f"run config {run_cfg_path} does not parse ({one_line(err)})") from err
+    # before any value is read (reading resolves it, `in` too: ${oc.env:...} would read the environment; audit)
+    if isinstance(run_cfg, DictConfig):
+        check_targets(run_cfg, f"run config {run_cfg_path}", check=lambda target, what: None)  # interpolations
     if not isinstance(run_cfg, DictConfig) or not isinstance(run_cfg.get("data"), DictConfig) \
             or "_target_" not in run_cfg.data:
         raise CheckpointError(f"run config {run_cfg_path} holds no data config (data._target_); pass "
                               f"run_config=<training run>/config.yaml")
+    check_targets(run_cfg.data, "run config data", check_data_target)  # a file's config is data, not code
     dm_key = str(OmegaConf.select(run_cfg, "data._target_", default="") or "").rsplit(".", 1)[-1]
     states = [s.get(dm_key, {}) for s in data_states]
     for path, st in zip(ckpts[1:], states[1:]):

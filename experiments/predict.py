@@ -25,7 +25,6 @@ from rich.progress import Progress
 
 from engine.artifacts import print_case_table, write_json
 from engine.builders import build_datamodule
-from lightning_modules.targets import check_data_target, check_targets
 from engine.errors import ConfigError, find_user_error, one_line
 from experiments.hydra_checks import run_cli, task_started
 from engine.predict import (check_label_shapes, check_writable, is_nifti, load_case_label, load_models, plan_cases,
@@ -86,7 +85,6 @@ def predict(cfg: DictConfig) -> dict:
         raise ConfigError(f"predict settings: {err}") from None
     for net in models.nets:
         net.to(predictor.device)
-    check_targets(models.run_cfg.data, "run config data", check_data_target)  # a file's config is data, not code
     data_kind = str(models.run_cfg.data.get("_target_", "")).rsplit(".", 1)[-1]
     no_phantoms = {"synthetic": None} if "synthetic" in models.run_cfg.data else {}  # never write phantoms here
     dm = build_datamodule(models.run_cfg.data, **no_phantoms, **models.data_overrides())

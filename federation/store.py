@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lightning_modules.atomic import save_torch
+from lightning_modules.safe_load import load_checkpoint
 
 __all__ = ["ClientStore"]
 
@@ -78,7 +79,7 @@ class ClientStore:
         p = self.path(client_id)
         if not p.exists():
             return {}
-        return torch.load(p, map_location="cpu", weights_only=True, mmap=lazy)
+        return load_checkpoint(p, f"client store of {client_id!r}", lazy=lazy)  # one line for a bad file
 
     def _write(self, client_id: str, data: dict[str, Any]) -> None:
         save_torch(data, self.path(client_id))

@@ -6,8 +6,6 @@ Every load uses ``torch.load(weights_only=True)``: our checkpoints hold tensors 
 """
 from __future__ import annotations
 
-import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,46 +16,11 @@ from torch import nn
 from lightning_modules.atomic import save_torch
 from lightning_modules.base import build
 from lightning_modules.errors import CheckpointError, ConfigError, one_line
+from lightning_modules.safe_load import load_checkpoint
 from lightning_modules.targets import no_downloads
 
 #: net hyper-parameters compared between a checkpoint's stored net config and an expected one.
 ARCH_KEYS = ("_target_", "in_channels", "classes", "preset", "width", "filters", "encoder_name", "decoder")
-
-
-def load_checkpoint(path: str | Path, what: str = "checkpoint", lazy: bool = False) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with one-line errors naming the file. ``lazy``: the tensors are
-    memory-mapped, not read, for a caller that checks the structure only before Lightning reads the file
-    itself (a 330 MB checkpoint: 0.03 s instead of 0.2-1 s); a pre-zip (torch < 1.6) file is read whole."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(str(p.relative_to(path)) for pattern in ("checkpoints/*.ckpt", "*.ckpt", "*.pt")
-                       for p in path.glob(pattern))[:3]  # a run dir, a checkpoints folder (no deep walk)
-        raise CheckpointError(f"{what} {path} is a folder, not a checkpoint file"
-                              + (f"; it holds e.g. {', '.join(found)}" if found else ""))
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist")
-    try:
-        mmap = lazy and zipfile.is_zipfile(path)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise CheckpointError(f"{what} {path} does not load: {_load_failure(err)}") from err
-    if not isinstance(ckpt, Mapping):
-        raise CheckpointError(f"{what} {path} holds a {type(ckpt).__name__}, not a checkpoint dict")
-    return dict(ckpt)
-
-
-def _load_failure(err: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` refused a file, in one line. torch's own message for a pickled
-    object advises loading with ``weights_only=False``, which would run the file's code: never relayed."""
-    text = str(err)
-    if "Weights only load failed" in text:
-        detail = re.search(r"WeightsUnpickler error: ([^\n]+?)(?:\. |\.?$)", text, re.MULTILINE)
-        return ("it holds Python objects besides tensors and plain values, which are never unpickled here "
-                "(a file from elsewhere is data, not code)" + (f": {detail.group(1).strip()}" if detail else ""))
-    first = one_line(err).split(". ")[0][:160]
-    if "weights_only" in first:  # torch reworded its refusal: its advice is still never passed on
-        first = type(err).__name__
-    return f"not a torch checkpoint, or corrupt or truncated ({first})"
 
 
 def state_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:
@@ -95,8 +58,17 @@ def stored_net_cfg(ckpt: Mapping[str, Any], path: str | Path, what: str = "check
     stored = (ckpt.get("hyper_parameters") or {}).get("net")
     if not isinstance(stored, Mapping):
         return stored
+    return _file_net_cfg(stored, f"{what} {path} net")
+
+
+def _file_net_cfg(stored: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """A net config read from a file, made to build offline, and building a net: ``_partial_`` would give a
+    ``functools.partial`` that failed later in a traceback (security audit)."""
+    if stored.get("_partial_"):
+        raise CheckpointError(f"{what}._partial_={stored['_partial_']!r} refused: a stored net config builds a "
+                              f"network, not a partial")
     try:
-        return no_downloads(stored, f"{what} {path} net")
+        return no_downloads(stored, what)
     except ConfigError as err:
         raise CheckpointError(str(err)) from err
 
@@ -151,8 +123,9 @@ def load_net(path: str | Path) -> nn.Module:
     payload = load_checkpoint(path, "net file")
     if not isinstance(payload.get("net"), Mapping):
         raise CheckpointError(f"net file {path} stores no net config")
+    cfg = _file_net_cfg(payload["net"], f"net file {path} net")
     try:
-        net = build(no_downloads(payload["net"], f"net file {path} net"), what="net")
+        net = build(cfg, what="net")
     except ConfigError as err:
         raise CheckpointError(str(err)) from err
     net.load_state_dict(payload["state_dict"])

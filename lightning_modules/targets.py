@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -106,6 +107,9 @@ def check_targets(cfg: Any, what: str = "object", check: Any = None) -> None:
             if isinstance(key, str) and "${" in key:
                 raise ConfigError(f"{what} key {key!r} refused: an interpolation in a config that is built here")
             if key == "_target_":
+                if isinstance(value, str) and "${" in value:
+                    raise ConfigError(f"{what}._target_={value!r} refused: an interpolation in a config that is "
+                                      f"built here (configs read from files or the network are stored resolved)")
                 check(value, what)
             else:
                 check_targets(value, f"{what}.{key}", check)
@@ -115,9 +119,14 @@ def check_targets(cfg: Any, what: str = "object", check: Any = None) -> None:
 
 
 #: net arguments that make a constructor fetch weights from the network, and their offline values
-DOWNLOAD_KEYS = {"encoder_weights": None, "pretrained": False, "weights": None}
+DOWNLOAD_KEYS = {"encoder_weights": None, "pretrained": False, "weights": None, "weights_backbone": None}
 #: timm's / huggingface_hub's model names fetched from the Hub (``tu-hf-hub:org/name`` in smp)
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+#: net arguments naming a file or a place to load weights or code from, refused when set: MONAI's
+#: ``HoVerNet(pretrained_url=)`` and ``Transchex(path_or_repo_id=)``, timm's ``checkpoint_path`` (torch.load of a
+#: file the config chooses) and ``pretrained_cfg`` / ``pretrained_cfg_overlay`` (a url, file or Hub id), reached
+#: through ``smp.Unet(encoder_name="tu-...", **kwargs)`` (security audit)
+FETCH_KEY = re.compile(r"(^|_)(url|uri)$|^checkpoint_path$|repo_id$|^pretrained_(cfg|path|file)")
 
 
 def _downloading_defaults(target: Any) -> list[str]:
@@ -139,13 +148,21 @@ def no_downloads(cfg: Any, what: str = "net") -> Any:
     touching the network: ``encoder_weights`` / ``weights`` -> ``None`` and ``pretrained`` -> ``False``
     (the weights come from the checkpoint or the server, so nothing is lost), and a Hugging Face Hub
     model name is refused with one line (its architecture itself is fetched, from a repo the file names), and
-    so are positional ``_args_``."""
+    so are positional ``_args_``, a URL anywhere and a :data:`FETCH_KEY` argument that is set."""
     if isinstance(cfg, (DictConfig, ListConfig)):
         cfg = OmegaConf.to_container(cfg, resolve=False)
     if isinstance(cfg, str) and any(p in cfg.lower() for p in HUB_PREFIXES):
         raise ConfigError(f"{what}={cfg!r} refused: a config read from a file or the network may not name a "
                           f"Hugging Face Hub model (it would be fetched from a repo the file chooses)")
+    if isinstance(cfg, str) and "://" in cfg:
+        raise ConfigError(f"{what}={cfg!r} refused: a config read from a file or the network may not name a URL "
+                          f"(a net built from it would fetch from a place the file chooses)")
     if isinstance(cfg, Mapping):
+        for key, value in cfg.items():
+            if FETCH_KEY.search(str(key)) and value not in (None, "", False, {}):
+                raise ConfigError(f"{what}.{key}={value!r} refused: a config read from a file or the network may "
+                                  f"not name a file or a place to load weights or code from (the weights come "
+                                  f"from the checkpoint or the server)")
         if "_args_" in cfg:  # smp.Unet(name, depth, "imagenet"): a positional argument escapes every key check
             raise ConfigError(f"{what}._args_ refused: a config read from a file or the network names each "
                               f"argument (positional arguments hide which parameter a value sets)")

@@ -162,3 +162,31 @@ def test_crafted_or_corrupt_global_best_is_one_federation_error(tmp_path):
     assert not (tmp_path / "pwned").exists()
     torch.save({"w": torch.ones(2)}, tmp_path / "good.pt")
     assert torch.equal(load_global_weights(tmp_path / "good.pt")["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "crafted_pickle"])
+def test_corrupt_client_store_on_resume_is_one_line(tmp_path, kind):
+    """Found by a security audit: a truncated or crafted ``client_store/<site>.pt`` on resume was a traceback
+    from ``torch.load``; it is read through the same one-line loader as every checkpoint, and nothing runs."""
+    import os
+
+    import torch
+
+    run = tmp_path / "run"
+    first = _run(["federation/strategy=fedbn", f"hydra.run.dir={run}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stored = sorted((run / "client_store").glob("*.pt"))
+    assert stored, "FedBN keeps each site's BN statistics in its store"
+    marker = tmp_path / "pwned"
+
+    class MakeMarker:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    if kind == "truncated":
+        stored[0].write_bytes(stored[0].read_bytes()[:100])
+    else:
+        torch.save({"local_state": MakeMarker()}, stored[0])
+    proc = _run(["federation/strategy=fedbn", "resume=true", f"hydra.run.dir={run}", "federation.rounds=2"], tmp_path)
+    line = _one_line_error(proc, str(stored[0]))
+    assert not marker.exists() and "weights_only" not in line

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.checkpoints import _load_failure, load_checkpoint, load_strict, state_mismatch
+from lightning_modules.checkpoints import load_checkpoint, load_strict, state_mismatch
+from lightning_modules.safe_load import _load_failure
 from lightning_modules.errors import CheckpointError
 
 
@@ -53,3 +54,16 @@ def test_a_reworded_torch_refusal_still_hides_its_advice():
     """The fallback when torch words its refusal otherwise (``_load_failure`` matches its current text)."""
     err = RuntimeError("Loading failed: re-run with weights_only=False if you trust the source. More text")
     assert _load_failure(err) == "not a torch checkpoint, or corrupt or truncated (RuntimeError)"
+
+
+def test_a_partial_net_config_in_a_checkpoint_is_one_line(tmp_path):
+    """Found by a security audit: ``_partial_: true`` in a stored net config built a ``functools.partial`` that
+    predict then failed on in a traceback."""
+    from lightning_modules.checkpoints import load_net, stored_net_cfg
+
+    net = {"_target_": "lightning_modules.nets.dnet.DNet", "in_channels": 1, "classes": 2, "_partial_": True}
+    with pytest.raises(CheckpointError, match=r"c\.ckpt net\._partial_=True refused"):
+        stored_net_cfg({"hyper_parameters": {"net": net}}, tmp_path / "c.ckpt")
+    torch.save({"state_dict": {}, "net": net}, tmp_path / "n.pt")
+    with pytest.raises(CheckpointError, match=r"n\.pt net\._partial_=True refused"):
+        load_net(tmp_path / "n.pt")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -48,3 +49,20 @@ def test_predict_reuses_the_checkpoints_ct_statistics(tmp_path):
                                   run_config=None, batch_size=4, roi_size=None, overlap=0.25, mode="gaussian",
                                   tta=None, nsd_tolerance_mm=1.0, device="cpu")))
     assert out.is_file()
+
+
+@pytest.mark.parametrize("stats", [["x", "y"], [0, 1, 2], [0, 1, float("nan"), 1], 5, [True, 1, 2, 3]])
+def test_a_crafted_data_state_is_one_line_before_lightning_restores_it(tmp_path, stats):
+    """Found by a security audit: ``ct_stats: ["x", "y"]`` in a resumed checkpoint was a ValueError traceback
+    from inside Lightning's restore; the resume check (and the datamodule itself) name the key instead."""
+    from datamodules.errors import DataError
+    from datamodules.segmentation import VolumeSegmentationDataModule
+    from engine.fit import check_trainer_state
+    from lightning_modules.errors import CheckpointError
+
+    ckpt = {"pytorch-lightning_version": "2.6.0", "epoch": 1, "state_dict": {},
+            "VolumeSegmentationDataModule": {"ct_stats": stats}}
+    with pytest.raises(CheckpointError, match=r"c\.ckpt: VolumeSegmentationDataModule\.ct_stats=.* is not \[lo, hi"):
+        check_trainer_state(ckpt, tmp_path / "c.ckpt")
+    with pytest.raises(DataError, match="ct_stats=.* is not"):
+        VolumeSegmentationDataModule(str(tmp_path), normalization="ct").load_state_dict({"ct_stats": stats})

@@ -1,6 +1,5 @@
 """ClientStore: per-client state on disk, atomic writes, weights_only loading."""
 import os
-import pickle
 from fractions import Fraction
 
 import numpy as np
@@ -8,6 +7,7 @@ import pytest
 import torch
 
 from federation.store import ClientStore
+from lightning_modules.errors import CheckpointError
 
 
 def test_round_trip_and_index(tmp_path):
@@ -54,7 +54,7 @@ def test_load_is_weights_only(tmp_path):
     store = ClientStore(tmp_path)
 
     torch.save({"x": Fraction(1, 3)}, store.path("bad"))  # arbitrary pickled object
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match=r"client store of 'bad' .*bad\.pt does not load: .*Fraction"):
         store.load("bad", "x")
 
 

@@ -282,6 +282,39 @@ def test_no_downloads_rewrites_weight_keys_and_refuses_hub_names():
                                                    "_args_": ["resnet18", 5, "imagenet"]}}, "net")
 
 
+FETCHING_NETS = {  # an allowed class whose arguments name a file or a URL to load from (security audit)
+    "monai_hovernet_url": {"_target_": "monai.networks.nets.HoVerNet", "pretrained_url": "https://attacker/x.pth"},
+    "monai_transchex_repo": {"_target_": "monai.networks.nets.Transchex", "in_channels": 1, "img_size": [32, 32],
+                             "num_classes": 2, "patch_size": [16, 16], "path_or_repo_id": "attacker/repo"},
+    "timm_checkpoint_path": {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "tu-resnet18",
+                             "checkpoint_path": "/tmp/any.pth"},
+    "timm_pretrained_cfg": {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "tu-resnet18",
+                            "pretrained_cfg_overlay": {"file": "/tmp/any.pth"}},
+    "url_anywhere": {"_target_": "x.Net", "sub": ["s3://bucket/weights.pt"]},
+}
+
+
+@pytest.mark.parametrize("kind", list(FETCHING_NETS))
+def test_no_downloads_refuses_files_and_urls_a_net_would_load(kind):
+    from lightning_modules.targets import no_downloads
+
+    key = {"url_anywhere": r"net\.sub\[0\]=", "monai_hovernet_url": r"net\.pretrained_url=",
+           "monai_transchex_repo": r"net\.path_or_repo_id=", "timm_checkpoint_path": r"net\.checkpoint_path=",
+           "timm_pretrained_cfg": r"net\.pretrained_cfg_overlay="}[kind]
+    with pytest.raises(ConfigError, match=key + ".* refused"):
+        no_downloads(FETCHING_NETS[kind])
+    assert no_downloads({"_target_": "x.Net", "checkpoint_path": None, "encoder_path": "encoder.layer4"})
+
+
+def test_a_checkpoint_whose_net_names_a_file_to_load_is_refused_by_predict(trained, tmp_path):
+    ckpt = _crafted_config_ckpt(trained, tmp_path, FETCHING_NETS["timm_checkpoint_path"])
+    volume = trained / "data" / "synthetic_lits" / "volume-0.nii.gz"
+    proc = run_cli("experiments.predict", [f"ckpt={ckpt}", f"input={volume}", f"output={tmp_path / 's.nii.gz'}"],
+                   tmp_path)
+    line = assert_one_line_error(proc, "best.ckpt", "checkpoint_path")
+    assert "weights_only" not in line and not (tmp_path / "s.nii.gz").exists()
+
+
 def test_build_allow_list():
     assert type(build({"_target_": "torch.nn.Identity"})).__name__ == "Identity"
     for target in ("os.system", "builtins.eval", "lightning_modules.base.instantiate",
@@ -411,3 +444,26 @@ def test_every_shipped_model_config_passes_the_allow_list():
     for path in configs:
         for target in targets(OmegaConf.to_container(OmegaConf.load(path))):
             check_target(target, str(path.relative_to(root)))
+
+
+def test_an_interpolation_in_the_run_config_is_refused_before_anything_resolves_it(trained, tmp_path):
+    """Found by a security audit: predict read ``data._target_`` (and a 3D run's ``data.patch_size``) from the
+    run's config.yaml before checking it, so ``${oc.env:...}`` there was resolved (the environment read) before
+    the refusal. A resolver that records its calls shows nothing in the file is resolved now."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from engine.predict import load_models
+
+    calls: list[str] = []
+    OmegaConf.register_new_resolver("spy_audit", lambda: calls.append("resolved") or "x", replace=True)
+    run = tmp_path / "handed_over"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained / "run" / "checkpoints" / "best.ckpt", run / "checkpoints" / "best.ckpt")
+    text = (trained / "run" / "config.yaml").read_text()
+    target = OmegaConf.load(trained / "run" / "config.yaml").data._target_
+    (run / "config.yaml").write_text(text.replace(f"_target_: {target}", "_target_: ${spy_audit:}", 1))
+    with pytest.raises(ConfigError, match=r"config\.yaml\.data\._target_=.*interpolation"):
+        load_models([run / "checkpoints" / "best.ckpt"], None)
+    assert calls == []
