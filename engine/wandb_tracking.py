@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -100,18 +101,36 @@ def _is_sweep(value: str) -> bool:
     return comma or value.startswith(("choice(", "range(", "interval(", "glob(", "tag("))
 
 
-def swept_keys() -> set[str]:
-    """Keys a sweep varies: the sweeper's ``params`` (Optuna, config sweeps) and the command line's sweeps."""
+#: the command line the user typed, kept in the environment by :func:`experiments.hydra_checks.run_cli`: a
+#: sweep job's ``sys.argv`` is its own command once :func:`experiments.ddp_job.job_command` has run (and
+#: submitit's in a submitit job), so it no longer says which keys the sweep varies
+COMMAND_ENV = "FEDMED_COMMAND_ARGV"
+
+
+def typed_command() -> list[str]:
+    """The overrides the user typed (the sweep's, with its ``a,b`` values, in every job of a sweep)."""
+    import json
     import sys
 
-    keys: set[str] = set()
+    try:
+        argv = json.loads(os.environ.get(COMMAND_ENV) or "null")
+    except ValueError:
+        argv = None
+    return [str(a) for a in argv] if isinstance(argv, list) else sys.argv[1:]
+
+
+def swept_keys() -> set[str]:
+    """Keys a sweep varies: the sweeper's ``params`` (Optuna, config sweeps) unless the command line fixes them,
+    and the command line's sweeps."""
+    typed = {_key(a): a.split("=", 1)[1] for a in typed_command() if "=" in a}
+    keys = {k for k, v in typed.items() if _is_sweep(v)}
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        keys |= {str(k) for k in (HydraConfig.get().sweeper.get("params") or {})}
+        params = {str(k) for k in (HydraConfig.get().sweeper.get("params") or {})}
+        keys |= {k for k in params if k not in typed or _is_sweep(typed[k])}
     except (ValueError, ImportError, AttributeError):
         pass
-    keys |= {_key(a) for a in sys.argv[1:] if "=" in a and _is_sweep(a.split("=", 1)[1])}
     return keys
 
 

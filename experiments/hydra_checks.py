@@ -7,6 +7,7 @@ option, an override that does not parse): one line and exit code 2, where Hydra 
 search path and exit code 1. ``HYDRA_FULL_ERROR=1`` keeps Hydra's full report."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -17,6 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from engine.wandb_tracking import COMMAND_ENV
 
 
 def unwritable(folder: str | Path) -> Path | None:
@@ -202,6 +205,7 @@ def submission_error(exc: BaseException) -> bool:
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function; Hydra's command-line errors, and a launcher that cannot submit the
     sweep, become one line and exit code 2."""
+    os.environ[COMMAND_ENV] = json.dumps(sys.argv[1:])  # a sweep's jobs name their W&B runs by what it varies
     if FULL_ERROR in os.environ:  # the user asked for Hydra's full report
         main()
         return

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli import run_in_process, run_subprocess
+from tests.wandb_offline import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["+exp=fed_digits_datashare", "model.width=4", "federation.progress=false", "trainer.limit_train_batches=2",
@@ -137,6 +138,10 @@ def test_two_job_federated_sweep_gives_two_wandb_runs(tmp_path):
         assert runs[0].name.endswith(run_id)
         ids.append(run_id)
     assert ids[0] != ids[1]
+    # found by a walkthrough: every job's run had the same name (the job's argv held no sweep any more)
+    names = sorted(read_run(job)["name"] for job in jobs)
+    assert [n.rsplit("-", 1)[-1] for n in names] == ["federation.strategy.mode=all", "federation.strategy.mode=none"]
+    assert all(f"federation.strategy.mode={m}" in read_run(job)["tags"] for job, m in zip(jobs, ("none", "all")))
 
 
 def test_crafted_or_corrupt_global_best_is_one_federation_error(tmp_path):

@@ -76,3 +76,22 @@ def test_sweep_values_enter_name_and_tags(tmp_path, monkeypatch):
     assert ident["name"] == "lits_dnet-dnet-s2-module.optimizer.lr=0.01"
     assert "module.optimizer.lr=0.01" in ident["tags"] and "seed:2" in ident["tags"]
     assert method_overrides(["paths.log_dir=/x", "logger=csv", "model.width=4", "+exp=a"]) == ["model.width=4"]
+
+
+def test_swept_keys_come_from_the_typed_command_and_skip_fixed_sweeper_params(monkeypatch):
+    """A sweep job's argv is its own command (experiments.ddp_job.job_command), so the typed one is read from
+    the environment run_cli keeps it in; an Optuna param fixed on the command line is not in the name."""
+    import json
+    from types import SimpleNamespace
+
+    from hydra.core import hydra_config
+
+    from engine.wandb_tracking import COMMAND_ENV, swept_keys
+
+    params = {"module.optimizer.lr": "interval(0.0001, 0.1)", "model.width": "choice(4, 8)"}
+    monkeypatch.setattr(hydra_config.HydraConfig, "get", staticmethod(lambda: SimpleNamespace(
+        sweeper={"params": params})))
+    monkeypatch.setattr(sys, "argv", ["run", "module.optimizer.lr=0.01", "model.width=4", "seed=3"])
+    monkeypatch.setenv(COMMAND_ENV, json.dumps(["-m", "hparams_search=lits_optuna", "module.optimizer.lr=0.01",
+                                                "seed=1,2,3"]))
+    assert swept_keys() == {"model.width", "seed"}
