@@ -13,14 +13,8 @@ from typing import Any, Iterable, Mapping
 
 import pytorch_lightning as pl
 
-#: metric names where lower is better (|RVD| for the relative volume difference)
-LOWER_IS_BETTER = ("loss", "hd95", "hd", "rvd", "asd", "error", "seconds")
+from callbacks.metric_goal import goal
 
-
-def goal(key: str) -> str:
-    """``min`` or ``max``: which way ``key`` improves."""
-    name = key.rsplit("/", 1)[-1]
-    return "min" if any(name.startswith(s) or f"_{s}" in name for s in LOWER_IS_BETTER) else "max"
 
 
 def better(key: str, new: float, old: float | None) -> bool:

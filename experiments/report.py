@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from callbacks.metric_goal import goal
 from engine.artifacts import atomic_write_text, console
 from experiments.report_html import write_html
 
 DEFAULT_KEYS = ("test/dice", "test/miou", "test/accuracy", "test/auc", "test/acc", "fed/test/accuracy")
-LOWER_IS_BETTER = ("loss", "rvd", "seconds", "_std", "peak_memory")
 
 
 def json_object(path: Path) -> dict | None:
@@ -141,7 +141,7 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str]) -> tuple[s
     for key in keys:
         means = {m: np.mean(v[key]) for m, v in groups.items() if v.get(key)}
         if means:
-            pick = min if any(t in key for t in LOWER_IS_BETTER) else max
+            pick = min if goal(key) == "min" or key.endswith("_std") else max
             best[key] = pick(means, key=lambda m: abs(means[m]) if "rvd" in key else means[m])
     md = ["| " + " | ".join(["method", "n", *keys]) + " |", "|---|---|" + "---|" * len(keys)]
     buf = io.StringIO()

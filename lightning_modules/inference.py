@@ -48,6 +48,14 @@ class VolumePredictor:
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if spatial_dims == 3 and roi_size is None:
             raise ValueError("a 3D net needs roi_size (its training patch size)")
+        if roi_size is not None:
+            try:
+                sizes = [int(r) for r in roi_size]
+            except (TypeError, ValueError):
+                sizes = []
+            if len(sizes) != spatial_dims or min(sizes) <= 0 or sizes != [float(r) for r in roi_size]:
+                raise ValueError(f"roi_size={list(roi_size) if isinstance(roi_size, Sequence) else roi_size!r} "
+                                 f"must be {spatial_dims} positive whole sizes, one per spatial axis of the net")
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         bad = [a for a in mirror_axes if not 0 <= int(a) < spatial_dims]

@@ -101,6 +101,11 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
      "tta='maybe'", "o12.nii.gz"),
     ("tta axis beyond the net", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o13.nii.gz", "tta=[0,2]"],
      "0..1", "o13.nii.gz"),
+    # found by a walkthrough: a negative size was taken, and a size per axis too few was a traceback
+    ("roi_size negative", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o17.nii.gz", "roi_size=[-8,8]"],
+     "roi_size=[-8, 8] must be 2 positive whole sizes", "o17.nii.gz"),
+    ("roi_size of another length", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o18.nii.gz", "roi_size=[16]"],
+     "roi_size=[16] must be 2", "o18.nii.gz"),
 ]
 
 

@@ -153,3 +153,14 @@ def test_runs_made_in_different_environments_are_said_to_be(tmp_path):
     assert report.main([str(tmp_path)]) == 0
     line = next(x for x in (tmp_path / "report.md").read_text().splitlines() if "environments differ" in x)
     assert "packages.monai: 1.5.0 | 1.6.1" in line and "torch_threads: 1 | 2" in line and "numpy" not in line
+
+
+def test_the_bold_best_is_the_lowest_surface_distance_and_the_highest_nsd():
+    """Found by a walkthrough: the report bolded the *worst* HD95 (its lower-is-better list lacked it); one rule
+    (callbacks.metric_goal) now serves the report and the W&B best-of summaries."""
+    groups = {"a": {"test/hd95": [3.0, 5.0], "test/nsd": [0.9], "test/hd95_tumor": [9.0], "fit_seconds": [5.0]},
+              "b": {"test/hd95": [9.0, 11.0], "test/nsd": [0.7], "test/hd95_tumor": [2.0], "fit_seconds": [9.0]}}
+    md, _ = report.table(groups, ["test/hd95", "test/nsd", "test/hd95_tumor", "fit_seconds"])
+    row = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()[2:]}
+    assert row["a"].count("**") == 6 and row["b"].count("**") == 2  # a: hd95, nsd, seconds; b: hd95_tumor
+    assert "**10.0000" not in row["b"]
