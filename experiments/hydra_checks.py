@@ -8,6 +8,7 @@ search path and exit code 1. ``HYDRA_FULL_ERROR=1`` keeps Hydra's full report.""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -202,10 +203,26 @@ def submission_error(exc: BaseException) -> bool:
     return in_submitit and not any(code.co_name in ("result", "results") for code in codes)
 
 
+def search_space_error(exc: BaseException) -> str | None:
+    """A search space the Optuna sweeper cannot build (a log interval from 0, low > high, ...), before any
+    trial ran: the override as typed (or the sweeper param) and Optuna's reason; ``None`` for anything else."""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        code = frame.f_code
+        if code.co_name == "create_optuna_distribution_from_override" and "hydra_optuna_sweeper" in code.co_filename:
+            override = frame.f_locals.get("override")
+            typed = getattr(override, "input_line", None) or (
+                override.get_key_element() if hasattr(override, "get_key_element") else "a sweeper param")
+            from lightning_modules.errors import one_line
+
+            return f"the Optuna search space {typed!r} is refused: {one_line(exc)}"
+    return None
+
+
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function; Hydra's command-line errors, and a launcher that cannot submit the
     sweep, become one line and exit code 2."""
     os.environ[COMMAND_ENV] = json.dumps(sys.argv[1:])  # a sweep's jobs name their W&B runs by what it varies
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's storage: 7 "setup plugin" lines a sweep
     if FULL_ERROR in os.environ:  # the user asked for Hydra's full report
         main()
         return
@@ -218,7 +235,11 @@ def run_cli(main: Callable[[], Any]) -> None:
             raise
         print(f"error: {hydra_error_line(exc)}", file=sys.stderr)
         sys.exit(2)
-    except Exception as exc:  # noqa: BLE001 - only the launcher's submission errors are shortened
+    except Exception as exc:  # noqa: BLE001 - only the launcher's and the sweeper's set-up errors are shortened
+        space = search_space_error(exc) if _compact["set"] else None
+        if space:
+            print(f"error: {space}", file=sys.stderr)
+            sys.exit(2)
         if not (_compact["set"] and submission_error(exc)):
             raise
         from lightning_modules.errors import one_line

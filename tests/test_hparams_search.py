@@ -40,3 +40,18 @@ def test_objective_is_a_validation_metric(tmp_path):
         optimized_value(cfg, {"test/dice": 0.9})
     plain = compose_run(["+exp=lits_dnet"], tmp_path)
     assert objective_key(plain) == "val/dice_best" and optimized_value(plain, {}) is None
+
+
+def test_a_search_space_optuna_refuses_is_one_line(tmp_path):
+    """Found by a walkthrough: a log interval from 0 was Optuna's traceback; now the override and its reason,
+    exit 2, no trial run; and no alembic "setup plugin" lines around it."""
+    from tests.cli import run_in_process
+
+    sweep = tmp_path / "sweep"
+    proc = run_in_process("experiments.run", [*TINY, "hparams_search=lits_dnet_optuna", f"hydra.sweep.dir={sweep}",
+                                              "module.optimizer.lr=tag(log, interval(0, 0.1))"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "alembic" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "'module.optimizer.lr=tag(log, interval(0, 0.1))'" in lines[0], proc.stderr
+    assert "low" in lines[0] and not list(sweep.rglob("metrics.json"))
