@@ -9,7 +9,8 @@ from callbacks.plotting import log_images, plt, run_dir, save_figure
 
 
 class SegmentationOverlays(pl.Callback):
-    """At the end of testing, render the largest-foreground slice of the first ``num_cases`` test cases.
+    """At the end of testing, render the largest-foreground slice of the first ``num_cases`` test cases (of a
+    3D run's whole test volumes, predicted by sliding window as the test is, the slice with the most foreground).
 
     The slices are chosen during ``test_batch_end`` by ground-truth foreground area alone (one per case,
     kept on the CPU), so no second pass over the data is needed; the net predicts the chosen slices once,
@@ -49,7 +50,8 @@ class SegmentationOverlays(pl.Callback):
         out: dict[str, np.ndarray] = {}
         for group in by_shape.values():
             images = torch.stack([self._best[c][1] for c in group]).to(pl_module.device)
-            logits = pl_module.net(images)
+            forward = getattr(pl_module, "forward_eval", None)  # a 3D net: MONAI's sliding window, as in test
+            logits = forward(images) if callable(forward) else pl_module.net(images)
             logits = logits[0] if isinstance(logits, (list, tuple)) else logits
             pred = pl_module.predict_labels(pl_module.probabilities(logits)).cpu().numpy()
             out.update(zip(group, pred))
@@ -60,7 +62,8 @@ class SegmentationOverlays(pl.Callback):
             return
         cases = sorted(self._best)
         preds = self._predict(pl_module, cases)
-        self.picked = [(case, self._best[case][1][0].numpy(), self._best[case][2], preds[case]) for case in cases]
+        self.picked = [(case, *_shown_slice(self._best[case][1][0].numpy(), self._best[case][2], preds[case]))
+                       for case in cases]
         n = len(cases)
         fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
         for ax, (case, img, mask, pred) in zip(axes[0], self.picked):
@@ -75,3 +78,12 @@ class SegmentationOverlays(pl.Callback):
         fig.suptitle("test overlays — green: ground truth, red dashed: prediction")
         path = save_figure(fig, run_dir(trainer) / self.filename)
         log_images(trainer, "test/overlays", [path])
+
+
+def _shown_slice(image: np.ndarray, mask: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 2D test item as it is; of a volume ([H, W, D], a 3D run's whole test case), the slice along the last
+    axis with the most ground-truth foreground."""
+    if mask.ndim == 2:
+        return image, mask, pred
+    k = int((mask > 0).reshape(-1, mask.shape[-1]).sum(0).argmax())
+    return image[..., k], mask[..., k], pred[..., k]

@@ -45,6 +45,9 @@ def test_pancreas_3d_tiny_run_reports_hd95_nsd(tmp_path):
     for key in ("test/dice", "test/hd95", "test/nsd", "test/hd95_organ", "test/nsd_organ"):
         assert key in saved, key
     assert saved["test/nsd"] is None or 0 <= saved["test/nsd"] <= 1
+    # found by a walkthrough: 3D runs wrote no figure, and callbacks=segmentation crashed (a whole volume was
+    # fed to the net without the sliding window); the overlay shows each test volume's most-foreground slice
+    assert (tmp_path / "run" / "test_overlays.png").is_file() and (tmp_path / "run" / "test_roc.png").is_file()
 
 
 def test_predict_3d_checkpoint_sliding_window(tmp_path):
