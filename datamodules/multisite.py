@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -93,8 +93,9 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
 
     def __init__(self, sites: Mapping[str, Any], batch_size: int = 16, num_workers: int = 0,
                  site_defaults: Mapping[str, Any] | None = None, root: str | None = None,
-                 patch_size: Any = None) -> None:
+                 patch_size: Any = None, class_names: Sequence[str] | None = None) -> None:
         super().__init__()
+        self.declared_names = None if class_names is None else [str(n) for n in class_names]
         if not sites:
             raise DataError("data.sites is empty: give at least one site config")
         defaults = dict(site_defaults or {})
@@ -148,6 +149,11 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
         first = next(iter(sites.values()))
         self.num_classes, self.in_channels = next(iter(ncls.values())), int(getattr(first, "in_channels", 1))
         self.class_names = list(first.class_names)
+        if self.declared_names is not None:  # data.class_names: what the metrics and the partition table say
+            if len(self.declared_names) != len(self.class_names):
+                raise DataError(f"data.class_names={self.declared_names} names {len(self.declared_names)} classes "
+                                f"but the sites have {len(self.class_names)} ({self.class_names})")
+            self.class_names = list(self.declared_names)
         dims = {n: "3D patches" if getattr(dm, "patch_size", None) is not None else "2D" for n, dm in sites.items()}
         if len(set(dims.values())) != 1:
             raise DataError(f"sites mix 2D and 3D data: {dims}; give every site the same datamodule kind")

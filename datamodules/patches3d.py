@@ -112,13 +112,13 @@ class PatchVolumeDataModule(VolumeSegmentationDataModule):
     eval_batch_size = 1  # whole volumes of different sizes
 
     def __init__(self, root: str, patch_size: Sequence[int] = (96, 96, 96), samples_per_volume: int = 2,
-                 pos: float = 1.0, neg: float = 1.0, **kwargs: Any) -> None:
+                 pos: float = 1.0, neg: float = 1.0, class_names: Sequence[str] | None = None, **kwargs: Any) -> None:
         if kwargs.get("image_size") is not None:
             raise DataError(f"data.image_size={kwargs['image_size']} must be null for 3D patches (use data.spacing)")
         kwargs["image_size"] = None
         kwargs.pop("train_slices", None)
         kwargs.pop("rotation_limit", None)
-        super().__init__(root, **kwargs)
+        super().__init__(root, class_names=class_names, **kwargs)
         if len(patch_size) != 3 or min(patch_size) < 1:
             raise DataError(f"data.patch_size={list(patch_size)} must be three positive integers")
         self.patch_size = tuple(int(p) for p in patch_size)

@@ -56,6 +56,7 @@ class VolumeSegmentationDataModule(SliceDataModule):
     and channel, MRI) or ``ct`` (nnU-Net: clip to the training foreground's 0.5/99.5 percentiles, z-score
     with its mean/std; ``ct_stats=[lo, hi, mean, std]`` fixes them, else they are computed from the
     training split). Predictions are mapped back onto each input's own grid (:meth:`restore_prediction`).
+    ``class_names``: the classes' names (``data.class_names``), checked against the count ``target`` gives.
     """
 
     def __init__(self, root: str, layout: str = "lits", window: Sequence[float] = (-40.0, 160.0),
@@ -65,7 +66,8 @@ class VolumeSegmentationDataModule(SliceDataModule):
                  augment: bool = True, rotation_limit: float = 15.0, train_slices: str | float = 0.25,
                  synthetic: Mapping[str, Any] | None = None, stack_group_size: int = 1,
                  orientation: str | None = "RAS", spacing: Sequence[float] | None = None,
-                 normalization: str = "window", ct_stats: Sequence[float] | None = None, train_cases: int | None = None) -> None:
+                 normalization: str = "window", ct_stats: Sequence[float] | None = None, train_cases: int | None = None,
+                 class_names: Sequence[str] | None = None) -> None:
         super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
                          rotation_limit, train_slices, train_cases)
         self.root, self.layout, self.target = Path(root), layout, target
@@ -81,6 +83,7 @@ class VolumeSegmentationDataModule(SliceDataModule):
         self.spacing = None if spacing is None else tuple(float(v) for v in spacing)
         self.normalization = normalization
         self.ct_stats = None if ct_stats is None else tuple(float(v) for v in ct_stats)
+        self.declared_names = None if class_names is None else [str(n) for n in class_names]
 
     def prepare_data(self) -> None:
         self._ensure_data()
@@ -120,6 +123,15 @@ class VolumeSegmentationDataModule(SliceDataModule):
 
     @property
     def class_names(self) -> list[str]:
+        """``data.class_names`` when given (what the metrics are named by: a pancreas phantom in the kits layout
+        is organ/tumor, not kidney/tumor), else the layout's names of the classes ``target`` selects."""
+        found = self._layout_names()
+        if self.declared_names is not None and len(self.declared_names) != len(found):
+            raise DataError(f"data.class_names={self.declared_names} names {len(self.declared_names)} classes but "
+                            f"data.target={self.target!r} gives {len(found)} ({found})")
+        return list(self.declared_names) if self.declared_names is not None else found
+
+    def _layout_names(self) -> list[str]:
         names = self.classes
         if self.target == "multiclass":
             return [names[k] for k in sorted(names)]

@@ -110,3 +110,19 @@ def test_ct_normalisation_uses_training_foreground(tmp_path):
     fixed = VolumeSegmentationDataModule(str(root), layout="nnunet", normalization="ct", ct_stats=[0, 100, 50, 10])
     v, _ = fixed.preprocess_volume(root / "imagesTr" / "case_000_0000.nii.gz")
     assert float(v.max()) == pytest.approx(5.0) and float(v.min()) == pytest.approx(-5.0)
+
+
+def test_declared_class_names_name_the_classes_and_must_count_them(tmp_path):
+    """``data.class_names`` reaches the volume datamodules (the partition table and the metrics name the classes
+    alike); a list of another length than ``data.target`` gives is one line."""
+    import pytest
+
+    from datamodules.errors import DataError
+
+    kits = dict(root=str(tmp_path), layout="kits", target="multiclass")
+    assert VolumeSegmentationDataModule(**kits).class_names == ["background", "kidney", "tumor"]
+    named = VolumeSegmentationDataModule(**kits, class_names=["background", "organ", "tumor"])
+    assert named.class_names == ["background", "organ", "tumor"] and named.num_classes == 3
+    with pytest.raises(DataError, match=r"data\.class_names=\['background', 'tumor'\] names 2 classes but "
+                                        r"data\.target='multiclass' gives 3"):
+        VolumeSegmentationDataModule(**kits, class_names=["background", "tumor"]).class_names

@@ -53,6 +53,9 @@ def test_two_round_3d_federation_writes_metrics(tmp_path):
     saved = json.loads((run / "metrics.json").read_text())
     for key in ("test/dice", "test/hd95", "test/nsd", "test/dice_organ"):
         assert key in saved, key
+    # found by a walkthrough: the partition table named the classes by the kits layout (kidney | tumor) while
+    # the metrics said organ/tumor (data.class_names); the datamodule now takes data.class_names
+    assert "| organ | tumor |" in (run / "partition.md").read_text().replace("  ", " ")
     assert 0.0 <= saved["test/dice"] <= 1.0
     rounds = (run / "rounds.csv").read_text().splitlines()
     assert len(rounds) == 3                                  # header + 2 rounds
