@@ -115,10 +115,6 @@ def test_ct_normalisation_uses_training_foreground(tmp_path):
 def test_declared_class_names_name_the_classes_and_must_count_them(tmp_path):
     """``data.class_names`` reaches the volume datamodules (the partition table and the metrics name the classes
     alike); a list of another length than ``data.target`` gives is one line."""
-    import pytest
-
-    from datamodules.errors import DataError
-
     kits = dict(root=str(tmp_path), layout="kits", target="multiclass")
     assert VolumeSegmentationDataModule(**kits).class_names == ["background", "kidney", "tumor"]
     named = VolumeSegmentationDataModule(**kits, class_names=["background", "organ", "tumor"])
