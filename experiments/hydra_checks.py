@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -170,6 +171,35 @@ class WritableOutput(Callback):
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
 
 
+class SweepOutcome(Callback):
+    """A sweep goes on past a job whose input is bad (the job writes ``failed.json``); at its end, the jobs that
+    failed are counted from those files (written by jobs in any process: basic, submitit, SLURM) so that
+    :func:`run_cli` exits 2 naming them: a sweep with a failed job exited 0 (walkthrough)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started, self.folder = time.time(), Path(str(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        folder, started = getattr(self, "folder", None), getattr(self, "started", 0.0)
+        if folder is None or not folder.is_dir():
+            return
+        failed = sorted(p.parent.name for p in folder.glob("*/failed.json") if p.stat().st_mtime >= started - 1)
+        jobs = [p for p in folder.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or p.name in failed)]
+        _sweep["failed"], _sweep["jobs"] = failed, len(jobs)
+
+
+_sweep: dict[str, Any] = {"failed": [], "jobs": 0}
+
+
+def _exit_if_jobs_failed() -> None:
+    failed, _sweep["failed"] = list(_sweep["failed"]), []
+    if failed:
+        shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
+        print(f"error: {len(failed)} of {max(_sweep['jobs'], len(failed))} sweep jobs failed (each says why in "
+              f"its failed.json and above): {shown}", file=sys.stderr)
+        sys.exit(2)
+
+
 FULL_ERROR = "HYDRA_FULL_ERROR"
 _compact = {"set": False}  # whether run_cli set HYDRA_FULL_ERROR itself (to catch composition errors)
 
@@ -219,12 +249,13 @@ def search_space_error(exc: BaseException) -> str | None:
 
 
 def run_cli(main: Callable[[], Any]) -> None:
-    """Run a ``@hydra.main`` function; Hydra's command-line errors, and a launcher that cannot submit the
-    sweep, become one line and exit code 2."""
+    """Run a ``@hydra.main`` function; Hydra's command-line errors, a launcher that cannot submit the sweep
+    and a sweep with failed jobs (:class:`SweepOutcome`) become one line and exit code 2."""
     os.environ[COMMAND_ENV] = json.dumps(sys.argv[1:])  # a sweep's jobs name their W&B runs by what it varies
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's storage: 7 "setup plugin" lines a sweep
     if FULL_ERROR in os.environ:  # the user asked for Hydra's full report
         main()
+        _exit_if_jobs_failed()
         return
     os.environ[FULL_ERROR] = "1"  # Hydra then raises composition errors instead of printing them
     _compact["set"] = True
@@ -248,3 +279,4 @@ def run_cli(main: Callable[[], Any]) -> None:
         sys.exit(2)
     finally:
         task_started()
+    _exit_if_jobs_failed()

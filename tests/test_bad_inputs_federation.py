@@ -195,3 +195,16 @@ def test_corrupt_client_store_on_resume_is_one_line(tmp_path, kind):
     proc = _run(["federation/strategy=fedbn", "resume=true", f"hydra.run.dir={run}", "federation.rounds=2"], tmp_path)
     line = _one_line_error(proc, str(stored[0]))
     assert not marker.exists() and "weights_only" not in line
+
+
+def test_a_sweep_with_a_failed_job_runs_the_others_and_exits_2(tmp_path):
+    """Found by a walkthrough: a sweep whose job failed on bad input exited 0. The other jobs still run; at the
+    end one line names the failed jobs and the exit status is 2."""
+    sweep = tmp_path / "sweep"
+    proc = _run(["-m", "federation.rounds=0,1", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert (sweep / jobs[0] / "failed.json").is_file() and (sweep / jobs[1] / "metrics.json").is_file()
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: 1 of 2 sweep jobs failed (each says why in its "
+                                                    f"failed.json and above): {jobs[0]}")
