@@ -32,7 +32,10 @@ from callbacks.metric_goal import goal
 from engine.artifacts import atomic_write_text, console
 from experiments.report_html import write_html
 
-DEFAULT_KEYS = ("test/dice", "test/miou", "test/accuracy", "test/auc", "test/acc", "fed/test/accuracy")
+#: the columns a report shows by default, those present in the runs (surface metrics and the best validation
+#: score, what a sweep selects on, included: a walkthrough missed them)
+DEFAULT_KEYS = ("test/dice", "test/miou", "test/hd95", "test/nsd", "val/dice_best", "test/accuracy", "test/auc",
+                "test/acc", "fed/test/accuracy")
 
 
 def json_object(path: Path) -> dict | None:

@@ -164,3 +164,11 @@ def test_the_bold_best_is_the_lowest_surface_distance_and_the_highest_nsd():
     row = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()[2:]}
     assert row["a"].count("**") == 6 and row["b"].count("**") == 2  # a: hd95, nsd, seconds; b: hd95_tumor
     assert "**10.0000" not in row["b"]
+
+
+def test_the_default_columns_include_surface_metrics_and_the_best_validation_score(tmp_path):
+    """A walkthrough found HD95, NSD and ``val/dice_best`` (what a sweep selects on) left out by default."""
+    _run(tmp_path, "a", {"test/dice": 0.5, "test/hd95": 4.0, "test/nsd": 0.8, "val/dice_best": 0.6, "fit_seconds": 3})
+    assert report.main([str(tmp_path)]) == 0
+    header = next(ln for ln in (tmp_path / "report.md").read_text().splitlines() if ln.startswith("| method"))
+    assert header == "| method | n | test/dice | test/hd95 | test/nsd | val/dice_best |"
