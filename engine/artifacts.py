@@ -73,11 +73,11 @@ def print_case_table(per_case: Mapping[str, Mapping[str, float]], summary: Mappi
         table.add_column(k, justify="right")
     for case, scores in per_case.items():
         table.add_row(case, *[fmt(scores.get(k)) for k in keys])
-    table.add_row(
-        "mean ± std",
-        *[f"{fmt(summary.get(k))} ± {fmt(summary.get(k + '_std'))}" for k in keys],
-        style="bold",
-    )
+    if len(per_case) == 1:  # a spread over one case is no spread
+        table.add_row("mean", *[fmt(summary.get(k)) for k in keys], style="bold")
+    else:
+        table.add_row("mean ± std", *[f"{fmt(summary.get(k))} ± {fmt(summary.get(k + '_std'))}" for k in keys],
+                      style="bold")
     console.print(table)
 
 

@@ -160,7 +160,7 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str]) -> tuple[s
                 row += ["", ""]
                 continue
             mean, std = float(np.mean(v)), float(np.std(v))
-            cell = f"{mean:.4f} ± {std:.4f}"
+            cell = f"{mean:.4f} ± {std:.4f}" if len(v) > 1 else f"{mean:.4f}"  # one run: no spread to show
             cells.append(f"**{cell}**" if best.get(key) == method else cell)
             row += [f"{mean:.6f}", f"{std:.6f}"]
         md.append(f"| {method} | {n} | " + " | ".join(cells) + " |")
