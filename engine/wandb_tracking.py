@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -140,6 +141,17 @@ def method_overrides(overrides: Iterable[str] | None = None) -> list[str]:
     return [o.lstrip("+") for o in task if _key(o) not in _IN_NAME and not _key(o).startswith(_NOT_METHOD)]
 
 
+def _short(override: str) -> str:
+    """``key=value`` with a float value to 4 significant digits (an Optuna trial's ``lr=0.000341234567``), for
+    names and tags; ``config.run.overrides`` keeps the exact value."""
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return override if value.lstrip("+-").isdigit() or not math.isfinite(number) else f"{key}={number:.4g}"
+
+
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """``name``/``tags``/``config`` for ``WandbLogger``: the run's facts (:func:`run_facts`) plus, in the
     name and the tags, the overrides a sweep varies; every method override is in ``config.run.overrides``."""
@@ -149,7 +161,7 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     name = "-".join(str(p) for p in parts if p)
     overrides = method_overrides()
     varied = swept_keys()
-    swept = [o for o in overrides if _key(o) in varied]
+    swept = [_short(o) for o in overrides if _key(o) in varied]
     if swept:
         name += "-" + ",".join(swept)
     tags = [str(t) for t in (cfg.get("tags") or [])]

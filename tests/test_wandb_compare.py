@@ -95,3 +95,12 @@ def test_swept_keys_come_from_the_typed_command_and_skip_fixed_sweeper_params(mo
     monkeypatch.setenv(COMMAND_ENV, json.dumps(["-m", "hparams_search=lits_optuna", "module.optimizer.lr=0.01",
                                                 "seed=1,2,3"]))
     assert swept_keys() == {"model.width", "seed"}
+
+
+def test_an_optuna_trials_float_is_short_in_the_name_and_exact_in_the_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run", "-m", "+exp=lits_dnet", "module.optimizer.lr=0.001,0.01", "seed=1,2"])
+    monkeypatch.delenv("FEDMED_COMMAND_ARGV", raising=False)
+    cfg = compose_run(["+exp=lits_dnet", "module.optimizer.lr=0.000341234567", "seed=2"], tmp_path)
+    ident = run_identity(cfg)
+    assert ident["name"].endswith("-module.optimizer.lr=0.0003412") and "module.optimizer.lr=0.0003412" in ident["tags"]
+    assert "module.optimizer.lr=0.000341234567" in ident["config"]["run"]["overrides"]
