@@ -15,13 +15,23 @@ def read_csv_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     if not path.exists():
         return series
-    with open(path) as fh:
+    with open(path, errors="replace") as fh:
         for row in csv.DictReader(fh):
-            epoch = int(float(row.get("epoch") or 0))
+            epoch = _number(row.get("epoch") or 0)
+            if epoch is None:  # a crafted or damaged row (reports read folders from elsewhere): skipped
+                continue
             for key, value in row.items():
-                if key not in ("epoch", "step") and value not in ("", None):
-                    series[key].append((epoch, float(value)))
+                number = _number(value) if isinstance(key, str) and key not in ("epoch", "step") else None
+                if number is not None:
+                    series[key].append((int(epoch), number))
     return series
+
+
+def _number(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def plot_learning_curves(metrics_csv: Path, out: Path, keys: tuple[str, ...]) -> Path | None:

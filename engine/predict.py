@@ -138,8 +138,14 @@ class Models:
     data_state: dict = field(default_factory=dict)
 
     def data_overrides(self) -> dict:
-        """Datamodule arguments the checkpoint fixes: the training set's CT statistics (``normalization=ct``)."""
+        """Datamodule arguments the checkpoint fixes: the training set's CT statistics (``normalization=ct``).
+        Without them anywhere, one line: the datamodule would compute them from the training data the run
+        config names, reading that folder and writing its cache where the (handed-over) config says (audit)."""
         stats = self.data_state.get("ct_stats")
+        if stats is None and self.run_cfg.data.get("normalization") == "ct" and self.run_cfg.data.get("ct_stats") is None:
+            raise CheckpointError(f"checkpoint {self.paths[0]} holds no CT statistics and its run config says "
+                                  f"data.normalization=ct: set data.ct_stats=[lo, hi, mean, std] in the run config "
+                                  f"(the training run printed them); predict never computes them from a data folder")
         return {} if stats is None or self.run_cfg.data.get("ct_stats") is not None else {"ct_stats": list(stats)}
 
 

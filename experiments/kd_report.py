@@ -17,16 +17,16 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from engine.artifacts import atomic_write_text
+from experiments.report import json_object, run_config
+from engine.run_files import csv_text, md_text, plain_text
 
 #: paper 001 Table 1 ("Quantitative Results (beta=0.9 and lambda=0.1)"), transcribed from the paper text:
 #: method -> dataset -> (DSC mean, DSC std, RVD). Pixel KD and AT are not in the paper's table (blank).
@@ -53,14 +53,11 @@ DEFAULT_BETA_LAM = (0.9, 0.1)
 
 
 def _load_config(run: Path) -> dict:
-    for p in (run / "config.yaml", run / ".hydra" / "config.yaml"):
-        if p.is_file():
-            return yaml.safe_load(p.read_text()) or {}
-    return {}
+    return run_config(run)  # a run folder from elsewhere: {} when its config does not parse as a mapping
 
 
 def _dataset(cfg: dict) -> str:
-    data = cfg.get("data") or {}
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     layout = str(data.get("layout") or "").lower()
     name = DATASETS.get(layout, layout or str(cfg.get("exp_name", "?")))
     target = data.get("target")
@@ -81,26 +78,35 @@ def collect(root: Path, include_debug: bool = False) -> tuple[list[dict], list[d
     many debug runs were left out (all of them kept with ``include_debug``)."""
     runs, failed, debug = [], [], 0
     for path in sorted(root.rglob("failed.json")):
-        info = json.loads(path.read_text())
-        failed.append({"run": str(path.parent.relative_to(root)) or ".", "error": info.get("error", "?"),
-                       "overrides": " ".join(info.get("overrides", []))})
+        info = json_object(path) or {"error": "failed.json does not parse"}
+        overrides = info.get("overrides") if isinstance(info.get("overrides"), list) else []
+        failed.append({"run": plain_text(path.parent.relative_to(root)) or ".", "error": plain_text(info.get("error", "?")),
+                       "overrides": plain_text(" ".join(map(str, overrides)))})
     for path in sorted(root.rglob("metrics.json")):
-        metrics = json.loads(path.read_text())
+        metrics = json_object(path) or {}  # a crafted or cut file is no run
         method = metrics.get("distill/method")
-        if not method:  # e.g. the teacher pre-training inside a run dir
+        if not method or not isinstance(method, str):  # e.g. the teacher pre-training inside a run dir
             continue
+        method = plain_text(method, 100)
         if metrics.get("debug") and not include_debug:  # fast_dev_run: one batch, not a result (as in report)
             debug += 1
             continue
         cfg = _load_config(path.parent)
-        loss = ((cfg.get("distill") or {}).get("loss") or {})
-        dice = metrics.get("test/dice")
+        distill = cfg.get("distill") if isinstance(cfg.get("distill"), dict) else {}
+        loss = distill.get("loss") if isinstance(distill.get("loss"), dict) else {}
+        dice = _number(metrics.get("test/dice"))
         runs.append({
-            "run": str(path.parent.relative_to(root)) or ".", "method": method, "dataset": _dataset(cfg),
-            "seed": cfg.get("seed"), "beta": loss.get("beta"), "lam": loss.get("lam"),
-            "protocol": metrics.get("distill/protocol", ""),
-            "dsc": None if dice is None else 100.0 * float(dice), "rvd": _rvd(metrics)})
+            "run": plain_text(path.parent.relative_to(root)) or ".", "method": method,
+            "dataset": plain_text(_dataset(cfg), 100), "seed": cfg.get("seed") if isinstance(cfg.get("seed"), int) else None,
+            "beta": _number(loss.get("beta")), "lam": _number(loss.get("lam")),
+            "protocol": plain_text(metrics.get("distill/protocol", ""), 40),
+            "dsc": None if dice is None else 100.0 * dice, "rvd": _rvd(metrics)})
     return runs, failed, debug
+
+
+def _number(value: Any) -> float | None:
+    """A number from a run file (``None`` for anything else: a crafted file is data)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _stats(values: list[float | None]) -> tuple[float, float, int]:
@@ -168,8 +174,8 @@ def table2(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = ["| " + " | ".join(map(md_text, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(md_text, r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -179,7 +185,8 @@ def _csv(records: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(records[0]))
     writer.writeheader()
-    writer.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in records)
+    writer.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else csv_text(v) if isinstance(v, str) else v)
+                      for k, v in r.items()} for r in records)
     return buf.getvalue()
 
 

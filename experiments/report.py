@@ -31,6 +31,7 @@ import yaml
 from callbacks.metric_goal import goal
 from engine.artifacts import atomic_write_text, console
 from experiments.report_html import write_html
+from engine.run_files import csv_text, md_text, plain_text
 
 #: the columns a report shows by default, those present in the runs (surface metrics and the best validation
 #: score, what a sweep selects on, included: a walkthrough missed them)
@@ -97,8 +98,12 @@ def is_debug(run: Path) -> bool:
 def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list[str]:
     """A run's Hydra overrides (``.hydra/overrides.yaml``), minus the seed and ``resume``."""
     path = run / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
-    return [o for o in overrides or [] if o.split("=")[0].lstrip("+~") not in drop]
+    try:
+        overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        overrides = []
+    overrides = [plain_text(o, 200) for o in overrides if isinstance(o, str)] if isinstance(overrides, list) else []
+    return [o for o in overrides if o.split("=")[0].lstrip("+~") not in drop]
 
 
 def run_labels(runs: list[Path]) -> tuple[dict[Path, str], list[str]]:
@@ -115,9 +120,13 @@ def run_labels(runs: list[Path]) -> tuple[dict[Path, str], list[str]]:
 def numeric_metrics(metrics: dict) -> dict[str, float]:
     """A run's numeric metrics, with its evaluation matrix ({row: {test set: value}}) flattened to
     ``matrix/<row>/<test set>``."""
-    flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for row, cols in (metrics.get("evaluation_matrix") or {}).items():
-        flat.update({f"matrix/{row}/{col}": float(v) for col, v in (cols or {}).items() if isinstance(v, (int, float))})
+    flat = {plain_text(k, 200): float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    matrix = metrics.get("evaluation_matrix")
+    for row, cols in (matrix.items() if isinstance(matrix, dict) else ()):  # a crafted file: any shape
+        if isinstance(cols, dict):
+            flat.update({plain_text(f"matrix/{row}/{col}", 200): float(v) for col, v in cols.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return flat
 
 
@@ -146,10 +155,10 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str]) -> tuple[s
         if means:
             pick = min if goal(key) == "min" or key.endswith("_std") else max
             best[key] = pick(means, key=lambda m: abs(means[m]) if "rvd" in key else means[m])
-    md = ["| " + " | ".join(["method", "n", *keys]) + " |", "|---|---|" + "---|" * len(keys)]
+    md = ["| " + " | ".join(["method", "n", *map(md_text, keys)]) + " |", "|---|---|" + "---|" * len(keys)]
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["method", "n", *[c for k in keys for c in (f"{k}_mean", f"{k}_std")]])
+    writer.writerow(["method", "n", *[csv_text(c) for k in keys for c in (f"{k}_mean", f"{k}_std")]])
     for method, vals in sorted(groups.items()):
         n = max((len(v) for v in vals.values()), default=0)
         cells, row = [], [method, n]
@@ -163,7 +172,8 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str]) -> tuple[s
             cell = f"{mean:.4f} ± {std:.4f}" if len(v) > 1 else f"{mean:.4f}"  # one run: no spread to show
             cells.append(f"**{cell}**" if best.get(key) == method else cell)
             row += [f"{mean:.6f}", f"{std:.6f}"]
-        md.append(f"| {method} | {n} | " + " | ".join(cells) + " |")
+        row[0] = csv_text(method)  # labels come from run folders: no spreadsheet formula
+        md.append(f"| {md_text(method)} | {n} | " + " | ".join(cells) + " |")
         writer.writerow(row)
     return "\n".join(md) + "\n", buf.getvalue()
 
@@ -186,7 +196,7 @@ def failures(failed: list[Path]) -> list[str]:
     lines = []
     for run in failed:
         info = json_object(run / "failed.json") or {"error": "failed.json does not parse"}
-        lines.append(f"- `{run}`: {info.get('error', '?')}")
+        lines.append(f"- `{md_text(run, cell=False)}`: {md_text(info.get('error', '?'), cell=False)}")
     return lines
 
 
@@ -281,15 +291,15 @@ def main(argv: list[str] | None = None) -> int:
         md = "No finished run to compare.\n"
     common = run_labels(runs)[1]
     if common:
-        md = f"Common to every run: `{' '.join(common)}`\n\n" + md
+        md = f"Common to every run: `{md_text(' '.join(common), cell=False)}`\n\n" + md
     differ = environment_differences(runs)
     if differ:
-        md += f"\nThe runs' environments differ (env.json; equal settings need not give equal numbers): {'; '.join(differ)}\n"
+        md += f"\nThe runs' environments differ (env.json; equal settings need not give equal numbers): {md_text('; '.join(differ), 2000, cell=False)}\n"
     fails = failures(failed)
     if fails:
         md += f"\nFailed runs ({len(fails)}):\n" + "\n".join(fails) + "\n"
     if args.all and unfinished:
-        md += f"\nUnfinished runs ({len(unfinished)}):\n" + "\n".join(f"- `{r}`" for r in unfinished) + "\n"
+        md += f"\nUnfinished runs ({len(unfinished)}):\n" + "\n".join(f"- `{md_text(r, cell=False)}`" for r in unfinished) + "\n"
     if not args.all and (debug or unfinished):
         md += (f"\nLeft out: {len(debug)} debug (fast_dev_run) and {len(unfinished)} unfinished run(s); "
                f"`--all` includes them.\n")
@@ -302,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if curve is None:
         console.print(f"no learning curve: no run logged {key or ' or '.join(CURVE_KEYS)} per epoch in csv/metrics.csv")
     page = write_html(out, md, curve, runs, run_labels(runs)[0])  # self-contained: tables + figures inline
-    console.print(md)
+    console.print(md, markup=False, highlight=False)  # run folders' text is not rich markup
     console.print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {page}" + (f", {curve}" if curve else ""))
     return 0
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from engine.artifacts import atomic_write_text
+from engine.run_files import run_figure
 
 #: per-run figures embedded when present (run dir file names), in this order
 RUN_FIGURES = ("learning_curves.png", "test_overlays.png", "test_roc.png", "fed_curves.png", "kd_maps.png",
@@ -24,7 +25,7 @@ def png_tag(path: Path, alt: str) -> str:
 
 
 def _inline(text: str) -> str:
-    text = html.escape(text)
+    text = html.escape(html.unescape(text.replace("\\|", "|")))  # Markdown's entities and \| (run_files.md_text)
     text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
@@ -43,7 +44,7 @@ def markdown_to_html(md: str) -> str:
 
     for line in md.splitlines():
         if line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]  # not at an escaped \|
             if not all(re.fullmatch(r":?-{3,}:?", c) for c in cells):
                 rows.append(cells)
             continue
@@ -64,7 +65,8 @@ def write_html(out: Path, md: str, curve: Path | None, runs: list[Path], labels:
              f"<p>{len(runs)} runs under <code>{html.escape(str(out))}</code></p>", markdown_to_html(md)]
     if curve is not None and Path(curve).is_file():
         parts += ["<h2>Curves</h2>", png_tag(curve, "curves")]
-    figures = [(run, [run / f for f in RUN_FIGURES if (run / f).is_file()]) for run in runs]
+    # a figure is embedded only if it is a PNG inside its run folder (a link to /proc/self/environ was embedded)
+    figures = [(run, [f for f in (run_figure(run, name) for name in RUN_FIGURES) if f is not None]) for run in runs]
     if any(figs for _, figs in figures):
         parts.append("<h2>Runs</h2>")
     for run, figs in figures:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from callbacks.plotting import save_figure
+from engine.run_files import csv_text, plain_text
 
 __all__ = ["read_rounds", "seed_band", "plot_rounds", "compare_runs"]
 
@@ -24,8 +25,16 @@ def read_rounds(path: str | Path) -> list[dict[str, float]]:
     rows = []
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
-            rows.append({k: (float(v) if v not in ("", None) else math.nan) for k, v in row.items()})
+            rows.append({k: _float(v) for k, v in row.items() if isinstance(k, str)})
     return rows
+
+
+def _float(value: object) -> float:
+    """A cell of ``rounds.csv`` (NaN when empty or not a number: a damaged or crafted file is data)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _panels(metric: str) -> list[tuple[str, str]]:
@@ -95,8 +104,8 @@ def _label(run_dir: Path, key: str) -> str:
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if value is not None:
-            return str(value)
-    return run_dir.name
+            return plain_text(value, 100)  # a run folder from elsewhere: no control characters
+    return plain_text(run_dir.name, 100)
 
 
 def compare_runs(root: str | Path, metric: str = "acc", label_key: str = "federation.strategy.mode",
@@ -125,7 +134,7 @@ def _write_band_table(runs: Mapping[str, Sequence[Rows]], path: Path, col: str) 
         w.writerow(["label", "round", f"{col} mean", f"{col} std", "n"])
         for label, group in runs.items():
             for row in zip(*seed_band(group, col)):
-                w.writerow([label, int(row[0]), f"{row[1]:.4f}", f"{row[2]:.4f}", row[3]])
+                w.writerow([csv_text(label), int(row[0]), f"{row[1]:.4f}", f"{row[2]:.4f}", row[3]])
     return path
 
 

@@ -1,0 +1,56 @@
+"""Text and figures read from run folders that may come from elsewhere, made safe for the reports.
+
+A report (``experiments.report``, ``kd_report``, ``federation.curves``) reads folders a collaborator handed
+over: their error lines, overrides, method names and figures are data. A security audit found a figure linked
+to ``/proc/self/environ`` embedded (secrets and all) in ``report.html``, terminal escapes and rich markup from
+``failed.json`` reaching the terminal (a ``[/bold]`` stopped the report), raw HTML in ``report.md`` and
+spreadsheet formulas (``=HYPERLINK(...)``) in the CSV tables. Every such string and figure goes through here.
+"""
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+from typing import Any
+
+#: control characters (C0 but tab/newline, which become spaces, DEL, C1): terminal escapes start with ESC
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: a CSV cell starting with one of these is a formula to a spreadsheet
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: the largest figure embedded in report.html (ours are ~50-300 kB)
+MAX_FIGURE_BYTES = 20 * 2**20
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def plain_text(value: Any, limit: int = 500) -> str:
+    """``value`` as one line of printable text: control characters dropped, line breaks and tabs as spaces."""
+    text = _CONTROL.sub("", str(value).replace("\r", " ").replace("\n", " ").replace("\t", " "))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def md_text(value: Any, limit: int = 500, cell: bool = True) -> str:
+    """:func:`plain_text` for Markdown: ``<``/``>``/``&`` as entities (no raw HTML for a viewer to render or
+    fetch) and, in a table ``cell``, ``|`` escaped (no extra cell)."""
+    text = html.escape(plain_text(value, limit), quote=False)
+    return text.replace("|", "\\|") if cell else text
+
+
+def csv_text(value: Any) -> str:
+    """:func:`plain_text` for a CSV text cell: a leading ``= + - @`` is quoted with ``'`` (no formula)."""
+    text = plain_text(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def run_figure(run: Path, name: str) -> Path | None:
+    """``run/name`` if it is a PNG that lies in the run folder: a regular file, not a link, at most
+    :data:`MAX_FIGURE_BYTES`, with the PNG signature; else ``None``."""
+    path = Path(run) / name
+    try:
+        if path.is_symlink() or not path.is_file() or not path.resolve().is_relative_to(Path(run).resolve()):
+            return None
+        if path.stat().st_size > MAX_FIGURE_BYTES:
+            return None
+        with path.open("rb") as fh:
+            return path if fh.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE else None
+    except OSError:
+        return None

