@@ -124,6 +124,10 @@ def check_received_config(ccfg: Mapping[str, Any], what: str = "client config fr
     check_targets(cfg, what, check_received_target)
     if isinstance(cfg.get("module"), Mapping):  # the weights come from the server: nothing is fetched here
         cfg["module"] = no_downloads(cfg["module"], f"{what}: module")
+        net = cfg["module"].get("net")
+        if isinstance(net, Mapping) and net.get("_partial_"):  # a partial, not a net: a traceback on the node
+            raise ConfigError(f"{what}: module.net._partial_={net['_partial_']!r} refused: the net config builds a "
+                              f"network, not a partial")
     return cfg
 
 

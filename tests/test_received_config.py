@@ -70,3 +70,11 @@ def test_node_train_refuses_a_crafted_config_before_building_anything(tmp_path: 
         with pytest.raises(ConfigError, match="refused"):
             node_train(cid, msg, received, {"site": "a"})
         assert not marker.exists()
+
+
+def test_a_partial_net_from_the_server_is_one_line():
+    """Security audit: ``module.net._partial_: true`` built a ``functools.partial`` the node failed on later."""
+    net = {"_target_": "lightning_modules.nets.dnet.DNet", "in_channels": 1, "classes": 2, "_partial_": True}
+    with pytest.raises(ConfigError, match=r"module\.net\._partial_=True refused"):
+        check_received_config({"module": {"_target_": "lightning_modules.segmentation.SegmentationModule",
+                                          "net": net}})
