@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def read_csv_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
     with open(path, errors="replace") as fh:
         for row in csv.DictReader(fh):
             epoch = _number(row.get("epoch") or 0)
-            if epoch is None:  # a crafted or damaged row (reports read folders from elsewhere): skipped
+            if epoch is None or not math.isfinite(epoch):  # a crafted or damaged row (reports read run folders
+                # from elsewhere): skipped
                 continue
             for key, value in row.items():
                 number = _number(value) if isinstance(key, str) and key not in ("epoch", "step") else None

@@ -36,9 +36,12 @@ def md_text(value: Any, limit: int = 500, cell: bool = True) -> str:
 
 
 def csv_text(value: Any) -> str:
-    """:func:`plain_text` for a CSV text cell: a leading ``= + - @`` is quoted with ``'`` (no formula)."""
+    """:func:`plain_text` for a CSV text cell, quoted with ``'`` where a spreadsheet would run it: a leading
+    ``=`` or ``@``, or a leading ``+``/``-`` with a call, DDE pipe or sheet reference (``(``, ``|``, ``!``).
+    A run label such as ``+distill.loss.beta=0.5`` stays as written, so report.csv and report.md agree."""
     text = plain_text(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    risky = text.startswith(_FORMULA_START) and (not text.startswith(("+", "-")) or re.search(r"[(|!]", text))
+    return "'" + text if risky else text
 
 
 def run_figure(run: Path, name: str) -> Path | None:

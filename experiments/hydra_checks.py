@@ -183,8 +183,12 @@ class SweepOutcome(Callback):
         folder, started = getattr(self, "folder", None), getattr(self, "started", 0.0)
         if folder is None or not folder.is_dir():
             return
-        failed = sorted(p.parent.name for p in folder.glob("*/failed.json") if p.stat().st_mtime >= started - 1)
-        jobs = [p for p in folder.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or p.name in failed)]
+        def new(path: Path) -> bool:  # of this sweep, not of an earlier one in a reused sweep folder
+            return path.stat().st_mtime >= started - 1
+
+        failed = sorted(str(p.parent.relative_to(folder)) for p in folder.rglob("failed.json") if new(p))
+        jobs = {p.parent for p in folder.rglob(".hydra") if p.is_dir() and new(p)}
+        jobs |= {folder / f for f in failed}
         _sweep["failed"], _sweep["jobs"] = failed, len(jobs)
 
 

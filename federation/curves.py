@@ -25,7 +25,9 @@ def read_rounds(path: str | Path) -> list[dict[str, float]]:
     rows = []
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
-            rows.append({k: _float(v) for k, v in row.items() if isinstance(k, str)})
+            values = {k: _float(v) for k, v in row.items() if isinstance(k, str)}
+            if math.isfinite(values.get("round", 0.0)):  # a row without a round number is no round
+                rows.append(values)
     return rows
 
 

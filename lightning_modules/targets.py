@@ -143,6 +143,19 @@ def _downloading_defaults(target: Any) -> list[str]:
             and params[k].default]
 
 
+def _fetching_defaults(target: Any) -> dict[str, str]:
+    """The :data:`FETCH_KEY` parameters of an allowed ``target`` whose default names a place to fetch from
+    (MONAI's ``Transchex(path_or_repo_id="bert-base-uncased")``), with those defaults."""
+    if not isinstance(target, str) or not under_prefixes(target, PROJECT_PACKAGES + LIBRARY_PACKAGES + extra_prefixes()):
+        return {}
+    try:
+        params = inspect.signature(get_object(target)).parameters
+    except Exception:  # noqa: BLE001 - unresolvable or no signature: check_target has the last word
+        return {}
+    return {k: p.default for k, p in params.items()
+            if FETCH_KEY.search(k) and isinstance(p.default, str) and p.default}
+
+
 def no_downloads(cfg: Any, what: str = "net") -> Any:
     """A copy of a net config read from a checkpoint or received from the network that builds without
     touching the network: ``encoder_weights`` / ``weights`` -> ``None`` and ``pretrained`` -> ``False``
@@ -163,6 +176,10 @@ def no_downloads(cfg: Any, what: str = "net") -> Any:
                 raise ConfigError(f"{what}.{key}={value!r} refused: a config read from a file or the network may "
                                   f"not name a file or a place to load weights or code from (the weights come "
                                   f"from the checkpoint or the server)")
+        for key, default in _fetching_defaults(cfg.get("_target_")).items():
+            if key not in cfg:  # left out, the class fetches its default when it is built
+                raise ConfigError(f"{what}: {cfg['_target_']} refused: its {key} defaults to {default!r}, which it "
+                                  f"fetches when built; a config read from a file or the network builds offline")
         if "_args_" in cfg:  # smp.Unet(name, depth, "imagenet"): a positional argument escapes every key check
             raise ConfigError(f"{what}._args_ refused: a config read from a file or the network names each "
                               f"argument (positional arguments hide which parameter a value sets)")

@@ -66,6 +66,10 @@ def run_in_process(module: str, args: Sequence[str], cwd: Path, env: Mapping[str
             except SystemExit as exc:
                 code = exc.code
     finally:
+        wandb = sys.modules.get("wandb")
+        if wandb is not None:  # its service process ends with the run, as at a real process's exit: started in
+            with contextlib.suppress(Exception):  # the test's tmp_path, it was reaped as a leftover mid-suite
+                wandb.teardown()
         sys.argv = saved_argv
         os.chdir(saved_cwd)
         os.environ.clear()

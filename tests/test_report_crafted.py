@@ -63,7 +63,7 @@ def test_crafted_metrics_and_logs_do_not_stop_a_report(tmp_path):
     runs = tmp_path / "runs"
     a = _run(runs, "a", {"test/dice": 0.5, "evaluation_matrix": [1, 2]})
     (a / "csv").mkdir()
-    (a / "csv" / "metrics.csv").write_text("epoch,step,val/dice\n0,1,abc\nx,2,0.5\n1,3,0.6\n")
+    (a / "csv" / "metrics.csv").write_text("epoch,step,val/dice\n0,1,abc\nx,2,0.5\nnan,3,0.5\ninf,4,0.5\n1,5,0.6\n")
     _run(runs, "b", {"test/dice": 0.6, "evaluation_matrix": {"FL_global": [1]}})
     (runs / "b" / ".hydra" / "overrides.yaml").write_text(": not: yaml: [")
     assert report.main([str(runs)]) == 0
@@ -85,7 +85,19 @@ def test_kd_report_reads_crafted_files_as_data(tmp_path):
 def test_the_text_helpers():
     assert plain_text("a\x1b[2Jb\nc\u009bd") == "a[2Jb cd"
     assert md_text("<b>|x") == "&lt;b&gt;\\|x" and md_text("a|b", cell=False) == "a|b"
-    assert csv_text("-2+3") == "'-2+3" and csv_text("hlfd") == "hlfd"
+    assert csv_text("+cmd|' /C calc'!A0") == "'+cmd|' /C calc'!A0" and csv_text("=1+1") == "'=1+1"
+    assert csv_text("+distill.loss.beta=0.5") == "+distill.loss.beta=0.5" and csv_text("hlfd") == "hlfd"
+
+
+def test_federation_curves_skip_rounds_without_a_round_number(tmp_path):
+    from federation.curves import compare_runs
+
+    for seed in (1, 2):
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        (run / "rounds.csv").write_text("round,test/acc,test/loss\nx,0.6,0.9\nnan,0.6,0.9\n1,0.5,1.0\n2,0.7,0.8\n")
+    compare_runs(tmp_path, "acc", "federation.strategy.mode", tmp_path / "cmp.png")
+    assert (tmp_path / "cmp.csv").read_text().count("\n") == 5  # header + rounds 1, 2 of each run (its label)
 
 
 def test_predict_never_computes_ct_statistics_from_a_run_configs_data_folder(tmp_path):
@@ -97,3 +109,25 @@ def test_predict_never_computes_ct_statistics_from_a_run_configs_data_folder(tmp
         models.data_overrides()
     assert Models(nets=[], run_cfg=cfg, hparams={}, data_state={"ct_stats": [0, 1, 0.5, 0.1]}).data_overrides() == \
         {"ct_stats": [0, 1, 0.5, 0.1]}
+
+
+def test_sweep_outcome_counts_only_this_sweeps_jobs_in_a_reused_folder(tmp_path):
+    """Review: in a reused sweep folder the job total counted earlier sweeps' jobs ("1 of 5 failed")."""
+    import os
+    import time
+
+    from experiments import hydra_checks
+
+    for old in ("0_old", "1_old"):
+        (tmp_path / old / ".hydra").mkdir(parents=True)
+        (tmp_path / old / "failed.json").write_text("{}")
+        for p in (tmp_path / old / ".hydra", tmp_path / old / "failed.json"):
+            os.utime(p, (time.time() - 3600, time.time() - 3600))
+    outcome = hydra_checks.SweepOutcome()
+    outcome.on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    for job in ("0_new", "1_new/nested"):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+    (tmp_path / "1_new" / "nested" / "failed.json").write_text("{}")  # a subdir with a '/' in it
+    outcome.on_multirun_end(OmegaConf.create({}))
+    assert hydra_checks._sweep == {"failed": ["1_new/nested"], "jobs": 2}
+    hydra_checks._sweep.update(failed=[], jobs=0)

@@ -291,6 +291,9 @@ FETCHING_NETS = {  # an allowed class whose arguments name a file or a URL to lo
     "timm_pretrained_cfg": {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "tu-resnet18",
                             "pretrained_cfg_overlay": {"file": "/tmp/any.pth"}},
     "url_anywhere": {"_target_": "x.Net", "sub": ["s3://bucket/weights.pt"]},
+    # left out, Transchex fetches its default path_or_repo_id="bert-base-uncased" when built (review)
+    "monai_transchex_default": {"_target_": "monai.networks.nets.Transchex", "in_channels": 1, "img_size": [32, 32],
+                                "num_classes": 2, "patch_size": [16, 16]},
 }
 
 
@@ -300,7 +303,8 @@ def test_no_downloads_refuses_files_and_urls_a_net_would_load(kind):
 
     key = {"url_anywhere": r"net\.sub\[0\]=", "monai_hovernet_url": r"net\.pretrained_url=",
            "monai_transchex_repo": r"net\.path_or_repo_id=", "timm_checkpoint_path": r"net\.checkpoint_path=",
-           "timm_pretrained_cfg": r"net\.pretrained_cfg_overlay="}[kind]
+           "timm_pretrained_cfg": r"net\.pretrained_cfg_overlay=",
+           "monai_transchex_default": r"net: monai\.networks\.nets\.Transchex"}[kind]
     with pytest.raises(ConfigError, match=key + ".* refused"):
         no_downloads(FETCHING_NETS[kind])
     assert no_downloads({"_target_": "x.Net", "checkpoint_path": None, "encoder_path": "encoder.layer4"})
