@@ -75,8 +75,8 @@ def check_dimensions(cfg: DictConfig, choices: dict[str, Any] | None = None) -> 
     net, dat = names.get("model") or model._target_.rsplit(".", 1)[-1], names.get("data") or "the data"
     other = cfg.get("exp_3d" if net_3d else "exp_2d")
     hint = f"use +exp={other}" if other else (
-        "use 3D patch data (a data config with patch_size, e.g. data=synthetic_pancreas_3d)" if net_3d
-        else "use a 2D net (e.g. model=dnet) or 2D slice data")
+        "use a 2D net (e.g. model=dnet) or 3D patch data (a data config with patch_size)" if net_3d
+        else "use a 3D net (model=unet3d or model=segresnet_vae) or 2D slice data")
     raise ConfigError(f"model={net} is a {'3D' if net_3d else '2D'} net but data={dat} gives "
                       f"{'2D slices (no data.patch_size)' if net_3d else '3D patches'}: {hint}")
 

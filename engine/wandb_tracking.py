@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -150,6 +151,21 @@ def _short(override: str) -> str:
     except ValueError:
         return override
     return override if value.lstrip("+-").isdigit() or not math.isfinite(number) else f"{key}={number:.4g}"
+
+
+def swept_suffix(limit: int = 80) -> str:
+    """``_key=value`` for each value this sweep job takes of what the sweep varies, the seed and the model
+    left out (the sweep folder's name holds them): ``3_resnet18_student_s0_distill=hlfd``. Only characters
+    safe in a folder name; ``""`` outside a sweep job."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task)
+    except (ValueError, ImportError, AttributeError):
+        return ""
+    varied = swept_keys() - {"seed", "model"}
+    parts = [re.sub(r"[^A-Za-z0-9._=+-]", "-", _short(o.lstrip("+~"))) for o in task if _key(o) in varied]
+    return ("_" + "_".join(parts))[:limit] if parts else ""
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:

@@ -208,3 +208,23 @@ def test_a_sweep_with_a_failed_job_runs_the_others_and_exits_2(tmp_path):
     assert (sweep / jobs[0] / "failed.json").is_file() and (sweep / jobs[1] / "metrics.json").is_file()
     assert proc.stderr.strip().splitlines()[-1] == (f"error: 1 of 2 sweep jobs failed (each says why in its "
                                                     f"failed.json and above): {jobs[0]}")
+
+
+def test_sweep_job_folders_name_the_values_the_sweep_varies(monkeypatch):
+    """A walkthrough could not tell ``0_resnet18_student_s0`` from ``1_resnet18_student_s0`` in a
+    ``distill=none,hlfd`` sweep: the job folder now ends with the swept values (seed and model already in it)."""
+    import json
+    from types import SimpleNamespace
+
+    from hydra.core import hydra_config
+
+    from engine.wandb_tracking import COMMAND_ENV, swept_suffix
+
+    job = SimpleNamespace(overrides=SimpleNamespace(task=["+exp=kits_hlfd", "distill=hlfd", "seed=1", "model=unet",
+                                                          "data.sites/a=x y"]), sweeper={"params": {}})
+    monkeypatch.setattr(hydra_config.HydraConfig, "get", staticmethod(lambda: job))
+    monkeypatch.setenv(COMMAND_ENV, json.dumps(["-m", "+exp=kits_hlfd", "distill=none,hlfd", "seed=0,1",
+                                                "model=unet,dnet", "data.sites/a=x y,z"]))
+    assert swept_suffix() == "_distill=hlfd_data.sites-a=x-y"
+    monkeypatch.setenv(COMMAND_ENV, json.dumps(["+exp=kits_hlfd"]))
+    assert swept_suffix() == ""

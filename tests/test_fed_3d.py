@@ -4,6 +4,7 @@ partial labels; a 2D/3D mismatch of net and data stops with one line naming the 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -71,4 +72,14 @@ def test_two_round_3d_federation_writes_metrics(tmp_path):
 def test_2d_3d_mismatch_is_one_line_naming_the_other_exp(tmp_path, exp, model, other):
     cfg = compose_run([f"+exp={exp}", f"model={model}"], tmp_path)
     with pytest.raises(ConfigError, match=rf"model={model} is a [23]D net .*: use \+exp={other}$"):
+        check_dimensions(cfg, {"model": model, "data": "x"})
+
+
+@pytest.mark.parametrize("exp,model,hint", [("pancreas_3d", "dnet", "use a 3D net (model=unet3d or model=segresnet_vae)"),
+                                            ("lits_dnet", "unet3d", "use a 2D net (e.g. model=dnet) or 3D patch data")])
+def test_2d_3d_mismatch_without_an_other_exp_suggests_a_net_of_the_datas_kind(tmp_path, exp, model, hint):
+    """A walkthrough ran ``+exp=pancreas_3d model=dnet`` and was told to use a 2D net (it had given one): the
+    hint now names a net of the data's kind."""
+    cfg = compose_run([f"+exp={exp}", f"model={model}"], tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(hint)):
         check_dimensions(cfg, {"model": model, "data": "x"})
