@@ -21,7 +21,7 @@ from datamodules.layouts import find_cases, layout_classes, nnunet_channels
 from datamodules.progress import log_progress
 from datamodules.slices import TARGETS, SliceCase, SliceDataModule, SliceDataset, TargetMap
 from datamodules.spatial import GridMeta
-from datamodules.synthetic import SiteParams, needs_phantom, write_phantom_dataset
+from datamodules.synthetic import needs_phantom, site_params, write_phantom_dataset
 from datamodules.volumes import (PreprocessParams, VolumeCache, load_on_grid, preprocess_image,
                                  restore_label_volume, restore_probability_volume)
 
@@ -96,8 +96,12 @@ class VolumeSegmentationDataModule(SliceDataModule):
         if kw.setdefault("layout", self.layout) != self.layout:
             raise DataError(f"data.synthetic.layout={kw['layout']!r} differs from data.layout={self.layout!r}")
         if needs_phantom(self.root, self._has_cases):
+            unknown = sorted(set(kw) - {"layout", "n_cases", "shape", "seed", "site", "organs"})
+            if unknown:
+                raise DataError(f"data.synthetic has unknown keys {unknown}; known: layout, n_cases, shape, "
+                                f"seed, site, organs")
             if isinstance(kw.get("site"), Mapping):
-                kw["site"] = SiteParams(**kw["site"])
+                kw["site"] = site_params(kw["site"])
             write_phantom_dataset(self.root, **kw)
 
     def _has_cases(self) -> bool:

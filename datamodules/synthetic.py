@@ -242,6 +242,38 @@ def _remove(root: Path, files: Mapping[str, str]) -> None:
             parent = parent.parent
 
 
+def site_params(site: SiteParams | Mapping) -> SiteParams:
+    """``data.synthetic.site`` as :class:`SiteParams`; an unknown key or a value of the wrong kind is one line."""
+    if isinstance(site, SiteParams):
+        return site
+    known = set(SiteParams.__dataclass_fields__)
+    unknown = sorted(set(site) - known)
+    if unknown:
+        raise DataError(f"data.synthetic.site has unknown keys {unknown}; known: {sorted(known)}")
+    try:
+        out = SiteParams(**{k: tuple(float(x) for x in v) if k == "spacing" else float(v) for k, v in site.items()})
+    except (TypeError, ValueError) as err:
+        raise DataError(f"data.synthetic.site={dict(site)!r}: {err}") from None
+    if len(out.spacing) != 3 or min(out.spacing) <= 0 or out.intensity_scale <= 0 or out.noise_std < 0:
+        raise DataError(f"data.synthetic.site={dict(site)!r}: spacing must be 3 positive mm values, "
+                        f"intensity_scale > 0 and noise_std >= 0")
+    return out
+
+
+def _whole_numbers(key: str, values: Sequence, count: int) -> list[int]:
+    """``data.synthetic.<key>``: ``count`` whole numbers >= 1, else one line naming the key."""
+    try:
+        out = [int(v) for v in values]
+        whole = len(out) == count and all(not isinstance(v, bool) and o == float(v) for o, v in zip(out, values))
+    except (TypeError, ValueError):
+        whole = False
+    if not whole or min(out) < 1:
+        shown = list(values) if isinstance(values, (list, tuple)) else values
+        raise DataError(f"data.synthetic.{key}={shown[0] if count == 1 else shown!r} must be "
+                        f"{'a whole number' if count == 1 else f'{count} whole numbers (H, W, D)'} >= 1")
+    return out
+
+
 def write_phantom_dataset(root: str | Path, layout: str = "lits", n_cases: int = 8,
                           shape: Sequence[int] = (96, 96, 24), seed: int = 0,
                           site: SiteParams | dict = SiteParams(),
@@ -258,7 +290,8 @@ def write_phantom_dataset(root: str | Path, layout: str = "lits", n_cases: int =
     temp folder inside ``root`` and moved into place under a lock (two runs at once take turns).
     """
     root = Path(root)
-    site = SiteParams(**site) if isinstance(site, dict) else site
+    site, shape = site_params(site), _whole_numbers("shape", shape, 3)
+    n_cases = _whole_numbers("n_cases", [n_cases], 1)[0]
     if layout not in LAYOUT_LABELS:
         raise DataError(f"data.layout={layout!r} (the phantoms' layout) is not one of {list(LAYOUT_LABELS)}")
     if organs is not None and layout != "msd":

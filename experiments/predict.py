@@ -48,9 +48,19 @@ def tta_axes(tta: Any, dims: int) -> tuple[int, ...]:
 
 
 def _device(name: str) -> torch.device:
+    """``device``: ``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N`` of a GPU this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(str(name))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                          f"use device=auto or device=cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r}: predict runs on cpu or cuda")
+    return device
 
 
 def _bare(name: str) -> str:

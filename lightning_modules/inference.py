@@ -56,6 +56,8 @@ class VolumePredictor:
             if len(sizes) != spatial_dims or min(sizes) <= 0 or sizes != [float(r) for r in roi_size]:
                 raise ValueError(f"roi_size={list(roi_size) if isinstance(roi_size, Sequence) else roi_size!r} "
                                  f"must be {spatial_dims} positive whole sizes, one per spatial axis of the net")
+        if mode not in ("gaussian", "constant"):
+            raise ValueError(f"mode={mode!r} must be gaussian or constant (how overlapping windows are blended)")
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         bad = [a for a in mirror_axes if not 0 <= int(a) < spatial_dims]

@@ -274,6 +274,10 @@ CASES: dict[str, Setup] = {
     "data_window_inverted": simple(["data.window=[160,-40]"], "data.window"),
     "synthetic_organs_wrong_layout": simple(["+data.synthetic.organs=[liver,spleen]"], "organs"),
     "synthetic_layout_mismatch": simple(["+data.synthetic.layout=kits"], "data.synthetic.layout"),
+    # found by a walkthrough: a 2-value shape was a traceback deep in the phantom generator
+    "synthetic_shape_2_values": simple(["data.synthetic.shape=[48,48]"], "data.synthetic.shape=[48, 48]"),
+    "synthetic_site_unknown_key": simple(["+data.synthetic.site.noise=5"], "data.synthetic.site has unknown keys"),
+    "synthetic_unknown_key": simple(["+data.synthetic.n_case=5"], "data.synthetic has unknown keys ['n_case']"),
     "synthetic_into_foreign_folder": _foreign_folder,
     "synthetic_crafted_manifest": _crafted_manifest,
     "medmnist_missing_file": _medmnist_missing,

@@ -106,6 +106,14 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
      "roi_size=[-8, 8] must be 2 positive whole sizes", "o17.nii.gz"),
     ("roi_size of another length", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o18.nii.gz", "roi_size=[16]"],
      "roi_size=[16] must be 2", "o18.nii.gz"),
+    # found by a walkthrough: a GPU asked for on a machine without one, and a misspelt blend mode (MONAI said
+    # "out of memory"), were tracebacks
+    ("cuda without a GPU", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o19.nii.gz", "device=cuda:7"],
+     "device='cuda:7' but this machine has", "o19.nii.gz"),
+    ("not a device", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o20.nii.gz", "device=gpu"],
+     "device='gpu' is not a device", "o20.nii.gz"),
+    ("blend mode misspelt", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o21.nii.gz", "mode=gausian"],
+     "mode='gausian' must be gaussian or constant", "o21.nii.gz"),
 ]
 
 
@@ -118,7 +126,8 @@ def test_predict_bad_input(files, name, args, culprit, output):
     tmp, ckpt = files
     argv = [a.format(t=tmp, c=ckpt) for a in args]
     run_cli = run_subprocess if name in AS_PROCESS else run_in_process
-    proc = run_cli("experiments.predict", [*argv, "device=cpu"], tmp)
+    device = [] if any(a.startswith("device=") for a in argv) else ["device=cpu"]
+    proc = run_cli("experiments.predict", [*argv, *device], tmp)
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
