@@ -1,6 +1,8 @@
 """Run-directory artefacts: atomic JSON/YAML/text writes and the console tables people read."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -54,6 +56,20 @@ def _json_safe(value: Any) -> Any:
 def write_json(path: str | Path, data: Mapping) -> Path:
     """Atomic JSON write; NaN/inf become ``null`` so the file stays valid JSON."""
     return atomic_write_text(path, json.dumps(_json_safe(data), indent=2, sort_keys=True) + "\n")
+
+
+def write_case_csv(path: str | Path, per_case: Mapping[str, Mapping[str, float]]) -> Path:
+    """Atomic ``case,<metric>...`` CSV of per-case scores (a test's volumes), one row per case in case order;
+    a score that is not a finite number (HD95 of an empty prediction) is an empty cell."""
+    keys = sorted({k for scores in per_case.values() for k in scores})
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case", *keys])
+    for case in sorted(per_case):
+        values = [per_case[case].get(k) for k in keys]
+        writer.writerow([case, *("" if v is None or not math.isfinite(float(v)) else f"{float(v):.6g}"
+                                 for v in values)])
+    return atomic_write_text(path, buf.getvalue())
 
 
 def fmt(value: Any, digits: int = 4) -> str:

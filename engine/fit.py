@@ -213,6 +213,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     if is_debug(cfg):
         metrics["debug"] = True  # fast_dev_run: experiments.report leaves it out of its tables
     if trainer.is_global_zero:
+        if getattr(module, "test_per_case", None):  # each test volume's scores, beside the summary
+            artifacts.write_case_csv(out / "test_per_case.csv", module.test_per_case)
         artifacts.write_json(out / "metrics.json", metrics)
         _report(cfg, module, metrics, trainer)
     for lg in trainer.loggers:  # close the W&B run so its summary and config are written to disk

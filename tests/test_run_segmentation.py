@@ -37,6 +37,12 @@ def test_lits_dnet_end_to_end(tmp_path):
     for png in ("test_overlays.png", "test_roc.png", "learning_curves.png"):
         assert (run / png).stat().st_size > 1000
     assert (run / "csv" / "metrics.csv").is_file()
+    # found by a walkthrough: per-volume scores were only printed and sent to W&B; the run folder keeps them
+    rows = (run / "test_per_case.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert header[0] == "case" and "dice" in header and len(rows) == 1 + saved["test/num_cases"]
+    dices = [float(r.split(",")[header.index("dice")]) for r in rows[1:]]
+    assert np.mean(dices) == pytest.approx(saved["test/dice"], abs=1e-5)
 
 
 def test_models_swap_in(tmp_path):
