@@ -71,10 +71,13 @@ def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
     if isinstance(per, int) and not isinstance(per, bool) and per > len(server.client_ids):
         log.warning("federation.clients_per_round=%d but the federation has %d clients: every client trains in "
                     "every round", per, len(server.client_ids))
+    fdr = server.cfg.trainer.get("fast_dev_run") if is_debug(server.cfg) else None
+    local = (f"{int(fdr)} batch{'es' if int(fdr) > 1 else ''} per client (fast_dev_run)" if fdr
+             else f"{fed.local_epochs} local epochs")
     artifacts.console.print(
         f"[bold]federation[/bold] {fed.strategy._target_.split('.')[-1]}: {len(server.client_ids)} clients, "
-        f"{clients_per_round(len(server.client_ids), fed.get('clients_per_round'))} per round, {rounds} rounds x {fed.local_epochs} local epochs, "
-        f"executor {type(server.executor).__name__}" + (f", shared pool {len(server.pool)}" if server.pool else ""))
+        f"{clients_per_round(len(server.client_ids), fed.get('clients_per_round'))} per round, {rounds} rounds x "
+        f"{local}, executor {type(server.executor).__name__}" + (f", shared pool {len(server.pool)}" if server.pool else ""))
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=artifacts.console, transient=False, disable=not fed.get("progress", True)) as bar:
         rtask = bar.add_task("rounds", total=rounds, completed=server.start_round)
