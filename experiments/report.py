@@ -148,13 +148,17 @@ def collect(runs: list[Path], keys: tuple[str, ...] | None) -> tuple[dict[str, d
 
 
 def table(groups: dict[str, dict[str, list[float]]], keys: list[str]) -> tuple[str, str]:
-    """Markdown and CSV tables: mean ± std per method and key; best mean per column in bold."""
-    best = {}
+    """Markdown and CSV tables: mean ± std (population, over seeds) per method and key; the best mean per
+    column in bold, every method tied with it at the 4 digits shown too. One run has no spread: the CSV's
+    ``_std`` cell is empty, not 0."""
+    best: dict[str, set[str]] = {}
     for key in keys:
         means = {m: np.mean(v[key]) for m, v in groups.items() if v.get(key)}
         if means:
             pick = min if goal(key) == "min" or key.endswith("_std") else max
-            best[key] = pick(means, key=lambda m: abs(means[m]) if "rvd" in key else means[m])
+            score = (lambda m: abs(means[m])) if "rvd" in key else (lambda m: means[m])
+            top = f"{score(pick(means, key=score)):.4f}"
+            best[key] = {m for m in means if f"{score(m):.4f}" == top}
     md = ["| " + " | ".join(["method", "n", *map(md_text, keys)]) + " |", "|---|---|" + "---|" * len(keys)]
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -170,8 +174,8 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str]) -> tuple[s
                 continue
             mean, std = float(np.mean(v)), float(np.std(v))
             cell = f"{mean:.4f} ± {std:.4f}" if len(v) > 1 else f"{mean:.4f}"  # one run: no spread to show
-            cells.append(f"**{cell}**" if best.get(key) == method else cell)
-            row += [f"{mean:.6f}", f"{std:.6f}"]
+            cells.append(f"**{cell}**" if method in best.get(key, ()) else cell)
+            row += [f"{mean:.6f}", f"{std:.6f}" if len(v) > 1 else ""]
         row[0] = csv_text(method)  # labels come from run folders: no spreadsheet formula
         md.append(f"| {md_text(method)} | {n} | " + " | ".join(cells) + " |")
         writer.writerow(row)

@@ -87,14 +87,15 @@ def case_scores(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
 
 
 def summarise(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Mean and std across cases of every score (NaNs — class absent in a case — are left out)."""
+    """Mean and std across cases of every score (NaNs — class absent in a case — are left out); the std of one
+    score is NaN (no spread to tell), not 0."""
     keys = sorted({k for scores in per_case.values() for k in scores})
     out: dict[str, float] = {}
     for k in keys:
         vals = np.array([s.get(k, math.nan) for s in per_case.values()], dtype=float)
         vals = vals[np.isfinite(vals)]
         out[k] = float(vals.mean()) if vals.size else math.nan
-        out[f"{k}_std"] = float(vals.std()) if vals.size else math.nan
+        out[f"{k}_std"] = float(vals.std()) if vals.size > 1 else math.nan
     out["num_cases"] = float(len(per_case))
     return out
 

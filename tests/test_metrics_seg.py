@@ -168,3 +168,12 @@ def test_auxiliary_losses_are_logged_with_the_batch_size():
     batch = {"image": torch.rand(3, 1, 8, 8), "mask": torch.zeros(3, 8, 8, dtype=torch.long), "case_id": ["a"] * 3}
     module.training_step(batch, 0)
     assert logged["train/vae"]["batch_size"] == 3 and logged["train/loss"]["batch_size"] == 3
+
+
+def test_the_spread_of_one_case_is_not_a_number():
+    """Found by a walkthrough: a test set of one volume reported dice_std 0 (a spread of zero, not no spread)."""
+    from lightning_modules.metrics import summarise
+
+    one = summarise({"a": {"dice": 0.7}})
+    assert one["dice"] == 0.7 and np.isnan(one["dice_std"]) and one["num_cases"] == 1
+    assert summarise({"a": {"dice": 0.7}, "b": {"dice": 0.5}})["dice_std"] == pytest.approx(0.1)

@@ -166,6 +166,17 @@ def test_the_bold_best_is_the_lowest_surface_distance_and_the_highest_nsd():
     assert "**10.0000" not in row["b"]
 
 
+def test_ties_are_all_bold_and_one_run_has_no_spread_in_the_csv():
+    """Found by a walkthrough: of two methods tied at the shown digits only one was bold, and a method run once
+    had ``_std`` 0.000000 in report.csv (a spread of zero, not no spread)."""
+    groups = {"a": {"test/dice": [0.81234]}, "b": {"test/dice": [0.81231, 0.81237]}, "c": {"test/dice": [0.5]}}
+    md, csv_text = report.table(groups, ["test/dice"])
+    row = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()[2:]}
+    assert "**0.8123**" in row["a"] and "**0.8123 ± 0.0000**" in row["b"] and "**" not in row["c"]
+    lines = {line.split(",")[0]: line.split(",") for line in csv_text.splitlines()[1:]}
+    assert lines["a"][3] == "" and lines["c"][3] == "" and float(lines["b"][3]) == pytest.approx(3e-5)
+
+
 def test_the_default_columns_include_surface_metrics_and_the_best_validation_score(tmp_path):
     """A walkthrough found HD95, NSD and ``val/dice_best`` (what a sweep selects on) left out by default."""
     _run(tmp_path, "a", {"test/dice": 0.5, "test/hd95": 4.0, "test/nsd": 0.8, "val/dice_best": 0.6, "fit_seconds": 3})
