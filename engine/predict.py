@@ -10,26 +10,22 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import nibabel as nib
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from datamodules.errors import DataError
 from datamodules.spatial import voxel_spacing
 from datamodules.volumes import check_labels, load_nifti
-from engine.fit import check_data_states
 from lightning_modules.atomic import atomic_output
-from lightning_modules.base import build
-from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_strict, net_state, one_line
 from lightning_modules.errors import ConfigError
 from lightning_modules.inference import VolumePredictor
-from lightning_modules.targets import check_data_target, check_targets
 from lightning_modules.metrics import case_scores, confusion_matrix, surface_scores, summarise
+from engine.predict_models import Models, load_models  # noqa: F401 - predict loads its nets there
 
 _NII = re.compile(r"\.nii(\.gz)?$")
 _CHANNEL = re.compile(r"^(.+)_(\d{4})$")
@@ -124,81 +120,6 @@ def check_writable(folder: Path) -> None:
         os.unlink(probe)
     except OSError as err:
         raise ConfigError(f"output folder {folder} is not writable ({type(err).__name__}: {err.strerror or err})") from None
-
-
-@dataclass
-class Models:
-    """The loaded ensemble: nets, the first checkpoint's run config and hyper-parameters."""
-
-    nets: list[torch.nn.Module]
-    run_cfg: object
-    hparams: dict
-    spatial_dims: int = 2
-    paths: list[Path] = field(default_factory=list)
-    data_state: dict = field(default_factory=dict)
-
-    def data_overrides(self) -> dict:
-        """Datamodule arguments the checkpoint fixes: the training set's CT statistics (``normalization=ct``).
-        Without them anywhere, one line: the datamodule would compute them from the training data the run
-        config names, reading that folder and writing its cache where the (handed-over) config says (audit)."""
-        stats = self.data_state.get("ct_stats")
-        if stats is None and self.run_cfg.data.get("normalization") == "ct" and self.run_cfg.data.get("ct_stats") is None:
-            raise CheckpointError(f"checkpoint {self.paths[0]} holds no CT statistics and its run config says "
-                                  f"data.normalization=ct: set data.ct_stats=[lo, hi, mean, std] in the run config "
-                                  f"(the training run printed them); predict never computes them from a data folder")
-        return {} if stats is None or self.run_cfg.data.get("ct_stats") is not None else {"ct_stats": list(stats)}
-
-
-def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None) -> Models:
-    """Load every checkpoint (``weights_only``; the net built from its allow-listed config), refusing
-    classification checkpoints and ensembles whose members predict different classes."""
-    nets, first_hp, dims, data_states = [], None, set(), []
-    for path in map(Path, ckpts):
-        ckpt = load_checkpoint(path)
-        # Lightning keeps the datamodule's state_dict() under its class name (CT normalisation statistics)
-        data_states.append({k: dict(v) for k, v in ckpt.items() if isinstance(v, dict) and "ct_stats" in v})
-        check_data_states(ckpt, path)
-        hp = dict(ckpt.get("hyper_parameters") or {})
-        if "task" in hp or ("state_dict" in ckpt and "eval_slices" not in hp):
-            raise CheckpointError(f"checkpoint {path} is not a segmentation checkpoint"
-                                  f"{' (task=' + str(hp['task']) + ')' if 'task' in hp else ''}; "
-                                  "predict needs one trained with module=segmentation")
-        state, net_cfg = net_state(ckpt, path)
-        if not isinstance(net_cfg, dict):
-            raise CheckpointError(f"checkpoint {path} stores no net config (not a framework segmentation checkpoint)")
-        net = build(net_cfg, what=f"checkpoint {path} net")
-        load_strict(net, state, f"checkpoint {path} does not match its net config")
-        if first_hp is not None and hp.get("num_classes") != first_hp.get("num_classes"):
-            raise CheckpointError(f"checkpoint {path} predicts {hp.get('num_classes')} classes but "
-                                  f"{ckpts[0]} predicts {first_hp.get('num_classes')}: an ensemble needs the same classes")
-        first_hp = first_hp or hp
-        dims.add(int(net_cfg.get("spatial_dims", 2)))
-        nets.append(net.eval())
-    if len(dims) > 1:
-        raise CheckpointError(f"checkpoints {list(map(str, ckpts))} mix 2D and 3D nets")
-    first = Path(ckpts[0])
-    run_cfg_path = Path(run_config) if run_config else first.resolve().parent.parent / "config.yaml"
-    if not run_cfg_path.is_file():
-        raise CheckpointError(f"no run config at {run_cfg_path}; pass run_config=<training run>/config.yaml")
-    try:
-        run_cfg = OmegaConf.load(run_cfg_path)
-    except Exception as err:  # noqa: BLE001 - a YAML or OmegaConf error: the file is bad, not the program
-        raise CheckpointError(f"run config {run_cfg_path} does not parse ({one_line(err)})") from err
-    # before any value is read (reading resolves it, `in` too: ${oc.env:...} would read the environment; audit)
-    if isinstance(run_cfg, DictConfig):
-        check_targets(run_cfg, f"run config {run_cfg_path}", check=lambda target, what: None)  # interpolations
-    if not isinstance(run_cfg, DictConfig) or not isinstance(run_cfg.get("data"), DictConfig) \
-            or "_target_" not in run_cfg.data:
-        raise CheckpointError(f"run config {run_cfg_path} holds no data config (data._target_); pass "
-                              f"run_config=<training run>/config.yaml")
-    check_targets(run_cfg.data, "run config data", check_data_target)  # a file's config is data, not code
-    dm_key = str(OmegaConf.select(run_cfg, "data._target_", default="") or "").rsplit(".", 1)[-1]
-    states = [s.get(dm_key, {}) for s in data_states]
-    for path, st in zip(ckpts[1:], states[1:]):
-        if st.get("ct_stats") != states[0].get("ct_stats"):
-            raise CheckpointError(f"checkpoint {path} was trained with CT statistics {st.get('ct_stats')} but "
-                                  f"{ckpts[0]} with {states[0].get('ct_stats')}: an ensemble needs one preprocessing")
-    return Models(nets, run_cfg, first_hp, dims.pop(), [Path(c) for c in ckpts], states[0])
 
 
 def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None) -> nib.Nifti1Image:

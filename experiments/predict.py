@@ -84,7 +84,7 @@ def predict(cfg: DictConfig) -> dict:
         raise DataError(f"input {src} does not exist")
     images = _is_image_input(src)
     cases = None if images else plan_cases(cfg.input, cfg.output, cfg.labels)
-    models = load_models(ckpts, cfg.run_config)
+    models = load_models(ckpts, cfg.run_config, None if cfg.get("site") is None else str(cfg.site))
     dims = models.spatial_dims
     roi = cfg.roi_size or (models.run_cfg.data.get("patch_size") if dims == 3 else None)
     axes = tta_axes(cfg.tta, dims)

@@ -1,0 +1,165 @@
+"""The nets ``experiments.predict`` runs, and the training run's config that preprocesses for them.
+
+Two kinds of weights load: a segmentation run's Lightning checkpoint (``<run>/checkpoints/best.ckpt``; its
+net config and classes in its hyper-parameters, the run config at ``<run>/config.yaml``), and a federation's
+global model (``<run>/global_best.pt`` / ``global_final.pt``: a bare state dict, whose net, classes and
+preprocessing are the run config's ``module`` and ``data`` beside it). Everything is loaded with
+``weights_only=True`` and every ``_target_`` is allow-listed before it is built: these files are data.
+
+A run whose data is a :class:`~datamodules.multisite.MultiSiteDataModule` (a federation, or a pooled run over
+sites) preprocesses as one of its sites: ``site=<name>``, or, with ``site=null``, the sites when they
+preprocess alike (they differ only in where their data is and how it is split).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from engine.fit import check_data_states
+from lightning_modules.base import build
+from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_strict, net_state, one_line
+from lightning_modules.errors import ConfigError
+from lightning_modules.targets import check_data_target, check_targets
+
+#: a site's data keys that say where its data is and how it is split, not how an image is preprocessed
+SITE_ONLY_KEYS = {"root", "synthetic", "seed", "batch_size", "num_workers", "val_fraction", "test_fraction",
+                  "cache_dir", "split_file", "pin_memory", "persistent_workers"}
+#: what predict reads of a module's hyper-parameters; a federation's global weights take them from the run config
+HPARAM_KEYS = ("num_classes", "class_names", "fg_threshold", "eval_slices")
+
+
+@dataclass
+class Models:
+    """The loaded ensemble: nets, the first checkpoint's run config and hyper-parameters."""
+
+    nets: list[torch.nn.Module]
+    run_cfg: object
+    hparams: dict
+    spatial_dims: int = 2
+    paths: list[Path] = field(default_factory=list)
+    data_state: dict = field(default_factory=dict)
+    data_key: str = "data"
+
+    def data_overrides(self) -> dict:
+        """Datamodule arguments the checkpoint fixes: the training set's CT statistics (``normalization=ct``).
+        Without them anywhere, one line: the datamodule would compute them from the training data the run
+        config names, reading that folder and writing its cache where the (handed-over) config says (audit)."""
+        stats = self.data_state.get("ct_stats")
+        if stats is None and self.run_cfg.data.get("normalization") == "ct" and self.run_cfg.data.get("ct_stats") is None:
+            raise CheckpointError(f"checkpoint {self.paths[0]} holds no CT statistics and its run config says "
+                                  f"{self.data_key}.normalization=ct: set {self.data_key}.ct_stats=[lo, hi, mean, "
+                                  f"std] in the run config (the training run printed them); predict never computes "
+                                  f"them from a data folder")
+        return {} if stats is None or self.run_cfg.data.get("ct_stats") is not None else {"ct_stats": list(stats)}
+
+
+def read_run_config(path: Path) -> DictConfig:
+    """The training run's ``config.yaml``, its interpolations and data ``_target_`` checked before any value is
+    read (reading resolves it: ``${oc.env:...}`` would read the environment; audit)."""
+    if not path.is_file():
+        raise CheckpointError(f"no run config at {path}; pass run_config=<training run>/config.yaml")
+    try:
+        run_cfg = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - a YAML or OmegaConf error: the file is bad, not the program
+        raise CheckpointError(f"run config {path} does not parse ({one_line(err)})") from err
+    if isinstance(run_cfg, DictConfig):
+        check_targets(run_cfg, f"run config {path}", check=lambda target, what: None)  # interpolations
+    if not isinstance(run_cfg, DictConfig) or not isinstance(run_cfg.get("data"), DictConfig) \
+            or "_target_" not in run_cfg.data:
+        raise CheckpointError(f"run config {path} holds no data config (data._target_); pass "
+                              f"run_config=<training run>/config.yaml")
+    check_targets(run_cfg.data, "run config data", check_data_target)  # a file's config is data, not code
+    return run_cfg
+
+
+def site_data(run_cfg: DictConfig, path: Path, site: str | None) -> tuple[DictConfig, str]:
+    """``(run config whose data is one site's, its key)`` for multi-site data; the run config as it is else."""
+    data = run_cfg.data
+    if not str(data._target_).endswith(".MultiSiteDataModule"):
+        if site is not None:
+            raise ConfigError(f"site={site!r} but run config {path} has one data set, not sites")
+        return run_cfg, "data"
+    sites = data.get("sites")
+    if not isinstance(sites, DictConfig) or not sites:
+        raise CheckpointError(f"run config {path} has multi-site data with no data.sites")
+    names = [str(n) for n in sites]
+    if site is None:
+        first = OmegaConf.to_container(sites[names[0]], resolve=True)
+        for other in names[1:]:
+            cfg = OmegaConf.to_container(sites[other], resolve=True)
+            differ = sorted(k for k in set(first) | set(cfg) if k not in SITE_ONLY_KEYS and first.get(k) != cfg.get(k))
+            if differ:
+                raise ConfigError(f"the sites of run config {path} preprocess differently ({differ[0]}: "
+                                  f"{names[0]} {first.get(differ[0])!r} vs {other} {cfg.get(differ[0])!r}): "
+                                  f"pass site=<one of {names}> to preprocess as that site does")
+        site = names[0]
+    if site not in names:
+        raise ConfigError(f"site={site!r} is not a site of run config {path}; its sites: {names}")
+    chosen = OmegaConf.to_container(sites[site], resolve=True)
+    for key in ("class_names", "num_classes", "in_channels"):  # the sites' shared keys, kept by the site
+        if key in data and key not in chosen:
+            chosen[key] = OmegaConf.to_container(data, resolve=True)[key]
+    out = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=True))
+    out.data = chosen
+    return out, f"data.sites.{site}"
+
+
+def _weights_net(run_cfg: DictConfig, path: Path, run_cfg_path: Path) -> tuple[dict, dict]:
+    """``(net config, hyper-parameters)`` of a bare state dict (a federation's global weights) from the run
+    config beside it: its segmentation ``module`` (the net the federation trained, its classes)."""
+    module = run_cfg.get("module")
+    if not isinstance(module, DictConfig) or not isinstance(module.get("net"), DictConfig) \
+            or "eval_slices" not in module:
+        raise CheckpointError(f"{path} holds weights only and run config {run_cfg_path} has no segmentation "
+                              f"module.net to build them into (predict needs a segmentation run's weights)")
+    container = OmegaConf.to_container(module, resolve=True)
+    return container["net"], {k: container[k] for k in HPARAM_KEYS if k in container}
+
+
+def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None, site: str | None = None) -> Models:
+    """Load every checkpoint (``weights_only``; the net built from its allow-listed config), refusing
+    classification checkpoints and ensembles whose members predict different classes."""
+    loaded, data_states = [], []
+    for path in map(Path, ckpts):
+        ckpt = load_checkpoint(path)
+        # Lightning keeps the datamodule's state_dict() under its class name (CT normalisation statistics)
+        data_states.append({k: dict(v) for k, v in ckpt.items() if isinstance(v, dict) and "ct_stats" in v})
+        check_data_states(ckpt, path)
+        hp = dict(ckpt.get("hyper_parameters") or {})
+        if "task" in hp or ("state_dict" in ckpt and "eval_slices" not in hp):
+            raise CheckpointError(f"checkpoint {path} is not a segmentation checkpoint"
+                                  f"{' (task=' + str(hp['task']) + ')' if 'task' in hp else ''}; "
+                                  "predict needs one trained with module=segmentation")
+        loaded.append((path, hp, *net_state(ckpt, path)))
+    first, bare = Path(ckpts[0]), loaded[0][3] is None
+    # a Lightning checkpoint sits in <run>/checkpoints/, a federation's global weights in <run>/ itself
+    here = first.resolve().parent
+    run_cfg_path = Path(run_config) if run_config else (here if bare else here.parent) / "config.yaml"
+    run_cfg, data_key = site_data(read_run_config(run_cfg_path), run_cfg_path, site)
+    nets, first_hp, dims = [], None, set()
+    for path, hp, state, net_cfg in loaded:
+        if net_cfg is None:  # a bare state dict: a federation's global weights
+            net_cfg, hp = _weights_net(run_cfg, path, run_cfg_path)
+        if not isinstance(net_cfg, dict):
+            raise CheckpointError(f"checkpoint {path} stores no net config (not a framework segmentation checkpoint)")
+        net = build(net_cfg, what=f"checkpoint {path} net")
+        load_strict(net, state, f"checkpoint {path} does not match its net config")
+        if first_hp is not None and hp.get("num_classes") != first_hp.get("num_classes"):
+            raise CheckpointError(f"checkpoint {path} predicts {hp.get('num_classes')} classes but "
+                                  f"{ckpts[0]} predicts {first_hp.get('num_classes')}: an ensemble needs the same classes")
+        first_hp = first_hp or hp
+        dims.add(int(net_cfg.get("spatial_dims", 2)))
+        nets.append(net.eval())
+    if len(dims) > 1:
+        raise CheckpointError(f"checkpoints {list(map(str, ckpts))} mix 2D and 3D nets")
+    dm_key = str(OmegaConf.select(run_cfg, "data._target_", default="") or "").rsplit(".", 1)[-1]
+    states = [s.get(dm_key, {}) for s in data_states]
+    for path, st in zip(ckpts[1:], states[1:]):
+        if st.get("ct_stats") != states[0].get("ct_stats"):
+            raise CheckpointError(f"checkpoint {path} was trained with CT statistics {st.get('ct_stats')} but "
+                                  f"{ckpts[0]} with {states[0].get('ct_stats')}: an ensemble needs one preprocessing")
+    return Models(nets, run_cfg, first_hp, dims.pop(), [Path(c) for c in ckpts], states[0], data_key)
