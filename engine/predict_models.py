@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +25,8 @@ from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load
 from lightning_modules.errors import ConfigError
 from lightning_modules.targets import check_data_target, check_targets
 
+#: ``(weights file, its state, the run config) -> state`` with what the file lacks filled in
+FillWeights = Callable[[Path, dict, DictConfig], dict]
 #: a site's data keys that say where its data is and how it is split, not how an image is preprocessed
 SITE_ONLY_KEYS = {"root", "synthetic", "seed", "batch_size", "num_workers", "val_fraction", "test_fraction",
                   "cache_dir", "split_file", "pin_memory", "persistent_workers"}
@@ -120,9 +122,12 @@ def _weights_net(run_cfg: DictConfig, path: Path, run_cfg_path: Path) -> tuple[d
     return container["net"], {k: container[k] for k in HPARAM_KEYS if k in container}
 
 
-def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None, site: str | None = None) -> Models:
+def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None, site: str | None = None,
+                fill_weights: FillWeights | None = None) -> Models:
     """Load every checkpoint (``weights_only``; the net built from its allow-listed config), refusing
-    classification checkpoints and ensembles whose members predict different classes."""
+    classification checkpoints and ensembles whose members predict different classes. ``fill_weights``
+    completes a bare state dict before it is loaded (a FedBN federation's site-local entries:
+    :func:`federation.deploy.deployed_state`, passed by ``experiments.predict``; engine knows no federation)."""
     loaded, data_states = [], []
     for path in map(Path, ckpts):
         ckpt = load_checkpoint(path)
@@ -144,6 +149,8 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
     for path, hp, state, net_cfg in loaded:
         if net_cfg is None:  # a bare state dict: a federation's global weights
             net_cfg, hp = _weights_net(run_cfg, path, run_cfg_path)
+            if fill_weights is not None:
+                state = fill_weights(Path(path), state, run_cfg)
         if not isinstance(net_cfg, dict):
             raise CheckpointError(f"checkpoint {path} stores no net config (not a framework segmentation checkpoint)")
         net = build(net_cfg, what=f"checkpoint {path} net")

@@ -63,6 +63,16 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _site_weights(path: Path, state: dict, run_cfg: Any, site: str | None) -> dict:
+    """A federation's global weights with the entries its clients kept (FedBN's BN layers) filled in."""
+    from federation.deploy import deployed_state
+
+    state, what = deployed_state(path.parent, run_cfg, state, site)
+    if what:
+        print(f"{path.name}: {what}")
+    return state
+
+
 def _bare(name: str) -> str:
     """An output file name without its extension (``seg.nii.gz`` -> ``seg``, ``a.b.png`` -> ``a.b``)."""
     return re.sub(r"\.(nii\.gz|nii|png)$", "", name, flags=re.IGNORECASE)
@@ -84,7 +94,9 @@ def predict(cfg: DictConfig) -> dict:
         raise DataError(f"input {src} does not exist")
     images = _is_image_input(src)
     cases = None if images else plan_cases(cfg.input, cfg.output, cfg.labels)
-    models = load_models(ckpts, cfg.run_config, None if cfg.get("site") is None else str(cfg.site))
+    site = None if cfg.get("site") is None else str(cfg.site)
+    models = load_models(ckpts, cfg.run_config, site, fill_weights=lambda path, state, run_cfg: _site_weights(
+        path, state, run_cfg, site))
     dims = models.spatial_dims
     roi = cfg.roi_size or (models.run_cfg.data.get("patch_size") if dims == 3 else None)
     axes = tta_axes(cfg.tta, dims)

@@ -45,6 +45,7 @@ from federation.errors import FederationError
 from federation.plan import check_federation_config, split_clients, write_partition_report
 from federation.runner import best_local_store, build_strategy, eval_trainer, quiet_lightning, register_base
 from federation.server_state import load_server_state, rng_state, save_atomic, set_rng_state
+from federation.deploy import mean_local_state
 from federation.store import ClientStore
 from federation.transports import ClientJob
 from federation.transports.inprocess import SequentialExecutor
@@ -138,13 +139,7 @@ class Server:
                 stored = self.store.load(client_id, "local_state", default=None) or {}
                 full.update({k: v for k, v in stored.items() if k in full})
             else:
-                acc: dict[str, list] = {}
-                for cid in self.client_ids:
-                    for k, v in (self.store.load(cid, "local_state", default=None) or {}).items():
-                        acc.setdefault(k, []).append(v.double())
-                for k, vs in acc.items():
-                    mean = torch.stack(vs).mean(0)
-                    full[k] = mean.to(full[k].dtype) if full[k].is_floating_point() else mean.round().to(full[k].dtype)
+                full.update({k: v for k, v in mean_local_state(self.store, self.client_ids).items() if k in full})
         self.template.net.load_state_dict(full)
         return self.template
 

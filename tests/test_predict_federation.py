@@ -84,3 +84,25 @@ def test_global_weights_beside_a_config_without_a_segmentation_net_are_refused(t
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and culprit in lines[0], proc.stderr[-2000:]
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_a_fedbn_global_model_gets_its_sites_batch_norm(tmp_path):
+    """FedBN never averages BN layers, so the server's ``global_best.pt`` holds BN statistics no client trained:
+    predict fills them in from the client store, the site's with ``site=`` and, as the server evaluated the
+    run's own ``test/*``, their mean without. (Without this the test fails: the BN entries stay the initial ones.)"""
+    from experiments.predict import _site_weights
+    from engine.predict_models import load_models
+    from federation.store import ClientStore
+
+    run, module = fed_run(tmp_path, ["federation/strategy=fedbn"])
+    bn = {k: v for k, v in module.net.state_dict().items() if "running_mean" in k}
+    store = ClientStore(run / "client_store")
+    for cid, value in (("hospital_a", 1.0), ("hospital_b", 3.0)):
+        store.update(cid, {"local_state": {k: torch.full_like(v, value) for k, v in bn.items()}})
+    key = next(iter(bn))
+    for site, expected in (("hospital_b", 3.0), (None, 2.0)):
+        models = load_models([run / "global_best.pt"], site=site if site != "hospital_b" else None,
+                             fill_weights=lambda p, st, rc, s=site: _site_weights(p, st, rc, s))
+        assert torch.all(models.nets[0].state_dict()[key] == expected), site
+    plain = load_models([run / "global_best.pt"])  # what predict loaded before: the never-trained statistics
+    assert torch.equal(plain.nets[0].state_dict()[key], bn[key])
