@@ -106,11 +106,14 @@ def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list
     return [o for o in overrides if o.split("=")[0].lstrip("+~") not in drop]
 
 
-def run_labels(runs: list[Path]) -> tuple[dict[Path, str], list[str]]:
+def run_labels(runs: list[Path], siblings: list[Path] = ()) -> tuple[dict[Path, str], list[str]]:
     """The method each run belongs to: the overrides that differ between runs (those shared by every
-    run are returned separately, printed once above the table)."""
+    run are returned separately, printed once above the table). ``siblings`` (the sweep's failed jobs) count
+    in what is shared: one finished job beside a failed one is labelled by what differs, not by its whole
+    command."""
     ovs = {run: run_overrides(run) for run in runs}
-    common = [o for o in next(iter(ovs.values()), []) if all(o in v for v in ovs.values())] if len(runs) > 1 else []
+    every = [*ovs.values(), *(run_overrides(r) for r in siblings)]
+    common = [o for o in next(iter(ovs.values()), []) if all(o in v for v in every)] if len(every) > 1 else []
     labels = {run: " ".join(o for o in v if o not in common) for run, v in ovs.items()}
     if not any(labels.values()):  # one method over seeds: name it by its overrides
         return {run: " ".join(v) or run.parent.name for run, v in ovs.items()}, []
@@ -130,12 +133,13 @@ def numeric_metrics(metrics: dict) -> dict[str, float]:
     return flat
 
 
-def collect(runs: list[Path], keys: tuple[str, ...] | None) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
+def collect(runs: list[Path], keys: tuple[str, ...] | None,
+            siblings: list[Path] = ()) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
     """Values per method and key; ``keys`` are names or shell-style patterns (``matrix/FL_global/*``),
-    ordered as given, each pattern's matches in the order first met."""
+    ordered as given, each pattern's matches in the order first met. Methods as :func:`run_labels` names them."""
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     found: list[str] = []
-    labels, _ = run_labels(runs)
+    labels, _ = run_labels(runs, siblings)
     for run in runs:
         label = labels[run]
         for key, value in numeric_metrics(json_object(run / "metrics.json") or {}).items():
@@ -221,12 +225,12 @@ def curve_key(curves: dict[Path, dict[str, list]]) -> str | None:
     return next((k for k in CURVE_KEYS if k in logged), None)
 
 
-def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str) -> Path | None:
+def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str, siblings: list[Path] = ()) -> Path | None:
     """Mean learning curve of ``key`` per method (runs grouped as in the table), as a PNG."""
     from callbacks.plotting import plt, save_figure
 
     per_method: dict[str, list[list[tuple[int, float]]]] = defaultdict(list)
-    labels, _ = run_labels(list(curves))
+    labels, _ = run_labels(list(curves), siblings)
     for run, series in curves.items():
         if series.get(key):
             per_method[labels[run]].append(series[key])
@@ -280,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
               f"whose numbers are not results; --all includes them", file=sys.stderr)
         return 2
     keys = tuple(args.keys) if args.keys else None
-    groups, ordered = collect(runs, keys)
+    groups, ordered = collect(runs, keys, failed)
     unknown = [k for k in keys or () if not any(fnmatch.fnmatchcase(f, k) for f in ordered)]
     if unknown:
         known = collect(runs, None)[1]  # ordered holds the requested keys only: suggest from every metric
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     md, csv_text = table(groups, ordered)
     if not runs:  # only failed jobs (the others left out): no table to draw
         md = "No finished run to compare.\n"
-    common = run_labels(runs)[1]
+    common = run_labels(runs, failed)[1]
     if common:
         md = f"Common to every run: `{md_text(' '.join(common), cell=False)}`\n\n" + md
     differ = environment_differences(runs)
@@ -312,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "report.csv", csv_text)
     curves = read_curves(runs)
     key = args.curve or curve_key(curves)
-    curve = plot_curves(curves, out / "report_curves.png", key) if key else None
+    curve = plot_curves(curves, out / "report_curves.png", key, failed) if key else None
     if curve is None:
         console.print(f"no learning curve: no run logged {key or ' or '.join(CURVE_KEYS)} per epoch in csv/metrics.csv")
-    page = write_html(out, md, curve, runs, run_labels(runs)[0])  # self-contained: tables + figures inline
+    page = write_html(out, md, curve, runs, run_labels(runs, failed)[0])  # self-contained: tables + figures inline
     console.print(md, markup=False, highlight=False)  # run folders' text is not rich markup
     console.print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {page}" + (f", {curve}" if curve else ""))
     return 0

@@ -93,6 +93,9 @@ def test_report_labels_methods_by_the_overrides_that_differ(tmp_path):
     assert common == ["+exp=lits_dnet", "data=liver_slices"]
     labels, common = run_labels(runs[:2])  # one method over seeds
     assert set(labels.values()) == {"+exp=lits_dnet data=liver_slices model=dnet"} and common == []
+    # found by a walkthrough: a sweep whose other job failed labelled the finished one by its whole command
+    labels, common = run_labels(runs[2:], siblings=runs[:1])
+    assert labels == {runs[2]: "model=unet"} and common == ["+exp=lits_dnet", "data=liver_slices"]
 
 
 def test_report_gives_the_evaluation_matrix_over_seeds_per_strategy(tmp_path):
