@@ -163,7 +163,9 @@ def write_partition_report(out: Path, labels: np.ndarray | None, parts: list[np.
     report, stats = partition_report(labels, parts, names or None, client_ids)
     n_shared = 0 if pool is None else len(pool)
     shared = f"\nShared pool (server): {n_shared} samples, disjoint from all clients.\n" if n_shared else ""
-    header = (f"# Partition: {target.split('.')[-1]}, {len(parts)} clients, "
+    name = target.split(".")[-1]
+    name = "by_site (one client per site)" if name == "by_group" else name  # the config's name, federation/partition=by_site
+    header = (f"# Partition: {name}, {len(parts)} clients, "
               f"mean EMD {stats['mean_emd']:.3f}\n{shared}\n")
     artifacts.atomic_write_text(out / "partition.md", header + report)
     artifacts.write_json(out / "partition.json", {**stats, "shared": n_shared})

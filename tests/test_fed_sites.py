@@ -23,6 +23,7 @@ def test_custom_sites_are_named_the_same_everywhere(tmp_path):
     run = tmp_path / "run"
     assert metrics["fed/num_clients"] == 3
     report = (run / "partition.md").read_text()
+    assert report.startswith("# Partition: by_site (one client per site), 3 clients")  # not the function's name
     rows = [ln.split("|")[1].strip() for ln in report.splitlines() if ln.startswith("| hospital")]
     assert rows == list(SITES)
     assert ClientStore(run / "client_store").index() == list(SITES)
