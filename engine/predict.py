@@ -77,7 +77,8 @@ def plan_cases(input: str | Path, output: str | Path, labels: str | Path | None 
     files = sorted(p for p in src.iterdir() if p.is_file() and is_nifti(p))
     if not files:
         others = sorted(p.name for p in src.iterdir())[:3]
-        raise DataError(f"input folder {src} holds no NIfTI file (.nii/.nii.gz){'; found ' + ', '.join(others) if others else ''}")
+        raise DataError(f"input folder {src} holds no NIfTI volume (.nii/.nii.gz) nor 2D image (.png/.jpg/.npy)"
+                        f"{'; found ' + ', '.join(others) if others else ' (it is empty)'}")
     if is_nifti(out) or out.is_file():
         raise ConfigError(f"output={out} must be a folder when input={src} is a folder")
     groups: dict[str, list[Path]] = {}

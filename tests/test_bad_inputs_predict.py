@@ -102,6 +102,9 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
     ("tta axis beyond the net", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o13.nii.gz", "tta=[0,2]"],
      "0..1", "o13.nii.gz"),
     # found by a walkthrough: a negative size was taken, and a size per axis too few was a traceback
+    # found by a walkthrough: an empty folder was said to hold "no NIfTI" to a checkpoint trained on 2D images
+    ("empty folder, 2D image checkpoint", ["ckpt={t}/folder_run/checkpoints/best.ckpt", "input={t}/empty_dir",
+                                           "output={t}/o22"], "nor 2D image (.png/.jpg/.npy) (it is empty)", "o22"),
     ("roi_size negative", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o17.nii.gz", "roi_size=[-8,8]"],
      "roi_size=[-8, 8] must be 2 positive whole sizes", "o17.nii.gz"),
     ("roi_size of another length", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o18.nii.gz", "roi_size=[16]"],
