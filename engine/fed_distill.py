@@ -116,7 +116,7 @@ def federated_teacher(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -
         artifacts.console.print(f"[bold]stage 1:[/bold] reusing the federated teacher in {out}")
     else:
         artifacts.console.print(f"[bold]stage 1:[/bold] federated teacher -> {out}")
-        federate(teacher_stage_cfg(cfg))
+        federate(_with_config(teacher_stage_cfg(cfg), out))
     return global_weights(cfg, out, "stage 1")
 
 
@@ -258,8 +258,16 @@ def federated_student(cfg: DictConfig, arm: str, fed_teacher: Path | None,
     if arm == "fed_hlfd" and fed_teacher is None:
         raise ConfigError("fed_distill: arm fed_hlfd needs the federated teacher (stage 1)")
     artifacts.console.print(f"[bold]stage 2:[/bold] federated student {arm} -> {out}")
-    federate(student_stage_cfg(cfg, arm, fed_teacher))
+    federate(_with_config(student_stage_cfg(cfg, arm, fed_teacher), out))
     return out
+
+
+def _with_config(stage_cfg: DictConfig, out: Path) -> DictConfig:
+    """``stage_cfg``, its resolved copy written to ``<out>/config.yaml`` as every run folder has one: predict
+    then segments with the stage's global weights (``experiments.predict ckpt=<run>/teacher/global_best.pt``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(stage_cfg, resolve=True))
+    return stage_cfg
 
 
 def site_student(cfg: DictConfig, fed_dir: Path, site: str) -> Path:

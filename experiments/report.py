@@ -68,6 +68,8 @@ def find_unfinished(paths: list[str]) -> list[Path]:
         for root in [Path(p) for p in glob.glob(pattern)] or [Path(pattern)]:
             found.update(p.parent for p in root.rglob(".hydra") if p.is_dir())
             found.update(p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra")
+    # a run's own stages (teacher/, a federated distillation's arms) are part of it, not runs of their own
+    found = {r for r in found if not any(a in found for a in r.parents)}
     return sorted(r for r in found if not (r / "metrics.json").is_file() and not (r / "failed.json").is_file()
                   and r.name not in ("teacher", "files"))
 

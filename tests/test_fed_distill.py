@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
@@ -250,3 +251,19 @@ def test_evaluate_net_stops_after_max_batches():
     full = evaluate_net(net, batches, ["background", "tumor"], None, "all")
     one = evaluate_net(net, batches, ["background", "tumor"], None, "all", max_batches=1)
     assert (full["volumes"], one["volumes"]) == (3, 1)
+
+
+@pytest.mark.parametrize("stage", ["teacher", "fed_none", "fed_hlfd"])
+def test_predict_segments_with_a_stages_global_model(tiny_run, stage, tmp_path):
+    """Found missing: the federated teacher and the federated students had no config.yaml beside their global
+    weights, so ``experiments.predict`` could not build them; each stage folder now has one."""
+    from tests.cli import run_in_process
+
+    _, _, run, _ = tiny_run
+    weights = run / stage / ("global_final.pt" if stage != "teacher" else "global_best.pt")
+    site_root = Path(OmegaConf.load(run / stage / "config.yaml").data.sites[SITES[0]].root)
+    volume = sorted(site_root.rglob("imaging.nii.gz"))[0]
+    proc = run_in_process("experiments.predict", [f"ckpt={weights}", f"input={volume}",
+                                                  f"output={tmp_path / 'seg.nii.gz'}", "device=cpu"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert nib.load(tmp_path / "seg.nii.gz").shape == nib.load(volume).shape
