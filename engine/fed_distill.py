@@ -154,9 +154,13 @@ def site_weights(cfg: DictConfig, global_path: Path, fed_dir: Path, site: str, o
     if out.is_file():
         return out
     store = fed_dir / str(cfg.federation.get("store_dir", "client_store")) / f"{site}.pt"
-    local = load_checkpoint(store, "client store").get("local_state")
+    snapshot = fed_dir / "global_best_local.pt"  # federation.deploy.BEST_LOCAL: the best round's local entries
+    if global_path.name == "global_best.pt" and snapshot.is_file():
+        store, local = snapshot, load_checkpoint(snapshot, "best round's local entries").get(site)
+    else:
+        local = load_checkpoint(store, "client store").get("local_state")
     if not isinstance(local, dict) or not local:
-        raise CheckpointError(f"client store {store} holds no local_state: cannot personalise the site's weights")
+        raise CheckpointError(f"{store} holds no local entries of {site}: cannot personalise the site's weights")
     state = dict(load_checkpoint(global_path, "global weights"))
     state.update({k: v for k, v in local.items() if k in state})
     return save_state(state, out)

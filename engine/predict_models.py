@@ -25,8 +25,8 @@ from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load
 from lightning_modules.errors import ConfigError
 from lightning_modules.targets import check_data_target, check_targets
 
-#: ``(weights file, its state, the run config) -> state`` with what the file lacks filled in
-FillWeights = Callable[[Path, dict, DictConfig], dict]
+#: ``(weights file, its state, the run config, the run folder it came from) -> state`` with what the file lacks
+FillWeights = Callable[[Path, dict, DictConfig, Path], dict]
 #: a site's data keys that say where its data is and how it is split, not how an image is preprocessed
 SITE_ONLY_KEYS = {"root", "synthetic", "seed", "batch_size", "num_workers", "val_fraction", "test_fraction",
                   "cache_dir", "split_file", "pin_memory", "persistent_workers"}
@@ -150,7 +150,7 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
         if net_cfg is None:  # a bare state dict: a federation's global weights
             net_cfg, hp = _weights_net(run_cfg, path, run_cfg_path)
             if fill_weights is not None:
-                state = fill_weights(Path(path), state, run_cfg)
+                state = fill_weights(Path(path), state, run_cfg, run_cfg_path.resolve().parent)
         if not isinstance(net_cfg, dict):
             raise CheckpointError(f"checkpoint {path} stores no net config (not a framework segmentation checkpoint)")
         net = build(net_cfg, what=f"checkpoint {path} net")

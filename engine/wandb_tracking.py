@@ -154,9 +154,10 @@ def _short(override: str) -> str:
 
 
 def swept_suffix(limit: int = 80) -> str:
-    """``_key=value`` for each value this sweep job takes of what the sweep varies, the seed and the model
-    left out (the sweep folder's name holds them): ``3_resnet18_student_s0_distill=hlfd``. Only characters
-    safe in a folder name; ``""`` outside a sweep job."""
+    """``_key-value`` for each value this sweep job takes of what the sweep varies (the key's last part), the
+    seed and the model left out (the folder's name holds them): ``3_resnet18_student_s0_distill-hlfd_lr-0.01``.
+    Only characters a folder name and an unquoted Hydra override both take (a ``=`` in a path broke
+    ``predict ckpt=<job>/...`` and ``resume=<job>``); ``""`` outside a sweep job."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -164,7 +165,11 @@ def swept_suffix(limit: int = 80) -> str:
     except (ValueError, ImportError, AttributeError):
         return ""
     varied = swept_keys() - {"seed", "model"}
-    parts = [re.sub(r"[^A-Za-z0-9._=+-]", "-", _short(o.lstrip("+~"))) for o in task if _key(o) in varied]
+    parts = []
+    for o in task:
+        if _key(o) in varied:
+            key, _, value = _short(o.lstrip("+~")).partition("=")
+            parts.append(re.sub(r"[^A-Za-z0-9._+-]", "-", f"{re.split(r'[./]', key)[-1]}-{value}"))
     return ("_" + "_".join(parts))[:limit] if parts else ""
 
 

@@ -63,11 +63,12 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _site_weights(path: Path, state: dict, run_cfg: Any, site: str | None) -> dict:
-    """A federation's global weights with the entries its clients kept (FedBN's BN layers) filled in."""
+def _site_weights(path: Path, state: dict, run_cfg: Any, run_dir: Path, site: str | None) -> dict:
+    """A federation's global weights with the entries its clients kept (FedBN's BN layers) filled in from
+    the client store of the run whose config built them."""
     from federation.deploy import deployed_state
 
-    state, what = deployed_state(path.parent, run_cfg, state, site)
+    state, what = deployed_state(path, run_dir, run_cfg, state, site)
     if what:
         print(f"{path.name}: {what}")
     return state
@@ -95,8 +96,8 @@ def predict(cfg: DictConfig) -> dict:
     images = _is_image_input(src)
     cases = None if images else plan_cases(cfg.input, cfg.output, cfg.labels)
     site = None if cfg.get("site") is None else str(cfg.site)
-    models = load_models(ckpts, cfg.run_config, site, fill_weights=lambda path, state, run_cfg: _site_weights(
-        path, state, run_cfg, site))
+    models = load_models(ckpts, cfg.run_config, site, fill_weights=lambda path, state, run_cfg, run_dir: _site_weights(
+        path, state, run_cfg, run_dir, site))
     dims = models.spatial_dims
     roi = cfg.roi_size or (models.run_cfg.data.get("patch_size") if dims == 3 else None)
     axes = tta_axes(cfg.tta, dims)

@@ -1,26 +1,52 @@
 """A federation's model as it is deployed: its global weights with the entries that never left the sites
-(FedBN's batch-norm layers, paper 004) filled in from the client store, either as one site runs it or, as the
-server evaluated it for the run's own ``test/*``, with the mean of every client's entries.
+(FedBN's batch-norm layers, paper 004) filled in, either as one site runs it or, as the server evaluated it for
+the run's own ``test/*``, with the mean of every client's entries.
 
-Without this a FedBN ``global_best.pt`` segments with batch-norm statistics no client trained (the server
-keeps its initial ones: FedBN never averages them)."""
+The entries must be those of the same round as the weights: ``global_final.pt`` takes the client store's (the
+last round's), ``global_best.pt`` the snapshot the server took when it saved them (``global_best_local.pt``,
+:func:`save_best_local`). Without this a FedBN ``global_best.pt`` segments with batch-norm statistics no client
+trained (the server keeps their initial values: FedBN never averages them), and the best round's weights met the
+last round's statistics in ``fed/best/test/*``."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Mapping
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
+from federation.errors import FederationError
+from federation.server_state import save_atomic
 from federation.store import ClientStore
+from lightning_modules.safe_load import load_checkpoint
+
+BEST_LOCAL = "global_best_local.pt"
+LocalStates = Mapping[str, Mapping[str, torch.Tensor]]
 
 
-def mean_local_state(store: ClientStore, client_ids: list[str]) -> dict[str, torch.Tensor]:
-    """The mean over ``client_ids`` of each entry the clients keep to themselves (``{}`` for FedAvg-like
-    strategies, which keep none); integer entries (``num_batches_tracked``) are rounded."""
+def stored_local(store: ClientStore, client_ids: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{client: its local-only entries}`` as the store holds them now (clients with none left out)."""
+    out = {cid: store.load(cid, "local_state", default=None) or {} for cid in client_ids}
+    return {cid: dict(v) for cid, v in out.items() if v}
+
+
+def save_best_local(store: ClientStore, client_ids: list[str], run_dir: Path) -> None:
+    """Beside ``global_best.pt``, when it is saved: every client's local entries of that round (FedBN's BN)."""
+    local = stored_local(store, client_ids)
+    path = Path(run_dir) / BEST_LOCAL
+    if local:
+        save_atomic(local, path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def mean_local(local: LocalStates) -> dict[str, torch.Tensor]:
+    """The mean over clients of each local-only entry (``{}`` when no client keeps any); integer entries
+    (``num_batches_tracked``) are rounded."""
     acc: dict[str, list[torch.Tensor]] = {}
-    for cid in client_ids:
-        for k, v in (store.load(cid, "local_state", default=None) or {}).items():
+    for entries in local.values():
+        for k, v in entries.items():
             acc.setdefault(k, []).append(v)
     out = {}
     for k, vs in acc.items():
@@ -29,22 +55,54 @@ def mean_local_state(store: ClientStore, client_ids: list[str]) -> dict[str, tor
     return out
 
 
-def deployed_state(run_dir: Path, run_cfg: DictConfig, state: Mapping[str, torch.Tensor],
+def local_for(weights: Path, store: ClientStore, client_ids: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """The clients' local entries of the round ``weights`` holds: the best round's snapshot for
+    ``global_best.pt``, the store (the last round) otherwise."""
+    snapshot = Path(weights).parent / BEST_LOCAL
+    if Path(weights).name == "global_best.pt" and snapshot.is_file():
+        local = load_checkpoint(snapshot, "best round's local entries")
+        if not isinstance(local, dict) or not all(isinstance(v, dict) for v in local.values()):
+            raise FederationError(f"{snapshot} is not a {{client: state}} of tensors")
+        return {str(c): dict(v) for c, v in local.items() if c in client_ids}
+    return stored_local(store, client_ids)
+
+
+def keeps_local(fed: DictConfig) -> bool:
+    """Whether the federation's strategy keeps entries at the sites (``Strategy.keeps_local``: FedBN), asked
+    of the class the config names, or ``local_keys`` / ``local_prefixes`` given."""
+    strategy = fed.get("strategy") or {}
+    try:
+        cls = get_class(str(strategy.get("_target_", "")))
+    except Exception:  # noqa: BLE001 - not a class this install has: nothing known to be kept
+        return False
+    return bool(getattr(cls, "keeps_local", False) or strategy.get("local_keys") or strategy.get("local_prefixes"))
+
+
+def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Mapping[str, torch.Tensor],
                    site: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
-    """``(state, what was filled in)``: ``state`` with the local-only entries of client ``site`` (a client id
-    of the store, e.g. a hospital with ``partition=by_site``), else their mean over the clients; unchanged
-    for a run that is no federation or whose clients keep nothing to themselves."""
+    """``(state, what was filled in)``: ``state`` (the federation's global ``weights``) with the local-only
+    entries of client ``site`` (a client of the store, e.g. a hospital with ``partition=by_site``), else their
+    mean over the clients; unchanged for a run that is no federation or whose clients keep nothing. A FedBN
+    run whose client store is not in ``run_dir`` is one line: its BN layers would be untrained."""
     fed = run_cfg.get("federation")
-    store_dir = Path(run_dir) / str(fed.get("store_dir", "client_store")) if isinstance(fed, DictConfig) else None
-    if store_dir is None or not store_dir.is_dir():
+    if not isinstance(fed, DictConfig) or not keeps_local(fed):
         return dict(state), ""
+    store_dir = Path(run_dir) / str(fed.get("store_dir", "client_store"))
+    if not store_dir.is_dir():
+        raise FederationError(f"{weights}: the federation kept entries at its clients "
+                              f"({str(fed.strategy._target_).rsplit('.', 1)[-1]}'s batch norm) and their store "
+                              f"{store_dir} is missing; predict from the run folder (or copy its client store "
+                              f"beside the config)")
     store = ClientStore(store_dir)
     clients = store.index()
-    chosen = [site] if site in clients else clients
-    local = mean_local_state(store, chosen)
-    local = {k: v for k, v in local.items() if k in state}
-    if not local:
+    if site is not None and site not in clients:
+        raise FederationError(f"site={site!r} is no client of {store_dir} (clients: {clients}): its batch norm "
+                              f"cannot be chosen; site=null takes the clients' mean")
+    local = local_for(weights, store, clients)
+    chosen = {site: local[site]} if site is not None and site in local else local
+    filled = {k: v for k, v in mean_local(chosen).items() if k in state}
+    if not filled:
         return dict(state), ""
-    what = (f"client {site}'s" if chosen == [site] else f"the mean of {len(chosen)} clients'") + \
-        f" {len(local)} local entries ({store_dir})"
-    return {**state, **local}, what
+    what = (f"client {site}'s" if site is not None else f"the mean of {len(chosen)} clients'") + \
+        f" {len(filled)} local entries ({store_dir})"
+    return {**state, **filled}, what

@@ -22,6 +22,7 @@ from engine.fit import is_debug
 from engine.tracking import environment, git_sha
 from federation.core.sampling import clients_per_round
 from federation.curves import plot_rounds
+from federation.deploy import local_for
 from federation.errors import FederationError
 from federation.matrix import evaluation_matrix, write_matrix
 from federation.records import (best_of_rounds, close_loggers, fmt, log_image, log_metrics, log_round, rounds_table,
@@ -115,7 +116,8 @@ def _finish(server: Server, t_start: float) -> dict[str, Any]:
     metrics.update(final)  # test/<metric> of the final global model
     if server.best["round"] > 0 and (out / "global_best.pt").is_file():
         best_state = load_global_weights(out / "global_best.pt")
-        best = server.evaluate(server.module_for(best_state), test_loader, "test")
+        best_local = local_for(out / "global_best.pt", server.store, server.client_ids)  # FedBN: that round's BN
+        best = server.evaluate(server.module_for(best_state, local=best_local), test_loader, "test")
         metrics.update({f"fed/best/{k}": v for k, v in best.items()})
         metrics["fed/best_round"] = server.best["round"]
         metrics[f"{server.monitor}_best"] = server.best["value"]  # server validation: what a sweep optimises

@@ -45,7 +45,7 @@ from federation.errors import FederationError
 from federation.plan import check_federation_config, split_clients, write_partition_report
 from federation.runner import best_local_store, build_strategy, eval_trainer, quiet_lightning, register_base
 from federation.server_state import load_server_state, rng_state, save_atomic, set_rng_state
-from federation.deploy import mean_local_state
+from federation.deploy import LocalStates, mean_local, save_best_local, stored_local
 from federation.store import ClientStore
 from federation.transports import ClientJob
 from federation.transports.inprocess import SequentialExecutor
@@ -129,17 +129,17 @@ class Server:
         metric = self.fed.get("matrix_metric")
         return str(metric) if metric else self.monitor.split("/", 1)[-1]
 
-    def module_for(self, state: Mapping[str, torch.Tensor], client_id: str | None = None) -> pl.LightningModule:
-        """The template module loaded with ``state``; local-only entries (FedBN) from the client's store,
-        or, for the server's view (``client_id=None``), the mean of every stored client's local entries."""
+    def module_for(self, state: Mapping[str, torch.Tensor], client_id: str | None = None,
+                   local: LocalStates | None = None) -> pl.LightningModule:
+        """The template module loaded with ``state``; local-only entries (FedBN) of the client (``client_id``)
+        or, for the server's view (``None``), the mean of every client's, from ``local`` ({client: entries}
+        of the round ``state`` is from) or else the client store (the last round's)."""
         full = dict(self.template.net.state_dict())
         full.update(state)
         if any(self.strategy.is_local(k) for k in full):
-            if client_id is not None:
-                stored = self.store.load(client_id, "local_state", default=None) or {}
-                full.update({k: v for k, v in stored.items() if k in full})
-            else:
-                full.update({k: v for k, v in mean_local_state(self.store, self.client_ids).items() if k in full})
+            local = stored_local(self.store, self.client_ids) if local is None else local
+            chosen = {client_id: local.get(client_id, {})} if client_id is not None else local
+            full.update({k: v for k, v in mean_local(chosen).items() if k in full})
         self.template.net.load_state_dict(full)
         return self.template
 
@@ -307,4 +307,5 @@ class Server:
         if self.best["value"] is None or (value > self.best["value"] if self.monitor_mode == "max"
                                           else value < self.best["value"]):
             self.best = {"round": rnd + 1, "value": float(value), "key": key}
+            save_best_local(self.store, self.client_ids, self.out)  # FedBN: the BN of this round, kept with it
             save_atomic(self.global_state, self.out / "global_best.pt")

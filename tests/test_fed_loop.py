@@ -332,3 +332,30 @@ def test_best_local_ignores_a_non_finite_validation_value(tmp_path):
     _save_if_best(store, "0", 2, state, {"auc": 0.6}, "val/auc")
     _save_if_best(store, "0", 3, state, {"auc": 0.8}, "val/auc")
     assert store.load("0", "best_local_meta")["round"] == 3
+
+
+def test_fedbn_best_model_is_scored_and_kept_with_its_own_rounds_batch_norm(tmp_path, monkeypatch):
+    """Found by a walkthrough: with FedBN, ``fed/best/test/*`` and ``global_best.pt``'s deployment joined the best
+    round's weights with the *last* round's batch-norm statistics (the client store is rewritten every round):
+    0.548 reported for a round whose own test Dice was 0.324. The server now snapshots the clients' BN with the
+    best weights (``global_best_local.pt``); the best model scores what its round scored."""
+    import csv
+
+    from federation.deploy import BEST_LOCAL
+    from federation.server import Server
+
+    real = Server.update_best
+    monkeypatch.setattr(Server, "update_best", lambda self, rnd, row: real(self, rnd, row) if rnd == 0 else None)
+    metrics = dispatch(compose_run([*DIGITS, "federation/strategy=fedbn", "trainer.deterministic=true"], tmp_path))
+    run = tmp_path / "run"
+    rows = list(csv.DictReader((run / "rounds.csv").open()))
+    assert metrics["fed/best_round"] == 1 and len(rows) == 2
+    keys = [k for k in metrics if k.startswith("fed/best/test/") and k.removeprefix("fed/best/") in rows[0]]
+    assert keys
+    for key in keys:
+        assert metrics[key] == pytest.approx(float(rows[0][key.removeprefix("fed/best/")]), abs=1e-6), key
+    snapshot = torch.load(run / BEST_LOCAL, weights_only=True)
+    store = ClientStore(run / "client_store")
+    cid = store.index()[0]
+    k = next(k for k in snapshot[cid] if k.endswith("running_mean"))
+    assert not torch.equal(snapshot[cid][k], store.load(cid, "local_state")[k])  # round 1's, not round 2's

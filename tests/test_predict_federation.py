@@ -102,7 +102,34 @@ def test_a_fedbn_global_model_gets_its_sites_batch_norm(tmp_path):
     key = next(iter(bn))
     for site, expected in (("hospital_b", 3.0), (None, 2.0)):
         models = load_models([run / "global_best.pt"], site=site if site != "hospital_b" else None,
-                             fill_weights=lambda p, st, rc, s=site: _site_weights(p, st, rc, s))
+                             fill_weights=lambda p, st, rc, d, s=site: _site_weights(p, st, rc, d, s))
         assert torch.all(models.nets[0].state_dict()[key] == expected), site
     plain = load_models([run / "global_best.pt"])  # what predict loaded before: the never-trained statistics
     assert torch.equal(plain.nets[0].state_dict()[key], bn[key])
+
+    def bn_of(weights, run_config=None, site=None):
+        models = load_models([weights], run_config, fill_weights=lambda p, st, rc, d: _site_weights(p, st, rc, d, site))
+        return float(models.nets[0].state_dict()[key].flatten()[0])
+
+    # the best round's snapshot (federation.deploy.save_best_local) wins over the store for global_best.pt only
+    from federation.deploy import save_best_local
+
+    save_best_local(store, ["hospital_a", "hospital_b"], run)
+    for cid, value in (("hospital_a", 5.0), ("hospital_b", 7.0)):  # a later round rewrites the store
+        store.update(cid, {"local_state": {k: torch.full_like(v, value) for k, v in bn.items()}})
+    (run / "global_final.pt").write_bytes((run / "global_best.pt").read_bytes())
+    assert bn_of(run / "global_best.pt") == 2.0 and bn_of(run / "global_final.pt") == 6.0
+    assert bn_of(run / "global_best.pt", site="hospital_b") == 3.0
+    # found by a walkthrough: weights handed over apart from their run folder, with run_config= naming the run,
+    # ran silently with untrained BN; the store is the run config's, and without one it is one line
+    (tmp_path / "handover").mkdir()
+    lone = tmp_path / "handover" / "fedbn.pt"
+    lone.write_bytes((run / "global_best.pt").read_bytes())
+    assert bn_of(lone, run_config=run / "config.yaml") == 6.0  # not global_best.pt by name: the store's round
+    (tmp_path / "handover" / "config.yaml").write_text((run / "config.yaml").read_text())
+    from federation.errors import FederationError
+
+    with pytest.raises(FederationError, match="their store .* is missing"):
+        bn_of(lone)
+    with pytest.raises(FederationError, match="site='elsewhere' is no client of"):
+        bn_of(run / "global_best.pt", site="elsewhere")
