@@ -27,9 +27,12 @@ from lightning_modules.targets import check_data_target, check_targets
 
 #: ``(weights file, its state, the run config, the run folder it came from) -> state`` with what the file lacks
 FillWeights = Callable[[Path, dict, DictConfig, Path], dict]
-#: a site's data keys that say where its data is and how it is split, not how an image is preprocessed
+#: data keys that say where the data is, how it is split and how training samples it, not how an image is
+#: preprocessed (two sites, or two ensemble members, that differ only in these prepare an input alike)
 SITE_ONLY_KEYS = {"root", "synthetic", "seed", "batch_size", "num_workers", "val_fraction", "test_fraction",
-                  "cache_dir", "split_file", "pin_memory", "persistent_workers"}
+                  "cache_dir", "split_file", "split_dir", "pin_memory", "persistent_workers", "augment",
+                  "train_cases", "train_slices", "samples_per_volume", "pos", "neg", "case_shard", "image_dir",
+                  "mask_dir", "case_pattern", "partial_labels"}
 #: what predict reads of a module's hyper-parameters; a federation's global weights take them from the run config
 HPARAM_KEYS = ("num_classes", "class_names", "fg_threshold", "eval_slices")
 
@@ -122,6 +125,37 @@ def _weights_net(run_cfg: DictConfig, path: Path, run_cfg_path: Path) -> tuple[d
     return container["net"], {k: container[k] for k in HPARAM_KEYS if k in container}
 
 
+def _config_of(weights: Path, bare: bool, run_config: str | Path | None) -> Path:
+    """The run config of ``weights``: ``run_config`` when given, else the run folder's (a Lightning checkpoint
+    sits in ``<run>/checkpoints/``, a federation's global weights in ``<run>/`` itself)."""
+    here = Path(weights).resolve().parent
+    return Path(run_config) if run_config else (here if bare else here.parent) / "config.yaml"
+
+
+def _flat(value: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def _preprocessing(data: DictConfig) -> dict[str, object]:
+    """A run's data config as dotted keys, less what says where its data is and how it is split (also of
+    each site's)."""
+    flat = _flat(OmegaConf.to_container(data, resolve=True))
+    return {k: v for k, v in flat.items() if not set(k.split(".")) & SITE_ONLY_KEYS}
+
+
+def _same_preprocessing(cfg: DictConfig, path: Path, first: DictConfig, first_path: Path) -> DictConfig:
+    """``cfg`` when its data preprocesses as ``first``'s does: an ensemble's members see one input, prepared
+    once (the first run's way), so members trained on another window or size would be fed what they never saw."""
+    a, b = _preprocessing(first.data), _preprocessing(cfg.data)
+    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if differ:
+        raise CheckpointError(f"ensemble members preprocess differently: data.{differ[0]} is {a.get(differ[0])!r} in "
+                              f"{first_path} but {b.get(differ[0])!r} in {path}; an ensemble needs one preprocessing")
+    return cfg
+
+
 def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None, site: str | None = None,
                 fill_weights: FillWeights | None = None) -> Models:
     """Load every checkpoint (``weights_only``; the net built from its allow-listed config), refusing
@@ -140,17 +174,19 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
                                   f"{' (task=' + str(hp['task']) + ')' if 'task' in hp else ''}; "
                                   "predict needs one trained with module=segmentation")
         loaded.append((path, hp, *net_state(ckpt, path)))
-    first, bare = Path(ckpts[0]), loaded[0][3] is None
-    # a Lightning checkpoint sits in <run>/checkpoints/, a federation's global weights in <run>/ itself
-    here = first.resolve().parent
-    run_cfg_path = Path(run_config) if run_config else (here if bare else here.parent) / "config.yaml"
-    run_cfg, data_key = site_data(read_run_config(run_cfg_path), run_cfg_path, site)
+    run_cfg_path = _config_of(loaded[0][0], loaded[0][3] is None, run_config)
+    first_cfg = read_run_config(run_cfg_path)
+    run_cfg, data_key = site_data(first_cfg, run_cfg_path, site)
     nets, first_hp, dims = [], None, set()
     for path, hp, state, net_cfg in loaded:
-        if net_cfg is None:  # a bare state dict: a federation's global weights
-            net_cfg, hp = _weights_net(run_cfg, path, run_cfg_path)
+        member_path, member_cfg = run_cfg_path, run_cfg
+        own = _config_of(path, net_cfg is None, run_config)
+        if own.resolve() != run_cfg_path.resolve() and (net_cfg is None or own.is_file()):
+            member_path, member_cfg = own, _same_preprocessing(read_run_config(own), own, first_cfg, run_cfg_path)
+        if net_cfg is None:  # a bare state dict: a federation's global weights, built from its own run's config
+            net_cfg, hp = _weights_net(member_cfg, path, member_path)
             if fill_weights is not None:
-                state = fill_weights(Path(path), state, run_cfg, run_cfg_path.resolve().parent)
+                state = fill_weights(Path(path), state, member_cfg, member_path.resolve().parent)
         if not isinstance(net_cfg, dict):
             raise CheckpointError(f"checkpoint {path} stores no net config (not a framework segmentation checkpoint)")
         net = build(net_cfg, what=f"checkpoint {path} net")

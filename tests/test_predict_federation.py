@@ -133,3 +133,24 @@ def test_a_fedbn_global_model_gets_its_sites_batch_norm(tmp_path):
         bn_of(lone)
     with pytest.raises(FederationError, match="site='elsewhere' is no client of"):
         bn_of(run / "global_best.pt", site="elsewhere")
+
+
+def test_an_ensemble_of_runs_that_preprocess_differently_is_refused(tmp_path):
+    """Found by a walkthrough: the second member of an ensemble got the first run's HU window and image size
+    without a word. Members that differ only in where their data is or how it was sampled are an ensemble."""
+    from engine.predict_models import load_models
+    from lightning_modules.checkpoints import CheckpointError
+    from tests.volumetric_helpers import make_run
+
+    a = make_run(tmp_path, name="a")
+    b = make_run(tmp_path, ["data.window=[-200,300]"], name="b")
+    c = make_run(tmp_path, ["data.synthetic.seed=9", "data.augment=false"], name="c", seed=1)
+    with pytest.raises(CheckpointError, match=r"ensemble members preprocess differently: data.window is \[-40, 160\]"):
+        load_models([a, b])
+    assert len(load_models([a, c]).nets) == 2
+    # two federations' global weights: each net from its own run's config
+    run1, _ = fed_run(tmp_path / "f1")
+    run2, _ = fed_run(tmp_path / "f2", ["model.width=8"])
+    models = load_models([run1 / "global_best.pt", run2 / "global_best.pt"])
+    assert [sum(p.numel() for p in n.parameters()) for n in models.nets][0] < \
+        [sum(p.numel() for p in n.parameters()) for n in models.nets][1]
