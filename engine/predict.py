@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from datamodules.errors import DataError
+from datamodules.layouts import find_cases
 from datamodules.spatial import voxel_spacing
 from datamodules.volumes import check_labels, load_nifti
 from lightning_modules.atomic import atomic_output
@@ -71,9 +72,13 @@ def plan_cases(input: str | Path, output: str | Path, labels: str | Path | None 
         target = out / f"{nifti_stem(src)}.nii.gz" if out.is_dir() else out
         if not is_nifti(target):
             raise ConfigError(f"output={out} must end in .nii.gz or .nii (or be an existing folder)")
-        label = None if lab is None else (lab if lab.is_file() else _label_for(nifti_stem(src), src, lab))
+        case_id = src.parent.name if nifti_stem(src) == "imaging" else nifti_stem(src)  # KiTS: case_00002/imaging
+        label = None if lab is None else (lab if lab.is_file() else _label_for(case_id, src, lab))
         refuse_overwrite([target], [p for p in (src, label) if p is not None])
-        return [PredictCase(nifti_stem(src), [src], target, label)]
+        return [PredictCase(case_id, [src], target, label)]
+    layout = _training_layout(src)
+    if layout is not None:  # a folder in a layout the framework trains on: its images, its labels if asked
+        return _layout_plan(src, out, lab, layout)
     files = sorted(p for p in src.iterdir() if p.is_file() and is_nifti(p))
     if not files:
         others = sorted(p.name for p in src.iterdir())[:3]
@@ -91,6 +96,38 @@ def plan_cases(input: str | Path, output: str | Path, labels: str | Path | None 
     refuse_input_folder(out, [src, lab])
     cases = [PredictCase(c, ps, out / f"{c}.nii.gz", None if lab is None else _label_for(c, ps[0], lab))
              for c, ps in sorted(groups.items())]
+    refuse_overwrite([c.output for c in cases], [p for c in cases for p in (*c.images, c.label) if p is not None])
+    return cases
+
+
+def _training_layout(src: Path) -> str | None:
+    """``lits`` (``volume-N`` beside ``segmentation-N``) or ``kits`` (``case_*/imaging.nii.gz``) when the folder
+    is in that layout: its label files are then not taken for images (a walkthrough saw LiTS masks segmented)."""
+    for layout in ("lits", "kits"):
+        if layout == "lits" and not any(p.name.startswith("segmentation-") for p in src.iterdir()):
+            continue
+        try:
+            if find_cases(src, layout):
+                return layout
+        except DataError:
+            continue
+    return None
+
+
+def _layout_plan(src: Path, out: Path, lab: Path | None, layout: str) -> list[PredictCase]:
+    """The cases of a ``lits``/``kits`` folder; ``labels=`` the same folder scores each against its own label."""
+    if is_nifti(out) or out.is_file():
+        raise ConfigError(f"output={out} must be a folder when input={src} is a folder")
+    if lab is not None and not lab.is_dir():
+        raise ConfigError(f"labels={lab} must be a folder when input={src} is a folder")
+    own = lab is not None and lab.resolve() == src.resolve()
+    cases = []
+    for case in find_cases(src, layout):
+        if own and case.label is None:
+            raise DataError(f"no label for case {case.case_id} in labels={lab} ({layout} layout)")
+        label = case.label if own else (None if lab is None else _label_for(case.case_id, case.image, lab))
+        cases.append(PredictCase(case.case_id, [case.image], out / f"{case.case_id}.nii.gz", label))
+    refuse_input_folder(out, [src, lab])
     refuse_overwrite([c.output for c in cases], [p for c in cases for p in (*c.images, c.label) if p is not None])
     return cases
 

@@ -154,3 +154,4 @@ def test_an_ensemble_of_runs_that_preprocess_differently_is_refused(tmp_path):
     models = load_models([run1 / "global_best.pt", run2 / "global_best.pt"])
     assert [sum(p.numel() for p in n.parameters()) for n in models.nets][0] < \
         [sum(p.numel() for p in n.parameters()) for n in models.nets][1]
+

@@ -124,3 +124,23 @@ def test_predictor_ensemble_mean_and_mirror_tta():
     assert mirror_sets([0, 1]) == [(), (0,), (1,), (0, 1)]
     with pytest.raises(ValueError, match="mirror_axes"):
         VolumePredictor([point], mirror_axes=(2,))
+
+
+@pytest.mark.parametrize("layout", ["lits", "kits"])
+def test_a_folder_in_a_training_layout_segments_its_images_and_scores_its_labels(tmp_path, layout):
+    """Found by a walkthrough: predict on a LiTS folder segmented the ``segmentation-N`` masks as if they were
+    CT (10 predictions for 5 cases) and, with ``labels=`` the folder, paired each volume with itself; a KiTS
+    folder (``case_*/imaging.nii.gz``) was refused."""
+    from datamodules.synthetic import write_phantom_dataset
+    from tests.cli import run_in_process
+
+    ckpt = make_run(tmp_path)
+    data = write_phantom_dataset(tmp_path / layout, layout=layout, n_cases=2, shape=(32, 32, 6), seed=1)
+    out = tmp_path / "pred"
+    proc = run_in_process("experiments.predict", [f"ckpt={ckpt}", f"input={data}", f"output={out}",
+                                                  f"labels={data}", "device=cpu"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = {"lits": ["volume-0.nii.gz", "volume-1.nii.gz"], "kits": ["case_00000.nii.gz", "case_00001.nii.gz"]}
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == names[layout]
+    scores = json.loads((out / "metrics.json").read_text())
+    assert sorted(scores["per_case"]) == [n.removesuffix(".nii.gz") for n in names[layout]]
