@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     common = run_labels(runs, failed)[1]
     if common:
         md = f"Common to every run: `{md_text(' '.join(common), cell=False)}`\n\n" + md
+    if runs and any(len(v) > 1 for vals in groups.values() for v in vals.values()):
+        md += "\nmean ± std over a method's runs (population std, numpy's ddof=0; best mean in bold).\n"
     differ = environment_differences(runs)
     if differ:
         md += f"\nThe runs' environments differ (env.json; equal settings need not give equal numbers): {md_text('; '.join(differ), 2000, cell=False)}\n"

@@ -13,7 +13,7 @@ import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from hydra.utils import get_method
@@ -152,9 +152,12 @@ def plot_partition(labels: np.ndarray, parts: Sequence[np.ndarray], path: str | 
 
 
 def write_partition_report(out: Path, labels: np.ndarray | None, parts: list[np.ndarray], client_ids: list[str],
-                           pool: Any, target: str, class_names: Sequence[str] | None = None) -> Path | None:
+                           pool: Any, target: str, class_names: Sequence[str] | None = None,
+                           partial: Mapping[str, Sequence[int]] | None = None) -> Path | None:
     """``partition.md`` (table), ``partition.json`` (stats) and ``partition.png`` (histogram) in ``out``,
-    rows named by ``client_ids``; returns the PNG path (``None`` when the data has no per-sample labels)."""
+    rows named by ``client_ids``; returns the PNG path (``None`` when the data has no per-sample labels).
+    ``partial`` (``federation.partial_labels``): the classes each client annotates, said under the table, whose
+    counts are of the labels on disk (each sample's largest class), not of what a client trains on."""
     if labels is None:
         return None
     names = list(class_names or [])
@@ -167,6 +170,12 @@ def write_partition_report(out: Path, labels: np.ndarray | None, parts: list[np.
     name = "by_site (one client per site)" if name == "by_group" else name  # the config's name, federation/partition=by_site
     header = (f"# Partition: {name}, {len(parts)} clients, "
               f"mean EMD {stats['mean_emd']:.3f}\n{shared}\n")
+    if partial:
+        label = (lambda c: names[c] if c < len(names) else str(c))
+        said = "; ".join(f"{cid}: {', '.join(label(int(c)) for c in classes)}" for cid, classes in partial.items())
+        report += (f"\nPartial labels (federation.partial_labels): each client annotates only {said}. The counts "
+                   f"above are of the labels on disk (each sample's largest class), as the simulation reads them "
+                   f"before hiding the rest from the client's training.\n")
     artifacts.atomic_write_text(out / "partition.md", header + report)
     artifacts.write_json(out / "partition.json", {**stats, "shared": n_shared})
     png = plot_partition(labels, parts, out / "partition.png", names or None,

@@ -249,6 +249,9 @@ def test_partial_labels_mask_unannotated(tmp_path):
     from federation.server import Server
 
     server = Server(cfg)
+    # found by a walkthrough: partition.md counted the organs on disk without saying a site annotates fewer
+    said = (tmp_path / "run" / "partition.md").read_text()
+    assert "Partial labels (federation.partial_labels): each client annotates only site1: " in said
     ind = server.indices["site1"]
     dm = server.client_datamodule("site1", 0)
     masks = torch.stack([dm.train_dataset[i]["mask"] for i in range(len(dm.train_dataset))])
