@@ -84,7 +84,7 @@ def print_case_table(per_case: Mapping[str, Mapping[str, float]], summary: Mappi
         return
     keys = list(next(iter(per_case.values())))
     table = Table(title=title)
-    table.add_column("case")
+    table.add_column("case", no_wrap=True, min_width=max(len(str(c)) for c in per_case))  # never cut to case_0…
     for k in keys:
         table.add_column(k, justify="right")
     for case, scores in per_case.items():

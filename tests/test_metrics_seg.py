@@ -177,3 +177,18 @@ def test_the_spread_of_one_case_is_not_a_number():
     one = summarise({"a": {"dice": 0.7}})
     assert one["dice"] == 0.7 and np.isnan(one["dice_std"]) and one["num_cases"] == 1
     assert summarise({"a": {"dice": 0.7}, "b": {"dice": 0.5}})["dice_std"] == pytest.approx(0.1)
+
+
+def test_the_per_case_table_never_cuts_a_case_name(monkeypatch):
+    """Found by a walkthrough: a 3-class 3D run's per-case table showed ``case_0…`` in an 80-column terminal."""
+    import io
+
+    from rich.console import Console
+
+    from engine import artifacts
+
+    out = io.StringIO()
+    monkeypatch.setattr(artifacts, "console", Console(file=out, width=80))
+    scores = {k: 0.5 for k in ("dice", "dice_organ", "dice_tumor", "iou_organ", "iou_tumor", "hd95", "nsd", "rvd")}
+    artifacts.print_case_table({"case_00012": scores, "case_00013": scores}, {k: 0.5 for k in scores}, "test")
+    assert "case_00012" in out.getvalue() and "case_00013" in out.getvalue()
