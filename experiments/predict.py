@@ -74,6 +74,22 @@ def _site_weights(path: Path, state: dict, run_cfg: Any, run_dir: Path, site: st
     return state
 
 
+def _warn_if_debug(weights: Path) -> None:
+    """One line when the weights come from a ``fast_dev_run`` (its run's ``metrics.json`` says ``debug``): they
+    saw a batch or so, and segment as an untrained net would."""
+    import json
+
+    for run in (weights.resolve().parent, weights.resolve().parent.parent):
+        try:
+            debug = json.loads((run / "metrics.json").read_text()).get("debug") is True
+        except (OSError, ValueError, AttributeError):
+            continue
+        if debug:
+            print(f"warning: {weights} is from a debug run (trainer.fast_dev_run, {run / 'metrics.json'}): "
+                  f"its net saw a batch or so")
+        return
+
+
 def _bare(name: str) -> str:
     """An output file name without its extension (``seg.nii.gz`` -> ``seg``, ``a.b.png`` -> ``a.b``)."""
     return re.sub(r"\.(nii\.gz|nii|png)$", "", name, flags=re.IGNORECASE)
@@ -98,6 +114,8 @@ def predict(cfg: DictConfig) -> dict:
     site = None if cfg.get("site") is None else str(cfg.site)
     models = load_models(ckpts, cfg.run_config, site, fill_weights=lambda path, state, run_cfg, run_dir: _site_weights(
         path, state, run_cfg, run_dir, site))
+    for path in models.paths:
+        _warn_if_debug(path)
     dims = models.spatial_dims
     roi = cfg.roi_size or (models.run_cfg.data.get("patch_size") if dims == 3 else None)
     axes = tta_axes(cfg.tta, dims)

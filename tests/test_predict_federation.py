@@ -155,3 +155,13 @@ def test_an_ensemble_of_runs_that_preprocess_differently_is_refused(tmp_path):
     assert [sum(p.numel() for p in n.parameters()) for n in models.nets][0] < \
         [sum(p.numel() for p in n.parameters()) for n in models.nets][1]
 
+
+
+def test_weights_of_a_debug_run_are_said_to_be(tmp_path):
+    """Found by a walkthrough: a fast_dev_run federation's global weights were taken silently."""
+    run, _ = fed_run(tmp_path)
+    (run / "metrics.json").write_text(json.dumps({"debug": True}))
+    data = phantom(tmp_path, n_cases=1)
+    proc = run_in_process("experiments.predict", [f"ckpt={run / 'global_best.pt'}", f"input={data / 'volume-0.nii.gz'}",
+                                                  f"output={tmp_path / 'o.nii.gz'}", "device=cpu"], tmp_path)
+    assert proc.returncode == 0 and "is from a debug run (trainer.fast_dev_run" in " ".join(proc.stdout.split())
