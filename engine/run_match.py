@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.errors import ConfigError
 
-__all__ = ["PIXELS", "SOURCE", "RESUME", "TEST_ONLY", "saved_config", "differences", "debug_difference",
+__all__ = ["PIXELS", "SOURCE", "RESUME", "DISTILL", "FED_DISTILL", "TEST_ONLY", "resume_keys", "saved_config",
+           "differences", "debug_difference",
            "saved_overrides", "continue_command"]
 
 #: data keys that decide what the net sees of an image: a checkpoint is only meaningful with the same ones
@@ -31,6 +32,29 @@ SOURCE = ("_target_", "layout", "target", "label_map", "mask_threshold", "mask_c
           "test_fraction", "seed", "train_cases", "train_slices", "split_file", "case_pattern")
 #: what a resumed run must keep: its net, what it sees and its data (``data.root`` may move)
 RESUME = ("module.net", *(f"data.{k}" for k in (*PIXELS, *SOURCE)))
+#: what a resumed distillation must keep: its teacher, method, loss and taps (another one switched the teacher
+#: mid-run silently, or failed after rewriting config.yaml on the KD adapters' state)
+DISTILL = ("distill.method", "distill.loss", "distill.taps", "distill.teacher.model", "distill.teacher.ckpt")
+#: what a resumed federated distillation must keep: its finished stages are reused, not re-run with new values
+FED_DISTILL = ("federation.rounds", "federation.local_epochs", "federation.strategy", "fed_distill.student_rounds",
+               "fed_distill.teacher_weights")
+
+
+def resume_keys(saved: Mapping[str, Any]) -> tuple[str, ...]:
+    """:data:`RESUME`, each of the run's sites' data keys (``data.sites.<site>.*``: a federation resumed at
+    another image size went on silently), and, for a distillation or a federated one, :data:`DISTILL` and
+    :data:`FED_DISTILL`."""
+    keys = list(RESUME)
+    sites = _plain(saved, "data.sites")
+    if isinstance(sites, Mapping):
+        keys += [f"data.sites.{site}.{k}" for site in sites for k in (*PIXELS, *SOURCE)]
+    if isinstance(_plain(saved, "distill"), Mapping):
+        keys += DISTILL
+    if isinstance(_plain(saved, "fed_distill"), Mapping):
+        keys += FED_DISTILL
+    return tuple(keys)
+
+
 #: what a test-only run must keep of the checkpoint's training run (its net comes from the checkpoint; the
 #: data may be another site's: cross-site testing is a use, not a mistake)
 TEST_ONLY = tuple(f"data.{k}" for k in PIXELS)

@@ -108,13 +108,14 @@ def unusable_resume_state(run: Path, federation: bool) -> str | None:
 def another_run(run: Path, config: DictConfig) -> str | None:
     """Why ``config`` does not continue the run in ``run`` (another net, other data settings or split than
     its ``config.yaml``), with the command that does; ``None`` when it does or the run has no config yet."""
-    from engine.run_match import continue_command, debug_difference, differences, saved_config, saved_overrides
+    from engine.run_match import (continue_command, debug_difference, differences, resume_keys, saved_config,
+                                  saved_overrides)
 
     saved = saved_config(run)
     if saved is None:
         return None
     try:
-        diffs = debug_difference(saved, config) + differences(saved, config)
+        diffs = debug_difference(saved, config) + differences(saved, config, resume_keys(saved))
     except Exception:  # noqa: BLE001 - a config that does not resolve here fails with its own message later
         return None
     if not diffs:

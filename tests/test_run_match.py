@@ -143,3 +143,32 @@ def test_a_run_config_that_does_not_parse_stops_the_resume(trained, tmp_path):
     proc = run_in_process("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", f"resume={run}"], tmp_path)
     assert "config.yaml does not parse" in _error_line(proc)
     assert (run / "config.yaml").read_text() == "[" * 20000
+
+
+def test_resume_compares_each_sites_data_and_a_distillations_teacher(tmp_path):
+    """Found by a walkthrough: a federation resumed at another ``data.sites.<site>.image_size`` went on silently
+    (only top-level ``data.*`` was compared), a distillation resumed with another teacher switched teachers
+    mid-run, and a federated distillation resumed with more rounds reused its finished stages at the old count."""
+    from omegaconf import OmegaConf
+
+    from experiments.hydra_checks import another_run
+
+    saved = {"module": {"net": {"width": 4}},
+             "data": {"_target_": "x.MultiSite", "sites": {"a": {"image_size": 32, "window": [-40, 160]},
+                                                            "b": {"image_size": 32, "window": [-40, 160]}}},
+             "distill": {"method": "hlfd", "teacher": {"model": {"width": 4}, "ckpt": None}},
+             "federation": {"rounds": 2}, "fed_distill": {"student_rounds": None}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    same = OmegaConf.create(saved)
+    assert another_run(tmp_path, same) is None
+    other = OmegaConf.create(saved)
+    other.data.sites.b.image_size = 64
+    other.distill.teacher.model.width = 8
+    other.federation.rounds = 3
+    line = another_run(tmp_path, other)
+    assert "data.sites.b.image_size=64 (the run's 32)" in line and "distill.teacher.model.width=8 (the run's 4)" in line
+    assert "federation.rounds=3 (the run's 2)" in line
+    plain = {k: v for k, v in saved.items() if k not in ("distill", "fed_distill")}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(plain))
+    more_rounds = OmegaConf.create({**plain, "federation": {"rounds": 5}})
+    assert another_run(tmp_path, more_rounds) is None  # a plain federation goes on to more rounds
