@@ -137,7 +137,8 @@ class Server:
         full = dict(self.template.net.state_dict())
         full.update(state)
         if any(self.strategy.is_local(k) for k in full):
-            local = stored_local(self.store, self.client_ids) if local is None else local
+            if local is None:  # one client's view reads that client's store file only, not every client's
+                local = stored_local(self.store, [client_id] if client_id is not None else self.client_ids)
             chosen = {client_id: local.get(client_id, {})} if client_id is not None else local
             full.update({k: v for k, v in mean_local(chosen).items() if k in full})
         self.template.net.load_state_dict(full)
