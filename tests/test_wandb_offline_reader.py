@@ -41,3 +41,25 @@ def test_a_chunk_whose_crc_does_not_match_ends_the_readable_prefix(tmp_path):
     data[-1] ^= 0xFF  # the exit record's last byte, as if not yet written
     (tmp_path / "run.wandb").write_bytes(bytes(data))
     assert [r.WhichOneof("record_type") for r in records(tmp_path / "run.wandb")] == ["run"]
+
+
+def test_an_in_process_run_does_not_restore_a_dead_wandb_service(tmp_path, monkeypatch):
+    """``tests.cli.run_in_process`` ends W&B's service (as a real process exit would) and restores the
+    environment: it must not restore the ended service's token, or the next in-process run connects to a dead
+    socket (CI failed two W&B tests so, when a worker had started a service before an in-process run)."""
+    import os
+
+    import wandb
+
+    from tests.cli import run_in_process
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb.init(mode="offline", dir=str(tmp_path), project="before").finish()
+    token = os.environ.get("WANDB_SERVICE")
+    assert token, "wandb.init started no service in this process"
+    assert run_in_process("platform", [], tmp_path).returncode == 0
+    assert os.environ.get("WANDB_SERVICE") != token
+    try:
+        wandb.init(mode="offline", dir=str(tmp_path), project="after").finish()  # a dead token fails here
+    finally:
+        wandb.teardown()
