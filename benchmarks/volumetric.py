@@ -51,6 +51,11 @@ def _volume(path: Path, shape) -> Path:
     return path
 
 
+def _sync(dev: str) -> None:
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
 def bench_predict(shape, roi: int) -> None:
     from monai.inferers import sliding_window_inference
     from omegaconf import OmegaConf
@@ -64,11 +69,15 @@ def bench_predict(shape, roi: int) -> None:
         cfg = OmegaConf.create(dict(ckpt=str(ckpt), input=str(vol), output=str(tmp / "seg.nii.gz"), labels=None,
                                     run_config=None, batch_size=4, roi_size=None, overlap=0.5, mode="gaussian",
                                     tta=False, nsd_tolerance_mm=1.0, device="auto"))
-        net = net_from_checkpoint(ckpt).eval()
-        x = torch.from_numpy(np.asarray(nib.load(str(vol)).dataobj, np.float32))[None, None]
+        dev = "cuda" if torch.cuda.is_available() else "cpu"  # where predict's device=auto runs
+        net = net_from_checkpoint(ckpt).eval().to(dev)
+        x = torch.from_numpy(np.asarray(nib.load(str(vol)).dataobj, np.float32))[None, None].to(dev)
         with torch.no_grad():
+            net(x[..., :roi, :roi, :roi].expand(4, -1, -1, -1, -1))  # warm-up at the window batch: CUDA start, cuDNN choice
+            _sync(dev)
             t0 = time.perf_counter()
             sliding_window_inference(x, (roi,) * 3, 4, net, overlap=0.5, mode="gaussian")
+            _sync(dev)
             bare = time.perf_counter() - t0
         print(f"bare MONAI sliding_window_inference {shape} roi {roi}: {bare:.2f} s", flush=True)
         t0 = time.perf_counter()
