@@ -116,7 +116,7 @@ def federated_teacher(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -
         artifacts.console.print(f"[bold]stage 1:[/bold] reusing the federated teacher in {out}")
     else:
         artifacts.console.print(f"[bold]stage 1:[/bold] federated teacher -> {out}")
-        federate(_with_config(teacher_stage_cfg(cfg), out))
+        _federate_stage(federate, teacher_stage_cfg(cfg), out, "stage 1 (the federated teacher)")
     return global_weights(cfg, out, "stage 1")
 
 
@@ -262,8 +262,25 @@ def federated_student(cfg: DictConfig, arm: str, fed_teacher: Path | None,
     if arm == "fed_hlfd" and fed_teacher is None:
         raise ConfigError("fed_distill: arm fed_hlfd needs the federated teacher (stage 1)")
     artifacts.console.print(f"[bold]stage 2:[/bold] federated student {arm} -> {out}")
-    federate(_with_config(student_stage_cfg(cfg, arm, fed_teacher), out))
+    _federate_stage(federate, student_stage_cfg(cfg, arm, fed_teacher), out, f"stage 2 (the federated student {arm})")
     return out
+
+
+class StagePending(Exception):
+    """A federated stage was written for a real Flower deployment (``federation.executor.launch=false``) and has
+    not run here: the experiment pauses until the deployment has finished it."""
+
+    def __init__(self, what: str, out: Path) -> None:
+        super().__init__(what)
+        self.what, self.out = what, out
+
+
+def _federate_stage(federate: Callable[[DictConfig], dict], stage_cfg: DictConfig, out: Path, what: str) -> None:
+    """Run one federated stage; a stage only prepared for a SuperLink (its ``flower/config`` returned, no
+    ``metrics.json`` yet) raises :class:`StagePending`."""
+    result = federate(_with_config(stage_cfg, out))
+    if isinstance(result, dict) and "flower/config" in result and not (out / DONE).is_file():
+        raise StagePending(what, out)
 
 
 def _with_config(stage_cfg: DictConfig, out: Path) -> DictConfig:
@@ -280,6 +297,15 @@ def site_student(cfg: DictConfig, fed_dir: Path, site: str) -> Path:
                         output_dir(cfg) / "sites" / site / f"{fed_dir.name}.pt")
 
 
+def _paused(pending: StagePending, run: Path) -> dict[str, Any]:
+    """What a paused run says (the finished stages stay; the run's ``metrics.json`` is not written)."""
+    artifacts.console.print(
+        f"[bold]paused:[/bold] {pending.what} is written for your SuperLink and has not run here. Submit it with "
+        f"the flwr run command above; once it has finished ({pending.out / DONE} written), run this experiment "
+        f"again with the same overrides and resume={run} to go on with the next stage.")
+    return {"fed_distill/pending": pending.what, "fed_distill/pending_dir": str(pending.out)}
+
+
 # ------------------------------------------------------------------------------------------ entry
 def run_fed_distill(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -> dict[str, Any]:
     """Both stages, then the cross-site evaluation; returns (and writes) the run's ``metrics.json``."""
@@ -287,10 +313,13 @@ def run_fed_distill(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -> 
 
     arms = check_config(cfg)
     out = output_dir(cfg)
-    fed_teacher = federated_teacher(cfg, federate) if cfg.get("federation") is not None else None
-    runs = {site: {arm: run_site_arm(cfg, site, arm, fed_teacher) for arm in arms if arm in LOCAL_ARMS}
-            for site in site_names(cfg)}
-    fed_runs = {arm: federated_student(cfg, arm, fed_teacher, federate) for arm in arms if arm in FED_ARMS}
+    try:
+        fed_teacher = federated_teacher(cfg, federate) if cfg.get("federation") is not None else None
+        runs = {site: {arm: run_site_arm(cfg, site, arm, fed_teacher) for arm in arms if arm in LOCAL_ARMS}
+                for site in site_names(cfg)}
+        fed_runs = {arm: federated_student(cfg, arm, fed_teacher, federate) for arm in arms if arm in FED_ARMS}
+    except StagePending as pending:
+        return _paused(pending, out)
     metrics: dict[str, Any] = {"fed_distill/arms": arms, "fed_distill/sites": site_names(cfg),
                                "fed_distill/teacher_weights": str(fed_teacher) if fed_teacher else None}
     if cfg.fed_distill.get("evaluate", True):

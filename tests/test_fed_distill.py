@@ -267,3 +267,32 @@ def test_predict_segments_with_a_stages_global_model(tiny_run, stage, tmp_path):
                                                   f"output={tmp_path / 'seg.nii.gz'}", "device=cpu"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert nib.load(tmp_path / "seg.nii.gz").shape == nib.load(volume).shape
+
+
+def test_a_stage_written_for_a_real_superlink_pauses_the_run_and_resume_goes_on(tiny_run, tmp_path, capsys):
+    """``federation/executor=flower federation.executor.launch=false``: each federated stage is written for the
+    user's SuperLink and the run pauses (exit 0, no metrics.json) until that stage's metrics.json exists; the
+    rerun then goes on. It stopped with "stage 1 wrote no global weights" (exit 2) before."""
+    import shutil
+
+    from experiments.run import dispatch
+
+    _, _, done, _ = tiny_run
+    cfg = compose_run(["+exp=fed_kits_hlfd", *TINY, "fed_distill.arms=[none,fed_none]", "federation/executor=flower",
+                       "federation.executor.launch=false"], tmp_path)
+    run = tmp_path / "run"
+    first = dispatch(cfg)
+    printed = "".join(capsys.readouterr().out.split())  # rich wraps (inside paths too) at the terminal's width
+    assert first["fed_distill/pending"] == "stage 1 (the federated teacher)"
+    assert "flwrrun" in printed and f"resume={fed_distill.output_dir(cfg)}" in printed
+    assert (run / "teacher" / "flower" / "config.yaml").is_file() and not (run / "metrics.json").exists()
+    assert not (run / "sites").exists()  # nothing after the pending stage ran
+    shutil.copytree(done / "teacher", run / "teacher", dirs_exist_ok=True)  # the SuperLink ran stage 1
+    second = dispatch(cfg)
+    assert second["fed_distill/pending"] == "stage 2 (the federated student fed_none)"
+    assert all((run / "sites" / s / "none" / "student.pt").is_file() for s in SITES)
+    assert not (run / "metrics.json").exists()
+    shutil.copytree(done / "fed_none", run / "fed_none", dirs_exist_ok=True)
+    third = dispatch(cfg)
+    assert "fed_distill/pending" not in third and "fed_distill/fed_none/dice_other" in third
+    assert (run / "metrics.json").is_file() and (run / "fed_distill.md").is_file()
