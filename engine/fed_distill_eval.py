@@ -132,8 +132,9 @@ def evaluate_run(cfg: DictConfig, runs: dict[str, dict[str, Path]], fed_teacher:
             row["dice_other"] = float(np.mean(others)) if others else math.nan
             rows.append(row)
     out = output_dir(cfg)
-    write_tables(rows, sites, out)
-    plot(rows, out / "fed_distill.png", title=f"{cfg.get('exp_name', 'fed_distill')}: Dice by test site")
+    write_tables(rows, sites, out, debug=limit is not None)
+    debug = " (fast_dev_run: not a result)" if limit is not None else ""
+    plot(rows, out / "fed_distill.png", title=f"{cfg.get('exp_name', 'fed_distill')}: Dice by test site{debug}")
     return summary(rows)
 
 
@@ -148,7 +149,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def write_tables(rows: list[dict[str, Any]], sites: list[str], out: Path) -> None:
+DEBUG_LINE = ("> **fast_dev_run (a debug run): every model trained on one batch and scored on one test batch; "
+              "these figures are not results.**")
+
+
+def write_tables(rows: list[dict[str, Any]], sites: list[str], out: Path, debug: bool = False) -> None:
     cols = ["site", "model", "parameters", "ms_per_volume", *[f"dice_{s}" for s in sites], "dice_own", "dice_other"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
@@ -162,6 +167,8 @@ def write_tables(rows: list[dict[str, Any]], sites: list[str], out: Path) -> Non
                  *[artifacts.fmt(r[f"dice_{s}"], 3) for s in sites], artifacts.fmt(r["dice_own"], 3),
                  artifacts.fmt(r["dice_other"], 3)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if debug:
+        lines = [DEBUG_LINE, "", *lines]
     artifacts.atomic_write_text(out / "fed_distill.md", "\n".join(lines) + "\n")
     artifacts.console.print("\n".join(lines), soft_wrap=True)
 

@@ -77,6 +77,9 @@ def test_fast_dev_run_exits_zero(exp, tmp_path, zygote):
     metrics = json.loads((run / "metrics.json").read_text())
     if "federation" not in exp and not exp.startswith(("fed_", "segviz")):
         assert metrics.get("debug") is True  # experiments.report leaves it out of its tables
+    if exp.startswith("fed_kits_hlfd"):  # its table said nothing of being a debug run (a walkthrough)
+        assert metrics.get("debug") is True
+        assert (run / "fed_distill.md").read_text().startswith("> **fast_dev_run (a debug run)")
     if exp.startswith("fed_") and exp != "fed_kits_hlfd" and exp != "fed_kits_hlfd_claim":
         # found by a walkthrough: the banner said "2 local epochs" for a run of one batch per client
         assert "x 1 batch per client (fast_dev_run)" in " ".join(proc.stdout.split()), proc.stdout[-2000:]
