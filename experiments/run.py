@@ -63,7 +63,7 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
     output_dir(cfg).mkdir(parents=True, exist_ok=True)
     record_environment(output_dir(cfg))  # env.json: versions, CPU, threads (the same seed differs without them)
     if cfg.get("fed_distill") is not None:  # stage 1 (the federated teacher) goes back through dispatch
-        from engine.fed_distill import run_fed_distill
+        from federation.fed_distill import run_fed_distill
 
         return run_fed_distill(cfg, federate=dispatch)
     if cfg.get("federation") is not None:

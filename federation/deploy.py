@@ -99,7 +99,10 @@ def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Map
         raise FederationError(f"site={site!r} is no client of {store_dir} (clients: {clients}): its batch norm "
                               f"cannot be chosen; site=null takes the clients' mean")
     local = local_for(weights, store, clients)
-    chosen = {site: local[site]} if site is not None and site in local else local
+    if site is not None and site not in local:
+        raise FederationError(f"client {site!r} kept no local entries in {store_dir} for {Path(weights).name} (it "
+                              f"never trained?): its batch norm cannot be filled in; site=null takes the clients' mean")
+    chosen = {site: local[site]} if site is not None else local
     filled = {k: v for k, v in mean_local(chosen).items() if k in state}
     if not filled:
         return dict(state), ""

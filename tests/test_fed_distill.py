@@ -1,4 +1,4 @@
-"""Federated distillation (issue 15, engine/fed_distill.py): +exp=fed_kits_hlfd end to end on tiny phantoms,
+"""Federated distillation (issue 15, federation/fed_distill.py): +exp=fed_kits_hlfd end to end on tiny phantoms,
 stage resumption, the privacy boundary of stage 2 (a site's config holds only its own data; a federated
 student's updates hold only the student), and config errors."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from engine import fed_distill
+from federation import fed_distill
 from engine.builders import ConfigError
 from hydra_helpers import compose_run
 
@@ -85,7 +85,7 @@ def test_federated_student_sends_only_the_student(tiny_run):
     KD adapters, which stay in the client's store)."""
     import torch
 
-    from engine.fed_distill_eval import state_net, teacher_net
+    from federation.fed_distill_eval import state_net, teacher_net
     from federation.store import ClientStore
 
     cfg, _, run, received = tiny_run
@@ -193,7 +193,12 @@ def test_fedbn_site_teacher_keeps_the_sites_own_bn(tmp_path):
     state = torch.load(path, weights_only=True)
     assert path == run / "sites" / "site_a" / "teacher_fed.pt"
     assert torch.equal(state["bn.running_mean"], torch.full((2,), 7.0)) and torch.equal(state["conv.weight"], torch.ones(2))
-    with pytest.raises(fed_distill.CheckpointError, match="site_b"):
+    from federation.errors import FederationError
+
+    with pytest.raises(FederationError, match="'site_b' is no client of"):
+        fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b")
+    torch.save({"round": 1}, run / "teacher" / "client_store" / "site_b.pt")  # a client that kept nothing
+    with pytest.raises(FederationError, match="client 'site_b' kept no local entries"):
         fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b")
     cfg.federation.strategy._target_ = "federation.core.strategies.FedAvg"
     assert fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b") == run / "teacher" / "global_best.pt"
@@ -242,7 +247,7 @@ def test_flower_node_gets_a_client_config_it_accepts(tiny_run, tmp_path):
 
 def test_evaluate_net_stops_after_max_batches():
     """``trainer.fast_dev_run`` reaches the cross-site evaluation as ``max_batches``: one batch per test set."""
-    from engine.fed_distill_eval import evaluate_net
+    from federation.fed_distill_eval import evaluate_net
 
     torch.manual_seed(0)
     net = torch.nn.Conv2d(1, 2, 1)

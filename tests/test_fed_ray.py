@@ -143,8 +143,8 @@ def test_federated_student_with_a_frozen_teacher_runs_on_ray(local_ray, tmp_path
     config and keeps HLFD's adapters in the client store; the global student holds student keys only."""
     import csv
 
-    from engine.fed_distill import student_stage_cfg
-    from engine.fed_distill_eval import state_net, teacher_net
+    from federation.fed_distill import student_stage_cfg
+    from federation.fed_distill_eval import state_net, teacher_net
     from experiments.run import dispatch
     from federation.store import ClientStore
     from lightning_modules.base import build

@@ -17,7 +17,7 @@ The SuperNode's node config names the site and its data (``flower-supernode --no
   (``trainer.strategy``, ``num_nodes`` and ``devices`` of the server's config are replaced:
   :func:`.node.pin_hardware`);
 * ``teacher``: the site's copy of the frozen teacher's weights for a distillation module (the federated
-  student ``fed_hlfd`` of :mod:`engine.fed_distill`): replaces the server's ``teacher_ckpt`` for this site, in
+  student ``fed_hlfd`` of :mod:`federation.fed_distill`): replaces the server's ``teacher_ckpt`` for this site, in
   ``module`` or ``federation.client_module`` (the server's path means nothing on a site's host, and a real site
   without ``teacher`` refuses it rather than load a file the server names: :func:`.node.pin_teacher`).
 

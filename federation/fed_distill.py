@@ -30,7 +30,7 @@ by the same federation (strategy, executor, transport) as the teacher:
 Resume: a finished stage is skipped - the teacher when ``<run>/teacher/metrics.json`` exists, a site arm
 when the file it hands on (``student.pt``, or ``teacher.pt`` for the local teacher) exists, a federated
 student when ``<run>/<arm>/metrics.json`` exists; an interrupted federation continues from its ``server.pt``. Evaluation (every
-model on every site's test set, one table + one figure) is :mod:`engine.fed_distill_eval`.
+model on every site's test set, one table + one figure) is :mod:`federation.fed_distill_eval`.
 """
 from __future__ import annotations
 
@@ -42,7 +42,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from engine import artifacts
@@ -50,10 +49,11 @@ from engine.builders import ConfigError, build_module
 from engine.distill import run_distillation, segmentation_cfg, teacher_loss
 from engine.fit import is_debug, output_dir, train_and_test
 from engine.one_process import check_one_process_trainer
+from federation.deploy import deployed_state, keeps_local
 from lightning_modules.atomic import save_torch
 from lightning_modules.checkpoints import CheckpointError, load_checkpoint
 
-log = logging.getLogger("engine.fed_distill")
+log = logging.getLogger("federation.fed_distill")
 
 LOCAL_ARMS = ("none", "teacher_local", "hlfd_local", "hlfd_fed")
 FED_ARMS = ("fed_none", "fed_hlfd")  # students trained by the federation (stage 2, federated)
@@ -131,14 +131,6 @@ def global_weights(cfg: DictConfig, fed_dir: Path, what: str) -> Path:
     return path.resolve()
 
 
-def _keeps_local(strategy_cfg: Any) -> bool:
-    """Whether the federation's strategy keeps entries at the sites (``Strategy.keeps_local``, e.g. FedBN, or
-    ``local_keys`` / ``local_prefixes`` given): asked of the class, so a FedBN-like strategy of another name
-    counts too (engine does not import federation: the attribute is read from the class the config names)."""
-    cls = get_class(str(strategy_cfg.get("_target_", "")))
-    return bool(getattr(cls, "keeps_local", False) or strategy_cfg.get("local_keys") or strategy_cfg.get("local_prefixes"))
-
-
 def site_teacher(cfg: DictConfig, global_path: Path, site: str) -> Path:
     """The teacher weights a site receives: the global ones, plus - for strategies that keep entries
     local (FedBN's batch norm) - the site's own local entries from the federation's client store."""
@@ -148,21 +140,15 @@ def site_teacher(cfg: DictConfig, global_path: Path, site: str) -> Path:
 
 def site_weights(cfg: DictConfig, global_path: Path, fed_dir: Path, site: str, out: Path) -> Path:
     """A site's weights from the federation in ``fed_dir``: ``global_path``, or with FedBN the global
-    weights + the site's own local entries (its client store), written once to ``out``."""
-    if not _keeps_local(cfg.federation.strategy):
+    weights + the site's own local entries of the same round (:func:`federation.deploy.deployed_state`, as
+    predict and the server deploy them), written once to ``out``."""
+    if not keeps_local(cfg.federation):
         return global_path
     if out.is_file():
         return out
-    store = fed_dir / str(cfg.federation.get("store_dir", "client_store")) / f"{site}.pt"
-    snapshot = fed_dir / "global_best_local.pt"  # federation.deploy.BEST_LOCAL: the best round's local entries
-    if global_path.name == "global_best.pt" and snapshot.is_file():
-        store, local = snapshot, load_checkpoint(snapshot, "best round's local entries").get(site)
-    else:
-        local = load_checkpoint(store, "client store").get("local_state")
-    if not isinstance(local, dict) or not local:
-        raise CheckpointError(f"{store} holds no local entries of {site}: cannot personalise the site's weights")
-    state = dict(load_checkpoint(global_path, "global weights"))
-    state.update({k: v for k, v in local.items() if k in state})
+    state, filled = deployed_state(global_path, fed_dir, cfg, load_checkpoint(global_path, "global weights"), site)
+    if not filled:
+        raise CheckpointError(f"{fed_dir} holds no local entries of {site}: cannot personalise the site's weights")
     return save_state(state, out)
 
 
@@ -238,7 +224,7 @@ def student_stage_cfg(cfg: DictConfig, arm: str, fed_teacher: Path | None) -> Di
         with open_dict(scfg):
             scfg.paths.output_dir = str(out)
             scfg.distill.teacher.ckpt = str(fed_teacher)  # the server's template; clients: module.teacher_ckpt
-            if _keeps_local(cfg.federation.strategy):
+            if keeps_local(cfg.federation):
                 scfg.federation.client_module = {s: {"teacher_ckpt": str(site_teacher(cfg, fed_teacher, s).resolve())}
                                                  for s in site_names(cfg)}
     with open_dict(scfg):
@@ -309,7 +295,7 @@ def _paused(pending: StagePending, run: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ entry
 def run_fed_distill(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -> dict[str, Any]:
     """Both stages, then the cross-site evaluation; returns (and writes) the run's ``metrics.json``."""
-    from engine.fed_distill_eval import evaluate_run
+    from federation.fed_distill_eval import evaluate_run
 
     arms = check_config(cfg)
     out = output_dir(cfg)

@@ -1,4 +1,4 @@
-"""Cross-site evaluation of a federated-distillation run (issue 15; :mod:`engine.fed_distill`).
+"""Cross-site evaluation of a federated-distillation run (issue 15; :mod:`federation.fed_distill`).
 
 Every model - each site's arms (``none``, ``teacher_local``, ``hlfd_local``, ``hlfd_fed``), the federated
 students (``fed_none``, ``fed_hlfd``) and the federated teacher as that site receives them (``teacher_fed``;
@@ -24,7 +24,7 @@ from torch import nn
 
 from engine import artifacts
 from engine.builders import build_datamodule
-from engine.fed_distill import site_cfg, site_names, site_student, site_teacher
+from federation.fed_distill import site_cfg, site_names, site_student, site_teacher
 from engine.fit import output_dir
 from lightning_modules.atomic import atomic_output
 from lightning_modules.base import build
