@@ -112,8 +112,11 @@ def predict(cfg: DictConfig) -> dict:
     images = _is_image_input(src)
     cases = None if images else plan_cases(cfg.input, cfg.output, cfg.labels)
     site = None if cfg.get("site") is None else str(cfg.site)
+    # whose kept entries (FedBN) fill the global weights: a site is its own client (partition=by_site); a
+    # federation over pooled data has clients client_0.. and one data set, so it is named apart from the site
+    client = site if cfg.get("client") is None else str(cfg.client)
     models = load_models(ckpts, cfg.run_config, site, fill_weights=lambda path, state, run_cfg, run_dir: _site_weights(
-        path, state, run_cfg, run_dir, site))
+        path, state, run_cfg, run_dir, client))
     for path in models.paths:
         _warn_if_debug(path)
     dims = models.spatial_dims

@@ -131,7 +131,7 @@ def test_a_fedbn_global_model_gets_its_sites_batch_norm(tmp_path):
 
     with pytest.raises(FederationError, match="their store .* is missing"):
         bn_of(lone)
-    with pytest.raises(FederationError, match="site='elsewhere' is no client of"):
+    with pytest.raises(FederationError, match="'elsewhere' is no client of"):
         bn_of(run / "global_best.pt", site="elsewhere")
 
 
@@ -165,3 +165,26 @@ def test_weights_of_a_debug_run_are_said_to_be(tmp_path):
     proc = run_in_process("experiments.predict", [f"ckpt={run / 'global_best.pt'}", f"input={data / 'volume-0.nii.gz'}",
                                                   f"output={tmp_path / 'o.nii.gz'}", "device=cpu"], tmp_path)
     assert proc.returncode == 0 and "is from a debug run (trainer.fast_dev_run" in " ".join(proc.stdout.split())
+
+
+def test_a_fedbn_federation_over_pooled_data_picks_a_clients_batch_norm_by_client(tmp_path):
+    """A FedBN federation over one pooled data set has clients ``client_0..``, not sites: ``site=`` names a data
+    site (and is refused for one data set), so such a client's BN could not be chosen; ``client=`` picks it."""
+    from federation.store import ClientStore
+
+    run, module = fed_run(tmp_path, ["data=lits", "federation/partition=iid", "federation.num_clients=2",
+                                     "federation/strategy=fedbn"])
+    bn = {k: v for k, v in module.net.state_dict().items() if "running_mean" in k}
+    store = ClientStore(run / "client_store")
+    for cid, value in (("client_0", 1.0), ("client_1", 3.0)):
+        store.update(cid, {"local_state": {k: torch.full_like(v, value) for k, v in bn.items()}})
+    data = phantom(tmp_path, n_cases=1)
+    argv = [f"ckpt={run / 'global_best.pt'}", f"input={data / 'volume-0.nii.gz'}", "device=cpu"]
+    proc = run_in_process("experiments.predict", [*argv, f"output={tmp_path / 'c1.nii.gz'}", "client=client_1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "client client_1's" in " ".join(proc.stdout.split())
+    proc = run_in_process("experiments.predict", [*argv, f"output={tmp_path / 'm.nii.gz'}"], tmp_path)
+    assert proc.returncode == 0 and "the mean of 2 clients'" in " ".join(proc.stdout.split())
+    proc = run_in_process("experiments.predict", [*argv, f"output={tmp_path / 'x.nii.gz'}", "client=client_7"], tmp_path)
+    assert proc.returncode == 2 and "'client_7' is no client of" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.nii.gz").exists()
