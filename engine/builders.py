@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 
 from callbacks.checkpoint_paths import ConfineCheckpointPaths
 from callbacks.epoch_seeding import EpochSeeding
@@ -153,6 +155,14 @@ def quiet_library_notices() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+def _bar_off(cfg: DictConfig, overrides: dict[str, Any]) -> bool:
+    """No progress bar when stdout is no terminal (a SLURM log, ``> run.log``), unless
+    ``trainer.enable_progress_bar`` is set: a bar's frames in a file are fragments (a live display cannot
+    redraw there) between the log lines."""
+    explicit = "enable_progress_bar" in overrides or cfg.trainer.get("enable_progress_bar") is not None
+    return not explicit and not sys.stdout.isatty()
+
+
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = None, **overrides: Any) -> pl.Trainer:
     """``cfg.trainer`` with ``callbacks`` and loggers; checkpoints are saved atomically beside their target
     (:class:`engine.checkpoint_io.AtomicCheckpointIO`) unless ``trainer.plugins`` names other plugins; every
@@ -163,6 +173,9 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = 
     if cfg.trainer.get("plugins") is None and "plugins" not in overrides:
         overrides["plugins"] = [AtomicCheckpointIO()]
     callbacks = list(callbacks or [])
+    if _bar_off(cfg, overrides):  # a log file, not a terminal: EpochLog's line per epoch says what a bar would
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        overrides["enable_progress_bar"] = False
     if not any(isinstance(c, EpochSeeding) for c in callbacks):
         callbacks.append(EpochSeeding())
     if not any(isinstance(c, ConfineCheckpointPaths) for c in callbacks):

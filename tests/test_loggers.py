@@ -92,3 +92,28 @@ def test_a_trainer_prints_no_product_tip_and_no_deprecation_of_lightnings_own(tm
                       "treespec.is_leaf()` instead.", FutureWarning)
         warnings.warn("another deprecation", FutureWarning)
     assert [str(w.message) for w in caught] == ["another deprecation"]
+
+
+def test_no_progress_bar_in_a_log_file_unless_asked(tmp_path, monkeypatch):
+    """stdout that is no terminal (a SLURM log, ``> run.log``) got the rich bar's last frames as fragments between
+    the log lines; EpochLog's line per epoch says the same there. ``trainer.enable_progress_bar`` set wins."""
+    import io
+    import sys
+
+    from omegaconf import OmegaConf
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    from engine.builders import build_callbacks, build_trainer
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    cfg = compose_run(["+exp=lits_dnet", "logger=csv"], tmp_path)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert build_trainer(cfg, build_callbacks(cfg)).progress_bar_callback is None
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert isinstance(build_trainer(cfg, build_callbacks(cfg)).progress_bar_callback, RichProgressBar)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    OmegaConf.update(cfg, "trainer.enable_progress_bar", True, force_add=True)
+    assert isinstance(build_trainer(cfg, build_callbacks(cfg)).progress_bar_callback, RichProgressBar)
