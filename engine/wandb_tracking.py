@@ -173,6 +173,22 @@ def swept_suffix(limit: int = 80) -> str:
     return ("_" + "_".join(parts))[:limit] if parts else ""
 
 
+def method_suffix() -> str:
+    """``_<strategy>`` of a federation (``_fedbn``) or ``_<method>`` of a distillation (``_hlfd``), as the user
+    chose the config group, for a run folder's name (``..._dnet_fedbn_s0_...``): runs of one experiment that
+    differ only in these were told apart by their config.yaml alone. ``""`` for other runs."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+    except (ValueError, ImportError, AttributeError):
+        return ""
+    for group, key in (("federation", "federation/strategy"), ("distill", "distill")):
+        if choices.get(group) is not None and choices.get(key):
+            return "_" + re.sub(r"[^A-Za-z0-9._+-]", "-", str(choices[key]).rsplit("/", 1)[-1])
+    return ""
+
+
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """``name``/``tags``/``config`` for ``WandbLogger``: the run's facts (:func:`run_facts`) plus, in the
     name and the tags, the overrides a sweep varies; every method override is in ``config.run.overrides``."""

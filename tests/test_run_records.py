@@ -183,3 +183,28 @@ def test_report_leaves_debug_and_unfinished_runs_out(tmp_path):
     text = (tmp_path / "m" / "report.md").read_text()
     assert "0.9000" in text or "0.7000" in text  # the debug run is in the table
     assert "Unfinished runs (1)" in text
+
+
+def test_a_run_folder_names_its_federation_strategy_or_distillation_method(tmp_path, monkeypatch):
+    """Runs of one experiment that differed only in the strategy (FedAvg / FedBN) or the KD method had folders
+    told apart by their config.yaml alone: the name now carries the chosen group, ``..._dnet_fedbn_s42_...``."""
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from engine.wandb_tracking import method_suffix
+    from tests.cli import run_in_process
+
+    proc = run_in_process("experiments.run", ["+exp=fed_lits_dnet", "federation/strategy=fedbn", "model.width=4",
+                                              "federation.rounds=1", "federation.progress=false", "logger=csv",
+                                              "++trainer.fast_dev_run=true", f"paths.log_dir={tmp_path / 'logs'}",
+                                              f"paths.data_dir={tmp_path / 'data'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "logs").glob("*/runs/*")
+    assert "_dnet_fedbn_s42_" in run.name, run.name  # the default seed
+    for choices, suffix in (({"distill": "hlfd", "federation": None}, "_hlfd"),
+                            ({"distill": None, "federation": None, "federation/strategy": "fedbn"}, ""),
+                            ({"distill": None}, "")):
+        monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda c=choices: SimpleNamespace(
+            runtime=SimpleNamespace(choices=c))))
+        assert method_suffix() == suffix, choices
