@@ -182,3 +182,23 @@ def test_smp_net_warns_about_keys_it_ignores(caplog):
         build({**plain, "decoder_use_batchnorm": False}, what="module.net")  # smp maps its old name itself
         build({**plain, "encoder_name": "tu-resnet18", "drop_path_rate": 0.1}, what="module.net")  # timm takes it
     assert "ignored" not in caplog.text
+
+
+def test_large_upsampling_runs_in_exact_channel_chunks(monkeypatch) -> None:
+    """UNet3+/D-Net at paper width, 512², batch 8 up-sample the deepest map to 8 x 1024 x 512² = 2^31 elements,
+    whose CUDA backward stopped with "invalid argument" on an H200 (docs/benchmarks.md "GPU"); above
+    ``MAX_UPSAMPLE_NUMEL`` the up-sampling runs per channel chunk: the same values and gradients as one call."""
+    from lightning_modules.nets import blocks
+
+    x = torch.randn(2, 7, 5, 6, dtype=torch.float64, requires_grad=True)
+    whole = torch.nn.functional.interpolate(x, size=(20, 24), mode="bilinear", align_corners=False)
+    (grad_whole,) = torch.autograd.grad(whole.pow(2).sum(), x)
+    monkeypatch.setattr(blocks, "MAX_UPSAMPLE_NUMEL", 2 * 20 * 24 * 3)  # three channels a chunk: 3 + 3 + 1
+    calls = []
+    interpolate = torch.nn.functional.interpolate
+    monkeypatch.setattr(blocks.F, "interpolate", lambda t, **k: calls.append(t.shape[1]) or interpolate(t, **k))
+    chunked = blocks.resample(x, (20, 24))
+    (grad_chunked,) = torch.autograd.grad(chunked.pow(2).sum(), x)
+    assert calls == [3, 3, 1]
+    torch.testing.assert_close(chunked, whole)  # float64: equal but for the last bit (vectorised loops)
+    torch.testing.assert_close(grad_chunked, grad_whole)

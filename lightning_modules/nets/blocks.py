@@ -76,9 +76,17 @@ def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., :h, :w]
 
 
+#: the most elements one bilinear up-sampling writes at once: CUDA's backward of a larger one stopped with
+#: "invalid argument" (UNet3+/D-Net at paper width, 512², batch 8: 8 x 1024 x 512² = 2^31 elements from the
+#: deepest encoder map; torch 2.11 on an H200, docs/benchmarks.md "GPU")
+MAX_UPSAMPLE_NUMEL = 2**30
+
+
 def resample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bring ``x`` to spatial ``size``: non-overlapping max pooling when shrinking (UNet3+'s
-    inter encoder-decoder skips), bilinear interpolation when enlarging (intra-decoder skips)."""
+    inter encoder-decoder skips), bilinear interpolation when enlarging (intra-decoder skips). An
+    up-sampling of more than :data:`MAX_UPSAMPLE_NUMEL` output elements runs in channel chunks (each channel
+    is interpolated on its own: the same values, to float rounding)."""
     h, w = x.shape[-2:]
     th, tw = int(size[0]), int(size[1])
     if (h, w) == (th, tw):
@@ -86,7 +94,13 @@ def resample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if h >= th and w >= tw:
         k = (h // th, w // tw)
         return F.max_pool2d(x, kernel_size=k, stride=k, ceil_mode=True)
-    return F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False)
+    per_channel = x.shape[0] * th * tw
+    chunks = -(-per_channel * x.shape[1] // MAX_UPSAMPLE_NUMEL)
+    if chunks <= 1:
+        return F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False)
+    step = max(1, MAX_UPSAMPLE_NUMEL // per_channel)
+    return torch.cat([F.interpolate(part, size=(th, tw), mode="bilinear", align_corners=False)
+                      for part in x.split(step, dim=1)], dim=1)
 
 
 class ConvBNReLU(nn.Sequential):
