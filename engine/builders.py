@@ -159,8 +159,14 @@ def _bar_off(cfg: DictConfig, overrides: dict[str, Any]) -> bool:
     """No progress bar when stdout is no terminal (a SLURM log, ``> run.log``), unless
     ``trainer.enable_progress_bar`` is set: a bar's frames in a file are fragments (a live display cannot
     redraw there) between the log lines."""
-    explicit = "enable_progress_bar" in overrides or cfg.trainer.get("enable_progress_bar") is not None
-    return not explicit and not sys.stdout.isatty()
+    if "enable_progress_bar" in overrides or cfg.trainer.get("enable_progress_bar") is not None:
+        return False
+    if "ipykernel" in sys.modules:  # a notebook is no terminal, yet draws the bar live
+        return False
+    try:
+        return not sys.stdout.isatty()
+    except (AttributeError, ValueError):  # stdout closed (None) or a closed file
+        return True
 
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = None, **overrides: Any) -> pl.Trainer:

@@ -12,7 +12,7 @@ from experiments import decathlon_report
 from engine.fit import train_and_test
 from hydra_helpers import compose_run
 
-FAST = ["logger=csv", "callbacks.rich_progress_bar=null", "+trainer.enable_progress_bar=false",
+FAST = ["logger=csv", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
         "+trainer.enable_model_summary=false"]
 
 

@@ -100,7 +100,6 @@ def test_no_progress_bar_in_a_log_file_unless_asked(tmp_path, monkeypatch):
     import io
     import sys
 
-    from omegaconf import OmegaConf
     from pytorch_lightning.callbacks import RichProgressBar
 
     from engine.builders import build_callbacks, build_trainer
@@ -115,5 +114,9 @@ def test_no_progress_bar_in_a_log_file_unless_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdout", Terminal())
     assert isinstance(build_trainer(cfg, build_callbacks(cfg)).progress_bar_callback, RichProgressBar)
     monkeypatch.setattr(sys, "stdout", io.StringIO())
-    OmegaConf.update(cfg, "trainer.enable_progress_bar", True, force_add=True)
+    cfg = compose_run(["+exp=lits_dnet", "logger=csv", "trainer.enable_progress_bar=true"], tmp_path)  # as typed
     assert isinstance(build_trainer(cfg, build_callbacks(cfg)).progress_bar_callback, RichProgressBar)
+    monkeypatch.setattr(sys, "stdout", None)  # stdout closed (a daemon, `>&-`): no bar, no traceback
+    assert build_trainer(cfg.copy(), build_callbacks(cfg)).progress_bar_callback is not None
+    cfg = compose_run(["+exp=lits_dnet", "logger=csv"], tmp_path)
+    assert build_trainer(cfg, build_callbacks(cfg)).progress_bar_callback is None
