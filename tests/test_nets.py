@@ -184,21 +184,22 @@ def test_smp_net_warns_about_keys_it_ignores(caplog):
     assert "ignored" not in caplog.text
 
 
-def test_large_upsampling_runs_in_exact_channel_chunks(monkeypatch) -> None:
+def test_large_upsampling_runs_in_exact_plane_chunks(monkeypatch) -> None:
     """UNet3+/D-Net at paper width, 512², batch 8 up-sample the deepest map to 8 x 1024 x 512² = 2^31 elements,
     whose CUDA backward stopped with "invalid argument" on an H200 (docs/benchmarks.md "GPU"); above
-    ``MAX_UPSAMPLE_NUMEL`` the up-sampling runs per channel chunk: the same values and gradients as one call."""
+    ``MAX_UPSAMPLE_NUMEL`` the up-sampling runs in chunks of (sample, channel) planes: the same values and gradients
+    as one call."""
     from lightning_modules.nets import blocks
 
     x = torch.randn(2, 7, 5, 6, dtype=torch.float64, requires_grad=True)
     whole = torch.nn.functional.interpolate(x, size=(20, 24), mode="bilinear", align_corners=False)
     (grad_whole,) = torch.autograd.grad(whole.pow(2).sum(), x)
-    monkeypatch.setattr(blocks, "MAX_UPSAMPLE_NUMEL", 2 * 20 * 24 * 3)  # three channels a chunk: 3 + 3 + 1
+    monkeypatch.setattr(blocks, "MAX_UPSAMPLE_NUMEL", 20 * 24 * 5)  # five planes a chunk: 14 planes = 5 + 5 + 4
     calls = []
     interpolate = torch.nn.functional.interpolate
-    monkeypatch.setattr(blocks.F, "interpolate", lambda t, **k: calls.append(t.shape[1]) or interpolate(t, **k))
+    monkeypatch.setattr(blocks.F, "interpolate", lambda t, **k: calls.append(t.shape[0] * t.shape[1]) or interpolate(t, **k))
     chunked = blocks.resample(x, (20, 24))
     (grad_chunked,) = torch.autograd.grad(chunked.pow(2).sum(), x)
-    assert calls == [3, 3, 1]
+    assert calls == [5, 5, 4]  # no chunk writes more than the bound, a batch of 1 or one channel included
     torch.testing.assert_close(chunked, whole)  # float64: equal but for the last bit (vectorised loops)
     torch.testing.assert_close(grad_chunked, grad_whole)

@@ -85,8 +85,8 @@ MAX_UPSAMPLE_NUMEL = 2**30
 def resample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bring ``x`` to spatial ``size``: non-overlapping max pooling when shrinking (UNet3+'s
     inter encoder-decoder skips), bilinear interpolation when enlarging (intra-decoder skips). An
-    up-sampling of more than :data:`MAX_UPSAMPLE_NUMEL` output elements runs in channel chunks (each channel
-    is interpolated on its own: the same values, to float rounding)."""
+    up-sampling of more than :data:`MAX_UPSAMPLE_NUMEL` output elements runs in chunks of (sample, channel)
+    planes (each is interpolated on its own: the same values, to float rounding)."""
     h, w = x.shape[-2:]
     th, tw = int(size[0]), int(size[1])
     if (h, w) == (th, tw):
@@ -94,13 +94,14 @@ def resample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if h >= th and w >= tw:
         k = (h // th, w // tw)
         return F.max_pool2d(x, kernel_size=k, stride=k, ceil_mode=True)
-    per_channel = x.shape[0] * th * tw
-    chunks = -(-per_channel * x.shape[1] // MAX_UPSAMPLE_NUMEL)
-    if chunks <= 1:
+    n, c = x.shape[:2]
+    if n * c * th * tw <= MAX_UPSAMPLE_NUMEL:
         return F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False)
-    step = max(1, MAX_UPSAMPLE_NUMEL // per_channel)
-    return torch.cat([F.interpolate(part, size=(th, tw), mode="bilinear", align_corners=False)
-                      for part in x.split(step, dim=1)], dim=1)
+    planes = x.reshape(n * c, 1, h, w)  # every (sample, channel) plane is interpolated on its own
+    step = max(1, MAX_UPSAMPLE_NUMEL // (th * tw))
+    out = torch.cat([F.interpolate(part, size=(th, tw), mode="bilinear", align_corners=False)
+                     for part in planes.split(step)])
+    return out.reshape(n, c, th, tw)
 
 
 class ConvBNReLU(nn.Sequential):
