@@ -70,9 +70,10 @@ def run_in_process(module: str, args: Sequence[str], cwd: Path, env: Mapping[str
         if wandb is not None:  # its service process ends with the run, as at a real process's exit: started in
             with contextlib.suppress(Exception):  # the test's tmp_path, it was reaped as a leftover mid-suite
                 wandb.teardown()
-            # the teardown ended this process's service (one an earlier in-process test may have started too)
-            # and dropped its token; restoring the token would send the next run to a dead socket
-            saved_env.pop("WANDB_SERVICE", None)
+            # a teardown that ended this process's own service (one an earlier in-process test may have
+            # started) dropped its token: restoring the token would send the next run to a dead socket
+            if "WANDB_SERVICE" not in os.environ:
+                saved_env.pop("WANDB_SERVICE", None)
         sys.argv = saved_argv
         os.chdir(saved_cwd)
         os.environ.clear()
