@@ -105,6 +105,8 @@ def main(cfg: DictConfig) -> float | None:
         artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         with job_command():  # DDP's ranks > 0 in a sweep job run this job (experiments/ddp_job.py)
             metrics = dispatch(cfg)
+        if metrics.get("fed_distill/pending"):  # paused for a real SuperLink: no objective yet, not a failure
+            return None
         return optimized_value(cfg, metrics)  # the sweep objective: cfg.optimized_metric, a validation metric
     except SIGTERMException:  # Lightning's SIGTERM (a SystemExit without a code): exit 0 would read as success
         again = continue_command(HydraConfig.get().overrides.task, out)

@@ -90,8 +90,22 @@ def check_config(cfg: DictConfig) -> list[str]:
         raise ConfigError("fed_distill needs distill=<a KD method> (e.g. distill=hlfd)")
     if str(fd.get("teacher_weights", "best")) not in WEIGHTS:
         raise ConfigError(f"fed_distill.teacher_weights={fd.get('teacher_weights')!r}; valid: {list(WEIGHTS)}")
+    personal = [a for a in arms if a in ("hlfd_fed", "fed_hlfd")]
+    if personal and _real_deployment(cfg) and keeps_local(cfg.federation):
+        raise ConfigError(f"fed_distill.arms {personal} with {cfg.federation.strategy._target_.rsplit('.', 1)[-1]} "
+                          f"and a real SuperLink (federation.executor.launch=false): each site's teacher needs the "
+                          f"batch norm that site kept in its own store, which this server never sees; leave these "
+                          f"arms out here and distil at each site (docs/distillation.md), or use a strategy that "
+                          f"keeps nothing local")
     site_names(cfg)
     return arms
+
+
+def _real_deployment(cfg: DictConfig) -> bool:
+    """The federated stages go to a real SuperLink: the sites' stores are on their own hosts."""
+    from federation.transports.flower import launches
+
+    return launches(cfg) and OmegaConf.select(cfg, "federation.executor.launch", default=True) is False
 
 
 # ------------------------------------------------------------------------------------------ stage 1
@@ -285,10 +299,16 @@ def site_student(cfg: DictConfig, fed_dir: Path, site: str) -> Path:
 
 def _paused(pending: StagePending, run: Path) -> dict[str, Any]:
     """What a paused run says (the finished stages stay; the run's ``metrics.json`` is not written)."""
+    if (pending.out / "server.pt").is_file():  # submitted before: running there now, or stopped mid-way
+        todo = (f"has started on the deployment ({pending.out / 'server.pt'}): while it runs there, wait (a second "
+                f"submission would write into the same folder); if it stopped, submit it again with the flwr run "
+                f"command above (it continues after its last round)")
+    else:
+        todo = "has not run: submit it with the flwr run command above"
     artifacts.console.print(
-        f"[bold]paused:[/bold] {pending.what} is written for your SuperLink and has not run here. Submit it with "
-        f"the flwr run command above; once it has finished ({pending.out / DONE} written), run this experiment "
-        f"again with the same overrides and resume={run} to go on with the next stage.")
+        f"[bold]paused:[/bold] {pending.what} is written for your SuperLink and {todo}. Once it has finished "
+        f"({pending.out / DONE} written), run this experiment again with the same overrides and resume={run} to go "
+        f"on with the next stage.")
     return {"fed_distill/pending": pending.what, "fed_distill/pending_dir": str(pending.out)}
 
 

@@ -177,6 +177,13 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="fed_none"):
         fed_distill.check_config(cfg)
     assert OmegaConf.select(compose_run(["+exp=fed_kits_hlfd"], tmp_path), "fed_distill.teacher_weights") == "best"
+    # FedBN on a real SuperLink: the sites' BN stay in their own stores, so the server cannot build their teachers
+    real = ["+exp=fed_kits_hlfd", "federation/strategy=fedbn", "federation/executor=flower",
+            "federation.executor.launch=false"]
+    with pytest.raises(ConfigError, match=r"\['hlfd_fed', 'fed_hlfd'\] with FedBN and a real SuperLink"):
+        fed_distill.check_config(compose_run(real, tmp_path))
+    assert fed_distill.check_config(compose_run([*real, "fed_distill.arms=[none,fed_none]"], tmp_path))
+    assert fed_distill.check_config(compose_run([*real[:3]], tmp_path))  # the local rehearsal has the stores
 
 
 def test_fedbn_site_teacher_keeps_the_sites_own_bn(tmp_path):
@@ -292,6 +299,10 @@ def test_a_stage_written_for_a_real_superlink_pauses_the_run_and_resume_goes_on(
     assert "flwrrun" in printed and f"resume={fed_distill.output_dir(cfg)}" in printed
     assert (run / "teacher" / "flower" / "config.yaml").is_file() and not (run / "metrics.json").exists()
     assert not (run / "sites").exists()  # nothing after the pending stage ran
+    (run / "teacher" / "server.pt").write_bytes(b"")  # the SuperLink started stage 1: wait, do not resubmit
+    dispatch(cfg)
+    assert "while it runs there, wait" in " ".join(capsys.readouterr().out.split())
+    (run / "teacher" / "server.pt").unlink()
     shutil.copytree(done / "teacher", run / "teacher", dirs_exist_ok=True)  # the SuperLink ran stage 1
     second = dispatch(cfg)
     assert second["fed_distill/pending"] == "stage 2 (the federated student fed_none)"
