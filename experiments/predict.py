@@ -63,14 +63,18 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _site_weights(path: Path, state: dict, run_cfg: Any, run_dir: Path, site: str | None) -> dict:
+def _site_weights(path: Path, state: dict, run_cfg: Any, run_dir: Path, site: str | None,
+                  given: str | None = None) -> dict:
     """A federation's global weights with the entries its clients kept (FedBN's BN layers) filled in from
-    the client store of the run whose config built them."""
+    the client store of the run whose config built them; ``given``: the ``client=`` the user typed."""
     from federation.deploy import deployed_state
 
     state, what = deployed_state(path, run_dir, run_cfg, state, site)
     if what:
         print(f"{path.name}: {what}")
+    elif given is not None:
+        print(f"warning: client={given} is not used: {path.name} is from a run whose clients keep no entries of "
+              f"their own (no FedBN)")
     return state
 
 
@@ -113,10 +117,12 @@ def predict(cfg: DictConfig) -> dict:
     cases = None if images else plan_cases(cfg.input, cfg.output, cfg.labels)
     site = None if cfg.get("site") is None else str(cfg.site)
     # whose kept entries (FedBN) fill the global weights: a site is its own client (partition=by_site); a
-    # federation over pooled data has clients client_0.. and one data set, so it is named apart from the site
-    client = site if cfg.get("client") is None else str(cfg.client)
+    # federation over pooled data has clients client_0.. and one data set, so it is named apart from the site;
+    # client=mean takes the clients' mean also where site= chooses the preprocessing
+    given = None if cfg.get("client") is None else str(cfg.client)
+    client = site if given is None else (None if given == "mean" else given)
     models = load_models(ckpts, cfg.run_config, site, fill_weights=lambda path, state, run_cfg, run_dir: _site_weights(
-        path, state, run_cfg, run_dir, client))
+        path, state, run_cfg, run_dir, client, given))
     for path in models.paths:
         _warn_if_debug(path)
     dims = models.spatial_dims

@@ -97,11 +97,11 @@ def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Map
     clients = store.index()
     if site is not None and site not in clients:
         raise FederationError(f"{site!r} is no client of {store_dir} (clients: {clients}): its batch norm "
-                              f"cannot be chosen; predict's client=<one of them> picks one, client=null their mean")
+                              f"cannot be chosen; predict's client=<one of them> picks one, client=mean their mean")
     local = local_for(weights, store, clients)
     if site is not None and site not in local:
         raise FederationError(f"client {site!r} kept no local entries in {store_dir} for {Path(weights).name} (it "
-                              f"never trained?): its batch norm cannot be filled in; predict's client=null takes the "
+                              f"never trained?): its batch norm cannot be filled in; predict's client=mean takes the "
                               f"clients' mean")
     chosen = {site: local[site]} if site is not None else local
     filled = {k: v for k, v in mean_local(chosen).items() if k in state}

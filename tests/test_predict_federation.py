@@ -188,3 +188,10 @@ def test_a_fedbn_federation_over_pooled_data_picks_a_clients_batch_norm_by_clien
     proc = run_in_process("experiments.predict", [*argv, f"output={tmp_path / 'x.nii.gz'}", "client=client_7"], tmp_path)
     assert proc.returncode == 2 and "'client_7' is no client of" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.nii.gz").exists()
+    proc = run_in_process("experiments.predict", [*argv, f"output={tmp_path / 'mm.nii.gz'}", "client=mean"], tmp_path)
+    assert proc.returncode == 0 and "the mean of 2 clients'" in " ".join(proc.stdout.split())
+    # client= on a run whose clients keep nothing (FedAvg) is said to be unused, not silently ignored
+    plain, _ = fed_run(tmp_path / "avg", ["data=lits", "federation/partition=iid", "federation.num_clients=2"])
+    proc = run_in_process("experiments.predict", [f"ckpt={plain / 'global_best.pt'}", *argv[1:],
+                                                  f"output={tmp_path / 'avg.nii.gz'}", "client=client_1"], tmp_path)
+    assert proc.returncode == 0 and "client=client_1 is not used" in " ".join(proc.stdout.split())
