@@ -34,6 +34,7 @@ step() {  # step NAME SECONDS CMD...: time-limited, output to $OUT_DIR/NAME.log,
   if [ $left -lt 30 ]; then echo "== $name: skipped (budget spent)"; failed+=("$name(skipped)"); return; fi
   [ $limit -gt $left ] && limit=$left
   local t0=$SECONDS
+  rm -rf "${OUT_DIR:?}/$name"  # a run folder of an earlier pass: its best.ckpt would be what predict scores
   timeout "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
   local rc=$?
   echo "== $name: rc=$rc, $((SECONDS - t0)) s"
@@ -53,7 +54,7 @@ for prec in fp32 bf16; do
 done
 # the main job on the GPU (trainer=gpu: 16-mixed), the full default 6 epochs, then predict on cuda with its weights
 step lits_dnet 300 $PY -m experiments.run +exp=lits_dnet $GPU hydra.run.dir="$OUT_DIR/lits_dnet"
-lits="$OUT_DIR/data/synthetic_lits"   # the phantoms lits_dnet generated: all 16 volumes, scored against their labels
+lits="$OUT_DIR/data/synthetic_lits"   # all 16 phantoms lits_dnet generated (its training cases too): a GPU path check
 step predict_cuda 180 $PY -m experiments.predict ckpt="$OUT_DIR/lits_dnet/checkpoints/best.ckpt" input="$lits" \
   output="$OUT_DIR/pred" labels="$lits" device=$DEVICE
 # one batch each on the GPU: a federation (clients' Trainers on cuda), a 3D net, a distillation, FedBN in bf16

@@ -86,13 +86,21 @@ def main() -> None:
         return
     print("| model | params (M) | train images/s | peak memory (MiB) | device | precision | width | input | batch |")
     print("|---|---|---|---|---|---|---|---|---|")
+    failed = 0
     for name in a.models:
-        r = in_fresh_process(__file__, ["--one", name, "--width", a.width, "--size", a.size, "--batch", a.batch,
-                                        "--steps", a.steps, "--warmup", a.warmup, "--device", a.device,
-                                        "--precision", a.precision], name)
+        try:
+            r = in_fresh_process(__file__, ["--one", name, "--width", a.width, "--size", a.size, "--batch", a.batch,
+                                            "--steps", a.steps, "--warmup", a.warmup, "--device", a.device,
+                                            "--precision", a.precision], name)
+        except SystemExit as exc:  # one model's failure (e.g. out of memory) leaves the others measured
+            print(f"| {name} | failed: {str(exc).split(' failed: ', 1)[-1]} | | | {a.device} | {a.precision} | | {a.size}² | {a.batch} |")
+            failed += 1
+            continue
         width = "smp resnet34" if name in ("unet", "unetpp") else ("—" if name in CLASSIFIERS else r["width"] or "paper")
         print(f"| {name} | {r['params_M']:.2f} | {r['images_per_s']:.1f} | {r['peak_MiB']:.0f} | {r['device']} | {a.precision} | "
               f"{width} | {r['size']}² | {r['batch']} |")
+    if failed:
+        raise SystemExit(f"{failed} of {len(a.models)} models failed")
 
 
 if __name__ == "__main__":
