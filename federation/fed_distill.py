@@ -305,10 +305,10 @@ def _paused(pending: StagePending, run: Path) -> dict[str, Any]:
                 f"command above (it continues after its last round)")
     else:
         todo = "has not run: submit it with the flwr run command above"
-    artifacts.console.print(
-        f"[bold]paused:[/bold] {pending.what} is written for your SuperLink and {todo}. Once it has finished "
-        f"({pending.out / DONE} written), run this experiment again with the same overrides and resume={run} to go "
-        f"on with the next stage.")
+    line = (f"{pending.what} is written for your SuperLink and {todo}. Once it has finished ({pending.out / DONE} "
+            f"written), run this experiment again with the same overrides and resume={run} to go on.")
+    artifacts.console.print(f"[bold]paused:[/bold] {line}", soft_wrap=True)  # unwrapped: paths stay whole
+    log.info("paused: %s", line)  # run.log says why the run has no results yet
     return {"fed_distill/pending": pending.what, "fed_distill/pending_dir": str(pending.out)}
 
 
@@ -333,4 +333,5 @@ def run_fed_distill(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -> 
     if is_debug(cfg):
         metrics["debug"] = True  # fast_dev_run: experiments.report and kd_report leave it out
     artifacts.write_json(out / DONE, metrics)
+    artifacts.console.print(artifacts.artefacts_line(out))
     return metrics

@@ -281,22 +281,29 @@ def test_predict_segments_with_a_stages_global_model(tiny_run, stage, tmp_path):
     assert nib.load(tmp_path / "seg.nii.gz").shape == nib.load(volume).shape
 
 
-def test_a_stage_written_for_a_real_superlink_pauses_the_run_and_resume_goes_on(tiny_run, tmp_path, capsys):
+def test_a_stage_written_for_a_real_superlink_pauses_the_run_and_resume_goes_on(tiny_run, tmp_path, capsys, caplog):
     """``federation/executor=flower federation.executor.launch=false``: each federated stage is written for the
     user's SuperLink and the run pauses (exit 0, no metrics.json) until that stage's metrics.json exists; the
     rerun then goes on. It stopped with "stage 1 wrote no global weights" (exit 2) before."""
     import shutil
 
+    import logging
+
     from experiments.run import dispatch
 
+    caplog.set_level(logging.INFO)
     _, _, done, _ = tiny_run
     cfg = compose_run(["+exp=fed_kits_hlfd", *TINY, "fed_distill.arms=[none,fed_none]", "federation/executor=flower",
                        "federation.executor.launch=false"], tmp_path)
     run = tmp_path / "run"
     first = dispatch(cfg)
-    printed = "".join(capsys.readouterr().out.split())  # rich wraps (inside paths too) at the terminal's width
+    lines = capsys.readouterr().out.splitlines()
     assert first["fed_distill/pending"] == "stage 1 (the federated teacher)"
-    assert "flwrrun" in printed and f"resume={fed_distill.output_dir(cfg)}" in printed
+    # each on one line, as typed: a wrapped command pasted into a shell ran without its --run-config
+    assert any(ln.strip().startswith("flwr run") and "--stream --run-config 'cfg-path=" in ln for ln in lines), lines
+    assert any("paused:" in ln and f"resume={fed_distill.output_dir(cfg)} to go on" in ln for ln in lines), lines
+    logged = [r.getMessage() for r in caplog.records]  # run.log, not only stdout, says why there are no results
+    assert any(m.startswith("paused: stage 1") for m in logged) and any("flwr run" in m for m in logged), logged
     assert (run / "teacher" / "flower" / "config.yaml").is_file() and not (run / "metrics.json").exists()
     assert not (run / "sites").exists()  # nothing after the pending stage ran
     (run / "teacher" / "server.pt").write_bytes(b"")  # the SuperLink started stage 1: wait, do not resubmit

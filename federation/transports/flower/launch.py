@@ -18,6 +18,8 @@ environment) stops them first, or refuses in one line while the launcher that ow
 """
 from __future__ import annotations
 
+import logging
+
 import json
 import os
 import shutil
@@ -218,9 +220,11 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     fdir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(APP_DIR, fdir / "app", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     path = write_run_config(cfg, fdir)
-    artifacts.console.print(f"[bold]flower:[/bold] config written; submit the run to your SuperLink with\n"
-                            f"  flwr run {fdir / 'app'} <superlink connection> --stream "
-                            f"--run-config 'cfg-path=\"{path}\"'")
+    command = f"flwr run {fdir / 'app'} <superlink connection> --stream --run-config 'cfg-path=\"{path}\"'"
+    # one unwrapped line, so it pastes as one command (rich wrapped it at the console's width); in run.log too
+    artifacts.console.print("[bold]flower:[/bold] config written; submit the run to your SuperLink with")
+    artifacts.console.print(f"  {command}", soft_wrap=True, markup=False, highlight=False)
+    logging.getLogger("federation.flower").info("config written; submit the run to your SuperLink with: %s", command)
     return {"flower/config": str(path)}
 
 
