@@ -121,8 +121,11 @@ def predict(cfg: DictConfig) -> dict:
     # client=mean takes the clients' mean also where site= chooses the preprocessing
     given = None if cfg.get("client") is None else str(cfg.client)
     client = site if given is None else (None if given == "mean" else given)
-    models = load_models(ckpts, cfg.run_config, site, fill_weights=lambda path, state, run_cfg, run_dir: _site_weights(
-        path, state, run_cfg, run_dir, client, given))
+    filled: list[Path] = []
+    models = load_models(ckpts, cfg.run_config, site, fill_weights=lambda path, state, run_cfg, run_dir: (
+        filled.append(path), _site_weights(path, state, run_cfg, run_dir, client, given))[1])
+    if given is not None and not filled:
+        print(f"warning: client={given} is not used: no checkpoint is a federation's global weights")
     for path in models.paths:
         _warn_if_debug(path)
     dims = models.spatial_dims

@@ -92,13 +92,15 @@ def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Map
         raise FederationError(f"{weights}: the federation kept entries at its clients "
                               f"({str(fed.strategy._target_).rsplit('.', 1)[-1]}'s batch norm) and their store "
                               f"{store_dir} is missing; predict from the run folder (or copy its client store "
-                              f"beside the config)")
+                              f"and {BEST_LOCAL} beside the config)")
     store = ClientStore(store_dir)
     clients = store.index()
     if site is not None and site not in clients:
         raise FederationError(f"{site!r} is no client of {store_dir} (clients: {clients}): its batch norm "
                               f"cannot be chosen; predict's client=<one of them> picks one, client=mean their mean")
     local = local_for(weights, store, clients)
+    snapshot = Path(weights).parent / BEST_LOCAL
+    source = snapshot if Path(weights).name == "global_best.pt" and snapshot.is_file() else store_dir
     if site is not None and site not in local:
         raise FederationError(f"client {site!r} kept no local entries in {store_dir} for {Path(weights).name} (it "
                               f"never trained?): its batch norm cannot be filled in; predict's client=mean takes the "
@@ -108,5 +110,8 @@ def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Map
     if not filled:
         return dict(state), ""
     what = (f"client {site}'s" if site is not None else f"the mean of {len(chosen)} clients'") + \
-        f" {len(filled)} local entries ({store_dir})"
+        f" {len(filled)} local entries ({source})"
+    if Path(weights).name == "global_best.pt" and source == store_dir:
+        what += (f"; warning: {BEST_LOCAL} is missing beside it, so these are the last round's entries with the best "
+                 f"round's weights (copy {BEST_LOCAL} along with global_best.pt)")
     return {**state, **filled}, what

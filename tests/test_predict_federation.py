@@ -182,7 +182,15 @@ def test_a_fedbn_federation_over_pooled_data_picks_a_clients_batch_norm_by_clien
     argv = [f"ckpt={run / 'global_best.pt'}", f"input={data / 'volume-0.nii.gz'}", "device=cpu"]
     proc = run_in_process("experiments.predict", [*argv, f"output={tmp_path / 'c1.nii.gz'}", "client=client_1"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "client client_1's" in " ".join(proc.stdout.split())
+    printed = " ".join(proc.stdout.split())
+    assert "client client_1's" in printed  # and it says where from: without the best round's snapshot, the store's
+    assert "global_best_local.pt is missing beside it, so these are the last round's entries" in printed
+    from federation.deploy import save_best_local
+
+    save_best_local(store, ["client_0", "client_1"], run)
+    proc = run_in_process("experiments.predict", [*argv, f"output={tmp_path / 'c1.nii.gz'}", "client=client_1"], tmp_path)
+    assert proc.returncode == 0 and "global_best_local.pt" in "".join(proc.stdout.split()), proc.stdout[-2000:]
+    assert "is missing" not in " ".join(proc.stdout.split())
     proc = run_in_process("experiments.predict", [*argv, f"output={tmp_path / 'm.nii.gz'}"], tmp_path)
     assert proc.returncode == 0 and "the mean of 2 clients'" in " ".join(proc.stdout.split())
     proc = run_in_process("experiments.predict", [*argv, f"output={tmp_path / 'x.nii.gz'}", "client=client_7"], tmp_path)
@@ -195,3 +203,9 @@ def test_a_fedbn_federation_over_pooled_data_picks_a_clients_batch_norm_by_clien
     proc = run_in_process("experiments.predict", [f"ckpt={plain / 'global_best.pt'}", *argv[1:],
                                                   f"output={tmp_path / 'avg.nii.gz'}", "client=client_1"], tmp_path)
     assert proc.returncode == 0 and "client=client_1 is not used" in " ".join(proc.stdout.split())
+    from tests.volumetric_helpers import make_run  # and on a Lightning checkpoint of a plain run
+
+    proc = run_in_process("experiments.predict", [f"ckpt={make_run(tmp_path / 'plain')}", *argv[1:],
+                                                  f"output={tmp_path / 'plain.nii.gz'}", "client=client_1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "client=client_1 is not used: no checkpoint is a federation's global weights" in " ".join(proc.stdout.split())
