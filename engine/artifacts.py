@@ -19,6 +19,19 @@ from lightning_modules.atomic import temp_beside
 console = Console(width=None if os.isatty(1) or os.environ.get("COLUMNS") else 160)
 
 
+def is_terminal() -> bool:
+    """Whether stdout draws live displays: a terminal or a notebook; not a log file, a pipe or a closed stdout
+    (progress bars there leave their last frames as fragments between the log lines)."""
+    import sys
+
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # stdout closed (None) or a closed file
+        return False
+
+
 def artefacts_line(out: str | Path) -> str:
     """``artefacts: <dir>  (what it holds)``: the run folder's top-level entries as written, folders with '/'."""
     out = Path(out)

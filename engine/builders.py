@@ -8,7 +8,6 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -21,7 +20,7 @@ from pytorch_lightning.callbacks import ProgressBar
 
 from callbacks.checkpoint_paths import ConfineCheckpointPaths
 from callbacks.epoch_seeding import EpochSeeding
-from engine.artifacts import atomic_write_text
+from engine.artifacts import atomic_write_text, is_terminal
 from engine.checkpoint_io import AtomicCheckpointIO
 from engine.tracking import wandb_mode
 from lightning_modules.base import instantiate_with_args_checked
@@ -161,12 +160,7 @@ def _bar_off(cfg: DictConfig, overrides: dict[str, Any]) -> bool:
     redraw there) between the log lines."""
     if "enable_progress_bar" in overrides or cfg.trainer.get("enable_progress_bar") is not None:
         return False
-    if "ipykernel" in sys.modules:  # a notebook is no terminal, yet draws the bar live
-        return False
-    try:
-        return not sys.stdout.isatty()
-    except (AttributeError, ValueError):  # stdout closed (None) or a closed file
-        return True
+    return not is_terminal()
 
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = None, **overrides: Any) -> pl.Trainer:

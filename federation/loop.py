@@ -80,9 +80,11 @@ def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
         f"{clients_per_round(len(server.client_ids), fed.get('clients_per_round'))} per round, {rounds} rounds x "
         f"{local}, executor {type(server.executor).__name__}" + (f", shared pool {len(server.pool)}" if server.pool else ""))
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=artifacts.console, transient=False, disable=not fed.get("progress", True)) as bar:
+    # no bars in a log file (their last frames only; log_round writes a line per client and round there)
+    live = bool(fed.get("progress", True)) and artifacts.is_terminal()
+    with Progress(*columns, console=artifacts.console, transient=False, disable=not live) as bar:
         rtask = bar.add_task("rounds", total=rounds, completed=server.start_round)
-        ctask = bar.add_task("clients", total=1)
+        ctask = bar.add_task("clients", total=1, visible=server.start_round < rounds)  # a finished run resumed
         for rnd in range(server.start_round, rounds):
             stop.check()  # a SIGTERM stops the federation between clients and rounds (engine/stop.py)
             row = server.run_round(

@@ -362,3 +362,21 @@ def test_fedbn_best_model_is_scored_and_kept_with_its_own_rounds_batch_norm(tmp_
     cid = store.index()[0]
     k = next(k for k in snapshot[cid] if k.endswith("running_mean"))
     assert not torch.equal(snapshot[cid][k], store.load(cid, "local_state")[k])  # round 1's, not round 2's
+
+
+def test_round_bars_stay_out_of_a_log_file_and_a_finished_run_shows_no_client_bar(tmp_path, capsys, monkeypatch):
+    """stdout that is no terminal got the round/client bars' last frames between the per-round lines; and a
+    finished federation resumed drew "clients 0/1" (no client had run)."""
+    from engine import artifacts
+    from federation.loop import run_federation
+
+    cfg = compose_run([*DIGITS, "federation.rounds=1", "federation.progress=true"], tmp_path)
+    run_federation(cfg)
+    out = capsys.readouterr().out
+    assert "round 1/1" in out and not [ln for ln in out.splitlines() if ln.lstrip().startswith("rounds ") and "━" in ln]
+    monkeypatch.setattr(artifacts, "is_terminal", lambda: True)  # a terminal: the bars are drawn
+    cfg.resume = True
+    run_federation(cfg)
+    out = capsys.readouterr().out
+    bars = [ln for ln in out.splitlines() if "━" in ln or ln.lstrip().startswith(("rounds ", "clients "))]
+    assert any(ln.lstrip().startswith("rounds ") for ln in bars) and not [ln for ln in bars if "clients" in ln], bars
