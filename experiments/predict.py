@@ -64,17 +64,16 @@ def _device(name: str) -> torch.device:
 
 
 def _site_weights(path: Path, state: dict, run_cfg: Any, run_dir: Path, site: str | None,
-                  given: str | None = None) -> dict:
+                  filled: list[Path] | None = None) -> dict:
     """A federation's global weights with the entries its clients kept (FedBN's BN layers) filled in from
-    the client store of the run whose config built them; ``given``: the ``client=`` the user typed."""
+    the client store of the run whose config built them; ``path`` is added to ``filled`` when any were."""
     from federation.deploy import deployed_state
 
     state, what = deployed_state(path, run_dir, run_cfg, state, site)
     if what:
         print(f"{path.name}: {what}")
-    elif given is not None:
-        print(f"warning: client={given} is not used: {path.name} is from a run whose clients keep no entries of "
-              f"their own (no FedBN)")
+        if filled is not None:
+            filled.append(path)
     return state
 
 
@@ -122,10 +121,11 @@ def predict(cfg: DictConfig) -> dict:
     given = None if cfg.get("client") is None else str(cfg.client)
     client = site if given is None else (None if given == "mean" else given)
     filled: list[Path] = []
-    models = load_models(ckpts, cfg.run_config, site, fill_weights=lambda path, state, run_cfg, run_dir: (
-        filled.append(path), _site_weights(path, state, run_cfg, run_dir, client, given))[1])
+    models = load_models(ckpts, cfg.run_config, site, fill_weights=lambda path, state, run_cfg, run_dir: _site_weights(
+        path, state, run_cfg, run_dir, client, filled))
     if given is not None and not filled:
-        print(f"warning: client={given} is not used: no checkpoint is a federation's global weights")
+        print(f"warning: client={given} is not used: no checkpoint is a federation's global weights whose clients "
+              f"keep entries of their own (FedBN)")
     for path in models.paths:
         _warn_if_debug(path)
     dims = models.spatial_dims

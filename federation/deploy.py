@@ -57,14 +57,21 @@ def mean_local(local: LocalStates) -> dict[str, torch.Tensor]:
 
 def local_for(weights: Path, store: ClientStore, client_ids: list[str]) -> dict[str, dict[str, torch.Tensor]]:
     """The clients' local entries of the round ``weights`` holds: the best round's snapshot for
-    ``global_best.pt``, the store (the last round) otherwise."""
-    snapshot = Path(weights).parent / BEST_LOCAL
-    if Path(weights).name == "global_best.pt" and snapshot.is_file():
-        local = load_checkpoint(snapshot, "best round's local entries")
+    ``global_best.pt``, the store (the last round) otherwise (:func:`local_source` says which)."""
+    source = local_source(weights, store)
+    if source != store.root:
+        local = load_checkpoint(source, "best round's local entries")
         if not isinstance(local, dict) or not all(isinstance(v, dict) for v in local.values()):
-            raise FederationError(f"{snapshot} is not a {{client: state}} of tensors")
+            raise FederationError(f"{source} is not a {{client: state}} of tensors")
         return {str(c): dict(v) for c, v in local.items() if c in client_ids}
     return stored_local(store, client_ids)
+
+
+def local_source(weights: Path, store: ClientStore) -> Path:
+    """Where the local entries of ``weights``' round are: ``global_best_local.pt`` beside ``global_best.pt``
+    when the server wrote one, else the store's folder."""
+    snapshot = Path(weights).parent / BEST_LOCAL
+    return snapshot if Path(weights).name == "global_best.pt" and snapshot.is_file() else store.root
 
 
 def keeps_local(fed: DictConfig) -> bool:
@@ -98,9 +105,7 @@ def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Map
     if site is not None and site not in clients:
         raise FederationError(f"{site!r} is no client of {store_dir} (clients: {clients}): its batch norm "
                               f"cannot be chosen; predict's client=<one of them> picks one, client=mean their mean")
-    local = local_for(weights, store, clients)
-    snapshot = Path(weights).parent / BEST_LOCAL
-    source = snapshot if Path(weights).name == "global_best.pt" and snapshot.is_file() else store_dir
+    local, source = local_for(weights, store, clients), local_source(weights, store)
     if site is not None and site not in local:
         raise FederationError(f"client {site!r} kept no local entries in {store_dir} for {Path(weights).name} (it "
                               f"never trained?): its batch norm cannot be filled in; predict's client=mean takes the "
@@ -111,7 +116,7 @@ def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Map
         return dict(state), ""
     what = (f"client {site}'s" if site is not None else f"the mean of {len(chosen)} clients'") + \
         f" {len(filled)} local entries ({source})"
-    if Path(weights).name == "global_best.pt" and source == store_dir:
+    if Path(weights).name == "global_best.pt" and source == store.root:
         what += (f"; warning: {BEST_LOCAL} is missing beside it, so these are the last round's entries with the best "
                  f"round's weights (copy {BEST_LOCAL} along with global_best.pt)")
     return {**state, **filled}, what
