@@ -203,3 +203,5 @@ def test_large_upsampling_runs_in_exact_plane_chunks(monkeypatch) -> None:
     assert calls == [5, 5, 4]  # no chunk writes more than the bound, a batch of 1 or one channel included
     torch.testing.assert_close(chunked, whole)  # float64: equal but for the last bit (vectorised loops)
     torch.testing.assert_close(grad_chunked, grad_whole)
+    half = blocks.resample(x.detach().bfloat16(), (20, 24))  # the output takes the chunks' dtype, not a default
+    assert half.dtype == torch.bfloat16 and half.shape == whole.shape

@@ -86,7 +86,8 @@ def resample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bring ``x`` to spatial ``size``: non-overlapping max pooling when shrinking (UNet3+'s
     inter encoder-decoder skips), bilinear interpolation when enlarging (intra-decoder skips). An
     up-sampling of more than :data:`MAX_UPSAMPLE_NUMEL` output elements runs in chunks of (sample, channel)
-    planes (each is interpolated on its own: the same values, to float rounding)."""
+    planes written into one preallocated output (each plane is interpolated on its own: the same values, to
+    float rounding; CUDA's bilinear backward fails at 2^31 elements, docs/benchmarks.md "GPU")."""
     h, w = x.shape[-2:]
     th, tw = int(size[0]), int(size[1])
     if (h, w) == (th, tw):
@@ -99,8 +100,12 @@ def resample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         return F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False)
     planes = x.reshape(n * c, 1, h, w)  # every (sample, channel) plane is interpolated on its own
     step = max(1, MAX_UPSAMPLE_NUMEL // (th * tw))
-    out = torch.cat([F.interpolate(part, size=(th, tw), mode="bilinear", align_corners=False)
-                     for part in planes.split(step)])
+    out = None  # written chunk by chunk: the peak is the output and one chunk, not twice the output
+    for start in range(0, n * c, step):
+        part = F.interpolate(planes[start:start + step], size=(th, tw), mode="bilinear", align_corners=False)
+        if out is None:  # the chunk's dtype: autocast may have changed it
+            out = part.new_empty((n * c, 1, th, tw))
+        out[start:start + step] = part
     return out.reshape(n, c, th, tw)
 
 
