@@ -83,8 +83,55 @@ def bench_predict(shape, roi: int) -> None:
         t0 = time.perf_counter()
         predict(cfg)
         whole = time.perf_counter() - t0
+        phases = _phases(predict, cfg)
     print(f"predict {shape} roi {roi}: project predict {whole:.2f} s, bare MONAI sliding_window_inference "
           f"{bare:.2f} s, ratio {whole / bare:.2f}")
+    print("where a second predict's time goes (s): "
+          + ", ".join(f"{name} {sec:.2f}" for name, sec in phases.items()))
+
+
+PHASES = {"load checkpoints + nets": ("experiments.predict", "load_models"),
+          "build data module": ("experiments.predict", "build_datamodule"),
+          "read + preprocess": ("datamodules.segmentation", "VolumeSegmentationDataModule.preprocess_volume"),
+          "sliding window": ("lightning_modules.inference", "VolumePredictor.probabilities"),
+          "back to the input grid + labels": ("datamodules.segmentation", "restore_label_map"),
+          "write NIfTI": ("experiments.predict", "save_nifti")}
+
+
+def _phases(predict, cfg) -> dict[str, float]:
+    """Seconds of predict's phases in one more (warm) run: each phase's function wrapped in a timer that waits
+    for the GPU before it stops (CUDA work is asynchronous)."""
+    import importlib
+
+    total, undo = {label: 0.0 for label in PHASES}, []
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def timed(label, fn):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _sync(dev)
+                total[label] += time.perf_counter() - t0
+        return run
+
+    for label, (module, name) in PHASES.items():
+        owner = importlib.import_module(module)
+        *path, attr = name.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        fn = owner.__dict__[attr] if path else getattr(owner, attr)
+        undo.append((owner, attr, fn))
+        setattr(owner, attr, timed(label, fn))
+    try:
+        t0 = time.perf_counter()
+        predict(cfg)
+        total["whole predict"] = time.perf_counter() - t0
+    finally:
+        for owner, attr, fn in undo:
+            setattr(owner, attr, fn)
+    return total
 
 
 def bench_patches(steps: int) -> None:

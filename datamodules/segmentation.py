@@ -10,7 +10,7 @@ import logging
 from collections.abc import Mapping
 from collections.abc import Sequence as AbcSequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from datamodules.slices import TARGETS, SliceCase, SliceDataModule, SliceDataset
 from datamodules.spatial import GridMeta
 from datamodules.synthetic import needs_phantom, site_params, write_phantom_dataset
 from datamodules.volumes import (PreprocessParams, VolumeCache, load_on_grid, preprocess_image,
-                                 restore_label_volume, restore_probability_volume)
+                                 restore_label_map, restore_label_volume, restore_probability_volume)
 
 #: the slice core lives in :mod:`datamodules.slices`; these names stay importable from here
 __all__ = ["VolumeSegmentationDataModule", "TARGETS", "SliceCase", "SliceDataModule", "SliceDataset", "TargetMap"]
@@ -231,6 +231,13 @@ class VolumeSegmentationDataModule(SliceDataModule):
     def restore_probabilities(prob: np.ndarray | torch.Tensor, grid: GridMeta | Sequence[int]) -> np.ndarray:
         """Class probabilities ``[D, K, h, w]`` on the working grid -> float32 ``[K, ...]`` on the source grid."""
         return restore_probability_volume(prob, grid)
+
+    @staticmethod
+    def restore_labels(prob: torch.Tensor, grid: GridMeta | Sequence[int],
+                       to_labels: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+        """Class probabilities ``[D, K, h, w]`` -> uint8 labels on the source grid, resampled and taken on
+        ``prob``'s device (:func:`datamodules.volumes.restore_label_map`)."""
+        return restore_label_map(prob, grid, to_labels)
 
     @staticmethod
     def restore_prediction(pred: np.ndarray | torch.Tensor, grid: GridMeta | Sequence[int]) -> np.ndarray:

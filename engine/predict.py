@@ -162,20 +162,33 @@ def check_writable(folder: Path) -> None:
 
 def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None) -> nib.Nifti1Image:
     """Segment one case on the working grid, map the class probabilities back onto the input's own grid
-    (:func:`datamodules.volumes.restore_probability_volume`) and take the labels there."""
+    (:func:`datamodules.volumes.restore_label_map`) and take the labels there, all on predict's device; where
+    that device runs out of memory, the case again with the probabilities on the CPU (nnU-Net's fallback)."""
     x, grid = dm.preprocess_volume(case.images if len(case.images) > 1 else case.images[0])
-    if predictor.spatial_dims == 3:
-        prob = predictor.probabilities(x.permute(1, 2, 3, 0)).permute(3, 0, 1, 2)   # [K, H, W, D] -> [D, K, H, W]
-    else:
-        prob = predictor.probabilities(x)                                        # [D, K, h, w]
-    source = torch.from_numpy(dm.restore_probabilities(prob, grid))             # [K, *input shape]
-    volume = VolumePredictor.labels(source, threshold, class_dim=0).numpy().astype(np.uint8)
+    try:
+        volume = _labels_on_source_grid(x, grid, dm, predictor, threshold, on_device=True)
+    except torch.OutOfMemoryError:
+        if predictor.device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(f"warning: {case.case_id}: out of memory on {predictor.device}; the case again with its class "
+              f"probabilities on the CPU")
+        volume = _labels_on_source_grid(x, grid, dm, predictor, threshold, on_device=False)
     src = nib.load(str(case.images[0]))
     if volume.shape != src.shape and volume_shape(src.shape) == volume.shape:  # (H, W, D, 1): the input's own
         volume = volume.reshape(src.shape)
     header = src.header.copy()
     header.set_data_dtype(np.uint8)
     return nib.Nifti1Image(volume, src.affine, header)
+
+
+def _labels_on_source_grid(x: torch.Tensor, grid, dm, predictor: VolumePredictor, threshold: float | None,
+                           on_device: bool) -> np.ndarray:
+    """Labels of one preprocessed case on its source grid, the probabilities kept ``on_device`` or on the CPU."""
+    if predictor.spatial_dims == 3:  # [K, H, W, D] -> [D, K, H, W]
+        prob = predictor.probabilities(x.permute(1, 2, 3, 0), on_device).permute(3, 0, 1, 2)
+    else:
+        prob = predictor.probabilities(x, on_device)                                   # [D, K, h, w]
+    return dm.restore_labels(prob, grid, lambda p: VolumePredictor.labels(p, threshold, class_dim=0))
 
 
 def save_nifti(img: nib.Nifti1Image, path: Path) -> None:

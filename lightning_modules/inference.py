@@ -86,15 +86,17 @@ class VolumePredictor:
         return total / len(self.flips)
 
     @torch.no_grad()
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """``[D, C, H, W]`` slices -> ``[D, K, H, W]`` (2D); ``[C, H, W, D]`` -> ``[K, H, W, D]`` (3D)."""
+    def probabilities(self, x: torch.Tensor, on_device: bool = False) -> torch.Tensor:
+        """``[D, C, H, W]`` slices -> ``[D, K, H, W]`` (2D); ``[C, H, W, D]`` -> ``[K, H, W, D]`` (3D); on the
+        CPU, or ``on_device`` where the nets ran (what comes next runs there too)."""
+        home = self.device if on_device else torch.device("cpu")
         total = None
         for net in self.nets:
             if self.spatial_dims == 3:
-                prob = self._window(x[None].to(self.device), net, self.roi_size, self.batch_size)[0].cpu()
+                prob = self._window(x[None].to(self.device), net, self.roi_size, self.batch_size)[0].to(home)
             else:
                 roi = self.roi_size or tuple(x.shape[-2:])
-                chunks = [self._window(x[s:s + self.batch_size].to(self.device), net, roi, self.batch_size).cpu()
+                chunks = [self._window(x[s:s + self.batch_size].to(self.device), net, roi, self.batch_size).to(home)
                           for s in range(0, len(x), self.batch_size)]
                 prob = torch.cat(chunks)
             total = prob if total is None else total + prob

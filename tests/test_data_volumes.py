@@ -246,3 +246,27 @@ def test_a_large_gzip_file_is_decompressed_once(tmp_path, monkeypatch, dtype, sl
     assert got.dtype == np.float32 and got.shape == expected.shape and np.array_equal(got, expected, equal_nan=True)
     if slope == 2.0:
         assert got.min() < -900  # the intercept was applied
+
+
+def test_labels_taken_where_the_probabilities_are_equal_the_cpu_export():
+    """predict takes the labels on its own device and undoes the orientation on them, not on K probability
+    channels (restore_label_map): the same labels as resampling the probabilities on the CPU, orienting them back
+    and taking the arg-max there, for an LPS file resampled to 1 mm with slices resized, and with a threshold."""
+    import torch
+
+    from datamodules.spatial import to_grid
+    from datamodules.volumes import restore_label_map, restore_probability_volume
+
+    rng = np.random.default_rng(0)
+    aff = np.diag([-0.8, -0.8, 2.5, 1.0])  # LPS on disk, RAS on the working grid
+    logits = torch.from_numpy(rng.normal(size=(3, 40, 36, 14)).astype(np.float32))
+    prob, grid = to_grid(torch.softmax(logits, 0).numpy(), aff, "RAS", (1.0, 1.0, 1.0))
+    slices = torch.nn.functional.interpolate(torch.from_numpy(prob).permute(3, 0, 1, 2), size=(24, 20),
+                                             mode="bilinear", align_corners=False)  # a net run on resized slices
+    cpu = restore_probability_volume(slices, grid)
+    labels = restore_label_map(slices, grid, lambda p: p.argmax(0))
+    assert labels.shape == (40, 36, 14) and labels.dtype == np.uint8 and len(np.unique(labels)) == 3
+    np.testing.assert_array_equal(labels, cpu.argmax(0))
+    two = slices[:, :2] / slices[:, :2].sum(1, keepdim=True)
+    fg = restore_label_map(two, grid, lambda p: (p[1] > 0.3).long())
+    np.testing.assert_array_equal(fg, restore_probability_volume(two, grid)[1] > 0.3)

@@ -105,6 +105,32 @@ def test_folder_predict_with_labels_ensemble_and_tta(setup):
     assert summary["num_cases"] == 2 and 0 <= summary["nsd"] <= 1
 
 
+def test_out_of_memory_on_the_device_segments_the_case_again_on_the_cpu(setup, monkeypatch, capsys):
+    """Where the class probabilities do not fit on predict's device, the case is segmented again with them on
+    the CPU (nnU-Net's fallback), with a warning, and the same labels come out."""
+    import torch
+
+    from lightning_modules.inference import VolumePredictor
+
+    tmp, ckpt, root = setup
+    src = root / "volume-0.nii.gz"
+    predict(_cfg(ckpt=str(ckpt), input=str(src), output=str(tmp / "oom_ref.nii.gz")))
+    probabilities, tries = VolumePredictor.probabilities, []
+
+    def short_of_memory(self, x, on_device=False):
+        tries.append(on_device)
+        if on_device:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB")
+        return probabilities(self, x, on_device)
+
+    monkeypatch.setattr(VolumePredictor, "probabilities", short_of_memory)
+    predict(_cfg(ckpt=str(ckpt), input=str(src), output=str(tmp / "oom.nii.gz")))
+    assert tries == [True, False]
+    assert "volume-0: out of memory on cpu; the case again with its class probabilities on the CPU" in capsys.readouterr().out
+    ref, out = (np.asarray(nib.load(tmp / n).dataobj) for n in ("oom_ref.nii.gz", "oom.nii.gz"))
+    assert ref.any() and np.array_equal(out, ref)
+
+
 def test_predictor_ensemble_mean_and_mirror_tta():
     import torch
     from torch import nn
