@@ -54,9 +54,22 @@ def model_options(target: Any) -> list[str]:
     return names
 
 
+#: the config group choice of a distillation's teacher net (``distill/_base.yaml``)
+TEACHER_MODEL = "model@distill.teacher.model"
+
+
+def trained_model() -> str:
+    """The ``model=`` choice, or for ``distill=teacher`` (which trains the teacher alone) the teacher's model
+    choice: a run folder's name said ``resnet18_student_teacher`` of a run that trained a UNet++."""
+    return (_choice(TEACHER_MODEL) if _choice("distill") == "teacher" else None) or _choice("model") or ""
+
+
 def _model_name(cfg: DictConfig) -> str | None:
-    """The run's ``model=`` choice; for a test-only run, the option that builds the checkpoint's net (it
-    replaced ``cfg.model``): the choice when it builds that net, else the first such option."""
+    """The run's ``model=`` choice (the teacher's for ``distill=teacher``, :func:`trained_model`); for a test-only
+    run, the option that builds the checkpoint's net (it replaced ``cfg.model``): the choice when it builds that
+    net, else the first such option."""
+    if OmegaConf.select(cfg, "distill.method", default=None) == "teacher":
+        return trained_model() or _target_name(OmegaConf.select(cfg, "distill.teacher.model", default=None))
     choice = _choice("model")
     if cfg.get("train") is False and cfg.get("ckpt_path"):
         options = model_options(OmegaConf.select(cfg, "model._target_", default=None))

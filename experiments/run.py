@@ -32,7 +32,7 @@ from engine.fit import output_dir, train_and_test  # noqa: E402
 from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
 from engine.tracking import record_environment  # noqa: E402
-from engine.wandb_tracking import method_suffix, swept_suffix  # noqa: E402
+from engine.wandb_tracking import method_suffix, swept_suffix, trained_model  # noqa: E402
 from engine.run_match import continue_command  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import not_resumable_line, resumable, run_cli, slurm_restarts, task_started  # noqa: E402
@@ -52,7 +52,7 @@ def _run_dir(resume: Any, default: str) -> str:
 
 
 for _name, _fn in (("fedmed_uid", lambda: RUN_UID), ("fedmed_run_dir", _run_dir), ("fedmed_swept", swept_suffix),
-                   ("fedmed_method", method_suffix)):
+                   ("fedmed_method", method_suffix), ("fedmed_model", trained_model)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
 

@@ -208,3 +208,18 @@ def test_a_run_folder_names_its_federation_strategy_or_distillation_method(tmp_p
         monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda c=choices: SimpleNamespace(
             runtime=SimpleNamespace(choices=c))))
         assert method_suffix() == suffix, choices
+    # distill=teacher trains the teacher alone: its folder and W&B name carry the teacher's model, not the student's
+    from omegaconf import OmegaConf
+
+    from engine.wandb_tracking import TEACHER_MODEL, run_facts, trained_model
+
+    both = {"model": "resnet18_student", TEACHER_MODEL: "nested_unet"}
+    for choices, model in (({**both, "distill": "teacher"}, "nested_unet"), ({**both, "distill": "hlfd"},
+                                                                             "resnet18_student"),
+                           ({"model": "dnet"}, "dnet")):
+        monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda c=choices: SimpleNamespace(
+            runtime=SimpleNamespace(choices=c))))
+        assert trained_model() == model, choices
+        cfg = OmegaConf.create({"seed": 0, "distill": {"method": choices.get("distill")}} if "distill" in choices
+                               else {"seed": 0})
+        assert run_facts(cfg)["model"] == model, choices
