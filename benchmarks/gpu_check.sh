@@ -70,6 +70,7 @@ pan="$OUT_DIR/data/synthetic_pancreas_3d"
 step predict_3d_cuda 180 $PY -m experiments.predict ckpt="$OUT_DIR/pancreas_3d/checkpoints/best.ckpt" input="$pan" \
   output="$OUT_DIR/pred3d" labels="$pan" device=$DEVICE
 step volumetric_predict 240 $PY -m benchmarks.volumetric predict --shape 256 256 100 --roi 64
+step volumetric_predict_ct 240 $PY -m benchmarks.volumetric predict --shape 512 512 200 --roi 64  # a CT's size
 step volumetric_patches 180 $PY -m benchmarks.volumetric patches --steps 5
 step fedbn_bf16 240 $PY -m experiments.run +exp=fed_lits_dnet $GPU trainer.precision=bf16-mixed \
   federation/strategy=fedbn federation.rounds=2 hydra.run.dir="$OUT_DIR/fedbn_bf16"
@@ -86,7 +87,7 @@ for m in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
     d = d.get("summary", d)
     print(m.parent.name, {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items() if k in keys})
 EOF
-tail -n 3 "$OUT_DIR"/volumetric_*.log 2>/dev/null
+tail -n 2 "$OUT_DIR"/volumetric_*.log 2>/dev/null
 (cd "$OUT_DIR" && find . -name "*.log" -o -name "metrics.json" -o -name "*.png" -o -name "*.csv" | grep -v "^./data" \
   | tar czf gpu_check_logs.tgz -T - 2>/dev/null)
 summary="$ran step(s) ran on $DEVICE"

@@ -212,8 +212,9 @@ def restore_label_map(prob: torch.Tensor, grid: GridMeta | Sequence[int],
     grid, the labels (``to_labels`` of ``[K, ...]``) taken after the probabilities are resampled, as
     :func:`restore_probability_volume`. The resampling and the labels run on ``prob``'s own device (a GPU when
     predict runs there) and only the labels cross to the CPU; the orientation, pure axis permutations and
-    flips that the arg-max commutes with, is undone on the labels. Same labels, a 512 x 512 x 200 CT's
-    post-processing off the CPU (docs/benchmarks.md "GPU")."""
+    flips that the arg-max commutes with, is undone on the labels. The same labels as on the CPU (on a GPU, to the
+    interpolation's float rounding at exact ties), a 512 x 512 x 200 CT's post-processing off the CPU
+    (docs/benchmarks.md "GPU")."""
     grid = grid if isinstance(grid, GridMeta) else _identity_grid(grid)
     labels = to_labels(_at_source_spacing(prob, grid)).to(torch.uint8).cpu().numpy()
     return from_grid(labels, grid, is_label=True)

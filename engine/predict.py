@@ -163,11 +163,15 @@ def check_writable(folder: Path) -> None:
 def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None) -> nib.Nifti1Image:
     """Segment one case on the working grid, map the class probabilities back onto the input's own grid
     (:func:`datamodules.volumes.restore_label_map`) and take the labels there, all on predict's device; where
-    that device runs out of memory, the case again with the probabilities on the CPU (nnU-Net's fallback)."""
+    that device runs out of memory, the case again with the probabilities stitched on the CPU (nnU-Net's
+    fallback)."""
     x, grid = dm.preprocess_volume(case.images if len(case.images) > 1 else case.images[0])
+    volume = None
     try:
         volume = _labels_on_source_grid(x, grid, dm, predictor, threshold, on_device=True)
     except torch.OutOfMemoryError:
+        pass  # retried below, outside the handler: its traceback would keep the failed try's tensors alive
+    if volume is None:
         if predictor.device.type == "cuda":
             torch.cuda.empty_cache()
         print(f"warning: {case.case_id}: out of memory on {predictor.device}; the case again with its class "

@@ -69,7 +69,9 @@ class VolumePredictor:
         self.flips = mirror_sets(int(a) for a in mirror_axes)
         self.device = torch.device(device)
 
-    def _window(self, x: torch.Tensor, net: nn.Module, roi: Sequence[int], sw_batch: int) -> torch.Tensor:
+    def _window(self, x: torch.Tensor, net: nn.Module, roi: Sequence[int], sw_batch: int,
+                home: torch.device) -> torch.Tensor:
+        """Sliding-window class probabilities, windows run where ``x`` is, stitched on ``home``."""
         from monai.inferers import sliding_window_inference  # heavy import, only when predicting
 
         def predictor(patch: torch.Tensor) -> torch.Tensor:
@@ -80,23 +82,24 @@ class VolumePredictor:
             dims = [d + 2 for d in flip]
             xi = torch.flip(x, dims) if dims else x
             prob = sliding_window_inference(xi, roi, sw_batch, predictor, overlap=self.overlap, mode=self.mode,
-                                            padding_mode="constant", cval=float(x.min()))
+                                            padding_mode="constant", cval=float(x.min()), device=home)
             prob = torch.flip(prob, dims) if dims else prob
             total = prob if total is None else total + prob
         return total / len(self.flips)
 
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor, on_device: bool = False) -> torch.Tensor:
-        """``[D, C, H, W]`` slices -> ``[D, K, H, W]`` (2D); ``[C, H, W, D]`` -> ``[K, H, W, D]`` (3D); on the
-        CPU, or ``on_device`` where the nets ran (what comes next runs there too)."""
+        """``[D, C, H, W]`` slices -> ``[D, K, H, W]`` (2D); ``[C, H, W, D]`` -> ``[K, H, W, D]`` (3D); stitched
+        on the CPU (the volume's probabilities never all on the device), or ``on_device`` where the nets ran (what
+        comes next runs there too)."""
         home = self.device if on_device else torch.device("cpu")
         total = None
         for net in self.nets:
             if self.spatial_dims == 3:
-                prob = self._window(x[None].to(self.device), net, self.roi_size, self.batch_size)[0].to(home)
+                prob = self._window(x[None].to(self.device), net, self.roi_size, self.batch_size, home)[0]
             else:
                 roi = self.roi_size or tuple(x.shape[-2:])
-                chunks = [self._window(x[s:s + self.batch_size].to(self.device), net, roi, self.batch_size).to(home)
+                chunks = [self._window(x[s:s + self.batch_size].to(self.device), net, roi, self.batch_size, home)
                           for s in range(0, len(x), self.batch_size)]
                 prob = torch.cat(chunks)
             total = prob if total is None else total + prob

@@ -108,6 +108,8 @@ def test_folder_predict_with_labels_ensemble_and_tta(setup):
 def test_out_of_memory_on_the_device_segments_the_case_again_on_the_cpu(setup, monkeypatch, capsys):
     """Where the class probabilities do not fit on predict's device, the case is segmented again with them on
     the CPU (nnU-Net's fallback), with a warning, and the same labels come out."""
+    import sys
+
     import torch
 
     from lightning_modules.inference import VolumePredictor
@@ -119,6 +121,8 @@ def test_out_of_memory_on_the_device_segments_the_case_again_on_the_cpu(setup, m
 
     def short_of_memory(self, x, on_device=False):
         tries.append(on_device)
+        # the retry runs outside the except block: its traceback would keep the failed try's tensors alive
+        assert on_device or sys.exc_info() == (None, None, None)
         if on_device:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB")
         return probabilities(self, x, on_device)

@@ -100,7 +100,10 @@ def resample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         return F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False)
     planes = x.reshape(n * c, 1, h, w)  # every (sample, channel) plane is interpolated on its own
     step = max(1, MAX_UPSAMPLE_NUMEL // (th * tw))
-    out = None  # written chunk by chunk: the peak is the output and one chunk, not twice the output
+    # written chunk by chunk: the forward holds the output and one chunk, not twice the output (torch.cat); the
+    # backward of each slice write takes one output-sized gradient, freed before the next. Measured on an H200
+    # (D-Net, paper width, 512², batch 8): peak 66,298 MiB fp32, twice batch 4's (docs/benchmarks.md "GPU")
+    out = None
     for start in range(0, n * c, step):
         part = F.interpolate(planes[start:start + step], size=(th, tw), mode="bilinear", align_corners=False)
         if out is None:  # the chunk's dtype: autocast may have changed it
