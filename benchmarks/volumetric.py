@@ -1,7 +1,7 @@
 """Volumetric benchmarks (issue 12): whole predict vs bare MONAI sliding window, 3D patch data time vs
 step time, folder predict vs one call per volume.
 
-    python -m benchmarks.volumetric predict  [--shape 256 256 100] [--roi 64]   # project predict / bare MONAI
+    python -m benchmarks.volumetric predict  [--shape 256 256 100] [--roi 64] [--phases]  # project / bare MONAI
     python -m benchmarks.volumetric patches  [--steps 5]                       # data time / step time
     python -m benchmarks.volumetric folder   [--n 10]                          # 10 single calls / one folder call
 
@@ -56,7 +56,7 @@ def _sync(dev: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_predict(shape, roi: int) -> None:
+def bench_predict(shape, roi: int, phases: bool) -> None:
     from monai.inferers import sliding_window_inference
     from omegaconf import OmegaConf
 
@@ -83,11 +83,11 @@ def bench_predict(shape, roi: int) -> None:
         t0 = time.perf_counter()
         predict(cfg)
         whole = time.perf_counter() - t0
-        phases = _phases(predict, cfg)
+        spent = _phases(predict, cfg) if phases else {}
     print(f"predict {shape} roi {roi}: project predict {whole:.2f} s, bare MONAI sliding_window_inference "
           f"{bare:.2f} s, ratio {whole / bare:.2f}")
-    print("where a second predict's time goes (s): "
-          + ", ".join(f"{name} {sec:.2f}" for name, sec in phases.items()))
+    if spent:
+        print("where a second predict's time goes (s): " + ", ".join(f"{k} {v:.2f}" for k, v in spent.items()))
 
 
 PHASES = {"load checkpoints + nets": ("experiments.predict", "load_models"),
@@ -197,8 +197,9 @@ def main() -> None:
     ap.add_argument("--roi", type=int, default=64)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--phases", action="store_true", help="predict once more, timing each phase")
     a = ap.parse_args()
-    {"predict": lambda: bench_predict(a.shape, a.roi), "patches": lambda: bench_patches(a.steps),
+    {"predict": lambda: bench_predict(a.shape, a.roi, a.phases), "patches": lambda: bench_patches(a.steps),
      "folder": lambda: bench_folder(a.n)}[a.what]()
 
 
