@@ -234,10 +234,11 @@ class VolumeSegmentationDataModule(SliceDataModule):
 
     @staticmethod
     def restore_labels(prob: torch.Tensor, grid: GridMeta | Sequence[int],
-                       to_labels: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+                       to_labels: Callable[[torch.Tensor], torch.Tensor],
+                       with_probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Class probabilities ``[D, K, h, w]`` -> uint8 labels on the source grid, resampled and taken on
-        ``prob``'s device (:func:`datamodules.volumes.restore_label_map`)."""
-        return restore_label_map(prob, grid, to_labels)
+        ``prob``'s device (:func:`datamodules.volumes.restore_label_map`; ``with_probabilities``: and those)."""
+        return restore_label_map(prob, grid, to_labels, with_probabilities)
 
     @staticmethod
     def restore_prediction(pred: np.ndarray | torch.Tensor, grid: GridMeta | Sequence[int]) -> np.ndarray:

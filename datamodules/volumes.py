@@ -207,17 +207,22 @@ def restore_probability_volume(prob: np.ndarray | torch.Tensor, grid: GridMeta |
 
 
 def restore_label_map(prob: torch.Tensor, grid: GridMeta | Sequence[int],
-                      to_labels: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+                      to_labels: Callable[[torch.Tensor], torch.Tensor],
+                      with_probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``[D, K, h, w]`` on the working grid -> uint8 labels on the source NIfTI's voxel
     grid, the labels (``to_labels`` of ``[K, ...]``) taken after the probabilities are resampled, as
     :func:`restore_probability_volume`. The resampling and the labels run on ``prob``'s own device (a GPU when
     predict runs there) and only the labels cross to the CPU; the orientation, pure axis permutations and
     flips that the arg-max commutes with, is undone on the labels. The same labels as on the CPU (on a GPU, to the
     interpolation's float rounding at exact ties), a 512 x 512 x 200 CT's post-processing off the CPU
-    (docs/benchmarks.md "GPU")."""
+    (docs/benchmarks.md "GPU"). ``with_probabilities``: ``(labels, float32 [K, ...] probabilities on the source
+    grid)``, those :func:`restore_probability_volume` gives."""
     grid = grid if isinstance(grid, GridMeta) else _identity_grid(grid)
-    labels = to_labels(_at_source_spacing(prob, grid)).to(torch.uint8).cpu().numpy()
-    return from_grid(labels, grid, is_label=True)
+    oriented = _at_source_spacing(prob, grid)
+    labels = from_grid(to_labels(oriented).to(torch.uint8).cpu().numpy(), grid, is_label=True)
+    if not with_probabilities:
+        return labels
+    return labels, from_grid(oriented.cpu().contiguous().numpy(), grid, is_label=False)
 
 
 def _at_source_spacing(prob: torch.Tensor, grid: GridMeta) -> torch.Tensor:

@@ -160,39 +160,52 @@ def check_writable(folder: Path) -> None:
         raise ConfigError(f"output folder {folder} is not writable ({type(err).__name__}: {err.strerror or err})") from None
 
 
-def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None) -> nib.Nifti1Image:
+def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None,
+                 with_probabilities: bool = False) -> tuple[nib.Nifti1Image, np.ndarray | None]:
     """Segment one case on the working grid, map the class probabilities back onto the input's own grid
     (:func:`datamodules.volumes.restore_label_map`) and take the labels there, all on predict's device; where
     that device runs out of memory, the case again with the probabilities stitched on the CPU (nnU-Net's
-    fallback)."""
+    fallback). ``(labels as NIfTI, float32 [K, *volume shape] probabilities or None)``."""
     x, grid = dm.preprocess_volume(case.images if len(case.images) > 1 else case.images[0])
-    volume = None
+    out = None
     try:
-        volume = _labels_on_source_grid(x, grid, dm, predictor, threshold, on_device=True)
+        out = _labels_on_source_grid(x, grid, dm, predictor, threshold, True, with_probabilities)
     except torch.OutOfMemoryError:
         pass  # retried below, outside the handler: its traceback would keep the failed try's tensors alive
-    if volume is None:
+    if out is None:
         if predictor.device.type == "cuda":
             torch.cuda.empty_cache()
         print(f"warning: {case.case_id}: out of memory on {predictor.device}; the case again with its class "
               f"probabilities on the CPU")
-        volume = _labels_on_source_grid(x, grid, dm, predictor, threshold, on_device=False)
+        out = _labels_on_source_grid(x, grid, dm, predictor, threshold, False, with_probabilities)
+    volume, prob = out if with_probabilities else (out, None)
     src = nib.load(str(case.images[0]))
     if volume.shape != src.shape and volume_shape(src.shape) == volume.shape:  # (H, W, D, 1): the input's own
         volume = volume.reshape(src.shape)
     header = src.header.copy()
     header.set_data_dtype(np.uint8)
-    return nib.Nifti1Image(volume, src.affine, header)
+    return nib.Nifti1Image(volume, src.affine, header), prob
 
 
 def _labels_on_source_grid(x: torch.Tensor, grid, dm, predictor: VolumePredictor, threshold: float | None,
-                           on_device: bool) -> np.ndarray:
-    """Labels of one preprocessed case on its source grid, the probabilities kept ``on_device`` or on the CPU."""
+                           on_device: bool, with_probabilities: bool):
+    """Labels of one preprocessed case on its source grid (and its probabilities there), the probabilities kept
+    ``on_device`` or on the CPU."""
     if predictor.spatial_dims == 3:  # [K, H, W, D] -> [D, K, H, W]
         prob = predictor.probabilities(x.permute(1, 2, 3, 0), on_device).permute(3, 0, 1, 2)
     else:
         prob = predictor.probabilities(x, on_device)                                   # [D, K, h, w]
-    return dm.restore_labels(prob, grid, lambda p: VolumePredictor.labels(p, threshold, class_dim=0))
+    return dm.restore_labels(prob, grid, lambda p: VolumePredictor.labels(p, threshold, class_dim=0),
+                             with_probabilities)
+
+
+def save_probabilities(prob: np.ndarray, class_names: Sequence[str], path: Path) -> None:
+    """``<case>.npz`` beside a prediction (nnU-Net's ``--save_probabilities``): ``probabilities`` float32
+    ``[K, *volume shape]`` in the NIfTI's own voxel order and ``class_names``; plain arrays (``np.load`` with
+    ``allow_pickle=False`` reads it; nnU-Net's pickle of properties is not written: a file is data, not code)."""
+    with atomic_output(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, probabilities=prob.astype(np.float32, copy=False),
+                            class_names=np.array([str(c) for c in class_names]))
 
 
 def save_nifti(img: nib.Nifti1Image, path: Path) -> None:

@@ -28,7 +28,7 @@ from engine.builders import build_datamodule
 from engine.errors import ConfigError, find_user_error, one_line
 from experiments.hydra_checks import run_cli, task_started
 from engine.predict import (check_label_shapes, check_writable, is_nifti, load_case_label, load_models, plan_cases,
-                            predict_case, save_nifti, score_case, summary_of)
+                            predict_case, save_nifti, save_probabilities, score_case, summary_of)
 from engine.predict_images import is_image, plan_images, predict_image, save_png, score_image
 from datamodules.errors import DataError
 from lightning_modules.inference import VolumePredictor
@@ -113,6 +113,12 @@ def predict(cfg: DictConfig) -> dict:
     if not src.exists():
         raise DataError(f"input {src} does not exist")
     images = _is_image_input(src)
+    keep_prob = cfg.get("save_probabilities", False)
+    if not isinstance(keep_prob, bool):
+        raise ConfigError(f"save_probabilities={keep_prob!r} must be true or false")
+    if images and keep_prob:
+        raise ConfigError(f"save_probabilities=true writes volumes' class probabilities; input={src} holds 2D image "
+                          f"files")
     cases = None if images else plan_cases(cfg.input, cfg.output, cfg.labels)
     site = None if cfg.get("site") is None else str(cfg.site)
     # whose kept entries (FedBN) fill the global weights: a site is its own client (partition=by_site); a
@@ -169,10 +175,12 @@ def predict(cfg: DictConfig) -> dict:
                     per_case[case.case_id] = score_image(pred, case, dm, class_names)
             else:
                 label = load_case_label(case, dm) if case.label is not None else None  # before anything is written
-                img = predict_case(case, dm, predictor, threshold)
+                img, prob = predict_case(case, dm, predictor, threshold, keep_prob)
                 scores = score_case(np.asarray(img.dataobj), case, label, class_names, cfg.nsd_tolerance_mm) \
                     if label is not None else None
                 save_nifti(img, case.output)
+                if prob is not None:
+                    save_probabilities(prob, class_names, case.output.with_name(f"{_bare(case.output.name)}.npz"))
                 if scores is not None:
                     per_case[case.case_id] = scores
             progress.advance(task)

@@ -117,6 +117,12 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
      "device='gpu' is not a device", "o20.nii.gz"),
     ("blend mode misspelt", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o21.nii.gz", "mode=gausian"],
      "mode='gausian' must be gaussian or constant", "o21.nii.gz"),
+    ("save_probabilities not a flag", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o23.nii.gz",
+                                       "save_probabilities=yes"], "save_probabilities='yes' must be true or false",
+     "o23.nii.gz"),
+    ("probabilities of 2D image files", ["ckpt={t}/folder_run/checkpoints/best.ckpt", "input={t}/image.png",
+                                         "output={t}/o24.png", "save_probabilities=true"],
+     "save_probabilities=true writes volumes' class probabilities", "o24.png"),
 ]
 
 

@@ -135,6 +135,31 @@ def test_out_of_memory_on_the_device_segments_the_case_again_on_the_cpu(setup, m
     assert ref.any() and np.array_equal(out, ref)
 
 
+def test_save_probabilities_writes_what_the_labels_were_taken_from(setup):
+    """save_probabilities=true (nnU-Net's --save_probabilities) writes <case>.npz beside each prediction: float32
+    class probabilities on the input's own grid (an LPS file here, resampled to 1 mm and back), plain arrays that
+    np.load reads without pickle, whose arg-max is the written segmentation."""
+    tmp, ckpt, root = setup
+    cfg = OmegaConf.load(ckpt.parent.parent / "config.yaml")
+    cfg.data.spacing = [1.0, 1.0, 1.0]
+    run_cfg = tmp / "prob_spacing.yaml"
+    run_cfg.write_text(OmegaConf.to_yaml(cfg))
+    src = reoriented(root / "volume-0.nii.gz", "LPS", tmp / "prob_lps.nii.gz")
+    predict(_cfg(ckpt=str(ckpt), input=str(src), output=str(tmp / "prob_seg.nii.gz"), run_config=str(run_cfg),
+                 save_probabilities=True))
+    seg = np.asarray(nib.load(tmp / "prob_seg.nii.gz").dataobj)
+    with np.load(tmp / "prob_seg.npz", allow_pickle=False) as f:
+        prob, names = f["probabilities"], list(f["class_names"])
+    assert prob.dtype == np.float32 and prob.shape == (len(names), *nib.load(src).shape) and len(names) >= 2
+    np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-4)
+    assert seg.any() and np.array_equal(prob.argmax(0), seg)
+    inp, out = tmp / "prob_in", tmp / "prob_out"  # a folder: <case>.npz beside each <case>.nii.gz
+    inp.mkdir()
+    shutil.copy(root / "volume-0.nii.gz", inp / "caseA_0000.nii.gz")
+    predict(_cfg(ckpt=str(ckpt), input=str(inp), output=str(out), save_probabilities=True))
+    assert sorted(p.name for p in out.iterdir()) == ["caseA.nii.gz", "caseA.npz"]
+
+
 def test_predictor_ensemble_mean_and_mirror_tta():
     import torch
     from torch import nn
