@@ -182,6 +182,7 @@ def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: f
     src = nib.load(str(case.images[0]))
     if volume.shape != src.shape and volume_shape(src.shape) == volume.shape:  # (H, W, D, 1): the input's own
         volume = volume.reshape(src.shape)
+        prob = None if prob is None else prob.reshape(len(prob), *src.shape)
     header = src.header.copy()
     header.set_data_dtype(np.uint8)
     return nib.Nifti1Image(volume, src.affine, header), prob
@@ -199,13 +200,16 @@ def _labels_on_source_grid(x: torch.Tensor, grid, dm, predictor: VolumePredictor
                              with_probabilities)
 
 
-def save_probabilities(prob: np.ndarray, class_names: Sequence[str], path: Path) -> None:
-    """``<case>.npz`` beside a prediction (nnU-Net's ``--save_probabilities``): ``probabilities`` float32
-    ``[K, *volume shape]`` in the NIfTI's own voxel order and ``class_names``; plain arrays (``np.load`` with
-    ``allow_pickle=False`` reads it; nnU-Net's pickle of properties is not written: a file is data, not code)."""
+def save_probabilities(prob: np.ndarray, class_names: Sequence[str], threshold: float | None, path: Path) -> None:
+    """``<case>.npz`` beside a prediction (as nnU-Net's ``--save_probabilities``, not its format): ``probabilities``
+    float32 ``[K, *the NIfTI's shape]`` in the NIfTI's own voxel order (x, y, z), ``class_names`` and
+    ``fg_threshold`` (NaN when the labels are the arg-max; else they are ``probabilities[1] > fg_threshold``).
+    Plain arrays that ``np.load(..., allow_pickle=False)`` reads (no pickle of properties: a file is data, not
+    code); uncompressed, as zlib took ~30 s a CT for ~10 % (a review's measurement)."""
     with atomic_output(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, probabilities=prob.astype(np.float32, copy=False),
-                            class_names=np.array([str(c) for c in class_names]))
+        np.savez(fh, probabilities=prob.astype(np.float32, copy=False),
+                 class_names=np.array([str(c) for c in class_names]),
+                 fg_threshold=np.float32(np.nan if threshold is None else threshold))
 
 
 def save_nifti(img: nib.Nifti1Image, path: Path) -> None:

@@ -180,7 +180,8 @@ def predict(cfg: DictConfig) -> dict:
                     if label is not None else None
                 save_nifti(img, case.output)
                 if prob is not None:
-                    save_probabilities(prob, class_names, case.output.with_name(f"{_bare(case.output.name)}.npz"))
+                    save_probabilities(prob, class_names, threshold,
+                                       case.output.with_name(f"{_bare(case.output.name)}.npz"))
                 if scores is not None:
                     per_case[case.case_id] = scores
             progress.advance(task)

@@ -147,10 +147,14 @@ def test_predict_bad_input(files, name, args, culprit, output):
 
 
 def test_a_4d_input_with_one_time_point_gets_its_own_shape_back(files):
-    """Found by an audit: an (H, W, D, 1) input got an (H, W, D) segmentation."""
+    """Found by an audit: an (H, W, D, 1) input got an (H, W, D) segmentation; its saved probabilities too (a
+    review)."""
     tmp, ckpt = files
     proc = run_in_process("experiments.predict", [f"ckpt={ckpt}", f"input={tmp / 'vol4d.nii.gz'}",
-                                                  f"output={tmp / 'seg4d.nii.gz'}", "device=cpu"], tmp)
+                                                  f"output={tmp / 'seg4d.nii.gz'}", "device=cpu",
+                                                  "save_probabilities=true"], tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = nib.load(tmp / "seg4d.nii.gz")
     assert out.shape == (16, 16, 3, 1) and np.allclose(out.affine, np.eye(4))
+    with np.load(tmp / "seg4d.npz", allow_pickle=False) as f:
+        assert f["probabilities"].shape == (2, 16, 16, 3, 1)

@@ -7,6 +7,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from datamodules.spatial import from_grid, to_grid
@@ -138,7 +139,8 @@ def test_out_of_memory_on_the_device_segments_the_case_again_on_the_cpu(setup, m
 def test_save_probabilities_writes_what_the_labels_were_taken_from(setup):
     """save_probabilities=true (nnU-Net's --save_probabilities) writes <case>.npz beside each prediction: float32
     class probabilities on the input's own grid (an LPS file here, resampled to 1 mm and back), plain arrays that
-    np.load reads without pickle, whose arg-max is the written segmentation."""
+    np.load reads without pickle, whose arg-max is the written segmentation; a binary net with fg_threshold
+    (a review found its .npz silent about it) stores the threshold its labels were taken with."""
     tmp, ckpt, root = setup
     cfg = OmegaConf.load(ckpt.parent.parent / "config.yaml")
     cfg.data.spacing = [1.0, 1.0, 1.0]
@@ -149,10 +151,20 @@ def test_save_probabilities_writes_what_the_labels_were_taken_from(setup):
                  save_probabilities=True))
     seg = np.asarray(nib.load(tmp / "prob_seg.nii.gz").dataobj)
     with np.load(tmp / "prob_seg.npz", allow_pickle=False) as f:
-        prob, names = f["probabilities"], list(f["class_names"])
+        prob, names, thr = f["probabilities"], list(f["class_names"]), float(f["fg_threshold"])
     assert prob.dtype == np.float32 and prob.shape == (len(names), *nib.load(src).shape) and len(names) >= 2
     np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-4)
-    assert seg.any() and np.array_equal(prob.argmax(0), seg)
+    assert seg.any() and np.isnan(thr) and np.array_equal(prob.argmax(0), seg)
+    binary = torch.load(ckpt, weights_only=True)  # data.target=organ: background / liver
+    assert binary["hyper_parameters"]["num_classes"] == 2
+    binary["hyper_parameters"]["fg_threshold"] = 0.3
+    (tmp / "thr" / "checkpoints").mkdir(parents=True)
+    torch.save(binary, tmp / "thr" / "checkpoints" / "best.ckpt")
+    predict(_cfg(ckpt=str(tmp / "thr" / "checkpoints" / "best.ckpt"), input=str(src),
+                 output=str(tmp / "thr_seg.nii.gz"), run_config=str(run_cfg), save_probabilities=True))
+    with np.load(tmp / "thr_seg.npz", allow_pickle=False) as f:
+        assert float(f["fg_threshold"]) == pytest.approx(0.3)
+        assert np.array_equal(f["probabilities"][1] > 0.3, np.asarray(nib.load(tmp / "thr_seg.nii.gz").dataobj) > 0)
     inp, out = tmp / "prob_in", tmp / "prob_out"  # a folder: <case>.npz beside each <case>.nii.gz
     inp.mkdir()
     shutil.copy(root / "volume-0.nii.gz", inp / "caseA_0000.nii.gz")
