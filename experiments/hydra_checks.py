@@ -21,6 +21,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from engine.errors import find_user_error, one_line
 from engine.wandb_tracking import COMMAND_ENV
 
 
@@ -228,6 +229,20 @@ def task_started() -> None:
     if _compact["set"]:
         os.environ.pop(FULL_ERROR, None)
         _compact["set"] = False
+
+
+def user_command(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """The task of a one-shot command (predict, ensemble): ``task(cfg)``; a user error is one ``error:`` line on
+    stderr and exit 2, anything else propagates."""
+    task_started()
+    try:
+        return task(cfg)
+    except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
+        err = find_user_error(exc)
+        if err is None:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def submission_error(exc: BaseException) -> bool:

@@ -13,7 +13,6 @@ in :mod:`engine.predict` and :mod:`engine.predict_images`; this is the command l
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ from rich.progress import Progress
 
 from engine.artifacts import print_case_table, write_json
 from engine.builders import build_datamodule
-from engine.errors import ConfigError, find_user_error, one_line
-from experiments.hydra_checks import run_cli, task_started
+from engine.errors import ConfigError
+from experiments.hydra_checks import run_cli, user_command
 from engine.predict import (check_label_shapes, check_writable, is_nifti, load_case_label, load_models, plan_cases,
                             predict_case, save_nifti, save_probabilities, score_case, summary_of)
 from engine.predict_images import is_image, plan_images, predict_image, save_png, score_image
@@ -200,15 +199,7 @@ def predict(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    task_started()
-    try:
-        predict(cfg)
-    except Exception as exc:  # noqa: BLE001
-        err = find_user_error(exc)
-        if err is None:
-            raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
+    user_command(predict, cfg)
 
 
 if __name__ == "__main__":
