@@ -1,0 +1,46 @@
+"""Ensemble saved predictions: ``python -m experiments.ensemble inputs=[preds_a,preds_b] output=preds_ens``.
+
+Each input folder is what ``experiments.predict ... save_probabilities=true`` wrote (``<case>.nii.gz`` +
+``<case>.npz``); the work is in :mod:`engine.ensemble`; this is the command line only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, ListConfig
+from rich.progress import Progress
+
+from engine.ensemble import ensemble_case, plan_ensemble
+from engine.errors import ConfigError
+from engine.predict import check_writable
+from experiments.hydra_checks import run_cli, user_command
+
+
+def ensemble(cfg: DictConfig) -> Path:
+    if not isinstance(cfg.inputs, (list, ListConfig)):
+        raise ConfigError(f"inputs={cfg.inputs!r} must be a list of prediction folders: inputs=[a,b]")
+    keep = cfg.get("save_probabilities", False)
+    if not isinstance(keep, bool):
+        raise ConfigError(f"save_probabilities={keep!r} must be true or false")
+    cases = plan_ensemble(list(cfg.inputs))
+    out = Path(str(cfg.output))
+    if out.resolve() in {Path(str(p)).resolve() for p in cfg.inputs}:
+        raise ConfigError(f"output={out} is one of the inputs: it would be overwritten while read")
+    check_writable(out)
+    with Progress() as progress:
+        task = progress.add_task(f"ensembling {len(cases)} case(s) of {len(cfg.inputs)} folders", total=len(cases))
+        for case, files in cases.items():
+            ensemble_case(case, files, out, keep)
+            progress.advance(task)
+    print(f"wrote {len(cases)} ensembled prediction(s): {out}")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="ensemble")
+def main(cfg: DictConfig) -> None:
+    user_command(ensemble, cfg)
+
+
+if __name__ == "__main__":
+    run_cli(main)
