@@ -2,11 +2,14 @@
 ``nnUNetv2_ensemble``): the mean of each case's class probabilities over several prediction folders, labels taken
 from it as predict takes them, written on the input's grid with the header of the first folder's ``<case>.nii.gz``.
 
-Every ``.npz`` is read as plain arrays (``allow_pickle=False``); folders that disagree on a case's shape, class
-names or ``fg_threshold``, or on which cases they hold, are one line naming the folder and the case.
+Every ``.npz`` is read as plain arrays (``allow_pickle=False``). Before anything is written, every case is checked
+from the files' headers (:func:`check_ensemble`): folders that disagree on a case's shape, class names,
+``fg_threshold`` or image affine, a damaged file or a missing reference image, are one line naming them.
 """
 from __future__ import annotations
 
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +19,7 @@ import numpy as np
 from datamodules.errors import DataError
 from engine.predict import save_nifti, save_probabilities
 
-__all__ = ["plan_ensemble", "ensemble_case"]
+__all__ = ["plan_ensemble", "check_ensemble", "ensemble_case"]
 
 
 def _npz_cases(folder: Path) -> dict[str, Path]:
@@ -29,10 +32,14 @@ def _npz_cases(folder: Path) -> dict[str, Path]:
 
 
 def plan_ensemble(inputs: Sequence[str | Path]) -> dict[str, list[Path]]:
-    """``{case: [its .npz in every folder]}``; at least two folders, holding the same cases."""
+    """``{case: [its .npz in every folder]}``; at least two distinct folders, holding the same cases."""
     folders = [Path(p) for p in inputs]
     if len(folders) < 2:
         raise DataError(f"inputs={[str(f) for f in folders]}: an ensemble needs at least two prediction folders")
+    seen = [f.resolve() for f in folders]
+    twice = next((f for i, f in enumerate(folders) if seen[i] in seen[:i]), None)
+    if twice is not None:
+        raise DataError(f"inputs: {twice} is named twice (it would weigh double)")
     found = [_npz_cases(f) for f in folders]
     for folder, cases in zip(folders[1:], found[1:]):
         differ = sorted(set(cases) ^ set(found[0]))
@@ -41,40 +48,75 @@ def plan_ensemble(inputs: Sequence[str | Path]) -> dict[str, list[Path]]:
     return {case: [f[case] for f in found] for case in found[0]}
 
 
-def _load(path: Path) -> tuple[np.ndarray, list[str], float]:
+@dataclass(frozen=True)
+class SavedProbabilities:
+    """What a ``<case>.npz`` says of itself, read without its probabilities."""
+
+    shape: tuple[int, ...]
+    class_names: tuple[str, ...]
+    threshold: float | None  # predict's fg_threshold where it took the labels with it (two classes), else None
+
+
+def _meta(path: Path) -> SavedProbabilities:
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return f["probabilities"].astype(np.float32), [str(c) for c in f["class_names"]], float(f["fg_threshold"])
-    except (OSError, ValueError, KeyError) as exc:  # a truncated file, a pickle, a foreign .npz
+        with np.load(path, allow_pickle=False) as f, zipfile.ZipFile(path) as z, z.open("probabilities.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = tuple(int(s) for s in read(fh)[0])
+            names = tuple(str(c) for c in f["class_names"])
+            thr = float(f["fg_threshold"])
+    except Exception as exc:  # noqa: BLE001 - a truncated zip, a pickle, a foreign .npz or .npy: many types
         raise DataError(f"cannot read saved probabilities {path}: {type(exc).__name__}: {exc}") from None
+    return SavedProbabilities(shape, names, None if np.isnan(thr) or len(names) != 2 else thr)
+
+
+def _reference(npz: Path) -> Path | None:
+    """The prediction written beside ``<case>.npz``: its NIfTI header and affine are the ensemble's."""
+    return next((p for p in (npz.with_suffix(".nii.gz"), npz.with_suffix(".nii")) if p.is_file()), None)
+
+
+def check_ensemble(cases: dict[str, list[Path]]) -> None:
+    """Every case's files agree (shape, classes, threshold; the affine of the NIfTI beside each), read from their
+    headers before the first output is written: a disagreement at the last case no longer leaves the first ones
+    written."""
+    for case, files in cases.items():
+        first = _meta(files[0])
+        ref = _reference(files[0])
+        if ref is None:
+            raise DataError(f"no {case}.nii.gz beside {files[0]}: its header and affine are the output's")
+        img = nib.load(str(ref))
+        if tuple(img.shape) != first.shape[1:]:
+            raise DataError(f"{ref} is {tuple(img.shape)} but its probabilities {files[0]} are {list(first.shape)}")
+        for path in files[1:]:
+            meta = _meta(path)
+            if meta.shape != first.shape or meta.class_names != first.class_names:
+                raise DataError(f"{path}: probabilities {list(meta.shape)} of classes {list(meta.class_names)}, but "
+                                f"{files[0]} has {list(first.shape)} of {list(first.class_names)}")
+            if meta.threshold != first.threshold:
+                raise DataError(f"{path}: fg_threshold {meta.threshold} but {files[0]} has {first.threshold}: "
+                                f"labels taken two ways")
+            other = _reference(path)
+            if other is not None and not np.allclose(nib.load(str(other)).affine, img.affine, atol=1e-3):
+                raise DataError(f"{other} and {ref} lie on other voxel grids (their affines differ): the "
+                                f"probabilities would be averaged voxel by voxel across them")
 
 
 def ensemble_case(case: str, files: Sequence[Path], output: Path, keep_probabilities: bool = False) -> np.ndarray:
-    """The mean probabilities of ``files`` -> uint8 labels written to ``output/<case>.nii.gz`` (and their
-    ``.npz`` with ``keep_probabilities``); returns the labels."""
-    total, names, threshold = None, None, None
+    """The mean probabilities of ``files`` (checked by :func:`check_ensemble`) -> uint8 labels written to
+    ``output/<case>.nii.gz`` (and their ``.npz`` with ``keep_probabilities``); returns the labels. The labels are
+    predict's: ``P(class 1) > fg_threshold`` for a two-class net that had one, else the arg-max."""
+    total = None
     for path in files:
-        prob, cls, thr = _load(path)
-        if total is None:
-            total, names, threshold = prob, cls, thr
-            continue
-        if prob.shape != total.shape or cls != names:
-            raise DataError(f"{path}: probabilities {list(prob.shape)} of classes {cls}, but {files[0]} has "
-                            f"{list(total.shape)} of {names}")
-        if not (thr == threshold or (np.isnan(thr) and np.isnan(threshold))):
-            raise DataError(f"{path}: fg_threshold {thr} but {files[0]} has {threshold}: labels taken two ways")
-        total += prob
+        with np.load(path, allow_pickle=False) as f:
+            prob = f["probabilities"].astype(np.float32, copy=False)
+        total = prob if total is None else total + prob
     mean = total / len(files)
-    labels = (mean[1] > threshold if not np.isnan(threshold) else mean.argmax(0)).astype(np.uint8)
-    ref = next((p for p in (files[0].with_suffix(".nii.gz"), files[0].with_suffix(".nii")) if p.is_file()), None)
-    if ref is None:
-        raise DataError(f"no {case}.nii.gz beside {files[0]}: its header and affine are the output's")
-    src = nib.load(str(ref))
-    if tuple(src.shape) != labels.shape:
-        raise DataError(f"{ref} is {tuple(src.shape)} but its probabilities {files[0]} are {labels.shape}")
+    meta = _meta(files[0])
+    labels = (mean[1] > meta.threshold if meta.threshold is not None else mean.argmax(0)).astype(np.uint8)
+    src = nib.load(str(_reference(files[0])))
     header = src.header.copy()
     header.set_data_dtype(np.uint8)
     save_nifti(nib.Nifti1Image(labels, src.affine, header), output / f"{case}.nii.gz")
     if keep_probabilities:
-        save_probabilities(mean, names, None if np.isnan(threshold) else threshold, output / f"{case}.npz")
+        save_probabilities(mean, meta.class_names, meta.threshold, output / f"{case}.npz")
     return labels

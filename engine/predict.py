@@ -203,13 +203,14 @@ def _labels_on_source_grid(x: torch.Tensor, grid, dm, predictor: VolumePredictor
 def save_probabilities(prob: np.ndarray, class_names: Sequence[str], threshold: float | None, path: Path) -> None:
     """``<case>.npz`` beside a prediction (as nnU-Net's ``--save_probabilities``, not its format): ``probabilities``
     float32 ``[K, *the NIfTI's shape]`` in the NIfTI's own voxel order (x, y, z), ``class_names`` and
-    ``fg_threshold`` (NaN when the labels are the arg-max; else they are ``probabilities[1] > fg_threshold``).
+    ``fg_threshold`` (NaN when the labels are the arg-max; else, two classes, ``probabilities[1] > fg_threshold``,
+    as :meth:`VolumePredictor.labels` takes them).
     Plain arrays that ``np.load(..., allow_pickle=False)`` reads (no pickle of properties: a file is data, not
     code); uncompressed, as zlib took ~30 s a CT for ~10 % (a review's measurement)."""
     with atomic_output(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, probabilities=prob.astype(np.float32, copy=False),
                  class_names=np.array([str(c) for c in class_names]),
-                 fg_threshold=np.float32(np.nan if threshold is None else threshold))
+                 fg_threshold=np.float32(np.nan if threshold is None or len(prob) != 2 else threshold))
 
 
 def save_nifti(img: nib.Nifti1Image, path: Path) -> None:

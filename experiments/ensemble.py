@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 from rich.progress import Progress
 
-from engine.ensemble import ensemble_case, plan_ensemble
+from engine.ensemble import check_ensemble, ensemble_case, plan_ensemble
 from engine.errors import ConfigError
 from engine.predict import check_writable
 from experiments.hydra_checks import run_cli, user_command
@@ -27,6 +27,7 @@ def ensemble(cfg: DictConfig) -> Path:
     out = Path(str(cfg.output))
     if out.resolve() in {Path(str(p)).resolve() for p in cfg.inputs}:
         raise ConfigError(f"output={out} is one of the inputs: it would be overwritten while read")
+    check_ensemble(cases)  # every case, from the headers, before the first output is written
     check_writable(out)
     with Progress() as progress:
         task = progress.add_task(f"ensembling {len(cases)} case(s) of {len(cfg.inputs)} folders", total=len(cases))

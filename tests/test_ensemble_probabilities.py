@@ -51,6 +51,30 @@ def test_ensembling_saved_probabilities_equals_predicts_own_ensemble(folders):
             np.testing.assert_allclose(f["probabilities"], g["probabilities"], atol=1e-5)
 
 
+def test_a_threshold_decides_only_between_two_classes(tmp_path):
+    """predict takes a two-class net's labels as P(class 1) > fg_threshold and every other net's by arg-max;
+    the ensemble did the first for three classes too (a review: class 2 vanished)."""
+    from engine.ensemble import check_ensemble, ensemble_case, plan_ensemble
+    from engine.predict import save_probabilities
+
+    rng = np.random.default_rng(0)
+    for k, want in ((3, {0, 1, 2}), (2, None)):
+        folders = [tmp_path / f"k{k}_{i}" for i in range(2)]
+        for folder in folders:
+            folder.mkdir()
+            p = rng.dirichlet(np.ones(k), size=(6, 5, 4)).transpose(3, 0, 1, 2).astype(np.float32)
+            save_probabilities(p, [f"c{j}" for j in range(k)], 0.4, folder / "case.npz")
+            nib.save(nib.Nifti1Image(p.argmax(0).astype(np.uint8), np.eye(4)), folder / "case.nii.gz")
+        cases = plan_ensemble(folders)
+        check_ensemble(cases)
+        labels = ensemble_case("case", cases["case"], tmp_path, keep_probabilities=False)
+        mean = sum(np.load(f / "case.npz")["probabilities"] for f in folders) / 2
+        if k == 3:
+            assert set(np.unique(labels)) == want and np.array_equal(labels, mean.argmax(0))
+        else:
+            assert np.array_equal(labels, (mean[1] > 0.4).astype(np.uint8))
+
+
 @pytest.mark.parametrize("name, setup, culprit", [
     ("one folder", lambda t: [f"inputs=[{t / 'pa'}]"], "at least two prediction folders"),
     ("no npz", lambda t: [f"inputs=[{t / 'pa'},{t / 'empty'}]"], "holds no <case>.npz"),
@@ -58,20 +82,29 @@ def test_ensembling_saved_probabilities_equals_predicts_own_ensemble(folders):
     ("other classes", lambda t: [f"inputs=[{t / 'pa'},{t / 'renamed'}]"], "of classes"),
     ("output is an input", lambda t: [f"inputs=[{t / 'pa'},{t / 'pb'}]", f"output={t / 'pa'}"], "is one of the inputs"),
     ("a pickle", lambda t: [f"inputs=[{t / 'pa'},{t / 'pickled'}]"], "cannot read saved probabilities"),
+    ("a truncated file", lambda t: [f"inputs=[{t / 'pa'},{t / 'truncated'}]"], "BadZipFile"),
+    ("another grid", lambda t: [f"inputs=[{t / 'pa'},{t / 'moved'}]"], "lie on other voxel grids"),
+    ("one folder twice", lambda t: [f"inputs=[{t / 'pa'},{t / 'pb'},{t / 'pa'}/]"], "is named twice"),
 ])
 def test_folders_that_do_not_belong_together_are_one_line(folders, name, setup, culprit):
     tmp = folders
     (tmp / "empty").mkdir(exist_ok=True)
-    for d in ("fewer", "renamed", "pickled"):
+    for d in ("fewer", "renamed", "pickled", "truncated", "moved"):
         if not (tmp / d).exists():
             shutil.copytree(tmp / "pb", tmp / d)
     for p in (tmp / "fewer").glob("case1.*"):
         p.unlink()
-    with np.load(tmp / "pb" / "case0.npz") as f:
-        np.savez(tmp / "renamed" / "case0.npz", probabilities=f["probabilities"], fg_threshold=f["fg_threshold"],
+    # each defect in case1, the second case: nothing of case0 may be written before it is found (a review)
+    with np.load(tmp / "pb" / "case1.npz") as f:
+        np.savez(tmp / "renamed" / "case1.npz", probabilities=f["probabilities"], fg_threshold=f["fg_threshold"],
                  class_names=np.array(["background", "spleen"]))
-        np.savez(tmp / "pickled" / "case0.npz", probabilities=f["probabilities"], fg_threshold=f["fg_threshold"],
+        np.savez(tmp / "pickled" / "case1.npz", probabilities=f["probabilities"], fg_threshold=f["fg_threshold"],
                  class_names=np.array([{"a": 1}], dtype=object))
+    data = (tmp / "pb" / "case1.npz").read_bytes()
+    (tmp / "truncated" / "case1.npz").write_bytes(data[:len(data) // 2])
+    img = nib.load(tmp / "pb" / "case1.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine @ np.diag([-1.0, 1.0, 1.0, 1.0])),
+             tmp / "moved" / "case1.nii.gz")
     args = setup(tmp)
     if not any(a.startswith("output=") for a in args):
         args.append(f"output={tmp / ('bad_' + name.replace(' ', '_'))}")
