@@ -15,9 +15,11 @@ from typing import Sequence
 
 import nibabel as nib
 import numpy as np
+import torch
 
 from datamodules.errors import DataError
 from engine.predict import save_nifti, save_probabilities
+from lightning_modules.inference import VolumePredictor
 
 __all__ = ["plan_ensemble", "check_ensemble", "ensemble_case"]
 
@@ -112,7 +114,7 @@ def ensemble_case(case: str, files: Sequence[Path], output: Path, keep_probabili
         total = prob if total is None else total + prob
     mean = total / len(files)
     meta = _meta(files[0])
-    labels = (mean[1] > meta.threshold if meta.threshold is not None else mean.argmax(0)).astype(np.uint8)
+    labels = VolumePredictor.labels(torch.from_numpy(mean), meta.threshold, class_dim=0).numpy().astype(np.uint8)
     src = nib.load(str(_reference(files[0])))
     header = src.header.copy()
     header.set_data_dtype(np.uint8)
