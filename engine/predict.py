@@ -170,8 +170,10 @@ def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: f
     out = None
     try:
         out = _labels_on_source_grid(x, grid, dm, predictor, threshold, True, with_probabilities)
-    except torch.OutOfMemoryError:
-        pass  # retried below, outside the handler: its traceback would keep the failed try's tensors alive
+    except RuntimeError as err:  # torch.OutOfMemoryError, and cuDNN/cuBLAS failing to allocate its workspace
+        if not is_out_of_memory(err):
+            raise
+        # retried below, outside the handler: its traceback would keep the failed try's tensors alive
     if out is None:
         if predictor.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -186,6 +188,18 @@ def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: f
     header = src.header.copy()
     header.set_data_dtype(np.uint8)
     return nib.Nifti1Image(volume, src.affine, header), prob
+
+
+_ALLOC_FAILED = ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is the device running out of memory: the caching allocator's ``torch.OutOfMemoryError``,
+    or a library's allocation inside a kernel (cuDNN / cuBLAS workspaces, raised as a plain RuntimeError with
+    the status in its message; nnU-Net's predictor catches every RuntimeError there, which would also hide
+    real bugs, so only these are matched)."""
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and any(s in str(err) for s in _ALLOC_FAILED))
 
 
 def _labels_on_source_grid(x: torch.Tensor, grid, dm, predictor: VolumePredictor, threshold: float | None,

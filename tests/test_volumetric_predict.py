@@ -106,9 +106,11 @@ def test_folder_predict_with_labels_ensemble_and_tta(setup):
     assert summary["num_cases"] == 2 and 0 <= summary["nsd"] <= 1
 
 
-def test_out_of_memory_on_the_device_segments_the_case_again_on_the_cpu(setup, monkeypatch, capsys):
-    """Where the class probabilities do not fit on predict's device, the case is segmented again with them on
-    the CPU (nnU-Net's fallback), with a warning, and the same labels come out."""
+@pytest.mark.parametrize("error", ["allocator", "cudnn"])
+def test_out_of_memory_on_the_device_segments_the_case_again_on_the_cpu(setup, monkeypatch, capsys, error):
+    """Where the class probabilities do not fit on predict's device (the allocator's error, or cuDNN failing to
+    allocate its workspace, a plain RuntimeError), the case is segmented again with them on the CPU (nnU-Net's
+    fallback), with a warning, and the same labels come out."""
     import sys
 
     import torch
@@ -125,7 +127,8 @@ def test_out_of_memory_on_the_device_segments_the_case_again_on_the_cpu(setup, m
         # the retry runs outside the except block: its traceback would keep the failed try's tensors alive
         assert on_device or sys.exc_info() == (None, None, None)
         if on_device:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB")
+            raise (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB") if error == "allocator"
+                   else RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
         return probabilities(self, x, on_device)
 
     monkeypatch.setattr(VolumePredictor, "probabilities", short_of_memory)
@@ -134,6 +137,21 @@ def test_out_of_memory_on_the_device_segments_the_case_again_on_the_cpu(setup, m
     assert "volume-0: out of memory on cpu; the case again with its class probabilities on the CPU" in capsys.readouterr().out
     ref, out = (np.asarray(nib.load(tmp / n).dataobj) for n in ("oom_ref.nii.gz", "oom.nii.gz"))
     assert ref.any() and np.array_equal(out, ref)
+
+
+def test_only_running_out_of_memory_is_retried_on_the_cpu():
+    """Other RuntimeErrors (a shape bug, a CUDA launch failure) are not taken for a lack of memory: retrying
+    them would hide the bug behind a slower second run."""
+    import torch
+
+    from engine.predict import is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be ..."))
+    assert is_out_of_memory(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert not is_out_of_memory(RuntimeError("Given groups=1, weight of size [8, 1, 3, 3], expected input ..."))
+    assert not is_out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not is_out_of_memory(ValueError("CUDNN_STATUS_ALLOC_FAILED"))
 
 
 def test_save_probabilities_writes_what_the_labels_were_taken_from(setup):
