@@ -23,7 +23,6 @@ from torch.utils.data import Dataset, default_collate
 from datamodules.errors import DataError
 from datamodules.segmentation import VolumeSegmentationDataModule
 from datamodules.slices import SliceCase
-from datamodules.splits import patient_split
 from datamodules.transforms import reseed_from_torch
 
 
@@ -128,7 +127,7 @@ class PatchVolumeDataModule(VolumeSegmentationDataModule):
         if self.splits is not None:
             return
         cases = sorted(self.load_cases(), key=lambda c: c.case_id)
-        self.splits = patient_split([c.case_id for c in cases], self.val_fraction, self.test_fraction, self.seed)
+        self.splits = self.make_splits([c.case_id for c in cases])  # split_file, train_cases as in 2D
         by_id = {c.case_id: c for c in cases}
         fn = self.label_fn()
         self.train_dataset = PatchDataset([by_id[c] for c in self.splits["train"]], fn, self.patch_size,

@@ -46,3 +46,19 @@ def test_teacher_cache_key_follows_what_trains_the_teacher(tmp_path):
         assert teacher_key(compose_run([*base, *extra], tmp_path)) != key, extra
     for cosmetic in (["trainer.log_every_n_steps=1"], ["trainer.num_sanity_val_steps=2"]):
         assert teacher_key(compose_run([*base, *cosmetic], tmp_path)) == key, cosmetic
+
+
+def test_3d_patches_keep_the_training_budget(tmp_path):
+    """Found by a review: the 3D patch datamodule split with ``patient_split`` itself, so ``data.train_cases``
+    (and ``data.split_file``) were ignored there and a 3D student trained on every case, while its CT
+    statistics came from the budget's subset."""
+    from engine.builders import build_datamodule
+    from tests.volumetric_helpers import TINY_3D
+
+    few, full = (build_datamodule(compose_run([*TINY_3D, "data.synthetic.n_cases=8", f"data.train_cases={n}"],
+                                              tmp_path / str(n)).data) for n in (2, "null"))
+    few.setup()
+    full.setup()
+    assert len(few.splits["train"]) == 2 and set(few.splits["train"]) < set(full.splits["train"])
+    assert few.splits["val"] == full.splits["val"] and few.splits["test"] == full.splits["test"]
+    assert sorted(c.case_id for c in few.train_dataset.cases) == sorted(few.splits["train"])
