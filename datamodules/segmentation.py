@@ -158,6 +158,15 @@ class VolumeSegmentationDataModule(SliceDataModule):
         return self.target_map
 
     def fill_value(self) -> float:
+        """What air becomes after normalisation, for padding and rotated corners (as predict's sliding window
+        pads with the volume's lowest value): the window's low end, or for ``ct`` the clipped lower bound
+        ``(lo - mean) / std`` (0 there is the foreground mean: a review found padding that looked like liver
+        labelled background). ``zscore`` has no fixed air value (it is per image): 0, its mean, as nnU-Net pads."""
+        if self.normalization == "ct" and self.ct_stats is not None:
+            lo, _, mean, std = self.ct_stats
+            return (lo - mean) / std
+        if self.normalization == "zscore":
+            return 0.0
         return self.out_range[0]
 
     def load_cases(self) -> list[SliceCase]:

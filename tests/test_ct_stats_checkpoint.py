@@ -66,3 +66,15 @@ def test_a_crafted_data_state_is_one_line_before_lightning_restores_it(tmp_path,
         check_trainer_state(ckpt, tmp_path / "c.ckpt")
     with pytest.raises(DataError, match="ct_stats=.* is not"):
         VolumeSegmentationDataModule(str(tmp_path), normalization="ct").load_state_dict({"ct_stats": stats})
+
+
+def test_padding_under_ct_normalisation_is_air_not_tissue(tmp_path):
+    """Found by a review: padding and rotated corners were filled with ``out_range[0]`` = 0, which nnU-Net's CT
+    normalisation maps to the foreground mean (liver-like, labelled background), while predict's sliding
+    window pads with the volume's lowest value. Air is the clipped lower bound ``(lo - mean) / std``."""
+    dm = build_datamodule(compose_run([*TINY, "data.normalization=ct"], tmp_path).data)
+    dm.setup()
+    lowest = min(float(np.asarray(c.image).min()) for c in dm.load_cases())
+    assert dm.fill_value() == pytest.approx(lowest, abs=1e-5) and dm.fill_value() < -1.0
+    window = build_datamodule(compose_run(TINY, tmp_path / "window").data)
+    assert window.fill_value() == window.out_range[0]
