@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig
 
+from federation.core.strategies.base import strategy_class
 from federation.errors import FederationError
 from federation.server_state import save_atomic
 from federation.store import ClientStore
 from lightning_modules.safe_load import load_checkpoint
+from lightning_modules.targets import extra_prefixes, under_prefixes
 
 BEST_LOCAL = "global_best_local.pt"
 LocalStates = Mapping[str, Mapping[str, torch.Tensor]]
@@ -76,13 +77,20 @@ def local_source(weights: Path, store: ClientStore) -> Path:
 
 def keeps_local(fed: DictConfig) -> bool:
     """Whether the federation's strategy keeps entries at the sites (``Strategy.keeps_local``: FedBN), asked
-    of the class the config names, or ``local_keys`` / ``local_prefixes`` given."""
+    of the class the config names, or ``local_keys`` / ``local_prefixes`` given. The config may be a handed-over
+    run folder's, so its ``_target_`` is data: only a :class:`Strategy` of the project's ``federation`` package
+    (or an ``allow_targets`` prefix) is imported, anything else is one line (a security review: resolving the
+    name first imported whatever module it named, code shipped beside the run included)."""
     strategy = fed.get("strategy") or {}
+    target = str(strategy.get("_target_", ""))
+    if not under_prefixes(target, ("federation", *extra_prefixes())):
+        raise FederationError(f"federation.strategy._target_={target!r} refused: a run config may only name the "
+                              f"project's strategies (federation.*; trust more with allow_targets=[prefix])")
     try:
-        cls = get_class(str(strategy.get("_target_", "")))
-    except Exception:  # noqa: BLE001 - not a class this install has: nothing known to be kept
-        return False
-    return bool(getattr(cls, "keeps_local", False) or strategy.get("local_keys") or strategy.get("local_prefixes"))
+        cls = strategy_class(target)
+    except ValueError as err:
+        raise FederationError(str(err)) from None
+    return bool(cls.keeps_local or strategy.get("local_keys") or strategy.get("local_prefixes"))
 
 
 def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Mapping[str, torch.Tensor],

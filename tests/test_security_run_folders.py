@@ -1,0 +1,137 @@
+"""A run folder, a data folder and a run config handed over from elsewhere are data, never code (found by the
+33rd session's security review): what a crafted one could make run, and the protections no test held before."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.cli import run_in_process
+from tests.test_predict_federation import fed_run
+from tests.volumetric_helpers import phantom
+
+PAYLOAD = "import pathlib\npathlib.Path(__file__).with_name('MARKER').write_text('ran')\nclass Strategy: pass\n"
+
+
+def test_a_strategy_named_by_a_handed_over_run_config_is_not_imported(tmp_path, monkeypatch):
+    """predict on a federation's weights asked the run config's ``federation.strategy._target_`` whether it keeps
+    batch norm at the sites by importing whatever module it named (a review ran a payload shipped beside the
+    run, with the folder on ``sys.path`` as it is for a command started there). Now only the project's
+    strategies are imported, and anything else is one line before any output."""
+    run, _ = fed_run(tmp_path, ["federation/strategy=fedbn"])
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.federation.strategy._target_ = "payload_strategy.Strategy"
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (run / "payload_strategy.py").write_text(PAYLOAD)
+    monkeypatch.syspath_prepend(str(run))
+    data = phantom(tmp_path, n_cases=1)
+    out = tmp_path / "pred" / "seg.nii.gz"
+    proc = run_in_process("experiments.predict", [f"ckpt={run / 'global_best.pt'}", f"input={data / 'volume-0.nii.gz'}",
+                                                  f"output={out}", "device=cpu"], tmp_path)
+    assert not (run / "MARKER").exists(), "the run config's strategy module was imported"
+    assert proc.returncode != 0 and not out.exists()
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "payload_strategy.Strategy" in lines[0] and "refused" in lines[0], proc.stderr
+
+
+def test_the_deployed_strategy_must_be_a_strategy(tmp_path):
+    """A project name that is no :class:`Strategy` (e.g. a function of the same package) is refused too, and the
+    project's own FedBN is still recognised as keeping batch norm at the sites."""
+    from federation.deploy import keeps_local
+    from federation.errors import FederationError
+
+    def fed(target: str):
+        return OmegaConf.create({"strategy": {"_target_": target}})
+
+    assert keeps_local(fed("federation.core.strategies.FedBN")) and not keeps_local(fed("federation.core.strategies.FedAvg"))
+    for bad in ("federation.deploy.save_atomic", "federation.nowhere.Strategy", "os.system"):
+        with pytest.raises(FederationError, match="refused|names no class|is not a federation"):
+            keeps_local(fed(bad))
+
+
+def test_yaml_tags_in_run_folder_files_run_nothing(tmp_path):
+    """Every reader of a run folder's YAML (config.yaml, .hydra/overrides.yaml) loads it safely: a
+    ``!!python/object/apply`` tag is a parse error, never a call (a safe_load turned into unsafe_load would pass
+    every other test)."""
+    from engine.errors import CheckpointError, ConfigError
+    from engine.predict_models import read_run_config
+    from engine.run_match import saved_config, saved_overrides
+
+    marker = tmp_path / "MARKER"
+    tag = f"!!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path ['{marker}']]"
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"data:\n  _target_: datamodules.segmentation.VolumeSegmentationDataModule\n"
+                                     f"  root: {tag}\n")
+    (run / ".hydra" / "overrides.yaml").write_text(f"- {tag}\n")
+    with pytest.raises(CheckpointError, match="does not parse"):
+        read_run_config(run / "config.yaml")
+    with pytest.raises(ConfigError, match="does not parse"):
+        saved_config(run)
+    assert saved_overrides(run) == []
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["folder2d", "cache"])
+def test_pickled_arrays_in_a_data_folder_run_nothing(tmp_path, where):
+    """``.npy`` files read from a data folder or the slice cache are loaded without pickle: an object array
+    whose pickle would run code is refused (numpy's default today; a test so that passing allow_pickle=True
+    anywhere fails here)."""
+    marker = tmp_path / "MARKER"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.touch, ())
+
+    crafted = np.empty(1, dtype=object)
+    crafted[0] = Payload()
+    if where == "folder2d":
+        from datamodules.folder2d import _read as read_image
+
+        path = tmp_path / "img.npy"
+        np.save(path, crafted, allow_pickle=True)
+        with pytest.raises(Exception):
+            read_image(path)
+    else:
+        from datamodules.volumes import PreprocessParams, VolumeCache
+
+        from tests.test_data_volumes import _pair
+
+        img, lab = _pair(tmp_path)
+        cache = VolumeCache(tmp_path / "cache", PreprocessParams((-200, 300), (0.0, 1.0), 16, (0, 1, 2)))
+        cache.load(img, lab, "case")                           # a real entry, then its arrays replaced
+        entry = cache.entry_dir(img, lab)
+        for npy in entry.glob("*.npy"):
+            np.save(npy, crafted, allow_pickle=True)
+        with pytest.raises(Exception):
+            np.asarray(cache.load(img, lab, "case").image)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("module, call", [
+    ("lightning_modules.safe_load", "load_checkpoint"),
+    ("federation.server_state", "load_server_state"),
+])
+def test_loads_of_files_from_elsewhere_say_weights_only_themselves(tmp_path, monkeypatch, module, call):
+    """torch's default is weights_only=True today, so a load that drops the argument passes every crafted-pickle
+    test; a torch (or Lightning, for remote paths) whose default differs would unpickle. Each loader passes
+    ``weights_only=True`` itself."""
+    import importlib
+
+    seen: list[object] = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("weights_only", "missing"))
+        return real(*args, **{**kwargs, "weights_only": True})
+
+    monkeypatch.setattr(torch, "load", spy)
+    path = tmp_path / "x.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    fn = getattr(importlib.import_module(module), call)
+    try:
+        fn(path)
+    except Exception:  # noqa: BLE001 - the loader may refuse this file's contents; the call is what is checked
+        pass
+    assert seen and all(w is True for w in seen), seen
