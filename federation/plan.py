@@ -13,7 +13,7 @@ import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from hydra.utils import get_method
@@ -210,7 +210,35 @@ class ClientSplit:
     indices: dict[str, ClientIndices]
 
 
-def split_clients(fed: Any, train: Any, test: Any, seed: int) -> ClientSplit:
+def annotated_classes(fed: Any, client_ids: Sequence[str] | None, num_classes: int | None) -> dict[str, list[int]]:
+    """``federation.partial_labels`` checked: ``{client id: annotated class ids}``, keys as strings (a YAML
+    ``0:`` is the client ``"0"``). A key that is no client (``client_ids``; None: not known here, a real site's
+    node) or a class outside ``[0, num_classes)`` is one line: either silently left that client fully labelled
+    (a review: paper 004's partial-label runs quietly became fully labelled ones)."""
+    spec = fed.get("partial_labels") or {}
+    if not isinstance(spec, Mapping):
+        raise FederationError(f"federation.partial_labels={spec!r} must map client ids to lists of class ids")
+    out: dict[str, list[int]] = {}
+    for key, classes in spec.items():
+        cid = str(key)
+        if client_ids is not None and cid not in client_ids:
+            raise FederationError(f"federation.partial_labels names {cid!r}, which is no client of this federation "
+                                  f"(clients: {', '.join(list(client_ids)[:8])})")
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
+            raise FederationError(f"federation.partial_labels.{cid}={classes!r} must be a list of class ids")
+        try:
+            ids = [int(c) for c in classes]
+        except (TypeError, ValueError):
+            raise FederationError(f"federation.partial_labels.{cid}={list(classes)!r} must be a list of class ids") from None
+        bad = [c for c in ids if c < 0 or (num_classes is not None and c >= num_classes)]
+        if bad:
+            raise FederationError(f"federation.partial_labels.{cid} names class {bad[0]}, outside the data's "
+                                  f"{num_classes} classes [0, {num_classes})")
+        out[cid] = ids
+    return out
+
+
+def split_clients(fed: Any, train: Any, test: Any, seed: int, num_classes: int | None = None) -> ClientSplit:
     """The one partition of a federation, as the server makes it and a Flower node re-derives it.
 
     Carve the shared pool (paper 000 §4.1 step 1; disjoint from every client) off the training set,
@@ -247,7 +275,7 @@ def split_clients(fed: Any, train: Any, test: Any, seed: int) -> ClientSplit:
                         "federation.partition_unit=case", name, split, len(owners))
     test_groups = getattr(test, "groups", None)
     site_of_test = None if test_groups is None else np.asarray(test_groups)
-    partial = fed.get("partial_labels") or {}
+    partial = annotated_classes(fed, [str(c) for c in ids], num_classes)
     indices: dict[str, ClientIndices] = {}
     single = []  # clients whose only volume also gives their validation slices
     for cid, part in zip(ids, parts):
@@ -257,8 +285,7 @@ def split_clients(fed: Any, train: Any, test: Any, seed: int) -> ClientSplit:
         te = None
         if site_of_test is not None and cid in set(site_of_test.tolist()):
             te = np.flatnonzero(site_of_test == cid)
-        ann = partial.get(cid)
-        indices[cid] = ClientIndices(tr, va, te, None if ann is None else [int(a) for a in ann])
+        indices[cid] = ClientIndices(tr, va, te, partial.get(str(cid)))
     if single:
         log.warning("%d client(s) (%s) hold a single volume, so their validation slices come from the volume they "
                     "train on: their val/* scores are optimistic; give fewer clients to have whole validation "

@@ -98,7 +98,8 @@ class Server:
         train = self.base.train_dataset
         self.labels, self.groups, self.cases = sample_labels(train), sample_groups(train), sample_cases(train)
 
-        split = split_clients(self.fed, train, self.base.test_dataset, self.seed)
+        split = split_clients(self.fed, train, self.base.test_dataset, self.seed,
+                              getattr(self.base, "num_classes", None))
         self.pool, self.client_ids, self.indices, parts = split.pool, split.client_ids, split.indices, split.parts
         self.store = ClientStore(self.out / str(self.fed.get("store_dir", "client_store")))
         self.remote = not any(len(p) for p in parts)  # remote_sites: the sites' data is on their own nodes

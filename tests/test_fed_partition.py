@@ -190,3 +190,42 @@ def test_empty_clients_and_single_volume_clients(caplog):
         with caplog.at_level(logging.WARNING, logger="federation.plan"):
             split_clients(fed, train, None, seed=0)
         assert any("hold a single volume" in r.message for r in caplog.records) == warned, n
+
+
+def test_partial_labels_name_clients_and_classes_that_exist():
+    """Found by a review: ``federation.partial_labels`` keys that were no client id (``{0: [1]}`` for the client
+    ``"0"``, or a typo) and classes outside the data's were silently ignored, so those clients trained fully
+    labelled. Integer keys now name the client ``"0"``; anything else is one line."""
+    from omegaconf import OmegaConf
+
+    from federation.errors import FederationError
+    from federation.plan import split_clients
+
+    cases = np.repeat([f"v{i}" for i in range(6)], 5)
+    train = type("Slices", (), {"targets": np.zeros(30, np.int64), "case_ids": cases, "__len__": lambda self: 30})()
+
+    def fed(partial):
+        return OmegaConf.create({"partition": {"_target_": "federation.core.partition.iid"}, "num_clients": 2,
+                                 "client_val_fraction": 0.2, "partial_labels": partial})
+
+    split = split_clients(fed({0: [1], 1: [2]}), train, None, seed=0, num_classes=3)
+    assert {c: i.annotated for c, i in split.indices.items()} == {"0": [1], "1": [2]}
+    for partial, culprit in (({"0": [1], "l": [2]}, "names 'l', which is no client"),
+                             ({"0": [3]}, r"partial_labels.0 names class 3, outside the data's 3 classes"),
+                             ({"0": "1"}, "must be a list of class ids")):
+        with pytest.raises(FederationError, match=culprit):
+            split_clients(fed(partial), train, None, seed=0, num_classes=3)
+
+
+def test_a_real_sites_node_takes_its_own_partial_labels():
+    """A Flower node on its own folder (``partition=all``) took no annotation from the config (every class
+    trained); it now takes its own entry, the same ``federation.partial_labels`` the simulation uses."""
+    from omegaconf import OmegaConf
+
+    from federation.transports.flower.partition import site_indices
+
+    base = type("DM", (), {"num_classes": 3, "train_dataset": list(range(10))})()
+    cfg = OmegaConf.create({"seed": 0, "federation": {"client_val_fraction": 0.2,
+                                                      "partial_labels": {"hospital_a": [2], "hospital_b": [1]}}})
+    assert site_indices(cfg, base, "hospital_a", "all").annotated == [2]
+    assert site_indices(cfg, base, "hospital_c", "all").annotated is None

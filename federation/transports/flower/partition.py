@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.subset import carve_val, sample_cases
 from federation.core.sampling import client_seed
 from federation.errors import FederationError
-from federation.plan import split_clients
+from federation.plan import annotated_classes, split_clients
 from federation.runner import ClientIndices
 
 __all__ = ["derive_indices", "site_indices"]
@@ -24,7 +24,8 @@ __all__ = ["derive_indices", "site_indices"]
 
 def derive_indices(cfg: DictConfig, base: pl.LightningDataModule) -> dict[str, ClientIndices]:
     """Every client's indices, by the server's own :func:`federation.plan.split_clients`."""
-    return split_clients(cfg.federation, base.train_dataset, base.test_dataset, int(cfg.seed)).indices
+    return split_clients(cfg.federation, base.train_dataset, base.test_dataset, int(cfg.seed),
+                         getattr(base, "num_classes", None)).indices
 
 
 def site_indices(cfg: DictConfig, base: pl.LightningDataModule, client_id: str, mode: str) -> ClientIndices:
@@ -41,6 +42,7 @@ def site_indices(cfg: DictConfig, base: pl.LightningDataModule, client_id: str, 
     frac = float(OmegaConf.select(cfg, "federation.client_val_fraction", default=0.2))
     tr, va = carve_val(np.arange(n, dtype=np.int64), frac, client_seed(int(cfg.seed), -1, client_id, "val"),
                        sample_cases(base.train_dataset))
-    return ClientIndices(tr, va, None, None)
+    annotated = annotated_classes(cfg.federation, None, getattr(base, "num_classes", None)).get(client_id)
+    return ClientIndices(tr, va, None, annotated)  # the site's own annotation, as the config gives it
 
 
