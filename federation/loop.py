@@ -91,10 +91,12 @@ def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
                 rnd, on_start=lambda n, r=rnd: bar.reset(ctask, total=n, description=f"round {r + 1}: clients"),
                 on_done=lambda cid, ok: (bar.advance(ctask), stop.check()))
             server.history.append(row)
-            server.update_best(rnd, row)
+            improved = server.update_best(rnd, row)
+            server.checkpoint(rnd)  # server.pt first: the best's weights and the logs follow a completed round
+            if improved:
+                server.save_best()
             log_metrics(server.loggers, row, step=rnd + 1)
             log_round(row, rounds)  # per-client and global lines in run.log / non-TTY stdout
-            server.checkpoint(rnd)
             write_rounds_csv(rounds_table(server.history), server.out / "rounds.csv")
             bar.advance(rtask)
             shown = {k.split("fed/round/")[-1]: v for k, v in row.items()

@@ -232,6 +232,8 @@ class Server:
             raise FederationError(f"{path} does not restore this federation ({type(err).__name__}: "
                                   f"{str(err).splitlines()[0] if str(err) else ''}); delete it to start afresh") from err
         self._drop_stopped_round(self.start_round)
+        if self.best.get("round") == self.start_round:  # the run may have stopped before writing that round's best
+            self.save_best()
         artifacts.console.print(f"[bold]resume:[/bold] {path} (rounds 1..{self.start_round} done)")
 
     def _drop_stopped_round(self, rnd: int) -> None:
@@ -300,14 +302,21 @@ class Server:
         row.update(self.evaluate_round(sampled))
         return row
 
-    def update_best(self, rnd: int, row: Mapping[str, float]) -> None:
-        """Keep ``global_best.pt`` when the server validation ``monitor`` improved in round ``rnd``."""
+    def update_best(self, rnd: int, row: Mapping[str, float]) -> bool:
+        """Whether the server validation ``monitor`` improved in round ``rnd`` (``self.best`` then names it).
+        Its weights are written by :meth:`save_best` once the round's ``server.pt`` is: a review found
+        ``global_best.pt`` from a round that never completed after a stop between the two writes."""
         key = f"fed/round/server_val/{self.monitor.split('/', 1)[-1]}"
         value = row.get(key)
         if value is None or not math.isfinite(value):
-            return
+            return False
         if self.best["value"] is None or (value > self.best["value"] if self.monitor_mode == "max"
                                           else value < self.best["value"]):
             self.best = {"round": rnd + 1, "value": float(value), "key": key}
-            save_best_local(self.store, self.client_ids, self.out)  # FedBN: the BN of this round, kept with it
-            save_atomic(self.global_state, self.out / "global_best.pt")
+            return True
+        return False
+
+    def save_best(self) -> None:
+        """``global_best.pt`` (and FedBN's local entries of the same round) from the current global state."""
+        save_best_local(self.store, self.client_ids, self.out)  # FedBN: the BN of this round, kept with it
+        save_atomic(self.global_state, self.out / "global_best.pt")

@@ -348,7 +348,7 @@ def test_fedbn_best_model_is_scored_and_kept_with_its_own_rounds_batch_norm(tmp_
     from federation.server import Server
 
     real = Server.update_best
-    monkeypatch.setattr(Server, "update_best", lambda self, rnd, row: real(self, rnd, row) if rnd == 0 else None)
+    monkeypatch.setattr(Server, "update_best", lambda self, rnd, row: real(self, rnd, row) if rnd == 0 else False)
     metrics = dispatch(compose_run([*DIGITS, "federation/strategy=fedbn", "trainer.deterministic=true"], tmp_path))
     run = tmp_path / "run"
     rows = list(csv.DictReader((run / "rounds.csv").open()))
@@ -380,3 +380,43 @@ def test_round_bars_stay_out_of_a_log_file_and_a_finished_run_shows_no_client_ba
     out = capsys.readouterr().out
     bars = [ln for ln in out.splitlines() if "━" in ln or ln.lstrip().startswith(("rounds ", "clients "))]
     assert any(ln.lstrip().startswith("rounds ") for ln in bars) and not [ln for ln in bars if "clients" in ln], bars
+
+
+def test_a_stop_between_server_pt_and_the_best_weights_is_mended_on_resume(tmp_path, monkeypatch):
+    """Found by a review: ``global_best.pt`` was written before the round's ``server.pt``, so a run stopped
+    between the two kept the best weights of a round that never completed (and logged it twice). Now
+    ``server.pt`` comes first; a stop before the best weights follow leaves ``server.pt`` naming a best round
+    whose weights are its own global state, and resume writes them from there."""
+    from federation.loop import run_federation
+    from federation.server import Server
+
+    class Stopped(BaseException):
+        pass
+
+    def every_round_best(self, rnd, row):
+        self.best = {"round": rnd + 1, "value": float(-rnd), "key": "fed/round/server_val/loss"}
+        return True
+
+    real_save, calls = Server.save_best, []
+
+    def stopped_in_round_two(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Stopped
+        real_save(self)
+
+    monkeypatch.setattr(Server, "update_best", every_round_best)
+    monkeypatch.setattr(Server, "save_best", stopped_in_round_two)
+    cfg = compose_run([*DIGITS, "federation.rounds=2"], tmp_path)
+    with pytest.raises(Stopped):
+        run_federation(cfg)
+    run = tmp_path / "run"
+    state = torch.load(run / "server.pt", weights_only=True)
+    assert state["round"] == 1 and state["best"]["round"] == 2      # round 2 completed, its best not yet written
+    stale = torch.load(run / "global_best.pt", weights_only=True)  # round 1's
+    assert not all(torch.equal(stale[k], state["global"][k]) for k in stale)
+    monkeypatch.setattr(Server, "save_best", real_save)
+    cfg.resume = True
+    metrics = run_federation(cfg)
+    best = torch.load(run / "global_best.pt", weights_only=True)
+    assert metrics["fed/best_round"] == 2 and all(torch.equal(best[k], state["global"][k]) for k in best)
