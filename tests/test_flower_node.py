@@ -152,3 +152,16 @@ def test_the_node_decides_its_own_hardware(seen):
     for many in ("2", "0,1", "[0, 1]"):  # found by a review: devices=2 made Lightning launch DDP on the node
         with pytest.raises(FederationError, match=r"devices=.*one process on one device"):
             node_train("site_b", None, ccfg, {**node, "devices": many})
+
+
+def test_a_site_on_its_own_data_refuses_shared_indices(seen):
+    """Found by a review: data sharing sends the pool as indices into the server's dataset, and a site on its own
+    folder (``partition="all"``) took them as indices into *its* data (its own items, some of its validation
+    split). Only a node holding the server's dataset (``derive``) may take them."""
+    from federation.core.messages import ServerMessage
+
+    msg = ServerMessage(0, {}, {"shared_indices": [1, 2, 3]})
+    with pytest.raises(FederationError, match="site 'site_b' .*shared indices.*partition=\"derive\""):
+        node_train("site_b", msg, CCFG, {"site": "site_b", "data-root": "/site_b/ct", "partition": "all"})
+    assert "mode" not in seen                                      # refused before its data was touched
+    assert node_train("site_b", msg, CCFG, {"site": "site_b", "partition": "derive"}) == "update"

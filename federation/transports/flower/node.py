@@ -89,7 +89,12 @@ def node_train(client_id: str, server_msg: Any, ccfg: Mapping[str, Any], node: M
     from federation.transports.flower.partition import site_indices
 
     quiet_lightning()
-    plain, mode = check_received_config(ccfg), str(node_value(node, "partition", "all"))
+    mode = str(node_value(node, "partition", "all"))
+    if mode == "all" and dict(getattr(server_msg, "config", {}) or {}).get("shared_indices") is not None:
+        raise FederationError(f"site {client_id!r} (partition=\"all\", its own data) was sent data sharing's shared "
+                              f"indices: they index the server's dataset, which only a node holding that same "
+                              f"dataset (partition=\"derive\") has; the pool's samples themselves are not sent")
+    plain = check_received_config(ccfg)
     if node_value(node, "data-root") is not None:
         pin_data_paths(plain["data"], str(node_value(node, "data-root")))
     elif mode == "all":

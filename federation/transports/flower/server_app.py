@@ -48,9 +48,10 @@ def check_data_transfer(cfg) -> str | None:
     if not allowed and not rehearsal:
         raise ConfigError("federation.strategy=datashare sends server-held training samples to the sites; "
                           "under a Flower deployment set federation.strategy.allow_data_transfer=true to allow it")
-    return ("DATA TRANSFER: the data-sharing strategy (paper 000) sends samples of the server's shared pool "
-            "to the sites" + ("" if allowed else " (allowed in this local rehearsal, where every node already "
-                              "holds the dataset; a deployment needs federation.strategy.allow_data_transfer=true)"))
+    return ("DATA TRANSFER: the data-sharing strategy (paper 000) has the sites train on samples of the server's "
+            "shared pool, sent as indices into the dataset every node must hold (partition=derive; a site on its own "
+            "data refuses them)" + ("" if allowed else " (allowed in this local rehearsal, where every node already "
+                                   "holds the dataset; a deployment needs federation.strategy.allow_data_transfer=true)"))
 
 
 class NoEmptyExitLine(logging.Filter):
