@@ -24,7 +24,7 @@ from federation.core.sampling import clients_per_round
 from federation.curves import plot_rounds
 from federation.deploy import local_for
 from federation.errors import FederationError
-from federation.matrix import evaluation_matrix, write_matrix
+from federation.matrix import evaluation_matrix, matrix_note, write_matrix
 from federation.records import (best_of_rounds, close_loggers, fmt, log_image, log_metrics, log_round, rounds_table,
                                 write_rounds_csv)
 from federation.server import SERVER_CKPT, Server
@@ -134,7 +134,7 @@ def _finish(server: Server, t_start: float) -> dict[str, Any]:
         metrics["debug"] = True  # fast_dev_run: experiments.report leaves it out of its tables
     if server.fed.get("evaluation_matrix"):
         matrix = evaluation_matrix(server)
-        write_matrix(matrix, out, metric)
+        write_matrix(matrix, out, metric, matrix_note(server))
         metrics["evaluation_matrix"] = matrix
     metrics.update(best_of_rounds(server.history))  # val/<m>_best: the global model's best server validation
     artifacts.write_json(out / "metrics.json", metrics)

@@ -34,7 +34,7 @@ from federation.runner import best_local_store, train_local
 if TYPE_CHECKING:
     from federation.server import Server
 
-__all__ = ["evaluation_matrix", "write_matrix"]
+__all__ = ["evaluation_matrix", "matrix_note", "write_matrix"]
 
 log = logging.getLogger("federation.matrix")
 
@@ -106,11 +106,32 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
     return rows
 
 
-def write_matrix(rows: dict[str, dict[str, float]], out: Path, metric: str) -> None:
-    """``evaluation_matrix.md`` / ``.csv`` in ``out`` (atomic) and a rich table on the console."""
+def matrix_note(server: Server) -> str | None:
+    """What a reader of the matrix must know: client columns that are the client's validation split (the data
+    has no sites), on which ``fl_local=best_local`` chose each client's round, so its own cell is optimistic
+    against FL_global and the standalone row (a review); ``None`` when every column is a held-out test set."""
+    mcfg = server.fed.get("matrix") or {}
+    ids = server.client_ids[: int(mcfg.get("max_clients", 8) or len(server.client_ids))]
+    on_val = [c for c in ids if server.indices[c].test is None or not len(server.indices[c].test)]
+    if not on_val:
+        return None
+    note = (f"Columns {', '.join(on_val[:8])} are those clients' validation splits (the data has no sites, so they "
+            f"have no test cases of their own).")
+    if str(mcfg.get("fl_local", "best_local")) == "best_local":
+        note += (" Each <client>_FL_local is the round its validation score was best, chosen on that same split: "
+                 "its own cell is optimistic; matrix.fl_local=finetune, or data with sites, avoids it.")
+    return note
+
+
+def write_matrix(rows: dict[str, dict[str, float]], out: Path, metric: str, note: str | None = None) -> None:
+    """``evaluation_matrix.md`` / ``.csv`` in ``out`` (atomic) and a rich table on the console; ``note``
+    (:func:`matrix_note`) under the Markdown table and logged as a warning."""
     cols = list(next(iter(rows.values())))
     md = [f"| model \\ test set ({metric}) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     md += [f"| {r} | " + " | ".join(artifacts.fmt(v.get(c), 4) for c in cols) + " |" for r, v in rows.items()]
+    if note:
+        md += ["", note]
+        log.warning("evaluation matrix: %s", note)
     artifacts.atomic_write_text(out / "evaluation_matrix.md", "\n".join(md) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -420,3 +420,28 @@ def test_a_stop_between_server_pt_and_the_best_weights_is_mended_on_resume(tmp_p
     metrics = run_federation(cfg)
     best = torch.load(run / "global_best.pt", weights_only=True)
     assert metrics["fed/best_round"] == 2 and all(torch.equal(best[k], state["global"][k]) for k in best)
+
+
+def test_the_matrix_says_when_a_clients_column_is_its_validation_split(tmp_path):
+    """Found by a review: on data without sites a client's column is its validation split, the split on which
+    ``fl_local=best_local`` chose that client's round, so its own cell is optimistic; the matrix now says so
+    under the table (and not for clients with test cases of their own)."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from federation.matrix import matrix_note, write_matrix
+    from federation.runner import ClientIndices
+
+    idx = np.arange(4)
+    fed = OmegaConf.create({"matrix": {"fl_local": "best_local"}})
+    server = SimpleNamespace(fed=fed, client_ids=["a", "b"],
+                             indices={"a": ClientIndices(idx, idx, None), "b": ClientIndices(idx, idx, idx)})
+    note = matrix_note(server)
+    assert note.startswith("Columns a are") and "optimistic" in note
+    write_matrix({"FL_global": {"a": 0.5, "pooled": 0.4}}, tmp_path, "dice", note)
+    assert (tmp_path / "evaluation_matrix.md").read_text().rstrip().endswith("avoids it.")
+    fed.matrix.fl_local = "finetune"
+    assert "optimistic" not in matrix_note(server)
+    server.indices["a"] = ClientIndices(idx, idx, idx)
+    assert matrix_note(server) is None
