@@ -71,11 +71,15 @@ class GridMeta:
 
     @property
     def affine(self) -> np.ndarray:
-        """The working grid's affine (world mm), e.g. to save an intermediate volume."""
+        """The working grid's affine (world mm), e.g. to save an intermediate volume: working voxel ``i`` is
+        oriented voxel ``(i + 0.5) * s - 0.5`` (pixel-centre aligned resampling, scale ``s``), so the scaling
+        carries a ``(s - 1) / 2`` shift of the origin (a review found it missing: half a voxel off)."""
         src = np.asarray(self.source_affine)
         aff = src @ nio.inv_ornt_aff(np.asarray(self.ornt), self.source_shape)
         scale = np.array(self.oriented_shape, float) / np.array(self.shape, float)
-        return aff @ np.diag([*scale, 1.0])
+        working = np.diag([*scale, 1.0])
+        working[:3, 3] = (scale - 1.0) / 2.0
+        return aff @ working
 
 
 def resize_volume(t: torch.Tensor, shape: Sequence[int], is_label: bool) -> torch.Tensor:
