@@ -4,6 +4,7 @@ step time, folder predict vs one call per volume.
     python -m benchmarks.volumetric predict  [--shape 256 256 100] [--roi 64] [--phases]  # project / bare MONAI
     python -m benchmarks.volumetric patches  [--steps 5]                       # data time / step time
     python -m benchmarks.volumetric folder   [--n 10]                          # 10 single calls / one folder call
+    python -m benchmarks.volumetric probabilities [--shape 256 256 100]        # host peak of save_probabilities
 
 Nets are randomly initialised (speed does not depend on the weights); everything runs on CPU unless
 CUDA is present. Print-only: copy figures into docs/benchmarks.md with the command and the machine state.
@@ -190,9 +191,37 @@ def bench_folder(n: int) -> None:
           f"ratio {single / folder:.1f}x")
 
 
+def bench_probabilities(shape: list[int], classes: int = 3) -> None:
+    """Host memory (tracemalloc's peak, numpy's allocations) of mapping one volume's class probabilities back
+    to an LPS source grid and writing them to ``.npz``, against the probability volume's own size."""
+    import resource
+    import tracemalloc
+
+    from datamodules.spatial import to_grid
+    from datamodules.volumes import restore_label_map
+    from engine.predict import save_probabilities
+
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0])                   # LPS: the way back flips two axes
+    _, grid = to_grid(np.zeros(shape, np.float32), affine, "RAS", spacing=None)
+    prob = torch.rand(shape[2], classes, shape[0], shape[1])  # [D, K, h, w], normalised in place: no temporaries
+    prob /= prob.sum(1, keepdim=True)
+    size = prob.numel() * 4
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        tracemalloc.start()
+        _, out = restore_label_map(prob, grid, lambda p: p.argmax(0), with_probabilities=True)
+        save_probabilities(out, [f"c{i}" for i in range(classes)], None, Path(tmp) / "case.npz")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    print(f"{classes} x {' x '.join(map(str, shape))} float32 probabilities ({size / 2**20:.0f} MiB) restored to the "
+          f"source grid and saved as .npz: peak RSS grew {rss / 2**20:.0f} MiB ({rss / size:.2f}x), numpy's peak "
+          f"(tracemalloc) {peak / 2**20:.0f} MiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["predict", "patches", "folder"])
+    ap.add_argument("what", choices=["predict", "patches", "folder", "probabilities"])
     ap.add_argument("--shape", type=int, nargs=3, default=[256, 256, 100])
     ap.add_argument("--roi", type=int, default=64)
     ap.add_argument("--steps", type=int, default=5)
@@ -200,7 +229,7 @@ def main() -> None:
     ap.add_argument("--phases", action="store_true", help="predict once more, timing each phase")
     a = ap.parse_args()
     {"predict": lambda: bench_predict(a.shape, a.roi, a.phases), "patches": lambda: bench_patches(a.steps),
-     "folder": lambda: bench_folder(a.n)}[a.what]()
+     "folder": lambda: bench_folder(a.n), "probabilities": lambda: bench_probabilities(a.shape)}[a.what]()
 
 
 if __name__ == "__main__":

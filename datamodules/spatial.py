@@ -146,10 +146,16 @@ def to_grid(x: np.ndarray, affine: np.ndarray, orientation: str | None = "RAS",
     return (np.ascontiguousarray(y) if contiguous else y), meta
 
 
-def from_grid(y: np.ndarray, meta: GridMeta, is_label: bool = True) -> np.ndarray:
-    """A volume on the working grid (``(h, w, d)`` or ``[C, h, w, d]``) -> the source voxel grid."""
+def from_grid(y: np.ndarray, meta: GridMeta, is_label: bool = True, contiguous: bool = True) -> np.ndarray:
+    """A volume on the working grid (``(h, w, d)`` or ``[C, h, w, d]``) -> the source voxel grid.
+    ``contiguous=False``: where ``y`` is already at the source spacing, a view of it (the orientation is axis
+    flips and permutations), for a caller that only writes it out (``np.savez`` streams a view in chunks):
+    a CT's class probabilities are then held once, not twice."""
     y = _resize(y, meta.oriented_shape, is_label)
     inv = np.asarray(meta.inverse)
-    back = nio.apply_orientation(y, inv) if y.ndim == 3 else np.stack([nio.apply_orientation(c, inv) for c in y])
+    if y.ndim == 3:
+        back = nio.apply_orientation(y, inv)
+    else:  # channels last, so the orientation applies to the three spatial axes of every channel at once
+        back = np.moveaxis(nio.apply_orientation(np.moveaxis(y, 0, -1), inv), -1, 0)
     assert back.shape[-3:] == meta.source_shape, (back.shape, meta.source_shape)
-    return np.ascontiguousarray(back)
+    return np.ascontiguousarray(back) if contiguous else back

@@ -218,13 +218,14 @@ def restore_label_map(prob: torch.Tensor, grid: GridMeta | Sequence[int],
     flips that the arg-max commutes with, is undone on the labels. The same labels as on the CPU (on a GPU, to the
     interpolation's float rounding at exact ties), a 512 x 512 x 200 CT's post-processing off the CPU
     (docs/benchmarks.md "GPU"). ``with_probabilities``: ``(labels, float32 [K, ...] probabilities on the source
-    grid)``, those :func:`restore_probability_volume` gives."""
+    grid)``, those :func:`restore_probability_volume` gives, as a view (not C-contiguous) to save the copy."""
     grid = grid if isinstance(grid, GridMeta) else _identity_grid(grid)
     oriented = _at_source_spacing(prob, grid)
     labels = from_grid(to_labels(oriented).to(torch.uint8).cpu().numpy(), grid, is_label=True)
     if not with_probabilities:
         return labels
-    return labels, from_grid(oriented.cpu().contiguous().numpy(), grid, is_label=False)
+    # a view in the source orientation, not a copy: predict only writes it (save_probabilities)
+    return labels, from_grid(oriented.cpu().numpy(), grid, is_label=False, contiguous=False)
 
 
 def _at_source_spacing(prob: torch.Tensor, grid: GridMeta) -> torch.Tensor:

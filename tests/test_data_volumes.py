@@ -319,3 +319,24 @@ def test_the_working_grids_affine_puts_a_voxel_where_the_source_has_it():
     centre = np.array([(y * idx).sum() for idx in np.indices(y.shape)]) / y.sum()  # centre of mass, working voxels
     world = (grid.affine @ [*centre, 1.0])[:3]
     np.testing.assert_allclose(world, (affine @ [3, 2, 1, 1.0])[:3], atol=0.05)
+
+
+def test_probabilities_come_back_as_a_view_in_the_source_orientation(tmp_path):
+    """save_probabilities held a CT's class probabilities twice (a copy per channel, stacked); the way back is
+    now a view of them (flips and a transpose) that ``np.savez`` streams, with the same values and file."""
+    import torch
+
+    from datamodules.spatial import from_grid, to_grid
+    from datamodules.volumes import restore_label_map
+    from engine.predict import save_probabilities
+
+    _, grid = to_grid(np.zeros((12, 10, 6), np.float32), np.diag([-0.8, -0.8, 2.5, 1.0]), "RAS", spacing=None)
+    prob = torch.softmax(torch.randn(6, 3, 12, 10, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels, view = restore_label_map(prob, grid, lambda p: p.argmax(0), with_probabilities=True)
+    working = prob.permute(1, 2, 3, 0).numpy()                       # [K, h, w, d], already at the source spacing
+    assert np.shares_memory(view, working) and not view.flags.c_contiguous
+    copy = from_grid(working, grid, is_label=False)
+    assert copy.flags.c_contiguous and np.array_equal(view, copy) and np.array_equal(view.argmax(0), labels)
+    save_probabilities(view, ["a", "b", "c"], None, tmp_path / "case.npz")
+    with np.load(tmp_path / "case.npz", allow_pickle=False) as f:
+        assert np.array_equal(f["probabilities"], copy)
