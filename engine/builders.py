@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
@@ -23,8 +24,8 @@ from callbacks.epoch_seeding import EpochSeeding
 from engine.artifacts import atomic_write_text, is_terminal
 from engine.checkpoint_io import AtomicCheckpointIO
 from engine.tracking import wandb_mode
-from lightning_modules.base import instantiate_with_args_checked
-from lightning_modules.errors import ConfigError
+from lightning_modules.base import instantiate_with_args_checked, is_argument_error
+from lightning_modules.errors import ConfigError, UserError, one_line
 
 #: Keys a data config carries for interpolation by the model/module configs (``${data.num_classes}``);
 #: they are checked against the built datamodule, and passed to its constructor only where it takes them.
@@ -82,13 +83,34 @@ def check_dimensions(cfg: DictConfig, choices: dict[str, Any] | None = None) -> 
                       f"{'2D slices (no data.patch_size)' if net_3d else '3D patches'}: {hint}")
 
 
+def instantiate_config(node: Any, what: str, values: bool = True, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)`` of a config group the user sets (``trainer``, ``module``, a logger or a
+    callback); a constructor given an argument it does not take (``++trainer.fast_dev_rn=true``) or, with
+    ``values``, a value it refuses (``ValueError``/``TypeError``: ``fast_dev_run=ture``) is one
+    :class:`ConfigError` naming ``what`` and the class, not Hydra's multi-line InstantiationException with exit
+    1 (a walkthrough: ``model``/``data`` mistakes were one line, these were not)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if cause is None or isinstance(cause, UserError):
+            raise
+        if is_argument_error(cause) or (values and isinstance(cause, (ValueError, TypeError))):
+            target = node.get("_target_") if hasattr(node, "get") else None
+            message = str(cause).strip().splitlines()[0] if str(cause).strip() else one_line(cause)
+            raise ConfigError(f"{what} ({target}): {message}") from err
+        raise
+
+
 def build_module(cfg: DictConfig) -> pl.LightningModule:
-    """Instantiate ``cfg.module`` (``_recursive_: false``: the module builds its net/loss from config)."""
-    return instantiate(cfg.module)
+    """Instantiate ``cfg.module`` (``_recursive_: false``: the module builds its net/loss from config); only
+    argument errors are the config's here: a ValueError inside a module's constructor may be a bug."""
+    return instantiate_config(cfg.module, "module", values=False)
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    return [instantiate_config(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items()
+            if c is not None and "_target_" in c]
 
 
 def wandb_run_id(output_dir: str | Path) -> str:
@@ -109,7 +131,7 @@ def wandb_run_id(output_dir: str | Path) -> str:
 def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
     """Loggers of ``cfg.logger``; a W&B logger gets the run dir's stable id (and ``resume='allow'``)."""
     loggers = []
-    for lg in (cfg.get("logger") or {}).values():
+    for name, lg in (cfg.get("logger") or {}).items():
         if lg is None or "_target_" not in lg:
             continue
         extra: dict[str, Any] = {}
@@ -120,7 +142,7 @@ def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
             extra = {"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow", "mode": wandb_mode(lg.get("mode"))}
             if job_type:
                 extra["job_type"] = job_type
-        logger = instantiate(lg, **extra)
+        logger = instantiate_config(lg, f"logger.{name}", **extra)
         _drop_unset_anonymous(logger)
         loggers.append(logger)
     return loggers
@@ -180,4 +202,5 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = 
         callbacks.append(EpochSeeding())
     if not any(isinstance(c, ConfineCheckpointPaths) for c in callbacks):
         callbacks.append(ConfineCheckpointPaths())
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger if logger is not None else False, **overrides)
+    return instantiate_config(cfg.trainer, "trainer", callbacks=callbacks, logger=logger if logger is not None else False,
+                              **overrides)

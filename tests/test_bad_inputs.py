@@ -286,6 +286,13 @@ CASES: dict[str, Setup] = {
     "hydra_key_typo": simple(["trainer.max_epoch=1"], "trainer.max_epoch"),
     "hydra_unknown_option": simple(["model=dnett"], "model/dnett"),
     "hydra_override_syntax": simple(["trainer.max_epochs=["], "trainer.max_epochs=["),
+    # a key the constructor does not take, or a value it refuses, under trainer/module/logger/callbacks (``++`` adds
+    # it past Hydra's own check): Hydra's multi-line InstantiationException and exit 1 before (a walkthrough)
+    "trainer_key_typo": simple(["++trainer.fast_dev_rn=true"], "trainer (pytorch_lightning.Trainer): Trainer.__init__() got an unexpected keyword argument 'fast_dev_rn'"),
+    "trainer_bad_value": simple(["++trainer.fast_dev_run=ture"], "trainer (pytorch_lightning.Trainer): invalid literal for int() with base 10: 'ture'"),
+    "module_key_typo": simple(["++module.monitr=val/dice"], "module (lightning_modules.segmentation.SegmentationModule)"),
+    "logger_key_typo": simple(["++logger.csv.nme=x"], "logger.csv (engine.loggers.ResumableCSVLogger)"),
+    "callback_key_typo": simple(["++callbacks.model_checkpoint.monitr=x"], "callbacks.model_checkpoint"),
     # output
     "output_dir_unwritable": lambda env, tmp: ((tmp / "file").write_text("x") and [f"paths.log_dir={tmp / 'file' / 'logs'}"],
                                                str(tmp / "file")),
