@@ -92,7 +92,8 @@ def segmentation_cfg(cfg: DictConfig, model: Any, loss: Any, out: Path, max_epoc
                      sub_run: bool = False, data: DictConfig | None = None) -> DictConfig:
     """A copy of ``cfg`` that is a plain centralised run of ``model`` with ``loss`` and the distillation
     module's optimiser, scheduler and evaluation protocol, writing into ``out``. ``sub_run``: keep only
-    the checkpoint callback and the CSV logger (the teacher pre-training inside a distillation run).
+    the checkpoint callbacks, the progress (bar and ``teacher epoch i/N`` lines) and the CSV logger (the
+    teacher pre-training inside a distillation run).
     ``data``: the data config to use instead of ``cfg.data`` (the teacher's, :func:`teacher_data`)."""
     new = copy.deepcopy(cfg)
     if data is not None:
@@ -108,8 +109,11 @@ def segmentation_cfg(cfg: DictConfig, model: Any, loss: Any, out: Path, max_epoc
         if max_epochs is not None:
             new.trainer.max_epochs = int(max_epochs)
         if sub_run:
-            new.callbacks = {k: _plain(cfg.callbacks[k], resolve=False) for k in ("model_checkpoint", "last_checkpoint")
-                             if k in cfg.callbacks}
+            kept = ("model_checkpoint", "last_checkpoint", "rich_progress_bar", "epoch_log")  # progress: a walkthrough
+            new.callbacks = {k: _plain(cfg.callbacks[k], resolve=False) for k in kept  # saw no line for the teacher
+                             if k in cfg.callbacks and cfg.callbacks[k] is not None}
+            if "epoch_log" in new.callbacks:
+                new.callbacks["epoch_log"]["prefix"] = "teacher "
             new.logger = {"csv": _plain(cfg.logger.csv, resolve=False)} if cfg.get("logger") and "csv" in cfg.logger else {}
             # resume=<run dir> of a run stopped in its teacher stage continues teacher/checkpoints/last.ckpt
             new.ckpt_path, new.resume, new.test, new.print_per_case = None, bool(cfg.get("resume")), False, False

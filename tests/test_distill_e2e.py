@@ -16,14 +16,21 @@ TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_
         "data.batch_size=4", "data.augment=false", "module.example_size=32"]
 
 
-def test_kits_hlfd_end_to_end(tmp_path):
+def test_kits_hlfd_end_to_end(tmp_path, caplog):
+    import logging
+
     from experiments.run import dispatch
     from lightning_modules.distillation import load_student
     from lightning_modules.nets.student import ResNet18Student
 
     cfg = compose_run(["+exp=kits_hlfd", *TINY], tmp_path)
     assert cfg.distill.method == "hlfd" and cfg.distill.teacher.ckpt is None
-    metrics = dispatch(cfg)
+    with caplog.at_level(logging.INFO, logger="progress"):
+        metrics = dispatch(cfg)
+    # a walkthrough: the teacher stage wrote no progress line (its sub-run dropped the epoch log)
+    lines = [r.getMessage() for r in caplog.records if r.name == "progress"]
+    assert any(ln.startswith("teacher epoch 1/1:") for ln in lines), lines
+    assert any(ln.startswith("epoch 1/1:") for ln in lines), lines
     run = tmp_path / "run"
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["distill/method"] == "hlfd" and saved["distill/protocol"].startswith("a")
