@@ -17,6 +17,7 @@ import argparse
 import csv
 import io
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,7 @@ def report(root: str | Path, out: str | Path | None = None, include_debug: bool 
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir", help="Hydra multirun directory of +exp=medmnist_decathlon")
     parser.add_argument("--out", default=None, help="where to write decathlon.md/.csv (default: multirun_dir)")
@@ -176,8 +177,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not Path(args.multirun_dir).is_dir():
         parser.error(f"not a directory: {args.multirun_dir}")
-    report(args.multirun_dir, args.out, include_debug=args.all)
+    rows = report(args.multirun_dir, args.out, include_debug=args.all)
+    jobs = [r for r in rows if r["dataset"] != "mean"]
+    if not any(r["status"] == "ok" for r in jobs):  # a walkthrough: "0/10 ok" exited 0
+        ran = [r for r in jobs if r["status"] != "not run"]
+        print(f"error: {'every run under ' + str(args.multirun_dir) + ' failed' if ran else 'no runs under ' + str(args.multirun_dir)}"
+              f" (decathlon.md lists each dataset's status)", file=sys.stderr)
+        return 1 if ran else 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

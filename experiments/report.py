@@ -326,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     page = write_html(out, md, curve, runs, run_labels(runs, failed)[0])  # self-contained: tables + figures inline
     console.print(md, markup=False, highlight=False)  # run folders' text is not rich markup
     console.print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {page}" + (f", {curve}" if curve else ""))
+    if not runs:  # a walkthrough: exit 0 when every run failed read as success in a script
+        print(f"error: every run under {' '.join(args.paths)} failed ({len(failed)}; report.md lists why)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

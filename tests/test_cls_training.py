@@ -77,6 +77,17 @@ def test_decathlon_report_flags_missing_datasets(tmp_path, capsys):
     assert (tmp_path / "decathlon.csv").read_text().count("\n") == 12
 
 
+def test_decathlon_report_exits_1_when_every_run_failed(tmp_path, capsys):
+    """A walkthrough: "0/10 ok" exited 0, which a script reads as success (kd_report already exited 1)."""
+    _job(tmp_path, 0, "pathmnist", error="MissingDataFileError: MedMNIST file pathmnist.npz not found in /x")
+    assert decathlon_report.main([str(tmp_path)]) == 1
+    assert "every run under" in capsys.readouterr().err
+    _job(tmp_path, 1, "breastmnist", metrics={"test/auc": 0.9, "test/acc": 0.8})
+    assert decathlon_report.main([str(tmp_path)]) == 0
+    (tmp_path / "empty").mkdir()
+    assert decathlon_report.main([str(tmp_path / "empty")]) == 2
+
+
 def test_decathlon_report_leaves_out_debug_runs(tmp_path):
     """A fast_dev_run decathlon was listed beside the paper's Table 2 as a result (found by a walkthrough)."""
     _job(tmp_path, 0, "breastmnist", metrics={"test/auc": 0.9, "test/acc": 0.8})

@@ -131,7 +131,7 @@ def test_a_report_of_failed_runs_only_has_no_broken_table(tmp_path):
     failed = tmp_path / "crashed"
     failed.mkdir()
     (failed / "failed.json").write_text(json.dumps({"error": "DataError: x"}))
-    assert report.main([str(tmp_path)]) == 0
+    assert report.main([str(tmp_path)]) == 1  # every run failed: written, and exit 1 (a walkthrough: it was 0)
     md = (tmp_path / "report.md").read_text()
     assert "No finished run to compare." in md and "| method |" not in md and "DataError: x" in md
     header, sep = report.table({"m": {"a": [1.0]}}, [])[0].splitlines()[:2]
