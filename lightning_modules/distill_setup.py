@@ -97,7 +97,12 @@ def build_teacher(teacher: Any, teacher_cfg: Mapping | None, ckpt_path: str | No
     ckpt = state = None
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path, "teacher checkpoint")
-        state, stored = net_state(ckpt, ckpt_path, teacher_cfg, "teacher checkpoint")
+        try:
+            state, stored = net_state(ckpt, ckpt_path, teacher_cfg, "teacher checkpoint")
+        except CheckpointError as err:  # the default teacher.model (a width-8 UNet++) against another teacher
+            if "another architecture" not in str(err):
+                raise
+            raise CheckpointError(f"{err}; distill.teacher.model=null takes the checkpoint's own net config") from None
         if teacher is None:
             if not isinstance(stored, Mapping):
                 raise CheckpointError(f"teacher checkpoint {ckpt_path} stores no net config; set distill.teacher.model")

@@ -133,7 +133,9 @@ def _resume_crafted(env, tmp):
 
 
 def _teacher_other_arch(env, tmp):  # distill.teacher.model is nested_unet, the checkpoint a D-Net
-    return [*KD, f"distill.teacher.ckpt={save_ckpt(env, tmp, 'dnet_teacher.ckpt')}"], "dnet_teacher.ckpt"
+    # and the way out (a walkthrough: nothing said that teacher.model=null takes the checkpoint's own net)
+    return [*KD, f"distill.teacher.ckpt={save_ckpt(env, tmp, 'dnet_teacher.ckpt')}"], \
+        "distill.teacher.model=null takes the checkpoint's own net config"
 
 
 def _teacher_foreign_weights(env, tmp):  # a bare state dict of another net: what does not fit, in one line
