@@ -26,6 +26,7 @@ from lightning_modules.atomic import atomic_output
 from lightning_modules.errors import ConfigError
 from lightning_modules.inference import VolumePredictor
 from lightning_modules.metrics import case_scores, confusion_matrix, surface_scores, summarise
+from engine.artifacts import atomic_write_text
 from engine.predict_models import Models, load_models  # noqa: F401 - predict loads its nets there
 
 _NII = re.compile(r"\.nii(\.gz)?$")
@@ -158,6 +159,24 @@ def check_writable(folder: Path) -> None:
         os.unlink(probe)
     except OSError as err:
         raise ConfigError(f"output folder {folder} is not writable ({type(err).__name__}: {err.strerror or err})") from None
+
+
+#: written into a folder predict writes predictions to: files there are predict's own, safe to overwrite
+PREDICT_MARKER = ".fedmed-predict"
+
+
+def claim_output_folder(folder: Path, outputs: Sequence[Path], overwrite: bool) -> None:
+    """Before the first prediction goes into ``folder``: refuse (one line) to overwrite files that no predict
+    wrote there, unless ``overwrite`` (a walkthrough: ``output=labelsTs/`` silently replaced the ground truth,
+    as nnU-Net's predict would too); then mark the folder as predict's, so a rerun may overwrite its own files."""
+    marker = folder / PREDICT_MARKER
+    existing = [p for p in outputs if p.exists()]
+    if existing and not overwrite and not marker.is_file():
+        raise ConfigError(f"output={folder} already holds {len(existing)} file(s) this predict would overwrite "
+                          f"(e.g. {existing[0].name}) that no predict wrote; give another folder, or "
+                          f"overwrite=true")
+    if not marker.is_file():
+        atomic_write_text(marker, "predictions written here by python -m experiments.predict\n")
 
 
 def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None,

@@ -26,8 +26,9 @@ from engine.artifacts import print_case_table, write_json
 from engine.builders import build_datamodule
 from engine.errors import ConfigError
 from experiments.hydra_checks import run_cli, user_command
-from engine.predict import (check_label_shapes, check_writable, is_nifti, load_case_label, load_models, plan_cases,
-                            predict_case, save_nifti, save_probabilities, score_case, summary_of)
+from engine.predict import (check_label_shapes, check_writable, claim_output_folder, is_nifti, load_case_label,
+                            load_models, plan_cases, predict_case, save_nifti, save_probabilities, score_case,
+                            summary_of)
 from engine.predict_images import is_image, plan_images, predict_image, save_png, score_image
 from datamodules.errors import DataError
 from lightning_modules.inference import VolumePredictor
@@ -115,6 +116,8 @@ def predict(cfg: DictConfig) -> dict:
     keep_prob = cfg.get("save_probabilities", False)
     if not isinstance(keep_prob, bool):
         raise ConfigError(f"save_probabilities={keep_prob!r} must be true or false")
+    if not isinstance(cfg.get("overwrite", False), bool):
+        raise ConfigError(f"overwrite={cfg.get('overwrite')!r} must be true or false")
     if images and keep_prob:
         raise ConfigError(f"save_probabilities=true writes volumes' class probabilities; input={src} holds 2D image "
                           f"files")
@@ -157,10 +160,14 @@ def predict(cfg: DictConfig) -> dict:
         data = models.run_cfg.data
         cases = plan_images(cfg.input, cfg.output, cfg.labels, str(data.get("mask_suffix") or ""),
                             str(data.get("image_suffix") or ""))
+    if not images:
+        check_label_shapes(cases)  # before any folder is made (a walkthrough: a bad labels= left an empty output/)
     for folder in sorted({c.output.parent for c in cases}):
         check_writable(folder)
-    if not images:
-        check_label_shapes(cases)
+    if src.is_dir():
+        outputs = [c.output for c in cases] + ([c.output.with_name(f"{_bare(c.output.name)}.npz") for c in cases]
+                                               if keep_prob else [])
+        claim_output_folder(cases[0].output.parent, outputs, cfg.get("overwrite") is True)
     class_names = models.hparams.get("class_names") or dm.class_names
     threshold = models.hparams.get("fg_threshold")
     per_case = {}

@@ -120,6 +120,8 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
     ("save_probabilities not a flag", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o23.nii.gz",
                                        "save_probabilities=yes"], "save_probabilities='yes' must be true or false",
      "o23.nii.gz"),
+    ("overwrite not a flag", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o25.nii.gz", "overwrite=yes"],
+     "overwrite='yes' must be true or false", "o25.nii.gz"),
     ("probabilities of 2D image files", ["ckpt={t}/folder_run/checkpoints/best.ckpt", "input={t}/image.png",
                                          "output={t}/o24.png", "save_probabilities=true"],
      "save_probabilities=true writes volumes' class probabilities", "o24.png"),
@@ -158,3 +160,33 @@ def test_a_4d_input_with_one_time_point_gets_its_own_shape_back(files):
     assert out.shape == (16, 16, 3, 1) and np.allclose(out.affine, np.eye(4))
     with np.load(tmp / "seg4d.npz", allow_pickle=False) as f:
         assert f["probabilities"].shape == (2, 16, 16, 3, 1)
+
+
+def test_a_folder_of_files_predict_did_not_write_is_not_overwritten(files):
+    """Found by a walkthrough: ``output=labelsTs/`` replaced the ground truth there without a word. A folder
+    holding files predict would overwrite is refused unless predict wrote them (its marker) or overwrite=true;
+    and a bad ``labels=`` no longer leaves an empty output folder behind."""
+    import shutil
+
+    tmp, ckpt = files
+    inp, truth = tmp / "ow_in", tmp / "ow_labels"
+    inp.mkdir()
+    truth.mkdir()
+    shutil.copy(tmp / "vol.nii.gz", inp / "case1_0000.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 3), np.uint8), np.eye(4)), truth / "case1.nii.gz")
+    before = (truth / "case1.nii.gz").read_bytes()
+    args = [f"ckpt={ckpt}", f"input={inp}", "device=cpu"]
+    proc = run_in_process("experiments.predict", [*args, f"output={truth}"], tmp)
+    assert proc.returncode == 2 and "already holds 1 file(s) this predict would overwrite (e.g. case1.nii.gz)" in proc.stderr
+    assert (truth / "case1.nii.gz").read_bytes() == before
+    out = tmp / "ow_out"
+    for _ in range(2):  # predict's own folder: a rerun overwrites its own predictions
+        assert run_in_process("experiments.predict", [*args, f"output={out}"], tmp).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == [".fedmed-predict", "case1.nii.gz"]
+    assert run_in_process("experiments.predict", [*args, f"output={truth}", "overwrite=true"], tmp).returncode == 0
+    assert (truth / "case1.nii.gz").read_bytes() != before
+    small = tmp / "ow_small_labels"
+    small.mkdir()
+    shutil.copy(tmp / "lab_small.nii.gz", small / "case1.nii.gz")    # a label of another shape
+    proc = run_in_process("experiments.predict", [*args, f"output={tmp / 'ow_never'}", f"labels={small}"], tmp)
+    assert proc.returncode == 2 and "case1.nii.gz" in proc.stderr and not (tmp / "ow_never").exists()

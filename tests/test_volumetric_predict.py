@@ -187,7 +187,7 @@ def test_save_probabilities_writes_what_the_labels_were_taken_from(setup):
     inp.mkdir()
     shutil.copy(root / "volume-0.nii.gz", inp / "caseA_0000.nii.gz")
     predict(_cfg(ckpt=str(ckpt), input=str(inp), output=str(out), save_probabilities=True))
-    assert sorted(p.name for p in out.iterdir()) == ["caseA.nii.gz", "caseA.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [".fedmed-predict", "caseA.nii.gz", "caseA.npz"]
 
 
 def test_predictor_ensemble_mean_and_mirror_tta():
