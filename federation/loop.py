@@ -59,6 +59,8 @@ def run_federation(cfg, executor: Any | None = None) -> dict[str, Any]:
 def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
     fed, rounds = server.fed, int(server.fed.rounds)
     server.resume()
+    if server.history:  # rounds.csv follows server.pt, which a stop may have come between
+        write_rounds_csv(rounds_table(server.history), server.out / "rounds.csv")
     # as a centralised run's (engine.tracking.log_run_facts): the config, the code's SHA, the environment
     facts = {**OmegaConf.to_container(server.ccfg, resolve=True), "git_sha": git_sha(), "env": environment()}
     for lg in server.loggers:
@@ -92,11 +94,14 @@ def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
                 on_done=lambda cid, ok: (bar.advance(ctask), stop.check()))
             server.history.append(row)
             improved = server.update_best(rnd, row)
-            server.checkpoint(rnd)  # server.pt first: the best's weights and the logs follow a completed round
-            if improved:
-                server.save_best()
+            # logged before server.pt: a stop in between runs the round again (logged twice, the re-run's own
+            # result) rather than leaving a completed round never logged; its best weights follow server.pt, so
+            # they always belong to a completed round (resume writes them when a stop came between)
             log_metrics(server.loggers, row, step=rnd + 1)
             log_round(row, rounds)  # per-client and global lines in run.log / non-TTY stdout
+            server.checkpoint(rnd)
+            if improved:
+                server.save_best()
             write_rounds_csv(rounds_table(server.history), server.out / "rounds.csv")
             bar.advance(rtask)
             shown = {k.split("fed/round/")[-1]: v for k, v in row.items()

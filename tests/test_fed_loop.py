@@ -417,9 +417,17 @@ def test_a_stop_between_server_pt_and_the_best_weights_is_mended_on_resume(tmp_p
     assert not all(torch.equal(stale[k], state["global"][k]) for k in stale)
     monkeypatch.setattr(Server, "save_best", real_save)
     cfg.resume = True
+    assert len((run / "rounds.csv").read_text().splitlines()) == 2  # header + round 1: round 2's row not yet written
     metrics = run_federation(cfg)
     best = torch.load(run / "global_best.pt", weights_only=True)
     assert metrics["fed/best_round"] == 2 and all(torch.equal(best[k], state["global"][k]) for k in best)
+    # a review of the fix: rounds.csv (written after server.pt) lacked round 2 for good; resume rewrites it
+    assert [ln.split(",")[0] for ln in (run / "rounds.csv").read_text().splitlines()[1:]] == ["1", "2"]
+    logged = (run / "csv" / "metrics.csv").read_text().splitlines()
+    header = logged[0].split(",")
+    steps = [ln.split(",")[header.index("step")] for ln in logged[1:]
+             if ln.split(",")[header.index("fed/round/dropped")] not in ("", None)]
+    assert steps == ["1", "2"], steps                                 # the loggers got round 2 before the stop
 
 
 def test_the_matrix_says_when_a_clients_column_is_its_validation_split(tmp_path):
