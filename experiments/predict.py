@@ -31,6 +31,7 @@ from engine.predict import (check_label_shapes, check_writable, claim_output_fol
                             summary_of)
 from engine.predict_images import is_image, plan_images, predict_image, save_png, score_image
 from datamodules.errors import DataError
+from lightning_modules import targets
 from lightning_modules.inference import VolumePredictor
 
 
@@ -106,6 +107,7 @@ def _is_image_input(src: Path) -> bool:
 
 
 def predict(cfg: DictConfig) -> dict:
+    targets.allow(cfg.get("allow_targets"))  # a review: predict.yaml offered the key and nothing applied it
     ckpts = list(cfg.ckpt) if isinstance(cfg.ckpt, (list, ListConfig)) else [cfg.ckpt]
     if not ckpts:
         raise ConfigError("ckpt=[] names no checkpoint")
