@@ -137,6 +137,11 @@ def test_data_transfer_needs_permission(tmp_path):
     OmegaConf.update(cfg, "federation.strategy.allow_data_transfer", False)
     with pytest.raises(ConfigError, match="allow_data_transfer"):
         check_data_transfer(cfg)
+    # a review: real sites (remote_sites) passed this check and then every site refused round 1's shared indices
+    OmegaConf.update(cfg, "federation.strategy.allow_data_transfer", True)
+    OmegaConf.update(cfg, "federation.partition", {"_target_": "federation.core.partition.remote_sites"}, merge=False)
+    with pytest.raises(ConfigError, match="partition=remote_sites: the shared pool travels as indices"):
+        check_data_transfer(cfg)
     with pytest.raises(ConfigError, match="federation.privacy=he"):
         dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.privacy=he"], tmp_path))
     assert not (tmp_path / "run" / "flower" / "pgids.json").exists()  # refused before any process started

@@ -165,3 +165,6 @@ def test_a_site_on_its_own_data_refuses_shared_indices(seen):
         node_train("site_b", msg, CCFG, {"site": "site_b", "data-root": "/site_b/ct", "partition": "all"})
     assert "mode" not in seen                                      # refused before its data was touched
     assert node_train("site_b", msg, CCFG, {"site": "site_b", "partition": "derive"}) == "update"
+    nothing_yet = ServerMessage(0, {}, {"shared_indices": []})    # data sharing's message before its first pool
+    assert node_train("site_b", nothing_yet, CCFG, {"site": "site_b", "data-root": "/site_b/ct",
+                                                    "teacher": "/site_b/teacher.pt"}) == "update"

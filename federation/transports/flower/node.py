@@ -90,7 +90,8 @@ def node_train(client_id: str, server_msg: Any, ccfg: Mapping[str, Any], node: M
 
     quiet_lightning()
     mode = str(node_value(node, "partition", "all"))
-    if mode == "all" and dict(getattr(server_msg, "config", {}) or {}).get("shared_indices") is not None:
+    shared = dict(getattr(server_msg, "config", {}) or {}).get("shared_indices")
+    if mode == "all" and shared is not None and len(shared):  # data sharing sends [] before its first allocation
         raise FederationError(f"site {client_id!r} (partition=\"all\", its own data) was sent data sharing's shared "
                               f"indices: they index the server's dataset, which only a node holding that same "
                               f"dataset (partition=\"derive\") has; the pool's samples themselves are not sent")

@@ -43,6 +43,12 @@ def check_data_transfer(cfg) -> str | None:
         raise ConfigError(str(exc)) from None
     if not moves_data:
         return None
+    from federation.core.partition import is_remote_sites
+
+    if is_remote_sites(OmegaConf.select(cfg, "federation.partition", default=None)):
+        raise ConfigError("federation.strategy=datashare with federation.partition=remote_sites: the shared pool "
+                          "travels as indices into the server's dataset, which sites on their own data do not hold "
+                          "(sending the pool's samples to real sites is not implemented)")
     allowed = bool(OmegaConf.select(cfg, "federation.strategy.allow_data_transfer", default=False))
     rehearsal = bool(OmegaConf.select(cfg, "federation.executor.launch", default=False))
     if not allowed and not rehearsal:
