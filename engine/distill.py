@@ -28,6 +28,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules.atomic import atomic_output
+from datamodules.volumes import CACHE_FORMAT
 from engine.builders import ConfigError, build_module
 from engine.fit import output_dir, train_and_test
 from lightning_modules.segmentation import SegmentationModule
@@ -57,7 +58,7 @@ def teacher_key(cfg: DictConfig) -> dict[str, Any]:
     """What determines a trained teacher: its net and loss, the data (and thus split), the seed, the module
     settings it trains and is selected with (optimiser, scheduler, evaluation), every trainer setting but
     the cosmetic ones (precision, gradient clipping, validation batches, ...), its effective ``max_epochs``,
-    and the checkpoint monitor that picks ``best.ckpt``. An audit found the key holding only the first four
+    and the checkpoint monitor that picks ``best.ckpt``, and the slice cache's format number. An audit found the key holding only the first four
     and the length: ``-m module.optimizer.lr=a,b`` reused the first run's teacher for the second."""
     t = cfg.distill.teacher
     module = {k: v for k, v in _plain(cfg.module).items() if k in _segmentation_keys()}
@@ -67,7 +68,10 @@ def teacher_key(cfg: DictConfig) -> dict[str, Any]:
     ckpt = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
     return {"model": _plain(t.model), "loss": _plain(t.get("loss")), "data": _plain(teacher_data(cfg)),
             "seed": int(cfg.seed), "module": module, "trainer": trainer,
-            "monitor": [ckpt.get("monitor"), ckpt.get("mode")]}
+            "monitor": [ckpt.get("monitor"), ckpt.get("mode")],
+            # a fix to the preprocessing (the slice cache's format) changes what a teacher learnt from the same
+            # config: a review found teachers trained on the masks shifted before format 2 still served
+            "data_format": CACHE_FORMAT}
 
 
 def teacher_data(cfg: DictConfig) -> DictConfig:

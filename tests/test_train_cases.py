@@ -62,3 +62,15 @@ def test_3d_patches_keep_the_training_budget(tmp_path):
     assert len(few.splits["train"]) == 2 and set(few.splits["train"]) < set(full.splits["train"])
     assert few.splits["val"] == full.splits["val"] and few.splits["test"] == full.splits["test"]
     assert sorted(c.case_id for c in few.train_dataset.cases) == sorted(few.splits["train"])
+
+
+def test_a_preprocessing_fix_retires_cached_teachers(tmp_path, monkeypatch):
+    """A review: the slice cache's format number changed with the masks' resizing fix, but the teacher cache key
+    did not, so a teacher trained on the shifted masks was still reused."""
+    import datamodules.volumes as volumes
+    import engine.distill as distill
+
+    cfg = compose_run(["+exp=kits_hlfd", "logger=csv"], tmp_path)
+    before = distill.teacher_key(cfg)
+    monkeypatch.setattr(distill, "CACHE_FORMAT", volumes.CACHE_FORMAT + 1)
+    assert distill.teacher_key(cfg) != before and before["data_format"] == volumes.CACHE_FORMAT
