@@ -112,7 +112,8 @@ def matrix_note(server: Server) -> str | None:
     against FL_global and the standalone row (a review); ``None`` when every column is a held-out test set."""
     mcfg = server.fed.get("matrix") or {}
     ids = server.client_ids[: int(mcfg.get("max_clients", 8) or len(server.client_ids))]
-    on_val = [c for c in ids if server.indices[c].test is None or not len(server.indices[c].test)]
+    on_val = [c for c in ids if (server.indices[c].test is None or not len(server.indices[c].test))
+              and len(server.indices[c].val)]  # a client with neither has no column (a review)
     if not on_val:
         return None
     note = (f"Columns {', '.join(on_val[:8])} are those clients' validation splits (the data has no sites, so they "

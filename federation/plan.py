@@ -226,10 +226,10 @@ def annotated_classes(fed: Any, client_ids: Sequence[str] | None, num_classes: i
                                   f"(clients: {', '.join(list(client_ids)[:8])})")
         if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
             raise FederationError(f"federation.partial_labels.{cid}={classes!r} must be a list of class ids")
-        try:
-            ids = [int(c) for c in classes]
-        except (TypeError, ValueError):
-            raise FederationError(f"federation.partial_labels.{cid}={list(classes)!r} must be a list of class ids") from None
+        ids = [int(c) for c in classes if isinstance(c, (int, np.integer)) and not isinstance(c, bool)]
+        if len(ids) != len(list(classes)):  # a review: 1.7 and True were taken as class 1
+            raise FederationError(f"federation.partial_labels.{cid}={list(classes)!r} must be a list of class ids "
+                                  f"(whole numbers)")
         bad = [c for c in ids if c < 0 or (num_classes is not None and c >= num_classes)]
         if bad:
             raise FederationError(f"federation.partial_labels.{cid} names class {bad[0]}, outside the data's "

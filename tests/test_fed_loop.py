@@ -451,5 +451,7 @@ def test_the_matrix_says_when_a_clients_column_is_its_validation_split(tmp_path)
     assert (tmp_path / "evaluation_matrix.md").read_text().rstrip().endswith("avoids it.")
     fed.matrix.fl_local = "finetune"
     assert "optimistic" not in matrix_note(server)
+    server.indices["a"] = ClientIndices(idx, idx[:0], None)         # neither test nor validation: no column
+    assert matrix_note(server) is None
     server.indices["a"] = ClientIndices(idx, idx, idx)
     assert matrix_note(server) is None

@@ -212,7 +212,8 @@ def test_partial_labels_name_clients_and_classes_that_exist():
     assert {c: i.annotated for c, i in split.indices.items()} == {"0": [1], "1": [2]}
     for partial, culprit in (({"0": [1], "l": [2]}, "names 'l', which is no client"),
                              ({"0": [3]}, r"partial_labels.0 names class 3, outside the data's 3 classes"),
-                             ({"0": "1"}, "must be a list of class ids")):
+                             ({"0": "1"}, "must be a list of class ids"),
+                             ({"0": [1.7]}, "must be a list of class ids"), ({"0": [True]}, "must be a list of class ids")):
         with pytest.raises(FederationError, match=culprit):
             split_clients(fed(partial), train, None, seed=0, num_classes=3)
 
