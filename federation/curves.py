@@ -110,6 +110,20 @@ def _label(run_dir: Path, key: str) -> str:
     return plain_text(run_dir.name, 100)
 
 
+def _other_differences(run_dirs: Sequence[Path], label_key: str) -> dict[Path, str]:
+    """Per run, the command-line overrides that differ between the runs besides the seed and ``label_key``
+    (e.g. ``federation.partition.k=2`` in a mode x k sweep), so runs of different settings are not pooled into
+    one seed band (a walkthrough found ``none (n=2)`` averaging k=1 with k=2)."""
+    from engine.run_match import saved_overrides
+
+    def key(override: str) -> str:
+        return override.lstrip("+~").split("=", 1)[0]
+
+    ovs = {d: [o for o in saved_overrides(d) if key(o) not in ("seed", label_key)] for d in run_dirs}
+    common = set.intersection(*(set(v) for v in ovs.values())) if ovs else set()
+    return {d: " ".join(o for o in v if o not in common) for d, v in ovs.items()}
+
+
 def compare_runs(root: str | Path, metric: str = "acc", label_key: str = "federation.strategy.mode",
                  out: str | Path | None = None) -> Path:
     """Overlay the ``rounds.csv`` of every run below ``root``; returns the PNG path."""
@@ -118,8 +132,11 @@ def compare_runs(root: str | Path, metric: str = "acc", label_key: str = "federa
     if not files:
         raise FileNotFoundError(f"no rounds.csv below {root}")
     runs: dict[str, list] = {}
+    others = _other_differences([f.parent for f in files], label_key)
     for f in files:
-        runs.setdefault(_label(f.parent, label_key), []).append(read_rounds(f))
+        label = _label(f.parent, label_key)
+        label = f"{label} ({others[f.parent]})" if others[f.parent] else label
+        runs.setdefault(label, []).append(read_rounds(f))
     col = f"test/{metric}"
     if not any(col in row for group in runs.values() for rows in group for row in rows):
         raise KeyError(f"--metric {metric}: no rounds.csv below {root} has a {col} column")

@@ -7,10 +7,13 @@ import pytest
 from federation.curves import compare_runs, seed_band
 
 
-def _run(root, name, mode, accs):
+def _run(root, name, mode, accs, overrides=None):
     d = root / name
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(f"federation:\n  strategy:\n    mode: {mode}\n")
+    if overrides is not None:
+        (d / ".hydra").mkdir()
+        (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     with open(d / "rounds.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["round", "test/acc", "test/loss"])
@@ -35,3 +38,17 @@ def test_compare_runs_groups_seeds_into_bands(tmp_path):
     assert [(r["round"], r["test/acc mean"], r["test/acc std"], r["n"]) for r in part] == [
         ("1", "0.6000", "0.1000", "2"), ("2", "0.9000", "0.0000", "2")]
     assert [r["n"] for r in rows if r["label"] == "none"] == ["1", "1"]
+
+
+def test_runs_of_different_settings_are_not_pooled_as_seeds(tmp_path):
+    """A walkthrough: a sweep over mode and partition.k drew "none (n=2)", averaging k=1 with k=2; the other
+    overrides that differ (not the seed, not the label's own key) now name the band."""
+    for name, (mode, k, seed, acc) in {"0": ("none", 1, 0, 0.1), "1": ("none", 2, 0, 0.5), "2": ("none", 1, 1, 0.3),
+                                       "3": ("part", 1, 0, 0.7)}.items():
+        _run(tmp_path, name, mode, [acc], [f"federation.strategy.mode={mode}", f"federation.partition.k={k}",
+                                           f"seed={seed}", "+exp=fed_digits_datashare"])
+    compare_runs(tmp_path)
+    rows = {r["label"]: r for r in csv.DictReader(open(tmp_path / "fed_compare.csv"))}
+    assert set(rows) == {"none (federation.partition.k=1)", "none (federation.partition.k=2)",
+                         "part (federation.partition.k=1)"}
+    assert rows["none (federation.partition.k=1)"]["n"] == "2" and rows["none (federation.partition.k=2)"]["n"] == "1"
