@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import ProgressBar
 
 from callbacks.checkpoint_paths import ConfineCheckpointPaths
 from callbacks.epoch_seeding import EpochSeeding
+from callbacks.fit_time import FitTime
 from engine.artifacts import atomic_write_text, is_terminal
 from engine.checkpoint_io import AtomicCheckpointIO
 from engine.tracking import wandb_mode
@@ -202,5 +203,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = 
         callbacks.append(EpochSeeding())
     if not any(isinstance(c, ConfineCheckpointPaths) for c in callbacks):
         callbacks.append(ConfineCheckpointPaths())
+    if not any(isinstance(c, FitTime) for c in callbacks):
+        callbacks.append(FitTime())  # fit_seconds across resumes (engine.fit)
     return instantiate_config(cfg.trainer, "trainer", callbacks=callbacks, logger=logger if logger is not None else False,
                               **overrides)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
+from callbacks.fit_time import FitTime
 from datamodules.errors import DataError
 from datamodules.intensity import checked_ct_stats
 from engine import artifacts
@@ -203,7 +204,9 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         metrics.update(module.summary_metrics())
     for cb in callbacks:  # e.g. callbacks.throughput: parameters, FLOPs, images/s, peak memory
         metrics.update(getattr(cb, "summary", {}))
-    metrics["fit_seconds"] = fit_seconds
+    timer = next((c for c in trainer.callbacks if isinstance(c, FitTime)), None)
+    # across resumes: the stopped processes' training time (kept in the checkpoint) and this one's
+    metrics["fit_seconds"] = timer.before + fit_seconds if timer is not None and train else fit_seconds
     metrics["num_parameters"] = sum(p.numel() for p in module.net.parameters())
     metrics.update(extra_metrics or {})
     monitor = getattr(ckpt_cb, "monitor", None)

@@ -74,6 +74,7 @@ class Server:
 
     def __init__(self, cfg: DictConfig, executor: Any | None = None) -> None:
         quiet_lightning()
+        self.t_start, self.seconds_before = time.perf_counter(), 0.0  # fit_seconds across resumes (server.pt)
         self.cfg, self.fed = cfg, cfg.federation
         check_federation_config(self.fed)
         check_one_process_trainer(cfg.trainer)
@@ -193,11 +194,17 @@ class Server:
     def checkpoint(self, rnd: int) -> None:
         save_atomic({"round": rnd, "global": self.global_state, "strategy": self.strategy.state_dict(),
                      "history": self.history, "best": self.best, "dropped_total": self.dropped_total,
+                     "fit_seconds": self.elapsed(),
                      "store_index": self.store.index(), "client_ids": self.client_ids,
                      "rng": rng_state()}, self.out / SERVER_CKPT)
         for cid in sample_clients(self.client_ids, self.fed.get("clients_per_round"), self.seed, rnd):
             for store in self._client_stores():  # the round is saved: the state before it is not needed
                 store.commit(cid)
+
+    def elapsed(self) -> float:
+        """The federation's time so far: this process's and, resumed, the stopped processes' (from server.pt;
+        a walkthrough found a resumed run's fit_seconds counting its last process only)."""
+        return self.seconds_before + time.perf_counter() - self.t_start
 
     def _client_stores(self) -> list[ClientStore]:
         """The per-client state and, where the evaluation matrix keeps them, the best-local weights."""
@@ -226,6 +233,7 @@ class Server:
             self.strategy.load_state_dict(state["strategy"])
             self.history, self.best = list(state["history"]), dict(state["best"])
             self.dropped_total = int(state.get("dropped_total", 0))
+            self.seconds_before = max(float(state.get("fit_seconds", 0.0)), 0.0)
             self.start_round = int(state["round"]) + 1
             set_rng_state(state["rng"])
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as err:

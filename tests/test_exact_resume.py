@@ -181,3 +181,22 @@ def test_under_ddp_each_rank_reads_its_own_shard(tmp_path):
     assert len(r0) == len(r1) == 5 and set(r0) | set(r1) == set(range(9))
     order = [i for _, i in EpochSampler(list(range(9)), seed=5, epoch=2)]
     assert r0 == (order + order[:1])[0::2] and r1 == (order + order[:1])[1::2]
+
+
+def test_fit_seconds_count_the_stopped_process_too(tmp_path):
+    """A walkthrough: a run resumed after 2 of 3 epochs reported its last process's fit time only. The training
+    time so far travels in every checkpoint (callbacks.fit_time.FitTime) and the resumed run adds its own."""
+    import json
+
+    from callbacks.fit_time import FitTime
+
+    stop = f"+callbacks.stop_after={{_target_: {__name__}.StopAfter, epoch: 0}}"
+    _run(tmp_path, [*DIGITS, "trainer.max_epochs=2", stop])
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    before = next(v["seconds"] for k, v in saved.items() if "FitTime" in k)
+    assert before > 0
+    _run(tmp_path, [*DIGITS, "trainer.max_epochs=2", "resume=true"])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["fit_seconds"] > before
+    timer = FitTime()
+    timer.load_state_dict({"seconds": "x"})                          # a crafted checkpoint's value: not taken
+    assert timer.before == 0.0 and timer.seconds() == 0.0

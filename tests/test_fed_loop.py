@@ -421,6 +421,8 @@ def test_a_stop_between_server_pt_and_the_best_weights_is_mended_on_resume(tmp_p
     metrics = run_federation(cfg)
     best = torch.load(run / "global_best.pt", weights_only=True)
     assert metrics["fed/best_round"] == 2 and all(torch.equal(best[k], state["global"][k]) for k in best)
+    # a walkthrough: a resumed federation's fit_seconds counted its last process only (here: no round left)
+    assert state["fit_seconds"] > 0 and metrics["fit_seconds"] > state["fit_seconds"]
     # a review of the fix: rounds.csv (written after server.pt) lacked round 2 for good; resume rewrites it
     assert [ln.split(",")[0] for ln in (run / "rounds.csv").read_text().splitlines()[1:]] == ["1", "2"]
     logged = (run / "csv" / "metrics.csv").read_text().splitlines()

@@ -1,0 +1,31 @@
+"""Training time across resumes: ``fit_seconds`` of a run stopped and continued counts the time of the
+processes before (kept in every checkpoint) as well as this one's (a walkthrough: a run resumed after 2 of 3
+epochs reported only its last epoch's 15 s). Time spent after the last checkpoint of a stopped process is
+not counted: that work was redone."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+
+
+class FitTime(pl.Callback):
+    """``seconds()``: this run's training time so far, the stopped processes' included."""
+
+    def __init__(self) -> None:
+        self.before = 0.0       # seconds of the processes before this one (from the resumed checkpoint)
+        self._t0: float | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": float(self.seconds())}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        value = state_dict.get("seconds", 0.0)
+        self.before = float(value) if isinstance(value, (int, float)) and value >= 0 else 0.0
