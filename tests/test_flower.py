@@ -366,6 +366,9 @@ def test_server_killed_then_resumed_equals_in_process(tmp_path):
         _no_leftovers(run_dir)
     assert "resume:" in (tmp_path / "out.log").read_text()
     assert (run_dir / "rounds.csv").read_text().count("\n") == 3
+    # a walkthrough: the ServerApp's per-round lines went nowhere (run.log held the launcher's one line)
+    said = (run_dir / "run.log").read_text()
+    assert "round 1/2 global" in said and "round 2/2 global" in said and "round 2/2 client" in said
     assert torch.load(run_dir / "server.pt", weights_only=True)["round"] == 1
     got = json.loads((run_dir / "metrics.json").read_text())
     for key, value in ref.items():

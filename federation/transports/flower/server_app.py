@@ -76,6 +76,26 @@ def quiet_empty_exit_line() -> None:
         flwr_logger.addFilter(NoEmptyExitLine())
 
 
+RUN_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's run.log lines
+
+
+def log_to_run_dir(run_dir: Path) -> None:
+    """The ServerApp's INFO lines (per round and client, the round's global scores) into ``<run dir>/run.log``,
+    as a run in one process has them from Hydra (a walkthrough: under Flower they went nowhere). Once per
+    process; appended, beside what the launcher's own process writes there."""
+    path = (Path(run_dir) / "run.log").resolve()
+    root = logging.getLogger()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in root.handlers):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter(RUN_LOG_FORMAT))
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run :func:`federation.loop.run_federation` on the config named by ``cfg-path``."""
@@ -84,6 +104,9 @@ def main(grid: Grid, context: Context) -> None:
     result = path.parent / "result.json"
     try:
         cfg = OmegaConf.load(path)
+        run_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
+        if run_dir:
+            log_to_run_dir(Path(str(run_dir)))
         if OmegaConf.select(cfg, "federation.privacy", default="none") == "secagg":
             from federation.transports.flower.launch import check_secagg
 
