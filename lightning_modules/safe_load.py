@@ -30,10 +30,23 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", lazy: bool = Fal
         mmap = lazy and zipfile.is_zipfile(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        if not _looks_like_torch(path):  # a walkthrough: a YAML file was said to hold "Python objects"
+            raise CheckpointError(f"{what} {path} is not a torch checkpoint (neither a zip archive nor a pickle)") \
+                from err
         raise CheckpointError(f"{what} {path} does not load: {_load_failure(err)}") from err
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{what} {path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return dict(ckpt)
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """Whether the file starts as ``torch.save`` writes: a zip archive, or a pickle (protocol 2+: 0x80)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return True  # unreadable: torch's own error says why
+    return head.startswith(b"PK") or head[:1] == b"\x80"
 
 
 def _load_failure(err: BaseException) -> str:

@@ -56,6 +56,16 @@ def test_a_reworded_torch_refusal_still_hides_its_advice():
     assert _load_failure(err) == "not a torch checkpoint, or corrupt or truncated (RuntimeError)"
 
 
+def test_a_file_that_is_no_torch_file_is_said_to_be_none(tmp_path):
+    """A walkthrough: ``ckpt=config.yaml`` was said to hold "Python objects besides tensors" (a YAML file is
+    read as a pickle and fails on its first byte); a file that is neither a zip archive nor a pickle is named
+    for what it is not. A real crafted pickle still gets the message above."""
+    path = tmp_path / "config.yaml"
+    path.write_text("data:\n  root: /x\n")
+    with pytest.raises(CheckpointError, match=r"config\.yaml is not a torch checkpoint \(neither a zip archive nor a pickle\)"):
+        load_checkpoint(path)
+
+
 def test_a_partial_net_config_in_a_checkpoint_is_one_line(tmp_path):
     """Found by a security audit: ``_partial_: true`` in a stored net config built a ``functools.partial`` that
     predict then failed on in a traceback."""
