@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import numpy as np
@@ -86,6 +88,26 @@ class SiteConcat(Dataset):
         return item
 
 
+#: a key a site's own error names (``data.root ...``), to be named under the site (``data.sites.<site>.root``)
+_KEY = re.compile(r"(?<![\w/.])data\.(?=[A-Za-z_]\w*[ =\[:,)])")
+
+
+@contextmanager
+def _named_site(name: str) -> Iterator[None]:
+    """A site's :class:`DataError` names its keys under ``data.sites.<name>`` (a walkthrough: a missing site
+    root was "data.root /data/a does not exist", naming no site), the error otherwise unchanged."""
+    try:
+        yield
+    except DataError as err:
+        message = (_KEY.sub(f"data.sites.{name}.", str(err)) if _KEY.search(str(err))
+                   else f"data.sites.{name}: {err}")
+        try:
+            named = type(err)(message)  # the same kind (e.g. a missing MedMNIST file), named under its site
+        except Exception:  # noqa: BLE001 - a subclass with another constructor: the plain kind
+            named = DataError(message)
+        raise named from err
+
+
 class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """One datamodule per site, concatenated (module docstring). ``sites``: site name -> config, each
     completed by ``site_defaults``. ``root``: the folder the site configs place their roots under
@@ -127,22 +149,27 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
                             "(data=multisite_custom shows how)")
 
     def prepare_data(self) -> None:
-        for dm in self._build().values():
-            dm.prepare_data()
+        for name, dm in self._build().items():
+            with _named_site(name):
+                dm.prepare_data()
 
     def _build(self) -> dict[str, pl.LightningDataModule]:
         if not self.sites:
-            self.sites = {n: instantiate(c, _convert_="all") if isinstance(c, Mapping) else c
-                          for n, c in self.site_cfgs.items()}
+            built = {}
+            for n, c in self.site_cfgs.items():
+                with _named_site(n):
+                    built[n] = instantiate(c, _convert_="all") if isinstance(c, Mapping) else c
+            self.sites = built
         return self.sites
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
         sites = self._build()
-        for dm in sites.values():
-            dm.prepare_data()
-            dm.setup(stage)
+        for name, dm in sites.items():
+            with _named_site(name):
+                dm.prepare_data()
+                dm.setup(stage)
         ncls = {n: int(dm.num_classes) for n, dm in sites.items()}
         if len(set(ncls.values())) != 1:
             raise DataError(f"sites disagree on num_classes: {ncls}")

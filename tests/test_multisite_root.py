@@ -47,3 +47,12 @@ def test_relative_roots_are_compared_as_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sites = {"a": {**SITE, "root": "mine/a"}}
     assert MultiSiteDataModule(sites, root="./mine").root == "./mine"
+
+
+def test_a_sites_own_error_names_the_site(tmp_path):
+    """A walkthrough: a missing site folder was "data.root /data/a does not exist", naming no site; its keys are
+    now named under ``data.sites.<site>``, the error's kind kept."""
+    sites = {"a": {**SITE, "root": str(tmp_path / "missing_a")}}
+    dm = MultiSiteDataModule(sites)
+    with pytest.raises(DataError, match=r"^data\.sites\.a\.root .*missing_a does not exist"):
+        dm.setup()
