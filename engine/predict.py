@@ -143,11 +143,11 @@ def refuse_overwrite(outputs: Sequence[Path], sources: Sequence[Path]) -> None:
 
 
 def refuse_input_folder(out: Path, folders: Sequence[Path | None]) -> None:
-    """One line if a folder of inputs would receive the predictions (``input=images/ output=images/``): they
+    """One line if the folder of inputs or of labels (``folders``: input, labels) would receive the predictions (``input=images/ output=images/``): they
     would sit among the inputs, and the next run over that folder would take them for inputs."""
-    for folder in folders:
-        if folder is not None and out.resolve() == folder.resolve():
-            raise ConfigError(f"output={out} is the input folder {folder}: write the predictions to another folder")
+    for folder, name in zip(folders, ("input", "labels")):
+        if folder is not None and out.resolve() == folder.resolve():  # a walkthrough: labels= was called "input"
+            raise ConfigError(f"output={out} is the {name} folder {folder}: write the predictions to another folder")
 
 
 def check_writable(folder: Path) -> None:

@@ -132,8 +132,8 @@ def test_output_never_replaces_an_input_and_image_suffix_pairs_as_in_training(tm
     # a second audit: JPG inputs have no .png namesake, so their folder took the predictions among them
     (tmp_path / "jpg").mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "jpg" / "a.jpg")
-    for out, lab in ((tmp_path / "jpg", None), (tmp_path / "lab", tmp_path / "lab")):
-        with pytest.raises(Exception, match="is the input folder"):
+    for out, lab, name in ((tmp_path / "jpg", None, "input"), (tmp_path / "lab", tmp_path / "lab", "labels")):
+        with pytest.raises(Exception, match=f"is the {name} folder"):  # a walkthrough: labels= was called "input"
             plan_images(tmp_path / "jpg", out, lab)
     (tmp_path / "vols").mkdir()
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), str(tmp_path / "vols" / "v.nii.gz"))
