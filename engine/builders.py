@@ -96,9 +96,16 @@ def instantiate_config(node: Any, what: str, values: bool = True, **kwargs: Any)
         cause = err.__cause__
         if cause is None or isinstance(cause, UserError):
             raise
+        from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+        target = node.get("_target_") if hasattr(node, "get") else None
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else one_line(cause)
+        if isinstance(cause, MisconfigurationException) and what == "trainer":
+            # a walkthrough: trainer=gpu on a machine without one said "No supported gpu backend found!" only
+            chosen = ", ".join(f"trainer.{k}={node.get(k)}" for k in ("accelerator", "devices", "strategy")
+                               if hasattr(node, "get") and node.get(k) is not None)
+            raise ConfigError(f"{what}: {message}" + (f" ({chosen})" if chosen else "")) from err
         if is_argument_error(cause) or (values and isinstance(cause, (ValueError, TypeError))):
-            target = node.get("_target_") if hasattr(node, "get") else None
-            message = str(cause).strip().splitlines()[0] if str(cause).strip() else one_line(cause)
             raise ConfigError(f"{what} ({target}): {message}") from err
         raise
 

@@ -295,6 +295,9 @@ CASES: dict[str, Setup] = {
     "module_key_typo": simple(["++module.monitr=val/dice"], "module (lightning_modules.segmentation.SegmentationModule)"),
     "logger_key_typo": simple(["++logger.csv.nme=x"], "logger.csv (engine.loggers.ResumableCSVLogger)"),
     "callback_key_typo": simple(["++callbacks.model_checkpoint.monitr=x"], "callbacks.model_checkpoint"),
+    # a walkthrough: "No supported gpu backend found!" named no setting (only where there is no GPU, as on CI)
+    **({"trainer_gpu_without_one": simple(["trainer=gpu"], "No supported gpu backend found! (trainer.accelerator=gpu")}
+       if not torch.cuda.is_available() else {}),
     # output
     "output_dir_unwritable": lambda env, tmp: ((tmp / "file").write_text("x") and [f"paths.log_dir={tmp / 'file' / 'logs'}"],
                                                str(tmp / "file")),
