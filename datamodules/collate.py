@@ -23,6 +23,9 @@ class PadCollate:
         self.multiple, self.fill = int(multiple), float(fill)
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        # an item's own ``pad_value`` (a multi-site batch: each site's air after its own normalisation) wins
+        fills = [float(b.get("pad_value", self.fill)) for b in batch]
+        batch = [{k: v for k, v in b.items() if k != "pad_value"} for b in batch]
         sizes = {tuple(b["image"].shape[-2:]) for b in batch}
         if len(sizes) == 1 and all(s % self.multiple == 0 for s in next(iter(sizes))):
             return default_collate(batch)
@@ -30,10 +33,10 @@ class PadCollate:
         w = max(s[1] for s in sizes)
         h, w = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
         out = []
-        for b in batch:
+        for b, fill in zip(batch, fills):
             dh, dw = h - b["image"].shape[-2], w - b["image"].shape[-1]
             valid = torch.ones(b["image"].shape[-2:], dtype=torch.bool)
-            out.append({**b, "image": F.pad(b["image"], (0, dw, 0, dh), value=self.fill),
+            out.append({**b, "image": F.pad(b["image"], (0, dw, 0, dh), value=fill),
                         "mask": F.pad(b["mask"], (0, dw, 0, dh), value=0),
                         "valid": F.pad(valid, (0, dw, 0, dh), value=False)})
         return default_collate(out)

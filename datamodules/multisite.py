@@ -29,9 +29,9 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from torch.utils.data import Dataset
 
-from datamodules.loaders import SplitLoadersMixin, train_eval_dataset
-
+from datamodules.collate import PadCollate
 from datamodules.errors import DataError
+from datamodules.loaders import SplitLoadersMixin, train_eval_dataset
 from datamodules.subset import sample_cases
 
 __all__ = ["SiteConcat", "MultiSiteDataModule"]
@@ -41,7 +41,8 @@ class SiteConcat(Dataset):
     """Concatenation of per-site datasets with ``groups`` (site per item) and ``case_ids``.
     Order is kept (site by site), so slices of a case stay contiguous for per-case metrics."""
 
-    def __init__(self, datasets: Mapping[str, Dataset]) -> None:
+    def __init__(self, datasets: Mapping[str, Dataset], pad_values: Mapping[str, float] | None = None) -> None:
+        self.pad_values = dict(pad_values or {})  # per site, for items padded in a batch of mixed sizes
         self.names = list(datasets)
         self.datasets = [datasets[n] for n in self.names]
         self.offsets = np.cumsum([0] + [len(d) for d in self.datasets]).tolist()
@@ -80,11 +81,12 @@ class SiteConcat(Dataset):
             return [self._named(x, self.names[s]) for x in item]
         return self._named(item, self.names[s])
 
-    @staticmethod
-    def _named(item: Any, site: str) -> Any:
+    def _named(self, item: Any, site: str) -> Any:
         item = dict(item)
         if "case_id" in item:
             item["case_id"] = f"{site}/{item['case_id']}"
+        if site in self.pad_values:
+            item["pad_value"] = self.pad_values[site]
         return item
 
 
@@ -185,9 +187,15 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
         if len(set(dims.values())) != 1:
             raise DataError(f"sites mix 2D and 3D data: {dims}; give every site the same datamodule kind")
         self.eval_batch_size = getattr(first, "eval_batch_size", None)
+        # sites whose air differs after their own normalisation (nnU-Net's CT statistics per site) pad their own
+        # items with it in a batch of mixed slice sizes (a review: every site got the first site's value)
+        fills = {n: float(dm.fill_value()) for n, dm in sites.items() if callable(getattr(dm, "fill_value", None))}
+        collate = first.collate_fn(True) if callable(getattr(first, "collate_fn", None)) else None
+        pads = fills if isinstance(collate, PadCollate) and len(set(fills.values())) > 1 else None
         self.train_dataset, self.val_dataset, self.test_dataset = (
-            SiteConcat({n: getattr(dm, f"{s}_dataset") for n, dm in sites.items()}) for s in ("train", "val", "test"))
-        self._train_eval = SiteConcat({n: train_eval_dataset(dm) for n, dm in sites.items()})
+            SiteConcat({n: getattr(dm, f"{s}_dataset") for n, dm in sites.items()}, pads)
+            for s in ("train", "val", "test"))
+        self._train_eval = SiteConcat({n: train_eval_dataset(dm) for n, dm in sites.items()}, pads)
 
     def collate_fn(self, train: bool) -> Callable[[list], Any] | None:
         """The sites' own batching (they agree on 2D / 3D)."""

@@ -56,3 +56,34 @@ def test_a_sites_own_error_names_the_site(tmp_path):
     dm = MultiSiteDataModule(sites)
     with pytest.raises(DataError, match=r"^data\.sites\.a\.root .*missing_a does not exist"):
         dm.setup()
+
+
+def test_each_site_pads_with_its_own_air(tmp_path):
+    """A review: with mixed slice sizes (``image_size=null``) and nnU-Net's CT normalisation per site, every
+    site's slices were padded with the first site's air value; each item now carries its site's."""
+    import torch
+
+    from datamodules.collate import PadCollate
+    from datamodules.synthetic import write_phantom_dataset
+
+    sites = {}
+    for name, (seed, shift) in {"a": (0, 0.0), "b": (1, 300.0)}.items():
+        root = tmp_path / name
+        write_phantom_dataset(root, "lits", n_cases=4, shape=(32, 24 - 8 * seed, 6), seed=seed)
+        sites[name] = {**SITE, "root": str(root), "normalization": "ct", "image_size": None,
+                       "ct_stats": [-100.0 - shift, 200.0, 50.0 + shift, 40.0 + seed * 10], "val_fraction": 0.25,
+                       "test_fraction": 0.25}
+    dm = MultiSiteDataModule(sites)
+    dm.setup()
+    fills = {n: d.fill_value() for n, d in dm.sites.items()}
+    assert fills["a"] != fills["b"]
+    collate = dm.collate_fn(True)
+    assert isinstance(collate, PadCollate)
+    ds = dm.train_dataset
+    items = [ds[0], ds[len(ds) - 1]]                                   # one of each site, sizes differ
+    assert [it["pad_value"] for it in items] == [fills["a"], fills["b"]]
+    batch = collate(items)
+    assert "pad_value" not in batch
+    for j, site in enumerate(("a", "b")):
+        padded = batch["image"][j][..., ~batch["valid"][j]]
+        assert padded.numel() and torch.allclose(padded, torch.tensor(fills[site]))
