@@ -11,14 +11,21 @@ import pytorch_lightning as pl
 
 
 class FitTime(pl.Callback):
-    """``seconds()``: this run's training time so far, the stopped processes' included."""
+    """``seconds()``: this run's training time so far, the stopped processes' included; ``total`` that time
+    when training ended."""
 
     def __init__(self) -> None:
         self.before = 0.0       # seconds of the processes before this one (from the resumed checkpoint)
+        self.total: float | None = None  # at the end of training; a later test's checkpoint load leaves it
         self._t0: float | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # taken here: trainer.test(ckpt_path=best) loads best.ckpt's callback state afterwards, and ``before``
+        # with it (a review: fit_seconds came out twice the training time)
+        self.total = self.seconds()
 
     def seconds(self) -> float:
         return self.before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)

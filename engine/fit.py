@@ -206,7 +206,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         metrics.update(getattr(cb, "summary", {}))
     timer = next((c for c in trainer.callbacks if isinstance(c, FitTime)), None)
     # across resumes: the stopped processes' training time (kept in the checkpoint) and this one's
-    metrics["fit_seconds"] = timer.before + fit_seconds if timer is not None and train else fit_seconds
+    metrics["fit_seconds"] = timer.total if timer is not None and train and timer.total is not None else fit_seconds
     metrics["num_parameters"] = sum(p.numel() for p in module.net.parameters())
     metrics.update(extra_metrics or {})
     monitor = getattr(ckpt_cb, "monitor", None)

@@ -197,6 +197,13 @@ def test_fit_seconds_count_the_stopped_process_too(tmp_path):
     assert before > 0
     _run(tmp_path, [*DIGITS, "trainer.max_epochs=2", "resume=true"])
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["fit_seconds"] > before
+    # a review: a run that tests reloads best.ckpt's callback state after training, which doubled fit_seconds
+    tested = tmp_path / "tested"
+    _run(tested, [*[o for o in DIGITS if o != "test=false"], "trainer.max_epochs=2"])
+    saved = torch.load(tested / "run" / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    at_last = next(v["seconds"] for k, v in saved.items() if "FitTime" in k)
+    took = json.loads((tested / "run" / "metrics.json").read_text())["fit_seconds"]
+    assert at_last <= took < at_last * 1.25 + 0.2, (at_last, took)
     timer = FitTime()
     timer.load_state_dict({"seconds": "x"})                          # a crafted checkpoint's value: not taken
     assert timer.before == 0.0 and timer.seconds() == 0.0
