@@ -369,6 +369,7 @@ def test_server_killed_then_resumed_equals_in_process(tmp_path):
     # a walkthrough: the ServerApp's per-round lines went nowhere (run.log held the launcher's one line)
     said = (run_dir / "run.log").read_text()
     assert "round 1/2 global" in said and "round 2/2 global" in said and "round 2/2 client" in said
+    assert "HTTP Request" not in said                              # a verification: httpx's lines buried them
     assert torch.load(run_dir / "server.pt", weights_only=True)["round"] == 1
     got = json.loads((run_dir / "metrics.json").read_text())
     for key, value in ref.items():

@@ -94,6 +94,8 @@ def log_to_run_dir(run_dir: Path) -> None:
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
+    for noisy in ("httpx", "httpcore"):  # a line per HTTP request to the SuperLink would bury the rounds' lines
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.main()
