@@ -143,8 +143,9 @@ def refuse_overwrite(outputs: Sequence[Path], sources: Sequence[Path]) -> None:
 
 
 def refuse_input_folder(out: Path, folders: Sequence[Path | None]) -> None:
-    """One line if the folder of inputs or of labels (``folders``: input, labels) would receive the predictions (``input=images/ output=images/``): they
-    would sit among the inputs, and the next run over that folder would take them for inputs."""
+    """One line if the folder of inputs or of labels (``folders``: input, labels) would receive the predictions
+    (``input=images/ output=images/``): they would sit among the inputs, and the next run over that folder would
+    take them for inputs."""
     for folder, name in zip(folders, ("input", "labels")):
         if folder is not None and out.resolve() == folder.resolve():  # a walkthrough: labels= was called "input"
             raise ConfigError(f"output={out} is the {name} folder {folder}: write the predictions to another folder")
@@ -158,25 +159,65 @@ def check_writable(folder: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise ConfigError(f"output folder {folder} is not writable ({type(err).__name__}: {err.strerror or err})") from None
+        raise ConfigError(f"output folder {folder} is not writable ({type(err).__name__}: "
+                          f"{err.strerror or err})") from None
 
 
 #: written into a folder predict writes predictions to: files there are predict's own, safe to overwrite
 PREDICT_MARKER = ".fedmed-predict"
+#: what predict writes into its NIfTI headers (``descrip``) and PNG text chunks ("Software"): a single output
+#: file holding it is predict's own, safe to overwrite
+PREDICT_SIGNATURE = "fedmed predict"
+
+
+def written_by_predict(path: Path) -> bool:
+    """Whether ``path`` is a segmentation predict wrote (its signature in the NIfTI header or PNG text)."""
+    try:
+        if is_nifti(path):
+            return bytes(nib.load(str(path)).header["descrip"]).rstrip(b"\0").decode(errors="replace") \
+                == PREDICT_SIGNATURE
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.info.get("Software") == PREDICT_SIGNATURE
+    except Exception:  # noqa: BLE001 - unreadable: not known to be predict's
+        return False
+
+
+def claim_output_file(path: Path, overwrite: bool) -> None:
+    """One line if the single output file exists and predict did not write it (a verification: a copy of the
+    ground truth given as ``output=`` was replaced), unless ``overwrite``."""
+    if path.exists() and not overwrite and not written_by_predict(path):
+        raise ConfigError(f"output={path} already exists and no predict wrote it; give another file, or "
+                          f"overwrite=true")
 
 
 def claim_output_folder(folder: Path, outputs: Sequence[Path], overwrite: bool) -> None:
-    """Before the first prediction goes into ``folder``: refuse (one line) to overwrite files that no predict
-    wrote there, unless ``overwrite`` (a walkthrough: ``output=labelsTs/`` silently replaced the ground truth,
-    as nnU-Net's predict would too); then mark the folder as predict's, so a rerun may overwrite its own files."""
-    marker = folder / PREDICT_MARKER
-    existing = [p for p in outputs if p.exists()]
-    if existing and not overwrite and not marker.is_file():
+    """Before anything goes into ``folder``: refuse (one line) to overwrite files that no predict wrote there,
+    unless ``overwrite`` (a walkthrough: ``output=labelsTs/`` silently replaced the ground truth, as nnU-Net's
+    predict would too). :func:`mark_output_folder` marks it as predict's when the first prediction is written,
+    so a rerun may overwrite its own files."""
+    existing = [p for p in outputs if p.exists() and not written_by_predict(p)]
+    if existing and not overwrite and not (folder / PREDICT_MARKER).is_file():
         raise ConfigError(f"output={folder} already holds {len(existing)} file(s) this predict would overwrite "
                           f"(e.g. {existing[0].name}) that no predict wrote; give another folder, or "
                           f"overwrite=true")
-    if not marker.is_file():
-        atomic_write_text(marker, "predictions written here by python -m experiments.predict\n")
+
+
+def mark_output_folder(folder: Path) -> None:
+    if not (folder / PREDICT_MARKER).is_file():
+        atomic_write_text(folder / PREDICT_MARKER, "predictions written here by python -m experiments.predict\n")
+
+
+def remove_if_left_empty(folders: Sequence[Path]) -> None:
+    """The output folders this predict created, removed when a failure left them empty (a verification: a bad
+    label value stopped the run after the folder was made)."""
+    for folder in folders:
+        try:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        except OSError:
+            pass
 
 
 def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None,
@@ -206,6 +247,7 @@ def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: f
         prob = None if prob is None else prob.reshape(len(prob), *src.shape)
     header = src.header.copy()
     header.set_data_dtype(np.uint8)
+    header["descrip"] = PREDICT_SIGNATURE  # a rerun may overwrite it (claim_output_file)
     return nib.Nifti1Image(volume, src.affine, header), prob
 
 

@@ -106,8 +106,12 @@ def predict_image(case: ImageCase, dm, predictor: VolumePredictor, threshold: fl
 
 def save_png(labels: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", "fedmed predict")  # engine.predict.PREDICT_SIGNATURE: a rerun may overwrite it
     with atomic_output(path, suffix=".png") as tmp:
-        Image.fromarray(labels.astype(np.uint8)).save(tmp, format="PNG")
+        Image.fromarray(labels.astype(np.uint8)).save(tmp, format="PNG", pnginfo=info)
 
 
 def score_image(pred: np.ndarray, case: ImageCase, dm, class_names: Sequence[str]) -> dict[str, float]:

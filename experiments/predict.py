@@ -26,9 +26,9 @@ from engine.artifacts import print_case_table, write_json
 from engine.builders import build_datamodule
 from engine.errors import ConfigError
 from experiments.hydra_checks import run_cli, user_command
-from engine.predict import (check_label_shapes, check_writable, claim_output_folder, is_nifti, load_case_label,
-                            load_models, plan_cases, predict_case, save_nifti, save_probabilities, score_case,
-                            summary_of)
+from engine.predict import (check_label_shapes, check_writable, claim_output_file, claim_output_folder, is_nifti,
+                            load_case_label, load_models, mark_output_folder, plan_cases, predict_case,
+                            remove_if_left_empty, save_nifti, save_probabilities, score_case, summary_of)
 from engine.predict_images import is_image, plan_images, predict_image, save_png, score_image
 from datamodules.errors import DataError
 from lightning_modules import targets
@@ -164,35 +164,24 @@ def predict(cfg: DictConfig) -> dict:
                             str(data.get("image_suffix") or ""))
     if not images:
         check_label_shapes(cases)  # before any folder is made (a walkthrough: a bad labels= left an empty output/)
-    for folder in sorted({c.output.parent for c in cases}):
+    folders = sorted({c.output.parent for c in cases})
+    created = [f for f in folders if not f.exists()]  # removed again if a failure leaves them empty
+    for folder in folders:
         check_writable(folder)
     if src.is_dir():
         outputs = [c.output for c in cases] + ([c.output.with_name(f"{_bare(c.output.name)}.npz") for c in cases]
                                                if keep_prob else [])
         claim_output_folder(cases[0].output.parent, outputs, cfg.get("overwrite") is True)
+    else:
+        claim_output_file(cases[0].output, cfg.get("overwrite") is True)
     class_names = models.hparams.get("class_names") or dm.class_names
     threshold = models.hparams.get("fg_threshold")
-    per_case = {}
-    with Progress() as progress:
-        task = progress.add_task(f"segmenting {len(cases)} {'image' if images else 'volume'}(s)", total=len(cases))
-        for case in cases:
-            if images:
-                pred = predict_image(case, dm, predictor, threshold)
-                save_png(pred, case.output)
-                if case.label is not None:
-                    per_case[case.case_id] = score_image(pred, case, dm, class_names)
-            else:
-                label = load_case_label(case, dm) if case.label is not None else None  # before anything is written
-                img, prob = predict_case(case, dm, predictor, threshold, keep_prob)
-                scores = score_case(np.asarray(img.dataobj), case, label, class_names, cfg.nsd_tolerance_mm) \
-                    if label is not None else None
-                save_nifti(img, case.output)
-                if prob is not None:
-                    save_probabilities(prob, class_names, threshold,
-                                       case.output.with_name(f"{_bare(case.output.name)}.npz"))
-                if scores is not None:
-                    per_case[case.case_id] = scores
-            progress.advance(task)
+    try:
+        per_case = _segment(cases, images, dm, predictor, threshold, keep_prob, class_names, cfg,
+                            marked=folders if src.is_dir() else [])
+    except BaseException:
+        remove_if_left_empty(created)
+        raise
     out = cases[0].output
     print(f"wrote {len(cases)} prediction(s): {out if len(cases) == 1 else out.parent}")
     if per_case:
@@ -204,6 +193,43 @@ def predict(cfg: DictConfig) -> dict:
         print(f"scores: {where}")
         return summary
     return {}
+
+
+def _segment(cases, images: bool, dm, predictor: VolumePredictor, threshold, keep_prob: bool, class_names,
+             cfg: DictConfig, marked: list[Path]) -> dict[str, dict]:
+    """Segment (and score) every case, writing its outputs; ``marked``: folders marked as predict's once the
+    first output is written there (:func:`engine.predict.mark_output_folder`)."""
+    per_case = {}
+    with Progress() as progress:
+        task = progress.add_task(f"segmenting {len(cases)} {'image' if images else 'volume'}(s)", total=len(cases))
+        for case in cases:
+            if images:
+                pred = predict_image(case, dm, predictor, threshold)
+                marked = _mark(marked)
+                save_png(pred, case.output)
+                if case.label is not None:
+                    per_case[case.case_id] = score_image(pred, case, dm, class_names)
+            else:
+                label = load_case_label(case, dm) if case.label is not None else None  # before anything is written
+                img, prob = predict_case(case, dm, predictor, threshold, keep_prob)
+                scores = score_case(np.asarray(img.dataobj), case, label, class_names, cfg.nsd_tolerance_mm) \
+                    if label is not None else None
+                marked = _mark(marked)
+                save_nifti(img, case.output)
+                if prob is not None:
+                    save_probabilities(prob, class_names, threshold,
+                                       case.output.with_name(f"{_bare(case.output.name)}.npz"))
+                if scores is not None:
+                    per_case[case.case_id] = scores
+            progress.advance(task)
+    return per_case
+
+
+def _mark(folders: list[Path]) -> list[Path]:
+    """Mark ``folders`` as predict's (before their first output); what is left to mark: nothing."""
+    for folder in folders:
+        mark_output_folder(folder)
+    return []
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")

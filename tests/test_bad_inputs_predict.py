@@ -190,3 +190,17 @@ def test_a_folder_of_files_predict_did_not_write_is_not_overwritten(files):
     shutil.copy(tmp / "lab_small.nii.gz", small / "case1.nii.gz")    # a label of another shape
     proc = run_in_process("experiments.predict", [*args, f"output={tmp / 'ow_never'}", f"labels={small}"], tmp)
     assert proc.returncode == 2 and "case1.nii.gz" in proc.stderr and not (tmp / "ow_never").exists()
+    values = tmp / "ow_value_labels"                                   # a label value outside the classes: found
+    values.mkdir()                                                     # per case, after the folder was made
+    shutil.copy(tmp / "lab_outside.nii.gz", values / "case1.nii.gz")
+    proc = run_in_process("experiments.predict", [*args, f"output={tmp / 'ow_never2'}", f"labels={values}"], tmp)
+    assert proc.returncode == 2 and not (tmp / "ow_never2").exists(), proc.stderr
+    # a single output file predict did not write (a copy of the ground truth) is refused too; its own is not
+    gt = tmp / "ow_gt.nii.gz"
+    shutil.copy(truth / "case1.nii.gz", gt)  # overwritten above by predict: its signature makes it predict's
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 3), np.uint8), np.eye(4)), gt)
+    single = [f"ckpt={ckpt}", f"input={inp / 'case1_0000.nii.gz'}", "device=cpu", f"output={gt}"]
+    proc = run_in_process("experiments.predict", single, tmp)
+    assert proc.returncode == 2 and "already exists and no predict wrote it" in proc.stderr
+    assert run_in_process("experiments.predict", [*single, "overwrite=true"], tmp).returncode == 0
+    assert run_in_process("experiments.predict", single, tmp).returncode == 0  # now predict's own: a rerun
