@@ -87,6 +87,10 @@ OFF_SITE_MARGIN = {"site1": 0.03, "site2": 0.11}
 
 
 @pytest.mark.slow
+@unvalidated("after the mask-resizing fix (989bda4), at one torch thread as CI runs it: FL on site 1 - site 2 "
+             "alone on site 1 = +0.060 / +0.704 / +0.392 at seeds 0-2 against the margin 0.11 (missed at seed 0; "
+             "the direction holds at every seed; FL on site 2 - site 1 alone on site 2 = +0.321 / +0.130 / +0.197 "
+             "against 0.03); see docs/benchmarks.md")
 def test_fl_global_beats_standalone_off_site(fl_matrix):
     """Paper 003 §4 / Table 1: the federated global model generalises to the other institution, where
     each institution's standalone model does not.
@@ -114,6 +118,12 @@ def test_fl_global_beats_standalone_off_site(fl_matrix):
     Mechanism disabled (``FEDMED_CLAIMS_DISABLE=1``: site 2 removed, so the "global" model saw site 1
     only), measured at seed 0 in the moderate regime: the site-2 column has no FL score (NaN) and both
     tests fail (64 s).
+
+    MEASURED after the masks were resized pixel-centre aligned (thirty-third session, 989bda4; one torch thread,
+    as CI): seed 0: FL on site 1 0.536 against site 2 alone on site 1 0.476 (+0.060, margin 0.11 missed),
+    FL on site 2 0.594 against site 1 alone 0.273 (+0.321); seeds 1 / 2: +0.704 / +0.392 and +0.130 / +0.197.
+    The direction holds at every seed; the second margin does not at seed 0. Reported, not re-tuned: skipped as
+    not validated (it passed at seed 0 at two threads, in this session's first claims run).
     """
     metrics, _ = fl_matrix
     mat = metrics["evaluation_matrix"]
