@@ -291,7 +291,7 @@ CASES: dict[str, Setup] = {
     # a key the constructor does not take, or a value it refuses, under trainer/module/logger/callbacks (``++`` adds
     # it past Hydra's own check): Hydra's multi-line InstantiationException and exit 1 before (a walkthrough)
     "trainer_key_typo": simple(["++trainer.fast_dev_rn=true"], "trainer (pytorch_lightning.Trainer): Trainer.__init__() got an unexpected keyword argument 'fast_dev_rn'"),
-    "trainer_bad_value": simple(["++trainer.fast_dev_run=ture"], "trainer (pytorch_lightning.Trainer): invalid literal for int() with base 10: 'ture'"),
+    "trainer_bad_value": simple(["++trainer.fast_dev_run=ture"], "trainer (pytorch_lightning.Trainer): invalid literal for int() with base 10: 'ture' (trainer.fast_dev_run='ture')"),
     "module_key_typo": simple(["++module.monitr=val/dice"], "module (lightning_modules.segmentation.SegmentationModule)"),
     "logger_key_typo": simple(["++logger.csv.nme=x"], "logger.csv (engine.loggers.ResumableCSVLogger)"),
     "callback_key_typo": simple(["++callbacks.model_checkpoint.monitr=x"], "callbacks.model_checkpoint"),
