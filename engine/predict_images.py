@@ -22,7 +22,7 @@ from PIL import Image
 
 from datamodules.errors import DataError
 from datamodules.folder2d import EXTENSIONS, strip_suffix
-from engine.predict import refuse_input_folder, refuse_overwrite
+from engine.predict import PREDICT_SIGNATURE, refuse_input_folder, refuse_overwrite
 from lightning_modules.atomic import atomic_output
 from lightning_modules.errors import ConfigError
 from lightning_modules.inference import VolumePredictor
@@ -109,7 +109,7 @@ def save_png(labels: np.ndarray, path: Path) -> None:
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text("Software", "fedmed predict")  # engine.predict.PREDICT_SIGNATURE: a rerun may overwrite it
+    info.add_text("Software", PREDICT_SIGNATURE)  # a rerun may overwrite it (engine.predict.claim_output_file)
     with atomic_output(path, suffix=".png") as tmp:
         Image.fromarray(labels.astype(np.uint8)).save(tmp, format="PNG", pnginfo=info)
 
