@@ -49,7 +49,7 @@ def run_federation(cfg, executor: Any | None = None) -> dict[str, Any]:
     server.t_start = t_start  # fit_seconds from the command's start, as before: set-up included
     status = "failed"
     try:
-        metrics = _rounds_and_finish(server, t_start)
+        metrics = _rounds_and_finish(server)
         status = "success"
         return metrics
     finally:
@@ -57,7 +57,7 @@ def run_federation(cfg, executor: Any | None = None) -> dict[str, Any]:
         close_loggers(server.loggers, status)
 
 
-def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
+def _rounds_and_finish(server: Server) -> dict[str, Any]:
     fed, rounds = server.fed, int(server.fed.rounds)
     server.resume()
     if server.history:  # rounds.csv follows server.pt, which a stop may have come between
@@ -109,10 +109,10 @@ def _rounds_and_finish(server: Server, t_start: float) -> dict[str, Any]:
                      if k.startswith("fed/round/") and any(s in k for s in ("test/", "server_val/", "dropped"))}
             bar.console.print(f"round {rnd + 1}/{rounds}: " + ", ".join(
                 f"{k}={fmt(v)}" for k, v in sorted(shown.items())[:8]))
-    return _finish(server, t_start)
+    return _finish(server)
 
 
-def _finish(server: Server, t_start: float) -> dict[str, Any]:
+def _finish(server: Server) -> dict[str, Any]:
     out, metric = server.out, server.main_metric()
     rows = rounds_table(server.history)
     if rows:
