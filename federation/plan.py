@@ -13,7 +13,7 @@ import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from hydra.utils import get_method
@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.subset import carve_val, sample_cases, sample_groups, sample_labels
 from engine import artifacts
-from federation.core.partial_labels import PartialLabels
+from federation.core.partial_labels import PartialLabels, check_partial_spec
 from federation.core.partition import PARTITIONERS, partition_report
 from federation.core.sampling import client_seed, sample_clients  # noqa: F401 (re-exported)
 from federation.core.sharing import SharedPool
@@ -211,31 +211,12 @@ class ClientSplit:
 
 
 def annotated_classes(fed: Any, client_ids: Sequence[str] | None, num_classes: int | None) -> dict[str, list[int]]:
-    """``federation.partial_labels`` checked: ``{client id: annotated class ids}``, keys as strings (a YAML
-    ``0:`` is the client ``"0"``). A key that is no client (``client_ids``; None: not known here, a real site's
-    node) or a class outside ``[0, num_classes)`` is one line: either silently left that client fully labelled
-    (a review: paper 004's partial-label runs quietly became fully labelled ones)."""
-    spec = fed.get("partial_labels") or {}
-    if not isinstance(spec, Mapping):
-        raise FederationError(f"federation.partial_labels={spec!r} must map client ids to lists of class ids")
-    out: dict[str, list[int]] = {}
-    for key, classes in spec.items():
-        cid = str(key)
-        if client_ids is not None and cid not in client_ids:
-            raise FederationError(f"federation.partial_labels names {cid!r}, which is no client of this federation "
-                                  f"(clients: {', '.join(list(client_ids)[:8])})")
-        if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
-            raise FederationError(f"federation.partial_labels.{cid}={classes!r} must be a list of class ids")
-        ids = [int(c) for c in classes if isinstance(c, (int, np.integer)) and not isinstance(c, bool)]
-        if len(ids) != len(list(classes)):  # a review: 1.7 and True were taken as class 1
-            raise FederationError(f"federation.partial_labels.{cid}={list(classes)!r} must be a list of class ids "
-                                  f"(whole numbers)")
-        bad = [c for c in ids if c < 0 or (num_classes is not None and c >= num_classes)]
-        if bad:
-            raise FederationError(f"federation.partial_labels.{cid} names class {bad[0]}, outside the data's "
-                                  f"{num_classes} classes [0, {num_classes})")
-        out[cid] = ids
-    return out
+    """``federation.partial_labels`` checked by :func:`federation.core.partial_labels.check_partial_spec`:
+    ``{client id: annotated class ids}``; a bad key or class is one :class:`FederationError` line."""
+    try:
+        return check_partial_spec(fed.get("partial_labels"), client_ids, num_classes)
+    except ValueError as exc:
+        raise FederationError(str(exc)) from None
 
 
 def split_clients(fed: Any, train: Any, test: Any, seed: int, num_classes: int | None = None) -> ClientSplit:

@@ -107,6 +107,13 @@ def test_partial_label_sets():
     assert all(len(s) >= 4 for s in partial_label_sets(6, 3, seed=1, per_client=3).values())
     with pytest.raises(ValueError):
         partial_label_sets(3, ["A"], spec={"A": [5]})
+    # one reading of an explicit spec with federation.partial_labels: a client not named annotates every
+    # class (it once raised here and was fully labelled there), a name that is no client is refused in both
+    assert partial_label_sets(3, ["A", "B"], spec={"A": [1]}) == {"A": frozenset({0, 1}), "B": frozenset({0, 1, 2})}
+    with pytest.raises(ValueError, match="names 'C', which is no client"):
+        partial_label_sets(3, ["A", "B"], spec={"C": [1]})
+    with pytest.raises(ValueError, match="whole numbers"):
+        partial_label_sets(3, ["A"], spec={"A": [1.7]})
 
 
 def test_mask_unannotated_is_ignore_not_background():

@@ -12,7 +12,7 @@
 Transports (in-process, Ray, Flower) move these objects; they never interpret weights.
 """
 from .messages import ClientUpdate, DataLeakError, ServerMessage, assert_no_data, is_finite, state_schema
-from .partial_labels import PartialLabels
+from .partial_labels import PartialLabels, check_partial_spec
 from .partition import (
     PARTITIONERS, FeatureShift, by_group, dirichlet, feature_skew_params, iid, label_mask, mask_unannotated,
     partial_label_sets, partition_report, pathological, quantity_skew,
@@ -26,7 +26,7 @@ from .strategies import (
 
 __all__ = [
     "ClientUpdate", "ServerMessage", "DataLeakError", "assert_no_data", "is_finite", "state_schema",
-    "PartialLabels", "PARTITIONERS", "FeatureShift", "by_group", "dirichlet", "feature_skew_params", "iid",
+    "PartialLabels", "check_partial_spec", "PARTITIONERS", "FeatureShift", "by_group", "dirichlet", "feature_skew_params", "iid",
     "label_mask", "mask_unannotated", "partial_label_sets",
     "partition_report", "pathological", "quantity_skew", "client_seed", "sample_clients",
     "SharedPool", "allocate_shared", "client_rng", "select_shared_indices", "STRATEGIES", "DataSharing",

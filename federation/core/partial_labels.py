@@ -11,27 +11,57 @@ Two ways to simulate it on fully labelled data (``federation.unannotated``):
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["partial_label_sets", "mask_unannotated", "label_mask", "PartialLabels"]
+__all__ = ["check_partial_spec", "partial_label_sets", "mask_unannotated", "label_mask", "PartialLabels"]
+
+
+def check_partial_spec(spec: Any, client_ids: Sequence[str] | None, num_classes: int | None,
+                       key: str = "federation.partial_labels") -> dict[str, list[int]]:
+    """An explicit annotation spec checked, the one check of the simulation, a Flower node and
+    :func:`partial_label_sets`: ``{client id: annotated class ids}``, keys as strings (a YAML ``0:`` is the
+    client ``"0"``); a client not named is fully labelled. A key that is no client (``client_ids``; None: not
+    known, a real site's node), a class outside ``[0, num_classes)`` or a class id that is no whole number is
+    one ``ValueError`` naming ``key``: each was once silently taken (a review: paper 004's partial-label runs
+    quietly became fully labelled ones; 1.7 and True were taken as class 1)."""
+    spec = spec or {}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{key}={spec!r} must map client ids to lists of class ids")
+    out: dict[str, list[int]] = {}
+    for k, classes in spec.items():
+        cid = str(k)
+        if client_ids is not None and cid not in client_ids:
+            raise ValueError(f"{key} names {cid!r}, which is no client of this federation "
+                             f"(clients: {', '.join(list(client_ids)[:8])})")
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
+            raise ValueError(f"{key}.{cid}={classes!r} must be a list of class ids")
+        given = list(classes)
+        ids = [int(c) for c in given if isinstance(c, (int, np.integer)) and not isinstance(c, bool)]
+        if len(ids) != len(given):
+            raise ValueError(f"{key}.{cid}={given!r} must be a list of class ids (whole numbers)")
+        bad = [c for c in ids if c < 0 or (num_classes is not None and c >= num_classes)]
+        if bad:
+            raise ValueError(f"{key}.{cid} names class {bad[0]}, outside the data's {num_classes} classes "
+                             f"[0, {num_classes})")
+        out[cid] = ids
+    return out
 
 
 def partial_label_sets(num_classes: int, clients: int | Sequence[str], spec: Mapping[str, Iterable[int]] | None = None,
                        seed: int = 0, per_client: int | None = None, background: int = 0) -> dict[str, frozenset[int]]:
-    """Annotated classes per client (background always included). ``spec`` gives them explicitly;
-    otherwise foreground classes are shuffled and dealt round-robin (every class annotated by at
-    least one client when there are enough clients), topped up at random to ``per_client``."""
+    """Annotated classes per client (background always included). ``spec`` gives them explicitly, checked and
+    read as the federation reads ``federation.partial_labels`` (:func:`check_partial_spec`: a client not named
+    annotates every class); otherwise foreground classes are shuffled and dealt round-robin (every class
+    annotated by at least one client when there are enough clients), topped up at random to ``per_client``."""
     ids = [str(i) for i in range(clients)] if isinstance(clients, int) else [str(c) for c in clients]
     if spec is not None:
-        out = {str(c): frozenset(int(x) for x in v) | {background} for c, v in spec.items()}
-        bad = [c for c, v in out.items() if not all(0 <= x < num_classes for x in v)]
-        if bad or set(out) != set(ids):
-            raise ValueError(f"bad partial-label spec for clients {bad or sorted(set(out) ^ set(ids))}")
-        return {c: out[c] for c in ids}
+        given = check_partial_spec(spec, ids, num_classes, key="partial-label spec")
+        every = range(num_classes)
+        return {c: frozenset(given.get(c, every)) | {background} for c in ids}
     rng = np.random.default_rng(seed)
     fg = rng.permutation([c for c in range(num_classes) if c != background])
     sets = [{int(fg[j]) for j in range(i, len(fg), len(ids))} if i < len(fg) else {int(fg[i % len(fg)])}
