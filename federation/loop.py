@@ -10,6 +10,8 @@ finalised and the W&B run finished whatever happens, so each job of a ``-m`` swe
 """
 from __future__ import annotations
 
+import json
+
 import logging
 import time
 from typing import Any
@@ -60,6 +62,7 @@ def run_federation(cfg, executor: Any | None = None) -> dict[str, Any]:
 def _rounds_and_finish(server: Server) -> dict[str, Any]:
     fed, rounds = server.fed, int(server.fed.rounds)
     server.resume()
+    finished_before = server.start_round >= rounds  # resumed after its last round: only the finish runs again
     if server.history:  # rounds.csv follows server.pt, which a stop may have come between
         write_rounds_csv(rounds_table(server.history), server.out / "rounds.csv")
     # as a centralised run's (engine.tracking.log_run_facts): the config, the code's SHA, the environment
@@ -109,10 +112,26 @@ def _rounds_and_finish(server: Server) -> dict[str, Any]:
                      if k.startswith("fed/round/") and any(s in k for s in ("test/", "server_val/", "dropped"))}
             bar.console.print(f"round {rnd + 1}/{rounds}: " + ", ".join(
                 f"{k}={fmt(v)}" for k, v in sorted(shown.items())[:8]))
-    return _finish(server)
+    return _finish(server, finished_before)
 
 
-def _finish(server: Server) -> dict[str, Any]:
+def _fit_seconds(server: Server, finished_before: bool) -> float:
+    """The federation's wall time; a finished run resumed keeps its ``metrics.json``'s (no round ran now: a
+    review found each such resume adding its process's set-up time)."""
+    kept = None
+    if finished_before:
+        try:
+            kept = json.loads((server.out / "metrics.json").read_text()).get("fit_seconds")
+        except (OSError, ValueError, AttributeError):  # no or a damaged metrics.json: this process's time
+            kept = None
+    if isinstance(kept, (int, float)) and not isinstance(kept, bool):
+        artifacts.console.print(f"resume: all {len(server.history)} rounds were done; the final evaluation runs "
+                                f"again, fit_seconds stays {kept:.1f}")
+        return float(kept)
+    return server.elapsed()
+
+
+def _finish(server: Server, finished_before: bool = False) -> dict[str, Any]:
     out, metric = server.out, server.main_metric()
     rows = rounds_table(server.history)
     if rows:
@@ -134,7 +153,7 @@ def _finish(server: Server) -> dict[str, Any]:
     metrics.update({"fed/rounds": len(server.history), "fed/num_clients": len(server.client_ids),
                     "fed/dropped_total": server.dropped_total,
                     "fed/shared_pool": 0 if server.pool is None else len(server.pool),
-                    "fit_seconds": server.elapsed(),
+                    "fit_seconds": _fit_seconds(server, finished_before),
                     "num_parameters": sum(p.numel() for p in server.template.net.parameters())})
     if is_debug(server.cfg):
         metrics["debug"] = True  # fast_dev_run: experiments.report leaves it out of its tables
