@@ -253,6 +253,25 @@ def submission_error(exc: BaseException) -> bool:
     return in_submitit and not any(code.co_name in ("result", "results") for code in codes)
 
 
+def drop_unsubmitted_sweep(since: float) -> str:
+    """After a refused submission: remove the sweep folder when this command made all of it (only
+    ``multirun.yaml`` and submitit's ``.submitit`` scripts, none older than ``since``), so a sweep that never
+    started leaves no folder behind (a review); an existing sweep's folder is kept. Returns what the error
+    line should add."""
+    import shutil
+
+    try:
+        sweep = Path(str(HydraConfig.get().sweep.dir))
+    except ValueError:  # HydraConfig not set: nothing to tidy
+        return ""
+    if not sweep.is_dir() or {p.name for p in sweep.iterdir()} - {"multirun.yaml", ".submitit"}:
+        return ""
+    if any(p.stat().st_mtime < since for p in sweep.rglob("*")):
+        return ""
+    shutil.rmtree(sweep, ignore_errors=True)
+    return f" (nothing ran; the sweep folder {sweep} this command made is removed)"
+
+
 def search_space_error(exc: BaseException) -> str | None:
     """A search space the Optuna sweeper cannot build (a log interval from 0, low > high, ...), before any
     trial ran: the override as typed (or the sweeper param) and Optuna's reason; ``None`` for anything else."""
@@ -271,6 +290,7 @@ def search_space_error(exc: BaseException) -> str | None:
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function; Hydra's command-line errors, a launcher that cannot submit the sweep
     and a sweep with failed jobs (:class:`SweepOutcome`) become one line and exit code 2."""
+    started = time.time() - 1.0  # file times may be rounded down to the second
     os.environ[COMMAND_ENV] = json.dumps(sys.argv[1:])  # a sweep's jobs name their W&B runs by what it varies
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's storage: 7 "setup plugin" lines a sweep
     if FULL_ERROR in os.environ:  # the user asked for Hydra's full report
@@ -295,7 +315,8 @@ def run_cli(main: Callable[[], Any]) -> None:
             raise
         from lightning_modules.errors import one_line
 
-        print(f"error: hydra/launcher could not submit the jobs: {one_line(exc)}", file=sys.stderr)
+        print(f"error: hydra/launcher could not submit the jobs: {one_line(exc)}{drop_unsubmitted_sweep(started)}",
+              file=sys.stderr)
         sys.exit(2)
     finally:
         task_started()

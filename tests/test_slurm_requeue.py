@@ -145,7 +145,9 @@ def test_slurm_launcher_submits_the_job_script_requeue_needs_or_says_why_not(tmp
     done = run_subprocess("experiments.run", args, tmp_path, env=path)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert [ln for ln in done.stderr.splitlines() if ln.startswith("error")] == [
-        "error: hydra/launcher could not submit the jobs: FailedJobError: sbatch: error: invalid partition specified: gpu"]
+        "error: hydra/launcher could not submit the jobs: FailedJobError: sbatch: error: invalid partition specified: "
+        f"gpu (nothing ran; the sweep folder {tmp_path / 'sweep'} this command made is removed)"]
+    assert not (tmp_path / "sweep").exists()  # a review: a refused sweep left a folder holding multirun.yaml only
     text = script.read_text()
     for line in ("#SBATCH --signal=USR2@120", "#SBATCH --array=0-1%2", "#SBATCH --partition=gpu",
                  "#SBATCH --gpus-per-node=1", "#SBATCH --ntasks-per-node=1", "#SBATCH --time=240"):
@@ -154,6 +156,9 @@ def test_slurm_launcher_submits_the_job_script_requeue_needs_or_says_why_not(tmp
     (bin_dir / "srun").unlink()  # not on a cluster at all
     done = run_subprocess("experiments.run", args, tmp_path, env=path)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "srun" in done.stderr.splitlines()[-1], done.stderr
+    (tmp_path / "sweep" / "0").mkdir(parents=True)  # a sweep folder that was there before: kept
+    done = run_subprocess("experiments.run", args, tmp_path, env=path)
+    assert done.returncode == 2 and (tmp_path / "sweep" / "0").is_dir() and "removed" not in done.stderr
 
 
 class _SignalSeen(torch.utils.data.Dataset):
