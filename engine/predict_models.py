@@ -12,6 +12,7 @@ preprocess alike (they differ only in where their data is and how it is split).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -35,6 +36,8 @@ SITE_ONLY_KEYS = {"root", "synthetic", "seed", "batch_size", "num_workers", "val
                   "mask_dir", "case_pattern", "partial_labels"}
 #: what predict reads of a module's hyper-parameters; a federation's global weights take them from the run config
 HPARAM_KEYS = ("num_classes", "class_names", "fg_threshold", "eval_slices")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -145,15 +148,35 @@ def _preprocessing(data: DictConfig) -> dict[str, object]:
     return {k: v for k, v in flat.items() if not set(k.split(".")) & SITE_ONLY_KEYS}
 
 
-def _same_preprocessing(cfg: DictConfig, path: Path, first: DictConfig, first_path: Path) -> DictConfig:
+def _same_preprocessing(cfg: DictConfig, path: Path, first: DictConfig, first_path: Path,
+                        why: str = "ensemble members preprocess differently",
+                        remedy: str = "an ensemble needs one preprocessing") -> DictConfig:
     """``cfg`` when its data preprocesses as ``first``'s does: an ensemble's members see one input, prepared
     once (the first run's way), so members trained on another window or size would be fed what they never saw."""
     a, b = _preprocessing(first.data), _preprocessing(cfg.data)
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if differ:
-        raise CheckpointError(f"ensemble members preprocess differently: data.{differ[0]} is {a.get(differ[0])!r} in "
-                              f"{first_path} but {b.get(differ[0])!r} in {path}; an ensemble needs one preprocessing")
+        raise CheckpointError(f"{why}: data.{differ[0]} is {a.get(differ[0])!r} in {first_path} but "
+                              f"{b.get(differ[0])!r} in {path}; {remedy}")
     return cfg
+
+
+def _check_given_config(weights: Path, bare: bool, run_config: str | Path | None, given: DictConfig,
+                        given_path: Path) -> None:
+    """A warning when an explicit ``run_config=`` does not preprocess as the config beside the weights does (the
+    weights still in their run folder): weights given another run's config were fed another window or size
+    without a word (a weights file carries no config; a net of the same shape loads). A warning, not a refusal:
+    predicting with an edited preprocessing on purpose (an ablation) stays possible."""
+    beside = _config_of(weights, bare, None)
+    if run_config is None or not beside.is_file() or beside.resolve() == given_path.resolve():
+        return
+    try:
+        _same_preprocessing(read_run_config(beside), beside, given, given_path,
+                            why=f"run_config={given_path} does not preprocess as the run of {weights} did",
+                            remedy="predicting with the run_config's; pass that run's own config (or none: "
+                                   "the one beside the weights) unless this is meant")
+    except CheckpointError as exc:
+        log.warning("%s", exc)
 
 
 def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None, site: str | None = None,
@@ -181,6 +204,7 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
     for path, hp, state, net_cfg in loaded:
         member_path, member_cfg = run_cfg_path, run_cfg
         own = _config_of(path, net_cfg is None, run_config)
+        _check_given_config(path, net_cfg is None, run_config, first_cfg, run_cfg_path)
         if own.resolve() != run_cfg_path.resolve() and (net_cfg is None or own.is_file()):
             member_path, member_cfg = own, _same_preprocessing(read_run_config(own), own, first_cfg, run_cfg_path)
         if net_cfg is None:  # a bare state dict: a federation's global weights, built from its own run's config

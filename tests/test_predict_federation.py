@@ -3,6 +3,8 @@ config.yaml), found missing by a walkthrough: a federation's only deployable out
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import nibabel as nib
 import pytest
@@ -135,7 +137,7 @@ def test_a_fedbn_global_model_gets_its_sites_batch_norm(tmp_path):
         bn_of(run / "global_best.pt", site="elsewhere")
 
 
-def test_an_ensemble_of_runs_that_preprocess_differently_is_refused(tmp_path):
+def test_an_ensemble_of_runs_that_preprocess_differently_is_refused(tmp_path, caplog):
     """Found by a walkthrough: the second member of an ensemble got the first run's HU window and image size
     without a word. Members that differ only in where their data is or how it was sampled are an ensemble."""
     from engine.predict_models import load_models
@@ -148,6 +150,15 @@ def test_an_ensemble_of_runs_that_preprocess_differently_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"ensemble members preprocess differently: data.window is \[-40, 160\]"):
         load_models([a, b])
     assert len(load_models([a, c]).nets) == 2
+    # a review: weights with another run's config (a net of the same shape) were fed that run's window silently
+    b_config = b.parent.parent / "config.yaml"
+    with caplog.at_level(logging.WARNING, logger="engine.predict_models"):
+        load_models([a], run_config=b_config)
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == 1 and re.search(r"run_config=.* does not preprocess as the run of .* did: data.window", said[0])
+        caplog.clear()
+        assert len(load_models([a], run_config=c.parent.parent / "config.yaml").nets) == 1  # preprocesses as a's
+        assert not caplog.records
     # two federations' global weights: each net from its own run's config
     run1, _ = fed_run(tmp_path / "f1")
     run2, _ = fed_run(tmp_path / "f2", ["model.width=8"])
