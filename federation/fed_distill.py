@@ -79,10 +79,20 @@ def check_config(cfg: DictConfig) -> list[str]:
     """The arms to run; one-line errors for a config this experiment cannot run."""
     fd = cfg.fed_distill
     check_one_process_trainer(cfg.trainer, "a federated distillation")
-    arms = [str(a) for a in (fd.get("arms") or ARMS)]
+    given = fd.get("arms")
+    arms = [str(a) for a in (ARMS if given is None else given)]
     bad = [a for a in arms if a not in ARMS]
-    if bad:
-        raise ConfigError(f"fed_distill.arms has {bad}; valid: {list(ARMS)}")
+    if bad or not arms:  # a walkthrough: [] ran every arm
+        raise ConfigError(f"fed_distill.arms has {bad or 'no arm'}; valid: {list(ARMS)} (null: all of them)")
+    rounds = fd.get("student_rounds")
+    if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
+        raise ConfigError(f"fed_distill.student_rounds={rounds!r}: a whole number of rounds >= 1, or null for "
+                          f"federation.rounds")  # a walkthrough: -1 failed after stage 1, naming federation.rounds
+    given_teacher = OmegaConf.select(cfg, "distill.teacher.ckpt", default=None)
+    if given_teacher:  # a walkthrough: it was overwritten by stage 1's teacher without a word
+        raise ConfigError(f"distill.teacher.ckpt={given_teacher!r}: a federated distillation trains its teachers "
+                          f"itself (stage 1 by federation, teacher_local at each site) and reads no teacher file; "
+                          f"remove it (a finished stage 1 in the run folder is reused with resume=<run dir>)")
     needs = [a for a in arms if a in ("hlfd_fed", *FED_ARMS)]
     if cfg.get("federation") is None and needs:
         raise ConfigError(f"fed_distill: arms {needs} need a federation config (add /federation: default)")
@@ -245,7 +255,7 @@ def student_stage_cfg(cfg: DictConfig, arm: str, fed_teacher: Path | None) -> Di
         del scfg["fed_distill"]
         scfg.exp_name = f"{cfg.get('exp_name', 'fed_distill')}_{arm}"
         scfg.module.scheduler = cfg.fed_distill.get("student_scheduler")  # rounds restart local optimisers
-        if cfg.fed_distill.get("student_rounds"):
+        if cfg.fed_distill.get("student_rounds") is not None:
             scfg.federation.rounds = int(cfg.fed_distill.student_rounds)
         if (out / "server.pt").is_file():
             scfg.resume = True

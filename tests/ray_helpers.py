@@ -10,9 +10,14 @@ from federation.core.messages import ClientUpdate
 
 
 def fake_client(client_id: str, behaviour: str = "ok", **_: object) -> ClientUpdate:
-    """An update naming the worker process (metric ``pid``); ``behaviour``: ok | raise | hang."""
+    """An update naming the worker process (metric ``pid``); ``behaviour``: ok | raise | hang | config_error
+    (the user's error: a setting its module refuses)."""
     if behaviour == "raise":
         raise RuntimeError(f"client {client_id} crashed")
+    if behaviour == "config_error":
+        from lightning_modules.errors import ConfigError
+
+        raise ConfigError("module: unexpected keyword argument 'teacher_ckpt'")
     if behaviour == "hang":
         time.sleep(120)
     return ClientUpdate(client_id, {"w": torch.ones(2)}, 1, {"pid": float(os.getpid())})

@@ -50,7 +50,8 @@ TEACHER_MARGIN = 0.05
 def claim_metrics(module_tmp):
     from experiments.run import dispatch
 
-    cfg = compose_run(["+exp=fed_kits_hlfd_claim", f"seed={LOCAL_CLAIM_SEED}"], module_tmp("fed_distill_claim"))
+    off = ["distill.loss.beta=0.0", "distill.loss.lam=0.0"] if DISABLED else []  # HLFD off: hlfd_fed = none
+    cfg = compose_run(["+exp=fed_kits_hlfd_claim", f"seed={LOCAL_CLAIM_SEED}", *off], module_tmp("fed_distill_claim"))
     metrics = dispatch(cfg)
     record("015_local_hlfd_fed", seed=LOCAL_CLAIM_SEED, teacher_fed=metrics["fed_distill/teacher_fed/dice_other"],
            none=metrics["fed_distill/none/dice_other"], hlfd_fed=metrics["fed_distill/hlfd_fed/dice_other"])
@@ -58,6 +59,7 @@ def claim_metrics(module_tmp):
 
 
 @LOCAL_CLAIM
+@pytest.mark.skipif(DISABLED, reason="a precondition (the teacher is worth distilling), no mechanism to switch off")
 def test_federated_teacher_is_stronger_off_site(claim_metrics):
     teacher = claim_metrics["fed_distill/teacher_fed/dice_other"]
     student = claim_metrics["fed_distill/none/dice_other"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -184,6 +185,14 @@ def test_config_errors(tmp_path):
         fed_distill.check_config(compose_run(real, tmp_path))
     assert fed_distill.check_config(compose_run([*real, "fed_distill.arms=[none,fed_none]"], tmp_path))
     assert fed_distill.check_config(compose_run([*real[:3]], tmp_path))  # the local rehearsal has the stores
+    # a walkthrough: each of these ran (rc 0) doing something else than asked
+    for bad, said in ((["fed_distill.arms=[]"], "fed_distill.arms has no arm"),
+                      (["fed_distill.student_rounds=-1"], "fed_distill.student_rounds=-1"),
+                      (["fed_distill.student_rounds=0"], "fed_distill.student_rounds=0"),
+                      (["distill.teacher.ckpt=/nonexistent/teacher.ckpt"], "reads no teacher file")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", *bad], tmp_path))
+    assert fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", "fed_distill.student_rounds=2"], tmp_path))
 
 
 def test_fedbn_site_teacher_keeps_the_sites_own_bn(tmp_path):

@@ -301,6 +301,19 @@ def test_fl_local_is_each_clients_best_local_checkpoint(tmp_path, monkeypatch):
         assert all(torch.equal(best["state"][k], used[cid][k]) for k in best["state"])
 
 
+def test_a_clients_user_error_stops_the_federation_and_a_misnamed_client_setting_is_refused(tmp_path):
+    """A walkthrough: a per-client module setting the module refuses dropped that client from every round (a
+    crash ``min_clients`` tolerates) and the run exited 0; a setting for a client that does not exist was
+    ignored. Both are now one FederationError naming the client."""
+    cfg = compose_run([*DIGITS, "federation.rounds=1", "+federation.client_module.1.no_such_arg=3"], tmp_path / "a")
+    with pytest.raises(FederationError, match=r"^client 1: .*no_such_arg"):
+        dispatch(cfg)
+    assert not (tmp_path / "a" / "run" / "server.pt").exists()
+    cfg = compose_run([*DIGITS, "federation.rounds=1", "+federation.client_module.site_x.lr=0.1"], tmp_path / "b")
+    with pytest.raises(FederationError, match=r"client_module names 'site_x', which is no client"):
+        dispatch(cfg)
+
+
 def test_federation_error_is_one_line(tmp_path):
     from tests.cli import run_in_process
 

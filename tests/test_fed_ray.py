@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 ray = pytest.importorskip("ray")
 
 from datamodules.errors import DataError  # noqa: E402
+from federation.errors import FederationError  # noqa: E402
 from federation.transports import ClientJob, ExecutorError  # noqa: E402
 from federation.transports.ray import RayExecutor, _loopback_init  # noqa: E402
 from tests.ray_helpers import fake_client  # noqa: E402
@@ -56,6 +57,10 @@ def test_failing_and_timed_out_clients_are_dropped_and_the_round_completes(local
         # the next round runs on a full pool again (the hung worker was replaced)
         updates, failures = ex.map(fake_client, [ClientJob("a"), ClientJob("d")])
         assert len(updates) == 2 and not failures and len(ex.workers()) == 2
+        # the user's error is no crash to tolerate: it would fail every round (a walkthrough: a client whose
+        # module refused a per-client setting was dropped from every round of a run that exited 0)
+        with pytest.raises(FederationError, match=r"^client b: ConfigError: module: unexpected keyword"):
+            ex.map(fake_client, [ClientJob("a"), ClientJob("b", {"behaviour": "config_error"})])
     finally:
         ex.shutdown()
 

@@ -7,7 +7,9 @@
 kwargs: ``server_message``, ``cfg``, ``indices``, ``store`` and, in process only, ``base``). ``updates`` are
 returned in ``jobs`` order whatever the finishing order (aggregation must not depend on it); a client that
 raises, times out (``timeout_s``, per client) or returns an unusable update (:func:`check_update`) is left out
-of ``updates`` and ``failures[client_id]`` says why (logged as a warning); ``on_done(client_id, ok)`` is
+of ``updates`` and ``failures[client_id]`` says why (logged as a warning), except a client that raises the
+user's error (a bad setting, a missing checkpoint, bad data, a full disk: :func:`client_user_error`), which
+stops the federation with that line (it would fail the same way every round); ``on_done(client_id, ok)`` is
 called once per job as it finishes. An executor never interprets weights. ``shutdown()`` releases what the
 executor started (idempotent); the server calls it in a ``finally``.
 
@@ -23,7 +25,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from federation.core.messages import ClientUpdate, is_finite, update_problem
 
-__all__ = ["ClientJob", "ClientFn", "Executor", "ExecutorError", "check_update", "drop"]
+__all__ = ["ClientJob", "ClientFn", "Executor", "ExecutorError", "check_update", "client_user_error", "drop"]
 
 log = logging.getLogger("federation.transports")
 ClientFn = Callable[..., ClientUpdate]
@@ -60,6 +62,20 @@ def check_update(client_id: str, update: Any, job: ClientJob | None = None) -> s
     if message is not None:
         return update_problem(update, message.weights)
     return None if is_finite(update) else "returned non-finite weights or metrics"
+
+
+def client_user_error(client_id: str, exc: BaseException) -> BaseException | None:
+    """A :class:`~federation.errors.FederationError` naming ``client_id`` when ``exc`` is the user's error
+    (:func:`engine.errors.find_user_error`: a setting, file, data or full disk to mend), else None (a crash
+    ``min_clients`` tolerates). A walkthrough found a per-client setting the client's module refused dropping
+    that client from every round of a run that then exited 0."""
+    from engine.errors import find_user_error, one_line
+    from federation.errors import FederationError
+
+    err = find_user_error(exc)
+    if err is None:
+        return None
+    return FederationError(f"client {client_id}: {one_line(err)}")
 
 
 def drop(failures: dict[str, str], client_id: str, reason: str) -> None:

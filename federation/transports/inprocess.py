@@ -11,7 +11,7 @@ import traceback
 from typing import Callable, Sequence
 
 from federation.core.messages import ClientUpdate
-from federation.transports import ClientFn, ClientJob, check_update, drop
+from federation.transports import ClientFn, ClientJob, check_update, client_user_error, drop
 
 __all__ = ["SequentialExecutor"]
 
@@ -35,6 +35,9 @@ class SequentialExecutor:
             try:
                 update = fn(job.client_id, **job.kwargs)
             except Exception as exc:  # noqa: BLE001 - a failing client must not stop the round
+                fatal = client_user_error(job.client_id, exc)
+                if fatal is not None:  # ... unless it is the user's to mend: the same in every round
+                    raise fatal from exc
                 drop(failures, job.client_id, f"raised {type(exc).__name__}: {exc}")
                 log.debug("client %s traceback:\n%s", job.client_id, traceback.format_exc())
                 update = None

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from datamodules.errors import DataError
 from federation.core.messages import ClientUpdate
-from federation.transports import ClientFn, ClientJob, ExecutorError, check_update, drop
+from federation.transports import ClientFn, ClientJob, ExecutorError, check_update, client_user_error, drop
 from federation.transports.ray_worker import RayWorker, missing_data_root
 
 __all__ = ["RayExecutor", "missing_data_root", "LIVENESS_S"]
@@ -341,6 +341,9 @@ class RayExecutor:
                     self._prepare(idle[-1:], jobs)
                 except Exception as exc:  # noqa: BLE001 - RayTaskError wraps the client's exception
                     cause = getattr(exc, "cause", None) or exc
+                    fatal = client_user_error(cid, cause)
+                    if fatal is not None:  # the user's to mend (a setting, a file): every round would fail
+                        raise fatal from exc
                     update, reason = None, f"raised {type(cause).__name__}: {cause}"
                     idle.append(actor)
                 if reason is None:
