@@ -20,20 +20,38 @@ MODELS = ("none", "teacher_local", "hlfd_local", "hlfd_fed", "fed_none", "fed_hl
 GAINS = (("hlfd_fed", "none"), ("hlfd_local", "none"), ("fed_hlfd", "fed_none"))
 
 
+def _load(d: str) -> dict | None:
+    """A run's metrics; None (said on stderr) for a folder without them or a debug (fast_dev_run) run."""
+    path = Path(d) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"skipped {d}: no readable metrics.json ({type(exc).__name__})", file=sys.stderr)
+        return None
+    if not isinstance(metrics, dict) or metrics.get("debug"):
+        print(f"skipped {d}: {'a debug (fast_dev_run) run' if isinstance(metrics, dict) else 'not a metrics dict'}",
+              file=sys.stderr)
+        return None
+    return metrics
+
+
 def main(dirs: list[str]) -> int:
-    runs = [json.loads((Path(d) / "metrics.json").read_text()) for d in dirs]
+    runs = [m for m in map(_load, dirs) if m is not None]
+    if not runs:
+        print("error: no finished federated-distillation run among the folders given", file=sys.stderr)
+        return 2
     print("| model | Dice other sites (per run) | mean ± std | Dice own site (per run) | mean ± std |")
     print("|---|---|---|---|---|")
     for m in MODELS:
-        if f"fed_distill/{m}/dice_other" not in runs[0]:
-            continue
+        if not all(f"fed_distill/{m}/dice_other" in r and f"fed_distill/{m}/dice_own" in r for r in runs):
+            continue  # a model every run has (runs made with other fed_distill.arms lack some)
         cells = []
         for key in ("dice_other", "dice_own"):
             v = np.array([r[f"fed_distill/{m}/{key}"] for r in runs], dtype=float)
             cells += [" / ".join(f"{x:.3f}" for x in v), f"{v.mean():.3f} ± {v.std():.3f}"]
         print(f"| {m} | " + " | ".join(cells) + " |")
     for arm, base in GAINS:
-        if f"fed_distill/{arm}/dice_other" not in runs[0] or f"fed_distill/{base}/dice_other" not in runs[0]:
+        if not all(f"fed_distill/{arm}/dice_other" in r and f"fed_distill/{base}/dice_other" in r for r in runs):
             continue
         gain = np.array([r[f"fed_distill/{arm}/dice_other"] - r[f"fed_distill/{base}/dice_other"] for r in runs])
         print(f"\n{arm} - {base}, other sites: {' / '.join(f'{g:+.3f}' for g in gain)} "

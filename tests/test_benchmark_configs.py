@@ -54,3 +54,12 @@ def test_fed_distill_seeds_prints_each_gain_over_its_baseline(tmp_path, capsys):
     assert "fed_hlfd - fed_none, other sites: +0.100 / +0.050 (mean +0.075, min +0.050)" in out
     assert "hlfd_local - none" not in out  # an arm the runs did not train is left out
     assert "| none | 0.200 / 0.300 | 0.250 ± 0.050 |" in out
+    # a walkthrough: runs made with other arm lists raised KeyError, and fast_dev_run runs were counted
+    fewer, debug = tmp_path / "fewer", tmp_path / "debug"
+    fewer.mkdir(), debug.mkdir()
+    (fewer / "metrics.json").write_text(json.dumps({"fed_distill/none/dice_other": 0.4, "fed_distill/none/dice_own": 0.6}))
+    (debug / "metrics.json").write_text(json.dumps({"debug": True, "fed_distill/none/dice_other": 0.9}))
+    assert seeds.main([*dirs, str(fewer), str(debug)]) == 0
+    out, err = capsys.readouterr()
+    assert "| none | 0.200 / 0.300 / 0.400 |" in out and "fed_hlfd - fed_none" not in out and "debug" in err
+    assert seeds.main([str(debug)]) == 2
