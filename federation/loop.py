@@ -11,7 +11,6 @@ finalised and the W&B run finished whatever happens, so each job of a ``-m`` swe
 from __future__ import annotations
 
 import json
-
 import logging
 import time
 from typing import Any
