@@ -9,7 +9,7 @@ from omegaconf.errors import OmegaConfBaseException
 from datamodules.errors import DataError
 from lightning_modules.errors import CheckpointError, ConfigError, UserError, one_line
 
-__all__ = ["USER_ERRORS", "CheckpointError", "ConfigError", "DataError", "UserError", "find_user_error", "one_line"]
+__all__ = ["USER_ERRORS", "MACHINE_ERRNOS", "CheckpointError", "ConfigError", "DataError", "UserError", "find_user_error", "one_line"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,

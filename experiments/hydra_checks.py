@@ -21,7 +21,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from engine.errors import find_user_error, one_line
+from engine.errors import MACHINE_ERRNOS, find_user_error, one_line
 from engine.wandb_tracking import COMMAND_ENV
 
 
@@ -311,10 +311,12 @@ def run_cli(main: Callable[[], Any]) -> None:
         if space:
             print(f"error: {space}", file=sys.stderr)
             sys.exit(2)
+        if isinstance(exc, OSError) and exc.errno in MACHINE_ERRNOS:  # Hydra's own writes (a sweep job's .hydra/)
+            print(f"error: {one_line(exc)} (Hydra writing a run's files; the jobs that finished are kept)",
+                  file=sys.stderr)  # found when a full disk ended a sweep with a Hydra traceback
+            sys.exit(2)
         if not (_compact["set"] and submission_error(exc)):
             raise
-        from lightning_modules.errors import one_line
-
         print(f"error: hydra/launcher could not submit the jobs: {one_line(exc)}{drop_unsubmitted_sweep(started)}",
               file=sys.stderr)
         sys.exit(2)

@@ -385,3 +385,23 @@ def test_a_write_the_machine_refuses_is_one_line(env, tmp_path):
     assert len(errors) == 1 and "File too large" in errors[0], proc.stderr[-3000:]
     assert json.loads((run / "failed.json").read_text())["error"] == errors[0].removeprefix("error: ")
     assert not list(run.rglob("*.ckpt")), "a checkpoint cut at the limit was left behind"
+
+
+def test_a_full_disk_while_hydra_writes_a_jobs_files_is_one_line(capsys, monkeypatch):
+    """Found when a full disk ended a sweep: Hydra's own write of a job's ``.hydra/`` files raised past the
+    task (whose errors are already one line) as a traceback. Now one line naming the errno, exit 2."""
+    import errno
+
+    from experiments import hydra_checks
+
+    monkeypatch.delenv(hydra_checks.FULL_ERROR, raising=False)
+
+    def hydra_main():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(SystemExit) as done:
+        hydra_checks.run_cli(hydra_main)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and err == [
+        "error: OSError: [Errno 28] No space left on device (Hydra writing a run's files; the jobs that finished "
+        "are kept)"], err
