@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
+import functools
 import glob
 import io
 import json
@@ -104,8 +105,29 @@ def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list
         overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         overrides = []
-    overrides = [plain_text(o, 200) for o in overrides if isinstance(o, str)] if isinstance(overrides, list) else []
+    overrides = [canonical_override(plain_text(o, 200)) for o in overrides if isinstance(o, str)] \
+        if isinstance(overrides, list) else []
     return [o for o in overrides if o.split("=")[0].lstrip("+~") not in drop]
+
+
+@functools.lru_cache(maxsize=1)
+def _override_parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def canonical_override(text: str) -> str:
+    """``text`` as Hydra parses it (``x=true`` and a sweep job's ``x=True`` are one override, so a run and a
+    sweep of the same method are one group; found comparing a resumed run with its sweep); as typed when
+    Hydra cannot parse it."""
+    try:
+        o = _override_parser().parse_overrides([text])[0]
+        if o.is_delete() and o.value() is None:
+            return o.get_key_element()
+        return f"{o.get_key_element()}={o.get_value_element_as_str()}"
+    except Exception:  # noqa: BLE001 - a hand-edited overrides.yaml: keep the text
+        return text
 
 
 def run_labels(runs: list[Path], siblings: list[Path] = ()) -> tuple[dict[Path, str], list[str]]:

@@ -183,3 +183,20 @@ def test_the_default_columns_include_surface_metrics_and_the_best_validation_sco
     assert report.main([str(tmp_path)]) == 0
     header = next(ln for ln in (tmp_path / "report.md").read_text().splitlines() if ln.startswith("| method"))
     assert header == "| method | n | test/dice | test/hd95 | test/nsd | val/dice_best |"
+
+
+def test_a_run_and_a_sweep_of_one_method_are_one_group(tmp_path):
+    """Found comparing a resumed run (typed ``x=true``) with the sweep it belongs to (Hydra writes a sweep job's
+    ``x=True``): two groups of one method. Overrides are compared as Hydra parses them."""
+    runs = []
+    for name, overrides in (("sweep0", ["x=True", "federation/strategy=fedavg", "seed=0"]),
+                            ("single", ["federation/strategy=fedavg", "x=true", "seed=1"]),
+                            ("other", ["x=True", "federation/strategy=fedbn", "seed=0"])):
+        run = _run(tmp_path, name, {"test/dice": 0.5})
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        runs.append(run)
+    labels, common = report.run_labels(runs)
+    assert labels[runs[0]] == labels[runs[1]] == "federation/strategy=fedavg" and common == ["x=True"]
+    assert report.canonical_override("~callbacks.rich_progress_bar") == "~callbacks.rich_progress_bar"
+    assert report.canonical_override("not an override ==") == "not an override =="
