@@ -10,6 +10,7 @@ nothing in it is built.
 """
 from __future__ import annotations
 
+import functools
 import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -85,6 +86,26 @@ def saved_overrides(run: Path) -> list[str]:
     except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError):
         return []
     return [str(o) for o in got if not str(o).lstrip("+~").startswith(_NOT_REPEATED)] if isinstance(got, list) else []
+
+
+@functools.lru_cache(maxsize=1)
+def _override_parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def canonical_override(text: str) -> str:
+    """``text`` as Hydra parses it, for comparing runs' overrides (``x=true`` and a sweep job's ``x=True`` are one
+    override: found comparing a resumed run with its sweep, which ``experiments.report`` and
+    ``federation.curves`` split into two methods); as typed when Hydra cannot parse it."""
+    try:
+        o = _override_parser().parse_overrides([text])[0]
+        if o.is_delete() and o.value() is None:
+            return o.get_key_element()
+        return f"{o.get_key_element()}={o.get_value_element_as_str()}"
+    except Exception:  # noqa: BLE001 - a hand-edited overrides.yaml: keep the text
+        return text
 
 
 def continue_command(overrides: Iterable[str], run: Path | str) -> str:

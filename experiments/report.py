@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
-import functools
 import glob
 import io
 import json
@@ -33,6 +32,7 @@ from callbacks.metric_goal import goal
 from engine.artifacts import atomic_write_text, console
 from experiments.report_html import write_html
 from engine.run_files import csv_text, md_text, plain_text
+from engine.run_match import canonical_override
 
 #: the columns a report shows by default, those present in the runs (surface metrics and the best validation
 #: score, what a sweep selects on, included: a walkthrough missed them)
@@ -108,26 +108,6 @@ def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list
     overrides = [canonical_override(plain_text(o, 200)) for o in overrides if isinstance(o, str)] \
         if isinstance(overrides, list) else []
     return [o for o in overrides if o.split("=")[0].lstrip("+~") not in drop]
-
-
-@functools.lru_cache(maxsize=1)
-def _override_parser():
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return OverridesParser.create()
-
-
-def canonical_override(text: str) -> str:
-    """``text`` as Hydra parses it (``x=true`` and a sweep job's ``x=True`` are one override, so a run and a
-    sweep of the same method are one group; found comparing a resumed run with its sweep); as typed when
-    Hydra cannot parse it."""
-    try:
-        o = _override_parser().parse_overrides([text])[0]
-        if o.is_delete() and o.value() is None:
-            return o.get_key_element()
-        return f"{o.get_key_element()}={o.get_value_element_as_str()}"
-    except Exception:  # noqa: BLE001 - a hand-edited overrides.yaml: keep the text
-        return text
 
 
 def run_labels(runs: list[Path], siblings: list[Path] = ()) -> tuple[dict[Path, str], list[str]]:

@@ -114,12 +114,13 @@ def _other_differences(run_dirs: Sequence[Path], label_key: str) -> dict[Path, s
     """Per run, the command-line overrides that differ between the runs besides the seed and ``label_key``
     (e.g. ``federation.partition.k=2`` in a mode x k sweep), so runs of different settings are not pooled into
     one seed band (a walkthrough found ``none (n=2)`` averaging k=1 with k=2)."""
-    from engine.run_match import saved_overrides
+    from engine.run_match import canonical_override, saved_overrides
 
     def key(override: str) -> str:
         return override.lstrip("+~").split("=", 1)[0]
 
-    ovs = {d: [o for o in saved_overrides(d) if key(o) not in ("seed", label_key)] for d in run_dirs}
+    ovs = {d: [c for c in map(canonical_override, saved_overrides(d)) if key(c) not in ("seed", label_key)]
+           for d in run_dirs}
     common = set.intersection(*(set(v) for v in ovs.values())) if ovs else set()
     return {d: " ".join(o for o in v if o not in common) for d, v in ovs.items()}
 

@@ -52,3 +52,12 @@ def test_runs_of_different_settings_are_not_pooled_as_seeds(tmp_path):
     assert set(rows) == {"none (federation.partition.k=1)", "none (federation.partition.k=2)",
                          "part (federation.partition.k=1)"}
     assert rows["none (federation.partition.k=1)"]["n"] == "2" and rows["none (federation.partition.k=2)"]["n"] == "1"
+
+
+def test_a_run_typed_true_and_its_sweeps_true_are_one_band(tmp_path):
+    """A sweep job records ``x=True`` where a run typed ``x=true``: compared as typed, they drew two bands."""
+    _run(tmp_path, "0", "part", [0.5], ["federation.strategy.mode=part", "federation.evaluation_matrix=True", "seed=0"])
+    _run(tmp_path, "1", "part", [0.7], ["federation.strategy.mode=part", "federation.evaluation_matrix=true", "seed=1"])
+    compare_runs(tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "fed_compare.csv")))
+    assert [(r["label"], r["n"]) for r in rows] == [("part", "2")]
