@@ -125,7 +125,7 @@ def _fit_seconds(server: Server, finished_before: bool) -> float:
             kept = None
     if isinstance(kept, (int, float)) and not isinstance(kept, bool):
         artifacts.console.print(f"resume: all {len(server.history)} rounds were done; the final evaluation runs "
-                                f"again, fit_seconds stays {kept:.1f}")
+                                f"again, fit_seconds stays {kept:.1f}", soft_wrap=True)
         return float(kept)
     return server.elapsed()
 
