@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.subset import carve_val, sample_cases, sample_groups, sample_labels
 from engine import artifacts
-from federation.core.partial_labels import PartialLabels, check_partial_spec
+from federation.core.partial_labels import PartialLabels, check_partial_spec, unknown_client_key
 from federation.core.partition import PARTITIONERS, partition_report
 from federation.core.sampling import client_seed, sample_clients  # noqa: F401 (re-exported)
 from federation.core.sharing import SharedPool
@@ -257,11 +257,9 @@ def split_clients(fed: Any, train: Any, test: Any, seed: int, num_classes: int |
     test_groups = getattr(test, "groups", None)
     site_of_test = None if test_groups is None else np.asarray(test_groups)
     partial = annotated_classes(fed, [str(c) for c in ids], num_classes)
-    per_client = fed.get("client_module") or {}
-    unknown = [str(k) for k in per_client if str(k) not in {str(c) for c in ids}]
+    unknown = unknown_client_key(fed.get("client_module") or {}, ids, "federation.client_module")
     if unknown:  # a walkthrough: a misspelt site's setting was ignored without a word
-        raise FederationError(f"federation.client_module names {unknown[0]!r}, which is no client of this "
-                              f"federation (clients: {', '.join(map(str, list(ids)[:8]))})")
+        raise FederationError(unknown)
     indices: dict[str, ClientIndices] = {}
     single = []  # clients whose only volume also gives their validation slices
     for cid, part in zip(ids, parts):

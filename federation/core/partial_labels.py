@@ -20,6 +20,16 @@ from torch import Tensor
 __all__ = ["check_partial_spec", "partial_label_sets", "mask_unannotated", "label_mask", "PartialLabels"]
 
 
+def unknown_client_key(keys: Iterable[Any], client_ids: Sequence[str], key: str) -> str | None:
+    """The one-line error for the first of ``keys`` (a per-client setting's keys under ``key``) that is no
+    client id, or None: the one check of ``federation.partial_labels`` and ``federation.client_module``."""
+    ids = [str(c) for c in client_ids]
+    unknown = [str(k) for k in keys if str(k) not in ids]
+    if not unknown:
+        return None
+    return f"{key} names {unknown[0]!r}, which is no client of this federation (clients: {', '.join(ids[:8])})"
+
+
 def check_partial_spec(spec: Any, client_ids: Sequence[str] | None, num_classes: int | None,
                        key: str = "federation.partial_labels") -> dict[str, list[int]]:
     """An explicit annotation spec checked, the one check of the simulation, a Flower node and
@@ -34,9 +44,9 @@ def check_partial_spec(spec: Any, client_ids: Sequence[str] | None, num_classes:
     out: dict[str, list[int]] = {}
     for k, classes in spec.items():
         cid = str(k)
-        if client_ids is not None and cid not in client_ids:
-            raise ValueError(f"{key} names {cid!r}, which is no client of this federation "
-                             f"(clients: {', '.join(list(client_ids)[:8])})")
+        unknown = None if client_ids is None else unknown_client_key([cid], client_ids, key)
+        if unknown:
+            raise ValueError(unknown)
         if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
             raise ValueError(f"{key}.{cid}={classes!r} must be a list of class ids")
         given = list(classes)
