@@ -98,6 +98,8 @@ def check_config(cfg: DictConfig) -> list[str]:
         raise ConfigError(f"fed_distill: arms {needs} need a federation config (add /federation: default)")
     if cfg.get("distill") is None or cfg.distill.get("loss") is None:
         raise ConfigError("fed_distill needs distill=<a KD method> (e.g. distill=hlfd)")
+    if not isinstance(fd.get("keep_last_ckpt", False), bool):
+        raise ConfigError(f"fed_distill.keep_last_ckpt={fd.get('keep_last_ckpt')!r}: true or false")
     if str(fd.get("teacher_weights", "best")) not in WEIGHTS:
         raise ConfigError(f"fed_distill.teacher_weights={fd.get('teacher_weights')!r}; valid: {list(WEIGHTS)}")
     personal = [a for a in arms if a in ("hlfd_fed", "fed_hlfd")]
@@ -231,7 +233,21 @@ def run_site_arm(cfg: DictConfig, site: str, arm: str, fed_teacher: Path | None)
         run_distillation(site_cfg(cfg, site, arm, site_teacher(cfg, fed_teacher, site)))
     else:
         run_distillation(site_cfg(cfg, site, arm))
+    if not cfg.fed_distill.get("keep_last_ckpt", False):
+        drop_resume_state(out)
     return out
+
+
+def drop_resume_state(arm_dir: Path) -> None:
+    """Remove a finished arm's ``checkpoints/last.ckpt``: it only serves to resume the arm, and a finished arm
+    (its handed-on file written) is never resumed. With nine student arms this halves a run's disk use (a
+    ResNet-18 checkpoint with its Adam moments is 134 MB); nnU-Net likewise deletes ``checkpoint_latest`` at
+    the end of training. ``best.ckpt`` (the tested weights, for ``experiments.predict``) stays;
+    ``fed_distill.keep_last_ckpt=true`` keeps ``last.ckpt`` too."""
+    last = arm_dir / "checkpoints" / "last.ckpt"
+    if last.is_file() and (arm_dir / "checkpoints" / "best.ckpt").is_file():
+        last.unlink()
+        log.info("%s: finished, removed its last.ckpt (fed_distill.keep_last_ckpt=true keeps it)", arm_dir)
 
 
 # ------------------------------------------------------------------------------------------ stage 2, federated

@@ -61,6 +61,9 @@ def test_end_to_end_table_and_teacher_flow(tiny_run):
         assert hlfd_fed["distill/teacher_ckpt"] == str(fed_teacher)  # the only thing a site receives
         assert hlfd_local["distill/teacher_ckpt"] == str(run / "sites" / site / "teacher_local" / "teacher.pt")
         assert (run / "sites" / site / "none" / "student.pt").is_file()
+        for arm in fed_distill.LOCAL_ARMS:  # a finished arm keeps its tested weights, not its resume state
+            ckpts = run / "sites" / site / arm / "checkpoints"
+            assert (ckpts / "best.ckpt").is_file() and not (ckpts / "last.ckpt").exists(), arm
     rows = list(csv.DictReader((run / "fed_distill.csv").open()))
     assert [(r["site"], r["model"]) for r in rows] == [
         (s, m) for s in SITES for m in ("none", "teacher_local", "hlfd_local", "hlfd_fed", "fed_none", "fed_hlfd",
@@ -189,10 +192,28 @@ def test_config_errors(tmp_path):
     for bad, said in ((["fed_distill.arms=[]"], "fed_distill.arms has no arm"),
                       (["fed_distill.student_rounds=-1"], "fed_distill.student_rounds=-1"),
                       (["fed_distill.student_rounds=0"], "fed_distill.student_rounds=0"),
-                      (["distill.teacher.ckpt=/nonexistent/teacher.ckpt"], "reads no teacher file")):
+                      (["distill.teacher.ckpt=/nonexistent/teacher.ckpt"], "reads no teacher file"),
+                      (["fed_distill.keep_last_ckpt=no"], "fed_distill.keep_last_ckpt='no'")):
         with pytest.raises(ConfigError, match=re.escape(said)):
             fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", *bad], tmp_path))
     assert fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", "fed_distill.student_rounds=2"], tmp_path))
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_finished_arm_drops_its_resume_state_unless_kept(tmp_path, monkeypatch, keep):
+    """A finished site arm's last.ckpt is removed (fed_distill.keep_last_ckpt=false, the default); best.ckpt stays."""
+    cfg = compose_run(["+exp=fed_kits_hlfd", f"fed_distill.keep_last_ckpt={str(keep).lower()}"], tmp_path)
+
+    def fake_arm(arm_cfg):
+        ckpts = Path(arm_cfg.paths.output_dir) / "checkpoints"
+        ckpts.mkdir(parents=True)
+        for name in ("best.ckpt", "last.ckpt", "../student.pt"):
+            (ckpts / name).write_bytes(b"x")
+        return {}
+
+    monkeypatch.setattr(fed_distill, "run_distillation", fake_arm)
+    ckpts = fed_distill.run_site_arm(cfg, "site_a", "none", None) / "checkpoints"
+    assert (ckpts / "best.ckpt").is_file() and (ckpts / "last.ckpt").exists() is keep
 
 
 def test_fedbn_site_teacher_keeps_the_sites_own_bn(tmp_path):
