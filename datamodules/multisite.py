@@ -110,6 +110,17 @@ def _named_site(name: str) -> Iterator[None]:
         raise named from err
 
 
+def site_configs(sites: Mapping[str, Any], site_defaults: Mapping[str, Any] | None = None,
+                 patch_size: Any = None) -> dict[str, Any]:
+    """Each site's full config: ``data.site_defaults`` (and ``data.patch_size``) under the site's own keys. The
+    one path for the datamodule, ``experiments.predict site=`` and a federated distillation's local arms (a
+    walkthrough: predict read ``data.sites.<site>`` alone and failed on every run whose sites use defaults)."""
+    defaults = dict(site_defaults or {})
+    if patch_size is not None:
+        defaults.setdefault("patch_size", [int(p) for p in patch_size])
+    return {str(k): {**defaults, **v} if isinstance(v, Mapping) else v for k, v in sites.items()}
+
+
 class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """One datamodule per site, concatenated (module docstring). ``sites``: site name -> config, each
     completed by ``site_defaults``. ``root``: the folder the site configs place their roots under
@@ -122,11 +133,8 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
         self.declared_names = None if class_names is None else [str(n) for n in class_names]
         if not sites:
             raise DataError("data.sites is empty: give at least one site config")
-        defaults = dict(site_defaults or {})
         self.patch_size = None if patch_size is None else tuple(int(p) for p in patch_size)
-        if self.patch_size is not None:
-            defaults.setdefault("patch_size", list(self.patch_size))
-        self.site_cfgs = {str(k): {**defaults, **v} if isinstance(v, Mapping) else v for k, v in sites.items()}
+        self.site_cfgs = site_configs(sites, site_defaults, patch_size)
         for name, c in self.site_cfgs.items():
             if isinstance(c, Mapping) and "_target_" not in c:
                 raise DataError(f"data.sites.{name} has no _target_ (set it there or in data.site_defaults)")

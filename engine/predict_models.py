@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.multisite import site_configs
 from engine.fit import check_data_states
 from lightning_modules.base import build
 from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_strict, net_state, one_line
@@ -94,11 +95,13 @@ def site_data(run_cfg: DictConfig, path: Path, site: str | None) -> tuple[DictCo
     sites = data.get("sites")
     if not isinstance(sites, DictConfig) or not sites:
         raise CheckpointError(f"run config {path} has multi-site data with no data.sites")
-    names = [str(n) for n in sites]
+    plain = OmegaConf.to_container(data, resolve=True)
+    full = site_configs(plain["sites"], plain.get("site_defaults"), plain.get("patch_size"))
+    names = list(full)
     if site is None:
-        first = OmegaConf.to_container(sites[names[0]], resolve=True)
+        first = full[names[0]]
         for other in names[1:]:
-            cfg = OmegaConf.to_container(sites[other], resolve=True)
+            cfg = full[other]
             differ = sorted(k for k in set(first) | set(cfg) if k not in SITE_ONLY_KEYS and first.get(k) != cfg.get(k))
             if differ:
                 raise ConfigError(f"the sites of run config {path} preprocess differently ({differ[0]}: "
@@ -107,10 +110,10 @@ def site_data(run_cfg: DictConfig, path: Path, site: str | None) -> tuple[DictCo
         site = names[0]
     if site not in names:
         raise ConfigError(f"site={site!r} is not a site of run config {path}; its sites: {names}")
-    chosen = OmegaConf.to_container(sites[site], resolve=True)
+    chosen = dict(full[site])
     for key in ("class_names", "num_classes", "in_channels"):  # the sites' shared keys, kept by the site
-        if key in data and key not in chosen:
-            chosen[key] = OmegaConf.to_container(data, resolve=True)[key]
+        if key in plain and key not in chosen:
+            chosen[key] = plain[key]
     out = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=True))
     out.data = chosen
     return out, f"data.sites.{site}"

@@ -44,6 +44,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from datamodules.multisite import site_configs
 from engine import artifacts
 from engine.builders import ConfigError, build_module
 from engine.distill import run_distillation, segmentation_cfg, teacher_loss
@@ -188,7 +189,8 @@ def save_state(state: dict[str, torch.Tensor], path: Path) -> Path:
 def site_cfg(cfg: DictConfig, site: str, arm: str, teacher_ckpt: Path | None = None) -> DictConfig:
     """A centralised distillation config on ``site``'s data only, writing into ``<run>/sites/<site>/<arm>``."""
     new = copy.deepcopy(cfg)
-    data = _plain(cfg.data.sites[site])
+    plain = _plain(cfg.data)
+    data = site_configs(plain["sites"], plain.get("site_defaults"), plain.get("patch_size"))[site]
     data.update({k: _plain(cfg.data[k]) for k in META_KEYS if k in cfg.data})
     with open_dict(new):
         for key in ("federation", "fed_distill"):

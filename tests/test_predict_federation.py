@@ -220,3 +220,33 @@ def test_a_fedbn_federation_over_pooled_data_picks_a_clients_batch_norm_by_clien
                                                   f"output={tmp_path / 'plain.nii.gz'}", "client=client_1"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "client=client_1 is not used: no checkpoint is a federation's global weights" in " ".join(proc.stdout.split())
+
+
+@pytest.mark.parametrize("exp, site", [(["+exp=fed_pancreas_3d"], "site2"),
+                                       (["+exp=fed_lits_dnet", "data=liver_slices_two_sites", "model.width=4"], "site_b")])
+def test_predict_a_federation_whose_sites_use_site_defaults(tmp_path, exp, site):
+    """A walkthrough: predict built a site's data from ``data.sites.<site>`` alone, without ``data.site_defaults``
+    (and ``data.patch_size``), so it failed on every such federation (a 3D one: "needs roi_size", then a
+    traceback); it now completes each site's config as the datamodule does (``datamodules.multisite.site_configs``)."""
+    from engine.predict_models import load_models
+
+    cfg = compose_run(exp, tmp_path)
+    torch.manual_seed(0)
+    run = tmp_path / "fedrun"
+    run.mkdir()
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    torch.save(build_module(cfg).net.state_dict(), run / "global_best.pt")
+    models = load_models([run / "global_best.pt"], site=site)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    assert models.data_key == f"data.sites.{site}"
+    assert models.run_cfg.data._target_ == data["site_defaults"]["_target_"]
+    for key, value in data["sites"][site].items():  # the site's own keys win over the defaults
+        assert models.run_cfg.data[key] == value, key
+    if "patch_size" in data:
+        assert list(models.run_cfg.data.patch_size) == data["patch_size"]
+        vol = phantom(tmp_path, n_cases=1)
+        out = tmp_path / "seg.nii.gz"
+        proc = run_in_process("experiments.predict", [f"ckpt={run / 'global_best.pt'}", f"site={site}", "device=cpu",
+                                                      f"input={vol / 'volume-0.nii.gz'}", f"output={out}"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert nib.load(out).shape == nib.load(vol / "volume-0.nii.gz").shape
