@@ -26,7 +26,8 @@ import numpy as np
 
 from datamodules.errors import DataError
 
-__all__ = ["MAX_VOXELS", "MIN_SPACING_MM", "STREAM_CHECK_BYTES", "check_header", "check_affine", "space_unit"]
+__all__ = ["MAX_VOXELS", "MIN_SPACING_MM", "STREAM_CHECK_BYTES", "check_header", "check_affine", "space_unit",
+           "affine_mm"]
 
 #: the most voxels a volume (or a working grid) may hold: 2^31, 8 GiB as float32 (a 512 x 512 x 8192 CT)
 MAX_VOXELS = 2 ** 31
@@ -105,6 +106,12 @@ def space_unit(img) -> str:
     except (AttributeError, IndexError, TypeError):
         return "mm"
     return unit if unit in _MM_PER_UNIT else "mm"
+
+
+def affine_mm(img) -> np.ndarray:
+    """The voxel-to-world affine in millimetres, whatever the header's spatial unit (a walkthrough: a header
+    in metres was read as mm, so resampling to 1 mm shrank the volume to one voxel and HD95 came out in m)."""
+    return np.asarray(img.affine, dtype=np.float64) * np.array([[_MM_PER_UNIT[space_unit(img)]]] * 3 + [[1.0]])
 
 
 def check_affine(path: Path, affine: np.ndarray, unit: str = "mm") -> None:

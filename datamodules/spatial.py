@@ -26,7 +26,8 @@ from nibabel import orientations as nio
 from datamodules.errors import DataError
 from datamodules.nifti_checks import MAX_VOXELS
 
-__all__ = ["GridMeta", "to_grid", "from_grid", "resize_volume", "voxel_spacing", "check_orientation", "MAX_GROWTH"]
+__all__ = ["GridMeta", "to_grid", "from_grid", "resize_volume", "voxel_spacing", "check_orientation", "MAX_GROWTH",
+           "label_orientation", "on_image_grid"]
 
 #: the most a resampling may multiply a volume's voxel count (0.8 x 0.8 x 5 mm CT to 0.5 mm isotropic is 26x)
 MAX_GROWTH = 64
@@ -47,6 +48,45 @@ def check_orientation(codes: str | None) -> str | None:
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (mm) along each array axis from the affine's column norms."""
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
+
+
+def label_orientation(shape: Sequence[int], affine: np.ndarray, image_shape: Sequence[int], image_affine: np.ndarray,
+                      path: str | Path, image_path: str | Path, what: str = "label") -> np.ndarray:
+    """The nibabel ``ornt`` that puts a label's (or another channel's) voxels in its image's voxel order,
+    read by the label's own affine, as MONAI's ``Orientationd`` reads each file by its own (a walkthrough: a
+    label stored flipped, with its affine saying so, was read in the image's order, and its Dice fell from
+    0.80 to 0.59). A label on another grid (spacing, origin or axes differ by over 1% of a voxel after the
+    reorientation) is refused in one line, as nnU-Net refuses a label whose spacing is not its image's:
+    resampling a label silently would score or train on a guess."""
+    ornt = nio.ornt_transform(nio.io_orientation(affine), nio.io_orientation(image_affine))
+    moved_shape = [0, 0, 0]
+    for axis, (to, _) in enumerate(ornt):
+        moved_shape[int(to)] = int(shape[axis])
+    if tuple(moved_shape) != tuple(int(n) for n in image_shape):
+        raise DataError(f"shape mismatch: image {image_path} is {tuple(image_shape)} but {what} {path} is "
+                        f"{tuple(shape)}" + ("" if tuple(moved_shape) == tuple(shape) else
+                                             f" ({tuple(moved_shape)} in the image's axis order)"))
+    moved = np.asarray(affine, dtype=np.float64) @ nio.inv_ornt_aff(ornt, tuple(int(n) for n in shape))
+    ref = np.asarray(image_affine, dtype=np.float64)
+    tol = 0.01 * min(voxel_spacing(ref))
+    if np.abs(moved[:3] - ref[:3]).max() > tol:
+        mine, theirs = voxel_spacing(moved), voxel_spacing(ref)
+        if not np.allclose(mine, theirs, rtol=0.01):
+            why = f"spacing {[round(v, 4) for v in mine]} vs {[round(v, 4) for v in theirs]} mm"
+        elif np.abs(moved[:3, :3] - ref[:3, :3]).max() > tol:
+            why = "its axis directions differ"
+        else:
+            why = f"origin {np.round(moved[:3, 3], 3).tolist()} vs {np.round(ref[:3, 3], 3).tolist()} mm"
+        raise DataError(f"{what} {path} is not on the voxel grid of image {image_path} ({why}): write the {what} "
+                        f"with its image's geometry (header)")
+    return ornt
+
+
+def on_image_grid(x: np.ndarray, affine: np.ndarray, image_affine: np.ndarray, image_shape: Sequence[int],
+                  path: str | Path, image_path: str | Path, what: str = "label") -> np.ndarray:
+    """``x`` (a label or another channel) in its image's voxel order (:func:`label_orientation`); a view."""
+    ornt = label_orientation(x.shape, affine, image_shape, image_affine, path, image_path, what)
+    return x if (ornt[:, 0] == np.arange(3)).all() and (ornt[:, 1] == 1).all() else nio.apply_orientation(x, ornt)
 
 
 @dataclass(frozen=True)

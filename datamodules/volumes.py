@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.errors import DataError
-from datamodules.nifti_checks import check_affine, check_header, space_unit
-from datamodules.spatial import GridMeta, check_orientation, from_grid, resize_volume, to_grid
+from datamodules.nifti_checks import affine_mm, check_affine, check_header, space_unit
+from datamodules.spatial import GridMeta, check_orientation, from_grid, on_image_grid, resize_volume, to_grid
 from lightning_modules.atomic import temp_beside
 
 __all__ = [
@@ -37,7 +37,7 @@ NORMALIZATIONS = ("window", "zscore", "ct")
 
 
 def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
-    """Read a NIfTI file as ``(float32 array in (H, W, D) = nibabel x,y,z order, affine, header)``.
+    """Read a NIfTI file as ``(float32 array in (H, W, D) = nibabel x,y,z order, affine in mm, header)``.
 
     A missing, corrupt or truncated file, or one whose header or affine fails
     :mod:`datamodules.nifti_checks`, raises :class:`DataError` naming the file.
@@ -59,7 +59,7 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Head
         data = data[..., 0]
     if data.ndim != 3:
         raise DataError(f"NIfTI file {path} has shape {data.shape}, expected a 3D volume")
-    return data, img.affine, img.header
+    return data, affine_mm(img), img.header
 
 
 def apply_window(x: np.ndarray, lo: float, hi: float,
@@ -248,17 +248,15 @@ def load_on_grid(images: Path | Sequence[Path], params: PreprocessParams,
         x, aff, _ = load_nifti(p)
         if not np.isfinite(x).all():  # NaN would train to a NaN loss, or spread through a prediction
             raise DataError(f"image {p} has {int((~np.isfinite(x)).sum())} NaN/inf voxels")
-        if chans and x.shape != chans[0].shape:
-            raise DataError(f"shape mismatch: channel {p} is {x.shape} but {paths[0]} is {chans[0].shape}")
+        if chans:  # every channel read by its own affine onto the first one's voxel grid
+            x = on_image_grid(x, aff, affine, chans[0].shape, p, paths[0], what="channel")
         chans.append(x)
         affine = aff if affine is None else affine
     x = chans[0] if len(chans) == 1 else np.stack(chans)
     y = None
     if label is not None:
-        y, _, _ = load_nifti(label)
-        if y.shape != chans[0].shape:
-            raise DataError(f"shape mismatch: image {paths[0]} is {chans[0].shape} but label {label} "
-                            f"is {y.shape}")
+        y, label_affine, _ = load_nifti(label)
+        y = on_image_grid(y, label_affine, affine, chans[0].shape, label, paths[0])
         y, _ = to_grid(y, affine, params.orientation, params.spacing, is_label=True, source=paths[0],
                        contiguous=False)
     # strided views: both are sliced next, one copy (preprocess_image, to_slices) instead of two

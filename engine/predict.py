@@ -20,7 +20,8 @@ import torch
 
 from datamodules.errors import DataError
 from datamodules.layouts import find_cases
-from datamodules.spatial import voxel_spacing
+from datamodules.nifti_checks import affine_mm
+from datamodules.spatial import label_orientation, on_image_grid, voxel_spacing
 from datamodules.volumes import check_labels, load_nifti
 from lightning_modules.atomic import atomic_output
 from lightning_modules.errors import ConfigError
@@ -87,11 +88,7 @@ def plan_cases(input: str | Path, output: str | Path, labels: str | Path | None 
                         f"{'; found ' + ', '.join(others) if others else ' (it is empty)'}")
     if is_nifti(out) or out.is_file():
         raise ConfigError(f"output={out} must be a folder when input={src} is a folder")
-    groups: dict[str, list[Path]] = {}
-    nnunet = all(_CHANNEL.match(nifti_stem(p)) for p in files)
-    for p in files:
-        case = _CHANNEL.match(nifti_stem(p)).group(1) if nnunet else nifti_stem(p)
-        groups.setdefault(case, []).append(p)
+    groups = _channel_groups(files)
     if lab is not None and not lab.is_dir():
         raise ConfigError(f"labels={lab} must be a folder when input={src} is a folder")
     refuse_input_folder(out, [src, lab])
@@ -99,6 +96,40 @@ def plan_cases(input: str | Path, output: str | Path, labels: str | Path | None 
              for c, ps in sorted(groups.items())]
     refuse_overwrite([c.output for c in cases], [p for c in cases for p in (*c.images, c.label) if p is not None])
     return cases
+
+
+def _channel_groups(files: Sequence[Path]) -> dict[str, list[Path]]:
+    """``{case: channel files}``: nnU-Net's ``<case>_0000``, ``<case>_0001``, ... when every file is named so
+    and each case's channels run 0000..C-1; else one case per file. A walkthrough: ``scan_0001`` and
+    ``scan_0002``, two patients, were stacked as the two channels of one case ``scan``."""
+    groups: dict[str, list[tuple[int, Path]]] = {}
+    for p in files:
+        m = _CHANNEL.match(nifti_stem(p))
+        if m is None:
+            return {nifti_stem(f): [f] for f in files}
+        groups.setdefault(m.group(1), []).append((int(m.group(2)), p))
+    if any(sorted(i for i, _ in chans) != list(range(len(chans))) for chans in groups.values()):
+        return {nifti_stem(f): [f] for f in files}
+    return {case: [p for _, p in sorted(chans)] for case, chans in groups.items()}
+
+
+def net_in_channels(net: torch.nn.Module) -> int | None:
+    """The input channels of a segmentation net: its first convolution's (None when it has none)."""
+    first = next((m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))), None)
+    return None if first is None else int(first.in_channels)
+
+
+def check_case_channels(cases: Sequence[PredictCase], channels: int | None) -> None:
+    """Each case gives the net its ``channels`` input channels (one file each), before anything is segmented
+    (a walkthrough: a 1-channel folder given to a 2-channel checkpoint was a conv traceback after loading)."""
+    if channels is None:
+        return
+    for case in cases:
+        if len(case.images) != channels:
+            names = ", ".join(p.name for p in case.images[:3])
+            raise DataError(f"the checkpoint takes {channels} input channel(s) per case but case {case.case_id} has "
+                            f"{len(case.images)} file(s) ({names}); a case's channels are the files "
+                            f"<case>_0000, <case>_0001, ... (nnU-Net naming) in one input folder")
 
 
 def _training_layout(src: Path) -> str | None:
@@ -300,26 +331,40 @@ def volume_shape(dims: Sequence[int]) -> tuple[int, ...]:
     return dims[:3] if len(dims) == 4 and dims[3] == 1 else dims
 
 
+def _grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """A NIfTI file's volume shape and affine (mm), from its header."""
+    try:
+        img = nib.load(str(path))
+        return volume_shape(tuple(int(d) for d in img.shape)), affine_mm(img)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged file
+        raise DataError(f"cannot read NIfTI file {path}: {type(exc).__name__}: {exc}") from None
+
+
 def check_label_shapes(cases: Sequence[PredictCase]) -> None:
-    """Every label's shape is its input's, read from the headers before any case is segmented (a folder's
-    bad label stopped the run after earlier cases were written, and their scores were lost)."""
-    def shape(path: Path) -> tuple[int, ...]:
-        try:
-            dims = tuple(int(d) for d in nib.load(str(path)).shape)
-        except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged file
-            raise DataError(f"cannot read NIfTI file {path}: {type(exc).__name__}: {exc}") from None
-        return volume_shape(dims)
+    """Every label lies on its input's voxel grid (its shape and affine, or a reorientation of them:
+    :func:`~datamodules.spatial.label_orientation`), read from the headers before any case is segmented (a
+    folder's bad label stopped the run after earlier cases were written, and their scores were lost)."""
     for case in cases:
-        if case.label is not None and shape(case.label) != shape(case.images[0]):
-            raise DataError(f"label {case.label} is {shape(case.label)} but input {case.images[0]} is "
-                            f"{shape(case.images[0])}")
+        if case.label is None:
+            continue
+        (shape, affine), (image_shape, image_affine) = _grid(case.label), _grid(case.images[0])
+        if len(shape) != 3 or len(image_shape) != 3:  # not a volume: load_nifti refuses it, naming the file
+            if shape != image_shape:
+                raise DataError(f"label {case.label} is {shape} but input {case.images[0]} is {image_shape}")
+            continue
+        label_orientation(shape, affine, image_shape, image_affine, case.label, case.images[0])
 
 
 def load_case_label(case: PredictCase, dm) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A case's label, checked against the data's classes, as the scores read it: ``(target, spacing mm)``.
-    Read before the case's prediction is written, so a bad label leaves no output behind."""
+    """A case's label on its input's voxel grid (read by its own affine), checked against the data's classes,
+    as the scores read it: ``(target, the input's spacing mm)``. Read before the case's prediction is
+    written, so a bad label leaves no output behind."""
     raw, affine, _ = load_nifti(case.label)
-    return dm.label_fn()(check_labels(raw, dm.params.labels, case.label)), voxel_spacing(affine)
+    shape, image_affine = _grid(case.images[0])
+    raw = on_image_grid(raw, affine, image_affine, shape, case.label, case.images[0])
+    return dm.label_fn()(check_labels(raw, dm.params.labels, case.label)), voxel_spacing(image_affine)
+
+
 
 
 def score_case(pred: np.ndarray, case: PredictCase, label: tuple[np.ndarray, tuple[float, float, float]],

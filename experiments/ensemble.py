@@ -13,7 +13,7 @@ from rich.progress import Progress
 
 from engine.ensemble import check_ensemble, ensemble_case, plan_ensemble
 from engine.errors import ConfigError
-from engine.predict import check_writable
+from engine.predict import check_writable, claim_output_folder, mark_output_folder
 from experiments.hydra_checks import run_cli, user_command
 
 
@@ -27,12 +27,18 @@ def ensemble(cfg: DictConfig) -> Path:
     out = Path(str(cfg.output))
     if out.resolve() in {Path(str(p)).resolve() for p in cfg.inputs}:
         raise ConfigError(f"output={out} is one of the inputs: it would be overwritten while read")
+    overwrite = cfg.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise ConfigError(f"overwrite={overwrite!r} must be true or false")
     check_ensemble(cases)  # every case, from the headers, before the first output is written
     check_writable(out)
+    # a walkthrough: output=labelsTs/ replaced the ground truth without a word; predict refuses it, and so does this
+    claim_output_folder(out, [out / f"{c}{ext}" for c in cases for ext in (".nii.gz", ".npz")[:1 + keep]], overwrite)
     with Progress() as progress:
         task = progress.add_task(f"ensembling {len(cases)} case(s) of {len(cfg.inputs)} folders", total=len(cases))
         for case, files in cases.items():
             ensemble_case(case, files, out, keep)
+            mark_output_folder(out)  # its files are now predictions: a rerun may overwrite them
             progress.advance(task)
     print(f"wrote {len(cases)} ensembled prediction(s): {out}")
     return out

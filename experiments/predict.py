@@ -26,9 +26,10 @@ from engine.artifacts import print_case_table, write_json
 from engine.builders import build_datamodule
 from engine.errors import ConfigError
 from experiments.hydra_checks import run_cli, user_command
-from engine.predict import (check_label_shapes, check_writable, claim_output_file, claim_output_folder, is_nifti,
-                            load_case_label, load_models, mark_output_folder, plan_cases, predict_case,
-                            remove_if_left_empty, save_nifti, save_probabilities, score_case, summary_of)
+from engine.predict import (check_case_channels, check_label_shapes, check_writable, claim_output_file,
+                            claim_output_folder, is_nifti, load_case_label, load_models, mark_output_folder,
+                            net_in_channels, plan_cases, predict_case, remove_if_left_empty, save_nifti,
+                            save_probabilities, score_case, summary_of)
 from engine.predict_images import is_image, plan_images, predict_image, save_png, score_image
 from datamodules.errors import DataError
 from lightning_modules import targets
@@ -163,6 +164,7 @@ def predict(cfg: DictConfig) -> dict:
         cases = plan_images(cfg.input, cfg.output, cfg.labels, str(data.get("mask_suffix") or ""),
                             str(data.get("image_suffix") or ""))
     if not images:
+        check_case_channels(cases, net_in_channels(models.nets[0]))
         check_label_shapes(cases)  # before any folder is made (a walkthrough: a bad labels= left an empty output/)
     folders = sorted({c.output.parent for c in cases})
     created = [f for f in folders if not f.exists()]  # removed again if a failure leaves them empty

@@ -26,6 +26,16 @@ def files(module_tmp):
     outside[0, 0, 0] = 7
     nib.save(nib.Nifti1Image(outside, np.eye(4)), tmp / "lab_outside.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 2), np.uint8), np.eye(4)), tmp / "lab_small.nii.gz")
+    region = np.zeros((16, 16, 3), np.uint8)
+    region[2:9, 4:7, 1:] = 1  # asymmetric: a flip that went unread would move it
+    nib.save(nib.Nifti1Image(region, np.eye(4)), tmp / "lab_region.nii.gz")
+    nib.save(nib.Nifti1Image(region, np.diag([2.0, 2.0, 2.0, 1.0])), tmp / "lab_2mm.nii.gz")
+    for name in ("twochan/a_0000", "twochan/a_0001", "numbered/scan_0001", "numbered/scan_0002"):
+        (tmp / name).parent.mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(np.zeros((16, 16, 3), np.float32), np.eye(4)), tmp / f"{name}.nii.gz")
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = 15.0  # the same voxels in world space, stored x-flipped
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(region[::-1]), flip), tmp / "lab_region_flipped.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 3, 1), np.float32), np.eye(4)), tmp / "vol4d.nii.gz")
     (tmp / "notes.txt").write_text("not a volume")
     (tmp / "image.png").write_bytes(b"\x89PNG\r\n")
@@ -97,6 +107,13 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
                                    "labels={t}/lab_outside.nii.gz"], "lab_outside.nii.gz", "o15.nii.gz"),
     ("label of another shape", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o16.nii.gz",
                                 "labels={t}/lab_small.nii.gz"], "lab_small.nii.gz", "o16.nii.gz"),
+    # found by a walkthrough: a label's own affine was ignored (a label with another spacing was scored, its
+    # HD95 in the label's mm)
+    ("label off the input's grid", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o26.nii.gz",
+                                    "labels={t}/lab_2mm.nii.gz"], "is not on the voxel grid of image", "o26.nii.gz"),
+    # found by a walkthrough: a case's channel count was not checked against the net (a conv traceback)
+    ("two channels for a one-channel net", ["ckpt={c}", "input={t}/twochan", "output={t}/o27"],
+     "takes 1 input channel(s) per case but case a has 2 file(s)", "o27"),
     ("tta not a flag or axes", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o12.nii.gz", "tta=maybe"],
      "tta='maybe'", "o12.nii.gz"),
     ("tta axis beyond the net", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o13.nii.gz", "tta=[0,2]"],
@@ -204,3 +221,37 @@ def test_a_folder_of_files_predict_did_not_write_is_not_overwritten(files):
     assert proc.returncode == 2 and "already exists and no predict wrote it" in proc.stderr
     assert run_in_process("experiments.predict", [*single, "overwrite=true"], tmp).returncode == 0
     assert run_in_process("experiments.predict", single, tmp).returncode == 0  # now predict's own: a rerun
+
+
+def test_a_label_stored_flipped_is_scored_by_its_own_affine(files):
+    """A walkthrough: the label's affine was ignored, so a label stored x-flipped (its affine saying so) was
+    scored against the mirrored prediction. Both stored forms of one label now reach the scores as the same
+    target, with the input's spacing; and predict runs with either."""
+    from types import SimpleNamespace
+
+    from engine.predict import PredictCase, load_case_label
+
+    tmp, ckpt = files
+    dm = SimpleNamespace(label_fn=lambda: (lambda y: y), params=SimpleNamespace(labels=(0, 1)))
+    got = {name: load_case_label(PredictCase(name, [tmp / "vol.nii.gz"], tmp / "unused.nii.gz", tmp / f"{name}.nii.gz"), dm)
+           for name in ("lab_region", "lab_region_flipped")}
+    np.testing.assert_array_equal(got["lab_region"][0], got["lab_region_flipped"][0])
+    assert got["lab_region"][1] == got["lab_region_flipped"][1] == (1.0, 1.0, 1.0)
+    out = tmp / "flipped_seg.nii.gz"
+    proc = run_in_process("experiments.predict", [f"ckpt={ckpt}", f"input={tmp / 'vol.nii.gz'}", f"output={out}",
+                                                  f"labels={tmp / 'lab_region_flipped.nii.gz'}", "device=cpu"], tmp)
+    assert proc.returncode == 0 and out.is_file(), proc.stderr[-2000:]
+
+
+def test_numbered_scans_are_cases_not_channels(files):
+    """A walkthrough: ``scan_0001`` and ``scan_0002`` (two patients) were stacked as the channels of one case
+    ``scan``; nnU-Net's channels run _0000.._C-1, so these are two cases."""
+    from engine.predict import plan_cases
+
+    tmp, ckpt = files
+    assert [c.case_id for c in plan_cases(tmp / "numbered", tmp / "num_out")] == ["scan_0001", "scan_0002"]
+    assert [(c.case_id, len(c.images)) for c in plan_cases(tmp / "twochan", tmp / "two_out")] == [("a", 2)]
+    proc = run_in_process("experiments.predict", [f"ckpt={ckpt}", f"input={tmp / 'numbered'}",
+                                                  f"output={tmp / 'num_out'}", "device=cpu"], tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp / "num_out").glob("*.nii.gz")) == ["scan_0001.nii.gz", "scan_0002.nii.gz"]

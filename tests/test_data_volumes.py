@@ -246,10 +246,54 @@ def test_the_minimum_spacing_is_judged_in_the_headers_unit(tmp_path):
     img.header.set_xyzt_units("meter")
     nib.save(img, tmp_path / "metres.nii.gz")
     assert load_nifti(tmp_path / "metres.nii.gz")[0].shape == (8, 8, 4)
+    # ... and the affine is read in mm (a walkthrough: metres were taken as mm, so resampling to 1 mm
+    # collapsed the volume to one voxel and HD95 came out in metres)
+    np.testing.assert_allclose(load_nifti(tmp_path / "metres.nii.gz")[1], np.diag([0.7, 0.7, 5.0, 1.0]))
     img.header.set_xyzt_units("mm")
     nib.save(img, tmp_path / "mm.nii.gz")
     with pytest.raises(DataError, match=r"mm\.nii\.gz: voxel spacing \[0\.0007, 0\.0007, 0\.005\] mm"):
         load_nifti(tmp_path / "mm.nii.gz")
+
+
+def _with_affine(path, array, affine):
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return path
+
+
+def test_a_label_is_read_by_its_own_affine_and_one_off_its_images_grid_is_refused(tmp_path):
+    """A walkthrough: the label's affine was ignored (the image's was used), so a label stored flipped or
+    transposed, with its affine saying so, trained and scored misaligned (Dice 0.80 -> 0.59), and a label with
+    another spacing went through. Now it is reoriented by its own affine (as MONAI's Orientationd reads each
+    file) and one on another grid is one error naming both files."""
+    rng = np.random.default_rng(0)
+    affine = np.array([[-0.8, 0, 0, 90.0], [0, -0.8, 0, 120.0], [0, 0, 2.5, -300.0], [0, 0, 0, 1]])
+    image = rng.integers(-200, 300, (16, 12, 6)).astype(np.int16)
+    label = np.zeros(image.shape, np.uint8)
+    label[2:7, 3:9, 1:4] = 1  # asymmetric: a flip or transpose that went unread would move it
+    img = _with_affine(tmp_path / "img.nii.gz", image, affine)
+    params = PreprocessParams(window=(-200, 300), orientation="RAS", spacing=None)
+    _, want, _ = volumes.load_on_grid(img, params, _with_affine(tmp_path / "lab.nii.gz", label, affine))
+    # the same voxels in world space, stored x-flipped and then transposed (the affine follows each change)
+    flip = np.diag([-1.0, 1, 1, 1])
+    flip[0, 3] = image.shape[0] - 1
+    swap = np.eye(4)[[1, 0, 2, 3]]
+    stored = np.ascontiguousarray(label[::-1].transpose(1, 0, 2))
+    moved = _with_affine(tmp_path / "lab_moved.nii.gz", stored, affine @ flip @ swap)
+    _, got, _ = volumes.load_on_grid(img, params, moved)
+    np.testing.assert_array_equal(got, want)
+    spacing1 = _with_affine(tmp_path / "lab_1mm.nii.gz", label, np.eye(4))  # a header lost on export
+    with pytest.raises(DataError, match=r"label .*lab_1mm\.nii\.gz is not on the voxel grid of image .*img\.nii\.gz"):
+        volumes.load_on_grid(img, params, spacing1)
+    shifted = affine.copy()
+    shifted[:3, 3] += 5.0
+    with pytest.raises(DataError, match=r"origin \[95\.0, 125\.0, -295\.0\] vs \[90\.0, 120\.0, -300\.0\] mm"):
+        volumes.load_on_grid(img, params, _with_affine(tmp_path / "lab_shift.nii.gz", label, shifted))
+    # a second channel of a multi-channel case is held to the first one's grid the same way
+    with pytest.raises(DataError, match=r"channel .*ch1\.nii\.gz is not on the voxel grid"):
+        volumes.load_on_grid([img, _with_affine(tmp_path / "ch1.nii.gz", image, np.eye(4))], params)
 
 
 @pytest.mark.parametrize("dtype,slope,inter", [(np.int16, 2.0, -1024.0), (">i2", 1.0, 0.0), (np.float32, np.nan, np.nan),

@@ -114,3 +114,23 @@ def test_folders_that_do_not_belong_together_are_one_line(folders, name, setup, 
     assert culprit in lines[0]
     if name != "output is an input":
         assert not list((tmp / ("bad_" + name.replace(" ", "_"))).glob("*.nii.gz"))
+
+
+def test_files_no_predict_wrote_are_not_overwritten(folders):
+    """A walkthrough: ``output=<a labels folder>`` replaced the ground truth without a word (predict refuses it);
+    now it is one line unless overwrite=true, and a folder the ensemble wrote may be written again."""
+    tmp = folders
+    truth = tmp / "truth"
+    truth.mkdir(exist_ok=True)
+    for case in ("case0", "case1"):  # ground truth: no predict signature in the header
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), truth / f"{case}.nii.gz")
+    before = {p.name: p.read_bytes() for p in truth.iterdir()}
+    inputs = f"inputs=[{tmp / 'pa'},{tmp / 'pb'}]"
+    proc = run_in_process("experiments.ensemble", [inputs, f"output={truth}"], tmp)
+    assert proc.returncode == 2 and "that no predict wrote" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in truth.iterdir()} == before
+    proc = run_in_process("experiments.ensemble", [inputs, f"output={truth}", "overwrite=true"], tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (truth / "case0.nii.gz").read_bytes() != before["case0.nii.gz"]
+    proc = run_in_process("experiments.ensemble", [inputs, f"output={truth}"], tmp)  # its own files now
+    assert proc.returncode == 0, proc.stderr[-2000:]
