@@ -170,10 +170,16 @@ def msd_classes(root: str | Path) -> dict[int, str]:
 
 
 def layout_classes(root: str | Path, layout: str) -> dict[int, str]:
-    """Declared classes (label value -> name) of a dataset."""
-    if layout == "nnunet":
-        return nnunet_classes(root)
-    return msd_classes(root) if layout == "msd" else DEFAULT_CLASSES[layout]
+    """Declared classes (label value -> name) of a dataset; a ``dataset.json`` whose label values are not
+    0..K-1 is one line naming it, as nnU-Net requires consecutive labels (a walkthrough: 0, 1, 3 failed
+    mid-training with "mask values outside [0, 2]", naming no dataset.json)."""
+    if layout not in ("nnunet", "msd"):
+        return DEFAULT_CLASSES[layout]
+    classes = nnunet_classes(root) if layout == "nnunet" else msd_classes(root)
+    if sorted(classes) != list(range(len(classes))):
+        raise DataError(f"{Path(root) / 'dataset.json'} \"labels\" has values {sorted(classes)}; they must run "
+                        f"0..{len(classes) - 1} with no gap (as nnU-Net requires)")
+    return classes
 
 
 def find_cases(root: str | Path, layout: str, stack_group_size: int = 1) -> list[Case]:

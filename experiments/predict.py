@@ -43,10 +43,22 @@ def tta_axes(tta: Any, dims: int) -> tuple[int, ...]:
     if tta in (None, False):
         return ()
     axes = list(tta) if isinstance(tta, (list, tuple, ListConfig)) else None
-    if axes is None or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < dims for a in axes):
-        raise ConfigError(f"tta={tta!r} must be true, false or a list of spatial axes in 0..{dims - 1} "
+    if axes is None or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < dims for a in axes) \
+            or len(set(axes)) != len(axes):  # a walkthrough: [0, 0] was a torch traceback
+        raise ConfigError(f"tta={tta!r} must be true, false or a list of distinct spatial axes in 0..{dims - 1} "
                           f"(the checkpoint's net is {dims}D)")
     return tuple(axes)
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """``batch_size`` a whole number >= 1 and ``nsd_tolerance_mm`` a number >= 0, before anything loads (a
+    walkthrough: 0 and -3 were tracebacks, and a negative tolerance reported NSD 0)."""
+    bs = cfg.get("batch_size")
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+        raise ConfigError(f"batch_size={bs!r} must be a whole number >= 1 (windows per forward pass)")
+    tol = cfg.get("nsd_tolerance_mm")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+        raise ConfigError(f"nsd_tolerance_mm={tol!r} must be a number of millimetres >= 0")
 
 
 def _device(name: str) -> torch.device:
@@ -121,6 +133,7 @@ def predict(cfg: DictConfig) -> dict:
         raise ConfigError(f"save_probabilities={keep_prob!r} must be true or false")
     if not isinstance(cfg.get("overwrite", False), bool):
         raise ConfigError(f"overwrite={cfg.get('overwrite')!r} must be true or false")
+    check_numbers(cfg)
     if images and keep_prob:
         raise ConfigError(f"save_probabilities=true writes volumes' class probabilities; input={src} holds 2D image "
                           f"files")

@@ -24,6 +24,18 @@ def test_lits_kits_msd_cases(tmp_path):
     msd = find_cases(msd_root, "msd")
     assert [c.case_id for c in msd] == ["phantom_000", "phantom_001"]
     assert layout_classes(msd_root, "msd") == {0: "background", 1: "liver", 2: "liver_tumor"}
+    # a walkthrough: label values with a gap failed mid-training, naming no dataset.json
+    import json
+
+    import pytest
+
+    from datamodules.errors import DataError
+
+    ds = json.loads((msd_root / "dataset.json").read_text())
+    ds["labels"] = {"0": "background", "1": "liver", "3": "liver_tumor"}
+    (msd_root / "dataset.json").write_text(json.dumps(ds))
+    with pytest.raises(DataError, match=r"dataset\.json \"labels\" has values \[0, 1, 3\]; they must run 0\.\.2"):
+        layout_classes(msd_root, "msd")
 
 
 def test_lits_unlabelled_volume_and_plain_nii(tmp_path):

@@ -83,7 +83,8 @@ class UNet3D(BasicUNet):
         # with a shape message that names neither the patch size nor the fix
         if math.prod(int(s) // 16 for s in x.shape[2:]) < 2:
             raise ConfigError(f"model=unet3d pools each side 4 times (/16) and needs more than one voxel left: "
-                              f"patches of {list(x.shape[2:])} are too small; set data.patch_size to at least 32 a side")
+                              f"patches of {list(x.shape[2:])} are too small; set data.patch_size (training) or roi_size "
+                              f"(experiments.predict) to at least 32 a side")
         return super().forward(x)
 
 
