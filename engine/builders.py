@@ -42,12 +42,26 @@ def _takes(target: Any, key: str) -> bool:
         return False
 
 
+def _null_required(given: dict) -> str | None:
+    """The first constructor argument of ``given['_target_']`` without a default that ``given`` sets to null."""
+    try:
+        params = inspect.signature(get_class(str(given.get("_target_")))).parameters
+    except Exception:  # noqa: BLE001 - an unknown target is reported by the instantiation itself
+        return None
+    return next((k for k, p in params.items() if p.default is inspect.Parameter.empty and k in given
+                 and given[k] is None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)), None)
+
+
 def build_datamodule(data_cfg: DictConfig, **overrides: Any) -> pl.LightningDataModule:
     """Instantiate ``cfg.data``; its meta keys go to the constructor only where it takes them;
     ``overrides`` replace constructor arguments."""
     plain = OmegaConf.to_container(data_cfg, resolve=True)
     meta = {k: plain[k] if _takes(plain.get("_target_"), k) else plain.pop(k) for k in DATA_META_KEYS if k in plain}
     plain.update(overrides)
+    null = _null_required(plain)
+    if null:  # a walkthrough: data.root=null was Hydra's "Error in call to target ... TypeError", naming no key
+        raise ConfigError(f"data.{null} is null but {str(plain.get('_target_')).rsplit('.', 1)[-1]} needs it "
+                          f"(e.g. data.{null}=<folder>)")
     dm = instantiate_with_args_checked(plain, "data")
     dm._declared_meta = meta  # checked after setup(), when the datamodule knows its classes
     return dm

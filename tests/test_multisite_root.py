@@ -87,3 +87,15 @@ def test_each_site_pads_with_its_own_air(tmp_path):
     for j, site in enumerate(("a", "b")):
         padded = batch["image"][j][..., ~batch["valid"][j]]
         assert padded.numel() and torch.allclose(padded, torch.tensor(fills[site]))
+
+
+@pytest.mark.parametrize("exp", ["+exp=lits_dnet", "+exp=medmnist_breast"])
+def test_a_null_data_root_is_one_line_naming_it(tmp_path, exp):
+    """A walkthrough: ``data.root=null`` was Hydra's "Error in call to target ... TypeError(... NoneType)",
+    naming no key."""
+    from engine.builders import ConfigError, build_datamodule
+    from tests.hydra_helpers import compose_run
+
+    cfg = compose_run([exp, "data.root=null"], tmp_path)
+    with pytest.raises(ConfigError, match=r"^data\.root is null but \w+DataModule needs it"):
+        build_datamodule(cfg.data)
