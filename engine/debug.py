@@ -43,6 +43,18 @@ def command_line_keys() -> set[str]:
     return {o.lstrip("+~").split("=", 1)[0] for o in task if "=" in o and "/" not in o.split("=", 1)[0]}
 
 
+def _follows(cfg: DictConfig, key: str, given: set[str]) -> bool:
+    """Whether ``key`` is an interpolation of a key the user gave (``distill.teacher.max_epochs:
+    ${trainer.max_epochs}``): the user's value reaches it, as without a debug mode (a walkthrough: ``debug=limit
+    trainer.max_epochs=1`` still trained a 3-epoch teacher)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    if not isinstance(node, DictConfig) or leaf not in node:
+        return False
+    raw = node._get_node(leaf)._value()
+    return isinstance(raw, str) and raw.strip() in {f"${{{k}}}" for k in given}
+
+
 def apply_debug(cfg: DictConfig) -> dict[str, Any]:
     """Write ``cfg.debug``'s settings into ``cfg`` (see the module docstring); returns what was set."""
     debug = cfg.get("debug")
@@ -52,7 +64,7 @@ def apply_debug(cfg: DictConfig) -> dict[str, Any]:
     applied: dict[str, Any] = {}
     with open_dict(cfg):
         for key, value in _leaves(debug):
-            if key == "mode" or key in given:
+            if key == "mode" or key in given or _follows(cfg, key, given):
                 continue
             if not key.startswith("trainer.") and OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
                 continue  # e.g. federation.rounds in a centralised run

@@ -89,3 +89,14 @@ def test_fast_dev_run_alone_makes_a_federation_one_round(tmp_path):
     plain = compose_run([*TINY_FED], tmp_path)
     assert fast_dev_rounds(plain) == {} and plain.federation.rounds == 10
     assert fast_dev_rounds(compose_run(["+exp=lits_dnet", "++trainer.fast_dev_run=true"], tmp_path)) == {}
+
+
+def test_a_key_that_follows_a_command_line_key_keeps_following_it(tmp_path):
+    """A walkthrough: ``+exp=lits_hlfd debug=limit trainer.max_epochs=1`` (the docs' example) trained a 3-epoch
+    teacher: the mode set ``distill.teacher.max_epochs``, which the exp makes ``${trainer.max_epochs}``."""
+    given = compose_run(["+exp=lits_hlfd", "debug=limit", "trainer.max_epochs=1"], tmp_path)
+    apply_debug(given)
+    assert given.trainer.max_epochs == 1 and given.distill.teacher.max_epochs == 1
+    plain = compose_run(["+exp=lits_hlfd", "debug=limit"], tmp_path)
+    apply_debug(plain)
+    assert plain.trainer.max_epochs == 3 and plain.distill.teacher.max_epochs == 3
