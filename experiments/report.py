@@ -19,6 +19,7 @@ import argparse
 import csv
 import fnmatch
 import glob
+import html
 import io
 import json
 import sys
@@ -298,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if keys is None:
         ordered = [k for k in DEFAULT_KEYS if k in ordered] or ordered
+    curves = read_curves(runs)
+    logged = sorted({k for series in curves.values() for k, v in series.items() if v})
+    if args.curve and args.curve not in logged:  # a walkthrough: a misspelt --curve was a warning and exit 0
+        print(f"error: --curve {args.curve}: no run logged it per epoch in csv/metrics.csv (they logged e.g. "
+              f"{', '.join(k for k in logged if not k.startswith('train/'))[:200] or 'nothing'})", file=sys.stderr)
+        return 2
     md, csv_text = table(groups, ordered)
     if not runs:  # only failed jobs (the others left out): no table to draw
         md = "No finished run to compare.\n"
@@ -320,13 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or args.paths[0])
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.csv", csv_text)
-    curves = read_curves(runs)
     key = args.curve or curve_key(curves)
     curve = plot_curves(curves, out / "report_curves.png", key, failed) if key else None
     if curve is None:
+        (out / "report_curves.png").unlink(missing_ok=True)  # an earlier report's figure is not this one's
         console.print(f"no learning curve: no run logged {key or ' or '.join(CURVE_KEYS)} per epoch in csv/metrics.csv")
     page = write_html(out, md, curve, runs, run_labels(runs, failed)[0])  # self-contained: tables + figures inline
-    console.print(md, markup=False, highlight=False)  # run folders' text is not rich markup
+    # run folders' text is not rich markup; the console shows the characters report.md writes as entities
+    console.print(html.unescape(md), markup=False, highlight=False)
     console.print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {page}" + (f", {curve}" if curve else ""))
     if not runs:  # a walkthrough: exit 0 when every run failed read as success in a script
         print(f"error: every run under {' '.join(args.paths)} failed ({len(failed)}; report.md lists why)",

@@ -106,9 +106,28 @@ def test_the_curve_is_the_first_metric_the_runs_logged(tmp_path, capsys):
         (run / "csv" / "metrics.csv").write_text("epoch,step,val/acc,val/auc\n0,9,0.5,0.6\n1,19,0.7,0.8\n")
     assert report.curve_key(report.read_curves(report.find_runs([str(tmp_path)])[0])) == "val/auc"
     assert report.main([str(tmp_path)]) == 0 and (tmp_path / "report_curves.png").is_file()
-    assert report.main([str(tmp_path), "--curve", "val/dice", "--out", str(tmp_path / "o")]) == 0
-    assert "no learning curve: no run logged val/dice" in capsys.readouterr().out
-    assert not (tmp_path / "o" / "report_curves.png").exists()
+    # a walkthrough: a --curve no run logged (a typo) was a warning and exit 0; it is now one line, exit 2,
+    # before anything is written
+    assert report.main([str(tmp_path), "--curve", "val/dice", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "error: --curve val/dice: no run logged it" in err and "val/auc" in err
+    assert not (tmp_path / "o").exists()
+    # runs that log no curve at all: an earlier report's figure in the folder goes (it would belong to others)
+    for seed in (1, 2):
+        (tmp_path / f"s{seed}" / "csv" / "metrics.csv").write_text("epoch,step\n")
+    assert report.main([str(tmp_path)]) == 0 and not (tmp_path / "report_curves.png").exists()
+    assert "no learning curve" in capsys.readouterr().out
+
+
+def test_the_console_shows_characters_the_markdown_writes_as_entities(tmp_path, capsys):
+    """A walkthrough: a failed run's error ``x >= 1`` printed as ``x &gt;= 1`` on the console."""
+    run = tmp_path / "bad"
+    run.mkdir()
+    (run / "failed.json").write_text(json.dumps({"error": "ConfigError: lr must be >= 0"}))
+    _run(tmp_path, "ok", {"test/dice": 0.5})
+    assert report.main([str(tmp_path)]) == 0
+    assert "lr must be >= 0" in capsys.readouterr().out
+    assert "lr must be &gt;= 0" in (tmp_path / "report.md").read_text()
 
 
 def test_a_debug_run_is_known_by_its_hydra_config_too(tmp_path):
