@@ -284,8 +284,9 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
         raise
 
 
-#: bumped when the cached slices change for the same params and files (2: labels resized pixel-centre aligned)
-CACHE_FORMAT = 2
+#: bumped when the cached slices change for the same params and files (2: labels resized pixel-centre aligned;
+#: 3: a label read by its own affine, so one stored flipped is no longer cached misaligned)
+CACHE_FORMAT = 3
 
 
 class VolumeCache:
