@@ -1,6 +1,7 @@
 """Facts every run logs for comparison: resolved config, code version, environment, model size."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -10,21 +11,58 @@ import subprocess
 from importlib import metadata
 from urllib.parse import urlparse
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from engine.artifacts import write_json
+from lightning_modules.errors import ConfigError
 
 
 log = logging.getLogger("engine.tracking")
 
+#: W&B's modes where its settings model cannot be read (wandb 0.31: ``Settings.mode``'s ``Literal``)
+WANDB_MODES = ("online", "offline", "shared", "disabled", "dryrun", "run")
+
+
+@functools.lru_cache(maxsize=1)
+def wandb_modes() -> tuple[str, ...]:
+    """The modes the installed wandb accepts (its settings validator's ``Literal``), else :data:`WANDB_MODES`."""
+    try:
+        from wandb.sdk.wandb_settings import Settings
+
+        modes = tuple(str(m) for m in get_args(Settings.model_fields["mode"].annotation))
+    except Exception:  # noqa: BLE001 - another wandb layout: the modes of the version this was written for
+        modes = ()
+    return modes or WANDB_MODES
+
+
+def check_wandb_mode(requested: Any, key: str = "logger.wandb.mode") -> None:
+    """One :class:`ConfigError` line naming ``key`` and the valid modes when ``requested`` is not a W&B mode
+    (``null`` passes: wandb then reads ``WANDB_MODE``). ``logger.wandb.mode=onlin`` otherwise ended in a
+    30-line pydantic traceback when wandb started its run (no ``failed.json``), and under ``debug=fdr``,
+    where Lightning never starts it, was accepted silently."""
+    if requested is None or (isinstance(requested, str) and requested in wandb_modes()):
+        return
+    source = " (from WANDB_MODE)" if os.environ.get("WANDB_MODE") == requested else ""
+    raise ConfigError(f"{key}={requested!r}{source} is not a W&B mode; valid modes: {', '.join(wandb_modes())}")
+
+
+def check_wandb_modes(cfg: DictConfig) -> None:
+    """:func:`check_wandb_mode` for every W&B logger of ``cfg.logger``, for a check before anything is built."""
+    for name, lg in (cfg.get("logger") or {}).items():
+        if isinstance(lg, DictConfig) and str(lg.get("_target_", "")).endswith("WandbLogger"):
+            check_wandb_mode(OmegaConf.select(lg, "mode", default=None), f"logger.{name}.mode")
+
 
 def wandb_mode(requested: str | None) -> str | None:
     """``online`` only when the W&B server answers within ``FEDMED_WANDB_TIMEOUT`` seconds (default 10);
-    otherwise one warning and ``offline`` (``wandb sync`` uploads the run later), never a long hang."""
+    otherwise one warning and ``offline`` (``wandb sync`` uploads the run later), never a long hang. A value
+    that is no W&B mode is a :class:`ConfigError` (:func:`check_wandb_mode`), raised when the logger is built,
+    before training, in every debug mode."""
+    check_wandb_mode(requested)
     if requested != "online":
         return requested
     url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")

@@ -2,7 +2,8 @@
 
 * :func:`run_identity` - ``name``, ``tags`` and a compact ``config={"run": {...}}`` for the WandbLogger:
   experiment, model, data, distillation method, FL strategy and partition, seed, and every other override
-  given to the job (a sweep's varying values), so runs can be filtered, grouped and told apart.
+  given to the job (a sweep's varying values), so runs can be filtered, grouped and told apart; a debug run
+  (``debug=<mode>``) also the tag ``debug:<mode>`` and ``job_type: debug`` (:func:`with_identity`).
 * :func:`callbacks.best_metric.track_best` keeps ``<key>_best``/``<key>_best_step`` in the summary.
 * :func:`write_summary` - the run's final metrics into the summary (``val/*`` kept as best-of).
 """
@@ -65,16 +66,32 @@ def trained_model() -> str:
 
 
 def _model_name(cfg: DictConfig) -> str | None:
-    """The run's ``model=`` choice (the teacher's for ``distill=teacher``, :func:`trained_model`); for a test-only
-    run, the option that builds the checkpoint's net (it replaced ``cfg.model``): the choice when it builds that
-    net, else the first such option."""
+    """The run's ``model=`` choice (the teacher's for ``distill=teacher``, :func:`trained_model`) when it builds
+    the net the run trains, ``cfg.model``; when ``cfg.model`` was replaced, the option that builds that net: the
+    teacher's choice when it does, else the first such option. ``cfg.model`` is replaced for a test-only run
+    (the checkpoint's net) and in the federated teacher stage of ``fed_distill`` (``teacher_stage_cfg``: the
+    teacher's net, with ``distill`` removed), whose W&B run was named after the student's ``model=`` choice."""
     if OmegaConf.select(cfg, "distill.method", default=None) == "teacher":
         return trained_model() or _target_name(OmegaConf.select(cfg, "distill.teacher.model", default=None))
     choice = _choice("model")
-    if cfg.get("train") is False and cfg.get("ckpt_path"):
-        options = model_options(OmegaConf.select(cfg, "model._target_", default=None))
-        choice = choice if choice in options else (options[0] if options else None)
+    options = model_options(OmegaConf.select(cfg, "model._target_", default=None,
+                                             throw_on_resolution_failure=False))
+    if options and choice not in options:
+        teacher = _choice(TEACHER_MODEL)
+        choice = teacher if teacher in options else options[0]
+    elif not options and cfg.get("train") is False and cfg.get("ckpt_path"):
+        choice = None  # a checkpoint's net no model= option builds: its class name
     return choice or _target_name(cfg.get("model"))
+
+
+def debug_mode(cfg: DictConfig) -> str | None:
+    """The run's debug mode: ``debug=<mode>``'s (``fdr``, ``limit``...), ``fdr`` for Lightning's own
+    ``++trainer.fast_dev_run`` without ``debug=``, else None (a real run)."""
+    mode = OmegaConf.select(cfg, "debug.mode", default=None, throw_on_resolution_failure=False)
+    if mode:
+        return str(mode)
+    return "fdr" if OmegaConf.select(cfg, "trainer.fast_dev_run", default=None,
+                                     throw_on_resolution_failure=False) else None
 
 
 def _task_overrides() -> list[str]:
@@ -87,7 +104,8 @@ def _task_overrides() -> list[str]:
 
 
 def run_facts(cfg: DictConfig) -> dict[str, Any]:
-    """What the run is: experiment, model, data, distillation method, strategy, partition, seed."""
+    """What the run is: experiment, model, data, distillation method, strategy, partition, seed, and the debug
+    mode of a debug run (:func:`debug_mode`; absent for a real run)."""
     fed = cfg.get("federation")
     distill = cfg.get("distill")
     facts = {
@@ -98,6 +116,7 @@ def run_facts(cfg: DictConfig) -> dict[str, Any]:
         "strategy": (_choice("federation/strategy") or _target_name(fed.get("strategy"))) if fed else None,
         "partition": (_choice("federation/partition") or _target_name(fed.get("partition"))) if fed else None,
         "seed": int(cfg.get("seed", 0)),
+        "debug": debug_mode(cfg),  # a debug run: tag debug:<mode>, job_type debug (with_identity)
     }
     return {k: v for k, v in facts.items() if v is not None}
 
@@ -220,13 +239,29 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
             "config": {"run": {**facts, "overrides": overrides}}}
 
 
+#: the ``job_type`` of every debug run's W&B run (its tags hold ``debug:<mode>``)
+DEBUG_JOB_TYPE = "debug"
+
+
+def _job_type_given() -> bool:
+    """Whether the command line sets a logger's ``job_type`` (``logger.wandb.job_type=eval``)."""
+    from engine.debug import command_line_keys
+
+    return any(k.startswith("logger.") and k.endswith(".job_type") for k in command_line_keys())
+
+
 def with_identity(cfg: DictConfig, logger_cfg: DictConfig) -> DictConfig:
     """``logger_cfg`` (a WandbLogger config) with :func:`run_identity`'s name, tags and ``config``; a name
-    set in ``logger.wandb.name`` is kept, given tags come first."""
+    set in ``logger.wandb.name`` is kept, given tags come first. A debug run (``debug=<mode>``, centralised or
+    federated) has ``job_type`` ``debug`` (unless the command line sets it) and the tag ``debug:<mode>``, so
+    a dashboard filtering ``group = <exp>`` can leave debug runs out (they shared the real runs' name, tags and
+    ``job_type: train``)."""
     ident = run_identity(cfg)
     plain = OmegaConf.to_container(logger_cfg, resolve=True)
     if not plain.get("name"):
         plain["name"] = ident["name"]
+    if "debug" in ident["config"]["run"] and not _job_type_given():
+        plain["job_type"] = DEBUG_JOB_TYPE
     plain["tags"] = list(dict.fromkeys([*(plain.get("tags") or []), *ident["tags"]]))
     plain["config"] = ident["config"]
     plain["_convert_"] = "all"  # wandb.init wants a plain dict, not a DictConfig

@@ -28,6 +28,7 @@ from engine.debug import apply_debug, fast_dev_rounds  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.builders import check_dimensions  # noqa: E402
 from engine.scalars import check_scalars  # noqa: E402
+from engine.tracking import check_wandb_modes  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
 from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
@@ -102,6 +103,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         check_dimensions(cfg, dict(HydraConfig.get().runtime.choices))
         check_scalars(cfg)
+        check_wandb_modes(cfg)  # before a distillation's teacher trains
         artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         with job_command():  # DDP's ranks > 0 in a sweep job run this job (experiments/ddp_job.py)
             metrics = dispatch(cfg)

@@ -295,6 +295,9 @@ CASES: dict[str, Setup] = {
     "module_key_typo": simple(["++module.monitr=val/dice"], "module (lightning_modules.segmentation.SegmentationModule)"),
     "logger_key_typo": simple(["++logger.csv.nme=x"], "logger.csv (engine.loggers.ResumableCSVLogger)"),
     "callback_key_typo": simple(["++callbacks.model_checkpoint.monitr=x"], "callbacks.model_checkpoint"),
+    # a W&B mode wandb does not take: a 30-line pydantic traceback, exit 1, no failed.json; accepted under fdr
+    "wandb_mode_typo": simple([*(b for b in BASE if b != "logger=csv"), "logger=wandb", "logger.wandb.mode=onlin",
+                               "debug=fdr"], "logger.wandb.mode='onlin' is not a W&B mode; valid modes: online"),
     # a walkthrough: "No supported gpu backend found!" named no setting (only where there is no GPU, as on CI)
     **({"trainer_gpu_without_one": simple(["trainer=gpu"], "No supported gpu backend found! (trainer.accelerator=gpu")}
        if not torch.cuda.is_available() else {}),

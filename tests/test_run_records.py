@@ -167,6 +167,39 @@ def test_wandb_online_without_network_falls_back_to_offline(tmp_path):
     assert len(warnings) == 1 and "offline" in warnings[0]  # (fast_dev_run then swaps loggers for a dummy)
 
 
+def test_a_misspelt_wandb_mode_is_one_config_line():
+    """`logger.wandb.mode=onlin` ended in a 30-line pydantic traceback when wandb started (no failed.json), and
+    was accepted silently under debug=fdr (Lightning never starts W&B there); the modes are wandb's own."""
+    from wandb.sdk.wandb_settings import Settings
+
+    from engine.tracking import check_wandb_modes, wandb_mode, wandb_modes
+    from lightning_modules.errors import ConfigError
+
+    assert {"online", "offline", "disabled"} <= set(wandb_modes())
+    for mode in wandb_modes():
+        Settings(mode=mode)  # each is one wandb's settings validator takes
+    for mode in ("offline", "disabled", None):
+        assert wandb_mode(mode) == mode
+    for bad in ("onlin", "Offline", True):
+        with pytest.raises(ConfigError, match=r"logger\.wandb\.mode=.*not a W&B mode; valid modes: .*online, offline"):
+            wandb_mode(bad)
+    with pytest.raises(ConfigError, match=r"logger\.wandb\.mode='onlin'"):
+        check_wandb_modes(OmegaConf.create({"logger": {"wandb": {"_target_": "x.WandbLogger", "mode": "onlin"}}}))
+
+
+def test_the_federated_teacher_stage_is_named_after_the_teacher_net(tmp_path):
+    """`+exp=fed_kits_hlfd`'s teacher/ stage trains distill.teacher.model (a UNet++), but its W&B run was named
+    `fed_kits_hlfd_teacher-resnet18_student-...` with tag `model:resnet18_student` (the `model=` choice)."""
+    from engine.wandb_tracking import run_identity
+    from federation.fed_distill import teacher_stage_cfg
+
+    cfg = compose_run(["+exp=fed_kits_hlfd", "debug=fdr"], tmp_path)
+    ident = run_identity(teacher_stage_cfg(cfg))
+    assert ident["name"].startswith("fed_kits_hlfd_teacher-nested_unet-"), ident["name"]
+    assert "model:nested_unet" in ident["tags"] and "model:resnet18_student" not in ident["tags"]
+    assert run_facts(cfg)["model"] == "resnet18_student"  # the student stages keep the student's name
+
+
 def test_report_leaves_debug_and_unfinished_runs_out(tmp_path):
     import json
 

@@ -104,3 +104,25 @@ def test_an_optuna_trials_float_is_short_in_the_name_and_exact_in_the_config(tmp
     ident = run_identity(cfg)
     assert ident["name"].endswith("-module.optimizer.lr=0.0003412") and "module.optimizer.lr=0.0003412" in ident["tags"]
     assert "module.optimizer.lr=0.000341234567" in ident["config"]["run"]["overrides"]
+
+
+def test_debug_runs_carry_a_debug_tag_and_job_type_centralised_and_federated(tmp_path, monkeypatch):
+    """A walkthrough: `+exp=lits_dnet debug=limit logger=wandb` had a real run's group, name, tags and job_type
+    `train` (the "compare models" filter `group = lits_dnet` mixed debug runs in), and a federation's
+    `debug=fdr` run (whose server loggers do log) had no debug mode in its W&B config."""
+    from engine.builders import build_loggers
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for overrides, mode in ((["+exp=lits_dnet", "debug=limit"], "limit"), ([*FED, "debug=fdr"], "fdr")):
+        (wandb,) = build_loggers(compose_run([*overrides, "logger=wandb"], tmp_path / mode))
+        init = wandb._wandb_init  # what WandbLogger hands wandb.init
+        assert init["job_type"] == "debug" and f"debug:{mode}" in init["tags"], init
+        assert init["config"]["run"]["debug"] == mode
+    (wandb,) = build_loggers(compose_run(["+exp=lits_dnet", "logger=wandb"], tmp_path / "real"))
+    init = wandb._wandb_init
+    assert init["job_type"] == "train" and not [t for t in init["tags"] if t.startswith("debug")]
+    assert "debug" not in init["config"]["run"]
+    # a job_type given on the command line wins; the tag stays
+    (wandb,) = build_loggers(compose_run(["+exp=lits_dnet", "debug=fdr", "logger=wandb", "logger.wandb.job_type=eval"],
+                                         tmp_path / "given"))
+    assert wandb._wandb_init["job_type"] == "eval" and "debug:fdr" in wandb._wandb_init["tags"]
