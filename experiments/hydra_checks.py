@@ -22,6 +22,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from engine.errors import MACHINE_ERRNOS, find_user_error, one_line
+from engine.objective import test_objective_line
+from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
 from engine.wandb_tracking import COMMAND_ENV
 
 
@@ -155,6 +157,10 @@ class WritableOutput(Callback):
             sys.exit(2)  # before Hydra creates a run dir for a run that will not happen
         HydraConfig.instance().set_config(config)  # ${hydra:runtime.choices...} in the run dir's name
         self._check(config.hydra.run.dir, "hydra.run.dir")
+        refused = test_objective_line(config)
+        if refused is not None:
+            print(f"error: {refused}", file=sys.stderr)
+            sys.exit(2)
         if resume in (None, False, "false"):
             return
         try:  # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it
@@ -171,6 +177,12 @@ class WritableOutput(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+        bad = sweep_config_line(config)
+        if bad is not None:  # before the sweeper starts: no trial trains, no sweep folder is made
+            print(f"error: {bad}", file=sys.stderr)
+            sys.exit(2)
+        if optuna_sweep(config):
+            commit_optuna_alembic_stamp()
 
 
 class SweepOutcome(Callback):
@@ -179,22 +191,32 @@ class SweepOutcome(Callback):
     :func:`run_cli` exits 2 naming them: a sweep with a failed job exited 0 (walkthrough)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started, self.folder = time.time(), Path(str(config.hydra.sweep.dir))
+        _sweep_dir.update(folder=Path(str(config.hydra.sweep.dir)), started=time.time())
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        folder, started = getattr(self, "folder", None), getattr(self, "started", 0.0)
-        if folder is None or not folder.is_dir():
-            return
-        def new(path: Path) -> bool:  # of this sweep, not of an earlier one in a reused sweep folder
-            return path.stat().st_mtime >= started - 1
+        _count_sweep_jobs()
 
-        failed = sorted(str(p.parent.relative_to(folder)) for p in folder.rglob("failed.json") if new(p))
-        jobs = {p.parent for p in folder.rglob(".hydra") if p.is_dir() and new(p)}
-        jobs |= {folder / f for f in failed}
-        _sweep["failed"], _sweep["jobs"] = failed, len(jobs)
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        keep_compact()  # the sweeper's own errors after this job reach run_cli (all trials failed: one line)
 
 
 _sweep: dict[str, Any] = {"failed": [], "jobs": 0}
+_sweep_dir: dict[str, Any] = {"folder": None, "started": 0.0}  # the running sweep's folder and start time
+
+
+def _count_sweep_jobs() -> None:
+    """The jobs of the sweep :class:`SweepOutcome` saw start, and those of them that failed (``failed.json``)."""
+    folder, started = _sweep_dir["folder"], _sweep_dir["started"]
+    if folder is None or not folder.is_dir():
+        return
+
+    def new(path: Path) -> bool:  # of this sweep, not of an earlier one in a reused sweep folder
+        return path.stat().st_mtime >= started - 1
+
+    failed = sorted(str(p.parent.relative_to(folder)) for p in folder.rglob("failed.json") if new(p))
+    jobs = {p.parent for p in folder.rglob(".hydra") if p.is_dir() and new(p)}
+    jobs |= {folder / f for f in failed}
+    _sweep["failed"], _sweep["jobs"] = failed, len(jobs)
 
 
 def _exit_if_jobs_failed() -> None:
@@ -207,7 +229,9 @@ def _exit_if_jobs_failed() -> None:
 
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
-_compact = {"set": False}  # whether run_cli set HYDRA_FULL_ERROR itself (to catch composition errors)
+#: set: whether HYDRA_FULL_ERROR is set by run_cli now (to catch composition errors); owned: whether run_cli
+#: manages it in this command (the user did not set it); after_job: set again after a sweep's job
+_compact = {"set": False, "owned": False, "after_job": False}
 
 
 def hydra_error_line(exc: Exception) -> str:
@@ -222,6 +246,37 @@ def hydra_error_line(exc: Exception) -> str:
     cause = str(exc.__cause__).strip().splitlines()[0] if exc.__cause__ is not None and str(exc.__cause__).strip() else ""
     rest = [ln for ln in lines[1:] if not ln.startswith(("Available options", "Config search path", "provider="))]
     return head.rstrip(".") + (f": {cause}" if cause else "") + "".join(f" ({ln.rstrip('.')})" for ln in rest[:1])
+
+
+def keep_compact() -> None:
+    """After a sweep's job (in the sweeper's process): HYDRA_FULL_ERROR again, so that an error the sweeper
+    raises after its jobs (Optuna's "No trials are completed yet." when every trial failed) reaches
+    :func:`run_cli` rather than Hydra's report; the next job's :func:`task_started` clears it again."""
+    if _compact["owned"]:
+        os.environ[FULL_ERROR] = "1"
+        _compact["set"] = _compact["after_job"] = True
+
+
+def hydra_report(exc: BaseException) -> None:
+    """Hydra's own report of an error that reached :func:`run_cli` only because of :func:`keep_compact` (a
+    sweep job's crash re-raised by the sweeper), as Hydra prints it without run_cli; exit 1."""
+    os.environ.pop(FULL_ERROR, None)
+    try:
+        from hydra._internal.utils import run_and_report
+    except ImportError:  # a Hydra without it: Python's report
+        raise exc from None
+
+    tb = exc.__traceback__  # from Hydra's own run_and_report on, as Hydra trims it (up to run_job)
+    while tb is not None and tb.tb_frame.f_code.co_name != "run_and_report":
+        tb = tb.tb_next
+    if tb is not None:
+        exc = exc.with_traceback(tb.tb_next)
+
+    def again() -> None:
+        raise exc
+
+    run_and_report(again)
+    raise exc  # run_and_report exits; never reached
 
 
 def task_started() -> None:
@@ -287,10 +342,21 @@ def search_space_error(exc: BaseException) -> str | None:
     return None
 
 
+def no_completed_trial(exc: BaseException) -> bool:
+    """The Optuna sweeper's ``ValueError: No trials are completed yet.`` at the end of a search none of whose
+    trials returned an objective (each job failed on bad input and wrote its ``failed.json``)."""
+    if not isinstance(exc, ValueError) or "No trials are completed" not in str(exc):
+        return False
+    return any(frame.f_code.co_name == "sweep" and "hydra_optuna_sweeper" in frame.f_code.co_filename
+               for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function; Hydra's command-line errors, a launcher that cannot submit the sweep
     and a sweep with failed jobs (:class:`SweepOutcome`) become one line and exit code 2."""
     started = time.time() - 1.0  # file times may be rounded down to the second
+    _sweep.update(failed=[], jobs=0)  # a command run earlier in this process (tests) counts nothing
+    _sweep_dir.update(folder=None, started=0.0)
     os.environ[COMMAND_ENV] = json.dumps(sys.argv[1:])  # a sweep's jobs name their W&B runs by what it varies
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's storage: 7 "setup plugin" lines a sweep
     if FULL_ERROR in os.environ:  # the user asked for Hydra's full report
@@ -298,15 +364,22 @@ def run_cli(main: Callable[[], Any]) -> None:
         _exit_if_jobs_failed()
         return
     os.environ[FULL_ERROR] = "1"  # Hydra then raises composition errors instead of printing them
-    _compact["set"] = True
+    _compact.update(set=True, owned=True, after_job=False)
     try:
         main()
     except (OverrideParseException, ConfigCompositionException) as exc:
+        if _compact["after_job"]:  # raised after a sweep's job: not a command-line error
+            hydra_report(exc)
         if not _compact["set"]:  # raised by the task itself, after task_started(): not a command-line error
             raise
         print(f"error: {hydra_error_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - only the launcher's and the sweeper's set-up errors are shortened
+        if no_completed_trial(exc):  # every trial failed: the sweeper found no best one (on_multirun_end not run)
+            _count_sweep_jobs()
+            _exit_if_jobs_failed()  # "N of M sweep jobs failed", exit 2, as for any sweep with failed jobs
+        if _compact["after_job"]:  # anything else the sweeper raised after a job: Hydra's report, as before
+            hydra_report(exc)
         space = search_space_error(exc) if _compact["set"] else None
         if space:
             print(f"error: {space}", file=sys.stderr)
@@ -322,4 +395,5 @@ def run_cli(main: Callable[[], Any]) -> None:
         sys.exit(2)
     finally:
         task_started()
+        _compact.update(owned=False, after_job=False)
     _exit_if_jobs_failed()
