@@ -13,6 +13,7 @@ labels), the same as MONAI's ``Spacing`` on an axis-aligned grid.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ from datamodules.nifti_checks import MAX_VOXELS
 
 __all__ = ["GridMeta", "to_grid", "from_grid", "resize_volume", "voxel_spacing", "check_orientation", "MAX_GROWTH",
            "label_orientation", "on_image_grid"]
+
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # files whose header mismatch was reported (once each)
 
 #: the most a resampling may multiply a volume's voxel count (0.8 x 0.8 x 5 mm CT to 0.5 mm isotropic is 26x)
 MAX_GROWTH = 64
@@ -57,7 +61,10 @@ def label_orientation(shape: Sequence[int], affine: np.ndarray, image_shape: Seq
     label stored flipped, with its affine saying so, was read in the image's order, and its Dice fell from
     0.80 to 0.59). A label on another grid (spacing, origin or axes differ by over 1% of a voxel after the
     reorientation) is refused in one line, as nnU-Net refuses a label whose spacing is not its image's:
-    resampling a label silently would score or train on a guess."""
+    resampling a label silently would score or train on a guess. One stored in its image's axis order whose
+    origin or axis directions alone differ (a header written by another tool) is taken voxel for voxel with one
+    warning, as nnU-Net does; a reorientation is read from a label's header only when that header otherwise
+    matches the image's."""
     ornt = nio.ornt_transform(nio.io_orientation(affine), nio.io_orientation(image_affine))
     moved_shape = [0, 0, 0]
     for axis, (to, _) in enumerate(ornt):
@@ -71,14 +78,19 @@ def label_orientation(shape: Sequence[int], affine: np.ndarray, image_shape: Seq
     tol = 0.01 * min(voxel_spacing(ref))
     if np.abs(moved[:3] - ref[:3]).max() > tol:
         mine, theirs = voxel_spacing(moved), voxel_spacing(ref)
+        why = ("their axis directions differ" if np.abs(moved[:3, :3] - ref[:3, :3]).max() > tol else
+               f"origin {np.round(moved[:3, 3], 3).tolist()} vs {np.round(ref[:3, 3], 3).tolist()} mm")
         if not np.allclose(mine, theirs, rtol=0.01):
             why = f"spacing {[round(v, 4) for v in mine]} vs {[round(v, 4) for v in theirs]} mm"
-        elif np.abs(moved[:3, :3] - ref[:3, :3]).max() > tol:
-            why = "its axis directions differ"
-        else:
-            why = f"origin {np.round(moved[:3, 3], 3).tolist()} vs {np.round(ref[:3, 3], 3).tolist()} mm"
-        raise DataError(f"{what} {path} is not on the voxel grid of image {image_path} ({why}): write the {what} "
-                        f"with its image's geometry (header)")
+        reoriented = not ((ornt[:, 0] == np.arange(3)).all() and (ornt[:, 1] == 1).all())
+        if why.startswith("spacing") or reoriented:  # a reorientation read from a header that is off elsewhere
+            raise DataError(f"{what} {path} is not on the voxel grid of image {image_path} ({why}"
+                            f"{', after reading its axis order from it' if reoriented else ''}): write the {what} "
+                            f"with its image's geometry (header)")
+        if str(path) not in _WARNED:  # as nnU-Net: a spacing mismatch is an error, origin/direction a warning
+            _WARNED.add(str(path))
+            log.warning("%s %s and image %s share shape and spacing but not their headers (%s): the %s's voxels "
+                        "are taken as the image's", what, path, image_path, why, what)
     return ornt
 
 

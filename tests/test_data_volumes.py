@@ -263,7 +263,7 @@ def _with_affine(path, array, affine):
     return path
 
 
-def test_a_label_is_read_by_its_own_affine_and_one_off_its_images_grid_is_refused(tmp_path):
+def test_a_label_is_read_by_its_own_affine_and_one_off_its_images_grid_is_refused(tmp_path, caplog):
     """A walkthrough: the label's affine was ignored (the image's was used), so a label stored flipped or
     transposed, with its affine saying so, trained and scored misaligned (Dice 0.80 -> 0.59), and a label with
     another spacing went through. Now it is reoriented by its own affine (as MONAI's Orientationd reads each
@@ -288,9 +288,15 @@ def test_a_label_is_read_by_its_own_affine_and_one_off_its_images_grid_is_refuse
     with pytest.raises(DataError, match=r"label .*lab_1mm\.nii\.gz is not on the voxel grid of image .*img\.nii\.gz"):
         volumes.load_on_grid(img, params, spacing1)
     shifted = affine.copy()
-    shifted[:3, 3] += 5.0
-    with pytest.raises(DataError, match=r"origin \[95\.0, 125\.0, -295\.0\] vs \[90\.0, 120\.0, -300\.0\] mm"):
-        volumes.load_on_grid(img, params, _with_affine(tmp_path / "lab_shift.nii.gz", label, shifted))
+    shifted[:3, 3] += 5.0  # another tool's header, the voxels the image's: taken as they are, with a warning
+    with caplog.at_level("WARNING", logger="datamodules.spatial"):
+        _, got, _ = volumes.load_on_grid(img, params, _with_affine(tmp_path / "lab_shift.nii.gz", label, shifted))
+    np.testing.assert_array_equal(got, want)
+    assert "origin [95.0, 125.0, -295.0] vs [90.0, 120.0, -300.0] mm" in caplog.text
+    # ... but a reorientation is not read from a header that is off otherwise (a lost header: identity)
+    with pytest.raises(DataError, match=r"lab_moved_shift\.nii\.gz is not on the voxel grid .*after reading its axis order"):
+        volumes.load_on_grid(img, params, _with_affine(tmp_path / "lab_moved_shift.nii.gz", stored,
+                                                       shifted @ flip @ swap))
     # a second channel of a multi-channel case is held to the first one's grid the same way
     with pytest.raises(DataError, match=r"channel .*ch1\.nii\.gz is not on the voxel grid"):
         volumes.load_on_grid([img, _with_affine(tmp_path / "ch1.nii.gz", image, np.eye(4))], params)
