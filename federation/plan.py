@@ -9,6 +9,7 @@ client ids the rest of the run uses (site names under ``by_site``).
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 from dataclasses import dataclass
@@ -44,8 +45,23 @@ def _int(fed: Any, key: str, minimum: int, allow_none: bool = False) -> None:
                               + (" or null" if allow_none else ""))
 
 
+#: the ``federation.*`` settings (``experiments/configs/federation/default.yaml``, its config groups, and the
+#: data-sharing strategy's ``shared_fraction``); ``tests/test_fed_loop.py`` keeps it equal to default.yaml's keys
+FEDERATION_KEYS = frozenset({
+    "rounds", "num_clients", "clients_per_round", "local_epochs", "min_clients", "client_val_fraction",
+    "partition_unit", "early_stopping", "eval_clients", "eval_test_every_round", "store_dir", "client_module",
+    "partial_labels", "unannotated", "ignore_index", "evaluation_matrix", "matrix_metric", "matrix", "privacy",
+    "progress", "strategy", "partition", "executor", "shared_fraction"})
+
+
 def check_federation_config(fed: Any) -> None:
     """Refuse ``federation.*`` values that cannot work, before any data is built (one line each)."""
+    unknown = sorted(str(k) for k in fed if str(k) not in FEDERATION_KEYS)
+    if unknown:  # a walkthrough: ++federation.roundz=3 ran one round without a word (other groups refuse it)
+        close = difflib.get_close_matches(unknown[0], sorted(FEDERATION_KEYS), n=1)
+        raise FederationError(f"federation.{unknown[0]} is no federation setting"
+                              + (f" (did you mean federation.{close[0]}?)" if close else
+                                 f"; they are: {', '.join(sorted(FEDERATION_KEYS))}"))
     _int(fed, "rounds", 1)
     _int(fed, "num_clients", 1, allow_none=True)
     _int(fed, "local_epochs", 1)

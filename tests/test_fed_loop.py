@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -311,6 +313,22 @@ def test_a_clients_user_error_stops_the_federation_and_a_misnamed_client_setting
     assert not (tmp_path / "a" / "run" / "server.pt").exists()
     cfg = compose_run([*DIGITS, "federation.rounds=1", "+federation.client_module.site_x.lr=0.1"], tmp_path / "b")
     with pytest.raises(FederationError, match=r"client_module names 'site_x', which is no client"):
+        dispatch(cfg)
+
+
+def test_a_misspelt_federation_key_is_refused_and_the_known_keys_follow_default_yaml(tmp_path):
+    """A walkthrough: ``++federation.roundz=3`` ran one round without a word; a misspelt key under data, module or
+    trainer was already one line."""
+    from omegaconf import OmegaConf
+
+    from federation.plan import FEDERATION_KEYS
+
+    default = OmegaConf.load(Path(__file__).parents[1] / "experiments" / "configs" / "federation" / "default.yaml")
+    groups = {next(iter(d)) for d in OmegaConf.to_container(default.defaults) if isinstance(d, dict)}
+    assert FEDERATION_KEYS == (set(default) - {"defaults"}) | groups | {"shared_fraction"}
+    cfg = compose_run([*DIGITS, "++federation.roundz=3"], tmp_path)
+    with pytest.raises(FederationError, match=r"^federation\.roundz is no federation setting \(did you mean "
+                                              r"federation\.rounds\?\)"):
         dispatch(cfg)
 
 
