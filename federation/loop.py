@@ -64,8 +64,9 @@ def _rounds_and_finish(server: Server) -> dict[str, Any]:
     finished_before = server.start_round >= rounds  # resumed after its last round: only the finish runs again
     if server.history:  # rounds.csv follows server.pt, which a stop may have come between
         write_rounds_csv(rounds_table(server.history), server.out / "rounds.csv")
-    # as a centralised run's (engine.tracking.log_run_facts): the config, the code's SHA, the environment
-    facts = {**OmegaConf.to_container(server.ccfg, resolve=True), "git_sha": git_sha(), "env": environment()}
+    # as a centralised run's (engine.tracking.log_run_facts): the config under "config" (a walkthrough: spread at
+    # the top level, a W&B filter on config.config.model.* missed every federation), the code's SHA, the environment
+    facts = {"config": OmegaConf.to_container(server.ccfg, resolve=True), "git_sha": git_sha(), "env": environment()}
     for lg in server.loggers:
         try:
             lg.log_hyperparams(facts)

@@ -93,6 +93,7 @@ def test_digits_datashare_two_rounds(tmp_path, monkeypatch):
     # the loggers get the code's SHA and the environment beside the config, as a centralised run's do
     hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
     assert hparams["git_sha"] and hparams["env"]["torch_threads"] == torch.get_num_threads(), sorted(hparams)
+    assert hparams["config"]["federation"]["rounds"] == 2 and "federation" not in hparams  # a centralised run's layout
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["fed/rounds"] == 2 and "fed/global/test/acc" in saved and saved["fed/shared_pool"] > 0
     assert math.isfinite(metrics["test/acc"])
