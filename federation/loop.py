@@ -141,6 +141,9 @@ def _finish(server: Server, finished_before: bool = False) -> dict[str, Any]:
     save_atomic(server.global_state, out / "global_final.pt")
     test_loader = server.loader(server.base.test_dataset)
     final = server.evaluate(server.module_for(server.global_state), test_loader, "test")
+    per_case = getattr(server.template, "test_per_case", None)
+    if per_case:  # each test volume's scores of the final global model (test/*), as a centralised run writes
+        artifacts.write_case_csv(out / "test_per_case.csv", per_case)
     metrics: dict[str, Any] = {f"fed/global/{k}": v for k, v in final.items()}
     metrics.update(final)  # test/<metric> of the final global model
     if server.best["round"] > 0 and (out / "global_best.pt").is_file():

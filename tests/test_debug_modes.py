@@ -38,6 +38,9 @@ def test_federation_fdr_is_one_round_one_batch_per_client(tmp_path):
     assert cfg.federation.rounds == 1 and cfg.trainer.fast_dev_run is True
     assert metrics["fed/rounds"] == 1 and metrics["fed/num_clients"] == 3 and "fed/global/test/dice" in metrics
     assert metrics["val/dice_best_step"] == 1 and "val/dice_best" in metrics  # the sweep objective
+    # each test volume's scores, as a centralised run writes them (a walkthrough: federations wrote none)
+    rows = (tmp_path / "run" / "test_per_case.csv").read_text().splitlines()
+    assert rows[0].startswith("case,") and "dice" in rows[0].split(",") and len(rows) >= 2
 
 
 def test_distillation_fdr_trains_teacher_then_student(tmp_path):
