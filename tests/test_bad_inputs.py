@@ -398,6 +398,9 @@ def test_a_full_disk_while_hydra_writes_a_jobs_files_is_one_line(capsys, monkeyp
     from experiments import hydra_checks
 
     monkeypatch.delenv(hydra_checks.FULL_ERROR, raising=False)
+    # run_cli keeps the typed command in the environment; monkeypatch puts it back after the test (it leaked into
+    # a later test of this worker, whose W&B name then lost its swept values: a CI run)
+    monkeypatch.setenv(hydra_checks.COMMAND_ENV, "")
 
     def hydra_main():
         raise OSError(errno.ENOSPC, "No space left on device")

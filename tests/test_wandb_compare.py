@@ -71,6 +71,7 @@ def test_alias_and_best_of_rounds_are_pure():
 
 def test_sweep_values_enter_name_and_tags(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["run", "-m", "+exp=lits_dnet", "module.optimizer.lr=0.001,0.01", "seed=1,2"])
+    monkeypatch.delenv("FEDMED_COMMAND_ARGV", raising=False)  # the typed command is this argv, not an earlier one's
     cfg = compose_run(["+exp=lits_dnet", "module.optimizer.lr=0.01", "seed=2", "paths.log_dir=/x"], tmp_path)
     ident = run_identity(cfg)
     assert ident["name"] == "lits_dnet-dnet-s2-module.optimizer.lr=0.01"
