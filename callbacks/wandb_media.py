@@ -59,6 +59,42 @@ def overlay_images(overlays: Any, labels: dict[int, str]) -> list[Any]:
     return images
 
 
+def test_media(pl_module: Any, overlays: Any = None, max_roc_points: int = 200) -> dict[str, Any]:
+    """The W&B media of a tested segmentation module (module docstring): its per-case table, ROC and
+    confusion matrix, and the overlays an :class:`~callbacks.overlays.SegmentationOverlays` picked. The
+    callback below logs them after a test; a federation logs those of its final global model."""
+    import wandb
+
+    labels = _labels(pl_module)
+    media: dict[str, Any] = {}
+    if overlays is not None and getattr(overlays, "picked", None):
+        media["test/overlay_masks"] = overlay_images(overlays, labels)
+    per_case = getattr(pl_module, "test_per_case", None)
+    if per_case:
+        columns, rows = per_case_table(per_case)
+        media["test/per_case"] = wandb.Table(columns=columns, data=rows)
+    curves = getattr(pl_module, "roc_curves", None) or {}
+    if curves:
+        xs, ys = [], []
+        for fpr, tpr in curves.values():
+            keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), max_roc_points)).astype(int))
+            xs.append(np.asarray(fpr)[keep].tolist())
+            ys.append(np.asarray(tpr)[keep].tolist())
+        media["test/roc"] = wandb.plot.line_series(xs=xs, ys=ys, keys=list(curves), title="ROC (test)",
+                                                   xname="false positive rate")
+    cm = getattr(pl_module, "confusion", None)
+    if cm is not None:
+        cm = np.asarray(cm)
+        names = [labels.get(i, str(i)) for i in range(cm.shape[0])]
+        data = [[names[i], names[j], int(cm[i, j])] for i in range(cm.shape[0]) for j in range(cm.shape[1])]
+        table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=data)
+        media["test/confusion_matrix"] = wandb.plot_table(
+            "wandb/confusion_matrix/v1", table,
+            {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+            {"title": "Confusion matrix (test pixels)"})
+    return media
+
+
 class WandbSegmentationMedia(pl.Callback):
     """See the module docstring (``callbacks/segmentation.yaml``)."""
 
@@ -69,35 +105,7 @@ class WandbSegmentationMedia(pl.Callback):
         runs = wandb_runs(trainer.loggers) if trainer.is_global_zero else []
         if not runs:
             return
-        import wandb
-
-        labels = _labels(pl_module)
-        media: dict[str, Any] = {}
         overlays = next((cb for cb in trainer.callbacks if type(cb).__name__ == "SegmentationOverlays"), None)
-        if overlays is not None and getattr(overlays, "picked", None):
-            media["test/overlay_masks"] = overlay_images(overlays, labels)
-        per_case = getattr(pl_module, "test_per_case", None)
-        if per_case:
-            columns, rows = per_case_table(per_case)
-            media["test/per_case"] = wandb.Table(columns=columns, data=rows)
-        curves = getattr(pl_module, "roc_curves", None) or {}
-        if curves:
-            xs, ys = [], []
-            for fpr, tpr in curves.values():
-                keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), self.max_roc_points)).astype(int))
-                xs.append(np.asarray(fpr)[keep].tolist())
-                ys.append(np.asarray(tpr)[keep].tolist())
-            media["test/roc"] = wandb.plot.line_series(xs=xs, ys=ys, keys=list(curves), title="ROC (test)",
-                                                       xname="false positive rate")
-        cm = getattr(pl_module, "confusion", None)
-        if cm is not None:
-            cm = np.asarray(cm)
-            names = [labels.get(i, str(i)) for i in range(cm.shape[0])]
-            data = [[names[i], names[j], int(cm[i, j])] for i in range(cm.shape[0]) for j in range(cm.shape[1])]
-            table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=data)
-            media["test/confusion_matrix"] = wandb.plot_table(
-                "wandb/confusion_matrix/v1", table,
-                {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
-                {"title": "Confusion matrix (test pixels)"})
+        media = test_media(pl_module, overlays, self.max_roc_points)
         for run in runs:
             run.log(media, commit=True)

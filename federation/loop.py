@@ -26,8 +26,8 @@ from federation.curves import plot_rounds
 from federation.deploy import local_for
 from federation.errors import FederationError
 from federation.matrix import evaluation_matrix, matrix_note, write_matrix
-from federation.records import (best_of_rounds, close_loggers, fmt, log_image, log_metrics, log_round, rounds_table,
-                                write_rounds_csv)
+from federation.records import (best_of_rounds, close_loggers, fmt, log_image, log_metrics, log_round, log_test_media,
+                                rounds_table, write_rounds_csv)
 from federation.server import SERVER_CKPT, Server
 from federation.server_state import load_global_weights, save_atomic
 
@@ -144,6 +144,7 @@ def _finish(server: Server, finished_before: bool = False) -> dict[str, Any]:
     per_case = getattr(server.template, "test_per_case", None)
     if per_case:  # each test volume's scores of the final global model (test/*), as a centralised run writes
         artifacts.write_case_csv(out / "test_per_case.csv", per_case)
+    log_test_media(server.loggers, server.template)  # its per-case table, ROC and confusion matrix in W&B
     metrics: dict[str, Any] = {f"fed/global/{k}": v for k, v in final.items()}
     metrics.update(final)  # test/<metric> of the final global model
     if server.best["round"] > 0 and (out / "global_best.pt").is_file():

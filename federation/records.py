@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from callbacks.best_metric import track_best
+from callbacks.best_metric import track_best, wandb_runs
+from callbacks.wandb_media import test_media
 from engine import artifacts
 
 __all__ = ["fmt", "log_metrics", "log_image", "close_loggers", "rounds_table", "write_rounds_csv", "global_model_keys",
@@ -84,6 +85,21 @@ def log_image(loggers: list, key: str, path: Path) -> None:
                 lg.log_image(key=key, images=[str(path)])
             except Exception as exc:  # noqa: BLE001
                 log.warning("logging image %s failed: %s", key, exc)
+
+
+def log_test_media(loggers: list, module: Any) -> None:
+    """The tested module's W&B media (:func:`callbacks.wandb_media.test_media`: per-case table, ROC, confusion
+    matrix) to every live W&B run, as a centralised run's callback logs them; no overlays (the server's
+    evaluation has no overlay callback). A walkthrough found federations logged none."""
+    runs = wandb_runs(loggers)
+    if not runs:
+        return
+    try:
+        media = test_media(module)
+        for run in runs:
+            run.log(media, commit=True)
+    except Exception as exc:  # noqa: BLE001 - media are extras: never fail the federation on them
+        log.warning("logging the test media failed: %s", exc)
 
 
 def close_loggers(loggers: list, status: str = "success") -> None:
