@@ -54,6 +54,11 @@ def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
 
 
+def _is_identity(ornt: np.ndarray) -> bool:
+    """Whether a nibabel ``ornt`` keeps every axis in place and direction."""
+    return bool((ornt[:, 0] == np.arange(3)).all() and (ornt[:, 1] == 1).all())
+
+
 def label_orientation(shape: Sequence[int], affine: np.ndarray, image_shape: Sequence[int], image_affine: np.ndarray,
                       path: str | Path, image_path: str | Path, what: str = "label") -> np.ndarray:
     """The nibabel ``ornt`` that puts a label's (or another channel's) voxels in its image's voxel order,
@@ -82,7 +87,7 @@ def label_orientation(shape: Sequence[int], affine: np.ndarray, image_shape: Seq
                f"origin {np.round(moved[:3, 3], 3).tolist()} vs {np.round(ref[:3, 3], 3).tolist()} mm")
         if not np.allclose(mine, theirs, rtol=0.01):
             why = f"spacing {[round(v, 4) for v in mine]} vs {[round(v, 4) for v in theirs]} mm"
-        reoriented = not ((ornt[:, 0] == np.arange(3)).all() and (ornt[:, 1] == 1).all())
+        reoriented = not _is_identity(ornt)
         if why.startswith("spacing") or reoriented:  # a reorientation read from a header that is off elsewhere
             raise DataError(f"{what} {path} is not on the voxel grid of image {image_path} ({why}"
                             f"{', after reading its axis order from it' if reoriented else ''}): write the {what} "
@@ -98,7 +103,7 @@ def on_image_grid(x: np.ndarray, affine: np.ndarray, image_affine: np.ndarray, i
                   path: str | Path, image_path: str | Path, what: str = "label") -> np.ndarray:
     """``x`` (a label or another channel) in its image's voxel order (:func:`label_orientation`); a view."""
     ornt = label_orientation(x.shape, affine, image_shape, image_affine, path, image_path, what)
-    return x if (ornt[:, 0] == np.arange(3)).all() and (ornt[:, 1] == 1).all() else nio.apply_orientation(x, ornt)
+    return x if _is_identity(ornt) else nio.apply_orientation(x, ornt)
 
 
 @dataclass(frozen=True)
