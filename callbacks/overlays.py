@@ -1,6 +1,8 @@
 """Prediction overlays for fixed test cases: image, ground truth and prediction contours, as PNG + W&B."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -23,6 +25,8 @@ class SegmentationOverlays(pl.Callback):
         self._best: dict[str, tuple[int, torch.Tensor, np.ndarray]] = {}
         #: what the figure shows, for other callbacks (W&B media): ``[(case, image [H, W], mask, prediction)]``
         self.picked: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+        #: the PNG the last test wrote (None before one); a federation logs it to its own loggers
+        self.saved: Path | None = None
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._best, self.picked = {}, []
@@ -76,7 +80,7 @@ class SegmentationOverlays(pl.Callback):
             ax.set_title(case, fontsize=9)
             ax.axis("off")
         fig.suptitle("test overlays — green: ground truth, red dashed: prediction")
-        path = save_figure(fig, run_dir(trainer) / self.filename)
+        self.saved = path = save_figure(fig, run_dir(trainer) / self.filename)
         log_images(trainer, "test/overlays", [path])
 
 

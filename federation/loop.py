@@ -27,7 +27,7 @@ from federation.deploy import local_for
 from federation.errors import FederationError
 from federation.matrix import evaluation_matrix, matrix_note, write_matrix
 from federation.records import (best_of_rounds, close_loggers, fmt, log_image, log_metrics, log_round, log_test_media,
-                                rounds_table, write_rounds_csv)
+                                rounds_table, test_overlays, write_rounds_csv)
 from federation.server import SERVER_CKPT, Server
 from federation.server_state import load_global_weights, save_atomic
 
@@ -140,11 +140,13 @@ def _finish(server: Server, finished_before: bool = False) -> dict[str, Any]:
         log_image(server.loggers, "fed/curves", png)
     save_atomic(server.global_state, out / "global_final.pt")
     test_loader = server.loader(server.base.test_dataset)
-    final = server.evaluate(server.module_for(server.global_state), test_loader, "test")
+    overlays = test_overlays(server.template, server.fed)  # segmentation: test_overlays.png, as a centralised run
+    final = server.evaluate(server.module_for(server.global_state), test_loader, "test",
+                            callbacks=[overlays] if overlays else [])
     per_case = getattr(server.template, "test_per_case", None)
     if per_case:  # each test volume's scores of the final global model (test/*), as a centralised run writes
         artifacts.write_case_csv(out / "test_per_case.csv", per_case)
-    log_test_media(server.loggers, server.template)  # its per-case table, ROC and confusion matrix in W&B
+    log_test_media(server.loggers, server.template, overlays)  # overlays, per-case table, ROC, confusion in W&B
     metrics: dict[str, Any] = {f"fed/global/{k}": v for k, v in final.items()}
     metrics.update(final)  # test/<metric> of the final global model
     if server.best["round"] > 0 and (out / "global_best.pt").is_file():

@@ -51,7 +51,7 @@ FEDERATION_KEYS = frozenset({
     "rounds", "num_clients", "clients_per_round", "local_epochs", "min_clients", "client_val_fraction",
     "partition_unit", "early_stopping", "eval_clients", "eval_test_every_round", "store_dir", "client_module",
     "partial_labels", "unannotated", "ignore_index", "evaluation_matrix", "matrix_metric", "matrix", "privacy",
-    "progress", "strategy", "partition", "executor", "shared_fraction"})
+    "progress", "strategy", "partition", "executor", "shared_fraction", "test_overlays"})
 
 
 def check_federation_config(fed: Any) -> None:
@@ -65,6 +65,7 @@ def check_federation_config(fed: Any) -> None:
     _int(fed, "rounds", 1)
     _int(fed, "num_clients", 1, allow_none=True)
     _int(fed, "local_epochs", 1)
+    _int(fed, "test_overlays", 0, allow_none=True)
     _int(fed, "min_clients", 1, allow_none=True)
     per = fed.get("clients_per_round")
     if isinstance(per, bool) or (per is not None and not isinstance(per, (int, float))):

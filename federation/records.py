@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from callbacks.best_metric import track_best, wandb_runs
+from callbacks.overlays import SegmentationOverlays
 from callbacks.wandb_media import test_media
 from engine import artifacts
+from lightning_modules.segmentation import SegmentationModule
 
 __all__ = ["fmt", "log_metrics", "log_image", "close_loggers", "rounds_table", "write_rounds_csv", "global_model_keys",
-           "best_of_rounds", "log_round"]
+           "best_of_rounds", "log_round", "log_test_media", "test_overlays"]
 
 log = logging.getLogger("federation.loop")
 
@@ -87,15 +89,24 @@ def log_image(loggers: list, key: str, path: Path) -> None:
                 log.warning("logging image %s failed: %s", key, exc)
 
 
-def log_test_media(loggers: list, module: Any) -> None:
+def test_overlays(module: Any, fed: Mapping[str, Any]) -> SegmentationOverlays | None:
+    """The overlay callback for the final global model's test (``federation.test_overlays`` cases, as a
+    centralised run's ``callbacks.overlays``); None for a classifier or ``test_overlays: 0``."""
+    n = int(fed.get("test_overlays", 4) or 0)
+    return SegmentationOverlays(num_cases=n) if n > 0 and isinstance(module, SegmentationModule) else None
+
+
+def log_test_media(loggers: list, module: Any, overlays: SegmentationOverlays | None = None) -> None:
     """The tested module's W&B media (:func:`callbacks.wandb_media.test_media`: per-case table, ROC, confusion
-    matrix) to every live W&B run, as a centralised run's callback logs them; no overlays (the server's
-    evaluation has no overlay callback). A walkthrough found federations logged none."""
+    matrix, and ``overlays``' slices with mask layers) to every live W&B run, as a centralised run's callbacks
+    log them. A walkthrough found federations logged none."""
     runs = wandb_runs(loggers)
+    if overlays is not None and overlays.picked and (Path(overlays.saved or "").is_file()):
+        log_image(loggers, "test/overlays", Path(overlays.saved))
     if not runs:
         return
     try:
-        media = test_media(module)
+        media = test_media(module, overlays)
         for run in runs:
             run.log(media, commit=True)
     except Exception as exc:  # noqa: BLE001 - media are extras: never fail the federation on them

@@ -29,7 +29,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -142,11 +142,18 @@ def eval_trainer(cfg: DictConfig, root_dir: str | None = None) -> pl.Trainer:
     return _EVAL_TRAINERS[key]
 
 
-def evaluate(trainer: pl.Trainer, module: pl.LightningModule, loader: Any, stage: str = "val") -> dict[str, float]:
-    """``{metric: value}`` of one validate/test pass over ``loader`` (keys keep their ``val/``/``test/``)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _evaluate(trainer, module, loader, stage)
+def evaluate(trainer: pl.Trainer, module: pl.LightningModule, loader: Any, stage: str = "val",
+             callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
+    """``{metric: value}`` of one validate/test pass over ``loader`` (keys keep their ``val/``/``test/``).
+    ``callbacks``: attached to the shared trainer for this pass only (the final test's overlays)."""
+    trainer.callbacks.extend(callbacks)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _evaluate(trainer, module, loader, stage)
+    finally:
+        for cb in callbacks:
+            trainer.callbacks.remove(cb)
 
 
 def client_datamodule(cfg: DictConfig, base: pl.LightningDataModule, indices: ClientIndices,

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -162,8 +162,9 @@ class Server:
     def client_datamodule(self, cid: str, seed: int) -> SubsetDataModule:
         return runner.client_datamodule(self.ccfg, self.base, self.indices[cid], None, seed)
 
-    def evaluate(self, module: pl.LightningModule, loader: Any, stage: str = "val") -> dict[str, float]:
-        return runner.evaluate(self.evaluator, module, loader, stage)
+    def evaluate(self, module: pl.LightningModule, loader: Any, stage: str = "val",
+                 callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
+        return runner.evaluate(self.evaluator, module, loader, stage, callbacks)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_round(self, sampled: list[str]) -> dict[str, float]:

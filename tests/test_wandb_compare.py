@@ -59,8 +59,11 @@ def test_federated_run_logs_the_global_model_on_centralised_keys(tmp_path):
     assert run["summary"]["val/dice_best"] == pytest.approx(best["val/dice"])
     assert run["summary"]["val/dice_best_step"] == best["epoch"]
     # the final global model's test media, as a centralised run's (a walkthrough: federations logged none)
-    assert {"test/per_case/path", "test/roc_table/path", "test/confusion_matrix_table/path"} <= _keys(run)
+    assert {"test/per_case/path", "test/roc_table/path", "test/confusion_matrix_table/path",
+            "test/overlay_masks/all_masks", "test/overlays/_type"} <= _keys(run)
+    assert (tmp_path / "run" / "test_overlays.png").is_file()
     media = next((tmp_path / "run" / "wandb").glob("offline-run-*/files/media"))
+    assert list(media.glob("images/mask/test/overlay_masks_*.mask.png"))  # ground truth + prediction layers
     table = json.loads(next(media.glob("table/test/per_case_*.table.json")).read_text())
     per_case = (tmp_path / "run" / "test_per_case.csv").read_text().splitlines()
     assert table["columns"][:2] == ["case", "dice"] and len(table["data"]) == len(per_case) - 1
