@@ -121,6 +121,12 @@ def site_configs(sites: Mapping[str, Any], site_defaults: Mapping[str, Any] | No
     return {str(k): {**defaults, **v} if isinstance(v, Mapping) else v for k, v in sites.items()}
 
 
+def sites_of(data: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`site_configs` of a plain ``data`` mapping (a multi-site run's ``data``, resolved): its ``sites``,
+    ``site_defaults`` and ``patch_size``."""
+    return site_configs(data["sites"], data.get("site_defaults"), data.get("patch_size"))
+
+
 class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """One datamodule per site, concatenated (module docstring). ``sites``: site name -> config, each
     completed by ``site_defaults``. ``root``: the folder the site configs place their roots under

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from datamodules.multisite import site_configs
+from datamodules.multisite import sites_of
 from engine.fit import check_data_states
 from lightning_modules.base import build
 from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_strict, net_state, one_line
@@ -96,7 +96,7 @@ def site_data(run_cfg: DictConfig, path: Path, site: str | None) -> tuple[DictCo
     if not isinstance(sites, DictConfig) or not sites:
         raise CheckpointError(f"run config {path} has multi-site data with no data.sites")
     plain = OmegaConf.to_container(data, resolve=True)
-    full = site_configs(plain["sites"], plain.get("site_defaults"), plain.get("patch_size"))
+    full = sites_of(plain)
     names = list(full)
     if site is None:
         first = full[names[0]]

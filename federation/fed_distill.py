@@ -44,7 +44,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from datamodules.multisite import site_configs
+from datamodules.multisite import sites_of
 from engine import artifacts
 from engine.builders import ConfigError, build_module
 from engine.distill import run_distillation, segmentation_cfg, teacher_loss
@@ -190,7 +190,7 @@ def site_cfg(cfg: DictConfig, site: str, arm: str, teacher_ckpt: Path | None = N
     """A centralised distillation config on ``site``'s data only, writing into ``<run>/sites/<site>/<arm>``."""
     new = copy.deepcopy(cfg)
     plain = _plain(cfg.data)
-    data = site_configs(plain["sites"], plain.get("site_defaults"), plain.get("patch_size"))[site]
+    data = sites_of(plain)[site]
     data.update({k: _plain(cfg.data[k]) for k in META_KEYS if k in cfg.data})
     with open_dict(new):
         for key in ("federation", "fed_distill"):
