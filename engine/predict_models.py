@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.multisite import sites_of
 from engine.fit import check_data_states
 from lightning_modules.base import build
-from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_strict, net_state, one_line
+from lightning_modules.checkpoints import (CheckpointError, file_net_cfg, load_checkpoint, load_strict, net_state,
+                                          one_line)
 from lightning_modules.errors import ConfigError
 from lightning_modules.targets import check_data_target, check_targets
 
@@ -128,7 +129,10 @@ def _weights_net(run_cfg: DictConfig, path: Path, run_cfg_path: Path) -> tuple[d
         raise CheckpointError(f"{path} holds weights only and run config {run_cfg_path} has no segmentation "
                               f"module.net to build them into (predict needs a segmentation run's weights)")
     container = OmegaConf.to_container(module, resolve=True)
-    return container["net"], {k: container[k] for k in HPARAM_KEYS if k in container}
+    # built offline, as a checkpoint's stored net is (an audit: checkpoint_path or a Hub encoder named in a
+    # handed-over config.yaml read a local file or reached the network)
+    net = file_net_cfg(container["net"], f"run config {run_cfg_path} module.net")
+    return net, {k: container[k] for k in HPARAM_KEYS if k in container}
 
 
 def _config_of(weights: Path, bare: bool, run_config: str | Path | None) -> Path:

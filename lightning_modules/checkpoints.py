@@ -58,10 +58,10 @@ def stored_net_cfg(ckpt: Mapping[str, Any], path: str | Path, what: str = "check
     stored = (ckpt.get("hyper_parameters") or {}).get("net")
     if not isinstance(stored, Mapping):
         return stored
-    return _file_net_cfg(stored, f"{what} {path} net")
+    return file_net_cfg(stored, f"{what} {path} net")
 
 
-def _file_net_cfg(stored: Mapping[str, Any], what: str) -> dict[str, Any]:
+def file_net_cfg(stored: Mapping[str, Any], what: str) -> dict[str, Any]:
     """A net config read from a file, made to build offline, and building a net: ``_partial_`` would give a
     ``functools.partial`` that failed later in a traceback (security audit)."""
     if stored.get("_partial_"):
@@ -123,7 +123,7 @@ def load_net(path: str | Path) -> nn.Module:
     payload = load_checkpoint(path, "net file")
     if not isinstance(payload.get("net"), Mapping):
         raise CheckpointError(f"net file {path} stores no net config")
-    cfg = _file_net_cfg(payload["net"], f"net file {path} net")
+    cfg = file_net_cfg(payload["net"], f"net file {path} net")
     try:
         net = build(cfg, what="net")
     except ConfigError as err:

@@ -125,8 +125,9 @@ HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 #: net arguments naming a file or a place to load weights or code from, refused when set: MONAI's
 #: ``HoVerNet(pretrained_url=)`` and ``Transchex(path_or_repo_id=)``, timm's ``checkpoint_path`` (torch.load of a
 #: file the config chooses) and ``pretrained_cfg`` / ``pretrained_cfg_overlay`` (a url, file or Hub id), reached
-#: through ``smp.Unet(encoder_name="tu-...", **kwargs)`` (security audit)
-FETCH_KEY = re.compile(r"(^|_)(url|uri)$|^checkpoint_path$|repo_id$|^pretrained_(cfg|path|file)")
+#: through ``smp.Unet(encoder_name="tu-...", **kwargs)`` (security audit), and MONAI's
+#: ``CellSamWrapper(checkpoint=)`` and ``from_pretrained(pretrained_model_name_or_path=)`` (a second audit)
+FETCH_KEY = re.compile(r"(^|_)(url|uri)$|^checkpoint(_path|_file)?$|repo_id$|^pretrained_(cfg|path|file|model)")
 
 
 def _downloading_defaults(target: Any) -> list[str]:
@@ -156,6 +157,14 @@ def _fetching_defaults(target: Any) -> dict[str, str]:
             if FETCH_KEY.search(k) and isinstance(p.default, str) and p.default}
 
 
+def _downloads(key: str, value: Any) -> bool:
+    """Whether ``key=value`` makes a net fetch weights: a :data:`DOWNLOAD_KEYS` key set to a name, and
+    ``pretrained`` set to anything true (``1`` and ``1.0`` fetch as ``True`` does; an audit)."""
+    if key not in DOWNLOAD_KEYS or not value:
+        return False
+    return isinstance(value, (str, bool)) or (key == "pretrained" and isinstance(value, (int, float)))
+
+
 def no_downloads(cfg: Any, what: str = "net") -> Any:
     """A copy of a net config read from a checkpoint or received from the network that builds without
     touching the network: ``encoder_weights`` / ``weights`` -> ``None`` and ``pretrained`` -> ``False``
@@ -183,8 +192,7 @@ def no_downloads(cfg: Any, what: str = "net") -> Any:
         if "_args_" in cfg:  # smp.Unet(name, depth, "imagenet"): a positional argument escapes every key check
             raise ConfigError(f"{what}._args_ refused: a config read from a file or the network names each "
                               f"argument (positional arguments hide which parameter a value sets)")
-        out = {k: (DOWNLOAD_KEYS[k] if k in DOWNLOAD_KEYS and isinstance(v, (str, bool)) and v
-                   else no_downloads(v, f"{what}.{k}")) for k, v in cfg.items()}
+        out = {k: (DOWNLOAD_KEYS[k] if _downloads(k, v) else no_downloads(v, f"{what}.{k}")) for k, v in cfg.items()}
         for key in _downloading_defaults(cfg.get("_target_")):  # smp.Unet: encoder_weights="imagenet" if unset
             out.setdefault(key, DOWNLOAD_KEYS[key])
         return out

@@ -250,3 +250,25 @@ def test_predict_a_federation_whose_sites_use_site_defaults(tmp_path, exp, site)
                                                       f"input={vol / 'volume-0.nii.gz'}", f"output={out}"], tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert nib.load(out).shape == nib.load(vol / "volume-0.nii.gz").shape
+
+
+@pytest.mark.parametrize("net", [{"checkpoint_path": "VICTIM"}, {"encoder_name": "tu-hf-hub:attacker/model"}])
+def test_a_handed_over_run_config_builds_the_global_model_offline(tmp_path, net):
+    """A federation's ``config.yaml`` names the net its bare ``global_best.pt`` is built into: that net config
+    is made to build offline as a checkpoint's is (a second audit: a ``checkpoint_path`` in it read a local
+    file the config chose, a Hub encoder reached the network; predict exited 0)."""
+    victim = tmp_path / "victim.pt"
+    torch.save({"x": torch.zeros(1)}, victim)
+    smp_net = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "tu-resnet18", "encoder_weights": None,
+               "in_channels": 1, "classes": 2, **{k: str(victim) if v == "VICTIM" else v for k, v in net.items()}}
+    run, _ = fed_run(tmp_path)
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.module.net = smp_net
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    data = phantom(tmp_path, n_cases=1)
+    proc = run_in_process("experiments.predict", [f"ckpt={run / 'global_best.pt'}", f"input={data / 'volume-0.nii.gz'}",
+                                                  f"output={tmp_path / 'seg.nii.gz'}", "device=cpu"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert len(errors) == 1 and "config.yaml module.net" in errors[0] and "refused" in errors[0], proc.stderr[-2000:]
+    assert not (tmp_path / "seg.nii.gz").exists()

@@ -471,3 +471,18 @@ def test_an_interpolation_in_the_run_config_is_refused_before_anything_resolves_
     with pytest.raises(ConfigError, match=r"config\.yaml\.data\._target_=.*interpolation"):
         load_models([run / "checkpoints" / "best.ckpt"], None)
     assert calls == []
+
+
+def test_no_downloads_takes_any_true_pretrained_and_refuses_a_checkpoint_argument():
+    """A second audit: ``pretrained: 1`` (an int, as YAML or JSON may carry it) fetched MONAI's FlexibleUNet
+    weights, since only strings and booleans were rewritten; MONAI's ``CellSamWrapper(checkpoint=)`` and a
+    ``from_pretrained(pretrained_model_name_or_path=)`` name a file to load and were not refused."""
+    from lightning_modules.targets import no_downloads
+
+    for value in (1, 1.0, True):
+        assert no_downloads({"_target_": "x.Net", "pretrained": value})["pretrained"] is False
+    assert no_downloads({"loss": {"weights": 2.0}}) == {"loss": {"weights": 2.0}}  # a number in a loss: kept
+    for key in ("checkpoint", "checkpoint_file", "pretrained_model_name_or_path"):
+        with pytest.raises(ConfigError, match=rf"net\.{key}=.* refused"):
+            no_downloads({"_target_": "x.Net", key: "/tmp/any.pth"})
+    assert no_downloads({"_target_": "x.Net", "use_checkpoint": True, "checkpoint": None})["use_checkpoint"] is True
