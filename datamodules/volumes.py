@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from datamodules.errors import DataError
 from datamodules.nifti_checks import affine_mm, check_affine, check_header, space_unit
 from datamodules.spatial import GridMeta, check_orientation, from_grid, on_image_grid, resize_volume, to_grid
 from lightning_modules.atomic import temp_beside
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PreprocessParams", "CachedVolume", "VolumeCache", "load_nifti", "apply_window", "to_slices",
@@ -272,6 +275,15 @@ def _file_key(path: Path | None) -> dict | None:
     return {"path": str(path.resolve()), "mtime_ns": st.st_mtime_ns, "size": st.st_size}
 
 
+def _only_classes(label: np.ndarray, classes: Sequence[int]) -> bool:
+    """Whether a uint8 label array holds declared class values only: its maximum when the classes run 0..K (a
+    few ms a volume; a bincount of every value is 25x slower), else every value present."""
+    if sorted(classes) == list(range(len(classes))):
+        return int(label.max()) < len(classes)
+    present = np.flatnonzero(np.bincount(np.asarray(label).ravel(), minlength=256))
+    return bool(np.isin(present, list(classes)).all())
+
+
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     """np.save to a temp file in the same folder, then os.replace: never a half-written file."""
     fd, tmp = temp_beside(path)  # the user's umask, not mkstemp's 0600
@@ -324,9 +336,10 @@ class VolumeCache:
         d = self.entry_dir(image, label)
         img_f, lab_f, meta_f = (d / f"{name}_image.npy", d / f"{name}_label.npy", d / f"{name}_meta.json")
         if img_f.is_file() and meta_f.is_file() and (label is None or lab_f.is_file()):
-            grid = GridMeta.from_json(json.loads(meta_f.read_text())["grid"])
-            return CachedVolume(np.load(img_f, mmap_mode="r"),
-                                np.load(lab_f, mmap_mode="r") if label is not None else None, grid)
+            try:
+                return self._checked_hit(img_f, lab_f if label is not None else None, meta_f)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # decoded again, rewritten
+                log.warning("slice cache entry %s failed its checks (%s): %s is decoded again", d, err, image)
         vol = self.decode(image, label)
         d.mkdir(parents=True, exist_ok=True)
         if vol.label is not None:
@@ -338,6 +351,24 @@ class VolumeCache:
         os.replace(tmp, meta_f)
         _atomic_save(img_f, vol.image)
         return vol
+
+    def _checked_hit(self, img_f: Path, lab_f: Path | None, meta_f: Path) -> CachedVolume:
+        """A cache entry, memory-mapped, after the checks a decode makes: finite float32 slices, uint8 labels of
+        the declared classes on the same slices (an audit: a cache written by someone else, e.g. a data folder's
+        ``.cache`` handed over with it, trained on NaN images and labels of no class, exit 0). One pass over
+        the arrays, which also warms the page cache training reads them from. Raises ValueError on a bad one."""
+        grid = GridMeta.from_json(json.loads(meta_f.read_text())["grid"])
+        image = np.load(img_f, mmap_mode="r", allow_pickle=False)
+        if image.dtype != np.float32 or image.ndim not in (3, 4) or not np.isfinite(image.sum(dtype=np.float64)):
+            raise ValueError(f"{img_f.name}: not finite float32 slices")
+        label = None
+        if lab_f is not None:
+            label = np.load(lab_f, mmap_mode="r", allow_pickle=False)
+            if label.dtype != np.uint8 or label.shape != image.shape[:1] + image.shape[-2:]:
+                raise ValueError(f"{lab_f.name}: not uint8 labels of the image's slices")
+            if label.size and not _only_classes(label, self.params.labels):
+                raise ValueError(f"{lab_f.name}: values outside the declared classes {list(self.params.labels)}")
+        return CachedVolume(image, label, grid)
 
     def decode(self, image: Path | Sequence[Path], label: Path | None) -> CachedVolume:
         """Read, check, reorient/resample and preprocess one volume (no cache involved)."""

@@ -390,3 +390,32 @@ def test_probabilities_come_back_as_a_view_in_the_source_orientation(tmp_path):
     save_probabilities(view, ["a", "b", "c"], None, tmp_path / "case.npz")
     with np.load(tmp_path / "case.npz", allow_pickle=False) as f:
         assert np.array_equal(f["probabilities"], copy)
+
+
+@pytest.mark.parametrize("poison", ["nan_image", "label_of_no_class", "label_shape", "grid"])
+def test_a_cache_entry_that_fails_the_decode_checks_is_decoded_again(tmp_path, poison, caplog):
+    """A slice cache entry is checked as a decode checks the NIfTI (an audit: a poisoned ``<root>/.cache``
+    with NaN images and labels of no class trained to a NaN loss and Dice 0, exit 0): one warning naming the
+    entry, the volume is decoded again and the entry rewritten."""
+    params = PreprocessParams((-200, 300), (0.0, 1.0), 16, (0, 1, 2))
+    img, lab = _pair(tmp_path)
+    cache = VolumeCache(tmp_path / "c", params)
+    real = cache.load(img, lab, "x")
+    real_image, real_label = np.array(real.image), np.array(real.label)
+    entry = cache.entry_dir(img, lab)
+    if poison == "nan_image":
+        np.save(entry / "x_image.npy", np.full_like(real_image, np.nan))
+    elif poison == "label_of_no_class":
+        np.save(entry / "x_label.npy", np.full_like(real_label, 7))
+    elif poison == "label_shape":
+        np.save(entry / "x_label.npy", real_label[:1])
+    else:
+        (entry / "x_meta.json").write_text('{"grid": [1, 2]}')
+    second = VolumeCache(tmp_path / "c", params)
+    hit = second.load(img, lab, "x")
+    assert second.decode_count == 1  # the entry was served to nobody: decoded again
+    assert np.array_equal(np.asarray(hit.image), real_image) and np.array_equal(np.asarray(hit.label), real_label)
+    assert "failed its checks" in caplog.text and str(entry) in caplog.text
+    clean = VolumeCache(tmp_path / "c", params)
+    clean.load(img, lab, "x")
+    assert clean.decode_count == 0  # rewritten: a hit again
