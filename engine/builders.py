@@ -15,7 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 
@@ -139,8 +139,28 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    return [instantiate_config(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items()
-            if c is not None and "_target_" in c]
+    """``cfg.callbacks``' Lightning callbacks; an entry that builds anything else is one line naming it (an
+    audit: ``+callbacks.x._target_=os.makedirs`` ran, then failed in Lightning with an AttributeError)."""
+    out = []
+    for name, c in (cfg.get("callbacks") or {}).items():
+        if c is None or "_target_" not in c:
+            continue
+        cls = _resolved(c._target_)
+        if inspect.isclass(cls) and not issubclass(cls, pl.Callback):  # refused before it is called
+            raise ConfigError(f"callbacks.{name}: {c._target_} is a {cls.__name__}, not a Lightning callback")
+        cb = instantiate_config(c, f"callbacks.{name}")
+        if not isinstance(cb, pl.Callback):
+            raise ConfigError(f"callbacks.{name}: {c._target_} gave a {type(cb).__name__}, not a Lightning callback")
+        out.append(cb)
+    return out
+
+
+def _resolved(target: Any) -> Any:
+    """What a ``_target_`` names, or None when it does not resolve (instantiate then says why, as for any)."""
+    try:
+        return get_object(str(target))
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def wandb_run_id(output_dir: str | Path) -> str:

@@ -11,6 +11,8 @@ nothing in it is built.
 from __future__ import annotations
 
 import functools
+import logging
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,6 +22,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PIXELS", "SOURCE", "RESUME", "DISTILL", "FED_DISTILL", "TEST_ONLY", "resume_keys", "saved_config",
            "differences", "debug_difference",
@@ -76,16 +80,29 @@ def saved_config(run: Path) -> dict[str, Any] | None:
 
 #: overrides a continued run must not repeat: its folder comes from ``resume=``, Hydra's own from Hydra
 _NOT_REPEATED = ("resume=", "hydra.", "ckpt_path=")
+#: an override that names code to build (a ``_target_`` or another Hydra instantiate key, in its key or value)
+#: or extends the allow-list of what a file may build
+_CODE = re.compile(r"_(target|args|partial|recursive|convert)_|allow_targets")
 
 
 def saved_overrides(run: Path) -> list[str]:
     """The command-line overrides the run was started with (``.hydra/overrides.yaml``), to be shown, never
-    applied; ``resume=``, ``hydra.*`` and ``ckpt_path=`` ones left out."""
+    applied; ``resume=``, ``hydra.*`` and ``ckpt_path=`` ones left out, and those naming code (a ``_target_``,
+    ``allow_targets``): the folder may come from elsewhere, and a user pastes the command shown (an audit:
+    ``+callbacks.x._target_=shutil.rmtree`` in a handed-over folder was offered as the command to run). Those
+    are named in one warning."""
     try:
         got = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
     except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError):
         return []
-    return [str(o) for o in got if not str(o).lstrip("+~").startswith(_NOT_REPEATED)] if isinstance(got, list) else []
+    if not isinstance(got, list):
+        return []
+    kept = [str(o) for o in got if not str(o).lstrip("+~").startswith(_NOT_REPEATED)]
+    code = [o for o in kept if _CODE.search(o)]
+    if code:
+        log.warning("%s names code in %d override(s), left out of the command shown (check them before "
+                    "repeating any): %s", run / ".hydra" / "overrides.yaml", len(code), "; ".join(code)[:300])
+    return [o for o in kept if o not in code]
 
 
 @functools.lru_cache(maxsize=1)

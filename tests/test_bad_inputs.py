@@ -295,6 +295,11 @@ CASES: dict[str, Setup] = {
     "module_key_typo": simple(["++module.monitr=val/dice"], "module (lightning_modules.segmentation.SegmentationModule)"),
     "logger_key_typo": simple(["++logger.csv.nme=x"], "logger.csv (engine.loggers.ResumableCSVLogger)"),
     "callback_key_typo": simple(["++callbacks.model_checkpoint.monitr=x"], "callbacks.model_checkpoint"),
+    # not a Lightning callback: Lightning's AttributeError traceback after the object was built (an audit)
+    "callback_not_a_callback": simple(["+callbacks.x._target_=collections.OrderedDict"],
+                                      "callbacks.x: collections.OrderedDict is a OrderedDict, not a Lightning callback"),
+    "callback_factory_not_a_callback": simple(["+callbacks.x._target_=time.time"],
+                                              "callbacks.x: time.time gave a float, not a Lightning callback"),
     # a W&B mode wandb does not take: a 30-line pydantic traceback, exit 1, no failed.json; accepted under fdr
     "wandb_mode_typo": simple([*(b for b in BASE if b != "logger=csv"), "logger=wandb", "logger.wandb.mode=onlin",
                                "debug=fdr"], "logger.wandb.mode='onlin' is not a W&B mode; valid modes: online"),

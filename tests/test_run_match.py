@@ -55,6 +55,18 @@ def test_saved_overrides_are_shown_without_resume_or_hydra_keys(tmp_path):
     assert saved_overrides(tmp_path) == []
 
 
+def test_saved_overrides_naming_code_are_left_out_of_the_command_shown(tmp_path, caplog):
+    """A handed-over run folder's overrides.yaml is data: an override that names code is never part of the
+    command a refused resume offers to paste (an audit: ``shutil.rmtree`` as a callback was offered)."""
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        ["+exp=fed_lits_dnet", "allow_targets=[shutil]", "+callbacks.sync._target_=shutil.rmtree",
+         "+callbacks.sync.path=~/", "+callbacks.x={_target_: os.system, _args_: [ls]}", "model.width=4"]))
+    shown = continue_command(saved_overrides(tmp_path), tmp_path)
+    assert "shutil" not in shown and "os.system" not in shown and "model.width=4" in shown
+    assert "names code in 3 override(s)" in caplog.text and "shutil.rmtree" in caplog.text
+
+
 def test_continue_command_is_shell_quoted_and_leaves_out_what_a_resume_sets(tmp_path):
     """One command for the SIGTERM line and the refused resume; a list override (a glob to a POSIX shell)
     and a value with a space reach the run as typed when the line is pasted into ``sh``."""
