@@ -121,6 +121,14 @@ def test_relative_data_paths_stay_under_the_node_root(seen):
     assert (data.root, data.split_file, data.image_dir) == ("/site_b/ct", "/site_b/ct/splits/fold0.json", "train/images")
 
 
+def test_a_sites_relative_root_from_the_server_is_under_the_node_root(seen):
+    """A second audit: a relative ``data.sites.<s>.root`` passed the pin and was read from the node's working
+    folder, outside its ``data-root``."""
+    ccfg = {**CCFG, "data": {**CCFG["data"], "sites": {"b": {"root": "work/other_study", "layout": "lits"}}}}
+    node_train("site_b", None, ccfg, {"site": "site_b", "data-root": "/site_b/ct", "teacher": "t.pt"})
+    assert seen["cfg"].data.sites.b.root == "/site_b/ct/work/other_study"
+
+
 def test_node_refuses_a_foreign_target_before_building_anything(seen):
     bad = {**CCFG, "module": {"_target_": "os.system", "command": "touch /tmp/pwned"}}
     with pytest.raises(ConfigError, match="os.system"):
