@@ -11,6 +11,8 @@ Task names are MedMNIST's four task types (paper 002, Table 1; ``medmnist/info.p
 """
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -139,6 +141,15 @@ class ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
         self.val_dataset: ArrayClassificationDataset | None = None
         self.test_dataset: ArrayClassificationDataset | None = None
 
+    def train_eval_dataset(self) -> Dataset | None:
+        """The training images as evaluated (no ``transform``), index-aligned with ``train_dataset``: a federated
+        client's validation split is carved from them (a walkthrough found slice data scored augmented)."""
+        train = self.train_dataset
+        if train is None or getattr(train, "transform", None) is None:
+            return train
+        plain = copy.copy(train)
+        plain.transform, plain._albu = None, False
+        return plain
 
 
 def default_class_names(num_classes: int, names: Sequence[str] | None = None) -> list[str]:

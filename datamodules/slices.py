@@ -137,6 +137,17 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
                                  for k in range(len(cases[pos[cid]].positions))], fn)
             for s in ("val", "test"))
 
+    def train_eval_dataset(self) -> SliceDataset | None:
+        """The training slices as evaluated (no augmentation), index-aligned with ``train_dataset``: a
+        federated client's validation split is carved from them (a walkthrough: it was scored on randomly
+        augmented slices, so client/local validation differed between runs and transports)."""
+        if self.train_dataset is None:
+            return None
+        if getattr(self, "_train_eval", None) is None:
+            t = self.train_dataset
+            self._train_eval = SliceDataset(t.cases, t.items, t.label_fn)
+        return self._train_eval
+
     def make_splits(self, case_ids: list[str]) -> dict[str, list[str]]:
         """Patient-level splits: ``split_file`` when set (JSON of case-id lists), else seeded fractions."""
         split_file = getattr(self, "split_file", None)
