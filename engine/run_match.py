@@ -82,7 +82,16 @@ def saved_config(run: Path) -> dict[str, Any] | None:
 _NOT_REPEATED = ("resume=", "hydra.", "ckpt_path=")
 #: an override that names code to build (a ``_target_`` or another Hydra instantiate key, in its key or value)
 #: or extends the allow-list of what a file may build
-_CODE = re.compile(r"_(target|args|partial|recursive|convert)_|allow_targets")
+_CODE = re.compile(r"_(target|args|partial|recursive|convert)_|allow_targets", re.IGNORECASE)
+
+
+def _names_code(override: str) -> bool:
+    """Whether a saved override could make a pasted command run code: :data:`_CODE` anywhere, a flag
+    (``--config-dir``, ``-cd``, ``--run``: another config tree, whose YAMLs may build anything) or a key of
+    Hydra's own (``hydra/callbacks=...``, ``hydra.callbacks...``), which the run's folder does not need."""
+    text = override.strip()
+    key = text.lstrip("+~").split("=", 1)[0].strip().lower()
+    return bool(_CODE.search(text)) or text.startswith("-") or key.startswith("hydra")
 
 
 def saved_overrides(run: Path) -> list[str]:
@@ -98,7 +107,7 @@ def saved_overrides(run: Path) -> list[str]:
     if not isinstance(got, list):
         return []
     kept = [str(o) for o in got if not str(o).lstrip("+~").startswith(_NOT_REPEATED)]
-    code = [o for o in kept if _CODE.search(o)]
+    code = [o for o in kept if _names_code(o)]
     if code:
         log.warning("%s names code in %d override(s), left out of the command shown (check them before "
                     "repeating any): %s", run / ".hydra" / "overrides.yaml", len(code), "; ".join(code)[:300])
@@ -129,6 +138,7 @@ def continue_command(overrides: Iterable[str], run: Path | str) -> str:
     """The shell command that continues the run in ``run``: ``overrides`` (less those a resume must not
     repeat), each quoted for a POSIX shell (``data.window=[-40,160]`` is a glob there), then ``resume=<run>``."""
     kept = [str(o) for o in overrides if not str(o).lstrip("+~").startswith(_NOT_REPEATED)]
+    kept = [o for o in kept if not o.startswith("-")]  # never a flag: the command is overrides + resume= only
     return " ".join(["python -m experiments.run", *(shlex.quote(a) for a in [*kept, f"resume={run}"])])
 
 

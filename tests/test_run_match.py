@@ -61,10 +61,14 @@ def test_saved_overrides_naming_code_are_left_out_of_the_command_shown(tmp_path,
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
         ["+exp=fed_lits_dnet", "allow_targets=[shutil]", "+callbacks.sync._target_=shutil.rmtree",
-         "+callbacks.sync.path=~/", "+callbacks.x={_target_: os.system, _args_: [ls]}", "model.width=4"]))
+         "+callbacks.sync.path=~/", "+callbacks.x={_target_: os.system, _args_: [ls]}", "model.width=4",
+         # a second audit: another config tree, a Hydra group of its own, a target spelt in capitals
+         "--config-dir=/tmp/evil", "-cd/tmp/evil", "hydra/callbacks=evil", "+hydra/job_logging=evil",
+         "+callbacks.y._TARGET_=shutil.copyfile"]))
     shown = continue_command(saved_overrides(tmp_path), tmp_path)
     assert "shutil" not in shown and "os.system" not in shown and "model.width=4" in shown
-    assert "names code in 3 override(s)" in caplog.text and "shutil.rmtree" in caplog.text
+    assert "evil" not in shown and not any(a.startswith("-") for a in shlex.split(shown)[3:])
+    assert "names code in 8 override(s)" in caplog.text and "shutil.rmtree" in caplog.text
 
 
 def test_continue_command_is_shell_quoted_and_leaves_out_what_a_resume_sets(tmp_path):
