@@ -120,8 +120,9 @@ def check_targets(cfg: Any, what: str = "object", check: Any = None) -> None:
 
 #: net arguments that make a constructor fetch weights from the network, and their offline values
 DOWNLOAD_KEYS = {"encoder_weights": None, "pretrained": False, "weights": None, "weights_backbone": None}
-#: timm's / huggingface_hub's model names fetched from the Hub (``tu-hf-hub:org/name`` in smp)
-HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+#: timm's model sources (``timm.models._factory._MODEL_SOURCES``): a Hub repo (``tu-hf-hub:org/name`` in smp)
+#: or a local folder whose config.json names the constructor's arguments (``local-dir:``; a second audit)
+HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:", "local_dir:")
 #: net arguments naming a file or a place to load weights or code from, refused when set: MONAI's
 #: ``HoVerNet(pretrained_url=)`` and ``Transchex(path_or_repo_id=)``, timm's ``checkpoint_path`` (torch.load of a
 #: file the config chooses) and ``pretrained_cfg`` / ``pretrained_cfg_overlay`` (a url, file or Hub id), reached
@@ -158,11 +159,13 @@ def _fetching_defaults(target: Any) -> dict[str, str]:
 
 
 def _downloads(key: str, value: Any) -> bool:
-    """Whether ``key=value`` makes a net fetch weights: a :data:`DOWNLOAD_KEYS` key set to a name, and
-    ``pretrained`` set to anything true (``1`` and ``1.0`` fetch as ``True`` does; an audit)."""
+    """Whether ``key=value`` makes a net fetch weights: a :data:`DOWNLOAD_KEYS` key set to anything true
+    (``1`` and ``1.0`` fetch as ``True`` does; an audit), ``weights`` set to a name."""
     if key not in DOWNLOAD_KEYS or not value:
         return False
-    return isinstance(value, (str, bool)) or (key == "pretrained" and isinstance(value, (int, float)))
+    # pretrained / encoder_weights / weights_backbone name nothing but weights: any true value ([true] and
+    # {a: 1} fetched too: a second audit); weights may also be a loss's class weights, so only a name there
+    return key != "weights" or isinstance(value, (str, bool))
 
 
 def no_downloads(cfg: Any, what: str = "net") -> Any:
@@ -175,7 +178,8 @@ def no_downloads(cfg: Any, what: str = "net") -> Any:
         cfg = OmegaConf.to_container(cfg, resolve=False)
     if isinstance(cfg, str) and any(p in cfg.lower() for p in HUB_PREFIXES):
         raise ConfigError(f"{what}={cfg!r} refused: a config read from a file or the network may not name a "
-                          f"Hugging Face Hub model (it would be fetched from a repo the file chooses)")
+                          f"Hugging Face Hub model or a local model folder (the architecture would be read from "
+                          f"a repo or folder the file chooses)")
     if isinstance(cfg, str) and "://" in cfg:
         raise ConfigError(f"{what}={cfg!r} refused: a config read from a file or the network may not name a URL "
                           f"(a net built from it would fetch from a place the file chooses)")

@@ -479,8 +479,11 @@ def test_no_downloads_takes_any_true_pretrained_and_refuses_a_checkpoint_argumen
     ``from_pretrained(pretrained_model_name_or_path=)`` name a file to load and were not refused."""
     from lightning_modules.targets import no_downloads
 
-    for value in (1, 1.0, True):
+    for value in (1, 1.0, True, "yes", [True], {"a": 1}):  # the last two fetched too (a second audit)
         assert no_downloads({"_target_": "x.Net", "pretrained": value})["pretrained"] is False
+    assert no_downloads({"_target_": "x.Net", "encoder_weights": [1]})["encoder_weights"] is None
+    with pytest.raises(ConfigError, match="local model folder"):  # timm reads config.json from the folder
+        no_downloads({"_target_": "x.Net", "encoder_name": "tu-local-dir:/tmp/m"})
     assert no_downloads({"loss": {"weights": 2.0}}) == {"loss": {"weights": 2.0}}  # a number in a loss: kept
     for key in ("checkpoint", "checkpoint_file", "pretrained_model_name_or_path"):
         with pytest.raises(ConfigError, match=rf"net\.{key}=.* refused"):
