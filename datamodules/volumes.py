@@ -353,14 +353,25 @@ class VolumeCache:
         return vol
 
     def _checked_hit(self, img_f: Path, lab_f: Path | None, meta_f: Path) -> CachedVolume:
-        """A cache entry, memory-mapped, after the checks a decode makes: finite float32 slices, uint8 labels of
-        the declared classes on the same slices (an audit: a cache written by someone else, e.g. a data folder's
-        ``.cache`` handed over with it, trained on NaN images and labels of no class, exit 0). One pass over
-        the arrays, which also warms the page cache training reads them from. Raises ValueError on a bad one."""
+        """A cache entry, memory-mapped, after the checks a decode makes: float32 slices of the grid's count and
+        the configured size, with values preprocessing can give (finite; inside ``out_range`` for a window),
+        uint8 labels of the declared classes on the same slices (an audit: a cache written by someone else,
+        e.g. a data folder's ``.cache`` handed over with it, trained on NaN images and labels of no class,
+        exit 0). A few passes over the arrays, which also warm the page cache training reads them from.
+        What passes is data as plausible as the NIfTI it stands for: a data folder's sender controls that NIfTI
+        anyway. Raises ValueError on a bad one."""
         grid = GridMeta.from_json(json.loads(meta_f.read_text())["grid"])
         image = np.load(img_f, mmap_mode="r", allow_pickle=False)
-        if image.dtype != np.float32 or image.ndim not in (3, 4) or not np.isfinite(image.sum(dtype=np.float64)):
-            raise ValueError(f"{img_f.name}: not finite float32 slices")
+        if image.dtype != np.float32 or image.ndim not in (3, 4):
+            raise ValueError(f"{img_f.name}: not float32 slices")
+        size = self.params.image_size
+        slices = (int(grid.shape[2]), *((int(size),) * 2 if size else (int(grid.shape[0]), int(grid.shape[1]))))
+        if (image.shape[0], *image.shape[-2:]) != slices:  # a second audit: 7x7 slices, or 1 of the grid's 10
+            raise ValueError(f"{img_f.name}: {image.shape} is not {slices[0]} slices of {slices[1]}x{slices[2]}")
+        lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+        span = self.params.out_range if self.params.normalization == "window" else (-1e6, 1e6)
+        if not (span[0] - 1e-3 <= lo <= hi <= span[1] + 1e-3):  # NaN fails too; so does 3e38 (a second audit)
+            raise ValueError(f"{img_f.name}: values [{lo:g}, {hi:g}] outside what preprocessing gives {list(span)}")
         label = None
         if lab_f is not None:
             label = np.load(lab_f, mmap_mode="r", allow_pickle=False)

@@ -392,7 +392,8 @@ def test_probabilities_come_back_as_a_view_in_the_source_orientation(tmp_path):
         assert np.array_equal(f["probabilities"], copy)
 
 
-@pytest.mark.parametrize("poison", ["nan_image", "label_of_no_class", "label_shape", "grid"])
+@pytest.mark.parametrize("poison", ["nan_image", "label_of_no_class", "label_shape", "grid",
+                                    "huge_values", "small_slices", "one_slice"])
 def test_a_cache_entry_that_fails_the_decode_checks_is_decoded_again(tmp_path, poison, caplog):
     """A slice cache entry is checked as a decode checks the NIfTI (an audit: a poisoned ``<root>/.cache``
     with NaN images and labels of no class trained to a NaN loss and Dice 0, exit 0): one warning naming the
@@ -408,6 +409,14 @@ def test_a_cache_entry_that_fails_the_decode_checks_is_decoded_again(tmp_path, p
     elif poison == "label_of_no_class":
         np.save(entry / "x_label.npy", np.full_like(real_label, 7))
     elif poison == "label_shape":
+        np.save(entry / "x_label.npy", real_label[:1])
+    elif poison == "huge_values":  # finite, but no window gives them (a second audit: test loss NaN)
+        np.save(entry / "x_image.npy", np.full_like(real_image, 3e38))
+    elif poison == "small_slices":  # 7x7 slices with empty labels where the run asks for 16x16
+        np.save(entry / "x_image.npy", np.zeros((len(real_image), 7, 7), np.float32))
+        np.save(entry / "x_label.npy", np.zeros((len(real_image), 7, 7), np.uint8))
+    elif poison == "one_slice":
+        np.save(entry / "x_image.npy", real_image[:1])
         np.save(entry / "x_label.npy", real_label[:1])
     else:
         (entry / "x_meta.json").write_text('{"grid": [1, 2]}')
