@@ -30,8 +30,10 @@ def plain_text(value: Any, limit: int = 500) -> str:
 
 def md_text(value: Any, limit: int = 500, cell: bool = True) -> str:
     """:func:`plain_text` for Markdown: ``<``/``>``/``&`` as entities (no raw HTML for a viewer to render or
-    fetch) and, in a table ``cell``, ``|`` escaped (no extra cell)."""
-    text = html.escape(plain_text(value, limit), quote=False)
+    fetch), ``[``/``]`` escaped (no image a viewer fetches, no link: a second audit found
+    ``![t](https://attacker/leak.png)`` from a crafted overrides.yaml rendered in report.md) and, in a table
+    ``cell``, ``|`` escaped (no extra cell)."""
+    text = html.escape(plain_text(value, limit), quote=False).replace("[", "\\[").replace("]", "\\]")
     return text.replace("|", "\\|") if cell else text
 
 

@@ -142,7 +142,7 @@ def pin_data_paths(data: MutableMapping[str, Any], root: str, what: str = "clien
 
     Every string of ``data`` (nested site configs included, ``_target_`` and ``layout`` excepted) must be
     relative without ``..``: the datamodules join their folder keys to their root, and a relative
-    ``split_file`` and a nested site's ``root`` are joined here (elsewhere they are read from the working
+    ``split_file`` and a nested site's ``root`` and ``split_file`` are joined here (elsewhere they are read from the working
     directory). A string that is no
     path (a case regex, a class name) has no leading ``/`` or ``..`` part and passes unchanged.
     """
@@ -151,8 +151,8 @@ def pin_data_paths(data: MutableMapping[str, Any], root: str, what: str = "clien
             for k, v in node.items():
                 if k not in ("_target_", "layout"):
                     visit(v, f"{key}.{k}")
-                if k == "root" and isinstance(v, str):  # a site's own root (data.sites.<s>.root): under this
-                    node[k] = os.path.join(str(root), v)  # node's, not the working folder (an audit)
+                if k in ("root", "split_file") and isinstance(v, str) and v:  # a site's own (data.sites.<s>.*):
+                    node[k] = os.path.join(str(root), v)  # under this node's root, not the working folder (audits)
         elif isinstance(node, list):
             for i, v in enumerate(node):
                 visit(v, f"{key}[{i}]")

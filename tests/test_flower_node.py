@@ -124,9 +124,11 @@ def test_relative_data_paths_stay_under_the_node_root(seen):
 def test_a_sites_relative_root_from_the_server_is_under_the_node_root(seen):
     """A second audit: a relative ``data.sites.<s>.root`` passed the pin and was read from the node's working
     folder, outside its ``data-root``."""
-    ccfg = {**CCFG, "data": {**CCFG["data"], "sites": {"b": {"root": "work/other_study", "layout": "lits"}}}}
+    ccfg = {**CCFG, "data": {**CCFG["data"], "sites": {"b": {"root": "work/other_study", "layout": "lits",
+                                                             "split_file": "b_split.json"}}}}
     node_train("site_b", None, ccfg, {"site": "site_b", "data-root": "/site_b/ct", "teacher": "t.pt"})
-    assert seen["cfg"].data.sites.b.root == "/site_b/ct/work/other_study"
+    site = seen["cfg"].data.sites.b
+    assert (site.root, site.split_file) == ("/site_b/ct/work/other_study", "/site_b/ct/b_split.json")
 
 
 def test_node_refuses_a_foreign_target_before_building_anything(seen):

@@ -85,6 +85,9 @@ def test_kd_report_reads_crafted_files_as_data(tmp_path):
 def test_the_text_helpers():
     assert plain_text("a\x1b[2Jb\nc\u009bd") == "a[2Jb cd"
     assert md_text("<b>|x") == "&lt;b&gt;\\|x" and md_text("a|b", cell=False) == "a|b"
+    # no image or link a Markdown viewer renders (a second audit: an image URL fetched on viewing)
+    assert md_text("![t](https://x/leak.png) [c](javascript:alert(1))") == \
+        "!\\[t\\](https://x/leak.png) \\[c\\](javascript:alert(1))"
     assert csv_text("+cmd|' /C calc'!A0") == "'+cmd|' /C calc'!A0" and csv_text("=1+1") == "'=1+1"
     assert csv_text("+distill.loss.beta=0.5") == "+distill.loss.beta=0.5" and csv_text("hlfd") == "hlfd"
 

@@ -2,6 +2,11 @@
 33rd session's security review): what a crafted one could make run, and the protections no test held before."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -157,3 +162,22 @@ def test_loads_of_files_from_elsewhere_say_weights_only_themselves(tmp_path, mon
     except Exception:  # noqa: BLE001 - the loader may refuse this file's contents; the call is what is checked
         pass
     assert seen and all(w is True for w in seen), seen
+
+
+def test_importing_the_data_package_makes_no_network_call(tmp_path):
+    """albumentations asks pypi.org for its latest version at import unless NO_ALBUMENTATIONS_UPDATE is set (a
+    second audit saw the request from every run and predict); the data package sets it first."""
+    code = ("import socket\n"
+            "calls = []\n"
+            "def spy(host, *a, **k):\n"
+            "    calls.append(host)\n"
+            "    raise OSError('no network')\n"
+            "socket.getaddrinfo = spy\n"
+            "import datamodules.transforms\n"
+            "import albumentations.check_version as cv\n"
+            "print('calls', calls)\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=repo, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "calls []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
