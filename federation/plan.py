@@ -84,6 +84,19 @@ def check_federation_config(fed: Any) -> None:
     mode = fed.get("unannotated", "ignore")
     if mode not in PartialLabels.MODES:
         raise FederationError(f"federation.unannotated={mode}: expected one of {', '.join(PartialLabels.MODES)}")
+    check_executor_config(fed)
+
+
+def check_executor_config(fed: Any) -> None:
+    """``federation.privacy`` and the executor's own values, before any process starts (a walkthrough found
+    privacy=secagg ignored off the Flower executor and a malformed Ray address ending in Hydra's traceback)."""
+    from federation.transports.flower.privacy import check_flower_privacy
+
+    check_flower_privacy(fed)
+    if str(OmegaConf.select(fed, "executor._target_", default="") or "").endswith(".RayExecutor"):
+        from federation.transports.ray import check_address
+
+        check_address(OmegaConf.select(fed, "executor.address", default=None))
 
 
 def _known_params() -> set[str]:

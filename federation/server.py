@@ -39,7 +39,7 @@ from engine.one_process import check_one_process_trainer
 from federation import runner
 from federation.core.messages import assert_no_data, state_schema
 from federation.core.partition import is_remote_sites
-from federation.core.sampling import sample_clients
+from federation.core.sampling import clients_per_round, sample_clients
 from federation.core.strategies import Strategy
 from federation.errors import FederationError
 from federation.plan import check_federation_config, split_clients, write_partition_report
@@ -102,6 +102,12 @@ class Server:
         split = split_clients(self.fed, train, self.base.test_dataset, self.seed,
                               getattr(self.base, "num_classes", None))
         self.pool, self.client_ids, self.indices, parts = split.pool, split.client_ids, split.indices, split.parts
+        per_round, wanted = clients_per_round(len(self.client_ids), self.fed.get("clients_per_round")), \
+            int(self.fed.get("min_clients", 1) or 1)
+        if wanted > per_round:  # a walkthrough: run_round capped it without a word
+            log.warning("federation.min_clients=%d but a round samples %d clients (federation.clients_per_round=%s, "
+                        "%d clients): min_clients is capped to the %d clients sampled per round", wanted, per_round,
+                        self.fed.get("clients_per_round"), len(self.client_ids), per_round)
         self.store = ClientStore(self.out / str(self.fed.get("store_dir", "client_store")))
         self.remote = not any(len(p) for p in parts)  # remote_sites: the sites' data is on their own nodes
         self.partition_png = None if self.remote else write_partition_report(
@@ -285,11 +291,13 @@ class Server:
             more, failures = self.executor.map(fn, self.jobs(rnd, sorted(failures, key=self.client_ids.index)))
             updates = sorted(updates + more, key=lambda u: self.client_ids.index(u.client_id))
         if len(updates) < min_clients:
-            kept = f"{self.out / SERVER_CKPT}" if (self.out / SERVER_CKPT).is_file() else "nowhere (no round completed)"
+            if (self.out / SERVER_CKPT).is_file():
+                kept = f"the global model of round {rnd} is kept in {self.out / SERVER_CKPT}"
+            else:  # a walkthrough: "the global model of round 0 is kept in nowhere (no round completed)"
+                kept = "no round completed, so no global model was saved"
             raise FederationError(
                 f"round {rnd + 1}: only {len(updates)} of {len(sampled)} clients reported after a retry "
-                f"(federation.min_clients={min_clients}); failures: {failures}. Stopping: the global model of "
-                f"round {rnd} is kept in {kept}")
+                f"(federation.min_clients={min_clients}); failures: {failures}. Stopping: {kept}")
         for u in updates:
             assert_no_data(u, self.schema)
         new_state = self.strategy.aggregate(self.global_state, updates, rnd)

@@ -25,6 +25,7 @@ node is seen gone within a few seconds; any other error is raised as it is.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -60,12 +61,30 @@ def _import_ray():
 CONNECT_TIMEOUT_S = 10.0
 
 
+def check_address(address: Any) -> None:
+    """A cluster address Ray can take (``<host>:<port>``, ``auto``, ``ray://<host>:<port>``, or null for a local
+    instance), else one :class:`~federation.errors.FederationError` naming it (a walkthrough: ``127.0.0.1`` or
+    ``nohost:abc`` ended in Hydra's multi-line "Error executing job")."""
+    from federation.errors import FederationError
+
+    if address is None or str(address) == "auto":
+        return
+    text = str(address)
+    rest = text[len("ray://"):] if text.startswith("ray://") else text
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536 or "://" in rest:
+        raise FederationError(f"federation.executor.address={text}: expected <head host>:<port> (e.g. "
+                              f"10.0.0.5:6379), auto (a cluster started on this machine), ray://<host>:<port>, "
+                              f"or null (a local instance)")
+
+
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """One :class:`~federation.errors.FederationError` line when nothing answers at a ``host:port`` cluster
     address: ``ray.init`` logged "Failed to connect to GCS" every ~40 s and never gave up (found by a
     deployment walkthrough). ``auto`` and ``ray://`` (Ray Client) addresses are left to Ray."""
     from federation.errors import FederationError
 
+    check_address(address)
     host, sep, port = str(address).rpartition(":")
     if not sep or not port.isdigit() or "://" in str(address):
         return
@@ -108,6 +127,24 @@ def _loopback_init(ray: Any, attempts: int = 3, **kw: Any) -> None:
     if not ray.util.get_node_ip_address().startswith(("127.", "::1")):
         log.warning("RayExecutor: the local Ray instance listens on %s, not on 127.0.0.1 only",
                     ray.util.get_node_ip_address())
+
+
+def _connect(ray: Any, address: str, kw: dict[str, Any]) -> None:
+    """``ray.init(address=...)``; a cluster it cannot join is one line naming the address (a walkthrough:
+    ``address=auto`` with no cluster running ended in Hydra's multi-line "Error executing job")."""
+    from federation.errors import FederationError
+
+    try:
+        ray.init(**kw)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or plain Exception
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = f"could not join that Ray cluster ({type(exc).__name__}: {first[:200]})"
+        if str(address) == "auto" and isinstance(exc, ConnectionError):
+            hint = ("no Ray cluster runs on this machine (start one with `ray start --head`, or set "
+                    "federation.executor.address=null for a local instance)")
+        raise FederationError(f"federation.executor.address={address}: {hint}") from None
 
 
 def _continue_hint(jobs: Sequence[ClientJob]) -> str:
@@ -156,7 +193,10 @@ class RayExecutor:
                 kw["resources"] = dict(local_resources or {})
             handler = signal.getsignal(signal.SIGTERM)
             # ray.init installs its own SIGTERM handler (sys.exit) in the driver; the run's is kept instead
-            ray.init(**kw) if address else _loopback_init(ray, **kw)
+            if address:
+                _connect(ray, address, kw)
+            else:
+                _loopback_init(ray, **kw)
             if threading.current_thread() is threading.main_thread() and handler is not None:
                 signal.signal(signal.SIGTERM, handler)
             self._started = True

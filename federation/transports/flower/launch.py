@@ -36,10 +36,12 @@ from omegaconf import DictConfig, OmegaConf
 from engine import artifacts
 from federation.core.partition import is_remote_sites
 from federation.errors import FederationError
+from federation.transports.flower.privacy import PRIVACY, check_flower_privacy, check_secagg, privacy_line
 from federation.transports.flower.processes import HOST, ProcessGroups, free_port, listening, marked, stop_marked
-from federation.transports.flower.tls import node_keys, throwaway_tls
 
-__all__ = ["rehearse", "ProcessGroups", "free_port", "register_nodes", "superlink_argv", "supernode_argv"]
+__all__ = ["rehearse", "ProcessGroups", "free_port", "register_nodes", "superlink_argv", "supernode_argv",
+           "check_flower_privacy", "PRIVACY"]
+
 
 APP_DIR = Path(__file__).parent / "app"
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -157,59 +159,13 @@ def write_run_config(cfg: DictConfig, fdir: Path) -> Path:
 
 def check(cfg: DictConfig) -> None:
     """Refuse, before any process starts, what the ServerApp would refuse (one line, ``ConfigError``)."""
-    from engine.errors import ConfigError
+    from federation.plan import check_federation_config
     from federation.transports.flower.server_app import check_data_transfer
 
-    privacy = str(OmegaConf.select(cfg, "federation.privacy", default="none"))
-    if privacy not in ("none", "dp", "secagg"):
-        raise ConfigError(f"federation.privacy={privacy}: expected none, dp or secagg")
-    if privacy == "secagg":
+    check_federation_config(cfg.federation)  # the Server runs it only inside the ServerApp, after every start
+    if str(OmegaConf.select(cfg, "federation.privacy", default="none")) == "secagg":
         check_secagg(cfg)
     check_data_transfer(cfg)
-
-
-def privacy_line(cfg: DictConfig) -> str:
-    """One line saying what the server sees of a site's update (a deployment walkthrough found a DP rehearsal
-    silent about DP being on): the plain update, a clipped and noised one, or only the sum."""
-    privacy = str(OmegaConf.select(cfg, "federation.privacy", default="none"))
-    if privacy == "dp":
-        dp = OmegaConf.select(cfg, "federation.executor.dp", default={}) or {}
-        return (f"privacy=dp: each site clips its update to L2 norm {dp.get('clipping_norm')} and adds Gaussian "
-                f"noise before sending it (Flower's LocalDpMod, epsilon={dp.get('epsilon')}, "
-                f"delta={dp.get('delta')}, sensitivity={dp.get('sensitivity')})")
-    if privacy == "secagg":
-        return "privacy=secagg: the server learns only the sites' weighted sum of updates (Flower's SecAgg+)"
-    return "privacy=none: the server sees each site's update as it is (federation.privacy=dp|secagg to change)"
-
-
-def check_secagg(cfg: DictConfig) -> None:
-    """What SecAgg+ cannot do, refused in one line (``ConfigError``) before any process starts."""
-    from engine.errors import ConfigError
-    from federation.core.sampling import clients_per_round
-    from federation.core.strategies import strategy_class
-    from federation.transports.flower.secagg import SecAggSettings
-
-    target = str(OmegaConf.select(cfg, "federation.strategy._target_", default=""))
-    strategy = target.rsplit(".", 1)[-1]
-    try:
-        averages = strategy_class(target).averages
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if not averages:
-        raise ConfigError(f"federation.strategy={strategy}: SecAgg+ (federation.privacy=secagg) shows the server "
-                          f"only the sites' weighted mean, and {strategy} does not aggregate by a mean "
-                          "(Strategy.averages is False); use a mean-based strategy (FedAvg, FedProx, FedBN, FedOpt)")
-    if OmegaConf.select(cfg, "federation.strategy.weighted", default=True) is False:
-        raise ConfigError(f"federation.strategy.weighted=false ({strategy}): SecAgg+ (federation.privacy=secagg) "
-                          "always weights a site by its sample count; use weighted=true")
-    n = OmegaConf.select(cfg, "federation.num_clients")
-    if n is not None and clients_per_round(int(n), OmegaConf.select(cfg, "federation.clients_per_round")) < 2:
-        raise ConfigError("federation.clients_per_round: SecAgg+ (federation.privacy=secagg) needs at least 2 "
-                          "sites per round (a sum of one update is that update)")
-    try:
-        SecAggSettings.from_config(OmegaConf.to_container(cfg.federation.executor.get("secagg"), resolve=True))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"federation.executor.secagg: {exc}") from None
 
 
 def prepare(cfg: DictConfig) -> dict[str, Any]:
@@ -232,6 +188,8 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     """Run the federation of ``cfg`` as a local Flower deployment; returns the run's metrics."""
     if not cfg.federation.executor.get("launch", True):
         return prepare(cfg)
+    from federation.transports.flower.tls import node_keys, throwaway_tls  # cryptography: the flower extra
+
     check(cfg)
     artifacts.console.print(f"[bold]flower:[/bold] {privacy_line(cfg)}")
     if is_remote_sites(OmegaConf.select(cfg, "federation.partition")):
@@ -262,6 +220,7 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
         signal.signal(signal.SIGTERM, _raise_terminate)
+    interrupted = False
     auth = bool(ex.get("node_auth", False))
     keys = node_keys(fdir / "keys", [f"supernode_{cid}" for cid in ids]) if auth else {}
     database = None
@@ -305,7 +264,34 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
         if not result.get("ok"):
             raise FederationError(f"ServerApp failed: {result.get('error')} (traceback in {result_path})")
         return json.loads((out / "metrics.json").read_text())
+    except KeyboardInterrupt:  # Ctrl-C: every group is stopped (finally), then the line that continues the run
+        interrupted = True
     finally:
-        groups.stop()
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        if main_thread:  # a second Ctrl-C must not cut the stop short (a traceback and live SuperNodes)
+            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            groups.stop()
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+                signal.signal(signal.SIGINT, previous_int)
+    if interrupted:
+        interrupted_exit(cfg)
+
+
+def interrupted_exit(cfg: DictConfig) -> None:
+    """Ctrl-C during the rehearsal ends as SIGTERM does (``experiments.run``): one line with the command that
+    continues the run, exit 130 (a walkthrough: SIGINT printed a 35-line KeyboardInterrupt traceback)."""
+    from engine.fit import output_dir
+    from engine.run_match import continue_command, saved_overrides
+
+    run = output_dir(cfg)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - not under Hydra (a test, a notebook): the run's saved overrides
+        overrides = saved_overrides(Path(run))
+    print(f"error: interrupted by SIGINT; continue with: {continue_command(overrides, run)}", file=sys.stderr,
+          flush=True)
+    raise SystemExit(128 + signal.SIGINT)

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from federation.transports.flower.executor import set_grid
 
-__all__ = ["app", "check_data_transfer"]
+__all__ = ["app", "check_data_transfer", "load_run_config"]
 
 log = logging.getLogger("federation.transports.flower.server_app")
 app = ServerApp()
@@ -98,19 +98,58 @@ def log_to_run_dir(run_dir: Path) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def load_run_config(path_text: str):
+    """The experiment config named by ``cfg-path``, or one ``ConfigError`` naming it (a walkthrough: a missing
+    file gave two chained tracebacks, the second from writing result.json into a folder that did not exist)."""
+    from engine.errors import ConfigError
+
+    if not path_text:
+        raise ConfigError('cfg-path is empty: pass --run-config \'cfg-path="<run dir>/flower/config.yaml"\' '
+                          "(the file experiments.run writes)")
+    path = Path(path_text)
+    if not path.is_file():
+        raise ConfigError(f"cfg-path={path}: no such file (experiments.run ... federation/executor=flower "
+                          "federation.executor.launch=false writes it into <run dir>/flower/config.yaml)")
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cfg-path={path}: cannot read it ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - OmegaConf/YAML parse errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"cfg-path={path}: not a YAML config ({type(exc).__name__}: {first})") from None
+    if not OmegaConf.is_dict(cfg) or OmegaConf.select(cfg, "federation") is None:
+        raise ConfigError(f"cfg-path={path}: holds no federation config (federation.* missing)")
+    return cfg
+
+
+def _write_result(result: Path, content: dict) -> None:
+    """``result.json`` for the launcher, only where its folder exists (cfg-path may name a folder that does not)."""
+    if result.parent.is_dir():
+        try:
+            result.write_text(json.dumps(content))
+        except OSError as exc:
+            log.warning("could not write %s: %s", result, exc)
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from engine.errors import find_user_error
+
+    return find_user_error(exc) is not None
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run :func:`federation.loop.run_federation` on the config named by ``cfg-path``."""
     quiet_empty_exit_line()
-    path = Path(str(context.run_config["cfg-path"]))
-    result = path.parent / "result.json"
+    path_text = str(context.run_config.get("cfg-path", "") or "")
+    result = Path(path_text).parent / "result.json"
     try:
-        cfg = OmegaConf.load(path)
+        cfg = load_run_config(path_text)
         run_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
         if run_dir:
             log_to_run_dir(Path(str(run_dir)))
         if OmegaConf.select(cfg, "federation.privacy", default="none") == "secagg":
-            from federation.transports.flower.launch import check_secagg
+            from federation.transports.flower.privacy import check_secagg
 
             check_secagg(cfg)
         warning = check_data_transfer(cfg)
@@ -124,9 +163,10 @@ def main(grid: Grid, context: Context) -> None:
             metrics = run_federation(cfg)
         finally:
             set_grid(None)
-        result.write_text(json.dumps({"ok": True, "rounds": metrics.get("fed/rounds")}))
+        _write_result(result, {"ok": True, "rounds": metrics.get("fed/rounds")})
     except BaseException as exc:
-        result.write_text(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                                      "user_error": type(exc).__module__.startswith(("engine", "federation")),
-                                      "traceback": traceback.format_exc()}))
+        if path_text:
+            _write_result(result, {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                                   "user_error": _is_user_error(exc),
+                                   "traceback": traceback.format_exc()})
         raise

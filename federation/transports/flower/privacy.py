@@ -1,0 +1,152 @@
+"""What the Flower executor's privacy options and values may be, checked before any process starts, and the
+one line that says what the server sees of a site's update.
+
+``federation.privacy``: ``none``, ``dp`` (Flower's client-side ``LocalDpMod``: clipping and Gaussian noise) or
+``secagg`` (Flower's ``SecAggPlusWorkflow``), a Flower-executor option only. Moved out of :mod:`.launch`,
+which starts and stops the processes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["PRIVACY", "check_flower_privacy", "check_secagg", "privacy_line"]
+
+PRIVACY = ("none", "dp", "secagg")
+
+
+def _number(key: str, value: Any, low: float, low_ok: bool = False, high: float | None = None,
+            allow_none: bool = False) -> None:
+    """``value`` a number above ``low`` (``low_ok``: at least) and below ``high``, else one ``ConfigError``."""
+    from engine.errors import ConfigError
+
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    ok = ok and (value >= low if low_ok else value > low) and (high is None or value < high)
+    if not ok:
+        bound = f"{'>=' if low_ok else '>'} {low:g}" if high is None else f"in ({low:g}, {high:g})"
+        raise ConfigError(f"{key}={value}: must be a number {bound}" + (" or null" if allow_none else ""))
+
+
+def check_flower_privacy(fed: Any) -> None:
+    """``federation.privacy`` and the Flower executor's values, refused in one line (``ConfigError``) before any
+    process starts: a walkthrough found privacy=secagg/dp/bogus ignored without a word off the Flower executor,
+    and timeout_s=-5 or dp.epsilon=-1 failing only on the nodes, after every process had started."""
+    from engine.errors import ConfigError
+
+    privacy = fed.get("privacy", "none")
+    privacy = "none" if privacy is None else str(privacy)
+    if privacy not in PRIVACY:
+        raise ConfigError(f"federation.privacy={privacy}: expected none, dp or secagg")
+    target = str(OmegaConf.select(fed, "executor._target_", default="") or "")
+    if not target.startswith("federation.transports.flower"):
+        if privacy != "none":
+            name = target.rsplit(".", 1)[-1] or "SequentialExecutor"
+            raise ConfigError(f"federation.privacy={privacy}: privacy is a Flower-executor option (Flower's "
+                              f"LocalDpMod / SecAgg+), and this federation runs on {name}; add "
+                              f"federation/executor=flower or set federation.privacy=none")
+        return
+    ex = fed.executor
+    _number("federation.executor.timeout_s", ex.get("timeout_s"), 0, allow_none=True)
+    _number("federation.executor.connect_timeout_s", ex.get("connect_timeout_s", 180.0), 0)
+    if privacy == "dp":
+        dp = ex.get("dp") or {}
+        unknown = sorted(set(map(str, dp)) - {"clipping_norm", "sensitivity", "epsilon", "delta"})
+        if unknown:
+            raise ConfigError(f"federation.executor.dp.{unknown[0]} is no LocalDpMod setting; they are: "
+                              "clipping_norm, sensitivity, epsilon, delta")
+        for key in ("clipping_norm", "sensitivity", "epsilon", "delta"):
+            if dp.get(key) is None:
+                raise ConfigError(f"federation.executor.dp.{key} is missing (federation.privacy=dp needs it)")
+        _number("federation.executor.dp.clipping_norm", dp.get("clipping_norm"), 0)
+        _number("federation.executor.dp.sensitivity", dp.get("sensitivity"), 0, low_ok=True)
+        _number("federation.executor.dp.epsilon", dp.get("epsilon"), 0)
+        _number("federation.executor.dp.delta", dp.get("delta"), 0, high=1)
+    if privacy == "secagg":
+        _check_secagg_round(fed)
+
+
+def _check_secagg_round(fed: Any) -> None:
+    """SecAgg+'s shares and threshold against the sites of a round, as Flower's ``SecAggPlusWorkflow`` sets
+    them up (a walkthrough: reconstruction_threshold=5 with 3 sites a round was not refused; the workflow
+    would halt every round with "Insufficient available nodes")."""
+    from engine.errors import ConfigError
+    from federation.core.sampling import clients_per_round
+    from federation.transports.flower.secagg import SecAggSettings
+
+    raw = fed.executor.get("secagg")
+    try:
+        wf = SecAggSettings.from_config(OmegaConf.to_container(raw, resolve=True) if raw is not None else None
+                                        ).workflow(None)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"federation.executor.secagg: {exc}") from None
+    n = fed.get("num_clients")
+    if n is None:  # sites named by the partition: their number is known only once the data is
+        return
+    k = clients_per_round(int(n), fed.get("clients_per_round"))
+    if k < 2:
+        return  # check_secagg names clients_per_round
+    if isinstance(wf.num_shares, float):  # SecAggPlusWorkflow.setup_stage
+        shares = round(wf.num_shares * k)
+        shares += 1 if shares < k and shares % 2 == 0 else 0
+        shares = k if shares <= 2 else shares
+    else:
+        shares = wf.num_shares
+    if isinstance(wf.reconstruction_threshold, float):
+        threshold = max(round(wf.reconstruction_threshold * shares), 2)
+    else:
+        threshold = wf.reconstruction_threshold
+    shares += 1 if k != shares and shares % 2 == 0 else 0
+    neighbours = min(2 * (shares >> 1) + 1, k)  # each site's key shares go to itself and its neighbours
+    if threshold > neighbours:
+        given = OmegaConf.select(fed, "executor.secagg.reconstruction_threshold")
+        raise ConfigError(f"federation.executor.secagg.reconstruction_threshold={given}: SecAgg+ would need "
+                          f"{threshold} key shares to unmask a site, but a round of {k} sites "
+                          f"(federation.clients_per_round) gives each site only {neighbours}; lower it (an int "
+                          f"<= {neighbours}, or a fraction of num_shares)")
+
+
+def privacy_line(cfg: DictConfig) -> str:
+    """One line saying what the server sees of a site's update (a deployment walkthrough found a DP rehearsal
+    silent about DP being on): the plain update, a clipped and noised one, or only the sum."""
+    privacy = str(OmegaConf.select(cfg, "federation.privacy", default="none"))
+    if privacy == "dp":
+        dp = OmegaConf.select(cfg, "federation.executor.dp", default={}) or {}
+        return (f"privacy=dp: each site clips its update to L2 norm {dp.get('clipping_norm')} and adds Gaussian "
+                f"noise before sending it (Flower's LocalDpMod, epsilon={dp.get('epsilon')}, "
+                f"delta={dp.get('delta')}, sensitivity={dp.get('sensitivity')})")
+    if privacy == "secagg":
+        return "privacy=secagg: the server learns only the sites' weighted sum of updates (Flower's SecAgg+)"
+    return "privacy=none: the server sees each site's update as it is (federation.privacy=dp|secagg to change)"
+
+
+def check_secagg(cfg: DictConfig) -> None:
+    """What SecAgg+ cannot do, refused in one line (``ConfigError``) before any process starts."""
+    from engine.errors import ConfigError
+    from federation.core.sampling import clients_per_round
+    from federation.core.strategies import strategy_class
+    from federation.transports.flower.secagg import SecAggSettings
+
+    target = str(OmegaConf.select(cfg, "federation.strategy._target_", default=""))
+    strategy = target.rsplit(".", 1)[-1]
+    try:
+        averages = strategy_class(target).averages
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not averages:
+        raise ConfigError(f"federation.strategy={strategy}: SecAgg+ (federation.privacy=secagg) shows the server "
+                          f"only the sites' weighted mean, and {strategy} does not aggregate by a mean "
+                          "(Strategy.averages is False); use a mean-based strategy (FedAvg, FedProx, FedBN, FedOpt)")
+    if OmegaConf.select(cfg, "federation.strategy.weighted", default=True) is False:
+        raise ConfigError(f"federation.strategy.weighted=false ({strategy}): SecAgg+ (federation.privacy=secagg) "
+                          "always weights a site by its sample count; use weighted=true")
+    n = OmegaConf.select(cfg, "federation.num_clients")
+    if n is not None and clients_per_round(int(n), OmegaConf.select(cfg, "federation.clients_per_round")) < 2:
+        raise ConfigError("federation.clients_per_round: SecAgg+ (federation.privacy=secagg) needs at least 2 "
+                          "sites per round (a sum of one update is that update)")
+    try:
+        SecAggSettings.from_config(OmegaConf.to_container(cfg.federation.executor.get("secagg"), resolve=True))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"federation.executor.secagg: {exc}") from None

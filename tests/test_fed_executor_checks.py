@@ -1,0 +1,172 @@
+"""The executor-related ``federation.*`` checks that run before any process starts or any client trains (found by
+a walkthrough: privacy ignored off Flower, Flower values failing on the nodes, Ray addresses ending in Hydra's
+traceback, a missing cfg-path giving two tracebacks, min_clients capped without a word)."""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from federation.errors import FederationError
+from lightning_modules.errors import ConfigError
+from tests.cli import run_in_process
+from tests.hydra_helpers import compose_run
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ["+exp=fed_digits_datashare", "logger=csv", "model.width=4", "federation.num_clients=3",
+          "federation.clients_per_round=3", "federation.rounds=1", "federation.progress=false"]
+FLOWER = [*DIGITS, "federation/executor=flower"]
+
+
+def _check(overrides: list[str], tmp_path: Path) -> None:
+    from federation.plan import check_federation_config
+
+    check_federation_config(compose_run(overrides, tmp_path).federation)
+
+
+@pytest.mark.parametrize("privacy", ["dp", "secagg"])
+def test_privacy_off_flower_is_refused(tmp_path, privacy):
+    """federation.privacy=dp|secagg under the sequential or Ray executor ran with no privacy, exit 0."""
+    for executor in ([], ["federation/executor=ray"]):
+        with pytest.raises(ConfigError, match=f"federation.privacy={privacy}: privacy is a Flower-executor option"):
+            _check([*DIGITS, *executor, f"federation.privacy={privacy}"], tmp_path)
+
+
+def test_unknown_privacy_is_refused_with_any_executor(tmp_path):
+    for executor in ([], ["federation/executor=flower"]):
+        with pytest.raises(ConfigError, match="federation.privacy=bogus: expected none, dp or secagg"):
+            _check([*DIGITS, *executor, "federation.privacy=bogus"], tmp_path)
+    _check([*DIGITS, "federation.privacy=none"], tmp_path)  # none is fine anywhere
+    _check([*FLOWER, "federation.privacy=dp"], tmp_path)
+    _check([*FLOWER, "federation.privacy=secagg"], tmp_path)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("federation.executor.timeout_s=-5", "federation.executor.timeout_s=-5"),
+    ("federation.executor.timeout_s=abc", "federation.executor.timeout_s=abc"),
+    ("federation.executor.connect_timeout_s=0", "federation.executor.connect_timeout_s=0"),
+    ("federation.executor.dp.epsilon=-1", "federation.executor.dp.epsilon=-1"),
+    ("federation.executor.dp.epsilon=0", "federation.executor.dp.epsilon=0"),
+    ("federation.executor.dp.delta=2", "federation.executor.dp.delta=2"),
+    ("federation.executor.dp.delta=0", "federation.executor.dp.delta=0"),
+    ("federation.executor.dp.clipping_norm=0", "federation.executor.dp.clipping_norm=0"),
+    ("federation.executor.dp.sensitivity=-1", "federation.executor.dp.sensitivity=-1"),
+    ("federation.executor.dp.clipping_norm=null", "federation.executor.dp.clipping_norm is missing"),
+    ("+federation.executor.dp.epsilonn=1", "federation.executor.dp.epsilonn is no LocalDpMod setting"),
+])
+def test_flower_values_are_refused_before_launch(tmp_path, override, key):
+    """timeout_s=-5 failed after 44 s of launching; dp.epsilon=-1 failed on every node; delta=2 was taken."""
+    with pytest.raises(ConfigError) as err:
+        _check([*FLOWER, "federation.privacy=dp", override], tmp_path)
+    assert str(err.value).startswith(key) and "\n" not in str(err.value)
+
+
+def test_secagg_threshold_against_the_sites_of_a_round(tmp_path):
+    """reconstruction_threshold=5 with 3 sites a round: Flower's SecAgg+ halts every round; refused up front."""
+    with pytest.raises(ConfigError, match="reconstruction_threshold=5: SecAgg\\+ would need 5 key shares"):
+        _check([*FLOWER, "federation.privacy=secagg", "federation.executor.secagg.reconstruction_threshold=5"],
+               tmp_path)
+    with pytest.raises(ConfigError, match="reconstruction_threshold=4"):
+        _check([*FLOWER, "federation.num_clients=6", "federation.clients_per_round=3", "federation.privacy=secagg",
+                "federation.executor.secagg.reconstruction_threshold=4"], tmp_path)
+    _check([*FLOWER, "federation.privacy=secagg", "federation.executor.secagg.reconstruction_threshold=3"], tmp_path)
+    with pytest.raises(ConfigError, match="federation.executor.secagg: `num_shares` as an integer"):
+        _check([*FLOWER, "federation.privacy=secagg", "federation.executor.secagg.num_shares=2"], tmp_path)
+
+
+def test_the_rehearsal_refuses_a_bad_timeout_before_any_process(tmp_path):
+    """In the CLI: one line, exit 2, and no flower/ folder (nothing was started)."""
+    run = tmp_path / "run"
+    res = run_in_process("experiments.run", [*FLOWER, f"hydra.run.dir={run}", f"paths.log_dir={tmp_path / 'logs'}",
+                                             "federation.executor.timeout_s=-5"], ROOT)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ConfigError: federation.executor.timeout_s=-5")
+    assert "Traceback" not in res.stderr and not (run / "flower").exists()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "nohost:abc", ":6379", "host:99999", "http://h:1"])
+def test_a_malformed_ray_address_is_one_line(tmp_path, address):
+    with pytest.raises(FederationError, match=f"federation.executor.address={address}: expected <head host>:<port>"):
+        _check([*DIGITS, "federation/executor=ray", f"federation.executor.address='{address}'"], tmp_path)
+    for good in ("auto", "10.0.0.5:6379", "ray://10.0.0.5:10001", "null"):
+        _check([*DIGITS, "federation/executor=ray", f"federation.executor.address={good}"], tmp_path)
+
+
+def test_ray_init_failure_names_the_address():
+    """ray.init(address=...) raising (no cluster for ``auto``) is one FederationError naming the address."""
+    from federation.transports.ray import _connect
+
+    calls = []
+
+    def init(**kw):
+        raise ConnectionError("Could not find any running Ray instance.\nmore")
+
+    fake = SimpleNamespace(init=init, shutdown=lambda: calls.append("shutdown"))
+    with pytest.raises(FederationError, match="federation.executor.address=auto: no Ray cluster runs on this machine"):
+        _connect(fake, "auto", {"address": "auto"})
+    with pytest.raises(FederationError, match=r"address=10.0.0.5:6379: could not join that Ray cluster \(RuntimeError: x"):
+        _connect(SimpleNamespace(init=lambda **kw: (_ for _ in ()).throw(RuntimeError("x")), shutdown=lambda: None),
+                 "10.0.0.5:6379", {})
+    assert calls == ["shutdown"]
+
+
+@pytest.mark.skipif(Path(tempfile.gettempdir(), "ray", "ray_current_cluster").exists(),
+                    reason="a Ray cluster may run on this machine: address=auto would join it")
+def test_ray_auto_without_a_cluster(monkeypatch):
+    pytest.importorskip("ray")
+    import ray
+
+    from federation.transports.ray import RayExecutor
+
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialised in this process")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(FederationError, match="federation.executor.address=auto: no Ray cluster"):
+        RayExecutor(num_workers=1, gpus_per_client=0, address="auto")
+    assert not ray.is_initialized()
+
+
+def test_server_app_missing_cfg_path_is_one_error(tmp_path):
+    """A cfg-path that does not exist: one ConfigError, no result.json written into a folder that does not exist
+    (it gave two chained tracebacks)."""
+    from federation.transports.flower.server_app import load_run_config, main
+
+    context = SimpleNamespace(run_config={"cfg-path": str(tmp_path / "nonexistent" / "config.yaml")})
+    with pytest.raises(ConfigError, match="nonexistent/config.yaml: no such file") as err:
+        main(None, context)
+    assert err.value.__context__ is None and not (tmp_path / "nonexistent").exists()
+    bad = tmp_path / "config.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not a YAML config"):
+        main(None, SimpleNamespace(run_config={"cfg-path": str(bad)}))
+    assert json.loads((tmp_path / "result.json").read_text())["ok"] is False  # its folder exists: the launcher reads it
+    with pytest.raises(ConfigError, match="cfg-path is empty"):
+        load_run_config("")
+
+
+class _AllFail:
+    in_process = True
+
+    def map(self, fn, jobs, on_done=None):
+        return [], {j.client_id: "boom" for j in jobs}
+
+    def shutdown(self):
+        pass
+
+
+def test_no_round_completed_message_and_min_clients_cap(tmp_path, caplog):
+    """min_clients above the clients a round samples is capped with a warning at start; a first round with too
+    few reports says no round completed (it read "the global model of round 0 is kept in nowhere")."""
+    from federation.server import Server
+
+    cfg = compose_run([*DIGITS, "federation.clients_per_round=1", "federation.min_clients=2"], tmp_path)
+    with caplog.at_level(logging.WARNING, logger="federation.server"):
+        server = Server(cfg, _AllFail())
+    assert "min_clients is capped to the 1 clients sampled per round" in caplog.text
+    with pytest.raises(FederationError) as err:
+        server.run_round(0)
+    assert "nowhere" not in str(err.value) and "no round completed, so no global model was saved" in str(err.value)
