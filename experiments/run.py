@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,9 +112,13 @@ def main(cfg: DictConfig) -> float | None:
             return None
         return optimized_value(cfg, metrics)  # the sweep objective: cfg.optimized_metric, a validation metric
     except SIGTERMException:  # Lightning's SIGTERM (a SystemExit without a code): exit 0 would read as success
-        again = continue_command(HydraConfig.get().overrides.task, out)
-        print(f"error: interrupted by SIGTERM; continue with: {again}", file=sys.stderr)
-        sys.exit(128 + 15)
+        _interrupted(out, "SIGTERM")
+    except KeyboardInterrupt:  # Ctrl-C outside Lightning's fit (between clients, in an evaluation)
+        _interrupted(out, "SIGINT")
+    except SystemExit as exc:  # Lightning's own Ctrl-C ending: "Detected KeyboardInterrupt", then sys.exit(1)
+        if exc.code == 1 and isinstance(exc.__context__, KeyboardInterrupt):
+            _interrupted(out, "SIGINT")
+        raise
     except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
         err = find_user_error(exc)
         if err is None:
@@ -131,6 +136,14 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     finally:
         stop.restore(previous)  # SIGTERM anywhere in the run, not only in Lightning's fit (engine/stop.py)
+
+
+def _interrupted(out: Path, signame: str) -> None:
+    """One line with the command that continues the run, exit 128 + the signal (a walkthrough: Ctrl-C in a
+    sequential or Ray federation ended in Lightning's exit 1 and no such line, where SIGTERM gave one)."""
+    again = continue_command(HydraConfig.get().overrides.task, out)
+    print(f"error: interrupted by {signame}; continue with: {again}", file=sys.stderr)
+    sys.exit(128 + int(getattr(signal, signame)))
 
 
 if __name__ == "__main__":

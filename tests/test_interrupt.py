@@ -30,17 +30,19 @@ def test_resumable_run_dirs(tmp_path):
     assert resumable("true") is None and resumable(None) is None and resumable(str(tmp_path / "nope")) is False
 
 
-def _sigterm_when(args: list[str], cwd, ready) -> tuple[int, str]:
-    """Start ``args``, send SIGTERM once ``ready()`` holds, and return its exit code and stderr (the process is
-    killed if it outlives the test)."""
+def _sigterm_when(args: list[str], cwd, ready, sig: int = signal.SIGTERM) -> tuple[int, str]:
+    """Start ``args``, send ``sig`` once ``ready()`` holds, and return its exit code and stderr (the process is
+    killed if it outlives the test). SIGINT as in a terminal: a harness running pytest in the background passes
+    it down as ignored, and a Python started so never raises KeyboardInterrupt."""
     proc = subprocess.Popen(args, cwd=cwd, env={**os.environ, **BASE_ENV}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not ready():
             assert proc.poll() is None and time.monotonic() < deadline, "not ready before the run ended"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -107,4 +109,26 @@ def test_sigterm_between_federation_clients_is_reported(tmp_path, executor):
     assert returncode == 143, err[-2000:]
     lines = [ln for ln in err.splitlines() if ln.startswith("error")]
     assert lines == [f"error: interrupted by SIGTERM; continue with: python -m experiments.run {' '.join(over)} "
+                     f"resume={run}"], err[-2000:]
+
+
+@pytest.mark.parametrize("where", ["centralised", "federation"])
+def test_ctrl_c_exits_130_with_the_line_that_continues_the_run(tmp_path, where):
+    """Found by a deployment walkthrough: Ctrl-C ended a run in Lightning's "Detected KeyboardInterrupt" and
+    exit 1, with no line saying how to continue (SIGTERM gave one); now the same line, exit 130."""
+    run = tmp_path / "run"
+    if where == "centralised":
+        over = ["+exp=digits_cnn", "logger=csv", "trainer.max_epochs=200"]
+        ready = lambda: (run / "checkpoints" / "last.ckpt").is_file()  # noqa: E731
+    else:
+        over = ["+exp=fed_digits_datashare", "model.width=4", "federation.progress=false",
+                "trainer.limit_train_batches=2", "federation.rounds=200", "federation.num_clients=4",
+                "federation.clients_per_round=2", "federation.local_epochs=1", "logger=csv"]
+        rounds = run / "rounds.csv"
+        ready = lambda: rounds.is_file() and len(rounds.read_text().splitlines()) >= 3  # noqa: E731
+    returncode, err = _sigterm_when([sys.executable, "-m", "experiments.run", *over, f"hydra.run.dir={run}"],
+                                    tmp_path, ready, sig=signal.SIGINT)
+    assert returncode == 130 and "Traceback" not in err, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert lines == [f"error: interrupted by SIGINT; continue with: python -m experiments.run {' '.join(over)} "
                      f"resume={run}"], err[-2000:]
