@@ -220,10 +220,14 @@ class FolderSegmentationDataModule(SliceDataModule):
     def _files(self, folder: Path, suffix: str) -> dict[str, Path]:
         if not folder.is_dir():
             raise DataError(f"data folder {folder} does not exist")
-        out = {}
+        out: dict[str, Path] = {}
         for p in sorted(folder.iterdir()):
             if p.suffix.lower() in EXTENSIONS and not p.name.startswith(".") and p.stem.endswith(suffix):
-                out[strip_suffix(p.stem, suffix)] = p
+                stem = strip_suffix(p.stem, suffix)
+                if stem in out:  # a walkthrough: the last extension won, pairing an image with a prediction
+                    raise DataError(f"{out[stem]} and {p.name} share the name {stem!r} in {folder}: keep one (a "
+                                    f"prediction written beside ground truth?)")
+                out[stem] = p
         return out
 
     def pairs(self, image_dir: Path | None = None, mask_dir: Path | None = None) -> list[tuple[str, Path, Path]]:
@@ -291,4 +295,18 @@ class FolderSegmentationDataModule(SliceDataModule):
                 labels.append(resize_slices(y[None], self.image_size, is_label=True)[0])
             numbers = [t[0] if t[0] >= 0 else i for i, t in enumerate(members)]
             cases.append(SliceCase(cid, images, labels, list(range(len(members))), numbers))
+        if cases and not any(np.any(np.asarray(y) > 0) for c in cases for y in c.label):
+            raise DataError(self._no_foreground(next(iter(groups.values()))[0][3]))
         return cases
+
+    def _no_foreground(self, mask: Path) -> str:
+        """Why every decoded mask is background (a walkthrough: 0/1 PNG masks under ``mask_threshold: 127`` trained
+        to Dice 0 with exit 0), naming a mask and, when the threshold is the cause, the setting that reads it."""
+        raw, _ = _read_file(mask, labels=True)
+        top = int(np.max(raw)) if raw.size else 0
+        hint = ""
+        if self.mask_threshold is not None and self.label_map is None and 0 < top <= self.mask_threshold:
+            hint = (f": its values go up to {top}, at or below data.mask_threshold={self.mask_threshold:g} (0/1 "
+                    f"masks need data.mask_threshold=0)")
+        return (f"no mask in {self.mask_dir} has any foreground once decoded, e.g. {mask}{hint}; nothing to learn "
+                f"to segment")

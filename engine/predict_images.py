@@ -78,7 +78,8 @@ def plan_images(input: str | Path, output: str | Path, labels: str | Path | None
         files = sorted(p for p in src.iterdir() if p.is_file() and is_image(p))
         if not files:
             raise DataError(f"input folder {src} holds no image file ({'/'.join(EXTENSIONS)})")
-        if out.suffix.lower() == ".png" or out.is_file():
+        if out.is_file() or (not out.is_dir() and (is_image(out) or out.name.lower().endswith((".nii", ".nii.gz")))):
+            # a walkthrough: output=p4.nii.gz made a folder of that name and filled it with PNGs
             raise ConfigError(f"output={out} must be a folder when input={src} is a folder")
         if lab is not None and not lab.is_dir():
             raise ConfigError(f"labels={lab} must be a folder when input={src} is a folder")
@@ -90,7 +91,26 @@ def plan_images(input: str | Path, output: str | Path, labels: str | Path | None
         cases = [ImageCase(c, p, out / f"{c}.png", None if lab is None else _mask_for(c, lab, mask_suffix))
                  for c, p in zip(ids, files)]
     refuse_overwrite([c.output for c in cases], [p for c in cases for p in (c.image, c.label) if p is not None])
+    _refuse_name_twins(cases)
     return cases
+
+
+def _refuse_name_twins(cases: Sequence[ImageCase]) -> None:
+    """One line when the output folder holds another image of a prediction's name (``x.jpg`` beside ``x.png``):
+    a folder read pairs files by name, so a walkthrough's predictions written into a folder of ground-truth
+    masks were later paired with its images in training."""
+    held: dict[Path, dict[str, list[Path]]] = {}
+    for c in cases:
+        folder = c.output.parent
+        if folder not in held:
+            held[folder] = {}
+            for q in (folder.iterdir() if folder.is_dir() else ()):
+                if is_image(q):
+                    held[folder].setdefault(q.stem, []).append(q)
+        twin = next((q for q in held[folder].get(c.output.stem, []) if q != c.output), None)
+        if twin is not None:
+            raise ConfigError(f"output={folder} holds {twin.name}, of the name of the prediction {c.output.name}: "
+                              f"a folder read pairs files by name (is it a mask folder?); give another folder")
 
 
 def predict_image(case: ImageCase, dm, predictor: VolumePredictor, threshold: float | None) -> np.ndarray:

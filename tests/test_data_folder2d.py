@@ -71,6 +71,30 @@ def test_unmatched_and_missing_folders(tmp_path):
         FolderSegmentationDataModule(str(root), image_dir="nope", mask_dir="msks").setup()
 
 
+def test_two_masks_of_one_name_are_refused(tmp_path):
+    """A walkthrough: predict wrote ``x.png`` beside the ground truth ``x.jpg``, and training paired each image
+    with the prediction (the last extension won), exit 0 and Dice 0."""
+    root = _write_png_folder(tmp_path, n_cases=3)
+    Image.fromarray(np.zeros((20, 24), np.uint8)).save(root / "msks" / "flipped_101_5.jpg")
+    with pytest.raises(DataError, match=r"flipped_101_5\.jpg.*flipped_101_5\.png|flipped_101_5\.png.*flipped_101_5\.jpg"):
+        FolderSegmentationDataModule(str(root), image_dir="imgs", mask_dir="msks").setup()
+
+
+@pytest.mark.parametrize("values, advice", [(1, "data.mask_threshold=0"), (0, None)])
+def test_masks_with_no_foreground_once_decoded_are_refused(tmp_path, values, advice):
+    """A walkthrough: 0/1 PNG masks under the default ``mask_threshold: 127`` decoded to background everywhere
+    and trained to Dice 0 with exit 0."""
+    root = _write_png_folder(tmp_path, n_cases=3)
+    for m in (root / "msks").iterdir():
+        Image.fromarray((np.asarray(Image.open(m)) > 0).astype(np.uint8) * values).save(m)
+    with pytest.raises(DataError, match="has any foreground once decoded") as err:
+        FolderSegmentationDataModule(str(root), image_dir="imgs", mask_dir="msks").setup()
+    assert (advice in str(err.value)) if advice else "mask_threshold" not in str(err.value)
+    dm = FolderSegmentationDataModule(str(root), image_dir="imgs", mask_dir="msks", mask_threshold=0)
+    if values:
+        dm.setup()  # the advice is enough
+
+
 def test_shape_mismatch(tmp_path):
     root = _write_png_folder(tmp_path, n_cases=3)
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(root / "msks" / "mirrored_101_0.png")

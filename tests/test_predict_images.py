@@ -73,6 +73,25 @@ def test_plan_pairs_masks_by_stem_and_refuses_ambiguous_names(tmp_path):
         plan_images(tmp_path / "in", tmp_path / "out")
 
 
+def test_predictions_never_share_a_name_with_a_masks_file_and_a_folder_output_is_a_folder(tmp_path):
+    """A walkthrough: predict wrote ``x.png`` beside the ground truth ``x.jpg`` (nothing overwritten, so no
+    refusal), and training then paired each image with the prediction; ``output=p4.nii.gz`` for a folder input
+    made a folder of that name."""
+    (tmp_path / "in").mkdir(), (tmp_path / "masks").mkdir()
+    for name in ("x.jpg", "y.jpg"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / name)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / "y.jpg")
+    with pytest.raises(Exception, match=r"holds y\.jpg, of the name of the prediction y\.png"):
+        plan_images(tmp_path / "in", tmp_path / "masks")
+    with pytest.raises(Exception, match=r"holds y\.jpg"):
+        plan_images(tmp_path / "in" / "y.jpg", tmp_path / "masks" / "y.png")
+    for name in ("p4.nii.gz", "p4.png", "p4.jpg"):
+        with pytest.raises(Exception, match="must be a folder when input"):
+            plan_images(tmp_path / "in", tmp_path / name)
+    assert not list(tmp_path.glob("p4*"))
+    assert len(plan_images(tmp_path / "in", tmp_path / "out")) == 2  # a new folder, or one of predictions only
+
+
 def test_cli_segments_a_folder_of_mixed_images_and_scores_them(tmp_path):
     """A checkpoint of a run on image folders (``data=liver_slices``, image_size 32; an untrained seeded D-Net:
     the test is about the plumbing, the geometry is the test above) predicts PNG, JPG and NPY files of three
