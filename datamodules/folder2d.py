@@ -104,6 +104,10 @@ def decode_mask(path: Path, threshold: float | None, channel: int | None,
                 lut[int(k)] = int(v)
         return lut[m.astype(np.int64)]
     if threshold is not None:
+        top = float(m.max()) if m.size else 0.0
+        if 0 < top <= threshold:  # a verification: 0/1 masks among 0/255 ones trained as blank labels, exit 0
+            raise DataError(f"mask {path} has values up to {top:g}, all at or below data.mask_threshold="
+                            f"{threshold:g}: it would decode as background (0/1 masks need data.mask_threshold=0)")
         return (m > threshold).astype(np.uint8)
     return m.astype(np.uint8)
 
@@ -300,13 +304,7 @@ class FolderSegmentationDataModule(SliceDataModule):
         return cases
 
     def _no_foreground(self, mask: Path) -> str:
-        """Why every decoded mask is background (a walkthrough: 0/1 PNG masks under ``mask_threshold: 127`` trained
-        to Dice 0 with exit 0), naming a mask and, when the threshold is the cause, the setting that reads it."""
-        raw, _ = _read_file(mask, labels=True)
-        top = int(np.max(raw)) if raw.size else 0
-        hint = ""
-        if self.mask_threshold is not None and self.label_map is None and 0 < top <= self.mask_threshold:
-            hint = (f": its values go up to {top}, at or below data.mask_threshold={self.mask_threshold:g} (0/1 "
-                    f"masks need data.mask_threshold=0)")
-        return (f"no mask in {self.mask_dir} has any foreground once decoded, e.g. {mask}{hint}; nothing to learn "
-                f"to segment")
+        """Why training cannot start: every decoded mask is background (a walkthrough trained such a folder to
+        Dice 0, exit 0; masks whose values the threshold erases are refused one by one in :func:`decode_mask`)."""
+        return (f"no mask in {self.mask_dir} has any foreground once decoded, e.g. {mask}; nothing to learn to "
+                f"segment")
