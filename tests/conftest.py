@@ -75,3 +75,20 @@ def module_tmp(request, tmp_path_factory):
     yield lambda name: Path(tempfile.mkdtemp(prefix=f"{name}_", dir=root))
     if request.session.testsfailed == failed_before:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
+    """``FEDMED_TEST_RSS=<file>``: append each test's worker, resident and peak memory (MB) after it ran, to find
+    the test that grows a worker (a CI worker was OOM-killed at 22 GB while running a 1 GB test file)."""
+    path = os.environ.get("FEDMED_TEST_RSS")
+    if not path:
+        return
+    import resource
+
+    try:
+        rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+    except (OSError, ValueError, IndexError):
+        rss = -1
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    with open(path, "a") as fh:
+        fh.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}\t{rss}\t{peak}\t{nodeid}\n")
