@@ -15,7 +15,7 @@ from typing import Any
 
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-__all__ = ["install", "restore", "check"]
+__all__ = ["install", "restore", "check", "requested"]
 
 _requested = {"sigterm": False}
 
@@ -39,6 +39,13 @@ def restore(previous: Any) -> None:
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
     _requested["sigterm"] = False
+
+
+def requested() -> bool:
+    """Whether a SIGTERM came during this run (an error raised while it was being acted on is the interruption:
+    a SIGTERM raised inside OmegaConf once surfaced as a client's ConfigKeyError, and the run ended as a user
+    error, exit 2)."""
+    return _requested["sigterm"]
 
 
 def check() -> None:

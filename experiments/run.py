@@ -120,6 +120,8 @@ def main(cfg: DictConfig) -> float | None:
             _interrupted(out, "SIGINT")
         raise
     except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
+        if stop.requested():  # the SIGTERM, masked by an error raised as it unwound library code (CI, once)
+            _interrupted(out, "SIGTERM")
         err = find_user_error(exc)
         if err is None:
             raise

@@ -132,3 +132,23 @@ def test_ctrl_c_exits_130_with_the_line_that_continues_the_run(tmp_path, where):
     lines = [ln for ln in err.splitlines() if ln.startswith("error")]
     assert lines == [f"error: interrupted by SIGINT; continue with: python -m experiments.run {' '.join(over)} "
                      f"resume={run}"], err[-2000:]
+
+
+def test_an_error_raised_while_a_sigterm_unwinds_is_the_interruption(tmp_path, monkeypatch):
+    """Found in CI: a SIGTERM raised inside OmegaConf between clients surfaced as a client's ConfigKeyError (a
+    ``finally`` there raised while it unwound), and the run ended as a user error, exit 2, without the line."""
+    import engine.fit
+    from engine import stop
+    from lightning_modules.errors import ConfigError
+    from tests.cli import run_in_process
+
+    def masked(*args, **kwargs):
+        stop._requested["sigterm"] = True  # the handler ran...
+        raise ConfigError("'NoneType' object has no attribute '_invalidate_flags_cache'")  # ...and was masked
+
+    monkeypatch.setattr(engine.fit, "train_and_test", masked)
+    proc = run_in_process("experiments.run", ["+exp=digits_cnn", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}"],
+                          tmp_path)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted by SIGTERM; continue with:"), proc.stderr[-2000:]
