@@ -9,6 +9,7 @@ COVID-CT set at 64 px is ~3 MB). Items follow ``docs/architecture.md``; datasets
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,8 @@ from datamodules.classification import ArrayClassificationDataset, Classificatio
 from datamodules.digits import stratified_split
 from datamodules.errors import DataError
 
+log = logging.getLogger(__name__)
+
 EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
@@ -28,14 +31,33 @@ def _load(path: Path, size: int, rgb: bool) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-def _split_lists(split_dir: Path) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {"train": set(), "val": set(), "test": set()}
+def _split_lists(split_dir: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """The names each split's text files list (in file order), and one note per name listed twice in a file."""
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    twice: list[str] = []
     for f in sorted(split_dir.rglob("*.txt")):
         name = f.stem.lower()
         split = next((s for s in ("train", "val", "test") if name.startswith(s) or f"_{s}" in name), None)
         if split is not None:
-            out[split].update(line.strip() for line in f.read_text().splitlines() if line.strip())
-    return out
+            names = [line.strip() for line in f.read_text().splitlines() if line.strip()]
+            twice += [f"{n} twice in {f.name}" for n in sorted({n for n in names if names.count(n) > 1})]
+            out[split] += names
+    return out, twice
+
+
+def _split_notes(lists: dict[str, list[str]], twice: list[str], names: Sequence[str]) -> list[str]:
+    """What the split lists drop silently otherwise: names listed twice, names in two splits (val, then test,
+    then train wins), listed names with no image, and images in no list (left out of every split)."""
+    on_disk, where, notes = set(names), {}, list(twice)
+    for s in ("val", "test", "train"):
+        for n in dict.fromkeys(lists[s]):
+            if n in where:
+                notes.append(f"{n} in {where[n]} and {s} (kept in {where[n]})")
+            else:
+                where[n] = s
+    notes += [f"{n} (in {s}) has no image" for n, s in where.items() if n not in on_disk]
+    notes += [f"{n} is in no list (left out)" for n in names if n not in where]
+    return notes
 
 
 class ImageFolderDataModule(ClassificationDataModule):
@@ -88,9 +110,13 @@ class ImageFolderDataModule(ClassificationDataModule):
         if self.split_dir is not None:
             if not self.split_dir.is_dir():
                 raise DataError(f"data.split_dir {self.split_dir} does not exist")
-            lists = _split_lists(self.split_dir)
+            lists, twice = _split_lists(self.split_dir)
             names = np.asarray([p.name for p in files])
-            parts = {s: np.flatnonzero(np.isin(names, sorted(lists[s]))) for s in ("train", "val", "test")}
+            notes = _split_notes(lists, twice, names.tolist())
+            if notes:
+                log.warning("split lists in %s: %d name(s) not used as listed: %s", self.split_dir, len(notes),
+                            "; ".join(notes[:5]) + ("; ..." if len(notes) > 5 else ""))
+            parts = {s: np.flatnonzero(np.isin(names, sorted(set(lists[s])))) for s in ("train", "val", "test")}
             listed = np.zeros(len(files), bool)
             for s in ("val", "test"):
                 parts[s] = parts[s][~listed[parts[s]]]

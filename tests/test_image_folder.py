@@ -1,0 +1,69 @@
+"""Class-subfolder classification data (COVID-CT's layout): official split lists and what they leave out."""
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datamodules.image_folder import ImageFolderDataModule
+
+
+def _folder(root, names_per_class):
+    rng = np.random.default_rng(0)
+    for cls, names in names_per_class.items():
+        (root / cls).mkdir(parents=True)
+        for n in names:
+            Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8)).save(root / cls / n)
+
+
+def _lists(split_dir, files):
+    for rel, names in files.items():
+        (split_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (split_dir / rel).write_text("".join(f"{n}\n" for n in names))
+
+
+def test_split_lists_assign_each_listed_image_once_and_warn_about_what_they_drop(tmp_path, caplog):
+    """COVID-CT's official test list names one file twice and leaves one image in no list; both were dropped
+    without a word (202 test images instead of the official 203). Every such name is now in one warning."""
+    root = tmp_path / "data"
+    _folder(root, {"neg": [f"n{i}.png" for i in range(6)], "pos": [f"p{i}.png" for i in range(6)]})
+    _lists(root / "split", {"a/train_neg.txt": ["n0.png", "n1.png", "n2.png"], "a/val_neg.txt": ["n3.png"],
+                            "a/test_neg.txt": ["n4.png", "n4.png", "n5.png"],
+                            "b/trainpos.txt": ["p0.png", "p1.png", "p5.png"], "b/valpos.txt": ["p2.png"],
+                            "b/testpos.txt": ["p3.png", "p5.png", "gone.png"]})
+    dm = ImageFolderDataModule(str(root), classes=["neg", "pos"], split_dir="split", size=8)
+    with caplog.at_level(logging.WARNING, logger="datamodules.image_folder"):
+        dm.setup()
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (5, 2, 4)
+    assert sorted(dm.test_dataset.targets.tolist()) == [0, 0, 1, 1]  # n4 once, n5, p3, p5 (test wins over train)
+    (record,) = [r for r in caplog.records if "split lists" in r.getMessage()]
+    msg = record.getMessage()
+    assert "4 name(s)" in msg and "n4.png twice in test_neg.txt" in msg
+    assert "p5.png in test and train (kept in test)" in msg
+    assert "gone.png (in test) has no image" in msg and "p4.png is in no list (left out)" in msg
+
+
+def test_clean_split_lists_warn_nothing(tmp_path, caplog):
+    root = tmp_path / "data"
+    _folder(root, {"neg": ["n0.png", "n1.png", "n2.png"], "pos": ["p0.png", "p1.png", "p2.png"]})
+    _lists(root / "split", {"train.txt": ["n0.png", "p0.png"], "val.txt": ["n1.png", "p1.png"],
+                            "test.txt": ["n2.png", "p2.png"]})
+    dm = ImageFolderDataModule(str(root), split_dir="split", size=8)
+    with caplog.at_level(logging.WARNING, logger="datamodules.image_folder"):
+        dm.setup()
+    assert dm.classes == ["neg", "pos"] and len(dm.test_dataset) == 2
+    assert not [r for r in caplog.records if "split lists" in r.getMessage()]
+
+
+def test_real_covid_ct_official_split(shared_data, caplog):
+    """The official UCSD split (425 / 118 / 203) on the real copy: its test list names one file twice and one
+    image is in no list (PROVENANCE.md), so 202 test images are used, and the warning names both."""
+    root = shared_data / "covid-ct-ucsd-cropped"
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent")
+    dm = ImageFolderDataModule(str(root), classes=["CT_NonCOVID", "CT_COVID"], split_dir="Data-split", size=16)
+    with caplog.at_level(logging.WARNING, logger="datamodules.image_folder"):
+        dm.setup()
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (425, 118, 202)
+    (record,) = [r for r in caplog.records if "split lists" in r.getMessage()]
+    assert "2 name(s)" in record.getMessage() and "twice in testCT_COVID.txt" in record.getMessage()
