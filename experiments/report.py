@@ -156,23 +156,38 @@ def collect(runs: list[Path], keys: tuple[str, ...] | None,
     return groups, list(dict.fromkeys(ordered))
 
 
-def table(groups: dict[str, dict[str, list[float]]], keys: list[str]) -> tuple[str, str]:
+CONTEXT_KEYS = ("exp", "data", "data.root", "exp_name")  # overrides that change the task, not the method
+
+
+def method_contexts(runs: list[Path], siblings: list[Path] = ()) -> dict[str, str]:
+    """Each method's experiment: its ``+exp``, ``data``, ``data.root`` and ``exp_name`` overrides. Methods are
+    ranked only against methods of the same experiment (a Dice on liver is no rival to one on kidneys)."""
+    labels, _ = run_labels(runs, siblings)
+    return {labels[run]: " ".join(o for o in run_overrides(run) if o.split("=")[0].lstrip("+~") in CONTEXT_KEYS)
+            for run in runs}
+
+
+def table(groups: dict[str, dict[str, list[float]]], keys: list[str],
+          contexts: dict[str, str] | None = None) -> tuple[str, str]:
     """Markdown and CSV tables: mean ± std (population, over seeds) per method and key; the best mean per
-    column in bold, every method tied with it at the 4 digits shown too. One run has no spread: the CSV's
-    ``_std`` cell is empty, not 0."""
+    column in bold (within each experiment of ``contexts``), every method tied with it at the 4 digits shown
+    too. One run has no spread: the CSV's ``_std`` cell is empty, not 0."""
+    contexts = contexts or {}
     best: dict[str, set[str]] = {}
     for key in keys:
-        means = {m: np.mean(v[key]) for m, v in groups.items() if v.get(key)}
-        if means:
-            pick = min if goal(key) == "min" or key.endswith("_std") else max
-            score = (lambda m: abs(means[m])) if "rvd" in key else (lambda m: means[m])
-            top = f"{score(pick(means, key=score)):.4f}"
-            best[key] = {m for m in means if f"{score(m):.4f}" == top}
+        best[key] = set()
+        for context in set(contexts.get(m, "") for m in groups):
+            means = {m: np.mean(v[key]) for m, v in groups.items() if v.get(key) and contexts.get(m, "") == context}
+            if means:
+                pick = min if goal(key) == "min" or key.endswith("_std") else max
+                score = (lambda m: abs(means[m])) if "rvd" in key else (lambda m: means[m])
+                top = f"{score(pick(means, key=score)):.4f}"
+                best[key] |= {m for m in means if f"{score(m):.4f}" == top}
     md = ["| " + " | ".join(["method", "n", *map(md_text, keys)]) + " |", "|---|---|" + "---|" * len(keys)]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["method", "n", *[csv_text(c) for k in keys for c in (f"{k}_mean", f"{k}_std")]])
-    for method, vals in sorted(groups.items()):
+    for method, vals in sorted(groups.items(), key=lambda mv: (contexts.get(mv[0], ""), mv[0])):
         n = max((len(v) for v in vals.values()), default=0)
         cells, row = [], [method, n]
         for key in keys:
@@ -305,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --curve {args.curve}: no run logged it per epoch in csv/metrics.csv (they logged e.g. "
               f"{', '.join(k for k in logged if not k.startswith('train/'))[:200] or 'nothing'})", file=sys.stderr)
         return 2
-    md, csv_text = table(groups, ordered)
+    contexts = method_contexts(runs, failed)
+    md, csv_text = table(groups, ordered, contexts)
     if not runs:  # only failed jobs (the others left out): no table to draw
         md = "No finished run to compare.\n"
     common = run_labels(runs, failed)[1]
@@ -313,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         md = f"Common to every run: `{md_text(' '.join(common), cell=False)}`\n\n" + md
     if runs and any(len(v) > 1 for vals in groups.values() for v in vals.values()):
         md += "\nmean ± std over a method's runs (population std, numpy's ddof=0; best mean in bold).\n"
+    if len(set(contexts.values())) > 1:
+        md += "\nThe runs are of several experiments (`+exp`, `data`): the best is bold within each, not across.\n"
     differ = environment_differences(runs)
     if differ:
         md += f"\nThe runs' environments differ (env.json; equal settings need not give equal numbers): {md_text('; '.join(differ), 2000, cell=False)}\n"

@@ -123,3 +123,25 @@ def test_report_gives_the_evaluation_matrix_over_seeds_per_strategy(tmp_path):
     assert "**0.8900 ± 0.0100**" in (tmp_path / "report.md").read_text()  # FedBN's site_b: the best in its column
     # found by a walkthrough: which std was not said (with 2 seeds the sample std is √2 larger)
     assert "population std, numpy's ddof=0" in (tmp_path / "report.md").read_text()
+
+
+def test_the_best_is_bold_within_each_experiment_not_across_them(tmp_path):
+    """A report over two experiments' sweeps bolded one liver model as the best Dice of the kidney rows too
+    (a Dice on one task is no rival to one on another): the best is now bold within each ``+exp``/``data``."""
+    from experiments.report import main
+
+    scores = {("lits_dnet", "dnet"): 0.9, ("lits_dnet", "unet"): 0.8, ("kits_hlfd", "dnet"): 0.3,
+              ("kits_hlfd", "unet"): 0.4}
+    for i, ((exp, model), dice) in enumerate(scores.items()):
+        run = tmp_path / f"{i}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- +exp={exp}\n- model={model}\n- seed=0\n")
+        (run / "metrics.json").write_text(json.dumps({"test/dice": dice, "debug": False}))
+    assert main([str(tmp_path), "--keys", "test/dice"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| +exp")}
+    assert "**0.9000**" in rows["+exp=lits_dnet model=dnet"] and "**0.4000**" in rows["+exp=kits_hlfd model=unet"]
+    assert "**" not in rows["+exp=lits_dnet model=unet"] + rows["+exp=kits_hlfd model=dnet"]
+    assert list(rows) == ["+exp=kits_hlfd model=dnet", "+exp=kits_hlfd model=unet", "+exp=lits_dnet model=dnet",
+                          "+exp=lits_dnet model=unet"]  # grouped by experiment
+    assert "bold within each, not across" in md
