@@ -52,8 +52,11 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     # a Ray cluster address where nothing listens (port 9, discard, closed on 127.0.0.1): Ray retried for ever
     (["federation/executor=ray", "federation.executor.address=127.0.0.1:9"],
      ["federation.executor.address=127.0.0.1:9", "no Ray cluster answers there"]),
+    (["federation/executor=ray", "federation.executor.address=ray://127.0.0.1:9"],
+     ["federation.executor.address=ray://127.0.0.1:9", "no Ray cluster answers there"]),
 ], ids=["rounds0", "float_per_round", "negative_per_round", "too_many_clients", "alpha0", "alpha_negative", "partition_typo", "unit",
-        "sharing_mode", "fedprox_mu", "fedadam_eta", "ray_address_unreachable"])
+        "sharing_mode", "fedprox_mu", "fedadam_eta", "ray_address_unreachable",
+        "ray_client_address_unreachable"])
 def test_bad_federation_value_is_one_line_exit_2(tmp_path, args, needles):
     run = tmp_path / "run"
     proc = _run([*args, f"hydra.run.dir={run}"], tmp_path)

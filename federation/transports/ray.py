@@ -81,20 +81,23 @@ def check_address(address: Any) -> None:
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """One :class:`~federation.errors.FederationError` line when nothing answers at a ``host:port`` cluster
     address: ``ray.init`` logged "Failed to connect to GCS" every ~40 s and never gave up (found by a
-    deployment walkthrough). ``auto`` and ``ray://`` (Ray Client) addresses are left to Ray."""
+    deployment walkthrough), and a ``ray://`` (Ray Client) one where nothing listens took 37 s of Ray's own
+    retries. ``auto`` is left to Ray."""
     from federation.errors import FederationError
 
     check_address(address)
-    host, sep, port = str(address).rpartition(":")
-    if not sep or not port.isdigit() or "://" in str(address):
+    text = str(address)
+    host, sep, port = text[len("ray://"):].rpartition(":") if text.startswith("ray://") else text.rpartition(":")
+    if not sep or not port.isdigit() or "://" in host:
         return
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
     except OSError as err:
+        start = f"--ray-client-server-port={port}" if text.startswith("ray://") else f"--port={port}"
         raise FederationError(f"federation.executor.address={address}: no Ray cluster answers there within "
                               f"{timeout_s:g} s ({err.strerror or err}); start its head with `ray start --head "
-                              f"--port={port}` or fix the address") from None
+                              f"{start}` or fix the address") from None
 
 
 def _loopback_init(ray: Any, attempts: int = 3, **kw: Any) -> None:
