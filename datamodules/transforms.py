@@ -27,10 +27,23 @@ def reseed_from_torch(transform: Any, last: tuple[int, int] | None) -> tuple[int
     key = (os.getpid(), torch.initial_seed())
     if key != last:
         if hasattr(transform, "set_random_seed"):
-            transform.set_random_seed(key[1] % 2**32)
+            seed_albumentations(transform, key[1] % 2**32)
         else:
-            transform.set_random_state(seed=key[1] % 2**32)
+            transform.set_random_state(seed=key[1] % 2**32)  # MONAI: each child drawn from the parent's generator
     return key
+
+
+def seed_albumentations(transform: Any, seed: int) -> None:
+    """Seed an albumentations transform, each transform inside a compose from its own stream.
+
+    albumentations 2's ``Compose.set_random_seed(s)`` gives every child the same seed ``s``, so each child's
+    first draw -- its "apply with probability p" -- is the same number: a horizontal and a vertical flip at
+    p=0.5 were applied together or not at all (only identity or a 180° turn, never one mirror; the rotation
+    too went with them). Children get independent seeds from ``numpy.random.SeedSequence(seed)`` instead."""
+    transform.set_random_seed(seed)
+    children = [t for t in getattr(transform, "transforms", ()) if hasattr(t, "set_random_seed")]
+    for child, child_seed in zip(children, np.random.SeedSequence(seed).generate_state(len(children))):
+        seed_albumentations(child, int(child_seed))
 
 
 class SliceAugment:
