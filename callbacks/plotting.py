@@ -7,6 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+# figure text never parses as mathtext: labels and titles come from run folders (an audit's
+# ``$\undefinedcmd{x}$`` in an override ended a report in matplotlib's ValueError); ours use no math
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 

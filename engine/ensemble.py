@@ -60,15 +60,30 @@ class SavedProbabilities:
 
 
 def _meta(path: Path) -> SavedProbabilities:
+    """The header of ``<case>.npz``, refused (one line) unless it is what predict writes: float probabilities
+    ``[K, ...]`` of as many classes as ``class_names``, as many bytes stored as the header declares (an audit's
+    few-byte file declared 196 TiB), and ``fg_threshold`` NaN or in [0, 1] (an audit's 5.0 made every voxel
+    background)."""
     try:
         with np.load(path, allow_pickle=False) as f, zipfile.ZipFile(path) as z, z.open("probabilities.npy") as fh:
             version = np.lib.format.read_magic(fh)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape = tuple(int(s) for s in read(fh)[0])
+            shape, _, dtype = read(fh)
+            shape = tuple(int(s) for s in shape)
+            stored = z.getinfo("probabilities.npy").file_size - fh.tell()
             names = tuple(str(c) for c in f["class_names"])
             thr = float(f["fg_threshold"])
     except Exception as exc:  # noqa: BLE001 - a truncated zip, a pickle, a foreign .npz or .npy: many types
         raise DataError(f"cannot read saved probabilities {path}: {type(exc).__name__}: {exc}") from None
+    problem = ("are not floating point" if dtype.kind != "f" else
+               f"hold {shape[0] if shape else 0} classes but class_names names {len(names)}" if not shape
+               or shape[0] != len(names) else
+               f"declare {int(np.prod(shape)) * dtype.itemsize} bytes but {stored} are stored"
+               if int(np.prod(shape)) * dtype.itemsize != stored else
+               f"come with fg_threshold {thr}, outside [0, 1]" if not np.isnan(thr) and not 0 <= thr <= 1 else None)
+    if problem:
+        raise DataError(f"saved probabilities {path} ({dtype} {list(shape)}) {problem}: not a file predict wrote "
+                        f"(save_probabilities=true)")
     return SavedProbabilities(shape, names, None if np.isnan(thr) or len(names) != 2 else thr)
 
 
@@ -111,6 +126,10 @@ def ensemble_case(case: str, files: Sequence[Path], output: Path, keep_probabili
     for path in files:
         with np.load(path, allow_pickle=False) as f:
             prob = f["probabilities"].astype(np.float32, copy=False)
+        if not np.isfinite(prob).all() or prob.min(initial=0.0) < 0 or prob.max(initial=0.0) > 1 + 1e-4:
+            # an audit's NaN, inf and -100 "probabilities" were averaged into labels, exit 0
+            raise DataError(f"saved probabilities {path} hold values outside [0, 1] (min {prob.min():g}, max "
+                            f"{prob.max():g}): not a file predict wrote (save_probabilities=true)")
         total = prob if total is None else total + prob
     mean = total / len(files)
     meta = _meta(files[0])

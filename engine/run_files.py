@@ -5,11 +5,16 @@ over: their error lines, overrides, method names and figures are data. A securit
 to ``/proc/self/environ`` embedded (secrets and all) in ``report.html``, terminal escapes and rich markup from
 ``failed.json`` reaching the terminal (a ``[/bold]`` stopped the report), raw HTML in ``report.md`` and
 spreadsheet formulas (``=HYPERLINK(...)``) in the CSV tables. Every such string and figure goes through here.
+A second audit found reports following a ``metrics.json`` or ``rounds.csv`` linked to a file elsewhere,
+tracebacks on a JSON or YAML nested 200,000 deep, and a YAML alias bomb expanded by ``str()``: run files are
+read by :func:`run_file_text`, :func:`run_json` and :func:`run_yaml`, and non-text values shown bounded.
 """
 from __future__ import annotations
 
 import html
+import json
 import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +27,54 @@ MAX_FIGURE_BYTES = 20 * 2**20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+#: the largest run file (JSON, YAML, CSV) a report reads; ours are kilobytes
+MAX_RUN_FILE_BYTES = 64 * 2**20
+#: a bounded repr of containers read from run files (a YAML alias bomb's ``str()`` would not end)
+_BOUNDED = reprlib.Repr()  # Python 3.11's takes no keywords
+_BOUNDED.maxlevel, _BOUNDED.maxstring, _BOUNDED.maxother = 4, 200, 200
+_BOUNDED.maxdict = _BOUNDED.maxlist = _BOUNDED.maxtuple = _BOUNDED.maxset = 8
+
+
+def run_file_text(path: str | Path, root: str | Path | None = None) -> str | None:
+    """The text of a run file that is what it is named: a regular file, not a link, inside ``root`` when
+    given, at most :data:`MAX_RUN_FILE_BYTES`, UTF-8; else ``None`` (a report leaves it out as unreadable)."""
+    path = Path(path)
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_RUN_FILE_BYTES:
+            return None
+        if root is not None and not path.resolve().is_relative_to(Path(root).resolve()):
+            return None
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def run_json(path: str | Path, root: str | Path | None = None) -> Any:
+    """A run file's JSON value, or ``None`` (unreadable as :func:`run_file_text` says, or not JSON)."""
+    text = run_file_text(path, root)
+    try:
+        return None if text is None else json.loads(text)
+    except (ValueError, RecursionError):  # ValueError: JSONDecodeError, and ints past Python's digit limit
+        return None
+
+
+def run_yaml(path: str | Path, root: str | Path | None = None) -> Any:
+    """A run file's YAML value (``safe_load``: data only), or ``None`` as :func:`run_json`."""
+    import yaml
+
+    text = run_file_text(path, root)
+    try:
+        return None if text is None else yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError):
+        return None
+
+
 def plain_text(value: Any, limit: int = 500) -> str:
-    """``value`` as one line of printable text: control characters dropped, line breaks and tabs as spaces."""
-    text = _CONTROL.sub("", str(value).replace("\r", " ").replace("\n", " ").replace("\t", " "))
+    """``value`` as one line of printable text: control characters dropped, line breaks and tabs as spaces;
+    a container read from a run file is shown bounded (:data:`_BOUNDED`), never expanded whole."""
+    raw = value if isinstance(value, str) else _BOUNDED.repr(value) if isinstance(
+        value, (dict, list, tuple, set)) else str(value)
+    text = _CONTROL.sub("", raw.replace("\r", " ").replace("\n", " ").replace("\t", " "))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

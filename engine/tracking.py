@@ -138,7 +138,7 @@ def record_environment(out: str | Path) -> dict[str, Any]:
     now = {"git_sha": git_sha(), **environment()}
     try:
         first = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a crafted file nested 200,000 deep too
         first = None
     if not isinstance(first, dict):
         write_json(path, now)

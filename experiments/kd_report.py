@@ -58,10 +58,10 @@ def _load_config(run: Path) -> dict:
 
 def _dataset(cfg: dict) -> str:
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-    layout = str(data.get("layout") or "").lower()
-    name = DATASETS.get(layout, layout or str(cfg.get("exp_name", "?")))
+    layout = plain_text(data.get("layout") or "", 100).lower()  # bounded: an audit's YAML alias bomb
+    name = DATASETS.get(layout, layout or plain_text(cfg.get("exp_name", "?"), 100))
     target = data.get("target")
-    return name if target in (None, "tumor") else f"{name} ({target})"
+    return name if target in (None, "tumor") else f"{name} ({plain_text(target, 100)})"
 
 
 def _rvd(metrics: dict) -> float | None:

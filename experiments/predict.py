@@ -99,7 +99,7 @@ def _warn_if_debug(weights: Path) -> None:
     for run in (weights.resolve().parent, weights.resolve().parent.parent):
         try:
             debug = json.loads((run / "metrics.json").read_text()).get("debug") is True
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             continue
         if debug:
             print(f"warning: {weights} is from a debug run (trainer.fast_dev_run, {run / 'metrics.json'}): "

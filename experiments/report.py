@@ -21,18 +21,16 @@ import fnmatch
 import glob
 import html
 import io
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from callbacks.metric_goal import goal
 from engine.artifacts import atomic_write_text, console
 from experiments.report_html import write_html
-from engine.run_files import csv_text, md_text, plain_text
+from engine.run_files import MAX_RUN_FILE_BYTES, csv_text, md_text, plain_text, run_json, run_yaml
 from engine.run_match import canonical_override
 
 #: the columns a report shows by default, those present in the runs (surface metrics and the best validation
@@ -42,11 +40,9 @@ DEFAULT_KEYS = ("test/dice", "test/miou", "test/hd95", "test/nsd", "val/dice_bes
 
 
 def json_object(path: Path) -> dict | None:
-    """A run file's JSON object, or ``None`` when it does not parse as one (a killed write, a crafted file)."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
+    """A run file's JSON object, or ``None`` when it is no such thing (a killed write; a crafted file: a link,
+    too large, nested past Python's recursion limit; :func:`engine.run_files.run_json`)."""
+    value = run_json(path)
     return value if isinstance(value, dict) else None
 
 
@@ -79,10 +75,7 @@ def find_unfinished(paths: list[str]) -> list[Path]:
 def run_config(run: Path) -> dict:
     """A run's composed config: ``config.yaml``, else Hydra's ``.hydra/config.yaml``; ``{}`` when neither parses."""
     for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
-        try:
-            cfg = yaml.safe_load(path.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue
+        cfg = run_yaml(path)
         if isinstance(cfg, dict) and cfg:
             return cfg
     return {}
@@ -101,11 +94,7 @@ def is_debug(run: Path) -> bool:
 
 def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list[str]:
     """A run's Hydra overrides (``.hydra/overrides.yaml``), minus the seed and ``resume``."""
-    path = run / ".hydra" / "overrides.yaml"
-    try:
-        overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        overrides = []
+    overrides = run_yaml(run / ".hydra" / "overrides.yaml") or []
     overrides = [canonical_override(plain_text(o, 200)) for o in overrides if isinstance(o, str)] \
         if isinstance(overrides, list) else []
     return [o for o in overrides if o.split("=")[0].lstrip("+~") not in drop]
@@ -289,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     runs, failed = find_runs(args.paths)
     broken = [r for r in runs if json_object(r / "metrics.json") is None]
     if broken:
-        print(f"warning: {len(broken)} run(s) left out, their metrics.json is not a JSON object: "
+        print(f"warning: {len(broken)} run(s) left out, their metrics.json is not a readable JSON object (a link, "
+              f"over {MAX_RUN_FILE_BYTES >> 20} MB, or not one): "
               f"{', '.join(str(r) for r in broken[:3])}", file=sys.stderr)
         runs = [r for r in runs if r not in broken]
     if not runs and not failed:

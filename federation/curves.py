@@ -10,24 +10,32 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from callbacks.plotting import save_figure
-from engine.run_files import csv_text, plain_text
+from engine.run_files import csv_text, plain_text, run_file_text, run_yaml
 
 __all__ = ["read_rounds", "seed_band", "plot_rounds", "compare_runs"]
 
 
 def read_rounds(path: str | Path) -> list[dict[str, float]]:
+    """The rows of a run's ``rounds.csv`` with a whole round number; none when the file is a link, too large,
+    not UTF-8 or not CSV (:func:`engine.run_files.run_file_text`: an audit had a linked file plotted, and a
+    long cell or a stray byte end the comparison in a traceback)."""
+    text = run_file_text(path)
     rows = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
+    try:
+        for row in csv.DictReader(io.StringIO(text or "", newline="")):
             values = {k: _float(v) for k, v in row.items() if isinstance(k, str)}
-            if math.isfinite(values.get("round", 0.0)):  # a row without a round number is no round
+            number = values.get("round", 0.0)
+            if math.isfinite(number) and number == int(number):  # no round number (or 1.5): no round
                 rows.append(values)
+    except csv.Error:  # e.g. a cell over csv's field size limit
+        return []
     return rows
 
 
@@ -97,12 +105,7 @@ def plot_rounds(runs: Mapping[str, Rows | Sequence[Rows]], path: str | Path, met
 def _label(run_dir: Path, key: str) -> str:
     cfg = run_dir / "config.yaml"
     if cfg.is_file():  # read as data: a ${oc.env:...} in a run's config is shown, never resolved
-        import yaml
-
-        try:
-            value: Any = yaml.safe_load(cfg.read_text())
-        except (yaml.YAMLError, OSError, UnicodeDecodeError):
-            value = None
+        value: Any = run_yaml(cfg)
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if value is not None:
@@ -137,7 +140,12 @@ def compare_runs(root: str | Path, metric: str = "acc", label_key: str = "federa
     for f in files:
         label = _label(f.parent, label_key)
         label = f"{label} ({others[f.parent]})" if others[f.parent] else label
-        runs.setdefault(label, []).append(read_rounds(f))
+        rows = read_rounds(f)
+        if not rows:
+            print(f"warning: {f} left out: no round in it (a link, over 64 MB, not UTF-8 or not a CSV table)",
+                  file=sys.stderr)
+            continue
+        runs.setdefault(label, []).append(rows)
     col = f"test/{metric}"
     if not any(col in row for group in runs.values() for rows in group for row in rows):
         raise KeyError(f"--metric {metric}: no rounds.csv below {root} has a {col} column")

@@ -122,7 +122,7 @@ def _fit_seconds(server: Server, finished_before: bool) -> float:
     if finished_before:
         try:
             kept = json.loads((server.out / "metrics.json").read_text()).get("fit_seconds")
-        except (OSError, ValueError, AttributeError):  # no or a damaged metrics.json: this process's time
+        except (OSError, ValueError, AttributeError, RecursionError):  # no or a damaged metrics.json: this process's time
             kept = None
     if isinstance(kept, (int, float)) and not isinstance(kept, bool):
         artifacts.console.print(f"resume: all {len(server.history)} rounds were done; the final evaluation runs "

@@ -134,3 +134,58 @@ def test_files_no_predict_wrote_are_not_overwritten(folders):
     assert (truth / "case0.nii.gz").read_bytes() != before["case0.nii.gz"]
     proc = run_in_process("experiments.ensemble", [inputs, f"output={truth}"], tmp)  # its own files now
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _huge_header(path):
+    """A .npz whose probabilities.npy declares (2, 30000, 30000, 30000) float32 and stores 16 bytes."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False,
+                                               "shape": (2, 30000, 30000, 30000)})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("probabilities.npy", buf.getvalue() + bytes(16))  # the header writes its own magic
+        for name, arr in (("class_names", np.array(["background", "liver"])), ("fg_threshold", np.float32(np.nan))):
+            member = io.BytesIO()
+            np.save(member, arr)
+            z.writestr(f"{name}.npy", member.getvalue())
+
+
+@pytest.mark.parametrize("craft, culprit", [
+    (lambda p: np.concatenate([p, p[:1], p[:1], p[:1]]), "hold 5 classes but class_names names 2"),
+    (lambda p: np.where(p > 0.5, np.nan, p), "outside [0, 1]"),
+    (lambda p: p - 100, "outside [0, 1]"),
+    (lambda p: (p * 1000).astype(np.int64), "are not floating point"),
+    (lambda p: p.astype("U8"), "are not floating point"),
+    ("threshold", "fg_threshold 5.0, outside [0, 1]"),
+    ("huge", "declare 216000000000000 bytes but 16 are stored"),
+])
+def test_crafted_saved_probabilities_are_refused(tmp_path, craft, culprit):
+    """An audit's crafted ``<case>.npz`` gave labels 0..4 for two classes, averaged NaN, -100, int and text
+    "probabilities" into labels, an all-background output from fg_threshold 5.0 (each exit 0), and a 196 TiB
+    allocation from a header declaring a shape its few bytes do not hold (a MemoryError traceback)."""
+    from datamodules.errors import DataError
+    from engine.ensemble import check_ensemble, ensemble_case, plan_ensemble
+    from engine.predict import save_probabilities
+
+    p = np.random.default_rng(0).dirichlet(np.ones(2), size=(6, 5, 4)).transpose(3, 0, 1, 2).astype(np.float32)
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+        save_probabilities(p, ["background", "liver"], None, folder / "case.npz")
+        nib.save(nib.Nifti1Image(p.argmax(0).astype(np.uint8), np.eye(4)), folder / "case.nii.gz")
+    bad = folders[1] / "case.npz"
+    if craft == "huge":
+        _huge_header(bad)
+    elif craft == "threshold":
+        np.savez(bad, probabilities=p, class_names=np.array(["background", "liver"]), fg_threshold=np.float32(5.0))
+    else:
+        np.savez(bad, probabilities=craft(p), class_names=np.array(["background", "liver"]),
+                 fg_threshold=np.float32(np.nan))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DataError, match=culprit.replace("[", r"\[").replace("]", r"\]")) as err:
+        cases = plan_ensemble(folders)
+        check_ensemble(cases)
+        ensemble_case("case", cases["case"], tmp_path / "out")
+    assert str(bad) in str(err.value) and not list((tmp_path / "out").iterdir())

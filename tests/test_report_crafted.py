@@ -103,6 +103,55 @@ def test_federation_curves_skip_rounds_without_a_round_number(tmp_path):
     assert (tmp_path / "cmp.csv").read_text().count("\n") == 5  # header + rounds 1, 2 of each run (its label)
 
 
+def test_run_files_linked_elsewhere_nested_deep_or_alias_bombs_are_left_out(tmp_path, capsys):
+    """A third audit: ``metrics.json`` and ``rounds.csv`` linked to files elsewhere were tabulated and plotted;
+    JSON or YAML nested 200,000 deep were RecursionError tracebacks (report, kd_report, federation.curves); a
+    YAML alias bomb in ``data.layout`` was expanded by ``str()``; a 128 KB CSV cell, a stray byte, a
+    ``$\\undefinedcmd$`` label and round 1.5 ended ``federation.curves`` in tracebacks or duplicate rows."""
+    from federation.curves import compare_runs
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "metrics.json").write_text(json.dumps({"test/dice": 0.99, "distill/method": "stolen"}))
+    (elsewhere / "rounds.csv").write_text("round,test/acc\n1,0.99\n")
+    runs = tmp_path / "runs"
+    good = _run(runs, "good", {"test/dice": 0.5}, ["model=unet"])
+    linked = _run(runs, "linked", None, ["model=dnet"])
+    (linked / "metrics.json").symlink_to(elsewhere / "metrics.json")
+    deep = _run(runs, "deep", None, ["model=x"])
+    (deep / "metrics.json").write_text("[" * 200_000)
+    (good / "config.yaml").write_text("data: " + "[" * 200_000)
+    assert report.main([str(runs)]) == 0
+    md = (runs / "report.md").read_text()
+    assert "0.9900" not in md and "0.5000" in md and "2 run(s) left out" in capsys.readouterr().err
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    kd = tmp_path / "kd"
+    for name, meta in (("bomb", {"test/dice": 0.4}), ("deep", None), ("linked", None)):
+        (kd / name).mkdir(parents=True)
+        if meta:
+            (kd / name / "metrics.json").write_text(json.dumps(meta))
+    (kd / "bomb" / "config.yaml").write_text(bomb + "data: {layout: *i}\n")
+    (kd / "deep" / "failed.json").write_text("{" * 200_000)
+    (kd / "linked" / "metrics.json").symlink_to(elsewhere / "metrics.json")
+    out = kd_report.report(kd)
+    assert "stolen" not in (kd / "kd_table1.csv").read_text() and out["failed"][0]["error"] == "failed.json does not parse"
+    fed = tmp_path / "fed"
+    rows = {"s1": "round,test/acc\n1,0.5\n1.5,0.6\n2,0.7\n", "s2": "round,test/acc\n1," + "9" * 140_000 + "\n",
+            "s3": b"round,test/acc\n1,0.5\xff\n"}
+    for name, text in rows.items():
+        (fed / name).mkdir(parents=True)
+        (fed / name / "rounds.csv").write_bytes(text if isinstance(text, bytes) else text.encode())
+        (fed / name / "config.yaml").write_text("federation: {strategy: {mode: '$\\undefinedcmd{x}$'}}\n")
+    (fed / "s4").mkdir()
+    (fed / "s4" / "rounds.csv").symlink_to(elsewhere / "rounds.csv")
+    compare_runs(fed, "acc", "federation.strategy.mode", tmp_path / "cmp.png")
+    table = (tmp_path / "cmp.csv").read_text()
+    assert table.count("\n") == 3 and "0.9900" not in table  # header + rounds 1 and 2 of s1
+    err = capsys.readouterr().err
+    assert all(f"{fed / s / 'rounds.csv'} left out" in err for s in ("s2", "s3", "s4"))
+
+
 def test_predict_never_computes_ct_statistics_from_a_run_configs_data_folder(tmp_path):
     """Audit: a handed-over config with ``normalization: ct`` and a checkpoint without statistics made predict
     read the config's data folder and write its cache wherever the config said."""
