@@ -19,7 +19,7 @@ from typing import Any, Callable
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from engine.errors import MACHINE_ERRNOS, find_user_error, one_line
 from engine.objective import test_objective_line
@@ -88,12 +88,14 @@ def foreign_link(folder: str | Path) -> tuple[Path, str] | None:
     return None
 
 
-def unusable_resume_state(run: Path, federation: bool) -> str | None:
-    """Why the state a resume continues from (a federation's ``server.pt``, a run's ``checkpoints/last.ckpt``)
-    cannot be used, or ``None``: checked before anything is written, so a failed resume leaves a finished
-    run's ``config.yaml`` and ``.hydra/`` as they were (both are rewritten when a run starts)."""
+def unusable_resume_state(run: Path, federation: bool, store_dir: Any = "client_store") -> str | None:
+    """Why the state a resume continues from (a federation's ``server.pt`` and client store files in
+    ``store_dir``, a run's ``checkpoints/last.ckpt``) cannot be used, or ``None``: checked before anything is
+    written, so a failed resume leaves a finished run's ``config.yaml`` and ``.hydra/`` as they were (both are
+    rewritten when a run starts; an audit found a bad client store file refused only after that)."""
     from engine.fit import check_trainer_state, checked_ckpt
     from federation.server_state import load_server_state
+    from federation.store import read_store_file
     from lightning_modules.errors import CheckpointError
     from federation.errors import FederationError
 
@@ -101,7 +103,11 @@ def unusable_resume_state(run: Path, federation: bool) -> str | None:
         last = run / "checkpoints" / "last.ckpt"
         if federation and (run / "server.pt").is_file():
             load_server_state(run / "server.pt")
-        elif not federation and last.is_file():
+        if federation:  # memory-mapped (lazy): their structure only, as the server reads them on resume
+            store = run / str(store_dir or "client_store")
+            for path in sorted([*store.glob("*.pt"), *(store / "best_local").glob("*.pt")]):
+                read_store_file(path, "client store", lazy=True)
+        if not federation and last.is_file():
             check_trainer_state(checked_ckpt(last, lazy=True), last)
     except (CheckpointError, FederationError) as err:
         return str(err)
@@ -136,7 +142,8 @@ def resume_problem(run: Path, config: DictConfig) -> str | None:
         return (f"run dir {run} holds {link[0]}, a link to {link[1]} outside it; a run writes only into its own "
                 f"folder (remove the link)")
     federation = config.get("federation") is not None and config.get("fed_distill") is None
-    return unusable_resume_state(run, federation) or another_run(run, config)
+    store_dir = OmegaConf.select(config, "federation.store_dir", default=None) if federation else None
+    return unusable_resume_state(run, federation, store_dir) or another_run(run, config)
 
 
 class WritableOutput(Callback):

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from federation.core.strategies.base import strategy_class
 from federation.errors import FederationError
+from federation.resume_checks import check_model_entries, store_dir_inside
 from federation.server_state import save_atomic
 from federation.store import ClientStore
 from lightning_modules.safe_load import load_checkpoint
@@ -102,7 +103,8 @@ def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Map
     fed = run_cfg.get("federation")
     if not isinstance(fed, DictConfig) or not keeps_local(fed):
         return dict(state), ""
-    store_dir = Path(run_dir) / str(fed.get("store_dir", "client_store"))
+    # the config is a handed-over run's (data): its store must be inside the run folder, not another run's
+    store_dir = store_dir_inside(run_dir, fed.get("store_dir", "client_store"), f"{Path(run_dir) / 'config.yaml'}")
     if not store_dir.is_dir():
         raise FederationError(f"{weights}: the federation kept entries at its clients "
                               f"({str(fed.strategy._target_).rsplit('.', 1)[-1]}'s batch norm) and their store "
@@ -119,6 +121,10 @@ def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Map
                               f"never trained?): its batch norm cannot be filled in; predict's client=mean takes the "
                               f"clients' mean")
     chosen = {site: local[site]} if site is not None else local
+    for cid, entries in chosen.items():  # filled into these weights: their shapes and dtypes, finite
+        where = source if source != store.root else store.path(cid)
+        check_model_entries({k: v for k, v in entries.items() if k in state}, state, where, f"local entries of {cid!r}",
+                            every=False, hint="not entries of these weights' federation")
     filled = {k: v for k, v in mean_local(chosen).items() if k in state}
     if not filled:
         return dict(state), ""

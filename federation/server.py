@@ -44,6 +44,7 @@ from federation.core.strategies import Strategy
 from federation.errors import FederationError
 from federation.plan import check_federation_config, split_clients, write_partition_report
 from federation.runner import best_local_store, build_strategy, eval_trainer, quiet_lightning, register_base
+from federation.resume_checks import check_model_entries
 from federation.server_state import load_server_state, rng_state, save_atomic, set_rng_state
 from federation.deploy import LocalStates, mean_local, save_best_local, stored_local
 from federation.store import ClientStore
@@ -227,7 +228,8 @@ class Server:
             log.info("resume: no %s in %s yet, starting fresh", SERVER_CKPT, self.out)
             self._drop_stopped_round(0)
             return
-        state = load_server_state(path)
+        state = load_server_state(path)  # types, history, best, RNG layouts, finite weights: one line naming the key
+        check_model_entries(state["global"], self.global_state, path, "global")  # this model's names, shapes, dtypes
         if list(state["client_ids"]) != self.client_ids:
             raise FederationError(f"{path} was written for clients {state['client_ids'][:5]}..., this config "
                                   f"partitions into {self.client_ids[:5]}...: not the same federation")
@@ -243,10 +245,13 @@ class Server:
             self.seconds_before = max(float(state.get("fit_seconds", 0.0)), 0.0)
             self.start_round = int(state["round"]) + 1
             set_rng_state(state["rng"])
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as err:
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError) as err:
             raise FederationError(f"{path} does not restore this federation ({type(err).__name__}: "
                                   f"{str(err).splitlines()[0] if str(err) else ''}); delete it to start afresh") from err
         self._drop_stopped_round(self.start_round)
+        for cid in self.store.index():  # FedBN's BN entries go into this model: its names, shapes, dtypes, finite
+            check_model_entries(self.store._read(cid, lazy=True).get("local_state") or {}, self.global_state,
+                                self.store.path(cid), "local_state", every=False)
         if self.best.get("round") == self.start_round:  # the run may have stopped before writing that round's best
             self.save_best()
         artifacts.console.print(f"[bold]resume:[/bold] {path} (rounds 1..{self.start_round} done)")

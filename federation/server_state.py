@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from lightning_modules.atomic import save_torch
+from federation.resume_checks import check_server_state
 
 __all__ = ["save_atomic", "load_server_state", "load_global_weights", "rng_state", "set_rng_state"]
 
@@ -37,7 +38,8 @@ def _read(path: Path, kind: str) -> Any:
 
 
 def load_server_state(path: Path) -> dict[str, Any]:
-    """``server.pt`` (``weights_only``); a file that does not load or lacks the server's keys is a one-line
+    """``server.pt`` (``weights_only``); a file that does not load, lacks the server's keys or holds what the server
+    never writes (:func:`~federation.resume_checks.check_server_state`) is a one-line
     :class:`~federation.errors.FederationError` naming it (delete it, or the run dir, to start afresh)."""
     from federation.errors import FederationError
 
@@ -49,6 +51,7 @@ def load_server_state(path: Path) -> dict[str, Any]:
     if wrong:
         raise FederationError(f"{path} is not a server checkpoint this framework wrote ({', '.join(wrong)} of the "
                               f"wrong type); delete it to start afresh")
+    check_server_state(state, path)  # what the entries hold: one line naming the key (a crafted file is data)
     return state
 
 

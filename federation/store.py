@@ -27,14 +27,23 @@ import numpy as np
 import torch
 
 from lightning_modules.atomic import save_torch
+from federation.resume_checks import BEFORE, check_client_data
 from lightning_modules.safe_load import load_checkpoint
 
-__all__ = ["ClientStore"]
+__all__ = ["ClientStore", "read_store_file"]
 
 _SUFFIX = ".pt"
 _ND = "__ndarray__"
 #: the state before the last round-versioned write: ``{"round": r, "data": {...}}``
-_BEFORE = "__before_round__"
+_BEFORE = BEFORE
+
+
+def read_store_file(path: Path, what: str = "client store", lazy: bool = False) -> dict[str, Any]:
+    """One client's file (``weights_only``), checked as this store and the federation's clients write it
+    (:func:`~federation.resume_checks.check_client_data`): a bad or crafted file is one line naming it and the key."""
+    data = load_checkpoint(path, what, lazy=lazy)  # one line for a file that does not load
+    check_client_data(data, path)
+    return data
 
 
 def _encode(obj: Any) -> Any:
@@ -79,7 +88,7 @@ class ClientStore:
         p = self.path(client_id)
         if not p.exists():
             return {}
-        return load_checkpoint(p, f"client store of {client_id!r}", lazy=lazy)  # one line for a bad file
+        return read_store_file(p, f"client store of {client_id!r}", lazy=lazy)  # one line for a bad file
 
     def _write(self, client_id: str, data: dict[str, Any]) -> None:
         save_torch(data, self.path(client_id))
