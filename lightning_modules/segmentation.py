@@ -105,6 +105,14 @@ class SegmentationModule(BaseModule):
         self._test_slices: dict[str, dict[int, tuple]] = {}
         self._test_spacing: dict[str, tuple[float, ...]] = {}
 
+    def setup(self, stage: str) -> None:
+        """Class names the config left null come from the data: a ``dataset.json``'s labels (a walkthrough:
+        ``data.class_names=null`` named the metrics ``dice_class_1`` though docs/data.md promised the names)."""
+        names = getattr(getattr(self._trainer, "datamodule", None), "class_names", None)
+        if self.hparams.get("class_names") is None and names and len(names) == self.num_classes:
+            self.class_names = [str(n) for n in names]
+            self.hparams["class_names"] = list(self.class_names)  # saved in the checkpoints, read by predict
+
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         outputs = self.net(batch["image"])

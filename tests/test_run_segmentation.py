@@ -104,3 +104,19 @@ def test_dnet_learns_synthetic_liver(tmp_path):
          "trainer.max_epochs=6", "model.width=8"], tmp_path)
     metrics = dispatch(cfg)
     assert metrics["val/dice"] >= 0.85
+
+
+def test_null_class_names_come_from_the_datasets_labels(tmp_path):
+    """docs/data.md: ``data.class_names=null`` takes the names from ``dataset.json``; a walkthrough found the
+    metrics named ``dice_class_1``/``dice_class_2`` (the data knew the names; the module never saw them)."""
+    from lightning_modules.checkpoints import load_checkpoint
+
+    cfg = compose_run([*TINY, "data.layout=msd", "data.target=multiclass", "+data.synthetic.organs=[liver,spleen]",
+                       "data.num_classes=3", "data.class_names=null"], tmp_path)
+    metrics = dispatch(cfg)
+    assert "test/dice_liver" in metrics and "test/dice_spleen" in metrics
+    assert not any("class_" in k for k in metrics)
+    header = (tmp_path / "run" / "test_per_case.csv").read_text().splitlines()[0]
+    assert "dice_spleen" in header
+    hparams = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["hyper_parameters"]
+    assert hparams["class_names"] == ["background", "liver", "spleen"]  # what predict names its scores by
