@@ -191,9 +191,8 @@ def run_distillation(cfg: DictConfig) -> dict[str, Any]:
         scfg = segmentation_cfg(cfg, cfg.model, cfg.module.loss, out)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         module = build_module(scfg)
-        metrics = train_and_test(scfg, module=module, extra_metrics=extra)
-        save_student(module, out / "student.pt", method=method)
-        return metrics
+        return train_and_test(scfg, module=module, extra_metrics=extra,
+                              on_tested=lambda m: save_student(m, out / "student.pt", method=method))
     if cfg.distill.get("loss") is None:
         raise ConfigError(f"distill.method={method!r} has no distill.loss; valid methods: teacher, none, or a KD loss")
     ckpt = ensure_teacher(cfg)
@@ -202,6 +201,5 @@ def run_distillation(cfg: DictConfig) -> dict[str, Any]:
         kcfg.distill.teacher.ckpt = str(ckpt)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(kcfg)
-    metrics = train_and_test(kcfg, module=module, extra_metrics={**extra, "distill/teacher_ckpt": str(ckpt)})
-    save_student(module, out / "student.pt", method=method)
-    return metrics
+    return train_and_test(kcfg, module=module, extra_metrics={**extra, "distill/teacher_ckpt": str(ckpt)},
+                          on_tested=lambda m: save_student(m, out / "student.pt", method=method))

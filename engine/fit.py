@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -154,11 +154,14 @@ def test_only_cfg(cfg: DictConfig, ckpt: dict[str, Any], path: str) -> DictConfi
 
 
 def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
-                   extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+                   extra_metrics: dict[str, Any] | None = None,
+                   on_tested: Callable[[pl.LightningModule], Any] | None = None) -> dict[str, Any]:
     """Centralised run: fit, test with the best checkpoint, write ``metrics.json``; returns the metrics.
 
     ``module``: an already built LightningModule (distillation builds its own; default ``cfg.module``);
     it ends holding the tested (best) weights. ``extra_metrics`` are added to ``metrics.json``.
+    ``on_tested(module)`` writes what the run adds from the tested weights (distillation's ``student.pt``)
+    before the console lists the run folder's artefacts (a walkthrough: the list left ``student.pt`` out).
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out = output_dir(cfg)
@@ -219,6 +222,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         if getattr(module, "test_per_case", None):  # each test volume's scores, beside the summary
             artifacts.write_case_csv(out / "test_per_case.csv", module.test_per_case)
         artifacts.write_json(out / "metrics.json", metrics)
+        if on_tested is not None:
+            on_tested(module)
         _report(cfg, module, metrics, trainer)
     for lg in trainer.loggers:  # close the W&B run so its summary and config are written to disk
         if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:

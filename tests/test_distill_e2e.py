@@ -16,7 +16,7 @@ TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_
         "data.batch_size=4", "data.augment=false", "module.example_size=32"]
 
 
-def test_kits_hlfd_end_to_end(tmp_path, caplog):
+def test_kits_hlfd_end_to_end(tmp_path, caplog, capsys):
     import logging
 
     from experiments.run import dispatch
@@ -40,6 +40,9 @@ def test_kits_hlfd_end_to_end(tmp_path, caplog):
     payload = torch.load(run / "student.pt", weights_only=True)
     assert not any("teacher" in k or "kd_loss" in k for k in payload["state_dict"])
     assert isinstance(load_student(run / "student.pt"), ResNet18Student)
+    # a walkthrough: the console's artefacts list was printed before student.pt was written
+    out = capsys.readouterr().out
+    assert "student.pt" in out[out.rindex("artefacts:"):]  # the student's run, after the teacher's
     assert (run / "kd_maps.png").stat().st_size > 0
     best = load_checkpoint(run / "checkpoints" / "best.ckpt")  # weights_only=True
     assert not any(k.startswith("teacher.") for k in best["state_dict"])
