@@ -14,6 +14,7 @@ from rich.progress import Progress
 from engine.ensemble import check_ensemble, ensemble_case, plan_ensemble
 from engine.errors import ConfigError
 from engine.predict import check_writable, claim_output_folder, mark_output_folder
+from experiments.config_help import exit_with_help_if_asked
 from experiments.hydra_checks import run_cli, user_command
 
 
@@ -50,4 +51,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_with_help_if_asked("ensemble")  # its keys with their comments, not Hydra's list of training groups
     run_cli(main)

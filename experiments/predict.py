@@ -25,6 +25,7 @@ from rich.progress import Progress
 from engine.artifacts import print_case_table, write_json
 from engine.builders import build_datamodule
 from engine.errors import ConfigError
+from experiments.config_help import exit_with_help_if_asked
 from experiments.hydra_checks import run_cli, user_command
 from engine.predict import (check_case_channels, check_label_shapes, check_writable, claim_output_file,
                             claim_output_folder, is_nifti, load_case_label, load_models, mark_output_folder,
@@ -253,4 +254,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_with_help_if_asked("predict")  # its keys with their comments, not Hydra's list of training groups
     run_cli(main)
