@@ -102,7 +102,8 @@ def plot_rounds(runs: Mapping[str, Rows | Sequence[Rows]], path: str | Path, met
     return save_figure(fig, Path(path))
 
 
-def _label(run_dir: Path, key: str) -> str:
+def _label(run_dir: Path, key: str) -> str | None:
+    """The run's value of ``key`` (its ``config.yaml``), or None where it has none."""
     cfg = run_dir / "config.yaml"
     if cfg.is_file():  # read as data: a ${oc.env:...} in a run's config is shown, never resolved
         value: Any = run_yaml(cfg)
@@ -110,7 +111,7 @@ def _label(run_dir: Path, key: str) -> str:
             value = value.get(part) if isinstance(value, dict) else None
         if value is not None:
             return plain_text(value, 100)  # a run folder from elsewhere: no control characters
-    return plain_text(run_dir.name, 100)
+    return None
 
 
 def _other_differences(run_dirs: Sequence[Path], label_key: str) -> dict[Path, str]:
@@ -138,8 +139,10 @@ def compare_runs(root: str | Path, metric: str = "acc", label_key: str = "federa
     runs: dict[str, list] = {}
     others = _other_differences([f.parent for f in files], label_key)
     for f in files:
-        label = _label(f.parent, label_key)
-        label = f"{label} ({others[f.parent]})" if others[f.parent] else label
+        value, other = _label(f.parent, label_key), others[f.parent]
+        # a run without the key (federation/strategy=fedavg has no mode): named by what differs, else its folder
+        label = (f"{value} ({other})" if other else value) if value is not None else \
+            other or plain_text(f.parent.name, 100)
         rows = read_rounds(f)
         if not rows:
             print(f"warning: {f} left out: no round in it (a link, over 64 MB, not UTF-8 or not a CSV table)",

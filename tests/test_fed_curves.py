@@ -61,3 +61,15 @@ def test_a_run_typed_true_and_its_sweeps_true_are_one_band(tmp_path):
     compare_runs(tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "fed_compare.csv")))
     assert [(r["label"], r["n"]) for r in rows] == [("part", "2")]
+
+
+def test_runs_without_the_label_key_are_named_by_what_differs(tmp_path):
+    """A walkthrough's strategy sweep (``federation/strategy=fedavg,datashare``) drew
+    ``0_small_cnn_s42_strategy-fedavg (federation/strategy=fedavg)`` beside ``part (federation/strategy=datashare)``:
+    FedAvg has no ``mode``, so its folder name stood in. A run without the key is named by what differs."""
+    _run(tmp_path, "0_small_cnn_s42_strategy-fedavg", "part", [0.5], ["federation/strategy=fedavg", "seed=0"])
+    (tmp_path / "0_small_cnn_s42_strategy-fedavg" / "config.yaml").write_text("federation:\n  strategy: {}\n")
+    _run(tmp_path, "1", "part", [0.7], ["federation/strategy=datashare", "seed=0"])
+    compare_runs(tmp_path)
+    labels = [r["label"] for r in csv.DictReader(open(tmp_path / "fed_compare.csv"))]
+    assert sorted(labels) == ["federation/strategy=fedavg", "part (federation/strategy=datashare)"]
