@@ -87,6 +87,13 @@ def md_text(value: Any, limit: int = 500, cell: bool = True) -> str:
     return text.replace("|", "\\|") if cell else text
 
 
+def md_code(value: Any, limit: int = 500) -> str:
+    """:func:`plain_text` for a Markdown code span (wrap it in backticks): a viewer shows a span's content as it
+    is -- no HTML, link or image -- so only a backtick, which would end the span, is replaced; :func:`md_text`'s
+    escapes would show as typed there (a walkthrough: ``data.synthetic.shape=\\[32,32,8\\]``)."""
+    return plain_text(value, limit).replace("`", "'")
+
+
 def csv_text(value: Any) -> str:
     """:func:`plain_text` for a CSV text cell, quoted with ``'`` where a spreadsheet would run it: a leading
     ``=`` or ``@``, or a leading ``+``/``-`` with a call, DDE pipe or sheet reference (``(``, ``|``, ``!``).

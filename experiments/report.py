@@ -30,7 +30,7 @@ import numpy as np
 from callbacks.metric_goal import goal
 from engine.artifacts import atomic_write_text, console
 from experiments.report_html import write_html
-from engine.run_files import MAX_RUN_FILE_BYTES, csv_text, md_text, plain_text, run_json, run_yaml
+from engine.run_files import MAX_RUN_FILE_BYTES, csv_text, md_code, md_text, plain_text, run_json, run_yaml
 from engine.run_match import canonical_override
 
 #: the columns a report shows by default, those present in the runs (surface metrics and the best validation
@@ -213,7 +213,7 @@ def failures(failed: list[Path]) -> list[str]:
     lines = []
     for run in failed:
         info = json_object(run / "failed.json") or {"error": "failed.json does not parse"}
-        lines.append(f"- `{md_text(run, cell=False)}`: {md_text(info.get('error', '?'), cell=False)}")
+        lines.append(f"- `{md_code(run)}`: {md_text(info.get('error', '?'), cell=False)}")
     return lines
 
 
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         md = "No finished run to compare.\n"
     common = run_labels(runs, failed)[1]
     if common:
-        md = f"Common to every run: `{md_text(' '.join(common), cell=False)}`\n\n" + md
+        md = f"Common to every run: `{md_code(' '.join(common))}`\n\n" + md
     if runs and any(len(v) > 1 for vals in groups.values() for v in vals.values()):
         md += "\nmean ± std over a method's runs (population std, numpy's ddof=0; best mean in bold).\n"
     if len(set(contexts.values())) > 1:
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if fails:
         md += f"\nFailed runs ({len(fails)}):\n" + "\n".join(fails) + "\n"
     if args.all and unfinished:
-        md += f"\nUnfinished runs ({len(unfinished)}):\n" + "\n".join(f"- `{md_text(r, cell=False)}`" for r in unfinished) + "\n"
+        md += f"\nUnfinished runs ({len(unfinished)}):\n" + "\n".join(f"- `{md_code(r)}`" for r in unfinished) + "\n"
     if not args.all and (debug or unfinished):
         md += (f"\nLeft out: {len(debug)} debug (fast_dev_run) and {len(unfinished)} unfinished run(s); "
                f"`--all` includes them.\n")

@@ -25,7 +25,8 @@ def png_tag(path: Path, alt: str) -> str:
 
 
 def _inline(text: str) -> str:
-    text = html.escape(html.unescape(text.replace("\\|", "|")))  # Markdown's entities and \| (run_files.md_text)
+    # Markdown's entities, \| and \[ \] (run_files.md_text) read back, then escaped for HTML
+    text = html.escape(html.unescape(text.replace("\\|", "|").replace("\\[", "[").replace("\\]", "]")))
     text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 

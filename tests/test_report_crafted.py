@@ -183,3 +183,18 @@ def test_sweep_outcome_counts_only_this_sweeps_jobs_in_a_reused_folder(tmp_path)
     outcome.on_multirun_end(OmegaConf.create({}))
     assert hydra_checks._sweep == {"failed": ["1_new/nested"], "jobs": 2}
     hydra_checks._sweep.update(failed=[], jobs=0)
+
+
+def test_code_spans_show_overrides_as_typed_and_stay_inert(tmp_path):
+    """A walkthrough: "Common to every run" showed ``data.synthetic.shape=\\[32,32,8\\]`` (md_text's escapes are
+    shown as typed inside a code span). A code span's content is literal to a Markdown viewer: only a backtick,
+    which would end it, is replaced; report.html escapes it as HTML."""
+    runs = tmp_path / "runs"
+    common = ["data.synthetic.shape=[32,32,8]", "+tag=`<script>alert(1)</script>`"]
+    _run(runs, "a", {"test/dice": 0.5}, [*common, "model=unet"])
+    _run(runs, "b", {"test/dice": 0.6}, [*common, "model=dnet"])
+    assert report.main([str(runs)]) == 0
+    line = next(ln for ln in (runs / "report.md").read_text().splitlines() if ln.startswith("Common to every run"))
+    assert "data.synthetic.shape=[32,32,8]" in line and line.count("`") == 2
+    page = (runs / "report.html").read_text()
+    assert "<script>" not in page and "data.synthetic.shape=[32,32,8]" in page
