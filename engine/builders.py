@@ -25,6 +25,7 @@ from callbacks.fit_time import FitTime
 from engine.artifacts import atomic_write_text, is_terminal
 from engine.checkpoint_io import AtomicCheckpointIO
 from engine.tracking import wandb_mode
+from lightning_modules.hints import argument_hint
 from lightning_modules.base import instantiate_with_args_checked, is_argument_error
 from lightning_modules.errors import ConfigError, UserError, one_line
 
@@ -120,7 +121,8 @@ def instantiate_config(node: Any, what: str, values: bool = True, **kwargs: Any)
                                if hasattr(node, "get") and node.get(k) is not None)
             raise ConfigError(f"{what}: {message}" + (f" ({chosen})" if chosen else "")) from err
         if is_argument_error(cause) or (values and isinstance(cause, (ValueError, TypeError))):
-            raise ConfigError(f"{what} ({target}): {message}{_value_named(node, what, message)}") from err
+            hint = argument_hint(target, cause, f"{what}.")  # ++trainer.fast_dev_rn: did you mean trainer.fast_dev_run?
+            raise ConfigError(f"{what} ({target}): {message}{_value_named(node, what, message)}{hint}") from err
         raise
 
 

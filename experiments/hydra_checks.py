@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.errors import MACHINE_ERRNOS, find_user_error, one_line
 from engine.objective import test_objective_line
+from lightning_modules.hints import struct_key_hint
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
 from engine.wandb_tracking import COMMAND_ENV
 
@@ -252,7 +253,8 @@ def hydra_error_line(exc: Exception) -> str:
         return f"{head}; available: {', '.join(str(o) for o in exc.options)}"
     cause = str(exc.__cause__).strip().splitlines()[0] if exc.__cause__ is not None and str(exc.__cause__).strip() else ""
     rest = [ln for ln in lines[1:] if not ln.startswith(("Available options", "Config search path", "provider="))]
-    return head.rstrip(".") + (f": {cause}" if cause else "") + "".join(f" ({ln.rstrip('.')})" for ln in rest[:1])
+    hint = struct_key_hint(exc.__cause__)  # data.imag_size=32: "did you mean data.image_size?"
+    return head.rstrip(".") + (f": {cause}" if cause else "") + hint + "".join(f" ({ln.rstrip('.')})" for ln in rest[:1])
 
 
 def keep_compact() -> None:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lightning_modules.errors import ConfigError
+from lightning_modules.hints import argument_hint
 from lightning_modules.targets import check_targets
 
 LossTerm = Callable[["BaseModule"], torch.Tensor]
@@ -82,7 +83,8 @@ def instantiate_with_args_checked(obj: Mapping, what: str, *args: Any) -> Any:
     except InstantiationException as err:
         cause = err.__cause__
         if cause is not None and is_argument_error(cause):
-            raise ConfigError(f"{what} {obj.get('_target_')}: {cause}") from err
+            hint = argument_hint(obj.get("_target_"), cause, f"{what}.")
+            raise ConfigError(f"{what} {obj.get('_target_')}: {cause}{hint}") from err
         raise
 
 

@@ -286,13 +286,17 @@ CASES: dict[str, Setup] = {
     "medmnist_outside_table": _medmnist_outside_table,
     # Hydra's own command-line errors (one line through experiments.hydra_checks.run_cli, not Hydra's report)
     "hydra_key_typo": simple(["trainer.max_epoch=1"], "trainer.max_epoch"),
+    # a walkthrough: neither line named the key meant; both now end with the close matches
+    "hydra_key_typo_hint": simple(["data.imag_size=32"], "not in struct (did you mean data.image_size?)"),
+    "data_key_typo_hint": simple(["+data.imag_size=32"], "unexpected keyword argument 'imag_size' (did you mean data.image_size?)"),
     "hydra_unknown_option": simple(["model=dnett"], "model/dnett"),
     "hydra_override_syntax": simple(["trainer.max_epochs=["], "trainer.max_epochs=["),
     # a key the constructor does not take, or a value it refuses, under trainer/module/logger/callbacks (``++`` adds
     # it past Hydra's own check): Hydra's multi-line InstantiationException and exit 1 before (a walkthrough)
-    "trainer_key_typo": simple(["++trainer.fast_dev_rn=true"], "trainer (pytorch_lightning.Trainer): Trainer.__init__() got an unexpected keyword argument 'fast_dev_rn'"),
+    "trainer_key_typo": simple(["++trainer.fast_dev_rn=true"], "trainer (pytorch_lightning.Trainer): Trainer.__init__() got an unexpected keyword argument 'fast_dev_rn' (did you mean trainer.fast_dev_run?)"),
     "trainer_bad_value": simple(["++trainer.fast_dev_run=ture"], "trainer (pytorch_lightning.Trainer): invalid literal for int() with base 10: 'ture' (trainer.fast_dev_run='ture')"),
     "module_key_typo": simple(["++module.monitr=val/dice"], "module (lightning_modules.segmentation.SegmentationModule)"),
+    "module_key_typo_hint": simple(["++module.monitr=val/dice"], "(did you mean module.monitor?)"),
     "logger_key_typo": simple(["++logger.csv.nme=x"], "logger.csv (engine.loggers.ResumableCSVLogger)"),
     "callback_key_typo": simple(["++callbacks.model_checkpoint.monitr=x"], "callbacks.model_checkpoint"),
     # not a Lightning callback: Lightning's AttributeError traceback after the object was built (an audit)
