@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -11,13 +12,17 @@ import pytorch_lightning as pl
 from callbacks.plotting import log_images, plt, run_dir, save_figure
 
 
-def read_csv_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Lightning CSVLogger ``metrics.csv`` as key → [(epoch, value)] (empty cells skipped)."""
+def read_csv_metrics(path: Path, text: str | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Lightning CSVLogger ``metrics.csv`` as key → [(epoch, value)] (empty cells skipped). ``text``: the file's
+    content as a report read it (``engine.run_files.run_file_text``: not a link, not elsewhere); a file that is
+    not a CSV table (a cell over csv's size limit) gives what was read before it."""
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    if not path.exists():
-        return series
-    with open(path, errors="replace") as fh:
-        for row in csv.DictReader(fh):
+    if text is None:
+        if not path.exists():
+            return series
+        text = path.read_text(errors="replace")
+    try:
+        for row in csv.DictReader(io.StringIO(text, newline="")):
             epoch = _number(row.get("epoch") or 0)
             if epoch is None or not math.isfinite(epoch):  # a crafted or damaged row (reports read run folders
                 # from elsewhere): skipped
@@ -26,13 +31,15 @@ def read_csv_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
                 number = _number(value) if isinstance(key, str) and key not in ("epoch", "step") else None
                 if number is not None:
                     series[key].append((int(epoch), number))
+    except csv.Error:
+        pass
     return series
 
 
 def _number(value: object) -> float | None:
     try:
         return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

@@ -27,9 +27,12 @@ __all__ = ["plan_ensemble", "check_ensemble", "ensemble_case"]
 def _npz_cases(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise DataError(f"inputs: {folder} is not a folder of predictions")
-    cases = {p.name[:-4]: p for p in sorted(folder.glob("*.npz")) if not p.name.startswith(".")}
+    # regular files only: a link counted another folder's file (or the same twice), a FIFO hung the read
+    cases = {p.name[:-4]: p for p in sorted(folder.glob("*.npz")) if not p.name.startswith(".")
+             and not p.is_symlink() and p.is_file()}
     if not cases:
-        raise DataError(f"inputs: {folder} holds no <case>.npz (predict with save_probabilities=true writes them)")
+        raise DataError(f"inputs: {folder} holds no <case>.npz that is a regular file (predict with "
+                        f"save_probabilities=true writes them; links and other kinds of file are not read)")
     return cases
 
 
@@ -65,6 +68,11 @@ def _meta(path: Path) -> SavedProbabilities:
     few-byte file declared 196 TiB), and ``fg_threshold`` NaN or in [0, 1] (an audit's 5.0 made every voxel
     background)."""
     try:
+        with zipfile.ZipFile(path) as z:
+            packed = [i.filename for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED]
+            small = [i.filename for i in z.infolist() if i.filename != "probabilities.npy" and i.file_size > 2**20]
+        if packed or small:  # predict stores them uncompressed (a verification: 9 MB deflated to 2 GiB)
+            raise ValueError(f"{(packed or small)[0]} is {'compressed' if packed else 'over 1 MB'}, unlike predict's")
         with np.load(path, allow_pickle=False) as f, zipfile.ZipFile(path) as z, z.open("probabilities.npy") as fh:
             version = np.lib.format.read_magic(fh)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -77,7 +85,7 @@ def _meta(path: Path) -> SavedProbabilities:
         raise DataError(f"cannot read saved probabilities {path}: {type(exc).__name__}: {exc}") from None
     problem = ("are not floating point" if dtype.kind != "f" else
                f"hold {shape[0] if shape else 0} classes but class_names names {len(names)}" if not shape
-               or shape[0] != len(names) else
+               or shape[0] != len(names) or not names else
                f"declare {int(np.prod(shape)) * dtype.itemsize} bytes but {stored} are stored"
                if int(np.prod(shape)) * dtype.itemsize != stored else
                f"come with fg_threshold {thr}, outside [0, 1]" if not np.isnan(thr) and not 0 <= thr <= 1 else None)
@@ -88,8 +96,20 @@ def _meta(path: Path) -> SavedProbabilities:
 
 
 def _reference(npz: Path) -> Path | None:
-    """The prediction written beside ``<case>.npz``: its NIfTI header and affine are the ensemble's."""
-    return next((p for p in (npz.with_suffix(".nii.gz"), npz.with_suffix(".nii")) if p.is_file()), None)
+    """The prediction written beside ``<case>.npz``: its NIfTI header and affine are the ensemble's (a regular
+    file, not a link elsewhere)."""
+    return next((p for p in (npz.with_suffix(".nii.gz"), npz.with_suffix(".nii"))
+                 if p.is_file() and not p.is_symlink()), None)
+
+
+def _load_reference(path: Path) -> nib.Nifti1Image:
+    """:func:`_reference`'s image, a damaged one a :class:`DataError` naming it (a verification: a traceback)."""
+    try:
+        img = nib.load(str(path))
+        img.header.get_data_shape()
+        return img
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged file
+        raise DataError(f"cannot read the prediction {path}: {type(exc).__name__}: {exc}") from None
 
 
 def check_ensemble(cases: dict[str, list[Path]]) -> None:
@@ -101,7 +121,7 @@ def check_ensemble(cases: dict[str, list[Path]]) -> None:
         ref = _reference(files[0])
         if ref is None:
             raise DataError(f"no {case}.nii.gz beside {files[0]}: its header and affine are the output's")
-        img = nib.load(str(ref))
+        img = _load_reference(ref)
         if tuple(img.shape) != first.shape[1:]:
             raise DataError(f"{ref} is {tuple(img.shape)} but its probabilities {files[0]} are {list(first.shape)}")
         for path in files[1:]:
@@ -113,7 +133,7 @@ def check_ensemble(cases: dict[str, list[Path]]) -> None:
                 raise DataError(f"{path}: fg_threshold {meta.threshold} but {files[0]} has {first.threshold}: "
                                 f"labels taken two ways")
             other = _reference(path)
-            if other is not None and not np.allclose(nib.load(str(other)).affine, img.affine, atol=1e-3):
+            if other is not None and not np.allclose(_load_reference(other).affine, img.affine, atol=1e-3):
                 raise DataError(f"{other} and {ref} lie on other voxel grids (their affines differ): the "
                                 f"probabilities would be averaged voxel by voxel across them")
 
@@ -134,7 +154,7 @@ def ensemble_case(case: str, files: Sequence[Path], output: Path, keep_probabili
     mean = total / len(files)
     meta = _meta(files[0])
     labels = VolumePredictor.labels(torch.from_numpy(mean), meta.threshold, class_dim=0).numpy().astype(np.uint8)
-    src = nib.load(str(_reference(files[0])))
+    src = _load_reference(_reference(files[0]))
     header = src.header.copy()
     header.set_data_dtype(np.uint8)
     save_nifti(nib.Nifti1Image(labels, src.affine, header), output / f"{case}.nii.gz")

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.multisite import sites_of
 from engine.fit import check_data_states
+from engine.run_files import MAX_RUN_FILE_BYTES, load_yaml_data
 from lightning_modules.base import build
 from lightning_modules.checkpoints import (CheckpointError, file_net_cfg, load_checkpoint, load_strict, net_state,
                                           one_line)
@@ -72,8 +73,10 @@ def read_run_config(path: Path) -> DictConfig:
     read (reading resolves it: ``${oc.env:...}`` would read the environment; audit)."""
     if not path.is_file():
         raise CheckpointError(f"no run config at {path}; pass run_config=<training run>/config.yaml")
-    try:
-        run_cfg = OmegaConf.load(path)
+    if path.stat().st_size > MAX_RUN_FILE_BYTES:
+        raise CheckpointError(f"run config {path} is over {MAX_RUN_FILE_BYTES >> 20} MB: not a run's config.yaml")
+    try:  # data only, no aliases (a verification: OmegaConf.load expanded a crafted alias bomb out of memory)
+        run_cfg = OmegaConf.create(load_yaml_data(path.read_text()))
     except Exception as err:  # noqa: BLE001 - a YAML or OmegaConf error: the file is bad, not the program
         raise CheckpointError(f"run config {path} does not parse ({one_line(err)})") from err
     if isinstance(run_cfg, DictConfig):

@@ -18,6 +18,8 @@ import reprlib
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 #: control characters (C0 but tab/newline, which become spaces, DEL, C1): terminal escapes start with ESC
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 #: a CSV cell starting with one of these is a formula to a spreadsheet
@@ -58,14 +60,40 @@ def run_json(path: str | Path, root: str | Path | None = None) -> Any:
         return None
 
 
-def run_yaml(path: str | Path, root: str | Path | None = None) -> Any:
-    """A run file's YAML value (``safe_load``: data only), or ``None`` as :func:`run_json`."""
-    import yaml
+class NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing aliases (``*a``): the YAML this framework, Hydra and OmegaConf write holds none,
+    and a crafted file's nested aliases (a "billion laughs") expand to gigabytes where a value is used (a
+    verification: predict's ``OmegaConf.load`` of such a ``config.yaml`` ran out of memory)."""
 
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError(f"an alias (*{self.peek_event().anchor}) at {self.peek_event().start_mark}: "
+                                 f"this framework's YAML files hold none")
+        return super().compose_node(parent, index)
+
+
+def load_yaml_data(text: str) -> Any:
+    """YAML ``text`` as data: safe types only, no aliases (:class:`NoAliasLoader`)."""
+    return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def run_yaml(path: str | Path, root: str | Path | None = None) -> Any:
+    """A run file's YAML value (:func:`load_yaml_data`), or ``None`` as :func:`run_json`."""
     text = run_file_text(path, root)
     try:
-        return None if text is None else yaml.safe_load(text)
+        return None if text is None else load_yaml_data(text)
     except (yaml.YAMLError, ValueError, RecursionError):
+        return None
+
+
+def as_number(value: Any) -> float | None:
+    """A number read from a run file as a float, else ``None``: bools, text, and ints too large for a float
+    (an audit's ``1`` followed by 400 zeros was an OverflowError traceback)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
         return None
 
 

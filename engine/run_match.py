@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from engine.run_files import load_yaml_data, plain_text, run_yaml
 from lightning_modules.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def saved_config(run: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        cfg = yaml.safe_load(path.read_text())
+        cfg = load_yaml_data(path.read_text())  # no aliases: a crafted alias bomb is refused, not expanded
     except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError) as err:
         raise ConfigError(f"{path} does not parse as a run config ({type(err).__name__})") from None
     return cfg if isinstance(cfg, dict) else None
@@ -100,13 +101,12 @@ def saved_overrides(run: Path) -> list[str]:
     ``allow_targets``): the folder may come from elsewhere, and a user pastes the command shown (an audit:
     ``+callbacks.x._target_=shutil.rmtree`` in a handed-over folder was offered as the command to run). Those
     are named in one warning."""
-    try:
-        got = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError):
-        return []
+    got = run_yaml(run / ".hydra" / "overrides.yaml", run)  # not a link elsewhere, bounded (an audit: /dev/zero)
     if not isinstance(got, list):
         return []
-    kept = [str(o) for o in got if not str(o).lstrip("+~").startswith(_NOT_REPEATED)]
+    # an override is a string; anything else (an alias bomb's nested lists) is shown bounded, never expanded
+    kept = [o if isinstance(o, str) else plain_text(o, 200) for o in got]
+    kept = [o for o in kept if not o.lstrip("+~").startswith(_NOT_REPEATED)]
     code = [o for o in kept if _names_code(o)]
     if code:
         log.warning("%s names code in %d override(s), left out of the command shown (check them before "

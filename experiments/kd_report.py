@@ -26,7 +26,7 @@ import numpy as np
 
 from engine.artifacts import atomic_write_text
 from experiments.report import json_object, run_config
-from engine.run_files import csv_text, md_text, plain_text
+from engine.run_files import as_number, csv_text, md_text, plain_text
 
 #: paper 001 Table 1 ("Quantitative Results (beta=0.9 and lambda=0.1)"), transcribed from the paper text:
 #: method -> dataset -> (DSC mean, DSC std, RVD). Pixel KD and AT are not in the paper's table (blank).
@@ -106,7 +106,7 @@ def collect(root: Path, include_debug: bool = False) -> tuple[list[dict], list[d
 
 def _number(value: Any) -> float | None:
     """A number from a run file (``None`` for anything else: a crafted file is data)."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return as_number(value)
 
 
 def _stats(values: list[float | None]) -> tuple[float, float, int]:

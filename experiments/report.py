@@ -30,7 +30,8 @@ import numpy as np
 from callbacks.metric_goal import goal
 from engine.artifacts import atomic_write_text, console
 from experiments.report_html import write_html
-from engine.run_files import MAX_RUN_FILE_BYTES, csv_text, md_code, md_text, plain_text, run_json, run_yaml
+from engine.run_files import (MAX_RUN_FILE_BYTES, as_number, csv_text, md_code, md_text, plain_text, run_file_text,
+                              run_json, run_yaml)
 from engine.run_match import canonical_override
 
 #: the columns a report shows by default, those present in the runs (surface metrics and the best validation
@@ -39,10 +40,11 @@ DEFAULT_KEYS = ("test/dice", "test/miou", "test/hd95", "test/nsd", "val/dice_bes
                 "test/acc", "fed/test/accuracy")
 
 
-def json_object(path: Path) -> dict | None:
+def json_object(path: Path, root: Path | None = None) -> dict | None:
     """A run file's JSON object, or ``None`` when it is no such thing (a killed write; a crafted file: a link,
-    too large, nested past Python's recursion limit; :func:`engine.run_files.run_json`)."""
-    value = run_json(path)
+    too large, nested past Python's recursion limit, outside ``root`` -- default its folder;
+    :func:`engine.run_files.run_json`)."""
+    value = run_json(path, root or path.parent)
     return value if isinstance(value, dict) else None
 
 
@@ -75,7 +77,7 @@ def find_unfinished(paths: list[str]) -> list[Path]:
 def run_config(run: Path) -> dict:
     """A run's composed config: ``config.yaml``, else Hydra's ``.hydra/config.yaml``; ``{}`` when neither parses."""
     for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
-        cfg = run_yaml(path)
+        cfg = run_yaml(path, run)  # a .hydra/ linked elsewhere is not read
         if isinstance(cfg, dict) and cfg:
             return cfg
     return {}
@@ -94,7 +96,7 @@ def is_debug(run: Path) -> bool:
 
 def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list[str]:
     """A run's Hydra overrides (``.hydra/overrides.yaml``), minus the seed and ``resume``."""
-    overrides = run_yaml(run / ".hydra" / "overrides.yaml") or []
+    overrides = run_yaml(run / ".hydra" / "overrides.yaml", run) or []
     overrides = [canonical_override(plain_text(o, 200)) for o in overrides if isinstance(o, str)] \
         if isinstance(overrides, list) else []
     return [o for o in overrides if o.split("=")[0].lstrip("+~") not in drop]
@@ -117,14 +119,12 @@ def run_labels(runs: list[Path], siblings: list[Path] = ()) -> tuple[dict[Path, 
 def numeric_metrics(metrics: dict) -> dict[str, float]:
     """A run's numeric metrics, with its evaluation matrix ({row: {test set: value}}) flattened to
     ``matrix/<row>/<test set>``."""
-    flat = {plain_text(k, 200): float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    flat = {plain_text(k, 200): as_number(v) for k, v in metrics.items()}
     matrix = metrics.get("evaluation_matrix")
     for row, cols in (matrix.items() if isinstance(matrix, dict) else ()):  # a crafted file: any shape
         if isinstance(cols, dict):
-            flat.update({plain_text(f"matrix/{row}/{col}", 200): float(v) for col, v in cols.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    return flat
+            flat.update({plain_text(f"matrix/{row}/{col}", 200): as_number(v) for col, v in cols.items()})
+    return {k: v for k, v in flat.items() if v is not None}
 
 
 def collect(runs: list[Path], keys: tuple[str, ...] | None,
@@ -203,7 +203,8 @@ def environment_differences(runs: list[Path]) -> list[str]:
     for run in runs:
         env = json_object(run / "env.json") or {}
         flat = {k: v for k, v in env.items() if k not in ("packages", "resumed", "git_sha")}
-        flat.update({f"packages.{k}": v for k, v in (env.get("packages") or {}).items()})
+        packages = env.get("packages")  # a crafted env.json: a list there was an AttributeError traceback
+        flat.update({f"packages.{k}": v for k, v in (packages.items() if isinstance(packages, dict) else ())})
         for key, value in flat.items():
             values[key].add(str(value))
     return [f"{k}: {' | '.join(sorted(v))}" for k, v in sorted(values.items()) if len(v) > 1]
@@ -225,7 +226,8 @@ def read_curves(runs: list[Path]) -> dict[Path, dict[str, list[tuple[int, float]
     """Each run's per-epoch series (its ``csv/metrics.csv``), read once for :func:`curve_key` and :func:`plot_curves`."""
     from callbacks.curves import read_csv_metrics
 
-    return {run: read_csv_metrics(run / "csv" / "metrics.csv") for run in runs}
+    return {run: read_csv_metrics(run / "csv" / "metrics.csv", run_file_text(run / "csv" / "metrics.csv", run) or "")
+            for run in runs}  # read as data: a csv/ linked elsewhere is not plotted
 
 
 def curve_key(curves: dict[Path, dict[str, list]]) -> str | None:

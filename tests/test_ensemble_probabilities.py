@@ -189,3 +189,50 @@ def test_crafted_saved_probabilities_are_refused(tmp_path, craft, culprit):
         check_ensemble(cases)
         ensemble_case("case", cases["case"], tmp_path / "out")
     assert str(bad) in str(err.value) and not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("attack, culprit", [
+    ("compressed", "is compressed, unlike predict's"),
+    ("no classes", "hold 0 classes"),
+    ("damaged nifti", "cannot read the prediction"),
+    ("linked npz", "holds no <case>.npz"),
+    ("fifo", "holds no <case>.npz"),
+])
+def test_files_predict_did_not_write_are_one_line(tmp_path, attack, culprit):
+    """A verification of the audit's fixes: a 9 MB deflated .npz asked 2 GiB (8 GB uncapped), shape [0, ...]
+    with no class names and a damaged .nii.gz were tracebacks, a linked .npz counted another folder's file and a
+    FIFO hung the ensemble. Only regular files predict could have written are read."""
+    import os
+
+    from datamodules.errors import DataError
+    from engine.ensemble import check_ensemble, ensemble_case, plan_ensemble
+    from engine.predict import save_probabilities
+
+    p = np.random.default_rng(0).dirichlet(np.ones(2), size=(6, 5, 4)).transpose(3, 0, 1, 2).astype(np.float32)
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+        save_probabilities(p, ["background", "liver"], None, folder / "case.npz")
+        nib.save(nib.Nifti1Image(p.argmax(0).astype(np.uint8), np.eye(4)), folder / "case.nii.gz")
+    bad = folders[1] / "case.npz"
+    if attack == "compressed":
+        np.savez_compressed(bad, probabilities=p, class_names=np.array(["background", "liver"]),
+                            fg_threshold=np.float32(np.nan))
+    elif attack == "no classes":
+        for folder in folders:
+            np.savez(folder / "case.npz", probabilities=np.zeros((0, 6, 5, 4), np.float32),
+                     class_names=np.array([], dtype="<U1"), fg_threshold=np.float32(np.nan))
+    elif attack == "damaged nifti":
+        (folders[1] / "case.nii.gz").write_bytes(b"not a gzip file")
+    elif attack == "linked npz":
+        bad.unlink()
+        bad.symlink_to(folders[0] / "case.npz")
+    else:
+        bad.unlink()
+        os.mkfifo(bad)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DataError, match=culprit):
+        cases = plan_ensemble(folders)
+        check_ensemble(cases)
+        ensemble_case("case", cases["case"], tmp_path / "out")
+    assert not list((tmp_path / "out").iterdir())

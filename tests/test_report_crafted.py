@@ -198,3 +198,45 @@ def test_code_spans_show_overrides_as_typed_and_stay_inert(tmp_path):
     assert "data.synthetic.shape=[32,32,8]" in line and line.count("`") == 2
     page = (runs / "report.html").read_text()
     assert "<script>" not in page and "data.synthetic.shape=[32,32,8]" in page
+
+
+def test_linked_folders_inside_a_run_huge_numbers_and_alias_bombs(tmp_path, capsys):
+    """A verification of the audit's fixes got past them: a run's ``.hydra/`` or ``csv/`` linked to a folder
+    elsewhere was read (a secret in its overrides became a method name; its metrics were plotted); an alias
+    bomb or ``/dev/zero`` as ``overrides.yaml`` exhausted memory in ``federation.curves``; ``1`` and 400 zeros in
+    ``metrics.json`` and a list as ``env.json``'s packages were tracebacks; predict's ``OmegaConf.load`` expanded
+    an alias bomb in a run's ``config.yaml``."""
+    from engine.predict_models import read_run_config
+    from federation.curves import compare_runs
+
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / ".hydra").mkdir(parents=True)
+    (elsewhere / ".hydra" / "overrides.yaml").write_text("- SECRET_TOKEN=hunter2\n")
+    (elsewhere / "csv").mkdir()
+    (elsewhere / "csv" / "metrics.csv").write_text("epoch,step,val/dice\n0,1,0.99\n1,2,0.98\n")
+    runs = tmp_path / "runs"
+    a = _run(runs, "a", {"test/dice": 0.5}, ["model=unet"])
+    b = runs / "b"
+    b.mkdir()
+    (b / "metrics.json").write_text('{"test/dice": 1' + "0" * 400 + ', "test/miou": 0.5}')
+    (b / "env.json").write_text('{"packages": ["torch"]}')
+    (b / ".hydra").symlink_to(elsewhere / ".hydra")
+    (b / "csv").symlink_to(elsewhere / "csv")
+    (a / "env.json").write_text('{"packages": {"torch": "2"}}')
+    assert report.main([str(runs), "--keys", "test/dice", "test/miou"]) == 0
+    assert "SECRET_TOKEN" not in (runs / "report.md").read_text()
+    assert report.read_curves([b])[b] == {}  # the linked csv/ is not plotted
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefg", "bcdefgh"))
+    fed = tmp_path / "fed"
+    for name in ("s1", "s2"):
+        (fed / name / ".hydra").mkdir(parents=True)
+        (fed / name / "rounds.csv").write_text("round,test/acc\n1,0.5\n")
+    (fed / "s1" / ".hydra" / "overrides.yaml").write_text("- &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"- &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefg", "bcdefgh")))
+    (fed / "s2" / ".hydra" / "overrides.yaml").write_text("- ['" + "[" * 50_000 + "']\n")
+    compare_runs(fed, "acc", "federation.strategy.mode", tmp_path / "cmp.png")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(bomb + "data: {_target_: datamodules.segmentation.VolumeSegmentationDataModule, x: *h}\n")
+    with pytest.raises(CheckpointError, match="does not parse.*alias"):
+        read_run_config(cfg)
