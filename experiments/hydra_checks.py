@@ -95,6 +95,7 @@ def unusable_resume_state(run: Path, federation: bool, store_dir: Any = "client_
     written, so a failed resume leaves a finished run's ``config.yaml`` and ``.hydra/`` as they were (both are
     rewritten when a run starts; an audit found a bad client store file refused only after that)."""
     from engine.fit import check_trainer_state, checked_ckpt
+    from federation.resume_checks import check_resumed_local
     from federation.server_state import load_server_state
     from federation.store import read_store_file
     from lightning_modules.errors import CheckpointError
@@ -102,11 +103,14 @@ def unusable_resume_state(run: Path, federation: bool, store_dir: Any = "client_
 
     try:
         last = run / "checkpoints" / "last.ckpt"
+        start = 0  # the round a federation resumes at (server.pt's round + 1)
         if federation and (run / "server.pt").is_file():
-            load_server_state(run / "server.pt")
-        if federation:  # memory-mapped (lazy): their structure only, as the server reads them on resume
+            start = load_server_state(run / "server.pt")["round"] + 1  # RNG states tried on scratch generators
+        if federation:  # memory-mapped (lazy): their structure, and the kept BN entries finite, as Server.resume
             store = run / str(store_dir or "client_store")
-            for path in sorted([*store.glob("*.pt"), *(store / "best_local").glob("*.pt")]):
+            for path in sorted(store.glob("*.pt")):
+                check_resumed_local(read_store_file(path, "client store", lazy=True), start, path)
+            for path in sorted((store / "best_local").glob("*.pt")):
                 read_store_file(path, "client store", lazy=True)
         if not federation and last.is_file():
             check_trainer_state(checked_ckpt(last, lazy=True), last)

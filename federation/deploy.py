@@ -9,6 +9,7 @@ trained (the server keeps their initial values: FedBN never averages them), and 
 last round's statistics in ``fed/best/test/*``."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Mapping
 
@@ -94,6 +95,21 @@ def keeps_local(fed: DictConfig) -> bool:
     return bool(cls.keeps_local or strategy.get("local_keys") or strategy.get("local_prefixes"))
 
 
+def _own_file(path: Path, run_dir: Path, what: str) -> None:
+    """``path`` (a client store file, ``global_best_local.pt``) is a regular file of the run folder ``run_dir``:
+    a handed-over folder's ``client_store/0.pt`` linked to another run's file (or a best-round snapshot linked
+    elsewhere) had that file's BN entries filled into these weights (an audit)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise FederationError(f"{path}: the run's {what} is a link (to {os.readlink(path)}), not a file of the run "
+                              f"folder; a run's files are its own (copy the file in place of the link)")
+    if not path.is_file():
+        raise FederationError(f"{path}: the run's {what} is not a regular file")
+    if not path.resolve().is_relative_to(Path(run_dir).resolve()):
+        raise FederationError(f"{path}: the run's {what} is outside the run folder {run_dir}; predict from the run "
+                              f"folder (its config, weights, client store and {BEST_LOCAL} together)")
+
+
 def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Mapping[str, torch.Tensor],
                    site: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """``(state, what was filled in)``: ``state`` (the federation's global ``weights``) with the local-only
@@ -112,6 +128,11 @@ def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Map
                               f"and {BEST_LOCAL} beside the config)")
     store = ClientStore(store_dir)
     clients = store.index()
+    for cid in clients:  # read below: the run's own files, not links to another run's
+        _own_file(store.path(cid), run_dir, f"client store file of {cid!r}")
+    snapshot = Path(weights).parent / BEST_LOCAL
+    if Path(weights).name == "global_best.pt" and (snapshot.is_symlink() or snapshot.exists()):
+        _own_file(snapshot, run_dir, f"best round's local entries ({BEST_LOCAL})")
     if site is not None and site not in clients:
         raise FederationError(f"{site!r} is no client of {store_dir} (clients: {clients}): its batch norm "
                               f"cannot be chosen; predict's client=<one of them> picks one, client=mean their mean")

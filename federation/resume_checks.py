@@ -17,7 +17,8 @@ import torch
 
 from federation.errors import FederationError
 
-__all__ = ["check_server_state", "check_model_entries", "check_client_data", "store_dir_inside", "BEFORE"]
+__all__ = ["check_server_state", "check_model_entries", "check_client_data", "check_strategy_state",
+           "check_resumed_local", "store_dir_inside", "BEFORE"]
 
 #: a client store file's earlier version (``federation.store``): ``{"round": r, "data": {...}}``
 BEFORE = "__before_round__"
@@ -29,7 +30,15 @@ def _int(v: Any, lo: int = 0, hi: int | None = None) -> bool:
 
 
 def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """An int or float that ``float()`` takes (NaN/inf included: a run may log an infinite loss); an int
+    such as ``10**400`` is not (an OverflowError in the round curves after a whole round, an audit found)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
 
 
 def _real(v: Any) -> bool:
@@ -128,6 +137,22 @@ def _check_rng(rng: dict, path: Path) -> None:
     if not _dense(tst) or tst.dtype != ref.dtype or tst.shape != ref.shape:
         raise _bad(path, "rng['torch']", f"is {_shown(tst)}, not a torch generator state ({ref.dtype} "
                                          f"{list(ref.shape)})")
+    # tried on scratch generators, so an invalid state is refused before anything is written (an all-255 torch
+    # state was refused by Server.resume only, after Hydra had rewritten config.yaml and .hydra/)
+    import random
+
+    import numpy as np
+
+    for key, load in (
+            ("python", lambda: random.Random().setstate((py[0], tuple(int(w) for w in py[1].tolist()), py[2]))),
+            ("numpy", lambda: np.random.RandomState().set_state(
+                (npst[0], npst[1].numpy().astype(np.uint32), npst[2], npst[3], npst[4]))),
+            ("torch", lambda: torch.Generator().set_state(tst.clone()))):
+        try:
+            load()
+        except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+            raise _bad(path, f"rng[{key!r}]", f"is not a valid generator state ({type(err).__name__}: "
+                                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
 
 
 def check_server_state(state: dict, path: Path) -> None:
@@ -145,15 +170,89 @@ def check_server_state(state: dict, path: Path) -> None:
         if key in state and not ok(state[key]):
             raise _bad(path, key, f"is {_shown(state[key])}")
     _check_rng(state["rng"], path)
+    _check_strategy_layout(state["strategy"], path)
+
+
+_DEPTH = 6  # FedOpt's {"m": {name: tensor}}, DataSharing's {"allocation": {client: int}}: 2 levels
+
+
+def _check_strategy_layout(value: Any, path: Path, key: str = "strategy", depth: int = 0) -> None:
+    """The strategy's state holds what ``state_dict`` writes: str-keyed dicts, lists, numbers, strings and plain,
+    finite tensors (an ``expand()``-ed 316 KB ``m`` entry took 10.9 GB; NaN in FedAdam's ``v`` blamed the
+    aggregation). Which keys, shapes and ranges: :func:`check_strategy_state`, where the model is known."""
+    if isinstance(value, torch.Tensor):
+        if not _dense(value):
+            raise _bad(path, key, f"is {_shown(value)}, not a plain tensor (or a view larger than its data)")
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            raise _bad(path, key, "holds NaN or inf values")
+        return
+    if isinstance(value, (dict, list, tuple)):
+        if depth >= _DEPTH:
+            raise _bad(path, key, f"nests deeper than a strategy's state ({_DEPTH} levels)")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            if isinstance(value, dict) and not isinstance(k, str):
+                raise _bad(path, f"{key}[{k!r:.40}]", "is keyed by other than a str")
+            _check_strategy_layout(v, path, f"{key}[{k!r:.40}]", depth + 1)
+        return
+    if not (value is None or isinstance(value, (str, bool)) or _num(value)):
+        raise _bad(path, key, f"is {_shown(value)}, not what a strategy's state holds")
+
+
+def check_strategy_state(state: Mapping[str, Any], strategy: Any, model: Mapping[str, torch.Tensor],
+                         client_ids: list[str], path: Path) -> None:
+    """``server.pt``'s ``strategy`` as this federation's strategy writes it: the keys of its ``state_dict()``;
+    FedOpt's moments keyed by the model's optimised entries with their shapes and dtypes (a ``torch.zeros(3)``
+    broadcast silently), ``v`` >= 0; DataSharing's accuracies in [0, 1] and allocations ints in 0..the pool's
+    size (``10**12`` was ``shared_sent=2e12`` at exit 0), both keyed by the federation's clients."""
+    from federation.core.strategies.datasharing import DataSharing
+    from federation.core.strategies.fedopt import FedOpt
+
+    hint = "not the state of this federation's strategy; " + AFRESH
+    extra = sorted(set(state) - set(strategy.state_dict()))
+    if extra:
+        raise _bad(path, "strategy", f"holds {extra[:3]}, not kept by {type(strategy).__name__}", hint)
+    if isinstance(strategy, FedOpt):
+        keys = {k for k in strategy.client_keys(model) if strategy._adaptive(k, model[k])}
+        for name in ("m", "v"):
+            moments = state.get(name, {})
+            check_model_entries(moments, model, path, f"strategy[{name!r}]", every=False, hint=hint)
+            other = sorted(set(moments) - keys)
+            if other:
+                raise _bad(path, f"strategy[{name!r}][{other[0]!r}]", "is not an entry the server optimises", hint)
+        for k, v in state.get("v", {}).items():
+            if bool((v < 0).any()):
+                raise _bad(path, f"strategy['v'][{k!r}]", "holds negative values (a second moment is >= 0)", hint)
+    if isinstance(strategy, DataSharing):
+        clients = set(client_ids)
+        for name, ok, what in (("accuracies", lambda a: _real(a) and 0.0 <= a <= 1.0, "an accuracy in [0, 1]"),
+                               ("allocation", lambda m: _int(m, 0, strategy.n_shared),
+                                f"a number of shared samples in 0..{strategy.n_shared} (the pool's size)")):
+            values = state.get(name, {})
+            if not isinstance(values, dict):
+                raise _bad(path, f"strategy[{name!r}]", f"is {_shown(values)}, not a {{client: value}} dict", hint)
+            for cid, v in values.items():
+                if cid not in clients:
+                    raise _bad(path, f"strategy[{name!r}][{cid!r:.40}]", "is no client of this federation", hint)
+                if not ok(v):
+                    raise _bad(path, f"strategy[{name!r}][{cid!r:.40}]", f"is {_shown(v)}, not {what}", hint)
 
 
 def _meta(v: Any, fields: dict) -> bool:
     return isinstance(v, dict) and all(k in v and ok(v[k]) for k, ok in fields.items())
 
 
+def _history_row(row: Any) -> bool:
+    """A client's history row as :func:`federation.runner.run_client` appends it: ``{"round": int,
+    "num_samples": int, "num_shared": int, metric: number, ...}``."""
+    return isinstance(row, dict) and _int(row.get("round")) and \
+        all(isinstance(k, str) and _num(v) for k, v in row.items()) and \
+        all(_int(row[k]) for k in ("num_samples", "num_shared") if k in row)
+
+
 #: what the federation's clients store (federation.runner); other keys are the store's callers' own
 _CLIENT_KEYS = {
-    "history": lambda v: isinstance(v, list),
+    "history": lambda v: isinstance(v, list),  # its rows: check_resumed_local (the store is generic)
     "last_round": _int,
     "best_local_meta": lambda v: _meta(v, {"round": _int, "value": _real, "monitor": lambda m: isinstance(m, str)}),
     "best_local": lambda v: _meta(v, {"round": _int, "value": _real, "state": lambda s: isinstance(s, dict)}),
@@ -180,6 +279,23 @@ def check_client_data(data: dict, path: Path, within: str = "") -> None:
                           and isinstance(before["data"], dict)):
             raise _bad(path, name(BEFORE), f"is {_shown(before)}, not {{'round': int, 'data': dict}}")
         check_client_data(before["data"], path, f"{BEFORE}['data']")
+
+
+def check_resumed_local(data: dict, start_round: int, path: Path) -> None:
+    """What a resume starting at round ``start_round`` keeps of a federation client's store file (after the
+    server's rollback of a stopped round): finite ``local_state`` entries, checked before anything is written
+    as ``Server.resume`` checks them after (an audit found NaN BN entries refused only once config.yaml and
+    .hydra/ were rewritten; the entries are memory-mapped, the BN entries small), and ``history`` rows as
+    :func:`federation.runner.run_client` appends them (``['x', None, {'round': 'a'}]`` was kept, exit 0)."""
+    before = data.get(BEFORE)
+    kept = before["data"] if isinstance(before, dict) and before.get("round", -1) >= start_round else data
+    where = "" if kept is data else f"{BEFORE}['data']"
+    _tensors(kept.get("local_state") or {}, path, f"{where}['local_state']" if where else "local_state")
+    for i, row in enumerate(kept.get("history") or []):
+        if not _history_row(row):
+            key = f"{where}['history'][{i}]" if where else f"history[{i}]"
+            raise _bad(path, key, f"is {_shown(row)}, not a round's row ({{'round': int, 'num_samples': int, "
+                                  f"'num_shared': int, metric: number, ...}})")
 
 
 def store_dir_inside(run_dir: Path, store_dir: Any, source: str) -> Path:

@@ -44,7 +44,7 @@ from federation.core.strategies import Strategy
 from federation.errors import FederationError
 from federation.plan import check_federation_config, split_clients, write_partition_report
 from federation.runner import best_local_store, build_strategy, eval_trainer, quiet_lightning, register_base
-from federation.resume_checks import check_model_entries
+from federation.resume_checks import check_model_entries, check_resumed_local, check_strategy_state
 from federation.server_state import load_server_state, rng_state, save_atomic, set_rng_state
 from federation.deploy import LocalStates, mean_local, save_best_local, stored_local
 from federation.store import ClientStore
@@ -233,6 +233,7 @@ class Server:
         if list(state["client_ids"]) != self.client_ids:
             raise FederationError(f"{path} was written for clients {state['client_ids'][:5]}..., this config "
                                   f"partitions into {self.client_ids[:5]}...: not the same federation")
+        check_strategy_state(state["strategy"], self.strategy, self.global_state, self.client_ids, path)
         missing = set(state["store_index"]) - set(self.store.index())
         if missing:
             raise FederationError(f"client store {self.store.root} lacks clients {sorted(missing)[:5]} "
@@ -250,7 +251,9 @@ class Server:
                                   f"{str(err).splitlines()[0] if str(err) else ''}); delete it to start afresh") from err
         self._drop_stopped_round(self.start_round)
         for cid in self.store.index():  # FedBN's BN entries go into this model: its names, shapes, dtypes, finite
-            check_model_entries(self.store._read(cid, lazy=True).get("local_state") or {}, self.global_state,
+            data = self.store._read(cid, lazy=True)
+            check_resumed_local(data, self.start_round, self.store.path(cid))  # the history rows, as runner writes
+            check_model_entries(data.get("local_state") or {}, self.global_state,
                                 self.store.path(cid), "local_state", every=False)
         if self.best.get("round") == self.start_round:  # the run may have stopped before writing that round's best
             self.save_best()

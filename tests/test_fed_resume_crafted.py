@@ -230,3 +230,184 @@ def test_wrong_shape_global_resume_is_one_line(finished_run):
     proc = _run(tmp, run, "federation.rounds=2", f"resume={run}")
     _one_line(proc, str(run / "server.pt"), "global['head.2.bias']", "[11]")
     assert (run / "global_best.pt").read_bytes() == best
+
+
+# ------------------------------------------------------------------------------------- strategy state, history, links
+def _fedadam_model():
+    return {"w": torch.zeros(2, 3), "bn.running_mean": torch.zeros(3), "bn.num_batches_tracked": torch.tensor(0)}
+
+
+@pytest.mark.parametrize("name, edit, key", [  # name: read by the ids
+    ("m_expanded", lambda s: s["strategy"]["m"].update(w=torch.zeros(1).expand(5 * 10**8)), "strategy['m']['w']"),
+    ("v_nan", lambda s: s["strategy"]["v"].update(w=torch.full((2, 3), math.nan)), "strategy['v']['w']"),
+    ("nested_str_key", lambda s: s["strategy"].update(m={1: torch.ones(1)}), "strategy['m'][1]"),
+    ("object", lambda s: s["strategy"].update(x=b"abc"), "strategy['x']"),
+    ("history_overflow", lambda s: s["history"][0].update({KEY: 10**400}), f"history[0]['{KEY}']"),
+    ("rng_torch_invalid", lambda s: s["rng"].update(torch=torch.full_like(torch.get_rng_state(), 255)),
+     "rng['torch']"),
+], ids=["m_expanded", "v_nan", "nested_str_key", "object", "history_overflow", "rng_torch_invalid"])
+def test_crafted_strategy_history_rng_is_one_line(tmp_path, name, edit, key):
+    """Gaps 1, 2, 4: an expand()-ed FedAdam moment (10.9 GB then a traceback), NaN in ``v`` (blamed on the
+    aggregation), a 10**400 history value (an OverflowError in the curves after a whole round), an all-255 torch RNG
+    state (refused only after config.yaml was rewritten): refused by load_server_state, i.e. before any write."""
+    state = _state()
+    state["strategy"] = {"m": {"w": torch.zeros(2, 3)}, "v": {"w": torch.ones(2, 3)}}
+    save_atomic(state, tmp_path / "server.pt")
+    load_server_state(tmp_path / "server.pt")  # as written: loads
+    edit(state)
+    torch.save(state, tmp_path / "server.pt")
+    with pytest.raises(FederationError) as err:
+        load_server_state(tmp_path / "server.pt")
+    line = str(err.value)
+    assert str(tmp_path / "server.pt") in line and key in line and "\n" not in line, line
+
+
+def test_history_keeps_nan_and_inf(tmp_path):
+    state = _state()
+    state["history"][0][KEY] = math.inf
+    save_atomic(state, tmp_path / "server.pt")
+    assert load_server_state(tmp_path / "server.pt")["history"][0][KEY] == math.inf
+
+
+@pytest.mark.parametrize("strategy, key", [
+    ({"m": {"w": torch.zeros(3)}}, "strategy['m']['w']"),  # broadcast silently before
+    ({"m": {"w": torch.zeros(2, 3, dtype=torch.float64)}}, "strategy['m']['w']"),
+    ({"v": {"x": torch.zeros(1)}}, "strategy['v']"),  # not a model entry
+    ({"m": {"bn.running_mean": torch.zeros(3)}}, "strategy['m']['bn.running_mean']"),  # averaged, not optimised
+    ({"v": {"w": -torch.ones(2, 3)}}, "strategy['v']['w']"),
+    ({"allocation": {"0": 1}}, "strategy"),  # not FedAdam's
+], ids=["shape", "dtype", "unknown", "bn_stat", "negative_v", "other_strategy"])
+def test_fedopt_state_of_another_model_is_one_line(tmp_path, strategy, key):
+    from federation.core.strategies.fedopt import FedAdam
+    from federation.resume_checks import check_strategy_state
+
+    model = _fedadam_model()
+    fedadam = FedAdam()
+    check_strategy_state({"m": {"w": torch.ones(2, 3)}, "v": {"w": torch.ones(2, 3)}}, fedadam, model, ["0"],
+                         tmp_path / "server.pt")
+    with pytest.raises(FederationError) as err:
+        check_strategy_state(strategy, fedadam, model, ["0"], tmp_path / "server.pt")
+    assert key in str(err.value) and "server.pt" in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("strategy, key", [
+    ({"allocation": {"0": 10**12}}, "strategy['allocation']['0']"),
+    ({"allocation": {"0": -1}}, "strategy['allocation']['0']"),
+    ({"allocation": {"0": 1.5}}, "strategy['allocation']['0']"),
+    ({"allocation": {"9": 1}}, "strategy['allocation']['9']"),
+    ({"accuracies": {"0": 7.0}}, "strategy['accuracies']['0']"),
+    ({"accuracies": {"0": math.nan}}, "strategy['accuracies']['0']"),
+    ({"accuracies": []}, "strategy['accuracies']"),
+], ids=["huge", "negative", "float", "no_client", "acc_big", "acc_nan", "acc_list"])
+def test_datasharing_state_out_of_range_is_one_line(tmp_path, strategy, key):
+    from federation.core.strategies.datasharing import DataSharing
+    from federation.resume_checks import check_strategy_state
+
+    sharing = DataSharing(n_shared=50)
+    check_strategy_state({"accuracies": {"0": .5, "1": .9}, "allocation": {"0": 50, "1": 0}}, sharing,
+                         _fedadam_model(), ["0", "1"], tmp_path / "server.pt")
+    with pytest.raises(FederationError) as err:
+        check_strategy_state(strategy, sharing, _fedadam_model(), ["0", "1"], tmp_path / "server.pt")
+    assert key in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("history", [["x"], [None], [{"round": "a"}], [{"round": 0, "acc": "x"}],
+                                     [{"round": 0, "num_samples": 1.5}], [{"round": 0, "acc": 10**400}]],
+                         ids=["str", "none", "round_str", "metric_str", "samples_float", "overflow"])
+def test_crafted_client_history_is_one_line(tmp_path, history):
+    """Gap 3: a federation client's store ``history`` entries were never checked (kept, exit 0); refused by the
+    resume's check before anything is written (and by Server.resume, which calls the same check)."""
+    from experiments.hydra_checks import unusable_resume_state
+    from federation.store import ClientStore
+
+    store = ClientStore(tmp_path / "run" / "client_store")
+    store.update("0", {"local_state": {"bn": torch.ones(2)}, "last_round": 0,
+                       "history": [{"round": 0, "num_samples": 5, "num_shared": 0, "acc": .5}]})
+    assert unusable_resume_state(tmp_path / "run", True) is None
+    data = torch.load(store.path("0"), weights_only=True)
+    data["history"] = history
+    torch.save(data, store.path("0"))
+    line = unusable_resume_state(tmp_path / "run", True) or ""
+    assert f"{store.path('0')}: history[0] is" in line and "\n" not in line, line
+
+
+def test_resume_check_refuses_nan_local_state_before_anything_is_written(tmp_path):
+    """Gap 4: NaN BN entries in a client store (kept after the resume's rollback) were refused by Server.resume
+    only, after config.yaml and .hydra/ were rewritten; a stopped round's NaN attempt that the rollback drops is
+    no reason to refuse."""
+    from experiments.hydra_checks import unusable_resume_state
+    from federation.store import ClientStore
+
+    run = tmp_path / "run"
+    state = _state()  # round=1: the resume starts at round 2
+    run.mkdir()
+    save_atomic(state, run / "server.pt")
+    store = ClientStore(run / "client_store")
+    store.update("0", {"local_state": {"bn": torch.ones(2)}}, round=1)
+    assert unusable_resume_state(run, True) is None
+    store.update("0", {"local_state": {"bn": torch.full((2,), math.nan)}}, round=2)  # a stopped round 3: dropped
+    assert unusable_resume_state(run, True) is None
+    data = torch.load(store.path("0"), weights_only=True)
+    data["__before_round__"]["data"]["local_state"]["bn"] = torch.tensor([1.0, math.inf])  # kept: refused
+    torch.save(data, store.path("0"))
+    line = unusable_resume_state(run, True) or ""
+    assert str(store.path("0")) in line and "local_state" in line and "NaN or inf" in line, line
+    torch.save({"local_state": {"bn": torch.full((2,), math.nan)}}, store.path("0"))
+    assert "local_state['bn']" in (unusable_resume_state(run, True) or "")
+
+
+def _fedbn_run(tmp_path):
+    from federation.store import ClientStore
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    ClientStore(other / "client_store").update("0", {"local_state": {"bn": torch.full((2,), 7.0)}})
+    ClientStore(run / "client_store").update("0", {"local_state": {"bn": torch.ones(2)}})
+    (run / "global_best.pt").write_bytes(b"")
+    cfg = OmegaConf.create({"federation": {"strategy": {"_target_": "federation.core.strategies.fedbn.FedBN"}}})
+    return run, other, cfg, {"w": torch.zeros(2), "bn": torch.zeros(2)}
+
+
+def test_linked_store_file_or_best_local_is_refused(tmp_path):
+    """Gap 5 (F13): ``client_store/0.pt`` linked to another run's file, or ``global_best_local.pt`` linked to a
+    file elsewhere, had that file's BN entries filled in by predict; now one line naming the link."""
+    from federation.deploy import BEST_LOCAL, deployed_state
+
+    run, other, cfg, state = _fedbn_run(tmp_path)
+    filled, _ = deployed_state(run / "global_best.pt", run, cfg, state)
+    assert torch.equal(filled["bn"], torch.ones(2))
+    save_atomic({"0": {"bn": torch.full((2,), 5.0)}}, other / BEST_LOCAL)
+    (run / BEST_LOCAL).symlink_to(other / BEST_LOCAL)
+    with pytest.raises(FederationError, match=f"{BEST_LOCAL}.*is a link"):
+        deployed_state(run / "global_best.pt", run, cfg, state)
+    (run / BEST_LOCAL).unlink()
+    (run / BEST_LOCAL).mkdir()
+    with pytest.raises(FederationError, match=f"{BEST_LOCAL}.*not a regular file"):
+        deployed_state(run / "global_best.pt", run, cfg, state)
+    (run / BEST_LOCAL).rmdir()
+    (run / "client_store" / "0.pt").unlink()
+    (run / "client_store" / "0.pt").symlink_to(other / "client_store" / "0.pt")
+    with pytest.raises(FederationError, match=r"client_store/0\.pt.*is a link"):
+        deployed_state(run / "global_best.pt", run, cfg, state)
+
+
+def test_resume_refuses_a_linked_store_file(tmp_path):
+    """Gap 5, the resume path: a store file linked out of the run folder is refused before anything is written
+    (hydra_checks.foreign_link, run by resume_problem before unusable_resume_state)."""
+    from experiments.hydra_checks import foreign_link
+
+    run, other, _, _ = _fedbn_run(tmp_path)
+    assert foreign_link(run) is None
+    (run / "client_store" / "0.pt").unlink()
+    (run / "client_store" / "0.pt").symlink_to(other / "client_store" / "0.pt")
+    assert foreign_link(run) == (Path("client_store/0.pt"), str(other / "client_store" / "0.pt"))
+
+
+def test_datasharing_allocation_beyond_the_pool_resume_is_one_line(finished_run):
+    """Gap 1 end to end: ``allocation={'0': 10**12, ...}`` resumed to exit 0 with shared_sent=2e12."""
+    def edit(s):
+        assert set(s["strategy"]) == {"accuracies", "allocation"}, s["strategy"]
+        s["strategy"]["allocation"] = {cid: 10**12 for cid in s["client_ids"]}
+
+    tmp, run = _crafted_copy(finished_run, "allocation", edit)
+    proc = _run(tmp, run, "federation.rounds=2", f"resume={run}")
+    _one_line(proc, str(run / "server.pt"), "strategy['allocation']['0']", "pool")
