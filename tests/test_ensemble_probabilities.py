@@ -136,6 +136,19 @@ def test_files_no_predict_wrote_are_not_overwritten(folders):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def _two_prediction_folders(tmp_path):
+    """Folders a and b as predict writes them with save_probabilities=true: one two-class case each."""
+    from engine.predict import save_probabilities
+
+    p = np.random.default_rng(0).dirichlet(np.ones(2), size=(6, 5, 4)).transpose(3, 0, 1, 2).astype(np.float32)
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+        save_probabilities(p, ["background", "liver"], None, folder / "case.npz")
+        nib.save(nib.Nifti1Image(p.argmax(0).astype(np.uint8), np.eye(4)), folder / "case.nii.gz")
+    return p, folders
+
+
 def _huge_header(path):
     """A .npz whose probabilities.npy declares (2, 30000, 30000, 30000) float32 and stores 16 bytes."""
     import io
@@ -167,14 +180,8 @@ def test_crafted_saved_probabilities_are_refused(tmp_path, craft, culprit):
     allocation from a header declaring a shape its few bytes do not hold (a MemoryError traceback)."""
     from datamodules.errors import DataError
     from engine.ensemble import check_ensemble, ensemble_case, plan_ensemble
-    from engine.predict import save_probabilities
 
-    p = np.random.default_rng(0).dirichlet(np.ones(2), size=(6, 5, 4)).transpose(3, 0, 1, 2).astype(np.float32)
-    folders = [tmp_path / "a", tmp_path / "b"]
-    for folder in folders:
-        folder.mkdir()
-        save_probabilities(p, ["background", "liver"], None, folder / "case.npz")
-        nib.save(nib.Nifti1Image(p.argmax(0).astype(np.uint8), np.eye(4)), folder / "case.nii.gz")
+    p, folders = _two_prediction_folders(tmp_path)
     bad = folders[1] / "case.npz"
     if craft == "huge":
         _huge_header(bad)
@@ -206,14 +213,8 @@ def test_files_predict_did_not_write_are_one_line(tmp_path, attack, culprit):
 
     from datamodules.errors import DataError
     from engine.ensemble import check_ensemble, ensemble_case, plan_ensemble
-    from engine.predict import save_probabilities
 
-    p = np.random.default_rng(0).dirichlet(np.ones(2), size=(6, 5, 4)).transpose(3, 0, 1, 2).astype(np.float32)
-    folders = [tmp_path / "a", tmp_path / "b"]
-    for folder in folders:
-        folder.mkdir()
-        save_probabilities(p, ["background", "liver"], None, folder / "case.npz")
-        nib.save(nib.Nifti1Image(p.argmax(0).astype(np.uint8), np.eye(4)), folder / "case.nii.gz")
+    p, folders = _two_prediction_folders(tmp_path)
     bad = folders[1] / "case.npz"
     if attack == "compressed":
         np.savez_compressed(bad, probabilities=p, class_names=np.array(["background", "liver"]),

@@ -69,16 +69,21 @@ def test_a_server_pt_as_written_loads(tmp_path):
     assert load_server_state(tmp_path / "server.pt")["best"]["round"] == 2
 
 
+def _refused_in_one_line(state, path, key):
+    """``state`` saved as ``path`` is refused by load_server_state in one line naming the file and ``key``."""
+    torch.save(state, path)
+    with pytest.raises(FederationError) as err:
+        load_server_state(path)
+    line = str(err.value)
+    assert str(path) in line and key in line and "\n" not in line, line
+
+
 @pytest.mark.parametrize("name", sorted(CRAFTED))
 def test_crafted_server_pt_entry_is_one_line_naming_it(tmp_path, name):
     edit, key = CRAFTED[name]
     state = copy.deepcopy(_state())
     edit(state)
-    torch.save(state, tmp_path / "server.pt")
-    with pytest.raises(FederationError) as err:
-        load_server_state(tmp_path / "server.pt")
-    line = str(err.value)
-    assert str(tmp_path / "server.pt") in line and key in line and "\n" not in line, line
+    _refused_in_one_line(state, tmp_path / "server.pt", key)
 
 
 @pytest.mark.parametrize("saved, key", [
@@ -255,11 +260,7 @@ def test_crafted_strategy_history_rng_is_one_line(tmp_path, name, edit, key):
     save_atomic(state, tmp_path / "server.pt")
     load_server_state(tmp_path / "server.pt")  # as written: loads
     edit(state)
-    torch.save(state, tmp_path / "server.pt")
-    with pytest.raises(FederationError) as err:
-        load_server_state(tmp_path / "server.pt")
-    line = str(err.value)
-    assert str(tmp_path / "server.pt") in line and key in line and "\n" not in line, line
+    _refused_in_one_line(state, tmp_path / "server.pt", key)
 
 
 def test_history_keeps_nan_and_inf(tmp_path):
