@@ -146,8 +146,12 @@ def test_failing_clients_are_dropped(tmp_path, monkeypatch):
     assert not (tmp_path / "b" / "run" / "server.pt").exists()
 
 
-def test_resume_is_equivalent(tmp_path):
-    common = [*DIGITS, "federation.strategy.mode=part", "trainer.deterministic=true"]
+@pytest.mark.parametrize("strategy", [["federation.strategy.mode=part"], ["federation/strategy=fedadam"]],
+                         ids=["datasharing", "fedadam"])
+def test_resume_is_equivalent(tmp_path, strategy):
+    """A run stopped after round 1 and resumed ends as the uninterrupted one; for FedAdam that needs the
+    server's moments (``m``, ``v``, ``server.pt``'s strategy state) restored, not restarted at zero."""
+    common = [*DIGITS, *strategy, "trainer.deterministic=true"]
     dispatch(compose_run([*common, "federation.rounds=2"], tmp_path / "a"))
     dispatch(compose_run([*common, "federation.rounds=1"], tmp_path / "b"))  # "killed" after round 1
     dispatch(compose_run([*common, "federation.rounds=2", "resume=true"], tmp_path / "b"))
