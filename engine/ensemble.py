@@ -23,6 +23,9 @@ from lightning_modules.inference import VolumePredictor
 
 __all__ = ["plan_ensemble", "check_ensemble", "ensemble_case"]
 
+#: how far a voxel's saved class probabilities may sum from 1 (float32 softmax and linear resampling: ~1e-6)
+_SUM_TOLERANCE = 1e-3
+
 
 def _npz_cases(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
@@ -150,6 +153,10 @@ def ensemble_case(case: str, files: Sequence[Path], output: Path, keep_probabili
             # an audit's NaN, inf and -100 "probabilities" were averaged into labels, exit 0
             raise DataError(f"saved probabilities {path} hold values outside [0, 1] (min {prob.min():g}, max "
                             f"{prob.max():g}): not a file predict wrote (save_probabilities=true)")
+        off = float(np.abs(prob.sum(axis=0, dtype=np.float64) - 1).max(initial=0.0))
+        if off > _SUM_TOLERANCE:  # predict's are a softmax, resampled linearly: they sum to 1 at every voxel
+            raise DataError(f"saved probabilities {path} do not sum to 1 over the classes (off by up to {off:.3g} "
+                            f"at a voxel): not a file predict wrote (save_probabilities=true)")
         total = prob if total is None else total + prob
     mean = total / len(files)
     meta = _meta(files[0])
