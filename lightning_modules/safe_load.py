@@ -25,7 +25,8 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", lazy: bool = Fal
         raise CheckpointError(f"{what} {path} is a folder, not a checkpoint file"
                               + (f"; it holds e.g. {', '.join(found)}" if found else ""))
     if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist")
+        raise CheckpointError(f"{what} {path} " + ("is not a regular file (a FIFO, socket or device)"
+                                                  if path.exists() else "does not exist"))
     try:
         mmap = lazy and zipfile.is_zipfile(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

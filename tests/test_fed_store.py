@@ -58,6 +58,16 @@ def test_load_is_weights_only(tmp_path):
         store.load("bad", "x")
 
 
+def test_a_fifo_as_a_clients_file_is_named_as_such_and_never_opened(tmp_path):
+    """A FIFO in the store is refused at once (opening it would hang); the line used to say the file
+    "does not exist", although ``index()`` listed the client."""
+    store = ClientStore(tmp_path / "clients")
+    os.mkfifo(store.path("c1"))
+    assert store.index() == ["c1"]
+    with pytest.raises(CheckpointError, match=r"c1\.pt is not a regular file \(a FIFO"):
+        store.load("c1", "history")
+
+
 def test_round_versioned_writes_drop_a_stopped_attempt(tmp_path):
     """``update(..., round=r)`` keeps the state before round r: a stopped attempt at r is invisible to
     reads as of r, replaced by the next write of r, and dropped for good by ``rollback``."""
