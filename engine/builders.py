@@ -17,11 +17,12 @@ import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.callbacks import ModelSummary, ProgressBar
 
 from callbacks.checkpoint_paths import ConfineCheckpointPaths
 from callbacks.epoch_seeding import EpochSeeding
 from callbacks.fit_time import FitTime
+from callbacks.model_summary import FirstBatchModelSummary
 from engine.artifacts import atomic_write_text, is_terminal
 from engine.checkpoint_io import AtomicCheckpointIO
 from engine.tracking import wandb_mode
@@ -256,5 +257,9 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = 
         callbacks.append(ConfineCheckpointPaths())
     if not any(isinstance(c, FitTime) for c in callbacks):
         callbacks.append(FitTime())  # fit_seconds across resumes (engine.fit)
+    summary = overrides.get("enable_model_summary", cfg.trainer.get("enable_model_summary"))
+    if summary is not False and not any(isinstance(c, ModelSummary) for c in callbacks):
+        callbacks.append(FirstBatchModelSummary())  # Lightning's, with an input: FLOPs and sizes, not "FLOPs: 0"
+        overrides["enable_model_summary"] = False  # so Lightning adds no summary of its own at fit start
     return instantiate_config(cfg.trainer, "trainer", callbacks=callbacks, logger=logger if logger is not None else False,
                               **overrides)
