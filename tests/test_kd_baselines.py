@@ -114,6 +114,17 @@ def test_region_affinity_hand_case_and_fallback():
     assert torch.isfinite(DKDLoss()(roles)["rad"])
 
 
+def test_a_region_smaller_than_a_feature_cell_still_counts():
+    """A 3 x 3 tumour in a 64 x 64 mask on a 2 x 2 feature map: nearest resizing dropped it (the term was 0 on
+    every batch of a 64 px DKD run, a review found); area weights keep it, and the term sees the pair."""
+    mask = torch.zeros(1, 64, 64, dtype=torch.long)
+    mask[0, 10:13, 40:43] = 1
+    torch.manual_seed(0)
+    s, t = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    assert region_affinity_loss(s, t, mask, classes=2).item() > 1e-4  # 0.0009 here; nearest: exactly 0
+    assert region_affinity_loss(s, s, mask, classes=2).item() == 0.0
+
+
 def test_pixel_kd_weight():
     roles = random_roles()
     out = PixelKDLoss(temperature=4.0, weight=0.5)(roles)
