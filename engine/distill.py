@@ -31,6 +31,8 @@ from lightning_modules.atomic import atomic_output
 from datamodules.volumes import CACHE_FORMAT
 from engine.builders import ConfigError, build_module
 from engine.fit import output_dir, train_and_test
+from lightning_modules.base import build
+from lightning_modules.distill_setup import check_same_padding
 from lightning_modules.segmentation import SegmentationModule
 
 log = logging.getLogger("engine.distill")
@@ -163,6 +165,15 @@ def ensure_teacher(cfg: DictConfig) -> Path:
     return _atomic_copy(src, cache)
 
 
+def check_padding_before_the_teacher(cfg: DictConfig) -> None:
+    """:func:`~lightning_modules.distill_setup.check_same_padding` at ``data.image_size``, from the two nets'
+    configs, before a teacher is trained for a pair the student's first batch would refuse."""
+    size = OmegaConf.select(cfg, "data.image_size", default=None)
+    if isinstance(size, int) and not isinstance(size, bool):
+        check_same_padding(build(cfg.distill.teacher.model, what="distill.teacher.model"),
+                           build(cfg.model, what="model"), (size, size))
+
+
 def run_distillation(cfg: DictConfig) -> dict[str, Any]:
     """One row of Table 1 for one dataset and seed: teacher, student w/o KD, or a KD method."""
     from lightning_modules.distillation import save_student
@@ -195,6 +206,7 @@ def run_distillation(cfg: DictConfig) -> dict[str, Any]:
                               on_tested=lambda m: save_student(m, out / "student.pt", method=method))
     if cfg.distill.get("loss") is None:
         raise ConfigError(f"distill.method={method!r} has no distill.loss; valid methods: teacher, none, or a KD loss")
+    check_padding_before_the_teacher(cfg)
     ckpt = ensure_teacher(cfg)
     kcfg = copy.deepcopy(cfg)
     with open_dict(kcfg):

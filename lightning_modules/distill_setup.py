@@ -11,6 +11,7 @@ so its adapters are created once, as registered sub-modules.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,8 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.hooks import FeatureTap, resolve_module
 from lightning_modules.losses.kd.attention import LIST_ROLES, MASK, ROLES, STUDENT_LOGITS, TEACHER_PRED_LATE
 
-__all__ = ["AUTO_ROLES", "Tap", "parse_taps", "build_teacher", "example_shape", "check_pair", "dry_run",
+__all__ = ["AUTO_ROLES", "Tap", "parse_taps", "build_teacher", "example_shape", "check_pair", "check_same_padding",
+           "dry_run",
            "build_kd_loss", "main_output"]
 
 #: roles filled automatically when not declared: net outputs and the ground truth.
@@ -128,6 +130,21 @@ def check_pair(teacher: nn.Module, student: nn.Module) -> None:
     if t_in is not None and s_in is not None and t_in != s_in:
         raise ConfigError(f"teacher {type(teacher).__name__} takes in_channels={t_in} but student "
                           f"{type(student).__name__} takes in_channels={s_in}")
+
+def check_same_padding(teacher: nn.Module | None, student: nn.Module, size: Sequence[int]) -> None:
+    """Teacher and student must pad an ``H x W`` input to one size: each zero-pads to its own ``size_multiple``
+    (the teacher UNet++ to 16, the ResNet-18 student to 32), and at 80 px their maps would cover 80 and 96 px, to
+    be resized onto each other, misaligned, with no error (a review found it; no shipped size does it)."""
+    t, s = getattr(teacher, "size_multiple", None), getattr(student, "size_multiple", None)
+    if t is None or s is None:
+        return
+    padded = [tuple(-(-int(n) // m) * m for n in size) for m in (int(t), int(s))]
+    if padded[0] != padded[1]:
+        raise ConfigError(f"distillation at {' x '.join(map(str, size))} px: the teacher pads it to "
+                          f"{' x '.join(map(str, padded[0]))} (a multiple of {t}) and the student to "
+                          f"{' x '.join(map(str, padded[1]))} (a multiple of {s}), so their maps would be "
+                          f"compared misaligned; use a data.image_size that is a multiple of {math.lcm(int(t), int(s))}")
+
 
 @torch.no_grad()
 def dry_run(teacher: nn.Module, student: nn.Module, taps: Sequence[Tap], shape: Sequence[int],

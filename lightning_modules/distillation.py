@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from lightning_modules.base import to_plain
 from lightning_modules.checkpoints import load_net, save_net
 from lightning_modules.distill_setup import (
-    AUTO_ROLES, Tap, build_kd_loss, build_teacher, check_pair, dry_run, example_shape, main_output, parse_taps,
+    AUTO_ROLES, Tap, build_kd_loss, build_teacher, check_pair, check_same_padding, dry_run, example_shape, main_output,
+    parse_taps,
 )
 from lightning_modules.errors import ConfigError
 from lightning_modules.hooks import FeatureTap
@@ -225,6 +226,7 @@ class DistillationModule(SegmentationModule):
         self.attach_taps()
         self.student_tap.clear(), self.teacher_tap.clear()
         image, mask = batch["image"], batch["mask"]
+        check_same_padding(self.teacher, self.net, image.shape[-2:])
         self.teacher.eval()
         with torch.no_grad():
             teacher_out = self.teacher(image)

@@ -229,3 +229,24 @@ def test_non_finite_kd_term_raises_naming_step_and_term():
         module.training_step(batch(), 0)
     # raised inside training_step: no backward, no optimizer step, weights untouched
     assert all(torch.equal(before[k], p) for k, p in module.net.named_parameters())
+
+
+def test_teacher_and_student_padding_to_other_sizes_is_refused_before_the_teacher_trains(tmp_path):
+    """The UNet++ teacher pads to a multiple of 16, the ResNet-18 student to 32: at 80 px their maps covered 80
+    and 96 px and were resized onto each other, misaligned, with no error (a review). Refused at 80 px before
+    a teacher is trained; 64 and 96 px pad alike."""
+    from engine.distill import run_distillation
+    from lightning_modules.base import build
+    from lightning_modules.distill_setup import check_same_padding
+    from tests.hydra_helpers import compose_run
+
+    teacher, student = build(TEACHER), build(STUDENT)
+    for size in (64, 96, 128):
+        check_same_padding(teacher, student, (size, size))
+    with pytest.raises(ConfigError, match=r"at 80 x 96 px: the teacher pads it to 80 x 96 \(a multiple of 16\) "
+                                          r"and the student to 96 x 96 .*a multiple of 32"):
+        check_same_padding(teacher, student, (80, 96))
+    cfg = compose_run(["+exp=kits_hlfd", "logger=csv", "data.image_size=80", "++trainer.fast_dev_run=true"], tmp_path)
+    with pytest.raises(ConfigError, match="distillation at 80 x 80 px"):
+        run_distillation(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))  # no teacher was trained
