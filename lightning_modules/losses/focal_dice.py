@@ -7,6 +7,9 @@
   per class, ``1 - (2 sum p g + s) / (sum p + sum g + s)`` with the sums over batch *and* pixels
   (stable on slices without foreground), averaged over classes; ``s = smooth = 1e-5``.
 * ``ignore_index`` pixels are left out of both terms.
+* Weights: focal + Dice, 1 : 1. Paper 001 names "the focal dice loss" without weights; the authors' public code
+  (``calc_loss``) takes ``0.5 focal + 0.5 Dice``, which halves L_seg against Eq. 5's ``beta L_F + lam L_P``.
+  ``module.loss.base.focal_weight=0.5 module.loss.base.dice_weight=0.5`` gives their balance.
 
 Inputs: logits ``float[B, K, H, W]`` (K >= 2) and ``int64[B, H, W]`` masks.
 """

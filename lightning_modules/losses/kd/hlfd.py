@@ -24,6 +24,11 @@ Interpretation choices (the paper is terse):
 * Fig. 1's "input X and augmentation X'": both nets see the same augmented batch (Sec. 3's rotation and
   flips are the augmentation), not two views of it; the caption sends both X and X' through both encoders,
   and no term of Eqs. 1-5 compares two views.
+* Layers and heads follow the text, not the authors' public code (``train_kd.py``, ``loss_functions.py``):
+  there the pixel terms read the student's *decoder* maps through 1x1 convs created afresh at every step
+  (random projections never trained; here ``predictive_head`` is built once and trained), the feature terms
+  tap the stem as early layer, each half of L_F and L_P is weighed 0.5, and the learning rate is 1e-2 (the
+  text: 1e-3). ``distill/hlfd.yaml`` declares the taps, so another pairing is a config change.
 * IFD compares at the teacher late feature's spatial size; the sum over j is kept unnormalised as
   printed in Eq. 2 while IPD is averaged (1/N) as printed in Eq. 4.
 """
