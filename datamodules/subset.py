@@ -131,7 +131,8 @@ class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
             ``val_from="val"``, into ``base.val_dataset`` (the server's held-out set).
         shared_indices: shared-pool indices into ``base.train_dataset`` added to training only.
         test_indices: indices into ``base.test_dataset``; None = the whole pooled test set.
-        train_item_fn: per-item transform of the training items (e.g. federation's ``PartialLabels``).
+        train_item_fn: per-item transform of the training items (e.g. federation's ``PartialLabels``);
+        val_item_fn: of the validation items (a partially annotated site validates on its own labels).
         seed: seeds the training shuffle (a fresh generator per ``train_dataloader`` call).
     """
 
@@ -140,7 +141,8 @@ class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
                  shared_indices: Sequence[int] | np.ndarray | None = None,
                  test_indices: Sequence[int] | np.ndarray | None = None, *,
                  val_from: str = "train", batch_size: int | None = None, num_workers: int = 0,
-                 seed: int = 0, train_item_fn: Callable[[dict], dict] | None = None) -> None:
+                 seed: int = 0, train_item_fn: Callable[[dict], dict] | None = None,
+                 val_item_fn: Callable[[dict], dict] | None = None) -> None:
         super().__init__()
         if getattr(base, "train_dataset", None) is None:
             raise RuntimeError("SubsetDataModule needs a base datamodule after setup()")
@@ -161,7 +163,7 @@ class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
         self.val_dataset = None
         if val_indices is not None and len(val_indices):
             src = train_eval_dataset(base) if val_from == "train" else base.val_dataset
-            self.val_dataset = IndexSubset(src, val_indices)
+            self.val_dataset = IndexSubset(src, val_indices, val_item_fn)
         self.test_dataset = base.test_dataset if test_indices is None else IndexSubset(base.test_dataset, test_indices)
         self.eval_batch_size = getattr(base, "eval_batch_size", None)
 

@@ -158,13 +158,14 @@ def evaluate(trainer: pl.Trainer, module: pl.LightningModule, loader: Any, stage
 
 def client_datamodule(cfg: DictConfig, base: pl.LightningDataModule, indices: ClientIndices,
                        shared: Any, seed: int) -> SubsetDataModule:
-    item_fn = None
-    if indices.annotated is not None:
-        item_fn = PartialLabels(indices.annotated, int(base.num_classes), int(_fed(cfg, "ignore_index", 255)),
-                                unannotated=str(_fed(cfg, "unannotated", "ignore")))
+    item_fn = val_fn = None
+    if indices.annotated is not None:  # the site's own labels, for training and for its validation split
+        item_fn, val_fn = (PartialLabels(indices.annotated, int(base.num_classes), int(_fed(cfg, "ignore_index", 255)),
+                                         unannotated=str(_fed(cfg, "unannotated", "ignore")), for_validation=v)
+                           for v in (False, True))
     return SubsetDataModule(base, indices.train, indices.val, shared_indices=shared,
                             test_indices=indices.test, batch_size=getattr(base, "batch_size", None),
-                            seed=seed, train_item_fn=item_fn)
+                            seed=seed, train_item_fn=item_fn, val_item_fn=val_fn)
 
 
 def train_local(cfg: DictConfig, datamodule: SubsetDataModule, init_state: Mapping[str, torch.Tensor] | None,

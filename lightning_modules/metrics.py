@@ -40,6 +40,20 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     return counts[:, :num_classes * num_classes].reshape(b, num_classes, num_classes)
 
 
+def annotated_view(pred: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a partially annotated site can score (papers 003/004): predicted classes it does not label
+    (``annotated``, bool ``[B, K]``) count as background, and pixels its labels leave unknown (an index past
+    the classes, e.g. 255) are left out; so those classes are absent from both sides (NaN, out of the mean
+    Dice) and the annotated ones are scored as on its own labels. Returns ``(pred, target, valid)``."""
+    k = annotated.shape[1]
+    known_pred = annotated.gather(1, pred.reshape(len(pred), -1).long().clamp(0, k - 1)).view_as(pred)
+    pred = torch.where(known_pred, pred, torch.zeros_like(pred))
+    labelled = (target >= 0) & (target < k)
+    valid = labelled if valid is None else valid & labelled
+    return pred, torch.where(labelled, target, torch.zeros_like(target)), valid
+
+
 def dice_per_class(cm: np.ndarray) -> np.ndarray:
     """Dice 2TP/(2TP+FP+FN) per class from a C×C confusion matrix; NaN where class absent in both."""
     tp = np.diag(cm).astype(float)

@@ -21,7 +21,7 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.losses.hybrid import class_probabilities
 from lightning_modules.inference import main_head
 from lightning_modules.metrics import (
-    PerCaseConfusion, case_scores, quiet_if_idle, summarise, surface_scores, updated_anywhere,
+    PerCaseConfusion, annotated_view, case_scores, quiet_if_idle, summarise, surface_scores, updated_anywhere,
 )
 from lightning_modules.roc import BinnedMulticlassROC
 
@@ -191,7 +191,7 @@ class SegmentationModule(BaseModule):
     def _evaluate(self, batch: dict, stage: str, cases: PerCaseConfusion) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
         logits = self.forward_eval(image)
-        loss = self.loss(logits, mask)
+        loss = self.loss(logits, mask, **({"label_mask": batch["label_mask"]} if "label_mask" in batch else {}))
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(mask), sync_dist=True)
         prob = self.probabilities(logits)
         keep = torch.ones(len(mask), dtype=torch.bool, device=mask.device)
@@ -202,7 +202,10 @@ class SegmentationModule(BaseModule):
             pred = self.predict_labels(prob[keep])
             valid = batch.get("valid")  # padded mixed-size batches: only the slices' own pixels count
             valid = None if valid is None else valid[keep]
-            cases.update(pred, mask[keep], ids, valid)
+            target = mask[keep]
+            if "annotated" in batch:  # a partially annotated site's validation: the classes it labels only
+                pred, target, valid = annotated_view(pred, target, batch["annotated"][keep], valid)
+            cases.update(pred, target, ids, valid)
             if stage == "test":
                 self._keep_for_surface(batch, pred, mask[keep], ids, keep, valid)
                 flat_p = prob[keep].movedim(1, -1).reshape(-1, prob.shape[1])

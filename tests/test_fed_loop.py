@@ -270,6 +270,12 @@ def test_partial_labels_mask_unannotated(tmp_path):
     masks = torch.stack([dm.train_dataset[i]["mask"] for i in range(len(dm.train_dataset))])
     assert ((raw == 2) <= (masks == 0)).all() and not (masks == 255).any()
     assert dm.train_dataset[0]["label_mask"].tolist() == [True, True, False]
+    # its validation split is labelled as the site labels it (a review: the site's best round and early
+    # stopping were chosen by tumour Dice, from tumour labels site 1 does not have)
+    val = [dm.val_dataset[i] for i in range(len(dm.val_dataset))]
+    raw_val = torch.stack([x["mask"] for x in server.client_loader("site1", "val").dataset])
+    assert ((raw_val == 2) <= (torch.stack([x["mask"] for x in val]) == 0)).all() and (raw_val == 2).any()
+    assert val[0]["annotated"].tolist() == [True, True, False] and "annotated" not in dm.train_dataset[0]
 
 
 def test_covid_datashare_real_data(tmp_path, shared_data):

@@ -1,5 +1,7 @@
 """Partial labels (SegViz, paper 004): the marginal hybrid loss and the two ways of simulating partial
 annotation (``federation.unannotated``)."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -70,3 +72,17 @@ def test_partial_labels_modes(as_numpy):
     assert bg[0]["label_mask"].tolist() == [True, True, False, True]
     with pytest.raises(ValueError, match="federation.unannotated='guess'"):
         PartialLabels([1], 4, unannotated="guess")
+
+
+def test_a_site_scores_only_the_classes_it_annotates():
+    """``annotated_view``: a site labelling class 1 only, whose net also predicts class 2 (which its labels
+    call background, or leave unknown as 255), scores class 1 as on its own labels and class 2 not at all."""
+    from lightning_modules.metrics import annotated_view, case_scores, confusion_matrix
+
+    pred = torch.tensor([[[1, 1, 2, 2, 0, 0]]])
+    for target in (torch.tensor([[[1, 0, 0, 0, 0, 0]]]), torch.tensor([[[1, 0, 255, 255, 0, 0]]])):
+        p, t, valid = annotated_view(pred, target, torch.tensor([[True, True, False]]))
+        assert p.tolist() == [[[1, 1, 0, 0, 0, 0]]]
+        scores = case_scores(confusion_matrix(p, t, 3, valid)[0].numpy(), ["bg", "organ", "tumour"])
+        assert scores["dice_organ"] == pytest.approx(2 / 3) and math.isnan(scores["dice_tumour"])
+        assert scores["dice"] == pytest.approx(2 / 3)  # the mean over what the site annotates

@@ -108,21 +108,31 @@ class PartialLabels:
     ``unannotated`` mode: ``ignore`` sets the unannotated classes' pixels to ``ignore_index``;
     ``background`` sets them to background and adds ``label_mask=bool[K]`` (the loss then marginalises).
     3D training items (lists of patches) are handled patch by patch. Picklable (a class, not a closure) so
-    loader workers and Ray carry it; given to :class:`datamodules.subset.SubsetDataModule` as ``train_item_fn``."""
+    loader workers and Ray carry it; given to :class:`datamodules.subset.SubsetDataModule` as ``train_item_fn``.
+    ``for_validation``: the same labels for the site's validation split, plus ``annotated=bool[K]``, so the
+    site picks its best round and stops early by the classes it labels, as a real site must (a review: its
+    validation Dice counted the organs it does not annotate, from labels it would not have)."""
 
     MODES = ("ignore", "background")
 
     def __init__(self, annotated: Iterable[int], num_classes: int, ignore_index: int = 255,
-                 background: int = 0, unannotated: str = "ignore") -> None:
+                 background: int = 0, unannotated: str = "ignore", for_validation: bool = False) -> None:
         if unannotated not in self.MODES:
             raise ValueError(f"federation.unannotated={unannotated!r}: expected one of {', '.join(self.MODES)}")
         self.annotated = sorted({int(a) for a in annotated} | {int(background)})  # background always known
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
         self.background, self.unannotated = int(background), unannotated
+        self.for_validation = bool(for_validation)
 
     def __call__(self, item: dict | list[dict]) -> dict | list[dict]:
         if isinstance(item, list):  # 3D training items: the patches of one volume
             return [self(x) for x in item]
+        out = self._masked(item)
+        if self.for_validation:  # the site scores the classes it labels only (SegmentationModule._evaluate)
+            out["annotated"] = label_mask(self.annotated, self.num_classes)
+        return out
+
+    def _masked(self, item: dict) -> dict:
         out = dict(item)
         if self.unannotated == "ignore":
             out["mask"] = mask_unannotated(item["mask"], self.annotated, self.ignore_index)
