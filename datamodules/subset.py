@@ -170,6 +170,11 @@ class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:  # everything is built in __init__
         pass
 
+    def val_dataloader(self) -> Any:
+        """No loader where the client has no validation split (``federation.client_val_fraction=0``): a
+        ``fast_dev_run`` validated anyway and every client failed with "setup() must run" (found this session)."""
+        return [] if self.val_dataset is None else super().val_dataloader()
+
     def collate_fn(self, train: bool):
         fn = getattr(self.base, "collate_fn", None)
         return fn(train) if callable(fn) else None

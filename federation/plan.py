@@ -75,6 +75,14 @@ def check_federation_config(fed: Any) -> None:
                               f"be in (0, 1]; give an int for a count")
     if isinstance(per, int) and per < 1:
         raise FederationError(f"federation.clients_per_round={per}: must be >= 1")
+    val = fed.get("client_val_fraction", 0.2)
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0.0 <= float(val) < 1.0:
+        raise FederationError(f"federation.client_val_fraction={val}: must be a fraction in [0, 1)")
+    strategy = fed.get("strategy") or {}
+    if float(val) == 0.0 and str(strategy.get("_target_", "")).endswith("DataSharing") \
+            and strategy.get("mode", "part") == "part":
+        raise FederationError("federation.client_val_fraction=0 leaves the clients no validation split, but data "
+                              "sharing (mode=part, paper 000 step 6) allocates by each client's validation accuracy")
     frac = fed.get("shared_fraction")
     if frac is not None and not 0.0 <= float(frac) < 1.0:
         raise FederationError(f"federation.shared_fraction={frac}: must be in [0, 1)")

@@ -45,6 +45,9 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     (["federation/partition=dirichlet", "federation.partition.alpha=-0.5"], ["alpha=-0.5"]),
     (["federation/partition=dirichlet", "+federation.partition.alpah=0.1"], ["federation.partition.alpah=0.1"]),
     (["federation.partition_unit=patient"], ["federation.partition_unit=patient"]),
+    (["federation.client_val_fraction=1.5"], ["federation.client_val_fraction=1.5", "[0, 1)"]),
+    # data sharing allocates by client validation accuracy: without a split it was a KeyError after round 1
+    (["federation.client_val_fraction=0"], ["federation.client_val_fraction=0", "data sharing"]),
     # a strategy's constructor refusing a value (found by an audit: tracebacks, and FedAdam took eta=-1 and ran)
     (["federation.strategy.mode=bogus"], ["federation.strategy (DataSharing)", "'bogus'"]),
     (["federation/strategy=fedprox", "federation.strategy.mu=abc"], ["federation.strategy.mu='abc'"]),
@@ -55,6 +58,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     (["federation/executor=ray", "federation.executor.address=ray://127.0.0.1:9"],
      ["federation.executor.address=ray://127.0.0.1:9", "no Ray cluster answers there"]),
 ], ids=["rounds0", "float_per_round", "negative_per_round", "too_many_clients", "alpha0", "alpha_negative", "partition_typo", "unit",
+        "client_val_fraction", "no_client_val_for_sharing",
         "sharing_mode", "fedprox_mu", "fedadam_eta", "ray_address_unreachable",
         "ray_client_address_unreachable"])
 def test_bad_federation_value_is_one_line_exit_2(tmp_path, args, needles):

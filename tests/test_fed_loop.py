@@ -502,3 +502,13 @@ def test_the_matrix_says_when_a_clients_column_is_its_validation_split(tmp_path)
     assert matrix_note(server) is None
     server.indices["a"] = ClientIndices(idx, idx, idx)
     assert matrix_note(server) is None
+
+
+def test_clients_without_a_validation_split_train_under_fast_dev_run(tmp_path):
+    """``federation.client_val_fraction=0`` (a site's own validation split elsewhere): under ``fast_dev_run``
+    every client failed with "SubsetDataModule.setup() must run before asking for a loader" (found this
+    session), so the federation stopped after one round with no model."""
+    out = dispatch(compose_run(["+exp=fed_pancreas", "logger=csv", "federation.client_val_fraction=0",
+                                "federation.evaluation_matrix=false", "++trainer.fast_dev_run=true"], tmp_path))
+    rows = (tmp_path / "run" / "rounds.csv").read_text().splitlines()
+    assert len(rows) >= 2 and out
