@@ -191,11 +191,14 @@ def plot_partition(labels: np.ndarray, parts: Sequence[np.ndarray], path: str | 
 
 def write_partition_report(out: Path, labels: np.ndarray | None, parts: list[np.ndarray], client_ids: list[str],
                            pool: Any, target: str, class_names: Sequence[str] | None = None,
-                           partial: Mapping[str, Sequence[int]] | None = None) -> Path | None:
+                           partial: Mapping[str, Sequence[int]] | None = None,
+                           splits: Mapping[str, tuple[int, int]] | None = None) -> Path | None:
     """``partition.md`` (table), ``partition.json`` (stats) and ``partition.png`` (histogram) in ``out``,
     rows named by ``client_ids``; returns the PNG path (``None`` when the data has no per-sample labels).
     ``partial`` (``federation.partial_labels``): the classes each client annotates, said under the table, whose
-    counts are of the labels on disk (each sample's largest class), not of what a client trains on."""
+    counts are of the labels on disk (each sample's largest class), not of what a client trains on. ``splits``:
+    ``{client: (training, validation) samples}``, said under the table where a validation split is carved from
+    the ``n`` of a client (a review: ``n`` read as what a client trains on, 28 where it trained on 21)."""
     if labels is None:
         return None
     names = list(class_names or [])
@@ -214,6 +217,10 @@ def write_partition_report(out: Path, labels: np.ndarray | None, parts: list[np.
         report += (f"\nPartial labels (federation.partial_labels): each client annotates only {said}. The counts "
                    f"above are of the labels on disk (each sample's largest class), as the simulation reads them "
                    f"before hiding the rest from the client's training.\n")
+    if splits and any(v for _, v in splits.values()):
+        said = ", ".join(f"{cid} {t}/{v}" for cid, (t, v) in splits.items())
+        report += (f"\nEach client's validation split is carved from its n (federation.client_val_fraction); "
+                   f"training/validation samples: {said}.\n")
     artifacts.atomic_write_text(out / "partition.md", header + report)
     artifacts.write_json(out / "partition.json", {**stats, "shared": n_shared})
     png = plot_partition(labels, parts, out / "partition.png", names or None,

@@ -113,7 +113,8 @@ class Server:
         self.remote = not any(len(p) for p in parts)  # remote_sites: the sites' data is on their own nodes
         self.partition_png = None if self.remote else write_partition_report(
             self.out, self.labels, parts, self.client_ids, self.pool, self.fed.partition._target_,
-            getattr(self.base, "class_names", None), self.fed.get("partial_labels"))
+            getattr(self.base, "class_names", None), self.fed.get("partial_labels"),
+            {cid: (len(ind.train), len(ind.val)) for cid, ind in self.indices.items()})
 
         self.template = build_module(cfg)
         self.global_state = {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}

@@ -259,6 +259,9 @@ def test_partial_labels_mask_unannotated(tmp_path):
     # found by a walkthrough: partition.md counted the organs on disk without saying a site annotates fewer
     said = (tmp_path / "run" / "partition.md").read_text()
     assert "Partial labels (federation.partial_labels): each client annotates only site1: " in said
+    # n counts the validation cases too: said, with what each client trains and validates on (a review)
+    splits = {c: f"{c} {len(server.indices[c].train)}/{len(server.indices[c].val)}" for c in ("site1", "site2")}
+    assert f"training/validation samples: {splits['site1']}, {splits['site2']}." in said
     ind = server.indices["site1"]
     dm = server.client_datamodule("site1", 0)
     masks = torch.stack([dm.train_dataset[i]["mask"] for i in range(len(dm.train_dataset))])
@@ -512,3 +515,4 @@ def test_clients_without_a_validation_split_train_under_fast_dev_run(tmp_path):
                                 "federation.evaluation_matrix=false", "++trainer.fast_dev_run=true"], tmp_path))
     rows = (tmp_path / "run" / "rounds.csv").read_text().splitlines()
     assert len(rows) >= 2 and out
+    assert "validation split is carved" not in (tmp_path / "run" / "partition.md").read_text()  # n is all trained on
