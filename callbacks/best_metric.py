@@ -85,6 +85,12 @@ class BestMetric(pl.Callback):
         return {"best": {k: [float(v), int(at)] for k, (v, at) in self._state.items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._state = {str(k): (float(v), int(at)) for k, (v, at) in (state_dict.get("best") or {}).items()}
+        """A resumed fit starts from the checkpoint's bests; a checkpoint loaded after this fit (the test of
+        ``best.ckpt``, saved at an earlier epoch) cannot take back bests of later epochs: each key keeps the
+        better value (a review: ``val/loss_best`` in ``metrics.json`` was the best up to the selected epoch)."""
+        for k, (v, at) in (state_dict.get("best") or {}).items():
+            k, v, at = str(k), float(v), int(at)
+            if better(k, v, self._state.get(k, (None, 0))[0]):
+                self._state[k] = (v, at)
         self.summary = {**{f"{k}_best": v for k, (v, _) in self._state.items()},
                         **{f"{k}_best_step": at for k, (_, at) in self._state.items()}}

@@ -93,6 +93,17 @@ def test_best_metric_state_round_trips():
     assert fresh._state == cb._state and fresh.summary["val/dice_best_step"] == 3
 
 
+def test_the_tested_checkpoint_does_not_take_back_later_bests():
+    """``trainer.test(ckpt_path=best)`` restores the callbacks from ``best.ckpt``, saved at the selected epoch:
+    ``val/loss_best`` of a later epoch became the best up to that epoch in ``metrics.json`` (a review)."""
+    from callbacks.best_metric import BestMetric
+
+    cb = BestMetric()
+    cb._state = {"val/auc": (0.8, 0), "val/loss": (0.59, 3)}  # after fit: the loss was best at epoch 3
+    cb.load_state_dict({"best": {"val/auc": [0.8, 0], "val/loss": [0.68, 0]}})  # best.ckpt, saved at epoch 0
+    assert cb._state == {"val/auc": (0.8, 0), "val/loss": (0.59, 3)} and cb.summary["val/loss_best_step"] == 3
+
+
 def _saved(obj) -> io.BytesIO:
     buf = io.BytesIO()
     torch.save(obj, buf)
