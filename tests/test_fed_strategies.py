@@ -142,7 +142,7 @@ def test_fedprox_config_and_aggregation():
 
 def test_datasharing_allocates_after_aggregation():
     pool, _ = SharedPool.carve(200, 0.5, seed=0)
-    s = DataSharing(pool=pool, mode="part", seed=3)
+    s = DataSharing(pool=pool, mode="part", seed=3, reallocate_every_round=True)
     assert s.configure_client(0, "c")["num_shared"] == 0  # round 1: model only (step 4)
     g = {"w": torch.zeros(1)}
     ups = [_upd("a", 1, {"accuracy": 0.9}, w=[1.0]), _upd("b", 1, {"accuracy": 0.7}, w=[1.0]),
@@ -153,14 +153,15 @@ def test_datasharing_allocates_after_aggregation():
     cfg = s.configure_client(2, "c")
     assert cfg["num_shared"] == 100 and np.array_equal(cfg["shared_indices"], pool.indices)
     assert len(s.configure_client(2, "a")["shared_indices"]) == 0
-    fresh = DataSharing(pool=pool, seed=3)
+    fresh = DataSharing(pool=pool, seed=3, reallocate_every_round=True)
     fresh.load_state_dict(s.state_dict())
     assert fresh.allocation == s.allocation
     ups2 = [_upd("a", 1, {"accuracy": 0.5}, w=[1.0]), _upd("b", 1, {"accuracy": 0.7}, w=[1.0]),
             _upd("c", 1, {"accuracy": 0.9}, w=[1.0])]
     s.aggregate(new, ups2, 2)
     assert s.allocation == {"a": 100, "b": 0, "c": 0}
-    frozen = DataSharing(n_shared=10, reallocate_every_round=False)
+    frozen = DataSharing(n_shared=10)  # the default, as in the config: the paper's literal loop (frozen)
+    assert frozen.reallocate_every_round is False
     frozen.aggregate(g, ups, 1)
     frozen.aggregate(g, ups2, 2)
     assert frozen.allocation == {"a": 0, "b": 0, "c": 10}

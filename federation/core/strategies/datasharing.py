@@ -22,8 +22,8 @@ class DataSharing(FedAvg):
     come from one global model; accuracies from earlier rounds, measured against older and weaker
     global models, are not mixed in (with client sampling they would starve every client first sampled
     later). With ``reallocate_every_round=False`` a client's allocation is frozen the first time it is
-    computed (the paper's literal loop, steps 9-11); with ``True`` each round's reporters get a fresh
-    one and the others keep theirs. ``configure_client`` returns
+    computed (the paper's literal loop, steps 9-11; the default, as in ``federation/strategy/datashare.yaml``);
+    with ``True`` each round's reporters get a fresh one and the others keep theirs. ``configure_client`` returns
     ``num_shared`` and, when a :class:`SharedPool` is given, ``shared_indices``: a per-client
     permutation prefix of the pool (seeded by ``seed`` and client id, so a client's subset only
     grows or shrinks as ``m`` changes). Before any accuracy is known, clients get 0.
@@ -33,7 +33,7 @@ class DataSharing(FedAvg):
     name = "datasharing"
 
     def __init__(self, pool: SharedPool | None = None, n_shared: int | None = None, mode: SharingMode = "part",
-                 metric: str = "accuracy", seed: int = 0, reallocate_every_round: bool = True,
+                 metric: str = "accuracy", seed: int = 0, reallocate_every_round: bool = False,
                  allow_data_transfer: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
         self.allow_data_transfer = bool(allow_data_transfer)  # a deployment moves pool samples only if true
