@@ -78,10 +78,11 @@ class PatchDataset(Dataset):
 
 
 class WholeVolumeDataset(Dataset):
-    """One whole volume per item (validation, test, and the training cases as evaluated)."""
+    """One whole volume per item (validation, test, and the training cases as evaluated); ``pad_value`` (the
+    training patches' padding, per item so it survives site concatenation) is what the sliding window pads with."""
 
-    def __init__(self, cases: list[SliceCase], label_fn) -> None:
-        self.cases, self.label_fn = cases, label_fn
+    def __init__(self, cases: list[SliceCase], label_fn, pad_value: float) -> None:
+        self.cases, self.label_fn, self.pad_value = cases, label_fn, float(pad_value)
         self.case_ids = np.asarray([c.case_id for c in cases])
 
     def __len__(self) -> int:
@@ -91,7 +92,8 @@ class WholeVolumeDataset(Dataset):
         case = self.cases[i]
         img, lab = _volume(case, self.label_fn)
         return {"image": torch.from_numpy(img), "mask": torch.from_numpy(lab.astype(np.int64)),
-                "case_id": case.case_id, "spacing": torch.tensor(case.spacing, dtype=torch.float32)}
+                "case_id": case.case_id, "spacing": torch.tensor(case.spacing, dtype=torch.float32),
+                "pad_value": torch.tensor(self.pad_value)}
 
 
 def flatten_collate(batch: list[list[dict]]) -> dict[str, Any]:
@@ -118,6 +120,9 @@ class PatchVolumeDataModule(VolumeSegmentationDataModule):
         kwargs.pop("train_slices", None)
         kwargs.pop("rotation_limit", None)
         super().__init__(root, class_names=class_names, **kwargs)
+        if self.layout == "covid_stack":  # a review: every case (train and test) was the whole shared stack
+            raise DataError("data.layout=covid_stack is one stack of unrelated 2D slices (tr_im.nii.gz), not volumes: "
+                            "3D patches would train and test on the same stack; use a 2D net (data=covid_ct)")
         if len(patch_size) != 3 or min(patch_size) < 1:
             raise DataError(f"data.patch_size={list(patch_size)} must be three positive integers")
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -134,8 +139,8 @@ class PatchVolumeDataModule(VolumeSegmentationDataModule):
                                           self.samples_per_volume, self.pos, self.neg, self.fill_value(),
                                           self.augment)
         self.train_dataset.set_random_state(self.seed)
-        self.val_dataset, self.test_dataset = (WholeVolumeDataset([by_id[c] for c in self.splits[s]], fn)
-                                               for s in ("val", "test"))
+        self.val_dataset, self.test_dataset = (WholeVolumeDataset([by_id[c] for c in self.splits[s]], fn,
+                                                                  self.fill_value()) for s in ("val", "test"))
 
     def collate_fn(self, train: bool):
         return flatten_collate if train else None
@@ -145,5 +150,6 @@ class PatchVolumeDataModule(VolumeSegmentationDataModule):
         if self.train_dataset is None:
             return None
         if getattr(self, "_train_whole", None) is None:
-            self._train_whole = WholeVolumeDataset(self.train_dataset.cases, self.train_dataset.label_fn)
+            self._train_whole = WholeVolumeDataset(self.train_dataset.cases, self.train_dataset.label_fn,
+                                                   self.fill_value())
         return self._train_whole

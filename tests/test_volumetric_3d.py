@@ -97,3 +97,43 @@ def test_sliding_window_fills_past_the_edge_with_the_volumes_lowest_value():
     logits = module.forward_eval(image)
     expected = (image.sum() + 256 * -1.0) / 512  # the 8x8x8 window: the volume plus 256 voxels of -1
     assert torch.allclose(logits[:, 1], torch.full_like(logits[:, 1], float(expected)), atol=1e-5)
+
+
+def test_sliding_window_pads_as_training_padded_and_predict_blends_as_test_does(tmp_path):
+    """Found by a review of the 3D path: z-scored volumes were padded with their minimum by the test's and
+    predict's sliding windows but with 0 (``fill_value()``) by the training patches; and predict blended
+    probabilities where the test blended logits (7 of 4800 voxels labelled differently). Now every whole volume
+    carries the training padding as ``pad_value`` and both paths blend logits: their probabilities agree."""
+    from lightning_modules.inference import VolumePredictor
+    from lightning_modules.segmentation import SegmentationModule
+
+    cfg = compose_run([*TINY_3D, "data.normalization=zscore"], tmp_path)
+    dm = build_datamodule(cfg.data)
+    dm.prepare_data()
+    dm.setup()
+    item = dm.test_dataset[0]
+    assert float(item["pad_value"]) == dm.fill_value() == 0.0 and float(item["image"].min()) < -0.5
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv3d(4, 2, 5, padding=2)).eval()
+    module = SegmentationModule(net, {"_target_": "lightning_modules.losses.hybrid.HybridCEDiceLoss"},
+                                num_classes=2, roi_size=(8, 8, 8), overlap=0.5).eval()
+    image = torch.randn(1, 1, 20, 20, 6)  # smaller than the window along the last axis: padded
+    with torch.no_grad():
+        tested = module.probabilities(module.forward_eval(image, torch.tensor([0.0])))
+        mins = module.probabilities(module.forward_eval(image))
+    predicted = VolumePredictor([net], 3, (8, 8, 8), overlap=0.5, pad_value=0.0).probabilities(image[0])
+    assert torch.allclose(tested[0], predicted, atol=1e-5)
+    assert not torch.allclose(tested, mins, atol=1e-3)  # the pad value reaches the net
+
+
+def test_3d_patches_refuse_the_covid_stack_layout(tmp_path):
+    """Found by a review: ``covid_stack`` (one stack of unrelated 2D slices) gave every 3D case, train and test,
+    the whole stack: the test scored the training data."""
+    import pytest
+
+    from datamodules.errors import DataError
+    from datamodules.patches3d import PatchVolumeDataModule
+
+    with pytest.raises(DataError, match="covid_stack .* 2D"):
+        PatchVolumeDataModule(str(tmp_path), layout="covid_stack", patch_size=(8, 8, 8))
