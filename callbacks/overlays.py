@@ -21,8 +21,8 @@ class SegmentationOverlays(pl.Callback):
 
     def __init__(self, num_cases: int = 4, filename: str = "test_overlays.png") -> None:
         self.num_cases, self.filename = num_cases, filename
-        # case -> (foreground area, image [C, H, W] as the net saw it, mask [H, W])
-        self._best: dict[str, tuple[int, torch.Tensor, np.ndarray]] = {}
+        # case -> (foreground area, image [C, H, W] as the net saw it, mask [H, W], sliding-window pad value)
+        self._best: dict[str, tuple[int, torch.Tensor, np.ndarray, float | None]] = {}
         #: what the figure shows, for other callbacks (W&B media): ``[(case, image [H, W], mask, prediction)]``
         self.picked: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
         #: the PNG the last test wrote (None before one); a federation logs it to its own loggers
@@ -42,7 +42,9 @@ class SegmentationOverlays(pl.Callback):
                 continue
             if case not in self._best or areas[i] > self._best[case][0]:
                 image = batch["image"][i].detach().to("cpu", copy=True)  # a copy: not a view holding the batch
-                self._best[case] = (int(areas[i]), image, batch["mask"][i].cpu().numpy())
+                pad = batch.get("pad_value")  # 3D volumes: what the test's sliding window padded with
+                self._best[case] = (int(areas[i]), image, batch["mask"][i].cpu().numpy(),
+                                    None if pad is None else float(pad[i]))
 
     @torch.no_grad()
     def _predict(self, pl_module: pl.LightningModule, cases: list[str]) -> dict[str, np.ndarray]:
@@ -50,12 +52,12 @@ class SegmentationOverlays(pl.Callback):
         slices share a size; padded mixed-size batches keep the padded image their prediction was made on)."""
         by_shape: dict[tuple, list[str]] = {}
         for case in cases:
-            by_shape.setdefault(tuple(self._best[case][1].shape), []).append(case)
+            by_shape.setdefault((tuple(self._best[case][1].shape), self._best[case][3]), []).append(case)
         out: dict[str, np.ndarray] = {}
-        for group in by_shape.values():
+        for (_, pad), group in by_shape.items():
             images = torch.stack([self._best[c][1] for c in group]).to(pl_module.device)
             forward = getattr(pl_module, "forward_eval", None)  # a 3D net: MONAI's sliding window, as in test
-            logits = forward(images) if callable(forward) else pl_module.net(images)
+            logits = forward(images, pad) if callable(forward) else pl_module.net(images)
             logits = logits[0] if isinstance(logits, (list, tuple)) else logits
             pred = pl_module.predict_labels(pl_module.probabilities(logits)).cpu().numpy()
             out.update(zip(group, pred))

@@ -158,8 +158,8 @@ class VolumeSegmentationDataModule(SliceDataModule):
         return self.target_map
 
     def fill_value(self) -> float:
-        """What air becomes after normalisation, for padding and rotated corners (as predict's sliding window
-        pads with the volume's lowest value): the window's low end, or for ``ct`` the clipped lower bound
+        """What air becomes after normalisation, for padding, rotated corners and the sliding windows of test
+        and predict (whole volumes carry it as ``pad_value``): the window's low end, or for ``ct`` the clipped lower bound
         ``(lo - mean) / std`` (0 there is the foreground mean: a review found padding that looked like liver
         labelled background). ``zscore`` has no fixed air value (it is per image): 0, its mean, as nnU-Net pads."""
         if self.normalization == "ct" and self.ct_stats is not None:

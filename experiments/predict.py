@@ -166,6 +166,8 @@ def predict(cfg: DictConfig) -> dict:
     data_kind = str(models.run_cfg.data.get("_target_", "")).rsplit(".", 1)[-1]
     no_phantoms = {"synthetic": None} if "synthetic" in models.run_cfg.data else {}  # never write phantoms here
     dm = build_datamodule(models.run_cfg.data, **no_phantoms, **models.data_overrides())
+    if callable(getattr(dm, "fill_value", None)):  # windows past the edge padded as training padded
+        predictor.pad_value = float(dm.fill_value())
     if images and not callable(getattr(dm, "preprocess_image", None)):
         raise ConfigError(f"input={src} holds 2D image files, but checkpoint {ckpts[0]} was trained on {data_kind} "
                           f"(volumes): give it NIfTI volumes (.nii/.nii.gz)")

@@ -133,15 +133,18 @@ class SegmentationModule(BaseModule):
             return (prob[:, 1] > self.fg_threshold).long()
         return prob.argmax(1)
 
-    def forward_eval(self, image: torch.Tensor) -> torch.Tensor:
-        """Main-head logits; a 3D net given whole volumes runs MONAI's Gaussian sliding window."""
+    def forward_eval(self, image: torch.Tensor, pad_value: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Main-head logits; a 3D net given whole volumes runs MONAI's Gaussian sliding window over logits
+        (as ``experiments.predict``), windows past the volume's edge filled with ``pad_value`` -- the batch's
+        ``pad_value``, what the training patches were padded with -- else the volume's lowest value (air after
+        the HU window; MONAI's default 0 is mid-window tissue). A review found z-scored volumes padded with their
+        minimum here but with 0 in training."""
         if image.ndim == 5 and self.roi_size is not None and tuple(image.shape[2:]) != self.roi_size:
             from monai.inferers import sliding_window_inference
-            # windows past the volume's edge are filled with its lowest value (air), as predict and the
-            # training patches' padding do; MONAI's default 0 is mid-window tissue after the HU rescale
+            cval = float(image.min()) if pad_value is None else float(torch.as_tensor(pad_value).flatten()[0])
             return sliding_window_inference(image, self.roi_size, 4, lambda x: main_head(self.net(x)).float(),
                                             overlap=self.overlap, mode="gaussian", padding_mode="constant",
-                                            cval=float(image.min()))
+                                            cval=cval)
         return main_head(self.net(image))
 
     def _keep_for_surface(self, batch: dict, pred: torch.Tensor, mask: torch.Tensor, ids: list[str],
@@ -190,7 +193,7 @@ class SegmentationModule(BaseModule):
 
     def _evaluate(self, batch: dict, stage: str, cases: PerCaseConfusion) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
-        logits = self.forward_eval(image)
+        logits = self.forward_eval(image, batch.get("pad_value"))
         loss = self.loss(logits, mask, **({"label_mask": batch["label_mask"]} if "label_mask" in batch else {}))
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(mask), sync_dist=True)
         prob = self.probabilities(logits)
