@@ -60,11 +60,12 @@ def test_net_runs_once_per_figure_on_the_largest_slices(tmp_path):
     # the chosen slice of each of the first four cases is its largest ground-truth foreground
     slices = [(c, b["image"][i], b["mask"][i]) for b in batches for i, c in enumerate(b["case_id"])]
     assert sorted(callback._best) == ["a", "b", "c", "d"]
-    for case, (area, image, mask) in callback._best.items():
+    for case, (area, image, mask, pad) in callback._best.items():
+        assert pad is None  # 2D slices: no sliding window, nothing to pad
         best = max(((int(m.sum()), im, m) for c, im, m in slices if c == case), key=lambda s: s[0])
         assert area == best[0] and torch.equal(image, best[1]) and np.array_equal(mask, best[2].numpy())
     preds = callback._predict(module, sorted(callback._best))
-    for case, (_, image, _) in callback._best.items():
+    for case, (_, image, _, _) in callback._best.items():
         assert np.array_equal(preds[case], (image[0] > 0.5).numpy())
 
 
