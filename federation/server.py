@@ -116,6 +116,12 @@ class Server:
             getattr(self.base, "class_names", None), self.fed.get("partial_labels"),
             {cid: (len(ind.train), len(ind.val)) for cid, ind in self.indices.items()})
 
+        sched = cfg.module.get("scheduler")
+        if sched:  # a review: the default module's cosine over trainer.max_epochs silently never decayed
+            log.warning("module.scheduler (%s) restarts every round: each round builds a fresh optimiser and "
+                        "schedule (as Flower's and FLARE's clients do) and trains federation.local_epochs=%s "
+                        "epoch(s); set module.scheduler=null for a constant learning rate (the fed_* experiments do)",
+                        str(sched.get("_target_", "?")).rsplit(".", 1)[-1], self.fed.get("local_epochs"))
         self.template = build_module(cfg)
         self.global_state = {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}
         self.schema = state_schema(self.global_state)
@@ -132,6 +138,7 @@ class Server:
         self.best: dict[str, Any] = {"round": -1, "value": None}
         self.start_round = 0
         self.dropped_total = 0
+        self._untrained_warned: set[str] = set()
 
     # ------------------------------------------------------------------ public helpers (matrix, loop)
     def main_metric(self) -> str:
@@ -143,13 +150,24 @@ class Server:
                    local: LocalStates | None = None) -> pl.LightningModule:
         """The template module loaded with ``state``; local-only entries (FedBN) of the client (``client_id``)
         or, for the server's view (``None``), the mean of every client's, from ``local`` ({client: entries}
-        of the round ``state`` is from) or else the client store (the last round's)."""
+        of the round ``state`` is from) or else the client store (the last round's). A client that has not
+        trained yet (client sampling) has no entries of its own: it gets the server's view, the mean of every
+        client's (a review: it was scored with freshly initialised batch norm)."""
         full = dict(self.template.net.state_dict())
         full.update(state)
         if any(self.strategy.is_local(k) for k in full):
+            given = local is not None
             if local is None:  # one client's view reads that client's store file only, not every client's
                 local = stored_local(self.store, [client_id] if client_id is not None else self.client_ids)
-            chosen = {client_id: local.get(client_id, {})} if client_id is not None else local
+            chosen = local
+            if client_id is not None and local.get(client_id):
+                chosen = {client_id: local[client_id]}
+            elif client_id is not None:
+                if client_id not in self._untrained_warned:
+                    self._untrained_warned.add(client_id)
+                    log.info("client %s has no local entries (%s) yet: evaluated with the mean of the other "
+                             "clients'", client_id, self.strategy.name)
+                chosen = local if given else stored_local(self.store, self.client_ids)
             full.update({k: v for k, v in mean_local(chosen).items() if k in full})
         self.template.net.load_state_dict(full)
         return self.template

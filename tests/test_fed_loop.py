@@ -3,6 +3,7 @@ FedBN's local BN, and each federated experiment for two rounds through Hydra com
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 from pathlib import Path
@@ -82,10 +83,14 @@ def test_sample_clients_seeded():
     assert sample_clients(ids, 5, 0, 0) == sorted(sample_clients(ids, 5, 0, 0), key=int)
 
 
-def test_digits_datashare_two_rounds(tmp_path, monkeypatch):
+def test_digits_datashare_two_rounds(tmp_path, monkeypatch, caplog):
     seen = _record(monkeypatch)
-    cfg = compose_run([*DIGITS, "federation.strategy.mode=all"], tmp_path)
-    metrics = dispatch(cfg)
+    step = "module.scheduler={_target_: torch.optim.lr_scheduler.StepLR, _partial_: true, step_size: 1}"
+    cfg = compose_run([*DIGITS, "federation.strategy.mode=all", step], tmp_path)
+    with caplog.at_level(logging.WARNING, logger="federation.server"):
+        metrics = dispatch(cfg)
+    # a review: a schedule restarted every round without a word (the default module's cosine never decayed)
+    assert "module.scheduler (StepLR) restarts every round" in caplog.text
     run = tmp_path / "run"
     for f in ("rounds.csv", "fed_curves.png", "partition.md", "partition.png", "server.pt", "global_final.pt",
               "metrics.json", "csv/metrics.csv", "env.json"):

@@ -92,3 +92,35 @@ def test_round_versioned_writes_drop_a_stopped_attempt(tmp_path):
     assert "__before_round__" not in torch.load(store.path("c"), weights_only=True)
     assert store.rollback("c", 1) is False and store.load("c", "history") == [0, 1]
     store.commit("nobody")  # no file: nothing to do
+
+
+def test_fedbn_client_that_never_trained_is_evaluated_with_the_mean_of_the_others(tmp_path):
+    """Found by a review: under client sampling, a site not sampled yet had no local batch norm and was scored
+    (client/<id>/val, the matrix's FL_global cell) with freshly initialised BN (mean 0, var 1); it now gets the
+    server's view, the mean of the clients' that trained, and a trained client keeps its own."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch import nn
+
+    from federation.core.strategies import FedBN
+    from federation.server import Server
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+
+    holder = Holder()
+    server = SimpleNamespace(template=holder, strategy=FedBN(model=holder.net), store=ClientStore(tmp_path),
+                             client_ids=["a", "b", "c"], _untrained_warned=set())
+    glob = {k: v.clone() for k, v in holder.net.state_dict().items()}
+    for cid, mean in (("a", 5.0), ("b", 1.0)):
+        server.store.update(cid, {"local_state": {"1.running_mean": torch.full((2,), mean),
+                                                  "1.running_var": torch.full((2,), 9.0), "1.weight": torch.ones(2),
+                                                  "1.bias": torch.zeros(2), "1.num_batches_tracked": torch.tensor(7)}},
+                            round=0)
+    seen = {cid: Server.module_for(server, glob, cid).net[1].running_mean.tolist() for cid in ("a", "c")}
+    assert seen == {"a": [5.0, 5.0], "c": [3.0, 3.0]}, seen
+    assert Server.module_for(server, glob, "c").net[1].running_var.tolist() == [9.0, 9.0]
+    assert Server.module_for(server, glob, None).net[1].running_mean.tolist() == [3.0, 3.0]

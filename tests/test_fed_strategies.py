@@ -197,9 +197,12 @@ def test_registry():
 
 def test_fedopt_refuses_values_that_walk_away_and_ignores_an_unused_beta2():
     """Found by an audit: ``federation.strategy.eta=-1`` ran to the end (the server moved away from the clients)."""
-    for bad in ({"eta": -1.0}, {"tau": 0.0}, {"beta1": 1.0}, {"beta2": -0.1}):
+    nan, inf = float("nan"), float("inf")  # a review: mu=nan ran as FedAvg, eta=inf failed at round 1's weights
+    for bad in ({"eta": -1.0}, {"tau": 0.0}, {"beta1": 1.0}, {"beta2": -0.1}, {"eta": inf}, {"eta": nan},
+                {"tau": inf}, {"beta1": nan}):
         with pytest.raises(ValueError, match="must"):
             FedAdam(**bad)
-    with pytest.raises(ValueError, match="mu must be >= 0"):
-        FedProx(mu=-1)
+    for mu in (-1.0, nan, inf):
+        with pytest.raises(ValueError, match="mu must be a finite number >= 0"):
+            FedProx(mu=mu)
     assert FedAdagrad(beta2=5.0).eta == 1e-2  # Adagrad's v_t takes no beta2

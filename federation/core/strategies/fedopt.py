@@ -1,6 +1,7 @@
 """Adaptive server optimisers (Reddi et al. 2021, Alg. 2): FedAdam, FedYogi, FedAdagrad."""
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -30,8 +31,8 @@ class FedOpt(FedAvg):
     def __init__(self, eta: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, **kw: Any) -> None:
         super().__init__(**kw)
         self.eta, self.beta1, self.beta2, self.tau = float(eta), float(beta1), float(beta2), float(tau)
-        if not (self.eta > 0 and self.tau > 0):  # a negative eta walks the global model away from the clients'
-            raise ValueError(f"eta and tau must be > 0, got eta={eta}, tau={tau}")
+        if not (0 < self.eta < math.inf and 0 < self.tau < math.inf):  # a negative eta walks the model away
+            raise ValueError(f"eta and tau must be finite and > 0, got eta={eta}, tau={tau}")
         if not 0 <= self.beta1 < 1 or self.uses_beta2 and not 0 <= self.beta2 < 1:
             raise ValueError(f"beta1 and beta2 must lie in [0, 1), got beta1={beta1}, beta2={beta2}")
         self.m: dict[str, Tensor] = {}

@@ -1,6 +1,7 @@
 """FedProx (Li et al. 2020, Eq. 2): FedAvg on the server, a proximal term in each client's loss."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -18,8 +19,8 @@ class FedProx(FedAvg):
 
     def __init__(self, mu: float = 0.01, **kw: Any) -> None:
         super().__init__(**kw)
-        if mu < 0:
-            raise ValueError(f"mu must be >= 0, got {mu}")
+        if not math.isfinite(float(mu)) or mu < 0:  # a review: mu=nan ran as plain FedAvg (nan > 0 is False)
+            raise ValueError(f"mu must be a finite number >= 0, got {mu}")
         self.mu = float(mu)
 
     def configure_client(self, round: int, client_id: str | None = None) -> dict[str, Any]:
