@@ -103,3 +103,49 @@ def test_updated_anywhere_is_the_same_decision_on_every_rank(tmp_path):
     for rank in (0, 1):
         got = torch.load(tmp_path / f"r.{rank}", weights_only=True)
         assert got["flags"].tolist() == [False, True], rank
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor(i)
+
+
+def _sampler_worker(rank: int, port: int, out: str) -> None:
+    from torch.utils.data import DistributedSampler
+
+    from datamodules.loaders import SplitLoadersMixin
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        dm = SplitLoadersMixin()
+        dm.batch_size, dm.num_workers, dm.val_dataset, dm.test_dataset = 2, 0, _Items(5), _Items(1)
+        val = dm.val_dataloader()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            test = dm.test_dataloader()
+        seen = torch.cat(list(val)).tolist()
+        kept = isinstance(val.sampler, DistributedSampler)  # Lightning replaces any other sampler under DDP
+        torch.save({"seen": torch.tensor(seen), "kept": torch.tensor(kept),
+                    "test_plain": torch.tensor(not isinstance(test.sampler, DistributedSampler)),
+                    "warned": torch.tensor(any("scored twice" in str(w.message) for w in caught))}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+def test_validation_and_test_items_are_each_scored_on_one_rank(tmp_path):
+    """Found by a review: Lightning's DistributedSampler pads every rank to the same length by repeating items,
+    so DDP's synced val/test metrics counted some twice (BreastMNIST's 156 test images on 8 ranks scored 160).
+    5 items on 2 ranks are now 3 + 2, none twice; 1 item on 2 ranks keeps Lightning's padding, with a warning."""
+    _spawn(_sampler_worker, str(tmp_path / "s"))
+    got = [torch.load(tmp_path / f"s.{rank}", weights_only=True) for rank in (0, 1)]
+    assert sorted(got[0]["seen"].tolist() + got[1]["seen"].tolist()) == [0, 1, 2, 3, 4]
+    assert [len(g["seen"]) for g in got] == [3, 2]
+    assert all(bool(g["kept"]) and bool(g["test_plain"]) and bool(g["warned"]) for g in got)
