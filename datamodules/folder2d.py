@@ -41,7 +41,7 @@ def _read_file(path: Path, labels: bool) -> tuple[np.ndarray, bool]:
     their colours."""
     try:
         if path.suffix.lower() == ".npy":
-            return _channels_last(np.load(path), path), False  # allow_pickle=False: a file is data, never code
+            return _channels_last(np.load(path, allow_pickle=False), path), False  # a file is data, never code
         with Image.open(path) as im:
             if labels and im.mode == "P":
                 return np.asarray(im), True

@@ -53,11 +53,12 @@ def _kinds() -> tuple[tuple[type, ...], tuple[Any, ...]]:
 
 def check_received_target(target: Any, what: str = "received config") -> None:
     """One line naming ``target`` unless it is of a kind a client run builds (see the module docstring)."""
-    if isinstance(target, str) and (under_prefixes(target, extra_prefixes()) or target in TRAINERS):
+    if isinstance(target, str) and target in TRAINERS:
         return
     refused = (f"{what} _target_ {target!r} refused: a config received from elsewhere may only build datamodules, "
                f"LightningModules, nets/losses/optimisers, strategies, partitioners or Lightning's Trainer")
-    if not (isinstance(target, str) and under_prefixes(target, PROJECT_PACKAGES + LIBRARY_PACKAGES)):
+    extra = extra_prefixes()  # allow_targets adds packages, not a way around the kinds (a security audit)
+    if not (isinstance(target, str) and under_prefixes(target, PROJECT_PACKAGES + LIBRARY_PACKAGES + extra)):
         raise ConfigError(refused)
     try:
         obj = get_object(target)
@@ -67,7 +68,7 @@ def check_received_target(target: Any, what: str = "received config") -> None:
     module = getattr(obj, "__module__", "") or ""
     if any(obj is fn for fn in functions):
         return
-    if inspect.isclass(obj) and under_prefixes(module, PROJECT_PACKAGES) and issubclass(obj, bases):
+    if inspect.isclass(obj) and under_prefixes(module, PROJECT_PACKAGES + extra) and issubclass(obj, bases):
         return
     try:
         check_target(target, what)  # nets, losses, optimisers, schedulers (project or libraries)

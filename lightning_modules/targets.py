@@ -5,7 +5,10 @@ run; a crafted checkpoint could name ``shutil.copyfile`` or ``builtins.open`` in
 (nested ones included) must therefore *resolve* to a class defined in the project's packages, a well-known
 net library or ``torch.nn`` / ``torch.optim`` (the string alone is not enough: ``engine.distill.shutil.copyfile``
 resolves to :func:`shutil.copyfile`), and be a network, loss, optimiser or scheduler class. Prefixes given
-in the config key ``allow_targets`` (or ``FEDMED_ALLOW_TARGETS``, comma separated) are trusted as they are.
+in the config key ``allow_targets`` (or ``FEDMED_ALLOW_TARGETS``, comma separated) add packages to that rule,
+not a way around it: a name under one must still resolve to a class *defined* under one, of an allowed kind
+(a security audit: ``allow_targets=[mylab]`` let a checkpoint name ``mylab.nets.torch.hub.load``, reached
+through the ``import torch`` of ``mylab/nets.py``, and run a hub folder's code).
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ ENV = "FEDMED_ALLOW_TARGETS"
 
 
 def allow(prefixes: Iterable[str] | None) -> None:
-    """Trust these module prefixes as well (the ``allow_targets`` config key). Kept in the environment so
+    """Add these module prefixes to the allowed packages (the ``allow_targets`` config key). Kept in the environment so
     worker processes (Ray clients, DDP ranks) apply the same list."""
     extra = [str(p).strip() for p in (prefixes or []) if str(p).strip()]
     if extra:
@@ -56,9 +59,7 @@ def check_target(target: Any, what: str = "object") -> None:
     """Raise :class:`ConfigError` (one line naming ``target``) unless ``target`` may be instantiated."""
     if not isinstance(target, str):
         raise ConfigError(f"{what} _target_ {target!r} is not a dotted name; refused")
-    if under_prefixes(target, extra_prefixes()):
-        return
-    allowed = PROJECT_PACKAGES + LIBRARY_PACKAGES
+    allowed = PROJECT_PACKAGES + LIBRARY_PACKAGES + extra_prefixes()
     refused = (f"{what} _target_ {target!r} refused: only net/loss/optimiser/scheduler classes of the project, "
                f"smp, monai.networks.nets, torchvision.models or torch.nn/optim are built (trust more with "
                f"allow_targets=[prefix])")
@@ -76,15 +77,14 @@ def check_target(target: Any, what: str = "object") -> None:
 def check_data_target(target: Any, what: str = "data") -> None:
     """A data config read from a file (a run's ``config.yaml`` beside a checkpoint) may only build classes
     of the project's ``datamodules`` package: one line naming ``target`` otherwise."""
-    if isinstance(target, str) and under_prefixes(target, extra_prefixes()):
-        return
+    packages = ("datamodules", *extra_prefixes())  # allow_targets adds packages, not a way around the rule
     try:
-        obj = get_object(target) if isinstance(target, str) and under_prefixes(target, ("datamodules",)) else None
+        obj = get_object(target) if isinstance(target, str) and under_prefixes(target, packages) else None
     except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
         raise ConfigError(f"{what} _target_ {target!r} does not resolve ({type(err).__name__})") from err
     import pytorch_lightning as pl
 
-    if not (inspect.isclass(obj) and under_prefixes(getattr(obj, "__module__", "") or "", ("datamodules",))
+    if not (inspect.isclass(obj) and under_prefixes(getattr(obj, "__module__", "") or "", packages)
             and issubclass(obj, pl.LightningDataModule)):
         raise ConfigError(f"{what} _target_ {target!r} refused: a data config read from a file may only build "
                           f"classes of the project's datamodules package (trust more with allow_targets=[prefix])")

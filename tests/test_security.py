@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -327,14 +328,33 @@ def test_build_allow_list():
             build({"_target_": target})
 
 
-def test_explicit_allow_list_extends(monkeypatch):
+def test_allow_targets_adds_packages_not_a_way_around_the_rule(tmp_path, monkeypatch):
+    """A trusted prefix's own net classes build; what its modules import does not (a security audit:
+    ``allow_targets=[mylab]`` let a checkpoint name ``mylab.nets.torch.hub.load`` and run a hub folder's code,
+    or ``mylab.nets.torch.load`` unpickle a file; a data config ``mylab.nets.torch.hub.load`` and a received
+    client config ``mylab.nets.os.system`` passed too)."""
+    from federation.received import check_received_target
     from lightning_modules import targets
 
-    with pytest.raises(ConfigError):
-        build({"_target_": "collections.OrderedDict"})
+    lab = tmp_path / "mylab"
+    lab.mkdir()
+    (lab / "__init__.py").write_text("")
+    (lab / "nets.py").write_text("import os\nimport torch\n\n\nclass TinyNet(torch.nn.Module):\n"
+                                 "    def forward(self, x):\n        return x\n\n\ndef helper():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="allow_targets"):
+        build({"_target_": "mylab.nets.TinyNet"})
     monkeypatch.setenv(targets.ENV, "")
-    targets.allow(["collections.OrderedDict"])
-    assert build({"_target_": "collections.OrderedDict"}) == {}
+    targets.allow(["mylab"])
+    assert type(build({"_target_": "mylab.nets.TinyNet"})).__name__ == "TinyNet"
+    for target in ("mylab.nets.torch.hub.load", "mylab.nets.torch.load", "mylab.nets.os.system", "mylab.nets.helper"):
+        with pytest.raises(ConfigError, match=re.escape(target)):
+            build({"_target_": target})
+        with pytest.raises(ConfigError, match=re.escape(target)):
+            targets.check_data_target(target)
+        with pytest.raises(ConfigError, match=re.escape(target)):
+            check_received_target(target, "client config")
+    check_received_target("mylab.nets.TinyNet", "client config")  # a net class of the trusted package
 
 
 # ------------------------------------------------------------------ 3. the phantom generator deletes nothing
