@@ -165,12 +165,22 @@ def test_a_crafted_flower_reply_drops_only_its_site(grid, name):
     assert [u.client_id for u in updates] == ["a", "c"] and list(failures) == ["b"] and reason in failures["b"]
 
 
-def test_dp_noise_on_a_counter_is_rounded_and_clamped():
-    """Under DP the counter crosses as a float with noise: rounded, and clamped at 0 rather than dropping
-    the site; the same fraction without DP is refused (above)."""
-    content = _counter(-0.7)(encode_update(_honest("b"), as_float=True))
-    got = decode_update(content, "b", {k: v.dtype for k, v in GLOB.items()}, noisy=True)
-    assert got.weights["bn.num_batches_tracked"].dtype == torch.int64 and int(got.weights["bn.num_batches_tracked"]) == 0
+def test_under_dp_the_counter_crosses_exact_and_a_malformed_one_is_refused():
+    """Under DP the counter crosses exact beside the clipped arrays (a review: inside them, as a float, it took
+    nearly all of LocalDpMod's clipping norm); a malformed one (a fraction, a float dtype, values that do not
+    fill its shape, a key the update does not have, not a mapping) is refused like any malformed reply."""
+    from federation.transports.flower.wire import INTS
+
+    key, dtypes = "bn.num_batches_tracked", {k: v.dtype for k, v in GLOB.items()}
+    content = encode_update(_honest("b"), as_float=True)
+    assert key not in content.array_records["fitres.parameters"]
+    got = decode_update(content, "b", dtypes, noisy=True)
+    assert got.weights[key].dtype == torch.int64 and torch.equal(got.weights[key], _honest("b").weights[key])
+    for bad in (f'{{"{key}": ["int64", [], [0.5]]}}', f'{{"{key}": ["float32", [], [1]]}}',
+                f'{{"{key}": ["int64", [2], [1]]}}', '{"other": ["int64", [], [1]]}', "[]"):
+        content.config_records["fitres.metrics"][INTS] = bad
+        with pytest.raises(ValueError):
+            decode_update(content, "b", dtypes, noisy=True)
 
 
 def test_a_site_claimed_by_a_second_node_is_refused_while_its_node_is_connected(grid):

@@ -203,3 +203,88 @@ def test_secagg_refuses_a_strategy_that_does_not_average(tmp_path):
     with pytest.raises(ConfigError, match="FedMedian.*does not aggregate by a mean"):
         check(compose_run([*args, "federation/strategy=fedavg", "federation.strategy._target_=tests.test_flower_secagg.FedMedian"],
                           tmp_path))
+
+
+def _dp_train(local, steps: int):
+    """A node's train under DP: seeds NumPy as the runner does from (seed, round, client), and replies with its
+    state, whose BatchNorm counter moved by ``steps``."""
+    import numpy as np
+
+    from federation.transports.flower.wire import encode_update
+
+    def train(msg, ctx):
+        smsg, cid, _, extra = decode_message(msg.content)
+        np.random.seed(1234)  # what client_seed(seed, round, client) gives: known to the server
+        state = {k: (v + steps if k.endswith("num_batches_tracked") else v) for k, v in local[cid].items()}
+        return Message(encode_update(ClientUpdate(cid, state, N[cid], {"acc": 0.5}), as_float=True), reply_to=msg)
+    return train
+
+
+def test_dp_clips_the_parameters_only_and_its_noise_is_not_the_seeds(grid_env):
+    """Found by a review of the Flower transport: under ``privacy=dp`` BatchNorm's step counter crossed as a
+    float inside LocalDpMod's clipped vector (200 steps: the parameters' delta scaled by ~1/200 at clipping
+    norm 1), and the noise came from NumPy's generator as local training had seeded it (the server could
+    subtract it). The counter now arrives exact beside the clipped arrays, and two runs of the same round draw
+    different noise."""
+    glob, local = _states()
+    dp = {"clipping_norm": 10.0, "sensitivity": 1e-3, "epsilon": 1.0, "delta": 1e-5}  # noise std ~5e-3
+    runs = []
+    for _ in range(2):
+        executor.set_grid(_Grid(_dp_train(local, steps=200)))
+        updates, failures = executor.FlowerExecutor(privacy="dp", dp=dp).map(None, _jobs(glob))
+        assert failures == {}, failures
+        runs.append({u.client_id: u.weights for u in updates})
+    for cid in N:
+        got = runs[0][cid]
+        assert got["bn.num_batches_tracked"].dtype == torch.int64
+        assert int(got["bn.num_batches_tracked"]) == int(local[cid]["bn.num_batches_tracked"]) + 200
+        # the parameters' delta (norm < 10) is not clipped: what arrives is the client's state plus small noise
+        assert torch.allclose(got["w"], local[cid]["w"], atol=0.05), (got["w"] - local[cid]["w"]).abs().max()
+        assert not torch.allclose(got["w"], local[cid]["w"], atol=1e-6)  # noise was added
+        assert not torch.equal(got["w"], runs[1][cid]["w"])  # and it is not a function of the seed
+
+
+class _FlowerErrorsGrid(_Grid):
+    """As :class:`_Grid`, with the error reply Flower's SuperNode makes of a ClientApp's exception."""
+
+    def send_and_receive(self, msgs, timeout=None):
+        from flwr.app import Error
+        from flwr.common.constant import ErrorCode
+
+        out = []
+        for msg in msgs:
+            msg = copy.deepcopy(msg)
+            if msg.metadata.message_type == MessageType.QUERY:
+                out.append(client_app.query(msg, self.ctx[msg.metadata.dst_node_id]))
+                continue
+            try:
+                out.append(client_app.train(msg, self.ctx[msg.metadata.dst_node_id]))
+            except Exception as ex:  # noqa: BLE001 - run_clientapp.py's reason format
+                out.append(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                         reason=str(type(ex)) + ":<'" + str(ex) + "'>"), reply_to=msg))
+        return out
+
+
+@pytest.mark.parametrize("launch", [True, False], ids=["rehearsal", "deployment"])
+def test_a_sites_user_error_stops_a_rehearsal_and_drops_the_site_in_a_deployment(grid_env, monkeypatch, launch):
+    """Found by a review of the Flower transport: a site's bad setting (here its data folder) was dropped every
+    round and the run exited 0, where the in-process transport stops with the client's one line. In a local
+    rehearsal it now stops the same way; in a deployment only that site is dropped, with its own line."""
+    from datamodules.errors import DataError
+    from federation.errors import FederationError
+
+    def node_train(client_id, *_):
+        if client_id == "b":
+            raise DataError("data.root /nowhere does not exist")
+        raise ZeroDivisionError("a crash")
+
+    monkeypatch.setattr(client_app, "node_train", node_train)
+    glob, _ = _states()
+    executor.set_grid(_FlowerErrorsGrid(None))
+    ex = executor.FlowerExecutor(launch=launch)
+    if launch:
+        with pytest.raises(FederationError, match=r"^client b: .*data.root /nowhere does not exist"):
+            ex.map(None, _jobs(glob))
+        return
+    updates, failures = ex.map(None, _jobs(glob))
+    assert updates == [] and "client b: " in failures["b"] and "ZeroDivisionError" in failures["a"], failures

@@ -35,12 +35,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.mod import LocalDpMod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from federation.transports import client_user_error
 from federation.transports.flower.node import node_train, node_value
 from federation.transports.flower.wire import PREFIX, clipped_entries, decode_message, encode_update, secagg_update
 
@@ -64,8 +67,19 @@ def _privacy_mod(msg: Message, context: Context, call_next: Any) -> Message:
     if str(cfg.get(PREFIX + "privacy", "none")) == "dp":
         mod = LocalDpMod(float(cfg[PREFIX + "dp.clipping_norm"]), float(cfg[PREFIX + "dp.sensitivity"]),
                          float(cfg[PREFIX + "dp.epsilon"]), float(cfg[PREFIX + "dp.delta"]))
-        return mod(msg, context, call_next)
+        return mod(msg, context, _then_fresh_entropy(call_next))
     return call_next(msg, context)
+
+
+def _then_fresh_entropy(call_next: Any) -> Any:
+    """``call_next``, then NumPy's global generator reseeded from the OS: ``LocalDpMod`` draws its noise from it
+    after the handler returns, and local training had seeded it from (seed, round, client), all of which the
+    server knows (a review recomputed the noise and subtracted it to 1.5e-8)."""
+    def handler(msg: Message, context: Context) -> Message:
+        reply = call_next(msg, context)
+        np.random.seed()  # fresh entropy: the noise is unknown to the server
+        return reply
+    return handler
 
 
 app = ClientApp(mods=[_privacy_mod])
@@ -95,7 +109,13 @@ def train(msg: Message, context: Context) -> Message:
     if client_id != site:
         raise ValueError(f"message for client {client_id!r} reached the node of site {site!r}")
     secagg = secagg_round(msg, context, extra)
-    update = node_train(client_id, server_msg, ccfg, context.node_config)
+    try:
+        update = node_train(client_id, server_msg, ccfg, context.node_config)
+    except Exception as exc:
+        fatal = client_user_error(client_id, exc)  # a setting, file or data to mend: said as such to the server
+        if fatal is not None:
+            raise fatal from exc
+        raise
     if secagg:
         return Message(_secagg_reply(update, server_msg.weights, extra), reply_to=msg)
     return Message(encode_update(update, as_float=extra.get("privacy") == "dp"), reply_to=msg)

@@ -17,6 +17,7 @@ weights by the sites' sample counts, reproduces the mean) with the site's own co
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from federation.transports import ClientJob, ExecutorError, check_update
 from federation.core.messages import ClientUpdate
+from federation.errors import FederationError
 from federation.transports.flower.wire import KEYS, PREFIX, decode_mean, decode_update, encode_message
 
 __all__ = ["FlowerExecutor", "current_grid", "set_grid"]
@@ -72,6 +74,9 @@ class FlowerExecutor:
         self.timeout_s = None if timeout_s in (None, 0) else float(timeout_s)
         self.connect_timeout_s = float(connect_timeout_s)
         self.privacy = privacy
+        #: a local rehearsal (the launcher started the nodes): a site's user error stops the run, as in-process;
+        #: in a deployment a site's own misconfiguration drops that site (min_clients decides), never the others
+        self.rehearsal = bool(_launcher.get("launch", False))
         self.extra: dict[str, Any] = {"privacy": privacy}
         if privacy == "dp":
             dp = dict(dp or {})
@@ -182,7 +187,10 @@ class FlowerExecutor:
             if cid is None:
                 continue
             if reply.has_error():
-                failures[cid] = f"node error {reply.error.code}: {reply.error.reason}"
+                site_error = user_error_of(reply.error)
+                if site_error is not None and self.rehearsal:  # the user's own to mend, as in-process
+                    raise FederationError(site_error)
+                failures[cid] = f"node error {reply.error.code}: {site_error or reply.error.reason}"
                 continue
             try:
                 sent = jobs[cid].kwargs["server_message"].weights
@@ -244,6 +252,20 @@ class FlowerExecutor:
 
     def shutdown(self) -> None:
         pass
+
+
+def user_error_of(error: Any) -> str | None:
+    """The one line of a site's user error (a setting, file or data to mend: the ClientApp raises it as a
+    :class:`FederationError` naming the client) from Flower's error reply, whose reason reads
+    ``<class '...'>:<'message'>``; None for any other error (a crash ``min_clients`` tolerates).
+    A review: a site's bad setting was dropped every round and the run exited 0."""
+    from flwr.common.constant import ErrorCode
+
+    reason = str(getattr(error, "reason", ""))
+    match = re.fullmatch(r"<class 'federation\.errors\.FederationError'>:<'(.*)'>", reason, re.DOTALL)
+    if int(getattr(error, "code", -1)) != ErrorCode.CLIENT_APP_RAISED_EXCEPTION or match is None:
+        return None
+    return match.group(1).strip().splitlines()[0] if match.group(1).strip() else None
 
 
 def _keep(got: dict[str, ClientUpdate], failures: dict[str, str], cid: str, update: ClientUpdate,

@@ -7,7 +7,11 @@ The reply is ``fitres.parameters`` / ``fitres.num_examples`` / ``fitres.metrics`
 weights, one sample count and scalar metrics, nothing else. The Fit layout is the one Flower's own
 client-side mods (``LocalDpMod``, ``secaggplus_mod``) read and rewrite, so they apply unchanged; since
 ``LocalDpMod`` re-keys the arrays (and SecAgg+'s legacy ``FitIns`` numbers them), both directions carry the
-state-dict key order as one string. Under SecAgg+ a site replies with its delta ``w_k - w_global`` in
+state-dict key order as one string. Under DP (``as_float``) integer entries (BatchNorm's step counter) travel
+exact beside the ArrayRecord, in the config record, outside ``LocalDpMod``'s clip and noise (a review: with
+200 local steps the counter's delta was 283 of the update's L2 norm 283, so clipping to 1 scaled the
+parameters' delta by 1/283; the counter says how many steps were taken, what ``num_examples`` says already).
+Under SecAgg+ a site replies with its delta ``w_k - w_global`` in
 float64 (:func:`secagg_update`), which the mod masks; the server decodes the unmasked mean with
 :func:`decode_mean`.
 """
@@ -25,10 +29,14 @@ from federation.core.messages import ClientUpdate, ServerMessage
 
 __all__ = ["encode_message", "decode_message", "encode_update", "decode_update", "secagg_update", "decode_mean",
            "clipped_entries",
-           "KEYS", "PREFIX"]
+           "KEYS", "PREFIX", "INTS"]
 
 PREFIX = "fedmed."
 KEYS = PREFIX + "keys"
+INTS = PREFIX + "ints"  # under DP: the integer entries, exact, as JSON
+#: integer dtypes an entry may arrive as (beside the ArrayRecord under DP)
+INT_DTYPES = {"int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8,
+              "uint8": torch.uint8}
 
 
 def _jsonable(value: Any) -> Any:
@@ -41,13 +49,54 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"config value of type {type(value).__name__} cannot cross the wire")
 
 
+def _is_int(v: torch.Tensor) -> bool:
+    return not (v.is_floating_point() or v.is_complex())
+
+
 def _arrays(weights: Mapping[str, torch.Tensor], as_float: bool) -> ArrayRecord:
-    """``as_float``: integer buffers (BatchNorm's counter) as float64, so DP's in-place clip/noise applies."""
+    """``as_float`` (DP): the floating entries only (the integer ones go in :data:`INTS`)."""
+    return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in weights.items()
+                        if not (as_float and _is_int(v))})
+
+
+def _ints(weights: Mapping[str, torch.Tensor]) -> str:
+    """The integer entries as JSON ``{key: [dtype, shape, flat values]}``."""
+    return json.dumps({k: [str(v.dtype).removeprefix("torch."), list(v.shape), v.flatten().tolist()]
+                       for k, v in weights.items() if _is_int(v)})
+
+
+def _from_ints(text: Any) -> dict[str, torch.Tensor]:
+    """:func:`_ints` read back from a peer: every entry checked (an integer dtype, a shape its values fill,
+    whole numbers in range), a ``ValueError`` otherwise."""
+    if text in (None, ""):
+        return {}
+    entries = json.loads(str(text))
+    if not isinstance(entries, dict):
+        raise ValueError(f"{INTS} is not a mapping")
     out = {}
-    for k, v in weights.items():
-        a = v.detach().cpu().numpy()
-        out[k] = Array(a.astype(np.float64) if as_float and not np.issubdtype(a.dtype, np.floating) else a)
-    return ArrayRecord(out)
+    for key, entry in entries.items():
+        ok = isinstance(entry, list) and len(entry) == 3 and entry[0] in INT_DTYPES and isinstance(entry[1], list)
+        shape, values = (entry[1], entry[2]) if ok else ([], None)
+        ok = ok and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape) \
+            and isinstance(values, list) and len(values) == math.prod(shape) \
+            and all(isinstance(x, int) and not isinstance(x, bool) and abs(x) < 2 ** 62 for x in values)
+        if not ok:
+            raise ValueError(f"integer entry {key!r} arrived malformed")
+        out[str(key)] = torch.tensor(values, dtype=INT_DTYPES[entry[0]]).reshape(shape)
+    return out
+
+
+def _merged(keys: list[str], record: ArrayRecord, ints: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries in ``keys`` order: the integer ones from ``ints``, the others from ``record``."""
+    unknown = sorted(set(ints) - set(keys))
+    if unknown:
+        raise ValueError(f"integer entries {unknown} are not among the update's keys")
+    rest = [k for k in keys if k not in ints]
+    if list(record.keys()) == rest:
+        arrays = {k: torch.from_numpy(np.array(record[k].numpy(), copy=True)) for k in rest}
+    else:  # SecAgg+'s legacy FitIns and LocalDpMod's reply re-key the arrays
+        arrays = _tensors(record, rest)
+    return {k: ints[k] if k in ints else arrays[k] for k in keys}
 
 
 def _tensors(record: ArrayRecord, keys: list[str]) -> dict[str, torch.Tensor]:
@@ -64,6 +113,8 @@ def encode_message(msg: ServerMessage, client_id: str, client_cfg: Mapping[str, 
               PREFIX + "config": json.dumps(dict(msg.config), default=_jsonable),
               PREFIX + "cfg": json.dumps(dict(client_cfg), default=_jsonable)}
     config.update({PREFIX + k: v for k, v in (extra or {}).items()})
+    if as_float:
+        config[INTS] = _ints(msg.weights)
     return RecordDict({"fitins.parameters": _arrays(msg.weights, as_float), "fitins.config": ConfigRecord(config)})
 
 
@@ -71,9 +122,10 @@ def decode_message(content: RecordDict) -> tuple[ServerMessage, str, dict[str, A
     """``(server message, client id, client cfg, extra scalars)`` from a Fit content."""
     cfg = dict(content.config_records["fitins.config"])
     keys = str(cfg.pop(KEYS, ""))
+    ints = _from_ints(cfg.pop(INTS, None))
     record = content.array_records["fitins.parameters"]
-    if keys and list(record.keys()) != keys.split("\n"):  # SecAgg+'s legacy FitIns numbers the arrays 0, 1, ...
-        weights = _tensors(record, keys.split("\n"))
+    if keys:
+        weights = _merged(keys.split("\n"), record, ints)
     else:
         weights = {k: torch.from_numpy(np.array(record[k].numpy(), copy=True)) for k in record.keys()}
     config = json.loads(str(cfg.pop(PREFIX + "config")))
@@ -89,6 +141,8 @@ def encode_update(update: ClientUpdate, as_float: bool = False) -> RecordDict:
     metrics: dict[str, Any] = {k: float(v) for k, v in update.metrics.items()}
     metrics[KEYS] = "\n".join(update.weights)
     metrics[PREFIX + "is_delta"] = bool(update.is_delta)
+    if as_float:
+        metrics[INTS] = _ints(update.weights)
     return RecordDict({
         "fitres.parameters": _arrays(update.weights, as_float),
         "fitres.num_examples": MetricRecord({"num_examples": int(update.num_samples)}),
@@ -125,7 +179,7 @@ def decode_update(content: RecordDict, client_id: str, dtypes: Mapping[str, torc
     metrics = dict(content.config_records["fitres.metrics"])
     keys = str(metrics.pop(KEYS)).split("\n")
     is_delta = bool(metrics.pop(PREFIX + "is_delta", False))
-    weights = _tensors(content.array_records["fitres.parameters"], keys)
+    weights = _merged(keys, content.array_records["fitres.parameters"], _from_ints(metrics.pop(INTS, None)))
     for k, v in weights.items():
         if k in dtypes and v.dtype != dtypes[k]:
             weights[k] = v.to(dtypes[k]) if dtypes[k].is_floating_point else _as_integer(k, v, dtypes[k], noisy)
