@@ -68,3 +68,20 @@ def test_deep_supervision_sums_heads_with_unit_weights():
     assert all(h.grad is not None and h.grad.abs().sum() > 0 for h in heads)
     with pytest.raises(ValueError, match="eta"):
         DeepSupervisionLoss(base, eta=[1.0])(heads, target)
+
+
+@pytest.mark.parametrize("gap", [10.0, 25.0, 60.0])
+def test_a_confidently_wrong_pixel_keeps_its_cross_entropy_gradient(gap):
+    """Found by a review: CE was ``log(P.clamp(1e-8))``, which passes no gradient once P < 1e-8 (a logit gap
+    above 18.4), so the pixels the net is most confidently wrong about stopped teaching it. The gradient now
+    is cross-entropy's (the batch Dice adds ~P(1-P) there), for softmax and for one-channel sigmoid nets."""
+    import torch.nn.functional as F
+
+    target = torch.ones(1, 1, 1, dtype=torch.long)
+    for logits, ce in ((torch.tensor([gap / 2, -gap / 2]).view(1, 2, 1, 1), F.cross_entropy),
+                       (torch.tensor([-gap]).view(1, 1, 1, 1),
+                        lambda z, t: F.binary_cross_entropy_with_logits(z[:, 0], t.float()))):
+        a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        hybrid_ce_dice(a, target).backward()
+        ce(b, target).backward()
+        assert torch.allclose(a.grad, b.grad, atol=1e-4) and b.grad.abs().max() > 0.4, (a.grad, b.grad)
