@@ -119,3 +119,32 @@ def test_a_working_grid_coarser_than_the_nsd_tolerance_is_said_once():
             module._surface_scores()
         said = [w for w in seen if "coarser than its tolerance module.nsd_tolerance_mm=1.0" in str(w.message)]
         assert bool(said) == warned and "nsd" in module.test_per_case["c"]
+
+
+def test_foreground_protocol_keeps_the_distance_between_its_slices():
+    """Found by a review: under ``eval_slices=foreground`` the kept slices were stacked side by side, so two
+    lesions 7 slices (35 mm) apart looked adjacent and missing one cost HD95 5 mm; with every slice it is 35 mm.
+    Each kept slice now goes at its own index, the dropped ones background in both: the two protocols agree."""
+    from lightning_modules.losses.hybrid import HybridCEDiceLoss
+    from lightning_modules.segmentation import SegmentationModule
+
+    class Sign(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([-x, x], 1) * 10
+
+    depth = 12
+    truth = torch.zeros(depth, 16, 16, dtype=torch.long)
+    truth[2, 4:8, 4:8] = truth[9, 4:8, 4:8] = 1
+    image = -torch.ones(depth, 1, 16, 16)
+    image[2, 0, 4:8, 4:8] = 1  # the lesion at slice 2 found, the one at slice 9 missed
+    batch = {"image": image, "mask": truth, "case_id": ["a"] * depth, "slice_index": torch.arange(depth),
+             "spacing": torch.tensor([[1.0, 1.0, 5.0]] * depth)}
+    hd95 = {}
+    for protocol in ("all", "foreground"):
+        module = SegmentationModule(Sign(), HybridCEDiceLoss(), num_classes=2, class_names=["background", "tumour"],
+                                    eval_slices=protocol)
+        module.log = lambda *a, **k: None
+        module._evaluate(batch, "test", module.test_cases)
+        module.on_test_epoch_end()
+        hd95[protocol] = module.test_summary["hd95"]
+    assert hd95["foreground"] == pytest.approx(hd95["all"]) and hd95["all"] == pytest.approx(35.0), hd95
