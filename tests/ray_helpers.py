@@ -21,3 +21,8 @@ def fake_client(client_id: str, behaviour: str = "ok", **_: object) -> ClientUpd
     if behaviour == "hang":
         time.sleep(120)
     return ClientUpdate(client_id, {"w": torch.ones(2)}, 1, {"pid": float(os.getpid())})
+
+
+def echo_client(client_id: str, server_message=None, **_: object) -> ClientUpdate:
+    """Its server message's weights back, with the worker's torch thread count (metric ``threads``)."""
+    return ClientUpdate(client_id, dict(server_message.weights), 1, {"threads": float(torch.get_num_threads())})

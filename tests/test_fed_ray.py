@@ -21,7 +21,7 @@ from datamodules.errors import DataError  # noqa: E402
 from federation.errors import FederationError  # noqa: E402
 from federation.transports import ClientJob, ExecutorError  # noqa: E402
 from federation.transports.ray import RayExecutor, _loopback_init  # noqa: E402
-from tests.ray_helpers import fake_client  # noqa: E402
+from tests.ray_helpers import echo_client, fake_client  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -279,3 +279,44 @@ def test_a_local_start_that_times_out_is_tried_again(caplog):
     fake.init = lambda **kw: (_ for _ in ()).throw(RuntimeError("never"))
     with pytest.raises(RuntimeError, match="never"):
         _loopback_init(fake, attempts=2)
+
+
+def test_the_global_weights_go_once_per_round_and_workers_use_their_cpus(local_ray, monkeypatch):
+    """A review of the Ray transport: each client's call pickled the global model again (a copy per call in the
+    object store), and a worker's torch threads followed an inherited OMP_NUM_THREADS, not cpus_per_client.
+    Now one ``ray.put`` per distinct weights, the weights arrive intact, and threads = the CPUs assigned."""
+    from federation.core.messages import ServerMessage
+
+    weights = {"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(4)}
+    msg = ServerMessage(1, weights, {})
+    puts = []
+    real_put = ray.put
+    monkeypatch.setattr(ray, "put", lambda value, **kw: puts.append(value) or real_put(value, **kw))
+    ex = _executor()
+    try:
+        jobs = [ClientJob(c, {"server_message": ServerMessage(1, msg.weights, {"i": i})}) for i, c in enumerate("abc")]
+        updates, failures = ex.map(echo_client, jobs)
+        sent = [p for p in puts if isinstance(p, dict) and set(p) == set(weights)]  # Ray puts other things too
+        assert not failures and len(sent) == 1, (failures, puts)
+        for u in updates:
+            assert all(torch.equal(u.weights[k], weights[k]) for k in weights) and u.metrics["threads"] == 1.0
+    finally:
+        ex.shutdown()
+
+
+def test_workers_get_the_drivers_allow_targets_and_wandb_mode(monkeypatch):
+    """Workers of a joined cluster inherit ``ray start``'s environment: the driver's ``allow_targets`` list
+    must travel in the runtime env (a review: every client was refused on a cluster)."""
+    from federation.transports.ray import worker_env
+    from federation.transports.ray_worker import set_threads_to_assigned_cpus
+
+    monkeypatch.setenv("FEDMED_ALLOW_TARGETS", "mylab")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    env = worker_env()
+    assert env["FEDMED_ALLOW_TARGETS"] == "mylab" and env["WANDB_MODE"] == "offline" and str(ROOT) in env["PYTHONPATH"]
+    before = torch.get_num_threads()
+    try:
+        assert set_threads_to_assigned_cpus({"CPU": 2.0}) == 2 == torch.get_num_threads()
+        assert set_threads_to_assigned_cpus({"CPU": 0.5}) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 from datamodules.errors import DataError
 from federation.core.messages import ClientUpdate
 from federation.transports import ClientFn, ClientJob, ExecutorError, check_update, client_user_error, drop
-from federation.transports.ray_worker import RayWorker, missing_data_root
+from federation.transports.ray_worker import WEIGHTS_REF, RayWorker, missing_data_root
 
 __all__ = ["RayExecutor", "missing_data_root", "LIVENESS_S"]
 
@@ -173,6 +173,40 @@ def _continue_hint(jobs: Sequence[ClientJob]) -> str:
     return f"server.pt holds the last finished round; continue with: {continue_command(overrides, run)}"
 
 
+def worker_env() -> dict[str, str]:
+    """What every worker's environment must hold (Ray's ``runtime_env``): the project on ``PYTHONPATH`` and the
+    driver's ``allow_targets`` list and W&B mode. Workers of a joined cluster inherit ``ray start``'s environment,
+    not the driver's: ``allow_targets=[mylab]`` worked on a local instance and every client was refused on a
+    cluster (a review)."""
+    from lightning_modules.targets import ENV
+
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env.update({k: os.environ[k] for k in (ENV, "WANDB_MODE") if os.environ.get(k)})
+    return env
+
+
+def shared_weights(ray: Any, jobs: Sequence[ClientJob]) -> dict[str, dict[str, Any]]:
+    """Each job's kwargs with its server message's weights put in Ray's object store once per distinct set
+    of tensors (every client of a round gets the same global tensors, in a mapping of its own), sent as ``WEIGHTS_REF`` beside a
+    weightless message; :meth:`RayWorker.run` puts them back. A review: each client's call pickled the whole
+    global model again (a copy per call in the object store for a large 3D net)."""
+    import dataclasses
+
+    refs: dict[tuple, Any] = {}  # the tensors stay alive in ``jobs`` meanwhile, so their ids are not reused
+    out = {}
+    for job in jobs:
+        msg = job.kwargs.get("server_message")
+        if msg is None or not msg.weights:
+            out[job.client_id] = job.kwargs
+            continue
+        key = tuple((k, id(v)) for k, v in msg.weights.items())  # the same tensors: one put
+        ref = refs.get(key)
+        if ref is None:
+            ref = refs[key] = ray.put(dict(msg.weights))
+        out[job.client_id] = {**job.kwargs, "server_message": dataclasses.replace(msg, weights={}), WEIGHTS_REF: ref}
+    return out
+
+
 class RayExecutor:
     """A reused pool of Ray actors (see the module docstring). Same contract as every executor:
     ``map(fn, jobs, on_done) -> (updates in jobs order, failures)`` and ``shutdown()``."""
@@ -185,9 +219,8 @@ class RayExecutor:
         ray = self.ray = _import_ray()
         self._started = False
         if not ray.is_initialized():
-            pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
             kw: dict[str, Any] = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
-                                      runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+                                      runtime_env={"env_vars": worker_env()})
             if address:
                 check_reachable(address)
                 kw["address"] = address
@@ -351,6 +384,7 @@ class RayExecutor:
         self._prepare(list(self._pool), jobs)
         idle, queue = list(self._pool), list(jobs)
         by_id = {j.client_id: j for j in jobs}
+        shipped = shared_weights(ray, jobs)
         running: dict[Any, tuple[Any, str, float]] = {}
         updates: list[ClientUpdate] = []
         failures: dict[str, str] = {}
@@ -363,7 +397,7 @@ class RayExecutor:
             self._check_node(jobs, cheap=True)  # before Ray is asked for more on a node already gone
             while idle and queue:
                 actor, job = idle.pop(0), queue.pop(0)
-                ref = actor.run.remote(fn, self.accelerator, job.client_id, job.kwargs)
+                ref = actor.run.remote(fn, self.accelerator, job.client_id, shipped[job.client_id])
                 running[ref] = (actor, job.client_id, time.monotonic())
             wait = LIVENESS_S  # finite: a dead node never completes a ref, and ray.wait(timeout=None) would hang
             if self.timeout_s is not None:

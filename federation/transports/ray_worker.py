@@ -10,7 +10,26 @@ from typing import Any, Mapping
 from federation.core.messages import ClientUpdate
 from federation.transports import ClientFn
 
-__all__ = ["RayWorker", "missing_data_root"]
+__all__ = ["RayWorker", "missing_data_root", "set_threads_to_assigned_cpus", "WEIGHTS_REF"]
+
+#: the kwarg carrying the round's global weights as one object-store reference (:func:`..ray.shared_weights`)
+WEIGHTS_REF = "_global_weights_ref"
+
+
+def set_threads_to_assigned_cpus(assigned: Mapping[str, float] | None = None) -> int:
+    """torch's intra-op threads = the CPUs Ray assigned this actor (``cpus_per_client``), at least 1. Ray sets
+    ``OMP_NUM_THREADS`` from them only when it is unset; a cluster started by ``ray up`` (or a driver shell)
+    exports ``OMP_NUM_THREADS=1``, and clients then ran on one thread whatever they were given (a review)."""
+    import torch
+
+    if assigned is None:
+        import ray
+
+        assigned = ray.get_runtime_context().get_assigned_resources()
+    threads = max(1, int(float(assigned.get("CPU", 1.0))))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
 def missing_data_root(data_cfg: Any) -> str | None:
@@ -52,6 +71,15 @@ class RayWorker:
         return f"data root {root} is missing on Ray node {w['node']} ({w['ip']}): copy or mount it there"
 
     def run(self, fn: ClientFn, accelerator: str, client_id: str, kwargs: dict[str, Any]) -> ClientUpdate:
+        set_threads_to_assigned_cpus()
+        if WEIGHTS_REF in kwargs:  # the round's global weights, put in the object store once for every client
+            import dataclasses
+
+            import ray
+
+            kwargs = dict(kwargs)
+            weights = ray.get(kwargs.pop(WEIGHTS_REF))
+            kwargs["server_message"] = dataclasses.replace(kwargs["server_message"], weights=weights)
         cfg = kwargs.get("cfg")
         if cfg is not None:  # pin the Trainer to what this actor was given
             from omegaconf import open_dict
