@@ -98,6 +98,9 @@ def decode_mask(path: Path, threshold: float | None, channel: int | None,
         bad = [v for v in values.tolist() if int(v) not in label_map]
         if bad:
             raise DataError(f"mask {path} has values {bad[:10]} missing from data.label_map")
+        if any(int(k) < 0 for k in label_map) or values.min() < 0:  # a table indexed by -1 wrote its last entry
+            raise DataError(f"data.label_map / mask {path}: negative mask values are not supported "
+                            f"({sorted(int(k) for k in label_map if int(k) < 0) or int(values.min())})")
         lut = np.zeros(int(values.max()) + 1, np.uint8)
         for k, v in label_map.items():
             if int(k) < len(lut):
@@ -109,6 +112,9 @@ def decode_mask(path: Path, threshold: float | None, channel: int | None,
             raise DataError(f"mask {path} has values up to {top:g}, all at or below data.mask_threshold="
                             f"{threshold:g}: it would decode as background (0/1 masks need data.mask_threshold=0)")
         return (m > threshold).astype(np.uint8)
+    if m.size and (m.min() < 0 or m.max() > 255):  # uint8 would wrap 256 to 0 without a word (a review)
+        raise DataError(f"mask {path} has values in [{m.min()}, {m.max()}]: labels must lie in [0, 255] "
+                        f"(data.label_map maps other values)")
     return m.astype(np.uint8)
 
 
@@ -259,7 +265,7 @@ class FolderSegmentationDataModule(SliceDataModule):
         rest = [c for c in case_ids if c not in self.test_ids]
         splits = patient_split(rest, self.val_fraction, 0.0, self.seed)
         splits["test"] = sorted(self.test_ids)
-        return splits
+        return self.limit_train_cases(splits)  # a review: data.train_cases was ignored with a test folder
 
     def _groups(self, image_dir: Path, mask_dir: Path) -> dict[str, list[tuple[Any, str, Path, Path]]]:
         groups: dict[str, list[tuple[Any, str, Path, Path]]] = defaultdict(list)

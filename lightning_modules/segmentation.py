@@ -102,7 +102,7 @@ class SegmentationModule(BaseModule):
         self.surface_metrics, self.nsd_tolerance_mm = surface_metrics, nsd_tolerance_mm
         self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
         self.overlap = overlap
-        self._test_slices: dict[str, dict[int, tuple]] = {}
+        self._test_slices: dict[str, list[tuple]] = {}  # case -> [(slice index, prediction, mask)] as they came
         self._test_spacing: dict[str, tuple[float, ...]] = {}
 
     def setup(self, stage: str) -> None:
@@ -161,21 +161,27 @@ class SegmentationModule(BaseModule):
             if valid is not None:  # padding is bottom/right: the slice's own pixels are the top-left block
                 h, w = int(valid[j].any(1).sum()), int(valid[j].any(0).sum())
                 p, m = p[:h, :w], m[:h, :w]
-            self._test_slices.setdefault(cid, {})[index[i]] = (p.to(torch.uint8).cpu().numpy(),
-                                                               m.to(torch.uint8).cpu().numpy())
+            # a list, not keyed by index: a folder's flipped_/mirrored_ copies of a slice share its number (a
+            # review: the second overwrote the first, so HD95/NSD scored fewer slices than Dice)
+            self._test_slices.setdefault(cid, []).append((index[i], p.to(torch.uint8).cpu().numpy(),
+                                                          m.to(torch.uint8).cpu().numpy()))
             if spacing is not None:
                 self._test_spacing[cid] = tuple(float(v) for v in spacing[i])
 
     def _surface_scores(self) -> None:
         """HD95 / NSD per test case from its reassembled slices (or volume), merged into the table."""
         for cid, slices in self._test_slices.items():
-            order = sorted(slices)
-            pred = [slices[k][0] for k in order]
-            mask = [slices[k][1] for k in order]
+            slices = sorted(slices, key=lambda s: s[0])  # stable: copies sharing an index stay in arrival order
+            order = [s[0] for s in slices]
+            pred = [s[1] for s in slices]
+            mask = [s[2] for s in slices]
             if pred[0].ndim == 2:  # a stack of 2D slices [H, W] -> (H, W, D) as the source volume
                 # padding was cropped per slice; a case's slices share one size (min: a safeguard)
                 h, w = min(p.shape[0] for p in pred), min(p.shape[1] for p in pred)
-                at = [k - order[0] for k in order]
+                at, extra = [], 0  # a copy sharing its slice's index goes next to it, one place further on
+                for j, k in enumerate(order):
+                    extra += int(j > 0 and k == order[j - 1])
+                    at.append(k - order[0] + extra)
                 if self.eval_slices != "foreground":  # every slice kept: stacked as they come
                     at = list(range(len(order)))
                 # eval_slices=foreground drops the slices between lesions: each kept slice goes at its own index,

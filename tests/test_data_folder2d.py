@@ -207,3 +207,34 @@ def test_a_folder_config_names_its_classes(tmp_path):
     check_datamodule(dm)
     assert dm.class_names == ["background", "organ", "core"] and dm.num_classes == 3
     assert build_datamodule(compose_run(["data=kits_slices"], tmp_path / "k").data).class_names == ["background", "tumor"]
+
+
+def test_train_cases_applies_with_a_test_folder_and_odd_label_values_are_refused(tmp_path):
+    """Found by a review of the 2D data: ``data.train_cases`` was ignored when the test split is a folder of its
+    own (a KD student's data budget trained on every case); a negative ``label_map`` key wrote the table's last
+    entry (class 2 erased); a raw 16-bit label 256 decoded as 0. The first now holds, the others are one line."""
+    train = _write_png_folder(tmp_path / "train", n_cases=6)
+    test = _write_png_folder(tmp_path / "held_out", n_cases=2)
+    for f in [*(test / "imgs").iterdir(), *(test / "msks").iterdir()]:  # cases 200, 201: not the training ones
+        f.rename(f.with_name(f.name.replace("_10", "_20")))
+    (train / "test_imgs").symlink_to(test / "imgs")
+    (train / "test_msks").symlink_to(test / "msks")
+    dm = FolderSegmentationDataModule(str(train), image_dir="imgs", mask_dir="msks", test_image_dir="test_imgs",
+                                      test_mask_dir="test_msks", val_fraction=0.2, train_cases=2, image_size=16,
+                                      augment=False)
+    dm.setup()
+    assert len(dm.case_ids("train")) == 2 and len(dm.case_ids("test")) == 2, dm.splits
+    npy = tmp_path / "npy"
+    for d in ("images", "masks"):
+        (npy / d).mkdir(parents=True)
+    np.save(npy / "images" / "s0.npy", np.random.rand(4, 4).astype(np.float32))
+    np.save(npy / "masks" / "s0.npy", np.array([[-1, 0, 1, 2]] * 4, np.int16))
+    neg = FolderSegmentationDataModule(str(npy), image_dir="images", mask_dir="masks", case_pattern=None,
+                                       label_map={0: 0, 1: 1, 2: 2, -1: 0}, class_names=None, augment=False)
+    with pytest.raises(DataError, match=r"s0\.npy: negative mask values"):
+        neg.setup()
+    np.save(npy / "masks" / "s0.npy", np.array([[0, 1, 256, 2]] * 4, np.int16))
+    wide = FolderSegmentationDataModule(str(npy), image_dir="images", mask_dir="masks", case_pattern=None,
+                                        mask_threshold=None, class_names=None, augment=False)
+    with pytest.raises(DataError, match=r"s0\.npy has values in \[0, 256\]"):
+        wide.setup()

@@ -113,7 +113,7 @@ def test_a_working_grid_coarser_than_the_nsd_tolerance_is_said_once():
     mask[4:10, 4:10] = 1
     for spacing, warned in (((1.2, 1.2, 2.0), True), ((0.8, 0.8, 2.0), False)):
         module.test_per_case, module._warned_nsd = {}, False
-        module._test_slices, module._test_spacing = {"c": {0: (mask, mask), 1: (mask, mask)}}, {"c": spacing}
+        module._test_slices, module._test_spacing = {"c": [(0, mask, mask), (1, mask, mask)]}, {"c": spacing}
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             module._surface_scores()
@@ -148,3 +148,21 @@ def test_foreground_protocol_keeps_the_distance_between_its_slices():
         module.on_test_epoch_end()
         hd95[protocol] = module.test_summary["hd95"]
     assert hd95["foreground"] == pytest.approx(hd95["all"]) and hd95["all"] == pytest.approx(35.0), hd95
+
+
+def test_copies_sharing_a_slice_number_are_all_scored():
+    """Found by a review of the 2D data: a folder's ``flipped_``/``mirrored_`` copies of a slice share its case
+    and slice number, and the second overwrote the first in the surface metrics' stack (HD95/NSD scored fewer
+    slices than Dice). Both now count: a missed lesion in the copy moves HD95 off 0."""
+    from lightning_modules.segmentation import SegmentationModule
+
+    net = {"_target_": "lightning_modules.nets.dnet.DNet", "in_channels": 1, "classes": 2, "width": 4}
+    module = SegmentationModule(net, {"_target_": "lightning_modules.losses.hybrid.HybridCEDiceLoss"}, num_classes=2)
+    lesion, empty = np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8)
+    lesion[4:10, 4:10] = 1
+    module.test_per_case = {}
+    # the first copy's lesion missed, the second found: the overwrite kept only the second (HD95 0)
+    module._test_slices = {"c": [(3, empty, lesion), (3, lesion, lesion)]}
+    module._test_spacing = {"c": (1.0, 1.0, 1.0)}
+    module._surface_scores()
+    assert module.test_per_case["c"]["hd95"] > 0
