@@ -19,6 +19,7 @@ from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelSummary, ProgressBar
 
+import callbacks.metric_goal  # noqa: F401  (registers ${fedmed_goal:...}, the checkpoint's mode)
 from callbacks.checkpoint_paths import ConfineCheckpointPaths
 from callbacks.epoch_seeding import EpochSeeding
 from callbacks.fit_time import FitTime
@@ -251,6 +252,9 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, logger: Any = 
     if _bar_off(cfg, overrides):  # a log file, not a terminal: EpochLog's line per epoch says what a bar would
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         overrides["enable_progress_bar"] = False
+    elif overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar")) is False:
+        # asked off: Lightning refuses a progress-bar callback beside it (a review: every default run stopped)
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not any(isinstance(c, EpochSeeding) for c in callbacks):
         callbacks.append(EpochSeeding())
     if not any(isinstance(c, ConfineCheckpointPaths) for c in callbacks):

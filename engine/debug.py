@@ -55,7 +55,19 @@ def _follows(cfg: DictConfig, key: str, given: set[str]) -> bool:
     return isinstance(raw, str) and raw.strip() in {f"${{{k}}}" for k in given}
 
 
-def apply_debug(cfg: DictConfig) -> dict[str, Any]:
+def as_run(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` with the debug mode's and fast_dev_run's settings applied, as :func:`dispatch` runs
+    it: what the run folder's ``config.yaml`` holds and what a resume is compared with (a review: under
+    ``debug=limit`` config.yaml said ``limit_train_batches: 1.0`` where 3 batches ran and W&B said 3)."""
+    import copy
+
+    ran = copy.deepcopy(cfg)
+    apply_debug(ran, quiet=True)
+    fast_dev_rounds(ran, quiet=True)
+    return ran
+
+
+def apply_debug(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
     """Write ``cfg.debug``'s settings into ``cfg`` (see the module docstring); returns what was set."""
     debug = cfg.get("debug")
     if not isinstance(debug, DictConfig):
@@ -70,7 +82,8 @@ def apply_debug(cfg: DictConfig) -> dict[str, Any]:
                 continue  # e.g. federation.rounds in a centralised run
             OmegaConf.update(cfg, key, value, merge=False, force_add=True)
             applied[key] = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
-    log.info("debug=%s: %s", debug.get("mode"), ", ".join(f"{k}={v}" for k, v in applied.items()))
+    if not quiet:
+        log.info("debug=%s: %s", debug.get("mode"), ", ".join(f"{k}={v}" for k, v in applied.items()))
     return applied
 
 
@@ -78,7 +91,7 @@ def apply_debug(cfg: DictConfig) -> dict[str, Any]:
 _ROUND_KEYS = ("federation.rounds", "fed_distill.student_rounds")
 
 
-def fast_dev_rounds(cfg: DictConfig) -> dict[str, Any]:
+def fast_dev_rounds(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
     """With ``trainer.fast_dev_run`` set, a federation runs one round (see the module docstring); returns
     what was set."""
     if not (cfg.get("trainer") or {}).get("fast_dev_run"):
@@ -91,6 +104,6 @@ def fast_dev_rounds(cfg: DictConfig) -> dict[str, Any]:
             if key not in given and value not in (None, 1):
                 OmegaConf.update(cfg, key, 1, merge=False)
                 applied[key] = 1
-    if applied:
+    if applied and not quiet:
         log.info("trainer.fast_dev_run: %s (one batch per client, one round)", ", ".join(f"{k}=1" for k in applied))
     return applied

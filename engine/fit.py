@@ -215,7 +215,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     monitor = getattr(ckpt_cb, "monitor", None)
     best_score = getattr(ckpt_cb, "best_model_score", None)
     if train and monitor and best_score is not None:  # what a sweeper optimises: the best validation score
-        metrics[f"{monitor}_best"] = float(best_score)
+        metrics.setdefault(f"{monitor}_best", float(best_score))  # BestMetric's where it ran (|RVD| aware)
     if is_debug(cfg):
         metrics["debug"] = True  # fast_dev_run: experiments.report leaves it out of its tables
     if trainer.is_global_zero:

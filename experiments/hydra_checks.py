@@ -129,7 +129,10 @@ def another_run(run: Path, config: DictConfig) -> str | None:
     if saved is None:
         return None
     try:
-        diffs = debug_difference(saved, config) + differences(saved, config, resume_keys(saved))
+        from engine.debug import as_run
+
+        ran = as_run(config)  # config.yaml holds the run as debug settings left it
+        diffs = debug_difference(saved, ran) + differences(saved, ran, resume_keys(saved))
     except Exception:  # noqa: BLE001 - a config that does not resolve here fails with its own message later
         return None
     if not diffs:

@@ -25,7 +25,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException  # noqa: E40
 
 import datamodules.medmnist  # noqa: E402,F401  (registers the ${medmnist:...} resolver used by data configs)
 from engine import artifacts, stop  # noqa: E402
-from engine.debug import apply_debug, fast_dev_rounds  # noqa: E402
+from engine.debug import apply_debug, as_run, fast_dev_rounds  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.builders import check_dimensions  # noqa: E402
 from engine.scalars import check_scalars  # noqa: E402
@@ -35,6 +35,7 @@ from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
 from engine.tracking import record_environment  # noqa: E402
 from engine.wandb_tracking import method_suffix, swept_suffix, trained_model  # noqa: E402
+import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: the checkpoint's mode)
 from engine.run_match import continue_command  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import not_resumable_line, resumable, run_cli, slurm_restarts, task_started  # noqa: E402
@@ -105,7 +106,7 @@ def main(cfg: DictConfig) -> float | None:
         check_dimensions(cfg, dict(HydraConfig.get().runtime.choices))
         check_scalars(cfg)
         check_wandb_modes(cfg)  # before a distillation's teacher trains
-        artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(as_run(cfg), resolve=True))
         with job_command():  # DDP's ranks > 0 in a sweep job run this job (experiments/ddp_job.py)
             metrics = dispatch(cfg)
         if metrics.get("fed_distill/pending"):  # paused for a real SuperLink: no objective yet, not a failure

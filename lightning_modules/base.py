@@ -153,7 +153,8 @@ class BaseModule(pl.LightningModule):
         terms = [(name, lambda _m, v=v: v) for name, v in (aux() if callable(aux) else {}).items()]
         for name, fn in [*self._loss_terms.items(), *terms]:
             value = fn(self)
-            self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=batch_size)
+            self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=batch_size,
+                     sync_dist=True)
             total = value if total is None else total + value
         return total
 

@@ -183,8 +183,10 @@ class ClassificationModule(BaseModule):
             self.log_dict(values, prog_bar=split != "test", sync_dist=False)
             self.results.update({k: float(v) for k, v in values.items()})
             if self.monitor in values:  # best validation score: the checkpoint the test uses (§3.1)
-                best = self.results.get(f"{self.monitor}_best", -np.inf)
-                self.results[f"{self.monitor}_best"] = max(best, float(values[self.monitor]))
+                best, new = self.results.get(f"{self.monitor}_best"), float(values[self.monitor])
+                lower = any(s in self.monitor.rsplit("/", 1)[-1] for s in ("loss", "error"))
+                if best is None or (new < best if lower else new > best):  # max() kept a loss's worst (a review)
+                    self.results[f"{self.monitor}_best"] = new
         metrics.reset()
         losses.reset()
         self._updated.discard(split)

@@ -245,10 +245,10 @@ class DistillationModule(SegmentationModule):
         extra = self.extra_loss(batch_size=bs)
         if extra is not None:
             loss = loss + extra
-        self.log("train/seg", seg.detach(), on_step=False, on_epoch=True, batch_size=bs)
+        self.log("train/seg", seg.detach(), on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         for name, value in terms.items():
-            self.log(f"train/kd/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+            self.log(f"train/kd/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         return loss
 
     # ------------------------------------------------------------------ inspection (Fig. 2)

@@ -8,6 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import callbacks.metric_goal  # noqa: F401  (registers ${fedmed_goal:...}, as experiments.run does)
 import datamodules.medmnist  # noqa: F401  (registers the ${medmnist:...} resolver, as experiments.run does)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"

@@ -103,3 +103,14 @@ def test_a_key_that_follows_a_command_line_key_keeps_following_it(tmp_path):
     plain = compose_run(["+exp=lits_hlfd", "debug=limit"], tmp_path)
     apply_debug(plain)
     assert plain.trainer.max_epochs == 3 and plain.distill.teacher.max_epochs == 3
+
+
+def test_the_run_folders_config_is_the_one_that_ran(tmp_path):
+    """Found by a review: config.yaml was written before the debug mode applied its settings (under
+    ``debug=limit`` it said ``limit_train_batches: 1.0`` where 3 batches ran, and W&B said 3). It is now written
+    from :func:`engine.debug.as_run`, which leaves the composed config itself as it was."""
+    from engine.debug import as_run
+
+    cfg = compose_run(["+exp=lits_dnet", *TINY_LITS, "debug=limit"], tmp_path)
+    ran = as_run(cfg)
+    assert ran.trainer.limit_train_batches == 3 and cfg.trainer.limit_train_batches != 3
