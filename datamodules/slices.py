@@ -64,6 +64,21 @@ class SliceDataset(Dataset):
                  label_fn: Callable[[np.ndarray], np.ndarray],
                  augment: SliceAugment | None = None) -> None:
         self.cases, self.items, self.label_fn, self.augment = cases, items, label_fn, augment
+        self._summary: np.ndarray | None = None
+
+    @property
+    def label_summary(self) -> np.ndarray:
+        """Largest class in each item's mask (the ignore value 255 left out), from the stored labels: what the
+        partitioners and the partition report read. A review: read through ``__getitem__`` they went through
+        the training augmentation (a rotation can drop a small lesion) and two passes with one seed disagreed."""
+        if self._summary is None:
+            out = np.zeros(len(self.items), dtype=np.int64)
+            for i, (c, k) in enumerate(self.items):
+                mask = np.asarray(self.label_fn(np.asarray(self.cases[c].label[self.cases[c].positions[k]])))
+                valid = mask[mask != 255]
+                out[i] = int(valid.max()) if valid.size else 0
+            self._summary = out
+        return self._summary
 
     def __len__(self) -> int:
         return len(self.items)

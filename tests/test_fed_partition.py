@@ -237,3 +237,22 @@ def test_a_real_sites_node_takes_its_own_partial_labels():
                                                       "partial_labels": {"hospital_a": [2], "hospital_b": [1]}}})
     assert site_indices(cfg, base, "hospital_a", "all").annotated == [2]
     assert site_indices(cfg, base, "hospital_c", "all").annotated is None
+
+
+def test_slice_labels_for_partitioning_come_from_the_stored_masks_not_the_augmentation():
+    """Found by a review: slice labels were read through the training augmentation (a rotation can drop a
+    small lesion), so one seed gave different partitions, and the report could describe another partition
+    than the one used. They now come from the stored masks, the same at every call."""
+    from datamodules.slices import SliceCase, SliceDataset, TargetMap
+    from datamodules.subset import sample_labels
+
+    labels = np.zeros((4, 8, 8), np.uint8)
+    labels[1, 0, 0], labels[2, 3:5, 3:5], labels[3, 2, 2] = 2, 1, 255  # a one-pixel lesion at the border
+    case = SliceCase("c", np.zeros((4, 8, 8), np.float32), labels, [0, 1, 2, 3], [0, 1, 2, 3])
+    draws = iter(range(1000))
+
+    def augment(image, mask):  # drops the mask on every other read, as a rotation may drop a lesion
+        return image, mask * (next(draws) % 2)
+
+    dataset = SliceDataset([case], [(0, k) for k in range(4)], TargetMap("multiclass"), augment)
+    assert sample_labels(dataset).tolist() == [0, 2, 1, 0] == sample_labels(dataset).tolist()

@@ -85,3 +85,16 @@ def test_pool_takes_whole_cases_when_the_data_has_cases():
     assert np.array_equal(again.indices, pool.indices)
     none, everything = SharedPool.carve(len(cases), 0.0, seed=3, cases=cases)
     assert len(none) == 0 and len(everything) == len(cases)
+
+
+def test_a_shared_fraction_that_rounds_to_an_empty_pool_is_warned_about():
+    """Found by a review: stratified per class, 10 classes of 5 samples at fraction 0.1 each rounded to 0 and
+    data sharing ran with an empty pool without a word."""
+    import numpy as np
+    import pytest
+
+    from federation.core.sharing import SharedPool
+
+    with pytest.warns(UserWarning, match="empty shared pool"):
+        pool, rest = SharedPool.carve(50, 0.1, seed=0, labels=np.repeat(np.arange(10), 5))
+    assert len(pool) == 0 and len(rest) == 50

@@ -19,6 +19,7 @@ choices (documented and tested):
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Literal, Mapping
@@ -157,5 +158,8 @@ class SharedPool:
                 take_parts.append(members[: int(round(fraction * len(members)))])
             take = np.concatenate(take_parts) if take_parts else np.empty(0, np.int64)
         take = np.sort(take.astype(np.int64))
+        if fraction > 0 and len(take) == 0:  # a review: 10 classes x 5 samples at 0.1 rounded every class to 0
+            warnings.warn(f"shared_fraction={fraction} of {len(idx)} samples gave an empty shared pool (each "
+                          f"class's share rounds to 0): data sharing sends nothing", stacklevel=2)
         remaining = np.setdiff1d(idx, take)
         return cls(take, float(fraction), int(seed)), remaining
