@@ -179,6 +179,8 @@ def layout_classes(root: str | Path, layout: str) -> dict[int, str]:
     if sorted(classes) != list(range(len(classes))):
         raise DataError(f"{Path(root) / 'dataset.json'} \"labels\" has values {sorted(classes)}; they must run "
                         f"0..{len(classes) - 1} with no gap (as nnU-Net requires)")
+    if len(classes) > 256:  # labels are stored and written as uint8 (a review: class 299 came back as 43)
+        raise DataError(f"{Path(root) / 'dataset.json'} declares {len(classes)} classes; at most 256 are supported")
     return classes
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from datamodules.errors import DataError
-from engine.predict import save_nifti, save_probabilities
+from engine.predict import label_header, save_nifti, save_probabilities
 from lightning_modules.inference import VolumePredictor
 
 __all__ = ["plan_ensemble", "check_ensemble", "ensemble_case"]
@@ -162,8 +162,7 @@ def ensemble_case(case: str, files: Sequence[Path], output: Path, keep_probabili
     meta = _meta(files[0])
     labels = VolumePredictor.labels(torch.from_numpy(mean), meta.threshold, class_dim=0).numpy().astype(np.uint8)
     src = _load_reference(_reference(files[0]))
-    header = src.header.copy()
-    header.set_data_dtype(np.uint8)
+    header = label_header(src.header)
     save_nifti(nib.Nifti1Image(labels, src.affine, header), output / f"{case}.nii.gz")
     if keep_probabilities:
         save_probabilities(mean, meta.class_names, meta.threshold, output / f"{case}.npz")

@@ -12,7 +12,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -276,10 +276,21 @@ def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: f
     if volume.shape != src.shape and volume_shape(src.shape) == volume.shape:  # (H, W, D, 1): the input's own
         volume = volume.reshape(src.shape)
         prob = None if prob is None else prob.reshape(len(prob), *src.shape)
-    header = src.header.copy()
-    header.set_data_dtype(np.uint8)
+    header = label_header(src.header)
     header["descrip"] = PREDICT_SIGNATURE  # a rerun may overwrite it (claim_output_file)
     return nib.Nifti1Image(volume, src.affine, header), prob
+
+
+def label_header(source: Any) -> Any:
+    """The input's header for a label map: uint8, no display window, intent ``label`` (a review: the CT's
+    ``cal_min/cal_max`` of -1000/1000 showed the 0..K labels as black in FSLeyes, and its intent code stayed)."""
+    header = source.copy()
+    header.set_data_dtype(np.uint8)
+    if "cal_min" in header:
+        header["cal_min"], header["cal_max"] = 0, 0
+    if callable(getattr(header, "set_intent", None)):
+        header.set_intent("label")
+    return header
 
 
 _ALLOC_FAILED = ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory")

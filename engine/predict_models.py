@@ -189,6 +189,13 @@ def _check_given_config(weights: Path, bare: bool, run_config: str | Path | None
         log.warning("%s", exc)
 
 
+def _plain_value(value):
+    """A hyper-parameter as plain data for comparison (a ListConfig or tuple of names as a list)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return [str(v) for v in value]
+
+
 def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None, site: str | None = None,
                 fill_weights: FillWeights | None = None) -> Models:
     """Load every checkpoint (``weights_only``; the net built from its allow-listed config), refusing
@@ -228,6 +235,12 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
         if first_hp is not None and hp.get("num_classes") != first_hp.get("num_classes"):
             raise CheckpointError(f"checkpoint {path} predicts {hp.get('num_classes')} classes but "
                                   f"{ckpts[0]} predicts {first_hp.get('num_classes')}: an ensemble needs the same classes")
+        for key in ("class_names", "fg_threshold"):  # a review: taken from the first, so the order decided
+            theirs, ours = _plain_value(hp.get(key)), _plain_value((first_hp or hp).get(key))
+            named = key == "fg_threshold" or (theirs is not None and ours is not None)  # names may be unstored
+            if first_hp is not None and named and theirs != ours:
+                raise CheckpointError(f"checkpoint {path} has {key}={theirs} but {ckpts[0]} has {ours}: an ensemble "
+                                      f"needs the same (experiments.ensemble refuses them too)")
         first_hp = first_hp or hp
         dims.add(int(net_cfg.get("spatial_dims", 2)))
         nets.append(net.eval())

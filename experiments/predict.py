@@ -154,10 +154,14 @@ def predict(cfg: DictConfig) -> dict:
     for path in models.paths:
         _warn_if_debug(path)
     dims = models.spatial_dims
-    roi = cfg.roi_size or (models.run_cfg.data.get("patch_size") if dims == 3 else None)
+    # the test step's own window unless the command sets one (a review: a run trained with module.overlap=0.25
+    # or a roi_size other than its patch size was tested with one window and predicted with another)
+    trained = models.hparams
+    roi = cfg.roi_size or ((trained.get("roi_size") or models.run_cfg.data.get("patch_size")) if dims == 3 else None)
+    overlap = cfg.overlap if cfg.get("overlap") is not None else float(trained.get("overlap") or 0.5)
     axes = tta_axes(cfg.tta, dims)
     try:
-        predictor = VolumePredictor(models.nets, dims, roi, cfg.overlap, cfg.mode, axes, cfg.batch_size,
+        predictor = VolumePredictor(models.nets, dims, roi, overlap, cfg.mode, axes, cfg.batch_size,
                                     _device(cfg.device))
     except ValueError as err:
         raise ConfigError(f"predict settings: {err}") from None

@@ -229,3 +229,37 @@ def test_a_folder_in_a_training_layout_segments_its_images_and_scores_its_labels
     assert sorted(p.name for p in out.glob("*.nii.gz")) == names[layout]
     scores = json.loads((out / "metrics.json").read_text())
     assert sorted(scores["per_case"]) == [n.removesuffix(".nii.gz") for n in names[layout]]
+
+
+@pytest.mark.parametrize("key, value", [("class_names", ["background", "tumor"]), ("fg_threshold", 0.9)])
+def test_an_ensemble_of_checkpoints_with_other_classes_or_threshold_is_refused(setup, key, value):
+    """Found by a review: predict's checkpoint ensemble compared only the class count and took the names and
+    threshold of the first checkpoint, so the order of ``ckpt=[a, b]`` decided the labels (7486 foreground
+    voxels one way, 0 the other); experiments.ensemble already refused both."""
+    from lightning_modules.errors import CheckpointError
+
+    tmp, ckpt, root = setup
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["hyper_parameters"][key] = value
+    other = ckpt.parent / f"other_{key}.ckpt"
+    torch.save(state, other)
+    with pytest.raises(CheckpointError, match=rf"{key}=.* an ensemble needs the same"):
+        predict(_cfg(ckpt=[str(ckpt), str(other)], input=str(root / "volume-0.nii.gz"),
+                     output=str(tmp / f"ens_{key}.nii.gz")))
+    assert not (tmp / f"ens_{key}.nii.gz").exists()
+
+
+def test_a_label_map_has_no_display_window_or_statistic_intent(setup):
+    """Found by a review: the written label map kept the CT's cal_min/cal_max (-1000/1000: labels shown black)
+    and its intent code."""
+    tmp, ckpt, root = setup
+    src = nib.load(root / "volume-0.nii.gz")
+    header = src.header.copy()
+    header["cal_min"], header["cal_max"] = -1000, 1000
+    header.set_intent("t test", (10.0,))
+    shown = tmp / "windowed.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj), src.affine, header), shown)
+    out = tmp / "windowed_seg.nii.gz"
+    predict(_cfg(ckpt=str(ckpt), input=str(shown), output=str(out)))
+    seg = nib.load(out).header
+    assert (float(seg["cal_min"]), float(seg["cal_max"])) == (0.0, 0.0) and seg.get_intent()[0] == "label"
