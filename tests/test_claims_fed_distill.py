@@ -30,6 +30,8 @@ The federated variant (issue 15 §2) has its own test below, with a hypothesis f
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.claims_support import DISABLED, claims_seed, record, unvalidated
@@ -64,7 +66,16 @@ def claim_metrics(module_tmp):
     return metrics
 
 
-@LOCAL_CLAIM
+#: the precondition holds (teacher 0.626 / 0.593 / 0.591 against the local student 0.183 / 0.150 / 0.197 at seeds
+#: 1-3): it is skipped only because it shares the local claim's ~280 s fixture (a review: it carried that claim's
+#: reason)
+WITH_LOCAL_CLAIM = pytest.mark.skipif(
+    os.environ.get("FEDMED_CLAIMS_ALL", "") != "1",
+    reason="validated at seeds 1-3 (teacher 0.626 / 0.593 / 0.591 vs local student 0.183 / 0.150 / 0.197); skipped "
+           "with the local claim, whose ~280 s fixture it shares (FEDMED_CLAIMS_ALL=1 runs it)")
+
+
+@WITH_LOCAL_CLAIM
 @pytest.mark.skipif(DISABLED, reason="a precondition (the teacher is worth distilling), no mechanism to switch off")
 def test_federated_teacher_is_stronger_off_site(claim_metrics):
     teacher = claim_metrics["fed_distill/teacher_fed/dice_other"]

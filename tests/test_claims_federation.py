@@ -136,6 +136,9 @@ def test_fl_global_beats_standalone_off_site(fl_matrix):
     assert fl.get("site1", math.nan) >= sa2.get("site1", math.nan) + OFF_SITE_MARGIN["site2"], mat
 
 
+@unvalidated("with the hybrid loss's cross-entropy in log space (8e89603, thirty-ninth session) centralised >= "
+             "FL_global - 0.05 fails at seed 1 (centralised 0.658, FL_global pooled 0.726); seeds 0 / 2 hold (0.667 vs "
+             "0.599, 0.788 vs 0.600), and FL_global >= off-site standalone, site by site, holds at all three")
 @pytest.mark.slow
 def test_evaluation_matrix_rows_and_order(fl_matrix):
     """Paper 003 Table 1 on the two sites: rows FL_global, <site>_FL_local, <site>_baseline (standalone)
@@ -143,6 +146,20 @@ def test_evaluation_matrix_rows_and_order(fl_matrix):
     FL_global >= every off-site standalone score (the matrix's ordering in the paper, and the issue's
     "centralised >= FL_global >= off-site standalone": centralised ~ FL_global > a model from one
     institution on the other's data).
+
+    Since the thirty-ninth session the FL_global >= off-site standalone order is checked site by site, on the
+    same test set (FL_global on site 2 >= site 1 alone on site 2, and the mirror), no margin: a review found
+    the pooled comparison below let a standalone model pass too (site 1 alone at seed 0: pooled 0.49 against
+    0.30). Recorded differences, as in test_fl_global_beats_standalone_off_site: after the mask-resizing fix
+    +0.321 / +0.060 (seed 0), +0.704 / +0.392, +0.130 / +0.197 (seeds 1-2); before it +0.133 / +0.296,
+    +0.139 / +0.183, +0.343 / +0.433 at the held-out seeds 3-5: the direction holds at every recorded run.
+    With site 2 removed the site-2 rows are missing and the test fails.
+    MEASURED with the new comparison, after the hybrid loss's CE moved to log space (8e89603), seeds 0 / 1 / 2
+    (``FEDMED_CLAIMS_ALL=1 FEDMED_CLAIMS_SEED=<s> FEDMED_CLAIMS_RECORD=... pytest -n 1 -k matrix_rows``): FL
+    on site 2 0.615 / 0.712 / 0.671 against site 1 alone 0.324 / 0.577 / 0.520; FL on site 1 0.583 / 0.739 /
+    0.529 against site 2 alone 0.294 / 0.000 / 0.001 (holds at every seed); centralised 0.667 / **0.658** /
+    0.788 against FL_global pooled 0.599 / 0.726 / 0.600: the unchanged ``centralised >= FL_global - 0.05``
+    fails at seed 1 (FL_global beats the centralised model there), so the test is skipped as not validated.
 
     The order has no margin (twenty-sixth session): the first one, 0.15, was a guess fixed before any run
     and failed at one or two seeds of three in each of three measurements; the pre-registered rule (half
@@ -166,13 +183,18 @@ def test_evaluation_matrix_rows_and_order(fl_matrix):
     record("003_matrix", seconds=seconds, centralised=mat.get("centralised", {}).get("pooled", math.nan),
            fl_global=mat["FL_global"]["pooled"],
            off_site_max=max(mat.get("site1_baseline", {}).get("site2", math.nan),
-                            mat.get("site2_baseline", {}).get("site1", math.nan)))
+                            mat.get("site2_baseline", {}).get("site1", math.nan)),
+           fl_on_site2=mat["FL_global"].get("site2", math.nan), fl_on_site1=mat["FL_global"].get("site1", math.nan),
+           site1_alone_on_site2=mat.get("site1_baseline", {}).get("site2", math.nan),
+           site2_alone_on_site1=mat.get("site2_baseline", {}).get("site1", math.nan))
     for row in ("FL_global", "site1_FL_local", "site2_FL_local", "site1_baseline", "site2_baseline", "centralised"):
         assert row in mat, (row, sorted(mat))
-    fl = mat["FL_global"]["pooled"]
-    assert mat["centralised"]["pooled"] >= fl - 0.05, mat
-    assert fl >= mat["site1_baseline"]["site2"], mat
-    assert fl >= mat["site2_baseline"]["site1"], mat
+    fl = mat["FL_global"]
+    assert mat["centralised"]["pooled"] >= fl["pooled"] - 0.05, mat
+    # site by site, on the same test set: a pooled FL score (half on the model's own site) against an off-site
+    # standalone one let a standalone model pass too (a review, thirty-ninth session)
+    assert fl["site2"] >= mat["site1_baseline"]["site2"], mat
+    assert fl["site1"] >= mat["site2_baseline"]["site1"], mat
 
 
 # ------------------------------------------------------------------------------------- paper 004
@@ -242,9 +264,12 @@ def test_partial_labels_federation_learns_each_sites_missing_organ(tmp_path):
     fl = run([*two_sites(labels, same_scanner=True), *mode], tmp_path / "fl")
     alone1 = run([*two_sites({"site1": [1]}, same_scanner=True), *mode, "~data.sites.site2"], tmp_path / "s1")
     alone2 = run([*two_sites({"site2": [2]}, same_scanner=True), *mode, "~data.sites.site1"], tmp_path / "s2")
-    vals = {"fl_spleen": fl["test/dice_spleen"], "site1_alone_spleen": alone1.get("test/dice_spleen", 0.0),
-            "fl_liver": fl["test/dice_liver"], "site2_alone_liver": alone2.get("test/dice_liver", 0.0)}
+    # every value indexed: a missing one fails (a review: ``.get(..., 0.0)`` made a missing baseline the easiest
+    # value to beat), and NaN fails too
+    vals = {"fl_spleen": fl["test/dice_spleen"], "site1_alone_spleen": alone1["test/dice_spleen"],
+            "fl_liver": fl["test/dice_liver"], "site2_alone_liver": alone2["test/dice_liver"]}
     record("004_partial_labels", t0, **vals)
+    assert all(math.isfinite(v) for v in vals.values()), vals
     assert vals["fl_spleen"] >= vals["site1_alone_spleen"] + 0.3, vals
     assert vals["fl_liver"] >= vals["site2_alone_liver"] + 0.3, vals
 
