@@ -56,6 +56,14 @@ class TargetMap:
         return label.astype(np.uint8)
 
 
+def largest_class(mask: np.ndarray) -> int:
+    """The largest class in a mask, the ignore value 255 left out (0 for an empty or all-ignored mask): a
+    segmentation item's label for partitioning (0 = empty slice, 2 = slice with tumour, ...)."""
+    mask = np.asarray(mask)
+    valid = mask[mask != 255]
+    return int(valid.max()) if valid.size else 0
+
+
 class SliceDataset(Dataset):
     """Map-style dataset over ``(case index, position index)`` items; yields
     ``dict(image=float32[1,H,W], mask=int64[H,W], case_id=str, slice_index=int)``."""
@@ -72,12 +80,8 @@ class SliceDataset(Dataset):
         partitioners and the partition report read. A review: read through ``__getitem__`` they went through
         the training augmentation (a rotation can drop a small lesion) and two passes with one seed disagreed."""
         if self._summary is None:
-            out = np.zeros(len(self.items), dtype=np.int64)
-            for i, (c, k) in enumerate(self.items):
-                mask = np.asarray(self.label_fn(np.asarray(self.cases[c].label[self.cases[c].positions[k]])))
-                valid = mask[mask != 255]
-                out[i] = int(valid.max()) if valid.size else 0
-            self._summary = out
+            self._summary = np.asarray([largest_class(self.label_fn(np.asarray(self.cases[c].label[
+                self.cases[c].positions[k]]))) for c, k in self.items], dtype=np.int64)
         return self._summary
 
     def __len__(self) -> int:

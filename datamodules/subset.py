@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.loaders import SplitLoadersMixin, train_eval_dataset
+from datamodules.slices import largest_class
 
 __all__ = ["IndexSubset", "SubsetDataModule", "carve_val", "sample_labels", "sample_groups",
            "sample_cases"]
@@ -89,13 +90,8 @@ def sample_labels(dataset: Dataset) -> np.ndarray:
     summary = getattr(dataset, "label_summary", None)  # 3D patch datasets: per case, without drawing patches
     if summary is not None:
         return np.asarray(summary, dtype=np.int64)
-    out = np.empty(len(dataset), dtype=np.int64)
-    for i in range(len(dataset)):
-        mask = dataset[i]["mask"]
-        mask = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-        valid = mask[mask != 255]
-        out[i] = int(valid.max()) if valid.size else 0
-    return out
+    masks = (dataset[i]["mask"] for i in range(len(dataset)))
+    return np.asarray([largest_class(m.numpy() if isinstance(m, torch.Tensor) else m) for m in masks], dtype=np.int64)
 
 
 def carve_val(indices: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None

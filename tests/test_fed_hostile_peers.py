@@ -174,13 +174,13 @@ def test_under_dp_the_counter_crosses_exact_and_a_malformed_one_is_refused():
     key, dtypes = "bn.num_batches_tracked", {k: v.dtype for k, v in GLOB.items()}
     content = encode_update(_honest("b"), as_float=True)
     assert key not in content.array_records["fitres.parameters"]
-    got = decode_update(content, "b", dtypes, noisy=True)
+    got = decode_update(content, "b", dtypes)
     assert got.weights[key].dtype == torch.int64 and torch.equal(got.weights[key], _honest("b").weights[key])
     for bad in (f'{{"{key}": ["int64", [], [0.5]]}}', f'{{"{key}": ["float32", [], [1]]}}',
                 f'{{"{key}": ["int64", [2], [1]]}}', '{"other": ["int64", [], [1]]}', "[]"):
         content.config_records["fitres.metrics"][INTS] = bad
         with pytest.raises(ValueError):
-            decode_update(content, "b", dtypes, noisy=True)
+            decode_update(content, "b", dtypes)
 
 
 def test_a_site_claimed_by_a_second_node_is_refused_while_its_node_is_connected(grid):

@@ -194,8 +194,7 @@ class FlowerExecutor:
                 continue
             try:
                 sent = jobs[cid].kwargs["server_message"].weights
-                update = decode_update(reply.content, cid, {k: v.dtype for k, v in sent.items()},
-                                       noisy=self.privacy == "dp")
+                update = decode_update(reply.content, cid, {k: v.dtype for k, v in sent.items()})
             except Exception as exc:  # noqa: BLE001 - a malformed reply drops that client only
                 failures[cid] = f"malformed reply: {type(exc).__name__}: {exc}"
                 continue

@@ -160,29 +160,26 @@ def _count(value: Any) -> int:
     return int(value)
 
 
-def _as_integer(key: str, value: torch.Tensor, dtype: torch.dtype, noisy: bool) -> torch.Tensor:
-    """An integer entry (BatchNorm's counter) that crossed as a float. Only DP sends one so (``as_float``):
-    its noise is rounded away and a counter it made negative is clamped to 0. Anything else must already
-    be a whole number within the integer type's range: NaN or 1e30 cast to int64 is an arbitrary value."""
+def _as_integer(key: str, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An integer entry (BatchNorm's counter) that arrived as another dtype: it must be a whole number within
+    the integer type's range (NaN or 1e30 cast to int64 is an arbitrary value). Under DP integer entries cross
+    exact beside the noised arrays (:data:`INTS`), so no noise is ever rounded away here."""
     if not bool(torch.isfinite(value).all()) or (value.numel() and float(value.abs().max()) >= 2.0 ** 62):
         raise ValueError(f"entry {key!r}: {dtype} values arrived non-finite or out of range")
-    if not noisy and not bool((value == value.round()).all()):
+    if not bool((value == value.round()).all()):
         raise ValueError(f"entry {key!r}: {dtype} values arrived as fractions")
-    value = value.round()
-    return (value.clamp(min=0) if noisy else value).to(dtype)
+    return value.round().to(dtype)
 
 
-def decode_update(content: RecordDict, client_id: str, dtypes: Mapping[str, torch.dtype],
-                  noisy: bool = False) -> ClientUpdate:
-    """A :class:`ClientUpdate` from a Fit reply; tensors cast back to the global model's dtypes (``noisy``:
-    the reply went through ``LocalDpMod``, whose noise lands on integer entries too)."""
+def decode_update(content: RecordDict, client_id: str, dtypes: Mapping[str, torch.dtype]) -> ClientUpdate:
+    """A :class:`ClientUpdate` from a Fit reply; tensors cast back to the global model's dtypes."""
     metrics = dict(content.config_records["fitres.metrics"])
     keys = str(metrics.pop(KEYS)).split("\n")
     is_delta = bool(metrics.pop(PREFIX + "is_delta", False))
     weights = _merged(keys, content.array_records["fitres.parameters"], _from_ints(metrics.pop(INTS, None)))
     for k, v in weights.items():
         if k in dtypes and v.dtype != dtypes[k]:
-            weights[k] = v.to(dtypes[k]) if dtypes[k].is_floating_point else _as_integer(k, v, dtypes[k], noisy)
+            weights[k] = v.to(dtypes[k]) if dtypes[k].is_floating_point else _as_integer(k, v, dtypes[k])
     n = _count(content.metric_records["fitres.num_examples"]["num_examples"])
     return ClientUpdate(client_id, weights, n, metrics, is_delta=is_delta)
 
