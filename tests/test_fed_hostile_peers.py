@@ -4,6 +4,7 @@ raised is; the other sites' round goes on. Pure functions and a stand-in Flower 
 from __future__ import annotations
 
 import copy
+import uuid
 
 import pytest
 import torch
@@ -200,3 +201,31 @@ def test_a_site_query_answer_without_a_site_leaves_that_node_out(grid):
     """Before: an empty answer raised KeyError out of the round."""
     updates, failures = grid(_Grid(claims={101: "a", 202: "b", 303: ""})).map(None, _jobs())
     assert [u.client_id for u in updates] == ["a", "b"] and list(failures) == ["c"]
+
+
+class _SuperLinkGrid(_Grid):
+    """Pushes as Flower's grid does (each sent message gets its id) and answers for node ``gone`` the way the
+    SuperLink does for a node that left after saying its site: its own error reply, from node 0, naming the
+    message it answers."""
+
+    def __init__(self, gone):
+        super().__init__()
+        self.gone = gone
+
+    def send_and_receive(self, msgs, timeout=None):
+        from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+        for msg in msgs:
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # as Flower's in-memory grid does
+        lost = [m for m in msgs if m.metadata.dst_node_id == self.gone and m.metadata.message_type == MessageType.TRAIN]
+        errors = [create_message_error_unavailable_res_message(m.metadata, "node_unavail") for m in lost]
+        return [*super().send_and_receive([m for m in msgs if m not in lost], timeout), *errors]
+
+
+def test_a_superlink_error_reply_names_the_site_and_its_reason(grid):
+    """Before: an error reply made by the SuperLink (src node 0) was matched by sender, found no site and was
+    dropped, so the site's failure read "no reply" instead of the SuperLink's reason."""
+    g = _SuperLinkGrid(gone=202)
+    updates, failures = grid(g).map(None, _jobs())
+    assert [u.client_id for u in updates] == ["a", "c"] and list(failures) == ["b"]
+    assert failures["b"].startswith("node error") and "no reply" not in failures["b"], failures

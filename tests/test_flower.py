@@ -280,11 +280,32 @@ def test_supernode_killed_mid_round_is_dropped(tmp_path):
         _no_leftovers(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["fed/rounds"] == 1 and metrics["fed/dropped_total"] >= 1
+    assert "the SuperNode of site 2 was stopped (signal 9)" in (tmp_path / "out.log").read_text()  # the launcher says so
     assert (run_dir / "flower" / "superlink.db").is_file()  # the deployment's file-backed SuperLink state
     for cid in range(3):
         assert (run_dir / "flower" / "keys" / f"supernode_{cid}.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
     header, row = (run_dir / "rounds.csv").read_text().splitlines()[:2]
     assert dict(zip(header.split(","), row.split(",")))["clients"] == "2"
+
+
+def test_a_supernode_dying_at_start_up_stops_the_rehearsal_naming_its_site(tmp_path, monkeypatch):
+    """Before: the launcher watched only the SuperLink, so a SuperNode that died at start-up (here: an argument
+    its flwr-supernode refuses) was noticed only by round 1 dropping its site after ``connect_timeout_s``, and
+    the run went on (``min_clients=1``) and exited 0.  Now one line names the site and its log's reason."""
+    from federation.errors import FederationError
+    from federation.transports.flower import launch
+
+    real = launch.supernode_argv
+
+    def broken_for_site_1(tls, port, node_config, key=None):
+        argv = real(tls, port, node_config, key)
+        return [*argv, "--no-such-option"] if 'site="1"' in node_config else argv
+    monkeypatch.setattr(launch, "supernode_argv", broken_for_site_1)
+    cfg = compose_run([*SMALL, "federation/executor=flower", "federation.rounds=1",
+                       "federation.executor.connect_timeout_s=30", "federation.executor.stream=false"], tmp_path)
+    with pytest.raises(FederationError, match=r"the SuperNode of site 1 exited \(code 2\).*no-such-option"):
+        dispatch(cfg)
+    _no_leftovers(Path(cfg.paths.output_dir))
 
 
 def test_unregistered_supernode_is_refused(tmp_path):

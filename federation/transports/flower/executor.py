@@ -101,8 +101,9 @@ class FlowerExecutor:
         replies = list(self.grid.send_and_receive(msgs, timeout=self.connect_timeout_s))
         log.warning("site query: %d of %d nodes answered in %.1f s", len(replies), len(msgs), time.monotonic() - t0)
         live = set(self.grid.get_node_ids())
+        asked = asked_node(msgs)
         for reply in replies:
-            node = int(reply.metadata.src_node_id)
+            node = asked(reply)
             self._asked.add(node)
             if reply.has_error():
                 log.warning("node %s did not say its site: %s", node, reply.error.reason)
@@ -182,8 +183,10 @@ class FlowerExecutor:
         got: dict[str, ClientUpdate] = {}
         if not msgs:
             return got
-        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout_s):
-            cid = by_node.get(int(reply.metadata.src_node_id))
+        replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout_s))
+        asked = asked_node(msgs)
+        for reply in replies:
+            cid = by_node.get(asked(reply))
             if cid is None:
                 continue
             if reply.has_error():
@@ -251,6 +254,18 @@ class FlowerExecutor:
 
     def shutdown(self) -> None:
         pass
+
+
+def asked_node(sent: Sequence[Message]) -> Callable[[Message], int]:
+    """The node a reply answers for: the one its ``reply_to_message_id`` was sent to (Flower sets each sent
+    message's id when it pushes it), else its sender. A review: an error reply the SuperLink makes itself (a
+    node gone, a reply expired) comes from node 0, so matched by sender it was dropped and the site's
+    failure read "no reply" instead of the SuperLink's reason."""
+    by_id = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent if m.metadata.message_id}
+
+    def node_of(reply: Message) -> int:
+        return by_id.get(reply.metadata.reply_to_message_id, int(reply.metadata.src_node_id))
+    return node_of
 
 
 def user_error_of(error: Any) -> str | None:

@@ -37,7 +37,8 @@ from engine import artifacts
 from federation.core.partition import is_remote_sites
 from federation.errors import FederationError
 from federation.transports.flower.privacy import PRIVACY, check_flower_privacy, check_secagg, privacy_line
-from federation.transports.flower.processes import HOST, ProcessGroups, free_port, listening, marked, stop_marked
+from federation.transports.flower.processes import (HOST, ExitWatch, ProcessGroups, free_port, listening, marked,
+                                                    stop_marked)
 
 __all__ = ["rehearse", "ProcessGroups", "free_port", "register_nodes", "superlink_argv", "supernode_argv",
            "check_flower_privacy", "PRIVACY"]
@@ -245,17 +246,21 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
         run = groups.start("flwr_run", [_bin("flwr"), "run", str(app), "rehearsal", "--stream",
                                         "--run-config", f'cfg-path="{cfg_path}"'], env, logs / "flwr_run.log",
                            stdout=subprocess.PIPE)
-        with open(logs / "flwr_run.log", "a", encoding="utf-8") as log_fh:
-            for raw in iter(run.stdout.readline, b""):
-                line = raw.decode("utf-8", "replace")
-                log_fh.write(line)
-                if ex.get("stream", True):
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-                if groups.procs["superlink"].poll() is not None:
-                    raise FederationError(f"the SuperLink exited (code {groups.procs['superlink'].returncode}); "
-                                          f"see {logs / 'superlink.log'}")
-        run.wait()
+        watch = ExitWatch(groups, run, logs, on_drop=_dropped)
+        watch.start()
+        try:
+            with open(logs / "flwr_run.log", "a", encoding="utf-8") as log_fh:
+                for raw in iter(run.stdout.readline, b""):
+                    line = raw.decode("utf-8", "replace")
+                    log_fh.write(line)
+                    if ex.get("stream", True):
+                        sys.stdout.write(line)
+                        sys.stdout.flush()
+            run.wait()
+        finally:
+            watch.stop()
+        if watch.failure:
+            raise FederationError(watch.failure)
         result_path = fdir / "result.json"
         if not result_path.is_file():
             raise FederationError(f"the Flower run ended (flwr run exit {run.returncode}) without a result; "
@@ -277,6 +282,11 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
                 signal.signal(signal.SIGINT, previous_int)
     if interrupted:
         interrupted_exit(cfg)
+
+
+def _dropped(site: str, code: int) -> None:
+    artifacts.console.print(f"[bold]flower:[/bold] the SuperNode of site {site} was stopped (signal {-code}); "
+                            "its site is dropped from the rounds")
 
 
 def interrupted_exit(cfg: DictConfig) -> None:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HOST", "free_port", "listening", "ProcessGroups", "marked", "stop_marked"]
+__all__ = ["HOST", "free_port", "listening", "ProcessGroups", "ExitWatch", "marked", "stop_marked"]
 
 HOST = "127.0.0.1"
 PR_SET_PDEATHSIG = 1
@@ -183,6 +183,55 @@ class ProcessGroups:
             except subprocess.TimeoutExpired:  # pragma: no cover
                 self._watchdog.kill()
             self._watchdog = None
+
+
+def last_line(log: Path) -> str:
+    """The last non-empty line of a process's log (its reason for exiting, usually), or ''."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+class ExitWatch(threading.Thread):
+    """Watches a rehearsal's SuperLink and SuperNodes (``groups`` entries ``superlink``, ``supernode_<site>``)
+    once a second while ``run`` (``flwr run``) lives.  The SuperLink's exit, or a SuperNode's exit with an error
+    code of its own (a setting, certificate or start-up failure), is the rehearsal's failure: ``failure`` names
+    the process, its exit code, its log and the log's last line, and ``run``'s group is stopped, so the
+    launcher's read of its output ends at once.  A SuperNode killed by a signal is ``on_drop(site, code)``: its
+    site is dropped from the rounds, as in a deployment.  A review: a SuperNode that died at start-up was
+    noticed only when round 1 had waited ``connect_timeout_s`` for it."""
+
+    def __init__(self, groups: ProcessGroups, run: subprocess.Popen, logs: Path, on_drop: Any = None,
+                 every_s: float = 1.0) -> None:
+        super().__init__(daemon=True, name="flower-exit-watch")
+        self.groups, self.run_proc, self.logs, self.on_drop, self.every_s = groups, run, logs, on_drop, every_s
+        self.failure: str | None = None
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        seen: set[str] = set()
+        while self.run_proc.poll() is None and not self._done.wait(self.every_s):
+            for name, proc in list(self.groups.procs.items()):
+                code = proc.poll()
+                if name in seen or code is None or not (name == "superlink" or name.startswith("supernode_")):
+                    continue
+                seen.add(name)
+                if name == "superlink" or code > 0:
+                    log, site = self.logs / f"{name}.log", name[len("supernode_"):]
+                    what = "the SuperLink" if name == "superlink" else f"the SuperNode of site {site}"
+                    why = last_line(log)
+                    self.failure = f"{what} exited (code {code}); see {log}" + (f": {why}" if why else "")
+                    ProcessGroups._signal_group(self.run_proc.pid, signal.SIGTERM)
+                    return
+                if self.on_drop is not None:
+                    self.on_drop(name[len("supernode_"):], code)
+
+    def stop(self) -> None:
+        self._done.set()
+        if self.is_alive():
+            self.join(timeout=5)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--watch"]:  # the watchdog: wait for EOF, then stop the marked

@@ -1,0 +1,60 @@
+"""The local rehearsal's watch on its SuperLink and SuperNodes (``ExitWatch``), on stand-in processes: a
+SuperNode that dies by itself stops the rehearsal at once with one line naming its site and reason; one killed
+by a signal only drops its site (the fault tests' mid-round kill); every process started here is stopped."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from federation.transports.flower.processes import ExitWatch, ProcessGroups
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def _rehearsal(tmp_path, supernode_argv):
+    groups = ProcessGroups(tmp_path / "pgids.json")
+    logs = tmp_path / "logs"
+    groups.start("superlink", SLEEP, {}, logs / "superlink.log")
+    groups.start("supernode_a", SLEEP, {}, logs / "supernode_a.log")
+    groups.start("supernode_b", supernode_argv, {}, logs / "supernode_b.log")
+    run = groups.start("flwr_run", SLEEP, {}, logs / "flwr_run.log", stdout=subprocess.PIPE)
+    return groups, run, logs
+
+
+def test_a_supernode_that_exits_by_itself_stops_the_rehearsal_naming_its_site(tmp_path):
+    """Before: the launcher watched the SuperLink only, between lines of ``flwr run``'s output; a SuperNode that
+    died at start-up was noticed when round 1 had waited ``connect_timeout_s`` (default minutes) for its site."""
+    crash = [sys.executable, "-c", "import sys; print('starting'); print('ValueError: no such certificate'); sys.exit(3)"]
+    groups, run, logs = _rehearsal(tmp_path, crash)
+    try:
+        t0 = time.monotonic()
+        watch = ExitWatch(groups, run, logs, every_s=0.1)
+        watch.start()
+        assert run.stdout.read() == b""  # the launcher's read ends: the run's group was stopped
+        watch.stop()
+        assert time.monotonic() - t0 < 20 and run.wait(timeout=10) == -signal.SIGTERM
+        assert watch.failure.startswith("the SuperNode of site b exited (code 3)"), watch.failure
+        assert str(logs / "supernode_b.log") in watch.failure and "no such certificate" in watch.failure
+    finally:
+        groups.stop(grace_s=2)
+
+
+def test_a_supernode_killed_by_a_signal_only_drops_its_site(tmp_path):
+    groups, run, logs = _rehearsal(tmp_path, SLEEP)
+    dropped = []
+    try:
+        watch = ExitWatch(groups, run, logs, on_drop=lambda site, code: dropped.append((site, code)), every_s=0.1)
+        watch.start()
+        groups.kill("supernode_b")
+        deadline = time.monotonic() + 20
+        while not dropped and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert dropped == [("b", -signal.SIGKILL)] and watch.failure is None and run.poll() is None
+        groups.kill("superlink", signal.SIGTERM)  # the SuperLink's exit, whatever its code, is the run's end
+        assert run.wait(timeout=20) == -signal.SIGTERM
+        watch.stop()
+        assert watch.failure.startswith("the SuperLink exited (code"), watch.failure
+    finally:
+        groups.stop(grace_s=2)
