@@ -82,11 +82,14 @@ def sample_groups(dataset: Dataset) -> np.ndarray | None:
 
 def sample_labels(dataset: Dataset) -> np.ndarray:
     """Per-sample label for partitioning: ``targets`` (classification), or the largest class present
-    in each item's mask (segmentation label summary: 0 = empty slice, 2 = slice with tumour, ...)."""
+    in each item's mask (segmentation label summary: 0 = empty slice, 2 = slice with tumour, ...).
+    Multi-label targets ``[N, L]``: a sample's first positive label, and ``L`` (a bucket of its own, "no
+    finding") for a sample with none; a review: ``argmax`` counted those as label 0, so ChestMNIST's
+    no-finding majority was partitioned and reported as atelectasis."""
     targets = getattr(dataset, "targets", None)
     if targets is not None:
         t = np.asarray(targets)
-        return t.argmax(1) if t.ndim == 2 else t
+        return np.where(t.any(1), t.argmax(1), t.shape[1]) if t.ndim == 2 else t
     summary = getattr(dataset, "label_summary", None)  # 3D patch datasets: per case, without drawing patches
     if summary is not None:
         return np.asarray(summary, dtype=np.int64)

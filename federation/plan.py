@@ -202,6 +202,8 @@ def write_partition_report(out: Path, labels: np.ndarray | None, parts: list[np.
     if labels is None:
         return None
     names = list(class_names or [])
+    if names and labels.max() == len(names):  # multi-label samples with no positive (sample_labels)
+        names.append("no finding")
     if names and labels.max() >= len(names):
         names = []
     report, stats = partition_report(labels, parts, names or None, client_ids)

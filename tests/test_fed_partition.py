@@ -256,3 +256,22 @@ def test_slice_labels_for_partitioning_come_from_the_stored_masks_not_the_augmen
 
     dataset = SliceDataset([case], [(0, k) for k in range(4)], TargetMap("multiclass"), augment)
     assert sample_labels(dataset).tolist() == [0, 2, 1, 0] == sample_labels(dataset).tolist()
+
+
+def test_multi_label_samples_without_a_finding_are_their_own_partition_label(tmp_path):
+    """Found by a review: multi-label rows were reduced with ``argmax``, so a sample with no positive label
+    (ChestMNIST's majority) was partitioned and reported as label 0. It is now its own bucket, ``L``, named
+    "no finding" in the partition report."""
+    from datamodules.subset import sample_labels
+    from federation.plan import write_partition_report
+
+    class MultiLabel:
+        targets = np.array([[0, 0, 0], [0, 1, 1], [1, 0, 0], [0, 0, 0], [0, 0, 1]], np.float32)
+
+    labels = sample_labels(MultiLabel())
+    assert labels.tolist() == [3, 1, 0, 3, 2]
+    parts = [np.array([0, 1, 2]), np.array([3, 4])]
+    write_partition_report(tmp_path, labels, parts, ["a", "b"], None, "federation.core.partition.iid",
+                           ["atelectasis", "cardiomegaly", "effusion"])
+    report = (tmp_path / "partition.md").read_text()
+    assert "no finding" in report and "atelectasis" in report, report
