@@ -98,7 +98,7 @@ def test_a_malformed_ray_address_is_one_line(tmp_path, address):
 
 def test_ray_init_failure_names_the_address():
     """ray.init(address=...) raising (no cluster for ``auto``) is one FederationError naming the address."""
-    from federation.transports.ray import _connect
+    from federation.transports.ray_cluster import connect as _connect
 
     calls = []
 

@@ -20,7 +20,8 @@ ray = pytest.importorskip("ray")
 from datamodules.errors import DataError  # noqa: E402
 from federation.errors import FederationError  # noqa: E402
 from federation.transports import ClientJob, ExecutorError  # noqa: E402
-from federation.transports.ray import RayExecutor, _loopback_init  # noqa: E402
+from federation.transports.ray import RayExecutor  # noqa: E402
+from federation.transports.ray_cluster import loopback_init as _loopback_init  # noqa: E402
 from tests.ray_helpers import echo_client, fake_client  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +95,22 @@ def test_fractional_gpus_through_a_custom_resource(local_ray):
         whole.shutdown()
     with pytest.raises(ExecutorError, match="no_such_gpu"):
         _executor(gpus_per_client=1, gpu_resource="no_such_gpu")
+    with pytest.raises(ExecutorError, match=r"gpus_per_client=2: no Ray node holds that much fake_gpu \(per node: 1\)"):
+        _executor(gpus_per_client=2, gpu_resource="fake_gpu")  # it waited for an actor that could never start
+
+
+
+def test_the_pool_is_sized_by_what_fits_on_each_node_and_gpu():
+    """A review: the pool was ``floor(total / per_client)`` actors, more than can start when a fraction of a GPU
+    does not divide a GPU or the resource is spread over nodes, and the driver waited for the last actor without
+    a message."""
+    from federation.transports.ray import concurrent_clients
+
+    assert concurrent_clients([2.0], 0.4, whole_units=True) == 4  # 2 per GPU, not floor(2 / 0.4) = 5
+    assert concurrent_clients([1.0, 1.0], 0.3, whole_units=True) == 6
+    assert concurrent_clients([0.5, 0.5], 1.0, whole_units=False) == 0  # no node holds one client's share
+    assert concurrent_clients([2.0], 0.4, whole_units=False) == 5  # a custom resource is a plain amount
+    assert concurrent_clients([4.0, 2.0], 2.0, whole_units=True) == 3
 
 
 def test_missing_data_root_names_node_and_path(local_ray, tmp_path):
@@ -105,6 +122,28 @@ def test_missing_data_root_names_node_and_path(local_ray, tmp_path):
             ex.map(fake_client, [ClientJob("b", {"cfg": cfg})])
         msg = str(err.value)
         assert str(missing) in msg and "Ray node" in msg and "\n" not in msg
+    finally:
+        ex.shutdown()
+
+
+
+def test_a_client_store_the_workers_do_not_share_is_one_line_naming_the_node(local_ray, tmp_path):
+    """A review: on a joined cluster the workers write their clients' state into the run folder's client store
+    and the server reads it back, so a node with a folder of its own at that path trained into it unseen. The
+    driver now writes a token there that every new worker must read back (here the run shares it: accepted);
+    a worker that reads another is refused in one line naming its node."""
+    from federation.transports.ray_worker import STORE_PROBE
+
+    store = tmp_path / "client_store"
+    ex = _executor(num_workers=1)
+    try:
+        updates, failures = ex.map(fake_client, [ClientJob("a", {"store": str(store)})])
+        assert len(updates) == 1 and not failures
+        token = (store / STORE_PROBE).read_text()
+        actor = ex._new_actor()
+        assert local_ray.get(actor.check_data.remote(None, str(store), token)) is None
+        msg = local_ray.get(actor.check_data.remote(None, str(store), "another driver's token"))
+        assert str(store) in msg and "Ray node" in msg and "shares" in msg and "\n" not in msg
     finally:
         ex.shutdown()
 

@@ -8,7 +8,7 @@ names the Ray resource that stands for a GPU (``GPU``, or a custom resource such
 with ``local_resources`` - how CI tests placement without a GPU). ``address`` joins an existing cluster
 (``ray start --head`` on one node, ``ray start --address=<head>:6379`` on the others); without it a local
 instance with ``num_workers * cpus_per_client`` CPUs is started (and stopped by :meth:`shutdown`). Its servers
-(GCS, raylet, object manager, agents, workers' gRPC ports) listen on 127.0.0.1 only (:func:`_loopback_init`);
+(GCS, raylet, object manager, agents, workers' gRPC ports) listen on 127.0.0.1 only (:func:`~federation.transports.ray_cluster.loopback_init`);
 a cluster joined by ``address`` keeps the addresses its nodes were started with.
 
 Before its first client each worker checks that the data roots of ``cfg.data`` exist on its node: a missing
@@ -25,12 +25,9 @@ node is seen gone within a few seconds; any other error is raised as it is.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -39,115 +36,14 @@ from typing import Any, Callable, Mapping, Sequence
 from datamodules.errors import DataError
 from federation.core.messages import ClientUpdate
 from federation.transports import ClientFn, ClientJob, ExecutorError, check_update, client_user_error, drop
+from federation.transports.ray_cluster import (check_address, check_reachable, concurrent_clients, connect,
+                                                import_ray, loopback_init, worker_env, write_store_probe)
 from federation.transports.ray_worker import WEIGHTS_REF, RayWorker, missing_data_root
 
-__all__ = ["RayExecutor", "missing_data_root", "LIVENESS_S"]
+__all__ = ["RayExecutor", "missing_data_root", "LIVENESS_S", "check_address", "concurrent_clients", "worker_env"]
 
 log = logging.getLogger("federation.transports.ray")
-ROOT = Path(__file__).resolve().parents[2]
 LIVENESS_S = 3.0  # the longest the driver waits on ray.wait before checking that its Ray node is alive
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ExecutorError("federation/executor=ray needs Ray: `pip install -e .[ray]` (or 'ray[default]'), "
-                            "or use federation/executor=sequential") from exc
-    return ray
-
-
-#: how long the driver tries to reach a cluster's GCS port before it says so (Ray itself retries for ever)
-CONNECT_TIMEOUT_S = 10.0
-
-
-def check_address(address: Any) -> None:
-    """A cluster address Ray can take (``<host>:<port>``, ``auto``, ``ray://<host>:<port>``, or null for a local
-    instance), else one :class:`~federation.errors.FederationError` naming it (a walkthrough: ``127.0.0.1`` or
-    ``nohost:abc`` ended in Hydra's multi-line "Error executing job")."""
-    from federation.errors import FederationError
-
-    if address is None or str(address) == "auto":
-        return
-    text = str(address)
-    rest = text[len("ray://"):] if text.startswith("ray://") else text
-    host, sep, port = rest.rpartition(":")
-    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536 or "://" in rest:
-        raise FederationError(f"federation.executor.address={text}: expected <head host>:<port> (e.g. "
-                              f"10.0.0.5:6379), auto (a cluster started on this machine), ray://<host>:<port>, "
-                              f"or null (a local instance)")
-
-
-def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """One :class:`~federation.errors.FederationError` line when nothing answers at a ``host:port`` cluster
-    address: ``ray.init`` logged "Failed to connect to GCS" every ~40 s and never gave up (found by a
-    deployment walkthrough), and a ``ray://`` (Ray Client) one where nothing listens took 37 s of Ray's own
-    retries. ``auto`` is left to Ray."""
-    from federation.errors import FederationError
-
-    check_address(address)
-    text = str(address)
-    host, sep, port = text[len("ray://"):].rpartition(":") if text.startswith("ray://") else text.rpartition(":")
-    if not sep or not port.isdigit() or "://" in host:
-        return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
-    except OSError as err:
-        start = f"--ray-client-server-port={port}" if text.startswith("ray://") else f"--port={port}"
-        raise FederationError(f"federation.executor.address={address}: no Ray cluster answers there within "
-                              f"{timeout_s:g} s ({err.strerror or err}); start its head with `ray start --head "
-                              f"{start}` or fix the address") from None
-
-
-def _loopback_init(ray: Any, attempts: int = 3, **kw: Any) -> None:
-    """``ray.init`` of a local instance whose node address is the loopback one, so that every server it starts
-    listens on 127.0.0.1 only. On Linux Ray replaces a loopback ``_node_ip_address`` by the machine's routable
-    address unless cluster mode is off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's default on macOS and
-    Windows), a flag Ray reads once at import into ``ray._private.ray_constants.ENABLE_RAY_CLUSTER``: it is
-    turned off for this call only. A Ray without that constant starts as it would anyway (a warning says so).
-    A start that fails is tried up to ``attempts`` times: Ray gives a raylet 30 s to register with its GCS,
-    which a loaded machine can miss (the test suite's fixture retried so; now every local instance does)."""
-    kw["_node_ip_address"] = "127.0.0.1"
-    consts = getattr(getattr(ray, "_private", None), "ray_constants", None)
-    old = getattr(consts, "ENABLE_RAY_CLUSTER", None)
-    if old is not None:
-        consts.ENABLE_RAY_CLUSTER = False
-    try:
-        for attempt in range(1, attempts + 1):
-            try:
-                ray.init(**kw)
-                break
-            except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception/RuntimeError on a timed-out start
-                ray.shutdown()
-                if attempt == attempts:
-                    raise
-                log.warning("RayExecutor: the local Ray instance did not start (%s: %s); attempt %d of %d",
-                            type(exc).__name__, exc, attempt + 1, attempts)
-    finally:
-        if old is not None:
-            consts.ENABLE_RAY_CLUSTER = old
-    if not ray.util.get_node_ip_address().startswith(("127.", "::1")):
-        log.warning("RayExecutor: the local Ray instance listens on %s, not on 127.0.0.1 only",
-                    ray.util.get_node_ip_address())
-
-
-def _connect(ray: Any, address: str, kw: dict[str, Any]) -> None:
-    """``ray.init(address=...)``; a cluster it cannot join is one line naming the address (a walkthrough:
-    ``address=auto`` with no cluster running ended in Hydra's multi-line "Error executing job")."""
-    from federation.errors import FederationError
-
-    try:
-        ray.init(**kw)
-    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or plain Exception
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        hint = f"could not join that Ray cluster ({type(exc).__name__}: {first[:200]})"
-        if str(address) == "auto" and isinstance(exc, ConnectionError):
-            hint = ("no Ray cluster runs on this machine (start one with `ray start --head`, or set "
-                    "federation.executor.address=null for a local instance)")
-        raise FederationError(f"federation.executor.address={address}: {hint}") from None
 
 
 def _continue_hint(jobs: Sequence[ClientJob]) -> str:
@@ -171,18 +67,6 @@ def _continue_hint(jobs: Sequence[ClientJob]) -> str:
     except Exception:  # noqa: BLE001 - not under Hydra (a test, a notebook): the run's saved overrides
         overrides = saved_overrides(run)
     return f"server.pt holds the last finished round; continue with: {continue_command(overrides, run)}"
-
-
-def worker_env() -> dict[str, str]:
-    """What every worker's environment must hold (Ray's ``runtime_env``): the project on ``PYTHONPATH`` and the
-    driver's ``allow_targets`` list and W&B mode. Workers of a joined cluster inherit ``ray start``'s environment,
-    not the driver's: ``allow_targets=[mylab]`` worked on a local instance and every client was refused on a
-    cluster (a review)."""
-    from lightning_modules.targets import ENV
-
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    env.update({k: os.environ[k] for k in (ENV, "WANDB_MODE") if os.environ.get(k)})
-    return env
 
 
 def shared_weights(ray: Any, jobs: Sequence[ClientJob]) -> dict[str, dict[str, Any]]:
@@ -216,7 +100,7 @@ class RayExecutor:
     def __init__(self, num_workers: int = 2, gpus_per_client: float = 1.0, cpus_per_client: float = 1.0,
                  timeout_s: float | None = None, address: str | None = None, gpu_resource: str = "GPU",
                  local_resources: Mapping[str, float] | None = None) -> None:
-        ray = self.ray = _import_ray()
+        ray = self.ray = import_ray()
         self._started = False
         if not ray.is_initialized():
             kw: dict[str, Any] = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
@@ -230,9 +114,9 @@ class RayExecutor:
             handler = signal.getsignal(signal.SIGTERM)
             # ray.init installs its own SIGTERM handler (sys.exit) in the driver; the run's is kept instead
             if address:
-                _connect(ray, address, kw)
+                connect(ray, address, kw)
             else:
-                _loopback_init(ray, **kw)
+                loopback_init(ray, **kw)
             if threading.current_thread() is threading.main_thread() and handler is not None:
                 signal.signal(signal.SIGTERM, handler)
             self._started = True
@@ -241,15 +125,19 @@ class RayExecutor:
         gpus = float(gpus_per_client or 0.0)
         if gpus > 0 and total <= 0:
             if self.gpu_resource != "GPU":
-                raise ExecutorError(f"federation.executor.gpu_resource={self.gpu_resource}: the Ray cluster has "
-                                    f"no such resource")
+                self._refuse(f"federation.executor.gpu_resource={self.gpu_resource}: the Ray cluster has no such "
+                             f"resource")
             log.warning("RayExecutor: the Ray cluster has no GPU; clients run on CPU workers")
             gpus = 0.0
         self.num_workers = max(1, int(num_workers))
-        if gpus > 0 and math.floor(total / gpus + 1e-9) < self.num_workers:
-            fit = max(1, math.floor(total / gpus + 1e-9))
-            log.warning("RayExecutor: %g %s / %g per client -> %d concurrent clients, not %d", total,
-                        self.gpu_resource, gpus, fit, self.num_workers)
+        per_node = [float(n.get("Resources", {}).get(self.gpu_resource, 0.0)) for n in ray.nodes() if n.get("Alive")]
+        fit = concurrent_clients(per_node or [total], gpus, self.gpu_resource == "GPU") if gpus > 0 else self.num_workers
+        if fit < 1:
+            self._refuse(f"federation.executor.gpus_per_client={gpus:g}: no Ray node holds that much "
+                         f"{self.gpu_resource} (per node: {', '.join(f'{r:g}' for r in per_node)})")
+        if fit < self.num_workers:
+            log.warning("RayExecutor: %g %s on %d node(s) / %g per client -> %d concurrent clients, not %d", total,
+                        self.gpu_resource, len(per_node), gpus, fit, self.num_workers)
             self.num_workers = fit
         self.gpus_per_client, self.cpus_per_client = gpus, float(cpus_per_client)
         self.timeout_s = None if timeout_s in (None, 0) else float(timeout_s)
@@ -262,6 +150,12 @@ class RayExecutor:
         self._checked: set[int] = set()
         self._dead = False
         self._gcs_misses = 0  # consecutive node checks whose ray.nodes() failed (a busy GCS is not a dead one)
+
+    def _refuse(self, why: str) -> None:
+        """Raise ``why`` as the run's one line, after stopping the Ray instance this executor started."""
+        if self._started:
+            self.ray.shutdown()
+        raise ExecutorError(why)
 
     # ------------------------------------------------------------------ pool
     def _new_actor(self) -> Any:
@@ -284,7 +178,9 @@ class RayExecutor:
             return
         cfg = next((j.kwargs.get("cfg") for j in jobs if j.kwargs.get("cfg") is not None), None)
         data = cfg.get("data") if cfg is not None else None
-        refs = [a.check_data.remote(data) for a in fresh]
+        store = next((j.kwargs["store"] for j in jobs if isinstance(j.kwargs.get("store"), str)), None)
+        token = write_store_probe(store) if store else None
+        refs = [a.check_data.remote(data, store, token) for a in fresh]
         while len(self.ray.wait(refs, num_returns=len(refs), timeout=LIVENESS_S)[0]) < len(refs):
             self._check_node(jobs)  # an actor that cannot start on a dead node would be waited for forever
         for msg in self.ray.get(refs):

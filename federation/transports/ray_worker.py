@@ -10,10 +10,19 @@ from typing import Any, Mapping
 from federation.core.messages import ClientUpdate
 from federation.transports import ClientFn
 
-__all__ = ["RayWorker", "missing_data_root", "set_threads_to_assigned_cpus", "WEIGHTS_REF"]
+__all__ = ["RayWorker", "missing_data_root", "set_threads_to_assigned_cpus", "STORE_PROBE", "WEIGHTS_REF"]
 
 #: the kwarg carrying the round's global weights as one object-store reference (:func:`..ray.shared_weights`)
 WEIGHTS_REF = "_global_weights_ref"
+#: the file in the client store whose token every new worker reads back (:func:`..ray.write_store_probe`)
+STORE_PROBE = ".ray_store_probe"
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def set_threads_to_assigned_cpus(assigned: Mapping[str, float] | None = None) -> int:
@@ -63,12 +72,18 @@ class RayWorker:
         return {"node": socket.gethostname(), "ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
                 "resources": {k: float(v) for k, v in ray.get_runtime_context().get_assigned_resources().items()}}
 
-    def check_data(self, data_cfg: Any) -> str | None:
+    def check_data(self, data_cfg: Any, store: str | None = None, token: str | None = None) -> str | None:
+        """One line naming this node when a data root is missing here, or when the client store is not the
+        driver's (its probe token, :func:`..ray.write_store_probe`, does not read back here); None when fine."""
         root = missing_data_root(data_cfg)
-        if root is None:
+        if root is None and (store is None or _read(Path(store) / STORE_PROBE) == token):
             return None
         w = self.where()
-        return f"data root {root} is missing on Ray node {w['node']} ({w['ip']}): copy or mount it there"
+        if root is not None:
+            return f"data root {root} is missing on Ray node {w['node']} ({w['ip']}): copy or mount it there"
+        return (f"the run's client store {store} on Ray node {w['node']} ({w['ip']}) is not the driver's: clients "
+                f"keep their state there, so a joined cluster needs the run folder on a filesystem every node "
+                f"shares (docs/federation.md, Ray)")
 
     def run(self, fn: ClientFn, accelerator: str, client_id: str, kwargs: dict[str, Any]) -> ClientUpdate:
         set_threads_to_assigned_cpus()
