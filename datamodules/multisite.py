@@ -146,8 +146,21 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
                 raise DataError(f"data.sites.{name} has no _target_ (set it there or in data.site_defaults)")
         self.batch_size, self.num_workers, self.root = int(batch_size), int(num_workers), root
         self._check_root_is_used()
+        self._check_one_batch_size()
         self.sites: dict[str, pl.LightningDataModule] = {}
         self.train_dataset = self.val_dataset = self.test_dataset = None
+
+    def _check_one_batch_size(self) -> None:
+        """A site's ``batch_size`` must be ``data.batch_size``: the federation's clients, the centralised run and
+        the standalone baselines all batch by ``data.batch_size``, and only a federated distillation's local arms
+        built a site's own datamodule. A review: ``fed_kits_hlfd_claim`` set 4 per site and left 8 above, so its
+        federated arms trained at 8 and its local arms at 4, silently."""
+        for name, c in self.site_cfgs.items():
+            size = c.get("batch_size") if isinstance(c, Mapping) else getattr(c, "batch_size", None)
+            if size is not None and int(size) != self.batch_size:
+                raise DataError(f"data.sites.{name}.batch_size={size} is not data.batch_size={self.batch_size}: every "
+                                f"multi-site run batches by data.batch_size (its clients, centralised and standalone "
+                                f"runs alike); set data.batch_size={size}, or drop the site's own")
 
     def _check_root_is_used(self) -> None:
         """``data.root`` moves the sites only where their roots are ``${data.root}/<site>`` (multisite_kits):

@@ -42,7 +42,7 @@ def two_sites(partial: dict[str, list[int]] | None = None, same_scanner: bool = 
           "federation.matrix.centralised_epochs=20", "module.optimizer.lr=3e-3"]
     for s in ("site1", "site2"):
         ov += [f"data.sites.{s}.layout=msd", f"data.sites.{s}.target=multiclass", f"data.sites.{s}.image_size=32",
-               f"data.sites.{s}.batch_size=4", f"data.sites.{s}.synthetic.n_cases=8",
+               f"data.sites.{s}.synthetic.n_cases=8",
                f"data.sites.{s}.synthetic.shape=[64,64,10]", f"+data.sites.{s}.synthetic.organs=[liver,spleen]"]
     if not same_scanner:
         ov.append(f"data.sites.site2.synthetic.site={scanner}")

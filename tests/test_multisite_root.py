@@ -99,3 +99,24 @@ def test_a_null_data_root_is_one_line_naming_it(tmp_path, exp):
     cfg = compose_run([exp, "data.root=null"], tmp_path)
     with pytest.raises(ConfigError, match=r"^data\.root is null but \w+DataModule needs it"):
         build_datamodule(cfg.data)
+
+
+def test_a_site_batch_size_other_than_data_batch_size_is_refused(tmp_path):
+    """A review: every multi-site run batches by ``data.batch_size``, but a federated distillation's local arms
+    built a site's own datamodule with the site's ``batch_size``: ``fed_kits_hlfd_claim`` set 4 per site, so its
+    federated arms trained at 8 and its local arms at 4. A site's own size must now be data.batch_size (the
+    shipped configs interpolate it), so ``data.batch_size=4`` sets every arm's."""
+    from hydra.errors import InstantiationException
+
+    from engine.builders import build_datamodule
+    from engine.errors import find_user_error
+    from tests.hydra_helpers import compose_run
+
+    with pytest.raises(DataError, match=r"data.sites.b.batch_size=4 is not data.batch_size=8"):
+        MultiSiteDataModule({"a": dict(SITE), "b": {**SITE, "batch_size": 4}}, batch_size=8)
+    cfg = compose_run(["+exp=fed_kits_hlfd", "data.sites.site_b.batch_size=4"], tmp_path)
+    with pytest.raises(InstantiationException) as info:
+        build_datamodule(cfg.data)
+    assert "data.sites.site_b.batch_size=4 is not data.batch_size=8" in str(find_user_error(info.value))
+    dm = build_datamodule(compose_run(["+exp=fed_kits_hlfd_claim"], tmp_path).data)
+    assert dm.batch_size == 4 and {s.batch_size for s in dm.site_cfgs.values()} == {4}
