@@ -41,9 +41,13 @@ RESUME = ("module.net", *(f"data.{k}" for k in (*PIXELS, *SOURCE)))
 #: what a resumed distillation must keep: its teacher, method, loss and taps (another one switched the teacher
 #: mid-run silently, or failed after rewriting config.yaml on the KD adapters' state)
 DISTILL = ("distill.method", "distill.loss", "distill.taps", "distill.teacher.model", "distill.teacher.ckpt")
-#: what a resumed federated distillation must keep: its finished stages are reused, not re-run with new values
+#: what a resumed federated distillation must keep: its finished stages are reused, not re-run with new values,
+#: so what decides how each stage trained too (a review: ``trainer.max_epochs=20`` on resume trained the unfinished
+#: arms longer than the finished ones, in one table)
 FED_DISTILL = ("federation.rounds", "federation.local_epochs", "federation.strategy", "fed_distill.student_rounds",
-               "fed_distill.teacher_weights")
+               "fed_distill.teacher_weights", "fed_distill.teacher_scheduler", "fed_distill.student_scheduler",
+               "federation.client_val_fraction", "trainer.max_epochs", "distill.teacher.max_epochs",
+               "module.optimizer", "module.scheduler", "data.batch_size")
 
 
 def resume_keys(saved: Mapping[str, Any]) -> tuple[str, ...]:

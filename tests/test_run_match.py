@@ -188,3 +188,20 @@ def test_resume_compares_each_sites_data_and_a_distillations_teacher(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(plain))
     more_rounds = OmegaConf.create({**plain, "federation": {"rounds": 5}})
     assert another_run(tmp_path, more_rounds) is None  # a plain federation goes on to more rounds
+
+
+def test_a_resumed_federated_distillation_keeps_how_its_finished_stages_trained():
+    """A review: the resume check compared the rounds, strategy and student rounds only, so ``resume=<run>
+    trainer.max_epochs=20`` reused the finished arms and teacher at their old length and trained the rest at the
+    new one, in one table with no warning. How each stage trained is compared too."""
+    from engine.run_match import resume_keys
+
+    saved = {"fed_distill": {"arms": ["none"], "teacher_scheduler": None}, "trainer": {"max_epochs": 15},
+             "module": {"optimizer": {"lr": 1e-3}}, "data": {"batch_size": 4}}
+    ran = {"fed_distill": {"arms": ["none"], "teacher_scheduler": None}, "trainer": {"max_epochs": 20},
+           "module": {"optimizer": {"lr": 3e-3}}, "data": {"batch_size": 8}}
+    assert differences(saved, ran, resume_keys(saved)) == [
+        "trainer.max_epochs=20 (the run's 15)", "module.optimizer.lr=0.003 (the run's 0.001)",
+        "data.batch_size=8 (the run's 4)"]
+    assert differences({k: v for k, v in saved.items() if k != "fed_distill"}, ran,
+                       resume_keys({"trainer": {}})) == []  # a plain run may be resumed to train longer
