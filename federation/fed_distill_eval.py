@@ -84,10 +84,14 @@ def evaluate_net(net: nn.Module, loader: Any, class_names: list[str], fg_thresho
         logits = main_output(net(image))
         seconds += time.perf_counter() - t0
         volumes.update(batch["case_id"])
-        keep = (mask > 0).flatten(1).any(1) if eval_slices == "foreground" else torch.ones(len(mask), dtype=torch.bool)
+        keep = torch.ones(len(mask), dtype=torch.bool)
+        if eval_slices == "foreground":  # as SegmentationModule's test: the ignore label (255) is no foreground
+            keep = ((mask > 0) & (mask < len(class_names))).flatten(1).any(1)
         if keep.any():
             pred = _labels(class_probabilities(logits.float()), fg_threshold)
-            cases.update(pred[keep], mask[keep], [c for c, k in zip(batch["case_id"], keep.tolist()) if k])
+            valid = batch.get("valid")  # padded mixed-size batches: only each slice's own pixels count (a review)
+            cases.update(pred[keep], mask[keep], [c for c, k in zip(batch["case_id"], keep.tolist()) if k],
+                         None if valid is None else valid[keep])
     matrices = cases.compute() if cases.update_count else {}  # no scored slice (max_batches, foreground)
     per_case = {cid: case_scores(cm, class_names) for cid, cm in matrices.items()}
     dice = summarise(per_case).get("dice", math.nan) if per_case else math.nan

@@ -295,6 +295,28 @@ def test_evaluate_net_stops_after_max_batches():
     assert (full["volumes"], one["volumes"]) == (3, 1)
 
 
+
+def test_the_cross_site_table_scores_as_the_test_does_padding_and_ignore_label():
+    """A review: the cross-site evaluation scored the padding of mixed-size batches (``valid``) and kept slices
+    whose only non-zero label was the ignore label under ``eval_slices=foreground``; the module's own test does
+    neither. A net that paints everything foreground is scored on each slice's own pixels only."""
+    from federation.fed_distill_eval import evaluate_net
+
+    class AllForeground(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([torch.zeros_like(x[:, 0]), torch.ones_like(x[:, 0])], 1)
+
+    mask = torch.zeros(2, 4, 4, dtype=torch.long)
+    mask[0, :2, :2] = 1      # slice 0: 4 foreground pixels in its own 2x2 corner, the rest padding
+    mask[1, 0, 0] = 255      # slice 1: nothing but the ignore label
+    valid = torch.zeros(2, 4, 4, dtype=torch.bool)
+    valid[0, :2, :2] = valid[1] = True
+    batch = {"image": torch.zeros(2, 1, 4, 4), "mask": mask, "valid": valid, "case_id": ["c", "c"]}
+    got = evaluate_net(AllForeground(), [batch], ["background", "tumor"], None, "foreground")
+    # before: the ignore-label slice was kept and broke the confusion matrix (label 255 of 2 classes), and
+    # without it the padding counted as false positives (Dice 8 / (4 + 16))
+    assert got["dice"] == pytest.approx(1.0)
+
 @pytest.mark.parametrize("stage", ["teacher", "fed_none", "fed_hlfd"])
 def test_predict_segments_with_a_stages_global_model(tiny_run, stage, tmp_path):
     """Found missing: the federated teacher and the federated students had no config.yaml beside their global
