@@ -153,6 +153,9 @@ def global_weights(cfg: DictConfig, fed_dir: Path, what: str) -> Path:
     path = fed_dir / WEIGHTS[choice]
     if not path.is_file() and choice == "best":
         path = fed_dir / WEIGHTS["final"]  # no server validation round finished (e.g. fast_dev_run)
+        if path.is_file() and not cfg.get("trainer", {}).get("fast_dev_run"):  # a review: it changed silently
+            log.warning("%s: no server validation round chose a best global model (fed_distill.teacher_weights="
+                        "best), so its final weights are used: %s", what, path)
     if not path.is_file():
         raise CheckpointError(f"{what} wrote no global weights in {fed_dir} ({', '.join(WEIGHTS.values())})")
     return path.resolve()

@@ -371,3 +371,17 @@ def test_a_stage_written_for_a_real_superlink_pauses_the_run_and_resume_goes_on(
     third = dispatch(cfg)
     assert "fed_distill/pending" not in third and "fed_distill/fed_none/dice_other" in third
     assert (run / "metrics.json").is_file() and (run / "fed_distill.md").is_file()
+
+
+def test_falling_back_from_the_best_to_the_final_global_weights_is_said(tmp_path, caplog):
+    """A review: with ``teacher_weights=best`` and no server validation round, the final weights were used
+    silently (expected only in a fast_dev_run smoke run, which stays quiet)."""
+    import logging
+
+    (tmp_path / "global_final.pt").write_bytes(b"")
+    for smoke, said in ((False, True), (True, False)):
+        caplog.clear()
+        cfg = OmegaConf.create({"fed_distill": {"teacher_weights": "best"}, "trainer": {"fast_dev_run": smoke}})
+        with caplog.at_level(logging.WARNING, logger="federation.fed_distill"):
+            assert fed_distill.global_weights(cfg, tmp_path, "stage 1").name == "global_final.pt"
+        assert ("no server validation round chose a best" in caplog.text) is said, caplog.text
