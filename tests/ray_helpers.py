@@ -26,3 +26,29 @@ def fake_client(client_id: str, behaviour: str = "ok", **_: object) -> ClientUpd
 def echo_client(client_id: str, server_message=None, **_: object) -> ClientUpdate:
     """Its server message's weights back, with the worker's torch thread count (metric ``threads``)."""
     return ClientUpdate(client_id, dict(server_message.weights), 1, {"threads": float(torch.get_num_threads())})
+
+
+class SlowData:
+    """A stand-in datamodule whose set-up takes ``seconds`` (or fails with the user's error, ``fail``)."""
+
+    def __init__(self, seconds: float = 0.0, fail: bool = False) -> None:
+        self.seconds, self.fail = float(seconds), bool(fail)
+
+    def prepare_data(self) -> None:
+        pass
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.fail:
+            from datamodules.errors import DataError
+
+            raise DataError("data.root /nowhere holds no case")
+        time.sleep(self.seconds)
+
+
+def data_client(client_id: str, cfg=None, **_: object) -> ClientUpdate:
+    """Gets the worker's base datamodule (built once per process) and says how long that took (``build_s``)."""
+    from federation.runner import get_base_datamodule
+
+    t0 = time.perf_counter()
+    get_base_datamodule(cfg.data)
+    return ClientUpdate(client_id, {"w": torch.ones(2)}, 1, {"build_s": time.perf_counter() - t0})

@@ -148,6 +148,27 @@ def test_a_client_store_the_workers_do_not_share_is_one_line_naming_the_node(loc
         ex.shutdown()
 
 
+
+def test_a_worker_builds_its_data_before_its_first_client_is_timed(local_ray):
+    """A review: ``timeout_s`` covered a worker's first data build as well as training, so a slow build dropped
+    the first client of every fresh worker. The build now runs before it (untimed, as the actor's start-up);
+    the user's error there is one line naming the node."""
+    from tests.ray_helpers import data_client
+
+    ex = _executor(num_workers=1, timeout_s=4)
+    try:
+        cfg = OmegaConf.create({"data": {"_target_": "tests.ray_helpers.SlowData", "seconds": 6}, "trainer": {}})
+        updates, failures = ex.map(data_client, [ClientJob("a", {"cfg": cfg})])
+        assert not failures and updates[0].metrics["build_s"] < 1.0, failures
+        bad = OmegaConf.create({"data": {"_target_": "tests.ray_helpers.SlowData", "fail": True}, "trainer": {}})
+        ex.shutdown()
+        ex = _executor(num_workers=1, timeout_s=4)
+        with pytest.raises(DataError, match=r"^Ray node .*: .*data.root /nowhere holds no case$"):
+            ex.map(data_client, [ClientJob("a", {"cfg": bad})])
+    finally:
+        ex.shutdown()
+
+
 def test_address_reaches_an_existing_cluster(local_ray):
     address = ray.get_runtime_context().gcs_address
     code = ("from federation.transports import ClientJob\nfrom federation.transports.ray import RayExecutor\n"

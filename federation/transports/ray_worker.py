@@ -73,17 +73,36 @@ class RayWorker:
                 "resources": {k: float(v) for k, v in ray.get_runtime_context().get_assigned_resources().items()}}
 
     def check_data(self, data_cfg: Any, store: str | None = None, token: str | None = None) -> str | None:
-        """One line naming this node when a data root is missing here, or when the client store is not the
-        driver's (its probe token, :func:`..ray.write_store_probe`, does not read back here); None when fine."""
+        """One line naming this node when a data root is missing here, when the client store is not the
+        driver's (its probe token, :func:`..ray.write_store_probe`, does not read back here), or when building
+        the data fails with the user's error; None when fine. The data is built here, before the worker's first
+        client, so ``timeout_s`` times training only (a review: it also covered the first data build)."""
         root = missing_data_root(data_cfg)
         if root is None and (store is None or _read(Path(store) / STORE_PROBE) == token):
-            return None
+            return None if data_cfg is None else self._build(data_cfg)
         w = self.where()
         if root is not None:
             return f"data root {root} is missing on Ray node {w['node']} ({w['ip']}): copy or mount it there"
         return (f"the run's client store {store} on Ray node {w['node']} ({w['ip']}) is not the driver's: clients "
                 f"keep their state there, so a joined cluster needs the run folder on a filesystem every node "
                 f"shares (docs/federation.md, Ray)")
+
+    def _build(self, data_cfg: Any) -> str | None:
+        """The base datamodule, built once in this process (:func:`federation.runner.get_base_datamodule`); the
+        user's error is one line naming this node, any other is left to the client that meets it (a crash the
+        round's ``min_clients`` tolerates)."""
+        from engine.errors import find_user_error, one_line
+        from federation.runner import get_base_datamodule
+
+        try:
+            set_threads_to_assigned_cpus()
+            get_base_datamodule(data_cfg)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            err = find_user_error(exc)
+            if err is not None:
+                w = self.where()
+                return f"Ray node {w['node']} ({w['ip']}): {one_line(err)}"
+        return None
 
     def run(self, fn: ClientFn, accelerator: str, client_id: str, kwargs: dict[str, Any]) -> ClientUpdate:
         set_threads_to_assigned_cpus()
