@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks.best_metric import wandb_runs
 
-#: groups the name already holds, and keys that say nothing about the method
+#: groups the name already holds (``data`` when the command line chose it), and keys that say nothing about the method
 _IN_NAME = {"exp", "model", "data", "distill", "seed", "federation/strategy", "federation/partition"}
-_NOT_METHOD = ("paths.", "hydra.", "hydra/", "logger", "debug", "hparams_search", "print_per_case")
+NOT_METHOD = ("paths.", "hydra.", "hydra/", "logger", "debug", "hparams_search", "print_per_case")
 
 
 def _choice(group: str) -> str | None:
@@ -171,7 +171,7 @@ def swept_keys() -> set[str]:
 def method_overrides(overrides: Iterable[str] | None = None) -> list[str]:
     """The job's overrides that change the method (not paths, logging, launcher, debug, the exp)."""
     task = _task_overrides() if overrides is None else list(overrides)
-    return [o.lstrip("+") for o in task if _key(o) not in _IN_NAME and not _key(o).startswith(_NOT_METHOD)]
+    return [o.lstrip("+") for o in task if _key(o) not in _IN_NAME and not _key(o).startswith(NOT_METHOD)]
 
 
 def _short(override: str) -> str:
@@ -225,7 +225,9 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """``name``/``tags``/``config`` for ``WandbLogger``: the run's facts (:func:`run_facts`) plus, in the
     name and the tags, the overrides a sweep varies; every method override is in ``config.run.overrides``."""
     facts = run_facts(cfg)
-    parts = [facts["exp"], facts.get("model"), facts.get("distill"), facts.get("strategy"),
+    typed = {_key(a) for a in typed_command() if "=" in a}
+    data = facts.get("data") if "data" in typed else None  # a review: a data= sweep's runs shared one name
+    parts = [facts["exp"], facts.get("model"), data, facts.get("distill"), facts.get("strategy"),
              facts.get("partition"), f"s{facts['seed']}"]
     name = "-".join(str(p) for p in parts if p)
     overrides = method_overrides()

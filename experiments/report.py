@@ -95,11 +95,16 @@ def is_debug(run: Path) -> bool:
 
 
 def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list[str]:
-    """A run's Hydra overrides (``.hydra/overrides.yaml``), minus the seed and ``resume``."""
+    """A run's Hydra overrides (``.hydra/overrides.yaml``), minus the seed, ``resume`` and what says nothing
+    about the method (paths, logger, Hydra's own, debug: W&B's ``NOT_METHOD``; a review: one seed re-run with
+    ``logger=csv`` became a method of its own)."""
+    from engine.wandb_tracking import NOT_METHOD
+
     overrides = run_yaml(run / ".hydra" / "overrides.yaml", run) or []
     overrides = [canonical_override(plain_text(o, 200)) for o in overrides if isinstance(o, str)] \
         if isinstance(overrides, list) else []
-    return [o for o in overrides if o.split("=")[0].lstrip("+~") not in drop]
+    keys = [o.split("=")[0].lstrip("+~") for o in overrides]
+    return [o for o, k in zip(overrides, keys) if k not in drop and not k.startswith(NOT_METHOD)]
 
 
 def run_labels(runs: list[Path], siblings: list[Path] = ()) -> tuple[dict[Path, str], list[str]]:
@@ -187,7 +192,10 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str],
                 continue
             mean, std = float(np.mean(v)), float(np.std(v))
             cell = f"{mean:.4f} ± {std:.4f}" if len(v) > 1 else f"{mean:.4f}"  # one run: no spread to show
-            cells.append(f"**{cell}**" if method in best.get(key, ()) else cell)
+            cell = f"**{cell}**" if method in best.get(key, ()) else cell
+            # a review: a metric missing (NaN, e.g. HD95 with no lesion) in some runs was averaged over the others
+            # under the method's full n, and could take the bold from its worst run's absence
+            cells.append(cell if len(v) == n else f"{cell} (n={len(v)})")
             row += [f"{mean:.6f}", f"{std:.6f}" if len(v) > 1 else ""]
         row[0] = csv_text(method)  # labels come from run folders: no spreadsheet formula
         md.append(f"| {md_text(method)} | {n} | " + " | ".join(cells) + " |")
@@ -263,6 +271,14 @@ def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str, siblin
     return save_figure(fig, out)
 
 
+def glob_root(path: str) -> Path:
+    """The folder a path or glob names before its first wildcard (``sweep/*/`` -> ``sweep``): the report's
+    default ``--out``; a review: ``report 'sweep/*'`` wrote into a folder literally named ``*``."""
+    parts = Path(path).parts
+    plain = parts[:next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]
+    return Path(*plain) if plain else Path(".")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="multirun dirs, run dirs or globs")
@@ -321,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         md = f"Common to every run: `{md_code(' '.join(common))}`\n\n" + md
     if runs and any(len(v) > 1 for vals in groups.values() for v in vals.values()):
         md += "\nmean ± std over a method's runs (population std, numpy's ddof=0; best mean in bold).\n"
+    if any(0 < len(vals.get(k, [])) < max(map(len, vals.values())) for vals in groups.values() for k in ordered):
+        md += ("\n(n=k): the metric is missing (NaN or absent) in the method's other runs; its mean and std are over "
+               "those k runs only.\n")
     if len(set(contexts.values())) > 1:
         md += "\nThe runs are of several experiments (`+exp`, `data`): the best is bold within each, not across.\n"
     differ = environment_differences(runs)
@@ -334,7 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.all and (debug or unfinished):
         md += (f"\nLeft out: {len(debug)} debug (fast_dev_run) and {len(unfinished)} unfinished run(s); "
                f"`--all` includes them.\n")
-    out = Path(args.out or args.paths[0])
+    out = Path(args.out) if args.out else glob_root(args.paths[0])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a review: an existing file or a read-only place was a traceback
+        print(f"error: --out {out}: cannot write the report there ({err.strerror or err})", file=sys.stderr)
+        return 2
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.csv", csv_text)
     key = args.curve or curve_key(curves)

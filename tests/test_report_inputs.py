@@ -221,3 +221,45 @@ def test_a_run_and_a_sweep_of_one_method_are_one_group(tmp_path):
 
     assert canonical_override("~callbacks.rich_progress_bar") == "~callbacks.rich_progress_bar"
     assert canonical_override("not an override ==") == "not an override =="
+
+
+def _seeded(root: Path, name: str, overrides: list[str], metrics: dict) -> Path:
+    run = _run(root, name, metrics)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides))  # YAML reads JSON
+    return run
+
+
+def test_a_metric_missing_in_some_runs_says_over_how_many_it_is_averaged(tmp_path):
+    """A review: a NaN metric (written null) was averaged over the other runs under the method's full n, and
+    took the bold from a method whose every run had it."""
+    for seed, hd in ((1, 6.0), (2, 7.0), (3, None)):
+        _seeded(tmp_path, f"a{seed}", ["model=a", f"seed={seed}"], {"test/dice": 0.5, "test/hd95": hd})
+        _seeded(tmp_path, f"b{seed}", ["model=b", f"seed={seed}"], {"test/dice": 0.6, "test/hd95": 6.8})
+    assert report.main([str(tmp_path), "--keys", "test/dice", "test/hd95"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| model=a"))
+    assert "6.5000 ± 0.5000** (n=2)" in row and "| 3 |" in row, row
+    assert "(n=k): the metric is missing" in md
+
+
+def test_a_seed_rerun_with_another_logger_is_the_same_method(tmp_path):
+    """A review: the grouping ignored only seed and resume, so one seed re-run with ``logger=csv`` (or another
+    ``paths.*``) was a method of its own."""
+    _seeded(tmp_path, "s1", ["model=a", "seed=1"], {"test/dice": 0.5})
+    _seeded(tmp_path, "s2", ["model=a", "seed=2", "logger=csv", "paths.log_dir=/x"], {"test/dice": 0.7})
+    groups, _ = report.collect(report.find_runs([str(tmp_path)])[0], ("test/dice",))
+    assert {k: v["test/dice"] for k, v in groups.items()} == {"model=a": [0.5, 0.7]}
+
+
+def test_a_glob_reports_into_its_folder_and_a_bad_out_is_one_line(tmp_path, capsys):
+    """A review: ``report 'sweep/*'`` wrote into a folder literally named ``*``; an ``--out`` that is a file was
+    a traceback."""
+    _run(tmp_path / "sweep", "0", {"test/dice": 0.5})
+    _run(tmp_path / "sweep", "1", {"test/dice": 0.6})
+    assert report.main([str(tmp_path / "sweep" / "*")]) == 0
+    assert (tmp_path / "sweep" / "report.md").is_file() and not (tmp_path / "sweep" / "*").exists()
+    (tmp_path / "afile").write_text("")
+    assert report.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --out {tmp_path / 'afile'}: cannot write"), err

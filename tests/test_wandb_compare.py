@@ -88,6 +88,16 @@ def test_sweep_values_enter_name_and_tags(tmp_path, monkeypatch):
     assert method_overrides(["paths.log_dir=/x", "logger=csv", "model.width=4", "+exp=a"]) == ["model.width=4"]
 
 
+def test_runs_of_a_data_sweep_have_their_data_in_the_name(tmp_path, monkeypatch):
+    """A review: ``data`` counts as a group the name holds (so it is no method override), but the name never
+    held it: the runs of ``data=liver_slices,kits_slices`` were all ``seg-unet-s1``."""
+    monkeypatch.delenv("FEDMED_COMMAND_ARGV", raising=False)
+    names = {}
+    for data in ("liver_slices", "kits_slices"):
+        monkeypatch.setattr(sys, "argv", ["run", "-m", "+exp=lits_dnet", "data=liver_slices,kits_slices", "seed=1"])
+        names[data] = run_identity(compose_run(["+exp=lits_dnet", f"data={data}", "seed=1"], tmp_path / data))["name"]
+    assert names == {"liver_slices": "lits_dnet-dnet-liver_slices-s1", "kits_slices": "lits_dnet-dnet-kits_slices-s1"}
+
 def test_swept_keys_come_from_the_typed_command_and_skip_fixed_sweeper_params(monkeypatch):
     """A sweep job's argv is its own command (experiments.ddp_job.job_command), so the typed one is read from
     the environment run_cli keeps it in; an Optuna param fixed on the command line is not in the name."""

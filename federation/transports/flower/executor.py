@@ -104,6 +104,9 @@ class FlowerExecutor:
         asked = asked_node(msgs)
         for reply in replies:
             node = asked(reply)
+            if reply.has_error() and int(reply.metadata.src_node_id) != node:  # made by the SuperLink (node gone
+                log.warning("node %s did not say its site: %s", node, reply.error.reason)  # a while): ask it again
+                continue
             self._asked.add(node)
             if reply.has_error():
                 log.warning("node %s did not say its site: %s", node, reply.error.reason)

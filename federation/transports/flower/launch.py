@@ -285,8 +285,9 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _dropped(site: str, code: int) -> None:
-    artifacts.console.print(f"[bold]flower:[/bold] the SuperNode of site {site} was stopped (signal {-code}); "
-                            "its site is dropped from the rounds")
+    how = f"was stopped (signal {-code})" if code < 0 else f"exited (code {code})"  # Flower exits 0 on SIGTERM
+    artifacts.console.print(f"[bold]flower:[/bold] the SuperNode of site {site} {how}; its site is dropped from "
+                            "the rounds")
 
 
 def interrupted_exit(cfg: DictConfig) -> None:

@@ -199,9 +199,9 @@ class ExitWatch(threading.Thread):
     once a second while ``run`` (``flwr run``) lives.  The SuperLink's exit, or a SuperNode's exit with an error
     code of its own (a setting, certificate or start-up failure), is the rehearsal's failure: ``failure`` names
     the process, its exit code, its log and the log's last line, and ``run``'s group is stopped, so the
-    launcher's read of its output ends at once.  A SuperNode killed by a signal is ``on_drop(site, code)``: its
-    site is dropped from the rounds, as in a deployment.  A review: a SuperNode that died at start-up was
-    noticed only when round 1 had waited ``connect_timeout_s`` for it."""
+    launcher's read of its output ends at once.  A SuperNode killed by a signal (or exiting 0, as Flower's does on
+    SIGTERM) is ``on_drop(site, code)``: its site is dropped from the rounds, as in a deployment.  A review: a
+    SuperNode that died at start-up was noticed only when round 1 had waited ``connect_timeout_s`` for it."""
 
     def __init__(self, groups: ProcessGroups, run: subprocess.Popen, logs: Path, on_drop: Any = None,
                  every_s: float = 1.0) -> None:
@@ -226,7 +226,10 @@ class ExitWatch(threading.Thread):
                     ProcessGroups._signal_group(self.run_proc.pid, signal.SIGTERM)
                     return
                 if self.on_drop is not None:
-                    self.on_drop(name[len("supernode_"):], code)
+                    try:
+                        self.on_drop(name[len("supernode_"):], code)
+                    except Exception:  # noqa: BLE001 - a report only: the watch goes on
+                        pass
 
     def stop(self) -> None:
         self._done.set()
