@@ -192,7 +192,7 @@ def plot_partition(labels: np.ndarray, parts: Sequence[np.ndarray], path: str | 
 def write_partition_report(out: Path, labels: np.ndarray | None, parts: list[np.ndarray], client_ids: list[str],
                            pool: Any, target: str, class_names: Sequence[str] | None = None,
                            partial: Mapping[str, Sequence[int]] | None = None,
-                           splits: Mapping[str, tuple[int, int]] | None = None) -> Path | None:
+                           splits: Mapping[str, tuple[int, int]] | None = None, multi_label: bool = False) -> Path | None:
     """``partition.md`` (table), ``partition.json`` (stats) and ``partition.png`` (histogram) in ``out``,
     rows named by ``client_ids``; returns the PNG path (``None`` when the data has no per-sample labels).
     ``partial`` (``federation.partial_labels``): the classes each client annotates, said under the table, whose
@@ -202,7 +202,7 @@ def write_partition_report(out: Path, labels: np.ndarray | None, parts: list[np.
     if labels is None:
         return None
     names = list(class_names or [])
-    if names and labels.max() == len(names):  # multi-label samples with no positive (sample_labels)
+    if names and multi_label and labels.max() == len(names):  # samples with no positive label (sample_labels)
         names.append("no finding")
     if names and labels.max() >= len(names):
         names = []

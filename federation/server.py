@@ -114,7 +114,8 @@ class Server:
         self.partition_png = None if self.remote else write_partition_report(
             self.out, self.labels, parts, self.client_ids, self.pool, self.fed.partition._target_,
             getattr(self.base, "class_names", None), self.fed.get("partial_labels"),
-            {cid: (len(ind.train), len(ind.val)) for cid, ind in self.indices.items()})
+            {cid: (len(ind.train), len(ind.val)) for cid, ind in self.indices.items()},
+            multi_label=getattr(self.base, "task", None) == "multi-label")
 
         sched = cfg.module.get("scheduler")
         if sched:  # a review: the default module's cosine over trainer.max_epochs silently never decayed

@@ -229,3 +229,31 @@ def test_a_superlink_error_reply_names_the_site_and_its_reason(grid):
     updates, failures = grid(g).map(None, _jobs())
     assert [u.client_id for u in updates] == ["a", "c"] and list(failures) == ["b"]
     assert failures["b"].startswith("node error") and "no reply" not in failures["b"], failures
+
+
+class _LateNodeGrid(_Grid):
+    """Node 202's first site query gets the SuperLink's own error (its heartbeat had lapsed); it answers later."""
+
+    def __init__(self):
+        super().__init__()
+        self.lapsed = True
+
+    def send_and_receive(self, msgs, timeout=None):
+        from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+        for msg in msgs:
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+        lost = [m for m in msgs if self.lapsed and m.metadata.dst_node_id == 202]
+        self.lapsed = False
+        errors = [create_message_error_unavailable_res_message(m.metadata, "node_unavail") for m in lost]
+        return [*super().send_and_receive([m for m in msgs if m not in lost], timeout), *errors]
+
+
+def test_a_node_the_superlink_answered_for_is_asked_its_site_again(grid):
+    """A review of the reply matching: a SuperLink-made error to the site query marked the node as asked, so a
+    node back with the same id was never asked again and its site missed every round."""
+    ex = grid(_LateNodeGrid())
+    updates, failures = ex.map(None, _jobs())
+    assert [u.client_id for u in updates] == ["a", "c"] and "b" in failures
+    updates, failures = ex.map(None, _jobs())
+    assert [u.client_id for u in updates] == ["a", "b", "c"] and not failures

@@ -272,6 +272,9 @@ def test_multi_label_samples_without_a_finding_are_their_own_partition_label(tmp
     assert labels.tolist() == [3, 1, 0, 3, 2]
     parts = [np.array([0, 1, 2]), np.array([3, 4])]
     write_partition_report(tmp_path, labels, parts, ["a", "b"], None, "federation.core.partition.iid",
-                           ["atelectasis", "cardiomegaly", "effusion"])
+                           ["atelectasis", "cardiomegaly", "effusion"], multi_label=True)
     report = (tmp_path / "partition.md").read_text()
     assert "no finding" in report and "atelectasis" in report, report
+    write_partition_report(tmp_path, labels, parts, ["a", "b"], None, "federation.core.partition.iid",
+                           ["background", "liver", "spleen"])  # not multi-label: no class is invented
+    assert "no finding" not in (tmp_path / "partition.md").read_text()
