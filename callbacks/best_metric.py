@@ -60,7 +60,9 @@ def track_best(loggers: Iterable[Any], metrics: Mapping[str, Any], step: int,
         defined = run.__dict__.setdefault("_fedmed_defined", set())
         for key in state:
             if key not in defined:
-                run.define_metric(key, summary=f"{goal(key)},last")  # W&B's own best-of and last
+                # W&B's own best-of and last; RVD's best is the smallest |RVD|, which W&B cannot say (its "min"
+                # kept the most negative, a review), so only our val/rvd_*_best is its best there
+                run.define_metric(key, summary="last" if "rvd" in key else f"{goal(key)},last")
                 defined.add(key)
         run.summary.update(out)
     return out

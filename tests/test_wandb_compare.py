@@ -98,6 +98,32 @@ def test_runs_of_a_data_sweep_have_their_data_in_the_name(tmp_path, monkeypatch)
         names[data] = run_identity(compose_run(["+exp=lits_dnet", f"data={data}", "seed=1"], tmp_path / data))["name"]
     assert names == {"liver_slices": "lits_dnet-dnet-liver_slices-s1", "kits_slices": "lits_dnet-dnet-kits_slices-s1"}
 
+
+def test_w_and_b_summarises_rvd_by_its_last_value_only():
+    """A review: W&B's ``min`` summary of an RVD kept the most negative one, not the smallest |RVD| that
+    ``val/rvd_*_best`` holds; it is not asked for RVD."""
+    from callbacks.best_metric import track_best
+
+    class Run:
+        summary: dict = {}
+
+        def __init__(self):
+            self.defined = {}
+
+        def define_metric(self, key, summary):
+            self.defined[key] = summary
+
+    class WandbLogger:  # the name wandb_runs looks for
+        def __init__(self):
+            self.experiment = Run()
+
+    logger = WandbLogger()
+    state = {}
+    for step, rvd in enumerate((-0.4, 0.1, -0.2)):
+        best = track_best([logger], {"val/rvd_liver": rvd, "val/dice": 0.5}, step, state)
+    assert best["val/rvd_liver_best"] == 0.1 and best["val/rvd_liver_best_step"] == 1
+    assert logger.experiment.defined == {"val/rvd_liver": "last", "val/dice": "max,last"}
+
 def test_swept_keys_come_from_the_typed_command_and_skip_fixed_sweeper_params(monkeypatch):
     """A sweep job's argv is its own command (experiments.ddp_job.job_command), so the typed one is read from
     the environment run_cli keeps it in; an Optuna param fixed on the command line is not in the name."""
