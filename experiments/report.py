@@ -36,8 +36,10 @@ from engine.run_match import canonical_override
 
 #: the columns a report shows by default, those present in the runs (surface metrics and the best validation
 #: score, what a sweep selects on, included: a walkthrough missed them)
-DEFAULT_KEYS = ("test/dice", "test/miou", "test/hd95", "test/nsd", "val/dice_best", "test/accuracy", "test/auc",
-                "test/acc", "fed/test/accuracy")
+DEFAULT_KEYS = ("test/dice", "test/miou", "test/hd95", "test/nsd", "val/dice_best", "val/auc_best", "test/accuracy",
+                "test/auc", "test/acc")
+#: columns with no better end (when the best came, clients dropped): never bold (a review)
+UNRANKED = ("_best_step", "dropped_total", "/rounds")
 
 
 def json_object(path: Path, root: Path | None = None) -> dict | None:
@@ -172,7 +174,7 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str],
         best[key] = set()
         for context in set(contexts.get(m, "") for m in groups):
             means = {m: np.mean(v[key]) for m, v in groups.items() if v.get(key) and contexts.get(m, "") == context}
-            if means:
+            if means and not key.endswith(UNRANKED):
                 pick = min if goal(key) == "min" or key.endswith("_std") else max
                 score = (lambda m: abs(means[m])) if "rvd" in key else (lambda m: means[m])
                 top = f"{score(pick(means, key=score)):.4f}"

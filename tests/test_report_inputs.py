@@ -263,3 +263,12 @@ def test_a_glob_reports_into_its_folder_and_a_bad_out_is_one_line(tmp_path, caps
     assert report.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "afile")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: --out {tmp_path / 'afile'}: cannot write"), err
+
+
+def test_columns_with_no_better_end_are_never_bold(tmp_path):
+    """A review: the highest ``*_best_step`` and ``fed/dropped_total`` were bolded as if higher were better."""
+    _seeded(tmp_path, "a", ["model=a"], {"val/dice_best": 0.5, "val/dice_best_step": 9, "fed/dropped_total": 3})
+    _seeded(tmp_path, "b", ["model=b"], {"val/dice_best": 0.6, "val/dice_best_step": 2, "fed/dropped_total": 0})
+    groups, keys = report.collect(report.find_runs([str(tmp_path)])[0], None)
+    md, _ = report.table(groups, keys)
+    assert md.count("**") == 2 and "**0.6000**" in md, md
