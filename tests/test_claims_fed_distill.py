@@ -42,7 +42,8 @@ LOCAL_CLAIM = unvalidated("does not hold across seeds: HLFD - no KD off-site +0.
                           "+0.051 / -0.045 / -0.048 in the 2026-12-03 environment; -0.011 / -0.049 / -0.020 with "
                           "epoch-seeded draws; +0.003 / -0.084 / +0.040 with HLFD's p_mid^t corrected; +0.003 / +0.111 / "
                           "+0.084 with independent augmentation draws; -0.015 / +0.064 / +0.029 with the federated stages on the sites' "
-                          "whole training splits")
+                          "whole training splits; +0.010 / +0.136 / +0.035 with the federated teacher at the "
+                          "regime's batch size 4 (fortieth session)")
 #: the local claim's seed (``FEDMED_CLAIMS_SEED`` for the spread over seeds; its regime was chosen at seed 1)
 LOCAL_CLAIM_SEED = claims_seed(default=1)
 #: the federated-student hypothesis runs at its first held-out seed unless FEDMED_CLAIMS_SEED says otherwise
@@ -103,6 +104,9 @@ def fed_student_metrics(module_tmp):
     return dispatch(compose_run(overrides, module_tmp("fed_student_claim")))
 
 
+@unvalidated("with every arm at the regime's stated batch size 4 (fortieth session; the federated arms had trained "
+             "at 8), fed_hlfd - fed_none off-site -0.023 / +0.107 / +0.070 at the held-out seeds 4 / 5 / 6: fails at "
+             "seed 4; at batch 8 it held (+0.215 / +0.149 / +0.153)")
 def test_federated_student_with_hlfd_beats_federated_student_without_kd_off_site(fed_student_metrics):
     """Issue 15 §2, the federated variant: one student for all sites trained by the federation with the
     HLFD term against the frozen federated teacher in every client's loss (``fed_hlfd``) beats the same
@@ -129,6 +133,13 @@ def test_federated_student_with_hlfd_beats_federated_student_without_kd_off_site
     Mechanism disabled (``FEDMED_CLAIMS_DISABLE=1 FEDMED_CLAIMS_SEED=5``, beta = lambda = 0): fed_hlfd equals
     fed_none to the last digit (0.4226 both; the teacher's forward draws no random numbers), so the test
     fails, as it must.
+    NOT VALIDATED at the regime's stated batch size (fortieth session): a review found the regime set batch 4
+    per site while the federation's clients batch by ``data.batch_size`` (8), so every federated arm above
+    (teacher, fed_none, fed_hlfd) trained at 8 and the local arms at 4. With one batch size for every arm (4,
+    as the regime's comment said; chosen before any run of it), same held-out seeds and margins, one thread:
+    fed_hlfd - fed_none off-site **-0.023** / +0.107 / +0.070 (seeds 4 / 5 / 6; fed_none 0.612 / 0.539 / 0.640,
+    fed_hlfd 0.589 / 0.647 / 0.709, teacher 0.682 / 0.664 / 0.671). It fails at seed 4, so it is skipped by
+    default again; reported as found, not re-tuned (the batch-8 result stands as a measurement of that regime).
     """
     teacher = fed_student_metrics["fed_distill/teacher_fed/dice_other"]
     plain = fed_student_metrics["fed_distill/fed_none/dice_other"]
