@@ -31,7 +31,7 @@ from lightning_modules.base import build
 from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_net
 from lightning_modules.distill_setup import main_output
 from lightning_modules.losses.hybrid import class_probabilities
-from lightning_modules.metrics import PerCaseConfusion, case_scores, summarise
+from lightning_modules.metrics import PerCaseConfusion, case_scores, foreground_slices, summarise
 
 MODEL_ORDER = ("none", "teacher_local", "hlfd_local", "hlfd_fed", "fed_none", "fed_hlfd", "teacher_fed")
 LABELS = {"none": "student (no KD)", "teacher_local": "local teacher", "hlfd_local": "student + HLFD (local teacher)",
@@ -86,7 +86,7 @@ def evaluate_net(net: nn.Module, loader: Any, class_names: list[str], fg_thresho
         volumes.update(batch["case_id"])
         keep = torch.ones(len(mask), dtype=torch.bool)
         if eval_slices == "foreground":  # as SegmentationModule's test: the ignore label (255) is no foreground
-            keep = ((mask > 0) & (mask < len(class_names))).flatten(1).any(1)
+            keep = foreground_slices(mask, len(class_names))
         if keep.any():
             pred = _labels(class_probabilities(logits.float()), fg_threshold)
             valid = batch.get("valid")  # padded mixed-size batches: only each slice's own pixels count (a review)

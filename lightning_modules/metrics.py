@@ -26,6 +26,12 @@ def case_key(case_id: str) -> int:
     return zlib.crc32(case_id.encode())
 
 
+def foreground_slices(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Which items of a ``[B, ...]`` label batch hold a foreground class (``eval_slices=foreground``); the
+    ignore label (255, or any value past the classes) is no foreground."""
+    return ((mask > 0) & (mask < num_classes)).flatten(1).any(1)
+
+
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                      valid: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample confusion matrices [B, C, C]; entry (i, j) counts pixels of true class i predicted j.

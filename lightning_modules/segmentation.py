@@ -21,7 +21,8 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.losses.hybrid import class_probabilities
 from lightning_modules.inference import main_head
 from lightning_modules.metrics import (
-    PerCaseConfusion, annotated_view, case_scores, quiet_if_idle, summarise, surface_scores, updated_anywhere,
+    PerCaseConfusion, annotated_view, case_scores, foreground_slices, quiet_if_idle, summarise, surface_scores,
+    updated_anywhere,
 )
 from lightning_modules.roc import BinnedMulticlassROC
 
@@ -215,7 +216,7 @@ class SegmentationModule(BaseModule):
         prob = self.probabilities(logits)
         keep = torch.ones(len(mask), dtype=torch.bool, device=mask.device)
         if self.eval_slices == "foreground":
-            keep = ((mask > 0) & (mask < self.num_classes)).flatten(1).any(1)  # not the ignore label (255)
+            keep = foreground_slices(mask, self.num_classes)
         if keep.any():
             ids = [c for c, k in zip(batch["case_id"], keep.tolist()) if k]
             pred = self.predict_labels(prob[keep])

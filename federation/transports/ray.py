@@ -46,13 +46,18 @@ log = logging.getLogger("federation.transports.ray")
 LIVENESS_S = 3.0  # the longest the driver waits on ray.wait before checking that its Ray node is alive
 
 
+def job_store(jobs: Sequence[ClientJob]) -> str | None:
+    """The client store path the round's jobs carry (out of process), or None."""
+    return next((j.kwargs["store"] for j in jobs if isinstance(j.kwargs.get("store"), str)), None)
+
+
 def _continue_hint(jobs: Sequence[ClientJob]) -> str:
     """``server.pt`` holds the last finished round: the command that continues the run from it."""
     from omegaconf import OmegaConf
 
     cfg = next((j.kwargs.get("cfg") for j in jobs if j.kwargs.get("cfg") is not None), None)
     out = OmegaConf.select(cfg, "paths.output_dir", default=None) if cfg is not None else None
-    store = next((j.kwargs.get("store") for j in jobs if isinstance(j.kwargs.get("store"), str)), None)
+    store = job_store(jobs)
     if not out and store and (Path(store).parent / "server.pt").is_file():  # the server's client_store/
         out = Path(store).parent
     if not out:
@@ -178,7 +183,7 @@ class RayExecutor:
             return
         cfg = next((j.kwargs.get("cfg") for j in jobs if j.kwargs.get("cfg") is not None), None)
         data = cfg.get("data") if cfg is not None else None
-        store = next((j.kwargs["store"] for j in jobs if isinstance(j.kwargs.get("store"), str)), None)
+        store = job_store(jobs)
         token = write_store_probe(store) if store else None
         refs = [a.check_data.remote(data, store, token) for a in fresh]
         while len(self.ray.wait(refs, num_returns=len(refs), timeout=LIVENESS_S)[0]) < len(refs):
