@@ -246,6 +246,14 @@ def curve_key(curves: dict[Path, dict[str, list]]) -> str | None:
     return next((k for k in CURVE_KEYS if k in logged), None)
 
 
+def completed(series: dict[str, list[tuple[int, float]]], key: str) -> list[tuple[int, float]]:
+    """``key``'s series against the epochs or rounds completed: a federated run's rows carry ``round`` (1 after the
+    first round), a centralised run's Lightning's 0-based ``epoch`` (0 after the first epoch), so the latter moves
+    by one; a review: the report drew round 1 beside epoch 1, the second epoch."""
+    shift = 0 if series.get("round") else 1
+    return [(x + shift, v) for x, v in series[key]]
+
+
 def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str, siblings: list[Path] = ()) -> Path | None:
     """Mean learning curve of ``key`` per method (runs grouped as in the table), as a PNG."""
     from callbacks.plotting import plt, save_figure
@@ -254,7 +262,7 @@ def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str, siblin
     labels, _ = run_labels(list(curves), siblings)
     for run, series in curves.items():
         if series.get(key):
-            per_method[labels[run]].append(series[key])
+            per_method[labels[run]].append(completed(series, key))
     if not per_method:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -265,7 +273,7 @@ def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str, siblin
         ax.plot(xs, ys.mean(0), marker="o", ms=3, label=f"{method} (n={len(runs_curves)})")
         if len(runs_curves) > 1:
             ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.2)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epochs (centralised) or rounds (federated) completed")
     ax.set_ylabel(key)
     ax.set_title(f"{key} per method (mean ± std over seeds)")
     ax.grid(alpha=0.3)

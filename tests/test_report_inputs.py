@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from callbacks.curves import read_csv_metrics
 from experiments import report
 from federation import curves
 
@@ -272,3 +273,12 @@ def test_columns_with_no_better_end_are_never_bold(tmp_path):
     groups, keys = report.collect(report.find_runs([str(tmp_path)])[0], None)
     md, _ = report.table(groups, keys)
     assert md.count("**") == 2 and "**0.6000**" in md, md
+
+
+def test_curves_count_epochs_and_rounds_completed():
+    """A centralised run's Lightning epoch is 0-based, a federated run's round 1-based: the report drew the first
+    round beside the second epoch. Both now sit at 1, 2 (epochs or rounds completed)."""
+    central = read_csv_metrics(Path("c"), "epoch,step,val/dice\n0,9,0.5\n1,19,0.7\n")
+    federated = read_csv_metrics(Path("f"), "epoch,round,step,val/dice\n1,1,1,0.4\n2,2,2,0.6\n")
+    assert report.completed(central, "val/dice") == [(1, 0.5), (2, 0.7)]
+    assert report.completed(federated, "val/dice") == [(1, 0.4), (2, 0.6)]
