@@ -38,7 +38,7 @@ from federation.core.messages import ClientUpdate
 from federation.transports import ClientFn, ClientJob, ExecutorError, check_update, client_user_error, drop
 from federation.transports.ray_cluster import (check_address, check_reachable, concurrent_clients, connect,
                                                 import_ray, loopback_init, worker_env, write_store_probe)
-from federation.transports.ray_worker import WEIGHTS_REF, RayWorker, missing_data_root
+from federation.transports.ray_worker import WEIGHTS_REF, RayWorker, code_fingerprint, missing_data_root
 
 __all__ = ["RayExecutor", "missing_data_root", "LIVENESS_S", "check_address", "concurrent_clients", "worker_env"]
 
@@ -176,8 +176,8 @@ class RayExecutor:
             pass
 
     def _prepare(self, actors: list[Any], jobs: Sequence[ClientJob]) -> None:
-        """Wait until fresh actors are up (a timeout counts from then, not from process start) and check the
-        data roots on their nodes; a missing one is a DataError naming node and path."""
+        """Wait until fresh actors are up (a timeout counts from then, not from process start) and check their
+        code, data roots and client store (:meth:`RayWorker.check_data`); a failure is one line naming the node."""
         fresh = [a for a in actors if id(a) not in self._checked]
         if not fresh:
             return
@@ -185,7 +185,7 @@ class RayExecutor:
         data = cfg.get("data") if cfg is not None else None
         store = job_store(jobs)
         token = write_store_probe(store) if store else None
-        refs = [a.check_data.remote(data, store, token) for a in fresh]
+        refs = [a.check_data.remote(data, store, token, code_fingerprint()) for a in fresh]
         while len(self.ray.wait(refs, num_returns=len(refs), timeout=LIVENESS_S)[0]) < len(refs):
             self._check_node(jobs)  # an actor that cannot start on a dead node would be waited for forever
         for msg in self.ray.get(refs):

@@ -2,6 +2,8 @@
 keeps across rounds; and the data-root check each worker makes on its node before its first client."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -10,12 +12,16 @@ from typing import Any, Mapping
 from federation.core.messages import ClientUpdate
 from federation.transports import ClientFn
 
-__all__ = ["RayWorker", "missing_data_root", "set_threads_to_assigned_cpus", "STORE_PROBE", "WEIGHTS_REF"]
+__all__ = ["RayWorker", "code_fingerprint", "missing_data_root", "set_threads_to_assigned_cpus", "STORE_PROBE",
+           "WEIGHTS_REF"]
 
 #: the kwarg carrying the round's global weights as one object-store reference (:func:`..ray.shared_weights`)
 WEIGHTS_REF = "_global_weights_ref"
 #: the file in the client store whose token every new worker reads back (:func:`..ray.write_store_probe`)
 STORE_PROBE = ".ray_store_probe"
+#: the project's packages whose code a client runs: compared between the driver and every worker
+CODE_PACKAGES = ("callbacks", "datamodules", "engine", "experiments", "federation", "lightning_modules")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _read(path: Path) -> str | None:
@@ -23,6 +29,17 @@ def _read(path: Path) -> str | None:
         return path.read_text()
     except OSError:
         return None
+
+
+@functools.lru_cache(maxsize=4)
+def code_fingerprint(root: Path = ROOT) -> str:
+    """SHA-256 over the ``.py`` files (relative path and bytes) of :data:`CODE_PACKAGES` under ``root``: what a
+    worker imports must be what the driver runs. A review: Ray ships no code here, so a node holding another
+    commit (or an edited file) trained with it unseen, and its updates were averaged with the others'."""
+    digest = hashlib.sha256()
+    for path in sorted(p for pkg in CODE_PACKAGES for p in (root / pkg).rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def set_threads_to_assigned_cpus(assigned: Mapping[str, float] | None = None) -> int:
@@ -72,11 +89,18 @@ class RayWorker:
         return {"node": socket.gethostname(), "ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
                 "resources": {k: float(v) for k, v in ray.get_runtime_context().get_assigned_resources().items()}}
 
-    def check_data(self, data_cfg: Any, store: str | None = None, token: str | None = None) -> str | None:
-        """One line naming this node when a data root is missing here, when the client store is not the
-        driver's (its probe token, :func:`..ray.write_store_probe`, does not read back here), or when building
-        the data fails with the user's error; None when fine. The data is built here, before the worker's first
-        client, so ``timeout_s`` times training only (a review: it also covered the first data build)."""
+    def check_data(self, data_cfg: Any, store: str | None = None, token: str | None = None,
+                   code: str | None = None) -> str | None:
+        """One line naming this node when its code is not the driver's (``code``, :func:`code_fingerprint`),
+        when a data root is missing here, when the client store is not the driver's (its probe token,
+        :func:`..ray.write_store_probe`, does not read back here), or when building the data fails with the
+        user's error; None when fine. The data is built here, before the worker's first client, so
+        ``timeout_s`` times training only (a review: it also covered the first data build)."""
+        if code is not None and code_fingerprint() != code:
+            w = self.where()
+            return (f"the code on Ray node {w['node']} ({w['ip']}) at {ROOT} is not the driver's (the .py files "
+                    f"of {', '.join(CODE_PACKAGES)} differ): every node needs the driver's commit, unedited, on "
+                    f"its PYTHONPATH (docs/federation.md, Ray)")
         root = missing_data_root(data_cfg)
         if root is None and (store is None or _read(Path(store) / STORE_PROBE) == token):
             return None if data_cfg is None else self._build(data_cfg)
