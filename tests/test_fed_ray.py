@@ -386,7 +386,7 @@ def test_a_worker_whose_code_is_not_the_drivers_is_one_line_naming_the_node(loca
     """A review: Ray ships no code here, so a node of a joined cluster holding another commit (or an edited
     file) trained with it unseen. Every new worker compares its code's fingerprint with the driver's; here the
     worker shares the driver's checkout (accepted), and a fingerprint that differs is refused in one line."""
-    from federation.transports.ray_worker import code_fingerprint
+    from federation.transports.code_identity import code_fingerprint
 
     ex = _executor(num_workers=1)
     try:
@@ -396,19 +396,3 @@ def test_a_worker_whose_code_is_not_the_drivers_is_one_line_naming_the_node(loca
         assert "Ray node" in msg and "is not the driver's" in msg and "\n" not in msg
     finally:
         ex.shutdown()
-
-
-def test_the_code_fingerprint_follows_every_py_file_of_the_packages(tmp_path):
-    from federation.transports.ray_worker import CODE_PACKAGES, code_fingerprint
-
-    for pkg in CODE_PACKAGES:
-        (tmp_path / pkg / "sub").mkdir(parents=True)
-        (tmp_path / pkg / "sub" / "m.py").write_text("x = 1\n")
-    before = code_fingerprint(tmp_path)
-    (tmp_path / "federation" / "sub" / "m.py").write_text("x = 2\n")
-    code_fingerprint.cache_clear()
-    assert code_fingerprint(tmp_path) != before
-    (tmp_path / "federation" / "sub" / "m.py").write_text("x = 1\n")
-    (tmp_path / "federation" / "notes.txt").write_text("not code")
-    code_fingerprint.cache_clear()
-    assert code_fingerprint(tmp_path) == before

@@ -394,6 +394,7 @@ def test_server_killed_then_resumed_equals_in_process(tmp_path):
     said = (run_dir / "run.log").read_text()
     assert "round 1/2 global" in said and "round 2/2 global" in said and "round 2/2 client" in said
     assert "HTTP Request" not in said                              # a verification: httpx's lines buried them
+    assert "site query:" in said and "other project code" not in said  # the sites answered with the server's code
     assert torch.load(run_dir / "server.pt", weights_only=True)["round"] == 1
     got = json.loads((run_dir / "metrics.json").read_text())
     for key, value in ref.items():

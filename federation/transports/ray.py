@@ -38,7 +38,8 @@ from federation.core.messages import ClientUpdate
 from federation.transports import ClientFn, ClientJob, ExecutorError, check_update, client_user_error, drop
 from federation.transports.ray_cluster import (check_address, check_reachable, concurrent_clients, connect,
                                                 import_ray, loopback_init, worker_env, write_store_probe)
-from federation.transports.ray_worker import WEIGHTS_REF, RayWorker, code_fingerprint, missing_data_root
+from federation.transports.code_identity import code_fingerprint
+from federation.transports.ray_worker import WEIGHTS_REF, RayWorker, missing_data_root
 
 __all__ = ["RayExecutor", "missing_data_root", "LIVENESS_S", "check_address", "concurrent_clients", "worker_env"]
 

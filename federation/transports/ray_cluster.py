@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from federation.transports import ExecutorError
-from federation.transports.ray_worker import ROOT, STORE_PROBE
+from federation.transports.code_identity import ROOT
+from federation.transports.ray_worker import STORE_PROBE
 
 __all__ = ["check_address", "check_reachable", "concurrent_clients", "import_ray", "loopback_init", "connect",
            "worker_env", "write_store_probe", "CONNECT_TIMEOUT_S"]

@@ -2,8 +2,6 @@
 keeps across rounds; and the data-root check each worker makes on its node before its first client."""
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import socket
 from pathlib import Path
@@ -11,17 +9,14 @@ from typing import Any, Mapping
 
 from federation.core.messages import ClientUpdate
 from federation.transports import ClientFn
+from federation.transports.code_identity import CODE_PACKAGES, ROOT, code_fingerprint
 
-__all__ = ["RayWorker", "code_fingerprint", "missing_data_root", "set_threads_to_assigned_cpus", "STORE_PROBE",
-           "WEIGHTS_REF"]
+__all__ = ["RayWorker", "missing_data_root", "set_threads_to_assigned_cpus", "STORE_PROBE", "WEIGHTS_REF"]
 
 #: the kwarg carrying the round's global weights as one object-store reference (:func:`..ray.shared_weights`)
 WEIGHTS_REF = "_global_weights_ref"
 #: the file in the client store whose token every new worker reads back (:func:`..ray.write_store_probe`)
 STORE_PROBE = ".ray_store_probe"
-#: the project's packages whose code a client runs: compared between the driver and every worker
-CODE_PACKAGES = ("callbacks", "datamodules", "engine", "experiments", "federation", "lightning_modules")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _read(path: Path) -> str | None:
@@ -29,17 +24,6 @@ def _read(path: Path) -> str | None:
         return path.read_text()
     except OSError:
         return None
-
-
-@functools.lru_cache(maxsize=4)
-def code_fingerprint(root: Path = ROOT) -> str:
-    """SHA-256 over the ``.py`` files (relative path and bytes) of :data:`CODE_PACKAGES` under ``root``: what a
-    worker imports must be what the driver runs. A review: Ray ships no code here, so a node holding another
-    commit (or an edited file) trained with it unseen, and its updates were averaged with the others'."""
-    digest = hashlib.sha256()
-    for path in sorted(p for pkg in CODE_PACKAGES for p in (root / pkg).rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def set_threads_to_assigned_cpus(assigned: Mapping[str, float] | None = None) -> int:

@@ -44,6 +44,7 @@ from flwr.clientapp.mod import LocalDpMod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from federation.transports import client_user_error
+from federation.transports.code_identity import code_fingerprint
 from federation.transports.flower.node import node_train, node_value
 from federation.transports.flower.wire import PREFIX, clipped_entries, decode_message, encode_update, secagg_update
 
@@ -97,8 +98,9 @@ def secagg_round(msg: Message, context: Context, extra: dict[str, Any]) -> bool:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Which site this node is (the server maps client ids to node ids with it)."""
-    return Message(RecordDict({"site": ConfigRecord({"site": str(_node(context, "site", ""))})}), reply_to=msg)
+    """Which site this node is (the server maps client ids to node ids with it) and which project code it runs."""
+    return Message(RecordDict({"site": ConfigRecord({"site": str(_node(context, "site", "")),
+                                                     "code": code_fingerprint()})}), reply_to=msg)
 
 
 @app.train()

@@ -25,6 +25,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from omegaconf import DictConfig, OmegaConf
 
 from federation.transports import ClientJob, ExecutorError, check_update
+from federation.transports.code_identity import code_fingerprint
 from federation.core.messages import ClientUpdate
 from federation.errors import FederationError
 from federation.transports.flower.wire import KEYS, PREFIX, decode_mean, decode_update, encode_message
@@ -123,6 +124,7 @@ class FlowerExecutor:
                 self._refused[node] = site  # asked again once node `held` has left (a reconnecting site)
                 continue
             self._refused.pop(node, None)
+            check_code(site, node, reply.content.config_records["site"])
             if held is not None and held != node:
                 log.warning("site %s now answers from node %d (node %d has left)", site, node, held)
             self.nodes[site] = node
@@ -257,6 +259,19 @@ class FlowerExecutor:
 
     def shutdown(self) -> None:
         pass
+
+
+def check_code(site: str, node: int, answer: Any) -> bool:
+    """Whether the site runs the server's project code (:func:`..code_identity.code_fingerprint`, in its site
+    answer); a warning naming it when not. Flower ships no code here (each host installs the project), and a
+    site on another commit trained with it unseen. A warning, not a refusal: a site may patch its own loader."""
+    theirs = str(answer.get("code", "") if hasattr(answer, "get") else "")
+    if theirs == code_fingerprint():
+        return True
+    log.warning("site %s (node %d) runs other project code than the server (%s): its updates come from that code; "
+                "install the server's commit on every host (docs/deployment.md)", site, node,
+                f"fingerprint {theirs[:12]} vs {code_fingerprint()[:12]}" if theirs else "it sent no fingerprint")
+    return False
 
 
 def asked_node(sent: Sequence[Message]) -> Callable[[Message], int]:
