@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import os
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -35,6 +36,36 @@ from datamodules.loaders import SplitLoadersMixin, train_eval_dataset
 from datamodules.subset import sample_cases
 
 __all__ = ["SiteConcat", "MultiSiteDataModule"]
+
+
+def _check_sites_agree(sites: Mapping[str, Any], declared: Sequence[str] | None) -> None:
+    """One :class:`DataError` when the sites' items cannot be one dataset: another input channel count or 2D
+    size (a review: a pooled batch failed in torch's collate), or class names in another order (label 1 was liver
+    at one site and spleen at another, merged silently). ``data.class_names`` says differing names mean the same
+    labels (a spelling), which is then a warning naming them."""
+    def differ(values: dict[str, Any]) -> bool:
+        return len({repr(v) for v in values.values()}) > 1
+
+    chans = {n: int(getattr(dm, "in_channels", 1)) for n, dm in sites.items()}
+    if differ(chans):
+        raise DataError(f"sites disagree on input channels: {chans}; give every site the same image channels")
+    sizes = {n: getattr(dm, "image_size", None) for n, dm in sites.items()}
+    if differ(sizes):
+        raise DataError(f"sites disagree on data.sites.<site>.image_size: {sizes}; give every site one size "
+                        f"(data.image_size)")
+    names = {n: [str(c) for c in dm.class_names] for n, dm in sites.items()}
+    orders = [*names.values(), *([list(declared)] if declared is not None else [])]
+    if any(sorted(a) == sorted(b) and a != b for a in orders for b in orders):  # one set of names, reordered
+        raise DataError(f"sites order their labels differently: {names}"
+                        + (f" (data.class_names={list(declared)})" if declared is not None else "")
+                        + "; a label must mean the same class at every site (reorder a site's labels)")
+    if differ(names):
+        if declared is None:
+            raise DataError(f"sites name their labels differently: {names}; a label must mean the same class at "
+                            f"every site (reorder a site's labels), or set data.class_names when the names only "
+                            f"spell one class differently")
+        warnings.warn(f"sites name their labels differently ({names}); data.class_names={list(declared)} says "
+                      f"they are the same classes", stacklevel=3)
 
 
 class SiteConcat(Dataset):
@@ -204,6 +235,7 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
             raise DataError(f"sites disagree on num_classes: {ncls}")
         first = next(iter(sites.values()))
         self.num_classes, self.in_channels = next(iter(ncls.values())), int(getattr(first, "in_channels", 1))
+        _check_sites_agree(sites, self.declared_names)
         self.class_names = list(first.class_names)
         if self.declared_names is not None:  # data.class_names: what the metrics and the partition table say
             if len(self.declared_names) != len(self.class_names):

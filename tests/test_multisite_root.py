@@ -120,3 +120,43 @@ def test_a_site_batch_size_other_than_data_batch_size_is_refused(tmp_path):
     assert "data.sites.site_b.batch_size=4 is not data.batch_size=8" in str(find_user_error(info.value))
     dm = build_datamodule(compose_run(["+exp=fed_kits_hlfd_claim"], tmp_path).data)
     assert dm.batch_size == 4 and {s.batch_size for s in dm.site_cfgs.values()} == {4}
+
+
+class _Site:
+    """A built site's face as the multi-site datamodule reads it (no data behind it)."""
+
+    def __init__(self, names=("background", "liver", "spleen"), channels=1, size=64):
+        self.class_names, self.num_classes, self.in_channels, self.image_size = list(names), len(names), channels, size
+        self.train_dataset = self.val_dataset = self.test_dataset = []
+
+    def prepare_data(self):
+        pass
+
+    def setup(self, stage=None):
+        pass
+
+
+def test_sites_whose_labels_mean_other_classes_are_refused():
+    """A review: only the class count was compared, so an MSD site labelled [liver, spleen] and another labelled
+    [spleen, liver] were merged under the first site's names (label 1 was liver at one site, spleen at the
+    other). Another input channel count or 2D size failed later, in torch's collate."""
+    swapped = {"a": _Site(), "b": _Site(("background", "spleen", "liver"))}
+    for declared in (None, ["background", "liver", "spleen"]):  # the shipped configs declare class_names
+        with pytest.raises(DataError, match=r"sites order their labels differently: .*'b': \['background', 'spl"):
+            MultiSiteDataModule(swapped, class_names=declared).setup()
+    with pytest.raises(DataError, match=r"order their labels differently: .*data.class_names=\['background', 'sp"):
+        MultiSiteDataModule({"a": _Site()}, class_names=["background", "spleen", "liver"]).setup()
+    with pytest.raises(DataError, match=r"sites name their labels differently: .*'b': \['background', 'kidney'"):
+        MultiSiteDataModule({"a": _Site(), "b": _Site(("background", "kidney", "spleen"))}).setup()
+    with pytest.raises(DataError, match=r"sites disagree on input channels: \{'a': 1, 'b': 3\}"):
+        MultiSiteDataModule({"a": _Site(), "b": _Site(channels=3)}).setup()
+    with pytest.raises(DataError, match=r"image_size: \{'a': 64, 'b': 32\}"):
+        MultiSiteDataModule({"a": _Site(), "b": _Site(size=32)}).setup()
+    spelt = {"a": _Site(("background", "tumour")), "b": _Site(("background", "tumor"))}
+    with pytest.warns(UserWarning, match="sites name their labels differently"):  # declared: the same classes
+        dm = MultiSiteDataModule(spelt, class_names=["background", "tumour"])
+        dm.setup()
+    assert dm.class_names == ["background", "tumour"]
+    same = MultiSiteDataModule({"a": _Site(), "b": _Site()})
+    same.setup()
+    assert same.class_names == ["background", "liver", "spleen"] and same.in_channels == 1
