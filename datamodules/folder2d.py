@@ -93,6 +93,8 @@ def decode_mask(path: Path, threshold: float | None, channel: int | None,
         if c >= m.shape[-1]:
             raise DataError(f"data.mask_channel={c} but mask {path} has {m.shape[-1]} channels")
         m = m[..., c]
+    if label_map is not None or threshold is None:
+        m = _integral_labels(m, path)
     if label_map is not None:
         values = np.unique(m)
         bad = [v for v in values.tolist() if int(v) not in label_map]
@@ -116,6 +118,22 @@ def decode_mask(path: Path, threshold: float | None, channel: int | None,
         raise DataError(f"mask {path} has values in [{m.min()}, {m.max()}]: labels must lie in [0, 255] "
                         f"(data.label_map maps other values)")
     return m.astype(np.uint8)
+
+
+def _integral_labels(m: np.ndarray, path: Path) -> np.ndarray:
+    """A float mask's values rounded to the nearest label, one :class:`DataError` when one is not a label (more
+    than 1e-3 off). A review: ``0.99999994`` (float round-off in a saved NPY) became background, ``1.9999999``
+    class 1, by truncation toward zero."""
+    if not np.issubdtype(m.dtype, np.floating):
+        return m
+    if not np.isfinite(m).all():
+        raise DataError(f"mask {path} has NaN or infinite values")
+    rounded = np.rint(m)
+    off = np.abs(m - rounded)
+    if off.size and float(off.max()) > 1e-3:
+        raise DataError(f"mask {path} has non-integer values (e.g. {float(m.flat[int(off.argmax())]):g}): labels "
+                        f"must be whole numbers (data.mask_threshold binarises a soft mask)")
+    return rounded.astype(np.int64)
 
 
 def strip_suffix(stem: str, suffix: str) -> str:

@@ -3,13 +3,16 @@
 ``root/<class folder>/*.{png,jpg,jpeg,bmp,tif}``; classes are the subfolders named in ``classes`` (in
 label order) or all subfolders sorted. Official split lists are optional: ``split_dir`` holding text files
 whose names contain ``train`` / ``val`` / ``test`` and list file names (one a line), as COVID-CT's
-``Data-split/{COVID,NonCOVID}/{train,val,test}CT_*.txt``; without them a stratified seeded split is drawn.
+``Data-split/{COVID,NonCOVID}/{train,val,test}CT_*.txt``; without them a stratified seeded split is drawn, of
+whole groups when ``group_pattern`` names an image's group in its file stem (COVID-CT's config: the crops
+``name%0``, ``name%1`` of one figure are one group).
 Images are converted to grey (or RGB), resized to ``size`` x ``size`` and kept in memory as uint8 (the
 COVID-CT set at 64 px is ~3 MB). Items follow ``docs/architecture.md``; datasets expose ``targets``.
 """
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -26,9 +29,23 @@ EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def _load(path: Path, size: int, rgb: bool) -> np.ndarray:
-    with Image.open(path) as im:
-        im = im.convert("RGB" if rgb else "L").resize((size, size), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB" if rgb else "L").resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # a review: PIL's error named no file
+        raise DataError(f"cannot read image file {path}: {exc}") from None
+
+
+def group_split(labels: np.ndarray, groups: Sequence[str], val_fraction: float, test_fraction: float,
+                seed: int) -> dict[str, np.ndarray]:
+    """:func:`~datamodules.digits.stratified_split` over groups (a group's images stay in one split), stratified
+    by each group's label; a review: COVID-CT's crops of one paper figure (``...-p6-52%0`` .. ``%15``, one
+    patient) were scattered over train and test by a per-image split."""
+    keys = [f"{int(lab)}/{g}" for lab, g in zip(labels, groups)]
+    names, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    by_group = stratified_split(labels[first], val_fraction, test_fraction, seed)
+    return {s: np.flatnonzero(np.isin(inverse, idx)) for s, idx in by_group.items()}
 
 
 def _split_lists(split_dir: Path) -> tuple[dict[str, list[str]], list[str]]:
@@ -66,7 +83,8 @@ class ImageFolderDataModule(ClassificationDataModule):
     def __init__(self, root: str, classes: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
                  split_dir: str | None = None, size: int = 64, rgb: bool = False, batch_size: int = 32,
                  val_fraction: float = 0.15, test_fraction: float = 0.25, seed: int = 0, num_workers: int = 0,
-                 task: str | None = None, mean: float = 0.0, std: float = 1.0) -> None:
+                 task: str | None = None, mean: float = 0.0, std: float = 1.0,
+                 group_pattern: str | None = None) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.root = Path(root)
         self.classes = list(classes) if classes else None
@@ -79,6 +97,10 @@ class ImageFolderDataModule(ClassificationDataModule):
         self._names = list(class_names) if class_names else None
         self._task = task
         self.in_channels = 3 if rgb else 1
+        try:
+            self.group_pattern = re.compile(group_pattern) if group_pattern else None
+        except re.error as exc:
+            raise DataError(f"data.group_pattern={group_pattern!r} is not a regular expression: {exc}") from None
         self._resolve_classes()
 
     def _resolve_classes(self) -> None:
@@ -94,17 +116,23 @@ class ImageFolderDataModule(ClassificationDataModule):
         self.class_names = self._names or folders
         self.task = normalize_task(self._task or ("binary" if self.num_classes == 2 else "multi-class"))
 
+    def _group(self, stem: str) -> str:
+        """The group an image belongs to: ``group_pattern``'s first group (else its match) in the file stem; a stem
+        it does not match is its own group."""
+        m = self.group_pattern.search(stem)
+        return stem if m is None else (m.group(1) if m.groups() else m.group(0))
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
         files, labels = [], []
         for k, c in enumerate(self.classes):
-            for p in sorted((self.root / c).iterdir()):
-                if p.suffix.lower() in EXTS:
-                    files.append(p)
-                    labels.append(k)
-        if not files:
-            raise DataError(f"data.root {self.root} has no images in {self.classes}")
+            found = [p for p in sorted((self.root / c).iterdir())
+                     if p.suffix.lower() in EXTS and not p.name.startswith(".")]  # macOS ._ files are no images
+            if not found:  # a review: a class with no image trained a "binary" task on one class
+                raise DataError(f"data.root {self.root}: class folder {c} has no images ({', '.join(sorted(EXTS))})")
+            files += found
+            labels += [k] * len(found)
         labels_arr = np.asarray(labels, dtype=np.int64)
         images = np.stack([_load(p, self.size, self.rgb) for p in files])
         if self.split_dir is not None:
@@ -125,6 +153,9 @@ class ImageFolderDataModule(ClassificationDataModule):
             if not all(len(v) for v in parts.values()):
                 raise DataError(f"split lists in {self.split_dir} leave an empty split: "
                                 f"{ {k: len(v) for k, v in parts.items()} }")
+        elif self.group_pattern is not None:
+            parts = group_split(labels_arr, [self._group(p.stem) for p in files], self.val_fraction,
+                                self.test_fraction, self.seed)
         else:
             parts = stratified_split(labels_arr, self.val_fraction, self.test_fraction, self.seed)
         made = {s: ArrayClassificationDataset(images[idx], labels_arr[idx], scale=255.0, mean=self.mean, std=self.std)

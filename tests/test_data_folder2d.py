@@ -238,3 +238,18 @@ def test_train_cases_applies_with_a_test_folder_and_odd_label_values_are_refused
                                         mask_threshold=None, class_names=None, augment=False)
     with pytest.raises(DataError, match=r"s0\.npy has values in \[0, 256\]"):
         wide.setup()
+
+
+def test_float_masks_are_rounded_to_labels_not_truncated(tmp_path):
+    """A review: an NPY mask's ``0.99999994`` (float round-off) decoded as background and ``1.9999999`` as class 1
+    (truncation toward zero); they are now the nearest label, and a value that is no label is one line."""
+    from datamodules.folder2d import decode_mask
+
+    np.save(tmp_path / "m.npy", np.array([[0.0, 0.99999994, 1.9999999, 2.0]], np.float32))
+    assert decode_mask(tmp_path / "m.npy", None, None, None).tolist() == [[0, 1, 2, 2]]
+    assert decode_mask(tmp_path / "m.npy", None, None, {0: 0, 1: 1, 2: 1}).tolist() == [[0, 1, 1, 1]]
+    assert decode_mask(tmp_path / "m.npy", 0.5, None, None).tolist() == [[0, 1, 1, 1]]  # thresholded as before
+    np.save(tmp_path / "soft.npy", np.array([[0.0, 0.4, 1.0]], np.float32))
+    with pytest.raises(DataError, match=r"soft\.npy has non-integer values \(e\.g\. 0\.4\)"):
+        decode_mask(tmp_path / "soft.npy", None, None, None)
+    assert decode_mask(tmp_path / "soft.npy", 0.5, None, None).tolist() == [[0, 0, 1]]

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datamodules.errors import DataError
 from datamodules.image_folder import ImageFolderDataModule
 
 
@@ -67,3 +68,63 @@ def test_real_covid_ct_official_split(shared_data, caplog):
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (425, 118, 202)
     (record,) = [r for r in caplog.records if "split lists" in r.getMessage()]
     assert "2 name(s)" in record.getMessage() and "twice in testCT_COVID.txt" in record.getMessage()
+
+
+def test_a_group_pattern_keeps_each_group_in_one_split(tmp_path):
+    """A review: without split lists COVID-CT was split per image, so crops of one paper figure (``...%0`` ..
+    ``%15``, one patient) landed in train and test (55 figures at seed 0). ``group_pattern`` splits groups."""
+    from datamodules.image_folder import group_split
+
+    root = tmp_path / "data"
+    _folder(root, {"neg": [f"n{g}%{k}.png" for g in range(10) for k in range(3)],
+                   "pos": [f"p{g}%{k}.png" for g in range(10) for k in range(3)] + ["single.png"]})
+    dm = ImageFolderDataModule(str(root), size=8, val_fraction=0.2, test_fraction=0.2,
+                               group_pattern=r"^(.+?)(?:%\d+)?$")
+    assert dm._group("p3%2") == "p3" and dm._group("single") == "single"
+    files = [p for c in ("neg", "pos") for p in sorted((root / c).iterdir())]
+    labels = np.array([0 if p.parent.name == "neg" else 1 for p in files])
+    groups = [dm._group(p.stem) for p in files]
+    parts = group_split(labels, groups, 0.2, 0.2, seed=0)
+    assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(len(files)))  # each image once
+    where = {s: {groups[i] for i in idx} for s, idx in parts.items()}
+    assert not (where["train"] & where["test"]) and not (where["train"] & where["val"]) and not (where["val"]
+                                                                                                & where["test"])
+    assert all({labels[i] for i in idx} == {0, 1} for idx in parts.values())  # stratified by the groups' label
+    dm.setup()
+    assert len(dm.train_dataset) + len(dm.val_dataset) + len(dm.test_dataset) == len(files)
+    with pytest.raises(DataError, match=r"data.group_pattern='\(' is not a regular expression"):
+        ImageFolderDataModule(str(root), group_pattern="(")
+
+
+def test_an_empty_class_or_an_unreadable_image_is_one_line_naming_it(tmp_path):
+    """A review: with ``classes=[neg, pos]`` and no image in ``pos/`` a binary task trained on one class, and a
+    truncated JPEG stopped the run with PIL's "image file is truncated", naming no file."""
+    root = tmp_path / "data"
+    _folder(root, {"neg": ["n0.png", "n1.png", "n2.png"], "pos": ["p0.png", "p1.png", "p2.png"]})
+    (root / "pos" / "._p0.png").write_bytes(b"\0\5\26\7 AppleDouble")  # macOS metadata: skipped, not read
+    ImageFolderDataModule(str(root), classes=["neg", "pos"], size=8, val_fraction=0.3, test_fraction=0.3).setup()
+    (root / "empty").mkdir()
+    with pytest.raises(DataError, match=r"class folder empty has no images"):
+        ImageFolderDataModule(str(root), classes=["neg", "empty"], size=8).setup()
+    data = (root / "pos" / "p1.png").read_bytes()
+    (root / "pos" / "p1.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cannot read image file .*p1\.png"):
+        ImageFolderDataModule(str(root), classes=["neg", "pos"], size=8, val_fraction=0.3,
+                              test_fraction=0.3).setup()
+
+
+def test_real_covid_ct_group_split_shares_no_figure(shared_data):
+    root = shared_data / "covid-ct-ucsd-cropped"
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent")
+    from datamodules.image_folder import group_split
+
+    dm = ImageFolderDataModule(str(root), classes=["CT_NonCOVID", "CT_COVID"], size=8,
+                               group_pattern=r"^(.+?)(?:%\d+)?$")
+    files = [p for c in dm.classes for p in sorted((root / c).iterdir()) if p.suffix.lower() in (".png", ".jpg")]
+    labels = np.array([dm.classes.index(p.parent.name) for p in files])
+    groups = [f"{p.parent.name}/{dm._group(p.stem)}" for p in files]
+    parts = group_split(labels, groups, 0.15, 0.25, seed=0)
+    where = {s: {groups[i] for i in idx} for s, idx in parts.items()}
+    assert not (where["train"] & where["test"]) and not (where["train"] & where["val"])
+    assert len(where["train"]) < len([i for idx in parts.values() for i in idx])  # crops were grouped
