@@ -12,6 +12,7 @@ Defaults fit ``../shared/data/liver-tumor-msd-slices`` (root = that folder): ``t
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Mapping
@@ -27,6 +28,8 @@ from datamodules.errors import DataError
 from datamodules.slices import SliceCase, SliceDataModule
 from datamodules.splits import patient_split
 from datamodules.volumes import apply_window, resize_slices
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy")
 
@@ -172,7 +175,8 @@ class FolderSegmentationDataModule(SliceDataModule):
     Files pair up when ``<stem><image_suffix>`` in ``image_dir`` matches ``<stem><mask_suffix>`` in
     ``mask_dir``. ``case_pattern`` is searched in the stem: group 1 is the case id, an optional named
     group ``slice`` gives the slice number (else slices are numbered in name order); stems that do
-    not match are their own case. ``class_names`` defaults to background + one class per label.
+    not match are their own case (a warning; a pattern no stem matches is an error, ``case_pattern=None`` says
+    each image is its own case). ``class_names`` defaults to background + one class per label.
     ``test_image_dir``/``test_mask_dir``: an explicit test folder (its cases are the test split; train
     and val are drawn from ``image_dir`` with ``val_fraction``). ``split_file``: a JSON of case-id
     lists ``{"train": [...], "val": [...], "test": [...]}`` instead of seeded fractions.
@@ -287,10 +291,27 @@ class FolderSegmentationDataModule(SliceDataModule):
 
     def _groups(self, image_dir: Path, mask_dir: Path) -> dict[str, list[tuple[Any, str, Path, Path]]]:
         groups: dict[str, list[tuple[Any, str, Path, Path]]] = defaultdict(list)
-        for stem, img, msk in self.pairs(image_dir, mask_dir):
+        pairs = self.pairs(image_dir, mask_dir)
+        for stem, img, msk in pairs:
             cid, sl = self._case_of(stem)
             groups[cid].append((sl if sl is not None else -1, stem, img, msk))
+        self._check_pattern([stem for stem, _, _ in pairs], image_dir)
         return groups
+
+    def _check_pattern(self, stems: list[str], image_dir: Path) -> None:
+        """A ``case_pattern`` no stem matches is one :class:`DataError`; stems it misses are one warning. A review:
+        ``case000_slice000`` missed the default pattern, so every slice was its own case and one patient's slices
+        were split over train and test without a word (``case_pattern: null`` says each image is a case)."""
+        if self.case_pattern is None:
+            return
+        missed = [s for s in stems if not self.case_pattern.search(s)]
+        if missed and len(missed) == len(stems):
+            raise DataError(f"data.case_pattern={self.case_pattern.pattern!r} matches no file name in {image_dir} "
+                            f"(e.g. {missed[0]!r}): give a pattern whose group 1 is the case (patient) id, or "
+                            f"data.case_pattern=null when every image is its own case")
+        if missed:
+            log.warning("data.case_pattern=%r does not match %d of %d file names in %s (e.g. %r): each is its own "
+                        "case", self.case_pattern.pattern, len(missed), len(stems), image_dir, missed[0])
 
     def load_cases(self) -> list[SliceCase]:
         groups = self._groups(self.image_dir, self.mask_dir)

@@ -5,11 +5,14 @@ never over slices: no case can appear in two splits.
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import numpy as np
 
 from datamodules.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def patient_split(case_ids: Sequence[str], val_fraction: float, test_fraction: float,
@@ -60,4 +63,8 @@ def read_split_file(path: str, case_ids: Sequence[str]) -> dict[str, list[str]]:
             if c in seen:
                 raise DataError(f"data.split_file {p} puts case {c!r} in both {seen[c]!r} and {s!r}")
             seen[c] = s
+    unlisted = sorted(known - set(seen))
+    if unlisted:  # a review: they were left out of every split without a word
+        log.warning("data.split_file %s lists %d of the %d cases found; %d in no list are left out (e.g. %s)", p,
+                    len(seen), len(known), len(unlisted), ", ".join(unlisted[:5]))
     return splits

@@ -253,3 +253,32 @@ def test_float_masks_are_rounded_to_labels_not_truncated(tmp_path):
     with pytest.raises(DataError, match=r"soft\.npy has non-integer values \(e\.g\. 0\.4\)"):
         decode_mask(tmp_path / "soft.npy", None, None, None)
     assert decode_mask(tmp_path / "soft.npy", 0.5, None, None).tolist() == [[0, 0, 1]]
+
+
+def test_a_case_pattern_that_misses_the_file_names_is_said(tmp_path, caplog):
+    """A review: ``case000_slice000`` missed the default pattern, so each slice was its own case and one
+    patient's slices went to train and test without a word. No match at all is one line; some misses a warning."""
+    import logging
+
+    for d in ("imgs", "msks"):
+        (tmp_path / d).mkdir()
+    m = np.zeros((8, 8), np.uint8)
+    m[2:5, 2:5] = 255
+    for c in range(4):
+        for k in range(2):
+            Image.fromarray(np.full((8, 8), 40 * c, np.uint8)).save(tmp_path / "imgs" / f"case{c:03d}_slice{k:03d}.png")
+            Image.fromarray(m).save(tmp_path / "msks" / f"case{c:03d}_slice{k:03d}.png")
+    kw = dict(image_dir="imgs", mask_dir="msks", augment=False, val_fraction=0.25, test_fraction=0.25)
+    with pytest.raises(DataError, match=r"data.case_pattern=.* matches no file name in .*imgs \(e\.g\. 'case000_sl"):
+        FolderSegmentationDataModule(str(tmp_path), **kw).setup()
+    FolderSegmentationDataModule(str(tmp_path), case_pattern=None, **kw).setup()  # each image its own case: said
+    dm = FolderSegmentationDataModule(str(tmp_path), case_pattern=r"^case(\d+)_slice(?P<slice>\d+)", **kw)
+    dm.setup()
+    assert len(dm.train_dataset) == 4  # 2 of 4 cases, 2 slices each
+    for k in range(2):
+        Image.fromarray(m).save(tmp_path / "imgs" / f"scan_{k}.png")
+        Image.fromarray(m).save(tmp_path / "msks" / f"scan_{k}.png")
+    with caplog.at_level(logging.WARNING, logger="datamodules.folder2d"):
+        FolderSegmentationDataModule(str(tmp_path), case_pattern=r"^case(\d+)_slice(?P<slice>\d+)", **kw).setup()
+    assert any("does not match 2 of 10 file names" in r.getMessage() and "'scan_0'" in r.getMessage()
+               for r in caplog.records)

@@ -81,3 +81,20 @@ def test_patient_split_too_few_cases():
         patient_split(["a", "b"], 0.2, 0.2, seed=0)
     with pytest.raises(DataError, match="val_fraction"):
         patient_split(["a", "b", "c"], 1.5, 0.2, seed=0)
+
+
+def test_a_split_file_names_the_cases_it_leaves_out(tmp_path, caplog):
+    """A review: cases found in the data but in no list of ``data.split_file`` were dropped without a word."""
+    import json
+    import logging
+
+    from datamodules.splits import read_split_file
+
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": ["a", "b"], "val": ["c"]}))
+    with caplog.at_level(logging.WARNING, logger="datamodules.splits"):
+        assert read_split_file(str(path), ["a", "b", "c"]) == {"train": ["a", "b"], "val": ["c"], "test": []}
+        assert not caplog.records
+        read_split_file(str(path), ["a", "b", "c", "d", "e"])
+    (record,) = caplog.records
+    assert "lists 3 of the 5 cases found; 2 in no list are left out (e.g. d, e)" in record.getMessage()
