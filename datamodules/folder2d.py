@@ -223,6 +223,12 @@ class FolderSegmentationDataModule(SliceDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def fill_value(self) -> float:
+        """What rotated-in corners and batch padding hold: the stored black (grey 0) after ``window``, as every
+        pixel of the site. A review: with ``window=[-0.5, 1.0]`` black is 0.333, and the fill of 0.0 was a value
+        that site's data never holds."""
+        return 0.0 if self.window is None else float(apply_window(np.zeros(1, np.float32), *self.window)[0])
+
     # --- prediction on image files (experiments.predict; engine/predict_images.py) -----------------------
     def preprocess_image(self, path: str | Path) -> tuple[torch.Tensor, tuple[int, int]]:
         """An image file through the training pipeline (grey [0, 1], ``window``, ``image_size``):

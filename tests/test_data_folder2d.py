@@ -150,6 +150,10 @@ def test_case_shards_are_disjoint_sites_and_window_rewindows(tmp_path):
     x, y = plain.train_dataset[0]["image"], windowed.train_dataset[0]["image"]
     assert torch.allclose(y, (x + 0.5) / 1.5, atol=1e-6)
     assert torch.equal(plain.train_dataset[0]["mask"], windowed.train_dataset[0]["mask"])
+    # a review: rotated-in corners and padding held 0.0, which the re-windowed site never holds (its black is
+    # 1/3); they now hold the site's own black
+    assert plain.fill_value() == 0.0 and windowed.fill_value() == pytest.approx(1 / 3)
+    assert windowed.collate_fn(True).fill == pytest.approx(1 / 3)
 
 
 @pytest.mark.parametrize("kw, needle", [
