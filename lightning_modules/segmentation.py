@@ -66,13 +66,16 @@ class SegmentationModule(BaseModule):
         roi_size: Sequence[int] | None = None,
         overlap: float = 0.5,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, scheduler_interval, monitor=None, regulariser=regulariser)
+        # monitor: a ReduceLROnPlateau scheduler steps on it (a review: None here made Lightning refuse one)
+        super().__init__(net, optimizer, scheduler, scheduler_interval, monitor=monitor, regulariser=regulariser)
         self.save_hyperparameters(
             {
                 "net": to_plain(net) if not isinstance(net, nn.Module) else type(net).__name__,
                 "loss": to_plain(loss) if not isinstance(loss, nn.Module) else type(loss).__name__,
                 "optimizer": to_plain(optimizer) if isinstance(optimizer, Mapping) else None,
                 "scheduler": to_plain(scheduler) if isinstance(scheduler, Mapping) else None,
+                "scheduler_interval": scheduler_interval,  # a review: a reload stepped a per-step schedule per epoch
+                "roc_thresholds": roc_thresholds,
                 "num_classes": num_classes,
                 "class_names": list(class_names) if class_names else None,
                 "fg_threshold": fg_threshold,

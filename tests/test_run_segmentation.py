@@ -120,3 +120,27 @@ def test_null_class_names_come_from_the_datasets_labels(tmp_path):
     assert "dice_spleen" in header
     hparams = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["hyper_parameters"]
     assert hparams["class_names"] == ["background", "liver", "spleen"]  # what predict names its scores by
+
+
+def test_a_plateau_schedule_steps_on_the_monitored_metric_and_a_reload_keeps_the_schedule(tmp_path):
+    """A review: the segmentation module passed no ``monitor`` to its scheduler, so Lightning refused a
+    ReduceLROnPlateau (allowed by config), and ``scheduler_interval`` / ``roc_thresholds`` were not in its
+    hyper-parameters, so ``load_from_checkpoint`` stepped a per-step schedule once per epoch."""
+    import torch
+
+    from lightning_modules.safe_load import load_checkpoint
+    from lightning_modules.segmentation import SegmentationModule
+
+    sched = ["+module.scheduler.mode=max", "+module.scheduler.factor=0.5", "+module.scheduler.patience=0",
+             "~module.scheduler.T_max", "~module.scheduler.eta_min",
+             "module.scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau",
+             "++module.scheduler_interval=epoch", "++module.roc_thresholds=50", "trainer.max_epochs=2", "test=false"]
+    dispatch(compose_run([*TINY, *sched], tmp_path))
+    hp = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["hyper_parameters"]
+    assert hp["monitor"] == "val/dice" and hp["scheduler_interval"] == "epoch" and hp["roc_thresholds"] == 50
+    module = SegmentationModule(net=torch.nn.Conv2d(1, 2, 1), loss={"_target_": "torch.nn.CrossEntropyLoss"},
+                                num_classes=2, scheduler_interval="step", roc_thresholds=50,
+                                scheduler={"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True})
+    conf = module.configure_optimizers()["lr_scheduler"]
+    assert conf["monitor"] == "val/dice" and conf["interval"] == "step"
+    assert module.hparams["scheduler_interval"] == "step" and module.hparams["roc_thresholds"] == 50
