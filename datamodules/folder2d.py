@@ -349,7 +349,7 @@ class FolderSegmentationDataModule(SliceDataModule):
                 images.append(resize_slices(x[None], self.image_size, is_label=False)[0])
                 labels.append(resize_slices(y[None], self.image_size, is_label=True)[0])
             numbers = [t[0] if t[0] >= 0 else i for i, t in enumerate(members)]
-            cases.append(SliceCase(cid, images, labels, list(range(len(members))), numbers))
+            cases.append(SliceCase(cid, images, labels, list(range(len(members))), numbers, stacks=False))
         if cases and not any(np.any(np.asarray(y) > 0) for c in cases for y in c.label):
             raise DataError(self._no_foreground(next(iter(groups.values()))[0][3]))
         return cases

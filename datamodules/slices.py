@@ -37,6 +37,9 @@ class SliceCase:
     positions: list[int]
     slice_indices: list[int]
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: the slices are one volume's own (``slice_indices`` their z), so 3D surface metrics may stack them; a folder
+    #: of slices sampled from volumes (gaps, flipped copies, no z spacing) is not (scored slice by slice)
+    stacks: bool = True
 
 
 class TargetMap:
@@ -66,7 +69,7 @@ def largest_class(mask: np.ndarray) -> int:
 
 class SliceDataset(Dataset):
     """Map-style dataset over ``(case index, position index)`` items; yields
-    ``dict(image=float32[1,H,W], mask=int64[H,W], case_id=str, slice_index=int)``."""
+    ``dict(image=float32[1,H,W], mask=int64[H,W], case_id=str, slice_index=int, spacing, stacks=bool)``."""
 
     def __init__(self, cases: list[SliceCase], items: list[tuple[int, int]],
                  label_fn: Callable[[np.ndarray], np.ndarray],
@@ -99,7 +102,7 @@ class SliceDataset(Dataset):
         return {"image": image[None] if image.ndim == 2 else image,
                 "mask": torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
                 "case_id": case.case_id, "slice_index": int(case.slice_indices[k]),
-                "spacing": torch.tensor(case.spacing, dtype=torch.float32)}
+                "spacing": torch.tensor(case.spacing, dtype=torch.float32), "stacks": bool(case.stacks)}
 
 
 class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):

@@ -21,8 +21,8 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.losses.hybrid import class_probabilities
 from lightning_modules.inference import main_head
 from lightning_modules.metrics import (
-    PerCaseConfusion, annotated_view, case_scores, foreground_slices, quiet_if_idle, summarise, surface_scores,
-    updated_anywhere,
+    PerCaseConfusion, annotated_view, case_scores, foreground_slices, quiet_if_idle, slice_surface_scores, summarise,
+    surface_scores, updated_anywhere,
 )
 from lightning_modules.roc import BinnedMulticlassROC
 
@@ -108,6 +108,7 @@ class SegmentationModule(BaseModule):
         self.overlap = overlap
         self._test_slices: dict[str, list[tuple]] = {}  # case -> [(slice index, prediction, mask)] as they came
         self._test_spacing: dict[str, tuple[float, ...]] = {}
+        self._test_unstacked: set[str] = set()  # cases of sampled slices (``stacks`` False)
 
     def setup(self, stage: str) -> None:
         """Class names the config left null come from the data: a ``dataset.json``'s labels (a walkthrough:
@@ -159,7 +160,7 @@ class SegmentationModule(BaseModule):
             return
         index = batch.get("slice_index")
         index = [0] * len(keep) if index is None else [int(i) for i in index]
-        spacing = batch.get("spacing")
+        spacing, stacks = batch.get("spacing"), batch.get("stacks")
         rows = [i for i, k in enumerate(keep.tolist()) if k]
         for j, (cid, i) in enumerate(zip(ids, rows)):
             p, m = pred[j], mask[j]
@@ -172,15 +173,21 @@ class SegmentationModule(BaseModule):
                                                           m.to(torch.uint8).cpu().numpy()))
             if spacing is not None:
                 self._test_spacing[cid] = tuple(float(v) for v in spacing[i])
+            if stacks is not None and not bool(stacks[i]):
+                self._test_unstacked.add(cid)
 
     def _surface_scores(self) -> None:
-        """HD95 / NSD per test case from its reassembled slices (or volume), merged into the table."""
+        """HD95 / NSD per test case from its reassembled slices (or volume), merged into the table; a case of
+        sampled slices (a folder: ``stacks`` False) slice by slice in 2D (:func:`.metrics.slice_surface_scores`)."""
         for cid, slices in self._test_slices.items():
             slices = sorted(slices, key=lambda s: s[0])  # stable: copies sharing an index stay in arrival order
             order = [s[0] for s in slices]
             pred = [s[1] for s in slices]
             mask = [s[2] for s in slices]
-            if pred[0].ndim == 2:  # a stack of 2D slices [H, W] -> (H, W, D) as the source volume
+            if pred[0].ndim == 2 and cid in self._test_unstacked:  # sampled slices, no volume: each in 2D
+                spacing = self._test_spacing.get(cid, (1.0, 1.0, 1.0))
+                scores = slice_surface_scores(pred, mask, self.class_names, spacing, self.nsd_tolerance_mm)
+            elif pred[0].ndim == 2:  # a stack of 2D slices [H, W] -> (H, W, D) as the source volume
                 # padding was cropped per slice; a case's slices share one size (min: a safeguard)
                 h, w = min(p.shape[0] for p in pred), min(p.shape[1] for p in pred)
                 at, extra = [], 0  # a copy sharing its slice's index goes next to it, one place further on
@@ -195,13 +202,12 @@ class SegmentationModule(BaseModule):
                 volume = np.zeros((2, h, w, at[-1] + 1), dtype=np.uint8)
                 for z, p, m in zip(at, pred, mask):
                     volume[0, ..., z], volume[1, ..., z] = p[:h, :w], m[:h, :w]
-                pred, mask = volume[0], volume[1]
                 spacing = self._test_spacing.get(cid, (1.0, 1.0, 1.0))
+                scores = surface_scores(volume[0], volume[1], self.class_names, spacing, self.nsd_tolerance_mm)
             else:
-                pred, mask = pred[0], mask[0]
-                spacing = self._test_spacing.get(cid, (1.0,) * pred.ndim)
-            self.test_per_case.setdefault(cid, {}).update(
-                surface_scores(pred, mask, self.class_names, spacing, self.nsd_tolerance_mm))
+                spacing = self._test_spacing.get(cid, (1.0,) * pred[0].ndim)
+                scores = surface_scores(pred[0], mask[0], self.class_names, spacing, self.nsd_tolerance_mm)
+            self.test_per_case.setdefault(cid, {}).update(scores)
             coarse = min(float(v) for v in spacing[:2])
             if coarse > self.nsd_tolerance_mm and not getattr(self, "_warned_nsd", False):
                 self._warned_nsd = True  # a walkthrough: test NSD 0.556 vs predict's 0.809 on the native grid
@@ -209,7 +215,7 @@ class SegmentationModule(BaseModule):
                               f"{cid}) is coarser than its tolerance module.nsd_tolerance_mm={self.nsd_tolerance_mm}: "
                               f"a boundary off by one voxel counts as a miss. predict with labels= scores on the "
                               f"input's own grid (docs/data.md 'Surface metrics')", stacklevel=1)
-        self._test_slices, self._test_spacing = {}, {}
+        self._test_slices, self._test_spacing, self._test_unstacked = {}, {}, set()
 
     def _evaluate(self, batch: dict, stage: str, cases: PerCaseConfusion) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
