@@ -115,7 +115,8 @@ def decode_mask(path: Path, threshold: float | None, channel: int | None,
         top = float(m.max()) if m.size else 0.0
         if 0 < top <= threshold:  # a verification: 0/1 masks among 0/255 ones trained as blank labels, exit 0
             raise DataError(f"mask {path} has values up to {top:g}, all at or below data.mask_threshold="
-                            f"{threshold:g}: it would decode as background (0/1 masks need data.mask_threshold=0)")
+                            f"{threshold:g}: it would decode as background (binary 0/1 masks need "
+                            f"data.mask_threshold=0; label masks 0/1/2.. need data.mask_threshold=null)")
         return (m > threshold).astype(np.uint8)
     if m.size and (m.min() < 0 or m.max() > 255):  # uint8 would wrap 256 to 0 without a word (a review)
         raise DataError(f"mask {path} has values in [{m.min()}, {m.max()}]: labels must lie in [0, 255] "
@@ -272,6 +273,10 @@ class FolderSegmentationDataModule(SliceDataModule):
         """``(stem, image, mask)`` for every pair; unmatched files are an error."""
         image_dir, mask_dir = image_dir or self.image_dir, mask_dir or self.mask_dir
         images, masks = self._files(image_dir, self.image_suffix), self._files(mask_dir, self.mask_suffix)
+        if image_dir.resolve() == mask_dir.resolve() and self.mask_suffix and self.mask_suffix != self.image_suffix:
+            # one folder of x.png and x_mask.png: the masks are no images (a review: x_mask.png was read as an image
+            # "without a matching mask")
+            images = {k: v for k, v in images.items() if v.stem not in {m.stem for m in masks.values()}}
         if not images:
             raise DataError(f"no images ({'/'.join(EXTENSIONS)}) found in {image_dir}")
         for a, b, what in ((images, masks, "mask"), (masks, images, "image")):

@@ -125,6 +125,8 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
         super().__init__()
         if not (train_slices in ("all", "foreground") or isinstance(train_slices, (int, float))):
             raise DataError(f"data.train_slices={train_slices!r} must be 'all', 'foreground' or a float")
+        if not isinstance(train_slices, str) and not 0.0 <= float(train_slices) <= 1.0:  # -0.25 kept 75 % (a review)
+            raise DataError(f"data.train_slices={train_slices!r}: a fraction of the empty slices must lie in [0, 1]")
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment, self.rotation_limit, self.train_slices = augment, rotation_limit, train_slices

@@ -286,3 +286,20 @@ def test_a_case_pattern_that_misses_the_file_names_is_said(tmp_path, caplog):
         FolderSegmentationDataModule(str(tmp_path), case_pattern=r"^case(\d+)_slice(?P<slice>\d+)", **kw).setup()
     assert any("does not match 2 of 10 file names" in r.getMessage() and "'scan_0'" in r.getMessage()
                for r in caplog.records)
+
+
+def test_images_and_masks_in_one_folder_and_a_bad_empty_slice_fraction(tmp_path):
+    """A review: one folder of ``x.png`` and ``x_mask.png`` (a common Kaggle layout) failed with "``0_0_mask.png``
+    without a matching mask": the masks were listed as images too. And ``train_slices=-0.25`` kept 75 %."""
+    (tmp_path / "all").mkdir()
+    m = np.zeros((8, 8), np.uint8)
+    m[2:5, 2:5] = 255
+    for c in range(3):
+        Image.fromarray(np.full((8, 8), 50, np.uint8)).save(tmp_path / "all" / f"{c}_1.png")
+        Image.fromarray(m).save(tmp_path / "all" / f"{c}_1_mask.png")
+    dm = FolderSegmentationDataModule(str(tmp_path), image_dir="all", mask_dir="all", mask_suffix="_mask",
+                                      augment=False, val_fraction=0.34, test_fraction=0.34)
+    assert [stem for stem, _, _ in dm.pairs()] == ["0_1", "1_1", "2_1"]
+    for bad in (-0.25, 1.5):
+        with pytest.raises(DataError, match=rf"data.train_slices={bad}: a fraction of the empty slices"):
+            FolderSegmentationDataModule(str(tmp_path), image_dir="all", mask_dir="all", train_slices=bad)
