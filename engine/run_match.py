@@ -40,7 +40,10 @@ SOURCE = ("_target_", "layout", "target", "label_map", "mask_threshold", "mask_c
 RESUME = ("module.net", *(f"data.{k}" for k in (*PIXELS, *SOURCE)))
 #: what a resumed distillation must keep: its teacher, method, loss and taps (another one switched the teacher
 #: mid-run silently, or failed after rewriting config.yaml on the KD adapters' state)
-DISTILL = ("distill.method", "distill.loss", "distill.taps", "distill.teacher.model", "distill.teacher.ckpt")
+DISTILL = ("distill.method", "distill.loss", "distill.taps", "distill.teacher.model", "distill.teacher.ckpt",
+           # what L_seg, the teacher's loss and the evaluation protocol were (a review: a resume with another
+           # module.loss reused finished stages trained with the old one, in one table)
+           "distill.teacher.loss", "module.loss", "module.fg_threshold", "module.eval_slices")
 #: what a resumed federated distillation must keep: its finished stages are reused, not re-run with new values,
 #: so what decides how each stage trained too (a review: ``trainer.max_epochs=20`` on resume trained the unfinished
 #: arms longer than the finished ones, in one table)
@@ -58,6 +61,8 @@ def resume_keys(saved: Mapping[str, Any]) -> tuple[str, ...]:
     sites = _plain(saved, "data.sites")
     if isinstance(sites, Mapping):
         keys += [f"data.sites.{site}.{k}" for site in sites for k in (*PIXELS, *SOURCE)]
+        if isinstance(_plain(saved, "fed_distill"), Mapping):  # finished stages are reused: how they were fed too
+            keys += [f"data.sites.{site}.{k}" for site in sites for k in ("augment", "rotation_limit")]
     if isinstance(_plain(saved, "distill"), Mapping):
         keys += DISTILL
     if isinstance(_plain(saved, "fed_distill"), Mapping):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 from pathlib import Path
@@ -73,10 +74,11 @@ def _rvd(metrics: dict) -> float | None:
     return None
 
 
-def collect(root: Path, include_debug: bool = False) -> tuple[list[dict], list[dict], int]:
-    """``(runs, failed, debug)``: one record per run dir (method, dataset, seed, beta, lam, dsc, rvd), and how
-    many debug runs were left out (all of them kept with ``include_debug``)."""
-    runs, failed, debug = [], [], 0
+def collect(root: Path, include_debug: bool = False) -> tuple[list[dict], list[dict], int, int]:
+    """``(runs, failed, debug, arms)``: one record per run dir (method, dataset, seed, beta, lam, setting, dsc,
+    rvd), how many debug runs were left out (all of them kept with ``include_debug``), and how many arms of
+    federated distillations (``distill/arm``: their table is ``experiments.report``'s)."""
+    runs, failed, debug, arms = [], [], 0, 0
     for path in sorted(root.rglob("failed.json")):
         info = json_object(path) or {"error": "failed.json does not parse"}
         overrides = info.get("overrides") if isinstance(info.get("overrides"), list) else []
@@ -91,17 +93,54 @@ def collect(root: Path, include_debug: bool = False) -> tuple[list[dict], list[d
         if metrics.get("debug") and not include_debug:  # fast_dev_run: one batch, not a result (as in report)
             debug += 1
             continue
+        if metrics.get("distill/arm"):  # an arm of a federated distillation: one site's run, not a seed of a
+            arms += 1  # method (a review: hlfd_local and hlfd_fed of three sites pooled into one "HLFD" row)
+            continue
         cfg = _load_config(path.parent)
         distill = cfg.get("distill") if isinstance(cfg.get("distill"), dict) else {}
         loss = distill.get("loss") if isinstance(distill.get("loss"), dict) else {}
         dice = _number(metrics.get("test/dice"))
+        protocol = plain_text(metrics.get("distill/protocol", ""), 40)
         runs.append({
             "run": plain_text(path.parent.relative_to(root)) or ".", "method": method,
             "dataset": plain_text(_dataset(cfg), 100), "seed": cfg.get("seed") if isinstance(cfg.get("seed"), int) else None,
-            "beta": _number(loss.get("beta")), "lam": _number(loss.get("lam")),
-            "protocol": plain_text(metrics.get("distill/protocol", ""), 40),
+            "beta": _number(loss.get("beta")), "lam": _number(loss.get("lam")), "protocol": protocol,
+            "setting": _setting(cfg, distill, loss, protocol),
             "dsc": None if dice is None else 100.0 * dice, "rvd": _rvd(metrics)})
-    return runs, failed, debug
+    return runs, failed, debug, arms
+
+
+def _net(node: Any) -> str:
+    """A net config as ``<class>`` or ``<class>(width=w)``, from a run's config (data, bounded)."""
+    if not isinstance(node, dict):
+        return "?"
+    name = plain_text(str(node.get("_target_", "?")).rsplit(".", 1)[-1], 60)
+    return f"{name}(width={plain_text(node['width'], 20)})" if "width" in node else name
+
+
+def _setting(cfg: dict, distill: dict, loss: dict, protocol: str) -> dict[str, str]:
+    """What besides method, dataset and seed makes two runs comparable: a review found D-Net -> U-Net runs of
+    ``distill=hlfd_dnet_unet`` averaged into the paper's HLFD row, and protocol a with protocol b."""
+    teacher = distill.get("teacher") if isinstance(distill.get("teacher"), dict) else {}
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    kd = {k: v for k, v in loss.items() if k not in ("beta", "lam")}
+    return {"protocol": protocol, "teacher": _net(teacher.get("model")), "student": _net(cfg.get("model")),
+            "train_cases": plain_text(data.get("train_cases"), 20),
+            "kd loss": plain_text(json.dumps(kd, sort_keys=True, default=str), 300)}
+
+
+def _variants(sel: list[dict]) -> list[tuple[str, list[dict]]]:
+    """``sel`` split by setting: one ``("", runs)`` when they agree, else one part per setting, labelled with
+    the keys that differ (``[student=UNet, protocol=b (all slices)]``)."""
+    keys = [json.dumps(r["setting"], sort_keys=True) for r in sel]
+    if len(set(keys)) <= 1:
+        return [("", sel)]
+    differ = [k for k in sel[0]["setting"] if len({r["setting"][k] for r in sel}) > 1]
+    parts: dict[str, list[dict]] = {}
+    for key, r in zip(keys, sel):
+        parts.setdefault(key, []).append(r)
+    return [(" [" + ", ".join(f"{k}={runs[0]['setting'][k]}" for k in differ) + "]", runs)
+            for _, runs in sorted(parts.items())]
 
 
 def _number(value: Any) -> float | None:
@@ -138,19 +177,36 @@ def table1(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
         header += [f"{d} DSC (ours)", f"{d} RVD (ours)", f"{d} DSC (paper)", f"{d} RVD (paper)"]
     rows, records = [], []
     for m in methods:
-        row = [METHOD_NAMES.get(m, m)]
-        for d in datasets:
-            sel = [r for r in runs if r["method"] == m and r["dataset"] == d and _is_default(r)]
-            dsc = _stats([r["dsc"] for r in sel])
-            rvd = _stats([r["rvd"] for r in sel])
-            paper = PAPER_TABLE1.get(m, {}).get(d)
-            row += [_pm(*dsc) if dsc[2] else "", _num(rvd[0]), _pm(paper[0], paper[1]) if paper else "",
-                    _num(paper[2]) if paper else ""]
-            records.append({"method": m, "dataset": d, "n_seeds": dsc[2], "dsc_mean": dsc[0], "dsc_std": dsc[1],
-                            "rvd_mean": rvd[0], "paper_dsc_mean": paper[0] if paper else "",
-                            "paper_dsc_std": paper[1] if paper else "", "paper_rvd": paper[2] if paper else ""})
-        rows.append(row)
+        chosen = [r for r in runs if r["method"] == m and _is_default(r)]
+        for label, part in _variants(chosen):
+            row = [METHOD_NAMES.get(m, m) + label]
+            for d in datasets:
+                sel = [r for r in part if r["dataset"] == d]
+                dsc = _stats([r["dsc"] for r in sel])
+                rvd = _stats([r["rvd"] for r in sel])
+                paper = PAPER_TABLE1.get(m, {}).get(d)
+                row += [_pm(*dsc) if dsc[2] else "", _num(rvd[0]), _pm(paper[0], paper[1]) if paper else "",
+                        _num(paper[2]) if paper else ""]
+                records.append({"method": m + label, "dataset": d, "n_seeds": dsc[2], "dsc_mean": dsc[0],
+                                "dsc_std": dsc[1], "rvd_mean": rvd[0], "paper_dsc_mean": paper[0] if paper else "",
+                                "paper_dsc_std": paper[1] if paper else "", "paper_rvd": paper[2] if paper else ""})
+            rows.append(row)
     return header, rows, records
+
+
+def repeated_seeds(runs: list[dict]) -> list[str]:
+    """One note per Table 1 cell where a seed counts more than once (a run re-made beside its first): ``n`` is
+    then more than the seeds."""
+    notes = []
+    for m in sorted({r["method"] for r in runs}):
+        for label, part in _variants([r for r in runs if r["method"] == m and _is_default(r)]):
+            for d in sorted({r["dataset"] for r in part}):
+                seeds = [r["seed"] for r in part if r["dataset"] == d]
+                twice = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+                if twice:
+                    notes.append(f"{METHOD_NAMES.get(m, m)}{label} on {d}: seed(s) {', '.join(map(str, twice))} "
+                                 f"more than once")
+    return notes
 
 
 def table2(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
@@ -192,7 +248,7 @@ def _csv(records: list[dict]) -> str:
 
 def report(root: Path, out: Path | None = None, include_debug: bool = False) -> dict[str, Any]:
     """Write ``kd_report.md``, ``kd_table1.csv``, ``kd_table2.csv``; returns the tables' records."""
-    runs, failed, debug = collect(root, include_debug)
+    runs, failed, debug, arms = collect(root, include_debug)
     out = out or root
     h1, r1, rec1 = table1(runs)
     h2, r2, rec2 = table2(runs)
@@ -206,6 +262,12 @@ def report(root: Path, out: Path | None = None, include_debug: bool = False) -> 
           "## Table 2: impact of β and λ on DSC (HLFD)", "", _markdown(h2, r2), ""]
     if debug:
         md += [f"Left out: {debug} debug (fast_dev_run) run(s); `--all` includes them.", ""]
+    if arms:
+        md += [f"Left out: {arms} arm(s) of federated distillation runs (one site each; `python -m "
+               f"experiments.report` tables them).", ""]
+    twice = repeated_seeds(runs)
+    if twice:
+        md += ["Runs counted as seeds more than once: " + "; ".join(twice) + ".", ""]
     if failed:
         md += ["## Failed runs", "", _markdown(["run", "error", "overrides"],
                                                [[f["run"], f["error"], f["overrides"]] for f in failed]), ""]
@@ -224,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.root.is_dir():
         print(f"error: {args.root} is not a directory", file=sys.stderr)
         return 2
-    runs, failed, debug = collect(args.root, args.all)
+    runs, failed, debug, arms = collect(args.root, args.all)
+    if not runs and not failed and arms:
+        print(f"error: the {arms} run(s) under {args.root} are arms of federated distillations (one site each): "
+              f"python -m experiments.report tables them", file=sys.stderr)
+        return 2
     if not runs and not failed and debug:
         print(f"error: all {debug} run(s) under {args.root} are debug (fast_dev_run) runs, whose numbers are not "
               "results; --all includes them", file=sys.stderr)

@@ -94,6 +94,14 @@ def check_config(cfg: DictConfig) -> list[str]:
         raise ConfigError(f"distill.teacher.ckpt={given_teacher!r}: a federated distillation trains its teachers "
                           f"itself (stage 1 by federation, teacher_local at each site) and reads no teacher file; "
                           f"remove it (a finished stage 1 in the run folder is reused with resume=<run dir>)")
+    if OmegaConf.select(cfg, "distill.teacher.data", default=None):  # a review: ignored here without a word
+        raise ConfigError("distill.teacher.data: a federated distillation's teachers (stage 1 and teacher_local) "
+                          "train on each site's training split as its students do; give a site's budget as "
+                          "data.sites.<site>.train_cases (it applies to every arm) and remove distill.teacher.data")
+    target = str(OmegaConf.select(cfg, "federation.strategy._target_", default="") or "")
+    if target.rsplit(".", 1)[-1] == "DataSharing":  # its pool sends samples to the sites: not the stated boundary
+        raise ConfigError("federation/strategy=datashare sends shared samples to the sites; a federated distillation "
+                          "moves weights only (docs/distillation.md, privacy boundary): use fedavg, fedprox or fedbn")
     needs = [a for a in arms if a in ("hlfd_fed", *FED_ARMS)]
     if cfg.get("federation") is None and needs:
         raise ConfigError(f"fed_distill: arms {needs} need a federation config (add /federation: default)")
@@ -203,6 +211,7 @@ def site_cfg(cfg: DictConfig, site: str, arm: str, teacher_ckpt: Path | None = N
         new.exp_name = f"{cfg.get('exp_name', 'fed_distill')}_{site}_{arm}"
         new.distill.method = "none" if arm == "none" else ("teacher" if arm == "teacher_local" else str(cfg.distill.method))
         new.distill.teacher.ckpt = str(teacher_ckpt) if teacher_ckpt is not None else None
+        new.distill.arm, new.distill.site = arm, site  # in metrics.json: an arm is no seed of kd_report's methods
         new.print_per_case = False
     return new
 
@@ -214,7 +223,8 @@ def train_local_teacher(cfg: DictConfig) -> dict[str, Any]:
     tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), out, cfg.distill.teacher.get("max_epochs"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(tcfg)
-    metrics = train_and_test(tcfg, module=module, extra_metrics={"distill/method": "teacher_local"})
+    metrics = train_and_test(tcfg, module=module, extra_metrics={
+        "distill/method": "teacher_local", "distill/arm": "teacher_local", "distill/site": str(cfg.distill.get("site", ""))})
     save_state(module.net.state_dict(), out / "teacher.pt")
     return metrics
 

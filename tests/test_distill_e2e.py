@@ -98,3 +98,40 @@ def test_report_of_debug_runs_only_says_so(tmp_path, capsys):
 def test_report_without_runs_fails(tmp_path, capsys):
     assert kd_report.main([str(tmp_path)]) == 2  # a wrong folder: exit 2, as experiments.report
     assert "no distillation runs" in capsys.readouterr().err
+
+
+def test_runs_of_other_nets_protocols_or_sites_are_not_pooled_as_seeds(tmp_path):
+    """A review: ``distill=hlfd_dnet_unet`` (D-Net -> U-Net) runs were averaged into the paper's HLFD row with
+    UNet++ -> ResNet-18 ones, protocol a with protocol b, and a federated distillation's ``hlfd_local`` and
+    ``hlfd_fed`` arms of three sites counted as six seeds of one "HLFD"."""
+    for seed, dice in ((1, 0.50), (2, 0.52)):
+        _fake_run(tmp_path, f"paper_s{seed}", "hlfd", "kits", seed, dice, -0.2)
+    for seed, dice in ((1, 0.20), (2, 0.22)):
+        _fake_run(tmp_path, f"dnet_s{seed}", "hlfd", "kits", seed, dice, -0.2)
+        cfg = json.loads((tmp_path / f"dnet_s{seed}" / "config.yaml").read_text())
+        cfg["model"] = {"_target_": "segmentation_models_pytorch.Unet"}
+        cfg["distill"]["teacher"] = {"model": {"_target_": "lightning_modules.nets.dnet.DNet", "width": 32}}
+        (tmp_path / f"dnet_s{seed}" / "config.yaml").write_text(json.dumps(cfg))
+    _fake_run(tmp_path, "b_s1", "none", "kits", 1, 0.10, 0.0)
+    _fake_run(tmp_path, "a_s1", "none", "kits", 1, 0.40, 0.0)
+    write_json(tmp_path / "b_s1" / "metrics.json", {"distill/method": "none", "test/dice": 0.10,
+                                                   "distill/protocol": "b (all slices)"})
+    for site in ("site_a", "site_b"):
+        _fake_run(tmp_path / "fed" / "sites" / site, "hlfd_fed", "hlfd", "kits", 1, 0.9, 0.0)
+        metrics = json.loads((tmp_path / "fed" / "sites" / site / "hlfd_fed" / "metrics.json").read_text())
+        write_json(tmp_path / "fed" / "sites" / site / "hlfd_fed" / "metrics.json",
+                   {**metrics, "distill/arm": "hlfd_fed", "distill/site": site})
+    res = kd_report.report(tmp_path)
+    rows = {r["method"]: r for r in res["table1"] if r["dataset"] == "KiTS"}
+    hlfd = [m for m in rows if m.startswith("hlfd")]
+    assert len(hlfd) == 2 and sorted(rows[m]["dsc_mean"] for m in hlfd) == pytest.approx([21.0, 51.0])
+    assert any("teacher=DNet(width=32)" in m and "student=Unet" in m for m in hlfd)
+    none = sorted((m for m in rows if m.startswith("none")), key=lambda m: rows[m]["dsc_mean"])
+    assert [rows[m]["dsc_mean"] for m in none] == pytest.approx([10.0, 40.0]) and "protocol=b" in none[0]
+    assert all(rows[m]["n_seeds"] == 1 for m in none)
+    md = res["markdown"]
+    assert "Left out: 2 arm(s) of federated distillation runs" in md
+    _fake_run(tmp_path, "again_s1", "hlfd", "kits", 1, 0.51, -0.2)  # seed 1 made twice
+    assert "student=?] on KiTS: seed(s) 1 more than once" in kd_report.report(tmp_path)["markdown"]
+    only_arms = tmp_path / "fed"
+    assert kd_report.main([str(only_arms)]) == 2

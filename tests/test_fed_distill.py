@@ -193,7 +193,10 @@ def test_config_errors(tmp_path):
                       (["fed_distill.student_rounds=-1"], "fed_distill.student_rounds=-1"),
                       (["fed_distill.student_rounds=0"], "fed_distill.student_rounds=0"),
                       (["distill.teacher.ckpt=/nonexistent/teacher.ckpt"], "reads no teacher file"),
-                      (["fed_distill.keep_last_ckpt=no"], "fed_distill.keep_last_ckpt='no'")):
+                      (["fed_distill.keep_last_ckpt=no"], "fed_distill.keep_last_ckpt='no'"),
+                      # a review: ignored (the teachers trained on the sites' budgets), and a pool sent samples
+                      (["distill.teacher.data={train_cases:null}"], "give a site's budget as data.sites"),
+                      (["federation/strategy=datashare"], "a federated distillation moves weights only")):
         with pytest.raises(ConfigError, match=re.escape(said)):
             fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", *bad], tmp_path))
     assert fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", "fed_distill.student_rounds=2"], tmp_path))

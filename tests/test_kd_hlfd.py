@@ -175,3 +175,13 @@ def test_end_to_end_wiring_with_feature_tap():
     out["total_kd"].backward()
     assert all(p.grad is not None for p in student[:3].parameters())
     assert all(p.requires_grad and p.grad is None for p in teacher.parameters())
+
+
+def test_pixel_kl_of_one_channel_nets_is_the_sigmoids_two_class_kl():
+    """A review: ``log_softmax`` over a sigmoid net's single channel is 0, so every pixel KD term of a one-channel
+    teacher/student pair was 0. One channel z now means the two classes [σ(-z), σ(z)] (logits [0, z])."""
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    two = pixel_kl(torch.cat([torch.zeros_like(s), s], 1), torch.cat([torch.zeros_like(t), t], 1))
+    assert pixel_kl(s, t).item() == pytest.approx(two.item(), rel=1e-5) and two.item() > 0.05
+    assert pixel_kl(t, t).item() == pytest.approx(0.0, abs=1e-7)

@@ -205,3 +205,22 @@ def test_a_resumed_federated_distillation_keeps_how_its_finished_stages_trained(
         "data.batch_size=8 (the run's 4)"]
     assert differences({k: v for k, v in saved.items() if k != "fed_distill"}, ran,
                        resume_keys({"trainer": {}})) == []  # a plain run may be resumed to train longer
+
+
+def test_a_resumed_distillation_keeps_its_losses_protocol_and_the_sites_augmentation():
+    """A review: a resume with another ``module.loss`` (L_seg of every arm, and the teacher's when
+    ``distill.teacher.loss`` is null), another teacher loss, evaluation protocol or a site's augmentation reused
+    the finished stages trained with the old values, in one table."""
+    from engine.run_match import resume_keys
+
+    saved = {"distill": {"method": "hlfd", "teacher": {"loss": None}}, "fed_distill": {"arms": ["none"]},
+             "module": {"loss": {"base": {"gamma": 2.0}}, "eval_slices": "all"},
+             "data": {"sites": {"a": {"augment": True, "rotation_limit": 15.0}}}}
+    ran = {"distill": {"method": "hlfd", "teacher": {"loss": {"_target_": "x.Loss"}}}, "fed_distill": {"arms": ["none"]},
+           "module": {"loss": {"base": {"gamma": 0.0}}, "eval_slices": "foreground"},
+           "data": {"sites": {"a": {"augment": False, "rotation_limit": 15.0}}}}
+    found = differences(saved, ran, resume_keys(saved))
+    assert found == ["data.sites.a.augment=False (the run's True)",
+                     "distill.teacher.loss={'_target_': 'x.Loss'} (the run's None)",
+                     "module.loss.base={'gamma': 0.0} (the run's {'gamma': 2.0})",
+                     "module.eval_slices='foreground' (the run's 'all')"]

@@ -31,9 +31,11 @@ def test_teacher_trains_on_its_own_data_budget(tmp_path):
     assert student_budget.data.train_cases == 2 and teacher_data(student_budget).train_cases is None
     assert teacher_key(student_budget) == teacher_key(plain)       # one cached teacher for both students
     assert teacher_data(plain) is plain.data
-    bad = compose_run([*base, "distill.teacher.data={test_fraction:0.5}"], tmp_path)
-    with pytest.raises(ConfigError, match=r"distill.teacher.data may not change the split .*test_fraction"):
-        teacher_data(bad)
+    # a review: keys off the old refused list (case_pattern, case_shard, layout, target) changed the split or task
+    for key in ("test_fraction:0.5", "case_shard:[0,2]", "layout:lits", "target:organ"):
+        bad = compose_run([*base, f"distill.teacher.data={{{key}}}"], tmp_path)
+        with pytest.raises(ConfigError, match=rf"distill.teacher.data may set only train_cases.* not {key.split(':')[0]}"):
+            teacher_data(bad)
 
 
 def test_teacher_cache_key_follows_what_trains_the_teacher(tmp_path):
@@ -42,6 +44,7 @@ def test_teacher_cache_key_follows_what_trains_the_teacher(tmp_path):
     base = ["+exp=lits_hlfd", "logger=csv"]
     key = teacher_key(compose_run(base, tmp_path))
     for extra in (["module.optimizer.lr=0.5"], ["++trainer.gradient_clip_val=0.01"], ["trainer.precision=bf16-mixed"],
+                  ["module.loss.base.gamma=0.0"],  # a review: the teacher's L_seg (module.loss) was not in the key
                   ["trainer.limit_val_batches=2"], ["callbacks.model_checkpoint.monitor=val/loss"]):
         assert teacher_key(compose_run([*base, *extra], tmp_path)) != key, extra
     for cosmetic in (["trainer.log_every_n_steps=1"], ["trainer.num_sanity_val_steps=2"]):

@@ -22,6 +22,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_modules.losses.hybrid import class_log_probabilities
+
 # ----------------------------------------------------------------------------- roles
 STUDENT_EARLY = "student_early"  # Tensor [B,C,H,W]: z_early^s
 STUDENT_MID = "student_mid"  # list[Tensor]: z_mid_j^s, j = 1..N
@@ -137,7 +139,7 @@ def pixel_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float 
              size: Size2d | None = None) -> Tensor:
     """Per-pixel KD divergence ``T^2 * mean_pixels KL(p_t || p_s)`` (Hinton et al. 2015).
 
-    ``p = softmax(logits / T)`` over the class dimension; the divergence is the standard distillation
+    ``p = softmax(logits / T)`` over the class dimension (one channel: ``[σ(-z/T), σ(z/T)]``); the divergence is the standard distillation
     direction ``sum_k p_t (log p_t - log p_s)`` (teacher distribution first), summed over classes and
     averaged over batch and pixels, then scaled by ``T^2`` so gradient magnitudes do not shrink with
     ``T``.  The student logits are bilinearly resized to ``size`` (default: the teacher's size), the
@@ -149,7 +151,9 @@ def pixel_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float 
     size = spatial_size(teacher_logits) if size is None else tuple(size)
     s = resize(student_logits.float(), size)
     t = resize(teacher_logits.detach().float(), size)
-    log_ps = F.log_softmax(s / temperature, dim=1)
-    log_pt = F.log_softmax(t / temperature, dim=1)
+    # one channel is a sigmoid net's foreground logit: [log σ(-z/T), log σ(z/T)] (a review: log_softmax over one
+    # channel is 0, so every pixel KD term of a one-channel pair was 0 without a word)
+    log_ps = class_log_probabilities(s / temperature)
+    log_pt = class_log_probabilities(t / temperature)
     kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)  # [B, H, W]
     return kl.mean() * temperature ** 2
