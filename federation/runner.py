@@ -287,6 +287,10 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
     module, metrics = train_local(cfg, dm, state, int(_fed(cfg, "local_epochs", 1)), seed, terms, es,
                                   root_dir=str(store.root), module=module)
     new_state = {k: v.detach().cpu() for k, v in module.net.state_dict().items()}
+    bad = next((k for k, v in new_state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # before anything is stored: a diverged client leaves its state as the round found it
+        raise FloatingPointError(f"client {client_id}: local training gave non-finite weights ({bad}) in round "
+                                 f"{rnd + 1}; nothing of this round is kept")
     local_only = {k: v for k, v in new_state.items() if strategy.is_local(k)}
     reported = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("val/") and math.isfinite(v)}
     history = list(saved.get("history") or [])

@@ -326,6 +326,9 @@ class Server:
             raise FederationError(
                 f"round {rnd + 1}: only {len(updates)} of {len(sampled)} clients reported after a retry "
                 f"(federation.min_clients={min_clients}); failures: {failures}. Stopping: {kept}")
+        for cid in failures:  # a dropped client's round is not kept: what it stored goes (a review: a client
+            for store in self._client_stores():  # dropped for NaN weights kept its NaN BN, which then spoilt
+                store.rollback(cid, rnd)  # FedBN's server evaluation and stopped resume)
         for u in updates:
             assert_no_data(u, self.schema)
         new_state = self.strategy.aggregate(self.global_state, updates, rnd)
