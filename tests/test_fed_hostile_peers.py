@@ -86,6 +86,23 @@ def test_data_sharing_leaves_out_an_accuracy_outside_0_1():
     assert ds.allocation == {"a": 0, "c": 100}
 
 
+@pytest.mark.parametrize("mode", ["all", "none"])
+def test_data_sharing_without_accuracies_resumes(mode, tmp_path):
+    """A review: under ``mode=all`` / ``none`` clients with no validation split reported no accuracy, the strategy
+    kept NaN for them, and resume refused the run's own ``server.pt``. Only accuracies are kept; the allocation
+    (which needs none in these modes) still reaches every client."""
+    from federation.core.sharing import SharedPool
+    from federation.resume_checks import check_strategy_state
+
+    pool, _ = SharedPool.carve(100, 0.1, seed=0)
+    strategy = DataSharing(pool=pool, mode=mode, metric="acc")
+    glob = {"w": torch.zeros(3)}
+    strategy.aggregate(glob, [ClientUpdate(c, {"w": torch.ones(3)}, 10, {}) for c in ("0", "1")], 0)
+    state = strategy.state_dict()
+    assert state["accuracies"] == {} and set(state["allocation"]) == {"0", "1"}
+    check_strategy_state(state, DataSharing(pool=pool, mode=mode, metric="acc"), glob, ["0", "1"], tmp_path / "s.pt")
+
+
 # ------------------------------------------------------------------------------- through the Flower wire
 flwr = pytest.importorskip("flwr")
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
@@ -257,3 +274,4 @@ def test_a_node_the_superlink_answered_for_is_asked_its_site_again(grid):
     assert [u.client_id for u in updates] == ["a", "c"] and "b" in failures
     updates, failures = ex.map(None, _jobs())
     assert [u.client_id for u in updates] == ["a", "b", "c"] and not failures
+

@@ -60,7 +60,9 @@ class DataSharing(FedAvg):
         for u in finite:
             if self.mode != "part" or u.client_id not in silent:
                 reported[u.client_id] = float(u.metrics.get(self.metric, float("nan")))
-        self.accuracies.update(reported)
+        # only accuracies are kept: under none/all a client without one still takes part (its allocation needs
+        # no accuracy), and a NaN kept here made resume refuse the run's own server.pt (a review)
+        self.accuracies.update({c: a for c, a in reported.items() if 0.0 <= a <= 1.0})
         fresh = allocate_shared(reported, self.n_shared, self.mode)
         for cid, m in fresh.items():
             if self.reallocate_every_round or cid not in self.allocation:
