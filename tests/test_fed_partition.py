@@ -278,3 +278,20 @@ def test_multi_label_samples_without_a_finding_are_their_own_partition_label(tmp
     write_partition_report(tmp_path, labels, parts, ["a", "b"], None, "federation.core.partition.iid",
                            ["background", "liver", "spleen"])  # not multi-label: no class is invented
     assert "no finding" not in (tmp_path / "partition.md").read_text()
+
+
+def test_pathological_with_uneven_classes_covers_every_sample_once():
+    """A review: with a short class pool the spread's rounding gave a client more than it needed, and the
+    fallback then asked NumPy for a negative draw ("nsample must be nonnegative") at about a third of the seeds."""
+    import warnings
+
+    from federation.core.partition import pathological
+
+    for counts, clients in (([72, 66, 61, 79], 3), ([115, 99, 54, 20], 7)):
+        labels = np.repeat(np.arange(len(counts)), counts)
+        for seed in range(40):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "clients get fewer than 80 %": the short pool, said
+                parts = pathological(labels, clients, 2, seed=seed)
+            every = np.concatenate(parts)
+            assert sorted(every.tolist()) == list(range(len(labels))) and all(len(p) for p in parts), (counts, seed)

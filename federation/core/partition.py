@@ -159,7 +159,7 @@ def pathological(labels: np.ndarray, num_clients: int, k: int, major_fraction: f
             parts[i].append(pools[c][ptr[c]: ptr[c] + minor[i, c]])
             ptr[c] += minor[i, c]
     for i in rng.permutation(K):  # fallback (only when the other classes ran out): any class
-        short = s - sum(len(p) for p in parts[i])
+        short = max(s - sum(len(p) for p in parts[i]), 0)
         avail = np.array([len(p) for p in pools]) - ptr
         for c, t in enumerate(rng.multivariate_hypergeometric(avail, min(short, int(avail.sum())))):
             parts[i].append(pools[c][ptr[c]: ptr[c] + t])
@@ -183,6 +183,9 @@ def _spread(need: np.ndarray, avail: np.ndarray, allowed: np.ndarray, rng: np.ra
         x *= (col / np.maximum(x.sum(0), 1e-12))[None, :]
     x = np.minimum(x, need[:, None])
     out = np.floor(x + 1e-9).astype(np.int64)
+    for i in range(len(need)):  # the fitting caps cells, not rows: a row may sum past its need (a review: a
+        while out[i].sum() > need[i]:  # short class pool gave [27, 5, 27] for need [22, 18, 22], then a crash)
+            out[i, int(np.argmax(out[i]))] -= 1
     cap = avail.astype(np.int64) - out.sum(0)
     for i in rng.permutation(len(need)):
         for c in np.argsort(-(x[i] - out[i]), kind="stable"):
