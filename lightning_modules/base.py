@@ -52,7 +52,8 @@ _SMP_DEPRECATED = frozenset({"decoder_use_batchnorm", "psp_use_batchnorm", "upsc
 def _warn_ignored_keys(obj: Mapping, what: str) -> None:
     """segmentation-models-pytorch nets take ``**kwargs`` and ignore what they do not know: an experiment's
     ``model.width`` (a D-Net / UNet3+ argument) given to ``model=unet`` built a 24M-parameter U-Net without a
-    word, so a ``model=dnet,unet`` sweep compared nets 14x apart in size. Say so, once per build."""
+    word, so a ``model=dnet,unet`` sweep compared nets 14x apart in size. Say so, once per process (a federation
+    said it for every client in every round)."""
     target = str(obj.get("_target_", ""))
     if not target.startswith("segmentation_models_pytorch.") or str(obj.get("encoder_name", "")).startswith(("tu-", "timm-")):
         return  # a timm encoder takes the extra keys (drop_path_rate, ...)
@@ -61,9 +62,13 @@ def _warn_ignored_keys(obj: Mapping, what: str) -> None:
     except Exception:  # noqa: BLE001 - an unknown class is reported by the instantiation itself
         return
     ignored = sorted(k for k in obj if not k.startswith("_") and k not in params and k not in _SMP_DEPRECATED)
-    if ignored:
-        log.warning("%s: %s does not take %s; ignored", what, target,
-                    ", ".join(f"{k}={obj[k]!r}" for k in ignored))
+    said = (what, target, ", ".join(f"{k}={obj[k]!r}" for k in ignored))
+    if ignored and said not in _SAID:  # once per process: a federation builds the net for every client and round
+        _SAID.add(said)
+        log.warning("%s: %s does not take %s; ignored", *said)
+
+
+_SAID: set[tuple[str, str, str]] = set()
 
 
 #: a constructor called with arguments it does not take (a mistyped key, a checkpoint's config from elsewhere)
