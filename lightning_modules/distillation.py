@@ -231,7 +231,7 @@ class DistillationModule(SegmentationModule):
         with torch.no_grad():
             teacher_out = self.teacher(image)
         student_out = self.net(image)
-        seg = self.loss(student_out, mask)
+        seg = self.seg_loss(student_out, batch)
         terms = self.kd_loss(self.kd_inputs(batch, student_out, teacher_out))
         self.student_tap.clear(), self.teacher_tap.clear()
         for name, value in {"seg": seg, **terms}.items():

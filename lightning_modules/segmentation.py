@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_modules.base import BaseModule, build, to_plain
+from lightning_modules.base import BaseModule, build, is_argument_error, to_plain
 from lightning_modules.errors import ConfigError
 from lightning_modules.losses.hybrid import class_probabilities
 from lightning_modules.inference import main_head
@@ -119,10 +119,24 @@ class SegmentationModule(BaseModule):
             self.hparams["class_names"] = list(self.class_names)  # saved in the checkpoints, read by predict
 
     # ------------------------------------------------------------------ steps
+    def seg_loss(self, outputs: Any, batch: dict) -> torch.Tensor:
+        """L_seg of ``outputs`` against the batch's mask; a partially annotated batch (``label_mask``, paper 004)
+        gives the loss its mask (the marginal loss), and a loss that takes none is one :class:`ConfigError` (a
+        review: distillation dropped the mask silently in training and raised a TypeError in validation)."""
+        if "label_mask" not in batch:
+            return self.loss(outputs, batch["mask"])
+        try:
+            return self.loss(outputs, batch["mask"], label_mask=batch["label_mask"])
+        except TypeError as err:
+            if not is_argument_error(err):
+                raise
+            raise ConfigError(f"partially annotated data (federation.partial_labels) needs a loss that takes the "
+                              f"sites' label_mask (lightning_modules.losses.hybrid.HybridCEDiceLoss, the marginal "
+                              f"loss); {type(self.loss).__name__} does not") from None
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         outputs = self.net(batch["image"])
-        partial = {"label_mask": batch["label_mask"]} if "label_mask" in batch else {}  # marginal loss (004)
-        loss = self.loss(outputs, batch["mask"], **partial)
+        loss = self.seg_loss(outputs, batch)  # partial labels: the marginal loss (004)
         extra = self.extra_loss(batch_size=len(batch["mask"]))
         if extra is not None:
             loss = loss + extra
@@ -220,7 +234,7 @@ class SegmentationModule(BaseModule):
     def _evaluate(self, batch: dict, stage: str, cases: PerCaseConfusion) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
         logits = self.forward_eval(image, batch.get("pad_value"))
-        loss = self.loss(logits, mask, **({"label_mask": batch["label_mask"]} if "label_mask" in batch else {}))
+        loss = self.seg_loss(logits, batch)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(mask), sync_dist=True)
         prob = self.probabilities(logits)
         keep = torch.ones(len(mask), dtype=torch.bool, device=mask.device)

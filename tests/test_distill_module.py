@@ -250,3 +250,24 @@ def test_teacher_and_student_padding_to_other_sizes_is_refused_before_the_teache
     with pytest.raises(ConfigError, match="distillation at 80 x 80 px"):
         run_distillation(cfg)
     assert not list(tmp_path.rglob("*.ckpt"))  # no teacher was trained
+
+
+def test_partial_labels_reach_the_students_loss_or_are_refused_in_one_line():
+    """A review: the distillation step dropped a partially annotated batch's ``label_mask`` (L_seg treated the
+    organs a site does not label as background) and validation raised a bare TypeError. A loss that takes the
+    mask gets it; one that does not is a ConfigError naming it."""
+    from lightning_modules.errors import ConfigError
+
+    partial = {**batch(), "label_mask": torch.tensor([[True, True], [True, False]])}
+    module = make()
+    module.log = lambda *a, **k: None
+    with pytest.raises(ConfigError, match="needs a loss that takes the sites' label_mask.*DeepSupervisionLoss does"):
+        module.training_step(partial, 0)
+    marginal = make(loss={"_target_": "lightning_modules.losses.deep_supervision.DeepSupervisionLoss",
+                          "base": {"_target_": "lightning_modules.losses.hybrid.HybridCEDiceLoss"}})
+    marginal.log = lambda *a, **k: None
+    seen = {}
+    original = marginal.loss.forward
+    marginal.loss.forward = lambda *a, **k: seen.update(k) or original(*a, **k)
+    assert torch.isfinite(marginal.training_step(partial, 0))
+    assert torch.equal(seen["label_mask"], partial["label_mask"])
