@@ -63,10 +63,13 @@ def teacher_key(cfg: DictConfig) -> dict[str, Any]:
     and the checkpoint monitor that picks ``best.ckpt``, and the slice cache's format number. An audit found the key holding only the first four
     and the length: ``-m module.optimizer.lr=a,b`` reused the first run's teacher for the second."""
     t = cfg.distill.teacher
-    module = {k: v for k, v in _plain(cfg.module).items() if k in _segmentation_keys()}
-    trainer = {k: v for k, v in _plain(cfg.trainer).items() if k not in _COSMETIC_TRAINER_KEYS}
-    if t.get("max_epochs") is not None:
-        trainer["max_epochs"] = int(t.max_epochs)
+    as_trained = cfg
+    if t.get("max_epochs") is not None:  # the module resolved as the teacher trains (its scheduler's T_max is its
+        as_trained = copy.deepcopy(cfg)  # own length; a review: the student's epochs changed the key, a retrain)
+        with open_dict(as_trained):
+            as_trained.trainer.max_epochs = int(t.max_epochs)
+    module = {k: v for k, v in _plain(as_trained.module).items() if k in _segmentation_keys()}
+    trainer = {k: v for k, v in _plain(as_trained.trainer).items() if k not in _COSMETIC_TRAINER_KEYS}
     ckpt = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
     # the loss it trains with: distill.teacher.loss, else module.loss (a review: the key held the first only, and
     # module.loss is not among the module keys, so a teacher trained with another L_seg was reused)

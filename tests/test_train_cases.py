@@ -77,3 +77,13 @@ def test_a_preprocessing_fix_retires_cached_teachers(tmp_path, monkeypatch):
     before = distill.teacher_key(cfg)
     monkeypatch.setattr(distill, "CACHE_FORMAT", volumes.CACHE_FORMAT + 1)
     assert distill.teacher_key(cfg) != before and before["data_format"] == volumes.CACHE_FORMAT
+
+
+def test_a_teacher_of_its_own_length_is_one_teacher_whatever_the_students_length(tmp_path):
+    """A review: the key resolved the scheduler's ``T_max: ${trainer.max_epochs}`` against the student's epochs,
+    though the teacher trains (and anneals) over ``distill.teacher.max_epochs``: another student length retrained
+    the same teacher."""
+    base = ["+exp=lits_hlfd", "logger=csv", "distill.teacher.max_epochs=6"]
+    keys = [teacher_key(compose_run([*base, f"trainer.max_epochs={n}"], tmp_path)) for n in (3, 9)]
+    assert keys[0] == keys[1] and keys[0]["module"]["scheduler"]["T_max"] == 6
+    assert teacher_key(compose_run([*base[:2], "distill.teacher.max_epochs=7"], tmp_path)) != keys[0]
