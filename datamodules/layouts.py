@@ -140,6 +140,10 @@ def nnunet_classes(root: str | Path) -> dict[int, str]:
     """Label value -> class name from an nnU-Net v2 ``dataset.json`` (``{"name": value}``)."""
     path = Path(root) / "dataset.json"
     labels = _nnunet_json(Path(root))["labels"]
+    if isinstance(labels, dict) and "ignore" in labels:  # nnU-Net v2's sparse annotation: no class to learn
+        raise DataError(f"{path} \"labels\" has nnU-Net v2's \"ignore\" label ({labels['ignore']}): sparse "
+                        f"annotation is not supported here (it would be trained and scored as a class, and "
+                        f"target=organ would count it as organ)")
     try:
         return {int(v): str(k) for k, v in sorted(labels.items(), key=lambda kv: int(kv[1]))}
     except (TypeError, ValueError):

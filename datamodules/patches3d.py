@@ -127,6 +127,11 @@ class PatchVolumeDataModule(VolumeSegmentationDataModule):
             raise DataError(f"data.patch_size={list(patch_size)} must be three positive integers")
         self.patch_size = tuple(int(p) for p in patch_size)
         self.samples_per_volume, self.pos, self.neg = int(samples_per_volume), float(pos), float(neg)
+        if self.samples_per_volume < 1:  # a review: 0 was an IndexError in the first batch's collate
+            raise DataError(f"data.samples_per_volume={samples_per_volume}: at least one patch per volume")
+        if self.pos < 0 or self.neg < 0 or self.pos + self.neg <= 0:  # MONAI's ValueError was a traceback
+            raise DataError(f"data.pos={pos}, data.neg={neg}: the foreground/background patch ratio needs "
+                            f"non-negative values, not both 0")
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:

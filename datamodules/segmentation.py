@@ -195,6 +195,11 @@ class VolumeSegmentationDataModule(SliceDataModule):
         return out
 
     def _ct_normalised(self, cases: list[SliceCase]) -> list[SliceCase]:
+        multi = next((c for c in cases if np.asarray(c.image[0]).ndim > 2), None)
+        if multi is not None:  # [D, C, H, W]: one HU clip and z-score for every channel is no CT normalisation
+            raise DataError(f"data.normalization=ct takes one CT channel; case {multi.case_id} has "
+                            f"{np.asarray(multi.image[0]).shape[0]} (a review: it crashed on the mask); use "
+                            f"zscore (per case) or window")
         if self.ct_stats is None:
             train = set(self.make_splits(sorted(c.case_id for c in cases))["train"])
             chosen = [c for c in cases if c.case_id in train]

@@ -135,7 +135,8 @@ class PreprocessParams:
     normalization: str = "window"
 
     def __post_init__(self) -> None:
-        check_orientation(self.orientation)
+        # upper-cased here: nibabel takes "RAS", not "ras" (a review: "las" passed the check, then a traceback)
+        object.__setattr__(self, "orientation", check_orientation(self.orientation))
         if self.normalization not in NORMALIZATIONS:
             raise DataError(f"data.normalization={self.normalization!r} is not one of {list(NORMALIZATIONS)}")
 

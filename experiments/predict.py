@@ -37,6 +37,15 @@ from lightning_modules import targets
 from lightning_modules.inference import VolumePredictor
 
 
+
+def window_overlap(given: float | None, trained: Any) -> float:
+    """The sliding window's overlap: the command's, else the run's ``module.overlap``, else 0.5. A review: a run
+    trained with ``module.overlap=0`` was predicted at 0.5 (``0 or 0.5``)."""
+    if given is not None:
+        return float(given)
+    return 0.5 if trained.get("overlap") is None else float(trained["overlap"])
+
+
 def tta_axes(tta: Any, dims: int) -> tuple[int, ...]:
     """``tta``: ``true`` (flip every spatial axis), ``false``/``null`` (none) or a list of spatial axes."""
     if tta is True:
@@ -158,7 +167,7 @@ def predict(cfg: DictConfig) -> dict:
     # or a roi_size other than its patch size was tested with one window and predicted with another)
     trained = models.hparams
     roi = cfg.roi_size or ((trained.get("roi_size") or models.run_cfg.data.get("patch_size")) if dims == 3 else None)
-    overlap = cfg.overlap if cfg.get("overlap") is not None else float(trained.get("overlap") or 0.5)
+    overlap = window_overlap(cfg.get("overlap"), trained)
     axes = tta_axes(cfg.tta, dims)
     try:
         predictor = VolumePredictor(models.nets, dims, roi, overlap, cfg.mode, axes, cfg.batch_size,
