@@ -190,45 +190,56 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)
     if resumed_step is not None and trainer.is_global_zero:  # resumed: what was logged after the checkpoint
         forget_from(trainer.loggers, resumed_step)  # is logged again; only rank 0 writes the CSV log under DDP
-    log_run_facts(trainer, module, cfg)
-    if given is not None and not train:  # test-only: the checkpoint's weights, loaded strictly
-        load_strict(module, given["state_dict"],
-                    f"ckpt_path {ckpt_path} holds another model than module {type(module).__name__} builds")
+    elif cfg.get("resume") and ckpt_path is None and trainer.is_global_zero:  # stopped before its first checkpoint:
+        forget_from(trainer.loggers, 0)  # it starts afresh, so the stopped attempt's rows go (a review: twice)
+    try:
+        log_run_facts(trainer, module, cfg)
+        if given is not None and not train:  # test-only: the checkpoint's weights, loaded strictly
+            load_strict(module, given["state_dict"],
+                        f"ckpt_path {ckpt_path} holds another model than module {type(module).__name__} builds")
 
-    _, fit_seconds = fit_and_evaluate(trainer, module, datamodule, ckpt_path=ckpt_path, fit=train)
-    ckpt_cb = best_checkpoint_callback(trainer)
-    metrics: dict[str, Any] = {}
-    if cfg.get("test", True):
-        best = ckpt_cb.best_model_path if ckpt_cb is not None and train else ""
-        checked_ckpt(best, "best checkpoint", lazy=True)
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        metrics["test_checkpoint"] = best or (str(ckpt_path) if given is not None and not train else "last weights")
-    if hasattr(module, "summary_metrics"):
-        metrics.update(module.summary_metrics())
-    for cb in callbacks:  # e.g. callbacks.throughput: parameters, FLOPs, images/s, peak memory
-        metrics.update(getattr(cb, "summary", {}))
-    timer = next((c for c in trainer.callbacks if isinstance(c, FitTime)), None)
-    # across resumes: the stopped processes' training time (kept in the checkpoint) and this one's
-    metrics["fit_seconds"] = timer.total if timer is not None and train and timer.total is not None else fit_seconds
-    metrics["num_parameters"] = sum(p.numel() for p in module.net.parameters())
-    metrics.update(extra_metrics or {})
-    monitor = getattr(ckpt_cb, "monitor", None)
-    best_score = getattr(ckpt_cb, "best_model_score", None)
-    if train and monitor and best_score is not None:  # what a sweeper optimises: the best validation score
-        metrics.setdefault(f"{monitor}_best", float(best_score))  # BestMetric's where it ran (|RVD| aware)
-    if is_debug(cfg):
-        metrics["debug"] = True  # fast_dev_run: experiments.report leaves it out of its tables
-    if trainer.is_global_zero:
-        if getattr(module, "test_per_case", None):  # each test volume's scores, beside the summary
-            artifacts.write_case_csv(out / "test_per_case.csv", module.test_per_case)
-        artifacts.write_json(out / "metrics.json", metrics)
-        if on_tested is not None:
-            on_tested(module)
-        _report(cfg, module, metrics, trainer)
-    for lg in trainer.loggers:  # close the W&B run so its summary and config are written to disk
-        if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
-            lg.experiment.finish()
+        _, fit_seconds = fit_and_evaluate(trainer, module, datamodule, ckpt_path=ckpt_path, fit=train)
+        ckpt_cb = best_checkpoint_callback(trainer)
+        metrics: dict[str, Any] = {}
+        if cfg.get("test", True):
+            best = ckpt_cb.best_model_path if ckpt_cb is not None and train else ""
+            checked_ckpt(best, "best checkpoint", lazy=True)
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            metrics["test_checkpoint"] = best or (str(ckpt_path) if given is not None and not train else "last weights")
+        if hasattr(module, "summary_metrics"):
+            metrics.update(module.summary_metrics())
+        for cb in callbacks:  # e.g. callbacks.throughput: parameters, FLOPs, images/s, peak memory
+            metrics.update(getattr(cb, "summary", {}))
+        timer = next((c for c in trainer.callbacks if isinstance(c, FitTime)), None)
+        # across resumes: the stopped processes' training time (kept in the checkpoint) and this one's
+        metrics["fit_seconds"] = timer.total if timer is not None and train and timer.total is not None else fit_seconds
+        metrics["num_parameters"] = sum(p.numel() for p in module.net.parameters())
+        metrics.update(extra_metrics or {})
+        monitor = getattr(ckpt_cb, "monitor", None)
+        best_score = getattr(ckpt_cb, "best_model_score", None)
+        if train and monitor and best_score is not None:  # what a sweeper optimises: the best validation score
+            metrics.setdefault(f"{monitor}_best", float(best_score))  # BestMetric's where it ran (|RVD| aware)
+        if is_debug(cfg):
+            metrics["debug"] = True  # fast_dev_run: experiments.report leaves it out of its tables
+        if trainer.is_global_zero:
+            if getattr(module, "test_per_case", None):  # each test volume's scores, beside the summary
+                artifacts.write_case_csv(out / "test_per_case.csv", module.test_per_case)
+            artifacts.write_json(out / "metrics.json", metrics)
+            if on_tested is not None:
+                on_tested(module)
+            _report(cfg, module, metrics, trainer)
+    except BaseException:  # a review: a failed sweep job left its W&B run open and the next job logged
+        finish_wandb(trainer.loggers, exit_code=1)  # into it (Lightning reuses an open wandb.run)
+        raise
+    finish_wandb(trainer.loggers)  # its summary and config are written to disk
     return metrics
+
+
+def finish_wandb(loggers: list, exit_code: int = 0) -> None:
+    """Close the W&B runs among ``loggers`` (``exit_code`` 1: a failed run, marked so)."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
+            lg.experiment.finish(exit_code=exit_code)
 
 
 def _report(cfg: DictConfig, module: Any, metrics: dict, trainer: pl.Trainer) -> None:

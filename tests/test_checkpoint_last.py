@@ -77,3 +77,16 @@ def test_checkpoints_are_replaced_atomically_beside_their_target(tmp_path, monke
         trainer.save_checkpoint(ckpt_dir / "last.ckpt")
     assert load_checkpoint(ckpt_dir / "last.ckpt")["epoch"] == 1
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["last.ckpt"]
+
+
+def test_last_ckpt_follows_every_epoch_when_validation_runs_every_second_one(tmp_path):
+    """A review: with ``check_val_every_n_epoch=2`` last.ckpt was saved after validation only, so a 3-epoch run
+    ended with the weights of epoch 1 in it, and a stop or requeue lost up to n - 1 epochs."""
+    cfg = compose_run(["+exp=lits_dnet"], tmp_path)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    trainer = pl.Trainer(max_epochs=3, callbacks=[instantiate(cfg.callbacks.last_checkpoint)], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                         check_val_every_n_epoch=2)
+    trainer.fit(FallingScore(cfg.module.monitor), _loader(), _loader())
+    saved = load_checkpoint(ckpt_dir / "last.ckpt")
+    assert saved["epoch"] == 2 and saved["global_step"] == trainer.global_step
