@@ -3,7 +3,8 @@ and the report's bold best (:mod:`experiments.report`); free of Lightning so the
 from __future__ import annotations
 
 #: metric names where lower is better (|RVD| for the relative volume difference; surface distances in mm)
-LOWER_IS_BETTER = ("loss", "hd95", "hd", "hausdorff", "rvd", "asd", "assd", "error", "seconds", "peak_memory")
+LOWER_IS_BETTER = ("loss", "hd95", "hd", "hausdorff", "rvd", "asd", "assd", "error", "seconds", "peak_memory",
+                   "ece", "brier")  # calibration errors (a review: val/ece was taken as higher-is-better)
 
 
 def goal(key: str) -> str:

@@ -2,11 +2,15 @@
 one fix its storage needs here; :mod:`experiments.hydra_checks` calls them when a sweep starts."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-from engine.objective import test_objective_line
+from callbacks.metric_goal import goal
+from engine.objective import objective_key, test_objective_line
+
+log = logging.getLogger(__name__)
 
 
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -31,6 +35,13 @@ def sweep_config_line(config: DictConfig) -> str | None:
         shown = f"[{','.join(map(str, names))}]" if isinstance(direction, (list, tuple, ListConfig)) else direction
         return (f"hydra.sweeper.direction={shown} is not an Optuna direction: use "
                 f"{' or '.join(OPTUNA_DIRECTIONS)} (a list of them for several objectives)")
+    if len(names) == 1:  # a review: optimized_metric=val/loss_best with the shipped maximize was taken silently
+        key = objective_key(config)
+        wanted = "minimize" if goal(key) == "min" else "maximize"
+        if names[0] != wanted:
+            log.warning("hydra.sweeper.direction=%s but optimized_metric=%s improves the other way (%s, by its "
+                        "name): the search will select the worst trials; set hydra.sweeper.direction=%s unless "
+                        "the name misleads", names[0], key, goal(key), wanted)
     return None
 
 

@@ -139,3 +139,31 @@ def test_optimized_value_refuses_a_test_metric(tmp_path):
     cfg.optimized_metric = "test/dice"
     with pytest.raises(ConfigError, match="optimized_metric=test/dice is a test metric"):
         optimized_value(cfg, {"test/dice": 0.9, "val/dice_best": 0.7})
+
+
+def test_a_direction_against_the_objectives_goal_is_said(tmp_path, caplog):
+    """A review: ``optimized_metric=val/loss_best`` with the shipped ``direction: maximize`` selected the worst
+    trials without a word. The direction is compared with the metric's goal (by name): a warning."""
+    import logging
+
+    from experiments.optuna_checks import sweep_config_line
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.hydra_helpers import CONFIG_DIR
+
+    def with_sweeper(*overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("train", overrides=["+exp=lits_dnet", "hparams_search=lits_dnet_optuna", *overrides],
+                           return_hydra_config=True)
+
+    with caplog.at_level(logging.WARNING, logger="experiments.optuna_checks"):
+        assert sweep_config_line(with_sweeper("optimized_metric=val/loss_best")) is None
+    assert "hydra.sweeper.direction=maximize but optimized_metric=val/loss_best improves the other way" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="experiments.optuna_checks"):
+        sweep_config_line(with_sweeper())
+        sweep_config_line(with_sweeper("optimized_metric=val/loss_best", "hydra.sweeper.direction=minimize"))
+    assert "improves the other way" not in caplog.text
