@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -106,6 +107,30 @@ def _check_optimizer(optimizer: Any) -> None:
         raise ConfigError(f"module.optimizer ({optimizer.get('_target_')}): {err}") from err
 
 
+def _check_scheduler(scheduler: Any) -> None:
+    """Build the scheduler once on a dummy optimiser and step it: a misspelt argument or a value it cannot take
+    (``T_max=0``) is a :class:`ConfigError` naming it now (a review: a traceback at the first epoch, which also
+    stopped a sweep), not when ``configure_optimizers`` runs."""
+    if not isinstance(scheduler, (Mapping, DictConfig)):
+        return
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sched = build(scheduler, what="module.scheduler")(opt)
+            opt.step()
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(0.0)
+            else:
+                sched.step()
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, ZeroDivisionError) as err:
+        if isinstance(err, TypeError) and not is_argument_error(err):
+            raise
+        raise ConfigError(f"module.scheduler ({scheduler.get('_target_')}): {type(err).__name__}: {err}") from None
+
+
 def to_plain(cfg: Any) -> Any:
     """Plain-python copy of a (possibly Omega) config, safe for hparams and checkpoints."""
     if isinstance(cfg, DictConfig):
@@ -136,6 +161,7 @@ class BaseModule(pl.LightningModule):
             self.net = build(regulariser, what="regulariser")(self.net)
         self.optimizer_factory = optimizer
         _check_optimizer(optimizer)
+        _check_scheduler(scheduler)
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.monitor = monitor

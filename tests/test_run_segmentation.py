@@ -1,5 +1,6 @@
 """`+exp=lits_dnet` end to end through Hydra's compose API, predict, bad input, and the learning test."""
 import json
+import re
 import subprocess
 import sys
 
@@ -144,3 +145,20 @@ def test_a_plateau_schedule_steps_on_the_monitored_metric_and_a_reload_keeps_the
     conf = module.configure_optimizers()["lr_scheduler"]
     assert conf["monitor"] == "val/dice" and conf["interval"] == "step"
     assert module.hparams["scheduler_interval"] == "step" and module.hparams["roc_thresholds"] == 50
+
+
+@pytest.mark.parametrize("override, said", [
+    ("++module.scheduler.T_mx=5", "'T_mx'"),
+    ("module.scheduler.T_max=0", "ZeroDivisionError"),
+])
+def test_a_scheduler_it_cannot_build_or_step_is_one_line(tmp_path, override, said):
+    """A review: a misspelt scheduler argument or ``T_max=0`` was a traceback at the first epoch (exit 1, no
+    failed.json), and in a sweep it stopped the sweep; the module now builds and steps it once when it is made."""
+    from engine.builders import build_module
+    from engine.errors import find_user_error
+
+    cfg = compose_run([*TINY, override], tmp_path)
+    with pytest.raises(Exception) as info:
+        build_module(cfg)
+    err = find_user_error(info.value)  # what experiments.run prints as its one line (exit 2)
+    assert err is not None and re.search(rf"module.scheduler \(torch.optim.lr_scheduler.\w+\): .*{said}", str(err))
