@@ -16,10 +16,23 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 
+#: what the 2D nets' encoders downsample by: batches of mixed sizes are padded to a multiple of it
+MULTIPLE = 32
+
+
+def pad_slices(x: torch.Tensor, fill: float, multiple: int = MULTIPLE) -> torch.Tensor:
+    """``[..., h, w]`` padded at the bottom/right to multiples of ``multiple`` with ``fill``, as a training batch
+    of that size is (:class:`PadCollate`): what predict feeds a 2D net (a review: it fed unpadded slices, which
+    the nets zero-padded, and 0 is not air after ``out_range=[-1, 1]`` or a z-score)."""
+    h, w = x.shape[-2:]
+    ph, pw = -(-h // multiple) * multiple - h, -(-w // multiple) * multiple - w
+    return F.pad(x, (0, pw, 0, ph), value=float(fill)) if ph or pw else x
+
+
 class PadCollate:
     """``collate_fn`` padding ``image [C, H, W]`` / ``mask [H, W]`` to one size per batch."""
 
-    def __init__(self, multiple: int = 32, fill: float = 0.0) -> None:
+    def __init__(self, multiple: int = MULTIPLE, fill: float = 0.0) -> None:
         self.multiple, self.fill = int(multiple), float(fill)
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:

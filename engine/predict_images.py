@@ -17,9 +17,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from datamodules.collate import pad_slices
 from datamodules.errors import DataError
 from datamodules.folder2d import EXTENSIONS, strip_suffix
 from engine.predict import PREDICT_SIGNATURE, refuse_input_folder, refuse_overwrite
@@ -30,8 +30,6 @@ from lightning_modules.metrics import case_scores, confusion_matrix
 
 __all__ = ["ImageCase", "is_image", "plan_images", "predict_image", "save_png", "score_image"]
 
-#: what the 2D nets' encoders downsample by (training batches of mixed sizes are padded to it: PadCollate)
-MULTIPLE = 32
 
 
 def is_image(p: Path) -> bool:
@@ -117,9 +115,7 @@ def predict_image(case: ImageCase, dm, predictor: VolumePredictor, threshold: fl
     """uint8 class indices ``[H, W]`` on the file's own pixel grid."""
     x, shape = dm.preprocess_image(case.image)                                   # [1, 1, h, w]
     h, w = x.shape[-2:]
-    ph, pw = -(-h // MULTIPLE) * MULTIPLE - h, -(-w // MULTIPLE) * MULTIPLE - w
-    padded = F.pad(x, (0, pw, 0, ph), value=float(dm.fill_value())) if ph or pw else x
-    prob = predictor.probabilities(padded)[..., :h, :w]                          # [1, K, h, w]
+    prob = predictor.probabilities(pad_slices(x, dm.fill_value()))[..., :h, :w]  # [1, K, h, w]
     source = torch.from_numpy(dm.restore_image_probabilities(prob, shape))      # [K, H, W]
     return VolumePredictor.labels(source, threshold, class_dim=0).numpy().astype(np.uint8)
 

@@ -56,3 +56,33 @@ def test_predict_keeps_a_trained_overlap_of_zero():
 
     assert window_overlap(None, {"overlap": 0.0}) == 0.0  # it was `0 or 0.5`
     assert window_overlap(None, {}) == 0.5 and window_overlap(0.25, {"overlap": 0.0}) == 0.25
+
+
+def test_predict_pads_2d_slices_as_training_batches_are():
+    """A review: predict fed a 2D net a volume's slices unpadded (200 x 184), which the net zero-padded, while
+    training and test pad to a multiple of 32 with the data's air (-1 under out_range [-1, 1]): 1,850 voxels of
+    one case were labelled otherwise than the test step labels them. Predict now pads as PadCollate does."""
+    import torch
+
+    from engine.predict import _labels_on_source_grid
+
+    seen = {}
+
+    class Predictor:
+        spatial_dims = 2
+
+        def probabilities(self, x, on_device=False):
+            seen["x"] = x
+            return torch.zeros(x.shape[0], 2, *x.shape[-2:])
+
+    class Data:
+        def fill_value(self):
+            return -1.0
+
+        def restore_labels(self, prob, grid, to_labels, with_probabilities):
+            return prob
+
+    x = torch.zeros(3, 1, 40, 37)
+    prob = _labels_on_source_grid(x, None, Data(), Predictor(), None, False, False)
+    assert tuple(seen["x"].shape) == (3, 1, 64, 64) and tuple(prob.shape) == (3, 2, 40, 37)
+    assert bool((seen["x"][..., 40:, :] == -1).all()) and bool((seen["x"][..., :40, :37] == 0).all())
