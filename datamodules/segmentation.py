@@ -40,6 +40,18 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def checked_source_classes(value: Any, what: str) -> dict[int, str]:
+    """Label value -> class name, as a checkpoint or config carries it: a :class:`DataError` naming ``what`` for
+    anything else (a checkpoint from elsewhere is data)."""
+    try:
+        out = {int(k): str(v) for k, v in dict(value).items()}
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must map label values to class names, got {str(value)[:200]}") from None
+    if not out or not all(0 <= k < 256 for k in out) or 0 not in out:
+        raise DataError(f"{what}={out}: label values in [0, 255], background 0 included")
+    return out
+
+
 class VolumeSegmentationDataModule(SliceDataModule):
     """Axial-slice segmentation from NIfTI volumes (layouts ``lits``, ``kits``, ``msd``, ``covid_stack``).
 
@@ -67,7 +79,7 @@ class VolumeSegmentationDataModule(SliceDataModule):
                  synthetic: Mapping[str, Any] | None = None, stack_group_size: int = 1,
                  orientation: str | None = "RAS", spacing: Sequence[float] | None = None,
                  normalization: str = "window", ct_stats: Sequence[float] | None = None, train_cases: int | None = None,
-                 class_names: Sequence[str] | None = None) -> None:
+                 class_names: Sequence[str] | None = None, source_classes: Mapping[Any, str] | None = None) -> None:
         super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
                          rotation_limit, train_slices, train_cases)
         self.root, self.layout, self.target = Path(root), layout, target
@@ -84,6 +96,7 @@ class VolumeSegmentationDataModule(SliceDataModule):
         self.normalization = normalization
         self.ct_stats = None if ct_stats is None else tuple(float(v) for v in ct_stats)
         self.declared_names = None if class_names is None else [str(n) for n in class_names]
+        self.source_classes = None if not source_classes else checked_source_classes(source_classes, "data.source_classes")
 
     def prepare_data(self) -> None:
         self._ensure_data()
@@ -120,7 +133,11 @@ class VolumeSegmentationDataModule(SliceDataModule):
 
     @property
     def classes(self) -> dict[int, str]:
-        """Declared label values -> names of the source data (before ``target`` mapping)."""
+        """Declared label values -> names of the source data (before ``target`` mapping); an msd / nnU-Net run's
+        are kept in its checkpoints (``source_classes``), so predict needs no ``dataset.json`` of the training data
+        (a review: predict failed at the first case once the training folder was gone)."""
+        if self.source_classes is not None:
+            return dict(self.source_classes)
         if self.layout in ("msd", "nnunet"):
             self._ensure_data()
         return layout_classes(self.root, self.layout)
@@ -214,14 +231,19 @@ class VolumeSegmentationDataModule(SliceDataModule):
         """What every checkpoint keeps of the data (Lightning stores it under the class name): with
         ``normalization=ct`` the training foreground statistics as plain floats, so that predict on new
         volumes normalises them exactly as training did (:meth:`preprocess_volume`)."""
+        out: dict[str, Any] = {}
         if self.normalization == "ct" and self.ct_stats is not None:
-            return {"ct_stats": [float(v) for v in self.ct_stats]}
-        return {}
+            out["ct_stats"] = [float(v) for v in self.ct_stats]
+        if self.layout in ("msd", "nnunet"):  # the dataset.json's label values: predict reads no training folder
+            out["source_classes"] = {str(k): str(v) for k, v in self.classes.items()}
+        return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Take a checkpoint's CT statistics unless this datamodule already has its own."""
+        """Take a checkpoint's CT statistics and source classes unless this datamodule already has its own."""
         if state.get("ct_stats") is not None and self.ct_stats is None:
             self.ct_stats = checked_ct_stats(state["ct_stats"], "the checkpoint's datamodule state ct_stats")
+        if state.get("source_classes") and self.source_classes is None:
+            self.source_classes = checked_source_classes(state["source_classes"], "the checkpoint's source_classes")
 
     def preprocess_volume(self, path: str | Path | Sequence[Path]) -> tuple[torch.Tensor, GridMeta]:
         """A NIfTI (or one file per channel) through the same pipeline as training:

@@ -24,6 +24,7 @@ from pytorch_lightning.loggers import WandbLogger
 from callbacks.fit_time import FitTime
 from datamodules.errors import DataError
 from datamodules.intensity import checked_ct_stats
+from datamodules.segmentation import checked_source_classes
 from engine import artifacts
 from engine.builders import (
     build_callbacks,
@@ -115,9 +116,12 @@ def check_data_states(ckpt: Mapping[str, Any], path: str | Path) -> None:
     normalisation statistics) are checked before a datamodule or predict takes them: one
     :class:`CheckpointError` naming the file and the key, not a ``ValueError`` from inside Lightning's restore."""
     for key, state in ckpt.items():
-        if isinstance(state, Mapping) and "ct_stats" in state:
+        if isinstance(state, Mapping) and ("ct_stats" in state or "source_classes" in state):
             try:
-                checked_ct_stats(state["ct_stats"], f"{key}.ct_stats")
+                if "ct_stats" in state:
+                    checked_ct_stats(state["ct_stats"], f"{key}.ct_stats")
+                if "source_classes" in state:
+                    checked_source_classes(state["source_classes"], f"{key}.source_classes")
             except DataError as err:
                 raise CheckpointError(f"checkpoint {path}: {err}") from err
 

@@ -65,7 +65,11 @@ class Models:
                                   f"{self.data_key}.normalization=ct: set {self.data_key}.ct_stats=[lo, hi, mean, "
                                   f"std] in the run config (the training run printed them); predict never computes "
                                   f"them from a data folder")
-        return {} if stats is None or self.run_cfg.data.get("ct_stats") is not None else {"ct_stats": list(stats)}
+        out = {} if stats is None or self.run_cfg.data.get("ct_stats") is not None else {"ct_stats": list(stats)}
+        classes = self.data_state.get("source_classes")  # an msd / nnU-Net run's labels: no dataset.json needed
+        if classes and self.run_cfg.data.get("layout") in ("msd", "nnunet"):
+            out["source_classes"] = dict(classes)
+        return out
 
 
 def read_run_config(path: Path) -> DictConfig:
@@ -206,7 +210,8 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
     for path in map(Path, ckpts):
         ckpt = load_checkpoint(path)
         # Lightning keeps the datamodule's state_dict() under its class name (CT normalisation statistics)
-        data_states.append({k: dict(v) for k, v in ckpt.items() if isinstance(v, dict) and "ct_stats" in v})
+        data_states.append({k: dict(v) for k, v in ckpt.items()
+                            if isinstance(v, dict) and ("ct_stats" in v or "source_classes" in v)})
         check_data_states(ckpt, path)
         hp = dict(ckpt.get("hyper_parameters") or {})
         if "task" in hp or ("state_dict" in ckpt and "eval_slices" not in hp):

@@ -86,3 +86,38 @@ def test_predict_pads_2d_slices_as_training_batches_are():
     prob = _labels_on_source_grid(x, None, Data(), Predictor(), None, False, False)
     assert tuple(seen["x"].shape) == (3, 1, 64, 64) and tuple(prob.shape) == (3, 2, 40, 37)
     assert bool((seen["x"][..., 40:, :] == -1).all()) and bool((seen["x"][..., :40, :37] == 0).all())
+
+
+def test_predict_of_an_msd_run_needs_no_training_folder(tmp_path):
+    """A review: predict of an msd / nnU-Net run read the class values from the training folder's dataset.json
+    and failed at the first case once that folder was gone (another machine, a handed-over run); the checkpoint
+    now keeps them (``source_classes``)."""
+    import shutil
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from datamodules.synthetic import write_phantom_dataset
+    from experiments.predict import predict
+    from experiments.run import dispatch
+    from tests.hydra_helpers import compose_run
+    from tests.volumetric_helpers import TINY_3D
+
+    root = tmp_path / "Task_msd"
+    write_phantom_dataset(root, layout="msd", n_cases=5, shape=(32, 32, 8), seed=0)
+    cfg = compose_run([*TINY_3D, f"data.root={root}", "data.layout=msd", "+data.synthetic.layout=msd",
+                       "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+                       "test=false", "logger=csv"], tmp_path)
+    dispatch(cfg)
+    (tmp_path / "run" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # as experiments.run does
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = next(v for v in torch.load(ckpt, weights_only=True).values() if isinstance(v, dict) and "source_classes" in v)
+    assert state["source_classes"]["0"] == "background"
+    write_phantom_dataset(tmp_path / "new", layout="msd", n_cases=1, shape=(32, 32, 8), seed=5)
+    volume = sorted((tmp_path / "new" / "imagesTr").glob("*.nii.gz"))[0]
+    shutil.rmtree(root)  # the training data is not where predict runs
+    out = tmp_path / "seg.nii.gz"
+    predict(OmegaConf.create(dict(labels=None, run_config=None, batch_size=8, roi_size=None, overlap=None,
+                                  mode="gaussian", tta=False, nsd_tolerance_mm=1.0, device="cpu", ckpt=str(ckpt),
+                                  input=str(volume), output=str(out))))
+    assert out.is_file()
