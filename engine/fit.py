@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from types import SimpleNamespace
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +38,7 @@ from engine.builders import (
 from engine.loggers import forget_from
 from engine.run_match import TEST_ONLY, differences, saved_config
 from engine.tracking import log_run_facts
-from lightning_modules.checkpoints import load_checkpoint, load_strict, stored_net_cfg
+from lightning_modules.checkpoints import load_checkpoint, load_strict, state_mismatch, stored_net_cfg
 from lightning_modules.errors import CheckpointError, ConfigError
 from lightning_modules.targets import check_targets
 from engine.wandb_tracking import write_summary
@@ -179,15 +180,21 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     if given is not None and not train and module is None:
         cfg = test_only_cfg(cfg, given, str(ckpt_path))
         artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # the net tested
-    resumed_step = None
+    resumed_step, shapes = None, None
     if given is not None and train:
         check_trainer_state(given, str(ckpt_path))
+        shapes = {k: SimpleNamespace(shape=tuple(v.shape)) for k, v in (given.get("state_dict") or {}).items()
+                  if hasattr(v, "shape")}  # compared with the module once it is built
         resumed_step, given = int(given.get("global_step", 0)), None  # no mapped view of a file Lightning rewrites
     datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     check_datamodule(datamodule)
     module = build_module(cfg) if module is None else module
+    why = state_mismatch(module.state_dict(), shapes) if shapes else ""
+    if why:  # a review: Lightning's strict load was a 55-line traceback (exit 1, no failed.json)
+        raise CheckpointError(f"ckpt_path {ckpt_path} holds another model than module {type(module).__name__} "
+                              f"builds: {why}")
     callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
     if not loggers:  # `~logger`: nothing records the learning rate, and Lightning refuses the monitor
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]

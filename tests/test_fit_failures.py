@@ -35,3 +35,16 @@ def test_resume_true_before_the_first_checkpoint_starts_its_csv_afresh(tmp_path)
     dispatch(compose_run([*DIGITS, "logger=csv", "resume=true"], tmp_path))
     text = (run / "csv" / "metrics.csv").read_text()
     assert "9.875" not in text and "train/loss" in text
+
+
+def test_training_on_from_a_checkpoint_of_another_net_is_one_line(tmp_path):
+    """A review: ``ckpt_path=<run>/checkpoints/best.ckpt`` with ``model.width=16`` on a width-4 run (train on from
+    it) was Lightning's 55-line strict-load traceback, exit 1, no failed.json."""
+    from lightning_modules.errors import CheckpointError
+
+    dispatch(compose_run([*DIGITS, "logger=csv", "test=false"], tmp_path / "a"))
+    ckpt = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=r"holds another model than module ClassificationModule builds: .*"
+                                              r"of another shape"):
+        dispatch(compose_run([*DIGITS[:1], "model.width=16", *DIGITS[2:], "logger=csv", f"ckpt_path={ckpt}",
+                              "trainer.max_epochs=2"], tmp_path / "b"))
