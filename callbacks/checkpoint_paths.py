@@ -54,6 +54,32 @@ def confine_state(state: dict[str, Any], folder: str | Path | None, where: str) 
     return dropped
 
 
+def rebase_moved(state: dict[str, Any], folder: str | Path | None) -> bool:
+    """A run folder moved (or copied) since the checkpoint was written: each restored path that named a file of
+    the old ``dirpath`` names the file of that name in ``folder`` when it is there, and ``dirpath`` becomes
+    ``folder``, so Lightning restores the best score instead of starting over (a review: the first epoch after
+    the resume was the "best", saved as ``best-v1.ckpt`` and tested). True when it rebased."""
+    old = state.get("dirpath")
+    if folder is None or not isinstance(old, str) or "://" in old or Path(old) == Path(folder):
+        return False
+    def moved(value: Any) -> str | None:
+        if not isinstance(value, str) or not value or "://" in value or Path(value).parent != Path(old):
+            return None
+        there = Path(folder) / Path(value).name
+        return str(there) if there.is_file() else None
+    best = moved(state.get("best_model_path"))
+    if best is None:  # another run's checkpoint (ckpt_path=): its bests are not this run's
+        return False
+    for key in PATH_KEYS:
+        if state.get(key):
+            state[key] = moved(state[key]) or ""
+    if isinstance(state.get("best_k_models"), dict):
+        state["best_k_models"] = {moved(p): v for p, v in state["best_k_models"].items() if moved(p)}
+    state["dirpath"] = str(folder)
+    log.info("checkpoint paths of %s restored in its new folder %s", old, folder)
+    return True
+
+
 class ConfineCheckpointPaths(pl.Callback):
     """At ``on_load_checkpoint`` (Lightning calls every callback's before any ``load_state_dict``) each restored
     ``ModelCheckpoint`` state keeps only paths inside that callback's ``dirpath``; a state no callback of
@@ -67,4 +93,5 @@ class ConfineCheckpointPaths(pl.Callback):
         folders = {cb.state_key: cb.dirpath for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)}
         for key, state in states.items():
             if isinstance(state, dict) and any(k in state for k in (*PATH_KEYS, "best_k_models")):
+                rebase_moved(state, folders.get(key))
                 confine_state(state, folders.get(key), f"checkpoint callback state {key}")

@@ -48,3 +48,31 @@ def test_training_on_from_a_checkpoint_of_another_net_is_one_line(tmp_path):
                                               r"of another shape"):
         dispatch(compose_run([*DIGITS[:1], "model.width=16", *DIGITS[2:], "logger=csv", f"ckpt_path={ckpt}",
                               "trainer.max_epochs=2"], tmp_path / "b"))
+
+
+def test_a_moved_run_resumes_with_its_best_checkpoint(tmp_path):
+    """A review: resuming a run folder that was moved reset Lightning's best-checkpoint tracking (its restored
+    paths name the old folder), so the first epoch after the resume became the "best", was saved as
+    best-v1.ckpt and tested. The paths are rebased on the new folder when its files are there."""
+    import json
+    import shutil
+
+    from lightning_modules.safe_load import load_checkpoint
+
+    first = compose_run([*DIGITS, "logger=csv", "trainer.max_epochs=2", "test=false"], tmp_path / "a")
+    dispatch(first)
+    moved = tmp_path / "moved"
+    shutil.move(str(tmp_path / "a" / "run"), moved)
+    (moved / "config.yaml").write_text(__import__("omegaconf").OmegaConf.to_yaml(first, resolve=True))
+    best_before = load_checkpoint(moved / "checkpoints" / "best.ckpt")["epoch"]
+    cfg = compose_run([*DIGITS, "logger=csv", "trainer.max_epochs=3", "resume=true"], tmp_path / "b")
+    with __import__("omegaconf").open_dict(cfg):
+        cfg.paths.output_dir = str(moved)
+        cfg.callbacks.model_checkpoint.dirpath = str(moved / "checkpoints")
+        cfg.callbacks.last_checkpoint.dirpath = str(moved / "checkpoints")
+    dispatch(cfg)
+    names = sorted(p.name for p in (moved / "checkpoints").iterdir())
+    assert names == ["best.ckpt", "last.ckpt"], names  # no best-v1.ckpt of a reset tracker
+    tested = json.loads((moved / "metrics.json").read_text())["test_checkpoint"]
+    assert tested == str(moved / "checkpoints" / "best.ckpt")
+    assert load_checkpoint(moved / "checkpoints" / "best.ckpt")["epoch"] >= best_before
