@@ -91,7 +91,16 @@ class ConfineCheckpointPaths(pl.Callback):
         if not isinstance(states, dict):
             return
         folders = {cb.state_key: cb.dirpath for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)}
+        elsewhere = False
         for key, state in states.items():
             if isinstance(state, dict) and any(k in state for k in (*PATH_KEYS, "best_k_models")):
-                rebase_moved(state, folders.get(key))
-                confine_state(state, folders.get(key), f"checkpoint callback state {key}")
+                folder = folders.get(key)
+                if not rebase_moved(state, folder) and state.get("best_model_path") and folder is not None \
+                        and str(state.get("dirpath")) != str(folder):
+                    elsewhere = True
+                confine_state(state, folder, f"checkpoint callback state {key}")
+        if elsewhere:  # another run's checkpoint (ckpt_path=): its best-of values are not this run's best.ckpt's
+            for key in [k for k in states if str(k).split("{", 1)[0] == "BestMetric"]:
+                states.pop(key)
+                log.warning("ckpt_path from another run's folder: its val/*_best values are not carried over "
+                            "(this run's best checkpoint starts afresh)")

@@ -76,3 +76,35 @@ def test_a_moved_run_resumes_with_its_best_checkpoint(tmp_path):
     tested = json.loads((moved / "metrics.json").read_text())["test_checkpoint"]
     assert tested == str(moved / "checkpoints" / "best.ckpt")
     assert load_checkpoint(moved / "checkpoints" / "best.ckpt")["epoch"] >= best_before
+
+
+
+def test_training_on_from_another_runs_checkpoint_drops_its_best_of_values(tmp_path):
+    """A review: with ``ckpt_path=<run A>/checkpoints/last.ckpt`` a new run reported run A's ``val/*_best`` (the
+    sweep objective) while its checkpoint tracker restarted and it tested its own best.ckpt. A moved run keeps
+    them (its best.ckpt is found in the new folder)."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from callbacks.checkpoint_paths import ConfineCheckpointPaths
+
+    here = tmp_path / "b" / "checkpoints"
+    here.mkdir(parents=True)
+    cb = ModelCheckpoint(dirpath=str(here), filename="best", monitor="val/acc", mode="max")
+    trainer = SimpleNamespace(callbacks=[cb])
+
+    def checkpoint(old: Path) -> dict:
+        return {"callbacks": {cb.state_key: {"dirpath": str(old), "best_model_path": str(old / "best.ckpt"),
+                                             "best_model_score": 0.99, "best_k_models": {}},
+                              "BestMetric": {"val/acc": [0.99, 1]}}}
+
+    other = checkpoint(tmp_path / "a" / "checkpoints")
+    ConfineCheckpointPaths().on_load_checkpoint(trainer, None, other)
+    assert "BestMetric" not in other["callbacks"]
+    (here / "best.ckpt").write_bytes(b"")  # the same run, moved: its files are here
+    moved = checkpoint(tmp_path / "old_place" / "checkpoints")
+    ConfineCheckpointPaths().on_load_checkpoint(trainer, None, moved)
+    state = moved["callbacks"][cb.state_key]
+    assert "BestMetric" in moved["callbacks"] and state["best_model_path"] == str(here / "best.ckpt")
+    assert state["dirpath"] == cb.dirpath
