@@ -143,12 +143,14 @@ def canonical_override(text: str) -> str:
         return text
 
 
-def continue_command(overrides: Iterable[str], run: Path | str) -> str:
+def continue_command(overrides: Iterable[str], run: Path | str, resume: bool = True) -> str:
     """The shell command that continues the run in ``run``: ``overrides`` (less those a resume must not
-    repeat), each quoted for a POSIX shell (``data.window=[-40,160]`` is a glob there), then ``resume=<run>``."""
+    repeat), each quoted for a POSIX shell (``data.window=[-40,160]`` is a glob there), then ``resume=<run>``
+    (without it, ``resume=False``: the command that runs it again from the start)."""
     kept = [str(o) for o in overrides if not str(o).lstrip("+~").startswith(_NOT_REPEATED)]
     kept = [o for o in kept if not o.startswith("-")]  # never a flag: the command is overrides + resume= only
-    return " ".join(["python -m experiments.run", *(shlex.quote(a) for a in [*kept, f"resume={run}"])])
+    tail = [f"resume={run}"] if resume else []
+    return " ".join(["python -m experiments.run", *(shlex.quote(a) for a in [*kept, *tail])])
 
 
 def _plain(cfg: Any, key: str) -> Any:

@@ -144,8 +144,12 @@ def main(cfg: DictConfig) -> float | None:
 def _interrupted(out: Path, signame: str) -> None:
     """One line with the command that continues the run, exit 128 + the signal (a walkthrough: Ctrl-C in a
     sequential or Ray federation ended in Lightning's exit 1 and no such line, where SIGTERM gave one)."""
-    again = continue_command(HydraConfig.get().overrides.task, out)
-    print(f"error: interrupted by {signame}; continue with: {again}", file=sys.stderr)
+    task = HydraConfig.get().overrides.task
+    if resumable(str(out)):
+        print(f"error: interrupted by {signame}; continue with: {continue_command(task, out)}", file=sys.stderr)
+    else:  # a review: the suggested resume=<dir> was refused (nothing saved yet to continue)
+        print(f"error: interrupted by {signame} before anything was saved to continue; run it again: "
+              f"{continue_command(task, out, resume=False)}", file=sys.stderr)
     sys.exit(128 + int(getattr(signal, signame)))
 
 
