@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PIXELS", "SOURCE", "RESUME", "DISTILL", "FED_DISTILL", "TEST_ONLY", "resume_keys", "saved_config",
            "differences", "debug_difference",
-           "saved_overrides", "continue_command"]
+           "saved_overrides", "continue_command", "holds_run", "interrupted_line"]
 
 #: data keys that decide what the net sees of an image: a checkpoint is only meaningful with the same ones
 PIXELS = ("window", "out_range", "image_size", "spacing", "orientation", "normalization", "in_channels",
@@ -141,6 +141,22 @@ def canonical_override(text: str) -> str:
         return f"{o.get_key_element()}={o.get_value_element_as_str()}"
     except Exception:  # noqa: BLE001 - a hand-edited overrides.yaml: keep the text
         return text
+
+
+def holds_run(run: Path | str) -> bool:
+    """Whether ``run`` holds a run to continue: a centralised or distillation run's ``checkpoints/``, a
+    federation's ``server.pt``, a distillation stopped in its ``teacher/`` stage."""
+    run = Path(run)
+    return (run / "checkpoints").is_dir() or (run / "server.pt").is_file() or (run / "teacher").is_dir()
+
+
+def interrupted_line(signame: str, overrides: Iterable[str], run: Path | str) -> str:
+    """The one line a stopped run prints: the command that continues it, or, when nothing it holds can be
+    continued yet, the command that runs it again (a review: the suggested ``resume=<dir>`` was refused)."""
+    if holds_run(run):
+        return f"error: interrupted by {signame}; continue with: {continue_command(overrides, run)}"
+    return (f"error: interrupted by {signame} before anything was saved to continue; run it again: "
+            f"{continue_command(overrides, run, resume=False)}")
 
 
 def continue_command(overrides: Iterable[str], run: Path | str, resume: bool = True) -> str:

@@ -44,8 +44,9 @@ def resumable(resume: Any) -> bool | None:
     ``None`` when ``resume`` names no folder (``true``/``false``/unset)."""
     if not isinstance(resume, str) or resume in ("true", "false"):
         return None
-    run = Path(resume)
-    return (run / "checkpoints").is_dir() or (run / "server.pt").is_file() or (run / "teacher").is_dir()
+    from engine.run_match import holds_run
+
+    return holds_run(resume)
 
 
 def slurm_restarts() -> int:

@@ -36,7 +36,7 @@ from engine.objective import optimized_value  # noqa: E402
 from engine.tracking import record_environment  # noqa: E402
 from engine.wandb_tracking import method_suffix, swept_suffix, trained_model  # noqa: E402
 import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: the checkpoint's mode)
-from engine.run_match import continue_command  # noqa: E402
+from engine.run_match import interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import not_resumable_line, resumable, run_cli, slurm_restarts, task_started  # noqa: E402
 
@@ -144,12 +144,7 @@ def main(cfg: DictConfig) -> float | None:
 def _interrupted(out: Path, signame: str) -> None:
     """One line with the command that continues the run, exit 128 + the signal (a walkthrough: Ctrl-C in a
     sequential or Ray federation ended in Lightning's exit 1 and no such line, where SIGTERM gave one)."""
-    task = HydraConfig.get().overrides.task
-    if resumable(str(out)):
-        print(f"error: interrupted by {signame}; continue with: {continue_command(task, out)}", file=sys.stderr)
-    else:  # a review: the suggested resume=<dir> was refused (nothing saved yet to continue)
-        print(f"error: interrupted by {signame} before anything was saved to continue; run it again: "
-              f"{continue_command(task, out, resume=False)}", file=sys.stderr)
+    print(interrupted_line(signame, HydraConfig.get().overrides.task, out), file=sys.stderr)
     sys.exit(128 + int(getattr(signal, signame)))
 
 

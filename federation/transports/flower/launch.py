@@ -294,7 +294,7 @@ def interrupted_exit(cfg: DictConfig) -> None:
     """Ctrl-C during the rehearsal ends as SIGTERM does (``experiments.run``): one line with the command that
     continues the run, exit 130 (a walkthrough: SIGINT printed a 35-line KeyboardInterrupt traceback)."""
     from engine.fit import output_dir
-    from engine.run_match import continue_command, saved_overrides
+    from engine.run_match import interrupted_line, saved_overrides
 
     run = output_dir(cfg)
     try:
@@ -303,6 +303,5 @@ def interrupted_exit(cfg: DictConfig) -> None:
         overrides = list(HydraConfig.get().overrides.task)
     except Exception:  # noqa: BLE001 - not under Hydra (a test, a notebook): the run's saved overrides
         overrides = saved_overrides(Path(run))
-    print(f"error: interrupted by SIGINT; continue with: {continue_command(overrides, run)}", file=sys.stderr,
-          flush=True)
+    print(interrupted_line("SIGINT", overrides, run), file=sys.stderr, flush=True)
     raise SystemExit(128 + signal.SIGINT)
