@@ -176,6 +176,9 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         last = out / "checkpoints" / "last.ckpt"
         ckpt_path = str(last) if last.exists() else ckpt_path
         log.info("resume: %s", ckpt_path or "no checkpoint yet, starting fresh")
+    if not train and not ckpt_path and module is None:  # a review: it tested the untrained net, reported as a result
+        raise ConfigError("train=false tests a checkpoint: give ckpt_path=<run>/checkpoints/best.ckpt (resume=<run "
+                          "dir> train=false tests its last.ckpt); without one the untrained net would be tested")
     given = checked_ckpt(ckpt_path, lazy=train)  # training: Lightning reads the weights itself
     if given is not None and not train and module is None:
         cfg = test_only_cfg(cfg, given, str(ckpt_path))

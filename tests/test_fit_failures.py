@@ -108,3 +108,13 @@ def test_training_on_from_another_runs_checkpoint_drops_its_best_of_values(tmp_p
     state = moved["callbacks"][cb.state_key]
     assert "BestMetric" in moved["callbacks"] and state["best_model_path"] == str(here / "best.ckpt")
     assert state["dirpath"] == cb.dirpath
+
+
+def test_a_test_only_run_without_a_checkpoint_is_one_line(tmp_path):
+    """A review: ``train=false`` without ``ckpt_path`` tested the untrained net and wrote its metrics as a result
+    (``test_checkpoint: "last weights"``)."""
+    from lightning_modules.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train=false tests a checkpoint: give ckpt_path="):
+        dispatch(compose_run([*DIGITS, "logger=csv", "train=false"], tmp_path))
+    assert not (tmp_path / "run" / "metrics.json").exists()
