@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,10 +40,39 @@ def atomic_output(path: str | Path, suffix: str | None = None) -> Iterator[Path]
         Path(tmp).unlink(missing_ok=True)
 
 
+#: what a scheduler or a user sends to stop or requeue a job: handled after a checkpoint write, not inside it
+DEFERRED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Run the block with :data:`DEFERRED_SIGNALS` held back, then handle them with the handlers they had (main
+    thread only; elsewhere Python runs no handler). CI: a submitit requeue's SIGUSR2 handler ran inside
+    ``torch.save``'s Python-level writes and the save failed ("unexpected pos"), failing the requeued job."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {}
+    for sig in DEFERRED_SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is None:  # installed outside Python: cannot be put back, left alone
+            continue
+        old[sig] = handler
+        signal.signal(sig, lambda n, _frame: got.append(n))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(got):
+            signal.raise_signal(sig)
+
+
 def save_torch(obj: Any, path: str | Path) -> None:
     """``torch.save(obj)`` to ``path`` through :func:`atomic_output`, streamed through a Python file object:
     a write the machine refuses (full disk, file-size limit) is then the ``OSError`` with its errno behind
     torch's ``RuntimeError: ... unexpected pos`` (its ``__context__``, which the command line shows as one
-    line); torch's own path-based writer hides the errno."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+    line); torch's own path-based writer hides the errno. Stop and requeue signals wait until it is written."""
+    with signals_deferred(), atomic_output(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)

@@ -118,3 +118,32 @@ def test_a_test_only_run_without_a_checkpoint_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"train=false tests a checkpoint: give ckpt_path="):
         dispatch(compose_run([*DIGITS, "logger=csv", "train=false"], tmp_path))
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_stop_signal_during_a_checkpoint_write_waits_for_it(tmp_path):
+    """CI: a submitit requeue's SIGUSR2 handler ran inside ``torch.save``'s writes and the save failed ("unexpected
+    pos"). The signal is now handled once the file is written: whole, and the handler still runs."""
+    import os
+    import signal
+
+    import torch
+
+    from lightning_modules import atomic
+
+    seen = []
+    previous = signal.signal(signal.SIGUSR2, lambda n, f: seen.append(("handler", n)))
+    real_save = torch.save
+
+    def save_and_get_signalled(obj, f):
+        os.kill(os.getpid(), signal.SIGUSR2)  # arrives in the middle of the write
+        seen.append(("during", len(seen)))
+        real_save(obj, f)
+
+    try:
+        torch.save = save_and_get_signalled
+        atomic.save_torch({"w": torch.ones(3)}, tmp_path / "c.ckpt")
+    finally:
+        torch.save = real_save
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == [("during", 0), ("handler", signal.SIGUSR2)]  # after the write, not inside it
+    assert torch.equal(torch.load(tmp_path / "c.ckpt", weights_only=True)["w"], torch.ones(3))
