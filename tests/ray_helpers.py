@@ -52,3 +52,14 @@ def data_client(client_id: str, cfg=None, **_: object) -> ClientUpdate:
     t0 = time.perf_counter()
     get_base_datamodule(cfg.data)
     return ClientUpdate(client_id, {"w": torch.ones(2)}, 1, {"build_s": time.perf_counter() - t0})
+
+
+def code_client(client_id: str, driver_root: str = "", **_: object) -> ClientUpdate:
+    """Whether this worker imports the project from a checkout other than the driver's (metric ``elsewhere``)
+    and from a copy Ray unpacked for it (``unpacked``: the path lies under Ray's runtime resources)."""
+    from pathlib import Path
+
+    from federation.transports.code_identity import ROOT
+
+    return ClientUpdate(client_id, {"w": torch.ones(2)}, 1, {"elsewhere": float(ROOT != Path(driver_root)),
+                                                              "unpacked": float("runtime_resources" in ROOT.parts)})

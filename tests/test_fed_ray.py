@@ -22,7 +22,7 @@ from federation.errors import FederationError  # noqa: E402
 from federation.transports import ClientJob, ExecutorError  # noqa: E402
 from federation.transports.ray import RayExecutor  # noqa: E402
 from federation.transports.ray_cluster import loopback_init as _loopback_init  # noqa: E402
-from tests.ray_helpers import echo_client, fake_client  # noqa: E402
+from tests.ray_helpers import code_client, echo_client, fake_client  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -396,3 +396,40 @@ def test_a_worker_whose_code_is_not_the_drivers_is_one_line_naming_the_node(loca
         assert "Ray node" in msg and "is not the driver's" in msg and "\n" not in msg
     finally:
         ex.shutdown()
+
+
+SHIP = """
+import json, sys
+from federation.transports import ClientJob
+from federation.transports.ray import RayExecutor
+from tests.ray_helpers import code_client
+ex = RayExecutor(num_workers=1, gpus_per_client=0, cpus_per_client=1, ship_code=sys.argv[1] == "1")
+try:
+    ups, fails = ex.map(code_client, [ClientJob("a", {"driver_root": sys.argv[2]})])
+    print("SHIP", json.dumps({"metrics": dict(ups[0].metrics) if ups else None, "fails": fails}))
+finally:
+    ex.shutdown()
+"""
+
+
+def test_ship_code_sends_the_drivers_checkout_to_the_workers(tmp_path):
+    """``ship_code``: the workers import the project from the copy Ray unpacked for them (Ray's ``working_dir``),
+    not from a checkout at the driver's path, so a node of a cluster needs none; the copy passes the code
+    fingerprint check before the first client (it is the driver's code). The driver runs in a process of its
+    own, as Ray ships a checkout only at ``ray.init``. Without ``ship_code`` (checked once by hand) the worker's
+    project is the driver's checkout and both metrics are 0."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", SHIP, "1", str(ROOT)], capture_output=True, text=True, timeout=240,
+                          cwd=tmp_path, env=env)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("SHIP ")), None)
+    assert line is not None, proc.stderr[-3000:]
+    assert json.loads(line[5:]) == {"metrics": {"elsewhere": 1.0, "unpacked": 1.0}, "fails": {}}
+
+
+def test_ship_code_on_a_ray_started_without_it_is_one_line(local_ray):
+    """Ray packs a ``working_dir`` only at ``ray.init``: an executor asked to ship code into a Ray instance
+    started without one (this module's) refuses in one line instead of running the nodes' own checkouts."""
+    with pytest.raises(ExecutorError, match=r"ship_code=true: Ray was started in this process without a "
+                                            r"working_dir") as err:
+        _executor(num_workers=1, ship_code=True)
+    assert "\n" not in str(err.value)

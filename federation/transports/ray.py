@@ -5,7 +5,10 @@
 client's indices, so there is no new process per client per round. Each actor holds ``cpus_per_client``
 CPUs and ``gpus_per_client`` GPUs (fractions allowed: 0.5 puts two small clients on one GPU). ``gpu_resource``
 names the Ray resource that stands for a GPU (``GPU``, or a custom resource such as ``fake_gpu`` declared
-with ``local_resources`` - how CI tests placement without a GPU). ``address`` joins an existing cluster
+with ``local_resources`` - how CI tests placement without a GPU). ``ship_code`` sends the driver's checkout to
+every worker (Ray's ``working_dir``; :func:`~federation.transports.ray_cluster.runtime_env`), so the nodes of a
+joined cluster need no checkout of their own; without it each node imports the checkout at the driver's path.
+``address`` joins an existing cluster
 (``ray start --head`` on one node, ``ray start --address=<head>:6379`` on the others); without it a local
 instance with ``num_workers * cpus_per_client`` CPUs is started (and stopped by :meth:`shutdown`). Its servers
 (GCS, raylet, object manager, agents, workers' gRPC ports) listen on 127.0.0.1 only (:func:`~federation.transports.ray_cluster.loopback_init`);
@@ -37,8 +40,9 @@ from datamodules.errors import DataError
 from federation.core.messages import ClientUpdate
 from federation.transports import ClientFn, ClientJob, ExecutorError, check_update, client_user_error, drop
 from federation.transports.ray_cluster import (check_address, check_reachable, concurrent_clients, connect,
-                                                import_ray, loopback_init, worker_env, write_store_probe)
-from federation.transports.code_identity import code_fingerprint
+                                                import_ray, loopback_init, runtime_env, worker_env,
+                                                write_store_probe)
+from federation.transports.code_identity import ROOT, code_fingerprint
 from federation.transports.ray_worker import WEIGHTS_REF, RayWorker, missing_data_root
 
 __all__ = ["RayExecutor", "missing_data_root", "LIVENESS_S", "check_address", "concurrent_clients", "worker_env"]
@@ -105,12 +109,13 @@ class RayExecutor:
 
     def __init__(self, num_workers: int = 2, gpus_per_client: float = 1.0, cpus_per_client: float = 1.0,
                  timeout_s: float | None = None, address: str | None = None, gpu_resource: str = "GPU",
-                 local_resources: Mapping[str, float] | None = None) -> None:
+                 local_resources: Mapping[str, float] | None = None, ship_code: bool = False) -> None:
         ray = self.ray = import_ray()
+        self.ship_code = bool(ship_code)
         self._started = False
         if not ray.is_initialized():
             kw: dict[str, Any] = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
-                                      runtime_env={"env_vars": worker_env()})
+                                      runtime_env=runtime_env(self.ship_code))
             if address:
                 check_reachable(address)
                 kw["address"] = address
@@ -119,13 +124,22 @@ class RayExecutor:
                 kw["resources"] = dict(local_resources or {})
             handler = signal.getsignal(signal.SIGTERM)
             # ray.init installs its own SIGTERM handler (sys.exit) in the driver; the run's is kept instead
-            if address:
-                connect(ray, address, kw)
-            else:
-                loopback_init(ray, **kw)
+            try:
+                connect(ray, address, kw) if address else loopback_init(ray, **kw)
+            except ValueError as exc:  # a runtime_env Ray refuses: with ship_code, a checkout it cannot pack
+                if not self.ship_code:
+                    raise
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ExecutorError(f"federation.executor.ship_code=true: Ray could not ship the checkout {ROOT} "
+                                    f"({first[:300]})") from None
             if threading.current_thread() is threading.main_thread() and handler is not None:
                 signal.signal(signal.SIGTERM, handler)
             self._started = True
+        elif self.ship_code and not (ray.get_runtime_context().runtime_env or {}).get("working_dir"):
+            raise ExecutorError("federation.executor.ship_code=true: Ray was started in this process without a "
+                                "working_dir, and Ray ships a checkout only at ray.init (start it with "
+                                "runtime_env=federation.transports.ray_cluster.runtime_env(True), or let the "
+                                "executor start it)")
         self.gpu_resource = str(gpu_resource)
         total = float(ray.cluster_resources().get(self.gpu_resource, 0.0))
         gpus = float(gpus_per_client or 0.0)

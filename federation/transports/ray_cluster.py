@@ -93,7 +93,7 @@ def loopback_init(ray: Any, attempts: int = 3, **kw: Any) -> None:
                 break
             except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception/RuntimeError on a timed-out start
                 ray.shutdown()
-                if attempt == attempts:
+                if attempt == attempts or isinstance(exc, (ValueError, TypeError)):  # a refused argument
                     raise
                 log.warning("RayExecutor: the local Ray instance did not start (%s: %s); attempt %d of %d",
                             type(exc).__name__, exc, attempt + 1, attempts)
@@ -112,6 +112,10 @@ def connect(ray: Any, address: str, kw: dict[str, Any]) -> None:
 
     try:
         ray.init(**kw)
+    except ValueError:  # an argument Ray refuses (a runtime_env it cannot pack), not the cluster
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or plain Exception
         with contextlib.suppress(Exception):
             ray.shutdown()
@@ -123,15 +127,33 @@ def connect(ray: Any, address: str, kw: dict[str, Any]) -> None:
         raise FederationError(f"federation.executor.address={address}: {hint}") from None
 
 
-def worker_env() -> dict[str, str]:
-    """What every worker's environment must hold (Ray's ``runtime_env``): the project on ``PYTHONPATH`` and the
-    driver's ``allow_targets`` list and W&B mode. Workers of a joined cluster inherit ``ray start``'s environment,
-    not the driver's: ``allow_targets=[mylab]`` worked on a local instance and every client was refused on a
-    cluster (a review)."""
+def worker_env(ship_code: bool = False) -> dict[str, str]:
+    """What every worker's environment must hold (Ray's ``runtime_env``): the project on ``PYTHONPATH`` (unless
+    ``ship_code``: Ray's ``working_dir`` puts the shipped copy there) and the driver's ``allow_targets`` list and
+    W&B mode. Workers of a joined cluster inherit ``ray start``'s environment, not the driver's:
+    ``allow_targets=[mylab]`` worked on a local instance and every client was refused on a cluster (a review)."""
     from lightning_modules.targets import ENV
 
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    paths = ([] if ship_code else [str(ROOT)]) + [os.environ.get("PYTHONPATH", "")]
+    env = {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     env.update({k: os.environ[k] for k in (ENV, "WANDB_MODE") if os.environ.get(k)})
+    return {k: v for k, v in env.items() if v}
+
+
+#: what ``ship_code`` leaves out of the uploaded checkout besides its ``.gitignore`` (Ray honours it): history,
+#: run folders, data and weights, which workers never import
+#: (gitignore patterns; ``/data`` is the checkout's data folder, not ``experiments/configs/data``)
+SHIP_EXCLUDES = ["/.git", "/.venv", "/logs", "/outputs", "/multirun", "/data", "/wandb", "/docs", "*.ckpt", "*.pt",
+                 "*.npz", "*.npy", "*.nii", "*.nii.gz", "*.png", "__pycache__"]
+
+
+def runtime_env(ship_code: bool) -> dict[str, Any]:
+    """Ray's ``runtime_env`` for every worker: :func:`worker_env`, and with ``ship_code`` the driver's checkout
+    as Ray's ``working_dir`` (packed once, uploaded to the cluster and unpacked on each node before its first
+    worker starts), so a node needs no checkout of its own and runs the driver's code, edits included."""
+    env: dict[str, Any] = {"env_vars": worker_env(ship_code)}
+    if ship_code:
+        env.update(working_dir=str(ROOT), excludes=list(SHIP_EXCLUDES))
     return env
 
 
