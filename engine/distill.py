@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lightning_modules.atomic import atomic_output
 from datamodules.volumes import CACHE_FORMAT
 from engine.builders import ConfigError, build_module
-from engine.fit import output_dir, train_and_test
+from engine.fit import output_dir, refuse_untrained_test, train_and_test
 from lightning_modules.base import build
 from lightning_modules.distill_setup import check_same_padding
 from lightning_modules.segmentation import SegmentationModule
@@ -218,6 +218,9 @@ def run_distillation(cfg: DictConfig) -> dict[str, Any]:
     if cfg.distill.get("loss") is None:
         raise ConfigError(f"distill.method={method!r} has no distill.loss; valid methods: teacher, none, or a KD loss")
     check_padding_before_the_teacher(cfg)
+    if not cfg.get("train", True) and not cfg.get("ckpt_path") and not (
+            cfg.get("resume") and (out / "checkpoints" / "last.ckpt").is_file()):
+        refuse_untrained_test()  # before a teacher is trained for a student that would not be
     ckpt = ensure_teacher(cfg)
     kcfg = copy.deepcopy(cfg)
     with open_dict(kcfg):

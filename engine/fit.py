@@ -158,6 +158,22 @@ def test_only_cfg(cfg: DictConfig, ckpt: dict[str, Any], path: str) -> DictConfi
     return cfg
 
 
+def refuse_untrained_test() -> None:
+    """``train=false`` without a checkpoint is one line (a review: it tested the untrained net and wrote its
+    metrics as a result)."""
+    raise ConfigError("train=false tests a checkpoint: give ckpt_path=<run>/checkpoints/best.ckpt (resume=<run "
+                      "dir> train=false tests its last.ckpt); without one the untrained net would be tested")
+
+
+def as_loaded(module: pl.LightningModule, state: Mapping[str, Any]) -> dict[str, Any]:
+    """The state dict Lightning loads into ``module`` from a checkpoint holding ``state``: after the module's own
+    ``on_load_checkpoint`` (the distillation module's checkpoints leave the frozen teacher out and it refills it
+    there). A review: comparing the file's keys with ``module.state_dict()`` refused every distillation resume."""
+    probe = {"state_dict": dict(state)}
+    module.on_load_checkpoint(probe)
+    return probe["state_dict"]
+
+
 def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
                    extra_metrics: dict[str, Any] | None = None,
                    on_tested: Callable[[pl.LightningModule], Any] | None = None) -> dict[str, Any]:
@@ -176,9 +192,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         last = out / "checkpoints" / "last.ckpt"
         ckpt_path = str(last) if last.exists() else ckpt_path
         log.info("resume: %s", ckpt_path or "no checkpoint yet, starting fresh")
-    if not train and not ckpt_path and module is None:  # a review: it tested the untrained net, reported as a result
-        raise ConfigError("train=false tests a checkpoint: give ckpt_path=<run>/checkpoints/best.ckpt (resume=<run "
-                          "dir> train=false tests its last.ckpt); without one the untrained net would be tested")
+    if not train and not ckpt_path:  # a distillation run passes its module in: the guard holds for it too
+        refuse_untrained_test()
     given = checked_ckpt(ckpt_path, lazy=train)  # training: Lightning reads the weights itself
     if given is not None and not train and module is None:
         cfg = test_only_cfg(cfg, given, str(ckpt_path))
@@ -194,7 +209,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     datamodule.setup("fit")
     check_datamodule(datamodule)
     module = build_module(cfg) if module is None else module
-    why = state_mismatch(module.state_dict(), shapes) if shapes else ""
+    why = state_mismatch(module.state_dict(), as_loaded(module, shapes)) if shapes else ""
     if why:  # a review: Lightning's strict load was a 55-line traceback (exit 1, no failed.json)
         raise CheckpointError(f"ckpt_path {ckpt_path} holds another model than module {type(module).__name__} "
                               f"builds: {why}")
@@ -209,7 +224,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     try:
         log_run_facts(trainer, module, cfg)
         if given is not None and not train:  # test-only: the checkpoint's weights, loaded strictly
-            load_strict(module, given["state_dict"],
+            load_strict(module, as_loaded(module, given["state_dict"]),
                         f"ckpt_path {ckpt_path} holds another model than module {type(module).__name__} builds")
 
         _, fit_seconds = fit_and_evaluate(trainer, module, datamodule, ckpt_path=ckpt_path, fit=train)

@@ -46,6 +46,27 @@ def test_kits_hlfd_end_to_end(tmp_path, caplog, capsys):
     assert (run / "kd_maps.png").stat().st_size > 0
     best = load_checkpoint(run / "checkpoints" / "best.ckpt")  # weights_only=True
     assert not any(k.startswith("teacher.") for k in best["state_dict"])
+    _resume_and_test_only(tmp_path, teachers[0])
+
+
+def _resume_and_test_only(tmp_path, teacher) -> None:
+    """A review: the check of a checkpoint's keys before training compared them with the module's state, teacher
+    included, and the student's checkpoints leave the teacher out, so every distillation resume was refused
+    (and a test-only run of a student checkpoint too); ``train=false`` without a checkpoint tested the untrained
+    student (the guard skipped runs that pass their module in), after training a teacher for it."""
+    from experiments.run import dispatch
+    from lightning_modules.errors import ConfigError
+
+    run, longer = tmp_path / "run", [o for o in TINY if not o.startswith("trainer.max_epochs")]
+    metrics = dispatch(compose_run(["+exp=kits_hlfd", *longer, "trainer.max_epochs=2", "resume=true"], tmp_path))
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 1 and "test/dice" in metrics
+    best = run / "checkpoints" / "best.ckpt"
+    tested = dispatch(compose_run(["+exp=kits_hlfd", *TINY, "train=false", f"ckpt_path={best}",
+                                   f"distill.teacher.ckpt={teacher}"], tmp_path / "tested"))
+    assert tested["test/dice"] == pytest.approx(metrics["test/dice"], abs=1e-6)  # best.ckpt, tested again
+    with pytest.raises(ConfigError, match="train=false tests a checkpoint"):
+        dispatch(compose_run(["+exp=kits_hlfd", *TINY, "train=false"], tmp_path / "untrained"))
+    assert not (tmp_path / "untrained" / "data").exists()  # refused before a teacher was trained
 
 
 def _fake_run(root, name, method, dataset, seed, dice, rvd, beta=0.9, lam=0.1):
