@@ -162,8 +162,10 @@ def interrupted_line(signame: str, overrides: Iterable[str], run: Path | str) ->
 def continue_command(overrides: Iterable[str], run: Path | str, resume: bool = True) -> str:
     """The shell command that continues the run in ``run``: ``overrides`` (less those a resume must not
     repeat), each quoted for a POSIX shell (``data.window=[-40,160]`` is a glob there), then ``resume=<run>``
-    (without it, ``resume=False``: the command that runs it again from the start)."""
-    kept = [str(o) for o in overrides if not str(o).lstrip("+~").startswith(_NOT_REPEATED)]
+    (without it, ``resume=False``: the command that runs it again from the start, which keeps ``ckpt_path=``:
+    a review saw an interrupted fine-tune told to rerun a command that trained from scratch)."""
+    skip = _NOT_REPEATED if resume else tuple(k for k in _NOT_REPEATED if k != "ckpt_path=")
+    kept = [str(o) for o in overrides if not str(o).lstrip("+~").startswith(skip)]
     kept = [o for o in kept if not o.startswith("-")]  # never a flag: the command is overrides + resume= only
     tail = [f"resume={run}"] if resume else []
     return " ".join(["python -m experiments.run", *(shlex.quote(a) for a in [*kept, *tail])])
