@@ -29,6 +29,14 @@ def pad_slices(x: torch.Tensor, fill: float, multiple: int = MULTIPLE) -> torch.
     return F.pad(x, (0, pw, 0, ph), value=float(fill)) if ph or pw else x
 
 
+def pad_as_batched(x: torch.Tensor, dm: Any) -> torch.Tensor:
+    """``x`` padded as ``dm``'s test batches are: :func:`pad_slices` with its :class:`PadCollate`'s fill and
+    multiple when it pads batches (``image_size=None``), else unpadded (a fixed size went to the net as it is and
+    the net padded inside, so predict must not pad either: a review saw 14 pixels of a 100 x 100 image differ)."""
+    collate = dm.collate_fn(False) if callable(getattr(dm, "collate_fn", None)) else None
+    return pad_slices(x, collate.fill, collate.multiple) if isinstance(collate, PadCollate) else x
+
+
 class PadCollate:
     """``collate_fn`` padding ``image [C, H, W]`` / ``mask [H, W]`` to one size per batch."""
 

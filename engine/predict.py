@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from datamodules.collate import pad_slices
+from datamodules.collate import pad_as_batched
 from datamodules.errors import DataError
 from datamodules.layouts import find_cases
 from datamodules.nifti_checks import affine_mm
@@ -314,7 +314,7 @@ def _labels_on_source_grid(x: torch.Tensor, grid, dm, predictor: VolumePredictor
         prob = predictor.probabilities(x.permute(1, 2, 3, 0), on_device).permute(3, 0, 1, 2)
     else:  # padded as training and test batches are (PadCollate), then cropped back
         h, w = x.shape[-2:]
-        prob = predictor.probabilities(pad_slices(x, dm.fill_value()), on_device)[..., :h, :w]  # [D, K, h, w]
+        prob = predictor.probabilities(pad_as_batched(x, dm), on_device)[..., :h, :w]  # [D, K, h, w]
     return dm.restore_labels(prob, grid, lambda p: VolumePredictor.labels(p, threshold, class_dim=0),
                              with_probabilities)
 

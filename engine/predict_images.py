@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datamodules.collate import pad_slices
+from datamodules.collate import pad_as_batched
 from datamodules.errors import DataError
 from datamodules.folder2d import EXTENSIONS, strip_suffix
 from engine.predict import PREDICT_SIGNATURE, refuse_input_folder, refuse_overwrite
@@ -115,7 +115,7 @@ def predict_image(case: ImageCase, dm, predictor: VolumePredictor, threshold: fl
     """uint8 class indices ``[H, W]`` on the file's own pixel grid."""
     x, shape = dm.preprocess_image(case.image)                                   # [1, 1, h, w]
     h, w = x.shape[-2:]
-    prob = predictor.probabilities(pad_slices(x, dm.fill_value()))[..., :h, :w]  # [1, K, h, w]
+    prob = predictor.probabilities(pad_as_batched(x, dm))[..., :h, :w]  # [1, K, h, w]
     source = torch.from_numpy(dm.restore_image_probabilities(prob, shape))      # [K, H, W]
     return VolumePredictor.labels(source, threshold, class_dim=0).numpy().astype(np.uint8)
 

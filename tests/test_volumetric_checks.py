@@ -61,9 +61,12 @@ def test_predict_keeps_a_trained_overlap_of_zero():
 def test_predict_pads_2d_slices_as_training_batches_are():
     """A review: predict fed a 2D net a volume's slices unpadded (200 x 184), which the net zero-padded, while
     training and test pad to a multiple of 32 with the data's air (-1 under out_range [-1, 1]): 1,850 voxels of
-    one case were labelled otherwise than the test step labels them. Predict now pads as PadCollate does."""
+    one case were labelled otherwise than the test step labels them (the review's run). Predict now pads as
+    PadCollate does, and only when the data's batches are padded: with a fixed ``image_size`` they are not (the
+    net pads inside), and a later review saw predict pad those with the data's air where the test had not."""
     import torch
 
+    from datamodules.collate import PadCollate
     from engine.predict import _labels_on_source_grid
 
     seen = {}
@@ -76,8 +79,10 @@ def test_predict_pads_2d_slices_as_training_batches_are():
             return torch.zeros(x.shape[0], 2, *x.shape[-2:])
 
     class Data:
-        def fill_value(self):
-            return -1.0
+        image_size = None  # batches padded per batch (PadCollate), as SliceDataModule.collate_fn gives
+
+        def collate_fn(self, train):
+            return PadCollate(32, -1.0) if self.image_size is None else None
 
         def restore_labels(self, prob, grid, to_labels, with_probabilities):
             return prob
@@ -86,6 +91,10 @@ def test_predict_pads_2d_slices_as_training_batches_are():
     prob = _labels_on_source_grid(x, None, Data(), Predictor(), None, False, False)
     assert tuple(seen["x"].shape) == (3, 1, 64, 64) and tuple(prob.shape) == (3, 2, 40, 37)
     assert bool((seen["x"][..., 40:, :] == -1).all()) and bool((seen["x"][..., :40, :37] == 0).all())
+    fixed = Data()
+    fixed.image_size = 40  # a fixed size: trained and tested unpadded, so predicted unpadded
+    _labels_on_source_grid(torch.zeros(3, 1, 40, 40), None, fixed, Predictor(), None, False, False)
+    assert tuple(seen["x"].shape) == (3, 1, 40, 40)
 
 
 def test_predict_of_an_msd_run_needs_no_training_folder(tmp_path):
