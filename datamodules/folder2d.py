@@ -273,10 +273,15 @@ class FolderSegmentationDataModule(SliceDataModule):
         """``(stem, image, mask)`` for every pair; unmatched files are an error."""
         image_dir, mask_dir = image_dir or self.image_dir, mask_dir or self.mask_dir
         images, masks = self._files(image_dir, self.image_suffix), self._files(mask_dir, self.mask_suffix)
-        if image_dir.resolve() == mask_dir.resolve() and self.mask_suffix and self.mask_suffix != self.image_suffix:
-            # one folder of x.png and x_mask.png: the masks are no images (a review: x_mask.png was read as an image
-            # "without a matching mask")
-            images = {k: v for k, v in images.items() if v.stem not in {m.stem for m in masks.values()}}
+        if image_dir.resolve() == mask_dir.resolve() and self.mask_suffix != self.image_suffix:
+            # one folder of x.png and x_mask.png (or x_img.png and x.png): a file both suffixes match is of the
+            # longer, more specific one (a review: x_mask.png was read as an image "without a matching mask";
+            # a later one: the mirror layout failed so, and the test was quadratic in the files)
+            both = set(images.values()) & set(masks.values())
+            if len(self.mask_suffix) > len(self.image_suffix):
+                images = {k: v for k, v in images.items() if v not in both}
+            else:
+                masks = {k: v for k, v in masks.items() if v not in both}
         if not images:
             raise DataError(f"no images ({'/'.join(EXTENSIONS)}) found in {image_dir}")
         for a, b, what in ((images, masks, "mask"), (masks, images, "image")):

@@ -300,6 +300,13 @@ def test_images_and_masks_in_one_folder_and_a_bad_empty_slice_fraction(tmp_path)
     dm = FolderSegmentationDataModule(str(tmp_path), image_dir="all", mask_dir="all", mask_suffix="_mask",
                                       augment=False, val_fraction=0.34, test_fraction=0.34)
     assert [stem for stem, _, _ in dm.pairs()] == ["0_1", "1_1", "2_1"]
+    for c in range(3):  # the mirror layout, x_img.png beside x.png (a later review: "without a matching image")
+        (tmp_path / "all" / f"{c}_1.png").rename(tmp_path / "all" / f"{c}_1_img.png")
+        (tmp_path / "all" / f"{c}_1_mask.png").rename(tmp_path / "all" / f"{c}_1.png")
+    mirror = FolderSegmentationDataModule(str(tmp_path), image_dir="all", mask_dir="all", image_suffix="_img",
+                                          mask_suffix="", augment=False, val_fraction=0.34, test_fraction=0.34)
+    assert [(stem, i.name, m.name) for stem, i, m in mirror.pairs()] == [
+        (f"{c}_1", f"{c}_1_img.png", f"{c}_1.png") for c in range(3)]
     for bad in (-0.25, 1.5):
         with pytest.raises(DataError, match=rf"data.train_slices={bad}: a fraction of the empty slices"):
             FolderSegmentationDataModule(str(tmp_path), image_dir="all", mask_dir="all", train_slices=bad)
