@@ -37,6 +37,7 @@ from engine.builders import (
 )
 from engine.loggers import forget_from
 from engine.run_match import TEST_ONLY, differences, saved_config
+from engine.errors import one_line
 from engine.tracking import log_run_facts
 from lightning_modules.checkpoints import load_checkpoint, load_strict, state_mismatch, stored_net_cfg
 from lightning_modules.errors import CheckpointError, ConfigError
@@ -265,10 +266,14 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
 
 
 def finish_wandb(loggers: list, exit_code: int = 0) -> None:
-    """Close the W&B runs among ``loggers`` (``exit_code`` 1: a failed run, marked so)."""
+    """Close the W&B runs among ``loggers`` (``exit_code`` 1: a failed run, marked so). A run that will not close
+    is a warning: after a failure its error would replace the run's own (a review)."""
     for lg in loggers:
         if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
-            lg.experiment.finish(exit_code=exit_code)
+            try:
+                lg.experiment.finish(exit_code=exit_code)
+            except Exception as exc:  # noqa: BLE001 - closing the log must not hide the run's outcome
+                log.warning("closing the W&B run failed: %s", one_line(exc))
 
 
 def _report(cfg: DictConfig, module: Any, metrics: dict, trainer: pl.Trainer) -> None:

@@ -72,6 +72,12 @@ def _warn_ignored_keys(obj: Mapping, what: str) -> None:
 _SAID: set[tuple[str, str, str]] = set()
 
 
+def forget_said_warnings() -> None:
+    """A new run warns afresh: :func:`experiments.run.dispatch` calls this first (a review: in an in-process
+    multirun or Optuna sweep only the first job's log said which keys its net ignored)."""
+    _SAID.clear()
+
+
 #: a constructor called with arguments it does not take (a mistyped key, a checkpoint's config from elsewhere)
 _ARGUMENT_ERROR = re.compile(r"unexpected keyword argument|missing \d+ required|got multiple values|takes \d+ positional")
 

@@ -212,7 +212,7 @@ def slice_surface_scores(preds: Sequence[np.ndarray], targets: Sequence[np.ndarr
     the mean over the slices where it is defined, ``hd95`` / ``nsd`` the means over classes. Our choice (no paper
     scores sampled slices): stacked as a volume, slices 22 apart were neighbours and a one-slice object was all
     surface (a review: NSD 0.955 for two slices whose 2D NSD was 0.53 and 0.44)."""
-    per_slice = [surface_scores(p, t, class_names, list(spacing)[-2:], tolerance_mm) for p, t in zip(preds, targets)]
+    per_slice = [surface_scores(p, t, class_names, list(spacing)[:2], tolerance_mm) for p, t in zip(preds, targets)]
     out: dict[str, float] = {}
     for key in (k for k in per_slice[0] if k not in ("hd95", "nsd")):
         vals = [s[key] for s in per_slice if np.isfinite(s[key])]

@@ -147,3 +147,22 @@ def test_a_stop_signal_during_a_checkpoint_write_waits_for_it(tmp_path):
         signal.signal(signal.SIGUSR2, previous)
     assert seen == [("during", 0), ("handler", signal.SIGUSR2)]  # after the write, not inside it
     assert torch.equal(torch.load(tmp_path / "c.ckpt", weights_only=True)["w"], torch.ones(3))
+
+
+def test_a_wandb_run_that_will_not_close_is_a_warning_not_the_error(caplog):
+    """A review: ``finish_wandb`` ran in the failure path, so an error closing W&B replaced the run's own."""
+    import logging
+    from types import SimpleNamespace
+
+    from pytorch_lightning.loggers import WandbLogger
+
+    from engine.fit import finish_wandb
+
+    def refuse(exit_code=0):
+        raise OSError("wandb service gone")
+
+    lg = WandbLogger.__new__(WandbLogger)
+    lg._experiment = SimpleNamespace(finish=refuse)
+    with caplog.at_level(logging.WARNING, logger="engine.fit"):
+        finish_wandb([lg], exit_code=1)
+    assert "closing the W&B run failed: OSError: wandb service gone" in caplog.text

@@ -182,6 +182,13 @@ def test_smp_net_warns_about_keys_it_ignores(caplog):
     with caplog.at_level(logging.WARNING, logger="lightning_modules.base"):  # a federation's next client: quiet
         build(cfg, what="module.net")
     assert "does not take" not in caplog.text
+    from omegaconf import OmegaConf
+
+    from experiments.run import dispatch
+
+    with pytest.raises(Exception):  # noqa: B017 - any failure after its first line: the next job of a sweep
+        dispatch(OmegaConf.create({}))
+    assert not base._SAID  # forgotten: that job says it again (a review: only a sweep's first job said it)
     plain = {k: v for k, v in cfg.items() if k != "width"}
     with caplog.at_level(logging.WARNING, logger="lightning_modules.base"):
         build(plain, what="module.net")

@@ -217,3 +217,19 @@ def test_folder_items_say_their_slices_do_not_stack(tmp_path):
                                       val_fraction=0.34, test_fraction=0.34)
     dm.setup()
     assert dm.test_dataset[0]["stacks"] is False
+
+
+def test_sampled_slices_are_scored_with_the_in_plane_spacing():
+    """Slices are ``[H, W]`` of an ``(H, W, D)`` volume: their spacing is the first two (a review: the last two,
+    ``(W, D)``, were taken, harmless only while folder cases had spacing 1 everywhere)."""
+    from lightning_modules.metrics import slice_surface_scores, surface_scores
+
+    truth = np.zeros((16, 16), np.uint8)
+    truth[4:10, 4:10] = 1
+    pred = np.zeros_like(truth)
+    pred[6:12, 4:10] = 1
+    names = ["background", "liver"]
+    got = slice_surface_scores([pred], [truth], names, (0.5, 0.5, 3.0))
+    want = surface_scores(pred, truth, names, [0.5, 0.5])
+    assert got["hd95"] == pytest.approx(want["hd95"]) and got["nsd"] == pytest.approx(want["nsd"])
+    assert got["hd95"] == pytest.approx(1.0)  # 2 px low at 0.5 mm
