@@ -127,6 +127,9 @@ class Server:
         self.global_state = {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}
         self.schema = state_schema(self.global_state)
         self.strategy: Strategy = build_strategy(self.fed.strategy, self.template.net, pool=self.pool, seed=self.seed)
+        from federation.transports.flower.privacy import check_dp_statistics  # (plan.py's import, lazily too)
+
+        check_dp_statistics(self.fed, self.global_state, self.strategy.is_local)  # before any client trains
         if executor is None:
             executor = instantiate(self.fed.executor) if self.fed.get("executor") else SequentialExecutor()
         self.executor = executor

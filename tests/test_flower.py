@@ -168,7 +168,7 @@ def test_the_launch_says_which_privacy_is_on(tmp_path, capsys, privacy, says):
     """A DP rehearsal printed nothing saying DP was on (deployment walkthrough); the launcher now says it."""
     dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.executor.launch=false",
                           "federation.strategy.allow_data_transfer=true", f"federation.privacy={privacy}",
-                          "federation.executor.dp.clipping_norm=0.5"], tmp_path))
+                          "federation.executor.dp.clipping_norm=0.5", "model.norm=group"], tmp_path))
     assert says in " ".join(capsys.readouterr().out.split())  # rich wraps (and pads) at the terminal's width
 
 

@@ -36,7 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 from engine import artifacts
 from federation.core.partition import is_remote_sites
 from federation.errors import FederationError
-from federation.transports.flower.privacy import PRIVACY, check_flower_privacy, check_secagg, privacy_line
+from federation.transports.flower.privacy import (PRIVACY, check_dp_statistics, check_flower_privacy, check_secagg,
+                                                   privacy_line)
 from federation.transports.flower.processes import (HOST, ExitWatch, ProcessGroups, free_port, listening, marked,
                                                     stop_marked)
 
@@ -166,6 +167,12 @@ def check(cfg: DictConfig) -> None:
     check_federation_config(cfg.federation)  # the Server runs it only inside the ServerApp, after every start
     if str(OmegaConf.select(cfg, "federation.privacy", default="none")) == "secagg":
         check_secagg(cfg)
+    if str(OmegaConf.select(cfg, "federation.privacy", default="none")) == "dp":  # as the ServerApp would
+        from engine.builders import build_module
+        from federation.runner import build_strategy
+
+        net = build_module(cfg).net
+        check_dp_statistics(cfg.federation, net.state_dict(), build_strategy(cfg.federation.strategy, net).is_local)
     check_data_transfer(cfg)
 
 
