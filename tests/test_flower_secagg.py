@@ -41,9 +41,9 @@ def _states():
 class _Grid:
     """Routes every message to the node's ClientApp mods (``client_app._privacy_mod``) and ``train``."""
 
-    def __init__(self, train, node_privacy: str = "none", fail: str | None = None) -> None:
+    def __init__(self, train, node_privacy: str = "none", fail: str | None = None, **node: object) -> None:
         self.sites = {101 * (i + 1): s for i, s in enumerate(N)}
-        self.ctx = {n: Context(run_id=1, node_id=n, node_config={"site": s, "privacy": node_privacy},
+        self.ctx = {n: Context(run_id=1, node_id=n, node_config={"site": s, "privacy": node_privacy, **node},
                                state=RecordDict(), run_config={}) for n, s in self.sites.items()}
         self.train, self.fail = train, fail
 
@@ -242,6 +242,26 @@ def test_dp_clips_the_parameters_only_and_its_noise_is_not_the_seeds(grid_env):
         assert torch.allclose(got["w"], local[cid]["w"], atol=0.05), (got["w"] - local[cid]["w"]).abs().max()
         assert not torch.allclose(got["w"], local[cid]["w"], atol=1e-6)  # noise was added
         assert not torch.equal(got["w"], runs[1][cid]["w"])  # and it is not a function of the seed
+
+
+def test_a_site_started_with_dp_applies_it_whatever_the_server_asks(grid_env):
+    """A review: DP was applied only when the server's round config asked for it, with the server's epsilon, so
+    a site could not enforce it. A node started with ``privacy=dp`` refuses a round without DP, and its own
+    ``dp-*`` values replace the server's: the server asks for almost no noise (epsilon 1e9), the site's
+    epsilon 1 holds."""
+    glob, local = _states()
+    executor.set_grid(_Grid(_dp_train(local, steps=3), node_privacy="dp"))
+    updates, failures = executor.FlowerExecutor(privacy="none").map(None, _jobs(glob))
+    assert not updates and set(failures) == set(N)
+    assert all("sends its update only under DP (node privacy=dp)" in f for f in failures.values()), failures
+    own = {"dp-clipping-norm": 10.0, "dp-sensitivity": 1e-3, "dp-epsilon": 1.0, "dp-delta": 1e-5}  # std ~5e-3
+    weak = {"clipping_norm": 10.0, "sensitivity": 1e-3, "epsilon": 1e9, "delta": 1e-5}  # std ~5e-12
+    for node, floor in (({}, 0.0), (own, 1e-4)):
+        executor.set_grid(_Grid(_dp_train(local, steps=3), node_privacy="dp", **node))
+        updates, failures = executor.FlowerExecutor(privacy="dp", dp=weak).map(None, _jobs(glob))
+        assert failures == {}, failures
+        noise = max((u.weights["w"] - local[u.client_id]["w"]).abs().max().item() for u in updates)
+        assert noise < 1e-6 if not node else floor < noise < 0.05, (node, noise)
 
 
 class _FlowerErrorsGrid(_Grid):

@@ -11,7 +11,9 @@ The SuperNode's node config names the site and its data (``flower-supernode --no
 * ``store``: the site's client-state folder (FedBN's local BatchNorm entries, history); default
   ``./fedmed_client_store``;
 * ``privacy``: ``secagg`` makes the node refuse any ``train`` message that is not part of a SecAgg+ round
-  (a site's own guarantee: the server cannot ask it for its weights in clear).
+  (a site's own guarantee: the server cannot ask it for its weights in clear); ``dp`` likewise refuses a
+  ``train`` message that does not ask for DP, and ``dp-clipping-norm``, ``dp-sensitivity``, ``dp-epsilon`` and
+  ``dp-delta`` in the node config replace the server's values (the site's own epsilon holds).
 * ``accelerator`` / ``devices``: the node's own hardware for local training (default: the server's
   accelerator, 1 device; ``devices="[1]"`` picks GPU 1); a node always trains in one process on one device
   (``trainer.strategy``, ``num_nodes`` and ``devices`` of the server's config are replaced:
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.mod import LocalDpMod
@@ -57,17 +59,41 @@ def _node(context: Context, key: str, default: Any = None) -> Any:
     return node_value(context.node_config, key, default)
 
 
+DP_KEYS = ("clipping_norm", "sensitivity", "epsilon", "delta")
+
+
+def _dp_settings(msg: Message, context: Context) -> dict[str, float] | None:
+    """The ``LocalDpMod`` settings for this train message, or None (no DP). A node started with ``privacy=dp``
+    refuses a train message that does not ask for DP, and applies its own ``dp-clipping-norm`` /
+    ``dp-sensitivity`` / ``dp-epsilon`` / ``dp-delta`` where it gives them, in place of the server's: a site's
+    own guarantee (a review: the server's round config alone decided DP and its epsilon, so a server sending
+    ``privacy=none`` got clear weights). The server must still ask for DP: its message then carries the float
+    entries only, which ``LocalDpMod`` needs (the integer ones travel exact beside them)."""
+    records = msg.content.config_records
+    cfg = records["fitins.config"] if "fitins.config" in records else {}
+    asked = str(cfg.get(PREFIX + "privacy", "none")) == "dp"
+    if _node(context, "privacy") == "dp" and not asked:
+        raise ValueError(f"site {_node(context, 'site', '')!r} sends its update only under DP (node privacy=dp); "
+                         "this train message asks for none")
+    if not asked:
+        return None
+    out = {}
+    for key in DP_KEYS:
+        own = _node(context, "dp-" + key.replace("_", "-"))
+        out[key] = float(own if own is not None else cfg[PREFIX + "dp." + key])
+    return out
+
+
 def _privacy_mod(msg: Message, context: Context, call_next: Any) -> Message:
-    """Apply the privacy the server's config asks for (Flower's own mods; none by default)."""
+    """Apply the privacy the server's config asks for, or the node's own (Flower's own mods; none by default)."""
     if RECORD_KEY_CONFIGS in msg.content.config_records:
+        if _node(context, "privacy") == "dp":  # secaggplus_mod calls the handler itself: no LocalDpMod around it
+            raise ValueError(f"site {_node(context, 'site', '')!r} applies DP (node privacy=dp); a SecAgg+ round "
+                             "would send its update without it")
         return secaggplus_mod(msg, context, call_next)
-    try:
-        cfg = msg.content.config_records["fitins.config"]
-    except KeyError:
-        return call_next(msg, context)
-    if str(cfg.get(PREFIX + "privacy", "none")) == "dp":
-        mod = LocalDpMod(float(cfg[PREFIX + "dp.clipping_norm"]), float(cfg[PREFIX + "dp.sensitivity"]),
-                         float(cfg[PREFIX + "dp.epsilon"]), float(cfg[PREFIX + "dp.delta"]))
+    dp = _dp_settings(msg, context) if msg.metadata.message_type == MessageType.TRAIN else None
+    if dp is not None:
+        mod = LocalDpMod(dp["clipping_norm"], dp["sensitivity"], dp["epsilon"], dp["delta"])
         return mod(msg, context, _then_fresh_entropy(call_next))
     return call_next(msg, context)
 
