@@ -137,6 +137,24 @@ def test_a_nan_site_or_a_plain_request_never_reaches_the_sum(grid_env):
     assert updates == [] and set(failures) == set(N)  # a secagg node never answers in clear
 
 
+def test_a_malformed_clipped_count_drops_the_round_not_the_federation(grid_env):
+    """A review: a site's ``secagg_clipped`` of ``"x"`` (or 1e309) was parsed outside the reply's checks and its
+    ValueError ended the ServerApp; it is now that site's malformed reply (and SecAgg+'s mean, which mixes it,
+    is dropped with it)."""
+    glob, local = _states()
+    honest = _fake_train(local)
+
+    def train(msg, ctx):
+        reply = honest(msg, ctx)
+        if decode_message(msg.content)[1] == "b":
+            reply.content.config_records["fitres.metrics"]["fedmed.secagg_clipped"] = "x"
+        return reply
+
+    executor.set_grid(_Grid(train))
+    updates, failures = executor.FlowerExecutor(privacy="secagg", secagg={}).map(None, _jobs(glob))
+    assert updates == [] and "is no count" in failures["b"], failures
+
+
 def test_refused_secagg_config_is_one_line_exit_2(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"

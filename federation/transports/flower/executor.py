@@ -17,6 +17,7 @@ weights by the sites' sample counts, reproduces the mean) with the site's own co
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -241,11 +242,15 @@ class FlowerExecutor:
             if metrics.get(KEYS) != sent:
                 failures[cid] = "its update's entries are not those the server sent (SecAgg+ sums them in order)"
                 continue
-            clipped = int(metrics.pop(PREFIX + "secagg_clipped", 0))
-            if clipped:
-                log.warning("site %s: SecAgg+ clipped %d entries of its update to +-clipping_range; raise "
-                            "federation.executor.secagg.clipping_range (or max_weight)", cid, clipped)
-            try:
+            try:  # a site's count too: "x" or 1e309 ended the whole federation (a review)
+                clipped = metrics.pop(PREFIX + "secagg_clipped", 0)
+                if not (isinstance(clipped, (int, float)) and not isinstance(clipped, bool)
+                        and math.isfinite(clipped) and clipped >= 0 and float(clipped).is_integer()):
+                    raise ValueError(f"{PREFIX}secagg_clipped={clipped!r} is no count")
+                clipped = int(clipped)
+                if clipped:
+                    log.warning("site %s: SecAgg+ clipped %d entries of its update to +-clipping_range; raise "
+                                "federation.executor.secagg.clipping_range (or max_weight)", cid, clipped)
                 update = decode_mean(result.mean, metrics, res.num_examples, cid, sent_weights)
             except Exception as exc:  # noqa: BLE001
                 failures[cid] = f"malformed reply: {type(exc).__name__}: {exc}"
