@@ -130,14 +130,20 @@ class Server:
         from federation.transports.flower.privacy import check_dp_statistics  # (plan.py's import, lazily too)
 
         check_dp_statistics(self.fed, self.global_state, self.strategy.is_local)  # before any client trains
-        if executor is None:
-            executor = instantiate(self.fed.executor) if self.fed.get("executor") else SequentialExecutor()
-        self.executor = executor
-        self.in_process = bool(getattr(executor, "in_process", False))
         self.monitor = str(cfg.module.get("monitor") or "val/loss")
         self.monitor_mode = "min" if self.monitor.endswith("loss") else "max"
         self.loggers = build_loggers(cfg)
         self.evaluator = eval_trainer(self.ccfg, str(self.out))
+        if executor is None:  # last: nothing after it can fail and leave its Ray instance running (a review)
+            try:
+                executor = instantiate(self.fed.executor) if self.fed.get("executor") else SequentialExecutor()
+            except BaseException:
+                from federation.records import close_loggers
+
+                close_loggers(self.loggers, "failed")  # run_federation's finally is not reached
+                raise
+        self.executor = executor
+        self.in_process = bool(getattr(executor, "in_process", False))
         self.history: list[dict[str, float]] = []
         self.best: dict[str, Any] = {"round": -1, "value": None}
         self.start_round = 0

@@ -193,3 +193,16 @@ def test_no_round_completed_message_and_min_clients_cap(tmp_path, caplog):
     with pytest.raises(FederationError) as err:
         server.run_round(0)
     assert "nowhere" not in str(err.value) and "no round completed, so no global model was saved" in str(err.value)
+
+
+def test_a_server_that_fails_to_set_up_starts_no_executor(tmp_path, monkeypatch):
+    """A review: the executor was built before the loggers and the evaluation trainer, so a bad logger setting
+    left a local Ray instance running (run_federation's ``finally`` is only reached once the server exists)."""
+    import federation.server
+
+    built = []
+    monkeypatch.setattr(federation.server, "instantiate", lambda cfg, *a, **k: built.append(cfg))
+    cfg = compose_run([*DIGITS, "federation/executor=ray", "+logger.csv.bogus=1"], tmp_path)
+    with pytest.raises(Exception, match="bogus"):
+        federation.server.Server(cfg)
+    assert built == []
