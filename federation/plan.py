@@ -111,6 +111,12 @@ def _known_params() -> set[str]:
     return {p for fn in PARTITIONERS.values() for p in inspect.signature(fn).parameters} - _DATA_ARGS
 
 
+def names_its_clients(pcfg: Any) -> bool:
+    """Whether the partitioner names its clients after the data's sites or groups (it takes ``groups`` or
+    ``sites``), not ``0 .. num_clients-1``."""
+    return bool({"groups", "sites"} & set(inspect.signature(get_method(str(pcfg["_target_"]))).parameters))
+
+
 def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | None, remaining: np.ndarray,
                      num_clients: int | None, seed: int, by_volume: bool = False
                      ) -> tuple[list[str], list[np.ndarray]]:
@@ -280,7 +286,7 @@ def split_clients(fed: Any, train: Any, test: Any, seed: int, num_classes: int |
     pool = None
     if frac > 0:
         pool, remaining = SharedPool.carve(remaining, frac, seed, labels=labels, cases=cases)
-    by_group = bool({"groups", "sites"} & set(inspect.signature(get_method(str(fed.partition["_target_"]))).parameters))
+    by_group = names_its_clients(fed.partition)
     if cases is not None and not by_group and fed.get("partition_unit", "case") == "case":
         ids, parts = _partition_cases(fed.partition, labels, cases, remaining, fed.get("num_clients"), seed)
     else:

@@ -206,3 +206,14 @@ def test_a_server_that_fails_to_set_up_starts_no_executor(tmp_path, monkeypatch)
     with pytest.raises(Exception, match="bogus"):
         federation.server.Server(cfg)
     assert built == []
+
+
+def test_the_rehearsal_names_its_nodes_after_the_sites_with_num_clients_set(tmp_path):
+    """A review: the launcher tested the partition's ``_target_`` for "by_site", which ``by_site.yaml``'s
+    ``federation.core.partition.by_group`` does not contain, so with ``num_clients`` set it started nodes "0"
+    and "1" for sites the server calls by name, and round 1 waited for them until ``connect_timeout_s``."""
+    from federation.transports.flower.launch import _client_ids
+
+    cfg = compose_run(["+exp=fed_pancreas", "federation.num_clients=2", "data.batch_size=2"], tmp_path)
+    ids = _client_ids(cfg)
+    assert ids == _client_ids(compose_run(["+exp=fed_pancreas"], tmp_path)) and ids != ["0", "1"], ids

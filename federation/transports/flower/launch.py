@@ -50,9 +50,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _client_ids(cfg: DictConfig) -> list[str]:
+    from federation.plan import names_its_clients
+
     n = OmegaConf.select(cfg, "federation.num_clients")
-    if n is not None and "by_site" not in str(OmegaConf.select(cfg, "federation.partition._target_", default="")):
-        return [str(i) for i in range(int(n))]
+    if n is not None and not names_its_clients(cfg.federation.partition):  # a review: a by_site (by_group)
+        return [str(i) for i in range(int(n))]  # federation with num_clients set started nodes "0", "1", "2"
     from federation.runner import get_base_datamodule
     from federation.transports.flower.partition import derive_indices
 
