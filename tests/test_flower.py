@@ -200,6 +200,44 @@ def test_throwaway_tls_chain(tmp_path):
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "127.0.0.1" in [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
     assert paths["key"].stat().st_mode & 0o077 == 0
+    _strict_handshake(paths)
+    six = throwaway_tls(tmp_path / "v6", hosts=("::1", "localhost"))  # a review: "::1" became a DNS name
+    sans = x509.load_pem_x509_certificate(six["cert"].read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["::1"]
+    paths["key"].chmod(0o644)  # a re-launch into the same folder: the key is private again
+    assert throwaway_tls(tmp_path)["key"].stat().st_mode & 0o077 == 0
+
+
+def _strict_handshake(paths) -> None:
+    """A TLS handshake on 127.0.0.1 verified as strictly as Python 3.13's default context does
+    (``VERIFY_X509_STRICT``; a review: the chain lacked key identifiers and was refused there)."""
+    import socket
+    import ssl
+    import threading
+
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(paths["cert"], paths["key"])
+    client_ctx = ssl.create_default_context(cafile=str(paths["ca"]))
+    client_ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve():
+            conn, _ = listener.accept()
+            try:
+                with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except (ssl.SSLError, OSError):
+                pass
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                assert tls.version() is not None
+                tls.sendall(b"x")
+        thread.join(timeout=10)
 
 
 # ---------------------------------------------------------------------------------------- processes
@@ -284,6 +322,8 @@ def test_supernode_killed_mid_round_is_dropped(tmp_path):
     assert (run_dir / "flower" / "superlink.db").is_file()  # the deployment's file-backed SuperLink state
     for cid in range(3):
         assert (run_dir / "flower" / "keys" / f"supernode_{cid}.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+        assert not (run_dir / "flower" / "keys" / f"supernode_{cid}").exists()  # private keys removed at the end
+    assert not (run_dir / "flower" / "certs" / "server.key").exists() and (run_dir / "flower" / "certs" / "ca.pem").is_file()
     header, row = (run_dir / "rounds.csv").read_text().splitlines()[:2]
     assert dict(zip(header.split(","), row.split(",")))["clients"] == "2"
 
@@ -319,8 +359,9 @@ def test_unregistered_supernode_is_refused(tmp_path):
     tls, keys = throwaway_tls(tmp_path / "certs"), node_keys(tmp_path / "keys", ["hospital_a", "rogue"])
     home, port = tmp_path / "home", free_port()
     flwr_home(home, port, tls["ca"])
-    env = _env(home)
-    groups = ProcessGroups(tmp_path / "pgids.json", marker=f"FLWR_HOME={home}")
+    marker = f"FEDMED_REHEARSAL={home}:test"
+    env = _env(home, marker)
+    groups = ProcessGroups(tmp_path / "pgids.json", marker=marker)
     try:
         link = groups.start("superlink", superlink_argv(tls, port, auth=True), env, tmp_path / "link.log")
         register_nodes({"hospital_a": keys["hospital_a"][1]}, env, link)

@@ -98,13 +98,23 @@ def test_a_launch_refuses_while_the_launcher_of_the_leftovers_lives(tmp_path):
             time.sleep(0.05)
         (fdir / "launcher.json").write_text(json.dumps({"pid": owner.pid, "started": _started_at(owner.pid)}))
         with pytest.raises(FederationError, match=f"still run by launcher pid {owner.pid}"):
-            claim(fdir, marker)
+            claim(fdir, fdir / "home")
         assert child.poll() is None
         owner.kill()
         owner.wait(timeout=10)
-        claim(fdir, marker)
+        claim(fdir, fdir / "home")  # an older launcher's record (no marker): its processes carry FLWR_HOME
         assert child.wait(timeout=15) is not None
-        assert json.loads((fdir / "launcher.json").read_text())["pid"] == os.getpid()
+        record = json.loads((fdir / "launcher.json").read_text())
+        assert record["pid"] == os.getpid() and record["marker"].startswith(f"FEDMED_REHEARSAL={fdir / 'home'}:")
+        # a review: a user's shell that exported the run's FLWR_HOME (to run `flwr ls`) was killed by a relaunch;
+        # now only the processes of the launch recorded are (this one's marker: none run)
+        shell = subprocess.Popen(["sleep", "60"], env=dict(os.environ, FLWR_HOME=str(fdir / "home")))
+        child = shell
+        deadline = time.monotonic() + 15
+        while shell.pid not in marked(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        claim(fdir, fdir / "home")
+        assert shell.poll() is None
     finally:
         for p in (owner, child):
             if p.poll() is None:

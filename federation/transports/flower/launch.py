@@ -61,8 +61,13 @@ def _client_ids(cfg: DictConfig) -> list[str]:
     return list(derive_indices(cfg, get_base_datamodule(cfg.data)))
 
 
-def _env(home: Path) -> dict[str, str]:
+#: the environment entry every process of one launch carries (:func:`claim`, :class:`ProcessGroups`)
+MARK = "FEDMED_REHEARSAL"
+
+
+def _env(home: Path, marker: str) -> dict[str, str]:
     env = dict(os.environ)
+    env[MARK] = marker.split("=", 1)[1]
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # flower-superexec, flwr-*
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     env["FLWR_HOME"] = str(home)
@@ -124,24 +129,31 @@ def _started_at(pid: int) -> str | None:
         return None
 
 
-def claim(fdir: Path, marker: str) -> None:
-    """Make this process the one launcher of the rehearsal in ``fdir``: processes an earlier launch left
-    running (they carry ``marker``) are stopped, or, while the launcher recorded in ``launcher.json`` is
-    still alive, one ``FederationError``; then this process is recorded there."""
+def claim(fdir: Path, home: Path) -> str:
+    """Make this process the one launcher of the rehearsal in ``fdir`` and return the marker its processes will
+    carry (``FEDMED_REHEARSAL=<home>:<token>``, fresh per launch): processes an earlier launch left running (they
+    carry the marker recorded in ``launcher.json``) are stopped, or, while that launcher is still alive, one
+    ``FederationError``; then this process and its marker are recorded there. A review: the marker was
+    ``FLWR_HOME=<home>``, which a user's shell exporting it to inspect the run also carried, and was killed."""
+    import uuid
+
     record = fdir / "launcher.json"
-    if marked(marker):
-        try:
-            owner = json.loads(record.read_text())
-            pid, started = int(owner["pid"]), str(owner["started"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pid, started = None, None
+    try:
+        owner = json.loads(record.read_text())
+        pid, started = int(owner["pid"]), str(owner["started"])
+        before = str(owner.get("marker") or f"FLWR_HOME={home}")  # a record of an older launcher: its marker
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pid, started, before = None, None, f"FLWR_HOME={home}"
+    marker = f"{MARK}={home}:{uuid.uuid4().hex}"
+    if marked(before):
         if pid is not None and pid != os.getpid() and _started_at(pid) == started:
             raise FederationError(f"the Flower rehearsal in {fdir.parent} is still run by launcher pid {pid}: "
                                   f"stop it first (kill {pid}); two ServerApps must not write into one run folder")
-        stopped = stop_marked(marker)
+        stopped = stop_marked(before)
         artifacts.console.print(f"[bold]flower:[/bold] stopped {len(stopped)} processes an earlier launch of this "
                                 f"run left running (pids {' '.join(map(str, sorted(stopped)))})")
-    artifacts.write_json(record, {"pid": os.getpid(), "started": _started_at(os.getpid())})
+    artifacts.write_json(record, {"pid": os.getpid(), "started": _started_at(os.getpid()), "marker": marker})
+    return marker
 
 
 def _raise_terminate(signum: int, frame: Any) -> None:
@@ -213,7 +225,7 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     logs = fdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     home, port = fdir / "home", free_port()
-    claim(fdir, f"FLWR_HOME={home}")  # before anything in the folder is rewritten
+    marker = claim(fdir, home)  # before anything in the folder is rewritten
     (fdir / "result.json").unlink(missing_ok=True)
     tls = throwaway_tls(fdir / "certs")
     flwr_home(home, port, tls["ca"])
@@ -222,10 +234,10 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     cfg_path = write_run_config(cfg, fdir)
     ids = _client_ids(cfg)
     store = out / str(OmegaConf.select(cfg, "federation.store_dir", default="client_store"))
-    env = _env(home)
+    env = _env(home, marker)
     ex = cfg.federation.executor
     privacy = str(OmegaConf.select(cfg, "federation.privacy", default="none"))
-    groups = ProcessGroups(fdir / "pgids.json", marker=f"FLWR_HOME={home}")
+    groups = ProcessGroups(fdir / "pgids.json", marker=marker)
     previous = signal.getsignal(signal.SIGTERM)
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
@@ -286,6 +298,8 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
         try:
             groups.stop()
         finally:
+            for private in [tls["key"], *(k for k, _ in keys.values())]:  # the throw-away private keys go with the
+                private.unlink(missing_ok=True)  # processes that used them (a review: left in the run folder)
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
                 signal.signal(signal.SIGINT, previous_int)
