@@ -141,9 +141,11 @@ def claim(fdir: Path, home: Path) -> str:
     try:
         owner = json.loads(record.read_text())
         pid, started = int(owner["pid"]), str(owner["started"])
-        before = str(owner.get("marker") or f"FLWR_HOME={home}")  # a record of an older launcher: its marker
+        before = str(owner.get("marker") or "")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pid, started, before = None, None, f"FLWR_HOME={home}"
+        pid, started, before = None, None, ""
+    if not before.startswith(f"{MARK}={home}:"):  # an older launcher's record, or a file edited to name other
+        before = f"FLWR_HOME={home}"  # processes (PATH=...): the run's own FLWR_HOME, as before
     marker = f"{MARK}={home}:{uuid.uuid4().hex}"
     if marked(before):
         if pid is not None and pid != os.getpid() and _started_at(pid) == started:
