@@ -42,7 +42,7 @@ from engine.tracking import log_run_facts
 from lightning_modules.checkpoints import load_checkpoint, load_strict, state_mismatch, stored_net_cfg
 from lightning_modules.errors import CheckpointError, ConfigError
 from lightning_modules.targets import check_targets
-from engine.wandb_tracking import write_summary
+from engine.wandb_tracking import debug_mode, write_summary
 
 log = logging.getLogger("engine.fit")
 
@@ -249,8 +249,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         best_score = getattr(ckpt_cb, "best_model_score", None)
         if train and monitor and best_score is not None:  # what a sweeper optimises: the best validation score
             metrics.setdefault(f"{monitor}_best", float(best_score))  # BestMetric's where it ran (|RVD| aware)
-        if is_debug(cfg):
-            metrics["debug"] = True  # fast_dev_run: experiments.report leaves it out of its tables
+        if debug_mode(cfg):  # any debug= mode, fast_dev_run included: experiments.report leaves it out of its
+            metrics["debug"] = True  # tables (a review: a debug=limit job was pooled as a seed of the method)
         if trainer.is_global_zero:
             if getattr(module, "test_per_case", None):  # each test volume's scores, beside the summary
                 artifacts.write_case_csv(out / "test_per_case.csv", module.test_per_case)

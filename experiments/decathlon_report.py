@@ -163,7 +163,8 @@ def report(root: str | Path, out: str | Path | None = None, include_debug: bool 
     if debug and not include_debug:
         console.print(f"left out {len(debug)} debug (fast_dev_run) run(s), whose numbers are not results; "
                       "--all includes them")
-        runs = [r for r in runs if r not in debug]
+        debug_ids = {id(r) for r in debug}  # records are dicts: by identity, in one pass
+        runs = [r for r in runs if id(r) not in debug_ids]
     rows = build_rows(runs)
     out = Path(out or root)
     atomic_write_text(out / "decathlon.md", to_markdown(rows))

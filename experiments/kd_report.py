@@ -166,6 +166,8 @@ def _num(x: float | None, digits: int = 3) -> str:
 def _is_default(r: dict) -> bool:
     if r["method"] != "hlfd" or r["beta"] is None:
         return True
+    if r["lam"] is None:  # beta without lam (a hand-made or older config; a review: float(None) crashed)
+        return False
     return (round(float(r["beta"]), 6), round(float(r["lam"]), 6)) == DEFAULT_BETA_LAM
 
 
@@ -210,7 +212,7 @@ def repeated_seeds(runs: list[dict]) -> list[str]:
 
 
 def table2(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
-    hl = [r for r in runs if r["method"] == "hlfd" and r["beta"] is not None]
+    hl = [r for r in runs if r["method"] == "hlfd" and r["beta"] is not None and r["lam"] is not None]
     datasets = sorted({r["dataset"] for r in hl}) or ["KiTS", "LiTS"]
     keys = sorted({(round(float(r["beta"]), 6), round(float(r["lam"]), 6)) for r in hl} | set(PAPER_TABLE2))
     header = ["β", "λ"] + [c for d in datasets for c in (f"{d} DSC (ours)", f"{d} DSC (paper)")]

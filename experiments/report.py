@@ -19,6 +19,7 @@ import argparse
 import csv
 import fnmatch
 import glob
+import math
 import html
 import io
 import sys
@@ -39,7 +40,7 @@ from engine.run_match import canonical_override
 DEFAULT_KEYS = ("test/dice", "test/miou", "test/hd95", "test/nsd", "val/dice_best", "val/auc_best", "test/accuracy",
                 "test/auc", "test/acc")
 #: columns with no better end (when the best came, clients dropped): never bold (a review)
-UNRANKED = ("_best_step", "dropped_total", "/rounds")
+UNRANKED = ("_best_step", "dropped_total", "/rounds", "num_parameters", "gflops", "num_cases", "best_round")
 
 
 def json_object(path: Path, root: Path | None = None) -> dict | None:
@@ -55,11 +56,29 @@ def find_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
     done, failed = set(), set()
     for pattern in paths:
         for root in [Path(p) for p in glob.glob(pattern)] or [Path(pattern)]:
-            done.update(p.parent for p in root.rglob("metrics.json"))
-            failed.update(p.parent for p in root.rglob("failed.json"))
-    # a run's own stages (a distillation's teacher/, a federated distillation's arms) are not runs of their own
-    done = {d for d in done if not any(a in done for a in d.parents)}
+            found = {p.parent for p in root.rglob("metrics.json")} | {p.parent for p in root.rglob("failed.json")}
+            # a run's own stages (a distillation's teacher/, a federated distillation's arms) are not runs of
+            # their own, also when the run itself failed or was killed after them (a review: a killed
+            # distillation's teacher/ became a "(defaults)" row of teachers' scores)
+            found = {d for d in found if not any(_is_run_dir(a) for a in _parents_within(d, root))}
+            done.update(d for d in found if (d / "metrics.json").is_file())
+            failed.update(d for d in found if (d / "failed.json").is_file())
     return sorted(done), sorted(failed - done)
+
+
+def _parents_within(d: Path, root: Path) -> list[Path]:
+    """``d``'s ancestors from its parent up to ``root`` (included)."""
+    out = []
+    for a in d.parents:
+        out.append(a)
+        if a == root:
+            return out
+    return out if root in d.parents else []
+
+
+def _is_run_dir(d: Path) -> bool:
+    """A run folder: Hydra's ``.hydra/``, or a run's result or failure record."""
+    return (d / ".hydra").is_dir() or (d / "metrics.json").is_file() or (d / "failed.json").is_file()
 
 
 def find_unfinished(paths: list[str]) -> list[Path]:
@@ -86,9 +105,11 @@ def run_config(run: Path) -> dict:
 
 
 def debug_run(metrics: dict | None, cfg: dict) -> bool:
-    """A ``fast_dev_run`` run, from its parsed ``metrics.json`` and config: one batch, its numbers are not results."""
+    """A debug run (``fast_dev_run`` or any ``debug=`` mode), from its parsed ``metrics.json`` and config: its
+    numbers are not results (a review: a ``debug=limit`` job was pooled as a second seed of its method)."""
     trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
-    return bool((metrics or {}).get("debug") or trainer.get("fast_dev_run"))
+    debug = cfg.get("debug") if isinstance(cfg.get("debug"), dict) else {}
+    return bool((metrics or {}).get("debug") or trainer.get("fast_dev_run") or debug.get("mode"))
 
 
 def is_debug(run: Path) -> bool:
@@ -131,19 +152,25 @@ def numeric_metrics(metrics: dict) -> dict[str, float]:
     for row, cols in (matrix.items() if isinstance(matrix, dict) else ()):  # a crafted file: any shape
         if isinstance(cols, dict):
             flat.update({plain_text(f"matrix/{row}/{col}", 200): as_number(v) for col, v in cols.items()})
-    return {k: v for k, v in flat.items() if v is not None}
+    return {k: v for k, v in flat.items() if v is not None and math.isfinite(v)}  # NaN: no value (a review)
 
 
-def collect(runs: list[Path], keys: tuple[str, ...] | None,
-            siblings: list[Path] = ()) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
+def collect(runs: list[Path], keys: tuple[str, ...] | None, siblings: list[Path] = (),
+            goal_keys: dict[str, str] | None = None) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
     """Values per method and key; ``keys`` are names or shell-style patterns (``matrix/FL_global/*``),
-    ordered as given, each pattern's matches in the order first met. Methods as :func:`run_labels` names them."""
+    ordered as given, each pattern's matches in the order first met. Methods as :func:`run_labels` names them.
+    ``goal_keys`` is filled with the metric whose goal a column has when its name does not say it: an evaluation
+    matrix column's, ``test/<federation.matrix_metric>`` (a review: an HD95 matrix bolded the worst row)."""
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     found: list[str] = []
     labels, _ = run_labels(runs, siblings)
     for run in runs:
         label = labels[run]
-        for key, value in numeric_metrics(json_object(run / "metrics.json") or {}).items():
+        metrics = json_object(run / "metrics.json") or {}
+        metric = metrics.get("evaluation_matrix_metric")
+        for key, value in numeric_metrics(metrics).items():
+            if goal_keys is not None and key.startswith("matrix/") and isinstance(metric, str):
+                goal_keys[key] = f"test/{plain_text(metric, 100)}"
             if keys is None or any(fnmatch.fnmatchcase(key, k) for k in keys):
                 groups[label][key].append(value)
                 if key not in found:
@@ -164,7 +191,7 @@ def method_contexts(runs: list[Path], siblings: list[Path] = ()) -> dict[str, st
 
 
 def table(groups: dict[str, dict[str, list[float]]], keys: list[str],
-          contexts: dict[str, str] | None = None) -> tuple[str, str]:
+          contexts: dict[str, str] | None = None, goal_keys: dict[str, str] | None = None) -> tuple[str, str]:
     """Markdown and CSV tables: mean ± std (population, over seeds) per method and key; the best mean per
     column in bold (within each experiment of ``contexts``), every method tied with it at the 4 digits shown
     too. One run has no spread: the CSV's ``_std`` cell is empty, not 0."""
@@ -174,9 +201,10 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str],
         best[key] = set()
         for context in set(contexts.get(m, "") for m in groups):
             means = {m: np.mean(v[key]) for m, v in groups.items() if v.get(key) and contexts.get(m, "") == context}
-            if means and not key.endswith(UNRANKED):
-                pick = min if goal(key) == "min" or key.endswith("_std") else max
-                score = (lambda m: abs(means[m])) if "rvd" in key else (lambda m: means[m])
+            if means and not any(u in key for u in UNRANKED):
+                named = (goal_keys or {}).get(key, key)  # the metric a column holds
+                pick = min if goal(named) == "min" or key.endswith("_std") else max
+                score = (lambda m: abs(means[m])) if "rvd" in named else (lambda m: means[m])
                 top = f"{score(pick(means, key=score)):.4f}"
                 best[key] |= {m for m in means if f"{score(m):.4f}" == top}
     md = ["| " + " | ".join(["method", "n", *map(md_text, keys)]) + " |", "|---|---|" + "---|" * len(keys)]
@@ -309,20 +337,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {len(broken)} run(s) left out, their metrics.json is not a readable JSON object (a link, "
               f"over {MAX_RUN_FILE_BYTES >> 20} MB, or not one): "
               f"{', '.join(str(r) for r in broken[:3])}", file=sys.stderr)
-        runs = [r for r in runs if r not in broken]
+        broken_set = set(broken)
+        runs = [r for r in runs if r not in broken_set]
     if not runs and not failed:
         print(f"error: no runs (metrics.json or failed.json) under {' '.join(args.paths)}", file=sys.stderr)
         return 2
     debug = [r for r in runs if is_debug(r)]
     unfinished = find_unfinished(args.paths)
     if not args.all:
-        runs = [r for r in runs if r not in debug]
+        debug_set = set(debug)
+        runs = [r for r in runs if r not in debug_set]
     if not runs and not failed:
         print(f"error: all {len(debug)} run(s) under {' '.join(args.paths)} are debug (fast_dev_run) runs, "
               f"whose numbers are not results; --all includes them", file=sys.stderr)
         return 2
     keys = tuple(args.keys) if args.keys else None
-    groups, ordered = collect(runs, keys, failed)
+    goal_keys: dict[str, str] = {}
+    groups, ordered = collect(runs, keys, failed, goal_keys)
     unknown = [k for k in keys or () if not any(fnmatch.fnmatchcase(f, k) for f in ordered)]
     if unknown:
         known = collect(runs, None)[1]  # ordered holds the requested keys only: suggest from every metric
@@ -339,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(k for k in logged if not k.startswith('train/'))[:200] or 'nothing'})", file=sys.stderr)
         return 2
     contexts = method_contexts(runs, failed)
-    md, csv_text = table(groups, ordered, contexts)
+    md, csv_text = table(groups, ordered, contexts, goal_keys)
     if not runs:  # only failed jobs (the others left out): no table to draw
         md = "No finished run to compare.\n"
     common = run_labels(runs, failed)[1]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from callbacks.plotting import save_figure
-from engine.run_files import csv_text, plain_text, run_file_text, run_yaml
+from engine.run_files import csv_text, plain_text, run_file_text, run_json, run_yaml
 
 __all__ = ["read_rounds", "seed_band", "plot_rounds", "compare_runs"]
 
@@ -129,6 +129,13 @@ def _other_differences(run_dirs: Sequence[Path], label_key: str) -> dict[Path, s
     return {d: " ".join(o for o in v if o not in common) for d, v in ovs.items()}
 
 
+def _failed_or_debug(run: Path) -> bool:
+    """A run whose rounds are no result: it failed (``failed.json``) or is a debug run (``metrics.json`` says
+    ``debug``), as ``experiments.report`` leaves them out."""
+    metrics = run_json(run / "metrics.json", run)
+    return (run / "failed.json").exists() or (isinstance(metrics, dict) and bool(metrics.get("debug")))
+
+
 def compare_runs(root: str | Path, metric: str = "acc", label_key: str = "federation.strategy.mode",
                  out: str | Path | None = None) -> Path:
     """Overlay the ``rounds.csv`` of every run below ``root``; returns the PNG path."""
@@ -136,6 +143,16 @@ def compare_runs(root: str | Path, metric: str = "acc", label_key: str = "federa
     files = sorted(root.rglob("rounds.csv"))
     if not files:
         raise FileNotFoundError(f"no rounds.csv below {root}")
+    left = [f for f in files if _failed_or_debug(f.parent)]
+    if left:  # a review: a failed seed's two rounds were averaged into the band, whose n counted it
+        print(f"warning: {len(left)} run(s) left out: failed or debug (e.g. {left[0].parent})", file=sys.stderr)
+    files = [f for f in files if f not in left]
+    if not files:
+        raise FileNotFoundError(f"no rounds.csv below {root} but of failed or debug runs")
+    running = [f for f in files if not (f.parent / "metrics.json").is_file()]
+    if running:  # still running (curves are drawn mid-run too) or killed: kept, and said so
+        print(f"note: {len(running)} run(s) have no metrics.json yet (running or killed; e.g. {running[0].parent}): "
+              "their rounds so far are in the bands", file=sys.stderr)
     runs: dict[str, list] = {}
     others = _other_differences([f.parent for f in files], label_key)
     for f in files:

@@ -48,7 +48,8 @@ from datamodules.multisite import sites_of
 from engine import artifacts
 from engine.builders import ConfigError, build_module
 from engine.distill import run_distillation, segmentation_cfg, teacher_loss
-from engine.fit import is_debug, output_dir, train_and_test
+from engine.fit import output_dir, train_and_test
+from engine.wandb_tracking import debug_mode
 from engine.one_process import check_one_process_trainer
 from federation.deploy import deployed_state, keeps_local
 from lightning_modules.atomic import save_torch
@@ -371,7 +372,7 @@ def run_fed_distill(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -> 
                                "fed_distill/teacher_weights": str(fed_teacher) if fed_teacher else None}
     if cfg.fed_distill.get("evaluate", True):
         metrics.update(evaluate_run(cfg, runs, fed_teacher, fed_runs))
-    if is_debug(cfg):
+    if debug_mode(cfg):  # any debug= mode
         metrics["debug"] = True  # fast_dev_run: experiments.report and kd_report leave it out
     artifacts.write_json(out / DONE, metrics)
     artifacts.console.print(artifacts.artefacts_line(out))

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from engine import artifacts, stop
 from engine.fit import is_debug
+from engine.wandb_tracking import debug_mode
 from engine.tracking import environment, git_sha
 from federation.core.sampling import clients_per_round
 from federation.curves import plot_rounds
@@ -161,16 +162,19 @@ def _finish(server: Server, finished_before: bool = False) -> dict[str, Any]:
                     "fed/shared_pool": 0 if server.pool is None else len(server.pool),
                     "fit_seconds": _fit_seconds(server, finished_before),
                     "num_parameters": sum(p.numel() for p in server.template.net.parameters())})
-    if is_debug(server.cfg):
+    if debug_mode(server.cfg):  # any debug= mode
         metrics["debug"] = True  # fast_dev_run: experiments.report leaves it out of its tables
     if server.fed.get("evaluation_matrix"):
         matrix = evaluation_matrix(server)
         write_matrix(matrix, out, metric, matrix_note(server))
         metrics["evaluation_matrix"] = matrix
+        metrics["evaluation_matrix_metric"] = metric  # what its cells hold: experiments.report ranks by it
     metrics.update(best_of_rounds(server.history))  # val/<m>_best: the global model's best server validation
     artifacts.write_json(out / "metrics.json", metrics)
-    log_metrics(server.loggers, {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                step=len(server.history) + 1)
+    # at the last round's epoch: the final model is its global model (a review: with no epoch the final test
+    # point was drawn at x=0 by report --curve)
+    log_metrics(server.loggers, {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                                 "epoch": len(server.history)}, step=len(server.history) + 1)
     artifacts.print_metrics({k: v for k, v in metrics.items() if k.startswith(("fed/global/", "fed/best/"))},
                             "federation: global model on the pooled test set")
     artifacts.console.print(artifacts.artefacts_line(out))

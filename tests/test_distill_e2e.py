@@ -90,6 +90,7 @@ def test_report_means_and_failures(tmp_path, capsys):
     _fake_run(tmp_path, "4_fdr", "hlfd", "kits", 4, 0.01, 9.0)  # a fast_dev_run: one batch, not a result
     write_json(tmp_path / "4_fdr" / "metrics.json", {**json.loads((tmp_path / "4_fdr" / "metrics.json").read_text()),
                                                     "debug": True})
+    _fake_run(tmp_path, "5_s5", "hlfd", "kits", 5, 0.2, 0.0, lam=None)  # a review: beta without lam crashed
     assert kd_report.main([str(tmp_path)]) == 0
     res = kd_report.report(tmp_path)
     row = next(r for r in res["table1"] if r["method"] == "hlfd" and r["dataset"] == "KiTS")

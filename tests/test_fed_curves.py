@@ -73,3 +73,19 @@ def test_runs_without_the_label_key_are_named_by_what_differs(tmp_path):
     compare_runs(tmp_path)
     labels = [r["label"] for r in csv.DictReader(open(tmp_path / "fed_compare.csv"))]
     assert sorted(labels) == ["federation/strategy=fedavg", "part (federation/strategy=datashare)"]
+
+
+def test_failed_and_debug_runs_are_left_out_of_the_bands(tmp_path, capsys):
+    """A review: a failed seed's two rounds were averaged into its band (n=3, mean 0.37 instead of 0.51)."""
+    import json
+
+    _run(tmp_path, "0", "part", [0.5, 0.9])
+    _run(tmp_path, "1", "part", [0.7, 0.9])
+    _run(tmp_path, "2", "part", [0.0, 0.0])
+    (tmp_path / "2" / "failed.json").write_text("{}")
+    _run(tmp_path, "3", "part", [0.1, 0.1])
+    (tmp_path / "3" / "metrics.json").write_text(json.dumps({"debug": True}))
+    compare_runs(tmp_path)
+    part = [r for r in csv.DictReader(open(tmp_path / "fed_compare.csv")) if r["label"] == "part"]
+    assert [(r["test/acc mean"], r["n"]) for r in part] == [("0.6000", "2"), ("0.9000", "2")]
+    assert "2 run(s) left out: failed or debug" in capsys.readouterr().err

@@ -282,3 +282,33 @@ def test_curves_count_epochs_and_rounds_completed():
     federated = read_csv_metrics(Path("f"), "epoch,round,step,val/dice\n1,1,1,0.4\n2,2,2,0.6\n")
     assert report.completed(central, "val/dice") == [(1, 0.5), (2, 0.7)]
     assert report.completed(federated, "val/dice") == [(1, 0.4), (2, 0.6)]
+
+
+def test_a_failed_runs_stages_debug_modes_nan_and_matrix_goals(tmp_path, capsys):
+    """A review of the reports: (1) a distillation killed after its teacher stage (``.hydra/`` and no
+    metrics.json of its own) gave its ``teacher/`` as a run; (2) a ``debug=limit`` job was pooled as a seed of
+    its method; (3) a NaN metric was shown and bolded; (4) an evaluation matrix of HD95 bolded the highest row."""
+    killed = tmp_path / "killed"
+    (killed / ".hydra").mkdir(parents=True)
+    (killed / ".hydra" / "overrides.yaml").write_text("- +exp=kits_hlfd\n")
+    _run(killed, "teacher", {"val/dice_best": 0.9})
+    a = _run(tmp_path, "a", {"test/dice": 0.5, "test/hd95": float("nan"), "evaluation_matrix_metric": "hd95",
+                             "evaluation_matrix": {"FL_global": {"site1": 3.0}}})
+    b = _run(tmp_path, "b", {"test/dice": 0.4, "test/hd95": 7.0, "evaluation_matrix_metric": "hd95",
+                             "evaluation_matrix": {"FL_global": {"site1": 9.0}}})
+    for run, model in ((a, "unet"), (b, "dnet")):
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n")
+    limit = _run(tmp_path, "limit", {"test/dice": 0.05})
+    (limit / ".hydra").mkdir()
+    (limit / ".hydra" / "overrides.yaml").write_text("- model=unet\n- debug=limit\n")
+    (limit / "config.yaml").write_text("debug: {mode: limit}\n")
+    runs, failed = report.find_runs([str(tmp_path)])
+    assert runs == [a, b, limit] and failed == []
+    assert report.main([str(tmp_path), "--keys", "test/dice", "test/hd95", "matrix/*"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    unet = next(line for line in md.splitlines() if line.startswith("| model=unet"))
+    dnet = next(line for line in md.splitlines() if line.startswith("| model=dnet"))
+    assert "| 1 |" in unet and "0.0500" not in md and "nan" not in md.lower()  # limit left out; NaN no value
+    assert "**3.0000**" in unet and "**9.0000**" not in dnet  # HD95 matrix: lower is better
+    assert "**7.0000** (n=1)" not in unet and "7.0000" in dnet
