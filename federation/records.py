@@ -18,7 +18,7 @@ from engine import artifacts
 from lightning_modules.segmentation import SegmentationModule
 
 __all__ = ["fmt", "log_metrics", "log_image", "close_loggers", "rounds_table", "write_rounds_csv", "global_model_keys",
-           "best_of_rounds", "log_round", "log_test_media", "test_overlays"]
+           "best_of_rounds", "log_round", "log_test_media", "test_overlays", "replay_bests"]
 
 log = logging.getLogger("federation.loop")
 
@@ -77,6 +77,18 @@ def log_metrics(loggers: list, metrics: Mapping[str, float], step: int) -> None:
     try:
         track_best(loggers, clean, step)  # W&B summary: val/<m>_best and the round it came from
     except Exception as exc:  # noqa: BLE001
+        log.warning("W&B summary failed: %s", exc)
+
+
+def replay_bests(loggers: list, history: list[Mapping[str, float]]) -> None:
+    """The W&B bests (:func:`callbacks.best_metric.track_best`'s state on the logger) over the rounds a resumed
+    run already had, nothing logged again. A review: after a resume ``val/<m>_best`` in W&B covered only the
+    rounds since, and its last call overwrote the right value from ``metrics.json``."""
+    try:
+        for row in history:
+            keys = {k: v for k, v in global_model_keys(row).items() if isinstance(v, (int, float)) and math.isfinite(v)}
+            track_best(loggers, keys, int(row.get("round", 0)))
+    except Exception as exc:  # noqa: BLE001 - a logger must not stop the federation
         log.warning("W&B summary failed: %s", exc)
 
 

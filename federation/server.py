@@ -286,6 +286,9 @@ class Server:
                                 self.store.path(cid), "local_state", every=False)
         if self.best.get("round") == self.start_round:  # the run may have stopped before writing that round's best
             self.save_best()
+        from federation.records import replay_bests
+
+        replay_bests(self.loggers, self.history)  # W&B's val/<m>_best covers the rounds before the resume too
         artifacts.console.print(f"[bold]resume:[/bold] {path} (rounds 1..{self.start_round} done)")
 
     def _drop_stopped_round(self, rnd: int) -> None:

@@ -89,3 +89,23 @@ def test_failed_and_debug_runs_are_left_out_of_the_bands(tmp_path, capsys):
     part = [r for r in csv.DictReader(open(tmp_path / "fed_compare.csv")) if r["label"] == "part"]
     assert [(r["test/acc mean"], r["n"]) for r in part] == [("0.6000", "2"), ("0.9000", "2")]
     assert "2 run(s) left out: failed or debug" in capsys.readouterr().err
+
+
+def test_a_resumed_federation_keeps_its_wandb_bests_from_before_the_resume():
+    """A review: the W&B bests live on the logger, so after a resume ``val/dice_best`` covered only the rounds
+    since (0.6 at round 3 where metrics.json said 0.9 at round 1). The resumed server replays its history."""
+    from types import SimpleNamespace
+
+    from federation.records import log_metrics, replay_bests
+
+    class WandbLogger:  # what track_best recognises by name
+        def __init__(self):
+            self.experiment = SimpleNamespace(define_metric=lambda *a, **k: None, summary={})
+
+        def log_metrics(self, metrics, step):
+            pass
+
+    lg = WandbLogger()
+    replay_bests([lg], [{"round": 1, "fed/round/server_val/dice": 0.9}, {"round": 2, "fed/round/server_val/dice": 0.5}])
+    log_metrics([lg], {"round": 3, "fed/round/server_val/dice": 0.6}, step=3)
+    assert lg.experiment.summary["val/dice_best"] == 0.9 and lg.experiment.summary["val/dice_best_step"] == 1
