@@ -123,10 +123,16 @@ def _setting(cfg: dict, distill: dict, loss: dict, protocol: str) -> dict[str, s
     ``distill=hlfd_dnet_unet`` averaged into the paper's HLFD row, and protocol a with protocol b."""
     teacher = distill.get("teacher") if isinstance(distill.get("teacher"), dict) else {}
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
+    module = cfg.get("module") if isinstance(cfg.get("module"), dict) else {}
     kd = {k: v for k, v in loss.items() if k not in ("beta", "lam")}
+    # a later review: phantoms and real KiTS (data.root), 20 and 100 epochs, 64 and 128 px were pooled as seeds
     return {"protocol": protocol, "teacher": _net(teacher.get("model")), "student": _net(cfg.get("model")),
             "train_cases": plain_text(data.get("train_cases"), 20),
-            "kd loss": plain_text(json.dumps(kd, sort_keys=True, default=str), 300)}
+            "kd loss": plain_text(json.dumps(kd, sort_keys=True, default=str), 300),
+            "data": plain_text(data.get("root") or ("synthetic" if data.get("synthetic") else ""), 200),
+            "epochs": plain_text(trainer.get("max_epochs"), 20), "size": plain_text(data.get("image_size"), 20),
+            "optimizer": plain_text(json.dumps(module.get("optimizer"), sort_keys=True, default=str), 300)}
 
 
 def _variants(sel: list[dict]) -> list[tuple[str, list[dict]]]:

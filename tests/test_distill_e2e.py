@@ -157,3 +157,15 @@ def test_runs_of_other_nets_protocols_or_sites_are_not_pooled_as_seeds(tmp_path)
     assert "student=?] on KiTS: seed(s) 1 more than once" in kd_report.report(tmp_path)["markdown"]
     only_arms = tmp_path / "fed"
     assert kd_report.main([str(only_arms)]) == 2
+
+
+def test_runs_on_other_data_or_epochs_are_not_pooled_as_seeds(tmp_path):
+    """A review: synthetic phantoms and real KiTS slices (both "KiTS"), or 20 and 100 epochs, were averaged into
+    one HLFD row beside the paper's."""
+    _fake_run(tmp_path, "0_s1", "hlfd", "kits", 1, 0.50, -0.2)
+    _fake_run(tmp_path, "1_s2", "hlfd", "kits", 2, 0.10, -0.4)
+    cfg = json.loads((tmp_path / "1_s2" / "config.yaml").read_text())
+    cfg["data"]["root"] = "/data/kits19_slices"
+    (tmp_path / "1_s2" / "config.yaml").write_text(json.dumps(cfg))
+    rows = [r for r in kd_report.report(tmp_path)["table1"] if r["method"].startswith("hlfd") and r["dataset"] == "KiTS"]
+    assert sorted(r["n_seeds"] for r in rows) == [1, 1], rows
