@@ -233,6 +233,18 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str],
     return "\n".join(md) + "\n", buf.getvalue()
 
 
+def seeds_counted_twice(runs: list[Path], siblings: list[Path] = ()) -> list[str]:
+    """``<method>: seed(s) ...`` for each method holding a seed more than once."""
+    labels, _ = run_labels(runs, siblings)
+    seeds: dict[str, list] = defaultdict(list)
+    for run in runs:
+        seed = run_config(run).get("seed")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            seeds[labels[run]].append(seed)
+    return [f"{m}: seed(s) {', '.join(str(x) for x in sorted({x for x in v if v.count(x) > 1}))}"
+            for m, v in sorted(seeds.items()) if len(set(v)) < len(v)]
+
+
 def environment_differences(runs: list[Path]) -> list[str]:
     """``key: a | b`` for each field of the runs' ``env.json`` (``packages.<name>`` per library) that differs
     between them: the same config and seed give other numbers under another thread count, CPU or build. The
@@ -383,6 +395,13 @@ def main(argv: list[str] | None = None) -> int:
                "those k runs only.\n")
     if len(set(contexts.values())) > 1:
         md += "\nThe runs are of several experiments (`+exp`, `data`): the best is bold within each, not across.\n"
+    twice = seeds_counted_twice(runs, failed)
+    if twice:  # a review: two overlapping sweeps given together shrank the std without a word
+        md += f"\nSeeds counted more than once (the same run made twice?): {md_text('; '.join(twice), 2000, cell=False)}\n"
+        print(f"warning: seeds counted more than once: {'; '.join(twice)[:300]}", file=sys.stderr)
+    if any(k.startswith("fed/") for vals in groups.values() for k in vals) and any(k.startswith("test/") for k in ordered):
+        md += ("\nA federation's `test/*` is its final global model's; a centralised run's `test/*` is its best "
+               "validation checkpoint's (a federation's best round: `fed/best/test/*`).\n")
     differ = environment_differences(runs)
     if differ:
         md += f"\nThe runs' environments differ (env.json; equal settings need not give equal numbers): {md_text('; '.join(differ), 2000, cell=False)}\n"

@@ -312,3 +312,12 @@ def test_a_failed_runs_stages_debug_modes_nan_and_matrix_goals(tmp_path, capsys)
     assert "| 1 |" in unet and "0.0500" not in md and "nan" not in md.lower()  # limit left out; NaN no value
     assert "**3.0000**" in unet and "**9.0000**" not in dnet  # HD95 matrix: lower is better
     assert "**7.0000** (n=1)" not in unet and "7.0000" in dnet
+
+
+def test_a_seed_counted_twice_is_said(tmp_path, capsys):
+    """A review: ``report A B`` over overlapping sweeps pooled one seed twice and the std shrank silently."""
+    for name in ("a", "b"):
+        run = _run(tmp_path, name, {"test/dice": 0.5})
+        (run / "config.yaml").write_text("seed: 1\n")
+    assert report.main([str(tmp_path)]) == 0
+    assert "seed(s) 1" in (tmp_path / "report.md").read_text() and "counted more than once" in capsys.readouterr().err
