@@ -26,7 +26,7 @@ from rich.table import Table
 
 from datamodules.medmnist import DECATHLON, MEDMNIST_INFO, medmnist_info
 from engine.artifacts import atomic_write_text, console, fmt
-from experiments.report import debug_run, json_object, run_config
+from experiments.report import debug_run, json_object, run_config, run_overrides
 
 #: Paper 002, Table 2, test (AUC, ACC) of the baselines at resolution 28, transcribed from the paper text
 #: (``../shared/papers/002_f37f0d617c9b1b40.txt``). ResNet-50 (28) on OrganMNIST_Coronal is illegible in
@@ -81,6 +81,15 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
     dirs = {p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra"}
     dirs |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
     runs = [r for r in (read_run(d) for d in sorted(dirs)) if r is not None]
+    # a review: runs of one model at other settings (a learning-rate or epoch sweep, federated and centralised)
+    # were averaged into one "ours"; the overrides that differ between runs, but the dataset's and the seed's,
+    # now name the model's variant
+    ovs = {r["dir"]: [o for o in run_overrides(Path(r["dir"])) if not o.lstrip("+~").startswith("data")]
+           for r in runs}
+    common = set.intersection(*(set(v) for v in ovs.values())) if ovs else set()
+    for r in runs:
+        setting = " ".join(o for o in ovs[r["dir"]] if o not in common)
+        r["model"] = f"{r['model']} [{setting}]" if setting else r["model"]
     return runs
 
 

@@ -111,3 +111,13 @@ def test_a_debug_decathlon_still_says_which_datasets_are_missing(tmp_path):
          debug=True)
     by = {r["dataset"]: r for r in decathlon_report.report(tmp_path)}
     assert by["PathMNIST"]["status"] == "missing" and by["RetinaMNIST"]["status"] == "not run"
+
+
+def test_decathlon_report_keeps_other_settings_apart(tmp_path):
+    """A review: a learning-rate sweep of one model was averaged into one "ours" per dataset."""
+    for num, (lr, auc) in enumerate([("0.1", 0.9), ("0.001", 0.5)]):
+        _job(tmp_path, num, "breastmnist", metrics={"test/auc": auc, "test/acc": 0.5})
+        (tmp_path / f"{num}_resnet18_s42" / ".hydra" / "overrides.yaml").write_text(
+            f"- data.flag=breastmnist\n- module.optimizer.lr={lr}\n- seed=42\n")
+    rows = [r for r in decathlon_report.report(tmp_path) if r["dataset"] == "BreastMNIST"]
+    assert sorted(r["auc"] for r in rows) == [0.5, 0.9] and all("module.optimizer.lr=" in r["model"] for r in rows)
