@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)  ## D-Net on the embedded synthetic LiTS phantoms, CPU-sized (python -m experiments.run +exp=lits_dnet)
 	$(PY) -m experiments.run +exp=lits_dnet
 
-test: $(STAMP)  ## the whole CPU test suite, one worker per core (JOBS=1 for one process)
+test: $(STAMP)  ## the whole CPU test suite, one worker per core (JOBS=0 for one process)
 	$(PY) -m pytest -n $(JOBS) --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: $(STAMP)  ## everything but the learning tests
