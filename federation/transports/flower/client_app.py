@@ -12,8 +12,8 @@ The SuperNode's node config names the site and its data (``flower-supernode --no
   ``./fedmed_client_store``;
 * ``privacy``: ``secagg`` makes the node refuse any ``train`` message that is not part of a SecAgg+ round
   (a site's own guarantee: the server cannot ask it for its weights in clear); ``dp`` likewise refuses a
-  ``train`` message that does not ask for DP, and ``dp-clipping-norm``, ``dp-sensitivity``, ``dp-epsilon`` and
-  ``dp-delta`` in the node config replace the server's values (the site's own epsilon holds).
+  ``train`` message that does not ask for DP and needs ``dp-clipping-norm``, ``dp-sensitivity``, ``dp-epsilon``
+  and ``dp-delta`` in the node config, which replace the server's values (the site's own noise holds).
 * ``accelerator`` / ``devices``: the node's own hardware for local training (default: the server's
   accelerator, 1 device; ``devices="[1]"`` picks GPU 1); a node always trains in one process on one device
   (``trainer.strategy``, ``num_nodes`` and ``devices`` of the server's config are replaced:
@@ -65,23 +65,28 @@ DP_KEYS = ("clipping_norm", "sensitivity", "epsilon", "delta")
 def _dp_settings(msg: Message, context: Context) -> dict[str, float] | None:
     """The ``LocalDpMod`` settings for this train message, or None (no DP). A node started with ``privacy=dp``
     refuses a train message that does not ask for DP, and applies its own ``dp-clipping-norm`` /
-    ``dp-sensitivity`` / ``dp-epsilon`` / ``dp-delta`` where it gives them, in place of the server's: a site's
+    ``dp-sensitivity`` / ``dp-epsilon`` / ``dp-delta`` (all four required) in place of the server's: a site's
     own guarantee (a review: the server's round config alone decided DP and its epsilon, so a server sending
-    ``privacy=none`` got clear weights). The server must still ask for DP: its message then carries the float
-    entries only, which ``LocalDpMod`` needs (the integer ones travel exact beside them)."""
+    ``privacy=none`` got clear weights; a later one: a value left to the server, ``sensitivity=0``, made the
+    noise 0). The server must still ask for DP: its message then carries the float entries only, which
+    ``LocalDpMod`` needs (the integer ones travel exact beside them)."""
     records = msg.content.config_records
     cfg = records["fitins.config"] if "fitins.config" in records else {}
     asked = str(cfg.get(PREFIX + "privacy", "none")) == "dp"
-    if _node(context, "privacy") == "dp" and not asked:
-        raise ValueError(f"site {_node(context, 'site', '')!r} sends its update only under DP (node privacy=dp); "
-                         "this train message asks for none")
+    site = _node(context, "site", "")
+    if _node(context, "privacy") == "dp":
+        if not asked:
+            raise ValueError(f"site {site!r} sends its update only under DP (node privacy=dp); this train message "
+                             "asks for none")
+        own = {key: _node(context, "dp-" + key.replace("_", "-")) for key in DP_KEYS}
+        missing = [k for k, v in own.items() if v is None]
+        if missing:  # a later review: a value left to the server (sensitivity=0) made the noise 0
+            raise ValueError(f"site {site!r} enforces DP (node privacy=dp) and needs all four of its own values; "
+                             f"missing: {', '.join('dp-' + k.replace('_', '-') for k in missing)}")
+        return {key: float(v) for key, v in own.items()}
     if not asked:
         return None
-    out = {}
-    for key in DP_KEYS:
-        own = _node(context, "dp-" + key.replace("_", "-"))
-        out[key] = float(own if own is not None else cfg[PREFIX + "dp." + key])
-    return out
+    return {key: float(cfg[PREFIX + "dp." + key]) for key in DP_KEYS}
 
 
 def _privacy_mod(msg: Message, context: Context, call_next: Any) -> Message:
