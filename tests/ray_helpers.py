@@ -54,12 +54,14 @@ def data_client(client_id: str, cfg=None, **_: object) -> ClientUpdate:
     return ClientUpdate(client_id, {"w": torch.ones(2)}, 1, {"build_s": time.perf_counter() - t0})
 
 
-def code_client(client_id: str, driver_root: str = "", **_: object) -> ClientUpdate:
-    """Whether this worker imports the project from a checkout other than the driver's (metric ``elsewhere``)
-    and from a copy Ray unpacked for it (``unpacked``: the path lies under Ray's runtime resources)."""
+def code_client(client_id: str, driver_root: str = "", driver_cwd: str = "", **_: object) -> ClientUpdate:
+    """Whether this worker imports the project from a checkout other than the driver's (metric ``elsewhere``),
+    from a copy Ray unpacked for it (``unpacked``: the path lies under Ray's runtime resources), and runs in the
+    driver's folder (``in_driver_cwd``: relative paths mean what they meant to the driver)."""
     from pathlib import Path
 
     from federation.transports.code_identity import ROOT
 
     return ClientUpdate(client_id, {"w": torch.ones(2)}, 1, {"elsewhere": float(ROOT != Path(driver_root)),
-                                                              "unpacked": float("runtime_resources" in ROOT.parts)})
+                                                              "unpacked": float("runtime_resources" in ROOT.parts),
+                                                              "in_driver_cwd": float(Path.cwd() == Path(driver_cwd))})

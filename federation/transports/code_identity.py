@@ -1,5 +1,6 @@
 """Which project code a process runs, as one fingerprint the driver (or server) compares with its workers' (Ray)
-or sites' (Flower): neither transport ships the project's code, each host imports its own checkout."""
+or sites' (Flower): each host imports its own checkout (Flower ships no code; Ray does only with
+``federation.executor.ship_code``, whose copy then passes this check)."""
 from __future__ import annotations
 
 import functools

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from federation.transports import ExecutorError
 from federation.transports.code_identity import ROOT
-from federation.transports.ray_worker import STORE_PROBE
+from federation.transports.ray_worker import DRIVER_CWD, STORE_PROBE
 
 __all__ = ["check_address", "check_reachable", "concurrent_clients", "import_ray", "loopback_init", "connect",
            "worker_env", "write_store_probe", "CONNECT_TIMEOUT_S"]
@@ -112,13 +112,11 @@ def connect(ray: Any, address: str, kw: dict[str, Any]) -> None:
 
     try:
         ray.init(**kw)
-    except ValueError:  # an argument Ray refuses (a runtime_env it cannot pack), not the cluster
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        raise
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or plain Exception
         with contextlib.suppress(Exception):
             ray.shutdown()
+        if isinstance(exc, ValueError) and (kw.get("runtime_env") or {}).get("working_dir"):
+            raise  # a checkout Ray cannot pack (ship_code): the executor's own line names it
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         hint = f"could not join that Ray cluster ({type(exc).__name__}: {first[:200]})"
         if str(address) == "auto" and isinstance(exc, ConnectionError):
@@ -136,6 +134,8 @@ def worker_env(ship_code: bool = False) -> dict[str, str]:
 
     paths = ([] if ship_code else [str(ROOT)]) + [os.environ.get("PYTHONPATH", "")]
     env = {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    if ship_code:  # Ray starts each worker in its copy of the checkout: relative paths mean the driver's folder
+        env[DRIVER_CWD] = os.getcwd()
     env.update({k: os.environ[k] for k in (ENV, "WANDB_MODE") if os.environ.get(k)})
     return {k: v for k, v in env.items() if v}
 

@@ -64,8 +64,24 @@ def missing_data_root(data_cfg: Any) -> str | None:
     return None
 
 
+DRIVER_CWD = "FEDMED_DRIVER_CWD"  # set by ``ship_code`` (federation.transports.ray_cluster.worker_env)
+
+
+def back_to_the_drivers_folder() -> None:
+    """With ``ship_code`` Ray starts a worker in its unpacked copy of the checkout; relative paths in the config
+    (the default ``paths.root_dir=.``: data roots, the run folder) mean the driver's folder, so the worker goes
+    back there when this node has it (a review: every data root was missing, looked for inside Ray's copy).
+    On a node without that folder relative paths cannot work: docs/federation.md asks for absolute ones."""
+    cwd = os.environ.get(DRIVER_CWD)
+    if cwd and os.path.isdir(cwd) and os.getcwd() != cwd:
+        os.chdir(cwd)
+
+
 class RayWorker:
     """A Ray actor running clients (``fn``) one after the other in its own process."""
+
+    def __init__(self) -> None:
+        back_to_the_drivers_folder()
 
     def where(self) -> dict[str, Any]:
         import ray
