@@ -33,6 +33,11 @@ __all__ = ["GridMeta", "to_grid", "from_grid", "resize_volume", "voxel_spacing",
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # files whose header mismatch was reported (once each)
 
+
+def forget_warnings() -> None:
+    """A new run reports each file's header mismatch afresh (:func:`experiments.run.dispatch`)."""
+    _WARNED.clear()
+
 #: the most a resampling may multiply a volume's voxel count (0.8 x 0.8 x 5 mm CT to 0.5 mm isotropic is 26x)
 MAX_GROWTH = 64
 

@@ -170,7 +170,7 @@ def report(root: str | Path, out: str | Path | None = None, include_debug: bool 
     # a debug job's numbers are not results; its failure (a dataset missing here) is still news
     debug = [r for r in runs if r["debug"] and r["status"] in ("ok", "incomplete")]
     if debug and not include_debug:
-        console.print(f"left out {len(debug)} debug (fast_dev_run) run(s), whose numbers are not results; "
+        console.print(f"left out {len(debug)} debug (fast_dev_run, debug=) run(s), whose numbers are not results; "
                       "--all includes them")
         debug_ids = {id(r) for r in debug}  # records are dicts: by identity, in one pass
         runs = [r for r in runs if id(r) not in debug_ids]
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir", help="Hydra multirun directory of +exp=medmnist_decathlon")
     parser.add_argument("--out", default=None, help="where to write decathlon.md/.csv (default: multirun_dir)")
-    parser.add_argument("--all", action="store_true", help="also debug (fast_dev_run) runs")
+    parser.add_argument("--all", action="store_true", help="also debug (fast_dev_run, debug=) runs")
     args = parser.parse_args(argv)
     if not Path(args.multirun_dir).is_dir():
         parser.error(f"not a directory: {args.multirun_dir}")

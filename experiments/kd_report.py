@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from engine.artifacts import atomic_write_text
-from experiments.report import json_object, run_config
+from experiments.report import debug_run, json_object, run_config
 from engine.run_files import as_number, csv_text, md_text, plain_text
 
 #: paper 001 Table 1 ("Quantitative Results (beta=0.9 and lambda=0.1)"), transcribed from the paper text:
@@ -90,13 +90,13 @@ def collect(root: Path, include_debug: bool = False) -> tuple[list[dict], list[d
         if not method or not isinstance(method, str):  # e.g. the teacher pre-training inside a run dir
             continue
         method = plain_text(method, 100)
-        if metrics.get("debug") and not include_debug:  # fast_dev_run: one batch, not a result (as in report)
+        cfg = _load_config(path.parent)
+        if debug_run(metrics, cfg) and not include_debug:  # any debug mode: not a result (report's own test)
             debug += 1
             continue
         if metrics.get("distill/arm"):  # an arm of a federated distillation: one site's run, not a seed of a
             arms += 1  # method (a review: hlfd_local and hlfd_fed of three sites pooled into one "HLFD" row)
             continue
-        cfg = _load_config(path.parent)
         distill = cfg.get("distill") if isinstance(cfg.get("distill"), dict) else {}
         loss = distill.get("loss") if isinstance(distill.get("loss"), dict) else {}
         dice = _number(metrics.get("test/dice"))
@@ -269,7 +269,7 @@ def report(root: Path, out: Path | None = None, include_debug: bool = False) -> 
           "## Table 1 (β = 0.9, λ = 0.1)", "", _markdown(h1, r1), "",
           "## Table 2: impact of β and λ on DSC (HLFD)", "", _markdown(h2, r2), ""]
     if debug:
-        md += [f"Left out: {debug} debug (fast_dev_run) run(s); `--all` includes them.", ""]
+        md += [f"Left out: {debug} debug (fast_dev_run, debug=) run(s); `--all` includes them.", ""]
     if arms:
         md += [f"Left out: {arms} arm(s) of federated distillation runs (one site each; `python -m "
                f"experiments.report` tables them).", ""]
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a multirun (or run) directory")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: root)")
-    parser.add_argument("--all", action="store_true", help="also debug (fast_dev_run) runs in the tables")
+    parser.add_argument("--all", action="store_true", help="also debug (fast_dev_run, debug=) runs in the tables")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         print(f"error: {args.root} is not a directory", file=sys.stderr)
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
               f"python -m experiments.report tables them", file=sys.stderr)
         return 2
     if not runs and not failed and debug:
-        print(f"error: all {debug} run(s) under {args.root} are debug (fast_dev_run) runs, whose numbers are not "
+        print(f"error: all {debug} run(s) under {args.root} are debug (fast_dev_run, debug=) runs, whose numbers are not "
               "results; --all includes them", file=sys.stderr)
         return 2
     if not runs and not failed:

@@ -39,8 +39,13 @@ from engine.run_match import canonical_override
 #: score, what a sweep selects on, included: a walkthrough missed them)
 DEFAULT_KEYS = ("test/dice", "test/miou", "test/hd95", "test/nsd", "val/dice_best", "val/auc_best", "test/accuracy",
                 "test/auc", "test/acc")
-#: columns with no better end (when the best came, clients dropped): never bold (a review)
-UNRANKED = ("_best_step", "dropped_total", "/rounds", "num_parameters", "gflops", "num_cases", "best_round")
+#: columns with no better end (when the best came, clients dropped, sizes and counts): never bold (a review);
+#: matched against the key's last part, so a site or class named ``rounds_b`` is still ranked
+UNRANKED = ("_best_step", "dropped_total", "rounds", "num_parameters", "gflops_per_image", "num_cases", "best_round")
+
+
+def unranked(key: str) -> bool:
+    return key.rsplit("/", 1)[-1].endswith(UNRANKED) and not key.startswith("matrix/")
 
 
 def json_object(path: Path, root: Path | None = None) -> dict | None:
@@ -201,7 +206,7 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str],
         best[key] = set()
         for context in set(contexts.get(m, "") for m in groups):
             means = {m: np.mean(v[key]) for m, v in groups.items() if v.get(key) and contexts.get(m, "") == context}
-            if means and not any(u in key for u in UNRANKED):
+            if means and not unranked(key):
                 named = (goal_keys or {}).get(key, key)  # the metric a column holds
                 pick = min if goal(named) == "min" or key.endswith("_std") else max
                 score = (lambda m: abs(means[m])) if "rvd" in named else (lambda m: means[m])
@@ -337,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve", default=None,
                         help=f"metric to plot per epoch (default: the first logged of {', '.join(CURVE_KEYS)})")
     parser.add_argument("--all", action="store_true",
-                        help="also debug (fast_dev_run) runs in the tables, and list unfinished runs")
+                        help="also debug (fast_dev_run, debug=) runs in the tables, and list unfinished runs")
     args = parser.parse_args(argv)
     missing = [p for p in args.paths if not glob.glob(p)]
     if missing:
@@ -360,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         debug_set = set(debug)
         runs = [r for r in runs if r not in debug_set]
     if not runs and not failed:
-        print(f"error: all {len(debug)} run(s) under {' '.join(args.paths)} are debug (fast_dev_run) runs, "
+        print(f"error: all {len(debug)} run(s) under {' '.join(args.paths)} are debug (fast_dev_run, debug=) runs, "
               f"whose numbers are not results; --all includes them", file=sys.stderr)
         return 2
     keys = tuple(args.keys) if args.keys else None
@@ -399,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     if twice:  # a review: two overlapping sweeps given together shrank the std without a word
         md += f"\nSeeds counted more than once (the same run made twice?): {md_text('; '.join(twice), 2000, cell=False)}\n"
         print(f"warning: seeds counted more than once: {'; '.join(twice)[:300]}", file=sys.stderr)
-    if any(k.startswith("fed/") for vals in groups.values() for k in vals) and any(k.startswith("test/") for k in ordered):
+    federated = [any(k.startswith("fed/") for k in vals) for vals in groups.values()]
+    if any(federated) and not all(federated) and any(k.startswith("test/") for k in ordered):
         md += ("\nA federation's `test/*` is its final global model's; a centralised run's `test/*` is its best "
                "validation checkpoint's (a federation's best round: `fed/best/test/*`).\n")
     differ = environment_differences(runs)
@@ -411,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.all and unfinished:
         md += f"\nUnfinished runs ({len(unfinished)}):\n" + "\n".join(f"- `{md_code(r)}`" for r in unfinished) + "\n"
     if not args.all and (debug or unfinished):
-        md += (f"\nLeft out: {len(debug)} debug (fast_dev_run) and {len(unfinished)} unfinished run(s); "
+        md += (f"\nLeft out: {len(debug)} debug (fast_dev_run, debug=) and {len(unfinished)} unfinished run(s); "
                f"`--all` includes them.\n")
     out = Path(args.out) if args.out else glob_root(args.paths[0])
     try:

@@ -30,6 +30,7 @@ from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.builders import check_dimensions  # noqa: E402
 from engine.scalars import check_scalars  # noqa: E402
 from engine.tracking import check_wandb_modes  # noqa: E402
+from datamodules.spatial import forget_warnings as forget_header_warnings  # noqa: E402
 from lightning_modules.base import forget_said_warnings  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
 from lightning_modules import targets  # noqa: E402
@@ -64,6 +65,7 @@ for _name, _fn in (("fedmed_uid", lambda: RUN_UID), ("fedmed_run_dir", _run_dir)
 def dispatch(cfg: DictConfig) -> dict[str, Any]:
     """Pick the run kind from the config: federated distillation, federation, distillation, or centralised."""
     forget_said_warnings()  # each job of an in-process sweep logs its own once-per-run warnings
+    forget_header_warnings()
     apply_debug(cfg)  # debug=<mode>: after the experiment, which +exp= appends last
     fast_dev_rounds(cfg)  # ++trainer.fast_dev_run=true: a federation runs one round
     output_dir(cfg).mkdir(parents=True, exist_ok=True)

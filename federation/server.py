@@ -132,8 +132,8 @@ class Server:
         check_dp_statistics(self.fed, self.global_state, self.strategy.is_local)  # before any client trains
         self.monitor = str(cfg.module.get("monitor") or "val/loss")
         self.monitor_mode = "min" if self.monitor.endswith("loss") else "max"
-        self.loggers = build_loggers(cfg)
         self.evaluator = eval_trainer(self.ccfg, str(self.out))
+        self.loggers = build_loggers(cfg)  # after what can fail but the executor: a W&B run is opened last
         if executor is None:  # last: nothing after it can fail and leave its Ray instance running (a review)
             try:
                 executor = instantiate(self.fed.executor) if self.fed.get("executor") else SequentialExecutor()

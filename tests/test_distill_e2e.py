@@ -100,7 +100,7 @@ def test_report_means_and_failures(tmp_path, capsys):
     assert t2[(1.8, 0.1)]["dsc_mean"] == pytest.approx(30.0) and t2[(1.8, 0.1)]["paper_dsc_mean"] == 51.58
     md = (tmp_path / "kd_report.md").read_text()
     assert "55.00 ± 5.00 (n=2)" in md and "ConfigError: bad tap" in md
-    assert "Left out: 1 debug (fast_dev_run) run(s); `--all` includes them." in md
+    assert "Left out: 1 debug (fast_dev_run, debug=) run(s); `--all` includes them." in md
     assert (tmp_path / "kd_table1.csv").read_text().startswith("method,dataset")
     assert kd_report.main([str(tmp_path), "--all"]) == 0  # the debug run joins its seed-4 row
     with_debug = next(r for r in kd_report.report(tmp_path, include_debug=True)["table1"]

@@ -109,3 +109,19 @@ def test_a_resumed_federation_keeps_its_wandb_bests_from_before_the_resume():
     replay_bests([lg], [{"round": 1, "fed/round/server_val/dice": 0.9}, {"round": 2, "fed/round/server_val/dice": 0.5}])
     log_metrics([lg], {"round": 3, "fed/round/server_val/dice": 0.6}, step=3)
     assert lg.experiment.summary["val/dice_best"] == 0.9 and lg.experiment.summary["val/dice_best_step"] == 1
+
+
+def test_a_failed_run_resumed_to_its_end_is_in_the_bands_and_a_running_debug_run_is_not(tmp_path):
+    """A later review: ``failed.json`` stays after a resume that finished the run, which the bands then left out
+    (``report`` counts it); and a debug federation still running (no metrics.json) was pooled."""
+    import json
+
+    _run(tmp_path, "0", "part", [0.5, 0.9])
+    _run(tmp_path, "1", "part", [0.7, 0.9])
+    (tmp_path / "1" / "failed.json").write_text("{}")
+    (tmp_path / "1" / "metrics.json").write_text(json.dumps({"test/acc": 0.9}))  # resumed to its end
+    _run(tmp_path, "2", "part", [0.0])
+    (tmp_path / "2" / "config.yaml").write_text("federation: {strategy: {mode: part}}\ndebug: {mode: limit}\n")
+    compare_runs(tmp_path)
+    part = [r for r in csv.DictReader(open(tmp_path / "fed_compare.csv")) if r["label"] == "part"]
+    assert [(r["test/acc mean"], r["n"]) for r in part] == [("0.6000", "2"), ("0.9000", "2")]

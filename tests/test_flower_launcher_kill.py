@@ -47,8 +47,14 @@ def _kill_marked(marker: str) -> None:
 def test_launcher_killed_takes_its_processes_and_a_relaunch_stops_leftovers(tmp_path):
     run_dir = tmp_path / "run"
     marker = f"FLWR_HOME={run_dir / 'flower' / 'home'}"
-    stale = subprocess.Popen(["sleep", "300"], env=dict(os.environ, FLWR_HOME=marker.split("=", 1)[1]),
-                             start_new_session=True)  # what a killed earlier launch of this run left running
+    # what a killed earlier launch of this run left running: its launcher.json names its marker, its pid is gone
+    old = f"{run_dir / 'flower' / 'home'}:earlier"
+    (run_dir / "flower").mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (run_dir / "flower" / "launcher.json").write_text(json.dumps({"pid": gone.pid, "started": "0",
+                                                                  "marker": f"FEDMED_REHEARSAL={old}"}))
+    stale = subprocess.Popen(["sleep", "300"], env=dict(os.environ, FEDMED_REHEARSAL=old), start_new_session=True)
     proc, run_dir = _launch(tmp_path, ["federation.rounds=1"])
     try:
         deadline = time.monotonic() + 300  # six processes importing Flower and torch on a loaded 2-core machine

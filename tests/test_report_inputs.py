@@ -321,3 +321,11 @@ def test_a_seed_counted_twice_is_said(tmp_path, capsys):
         (run / "config.yaml").write_text("seed: 1\n")
     assert report.main([str(tmp_path)]) == 0
     assert "seed(s) 1" in (tmp_path / "report.md").read_text() and "counted more than once" in capsys.readouterr().err
+
+
+def test_count_columns_are_unranked_but_a_site_named_like_one_is_ranked():
+    from experiments.report import unranked
+
+    assert unranked("fed/rounds") and unranked("perf/num_parameters") and unranked("perf/forward_gflops_per_image")
+    assert unranked("val/dice_best_step") and not unranked("matrix/FL_global/rounds_b")
+    assert not unranked("test/dice") and not unranked("test/dice_rounds_b")

@@ -222,7 +222,7 @@ def test_report_leaves_debug_and_unfinished_runs_out(tmp_path):
     (tmp_path / "m" / "2" / ".hydra").mkdir(parents=True)  # killed before the end
     assert report.main([str(tmp_path / "m")]) == 0
     text = (tmp_path / "m" / "report.md").read_text()
-    assert "0.5000" in text and "0.9000" not in text and "1 debug (fast_dev_run) and 1 unfinished" in text
+    assert "0.5000" in text and "0.9000" not in text and "1 debug (fast_dev_run, debug=) and 1 unfinished" in text
     assert report.main([str(tmp_path / "m"), "--all"]) == 0
     text = (tmp_path / "m" / "report.md").read_text()
     assert "0.9000" in text or "0.7000" in text  # the debug run is in the table

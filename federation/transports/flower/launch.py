@@ -142,12 +142,12 @@ def claim(fdir: Path, home: Path) -> str:
         owner = json.loads(record.read_text())
         pid, started = int(owner["pid"]), str(owner["started"])
         before = str(owner.get("marker") or "")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pid, started, before = None, None, ""
-    if not before.startswith(f"{MARK}={home}:"):  # an older launcher's record, or a file edited to name other
-        before = f"FLWR_HOME={home}"  # processes (PATH=...): the run's own FLWR_HOME, as before
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no launch here yet: nothing of ours runs
+        pid, started, before = None, None, None  # (a later review: the FLWR_HOME fallback killed a user's shell)
+    if before is not None and not before.startswith(f"{MARK}={home}:"):  # an older launcher's record (or one
+        before = f"FLWR_HOME={home}"  # edited to name other processes, PATH=...): the run's FLWR_HOME, as before
     marker = f"{MARK}={home}:{uuid.uuid4().hex}"
-    if marked(before):
+    if before is not None and marked(before):
         if pid is not None and pid != os.getpid() and _started_at(pid) == started:
             raise FederationError(f"the Flower rehearsal in {fdir.parent} is still run by launcher pid {pid}: "
                                   f"stop it first (kill {pid}); two ServerApps must not write into one run folder")
