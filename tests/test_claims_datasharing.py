@@ -60,6 +60,8 @@ def test_datasharing_part_beats_none_and_nears_all(tmp_path):
     So ``FEDMED_CLAIMS_DISABLE=1`` now switches off the sending, not the pool (forty-second session, a
     review): the `part` arm runs with ``mode=none`` (pool carved, nothing sent), the same run as `none`, so
     part - none = 0 < 0.05 fails the first assertion by construction, as FedBN's disabled arm is FedAvg.
+    Measured so (``FEDMED_CLAIMS_DISABLE=1 pytest -m claims tests/test_claims_datasharing.py``, seed 0, two torch
+    threads): none 0.774, part 0.774, all 0.975; the test fails at its first assertion.
     """
     t0 = time.perf_counter()
     acc, final = {}, {}
