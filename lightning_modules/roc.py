@@ -69,5 +69,9 @@ class BinnedMulticlassROC(MulticlassROC):
         area is undefined there (torchmetrics gives 0.0, which would pull any mean over runs down)."""
         fpr, tpr, _ = self.compute()
         auc = torch.trapezoid(tpr, fpr, dim=-1)
-        truth = self.confmat[0].sum(-1)  # [C, 2]: negative and positive pixels per class (any threshold)
+        # [C, 2]: negative and positive pixels per class, over every rank: compute() gives this rank's own state
+        # back after syncing, so a rank without a class's pixels read NaN where the others did not, and the
+        # ranks then logged different keys (a review: with gloo, rank 0 NaN, rank 1 0.81)
+        with self.sync_context():
+            truth = self.confmat[0].sum(-1).clone()
         return torch.where((truth > 0).all(-1), auc, torch.full_like(auc, float("nan")))
