@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from lightning_modules.base import BaseModule, build, is_argument_error, to_plain
@@ -169,8 +170,14 @@ class SegmentationModule(BaseModule):
 
     def _keep_for_surface(self, batch: dict, pred: torch.Tensor, mask: torch.Tensor, ids: list[str],
                           keep: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        if not self.surface_metrics or (torch.distributed.is_available() and torch.distributed.is_initialized()
-                                        and torch.distributed.get_world_size() > 1):
+        if not self.surface_metrics:
+            return
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:  # a case's slices are spread over the ranks
+            if not getattr(self, "_warned_ddp_surface", False):
+                self._warned_ddp_surface = True  # a review: they vanished from metrics.json without a word
+                rank_zero_warn("test HD95 / NSD are not computed under DDP (each rank holds only some slices of "
+                               "a case); test on one device (trainer=gpu, or predict with labels=) for them")
             return
         index = batch.get("slice_index")
         index = [0] * len(keep) if index is None else [int(i) for i in index]
