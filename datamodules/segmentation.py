@@ -52,6 +52,16 @@ def checked_source_classes(value: Any, what: str) -> dict[int, str]:
     return out
 
 
+
+def _own_slices(array, case) -> np.ndarray:
+    """``array`` (a case's image or label, slices along axis 0) restricted to the case's own slices: a COVID
+    stack's cases share one stack, and its other cases' slices (validation, test) are no training data (a
+    review: CT statistics were computed over the whole stack)."""
+    positions = list(case.positions)
+    if len(positions) == np.shape(array)[0] and positions == list(range(len(positions))):
+        return array
+    return np.asarray(array)[positions]
+
 class VolumeSegmentationDataModule(SliceDataModule):
     """Axial-slice segmentation from NIfTI volumes (layouts ``lits``, ``kits``, ``msd``, ``covid_stack``).
 
@@ -220,7 +230,8 @@ class VolumeSegmentationDataModule(SliceDataModule):
         if self.ct_stats is None:
             train = set(self.make_splits(sorted(c.case_id for c in cases))["train"])
             chosen = [c for c in cases if c.case_id in train]
-            self.ct_stats = foreground_stats([c.image for c in chosen], [c.label for c in chosen], seed=self.seed)
+            self.ct_stats = foreground_stats([_own_slices(c.image, c) for c in chosen],
+                                             [_own_slices(c.label, c) for c in chosen], seed=self.seed)
             print(f"CT normalisation from {len(chosen)} training case(s): data.ct_stats="
                   f"[{', '.join(f'{v:.4g}' for v in self.ct_stats)}]")
         for c in cases:

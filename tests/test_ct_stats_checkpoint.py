@@ -78,3 +78,25 @@ def test_padding_under_ct_normalisation_is_air_not_tissue(tmp_path):
     assert dm.fill_value() == pytest.approx(lowest, abs=1e-5) and dm.fill_value() < -1.0
     window = build_datamodule(compose_run(TINY, tmp_path / "window").data)
     assert window.fill_value() == window.out_range[0]
+
+
+def test_a_covid_stacks_ct_statistics_come_from_its_training_slices_only(tmp_path):
+    """A review: each COVID-stack case holds the whole stack, so the CT statistics were computed over every
+    slice, validation and test included (foreground mean 450 where the training slices' is 433)."""
+    import nibabel as nib
+    import numpy as np
+
+    from datamodules.segmentation import VolumeSegmentationDataModule
+
+    depth = 10
+    img = np.full((32, 32, depth), -1000, np.float32)
+    lab = np.zeros((32, 32, depth), np.uint8)
+    for z in range(depth):
+        img[8:20, 8:20, z], lab[8:20, 8:20, z] = 100 * z, 1  # each slice's foreground has its own HU
+    nib.save(nib.Nifti1Image(img, np.eye(4)), tmp_path / "tr_im.nii.gz")
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), tmp_path / "tr_mask.nii.gz")
+    dm = VolumeSegmentationDataModule(str(tmp_path), layout="covid_stack", normalization="ct", val_fraction=0.2,
+                                      test_fraction=0.2, cache_dir=str(tmp_path / "cache"), augment=False)
+    dm.setup()
+    train = [int(c.split("-")[1]) for c in dm.splits["train"]]
+    assert len(train) < depth and dm.ct_stats[2] == pytest.approx(np.mean([100 * z for z in train]), abs=1.0)
