@@ -264,6 +264,25 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def train_eval_dataset(self) -> SiteConcat | None:
         return getattr(self, "_train_eval", None)
 
+    def every_slice_of(self, val_items: Sequence[int], train_items: Sequence[int]) -> SiteConcat | None:
+        """:meth:`datamodules.slices.SliceDataModule.every_slice_of` per site (indices into ``train_dataset``,
+        site by site); None unless every site concerned can give it."""
+        t, sites = self.train_dataset, self._build()
+        if not isinstance(t, SiteConcat) or not len(val_items):
+            return None
+        parts: dict[str, Any] = {}
+        for k, name in enumerate(t.names):
+            lo, hi = t.offsets[k], t.offsets[k + 1]
+            val = [int(i) - lo for i in val_items if lo <= int(i) < hi]
+            if not val:
+                continue
+            fn = getattr(sites[name], "every_slice_of", None)
+            part = fn(val, [int(i) - lo for i in train_items if lo <= int(i) < hi]) if callable(fn) else None
+            if part is None:
+                return None
+            parts[name] = part
+        return SiteConcat(parts, t.pad_values or None)
+
     @property
     def site_names(self) -> list[str]:
         return list(self.site_cfgs)

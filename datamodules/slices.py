@@ -172,6 +172,22 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
             self._train_eval = SliceDataset(t.cases, t.items, t.label_fn)
         return self._train_eval
 
+    def every_slice_of(self, val_items: Sequence[int], train_items: Sequence[int]) -> SliceDataset | None:
+        """Every slice of the training cases that the training items ``val_items`` belong to, as evaluated (no
+        augmentation): a federated client's validation split carved from its training items by whole cases.
+        ``train_slices`` keeps a fraction of the empty slices for training only; validation scores every slice
+        (a review: a client's validation case had 9 of its 20 slices, so false positives on the dropped empty
+        slices never counted). None where it cannot apply: items that are no slices (3D patches), or a val case
+        that also trains (a client with one volume, whose slices are split)."""
+        t = self.train_dataset
+        if not isinstance(t, SliceDataset) or not len(val_items):
+            return None
+        cases = {t.items[int(i)][0] for i in val_items}
+        if cases & {t.items[int(i)][0] for i in train_items}:
+            return None
+        return SliceDataset(t.cases, [(c, k) for c in sorted(cases) for k in range(len(t.cases[c].positions))],
+                            t.label_fn)
+
     def make_splits(self, case_ids: list[str]) -> dict[str, list[str]]:
         """Patient-level splits: ``split_file`` when set (JSON of case-id lists), else seeded fractions."""
         split_file = getattr(self, "split_file", None)

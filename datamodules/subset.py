@@ -35,6 +35,18 @@ __all__ = ["IndexSubset", "SubsetDataModule", "carve_val", "sample_labels", "sam
            "sample_cases"]
 
 
+def val_carved_from_train(base: Any, val_indices: Sequence[int] | np.ndarray, train_indices: Sequence[int] | np.ndarray,
+                          item_fn: Callable[[dict], dict] | None = None) -> Dataset:
+    """A validation split carved from ``base``'s training items: every slice of those cases where the base can
+    give them (``every_slice_of``: the training items keep only ``train_slices`` of the empty slices), else the
+    training items themselves as evaluated (``train_eval_dataset``: whole volumes for 3D patches)."""
+    fn = getattr(base, "every_slice_of", None)
+    full = fn(val_indices, train_indices) if callable(fn) else None
+    if full is None:
+        return IndexSubset(train_eval_dataset(base), val_indices, item_fn)
+    return IndexSubset(full, np.arange(len(full)), item_fn)
+
+
 class IndexSubset(Dataset):
     """``dataset[indices[i]]``, optionally through ``item_fn``; ``targets``/``groups`` follow the subset."""
 
@@ -161,8 +173,8 @@ class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
         self.train_dataset = IndexSubset(base.train_dataset, self.train_indices, train_item_fn)
         self.val_dataset = None
         if val_indices is not None and len(val_indices):
-            src = train_eval_dataset(base) if val_from == "train" else base.val_dataset
-            self.val_dataset = IndexSubset(src, val_indices, val_item_fn)
+            self.val_dataset = (val_carved_from_train(base, val_indices, self.train_indices, val_item_fn)
+                                if val_from == "train" else IndexSubset(base.val_dataset, val_indices, val_item_fn))
         self.test_dataset = base.test_dataset if test_indices is None else IndexSubset(base.test_dataset, test_indices)
         self.eval_batch_size = getattr(base, "eval_batch_size", None)
 

@@ -31,8 +31,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from datamodules.loaders import eval_loader, train_eval_dataset
-from datamodules.subset import IndexSubset, SubsetDataModule, sample_cases, sample_groups, sample_labels
+from datamodules.loaders import eval_loader
+from datamodules.subset import (IndexSubset, SubsetDataModule, sample_cases, sample_groups, sample_labels,
+                                val_carved_from_train)
 from engine import artifacts
 from engine.builders import build_datamodule, build_loggers, build_module, check_datamodule
 from engine.one_process import check_one_process_trainer
@@ -193,7 +194,7 @@ class Server:
         ind = self.indices[cid]
         if split == "test" and ind.test is not None and len(ind.test):
             return self.loader(IndexSubset(self.base.test_dataset, ind.test))
-        return self.loader(IndexSubset(train_eval_dataset(self.base), ind.val)) if len(ind.val) else None
+        return self.loader(val_carved_from_train(self.base, ind.val, ind.train)) if len(ind.val) else None
 
     def client_datamodule(self, cid: str, seed: int) -> SubsetDataModule:
         return runner.client_datamodule(self.ccfg, self.base, self.indices[cid], None, seed)
