@@ -25,9 +25,16 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
     if val_fraction + test_fraction >= 1.0:
         raise DataError(f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}")
     idx = np.arange(len(labels))
-    rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
-    train, val = train_test_split(rest, test_size=val_fraction / (1.0 - test_fraction),
-                                  stratify=labels[rest], random_state=seed)
+    try:
+        rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+        train, val = train_test_split(rest, test_size=val_fraction / (1.0 - test_fraction),
+                                      stratify=labels[rest], random_state=seed)
+    except ValueError as err:  # a review: scikit-learn's own message named neither the data nor the fraction
+        counts = dict(zip(*np.unique(labels, return_counts=True)))
+        raise DataError(f"cannot split {len(labels)} items by class at data.val_fraction={val_fraction}, "
+                        f"data.test_fraction={test_fraction} (items per class: "
+                        f"{ {int(k) if str(k).isdigit() else str(k): int(v) for k, v in counts.items()} }): "
+                        f"{str(err).splitlines()[0]}") from None
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 

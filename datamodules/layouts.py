@@ -206,4 +206,10 @@ def find_cases(root: str | Path, layout: str, stack_group_size: int = 1) -> list
         cases = {"lits": _lits, "kits": _kits, "msd": _msd, "nnunet": _nnunet}[layout](root)
     if not cases:
         raise DataError(f"no {layout} cases found in data.root {root}: expected {_PATTERNS[layout]}")
+    seen: dict[str, Case] = {}
+    for case in cases:  # a review: volume-0.nii in a/ and volume-0.nii.gz in b/ failed later naming nothing
+        if case.case_id in seen:
+            raise DataError(f"data.root {root}: case {case.case_id} found twice ({seen[case.case_id].image} and "
+                            f"{case.image}); keep one")
+        seen[case.case_id] = case
     return cases

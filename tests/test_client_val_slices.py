@@ -36,3 +36,22 @@ def test_a_clients_validation_cases_are_scored_on_every_slice(tmp_path):
     one = np.flatnonzero(cases == cases[0])
     same = val_carved_from_train(dm, one[:3], one[3:])
     assert len(same) == 3
+
+
+def test_a_case_found_twice_and_a_class_too_small_to_split_are_one_line_naming_them(tmp_path):
+    """A review: ``volume-0.nii`` in ``a/`` and ``volume-0.nii.gz`` in ``b/`` gave "duplicate case ids in split
+    input: 1 repeated" after every volume was decoded; a class of one image gave scikit-learn's own error."""
+    import pytest
+
+    from datamodules.digits import stratified_split
+    from datamodules.errors import DataError
+    from datamodules.layouts import find_cases
+
+    _lits(tmp_path / "lits" / "a", n=2)
+    (tmp_path / "lits" / "b").mkdir()
+    (tmp_path / "lits" / "a" / "volume-0.nii").rename(tmp_path / "lits" / "b" / "volume-0.nii")
+    (tmp_path / "lits" / "a" / "volume-1.nii").replace(tmp_path / "lits" / "a" / "volume-0.nii")
+    with pytest.raises(DataError, match=r"case volume-0 found twice \(.*volume-0.nii and .*volume-0.nii\)"):
+        find_cases(tmp_path / "lits", "lits")
+    with pytest.raises(DataError, match=r"cannot split 10 items by class at data.val_fraction=0.2"):
+        stratified_split(np.array([0] * 9 + [1]), 0.2, 0.2, 0)
