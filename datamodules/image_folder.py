@@ -42,9 +42,15 @@ def group_split(labels: np.ndarray, groups: Sequence[str], val_fraction: float, 
     """:func:`~datamodules.digits.stratified_split` over groups (a group's images stay in one split), stratified
     by each group's label; a review: COVID-CT's crops of one paper figure (``...-p6-52%0`` .. ``%15``, one
     patient) were scattered over train and test by a per-image split."""
-    keys = [f"{int(lab)}/{g}" for lab, g in zip(labels, groups)]
-    names, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    by_group = stratified_split(labels[first], val_fraction, test_fraction, seed)
+    names, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    # one unit per group, stratified by its most common label (a later review: keyed by label and group, a
+    # patient with images of both classes became two units and could land in train and test)
+    majority = np.asarray([np.bincount(labels[inverse == k]).argmax() for k in range(len(names))])
+    mixed = [str(names[k]) for k in range(len(names)) if len(np.unique(labels[inverse == k])) > 1]
+    if mixed:
+        log.warning("data.group_pattern: %d group(s) hold images of more than one class (e.g. %s); each stays in "
+                    "one split, stratified by its most common class", len(mixed), ", ".join(mixed[:3]))
+    by_group = stratified_split(majority, val_fraction, test_fraction, seed)
     return {s: np.flatnonzero(np.isin(inverse, idx)) for s, idx in by_group.items()}
 
 

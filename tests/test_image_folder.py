@@ -128,3 +128,20 @@ def test_real_covid_ct_group_split_shares_no_figure(shared_data):
     where = {s: {groups[i] for i in idx} for s, idx in parts.items()}
     assert not (where["train"] & where["test"]) and not (where["train"] & where["val"])
     assert len(where["train"]) < len([i for idx in parts.values() for i in idx])  # crops were grouped
+
+
+def test_a_group_with_images_of_two_classes_stays_in_one_split(caplog):
+    """A later review: groups were keyed by label and group, so a patient with COVID and non-COVID images was two
+    units and landed in train and val at seed 0."""
+    import logging
+
+    import numpy as np
+
+    from datamodules.image_folder import group_split
+
+    labels = np.array([1] * 4 + [0] * 4 + [0, 1] * 10)
+    groups = ["p0"] * 8 + [f"q{k}" for k in range(20)]
+    with caplog.at_level(logging.WARNING, logger="datamodules.image_folder"):
+        parts = group_split(labels, groups, 0.2, 0.2, 0)
+    where = {s for s, idx in parts.items() if set(idx) & set(range(8))}
+    assert len(where) == 1 and "1 group(s) hold images of more than one class (e.g. p0)" in caplog.text
