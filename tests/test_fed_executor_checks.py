@@ -47,8 +47,8 @@ def test_unknown_privacy_is_refused_with_any_executor(tmp_path):
 
 def test_dp_with_batchnorm_statistics_crossing_is_refused_before_launch(tmp_path):
     """A review: LocalDpMod clips a site's whole update as one vector, and BatchNorm's running statistics moved
-    far more than the weights (L2 42.4 against 0.10 after 10 steps of a U-Net): at clipping norm 1 the weights'
-    update was scaled by ~1/400, so a DP federation with BatchNorm learnt almost nothing. Refused before any
+    far more than the weights (L2 42.5 against 0.13 after 10 steps of a U-Net, ``benchmarks/dp_bn_share.py``): at
+    clipping norm 1 the weights' update was scaled by 0.024, so a DP federation with BatchNorm learnt almost nothing. Refused before any
     process starts (and by the server, for a real deployment's ServerApp); the statistics kept at the sites
     (FedBN) or a net without BatchNorm are fine."""
     from federation.transports.flower.launch import check
