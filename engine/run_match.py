@@ -164,7 +164,10 @@ def continue_command(overrides: Iterable[str], run: Path | str, resume: bool = T
     repeat), each quoted for a POSIX shell (``data.window=[-40,160]`` is a glob there), then ``resume=<run>``
     (without it, ``resume=False``: the command that runs it again from the start, which keeps ``ckpt_path=``:
     a review saw an interrupted fine-tune told to rerun a command that trained from scratch)."""
-    skip = _NOT_REPEATED if resume else tuple(k for k in _NOT_REPEATED if k != "ckpt_path=")
+    # ckpt_path= goes unless the run has its own last.ckpt to continue from (a review: a distillation stopped in
+    # its teacher/ stage was told to continue without it, and its student then trained from scratch)
+    own = resume and (Path(run) / "checkpoints" / "last.ckpt").is_file()
+    skip = _NOT_REPEATED if own else tuple(k for k in _NOT_REPEATED if k != "ckpt_path=")
     kept = [str(o) for o in overrides if not str(o).lstrip("+~").startswith(skip)]
     kept = [o for o in kept if not o.startswith("-")]  # never a flag: the command is overrides + resume= only
     tail = [f"resume={run}"] if resume else []

@@ -76,12 +76,17 @@ def test_continue_command_is_shell_quoted_and_leaves_out_what_a_resume_sets(tmp_
     and a value with a space reach the run as typed when the line is pasted into ``sh``."""
     over = ["+exp=lits_dnet", "data.window=[-40,160]", "task_name=two words", "hydra.run.dir=/x",
             "ckpt_path=/y.ckpt", "resume=/old"]
+    (tmp_path / "my run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "my run" / "checkpoints" / "last.ckpt").write_bytes(b"")
     line = continue_command(over, tmp_path / "my run")
     assert shlex.split(line) == ["python", "-m", "experiments.run", "+exp=lits_dnet", "data.window=[-40,160]",
                                  "task_name=two words", f"resume={tmp_path / 'my run'}"]
     again = continue_command(over, tmp_path / "my run", resume=False)  # run again from the start: a fine-tune
     assert shlex.split(again)[3:] == ["+exp=lits_dnet", "data.window=[-40,160]", "task_name=two words",
                                       "ckpt_path=/y.ckpt"]  # stays one (a review: it trained from scratch)
+    (tmp_path / "my run" / "checkpoints" / "last.ckpt").unlink()  # stopped before its own first checkpoint (a
+    resumed = shlex.split(continue_command(over, tmp_path / "my run"))  # distillation in its teacher/ stage)
+    assert "ckpt_path=/y.ckpt" in resumed and resumed[-1] == f"resume={tmp_path / 'my run'}"
 
 
 def test_resume_without_the_runs_overrides_is_one_line_and_changes_nothing(trained, tmp_path):
