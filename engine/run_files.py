@@ -144,3 +144,21 @@ def run_figure(run: Path, name: str) -> Path | None:
             return path if fh.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE else None
     except OSError:
         return None
+
+
+def run_config(run: Path) -> dict:
+    """A run's composed config: ``config.yaml``, else Hydra's ``.hydra/config.yaml``; ``{}`` when neither parses."""
+    for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
+        cfg = run_yaml(path, run)  # a .hydra/ linked elsewhere is not read
+        if isinstance(cfg, dict) and cfg:
+            return cfg
+    return {}
+
+
+def debug_run(metrics: dict | None, cfg: dict) -> bool:
+    """A debug run (``fast_dev_run`` or any ``debug=`` mode), from its parsed ``metrics.json`` and config: its
+    numbers are not results (a review: a ``debug=limit`` job was pooled as a second seed of its method). One test
+    for ``experiments.report``, ``kd_report``, ``decathlon_report`` and ``federation.curves``."""
+    trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
+    debug = cfg.get("debug") if isinstance(cfg.get("debug"), dict) else {}
+    return bool((metrics or {}).get("debug") or trainer.get("fast_dev_run") or debug.get("mode"))

@@ -31,8 +31,8 @@ import numpy as np
 from callbacks.metric_goal import goal
 from engine.artifacts import atomic_write_text, console
 from experiments.report_html import write_html
-from engine.run_files import (MAX_RUN_FILE_BYTES, as_number, csv_text, md_code, md_text, plain_text, run_file_text,
-                              run_json, run_yaml)
+from engine.run_files import (MAX_RUN_FILE_BYTES, as_number, csv_text, debug_run, md_code, md_text, plain_text,
+                              run_config, run_file_text, run_json, run_yaml)
 from engine.run_match import canonical_override
 
 #: the columns a report shows by default, those present in the runs (surface metrics and the best validation
@@ -98,23 +98,6 @@ def find_unfinished(paths: list[str]) -> list[Path]:
     found = {r for r in found if not any(a in found for a in r.parents)}
     return sorted(r for r in found if not (r / "metrics.json").is_file() and not (r / "failed.json").is_file()
                   and r.name not in ("teacher", "files"))
-
-
-def run_config(run: Path) -> dict:
-    """A run's composed config: ``config.yaml``, else Hydra's ``.hydra/config.yaml``; ``{}`` when neither parses."""
-    for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
-        cfg = run_yaml(path, run)  # a .hydra/ linked elsewhere is not read
-        if isinstance(cfg, dict) and cfg:
-            return cfg
-    return {}
-
-
-def debug_run(metrics: dict | None, cfg: dict) -> bool:
-    """A debug run (``fast_dev_run`` or any ``debug=`` mode), from its parsed ``metrics.json`` and config: its
-    numbers are not results (a review: a ``debug=limit`` job was pooled as a second seed of its method)."""
-    trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
-    debug = cfg.get("debug") if isinstance(cfg.get("debug"), dict) else {}
-    return bool((metrics or {}).get("debug") or trainer.get("fast_dev_run") or debug.get("mode"))
 
 
 def is_debug(run: Path) -> bool:

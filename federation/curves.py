@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from callbacks.plotting import save_figure
-from engine.run_files import csv_text, plain_text, run_file_text, run_json, run_yaml
+from engine.run_files import csv_text, debug_run, plain_text, run_config, run_file_text, run_json, run_yaml
 
 __all__ = ["read_rounds", "seed_band", "plot_rounds", "compare_runs"]
 
@@ -133,18 +133,9 @@ def _failed_or_debug(run: Path) -> bool:
     """A run whose rounds are no result: it failed (``failed.json``) or is a debug run (``metrics.json`` says
     ``debug``), as ``experiments.report`` leaves them out."""
     metrics = run_json(run / "metrics.json", run)
-    if isinstance(metrics, dict):  # finished (a failed run resumed to its end keeps its old failed.json)
-        return bool(metrics.get("debug")) or _debug_config(run)
-    return (run / "failed.json").exists() or _debug_config(run)
-
-
-def _debug_config(run: Path) -> bool:
-    """Whether the run's config is a debug run's (``debug.mode`` or ``trainer.fast_dev_run``): a debug run still
-    running or killed has no ``metrics.json`` to say so."""
-    cfg = run_yaml(run / "config.yaml", run) or run_yaml(run / ".hydra" / "config.yaml", run) or {}
-    cfg = cfg if isinstance(cfg, dict) else {}
-    debug, trainer = cfg.get("debug"), cfg.get("trainer")
-    return bool((isinstance(debug, dict) and debug.get("mode")) or (isinstance(trainer, dict) and trainer.get("fast_dev_run")))
+    metrics = metrics if isinstance(metrics, dict) else None  # a debug run still running has only its config
+    # finished: a failed run resumed to its end keeps its old failed.json
+    return debug_run(metrics, run_config(run)) or (metrics is None and (run / "failed.json").exists())
 
 
 def compare_runs(root: str | Path, metric: str = "acc", label_key: str = "federation.strategy.mode",
