@@ -161,11 +161,15 @@ def sites_of(data: Mapping[str, Any]) -> dict[str, Any]:
 class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """One datamodule per site, concatenated (module docstring). ``sites``: site name -> config, each
     completed by ``site_defaults``. ``root``: the folder the site configs place their roots under
-    (``${data.root}/<site>``); kept for them only."""
+    (``${data.root}/<site>``); kept for them only. ``seed``: the training order and augmentation as functions of
+    (seed, epoch, item) (:class:`datamodules.loaders.SplitLoadersMixin`), so a resumed centralised run draws what
+    the uninterrupted one would have, as a single-site run and every federated client do (None: torch's global
+    stream, which a resumed fit restarts)."""
 
     def __init__(self, sites: Mapping[str, Any], batch_size: int = 16, num_workers: int = 0,
                  site_defaults: Mapping[str, Any] | None = None, root: str | None = None,
-                 patch_size: Any = None, class_names: Sequence[str] | None = None) -> None:
+                 patch_size: Any = None, class_names: Sequence[str] | None = None,
+                 seed: int | None = None) -> None:
         super().__init__()
         self.declared_names = None if class_names is None else [str(n) for n in class_names]
         if not sites:
@@ -176,6 +180,7 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
             if isinstance(c, Mapping) and "_target_" not in c:
                 raise DataError(f"data.sites.{name} has no _target_ (set it there or in data.site_defaults)")
         self.batch_size, self.num_workers, self.root = int(batch_size), int(num_workers), root
+        self.seed = None if seed is None else int(seed)
         self._check_root_is_used()
         self._check_one_batch_size()
         self.sites: dict[str, pl.LightningDataModule] = {}

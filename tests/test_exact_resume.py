@@ -66,6 +66,19 @@ def test_resumed_classifier_with_dropout_ends_as_the_uninterrupted_one(tmp_path)
     _resumed_equals_uninterrupted(tmp_path, DIGITS)
 
 
+# the federation's three phantom liver sites (data=multisite_lits) trained centrally: a multi-site datamodule
+MULTISITE = ["+exp=lits_dnet", "data=multisite_lits", "model.width=4", "data.batch_size=8", "logger=csv",
+             "callbacks=default", "~callbacks.rich_progress_bar", "~callbacks.throughput", "test=false",
+             *(f"data.sites.{s}.{k}" for s in ("hospital_a", "hospital_b", "hospital_c")
+               for k in ("image_size=32", "synthetic.shape=[32,32,6]"))]
+
+
+def test_resumed_multisite_run_ends_as_the_uninterrupted_one(tmp_path):
+    """A review: ``MultiSiteDataModule`` had no ``seed``, so a centralised multi-site run shuffled from torch's
+    global stream and its resumed first epoch drew epoch 0's order again (federated clients were seeded)."""
+    _resumed_equals_uninterrupted(tmp_path, MULTISITE)
+
+
 def test_worker_count_changes_no_draw(tmp_path):
     """Two workers read the items (in other processes, persistent across epochs) as the main process does."""
     alone = _run(tmp_path / "w0", [*LITS, "trainer.max_epochs=2", "data.num_workers=0"])
