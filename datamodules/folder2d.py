@@ -214,6 +214,7 @@ class FolderSegmentationDataModule(SliceDataModule):
         self.split_file = split_file
         self.test_ids: set[str] = set()
         self.case_shard = _check_shard(case_shard)
+        self.shard_elsewhere: set[str] = set()  # with case_shard: the cases of the folder's other shards
         self.window = _check_window(window)
         if class_names is None:
             n = max(self.label_map.values()) + 1 if self.label_map else 2
@@ -343,6 +344,7 @@ class FolderSegmentationDataModule(SliceDataModule):
             keep = sorted(groups, key=_natural)[i::n]
             if not keep:
                 raise DataError(f"data.case_shard=[{i}, {n}] keeps none of the {len(groups)} cases in {self.image_dir}")
+            self.shard_elsewhere = set(groups) - set(keep)  # the other shards' cases, named by a shared split_file
             groups = {c: groups[c] for c in keep}
             self.test_ids &= set(keep)
         cases = []

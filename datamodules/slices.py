@@ -191,7 +191,8 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def make_splits(self, case_ids: list[str]) -> dict[str, list[str]]:
         """Patient-level splits: ``split_file`` when set (JSON of case-id lists), else seeded fractions."""
         split_file = getattr(self, "split_file", None)
-        splits = (read_split_file(split_file, case_ids) if split_file else
+        elsewhere = getattr(self, "shard_elsewhere", ())  # case_shard: the other shards' cases
+        splits = (read_split_file(split_file, case_ids, elsewhere) if split_file else
                   patient_split(case_ids, self.val_fraction, self.test_fraction, self.seed))
         return self.limit_train_cases(splits)
 

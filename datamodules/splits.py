@@ -6,7 +6,7 @@ never over slices: no case can appear in two splits.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -43,9 +43,11 @@ def patient_split(case_ids: Sequence[str], val_fraction: float, test_fraction: f
             "test": sorted(shuffled[n_val:n_val + n_test])}
 
 
-def read_split_file(path: str, case_ids: Sequence[str]) -> dict[str, list[str]]:
+def read_split_file(path: str, case_ids: Sequence[str], elsewhere: Collection[str] = ()) -> dict[str, list[str]]:
     """``{"train": [...], "val": [...], "test": [...]}`` case ids from a JSON split file, checked
-    against the cases found (unknown ids or a case in two splits are errors naming the file)."""
+    against the cases found (unknown ids or a case in two splits are errors naming the file). ``elsewhere``: ids
+    that exist but belong to another datamodule over the same folder (``case_shard``), left out of every list: one
+    split file serves every shard of a folder (a review: each shard refused the others' cases as unknown)."""
     from datamodules.jsonfile import read_json
 
     p = path
@@ -54,17 +56,18 @@ def read_split_file(path: str, case_ids: Sequence[str]) -> dict[str, list[str]]:
             or "train" not in raw:
         raise DataError(f"data.split_file {p} must map 'train' (and optionally 'val', 'test') to case-id lists")
     splits = {s: sorted(str(c) for c in raw.get(s, [])) for s in ("train", "val", "test")}
-    known, seen = set(case_ids), {}
+    known, other, seen = set(case_ids), {str(c) for c in elsewhere} - set(case_ids), {}
     for s, ids in splits.items():
-        unknown = sorted(set(ids) - known)
+        unknown = sorted(set(ids) - known - other)
         if unknown:
             raise DataError(f"data.split_file {p} lists case(s) {unknown[:5]} in {s!r} that are not in the data")
         for c in ids:
             if c in seen:
                 raise DataError(f"data.split_file {p} puts case {c!r} in both {seen[c]!r} and {s!r}")
             seen[c] = s
+    splits = {s: [c for c in ids if c in known] for s, ids in splits.items()}
     unlisted = sorted(known - set(seen))
     if unlisted:  # a review: they were left out of every split without a word
         log.warning("data.split_file %s lists %d of the %d cases found; %d in no list are left out (e.g. %s)", p,
-                    len(seen), len(known), len(unlisted), ", ".join(unlisted[:5]))
+                    len(known) - len(unlisted), len(known), len(unlisted), ", ".join(unlisted[:5]))
     return splits

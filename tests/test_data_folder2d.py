@@ -156,6 +156,27 @@ def test_case_shards_are_disjoint_sites_and_window_rewindows(tmp_path):
     assert windowed.collate_fn(True).fill == pytest.approx(1 / 3)
 
 
+def test_one_split_file_serves_every_case_shard(tmp_path):
+    """A review: a split file over the whole folder made each ``case_shard`` refuse the other shards' cases as
+    "not in the data"; each shard now keeps its own cases of each list, and a typo is still refused."""
+    import json
+
+    root = _write_png_folder(tmp_path, n_cases=6)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["100", "101", "102", "103"], "val": ["104"], "test": ["105"]}))
+    kw = dict(image_dir="imgs", mask_dir="msks", image_size=None, augment=False, split_file=str(split))
+    got = []
+    for i in range(2):
+        dm = FolderSegmentationDataModule(str(root), case_shard=[i, 2], **kw)
+        dm.setup()
+        got.append({s: dm.case_ids(s) for s in ("train", "val", "test")})
+    assert got == [{"train": ["100", "102"], "val": ["104"], "test": []},
+                   {"train": ["101", "103"], "val": [], "test": ["105"]}]
+    split.write_text(json.dumps({"train": ["100", "101", "999"]}))
+    with pytest.raises(DataError, match=r"split.json lists case\(s\) \['999'\] in 'train' that are not in the"):
+        FolderSegmentationDataModule(str(root), case_shard=[0, 2], **kw).setup()
+
+
 @pytest.mark.parametrize("kw, needle", [
     ({"case_shard": [2, 2]}, r"data.case_shard=\[2, 2\]"), ({"case_shard": [0]}, r"data.case_shard=\[0\]"),
     ({"window": [0.8, 0.2]}, r"data.window=\[0.8, 0.2\]"),
