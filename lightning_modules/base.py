@@ -195,6 +195,14 @@ class BaseModule(pl.LightningModule):
             total = value if total is None else total + value
         return total
 
+    def log_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """``train/loss_step`` (this rank's, unsynced: a progress read-out) and ``train/loss_epoch`` (the batch-size
+        weighted mean over every rank's shard), the keys one ``on_step=on_epoch=True`` log writes. One call with
+        ``sync_dist=True`` all-reduced every step's value too, a collective per step that Lightning warns costs."""
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss_epoch", loss.detach(), on_step=False, on_epoch=True, batch_size=batch_size,
+                 sync_dist=True)
+
     def trainable_parameters(self):
         """Parameters the optimiser updates; distillation overrides this (student + adapters only)."""
         return [p for p in self.parameters() if p.requires_grad]

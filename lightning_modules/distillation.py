@@ -248,7 +248,7 @@ class DistillationModule(SegmentationModule):
         self.log("train/seg", seg.detach(), on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         for name, value in terms.items():
             self.log(f"train/kd/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log_train_loss(loss, bs)
         return loss
 
     # ------------------------------------------------------------------ inspection (Fig. 2)

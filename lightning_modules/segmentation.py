@@ -141,8 +141,7 @@ class SegmentationModule(BaseModule):
         extra = self.extra_loss(batch_size=len(batch["mask"]))
         if extra is not None:
             loss = loss + extra
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["mask"]),
-                 sync_dist=True)  # the epoch value over every rank's shard, not rank 0's (a review)
+        self.log_train_loss(loss, len(batch["mask"]))  # the epoch value over every rank's shard (a review)
         return loss
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

@@ -167,7 +167,8 @@ def test_auxiliary_losses_are_logged_with_the_batch_size():
     module.log = lambda key, value, **k: logged.__setitem__(key, k)
     batch = {"image": torch.rand(3, 1, 8, 8), "mask": torch.zeros(3, 8, 8, dtype=torch.long), "case_id": ["a"] * 3}
     module.training_step(batch, 0)
-    assert logged["train/vae"]["batch_size"] == 3 and logged["train/loss"]["batch_size"] == 3
+    assert logged["train/vae"]["batch_size"] == 3
+    assert logged["train/loss_step"]["batch_size"] == logged["train/loss_epoch"]["batch_size"] == 3
 
 
 def test_the_spread_of_one_case_is_not_a_number():
