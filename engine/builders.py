@@ -169,7 +169,11 @@ def _resolved(target: Any) -> Any:
 
 def wandb_run_id(output_dir: str | Path) -> str:
     """The W&B run id of a run dir, created once and kept in ``wandb_id.txt`` so ``resume=true`` continues
-    the same W&B run."""
+    the same W&B run. Only global rank 0 creates it: ranks started by SLURM or torchrun build their loggers at
+    once, and each wrote its own id (the last one written was not the one rank 0 logged to, so a resume started a
+    new W&B run); a Lightning logger logs from rank 0 only, so another rank's id is never used."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
     path = Path(output_dir) / "wandb_id.txt"
     if path.is_file():
         run_id = path.read_text(errors="replace").strip()
@@ -178,7 +182,8 @@ def wandb_run_id(output_dir: str | Path) -> str:
                               f"delete the file to start a new W&B run")
         return run_id
     run_id = uuid.uuid4().hex[:12]
-    atomic_write_text(path, run_id + "\n")
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        atomic_write_text(path, run_id + "\n")
     return run_id
 
 

@@ -46,6 +46,22 @@ def test_a_wandb_id_file_that_holds_no_run_id_is_one_line(tmp_path):
     assert wandb_run_id(tmp_path) == "abc_12-Z"
 
 
+def test_only_rank_zero_writes_the_wandb_id(tmp_path, monkeypatch):
+    """Ranks started together (SLURM, torchrun) each wrote their own id; rank 0's is the one W&B logs to."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    from engine.builders import wandb_run_id
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    wandb_run_id(tmp_path)
+    assert not (tmp_path / "wandb_id.txt").exists()
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    mine = wandb_run_id(tmp_path)
+    assert (tmp_path / "wandb_id.txt").read_text().strip() == mine
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert wandb_run_id(tmp_path) == mine  # a later rank reads rank 0's
+
+
 def test_wandb_init_gets_no_anonymous_setting_unless_asked(tmp_path, monkeypatch):
     """Lightning's WandbLogger passed ``anonymous=None`` to wandb.init, and this wandb warns "The anonymous
     setting has no effect and will be removed" on every run (`make demo`); an explicit choice is still passed."""
