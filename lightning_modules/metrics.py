@@ -76,7 +76,8 @@ def iou_per_class(cm: np.ndarray) -> np.ndarray:
 
 
 def mean_iou(cm: np.ndarray) -> float:
-    """mIoU, Eq. (5) of paper 000: IoU averaged over all k+1 classes, background included."""
+    """mIoU, Eq. (5) of paper 000: IoU averaged over all k+1 classes, background included (the printed 1/k over
+    the k+1 terms i = 0..k is read as a typo for their mean); a class absent from prediction and truth is left out."""
     return float(np.nanmean(iou_per_class(cm)))
 
 

@@ -15,9 +15,11 @@ Choices where the paper is silent or 3D-specific (2D here):
 * the endpoint is reduced by a stride-2 3×3 conv to ``reduce_channels`` and average-pooled to
   ``grid × grid`` before the dense layers, so the branch has a fixed size at any input size (the paper's
   fixed 96³ patches make the flattened size constant; ours need not be);
-* ``σ`` is parameterised as ``log σ²`` for numerical stability; ``L_KL`` is Myronenko's
-  ``Σ(μ² + σ² − log σ² − 1)`` averaged over latent dimensions and batch, ``L_2`` the mean squared error
-  per pixel (both scale-free, so the paper's constant weights do not depend on image size);
+* ``σ`` is parameterised as ``log σ²`` for numerical stability; ``L_KL`` is
+  ``μ² + σ² − log σ² − 1`` averaged over latent dimensions and batch (no ½; MONAI's SegResNetVAE's
+  normalisation without its ½, not Myronenko's, which divides the sum by the image's voxel count), ``L_2`` the
+  mean squared error per pixel (both scale-free, so the paper's constant weights 0.2 / 0.3 do not depend on
+  image size; paper 003 §2.5 gives only the weights);
 * the reconstruction target is the (normalised) input image as the net sees it.
 """
 from __future__ import annotations

@@ -26,7 +26,9 @@ class DataSharing(FedAvg):
     with ``True`` each round's reporters get a fresh one and the others keep theirs. ``configure_client`` returns
     ``num_shared`` and, when a :class:`SharedPool` is given, ``shared_indices``: a per-client
     permutation prefix of the pool (seeded by ``seed`` and client id, so a client's subset only
-    grows or shrinks as ``m`` changes). Before any accuracy is known, clients get 0.
+    grows or shrinks as ``m`` changes). Before any accuracy is known, clients get 0. Which clients train each round
+    is the federation's ``clients_per_round`` draw (every client by default, as the paper's loop keeps one
+    selection from step 3 on; with fewer, a fresh draw each round, a choice the paper does not make).
     """
 
     moves_data = True

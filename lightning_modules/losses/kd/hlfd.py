@@ -4,7 +4,10 @@ Gorade, Mittal, Jha, Bagci, "Rethinking intermediate layers design in knowledge 
 kidney and liver tumor segmentation", arXiv:2311.16700.
 
 * Feature level  L_F = L_UFD (Eq. 1) + L_IFD (Eq. 2): attention distances (see ``attention.py``).
-* Pixel level    L_P = L_UPD (Eq. 3) + L_IPD (Eq. 4): temperature-softened per-pixel KL.
+* Pixel level    L_P = L_UPD (Eq. 3) + L_IPD (Eq. 4): temperature-softened per-pixel KL. The paper prints
+  plain KL (no temperature): T = 4 with the T² factor (Hinton; the EMKD/HLFD code) is our choice, so λ = 0.1
+  weighs a term several times the literal one (a review: 2.61 at T = 4 against 0.65 at T = 1 for a confident
+  teacher and a random student); ``temperature: 1`` is the literal Eqs. 3-4.
 * Eq. 5          L_H = L_seg + beta * L_F + lam * L_P; this module returns ``beta*L_F + lam*L_P``
   as ``total_kd``; the DistillationModule adds L_seg (focal + Dice, ``losses/focal_dice.py``).
 
