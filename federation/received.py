@@ -129,6 +129,11 @@ def check_received_config(ccfg: Mapping[str, Any], what: str = "client config fr
         if isinstance(net, Mapping) and net.get("_partial_"):  # a partial, not a net: a traceback on the node
             raise ConfigError(f"{what}: module.net._partial_={net['_partial_']!r} refused: the net config builds a "
                               f"network, not a partial")
+    per_client = cfg["federation"].get("client_module") if isinstance(cfg.get("federation"), Mapping) else None
+    if isinstance(per_client, Mapping):  # merged over ``module`` on the node (a review: a teacher set here was
+        cfg["federation"]["client_module"] = {  # built unchecked: Hub weights, a timm checkpoint_path)
+            site: no_downloads(over, f"{what}: federation.client_module.{site}") if isinstance(over, Mapping)
+            else over for site, over in per_client.items()}
     return cfg
 
 

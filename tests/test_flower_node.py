@@ -149,6 +149,22 @@ def test_a_received_net_config_builds_offline_and_names_no_hub_model():
         check_received_config({**CCFG, "module": {**CCFG["module"], "net": {**net, "encoder_name": "tu-hf-hub:a/b"}}})
 
 
+def test_a_per_client_module_setting_builds_offline_too():
+    """A review: ``federation.client_module.<site>`` is merged over ``module`` on the node after the check, so a
+    teacher the server set there could fetch Hub weights or read a local file as a timm checkpoint."""
+    from federation.received import check_received_config
+
+    teacher = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": "imagenet"}
+    fed = {**CCFG.get("federation", {}), "client_module": {"site_b": {"teacher": teacher}}}
+    got = check_received_config({**CCFG, "federation": fed})
+    assert got["federation"]["client_module"]["site_b"]["teacher"]["encoder_weights"] is None
+    for bad, needle in [({"encoder_name": "tu-hf-hub:a/b"}, "Hugging Face Hub"),
+                        ({"checkpoint_path": "/etc/passwd"}, "checkpoint_path='/etc/passwd' refused")]:
+        fed = {**fed, "client_module": {"site_b": {"teacher": {**teacher, **bad}}}}
+        with pytest.raises(ConfigError, match=rf"federation\.client_module\.site_b\.teacher.*{needle}"):
+            check_received_config({**CCFG, "federation": fed})
+
+
 def test_the_node_decides_its_own_hardware(seen):
     """Found by an audit: the server's ``trainer.strategy=ddp num_nodes=2`` reached the node as is (Ray's
     executor already pinned one device); a SuperNode trains in one process, on its own accelerator."""
