@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from engine.run_files import load_yaml_data, plain_text, run_yaml
+from engine.run_files import MAX_RUN_FILE_BYTES, load_yaml_data, plain_text, run_file_text, run_yaml
 from lightning_modules.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,12 @@ def saved_config(run: Path) -> dict[str, Any] | None:
     path = run / "config.yaml"
     if not path.is_file():
         return None
+    text = run_file_text(path, run)  # a link or a file past MAX_RUN_FILE_BYTES is not read whole (a review)
+    if text is None:
+        raise ConfigError(f"{path} is not a run config this framework wrote (a link, or over "
+                          f"{MAX_RUN_FILE_BYTES // 2**20} MiB)")
     try:
-        cfg = load_yaml_data(path.read_text())  # no aliases: a crafted alias bomb is refused, not expanded
+        cfg = load_yaml_data(text)  # no aliases: a crafted alias bomb is refused, not expanded
     except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError) as err:
         raise ConfigError(f"{path} does not parse as a run config ({type(err).__name__})") from None
     return cfg if isinstance(cfg, dict) else None

@@ -99,6 +99,32 @@ def test_yaml_tags_in_run_folder_files_run_nothing(tmp_path):
     assert not marker.exists()
 
 
+def test_run_files_read_by_resume_and_predict_are_not_followed_through_links(tmp_path, capsys):
+    """A review: ``saved_config`` (resume, a test of a checkpoint) and predict's debug-run check read
+    ``config.yaml`` / ``metrics.json`` through any link and without a bound (a link to ``/dev/zero`` filled the
+    memory); both go through the bounded, link-refusing run-file reader now."""
+    from engine.errors import ConfigError
+    from engine.run_match import saved_config
+    from experiments.predict import _warn_if_debug
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.yaml").write_text("data: {image_size: 32}\n")
+    (elsewhere / "metrics.json").write_text('{"debug": true}')
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").symlink_to(elsewhere / "config.yaml")
+    (run / "metrics.json").symlink_to(elsewhere / "metrics.json")
+    with pytest.raises(ConfigError, match=r"config.yaml is not a run config this framework wrote \(a link"):
+        saved_config(run)
+    _warn_if_debug(run / "checkpoints" / "best.ckpt")
+    assert "debug run" not in capsys.readouterr().out
+    (run / "metrics.json").unlink()
+    (run / "metrics.json").write_text('{"debug": true}')  # the run's own file is still read
+    _warn_if_debug(run / "checkpoints" / "best.ckpt")
+    assert "is from a debug run" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("where", ["folder2d", "cache"])
 def test_pickled_arrays_in_a_data_folder_run_nothing(tmp_path, where):
     """``.npy`` files read from a data folder or the slice cache are loaded without pickle: an object array
