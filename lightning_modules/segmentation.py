@@ -8,13 +8,10 @@ ones, counted by :mod:`lightning_modules.roc`.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from lightning_modules.base import BaseModule, build, is_argument_error, to_plain
@@ -22,10 +19,10 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.losses.hybrid import class_probabilities
 from lightning_modules.inference import main_head
 from lightning_modules.metrics import (
-    PerCaseConfusion, annotated_view, case_scores, foreground_slices, quiet_if_idle, slice_surface_scores, summarise,
-    surface_scores, updated_anywhere,
+    PerCaseConfusion, annotated_view, case_scores, foreground_slices, quiet_if_idle, summarise, updated_anywhere,
 )
 from lightning_modules.roc import BinnedMulticlassROC
+from lightning_modules.surface_collect import SurfaceCollector
 
 
 class SegmentationModule(BaseModule):
@@ -107,9 +104,7 @@ class SegmentationModule(BaseModule):
         self.surface_metrics, self.nsd_tolerance_mm = surface_metrics, nsd_tolerance_mm
         self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
         self.overlap = overlap
-        self._test_slices: dict[str, list[tuple]] = {}  # case -> [(slice index, prediction, mask)] as they came
-        self._test_spacing: dict[str, tuple[float, ...]] = {}
-        self._test_unstacked: set[str] = set()  # cases of sampled slices (``stacks`` False)
+        self.surfaces = SurfaceCollector()  # the test epoch's HD95 / NSD per case
 
     def setup(self, stage: str) -> None:
         """Class names the config left null come from the data: a ``dataset.json``'s labels (a walkthrough:
@@ -167,76 +162,6 @@ class SegmentationModule(BaseModule):
                                             cval=cval)
         return main_head(self.net(image))
 
-    def _keep_for_surface(self, batch: dict, pred: torch.Tensor, mask: torch.Tensor, ids: list[str],
-                          keep: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        if not self.surface_metrics:
-            return
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:  # a case's slices are spread over the ranks
-            if not getattr(self, "_warned_ddp_surface", False):
-                self._warned_ddp_surface = True  # a review: they vanished from metrics.json without a word
-                rank_zero_warn("test HD95 / NSD are not computed under DDP (each rank holds only some slices of "
-                               "a case); test on one device (trainer=gpu, or predict with labels=) for them")
-            return
-        index = batch.get("slice_index")
-        index = [0] * len(keep) if index is None else [int(i) for i in index]
-        spacing, stacks = batch.get("spacing"), batch.get("stacks")
-        rows = [i for i, k in enumerate(keep.tolist()) if k]
-        for j, (cid, i) in enumerate(zip(ids, rows)):
-            p, m = pred[j], mask[j]
-            if valid is not None:  # padding is bottom/right: the slice's own pixels are the top-left block
-                h, w = int(valid[j].any(1).sum()), int(valid[j].any(0).sum())
-                p, m = p[:h, :w], m[:h, :w]
-            # a list, not keyed by index: a folder's flipped_/mirrored_ copies of a slice share its number (a
-            # review: the second overwrote the first, so HD95/NSD scored fewer slices than Dice)
-            self._test_slices.setdefault(cid, []).append((index[i], p.to(torch.uint8).cpu().numpy(),
-                                                          m.to(torch.uint8).cpu().numpy()))
-            if spacing is not None:
-                self._test_spacing[cid] = tuple(float(v) for v in spacing[i])
-            if stacks is not None and not bool(stacks[i]):
-                self._test_unstacked.add(cid)
-
-    def _surface_scores(self) -> None:
-        """HD95 / NSD per test case from its reassembled slices (or volume), merged into the table; a case of
-        sampled slices (a folder: ``stacks`` False) slice by slice in 2D (:func:`.metrics.slice_surface_scores`)."""
-        for cid, slices in self._test_slices.items():
-            slices = sorted(slices, key=lambda s: s[0])  # stable: copies sharing an index stay in arrival order
-            order = [s[0] for s in slices]
-            pred = [s[1] for s in slices]
-            mask = [s[2] for s in slices]
-            if pred[0].ndim == 2 and cid in self._test_unstacked:  # sampled slices, no volume: each in 2D
-                spacing = self._test_spacing.get(cid, (1.0, 1.0, 1.0))
-                scores = slice_surface_scores(pred, mask, self.class_names, spacing, self.nsd_tolerance_mm)
-            elif pred[0].ndim == 2:  # a stack of 2D slices [H, W] -> (H, W, D) as the source volume
-                # padding was cropped per slice; a case's slices share one size (min: a safeguard)
-                h, w = min(p.shape[0] for p in pred), min(p.shape[1] for p in pred)
-                at, extra = [], 0  # a copy sharing its slice's index goes next to it, one place further on
-                for j, k in enumerate(order):
-                    extra += int(j > 0 and k == order[j - 1])
-                    at.append(k - order[0] + extra)
-                if self.eval_slices != "foreground":  # every slice kept: stacked as they come
-                    at = list(range(len(order)))
-                # eval_slices=foreground drops the slices between lesions: each kept slice goes at its own index,
-                # the dropped ones are background in both (a review: stacked side by side, two lesions 7 slices
-                # apart looked adjacent and a missed one cost HD95 5 mm instead of 35 mm)
-                volume = np.zeros((2, h, w, at[-1] + 1), dtype=np.uint8)
-                for z, p, m in zip(at, pred, mask):
-                    volume[0, ..., z], volume[1, ..., z] = p[:h, :w], m[:h, :w]
-                spacing = self._test_spacing.get(cid, (1.0, 1.0, 1.0))
-                scores = surface_scores(volume[0], volume[1], self.class_names, spacing, self.nsd_tolerance_mm)
-            else:
-                spacing = self._test_spacing.get(cid, (1.0,) * pred[0].ndim)
-                scores = surface_scores(pred[0], mask[0], self.class_names, spacing, self.nsd_tolerance_mm)
-            self.test_per_case.setdefault(cid, {}).update(scores)
-            coarse = min(float(v) for v in spacing[:2])
-            if coarse > self.nsd_tolerance_mm and not getattr(self, "_warned_nsd", False):
-                self._warned_nsd = True  # a walkthrough: test NSD 0.556 vs predict's 0.809 on the native grid
-                warnings.warn(f"test NSD is scored on the working grid, whose in-plane voxel ({coarse:.2f} mm, case "
-                              f"{cid}) is coarser than its tolerance module.nsd_tolerance_mm={self.nsd_tolerance_mm}: "
-                              f"a boundary off by one voxel counts as a miss. predict with labels= scores on the "
-                              f"input's own grid (docs/data.md 'Surface metrics')", stacklevel=1)
-        self._test_slices, self._test_spacing, self._test_unstacked = {}, {}, set()
-
     def _evaluate(self, batch: dict, stage: str, cases: PerCaseConfusion) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
         logits = self.forward_eval(image, batch.get("pad_value"))
@@ -256,7 +181,9 @@ class SegmentationModule(BaseModule):
                 pred, target, valid = annotated_view(pred, target, batch["annotated"][keep], valid)
             cases.update(pred, target, ids, valid)
             if stage == "test":
-                self._keep_for_surface(batch, pred, mask[keep], ids, keep, valid)
+                if self.surface_metrics:
+                    self.surfaces.add(batch, pred, mask[keep], ids, keep, valid, self.class_names,
+                                      self.nsd_tolerance_mm)
                 flat_p = prob[keep].movedim(1, -1).reshape(-1, prob.shape[1])
                 flat_t = mask[keep].reshape(-1)
                 if valid is not None:
@@ -271,9 +198,11 @@ class SegmentationModule(BaseModule):
         return self._evaluate(batch, "test", self.test_cases)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Class probabilities as the test step computes them (a whole 3D volume through the sliding window: a
+        review's ``trainer.predict`` gave the net a 51 x 51 x 40 volume whole, which it cannot take)."""
         image = batch["image"] if isinstance(batch, Mapping) else batch
-        logits = self.net(image)
-        return self.probabilities(logits[0] if isinstance(logits, (list, tuple)) else logits)
+        return self.probabilities(self.forward_eval(image, batch.get("pad_value") if isinstance(batch, Mapping)
+                                                    else None))
 
     # ------------------------------------------------------------------ epoch ends
     def _case_summary(self, cases: PerCaseConfusion) -> tuple[dict, dict]:
@@ -296,9 +225,12 @@ class SegmentationModule(BaseModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_per_case, self.test_summary = self._case_summary(self.test_cases)
-        if self._test_slices:
-            self._surface_scores()
-            self.test_summary = summarise(self.test_per_case)
+        if self.surface_metrics:  # every rank together: DDP gathers the ranks' 3D cases
+            scored = self.surfaces.scores(self.class_names, self.nsd_tolerance_mm, self.eval_slices)
+            for cid, scores in scored.items():
+                self.test_per_case.setdefault(cid, {}).update(scores)
+            if scored:
+                self.test_summary = summarise(self.test_per_case)
         if updated_anywhere(self.test_roc):
             with quiet_if_idle(self.test_roc):
                 fpr, tpr, _ = self.test_roc.compute()

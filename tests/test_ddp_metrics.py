@@ -149,3 +149,32 @@ def test_validation_and_test_items_are_each_scored_on_one_rank(tmp_path):
     assert sorted(got[0]["seen"].tolist() + got[1]["seen"].tolist()) == [0, 1, 2, 3, 4]
     assert [len(g["seen"]) for g in got] == [3, 2]
     assert all(bool(g["kept"]) and bool(g["test_plain"]) and bool(g["warned"]) for g in got)
+
+
+def _volume_worker(rank: int, port: int, out: str) -> None:
+    from lightning_modules.segmentation import SegmentationModule
+    from tests.test_surface_metrics import _Threshold3d, _volume_batch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        module = SegmentationModule(_Threshold3d(), {"_target_": "lightning_modules.losses.hybrid.HybridCEDiceLoss"},
+                                    num_classes=2, class_names=["background", "organ"])
+        module.log = lambda *a, **k: None
+        module.test_step(_volume_batch(f"case{rank}", shift=rank), 0)  # each rank holds one whole case
+        module.on_test_epoch_end()
+        torch.save({c: torch.tensor([s.get("hd95", -1.0), s.get("dice", -1.0)])
+                    for c, s in module.test_per_case.items()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+def test_3d_hd95_of_every_ranks_cases_under_ddp(tmp_path):
+    """A review: test HD95 / NSD were dropped under DDP for 3D runs too, though a 3D item is a whole case on one
+    rank; each rank now scores its cases and the scores are gathered, so both ranks hold both cases' HD95."""
+    _spawn(_volume_worker, str(tmp_path / "v"))
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"v.{rank}", weights_only=True)
+        assert sorted(got) == ["case0", "case1"], rank
+        assert got["case0"][0] == 0.0 and got["case1"][0] == pytest.approx(3.0), (rank, got)
