@@ -46,6 +46,14 @@ def window_overlap(given: float | None, trained: Any) -> float:
     return 0.5 if trained.get("overlap") is None else float(trained["overlap"])
 
 
+def surface_tolerance(given: float | None, trained: Any) -> float:
+    """NSD's tolerance: the command's, else the run's ``module.nsd_tolerance_mm``, else 1 mm. A review: a run
+    tested at 2 mm was predicted at predict's own 1 mm, so the two NSDs of one checkpoint differed."""
+    if given is not None:
+        return float(given)
+    return 1.0 if trained.get("nsd_tolerance_mm") is None else float(trained["nsd_tolerance_mm"])
+
+
 def tta_axes(tta: Any, dims: int) -> tuple[int, ...]:
     """``tta``: ``true`` (flip every spatial axis), ``false``/``null`` (none) or a list of spatial axes."""
     if tta is True:
@@ -67,7 +75,7 @@ def check_numbers(cfg: DictConfig) -> None:
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
         raise ConfigError(f"batch_size={bs!r} must be a whole number >= 1 (windows per forward pass)")
     tol = cfg.get("nsd_tolerance_mm")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0):
         raise ConfigError(f"nsd_tolerance_mm={tol!r} must be a number of millimetres >= 0")
 
 
@@ -208,7 +216,8 @@ def predict(cfg: DictConfig) -> dict:
     class_names = models.hparams.get("class_names") or dm.class_names
     threshold = models.hparams.get("fg_threshold")
     try:
-        per_case = _segment(cases, images, dm, predictor, threshold, keep_prob, class_names, cfg,
+        tolerance = surface_tolerance(cfg.get("nsd_tolerance_mm"), models.hparams)
+        per_case = _segment(cases, images, dm, predictor, threshold, keep_prob, class_names, tolerance,
                             marked=folders if src.is_dir() else [])
     except BaseException:
         remove_if_left_empty(created)
@@ -227,7 +236,7 @@ def predict(cfg: DictConfig) -> dict:
 
 
 def _segment(cases, images: bool, dm, predictor: VolumePredictor, threshold, keep_prob: bool, class_names,
-             cfg: DictConfig, marked: list[Path]) -> dict[str, dict]:
+             tolerance_mm: float, marked: list[Path]) -> dict[str, dict]:
     """Segment (and score) every case, writing its outputs; ``marked``: folders marked as predict's once the
     first output is written there (:func:`engine.predict.mark_output_folder`)."""
     per_case = {}
@@ -243,7 +252,7 @@ def _segment(cases, images: bool, dm, predictor: VolumePredictor, threshold, kee
             else:
                 label = load_case_label(case, dm) if case.label is not None else None  # before anything is written
                 img, prob = predict_case(case, dm, predictor, threshold, keep_prob)
-                scores = score_case(np.asarray(img.dataobj), case, label, class_names, cfg.nsd_tolerance_mm) \
+                scores = score_case(np.asarray(img.dataobj), case, label, class_names, tolerance_mm) \
                     if label is not None else None
                 marked = _mark(marked)
                 save_nifti(img, case.output)

@@ -58,6 +58,14 @@ def test_predict_keeps_a_trained_overlap_of_zero():
     assert window_overlap(None, {}) == 0.5 and window_overlap(0.25, {"overlap": 0.0}) == 0.25
 
 
+def test_predict_scores_nsd_at_the_runs_tolerance():
+    """A review: a run tested with ``module.nsd_tolerance_mm=2`` was predicted at predict's own 1 mm."""
+    from experiments.predict import surface_tolerance
+
+    assert surface_tolerance(None, {"nsd_tolerance_mm": 2.0}) == 2.0 and surface_tolerance(None, {}) == 1.0
+    assert surface_tolerance(0.5, {"nsd_tolerance_mm": 2.0}) == 0.5 and surface_tolerance(None, {"nsd_tolerance_mm": 0}) == 0
+
+
 def test_predict_pads_2d_slices_as_training_batches_are():
     """A review: predict fed a 2D net a volume's slices unpadded (200 x 184), which the net zero-padded, while
     training and test pad to a multiple of 32 with the data's air (-1 under out_range [-1, 1]): 1,850 voxels of
