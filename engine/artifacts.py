@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from lightning_modules.atomic import temp_beside
+from lightning_modules.atomic import durable_replace, temp_beside
 
 #: piped output (sbatch logs, ``| tee``) is not cut to rich's 80-column default: per-case tables stay readable
 console = Console(width=None if os.isatty(1) or os.environ.get("COLUMNS") else 160)
@@ -47,7 +47,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

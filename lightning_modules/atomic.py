@@ -26,6 +26,28 @@ def temp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
             continue
 
 
+def durable_replace(tmp: str | Path, path: str | Path) -> None:
+    """``os.replace(tmp, path)`` after ``tmp``'s data reach the disk, and the rename after it (the folder synced):
+    a rename alone survives a killed process, not a power loss or a kernel crash, after which ext4 or XFS may
+    hold a zero-length ``last.ckpt`` or ``server.pt`` (a trust review)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    try:
+        folder = os.open(Path(path).parent, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened for reading: the data are on disk, the rename may wait
+        return
+    try:
+        os.fsync(folder)
+    except OSError:  # some file systems refuse a folder's fsync
+        pass
+    finally:
+        os.close(folder)
+
+
 @contextmanager
 def atomic_output(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path in ``path``'s folder; on normal exit it replaces ``path`` (readers never see half
@@ -35,7 +57,7 @@ def atomic_output(path: str | Path, suffix: str | None = None) -> Iterator[Path]
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -90,3 +90,20 @@ def test_last_ckpt_follows_every_epoch_when_validation_runs_every_second_one(tmp
     trainer.fit(FallingScore(cfg.module.monitor), _loader(), _loader())
     saved = load_checkpoint(ckpt_dir / "last.ckpt")
     assert saved["epoch"] == 2 and saved["global_step"] == trainer.global_step
+
+
+def test_a_checkpoint_reaches_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    """A trust review: the rename alone survives a killed process, not a power loss, after which a file system may
+    hold a zero-length ``last.ckpt``. The temp file's data are synced before the rename, the folder after it."""
+    import os
+
+    from lightning_modules.atomic import save_torch
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.path.basename(os.readlink(
+        f"/proc/self/fd/{fd}")))), fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.path.basename(b))), replace(a, b))[1])
+    save_torch({"w": torch.ones(2)}, tmp_path / "last.ckpt")
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].startswith(".last.ckpt.") and events[1][1] == "last.ckpt" and events[2][1] == tmp_path.name
