@@ -288,8 +288,12 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
         if not result_path.is_file():
             raise FederationError(f"the Flower run ended (flwr run exit {run.returncode}) without a result; "
                                   f"see {logs}")
-        result = json.loads(result_path.read_text())
-        if not result.get("ok"):
+        try:
+            result = json.loads(result_path.read_text())
+        except (OSError, ValueError) as err:
+            raise FederationError(f"the Flower run's {result_path} is unreadable ({type(err).__name__}); see "
+                                  f"{logs}") from None
+        if not isinstance(result, dict) or not result.get("ok"):
             raise FederationError(f"ServerApp failed: {result.get('error')} (traceback in {result_path})")
         return json.loads((out / "metrics.json").read_text())
     except KeyboardInterrupt:  # Ctrl-C: every group is stopped (finally), then the line that continues the run

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.artifacts import atomic_write_text
+
 __all__ = ["HOST", "free_port", "listening", "ProcessGroups", "ExitWatch", "marked", "stop_marked"]
 
 HOST = "127.0.0.1"
@@ -133,7 +135,7 @@ class ProcessGroups:
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=_die_with_parent(), **kw)
         self.procs[name] = proc
-        self.record.write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
+        atomic_write_text(self.record, json.dumps({n: p.pid for n, p in self.procs.items()}))
         return proc
 
     @staticmethod

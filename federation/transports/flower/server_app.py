@@ -17,6 +17,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
 
+from engine.artifacts import atomic_write_text
 from federation.transports.flower.executor import set_grid
 
 __all__ = ["app", "check_data_transfer", "load_run_config"]
@@ -126,7 +127,7 @@ def _write_result(result: Path, content: dict) -> None:
     """``result.json`` for the launcher, only where its folder exists (cfg-path may name a folder that does not)."""
     if result.parent.is_dir():
         try:
-            result.write_text(json.dumps(content))
+            atomic_write_text(result, json.dumps(content))  # the launcher never reads half of it
         except OSError as exc:
             log.warning("could not write %s: %s", result, exc)
 
