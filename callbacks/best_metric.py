@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 import pytorch_lightning as pl
 
 from callbacks.metric_goal import goal
+from lightning_modules.errors import CheckpointError
 
 
 
@@ -90,8 +91,13 @@ class BestMetric(pl.Callback):
         """A resumed fit starts from the checkpoint's bests; a checkpoint loaded after this fit (the test of
         ``best.ckpt``, saved at an earlier epoch) cannot take back bests of later epochs: each key keeps the
         better value (a review: ``val/loss_best`` in ``metrics.json`` was the best up to the selected epoch)."""
-        for k, (v, at) in (state_dict.get("best") or {}).items():
-            k, v, at = str(k), float(v), int(at)
+        best = state_dict.get("best") or {}
+        try:
+            pairs = [(str(k), float(v), int(at)) for k, (v, at) in best.items()]
+        except (AttributeError, TypeError, ValueError):  # a crafted or foreign checkpoint: one line, no traceback
+            raise CheckpointError(f"the checkpoint's BestMetric state is not {{metric: [value, epoch]}} "
+                                  f"({str(best)[:80]})") from None
+        for k, v, at in pairs:
             if better(k, v, self._state.get(k, (None, 0))[0]):
                 self._state[k] = (v, at)
         self.summary = {**{f"{k}_best": v for k, (v, _) in self._state.items()},
