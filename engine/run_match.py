@@ -26,7 +26,7 @@ from lightning_modules.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PIXELS", "SOURCE", "RESUME", "DISTILL", "FED_DISTILL", "TEST_ONLY", "resume_keys", "saved_config",
+__all__ = ["PIXELS", "SOURCE", "RESUME", "DISTILL", "FED_DISTILL", "FEDERATION", "TEST_ONLY", "resume_keys", "saved_config",
            "differences", "debug_difference",
            "saved_overrides", "continue_command", "holds_run", "interrupted_line"]
 
@@ -51,12 +51,22 @@ FED_DISTILL = ("federation.rounds", "federation.local_epochs", "federation.strat
                "fed_distill.teacher_weights", "fed_distill.teacher_scheduler", "fed_distill.student_scheduler",
                "federation.client_val_fraction", "trainer.max_epochs", "distill.teacher.max_epochs",
                "module.optimizer", "module.scheduler", "data.batch_size")
+#: what a resumed federation must keep (``federation.rounds`` may grow, the executor may change): how its clients
+#: are made, sampled and trained (a review: ``federation/strategy=fedprox clients_per_round=1 local_epochs=3
+#: client_val_fraction=0.5 module.optimizer.lr=0.1`` on resume went on silently, re-carved every client's
+#: validation split and rewrote config.yaml as if all rounds had run so)
+FEDERATION = ("federation.strategy", "federation.partition", "federation.num_clients", "federation.clients_per_round",
+              "federation.local_epochs", "federation.min_clients", "federation.client_val_fraction",
+              "federation.partition_unit", "federation.shared_fraction", "federation.early_stopping",
+              "federation.client_module", "federation.partial_labels", "federation.unannotated",
+              "federation.ignore_index", "federation.privacy", "module.optimizer", "module.scheduler", "module.loss",
+              "module.monitor", "data.batch_size")
 
 
 def resume_keys(saved: Mapping[str, Any]) -> tuple[str, ...]:
     """:data:`RESUME`, each of the run's sites' data keys (``data.sites.<site>.*``: a federation resumed at
     another image size went on silently), and, for a distillation or a federated one, :data:`DISTILL` and
-    :data:`FED_DISTILL`."""
+    :data:`FED_DISTILL`; for a federation, :data:`FEDERATION`."""
     keys = list(RESUME)
     sites = _plain(saved, "data.sites")
     if isinstance(sites, Mapping):
@@ -65,9 +75,11 @@ def resume_keys(saved: Mapping[str, Any]) -> tuple[str, ...]:
             keys += [f"data.sites.{site}.{k}" for site in sites for k in ("augment", "rotation_limit")]
     if isinstance(_plain(saved, "distill"), Mapping):
         keys += DISTILL
+    if isinstance(_plain(saved, "federation"), Mapping):
+        keys += FEDERATION
     if isinstance(_plain(saved, "fed_distill"), Mapping):
         keys += FED_DISTILL
-    return tuple(keys)
+    return tuple(dict.fromkeys(keys))
 
 
 #: what a test-only run must keep of the checkpoint's training run (its net comes from the checkpoint; the

@@ -198,6 +198,33 @@ def test_resume_compares_each_sites_data_and_a_distillations_teacher(tmp_path):
     assert another_run(tmp_path, more_rounds) is None  # a plain federation goes on to more rounds
 
 
+def test_a_resumed_federation_keeps_how_its_clients_are_made_and_trained(tmp_path):
+    """A federation review: ``federation/strategy=fedprox clients_per_round=1 local_epochs=3
+    client_val_fraction=0.5 module.optimizer.lr=0.1`` on ``resume=true`` went on silently (only the net and the
+    data were compared), re-carved each client's validation split and rewrote config.yaml for every round."""
+    from omegaconf import OmegaConf
+
+    from engine.run_match import resume_keys
+    from experiments.hydra_checks import another_run
+
+    saved = {"module": {"net": {"width": 4}, "optimizer": {"lr": 1e-3}}, "data": {"batch_size": 8},
+             "federation": {"rounds": 3, "strategy": {"_target_": "x.FedAvg"}, "clients_per_round": 1.0,
+                            "local_epochs": 1, "client_val_fraction": 0.2, "executor": {"_target_": "x.Sequential"}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    changed = OmegaConf.create(saved)
+    changed.federation.strategy = {"_target_": "x.FedProx", "mu": 0.01}
+    changed.federation.clients_per_round, changed.federation.local_epochs = 1, 3
+    changed.federation.client_val_fraction, changed.module.optimizer.lr = 0.5, 0.1
+    assert "composes another run than the one in it" in another_run(tmp_path, changed)
+    said = differences(saved, OmegaConf.to_container(changed), resume_keys(saved))
+    for diff in ("federation.strategy._target_='x.FedProx' (the run's 'x.FedAvg')", "federation.local_epochs=3 (the run's 1)",
+                 "federation.client_val_fraction=0.5 (the run's 0.2)", "module.optimizer.lr=0.1 (the run's 0.001)"):
+        assert diff in said, (diff, said)
+    grown = OmegaConf.create(saved)
+    grown.federation.rounds, grown.federation.executor = 6, {"_target_": "x.Ray"}
+    assert another_run(tmp_path, grown) is None  # more rounds, on another executor: the same federation
+
+
 def test_a_resumed_federated_distillation_keeps_how_its_finished_stages_trained():
     """A review: the resume check compared the rounds, strategy and student rounds only, so ``resume=<run>
     trainer.max_epochs=20`` reused the finished arms and teacher at their old length and trained the rest at the
