@@ -37,6 +37,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.metric_goal import goal
 from datamodules.subset import SubsetDataModule
 from engine.builders import build_datamodule, build_module, build_trainer
 from engine.fit import evaluate as _evaluate
@@ -194,7 +195,7 @@ def train_local(cfg: DictConfig, datamodule: SubsetDataModule, init_state: Mappi
         from pytorch_lightning.callbacks import EarlyStopping
 
         monitor = early_stopping.get("monitor") or _module_monitor(cfg)
-        mode = early_stopping.get("mode") or ("min" if monitor.endswith("loss") else "max")
+        mode = early_stopping.get("mode") or goal(monitor)
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
                                        patience=int(early_stopping.get("patience", 2)),
                                        min_delta=float(early_stopping.get("min_delta", 0.0))))
@@ -247,7 +248,7 @@ def _save_if_best(store: ClientStore, client_id: str, rnd: int, state: Mapping[s
     if value is None or not math.isfinite(float(value)):  # NaN (e.g. AUC of a one-class split) never compares
         return
     best = store.load(client_id, "best_local_meta", default=None)
-    lower = monitor.endswith("loss")
+    lower = goal(monitor) == "min"
     if best is None or (value < best["value"] if lower else value > best["value"]):
         best_local_store(store).update(client_id, {"best_local": {"state": dict(state), "round": rnd,
                                                                   "value": float(value)}}, round=rnd)

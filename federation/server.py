@@ -31,6 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from callbacks.metric_goal import goal
 from datamodules.loaders import eval_loader
 from datamodules.subset import (IndexSubset, SubsetDataModule, sample_cases, sample_groups, sample_labels,
                                 val_carved_from_train)
@@ -132,7 +133,7 @@ class Server:
 
         check_dp_statistics(self.fed, self.global_state, self.strategy.is_local)  # before any client trains
         self.monitor = str(cfg.module.get("monitor") or "val/loss")
-        self.monitor_mode = "min" if self.monitor.endswith("loss") else "max"
+        self.monitor_mode = goal(self.monitor)  # the project's one rule (val/hd95, val/ece: min; a review)
         self.evaluator = eval_trainer(self.ccfg, str(self.out))
         self.loggers = build_loggers(cfg)  # after what can fail but the executor: a W&B run is opened last
         if executor is None:  # last: nothing after it can fail and leave its Ray instance running (a review)
@@ -369,6 +370,11 @@ class Server:
         ``global_best.pt`` from a round that never completed after a stop between the two writes."""
         key = f"fed/round/server_val/{self.monitor.split('/', 1)[-1]}"
         value = row.get(key)
+        scored = sorted(k.rsplit("/", 1)[-1] for k in row if k.startswith("fed/round/server_val/"))
+        if value is None and scored:  # a review: module.monitor=val/hd95 kept no best round and said nothing
+            raise FederationError(f"module.monitor={self.monitor} is not a validation metric the server computes "
+                                  f"(it has val/{', val/'.join(scored)}): no round could be chosen as the best; "
+                                  f"set module.monitor to one of them")
         if value is None or not math.isfinite(value):
             return False
         if self.best["value"] is None or (value > self.best["value"] if self.monitor_mode == "max"

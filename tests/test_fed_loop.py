@@ -387,6 +387,36 @@ def test_best_local_ignores_a_non_finite_validation_value(tmp_path):
     assert store.load("0", "best_local_meta")["round"] == 3
 
 
+def test_the_best_round_goes_the_monitors_way_and_an_uncomputed_monitor_is_one_line(tmp_path):
+    """A federation review: the best round, a client's best local round and early stopping took lower-is-better
+    only for names ending in ``loss`` (``val/hd95``, ``val/ece`` kept their worst round), unlike the project's rule
+    (:func:`callbacks.metric_goal.goal`); and a monitor the server validation does not compute kept no best round
+    without a word."""
+    from types import SimpleNamespace
+
+    from federation.errors import FederationError
+    from federation.runner import _save_if_best
+    from federation.server import Server
+    from federation.store import ClientStore
+
+    def server(monitor):
+        return SimpleNamespace(monitor=monitor, monitor_mode="min" if monitor.endswith("hd95") else "max",
+                               best={"round": 0, "value": None, "key": None})
+
+    hd95 = server("val/hd95")
+    for rnd, value in enumerate([5.0, 3.0, 9.0]):
+        Server.update_best(hd95, rnd, {"fed/round/server_val/hd95": value, "fed/round/server_val/dice": 0.5})
+    assert hd95.best["round"] == 2 and hd95.best["value"] == 3.0
+    with pytest.raises(FederationError, match=r"module.monitor=val/dice_liver is not a validation metric the server "
+                                              r"computes \(it has val/dice, val/loss\)"):
+        Server.update_best(server("val/dice_liver"), 0, {"fed/round/server_val/dice": 0.5,
+                                                         "fed/round/server_val/loss": 0.3})
+    store, state = ClientStore(tmp_path / "store"), {"w": torch.zeros(1)}
+    for rnd, value in ((1, 5.0), (2, 3.0), (3, 9.0)):
+        _save_if_best(store, "0", rnd, state, {"hd95": value}, "val/hd95")
+    assert store.load("0", "best_local_meta")["round"] == 2
+
+
 def test_fedbn_best_model_is_scored_and_kept_with_its_own_rounds_batch_norm(tmp_path, monkeypatch):
     """Found by a walkthrough: with FedBN, ``fed/best/test/*`` and ``global_best.pt``'s deployment joined the best
     round's weights with the *last* round's batch-norm statistics (the client store is rewritten every round):
