@@ -25,6 +25,7 @@ and drawn by :class:`callbacks.confusion.ConfusionFigure` (``confusion_matrix_te
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -185,7 +186,9 @@ class ClassificationModule(BaseModule):
             if self.monitor in values:  # best validation score: the checkpoint the test uses (§3.1)
                 best, new = self.results.get(f"{self.monitor}_best"), float(values[self.monitor])
                 lower = any(s in self.monitor.rsplit("/", 1)[-1] for s in ("loss", "error"))
-                if best is None or (new < best if lower else new > best):  # max() kept a loss's worst (a review)
+                # NaN (the AUC of a one-class split) is no score: a first NaN stayed the best forever (a review)
+                if math.isfinite(new) and (best is None or not math.isfinite(best)
+                                           or (new < best if lower else new > best)):  # max() kept a loss's worst
                     self.results[f"{self.monitor}_best"] = new
         metrics.reset()
         losses.reset()

@@ -121,3 +121,22 @@ def test_decathlon_report_keeps_other_settings_apart(tmp_path):
             f"- data.flag=breastmnist\n- module.optimizer.lr={lr}\n- seed=42\n")
     rows = [r for r in decathlon_report.report(tmp_path) if r["dataset"] == "BreastMNIST"]
     assert sorted(r["auc"] for r in rows) == [0.5, 0.9] and all("module.optimizer.lr=" in r["model"] for r in rows)
+
+
+def test_a_first_nan_validation_score_is_not_kept_as_the_best():
+    """A classification review: a one-class validation split gives AUC NaN, and a NaN first epoch stayed
+    ``val/auc_best`` for good (``new > nan`` is always false)."""
+    from lightning_modules.classification import ClassificationModule
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    module = ClassificationModule(net=Identity(), task="binary", num_classes=2)
+    module.log_dict = lambda *a, **k: None
+    seen = []
+    for y in (torch.zeros(8, dtype=torch.long), torch.tensor([0, 1] * 4)):  # one class (NaN AUC), then AUC 1
+        module._step({"image": torch.stack([-y.float(), y.float()], 1) * 3, "label": y}, "val")
+        module._epoch_end("val")
+        seen.append(module.results["val/auc_best"] if "val/auc_best" in module.results else None)
+    assert seen == [None, 1.0]
