@@ -17,6 +17,7 @@ Importing this module registers the OmegaConf resolver ``${medmnist:<flag>,<key>
 """
 from __future__ import annotations
 
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ from datamodules.classification import (
     normalize_task,
 )
 from datamodules.errors import DataError
+
+log = logging.getLogger(__name__)
 
 SOURCE_HINT = ("get it from https://medmnist.com (Zenodo record https://zenodo.org/records/10519652) "
                "and put it in that folder; nothing is downloaded automatically")
@@ -97,16 +100,19 @@ def medmnist_info(flag: str) -> MedMNISTInfo | None:
     return MEDMNIST_INFO.get(_ALIASES.get(key, key))
 
 
-def find_npz(root: str | Path, flag: str) -> Path:
-    """The ``.npz`` file for ``flag`` in ``root`` (file names matched case-insensitively)."""
+def find_npz(root: str | Path, flag: str, image_size: int = 28) -> Path:
+    """The ``.npz`` file for ``flag`` in ``root`` (file names matched case-insensitively); for a MedMNIST+ size
+    (64, 128, 224) the official ``<flag>_<size>.npz`` first (a review: only ``<flag>.npz`` was looked for)."""
     info = medmnist_info(flag)
     stems = info.files if info else (str(flag).lower().removesuffix(".npz"),)
+    names = [f"{stem}_{int(image_size)}.npz" for stem in stems] if int(image_size) != 28 else []
+    names += [f"{stem}.npz" for stem in stems]
     root = Path(root).expanduser()
     present = {p.name.lower(): p for p in root.glob("*.npz")} if root.is_dir() else {}
-    for stem in stems:
-        if f"{stem}.npz" in present:
-            return present[f"{stem}.npz"]
-    raise MissingDataFileError(f"MedMNIST file {stems[0]}.npz not found in {root}; {SOURCE_HINT}")
+    for name in names:
+        if name in present:
+            return present[name]
+    raise MissingDataFileError(f"MedMNIST file {' or '.join(names[:2])} not found in {root}; {SOURCE_HINT}")
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -152,18 +158,23 @@ def _infer(arrays: dict[str, np.ndarray]) -> tuple[str, int, int]:
 class MedMNISTDataModule(ClassificationDataModule):
     """MedMNIST ``flag`` from ``root`` (no download), official train/val/test split (paper 002, §2).
 
-    ``size`` is the network input (28, or 224 resized from 28 as in §3.1); ``as_rgb`` repeats grey images
-    to three channels. ``task``/``num_classes``/``in_channels`` are the values the config declares (from
+    ``size`` is the network input: ``None`` (the stored ``image_size``), or another size resized to (224 from 28
+    as in §3.1, nearest-neighbour at pixel centres as PIL's); ``as_rgb`` repeats grey images to three channels. ``task``/``num_classes``/``in_channels`` are the values the config declares (from
     the ``${medmnist:...}`` resolver): they must agree with the table, and they set them for files
-    outside it. ``image_size`` is the stored size (28; MedMNIST+ files have 64/128/224).
+    outside it. ``image_size`` is the stored size (28; MedMNIST+ files, ``<flag>_<size>.npz``, have 64/128/224).
     """
 
-    def __init__(self, root: str, flag: str, size: int = 28, batch_size: int = 128, num_workers: int = 0,
+    def __init__(self, root: str, flag: str, size: int | None = None, batch_size: int = 128, num_workers: int = 0,
                  as_rgb: bool = False, seed: int = 0, task: str | None = None, num_classes: int | None = None,
                  in_channels: int | None = None, image_size: int = 28, train_transform: Any = None) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        self.root, self.flag, self.size, self.as_rgb = Path(root).expanduser(), str(flag), int(size), bool(as_rgb)
         self.image_size, self.train_transform = int(image_size), train_transform
+        # a review: a 64 px MedMNIST+ file was shrunk to the 28 px default without a word
+        size = self.image_size if size is None else int(size)
+        if size < self.image_size:
+            log.warning("data.size=%d is below the stored data.image_size=%d: every image is shrunk (set data.size=null "
+                        "to train at the stored size)", size, self.image_size)
+        self.root, self.flag, self.size, self.as_rgb = Path(root).expanduser(), str(flag), size, bool(as_rgb)
         self.info = medmnist_info(flag)
         self._declared = {"task": task, "num_classes": num_classes, "in_channels": in_channels}
         if self.info is not None:
@@ -185,7 +196,7 @@ class MedMNISTDataModule(ClassificationDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        self.path = find_npz(self.root, self.flag)
+        self.path = find_npz(self.root, self.flag, self.image_size)
         arrays = load_npz(self.path)
         if self.info is None:
             task, n, ch = _infer(arrays)
@@ -201,7 +212,7 @@ class MedMNISTDataModule(ClassificationDataModule):
                 raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
             datasets[split] = ArrayClassificationDataset(
                 images, labels, size=self.size, scale=255.0 if images.dtype.kind != "f" else 1.0,
-                mean=0.5, std=0.5, as_rgb=self.as_rgb, interpolation="nearest",
+                mean=0.5, std=0.5, as_rgb=self.as_rgb, interpolation="nearest-exact",
                 transform=self.train_transform if split == "train" else None)
         self.train_dataset, self.val_dataset, self.test_dataset = (datasets[s] for s in SPLITS)
 

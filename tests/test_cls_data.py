@@ -51,6 +51,34 @@ def test_labels_stored_1d_and_v2_file_names_and_resize(tmp_path):
     assert item["image"].shape == (3, 56, 56) and dm.in_channels == 3 and dm.num_classes == 11
 
 
+def test_a_medmnist_plus_file_is_found_by_its_official_name_and_kept_at_its_size(tmp_path, caplog):
+    """A review: MedMNIST+ files are ``<flag>_<size>.npz``, and only ``<flag>.npz`` was looked for; and a 64 px
+    file was shrunk to the 28 px default network input without a word. ``data.image_size=64`` now finds
+    ``breastmnist_64.npz`` (before a 28 px ``breastmnist.npz`` beside it) and trains at 64 unless
+    ``data.size`` says otherwise, which is warned about when it shrinks."""
+    write_npz(tmp_path, "breastmnist.npz")
+    write_npz(tmp_path, "breastmnist_64.npz", size=64)
+    dm = MedMNISTDataModule(root=str(tmp_path), flag="breastmnist", image_size=64)
+    dm.setup()
+    assert dm.path.name == "breastmnist_64.npz" and dm.train_dataset[0]["image"].shape == (1, 64, 64)
+    small = MedMNISTDataModule(root=str(tmp_path), flag="breastmnist")
+    small.setup()
+    assert small.path.name == "breastmnist.npz" and small.train_dataset[0]["image"].shape == (1, 28, 28)
+    with caplog.at_level("WARNING"):
+        MedMNISTDataModule(root=str(tmp_path), flag="breastmnist", image_size=64, size=28)
+    assert "data.size=28 is below the stored data.image_size=64" in caplog.text
+    with pytest.raises(MissingDataFileError, match="breastmnist_128.npz or breastmnist.npz"):
+        MedMNISTDataModule(root=str(tmp_path / "none"), flag="breastmnist", image_size=128).setup()
+
+
+def test_the_config_trains_at_the_stored_size(tmp_path):
+    """``data.size`` follows ``data.image_size`` in the config, and the ResNet's stem follows ``data.size``."""
+    from tests.hydra_helpers import compose_run
+
+    cfg = compose_run(["+exp=medmnist", "data.image_size=128"], tmp_path)
+    assert cfg.data.size == 128 and cfg.model.resolution == 128
+
+
 def test_multilabel_and_rgb_ordinal(tmp_path):
     write_npz(tmp_path, "chestmnist.npz", labels_shape=(14,))
     dm = MedMNISTDataModule(root=str(tmp_path), flag="chestmnist")
