@@ -27,8 +27,8 @@ from federation.curves import plot_rounds
 from federation.deploy import local_for
 from federation.errors import FederationError
 from federation.matrix import evaluation_matrix, matrix_note, write_matrix
-from federation.records import (best_of_rounds, close_loggers, fmt, log_image, log_metrics, log_round, log_test_media,
-                                rounds_table, test_overlays, write_rounds_csv)
+from federation.records import (best_of_rounds, close_loggers, fmt, log_image, log_matrix_table, log_metrics, log_round,
+                                log_test_media, matrix_scalars, rounds_table, test_overlays, write_rounds_csv)
 from federation.server import SERVER_CKPT, Server
 from federation.server_state import load_global_weights, save_atomic
 
@@ -174,7 +174,10 @@ def _finish(server: Server, finished_before: bool = False) -> dict[str, Any]:
     # at the last round's epoch: the final model is its global model (a review: with no epoch the final test
     # point was drawn at x=0 by report --curve)
     log_metrics(server.loggers, {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                                 **matrix_scalars(metrics.get("evaluation_matrix") or {}),
                                  "epoch": len(server.history)}, step=len(server.history) + 1)
+    if metrics.get("evaluation_matrix"):
+        log_matrix_table(server.loggers, metrics["evaluation_matrix"], str(metrics["evaluation_matrix_metric"]))
     artifacts.print_metrics({k: v for k, v in metrics.items() if k.startswith(("fed/global/", "fed/best/"))},
                             "federation: global model on the pooled test set")
     artifacts.console.print(artifacts.artefacts_line(out))

@@ -125,6 +125,31 @@ def log_test_media(loggers: list, module: Any, overlays: SegmentationOverlays | 
         log.warning("logging the test media failed: %s", exc)
 
 
+def matrix_scalars(matrix: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The evaluation matrix as ``fed/matrix/<row>/<column>`` scalars (finite cells), which W&B compares across
+    runs (a review: the matrix reached ``metrics.json`` only, its dict dropped from what the loggers got)."""
+    return {f"fed/matrix/{row}/{col}": float(v) for row, cells in matrix.items() for col, v in cells.items()
+            if isinstance(v, (int, float)) and math.isfinite(float(v))}
+
+
+def log_matrix_table(loggers: list, matrix: Mapping[str, Mapping[str, float]], metric: str) -> None:
+    """The evaluation matrix as one ``wandb.Table`` (``fed/evaluation_matrix``: model x test set) in every live
+    W&B run, as ``evaluation_matrix.md`` shows it."""
+    runs = wandb_runs(loggers)
+    if not runs or not matrix:
+        return
+    try:
+        import wandb
+
+        cols = list(next(iter(matrix.values())))
+        table = wandb.Table(columns=[f"model \\ test set ({metric})", *cols],
+                            data=[[row, *(cells.get(c) for c in cols)] for row, cells in matrix.items()])
+        for run in runs:
+            run.log({"fed/evaluation_matrix": table}, commit=True)
+    except Exception as exc:  # noqa: BLE001 - media are extras: never fail the federation on them
+        log.warning("logging the evaluation matrix table failed: %s", exc)
+
+
 def close_loggers(loggers: list, status: str = "success") -> None:
     """Finalise every logger and finish the W&B run, so the next job of a ``-m`` sweep starts its own run."""
     for lg in loggers:

@@ -47,7 +47,8 @@ def test_centralised_run_name_tags_best_summary_and_media(tmp_path):
 
 
 def test_federated_run_logs_the_global_model_on_centralised_keys(tmp_path):
-    dispatch(compose_run([*FED, "logger=wandb", "federation/strategy=fedprox"], tmp_path))
+    dispatch(compose_run([*FED, "logger=wandb", "federation/strategy=fedprox", "federation.evaluation_matrix=true",
+                          "federation.matrix.standalone_epochs=1", "federation.matrix.centralised_epochs=1"], tmp_path))
     run = read_run(tmp_path / "run")
     assert run["name"] == "fed_lits_dnet-dnet-fedprox-by_site-s42"
     assert {"strategy:fedprox", "partition:by_site", "exp:fed_lits_dnet"} <= set(run["tags"])
@@ -67,6 +68,14 @@ def test_federated_run_logs_the_global_model_on_centralised_keys(tmp_path):
     table = json.loads(next(media.glob("table/test/per_case_*.table.json")).read_text())
     per_case = (tmp_path / "run" / "test_per_case.csv").read_text().splitlines()
     assert table["columns"][:2] == ["case", "dice"] and len(table["data"]) == len(per_case) - 1
+    # the evaluation matrix (a review: it reached metrics.json only): cells as scalars W&B compares, and a table
+    matrix = json.loads((tmp_path / "run" / "metrics.json").read_text())["evaluation_matrix"]
+    final = next(h for h in run["history"] if "fed/matrix/FL_global/pooled" in h)
+    assert final["fed/matrix/FL_global/pooled"] == pytest.approx(matrix["FL_global"]["pooled"])
+    assert {f"fed/matrix/{row}/pooled" for row in matrix} <= set(final)
+    cells = json.loads(next(media.glob("table/fed/evaluation_matrix_*.table.json")).read_text())
+    assert sorted(r[0] for r in cells["data"]) == sorted(matrix)
+    assert sorted(cells["columns"][1:]) == sorted(matrix["FL_global"])
 
 
 def test_alias_and_best_of_rounds_are_pure():
