@@ -159,9 +159,10 @@ class MedMNISTDataModule(ClassificationDataModule):
     """MedMNIST ``flag`` from ``root`` (no download), official train/val/test split (paper 002, §2).
 
     ``size`` is the network input: ``None`` (the stored ``image_size``), or another size resized to (224 from 28
-    as in §3.1, nearest-neighbour at pixel centres as PIL's); ``as_rgb`` repeats grey images to three channels. ``task``/``num_classes``/``in_channels`` are the values the config declares (from
-    the ``${medmnist:...}`` resolver): they must agree with the table, and they set them for files
-    outside it. ``image_size`` is the stored size (28; MedMNIST+ files, ``<flag>_<size>.npz``, have 64/128/224).
+    as in §3.1, nearest-neighbour at pixel centres as PIL's); ``as_rgb`` repeats grey images to three channels.
+    ``task``/``num_classes``/``in_channels`` are the values the config declares (from the ``${medmnist:...}``
+    resolver): they must agree with the table, and they set them for files outside it. ``image_size`` is the
+    stored size (28; MedMNIST+ files, ``<flag>_<size>.npz``, have 64/128/224).
     """
 
     def __init__(self, root: str, flag: str, size: int | None = None, batch_size: int = 128, num_workers: int = 0,
@@ -172,8 +173,8 @@ class MedMNISTDataModule(ClassificationDataModule):
         # a review: a 64 px MedMNIST+ file was shrunk to the 28 px default without a word
         size = self.image_size if size is None else int(size)
         if size < self.image_size:
-            log.warning("data.size=%d is below the stored data.image_size=%d: every image is shrunk (set data.size=null "
-                        "to train at the stored size)", size, self.image_size)
+            log.warning("data.size=%d is below the stored data.image_size=%d: every image is shrunk (set "
+                        "data.size=null to train at the stored size)", size, self.image_size)
         self.root, self.flag, self.size, self.as_rgb = Path(root).expanduser(), str(flag), size, bool(as_rgb)
         self.info = medmnist_info(flag)
         self._declared = {"task": task, "num_classes": num_classes, "in_channels": in_channels}

@@ -79,7 +79,8 @@ class SurfaceCollector:
             found = {cid: v for part in gathered for cid, v in (part or {}).items()}
         for cid, (_, spacing) in sorted(found.items()):
             coarse = min(float(v) for v in spacing[:2])
-            if coarse > tolerance_mm and not self._warned_nsd:  # a walkthrough: test NSD 0.556 vs predict's 0.809 on the native grid
+            # a walkthrough: test NSD 0.556 against predict's 0.809 on the native grid
+            if coarse > tolerance_mm and not self._warned_nsd:
                 warnings.warn(f"test NSD is scored on the working grid, whose in-plane voxel ({coarse:.2f} mm, case "
                               f"{cid}) is coarser than its tolerance module.nsd_tolerance_mm={tolerance_mm}: a "
                               f"boundary off by one voxel counts as a miss. predict with labels= scores on the "
