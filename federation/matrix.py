@@ -56,6 +56,17 @@ def _fl_local(server: Server, cid: str, mode: str, epochs: int) -> pl.LightningM
     return module
 
 
+def budgets(fed) -> dict[str, int]:
+    """Epochs of each kind of row: ``federation`` (what each client trained in the federation, rounds x local
+    epochs), ``standalone`` and ``centralised`` (``matrix.*_epochs``; null: the federation's, so the rows compare
+    at one budget; a review: the default 2 against the federation's 10 x 2 decided the table)."""
+    mcfg = fed.get("matrix") or {}
+    per_client = int(fed.get("rounds", 1)) * int(fed.get("local_epochs", 1))
+    return {"federation": per_client,
+            **{k: per_client if mcfg.get(f"{k}_epochs") is None else int(mcfg.get(f"{k}_epochs"))
+               for k in ("standalone", "centralised")}}
+
+
 def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
     """The matrix described in the module docstring, as ``{row: {column: value}}``."""
     fed = server.fed
@@ -83,12 +94,13 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
     ccfg, base = server.ccfg, server.base
     mode = str(mcfg.get("fl_local", "best_local"))
     local_epochs = int(mcfg.get("local_epochs", fed.get("local_epochs", 1)))
+    epochs = budgets(fed)
     for cid in ids:
         rows[f"{cid}_FL_local"] = score(_fl_local(server, cid, mode, local_epochs), cid)
     if mcfg.get("standalone", True):
         for cid in ids:
             dm = server.client_datamodule(cid, client_seed(server.seed, 20_000, cid))
-            module, _ = train_local(ccfg, dm, None, int(mcfg.get("standalone_epochs", 2)),
+            module, _ = train_local(ccfg, dm, None, epochs["standalone"],
                                     client_seed(server.seed, 20_000, cid, "baseline"), root_dir=str(server.store.root))
             rows[f"{cid}_baseline"] = score(module, cid)
     if mcfg.get("centralised", True):
@@ -100,7 +112,7 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
             # not annotations of organs no site has labelled on those cases
             dm.train_dataset = ConcatDataset([server.client_datamodule(c, server.seed).train_dataset
                                               for c in server.client_ids])
-        module, _ = train_local(ccfg, dm, None, int(mcfg.get("centralised_epochs", 2)),
+        module, _ = train_local(ccfg, dm, None, epochs["centralised"],
                                 client_seed(server.seed, 30_000, "central"), root_dir=str(server.store.root))
         rows["centralised"] = score(module, "central")
     return rows
@@ -114,14 +126,21 @@ def matrix_note(server: Server) -> str | None:
     ids = server.client_ids[: int(mcfg.get("max_clients", 8) or len(server.client_ids))]
     on_val = [c for c in ids if (server.indices[c].test is None or not len(server.indices[c].test))
               and len(server.indices[c].val)]  # a client with neither has no column (a review)
-    if not on_val:
-        return None
-    note = (f"Columns {', '.join(on_val[:8])} are those clients' validation splits (the data has no sites, so they "
-            f"have no test cases of their own).")
-    if str(mcfg.get("fl_local", "best_local")) == "best_local":
-        note += (" Each <client>_FL_local is the round its validation score was best, chosen on that same split: "
-                 "its own cell is optimistic; matrix.fl_local=finetune, or data with sites, avoids it.")
-    return note
+    notes = []
+    if on_val:
+        notes.append(f"Columns {', '.join(on_val[:8])} are those clients' validation splits (the data has no "
+                     f"sites, so they have no test cases of their own).")
+        if str(mcfg.get("fl_local", "best_local")) == "best_local":
+            notes.append("Each <client>_FL_local is the round its validation score was best, chosen on that same split: "
+                         "its own cell is optimistic; matrix.fl_local=finetune, or data with sites, avoids it.")
+    epochs = budgets(server.fed)
+    rows = [k for k in ("standalone", "centralised") if mcfg.get(k, True) and epochs[k] != epochs["federation"]]
+    if rows:
+        notes.append(f"Budgets differ: each client trained {epochs['federation']} epochs in the federation "
+                     f"({server.fed.get('rounds')} rounds x {server.fed.get('local_epochs', 1)}), the "
+                     + " and the ".join(f"{k} row(s) {epochs[k]}" for k in rows)
+                     + " (federation.matrix.<row>_epochs; null gives the federation's).")
+    return " ".join(notes) or None
 
 
 def write_matrix(rows: dict[str, dict[str, float]], out: Path, metric: str, note: str | None = None) -> None:

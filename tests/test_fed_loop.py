@@ -542,6 +542,30 @@ def test_the_matrix_says_when_a_clients_column_is_its_validation_split(tmp_path)
     assert matrix_note(server) is None
 
 
+def test_the_matrix_baselines_train_the_federations_budget_unless_told_and_then_it_says_so():
+    """A federation review: the baselines and the centralised row trained 2 epochs by default against the
+    federation's rounds x local epochs (10 x 2 in fed_lits_dnet), and nothing in the table said so."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from federation.matrix import budgets, matrix_note
+    from federation.runner import ClientIndices
+
+    idx = np.arange(4)
+    fed = OmegaConf.create({"rounds": 5, "local_epochs": 2,
+                            "matrix": {"standalone_epochs": None, "centralised_epochs": None}})
+    assert budgets(fed) == {"federation": 10, "standalone": 10, "centralised": 10}
+    server = SimpleNamespace(fed=fed, client_ids=["a"], indices={"a": ClientIndices(idx, idx, idx)})
+    assert matrix_note(server) is None
+    fed.matrix.standalone_epochs = 4
+    assert matrix_note(server) == ("Budgets differ: each client trained 10 epochs in the federation (5 rounds x 2), "
+                                   "the standalone row(s) 4 (federation.matrix.<row>_epochs; null gives the "
+                                   "federation's).")
+    fed.matrix.standalone = False  # no standalone rows: nothing to say about them
+    assert matrix_note(server) is None
+
+
 def test_clients_without_a_validation_split_train_under_fast_dev_run(tmp_path):
     """``federation.client_val_fraction=0`` (a site's own validation split elsewhere): under ``fast_dev_run``
     every client failed with "SubsetDataModule.setup() must run before asking for a loader" (found this
