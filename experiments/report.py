@@ -56,6 +56,17 @@ def json_object(path: Path, root: Path | None = None) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def default_keys(runs: list[Path]) -> tuple[str, ...]:
+    """:data:`DEFAULT_KEYS` and each run's own ``<module.monitor>_best``, the score its sweep selects on (a
+    walkthrough: a ``val/acc``-monitored classification sweep showed ``val/auc_best`` but not ``val/acc_best``)."""
+    monitors = []
+    for run in runs:
+        monitor = (run_config(run).get("module") or {}).get("monitor")
+        if isinstance(monitor, str) and monitor and f"{monitor}_best" not in monitors:
+            monitors.append(f"{monitor}_best")
+    return tuple(dict.fromkeys([*DEFAULT_KEYS[:4], *monitors, *DEFAULT_KEYS[4:]]))
+
+
 def find_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
     """Run dirs holding ``metrics.json`` and those holding ``failed.json`` below the given paths/globs."""
     done, failed = set(), set()
@@ -362,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if keys is None:
-        ordered = [k for k in DEFAULT_KEYS if k in ordered] or ordered
+        ordered = [k for k in default_keys(runs) if k in ordered] or ordered
     curves = read_curves(runs)
     logged = sorted({k for series in curves.values() for k, v in series.items() if v})
     if args.curve and args.curve not in logged:  # a walkthrough: a misspelt --curve was a warning and exit 0

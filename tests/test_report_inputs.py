@@ -329,3 +329,15 @@ def test_count_columns_are_unranked_but_a_site_named_like_one_is_ranked():
     assert unranked("fed/rounds") and unranked("perf/num_parameters") and unranked("perf/forward_gflops_per_image")
     assert unranked("val/dice_best_step") and not unranked("matrix/FL_global/rounds_b")
     assert not unranked("test/dice") and not unranked("test/dice_rounds_b")
+
+
+def test_the_score_a_run_selects_on_is_a_default_column(tmp_path):
+    """A walkthrough: a ``val/acc``-monitored classification sweep showed ``val/auc_best`` by default and not
+    ``val/acc_best``, the score its sweep selects on (docs/experiments.md)."""
+    for seed in (0, 1):
+        run = _run(tmp_path, f"s{seed}", {"val/acc_best": 0.8 + seed / 10, "val/auc_best": 0.9, "test/acc": 0.7,
+                                          "val/acc_best_step": 3})
+        (run / "config.yaml").write_text("module:\n  monitor: val/acc\n")
+    assert report.main([str(tmp_path)]) == 0
+    header = (tmp_path / "report.md").read_text().splitlines()[0]
+    assert "val/acc_best " in header and header.index("val/acc_best") < header.index("val/auc_best")
