@@ -194,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [r for r in rows if r["dataset"] != "mean"]
     if not any(r["status"] == "ok" for r in jobs):  # a walkthrough: "0/10 ok" exited 0
         ran = [r for r in jobs if r["status"] != "not run"]
-        print(f"error: {'every run under ' + str(args.multirun_dir) + ' failed' if ran else 'no runs under ' + str(args.multirun_dir)}"
-              f" (decathlon.md lists each dataset's status)", file=sys.stderr)
+        # a walkthrough: "every run failed" where one had finished and was left out as a debug run
+        print(f"error: no finished run to report under {args.multirun_dir}"
+              + (f" ({len(ran)} failed or missed their data)" if ran else "")
+              + " (decathlon.md lists each dataset's status; --all includes debug runs)", file=sys.stderr)
         return 1 if ran else 2
     return 0
 

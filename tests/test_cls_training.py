@@ -83,7 +83,7 @@ def test_decathlon_report_exits_1_when_every_run_failed(tmp_path, capsys):
     """A walkthrough: "0/10 ok" exited 0, which a script reads as success (kd_report already exited 1)."""
     _job(tmp_path, 0, "pathmnist", error="MissingDataFileError: MedMNIST file pathmnist.npz not found in /x")
     assert decathlon_report.main([str(tmp_path)]) == 1
-    assert "every run under" in capsys.readouterr().err
+    assert "no finished run to report under" in capsys.readouterr().err  # (1 failed or missed their data)
     _job(tmp_path, 1, "breastmnist", metrics={"test/auc": 0.9, "test/acc": 0.8})
     assert decathlon_report.main([str(tmp_path)]) == 0
     (tmp_path / "empty").mkdir()
@@ -103,7 +103,7 @@ def test_decathlon_report_leaves_out_debug_runs(tmp_path):
     assert by["RetinaMNIST"]["auc"] == 0.6 and by["mean"]["status"] == "2/10 ok"
 
 
-def test_a_debug_decathlon_still_says_which_datasets_are_missing(tmp_path):
+def test_a_debug_decathlon_still_says_which_datasets_are_missing(tmp_path, capsys):
     """A walkthrough's fast_dev_run decathlon read "not run" for all ten datasets: the nine whose file is not
     here were left out with the debug runs. A debug job's numbers are left out; its failure is not."""
     _job(tmp_path, 0, "retinamnist", metrics={"test/auc": 0.6, "test/acc": 0.3, "debug": True}, debug=True)
@@ -111,6 +111,10 @@ def test_a_debug_decathlon_still_says_which_datasets_are_missing(tmp_path):
          debug=True)
     by = {r["dataset"]: r for r in decathlon_report.report(tmp_path)}
     assert by["PathMNIST"]["status"] == "missing" and by["RetinaMNIST"]["status"] == "not run"
+    # a walkthrough: the exit line said "every run ... failed", the finished debug run included
+    assert decathlon_report.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no finished run to report under" in err and "(1 failed or missed their data)" in err
 
 
 def test_decathlon_report_keeps_other_settings_apart(tmp_path):
