@@ -60,34 +60,78 @@ def plot_learning_curves(metrics_csv: Path, out: Path, keys: tuple[str, ...]) ->
     return save_figure(fig, out)
 
 
-class SegmentationCurves(pl.Callback):
-    """Writes ``test_roc.png`` (per foreground class, with AUC) and ``learning_curves.png``."""
+def plot_roc(curves: dict[str, tuple], out: Path, title: str) -> Path:
+    """``out``: one ROC curve per class, ``{name: (fpr, tpr, auc)}``, with the chance diagonal."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("1 − specificity (FPR)")
+    ax.set_ylabel("sensitivity (TPR)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=7 if len(curves) > 6 else None)
+    return save_figure(fig, out)
 
-    def __init__(self, keys: tuple[str, ...] = ("train/loss_epoch", "val/loss", "val/dice", "val/miou")) -> None:
+
+class CurveFigures(pl.Callback):
+    """Writes ``test_roc.png`` (the module's test ROC per class, with AUC) and ``learning_curves.png`` (``keys``
+    per epoch from the CSV log) after testing, and logs them to W&B as ``test/curves``."""
+
+    title = "test ROC"
+
+    def __init__(self, keys: tuple[str, ...] = ()) -> None:
         self.keys = tuple(keys)
+
+    def applies(self, pl_module: pl.LightningModule) -> bool:
+        return True
+
+    def curves(self, pl_module: pl.LightningModule) -> dict[str, tuple]:
+        """``{class: (fpr, tpr, auc)}`` of the test just run."""
+        return dict(getattr(pl_module, "roc_curves", {}) or {})
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_test_end: after the module's own on_test_epoch_end has computed the ROC curves
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or not self.applies(pl_module):
             return
         out = run_dir(trainer)
         paths = []
-        curves = getattr(pl_module, "roc_curves", {})
+        curves = self.curves(pl_module)
         if curves:
-            fig, ax = plt.subplots(figsize=(4.4, 4.2))
-            for name, (fpr, tpr) in curves.items():
-                auc = pl_module.test_summary.get(f"auc_{name}", float("nan"))
-                ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
-            ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-            ax.set_xlabel("1 − specificity (FPR)")
-            ax.set_ylabel("sensitivity (TPR)")
-            ax.set_title("test ROC (pixel-wise)")
-            ax.legend(loc="lower right")
-            paths.append(save_figure(fig, out / "test_roc.png"))
-        else:  # no test pixel scored: no curve, and none left from an earlier test in this run dir
+            paths.append(plot_roc(curves, out / "test_roc.png", self.title))
+        else:  # nothing scored: no curve, and none left from an earlier test in this run dir
             (out / "test_roc.png").unlink(missing_ok=True)
         curve = plot_learning_curves(out / "csv" / "metrics.csv", out / "learning_curves.png", self.keys)
         if curve:
             paths.append(curve)
         if paths:
             log_images(trainer, "test/curves", paths)
+
+
+class SegmentationCurves(CurveFigures):
+    """:class:`CurveFigures` of a segmentation module: pixel-wise ROC per foreground class."""
+
+    title = "test ROC (pixel-wise)"
+
+    def __init__(self, keys: tuple[str, ...] = ("train/loss_epoch", "val/loss", "val/dice", "val/miou")) -> None:
+        super().__init__(keys)
+
+    def curves(self, pl_module: pl.LightningModule) -> dict[str, tuple]:
+        summary = getattr(pl_module, "test_summary", {}) or {}
+        return {name: (fpr, tpr, summary.get(f"auc_{name}", float("nan")))
+                for name, (fpr, tpr) in (getattr(pl_module, "roc_curves", {}) or {}).items()}
+
+
+class ClassificationCurves(CurveFigures):
+    """:class:`CurveFigures` of a classifier (a review: a MedMNIST run wrote no ROC and no learning curves): ROC per
+    class one-vs-rest (per label; the positive class of a binary task); other modules are left alone, so
+    ``callbacks/default.yaml`` carries it for every run."""
+
+    title = "test ROC"
+
+    def __init__(self, keys: tuple[str, ...] = ("train/loss", "val/loss", "val/auc", "val/acc")) -> None:
+        super().__init__(keys)
+
+    def applies(self, pl_module: pl.LightningModule) -> bool:
+        from lightning_modules.classification import ClassificationModule
+
+        return isinstance(pl_module, ClassificationModule)

@@ -102,6 +102,30 @@ def task_metrics(task: str, num_classes: int) -> MetricCollection:
                              "acc": tmc.MulticlassAccuracy(num_classes, average="micro")})
 
 
+def roc_curves(metric: Metric, task: str, names: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Per class (one-vs-rest; per label; the positive class of a binary task) ``(fpr, tpr, auc)`` from an AUC
+    metric's stored scores, synced over every rank (all ranks call it); classes without both positives and
+    negatives are left out, as the AUC leaves them out."""
+    from torchmetrics.functional.classification import binary_roc
+
+    with metric.sync_context(should_unsync=True):
+        scores, target = dim_zero_cat(metric.preds).float().cpu(), dim_zero_cat(metric.target).long().cpu()
+    if target.numel() == 0:
+        return {}
+    if task == "binary":
+        columns = {names[-1]: (scores, target)}
+    elif task == "multi-label":
+        columns = {names[i]: (scores[:, i], target[:, i]) for i in range(scores.shape[1])}
+    else:
+        columns = {names[i]: (scores[:, i], (target == i).long()) for i in range(scores.shape[1])}
+    out = {}
+    for name, (score, truth) in columns.items():
+        if 0 < int(truth.sum()) < truth.numel():
+            fpr, tpr, _ = binary_roc(score, truth)
+            out[name] = (fpr.numpy(), tpr.numpy(), float(torch.trapezoid(tpr, fpr)))
+    return out
+
+
 def task_scores(logits: torch.Tensor, task: str) -> torch.Tensor:
     """MedMNIST's ``y_score`` as the metrics take it: P(positive) [B] for binary, sigmoid for multi-label,
     softmax [B, C] otherwise."""
@@ -141,6 +165,8 @@ class ClassificationModule(BaseModule):
                                 else tmc.MulticlassConfusionMatrix(self.num_classes))
         self.results: dict[str, float] = {}
         self.confusion_matrix: np.ndarray | None = None
+        #: the test split's ROC per class, ``{name: (fpr, tpr, auc)}`` (``callbacks.curves.ClassificationCurves``)
+        self.roc_curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         self._updated: set[str] = set()
 
     # ------------------------------------------------------------------ steps
@@ -203,6 +229,7 @@ class ClassificationModule(BaseModule):
     def on_test_epoch_end(self) -> None:
         if "test" in self._updated:
             self.confusion_matrix = self.confmat.compute().cpu().numpy()  # drawn by callbacks.confusion
+            self.roc_curves = roc_curves(self.split_metrics["test_metrics"]["auc"], self.task, self.class_names)
         self.confmat.reset()
         self._epoch_end("test")
 

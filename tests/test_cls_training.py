@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -46,6 +47,40 @@ def test_medmnist_run_on_tiny_file(tmp_path):
                        "trainer.max_epochs=1", *FAST], tmp_path)
     metrics = train_and_test(cfg)
     assert {"test/auc", "test/acc", "val/auc", "val/loss", "train/loss"} <= set(metrics)
+
+
+@pytest.mark.parametrize("flag, channels, labels_shape, n", [("breastmnist", 1, (1,), 2),
+                                                            ("retinamnist", 3, (1,), 5),
+                                                            ("chestmnist", 1, (14,), 2)])
+def test_a_classifier_writes_its_test_roc_and_learning_curves(tmp_path, flag, channels, labels_shape, n):
+    """A classification review: a MedMNIST run wrote its confusion matrix but no ROC and no learning curves,
+    which a segmentation run writes. Each class one-vs-rest (per label; the positive class of a binary task),
+    its AUC in the legend; the mean of the drawn curves' AUCs is the logged test AUC."""
+    from lightning_modules.classification import ClassificationModule
+    from test_cls_data import write_npz
+
+    rng = np.random.default_rng(0)  # multi-label: labels that vary within each column (the writer's do not)
+    labels = {f"{s}_labels": rng.integers(0, 2, (k, 14)).astype(np.uint8)
+              for s, k in (("train", 12), ("val", 4), ("test", 6))} if labels_shape == (14,) else {}
+    write_npz(tmp_path / "npz", f"{flag}.npz", channels=channels, labels_shape=labels_shape, n_classes=n, **labels)
+    cfg = compose_run(["+exp=medmnist", f"data.flag={flag}", f"data.root={tmp_path / 'npz'}", "model=small_cnn",
+                       "trainer.max_epochs=2", *FAST], tmp_path)
+    seen = {}
+    real = ClassificationModule.on_test_epoch_end
+
+    def keep(self):
+        real(self)
+        seen.update(self.roc_curves)
+
+    ClassificationModule.on_test_epoch_end = keep
+    try:
+        metrics = train_and_test(cfg)
+    finally:
+        ClassificationModule.on_test_epoch_end = real
+    run = tmp_path / "run"
+    assert (run / "test_roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert seen and abs(sum(c[2] for c in seen.values()) / len(seen) - metrics["test/auc"]) < 1e-4
 
 
 def _job(root, num, flag, metrics=None, error=None, debug=False):
