@@ -99,9 +99,10 @@ def _rounds_and_finish(server: Server) -> dict[str, Any]:
                 on_done=lambda cid, ok: (bar.advance(ctask), stop.check()))
             server.history.append(row)
             improved = server.update_best(rnd, row)
-            # logged before server.pt: a stop in between runs the round again (logged twice, the re-run's own
-            # result) rather than leaving a completed round never logged; its best weights follow server.pt, so
-            # they always belong to a completed round (resume writes them when a stop came between)
+            # logged before server.pt: a stop in between runs the round again rather than leaving a completed round
+            # never logged (the CSV gets both rows; W&B, resumed under the same id, keeps the first one it got for
+            # that step, equal to the re-run's under trainer.deterministic=true); its best weights follow server.pt,
+            # so they always belong to a completed round (resume writes them when a stop came between)
             log_metrics(server.loggers, row, step=rnd + 1)
             log_round(row, rounds)  # per-client and global lines in run.log / non-TTY stdout
             server.checkpoint(rnd)
