@@ -91,10 +91,10 @@ class BestMetric(pl.Callback):
         """A resumed fit starts from the checkpoint's bests; a checkpoint loaded after this fit (the test of
         ``best.ckpt``, saved at an earlier epoch) cannot take back bests of later epochs: each key keeps the
         better value (a review: ``val/loss_best`` in ``metrics.json`` was the best up to the selected epoch)."""
-        best = state_dict.get("best") or {}
+        best = state_dict.get("best") if isinstance(state_dict, dict) else state_dict
         try:
-            pairs = [(str(k), float(v), int(at)) for k, (v, at) in best.items()]
-        except (AttributeError, TypeError, ValueError):  # a crafted or foreign checkpoint: one line, no traceback
+            pairs = [(str(k), float(v), int(at)) for k, (v, at) in (best or {}).items()]
+        except (AttributeError, TypeError, ValueError, OverflowError):  # a crafted or foreign checkpoint: one line
             raise CheckpointError(f"the checkpoint's BestMetric state is not {{metric: [value, epoch]}} "
                                   f"({str(best)[:80]})") from None
         for k, v, at in pairs:

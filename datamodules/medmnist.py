@@ -173,8 +173,8 @@ class MedMNISTDataModule(ClassificationDataModule):
         # a review: a 64 px MedMNIST+ file was shrunk to the 28 px default without a word
         size = self.image_size if size is None else int(size)
         if size < self.image_size:
-            log.warning("data.size=%d is below the stored data.image_size=%d: every image is shrunk (set "
-                        "data.size=null to train at the stored size)", size, self.image_size)
+            log.warning("data.size=%d is below the stored data.image_size=%d: every image is shrunk (drop the "
+                        "data.size override: it follows data.image_size)", size, self.image_size)
         self.root, self.flag, self.size, self.as_rgb = Path(root).expanduser(), str(flag), size, bool(as_rgb)
         self.info = medmnist_info(flag)
         self._declared = {"task": task, "num_classes": num_classes, "in_channels": in_channels}

@@ -61,7 +61,8 @@ def default_keys(runs: list[Path]) -> tuple[str, ...]:
     walkthrough: a ``val/acc``-monitored classification sweep showed ``val/auc_best`` but not ``val/acc_best``)."""
     monitors = []
     for run in runs:
-        monitor = (run_config(run).get("module") or {}).get("monitor")
+        module = run_config(run).get("module")
+        monitor = module.get("monitor") if isinstance(module, dict) else None  # a damaged config: no column
         if isinstance(monitor, str) and monitor and f"{monitor}_best" not in monitors:
             monitors.append(f"{monitor}_best")
     return tuple(dict.fromkeys([*DEFAULT_KEYS[:4], *monitors, *DEFAULT_KEYS[4:]]))

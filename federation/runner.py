@@ -192,13 +192,7 @@ def train_local(cfg: DictConfig, datamodule: SubsetDataModule, init_state: Mappi
     if root_dir is not None:
         kw["default_root_dir"] = root_dir
     if early_stopping and early_stopping.get("enabled") and has_val:
-        from pytorch_lightning.callbacks import EarlyStopping
-
-        monitor = early_stopping.get("monitor") or _module_monitor(cfg)
-        mode = early_stopping.get("mode") or goal(monitor)
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
-                                       patience=int(early_stopping.get("patience", 2)),
-                                       min_delta=float(early_stopping.get("min_delta", 0.0))))
+        callbacks.append(client_early_stopping(early_stopping, _module_monitor(cfg)))
         kw["check_val_every_n_epoch"] = 1
     else:
         kw["limit_val_batches"] = 0  # validate once after fit, below
@@ -208,6 +202,16 @@ def train_local(cfg: DictConfig, datamodule: SubsetDataModule, init_state: Mappi
         metrics, _ = fit_and_evaluate(trainer, module, datamodule, evaluate_on="val",
                                       evaluator=eval_trainer(cfg, root_dir))
     return module, metrics
+
+
+def client_early_stopping(settings: Mapping[str, Any], default_monitor: str) -> pl.Callback:
+    """``federation.early_stopping`` as Lightning's callback on the client's validation split (paper 000 step 5),
+    its ``mode`` by default the monitor's way (:func:`callbacks.metric_goal.goal`: ``val/hd95`` is min)."""
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    monitor = settings.get("monitor") or default_monitor
+    return EarlyStopping(monitor=monitor, mode=settings.get("mode") or goal(monitor),
+                         patience=int(settings.get("patience", 2)), min_delta=float(settings.get("min_delta", 0.0)))
 
 
 def client_module_cfg(cfg: DictConfig, client_id: str) -> DictConfig:

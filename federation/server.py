@@ -133,7 +133,6 @@ class Server:
 
         check_dp_statistics(self.fed, self.global_state, self.strategy.is_local)  # before any client trains
         self.monitor = str(cfg.module.get("monitor") or "val/loss")
-        self.monitor_mode = goal(self.monitor)  # the project's one rule (val/hd95, val/ece: min; a review)
         self.evaluator = eval_trainer(self.ccfg, str(self.out))
         self.loggers = build_loggers(cfg)  # after what can fail but the executor: a W&B run is opened last
         if executor is None:  # last: nothing after it can fail and leave its Ray instance running (a review)
@@ -377,7 +376,7 @@ class Server:
                                   f"set module.monitor to one of them")
         if value is None or not math.isfinite(value):
             return False
-        if self.best["value"] is None or (value > self.best["value"] if self.monitor_mode == "max"
+        if self.best["value"] is None or (value > self.best["value"] if goal(self.monitor) == "max"
                                           else value < self.best["value"]):
             self.best = {"round": rnd + 1, "value": float(value), "key": key}
             return True

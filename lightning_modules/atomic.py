@@ -1,6 +1,7 @@
 """Atomic file output: write to a temp file beside the target, rename over it on success, else delete it."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -33,6 +34,9 @@ def durable_replace(tmp: str | Path, path: str | Path) -> None:
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as err:  # a file system without fsync (some FUSE / network mounts): renamed all the same
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise  # EIO and the like: the data did not reach the disk
     finally:
         os.close(fd)
     os.replace(tmp, path)

@@ -202,6 +202,10 @@ class BaseModule(pl.LightningModule):
         self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         self.log("train/loss_epoch", loss.detach(), on_step=False, on_epoch=True, batch_size=batch_size,
                  sync_dist=True)
+        # and ``train/loss`` for callbacks and schedulers that monitor it (the one log put it in callback_metrics;
+        # a review: EarlyStopping(monitor=train/loss) failed), not sent to the loggers
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True,
+                 logger=False)
 
     def trainable_parameters(self):
         """Parameters the optimiser updates; distillation overrides this (student + adapters only)."""

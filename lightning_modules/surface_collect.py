@@ -9,7 +9,6 @@ are spread over the ranks, so under DDP they are not scored (warned once).
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,10 +80,10 @@ class SurfaceCollector:
             coarse = min(float(v) for v in spacing[:2])
             # a walkthrough: test NSD 0.556 against predict's 0.809 on the native grid
             if coarse > tolerance_mm and not self._warned_nsd:
-                warnings.warn(f"test NSD is scored on the working grid, whose in-plane voxel ({coarse:.2f} mm, case "
-                              f"{cid}) is coarser than its tolerance module.nsd_tolerance_mm={tolerance_mm}: a "
-                              f"boundary off by one voxel counts as a miss. predict with labels= scores on the "
-                              f"input's own grid (docs/data.md 'Surface metrics')", stacklevel=1)
+                rank_zero_warn(f"test NSD is scored on the working grid, whose in-plane voxel ({coarse:.2f} mm, case "
+                               f"{cid}) is coarser than its tolerance module.nsd_tolerance_mm={tolerance_mm}: a "
+                               f"boundary off by one voxel counts as a miss. predict with labels= scores on the "
+                               f"input's own grid (docs/data.md 'Surface metrics')")
                 self._warned_nsd = True
         self.slices, self.spacing, self.unstacked, self.scored = {}, {}, set(), {}
         return {cid: scores for cid, (scores, _) in found.items()}

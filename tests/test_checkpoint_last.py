@@ -107,3 +107,28 @@ def test_a_checkpoint_reaches_the_disk_before_it_replaces_the_old_one(tmp_path, 
     save_torch({"w": torch.ones(2)}, tmp_path / "last.ckpt")
     assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
     assert events[0][1].startswith(".last.ckpt.") and events[1][1] == "last.ckpt" and events[2][1] == tmp_path.name
+
+
+def test_a_file_system_without_fsync_still_gets_the_checkpoint(tmp_path, monkeypatch):
+    """A review of the fsync: some FUSE and network mounts refuse fsync (EINVAL); the write goes on there, and
+    an I/O error is still an error."""
+    import errno
+    import os
+
+    from lightning_modules.atomic import save_torch
+
+    def refuse(fd):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    save_torch({"w": torch.ones(2)}, tmp_path / "last.ckpt")
+    assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["w"], torch.ones(2))
+
+    def broken(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        save_torch({"w": torch.zeros(2)}, tmp_path / "last.ckpt")
+    assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]

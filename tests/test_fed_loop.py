@@ -400,8 +400,7 @@ def test_the_best_round_goes_the_monitors_way_and_an_uncomputed_monitor_is_one_l
     from federation.store import ClientStore
 
     def server(monitor):
-        return SimpleNamespace(monitor=monitor, monitor_mode="min" if monitor.endswith("hd95") else "max",
-                               best={"round": 0, "value": None, "key": None})
+        return SimpleNamespace(monitor=monitor, best={"round": 0, "value": None, "key": None})
 
     hd95 = server("val/hd95")
     for rnd, value in enumerate([5.0, 3.0, 9.0]):
@@ -415,6 +414,11 @@ def test_the_best_round_goes_the_monitors_way_and_an_uncomputed_monitor_is_one_l
     for rnd, value in ((1, 5.0), (2, 3.0), (3, 9.0)):
         _save_if_best(store, "0", rnd, state, {"hd95": value}, "val/hd95")
     assert store.load("0", "best_local_meta")["round"] == 2
+    from federation.runner import client_early_stopping
+
+    assert client_early_stopping({"monitor": None}, "val/hd95").mode == "min"
+    assert client_early_stopping({}, "val/dice").mode == "max"
+    assert client_early_stopping({"mode": "max"}, "val/hd95").mode == "max"  # said explicitly, kept
 
 
 def test_fedbn_best_model_is_scored_and_kept_with_its_own_rounds_batch_norm(tmp_path, monkeypatch):
@@ -555,11 +559,14 @@ def test_the_matrix_baselines_train_the_federations_budget_unless_told_and_then_
     idx = np.arange(4)
     fed = OmegaConf.create({"rounds": 5, "local_epochs": 2,
                             "matrix": {"standalone_epochs": None, "centralised_epochs": None}})
-    assert budgets(fed) == {"federation": 10, "standalone": 10, "centralised": 10}
+    assert budgets(fed, 1) == {"federation": 10, "standalone": 10, "centralised": 10}
+    # a review of the change: 5 of 20 clients per round train a quarter of rounds x local epochs on average
+    sampled = OmegaConf.merge(fed, {"clients_per_round": 5})
+    assert budgets(sampled, 20) == {"federation": 3, "standalone": 3, "centralised": 3}
     server = SimpleNamespace(fed=fed, client_ids=["a"], indices={"a": ClientIndices(idx, idx, idx)})
     assert matrix_note(server) is None
     fed.matrix.standalone_epochs = 4
-    assert matrix_note(server) == ("Budgets differ: each client trained 10 epochs in the federation (5 rounds x 2), "
+    assert matrix_note(server) == ("Budgets differ: a client trained 10 epochs in the federation (5 rounds x 2), "
                                    "the standalone row(s) 4 (federation.matrix.<row>_epochs; null gives the "
                                    "federation's).")
     fed.matrix.standalone = False  # no standalone rows: nothing to say about them

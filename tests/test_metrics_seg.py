@@ -169,6 +169,8 @@ def test_auxiliary_losses_are_logged_with_the_batch_size():
     module.training_step(batch, 0)
     assert logged["train/vae"]["batch_size"] == 3
     assert logged["train/loss_step"]["batch_size"] == logged["train/loss_epoch"]["batch_size"] == 3
+    # train/loss stays in callback_metrics for a callback or scheduler monitoring it, not sent to the loggers
+    assert logged["train/loss"]["logger"] is False and logged["train/loss"]["on_epoch"] is True
 
 
 def test_the_spread_of_one_case_is_not_a_number():

@@ -341,3 +341,5 @@ def test_the_score_a_run_selects_on_is_a_default_column(tmp_path):
     assert report.main([str(tmp_path)]) == 0
     header = (tmp_path / "report.md").read_text().splitlines()[0]
     assert "val/acc_best " in header and header.index("val/acc_best") < header.index("val/auc_best")
+    (tmp_path / "s1" / "config.yaml").write_text("module: [1, 2]\n")  # a damaged config: no column, no traceback
+    assert report.main([str(tmp_path)]) == 0

@@ -104,7 +104,8 @@ def test_the_tested_checkpoint_does_not_take_back_later_bests():
     assert cb._state == {"val/auc": (0.8, 0), "val/loss": (0.59, 3)} and cb.summary["val/loss_best_step"] == 3
 
 
-@pytest.mark.parametrize("best", [{"val/dice": "ab"}, [1], {"val/dice": [1.0]}, {"val/dice": ["x", 0]}])
+@pytest.mark.parametrize("best", [{"val/dice": "ab"}, [1], {"val/dice": [1.0]}, {"val/dice": ["x", 0]},
+                                  {"val/dice": [0.5, float("inf")]}])
 def test_a_crafted_best_metric_state_is_one_line(best):
     """A trust review: a checkpoint whose BestMetric state is not ``{metric: [value, epoch]}`` ended the resume
     in a ValueError / AttributeError traceback from inside Lightning's restore."""

@@ -294,7 +294,8 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
             raise FederationError(f"the Flower run's {result_path} is unreadable ({type(err).__name__}); see "
                                   f"{logs}") from None
         if not isinstance(result, dict) or not result.get("ok"):
-            raise FederationError(f"ServerApp failed: {result.get('error')} (traceback in {result_path})")
+            error = result.get("error") if isinstance(result, dict) else f"not a JSON object: {str(result)[:80]}"
+            raise FederationError(f"ServerApp failed: {error} (traceback in {result_path})")
         return json.loads((out / "metrics.json").read_text())
     except KeyboardInterrupt:  # Ctrl-C: every group is stopped (finally), then the line that continues the run
         interrupted = True
