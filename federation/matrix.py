@@ -135,8 +135,8 @@ def matrix_note(server: Server) -> str | None:
         notes.append(f"Columns {', '.join(on_val[:8])} are those clients' validation splits (the data has no "
                      f"sites, so they have no test cases of their own).")
         if str(mcfg.get("fl_local", "best_local")) == "best_local":
-            notes.append("Each <client>_FL_local is the round its validation score was best, chosen on that same split: "
-                         "its own cell is optimistic; matrix.fl_local=finetune, or data with sites, avoids it.")
+            notes.append("Each <client>_FL_local is the round its validation score was best, chosen on that same "
+                         "split: its own cell is optimistic; matrix.fl_local=finetune, or data with sites, avoids it.")
     epochs = budgets(server.fed, len(server.client_ids))
     rows = [k for k in ("standalone", "centralised") if mcfg.get(k, True) and epochs[k] != epochs["federation"]]
     if rows:

@@ -154,7 +154,8 @@ def test_a_per_client_module_setting_builds_offline_too():
     teacher the server set there could fetch Hub weights or read a local file as a timm checkpoint."""
     from federation.received import check_received_config
 
-    teacher = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": "imagenet"}
+    teacher = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18",
+               "encoder_weights": "imagenet"}
     fed = {**CCFG.get("federation", {}), "client_module": {"site_b": {"teacher": teacher}}}
     got = check_received_config({**CCFG, "federation": fed})
     assert got["federation"]["client_module"]["site_b"]["teacher"]["encoder_weights"] is None

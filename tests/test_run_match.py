@@ -217,7 +217,8 @@ def test_a_resumed_federation_keeps_how_its_clients_are_made_and_trained(tmp_pat
     changed.federation.client_val_fraction, changed.module.optimizer.lr = 0.5, 0.1
     assert "composes another run than the one in it" in another_run(tmp_path, changed)
     said = differences(saved, OmegaConf.to_container(changed), resume_keys(saved))
-    for diff in ("federation.strategy._target_='x.FedProx' (the run's 'x.FedAvg')", "federation.local_epochs=3 (the run's 1)",
+    for diff in ("federation.strategy._target_='x.FedProx' (the run's 'x.FedAvg')",
+                 "federation.local_epochs=3 (the run's 1)",
                  "federation.client_val_fraction=0.5 (the run's 0.2)", "module.optimizer.lr=0.1 (the run's 0.001)"):
         assert diff in said, (diff, said)
     grown = OmegaConf.create(saved)

@@ -63,7 +63,8 @@ def test_predict_scores_nsd_at_the_runs_tolerance():
     from experiments.predict import surface_tolerance
 
     assert surface_tolerance(None, {"nsd_tolerance_mm": 2.0}) == 2.0 and surface_tolerance(None, {}) == 1.0
-    assert surface_tolerance(0.5, {"nsd_tolerance_mm": 2.0}) == 0.5 and surface_tolerance(None, {"nsd_tolerance_mm": 0}) == 0
+    assert surface_tolerance(0.5, {"nsd_tolerance_mm": 2.0}) == 0.5
+    assert surface_tolerance(None, {"nsd_tolerance_mm": 0}) == 0
 
 
 def test_predict_pads_2d_slices_as_training_batches_are():
