@@ -38,20 +38,13 @@ from lightning_modules.inference import VolumePredictor
 
 
 
-def window_overlap(given: float | None, trained: Any) -> float:
-    """The sliding window's overlap: the command's, else the run's ``module.overlap``, else 0.5. A review: a run
-    trained with ``module.overlap=0`` was predicted at 0.5 (``0 or 0.5``)."""
+def run_setting(given: Any, trained: Any, key: str, default: float) -> float:
+    """A predict setting: the command's, else the run's ``module.<key>`` (its hparams), else ``default``. Reviews:
+    a run trained with ``module.overlap=0`` was predicted at 0.5 (``0 or 0.5``), and one tested at
+    ``nsd_tolerance_mm=2`` was scored at predict's own 1 mm."""
     if given is not None:
         return float(given)
-    return 0.5 if trained.get("overlap") is None else float(trained["overlap"])
-
-
-def surface_tolerance(given: float | None, trained: Any) -> float:
-    """NSD's tolerance: the command's, else the run's ``module.nsd_tolerance_mm``, else 1 mm. A review: a run
-    tested at 2 mm was predicted at predict's own 1 mm, so the two NSDs of one checkpoint differed."""
-    if given is not None:
-        return float(given)
-    return 1.0 if trained.get("nsd_tolerance_mm") is None else float(trained["nsd_tolerance_mm"])
+    return default if trained.get(key) is None else float(trained[key])
 
 
 def tta_axes(tta: Any, dims: int) -> tuple[int, ...]:
@@ -175,7 +168,7 @@ def predict(cfg: DictConfig) -> dict:
     # or a roi_size other than its patch size was tested with one window and predicted with another)
     trained = models.hparams
     roi = cfg.roi_size or ((trained.get("roi_size") or models.run_cfg.data.get("patch_size")) if dims == 3 else None)
-    overlap = window_overlap(cfg.get("overlap"), trained)
+    overlap = run_setting(cfg.get("overlap"), trained, "overlap", 0.5)
     axes = tta_axes(cfg.tta, dims)
     try:
         predictor = VolumePredictor(models.nets, dims, roi, overlap, cfg.mode, axes, cfg.batch_size,
@@ -216,7 +209,7 @@ def predict(cfg: DictConfig) -> dict:
     class_names = models.hparams.get("class_names") or dm.class_names
     threshold = models.hparams.get("fg_threshold")
     try:
-        tolerance = surface_tolerance(cfg.get("nsd_tolerance_mm"), models.hparams)
+        tolerance = run_setting(cfg.get("nsd_tolerance_mm"), models.hparams, "nsd_tolerance_mm", 1.0)
         per_case = _segment(cases, images, dm, predictor, threshold, keep_prob, class_names, tolerance,
                             marked=folders if src.is_dir() else [])
     except BaseException:

@@ -21,6 +21,12 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 
+def world_size() -> int:
+    """Processes in the default process group (1 outside DDP)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def case_key(case_id: str) -> int:
     """Stable integer key of a case id (identical on every rank, so gathered states stay consistent)."""
     return zlib.crc32(case_id.encode())
@@ -130,7 +136,7 @@ def updated_anywhere(metric: Metric) -> bool:
     process group so that every rank skips (or runs) ``compute()``, whose state sync is a collective, together."""
     count = metric.update_count
     dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         group = metric.process_group
         backend = dist.get_backend(group)
         # NCCL reduces CUDA tensors only, whichever device the metric's states sit on (compute_on_cpu)
@@ -185,8 +191,8 @@ class PerCaseConfusion(Metric):
     def _gather_names(self) -> None:
         """Case names seen on other ranks (strings are not tensor states; every rank calls compute)."""
         dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list = [None] * dist.get_world_size()
+        if world_size() > 1:
+            gathered: list = [None] * world_size()
             dist.all_gather_object(gathered, self.names)
             for names in gathered:
                 self.names.update(names or {})

@@ -17,11 +17,7 @@ import torch
 import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_warn
 
-from lightning_modules.metrics import slice_surface_scores, surface_scores
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from lightning_modules.metrics import slice_surface_scores, surface_scores, world_size
 
 
 class SurfaceCollector:
@@ -48,7 +44,7 @@ class SurfaceCollector:
                 self.scored[cid] = (surface_scores(p.to(torch.uint8).cpu().numpy(), m.to(torch.uint8).cpu().numpy(),
                                                    class_names, space, tolerance_mm), space)
                 continue
-            if _world() > 1:  # a case's slices are spread over the ranks
+            if world_size() > 1:  # a case's slices are spread over the ranks
                 if not self._warned_ddp:
                     self._warned_ddp = True  # a review: they vanished from metrics.json without a word
                     rank_zero_warn("test HD95 / NSD of 2D slices are not computed under DDP (each rank holds only "
@@ -72,8 +68,8 @@ class SurfaceCollector:
         """HD95 / NSD per case (every rank's 3D cases under DDP; a collective then), and the state reset."""
         found = {cid: self._stacked(cid, class_names, tolerance_mm, eval_slices) for cid in self.slices}
         found.update(self.scored)
-        if _world() > 1:
-            gathered: list[Any] = [None] * _world()
+        if world_size() > 1:
+            gathered: list[Any] = [None] * world_size()
             dist.all_gather_object(gathered, found)
             found = {cid: v for part in gathered for cid, v in (part or {}).items()}
         for cid, (_, spacing) in sorted(found.items()):

@@ -52,7 +52,10 @@ def test_ct_normalisation_of_a_multi_channel_case_is_one_line():
 
 
 def test_predict_keeps_a_trained_overlap_of_zero():
-    from experiments.predict import window_overlap
+    from experiments.predict import run_setting
+
+    def window_overlap(given, trained):
+        return run_setting(given, trained, "overlap", 0.5)
 
     assert window_overlap(None, {"overlap": 0.0}) == 0.0  # it was `0 or 0.5`
     assert window_overlap(None, {}) == 0.5 and window_overlap(0.25, {"overlap": 0.0}) == 0.25
@@ -60,7 +63,10 @@ def test_predict_keeps_a_trained_overlap_of_zero():
 
 def test_predict_scores_nsd_at_the_runs_tolerance():
     """A review: a run tested with ``module.nsd_tolerance_mm=2`` was predicted at predict's own 1 mm."""
-    from experiments.predict import surface_tolerance
+    from experiments.predict import run_setting
+
+    def surface_tolerance(given, trained):
+        return run_setting(given, trained, "nsd_tolerance_mm", 1.0)
 
     assert surface_tolerance(None, {"nsd_tolerance_mm": 2.0}) == 2.0 and surface_tolerance(None, {}) == 1.0
     assert surface_tolerance(0.5, {"nsd_tolerance_mm": 2.0}) == 0.5
