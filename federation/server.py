@@ -150,6 +150,7 @@ class Server:
         self.start_round = 0
         self.dropped_total = 0
         self._untrained_warned: set[str] = set()
+        self._mean_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ public helpers (matrix, loop)
     def main_metric(self) -> str:
@@ -167,21 +168,27 @@ class Server:
         full = dict(self.template.net.state_dict())
         full.update(state)
         if any(self.strategy.is_local(k) for k in full):
-            given = local is not None
-            if local is None:  # one client's view reads that client's store file only, not every client's
-                local = stored_local(self.store, [client_id] if client_id is not None else self.client_ids)
-            chosen = local
-            if client_id is not None and local.get(client_id):
-                chosen = {client_id: local[client_id]}
-            elif client_id is not None:
-                if client_id not in self._untrained_warned:
-                    self._untrained_warned.add(client_id)
-                    log.info("client %s has no local entries (%s) yet: evaluated with the mean of the other "
-                             "clients'", client_id, self.strategy.name)
-                chosen = local if given else stored_local(self.store, self.client_ids)
-            full.update({k: v for k, v in mean_local(chosen).items() if k in full})
+            if local is not None:
+                own = {client_id: local[client_id]} if client_id is not None and local.get(client_id) else {}
+            else:  # one client's view reads that client's store file only, not every client's
+                own = stored_local(self.store, [client_id]) if client_id is not None else {}
+            if client_id is not None and not own and client_id not in self._untrained_warned:
+                self._untrained_warned.add(client_id)
+                log.info("client %s has no local entries (%s) yet: evaluated with the mean of the other "
+                         "clients'", client_id, self.strategy.name)
+            view = mean_local(own) if own else (mean_local(local) if local is not None else self._stored_mean())
+            full.update({k: v for k, v in view.items() if k in full})
         self.template.net.load_state_dict(full)
         return self.template
+
+    def _stored_mean(self) -> dict[str, torch.Tensor]:
+        """The mean of every client's stored local entries (the server's view), read again only when a store
+        file changed: evaluating N clients that have not trained yet read all N files N times (O(N^2) reads
+        a round with FedBN and client sampling; a profile found 25,320 reads in 3 rounds of 100 clients)."""
+        key = self.store.version()
+        if self._mean_cache is None or self._mean_cache[0] != key:
+            self._mean_cache = (key, mean_local(stored_local(self.store, self.client_ids)))
+        return self._mean_cache[1]
 
     def loader(self, dataset: Any) -> DataLoader:
         """An evaluation loader batched as the base datamodule batches evaluation items (whole 3D volumes

@@ -84,6 +84,19 @@ class ClientStore:
         """Client ids that have state on disk (sorted)."""
         return sorted(unquote(p.name[: -len(_SUFFIX)]) for p in self.root.glob("*" + _SUFFIX))
 
+    def version(self) -> tuple:
+        """What identifies the store's files as they are now (name, inode, size, mtime of each): it changes with
+        every write (a write is a rename of a new file) or removal, so a value computed from the files can be
+        kept until it does."""
+        out = []
+        for p in sorted(self.root.glob("*" + _SUFFIX)):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            out.append((p.name, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
     def _read(self, client_id: str, lazy: bool = False) -> dict[str, Any]:
         p = self.path(client_id)
         if not p.exists():

@@ -582,3 +582,22 @@ def test_clients_without_a_validation_split_train_under_fast_dev_run(tmp_path):
     rows = (tmp_path / "run" / "rounds.csv").read_text().splitlines()
     assert len(rows) >= 2 and out
     assert "validation split is carved" not in (tmp_path / "run" / "partition.md").read_text()  # n is all trained on
+
+
+def test_clients_load_with_data_num_workers_and_train_as_without(tmp_path):
+    """Found by a profile: a client's loaders ignored ``data.num_workers`` (a federation of real 3D sites loaded
+    in the main process whatever was set). They take it now, and the epoch-seeded draws make a client's
+    training the same with workers as without: one round ends with the same global weights."""
+    from federation.server import Server
+
+    finals = {}
+    for workers in (0, 1):
+        args = [*DIGITS, "federation.rounds=1", "federation.num_clients=2", "federation.clients_per_round=2",
+                f"data.num_workers={workers}"]
+        cfg = compose_run(args, tmp_path / f"w{workers}")
+        if workers:
+            assert Server(cfg).client_datamodule("0", 0).train_dataloader().num_workers == 1
+        dispatch(cfg)
+        finals[workers] = torch.load(tmp_path / f"w{workers}" / "run" / "global_final.pt", weights_only=True)
+    for k, v in finals[0].items():
+        assert torch.equal(v, finals[1][k]), k
