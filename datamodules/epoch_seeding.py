@@ -66,16 +66,22 @@ class EpochSeededDataset(Dataset):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+    def _read(self, key: int | tuple[int, int]) -> Any:
         epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
-        seed = derive_seed(ITEM, self.seed, epoch, index)
+        seed_generators(derive_seed(ITEM, self.seed, epoch, index))
+        return self.dataset[index]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list) -> list[Any]:
+        """A batch's items (the loader's fetcher asks for them at once): the main process's streams are saved
+        and restored once a batch, not once an item (a profile: 0.12 ms an item against a 0.014 ms read)."""
         if torch.utils.data.get_worker_info() is not None:  # a worker's streams are its own
-            seed_generators(seed)
-            return self.dataset[index]
+            return [self._read(k) for k in keys]
         saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
         try:
-            seed_generators(seed)
-            return self.dataset[index]
+            return [self._read(k) for k in keys]
         finally:
             random.setstate(saved[0])
             np.random.set_state(saved[1])
