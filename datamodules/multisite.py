@@ -146,6 +146,9 @@ def site_configs(sites: Mapping[str, Any], site_defaults: Mapping[str, Any] | No
     """Each site's full config: ``data.site_defaults`` (and ``data.patch_size``) under the site's own keys. The
     one path for the datamodule, ``experiments.predict site=`` and a federated distillation's local arms (a
     walkthrough: predict read ``data.sites.<site>`` alone and failed on every run whose sites use defaults)."""
+    empty = [str(k) for k, v in sites.items() if v is None]
+    if empty:  # a review: data.sites.site_c=null was an AttributeError in prepare_data, and counted as a site
+        raise DataError(f"data.sites.{empty[0]} is null: leave a site out with ~data.sites.{empty[0]}")
     defaults = dict(site_defaults or {})
     if patch_size is not None:
         defaults.setdefault("patch_size", [int(p) for p in patch_size])

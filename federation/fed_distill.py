@@ -44,10 +44,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from datamodules.multisite import sites_of
+from datamodules.multisite import site_configs, sites_of
 from engine import artifacts
 from engine.builders import ConfigError, build_module
-from engine.distill import run_distillation, segmentation_cfg, teacher_loss
+from engine.distill import check_padding_before_the_teacher, run_distillation, segmentation_cfg, teacher_loss
 from engine.fit import output_dir, train_and_test
 from engine.wandb_tracking import debug_mode
 from engine.one_process import check_one_process_trainer
@@ -59,6 +59,7 @@ log = logging.getLogger("federation.fed_distill")
 
 LOCAL_ARMS = ("none", "teacher_local", "hlfd_local", "hlfd_fed")
 FED_ARMS = ("fed_none", "fed_hlfd")  # students trained by the federation (stage 2, federated)
+KD_ARMS = ("hlfd_local", "hlfd_fed", "fed_hlfd")  # the arms that distil (with distill.method: HLFD by default)
 ARMS = LOCAL_ARMS + FED_ARMS
 TEACHER_DIR = "teacher"
 WEIGHTS = {"best": "global_best.pt", "final": "global_final.pt"}
@@ -74,7 +75,23 @@ def site_names(cfg: DictConfig) -> list[str]:
     sites = cfg.data.get("sites")
     if not sites:
         raise ConfigError("fed_distill needs data.sites (a multi-site data config, e.g. data=multisite_kits)")
-    return [str(s) for s in sites]
+    return list(site_configs(sites))  # one line for a null site
+
+
+def check_kd_pair(cfg: DictConfig, arms: list[str]) -> None:
+    """Before stage 1: the teacher-student pair the KD arms build (``distill.taps`` found in both nets, the KD
+    loss's adapters, both nets padding each site's ``image_size`` alike), with a randomly initialised teacher.
+    A review: a misspelt tap or a site size the pair cannot share failed after the federated teacher had
+    trained, and the corrected ``distill.taps`` could not resume the run."""
+    kd = [a for a in arms if a in KD_ARMS]
+    if not kd:
+        return
+    for site in site_names(cfg):
+        try:
+            check_padding_before_the_teacher(site_cfg(cfg, site, kd[0]))
+        except ConfigError as err:
+            raise ConfigError(f"data.sites.{site}: {err}") from None
+    build_module(site_cfg(cfg, site_names(cfg)[0], kd[0]))
 
 
 def check_config(cfg: DictConfig) -> list[str]:
@@ -82,6 +99,8 @@ def check_config(cfg: DictConfig) -> list[str]:
     fd = cfg.fed_distill
     check_one_process_trainer(cfg.trainer, "a federated distillation")
     given = fd.get("arms")
+    if isinstance(given, str):  # a review: arms=hlfd_fed was read letter by letter
+        raise ConfigError(f"fed_distill.arms={given}: a list of arms, e.g. 'fed_distill.arms=[{given}]'")
     arms = [str(a) for a in (ARMS if given is None else given)]
     bad = [a for a in arms if a not in ARMS]
     if bad or not arms:  # a walkthrough: [] ran every arm
@@ -360,6 +379,7 @@ def run_fed_distill(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -> 
     from federation.fed_distill_eval import evaluate_run
 
     arms = check_config(cfg)
+    check_kd_pair(cfg, arms)
     out = output_dir(cfg)
     try:
         fed_teacher = federated_teacher(cfg, federate) if cfg.get("federation") is not None else None

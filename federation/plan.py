@@ -95,6 +95,17 @@ def check_federation_config(fed: Any) -> None:
     check_executor_config(fed)
 
 
+def check_teacher_given(cfg: Any) -> None:
+    """A federation of a module with a frozen teacher (``module=distillation``) needs the teacher's checkpoint: a
+    federation trains no teacher first (a centralised distillation does), and without one every client distilled
+    from a randomly initialised teacher without a word (a review)."""
+    module = cfg.get("module")
+    if module is not None and "teacher_ckpt" in module and OmegaConf.select(module, "teacher_ckpt") is None:
+        raise FederationError("distill.teacher.ckpt=null: a federation of module=distillation distils from a trained "
+                              "teacher and trains none first; give its checkpoint (distill.teacher.ckpt=<file>), or "
+                              "run +exp=fed_kits_hlfd, whose fed_distill trains it by federation first")
+
+
 def check_executor_config(fed: Any) -> None:
     """``federation.privacy`` and the executor's own values, before any process starts (a walkthrough found
     privacy=secagg ignored off the Flower executor and a malformed Ray address ending in Hydra's traceback)."""

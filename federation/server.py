@@ -44,7 +44,8 @@ from federation.core.partition import is_remote_sites
 from federation.core.sampling import clients_per_round, sample_clients
 from federation.core.strategies import Strategy
 from federation.errors import FederationError
-from federation.plan import check_federation_config, split_clients, write_partition_report
+from federation.plan import (check_federation_config, check_teacher_given, split_clients,
+                             write_partition_report)
 from federation.runner import best_local_store, build_strategy, eval_trainer, quiet_lightning, register_base
 from federation.resume_checks import check_model_entries, check_resumed_local, check_strategy_state
 from federation.server_state import load_server_state, rng_state, save_atomic, set_rng_state
@@ -81,6 +82,7 @@ class Server:
         self.cfg, self.fed = cfg, cfg.federation
         check_federation_config(self.fed)
         check_one_process_trainer(cfg.trainer)
+        check_teacher_given(cfg)
         if is_remote_sites(self.fed.partition):
             on_nodes = getattr(executor, "data_on_nodes", False) if executor is not None else \
                 str(OmegaConf.select(self.fed, "executor._target_", default="")).endswith("FlowerExecutor")

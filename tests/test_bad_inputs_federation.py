@@ -241,3 +241,13 @@ def test_sweep_job_folders_name_the_values_the_sweep_varies(monkeypatch):
     OverridesParser.create().parse_override(f"ckpt=/x/0_unet_s1{swept_suffix()}/checkpoints/best.ckpt")
     monkeypatch.setenv(COMMAND_ENV, json.dumps(["+exp=kits_hlfd"]))
     assert swept_suffix() == ""
+
+
+def test_a_federation_of_the_distillation_module_without_a_teacher_is_refused(tmp_path):
+    """Found by a review: a federation of ``module=distillation`` with ``distill.teacher.ckpt=null`` ran to the end,
+    every client distilling from a randomly initialised teacher (a federation trains no teacher first, as a
+    centralised distillation does); it is one line now, before any data is read."""
+    argv = ["+exp=kits_hlfd", "+federation=default", "federation.rounds=1", "federation.num_clients=2",
+            "logger=csv", f"paths.root_dir={tmp_path}", f"paths.log_dir={tmp_path / 'logs'}"]
+    line = _one_line_error(run_in_process("experiments.run", argv, ROOT), "distill.teacher.ckpt=null")
+    assert "fed_kits_hlfd" in line

@@ -388,3 +388,29 @@ def test_falling_back_from_the_best_to_the_final_global_weights_is_said(tmp_path
         with caplog.at_level(logging.WARNING, logger="federation.fed_distill"):
             assert fed_distill.global_weights(cfg, tmp_path, "stage 1").name == "global_final.pt"
         assert ("no server validation round chose a best" in caplog.text) is said, caplog.text
+
+
+def test_a_kd_pair_that_cannot_work_is_refused_before_stage_1(tmp_path):
+    from engine.errors import find_user_error
+
+    """Found by a review: a misspelt tap or a site size the teacher and student pad differently failed only after
+    the federated teacher had trained (and the corrected distill.taps could not resume the run); both are one
+    line now, before stage 1, as are an arms string (read letter by letter) and a null site (a traceback)."""
+    from engine.errors import find_user_error
+
+    for bad, said in ((["distill.taps.0.student=encoder.layr1"], "encoder.layr1"),
+                      (["data.sites.site_a.image_size=48"], "data.sites.site_a: distillation at 48 x 48 px")):
+        cfg = compose_run(["+exp=fed_kits_hlfd", *bad], tmp_path)
+        with pytest.raises(Exception) as err:  # Hydra's wrapper around the module's ConfigError (one line in the CLI)
+            fed_distill.check_kd_pair(cfg, fed_distill.check_config(cfg))
+        assert isinstance(find_user_error(err.value), ConfigError) and said in str(find_user_error(err.value))
+        assert not (tmp_path / "run" / "teacher").exists()
+    cfg = compose_run(["+exp=fed_kits_hlfd", "data.sites.site_a.image_size=48"], tmp_path)
+    fed_distill.check_kd_pair(cfg, ["none", "teacher_local", "fed_none"])  # no arm distils: nothing to pair
+    fed_distill.check_kd_pair(compose_run(["+exp=fed_kits_hlfd"], tmp_path), ["hlfd_local"])
+    with pytest.raises(ConfigError, match=re.escape("fed_distill.arms=hlfd_fed: a list of arms")):
+        fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", "fed_distill.arms=hlfd_fed"], tmp_path))
+    from datamodules.errors import DataError
+
+    with pytest.raises(DataError, match=re.escape("data.sites.site_c is null: leave a site out with ~data.sites")):
+        fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", "data.sites.site_c=null"], tmp_path))
