@@ -132,3 +132,11 @@ def test_a_file_system_without_fsync_still_gets_the_checkpoint(tmp_path, monkeyp
         save_torch({"w": torch.zeros(2)}, tmp_path / "last.ckpt")
     assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["w"], torch.ones(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("monitor, mode", [("val/loss", "min"), ("val/hd95", "min"), ("val/dice", "max")])
+def test_the_best_checkpoint_follows_its_own_monitor_s_way(tmp_path, monitor, mode):
+    """Found by a review: ``callbacks.model_checkpoint.monitor=val/loss`` on a run whose module monitors
+    ``val/acc`` kept the mode of ``module.monitor`` (max) and tested the epoch with the highest loss."""
+    cfg = compose_run(["+exp=digits_cnn", f"callbacks.model_checkpoint.monitor={monitor}"], tmp_path)
+    assert cfg.callbacks.model_checkpoint.mode == mode
