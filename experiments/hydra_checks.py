@@ -368,6 +368,19 @@ def no_completed_trial(exc: BaseException) -> bool:
                for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 
+#: the experiment folder of the running sweep's ``hydra.sweep.dir``, for its jobs in this and other processes
+SWEEP_NAME_ENV = "FEDMED_SWEEP_NAME"
+
+
+def sweep_folder_name(name: str) -> str:
+    """``${fedmed_sweep_name:${task_name}}`` in ``hydra.sweep.dir``: the first name resolved in this command (the
+    sweep's own config, as composed before the swept values) for every job, in this process or another (the
+    variable travels to submitit's and SLURM's jobs). A review: a sweep over what ``exp_name`` names
+    (``+exp=medmnist data.flag=a,b``, or ``+exp=a,b``) put each job under its own experiment folder, so the
+    failed-job count read one folder only (a failed job exited 0) and a report over the sweep found no run."""
+    return os.environ.setdefault(SWEEP_NAME_ENV, str(name))
+
+
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function; Hydra's command-line errors, a launcher that cannot submit the sweep
     and a sweep with failed jobs (:class:`SweepOutcome`) become one line and exit code 2."""
@@ -375,6 +388,7 @@ def run_cli(main: Callable[[], Any]) -> None:
     _sweep.update(failed=[], jobs=0)  # a command run earlier in this process (tests) counts nothing
     _sweep_dir.update(folder=None, started=0.0)
     os.environ[COMMAND_ENV] = json.dumps(sys.argv[1:])  # a sweep's jobs name their W&B runs by what it varies
+    os.environ.pop(SWEEP_NAME_ENV, None)  # pinned by this command's sweep, if it is one (sweep_folder_name)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's storage: 7 "setup plugin" lines a sweep
     if FULL_ERROR in os.environ:  # the user asked for Hydra's full report
         main()

@@ -40,7 +40,8 @@ from engine.wandb_tracking import method_suffix, swept_suffix, trained_model  # 
 import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: the checkpoint's mode)
 from engine.run_match import interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
-from experiments.hydra_checks import not_resumable_line, resumable, run_cli, slurm_restarts, task_started  # noqa: E402
+from experiments.hydra_checks import (not_resumable_line, resumable, run_cli, slurm_restarts,  # noqa: E402
+                                     sweep_folder_name, task_started)
 
 log = logging.getLogger("experiments.run")
 
@@ -57,7 +58,8 @@ def _run_dir(resume: Any, default: str) -> str:
 
 
 for _name, _fn in (("fedmed_uid", lambda: RUN_UID), ("fedmed_run_dir", _run_dir), ("fedmed_swept", swept_suffix),
-                   ("fedmed_method", method_suffix), ("fedmed_model", trained_model)):
+                   ("fedmed_method", method_suffix), ("fedmed_model", trained_model),
+                   ("fedmed_sweep_name", sweep_folder_name)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
 
