@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 from datamodules.classification import (
     ArrayClassificationDataset,
@@ -226,7 +226,8 @@ def _resolve(flag: str, key: str, as_rgb: Any = False) -> Any:
     if info is None:
         raise ValueError(f"{flag!r} is not one of the ten MedMNIST datasets ({', '.join(DECATHLON)}); "
                          "set data.task, data.num_classes and data.in_channels explicitly")
-    values = {"task": info.task, "num_classes": info.num_classes, "class_names": list(info.class_names),
+    # a ListConfig, not a list: ``--cfg job --resolve`` refused a resolver's Python list (a review)
+    values = {"task": info.task, "num_classes": info.num_classes, "class_names": ListConfig(list(info.class_names)),
               "in_channels": 3 if str(as_rgb).lower() == "true" else info.channels, "name": info.name}
     if key not in values:
         raise ValueError(f"unknown medmnist key {key!r}; expected one of {', '.join(values)}")

@@ -47,6 +47,9 @@ SCALARS: dict[str, tuple[str, float]] = {
     "module.optimizer.lr": ("pos", 0),
 }
 
+#: the largest seed ``seed_everything`` takes (NumPy's 32-bit seeds)
+SEED_MAX = 2**32 - 1
+
 #: numeric arguments of the KD losses (``distill.loss``): weights and beta / lambda >= 0, temperature and
 #: the attention power p > 0 (``distill.loss.beta=abc`` failed at the first training step with a torch
 #: TypeError naming no key)
@@ -75,6 +78,10 @@ def _problem(kind: str, low: float, value: Any) -> str | None:
 def check_scalars(cfg: DictConfig) -> None:
     """One :class:`ConfigError` line naming the first key of :data:`SCALARS` whose value is of the wrong
     type or out of range."""
+    seed = OmegaConf.select(cfg, "seed", default=None, throw_on_resolution_failure=False)
+    if "seed" in cfg and (seed is None or isinstance(seed, int) and not isinstance(seed, bool) and seed > SEED_MAX):
+        # a review: seed=null was a TypeError in a datamodule, 2**40 a ValueError in seed_everything
+        raise ConfigError(f"seed={seed!r} must be an integer in [0, {SEED_MAX}] (every run is seeded)")
     for key, (kind, low) in SCALARS.items():
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         if value is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -381,6 +382,17 @@ def sweep_folder_name(name: str) -> str:
     return os.environ.setdefault(SWEEP_NAME_ENV, str(name))
 
 
+def null_group_override(exc: BaseException) -> str | None:
+    """One line for Hydra's ``ValueError`` on ``<group>=null`` (``logger=null``: 40 lines of traceback, a review),
+    naming the override and how to leave the group out."""
+    if not (isinstance(exc, ValueError) and str(exc).startswith("Config group override must be a string")):
+        return None
+    named = [a for a in sys.argv[1:] if re.fullmatch(r"[+~]*[\w/@.-]+=(null|None)", a) and "." not in a.split("=")[0]]
+    group = named[0].split("=")[0].lstrip("+~") if named else "<group>"
+    return (f"override {named[0] if named else group + '=null'!r}: {group} is a config group, set to one of its options "
+            f"(python -m experiments.run --help lists them); leave it out with ~{group}")
+
+
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function; Hydra's command-line errors, a launcher that cannot submit the sweep
     and a sweep with failed jobs (:class:`SweepOutcome`) become one line and exit code 2."""
@@ -412,6 +424,8 @@ def run_cli(main: Callable[[], Any]) -> None:
         if _compact["after_job"]:  # anything else the sweeper raised after a job: Hydra's report, as before
             hydra_report(exc)
         space = search_space_error(exc) if _compact["set"] else None
+        if _compact["set"] and null_group_override(exc):
+            space = null_group_override(exc)
         if space:
             print(f"error: {space}", file=sys.stderr)
             sys.exit(2)

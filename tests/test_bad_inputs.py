@@ -256,6 +256,9 @@ CASES: dict[str, Setup] = {
     "batch_size_not_a_number": simple(["data.batch_size=abc"], "data.batch_size='abc'"),
     "batch_size_negative": simple(["data.batch_size=-4"], "data.batch_size=-4"),
     "seed_not_a_number": simple(["seed=abc"], "seed='abc'"),
+    "group_null": simple(["logger=null"], "override 'logger=null': logger is a config group"),  # a review: 40 lines
+    "seed_null": simple(["seed=null"], "seed=None must be an integer in [0, 4294967295]"),  # a review: tracebacks
+    "seed_too_large": simple(["seed=99999999999"], "seed=99999999999 must be an integer in [0, 4294967295]"),
     "limit_batches_out_of_range": simple(["trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5"),
     "width_not_a_number": simple(["model.width=abc"], "model.width='abc'"),
     "image_size_not_a_number": simple(["data.image_size=abc"], "data.image_size='abc'"),

@@ -166,3 +166,17 @@ def test_real_medmnist_files(folder, flag, counts, channels):
     assert dm.in_channels == channels
     assert set(np.unique(dm.test_dataset.targets)) == set(range(dm.num_classes))
     assert next(iter(dm.val_dataloader()))["image"].shape == (64, channels, 28, 28)
+
+
+def test_medmnist_configs_resolve_whole(tmp_path):
+    """Found by a review: ``+exp=medmnist --cfg job --resolve`` failed (the ``${medmnist:...}`` resolver returned a
+    Python list for ``class_names``, which OmegaConf will not keep)."""
+    from omegaconf import OmegaConf
+
+    from tests.hydra_helpers import compose_run
+
+    for exp in ("medmnist", "medmnist_decathlon"):
+        cfg = compose_run([f"+exp={exp}"], tmp_path)
+        OmegaConf.resolve(cfg)  # what --resolve does, in place
+        assert "class_names:" in OmegaConf.to_yaml(cfg)
+    assert list(compose_run(["+exp=medmnist"], tmp_path).data.class_names) == ["malignant", "normal, benign"]
