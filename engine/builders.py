@@ -5,6 +5,7 @@ centralised run is (DESIGN.md: one data path, one training path).
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import re
@@ -167,7 +168,7 @@ def _resolved(target: Any) -> Any:
         return None
 
 
-def wandb_run_id(output_dir: str | Path) -> str:
+def wandb_run_id(output_dir: str | Path, given: Any = None) -> str:
     """The W&B run id of a run dir, created once and kept in ``wandb_id.txt`` so ``resume=true`` continues
     the same W&B run. Only global rank 0 creates it: ranks started by SLURM or torchrun build their loggers at
     once, and each wrote its own id (the last one written was not the one rank 0 logged to, so a resume started a
@@ -175,13 +176,19 @@ def wandb_run_id(output_dir: str | Path) -> str:
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     path = Path(output_dir) / "wandb_id.txt"
+    if given is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(given)):
+        raise ConfigError(f"logger.wandb.id={given!r} is not a W&B run id (letters, digits, '-', '_')")
     if path.is_file():
         run_id = path.read_text(errors="replace").strip()
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
             raise ConfigError(f"{path} holds {run_id[:40]!r}, not a W&B run id (letters, digits, '-', '_'); "
                               f"delete the file to start a new W&B run")
+        if given is not None and str(given) != run_id:
+            raise ConfigError(f"logger.wandb.id={given} but this run dir logs to the W&B run {run_id} ({path}); "
+                              f"leave logger.wandb.id out to continue it")
         return run_id
-    run_id = uuid.uuid4().hex[:12]
+    # a review: +logger.wandb.id=<id> was replaced by a new id without a word
+    run_id = str(given) if given is not None else uuid.uuid4().hex[:12]
     if getattr(rank_zero_only, "rank", 0) == 0:
         atomic_write_text(path, run_id + "\n")
     return run_id
@@ -198,13 +205,30 @@ def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
             from engine.wandb_tracking import with_identity
 
             lg = with_identity(cfg, lg)  # name, tags and config.run: exp, model, strategy, partition, seed...
-            extra = {"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow", "mode": wandb_mode(lg.get("mode"))}
+            check_wandb_keys(lg, f"logger.{name}")
+            extra = {"id": wandb_run_id(cfg.paths.output_dir, lg.get("id")), "resume": lg.get("resume") or "allow",
+                     "mode": wandb_mode(lg.get("mode"))}
             if job_type:
                 extra["job_type"] = job_type
         logger = instantiate_config(lg, f"logger.{name}", **extra)
         _drop_unset_anonymous(logger)
         loggers.append(logger)
     return loggers
+
+
+def check_wandb_keys(lg: Any, key: str) -> None:
+    """Every key of a W&B logger config is an argument of Lightning's ``WandbLogger`` or of ``wandb.init`` (it
+    passes the others on): a review's ``++logger.wandb.foo=1`` failed at the first log call, after the trainer
+    was built, with a ``TypeError`` naming no key."""
+    import wandb
+    from pytorch_lightning.loggers import WandbLogger
+
+    known = set(inspect.signature(WandbLogger.__init__).parameters) | set(inspect.signature(wandb.init).parameters)
+    unknown = [str(k) for k in lg if not str(k).startswith("_") and str(k) not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise ConfigError(f"{key}.{unknown[0]} is no argument of WandbLogger or wandb.init"
+                          + (f" (did you mean {key}.{close[0]}?)" if close else ""))
 
 
 def _drop_unset_anonymous(logger: Any) -> None:

@@ -136,3 +136,21 @@ def test_no_progress_bar_in_a_log_file_unless_asked(tmp_path, monkeypatch):
     assert build_trainer(cfg.copy(), build_callbacks(cfg)).progress_bar_callback is not None
     cfg = compose_run(["+exp=lits_dnet", "logger=csv"], tmp_path)
     assert build_trainer(cfg, build_callbacks(cfg)).progress_bar_callback is None
+
+
+def test_a_given_wandb_id_is_kept_and_unknown_wandb_keys_are_one_line(tmp_path):
+    """Found by a review: ``+logger.wandb.id=<id>`` was replaced by a new id without a word, and a misspelt
+    ``++logger.wandb.*`` key failed at the first log call with a TypeError naming no key."""
+    from engine.builders import build_loggers, wandb_run_id
+    from lightning_modules.errors import ConfigError
+
+    assert wandb_run_id(tmp_path / "a", "myrun123") == "myrun123"
+    assert (tmp_path / "a" / "wandb_id.txt").read_text().strip() == "myrun123"
+    assert wandb_run_id(tmp_path / "a") == "myrun123"  # resumed: the file's id
+    with pytest.raises(ConfigError, match="logger.wandb.id=other but this run dir logs to the W&B run myrun123"):
+        wandb_run_id(tmp_path / "a", "other")
+    with pytest.raises(ConfigError, match="is not a W&B run id"):
+        wandb_run_id(tmp_path / "b", "a/b")
+    cfg = compose_run([*TINY, "logger=wandb", "++logger.wandb.projct=x"], tmp_path)
+    with pytest.raises(ConfigError, match=r"logger.wandb.projct is no argument .* \(did you mean logger.wandb.project\?\)"):
+        build_loggers(cfg)
