@@ -120,14 +120,15 @@ def is_debug(run: Path) -> bool:
 def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list[str]:
     """A run's Hydra overrides (``.hydra/overrides.yaml``), minus the seed, ``resume`` and what says nothing
     about the method (paths, logger, Hydra's own, debug: W&B's ``NOT_METHOD``; a review: one seed re-run with
-    ``logger=csv`` became a method of its own)."""
+    ``logger=csv`` became a method of its own), sorted by key (the same method however its overrides were typed)."""
     from engine.wandb_tracking import NOT_METHOD
 
     overrides = run_yaml(run / ".hydra" / "overrides.yaml", run) or []
     overrides = [canonical_override(plain_text(o, 200)) for o in overrides if isinstance(o, str)] \
         if isinstance(overrides, list) else []
     keys = [o.split("=")[0].lstrip("+~") for o in overrides]
-    return [o for o, k in zip(overrides, keys) if k not in drop and not k.startswith(NOT_METHOD)]
+    kept = [(k, o) for o, k in zip(overrides, keys) if k not in drop and not k.startswith(NOT_METHOD)]
+    return [o for _, o in sorted(kept, key=lambda ko: ko[0])]  # a review: typed in another order, another method
 
 
 def run_labels(runs: list[Path], siblings: list[Path] = ()) -> tuple[dict[Path, str], list[str]]:

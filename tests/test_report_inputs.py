@@ -343,3 +343,14 @@ def test_the_score_a_run_selects_on_is_a_default_column(tmp_path):
     assert "val/acc_best " in header and header.index("val/acc_best") < header.index("val/auc_best")
     (tmp_path / "s1" / "config.yaml").write_text("module: [1, 2]\n")  # a damaged config: no column, no traceback
     assert report.main([str(tmp_path)]) == 0
+
+
+def test_a_method_is_one_group_whatever_order_its_overrides_were_typed_in(tmp_path):
+    """Found by a review: sweeps typed ``data.batch_size=16 module.optimizer.lr=0.05`` and the same two keys the
+    other way round were two methods of one run each."""
+    runs = [_seeded(tmp_path, name, overrides, {"test/dice": 0.5}) for name, overrides in (
+        ("a", ["data.batch_size=16", "module.optimizer.lr=0.05", "seed=0"]),
+        ("b", ["module.optimizer.lr=0.05", "data.batch_size=16", "seed=1"]),
+        ("c", ["data.batch_size=32", "module.optimizer.lr=0.01", "seed=0"]))]
+    labels, _ = report.run_labels(runs)
+    assert labels[runs[0]] == labels[runs[1]] == "data.batch_size=16 module.optimizer.lr=0.05", labels
