@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -21,7 +22,7 @@ from callbacks.best_metric import wandb_runs
 
 #: groups the name already holds (``data`` when the command line chose it), and keys that say nothing about the method
 _IN_NAME = {"exp", "model", "data", "distill", "seed", "federation/strategy", "federation/partition"}
-NOT_METHOD = ("paths.", "hydra.", "hydra/", "logger", "debug", "hparams_search", "print_per_case")
+NOT_METHOD = ("paths.", "hydra.", "hydra/", "logger", "debug", "hparams_search", "print_per_case", "resume")
 
 
 def _choice(group: str) -> str | None:
@@ -252,13 +253,37 @@ def _job_type_given() -> bool:
     return any(k.startswith("logger.") and k.endswith(".job_type") for k in command_line_keys())
 
 
+IDENTITY_FILE = "wandb_identity.json"
+
+
+def kept_identity(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
+    """A resumed run's W&B name, tags and method overrides as its first start set them (``wandb_identity.json``
+    in its run dir, written by global rank 0 then): a review resumed a sweep job with ``resume=<job dir>`` and its
+    run lost the swept values from its name and tags (the command typed to resume it is no sweep)."""
+    from engine.artifacts import atomic_write_text
+    from engine.run_files import run_json
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    out = Path(str(cfg.paths.output_dir))
+    kept = run_json(out / IDENTITY_FILE, out) if cfg.get("resume") else None
+    run = ident["config"]["run"]
+    if (isinstance(kept, dict) and isinstance(kept.get("name"), str) and isinstance(kept.get("tags"), list)
+            and isinstance(kept.get("overrides"), list)):
+        return {**ident, "name": kept["name"][:128], "tags": [str(t)[:64] for t in kept["tags"]][:64],
+                "config": {"run": {**run, "overrides": [str(o) for o in kept["overrides"]]}}}
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        atomic_write_text(out / IDENTITY_FILE, json.dumps({"name": ident["name"], "tags": ident["tags"],
+                                                           "overrides": run.get("overrides", [])}) + "\n")
+    return ident
+
+
 def with_identity(cfg: DictConfig, logger_cfg: DictConfig) -> DictConfig:
     """``logger_cfg`` (a WandbLogger config) with :func:`run_identity`'s name, tags and ``config``; a name
     set in ``logger.wandb.name`` is kept, given tags come first. A debug run (``debug=<mode>``, centralised or
     federated) has ``job_type`` ``debug`` (unless the command line sets it) and the tag ``debug:<mode>``, so
     a dashboard filtering ``group = <exp>`` can leave debug runs out (they shared the real runs' name, tags and
     ``job_type: train``)."""
-    ident = run_identity(cfg)
+    ident = kept_identity(cfg, run_identity(cfg))
     plain = OmegaConf.to_container(logger_cfg, resolve=True)
     if not plain.get("name"):
         plain["name"] = ident["name"]

@@ -154,3 +154,23 @@ def test_a_given_wandb_id_is_kept_and_unknown_wandb_keys_are_one_line(tmp_path):
     cfg = compose_run([*TINY, "logger=wandb", "++logger.wandb.projct=x"], tmp_path)
     with pytest.raises(ConfigError, match=r"logger.wandb.projct is no argument .* \(did you mean logger.wandb.project\?\)"):
         build_loggers(cfg)
+
+
+def test_a_resumed_run_keeps_its_wandb_name_tags_and_overrides(tmp_path):
+    """Found by a review: a sweep job resumed with ``resume=<job dir>`` lost the swept values from its W&B name
+    and tags (the command typed to resume it is no sweep), and ``config.run.overrides`` gained ``resume=...``."""
+    from omegaconf import open_dict
+
+    from engine.wandb_tracking import NOT_METHOD, kept_identity, method_overrides
+
+    cfg = compose_run([*TINY, "logger=wandb"], tmp_path)
+    first = {"name": "lits-dnet-s0-lr=0.1", "tags": ["lr=0.1"], "config": {"run": {"seed": 0, "overrides": ["lr=0.1"]}}}
+    assert kept_identity(cfg, first) == first  # written beside the run
+    typed = {"name": "lits-dnet-s0", "tags": [], "config": {"run": {"seed": 0, "overrides": []}}}
+    with open_dict(cfg):
+        cfg.resume = True
+    assert kept_identity(cfg, typed) == first
+    with open_dict(cfg):
+        cfg.resume = False
+    assert kept_identity(cfg, typed) == typed  # a new run in the folder: its own identity, kept from now on
+    assert "resume" in NOT_METHOD and method_overrides(["resume=/x", "lr=0.1"]) == ["lr=0.1"]
