@@ -50,7 +50,10 @@ DISTILL = ("distill.method", "distill.loss", "distill.taps", "distill.teacher.mo
 FED_DISTILL = ("federation.rounds", "federation.local_epochs", "federation.strategy", "fed_distill.student_rounds",
                "fed_distill.teacher_weights", "fed_distill.teacher_scheduler", "fed_distill.student_scheduler",
                "federation.client_val_fraction", "trainer.max_epochs", "distill.teacher.max_epochs",
-               "module.optimizer", "module.scheduler", "data.batch_size")
+               "module.optimizer", "module.scheduler", "data.batch_size",
+               # a review: another batch limit, precision or clipping trained the unfinished arms differently
+               "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.precision",
+               "trainer.gradient_clip_val", "trainer.accumulate_grad_batches")
 #: what a resumed federation must keep (``federation.rounds`` may grow, the executor may change): how its clients
 #: are made, sampled and trained (a review: ``federation/strategy=fedprox clients_per_round=1 local_epochs=3
 #: client_val_fraction=0.5 module.optimizer.lr=0.1`` on resume went on silently, re-carved every client's

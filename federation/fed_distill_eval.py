@@ -39,6 +39,20 @@ LABELS = {"none": "student (no KD)", "teacher_local": "local teacher", "hlfd_loc
           "fed_hlfd": "federated student + HLFD", "teacher_fed": "federated teacher"}
 
 
+def model_labels(method: Any) -> dict[str, str]:
+    """:data:`LABELS` naming the KD method the arms used (``distill=at``: "student + AT (local teacher)"; a review
+    found every table saying HLFD whatever ``distill`` was)."""
+    name = "HLFD" if not method else str(method).upper().replace("_", " ")
+    return {k: v.replace("HLFD", name) for k, v in LABELS.items()}
+
+
+def eval_device(cfg: DictConfig) -> torch.device:
+    """The GPU when there is one and ``trainer.accelerator`` is not cpu (a review: seven nets x sites x test sets
+    were scored on the CPU of a GPU run, and its ms per volume were CPU times)."""
+    accel = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto") or "auto")
+    return torch.device("cuda") if accel != "cpu" and torch.cuda.is_available() else torch.device("cpu")
+
+
 def state_net(model_cfg: Any, path: Path, what: str) -> nn.Module:
     """The net of ``model_cfg`` with the bare state dict in ``path`` (federation weights) loaded strictly."""
     net = build(OmegaConf.to_container(model_cfg, resolve=True), what=what)
@@ -67,22 +81,30 @@ def _labels(prob: torch.Tensor, fg_threshold: float | None) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_net(net: nn.Module, loader: Any, class_names: list[str], fg_threshold: float | None,
-                 eval_slices: str, max_batches: int | None = None) -> dict[str, float]:
-    """Per-volume Dice (mean over test cases) and net-forward milliseconds per volume (all its slices);
-    ``max_batches``: stop after that many batches (``trainer.fast_dev_run``, as Lightning's own loops)."""
-    net.eval()
+                 eval_slices: str, max_batches: int | None = None,
+                 device: torch.device | None = None) -> dict[str, float]:
+    """Per-volume Dice (mean over test cases) and net-forward milliseconds per volume (all its slices) on
+    ``device`` (default CPU); ``max_batches``: stop after that many batches (``trainer.fast_dev_run``)."""
+    device = device or torch.device("cpu")
+    cuda = device.type == "cuda"
+    net.to(device).eval()
     cases = PerCaseConfusion(len(class_names))
     seconds, volumes, warm = 0.0, set(), False
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        image, mask = batch["image"], batch["mask"]
+        image, mask = batch["image"].to(device), batch["mask"]
         if not warm:  # one untimed forward: first-call allocations are not inference time
             net(image[:1])
             warm = True
+        if cuda:
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         logits = main_output(net(image))
+        if cuda:
+            torch.cuda.synchronize(device)
         seconds += time.perf_counter() - t0
+        logits = logits.cpu()
         volumes.update(batch["case_id"])
         keep = torch.ones(len(mask), dtype=torch.bool)
         if eval_slices == "foreground":  # as SegmentationModule's test: the ignore label (255) is no foreground
@@ -119,6 +141,7 @@ def evaluate_run(cfg: DictConfig, runs: dict[str, dict[str, Path]], fed_teacher:
     fdr = cfg.get("trainer", {}).get("fast_dev_run")
     limit = (1 if fdr is True else int(fdr)) if fdr else None  # a smoke run: one batch per test set, as Lightning
     rows: list[dict[str, Any]] = []
+    device = eval_device(cfg)
     for site in sites:
         models = {arm: arm_net(cfg, d, arm) for arm, d in runs[site].items()}
         models.update({arm: state_net(cfg.model, site_student(cfg, d, site), "student") for arm, d in (fed_runs or {}).items()})
@@ -128,7 +151,8 @@ def evaluate_run(cfg: DictConfig, runs: dict[str, dict[str, Path]], fed_teacher:
             net = models[name]
             row: dict[str, Any] = {"site": site, "model": name,
                                    "parameters": sum(p.numel() for p in net.parameters())}
-            scores = {test: evaluate_net(net, loaders[test], class_names, fg, slices, limit) for test in sites}
+            scores = {test: evaluate_net(net, loaders[test], class_names, fg, slices, limit, device) for test in sites}
+            net.cpu()
             row["ms_per_volume"] = float(np.mean([s["ms_per_volume"] for s in scores.values()]))
             row.update({f"dice_{test}": s["dice"] for test, s in scores.items()})
             row["dice_own"] = scores[site]["dice"]
@@ -136,10 +160,12 @@ def evaluate_run(cfg: DictConfig, runs: dict[str, dict[str, Path]], fed_teacher:
             row["dice_other"] = float(np.mean(others)) if others else math.nan
             rows.append(row)
     out = output_dir(cfg)
-    write_tables(rows, sites, out, debug=limit is not None)
+    labels = model_labels(cfg.distill.get("method"))
+    write_tables(rows, sites, out, debug=limit is not None, labels=labels)
     debug = " (fast_dev_run: not a result)" if limit is not None else ""
-    plot(rows, out / "fed_distill.png", title=f"{cfg.get('exp_name', 'fed_distill')}: Dice by test site{debug}")
-    return summary(rows)
+    plot(rows, out / "fed_distill.png", title=f"{cfg.get('exp_name', 'fed_distill')}: Dice by test site{debug}",
+         labels=labels)
+    return {**summary(rows), "fed_distill/method": str(cfg.distill.get("method")), "fed_distill/device": device.type}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -157,7 +183,9 @@ DEBUG_LINE = ("> **fast_dev_run (a debug run): every model trained on one batch 
               "these figures are not results.**")
 
 
-def write_tables(rows: list[dict[str, Any]], sites: list[str], out: Path, debug: bool = False) -> None:
+def write_tables(rows: list[dict[str, Any]], sites: list[str], out: Path, debug: bool = False,
+                 labels: dict[str, str] | None = None) -> None:
+    labels = labels or LABELS
     cols = ["site", "model", "parameters", "ms_per_volume", *[f"dice_{s}" for s in sites], "dice_own", "dice_other"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
@@ -167,7 +195,7 @@ def write_tables(rows: list[dict[str, Any]], sites: list[str], out: Path, debug:
     head = ["trained at", "model", "params (M)", "ms / volume", *[f"Dice {s}" for s in sites], "own site", "other sites"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["site"], LABELS.get(r["model"], r["model"]), f"{r['parameters'] / 1e6:.2f}", f"{r['ms_per_volume']:.1f}",
+        cells = [r["site"], labels.get(r["model"], r["model"]), f"{r['parameters'] / 1e6:.2f}", f"{r['ms_per_volume']:.1f}",
                  *[artifacts.fmt(r[f"dice_{s}"], 3) for s in sites], artifacts.fmt(r["dice_own"], 3),
                  artifacts.fmt(r["dice_other"], 3)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -177,8 +205,9 @@ def write_tables(rows: list[dict[str, Any]], sites: list[str], out: Path, debug:
     artifacts.console.print("\n".join(lines), soft_wrap=True)
 
 
-def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+def plot(rows: list[dict[str, Any]], path: Path, title: str, labels: dict[str, str] | None = None) -> Path:
     """Bars: mean Dice over sites on the own site's and on the other sites' test sets; dots: each site."""
+    labels = labels or LABELS
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -193,7 +222,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
             x = i + (j - 0.5) * 0.38
             ax.bar(x, vals.mean() if vals.size else 0.0, width=0.36, color=color, label=label if i == 0 else None)
             ax.scatter(np.full(vals.size, x), vals, s=12, color="black", zorder=3)
-    ax.set_xticks(range(len(models)), [LABELS[m].replace(" (", "\n(") for m in models], fontsize=8)
+    ax.set_xticks(range(len(models)), [labels[m].replace(" (", "\n(") for m in models], fontsize=8)
     ax.set_ylabel("Dice (mean over sites; dots: sites)")
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=10)

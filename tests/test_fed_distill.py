@@ -414,3 +414,15 @@ def test_a_kd_pair_that_cannot_work_is_refused_before_stage_1(tmp_path):
 
     with pytest.raises(DataError, match=re.escape("data.sites.site_c is null: leave a site out with ~data.sites")):
         fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", "data.sites.site_c=null"], tmp_path))
+
+
+def test_the_table_names_the_kd_method_the_arms_used(tiny_run):
+    """Found by a review: with ``distill=at`` the table and figure said "student + HLFD (...)" for AT students;
+    the labels follow ``distill.method`` and metrics.json says which method and device the table used."""
+    from federation.fed_distill_eval import model_labels
+
+    assert model_labels("at")["hlfd_local"] == "student + AT (local teacher)"
+    assert model_labels("pixel_kd")["fed_hlfd"] == "federated student + PIXEL KD"
+    assert model_labels("hlfd")["hlfd_fed"] == "student + HLFD (federated teacher)"
+    cfg, metrics = tiny_run[0], tiny_run[1]
+    assert metrics["fed_distill/method"] == "hlfd" and metrics["fed_distill/device"] == "cpu"

@@ -239,6 +239,9 @@ def test_a_resumed_federated_distillation_keeps_how_its_finished_stages_trained(
     assert differences(saved, ran, resume_keys(saved)) == [
         "trainer.max_epochs=20 (the run's 15)", "module.optimizer.lr=0.003 (the run's 0.001)",
         "data.batch_size=8 (the run's 4)"]
+    saved["trainer"]["limit_train_batches"], ran["trainer"] = 1.0, {"max_epochs": 15, "limit_train_batches": 5}
+    ran.update(module=saved["module"], data=saved["data"])
+    assert differences(saved, ran, resume_keys(saved)) == ["trainer.limit_train_batches=5 (the run's 1.0)"]
     assert differences({k: v for k, v in saved.items() if k != "fed_distill"}, ran,
                        resume_keys({"trainer": {}})) == []  # a plain run may be resumed to train longer
 
