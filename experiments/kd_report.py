@@ -218,22 +218,30 @@ def repeated_seeds(runs: list[dict]) -> list[str]:
 
 
 def table2(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """The beta/lambda sensitivity (paper 001 Table 2), one block per setting as Table 1 splits them (a review:
+    protocols, sizes and nets were pooled into one cell)."""
     hl = [r for r in runs if r["method"] == "hlfd" and r["beta"] is not None and r["lam"] is not None]
     datasets = sorted({r["dataset"] for r in hl}) or ["KiTS", "LiTS"]
-    keys = sorted({(round(float(r["beta"]), 6), round(float(r["lam"]), 6)) for r in hl} | set(PAPER_TABLE2))
-    header = ["β", "λ"] + [c for d in datasets for c in (f"{d} DSC (ours)", f"{d} DSC (paper)")]
+    variants = _variants(hl) if hl else [("", [])]
+    split = any(label for label, _ in variants)
+    header = ["β", "λ", *(["setting"] if split else [])] + [c for d in datasets for c in (f"{d} DSC (ours)",
+                                                                                             f"{d} DSC (paper)")]
     rows, records = [], []
-    for beta, lam in keys:
-        row = [f"{beta:g}", f"{lam:g}"]
-        for d in datasets:
-            sel = [r for r in hl if r["dataset"] == d and (round(float(r["beta"]), 6), round(float(r["lam"]), 6)) == (beta, lam)]
-            dsc = _stats([r["dsc"] for r in sel])
-            paper = PAPER_TABLE2.get((beta, lam), {}).get(d)
-            row += [_pm(*dsc) if dsc[2] else "", _pm(*paper) if paper else ""]
-            records.append({"beta": beta, "lam": lam, "dataset": d, "n_seeds": dsc[2], "dsc_mean": dsc[0],
-                            "dsc_std": dsc[1], "paper_dsc_mean": paper[0] if paper else "",
-                            "paper_dsc_std": paper[1] if paper else ""})
-        rows.append(row)
+    for label, part in variants:
+        keys = sorted({(round(float(r["beta"]), 6), round(float(r["lam"]), 6)) for r in part} | set(PAPER_TABLE2))
+        for beta, lam in keys:
+            row = [f"{beta:g}", f"{lam:g}", *([label.strip(" []")] if split else [])]
+            for d in datasets:
+                sel = [r for r in part if r["dataset"] == d
+                       and (round(float(r["beta"]), 6), round(float(r["lam"]), 6)) == (beta, lam)]
+                dsc = _stats([r["dsc"] for r in sel])
+                paper = PAPER_TABLE2.get((beta, lam), {}).get(d)
+                row += [_pm(*dsc) if dsc[2] else "", _pm(*paper) if paper else ""]
+                records.append({"beta": beta, "lam": lam, "setting": label.strip(" []"), "dataset": d,
+                                "n_seeds": dsc[2], "dsc_mean": dsc[0], "dsc_std": dsc[1],
+                                "paper_dsc_mean": paper[0] if paper else "",
+                                "paper_dsc_std": paper[1] if paper else ""})
+            rows.append(row)
     return header, rows, records
 
 

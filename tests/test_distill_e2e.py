@@ -169,3 +169,17 @@ def test_runs_on_other_data_or_epochs_are_not_pooled_as_seeds(tmp_path):
     (tmp_path / "1_s2" / "config.yaml").write_text(json.dumps(cfg))
     rows = [r for r in kd_report.report(tmp_path)["table1"] if r["method"].startswith("hlfd") and r["dataset"] == "KiTS"]
     assert sorted(r["n_seeds"] for r in rows) == [1, 1], rows
+
+
+def test_table2_keeps_settings_apart(tmp_path):
+    """Found by a review: Table 2 (beta/lambda) pooled protocol a and protocol b runs into one cell while Table 1
+    split them; it is split by the same setting now."""
+    _fake_run(tmp_path, "a_s1", "hlfd", "kits", 1, 0.50, -0.2)
+    _fake_run(tmp_path, "b_s1", "hlfd", "kits", 1, 0.20, -0.2)
+    metrics = json.loads((tmp_path / "b_s1" / "metrics.json").read_text())
+    write_json(tmp_path / "b_s1" / "metrics.json", {**metrics, "distill/protocol": "b (all slices)"})
+    res = kd_report.report(tmp_path)
+    cells = {(r["setting"], r["beta"], r["lam"]): r for r in res["table2"] if r["dataset"] == "KiTS"}
+    assert cells[("protocol=a (foreground slices)", 0.9, 0.1)]["dsc_mean"] == pytest.approx(50.0)
+    assert cells[("protocol=b (all slices)", 0.9, 0.1)]["dsc_mean"] == pytest.approx(20.0)
+    assert all(r["n_seeds"] <= 1 for r in res["table2"])
