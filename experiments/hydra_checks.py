@@ -156,6 +156,14 @@ def resume_problem(run: Path, config: DictConfig) -> str | None:
     return unusable_resume_state(run, federation, store_dir) or another_run(run, config)
 
 
+def earlier_run(run: Path) -> str | None:
+    """What in ``run`` says a run trained there already (its metrics, a checkpoint, its W&B id), or None."""
+    for name in ("metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "server.pt", "wandb_id.txt"):
+        if (run / name).is_file():
+            return name
+    return None
+
+
 class WritableOutput(Callback):
     """``hydra.run.dir`` / ``hydra.sweep.dir`` must be creatable and writable before anything is written."""
 
@@ -179,6 +187,11 @@ class WritableOutput(Callback):
             print(f"error: {refused}", file=sys.stderr)
             sys.exit(2)
         if resume in (None, False, "false"):
+            earlier = earlier_run(Path(str(config.hydra.run.dir)))
+            if earlier is not None:  # a review: a second run in a run dir mixed its CSV, W&B run and checkpoints
+                print(f"warning: hydra.run.dir={config.hydra.run.dir} holds an earlier run ({earlier}): this run's "
+                      f"checkpoints, csv/metrics.csv and W&B run (wandb_id.txt) mix with it; resume=true continues "
+                      f"it, a new folder keeps them apart", file=sys.stderr)
             return
         try:  # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it
             bad = resume_problem(Path(str(config.hydra.run.dir)), config)

@@ -1,4 +1,5 @@
-"""A sweep keeps every job in one folder, whatever its jobs' experiment names (``hydra.sweep.dir``)."""
+"""Where runs write: a sweep keeps every job in one folder, whatever its jobs' experiment names (``hydra.sweep.dir``), and
+a second run in a used ``hydra.run.dir`` is said to mix with the first."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,3 +24,15 @@ def test_a_sweep_over_experiments_keeps_one_folder_and_counts_its_failed_job(tmp
     jobs = sorted(p.name for p in sweeps[0].iterdir() if (p / ".hydra").is_dir())
     assert len(jobs) == 2, jobs
     assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 sweep jobs failed"), proc.stderr[-2000:]
+
+
+def test_a_second_run_in_a_used_run_dir_is_warned_about(tmp_path):
+    """Found by a review: a second run given the same ``hydra.run.dir`` without ``resume`` mixed its csv rows, W&B
+    run and checkpoints (best-v1.ckpt) with the first's, without a word; it is said now (resume=true continues)."""
+    args = ["+exp=digits_cnn", "++trainer.fast_dev_run=true", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}",
+            f"paths.root_dir={tmp_path}"]
+    first = run_in_process("experiments.run", args, ROOT)
+    assert first.returncode == 0 and "holds an earlier run" not in first.stderr, first.stderr[-2000:]
+    second = run_in_process("experiments.run", args, ROOT)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"warning: hydra.run.dir={tmp_path / 'run'} holds an earlier run (metrics.json)" in second.stderr
