@@ -151,7 +151,7 @@ class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
                  val_indices: Sequence[int] | np.ndarray | None = None,
                  shared_indices: Sequence[int] | np.ndarray | None = None,
                  test_indices: Sequence[int] | np.ndarray | None = None, *,
-                 val_from: str = "train", batch_size: int | None = None, num_workers: int = 0,
+                 val_from: str = "train", batch_size: int | None = None, num_workers: int | None = None,
                  seed: int = 0, train_item_fn: Callable[[dict], dict] | None = None,
                  val_item_fn: Callable[[dict], dict] | None = None) -> None:
         super().__init__()
@@ -166,7 +166,9 @@ class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
         self.num_local, self.num_shared = len(local), len(shared)
         self.train_indices = np.concatenate([local, shared])
         self.batch_size = int(batch_size or getattr(base, "batch_size", 32))
-        self.num_workers, self.seed = int(num_workers), int(seed)
+        # the base's data.num_workers unless given (a profile: federated clients always loaded in the main process)
+        self.num_workers = int(getattr(base, "num_workers", 0) or 0) if num_workers is None else int(num_workers)
+        self.seed = int(seed)
         for attr in ("in_channels", "num_classes", "class_names", "task"):
             if hasattr(base, attr):
                 setattr(self, attr, getattr(base, attr))

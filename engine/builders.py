@@ -5,7 +5,6 @@ centralised run is (DESIGN.md: one data path, one training path).
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import logging
 import re
@@ -168,6 +167,18 @@ def _resolved(target: Any) -> Any:
         return None
 
 
+def is_main_run(cfg: DictConfig) -> bool:
+    """Whether ``cfg`` writes into the command's own run dir (Hydra's), not a sub-run's (a distillation's
+    teacher, a federated distillation's arms and stages); True outside a Hydra command (tests, notebooks)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        main = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None, throw_on_missing=False)
+    except ValueError:  # no Hydra command
+        return True
+    return main is None or Path(str(cfg.paths.output_dir)).resolve() == Path(str(main)).resolve()
+
+
 def wandb_run_id(output_dir: str | Path, given: Any = None) -> str:
     """The W&B run id of a run dir, created once and kept in ``wandb_id.txt`` so ``resume=true`` continues
     the same W&B run. Only global rank 0 creates it: ranks started by SLURM or torchrun build their loggers at
@@ -176,8 +187,6 @@ def wandb_run_id(output_dir: str | Path, given: Any = None) -> str:
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     path = Path(output_dir) / "wandb_id.txt"
-    if given is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(given)):
-        raise ConfigError(f"logger.wandb.id={given!r} is not a W&B run id (letters, digits, '-', '_')")
     if path.is_file():
         run_id = path.read_text(errors="replace").strip()
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
@@ -205,8 +214,9 @@ def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
             from engine.wandb_tracking import with_identity
 
             lg = with_identity(cfg, lg)  # name, tags and config.run: exp, model, strategy, partition, seed...
-            check_wandb_keys(lg, f"logger.{name}")
-            extra = {"id": wandb_run_id(cfg.paths.output_dir, lg.get("id")), "resume": lg.get("resume") or "allow",
+            given = lg.get("id")
+            given = given if given is None or is_main_run(cfg) else None  # a sub-run (a teacher, an arm): its own id
+            extra = {"id": wandb_run_id(cfg.paths.output_dir, given), "resume": lg.get("resume") or "allow",
                      "mode": wandb_mode(lg.get("mode"))}
             if job_type:
                 extra["job_type"] = job_type
@@ -214,21 +224,6 @@ def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
         _drop_unset_anonymous(logger)
         loggers.append(logger)
     return loggers
-
-
-def check_wandb_keys(lg: Any, key: str) -> None:
-    """Every key of a W&B logger config is an argument of Lightning's ``WandbLogger`` or of ``wandb.init`` (it
-    passes the others on): a review's ``++logger.wandb.foo=1`` failed at the first log call, after the trainer
-    was built, with a ``TypeError`` naming no key."""
-    import wandb
-    from pytorch_lightning.loggers import WandbLogger
-
-    known = set(inspect.signature(WandbLogger.__init__).parameters) | set(inspect.signature(wandb.init).parameters)
-    unknown = [str(k) for k in lg if not str(k).startswith("_") and str(k) not in known]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
-        raise ConfigError(f"{key}.{unknown[0]} is no argument of WandbLogger or wandb.init"
-                          + (f" (did you mean {key}.{close[0]}?)" if close else ""))
 
 
 def _drop_unset_anonymous(logger: Any) -> None:

@@ -51,10 +51,51 @@ def check_wandb_mode(requested: Any, key: str = "logger.wandb.mode") -> None:
 
 
 def check_wandb_modes(cfg: DictConfig) -> None:
-    """:func:`check_wandb_mode` for every W&B logger of ``cfg.logger``, for a check before anything is built."""
+    """Every W&B logger of ``cfg.logger`` checked before anything is built or trained (a distillation's teacher
+    included): its mode (:func:`check_wandb_mode`), its keys (:func:`check_wandb_keys`) and a given ``id`` (a W&B
+    run id, and not in a sweep, whose jobs are one W&B run each)."""
+    import re
+
     for name, lg in (cfg.get("logger") or {}).items():
         if isinstance(lg, DictConfig) and str(lg.get("_target_", "")).endswith("WandbLogger"):
             check_wandb_mode(OmegaConf.select(lg, "mode", default=None), f"logger.{name}.mode")
+            check_wandb_keys(lg, f"logger.{name}")
+            given = OmegaConf.select(lg, "id", default=None)
+            if given is None:
+                continue
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(given)):
+                raise ConfigError(f"logger.{name}.id={given!r} is not a W&B run id (letters, digits, '-', '_')")
+            if _in_sweep():
+                raise ConfigError(f"logger.{name}.id={given}: a sweep's jobs are one W&B run each (their ids are in "
+                                  f"their wandb_id.txt); leave the id out")
+
+
+def _in_sweep() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # no Hydra command
+        return False
+
+
+def check_wandb_keys(lg: Any, key: str) -> None:
+    """Every key of a W&B logger config is an argument of Lightning's ``WandbLogger`` or of ``wandb.init`` (it
+    passes the others on): a review's ``++logger.wandb.foo=1`` failed at the first log call, after the trainer
+    was built, with a ``TypeError`` naming no key."""
+    import difflib
+    import inspect
+
+    import wandb
+    from pytorch_lightning.loggers import WandbLogger
+
+    known = set(inspect.signature(WandbLogger.__init__).parameters) | set(inspect.signature(wandb.init).parameters)
+    unknown = [str(k) for k in lg if not str(k).startswith("_") and str(k) not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise ConfigError(f"{key}.{unknown[0]} is no argument of WandbLogger or wandb.init"
+                          + (f" (did you mean {key}.{close[0]}?)" if close else ""))
 
 
 def wandb_mode(requested: str | None) -> str | None:

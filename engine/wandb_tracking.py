@@ -283,14 +283,14 @@ def with_identity(cfg: DictConfig, logger_cfg: DictConfig) -> DictConfig:
     federated) has ``job_type`` ``debug`` (unless the command line sets it) and the tag ``debug:<mode>``, so
     a dashboard filtering ``group = <exp>`` can leave debug runs out (they shared the real runs' name, tags and
     ``job_type: train``)."""
-    ident = kept_identity(cfg, run_identity(cfg))
+    ident = run_identity(cfg)
     plain = OmegaConf.to_container(logger_cfg, resolve=True)
-    if not plain.get("name"):
-        plain["name"] = ident["name"]
+    # the name and tags as used (a given logger.wandb.name included), kept for a resume of this run dir
+    ident = kept_identity(cfg, {**ident, "name": plain.get("name") or ident["name"],
+                                "tags": list(dict.fromkeys([*(plain.get("tags") or []), *ident["tags"]]))})
+    plain["name"], plain["tags"], plain["config"] = ident["name"], ident["tags"], ident["config"]
     if "debug" in ident["config"]["run"] and not _job_type_given():
         plain["job_type"] = DEBUG_JOB_TYPE
-    plain["tags"] = list(dict.fromkeys([*(plain.get("tags") or []), *ident["tags"]]))
-    plain["config"] = ident["config"]
     plain["_convert_"] = "all"  # wandb.init wants a plain dict, not a DictConfig
     return OmegaConf.create(plain)
 

@@ -156,6 +156,13 @@ def resume_problem(run: Path, config: DictConfig) -> str | None:
     return unusable_resume_state(run, federation, store_dir) or another_run(run, config)
 
 
+def first_start() -> bool:
+    """Not a DDP rank > 0 (Lightning starts them in rank 0's run dir) and not a SLURM requeue (the job's own
+    folder, continued): where an earlier run's files in ``hydra.run.dir`` are another run's (a review)."""
+    ranks = [os.environ.get(k, "0") for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID")]
+    return slurm_restarts() == 0 and all(r.strip() in ("", "0") for r in ranks)
+
+
 def earlier_run(run: Path) -> str | None:
     """What in ``run`` says a run trained there already (its metrics, a checkpoint, its W&B id), or None."""
     for name in ("metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "server.pt", "wandb_id.txt"):
@@ -187,7 +194,7 @@ class WritableOutput(Callback):
             print(f"error: {refused}", file=sys.stderr)
             sys.exit(2)
         if resume in (None, False, "false"):
-            earlier = earlier_run(Path(str(config.hydra.run.dir)))
+            earlier = earlier_run(Path(str(config.hydra.run.dir))) if first_start() else None
             if earlier is not None:  # a review: a second run in a run dir mixed its CSV, W&B run and checkpoints
                 print(f"warning: hydra.run.dir={config.hydra.run.dir} holds an earlier run ({earlier}): this run's "
                       f"checkpoints, csv/metrics.csv and W&B run (wandb_id.txt) mix with it; resume=true continues "
@@ -387,11 +394,18 @@ SWEEP_NAME_ENV = "FEDMED_SWEEP_NAME"
 
 
 def sweep_folder_name(name: str) -> str:
-    """``${fedmed_sweep_name:${task_name}}`` in ``hydra.sweep.dir``: the first name resolved in this command (the
-    sweep's own config, as composed before the swept values) for every job, in this process or another (the
-    variable travels to submitit's and SLURM's jobs). A review: a sweep over what ``exp_name`` names
+    """``${fedmed_sweep_name:${task_name}}`` in ``hydra.sweep.dir``: the experiment(s) the command names
+    (``+exp=a`` -> ``a``, ``+exp=a,b`` -> ``a+b``), else the first task name resolved (the sweep's own config), for
+    every job, in this process or another (the variable travels to submitit's and SLURM's jobs). A review: a sweep over what ``exp_name`` names
     (``+exp=medmnist data.flag=a,b``, or ``+exp=a,b``) put each job under its own experiment folder, so the
     failed-job count read one folder only (a failed job exited 0) and a report over the sweep found no run."""
+    pinned = os.environ.get(SWEEP_NAME_ENV)
+    if pinned:
+        return pinned
+    typed = [a.split("=", 1)[1] for a in sys.argv[1:] if re.fullmatch(r"\+*exp=.+", a)]
+    if typed:  # the experiment(s) as typed: "+exp=medmnist data.flag=a,b" is medmnist, not the default flag's name
+        values = [v for v in re.split(r"[,()\s]+", re.sub(r"^\w+\(", "", typed[-1])) if v]
+        name = "+".join(re.sub(r"[^A-Za-z0-9_.-]", "-", v) for v in values)[:100] or str(name)
     return os.environ.setdefault(SWEEP_NAME_ENV, str(name))
 
 

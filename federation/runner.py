@@ -164,11 +164,10 @@ def client_datamodule(cfg: DictConfig, base: pl.LightningDataModule, indices: Cl
         item_fn, val_fn = (PartialLabels(indices.annotated, int(base.num_classes), int(_fed(cfg, "ignore_index", 255)),
                                          unannotated=str(_fed(cfg, "unannotated", "ignore")), for_validation=v)
                            for v in (False, True))
-    # the site's loaders take data.num_workers (a profile found them always in the main process; each client's
-    # fit starts its workers anew, so many small clients are faster with 0)
+    # the site's loaders take data.num_workers (SubsetDataModule's default; each client's fit starts its workers
+    # anew, so many small clients are faster with 0)
     return SubsetDataModule(base, indices.train, indices.val, shared_indices=shared,
                             test_indices=indices.test, batch_size=getattr(base, "batch_size", None),
-                            num_workers=int(getattr(base, "num_workers", 0) or 0),
                             seed=seed, train_item_fn=item_fn, val_item_fn=val_fn)
 
 

@@ -141,7 +141,8 @@ def test_no_progress_bar_in_a_log_file_unless_asked(tmp_path, monkeypatch):
 def test_a_given_wandb_id_is_kept_and_unknown_wandb_keys_are_one_line(tmp_path):
     """Found by a review: ``+logger.wandb.id=<id>`` was replaced by a new id without a word, and a misspelt
     ``++logger.wandb.*`` key failed at the first log call with a TypeError naming no key."""
-    from engine.builders import build_loggers, wandb_run_id
+    from engine.builders import wandb_run_id
+    from engine.tracking import check_wandb_modes
     from lightning_modules.errors import ConfigError
 
     assert wandb_run_id(tmp_path / "a", "myrun123") == "myrun123"
@@ -150,10 +151,11 @@ def test_a_given_wandb_id_is_kept_and_unknown_wandb_keys_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match="logger.wandb.id=other but this run dir logs to the W&B run myrun123"):
         wandb_run_id(tmp_path / "a", "other")
     with pytest.raises(ConfigError, match="is not a W&B run id"):
-        wandb_run_id(tmp_path / "b", "a/b")
+        check_wandb_modes(compose_run([*TINY, "logger=wandb", "+logger.wandb.id=a/b"], tmp_path))
+    # checked before the run (a review: after a distillation's teacher had trained)
     cfg = compose_run([*TINY, "logger=wandb", "++logger.wandb.projct=x"], tmp_path)
     with pytest.raises(ConfigError, match=r"logger.wandb.projct is no argument .* \(did you mean logger.wandb.project\?\)"):
-        build_loggers(cfg)
+        check_wandb_modes(cfg)
 
 
 def test_a_resumed_run_keeps_its_wandb_name_tags_and_overrides(tmp_path):

@@ -20,7 +20,7 @@ def test_a_sweep_over_experiments_keeps_one_folder_and_counts_its_failed_job(tmp
         f"paths.log_dir={logs}", f"paths.data_dir={tmp_path / 'data'}", f"paths.root_dir={tmp_path}"], ROOT)
     assert proc.returncode == 2, proc.stderr[-3000:]
     sweeps = sorted(p for p in logs.glob("*/multiruns/*") if p.is_dir())
-    assert len(sweeps) == 1, sweeps
+    assert len(sweeps) == 1 and sweeps[0].parent.parent.name == "digits_cnn+medmnist_breast", sweeps
     jobs = sorted(p.name for p in sweeps[0].iterdir() if (p / ".hydra").is_dir())
     assert len(jobs) == 2, jobs
     assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 sweep jobs failed"), proc.stderr[-2000:]
@@ -36,3 +36,29 @@ def test_a_second_run_in_a_used_run_dir_is_warned_about(tmp_path):
     second = run_in_process("experiments.run", args, ROOT)
     assert second.returncode == 0, second.stderr[-2000:]
     assert f"warning: hydra.run.dir={tmp_path / 'run'} holds an earlier run (metrics.json)" in second.stderr
+
+
+def test_no_earlier_run_warning_for_a_ddp_rank_or_a_slurm_requeue(monkeypatch):
+    """A review: Lightning starts DDP ranks > 0 in rank 0's run dir, and SLURM reruns a requeued job in its own;
+    neither is another run in a used folder."""
+    from experiments.hydra_checks import first_start
+
+    for key in ("LOCAL_RANK", "RANK", "SLURM_PROCID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(key, raising=False)
+    assert first_start()
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert first_start()
+    for key, value in (("LOCAL_RANK", "1"), ("SLURM_RESTART_COUNT", "1")):
+        monkeypatch.setenv(key, value)
+        assert not first_start()
+        monkeypatch.delenv(key)
+
+
+def test_a_given_wandb_id_in_a_sweep_is_refused(tmp_path):
+    """A review: ``+logger.wandb.id=<id>`` in a sweep would log every job into that one W&B run."""
+    proc = run_in_process("experiments.run", [
+        "-m", "+exp=digits_cnn", "seed=1,2", "++trainer.fast_dev_run=true", "logger=wandb", "+logger.wandb.id=one",
+        f"paths.log_dir={tmp_path / 'logs'}", f"paths.root_dir={tmp_path}"], ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "logger.wandb.id=one: a sweep's jobs are one W&B run each" in proc.stderr
+    assert not list((tmp_path / "logs").rglob("offline-run-*"))
