@@ -53,11 +53,36 @@ class PredictCase:
     label: Path | None = None
 
 
+def _label_names(case_id: str, first: Path) -> list[str]:
+    """Where a case's label may be: ``<case>.nii[.gz]``, the layouts' own names (LiTS ``volume-N`` ->
+    ``segmentation-N``, KiTS ``imaging`` -> ``segmentation``), then the image's own file name (a labels folder
+    mirroring the images folder)."""
+    stem = nifti_stem(first)
+    layout = re.sub(r"^volume-", "segmentation-", stem) if stem.startswith("volume-") else \
+        ("segmentation" if stem == "imaging" else None)
+    names = [f"{case_id}.nii.gz", f"{case_id}.nii"]
+    if layout is not None:
+        names += [f"{layout}.nii.gz", f"{layout}.nii"]
+    return [*names, first.name]
+
+
 def _label_for(case_id: str, first: Path, labels: Path) -> Path:
-    for name in (f"{case_id}.nii.gz", f"{case_id}.nii", first.name):
-        if (labels / name).is_file():
-            return labels / name
+    for name in _label_names(case_id, first):
+        path = labels / name
+        # a review: the input's own folder given as labels= found the CT itself and scored it as a label
+        if path.is_file() and not (first.is_file() and path.resolve() == first.resolve()):
+            return path
     raise DataError(f"no label for case {case_id} in labels={labels} (expected {case_id}.nii.gz)")
+
+
+def single_case_id(src: Path) -> str:
+    """A single file's case: KiTS ``case_00002/imaging.nii.gz`` -> ``case_00002``; nnU-Net's first channel
+    ``liver_001_0000.nii.gz`` -> ``liver_001`` (as a folder of them names it); else the file's stem."""
+    stem = nifti_stem(src)
+    if stem == "imaging":
+        return src.parent.name
+    m = _CHANNEL.match(stem)
+    return m.group(1) if m is not None and m.group(2) == "0000" else stem
 
 
 def plan_cases(input: str | Path, output: str | Path, labels: str | Path | None = None) -> list[PredictCase]:
@@ -72,10 +97,11 @@ def plan_cases(input: str | Path, output: str | Path, labels: str | Path | None 
     if src.is_file():
         if not is_nifti(src):
             raise DataError(f"input {src} is not a NIfTI file (.nii or .nii.gz)")
-        target = out / f"{nifti_stem(src)}.nii.gz" if out.is_dir() else out
+        case_id = single_case_id(src)
+        # named by its case (a review: two KiTS cases' imaging.nii.gz both wrote output/imaging.nii.gz)
+        target = out / f"{case_id}.nii.gz" if out.is_dir() else out
         if not is_nifti(target):
             raise ConfigError(f"output={out} must end in .nii.gz or .nii (or be an existing folder)")
-        case_id = src.parent.name if nifti_stem(src) == "imaging" else nifti_stem(src)  # KiTS: case_00002/imaging
         label = None if lab is None else (lab if lab.is_file() else _label_for(case_id, src, lab))
         refuse_overwrite([target], [p for p in (src, label) if p is not None])
         return [PredictCase(case_id, [src], target, label)]
@@ -103,6 +129,13 @@ def _channel_groups(files: Sequence[Path]) -> dict[str, list[Path]]:
     """``{case: channel files}``: nnU-Net's ``<case>_0000``, ``<case>_0001``, ... when every file is named so
     and each case's channels run 0000..C-1; else one case per file. A walkthrough: ``scan_0001`` and
     ``scan_0002``, two patients, were stacked as the two channels of one case ``scan``."""
+    stems: dict[str, list[str]] = {}
+    for p in files:
+        stems.setdefault(nifti_stem(p), []).append(p.name)
+    twice = next((names for names in stems.values() if len(names) > 1), None)
+    if twice:  # a review: a.nii and a.nii.gz, two volumes, were one case and one of them was never segmented
+        raise DataError(f"input folder {files[0].parent} holds several volumes of one case: {', '.join(twice)}; "
+                        f"keep one")
     groups: dict[str, list[tuple[int, Path]]] = {}
     for p in files:
         m = _CHANNEL.match(nifti_stem(p))

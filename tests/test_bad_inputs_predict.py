@@ -263,3 +263,41 @@ def test_numbered_scans_are_cases_not_channels(files):
                                                   f"output={tmp / 'num_out'}", "device=cpu"], tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (tmp / "num_out").glob("*.nii.gz")) == ["scan_0001.nii.gz", "scan_0002.nii.gz"]
+
+
+def test_cases_are_named_and_labelled_by_case_and_one_name_is_one_volume(files):
+    """Found by a review: a folder with ``a.nii`` and ``a.nii.gz`` segmented one of them and said nothing; a single
+    KiTS ``case_*/imaging.nii.gz`` wrote ``output/imaging.nii.gz`` (the next case overwrote it) and a single
+    nnU-Net ``<case>_0000`` file found no ``<case>`` label; LiTS's own folder given as labels= scored the CT."""
+    import shutil
+
+    from datamodules.errors import DataError
+    from engine.predict import plan_cases
+
+    tmp, ckpt = files
+    two = tmp / "twonames"
+    two.mkdir()
+    shutil.copy(tmp / "vol.nii.gz", two / "a.nii.gz")
+    nib.save(nib.load(tmp / "vol.nii.gz"), two / "a.nii")
+    proc = run_in_process("experiments.predict", [f"ckpt={ckpt}", f"input={two}", "device=cpu",
+                                                  f"output={tmp / 'two_out'}"], tmp)
+    assert proc.returncode == 2 and "holds several volumes of one case: a.nii, a.nii.gz" in proc.stderr, proc.stderr
+    out = tmp / "named_out"
+    out.mkdir()
+    for case in ("case_00001", "case_00002"):  # KiTS: named by the case, not "imaging"
+        (tmp / "kits" / case).mkdir(parents=True)
+        shutil.copy(tmp / "vol.nii.gz", tmp / "kits" / case / "imaging.nii.gz")
+        shutil.copy(tmp / "lab_region.nii.gz", tmp / "kits" / case / "segmentation.nii.gz")
+        (plan,) = plan_cases(tmp / "kits" / case / "imaging.nii.gz", out, tmp / "kits" / case)
+        assert plan.output == out / f"{case}.nii.gz" and plan.label.name == "segmentation.nii.gz"
+    (tmp / "nnunet" / "labelsTs").mkdir(parents=True)
+    shutil.copy(tmp / "vol.nii.gz", tmp / "nnunet" / "liver_001_0000.nii.gz")
+    shutil.copy(tmp / "lab_region.nii.gz", tmp / "nnunet" / "labelsTs" / "liver_001.nii.gz")
+    (plan,) = plan_cases(tmp / "nnunet" / "liver_001_0000.nii.gz", out, tmp / "nnunet" / "labelsTs")
+    assert (plan.case_id, plan.output.name, plan.label.name) == ("liver_001", "liver_001.nii.gz", "liver_001.nii.gz")
+    (tmp / "lits").mkdir()
+    shutil.copy(tmp / "vol.nii.gz", tmp / "lits" / "volume-0.nii.gz")
+    with pytest.raises(DataError, match="no label for case volume-0"):  # not the CT itself
+        plan_cases(tmp / "lits" / "volume-0.nii.gz", out, tmp / "lits")
+    shutil.copy(tmp / "lab_region.nii.gz", tmp / "lits" / "segmentation-0.nii.gz")
+    assert plan_cases(tmp / "lits" / "volume-0.nii.gz", out, tmp / "lits")[0].label.name == "segmentation-0.nii.gz"
