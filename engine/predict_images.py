@@ -120,6 +120,29 @@ def predict_image(case: ImageCase, dm, predictor: VolumePredictor, threshold: fl
     return VolumePredictor.labels(source, threshold, class_dim=0).numpy().astype(np.uint8)
 
 
+def _pixel_size(path: Path) -> tuple[int, int] | None:
+    """``(H, W)`` of an image file from its header (PIL formats; an ``.npy`` of 2 or 3 dims by its shape), or None."""
+    try:
+        if path.suffix.lower() == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            return (int(shape[0]), int(shape[1])) if len(shape) in (2, 3) else None
+        with Image.open(path) as im:
+            return int(im.size[1]), int(im.size[0])
+    except Exception:  # noqa: BLE001 - unreadable here: its reader says why when the image is segmented
+        return None
+
+
+def check_image_label_sizes(cases: Sequence[ImageCase]) -> None:
+    """Every mask has its image's size, before anything is written (a review: PNGs of earlier images were written
+    and their scores lost when a later mask's size was found wrong); volumes are checked alike."""
+    for case in cases:
+        if case.label is None:
+            continue
+        image, mask = _pixel_size(case.image), _pixel_size(case.label)
+        if image is not None and mask is not None and image != mask:
+            raise DataError(f"mask {case.label} is {mask} but image {case.image} is {image}")
+
+
 def save_png(labels: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     from PIL.PngImagePlugin import PngInfo

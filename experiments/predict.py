@@ -31,7 +31,8 @@ from engine.predict import (check_case_channels, check_label_shapes, check_writa
                             claim_output_folder, is_nifti, load_case_label, load_models, mark_output_folder,
                             net_in_channels, plan_cases, predict_case, remove_if_left_empty, save_nifti,
                             save_probabilities, score_case, summary_of)
-from engine.predict_images import is_image, plan_images, predict_image, save_png, score_image
+from engine.predict_images import (check_image_label_sizes, is_image, plan_images, predict_image, save_png,
+                                   score_image)
 from datamodules.errors import DataError
 from lightning_modules import targets
 from lightning_modules.inference import VolumePredictor
@@ -196,6 +197,8 @@ def predict(cfg: DictConfig) -> dict:
     if not images:
         check_case_channels(cases, net_in_channels(models.nets[0]))
         check_label_shapes(cases)  # before any folder is made (a walkthrough: a bad labels= left an empty output/)
+    else:
+        check_image_label_sizes(cases)
     folders = sorted({c.output.parent for c in cases})
     created = [f for f in folders if not f.exists()]  # removed again if a failure leaves them empty
     for folder in folders:
@@ -238,10 +241,11 @@ def _segment(cases, images: bool, dm, predictor: VolumePredictor, threshold, kee
         for case in cases:
             if images:
                 pred = predict_image(case, dm, predictor, threshold)
+                scores = score_image(pred, case, dm, class_names) if case.label is not None else None  # before writing
                 marked = _mark(marked)
                 save_png(pred, case.output)
-                if case.label is not None:
-                    per_case[case.case_id] = score_image(pred, case, dm, class_names)
+                if scores is not None:
+                    per_case[case.case_id] = scores
             else:
                 label = load_case_label(case, dm) if case.label is not None else None  # before anything is written
                 img, prob = predict_case(case, dm, predictor, threshold, keep_prob)

@@ -135,6 +135,12 @@ def test_cli_segments_a_folder_of_mixed_images_and_scores_them(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert one.is_file() and (one.parent / "p1_seg.metrics.json").is_file()
     assert not (one.parent / "metrics.json").exists()
+    # a mask of another size than its image is one line before any PNG is written (a review: five PNGs first)
+    Image.fromarray(_ellipse(40, 30) * 255).save(masks / "p3.png")
+    bad = tmp_path / "pred_bad"
+    proc = run_in_process("experiments.predict", [f"ckpt={ckpt}", f"input={images}", f"output={bad}",
+                                                  f"labels={masks}", "device=cpu"], tmp_path)
+    assert proc.returncode == 2 and "is (40, 30) but image" in proc.stderr and not bad.exists(), proc.stderr[-2000:]
 
 
 
