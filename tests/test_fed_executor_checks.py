@@ -80,6 +80,8 @@ def test_dp_with_batchnorm_statistics_crossing_is_refused_before_launch(tmp_path
     ("federation.executor.dp.sensitivity=-1", "federation.executor.dp.sensitivity=-1"),
     ("federation.executor.dp.clipping_norm=null", "federation.executor.dp.clipping_norm is missing"),
     ("+federation.executor.dp.epsilonn=1", "federation.executor.dp.epsilonn is no LocalDpMod setting"),
+    # a review: sensitivity=0 (no noise) with clipping_norm=10 was taken
+    ("federation.executor.dp.sensitivity=0", "federation.executor.dp: sensitivity=0 is below clipping_norm=1"),
 ])
 def test_flower_values_are_refused_before_launch(tmp_path, override, key):
     """timeout_s=-5 failed after 44 s of launching; dp.epsilon=-1 failed on every node; delta=2 was taken."""
@@ -217,3 +219,15 @@ def test_the_rehearsal_names_its_nodes_after_the_sites_with_num_clients_set(tmp_
     cfg = compose_run(["+exp=fed_pancreas", "federation.num_clients=2", "data.batch_size=2"], tmp_path)
     ids = _client_ids(cfg)
     assert ids == _client_ids(compose_run(["+exp=fed_pancreas"], tmp_path)) and ids != ["0", "1"], ids
+
+
+def test_a_dp_rehearsal_gives_each_node_the_dp_values(tmp_path):
+    """Found by a review: nodes started with ``privacy=dp`` require their own four ``dp-*`` values, and the local
+    rehearsal gave them none, so every DP rehearsal failed in round 1."""
+    from federation.transports.flower.launch import rehearsal_node_config
+
+    dp = {"clipping_norm": 1.0, "sensitivity": 1.0, "epsilon": 100.0, "delta": 1e-5}
+    line = rehearsal_node_config("site_a", tmp_path, "dp", dp)
+    assert line.startswith(f'site="site_a" partition="derive" store="{tmp_path}" privacy="dp" ')
+    assert "dp-clipping-norm=1.0 dp-sensitivity=1.0 dp-epsilon=100.0 dp-delta=1e-05" in line
+    assert "dp-" not in rehearsal_node_config("site_a", tmp_path, "none", dp)

@@ -203,6 +203,31 @@ def test_secagg_rehearsal_matches_in_process(tmp_path):
     assert "local_val/acc" in header  # the sites' own metrics: in clear under Flower's SecAgg+
 
 
+def test_dp_rehearsal_runs_and_adds_the_sites_noise(tmp_path):
+    """Found by a review: every local rehearsal with ``federation.privacy=dp`` failed in round 1 (its nodes,
+    started with ``privacy=dp``, required four ``dp-*`` values of their own that the launcher never gave; no
+    test ran a DP rehearsal). 2 sites, 1 round, a GroupNorm net (no BatchNorm statistics may cross under DP);
+    the sites' clipped, noised updates give other weights than the in-process run's."""
+    from experiments.run import dispatch
+    from tests.hydra_helpers import compose_run
+    from tests.test_flower import SMALL, _no_leftovers
+
+    small = [*SMALL, "federation/strategy=fedavg", "federation.rounds=1", "model.norm=group"]
+    dispatch(compose_run(small, tmp_path / "seq"))
+    run_dir = tmp_path / "dp" / "run"
+    try:
+        dispatch(compose_run([*small, "federation/executor=flower", "federation.privacy=dp",
+                              "federation.executor.stream=false"], tmp_path / "dp"))
+    finally:
+        _no_leftovers(run_dir)
+    a = torch.load(tmp_path / "seq" / "run" / "global_final.pt", weights_only=True)
+    b = torch.load(run_dir / "global_final.pt", weights_only=True)
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # clipped and noised
+    assert all(torch.isfinite(v.double()).all() for v in b.values())
+    rows = (run_dir / "rounds.csv").read_text().splitlines()
+    assert len(rows) == 2 and dict(zip(rows[0].split(","), rows[1].split(",")))["clients"] == "2"
+
+
 class FedMedian(FedAvg):
     """A coordinate-wise median: not a mean, so SecAgg+ (which shows the server only the mean) cannot run it."""
 
@@ -245,7 +270,7 @@ def test_dp_clips_the_parameters_only_and_its_noise_is_not_the_seeds(grid_env):
     subtract it). The counter now arrives exact beside the clipped arrays, and two runs of the same round draw
     different noise."""
     glob, local = _states()
-    dp = {"clipping_norm": 10.0, "sensitivity": 1e-3, "epsilon": 1.0, "delta": 1e-5}  # noise std ~5e-3
+    dp = {"clipping_norm": 10.0, "sensitivity": 10.0, "epsilon": 1e4, "delta": 1e-5}  # noise std ~5e-3
     runs = []
     for _ in range(2):
         executor.set_grid(_Grid(_dp_train(local, steps=200)))
@@ -271,7 +296,7 @@ def test_a_site_started_with_dp_applies_it_whatever_the_server_asks(grid_env):
     updates, failures = executor.FlowerExecutor(privacy="none").map(None, _jobs(glob))
     assert not updates and set(failures) == set(N)
     assert all("sends its update only under DP (node privacy=dp)" in f for f in failures.values()), failures
-    own = {"dp-clipping-norm": 10.0, "dp-sensitivity": 1e-3, "dp-epsilon": 1.0, "dp-delta": 1e-5}  # std ~5e-3
+    own = {"dp-clipping-norm": 10.0, "dp-sensitivity": 10.0, "dp-epsilon": 1e4, "dp-delta": 1e-5}  # std ~5e-3
     weak = {"clipping_norm": 10.0, "sensitivity": 0.0, "epsilon": 1e9, "delta": 1e-5}  # no noise at all
     executor.set_grid(_Grid(_dp_train(local, steps=3), node_privacy="dp", **own))
     updates, failures = executor.FlowerExecutor(privacy="dp", dp=weak).map(None, _jobs(glob))
@@ -283,6 +308,13 @@ def test_a_site_started_with_dp_applies_it_whatever_the_server_asks(grid_env):
     executor.set_grid(_Grid(_dp_train(local, steps=3), node_privacy="dp", **partial))
     updates, failures = executor.FlowerExecutor(privacy="dp", dp=weak).map(None, _jobs(glob))
     assert not updates and all("missing: dp-sensitivity" in f for f in failures.values()), failures
+    # a later review: values whose noise does not cover a clipped update, and a privacy no node knows, send nothing
+    for node, said in (({**own, "dp-sensitivity": 1e-3}, "sensitivity=0.001 is below clipping_norm=10"),
+                       ({"node_privacy": "SecAgg"}, "node config privacy='SecAgg' is none of none, dp, secagg")):
+        extra = {"node_privacy": "dp", **node}
+        executor.set_grid(_Grid(_dp_train(local, steps=3), **extra))
+        updates, failures = executor.FlowerExecutor(privacy="dp", dp=weak).map(None, _jobs(glob))
+        assert not updates and all(said in f for f in failures.values()), failures
 
 
 class _FlowerErrorsGrid(_Grid):
@@ -329,3 +361,37 @@ def test_a_sites_user_error_stops_a_rehearsal_and_drops_the_site_in_a_deployment
         return
     updates, failures = ex.map(None, _jobs(glob))
     assert updates == [] and "client b: " in failures["b"] and "ZeroDivisionError" in failures["a"], failures
+
+
+class _QueryFailsOnceGrid(_Grid):
+    """As :class:`_Grid`, with node ``a``'s ClientApp failing its first site query (a start under load)."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.failed = False
+
+    def send_and_receive(self, msgs, timeout=None):
+        from flwr.app import Error
+
+        out = []
+        for msg in msgs:
+            node = msg.metadata.dst_node_id
+            if msg.metadata.message_type == MessageType.QUERY and self.sites[node] == "a" and not self.failed:
+                self.failed = True
+                reply = Message(Error(code=0, reason="ClientApp failed to start"), reply_to=msg)
+                out.append(reply)
+                continue
+            out.extend(super().send_and_receive([msg], timeout))
+        return out
+
+
+def test_a_node_whose_site_query_failed_once_is_asked_again(grid_env, monkeypatch):
+    """Found by a review: a node whose ClientApp failed the site query once was marked as asked and never asked
+    again, so its site was "not connected" for the rest of the run; it is asked again after RETRY_S."""
+    glob, local = _states()
+    monkeypatch.setattr(executor, "RETRY_S", 0.0)
+    grid = _QueryFailsOnceGrid(_fake_train(local))
+    executor.set_grid(grid)
+    ex = executor.FlowerExecutor(privacy="none", connect_timeout_s=10)
+    ex.discover(set(N))
+    assert grid.failed and set(ex.nodes) == set(N), ex.nodes

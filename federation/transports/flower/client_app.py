@@ -48,6 +48,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from federation.transports import client_user_error
 from federation.transports.code_identity import code_fingerprint
 from federation.transports.flower.node import node_train, node_value
+from federation.transports.flower.privacy import PRIVACY, dp_problem
 from federation.transports.flower.wire import PREFIX, clipped_entries, decode_message, encode_update, secagg_update
 
 __all__ = ["app"]
@@ -83,14 +84,27 @@ def _dp_settings(msg: Message, context: Context) -> dict[str, float] | None:
         if missing:  # a later review: a value left to the server (sensitivity=0) made the noise 0
             raise ValueError(f"site {site!r} enforces DP (node privacy=dp) and needs all four of its own values; "
                              f"missing: {', '.join('dp-' + k.replace('_', '-') for k in missing)}")
-        return {key: float(v) for key, v in own.items()}
+        return checked_dp({key: float(v) for key, v in own.items()}, f"site {site!r}'s node config dp-")
     if not asked:
         return None
-    return {key: float(cfg[PREFIX + "dp." + key]) for key in DP_KEYS}
+    return checked_dp({key: float(cfg[PREFIX + "dp." + key]) for key in DP_KEYS}, "the server's federation.executor.dp.")
+
+
+def checked_dp(dp: dict[str, float], where: str) -> dict[str, float]:
+    """``dp`` when its Gaussian mechanism means what it says (:func:`~federation.transports.flower.privacy.dp_problem`),
+    else a ``ValueError`` naming ``where`` the values came from."""
+    problem = dp_problem(dp)
+    if problem is not None:
+        raise ValueError(f"{where}{problem}")
+    return dp
 
 
 def _privacy_mod(msg: Message, context: Context, call_next: Any) -> Message:
     """Apply the privacy the server's config asks for, or the node's own (Flower's own mods; none by default)."""
+    own = str(_node(context, "privacy", "none"))
+    if own not in PRIVACY:  # a review: privacy="SecAgg" or "DP" enforced nothing and the update left in clear
+        raise ValueError(f"site {_node(context, 'site', '')!r}: node config privacy={own!r} is none of "
+                         f"{', '.join(PRIVACY)}; this node sends nothing until it is")
     if RECORD_KEY_CONFIGS in msg.content.config_records:
         if _node(context, "privacy") == "dp":  # secaggplus_mod calls the handler itself: no LocalDpMod around it
             raise ValueError(f"site {_node(context, 'site', '')!r} applies DP (node privacy=dp); a SecAgg+ round "

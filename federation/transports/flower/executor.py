@@ -47,6 +47,11 @@ def current_grid() -> Any:
     return _GRID
 
 
+#: seconds before a node whose ClientApp failed the site query is asked again (a review: it was never asked again,
+#: and its site stayed "not connected" for the rest of the run)
+RETRY_S = 30.0
+
+
 class FlowerExecutor:
     """See the module docstring (``data_on_nodes``: each site's data lives on its own SuperNode).
 
@@ -94,6 +99,7 @@ class FlowerExecutor:
         self.nodes: dict[str, int] = {}   # client id -> node id
         self._asked: set[int] = set()
         self._refused: dict[int, str] = {}  # node id -> the site it claimed while another node held it
+        self._failed: dict[int, float] = {}  # node id -> when to ask again a node whose ClientApp failed the query
 
     # ------------------------------------------------------------------ which node is which site
     def _ask(self, node_ids: list[int]) -> None:
@@ -109,10 +115,13 @@ class FlowerExecutor:
             if reply.has_error() and int(reply.metadata.src_node_id) != node:  # made by the SuperLink (node gone
                 log.warning("node %s did not say its site: %s", node, reply.error.reason)  # a while): ask it again
                 continue
-            self._asked.add(node)
-            if reply.has_error():
-                log.warning("node %s did not say its site: %s", node, reply.error.reason)
+            if reply.has_error():  # its ClientApp failed (e.g. a start under load): asked again later, not never
+                log.warning("node %s did not say its site: %s (asked again in %.0f s)", node, reply.error.reason,
+                            RETRY_S)
+                self._failed[node] = time.monotonic() + RETRY_S
                 continue
+            self._asked.add(node)
+            self._failed.pop(node, None)
             try:
                 site = str(reply.content.config_records["site"]["site"])
             except (KeyError, TypeError, AttributeError) as exc:  # a malformed answer leaves that node out
@@ -135,7 +144,8 @@ class FlowerExecutor:
         deadline = time.monotonic() + self.connect_timeout_s
         live = set(self.grid.get_node_ids())
         while True:
-            new = sorted(n for n in live if n not in self._asked
+            now = time.monotonic()
+            new = sorted(n for n in live if (n not in self._asked and self._failed.get(n, 0.0) <= now)
                          or (n in self._refused and self.nodes.get(self._refused[n]) not in live))
             if new:
                 self._ask(new)

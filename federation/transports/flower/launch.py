@@ -158,6 +158,17 @@ def claim(fdir: Path, home: Path) -> str:
     return marker
 
 
+def rehearsal_node_config(cid: str, store: Path, privacy: str, dp: Any) -> str:
+    """A rehearsal SuperNode's ``--node-config``: its site, the derived partition, its store and privacy; under
+    ``privacy=dp`` the node's own four DP values too, the server's (a node with ``privacy=dp`` requires them:
+    a review found every DP rehearsal failing in round 1 once nodes enforced their own)."""
+    parts = [f'site="{cid}"', 'partition="derive"', f'store="{store}"', f'privacy="{privacy}"']
+    if privacy == "dp":
+        parts += [f"dp-{key.replace('_', '-')}={float(dp[key])!r}"
+                  for key in ("clipping_norm", "sensitivity", "epsilon", "delta")]
+    return " ".join(parts)
+
+
 def _raise_terminate(signum: int, frame: Any) -> None:
     """SIGTERM during the rehearsal: Lightning's ``SIGTERMException``, which ``experiments.run`` turns into the
     line that continues the run (exit 143); the ``finally`` below stops every process group first."""
@@ -259,7 +270,7 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
             raise FederationError(f"the SuperLink did not listen on {HOST}:{port} {why}; see {logs / 'superlink.log'}")
         register_nodes({name: pub for name, (_, pub) in keys.items()}, env, superlink)
         for cid in ids:
-            node_cfg = f'site="{cid}" partition="derive" store="{store}" privacy="{privacy}"'
+            node_cfg = rehearsal_node_config(cid, store, privacy, ex.get("dp"))
             key = keys[f"supernode_{cid}"][0] if auth else None
             groups.start(f"supernode_{cid}", supernode_argv(tls, port, node_cfg, key), env,
                          logs / f"supernode_{cid}.log")

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["PRIVACY", "check_flower_privacy", "check_secagg", "privacy_line", "check_dp_statistics"]
+__all__ = ["PRIVACY", "check_flower_privacy", "check_secagg", "privacy_line", "check_dp_statistics", "dp_problem"]
 
 PRIVACY = ("none", "dp", "secagg")
 
@@ -28,6 +28,22 @@ def _number(key: str, value: Any, low: float, low_ok: bool = False, high: float 
     if not ok:
         bound = f"{'>=' if low_ok else '>'} {low:g}" if high is None else f"in ({low:g}, {high:g})"
         raise ConfigError(f"{key}={value}: must be a number {bound}" + (" or null" if allow_none else ""))
+
+
+def dp_problem(dp: Mapping[str, float]) -> str | None:
+    """Why ``LocalDpMod``'s Gaussian mechanism with these values is not (epsilon, delta)-DP for a site's clipped
+    update, or None. Its noise scale ``sensitivity * sqrt(2 ln(1.25/delta)) / epsilon`` holds only when
+    ``sensitivity`` bounds how far one site's update can move the result: at least ``clipping_norm``, the clipped
+    update's L2 norm (a review: sensitivity=0 with clipping_norm=10 was accepted and added no noise)."""
+    clip, sens, eps, delta = (float(dp[k]) for k in ("clipping_norm", "sensitivity", "epsilon", "delta"))
+    if not clip > 0:
+        return f"clipping_norm={clip:g} must be > 0"
+    if not sens >= clip:
+        return (f"sensitivity={sens:g} is below clipping_norm={clip:g}: the noise would not cover one site's "
+                f"clipped update (sensitivity >= clipping_norm)")
+    if not eps > 0 or not 0 < delta < 1:
+        return f"epsilon={eps:g} must be > 0 and delta={delta:g} in (0, 1)"
+    return None
 
 
 def check_flower_privacy(fed: Any) -> None:
@@ -64,6 +80,16 @@ def check_flower_privacy(fed: Any) -> None:
         _number("federation.executor.dp.sensitivity", dp.get("sensitivity"), 0, low_ok=True)
         _number("federation.executor.dp.epsilon", dp.get("epsilon"), 0)
         _number("federation.executor.dp.delta", dp.get("delta"), 0, high=1)
+        problem = dp_problem(dp)
+        if problem is not None:
+            raise ConfigError(f"federation.executor.dp: {problem}")
+        if float(dp["epsilon"]) >= 1:  # said, not refused: Flower's LocalDpMod takes any epsilon
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "federation.executor.dp.epsilon=%g: the Gaussian mechanism's noise scale sqrt(2 ln(1.25/delta)) / "
+                "epsilon is proven for epsilon < 1 (Dwork & Roth, Thm 3.22); above it the stated guarantee is not "
+                "established", float(dp["epsilon"]))
     if privacy == "secagg":
         _check_secagg_round(fed)
 
