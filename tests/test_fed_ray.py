@@ -97,6 +97,14 @@ def test_fractional_gpus_through_a_custom_resource(local_ray):
         _executor(gpus_per_client=1, gpu_resource="no_such_gpu")
     with pytest.raises(ExecutorError, match=r"gpus_per_client=2: no Ray node holds that much fake_gpu \(per node: 1\)"):
         _executor(gpus_per_client=2, gpu_resource="fake_gpu")  # it waited for an actor that could never start
+    # a review: the pool was sized by GPUs only; actors asking for more CPUs than the node's 2 never started
+    cpu_bound = _executor(num_workers=3, cpus_per_client=1)
+    try:
+        assert cpu_bound.num_workers == 2
+    finally:
+        cpu_bound.shutdown()
+    with pytest.raises(ExecutorError, match=r"cpus_per_client=3: no Ray node holds that many CPUs \(CPUs per node: 2\)"):
+        _executor(num_workers=1, cpus_per_client=3)
 
 
 

@@ -150,14 +150,28 @@ class RayExecutor:
             log.warning("RayExecutor: the Ray cluster has no GPU; clients run on CPU workers")
             gpus = 0.0
         self.num_workers = max(1, int(num_workers))
-        per_node = [float(n.get("Resources", {}).get(self.gpu_resource, 0.0)) for n in ray.nodes() if n.get("Alive")]
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        per_node = [float(r.get(self.gpu_resource, 0.0)) for r in nodes]
         fit = concurrent_clients(per_node or [total], gpus, self.gpu_resource == "GPU") if gpus > 0 else self.num_workers
         if fit < 1:
             self._refuse(f"federation.executor.gpus_per_client={gpus:g}: no Ray node holds that much "
                          f"{self.gpu_resource} (per node: {', '.join(f'{r:g}' for r in per_node)})")
+        cpus = float(cpus_per_client or 0.0)
+        if cpus > 0 and nodes:  # a review: actors asking more CPUs than a node has never started, and the
+            # driver waited for them without a word (num_workers x cpus_per_client past the cluster's CPUs)
+            per_cpu = [float(r.get("CPU", 0.0)) for r in nodes]
+            both = [min(concurrent_clients([g], gpus, self.gpu_resource == "GPU") if gpus > 0 else self.num_workers,
+                        concurrent_clients([c], cpus, False)) for g, c in zip(per_node, per_cpu)]
+            if sum(both) < 1:
+                self._refuse(f"federation.executor.cpus_per_client={cpus:g}: no Ray node holds that many CPUs"
+                             f"{' beside its ' + self.gpu_resource if gpus > 0 else ''} (CPUs per node: "
+                             f"{', '.join(f'{c:g}' for c in per_cpu)})")
+            fit = min(fit, sum(both))
         if fit < self.num_workers:
-            log.warning("RayExecutor: %g %s on %d node(s) / %g per client -> %d concurrent clients, not %d", total,
-                        self.gpu_resource, len(per_node), gpus, fit, self.num_workers)
+            log.warning("RayExecutor: %d node(s) with %s %s and %s CPUs, %g %s and %g CPUs per client -> %d concurrent "
+                        "clients, not %d", len(nodes), "+".join(f"{g:g}" for g in per_node), self.gpu_resource,
+                        "+".join(f"{float(r.get('CPU', 0.0)):g}" for r in nodes), gpus, self.gpu_resource, cpus, fit,
+                        self.num_workers)
             self.num_workers = fit
         self.gpus_per_client, self.cpus_per_client = gpus, float(cpus_per_client)
         self.timeout_s = None if timeout_s in (None, 0) else float(timeout_s)
