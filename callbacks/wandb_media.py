@@ -60,8 +60,8 @@ def overlay_images(overlays: Any, labels: dict[int, str]) -> list[Any]:
 
 
 def test_media(pl_module: Any, overlays: Any = None, max_roc_points: int = 200) -> dict[str, Any]:
-    """The W&B media of a tested segmentation module (module docstring): its per-case table, ROC and
-    confusion matrix, and the overlays an :class:`~callbacks.overlays.SegmentationOverlays` picked. The
+    """The W&B media of a tested module (module docstring; a classifier has no per-case table nor overlays): its
+    per-case table, ROC and confusion matrix, and the overlays an :class:`~callbacks.overlays.SegmentationOverlays` picked. The
     callback below logs them after a test; a federation logs those of its final global model."""
     import wandb
 
@@ -76,14 +76,16 @@ def test_media(pl_module: Any, overlays: Any = None, max_roc_points: int = 200) 
     curves = getattr(pl_module, "roc_curves", None) or {}
     if curves:
         xs, ys = [], []
-        for fpr, tpr in curves.values():
+        for fpr, tpr, *_ in curves.values():  # a classifier's hold its AUC third (a walkthrough: a federated
+            # classifier's media failed with "too many values to unpack")
             keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), max_roc_points)).astype(int))
             xs.append(np.asarray(fpr)[keep].tolist())
             ys.append(np.asarray(tpr)[keep].tolist())
         media["test/roc"] = wandb.plot.line_series(xs=xs, ys=ys, keys=list(curves), title="ROC (test)",
                                                    xname="false positive rate")
-    cm = getattr(pl_module, "confusion", None)
-    if cm is not None:
+    pixels = getattr(pl_module, "confusion", None)  # a segmenter's, in pixels; a classifier's, in images
+    cm = pixels if pixels is not None else getattr(pl_module, "confusion_matrix", None)
+    if cm is not None and np.asarray(cm).ndim == 2:  # a multi-label classifier's is one 2 x 2 per label: not drawn
         cm = np.asarray(cm)
         names = [labels.get(i, str(i)) for i in range(cm.shape[0])]
         data = [[names[i], names[j], int(cm[i, j])] for i in range(cm.shape[0]) for j in range(cm.shape[1])]
@@ -91,7 +93,7 @@ def test_media(pl_module: Any, overlays: Any = None, max_roc_points: int = 200) 
         media["test/confusion_matrix"] = wandb.plot_table(
             "wandb/confusion_matrix/v1", table,
             {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
-            {"title": "Confusion matrix (test pixels)"})
+            {"title": f"Confusion matrix (test {'pixels' if pixels is not None else 'images'})"})
     return media
 
 
