@@ -120,15 +120,14 @@ def is_debug(run: Path) -> bool:
 def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list[str]:
     """A run's Hydra overrides (``.hydra/overrides.yaml``), minus the seed, ``resume`` and what says nothing
     about the method (paths, logger, Hydra's own, debug: W&B's ``NOT_METHOD``; a review: one seed re-run with
-    ``logger=csv`` became a method of its own), sorted by key (the same method however its overrides were typed)."""
+    ``logger=csv`` became a method of its own)."""
     from engine.wandb_tracking import NOT_METHOD
 
     overrides = run_yaml(run / ".hydra" / "overrides.yaml", run) or []
     overrides = [canonical_override(plain_text(o, 200)) for o in overrides if isinstance(o, str)] \
         if isinstance(overrides, list) else []
     keys = [o.split("=")[0].lstrip("+~") for o in overrides]
-    kept = [(k, o) for o, k in zip(overrides, keys) if k not in drop and not k.startswith(NOT_METHOD)]
-    return [o for _, o in sorted(kept, key=lambda ko: ko[0])]  # a review: typed in another order, another method
+    return [o for o, k in zip(overrides, keys) if k not in drop and not k.startswith(NOT_METHOD)]
 
 
 def run_labels(runs: list[Path], siblings: list[Path] = ()) -> tuple[dict[Path, str], list[str]]:
@@ -139,7 +138,9 @@ def run_labels(runs: list[Path], siblings: list[Path] = ()) -> tuple[dict[Path, 
     ovs = {run: run_overrides(run) for run in runs}
     every = [*ovs.values(), *(run_overrides(r) for r in siblings)]
     common = [o for o in next(iter(ovs.values()), []) if all(o in v for v in every)] if len(every) > 1 else []
-    labels = {run: " ".join(o for o in v if o not in common) for run, v in ovs.items()}
+    # sorted by key: one method however its overrides were typed (a review: two orders were two rows)
+    labels = {run: " ".join(sorted((o for o in v if o not in common), key=lambda o: o.split("=")[0].lstrip("+~")))
+              for run, v in ovs.items()}
     if not any(labels.values()):  # one method over seeds: name it by its overrides
         return {run: " ".join(v) or run.parent.name for run, v in ovs.items()}, []
     return {run: label or "(defaults)" for run, label in labels.items()}, common
