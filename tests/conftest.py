@@ -24,7 +24,41 @@ if XDIST:
 THREADS = 1 if XDIST else max(1, min(2, os.cpu_count() or 1))
 torch.set_num_threads(THREADS)
 
+
+def _memory_watch(limit_mb: int, every_s: float = 0.5) -> None:
+    """A pytest-xdist worker past ``limit_mb`` resident: every thread's stack and the running test go to
+    ``.pytest-memory-<worker>.txt`` in the repository (``$FEDMED_TEST_MEMORY_DIR``; ``.ci/run`` prints it), once.
+    Pytest workers on a loaded machine were OOM-killed at 20-22 GB three times (two CI runs: during test_flower
+    and test_metrics_seg tests, which peak below 1.4 GB alone; the idle suite peaks at 3.3 GB a worker), and
+    xdist then hung; the cause is not found. This names what was allocating."""
+    import faulthandler
+    import threading
+    import time
+
+    def watch() -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while True:
+            time.sleep(every_s)
+            try:
+                rss = int(Path("/proc/self/statm").read_text().split()[1]) * page // 2**20
+            except (OSError, ValueError, IndexError):
+                return
+            if rss > limit_mb:
+                worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+                folder = Path(os.environ.get("FEDMED_TEST_MEMORY_DIR", str(REPO)))
+                with open(folder / f".pytest-memory-{worker}.txt", "w") as fh:
+                    fh.write(f"worker {worker}: {rss} MB resident (limit {limit_mb} MB) during "
+                             f"{os.environ.get('PYTEST_CURRENT_TEST', '?')}\n")
+                    fh.flush()
+                    faulthandler.dump_traceback(fh, all_threads=True)
+                return
+
+    threading.Thread(target=watch, name="memory-watch", daemon=True).start()
+
+
 REPO = Path(__file__).resolve().parents[1]
+if XDIST:
+    _memory_watch(int(os.environ.get("FEDMED_TEST_MEMORY_MB", "8000")))
 CONFIG_DIR = REPO / "experiments" / "configs"
 
 

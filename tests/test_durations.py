@@ -50,3 +50,21 @@ def test_bad_report_is_one_line_exit_nonzero(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"tests.durations: {bad}: no <testcase> with a classname"]
     assert json.loads((REPO / "tests" / "durations.json").read_text())  # the committed table is untouched
+
+
+def test_a_worker_past_its_memory_limit_writes_its_threads_stacks(tmp_path, monkeypatch):
+    """The diagnostic for the unexplained OOM kills of loaded CI workers (tests/conftest.py: _memory_watch): a
+    worker past its limit writes the running test and every thread's stack, once."""
+    import time
+
+    from tests.conftest import _memory_watch
+
+    monkeypatch.setenv("FEDMED_TEST_MEMORY_DIR", str(tmp_path))
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "probe")
+    _memory_watch(1, every_s=0.05)  # 1 MB: already past it
+    dump = tmp_path / ".pytest-memory-probe.txt"
+    deadline = time.monotonic() + 10
+    while not (dump.is_file() and "Thread" in dump.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = dump.read_text()
+    assert text.startswith("worker probe: ") and "limit 1 MB" in text and "test_durations.py" in text, text[:500]
