@@ -10,3 +10,15 @@ from __future__ import annotations
 
 class DataError(ValueError):
     """Bad input data; the message is one line naming the file/key/value at fault."""
+
+
+def missing_root(root: object, what: str = "data.root", expected: str = "") -> DataError:
+    """One line for a data folder that is not there; where it is a copy of the shared real sets, how the configs
+    find them (a walkthrough: ``+exp=fed_covid_datashare`` without the data said only that the folder did not
+    exist, relative to where the command ran)."""
+    text = str(root)
+    hint = ""
+    if "shared/data" in text.replace("\\", "/"):
+        hint = ("; the configs read the real sets under $FEDMED_SHARED_DATA, else ../shared/data beside the "
+                "repository (its README says where each set comes from): set FEDMED_SHARED_DATA or data.root")
+    return DataError(f"{what} {root} does not exist{' (expected ' + expected + ')' if expected else ''}{hint}")

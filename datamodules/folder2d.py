@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from datamodules.errors import DataError
+from datamodules.errors import DataError, missing_root
 from datamodules.slices import SliceCase, SliceDataModule
 from datamodules.splits import patient_split
 from datamodules.volumes import apply_window, resize_slices
@@ -259,7 +259,7 @@ class FolderSegmentationDataModule(SliceDataModule):
 
     def _files(self, folder: Path, suffix: str) -> dict[str, Path]:
         if not folder.is_dir():
-            raise DataError(f"data folder {folder} does not exist")
+            raise missing_root(folder, "data folder")
         out: dict[str, Path] = {}
         for p in sorted(folder.iterdir()):
             if p.suffix.lower() in EXTENSIONS and not p.name.startswith(".") and p.stem.endswith(suffix):

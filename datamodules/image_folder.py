@@ -21,7 +21,7 @@ from PIL import Image
 
 from datamodules.classification import ArrayClassificationDataset, ClassificationDataModule, normalize_task
 from datamodules.digits import stratified_split
-from datamodules.errors import DataError
+from datamodules.errors import DataError, missing_root
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class ImageFolderDataModule(ClassificationDataModule):
 
     def _resolve_classes(self) -> None:
         if not self.root.is_dir():
-            raise DataError(f"data.root {self.root} does not exist (expected class subfolders)")
+            raise missing_root(self.root, expected="class subfolders")
         folders = self.classes or sorted(p.name for p in self.root.iterdir() if p.is_dir() and
                                          any(q.suffix.lower() in EXTS for q in p.iterdir()))
         missing = [c for c in folders if not (self.root / c).is_dir()]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nibabel as nib
 
-from datamodules.errors import DataError
+from datamodules.errors import DataError, missing_root
 from datamodules.jsonfile import read_json
 
 LAYOUTS = ("lits", "kits", "msd", "nnunet", "covid_stack")
@@ -197,7 +197,7 @@ def find_cases(root: str | Path, layout: str, stack_group_size: int = 1) -> list
         raise DataError(f"data.layout={layout!r} is not one of {list(LAYOUTS)}")
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data.root {root} does not exist")
+        raise missing_root(root)
     if layout == "covid_stack":
         if stack_group_size < 1:
             raise DataError(f"data.stack_group_size must be >= 1, got {stack_group_size}")

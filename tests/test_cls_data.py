@@ -180,3 +180,13 @@ def test_medmnist_configs_resolve_whole(tmp_path):
         OmegaConf.resolve(cfg)  # what --resolve does, in place
         assert "class_names:" in OmegaConf.to_yaml(cfg)
     assert list(compose_run(["+exp=medmnist"], tmp_path).data.class_names) == ["malignant", "normal, benign"]
+
+
+def test_a_missing_shared_data_folder_says_how_the_configs_find_it(tmp_path):
+    """Found by a walkthrough: ``+exp=fed_covid_datashare`` without the data said only that a relative folder did
+    not exist; a folder of the shared real sets now says how the configs find them."""
+    from datamodules.errors import missing_root
+
+    said = str(missing_root(tmp_path / "../shared/data/covid-ct-ucsd-cropped", expected="class subfolders"))
+    assert "does not exist (expected class subfolders); the configs read the real sets under $FEDMED_SHARED_DATA" in said
+    assert str(missing_root(tmp_path / "mine")) == f"data.root {tmp_path / 'mine'} does not exist"
