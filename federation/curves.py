@@ -69,6 +69,17 @@ def seed_band(runs: Sequence[Rows], col: str) -> tuple[list[float], list[float],
     return x, mean, std, [len(by_round[k]) for k in x]
 
 
+def _label_colors(n: int) -> list:
+    """``n`` distinct colours: matplotlib's tab10 up to 10 labels, tab20 up to 20, then a continuous map."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["viridis"](i / max(n - 1, 1)) for i in range(n)]
+
+
 def plot_rounds(runs: Mapping[str, Rows | Sequence[Rows]], path: str | Path, metric: str = "acc",
                 title: str = "federation") -> Path:
     """Two panels (``metric`` and loss on the pooled test set, solid; server validation, dashed) per
@@ -82,14 +93,17 @@ def plot_rounds(runs: Mapping[str, Rows | Sequence[Rows]], path: str | Path, met
     FigureCanvasAgg(fig)
     for i, (name, key) in enumerate(_panels(metric)):
         ax = fig.add_subplot(1, 2, i + 1)
-        for label, group in runs.items():
+        # one colour per label, its test line solid and its server validation dashed (a walkthrough: each line took
+        # the next colour of a 10-colour cycle, and 6 labels x 2 lines reused them across labels)
+        colors = _label_colors(len(runs))
+        for (label, group), color in zip(runs.items(), colors):
             group = [group] if group and isinstance(group[0], Mapping) else list(group)
             n = f", n={len(group)}" if len(group) > 1 else ""
             for col, style in ((key, "-"), (key.replace("test/", "server_val/"), "--")):
                 x, y, sd, _ = seed_band(group, col)
                 if not x:
                     continue
-                line, = ax.plot(x, y, style, marker="o", ms=3,
+                line, = ax.plot(x, y, style, marker="o", ms=3, color=color,
                                 label=f"{label} ({'test' if style == '-' else 'server val'}{n})")
                 if len(group) > 1:
                     ax.fill_between(x, [m - s for m, s in zip(y, sd)], [m + s for m, s in zip(y, sd)],

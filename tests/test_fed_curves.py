@@ -125,3 +125,28 @@ def test_a_failed_run_resumed_to_its_end_is_in_the_bands_and_a_running_debug_run
     compare_runs(tmp_path)
     part = [r for r in csv.DictReader(open(tmp_path / "fed_compare.csv")) if r["label"] == "part"]
     assert [(r["test/acc mean"], r["n"]) for r in part] == [("0.6000", "2"), ("0.9000", "2")]
+
+
+def test_each_label_has_one_colour_for_its_test_and_server_validation_lines(tmp_path, monkeypatch):
+    """Found by a walkthrough: the documented 3 modes x 2 k sweep drew 12 lines from a 10-colour cycle, so one
+    setting's lines shared colours with another's and nothing tied a setting's two lines together."""
+    from matplotlib.axes import Axes
+
+    from federation.curves import plot_rounds
+
+    drawn: list[tuple[str, object]] = []
+    real = Axes.plot
+
+    def spy(self, *args, **kw):
+        drawn.append((kw.get("label"), kw.get("color")))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    rows = [{"round": r, "test/acc": 0.5 + r / 10, "server_val/acc": 0.4 + r / 10, "test/loss": 1.0,
+             "server_val/loss": 1.1} for r in range(3)]
+    plot_rounds({f"setting {i}": rows for i in range(6)}, tmp_path / "c.png", metric="acc")
+    by_label: dict[str, set] = {}
+    for label, color in drawn:
+        by_label.setdefault(label.split(" (")[0], set()).add(tuple(color))
+    assert len(by_label) == 6 and all(len(c) == 1 for c in by_label.values())  # test and server val alike
+    assert len({next(iter(c)) for c in by_label.values()}) == 6                  # and no two settings alike
