@@ -17,7 +17,21 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 __all__ = ["install", "restore", "check", "requested"]
 
-_requested = {"sigterm": False}
+_requested = {"sigterm": False, "sigint": False}
+#: the SIGINT handler to hand Ctrl-C on to (Python's default raises KeyboardInterrupt)
+_previous_int: list[Any] = [signal.default_int_handler]
+
+
+def _int_handler(signum: int, frame: Any) -> None:
+    """Ctrl-C as before (the handler that was there, Python's KeyboardInterrupt by default), recorded first: a
+    KeyboardInterrupt raised inside OmegaConf between clients surfaced as a client's ConfigKeyError, and the run
+    ended as a user error, exit 2 (CI, once), as a SIGTERM had."""
+    _requested["sigint"] = True
+    previous = _previous_int[0]
+    if callable(previous):
+        previous(signum, frame)
+    else:  # SIG_DFL / SIG_IGN as the previous: Python's own behaviour for Ctrl-C
+        raise KeyboardInterrupt
 
 
 def _handler(signum: int, frame: Any) -> None:
@@ -31,21 +45,28 @@ def install() -> Any:
     main thread, where Python sets no handler)."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    _requested["sigterm"] = False
-    return signal.signal(signal.SIGTERM, _handler)
+    _requested.update(sigterm=False, sigint=False)
+    current = signal.getsignal(signal.SIGINT)
+    if current is not signal.SIG_IGN and current is not _int_handler:  # a Ctrl-C the process ignores stays so
+        _previous_int[0] = current
+        signal.signal(signal.SIGINT, _int_handler)
+    return signal.signal(signal.SIGTERM, _handler), current
 
 
 def restore(previous: Any) -> None:
     if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
-    _requested["sigterm"] = False
+        term, interrupt = previous
+        signal.signal(signal.SIGTERM, term)
+        if signal.getsignal(signal.SIGINT) is _int_handler and interrupt is not None:
+            signal.signal(signal.SIGINT, interrupt)
+    _requested.update(sigterm=False, sigint=False)
 
 
-def requested() -> bool:
-    """Whether a SIGTERM came during this run (an error raised while it was being acted on is the interruption:
-    a SIGTERM raised inside OmegaConf once surfaced as a client's ConfigKeyError, and the run ended as a user
-    error, exit 2)."""
-    return _requested["sigterm"]
+def requested(signame: str = "sigterm") -> bool:
+    """Whether a SIGTERM (``signame="sigint"``: a Ctrl-C) came during this run (an error raised while it was being
+    acted on is the interruption: a SIGTERM raised inside OmegaConf once surfaced as a client's ConfigKeyError,
+    and the run ended as a user error, exit 2; a SIGINT did the same in CI later)."""
+    return _requested[signame]
 
 
 def check() -> None:

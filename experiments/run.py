@@ -129,6 +129,8 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
         if stop.requested():  # the SIGTERM, masked by an error raised as it unwound library code (CI, once)
             _interrupted(out, "SIGTERM")
+        if stop.requested("sigint"):  # a Ctrl-C masked so (CI, once: a client's ConfigKeyError, exit 2)
+            _interrupted(out, "SIGINT")
         err = find_user_error(exc)
         if err is None:
             raise

@@ -134,7 +134,8 @@ def test_ctrl_c_exits_130_with_the_line_that_continues_the_run(tmp_path, where):
                      f"resume={run}"], err[-2000:]
 
 
-def test_an_error_raised_while_a_sigterm_unwinds_is_the_interruption(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signame, code", [("sigterm", 143), ("sigint", 130)])
+def test_an_error_raised_while_a_sigterm_unwinds_is_the_interruption(tmp_path, monkeypatch, signame, code):
     """Found in CI: a SIGTERM raised inside OmegaConf between clients surfaced as a client's ConfigKeyError (a
     ``finally`` there raised while it unwound), and the run ended as a user error, exit 2, without the line."""
     import engine.fit
@@ -143,16 +144,16 @@ def test_an_error_raised_while_a_sigterm_unwinds_is_the_interruption(tmp_path, m
     from tests.cli import run_in_process
 
     def masked(*args, **kwargs):
-        stop._requested["sigterm"] = True  # the handler ran...
+        stop._requested[signame] = True  # the handler ran... (a Ctrl-C so masked ended a CI run as exit 2)
         raise ConfigError("'NoneType' object has no attribute '_invalidate_flags_cache'")  # ...and was masked
 
     monkeypatch.setattr(engine.fit, "train_and_test", masked)
     proc = run_in_process("experiments.run", ["+exp=digits_cnn", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}"],
                           tmp_path)
-    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.returncode == code, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
     # nothing was saved (train_and_test never ran): a review found the suggested resume=<dir> refused, so the
     # line says to run the command again
-    assert len(lines) == 1 and lines[0].startswith("error: interrupted by SIGTERM before anything was saved to "
+    assert len(lines) == 1 and lines[0].startswith(f"error: interrupted by {signame.upper()} before anything was saved to "
                                                    "continue; run it again: python -m experiments.run"), proc.stderr[-2000:]
     assert "resume=" not in lines[0] and "+exp=digits_cnn" in lines[0]
