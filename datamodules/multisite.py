@@ -18,6 +18,7 @@ patch (a site default, kept here so the 3D model configs read ``${data.patch_siz
 from __future__ import annotations
 
 import bisect
+import copy
 import os
 import re
 import warnings
@@ -99,6 +100,14 @@ class SiteConcat(Dataset):
                 return None
             self._summary = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
         return self._summary
+
+    def restricted_to(self, classes: Sequence[int]) -> "SiteConcat":
+        """The sites' datasets as a partially annotated client sees them (3D patches centred on ``classes``:
+        :meth:`datamodules.patches3d.PatchDataset.restricted_to`); a site's dataset without such a view is kept."""
+        view = copy.copy(self)
+        view.datasets = [d.restricted_to(classes) if callable(getattr(d, "restricted_to", None)) else d
+                         for d in self.datasets]
+        return view
 
     def __len__(self) -> int:
         return self.offsets[-1]

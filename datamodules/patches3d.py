@@ -13,6 +13,7 @@ training cases as whole volumes (client validation splits carved from training c
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Sequence
 
@@ -43,13 +44,23 @@ class PatchDataset(Dataset):
         self.cases, self.label_fn = cases, label_fn
         self.case_ids = np.asarray([c.case_id for c in cases])
         self._summary: np.ndarray | None = None
-        ops = [SpatialPadd(["image"], patch_size, value=fill), SpatialPadd(["label"], patch_size, value=0),
-               RandCropByPosNegLabeld(["image", "label"], "label", patch_size, pos=pos, neg=neg,
+        # patch centres come from "centres": the label, or only the classes a site annotates (restricted_to)
+        ops = [SpatialPadd(["image"], patch_size, value=fill), SpatialPadd(["label", "centres"], patch_size, value=0),
+               RandCropByPosNegLabeld(["image", "label"], "centres", patch_size, pos=pos, neg=neg,
                                       num_samples=samples)]
         if flip:
             ops += [RandFlipd(["image", "label"], prob=0.5, spatial_axis=a) for a in range(3)]
         self.transform = Compose(ops)
         self._seeded: tuple[int, int] | None = None
+        self.centre_classes: tuple[int, ...] | None = None  # None: every foreground class may centre a patch
+
+    def restricted_to(self, classes: Sequence[int]) -> "PatchDataset":
+        """This dataset with foreground-centred patches drawn on ``classes`` only (a partially annotated site's
+        view, shared transform and cases; a 3D review: centres were drawn from the full label, so a site that
+        does not annotate the tumour still had patches centred on tumour voxels)."""
+        view = copy.copy(self)
+        view.centre_classes = tuple(sorted(int(c) for c in classes))
+        return view
 
     @property
     def label_summary(self) -> np.ndarray:
@@ -71,7 +82,9 @@ class PatchDataset(Dataset):
         case = self.cases[i]
         img, lab = _volume(case, self.label_fn)
         self._seeded = reseed_from_torch(self.transform, self._seeded)
-        out = self.transform({"image": torch.from_numpy(img), "label": torch.from_numpy(lab[None].astype(np.float32))})
+        centres = lab if self.centre_classes is None else np.where(np.isin(lab, self.centre_classes), lab, 0)
+        out = self.transform({"image": torch.from_numpy(img), "label": torch.from_numpy(lab[None].astype(np.float32)),
+                              "centres": torch.from_numpy(centres[None].astype(np.float32))})
         return [{"image": torch.as_tensor(o["image"]).float(), "mask": torch.as_tensor(o["label"])[0].long(),
                  "case_id": case.case_id, "spacing": torch.tensor(case.spacing, dtype=torch.float32)}
                 for o in out]

@@ -132,6 +132,15 @@ def carve_val(indices: np.ndarray, fraction: float, seed: int, groups: np.ndarra
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def _site_view(dataset: Dataset, item_fn: Callable | None) -> Dataset:
+    """``dataset`` as the site sees it before its items are drawn: a 3D patch dataset draws foreground-centred
+    patches on the classes the site annotates (``item_fn.foreground_classes``, partial labels) where it can
+    (``restricted_to``); anything else is returned as is."""
+    classes = getattr(item_fn, "foreground_classes", None)
+    restrict = getattr(dataset, "restricted_to", None)
+    return restrict(classes) if classes is not None and callable(restrict) else dataset
+
+
 class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """Datamodule over index subsets of a set-up ``base`` datamodule (see the module docstring).
 
@@ -172,7 +181,7 @@ class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
         for attr in ("in_channels", "num_classes", "class_names", "task"):
             if hasattr(base, attr):
                 setattr(self, attr, getattr(base, attr))
-        self.train_dataset = IndexSubset(base.train_dataset, self.train_indices, train_item_fn)
+        self.train_dataset = IndexSubset(_site_view(base.train_dataset, train_item_fn), self.train_indices, train_item_fn)
         self.val_dataset = None
         if val_indices is not None and len(val_indices):
             self.val_dataset = (val_carved_from_train(base, val_indices, self.train_indices, val_item_fn)

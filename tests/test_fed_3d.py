@@ -28,6 +28,7 @@ def test_3d_clients_train_on_patches_and_evaluate_whole_volumes(tmp_path):
     ind: ClientIndices = server.indices["site1"]
     assert ind.annotated == [1] and len(ind.train) and len(ind.val) and len(ind.test)
     dm = client_datamodule(server.ccfg, server.base, ind, None, seed=0)
+    assert {d.centre_classes for d in dm.train_dataset.dataset.datasets} == {(1,)}  # patches centred on its organ
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape[1:] == (1, 16, 16, 16) and batch["label_mask"].tolist()[0] == [True, True, False]
     assert not (batch["mask"] == 2).any()                    # site 1 annotates the organ only: tumour -> bg

@@ -137,3 +137,40 @@ def test_3d_patches_refuse_the_covid_stack_layout(tmp_path):
 
     with pytest.raises(DataError, match="covid_stack .* 2D"):
         PatchVolumeDataModule(str(tmp_path), layout="covid_stack", patch_size=(8, 8, 8))
+
+
+def test_a_site_view_centres_foreground_patches_on_its_own_classes_only():
+    """A 3D review: patch centres were drawn from the full label, so a partially annotated site that does not
+    label the tumour still had patches centred on tumour voxels. Organ and tumour here lie in opposite corners,
+    farther apart than a patch: a patch centred on the tumour holds no organ. Unrestricted, some foreground
+    patches are tumour-centred; the site's view (``restricted_to([1])``, as ``SubsetDataModule`` builds it from
+    ``PartialLabels.foreground_classes``) centres every one on the organ. Fails on the old code (no view)."""
+    from datamodules.patches3d import PatchDataset
+    from datamodules.slices import SliceCase
+    from datamodules.subset import SubsetDataModule
+    from federation.core.partial_labels import PartialLabels
+
+    label = np.zeros((24, 24, 24), np.int64)
+    label[1:5, 1:5, 1:5] = 1
+    label[19:23, 19:23, 19:23] = 2
+    case = SliceCase("c0", np.zeros((24, 24, 24), np.float32), label, list(range(24)), list(range(24)))
+    ds = PatchDataset([case], lambda lab: lab, (8, 8, 8), samples=6, pos=1.0, neg=0.0, fill=0.0, flip=False)
+    ds.set_random_state(0)
+
+    def kinds(dataset):
+        return [(bool((p["mask"] == 1).any()), bool((p["mask"] == 2).any())) for _ in range(5) for p in dataset[0]]
+
+    full = kinds(ds)
+    assert (False, True) in full and (True, False) in full          # both classes centre patches
+    fn = PartialLabels([1], num_classes=3, unannotated="background")
+    assert fn.foreground_classes == [1]
+
+    class Base:
+        train_dataset, val_dataset, test_dataset, num_classes = ds, None, ds, 3
+
+    site = SubsetDataModule(Base(), [0], train_item_fn=fn)
+    assert site.train_dataset.dataset.centre_classes == (1,) and ds.centre_classes is None  # the base is shared
+    view = site.train_dataset.dataset
+    assert all(organ and not tumour for organ, tumour in kinds(view))
+    patches = site.train_dataset[0]                                  # and the site's labels are reduced as before
+    assert all(not (p["mask"] == 2).any() and p["label_mask"].tolist() == [True, True, False] for p in patches)

@@ -124,6 +124,12 @@ class PartialLabels:
         self.background, self.unannotated = int(background), unannotated
         self.for_validation = bool(for_validation)
 
+    @property
+    def foreground_classes(self) -> list[int]:
+        """The annotated classes other than background: where a 3D site's foreground patches may be centred
+        (:meth:`datamodules.patches3d.PatchDataset.restricted_to`)."""
+        return [c for c in self.annotated if c != self.background]
+
     def __call__(self, item: dict | list[dict]) -> dict | list[dict]:
         if isinstance(item, list):  # 3D training items: the patches of one volume
             return [self(x) for x in item]
