@@ -26,7 +26,7 @@ from callbacks.fit_time import FitTime
 from callbacks.model_summary import FirstBatchModelSummary
 from engine.artifacts import atomic_write_text, is_terminal
 from engine.checkpoint_io import AtomicCheckpointIO
-from engine.tracking import wandb_mode
+from engine.tracking import WANDB_RUN_ID, wandb_mode
 from lightning_modules.hints import argument_hint
 from lightning_modules.base import instantiate_with_args_checked, is_argument_error
 from lightning_modules.errors import ConfigError, UserError, one_line
@@ -189,7 +189,7 @@ def wandb_run_id(output_dir: str | Path, given: Any = None) -> str:
     path = Path(output_dir) / "wandb_id.txt"
     if path.is_file():
         run_id = path.read_text(errors="replace").strip()
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
+        if not WANDB_RUN_ID.fullmatch(run_id):
             raise ConfigError(f"{path} holds {run_id[:40]!r}, not a W&B run id (letters, digits, '-', '_'); "
                               f"delete the file to start a new W&B run")
         if given is not None and str(given) != run_id:

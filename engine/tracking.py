@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import subprocess
 from importlib import metadata
@@ -54,8 +55,6 @@ def check_wandb_modes(cfg: DictConfig) -> None:
     """Every W&B logger of ``cfg.logger`` checked before anything is built or trained (a distillation's teacher
     included): its mode (:func:`check_wandb_mode`), its keys (:func:`check_wandb_keys`) and a given ``id`` (a W&B
     run id, and not in a sweep, whose jobs are one W&B run each)."""
-    import re
-
     for name, lg in (cfg.get("logger") or {}).items():
         if isinstance(lg, DictConfig) and str(lg.get("_target_", "")).endswith("WandbLogger"):
             check_wandb_mode(OmegaConf.select(lg, "mode", default=None), f"logger.{name}.mode")
@@ -63,14 +62,19 @@ def check_wandb_modes(cfg: DictConfig) -> None:
             given = OmegaConf.select(lg, "id", default=None)
             if given is None:
                 continue
-            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(given)):
+            if not WANDB_RUN_ID.fullmatch(str(given)):
                 raise ConfigError(f"logger.{name}.id={given!r} is not a W&B run id (letters, digits, '-', '_')")
-            if _in_sweep():
+            if in_sweep():
                 raise ConfigError(f"logger.{name}.id={given}: a sweep's jobs are one W&B run each (their ids are in "
                                   f"their wandb_id.txt); leave the id out")
 
 
-def _in_sweep() -> bool:
+#: a W&B run id as this project writes and accepts it (``wandb_id.txt``, ``logger.<name>.id``)
+WANDB_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def in_sweep() -> bool:
+    """This process runs a Hydra multirun's job (False outside any Hydra command)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode

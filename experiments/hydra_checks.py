@@ -450,9 +450,7 @@ def run_cli(main: Callable[[], Any]) -> None:
             _exit_if_jobs_failed()  # "N of M sweep jobs failed", exit 2, as for any sweep with failed jobs
         if _compact["after_job"]:  # anything else the sweeper raised after a job: Hydra's report, as before
             hydra_report(exc)
-        space = search_space_error(exc) if _compact["set"] else None
-        if _compact["set"] and null_group_override(exc):
-            space = null_group_override(exc)
+        space = (null_group_override(exc) or search_space_error(exc)) if _compact["set"] else None
         if space:
             print(f"error: {space}", file=sys.stderr)
             sys.exit(2)

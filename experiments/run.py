@@ -19,7 +19,6 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from pytorch_lightning.utilities.exceptions import SIGTERMException  # noqa: E402
 
@@ -29,7 +28,7 @@ from engine.debug import apply_debug, as_run, fast_dev_rounds  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.builders import check_dimensions  # noqa: E402
 from engine.scalars import check_scalars  # noqa: E402
-from engine.tracking import check_wandb_modes  # noqa: E402
+from engine.tracking import check_wandb_modes, in_sweep  # noqa: E402
 from datamodules.spatial import forget_warnings as forget_header_warnings  # noqa: E402
 from lightning_modules.base import forget_said_warnings  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
@@ -140,7 +139,7 @@ def main(cfg: DictConfig) -> float | None:
                 artifacts.write_json(out / "failed.json", {"error": line, "overrides": list(HydraConfig.get().overrides.task)})
             except OSError:  # the disk that stopped the run may not take this file either
                 pass
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one bad job must not kill the sweep
+        if in_sweep():  # one bad job must not kill the sweep
             print(f"error (job {out.name}): {line}", file=sys.stderr)
             return None
         print(f"error: {line}", file=sys.stderr)
