@@ -20,155 +20,15 @@ from typing import Any, Callable
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from engine.errors import MACHINE_ERRNOS, find_user_error, one_line
 from engine.objective import test_objective_line
 from lightning_modules.hints import struct_key_hint
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
 from engine.wandb_tracking import COMMAND_ENV
-
-
-def unwritable(folder: str | Path) -> Path | None:
-    """The first existing ancestor of ``folder`` (itself included) that blocks creating/writing it."""
-    path = Path(folder).absolute()
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            ok = candidate.is_dir() and os.access(candidate, os.W_OK | os.X_OK)
-            return None if ok else candidate
-    return None
-
-
-def resumable(resume: Any) -> bool | None:
-    """For ``resume=<run dir>``: whether the folder holds a run to continue (a centralised or distillation
-    run's ``checkpoints/``, a federation's ``server.pt``, a distillation stopped in its ``teacher/`` stage);
-    ``None`` when ``resume`` names no folder (``true``/``false``/unset)."""
-    if not isinstance(resume, str) or resume in ("true", "false"):
-        return None
-    from engine.run_match import holds_run
-
-    return holds_run(resume)
-
-
-def slurm_restarts() -> int:
-    """How many times SLURM has requeued this job (``SLURM_RESTART_COUNT``: preemption, ``--requeue``,
-    submitit's requeue at the time limit); 0 outside SLURM or when the variable is not a count."""
-    try:
-        return max(int(os.environ.get("SLURM_RESTART_COUNT", "0")), 0)
-    except ValueError:
-        return 0
-
-
-def not_resumable_line(resume: str) -> str:
-    return f"error: resume={resume} is not a run dir to continue (no checkpoints/, server.pt or teacher/ in it)"
-
-
-def foreign_link(folder: str | Path) -> tuple[Path, str] | None:
-    """The first link under an existing run folder that leads outside it (or nowhere, or in a loop), with
-    its target.
-
-    A run writes into its folder: CSV logs, ``run.log``, checkpoints, ``metrics.json``. A crafted run folder
-    handed to ``resume=`` with ``csv/hparams.yaml`` linked to another file would have that file replaced.
-    Links inside the folder are fine. W&B's own folder is left to W&B (a link there leads into
-    ``~/.cache/wandb``): a resumed run writes a new ``wandb/offline-run-*`` folder and W&B re-points its own
-    links rather than writing through them; ``wandb`` itself as a link is refused like any other."""
-    root = Path(folder)
-    if not root.is_dir():
-        return None
-    base = root.resolve()
-    for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == root and "wandb" in dirnames and not (root / "wandb").is_symlink():
-            dirnames.remove("wandb")
-        for name in (*dirnames, *filenames):
-            entry = Path(dirpath) / name
-            if entry.is_symlink():
-                try:
-                    target = entry.resolve(strict=True)
-                except (OSError, RuntimeError):  # dangling, or a loop (RuntimeError on Python 3.11)
-                    return entry.relative_to(root), os.readlink(entry)
-                if not target.is_relative_to(base):
-                    return entry.relative_to(root), os.readlink(entry)
-    return None
-
-
-def unusable_resume_state(run: Path, federation: bool, store_dir: Any = "client_store") -> str | None:
-    """Why the state a resume continues from (a federation's ``server.pt`` and client store files in
-    ``store_dir``, a run's ``checkpoints/last.ckpt``) cannot be used, or ``None``: checked before anything is
-    written, so a failed resume leaves a finished run's ``config.yaml`` and ``.hydra/`` as they were (both are
-    rewritten when a run starts; an audit found a bad client store file refused only after that)."""
-    from engine.fit import check_trainer_state, checked_ckpt
-    from federation.resume_checks import check_resumed_local
-    from federation.server_state import load_server_state
-    from federation.store import read_store_file
-    from lightning_modules.errors import CheckpointError
-    from federation.errors import FederationError
-
-    try:
-        last = run / "checkpoints" / "last.ckpt"
-        start = 0  # the round a federation resumes at (server.pt's round + 1)
-        if federation and (run / "server.pt").is_file():
-            start = load_server_state(run / "server.pt")["round"] + 1  # RNG states tried on scratch generators
-        if federation:  # memory-mapped (lazy): their structure, and the kept BN entries finite, as Server.resume
-            store = run / str(store_dir or "client_store")
-            for path in sorted(store.glob("*.pt")):
-                check_resumed_local(read_store_file(path, "client store", lazy=True), start, path)
-            for path in sorted((store / "best_local").glob("*.pt")):
-                read_store_file(path, "client store", lazy=True)
-        if not federation and last.is_file():
-            check_trainer_state(checked_ckpt(last, lazy=True), last)
-    except (CheckpointError, FederationError) as err:
-        return str(err)
-    return None
-
-
-def another_run(run: Path, config: DictConfig) -> str | None:
-    """Why ``config`` does not continue the run in ``run`` (another net, other data settings or split than
-    its ``config.yaml``), with the command that does; ``None`` when it does or the run has no config yet."""
-    from engine.run_match import (continue_command, debug_difference, differences, resume_keys, saved_config,
-                                  saved_overrides)
-
-    saved = saved_config(run)
-    if saved is None:
-        return None
-    try:
-        from engine.debug import as_run
-
-        ran = as_run(config)  # config.yaml holds the run as debug settings left it
-        diffs = debug_difference(saved, ran) + differences(saved, ran, resume_keys(saved))
-    except Exception:  # noqa: BLE001 - a config that does not resolve here fails with its own message later
-        return None
-    if not diffs:
-        return None
-    shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
-    return (f"resume={run} composes another run than the one in it: {shown}. Repeat the run's overrides: "
-            f"{continue_command(saved_overrides(run), run)}")
-
-
-def resume_problem(run: Path, config: DictConfig) -> str | None:
-    """Why ``config`` cannot continue the run in ``run``, or ``None``: a link out of the folder, a state
-    that does not load, another net or data than the run's."""
-    link = foreign_link(run)
-    if link is not None:
-        return (f"run dir {run} holds {link[0]}, a link to {link[1]} outside it; a run writes only into its own "
-                f"folder (remove the link)")
-    federation = config.get("federation") is not None and config.get("fed_distill") is None
-    store_dir = OmegaConf.select(config, "federation.store_dir", default=None) if federation else None
-    return unusable_resume_state(run, federation, store_dir) or another_run(run, config)
-
-
-def first_start() -> bool:
-    """Not a DDP rank > 0 (Lightning starts them in rank 0's run dir) and not a SLURM requeue (the job's own
-    folder, continued): where an earlier run's files in ``hydra.run.dir`` are another run's (a review)."""
-    ranks = [os.environ.get(k, "0") for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID")]
-    return slurm_restarts() == 0 and all(r.strip() in ("", "0") for r in ranks)
-
-
-def earlier_run(run: Path) -> str | None:
-    """What in ``run`` says a run trained there already (its metrics, a checkpoint, its W&B id), or None."""
-    for name in ("metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "server.pt", "wandb_id.txt"):
-        if (run / name).is_file():
-            return name
-    return None
+from experiments.run_folder import (earlier_run, first_start, not_resumable_line, resumable, resume_problem,
+                                     unwritable)
 
 
 class WritableOutput(Callback):

@@ -39,8 +39,8 @@ from engine.wandb_tracking import method_suffix, swept_suffix, trained_model  # 
 import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: the checkpoint's mode)
 from engine.run_match import interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
-from experiments.hydra_checks import (not_resumable_line, resumable, run_cli, slurm_restarts,  # noqa: E402
-                                     sweep_folder_name, task_started)
+from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
+from experiments.run_folder import not_resumable_line, resumable, slurm_restarts  # noqa: E402
 
 log = logging.getLogger("experiments.run")
 

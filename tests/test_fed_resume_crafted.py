@@ -153,7 +153,7 @@ def test_store_dir_outside_the_run_is_refused(tmp_path):
 
 def test_resume_check_reads_the_client_store_before_anything_is_written(tmp_path):
     """F14: a bad client store file was refused only after the run started (config.yaml, .hydra/ rewritten)."""
-    from experiments.hydra_checks import unusable_resume_state
+    from experiments.run_folder import unusable_resume_state
     from federation.store import ClientStore
 
     class Marker:
@@ -318,7 +318,7 @@ def test_datasharing_state_out_of_range_is_one_line(tmp_path, strategy, key):
 def test_crafted_client_history_is_one_line(tmp_path, history):
     """Gap 3: a federation client's store ``history`` entries were never checked (kept, exit 0); refused by the
     resume's check before anything is written (and by Server.resume, which calls the same check)."""
-    from experiments.hydra_checks import unusable_resume_state
+    from experiments.run_folder import unusable_resume_state
     from federation.store import ClientStore
 
     store = ClientStore(tmp_path / "run" / "client_store")
@@ -336,7 +336,7 @@ def test_resume_check_refuses_nan_local_state_before_anything_is_written(tmp_pat
     """Gap 4: NaN BN entries in a client store (kept after the resume's rollback) were refused by Server.resume
     only, after config.yaml and .hydra/ were rewritten; a stopped round's NaN attempt that the rollback drops is
     no reason to refuse."""
-    from experiments.hydra_checks import unusable_resume_state
+    from experiments.run_folder import unusable_resume_state
     from federation.store import ClientStore
 
     run = tmp_path / "run"
@@ -393,8 +393,8 @@ def test_linked_store_file_or_best_local_is_refused(tmp_path):
 
 def test_resume_refuses_a_linked_store_file(tmp_path):
     """Gap 5, the resume path: a store file linked out of the run folder is refused before anything is written
-    (hydra_checks.foreign_link, run by resume_problem before unusable_resume_state)."""
-    from experiments.hydra_checks import foreign_link
+    (run_folder.foreign_link, run by resume_problem before unusable_resume_state)."""
+    from experiments.run_folder import foreign_link
 
     run, other, _, _ = _fedbn_run(tmp_path)
     assert foreign_link(run) is None

@@ -406,7 +406,7 @@ def test_ctrl_c_leaves_no_process(tmp_path, sig):
     assert code == 128 + int(sig) and "Traceback" not in out, out[-3000:]
     # the line that continues the run, or, stopped before the folder holds anything resume= takes (it would be
     # refused), the one that runs it again
-    from experiments.hydra_checks import resumable
+    from experiments.run_folder import resumable
 
     if resumable(str(run_dir)):
         assert f"error: interrupted by {name}; continue with: python -m experiments.run " in out, out[-3000:]

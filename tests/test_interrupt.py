@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from experiments.hydra_checks import resumable
+from experiments.run_folder import resumable
 from tests.cli import BASE_ENV
 
 

@@ -175,7 +175,7 @@ def test_resume_compares_each_sites_data_and_a_distillations_teacher(tmp_path):
     mid-run, and a federated distillation resumed with more rounds reused its finished stages at the old count."""
     from omegaconf import OmegaConf
 
-    from experiments.hydra_checks import another_run
+    from experiments.run_folder import another_run
 
     saved = {"module": {"net": {"width": 4}},
              "data": {"_target_": "x.MultiSite", "sites": {"a": {"image_size": 32, "window": [-40, 160]},
@@ -205,7 +205,7 @@ def test_a_resumed_federation_keeps_how_its_clients_are_made_and_trained(tmp_pat
     from omegaconf import OmegaConf
 
     from engine.run_match import resume_keys
-    from experiments.hydra_checks import another_run
+    from experiments.run_folder import another_run
 
     saved = {"module": {"net": {"width": 4}, "optimizer": {"lr": 1e-3}}, "data": {"batch_size": 8},
              "federation": {"rounds": 3, "strategy": {"_target_": "x.FedAvg"}, "clients_per_round": 1.0,

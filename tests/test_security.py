@@ -144,7 +144,7 @@ def test_resume_refuses_a_run_folder_linking_out_of_itself(trained, tmp_path, li
 
 
 def test_links_inside_a_run_folder_are_fine(tmp_path):
-    from experiments.hydra_checks import foreign_link
+    from experiments.run_folder import foreign_link
 
     (tmp_path / "wandb" / "run-1").mkdir(parents=True)
     (tmp_path / "wandb" / "latest-run").symlink_to("run-1")  # what W&B writes

@@ -41,7 +41,7 @@ def test_a_second_run_in_a_used_run_dir_is_warned_about(tmp_path):
 def test_no_earlier_run_warning_for_a_ddp_rank_or_a_slurm_requeue(monkeypatch):
     """A review: Lightning starts DDP ranks > 0 in rank 0's run dir, and SLURM reruns a requeued job in its own;
     neither is another run in a used folder."""
-    from experiments.hydra_checks import first_start
+    from experiments.run_folder import first_start
 
     for key in ("LOCAL_RANK", "RANK", "SLURM_PROCID", "SLURM_RESTART_COUNT"):
         monkeypatch.delenv(key, raising=False)
