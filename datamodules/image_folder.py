@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +23,7 @@ from PIL import Image
 from datamodules.classification import ArrayClassificationDataset, ClassificationDataModule, normalize_task
 from datamodules.digits import stratified_split
 from datamodules.errors import DataError, missing_root
+from datamodules.jsonfile import data_file_text
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,8 @@ def _split_lists(split_dir: Path) -> tuple[dict[str, list[str]], list[str]]:
         name = f.stem.lower()
         split = next((s for s in ("train", "val", "test") if name.startswith(s) or f"_{s}" in name), None)
         if split is not None:
-            names = [line.strip() for line in f.read_text().splitlines() if line.strip()]
-            twice += [f"{n} twice in {f.name}" for n in sorted({n for n in names if names.count(n) > 1})]
+            names = [line.strip() for line in data_file_text(f, "split list").splitlines() if line.strip()]
+            twice += [f"{n} twice in {f.name}" for n, k in sorted(Counter(names).items()) if k > 1]  # not O(n^2)
             out[split] += names
     return out, twice
 

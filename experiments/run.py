@@ -40,7 +40,7 @@ import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: 
 from engine.run_match import interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
-from experiments.run_folder import not_resumable_line, resumable, slurm_restarts  # noqa: E402
+from experiments.run_folder import not_resumable_line, resumable, resume_problem, slurm_restarts  # noqa: E402
 
 log = logging.getLogger("experiments.run")
 
@@ -92,9 +92,12 @@ def main(cfg: DictConfig) -> float | None:
     resume = cfg.get("resume")
     if resumable(resume) is not None:
         # resume=<run dir>: continue that run in its own folder (same checkpoints, same W&B run id)
-        if not resumable(resume):
-            print(not_resumable_line(resume), file=sys.stderr)
-            sys.exit(2)
+        # a single run was checked before Hydra wrote anything (WritableOutput.on_run_start); a sweep's job is
+        # checked here (a trust review: `-m ... resume=<dir>` wrote through a link in a handed-over run folder)
+        bad = (not_resumable_line(resume)[len("error: "):] if not resumable(resume)
+               else resume_problem(Path(resume).resolve(), cfg) if in_sweep() else None)
+        if bad is not None:
+            return _refused(output_dir(cfg), bad.splitlines()[0])
         with open_dict(cfg):
             cfg.paths.output_dir = str(Path(resume).resolve())
     targets.allow(cfg.get("allow_targets"))
@@ -146,6 +149,19 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     finally:
         stop.restore(previous)  # SIGTERM anywhere in the run, not only in Lightning's fit (engine/stop.py)
+
+
+def _refused(job_dir: Path, line: str) -> None:
+    """A run refused before it starts: one line and exit 2; a sweep's job writes its ``failed.json`` (in its own
+    folder) and the sweep goes on, then exits 2 naming it (:class:`experiments.hydra_checks.SweepOutcome`)."""
+    if not in_sweep():
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        artifacts.write_json(job_dir / "failed.json", {"error": line, "overrides": list(HydraConfig.get().overrides.task)})
+    except OSError:
+        pass
+    print(f"error (job {job_dir.name}): {line}", file=sys.stderr)
 
 
 def _interrupted(out: Path, signame: str) -> None:

@@ -145,3 +145,36 @@ def test_a_group_with_images_of_two_classes_stays_in_one_split(caplog):
         parts = group_split(labels, groups, 0.2, 0.2, 0)
     where = {s for s, idx in parts.items() if set(idx) & set(range(8))}
     assert len(where) == 1 and "1 group(s) hold images of more than one class (e.g. p0)" in caplog.text
+
+
+def test_a_data_folders_lists_and_json_are_bounded_regular_files(tmp_path, monkeypatch):
+    """A trust review: a ``dataset.json`` or split list linked to /dev/zero (or of gigabytes) was read whole
+    until memory ran out, and a split list's duplicate check was quadratic (20k lines: 6.8 s). Now such a file is
+    one DataError line naming it, and duplicates are counted once (a Counter; 200k lines here)."""
+    from datamodules import jsonfile
+    from datamodules.jsonfile import read_json
+
+    root = tmp_path / "data"
+    _folder(root, {"neg": ["n0.png"], "pos": ["p0.png"]})
+    (root / "split").mkdir()
+    (root / "split" / "train.txt").symlink_to("/dev/zero")
+    with pytest.raises(DataError, match=r"split list .*train.txt is not a regular file"):
+        ImageFolderDataModule(str(root), split_dir="split", size=8).setup()
+    (tmp_path / "dataset.json").symlink_to("/dev/zero")
+    with pytest.raises(DataError, match=r"dataset.json .*dataset.json is not a regular file"):
+        read_json(tmp_path / "dataset.json", "dataset.json")
+    big = tmp_path / "big.json"
+    big.write_text("[" + "0," * 600 + "0]")
+    monkeypatch.setattr(jsonfile, "MAX_JSON_BYTES", 1000)
+    with pytest.raises(DataError, match=r"data.split_file .*big.json is 0 MiB, more than .*"):
+        read_json(big, "data.split_file")
+    monkeypatch.undo()
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match=r"deep.json is not valid JSON \(RecursionError"):
+        read_json(tmp_path / "deep.json", "data.split_file")
+    (root / "split" / "train.txt").unlink()
+    (root / "split" / "train.txt").write_text("".join(f"x{i}.png\n" for i in range(200_000)) + "x7.png\n")
+    from datamodules.image_folder import _split_lists
+
+    lists, twice = _split_lists(root / "split")
+    assert len(lists["train"]) == 200_001 and twice == ["x7.png twice in train.txt"]

@@ -143,6 +143,26 @@ def test_resume_refuses_a_run_folder_linking_out_of_itself(trained, tmp_path, li
     assert (sorted(p.name for p in victim.iterdir()) if victim.is_dir() else victim.read_text()) == before
 
 
+def test_a_sweep_job_checks_its_resume_folder_too(trained, tmp_path):
+    """A trust review: ``-m ... resume=<dir>`` skipped the checks a single run's Hydra callback makes (they run
+    only for single runs), and Lightning's CSV logger rewrote the file a handed-over folder's
+    ``csv/metrics.csv`` linked to (exit 0). A sweep's job now checks its folder: the job fails (its
+    ``failed.json``), the file is untouched and the sweep exits 2 naming the link."""
+    run = tmp_path / "r"
+    shutil.copytree(trained / "run", run, symlinks=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (run / "csv").mkdir(exist_ok=True)
+    (run / "csv" / "metrics.csv").unlink(missing_ok=True)
+    (run / "csv" / "metrics.csv").symlink_to(victim)
+    proc = run_cli("experiments.run", ["-m", *TINY, f"paths.data_dir={trained / 'data'}", f"resume={run}",
+                                       f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert "metrics.csv" in errors[0] and "outside" in errors[0] and "1 of 1 sweep jobs failed" in errors[-1], errors
+    assert victim.read_text() == "precious"
+
+
 def test_links_inside_a_run_folder_are_fine(tmp_path):
     from experiments.run_folder import foreign_link
 
