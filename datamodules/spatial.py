@@ -9,7 +9,12 @@ what was done so a prediction made in that space is mapped back onto the input's
 
 Reorientation uses nibabel's orientation transforms (pure axis permutations and flips: exact, no
 interpolation); resampling uses ``torch.nn.functional.interpolate`` (trilinear for images, nearest for
-labels), the same as MONAI's ``Spacing`` on an axis-aligned grid.
+labels) with nnU-Net's shape rule: the new shape is the extent over the target spacing, rounded, and the grid
+keeps the volume's outer edges, so the spacing reached is extent / new shape (64 x 0.8 mm at 1 mm: 51 voxels of
+1.0039 mm), not exactly ``data.spacing``. MONAI's ``Spacing`` keeps the exact spacing and the first voxel's
+centre instead (51 x 51 x 38 where this gives 51 x 51 x 40 for 16 slices of 2.5 mm; a 3D review): grids and
+patches differ from a MONAI pipeline's by a voxel or so; the affine (:class:`GridMeta`) and the HD95/NSD
+spacing are the grid's own, so scores are in true mm.
 """
 from __future__ import annotations
 

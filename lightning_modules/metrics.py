@@ -251,7 +251,10 @@ def surface_scores(pred: np.ndarray, target: np.ndarray, class_names: Sequence[s
     from monai.metrics.utils import get_edge_surface_distance  # heavy import, used late
 
     pred, target = np.asarray(pred), np.asarray(target)
-    spacing = [float(s) for s in spacing][-pred.ndim:]
+    spacing = [float(s) for s in spacing]
+    if len(spacing) != pred.ndim:  # a 3D review: [-ndim:] gave 2D arrays (y, z) of an (x, y, z) spacing
+        raise ValueError(f"spacing {spacing} has {len(spacing)} values for {pred.ndim}D arrays (one per axis; "
+                         f"a slice of an (x, y, z) volume takes (x, y))")
     diagonal = float(np.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing))))
     out: dict[str, float] = {}
     for c, name in enumerate(class_names):

@@ -25,6 +25,18 @@ from lightning_modules.roc import BinnedMulticlassROC
 from lightning_modules.surface_collect import SurfaceCollector
 
 
+def epoch_value(summary: Mapping[str, float], key: str) -> float:
+    """A validation epoch's ``key`` for the monitor: the case mean; 1.0 where every case's Dice is undefined (no
+    foreground in truth or prediction of any case: NaN per case, ``dice_per_class``), which only a perfect
+    "nothing here" gives (MONAI's ``ignore_empty=False``); 0.0 when no case was scored (the monitor needs the
+    key). A 3D review: that perfect epoch was logged 0.0, as low as one full of false positives, so checkpointing
+    and early stopping on ``val/dice`` took the worst epoch for it (clients with one or two tumour-free cases)."""
+    value = summary.get(key, math.nan)
+    if not math.isnan(value):
+        return value
+    return 1.0 if summary.get("num_cases") and key == "dice" else 0.0
+
+
 class SegmentationModule(BaseModule):
     """Semantic segmentation of 2D slices with per-volume evaluation.
 
@@ -219,9 +231,8 @@ class SegmentationModule(BaseModule):
     def on_validation_epoch_end(self) -> None:
         _, self.val_summary = self._case_summary(self.val_cases)
         for key in ("dice", "miou", "accuracy"):
-            value = self.val_summary.get(key, math.nan)
             # computed from the DDP-synced case matrices, so every rank holds the same value
-            self.log(f"val/{key}", 0.0 if math.isnan(value) else value, prog_bar=key == "dice", sync_dist=True)
+            self.log(f"val/{key}", epoch_value(self.val_summary, key), prog_bar=key == "dice", sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self.test_per_case, self.test_summary = self._case_summary(self.test_cases)

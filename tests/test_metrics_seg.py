@@ -195,3 +195,36 @@ def test_the_per_case_table_never_cuts_a_case_name(monkeypatch):
     scores = {k: 0.5 for k in ("dice", "dice_organ", "dice_tumor", "iou_organ", "iou_tumor", "hd95", "nsd", "rvd")}
     artifacts.print_case_table({"case_00012": scores, "case_00013": scores}, {k: 0.5 for k in scores}, "test")
     assert "case_00012" in out.getvalue() and "case_00013" in out.getvalue()
+
+
+def test_a_validation_epoch_of_empty_cases_predicted_empty_is_perfect_not_zero():
+    """A 3D review: a validation split of tumour-free cases predicted empty logged ``val/dice`` 0.0, as low as one
+    full of false positives (its cases' Dice are undefined, NaN), so the checkpoint and early stopping on
+    ``val/dice`` ranked the perfect epoch with the worst. Now 1.0 (only a perfect epoch is all NaN); false
+    positives still give 0.0. Fails on the old code (0.0 for both)."""
+    from torch import nn
+
+    from lightning_modules.losses.hybrid import HybridCEDiceLoss
+    from lightning_modules.segmentation import SegmentationModule
+
+    class Fixed(nn.Module):
+        def __init__(self, fg):
+            super().__init__()
+            self.fg = fg
+
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 2, *x.shape[2:])
+            logits[:, 0] = 1.0
+            logits[:, 1, :2, :2] = 5.0 if self.fg else -5.0
+            return logits
+
+    batch = {"image": torch.rand(2, 1, 8, 8), "mask": torch.zeros(2, 8, 8, dtype=torch.long), "case_id": ["a", "b"]}
+    values = {}
+    for fg in (False, True):
+        module = SegmentationModule(Fixed(fg), HybridCEDiceLoss(), num_classes=2)
+        logged = {}
+        module.log = lambda key, value, **k: logged.__setitem__(key, value)
+        module._evaluate(batch, "val", module.val_cases)
+        module.on_validation_epoch_end()
+        values[fg] = logged["val/dice"]
+    assert values == {False: 1.0, True: 0.0}
