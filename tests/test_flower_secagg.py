@@ -270,7 +270,7 @@ def test_dp_clips_the_parameters_only_and_its_noise_is_not_the_seeds(grid_env):
     subtract it). The counter now arrives exact beside the clipped arrays, and two runs of the same round draw
     different noise."""
     glob, local = _states()
-    dp = {"clipping_norm": 10.0, "sensitivity": 10.0, "epsilon": 1e4, "delta": 1e-5}  # noise std ~5e-3
+    dp = {"clipping_norm": 10.0, "sensitivity": 20.0, "epsilon": 2e4, "delta": 1e-5}  # noise std ~5e-3
     runs = []
     for _ in range(2):
         executor.set_grid(_Grid(_dp_train(local, steps=200)))
@@ -296,7 +296,7 @@ def test_a_site_started_with_dp_applies_it_whatever_the_server_asks(grid_env):
     updates, failures = executor.FlowerExecutor(privacy="none").map(None, _jobs(glob))
     assert not updates and set(failures) == set(N)
     assert all("sends its update only under DP (node privacy=dp)" in f for f in failures.values()), failures
-    own = {"dp-clipping-norm": 10.0, "dp-sensitivity": 10.0, "dp-epsilon": 1e4, "dp-delta": 1e-5}  # std ~5e-3
+    own = {"dp-clipping-norm": 10.0, "dp-sensitivity": 20.0, "dp-epsilon": 2e4, "dp-delta": 1e-5}  # std ~5e-3
     weak = {"clipping_norm": 10.0, "sensitivity": 0.0, "epsilon": 1e9, "delta": 1e-5}  # no noise at all
     executor.set_grid(_Grid(_dp_train(local, steps=3), node_privacy="dp", **own))
     updates, failures = executor.FlowerExecutor(privacy="dp", dp=weak).map(None, _jobs(glob))
@@ -309,7 +309,7 @@ def test_a_site_started_with_dp_applies_it_whatever_the_server_asks(grid_env):
     updates, failures = executor.FlowerExecutor(privacy="dp", dp=weak).map(None, _jobs(glob))
     assert not updates and all("missing: dp-sensitivity" in f for f in failures.values()), failures
     # a later review: values whose noise does not cover a clipped update, and a privacy no node knows, send nothing
-    for node, said in (({**own, "dp-sensitivity": 1e-3}, "sensitivity=0.001 is below clipping_norm=10"),
+    for node, said in (({**own, "dp-sensitivity": 1e-3}, "sensitivity=0.001 is below 2 x clipping_norm=20"),
                        ({"node_privacy": "SecAgg"}, "node config privacy='SecAgg' is none of none, dp, secagg")):
         extra = {"node_privacy": "dp", **node}
         executor.set_grid(_Grid(_dp_train(local, steps=3), **extra))

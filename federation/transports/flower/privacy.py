@@ -31,16 +31,18 @@ def _number(key: str, value: Any, low: float, low_ok: bool = False, high: float 
 
 
 def dp_problem(dp: Mapping[str, float]) -> str | None:
-    """Why ``LocalDpMod``'s Gaussian mechanism with these values is not (epsilon, delta)-DP for a site's clipped
-    update, or None. Its noise scale ``sensitivity * sqrt(2 ln(1.25/delta)) / epsilon`` holds only when
-    ``sensitivity`` bounds how far one site's update can move the result: at least ``clipping_norm``, the clipped
-    update's L2 norm (a review: sensitivity=0 with clipping_norm=10 was accepted and added no noise)."""
+    """Why ``LocalDpMod``'s Gaussian mechanism with these values is not (epsilon, delta)-DP for one release of a
+    site's clipped update, or None. Its noise scale ``sensitivity * sqrt(2 ln(1.25/delta)) / epsilon`` holds only
+    when ``sensitivity`` bounds how far the released update can move between neighbouring datasets: a site sends
+    an update either way, and two updates clipped to L2 norm ``clipping_norm`` C lie up to 2C apart (Dwork & Roth
+    2014, Def. 3.8, replace-one adjacency), so at least 2C. A first review found sensitivity=0 accepted (no
+    noise); a paper review found the C this check then asked for gave about 2 epsilon, not epsilon."""
     clip, sens, eps, delta = (float(dp[k]) for k in ("clipping_norm", "sensitivity", "epsilon", "delta"))
     if not clip > 0:
         return f"clipping_norm={clip:g} must be > 0"
-    if not sens >= clip:
-        return (f"sensitivity={sens:g} is below clipping_norm={clip:g}: the noise would not cover one site's "
-                f"clipped update (sensitivity >= clipping_norm)")
+    if not sens >= 2 * clip:
+        return (f"sensitivity={sens:g} is below 2 x clipping_norm={2 * clip:g}: two updates clipped to norm "
+                f"{clip:g} lie up to {2 * clip:g} apart, and the noise must cover that (sensitivity >= 2 x clipping_norm)")
     if not eps > 0 or not 0 < delta < 1:
         return f"epsilon={eps:g} must be > 0 and delta={delta:g} in (0, 1)"
     return None
@@ -159,9 +161,12 @@ def privacy_line(cfg: DictConfig) -> str:
     privacy = str(OmegaConf.select(cfg, "federation.privacy", default="none"))
     if privacy == "dp":
         dp = OmegaConf.select(cfg, "federation.executor.dp", default={}) or {}
+        rounds = OmegaConf.select(cfg, "federation.rounds", default=None)
         return (f"privacy=dp: each site clips its update to L2 norm {dp.get('clipping_norm')} and adds Gaussian "
                 f"noise before sending it (Flower's LocalDpMod, epsilon={dp.get('epsilon')}, "
-                f"delta={dp.get('delta')}, sensitivity={dp.get('sensitivity')})")
+                f"delta={dp.get('delta')} per round, sensitivity={dp.get('sensitivity')}; a site taking part in "
+                f"all {rounds} rounds releases {rounds} such updates, which compose: up to {rounds} x epsilon by "
+                f"basic composition)")
     if privacy == "secagg":
         return "privacy=secagg: the server learns only the sites' weighted sum of updates (Flower's SecAgg+)"
     return "privacy=none: the server sees each site's update as it is (federation.privacy=dp|secagg to change)"
