@@ -7,7 +7,14 @@ Two ways to simulate it on fully labelled data (``federation.unannotated``):
   annotated site does not: an upper bound.
 * ``background``: they become background, as in real partially annotated data, and the training items carry
   ``label_mask`` so the segmentation loss merges the unannotated classes into background (the marginal loss,
-  ``lightning_modules/losses/marginal.py``). On real partially labelled data this is the only sound choice.
+  ``lightning_modules/losses/marginal.py``). On real partially labelled data this is the sound choice for
+  separate organs (SegViz's liver / spleen / pancreas / kidney).
+
+Not covered: nested classes. A real site that labels only the organ of an organ-with-tumour marks the tumour
+voxels as *organ*, not background; neither mode says so (``background`` merges the tumour into background).
+Paper 003's organ-only institution (C1) is healthy, with no tumour voxels at all; the synthetic site 1 of
+``fed_pancreas`` has tumours (the phantoms are shared with site 2), which is an artefact of the simulation, and
+``ignore`` (its default) leaves those voxels out of the loss rather than calling them anything.
 """
 from __future__ import annotations
 
