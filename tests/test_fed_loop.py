@@ -319,6 +319,7 @@ def test_fl_local_is_each_clients_best_local_checkpoint(tmp_path, monkeypatch):
         best = fed_client.best_local_store(store).load(cid, "best_local")
         assert "best_local" not in store.keys(cid)  # the per-round state file stays small
         assert best["round"] == max(history, key=lambda h: h["dice"])["round"]  # first best kept on ties
+        assert set(best["state"]) == set(used[cid]) and best["state"]  # a test audit: an empty state passed
         assert all(torch.equal(best["state"][k], used[cid][k]) for k in best["state"])
 
 

@@ -47,9 +47,15 @@ def test_lits_dnet_end_to_end(tmp_path):
 
 
 def test_models_swap_in(tmp_path):
-    for model in ("unet3plus", "attention_unet"):
+    """``model=<name>`` builds and trains that net (a test audit: without an assertion, a model override ignored
+    would have passed): the best checkpoint names that net's class."""
+    import torch
+
+    for model, cls in (("unet3plus", "UNet3Plus"), ("attention_unet", "AttentionUNet")):
         cfg = compose_run([*TINY, f"model={model}", "model.width=4", "test=false"], tmp_path / model)
         dispatch(cfg)
+        ckpt = torch.load(tmp_path / model / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+        assert str(ckpt["hyper_parameters"]["net"]["_target_"]).endswith(f".{cls}"), ckpt["hyper_parameters"]["net"]
 
 
 def test_predict_writes_aligned_nifti(tmp_path):
