@@ -48,13 +48,13 @@ CRAFTED = {  # finding: what the audit set -> the key the one line must name
     "F2_expanded_global": (_set(["global", "w"], torch.zeros(1).expand(10**9)), "global['w']"),
     "F3_best_str": (_set(["best"], {"round": 0, "value": "abc"}), "best['value']"),
     "F3_best_empty": (_set(["best"], {}), "best['round']"),
-    "F3_best_nan": (_set(["best", "value"], math.nan), "best"),
-    "F3_best_inf": (_set(["best", "value"], math.inf), "best"),
+    "F3_best_nan": (_set(["best", "value"], math.nan), "best is {"),  # the whole entry: value and key checked together
+    "F3_best_inf": (_set(["best", "value"], math.inf), "best is {"),
     "F3_best_future": (_set(["best", "round"], 3), "best['round']"),
     "F4_history_str": (_set(["history", 0, KEY], "=1+1"), f"history[0]['{KEY}']"),
     "F4_history_no_round": (_set(["history", 1, "round"], KeyError), "history[1]['round']"),
     "F4_history_tensor": (_set(["history", 0, KEY], torch.ones(3)), f"history[0]['{KEY}']"),
-    "F4_round_beyond_history": (_set(["round"], 5), "history"),
+    "F4_round_beyond_history": (_set(["round"], 5), "history holds"),
     "F5_store_index_unhashable": (_set(["store_index"], [[1]]), "store_index"),
     "F6_python_rng_expanded": (_set(["rng", "python", 1], torch.zeros(1, dtype=torch.int64).expand(3 * 10**9)),
                                "rng['python']"),
@@ -276,7 +276,7 @@ def test_history_keeps_nan_and_inf(tmp_path):
     ({"v": {"x": torch.zeros(1)}}, "strategy['v']"),  # not a model entry
     ({"m": {"bn.running_mean": torch.zeros(3)}}, "strategy['m']['bn.running_mean']"),  # averaged, not optimised
     ({"v": {"w": -torch.ones(2, 3)}}, "strategy['v']['w']"),
-    ({"allocation": {"0": 1}}, "strategy"),  # not FedAdam's
+    ({"allocation": {"0": 1}}, "strategy holds ['allocation'], not kept by FedAdam"),  # not FedAdam's
 ], ids=["shape", "dtype", "unknown", "bn_stat", "negative_v", "other_strategy"])
 def test_fedopt_state_of_another_model_is_one_line(tmp_path, strategy, key):
     from federation.core.strategies.fedopt import FedAdam
