@@ -52,6 +52,8 @@ def _read_file(path: Path, labels: bool) -> tuple[np.ndarray, bool]:
                 return np.asarray(im).astype(np.uint16), False
             if im.mode == "I":  # 32-bit integer grey, how some Pillow versions open a 16-bit PNG
                 return np.asarray(im).astype(np.uint16 if im.format == "PNG" else np.int32), False
+            if labels and im.mode in ("RGBA", "LA"):  # a label may sit in the alpha channel (data.mask_channel)
+                return np.asarray(im), False
             return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB", "F") else im), False
     except DataError:
         raise
@@ -92,6 +94,11 @@ def decode_mask(path: Path, threshold: float | None, channel: int | None,
     if palette:
         threshold = None
     if m.ndim == 3:
+        colour = m[..., : 3 if m.shape[-1] >= 3 else 1].astype(np.int64)
+        if channel is None and colour.shape[-1] > 1 and np.abs(colour - colour[..., :1]).max() > 32:
+            # a 2D data review: liver in green, tumour in red decoded channel 0 alone, and the liver was background
+            raise DataError(f"mask {path} is in colour (its channels differ): data.mask_channel=<0|1|2> picks the "
+                            f"channel that holds the labels (colour-coded classes are not decoded)")
         c = 0 if channel is None else channel
         if c >= m.shape[-1]:
             raise DataError(f"data.mask_channel={c} but mask {path} has {m.shape[-1]} channels")

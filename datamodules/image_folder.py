@@ -31,12 +31,31 @@ EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def _load(path: Path, size: int, rgb: bool) -> np.ndarray:
+    """An image file as uint8 ``[size, size]`` grey or ``[size, size, 3]`` RGB. 16-bit and 32-bit integer grey are
+    scaled by their bit depth and float grey in [0, 1] by 255 (a 2D data review: Pillow's conversion to 8 bits
+    clipped them, so every 16-bit level above 255 was white and a float image 0 or 1); a float image outside
+    [0, 1] is one line (its scale is unknown)."""
     try:
         with Image.open(path) as im:
+            if im.mode.startswith("I") or im.mode == "F":
+                im = Image.fromarray(_deep_to_uint8(np.asarray(im), im, path))
             im = im.convert("RGB" if rgb else "L").resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # a review: PIL's error named no file
         raise DataError(f"cannot read image file {path}: {exc}") from None
+
+
+def _deep_to_uint8(x: np.ndarray, im: Image.Image, path: Path) -> np.ndarray:
+    """16-bit (``I;16*``, or ``I`` as Pillow opens a 16-bit PNG) / 32-bit integer / float grey -> uint8 by scale."""
+    if im.mode == "F":
+        if x.size and (not np.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+            raise DataError(f"image file {path} is floating point with values outside [0, 1] "
+                            f"([{np.nanmin(x):g}, {np.nanmax(x):g}]); save it as 8- or 16-bit")
+        return np.rint(x * 255.0).astype(np.uint8)
+    top = 65535.0 if im.mode.startswith("I;16") or im.format == "PNG" or (x.size and x.max() <= 65535) else 2.0**32 - 1
+    if x.size and x.min() < 0:
+        raise DataError(f"image file {path} has negative grey levels (min {x.min()}); save it as 8- or 16-bit")
+    return np.rint(x.astype(np.float64) * (255.0 / top)).astype(np.uint8)
 
 
 def group_split(labels: np.ndarray, groups: Sequence[str], val_fraction: float, test_fraction: float,

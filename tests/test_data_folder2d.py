@@ -331,3 +331,27 @@ def test_images_and_masks_in_one_folder_and_a_bad_empty_slice_fraction(tmp_path)
     for bad in (-0.25, 1.5):
         with pytest.raises(DataError, match=rf"data.train_slices={bad}: a fraction of the empty slices"):
             FolderSegmentationDataModule(str(tmp_path), image_dir="all", mask_dir="all", train_slices=bad)
+
+
+def test_colour_and_alpha_masks_are_read_as_they_are_drawn(tmp_path):
+    """A 2D data review: a mask with the liver in green and the tumour in red decoded channel 0 alone (the liver
+    became background, without a word); a label in the alpha channel could not be picked (RGBA was read as RGB,
+    "has 3 channels"). A colour mask without data.mask_channel is one line now; alpha is channel 3."""
+    from PIL import Image
+
+    from datamodules.folder2d import decode_mask
+
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[0, :2] = (0, 255, 0)                                   # liver, green
+    rgb[1, :1] = (255, 0, 0)                                   # tumour, red
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    with pytest.raises(DataError, match=r"colour.png is in colour .*data.mask_channel"):
+        decode_mask(tmp_path / "colour.png", 127, None, None)
+    assert decode_mask(tmp_path / "colour.png", 127, 1, None).sum() == 2      # the green channel, as chosen
+    grey = np.repeat((rgb.max(-1, keepdims=True) > 0).astype(np.uint8) * 255, 3, -1)
+    Image.fromarray(grey).save(tmp_path / "grey_as_rgb.png")                  # grey saved as RGB: read as before
+    assert decode_mask(tmp_path / "grey_as_rgb.png", 127, None, None).sum() == 3
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[2, :3, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    assert decode_mask(tmp_path / "alpha.png", 127, 3, None).sum() == 3

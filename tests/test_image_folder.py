@@ -178,3 +178,21 @@ def test_a_data_folders_lists_and_json_are_bounded_regular_files(tmp_path, monke
 
     lists, twice = _split_lists(root / "split")
     assert len(lists["train"]) == 200_001 and twice == ["x7.png twice in train.txt"]
+
+
+def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    """A 2D data review: Pillow's conversion of a 16-bit grey PNG to 8 bits clipped it (every level above 255
+    white) and a float TIFF in [0, 1] became 0 / 1. Both are scaled by their range now; a float image outside
+    [0, 1] is one line."""
+    from datamodules.image_folder import _load
+
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "ct16.png")
+    got = _load(tmp_path / "ct16.png", 8, rgb=False)
+    assert got.min() == 0 and got.max() == 255 and len(np.unique(got)) > 40
+    Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), "F").save(tmp_path / "f.tif")
+    got = _load(tmp_path / "f.tif", 8, rgb=True)
+    assert got.shape == (8, 8, 3) and got.max() == 255 and len(np.unique(got)) > 40
+    Image.fromarray(np.full((8, 8), 300.0, np.float32), "F").save(tmp_path / "hu.tif")
+    with pytest.raises(DataError, match=r"hu.tif is floating point with values outside \[0, 1\]"):
+        _load(tmp_path / "hu.tif", 8, rgb=False)
