@@ -11,6 +11,17 @@ checkpoint** of the federation, i.e. the weights it trained in the round where i
 metric was best (saved in the client store by :func:`federation.runner.run_client`);
 ``federation.matrix.fl_local=finetune`` instead fine-tunes the final global model on the client's data
 for ``matrix.local_epochs``. A client with no stored best (never sampled) falls back to fine-tuning.
+
+Model selection is alike for every row (paper 003 §4: "In the client training, we always keep the model with the
+highest local validation metrics"): FL_local is the client's best round; the rows the matrix trains (baselines,
+centralised, fine-tuned FL_local) keep their best epoch on their validation split (the client's own; the pooled
+splits for centralised; without one, the last epoch) by ``module.monitor`` (``matrix.select: best``; ``last``: their last epoch, as before the
+forty-fifth session, when a review found the asymmetry tilting FL_local against the baselines). FL_global is the
+final aggregate, as in the paper (no server-side selection).
+
+Columns: ``mean`` is the unweighted mean over client columns (each site counts once); ``pooled`` scores the union
+of the clients' test cases, each case once, which is paper 003 Table 1's site average (there weighted by each
+site's number of test volumes: 84 and 100).
 """
 from __future__ import annotations
 
@@ -52,8 +63,17 @@ def _fl_local(server: Server, cid: str, mode: str, epochs: int) -> pl.LightningM
     seed = client_seed(server.seed, 10_000, cid, "fl_local")
     dm = server.client_datamodule(cid, seed)
     init = dict(server.module_for(server.global_state, cid).net.state_dict())
-    module, _ = train_local(server.ccfg, dm, init, epochs, seed, root_dir=str(server.store.root))
+    module, _ = train_local(server.ccfg, dm, init, epochs, seed, root_dir=str(server.store.root),
+                            keep_best=keeps_best(server.fed))
     return module
+
+
+def keeps_best(fed) -> bool:
+    """``federation.matrix.select``: ``best`` (default) keeps a trained row's best validation epoch, ``last`` its last."""
+    select = str((fed.get("matrix") or {}).get("select", "best"))
+    if select not in ("best", "last"):
+        raise ValueError(f"federation.matrix.select={select!r}: expected best or last")
+    return select == "best"
 
 
 def budgets(fed, num_clients: int) -> dict[str, int]:
@@ -104,8 +124,8 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
     if mcfg.get("standalone", True):
         for cid in ids:
             dm = server.client_datamodule(cid, client_seed(server.seed, 20_000, cid))
-            module, _ = train_local(ccfg, dm, None, epochs["standalone"],
-                                    client_seed(server.seed, 20_000, cid, "baseline"), root_dir=str(server.store.root))
+            module, _ = train_local(ccfg, dm, None, epochs["standalone"], client_seed(server.seed, 20_000, cid, "baseline"),
+                                    root_dir=str(server.store.root), keep_best=keeps_best(fed))
             rows[f"{cid}_baseline"] = score(module, cid)
     if mcfg.get("centralised", True):
         train = np.concatenate([server.indices[c].train for c in server.client_ids])
@@ -116,8 +136,8 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
             # not annotations of organs no site has labelled on those cases
             dm.train_dataset = ConcatDataset([server.client_datamodule(c, server.seed).train_dataset
                                               for c in server.client_ids])
-        module, _ = train_local(ccfg, dm, None, epochs["centralised"],
-                                client_seed(server.seed, 30_000, "central"), root_dir=str(server.store.root))
+        module, _ = train_local(ccfg, dm, None, epochs["centralised"], client_seed(server.seed, 30_000, "central"),
+                                root_dir=str(server.store.root), keep_best=keeps_best(fed))
         rows["centralised"] = score(module, "central")
     return rows
 

@@ -92,6 +92,12 @@ def check_federation_config(fed: Any) -> None:
     mode = fed.get("unannotated", "ignore")
     if mode not in PartialLabels.MODES:
         raise FederationError(f"federation.unannotated={mode}: expected one of {', '.join(PartialLabels.MODES)}")
+    if fed.get("evaluation_matrix"):  # checked at the end otherwise, after every round had trained
+        matrix = fed.get("matrix") or {}
+        for key, allowed in (("fl_local", ("best_local", "finetune")), ("select", ("best", "last"))):
+            value = matrix.get(key)
+            if value is not None and str(value) not in allowed:
+                raise FederationError(f"federation.matrix.{key}={value}: expected {' or '.join(allowed)}")
     check_executor_config(fed)
 
 

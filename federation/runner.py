@@ -37,6 +37,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.best_weights import BestWeights
 from callbacks.metric_goal import goal
 from datamodules.subset import SubsetDataModule
 from engine.builders import build_datamodule, build_module, build_trainer
@@ -174,11 +175,13 @@ def client_datamodule(cfg: DictConfig, base: pl.LightningDataModule, indices: Cl
 def train_local(cfg: DictConfig, datamodule: SubsetDataModule, init_state: Mapping[str, torch.Tensor] | None,
                 epochs: int, seed: int, loss_terms: Mapping[str, Any] | None = None,
                 early_stopping: Mapping[str, Any] | None = None, root_dir: str | None = None,
-                module: pl.LightningModule | None = None) -> tuple[pl.LightningModule, dict[str, float]]:
+                module: pl.LightningModule | None = None, keep_best: bool = False
+                ) -> tuple[pl.LightningModule, dict[str, float]]:
     """Fit ``module`` (default: a fresh one from ``cfg.module``), loaded with ``init_state`` when given, on
     ``datamodule`` for ``epochs`` epochs; returns the module and its validation metrics after training
     (empty when the datamodule has no validation split). Used by clients, FL_local fine-tuning,
-    standalone and centralised baselines alike."""
+    standalone and centralised baselines alike. ``keep_best``: validate every epoch and return the weights of
+    the best one by ``module.monitor`` (:class:`callbacks.best_weights.BestWeights`; the matrix's baselines)."""
     quiet_lightning()
     if module is None:
         pl.seed_everything(seed, workers=True, verbose=False)
@@ -195,6 +198,9 @@ def train_local(cfg: DictConfig, datamodule: SubsetDataModule, init_state: Mappi
         kw["default_root_dir"] = root_dir
     if early_stopping and early_stopping.get("enabled") and has_val:
         callbacks.append(client_early_stopping(early_stopping, _module_monitor(cfg)))
+    if keep_best and has_val:
+        callbacks.append(BestWeights(_module_monitor(cfg)))
+    if callbacks:
         kw["check_val_every_n_epoch"] = 1
     else:
         kw["limit_val_batches"] = 0  # validate once after fit, below

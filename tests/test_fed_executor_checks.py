@@ -233,3 +233,18 @@ def test_a_dp_rehearsal_gives_each_node_the_dp_values(tmp_path):
     assert line.startswith(f'site="site_a" partition="derive" store="{tmp_path}" privacy="dp" ')
     assert "dp-clipping-norm=1.0 dp-sensitivity=1.0 dp-epsilon=100.0 dp-delta=1e-05" in line
     assert "dp-" not in rehearsal_node_config("site_a", tmp_path, "none", dp)
+
+
+def test_matrix_choices_are_refused_before_any_round(tmp_path):
+    """``federation.matrix.select`` / ``fl_local`` were read only when the matrix ran, after every round had
+    trained: a misspelt value is one line before the federation starts (it is the matrix's; not checked without it)."""
+    from federation.errors import FederationError
+
+    on = [*DIGITS, "federation.evaluation_matrix=true"]
+    for key, value in (("select", "bestest"), ("fl_local", "best"), ("select", "last")):
+        if value == "last":
+            _check([*on, f"federation.matrix.{key}={value}"], tmp_path)  # a valid choice passes
+            continue
+        with pytest.raises(FederationError, match=rf"^federation.matrix.{key}={value}: expected "):
+            _check([*on, f"federation.matrix.{key}={value}"], tmp_path)
+    _check([*DIGITS, "federation.matrix.select=bestest"], tmp_path)  # no matrix: nothing reads it
