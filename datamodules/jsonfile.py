@@ -25,8 +25,8 @@ def data_file_text(path: str | Path, what: str) -> str:
         if not p.is_file():
             raise DataError(f"{what} {p} is not a regular file")
         if p.stat().st_size > MAX_JSON_BYTES:
-            raise DataError(f"{what} {p} is {p.stat().st_size / 2**20:.0f} MiB, more than such a file of a data "
-                            f"folder holds ({MAX_JSON_BYTES // 2**20} MiB at most)")
+            raise DataError(f"{what} {p} is {p.stat().st_size:,} bytes, more than such a file of a data folder "
+                            f"holds ({MAX_JSON_BYTES:,} bytes at most)")
         return p.read_text()
     except UnicodeDecodeError as exc:
         raise DataError(f"{what} {p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None

@@ -27,7 +27,7 @@ from engine.objective import test_objective_line
 from lightning_modules.hints import struct_key_hint
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
 from engine.wandb_tracking import COMMAND_ENV
-from experiments.run_folder import (earlier_run, first_start, not_resumable_line, resumable, resume_problem,
+from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, not_resumable_line, resumable,
                                      unwritable)
 
 
@@ -60,13 +60,8 @@ class WritableOutput(Callback):
                       f"checkpoints, csv/metrics.csv and W&B run (wandb_id.txt) mix with it; resume=true continues "
                       f"it, a new folder keeps them apart", file=sys.stderr)
             return
-        try:  # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it
-            bad = resume_problem(Path(str(config.hydra.run.dir)), config)
-        except Exception as err:  # noqa: BLE001 - a run dir that cannot be checked is not continued
-            from lightning_modules.errors import ConfigError
-
-            bad = str(err) if isinstance(err, ConfigError) else \
-                f"resume: run dir {config.hydra.run.dir} could not be checked ({type(err).__name__}: {err})"
+        # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it
+        bad = checked_resume_problem(Path(str(config.hydra.run.dir)), config)
         if bad is not None:  # before Hydra rewrites .hydra/ and the run its config.yaml: the run dir stays as it was
             print(f"error: {bad.splitlines()[0] if bad else bad}", file=sys.stderr)
             sys.exit(2)

@@ -40,7 +40,7 @@ import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: 
 from engine.run_match import interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
-from experiments.run_folder import not_resumable_line, resumable, resume_problem, slurm_restarts  # noqa: E402
+from experiments.run_folder import checked_resume_problem, not_resumable_line, resumable, slurm_restarts  # noqa: E402
 
 log = logging.getLogger("experiments.run")
 
@@ -90,14 +90,16 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     task_started()
     resume = cfg.get("resume")
-    if resumable(resume) is not None:
-        # resume=<run dir>: continue that run in its own folder (same checkpoints, same W&B run id)
-        # a single run was checked before Hydra wrote anything (WritableOutput.on_run_start); a sweep's job is
-        # checked here (a trust review: `-m ... resume=<dir>` wrote through a link in a handed-over run folder)
-        bad = (not_resumable_line(resume)[len("error: "):] if not resumable(resume)
-               else resume_problem(Path(resume).resolve(), cfg) if in_sweep() else None)
-        if bad is not None:
-            return _refused(output_dir(cfg), bad.splitlines()[0])
+    # a single run was checked before Hydra wrote anything (WritableOutput.on_run_start); a sweep's job is checked
+    # here, resume=<dir> and resume=true alike (a trust review: `-m ... resume=<dir>` wrote through a link in a
+    # handed-over run folder; a review of that fix: `-m ... resume=true` through one in the job's own folder)
+    if resumable(resume) is False:
+        return _refused(output_dir(cfg), not_resumable_line(resume)[len("error: "):])
+    continued = Path(resume).resolve() if resumable(resume) else output_dir(cfg) if resume in (True, "true") else None
+    bad = checked_resume_problem(continued, cfg) if continued is not None and in_sweep() else None
+    if bad is not None:
+        return _refused(output_dir(cfg), bad.splitlines()[0])
+    if resumable(resume):  # resume=<run dir>: continue that run in its own folder (same checkpoints, W&B run id)
         with open_dict(cfg):
             cfg.paths.output_dir = str(Path(resume).resolve())
     targets.allow(cfg.get("allow_targets"))

@@ -138,6 +138,18 @@ def resume_problem(run: Path, config: DictConfig) -> str | None:
     return unusable_resume_state(run, federation, store_dir) or another_run(run, config)
 
 
+def checked_resume_problem(run: Path, config: DictConfig) -> str | None:
+    """:func:`resume_problem`, where a folder that cannot be checked is a problem too (one line, never a traceback):
+    the single run's Hydra callback and a sweep's job (``experiments.run.main``) ask the same."""
+    try:
+        return resume_problem(run, config)
+    except Exception as err:  # noqa: BLE001 - a run dir that cannot be checked is not continued
+        from lightning_modules.errors import ConfigError
+
+        return str(err) if isinstance(err, ConfigError) else \
+            f"resume: run dir {run} could not be checked ({type(err).__name__}: {err})"
+
+
 def first_start() -> bool:
     """Not a DDP rank > 0 (Lightning starts them in rank 0's run dir) and not a SLURM requeue (the job's own
     folder, continued): where an earlier run's files in ``hydra.run.dir`` are another run's (a review)."""

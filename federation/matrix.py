@@ -134,8 +134,12 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
         if any(server.indices[c].annotated is not None for c in server.client_ids):
             # partial labels: the pooled data keep each site's own annotation (the same labels, pooled),
             # not annotations of organs no site has labelled on those cases
-            dm.train_dataset = ConcatDataset([server.client_datamodule(c, server.seed).train_dataset
-                                              for c in server.client_ids])
+            sites = [server.client_datamodule(c, server.seed) for c in server.client_ids]
+            dm.train_dataset = ConcatDataset([site.train_dataset for site in sites])
+            # and its best epoch is chosen on the sites' own labels too (a review: the pooled validation split kept
+            # full labels, so the selection read organs no site annotated)
+            own = [site.val_dataset for site in sites if site.val_dataset is not None and len(site.val_dataset)]
+            dm.val_dataset = ConcatDataset(own) if own else None
         module, _ = train_local(ccfg, dm, None, epochs["centralised"], client_seed(server.seed, 30_000, "central"),
                                 root_dir=str(server.store.root), keep_best=keeps_best(fed))
         rows["centralised"] = score(module, "central")

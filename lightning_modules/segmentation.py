@@ -262,5 +262,7 @@ class SegmentationModule(BaseModule):
     def summary_metrics(self) -> dict[str, float]:
         """Final metrics for the run's ``metrics.json`` (``val/*`` from the last validation, ``test/*``)."""
         out = {f"val/{k}": v for k, v in self.val_summary.items()}
+        out.update({f"val/{k}": epoch_value(self.val_summary, k) for k in ("dice", "miou", "accuracy")
+                    if k in self.val_summary})  # as logged and monitored (a review: metrics.json held NaN for 1.0)
         out.update({f"test/{k}": v for k, v in self.test_summary.items()})
         return out

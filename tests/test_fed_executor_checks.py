@@ -228,10 +228,10 @@ def test_a_dp_rehearsal_gives_each_node_the_dp_values(tmp_path):
     rehearsal gave them none, so every DP rehearsal failed in round 1."""
     from federation.transports.flower.launch import rehearsal_node_config
 
-    dp = {"clipping_norm": 1.0, "sensitivity": 1.0, "epsilon": 100.0, "delta": 1e-5}
+    dp = {"clipping_norm": 1.0, "sensitivity": 2.0, "epsilon": 100.0, "delta": 1e-5}  # the shipped values
     line = rehearsal_node_config("site_a", tmp_path, "dp", dp)
     assert line.startswith(f'site="site_a" partition="derive" store="{tmp_path}" privacy="dp" ')
-    assert "dp-clipping-norm=1.0 dp-sensitivity=1.0 dp-epsilon=100.0 dp-delta=1e-05" in line
+    assert "dp-clipping-norm=1.0 dp-sensitivity=2.0 dp-epsilon=100.0 dp-delta=1e-05" in line
     assert "dp-" not in rehearsal_node_config("site_a", tmp_path, "none", dp)
 
 

@@ -166,7 +166,7 @@ def test_a_data_folders_lists_and_json_are_bounded_regular_files(tmp_path, monke
     big = tmp_path / "big.json"
     big.write_text("[" + "0," * 600 + "0]")
     monkeypatch.setattr(jsonfile, "MAX_JSON_BYTES", 1000)
-    with pytest.raises(DataError, match=r"data.split_file .*big.json is 0 MiB, more than .*"):
+    with pytest.raises(DataError, match=r"data.split_file .*big.json is 1,203 bytes, more than .*\(1,000 bytes at most\)"):
         read_json(big, "data.split_file")
     monkeypatch.undo()
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)

@@ -31,8 +31,11 @@ def test_centralised_row_trains_on_each_sites_own_annotation(monkeypatch):
     idx["a"].annotated, idx["b"].annotated = [1], [2]
     trained: dict[str, list[dict]] = {}
 
+    validated: dict[str, list[dict]] = {}
+
     def fake_train_local(cfg, dm, init, epochs, seed, *args, **kwargs):
         trained[f"call{len(trained)}"] = [dm.train_dataset[i] for i in range(len(dm.train_dataset))]
+        validated[f"call{len(validated)}"] = [dm.val_dataset[i] for i in range(len(dm.val_dataset))]
         return SimpleNamespace(net=torch.nn.Linear(1, 1)), {}
 
     monkeypatch.setattr(matrix, "train_local", fake_train_local)
@@ -51,6 +54,12 @@ def test_centralised_row_trains_on_each_sites_own_annotation(monkeypatch):
     for item in central:
         organ = 1 if item["index"] < 4 else 2  # site a annotates organ 1, site b organ 2
         assert set(item["mask"].unique().tolist()) == {0, organ}, item
+    # a review: the centralised row's best epoch was then chosen on the pooled validation split with full labels
+    checked = validated[f"call{len(validated) - 1}"]
+    assert sorted(item["index"] for item in checked) == [3, 7]
+    for item in checked:
+        organ = 1 if item["index"] < 4 else 2
+        assert set(item["mask"].unique().tolist()) == {0, organ} and item["annotated"].tolist()[organ], item
 
 
 def test_every_trained_matrix_row_keeps_its_best_validation_epoch(monkeypatch):

@@ -227,4 +227,5 @@ def test_a_validation_epoch_of_empty_cases_predicted_empty_is_perfect_not_zero()
         module._evaluate(batch, "val", module.val_cases)
         module.on_validation_epoch_end()
         values[fg] = logged["val/dice"]
+        assert module.summary_metrics()["val/dice"] == logged["val/dice"]  # metrics.json says what was monitored
     assert values == {False: 1.0, True: 0.0}

@@ -161,6 +161,21 @@ def test_a_sweep_job_checks_its_resume_folder_too(trained, tmp_path):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
     assert "metrics.csv" in errors[0] and "outside" in errors[0] and "1 of 1 sweep jobs failed" in errors[-1], errors
     assert victim.read_text() == "precious"
+    # a review of that fix: resume=true (the job's own folder, e.g. a resubmitted sweep) was not checked, and a
+    # config.yaml that does not parse was a traceback; both are the job's one line now, as for a single run
+    job = tmp_path / "sweep2" / "job"
+    shutil.copytree(run, job, symlinks=True)
+    proc = run_cli("experiments.run", ["-m", *TINY, f"paths.data_dir={trained / 'data'}", "resume=true",
+                                       f"hydra.sweep.dir={tmp_path / 'sweep2'}", "hydra.sweep.subdir=job"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "metrics.csv" in proc.stderr and victim.read_text() == "precious", proc.stderr[-3000:]
+    (run / "csv" / "metrics.csv").unlink()
+    (run / "config.yaml").write_text("a: [")
+    proc = run_cli("experiments.run", ["-m", *TINY, f"paths.data_dir={trained / 'data'}", f"resume={run}",
+                                       f"hydra.sweep.dir={tmp_path / 'sweep3'}"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert "config.yaml" in errors[0] and "1 of 1 sweep jobs failed" in errors[-1], errors
 
 
 def test_links_inside_a_run_folder_are_fine(tmp_path):
