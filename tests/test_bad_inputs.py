@@ -247,7 +247,7 @@ CASES: dict[str, Setup] = {
     # optimiser / module / trainer values
     "negative_lr": simple(["module.optimizer.lr=-0.1"], "-0.1"),
     "negative_weight_decay": simple(["module.optimizer.weight_decay=-1"], "weight_decay"),
-    "betas_out_of_range": simple(["module.optimizer.betas=[1.5,0.9]"], "beta"),
+    "betas_out_of_range": simple(["module.optimizer.betas=[1.5,0.9]"], "module.optimizer (torch.optim.Adam): Invalid beta parameter at index 0: 1.5"),
     "eval_slices_unknown": simple(["module.eval_slices=some"], "module.eval_slices"),
     "fg_threshold_out_of_range": simple(["module.fg_threshold=2"], "module.fg_threshold"),
     "max_epochs_negative": simple(["trainer.max_epochs=-5"], "max_epochs"),
