@@ -94,11 +94,11 @@ def main(cfg: DictConfig) -> float | None:
     # here, resume=<dir> and resume=true alike (a trust review: `-m ... resume=<dir>` wrote through a link in a
     # handed-over run folder; a review of that fix: `-m ... resume=true` through one in the job's own folder)
     if resumable(resume) is False:
-        return _refused(output_dir(cfg), not_resumable_line(resume)[len("error: "):])
+        return _failed(output_dir(cfg), not_resumable_line(resume)[len("error: "):])
     continued = Path(resume).resolve() if resumable(resume) else output_dir(cfg) if resume in (True, "true") else None
     bad = checked_resume_problem(continued, cfg) if continued is not None and in_sweep() else None
     if bad is not None:
-        return _refused(output_dir(cfg), bad.splitlines()[0])
+        return _failed(output_dir(cfg), bad.splitlines()[0])
     if resumable(resume):  # resume=<run dir>: continue that run in its own folder (same checkpoints, W&B run id)
         with open_dict(cfg):
             cfg.paths.output_dir = str(Path(resume).resolve())
@@ -138,32 +138,25 @@ def main(cfg: DictConfig) -> float | None:
         err = find_user_error(exc)
         if err is None:
             raise
-        line = one_line(err)
-        if out.is_dir():  # the run folder says why it holds no results (experiments.report lists it as failed)
-            try:
-                artifacts.write_json(out / "failed.json", {"error": line, "overrides": list(HydraConfig.get().overrides.task)})
-            except OSError:  # the disk that stopped the run may not take this file either
-                pass
-        if in_sweep():  # one bad job must not kill the sweep
-            print(f"error (job {out.name}): {line}", file=sys.stderr)
-            return None
-        print(f"error: {line}", file=sys.stderr)
-        sys.exit(2)
+        return _failed(out, one_line(err))
     finally:
         stop.restore(previous)  # SIGTERM anywhere in the run, not only in Lightning's fit (engine/stop.py)
 
 
-def _refused(job_dir: Path, line: str) -> None:
-    """A run refused before it starts: one line and exit 2; a sweep's job writes its ``failed.json`` (in its own
-    folder) and the sweep goes on, then exits 2 naming it (:class:`experiments.hydra_checks.SweepOutcome`)."""
-    if not in_sweep():
-        print(f"error: {line}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        artifacts.write_json(job_dir / "failed.json", {"error": line, "overrides": list(HydraConfig.get().overrides.task)})
-    except OSError:
-        pass
-    print(f"error (job {job_dir.name}): {line}", file=sys.stderr)
+def _failed(out: Path, line: str) -> None:
+    """A run stopped by bad input, before or while it ran: its folder says why it holds no results (``failed.json``,
+    which experiments.report lists and :class:`experiments.hydra_checks.SweepOutcome` counts), then one line; a
+    sweep's job returns so the sweep goes on (and exits 2 naming it), a single run exits 2."""
+    if out.is_dir():
+        try:
+            artifacts.write_json(out / "failed.json", {"error": line, "overrides": list(HydraConfig.get().overrides.task)})
+        except OSError:  # the disk that stopped the run may not take this file either
+            pass
+    if in_sweep():  # one bad job must not kill the sweep
+        print(f"error (job {out.name}): {line}", file=sys.stderr)
+        return None
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _interrupted(out: Path, signame: str) -> None:

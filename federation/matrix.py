@@ -119,13 +119,14 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
     mode = str(mcfg.get("fl_local", "best_local"))
     local_epochs = int(mcfg.get("local_epochs", fed.get("local_epochs", 1)))
     epochs = budgets(fed, len(server.client_ids))
+    best = keeps_best(fed)  # the baselines and centralised row (and _fl_local's fine-tuning) alike
     for cid in ids:
         rows[f"{cid}_FL_local"] = score(_fl_local(server, cid, mode, local_epochs), cid)
     if mcfg.get("standalone", True):
         for cid in ids:
             dm = server.client_datamodule(cid, client_seed(server.seed, 20_000, cid))
             module, _ = train_local(ccfg, dm, None, epochs["standalone"], client_seed(server.seed, 20_000, cid, "baseline"),
-                                    root_dir=str(server.store.root), keep_best=keeps_best(fed))
+                                    root_dir=str(server.store.root), keep_best=best)
             rows[f"{cid}_baseline"] = score(module, cid)
     if mcfg.get("centralised", True):
         train = np.concatenate([server.indices[c].train for c in server.client_ids])
@@ -141,7 +142,7 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
             own = [site.val_dataset for site in sites if site.val_dataset is not None and len(site.val_dataset)]
             dm.val_dataset = ConcatDataset(own) if own else None
         module, _ = train_local(ccfg, dm, None, epochs["centralised"], client_seed(server.seed, 30_000, "central"),
-                                root_dir=str(server.store.root), keep_best=keeps_best(fed))
+                                root_dir=str(server.store.root), keep_best=best)
         rows["centralised"] = score(module, "central")
     return rows
 
