@@ -40,6 +40,7 @@ from torch.utils.data import ConcatDataset
 from datamodules.subset import SubsetDataModule
 from engine import artifacts
 from federation.core.sampling import client_seed, clients_per_round, round_half_up
+from federation.plan import MATRIX_CHOICES
 from federation.runner import best_local_store, train_local
 
 if TYPE_CHECKING:
@@ -51,8 +52,8 @@ log = logging.getLogger("federation.matrix")
 
 
 def _fl_local(server: Server, cid: str, mode: str, epochs: int) -> pl.LightningModule:
-    if mode not in ("best_local", "finetune"):
-        raise ValueError(f"federation.matrix.fl_local must be 'best_local' or 'finetune', got {mode!r}")
+    if mode not in MATRIX_CHOICES["fl_local"]:
+        raise ValueError(f"federation.matrix.fl_local={mode!r}: expected {' or '.join(MATRIX_CHOICES['fl_local'])}")
     if mode == "best_local":
         best = best_local_store(server.store).load(cid, "best_local", default=None)
         if best is not None:
@@ -70,9 +71,9 @@ def _fl_local(server: Server, cid: str, mode: str, epochs: int) -> pl.LightningM
 
 def keeps_best(fed) -> bool:
     """``federation.matrix.select``: ``best`` (default) keeps a trained row's best validation epoch, ``last`` its last."""
-    select = str((fed.get("matrix") or {}).get("select", "best"))
-    if select not in ("best", "last"):
-        raise ValueError(f"federation.matrix.select={select!r}: expected best or last")
+    select = str((fed.get("matrix") or {}).get("select", MATRIX_CHOICES["select"][0]))
+    if select not in MATRIX_CHOICES["select"]:
+        raise ValueError(f"federation.matrix.select={select!r}: expected {' or '.join(MATRIX_CHOICES['select'])}")
     return select == "best"
 
 
@@ -116,7 +117,7 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
 
     rows: dict[str, dict[str, float]] = {"FL_global": score(server.module_for(server.global_state))}
     ccfg, base = server.ccfg, server.base
-    mode = str(mcfg.get("fl_local", "best_local"))
+    mode = str(mcfg.get("fl_local", MATRIX_CHOICES["fl_local"][0]))
     local_epochs = int(mcfg.get("local_epochs", fed.get("local_epochs", 1)))
     epochs = budgets(fed, len(server.client_ids))
     best = keeps_best(fed)  # the baselines and centralised row (and _fl_local's fine-tuning) alike
@@ -159,7 +160,7 @@ def matrix_note(server: Server) -> str | None:
     if on_val:
         notes.append(f"Columns {', '.join(on_val[:8])} are those clients' validation splits (the data has no "
                      f"sites, so they have no test cases of their own).")
-        if str(mcfg.get("fl_local", "best_local")) == "best_local":
+        if str(mcfg.get("fl_local", MATRIX_CHOICES["fl_local"][0])) == "best_local":
             notes.append("Each <client>_FL_local is the round its validation score was best, chosen on that same "
                          "split: its own cell is optimistic; matrix.fl_local=finetune, or data with sites, avoids it.")
     epochs = budgets(server.fed, len(server.client_ids))

@@ -35,6 +35,9 @@ __all__ = ["check_federation_config", "call_partitioner", "sample_clients", "spl
 log = logging.getLogger("federation.plan")
 _DATA_ARGS = {"labels", "groups", "indices", "n", "num_clients", "seed"}
 
+#: ``federation.matrix``'s choices, first the default: checked here before any round, read in :mod:`federation.matrix`
+MATRIX_CHOICES = {"fl_local": ("best_local", "finetune"), "select": ("best", "last")}
+
 
 def _int(fed: Any, key: str, minimum: int, allow_none: bool = False) -> None:
     value = fed.get(key)
@@ -94,7 +97,7 @@ def check_federation_config(fed: Any) -> None:
         raise FederationError(f"federation.unannotated={mode}: expected one of {', '.join(PartialLabels.MODES)}")
     if fed.get("evaluation_matrix"):  # checked at the end otherwise, after every round had trained
         matrix = fed.get("matrix") or {}
-        for key, allowed in (("fl_local", ("best_local", "finetune")), ("select", ("best", "last"))):
+        for key, allowed in MATRIX_CHOICES.items():
             value = matrix.get(key)
             if value is not None and str(value) not in allowed:
                 raise FederationError(f"federation.matrix.{key}={value}: expected {' or '.join(allowed)}")
