@@ -173,7 +173,8 @@ def _check_window(window: Sequence[float] | None) -> tuple[float, float] | None:
         return None
     vals = [float(v) for v in window]
     if len(vals) != 2 or not vals[0] < vals[1]:
-        raise DataError(f"data.window={list(window)}: expected [lo, hi] with lo < hi (grey levels in [0, 1])")
+        raise DataError(f"data.window={list(window)}: expected [lo, hi] with lo < hi (in the stored units: grey [0, 1] "
+                        f"for PNG/JPEG, as stored for NPY)")
     return vals[0], vals[1]
 
 
@@ -193,6 +194,8 @@ class FolderSegmentationDataModule(SliceDataModule):
     ``n`` datamodules over one folder are ``n`` disjoint sites (whole cases; ``data/liver_slices_two_sites``).
     ``window=[lo, hi]``: re-window the grey [0, 1] image to ``clip((x - lo) / (hi - lo), 0, 1)``, as a site
     whose scanner or export uses another intensity window would store it (applied before resizing).
+    ``background``: the stored value of air, before ``window`` (0, black, for PNG/JPEG; e.g. -1024 for ``.npy``
+    slices in HU): what rotated-in corners and batch padding hold; a stored value below it is warned about once.
     """
 
     def __init__(self, root: str, image_dir: str = "test/images", mask_dir: str = "test/masks",
@@ -205,7 +208,8 @@ class FolderSegmentationDataModule(SliceDataModule):
                  rotation_limit: float = 15.0, train_slices: str | float = "all",
                  test_image_dir: str | None = None, test_mask_dir: str | None = None,
                  split_file: str | None = None, train_cases: int | None = None,
-                 case_shard: Sequence[int] | None = None, window: Sequence[float] | None = None) -> None:
+                 case_shard: Sequence[int] | None = None, window: Sequence[float] | None = None,
+                 background: float = 0.0) -> None:
         super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
                          rotation_limit, train_slices, train_cases)
         self.root = Path(root)
@@ -223,6 +227,7 @@ class FolderSegmentationDataModule(SliceDataModule):
         self.case_shard = _check_shard(case_shard)
         self.shard_elsewhere: set[str] = set()  # with case_shard: the cases of the folder's other shards
         self.window = _check_window(window)
+        self.background = float(background)
         if class_names is None:
             n = max(self.label_map.values()) + 1 if self.label_map else 2
             class_names = ["background"] + [f"class_{i}" for i in range(1, n)]
@@ -233,10 +238,12 @@ class FolderSegmentationDataModule(SliceDataModule):
         return len(self.class_names)
 
     def fill_value(self) -> float:
-        """What rotated-in corners and batch padding hold: the stored black (grey 0) after ``window``, as every
-        pixel of the site. A review: with ``window=[-0.5, 1.0]`` black is 0.333, and the fill of 0.0 was a value
-        that site's data never holds."""
-        return 0.0 if self.window is None else float(apply_window(np.zeros(1, np.float32), *self.window)[0])
+        """What rotated-in corners and batch padding hold: ``background`` (the stored air, black by default) after
+        ``window``, as every pixel of the site. A review: with ``window=[-0.5, 1.0]`` black is 0.333, and the fill
+        of 0.0 was a value that site's data never holds; another: HU ``.npy`` slices were filled with 0 HU, water,
+        not air (``data.background=-1024`` now; a config value, so predict fills as training did)."""
+        air = np.full(1, self.background, np.float32)
+        return float(air[0] if self.window is None else apply_window(air, *self.window)[0])
 
     # --- prediction on image files (experiments.predict; engine/predict_images.py) -----------------------
     def preprocess_image(self, path: str | Path) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -354,12 +361,14 @@ class FolderSegmentationDataModule(SliceDataModule):
             self.shard_elsewhere = set(groups) - set(keep)  # the other shards' cases, named by a shared split_file
             groups = {c: groups[c] for c in keep}
             self.test_ids &= set(keep)
-        cases = []
+        cases, low = [], None
         for cid, members in groups.items():
             members.sort(key=lambda t: (t[0], t[1]))
             images, labels = [], []
             for _, _, img, msk in members:
                 x = load_image(img)
+                if low is None and x.size and float(x.min()) < self.background - 1e-6:
+                    low = (img, float(x.min()))
                 if self.window is not None:
                     x = apply_window(x, *self.window)
                 y = self.read_label(msk)
@@ -371,6 +380,9 @@ class FolderSegmentationDataModule(SliceDataModule):
             cases.append(SliceCase(cid, images, labels, list(range(len(members))), numbers, stacks=False))
         if cases and not any(np.any(np.asarray(y) > 0) for c in cases for y in c.label):
             raise DataError(self._no_foreground(next(iter(groups.values()))[0][3]))
+        if low is not None:
+            log.warning("image %s stores %g, below data.background=%g (the air that rotated-in corners and padding "
+                        "hold): for slices in HU give data.background=-1024", low[0], low[1], self.background)
         return cases
 
     def _no_foreground(self, mask: Path) -> str:

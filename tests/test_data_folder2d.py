@@ -156,6 +156,38 @@ def test_case_shards_are_disjoint_sites_and_window_rewindows(tmp_path):
     assert windowed.collate_fn(True).fill == pytest.approx(1 / 3)
 
 
+def test_hu_npy_slices_pad_with_air_given_as_background(tmp_path, caplog):
+    """A 2D review: ``.npy`` slices stored in HU were padded and rotated with 0 HU (water: soft tissue at the
+    corners and in padded batches). ``data.background`` is the stored air: padding holds it after ``window``, and
+    a folder holding values below the background it was given is warned about (where HU meets the default 0)."""
+    import logging
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "msks").mkdir()
+    for c in range(3):
+        hu = np.full((16, 16), -1024.0, np.float32)
+        hu[4:12, 4:12] = 60.0
+        np.save(tmp_path / "imgs" / f"{c}_0.npy", hu)
+        m = np.zeros((16, 16), np.uint8)
+        m[4:12, 4:12] = 255
+        Image.fromarray(m).save(tmp_path / "msks" / f"{c}_0.png")
+    kw = dict(image_dir="imgs", mask_dir="msks", image_size=None, augment=False, val_fraction=0.0,
+              test_fraction=0.0, window=[-200, 250])
+    default = FolderSegmentationDataModule(str(tmp_path), **kw)
+    with caplog.at_level(logging.WARNING, logger="datamodules.folder2d"):
+        default.setup()
+    said = [r.getMessage() for r in caplog.records if "below data.background=0" in r.getMessage()]
+    assert len(said) == 1 and "-1024" in said[0] and ".npy" in said[0], said
+    assert default.fill_value() == pytest.approx(200 / 450)  # 0 HU, water, in the [-200, 250] window
+    caplog.clear()
+    air = FolderSegmentationDataModule(str(tmp_path), background=-1024, **kw)
+    with caplog.at_level(logging.WARNING, logger="datamodules.folder2d"):
+        air.setup()
+    assert not [r for r in caplog.records if "data.background" in r.getMessage()]
+    assert air.fill_value() == 0.0 and air.collate_fn(True).fill == 0.0
+    assert float(air.train_dataset[0]["image"].min()) == 0.0  # the stored air, windowed, is the fill
+
+
 def test_one_split_file_serves_every_case_shard(tmp_path):
     """A review: a split file over the whole folder made each ``case_shard`` refuse the other shards' cases as
     "not in the data"; each shard now keeps its own cases of each list, and a typo is still refused."""
