@@ -26,7 +26,7 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.hooks import FeatureTap, resolve_module
 from lightning_modules.losses.kd.attention import LIST_ROLES, MASK, ROLES, STUDENT_LOGITS, TEACHER_PRED_LATE
 
-__all__ = ["AUTO_ROLES", "Tap", "parse_taps", "build_teacher", "example_shape", "check_pair", "check_same_padding",
+__all__ = ["AUTO_ROLES", "Tap", "parse_taps", "build_teacher", "check_tapped_heads_trained", "example_shape", "check_pair", "check_same_padding",
            "dry_run",
            "build_kd_loss", "main_output"]
 
@@ -94,9 +94,11 @@ def main_output(output: Any) -> Tensor:
     return output[0] if isinstance(output, (list, tuple)) else output
 
 
-def build_teacher(teacher: Any, teacher_cfg: Mapping | None, ckpt_path: str | None) -> nn.Module:
-    """The teacher net from its config (or the one stored in ``ckpt_path``), loaded strictly from the checkpoint."""
-    ckpt = state = None
+def build_teacher(teacher: Any, teacher_cfg: Mapping | None, ckpt_path: str | None) -> tuple[nn.Module, Any]:
+    """``(teacher net, the net config it was trained with)``: built from its config (or the one stored in
+    ``ckpt_path``) and loaded strictly from the checkpoint; the second is the checkpoint's stored config when
+    there is one (what :func:`check_tapped_heads_trained` reads), else ``teacher``."""
+    ckpt = state = stored = None
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path, "teacher checkpoint")
         try:
@@ -114,7 +116,44 @@ def build_teacher(teacher: Any, teacher_cfg: Mapping | None, ckpt_path: str | No
     net = build(teacher, what="teacher")
     if state is not None:
         load_strict(net, state, f"teacher checkpoint {ckpt_path} does not fit the teacher {type(net).__name__}")
-    return net
+    return net, stored if isinstance(stored, Mapping) else teacher
+
+
+@torch.no_grad()
+def check_tapped_heads_trained(teacher: nn.Module, trained_cfg: Any, taps: Sequence[Tap], shape: Sequence[int],
+                               where: str) -> None:
+    """Refuse teacher ``head`` taps that only deep supervision trains when the teacher was trained without it.
+
+    HLFD's p_mid^t (paper 001 Eq. 3) runs UNet++'s side heads ``final2``/``final3``; its eval forward runs the main
+    head only, so the side heads learn only under ``deep_supervision``. A review loaded a teacher trained with
+    ``deep_supervision=false`` (the flag is not an architecture key: every head exists either way) and L_UPD
+    pulled the student towards a random projection, without a word. A head the eval forward runs is trained
+    either way and always allowed."""
+    heads = list(dict.fromkeys(t.head for t in taps if t.side == "teacher" and t.head))
+    if not heads or not isinstance(trained_cfg, Mapping):
+        return
+    flag = trained_cfg.get("deep_supervision")
+    if flag is None:  # not stored: the constructor's default was what it trained with
+        param = inspect.signature(type(teacher).__init__).parameters.get("deep_supervision")
+        flag = None if param is None or param.default is inspect.Parameter.empty else param.default
+    if flag is None or bool(flag):
+        return
+    called: set[str] = set()
+    hooks = [resolve_module(teacher, h).register_forward_hook(lambda *_, h=h: called.add(h)) for h in heads]
+    modes = {m: m.training for m in teacher.modules()}
+    try:
+        teacher.eval()
+        teacher(torch.zeros(tuple(shape), device=next(teacher.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    untrained = [h for h in heads if h not in called]
+    if untrained:
+        raise ConfigError(f"distill.taps: teacher head(s) {untrained} learn only under deep supervision, but {where} "
+                          f"was trained with deep_supervision=false: their maps would be untrained projections; "
+                          f"train the teacher with deep supervision, or tap the main head only")
 
 def example_shape(student: nn.Module, example_size: int | Sequence[int]) -> tuple[int, ...]:
     """The dry forward's input shape: ``[1, C, S, S]`` for an int ``S`` (C from the student's first conv)."""

@@ -38,8 +38,8 @@ from torch import Tensor, nn
 from lightning_modules.base import to_plain
 from lightning_modules.checkpoints import load_net, save_net
 from lightning_modules.distill_setup import (
-    AUTO_ROLES, Tap, build_kd_loss, build_teacher, check_pair, check_same_padding, dry_run, example_shape, main_output,
-    parse_taps,
+    AUTO_ROLES, Tap, build_kd_loss, build_teacher, check_pair, check_same_padding, check_tapped_heads_trained, dry_run,
+    example_shape, main_output, parse_taps,
 )
 from lightning_modules.errors import ConfigError
 from lightning_modules.hooks import FeatureTap
@@ -107,11 +107,13 @@ class DistillationModule(SegmentationModule):
             "roc_thresholds": roc_thresholds,
         })
         self.method = method
-        self.teacher = build_teacher(teacher, teacher_cfg, teacher_ckpt)
+        self.teacher, trained_cfg = build_teacher(teacher, teacher_cfg, teacher_ckpt)
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.taps = parse_taps(taps)
         self.example_shape = example_shape(self.net, example_size)
+        check_tapped_heads_trained(self.teacher, trained_cfg, self.taps, self.example_shape,
+                                   f"teacher checkpoint {teacher_ckpt}" if teacher_ckpt else "the teacher")
         check_pair(self.teacher, self.net)
         shapes = dry_run(self.teacher, self.net, self.taps, self.example_shape, self.device)
         self.kd_loss = build_kd_loss(kd_loss, self.taps, shapes)

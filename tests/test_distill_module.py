@@ -197,6 +197,24 @@ def test_teacher_checkpoint_loads_and_checks_architecture(tmp_path):
         make(teacher_ckpt=str(tmp_path / "missing.ckpt"))
 
 
+def test_side_heads_of_a_teacher_trained_without_deep_supervision_are_refused(tmp_path):
+    """A review: HLFD's p_mid^t (Eq. 3) runs UNet++'s side heads, which only deep supervision trains; a teacher
+    checkpoint trained with ``deep_supervision=false`` loaded against the default config (flag on) without a word,
+    and L_UPD pulled the student towards random projections. Refused now, from the checkpoint's stored config or
+    the teacher's own; the main head (run by the eval forward) stays allowed."""
+    plain = {**TEACHER, "deep_supervision": False}
+    path, _ = _teacher_ckpt(tmp_path, plain)
+    for kw in (dict(teacher_ckpt=str(path)), dict(teacher=None, teacher_ckpt=str(path)), dict(teacher=plain)):
+        with pytest.raises(ConfigError, match=r"\['final1', 'final2', 'final3'\] learn only under deep supervision"):
+            make(**kw)
+    main_only = [t for t in TAPS if t.get("head") in (None, "final4")]
+    pixel_kd = {"_target_": "lightning_modules.losses.kd.PixelKDLoss"}
+    assert make(teacher_ckpt=str(path), taps=main_only, kd_loss=pixel_kd, method="pixel_kd").teacher is not None
+    ds_path = tmp_path / "ds"
+    ds_path.mkdir()
+    make(teacher_ckpt=str(_teacher_ckpt(ds_path, TEACHER)[0]))  # trained with it: allowed
+
+
 def test_checkpoint_without_teacher_and_student_export(tmp_path):
     path, _ = _teacher_ckpt(tmp_path, TEACHER)
     module = make(teacher_ckpt=str(path))
