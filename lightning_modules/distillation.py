@@ -271,10 +271,15 @@ class DistillationModule(SegmentationModule):
         out: OrderedDict[str, Tensor] = OrderedDict()
         with FeatureTap(self.net, [t.path for _, t, _ in heads], index={t.path: t.index for _, t, _ in heads}) as tap:
             logits = main_output(self.net(image))
+            # the tapped maps cover the student's padded grid (a review: resized straight to the image, a map at
+            # 60 px was shifted ~2 px, ~12 px at 500): resized to that grid, then cropped as the logits are
+            m = int(getattr(self.net, "size_multiple", 1) or 1)
+            h, w = image.shape[-2:]
+            grid = (-(-h // m) * m, -(-w // m) * m)
             for name, t, head in heads:
-                z = head(tap[t.path])
-                out[f"{name} ({t.path})"] = nn.functional.interpolate(z.float(), size=image.shape[-2:],
-                                                                      mode="bilinear", align_corners=False)
+                z = nn.functional.interpolate(head(tap[t.path]).float(), size=grid, mode="bilinear",
+                                              align_corners=False)
+                out[f"{name} ({t.path})"] = z[..., :h, :w]
         out["final"] = logits
         return out
 

@@ -215,6 +215,21 @@ def test_side_heads_of_a_teacher_trained_without_deep_supervision_are_refused(tm
     make(teacher_ckpt=str(_teacher_ckpt(ds_path, TEACHER)[0]))  # trained with it: allowed
 
 
+def test_intermediate_maps_at_a_size_the_student_pads_line_up_with_the_image():
+    """A review: the Fig. 2 maps (``intermediate_predictions``) were resized from the student's padded grid straight
+    to the image, shifting them (~2 px at 60 px). An image of 60 px and the same image zero-padded to 64 (what the
+    student pads it to) give the same tapped features, so the maps must agree on the image's own 60 x 60 pixels."""
+    torch.manual_seed(0)
+    module = make(example_size=64).eval()
+    small = torch.rand(1, 1, 60, 60)
+    padded = nn.functional.pad(small, (0, 4, 0, 4))
+    at60, at64 = module.intermediate_predictions(small), module.intermediate_predictions(padded)
+    names = [k for k in at60 if k != "final"]
+    assert len(names) == 3 and all(at60[k].shape[-2:] == (60, 60) for k in names)
+    for k in names:
+        torch.testing.assert_close(at60[k], at64[k][..., :60, :60])
+
+
 def test_checkpoint_without_teacher_and_student_export(tmp_path):
     path, _ = _teacher_ckpt(tmp_path, TEACHER)
     module = make(teacher_ckpt=str(path))
