@@ -1,6 +1,6 @@
 """Segmentation metrics that torchmetrics lacks: per-volume reassembly, mIoU (paper 000 Eq. 5), RVD.
 
-torchmetrics provides the ROC curve / AUC (``BinaryROC``, ``BinaryAUROC``) used by the modules; what it has
+torchmetrics provides the ROC curve / AUC (its binned ``MulticlassROC``, :mod:`lightning_modules.roc`); what it has
 no notion of is a *case*: test metrics in medical segmentation are per patient volume, with the slices of a
 case reassembled before Dice is taken, and reported as mean ± std across cases. :class:`PerCaseConfusion`
 keeps one confusion matrix per slice (a torchmetrics ``Metric`` with ``cat`` states, so it syncs correctly

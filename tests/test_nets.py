@@ -101,6 +101,16 @@ def test_deep_supervision_off_returns_tensor(cls) -> None:
     net = cls(in_channels=1, classes=3, width=4, deep_supervision=False).train()
     out = net(torch.randn(2, 1, 32, 32))
     assert isinstance(out, torch.Tensor) and out.shape == (2, 3, 32, 32)
+    # a review: the unused side heads' parameters stopped DDP (no unused parameters) at its second step; every
+    # parameter left trainable now reaches the loss, and only the side heads are frozen
+    out.square().mean().backward()
+    unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    frozen = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("heads.") else "")
+              for n, p in net.named_parameters() if not p.requires_grad}
+    assert not unused, unused
+    side = ({f"heads.{h}" for h in net.heads if h != "de0"} if hasattr(net, "heads")
+            else {f"final{j}" for j in range(1, net.levels - 1)})
+    assert frozen == side and len(side) >= 3, frozen
 
 
 @pytest.mark.parametrize("cls", [UNet3Plus, DNet, NestedUNet, AttentionUNet, ResNet18Student])

@@ -32,7 +32,8 @@ full-scale heads from fine to coarse (middle before deep decoder at equal scale)
 
 A list is returned only when ``self.training and self.deep_supervision``; otherwise the main head's
 tensor.  ``paper`` preset at ``in_channels=3, classes=1``: 27,579,079 parameters (paper: 27.63M, -0.2%);
-that is 0.61M more than UNet3+ without auxiliary heads (26,971,777; the paper reports +0.66M).
+that is 0.59M more than UNet3+ counted alike (both with their side heads, 26,989,637, or both without:
+27,560,577 against 26,971,777; the paper reports +0.66M).
 Any input size works (zero-padded to a multiple of 16, logits cropped back).
 """
 from __future__ import annotations
@@ -97,6 +98,10 @@ class DNet(nn.Module):
             f"en{self.levels - 1}": SideHead(f[-1], classes, 3),
         })
         init_weights(self)
+        # without deep supervision the side heads never reach the loss: frozen, so DDP (no unused parameters) can
+        # train the net (a review: the second step failed) and the trainable count is what trains
+        for name, head in self.heads.items():
+            head.requires_grad_(deep_supervision or name == "de0")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         x, size = pad_to_multiple(x, self.size_multiple)

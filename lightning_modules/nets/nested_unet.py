@@ -63,6 +63,10 @@ class NestedUNet(nn.Module):
         n = self.levels - 1
         self.head_names: list[str] = [f"x0_{n}"] + [f"x0_{j}" for j in range(1, n)]
         init_weights(self)
+        # without deep supervision the side heads never reach the loss: frozen, so DDP (no unused parameters) can
+        # train the net (a review: the second step failed) and the trainable count is what trains
+        for j in range(1, n):
+            getattr(self, f"final{j}").requires_grad_(deep_supervision)
 
     @staticmethod
     def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -121,6 +121,10 @@ class UNet3Plus(nn.Module):
             {name: SideHead(self.up_channels, classes, 3) for name in self.head_names[:-1]})
         self.heads[self.head_names[-1]] = SideHead(self.filters[-1], classes, 3)
         init_weights(self)
+        # without deep supervision the side heads never reach the loss: frozen, so DDP (no unused parameters) can
+        # train the net (a review: the second step failed) and the trainable count is what trains
+        for name, head in self.heads.items():
+            head.requires_grad_(deep_supervision or name == "de0")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         x, size = pad_to_multiple(x, self.size_multiple)
