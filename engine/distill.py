@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules.atomic import atomic_output
 from datamodules.volumes import CACHE_FORMAT
+from engine import artifacts
 from engine.builders import ConfigError, build_module
 from engine.fit import output_dir, refuse_untrained_test, train_and_test
 from lightning_modules.base import build
@@ -160,6 +161,7 @@ def ensure_teacher(cfg: DictConfig) -> Path:
     log.info("training the teacher first (cache: %s)", cache)
     tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), output_dir(cfg) / "teacher",
                             cfg.distill.teacher.get("max_epochs"), sub_run=True, data=teacher_data(cfg))
+    _claim_teacher_dir(Path(tcfg.paths.output_dir), cache)
     if tcfg.trainer.get("fast_dev_run"):  # fast_dev_run writes no checkpoint: one batch, one epoch instead
         n = int(tcfg.trainer.fast_dev_run)  # True -> 1
         with open_dict(tcfg):
@@ -172,6 +174,23 @@ def ensure_teacher(cfg: DictConfig) -> Path:
     if not src.is_file():
         raise ConfigError(f"teacher training wrote no checkpoint in {ckpt_dir} (is callbacks.model_checkpoint set?)")
     return _atomic_copy(src, cache)
+
+
+def _claim_teacher_dir(tdir: Path, cache: Path) -> None:
+    """Stamp ``<run>/teacher`` with the cache key its teacher trains for; a resume whose teacher has another key is
+    refused. A review: a resume with a larger ``trainer.max_epochs`` continued the old teacher's ``last.ckpt`` (2
+    epochs, T_max 2) and cached it under the new key, which every later run with those settings then reused."""
+    stamp = tdir / "teacher_key.txt"
+    if stamp.is_file():  # a teacher folder from before the stamp is continued, as it was (its run's config is checked)
+        with stamp.open(errors="replace") as fh:  # a run folder's file is data: a few bytes, never the whole of it
+            held = fh.read(128).strip()
+        if held != cache.stem:
+            raise ConfigError(f"resume: {tdir} holds a teacher trained for key {held}, but this config's teacher is "
+                              f"{cache.stem} (distill.teacher.*, module, trainer or data settings differ): repeat "
+                              f"the run's overrides, or start a new run")
+        return
+    tdir.mkdir(parents=True, exist_ok=True)
+    artifacts.atomic_write_text(stamp, cache.stem + "\n")
 
 
 def check_padding_before_the_teacher(cfg: DictConfig) -> None:

@@ -36,11 +36,15 @@ PIXELS = ("window", "out_range", "image_size", "spacing", "orientation", "normal
 #: data keys that decide which data, labels and cases a run trains, validates and tests on
 SOURCE = ("_target_", "layout", "target", "label_map", "mask_threshold", "mask_channel", "val_fraction",
           "test_fraction", "seed", "train_cases", "train_slices", "split_file", "case_pattern")
-#: what a resumed run must keep: its net, what it sees and its data (``data.root`` may move)
-RESUME = ("module.net", *(f"data.{k}" for k in (*PIXELS, *SOURCE)))
+#: what a resumed run must keep: its net, what it sees and its data (``data.root`` may move); and its optimiser and
+#: schedule, resolved: Lightning restores their state from the checkpoint, so a new lr or a cosine ``T_max`` that
+#: follows a larger ``trainer.max_epochs`` did not apply (a review: the lr restarted its cosine, 0.05 -> 0 -> 0.05,
+#: while config.yaml said ``T_max: 6``)
+RESUME = ("module.net", "module.optimizer", "module.scheduler", *(f"data.{k}" for k in (*PIXELS, *SOURCE)))
 #: what a resumed distillation must keep: its teacher, method, loss and taps (another one switched the teacher
 #: mid-run silently, or failed after rewriting config.yaml on the KD adapters' state)
 DISTILL = ("distill.method", "distill.loss", "distill.taps", "distill.teacher.model", "distill.teacher.ckpt",
+           "distill.teacher.max_epochs", "distill.teacher.data",
            # what L_seg, the teacher's loss and the evaluation protocol were (a review: a resume with another
            # module.loss reused finished stages trained with the old one, in one table)
            "distill.teacher.loss", "module.loss", "module.fg_threshold", "module.eval_slices")

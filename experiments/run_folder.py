@@ -122,7 +122,10 @@ def another_run(run: Path, config: DictConfig) -> str | None:
     if not diffs:
         return None
     shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
-    return (f"resume={run} composes another run than the one in it: {shown}. Repeat the run's overrides: "
+    why = (" (a resumed run takes its optimiser and schedule from its checkpoint, so new values would not apply; a "
+           "cosine T_max follows trainer.max_epochs: a longer run is a new run)"
+           if any(d.startswith(("module.optimizer", "module.scheduler")) for d in diffs) else "")
+    return (f"resume={run} composes another run than the one in it: {shown}{why}. Repeat the run's overrides: "
             f"{continue_command(saved_overrides(run), run)}")
 
 

@@ -106,8 +106,14 @@ def test_resume_without_the_runs_overrides_is_one_line_and_changes_nothing(train
 def test_resume_with_the_runs_overrides_continues(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained / "run", run)
-    proc = run_in_process("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", "trainer.max_epochs=2",
-                                              f"resume={run}"], tmp_path)
+    kept = (run / "config.yaml").read_bytes()
+    longer = [*TINY, f"paths.data_dir={trained / 'data'}", "trainer.max_epochs=2", f"resume={run}"]
+    # the cosine's T_max follows max_epochs: a resumed run keeps its checkpoint's schedule, so a longer one is
+    # refused (a review: it restarted the lr while config.yaml said T_max 2); pinned to the run's, it continues
+    assert "module.scheduler.T_max=2 (the run's 1) (a resumed run takes its optimiser and schedule from its " \
+           "checkpoint" in _error_line(run_in_process("experiments.run", longer, tmp_path))
+    assert (run / "config.yaml").read_bytes() == kept
+    proc = run_in_process("experiments.run", [*longer, "module.scheduler.T_max=1"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
 
@@ -154,7 +160,7 @@ def test_a_run_with_the_default_loggers_resumes(module_tmp, tmp_path):
     first = run_in_process("experiments.run", [*tiny, f"paths.data_dir={data}", f"hydra.run.dir={run}"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     again = run_in_process("experiments.run", [*tiny, f"paths.data_dir={data}", "trainer.max_epochs=2",
-                                               f"resume={run}"], tmp_path)
+                                               "module.scheduler.T_max=1", f"resume={run}"], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
 
 
@@ -237,13 +243,18 @@ def test_a_resumed_federated_distillation_keeps_how_its_finished_stages_trained(
     ran = {"fed_distill": {"arms": ["none"], "teacher_scheduler": None}, "trainer": {"max_epochs": 20},
            "module": {"optimizer": {"lr": 3e-3}}, "data": {"batch_size": 8}}
     assert differences(saved, ran, resume_keys(saved)) == [
-        "trainer.max_epochs=20 (the run's 15)", "module.optimizer.lr=0.003 (the run's 0.001)",
+        "module.optimizer.lr=0.003 (the run's 0.001)", "trainer.max_epochs=20 (the run's 15)",
         "data.batch_size=8 (the run's 4)"]
     saved["trainer"]["limit_train_batches"], ran["trainer"] = 1.0, {"max_epochs": 15, "limit_train_batches": 5}
     ran.update(module=saved["module"], data=saved["data"])
     assert differences(saved, ran, resume_keys(saved)) == ["trainer.limit_train_batches=5 (the run's 1.0)"]
     assert differences({k: v for k, v in saved.items() if k != "fed_distill"}, ran,
-                       resume_keys({"trainer": {}})) == []  # a plain run may be resumed to train longer
+                       resume_keys({"trainer": {}})) == []  # a plain run may be resumed to train longer...
+    # ...where its schedule does not follow the length: a resumed run keeps its checkpoint's optimiser and
+    # scheduler (a review: a new lr was ignored, and a cosine T_max from a larger max_epochs restarted the lr)
+    plain = {"module": {"optimizer": {"lr": 1e-3}, "scheduler": {"T_max": 15}}}
+    assert differences(plain, {"module": {"optimizer": {"lr": 1e-3}, "scheduler": {"T_max": 20}}},
+                       resume_keys(plain)) == ["module.scheduler.T_max=20 (the run's 15)"]
 
 
 def test_a_resumed_distillation_keeps_its_losses_protocol_and_the_sites_augmentation():
