@@ -110,12 +110,23 @@ def _own_file(path: Path, run_dir: Path, what: str) -> None:
                               f"folder (its config, weights, client store and {BEST_LOCAL} together)")
 
 
+def _none_kept(weights: Path, fed: DictConfig, where: Path) -> FederationError:
+    """The one line for a store that holds no client's local entries: a real deployment's server store (each site
+    kept its own node ``store=``). Filled with nothing, the weights would run with batch norm as initialised."""
+    name = str(fed.strategy._target_).rsplit(".", 1)[-1]
+    return FederationError(f"{weights}: {where} holds no client's local entries ({name}'s batch norm; a real "
+                           f"deployment keeps them in each site's own node store=), so these weights have untrained "
+                           f"batch norm; copy a site's <store>/<site>.pt into the run's client store and pass "
+                           f"client=<site>")
+
+
 def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Mapping[str, torch.Tensor],
                    site: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """``(state, what was filled in)``: ``state`` (the federation's global ``weights``) with the local-only
     entries of client ``site`` (a client of the store, e.g. a hospital with ``partition=by_site``), else their
     mean over the clients; unchanged for a run that is no federation or whose clients keep nothing. A FedBN
-    run whose client store is not in ``run_dir`` is one line: its BN layers would be untrained."""
+    run whose client store is not in ``run_dir``, or holds no client's entries (a real deployment's: the sites
+    kept theirs), is one line: its BN layers would be untrained."""
     fed = run_cfg.get("federation")
     if not isinstance(fed, DictConfig) or not keeps_local(fed):
         return dict(state), ""
@@ -128,6 +139,8 @@ def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Map
                               f"and {BEST_LOCAL} beside the config)")
     store = ClientStore(store_dir)
     clients = store.index()
+    if not clients:
+        raise _none_kept(weights, fed, store_dir)
     for cid in clients:  # read below: the run's own files, not links to another run's
         _own_file(store.path(cid), run_dir, f"client store file of {cid!r}")
     snapshot = Path(weights).parent / BEST_LOCAL
@@ -137,6 +150,8 @@ def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Map
         raise FederationError(f"{site!r} is no client of {store_dir} (clients: {clients}): its batch norm "
                               f"cannot be chosen; predict's client=<one of them> picks one, client=mean their mean")
     local, source = local_for(weights, store, clients), local_source(weights, store)
+    if not local:
+        raise _none_kept(weights, fed, source)
     if site is not None and site not in local:
         raise FederationError(f"client {site!r} kept no local entries in {store_dir} for {Path(weights).name} (it "
                               f"never trained?): its batch norm cannot be filled in; predict's client=mean takes the "

@@ -133,14 +133,10 @@ def _fit_seconds(server: Server, finished_before: bool) -> float:
     return server.elapsed()
 
 
-def _finish(server: Server, finished_before: bool = False) -> dict[str, Any]:
-    out, metric = server.out, server.main_metric()
-    rows = rounds_table(server.history)
-    if rows:
-        png = plot_rounds({str(server.fed.strategy._target_.split(".")[-1]): rows}, out / "fed_curves.png",
-                          metric, title=str(server.cfg.get("exp_name", "federation")))
-        log_image(server.loggers, "fed/curves", png)
-    save_atomic(server.global_state, out / "global_final.pt")
+def _test_global(server: Server) -> dict[str, Any]:
+    """The final (and best round's) global model on the pooled test set: ``test/*``, ``fed/global/*``,
+    ``fed/best/*``, with ``test_per_case.csv`` and the test media."""
+    out = server.out
     test_loader = server.loader(server.base.test_dataset)
     overlays = test_overlays(server.template, server.fed)  # segmentation: test_overlays.png, as a centralised run
     final = server.evaluate(server.module_for(server.global_state), test_loader, "test",
@@ -158,6 +154,19 @@ def _finish(server: Server, finished_before: bool = False) -> dict[str, Any]:
         metrics.update({f"fed/best/{k}": v for k, v in best.items()})
         metrics["fed/best_round"] = server.best["round"]
         metrics[f"{server.monitor}_best"] = server.best["value"]  # server validation: what a sweep optimises
+    return metrics
+
+
+def _finish(server: Server, finished_before: bool = False) -> dict[str, Any]:
+    out, metric = server.out, server.main_metric()
+    rows = rounds_table(server.history)
+    if rows:
+        png = plot_rounds({str(server.fed.strategy._target_.split(".")[-1]): rows}, out / "fed_curves.png",
+                          metric, title=str(server.cfg.get("exp_name", "federation")))
+        log_image(server.loggers, "fed/curves", png)
+    save_atomic(server.global_state, out / "global_final.pt")
+    # FedBN with the sites' stores on their own nodes: no BN to test the global model with (said once by the server)
+    metrics = {} if server.global_view_untrained() else _test_global(server)
     metrics.update({"fed/rounds": len(server.history), "fed/num_clients": len(server.client_ids),
                     "fed/dropped_total": server.dropped_total,
                     "fed/shared_pool": 0 if server.pool is None else len(server.pool),

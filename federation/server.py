@@ -153,6 +153,7 @@ class Server:
         self.dropped_total = 0
         self._untrained_warned: set[str] = set()
         self._mean_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
+        self._untrained_said = False
 
     # ------------------------------------------------------------------ public helpers (matrix, loop)
     def main_metric(self) -> str:
@@ -182,6 +183,23 @@ class Server:
             full.update({k: v for k, v in view.items() if k in full})
         self.template.net.load_state_dict(full)
         return self.template
+
+    def global_view_untrained(self) -> bool:
+        """Whether the server's view of the global model would carry local-only entries (FedBN's batch norm) that
+        no client stored here: in a real deployment each site keeps them in its own node ``store=``, so the
+        server's store stays empty and its view would be BN as initialised (mean 0, var 1). Server validation,
+        test and the best round are then skipped, said once (a review: they were scored with untrained BN)."""
+        if not any(self.strategy.is_local(k) for k in self.global_state) or self._stored_mean():
+            return False
+        if not self._untrained_said:
+            self._untrained_said = True
+            log.warning("%s keeps batch norm at the sites and the server's store %s holds none (each site keeps its "
+                        "own node store=), so the global model has no trained batch norm: server validation, test/* "
+                        "and global_best.pt are skipped, not scored with untrained BN. Score each site with its own: "
+                        "client/<site>/local_val/* each round, and predict ckpt=global_final.pt client=<site> after "
+                        "copying that site's <store>/<site>.pt into %s", self.strategy.name, self.store.root,
+                        self.store.root)
+        return True
 
     def _stored_mean(self) -> dict[str, torch.Tensor]:
         """The mean of every client's stored local entries (the server's view), read again only when a store
@@ -215,6 +233,8 @@ class Server:
     # ------------------------------------------------------------------ evaluation
     def evaluate_round(self, sampled: list[str]) -> dict[str, float]:
         row: dict[str, float] = {}
+        if self.global_view_untrained():  # no client's BN here: nothing to score the global model with
+            return row
         mode = str(self.fed.get("eval_clients", "all"))
         eval_ids = self.client_ids if mode == "all" else (sampled if mode == "sampled" else [])
         per_client: dict[str, dict[str, float]] = {}

@@ -42,8 +42,8 @@ class _SiteNodes:
     data_on_nodes = True
     in_process = False
 
-    def __init__(self, roots: dict[str, str]) -> None:
-        self.roots, self.seen = roots, []
+    def __init__(self, roots: dict[str, str], stores: dict[str, str] | None = None) -> None:
+        self.roots, self.seen, self.stores = roots, [], stores  # stores: each site's own (else the server's)
 
     def map(self, fn, jobs, on_done=None):
         from omegaconf import OmegaConf
@@ -55,7 +55,7 @@ class _SiteNodes:
             assert len(job.kwargs["indices"].train) == 0  # the server holds none of the site's data
             ccfg = OmegaConf.to_container(job.kwargs["cfg"], resolve=True)
             node = {"site": job.client_id, "partition": "all", "data-root": self.roots[job.client_id],
-                    "store": job.kwargs["store"]}
+                    "store": job.kwargs["store"] if self.stores is None else self.stores[job.client_id]}
             updates.append(node_train(job.client_id, job.kwargs["server_message"], ccfg, node))
             self.seen.append(job.client_id)
             if on_done is not None:
@@ -120,3 +120,51 @@ def test_remote_sites_is_told_by_the_function_not_the_name():
     assert not is_remote_sites(OmegaConf.create({"_target_": "federation.core.partition.iid"}))
     assert not is_remote_sites(OmegaConf.create({"_target_": "mypkg.not_remote_sites"}))  # a name ending alike
     assert not is_remote_sites(None)
+
+
+def _own_stores(tmp_path, rounds: int, extra: list[str]):
+    """A real deployment (docs/deployment.md step 4): each site's node keeps its own ``store=`` on its host, so
+    the server's ``client_store/`` holds nothing; returns ``(cfg, nodes, run dir)`` after the rounds."""
+    from federation.loop import run_federation
+    from federation.runner import get_base_datamodule
+
+    ov = [*REMOTE, f"federation.rounds={rounds}", *extra]
+    cfg = compose_run([*ov, f"data.root={tmp_path / 'server'}", _phantoms(9)], tmp_path)
+    nodes = _SiteNodes({}, stores={})
+    for i, site in enumerate(("hospital_a", "hospital_b")):
+        get_base_datamodule(compose_run([*ov, f"data.root={tmp_path / site}", _phantoms(i + 1)],
+                                        tmp_path / f"n{i}").data)
+        nodes.roots[site], nodes.stores[site] = str(tmp_path / site), str(tmp_path / site / "store")
+    return cfg, run_federation(cfg, nodes), tmp_path / "run"
+
+
+def test_remote_fedbn_is_not_scored_with_untrained_batch_norm(tmp_path, caplog):
+    """A FedBN deployment whose sites keep their own stores: the server has no batch norm of its own, so it
+    scores no server validation or test, chooses no best round, says why once, and predict refuses the global
+    weights until a site's store is given (a review: all were silently run with BN as initialised)."""
+    import json
+    import shutil
+
+    import pytest
+    import torch
+
+    from federation.deploy import deployed_state
+    from federation.errors import FederationError
+
+    with caplog.at_level("WARNING", logger="federation.server"):
+        cfg, metrics, run = _own_stores(tmp_path, 1, ["federation/strategy=fedbn"])
+    assert ClientStore(run / "client_store").index() == []  # the sites' BN stayed at the sites
+    assert ClientStore(tmp_path / "hospital_a" / "store").index() == ["hospital_a"]
+    scored = [k for k in json.loads((run / "metrics.json").read_text()) if "test/" in k or "server_val/" in k]
+    assert scored == [] and not any("test/" in k or "server_val/" in k for k in metrics)
+    assert not (run / "global_best.pt").exists()
+    said = [r.getMessage() for r in caplog.records if "batch norm" in r.getMessage()]
+    assert len(said) == 1 and "client=<site>" in said[0], said
+    state = torch.load(run / "global_final.pt", weights_only=True)
+    with pytest.raises(FederationError, match="holds no client's local entries.*client=<site>"):
+        deployed_state(run / "global_final.pt", run, cfg, state)
+    shutil.copy(tmp_path / "hospital_a" / "store" / "hospital_a.pt", run / "client_store")  # the site's own
+    filled, what = deployed_state(run / "global_final.pt", run, cfg, state, "hospital_a")
+    assert "client hospital_a's" in what
+    var = [k for k in state if k.endswith("running_var")][0]
+    assert not torch.equal(filled[var], state[var])  # the site's trained statistics, not 1.0
