@@ -41,8 +41,8 @@ def test_unknown_privacy_is_refused_with_any_executor(tmp_path):
         with pytest.raises(ConfigError, match="federation.privacy=bogus: expected none, dp or secagg"):
             _check([*DIGITS, *executor, "federation.privacy=bogus"], tmp_path)
     _check([*DIGITS, "federation.privacy=none"], tmp_path)  # none is fine anywhere
-    _check([*FLOWER, "federation.privacy=dp"], tmp_path)
-    _check([*FLOWER, "federation.privacy=secagg"], tmp_path)
+    _check([*FLOWER, "federation.privacy=dp", "federation.executor.dp.release_metrics=true"], tmp_path)  # datashare
+    _check([*FLOWER, "federation.privacy=secagg"], tmp_path)  # part allocates by the sites' accuracy
 
 
 def test_dp_with_batchnorm_statistics_crossing_is_refused_before_launch(tmp_path):
@@ -54,7 +54,7 @@ def test_dp_with_batchnorm_statistics_crossing_is_refused_before_launch(tmp_path
     from federation.transports.flower.launch import check
 
     base = [*FLOWER, "federation.privacy=dp", "federation.executor.launch=false",
-            "federation.strategy.allow_data_transfer=true"]
+            "federation.strategy.allow_data_transfer=true", "federation.executor.dp.release_metrics=true"]
     with pytest.raises(ConfigError) as err:
         check(compose_run(base, tmp_path))
     assert str(err.value).startswith("federation.privacy=dp: the net's BatchNorm running statistics (")

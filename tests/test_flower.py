@@ -163,12 +163,15 @@ def test_real_deployment_writes_the_run_config(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("privacy, says", [("dp", "clips its update to L2 norm 0.5 and adds Gaussian noise"),
+                                           ("dp", "validation metrics are sent in clear, outside epsilon and delta"),
                                            ("secagg", "learns only the sites' weighted sum")])
 def test_the_launch_says_which_privacy_is_on(tmp_path, capsys, privacy, says):
-    """A DP rehearsal printed nothing saying DP was on (deployment walkthrough); the launcher now says it."""
+    """A DP rehearsal printed nothing saying DP was on (deployment walkthrough); the launcher now says it, and
+    that released metrics are outside the DP guarantee (data sharing's mode=part needs them released)."""
     dispatch(compose_run([*SMALL, "federation/executor=flower", "federation.executor.launch=false",
                           "federation.strategy.allow_data_transfer=true", f"federation.privacy={privacy}",
-                          "federation.executor.dp.clipping_norm=0.5", "model.norm=group"], tmp_path))
+                          "federation.executor.dp.clipping_norm=0.5", "model.norm=group",
+                          "federation.executor.dp.release_metrics=true"], tmp_path))
     assert says in " ".join(capsys.readouterr().out.split())  # rich wraps (and pads) at the terminal's width
 
 

@@ -317,6 +317,37 @@ def test_a_site_started_with_dp_applies_it_whatever_the_server_asks(grid_env):
         assert not updates and all(said in f for f in failures.values()), failures
 
 
+def test_dp_withholds_the_sites_validation_metrics_unless_released(grid_env):
+    """A review: under ``privacy=dp`` LocalDpMod noised the weights only, and each site's validation metrics (acc,
+    loss, dice on its own data) left the node exact, though the docs said noise came "before anything leaves".
+    They are withheld now unless ``dp.release_metrics=true``; a node enforcing DP decides that itself."""
+    from engine.errors import ConfigError
+    from federation.transports.flower.privacy import check_flower_privacy, privacy_line
+    from omegaconf import OmegaConf
+
+    glob, local = _states()
+    dp = {"clipping_norm": 10.0, "sensitivity": 20.0, "epsilon": 2e4, "delta": 1e-5}
+    own = {"dp-clipping-norm": 10.0, "dp-sensitivity": 20.0, "dp-epsilon": 2e4, "dp-delta": 1e-5}
+    for node, release, sent in (({}, False, {}), ({}, True, {"acc": 0.5}),
+                                ({"node_privacy": "dp", **own}, True, {}),  # the site's own choice holds
+                                ({"node_privacy": "dp", **own, "dp-release-metrics": True}, False, {"acc": 0.5})):
+        executor.set_grid(_Grid(_dp_train(local, steps=3), **node))
+        updates, failures = executor.FlowerExecutor(privacy="dp", dp={**dp, "release_metrics": release}).map(
+            None, _jobs(glob))
+        assert failures == {} and [dict(u.metrics) for u in updates] == [sent] * len(N), (node, release, failures)
+    fed = OmegaConf.create({"privacy": "dp", "strategy": {"_target_": "federation.core.strategies.DataSharing",
+                                                          "mode": "part"},
+                            "executor": {"_target_": "federation.transports.flower.executor.FlowerExecutor",
+                                         "dp": {**dp, "release_metrics": False}}})
+    with pytest.raises(ConfigError, match="allocates by each site's accuracy.*release_metrics=true"):
+        check_flower_privacy(fed)  # before any process starts, not after a round trained
+    fed.executor.dp.release_metrics = "yes"
+    with pytest.raises(ConfigError, match="release_metrics='yes': must be true or false"):
+        check_flower_privacy(fed)
+    fed.executor.dp.release_metrics = False
+    assert "validation metrics are withheld" in privacy_line(OmegaConf.create({"federation": fed}))
+
+
 class _FlowerErrorsGrid(_Grid):
     """As :class:`_Grid`, with the error reply Flower's SuperNode makes of a ClientApp's exception."""
 

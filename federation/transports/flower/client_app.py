@@ -13,7 +13,9 @@ The SuperNode's node config names the site and its data (``flower-supernode --no
 * ``privacy``: ``secagg`` makes the node refuse any ``train`` message that is not part of a SecAgg+ round
   (a site's own guarantee: the server cannot ask it for its weights in clear); ``dp`` likewise refuses a
   ``train`` message that does not ask for DP and needs ``dp-clipping-norm``, ``dp-sensitivity``, ``dp-epsilon``
-  and ``dp-delta`` in the node config, which replace the server's values (the site's own noise holds).
+  and ``dp-delta`` in the node config, which replace the server's values (the site's own noise holds);
+  ``dp-release-metrics`` (default false) replaces the server's ``dp.release_metrics``: under DP a node sends its
+  validation metrics only when released, since no noise covers them.
 * ``accelerator`` / ``devices``: the node's own hardware for local training (default: the server's
   accelerator, 1 device; ``devices="[1]"`` picks GPU 1); a node always trains in one process on one device
   (``trainer.strategy``, ``num_nodes`` and ``devices`` of the server's config are replaced:
@@ -26,7 +28,8 @@ The SuperNode's node config names the site and its data (``flower-supernode --no
 A ``train`` message carries the global weights and the experiment's client config; the reply carries
 weights, a sample count and scalar metrics only (:mod:`.wire`). A ``query`` message asks which site a
 node is. ``fedmed.privacy=dp`` in the message wraps the handler with Flower's ``LocalDpMod`` (clipping
-+ Gaussian noise on the client, before anything leaves). A SecAgg+ message (one carrying the
++ Gaussian noise of the weights on the client, before they leave; the scalar metrics, which it does not noise,
+are withheld unless released). A SecAgg+ message (one carrying the
 ``secaggplus_configs`` record of ``SecAggPlusWorkflow``) goes through Flower's ``secaggplus_mod``, which
 answers the protocol's key stages itself and calls the handler only to collect the masked vector: the
 handler then replies with the delta ``w_k - w_global`` in float64 (:func:`.wire.secagg_update`), which the
@@ -84,10 +87,19 @@ def _dp_settings(msg: Message, context: Context) -> dict[str, float] | None:
         if missing:  # a later review: a value left to the server (sensitivity=0) made the noise 0
             raise ValueError(f"site {site!r} enforces DP (node privacy=dp) and needs all four of its own values; "
                              f"missing: {', '.join('dp-' + k.replace('_', '-') for k in missing)}")
-        return checked_dp({key: float(v) for key, v in own.items()}, f"site {site!r}'s node config dp-")
+        dp = checked_dp({key: float(v) for key, v in own.items()}, f"site {site!r}'s node config dp-")
+        return {**dp, "release_metrics": _flag(_node(context, "dp-release-metrics", False), site)}
     if not asked:
         return None
-    return checked_dp({key: float(cfg[PREFIX + "dp." + key]) for key in DP_KEYS}, "the server's federation.executor.dp.")
+    dp = checked_dp({key: float(cfg[PREFIX + "dp." + key]) for key in DP_KEYS}, "the server's federation.executor.dp.")
+    return {**dp, "release_metrics": cfg.get(PREFIX + "dp.release_metrics", False) is True}
+
+
+def _flag(value: Any, site: str) -> bool:
+    """A node config's ``dp-release-metrics``: true or false (a TOML boolean, or its text)."""
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    raise ValueError(f"site {site!r}: node config dp-release-metrics={value!r} must be true or false")
 
 
 def checked_dp(dp: dict[str, float], where: str) -> dict[str, float]:
@@ -113,8 +125,23 @@ def _privacy_mod(msg: Message, context: Context, call_next: Any) -> Message:
     dp = _dp_settings(msg, context) if msg.metadata.message_type == MessageType.TRAIN else None
     if dp is not None:
         mod = LocalDpMod(dp["clipping_norm"], dp["sensitivity"], dp["epsilon"], dp["delta"])
-        return mod(msg, context, _then_fresh_entropy(call_next))
+        inner = call_next if dp["release_metrics"] else _metrics_withheld(call_next)
+        return mod(msg, context, _then_fresh_entropy(inner))
     return call_next(msg, context)
+
+
+def _metrics_withheld(call_next: Any) -> Any:
+    """``call_next`` with the reply's scalar metrics dropped (the site's validation acc, loss, dice): ``LocalDpMod``
+    clips and noises the arrays only, so under DP they left the node exact, outside (epsilon, delta) (a review).
+    The wire's own entries (``fedmed.*``: the key order, the integer entries) stay."""
+    def handler(msg: Message, context: Context) -> Message:
+        reply = call_next(msg, context)
+        records = reply.content.config_records if not reply.has_error() else {}
+        if "fitres.metrics" in records:
+            kept = {k: v for k, v in records["fitres.metrics"].items() if k.startswith(PREFIX)}
+            reply.content.config_records["fitres.metrics"] = ConfigRecord(kept)
+        return reply
+    return handler
 
 
 def _then_fresh_entropy(call_next: Any) -> Any:

@@ -61,7 +61,8 @@ class FlowerExecutor:
         connect_timeout_s: how long the first round waits for every sampled site's SuperNode.
         privacy: ``none`` | ``dp`` (Flower's ``LocalDpMod`` on each client: clip + Gaussian noise) |
             ``secagg`` (Flower's SecAgg+: the server sees only the weighted mean of the updates).
-        dp: ``clipping_norm``, ``sensitivity``, ``epsilon``, ``delta`` of ``LocalDpMod``.
+        dp: ``clipping_norm``, ``sensitivity``, ``epsilon``, ``delta`` of ``LocalDpMod``; ``release_metrics``
+            (default false): whether the sites send their validation metrics, which no noise covers.
         secagg: ``num_shares``, ``reconstruction_threshold``, ``max_weight``, ``clipping_range``,
             ``quantization_range`` of ``SecAggPlusWorkflow`` (:class:`.secagg.SecAggSettings`).
         Other keys (``launch``, ``superlink``, ...) are read by the launcher, not here.
@@ -89,6 +90,7 @@ class FlowerExecutor:
             dp = dict(dp or {})
             for key in ("clipping_norm", "sensitivity", "epsilon", "delta"):
                 self.extra[f"dp.{key}"] = float(dp[key])
+            self.extra["dp.release_metrics"] = dp.get("release_metrics") is True  # default: withheld
         self.secagg = None
         if privacy == "secagg":
             from federation.transports.flower.secagg import SecAggSettings

@@ -161,11 +161,13 @@ def claim(fdir: Path, home: Path) -> str:
 def rehearsal_node_config(cid: str, store: Path, privacy: str, dp: Any) -> str:
     """A rehearsal SuperNode's ``--node-config``: its site, the derived partition, its store and privacy; under
     ``privacy=dp`` the node's own four DP values too, the server's (a node with ``privacy=dp`` requires them:
-    a review found every DP rehearsal failing in round 1 once nodes enforced their own)."""
+    a review found every DP rehearsal failing in round 1 once nodes enforced their own), and whether it sends its
+    validation metrics (``dp.release_metrics``: a node enforcing DP decides that itself)."""
     parts = [f'site="{cid}"', 'partition="derive"', f'store="{store}"', f'privacy="{privacy}"']
     if privacy == "dp":
         parts += [f"dp-{key.replace('_', '-')}={float(dp[key])!r}"
                   for key in ("clipping_norm", "sensitivity", "epsilon", "delta")]
+        parts.append(f"dp-release-metrics={'true' if dp.get('release_metrics') is True else 'false'}")
     return " ".join(parts)
 
 

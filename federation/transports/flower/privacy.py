@@ -11,7 +11,8 @@ from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["PRIVACY", "check_flower_privacy", "check_secagg", "privacy_line", "check_dp_statistics", "dp_problem"]
+__all__ = ["PRIVACY", "check_flower_privacy", "check_secagg", "privacy_line", "check_dp_statistics", "dp_problem",
+           "check_dp_metrics"]
 
 PRIVACY = ("none", "dp", "secagg")
 
@@ -71,10 +72,10 @@ def check_flower_privacy(fed: Any) -> None:
     _number("federation.executor.connect_timeout_s", ex.get("connect_timeout_s", 180.0), 0)
     if privacy == "dp":
         dp = ex.get("dp") or {}
-        unknown = sorted(set(map(str, dp)) - {"clipping_norm", "sensitivity", "epsilon", "delta"})
+        unknown = sorted(set(map(str, dp)) - {"clipping_norm", "sensitivity", "epsilon", "delta", "release_metrics"})
         if unknown:
-            raise ConfigError(f"federation.executor.dp.{unknown[0]} is no LocalDpMod setting; they are: "
-                              "clipping_norm, sensitivity, epsilon, delta")
+            raise ConfigError(f"federation.executor.dp.{unknown[0]} is no LocalDpMod setting (clipping_norm, "
+                              "sensitivity, epsilon, delta) nor release_metrics")
         for key in ("clipping_norm", "sensitivity", "epsilon", "delta"):
             if dp.get(key) is None:
                 raise ConfigError(f"federation.executor.dp.{key} is missing (federation.privacy=dp needs it)")
@@ -92,8 +93,31 @@ def check_flower_privacy(fed: Any) -> None:
                 "federation.executor.dp.epsilon=%g: the Gaussian mechanism's noise scale sqrt(2 ln(1.25/delta)) / "
                 "epsilon is proven for epsilon < 1 (Dwork & Roth, Thm 3.22); above it the stated guarantee is not "
                 "established", float(dp["epsilon"]))
+        check_dp_metrics(fed)
     if privacy == "secagg":
         _check_secagg_round(fed)
+
+
+def check_dp_metrics(fed: Any) -> None:
+    """``dp.release_metrics`` a boolean, and a strategy that needs the sites' validation metrics refused under DP
+    without it: data sharing's ``mode=part`` allocates by each site's accuracy, which DP withholds (one line,
+    before any process starts, rather than a round that trained and then could not allocate)."""
+    from engine.errors import ConfigError
+    from federation.core.strategies import DataSharing, strategy_class
+
+    given = OmegaConf.select(fed, "executor.dp.release_metrics", default=False)
+    if not isinstance(given, bool):
+        raise ConfigError(f"federation.executor.dp.release_metrics={given!r}: must be true or false")
+    strategy = fed.get("strategy") or {}
+    try:
+        cls = strategy_class(str(strategy.get("_target_", "")))
+    except ValueError:
+        return  # the strategy's own check names it
+    if not given and issubclass(cls, DataSharing) and str(strategy.get("mode", "part")) == "part":
+        raise ConfigError("federation.privacy=dp withholds the sites' validation metrics (LocalDpMod noises only the "
+                          "weights), and data sharing's mode=part allocates by each site's accuracy; set "
+                          "federation.executor.dp.release_metrics=true (they then leave in clear, outside epsilon) "
+                          "or federation.strategy.mode=none|all")
 
 
 def check_dp_statistics(fed: Any, state: Mapping[str, Any], is_local: Callable[[str], bool]) -> None:
@@ -162,11 +186,14 @@ def privacy_line(cfg: DictConfig) -> str:
     if privacy == "dp":
         dp = OmegaConf.select(cfg, "federation.executor.dp", default={}) or {}
         rounds = OmegaConf.select(cfg, "federation.rounds", default=None)
+        metrics = ("its validation metrics are sent in clear, outside epsilon and delta (dp.release_metrics=true)"
+                   if dp.get("release_metrics") is True else
+                   "its validation metrics are withheld (dp.release_metrics=true sends them, in clear)")
         return (f"privacy=dp: each site clips its update to L2 norm {dp.get('clipping_norm')} and adds Gaussian "
                 f"noise before sending it (Flower's LocalDpMod, epsilon={dp.get('epsilon')}, "
                 f"delta={dp.get('delta')} per round, sensitivity={dp.get('sensitivity')}; a site taking part in "
                 f"all {rounds} rounds releases {rounds} such updates, which compose: up to {rounds} x epsilon by "
-                f"basic composition)")
+                f"basic composition); its sample count and step counter are sent exact, and {metrics}")
     if privacy == "secagg":
         return "privacy=secagg: the server learns only the sites' weighted sum of updates (Flower's SecAgg+)"
     return "privacy=none: the server sees each site's update as it is (federation.privacy=dp|secagg to change)"
