@@ -101,6 +101,35 @@ def check_dimensions(cfg: DictConfig, choices: dict[str, Any] | None = None) -> 
                       f"{'2D slices (no data.patch_size)' if net_3d else '3D patches'}: {hint}")
 
 
+#: net ``_target_`` prefixes of each task, for :func:`check_task` (a net elsewhere, e.g. a user's, is not judged)
+_CLASSIFIERS = ("lightning_modules.nets.classifiers.",)
+_SEGMENTERS = ("segmentation_models_pytorch.", "monai.networks.", "lightning_modules.nets.dnet.",
+               "lightning_modules.nets.unet3plus.", "lightning_modules.nets.nested_unet.",
+               "lightning_modules.nets.attention_unet.", "lightning_modules.nets.student.",
+               "lightning_modules.nets.monai3d.")
+
+
+def check_task(cfg: DictConfig, choices: dict[str, Any] | None = None) -> None:
+    """A classifier given to a segmentation module, or a segmenter to a classification one, is one line before
+    anything trains (a walkthrough: ``+exp=lits_dnet model=small_cnn`` ended in a tensor-size traceback, exit 1,
+    no failed.json; ``+exp=medmnist_breast model=dnet`` in a TypeError)."""
+    model, module = cfg.get("model"), cfg.get("module")
+    if not isinstance(model, DictConfig) or not isinstance(module, DictConfig):
+        return
+    net, kind = str(model.get("_target_", "")), str(module.get("_target_", ""))
+    classifying = kind.endswith("ClassificationModule")
+    wrong = net.startswith(_SEGMENTERS) if classifying else net.startswith(_CLASSIFIERS)
+    if not wrong or not kind:
+        return
+    names = choices or {}
+    name = names.get("model") or net.rsplit(".", 1)[-1]
+    raise ConfigError(f"model={name} is a {'segmentation' if classifying else 'classification'} net but "
+                      f"module={names.get('module') or kind.rsplit('.', 1)[-1]} "
+                      f"{'classifies images' if classifying else 'segments them'}: use "
+                      f"{'a classifier (model=resnet18, resnet50 or small_cnn)' if classifying else 'a segmentation net (e.g. model=dnet)'}"
+                      f" or an experiment of that task")
+
+
 def instantiate_config(node: Any, what: str, values: bool = True, **kwargs: Any) -> Any:
     """``instantiate(node, **kwargs)`` of a config group the user sets (``trainer``, ``module``, a logger or a
     callback); a constructor given an argument it does not take (``++trainer.fast_dev_rn=true``) or, with

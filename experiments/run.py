@@ -26,7 +26,7 @@ import datamodules.medmnist  # noqa: E402,F401  (registers the ${medmnist:...} r
 from engine import artifacts, stop  # noqa: E402
 from engine.debug import apply_debug, as_run, fast_dev_rounds  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
-from engine.builders import check_dimensions  # noqa: E402
+from engine.builders import check_dimensions, check_task  # noqa: E402
 from engine.scalars import check_scalars  # noqa: E402
 from engine.tracking import check_wandb_modes, in_sweep  # noqa: E402
 from datamodules.spatial import forget_warnings as forget_header_warnings  # noqa: E402
@@ -114,6 +114,7 @@ def main(cfg: DictConfig) -> float | None:
     previous = stop.install()
     try:
         check_dimensions(cfg, dict(HydraConfig.get().runtime.choices))
+        check_task(cfg, dict(HydraConfig.get().runtime.choices))
         check_scalars(cfg)
         check_wandb_modes(cfg)  # before a distillation's teacher trains
         artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(as_run(cfg), resolve=True))

@@ -313,6 +313,11 @@ CASES: dict[str, Setup] = {
     # a walkthrough: "No supported gpu backend found!" named no setting (only where there is no GPU, as on CI)
     **({"trainer_gpu_without_one": simple(["trainer=gpu"], "No supported gpu backend found! (trainer.accelerator=gpu")}
        if not torch.cuda.is_available() else {}),
+    # a walkthrough: a net of the other task ended in a tensor-size traceback (exit 1, no failed.json)
+    "classifier_for_segmentation": simple(["model=small_cnn"], "model=small_cnn is a classification net but "
+                                          "module=segmentation segments them"),
+    "segmenter_for_classification": lambda env, tmp: (["+exp=digits_cnn", "model=dnet"],
+                                                      "model=dnet is a segmentation net but module=classification"),
     # output
     "output_dir_unwritable": lambda env, tmp: ((tmp / "file").write_text("x") and [f"paths.log_dir={tmp / 'file' / 'logs'}"],
                                                str(tmp / "file")),
