@@ -5,6 +5,7 @@ federated client, a distillation student and a centralised run train through the
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import re
@@ -46,6 +47,8 @@ def build(obj: Any, *args: Any, what: str = "object") -> Any:
     return obj
 
 
+#: our nets' size keys, which an experiment sets for its D-Net and a ``model=unet`` swapped in ignores (warned)
+_OUR_NET_KEYS = frozenset({"width", "preset", "deep_supervision", "filters", "cat_channels"})
 #: old argument names smp still takes through ``**kwargs`` (it pops and maps them)
 _SMP_DEPRECATED = frozenset({"decoder_use_batchnorm", "psp_use_batchnorm", "upscale_mode"})
 
@@ -63,6 +66,11 @@ def _warn_ignored_keys(obj: Mapping, what: str) -> None:
     except Exception:  # noqa: BLE001 - an unknown class is reported by the instantiation itself
         return
     ignored = sorted(k for k in obj if not k.startswith("_") and k not in params and k not in _SMP_DEPRECATED)
+    unknown = [k for k in ignored if k not in _OUR_NET_KEYS]
+    if unknown:  # a walkthrough: +model.encoder_nam=resnet18 trained the default encoder, exit 0, one warning
+        near = {k: difflib.get_close_matches(k, list(params), n=1) for k in unknown}
+        hint = "".join(f" (did you mean {what}.{m[0]}?)" for m in near.values() if m)
+        raise ConfigError(f"{what} {target} takes no {', '.join(unknown)}{hint}")
     said = (what, target, ", ".join(f"{k}={obj[k]!r}" for k in ignored))
     if ignored and said not in _SAID:  # once per process: a federation builds the net for every client and round
         _SAID.add(said)
@@ -78,6 +86,8 @@ def forget_said_warnings() -> None:
     _SAID.clear()
 
 
+#: library nets whose constructors refuse bad values with KeyError / ValueError (encoder names, channel counts)
+_LIBRARY_NETS = ("segmentation_models_pytorch.", "monai.networks.")
 #: a constructor called with arguments it does not take (a mistyped key, a checkpoint's config from elsewhere)
 _ARGUMENT_ERROR = re.compile(r"unexpected keyword argument|missing \d+ required|got multiple values|takes \d+ positional")
 
@@ -97,6 +107,10 @@ def instantiate_with_args_checked(obj: Mapping, what: str, *args: Any) -> Any:
         if cause is not None and is_argument_error(cause):
             hint = argument_hint(obj.get("_target_"), cause, f"{what}.")
             raise ConfigError(f"{what} {obj.get('_target_')}: {cause}{hint}") from err
+        if isinstance(cause, (KeyError, ValueError)) and str(obj.get("_target_", "")).startswith(_LIBRARY_NETS):
+            # a value the library refuses (a walkthrough: encoder_name=resnet81, Hydra's multi-line error, exit 1)
+            text = " ".join(str(cause.args[0] if isinstance(cause, KeyError) and cause.args else cause).split())
+            raise ConfigError(f"{what} {obj.get('_target_')}: {text[:300]}{'...' if len(text) > 300 else ''}") from err
         raise
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lightning_modules.base import build
+from lightning_modules.errors import ConfigError
 from lightning_modules.nets import (AttentionUNet, DNet, NestedUNet, ResNet18Student, UNet3Plus, build_model,
                                     count_parameters, list_models)
 from lightning_modules.nets.blocks import resolve_filters
@@ -205,6 +206,14 @@ def test_smp_net_warns_about_keys_it_ignores(caplog):
         build({**plain, "decoder_use_batchnorm": False}, what="module.net")  # smp maps its old name itself
         build({**plain, "encoder_name": "tu-resnet18", "drop_path_rate": 0.1}, what="module.net")  # timm takes it
     assert "ignored" not in caplog.text
+    # a walkthrough: a mistyped key was warned about like width, and the default encoder trained (exit 0); a bad
+    # encoder name was Hydra's multi-line error with smp's list of 80 names (exit 1)
+    with pytest.raises(ConfigError, match=r"^module.net segmentation_models_pytorch.Unet takes no encoder_nam "
+                                          r"\(did you mean module.net.encoder_name\?\)$"):
+        build({**plain, "encoder_nam": "resnet18"}, what="module.net")
+    with pytest.raises(ConfigError, match=r"^module.net segmentation_models_pytorch.Unet: Wrong encoder name "
+                                          r"`resnet81`.{0,300}$"):
+        build({**plain, "encoder_name": "resnet81"}, what="module.net")
 
 
 def test_large_upsampling_runs_in_exact_plane_chunks(monkeypatch) -> None:
