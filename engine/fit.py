@@ -128,6 +128,14 @@ def check_data_states(ckpt: Mapping[str, Any], path: str | Path) -> None:
                 raise CheckpointError(f"checkpoint {path}: {err}") from err
 
 
+def restore_data_state(datamodule: Any, ckpt: Mapping[str, Any]) -> None:
+    """Give ``datamodule`` the state a checkpoint keeps of it (under its class name, as Lightning stores it and
+    restores it on a resume; checked by :func:`check_data_states`)."""
+    state = ckpt.get(type(datamodule).__qualname__)
+    if isinstance(state, Mapping) and callable(getattr(datamodule, "load_state_dict", None)):
+        datamodule.load_state_dict(state)
+
+
 def test_only_cfg(cfg: DictConfig, ckpt: dict[str, Any], path: str) -> DictConfig:
     """Test-only runs (``train=false ckpt_path=...``) build the net from the checkpoint's own (allow-listed)
     net config, as predict does, not from the command line's default model."""
@@ -206,6 +214,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
                   if hasattr(v, "shape")}  # compared with the module once it is built
         resumed_step, given = int(given.get("global_step", 0)), None  # no mapped view of a file Lightning rewrites
     datamodule = build_datamodule(cfg.data)
+    if given is not None and not train:  # test-only: the checkpoint's data state (CT statistics) as training and
+        restore_data_state(datamodule, given)  # predict have it (a review: recomputed from the tested site's cases)
     datamodule.prepare_data()
     datamodule.setup("fit")
     check_datamodule(datamodule)

@@ -51,6 +51,25 @@ def test_predict_reuses_the_checkpoints_ct_statistics(tmp_path):
     assert out.is_file()
 
 
+def test_a_test_only_run_on_another_site_normalises_with_the_checkpoints_statistics(tmp_path, capsys):
+    """A review: ``train=false ckpt_path=...`` on another site's data recomputed the CT statistics from that site's
+    cases (predict used the checkpoint's), so a cross-site test and predict normalised differently."""
+    short = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+             "trainer.limit_test_batches=1", "data.normalization=ct"]
+    dispatch(compose_run([*TINY, *short], tmp_path / "a"))
+    best = tmp_path / "a" / "run" / "checkpoints" / "best.ckpt"
+    stats = torch.load(best, map_location="cpu", weights_only=True)["VolumeSegmentationDataModule"]["ct_stats"]
+    other = compose_run([*TINY, *short, "data.synthetic.seed=7", "train=false", f"ckpt_path={best}"], tmp_path / "b")
+    site_b = build_datamodule(other.data)
+    site_b.setup()
+    assert site_b.ct_stats != pytest.approx(stats)  # the other site's own statistics differ
+    capsys.readouterr()
+    metrics = dispatch(other)
+    assert "test/dice" in metrics
+    out = capsys.readouterr().out
+    assert "CT normalisation from" not in out, out  # nothing recomputed: the checkpoint's statistics were taken
+
+
 @pytest.mark.parametrize("stats", [["x", "y"], [0, 1, 2], [0, 1, float("nan"), 1], 5, [True, 1, 2, 3]])
 def test_a_crafted_data_state_is_one_line_before_lightning_restores_it(tmp_path, stats):
     """Found by a security audit: ``ct_stats: ["x", "y"]`` in a resumed checkpoint was a ValueError traceback
