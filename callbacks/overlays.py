@@ -28,6 +28,16 @@ class SegmentationOverlays(pl.Callback):
         #: the PNG the last test wrote (None before one); a federation logs it to its own loggers
         self.saved: Path | None = None
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Segmentation only, said before anything trains (a walkthrough: ``+exp=digits_cnn callbacks=segmentation``
+        trained, then stopped on a KeyError in the test, exit 1, no failed.json)."""
+        from lightning_modules.errors import ConfigError
+        from lightning_modules.segmentation import SegmentationModule
+
+        if not isinstance(pl_module, SegmentationModule):
+            raise ConfigError(f"callbacks=segmentation draws segmentation overlays, but module "
+                              f"{type(pl_module).__name__} does not segment: use callbacks=default")
+
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._best, self.picked = {}, []
 

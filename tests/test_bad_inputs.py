@@ -318,6 +318,9 @@ CASES: dict[str, Setup] = {
                                           "module=segmentation segments them"),
     "segmenter_for_classification": lambda env, tmp: (["+exp=digits_cnn", "model=dnet"],
                                                       "model=dnet is a segmentation net but module=classification"),
+    "segmentation_callbacks_for_classification": lambda env, tmp: (
+        ["+exp=digits_cnn", "callbacks=segmentation", "trainer.max_epochs=1"],
+        "callbacks=segmentation draws segmentation overlays, but module ClassificationModule does not segment"),
     # output
     "output_dir_unwritable": lambda env, tmp: ((tmp / "file").write_text("x") and [f"paths.log_dir={tmp / 'file' / 'logs'}"],
                                                str(tmp / "file")),
