@@ -9,9 +9,9 @@ import torch
 from federation.core.messages import ClientUpdate
 
 
-def fake_client(client_id: str, behaviour: str = "ok", **_: object) -> ClientUpdate:
-    """An update naming the worker process (metric ``pid``); ``behaviour``: ok | raise | hang | config_error
-    (the user's error: a setting its module refuses)."""
+def fake_client(client_id: str, behaviour: str = "ok", seconds: float = 0.0, **_: object) -> ClientUpdate:
+    """An update naming the worker process (metric ``pid``) after ``seconds`` of sleep; ``behaviour``: ok | raise |
+    hang | config_error (the user's error: a setting its module refuses)."""
     if behaviour == "raise":
         raise RuntimeError(f"client {client_id} crashed")
     if behaviour == "config_error":
@@ -20,6 +20,7 @@ def fake_client(client_id: str, behaviour: str = "ok", **_: object) -> ClientUpd
         raise ConfigError("module: unexpected keyword argument 'teacher_ckpt'")
     if behaviour == "hang":
         time.sleep(120)
+    time.sleep(seconds)
     return ClientUpdate(client_id, {"w": torch.ones(2)}, 1, {"pid": float(os.getpid())})
 
 

@@ -66,6 +66,23 @@ def test_failing_and_timed_out_clients_are_dropped_and_the_round_completes(local
         ex.shutdown()
 
 
+def test_a_replacements_set_up_makes_no_finished_client_late(local_ray):
+    """A review: a timed-out client's replacement set up its data (8 s) while the driver waited; two clients
+    finished meanwhile, one was collected per pass, and the other (11 s of a 12 s limit) was dropped as timed
+    out, its worker replaced in turn. Here A hangs past 4 s while D and E, each 2.5 s, finish during the
+    replacement's 3 s set-up: only A is dropped."""
+    cfg = OmegaConf.create({"data": {"_target_": "tests.ray_helpers.SlowData", "seconds": 3}, "trainer": {}})
+    ex = _executor(num_workers=3, cpus_per_client=0.5, timeout_s=4)
+    try:
+        plan = {"A": {"behaviour": "hang"}, "B": {"seconds": 2.0}, "C": {"seconds": 2.2}, "D": {"seconds": 2.5},
+                "E": {"seconds": 2.5}}
+        updates, failures = ex.map(fake_client, [ClientJob(c, {"cfg": cfg, **kw}) for c, kw in plan.items()])
+        assert [u.client_id for u in updates] == ["B", "C", "D", "E"] and list(failures) == ["A"], failures
+        assert "timed out" in failures["A"]  # (the next round's full pool: the first test of this module)
+    finally:
+        ex.shutdown()
+
+
 def test_worker_pool_is_reused_across_rounds(local_ray):
     ex = _executor()
     try:

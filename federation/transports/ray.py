@@ -16,7 +16,8 @@ a cluster joined by ``address`` keeps the addresses its nodes were started with.
 
 Before its first client each worker checks that the data roots of ``cfg.data`` exist on its node: a missing
 one is a :class:`~datamodules.errors.DataError` naming the node and the path. A client running longer than
-``timeout_s`` is dropped, its actor killed and replaced; a client that raises is dropped; the round goes on.
+``timeout_s`` is dropped, its actor killed and replaced (the replacement sets up beside the other clients, see
+:mod:`~federation.transports.ray_round`); a client that raises is dropped; the round goes on.
 
 The driver waits for its clients in slices of ``LIVENESS_S`` seconds and checks between slices that the Ray
 node it runs on is still there (the raylet and GCS of a local instance it started, the node's ``Alive`` flag
@@ -38,17 +39,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 from datamodules.errors import DataError
 from federation.core.messages import ClientUpdate
-from federation.transports import ClientFn, ClientJob, ExecutorError, check_update, client_user_error, drop
+from federation.transports import ClientFn, ClientJob, ExecutorError
 from federation.transports.ray_cluster import (check_address, check_reachable, concurrent_clients, connect,
                                                 import_ray, loopback_init, runtime_env, worker_env,
                                                 write_store_probe)
 from federation.transports.code_identity import ROOT, code_fingerprint
-from federation.transports.ray_worker import WEIGHTS_REF, RayWorker, missing_data_root
+from federation.transports.ray_round import LIVENESS_S, RayRound
+from federation.transports.ray_worker import RayWorker, missing_data_root
 
 __all__ = ["RayExecutor", "missing_data_root", "LIVENESS_S", "check_address", "concurrent_clients", "worker_env"]
 
 log = logging.getLogger("federation.transports.ray")
-LIVENESS_S = 3.0  # the longest the driver waits on ray.wait before checking that its Ray node is alive
 
 
 def job_store(jobs: Sequence[ClientJob]) -> str | None:
@@ -77,28 +78,6 @@ def _continue_hint(jobs: Sequence[ClientJob]) -> str:
     except Exception:  # noqa: BLE001 - not under Hydra (a test, a notebook): the run's saved overrides
         overrides = saved_overrides(run)
     return f"server.pt holds the last finished round; continue with: {continue_command(overrides, run)}"
-
-
-def shared_weights(ray: Any, jobs: Sequence[ClientJob]) -> dict[str, dict[str, Any]]:
-    """Each job's kwargs with its server message's weights put in Ray's object store once per distinct set
-    of tensors (every client of a round gets the same global tensors, in a mapping of its own), sent as ``WEIGHTS_REF`` beside a
-    weightless message; :meth:`RayWorker.run` puts them back. A review: each client's call pickled the whole
-    global model again (a copy per call in the object store for a large 3D net)."""
-    import dataclasses
-
-    refs: dict[tuple, Any] = {}  # the tensors stay alive in ``jobs`` meanwhile, so their ids are not reused
-    out = {}
-    for job in jobs:
-        msg = job.kwargs.get("server_message")
-        if msg is None or not msg.weights:
-            out[job.client_id] = job.kwargs
-            continue
-        key = tuple((k, id(v)) for k, v in msg.weights.items())  # the same tensors: one put
-        ref = refs.get(key)
-        if ref is None:
-            ref = refs[key] = ray.put(dict(msg.weights))
-        out[job.client_id] = {**job.kwargs, "server_message": dataclasses.replace(msg, weights={}), WEIGHTS_REF: ref}
-    return out
 
 
 class RayExecutor:
@@ -198,29 +177,41 @@ class RayExecutor:
         return actor
 
     def _retire(self, actor: Any) -> None:
+        """Kill ``actor``; its id leaves ``_checked`` (a replacement's handle may reuse it and must be checked)."""
         self._pool = [a for a in self._pool if a is not actor]
+        self._checked.discard(id(actor))
         try:
             self.ray.kill(actor, no_restart=True)
         except Exception:  # noqa: BLE001 - already dead
             pass
 
-    def _prepare(self, actors: list[Any], jobs: Sequence[ClientJob]) -> None:
-        """Wait until fresh actors are up (a timeout counts from then, not from process start) and check their
-        code, data roots and client store (:meth:`RayWorker.check_data`); a failure is one line naming the node."""
+    def _start_checks(self, actors: list[Any], jobs: Sequence[ClientJob]) -> dict[Any, Any]:
+        """Send each fresh actor its check (:meth:`RayWorker.check_data`: code, data roots, client store, the data
+        build); returns {check ref: actor}. A timeout counts from the check's end, not from process start."""
         fresh = [a for a in actors if id(a) not in self._checked]
         if not fresh:
-            return
+            return {}
         cfg = next((j.kwargs.get("cfg") for j in jobs if j.kwargs.get("cfg") is not None), None)
         data = cfg.get("data") if cfg is not None else None
         store = job_store(jobs)
         token = write_store_probe(store) if store else None
-        refs = [a.check_data.remote(data, store, token, code_fingerprint()) for a in fresh]
-        while len(self.ray.wait(refs, num_returns=len(refs), timeout=LIVENESS_S)[0]) < len(refs):
+        return {a.check_data.remote(data, store, token, code_fingerprint()): a for a in fresh}
+
+    def _accept(self, ref: Any, actor: Any, jobs: Sequence[ClientJob]) -> None:
+        """A finished check: its failure is one DataError line naming the node, else the actor may run clients."""
+        msg = self._get(ref, jobs)
+        if msg:
+            raise DataError(msg)
+        self._checked.add(id(actor))
+
+    def _prepare(self, actors: list[Any], jobs: Sequence[ClientJob]) -> None:
+        """Check fresh actors (:meth:`_start_checks`) and wait until all are up: before a round, nothing is timed."""
+        checks = self._start_checks(actors, jobs)
+        refs = list(checks)
+        while refs and len(self.ray.wait(refs, num_returns=len(refs), timeout=LIVENESS_S)[0]) < len(refs):
             self._check_node(jobs)  # an actor that cannot start on a dead node would be waited for forever
-        for msg in self.ray.get(refs):
-            if msg:
-                raise DataError(msg)
-        self._checked.update(id(a) for a in fresh)
+        for ref, actor in checks.items():
+            self._accept(ref, actor, jobs)
 
     def workers(self) -> list[dict[str, Any]]:
         """Node, IP, pid and assigned resources of every live actor (for tests and logs)."""
@@ -308,69 +299,10 @@ class RayExecutor:
 
     def _map(self, fn: ClientFn, jobs: Sequence[ClientJob],
              on_done: Callable[[str, bool], None] | None) -> tuple[list[ClientUpdate], dict[str, str]]:
-        ray = self.ray
         while len(self._pool) < min(self.num_workers, max(1, len(jobs))):
             self._new_actor()
         self._prepare(list(self._pool), jobs)
-        idle, queue = list(self._pool), list(jobs)
-        by_id = {j.client_id: j for j in jobs}
-        shipped = shared_weights(ray, jobs)
-        running: dict[Any, tuple[Any, str, float]] = {}
-        updates: list[ClientUpdate] = []
-        failures: dict[str, str] = {}
-
-        def finish(cid: str, ok: bool) -> None:
-            if on_done is not None:
-                on_done(cid, ok)
-
-        while queue or running:
-            self._check_node(jobs, cheap=True)  # before Ray is asked for more on a node already gone
-            while idle and queue:
-                actor, job = idle.pop(0), queue.pop(0)
-                ref = actor.run.remote(fn, self.accelerator, job.client_id, shipped[job.client_id])
-                running[ref] = (actor, job.client_id, time.monotonic())
-            wait = LIVENESS_S  # finite: a dead node never completes a ref, and ray.wait(timeout=None) would hang
-            if self.timeout_s is not None:
-                wait = min(wait, max(0.0, min(t for _, _, t in running.values()) + self.timeout_s - time.monotonic()))
-            done, _ = ray.wait(list(running), num_returns=1, timeout=wait)
-            if not done:
-                self._check_node(jobs)
-            for ref in done:
-                actor, cid, _ = running.pop(ref)
-                try:
-                    update = self._get(ref, jobs)
-                    reason = check_update(cid, update, by_id[cid])
-                    idle.append(actor)
-                except ray.exceptions.RayActorError as exc:  # the worker process died: replace it
-                    update, reason = None, f"its Ray worker died ({type(exc).__name__})"
-                    self._retire(actor)
-                    idle.append(self._new_actor())
-                    self._prepare(idle[-1:], jobs)
-                except Exception as exc:  # noqa: BLE001 - RayTaskError wraps the client's exception
-                    cause = getattr(exc, "cause", None) or exc
-                    fatal = client_user_error(cid, cause)
-                    if fatal is not None:  # the user's to mend (a setting, a file): every round would fail
-                        raise fatal from exc
-                    update, reason = None, f"raised {type(cause).__name__}: {cause}"
-                    idle.append(actor)
-                if reason is None:
-                    updates.append(update)
-                else:
-                    drop(failures, cid, reason)
-                finish(cid, reason is None)
-            if self.timeout_s is not None:
-                now = time.monotonic()
-                for ref, (actor, cid, t0) in list(running.items()):
-                    if now - t0 >= self.timeout_s:
-                        running.pop(ref)
-                        self._retire(actor)  # a Ray actor task cannot be cancelled: kill its worker
-                        idle.append(self._new_actor())
-                        self._prepare(idle[-1:], jobs)
-                        drop(failures, cid, f"timed out (> {self.timeout_s:.1f} s); its worker was replaced")
-                        finish(cid, False)
-        order = {j.client_id: i for i, j in enumerate(jobs)}
-        updates.sort(key=lambda u: order[u.client_id])  # aggregation order independent of finish order
-        return updates, failures
+        return RayRound(self, fn, jobs, on_done).run()
 
     def shutdown(self) -> None:
         if self._dead:  # the node is gone: its actors with it (ray.kill would wait on a raylet that is not there)

@@ -13,7 +13,7 @@ from federation.transports.code_identity import CODE_PACKAGES, ROOT, code_finger
 
 __all__ = ["RayWorker", "missing_data_root", "set_threads_to_assigned_cpus", "STORE_PROBE", "WEIGHTS_REF"]
 
-#: the kwarg carrying the round's global weights as one object-store reference (:func:`..ray.shared_weights`)
+#: the kwarg carrying the round's global weights as one object-store reference (:func:`..ray_round.shared_weights`)
 WEIGHTS_REF = "_global_weights_ref"
 #: the file in the client store whose token every new worker reads back (:func:`..ray.write_store_probe`)
 STORE_PROBE = ".ray_store_probe"
