@@ -3,11 +3,11 @@ idle worker, results are collected as they finish, and a client still running at
 worker killed and replaced while the round goes on.
 
 The driver never blocks on a replacement: its check and data build (:meth:`RayWorker.check_data`) run beside the
-other clients and it takes jobs once they end. Every finished result is collected (a zero-timeout ``ray.wait``)
-before any client is judged late, so a client is dropped for time only if it has not finished when its limit is
-checked. A review: a replacement's blocking set-up (8 s of data) let two clients finish meanwhile; one result was
-collected per pass, and the other, finished in 11 s of a 12 s limit, was dropped as timed out and its worker
-replaced in turn.
+other clients and it takes jobs once they end (the round returns once its replacements are up, as before).
+Every finished result is collected (a zero-timeout ``ray.wait``) before any client is judged late, so a client
+is dropped for time only if it has not finished when its limit is checked. A review: a replacement's blocking
+set-up (8 s of data) let two clients finish meanwhile; one result was collected per pass, and the other,
+finished in 11 s of a 12 s limit, was dropped as timed out and its worker replaced in turn.
 """
 from __future__ import annotations
 
@@ -62,8 +62,9 @@ class RayRound:
         self.failures: dict[str, str] = {}
 
     def run(self) -> tuple[list[ClientUpdate], dict[str, str]]:
-        """Updates in jobs order (aggregation independent of finish order) and the dropped clients' reasons."""
-        while self.queue or self.running:
+        """Updates in jobs order (aggregation independent of finish order) and the dropped clients' reasons; the
+        round ends with its replacements up (a full pool; a node that died under a worker is seen while waiting)."""
+        while self.queue or self.running or self.starting:
             self.ex._check_node(self.jobs, cheap=True)  # before Ray is asked for more on a node already gone
             self._submit()
             for ref in self._ready():
