@@ -117,10 +117,13 @@ def check_teacher_given(cfg: Any) -> None:
 
 def check_executor_config(fed: Any) -> None:
     """``federation.privacy`` and the executor's own values, before any process starts (a walkthrough found
-    privacy=secagg ignored off the Flower executor and a malformed Ray address ending in Hydra's traceback)."""
+    privacy=secagg ignored off the Flower executor, a malformed Ray address ending in Hydra's traceback, and
+    every executor's timeout_s unchecked but Flower's: :mod:`federation.transports.checks`)."""
+    from federation.transports.checks import check_executor_values
     from federation.transports.flower.privacy import check_flower_privacy
 
     check_flower_privacy(fed)
+    check_executor_values(fed)
     if str(OmegaConf.select(fed, "executor._target_", default="") or "").endswith(".RayExecutor"):
         from federation.transports.ray import check_address
 

@@ -3,6 +3,7 @@ Traceback, nothing half-written; switching partitioner on the command line just 
 sweep gives two W&B runs (each job finishes its own)."""
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -57,16 +58,35 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
      ["federation.executor.address=127.0.0.1:9", "no Ray cluster answers there"]),
     (["federation/executor=ray", "federation.executor.address=ray://127.0.0.1:9"],
      ["federation.executor.address=ray://127.0.0.1:9", "no Ray cluster answers there"]),
+    # executor values: timeout_s=abc ended in Hydra's error (exit 1), -5 trained every client, then failed the round
+    (["federation.executor.timeout_s=abc"], ["ConfigError: federation.executor.timeout_s=abc", "> 0 or null"]),
+    (["federation.executor.timeout_s=-5"], ["ConfigError: federation.executor.timeout_s=-5", "> 0 or null"]),
+    (["federation/executor=ray", "federation.executor.num_workers=0"], ["federation.executor.num_workers=0"]),
 ], ids=["rounds0", "float_per_round", "negative_per_round", "too_many_clients", "alpha0", "alpha_negative", "partition_typo", "unit",
         "client_val_fraction", "no_client_val_for_sharing",
         "sharing_mode", "fedprox_mu", "fedadam_eta", "ray_address_unreachable",
-        "ray_client_address_unreachable"])
+        "ray_client_address_unreachable", "timeout_abc", "timeout_negative", "ray_no_workers"])
 def test_bad_federation_value_is_one_line_exit_2(tmp_path, args, needles):
     run = tmp_path / "run"
     proc = _run([*args, f"hydra.run.dir={run}"], tmp_path)
     _one_line_error(proc, *needles)
     assert not (run / "rounds.csv").exists() and not (run / "metrics.json").exists()
     assert not (run / "server.pt").exists()
+
+
+def test_a_gpu_resource_the_ray_cluster_lacks_is_one_line_with_failed_json(tmp_path):
+    """Ray's own refusal when it starts (here: gpus_per_client on a custom resource the local instance was not
+    given) is the user's to mend: one line, exit 2, failed.json, and the Ray instance stopped (it was an
+    ExecutorError, a RuntimeError: Hydra's "Error executing job" and exit 1)."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialised in this process")
+    run = tmp_path / "run"
+    proc = _run(["federation/executor=ray", "federation.executor.gpu_resource=fake_gpu",
+                 "federation.executor.gpus_per_client=1", f"hydra.run.dir={run}"], tmp_path)
+    line = _one_line_error(proc, "ExecutorError: federation.executor.gpu_resource=fake_gpu", "no such resource")
+    assert line.endswith(json.loads((run / "failed.json").read_text())["error"])
+    assert not ray.is_initialized() and not (run / "rounds.csv").exists()
 
 
 @pytest.mark.parametrize("args, needles", [

@@ -115,6 +115,45 @@ def test_the_rehearsal_refuses_a_bad_timeout_before_any_process(tmp_path):
     assert "Traceback" not in res.stderr and not (run / "flower").exists()
 
 
+RAY = [*DIGITS, "federation/executor=ray"]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ([*DIGITS, "federation.executor.timeout_s=abc"], "federation.executor.timeout_s=abc: must be a number > 0"),
+    ([*DIGITS, "federation.executor.timeout_s=-5"], "federation.executor.timeout_s=-5: must be a number > 0"),
+    ([*DIGITS, "federation.executor.timeout_s=0"], "federation.executor.timeout_s=0: must be a number > 0"),
+    ([*DIGITS, "+federation.executor.num_workers=2"], "federation.executor.num_workers is no setting of "
+                                                      "SequentialExecutor"),
+    ([*RAY, "federation.executor.timeout_s=-5"], "federation.executor.timeout_s=-5: must be a number > 0"),
+    ([*RAY, "federation.executor.num_workers=0"], "federation.executor.num_workers=0: must be an integer >= 1"),
+    ([*RAY, "federation.executor.num_workers=1.5"], "federation.executor.num_workers=1.5: must be an integer"),
+    ([*RAY, "federation.executor.cpus_per_client=-1"], "federation.executor.cpus_per_client=-1: must be a number"),
+    ([*RAY, "federation.executor.gpus_per_client=abc"], "federation.executor.gpus_per_client=abc: must be a number"),
+    ([*RAY, "federation.executor.gpu_resource=''"], "federation.executor.gpu_resource=: must be the name of"),
+    ([*RAY, "federation.executor.local_resources=5"], "federation.executor.local_resources=5: must be a mapping"),
+    ([*RAY, "federation.executor.local_resources={fake_gpu: -1}"], "federation.executor.local_resources.fake_gpu=-1"),
+    ([*RAY, "federation.executor.ship_code=maybe"], "federation.executor.ship_code=maybe: must be true or false"),
+    ([*RAY, "+federation.executor.num_worker=3"], "federation.executor.num_worker is no setting of RayExecutor "
+                                                 "(did you mean federation.executor.num_workers?)"),
+], ids=["seq_timeout_abc", "seq_timeout_negative", "seq_timeout_zero", "seq_unknown_key", "ray_timeout_negative",
+        "ray_no_workers", "ray_float_workers", "ray_cpus", "ray_gpus", "ray_gpu_resource", "ray_local_resources",
+        "ray_local_amount", "ray_ship_code", "ray_key_typo"])
+def test_every_executors_values_are_refused_before_any_round(tmp_path, overrides, key):
+    """A walkthrough: only Flower's timeout_s was checked; sequential timeout_s=abc and Ray's numbers ended in
+    Hydra's traceback from the constructor, and timeout_s=-5 trained every client before failing the round."""
+    with pytest.raises(ConfigError) as err:
+        _check(overrides, tmp_path)
+    assert str(err.value).startswith(key) and "\n" not in str(err.value)
+
+
+def test_the_shipped_executor_values_pass(tmp_path):
+    for overrides in (DIGITS, RAY, [*RAY, "federation.executor.timeout_s=30", "federation.executor.gpus_per_client=0.5",
+                                    "federation.executor.local_resources={fake_gpu: 1}", "federation.executor.ship_code=true",
+                                    "federation.executor.gpus_per_client=null"],
+                      [*DIGITS, "federation.executor.timeout_s=2.5"], [*FLOWER, "federation.executor.timeout_s=60"]):
+        _check(overrides, tmp_path)
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1", "nohost:abc", ":6379", "host:99999", "http://h:1"])
 def test_a_malformed_ray_address_is_one_line(tmp_path, address):
     with pytest.raises(FederationError, match=f"federation.executor.address={address}: expected <head host>:<port>"):

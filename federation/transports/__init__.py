@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 from federation.core.messages import ClientUpdate, is_finite, update_problem
+from lightning_modules.errors import UserError
 
 __all__ = ["ClientJob", "ClientFn", "Executor", "ExecutorError", "check_update", "client_user_error", "drop"]
 
@@ -31,8 +32,10 @@ log = logging.getLogger("federation.transports")
 ClientFn = Callable[..., ClientUpdate]
 
 
-class ExecutorError(RuntimeError):
-    """The executor cannot run at all (e.g. Ray is not installed)."""
+class ExecutorError(UserError, RuntimeError):
+    """The executor cannot run as set up (Ray not installed, a GPU resource the cluster lacks, a checkout Ray
+    cannot ship): the user's to mend, so ``experiments.run`` reports it in one line, exit 2, with ``failed.json``
+    (it was a RuntimeError, which ended in Hydra's multi-line error and exit 1)."""
 
 
 @dataclass
