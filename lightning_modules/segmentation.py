@@ -34,7 +34,7 @@ def epoch_value(summary: Mapping[str, float], key: str) -> float:
     value = summary.get(key, math.nan)
     if not math.isnan(value):
         return value
-    return 1.0 if summary.get("num_cases") and key == "dice" else 0.0
+    return 1.0 if summary.get("num_cases") and (key == "dice" or key.startswith("dice_")) else 0.0
 
 
 class SegmentationModule(BaseModule):
@@ -230,7 +230,10 @@ class SegmentationModule(BaseModule):
 
     def on_validation_epoch_end(self) -> None:
         _, self.val_summary = self._case_summary(self.val_cases)
-        for key in ("dice", "miou", "accuracy"):
+        # each foreground class's Dice too, so a checkpoint can be chosen on the tumour (a review: module.monitor=
+        # val/dice_tumor was refused, the per-class values reaching metrics.json only)
+        per_class = [f"dice_{name}" for name in self.class_names[1:]]
+        for key in ("dice", "miou", "accuracy", *per_class):
             # computed from the DDP-synced case matrices, so every rank holds the same value
             self.log(f"val/{key}", epoch_value(self.val_summary, key), prog_bar=key == "dice", sync_dist=True)
 

@@ -46,6 +46,15 @@ def test_lits_dnet_end_to_end(tmp_path):
     assert np.mean(dices) == pytest.approx(saved["test/dice"], abs=1e-5)
 
 
+def test_a_checkpoint_can_be_chosen_on_one_classs_validation_dice(tmp_path):
+    """A review: ``module.monitor=val/dice_liver`` was refused after the first epoch (Lightning could not find the
+    key): per-class validation Dice reached metrics.json only, not the loggers or the checkpoint callback."""
+    metrics = dispatch(compose_run([*TINY, "module.monitor=val/dice_liver", "test=false"], tmp_path))
+    assert 0.0 <= metrics["val/dice_liver_best"] <= 1.0
+    header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "val/dice_liver" in header
+
+
 def test_models_swap_in(tmp_path):
     """``model=<name>`` builds and trains that net (a test audit: without an assertion, a model override ignored
     would have passed): the best checkpoint names that net's class."""
