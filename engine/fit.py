@@ -10,6 +10,7 @@ validate/test pass returning ``{metric: value}``.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from types import SimpleNamespace
@@ -128,6 +129,20 @@ def check_data_states(ckpt: Mapping[str, Any], path: str | Path) -> None:
                 raise CheckpointError(f"checkpoint {path}: {err}") from err
 
 
+def earlier_perf(out: Path) -> dict[str, Any]:
+    """The ``perf/*`` figures (throughput, memory) an earlier process of this run wrote to its ``metrics.json``
+    (read as JSON data, numbers only): a process that only tests measures none."""
+    path = out / "metrics.json"
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() and path.stat().st_size < 2**20 else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict):
+        return {}
+    return {k: v for k, v in saved.items() if isinstance(k, str) and k.startswith("perf/")
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def restore_data_state(datamodule: Any, ckpt: Mapping[str, Any]) -> None:
     """Give ``datamodule`` the state a checkpoint keeps of it (under its class name, as Lightning stores it and
     restores it on a resume; checked by :func:`check_data_states`)."""
@@ -239,6 +254,11 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
                         f"ckpt_path {ckpt_path} holds another model than module {type(module).__name__} builds")
 
         _, fit_seconds = fit_and_evaluate(trainer, module, datamodule, ckpt_path=ckpt_path, fit=train)
+        timer = next((c for c in trainer.callbacks if isinstance(c, FitTime)), None)
+        # a resumed run whose training had ended (stopped in its test): nothing trained here, so its training time
+        # is the checkpoint's, read before the test loads best.ckpt's (a review: fit_seconds 0.05, perf/* gone)
+        finished_before = (timer.before if timer is not None and train and resumed_step is not None
+                           and timer.total is None and timer.before > 0 else None)
         ckpt_cb = best_checkpoint_callback(trainer)
         metrics: dict[str, Any] = {}
         if cfg.get("test", True):
@@ -250,9 +270,11 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
             metrics.update(module.summary_metrics())
         for cb in callbacks:  # e.g. callbacks.throughput: parameters, FLOPs, images/s, peak memory
             metrics.update(getattr(cb, "summary", {}))
-        timer = next((c for c in trainer.callbacks if isinstance(c, FitTime)), None)
         # across resumes: the stopped processes' training time (kept in the checkpoint) and this one's
         metrics["fit_seconds"] = timer.total if timer is not None and train and timer.total is not None else fit_seconds
+        if finished_before is not None:
+            metrics["fit_seconds"] = finished_before
+            metrics.update({k: v for k, v in earlier_perf(out).items() if k not in metrics})
         metrics["num_parameters"] = sum(p.numel() for p in module.net.parameters())
         metrics.update(extra_metrics or {})
         monitor = getattr(ckpt_cb, "monitor", None)

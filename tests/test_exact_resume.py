@@ -217,6 +217,18 @@ def test_fit_seconds_count_the_stopped_process_too(tmp_path):
     at_last = next(v["seconds"] for k, v in saved.items() if "FitTime" in k)
     took = json.loads((tested / "run" / "metrics.json").read_text())["fit_seconds"]
     assert at_last <= took < at_last * 1.25 + 0.2, (at_last, took)
+    # a review: resuming a run whose training had ended (a job requeued in its test) wrote fit_seconds ~0 and no
+    # perf/*; nothing trains again, so the checkpoint's time and the earlier perf/* figures stand
+    measured = tmp_path / "measured"
+    done = [o for o in DIGITS if o != "~callbacks.throughput"] + ["trainer.max_epochs=1"]
+    _run(measured, done)
+    first = json.loads((measured / "run" / "metrics.json").read_text())
+    assert first["fit_seconds"] > 0 and any(k.startswith("perf/") for k in first)
+    _run(measured, [*done, "resume=true"])
+    again = json.loads((measured / "run" / "metrics.json").read_text())
+    assert again["fit_seconds"] >= first["fit_seconds"] * 0.9, (first["fit_seconds"], again["fit_seconds"])
+    assert {k: v for k, v in again.items() if k.startswith("perf/")} == \
+        {k: v for k, v in first.items() if k.startswith("perf/")}
     timer = FitTime()
     timer.load_state_dict({"seconds": "x"})                          # a crafted checkpoint's value: not taken
     assert timer.before == 0.0 and timer.seconds() == 0.0
