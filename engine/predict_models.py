@@ -214,6 +214,11 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
                             if isinstance(v, dict) and ("ct_stats" in v or "source_classes" in v)})
         check_data_states(ckpt, path)
         hp = dict(ckpt.get("hyper_parameters") or {})
+        if "hyper_parameters" not in ckpt and isinstance(ckpt.get("net"), dict) and "state_dict" in ckpt:
+            # a walkthrough: a distillation's student.pt was refused as "not trained with module=segmentation"
+            raise CheckpointError(f"{path} is a bare net file (a distillation's student.pt, for load_student in "
+                                  f"Python); predict reads the run's checkpoint of the same student: "
+                                  f"ckpt={path.parent / 'checkpoints' / 'best.ckpt'}")
         if "task" in hp or ("state_dict" in ckpt and "eval_slices" not in hp):
             raise CheckpointError(f"checkpoint {path} is not a segmentation checkpoint"
                                   f"{' (task=' + str(hp['task']) + ')' if 'task' in hp else ''}; "

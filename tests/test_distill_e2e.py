@@ -40,6 +40,11 @@ def test_kits_hlfd_end_to_end(tmp_path, caplog, capsys):
     payload = torch.load(run / "student.pt", weights_only=True)
     assert not any("teacher" in k or "kd_loss" in k for k in payload["state_dict"])
     assert isinstance(load_student(run / "student.pt"), ResNet18Student)
+    from engine.errors import CheckpointError
+    from engine.predict import load_models
+
+    with pytest.raises(CheckpointError, match=r"student.pt is a bare net file .* ckpt=.*checkpoints/best.ckpt$"):
+        load_models([run / "student.pt"])  # a walkthrough: it said "not trained with module=segmentation"
     # a walkthrough: the console's artefacts list was printed before student.pt was written
     out = capsys.readouterr().out
     assert "student.pt" in out[out.rindex("artefacts:"):]  # the student's run, after the teacher's
