@@ -189,6 +189,16 @@ def test_three_hospital_server_command_writes_its_config(tmp_path, capsys):
     assert list(written.federation.partition.sites) == ["hospital_a", "hospital_b", "hospital_c"]
     assert written.federation.strategy._target_.endswith("FedProx")
     assert "flwr run" in capsys.readouterr().out
+    # a walkthrough: a mistyped server data.root (no phantoms to write) was written to the config, exit 0
+    from datamodules.errors import DataError
+
+    with pytest.raises(DataError, match=r"data.root .*typo does not exist"):
+        dispatch(compose_run(["+exp=fed_lits_dnet", "data=lits", f"data.root={tmp_path / 'typo'}",
+                              "federation/partition=remote_sites", "federation.partition.sites=[hospital_a,hospital_b]",
+                              "federation.num_clients=null", "federation.clients_per_round=null",
+                              "federation.min_clients=2", "federation/executor=flower",
+                              "federation.executor.launch=false"], tmp_path / "typo_run"))
+    assert not (tmp_path / "typo_run" / "run" / "flower" / "config.yaml").exists()
 
 
 def test_throwaway_tls_chain(tmp_path):

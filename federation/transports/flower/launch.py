@@ -205,9 +205,21 @@ def check(cfg: DictConfig) -> None:
     check_data_transfer(cfg)
 
 
+def _check_server_data(cfg: DictConfig) -> None:
+    """The server's own data folder (``data.root``; phantoms are written where missing) exists on this host, where
+    the ServerApp will read it (a walkthrough: a mistyped root was written to the config, exit 0, and surfaced
+    only after ``flwr run``)."""
+    root = OmegaConf.select(cfg, "data.root", default=None)
+    if root is not None and OmegaConf.select(cfg, "data.synthetic", default=None) is None and not Path(root).exists():
+        from datamodules.errors import missing_root
+
+        raise missing_root(root)
+
+
 def prepare(cfg: DictConfig) -> dict[str, Any]:
     """``launch: false``: write the run config and the app for a real SuperLink; print the command."""
     check(cfg)
+    _check_server_data(cfg)
     artifacts.console.print(f"[bold]flower:[/bold] {privacy_line(cfg)}")
     fdir = Path(cfg.paths.output_dir).resolve() / "flower"
     fdir.mkdir(parents=True, exist_ok=True)
