@@ -21,4 +21,8 @@ def missing_root(root: object, what: str = "data.root", expected: str = "") -> D
     if "shared/data" in text.replace("\\", "/"):
         hint = ("; the configs read the real sets under $FEDMED_SHARED_DATA, else ../shared/data beside the "
                 "repository (its README says where each set comes from): set FEDMED_SHARED_DATA or data.root")
+    from pathlib import Path
+
+    if Path(text).exists():  # a walkthrough: data.root=README.md said "does not exist"
+        return DataError(f"{what} {root} is not a folder{' (expected ' + expected + ')' if expected else ''}")
     return DataError(f"{what} {root} does not exist{' (expected ' + expected + ')' if expected else ''}{hint}")

@@ -268,6 +268,8 @@ CASES: dict[str, Setup] = {
     # data
     "data_root_missing": simple(["data=lits", "data.root=/nonexistent/LiTS"], "/nonexistent/LiTS"),
     "data_root_empty": _empty_root,
+    "data_root_a_file": lambda env, tmp: ((tmp / "notes.txt").write_text("x") and
+                                          ["data=lits", f"data.root={tmp / 'notes.txt'}"], "notes.txt is not a folder"),
     "nan_in_image": _nan_image,
     "volume_without_label": _missing_label,
     "label_values_outside_classes": _label_values,
