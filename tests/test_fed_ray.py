@@ -83,6 +83,21 @@ def test_a_replacements_set_up_makes_no_finished_client_late(local_ray):
         ex.shutdown()
 
 
+def test_two_replacements_setting_up_together_share_the_store_probe(local_ray, tmp_path):
+    """A review: two late clients replaced in one pass each wrote a new store-probe token, so the first replacement
+    read the second's and the run stopped with "the client store is not the driver's". Both hang here; each job
+    carries the run's store, as every real round does: both are dropped and the round goes on."""
+    ex = _executor(num_workers=2, cpus_per_client=0.5, timeout_s=3)
+    store = str(tmp_path / "client_store")
+    try:
+        jobs = [ClientJob(c, {"behaviour": b, "store": store}) for c, b in (("a", "hang"), ("b", "hang"), ("c", "ok"))]
+        updates, failures = ex.map(fake_client, jobs)
+        assert [u.client_id for u in updates] == ["c"] and sorted(failures) == ["a", "b"], failures
+        assert all("timed out" in why for why in failures.values()), failures
+    finally:
+        ex.shutdown()
+
+
 def test_worker_pool_is_reused_across_rounds(local_ray):
     ex = _executor()
     try:

@@ -161,6 +161,7 @@ class RayExecutor:
         self._actor_cls = ray.remote(RayWorker).options(**opts)
         self._pool: list[Any] = []
         self._checked: set[int] = set()
+        self._probe: tuple[str, str] | None = None  # (client store, the token its workers must read back)
         self._dead = False
         self._gcs_misses = 0  # consecutive node checks whose ray.nodes() failed (a busy GCS is not a dead one)
 
@@ -194,8 +195,16 @@ class RayExecutor:
         cfg = next((j.kwargs.get("cfg") for j in jobs if j.kwargs.get("cfg") is not None), None)
         data = cfg.get("data") if cfg is not None else None
         store = job_store(jobs)
-        token = write_store_probe(store) if store else None
+        token = self._probe_token(store) if store else None
         return {a.check_data.remote(data, store, token, code_fingerprint()): a for a in fresh}
+
+    def _probe_token(self, store: str) -> str:
+        """One probe token per store for this executor: replacements set up side by side read the same one (a
+        review: each wrote its own, so the first of two concurrent replacements read the second's and stopped
+        the run with "the client store is not the driver's")."""
+        if self._probe is None or self._probe[0] != store:
+            self._probe = (store, write_store_probe(store))
+        return self._probe[1]
 
     def _accept(self, ref: Any, actor: Any, jobs: Sequence[ClientJob]) -> None:
         """A finished check: its failure is one DataError line naming the node, else the actor may run clients."""
