@@ -161,7 +161,7 @@ def ensure_teacher(cfg: DictConfig) -> Path:
     log.info("training the teacher first (cache: %s)", cache)
     tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), output_dir(cfg) / "teacher",
                             cfg.distill.teacher.get("max_epochs"), sub_run=True, data=teacher_data(cfg))
-    _claim_teacher_dir(Path(tcfg.paths.output_dir), cache)
+    _claim_teacher_dir(Path(tcfg.paths.output_dir), _stamp_key(cfg))
     if tcfg.trainer.get("fast_dev_run"):  # fast_dev_run writes no checkpoint: one batch, one epoch instead
         n = int(tcfg.trainer.fast_dev_run)  # True -> 1
         with open_dict(tcfg):
@@ -176,7 +176,21 @@ def ensure_teacher(cfg: DictConfig) -> Path:
     return _atomic_copy(src, cache)
 
 
-def _claim_teacher_dir(tdir: Path, cache: Path) -> None:
+#: data keys a run may change on resume without changing what its teacher learns (the folder may move; the number of
+#: loader workers changes no number)
+_MOVABLE_DATA_KEYS = ("root", "num_workers")
+
+
+def _stamp_key(cfg: DictConfig) -> str:
+    """:func:`teacher_key` without :data:`_MOVABLE_DATA_KEYS` (a review: a resume from a moved data folder was
+    refused as another teacher)."""
+    key = teacher_key(cfg)
+    if isinstance(key.get("data"), dict):
+        key = {**key, "data": {k: v for k, v in key["data"].items() if k not in _MOVABLE_DATA_KEYS}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _claim_teacher_dir(tdir: Path, stamp_key: str) -> None:
     """Stamp ``<run>/teacher`` with the cache key its teacher trains for; a resume whose teacher has another key is
     refused. A review: a resume with a larger ``trainer.max_epochs`` continued the old teacher's ``last.ckpt`` (2
     epochs, T_max 2) and cached it under the new key, which every later run with those settings then reused."""
@@ -184,13 +198,13 @@ def _claim_teacher_dir(tdir: Path, cache: Path) -> None:
     if stamp.is_file():  # a teacher folder from before the stamp is continued, as it was (its run's config is checked)
         with stamp.open(errors="replace") as fh:  # a run folder's file is data: a few bytes, never the whole of it
             held = fh.read(128).strip()
-        if held != cache.stem:
+        if held != stamp_key:
             raise ConfigError(f"resume: {tdir} holds a teacher trained for key {held}, but this config's teacher is "
-                              f"{cache.stem} (distill.teacher.*, module, trainer or data settings differ): repeat "
+                              f"{stamp_key} (distill.teacher.*, module, trainer or data settings differ): repeat "
                               f"the run's overrides, or start a new run")
         return
     tdir.mkdir(parents=True, exist_ok=True)
-    artifacts.atomic_write_text(stamp, cache.stem + "\n")
+    artifacts.atomic_write_text(stamp, stamp_key + "\n")
 
 
 def check_padding_before_the_teacher(cfg: DictConfig) -> None:

@@ -194,3 +194,15 @@ def test_table2_keeps_settings_apart(tmp_path):
     assert cells[("protocol=a (foreground slices)", 0.9, 0.1)]["dsc_mean"] == pytest.approx(50.0)
     assert cells[("protocol=b (all slices)", 0.9, 0.1)]["dsc_mean"] == pytest.approx(20.0)
     assert all(r["n_seeds"] <= 1 for r in res["table2"])
+
+
+def test_the_teacher_stamp_follows_what_the_teacher_learns_not_where_the_data_lies(tmp_path):
+    """A review: the stamp held the cache key, which hashes ``data.root`` and ``data.num_workers``, so a resume from
+    a moved data folder (allowed: ``data.root`` may move) was refused as another teacher."""
+    from engine.distill import _stamp_key
+
+    base = _stamp_key(compose_run(["+exp=kits_hlfd", *TINY], tmp_path))
+    moved = compose_run(["+exp=kits_hlfd", *TINY, f"data.root={tmp_path / 'moved'}", "data.num_workers=3"], tmp_path)
+    assert _stamp_key(moved) == base
+    longer = compose_run(["+exp=kits_hlfd", *TINY, "distill.teacher.max_epochs=3"], tmp_path)
+    assert _stamp_key(longer) != base
