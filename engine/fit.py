@@ -129,6 +129,18 @@ def check_data_states(ckpt: Mapping[str, Any], path: str | Path) -> None:
                 raise CheckpointError(f"checkpoint {path}: {err}") from err
 
 
+def _optimised_count(ckpt: Mapping[str, Any]) -> int | None:
+    """How many parameters the checkpoint's single optimiser state covers (None: not one optimiser, or unreadable)."""
+    states = ckpt.get("optimizer_states")
+    if not isinstance(states, list) or len(states) != 1 or not isinstance(states[0], Mapping):
+        return None
+    groups = states[0].get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, Mapping) and isinstance(g.get("params"), list)
+                                               for g in groups):
+        return None
+    return sum(len(g["params"]) for g in groups)
+
+
 def earlier_perf(out: Path) -> dict[str, Any]:
     """The ``perf/*`` figures (throughput, memory) an earlier process of this run wrote to its ``metrics.json``
     (read as JSON data, numbers only): a process that only tests measures none."""
@@ -222,11 +234,12 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     if given is not None and not train and module is None:
         cfg = test_only_cfg(cfg, given, str(ckpt_path))
         artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # the net tested
-    resumed_step, shapes = None, None
+    resumed_step, shapes, optimised = None, None, None
     if given is not None and train:
         check_trainer_state(given, str(ckpt_path))
         shapes = {k: SimpleNamespace(shape=tuple(v.shape)) for k, v in (given.get("state_dict") or {}).items()
                   if hasattr(v, "shape")}  # compared with the module once it is built
+        optimised = _optimised_count(given)
         resumed_step, given = int(given.get("global_step", 0)), None  # no mapped view of a file Lightning rewrites
     datamodule = build_datamodule(cfg.data)
     if given is not None and not train:  # test-only: the checkpoint's data state (CT statistics) as training and
@@ -239,6 +252,13 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     if why:  # a review: Lightning's strict load was a 55-line traceback (exit 1, no failed.json)
         raise CheckpointError(f"ckpt_path {ckpt_path} holds another model than module {type(module).__name__} "
                               f"builds: {why}")
+    trainable = len(module.trainable_parameters()) if callable(getattr(module, "trainable_parameters", None)) else None
+    if shapes and optimised is not None and trainable is not None and optimised != trainable:
+        # a review: a checkpoint from before the side heads of a net without deep supervision were frozen was torch's
+        # "parameter group that doesn't match the size" traceback when Lightning restored its optimiser
+        raise CheckpointError(f"ckpt_path {ckpt_path}: its optimiser state holds {optimised} parameters, this module "
+                              f"trains {trainable}; it cannot continue that optimiser (train anew, or start from its "
+                              f"weights in a new run)")
     callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
     if not loggers:  # `~logger`: nothing records the learning rate, and Lightning refuses the monitor
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]

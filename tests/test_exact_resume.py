@@ -232,3 +232,21 @@ def test_fit_seconds_count_the_stopped_process_too(tmp_path):
     timer = FitTime()
     timer.load_state_dict({"seconds": "x"})                          # a crafted checkpoint's value: not taken
     assert timer.before == 0.0 and timer.seconds() == 0.0
+
+
+def test_an_optimiser_state_of_another_size_is_one_line(tmp_path):
+    """A review: a checkpoint whose optimiser covered other parameters (one from before the side heads of a net
+    without deep supervision were frozen) was torch's "parameter group that doesn't match the size" traceback
+    when Lightning restored it; one line now, naming both counts, before anything trains."""
+    from lightning_modules.errors import CheckpointError
+
+    ds_off = ["model=dnet", "model.width=4", "++model.deep_supervision=false"]
+    stop = f"+callbacks.stop_after={{_target_: {__name__}.StopAfter, epoch: 0}}"
+    _run(tmp_path, [*LITS, *ds_off, "trainer.max_epochs=2", stop])
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    group = ckpt["optimizer_states"][0]["param_groups"][0]
+    group["params"] = group["params"] + [max(group["params"]) + 1]  # as if one more parameter had been optimised
+    torch.save(ckpt, last)
+    with pytest.raises(CheckpointError, match=r"its optimiser state holds (\d+) parameters, this module trains (?!\1)"):
+        _run(tmp_path, [*LITS, *ds_off, "trainer.max_epochs=2", "resume=true"])
