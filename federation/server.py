@@ -196,7 +196,7 @@ class Server:
             log.warning("%s keeps batch norm at the sites and the server's store %s holds none (each site keeps its "
                         "own node store=), so the global model has no trained batch norm: server validation, test/* "
                         "and global_best.pt are skipped, not scored with untrained BN. Score each site with its own: "
-                        "client/<site>/local_val/* each round, and predict ckpt=global_final.pt client=<site> after "
+                        "client/<site>/local_val/* each round (under DP only where the sites release their metrics), and predict ckpt=global_final.pt client=<site> after "
                         "copying that site's <store>/<site>.pt into %s", self.strategy.name, self.store.root,
                         self.store.root)
         return True
@@ -373,7 +373,10 @@ class Server:
                 store.rollback(cid, rnd)  # FedBN's server evaluation and stopped resume)
         for u in updates:
             assert_no_data(u, self.schema)
-        new_state = self.strategy.aggregate(self.global_state, updates, rnd)
+        try:
+            new_state = self.strategy.aggregate(self.global_state, updates, rnd)
+        except KeyError as err:  # what the updates lack (a metric the strategy allocates by): one line, not a traceback
+            raise FederationError(f"round {rnd + 1}: {err.args[0] if err.args else err}") from err
         if not _finite(new_state):
             raise FederationError(f"round {rnd + 1}: aggregation produced non-finite weights; the global "
                                   f"model of round {rnd} is kept")

@@ -271,3 +271,13 @@ def test_a_federation_of_the_distillation_module_without_a_teacher_is_refused(tm
             "logger=csv", f"paths.root_dir={tmp_path}", f"paths.log_dir={tmp_path / 'logs'}"]
     line = _one_line_error(run_in_process("experiments.run", argv, ROOT), "distill.teacher.ckpt=null")
     assert "fed_kits_hlfd" in line
+
+
+def test_a_metric_no_client_reports_stops_the_round_in_one_line(tmp_path):
+    """A review: data sharing (mode=part) allocating by a metric no client sent (a name they do not report, or DP
+    sites withholding theirs) was the strategy's KeyError, a traceback after a full round; one line now."""
+    run = tmp_path / "run"
+    proc = _run(["federation.strategy.metric=balanced_acc", f"hydra.run.dir={run}"], tmp_path)
+    _one_line_error(proc, "FederationError: round 1: no client reported the 'balanced_acc' metric",
+                    "federation.executor.dp.release_metrics")
+    assert not (run / "metrics.json").exists()

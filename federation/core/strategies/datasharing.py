@@ -55,7 +55,9 @@ class DataSharing(FedAvg):
         silent = [u.client_id for u in finite if not 0.0 <= u.metrics.get(self.metric, -1.0) <= 1.0]
         if self.mode == "part" and silent and len(silent) == len(finite):  # a wrong metric name, not a small client
             raise KeyError(f"no client reported the {self.metric!r} metric as a score in [0, 1] (clients {silent}); "
-                           f"set federation.strategy.metric to an accuracy they report")
+                           f"set federation.strategy.metric to an accuracy they report (under DP a site withholds its "
+                           f"metrics unless it releases them: federation.executor.dp.release_metrics, or a node's "
+                           f"own dp-release-metrics)")
         if self.mode == "part" and silent:  # e.g. a client too small for a validation split
             warnings.warn(f"clients {silent} reported no {self.metric!r} in [0, 1]: left out of this round's "
                           f"allocation (they keep the shared data they had)", stacklevel=2)
