@@ -143,7 +143,8 @@ def _optimised_count(ckpt: Mapping[str, Any]) -> int | None:
 
 def earlier_perf(out: Path) -> dict[str, Any]:
     """The ``perf/*`` figures (throughput, memory) an earlier process of this run wrote to its ``metrics.json``
-    (read as JSON data, numbers only): a process that only tests measures none."""
+    (read as JSON data, numbers only): a process that only tests measures none. A process stopped during its test
+    wrote no ``metrics.json``: its ``perf/*`` are lost (its ``fit_seconds`` is in the checkpoint)."""
     path = out / "metrics.json"
     try:
         saved = json.loads(path.read_text()) if path.is_file() and path.stat().st_size < 2**20 else {}
@@ -156,11 +157,13 @@ def earlier_perf(out: Path) -> dict[str, Any]:
 
 
 def restore_data_state(datamodule: Any, ckpt: Mapping[str, Any]) -> None:
-    """Give ``datamodule`` the state a checkpoint keeps of it (under its class name, as Lightning stores it and
-    restores it on a resume; checked by :func:`check_data_states`)."""
+    """Give ``datamodule`` the CT statistics a checkpoint keeps of its training data (under the datamodule's class
+    name; checked by :func:`check_data_states`): how training normalised. Not its ``source_classes``: the tested
+    site's own dataset.json says what its label values are (a review)."""
     state = ckpt.get(type(datamodule).__qualname__)
-    if isinstance(state, Mapping) and callable(getattr(datamodule, "load_state_dict", None)):
-        datamodule.load_state_dict(state)
+    if isinstance(state, Mapping) and state.get("ct_stats") is not None \
+            and callable(getattr(datamodule, "load_state_dict", None)):
+        datamodule.load_state_dict({"ct_stats": state["ct_stats"]})
 
 
 def test_only_cfg(cfg: DictConfig, ckpt: dict[str, Any], path: str) -> DictConfig:
