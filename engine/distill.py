@@ -161,7 +161,7 @@ def ensure_teacher(cfg: DictConfig) -> Path:
     log.info("training the teacher first (cache: %s)", cache)
     tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), output_dir(cfg) / "teacher",
                             cfg.distill.teacher.get("max_epochs"), sub_run=True, data=teacher_data(cfg))
-    _claim_teacher_dir(Path(tcfg.paths.output_dir), _stamp_key(cfg))
+    _claim_teacher_dir(Path(tcfg.paths.output_dir), _stamp_key(cfg), cache.stem)
     if tcfg.trainer.get("fast_dev_run"):  # fast_dev_run writes no checkpoint: one batch, one epoch instead
         n = int(tcfg.trainer.fast_dev_run)  # True -> 1
         with open_dict(tcfg):
@@ -190,7 +190,7 @@ def _stamp_key(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _claim_teacher_dir(tdir: Path, stamp_key: str) -> None:
+def _claim_teacher_dir(tdir: Path, stamp_key: str, cache_key: str) -> None:
     """Stamp ``<run>/teacher`` with the cache key its teacher trains for; a resume whose teacher has another key is
     refused. A review: a resume with a larger ``trainer.max_epochs`` continued the old teacher's ``last.ckpt`` (2
     epochs, T_max 2) and cached it under the new key, which every later run with those settings then reused."""
@@ -198,7 +198,7 @@ def _claim_teacher_dir(tdir: Path, stamp_key: str) -> None:
     if stamp.is_file():  # a teacher folder from before the stamp is continued, as it was (its run's config is checked)
         with stamp.open(errors="replace") as fh:  # a run folder's file is data: a few bytes, never the whole of it
             held = fh.read(128).strip()
-        if held != stamp_key:
+        if held not in (stamp_key, cache_key):  # the cache key: what the first stamps held (same teacher, same folder)
             raise ConfigError(f"resume: {tdir} holds a teacher trained for key {held}, but this config's teacher is "
                               f"{stamp_key} (distill.teacher.*, module, trainer or data settings differ): repeat "
                               f"the run's overrides, or start a new run")

@@ -260,8 +260,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         # a review: a checkpoint from before the side heads of a net without deep supervision were frozen was torch's
         # "parameter group that doesn't match the size" traceback when Lightning restored its optimiser
         raise CheckpointError(f"ckpt_path {ckpt_path}: its optimiser state holds {optimised} parameters, this module "
-                              f"trains {trainable}; it cannot continue that optimiser (train anew, or start from its "
-                              f"weights in a new run)")
+                              f"trains {trainable}; it cannot continue that optimiser: train a new run")
     callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
     if not loggers:  # `~logger`: nothing records the learning rate, and Lightning refuses the monitor
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]

@@ -43,6 +43,7 @@ from federation.core.messages import assert_no_data, state_schema
 from federation.core.partition import is_remote_sites
 from federation.core.sampling import clients_per_round, sample_clients
 from federation.core.strategies import Strategy
+from federation.core.strategies.base import MissingFromUpdates
 from federation.errors import FederationError
 from federation.plan import (check_federation_config, check_teacher_given, split_clients,
                              write_partition_report)
@@ -375,7 +376,7 @@ class Server:
             assert_no_data(u, self.schema)
         try:
             new_state = self.strategy.aggregate(self.global_state, updates, rnd)
-        except KeyError as err:  # what the updates lack (a metric the strategy allocates by): one line, not a traceback
+        except MissingFromUpdates as err:  # what the updates lack (a metric it allocates by): one line, not a traceback
             raise FederationError(f"round {rnd + 1}: {err.args[0] if err.args else err}") from err
         if not _finite(new_state):
             raise FederationError(f"round {rnd + 1}: aggregation produced non-finite weights; the global "

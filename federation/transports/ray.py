@@ -186,23 +186,24 @@ class RayExecutor:
         except Exception:  # noqa: BLE001 - already dead
             pass
 
-    def _start_checks(self, actors: list[Any], jobs: Sequence[ClientJob]) -> dict[Any, Any]:
+    def _start_checks(self, actors: list[Any], jobs: Sequence[ClientJob], fresh_token: bool = True) -> dict[Any, Any]:
         """Send each fresh actor its check (:meth:`RayWorker.check_data`: code, data roots, client store, the data
-        build); returns {check ref: actor}. A timeout counts from the check's end, not from process start."""
+        build); returns {check ref: actor}. A timeout counts from the check's end, not from process start.
+        ``fresh_token=False`` while other checks are in flight: they read the token written for them."""
         fresh = [a for a in actors if id(a) not in self._checked]
         if not fresh:
             return {}
         cfg = next((j.kwargs.get("cfg") for j in jobs if j.kwargs.get("cfg") is not None), None)
         data = cfg.get("data") if cfg is not None else None
         store = job_store(jobs)
-        token = self._probe_token(store) if store else None
+        token = self._probe_token(store, fresh_token) if store else None
         return {a.check_data.remote(data, store, token, code_fingerprint()): a for a in fresh}
 
-    def _probe_token(self, store: str) -> str:
-        """One probe token per store for this executor: replacements set up side by side read the same one (a
-        review: each wrote its own, so the first of two concurrent replacements read the second's and stopped
-        the run with "the client store is not the driver's")."""
-        if self._probe is None or self._probe[0] != store:
+    def _probe_token(self, store: str, fresh: bool = True) -> str:
+        """A new probe token for each set of checks, but one shared by checks in flight together (a review: each
+        replacement wrote its own, so the first of two read the second's and stopped the run with "the client
+        store is not the driver's"); a new one where none was written for this store."""
+        if fresh or self._probe is None or self._probe[0] != store:
             self._probe = (store, write_store_probe(store))
         return self._probe[1]
 

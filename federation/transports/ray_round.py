@@ -116,7 +116,7 @@ class RayRound:
         """Kill ``actor`` and start its replacement's check without waiting for it."""
         self.ex._retire(actor)
         fresh = self.ex._new_actor()
-        self.starting.update(self.ex._start_checks([fresh], self.jobs))
+        self.starting.update(self.ex._start_checks([fresh], self.jobs, fresh_token=not self.starting))
 
     def _result(self, ref: Any) -> None:
         """Collect a finished client: its update, or why it is dropped (the user's error stops the run)."""

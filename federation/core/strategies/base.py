@@ -11,7 +11,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..messages import ClientUpdate, ServerMessage, is_finite, state_schema
 
-__all__ = ["Strategy", "StateDict", "STAT_SUFFIXES", "weighted_average", "fedavg", "bn_state_keys"]
+__all__ = ["Strategy", "StateDict", "STAT_SUFFIXES", "MissingFromUpdates", "weighted_average", "fedavg",
+           "bn_state_keys"]
+
+
+class MissingFromUpdates(KeyError):
+    """The round's updates lack what the strategy aggregates by (an exchanged key, a reported metric): the clients'
+    or the config's doing, said in one line by the server; any other error inside a strategy stays a bug's."""
 
 StateDict = dict[str, Tensor]
 STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -63,7 +69,7 @@ def fedavg(
     for key in keys:
         missing = [u.client_id for u in updates if key not in u.weights]
         if missing:
-            raise KeyError(f"updates from {missing} lack exchanged key {key!r}")
+            raise MissingFromUpdates(f"updates from {missing} lack exchanged key {key!r}")
         new[key] = weighted_average([absolute_weights(global_state, u, key) for u in updates], coef, global_state[key].dtype)
     return new
 

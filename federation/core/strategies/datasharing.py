@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..messages import ClientUpdate, is_finite
 from ..sharing import SharedPool, SharingMode, allocate_shared, client_rng, select_shared_indices
-from .base import StateDict
+from .base import MissingFromUpdates, StateDict
 from .fedavg import FedAvg
 
 __all__ = ["DataSharing"]
@@ -54,7 +54,7 @@ class DataSharing(FedAvg):
         finite = [u for u in updates if is_finite(u)]
         silent = [u.client_id for u in finite if not 0.0 <= u.metrics.get(self.metric, -1.0) <= 1.0]
         if self.mode == "part" and silent and len(silent) == len(finite):  # a wrong metric name, not a small client
-            raise KeyError(f"no client reported the {self.metric!r} metric as a score in [0, 1] (clients {silent}); "
+            raise MissingFromUpdates(f"no client reported the {self.metric!r} metric as a score in [0, 1] (clients {silent}); "
                            f"set federation.strategy.metric to an accuracy they report (under DP a site withholds its "
                            f"metrics unless it releases them: federation.executor.dp.release_metrics, or a node's "
                            f"own dp-release-metrics)")
