@@ -210,6 +210,8 @@ def _check_server_data(cfg: DictConfig) -> None:
     the ServerApp will read it (a walkthrough: a mistyped root was written to the config, exit 0, and surfaced
     only after ``flwr run``)."""
     root = OmegaConf.select(cfg, "data.root", default=None)
+    if OmegaConf.select(cfg, "data.sites", default=None) is not None:  # each site's datamodule reads (or writes) its own
+        return
     if root is not None and OmegaConf.select(cfg, "data.synthetic", default=None) is None and not Path(root).exists():
         from datamodules.errors import missing_root
 
