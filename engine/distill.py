@@ -181,12 +181,20 @@ def ensure_teacher(cfg: DictConfig) -> Path:
 _MOVABLE_DATA_KEYS = ("root", "num_workers")
 
 
+def _without_movable(data: dict) -> dict:
+    """``data`` without :data:`_MOVABLE_DATA_KEYS`, each site's too (``data.sites.<site>.root`` follows the root)."""
+    out = {k: v for k, v in data.items() if k not in _MOVABLE_DATA_KEYS}
+    if isinstance(out.get("sites"), dict):
+        out["sites"] = {s: _without_movable(v) if isinstance(v, dict) else v for s, v in out["sites"].items()}
+    return out
+
+
 def _stamp_key(cfg: DictConfig) -> str:
     """:func:`teacher_key` without :data:`_MOVABLE_DATA_KEYS` (a review: a resume from a moved data folder was
     refused as another teacher)."""
     key = teacher_key(cfg)
     if isinstance(key.get("data"), dict):
-        key = {**key, "data": {k: v for k, v in key["data"].items() if k not in _MOVABLE_DATA_KEYS}}
+        key = {**key, "data": _without_movable(key["data"])}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -206,3 +206,7 @@ def test_the_teacher_stamp_follows_what_the_teacher_learns_not_where_the_data_li
     assert _stamp_key(moved) == base
     longer = compose_run(["+exp=kits_hlfd", *TINY, "distill.teacher.max_epochs=3"], tmp_path)
     assert _stamp_key(longer) != base
+    sites = ["+exp=kits_hlfd", "data=multisite_kits", "logger=csv"]
+    # each site's root follows data.root
+    assert _stamp_key(compose_run([*sites, f"data.root={tmp_path / 'moved'}"], tmp_path)) == \
+        _stamp_key(compose_run(sites, tmp_path))
