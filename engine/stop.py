@@ -70,6 +70,10 @@ def requested(signame: str = "sigterm") -> bool:
 
 
 def check() -> None:
-    """Raise ``SIGTERMException`` if a SIGTERM came and nothing has acted on it yet (a safe point)."""
+    """Raise ``SIGTERMException`` if a SIGTERM came and nothing has acted on it yet (a safe point); and
+    ``KeyboardInterrupt`` for a Ctrl-C whose own one was swallowed (CI, once: it landed in a profiler's
+    ``__del__``, where Python ignores exceptions, and the federation ran on to exit 0)."""
     if _requested["sigterm"]:
         raise SIGTERMException()
+    if _requested["sigint"]:
+        raise KeyboardInterrupt
