@@ -21,7 +21,8 @@ __all__ = ["BestWeights"]
 class BestWeights(pl.Callback):
     """Keep the module's ``state_dict`` at the epoch whose ``monitor`` was best (its way: :func:`better`; ties keep
     the earlier epoch; NaN never counts) and load it back at ``on_fit_end``; ``best_epoch`` says which (None: none
-    was finite, the last weights stay)."""
+    was finite, the last weights stay). Entries under the module's ``frozen_prefixes`` (a distillation module's
+    teacher, which never changes during fit) are not copied."""
 
     def __init__(self, monitor: str) -> None:
         self.monitor = monitor
@@ -37,9 +38,13 @@ class BestWeights(pl.Callback):
             return
         if better(self.monitor, float(value), self.best_value):
             self.best_value, self.best_epoch = float(value), int(trainer.current_epoch)
-            self._state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            frozen = tuple(getattr(pl_module, "frozen_prefixes", ()))
+            self._state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()
+                           if not (frozen and k.startswith(frozen))}
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._state is not None:
-            pl_module.load_state_dict(self._state)
+            state = pl_module.state_dict()  # the frozen entries as they are, the rest from the best epoch
+            state.update(self._state)
+            pl_module.load_state_dict(state)
             self._state = None

@@ -72,6 +72,10 @@ class DistillationModule(SegmentationModule):
         ``eval_slices='foreground'`` are paper 001's protocol a).
     """
 
+    #: state entries that never change during fit (the frozen teacher): kept out of checkpoints
+    #: (:meth:`on_save_checkpoint`) and of :class:`callbacks.best_weights.BestWeights`' in-memory copies
+    frozen_prefixes = ("teacher.",)
+
     def __init__(
         self,
         net: nn.Module | Mapping,
@@ -286,7 +290,8 @@ class DistillationModule(SegmentationModule):
     # ------------------------------------------------------------------ checkpoints / export
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints hold the student and its adapters, not the (frozen, separately stored) teacher."""
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith(self.frozen_prefixes)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refill the teacher's weights (from ``teacher_ckpt``, already loaded) so strict loading works."""

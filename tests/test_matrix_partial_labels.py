@@ -124,3 +124,48 @@ def test_best_weights_restores_the_best_validation_epoch(tmp_path):
     module = Scripted()
     trainer.fit(module, data, data)
     assert cb.best_epoch == 1 and cb.best_value == 1.0 and float(module.w) == 2.0
+
+
+def test_best_weights_does_not_copy_a_modules_frozen_entries(tmp_path):
+    """A module's ``frozen_prefixes`` (a distillation module's teacher) stay out of ``BestWeights``' copy, which
+    held the whole teacher before; the restored state still loads, with those entries as they are."""
+    import pytorch_lightning as pl
+
+    from callbacks.best_weights import BestWeights
+
+    class WithTeacher(pl.LightningModule):
+        frozen_prefixes = ("teacher.",)
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.teacher = torch.nn.Linear(3, 3)
+
+        def training_step(self, batch, i):
+            with torch.no_grad():
+                self.w.add_(1.0)
+            return (self.w * 0).sum() + batch.sum() * 0
+
+        def validation_step(self, batch, i):
+            self.log("val/loss", [3.0, 1.0, 2.0][self.current_epoch])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD([self.w], lr=0.0)
+
+    copied: list[set] = []
+
+    class Spy(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            copied.append(set(cb._state))
+
+    data = torch.utils.data.DataLoader(torch.zeros(1, 1))
+    cb = BestWeights("val/loss")
+    trainer = pl.Trainer(max_epochs=3, callbacks=[cb, Spy()], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         default_root_dir=tmp_path)
+    module = WithTeacher()
+    teacher = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    trainer.fit(module, data, data)
+    assert copied == [{"w"}]
+    assert float(module.w) == 2.0
+    assert all(torch.equal(v, module.teacher.state_dict()[k]) for k, v in teacher.items())
