@@ -99,9 +99,13 @@ def teacher_data(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(cfg.data, extra)
 
 
-def teacher_cache_path(cfg: DictConfig) -> Path:
-    digest = hashlib.sha256(json.dumps(teacher_key(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(cfg.paths.data_dir) / "teachers" / f"{digest}.ckpt"
+def _digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def teacher_cache_path(cfg: DictConfig, key: dict[str, Any] | None = None) -> Path:
+    """``<paths.data_dir>/teachers/<digest of teacher_key>.ckpt`` (``key``: :func:`teacher_key`, when known)."""
+    return Path(cfg.paths.data_dir) / "teachers" / f"{_digest(key or teacher_key(cfg))}.ckpt"
 
 
 def segmentation_cfg(cfg: DictConfig, model: Any, loss: Any, out: Path, max_epochs: int | None = None,
@@ -152,7 +156,8 @@ def ensure_teacher(cfg: DictConfig) -> Path:
     given = cfg.distill.teacher.get("ckpt")
     if given:
         return Path(given)
-    cache = teacher_cache_path(cfg)
+    key = teacher_key(cfg)
+    cache = teacher_cache_path(cfg, key)
     if cache.is_file():
         log.info("reusing cached teacher %s", cache)
         return cache
@@ -161,7 +166,7 @@ def ensure_teacher(cfg: DictConfig) -> Path:
     log.info("training the teacher first (cache: %s)", cache)
     tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), output_dir(cfg) / "teacher",
                             cfg.distill.teacher.get("max_epochs"), sub_run=True, data=teacher_data(cfg))
-    _claim_teacher_dir(Path(tcfg.paths.output_dir), _stamp_key(cfg), cache.stem)
+    _claim_teacher_dir(Path(tcfg.paths.output_dir), _stamp_key(key), cache.stem)
     if tcfg.trainer.get("fast_dev_run"):  # fast_dev_run writes no checkpoint: one batch, one epoch instead
         n = int(tcfg.trainer.fast_dev_run)  # True -> 1
         with open_dict(tcfg):
@@ -189,13 +194,12 @@ def _without_movable(data: dict) -> dict:
     return out
 
 
-def _stamp_key(cfg: DictConfig) -> str:
-    """:func:`teacher_key` without :data:`_MOVABLE_DATA_KEYS` (a review: a resume from a moved data folder was
-    refused as another teacher)."""
-    key = teacher_key(cfg)
+def _stamp_key(key: dict[str, Any]) -> str:
+    """The digest of :func:`teacher_key`'s ``key`` without :data:`_MOVABLE_DATA_KEYS` (a review: a resume from a
+    moved data folder was refused as another teacher)."""
     if isinstance(key.get("data"), dict):
         key = {**key, "data": _without_movable(key["data"])}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _digest(key)
 
 
 def _claim_teacher_dir(tdir: Path, stamp_key: str, cache_key: str) -> None:

@@ -199,14 +199,14 @@ def test_table2_keeps_settings_apart(tmp_path):
 def test_the_teacher_stamp_follows_what_the_teacher_learns_not_where_the_data_lies(tmp_path):
     """A review: the stamp held the cache key, which hashes ``data.root`` and ``data.num_workers``, so a resume from
     a moved data folder (allowed: ``data.root`` may move) was refused as another teacher."""
-    from engine.distill import _stamp_key
+    from engine.distill import _stamp_key, teacher_key
 
-    base = _stamp_key(compose_run(["+exp=kits_hlfd", *TINY], tmp_path))
-    moved = compose_run(["+exp=kits_hlfd", *TINY, f"data.root={tmp_path / 'moved'}", "data.num_workers=3"], tmp_path)
-    assert _stamp_key(moved) == base
-    longer = compose_run(["+exp=kits_hlfd", *TINY, "distill.teacher.max_epochs=3"], tmp_path)
-    assert _stamp_key(longer) != base
+    def stamp(overrides):
+        return _stamp_key(teacher_key(compose_run(overrides, tmp_path)))
+
+    base = stamp(["+exp=kits_hlfd", *TINY])
+    assert stamp(["+exp=kits_hlfd", *TINY, f"data.root={tmp_path / 'moved'}", "data.num_workers=3"]) == base
+    assert stamp(["+exp=kits_hlfd", *TINY, "distill.teacher.max_epochs=3"]) != base
     sites = ["+exp=kits_hlfd", "data=multisite_kits", "logger=csv"]
     # each site's root follows data.root
-    assert _stamp_key(compose_run([*sites, f"data.root={tmp_path / 'moved'}"], tmp_path)) == \
-        _stamp_key(compose_run(sites, tmp_path))
+    assert stamp([*sites, f"data.root={tmp_path / 'moved'}"]) == stamp(sites)
