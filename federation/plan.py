@@ -89,6 +89,7 @@ def check_federation_config(fed: Any) -> None:
     frac = fed.get("shared_fraction")
     if frac is not None and not 0.0 <= float(frac) < 1.0:
         raise FederationError(f"federation.shared_fraction={frac}: must be in [0, 1)")
+    _check_pool_use(strategy, float(frac or 0.0))
     unit = fed.get("partition_unit", "case")
     if unit not in ("case", "sample"):
         raise FederationError(f"federation.partition_unit={unit}: expected case (whole patients per client) or sample")
@@ -102,6 +103,28 @@ def check_federation_config(fed: Any) -> None:
             if value is not None and str(value) not in allowed:
                 raise FederationError(f"federation.matrix.{key}={value}: expected {' or '.join(allowed)}")
     check_executor_config(fed)
+
+
+def _check_pool_use(strategy: Any, frac: float) -> None:
+    """A review: data sharing (mode part/all) without a shared pool ran as plain FedAvg without a word, and a pool
+    under a strategy that never sends it took its share of the clients' training data silently."""
+    from federation.core.strategies import strategy_class
+
+    target = str(strategy.get("_target_", ""))
+    try:
+        sharing = bool(target) and strategy_class(target).moves_data
+    except ValueError:
+        return  # a target that names no strategy: building it says so
+    mode = strategy.get("mode", "part") if sharing else None
+    if sharing and mode != "none" and frac == 0.0:
+        raise FederationError(f"federation.shared_fraction=0 with data sharing (mode={mode}): the server holds no "
+                              "shared pool, so no client receives data and the run is plain FedAvg; give a fraction "
+                              "in (0, 1) (federation/strategy=datashare sets 0.1)")
+    if frac > 0.0 and not sharing:
+        log.warning("federation.shared_fraction=%s carves a shared pool off the clients' training data that %s never "
+                    "sends (only data sharing does): the clients train on %.0f%% less; set it to 0 unless this run "
+                    "is meant to see the data a data-sharing run's clients see", frac,
+                    target.rsplit(".", 1)[-1] or "the strategy", 100 * frac)
 
 
 def check_teacher_given(cfg: Any) -> None:

@@ -287,3 +287,19 @@ def test_matrix_choices_are_refused_before_any_round(tmp_path):
         with pytest.raises(FederationError, match=rf"^federation.matrix.{key}={value}: expected "):
             _check([*on, f"federation.matrix.{key}={value}"], tmp_path)
     _check([*DIGITS, "federation.matrix.select=bestest"], tmp_path)  # no matrix: nothing reads it
+
+
+def test_data_sharing_without_a_pool_is_refused_and_a_pool_nobody_sends_is_warned_about(tmp_path, caplog):
+    """A review: ``federation.shared_fraction=0`` under data sharing (mode=part) ran as plain FedAvg without a word
+    (every allocation 0); a pool under FedAvg took 10 % of the clients' training data silently."""
+    for mode in ("part", "all"):
+        with pytest.raises(FederationError, match=rf"shared_fraction=0 with data sharing \(mode={mode}\).*plain FedAvg"):
+            _check([*DIGITS, "federation.shared_fraction=0.0", f"federation.strategy.mode={mode}"], tmp_path)
+    _check([*DIGITS, "federation.shared_fraction=0.0", "federation.strategy.mode=none"], tmp_path)
+    with caplog.at_level(logging.WARNING, logger="federation.plan"):
+        _check([*DIGITS, "federation/strategy=fedavg", "+federation.shared_fraction=0.1"], tmp_path)
+    assert "carves a shared pool off the clients' training data that FedAvg never sends" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="federation.plan"):
+        _check(DIGITS, tmp_path)
+    assert "carves a shared pool" not in caplog.text
