@@ -75,6 +75,15 @@ def test_quantity_skew_sizes():
     assert sum(sizes) == 1000 and max(sizes) > 1.5 * min(sizes)
 
 
+def test_quantity_skew_refuses_sizes_that_fit_neither_reading():
+    """A review: counts summing to another n were silently rescaled ([10, 20, 30, 40, 50] of 1000 gave 67..333)."""
+    with pytest.raises(ValueError, match=r"sum to 150, not the 1000 samples"):
+        quantity_skew(1000, 5, seed=0, sizes=[10, 20, 30, 40, 50])
+    with pytest.raises(ValueError, match=r"sum to 0.9: give fractions that sum to 1"):
+        quantity_skew(100, 3, seed=0, sizes=[0.5, 0.3, 0.1])
+    assert [len(p) for p in quantity_skew(10, 2, seed=0, sizes=[1, 0])] == [10, 0]   # fractions (sum 1)
+
+
 def test_by_group():
     groups = np.array(["b", "a", "b", "c", "a"])
     parts = by_group(groups)

@@ -206,3 +206,15 @@ def test_fedopt_refuses_values_that_walk_away_and_ignores_an_unused_beta2():
         with pytest.raises(ValueError, match="mu must be a finite number >= 0"):
             FedProx(mu=mu)
     assert FedAdagrad(beta2=5.0).eta == 1e-2  # Adagrad's v_t takes no beta2
+
+
+def test_the_documented_fedavg_function_is_importable_from_the_package():
+    """A review: importing the submodule ``strategies.fedavg`` rebound the package's ``fedavg`` to that module, so
+    docs/extending.md's ``fedavg(global_state, updates, keys, weighted)`` raised "'module' object is not callable"."""
+    import federation.core
+    from federation.core.strategies import fedavg
+
+    assert callable(fedavg) and callable(federation.core.fedavg)
+    g = {"w": torch.zeros(2)}
+    ups = [ClientUpdate("a", {"w": torch.ones(2)}, 1), ClientUpdate("b", {"w": torch.full((2,), 4.0)}, 3)]
+    assert torch.allclose(fedavg(g, ups, ["w"])["w"], torch.full((2,), 3.25))

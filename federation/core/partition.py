@@ -5,7 +5,7 @@ array per client, the arrays are disjoint and together cover exactly the given i
 indices left after :meth:`federation.core.sharing.SharedPool.carve` so no client owns shared data).
 
 * :func:`iid`, :func:`quantity_skew` (same distribution, different volumes - paper 000 §5.1 Fig. 3),
-  :func:`dirichlet` label skew (Hsu et al. 2019), :func:`pathological` (paper 000 §5.1: 80 % of a
+  :func:`dirichlet` label skew (NIID-Bench's per-class Dirichlet split, which skews sizes too), :func:`pathological` (paper 000 §5.1: 80 % of a
   client's data from k randomly chosen classes, 20 % from the rest, equal sizes; k = 1, 2) and
   :func:`by_group` (natural partition by site) and :func:`remote_sites` (a real deployment: named sites
   whose data the server never holds).
@@ -64,13 +64,22 @@ def iid(n: int | np.ndarray, num_clients: int, seed: int = 0) -> list[np.ndarray
 def quantity_skew(n: int | np.ndarray, num_clients: int, seed: int = 0, alpha: float = 0.5,
                   sizes: Sequence[float] | None = None, min_size: int = 1) -> list[np.ndarray]:
     """Different volumes, same distribution: random shards with sizes ~ Dir(alpha) (Li et al. 2022,
-    NIID-Bench "quantity skew") or given ``sizes`` (counts summing to n, or fractions)."""
+    NIID-Bench "quantity skew") or given ``sizes`` (whole counts summing to n, or fractions summing to 1; anything
+    else is refused: a review found counts summing to another n silently rescaled)."""
     if sizes is None and not float(alpha) > 0:
         raise ValueError(f"alpha={alpha}: the Dirichlet concentration must be > 0")
     idx = _indices(n)
     rng = np.random.default_rng(seed)
     if sizes is not None:
-        counts = _largest_remainder(np.asarray(sizes, dtype=float), len(idx))
+        given = np.asarray(sizes, dtype=float)
+        whole = bool(np.all(given == np.round(given))) and given.sum() > 1.0 + 1e-9
+        if whole and int(given.sum()) != len(idx):
+            raise ValueError(f"sizes={[int(x) for x in given]} sum to {int(given.sum())}, not the {len(idx)} samples "
+                             f"(or volumes) to split: give counts that sum to {len(idx)}, or fractions that sum to 1")
+        if not whole and abs(given.sum() - 1.0) > 1e-6:
+            raise ValueError(f"sizes={list(sizes)} sum to {given.sum():g}: give fractions that sum to 1, or whole "
+                             f"counts that sum to {len(idx)}")
+        counts = _largest_remainder(given, len(idx))
     else:
         for _ in range(1000):
             counts = _largest_remainder(rng.dirichlet(np.full(num_clients, alpha)), len(idx))
@@ -85,8 +94,10 @@ def quantity_skew(n: int | np.ndarray, num_clients: int, seed: int = 0, alpha: f
 
 def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int = 0, min_size: int = 1,
               indices: np.ndarray | None = None, max_tries: int = 100) -> list[np.ndarray]:
-    """Label skew (Hsu et al. 2019): for each class, its samples are split among clients with
-    proportions ~ Dir(alpha · 1). Small alpha -> few classes per client. Redraws (at most
+    """Label skew, NIID-Bench's "distribution-based label imbalance" (Li et al. 2022, after Yurochkin et al. 2019):
+    for each class, its samples are split among clients with proportions ~ Dir(alpha · 1). Small alpha -> few
+    classes per client, and unequal client sizes too (10 clients at alpha 0.5: 61 to 344 of 2,000 samples, a
+    review); Hsu et al. 2019's variant (equal sizes, a class mix per client) is not this one. Redraws (at most
     ``max_tries``) until every client has ``min_size`` samples."""
     if not float(alpha) > 0:
         raise ValueError(f"alpha={alpha}: the Dirichlet concentration must be > 0")

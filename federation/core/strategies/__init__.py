@@ -25,6 +25,10 @@ from .fedbn import FedBN
 from .fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from .fedprox import FedProx, proximal_loss_term, proximal_term
 
+# importing the submodule ``.fedavg`` rebinds the package's name ``fedavg`` to that module (a review: the
+# documented ``from federation.core.strategies import fedavg`` gave a module): the function again
+from .base import fedavg  # noqa: E402,F811
+
 __all__ = [
     "Strategy", "FedAvg", "FedProx", "FedBN", "FedOpt", "FedAdam", "FedYogi", "FedAdagrad",
     "DataSharing", "STRATEGIES", "weighted_average", "fedavg", "proximal_term",
