@@ -225,13 +225,18 @@ def test_address_reaches_an_existing_cluster(local_ray):
     assert ray.is_initialized()  # the other driver disconnected; the cluster it joined is still up
 
 
-def test_ray_gives_the_same_global_model_as_sequential(local_ray, tmp_path):
+@pytest.mark.parametrize("strategy", [
+    ["federation/strategy=fedavg", "federation.clients_per_round=4", "federation.rounds=2"],
+    # a review: the one case above had every client in every round, no shared pool and no client store
+    ["federation.strategy.mode=part", "federation.clients_per_round=2", "federation.rounds=3"],
+    ["federation/strategy=fedbn", "federation.clients_per_round=2", "federation.rounds=3"],
+], ids=["fedavg_all_clients", "datashare_part_sampled", "fedbn_sampled"])
+def test_ray_gives_the_same_global_model_as_sequential(local_ray, tmp_path, strategy):
     from experiments.run import dispatch
     from tests.hydra_helpers import compose_run
 
     common = ["+exp=fed_digits_datashare", "logger=csv", "model.width=4", "federation.num_clients=4",
-              "federation.clients_per_round=4", "federation.rounds=2", "federation.local_epochs=1",
-              "federation/strategy=fedavg", "federation.progress=false", "trainer.limit_train_batches=2",
+              "federation.local_epochs=1", *strategy, "federation.progress=false", "trainer.limit_train_batches=2",
               "trainer.deterministic=true", "federation.eval_clients=none", "federation.eval_test_every_round=false"]
     dispatch(compose_run(common, tmp_path / "seq"))
     dispatch(compose_run([*common, "federation/executor=ray", "federation.executor.gpus_per_client=0"], tmp_path / "ray"))
