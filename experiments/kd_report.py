@@ -27,6 +27,7 @@ import numpy as np
 
 from engine.artifacts import atomic_write_text
 from experiments.report import debug_run, json_object, run_config
+from experiments.run_folder import set_aside
 from engine.run_files import as_number, csv_text, md_text, plain_text
 
 #: paper 001 Table 1 ("Quantitative Results (beta=0.9 and lambda=0.1)"), transcribed from the paper text:
@@ -80,11 +81,15 @@ def collect(root: Path, include_debug: bool = False) -> tuple[list[dict], list[d
     federated distillations (``distill/arm``: their table is ``experiments.report``'s)."""
     runs, failed, debug, arms = [], [], 0, 0
     for path in sorted(root.rglob("failed.json")):
+        if set_aside(path):  # an earlier run's, moved aside by a later one in its folder
+            continue
         info = json_object(path) or {"error": "failed.json does not parse"}
         overrides = info.get("overrides") if isinstance(info.get("overrides"), list) else []
         failed.append({"run": plain_text(path.parent.relative_to(root)) or ".", "error": plain_text(info.get("error", "?")),
                        "overrides": plain_text(" ".join(map(str, overrides)))})
     for path in sorted(root.rglob("metrics.json")):
+        if set_aside(path):
+            continue
         metrics = json_object(path) or {}  # a crafted or cut file is no run
         method = metrics.get("distill/method")
         if not method or not isinstance(method, str):  # e.g. the teacher pre-training inside a run dir

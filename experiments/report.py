@@ -31,6 +31,7 @@ import numpy as np
 from callbacks.metric_goal import goal
 from engine.artifacts import atomic_write_text, console
 from experiments.report_html import write_html
+from experiments.run_folder import set_aside
 from engine.run_files import (MAX_RUN_FILE_BYTES, as_number, csv_text, debug_run, md_code, md_text, plain_text,
                               run_config, run_file_text, run_json, run_yaml)
 from engine.run_match import canonical_override
@@ -73,7 +74,7 @@ def find_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
     done, failed = set(), set()
     for pattern in paths:
         for root in [Path(p) for p in glob.glob(pattern)] or [Path(pattern)]:
-            found = {p.parent for p in root.rglob("metrics.json")} | {p.parent for p in root.rglob("failed.json")}
+            found = {p.parent for p in [*root.rglob("metrics.json"), *root.rglob("failed.json")] if not set_aside(p)}
             # a run's own stages (a distillation's teacher/, a federated distillation's arms) are not runs of
             # their own, also when the run itself failed or was killed after them (a review: a killed
             # distillation's teacher/ became a "(defaults)" row of teachers' scores)

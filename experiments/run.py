@@ -40,7 +40,8 @@ import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: 
 from engine.run_match import interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
-from experiments.run_folder import checked_resume_problem, not_resumable_line, resumable, slurm_restarts  # noqa: E402
+from experiments.run_folder import (checked_resume_problem, first_start, not_resumable_line, resumable,  # noqa: E402
+                                    set_aside_results, slurm_restarts)
 
 log = logging.getLogger("experiments.run")
 
@@ -113,6 +114,10 @@ def main(cfg: DictConfig) -> float | None:
             cfg.resume = True
     previous = stop.install()
     try:
+        if cfg.get("resume") in (None, False, "false") and first_start():  # a new run: not the earlier run's results
+            moved = set_aside_results(out)
+            if moved is not None:
+                log.warning("%s held an earlier run's results: moved to %s", out, moved)
         check_dimensions(cfg, dict(HydraConfig.get().runtime.choices))
         check_task(cfg, dict(HydraConfig.get().runtime.choices))
         check_scalars(cfg)

@@ -160,6 +160,38 @@ def first_start() -> bool:
     return slurm_restarts() == 0 and all(r.strip() in ("", "0") for r in ranks)
 
 
+#: what says a run finished (or failed) and what its report reads: a new run in the folder moves them aside
+RESULT_FILES = ("metrics.json", "failed.json", "test_per_case.csv")
+EARLIER = "earlier"  # <run>/earlier/<time>/: results a later run in that folder moved aside (no run of their own)
+
+
+def set_aside(path: Path) -> bool:
+    """Whether ``path`` (a result file) lies in a run's :data:`EARLIER` folder."""
+    return path.parent.parent.name == EARLIER
+
+
+def set_aside_results(run: Path) -> Path | None:
+    """Move an earlier run's :data:`RESULT_FILES` from ``run`` into ``run/earlier/<UTC time>/`` and return that
+    folder (None: nothing to move). A review: a second run started in a pinned ``hydra.run.dir`` and killed left
+    the first run's ``metrics.json`` beside its own config, so experiments.report showed the 1-epoch D-Net's
+    score as a finished 40-epoch U-Net."""
+    found = [run / name for name in RESULT_FILES if (run / name).is_file() and not (run / name).is_symlink()]
+    if not found:
+        return None
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    dest = run / EARLIER / stamp
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = run / EARLIER / f"{stamp}-{n}"
+    dest.mkdir(parents=True)
+    for f in found:
+        os.replace(f, dest / f.name)
+    return dest
+
+
 def earlier_run(run: Path) -> str | None:
     """What in ``run`` says a run trained there already (its metrics, a checkpoint, its W&B id), or None."""
     for name in ("metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "server.pt", "wandb_id.txt"):

@@ -36,6 +36,26 @@ def test_a_second_run_in_a_used_run_dir_is_warned_about(tmp_path):
     second = run_in_process("experiments.run", args, ROOT)
     assert second.returncode == 0, second.stderr[-2000:]
     assert f"warning: hydra.run.dir={tmp_path / 'run'} holds an earlier run (metrics.json)" in second.stderr
+    assert not (tmp_path / "run" / "metrics.json").is_file() or list((tmp_path / "run" / "earlier").glob("*/metrics.json"))
+
+
+def test_a_new_run_in_a_used_run_dir_moves_the_earlier_results_aside(tmp_path):
+    """A review: a second run in a pinned ``hydra.run.dir`` that did not finish left the first run's metrics.json
+    beside its own config, and experiments.report showed that score as the second run's. Here the second run
+    fails on a bad value: the folder says it failed, and the first run's results are in earlier/<time>/."""
+    from experiments.report import find_runs
+
+    run = tmp_path / "run"
+    args = ["+exp=digits_cnn", "++trainer.fast_dev_run=true", "logger=csv", f"hydra.run.dir={run}",
+            f"paths.root_dir={tmp_path}"]
+    assert run_in_process("experiments.run", args, ROOT).returncode == 0
+    first = (run / "metrics.json").read_text()
+    second = run_in_process("experiments.run", [*args, "data.batch_size=0"], ROOT)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert not (run / "metrics.json").exists() and (run / "failed.json").is_file()
+    (kept,) = (run / "earlier").glob("*/metrics.json")
+    assert kept.read_text() == first
+    assert find_runs([str(tmp_path)]) == ([], [run])
 
 
 def test_no_earlier_run_warning_for_a_ddp_rank_or_a_slurm_requeue(monkeypatch):
