@@ -238,8 +238,33 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
         name += "-" + ",".join(swept)
     tags = [str(t) for t in (cfg.get("tags") or [])]
     tags += [f"{k}:{v}" for k, v in facts.items()] + swept
-    return {"name": name[:128], "tags": list(dict.fromkeys(t[:64] for t in tags)),
-            "config": {"run": {**facts, "overrides": overrides}}}
+    run = {**facts, "overrides": overrides, "method": method_id(facts, overrides)}
+    sweep = sweep_name()
+    if sweep:
+        run["sweep"] = sweep
+        tags.append(f"sweep:{sweep}")
+    return {"name": name[:128], "tags": list(dict.fromkeys(t[:64] for t in tags)), "config": {"run": run}}
+
+
+def method_id(facts: Mapping[str, Any], overrides: Iterable[str]) -> str:
+    """All that makes a run's method, its seed left out: what a dashboard groups seeds by (``config.run.method``).
+    A review: the recipe grouped by ``config.run.model``, which pooled runs of one model with other settings
+    (two epochs and one, each ``lits_dnet-dnet-s1`` in group ``lits_dnet``) into one mean."""
+    parts = [f"{k}={v}" for k, v in facts.items() if k not in ("seed", "debug")]
+    return " ".join([*parts, *sorted(str(o) for o in overrides)])[:500]
+
+
+def sweep_name() -> str | None:
+    """The sweep folder's name of a Hydra multirun job (its start time by default), else None: which sweep a W&B
+    run came from (``config.run.sweep``, tag ``sweep:<name>``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        return Path(str(hc.sweep.dir)).name[:48] if hc.mode == RunMode.MULTIRUN else None
+    except (ValueError, ImportError, AttributeError):
+        return None
 
 
 #: the ``job_type`` of every debug run's W&B run (its tags hold ``debug:<mode>``)
@@ -269,11 +294,18 @@ def kept_identity(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
     run = ident["config"]["run"]
     if (isinstance(kept, dict) and isinstance(kept.get("name"), str) and isinstance(kept.get("tags"), list)
             and isinstance(kept.get("overrides"), list)):
+        overrides = [str(o) for o in kept["overrides"]]
+        facts = {k: v for k, v in run.items() if k not in ("overrides", "method", "sweep")}
+        run = {**facts, "overrides": overrides, "method": method_id(facts, overrides)}
+        if isinstance(kept.get("sweep"), str):
+            run["sweep"] = kept["sweep"][:48]
         return {**ident, "name": kept["name"][:128], "tags": [str(t)[:64] for t in kept["tags"]][:64],
-                "config": {"run": {**run, "overrides": [str(o) for o in kept["overrides"]]}}}
+                "config": {"run": run}}
     if getattr(rank_zero_only, "rank", 0) == 0:
-        atomic_write_text(out / IDENTITY_FILE, json.dumps({"name": ident["name"], "tags": ident["tags"],
-                                                           "overrides": run.get("overrides", [])}) + "\n")
+        first = {"name": ident["name"], "tags": ident["tags"], "overrides": run.get("overrides", [])}
+        if run.get("sweep"):
+            first["sweep"] = run["sweep"]
+        atomic_write_text(out / IDENTITY_FILE, json.dumps(first) + "\n")
     return ident
 
 

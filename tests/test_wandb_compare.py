@@ -181,3 +181,27 @@ def test_debug_runs_carry_a_debug_tag_and_job_type_centralised_and_federated(tmp
     (wandb,) = build_loggers(compose_run(["+exp=lits_dnet", "debug=fdr", "logger=wandb", "logger.wandb.job_type=eval"],
                                          tmp_path / "given"))
     assert wandb._wandb_init["job_type"] == "eval" and "debug:fdr" in wandb._wandb_init["tags"]
+
+
+def test_runs_carry_a_method_id_without_the_seed_and_their_sweep(tmp_path, monkeypatch):
+    """A review: two runs of one model with other settings (``trainer.max_epochs`` 1 and 2) had the same W&B name,
+    group and tags, and the recipe's "group by config.run.model" averaged them; nothing named the sweep either."""
+    from types import SimpleNamespace
+
+    from hydra.core import hydra_config
+    from hydra.types import RunMode
+
+    from engine.wandb_tracking import sweep_name
+
+    monkeypatch.setattr(sys, "argv", ["run", "+exp=lits_dnet"])
+    monkeypatch.delenv("FEDMED_COMMAND_ARGV", raising=False)
+    ids = {}
+    for epochs, seed in ((1, 1), (2, 1), (2, 2)):
+        cfg = compose_run(["+exp=lits_dnet", f"trainer.max_epochs={epochs}", f"seed={seed}"], tmp_path / f"{epochs}{seed}")
+        ids[epochs, seed] = run_identity(cfg)["config"]["run"]["method"]
+    assert ids[2, 1] == ids[2, 2] != ids[1, 1]
+    assert "trainer.max_epochs=2" in ids[2, 1] and "model=dnet" in ids[2, 1] and "seed" not in ids[2, 1]
+    assert sweep_name() is None
+    monkeypatch.setattr(hydra_config.HydraConfig, "get", staticmethod(lambda: SimpleNamespace(
+        mode=RunMode.MULTIRUN, sweep=SimpleNamespace(dir="/logs/lits_dnet/multiruns/2026-12-06_13-00-00"))))
+    assert sweep_name() == "2026-12-06_13-00-00"
