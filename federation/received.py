@@ -36,7 +36,7 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.targets import (LIBRARY_PACKAGES, PROJECT_PACKAGES, check_target, check_targets,
                                        extra_prefixes, no_downloads, under_prefixes)
 
-__all__ = ["check_received_config", "check_received_target", "pin_data_paths", "TEACHER_KEYS"]
+__all__ = ["check_received_config", "check_received_target", "check_server_target", "pin_data_paths", "TEACHER_KEYS"]
 
 TRAINERS = ("pytorch_lightning.Trainer", "lightning.pytorch.Trainer")
 
@@ -74,6 +74,36 @@ def check_received_target(target: Any, what: str = "received config") -> None:
         check_target(target, what)  # nets, losses, optimisers, schedulers (project or libraries)
     except ConfigError:
         raise ConfigError(refused) from None
+
+
+#: the executors a federation's config may name (the ServerApp's ``cfg-path`` file included)
+EXECUTORS = ("federation.transports.inprocess.SequentialExecutor", "federation.transports.ray.RayExecutor",
+             "federation.transports.flower.executor.FlowerExecutor")
+
+
+def check_server_target(target: Any, what: str = "cfg-path") -> None:
+    """The Flower ServerApp's ``cfg-path`` file is data too (a trust review: a strategy ``subprocess.Popen`` in a
+    crafted one ran a shell command on the server): what a client may build (:func:`check_received_target`), plus
+    Lightning callbacks, loggers and profilers (classes of the project or Lightning) and :data:`EXECUTORS`."""
+    try:
+        check_received_target(target, what)
+        return
+    except ConfigError as err:
+        refused = err
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import Logger
+    from pytorch_lightning.profilers import Profiler
+
+    packages = (*PROJECT_PACKAGES, "pytorch_lightning", *extra_prefixes())
+    try:
+        obj = get_object(target) if isinstance(target, str) and under_prefixes(target, packages) else None
+    except Exception:  # noqa: BLE001 - unresolvable: refused as it was
+        obj = None
+    if inspect.isclass(obj) and under_prefixes(getattr(obj, "__module__", "") or "", packages) and (
+            issubclass(obj, (pl.Callback, Logger, Profiler)) or f"{obj.__module__}.{obj.__qualname__}" in EXECUTORS):
+        return
+    raise ConfigError(f"{what} _target_ {target!r} refused: the ServerApp's config may only build what a client "
+                      f"builds, Lightning callbacks, loggers and profilers, and the federation's executors") from refused
 
 
 def _drop_cache_dirs(node: Any) -> None:

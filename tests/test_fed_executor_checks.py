@@ -303,3 +303,66 @@ def test_data_sharing_without_a_pool_is_refused_and_a_pool_nobody_sends_is_warne
     with caplog.at_level(logging.WARNING, logger="federation.plan"):
         _check(DIGITS, tmp_path)
     assert "carves a shared pool" not in caplog.text
+
+
+@pytest.mark.parametrize("overrides", [
+    ["+exp=fed_lits_dnet", "logger=many_loggers", "debug=profiler"],
+    ["+exp=fed_kits_hlfd"],
+    ["+exp=fed_pancreas_3d", "callbacks=segmentation"],
+    ["+exp=fed_digits_datashare", "federation/executor=ray"],
+], ids=["lits_loggers_profiler", "kits_hlfd", "pancreas_3d", "digits_ray"])
+def test_the_server_apps_config_file_is_data_what_the_launcher_writes_loads(tmp_path, overrides):
+    """The ServerApp builds what its ``cfg-path`` file names: every config the launcher writes must pass the check
+    that refuses crafted ones (below)."""
+    from federation.transports.flower.launch import write_run_config
+    from federation.transports.flower.server_app import load_run_config
+
+    cfg = compose_run([*overrides, "federation/executor=flower"] if "ray" not in overrides[-1] else overrides,
+                      tmp_path)
+    assert OmegaConf_select(load_run_config(str(write_run_config(cfg, tmp_path))), "federation.strategy._target_")
+
+
+def OmegaConf_select(cfg, key):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key)
+
+
+def test_a_crafted_server_app_config_builds_nothing_and_an_alias_bomb_is_refused(tmp_path):
+    """A trust review: a ``cfg-path`` file whose strategy was ``subprocess.Popen`` (shell=true) ran a command on the
+    server (the strategy was built unchecked), and a 358-byte YAML of nested aliases kept OmegaConf.load busy for
+    minutes. Both are one line now, before anything is built."""
+    import yaml
+
+    from federation.transports.flower.launch import write_run_config
+    from federation.transports.flower.server_app import load_run_config
+
+    path = write_run_config(compose_run([*FLOWER], tmp_path), tmp_path)
+    plain = yaml.safe_load(path.read_text())
+    pwned = tmp_path / "PWNED"
+    plain["federation"]["strategy"] = {"_target_": "subprocess.Popen", "args": f"touch {pwned}", "shell": True}
+    path.write_text(yaml.safe_dump(plain))
+    with pytest.raises(ConfigError, match=r"_target_ 'subprocess.Popen' refused: the ServerApp's config may only"):
+        load_run_config(str(path))
+    plain["federation"]["strategy"] = {"_target_": "engine.artifacts.atomic_write_text", "path": str(pwned)}
+    path.write_text(yaml.safe_dump(plain))
+    with pytest.raises(ConfigError, match="atomic_write_text' refused"):
+        load_run_config(str(path))
+    plain["federation"]["strategy"] = {"_target_": "federation.core.strategies.FedAvg", "x": "${oc.env:HOME}"}
+    path.write_text(yaml.safe_dump(plain))
+    with pytest.raises(ConfigError, match="interpolation"):
+        load_run_config(str(path))
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcde", "bcdef"))
+    path.write_text(bomb + "federation: {rounds: 1}\n")
+    with pytest.raises(ConfigError, match="not a YAML config"):
+        load_run_config(str(path))
+    assert not pwned.exists()
+
+
+def test_build_strategy_builds_only_strategies():
+    """A trust review: ``build_strategy`` instantiated whatever class its ``_target_`` named."""
+    from federation.runner import build_strategy
+
+    with pytest.raises(ConfigError, match="is not a federation.core.strategies.Strategy"):
+        build_strategy({"_target_": "collections.OrderedDict"})

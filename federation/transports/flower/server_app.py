@@ -3,7 +3,8 @@ resume, W&B / rounds.csv / metrics.json) running inside Flower, with :class:`.ex
 as the transport.
 
 ``flwr run <app> <superlink> --run-config 'cfg-path="<run dir>/flower/config.yaml"'``: the file is the
-experiment's resolved config (written by the launcher, or by hand on a server host). On the way out
+experiment's resolved config (written by the launcher, or by hand on a server host), read as data: no
+aliases, no interpolations, and only the ``_target_``\ s :func:`federation.received.check_server_target` allows. On the way out
 the app writes ``flower/result.json`` (``ok`` or the error) beside it, which the launcher reads.
 """
 from __future__ import annotations
@@ -18,7 +19,10 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
 
 from engine.artifacts import atomic_write_text
+from engine.run_files import MAX_RUN_FILE_BYTES, load_yaml_data
+from federation.received import check_server_target
 from federation.transports.flower.executor import set_grid
+from lightning_modules.targets import check_targets
 
 __all__ = ["app", "check_data_transfer", "load_run_config"]
 
@@ -111,15 +115,19 @@ def load_run_config(path_text: str):
     if not path.is_file():
         raise ConfigError(f"cfg-path={path}: no such file (experiments.run ... federation/executor=flower "
                           "federation.executor.launch=false writes it into <run dir>/flower/config.yaml)")
-    try:
-        cfg = OmegaConf.load(path)
+    if path.stat().st_size > MAX_RUN_FILE_BYTES:
+        raise ConfigError(f"cfg-path={path}: over {MAX_RUN_FILE_BYTES >> 20} MB, not a run's config")
+    try:  # data only, no aliases (a trust review: OmegaConf.load spent minutes on a 358-byte alias bomb)
+        cfg = OmegaConf.create(load_yaml_data(path.read_text()))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cfg-path={path}: cannot read it ({type(exc).__name__}: {exc})") from None
-    except Exception as exc:  # noqa: BLE001 - OmegaConf/YAML parse errors
+    except Exception as exc:  # noqa: BLE001 - YAML/OmegaConf parse errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"cfg-path={path}: not a YAML config ({type(exc).__name__}: {first})") from None
     if not OmegaConf.is_dict(cfg) or OmegaConf.select(cfg, "federation") is None:
         raise ConfigError(f"cfg-path={path}: holds no federation config (federation.* missing)")
+    # every _target_ before anything is built, and no interpolation (experiments.run writes it resolved)
+    check_targets(cfg, f"cfg-path={path}", check=check_server_target)
     return cfg
 
 
