@@ -273,7 +273,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         log_run_facts(trainer, module, cfg)
         if given is not None and not train:  # test-only: the checkpoint's weights, loaded strictly
             load_strict(module, as_loaded(module, given["state_dict"]),
-                        f"ckpt_path {ckpt_path} holds another model than module {type(module).__name__} builds")
+                        f"ckpt_path {ckpt_path} holds another model than module {type(module).__name__} builds",
+                        source=f"ckpt_path {ckpt_path}")
 
         _, fit_seconds = fit_and_evaluate(trainer, module, datamodule, ckpt_path=ckpt_path, fit=train)
         timer = next((c for c in trainer.callbacks if isinstance(c, FitTime)), None)

@@ -13,11 +13,13 @@ preprocess alike (they differ only in where their data is and how it is split).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.multisite import sites_of
@@ -200,6 +202,32 @@ def _plain_value(value):
     return [str(v) for v in value]
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: the hyper-parameters predict reads from a checkpoint, and what each must be (None: not stored)
+_HPARAM_CHECKS: dict[str, tuple[str, Any]] = {
+    "num_classes": ("an int >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "class_names": ("a list of names", lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)),
+    "fg_threshold": ("a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
+    "eval_slices": ("a string", lambda v: isinstance(v, str)),
+    "overlap": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
+    "nsd_tolerance_mm": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    "roi_size": ("a list of sizes >= 1", lambda v: isinstance(v, (list, tuple)) and all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)),
+}
+
+
+def check_trained_settings(hp: Mapping[str, Any], path: Path) -> None:
+    """Each hyper-parameter predict reads from a checkpoint is of its kind, else one line naming file and key (a
+    trust review: ``overlap: "abc"`` or ``fg_threshold: "abc"`` were tracebacks, ``num_classes: "abc"`` passed)."""
+    for key, (kind, ok) in _HPARAM_CHECKS.items():
+        value = hp.get(key)
+        if value is not None and not ok(value):
+            raise CheckpointError(f"checkpoint {path}: hyper_parameters.{key}={str(value)[:60]!r} is not {kind}")
+
+
 def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None, site: str | None = None,
                 fill_weights: FillWeights | None = None) -> Models:
     """Load every checkpoint (``weights_only``; the net built from its allow-listed config), refusing
@@ -214,6 +242,7 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
                             if isinstance(v, dict) and ("ct_stats" in v or "source_classes" in v)})
         check_data_states(ckpt, path)
         hp = dict(ckpt.get("hyper_parameters") or {})
+        check_trained_settings(hp, path)
         if "hyper_parameters" not in ckpt and isinstance(ckpt.get("net"), dict) and "state_dict" in ckpt:
             # a walkthrough: a distillation's student.pt was refused as "not trained with module=segmentation"
             raise CheckpointError(f"{path} is a bare net file (a distillation's student.pt, for load_student in "
@@ -240,8 +269,15 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
                 state = fill_weights(Path(path), state, member_cfg, member_path.resolve().parent)
         if not isinstance(net_cfg, dict):
             raise CheckpointError(f"checkpoint {path} stores no net config (not a framework segmentation checkpoint)")
-        net = build(net_cfg, what=f"checkpoint {path} net")
-        load_strict(net, state, f"checkpoint {path} does not match its net config")
+        try:
+            net = build(net_cfg, what=f"checkpoint {path} net")
+        except (ConfigError, CheckpointError):
+            raise  # one line already
+        except (InstantiationException, TypeError, ValueError) as err:  # a trust review: width "abc" was Hydra's
+            cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err  # multi-line
+            raise CheckpointError(f"checkpoint {path}: its net config does not build ({one_line(cause)[:200]})") \
+                from err
+        load_strict(net, state, f"checkpoint {path} does not match its net config", source=f"checkpoint {path}")
         if first_hp is not None and hp.get("num_classes") != first_hp.get("num_classes"):
             raise CheckpointError(f"checkpoint {path} predicts {hp.get('num_classes')} classes but "
                                   f"{ckpts[0]} predicts {first_hp.get('num_classes')}: an ensemble needs the same classes")

@@ -42,9 +42,17 @@ def state_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str
     return "; ".join(parts)
 
 
-def load_strict(module: nn.Module, state: Mapping[str, Any], error: str) -> None:
+def load_strict(module: nn.Module, state: Mapping[str, Any], error: str, source: str | None = None) -> None:
     """``module.load_state_dict(state)`` (strict); a mismatch is one :class:`CheckpointError`: ``error``, then
-    :func:`state_mismatch` (torch's own first line when no key or shape differs)."""
+    :func:`state_mismatch` (torch's own first line when no key or shape differs). ``source`` (the file, as the
+    user named it): weights that are not finite are refused naming it (a trust review: a checkpoint of NaN
+    weights predicted an all-background mask, exit 0)."""
+    if source is not None:
+        bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+               and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"{source} holds non-finite (NaN or inf) weights in {len(bad)} tensor(s) (first: "
+                                  f"{bad[0]}): a run that diverged, or a damaged file")
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
@@ -106,7 +114,7 @@ def net_from_checkpoint(path: str | Path, expected: Mapping | None = None, what:
     if not isinstance(cfg, Mapping):
         raise CheckpointError(f"{what} {path} stores no net config; give the model config explicitly")
     net = build(dict(cfg), what=f"{what} {path} net")
-    load_strict(net, state, f"{what} {path} does not match its net config")
+    load_strict(net, state, f"{what} {path} does not match its net config", source=f"{what} {path}")
     return net
 
 

@@ -115,7 +115,8 @@ def build_teacher(teacher: Any, teacher_cfg: Mapping | None, ckpt_path: str | No
         raise ConfigError("distillation needs a teacher: set distill.teacher.model or distill.teacher.ckpt")
     net = build(teacher, what="teacher")
     if state is not None:
-        load_strict(net, state, f"teacher checkpoint {ckpt_path} does not fit the teacher {type(net).__name__}")
+        load_strict(net, state, f"teacher checkpoint {ckpt_path} does not fit the teacher {type(net).__name__}",
+                    source=f"teacher checkpoint {ckpt_path}")
     return net, stored if isinstance(stored, Mapping) else teacher
 
 

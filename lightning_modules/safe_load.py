@@ -37,6 +37,9 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", lazy: bool = Fal
         raise CheckpointError(f"{what} {path} does not load: {_load_failure(err)}") from err
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{what} {path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    for key in ("state_dict", "hyper_parameters"):  # a trust review: a list here was a traceback in predict
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], Mapping):
+            raise CheckpointError(f"{what} {path}: its {key!r} is a {type(ckpt[key]).__name__}, not a mapping")
     return dict(ckpt)
 
 

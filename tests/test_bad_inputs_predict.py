@@ -59,6 +59,15 @@ def files(module_tmp):
         "bogus_arg": (lambda c: c["hyper_parameters"]["net"].update(bogus=1), None),
         "bad_stats": (lambda c: c.update(VolumeSegmentationDataModule={"ct_stats": 5}), None),
         "data_int": (None, "data: 5\n"),
+        # a trust review: each was a traceback (TypeError, AttributeError, ValueError), NaN weights an exit 0
+        "hp_list": (lambda c: c.update(hyper_parameters=[1, 2]), None),
+        "net_width": (lambda c: c["hyper_parameters"]["net"].update(width="abc"), None),
+        "sd_list": (lambda c: c.update(state_dict=[1]), None),
+        "hp_overlap": (lambda c: c["hyper_parameters"].update(overlap="abc"), None),
+        "hp_threshold": (lambda c: c["hyper_parameters"].update(fg_threshold="abc"), None),
+        "hp_classes": (lambda c: c["hyper_parameters"].update(num_classes="abc"), None),
+        "nan_weights": (lambda c: [v.fill_(float("nan")) for k, v in c["state_dict"].items()
+                                   if k.startswith("net.") and v.is_floating_point()], None),
         "bad_yaml": (None, "data: [unclosed\n"),
         "data_kwarg": (None, OmegaConf.to_yaml({**OmegaConf.to_container(run_cfg0 := OmegaConf.load(
             ckpt.parent.parent / "config.yaml")), "data": {**OmegaConf.to_container(run_cfg0.data), "bogus_key": 1}})),
@@ -100,6 +109,13 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
     crafted("bogus_arg", "unexpected keyword argument 'bogus'"), crafted("bad_stats", "ct_stats=5"),
     crafted("data_int", "no data config"), crafted("bad_yaml", "does not parse"),
     crafted("data_kwarg", "bogus_key"),
+    crafted("hp_list", "'hyper_parameters' is a list, not a mapping"),
+    crafted("net_width", "its net config does not build"),
+    crafted("sd_list", "'state_dict' is a list, not a mapping"),
+    crafted("hp_overlap", "hyper_parameters.overlap='abc' is not a number in [0, 1)"),
+    crafted("hp_threshold", "hyper_parameters.fg_threshold='abc' is not a number in [0, 1]"),
+    crafted("hp_classes", "hyper_parameters.num_classes='abc' is not an int >= 1"),
+    crafted("nan_weights", "holds non-finite (NaN or inf) weights"),
     # found by an audit: predict segmented NaN voxels (training refused them), and a bad label stopped the run
     # after the case's segmentation was written
     ("NaN voxels", ["ckpt={c}", "input={t}/nan_vol.nii.gz", "output={t}/o14.nii.gz"], "nan_vol.nii.gz", "o14.nii.gz"),
