@@ -144,10 +144,15 @@ def nnunet_classes(root: str | Path) -> dict[int, str]:
         raise DataError(f"{path} \"labels\" has nnU-Net v2's \"ignore\" label ({labels['ignore']}): sparse "
                         f"annotation is not supported here (it would be trained and scored as a class, and "
                         f"target=organ would count it as organ)")
-    try:
-        return {int(v): str(k) for k, v in sorted(labels.items(), key=lambda kv: int(kv[1]))}
-    except (TypeError, ValueError):
-        raise DataError(f"{path} \"labels\" uses regions ({labels}); only integer labels are supported") from None
+    if not isinstance(labels, dict):
+        raise DataError(f"{path} \"labels\" is a {type(labels).__name__}, not a map of class name to label value")
+    for name, value in labels.items():
+        if isinstance(value, (list, tuple)):
+            raise DataError(f"{path} \"labels\" uses regions ({name}: {value}); only integer labels are supported")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            # a trust review: 1.5, "1" and true were each taken as class 1
+            raise DataError(f"{path} \"labels\".{name}={value!r} is not a label value (a whole number >= 0)")
+    return {v: str(k) for k, v in sorted(labels.items(), key=lambda kv: kv[1])}
 
 
 def _covid_stack(root: Path, group_size: int) -> list[Case]:

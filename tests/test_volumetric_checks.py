@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -25,6 +26,21 @@ def test_the_nnunet_ignore_label_is_refused(tmp_path):
                                                        "labels": {"background": 0, "liver": 1, "ignore": 2}}))
     with pytest.raises(DataError, match=r"dataset.json \"labels\" has nnU-Net v2's \"ignore\" label \(2\)"):
         nnunet_classes(tmp_path)
+
+
+@pytest.mark.parametrize("value, said", [(1.5, "liver=1.5 is not a label value"), ("1", "liver='1' is not"),
+                                         (True, "liver=True is not"), ([1, 2], "uses regions (liver: [1, 2])")])
+def test_an_nnunet_label_value_that_is_no_whole_number_is_refused(tmp_path, value, said):
+    """A trust review: 1.5, "1" and true were each taken as class 1."""
+    from datamodules.layouts import nnunet_classes
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"},
+                                                       "labels": {"background": 0, "liver": value}}))
+    with pytest.raises(DataError, match=re.escape(said)):
+        nnunet_classes(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"},
+                                                       "labels": {"liver": 1, "background": 0}}))
+    assert nnunet_classes(tmp_path) == {0: "background", 1: "liver"}
 
 
 @pytest.mark.parametrize("kw, said", [({"samples_per_volume": 0}, "data.samples_per_volume=0"),
