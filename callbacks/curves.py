@@ -75,7 +75,8 @@ def plot_roc(curves: dict[str, tuple], out: Path, title: str) -> Path:
 
 class CurveFigures(pl.Callback):
     """Writes ``test_roc.png`` (the module's test ROC per class, with AUC) and ``learning_curves.png`` (``keys``
-    per epoch from the CSV log) after testing, and logs them to W&B as ``test/curves``."""
+    per epoch from the CSV log) after testing, and logs them to W&B as ``test/roc_figure`` and
+    ``test/learning_curves``."""
 
     title = "test ROC"
 
@@ -94,17 +95,14 @@ class CurveFigures(pl.Callback):
         if not trainer.is_global_zero or not self.applies(pl_module):
             return
         out = run_dir(trainer)
-        paths = []
         curves = self.curves(pl_module)
-        if curves:
-            paths.append(plot_roc(curves, out / "test_roc.png", self.title))
+        if curves:  # each figure under its own key (a review: one key padded the ROC to the curves' width, 70 % blank)
+            log_images(trainer, "test/roc_figure", [plot_roc(curves, out / "test_roc.png", self.title)])
         else:  # nothing scored: no curve, and none left from an earlier test in this run dir
             (out / "test_roc.png").unlink(missing_ok=True)
         curve = plot_learning_curves(out / "csv" / "metrics.csv", out / "learning_curves.png", self.keys)
         if curve:
-            paths.append(curve)
-        if paths:
-            log_images(trainer, "test/curves", paths)
+            log_images(trainer, "test/learning_curves", [curve])
 
 
 class SegmentationCurves(CurveFigures):

@@ -51,8 +51,8 @@ def same_size(images: list) -> list:
 
 
 def log_images(trainer: pl.Trainer, key: str, paths: list[Path], captions: list[str] | None = None) -> None:
-    """Log PNGs to every W&B logger attached to the trainer (no-op without one); several under one key
-    (``test/curves``: ROC and learning curves) are padded to one size, the files are left as they are."""
+    """Log PNGs to every W&B logger attached to the trainer (no-op without one); several under one key are padded
+    to one size (W&B warns otherwise), the files are left as they are."""
     wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
     if not wandb_loggers:
         return

@@ -59,6 +59,17 @@ def overlay_images(overlays: Any, labels: dict[int, str]) -> list[Any]:
     return images
 
 
+def roc_points(fpr: Any, tpr: Any, most: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``most`` points of a ROC curve, evenly by index over its distinct points (a review: sampling the
+    raw thresholds put 86 of 200 points at (0, 0)); the first and last are kept."""
+    pts = np.stack([np.asarray(fpr, dtype=float).ravel(), np.asarray(tpr, dtype=float).ravel()], 1)
+    if len(pts) == 0:
+        return pts[:, 0], pts[:, 1]
+    distinct = np.flatnonzero(np.r_[True, np.any(np.diff(pts, axis=0) != 0, axis=1)])
+    keep = distinct[np.unique(np.linspace(0, len(distinct) - 1, min(len(distinct), most)).round().astype(int))]
+    return pts[keep, 0], pts[keep, 1]
+
+
 def test_media(pl_module: Any, overlays: Any = None, max_roc_points: int = 200) -> dict[str, Any]:
     """The W&B media of a tested module (module docstring; a classifier has no per-case table nor overlays): its
     per-case table, ROC and confusion matrix, and the overlays an :class:`~callbacks.overlays.SegmentationOverlays` picked. The
@@ -78,11 +89,11 @@ def test_media(pl_module: Any, overlays: Any = None, max_roc_points: int = 200) 
         xs, ys = [], []
         for fpr, tpr, *_ in curves.values():  # a classifier's hold its AUC third (a walkthrough: a federated
             # classifier's media failed with "too many values to unpack")
-            keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), max_roc_points)).astype(int))
-            xs.append(np.asarray(fpr)[keep].tolist())
-            ys.append(np.asarray(tpr)[keep].tolist())
-        media["test/roc"] = wandb.plot.line_series(xs=xs, ys=ys, keys=list(curves), title="ROC (test)",
-                                                   xname="false positive rate")
+            fpr, tpr = roc_points(fpr, tpr, max_roc_points)
+            xs.append(fpr.tolist())
+            ys.append(tpr.tolist())
+        media["test/roc"] = wandb.plot.line_series(xs=xs, ys=ys, keys=list(curves),
+                                                   title="ROC (test): true positive rate", xname="false positive rate")
     pixels = getattr(pl_module, "confusion", None)  # a segmenter's, in pixels; a classifier's, in images
     cm = pixels if pixels is not None else getattr(pl_module, "confusion_matrix", None)
     if cm is not None and np.asarray(cm).ndim == 2:  # a multi-label classifier's is one 2 x 2 per label: not drawn

@@ -39,7 +39,8 @@ def test_centralised_run_name_tags_best_summary_and_media(tmp_path):
     assert metrics["val/dice_best"] == pytest.approx(best)
     keys = _keys(run)
     assert {"test/overlay_masks/all_masks", "test/per_case/path", "test/roc_table/path",
-            "test/confusion_matrix_table/path"} <= keys
+            "test/confusion_matrix_table/path", "test/roc_figure/_type"} <= keys  # (no CSV log: no learning curves)
+    assert not any(k.startswith("test/curves") for k in keys)  # a review: ROC padded to the curves' width
     media = next((tmp_path / "run" / "wandb").glob("offline-run-*/files/media"))
     table = json.loads(next(media.glob("table/test/per_case_*.table.json")).read_text())
     assert table["columns"][:2] == ["case", "dice"] and {"iou_liver", "rvd_liver"} <= set(table["columns"])

@@ -1,5 +1,5 @@
 """Images logged to W&B under one key have one size: W&B shows a key's images at the first one's size and
-warned "Images sizes do not match" (`make demo`: ``test/curves`` = the ROC and learning-curve PNGs)."""
+warned "Images sizes do not match" (`make demo`, when ``test/curves`` held the ROC and learning-curve PNGs)."""
 from __future__ import annotations
 
 import types
@@ -44,3 +44,16 @@ def test_overlay_slices_of_mixed_sizes_are_one_size_with_aligned_mask_layers():
             assert layer._val["mask_data"].shape == (30, 24)
     truth = images[1]._masks["ground_truth"]._val["mask_data"]
     assert truth.sum() == 24 * 16  # padding is background
+
+
+def test_roc_points_are_sampled_over_distinct_points_ends_kept():
+    """A review: sampling the raw thresholds by index put 86 of 200 points at (0, 0)."""
+    from callbacks.wandb_media import roc_points
+
+    fpr = np.r_[np.zeros(500), np.linspace(0, 1, 101)]
+    tpr = np.r_[np.zeros(500), np.sqrt(np.linspace(0, 1, 101))]
+    x, y = roc_points(fpr, tpr, 20)
+    assert len(x) == 20 and (x[0], y[0]) == (0.0, 0.0) and (x[-1], y[-1]) == (1.0, 1.0)
+    assert len(set(zip(x.tolist(), y.tolist()))) == 20
+    x, y = roc_points([0.0, 1.0], [0.0, 1.0], 200)
+    assert x.tolist() == [0.0, 1.0]
