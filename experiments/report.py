@@ -30,10 +30,11 @@ import numpy as np
 
 from callbacks.metric_goal import goal
 from engine.artifacts import atomic_write_text, console
+from experiments.report_curves import CURVE_KEYS, completed, curve_key, plot_curves, read_curves  # noqa: F401
 from experiments.report_html import write_html
 from experiments.run_folder import set_aside
 from engine.run_files import (MAX_RUN_FILE_BYTES, as_number, csv_text, debug_run, md_code, md_text, plain_text,
-                              run_config, run_file_text, run_json, run_yaml)
+                              run_config, run_json, run_yaml)
 from engine.run_match import canonical_override
 
 #: the columns a report shows by default, those present in the runs (surface metrics and the best validation
@@ -271,59 +272,6 @@ def failures(failed: list[Path]) -> list[str]:
     return lines
 
 
-#: the learning curve drawn when ``--curve`` is not given: the first of these any run logged
-CURVE_KEYS = ("val/dice", "val/auc", "val/acc", "val/accuracy", "val/loss")
-
-
-def read_curves(runs: list[Path]) -> dict[Path, dict[str, list[tuple[int, float]]]]:
-    """Each run's per-epoch series (its ``csv/metrics.csv``), read once for :func:`curve_key` and :func:`plot_curves`."""
-    from callbacks.curves import read_csv_metrics
-
-    return {run: read_csv_metrics(run / "csv" / "metrics.csv", run_file_text(run / "csv" / "metrics.csv", run) or "")
-            for run in runs}  # read as data: a csv/ linked elsewhere is not plotted
-
-
-def curve_key(curves: dict[Path, dict[str, list]]) -> str | None:
-    """The first of :data:`CURVE_KEYS` some run logged per epoch, else None."""
-    logged = {k for series in curves.values() for k, v in series.items() if v}
-    return next((k for k in CURVE_KEYS if k in logged), None)
-
-
-def completed(series: dict[str, list[tuple[int, float]]], key: str) -> list[tuple[int, float]]:
-    """``key``'s series against the epochs or rounds completed: a federated run's rows carry ``round`` (1 after the
-    first round), a centralised run's Lightning's 0-based ``epoch`` (0 after the first epoch), so the latter moves
-    by one; a review: the report drew round 1 beside epoch 1, the second epoch."""
-    shift = 0 if series.get("round") else 1
-    return [(x + shift, v) for x, v in series[key]]
-
-
-def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str, siblings: list[Path] = ()) -> Path | None:
-    """Mean learning curve of ``key`` per method (runs grouped as in the table), as a PNG."""
-    from callbacks.plotting import plt, save_figure
-
-    per_method: dict[str, list[list[tuple[int, float]]]] = defaultdict(list)
-    labels, _ = run_labels(list(curves), siblings)
-    for run, series in curves.items():
-        if series.get(key):
-            per_method[labels[run]].append(completed(series, key))
-    if not per_method:
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method, runs_curves in sorted(per_method.items()):
-        length = min(len(c) for c in runs_curves)
-        ys = np.array([[v for _, v in c[:length]] for c in runs_curves])
-        xs = [e for e, _ in runs_curves[0][:length]]
-        ax.plot(xs, ys.mean(0), marker="o", ms=3, label=f"{method} (n={len(runs_curves)})")
-        if len(runs_curves) > 1:
-            ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.2)
-    ax.set_xlabel("epochs (centralised) or rounds (federated) completed")
-    ax.set_ylabel(key)
-    ax.set_title(f"{key} per method (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return save_figure(fig, out)
-
-
 def glob_root(path: str) -> Path:
     """The folder a path or glob names before its first wildcard (``sweep/*/`` -> ``sweep``): the report's
     default ``--out``; a review: ``report 'sweep/*'`` wrote into a folder literally named ``*``."""
@@ -426,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.csv", csv_text)
     key = args.curve or curve_key(curves)
-    curve = plot_curves(curves, out / "report_curves.png", key, failed) if key else None
+    curve = plot_curves(curves, out / "report_curves.png", key, run_labels(runs, failed)[0]) if key else None
     if curve is None:
         (out / "report_curves.png").unlink(missing_ok=True)  # an earlier report's figure is not this one's
         console.print(f"no learning curve: no run logged {key or ' or '.join(CURVE_KEYS)} per epoch in csv/metrics.csv")
