@@ -35,6 +35,19 @@ def completed(series: dict[str, list[tuple[int, float]]], key: str) -> list[tupl
     return [(x + shift, v) for x, v in series[key]]
 
 
+def per_epoch(runs_curves: list[list[tuple[int, float]]]) -> tuple[np.ndarray, ...]:
+    """Epochs any run has, and per epoch the mean, std and number of the runs that have it (a run's last value
+    where it logged an epoch twice); a review: the curve was cut to the shortest run, one seed missing an epoch
+    row left its method a single point under "n=2"."""
+    values: dict[int, list[float]] = defaultdict(list)
+    for curve in runs_curves:
+        for epoch, value in dict(curve).items():
+            values[epoch].append(value)
+    xs = sorted(values)
+    return (np.array(xs), np.array([np.mean(values[x]) for x in xs]), np.array([np.std(values[x]) for x in xs]),
+            np.array([len(values[x]) for x in xs]))
+
+
 def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str, labels: dict[Path, str]) -> Path | None:
     """Mean learning curve of ``key`` per method (``labels``: each run's method, as in the table), as a PNG."""
     from callbacks.plotting import plt, save_figure
@@ -47,12 +60,12 @@ def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str, labels
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method, runs_curves in sorted(per_method.items()):
-        length = min(len(c) for c in runs_curves)
-        ys = np.array([[v for _, v in c[:length]] for c in runs_curves])
-        xs = [e for e, _ in runs_curves[0][:length]]
-        ax.plot(xs, ys.mean(0), marker="o", ms=3, label=f"{method} (n={len(runs_curves)})")
+        xs, mean, std, n = per_epoch(runs_curves)
+        fewer = int((n < len(runs_curves)).sum())  # a run short of an epoch: that point is over fewer runs
+        note = f", fewer at {fewer} point(s)" if fewer else ""
+        ax.plot(xs, mean, marker="o", ms=3, label=f"{method} (n={len(runs_curves)}{note})")
         if len(runs_curves) > 1:
-            ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.2)
+            ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("epochs (centralised) or rounds (federated) completed")
     ax.set_ylabel(key)
     ax.set_title(f"{key} per method (mean ± std over seeds)")

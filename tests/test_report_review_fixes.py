@@ -1,0 +1,45 @@
+"""experiments.report and decathlon_report on what reviews found: crafted overrides, unreadable or empty
+metrics.json, curves of runs of unequal length, a folder that is no decathlon sweep, fractional epoch ticks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import report
+
+
+def _run(root: Path, name: str, metrics: dict | None, overrides: list | None = None, csv: str | None = None) -> Path:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides or []))
+    if csv is not None:
+        (run / "csv").mkdir()
+        (run / "csv" / "metrics.csv").write_text(csv)
+    return run
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the report draws, kept open to inspect (not written)."""
+    import callbacks.plotting
+
+    kept = []
+    monkeypatch.setattr(callbacks.plotting, "save_figure", lambda fig, path, dpi=110: kept.append(fig) or Path(path))
+    yield kept
+    for fig in kept:
+        callbacks.plotting.plt.close(fig)
+
+
+def test_a_run_short_of_an_epoch_does_not_cut_its_methods_curve(tmp_path, figures):
+    """A review: the curves were cut to the shortest run; a seed missing an epoch row made its method one point."""
+    _run(tmp_path, "s0", {"test/dice": 0.5}, ["seed=0"], "epoch,step,val/dice\n0,9,0.2\n1,19,0.4\n2,29,0.6\n")
+    _run(tmp_path, "s1", {"test/dice": 0.6}, ["seed=1"], "epoch,step,val/dice\n0,9,0.4\n2,29,0.8\n")
+    assert report.main([str(tmp_path)]) == 0
+    (line,) = figures[0].axes[0].get_lines()
+    assert list(line.get_xdata()) == [1, 2, 3]
+    assert list(line.get_ydata()) == pytest.approx([0.3, 0.4, 0.7])  # epoch 2: the one run that has it
+    assert "n=2" in line.get_label() and "fewer at 1 point" in line.get_label()
