@@ -50,6 +50,8 @@ def per_epoch(runs_curves: list[list[tuple[int, float]]]) -> tuple[np.ndarray, .
 
 def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str, labels: dict[Path, str]) -> Path | None:
     """Mean learning curve of ``key`` per method (``labels``: each run's method, as in the table), as a PNG."""
+    from matplotlib.ticker import MaxNLocator
+
     from callbacks.plotting import plt, save_figure
 
     per_method: dict[str, list[list[tuple[int, float]]]] = defaultdict(list)
@@ -66,6 +68,7 @@ def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str, labels
         ax.plot(xs, mean, marker="o", ms=3, label=f"{method} (n={len(runs_curves)}{note})")
         if len(runs_curves) > 1:
             ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a review: ticks at epochs 1.2, 1.4
     ax.set_xlabel("epochs (centralised) or rounds (federated) completed")
     ax.set_ylabel(key)
     ax.set_title(f"{key} per method (mean ± std over seeds)")

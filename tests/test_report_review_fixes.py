@@ -43,3 +43,11 @@ def test_a_run_short_of_an_epoch_does_not_cut_its_methods_curve(tmp_path, figure
     assert list(line.get_xdata()) == [1, 2, 3]
     assert list(line.get_ydata()) == pytest.approx([0.3, 0.4, 0.7])  # epoch 2: the one run that has it
     assert "n=2" in line.get_label() and "fewer at 1 point" in line.get_label()
+
+
+def test_the_curves_epoch_ticks_are_whole_numbers(tmp_path, figures):
+    """A review: report_curves.png of a 2-epoch sweep had ticks at epochs 1.2, 1.4, ..."""
+    _run(tmp_path, "a", {"test/dice": 0.5}, ["model=a"], "epoch,step,val/dice\n0,9,0.2\n1,19,0.4\n")
+    assert report.main([str(tmp_path)]) == 0
+    ticks = figures[0].axes[0].get_xticks()
+    assert len(ticks) and all(float(t).is_integer() for t in ticks), ticks
