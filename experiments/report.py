@@ -11,7 +11,8 @@ A federation's evaluation matrix (paper 003 Table 1, ``federation.evaluation_mat
 Only results count by default: debug runs (``trainer.fast_dev_run``, marked ``"debug": true`` in
 ``metrics.json``), crashed runs (``failed.json``) and unfinished ones (a run dir with ``.hydra/`` or
 ``config.yaml`` but neither file) stay out of the tables; they are counted in one line, and ``--all``
-puts debug runs in the tables and lists the crashed and unfinished ones.
+puts debug runs in the tables and lists the crashed and unfinished ones. Runs whose ``metrics.json`` is
+unreadable or holds no number are left out too, and listed with the reason.
 """
 from __future__ import annotations
 
@@ -264,6 +265,20 @@ def environment_differences(runs: list[Path]) -> list[str]:
     return [f"{k}: {' | '.join(sorted(v))}" for k, v in sorted(values.items()) if len(v) > 1]
 
 
+def left_out(runs: list[Path]) -> dict[Path, str]:
+    """The runs whose files leave them out of the tables, with why: a ``metrics.json`` that is no readable JSON
+    object (a killed write; a link, too large), one with no number (``{}``, debug runs aside)."""
+    left = {}
+    for run in runs:
+        metrics = json_object(run / "metrics.json")
+        if metrics is None:
+            left[run] = (f"unreadable: metrics.json is not a readable JSON object (a link, over "
+                         f"{MAX_RUN_FILE_BYTES >> 20} MB, or not one)")
+        elif not numeric_metrics(metrics) and not is_debug(run):
+            left[run] = "no metrics: metrics.json holds no number"
+    return left
+
+
 def failures(failed: list[Path]) -> list[str]:
     lines = []
     for run in failed:
@@ -295,14 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {missing[0]} does not exist (report takes multirun dirs, run dirs or globs)", file=sys.stderr)
         return 2
     runs, failed = find_runs(args.paths)
-    broken = [r for r in runs if json_object(r / "metrics.json") is None]
-    if broken:
-        print(f"warning: {len(broken)} run(s) left out, their metrics.json is not a readable JSON object (a link, "
-              f"over {MAX_RUN_FILE_BYTES >> 20} MB, or not one): "
-              f"{', '.join(str(r) for r in broken[:3])}", file=sys.stderr)
-        broken_set = set(broken)
-        runs = [r for r in runs if r not in broken_set]
-    if not runs and not failed:
+    left = left_out(runs)
+    if left:
+        print(f"warning: {len(left)} run(s) left out (report.md lists them): "
+              f"{'; '.join(f'{r}: {why}' for r, why in list(left.items())[:3])}", file=sys.stderr)
+        runs = [r for r in runs if r not in left]
+    if not runs and not failed and not left:
         print(f"error: no runs (metrics.json or failed.json) under {' '.join(args.paths)}", file=sys.stderr)
         return 2
     debug = [r for r in runs if is_debug(r)]
@@ -310,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.all:
         debug_set = set(debug)
         runs = [r for r in runs if r not in debug_set]
-    if not runs and not failed:
+    if not runs and not failed and not left:
         print(f"error: all {len(debug)} run(s) under {' '.join(args.paths)} are debug (fast_dev_run, debug=) runs, "
               f"whose numbers are not results; --all includes them", file=sys.stderr)
         return 2
@@ -360,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     fails = failures(failed)
     if fails:
         md += f"\nFailed runs ({len(fails)}):\n" + "\n".join(fails) + "\n"
+    if left:  # a review: an unreadable run was a stderr line only, one holding {} went without a word
+        md += f"\nLeft out, unreadable or without metrics ({len(left)}):\n" + "\n".join(
+            f"- `{md_code(r)}`: {md_text(why, cell=False)}" for r, why in left.items()) + "\n"
     if args.all and unfinished:
         md += f"\nUnfinished runs ({len(unfinished)}):\n" + "\n".join(f"- `{md_code(r)}`" for r in unfinished) + "\n"
     if not args.all and (debug or unfinished):
@@ -383,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(html.unescape(md), markup=False, highlight=False)
     console.print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {page}" + (f", {curve}" if curve else ""))
     if not runs:  # a walkthrough: exit 0 when every run failed read as success in a script
-        print(f"error: every run under {' '.join(args.paths)} failed ({len(failed)}; report.md lists why)",
-              file=sys.stderr)
+        print(f"error: every run under {' '.join(args.paths)} failed or was left out ({len(failed)} failed, "
+              f"{len(left)} unreadable or without metrics; report.md lists why)", file=sys.stderr)
         return 1
     return 0
 

@@ -51,3 +51,21 @@ def test_the_curves_epoch_ticks_are_whole_numbers(tmp_path, figures):
     assert report.main([str(tmp_path)]) == 0
     ticks = figures[0].axes[0].get_xticks()
     assert len(ticks) and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_runs_with_unreadable_or_empty_metrics_are_listed_in_report_md(tmp_path, capsys):
+    """A review: a truncated metrics.json was a stderr line only, one holding {} vanished without a word, and a
+    method whose every run was so lost its row unmentioned."""
+    _run(tmp_path, "good", {"test/dice": 0.5}, ["model=unet"])
+    cut = _run(tmp_path, "cut", None, ["model=dnet"])
+    (cut / "metrics.json").write_text('{"test/dice": 0.')
+    empty = _run(tmp_path, "empty", {}, ["model=swin"])
+    assert report.main([str(tmp_path)]) == 0
+    assert "2 run(s) left out" in capsys.readouterr().err
+    md = (tmp_path / "report.md").read_text()
+    assert "0.5000" in md and "Left out, unreadable or without metrics (2)" in md
+    assert f"- `{cut}`: unreadable" in md and f"- `{empty}`: no metrics" in md
+    only = tmp_path / "only"  # nothing else to report: the list is written, exit 1 as when every run failed
+    _run(only, "empty", {"val/dice": float("nan")}, ["model=swin"])
+    assert report.main([str(only)]) == 1
+    assert f"- `{only / 'empty'}`: no metrics" in (only / "report.md").read_text()
