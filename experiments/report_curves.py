@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.run_files import run_file_text
+from engine.run_files import plain_text, run_file_text
+
+#: the longest method name a legend shows (a review: a legend label thousands of overrides long)
+MAX_LABEL = 80
 
 #: the learning curve drawn when ``--curve`` is not given: the first of these any run logged
 CURVE_KEYS = ("val/dice", "val/auc", "val/acc", "val/accuracy", "val/loss")
@@ -65,7 +68,7 @@ def plot_curves(curves: dict[Path, dict[str, list]], out: Path, key: str, labels
         xs, mean, std, n = per_epoch(runs_curves)
         fewer = int((n < len(runs_curves)).sum())  # a run short of an epoch: that point is over fewer runs
         note = f", fewer at {fewer} point(s)" if fewer else ""
-        ax.plot(xs, mean, marker="o", ms=3, label=f"{method} (n={len(runs_curves)}{note})")
+        ax.plot(xs, mean, marker="o", ms=3, label=f"{plain_text(method, MAX_LABEL)} (n={len(runs_curves)}{note})")
         if len(runs_curves) > 1:
             ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a review: ticks at epochs 1.2, 1.4

@@ -69,3 +69,23 @@ def test_runs_with_unreadable_or_empty_metrics_are_listed_in_report_md(tmp_path,
     _run(only, "empty", {"val/dice": float("nan")}, ["model=swin"])
     assert report.main([str(only)]) == 1
     assert f"- `{only / 'empty'}`: no metrics" in (only / "report.md").read_text()
+
+
+def test_a_run_with_too_many_overrides_is_left_out_and_each_runs_overrides_are_parsed_once(tmp_path, capsys,
+                                                                                           monkeypatch, figures):
+    """A review: a crafted overrides.yaml of 1,000 lines held the report 22 s, 20,000 lines minutes (Hydra parsed
+    each override ~7 times per run), and the legend drew a label thousands of characters long."""
+    calls = []
+    real = report.canonical_override
+    monkeypatch.setattr(report, "canonical_override", lambda text: calls.append(text) or real(text))
+    csv = "epoch,step,val/dice\n0,9,0.2\n"
+    _run(tmp_path, "a", {"test/dice": 0.5}, ["model=a", *(f"+x{i}={'a' * 90}" for i in range(40))], csv)
+    _run(tmp_path, "b", {"test/dice": 0.6}, ["model=b"], csv)
+    crafted = _run(tmp_path, "crafted", {"test/dice": 0.9}, [f"+k{i}=v" for i in range(201)])  # over the 200 read
+    assert report.main([str(tmp_path)]) == 0
+    assert len(calls) == 42  # a's and b's, once each; none of the crafted run's
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 run(s) left out" in err[0] and ".hydra/overrides.yaml" in err[0]
+    md = (tmp_path / "report.md").read_text()
+    assert f"- `{crafted}`: unreadable: .hydra/overrides.yaml holds over 200 overrides" in md and "0.9000" not in md
+    assert max(len(line.get_label()) for line in figures[0].axes[0].get_lines()) < 120
