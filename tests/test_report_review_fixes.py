@@ -89,3 +89,16 @@ def test_a_run_with_too_many_overrides_is_left_out_and_each_runs_overrides_are_p
     md = (tmp_path / "report.md").read_text()
     assert f"- `{crafted}`: unreadable: .hydra/overrides.yaml holds over 200 overrides" in md and "0.9000" not in md
     assert max(len(line.get_label()) for line in figures[0].axes[0].get_lines()) < 120
+
+
+def test_decathlon_report_of_a_folder_that_is_no_decathlon_sweep_writes_nothing(tmp_path, capsys):
+    """A review: ``decathlon_report`` of another folder wrote decathlon.md/.csv there ("not run" x 10, "0/10 ok")
+    before saying it held no run; now one line, exit 2, as kd_report."""
+    from experiments import decathlon_report
+
+    run = _run(tmp_path, "seg", {"test/dice": 0.5}, ["model=unet"])
+    (run / ".hydra" / "config.yaml").write_text("data:\n  root: /x\nmodel:\n  _target_: nets.UNet\n")
+    assert decathlon_report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a decathlon sweep" in err[0]
+    assert not (tmp_path / "decathlon.md").exists() and not (tmp_path / "decathlon.csv").exists()
