@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
-import functools
 import glob
 import math
 import html
@@ -29,7 +28,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from callbacks.metric_goal import goal
 from engine.artifacts import atomic_write_text, console
@@ -37,8 +35,8 @@ from experiments.report_curves import CURVE_KEYS, completed, curve_key, plot_cur
 from experiments.report_html import write_html
 from experiments.run_folder import set_aside
 from engine.run_files import (MAX_RUN_FILE_BYTES, as_number, csv_text, debug_run, md_code, md_text, plain_text,
-                              load_yaml_data, run_config, run_file_text, run_json)
-from engine.run_match import canonical_override
+                              run_config, run_json)
+from experiments.report_overrides import MAX_OVERRIDE_CHARS, MAX_OVERRIDES, overrides_beyond_caps, run_overrides
 
 #: the columns a report shows by default, those present in the runs (surface metrics and the best validation
 #: score, what a sweep selects on, included: a walkthrough missed them)
@@ -120,57 +118,6 @@ def find_unfinished(paths: list[str]) -> list[Path]:
 def is_debug(run: Path) -> bool:
     """:func:`debug_run` of a run dir."""
     return debug_run(json_object(run / "metrics.json"), run_config(run))
-
-
-#: what a run's ``.hydra/overrides.yaml`` may hold to be read: a review's crafted file of 20,000 overrides held the
-#: report for minutes (Hydra parses each one); a run beyond these is left out, listed as unreadable
-MAX_OVERRIDES, MAX_OVERRIDE_CHARS = 200, 500
-
-
-def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list[str]:
-    """A run's Hydra overrides (``.hydra/overrides.yaml``), minus the seed, ``resume`` and what says nothing
-    about the method (paths, logger, Hydra's own, debug: W&B's ``NOT_METHOD``; a review: one seed re-run with
-    ``logger=csv`` became a method of its own); none when the file is beyond :data:`MAX_OVERRIDES`."""
-    from engine.wandb_tracking import NOT_METHOD
-
-    overrides = _saved_overrides(run) or ()
-    keys = [o.split("=")[0].lstrip("+~") for o in overrides]
-    return [o for o, k in zip(overrides, keys) if k not in drop and not k.startswith(NOT_METHOD)]
-
-
-def overrides_beyond_caps(run: Path) -> bool:
-    """Whether the run's ``overrides.yaml`` holds over :data:`MAX_OVERRIDES` overrides or one over
-    :data:`MAX_OVERRIDE_CHARS` characters."""
-    return _saved_overrides(run) is None
-
-
-def _saved_overrides(run: Path) -> tuple[str, ...] | None:
-    """:func:`_parsed_overrides`, cached per run and version of the file: the report asks ~7 times per run."""
-    try:
-        stat = (run / ".hydra" / "overrides.yaml").stat()
-        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    except OSError:
-        stamp = None
-    return _parsed_overrides(run, stamp)
-
-
-@functools.lru_cache(maxsize=4096)
-def _parsed_overrides(run: Path, stamp: tuple | None) -> tuple[str, ...] | None:
-    """The overrides as Hydra parses them (:func:`canonical_override`), ``()`` when none are readable, ``None``
-    beyond the caps (a file too long for them is not parsed at all)."""
-    text = run_file_text(run / ".hydra" / "overrides.yaml", run)
-    if text is not None and len(text) > MAX_OVERRIDES * (MAX_OVERRIDE_CHARS + 8):
-        return None
-    try:
-        overrides = load_yaml_data(text) if text is not None else None
-    except (yaml.YAMLError, ValueError, RecursionError):
-        return ()
-    if not isinstance(overrides, list):
-        return ()
-    strings = [o for o in overrides if isinstance(o, str)]
-    if len(overrides) > MAX_OVERRIDES or any(len(o) > MAX_OVERRIDE_CHARS for o in strings):
-        return None
-    return tuple(canonical_override(plain_text(o, 200)) for o in strings)
 
 
 def run_labels(runs: list[Path], siblings: list[Path] = ()) -> tuple[dict[Path, str], list[str]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import report
+from experiments import report, report_overrides
 
 
 def _run(root: Path, name: str, metrics: dict | None, overrides: list | None = None, csv: str | None = None) -> Path:
@@ -76,8 +76,8 @@ def test_a_run_with_too_many_overrides_is_left_out_and_each_runs_overrides_are_p
     """A review: a crafted overrides.yaml of 1,000 lines held the report 22 s, 20,000 lines minutes (Hydra parsed
     each override ~7 times per run), and the legend drew a label thousands of characters long."""
     calls = []
-    real = report.canonical_override
-    monkeypatch.setattr(report, "canonical_override", lambda text: calls.append(text) or real(text))
+    real = report_overrides.canonical_override
+    monkeypatch.setattr(report_overrides, "canonical_override", lambda text: calls.append(text) or real(text))
     csv = "epoch,step,val/dice\n0,9,0.2\n"
     _run(tmp_path, "a", {"test/dice": 0.5}, ["model=a", *(f"+x{i}={'a' * 90}" for i in range(40))], csv)
     _run(tmp_path, "b", {"test/dice": 0.6}, ["model=b"], csv)
