@@ -54,7 +54,8 @@ class SegmentationModule(BaseModule):
         surface_metrics: add HD95 and normalised surface Dice (mm, from the batches' ``spacing``) to the
             per-case test table; needs a case's slices on one process (skipped under DDP).
         nsd_tolerance_mm: NSD tolerance. ``roi_size``/``overlap``: for 3D nets (5D batches) validation and
-            test run MONAI's Gaussian sliding window over whole volumes with this patch size.
+            test run MONAI's Gaussian sliding window over whole volumes with this patch size (null: the data's
+            ``patch_size``, as predict; overlap in [0, 1)).
     """
 
     def __init__(
@@ -102,6 +103,9 @@ class SegmentationModule(BaseModule):
             raise ConfigError(f"module.eval_slices must be 'all' or 'foreground', got {eval_slices!r}")
         if fg_threshold is not None and not 0.0 < float(fg_threshold) < 1.0:
             raise ConfigError(f"module.fg_threshold must be in (0, 1) or null, got {fg_threshold}")
+        if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+            # a review: overlap=1.0 passed here and was MONAI's ValueError traceback in the first validation
+            raise ConfigError(f"module.overlap={overlap!r} must be a number in [0, 1) (the sliding windows' overlap)")
         self.loss = build(loss, what="loss")
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
@@ -125,6 +129,16 @@ class SegmentationModule(BaseModule):
         if self.hparams.get("class_names") is None and names and len(names) == self.num_classes:
             self.class_names = [str(n) for n in names]
             self.hparams["class_names"] = list(self.class_names)  # saved in the checkpoints, read by predict
+        patch = getattr(getattr(self._trainer, "datamodule", None), "patch_size", None)
+        if patch is not None:  # 3D patch data: val/test/predict run the sliding window over whole volumes
+            self.check_volumetric(patch)
+
+    def check_volumetric(self, patch_size: Sequence[int]) -> None:
+        """A review: ``module.roi_size=null`` fed whole volumes to the 3D net (a tensor-size traceback); it now
+        defaults to ``data.patch_size``, as predict does, and is saved in the checkpoints for predict."""
+        if self.roi_size is None:
+            self.roi_size = tuple(int(p) for p in patch_size)
+            self.hparams["roi_size"] = list(self.roi_size)
 
     # ------------------------------------------------------------------ steps
     def seg_loss(self, outputs: Any, batch: dict) -> torch.Tensor:
