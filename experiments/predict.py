@@ -176,6 +176,8 @@ def predict(cfg: DictConfig) -> dict:
                                     _device(cfg.device))
     except ValueError as err:
         raise ConfigError(f"predict settings: {err}") from None
+    for net in models.nets if predictor.roi_size else ():  # a window the net cannot take: one line, nothing read
+        getattr(net, "check_roi_size", lambda size: None)(predictor.roi_size)
     for net in models.nets:
         net.to(predictor.device)
     data_kind = str(models.run_cfg.data.get("_target_", "")).rsplit(".", 1)[-1]

@@ -139,6 +139,7 @@ class SegmentationModule(BaseModule):
         if self.roi_size is None:
             self.roi_size = tuple(int(p) for p in patch_size)
             self.hparams["roi_size"] = list(self.roi_size)
+        getattr(self.net, "check_roi_size", lambda size, key: None)(self.roi_size, "module.roi_size")
 
     # ------------------------------------------------------------------ steps
     def seg_loss(self, outputs: Any, batch: dict) -> torch.Tensor:

@@ -34,3 +34,30 @@ def test_a_null_roi_size_windows_3d_volumes_with_the_patch_size(tmp_path):
     module.setup("fit")
     assert module.roi_size == (16, 16, 16) and module.hparams["roi_size"] == [16, 16, 16]
 
+
+def test_a_window_segresnet_vae_cannot_take_is_one_line(tmp_path):
+    """A review: predict with ``roi_size=[20,20,20]`` and SegResNetVAE was a RuntimeError traceback in the net's
+    decoder (its encoder halves each side 3 times); now one line naming roi_size, before any volume is read, and
+    the same from the net itself and from a module given ``module.roi_size=[20,20,20]``."""
+    from omegaconf import OmegaConf
+
+    from experiments.predict import predict
+    from lightning_modules.nets.monai3d import SegResNetVAE3D
+    from lightning_modules.segmentation import SegmentationModule
+    from tests.volumetric_helpers import make_run, phantom
+
+    said = r"segresnet_vae needs every {}roi_size side to be a multiple of 8 .*\[20, 20, 20\]"
+    net = SegResNetVAE3D(patch_size=(16, 16, 16)).eval()
+    with pytest.raises(ConfigError, match=said.format("")):
+        net(torch.zeros(1, 1, 20, 20, 20))
+    assert net(torch.zeros(1, 1, 24, 16, 8)).shape == (1, 2, 24, 16, 8)
+    module = SegmentationModule(net, LOSS, num_classes=2, roi_size=(20, 20, 20))
+    with pytest.raises(ConfigError, match=said.format(r"module\.")):
+        module.check_volumetric((16, 16, 16))
+    ckpt, root = make_run(tmp_path, base=TINY_3D), phantom(tmp_path, shape=(36, 30, 8))
+    out = tmp_path / "x.nii.gz"
+    with pytest.raises(ConfigError, match=said.format("")):
+        predict(OmegaConf.create(dict(ckpt=str(ckpt), input=str(root / "volume-0.nii.gz"), output=str(out),
+                                      labels=None, run_config=None, batch_size=4, roi_size=[20, 20, 20], overlap=None,
+                                      mode="gaussian", tta=False, nsd_tolerance_mm=1.0, device="cpu")))
+    assert not out.exists()

@@ -59,10 +59,19 @@ class SegResNetVAE3D(SegResNetVAE):
             seg, self._vae_loss = super().forward(x)
             return seg
         self._vae_loss = None
+        self.check_roi_size(x.shape[2:])
         net_input = x
         x, down_x = self.encode(net_input)
         down_x.reverse()
         return self.decode(x, down_x)
+
+    def check_roi_size(self, roi_size: Sequence[int], key: str = "roi_size") -> None:
+        """A review: ``roi_size=[20,20,20]`` in predict was a tensor-size traceback in the decoder; the encoder
+        halves each side ``len(blocks_down) - 1`` times, so every side must divide by that power of 2."""
+        step = 2 ** (len(tuple(self.blocks_down)) - 1)
+        if any(int(r) % step for r in roi_size):
+            raise ConfigError(f"model=segresnet_vae needs every {key} side to be a multiple of {step} (its encoder "
+                              f"halves it {len(tuple(self.blocks_down)) - 1} times): got {[int(r) for r in roi_size]}")
 
     def auxiliary_losses(self) -> dict[str, torch.Tensor]:
         return {"vae": self._vae_loss} if self.training and self._vae_loss is not None else {}
