@@ -24,6 +24,10 @@ from lightning_modules.metrics import (
 from lightning_modules.roc import BinnedMulticlassROC
 from lightning_modules.surface_collect import SurfaceCollector
 
+#: a 3D case is one item of its batch, so foreground_slices kept or dropped whole volumes (a review)
+FOREGROUND_3D = ("module.eval_slices=foreground is paper 001's 2D slice protocol; 3D data (data.patch_size) is "
+                 "scored per whole volume: use module.eval_slices=all")
+
 
 def epoch_value(summary: Mapping[str, float], key: str) -> float:
     """A validation epoch's ``key`` for the monitor: the case mean; 1.0 where every case's Dice is undefined (no
@@ -134,8 +138,11 @@ class SegmentationModule(BaseModule):
             self.check_volumetric(patch)
 
     def check_volumetric(self, patch_size: Sequence[int]) -> None:
-        """A review: ``module.roi_size=null`` fed whole volumes to the 3D net (a tensor-size traceback); it now
+        """Reviews: ``eval_slices=foreground`` (2D only) dropped 3D test volumes with empty labels, now refused;
+        ``module.roi_size=null`` fed whole volumes to the 3D net (a tensor-size traceback); it now
         defaults to ``data.patch_size``, as predict does, and is saved in the checkpoints for predict."""
+        if self.eval_slices == "foreground":  # a review: an empty-label test volume left the metrics silently
+            raise ConfigError(FOREGROUND_3D)
         if self.roi_size is None:
             self.roi_size = tuple(int(p) for p in patch_size)
             self.hparams["roi_size"] = list(self.roi_size)
@@ -191,6 +198,8 @@ class SegmentationModule(BaseModule):
 
     def _evaluate(self, batch: dict, stage: str, cases: PerCaseConfusion) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
+        if image.ndim == 5 and self.eval_slices == "foreground":  # no datamodule told setup (trainer.test(dataloaders))
+            raise ConfigError(FOREGROUND_3D)
         logits = self.forward_eval(image, batch.get("pad_value"))
         loss = self.seg_loss(logits, batch)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(mask), sync_dist=True)

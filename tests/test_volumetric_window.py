@@ -61,3 +61,19 @@ def test_a_window_segresnet_vae_cannot_take_is_one_line(tmp_path):
                                       labels=None, run_config=None, batch_size=4, roi_size=[20, 20, 20], overlap=None,
                                       mode="gaussian", tta=False, nsd_tolerance_mm=1.0, device="cpu")))
     assert not out.exists()
+
+
+def test_foreground_slices_are_refused_for_3d_data():
+    """A review: ``module.eval_slices=foreground`` took a whole 3D case for one slice, so a test volume with an
+    empty label left the metrics without a word; it is paper 001's 2D protocol, now refused at setup for 3D data
+    (and for a 5D batch where no datamodule told setup)."""
+    from lightning_modules.segmentation import SegmentationModule
+
+    said = r"module.eval_slices=foreground is paper 001's 2D slice protocol.*use module.eval_slices=all"
+    module = SegmentationModule(torch.nn.Identity(), LOSS, num_classes=2, roi_size=(8, 8, 8), eval_slices="foreground")
+    module._trainer = type("T", (), {"datamodule": type("D", (), {"patch_size": (8, 8, 8)})()})()
+    with pytest.raises(ConfigError, match=said):
+        module.setup("test")
+    batch = {"image": torch.zeros(1, 2, 8, 8, 8), "mask": torch.zeros(1, 8, 8, 8, dtype=torch.long), "case_id": ["c"]}
+    with pytest.raises(ConfigError, match=said):
+        module.test_step(batch, 0)
