@@ -11,8 +11,8 @@ from engine.artifacts import atomic_write_text
 from engine.run_files import run_figure
 
 #: per-run figures embedded when present (run dir file names), in this order
-RUN_FIGURES = ("learning_curves.png", "test_overlays.png", "test_roc.png", "fed_curves.png", "kd_maps.png",
-               "evaluation_matrix.png")
+RUN_FIGURES = ("learning_curves.png", "test_overlays.png", "test_roc.png", "confusion_matrix_test.png",
+               "fed_curves.png", "partition.png", "kd_maps.png", "fed_distill.png")
 STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
          "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child"
          "{text-align:left}th{background:#f3f3f3}img{max-width:100%;margin:.5em 0}code{background:#f3f3f3}"
@@ -43,18 +43,33 @@ def markdown_to_html(md: str) -> str:
                        + "</table>")
             rows.clear()
 
+    in_list = False
+
+    def close_list() -> None:
+        nonlocal in_list
+        if in_list:
+            out.append("</ul>")
+            in_list = False
+
     for line in md.splitlines():
         if line.startswith("|"):
+            close_list()
             cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]  # not at an escaped \|
             if not all(re.fullmatch(r":?-{3,}:?", c) for c in cells):
                 rows.append(cells)
             continue
         flush()
-        if line.strip().startswith(("- ", "* ")):
+        if line.strip().startswith(("- ", "* ")):  # a review: <li> items were written without their <ul>
+            if not in_list:
+                out.append("<ul>")
+                in_list = True
             out.append(f"<li>{_inline(line.strip()[2:])}</li>")
-        elif line.strip():
+            continue
+        close_list()
+        if line.strip():
             out.append(f"<p>{_inline(line)}</p>")
     flush()
+    close_list()
     return "\n".join(out)
 
 

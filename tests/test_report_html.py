@@ -29,3 +29,15 @@ def test_report_writes_self_contained_html(tmp_path):
 def test_markdown_tables_and_bold():
     out = markdown_to_html("Common: `x=1`\n\n| a | b |\n|---|---|\n| **1** | 2 |\n")
     assert "<code>x=1</code>" in out and "<th>a</th>" in out and "<td><b>1</b></td>" in out
+
+
+def test_list_items_are_in_a_list_and_every_figure_a_run_writes_is_named():
+    """A review: ``<li>`` items were written without a ``<ul>``, and the figure list named evaluation_matrix.png,
+    which nothing writes, but not partition.png or confusion_matrix_test.png."""
+    from experiments.report_html import RUN_FIGURES
+
+    out = markdown_to_html("Failed:\n- a\n- b\n\nafter\n- c\n")
+    assert out.count("<ul>") == 2 and out.count("</ul>") == 2
+    assert out.index("<ul>") < out.index("<li>a</li>") < out.index("</ul>") < out.index("<p>after</p>")
+    assert "evaluation_matrix.png" not in RUN_FIGURES
+    assert {"partition.png", "confusion_matrix_test.png", "fed_distill.png"} <= set(RUN_FIGURES)
