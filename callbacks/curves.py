@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytorch_lightning as pl
+from matplotlib.ticker import MaxNLocator
 
 from callbacks.plotting import log_images, plt, run_dir, save_figure
 
@@ -49,10 +50,12 @@ def plot_learning_curves(metrics_csv: Path, out: Path, keys: tuple[str, ...]) ->
     present = [k for k in keys if series.get(k)]
     if not present:
         return None
-    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.4), squeeze=False)
+    # constrained layout: each panel's y label clear of its neighbour's ticks (a review saw them run together)
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.4), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], present):
         xs, ys = zip(*series[key])
         ax.plot(xs, ys, marker="o", ms=3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.set_title(key)
