@@ -25,6 +25,7 @@ import html
 import io
 import sys
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -127,13 +128,41 @@ def run_labels(runs: list[Path], siblings: list[Path] = ()) -> tuple[dict[Path, 
     command."""
     ovs = {run: run_overrides(run) for run in runs}
     every = [*ovs.values(), *(run_overrides(r) for r in siblings)]
-    common = [o for o in next(iter(ovs.values()), []) if all(o in v for v in every)] if len(every) > 1 else []
-    # sorted by key: one method however its overrides were typed (a review: two orders were two rows)
-    labels = {run: " ".join(sorted((o for o in v if o not in common), key=lambda o: o.split("=")[0].lstrip("+~")))
-              for run, v in ovs.items()}
+    common = _shared(next(iter(ovs.values()), []), every)
+    contexts = {tuple(_context(v)) for v in every}
+    if len(contexts) > 1:  # several experiments: what differs is judged within each (a review: one sweep's
+        return _labels_by_context(ovs, every, common), common  # data.sites.* entered every label)
+    labels = {run: _by_key(o for o in v if o not in common) for run, v in ovs.items()}
     if not any(labels.values()):  # one method over seeds: name it by its overrides
         return {run: " ".join(v) or run.parent.name for run, v in ovs.items()}, []
     return {run: label or "(defaults)" for run, label in labels.items()}, common
+
+
+def _shared(first: list[str], every: list[list[str]]) -> list[str]:
+    """The overrides of ``first`` that every list in ``every`` holds (none when there is one list)."""
+    return [o for o in first if all(o in v for v in every)] if len(every) > 1 else []
+
+
+def _by_key(overrides: Iterable[str]) -> str:
+    """Sorted by key: one method however its overrides were typed (a review: two orders were two rows)."""
+    return " ".join(sorted(overrides, key=lambda o: o.split("=")[0].lstrip("+~")))
+
+
+def _context(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if o.split("=")[0].lstrip("+~") in CONTEXT_KEYS]
+
+
+def _labels_by_context(ovs: dict[Path, list[str]], every: list[list[str]], common: list[str]) -> dict[Path, str]:
+    """A run's experiment (its :data:`CONTEXT_KEYS` overrides), then what differs between the runs of that
+    experiment; what all runs share is left out (printed once above the table)."""
+    labels = {}
+    for run, v in ovs.items():
+        ctx = _context(v)
+        mates = [w for w in every if _context(w) == ctx]
+        shared = set(_shared(v, mates)) | set(common)
+        labels[run] = " ".join([_by_key(o for o in ctx if o not in common),
+                                _by_key(o for o in v if o not in shared and o not in ctx)]).strip() or "(defaults)"
+    return labels
 
 
 def numeric_metrics(metrics: dict) -> dict[str, float]:

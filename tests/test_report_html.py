@@ -41,3 +41,24 @@ def test_list_items_are_in_a_list_and_every_figure_a_run_writes_is_named():
     assert out.index("<ul>") < out.index("<li>a</li>") < out.index("</ul>") < out.index("<p>after</p>")
     assert "evaluation_matrix.png" not in RUN_FIGURES
     assert {"partition.png", "confusion_matrix_test.png", "fed_distill.png"} <= set(RUN_FIGURES)
+
+
+def test_labels_over_several_experiments_name_each_by_what_differs_within_it(tmp_path):
+    """A review: over a sweep of two models and a federation of two strategies, every override some runs shared
+    (each federation's ``data.sites.*``) entered every label, and the cut at 500 characters made both federation
+    rows alike."""
+    sites = [f"data.sites.site{i}.root=/very/long/path/to/site{i}/data/folder" for i in range(12)]
+    runs = {"a0": ["+exp=lits_dnet", "model=dnet", "trainer.max_epochs=2"], "a1": ["+exp=lits_dnet", "model=unet", "trainer.max_epochs=2"],
+            "f0": ["+exp=fed_lits_dnet", *sites, "federation/strategy=fedavg", "trainer.max_epochs=2"],
+            "f1": ["+exp=fed_lits_dnet", *sites, "federation/strategy=fedprox", "trainer.max_epochs=2"]}
+    paths = []
+    for name, ovs in runs.items():
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in ovs))
+        paths.append(run)
+    labels, common = report.run_labels(paths)
+    assert common == ["trainer.max_epochs=2"]
+    assert [labels[p] for p in paths] == ["+exp=lits_dnet model=dnet", "+exp=lits_dnet model=unet",
+                                          "+exp=fed_lits_dnet federation/strategy=fedavg",
+                                          "+exp=fed_lits_dnet federation/strategy=fedprox"]
