@@ -19,12 +19,13 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig
 from rich.progress import Progress
 
 from engine.artifacts import print_case_table, write_json
 from engine.builders import build_datamodule
-from engine.errors import ConfigError
+from engine.errors import ConfigError, one_line
 from experiments.config_help import exit_with_help_if_asked
 from experiments.hydra_checks import run_cli, user_command
 from engine.predict import (check_case_channels, check_label_shapes, check_writable, claim_output_file,
@@ -182,7 +183,12 @@ def predict(cfg: DictConfig) -> dict:
         net.to(predictor.device)
     data_kind = str(models.run_cfg.data.get("_target_", "")).rsplit(".", 1)[-1]
     no_phantoms = {"synthetic": None} if "synthetic" in models.run_cfg.data else {}  # never write phantoms here
-    dm = build_datamodule(models.run_cfg.data, **no_phantoms, **models.data_overrides())
+    try:
+        dm = build_datamodule(models.run_cfg.data, **no_phantoms, **models.data_overrides())
+    except InstantiationException as err:  # a value the run's config.yaml holds (a trust review: image_size "abc"
+        cause = err.__cause__ or err  # was Hydra's multi-line error naming neither file nor key)
+        raise ConfigError(f"the run's config.yaml data ({data_kind}) does not build: {one_line(cause)[:200]}") \
+            from None
     if callable(getattr(dm, "fill_value", None)):  # windows past the edge padded as training padded
         predictor.pad_value = float(dm.fill_value())
     if images and not callable(getattr(dm, "preprocess_image", None)):

@@ -69,6 +69,8 @@ def files(module_tmp):
         "nan_weights": (lambda c: [v.fill_(float("nan")) for k, v in c["state_dict"].items()
                                    if k.startswith("net.") and v.is_floating_point()], None),
         "bad_yaml": (None, "data: [unclosed\n"),
+        "data_size": (None, OmegaConf.to_yaml({**OmegaConf.to_container(run_cfg0 := OmegaConf.load(
+            ckpt.parent.parent / "config.yaml")), "data": {**OmegaConf.to_container(run_cfg0.data), "image_size": "abc"}})),
         "data_kwarg": (None, OmegaConf.to_yaml({**OmegaConf.to_container(run_cfg0 := OmegaConf.load(
             ckpt.parent.parent / "config.yaml")), "data": {**OmegaConf.to_container(run_cfg0.data), "bogus_key": 1}})),
     }
@@ -109,6 +111,7 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
     crafted("bogus_arg", "unexpected keyword argument 'bogus'"), crafted("bad_stats", "ct_stats=5"),
     crafted("data_int", "no data config"), crafted("bad_yaml", "does not parse"),
     crafted("data_kwarg", "bogus_key"),
+    crafted("data_size", "the run's config.yaml data"),
     crafted("hp_list", "'hyper_parameters' is a list, not a mapping"),
     crafted("net_width", "its net config does not build"),
     crafted("sd_list", "'state_dict' is a list, not a mapping"),
