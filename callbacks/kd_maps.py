@@ -88,6 +88,9 @@ class KDMaps(pl.Callback):
                 if r == 0:
                     ax.set_title(title, fontsize=8)
             axes[r][0].set_ylabel(f"{case}\nslice {sl}", fontsize=8)
+        # one colour bar for every probability panel (a review: the maps had no scale)
+        scale = plt.cm.ScalarMappable(cmap="magma", norm=plt.Normalize(0.0, 1.0))
+        fig.colorbar(scale, ax=axes.ravel().tolist(), shrink=0.6, pad=0.01, label="P(foreground)")
         method = getattr(pl_module, "method", None) or type(pl_module).__name__
         fig.suptitle(f"student predictive maps ({method}{tag}) - P(foreground), green: masks", fontsize=9)
         path = save_figure(fig, run_dir(trainer) / self.filename)
