@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -203,19 +204,22 @@ def _plain_value(value):
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 #: the hyper-parameters predict reads from a checkpoint, and what each must be (None: not stored)
 _HPARAM_CHECKS: dict[str, tuple[str, Any]] = {
-    "num_classes": ("an int >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "num_classes": ("an int >= 1", lambda v: _whole(v) and v >= 1),
     "class_names": ("a list of names", lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)),
     "fg_threshold": ("a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
     "eval_slices": ("a string", lambda v: isinstance(v, str)),
     "overlap": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
     "nsd_tolerance_mm": ("a number >= 0", lambda v: _number(v) and v >= 0),
-    "roi_size": ("a list of sizes >= 1", lambda v: isinstance(v, (list, tuple)) and all(
-        isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)),
+    "roi_size": ("a list of sizes >= 1", lambda v: isinstance(v, (list, tuple)) and all(_whole(x) and x >= 1 for x in v)),
 }
 
 

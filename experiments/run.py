@@ -37,7 +37,7 @@ from engine.objective import optimized_value  # noqa: E402
 from engine.tracking import record_environment  # noqa: E402
 from engine.wandb_tracking import method_suffix, swept_suffix, trained_model  # noqa: E402
 import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: the checkpoint's mode)
-from engine.run_match import interrupted_line  # noqa: E402
+from engine.run_match import holds_run, interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
 from experiments.run_folder import (checked_resume_problem, first_start, not_resumable_line, resumable,  # noqa: E402
@@ -114,7 +114,9 @@ def main(cfg: DictConfig) -> float | None:
             cfg.resume = True
     previous = stop.install()
     try:
-        if cfg.get("resume") in (None, False, "false") and first_start():  # a new run: not the earlier run's results
+        fresh = cfg.get("resume") in (None, False, "false") or (cfg.get("resume") in (True, "true")
+                                                                   and not holds_run(out))  # nothing to continue
+        if fresh and first_start():  # a new run: not the earlier run's results
             moved = set_aside_results(out)
             if moved is not None:
                 log.warning("%s held an earlier run's results: moved to %s", out, moved)

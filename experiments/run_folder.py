@@ -5,6 +5,7 @@ holds no run, a link out of it, a state that does not load or another run's conf
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +166,15 @@ RESULT_FILES = ("metrics.json", "failed.json", "test_per_case.csv")
 EARLIER = "earlier"  # <run>/earlier/<time>/: results a later run in that folder moved aside (no run of their own)
 
 
+_STAMP = re.compile(r"\d{8}-\d{6}(-\d+)?")
+
+
 def set_aside(path: Path) -> bool:
-    """Whether ``path`` (a result file) lies in a run's :data:`EARLIER` folder."""
-    return path.parent.parent.name == EARLIER
+    """Whether ``path`` (a result file) lies in a run's ``earlier/<time>/`` (:func:`set_aside_results`): not any
+    folder named ``earlier`` (a review: every job of a sweep under ``.../earlier/`` was left out of reports)."""
+    holder, run = path.parent, path.parent.parent.parent
+    return (path.parent.parent.name == EARLIER and bool(_STAMP.fullmatch(holder.name))
+            and ((run / ".hydra").is_dir() or (run / "config.yaml").is_file()))
 
 
 def set_aside_results(run: Path) -> Path | None:

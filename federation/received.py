@@ -103,7 +103,8 @@ def check_server_target(target: Any, what: str = "cfg-path") -> None:
             issubclass(obj, (pl.Callback, Logger, Profiler)) or f"{obj.__module__}.{obj.__qualname__}" in EXECUTORS):
         return
     raise ConfigError(f"{what} _target_ {target!r} refused: the ServerApp's config may only build what a client "
-                      f"builds, Lightning callbacks, loggers and profilers, and the federation's executors") from refused
+                      f"builds, Lightning callbacks, loggers and profilers, and the federation's executors (your own "
+                      f"packages: FEDMED_ALLOW_TARGETS=<prefix> on the server host)") from refused
 
 
 def _drop_cache_dirs(node: Any) -> None:

@@ -320,3 +320,11 @@ def test_cases_are_named_and_labelled_by_case_and_one_name_is_one_volume(files):
         plan_cases(tmp / "lits" / "volume-0.nii.gz", out, tmp / "lits")
     shutil.copy(tmp / "lab_region.nii.gz", tmp / "lits" / "segmentation-0.nii.gz")
     assert plan_cases(tmp / "lits" / "volume-0.nii.gz", out, tmp / "lits")[0].label.name == "segmentation-0.nii.gz"
+
+
+def test_trained_settings_of_numpy_and_plain_kinds_pass(tmp_path):
+    """The review of the settings check: a numpy int count or size is a whole number too."""
+    from engine.predict_models import check_trained_settings
+
+    check_trained_settings({"num_classes": np.int64(2), "roi_size": (np.int32(8), 8), "overlap": 0,
+                            "fg_threshold": None, "class_names": ("background", "liver")}, tmp_path / "c.ckpt")

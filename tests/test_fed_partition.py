@@ -82,6 +82,7 @@ def test_quantity_skew_refuses_sizes_that_fit_neither_reading():
     with pytest.raises(ValueError, match=r"sum to 0.9: give fractions that sum to 1"):
         quantity_skew(100, 3, seed=0, sizes=[0.5, 0.3, 0.1])
     assert [len(p) for p in quantity_skew(10, 2, seed=0, sizes=[1, 0])] == [10, 0]   # fractions (sum 1)
+    assert [len(p) for p in quantity_skew(30, 3, seed=0, sizes=[0.333, 0.333, 0.333])] == [10, 10, 10]  # typed thirds
 
 
 def test_by_group():

@@ -56,6 +56,26 @@ def test_a_new_run_in_a_used_run_dir_moves_the_earlier_results_aside(tmp_path):
     (kept,) = (run / "earlier").glob("*/metrics.json")
     assert kept.read_text() == first
     assert find_runs([str(tmp_path)]) == ([], [run])
+    # the review of that fix: resume=true with nothing to continue starts afresh too, so it moves them as well
+    assert not (run / "checkpoints").is_dir()  # fast_dev_run saves no checkpoint
+    (run / "failed.json").unlink()
+    kept.rename(run / "metrics.json")
+    again = run_in_process("experiments.run", [*args, "resume=true", "data.batch_size=0"], ROOT)
+    assert again.returncode == 2 and not (run / "metrics.json").exists(), again.stderr[-2000:]
+    assert len(list((run / "earlier").glob("*/metrics.json"))) == 1
+
+
+def test_only_a_runs_own_earlier_folder_is_set_aside(tmp_path):
+    """The review of that fix: any folder named ``earlier`` was skipped, so every job of a sweep under
+    ``.../earlier/`` was left out of reports without a word."""
+    from experiments.run_folder import set_aside, set_aside_results
+
+    run = tmp_path / "earlier" / "run1"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    assert not set_aside(run / "metrics.json") and not set_aside(tmp_path / "multirun" / "earlier" / "0" / "m.json")
+    moved = set_aside_results(run)
+    assert set_aside(moved / "metrics.json") and moved.parent == run / "earlier"
 
 
 def test_no_earlier_run_warning_for_a_ddp_rank_or_a_slurm_requeue(monkeypatch):
