@@ -2,6 +2,7 @@
 Reads the offline run files (tests/wandb_offline.py), no network."""
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -206,3 +207,16 @@ def test_runs_carry_a_method_id_without_the_seed_and_their_sweep(tmp_path, monke
     monkeypatch.setattr(hydra_config.HydraConfig, "get", staticmethod(lambda: SimpleNamespace(
         mode=RunMode.MULTIRUN, sweep=SimpleNamespace(dir="/logs/lits_dnet/multiruns/2026-12-06_13-00-00"))))
     assert sweep_name() == "2026-12-06_13-00-00"
+
+
+def test_experiment_tags_name_no_model_method_or_strategy():
+    """A review: ``+exp=lits_dnet model=unet`` runs were tagged ``d-net`` (the exp's fixed tags), and
+    ``distill=none`` runs ``hlfd``; what an override can change is tagged from the run (``model:unet``)."""
+    import yaml
+
+    configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+    names = {p.stem.replace("_", "").replace("-", "") for group in ("model", "distill", "federation/strategy")
+             for p in (configs / group).glob("*.yaml")} - {"default", "none"}
+    for exp in sorted((configs / "exp").glob("*.yaml")):
+        tags = yaml.safe_load(exp.read_text()).get("tags") or []
+        assert not [t for t in tags if str(t).replace("-", "").replace("_", "") in names], (exp.name, tags)
