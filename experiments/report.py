@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import fnmatch
 import glob
 import math
@@ -362,8 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     curves = read_curves(runs)
     logged = sorted({k for series in curves.values() for k, v in series.items() if v})
     if args.curve and args.curve not in logged:  # a walkthrough: a misspelt --curve was a warning and exit 0
+        close = difflib.get_close_matches(args.curve, logged, n=3, cutoff=0.5)  # a review: the list was cut before
+        rest = [k for k in logged if k.startswith("val/") and k not in close]  # any val/ key
         print(f"error: --curve {args.curve}: no run logged it per epoch in csv/metrics.csv (they logged e.g. "
-              f"{', '.join(k for k in logged if not k.startswith('train/'))[:200] or 'nothing'})", file=sys.stderr)
+              f"{', '.join([*close, *rest])[:300] or 'nothing'})", file=sys.stderr)
         return 2
     contexts = method_contexts(runs, failed)
     md, csv_text = table(groups, ordered, contexts, goal_keys)
