@@ -227,10 +227,10 @@ def test_address_reaches_an_existing_cluster(local_ray):
 
 @pytest.mark.parametrize("strategy", [
     ["federation/strategy=fedavg", "federation.clients_per_round=4", "federation.rounds=2"],
-    # a review: the one case above had every client in every round, no shared pool and no client store
-    ["federation.strategy.mode=part", "federation.clients_per_round=2", "federation.rounds=3"],
+    # a review: the one case above had every client in every round and no client store (the reviewer also ran
+    # data sharing, mode=part, 2 of 4 clients over 3 rounds: equal too; left out of CI for its 50 s)
     ["federation/strategy=fedbn", "federation.clients_per_round=2", "federation.rounds=3"],
-], ids=["fedavg_all_clients", "datashare_part_sampled", "fedbn_sampled"])
+], ids=["fedavg_all_clients", "fedbn_sampled"])
 def test_ray_gives_the_same_global_model_as_sequential(local_ray, tmp_path, strategy):
     from experiments.run import dispatch
     from tests.hydra_helpers import compose_run

@@ -171,7 +171,8 @@ def test_a_resumed_run_keeps_its_wandb_name_tags_and_overrides(tmp_path):
     typed = {"name": "lits-dnet-s0", "tags": [], "config": {"run": {"seed": 0, "overrides": []}}}
     with open_dict(cfg):
         cfg.resume = True
-    assert kept_identity(cfg, typed) == first
+    resumed = kept_identity(cfg, typed)  # the method id follows the kept overrides (config.run.method)
+    assert resumed == {**first, "config": {"run": {**first["config"]["run"], "method": "lr=0.1"}}}
     with open_dict(cfg):
         cfg.resume = False
     assert kept_identity(cfg, typed) == typed  # a new run in the folder: its own identity, kept from now on
