@@ -28,6 +28,7 @@ from federation.core.sampling import client_seed, sample_clients  # noqa: F401 (
 from federation.core.sharing import SharedPool
 from federation.errors import FederationError
 from federation.runner import ClientIndices
+from federation.transports import executor_kind
 
 __all__ = ["check_federation_config", "call_partitioner", "sample_clients", "split_clients", "ClientSplit",
            "write_partition_report", "plot_partition"]
@@ -147,7 +148,7 @@ def check_executor_config(fed: Any) -> None:
 
     check_flower_privacy(fed)
     check_executor_values(fed)
-    if str(OmegaConf.select(fed, "executor._target_", default="") or "").endswith(".RayExecutor"):
+    if executor_kind(fed) == "ray":
         from federation.transports.ray import check_address
 
         check_address(OmegaConf.select(fed, "executor.address", default=None))

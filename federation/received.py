@@ -76,15 +76,13 @@ def check_received_target(target: Any, what: str = "received config") -> None:
         raise ConfigError(refused) from None
 
 
-#: the executors a federation's config may name (the ServerApp's ``cfg-path`` file included)
-EXECUTORS = ("federation.transports.inprocess.SequentialExecutor", "federation.transports.ray.RayExecutor",
-             "federation.transports.flower.executor.FlowerExecutor")
-
-
 def check_server_target(target: Any, what: str = "cfg-path") -> None:
     """The Flower ServerApp's ``cfg-path`` file is data too (a trust review: a strategy ``subprocess.Popen`` in a
     crafted one ran a shell command on the server): what a client may build (:func:`check_received_target`), plus
-    Lightning callbacks, loggers and profilers (classes of the project or Lightning) and :data:`EXECUTORS`."""
+    Lightning callbacks, loggers and profilers (classes of the project or Lightning) and the federation's executors
+    (:data:`federation.transports.EXECUTORS`)."""
+    from federation.transports import EXECUTORS
+
     try:
         check_received_target(target, what)
         return
@@ -100,7 +98,8 @@ def check_server_target(target: Any, what: str = "cfg-path") -> None:
     except Exception:  # noqa: BLE001 - unresolvable: refused as it was
         obj = None
     if inspect.isclass(obj) and under_prefixes(getattr(obj, "__module__", "") or "", packages) and (
-            issubclass(obj, (pl.Callback, Logger, Profiler)) or f"{obj.__module__}.{obj.__qualname__}" in EXECUTORS):
+            issubclass(obj, (pl.Callback, Logger, Profiler))
+            or f"{obj.__module__}.{obj.__qualname__}" in EXECUTORS.values()):
         return
     raise ConfigError(f"{what} _target_ {target!r} refused: the ServerApp's config may only build what a client "
                       f"builds, Lightning callbacks, loggers and profilers, and the federation's executors (your own "

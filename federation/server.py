@@ -53,6 +53,7 @@ from federation.server_state import load_server_state, rng_state, save_atomic, s
 from federation.deploy import LocalStates, mean_local, save_best_local, stored_local
 from federation.store import ClientStore
 from federation.transports import ClientJob
+from federation.transports import executor_kind
 from federation.transports.inprocess import SequentialExecutor
 
 __all__ = ["Server", "SERVER_CKPT"]
@@ -86,7 +87,7 @@ class Server:
         check_teacher_given(cfg)
         if is_remote_sites(self.fed.partition):
             on_nodes = getattr(executor, "data_on_nodes", False) if executor is not None else \
-                str(OmegaConf.select(self.fed, "executor._target_", default="")).endswith("FlowerExecutor")
+                executor_kind(self.fed) == "flower"
             if not on_nodes:
                 raise FederationError("federation/partition=remote_sites: the server holds none of the sites' data; "
                                       "it runs only as a real Flower deployment (federation/executor=flower "

@@ -366,3 +366,18 @@ def test_build_strategy_builds_only_strategies():
 
     with pytest.raises(ConfigError, match="is not a federation.core.strategies.Strategy"):
         build_strategy({"_target_": "collections.OrderedDict"})
+
+
+@pytest.mark.parametrize("group, kind", [(None, "sequential"), ("sequential", "sequential"), ("ray", "ray"),
+                                         ("flower", "flower")])
+def test_executor_kind_names_each_executor_group(tmp_path, group, kind):
+    """The one registry of the executors' paths (``federation.transports.EXECUTORS``) knows every executor config the
+    project ships; an executor of the user's own is none of them (the checks for Ray's and Flower's values skip it)."""
+    from federation.transports import EXECUTORS, executor_kind
+    from hydra.utils import get_class
+
+    fed = compose_run([*DIGITS, *([f"federation/executor={group}"] if group else [])], tmp_path).federation
+    assert executor_kind(fed) == kind
+    assert get_class(EXECUTORS[kind]).__name__.endswith("Executor")
+    fed.executor = {"_target_": "mypackage.RayExecutor"}
+    assert executor_kind(fed) is None

@@ -15,7 +15,8 @@ executor started (idempotent); the server calls it in a ``finally``.
 
 Chosen by ``federation/executor=sequential|ray|flower`` (a ``_target_`` config):
 :class:`~federation.transports.inprocess.SequentialExecutor`, :class:`~federation.transports.ray.RayExecutor`,
-and the Flower transport in :mod:`federation.transports.flower`.
+and the Flower transport in :mod:`federation.transports.flower`; :data:`EXECUTORS` names them by kind and
+:func:`executor_kind` tells which one a federation's config asks for (the one place that knows their paths).
 """
 from __future__ import annotations
 
@@ -26,10 +27,26 @@ from typing import Any, Callable, Protocol, Sequence
 from federation.core.messages import ClientUpdate, is_finite, update_problem
 from lightning_modules.errors import UserError
 
-__all__ = ["ClientJob", "ClientFn", "Executor", "ExecutorError", "check_update", "client_user_error", "drop"]
+__all__ = ["ClientJob", "ClientFn", "EXECUTORS", "Executor", "ExecutorError", "check_update", "client_user_error",
+           "drop", "executor_kind"]
 
 log = logging.getLogger("federation.transports")
 ClientFn = Callable[..., ClientUpdate]
+
+#: the project's executors by kind (``federation/executor=<kind>``), as their configs' ``_target_`` names them
+EXECUTORS = {"sequential": "federation.transports.inprocess.SequentialExecutor",
+             "ray": "federation.transports.ray.RayExecutor",
+             "flower": "federation.transports.flower.executor.FlowerExecutor"}
+
+
+def executor_kind(fed: Any) -> str | None:
+    """Which of :data:`EXECUTORS` a federation config (``cfg.federation``) runs on: ``"sequential"`` when it names
+    none, the kind of a ``_target_`` it names, None for an executor of the user's own."""
+    ex = fed.get("executor") if fed is not None and hasattr(fed, "get") else None
+    target = str((ex.get("_target_") if ex and hasattr(ex, "get") else None) or "")
+    if not target:
+        return "sequential"
+    return next((kind for kind, path in EXECUTORS.items() if path == target), None)
 
 
 class ExecutorError(UserError, RuntimeError):

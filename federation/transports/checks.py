@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from federation.transports import EXECUTORS, executor_kind
 from federation.transports.flower.privacy import _number
 from lightning_modules.errors import ConfigError
 
@@ -30,14 +31,14 @@ def check_executor_values(fed: Any) -> None:
     target = str(ex.get("_target_") or "")
     _known_keys(ex, target)
     _number(f"{KEY}.timeout_s", ex.get("timeout_s"), 0, allow_none=True)
-    if target.endswith(".RayExecutor"):
+    if executor_kind(fed) == "ray":
         _ray_values(ex)
 
 
 def _known_keys(ex: Any, target: str) -> None:
     """A key the executor's constructor does not take (one with ``**kwargs`` takes any, as Flower's does: its
     launcher reads keys of its own; not imported here, which would import Flower)."""
-    if target.startswith("federation.transports.flower."):
+    if target == EXECUTORS["flower"]:
         return
     try:
         params = inspect.signature(get_class(target)).parameters

@@ -21,8 +21,9 @@ def launches(cfg: Any) -> bool:
     """True when ``cfg`` asks for the Flower executor and this process is not the ServerApp itself (there
     the executor talks to the Grid instead): :func:`.launch.rehearse` then starts the local deployment
     (``launch: true``) or writes the config and prints the ``flwr run`` command for a real one."""
-    ex = cfg.get("federation", {}).get("executor") if hasattr(cfg, "get") else None
-    if not ex or not str(ex.get("_target_", "")).startswith("federation.transports.flower"):
+    from federation.transports import executor_kind
+
+    if not hasattr(cfg, "get") or executor_kind(cfg.get("federation")) != "flower":
         return False
     from federation.transports.flower.executor import current_grid
 

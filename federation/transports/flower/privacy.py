@@ -11,6 +11,8 @@ from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from federation.transports import executor_kind
+
 __all__ = ["PRIVACY", "check_flower_privacy", "check_secagg", "privacy_line", "check_dp_statistics", "dp_problem",
            "check_dp_metrics"]
 
@@ -59,9 +61,9 @@ def check_flower_privacy(fed: Any) -> None:
     privacy = "none" if privacy is None else str(privacy)
     if privacy not in PRIVACY:
         raise ConfigError(f"federation.privacy={privacy}: expected none, dp or secagg")
-    target = str(OmegaConf.select(fed, "executor._target_", default="") or "")
-    if not target.startswith("federation.transports.flower"):
+    if executor_kind(fed) != "flower":
         if privacy != "none":
+            target = str(OmegaConf.select(fed, "executor._target_", default="") or "")
             name = target.rsplit(".", 1)[-1] or "SequentialExecutor"
             raise ConfigError(f"federation.privacy={privacy}: privacy is a Flower-executor option (Flower's "
                               f"LocalDpMod / SecAgg+), and this federation runs on {name}; add "
