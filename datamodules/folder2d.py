@@ -28,6 +28,7 @@ from datamodules.errors import DataError, missing_root
 from datamodules.slices import SliceCase, SliceDataModule
 from datamodules.splits import patient_split
 from datamodules.volumes import apply_window, resize_slices
+from lightning_modules.kinds import is_whole
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def _check_shard(shard: Sequence[int] | None) -> tuple[int, int] | None:
     if shard is None:
         return None
     vals = list(shard)
-    if len(vals) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals) \
+    if len(vals) != 2 or not all(is_whole(v) for v in vals) \
             or vals[1] < 1 or not 0 <= vals[0] < vals[1]:
         raise DataError(f"data.case_shard={vals}: expected [i, n] with integers 0 <= i < n")
     return vals[0], vals[1]

@@ -34,6 +34,7 @@ from engine.builders import ConfigError, build_module
 from engine.fit import output_dir, refuse_untrained_test, train_and_test
 from lightning_modules.base import build
 from lightning_modules.distill_setup import check_same_padding
+from lightning_modules.kinds import is_whole
 from lightning_modules.segmentation import SegmentationModule
 
 log = logging.getLogger("engine.distill")
@@ -223,7 +224,7 @@ def check_padding_before_the_teacher(cfg: DictConfig) -> None:
     """:func:`~lightning_modules.distill_setup.check_same_padding` at ``data.image_size``, from the two nets'
     configs, before a teacher is trained for a pair the student's first batch would refuse."""
     size = OmegaConf.select(cfg, "data.image_size", default=None)
-    if isinstance(size, int) and not isinstance(size, bool):
+    if is_whole(size):
         check_same_padding(build(cfg.distill.teacher.model, what="distill.teacher.model"),
                            build(cfg.model, what="model"), (size, size))
 

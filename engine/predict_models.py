@@ -13,8 +13,6 @@ preprocess alike (they differ only in where their data is and how it is split).
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -30,6 +28,7 @@ from lightning_modules.base import build
 from lightning_modules.checkpoints import (CheckpointError, file_net_cfg, load_checkpoint, load_strict, net_state,
                                           one_line)
 from lightning_modules.errors import ConfigError
+from lightning_modules.kinds import is_number, is_whole
 from lightning_modules.targets import check_data_target, check_targets
 
 #: ``(weights file, its state, the run config, the run folder it came from) -> state`` with what the file lacks
@@ -203,23 +202,15 @@ def _plain_value(value):
     return [str(v) for v in value]
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 #: the hyper-parameters predict reads from a checkpoint, and what each must be (None: not stored)
 _HPARAM_CHECKS: dict[str, tuple[str, Any]] = {
-    "num_classes": ("an int >= 1", lambda v: _whole(v) and v >= 1),
+    "num_classes": ("an int >= 1", lambda v: is_whole(v) and v >= 1),
     "class_names": ("a list of names", lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)),
-    "fg_threshold": ("a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
+    "fg_threshold": ("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1),
     "eval_slices": ("a string", lambda v: isinstance(v, str)),
-    "overlap": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
-    "nsd_tolerance_mm": ("a number >= 0", lambda v: _number(v) and v >= 0),
-    "roi_size": ("a list of sizes >= 1", lambda v: isinstance(v, (list, tuple)) and all(_whole(x) and x >= 1 for x in v)),
+    "overlap": ("a number in [0, 1)", lambda v: is_number(v) and 0 <= v < 1),
+    "nsd_tolerance_mm": ("a number >= 0", lambda v: is_number(v) and v >= 0),
+    "roi_size": ("a list of sizes >= 1", lambda v: isinstance(v, (list, tuple)) and all(is_whole(x) and x >= 1 for x in v)),
 }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.errors import ConfigError
+from lightning_modules.kinds import is_number, is_whole
 
 __all__ = ["SCALARS", "check_scalars"]
 
@@ -58,8 +59,7 @@ KD_NUMBERS: dict[str, str] = {"beta": "float", "lam": "float", "weight": "float"
 
 def _problem(kind: str, low: float, value: Any) -> str | None:
     """Why ``value`` is not a ``kind`` >= ``low``, or None when it is."""
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    is_num = is_int or (isinstance(value, float) and not isinstance(value, bool))
+    is_int, is_num = is_whole(value), is_number(value)
     if kind == "int":
         return None if is_int and value >= low else f"must be an integer >= {int(low)}"
     if kind == "float":
@@ -79,7 +79,7 @@ def check_scalars(cfg: DictConfig) -> None:
     """One :class:`ConfigError` line naming the first key of :data:`SCALARS` whose value is of the wrong
     type or out of range."""
     seed = OmegaConf.select(cfg, "seed", default=None, throw_on_resolution_failure=False)
-    if "seed" in cfg and (seed is None or isinstance(seed, int) and not isinstance(seed, bool) and seed > SEED_MAX):
+    if "seed" in cfg and (seed is None or is_whole(seed) and seed > SEED_MAX):
         # a review: seed=null was a TypeError in a datamodule, 2**40 a ValueError in seed_everything
         raise ConfigError(f"seed={seed!r} must be an integer in [0, {SEED_MAX}] (every run is seeded)")
     for key, (kind, low) in SCALARS.items():

@@ -37,6 +37,7 @@ from engine.predict_images import (check_image_label_sizes, is_image, plan_image
 from datamodules.errors import DataError
 from lightning_modules import targets
 from lightning_modules.inference import VolumePredictor
+from lightning_modules.kinds import is_whole
 
 
 
@@ -56,7 +57,7 @@ def tta_axes(tta: Any, dims: int) -> tuple[int, ...]:
     if tta in (None, False):
         return ()
     axes = list(tta) if isinstance(tta, (list, tuple, ListConfig)) else None
-    if axes is None or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < dims for a in axes) \
+    if axes is None or not all(is_whole(a) and 0 <= a < dims for a in axes) \
             or len(set(axes)) != len(axes):  # a walkthrough: [0, 0] was a torch traceback
         raise ConfigError(f"tta={tta!r} must be true, false or a list of distinct spatial axes in 0..{dims - 1} "
                           f"(the checkpoint's net is {dims}D)")

@@ -39,6 +39,7 @@ from experiments.run_folder import set_aside
 from engine.run_files import (MAX_RUN_FILE_BYTES, as_number, csv_text, debug_run, md_code, md_text, plain_text,
                               run_config, run_json)
 from experiments.report_overrides import MAX_OVERRIDE_CHARS, MAX_OVERRIDES, overrides_beyond_caps, run_overrides
+from lightning_modules.kinds import is_whole
 
 #: the columns a report shows by default, those present in the runs (surface metrics and the best validation
 #: score, what a sweep selects on, included: a walkthrough missed them)
@@ -261,7 +262,7 @@ def seeds_counted_twice(runs: list[Path], siblings: list[Path] = ()) -> list[str
     seeds: dict[str, list] = defaultdict(list)
     for run in runs:
         seed = run_config(run).get("seed")
-        if isinstance(seed, int) and not isinstance(seed, bool):
+        if is_whole(seed):
             seeds[labels[run]].append(seed)
     return [f"{m}: seed(s) {', '.join(str(x) for x in sorted({x for x in v if v.count(x) > 1}))}"
             for m, v in sorted(seeds.items()) if len(set(v)) < len(v)]

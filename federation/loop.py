@@ -31,6 +31,7 @@ from federation.records import (best_of_rounds, close_loggers, fmt, log_image, l
                                 log_test_media, matrix_scalars, rounds_table, test_overlays, write_rounds_csv)
 from federation.server import SERVER_CKPT, Server
 from federation.server_state import load_global_weights, save_atomic
+from lightning_modules.kinds import is_whole
 
 __all__ = ["run_federation", "FederationError", "SERVER_CKPT"]
 
@@ -76,7 +77,7 @@ def _rounds_and_finish(server: Server) -> dict[str, Any]:
     if server.partition_png is not None and server.start_round == 0:
         log_image(server.loggers, "fed/partition", server.partition_png)
     per = fed.get("clients_per_round")
-    if isinstance(per, int) and not isinstance(per, bool) and per > len(server.client_ids):
+    if is_whole(per) and per > len(server.client_ids):
         log.warning("federation.clients_per_round=%d but the federation has %d clients: every client trains in "
                     "every round", per, len(server.client_ids))
     fdr = server.cfg.trainer.get("fast_dev_run") if is_debug(server.cfg) else None

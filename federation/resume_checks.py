@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from federation.errors import FederationError
+from lightning_modules.kinds import is_whole
 
 __all__ = ["check_server_state", "check_model_entries", "check_client_data", "check_strategy_state",
            "check_resumed_local", "store_dir_inside", "BEFORE"]
@@ -26,7 +27,7 @@ AFRESH = "delete it, or the run dir, to start the federation afresh"
 
 
 def _int(v: Any, lo: int = 0, hi: int | None = None) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
+    return is_whole(v) and v >= lo and (hi is None or v <= hi)
 
 
 def _num(v: Any) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from lightning_modules.atomic import save_torch
+from lightning_modules.kinds import is_whole
 from federation.resume_checks import check_server_state
 
 __all__ = ["save_atomic", "load_server_state", "load_global_weights", "rng_state", "set_rng_state"]
@@ -61,7 +62,7 @@ def _tensor_dict(value: Any) -> bool:
 
 #: what each server.pt entry must be before the server uses it (a crafted file is one line, not a TypeError)
 _SERVER_TYPES = {
-    "round": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "round": lambda v: is_whole(v) and v >= 0,
     "global": lambda v: _tensor_dict(v) and bool(v),
     "strategy": lambda v: isinstance(v, dict),
     "history": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from federation.transports import executor_kind
+from lightning_modules.kinds import is_number
 
 __all__ = ["PRIVACY", "check_flower_privacy", "check_secagg", "privacy_line", "check_dp_statistics", "dp_problem",
            "check_dp_metrics"]
@@ -26,8 +27,7 @@ def _number(key: str, value: Any, low: float, low_ok: bool = False, high: float 
 
     if value is None and allow_none:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    ok = ok and (value >= low if low_ok else value > low) and (high is None or value < high)
+    ok = is_number(value, allow_inf=True) and (value >= low if low_ok else value > low) and (high is None or value < high)
     if not ok:
         bound = f"{'>=' if low_ok else '>'} {low:g}" if high is None else f"in ({low:g}, {high:g})"
         raise ConfigError(f"{key}={value}: must be a number {bound}" + (" or null" if allow_none else ""))
