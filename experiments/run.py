@@ -41,7 +41,7 @@ from engine.run_match import holds_run, interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
 from experiments.run_folder import (checked_resume_problem, first_start, not_resumable_line, resumable,  # noqa: E402
-                                    set_aside_results, slurm_restarts)
+                                    set_aside_run, slurm_restarts)
 
 log = logging.getLogger("experiments.run")
 
@@ -116,10 +116,10 @@ def main(cfg: DictConfig) -> float | None:
     try:
         fresh = cfg.get("resume") in (None, False, "false") or (cfg.get("resume") in (True, "true")
                                                                    and not holds_run(out))  # nothing to continue
-        if fresh and first_start():  # a new run: not the earlier run's results
-            moved = set_aside_results(out)
+        if fresh and first_start():  # a new run: nothing of the earlier run's is continued, reused or mixed in
+            moved = set_aside_run(out, OmegaConf.select(cfg, "federation.store_dir", default=None))
             if moved is not None:
-                log.warning("%s held an earlier run's results: moved to %s", out, moved)
+                log.warning("%s held an earlier run: its files are moved to %s", out, moved)
         check_dimensions(cfg, dict(HydraConfig.get().runtime.choices))
         check_task(cfg, dict(HydraConfig.get().runtime.choices))
         check_scalars(cfg)

@@ -161,28 +161,51 @@ def first_start() -> bool:
     return slurm_restarts() == 0 and all(r.strip() in ("", "0") for r in ranks)
 
 
-#: what says a run finished (or failed) and what its report reads: a new run in the folder moves them aside
+#: what says a run finished (or failed) and what its report reads
 RESULT_FILES = ("metrics.json", "failed.json", "test_per_case.csv")
-EARLIER = "earlier"  # <run>/earlier/<time>/: results a later run in that folder moved aside (no run of their own)
+#: what a run writes at the top of its run dir: results, training state, logs, figures and stages. A new run in
+#: the folder moves them aside, so nothing of the earlier run is continued, reused or mixed with its own (Hydra's
+#: ``.hydra/`` and job log, and ``config.yaml``, are the next run's to rewrite).
+RUN_ARTEFACTS = RESULT_FILES + (
+    "checkpoints", "csv", "wandb", "wandb_id.txt", "wandb_identity.json", "env.json",  # every run
+    "learning_curves.png", "test_roc.png", "test_overlays.png", "confusion_matrix_test.png",
+    "teacher", "student.pt", "teacher.pt", "kd_maps.png",  # a distillation
+    "server.pt", "global_best.pt", "global_final.pt", "global_best_local.pt", "best_local", "client_store",
+    "rounds.csv", "partition.json", "partition.md", "partition.png", "fed_curves.png", "fed_compare.png",
+    "evaluation_matrix.csv", "evaluation_matrix.md",  # a federation (its flower/ stays: the launcher stops what a
+    # killed launch of the folder left running by its launcher.json, and refuses while that launcher lives)
+    "sites", "teacher_local", "hlfd_local", "hlfd_fed", "none", "fed_none", "fed_hlfd",  # a federated distillation
+    "fed_distill.csv", "fed_distill.md", "fed_distill.png")
+EARLIER = "earlier"  # <run>/earlier/<time>/: what a later run in that folder moved aside (no run of their own)
 
 
 _STAMP = re.compile(r"\d{8}-\d{6}(-\d+)?")
 
 
 def set_aside(path: Path) -> bool:
-    """Whether ``path`` (a result file) lies in a run's ``earlier/<time>/`` (:func:`set_aside_results`): not any
-    folder named ``earlier`` (a review: every job of a sweep under ``.../earlier/`` was left out of reports)."""
-    holder, run = path.parent, path.parent.parent.parent
-    return (path.parent.parent.name == EARLIER and bool(_STAMP.fullmatch(holder.name))
-            and ((run / ".hydra").is_dir() or (run / "config.yaml").is_file()))
+    """Whether ``path`` (a result file, also one of a stage: ``teacher/metrics.json``) lies in a run's
+    ``earlier/<time>/`` (:func:`set_aside_run`): not any folder named ``earlier`` (a review: every job of a sweep
+    under ``.../earlier/`` was left out of reports)."""
+    for holder in path.parents:
+        run = holder.parent.parent
+        if holder.parent.name == EARLIER and _STAMP.fullmatch(holder.name) and (
+                (run / ".hydra").is_dir() or (run / "config.yaml").is_file()):
+            return True
+    return False
 
 
-def set_aside_results(run: Path) -> Path | None:
-    """Move an earlier run's :data:`RESULT_FILES` from ``run`` into ``run/earlier/<UTC time>/`` and return that
-    folder (None: nothing to move). A review: a second run started in a pinned ``hydra.run.dir`` and killed left
-    the first run's ``metrics.json`` beside its own config, so experiments.report showed the 1-epoch D-Net's
-    score as a finished 40-epoch U-Net."""
-    found = [run / name for name in RESULT_FILES if (run / name).is_file() and not (run / name).is_symlink()]
+def set_aside_run(run: Path, store_dir: Any = None) -> Path | None:
+    """Move an earlier run's :data:`RUN_ARTEFACTS` (and its federation's ``store_dir``, when a name inside ``run``)
+    from ``run`` into ``run/earlier/<UTC time>/`` and return that folder (None: nothing to move). Reviews: a second
+    run started in a pinned ``hydra.run.dir`` and killed left the first run's ``metrics.json`` beside its own config
+    (experiments.report showed a 1-epoch D-Net's score as a finished 40-epoch U-Net); one that finished appended its
+    rows to the first's ``csv/metrics.csv``, logged into the first's W&B run, and left the first's
+    ``checkpoints/best.ckpt`` beside its own ``best-v1.ckpt``; a federated distillation reused the first run's
+    finished stages whatever its own settings."""
+    names = list(RUN_ARTEFACTS)
+    if isinstance(store_dir, str) and store_dir and Path(store_dir).name == store_dir and store_dir not in names:
+        names.append(store_dir)
+    found = [run / name for name in names if (run / name).is_file() or (run / name).is_dir()]
     if not found:
         return None
     import time
@@ -200,8 +223,5 @@ def set_aside_results(run: Path) -> Path | None:
 
 
 def earlier_run(run: Path) -> str | None:
-    """What in ``run`` says a run trained there already (its metrics, a checkpoint, its W&B id), or None."""
-    for name in ("metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "server.pt", "wandb_id.txt"):
-        if (run / name).is_file():
-            return name
-    return None
+    """What in ``run`` says a run ran there already (the first of :data:`RUN_ARTEFACTS` found), or None."""
+    return next((name for name in RUN_ARTEFACTS if (run / name).exists()), None)

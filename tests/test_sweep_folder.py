@@ -65,16 +65,62 @@ def test_a_new_run_in_a_used_run_dir_moves_the_earlier_results_aside(tmp_path):
     assert len(list((run / "earlier").glob("*/metrics.json"))) == 1
 
 
+def test_a_new_run_in_a_used_run_dir_starts_afresh(tmp_path):
+    """A review: a second run in a pinned ``hydra.run.dir`` that finished appended its rows to the first run's
+    ``csv/metrics.csv`` (its learning curve showed both runs' epochs), logged into the first's W&B run
+    (``wandb_id.txt``) and left the first's ``checkpoints/best.ckpt`` beside its own ``best-v1.ckpt`` (predict on
+    ``best.ckpt`` took the first run's model). All of the first run's files are in ``earlier/<time>/`` now."""
+    run = tmp_path / "run"
+    args = ["+exp=digits_cnn", "logger=csv", "trainer.max_epochs=1", "++trainer.limit_train_batches=2",
+            "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1", "model.width=4",
+            f"hydra.run.dir={run}", f"paths.root_dir={tmp_path}"]
+    assert run_in_process("experiments.run", args, ROOT).returncode == 0
+    (run / "wandb_id.txt").write_text("firstrun0001\n")  # as a W&B logger leaves it
+    rows = (run / "csv" / "metrics.csv").read_text().splitlines()
+    first_best = (run / "checkpoints" / "best.ckpt").read_bytes()
+    second = run_in_process("experiments.run", args, ROOT)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "its files (checkpoints, logs, results, W&B id) are moved to earlier/<time>/" in second.stderr
+    (earlier,) = (run / "earlier").iterdir()
+    assert (earlier / "csv" / "metrics.csv").read_text().splitlines() == rows
+    assert (run / "csv" / "metrics.csv").read_text().splitlines()[1:] != [] and len(
+        (run / "csv" / "metrics.csv").read_text().splitlines()) == len(rows)  # its own rows only
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert (earlier / "checkpoints" / "best.ckpt").read_bytes() == first_best
+    assert (earlier / "wandb_id.txt").is_file() and not (run / "wandb_id.txt").exists()
+    assert (run / "metrics.json").is_file() and (earlier / "metrics.json").is_file()
+
+
+def test_every_stage_of_an_earlier_run_is_set_aside(tmp_path):
+    """A review: a federated distillation reused the finished stages (``teacher/``, the arms) of an earlier run in
+    its folder whatever its own settings; a federation's client store under a name of its own is moved as well.
+    What the next run rewrites (``.hydra/``, ``config.yaml``, its log) and what no run writes stay."""
+    from experiments.run_folder import earlier_run, set_aside, set_aside_run
+
+    run = tmp_path / "run"
+    for rel in (".hydra/config.yaml", "config.yaml", "run.log", "notes.txt", "teacher/metrics.json",
+                "fed_hlfd/metrics.json", "sites/a/teacher_fed.pt", "my_store/c0.pt", "server.pt"):
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text("x")
+    assert earlier_run(run) == "teacher"
+    moved = set_aside_run(run, store_dir="my_store")
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "config.yaml", "earlier", "notes.txt", "run.log"]
+    assert sorted(p.name for p in moved.iterdir()) == ["fed_hlfd", "my_store", "server.pt", "sites", "teacher"]
+    assert set_aside(moved / "teacher" / "metrics.json") and set_aside(moved / "sites" / "a" / "teacher_fed.pt")
+    assert not set_aside(run / "teacher" / "metrics.json")
+    assert set_aside_run(run, store_dir="../elsewhere") is None and earlier_run(run) is None
+
+
 def test_only_a_runs_own_earlier_folder_is_set_aside(tmp_path):
     """The review of that fix: any folder named ``earlier`` was skipped, so every job of a sweep under
     ``.../earlier/`` was left out of reports without a word."""
-    from experiments.run_folder import set_aside, set_aside_results
+    from experiments.run_folder import set_aside, set_aside_run
 
     run = tmp_path / "earlier" / "run1"
     (run / ".hydra").mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
     assert not set_aside(run / "metrics.json") and not set_aside(tmp_path / "multirun" / "earlier" / "0" / "m.json")
-    moved = set_aside_results(run)
+    moved = set_aside_run(run)
     assert set_aside(moved / "metrics.json") and moved.parent == run / "earlier"
 
 
