@@ -217,13 +217,17 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str],
           contexts: dict[str, str] | None = None, goal_keys: dict[str, str] | None = None) -> tuple[str, str]:
     """Markdown and CSV tables: mean ± std (population, over seeds) per method and key; the best mean per
     column in bold (within each experiment of ``contexts``), every method tied with it at the 4 digits shown
-    too. One run has no spread: the CSV's ``_std`` cell is empty, not 0."""
+    too. One run has no spread: the CSV's ``_std`` cell is empty, not 0. A method whose key is missing in some of its
+    runs (``(n=k)``) is not ranked in that column (a review: a method whose other seeds gave NaN took the bold with
+    its one finite seed)."""
     contexts = contexts or {}
+    runs_of = {m: max((len(v) for v in vals.values()), default=0) for m, vals in groups.items()}
     best: dict[str, set[str]] = {}
     for key in keys:
         best[key] = set()
         for context in set(contexts.get(m, "") for m in groups):
-            means = {m: np.mean(v[key]) for m, v in groups.items() if v.get(key) and contexts.get(m, "") == context}
+            means = {m: np.mean(v[key]) for m, v in groups.items()
+                     if v.get(key) and len(v[key]) == runs_of[m] and contexts.get(m, "") == context}
             if means and not unranked(key):
                 named = (goal_keys or {}).get(key, key)  # the metric a column holds
                 pick = min if goal(named) == "min" or key.endswith("_std") else max
@@ -235,7 +239,7 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str],
     writer = csv.writer(buf)
     writer.writerow(["method", "n", *[csv_text(c) for k in keys for c in (f"{k}_mean", f"{k}_std")]])
     for method, vals in sorted(groups.items(), key=lambda mv: (contexts.get(mv[0], ""), mv[0])):
-        n = max((len(v) for v in vals.values()), default=0)
+        n = runs_of[method]
         cells, row = [], [method, n]
         for key in keys:
             v = vals.get(key, [])
@@ -247,7 +251,7 @@ def table(groups: dict[str, dict[str, list[float]]], keys: list[str],
             cell = f"{mean:.4f} ± {std:.4f}" if len(v) > 1 else f"{mean:.4f}"  # one run: no spread to show
             cell = f"**{cell}**" if method in best.get(key, ()) else cell
             # a review: a metric missing (NaN, e.g. HD95 with no lesion) in some runs was averaged over the others
-            # under the method's full n, and could take the bold from its worst run's absence
+            # under the method's full n (it is not ranked either, above)
             cells.append(cell if len(v) == n else f"{cell} (n={len(v)})")
             row += [f"{mean:.6f}", f"{std:.6f}" if len(v) > 1 else ""]
         row[0] = csv_text(method)  # labels come from run folders: no spreadsheet formula
@@ -380,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         md += "\nmean ± std over a method's runs (population std, numpy's ddof=0; best mean in bold).\n"
     if any(0 < len(vals.get(k, [])) < max(map(len, vals.values())) for vals in groups.values() for k in ordered):
         md += ("\n(n=k): the metric is missing (NaN or absent) in the method's other runs; its mean and std are over "
-               "those k runs only.\n")
+               "those k runs only, and it is not ranked for the bold.\n")
     if len(set(contexts.values())) > 1:
         md += "\nThe runs are of several experiments (`+exp`, `data`): the best is bold within each, not across.\n"
     twice = seeds_counted_twice(runs, failed)

@@ -180,8 +180,10 @@ def test_runs_made_in_different_environments_are_said_to_be(tmp_path):
 def test_the_bold_best_is_the_lowest_surface_distance_and_the_highest_nsd():
     """Found by a walkthrough: the report bolded the *worst* HD95 (its lower-is-better list lacked it); one rule
     (callbacks.metric_goal) now serves the report and the W&B best-of summaries."""
-    groups = {"a": {"test/hd95": [3.0, 5.0], "test/nsd": [0.9], "test/hd95_tumor": [9.0], "fit_seconds": [5.0]},
-              "b": {"test/hd95": [9.0, 11.0], "test/nsd": [0.7], "test/hd95_tumor": [2.0], "fit_seconds": [9.0]}}
+    groups = {"a": {"test/hd95": [3.0, 5.0], "test/nsd": [0.9, 0.9], "test/hd95_tumor": [9.0, 9.0],
+                    "fit_seconds": [5.0, 5.0]},
+              "b": {"test/hd95": [9.0, 11.0], "test/nsd": [0.7, 0.7], "test/hd95_tumor": [2.0, 2.0],
+                    "fit_seconds": [9.0, 9.0]}}
     md, _ = report.table(groups, ["test/hd95", "test/nsd", "test/hd95_tumor", "fit_seconds"])
     row = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()[2:]}
     assert row["a"].count("**") == 6 and row["b"].count("**") == 2  # a: hd95, nsd, seconds; b: hd95_tumor
@@ -235,15 +237,17 @@ def _seeded(root: Path, name: str, overrides: list[str], metrics: dict) -> Path:
 
 def test_a_metric_missing_in_some_runs_says_over_how_many_it_is_averaged(tmp_path):
     """A review: a NaN metric (written null) was averaged over the other runs under the method's full n, and
-    took the bold from a method whose every run had it."""
+    took the bold from a method whose every run had it; a later review: with ``(n=2)`` shown, it still took it."""
     for seed, hd in ((1, 6.0), (2, 7.0), (3, None)):
         _seeded(tmp_path, f"a{seed}", ["model=a", f"seed={seed}"], {"test/dice": 0.5, "test/hd95": hd})
         _seeded(tmp_path, f"b{seed}", ["model=b", f"seed={seed}"], {"test/dice": 0.6, "test/hd95": 6.8})
     assert report.main([str(tmp_path), "--keys", "test/dice", "test/hd95"]) == 0
     md = (tmp_path / "report.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| model=a"))
-    assert "6.5000 ± 0.5000** (n=2)" in row and "| 3 |" in row, row
-    assert "(n=k): the metric is missing" in md
+    assert "| 6.5000 ± 0.5000 (n=2) |" in row and "| 3 |" in row, row
+    other = next(line for line in md.splitlines() if line.startswith("| model=b"))
+    assert "**6.8000 ± 0.0000**" in other, other
+    assert "(n=k): the metric is missing" in md and "not ranked for the bold" in md
 
 
 def test_a_seed_rerun_with_another_logger_is_the_same_method(tmp_path):
