@@ -27,7 +27,9 @@ from rich.table import Table
 
 from datamodules.medmnist import DECATHLON, MEDMNIST_INFO, medmnist_info
 from engine.artifacts import atomic_write_text, console, fmt
-from experiments.report import debug_run, json_object, run_config, run_overrides
+from engine.run_files import debug_run, run_config
+from experiments.report_overrides import run_overrides
+from experiments.report_runs import json_object
 
 #: Paper 002, Table 2, test (AUC, ACC) of the ResNet baselines at resolutions 28 and 224, transcribed from the paper
 #: text (``../shared/papers/002_f37f0d617c9b1b40.txt``; its rows: R18 (28), R18 (224), R50 (28), R50 (224), ...).

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from engine.artifacts import atomic_write_text
-from experiments.report import debug_run, json_object, run_config
+from engine.run_files import as_number, csv_text, debug_run, md_text, plain_text, run_config
+from experiments.report_runs import json_object
 from experiments.run_folder import set_aside
-from engine.run_files import as_number, csv_text, md_text, plain_text
 
 #: paper 001 Table 1 ("Quantitative Results (beta=0.9 and lambda=0.1)"), transcribed from the paper text:
 #: method -> dataset -> (DSC mean, DSC std, RVD). Pixel KD and AT are not in the paper's table (blank).
