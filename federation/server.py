@@ -45,8 +45,8 @@ from federation.core.sampling import clients_per_round, sample_clients
 from federation.core.strategies import Strategy
 from federation.core.strategies.base import MissingFromUpdates
 from federation.errors import FederationError
-from federation.plan import (check_federation_config, check_teacher_given, split_clients,
-                             write_partition_report)
+from federation.partition_files import write_partition_report
+from federation.plan import check_federation_config, check_teacher_given, split_clients
 from federation.runner import best_local_store, build_strategy, eval_trainer, quiet_lightning, register_base
 from federation.resume_checks import check_model_entries, check_resumed_local, check_strategy_state
 from federation.server_state import load_server_state, rng_state, save_atomic, set_rng_state

@@ -9,7 +9,7 @@ from federation.core.partition import (
     FeatureShift, by_group, dirichlet, feature_skew_params, iid, label_mask, mask_unannotated,
     partial_label_sets, partition_report, pathological, quantity_skew,
 )
-from federation.plan import plot_partition
+from federation.partition_files import plot_partition
 
 LABELS = np.repeat(np.arange(10), 100)  # 10 classes x 100 samples
 
@@ -273,7 +273,7 @@ def test_multi_label_samples_without_a_finding_are_their_own_partition_label(tmp
     (ChestMNIST's majority) was partitioned and reported as label 0. It is now its own bucket, ``L``, named
     "no finding" in the partition report."""
     from datamodules.subset import sample_labels
-    from federation.plan import write_partition_report
+    from federation.partition_files import write_partition_report
 
     class MultiLabel:
         targets = np.array([[0, 0, 0], [0, 1, 1], [1, 0, 0], [0, 0, 0], [0, 0, 1]], np.float32)

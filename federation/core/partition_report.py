@@ -1,5 +1,5 @@
 """The partition report: per-client class histogram as a Markdown table and EMD statistics (the PNG is drawn
-by :func:`federation.plan.plot_partition`, outside the core: the core writes no files)."""
+by :func:`federation.partition_files.plot_partition`, outside the core: the core writes no files)."""
 from __future__ import annotations
 
 from typing import Sequence
