@@ -7,9 +7,7 @@ behind; each prediction is written atomically.
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,8 +26,8 @@ from lightning_modules.atomic import atomic_output
 from lightning_modules.errors import ConfigError
 from lightning_modules.inference import VolumePredictor
 from lightning_modules.metrics import case_scores, confusion_matrix, surface_scores, summarise
-from engine.artifacts import atomic_write_text
 from engine.predict_models import Models, load_models  # noqa: F401 - predict loads its nets there
+from engine.predict_output import PREDICT_SIGNATURE, refuse_input_folder, refuse_overwrite
 
 _NII = re.compile(r"\.nii(\.gz)?$")
 _CHANNEL = re.compile(r"^(.+)_(\d{4})$")
@@ -196,93 +194,6 @@ def _layout_plan(src: Path, out: Path, lab: Path | None, layout: str) -> list[Pr
     refuse_input_folder(out, [src, lab])
     refuse_overwrite([c.output for c in cases], [p for c in cases for p in (*c.images, c.label) if p is not None])
     return cases
-
-
-def refuse_overwrite(outputs: Sequence[Path], sources: Sequence[Path]) -> None:
-    """One line if an output would replace an input image or label (``output=`` the input folder)."""
-    taken = {p.resolve(): p for p in sources}
-    for out in outputs:
-        if out.resolve() in taken:
-            raise ConfigError(f"output {out} would overwrite the input {taken[out.resolve()]}: "
-                              f"choose another output file or folder")
-
-
-def refuse_input_folder(out: Path, folders: Sequence[Path | None]) -> None:
-    """One line if the folder of inputs or of labels (``folders``: input, labels) would receive the predictions
-    (``input=images/ output=images/``): they would sit among the inputs, and the next run over that folder would
-    take them for inputs."""
-    for folder, name in zip(folders, ("input", "labels")):
-        if folder is not None and out.resolve() == folder.resolve():  # a walkthrough: labels= was called "input"
-            raise ConfigError(f"output={out} is the {name} folder {folder}: write the predictions to another folder")
-
-
-def check_writable(folder: Path) -> None:
-    """Create ``folder`` and probe it with a temp file; a one-line ConfigError otherwise."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise ConfigError(f"output folder {folder} is not writable ({type(err).__name__}: "
-                          f"{err.strerror or err})") from None
-
-
-#: written into a folder predict writes predictions to: files there are predict's own, safe to overwrite
-PREDICT_MARKER = ".fedmed-predict"
-#: what predict writes into its NIfTI headers (``descrip``) and PNG text chunks ("Software"): a single output
-#: file holding it is predict's own, safe to overwrite
-PREDICT_SIGNATURE = "fedmed predict"
-
-
-def written_by_predict(path: Path) -> bool:
-    """Whether ``path`` is a segmentation predict wrote (its signature in the NIfTI header or PNG text)."""
-    try:
-        if is_nifti(path):
-            return bytes(nib.load(str(path)).header["descrip"]).rstrip(b"\0").decode(errors="replace") \
-                == PREDICT_SIGNATURE
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return im.info.get("Software") == PREDICT_SIGNATURE
-    except Exception:  # noqa: BLE001 - unreadable: not known to be predict's
-        return False
-
-
-def claim_output_file(path: Path, overwrite: bool) -> None:
-    """One line if the single output file exists and predict did not write it (a verification: a copy of the
-    ground truth given as ``output=`` was replaced), unless ``overwrite``."""
-    if path.exists() and not overwrite and not written_by_predict(path):
-        raise ConfigError(f"output={path} already exists and no predict wrote it; give another file, or "
-                          f"overwrite=true")
-
-
-def claim_output_folder(folder: Path, outputs: Sequence[Path], overwrite: bool) -> None:
-    """Before anything goes into ``folder``: refuse (one line) to overwrite files that no predict wrote there,
-    unless ``overwrite`` (a walkthrough: ``output=labelsTs/`` silently replaced the ground truth, as nnU-Net's
-    predict would too). :func:`mark_output_folder` marks it as predict's when the first prediction is written,
-    so a rerun may overwrite its own files."""
-    existing = [p for p in outputs if p.exists() and not written_by_predict(p)]
-    if existing and not overwrite and not (folder / PREDICT_MARKER).is_file():
-        raise ConfigError(f"output={folder} already holds {len(existing)} file(s) this predict would overwrite "
-                          f"(e.g. {existing[0].name}) that no predict wrote; give another folder, or "
-                          f"overwrite=true")
-
-
-def mark_output_folder(folder: Path) -> None:
-    if not (folder / PREDICT_MARKER).is_file():
-        atomic_write_text(folder / PREDICT_MARKER, "predictions written here by python -m experiments.predict\n")
-
-
-def remove_if_left_empty(folders: Sequence[Path]) -> None:
-    """The output folders this predict created, removed when a failure left them empty (a verification: a bad
-    label value stopped the run after the folder was made)."""
-    for folder in folders:
-        try:
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        except OSError:
-            pass
 
 
 def predict_case(case: PredictCase, dm, predictor: VolumePredictor, threshold: float | None,

@@ -22,7 +22,7 @@ from PIL import Image
 from datamodules.collate import pad_as_batched
 from datamodules.errors import DataError
 from datamodules.folder2d import EXTENSIONS, strip_suffix
-from engine.predict import PREDICT_SIGNATURE, refuse_input_folder, refuse_overwrite
+from engine.predict_output import PREDICT_SIGNATURE, refuse_input_folder, refuse_overwrite
 from lightning_modules.atomic import atomic_output
 from lightning_modules.errors import ConfigError
 from lightning_modules.inference import VolumePredictor

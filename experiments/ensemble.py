@@ -13,7 +13,7 @@ from rich.progress import Progress
 
 from engine.ensemble import check_ensemble, ensemble_case, plan_ensemble
 from engine.errors import ConfigError
-from engine.predict import check_writable, claim_output_folder, mark_output_folder
+from engine.predict_output import check_writable, claim_output_folder, mark_output_folder
 from experiments.config_help import exit_with_help_if_asked
 from experiments.hydra_checks import run_cli, user_command
 
