@@ -6,7 +6,9 @@ per volume with MONAI's ``RandCropByPosNegLabeld`` -- foreground-centred and bac
 in the ratio ``pos:neg`` (paper 003 §3: "the sample rate of foreground patches and background patches
 are equal", 96^3 patches) -- plus random flips; validation and test see whole volumes (batch size 1),
 segmented by the module's Gaussian sliding window.
-Batches: ``image`` float32 ``[B, C, H, W, D]``, ``mask`` int64 ``[B, H, W, D]``, ``case_id``, ``spacing``.
+Batches: ``image`` float32 ``[B, C, H, W, D]``, ``mask`` ``[B, H, W, D]`` (int64 patches; whole volumes as the
+smallest integer type that holds their labels, :func:`compact_labels`, widened on the device by the module),
+``case_id``, ``spacing``.
 The datamodule says how its items are batched (:mod:`datamodules.loaders`): training items (lists of
 patches) through :func:`flatten_collate`, whole volumes one per batch, and ``train_eval_dataset()`` the
 training cases as whole volumes (client validation splits carved from training cases, federation).
@@ -104,9 +106,17 @@ class WholeVolumeDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         case = self.cases[i]
         img, lab = _volume(case, self.label_fn)
-        return {"image": torch.from_numpy(img), "mask": torch.from_numpy(lab.astype(np.int64)),
+        return {"image": torch.from_numpy(img), "mask": torch.from_numpy(compact_labels(lab)),
                 "case_id": case.case_id, "spacing": torch.tensor(case.spacing, dtype=torch.float32),
                 "pad_value": torch.tensor(self.pad_value)}
+
+
+def compact_labels(lab: np.ndarray) -> np.ndarray:
+    """``lab`` as uint8 when every value fits (classes below 255 and the ignore label 255), else int32: a whole CT
+    volume's mask as int64 was 8 of an evaluation item's 12 bytes a voxel in every loader worker and host-to-device
+    copy; :meth:`lightning_modules.base.BaseModule.on_after_batch_transfer` widens it to int64 on the device."""
+    fits = lab.size == 0 or (int(lab.min()) >= 0 and int(lab.max()) <= 255)
+    return lab.astype(np.uint8 if fits else np.int32, copy=False)
 
 
 def flatten_collate(batch: list[list[dict]]) -> dict[str, Any]:

@@ -187,6 +187,14 @@ class BaseModule(pl.LightningModule):
         self.monitor = monitor
         self._loss_terms: dict[str, LossTerm] = {}
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A ``mask`` sent narrow (a whole volume's labels as uint8, :func:`datamodules.patches3d.compact_labels`)
+        as int64 on the device, as the losses and metrics take class indices."""
+        mask = batch.get("mask") if isinstance(batch, dict) else None
+        if isinstance(mask, torch.Tensor) and not mask.is_floating_point() and mask.dtype != torch.long:
+            batch["mask"] = mask.long()
+        return batch
+
     # ------------------------------------------------------------------ extra loss terms
     def add_loss_term(self, name: str, fn: LossTerm) -> None:
         """Register ``fn(module) -> scalar`` to be added to the training loss (e.g. FedProx's proximal term)."""

@@ -28,7 +28,11 @@ def test_patches_foreground_oversampling_and_vae_loss(tmp_path):
     assert sum(fg) >= 3
     whole = dm.test_dataset[0]
     assert whole["image"].ndim == 4 and np.allclose(whole["spacing"].numpy(), 1.0, atol=0.05)  # ~1 mm grid
+    # a whole volume's labels travel as uint8 (int64 was 8 of its 12 bytes a voxel) and the module widens them
+    assert whole["mask"].dtype == torch.uint8 and batch["mask"].dtype == torch.int64
     module = build_module(cfg)
+    sent = {"image": whole["image"][None], "mask": whole["mask"][None]}
+    assert module.on_after_batch_transfer(sent, 0)["mask"].dtype == torch.int64
     module.train()
     loss = module.training_step(batch, 0)
     aux = module.net.auxiliary_losses()
