@@ -148,7 +148,7 @@ def save_png(labels: np.ndarray, path: Path) -> None:
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text("Software", PREDICT_SIGNATURE)  # a rerun may overwrite it (engine.predict.claim_output_file)
+    info.add_text("Software", PREDICT_SIGNATURE)  # a rerun may overwrite it (engine.predict_output.claim_output_file)
     with atomic_output(path, suffix=".png") as tmp:
         Image.fromarray(labels.astype(np.uint8)).save(tmp, format="PNG", pnginfo=info)
 

@@ -57,8 +57,8 @@ class WritableOutput(Callback):
             earlier = earlier_run(Path(str(config.hydra.run.dir))) if first_start() else None
             if earlier is not None:  # a review: a second run in a run dir mixed its CSV, W&B run and checkpoints
                 print(f"warning: hydra.run.dir={config.hydra.run.dir} holds an earlier run ({earlier}): its files "
-                      f"(checkpoints, logs, results, W&B id) are moved to earlier/<time>/ and this run starts afresh; "
-                      f"resume=true continues it instead", file=sys.stderr)
+                      f"(checkpoints, logs, results, W&B id; not a file this run's config names) are moved to "
+                      f"earlier/<time>/ and this run starts afresh; resume=true continues it instead", file=sys.stderr)
             return
         # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it
         bad = checked_resume_problem(Path(str(config.hydra.run.dir)), config)

@@ -244,7 +244,7 @@ def predict(cfg: DictConfig) -> dict:
 def _segment(cases, images: bool, dm, predictor: VolumePredictor, threshold, keep_prob: bool, class_names,
              tolerance_mm: float, marked: list[Path]) -> dict[str, dict]:
     """Segment (and score) every case, writing its outputs; ``marked``: folders marked as predict's once the
-    first output is written there (:func:`engine.predict.mark_output_folder`)."""
+    first output is written there (:func:`engine.predict_output.mark_output_folder`)."""
     per_case = {}
     with Progress() as progress:
         task = progress.add_task(f"segmenting {len(cases)} {'image' if images else 'volume'}(s)", total=len(cases))

@@ -117,7 +117,7 @@ def main(cfg: DictConfig) -> float | None:
         fresh = cfg.get("resume") in (None, False, "false") or (cfg.get("resume") in (True, "true")
                                                                    and not holds_run(out))  # nothing to continue
         if fresh and first_start():  # a new run: nothing of the earlier run's is continued, reused or mixed in
-            moved = set_aside_run(out, OmegaConf.select(cfg, "federation.store_dir", default=None))
+            moved = set_aside_run(out, cfg)
             if moved is not None:
                 log.warning("%s held an earlier run: its files are moved to %s", out, moved)
         check_dimensions(cfg, dict(HydraConfig.get().runtime.choices))

@@ -174,8 +174,7 @@ RUN_ARTEFACTS = RESULT_FILES + (
     "rounds.csv", "partition.json", "partition.md", "partition.png", "fed_curves.png", "fed_compare.png",
     "evaluation_matrix.csv", "evaluation_matrix.md",  # a federation (its flower/ stays: the launcher stops what a
     # killed launch of the folder left running by its launcher.json, and refuses while that launcher lives)
-    "sites", "teacher_local", "hlfd_local", "hlfd_fed", "none", "fed_none", "fed_hlfd",  # a federated distillation
-    "fed_distill.csv", "fed_distill.md", "fed_distill.png")
+    "sites", "fed_none", "fed_hlfd", "fed_distill.csv", "fed_distill.md", "fed_distill.png")  # a fed. distillation
 EARLIER = "earlier"  # <run>/earlier/<time>/: what a later run in that folder moved aside (no run of their own)
 
 
@@ -194,18 +193,24 @@ def set_aside(path: Path) -> bool:
     return False
 
 
-def set_aside_run(run: Path, store_dir: Any = None) -> Path | None:
-    """Move an earlier run's :data:`RUN_ARTEFACTS` (and its federation's ``store_dir``, when a name inside ``run``)
-    from ``run`` into ``run/earlier/<UTC time>/`` and return that folder (None: nothing to move). Reviews: a second
+def set_aside_run(run: Path, cfg: Any = None) -> Path | None:
+    """Move an earlier run's :data:`RUN_ARTEFACTS` (and its federation's ``federation.store_dir`` inside ``run``)
+    from ``run`` into ``run/earlier/<UTC time>/`` and return that folder (None: nothing moved). Reviews: a second
     run started in a pinned ``hydra.run.dir`` and killed left the first run's ``metrics.json`` beside its own config
     (experiments.report showed a 1-epoch D-Net's score as a finished 40-epoch U-Net); one that finished appended its
     rows to the first's ``csv/metrics.csv``, logged into the first's W&B run, and left the first's
     ``checkpoints/best.ckpt`` beside its own ``best-v1.ckpt``; a federated distillation reused the first run's
-    finished stages whatever its own settings."""
+    finished stages whatever its own settings. What ``cfg`` names (``ckpt_path=<run>/checkpoints/best.ckpt`` of a
+    test-only run in its own folder, a teacher trained there) stays, and nothing moves while a Flower launcher of
+    the folder still runs (it refuses the new run: the review of this change found both moved)."""
+    if _live_launcher(run):
+        return None
     names = list(RUN_ARTEFACTS)
-    if isinstance(store_dir, str) and store_dir and Path(store_dir).name == store_dir and store_dir not in names:
-        names.append(store_dir)
-    found = [run / name for name in names if (run / name).is_file() or (run / name).is_dir()]
+    store = OmegaConf.select(cfg, "federation.store_dir", default=None) if isinstance(cfg, DictConfig) else None
+    top = _top_name(Path(store), run, run) if isinstance(store, str) and store else None  # relative to the run
+    names += [top] if top and top not in names else []
+    kept = named_files(cfg, run) if isinstance(cfg, DictConfig) else set()
+    found = [run / name for name in names if name not in kept and ((run / name).is_file() or (run / name).is_dir())]
     if not found:
         return None
     import time
@@ -220,6 +225,47 @@ def set_aside_run(run: Path, store_dir: Any = None) -> Path | None:
     for f in found:
         os.replace(f, dest / f.name)
     return dest
+
+
+def _top_name(path: Path, run: Path, base: Path) -> str | None:
+    """The entry at the top of ``run`` that holds ``path`` (a relative one: below ``base``), or None outside it."""
+    try:
+        rel = (base / path).resolve().relative_to(run.resolve())  # an absolute path stays itself
+    except (ValueError, OSError, RuntimeError):
+        return None
+    return rel.parts[0] if rel.parts else None
+
+
+def named_files(cfg: DictConfig, run: Path) -> set[str]:
+    """The entries at the top of ``run`` holding a file the config names (``ckpt_path``, a teacher's ``ckpt``)."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except Exception:  # noqa: BLE001 - an interpolation that does not resolve: the checks report it later
+        plain = OmegaConf.to_container(cfg, resolve=False)
+    out: set[str] = set()
+    stack: list[Any] = [plain]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str) and 0 < len(node) < 4096 and ("/" in node or node.endswith((".ckpt", ".pt"))):
+            path = Path.cwd() / Path(node).expanduser()  # relative: to the working dir (Hydra does not change it)
+            top = _top_name(path, run, Path.cwd()) if path.is_file() else None
+            out |= {top} if top else set()
+    return out
+
+
+def _live_launcher(run: Path) -> bool:
+    """Whether a Flower launcher of ``run`` (or of a stage of it: ``teacher/``, ``fed_hlfd/``) still runs."""
+    folders = [run / "flower", *(p / "flower" for p in (run / n for n in ("teacher", "fed_none", "fed_hlfd")))]
+    records = [f for f in folders if (f / "launcher.json").is_file()]
+    if not records:
+        return False
+    from federation.transports.flower.launch import live_launcher
+
+    return any(live_launcher(f) is not None for f in records)
 
 
 def earlier_run(run: Path) -> str | None:

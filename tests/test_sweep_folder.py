@@ -80,7 +80,7 @@ def test_a_new_run_in_a_used_run_dir_starts_afresh(tmp_path):
     first_best = (run / "checkpoints" / "best.ckpt").read_bytes()
     second = run_in_process("experiments.run", args, ROOT)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert "its files (checkpoints, logs, results, W&B id) are moved to earlier/<time>/" in second.stderr
+    assert "its files (checkpoints, logs, results, W&B id; not a file this run's config names) are moved" in second.stderr
     (earlier,) = (run / "earlier").iterdir()
     assert (earlier / "csv" / "metrics.csv").read_text().splitlines() == rows
     assert (run / "csv" / "metrics.csv").read_text().splitlines()[1:] != [] and len(
@@ -103,12 +103,63 @@ def test_every_stage_of_an_earlier_run_is_set_aside(tmp_path):
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         (run / rel).write_text("x")
     assert earlier_run(run) == "teacher"
-    moved = set_aside_run(run, store_dir="my_store")
+    from omegaconf import OmegaConf
+
+    moved = set_aside_run(run, OmegaConf.create({"federation": {"store_dir": "my_store"}}))
     assert sorted(p.name for p in run.iterdir()) == [".hydra", "config.yaml", "earlier", "notes.txt", "run.log"]
     assert sorted(p.name for p in moved.iterdir()) == ["fed_hlfd", "my_store", "server.pt", "sites", "teacher"]
     assert set_aside(moved / "teacher" / "metrics.json") and set_aside(moved / "sites" / "a" / "teacher_fed.pt")
     assert not set_aside(run / "teacher" / "metrics.json")
-    assert set_aside_run(run, store_dir="../elsewhere") is None and earlier_run(run) is None
+    assert set_aside_run(run, OmegaConf.create({"federation": {"store_dir": "../elsewhere"}})) is None
+    assert earlier_run(run) is None
+
+
+def test_what_the_new_run_uses_or_a_live_launcher_holds_stays(tmp_path):
+    """The review of that change: a test-only run of the folder's own ``checkpoints/best.ckpt`` (``train=false
+    ckpt_path=...``, the documented command) found it moved away; a second launch moved a running Flower
+    rehearsal's ``server.pt`` and client store before its launcher refused it; a nested ``store_dir`` stayed."""
+    import json
+    import subprocess
+
+    from omegaconf import OmegaConf
+
+    from engine.run_match import holds_run
+    from experiments.run_folder import set_aside_run
+    from federation.transports.flower.launch import _started_at
+
+    run = tmp_path / "run"
+    for rel in ("checkpoints/best.ckpt", "csv/metrics.csv", "stores/x/c0.pt", "server.pt"):
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text("x")
+    cfg = OmegaConf.create({"ckpt_path": str(run / "checkpoints" / "best.ckpt"), "federation": {"store_dir": "stores/x"},
+                            "paths": {"output_dir": str(run)}, "callbacks": {"dirpath": f"{run}/checkpoints"}})
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        (run / "flower").mkdir()
+        (run / "flower" / "launcher.json").write_text(json.dumps({"pid": live.pid, "started": _started_at(live.pid)}))
+        assert set_aside_run(run, cfg) is None and (run / "server.pt").is_file()  # the launcher refuses the run
+    finally:
+        live.kill()
+        live.wait()
+    moved = set_aside_run(run, cfg)
+    assert sorted(p.name for p in moved.iterdir()) == ["csv", "server.pt", "stores"]
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "flower").is_dir()
+    (run / "sites" / "a" / "none").mkdir(parents=True)  # a federated distillation with local arms only
+    assert holds_run(run)
+
+
+def test_a_narrow_mask_takes_any_ignore_index():
+    """The review of the uint8 volume masks: partial labels turned ``ignore_index=-100`` into 156 in a uint8 mask,
+    which the loss then refused as a class."""
+    import numpy as np
+    import torch
+
+    from federation.core.partial_labels import mask_unannotated
+
+    out = mask_unannotated(torch.tensor([0, 1, 2], dtype=torch.uint8), [1], ignore_index=-100)
+    assert out.tolist() == [0, 1, -100]
+    assert mask_unannotated(torch.tensor([0, 2], dtype=torch.uint8), [1], ignore_index=255).dtype == torch.uint8
+    assert mask_unannotated(np.array([0, 2], np.uint8), [1], ignore_index=-100).tolist() == [0, -100]
 
 
 def test_only_a_runs_own_earlier_folder_is_set_aside(tmp_path):

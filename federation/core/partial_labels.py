@@ -89,6 +89,11 @@ def partial_label_sets(num_classes: int, clients: int | Sequence[str], spec: Map
     return {c: frozenset(s) | {background} for c, s in zip(ids, sets)}
 
 
+def _fits(info: Any, value: int) -> bool:
+    """Whether an integer dtype (its ``iinfo``) holds ``value``."""
+    return int(info.min) <= value <= int(info.max)
+
+
 def mask_unannotated(target: Tensor | np.ndarray, annotated: Iterable[int], ignore_index: int = 255,
                      background: int = 0) -> Tensor | np.ndarray:
     """Simulate partial labels on a fully labelled mask: pixels of classes the client does *not*
@@ -97,9 +102,13 @@ def mask_unannotated(target: Tensor | np.ndarray, annotated: Iterable[int], igno
     already labelled background, use :class:`PartialLabels` with ``unannotated="background"`` instead."""
     keep = sorted(set(int(a) for a in annotated) | {background, ignore_index})
     if isinstance(target, Tensor):
+        if not target.is_floating_point() and not _fits(torch.iinfo(target.dtype), ignore_index):
+            target = target.long()  # a review: a uint8 volume mask turned ignore_index=-100 into 156
         known = torch.isin(target, torch.tensor(keep, dtype=target.dtype, device=target.device))
         return torch.where(known, target, torch.full_like(target, ignore_index))
     target = np.asarray(target)
+    if target.dtype.kind in "iu" and not _fits(np.iinfo(target.dtype), ignore_index):
+        target = target.astype(np.int64)
     return np.where(np.isin(target, keep), target, np.asarray(ignore_index, dtype=target.dtype))
 
 

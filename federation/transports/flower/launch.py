@@ -129,6 +129,23 @@ def _started_at(pid: int) -> str | None:
         return None
 
 
+def _launcher_record(record: Path) -> tuple[int | None, str | None, str | None]:
+    """``(pid, start time, marker)`` of the launcher ``launcher.json`` names; all None when there is none (no launch
+    here yet: nothing of ours runs; a later review: the FLWR_HOME fallback killed a user's shell)."""
+    try:
+        owner = json.loads(record.read_text())
+        return int(owner["pid"]), str(owner["started"]), str(owner.get("marker") or "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, None, None
+
+
+def live_launcher(fdir: Path) -> int | None:
+    """The pid of another process that launched the rehearsal in ``fdir`` and still runs (its pid and start time
+    in ``launcher.json``), else None."""
+    pid, started, _ = _launcher_record(fdir / "launcher.json")
+    return pid if pid is not None and pid != os.getpid() and _started_at(pid) == started else None
+
+
 def claim(fdir: Path, home: Path) -> str:
     """Make this process the one launcher of the rehearsal in ``fdir`` and return the marker its processes will
     carry (``FEDMED_REHEARSAL=<home>:<token>``, fresh per launch): processes an earlier launch left running (they
@@ -138,17 +155,12 @@ def claim(fdir: Path, home: Path) -> str:
     import uuid
 
     record = fdir / "launcher.json"
-    try:
-        owner = json.loads(record.read_text())
-        pid, started = int(owner["pid"]), str(owner["started"])
-        before = str(owner.get("marker") or "")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no launch here yet: nothing of ours runs
-        pid, started, before = None, None, None  # (a later review: the FLWR_HOME fallback killed a user's shell)
+    pid, started, before = _launcher_record(record)
     if before is not None and not before.startswith(f"{MARK}={home}:"):  # an older launcher's record (or one
         before = f"FLWR_HOME={home}"  # edited to name other processes, PATH=...): the run's FLWR_HOME, as before
     marker = f"{MARK}={home}:{uuid.uuid4().hex}"
     if before is not None and marked(before):
-        if pid is not None and pid != os.getpid() and _started_at(pid) == started:
+        if pid is not None and pid == live_launcher(fdir):
             raise FederationError(f"the Flower rehearsal in {fdir.parent} is still run by launcher pid {pid}: "
                                   f"stop it first (kill {pid}); two ServerApps must not write into one run folder")
         stopped = stop_marked(before)
