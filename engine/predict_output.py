@@ -3,18 +3,20 @@ or labels folder; a file or folder no predict wrote is not overwritten without `
 folders and signs its files); a folder a failure left empty is removed."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import nibabel as nib
+import numpy as np
 
 from engine.artifacts import atomic_write_text
 from lightning_modules.errors import ConfigError
 
 __all__ = ["PREDICT_MARKER", "PREDICT_SIGNATURE", "check_writable", "claim_output_file", "claim_output_folder",
-           "mark_output_folder", "refuse_input_folder", "refuse_overwrite", "remove_if_left_empty",
+           "mark_output_folder", "refuse_input_folder", "refuse_overwrite", "remove_if_left_empty", "stale_beside",
            "written_by_predict"]
 
 
@@ -55,6 +57,36 @@ PREDICT_MARKER = ".fedmed-predict"
 PREDICT_SIGNATURE = "fedmed predict"
 
 
+#: what an output folder must not hold unless predict wrote it (inputs and labels of a later run)
+IMAGE_NAMES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".npy")
+
+
+def stale_beside(output: Path, name: str) -> None:
+    """Remove ``name`` beside ``output`` (an earlier predict's ``<case>.npz`` or scores a new prediction leaves
+    stale) where predict owns it: in a folder marked as predict's, or a single output predict signed. A walkthrough:
+    a re-run without ``save_probabilities`` left the earlier ``.npz``, which experiments.ensemble then averaged,
+    and one without ``labels`` left the earlier ``metrics.json`` beside predictions it did not score."""
+    path = output.with_name(name)
+    owned = (output.parent / PREDICT_MARKER).is_file() or written_by_predict(output)
+    if owned and path.is_file() and not path.is_symlink() and _predicts_own(path):
+        path.unlink()
+
+
+def _predicts_own(path: Path) -> bool:
+    """Whether ``path`` holds what predict writes there: scores (``summary``, ``per_case``, ``checkpoints``) or
+    class probabilities (``probabilities``, ``class_names``, ``fg_threshold``); a run's own ``metrics.json`` is not."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as held:
+                return set(held.files) == {"probabilities", "class_names", "fg_threshold"}
+        if path.stat().st_size > 64 << 20:
+            return False
+        held = json.loads(path.read_text())
+        return isinstance(held, dict) and set(held) == {"summary", "per_case", "checkpoints"}
+    except Exception:  # noqa: BLE001 - unreadable: not known to be predict's
+        return False
+
+
 def written_by_predict(path: Path) -> bool:
     """Whether ``path`` is a segmentation predict wrote (its signature in the NIfTI header or PNG text)."""
     try:
@@ -87,6 +119,12 @@ def claim_output_folder(folder: Path, outputs: Sequence[Path], overwrite: bool) 
         raise ConfigError(f"output={folder} already holds {len(existing)} file(s) this predict would overwrite "
                           f"(e.g. {existing[0].name}) that no predict wrote; give another folder, or "
                           f"overwrite=true")
+    foreign = [] if overwrite or (folder / PREDICT_MARKER).is_file() or not folder.is_dir() else \
+        [p for p in sorted(folder.iterdir()) if p.name.endswith(IMAGE_NAMES) and not written_by_predict(p)]
+    if foreign:  # a walkthrough: an ensemble into a raw images folder mixed its labels in and marked it predict's
+        raise ConfigError(f"output={folder} holds {len(foreign)} image(s) no predict wrote (e.g. {foreign[0].name}): "
+                          f"predictions there would be taken for inputs by the next run over it; give another "
+                          f"folder, or overwrite=true")
 
 
 def mark_output_folder(folder: Path) -> None:

@@ -13,7 +13,7 @@ from rich.progress import Progress
 
 from engine.ensemble import check_ensemble, ensemble_case, plan_ensemble
 from engine.errors import ConfigError
-from engine.predict_output import check_writable, claim_output_folder, mark_output_folder
+from engine.predict_output import check_writable, claim_output_folder, mark_output_folder, stale_beside
 from experiments.config_help import exit_with_help_if_asked
 from experiments.hydra_checks import run_cli, user_command
 
@@ -39,6 +39,8 @@ def ensemble(cfg: DictConfig) -> Path:
         task = progress.add_task(f"ensembling {len(cases)} case(s) of {len(cfg.inputs)} folders", total=len(cases))
         for case, files in cases.items():
             ensemble_case(case, files, out, keep)
+            if not keep:  # an earlier ensemble's probabilities: not of this one's labels
+                stale_beside(out / f"{case}.nii.gz", f"{case}.npz")
             mark_output_folder(out)  # its files are now predictions: a rerun may overwrite them
             progress.advance(task)
     print(f"wrote {len(cases)} ensembled prediction(s): {out}")
@@ -47,7 +49,7 @@ def ensemble(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="ensemble")
 def main(cfg: DictConfig) -> None:
-    user_command(ensemble, cfg)
+    user_command(ensemble, cfg, "ensemble")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from engine.errors import MACHINE_ERRNOS, find_user_error, one_line
+from engine.errors import MACHINE_ERRNOS, ConfigError, find_user_error, one_line
 from engine.objective import test_objective_line
 from lightning_modules.hints import struct_key_hint
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
@@ -179,11 +179,14 @@ def task_started() -> None:
         _compact["set"] = False
 
 
-def user_command(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+def user_command(task: Callable[[DictConfig], Any], cfg: DictConfig, config_name: str | None = None) -> Any:
     """The task of a one-shot command (predict, ensemble): ``task(cfg)``; a user error is one ``error:`` line on
-    stderr and exit 2, anything else propagates."""
+    stderr and exit 2, anything else propagates. ``config_name``: the command's own config, whose keys are all it
+    takes (a walkthrough: ``++data.mask_threshold=null`` was added past Hydra's check and ignored without a word)."""
     task_started()
     try:
+        if config_name is not None:
+            _refuse_unknown_keys(cfg, config_name)
         return task(cfg)
     except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
         err = find_user_error(exc)
@@ -191,6 +194,23 @@ def user_command(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _refuse_unknown_keys(cfg: DictConfig, config_name: str) -> None:
+    """One ``ConfigError`` naming a top-level key ``experiments/configs/<config_name>.yaml`` does not have."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    known = set(OmegaConf.load(Path(__file__).with_name("configs") / f"{config_name}.yaml")) - {"defaults", "hydra"}
+    extra = sorted(set(map(str, cfg)) - known)
+    if extra:
+        near = difflib.get_close_matches(extra[0], sorted(known), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        where = "; the training run's data and model settings come from its config.yaml (run_config=)" \
+            if "run_config" in known else ""
+        raise ConfigError(f"{config_name} has no setting {extra[0]}{hint}: its settings are "
+                          f"{', '.join(sorted(known))}{where}")
 
 
 def submission_error(exc: BaseException) -> bool:

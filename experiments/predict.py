@@ -34,7 +34,7 @@ from engine.predict import (check_case_channels, check_label_shapes, is_nifti, l
 from engine.predict_images import (check_image_label_sizes, is_image, plan_images, predict_image, save_png,
                                    score_image)
 from engine.predict_output import (check_writable, claim_output_file, claim_output_folder, mark_output_folder,
-                                   remove_if_left_empty)
+                                   remove_if_left_empty, stale_beside)
 from datamodules.errors import DataError
 from lightning_modules import targets
 from lightning_modules.inference import VolumePredictor
@@ -221,6 +221,9 @@ def predict(cfg: DictConfig) -> dict:
         claim_output_file(cases[0].output, cfg.get("overwrite") is True)
     class_names = models.hparams.get("class_names") or dm.class_names
     threshold = models.hparams.get("fg_threshold")
+    out = cases[0].output
+    scores_file = "metrics.json" if src.is_dir() else f"{_bare(out.name)}.metrics.json"
+    stale_beside(out, scores_file)  # an earlier predict's scores: not of what this one writes
     try:
         tolerance = run_setting(cfg.get("nsd_tolerance_mm"), models.hparams, "nsd_tolerance_mm", 1.0)
         per_case = _segment(cases, images, dm, predictor, threshold, keep_prob, class_names, tolerance,
@@ -228,13 +231,12 @@ def predict(cfg: DictConfig) -> dict:
     except BaseException:
         remove_if_left_empty(created)
         raise
-    out = cases[0].output
     print(f"wrote {len(cases)} prediction(s): {out if len(cases) == 1 else out.parent}")
     if per_case:
         summary = summary_of(per_case)
         print_case_table(per_case, summary, "per-case metrics" if not images else "per-image metrics")
         # a folder's scores go in it; one file's beside it under its own name, never over a run's metrics.json
-        where = out.parent / "metrics.json" if src.is_dir() else out.with_name(f"{_bare(out.name)}.metrics.json")
+        where = out.with_name(scores_file)
         write_json(where, {"summary": summary, "per_case": per_case, "checkpoints": [str(c) for c in ckpts]})
         print(f"scores: {where}")
         return summary
@@ -263,7 +265,9 @@ def _segment(cases, images: bool, dm, predictor: VolumePredictor, threshold, kee
                     if label is not None else None
                 marked = _mark(marked)
                 save_nifti(img, case.output)
-                if prob is not None:
+                if prob is None:
+                    stale_beside(case.output, f"{_bare(case.output.name)}.npz")
+                else:
                     save_probabilities(prob, class_names, threshold,
                                        case.output.with_name(f"{_bare(case.output.name)}.npz"))
                 if scores is not None:
@@ -281,7 +285,7 @@ def _mark(folders: list[Path]) -> list[Path]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    user_command(predict, cfg)
+    user_command(predict, cfg, "predict")
 
 
 if __name__ == "__main__":

@@ -240,3 +240,28 @@ def test_files_predict_did_not_write_are_one_line(tmp_path, attack, culprit):
         check_ensemble(cases)
         ensemble_case("case", cases["case"], tmp_path / "out")
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_a_rerun_leaves_nothing_stale_and_images_are_not_mixed_into(folders):
+    """A walkthrough: a predict re-run into its own folder without ``save_probabilities`` left the earlier
+    ``<case>.npz`` (experiments.ensemble then averaged it against the new labels), one without ``labels`` left the
+    earlier ``metrics.json``; an ensemble into a raw images folder wrote its labels among the images and marked the
+    folder predict's; ``++data.mask_threshold=null`` was added to predict's config and ignored."""
+    import json
+
+    tmp = folders
+    out = tmp / "rerun"
+    shutil.copytree(tmp / "pa", out)
+    (out / "metrics.json").write_text(json.dumps({"summary": {}, "per_case": {}, "checkpoints": []}))
+    ckpt = str(tmp / "a" / "run" / "checkpoints" / "best.ckpt")  # pa's net (make_run)
+    predict(_cfg(ckpt=ckpt, input=str(tmp / "in"), output=str(out), save_probabilities=False))
+    assert not list(out.glob("*.npz")) and not (out / "metrics.json").exists()
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case0.nii.gz", "case1.nii.gz"]
+    inputs = f"inputs=[{tmp / 'pa'},{tmp / 'pb'}]"
+    proc = run_in_process("experiments.ensemble", [inputs, f"output={tmp / 'in'}"], tmp)
+    assert proc.returncode == 2 and "image(s) no predict wrote" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp / "in" / ".fedmed-predict").exists() and not (tmp / "in" / "case0.nii.gz").exists()
+    proc = run_in_process("experiments.predict", [f"ckpt={ckpt}", f"input={tmp / 'in'}", f"output={tmp / 'x'}",
+                                                  "++data.mask_threshold=null"], tmp)
+    assert proc.returncode == 2 and "predict has no setting data" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp / "x").exists()
