@@ -61,6 +61,11 @@ PREDICT_SIGNATURE = "fedmed predict"
 IMAGE_NAMES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".npy")
 
 
+def _an_input(path: Path) -> bool:
+    """A file a later run over the folder would read as an image or volume (hidden and ``._`` files are not)."""
+    return not path.name.startswith(".") and path.name.lower().endswith(IMAGE_NAMES)
+
+
 def stale_beside(output: Path, name: str) -> None:
     """Remove ``name`` beside ``output`` (an earlier predict's ``<case>.npz`` or scores a new prediction leaves
     stale) where predict owns it: in a folder marked as predict's, or a single output predict signed. A walkthrough:
@@ -120,7 +125,7 @@ def claim_output_folder(folder: Path, outputs: Sequence[Path], overwrite: bool) 
                           f"(e.g. {existing[0].name}) that no predict wrote; give another folder, or "
                           f"overwrite=true")
     foreign = [] if overwrite or (folder / PREDICT_MARKER).is_file() or not folder.is_dir() else \
-        [p for p in sorted(folder.iterdir()) if p.name.endswith(IMAGE_NAMES) and not written_by_predict(p)]
+        [p for p in sorted(folder.iterdir()) if _an_input(p) and not written_by_predict(p)]
     if foreign:  # a walkthrough: an ensemble into a raw images folder mixed its labels in and marked it predict's
         raise ConfigError(f"output={folder} holds {len(foreign)} image(s) no predict wrote (e.g. {foreign[0].name}): "
                           f"predictions there would be taken for inputs by the next run over it; give another "

@@ -27,8 +27,8 @@ from engine.objective import test_objective_line
 from lightning_modules.hints import struct_key_hint
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
 from engine.wandb_tracking import COMMAND_ENV
-from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, not_resumable_line, resumable,
-                                     unwritable)
+from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, live_launcher_of,
+                                    not_resumable_line, resumable, unwritable)
 
 
 class WritableOutput(Callback):
@@ -49,6 +49,11 @@ class WritableOutput(Callback):
             sys.exit(2)  # before Hydra creates a run dir for a run that will not happen
         HydraConfig.instance().set_config(config)  # ${hydra:runtime.choices...} in the run dir's name
         self._check(config.hydra.run.dir, "hydra.run.dir")
+        pid = live_launcher_of(Path(str(config.hydra.run.dir))) if first_start() else None
+        if pid is not None:  # a review: a second run in the folder mixed its files into the live rehearsal's
+            print(f"error: hydra.run.dir={config.hydra.run.dir} is in use: its Flower rehearsal is still run by "
+                  f"launcher pid {pid}; stop it first (kill {pid}), or give this run another folder", file=sys.stderr)
+            sys.exit(2)
         refused = test_objective_line(config)
         if refused is not None:
             print(f"error: {refused}", file=sys.stderr)
@@ -57,8 +62,9 @@ class WritableOutput(Callback):
             earlier = earlier_run(Path(str(config.hydra.run.dir))) if first_start() else None
             if earlier is not None:  # a review: a second run in a run dir mixed its CSV, W&B run and checkpoints
                 print(f"warning: hydra.run.dir={config.hydra.run.dir} holds an earlier run ({earlier}): its files "
-                      f"(checkpoints, logs, results, W&B id; not a file this run's config names) are moved to "
-                      f"earlier/<time>/ and this run starts afresh; resume=true continues it instead", file=sys.stderr)
+                      f"(checkpoints, logs, results, W&B id) are moved to earlier/<time>/ (a file this run's config "
+                      f"names is read from there) and this run starts afresh; resume=true continues it instead",
+                      file=sys.stderr)
             return
         # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it
         bad = checked_resume_problem(Path(str(config.hydra.run.dir)), config)

@@ -200,19 +200,20 @@ def set_aside_run(run: Path, cfg: Any = None) -> Path | None:
     (experiments.report showed a 1-epoch D-Net's score as a finished 40-epoch U-Net); one that finished appended its
     rows to the first's ``csv/metrics.csv``, logged into the first's W&B run, and left the first's
     ``checkpoints/best.ckpt`` beside its own ``best-v1.ckpt``; a federated distillation reused the first run's
-    finished stages whatever its own settings. What ``cfg`` names (``ckpt_path=<run>/checkpoints/best.ckpt`` of a
-    test-only run in its own folder, a teacher trained there) stays, and nothing moves while a Flower launcher of
-    the folder still runs (it refuses the new run: the review of this change found both moved)."""
-    if _live_launcher(run):
+    finished stages whatever its own settings. A file ``cfg`` names there (``ckpt_path=<run>/checkpoints/best.ckpt``
+    of a test-only run in its own folder, a teacher trained there) moves too, and ``cfg`` is pointed at its new
+    place (the review of this change: keeping its folder kept the earlier ``last.ckpt``, which a resume then took).
+    Nothing moves while a Flower launcher of the folder runs (:func:`live_launcher_of`; the run is refused first)."""
+    if live_launcher_of(run) is not None:
         return None
     names = list(RUN_ARTEFACTS)
     store = OmegaConf.select(cfg, "federation.store_dir", default=None) if isinstance(cfg, DictConfig) else None
     top = _top_name(Path(store), run, run) if isinstance(store, str) and store else None  # relative to the run
     names += [top] if top and top not in names else []
-    kept = named_files(cfg, run) if isinstance(cfg, DictConfig) else set()
-    found = [run / name for name in names if name not in kept and ((run / name).is_file() or (run / name).is_dir())]
+    found = [run / name for name in names if (run / name).is_file() or (run / name).is_dir()]
     if not found:
         return None
+    named = _named_files(cfg, run, {f.name for f in found}) if isinstance(cfg, DictConfig) else {}
     import time
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -224,6 +225,8 @@ def set_aside_run(run: Path, cfg: Any = None) -> Path | None:
     dest.mkdir(parents=True)
     for f in found:
         os.replace(f, dest / f.name)
+    for key, rel in named.items():
+        OmegaConf.update(cfg, key, str(dest / rel), merge=False)
     return dest
 
 
@@ -236,36 +239,34 @@ def _top_name(path: Path, run: Path, base: Path) -> str | None:
     return rel.parts[0] if rel.parts else None
 
 
-def named_files(cfg: DictConfig, run: Path) -> set[str]:
-    """The entries at the top of ``run`` holding a file the config names (``ckpt_path``, a teacher's ``ckpt``)."""
-    try:
-        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    except Exception:  # noqa: BLE001 - an interpolation that does not resolve: the checks report it later
-        plain = OmegaConf.to_container(cfg, resolve=False)
-    out: set[str] = set()
-    stack: list[Any] = [plain]
+def _named_files(cfg: DictConfig, run: Path, moving: set[str]) -> dict[str, str]:
+    """``{dotted key: path relative to run}`` of the config's values that name a file in one of the ``moving``
+    entries of ``run`` (relative values: to the working dir, which Hydra leaves unchanged; interpolations and
+    values inside lists are not followed)."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    out: dict[str, str] = {}
+    stack: list[tuple[str, Any]] = [("", plain)]
     while stack:
-        node = stack.pop()
+        prefix, node = stack.pop()
         if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, str) and 0 < len(node) < 4096 and ("/" in node or node.endswith((".ckpt", ".pt"))):
-            path = Path.cwd() / Path(node).expanduser()  # relative: to the working dir (Hydra does not change it)
+            stack.extend((f"{prefix}{k}.", v) for k, v in node.items() if isinstance(k, str))
+        elif isinstance(node, str) and 0 < len(node) < 4096 and not node.startswith("${") and node != "???":
+            path = (Path.cwd() / Path(node).expanduser()).resolve()
             top = _top_name(path, run, Path.cwd()) if path.is_file() else None
-            out |= {top} if top else set()
+            if top in moving:
+                out[prefix[:-1]] = str(path.relative_to(run.resolve()))
     return out
 
 
-def _live_launcher(run: Path) -> bool:
-    """Whether a Flower launcher of ``run`` (or of a stage of it: ``teacher/``, ``fed_hlfd/``) still runs."""
-    folders = [run / "flower", *(p / "flower" for p in (run / n for n in ("teacher", "fed_none", "fed_hlfd")))]
+def live_launcher_of(run: Path) -> int | None:
+    """The pid of a Flower launcher of ``run`` (or of a stage of it: ``teacher/``, ``fed_hlfd/``) that still runs."""
+    folders = [run / "flower", *(run / n / "flower" for n in ("teacher", "fed_none", "fed_hlfd"))]
     records = [f for f in folders if (f / "launcher.json").is_file()]
     if not records:
-        return False
+        return None
     from federation.transports.flower.launch import live_launcher
 
-    return any(live_launcher(f) is not None for f in records)
+    return next((pid for pid in map(live_launcher, records) if pid is not None), None)
 
 
 def earlier_run(run: Path) -> str | None:

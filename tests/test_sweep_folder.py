@@ -80,7 +80,7 @@ def test_a_new_run_in_a_used_run_dir_starts_afresh(tmp_path):
     first_best = (run / "checkpoints" / "best.ckpt").read_bytes()
     second = run_in_process("experiments.run", args, ROOT)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert "its files (checkpoints, logs, results, W&B id; not a file this run's config names) are moved" in second.stderr
+    assert "its files (checkpoints, logs, results, W&B id) are moved to earlier/<time>/" in second.stderr
     (earlier,) = (run / "earlier").iterdir()
     assert (earlier / "csv" / "metrics.csv").read_text().splitlines() == rows
     assert (run / "csv" / "metrics.csv").read_text().splitlines()[1:] != [] and len(
@@ -114,10 +114,12 @@ def test_every_stage_of_an_earlier_run_is_set_aside(tmp_path):
     assert earlier_run(run) is None
 
 
-def test_what_the_new_run_uses_or_a_live_launcher_holds_stays(tmp_path):
+def test_what_the_new_run_names_moves_with_it_and_a_live_launcher_refuses(tmp_path):
     """The review of that change: a test-only run of the folder's own ``checkpoints/best.ckpt`` (``train=false
-    ckpt_path=...``, the documented command) found it moved away; a second launch moved a running Flower
-    rehearsal's ``server.pt`` and client store before its launcher refused it; a nested ``store_dir`` stayed."""
+    ckpt_path=...``, the documented command) found it moved away (and keeping its folder kept the earlier
+    ``last.ckpt``, which a resume then took: a second review); a second run in the folder moved a running Flower
+    rehearsal's ``server.pt`` and client store (or, once those were kept, mixed its files with them); a nested
+    ``store_dir`` stayed. Now the named file moves and the config follows it, and the run is refused."""
     import json
     import subprocess
 
@@ -128,22 +130,30 @@ def test_what_the_new_run_uses_or_a_live_launcher_holds_stays(tmp_path):
     from federation.transports.flower.launch import _started_at
 
     run = tmp_path / "run"
-    for rel in ("checkpoints/best.ckpt", "csv/metrics.csv", "stores/x/c0.pt", "server.pt"):
+    for rel in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "csv/metrics.csv", "stores/x/c0.pt", "server.pt",
+                "metrics.json"):
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         (run / rel).write_text("x")
     cfg = OmegaConf.create({"ckpt_path": str(run / "checkpoints" / "best.ckpt"), "federation": {"store_dir": "stores/x"},
-                            "paths": {"output_dir": str(run)}, "callbacks": {"dirpath": f"{run}/checkpoints"}})
+                            "paths": {"output_dir": str(run)}, "callbacks": {"dirpath": f"{run}/checkpoints"},
+                            "later": "${paths.output_dir}/checkpoints/best.ckpt"})
     live = subprocess.Popen(["sleep", "60"])
     try:
         (run / "flower").mkdir()
         (run / "flower" / "launcher.json").write_text(json.dumps({"pid": live.pid, "started": _started_at(live.pid)}))
-        assert set_aside_run(run, cfg) is None and (run / "server.pt").is_file()  # the launcher refuses the run
+        assert set_aside_run(run, cfg) is None and (run / "server.pt").is_file()
+        proc = run_in_process("experiments.run", ["+exp=digits_cnn", "++trainer.fast_dev_run=true", "logger=csv",
+                                                  f"hydra.run.dir={run}", f"paths.root_dir={tmp_path}"], ROOT)
+        assert proc.returncode == 2 and f"its Flower rehearsal is still run by launcher pid {live.pid}" in proc.stderr
+        assert not (run / ".hydra").exists() and (run / "metrics.json").read_text() == "x"
     finally:
         live.kill()
         live.wait()
     moved = set_aside_run(run, cfg)
-    assert sorted(p.name for p in moved.iterdir()) == ["csv", "server.pt", "stores"]
-    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "flower").is_dir()
+    assert sorted(p.name for p in moved.iterdir()) == ["checkpoints", "csv", "metrics.json", "server.pt", "stores"]
+    assert cfg.ckpt_path == str(moved / "checkpoints" / "best.ckpt") and (moved / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "checkpoints").exists() and (run / "flower").is_dir()
+    assert OmegaConf.to_container(cfg)["later"] == "${paths.output_dir}/checkpoints/best.ckpt"  # not followed
     (run / "sites" / "a" / "none").mkdir(parents=True)  # a federated distillation with local arms only
     assert holds_run(run)
 
@@ -160,6 +170,7 @@ def test_a_narrow_mask_takes_any_ignore_index():
     assert out.tolist() == [0, 1, -100]
     assert mask_unannotated(torch.tensor([0, 2], dtype=torch.uint8), [1], ignore_index=255).dtype == torch.uint8
     assert mask_unannotated(np.array([0, 2], np.uint8), [1], ignore_index=-100).tolist() == [0, -100]
+    assert mask_unannotated(torch.tensor([0, 2]), [1], ignore_index=-100).tolist() == [0, -100]
 
 
 def test_only_a_runs_own_earlier_folder_is_set_aside(tmp_path):

@@ -102,7 +102,8 @@ def mask_unannotated(target: Tensor | np.ndarray, annotated: Iterable[int], igno
     already labelled background, use :class:`PartialLabels` with ``unannotated="background"`` instead."""
     keep = sorted(set(int(a) for a in annotated) | {background, ignore_index})
     if isinstance(target, Tensor):
-        if not target.is_floating_point() and not _fits(torch.iinfo(target.dtype), ignore_index):
+        if target.dtype != torch.bool and not target.is_floating_point() and \
+                not _fits(torch.iinfo(target.dtype), ignore_index):
             target = target.long()  # a review: a uint8 volume mask turned ignore_index=-100 into 156
         known = torch.isin(target, torch.tensor(keep, dtype=target.dtype, device=target.device))
         return torch.where(known, target, torch.full_like(target, ignore_index))
