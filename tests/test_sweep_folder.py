@@ -134,7 +134,8 @@ def test_what_the_new_run_names_moves_with_it_and_a_live_launcher_refuses(tmp_pa
                 "metrics.json"):
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         (run / rel).write_text("x")
-    cfg = OmegaConf.create({"ckpt_path": str(run / "checkpoints" / "best.ckpt"), "federation": {"store_dir": "stores/x"},
+    cfg = OmegaConf.create({"ckpt_path": str(run / "checkpoints" / "best.ckpt"),
+                            "federation": {"store_dir": "stores/x"},
                             "paths": {"output_dir": str(run)}, "callbacks": {"dirpath": f"{run}/checkpoints"},
                             "later": "${paths.output_dir}/checkpoints/best.ckpt"})
     live = subprocess.Popen(["sleep", "60"])

@@ -27,7 +27,8 @@ def _number(key: str, value: Any, low: float, low_ok: bool = False, high: float 
 
     if value is None and allow_none:
         return
-    ok = is_number(value, allow_inf=True) and (value >= low if low_ok else value > low) and (high is None or value < high)
+    ok = is_number(value, allow_inf=True) and (value >= low if low_ok else value > low) and (
+        high is None or value < high)
     if not ok:
         bound = f"{'>=' if low_ok else '>'} {low:g}" if high is None else f"in ({low:g}, {high:g})"
         raise ConfigError(f"{key}={value}: must be a number {bound}" + (" or null" if allow_none else ""))
