@@ -63,7 +63,7 @@ class WritableOutput(Callback):
             if earlier is not None:  # a review: a second run in a run dir mixed its CSV, W&B run and checkpoints
                 print(f"warning: hydra.run.dir={config.hydra.run.dir} holds an earlier run ({earlier}): its files "
                       f"(checkpoints, logs, results, W&B id) are moved to earlier/<time>/ (a file this run's config "
-                      f"names is read from there) and this run starts afresh; resume=true continues it instead",
+                      f"names stays) and this run starts afresh; resume=true continues it instead",
                       file=sys.stderr)
             return
         # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it

@@ -201,9 +201,11 @@ def set_aside_run(run: Path, cfg: Any = None) -> Path | None:
     rows to the first's ``csv/metrics.csv``, logged into the first's W&B run, and left the first's
     ``checkpoints/best.ckpt`` beside its own ``best-v1.ckpt``; a federated distillation reused the first run's
     finished stages whatever its own settings. A file ``cfg`` names there (``ckpt_path=<run>/checkpoints/best.ckpt``
-    of a test-only run in its own folder, a teacher trained there) moves too, and ``cfg`` is pointed at its new
-    place (the review of this change: keeping its folder kept the earlier ``last.ckpt``, which a resume then took).
-    Nothing moves while a Flower launcher of the folder runs (:func:`live_launcher_of`; the run is refused first)."""
+    of a test-only run in its own folder, a teacher trained there) stays where it is, and only it: the rest of its
+    folder moves (reviews of this change: moving it broke the run; keeping its whole folder kept the earlier
+    ``last.ckpt``, which a resume then took; pointing the config at the moved file made the run's own overrides
+    refuse its resume). Nothing moves while a Flower launcher of the folder runs (:func:`live_launcher_of`; the run
+    is refused first)."""
     if live_launcher_of(run) is not None:
         return None
     names = list(RUN_ARTEFACTS)
@@ -213,7 +215,7 @@ def set_aside_run(run: Path, cfg: Any = None) -> Path | None:
     found = [run / name for name in names if (run / name).is_file() or (run / name).is_dir()]
     if not found:
         return None
-    named = _named_files(cfg, run, {f.name for f in found}) if isinstance(cfg, DictConfig) else {}
+    named = _named_files(cfg, run) if isinstance(cfg, DictConfig) else set()
     import time
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -224,10 +226,22 @@ def set_aside_run(run: Path, cfg: Any = None) -> Path | None:
         dest = run / EARLIER / f"{stamp}-{n}"
     dest.mkdir(parents=True)
     for f in found:
-        os.replace(f, dest / f.name)
-    for key, rel in named.items():
-        OmegaConf.update(cfg, key, str(dest / rel), merge=False)
+        _move_but(f, dest / f.name, named)
     return dest
+
+
+def _move_but(src: Path, dst: Path, keep: set[str]) -> None:
+    """``os.replace(src, dst)``, except the files of ``keep`` (absolute paths, links not followed) below ``src``:
+    they stay, and the folders holding them are moved entry by entry."""
+    here = os.path.abspath(src)
+    if here in keep:
+        return
+    if not any(k.startswith(here + os.sep) for k in keep) or src.is_symlink() or not src.is_dir():
+        os.replace(src, dst)
+        return
+    dst.mkdir(exist_ok=True)
+    for child in sorted(src.iterdir()):
+        _move_but(child, dst / child.name, keep)
 
 
 def _top_name(path: Path, run: Path, base: Path) -> str | None:
@@ -239,22 +253,21 @@ def _top_name(path: Path, run: Path, base: Path) -> str | None:
     return rel.parts[0] if rel.parts else None
 
 
-def _named_files(cfg: DictConfig, run: Path, moving: set[str]) -> dict[str, str]:
-    """``{dotted key: path relative to run}`` of the config's values that name a file in one of the ``moving``
-    entries of ``run`` (relative values: to the working dir, which Hydra leaves unchanged; interpolations and
-    values inside lists are not followed)."""
+def _named_files(cfg: DictConfig, run: Path) -> set[str]:
+    """The files in ``run`` the config's values name (absolute paths, links not followed; relative values: to the
+    working dir, which Hydra leaves unchanged; interpolations and values inside lists are not followed)."""
     plain = OmegaConf.to_container(cfg, resolve=False)
-    out: dict[str, str] = {}
-    stack: list[tuple[str, Any]] = [("", plain)]
+    root = os.path.abspath(run) + os.sep
+    out: set[str] = set()
+    stack: list[Any] = [plain]
     while stack:
-        prefix, node = stack.pop()
+        node = stack.pop()
         if isinstance(node, dict):
-            stack.extend((f"{prefix}{k}.", v) for k, v in node.items() if isinstance(k, str))
+            stack.extend(node.values())
         elif isinstance(node, str) and 0 < len(node) < 4096 and not node.startswith("${") and node != "???":
-            path = (Path.cwd() / Path(node).expanduser()).resolve()
-            top = _top_name(path, run, Path.cwd()) if path.is_file() else None
-            if top in moving:
-                out[prefix[:-1]] = str(path.relative_to(run.resolve()))
+            path = os.path.abspath(Path.cwd() / Path(node).expanduser())
+            if path.startswith(root) and (os.path.isfile(path) or os.path.islink(path)):
+                out.add(path)
     return out
 
 

@@ -117,9 +117,10 @@ def test_every_stage_of_an_earlier_run_is_set_aside(tmp_path):
 def test_what_the_new_run_names_moves_with_it_and_a_live_launcher_refuses(tmp_path):
     """The review of that change: a test-only run of the folder's own ``checkpoints/best.ckpt`` (``train=false
     ckpt_path=...``, the documented command) found it moved away (and keeping its folder kept the earlier
-    ``last.ckpt``, which a resume then took: a second review); a second run in the folder moved a running Flower
-    rehearsal's ``server.pt`` and client store (or, once those were kept, mixed its files with them); a nested
-    ``store_dir`` stayed. Now the named file moves and the config follows it, and the run is refused."""
+    ``last.ckpt``, which a resume then took: a second review; pointing the config at the moved file made the run's
+    own overrides refuse its resume: a third); a second run in the folder moved a running Flower rehearsal's
+    ``server.pt`` and client store (or, once those were kept, mixed its files with them); a nested ``store_dir``
+    stayed. Now the named files alone stay (a link as a link), and the run beside a live rehearsal is refused."""
     import json
     import subprocess
 
@@ -131,13 +132,16 @@ def test_what_the_new_run_names_moves_with_it_and_a_live_launcher_refuses(tmp_pa
 
     run = tmp_path / "run"
     for rel in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "csv/metrics.csv", "stores/x/c0.pt", "server.pt",
-                "metrics.json"):
+                "metrics.json", "teacher/checkpoints/last.ckpt"):
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         (run / rel).write_text("x")
+    (tmp_path / "elsewhere.ckpt").write_text("t")
+    (run / "teacher" / "checkpoints" / "best.ckpt").symlink_to(tmp_path / "elsewhere.ckpt")
     cfg = OmegaConf.create({"ckpt_path": str(run / "checkpoints" / "best.ckpt"),
                             "federation": {"store_dir": "stores/x"},
                             "paths": {"output_dir": str(run)}, "callbacks": {"dirpath": f"{run}/checkpoints"},
-                            "later": "${paths.output_dir}/checkpoints/best.ckpt"})
+                            "later": "${paths.output_dir}/checkpoints/best.ckpt",
+                            "distill": {"teacher": {"ckpt": str(run / "teacher" / "checkpoints" / "best.ckpt")}}})
     live = subprocess.Popen(["sleep", "60"])
     try:
         (run / "flower").mkdir()
@@ -151,10 +155,13 @@ def test_what_the_new_run_names_moves_with_it_and_a_live_launcher_refuses(tmp_pa
         live.kill()
         live.wait()
     moved = set_aside_run(run, cfg)
-    assert sorted(p.name for p in moved.iterdir()) == ["checkpoints", "csv", "metrics.json", "server.pt", "stores"]
-    assert cfg.ckpt_path == str(moved / "checkpoints" / "best.ckpt") and (moved / "checkpoints" / "last.ckpt").is_file()
-    assert not (run / "checkpoints").exists() and (run / "flower").is_dir()
-    assert OmegaConf.to_container(cfg)["later"] == "${paths.output_dir}/checkpoints/best.ckpt"  # not followed
+    assert sorted(p.name for p in moved.iterdir()) == ["checkpoints", "csv", "metrics.json", "server.pt", "stores",
+                                                         "teacher"]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["best.ckpt"]  # named: it stays, and only it
+    assert [p.name for p in (moved / "checkpoints").iterdir()] == ["last.ckpt"]
+    assert (run / "teacher" / "checkpoints" / "best.ckpt").is_symlink() and (run / "flower").is_dir()
+    assert (moved / "teacher" / "checkpoints" / "last.ckpt").is_file()
+    assert cfg.ckpt_path == str(run / "checkpoints" / "best.ckpt")  # the config is left as given
     (run / "sites" / "a" / "none").mkdir(parents=True)  # a federated distillation with local arms only
     assert holds_run(run)
 
