@@ -27,18 +27,10 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.inference import VolumePredictor
 from lightning_modules.metrics import case_scores, confusion_matrix, surface_scores, summarise
 from engine.predict_models import Models, load_models  # noqa: F401 - predict loads its nets there
-from engine.predict_output import PREDICT_SIGNATURE, refuse_input_folder, refuse_overwrite
+from engine.predict_output import (PREDICT_SIGNATURE, is_nifti, nifti_stem, refuse_input_folder,
+                                   refuse_overwrite)
 
-_NII = re.compile(r"\.nii(\.gz)?$")
 _CHANNEL = re.compile(r"^(.+)_(\d{4})$")
-
-
-def nifti_stem(p: Path) -> str:
-    return _NII.sub("", p.name)
-
-
-def is_nifti(p: Path) -> bool:
-    return _NII.search(p.name) is not None and not p.name.startswith(".") and not p.name.startswith("._")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from PIL import Image
 from datamodules.collate import pad_as_batched
 from datamodules.errors import DataError
 from datamodules.folder2d import EXTENSIONS, strip_suffix
-from engine.predict_output import PREDICT_SIGNATURE, refuse_input_folder, refuse_overwrite
+from engine.predict_output import PREDICT_SIGNATURE, is_image, refuse_input_folder, refuse_overwrite
 from lightning_modules.atomic import atomic_output
 from lightning_modules.errors import ConfigError
 from lightning_modules.inference import VolumePredictor
@@ -30,10 +30,6 @@ from lightning_modules.metrics import case_scores, confusion_matrix
 
 __all__ = ["ImageCase", "is_image", "plan_images", "predict_image", "save_png", "score_image"]
 
-
-
-def is_image(p: Path) -> bool:
-    return p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """Where predict writes, and what it may overwrite there: an output never replaces an input or lands in the input
 or labels folder; a file or folder no predict wrote is not overwritten without ``overwrite=true`` (predict marks its
-folders and signs its files); a folder a failure left empty is removed."""
+folders and signs its files); a folder a failure left empty is removed. Which files are inputs (:func:`is_nifti`,
+:func:`is_image`) is decided here once, for the readers and for the output checks alike."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -12,11 +14,13 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
+from datamodules.folder2d import EXTENSIONS
 from engine.artifacts import atomic_write_text
 from lightning_modules.errors import ConfigError
 
 __all__ = ["PREDICT_MARKER", "PREDICT_SIGNATURE", "check_writable", "claim_output_file", "claim_output_folder",
-           "mark_output_folder", "refuse_input_folder", "refuse_overwrite", "remove_if_left_empty", "stale_beside",
+           "is_image", "is_nifti", "mark_output_folder", "nifti_stem", "refuse_input_folder", "refuse_overwrite",
+           "remove_if_left_empty", "stale_beside",
            "written_by_predict"]
 
 
@@ -57,13 +61,26 @@ PREDICT_MARKER = ".fedmed-predict"
 PREDICT_SIGNATURE = "fedmed predict"
 
 
-#: what an output folder must not hold unless predict wrote it (inputs and labels of a later run)
-IMAGE_NAMES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".npy")
+_NII = re.compile(r"\.nii(\.gz)?$")
+
+
+def nifti_stem(p: Path) -> str:
+    return _NII.sub("", p.name)
+
+
+def is_nifti(p: Path) -> bool:
+    """A NIfTI volume predict reads as an input (hidden and ``._`` files are not)."""
+    return _NII.search(p.name) is not None and not p.name.startswith(".") and not p.name.startswith("._")
+
+
+def is_image(p: Path) -> bool:
+    """A 2D image file predict reads as an input (:data:`datamodules.folder2d.EXTENSIONS`, any case)."""
+    return p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
 
 
 def _an_input(path: Path) -> bool:
-    """A file a later run over the folder would read as an image or volume (hidden and ``._`` files are not)."""
-    return not path.name.startswith(".") and path.name.lower().endswith(IMAGE_NAMES)
+    """A file a later run over the folder would read as an input: the readers' own rule."""
+    return is_nifti(path) or is_image(path)
 
 
 def stale_beside(output: Path, name: str) -> None:
