@@ -27,8 +27,9 @@ from engine.objective import test_objective_line
 from lightning_modules.hints import struct_key_hint
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
 from engine.wandb_tracking import COMMAND_ENV
+from experiments import run_lock
 from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, live_launcher_of,
-                                    not_resumable_line, resumable, unwritable)
+                                    main_process, not_resumable_line, resumable, unwritable)
 
 
 class WritableOutput(Callback):
@@ -49,6 +50,11 @@ class WritableOutput(Callback):
             sys.exit(2)  # before Hydra creates a run dir for a run that will not happen
         HydraConfig.instance().set_config(config)  # ${hydra:runtime.choices...} in the run dir's name
         self._check(config.hydra.run.dir, "hydra.run.dir")
+        key, folder = ("resume", resume) if resumable(resume) else ("hydra.run.dir", str(config.hydra.run.dir))
+        problem = run_lock.holder(folder) if main_process() else None
+        if problem is not None:  # before Hydra rewrites the live run's .hydra/ (and a fresh start moves its files)
+            print(run_lock.refusal_line(key, folder, problem), file=sys.stderr)
+            sys.exit(2)
         pid = live_launcher_of(Path(str(config.hydra.run.dir))) if first_start() else None
         if pid is not None:  # a review: a second run in the folder mixed its files into the live rehearsal's
             print(f"error: hydra.run.dir={config.hydra.run.dir} is in use: its Flower rehearsal is still run by "
@@ -65,11 +71,15 @@ class WritableOutput(Callback):
                       f"(checkpoints, logs, results, W&B id) are moved to earlier/<time>/ (a file this run's config "
                       f"names stays) and this run starts afresh; resume=true continues it instead",
                       file=sys.stderr)
-            return
-        # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it
-        bad = checked_resume_problem(Path(str(config.hydra.run.dir)), config)
-        if bad is not None:  # before Hydra rewrites .hydra/ and the run its config.yaml: the run dir stays as it was
-            print(f"error: {bad.splitlines()[0] if bad else bad}", file=sys.stderr)
+        else:
+            # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it
+            bad = checked_resume_problem(Path(str(config.hydra.run.dir)), config)
+            if bad is not None:  # before Hydra rewrites .hydra/ and the run its config.yaml: the folder stays as it was
+                print(f"error: {bad.splitlines()[0] if bad else bad}", file=sys.stderr)
+                sys.exit(2)
+        problem = run_lock.hold(folder) if main_process() else None  # held until this process ends (run.main lets go)
+        if problem is not None:  # another run took it since the check above
+            print(run_lock.refusal_line(key, folder, problem), file=sys.stderr)
             sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -40,6 +40,7 @@ import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: 
 from engine.run_match import holds_run, interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
+from experiments import run_lock  # noqa: E402
 from experiments.run_folder import (checked_resume_problem, first_start, not_resumable_line, resumable,  # noqa: E402
                                     set_aside_run, slurm_restarts)
 
@@ -149,6 +150,7 @@ def main(cfg: DictConfig) -> float | None:
         return _failed(out, one_line(err))
     finally:
         stop.restore(previous)  # SIGTERM anywhere in the run, not only in Lightning's fit (engine/stop.py)
+        run_lock.release(out)  # taken by WritableOutput.on_run_start (a single run; a sweep's jobs have their own)
 
 
 def _failed(out: Path, line: str) -> None:

@@ -154,11 +154,16 @@ def checked_resume_problem(run: Path, config: DictConfig) -> str | None:
             f"resume: run dir {run} could not be checked ({type(err).__name__}: {err})"
 
 
-def first_start() -> bool:
-    """Not a DDP rank > 0 (Lightning starts them in rank 0's run dir) and not a SLURM requeue (the job's own
-    folder, continued): where an earlier run's files in ``hydra.run.dir`` are another run's (a review)."""
+def main_process() -> bool:
+    """Not a DDP rank > 0 (Lightning starts them in rank 0's run dir, with rank 0's command)."""
     ranks = [os.environ.get(k, "0") for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID")]
-    return slurm_restarts() == 0 and all(r.strip() in ("", "0") for r in ranks)
+    return all(r.strip() in ("", "0") for r in ranks)
+
+
+def first_start() -> bool:
+    """Not a DDP rank > 0 and not a SLURM requeue (the job's own folder, continued): where an earlier run's
+    files in ``hydra.run.dir`` are another run's (a review)."""
+    return slurm_restarts() == 0 and main_process()
 
 
 #: what says a run finished (or failed) and what its report reads
