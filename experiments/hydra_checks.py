@@ -4,7 +4,8 @@ with a stack trace after creating part of the tree, or write through the link).
 
 :func:`run_cli` does the same for Hydra's own command-line errors (a mistyped key, an unknown config
 option, an override that does not parse): one line and exit code 2, where Hydra prints several lines, its
-search path and exit code 1. ``HYDRA_FULL_ERROR=1`` keeps Hydra's full report."""
+search path and exit code 1 (each error's line: :mod:`experiments.cli_errors`). ``HYDRA_FULL_ERROR=1`` keeps
+Hydra's full report."""
 from __future__ import annotations
 
 import json
@@ -13,18 +14,18 @@ import os
 import re
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from engine.errors import MACHINE_ERRNOS, ConfigError, find_user_error, one_line
 from engine.objective import test_objective_line
-from lightning_modules.hints import struct_key_hint
+from experiments.cli_errors import (drop_unsubmitted_sweep, hydra_error_line, no_completed_trial,
+                                    null_group_override, search_space_error, submission_error)
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
 from engine.wandb_tracking import COMMAND_ENV
 from experiments import run_lock
@@ -142,21 +143,6 @@ FULL_ERROR = "HYDRA_FULL_ERROR"
 _compact = {"set": False, "owned": False, "after_job": False}
 
 
-def hydra_error_line(exc: Exception) -> str:
-    """One line for a Hydra composition or override error (Hydra's own text spans several lines)."""
-    if isinstance(exc, OverrideParseException):
-        lines = [ln.strip() for ln in exc.message.splitlines() if ln.strip()]
-        return f"override {exc.override!r}: {lines[0]}" + (f" ({lines[1]})" if len(lines) > 1 else "")
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    head = lines[0].split(": ", 1)[1] if lines and lines[0].startswith("In '") and ": " in lines[0] else (lines or [""])[0]
-    if isinstance(exc, MissingConfigException) and exc.options:
-        return f"{head}; available: {', '.join(str(o) for o in exc.options)}"
-    cause = str(exc.__cause__).strip().splitlines()[0] if exc.__cause__ is not None and str(exc.__cause__).strip() else ""
-    rest = [ln for ln in lines[1:] if not ln.startswith(("Available options", "Config search path", "provider="))]
-    hint = struct_key_hint(exc.__cause__)  # data.imag_size=32: "did you mean data.image_size?"
-    return head.rstrip(".") + (f": {cause}" if cause else "") + hint + "".join(f" ({ln.rstrip('.')})" for ln in rest[:1])
-
-
 def keep_compact() -> None:
     """After a sweep's job (in the sweeper's process): HYDRA_FULL_ERROR again, so that an error the sweeper
     raises after its jobs (Optuna's "No trials are completed yet." when every trial failed) reaches
@@ -229,57 +215,6 @@ def _refuse_unknown_keys(cfg: DictConfig, config_name: str) -> None:
                           f"{', '.join(sorted(known))}{where}")
 
 
-def submission_error(exc: BaseException) -> bool:
-    """Raised by submitit while it submits a sweep (no ``srun`` here, ``sbatch`` refused the jobs: a bad
-    partition, account or time), not while it reads a job's result (a job that crashed keeps its traceback)."""
-    codes = [frame.f_code for frame, _ in traceback.walk_tb(exc.__traceback__)]
-    in_submitit = any("/submitit/" in code.co_filename.replace("\\", "/") for code in codes)
-    return in_submitit and not any(code.co_name in ("result", "results") for code in codes)
-
-
-def drop_unsubmitted_sweep(since: float) -> str:
-    """After a refused submission: remove the sweep folder when this command made all of it (only
-    ``multirun.yaml`` and submitit's ``.submitit`` scripts, none older than ``since``), so a sweep that never
-    started leaves no folder behind (a review); an existing sweep's folder is kept. Returns what the error
-    line should add."""
-    import shutil
-
-    try:
-        sweep = Path(str(HydraConfig.get().sweep.dir))
-    except ValueError:  # HydraConfig not set: nothing to tidy
-        return ""
-    if not sweep.is_dir() or {p.name for p in sweep.iterdir()} - {"multirun.yaml", ".submitit"}:
-        return ""
-    if any(p.stat().st_mtime < since for p in sweep.rglob("*")):
-        return ""
-    shutil.rmtree(sweep, ignore_errors=True)
-    return f" (nothing ran; the sweep folder {sweep} this command made is removed)"
-
-
-def search_space_error(exc: BaseException) -> str | None:
-    """A search space the Optuna sweeper cannot build (a log interval from 0, low > high, ...), before any
-    trial ran: the override as typed (or the sweeper param) and Optuna's reason; ``None`` for anything else."""
-    for frame, _ in traceback.walk_tb(exc.__traceback__):
-        code = frame.f_code
-        if code.co_name == "create_optuna_distribution_from_override" and "hydra_optuna_sweeper" in code.co_filename:
-            override = frame.f_locals.get("override")
-            typed = getattr(override, "input_line", None) or (
-                override.get_key_element() if hasattr(override, "get_key_element") else "a sweeper param")
-            from lightning_modules.errors import one_line
-
-            return f"the Optuna search space {typed!r} is refused: {one_line(exc)}"
-    return None
-
-
-def no_completed_trial(exc: BaseException) -> bool:
-    """The Optuna sweeper's ``ValueError: No trials are completed yet.`` at the end of a search none of whose
-    trials returned an objective (each job failed on bad input and wrote its ``failed.json``)."""
-    if not isinstance(exc, ValueError) or "No trials are completed" not in str(exc):
-        return False
-    return any(frame.f_code.co_name == "sweep" and "hydra_optuna_sweeper" in frame.f_code.co_filename
-               for frame, _ in traceback.walk_tb(exc.__traceback__))
-
-
 #: the experiment folder of the running sweep's ``hydra.sweep.dir``, for its jobs in this and other processes
 SWEEP_NAME_ENV = "FEDMED_SWEEP_NAME"
 
@@ -298,17 +233,6 @@ def sweep_folder_name(name: str) -> str:
         values = [v for v in re.split(r"[,()\s]+", re.sub(r"^\w+\(", "", typed[-1])) if v]
         name = "+".join(re.sub(r"[^A-Za-z0-9_.-]", "-", v) for v in values)[:100] or str(name)
     return os.environ.setdefault(SWEEP_NAME_ENV, str(name))
-
-
-def null_group_override(exc: BaseException) -> str | None:
-    """One line for Hydra's ``ValueError`` on ``<group>=null`` (``logger=null``: 40 lines of traceback, a review),
-    naming the override and how to leave the group out."""
-    if not (isinstance(exc, ValueError) and str(exc).startswith("Config group override must be a string")):
-        return None
-    named = [a for a in sys.argv[1:] if re.fullmatch(r"[+~]*[\w/@.-]+=(null|None)", a) and "." not in a.split("=")[0]]
-    group = named[0].split("=")[0].lstrip("+~") if named else "<group>"
-    return (f"override {named[0] if named else group + '=null'!r}: {group} is a config group, set to one of its options "
-            f"(python -m experiments.run --help lists them); leave it out with ~{group}")
 
 
 def run_cli(main: Callable[[], Any]) -> None:
