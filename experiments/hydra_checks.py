@@ -51,10 +51,12 @@ class WritableOutput(Callback):
             sys.exit(2)  # before Hydra creates a run dir for a run that will not happen
         HydraConfig.instance().set_config(config)  # ${hydra:runtime.choices...} in the run dir's name
         self._check(config.hydra.run.dir, "hydra.run.dir")
-        key, folder = ("resume", resume) if resumable(resume) else ("hydra.run.dir", str(config.hydra.run.dir))
-        problem = run_lock.holder(folder) if main_process() else None
-        if problem is not None:  # before Hydra rewrites the live run's .hydra/ (and a fresh start moves its files)
-            print(run_lock.refusal_line(key, folder, problem), file=sys.stderr)
+        # the folder the run writes into and the one Hydra writes .hydra/ and run.log into (a review: resume=<dir>
+        # hydra.run.dir=<a live run's folder> wrote there), checked before Hydra rewrites a live run's .hydra/
+        folders = [("resume", resume)] * bool(resumable(resume)) + [("hydra.run.dir", str(config.hydra.run.dir))]
+        in_use = run_lock.first_refusal(folders, take=False) if main_process() else None
+        if in_use is not None:
+            print(in_use, file=sys.stderr)
             sys.exit(2)
         pid = live_launcher_of(Path(str(config.hydra.run.dir))) if first_start() else None
         if pid is not None:  # a review: a second run in the folder mixed its files into the live rehearsal's
@@ -78,9 +80,9 @@ class WritableOutput(Callback):
             if bad is not None:  # before Hydra rewrites .hydra/ and the run its config.yaml: the folder stays as it was
                 print(f"error: {bad.splitlines()[0] if bad else bad}", file=sys.stderr)
                 sys.exit(2)
-        problem = run_lock.hold(folder) if main_process() else None  # held until this process ends (run.main lets go)
-        if problem is not None:  # another run took it since the check above
-            print(run_lock.refusal_line(key, folder, problem), file=sys.stderr)
+        in_use = run_lock.first_refusal(folders, take=True) if main_process() else None  # run.main lets go
+        if in_use is not None:  # another run took it since the check above
+            print(in_use, file=sys.stderr)
             sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

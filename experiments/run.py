@@ -41,8 +41,8 @@ from engine.run_match import holds_run, interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
 from experiments import run_lock  # noqa: E402
-from experiments.run_folder import (checked_resume_problem, first_start, not_resumable_line, resumable,  # noqa: E402
-                                    set_aside_run, slurm_restarts)
+from experiments.run_folder import (checked_resume_problem, first_start, main_process, not_resumable_line,  # noqa: E402
+                                    resumable, set_aside_run, slurm_restarts)
 
 log = logging.getLogger("experiments.run")
 
@@ -97,9 +97,14 @@ def main(cfg: DictConfig) -> float | None:
     # handed-over run folder; a review of that fix: `-m ... resume=true` through one in the job's own folder)
     if resumable(resume) is False:
         return _failed(output_dir(cfg), not_resumable_line(resume)[len("error: "):])
+    in_use = run_lock.first_refusal([("resume", resume)], take=True) \
+        if in_sweep() and resumable(resume) and main_process() else None  # a single run's: WritableOutput's
+    if in_use is not None:  # a review: `-m ... resume=<dir>` continued a folder whose run still ran
+        return _failed(output_dir(cfg), in_use[len("error: "):])
     continued = Path(resume).resolve() if resumable(resume) else output_dir(cfg) if resume in (True, "true") else None
     bad = checked_resume_problem(continued, cfg) if continued is not None and in_sweep() else None
     if bad is not None:
+        run_lock.release_all()
         return _failed(output_dir(cfg), bad.splitlines()[0])
     if resumable(resume):  # resume=<run dir>: continue that run in its own folder (same checkpoints, W&B run id)
         with open_dict(cfg):
@@ -150,7 +155,7 @@ def main(cfg: DictConfig) -> float | None:
         return _failed(out, one_line(err))
     finally:
         stop.restore(previous)  # SIGTERM anywhere in the run, not only in Lightning's fit (engine/stop.py)
-        run_lock.release(out)  # taken by WritableOutput.on_run_start (a single run; a sweep's jobs have their own)
+        run_lock.release_all()  # taken above or by WritableOutput.on_run_start
 
 
 def _failed(out: Path, line: str) -> None:

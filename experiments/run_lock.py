@@ -1,48 +1,81 @@
-"""One run at a time in a run folder: the run that writes into a folder holds an advisory lock on its
-``.run.lock`` (``flock``) until it ends, and a second run started there (a plain run, ``resume=true`` or
-``resume=<that dir>``) is refused in one line before Hydra rewrites the folder's ``.hydra/``.
+"""One run at a time in a run folder: the run that writes into a folder holds a lock on its ``.run.lock``
+until it ends, and a second run started there (a plain run, ``resume=true`` or ``resume=<that dir>``) is refused
+in one line before Hydra rewrites the folder's ``.hydra/``.
 
-The kernel releases the lock when its process ends, however it ends (a crash, SIGKILL, a node's reboot), so a
-stale ``.run.lock`` never blocks a later run; its text (pid and host) is only what the refusal names. A review
-found two runs started at once in one folder mixed their checkpoints, CSV rows and W&B run; Flower rehearsals had
-their own check (:func:`experiments.run_folder.live_launcher_of`), plain runs none."""
+The lock is a POSIX record lock (``fcntl.lockf``): the kernel drops it when its process ends, however it ends
+(a crash, SIGKILL), so a stale ``.run.lock`` never blocks a later run; forked children (DataLoader workers) do
+not inherit it (a review: an ``flock`` stayed held by a killed run's workers), and it works on NFS (where
+``flock`` is emulated by this lock and needs the file open for writing). Its caveat: the process loses it when
+it closes any descriptor of the file, so nothing in the run may open ``.run.lock`` (nothing does but this
+module). Where the file system has no locks (ENOLCK, ENOSYS), the run goes on unlocked, said in one line. A
+review found two runs started at once in one folder mixed their checkpoints, CSV rows and W&B run; Flower
+rehearsals had their own check (:func:`experiments.run_folder.live_launcher_of`), plain runs none."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
+import stat
+import sys
 from pathlib import Path
 
 LOCK_NAME = ".run.lock"
 _held: dict[Path, int] = {}  # folder (resolved) -> the open descriptor whose lock this process holds
+_HELD_ELSEWHERE = (errno.EACCES, errno.EAGAIN)
+_said_unlocked: set[Path] = set()
 
 
-def _in_use(path: Path) -> str:
+def _in_use(fd: int) -> str:
     try:
-        said = path.read_text(errors="replace").strip()
+        said = os.pread(fd, 200, 0).decode(errors="replace").strip()
     except OSError:
         said = ""
     return (f"is in use by a run still running there ({said or 'another process'}); wait for it to end, or give "
             f"this run another folder")
 
 
+def _open(path: Path, create: bool) -> int | str:
+    """The lock file open for writing (a lock needs it on NFS), never through a link and never blocking (a FIFO
+    planted in a handed-over folder hung the run: a review); else why not."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as err:
+        return f"has a {LOCK_NAME} that cannot be opened ({err.strerror}); remove it, or give this run another folder"
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return f"has a {LOCK_NAME} that is not a plain file; remove it, or give this run another folder"
+    return fd
+
+
+def _lock(fd: int, folder: Path) -> str | None:
+    """Take the lock on ``fd``: None when taken (or when the file system has none: said once), else the holder."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in _HELD_ELSEWHERE:
+            return _in_use(fd)
+        if folder not in _said_unlocked:
+            _said_unlocked.add(folder)
+            print(f"warning: {folder} has no file locks ({err.strerror}): this run does not keep others out of it",
+                  file=sys.stderr)
+    return None
+
+
 def holder(folder: str | Path) -> str | None:
-    """What keeps a run out of ``folder`` (its lock's holder: "pid 123 on host"), or None when no other process
-    holds it. Creates nothing."""
+    """What keeps a run out of ``folder`` (its lock's holder: "pid 123 on host", or a lock file that is not a
+    plain file), or None. Creates nothing."""
     folder = Path(folder).resolve()
-    if folder in _held:
+    if folder in _held or not (folder / LOCK_NAME).exists() and not (folder / LOCK_NAME).is_symlink():
         return None
+    fd = _open(folder / LOCK_NAME, create=False)
+    if isinstance(fd, str):
+        return fd
     try:
-        fd = os.open(folder / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:  # no lock file (no run there yet), not a folder, or a link (hold() names it): no holder
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _in_use(folder / LOCK_NAME)
+        return _lock(fd, folder)
     finally:
         os.close(fd)  # closing the descriptor also drops the lock taken just now
-    return None
 
 
 def hold(folder: str | Path) -> str | None:
@@ -52,27 +85,33 @@ def hold(folder: str | Path) -> str | None:
     if folder in _held:
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    try:  # never through a link: a folder handed over with .run.lock -> ~/.bashrc would have it emptied
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as err:
-        return f"has a {LOCK_NAME} that cannot be opened ({err.strerror}); remove it, or give this run another folder"
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    fd = _open(folder / LOCK_NAME, create=True)
+    if isinstance(fd, str):
+        return fd
+    problem = _lock(fd, folder)
+    if problem is not None:
         os.close(fd)
-        return _in_use(folder / LOCK_NAME)
+        return problem
     os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     _held[folder] = fd
     return None
 
 
-def release(folder: str | Path) -> None:
-    """Let ``folder``'s run lock go (a sweep's jobs run one after another in one process)."""
-    fd = _held.pop(Path(folder).resolve(), None)
-    if fd is not None:
-        os.close(fd)
+def release_all() -> None:
+    """Let every run lock of this process go (a sweep's jobs run one after another in one process)."""
+    while _held:
+        os.close(_held.popitem()[1])
 
 
 def refusal_line(key: str, folder: str | Path, problem: str) -> str:
     return f"error: {key}={folder} {problem}"
+
+
+def first_refusal(folders: list[tuple[str, str]], take: bool) -> str | None:
+    """The refusal line for the first of ``(key, folder)`` another run holds (``take``: and hold the others)."""
+    for key, folder in folders:
+        problem = hold(folder) if take else holder(folder)
+        if problem is not None:
+            return refusal_line(key, folder, problem)
+    return None
