@@ -29,8 +29,8 @@ from experiments.cli_errors import (drop_unsubmitted_sweep, hydra_error_line, no
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
 from engine.wandb_tracking import COMMAND_ENV
 from experiments import run_lock
-from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, live_launcher_of,
-                                    main_process, not_resumable_line, resumable, unwritable)
+from experiments.run_folder import (checked_resume_problem, checkpoint_clash, earlier_run, first_start,
+                                    live_launcher_of, main_process, not_resumable_line, resumable, unwritable)
 
 
 class WritableOutput(Callback):
@@ -68,6 +68,10 @@ class WritableOutput(Callback):
             print(f"error: {refused}", file=sys.stderr)
             sys.exit(2)
         if resume in (None, False, "false"):
+            clash = checkpoint_clash(Path(str(config.hydra.run.dir)), config) if first_start() else None
+            if clash is not None:  # before anything of the earlier run moves
+                print(f"error: {clash}", file=sys.stderr)
+                sys.exit(2)
             earlier = earlier_run(Path(str(config.hydra.run.dir))) if first_start() else None
             if earlier is not None:  # a review: a second run in a run dir mixed its CSV, W&B run and checkpoints
                 print(f"warning: hydra.run.dir={config.hydra.run.dir} holds an earlier run ({earlier}): its files "

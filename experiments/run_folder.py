@@ -276,6 +276,28 @@ def _named_files(cfg: DictConfig, run: Path) -> set[str]:
     return out
 
 
+#: what a centralised or distillation run's own checkpoint callbacks write into ``<run>/checkpoints`` (callbacks/default.yaml)
+OWN_CHECKPOINTS = ("best.ckpt", "last.ckpt")
+
+
+def checkpoint_clash(run: Path, cfg: DictConfig) -> str | None:
+    """For a new run that trains in ``run``: a file its config names (``ckpt_path=``, ``distill.teacher.ckpt=``)
+    among the checkpoints it writes there itself, as one line; else None. Such a file stays when the earlier run's
+    move aside (:func:`set_aside_run`), and the new run then saved its best as ``best-v1.ckpt`` beside it (predict on
+    ``best.ckpt`` took the earlier model) and replaced its ``last.ckpt`` (a later resume of a distillation took
+    its own student as the teacher). A federation writes no ``checkpoints/``."""
+    if not cfg.get("train", True) or cfg.get("federation") is not None or cfg.get("fed_distill") is not None:
+        return None
+    ckpts = os.path.abspath(run / "checkpoints")
+    clash = sorted(f for f in _named_files(cfg, run)
+                   if os.path.dirname(f) == ckpts and os.path.basename(f) in OWN_CHECKPOINTS)
+    if not clash:
+        return None
+    return (f"{clash[0]}, which this run's config names, is in the checkpoints/ folder where this new run (train=true) "
+            f"saves its own best.ckpt and last.ckpt: copy it out of {run} first, or give this run another folder "
+            f"(resume=true continues the run that is there)")
+
+
 def live_launcher_of(run: Path) -> int | None:
     """The pid of a Flower launcher of ``run`` (or of a stage of it: ``teacher/``, ``fed_hlfd/``) that still runs."""
     folders = [run / "flower", *(run / n / "flower" for n in ("teacher", "fed_none", "fed_hlfd"))]

@@ -218,3 +218,32 @@ def test_a_given_wandb_id_in_a_sweep_is_refused(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "logger.wandb.id=one: a sweep's jobs are one W&B run each" in proc.stderr
     assert not list((tmp_path / "logs").rglob("offline-run-*"))
+
+
+def test_a_fine_tune_of_a_checkpoint_in_the_folder_it_would_write_is_refused(tmp_path):
+    """Found before (kept open for a session): ``train=true ckpt_path=<run>/checkpoints/best.ckpt`` started in that
+    run's own folder kept the named ``best.ckpt`` there (it is the config's) and saved its own best as
+    ``best-v1.ckpt`` beside it, so predict on ``best.ckpt`` took the earlier model. Now one line before anything
+    moves; a test-only run of it (``train=false``) and a fine-tune in another folder go on."""
+    run = tmp_path / "run"
+    args = ["+exp=digits_cnn", "logger=csv", "trainer.max_epochs=1", "++trainer.limit_train_batches=2",
+            "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1", "model.width=4",
+            f"paths.root_dir={tmp_path}"]
+    assert run_in_process("experiments.run", [*args, f"hydra.run.dir={run}"], ROOT).returncode == 0
+    best = run / "checkpoints" / "best.ckpt"
+    before = sorted(p.name for p in run.iterdir())
+    tune = run_in_process("experiments.run", [*args, f"hydra.run.dir={run}", f"ckpt_path={best}",
+                                              "trainer.max_epochs=2"], ROOT)
+    assert tune.returncode == 2, tune.stderr[-2000:]
+    assert tune.stderr.strip().splitlines()[-1] == (
+        f"error: {best}, which this run's config names, is in the checkpoints/ folder where this new run "
+        f"(train=true) saves its own best.ckpt and last.ckpt: copy it out of {run} first, or give this run another "
+        f"folder (resume=true continues the run that is there)")
+    assert sorted(p.name for p in run.iterdir()) == before
+    tested = run_in_process("experiments.run", [*args, f"hydra.run.dir={run}", f"ckpt_path={best}", "train=false"],
+                            ROOT)
+    assert tested.returncode == 0, tested.stderr[-2000:]
+    elsewhere = run_in_process("experiments.run", [*args, f"hydra.run.dir={tmp_path / 'tuned'}", f"ckpt_path={best}",
+                                                   "trainer.max_epochs=2"], ROOT)  # Lightning goes on from epoch 1
+    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "tuned" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
