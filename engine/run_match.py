@@ -169,10 +169,12 @@ def canonical_override(text: str) -> str:
 def holds_run(run: Path | str) -> bool:
     """Whether ``run`` holds a run to continue: a centralised or distillation run's ``checkpoints/``, a
     federation's ``server.pt``, a distillation stopped in its ``teacher/`` stage, a federated distillation's
-    finished site arms (``sites/``: one run with local arms only has no other)."""
+    site arms (``sites/<site>/<arm>/`` with a checkpoint or its finished ``student.pt``/``teacher.pt``: one run with
+    local arms only has no other; a bare ``sites/`` folder is none: a review)."""
     run = Path(run)
     return ((run / "checkpoints").is_dir() or (run / "server.pt").is_file() or (run / "teacher").is_dir()
-            or (run / "sites").is_dir())
+            or any(next((run / "sites").glob(f"*/*/{name}"), None) is not None
+                   for name in ("checkpoints", "student.pt", "teacher.pt")))
 
 
 def interrupted_line(signame: str, overrides: Iterable[str], run: Path | str) -> str:

@@ -162,8 +162,11 @@ def test_what_the_new_run_names_moves_with_it_and_a_live_launcher_refuses(tmp_pa
     assert (run / "teacher" / "checkpoints" / "best.ckpt").is_symlink() and (run / "flower").is_dir()
     assert (moved / "teacher" / "checkpoints" / "last.ckpt").is_file()
     assert cfg.ckpt_path == str(run / "checkpoints" / "best.ckpt")  # the config is left as given
-    (run / "sites" / "a" / "none").mkdir(parents=True)  # a federated distillation with local arms only
-    assert holds_run(run)
+    arms = tmp_path / "arms"  # a federated distillation with local arms only
+    (arms / "sites" / "a" / "none").mkdir(parents=True)
+    assert not holds_run(arms)  # a bare sites/ folder holds no run (a review)
+    (arms / "sites" / "a" / "none" / "checkpoints").mkdir()
+    assert holds_run(arms)
 
 
 def test_a_narrow_mask_takes_any_ignore_index():
