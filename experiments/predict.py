@@ -216,7 +216,8 @@ def predict(cfg: DictConfig) -> dict:
     if src.is_dir():
         outputs = [c.output for c in cases] + ([c.output.with_name(f"{_bare(c.output.name)}.npz") for c in cases]
                                                if keep_prob else [])
-        claim_output_folder(cases[0].output.parent, outputs, cfg.get("overwrite") is True)
+        for folder in folders:  # each folder its outputs go to (a reread: the first one only was checked)
+            claim_output_folder(folder, [o for o in outputs if o.parent == folder], cfg.get("overwrite") is True)
     else:
         claim_output_file(cases[0].output, cfg.get("overwrite") is True)
     class_names = models.hparams.get("class_names") or dm.class_names
