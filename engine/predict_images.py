@@ -21,7 +21,7 @@ from PIL import Image
 
 from datamodules.collate import pad_as_batched
 from datamodules.errors import DataError
-from datamodules.folder2d import EXTENSIONS, strip_suffix
+from datamodules.image_files import EXTENSIONS, strip_suffix
 from engine.predict_output import PREDICT_SIGNATURE, is_image, refuse_input_folder, refuse_overwrite
 from lightning_modules.atomic import atomic_output
 from lightning_modules.errors import ConfigError

@@ -14,7 +14,7 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
-from datamodules.folder2d import EXTENSIONS
+from datamodules.image_files import EXTENSIONS
 from engine.artifacts import atomic_write_text
 from lightning_modules.errors import ConfigError
 
@@ -74,7 +74,7 @@ def is_nifti(p: Path) -> bool:
 
 
 def is_image(p: Path) -> bool:
-    """A 2D image file predict reads as an input (:data:`datamodules.folder2d.EXTENSIONS`, any case)."""
+    """A 2D image file predict reads as an input (:data:`datamodules.image_files.EXTENSIONS`, any case)."""
     return p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
 
 

@@ -300,7 +300,7 @@ def test_train_cases_applies_with_a_test_folder_and_odd_label_values_are_refused
 def test_float_masks_are_rounded_to_labels_not_truncated(tmp_path):
     """A review: an NPY mask's ``0.99999994`` (float round-off) decoded as background and ``1.9999999`` as class 1
     (truncation toward zero); they are now the nearest label, and a value that is no label is one line."""
-    from datamodules.folder2d import decode_mask
+    from datamodules.image_files import decode_mask
 
     np.save(tmp_path / "m.npy", np.array([[0.0, 0.99999994, 1.9999999, 2.0]], np.float32))
     assert decode_mask(tmp_path / "m.npy", None, None, None).tolist() == [[0, 1, 2, 2]]
@@ -371,7 +371,7 @@ def test_colour_and_alpha_masks_are_read_as_they_are_drawn(tmp_path):
     "has 3 channels"). A colour mask without data.mask_channel is one line now; alpha is channel 3."""
     from PIL import Image
 
-    from datamodules.folder2d import decode_mask
+    from datamodules.image_files import decode_mask
 
     rgb = np.zeros((4, 4, 3), np.uint8)
     rgb[0, :2] = (0, 255, 0)                                   # liver, green

@@ -174,7 +174,7 @@ def test_image_files_read_as_training_reads_them(tmp_path):
     """16-bit PNGs are scaled by their bit depth (they were left at 0..65535), a [C, H, W] NPY is
     channels-first (a [1, H, W] array was read as a 1 x H image), and a palette mask's indices are its
     classes (they were read as the red channel of their colours). Found by an audit."""
-    from datamodules.folder2d import decode_mask, load_image
+    from datamodules.image_files import decode_mask, load_image
 
     grey = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
     Image.fromarray(grey).save(tmp_path / "g16.png")

@@ -139,7 +139,7 @@ def test_pickled_arrays_in_a_data_folder_run_nothing(tmp_path, where):
     crafted = np.empty(1, dtype=object)
     crafted[0] = Payload()
     if where == "folder2d":
-        from datamodules.folder2d import _read as read_image
+        from datamodules.image_files import _read as read_image
 
         path = tmp_path / "img.npy"
         np.save(path, crafted, allow_pickle=True)
