@@ -28,13 +28,13 @@ from engine.builders import build_datamodule
 from engine.errors import ConfigError, one_line
 from experiments.config_help import exit_with_help_if_asked
 from experiments.hydra_checks import run_cli, user_command
-from engine.predict import (check_case_channels, check_label_shapes, is_nifti, load_case_label, load_models,
-                            net_in_channels, plan_cases, predict_case, save_nifti, save_probabilities, score_case,
-                            summary_of)
+from engine.predict import (check_label_shapes, load_case_label, load_models, predict_case, save_nifti,
+                            save_probabilities, score_case, summary_of)
+from engine.predict_cases import check_case_channels, net_in_channels, plan_cases
 from engine.predict_images import (check_image_label_sizes, is_image, plan_images, predict_image, save_png,
                                    score_image)
-from engine.predict_output import (check_writable, claim_output_file, claim_output_folder, mark_output_folder,
-                                   remove_if_left_empty, stale_beside)
+from engine.predict_output import (check_writable, claim_output_file, claim_output_folder, is_nifti,
+                                   mark_output_folder, remove_if_left_empty, stale_beside)
 from datamodules.errors import DataError
 from lightning_modules import targets
 from lightning_modules.inference import VolumePredictor

@@ -256,7 +256,8 @@ def test_a_label_stored_flipped_is_scored_by_its_own_affine(files):
     target, with the input's spacing; and predict runs with either."""
     from types import SimpleNamespace
 
-    from engine.predict import PredictCase, load_case_label
+    from engine.predict import load_case_label
+    from engine.predict_cases import PredictCase
 
     tmp, ckpt = files
     dm = SimpleNamespace(label_fn=lambda: (lambda y: y), params=SimpleNamespace(labels=(0, 1)))
@@ -273,7 +274,7 @@ def test_a_label_stored_flipped_is_scored_by_its_own_affine(files):
 def test_numbered_scans_are_cases_not_channels(files):
     """A walkthrough: ``scan_0001`` and ``scan_0002`` (two patients) were stacked as the channels of one case
     ``scan``; nnU-Net's channels run _0000.._C-1, so these are two cases."""
-    from engine.predict import plan_cases
+    from engine.predict_cases import plan_cases
 
     tmp, ckpt = files
     assert [c.case_id for c in plan_cases(tmp / "numbered", tmp / "num_out")] == ["scan_0001", "scan_0002"]
@@ -291,7 +292,7 @@ def test_cases_are_named_and_labelled_by_case_and_one_name_is_one_volume(files):
     import shutil
 
     from datamodules.errors import DataError
-    from engine.predict import plan_cases
+    from engine.predict_cases import plan_cases
 
     tmp, ckpt = files
     two = tmp / "twonames"

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from datamodules.folder2d import FolderSegmentationDataModule
-from engine.predict import plan_cases
+from engine.predict_cases import plan_cases
 from engine.predict_images import ImageCase, plan_images, predict_image
 from lightning_modules.metrics import case_scores, confusion_matrix
 from tests.cli import run_in_process
