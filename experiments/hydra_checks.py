@@ -115,7 +115,7 @@ class SweepOutcome(Callback):
         keep_compact()  # the sweeper's own errors after this job reach run_cli (all trials failed: one line)
 
 
-_sweep: dict[str, Any] = {"failed": [], "jobs": 0}
+_sweep: dict[str, Any] = {"failed": [], "jobs": 0, "refused": []}
 _sweep_dir: dict[str, Any] = {"folder": None, "started": 0.0}  # the running sweep's folder and start time
 
 
@@ -134,8 +134,17 @@ def _count_sweep_jobs() -> None:
     _sweep["failed"], _sweep["jobs"] = failed, len(jobs)
 
 
+def job_refused(folder: Path) -> None:
+    """A sweep job of this process that did not run because another run writes in its folder (so it wrote no
+    ``failed.json`` there): counted among the failed jobs at the sweep's end."""
+    root = _sweep_dir["folder"]
+    _sweep["refused"].append(str(folder.relative_to(root)) if root is not None and folder.is_relative_to(root)
+                             else folder.name)
+
+
 def _exit_if_jobs_failed() -> None:
-    failed, _sweep["failed"] = list(_sweep["failed"]), []
+    failed, _sweep["failed"] = sorted({*_sweep["failed"], *_sweep["refused"]}), []
+    _sweep["refused"] = []
     if failed:
         shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
         print(f"error: {len(failed)} of {max(_sweep['jobs'], len(failed))} sweep jobs failed (each says why in "
@@ -245,7 +254,7 @@ def run_cli(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function; Hydra's command-line errors, a launcher that cannot submit the sweep
     and a sweep with failed jobs (:class:`SweepOutcome`) become one line and exit code 2."""
     started = time.time() - 1.0  # file times may be rounded down to the second
-    _sweep.update(failed=[], jobs=0)  # a command run earlier in this process (tests) counts nothing
+    _sweep.update(failed=[], jobs=0, refused=[])  # a command run earlier in this process (tests) counts nothing
     _sweep_dir.update(folder=None, started=0.0)
     os.environ[COMMAND_ENV] = json.dumps(sys.argv[1:])  # a sweep's jobs name their W&B runs by what it varies
     os.environ.pop(SWEEP_NAME_ENV, None)  # pinned by this command's sweep, if it is one (sweep_folder_name)

@@ -39,7 +39,7 @@ from engine.wandb_tracking import method_suffix, swept_suffix, trained_model  # 
 import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: the checkpoint's mode)
 from engine.run_match import holds_run, interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
-from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
+from experiments.hydra_checks import job_refused, run_cli, sweep_folder_name, task_started  # noqa: E402
 from experiments import run_lock  # noqa: E402
 from experiments.run_folder import (checked_resume_problem, first_start, main_process, not_resumable_line,  # noqa: E402
                                     resumable, set_aside_run, slurm_restarts)
@@ -97,15 +97,19 @@ def main(cfg: DictConfig) -> float | None:
     # handed-over run folder; a review of that fix: `-m ... resume=true` through one in the job's own folder)
     if resumable(resume) is False:
         return _failed(output_dir(cfg), not_resumable_line(resume)[len("error: "):])
-    in_use = run_lock.first_refusal([("resume", resume)], take=True) \
-        if in_sweep() and resumable(resume) and main_process() else None  # a single run's: WritableOutput's
-    if in_use is not None:  # a review: `-m ... resume=<dir>` continued a folder whose run still ran
-        return _failed(output_dir(cfg), in_use[len("error: "):])
+    if in_sweep() and main_process():  # a single run's locks: taken by WritableOutput before Hydra wrote
+        in_use = run_lock.first_refusal([("hydra.runtime.output_dir", str(output_dir(cfg)))], take=True)
+        if in_use is not None:  # a review: a single run started in a live job's folder moved its files aside
+            print(f"error (job {output_dir(cfg).name}): {in_use[len('error: '):]}", file=sys.stderr)
+            job_refused(output_dir(cfg))  # its failed.json would go into the other run's folder
+            return None
+        in_use = run_lock.first_refusal([("resume", resume)], take=True) if resumable(resume) else None
+        if in_use is not None:  # a review: `-m ... resume=<dir>` continued a folder whose run still ran
+            return _failed(output_dir(cfg), in_use[len("error: "):], release=True)
     continued = Path(resume).resolve() if resumable(resume) else output_dir(cfg) if resume in (True, "true") else None
     bad = checked_resume_problem(continued, cfg) if continued is not None and in_sweep() else None
     if bad is not None:
-        run_lock.release_all()
-        return _failed(output_dir(cfg), bad.splitlines()[0])
+        return _failed(output_dir(cfg), bad.splitlines()[0], release=True)
     if resumable(resume):  # resume=<run dir>: continue that run in its own folder (same checkpoints, W&B run id)
         with open_dict(cfg):
             cfg.paths.output_dir = str(Path(resume).resolve())
@@ -158,7 +162,7 @@ def main(cfg: DictConfig) -> float | None:
         run_lock.release_all()  # taken above or by WritableOutput.on_run_start
 
 
-def _failed(out: Path, line: str) -> None:
+def _failed(out: Path, line: str, release: bool = False) -> None:
     """A run stopped by bad input, before or while it ran: its folder says why it holds no results (``failed.json``,
     which experiments.report lists and :class:`experiments.hydra_checks.SweepOutcome` counts), then one line; a
     sweep's job returns so the sweep goes on (and exits 2 naming it), a single run exits 2."""
@@ -167,6 +171,8 @@ def _failed(out: Path, line: str) -> None:
             artifacts.write_json(out / "failed.json", {"error": line, "overrides": list(HydraConfig.get().overrides.task)})
         except OSError:  # the disk that stopped the run may not take this file either
             pass
+    if release:  # the run locks a sweep's job took before it stopped (the next job of this process takes its own)
+        run_lock.release_all()
     if in_sweep():  # one bad job must not kill the sweep
         print(f"error (job {out.name}): {line}", file=sys.stderr)
         return None

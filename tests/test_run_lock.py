@@ -14,14 +14,14 @@ from tests.cli import run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = ("import os, sys, time; from experiments import run_lock; assert run_lock.hold(sys.argv[1]) is None; "
-        "child = os.fork() if len(sys.argv) > 2 else 1; print(child, flush=True); time.sleep(120)")
+        "child = os.fork() if len(sys.argv) > 2 else -1; child == 0 or print(child, flush=True); time.sleep(120)")
 ASK = "import sys; from experiments import run_lock; print(run_lock.holder(sys.argv[1]))"
 ARGS = ["+exp=digits_cnn", "++trainer.fast_dev_run=true", "logger=csv"]
 
 
 def _holding(folder: Path, fork: bool = False) -> tuple[subprocess.Popen, int]:
     """A process holding ``folder``'s lock (``fork``: with a forked child, as a DataLoader worker is); its pid
-    and its child's."""
+    and its child's (-1: none)."""
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), *(["fork"] * fork)], cwd=ROOT,
                             stdout=subprocess.PIPE, text=True)
     return proc, int(proc.stdout.readline())
@@ -135,3 +135,23 @@ def test_a_lock_file_that_is_a_link_or_a_fifo_is_refused_and_no_locks_is_a_warni
     assert run_lock.hold(tmp_path / "c") is None and run_lock.holder(tmp_path / "c") is None
     run_lock.release_all()
     assert capsys.readouterr().err.count("has no file locks (No locks available)") == 1
+
+
+def test_a_sweep_job_takes_its_own_folder_too(tmp_path):
+    """The review of the lock: a sweep's jobs held nothing, so a single run started in a live job's folder moved
+    its files aside (the job then crashed). A job now holds its folder as a single run does: here the folder is
+    held by another process, and the job is refused, counted as failed, and writes nothing into it."""
+    job = tmp_path / "sweep" / "job"
+    live, _ = _holding(job)
+    try:
+        proc = run_in_process("experiments.run", ["-m", *ARGS, f"paths.root_dir={tmp_path}",
+                                                  f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=job"],
+                              ROOT)
+    finally:
+        live.kill()
+        live.wait()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error (job job): hydra.runtime.output_dir={job} is in use by a run still running there (pid {live.pid}" \
+        in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 sweep jobs failed"), proc.stderr[-2000:]
+    assert not (job / "failed.json").exists() and not (job / "metrics.json").exists()

@@ -239,9 +239,14 @@ def test_a_fine_tune_of_a_checkpoint_in_the_folder_it_would_write_is_refused(tmp
                                               "trainer.max_epochs=2"], ROOT)
     assert tune.returncode == 2, tune.stderr[-2000:]
     assert tune.stderr.strip().splitlines()[-1] == (
-        f"error: {best}, which this run's config names, is in the checkpoints/ folder where this new run "
-        f"(train=true) saves its own best.ckpt and last.ckpt: copy it out of {run} first, or give this run another "
-        f"folder (resume=true continues the run that is there)")
+        f"error: {best}, which this run's config names, is where this new run (train=true) saves its own "
+        f"checkpoint: copy it elsewhere first, or give this run another folder (train=false only tests it; "
+        f"resume=true continues the run that is there)")
+    assert sorted(p.name for p in run.iterdir()) == before
+    (tmp_path / "link").symlink_to(run)  # a review: the folder through a link was not seen as the same
+    linked = run_in_process("experiments.run", [*args, f"hydra.run.dir={tmp_path / 'link'}", f"ckpt_path={best}",
+                                                "trainer.max_epochs=2"], ROOT)
+    assert linked.returncode == 2 and "is where this new run (train=true) saves" in linked.stderr, linked.stderr[-2000:]
     assert sorted(p.name for p in run.iterdir()) == before
     tested = run_in_process("experiments.run", [*args, f"hydra.run.dir={run}", f"ckpt_path={best}", "train=false"],
                             ROOT)
@@ -250,3 +255,30 @@ def test_a_fine_tune_of_a_checkpoint_in_the_folder_it_would_write_is_refused(tmp
                                                    "trainer.max_epochs=2"], ROOT)  # Lightning goes on from epoch 1
     assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "tuned" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_a_clash_is_found_where_the_checkpoints_really_go(tmp_path):
+    """The review of that check: a ``callbacks.*.dirpath`` override moved the run's checkpoints elsewhere (the
+    named earlier ``best.ckpt`` there was overwritten, unrefused), and ``distill=teacher`` with the folder's own
+    teacher checkpoint only tests it (refused as if it trained). Named files reached through a link stay put."""
+    from omegaconf import OmegaConf
+
+    from experiments.run_folder import _named_files, checkpoint_clash
+
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "ckpts"
+    ckpts.mkdir(parents=True)
+    (ckpts / "best.ckpt").write_text("x")
+    callbacks = {"model_checkpoint": {"dirpath": "${paths.output_dir}/ckpts", "filename": "best"},
+                 "last_checkpoint": {"dirpath": "${paths.output_dir}/ckpts", "filename": "last"}}
+    cfg = OmegaConf.create({"train": True, "ckpt_path": str(ckpts / "best.ckpt"), "callbacks": callbacks})
+    assert "is where this new run (train=true) saves its own checkpoint" in checkpoint_clash(run, cfg)
+    cfg.callbacks.model_checkpoint.dirpath = "${paths.output_dir}/checkpoints"  # they go elsewhere: no clash
+    assert checkpoint_clash(run, cfg) is None
+    teacher = OmegaConf.create({"train": True, "callbacks": {"m": {"dirpath": str(ckpts), "filename": "best"}},
+                                "distill": {"method": "teacher", "teacher": {"ckpt": str(ckpts / "best.ckpt")}}})
+    assert checkpoint_clash(run, teacher) is None  # tests the given teacher, trains nothing
+    teacher.distill.method = "hlfd"
+    assert checkpoint_clash(run, teacher) is not None  # a student trained into the teacher's file
+    (tmp_path / "link").symlink_to(run)
+    named = OmegaConf.create({"ckpt_path": str(tmp_path / "link" / "ckpts" / "best.ckpt")})
+    assert _named_files(named, run) == {str(ckpts / "best.ckpt")}
