@@ -263,7 +263,7 @@ def test_a_clash_is_found_where_the_checkpoints_really_go(tmp_path):
     teacher checkpoint only tests it (refused as if it trained). Named files reached through a link stay put."""
     from omegaconf import OmegaConf
 
-    from experiments.run_folder import _named_files, checkpoint_clash
+    from experiments.named_files import checkpoint_clash, named_files
 
     run, ckpts = tmp_path / "run", tmp_path / "run" / "ckpts"
     ckpts.mkdir(parents=True)
@@ -281,4 +281,4 @@ def test_a_clash_is_found_where_the_checkpoints_really_go(tmp_path):
     assert checkpoint_clash(run, teacher) is not None  # a student trained into the teacher's file
     (tmp_path / "link").symlink_to(run)
     named = OmegaConf.create({"ckpt_path": str(tmp_path / "link" / "ckpts" / "best.ckpt")})
-    assert _named_files(named, run) == {str(ckpts / "best.ckpt")}
+    assert named_files(named, run) == {str(ckpts / "best.ckpt")}
