@@ -93,7 +93,7 @@ class WritableOutput(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
-        bad = sweep_config_line(config)
+        bad = sweep_config_line(config) or live_jobs(Path(str(config.hydra.sweep.dir)))
         if bad is not None:  # before the sweeper starts: no trial trains, no sweep folder is made
             print(f"error: {bad}", file=sys.stderr)
             sys.exit(2)
@@ -116,7 +116,8 @@ class SweepOutcome(Callback):
         keep_compact()  # the sweeper's own errors after this job reach run_cli (all trials failed: one line)
 
 
-_sweep: dict[str, Any] = {"failed": [], "jobs": 0, "refused": []}
+_sweep: dict[str, Any] = {"failed": [], "jobs": 0}
+REFUSED = ".refused_jobs"  # <sweep dir>/.refused_jobs/: one file per job refused a folder another run writes in
 _sweep_dir: dict[str, Any] = {"folder": None, "started": 0.0}  # the running sweep's folder and start time
 
 
@@ -130,22 +131,41 @@ def _count_sweep_jobs() -> None:
         return path.stat().st_mtime >= started - 1
 
     failed = sorted(str(p.parent.relative_to(folder)) for p in folder.rglob("failed.json") if new(p))
+    failed += sorted(p.read_text().strip() for p in (folder / REFUSED).glob("*") if new(p))  # by jobs of any process
     jobs = {p.parent for p in folder.rglob(".hydra") if p.is_dir() and new(p)}
     jobs |= {folder / f for f in failed}
     _sweep["failed"], _sweep["jobs"] = failed, len(jobs)
 
 
 def job_refused(folder: Path) -> None:
-    """A sweep job of this process that did not run because another run writes in its folder (so it wrote no
-    ``failed.json`` there): counted among the failed jobs at the sweep's end."""
-    root = _sweep_dir["folder"]
-    _sweep["refused"].append(str(folder.relative_to(root)) if root is not None and folder.is_relative_to(root)
-                             else folder.name)
+    """A sweep job that did not run because another run writes in its folder (so it writes no ``failed.json``
+    there): a file in ``<sweep dir>/.refused_jobs/`` names it, which the sweep's process counts among the failed
+    jobs (a review: a submitit job's refusal, kept in its own process, was lost and the sweep exited 0)."""
+    import uuid
+
+    sweep = os.path.abspath(str(HydraConfig.get().sweep.dir))
+    name = os.path.relpath(os.path.abspath(folder), sweep)
+    try:
+        os.makedirs(os.path.join(sweep, REFUSED), exist_ok=True)
+        Path(sweep, REFUSED, uuid.uuid4().hex).write_text(name + "\n")
+    except OSError:  # the error line above still says it
+        pass
+
+
+def live_jobs(sweep: Path) -> str | None:
+    """A job folder of an earlier sweep in ``sweep`` whose run still runs, as the refusal's end; None if none (a
+    review: the same sweep launched again rewrote each live job's ``.hydra/`` before its job could refuse)."""
+    if not sweep.is_dir():
+        return None
+    for lock in sorted(sweep.rglob(run_lock.LOCK_NAME)):
+        problem = run_lock.holder(lock.parent)
+        if problem is not None:
+            return f"job folder {lock.parent} {problem}"
+    return None
 
 
 def _exit_if_jobs_failed() -> None:
-    failed, _sweep["failed"] = sorted({*_sweep["failed"], *_sweep["refused"]}), []
-    _sweep["refused"] = []
+    failed, _sweep["failed"] = list(_sweep["failed"]), []
     if failed:
         shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
         print(f"error: {len(failed)} of {max(_sweep['jobs'], len(failed))} sweep jobs failed (each says why in "
@@ -255,7 +275,7 @@ def run_cli(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function; Hydra's command-line errors, a launcher that cannot submit the sweep
     and a sweep with failed jobs (:class:`SweepOutcome`) become one line and exit code 2."""
     started = time.time() - 1.0  # file times may be rounded down to the second
-    _sweep.update(failed=[], jobs=0, refused=[])  # a command run earlier in this process (tests) counts nothing
+    _sweep.update(failed=[], jobs=0)  # a command run earlier in this process (tests) counts nothing
     _sweep_dir.update(folder=None, started=0.0)
     os.environ[COMMAND_ENV] = json.dumps(sys.argv[1:])  # a sweep's jobs name their W&B runs by what it varies
     os.environ.pop(SWEEP_NAME_ENV, None)  # pinned by this command's sweep, if it is one (sweep_folder_name)

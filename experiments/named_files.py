@@ -54,7 +54,8 @@ def _own_checkpoints(cfg: DictConfig, run: Path) -> set[str]:
     """The files this run's checkpoint callbacks write (``callbacks.<name>.dirpath`` / ``filename``.ckpt, with
     ``${paths.output_dir}`` as ``run``), folders resolved; those it cannot tell are left out."""
     out: set[str] = set()
-    for cb in (OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=False) or {}).values():
+    callbacks = cfg.get("callbacks")  # null, or left out (~callbacks): none (a review: that raised)
+    for cb in (OmegaConf.to_container(callbacks, resolve=False) if OmegaConf.is_dict(callbacks) else {}).values():
         if not isinstance(cb, dict) or not isinstance(cb.get("dirpath"), str) or not isinstance(cb.get("filename"), str):
             continue
         folder = cb["dirpath"].replace("${paths.output_dir}", str(run))

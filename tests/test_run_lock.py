@@ -137,21 +137,32 @@ def test_a_lock_file_that_is_a_link_or_a_fifo_is_refused_and_no_locks_is_a_warni
     assert capsys.readouterr().err.count("has no file locks (No locks available)") == 1
 
 
-def test_a_sweep_job_takes_its_own_folder_too(tmp_path):
-    """The review of the lock: a sweep's jobs held nothing, so a single run started in a live job's folder moved
-    its files aside (the job then crashed). A job now holds its folder as a single run does: here the folder is
-    held by another process, and the job is refused, counted as failed, and writes nothing into it."""
-    job = tmp_path / "sweep" / "job"
+def test_a_sweep_over_a_live_jobs_folder_is_refused_and_a_job_refused_late_counts(tmp_path, monkeypatch):
+    """The review of the lock: a sweep's jobs held nothing, so a single run started in a live job's folder moved its
+    files aside (the job then crashed); the next reviews: the same sweep launched again rewrote each live job's
+    ``.hydra/`` (Hydra writes it before the job can refuse), and a job refused in another process (submitit) was
+    lost, the sweep exiting 0. Now a job holds its folder; a sweep whose folder holds a live job is refused before
+    any job starts; a job that finds its folder taken after that (a race) is counted from a file in the sweep
+    folder, whichever process ran it."""
+    from experiments import hydra_checks
+
+    sweep, job = tmp_path / "sweep", tmp_path / "sweep" / "job"
+    args = ["-m", *ARGS, f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job"]
     live, _ = _holding(job)
     try:
-        proc = run_in_process("experiments.run", ["-m", *ARGS, f"paths.root_dir={tmp_path}",
-                                                  f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=job"],
-                              ROOT)
+        early = run_in_process("experiments.run", args, ROOT)
+        assert early.returncode == 2, early.stderr[-2000:]
+        assert early.stderr.strip().splitlines()[-1] == (
+            f"error: job folder {job} is in use by a run still running there (pid {live.pid} on "
+            f"{socket.gethostname()}); wait for it to end, or give this run another folder")
+        assert sorted(p.name for p in job.iterdir()) == [".run.lock"]  # no .hydra/ rewritten, nothing written
+        monkeypatch.setattr(hydra_checks, "live_jobs", lambda folder: None)  # the job's folder is taken later
+        late = run_in_process("experiments.run", args, ROOT)
     finally:
         live.kill()
         live.wait()
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"error (job job): hydra.runtime.output_dir={job} is in use by a run still running there (pid {live.pid}" \
-        in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 sweep jobs failed"), proc.stderr[-2000:]
+    assert late.returncode == 2, late.stderr[-2000:]
+    assert f"error (job job): hydra.runtime.output_dir={job} is in use by a run still running there" in late.stderr
+    assert late.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 sweep jobs failed"), late.stderr[-2000:]
+    assert late.stderr.strip().endswith(": job")
     assert not (job / "failed.json").exists() and not (job / "metrics.json").exists()

@@ -282,3 +282,6 @@ def test_a_clash_is_found_where_the_checkpoints_really_go(tmp_path):
     (tmp_path / "link").symlink_to(run)
     named = OmegaConf.create({"ckpt_path": str(tmp_path / "link" / "ckpts" / "best.ckpt")})
     assert named_files(named, run) == {str(ckpts / "best.ckpt")}
+    for callbacks in (None, {}, [1, 2]):  # a review: ~callbacks (as the error for callbacks=null says) raised
+        assert checkpoint_clash(run, OmegaConf.create({"train": True, "ckpt_path": str(ckpts / "best.ckpt"),
+                                                       "callbacks": callbacks})) is None
