@@ -131,7 +131,7 @@ def _count_sweep_jobs() -> None:
         return path.stat().st_mtime >= started - 1
 
     failed = sorted(str(p.parent.relative_to(folder)) for p in folder.rglob("failed.json") if new(p))
-    failed += sorted(p.read_text().strip() for p in (folder / REFUSED).glob("*") if new(p))  # by jobs of any process
+    failed = sorted({*failed, *(p.read_text().strip() for p in (folder / REFUSED).glob("*") if new(p))})  # any process
     jobs = {p.parent for p in folder.rglob(".hydra") if p.is_dir() and new(p)}
     jobs |= {folder / f for f in failed}
     _sweep["failed"], _sweep["jobs"] = failed, len(jobs)
@@ -158,7 +158,11 @@ def live_jobs(sweep: Path) -> str | None:
     if not sweep.is_dir():
         return None
     for lock in sorted(sweep.rglob(run_lock.LOCK_NAME)):
-        problem = run_lock.holder(lock.parent)
+        try:  # a sweep's job only (a review: a single run's live folder below the sweep folder refused it)
+            job = "mode: MULTIRUN" in (lock.parent / ".hydra" / "hydra.yaml").read_text(errors="replace")
+        except OSError:
+            job = False
+        problem = run_lock.holder(lock.parent) if job else None
         if problem is not None:
             return f"job folder {lock.parent} {problem}"
     return None

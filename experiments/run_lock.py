@@ -49,14 +49,15 @@ def _open(path: Path, create: bool) -> int | str:
     return fd
 
 
-def _lock(fd: int, folder: Path) -> str | None:
-    """Take the lock on ``fd``: None when taken (or when the file system has none: said once), else the holder."""
+def _lock(fd: int, folder: Path, warn: bool = True) -> str | None:
+    """Take the lock on ``fd``: None when taken (or when the file system has none: said once, if ``warn``), else
+    the holder."""
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         if err.errno in _HELD_ELSEWHERE:
             return _in_use(fd)
-        if folder not in _said_unlocked:
+        if warn and folder not in _said_unlocked:
             _said_unlocked.add(folder)
             print(f"warning: {folder} has no file locks ({err.strerror}): this run does not keep others out of it",
                   file=sys.stderr)
@@ -73,7 +74,7 @@ def holder(folder: str | Path) -> str | None:
     if isinstance(fd, str):
         return fd
     try:
-        return _lock(fd, folder)
+        return _lock(fd, folder, warn=False)  # said by hold(), for the folder a run takes
     finally:
         os.close(fd)  # closing the descriptor also drops the lock taken just now
 

@@ -146,21 +146,30 @@ def test_a_sweep_over_a_live_jobs_folder_is_refused_and_a_job_refused_late_count
     folder, whichever process ran it."""
     from experiments import hydra_checks
 
-    sweep, job = tmp_path / "sweep", tmp_path / "sweep" / "job"
+    sweep, job, single = tmp_path / "sweep", tmp_path / "sweep" / "job", tmp_path / "sweep" / "runs" / "x"
     args = ["-m", *ARGS, f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job"]
+    for folder, mode in ((job, "MULTIRUN"), (single, "RUN")):  # as Hydra writes them
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  mode: {mode}\n")
+        os.utime(folder / ".hydra", (1e9, 1e9))  # started long before these sweeps (else counted as their job)
+    other, _ = _holding(single)
     live, _ = _holding(job)
     try:
+        assert hydra_checks.live_jobs(tmp_path / "elsewhere") is None
+        assert hydra_checks.live_jobs(single.parent) is None  # a single run's live folder is no job of a sweep
         early = run_in_process("experiments.run", args, ROOT)
         assert early.returncode == 2, early.stderr[-2000:]
         assert early.stderr.strip().splitlines()[-1] == (
             f"error: job folder {job} is in use by a run still running there (pid {live.pid} on "
             f"{socket.gethostname()}); wait for it to end, or give this run another folder")
-        assert sorted(p.name for p in job.iterdir()) == [".run.lock"]  # no .hydra/ rewritten, nothing written
+        assert sorted(p.name for p in job.iterdir()) == [".hydra", ".run.lock"]  # nothing written
+        assert (job / ".hydra" / "hydra.yaml").read_text() == "hydra:\n  mode: MULTIRUN\n"  # not rewritten
         monkeypatch.setattr(hydra_checks, "live_jobs", lambda folder: None)  # the job's folder is taken later
         late = run_in_process("experiments.run", args, ROOT)
     finally:
-        live.kill()
-        live.wait()
+        for proc in (live, other):
+            proc.kill()
+            proc.wait()
     assert late.returncode == 2, late.stderr[-2000:]
     assert f"error (job job): hydra.runtime.output_dir={job} is in use by a run still running there" in late.stderr
     assert late.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 sweep jobs failed"), late.stderr[-2000:]
