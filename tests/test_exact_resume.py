@@ -171,25 +171,16 @@ def test_resumed_ddp_run_ends_as_the_uninterrupted_one(tmp_path):
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]  # epoch 0's row kept once, none logged twice
 
 
-def _ddp_worker(rank: int, port: int, out: str) -> None:
-    import os
-
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        torch.save(torch.tensor([i for _, i in EpochSampler(list(range(9)), seed=5, epoch=2)]), f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank: int, out: str) -> None:
+    torch.save(torch.tensor([i for _, i in EpochSampler(list(range(9)), seed=5, epoch=2)]), f"{out}.{rank}")
 
 
 def test_under_ddp_each_rank_reads_its_own_shard(tmp_path):
     """Two gloo ranks: the sampler takes the world size and rank from the process group (Lightning keeps a
     DistributedSampler as it is), so the ranks split the epoch's order instead of each reading all of it."""
-    from tests.test_ddp_metrics import _spawn
+    from tests.gloo_ranks import spawn_two
 
-    _spawn(_ddp_worker, str(tmp_path / "keys"))
+    spawn_two(_ddp_worker, str(tmp_path / "keys"))
     r0, r1 = (torch.load(tmp_path / f"keys.{r}", weights_only=True).tolist() for r in (0, 1))
     assert len(r0) == len(r1) == 5 and set(r0) | set(r1) == set(range(9))
     order = [i for _, i in EpochSampler(list(range(9)), seed=5, epoch=2)]

@@ -5,38 +5,25 @@ different ``test/*`` keys (a hang on NCCL)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from tests.gloo_ranks import spawn_two
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank(rank: int, out: str) -> None:
+    from lightning_modules.roc import BinnedMulticlassROC
 
-
-def _rank(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        from lightning_modules.roc import BinnedMulticlassROC
-
-        metric = BinnedMulticlassROC(2, thresholds=10)
-        p1 = torch.rand(100, generator=torch.Generator().manual_seed(rank))
-        target = torch.zeros(100, dtype=torch.long) if rank == 0 else (p1 > 0.5).long()  # rank 0: background only
-        metric.update(torch.stack([1 - p1, p1], 1), target)
-        with open(f"{out}.{rank}", "w") as fh:
-            json.dump([float(v) for v in metric.auroc()], fh)
-    finally:
-        dist.destroy_process_group()
+    metric = BinnedMulticlassROC(2, thresholds=10)
+    p1 = torch.rand(100, generator=torch.Generator().manual_seed(rank))
+    target = torch.zeros(100, dtype=torch.long) if rank == 0 else (p1 > 0.5).long()  # rank 0: background only
+    metric.update(torch.stack([1 - p1, p1], 1), target)
+    with open(f"{out}.{rank}", "w") as fh:
+        json.dump([float(v) for v in metric.auroc()], fh)
 
 
 def test_every_rank_gets_the_auc_of_every_ranks_pixels(tmp_path):
     out = str(tmp_path / "auc")
-    mp.spawn(_rank, args=(2, _free_port(), out), nprocs=2)
+    spawn_two(_rank, out)
     ranks = [json.loads(open(f"{out}.{r}").read()) for r in range(2)]
     assert ranks[0] == ranks[1] and all(v == v for v in ranks[0]), ranks  # equal and finite (no NaN)
