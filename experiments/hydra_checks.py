@@ -57,7 +57,7 @@ class WritableOutput(Callback):
         folders = [("resume", resume)] * bool(resumable(resume)) + [("hydra.run.dir", str(config.hydra.run.dir))]
         in_use = run_lock.first_refusal(folders, take=False) if main_process() else None
         if in_use is not None:
-            print(in_use, file=sys.stderr)
+            print(f"error: {in_use}", file=sys.stderr)
             sys.exit(2)
         pid = live_launcher_of(Path(str(config.hydra.run.dir))) if first_start() else None
         if pid is not None:  # a review: a second run in the folder mixed its files into the live rehearsal's
@@ -87,7 +87,7 @@ class WritableOutput(Callback):
                 sys.exit(2)
         in_use = run_lock.first_refusal(folders, take=True) if main_process() else None  # run.main lets go
         if in_use is not None:  # another run took it since the check above
-            print(in_use, file=sys.stderr)
+            print(f"error: {in_use}", file=sys.stderr)
             sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

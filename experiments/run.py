@@ -100,12 +100,12 @@ def main(cfg: DictConfig) -> float | None:
     if in_sweep() and main_process():  # a single run's locks: taken by WritableOutput before Hydra wrote
         in_use = run_lock.first_refusal([("hydra.runtime.output_dir", str(output_dir(cfg)))], take=True)
         if in_use is not None:  # a review: a single run started in a live job's folder moved its files aside
-            print(f"error (job {output_dir(cfg).name}): {in_use[len('error: '):]}", file=sys.stderr)
+            print(f"error (job {output_dir(cfg).name}): {in_use}", file=sys.stderr)
             job_refused(output_dir(cfg))  # its failed.json would go into the other run's folder
             return None
         in_use = run_lock.first_refusal([("resume", resume)], take=True) if resumable(resume) else None
         if in_use is not None:  # a review: `-m ... resume=<dir>` continued a folder whose run still ran
-            return _failed(output_dir(cfg), in_use[len("error: "):], release=True)
+            return _failed(output_dir(cfg), in_use, release=True)
     continued = Path(resume).resolve() if resumable(resume) else output_dir(cfg) if resume in (True, "true") else None
     bad = checked_resume_problem(continued, cfg) if continued is not None and in_sweep() else None
     if bad is not None:

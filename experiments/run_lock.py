@@ -105,14 +105,11 @@ def release_all() -> None:
         os.close(_held.popitem()[1])
 
 
-def refusal_line(key: str, folder: str | Path, problem: str) -> str:
-    return f"error: {key}={folder} {problem}"
-
-
 def first_refusal(folders: list[tuple[str, str]], take: bool) -> str | None:
-    """The refusal line for the first of ``(key, folder)`` another run holds (``take``: and hold the others)."""
+    """Why the first of ``(key, folder)`` another run holds is refused, ``key=folder ...`` without "error: " (each
+    caller says it its own way); ``take``: and hold the others."""
     for key, folder in folders:
         problem = hold(folder) if take else holder(folder)
         if problem is not None:
-            return refusal_line(key, folder, problem)
+            return f"{key}={folder} {problem}"
     return None
