@@ -46,6 +46,12 @@ class WritableOutput(Callback):
             sys.exit(2)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _fail_closed(self._run_start, config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _fail_closed(self._multirun_start, config, "sweep")
+
+    def _run_start(self, config: DictConfig) -> None:
         resume = config.get("resume")
         if resumable(resume) is False:
             print(not_resumable_line(resume), file=sys.stderr)
@@ -90,7 +96,7 @@ class WritableOutput(Callback):
             print(f"error: {in_use}", file=sys.stderr)
             sys.exit(2)
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def _multirun_start(self, config: DictConfig) -> None:
         HydraConfig.instance().set_config(config)
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
         bad = sweep_config_line(config) or live_jobs(Path(str(config.hydra.sweep.dir)))
@@ -99,6 +105,18 @@ class WritableOutput(Callback):
             sys.exit(2)
         if optuna_sweep(config):
             commit_optuna_alembic_stamp()
+
+
+def _fail_closed(checks: Callable[[DictConfig], None], config: DictConfig, what: str) -> None:
+    """Hydra turns an exception raised in a callback into a warning and starts the run anyway (before: a check that
+    raised let the run start with its later checks skipped, the run lock among them): a check that fails is one line and
+    exit code 2, and the run or sweep does not start."""
+    try:
+        checks(config)
+    except Exception as exc:  # SystemExit (a refusal) passes: it is not an Exception
+        print(f"error: the checks before the {what} starts failed ({one_line(exc)}); the {what} did not start",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 class SweepOutcome(Callback):

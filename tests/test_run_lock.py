@@ -175,3 +175,28 @@ def test_a_sweep_over_a_live_jobs_folder_is_refused_and_a_job_refused_late_count
     assert late.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 sweep jobs failed"), late.stderr[-2000:]
     assert late.stderr.strip().endswith(": job")
     assert not (job / "failed.json").exists() and not (job / "metrics.json").exists()
+
+
+def test_a_start_check_that_raises_stops_the_run_instead_of_skipping_the_rest(tmp_path, monkeypatch):
+    """Hydra turns an exception raised in a callback into a warning and starts the run anyway: a start check that
+    raised (here the checkpoint-clash check, as ``~callbacks`` once made it) skipped every later check, the run
+    lock among them, and the run trained unlocked. Now it is one line and exit code 2; so for a sweep's checks."""
+    from experiments import hydra_checks
+
+    def broken(*args, **kwargs):
+        raise OSError("cannot read /somewhere/config.yaml")
+
+    monkeypatch.setattr(hydra_checks, "checkpoint_clash", broken)
+    run = tmp_path / "run"
+    proc = run_in_process("experiments.run", [*ARGS, f"paths.root_dir={tmp_path}", f"hydra.run.dir={run}"], ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: the checks before the run starts failed (OSError: cannot read /somewhere/config.yaml); the run did "
+        "not start")
+    assert not (run / ".hydra").exists() and not (run / "metrics.json").exists()
+    monkeypatch.setattr(hydra_checks, "live_jobs", broken)
+    sweep = tmp_path / "sweep"
+    proc = run_in_process("experiments.run", ["-m", *ARGS, f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}"],
+                          ROOT)
+    assert proc.returncode == 2 and "the sweep did not start" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert not list(sweep.glob("*/.hydra"))
