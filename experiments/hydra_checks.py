@@ -28,7 +28,7 @@ from experiments.cli_errors import (drop_unsubmitted_sweep, hydra_error_line, no
                                     null_group_override, search_space_error, submission_error)
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
 from engine.wandb_tracking import COMMAND_ENV
-from experiments import run_lock
+from experiments import run_lock, sweep_jobs
 from experiments.named_files import checkpoint_clash
 from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, live_launcher_of, main_process,
                                     not_resumable_line, resumable, unwritable)
@@ -99,7 +99,7 @@ class WritableOutput(Callback):
     def _multirun_start(self, config: DictConfig) -> None:
         HydraConfig.instance().set_config(config)
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
-        bad = sweep_config_line(config) or live_jobs(Path(str(config.hydra.sweep.dir)))
+        bad = sweep_config_line(config) or sweep_jobs.live_jobs(Path(str(config.hydra.sweep.dir)))
         if bad is not None:  # before the sweeper starts: no trial trains, no sweep folder is made
             print(f"error: {bad}", file=sys.stderr)
             sys.exit(2)
@@ -125,74 +125,13 @@ class SweepOutcome(Callback):
     :func:`run_cli` exits 2 naming them: a sweep with a failed job exited 0 (walkthrough)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _sweep_dir.update(folder=Path(str(config.hydra.sweep.dir)), started=time.time())
+        sweep_jobs.sweep_dir.update(folder=Path(str(config.hydra.sweep.dir)), started=time.time())
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        _count_sweep_jobs()
+        sweep_jobs.count_sweep_jobs()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         keep_compact()  # the sweeper's own errors after this job reach run_cli (all trials failed: one line)
-
-
-_sweep: dict[str, Any] = {"failed": [], "jobs": 0}
-REFUSED = ".refused_jobs"  # <sweep dir>/.refused_jobs/: one file per job refused a folder another run writes in
-_sweep_dir: dict[str, Any] = {"folder": None, "started": 0.0}  # the running sweep's folder and start time
-
-
-def _count_sweep_jobs() -> None:
-    """The jobs of the sweep :class:`SweepOutcome` saw start, and those of them that failed (``failed.json``)."""
-    folder, started = _sweep_dir["folder"], _sweep_dir["started"]
-    if folder is None or not folder.is_dir():
-        return
-
-    def new(path: Path) -> bool:  # of this sweep, not of an earlier one in a reused sweep folder
-        return path.stat().st_mtime >= started - 1
-
-    failed = sorted(str(p.parent.relative_to(folder)) for p in folder.rglob("failed.json") if new(p))
-    failed = sorted({*failed, *(p.read_text().strip() for p in (folder / REFUSED).glob("*") if new(p))})  # any process
-    jobs = {p.parent for p in folder.rglob(".hydra") if p.is_dir() and new(p)}
-    jobs |= {folder / f for f in failed}
-    _sweep["failed"], _sweep["jobs"] = failed, len(jobs)
-
-
-def job_refused(folder: Path) -> None:
-    """A sweep job that did not run because another run writes in its folder (so it writes no ``failed.json``
-    there): a file in ``<sweep dir>/.refused_jobs/`` names it, which the sweep's process counts among the failed
-    jobs (a review: a submitit job's refusal, kept in its own process, was lost and the sweep exited 0)."""
-    import uuid
-
-    sweep = os.path.abspath(str(HydraConfig.get().sweep.dir))
-    name = os.path.relpath(os.path.abspath(folder), sweep)
-    try:
-        os.makedirs(os.path.join(sweep, REFUSED), exist_ok=True)
-        Path(sweep, REFUSED, uuid.uuid4().hex).write_text(name + "\n")
-    except OSError:  # the error line above still says it
-        pass
-
-
-def live_jobs(sweep: Path) -> str | None:
-    """A job folder of an earlier sweep in ``sweep`` whose run still runs, as the refusal's end; None if none (a
-    review: the same sweep launched again rewrote each live job's ``.hydra/`` before its job could refuse)."""
-    if not sweep.is_dir():
-        return None
-    for lock in sorted(sweep.rglob(run_lock.LOCK_NAME)):
-        try:  # a sweep's job only (a review: a single run's live folder below the sweep folder refused it)
-            job = "mode: MULTIRUN" in (lock.parent / ".hydra" / "hydra.yaml").read_text(errors="replace")
-        except OSError:
-            job = False
-        problem = run_lock.holder(lock.parent) if job else None
-        if problem is not None:
-            return f"job folder {lock.parent} {problem}"
-    return None
-
-
-def _exit_if_jobs_failed() -> None:
-    failed, _sweep["failed"] = list(_sweep["failed"]), []
-    if failed:
-        shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
-        print(f"error: {len(failed)} of {max(_sweep['jobs'], len(failed))} sweep jobs failed (each says why in "
-              f"its failed.json and above): {shown}", file=sys.stderr)
-        sys.exit(2)
 
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -297,14 +236,14 @@ def run_cli(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function; Hydra's command-line errors, a launcher that cannot submit the sweep
     and a sweep with failed jobs (:class:`SweepOutcome`) become one line and exit code 2."""
     started = time.time() - 1.0  # file times may be rounded down to the second
-    _sweep.update(failed=[], jobs=0)  # a command run earlier in this process (tests) counts nothing
-    _sweep_dir.update(folder=None, started=0.0)
+    sweep_jobs.sweep.update(failed=[], jobs=0)  # a command run earlier in this process (tests) counts nothing
+    sweep_jobs.sweep_dir.update(folder=None, started=0.0)
     os.environ[COMMAND_ENV] = json.dumps(sys.argv[1:])  # a sweep's jobs name their W&B runs by what it varies
     os.environ.pop(SWEEP_NAME_ENV, None)  # pinned by this command's sweep, if it is one (sweep_folder_name)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's storage: 7 "setup plugin" lines a sweep
     if FULL_ERROR in os.environ:  # the user asked for Hydra's full report
         main()
-        _exit_if_jobs_failed()
+        sweep_jobs.exit_if_jobs_failed()
         return
     os.environ[FULL_ERROR] = "1"  # Hydra then raises composition errors instead of printing them
     _compact.update(set=True, owned=True, after_job=False)
@@ -319,8 +258,8 @@ def run_cli(main: Callable[[], Any]) -> None:
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - only the launcher's and the sweeper's set-up errors are shortened
         if no_completed_trial(exc):  # every trial failed: the sweeper found no best one (on_multirun_end not run)
-            _count_sweep_jobs()
-            _exit_if_jobs_failed()  # "N of M sweep jobs failed", exit 2, as for any sweep with failed jobs
+            sweep_jobs.count_sweep_jobs()
+            sweep_jobs.exit_if_jobs_failed()  # "N of M sweep jobs failed", exit 2, as for any sweep with failed jobs
         if _compact["after_job"]:  # anything else the sweeper raised after a job: Hydra's report, as before
             hydra_report(exc)
         space = (null_group_override(exc) or search_space_error(exc)) if _compact["set"] else None
@@ -339,4 +278,4 @@ def run_cli(main: Callable[[], Any]) -> None:
     finally:
         task_started()
         _compact.update(owned=False, after_job=False)
-    _exit_if_jobs_failed()
+    sweep_jobs.exit_if_jobs_failed()

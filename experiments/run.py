@@ -39,8 +39,8 @@ from engine.wandb_tracking import method_suffix, swept_suffix, trained_model  # 
 import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: the checkpoint's mode)
 from engine.run_match import holds_run, interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
-from experiments.hydra_checks import job_refused, run_cli, sweep_folder_name, task_started  # noqa: E402
-from experiments import run_lock  # noqa: E402
+from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
+from experiments import run_lock, sweep_jobs  # noqa: E402
 from experiments.run_folder import (checked_resume_problem, first_start, main_process, not_resumable_line,  # noqa: E402
                                     resumable, set_aside_run, slurm_restarts)
 
@@ -101,7 +101,7 @@ def main(cfg: DictConfig) -> float | None:
         in_use = run_lock.first_refusal([("hydra.runtime.output_dir", str(output_dir(cfg)))], take=True)
         if in_use is not None:  # a review: a single run started in a live job's folder moved its files aside
             print(f"error (job {output_dir(cfg).name}): {in_use}", file=sys.stderr)
-            job_refused(output_dir(cfg))  # its failed.json would go into the other run's folder
+            sweep_jobs.job_refused(output_dir(cfg))  # its failed.json would go into the other run's folder
             return None
         in_use = run_lock.first_refusal([("resume", resume)], take=True) if resumable(resume) else None
         if in_use is not None:  # a review: `-m ... resume=<dir>` continued a folder whose run still ran

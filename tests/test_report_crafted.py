@@ -168,7 +168,7 @@ def test_sweep_outcome_counts_only_this_sweeps_jobs_in_a_reused_folder(tmp_path)
     import os
     import time
 
-    from experiments import hydra_checks
+    from experiments import hydra_checks, sweep_jobs
 
     for old in ("0_old", "1_old"):
         (tmp_path / old / ".hydra").mkdir(parents=True)
@@ -181,8 +181,8 @@ def test_sweep_outcome_counts_only_this_sweeps_jobs_in_a_reused_folder(tmp_path)
         (tmp_path / job / ".hydra").mkdir(parents=True)
     (tmp_path / "1_new" / "nested" / "failed.json").write_text("{}")  # a subdir with a '/' in it
     outcome.on_multirun_end(OmegaConf.create({}))
-    assert hydra_checks._sweep == {"failed": ["1_new/nested"], "jobs": 2}
-    hydra_checks._sweep.update(failed=[], jobs=0)
+    assert sweep_jobs.sweep == {"failed": ["1_new/nested"], "jobs": 2}
+    sweep_jobs.sweep.update(failed=[], jobs=0)
 
 
 def test_code_spans_show_overrides_as_typed_and_stay_inert(tmp_path):

@@ -144,7 +144,7 @@ def test_a_sweep_over_a_live_jobs_folder_is_refused_and_a_job_refused_late_count
     lost, the sweep exiting 0. Now a job holds its folder; a sweep whose folder holds a live job is refused before
     any job starts; a job that finds its folder taken after that (a race) is counted from a file in the sweep
     folder, whichever process ran it."""
-    from experiments import hydra_checks
+    from experiments import sweep_jobs
 
     sweep, job, single = tmp_path / "sweep", tmp_path / "sweep" / "job", tmp_path / "sweep" / "runs" / "x"
     args = ["-m", *ARGS, f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job"]
@@ -155,8 +155,8 @@ def test_a_sweep_over_a_live_jobs_folder_is_refused_and_a_job_refused_late_count
     other, _ = _holding(single)
     live, _ = _holding(job)
     try:
-        assert hydra_checks.live_jobs(tmp_path / "elsewhere") is None
-        assert hydra_checks.live_jobs(single.parent) is None  # a single run's live folder is no job of a sweep
+        assert sweep_jobs.live_jobs(tmp_path / "elsewhere") is None
+        assert sweep_jobs.live_jobs(single.parent) is None  # a single run's live folder is no job of a sweep
         early = run_in_process("experiments.run", args, ROOT)
         assert early.returncode == 2, early.stderr[-2000:]
         assert early.stderr.strip().splitlines()[-1] == (
@@ -164,7 +164,7 @@ def test_a_sweep_over_a_live_jobs_folder_is_refused_and_a_job_refused_late_count
             f"{socket.gethostname()}); wait for it to end, or give this run another folder")
         assert sorted(p.name for p in job.iterdir()) == [".hydra", ".run.lock"]  # nothing written
         assert (job / ".hydra" / "hydra.yaml").read_text() == "hydra:\n  mode: MULTIRUN\n"  # not rewritten
-        monkeypatch.setattr(hydra_checks, "live_jobs", lambda folder: None)  # the job's folder is taken later
+        monkeypatch.setattr(sweep_jobs, "live_jobs", lambda folder: None)  # the job's folder is taken later
         late = run_in_process("experiments.run", args, ROOT)
     finally:
         for proc in (live, other):
@@ -181,7 +181,7 @@ def test_a_start_check_that_raises_stops_the_run_instead_of_skipping_the_rest(tm
     """Hydra turns an exception raised in a callback into a warning and starts the run anyway: a start check that
     raised (here the checkpoint-clash check, as ``~callbacks`` once made it) skipped every later check, the run
     lock among them, and the run trained unlocked. Now it is one line and exit code 2; so for a sweep's checks."""
-    from experiments import hydra_checks
+    from experiments import hydra_checks, sweep_jobs
 
     def broken(*args, **kwargs):
         raise OSError("cannot read /somewhere/config.yaml")
@@ -194,7 +194,7 @@ def test_a_start_check_that_raises_stops_the_run_instead_of_skipping_the_rest(tm
         "error: the checks before the run starts failed (OSError: cannot read /somewhere/config.yaml); the run did "
         "not start")
     assert not (run / ".hydra").exists() and not (run / "metrics.json").exists()
-    monkeypatch.setattr(hydra_checks, "live_jobs", broken)
+    monkeypatch.setattr(sweep_jobs, "live_jobs", broken)
     sweep = tmp_path / "sweep"
     proc = run_in_process("experiments.run", ["-m", *ARGS, f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}"],
                           ROOT)
