@@ -6,7 +6,8 @@ CI machine): in 4 of about 195 launches of two ranks that ran one collective and
 the rendezvous TCPStore) or rank 1 died of SIGABRT ("terminate called without an active exception") in interpreter
 finalisation, after ``destroy_process_group`` had returned (faulthandler: no Python frame) — a teardown race in
 PyTorch's C++ objects, after the rank's result files were closed, and outside what these tests check (CI of
-2413de4 failed on it; 0 of 52 launches with a barrier before the teardown and ``os._exit(0)`` after it). A rank whose ``fn`` raised still fails the test: the exception reaches ``mp.spawn``."""
+2413de4 failed on it; 0 of 52 launches with a barrier before the teardown and ``os._exit(0)`` after it). A rank
+whose ``fn`` raised still fails the test: the exception reaches ``mp.spawn``."""
 from __future__ import annotations
 
 import os
