@@ -39,6 +39,7 @@ from engine.builders import (
 from engine.loggers import forget_from
 from engine.run_match import TEST_ONLY, differences, saved_config
 from engine.errors import one_line
+from engine.init_weights import init_from_config
 from engine.tracking import log_run_facts
 from lightning_modules.checkpoints import load_checkpoint, load_strict, state_mismatch, stored_net_cfg
 from lightning_modules.errors import CheckpointError, ConfigError
@@ -261,6 +262,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         # "parameter group that doesn't match the size" traceback when Lightning restored its optimiser
         raise CheckpointError(f"ckpt_path {ckpt_path}: its optimiser state holds {optimised} parameters, this module "
                               f"trains {trainable}; it cannot continue that optimiser: train a new run")
+    if train and ckpt_path is None:  # a new run, or resumed before its first checkpoint: from init_weights= if set
+        init_from_config(cfg, module.net)
     callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
     if not loggers:  # `~logger`: nothing records the learning rate, and Lightning refuses the monitor
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]

@@ -32,6 +32,7 @@ from engine.tracking import check_wandb_modes, in_sweep  # noqa: E402
 from datamodules.spatial import forget_warnings as forget_header_warnings  # noqa: E402
 from lightning_modules.base import forget_said_warnings  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
+from engine.init_weights import check_init_weights  # noqa: E402
 from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
 from engine.tracking import record_environment  # noqa: E402
@@ -133,6 +134,7 @@ def main(cfg: DictConfig) -> float | None:
         check_dimensions(cfg, dict(HydraConfig.get().runtime.choices))
         check_task(cfg, dict(HydraConfig.get().runtime.choices))
         check_scalars(cfg)
+        check_init_weights(cfg)  # a missing file or a conflicting setting, before anything is built
         check_wandb_modes(cfg)  # before a distillation's teacher trains
         artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(as_run(cfg), resolve=True))
         with job_command():  # DDP's ranks > 0 in a sweep job run this job (experiments/ddp_job.py)

@@ -126,7 +126,8 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
     if mcfg.get("standalone", True):
         for cid in ids:
             dm = server.client_datamodule(cid, client_seed(server.seed, 20_000, cid))
-            module, _ = train_local(ccfg, dm, None, epochs["standalone"], client_seed(server.seed, 20_000, cid, "baseline"),
+            module, _ = train_local(ccfg, dm, server.init_state, epochs["standalone"],  # init_weights= or fresh
+                                    client_seed(server.seed, 20_000, cid, "baseline"),
                                     root_dir=str(server.store.root), keep_best=best)
             rows[f"{cid}_baseline"] = score(module, cid)
     if mcfg.get("centralised", True):
@@ -142,8 +143,9 @@ def evaluation_matrix(server: Server) -> dict[str, dict[str, float]]:
             # full labels, so the selection read organs no site annotated)
             own = [site.val_dataset for site in sites if site.val_dataset is not None and len(site.val_dataset)]
             dm.val_dataset = ConcatDataset(own) if own else None
-        module, _ = train_local(ccfg, dm, None, epochs["centralised"], client_seed(server.seed, 30_000, "central"),
-                                root_dir=str(server.store.root), keep_best=best)
+        module, _ = train_local(ccfg, dm, server.init_state, epochs["centralised"],
+                                client_seed(server.seed, 30_000, "central"), root_dir=str(server.store.root),
+                                keep_best=best)
         rows["centralised"] = score(module, "central")
     return rows
 

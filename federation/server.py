@@ -37,6 +37,7 @@ from datamodules.subset import (IndexSubset, SubsetDataModule, sample_cases, sam
                                 val_carved_from_train)
 from engine import artifacts
 from engine.builders import build_datamodule, build_loggers, build_module, check_datamodule
+from engine.init_weights import init_from_config
 from engine.one_process import check_one_process_trainer
 from federation import runner
 from federation.core.messages import assert_no_data, state_schema
@@ -130,6 +131,9 @@ class Server:
                         "epoch(s); set module.scheduler=null for a constant learning rate (the fed_* experiments do)",
                         str(sched.get("_target_", "?")).rsplit(".", 1)[-1], self.fed.get("local_epochs"))
         self.template = build_module(cfg)
+        # init_weights=: round 0's global model and the matrix's baselines start from it (a resume: server.pt's)
+        self.init_state = None if init_from_config(cfg, self.template.net) is None else \
+            {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}
         self.global_state = {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}
         self.schema = state_schema(self.global_state)
         self.strategy: Strategy = build_strategy(self.fed.strategy, self.template.net, pool=self.pool, seed=self.seed)

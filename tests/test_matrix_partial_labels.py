@@ -42,7 +42,7 @@ def test_centralised_row_trains_on_each_sites_own_annotation(monkeypatch):
     server = SimpleNamespace(
         fed=OmegaConf.create({"matrix": {"fl_local": "finetune", "standalone": False, "centralised": True},
                               "local_epochs": 1}),
-        client_ids=["a", "b"], indices=idx, base=base, global_state={}, seed=0, ccfg=ccfg,
+        client_ids=["a", "b"], indices=idx, base=base, global_state={}, init_state=None, seed=0, ccfg=ccfg,
         strategy=SimpleNamespace(is_local=lambda key: False), store=SimpleNamespace(root="/tmp"),
         main_metric=lambda: "dice", client_loader=lambda cid, split: None, loader=lambda dataset: None,
         evaluate=lambda module, loader, stage: {"test/dice": 0.0},
@@ -82,7 +82,7 @@ def test_every_trained_matrix_row_keeps_its_best_validation_epoch(monkeypatch):
         mcfg = {"fl_local": "finetune", "standalone": True, "centralised": True, **({"select": select} if select else {})}
         server = SimpleNamespace(
             fed=OmegaConf.create({"matrix": mcfg, "local_epochs": 1}), client_ids=["a", "b"], indices=idx, base=base,
-            global_state={}, seed=0, ccfg=ccfg, strategy=SimpleNamespace(is_local=lambda key: False),
+            global_state={}, init_state=None, seed=0, ccfg=ccfg, strategy=SimpleNamespace(is_local=lambda key: False),
             store=SimpleNamespace(root="/tmp"), main_metric=lambda: "dice", client_loader=lambda cid, split: None,
             loader=lambda dataset: None, evaluate=lambda module, loader, stage: {"test/dice": 0.0},
             module_for=lambda state, cid=None: SimpleNamespace(net=torch.nn.Linear(1, 1)),

@@ -1,0 +1,198 @@
+"""``init_weights=<file>``: a new run trains from a file's weights with a fresh optimiser and epoch count
+(:mod:`engine.init_weights`), centralised and federated; a file that does not fit, or a setting it conflicts with,
+is one line and exit code 2."""
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.init_weights import load_init_weights
+from lightning_modules.checkpoints import save_net
+from lightning_modules.errors import CheckpointError
+from lightning_modules.nets.classifiers import SmallCNN
+from lightning_modules.safe_load import load_checkpoint
+from tests.cli import run_in_process
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ["+exp=digits_cnn", "logger=csv", "model.width=4", "++trainer.limit_train_batches=2",
+          "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1"]
+
+
+def _learned(state: dict) -> dict:
+    """The weights an optimiser changes (batch norm's running statistics move in any training pass)."""
+    return {k: v for k, v in state.items() if "running_" not in k and "num_batches_tracked" not in k}
+
+
+def _net_state(ckpt: Path) -> dict:
+    return {k[len("net."):]: v for k, v in load_checkpoint(ckpt)["state_dict"].items() if k.startswith("net.")}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A digits run trained 2 epochs of 2 batches: its ``best.ckpt`` (global step 4)."""
+    tmp = tmp_path_factory.mktemp("init_weights")
+    run = tmp / "a"
+    proc = run_in_process("experiments.run", [*DIGITS, "trainer.max_epochs=2", f"hydra.run.dir={run}",
+                                              f"paths.root_dir={tmp}"], ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return run / "checkpoints" / "best.ckpt"
+
+
+def test_a_run_from_init_weights_starts_from_them_at_epoch_0_with_a_fresh_optimiser(trained, tmp_path):
+    """With lr 1e-12 the weights trained are those of the file (a fresh initialisation would differ from them), and
+    the run trains its own epoch: ``ckpt_path=`` would continue the file's run at step 4 (max_epochs=1 is
+    reached there already, nothing trains) where this one starts at step 0 and ends at step 2."""
+    run = tmp_path / "b"
+    proc = run_in_process("experiments.run", [*DIGITS, "trainer.max_epochs=1", "module.optimizer.lr=1e-12",
+                                              f"init_weights={trained}", f"hydra.run.dir={run}",
+                                              f"paths.root_dir={tmp_path}"], ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert (last["global_step"], last["epoch"]) == (2, 0)
+    assert load_checkpoint(trained)["global_step"] == 4
+    given, started = _learned(_net_state(trained)), _learned(_net_state(run / "checkpoints" / "last.ckpt"))
+    assert given.keys() == started.keys() and given
+    for k in given:
+        assert torch.allclose(given[k], started[k], atol=1e-7), k
+    assert (run / "metrics.json").is_file()
+
+
+def test_a_federation_from_init_weights_starts_its_global_model_and_baselines_from_them(trained, tmp_path):
+    """Round 0's global model is the file's (lr 1e-12: the final global model still is), and the evaluation
+    matrix's standalone and centralised rows train from it too, so the rows compare like with like: with that lr
+    every row scores as the global model does (from a fresh initialisation, the baselines would not)."""
+    run = tmp_path / "fed"
+    proc = run_in_process("experiments.run", [
+        "+exp=fed_digits_datashare", "logger=csv", "model.width=4", "federation.progress=false",
+        "trainer.limit_train_batches=2", "federation.rounds=1", "federation.num_clients=4",
+        "federation.clients_per_round=2", "federation.local_epochs=1", "federation.evaluation_matrix=true",
+        "federation.matrix.max_clients=2", "module.optimizer.lr=1e-12", f"init_weights={trained}",
+        f"hydra.run.dir={run}", f"paths.root_dir={tmp_path}"], ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    given = _learned(_net_state(trained))
+    final = _learned(torch.load(run / "global_final.pt", weights_only=True))
+    assert final.keys() == given.keys()
+    for k in given:
+        assert torch.allclose(final[k], given[k], atol=1e-6), k
+    rows = {line.split(",", 1)[0]: line.split(",", 1)[1] for line in
+            (run / "evaluation_matrix.csv").read_text().splitlines()[1:]}
+    assert {"0_baseline", "1_baseline", "centralised"} <= rows.keys()
+    assert {rows[k] for k in ("FL_global", "0_baseline", "1_baseline", "centralised")} == {rows["FL_global"]}
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["ckpt_path={ckpt}"], "and ckpt_path={ckpt} both given: ckpt_path= continues that run's training"),
+    (["train=false"], "starts training from weights, but train=false only tests"),
+    (["distill=teacher"], "initialises a distillation's student"),
+])
+def test_init_weights_with_a_setting_it_conflicts_with_is_one_line(trained, tmp_path, extra, needle):
+    proc = run_in_process("experiments.run", [*DIGITS, f"init_weights={trained}", f"paths.root_dir={tmp_path}",
+                                              *[e.format(ckpt=trained) for e in extra]], ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: ConfigError: init_weights={trained}") and needle.format(ckpt=trained) in line, line
+
+
+def test_a_missing_or_crafted_init_weights_file_is_one_line_and_runs_nothing(tmp_path):
+    missing = run_in_process("experiments.run", [*DIGITS, f"init_weights={tmp_path / 'nope.ckpt'}",
+                                                 f"paths.root_dir={tmp_path}"], ROOT)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1] == \
+        f"error: ConfigError: init_weights={tmp_path / 'nope.ckpt'}: no such file (a run's checkpoints/best.ckpt, a student.pt " \
+        f"or a global_final.pt)"
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    crafted = tmp_path / "crafted.ckpt"
+    crafted.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    proc = run_in_process("experiments.run", [*DIGITS, f"init_weights={crafted}", f"paths.root_dir={tmp_path}"], ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: CheckpointError: init_weights {crafted} does not load")
+    assert not marker.exists()
+
+
+def _net(classes: int = 10, width: int = 4) -> SmallCNN:
+    torch.manual_seed(classes + width)
+    return SmallCNN(in_channels=1, num_classes=classes, width=width)
+
+
+@pytest.mark.parametrize("form", ["export", "state_dict"])
+def test_each_file_form_loads_strictly(tmp_path, form):
+    """A deployable export (``student.pt``) and a bare state dict (``global_final.pt``) as well as a run's
+    checkpoint (above)."""
+    src, path = _net(), tmp_path / "w.pt"
+    torch.manual_seed(0)
+    dst = SmallCNN(in_channels=1, num_classes=10, width=4)
+    if form == "export":
+        save_net(path, src, {"_target_": "lightning_modules.nets.classifiers.SmallCNN"})
+    else:
+        torch.save(src.state_dict(), path)
+    assert load_init_weights(dst, path)["loaded"] == len(src.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+
+
+def test_another_head_is_refused_strictly_and_kept_fresh_otherwise(tmp_path, caplog):
+    """Fine-tuning for another number of classes: strict, one line naming the first key of another shape;
+    ``init_weights_strict=false`` loads the rest and keeps the new head's initialisation, saying so."""
+    path = tmp_path / "ten.pt"
+    torch.save(_net(10).state_dict(), path)
+    three = _net(3)
+    fresh = {k: v.clone() for k, v in three.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"holds another net than model= builds .*of another shape \(first: "):
+        load_init_weights(three, path)
+    with caplog.at_level(logging.WARNING, logger="engine.init_weights"):
+        counts = load_init_weights(three, path, strict=False)
+    own, ten = three.state_dict(), _net(10).state_dict()
+    changed = [k for k in own if own[k].shape != ten[k].shape]
+    assert changed and counts == {"loaded": len(own) - len(changed), "kept": len(changed), "unused": len(changed)}
+    for k in own:
+        assert torch.equal(own[k], fresh[k] if k in changed else ten[k]), k
+    assert f"keep their fresh initialisation (first: {changed[0]}: [10" in caplog.text
+
+
+def test_a_file_of_another_architecture_or_of_non_finite_weights_is_refused(tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"encoder.stem.weight": torch.zeros(4, 1, 3, 3), "head.bias": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="none of its 2 tensors matches one of the net's by name and shape"):
+        load_init_weights(_net(10, 4), other, strict=False)
+    bad = _net().state_dict()
+    next(v for v in bad.values() if v.is_floating_point())[0] = float("nan")
+    torch.save(bad, tmp_path / "nan.pt")
+    for strict in (True, False):
+        with pytest.raises(CheckpointError, match="non-finite"):
+            load_init_weights(_net(), tmp_path / "nan.pt", strict=strict)
+
+
+def test_a_distillation_student_starts_from_init_weights_and_its_teacher_does_not(tmp_path):
+    """A KD run (``+exp=kits_hlfd``) from another run's ``student.pt``: the student starts from it; the teacher
+    trained first, a wider net, starts fresh (given the student's weights, its strict load would be refused)."""
+    from experiments.run import dispatch
+    from hydra_helpers import compose_run
+    from tests.test_distill_e2e import TINY
+
+    dispatch(compose_run(["+exp=kits_hlfd", *TINY, "distill=none"], tmp_path / "first"))  # a student.pt, no teacher
+    student = tmp_path / "first" / "run" / "student.pt"
+    again = tmp_path / "again"  # another data folder: no cached teacher, it is trained again
+    dispatch(compose_run(["+exp=kits_hlfd", *TINY, "module.optimizer.lr=1e-12", f"init_weights={student}"], again))
+    given = _learned(torch.load(student, weights_only=True)["state_dict"])
+    started = _learned(_net_state(again / "run" / "checkpoints" / "last.ckpt"))
+    assert given.keys() == started.keys() and given
+    for k in given:
+        assert torch.allclose(given[k], started[k], atol=1e-7), k
+    assert list((again / "data" / "teachers").glob("*.ckpt"))
+
+
+def test_a_federated_distillation_refuses_init_weights(trained, tmp_path):
+    proc = run_in_process("experiments.run", ["+exp=fed_kits_hlfd", "logger=csv", f"init_weights={trained}",
+                                              f"paths.root_dir={tmp_path}"], ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: ConfigError: init_weights={trained}: a federated distillation trains its teacher and students from "
+        f"their fresh initialisation; it does not take init_weights")
