@@ -15,7 +15,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, OverrideParseException
@@ -40,10 +40,9 @@ class WritableOutput(Callback):
     def _check(self, folder: Any, key: str) -> None:
         blocker = unwritable(str(folder))
         if blocker is not None:
-            print(f"error: {key}={folder} cannot be written ({blocker} is "
-                  f"{'not a folder' if blocker.exists() and not blocker.is_dir() else 'not writable'}); "
-                  f"set paths.log_dir (or FEDMED_LOG_DIR) to a writable folder", file=sys.stderr)
-            sys.exit(2)
+            _refuse(f"{key}={folder} cannot be written ({blocker} is "
+                    f"{'not a folder' if blocker.exists() and not blocker.is_dir() else 'not writable'}); "
+                    f"set paths.log_dir (or FEDMED_LOG_DIR) to a writable folder")
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _fail_closed(self._run_start, config, "run")
@@ -54,8 +53,7 @@ class WritableOutput(Callback):
     def _run_start(self, config: DictConfig) -> None:
         resume = config.get("resume")
         if resumable(resume) is False:
-            print(not_resumable_line(resume), file=sys.stderr)
-            sys.exit(2)  # before Hydra creates a run dir for a run that will not happen
+            _refuse(not_resumable_line(resume))  # before Hydra creates a run dir for a run that will not happen
         HydraConfig.instance().set_config(config)  # ${hydra:runtime.choices...} in the run dir's name
         self._check(config.hydra.run.dir, "hydra.run.dir")
         # the folder the run writes into and the one Hydra writes .hydra/ and run.log into (a review: resume=<dir>
@@ -63,22 +61,18 @@ class WritableOutput(Callback):
         folders = [("resume", resume)] * bool(resumable(resume)) + [("hydra.run.dir", str(config.hydra.run.dir))]
         in_use = run_lock.first_refusal(folders, take=False) if main_process() else None
         if in_use is not None:
-            print(f"error: {in_use}", file=sys.stderr)
-            sys.exit(2)
+            _refuse(in_use)
         pid = live_launcher_of(Path(str(config.hydra.run.dir))) if first_start() else None
         if pid is not None:  # a review: a second run in the folder mixed its files into the live rehearsal's
-            print(f"error: hydra.run.dir={config.hydra.run.dir} is in use: its Flower rehearsal is still run by "
-                  f"launcher pid {pid}; stop it first (kill {pid}), or give this run another folder", file=sys.stderr)
-            sys.exit(2)
+            _refuse(f"hydra.run.dir={config.hydra.run.dir} is in use: its Flower rehearsal is still run by "
+                    f"launcher pid {pid}; stop it first (kill {pid}), or give this run another folder")
         refused = test_objective_line(config)
         if refused is not None:
-            print(f"error: {refused}", file=sys.stderr)
-            sys.exit(2)
+            _refuse(refused)
         if resume in (None, False, "false"):
             clash = checkpoint_clash(Path(str(config.hydra.run.dir)), config) if first_start() else None
             if clash is not None:  # before anything of the earlier run moves
-                print(f"error: {clash}", file=sys.stderr)
-                sys.exit(2)
+                _refuse(clash)
             earlier = earlier_run(Path(str(config.hydra.run.dir))) if first_start() else None
             if earlier is not None:  # a review: a second run in a run dir mixed its CSV, W&B run and checkpoints
                 print(f"warning: hydra.run.dir={config.hydra.run.dir} holds an earlier run ({earlier}): its files "
@@ -89,22 +83,25 @@ class WritableOutput(Callback):
             # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it
             bad = checked_resume_problem(Path(str(config.hydra.run.dir)), config)
             if bad is not None:  # before Hydra rewrites .hydra/ and the run its config.yaml: the folder stays as it was
-                print(f"error: {bad.splitlines()[0] if bad else bad}", file=sys.stderr)
-                sys.exit(2)
+                _refuse(bad.splitlines()[0] if bad else bad)
         in_use = run_lock.first_refusal(folders, take=True) if main_process() else None  # run.main lets go
         if in_use is not None:  # another run took it since the check above
-            print(f"error: {in_use}", file=sys.stderr)
-            sys.exit(2)
+            _refuse(in_use)
 
     def _multirun_start(self, config: DictConfig) -> None:
         HydraConfig.instance().set_config(config)
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
         bad = sweep_config_line(config) or sweep_jobs.live_jobs(Path(str(config.hydra.sweep.dir)))
         if bad is not None:  # before the sweeper starts: no trial trains, no sweep folder is made
-            print(f"error: {bad}", file=sys.stderr)
-            sys.exit(2)
+            _refuse(bad)
         if optuna_sweep(config):
             commit_optuna_alembic_stamp()
+
+
+def _refuse(line: str) -> NoReturn:
+    """A check that refuses the run or sweep: ``error: <line>`` on stderr and exit code 2, before Hydra writes."""
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _fail_closed(checks: Callable[[DictConfig], None], config: DictConfig, what: str) -> None:
@@ -114,9 +111,7 @@ def _fail_closed(checks: Callable[[DictConfig], None], config: DictConfig, what:
     try:
         checks(config)
     except Exception as exc:  # SystemExit (a refusal) passes: it is not an Exception
-        print(f"error: the checks before the {what} starts failed ({one_line(exc)}); the {what} did not start",
-              file=sys.stderr)
-        sys.exit(2)
+        _refuse(f"the checks before the {what} starts failed ({one_line(exc)}); the {what} did not start")
 
 
 class SweepOutcome(Callback):
@@ -191,8 +186,7 @@ def user_command(task: Callable[[DictConfig], Any], cfg: DictConfig, config_name
         err = find_user_error(exc)
         if err is None:
             raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
+        _refuse(one_line(err))
 
 
 def _refuse_unknown_keys(cfg: DictConfig, config_name: str) -> None:
@@ -254,8 +248,7 @@ def run_cli(main: Callable[[], Any]) -> None:
             hydra_report(exc)
         if not _compact["set"]:  # raised by the task itself, after task_started(): not a command-line error
             raise
-        print(f"error: {hydra_error_line(exc)}", file=sys.stderr)
-        sys.exit(2)
+        _refuse(hydra_error_line(exc))
     except Exception as exc:  # noqa: BLE001 - only the launcher's and the sweeper's set-up errors are shortened
         if no_completed_trial(exc):  # every trial failed: the sweeper found no best one (on_multirun_end not run)
             sweep_jobs.count_sweep_jobs()
@@ -264,17 +257,13 @@ def run_cli(main: Callable[[], Any]) -> None:
             hydra_report(exc)
         space = (null_group_override(exc) or search_space_error(exc)) if _compact["set"] else None
         if space:
-            print(f"error: {space}", file=sys.stderr)
-            sys.exit(2)
+            _refuse(space)
         if isinstance(exc, OSError) and exc.errno in MACHINE_ERRNOS:  # Hydra's own writes (a sweep job's .hydra/)
-            print(f"error: {one_line(exc)} (Hydra writing a run's files; the jobs that finished are kept)",
-                  file=sys.stderr)  # found when a full disk ended a sweep with a Hydra traceback
-            sys.exit(2)
+            # found when a full disk ended a sweep with a Hydra traceback
+            _refuse(f"{one_line(exc)} (Hydra writing a run's files; the jobs that finished are kept)")
         if not (_compact["set"] and submission_error(exc)):
             raise
-        print(f"error: hydra/launcher could not submit the jobs: {one_line(exc)}{drop_unsubmitted_sweep(started)}",
-              file=sys.stderr)
-        sys.exit(2)
+        _refuse(f"hydra/launcher could not submit the jobs: {one_line(exc)}{drop_unsubmitted_sweep(started)}")
     finally:
         task_started()
         _compact.update(owned=False, after_job=False)

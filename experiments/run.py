@@ -97,7 +97,7 @@ def main(cfg: DictConfig) -> float | None:
     # here, resume=<dir> and resume=true alike (a trust review: `-m ... resume=<dir>` wrote through a link in a
     # handed-over run folder; a review of that fix: `-m ... resume=true` through one in the job's own folder)
     if resumable(resume) is False:
-        return _failed(output_dir(cfg), not_resumable_line(resume)[len("error: "):])
+        return _failed(output_dir(cfg), not_resumable_line(resume))
     if in_sweep() and main_process():  # a single run's locks: taken by WritableOutput before Hydra wrote
         in_use = run_lock.first_refusal([("hydra.runtime.output_dir", str(output_dir(cfg)))], take=True)
         if in_use is not None:  # a review: a single run started in a live job's folder moved its files aside

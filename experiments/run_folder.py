@@ -45,7 +45,7 @@ def slurm_restarts() -> int:
 
 
 def not_resumable_line(resume: str) -> str:
-    return f"error: resume={resume} is not a run dir to continue (no checkpoints/, server.pt or teacher/ in it)"
+    return f"resume={resume} is not a run dir to continue (no checkpoints/, server.pt or teacher/ in it)"
 
 
 def foreign_link(folder: str | Path) -> tuple[Path, str] | None:
