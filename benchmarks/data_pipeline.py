@@ -11,7 +11,8 @@ from pathlib import Path
 
 from datamodules.layouts import find_cases
 from datamodules.synthetic import write_phantom_dataset
-from datamodules.volumes import PreprocessParams, VolumeCache
+from datamodules.volume_cache import VolumeCache
+from datamodules.volumes import PreprocessParams
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ from datamodules.progress import log_progress
 from datamodules.slices import TARGETS, SliceCase, SliceDataModule, SliceDataset, TargetMap
 from datamodules.spatial import GridMeta
 from datamodules.synthetic import needs_phantom, site_params, write_phantom_dataset
-from datamodules.volumes import (PreprocessParams, VolumeCache, load_on_grid, preprocess_image,
+from datamodules.volume_cache import VolumeCache
+from datamodules.volumes import (PreprocessParams, load_on_grid, preprocess_image,
                                  restore_label_map, restore_label_volume, restore_probability_volume)
 
 #: the slice core lives in :mod:`datamodules.slices`; these names stay importable from here

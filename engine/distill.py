@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules.atomic import atomic_output
-from datamodules.volumes import CACHE_FORMAT
+from datamodules.volume_cache import CACHE_FORMAT
 from engine import artifacts
 from engine.builders import ConfigError, build_module
 from engine.fit import output_dir, refuse_untrained_test, train_and_test

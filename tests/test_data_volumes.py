@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from data_fixtures import write_nifti
 
+import datamodules.volume_cache as volume_cache
 import datamodules.volumes as volumes
 from datamodules.errors import DataError
-from datamodules.volumes import (PreprocessParams, VolumeCache, apply_window, load_nifti,
+from datamodules.volume_cache import VolumeCache
+from datamodules.volumes import (PreprocessParams, apply_window, load_nifti,
                                  resize_slices, restore_label_volume)
 
 
@@ -98,7 +100,7 @@ def test_the_cache_key_changes_with_its_format(tmp_path, monkeypatch):
     params = PreprocessParams((-200, 300), (0.0, 1.0), 16, (0, 1, 2))
     img, lab = _pair(tmp_path)
     before = VolumeCache(tmp_path / "c", params).entry_dir(img, lab)
-    monkeypatch.setattr(volumes, "CACHE_FORMAT", volumes.CACHE_FORMAT + 1)
+    monkeypatch.setattr(volume_cache, "CACHE_FORMAT", volume_cache.CACHE_FORMAT + 1)
     assert VolumeCache(tmp_path / "c", params).entry_dir(img, lab) != before
 
 
@@ -133,10 +135,10 @@ def test_interrupted_write_leaves_no_partial_cache(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real_save(fh, arr)
 
-    monkeypatch.setattr(volumes.np, "save", failing_save)
+    monkeypatch.setattr(volume_cache.np, "save", failing_save)
     with pytest.raises(KeyboardInterrupt):
         VolumeCache(tmp_path / "c", PreprocessParams()).load(img, lab, "case0")
-    monkeypatch.setattr(volumes.np, "save", real_save)
+    monkeypatch.setattr(volume_cache.np, "save", real_save)
     leftovers = [p.name for p in (tmp_path / "c").rglob("*") if p.is_file()]
     assert "case0_image.npy" not in leftovers and not any(n.endswith(".tmp") for n in leftovers)
     cache = VolumeCache(tmp_path / "c", PreprocessParams())

@@ -146,7 +146,8 @@ def test_pickled_arrays_in_a_data_folder_run_nothing(tmp_path, where):
         with pytest.raises(Exception):
             read_image(path)
     else:
-        from datamodules.volumes import PreprocessParams, VolumeCache
+        from datamodules.volume_cache import VolumeCache
+        from datamodules.volumes import PreprocessParams
 
         from tests.test_data_volumes import _pair
 

@@ -70,13 +70,13 @@ def test_3d_patches_keep_the_training_budget(tmp_path):
 def test_a_preprocessing_fix_retires_cached_teachers(tmp_path, monkeypatch):
     """A review: the slice cache's format number changed with the masks' resizing fix, but the teacher cache key
     did not, so a teacher trained on the shifted masks was still reused."""
-    import datamodules.volumes as volumes
+    import datamodules.volume_cache as volume_cache
     import engine.distill as distill
 
     cfg = compose_run(["+exp=kits_hlfd", "logger=csv"], tmp_path)
     before = distill.teacher_key(cfg)
-    monkeypatch.setattr(distill, "CACHE_FORMAT", volumes.CACHE_FORMAT + 1)
-    assert distill.teacher_key(cfg) != before and before["data_format"] == volumes.CACHE_FORMAT
+    monkeypatch.setattr(distill, "CACHE_FORMAT", volume_cache.CACHE_FORMAT + 1)
+    assert distill.teacher_key(cfg) != before and before["data_format"] == volume_cache.CACHE_FORMAT
 
 
 def test_a_teacher_of_its_own_length_is_one_teacher_whatever_the_students_length(tmp_path):
