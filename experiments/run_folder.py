@@ -257,7 +257,7 @@ def live_launcher_of(run: Path) -> int | None:
     records = [f for f in folders if (f / "launcher.json").is_file()]
     if not records:
         return None
-    from federation.transports.flower.launch import live_launcher
+    from federation.transports.flower.launcher_record import live_launcher
 
     return next((pid for pid in map(live_launcher, records) if pid is not None), None)
 

@@ -265,7 +265,7 @@ def test_the_rehearsal_names_its_nodes_after_the_sites_with_num_clients_set(tmp_
 def test_a_dp_rehearsal_gives_each_node_the_dp_values(tmp_path):
     """Found by a review: nodes started with ``privacy=dp`` require their own four ``dp-*`` values, and the local
     rehearsal gave them none, so every DP rehearsal failed in round 1."""
-    from federation.transports.flower.launch import rehearsal_node_config
+    from federation.transports.flower.commands import rehearsal_node_config
 
     dp = {"clipping_norm": 1.0, "sensitivity": 2.0, "epsilon": 100.0, "delta": 1e-5}  # the shipped values
     line = rehearsal_node_config("site_a", tmp_path, "dp", dp)

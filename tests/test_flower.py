@@ -353,6 +353,7 @@ def test_a_supernode_dying_at_start_up_stops_the_rehearsal_naming_its_site(tmp_p
     def broken_for_site_1(tls, port, node_config, key=None):
         argv = real(tls, port, node_config, key)
         return [*argv, "--no-such-option"] if 'site="1"' in node_config else argv
+    # patched on launch, where rehearse looks it up (launch imports it from flower.commands)
     monkeypatch.setattr(launch, "supernode_argv", broken_for_site_1)
     cfg = compose_run([*SMALL, "federation/executor=flower", "federation.rounds=1",
                        "federation.executor.connect_timeout_s=30", "federation.executor.stream=false"], tmp_path)
@@ -364,8 +365,8 @@ def test_a_supernode_dying_at_start_up_stops_the_rehearsal_naming_its_site(tmp_p
 def test_unregistered_supernode_is_refused(tmp_path):
     """Node authentication as docs/deployment.md sets it up: a SuperLink with ``--enable-supernode-auth`` admits
     the SuperNode whose key was registered (``flwr supernode register``) and refuses one with an unknown key."""
-    from federation.transports.flower.launch import (_bin, _env, flwr_home, register_nodes, superlink_argv,
-                                                     supernode_argv)
+    from federation.transports.flower.commands import (_bin, _env, flwr_home, register_nodes, superlink_argv,
+                                                       supernode_argv)
     from federation.transports.flower.processes import ProcessGroups, free_port
     from federation.transports.flower.tls import node_keys, throwaway_tls
 

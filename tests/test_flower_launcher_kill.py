@@ -88,7 +88,7 @@ def test_a_launch_refuses_while_the_launcher_of_the_leftovers_lives(tmp_path):
     still runs are not stopped: one FederationError line, and they live on; with the launcher gone they
     are stopped."""
     from federation.errors import FederationError
-    from federation.transports.flower.launch import _started_at, claim
+    from federation.transports.flower.launcher_record import _started_at, claim
     from federation.transports.flower.processes import marked
 
     fdir = tmp_path / "run" / "flower"

@@ -134,7 +134,7 @@ def test_what_the_new_run_names_moves_with_it_and_a_live_launcher_refuses(tmp_pa
 
     from engine.run_match import holds_run
     from experiments.run_folder import set_aside_run
-    from federation.transports.flower.launch import _started_at
+    from federation.transports.flower.launcher_record import _started_at
 
     run = tmp_path / "run"
     for rel in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "csv/metrics.csv", "stores/x/c0.pt", "server.pt",

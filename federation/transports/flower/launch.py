@@ -21,13 +21,11 @@ from __future__ import annotations
 import logging
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +34,17 @@ from omegaconf import DictConfig, OmegaConf
 from engine import artifacts
 from federation.core.partition import is_remote_sites
 from federation.errors import FederationError
+from federation.transports.flower.commands import (_bin, _env, flwr_home, register_nodes, rehearsal_node_config,
+                                                   superlink_argv, supernode_argv)
+from federation.transports.flower.launcher_record import claim
 from federation.transports.flower.privacy import (PRIVACY, check_dp_statistics, check_flower_privacy, check_secagg,
                                                    privacy_line)
-from federation.transports.flower.processes import (HOST, ExitWatch, ProcessGroups, free_port, listening, marked,
-                                                    stop_marked)
+from federation.transports.flower.processes import HOST, ExitWatch, ProcessGroups, free_port, listening
 
-__all__ = ["rehearse", "ProcessGroups", "free_port", "register_nodes", "superlink_argv", "supernode_argv",
-           "check_flower_privacy", "PRIVACY"]
+__all__ = ["rehearse", "ProcessGroups", "free_port", "check_flower_privacy", "PRIVACY"]
 
 
 APP_DIR = Path(__file__).parent / "app"
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _client_ids(cfg: DictConfig) -> list[str]:
@@ -59,128 +57,6 @@ def _client_ids(cfg: DictConfig) -> list[str]:
     from federation.transports.flower.partition import derive_indices
 
     return list(derive_indices(cfg, get_base_datamodule(cfg.data)))
-
-
-#: the environment entry every process of one launch carries (:func:`claim`, :class:`ProcessGroups`)
-MARK = "FEDMED_REHEARSAL"
-
-
-def _env(home: Path, marker: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env[MARK] = marker.split("=", 1)[1]
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # flower-superexec, flwr-*
-    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env["FLWR_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("WANDB_MODE", "offline")
-    return env
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name) if (Path(sys.executable).parent / name).exists() else name
-
-
-def flwr_home(home: Path, port: int, ca: Path) -> None:
-    """``FLWR_HOME/config.toml`` naming the rehearsal's SuperLink ``rehearsal`` (for ``flwr run`` / ``flwr supernode``)."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "rehearsal"\n\n[superlink.rehearsal]\n'
-                                      f'address = "{HOST}:{port}"\nroot-certificates = "{ca}"\n')
-
-
-def superlink_argv(tls: dict[str, Path], port: int, auth: bool = False, database: Path | None = None) -> list[str]:
-    """The rehearsal's SuperLink on 127.0.0.1 with the throw-away TLS chain (``auth``: node authentication;
-    ``database``: its state in that SQLite file, as docs/deployment.md's SuperLink keeps it)."""
-    return [_bin("flower-superlink"), "--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
-            "--ssl-keyfile", str(tls["key"]), "--host", HOST, "--port", str(port),
-            "--disable-runtime-dependency-installation", *(["--enable-supernode-auth"] if auth else []),
-            *(["--database", str(database)] if database is not None else [])]
-
-
-def supernode_argv(tls: dict[str, Path], port: int, node_config: str, key: Path | None = None) -> list[str]:
-    """A SuperNode dialling the rehearsal's SuperLink (``key``: its private key for node authentication)."""
-    return [_bin("flower-supernode"), "--root-certificates", str(tls["ca"]), "--superlink", f"{HOST}:{port}",
-            "--host", HOST, "--port", str(free_port()),
-            *(["--auth-supernode-private-key", str(key)] if key is not None else []), "--node-config", node_config]
-
-
-def register_nodes(public_keys: dict[str, Path], env: dict[str, str], superlink: subprocess.Popen,
-                   timeout_s: float = 120.0) -> None:
-    """``flwr supernode register <key>.pub rehearsal`` for every node, as the operator of a deployment does
-    (docs/deployment.md); retried while the SuperLink starts. One ``FederationError`` naming the key at fault."""
-    deadline = time.monotonic() + timeout_s
-    for name, pub in public_keys.items():
-        while True:
-            res = subprocess.run([_bin("flwr"), "supernode", "register", str(pub), "rehearsal"], env=env,
-                                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
-            if res.returncode == 0:
-                break
-            if superlink.poll() is not None or time.monotonic() > deadline:
-                last = (res.stdout + res.stderr).strip().splitlines()[-1:] or ["no output"]
-                raise FederationError(f"could not register {name}'s key {pub} with the SuperLink: {last[0]}")
-            time.sleep(1.0)
-
-
-def _started_at(pid: int) -> str | None:
-    """The start time of ``pid`` (``/proc/<pid>/stat`` field 22; None when it is gone): a pid with a
-    different start time is another process."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _launcher_record(record: Path) -> tuple[int | None, str | None, str | None]:
-    """``(pid, start time, marker)`` of the launcher ``launcher.json`` names; all None when there is none (no launch
-    here yet: nothing of ours runs; a later review: the FLWR_HOME fallback killed a user's shell)."""
-    try:
-        owner = json.loads(record.read_text())
-        return int(owner["pid"]), str(owner["started"]), str(owner.get("marker") or "")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None, None, None
-
-
-def live_launcher(fdir: Path) -> int | None:
-    """The pid of another process that launched the rehearsal in ``fdir`` and still runs (its pid and start time
-    in ``launcher.json``), else None."""
-    pid, started, _ = _launcher_record(fdir / "launcher.json")
-    return pid if pid is not None and pid != os.getpid() and _started_at(pid) == started else None
-
-
-def claim(fdir: Path, home: Path) -> str:
-    """Make this process the one launcher of the rehearsal in ``fdir`` and return the marker its processes will
-    carry (``FEDMED_REHEARSAL=<home>:<token>``, fresh per launch): processes an earlier launch left running (they
-    carry the marker recorded in ``launcher.json``) are stopped, or, while that launcher is still alive, one
-    ``FederationError``; then this process and its marker are recorded there. A review: the marker was
-    ``FLWR_HOME=<home>``, which a user's shell exporting it to inspect the run also carried, and was killed."""
-    import uuid
-
-    record = fdir / "launcher.json"
-    pid, started, before = _launcher_record(record)
-    if before is not None and not before.startswith(f"{MARK}={home}:"):  # an older launcher's record (or one
-        before = f"FLWR_HOME={home}"  # edited to name other processes, PATH=...): the run's FLWR_HOME, as before
-    marker = f"{MARK}={home}:{uuid.uuid4().hex}"
-    if before is not None and marked(before):
-        if pid is not None and pid == live_launcher(fdir):
-            raise FederationError(f"the Flower rehearsal in {fdir.parent} is still run by launcher pid {pid}: "
-                                  f"stop it first (kill {pid}); two ServerApps must not write into one run folder")
-        stopped = stop_marked(before)
-        artifacts.console.print(f"[bold]flower:[/bold] stopped {len(stopped)} processes an earlier launch of this "
-                                f"run left running (pids {' '.join(map(str, sorted(stopped)))})")
-    artifacts.write_json(record, {"pid": os.getpid(), "started": _started_at(os.getpid()), "marker": marker})
-    return marker
-
-
-def rehearsal_node_config(cid: str, store: Path, privacy: str, dp: Any) -> str:
-    """A rehearsal SuperNode's ``--node-config``: its site, the derived partition, its store and privacy; under
-    ``privacy=dp`` the node's own four DP values too, the server's (a node with ``privacy=dp`` requires them:
-    a review found every DP rehearsal failing in round 1 once nodes enforced their own), and whether it sends its
-    validation metrics (``dp.release_metrics``: a node enforcing DP decides that itself)."""
-    parts = [f'site="{cid}"', 'partition="derive"', f'store="{store}"', f'privacy="{privacy}"']
-    if privacy == "dp":
-        parts += [f"dp-{key.replace('_', '-')}={float(dp[key])!r}"
-                  for key in ("clipping_norm", "sensitivity", "epsilon", "delta")]
-        parts.append(f"dp-release-metrics={'true' if dp.get('release_metrics') is True else 'false'}")
-    return " ".join(parts)
 
 
 def _raise_terminate(signum: int, frame: Any) -> None:

@@ -5,7 +5,7 @@ They also die with the launcher when it is killed outright (SIGKILL, an OOM kill
 every child asks the kernel for SIGTERM on its parent's death (``PR_SET_PDEATHSIG``, Linux), and a small
 watchdog (this file run as a script, in its own session) holds the read end of a pipe whose write end only
 the launcher has; at EOF (the launcher gone, or :meth:`ProcessGroups.stop` done) it stops every process
-carrying the launch's marker (``FEDMED_REHEARSAL=<home>:<token>``, :func:`..launch.claim`), which reaches what Flower starts in
+carrying the launch's marker (``FEDMED_REHEARSAL=<home>:<token>``, :func:`..launcher_record.claim`), which reaches what Flower starts in
 sessions of its own (SuperExec, ServerApp, ClientApps). :func:`stop_marked` is also what a new launch
 into the same run folder uses on processes an earlier, killed launch left behind."""
 from __future__ import annotations
