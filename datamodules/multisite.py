@@ -2,7 +2,7 @@
 
 :class:`MultiSiteDataModule` builds one datamodule per site (any ``_target_`` config, typically a
 :class:`~datamodules.segmentation.VolumeSegmentationDataModule` over synthetic phantoms written with
-different :class:`~datamodules.synthetic.SiteParams`), sets each up, and concatenates their train / val /
+different :class:`~datamodules.phantom_anatomy.SiteParams`), sets each up, and concatenates their train / val /
 test sets. ``site_defaults`` (any site-config keys, e.g. ``_target_``, ``target``, ``image_size``) fill in what
 a site does not set, so a user's own sites need only ``root`` and ``layout`` each
 (``experiments/configs/data/multisite_custom.yaml``). Every concatenated dataset carries ``groups`` (the site name of each item, for the

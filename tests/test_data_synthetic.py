@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from datamodules.errors import DataError
-from datamodules.synthetic import (LOCK, MANIFEST, SiteParams, _locked, make_phantom, needs_phantom,
-                                   write_phantom_dataset)
+from datamodules.phantom_anatomy import SiteParams, make_phantom
+from datamodules.synthetic import LOCK, MANIFEST, _locked, needs_phantom, write_phantom_dataset
 
 SHAPE = (64, 64, 16)
 
