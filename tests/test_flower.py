@@ -365,8 +365,8 @@ def test_a_supernode_dying_at_start_up_stops_the_rehearsal_naming_its_site(tmp_p
 def test_unregistered_supernode_is_refused(tmp_path):
     """Node authentication as docs/deployment.md sets it up: a SuperLink with ``--enable-supernode-auth`` admits
     the SuperNode whose key was registered (``flwr supernode register``) and refuses one with an unknown key."""
-    from federation.transports.flower.commands import (_bin, _env, flwr_home, register_nodes, superlink_argv,
-                                                       supernode_argv)
+    from federation.transports.flower.commands import (flower_bin, flwr_home, register_nodes, rehearsal_env,
+                                                       superlink_argv, supernode_argv)
     from federation.transports.flower.processes import ProcessGroups, free_port
     from federation.transports.flower.tls import node_keys, throwaway_tls
 
@@ -374,7 +374,7 @@ def test_unregistered_supernode_is_refused(tmp_path):
     home, port = tmp_path / "home", free_port()
     flwr_home(home, port, tls["ca"])
     marker = f"FEDMED_REHEARSAL={home}:test"
-    env = _env(home, marker)
+    env = rehearsal_env(home, marker)
     groups = ProcessGroups(tmp_path / "pgids.json", marker=marker)
     try:
         link = groups.start("superlink", superlink_argv(tls, port, auth=True), env, tmp_path / "link.log")
@@ -386,7 +386,7 @@ def test_unregistered_supernode_is_refused(tmp_path):
         assert nodes["hospital_a"].poll() is None, (tmp_path / "hospital_a.log").read_text()[-2000:]
         deadline = time.monotonic() + 60  # hospital_a, started with the rogue, may not be online yet
         while True:
-            listing = subprocess.run([_bin("flwr"), "supernode", "ls", "rehearsal", "--format", "json"], env=env,
+            listing = subprocess.run([flower_bin("flwr"), "supernode", "ls", "rehearsal", "--format", "json"], env=env,
                                      capture_output=True, text=True, timeout=120)
             nodes = json.loads(listing.stdout[listing.stdout.index("{"):])["nodes"]
             online = [n for n in nodes if n["status"] == "online"]

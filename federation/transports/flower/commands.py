@@ -1,6 +1,6 @@
 """The command lines and environment of the Flower rehearsal's processes: the environment every process of one
-launch gets (:func:`_env`: its marker, ``FLWR_HOME``, the project on ``PYTHONPATH``), the executables next to this
-Python (:func:`_bin`), the ``FLWR_HOME/config.toml`` naming the rehearsal's SuperLink (:func:`flwr_home`), the
+launch gets (:func:`rehearsal_env`: its marker, ``FLWR_HOME``, the project on ``PYTHONPATH``), the executables
+next to this Python (:func:`flower_bin`), the ``FLWR_HOME/config.toml`` naming the rehearsal's SuperLink (:func:`flwr_home`), the
 SuperLink's and SuperNodes' argv (:func:`superlink_argv`, :func:`supernode_argv`, a SuperNode's
 ``--node-config``: :func:`rehearsal_node_config`) and the nodes' key registration (:func:`register_nodes`);
 :mod:`~federation.transports.flower.launch` starts the processes with them.
@@ -18,13 +18,14 @@ from federation.errors import FederationError
 from federation.transports.flower.launcher_record import MARK
 from federation.transports.flower.processes import HOST, free_port
 
-__all__ = ["flwr_home", "register_nodes", "rehearsal_node_config", "superlink_argv", "supernode_argv"]
+__all__ = ["flower_bin", "flwr_home", "register_nodes", "rehearsal_env", "rehearsal_node_config", "superlink_argv",
+           "supernode_argv"]
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
-def _env(home: Path, marker: str) -> dict[str, str]:
+def rehearsal_env(home: Path, marker: str) -> dict[str, str]:
     env = dict(os.environ)
     env[MARK] = marker.split("=", 1)[1]
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # flower-superexec, flwr-*
@@ -35,7 +36,7 @@ def _env(home: Path, marker: str) -> dict[str, str]:
     return env
 
 
-def _bin(name: str) -> str:
+def flower_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name) if (Path(sys.executable).parent / name).exists() else name
 
 
@@ -49,7 +50,7 @@ def flwr_home(home: Path, port: int, ca: Path) -> None:
 def superlink_argv(tls: dict[str, Path], port: int, auth: bool = False, database: Path | None = None) -> list[str]:
     """The rehearsal's SuperLink on 127.0.0.1 with the throw-away TLS chain (``auth``: node authentication;
     ``database``: its state in that SQLite file, as docs/deployment.md's SuperLink keeps it)."""
-    return [_bin("flower-superlink"), "--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
+    return [flower_bin("flower-superlink"), "--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
             "--ssl-keyfile", str(tls["key"]), "--host", HOST, "--port", str(port),
             "--disable-runtime-dependency-installation", *(["--enable-supernode-auth"] if auth else []),
             *(["--database", str(database)] if database is not None else [])]
@@ -57,7 +58,7 @@ def superlink_argv(tls: dict[str, Path], port: int, auth: bool = False, database
 
 def supernode_argv(tls: dict[str, Path], port: int, node_config: str, key: Path | None = None) -> list[str]:
     """A SuperNode dialling the rehearsal's SuperLink (``key``: its private key for node authentication)."""
-    return [_bin("flower-supernode"), "--root-certificates", str(tls["ca"]), "--superlink", f"{HOST}:{port}",
+    return [flower_bin("flower-supernode"), "--root-certificates", str(tls["ca"]), "--superlink", f"{HOST}:{port}",
             "--host", HOST, "--port", str(free_port()),
             *(["--auth-supernode-private-key", str(key)] if key is not None else []), "--node-config", node_config]
 
@@ -69,7 +70,7 @@ def register_nodes(public_keys: dict[str, Path], env: dict[str, str], superlink:
     deadline = time.monotonic() + timeout_s
     for name, pub in public_keys.items():
         while True:
-            res = subprocess.run([_bin("flwr"), "supernode", "register", str(pub), "rehearsal"], env=env,
+            res = subprocess.run([flower_bin("flwr"), "supernode", "register", str(pub), "rehearsal"], env=env,
                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
             if res.returncode == 0:
                 break

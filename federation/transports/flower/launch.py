@@ -34,8 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 from engine import artifacts
 from federation.core.partition import is_remote_sites
 from federation.errors import FederationError
-from federation.transports.flower.commands import (_bin, _env, flwr_home, register_nodes, rehearsal_node_config,
-                                                   superlink_argv, supernode_argv)
+from federation.transports.flower.commands import (flower_bin, flwr_home, register_nodes, rehearsal_env,
+                                                   rehearsal_node_config, superlink_argv, supernode_argv)
 from federation.transports.flower.launcher_record import claim
 from federation.transports.flower.privacy import (PRIVACY, check_dp_statistics, check_flower_privacy, check_secagg,
                                                    privacy_line)
@@ -151,7 +151,7 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     cfg_path = write_run_config(cfg, fdir)
     ids = _client_ids(cfg)
     store = out / str(OmegaConf.select(cfg, "federation.store_dir", default="client_store"))
-    env = _env(home, marker)
+    env = rehearsal_env(home, marker)
     ex = cfg.federation.executor
     privacy = str(OmegaConf.select(cfg, "federation.privacy", default="none"))
     groups = ProcessGroups(fdir / "pgids.json", marker=marker)
@@ -181,7 +181,7 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
         artifacts.console.print(f"[bold]flower:[/bold] SuperLink https://{HOST}:{port} (TLS, throw-away CA "
                                 f"{tls['ca']}{', node authentication: keys in ' + str(fdir / 'keys') if auth else ''})"
                                 f" + {len(ids)} SuperNodes; logs in {logs}")
-        run = groups.start("flwr_run", [_bin("flwr"), "run", str(app), "rehearsal", "--stream",
+        run = groups.start("flwr_run", [flower_bin("flwr"), "run", str(app), "rehearsal", "--stream",
                                         "--run-config", f'cfg-path="{cfg_path}"'], env, logs / "flwr_run.log",
                            stdout=subprocess.PIPE)
         watch = ExitWatch(groups, run, logs, on_drop=_dropped)
