@@ -15,12 +15,13 @@ does), saying how many of each there were.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from lightning_modules.checkpoints import load_strict, net_state
@@ -34,11 +35,11 @@ KEY = "init_weights"
 
 def check_init_weights(cfg: DictConfig) -> None:
     """Before anything is built: ``init_weights`` names an existing file and goes with a run that trains a new
-    net from it; one :class:`ConfigError` naming the key otherwise."""
+    net from it; one :class:`ConfigError` naming the key otherwise. The path is made absolute in ``cfg``."""
     path = cfg.get(KEY)
     if path in (None, ""):
         return
-    if not Path(str(path)).is_file():
+    if not (given := Path(str(path)).expanduser()).is_file():
         raise ConfigError(f"{KEY}={path}: no such file (a run's checkpoints/best.ckpt, a student.pt or a "
                           f"global_final.pt)")
     if not cfg.get("train", True):
@@ -54,7 +55,9 @@ def check_init_weights(cfg: DictConfig) -> None:
     if cfg.get("fed_distill") is not None:
         raise ConfigError(f"{KEY}={path}: a federated distillation trains its teacher and students from their "
                           f"fresh initialisation; it does not take init_weights")
-    load_checkpoint(path, KEY, lazy=True)  # a file that is no checkpoint, or not only data, before the data is read
+    load_checkpoint(given, KEY, lazy=True)  # a file that is no checkpoint, or not only data, before the data is read
+    with open_dict(cfg):  # config.yaml records where it was; a Flower ServerApp or Ray driver elsewhere finds it
+        cfg[KEY] = os.path.abspath(given)
 
 
 def file_state(path: str | Path) -> dict[str, torch.Tensor]:

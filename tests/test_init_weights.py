@@ -196,3 +196,17 @@ def test_a_federated_distillation_refuses_init_weights(trained, tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: ConfigError: init_weights={trained}: a federated distillation trains its teacher and students from "
         f"their fresh initialisation; it does not take init_weights")
+
+
+def test_a_relative_init_weights_path_is_recorded_absolute(tmp_path, monkeypatch):
+    """``config.yaml`` and the processes a federation starts elsewhere (a Flower ServerApp) see where it was."""
+    from omegaconf import OmegaConf
+
+    from engine.init_weights import check_init_weights
+
+    torch.save(_net().state_dict(), tmp_path / "w.pt")
+    monkeypatch.chdir(tmp_path)
+    cfg = OmegaConf.create({"init_weights": "w.pt", "train": True, "ckpt_path": None})
+    OmegaConf.set_struct(cfg, True)
+    check_init_weights(cfg)
+    assert cfg.init_weights == str(tmp_path / "w.pt")
