@@ -27,10 +27,16 @@ def count_sweep_jobs() -> None:
     def new(path: Path) -> bool:  # of this sweep, not of an earlier one in a reused sweep folder
         return path.stat().st_mtime >= started - 1
 
-    failed = sorted(str(p.parent.relative_to(folder)) for p in folder.rglob("failed.json") if new(p))
-    failed = sorted({*failed, *(p.read_text().strip() for p in (folder / REFUSED).glob("*") if new(p))})  # any process
-    jobs = {p.parent for p in folder.rglob(".hydra") if p.is_dir() and new(p)}
+    failed, jobs = set(), set()
+    for top, dirs, files in os.walk(folder):  # one walk for both (links not followed, as rglob)
+        here = Path(top)
+        if "failed.json" in files and new(here / "failed.json"):
+            failed.add(str(here.relative_to(folder)))
+        if ".hydra" in dirs and new(here / ".hydra"):
+            jobs.add(here)
+    failed |= {p.read_text().strip() for p in (folder / REFUSED).glob("*") if new(p)}  # refused, in any process
     jobs |= {folder / f for f in failed}
+    failed = sorted(failed)
     sweep["failed"], sweep["jobs"] = failed, len(jobs)
 
 
