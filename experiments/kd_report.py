@@ -137,7 +137,8 @@ def _setting(cfg: dict, distill: dict, loss: dict, protocol: str) -> dict[str, s
             "kd loss": plain_text(json.dumps(kd, sort_keys=True, default=str), 300),
             "data": plain_text(data.get("root") or ("synthetic" if data.get("synthetic") else ""), 200),
             "epochs": plain_text(trainer.get("max_epochs"), 20), "size": plain_text(data.get("image_size"), 20),
-            "optimizer": plain_text(json.dumps(module.get("optimizer"), sort_keys=True, default=str), 300)}
+            "optimizer": plain_text(json.dumps(module.get("optimizer"), sort_keys=True, default=str), 300),
+            "init": plain_text(cfg.get("init_weights") or "fresh", 200)}  # a student fine-tuned from init_weights=
 
 
 def _variants(sel: list[dict]) -> list[tuple[str, list[dict]]]:

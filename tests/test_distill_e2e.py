@@ -182,6 +182,19 @@ def test_runs_on_other_data_or_epochs_are_not_pooled_as_seeds(tmp_path):
     assert sorted(r["n_seeds"] for r in rows) == [1, 1], rows
 
 
+def test_a_student_started_from_init_weights_is_not_pooled_with_fresh_ones(tmp_path):
+    """``init_weights=``: a student fine-tuned from another run's weights is another setting than one trained from
+    its fresh initialisation, not a seed of it."""
+    _fake_run(tmp_path, "0_s1", "hlfd", "kits", 1, 0.50, -0.2)
+    _fake_run(tmp_path, "1_s2", "hlfd", "kits", 2, 0.10, -0.4)
+    cfg = json.loads((tmp_path / "1_s2" / "config.yaml").read_text())
+    cfg["init_weights"] = "/runs/pretrained/student.pt"
+    (tmp_path / "1_s2" / "config.yaml").write_text(json.dumps(cfg))
+    rows = [r for r in kd_report.report(tmp_path)["table1"] if r["method"].startswith("hlfd") and r["dataset"] == "KiTS"]
+    assert sorted(r["n_seeds"] for r in rows) == [1, 1], rows
+    assert any("init=/runs/pretrained/student.pt" in r["method"] for r in rows), rows
+
+
 def test_table2_keeps_settings_apart(tmp_path):
     """Found by a review: Table 2 (beta/lambda) pooled protocol a and protocol b runs into one cell while Table 1
     split them; it is split by the same setting now."""
