@@ -31,7 +31,8 @@ from lightning_modules.atomic import atomic_output
 from datamodules.volume_cache import CACHE_FORMAT
 from engine import artifacts
 from engine.builders import ConfigError, build_module
-from engine.fit import output_dir, refuse_untrained_test, train_and_test
+from engine.checkpoint_checks import refuse_untrained_test
+from engine.fit import output_dir, train_and_test
 from lightning_modules.base import build
 from lightning_modules.distill_setup import check_same_padding
 from lightning_modules.kinds import is_whole

@@ -22,7 +22,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.multisite import sites_of
-from engine.fit import check_data_states
+from engine.checkpoint_checks import check_data_states
 from engine.run_files import MAX_RUN_FILE_BYTES, load_yaml_data
 from lightning_modules.base import build
 from lightning_modules.checkpoints import (CheckpointError, file_net_cfg, load_checkpoint, load_strict, net_state,

@@ -81,7 +81,7 @@ def unusable_resume_state(run: Path, federation: bool, store_dir: Any = "client_
     ``store_dir``, a run's ``checkpoints/last.ckpt``) cannot be used, or ``None``: checked before anything is
     written, so a failed resume leaves a finished run's ``config.yaml`` and ``.hydra/`` as they were (both are
     rewritten when a run starts; an audit found a bad client store file refused only after that)."""
-    from engine.fit import check_trainer_state, checked_ckpt
+    from engine.checkpoint_checks import check_trainer_state, checked_ckpt
     from federation.resume_checks import check_resumed_local
     from federation.server_state import load_server_state
     from federation.store import read_store_file

@@ -76,7 +76,7 @@ def test_a_crafted_data_state_is_one_line_before_lightning_restores_it(tmp_path,
     from inside Lightning's restore; the resume check (and the datamodule itself) name the key instead."""
     from datamodules.errors import DataError
     from datamodules.segmentation import VolumeSegmentationDataModule
-    from engine.fit import check_trainer_state
+    from engine.checkpoint_checks import check_trainer_state
     from lightning_modules.errors import CheckpointError
 
     ckpt = {"pytorch-lightning_version": "2.6.0", "epoch": 1, "state_dict": {},

@@ -22,7 +22,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from engine.artifacts import atomic_write_text, write_json
-from engine import fit as engine_fit  # not `import test_only_cfg`: pytest would collect it as a test
+from engine import checkpoint_checks  # not `import test_only_cfg`: pytest would collect it as a test
 from engine.objective import optimized_value as objective
 from engine.tracking import record_environment
 from engine.wandb_tracking import model_options, run_facts
@@ -145,7 +145,7 @@ def test_test_only_builds_the_checkpoints_net(tmp_path):
     assert metrics["num_parameters"] == sum(p.numel() for p in unet3plus.parameters())
     written = OmegaConf.load(tmp_path / "b" / "run" / "config.yaml")  # found by an audit: model: said DNet
     assert written.model._target_ == written.module.net._target_ == ckpt["hyper_parameters"]["net"]["_target_"]
-    tested = engine_fit.test_only_cfg(cfg2, ckpt, str(best))
+    tested = checkpoint_checks.test_only_cfg(cfg2, ckpt, str(best))
     assert run_facts(tested)["model"] == "unet3plus"  # W&B's name and tags: the net tested, not model=dnet
     # named as its training runs are (the option, not the class: nested_unet, not nestedunet)
     assert model_options("lightning_modules.nets.nested_unet.NestedUNet") == ["nested_unet"]
