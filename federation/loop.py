@@ -29,7 +29,8 @@ from federation.errors import FederationError
 from federation.matrix import evaluation_matrix, matrix_note, write_matrix
 from federation.records import (best_of_rounds, close_loggers, fmt, log_image, log_matrix_table, log_metrics, log_round,
                                 log_test_media, matrix_scalars, rounds_table, test_overlays, write_rounds_csv)
-from federation.server import SERVER_CKPT, Server
+from federation.server import Server
+from federation.server_resume import SERVER_CKPT
 from federation.server_state import load_global_weights, save_atomic
 from lightning_modules.kinds import is_whole
 

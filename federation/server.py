@@ -19,7 +19,6 @@ Public API used by :mod:`federation.loop` and :mod:`federation.matrix`: :meth:`m
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -31,11 +30,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from callbacks.metric_goal import goal
 from datamodules.loaders import eval_loader
 from datamodules.subset import (IndexSubset, SubsetDataModule, sample_cases, sample_groups, sample_labels,
                                 val_carved_from_train)
-from engine import artifacts
 from engine.builders import build_datamodule, build_loggers, build_module, check_datamodule
 from engine.init_weights import init_from_config
 from engine.one_process import check_one_process_trainer
@@ -48,19 +45,19 @@ from federation.core.strategies.base import MissingFromUpdates
 from federation.errors import FederationError
 from federation.partition_files import write_partition_report
 from federation.plan import check_federation_config, check_teacher_given, split_clients
-from federation.runner import best_local_store, build_strategy, eval_trainer, quiet_lightning, register_base
-from federation.resume_checks import check_model_entries, check_resumed_local, check_strategy_state
-from federation.server_state import load_server_state, rng_state, save_atomic, set_rng_state
+from federation.runner import build_strategy, eval_trainer, quiet_lightning, register_base
+from federation.server_eval import evaluate_round, global_view_untrained, update_best
+from federation.server_resume import SERVER_CKPT, client_stores, resume_server, save_checkpoint
+from federation.server_state import save_atomic
 from federation.deploy import LocalStates, mean_local, save_best_local, stored_local
 from federation.store import ClientStore
 from federation.transports import ClientJob
 from federation.transports import executor_kind
 from federation.transports.inprocess import SequentialExecutor
 
-__all__ = ["Server", "SERVER_CKPT"]
+__all__ = ["Server"]
 
 log = logging.getLogger("federation.server")
-SERVER_CKPT = "server.pt"
 
 
 def client_cfg(cfg: DictConfig) -> DictConfig:
@@ -191,21 +188,9 @@ class Server:
         return self.template
 
     def global_view_untrained(self) -> bool:
-        """Whether the server's view of the global model would carry local-only entries (FedBN's batch norm) that
-        no client stored here: in a real deployment each site keeps them in its own node ``store=``, so the
-        server's store stays empty and its view would be BN as initialised (mean 0, var 1). Server validation,
-        test and the best round are then skipped, said once (a review: they were scored with untrained BN)."""
-        if not any(self.strategy.is_local(k) for k in self.global_state) or self._stored_mean():
-            return False
-        if not self._untrained_said:
-            self._untrained_said = True
-            log.warning("%s keeps batch norm at the sites and the server's store %s holds none (each site keeps its "
-                        "own node store=), so the global model has no trained batch norm: server validation, test/* "
-                        "and global_best.pt are skipped, not scored with untrained BN. Score each site with its own: "
-                        "client/<site>/local_val/* each round (under DP only where the sites release their metrics), and predict ckpt=global_final.pt client=<site> after "
-                        "copying that site's <store>/<site>.pt into %s", self.strategy.name, self.store.root,
-                        self.store.root)
-        return True
+        """Whether the server's view has no trained local entries (:func:`federation.server_eval.global_view_untrained`;
+        server validation, test and the best round are then skipped)."""
+        return global_view_untrained(self)
 
     def _stored_mean(self) -> dict[str, torch.Tensor]:
         """The mean of every client's stored local entries (the server's view), read again only when a store
@@ -238,103 +223,22 @@ class Server:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_round(self, sampled: list[str]) -> dict[str, float]:
-        row: dict[str, float] = {}
-        if self.global_view_untrained():  # no client's BN here: nothing to score the global model with
-            return row
-        mode = str(self.fed.get("eval_clients", "all"))
-        eval_ids = self.client_ids if mode == "all" else (sampled if mode == "sampled" else [])
-        per_client: dict[str, dict[str, float]] = {}
-        for cid in eval_ids:
-            loader = self.client_loader(cid, "val")
-            if loader is not None:
-                per_client[cid] = m = self.evaluate(self.module_for(self.global_state, cid), loader, "val")
-                row.update({f"client/{cid}/{k}": v for k, v in m.items()})
-        if per_client:
-            for k in sorted(set.intersection(*(set(m) for m in per_client.values()))):
-                vals = [m[k] for m in per_client.values() if math.isfinite(m[k])]
-                if vals:
-                    row[f"fed/round/client_val/{k.split('/', 1)[1]}"] = float(np.mean(vals))
-        module = self.module_for(self.global_state)
-        if self.base.val_dataset is not None and len(self.base.val_dataset):
-            m = self.evaluate(module, self.loader(self.base.val_dataset), "val")
-            row.update({f"fed/round/server_val/{k.split('/', 1)[1]}": v for k, v in m.items()})
-        if self.fed.get("eval_test_every_round", True):
-            m = self.evaluate(module, self.loader(self.base.test_dataset), "test")
-            row.update({f"fed/round/{k}": v for k, v in m.items()})
-        return row
+        """The round's scores of the global model (:func:`federation.server_eval.evaluate_round`)."""
+        return evaluate_round(self, sampled)
 
     # ------------------------------------------------------------------ checkpoint / resume
     def checkpoint(self, rnd: int) -> None:
-        save_atomic({"round": rnd, "global": self.global_state, "strategy": self.strategy.state_dict(),
-                     "history": self.history, "best": self.best, "dropped_total": self.dropped_total,
-                     "fit_seconds": self.elapsed(),
-                     "store_index": self.store.index(), "client_ids": self.client_ids,
-                     "rng": rng_state()}, self.out / SERVER_CKPT)
-        for cid in sample_clients(self.client_ids, self.fed.get("clients_per_round"), self.seed, rnd):
-            for store in self._client_stores():  # the round is saved: the state before it is not needed
-                store.commit(cid)
+        """``server.pt`` after round ``rnd`` (:func:`federation.server_resume.save_checkpoint`)."""
+        save_checkpoint(self, rnd)
 
     def elapsed(self) -> float:
         """The federation's time so far: this process's and, resumed, the stopped processes' (from server.pt;
         a walkthrough found a resumed run's fit_seconds counting its last process only)."""
         return self.seconds_before + time.perf_counter() - self.t_start
 
-    def _client_stores(self) -> list[ClientStore]:
-        """The per-client state and, where the evaluation matrix keeps them, the best-local weights."""
-        kept = self.store.root / "best_local"  # best_local_store(...) would create it
-        return [self.store, *([best_local_store(self.store)] if kept.is_dir() else [])]
-
     def resume(self) -> None:
-        """With ``resume=true`` and a ``server.pt`` in the run dir: continue after its last round."""
-        path = self.out / SERVER_CKPT
-        if not self.cfg.get("resume"):
-            return
-        if not path.is_file():
-            log.info("resume: no %s in %s yet, starting fresh", SERVER_CKPT, self.out)
-            self._drop_stopped_round(0)
-            return
-        state = load_server_state(path)  # types, history, best, RNG layouts, finite weights: one line naming the key
-        check_model_entries(state["global"], self.global_state, path, "global")  # this model's names, shapes, dtypes
-        if list(state["client_ids"]) != self.client_ids:
-            raise FederationError(f"{path} was written for clients {state['client_ids'][:5]}..., this config "
-                                  f"partitions into {self.client_ids[:5]}...: not the same federation")
-        check_strategy_state(state["strategy"], self.strategy, self.global_state, self.client_ids, path)
-        missing = set(state["store_index"]) - set(self.store.index())
-        if missing:
-            raise FederationError(f"client store {self.store.root} lacks clients {sorted(missing)[:5]} "
-                                  f"recorded in {path}")
-        try:  # the entries' types are checked; what they hold is the strategy's and the RNGs' to refuse
-            self.global_state = dict(state["global"])
-            self.strategy.load_state_dict(state["strategy"])
-            self.history, self.best = list(state["history"]), dict(state["best"])
-            self.dropped_total = int(state.get("dropped_total", 0))
-            self.seconds_before = max(float(state.get("fit_seconds", 0.0)), 0.0)
-            self.start_round = int(state["round"]) + 1
-            set_rng_state(state["rng"])
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError) as err:
-            raise FederationError(f"{path} does not restore this federation ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0] if str(err) else ''}); delete it to start afresh") from err
-        self._drop_stopped_round(self.start_round)
-        for cid in self.store.index():  # FedBN's BN entries go into this model: its names, shapes, dtypes, finite
-            data = self.store._read(cid, lazy=True)
-            check_resumed_local(data, self.start_round, self.store.path(cid))  # the history rows, as runner writes
-            check_model_entries(data.get("local_state") or {}, self.global_state,
-                                self.store.path(cid), "local_state", every=False)
-        if self.best.get("round") == self.start_round:  # the run may have stopped before writing that round's best
-            self.save_best()
-        from federation.records import replay_bests
-
-        replay_bests(self.loggers, self.history)  # W&B's val/<m>_best covers the rounds before the resume too
-        artifacts.console.print(f"[bold]resume:[/bold] {path} (rounds 1..{self.start_round} done)")
-
-    def _drop_stopped_round(self, rnd: int) -> None:
-        """What clients stored in round ``rnd`` before the run stopped (after their training, before this
-        ``server.pt``) is dropped, so the round runs again from the state it began with."""
-        for store in self._client_stores():
-            dropped = [cid for cid in store.index() if store.rollback(cid, rnd)]
-            if dropped:
-                log.info("resume: dropped what %d client(s) stored in the stopped round %d (%s)",
-                         len(dropped), rnd + 1, store.root)
+        """Continue after ``server.pt``'s last round (:func:`federation.server_resume.resume_server`)."""
+        resume_server(self)
 
     # ------------------------------------------------------------------ one round
     def jobs(self, rnd: int, ids: list[str]) -> list[ClientJob]:
@@ -375,7 +279,7 @@ class Server:
                 f"round {rnd + 1}: only {len(updates)} of {len(sampled)} clients reported after a retry "
                 f"(federation.min_clients={min_clients}); failures: {failures}. Stopping: {kept}")
         for cid in failures:  # a dropped client's round is not kept: what it stored goes (a review: a client
-            for store in self._client_stores():  # dropped for NaN weights kept its NaN BN, which then spoilt
+            for store in client_stores(self):  # dropped for NaN weights kept its NaN BN, which then spoilt
                 store.rollback(cid, rnd)  # FedBN's server evaluation and stopped resume)
         for u in updates:
             assert_no_data(u, self.schema)
@@ -402,23 +306,8 @@ class Server:
         return row
 
     def update_best(self, rnd: int, row: Mapping[str, float]) -> bool:
-        """Whether the server validation ``monitor`` improved in round ``rnd`` (``self.best`` then names it).
-        Its weights are written by :meth:`save_best` once the round's ``server.pt`` is: a review found
-        ``global_best.pt`` from a round that never completed after a stop between the two writes."""
-        key = f"fed/round/server_val/{self.monitor.split('/', 1)[-1]}"
-        value = row.get(key)
-        scored = sorted(k.rsplit("/", 1)[-1] for k in row if k.startswith("fed/round/server_val/"))
-        if value is None and scored:  # a review: module.monitor=val/hd95 kept no best round and said nothing
-            raise FederationError(f"module.monitor={self.monitor} is not a validation metric the server computes "
-                                  f"(it has val/{', val/'.join(scored)}): no round could be chosen as the best; "
-                                  f"set module.monitor to one of them")
-        if value is None or not math.isfinite(value):
-            return False
-        if self.best["value"] is None or (value > self.best["value"] if goal(self.monitor) == "max"
-                                          else value < self.best["value"]):
-            self.best = {"round": rnd + 1, "value": float(value), "key": key}
-            return True
-        return False
+        """Whether round ``rnd`` is the best so far (:func:`federation.server_eval.update_best`)."""
+        return update_best(self, rnd, row)
 
     def save_best(self) -> None:
         """``global_best.pt`` (and FedBN's local entries of the same round) from the current global state."""
