@@ -240,7 +240,7 @@ def run_distillation(cfg: DictConfig) -> dict[str, Any]:
     eval_slices = cfg.module.get("eval_slices", "all")
     extra = {"distill/method": method, "distill/protocol": PROTOCOLS.get(eval_slices, eval_slices),
              "distill/eval_slices": eval_slices}
-    if cfg.distill.get("arm"):  # a federated distillation's arm at one site (federation.fed_distill.site_cfg)
+    if cfg.distill.get("arm"):  # a federated distillation's arm at one site (federation.fed_distill_config.site_cfg)
         extra.update({"distill/arm": str(cfg.distill.arm), "distill/site": str(cfg.distill.get("site", ""))})
     if method == "teacher":
         given = cfg.distill.teacher.get("ckpt")

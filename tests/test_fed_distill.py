@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from federation import fed_distill
+from federation import fed_distill, fed_distill_config
 from engine.builders import ConfigError
 from hydra_helpers import compose_run
 
@@ -61,7 +61,7 @@ def test_end_to_end_table_and_teacher_flow(tiny_run):
         assert hlfd_fed["distill/teacher_ckpt"] == str(fed_teacher)  # the only thing a site receives
         assert hlfd_local["distill/teacher_ckpt"] == str(run / "sites" / site / "teacher_local" / "teacher.pt")
         assert (run / "sites" / site / "none" / "student.pt").is_file()
-        for arm in fed_distill.LOCAL_ARMS:  # a finished arm keeps its tested weights, not its resume state
+        for arm in fed_distill_config.LOCAL_ARMS:  # a finished arm keeps its tested weights, not its resume state
             ckpts = run / "sites" / site / arm / "checkpoints"
             assert (ckpts / "best.ckpt").is_file() and not (ckpts / "last.ckpt").exists(), arm
     rows = list(csv.DictReader((run / "fed_distill.csv").open()))
@@ -128,7 +128,7 @@ def test_stage_configs(tiny_run):
     assert tcfg.federation == cfg.federation  # passed through unchanged (any strategy / executor / transport)
     assert tcfg.model._target_.endswith("NestedUNet") and "distill" not in tcfg and "fed_distill" not in tcfg
     assert tcfg.paths.output_dir == str(run / "teacher")
-    scfg = fed_distill.site_cfg(cfg, "site_b", "hlfd_fed", run / "teacher" / "global_best.pt")
+    scfg = fed_distill_config.site_cfg(cfg, "site_b", "hlfd_fed", run / "teacher" / "global_best.pt")
     assert "sites" not in scfg.data and scfg.data.root.endswith("site_b")  # the site's own data only
     assert "federation" not in scfg and scfg.distill.teacher.ckpt.endswith("global_best.pt")
     assert scfg.data.num_classes == cfg.data.num_classes and scfg.model.classes == cfg.data.num_classes
@@ -168,26 +168,26 @@ def test_fedbn_federated_student_loads_each_sites_own_teacher(tiny_run):
 def test_config_errors(tmp_path):
     cfg = compose_run(["+exp=fed_kits_hlfd", "fed_distill.arms=[none,kd]"], tmp_path)
     with pytest.raises(ConfigError, match="fed_distill.arms"):
-        fed_distill.check_config(cfg)
+        fed_distill_config.check_config(cfg)
     cfg = compose_run(["+exp=fed_kits_hlfd", "data=synthetic_kits"], tmp_path)
     with pytest.raises(ConfigError, match="data.sites"):
-        fed_distill.check_config(cfg)
+        fed_distill_config.check_config(cfg)
     cfg = compose_run(["+exp=fed_kits_hlfd", "distill=none"], tmp_path)
     with pytest.raises(ConfigError, match="KD method"):
-        fed_distill.check_config(cfg)
+        fed_distill_config.check_config(cfg)
     cfg = compose_run(["+exp=fed_kits_hlfd", "fed_distill.arms=[none,fed_none]"], tmp_path)
     with open_dict(cfg):
         del cfg["federation"]
     with pytest.raises(ConfigError, match="fed_none"):
-        fed_distill.check_config(cfg)
+        fed_distill_config.check_config(cfg)
     assert OmegaConf.select(compose_run(["+exp=fed_kits_hlfd"], tmp_path), "fed_distill.teacher_weights") == "best"
     # FedBN on a real SuperLink: the sites' BN stay in their own stores, so the server cannot build their teachers
     real = ["+exp=fed_kits_hlfd", "federation/strategy=fedbn", "federation/executor=flower",
             "federation.executor.launch=false"]
     with pytest.raises(ConfigError, match=r"\['hlfd_fed', 'fed_hlfd'\] with FedBN and a real SuperLink"):
-        fed_distill.check_config(compose_run(real, tmp_path))
-    assert fed_distill.check_config(compose_run([*real, "fed_distill.arms=[none,fed_none]"], tmp_path))
-    assert fed_distill.check_config(compose_run([*real[:3]], tmp_path))  # the local rehearsal has the stores
+        fed_distill_config.check_config(compose_run(real, tmp_path))
+    assert fed_distill_config.check_config(compose_run([*real, "fed_distill.arms=[none,fed_none]"], tmp_path))
+    assert fed_distill_config.check_config(compose_run([*real[:3]], tmp_path))  # the local rehearsal has the stores
     # a walkthrough: each of these ran (rc 0) doing something else than asked
     for bad, said in ((["fed_distill.arms=[]"], "fed_distill.arms has no arm"),
                       (["fed_distill.student_rounds=-1"], "fed_distill.student_rounds=-1"),
@@ -198,8 +198,9 @@ def test_config_errors(tmp_path):
                       (["distill.teacher.data={train_cases:null}"], "give a site's budget as data.sites"),
                       (["federation/strategy=datashare"], "a federated distillation moves weights only")):
         with pytest.raises(ConfigError, match=re.escape(said)):
-            fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", *bad], tmp_path))
-    assert fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", "fed_distill.student_rounds=2"], tmp_path))
+            fed_distill_config.check_config(compose_run(["+exp=fed_kits_hlfd", *bad], tmp_path))
+    assert fed_distill_config.check_config(compose_run(["+exp=fed_kits_hlfd", "fed_distill.student_rounds=2"],
+                                                       tmp_path))
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -402,18 +403,18 @@ def test_a_kd_pair_that_cannot_work_is_refused_before_stage_1(tmp_path):
                       (["data.sites.site_a.image_size=48"], "data.sites.site_a: distillation at 48 x 48 px")):
         cfg = compose_run(["+exp=fed_kits_hlfd", *bad], tmp_path)
         with pytest.raises(Exception) as err:  # Hydra's wrapper around the module's ConfigError (one line in the CLI)
-            fed_distill.check_kd_pair(cfg, fed_distill.check_config(cfg))
+            fed_distill_config.check_kd_pair(cfg, fed_distill_config.check_config(cfg))
         assert isinstance(find_user_error(err.value), ConfigError) and said in str(find_user_error(err.value))
         assert not (tmp_path / "run" / "teacher").exists()
     cfg = compose_run(["+exp=fed_kits_hlfd", "data.sites.site_a.image_size=48"], tmp_path)
-    fed_distill.check_kd_pair(cfg, ["none", "teacher_local", "fed_none"])  # no arm distils: nothing to pair
-    fed_distill.check_kd_pair(compose_run(["+exp=fed_kits_hlfd"], tmp_path), ["hlfd_local"])
+    fed_distill_config.check_kd_pair(cfg, ["none", "teacher_local", "fed_none"])  # no arm distils: nothing to pair
+    fed_distill_config.check_kd_pair(compose_run(["+exp=fed_kits_hlfd"], tmp_path), ["hlfd_local"])
     with pytest.raises(ConfigError, match=re.escape("fed_distill.arms=hlfd_fed: a list of arms")):
-        fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", "fed_distill.arms=hlfd_fed"], tmp_path))
+        fed_distill_config.check_config(compose_run(["+exp=fed_kits_hlfd", "fed_distill.arms=hlfd_fed"], tmp_path))
     from datamodules.errors import DataError
 
     with pytest.raises(DataError, match=re.escape("data.sites.site_c is null: leave a site out with ~data.sites")):
-        fed_distill.check_config(compose_run(["+exp=fed_kits_hlfd", "data.sites.site_c=null"], tmp_path))
+        fed_distill_config.check_config(compose_run(["+exp=fed_kits_hlfd", "data.sites.site_c=null"], tmp_path))
 
 
 def test_the_table_names_the_kd_method_the_arms_used(tiny_run):
