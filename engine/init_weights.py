@@ -31,17 +31,25 @@ from lightning_modules.safe_load import load_checkpoint
 log = logging.getLogger("engine.init_weights")
 
 KEY = "init_weights"
+STRICT = "init_weights_strict"
 
 
 def check_init_weights(cfg: DictConfig) -> None:
-    """Before anything is built: ``init_weights`` names an existing file and goes with a run that trains a new
-    net from it; one :class:`ConfigError` naming the key otherwise. The path is made absolute in ``cfg``."""
+    """Before any data is read: ``init_weights`` names a file that loads into the net this run builds (keys,
+    shapes, finite values: a distillation's teacher does not train first for a student the file does not fit) and
+    goes with a run that trains a new net from it; one error naming the key otherwise. The path is made absolute
+    in ``cfg`` (``config.yaml`` says where it was; a Flower ServerApp or a Ray driver elsewhere finds it)."""
     path = cfg.get(KEY)
+    strict = cfg.get(STRICT, True)
+    if not isinstance(strict, bool):
+        raise ConfigError(f"{STRICT}={strict!r} must be true or false")
     if path in (None, ""):
         return
-    if not (given := Path(str(path)).expanduser()).is_file():
-        raise ConfigError(f"{KEY}={path}: no such file (a run's checkpoints/best.ckpt, a student.pt or a "
-                          f"global_final.pt)")
+    given = Path(str(path)).expanduser()
+    if not given.exists() and not given.is_symlink():
+        where = "" if given.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        raise ConfigError(f"{KEY}={path}: no such file{where}; a run's checkpoints/best.ckpt, a student.pt or a "
+                          f"global_final.pt")
     if not cfg.get("train", True):
         raise ConfigError(f"{KEY}={path} starts training from weights, but train=false only tests: test a "
                           f"checkpoint with ckpt_path=")
@@ -55,9 +63,24 @@ def check_init_weights(cfg: DictConfig) -> None:
     if cfg.get("fed_distill") is not None:
         raise ConfigError(f"{KEY}={path}: a federated distillation trains its teacher and students from their "
                           f"fresh initialisation; it does not take init_weights")
-    load_checkpoint(given, KEY, lazy=True)  # a file that is no checkpoint, or not only data, before the data is read
-    with open_dict(cfg):  # config.yaml records where it was; a Flower ServerApp or Ray driver elsewhere finds it
+    with open_dict(cfg):
         cfg[KEY] = os.path.abspath(given)
+    load_init_weights(trained_net(cfg), cfg[KEY], strict, quiet=True)  # the file is data: nothing in it runs
+
+
+def trained_net(cfg: DictConfig) -> nn.Module:
+    """A fresh copy of the net the run trains (``module.net``, wrapped by ``module.regulariser`` when set): the
+    student of a distillation, the global model of a federation."""
+    from omegaconf import OmegaConf
+
+    from lightning_modules.base import build
+
+    module = cfg.get("module") or {}
+    node = module.get("net") if module.get("net") is not None else cfg.get("model")
+    net = build(OmegaConf.to_container(node, resolve=True), what="net")
+    if module.get("regulariser") is not None:
+        net = build(OmegaConf.to_container(module.regulariser, resolve=True), what="regulariser")(net)
+    return net
 
 
 def file_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -68,18 +91,33 @@ def file_state(path: str | Path) -> dict[str, torch.Tensor]:
         if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(f"{KEY} {path}: its 'state_dict' is not a state dict")
         return dict(state)
+    if "state_dict" not in ckpt and not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise CheckpointError(f"{KEY} {path} holds no net's weights (a server.pt or a client store file?): give a "
+                              f"run's checkpoints/best.ckpt, a student.pt or a federation's global_final.pt")
     state, _ = net_state(ckpt, path, what=KEY)
     return state
 
 
-def load_init_weights(net: nn.Module, path: str | Path, strict: bool = True) -> dict[str, int]:
+def target(net: nn.Module, state: Mapping[str, Any]) -> nn.Module:
+    """``net``, or the net a regulariser wraps (``net.net``, paper 003's VAE branch) when the file's tensors are
+    that inner net's: a run's checkpoint keeps the inner net's (``net_state`` leaves the branch out), a federation's
+    ``global_final.pt`` of a regularised net the whole wrapper's (a review: a regularised run loaded no file)."""
+    inner = getattr(net, "net", None)
+    if not isinstance(inner, nn.Module):
+        return net
+    return inner if len(set(state) & set(inner.state_dict())) > len(set(state) & set(net.state_dict())) else net
+
+
+def load_init_weights(net: nn.Module, path: str | Path, strict: bool = True, quiet: bool = False) -> dict[str, int]:
     """Load ``path`` into ``net`` (strict, or by matching name and shape); returns the counts of tensors loaded,
-    kept at their fresh initialisation, and unused in the file. Non-finite weights are refused (a diverged run)."""
+    kept at their fresh initialisation, and unused in the file. Non-finite weights are refused (a diverged run).
+    ``quiet``: a check only (:func:`check_init_weights`), the warning is for the load that counts."""
     state = file_state(path)
+    net = target(net, state)
     own = net.state_dict()
-    source = f"{KEY} {path}"
+    source = f"{KEY} {path}"  # as load_checkpoint names it
     if strict:
-        load_strict(net, state, f"{source} holds another net than model= builds (init_weights_strict=false loads "
+        load_strict(net, state, f"{source} holds another net than the run builds ({STRICT}=false loads "
                                 f"the tensors that match)", source=source)
         return {"loaded": len(state), "kept": 0, "unused": 0}
     match = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
@@ -89,7 +127,7 @@ def load_init_weights(net: nn.Module, path: str | Path, strict: bool = True) -> 
     load_strict(net, {**own, **match}, f"{source} does not load", source=source)
     kept = [k for k in own if k not in match]
     counts = {"loaded": len(match), "kept": len(kept), "unused": len(state) - len(match)}
-    if kept or counts["unused"]:
+    if (kept or counts["unused"]) and not quiet:
         first = f" (first: {kept[0]}{_shapes(kept[0], state, own)})" if kept else ""
         log.warning("%s: loaded %d of the net's %d tensors; %d keep their fresh initialisation%s; %d of the file's "
                     "are unused", source, counts["loaded"], len(own), counts["kept"], first, counts["unused"])
@@ -107,6 +145,22 @@ def init_from_config(cfg: DictConfig, net: nn.Module) -> dict[str, int] | None:
     path = cfg.get(KEY)
     if path in (None, ""):
         return None
-    counts = load_init_weights(net, str(path), strict=bool(cfg.get("init_weights_strict", True)))
+    counts = load_init_weights(net, str(path), strict=bool(cfg.get(STRICT, True)))
     log.info("%s: the net starts from %s (%d tensors)", KEY, path, counts["loaded"])
     return counts
+
+
+def resume_difference(saved: Mapping[str, Any], cfg: Any) -> list[str]:
+    """A resumed run keeps the weights it started from: ``init_weights`` (compared as absolute paths) and
+    ``init_weights_strict`` as its ``config.yaml`` has them (a review: a resume without them rewrote config.yaml
+    with none, and a federation's matrix baselines then trained from a fresh initialisation)."""
+    out = []
+    for key in (KEY, STRICT):
+        if key not in saved:  # a run from before init_weights existed
+            continue
+        old, new = saved.get(key), cfg.get(key, True if key == STRICT else None)
+        if key == KEY:
+            old, new = (None if v in (None, "") else os.path.abspath(os.path.expanduser(str(v))) for v in (old, new))
+        if old != new:
+            out.append(f"{key}={new!r} (the run's {old!r})")
+    return out

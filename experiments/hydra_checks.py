@@ -29,7 +29,7 @@ from experiments.cli_errors import (drop_unsubmitted_sweep, hydra_error_line, no
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
 from engine.wandb_tracking import COMMAND_ENV
 from experiments import run_lock, sweep_jobs
-from experiments.named_files import checkpoint_clash
+from experiments.named_files import checkpoint_clash, init_weights_inside
 from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, live_launcher_of, main_process,
                                     not_resumable_line, resumable, unwritable)
 
@@ -70,7 +70,8 @@ class WritableOutput(Callback):
         if refused is not None:
             _refuse(refused)
         if resume in (None, False, "false"):
-            clash = checkpoint_clash(Path(str(config.hydra.run.dir)), config) if first_start() else None
+            run = Path(str(config.hydra.run.dir))
+            clash = (checkpoint_clash(run, config) or init_weights_inside(run, config)) if first_start() else None
             if clash is not None:  # before anything of the earlier run moves
                 _refuse(clash)
             earlier = earlier_run(Path(str(config.hydra.run.dir))) if first_start() else None

@@ -109,6 +109,7 @@ def unusable_resume_state(run: Path, federation: bool, store_dir: Any = "client_
 def another_run(run: Path, config: DictConfig) -> str | None:
     """Why ``config`` does not continue the run in ``run`` (another net, other data settings or split than
     its ``config.yaml``), with the command that does; ``None`` when it does or the run has no config yet."""
+    from engine.init_weights import resume_difference
     from engine.run_match import (continue_command, debug_difference, differences, resume_keys, saved_config,
                                   saved_overrides)
 
@@ -119,7 +120,8 @@ def another_run(run: Path, config: DictConfig) -> str | None:
         from engine.debug import as_run
 
         ran = as_run(config)  # config.yaml holds the run as debug settings left it
-        diffs = debug_difference(saved, ran) + differences(saved, ran, resume_keys(saved))
+        diffs = [*debug_difference(saved, ran), *resume_difference(saved, ran),
+                 *differences(saved, ran, resume_keys(saved))]
     except Exception:  # noqa: BLE001 - a config that does not resolve here fails with its own message later
         return None
     if not diffs:

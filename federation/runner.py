@@ -40,6 +40,7 @@ from callbacks.best_weights import BestWeights
 from callbacks.metric_goal import goal
 from datamodules.subset import SubsetDataModule
 from engine.builders import build_datamodule, build_module, build_trainer
+from engine.init_weights import init_from_config
 from engine.fit import evaluate as _evaluate
 from engine.fit import fit_and_evaluate
 from federation.core.messages import ClientUpdate, ServerMessage
@@ -285,9 +286,11 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
     pl.seed_everything(seed, workers=True, verbose=False)
     module = build_module(client_module_cfg(cfg, client_id))  # the strategy needs the net (FedBN: BN keys)
     strategy = build_strategy(cfg.federation.strategy, module.net)
-    local_state = module.net.state_dict()
     saved = store.load_all(client_id, round=rnd)  # one read: local-only state and history before this round
     stored = saved.get("local_state") or {}
+    if not stored and strategy.keeps_local:  # its first round: the layers that stay local (FedBN's batch norm)
+        init_from_config(cfg, module.net)  # start from init_weights= as the global model does (a review), if set
+    local_state = module.net.state_dict()
     local_state.update({k: v for k, v in stored.items() if k in local_state})
     if saved.get("private_state") and hasattr(module, "load_private_state"):
         module.load_private_state(saved["private_state"])  # e.g. the KD adapters: stay at the client

@@ -102,8 +102,11 @@ def test_a_missing_or_crafted_init_weights_file_is_one_line_and_runs_nothing(tmp
                                                  f"paths.root_dir={tmp_path}"], ROOT)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1] == \
-        f"error: ConfigError: init_weights={tmp_path / 'nope.ckpt'}: no such file (a run's checkpoints/best.ckpt, a student.pt " \
-        f"or a global_final.pt)"
+        f"error: ConfigError: init_weights={tmp_path / 'nope.ckpt'}: no such file; a run's checkpoints/best.ckpt, a " \
+        f"student.pt or a global_final.pt"
+    typo = run_in_process("experiments.run", [*DIGITS, "init_weights_strict=maybe", f"paths.root_dir={tmp_path}"], ROOT)
+    assert typo.returncode == 2
+    assert typo.stderr.strip().splitlines()[-1] == "error: ConfigError: init_weights_strict='maybe' must be true or false"
     marker = tmp_path / "ran"
 
     class Payload:
@@ -145,7 +148,7 @@ def test_another_head_is_refused_strictly_and_kept_fresh_otherwise(tmp_path, cap
     torch.save(_net(10).state_dict(), path)
     three = _net(3)
     fresh = {k: v.clone() for k, v in three.state_dict().items()}
-    with pytest.raises(CheckpointError, match=r"holds another net than model= builds .*of another shape \(first: "):
+    with pytest.raises(CheckpointError, match=r"holds another net than the run builds .*of another shape \(first: "):
         load_init_weights(three, path)
     with caplog.at_level(logging.WARNING, logger="engine.init_weights"):
         counts = load_init_weights(three, path, strict=False)
@@ -206,7 +209,88 @@ def test_a_relative_init_weights_path_is_recorded_absolute(tmp_path, monkeypatch
 
     torch.save(_net().state_dict(), tmp_path / "w.pt")
     monkeypatch.chdir(tmp_path)
-    cfg = OmegaConf.create({"init_weights": "w.pt", "train": True, "ckpt_path": None})
+    cfg = OmegaConf.create({"init_weights": "w.pt", "train": True, "ckpt_path": None, "model": {
+        "_target_": "lightning_modules.nets.classifiers.SmallCNN", "in_channels": 1, "num_classes": 10, "width": 4}})
     OmegaConf.set_struct(cfg, True)
     check_init_weights(cfg)
     assert cfg.init_weights == str(tmp_path / "w.pt")
+
+
+def test_a_regularised_net_starts_from_its_own_run_a_plain_net_or_a_federation_of_it(tmp_path):
+    """A review: a run with paper 003's VAE branch (``+module/regulariser=vae``) loaded no file: its run's
+    checkpoint keeps the inner net's tensors (``net.net.*``), a plain net's file has them as they are, and only a
+    federation's ``global_final.pt`` holds the whole wrapper's."""
+    from hydra_helpers import compose_run
+
+    from engine.init_weights import trained_net
+
+    cfg = compose_run(["+exp=lits_dnet", "model.width=4", "+module/regulariser=vae", "logger=csv"], tmp_path)
+    torch.manual_seed(1)
+    src = trained_net(cfg)
+    files = {"run": {"state_dict": {f"net.{k}": v for k, v in src.state_dict().items()},
+                     "hyper_parameters": {"regulariser": {"_target_": "VAERegularised"}}},
+             "plain": src.net.state_dict(), "federation": src.state_dict()}
+    for name, payload in files.items():
+        torch.save(payload, tmp_path / f"{name}.pt")
+        torch.manual_seed(2)
+        fresh = trained_net(cfg)
+        load_init_weights(fresh, tmp_path / f"{name}.pt")
+        for k, v in src.net.state_dict().items():
+            assert torch.equal(fresh.net.state_dict()[k], v), (name, k)
+
+
+def test_fedbn_clients_start_their_local_batch_norm_from_init_weights(trained, tmp_path):
+    """A review: under FedBN the global model started from the file but each client's batch norm, which never
+    travels, started fresh (weight 1), so the clients trained pre-trained convolutions with untrained batch norm."""
+    state = _net_state(trained)
+    bn = [k for k in state if k.endswith(".weight") and state[k].dim() == 1]
+    assert bn
+    for k in bn:
+        state[k] = torch.full_like(state[k], 5.0)
+    torch.save(state, tmp_path / "bn5.pt")
+    run = tmp_path / "fed"
+    proc = run_in_process("experiments.run", [
+        "+exp=fed_digits_datashare", "logger=csv", "model.width=4", "federation.progress=false",
+        "federation/strategy=fedbn", "trainer.limit_train_batches=2", "federation.rounds=1",
+        "federation.num_clients=2", "federation.clients_per_round=2", "federation.local_epochs=1",
+        "module.optimizer.lr=1e-12", f"init_weights={tmp_path / 'bn5.pt'}", f"hydra.run.dir={run}",
+        f"paths.root_dir={tmp_path}"], ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stored = [torch.load(p, weights_only=True) for p in sorted((run / "client_store").glob("*.pt"))]
+    local = [s["local_state"] for s in stored if isinstance(s, dict) and s.get("local_state")]
+    assert len(local) == 2
+    for entries in local:
+        for k in bn:
+            assert torch.allclose(entries[k], torch.full_like(entries[k], 5.0), atol=1e-6), k
+
+
+def test_a_resume_keeps_the_weights_the_run_started_from_and_a_new_run_never_overwrites_them(trained, tmp_path):
+    """A review: ``resume=true`` without ``init_weights=`` rewrote the run's config.yaml with none (its report
+    label and a federation's baselines then said "fresh"); and a new run in a folder holding the file it starts
+    from moved the rest aside and wrote its own over that file."""
+    run = tmp_path / "c"
+    args = [*DIGITS, "trainer.max_epochs=1", f"hydra.run.dir={run}", f"paths.root_dir={tmp_path}"]
+    assert run_in_process("experiments.run", [*args, f"init_weights={trained}"], ROOT).returncode == 0
+    again = run_in_process("experiments.run", [*args, "trainer.max_epochs=2", "resume=true"], ROOT)
+    assert again.returncode == 2
+    assert f"init_weights=None (the run's '{trained}')" in again.stderr.strip().splitlines()[-1]
+    inside = run / "pretrained.ckpt"
+    inside.write_bytes(trained.read_bytes())
+    before = sorted(p.name for p in run.iterdir())
+    fresh = run_in_process("experiments.run", [*args, f"init_weights={inside}"], ROOT)
+    assert fresh.returncode == 2
+    assert fresh.stderr.strip().splitlines()[-1] == (
+        f"error: init_weights={inside} is inside the folder this new run writes ({run}), whose earlier files it "
+        f"moves aside or replaces: copy it elsewhere first, or give this run another folder")
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_file_that_does_not_fit_the_student_is_refused_before_its_teacher_trains(trained, tmp_path):
+    """A review: a digits net's file given to a kidney distillation was refused only after the teacher's stage."""
+    from tests.test_distill_e2e import TINY
+
+    proc = run_in_process("experiments.run", ["+exp=kits_hlfd", *TINY, f"init_weights={trained}",
+                                              f"paths.root_dir={tmp_path}"], ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "holds another net than the run builds" in proc.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "data").exists()
