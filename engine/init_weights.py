@@ -65,7 +65,8 @@ def check_init_weights(cfg: DictConfig) -> None:
                           f"fresh initialisation; it does not take init_weights")
     with open_dict(cfg):
         cfg[KEY] = os.path.abspath(given)
-    load_init_weights(trained_net(cfg), cfg[KEY], strict, quiet=True)  # the file is data: nothing in it runs
+    if (cfg.get("module") or {}).get("net") is not None or cfg.get("model") is not None:  # else: at the load itself
+        load_init_weights(trained_net(cfg), cfg[KEY], strict, quiet=True)  # the file is data: nothing in it runs
 
 
 def trained_net(cfg: DictConfig) -> nn.Module:
