@@ -29,9 +29,9 @@ from experiments.cli_errors import (drop_unsubmitted_sweep, hydra_error_line, no
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
 from engine.wandb_tracking import COMMAND_ENV
 from experiments import run_lock, sweep_jobs
-from experiments.named_files import checkpoint_clash, init_weights_inside
-from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, live_launcher_of, main_process,
-                                    not_resumable_line, resumable, unwritable)
+from experiments.named_files import checkpoint_clash
+from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, init_weights_inside,
+                                    live_launcher_of, main_process, not_resumable_line, resumable, unwritable)
 
 
 class WritableOutput(Callback):

@@ -85,13 +85,3 @@ def checkpoint_clash(run: Path, cfg: DictConfig) -> str | None:
             f"checkpoint: copy it elsewhere first, or give this run another folder (train=false only tests it; "
             f"resume=true continues the run that is there)")
 
-
-def init_weights_inside(run: Path, cfg: DictConfig) -> str | None:
-    """For a new run in ``run``: an ``init_weights=`` file inside that folder, as one line; else None. The earlier
-    run's files move aside but a file the config names stays, and the new run then wrote its own over it
-    (``global_final.pt``, ``student.pt``, a checkpoint): a review saw the earlier run's final model lost."""
-    path = cfg.get("init_weights")
-    if not isinstance(path, str) or not path or top_name(Path(os.path.expanduser(path)), run, Path.cwd()) is None:
-        return None
-    return (f"init_weights={path} is inside the folder this new run writes ({run}), whose earlier files it moves "
-            f"aside or replaces: copy it elsewhere first, or give this run another folder")

@@ -267,3 +267,20 @@ def live_launcher_of(run: Path) -> int | None:
 def earlier_run(run: Path) -> str | None:
     """What in ``run`` says a run ran there already (the first of :data:`RUN_ARTEFACTS` found), or None."""
     return next((name for name in RUN_ARTEFACTS if (run / name).exists()), None)
+
+
+def init_weights_inside(run: Path, cfg: DictConfig) -> str | None:
+    """For a new run in ``run``: an ``init_weights=`` file among what that run moves aside or writes
+    (:data:`RUN_ARTEFACTS`, the federation's store folder), as one line; else None. The earlier run's files move
+    aside but a file the config names stays, and the new run then wrote its own over it (``global_final.pt``,
+    ``student.pt``): a review saw the earlier run's final model lost. A file under ``earlier/`` or a folder of the
+    user's own is never touched, and goes on."""
+    path = cfg.get("init_weights")
+    if not isinstance(path, str) or not path:
+        return None
+    top = top_name(Path(os.path.expanduser(path)), run, Path.cwd())
+    store = str(OmegaConf.select(cfg, "federation.store_dir", default=None) or "client_store")
+    if top is None or top not in (*RUN_ARTEFACTS, store):
+        return None
+    return (f"init_weights={path} is among the files this new run moves aside or writes in {run}: copy it "
+            f"elsewhere first, or give this run another folder")

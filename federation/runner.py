@@ -288,8 +288,8 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
     strategy = build_strategy(cfg.federation.strategy, module.net)
     saved = store.load_all(client_id, round=rnd)  # one read: local-only state and history before this round
     stored = saved.get("local_state") or {}
-    if not stored and strategy.keeps_local:  # its first round: the layers that stay local (FedBN's batch norm)
-        init_from_config(cfg, module.net)  # start from init_weights= as the global model does (a review), if set
+    if not stored and any(strategy.is_local(k) for k in module.net.state_dict()):  # its first round: the layers
+        init_from_config(cfg, module.net)  # that stay local (FedBN's BN) start from init_weights= as the global model
     local_state = module.net.state_dict()
     local_state.update({k: v for k, v in stored.items() if k in local_state})
     if saved.get("private_state") and hasattr(module, "load_private_state"):

@@ -274,15 +274,34 @@ def test_a_resume_keeps_the_weights_the_run_started_from_and_a_new_run_never_ove
     again = run_in_process("experiments.run", [*args, "trainer.max_epochs=2", "resume=true"], ROOT)
     assert again.returncode == 2
     assert f"init_weights=None (the run's '{trained}')" in again.stderr.strip().splitlines()[-1]
-    inside = run / "pretrained.ckpt"
+    inside = run / "student.pt"  # what a distillation run writes there
     inside.write_bytes(trained.read_bytes())
     before = sorted(p.name for p in run.iterdir())
     fresh = run_in_process("experiments.run", [*args, f"init_weights={inside}"], ROOT)
     assert fresh.returncode == 2
     assert fresh.stderr.strip().splitlines()[-1] == (
-        f"error: init_weights={inside} is inside the folder this new run writes ({run}), whose earlier files it "
-        f"moves aside or replaces: copy it elsewhere first, or give this run another folder")
+        f"error: init_weights={inside} is among the files this new run moves aside or writes in {run}: copy it "
+        f"elsewhere first, or give this run another folder")
     assert sorted(p.name for p in run.iterdir()) == before
+    own = run / "pretrained" / "x.ckpt"  # a folder of the user's own: neither moved nor written (a review)
+    own.parent.mkdir()
+    own.write_bytes(trained.read_bytes())
+    assert run_in_process("experiments.run", [*args, f"init_weights={own}"], ROOT).returncode == 0
+    assert own.read_bytes() == trained.read_bytes()
+
+
+def test_a_sweep_job_in_a_reused_folder_does_not_overwrite_the_file_it_starts_from(tmp_path):
+    """A review: the single run's refusal did not cover a sweep's job, whose new run kept the named
+    ``best.ckpt``, wrote ``best-v1.ckpt`` beside it and replaced ``last.ckpt``."""
+    sweep = ["-m", *DIGITS, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path / 'S'}", "hydra.sweep.subdir=job",
+             f"paths.root_dir={tmp_path}"]
+    assert run_in_process("experiments.run", [*sweep, "seed=1"], ROOT).returncode == 0
+    best = tmp_path / "S" / "job" / "checkpoints" / "best.ckpt"
+    kept = {p.name: p.read_bytes() for p in best.parent.iterdir()}
+    proc = run_in_process("experiments.run", [*sweep, "seed=2", f"init_weights={best}"], ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "is where this new run (train=true) saves its own checkpoint" in proc.stderr
+    assert {p.name: p.read_bytes() for p in best.parent.iterdir()} == kept
 
 
 def test_a_file_that_does_not_fit_the_student_is_refused_before_its_teacher_trains(trained, tmp_path):
