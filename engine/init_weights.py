@@ -72,16 +72,11 @@ def check_init_weights(cfg: DictConfig) -> None:
 def trained_net(cfg: DictConfig) -> nn.Module:
     """A fresh copy of the net the run trains (``module.net``, wrapped by ``module.regulariser`` when set): the
     student of a distillation, the global model of a federation."""
-    from omegaconf import OmegaConf
-
-    from lightning_modules.base import build
+    from lightning_modules.base import build_net
 
     module = cfg.get("module") or {}
     node = module.get("net") if module.get("net") is not None else cfg.get("model")
-    net = build(OmegaConf.to_container(node, resolve=True), what="net")
-    if module.get("regulariser") is not None:
-        net = build(OmegaConf.to_container(module.regulariser, resolve=True), what="regulariser")(net)
-    return net
+    return build_net(node, module.get("regulariser"))
 
 
 def file_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -47,6 +47,14 @@ def build(obj: Any, *args: Any, what: str = "object") -> Any:
     return obj
 
 
+def build_net(net: nn.Module | Mapping, regulariser: Callable[[nn.Module], nn.Module] | Mapping | None = None
+              ) -> nn.Module:
+    """The net a module trains: ``net`` built, wrapped by ``regulariser`` when given (e.g. paper 003's VAE branch,
+    a partial that wraps the net). One place, so that ``init_weights``' early check builds what the module does."""
+    built = build(net, what="net")
+    return built if regulariser is None else build(regulariser, what="regulariser")(built)
+
+
 #: our nets' size keys, which an experiment sets for its D-Net and a ``model=unet`` swapped in ignores (warned)
 _OUR_NET_KEYS = frozenset({"width", "preset", "deep_supervision", "filters", "cat_channels"})
 #: old argument names smp still takes through ``**kwargs`` (it pops and maps them)
@@ -176,9 +184,7 @@ class BaseModule(pl.LightningModule):
         regulariser: Callable[[nn.Module], nn.Module] | Mapping | None = None,
     ) -> None:
         super().__init__()
-        self.net = build(net, what="net")
-        if regulariser is not None:  # e.g. paper 003's VAE branch: a partial that wraps the net
-            self.net = build(regulariser, what="regulariser")(self.net)
+        self.net = build_net(net, regulariser)
         self.optimizer_factory = optimizer
         _check_optimizer(optimizer)
         _check_scheduler(scheduler)
