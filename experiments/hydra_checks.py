@@ -29,9 +29,8 @@ from experiments.cli_errors import (drop_unsubmitted_sweep, hydra_error_line, no
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
 from engine.wandb_tracking import COMMAND_ENV
 from experiments import run_lock, sweep_jobs
-from experiments.named_files import checkpoint_clash
-from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, init_weights_inside,
-                                    live_launcher_of, main_process, not_resumable_line, resumable, unwritable)
+from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, live_launcher_of,
+                                    main_process, named_file_clash, not_resumable_line, resumable, unwritable)
 
 
 class WritableOutput(Callback):
@@ -71,7 +70,7 @@ class WritableOutput(Callback):
             _refuse(refused)
         if resume in (None, False, "false"):
             run = Path(str(config.hydra.run.dir))
-            clash = (checkpoint_clash(run, config) or init_weights_inside(run, config)) if first_start() else None
+            clash = named_file_clash(run, config) if first_start() else None
             if clash is not None:  # before anything of the earlier run moves
                 _refuse(clash)
             earlier = earlier_run(Path(str(config.hydra.run.dir))) if first_start() else None

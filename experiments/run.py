@@ -42,9 +42,8 @@ from engine.run_match import holds_run, interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
 from experiments import run_lock, sweep_jobs  # noqa: E402
-from experiments.run_folder import (checked_resume_problem, first_start, init_weights_inside,  # noqa: E402
-                                    main_process, not_resumable_line, resumable, set_aside_run, slurm_restarts)
-from experiments.named_files import checkpoint_clash  # noqa: E402
+from experiments.run_folder import (checked_resume_problem, first_start, main_process,  # noqa: E402
+                                    named_file_clash, not_resumable_line, resumable, set_aside_run, slurm_restarts)
 
 log = logging.getLogger("experiments.run")
 
@@ -130,7 +129,7 @@ def main(cfg: DictConfig) -> float | None:
                                                                    and not holds_run(out))  # nothing to continue
         if fresh and first_start():  # a new run: nothing of the earlier run's is continued, reused or mixed in
             # a single run was checked by WritableOutput; a sweep's job in a reused folder here (a review)
-            clash = (checkpoint_clash(out, cfg) or init_weights_inside(out, cfg)) if in_sweep() else None
+            clash = named_file_clash(out, cfg) if in_sweep() else None
             if clash is not None:  # as a refused folder: nothing written into the earlier run's files
                 print(f"error (job {out.name}): {clash}", file=sys.stderr)
                 sweep_jobs.job_refused(out)

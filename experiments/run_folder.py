@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.named_files import named_files, top_name
+from experiments.named_files import checkpoint_clash, named_files, top_name
 
 
 def unwritable(folder: str | Path) -> Path | None:
@@ -284,3 +284,10 @@ def init_weights_inside(run: Path, cfg: DictConfig) -> str | None:
         return None
     return (f"init_weights={path} is among the files this new run moves aside or writes in {run}: copy it "
             f"elsewhere first, or give this run another folder")
+
+
+def named_file_clash(run: Path, cfg: DictConfig) -> str | None:
+    """For a new run in ``run``: a file its config names that the run would overwrite (a checkpoint where it saves
+    its own: :func:`~experiments.named_files.checkpoint_clash`; an ``init_weights`` file among what it moves or
+    writes: :func:`init_weights_inside`), as one line; else None."""
+    return checkpoint_clash(run, cfg) or init_weights_inside(run, cfg)

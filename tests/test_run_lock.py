@@ -186,7 +186,7 @@ def test_a_start_check_that_raises_stops_the_run_instead_of_skipping_the_rest(tm
     def broken(*args, **kwargs):
         raise OSError("cannot read /somewhere/config.yaml")
 
-    monkeypatch.setattr(hydra_checks, "checkpoint_clash", broken)
+    monkeypatch.setattr(hydra_checks, "named_file_clash", broken)
     run = tmp_path / "run"
     proc = run_in_process("experiments.run", [*ARGS, f"paths.root_dir={tmp_path}", f"hydra.run.dir={run}"], ROOT)
     assert proc.returncode == 2, proc.stderr[-2000:]
