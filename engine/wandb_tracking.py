@@ -10,19 +10,14 @@
 from __future__ import annotations
 
 import json
-import math
-import os
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.best_metric import wandb_runs
+from engine.run_overrides import method_overrides, override_key, short_override, swept_keys, typed_command
 
-#: groups the name already holds (``data`` when the command line chose it), and keys that say nothing about the method
-_IN_NAME = {"exp", "model", "data", "distill", "seed", "federation/strategy", "federation/partition"}
-NOT_METHOD = ("paths.", "hydra.", "hydra/", "logger", "debug", "hparams_search", "print_per_case", "resume")
 
 
 def _choice(group: str) -> str | None:
@@ -95,15 +90,6 @@ def debug_mode(cfg: DictConfig) -> str | None:
                                      throw_on_resolution_failure=False) else None
 
 
-def _task_overrides() -> list[str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return [str(o) for o in HydraConfig.get().overrides.task]
-    except (ValueError, ImportError):
-        return []
-
-
 def run_facts(cfg: DictConfig) -> dict[str, Any]:
     """What the run is: experiment, model, data, distillation method, strategy, partition, seed, and the debug
     mode of a debug run (:func:`debug_mode`; absent for a real run)."""
@@ -122,118 +108,18 @@ def run_facts(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in facts.items() if v is not None}
 
 
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
-def _is_sweep(value: str) -> bool:
-    """A command-line sweep value: ``a,b``, ``choice(...)``, ``range(...)``, ``interval(...)``, ``glob(...)``."""
-    depth, comma = 0, False
-    for ch in value:
-        depth += ch in "[({"
-        depth -= ch in "])}"
-        comma |= ch == "," and depth == 0
-    return comma or value.startswith(("choice(", "range(", "interval(", "glob(", "tag("))
-
-
-#: the command line the user typed, kept in the environment by :func:`experiments.hydra_checks.run_cli`: a
-#: sweep job's ``sys.argv`` is its own command once :func:`experiments.ddp_job.job_command` has run (and
-#: submitit's in a submitit job), so it no longer says which keys the sweep varies
-COMMAND_ENV = "FEDMED_COMMAND_ARGV"
-
-
-def typed_command() -> list[str]:
-    """The overrides the user typed (the sweep's, with its ``a,b`` values, in every job of a sweep)."""
-    import json
-    import sys
-
-    try:
-        argv = json.loads(os.environ.get(COMMAND_ENV) or "null")
-    except ValueError:
-        argv = None
-    return [str(a) for a in argv] if isinstance(argv, list) else sys.argv[1:]
-
-
-def swept_keys() -> set[str]:
-    """Keys a sweep varies: the sweeper's ``params`` (Optuna, config sweeps) unless the command line fixes them,
-    and the command line's sweeps."""
-    typed = {_key(a): a.split("=", 1)[1] for a in typed_command() if "=" in a}
-    keys = {k for k, v in typed.items() if _is_sweep(v)}
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        params = {str(k) for k in (HydraConfig.get().sweeper.get("params") or {})}
-        keys |= {k for k in params if k not in typed or _is_sweep(typed[k])}
-    except (ValueError, ImportError, AttributeError):
-        pass
-    return keys
-
-
-def method_overrides(overrides: Iterable[str] | None = None) -> list[str]:
-    """The job's overrides that change the method (not paths, logging, launcher, debug, the exp)."""
-    task = _task_overrides() if overrides is None else list(overrides)
-    return [o.lstrip("+") for o in task if _key(o) not in _IN_NAME and not _key(o).startswith(NOT_METHOD)]
-
-
-def _short(override: str) -> str:
-    """``key=value`` with a float value to 4 significant digits (an Optuna trial's ``lr=0.000341234567``), for
-    names and tags; ``config.run.overrides`` keeps the exact value."""
-    key, _, value = override.partition("=")
-    try:
-        number = float(value)
-    except ValueError:
-        return override
-    return override if value.lstrip("+-").isdigit() or not math.isfinite(number) else f"{key}={number:.4g}"
-
-
-def swept_suffix(limit: int = 80) -> str:
-    """``_key-value`` for each value this sweep job takes of what the sweep varies (the key's last part), the
-    seed and the model left out (the folder's name holds them): ``3_resnet18_student_s0_distill-hlfd_lr-0.01``.
-    Only characters a folder name and an unquoted Hydra override both take (a ``=`` in a path broke
-    ``predict ckpt=<job>/...`` and ``resume=<job>``); ``""`` outside a sweep job."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        task = list(HydraConfig.get().overrides.task)
-    except (ValueError, ImportError, AttributeError):
-        return ""
-    varied = swept_keys() - {"seed", "model"}
-    parts = []
-    for o in task:
-        if _key(o) in varied:
-            key, _, value = _short(o.lstrip("+~")).partition("=")
-            parts.append(re.sub(r"[^A-Za-z0-9._+-]", "-", f"{re.split(r'[./]', key)[-1]}-{value}"))
-    return ("_" + "_".join(parts))[:limit] if parts else ""
-
-
-def method_suffix() -> str:
-    """``_<strategy>`` of a federation (``_fedbn``) or ``_<method>`` of a distillation (``_hlfd``), as the user
-    chose the config group, for a run folder's name (``..._dnet_fedbn_s0_...``): runs of one experiment that
-    differ only in these were told apart by their config.yaml alone. ``""`` for other runs."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choices = HydraConfig.get().runtime.choices
-    except (ValueError, ImportError, AttributeError):
-        return ""
-    for group, key in (("federation", "federation/strategy"), ("distill", "distill")):
-        if choices.get(group) is not None and choices.get(key):
-            return "_" + re.sub(r"[^A-Za-z0-9._+-]", "-", str(choices[key]).rsplit("/", 1)[-1])
-    return ""
-
-
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """``name``/``tags``/``config`` for ``WandbLogger``: the run's facts (:func:`run_facts`) plus, in the
     name and the tags, the overrides a sweep varies; every method override is in ``config.run.overrides``."""
     facts = run_facts(cfg)
-    typed = {_key(a) for a in typed_command() if "=" in a}
+    typed = {override_key(a) for a in typed_command() if "=" in a}
     data = facts.get("data") if "data" in typed else None  # a review: a data= sweep's runs shared one name
     parts = [facts["exp"], facts.get("model"), data, facts.get("distill"), facts.get("strategy"),
              facts.get("partition"), f"s{facts['seed']}"]
     name = "-".join(str(p) for p in parts if p)
     overrides = method_overrides()
     varied = swept_keys()
-    swept = [_short(o) for o in overrides if _key(o) in varied]
+    swept = [short_override(o) for o in overrides if override_key(o) in varied]
     if swept:
         name += "-" + ",".join(swept)
     tags = [str(t) for t in (cfg.get("tags") or [])]

@@ -27,7 +27,7 @@ from engine.objective import test_objective_line
 from experiments.cli_errors import (drop_unsubmitted_sweep, hydra_error_line, no_completed_trial,
                                     null_group_override, search_space_error, submission_error)
 from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep, sweep_config_line
-from engine.wandb_tracking import COMMAND_ENV
+from engine.run_overrides import COMMAND_ENV
 from experiments import run_lock, sweep_jobs
 from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, live_launcher_of,
                                     main_process, named_file_clash, not_resumable_line, resumable, unwritable)

@@ -36,7 +36,8 @@ from engine.init_weights import check_init_weights  # noqa: E402
 from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
 from engine.tracking import record_environment  # noqa: E402
-from engine.wandb_tracking import method_suffix, swept_suffix, trained_model  # noqa: E402
+from engine.run_overrides import method_suffix, swept_suffix  # noqa: E402
+from engine.wandb_tracking import trained_model  # noqa: E402
 import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: the checkpoint's mode)
 from engine.run_match import holds_run, interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402

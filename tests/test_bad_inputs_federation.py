@@ -246,7 +246,7 @@ def test_sweep_job_folders_name_the_values_the_sweep_varies(monkeypatch):
 
     from hydra.core import hydra_config
 
-    from engine.wandb_tracking import COMMAND_ENV, swept_suffix
+    from engine.run_overrides import COMMAND_ENV, swept_suffix
 
     job = SimpleNamespace(overrides=SimpleNamespace(task=["+exp=kits_hlfd", "distill=hlfd", "seed=1", "model=unet",
                                                           "data.sites/a=x y"]), sweeper={"params": {}})

@@ -163,7 +163,8 @@ def test_a_resumed_run_keeps_its_wandb_name_tags_and_overrides(tmp_path):
     and tags (the command typed to resume it is no sweep), and ``config.run.overrides`` gained ``resume=...``."""
     from omegaconf import open_dict
 
-    from engine.wandb_tracking import NOT_METHOD, kept_identity, method_overrides
+    from engine.run_overrides import NOT_METHOD, method_overrides
+    from engine.wandb_tracking import kept_identity
 
     cfg = compose_run([*TINY, "logger=wandb"], tmp_path)
     first = {"name": "lits-dnet-s0-lr=0.1", "tags": ["lr=0.1"], "config": {"run": {"seed": 0, "overrides": ["lr=0.1"]}}}

@@ -250,7 +250,7 @@ def test_a_run_folder_names_its_federation_strategy_or_distillation_method(tmp_p
 
     from hydra.core.hydra_config import HydraConfig
 
-    from engine.wandb_tracking import method_suffix
+    from engine.run_overrides import method_suffix
     from tests.cli import run_in_process
 
     proc = run_in_process("experiments.run", ["+exp=fed_lits_dnet", "federation/strategy=fedbn", "model.width=4",

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.wandb_tracking import method_overrides, run_identity
+from engine.run_overrides import method_overrides
+from engine.wandb_tracking import run_identity
 from experiments.run import dispatch
 from federation.records import best_of_rounds, global_model_keys
 from tests.hydra_helpers import compose_run
@@ -143,7 +144,7 @@ def test_swept_keys_come_from_the_typed_command_and_skip_fixed_sweeper_params(mo
 
     from hydra.core import hydra_config
 
-    from engine.wandb_tracking import COMMAND_ENV, swept_keys
+    from engine.run_overrides import COMMAND_ENV, swept_keys
 
     params = {"module.optimizer.lr": "interval(0.0001, 0.1)", "model.width": "choice(4, 8)"}
     monkeypatch.setattr(hydra_config.HydraConfig, "get", staticmethod(lambda: SimpleNamespace(
