@@ -72,7 +72,8 @@ def swept_keys() -> set[str]:
 def method_overrides(overrides: Iterable[str] | None = None) -> list[str]:
     """The job's overrides that change the method (not paths, logging, launcher, debug, the exp)."""
     task = _task_overrides() if overrides is None else list(overrides)
-    return [o.lstrip("+") for o in task if override_key(o) not in _IN_NAME and not override_key(o).startswith(NOT_METHOD)]
+    keys = [override_key(o) for o in task]
+    return [o.lstrip("+") for o, k in zip(task, keys) if k not in _IN_NAME and not k.startswith(NOT_METHOD)]
 
 
 def short_override(override: str) -> str:

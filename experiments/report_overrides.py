@@ -17,8 +17,8 @@ MAX_OVERRIDES, MAX_OVERRIDE_CHARS = 200, 500
 
 def run_overrides(run: Path, drop: tuple[str, ...] = ("seed", "resume")) -> list[str]:
     """A run's Hydra overrides (``.hydra/overrides.yaml``), minus the seed, ``resume`` and what says nothing
-    about the method (paths, logger, Hydra's own, debug: ``engine.run_overrides.NOT_METHOD``; a review: one seed re-run with
-    ``logger=csv`` became a method of its own); none when the file is beyond :data:`MAX_OVERRIDES`."""
+    about the method (paths, logger, Hydra's own, debug: ``engine.run_overrides.NOT_METHOD``; a review: one seed
+    re-run with ``logger=csv`` became a method of its own); none when the file is beyond :data:`MAX_OVERRIDES`."""
     from engine.run_overrides import NOT_METHOD
 
     overrides = _saved_overrides(run) or ()
