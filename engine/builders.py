@@ -8,9 +8,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-import uuid
 import warnings
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,9 +22,8 @@ from callbacks.checkpoint_paths import ConfineCheckpointPaths
 from callbacks.epoch_seeding import EpochSeeding
 from callbacks.fit_time import FitTime
 from callbacks.model_summary import FirstBatchModelSummary
-from engine.artifacts import atomic_write_text, is_terminal
+from engine.artifacts import is_terminal
 from engine.checkpoint_io import AtomicCheckpointIO
-from engine.tracking import WANDB_RUN_ID, wandb_mode
 from lightning_modules.hints import argument_hint
 from lightning_modules.base import instantiate_with_args_checked, is_argument_error
 from lightning_modules.errors import ConfigError, UserError, one_line
@@ -194,74 +191,6 @@ def _resolved(target: Any) -> Any:
         return get_object(str(target))
     except Exception:  # noqa: BLE001
         return None
-
-
-def is_main_run(cfg: DictConfig) -> bool:
-    """Whether ``cfg`` writes into the command's own run dir (Hydra's), not a sub-run's (a distillation's
-    teacher, a federated distillation's arms and stages); True outside a Hydra command (tests, notebooks)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        main = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None, throw_on_missing=False)
-    except ValueError:  # no Hydra command
-        return True
-    return main is None or Path(str(cfg.paths.output_dir)).resolve() == Path(str(main)).resolve()
-
-
-def wandb_run_id(output_dir: str | Path, given: Any = None) -> str:
-    """The W&B run id of a run dir, created once and kept in ``wandb_id.txt`` so ``resume=true`` continues
-    the same W&B run. Only global rank 0 creates it: ranks started by SLURM or torchrun build their loggers at
-    once, and each wrote its own id (the last one written was not the one rank 0 logged to, so a resume started a
-    new W&B run); a Lightning logger logs from rank 0 only, so another rank's id is never used."""
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
-
-    path = Path(output_dir) / "wandb_id.txt"
-    if path.is_file():
-        run_id = path.read_text(errors="replace").strip()
-        if not WANDB_RUN_ID.fullmatch(run_id):
-            raise ConfigError(f"{path} holds {run_id[:40]!r}, not a W&B run id (letters, digits, '-', '_'); "
-                              f"delete the file to start a new W&B run")
-        if given is not None and str(given) != run_id:
-            raise ConfigError(f"logger.wandb.id={given} but this run dir logs to the W&B run {run_id} ({path}); "
-                              f"leave logger.wandb.id out to continue it")
-        return run_id
-    # a review: +logger.wandb.id=<id> was replaced by a new id without a word
-    run_id = str(given) if given is not None else uuid.uuid4().hex[:12]
-    if getattr(rank_zero_only, "rank", 0) == 0:
-        atomic_write_text(path, run_id + "\n")
-    return run_id
-
-
-def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
-    """Loggers of ``cfg.logger``; a W&B logger gets the run dir's stable id (and ``resume='allow'``)."""
-    loggers = []
-    for name, lg in (cfg.get("logger") or {}).items():
-        if lg is None or "_target_" not in lg:
-            continue
-        extra: dict[str, Any] = {}
-        if lg._target_.endswith("WandbLogger"):
-            from engine.wandb_tracking import with_identity
-
-            lg = with_identity(cfg, lg)  # name, tags and config.run: exp, model, strategy, partition, seed...
-            given = lg.get("id")
-            given = given if given is None or is_main_run(cfg) else None  # a sub-run (a teacher, an arm): its own id
-            extra = {"id": wandb_run_id(cfg.paths.output_dir, given), "resume": lg.get("resume") or "allow",
-                     "mode": wandb_mode(lg.get("mode"))}
-            if job_type:
-                extra["job_type"] = job_type
-        logger = instantiate_config(lg, f"logger.{name}", **extra)
-        _drop_unset_anonymous(logger)
-        loggers.append(logger)
-    return loggers
-
-
-def _drop_unset_anonymous(logger: Any) -> None:
-    """Lightning's WandbLogger always hands ``wandb.init`` an ``anonymous`` argument (None unless asked), and
-    wandb >= 0.23 (anonymous mode removed, wandb/wandb#10909) warns "The anonymous setting has no effect"
-    on any value but its unset default; None meant "never" anyway, so leaving it out changes nothing."""
-    init = getattr(logger, "_wandb_init", None)
-    if type(logger).__name__ == "WandbLogger" and isinstance(init, dict) and init.get("anonymous", 0) is None:
-        del init["anonymous"]
 
 
 class _NoProductTip(logging.Filter):

@@ -26,14 +26,13 @@ from engine import artifacts
 from engine.builders import (
     build_callbacks,
     build_datamodule,
-    build_loggers,
     build_module,
     build_trainer,
     check_datamodule,
 )
 from engine.checkpoint_checks import (as_loaded, check_trainer_state, checked_ckpt, optimised_count,
                                      refuse_untrained_test, restore_data_state, test_only_cfg)
-from engine.loggers import forget_from
+from engine.loggers import build_loggers, forget_from
 from engine.errors import one_line
 from engine.init_weights import init_from_config
 from engine.tracking import log_run_facts

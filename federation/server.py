@@ -33,8 +33,9 @@ from torch.utils.data import DataLoader
 from datamodules.loaders import eval_loader
 from datamodules.subset import (IndexSubset, SubsetDataModule, sample_cases, sample_groups, sample_labels,
                                 val_carved_from_train)
-from engine.builders import build_datamodule, build_loggers, build_module, check_datamodule
+from engine.builders import build_datamodule, build_module, check_datamodule
 from engine.init_weights import init_from_config
+from engine.loggers import build_loggers
 from engine.one_process import check_one_process_trainer
 from federation import runner
 from federation.core.messages import assert_no_data, state_schema

@@ -36,7 +36,7 @@ def test_tensorboard_writes_event_files(tmp_path):
 
 def test_a_wandb_id_file_that_holds_no_run_id_is_one_line(tmp_path):
     """Found by an audit: ``wandb_id.txt`` holding a ``/`` reached wandb, which raised a UsageError."""
-    from engine.builders import wandb_run_id
+    from engine.loggers import wandb_run_id
     from lightning_modules.errors import ConfigError
 
     (tmp_path / "wandb_id.txt").write_text("../../x\n")
@@ -50,7 +50,7 @@ def test_only_rank_zero_writes_the_wandb_id(tmp_path, monkeypatch):
     """Ranks started together (SLURM, torchrun) each wrote their own id; rank 0's is the one W&B logs to."""
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
-    from engine.builders import wandb_run_id
+    from engine.loggers import wandb_run_id
 
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     wandb_run_id(tmp_path)
@@ -65,7 +65,7 @@ def test_only_rank_zero_writes_the_wandb_id(tmp_path, monkeypatch):
 def test_wandb_init_gets_no_anonymous_setting_unless_asked(tmp_path, monkeypatch):
     """Lightning's WandbLogger passed ``anonymous=None`` to wandb.init, and this wandb warns "The anonymous
     setting has no effect and will be removed" on every run (`make demo`); an explicit choice is still passed."""
-    from engine.builders import build_loggers
+    from engine.loggers import build_loggers
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     (wandb,) = build_loggers(compose_run([*TINY, "logger=wandb"], tmp_path))
@@ -141,7 +141,7 @@ def test_no_progress_bar_in_a_log_file_unless_asked(tmp_path, monkeypatch):
 def test_a_given_wandb_id_is_kept_and_unknown_wandb_keys_are_one_line(tmp_path):
     """Found by a review: ``+logger.wandb.id=<id>`` was replaced by a new id without a word, and a misspelt
     ``++logger.wandb.*`` key failed at the first log call with a TypeError naming no key."""
-    from engine.builders import wandb_run_id
+    from engine.loggers import wandb_run_id
     from engine.tracking import check_wandb_modes
     from lightning_modules.errors import ConfigError
 

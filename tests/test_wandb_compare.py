@@ -168,7 +168,7 @@ def test_debug_runs_carry_a_debug_tag_and_job_type_centralised_and_federated(tmp
     """A walkthrough: `+exp=lits_dnet debug=limit logger=wandb` had a real run's group, name, tags and job_type
     `train` (the "compare models" filter `group = lits_dnet` mixed debug runs in), and a federation's
     `debug=fdr` run (whose server loggers do log) had no debug mode in its W&B config."""
-    from engine.builders import build_loggers
+    from engine.loggers import build_loggers
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     for overrides, mode in ((["+exp=lits_dnet", "debug=limit"], "limit"), ([*FED, "debug=fdr"], "fdr")):
