@@ -10,7 +10,9 @@ The file is data, never code: it is read with ``torch.load(weights_only=True)``
 ``global_final.pt``). ``init_weights_strict=true`` (default) loads every tensor or refuses the file in one line
 naming the first key or shape that differs; ``false`` loads the tensors whose name and shape match and keeps the
 fresh initialisation of the rest (a head for another number of classes, as nnU-Net's ``-pretrained_weights``
-does), saying how many of each there were.
+does), saying how many of each there were. ``init_weights_module=<dotted path>`` loads the file into that sub-module
+of the net instead (``encoder``: an ImageNet-style backbone the user saved, keys ``conv1.weight``, ``layer1.0...``),
+with the same strict or matching rules against that sub-module's tensors.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from lightning_modules.checkpoints import load_strict, net_state
+from lightning_modules.checkpoints import load_strict, net_state, state_mismatch
 from lightning_modules.errors import CheckpointError, ConfigError
 from lightning_modules.safe_load import load_checkpoint
 
@@ -32,6 +34,7 @@ log = logging.getLogger("engine.init_weights")
 
 KEY = "init_weights"
 STRICT = "init_weights_strict"
+MODULE = "init_weights_module"
 
 
 def check_init_weights(cfg: DictConfig) -> None:
@@ -43,7 +46,10 @@ def check_init_weights(cfg: DictConfig) -> None:
     strict = cfg.get(STRICT, True)
     if not isinstance(strict, bool):
         raise ConfigError(f"{STRICT}={strict!r} must be true or false")
+    module = _module(cfg)
     if path in (None, ""):
+        if module is not None:
+            raise ConfigError(f"{MODULE}={module} names where the file's tensors load, but no {KEY}= file is given")
         return
     given = Path(str(path)).expanduser()
     if not given.exists() and not given.is_symlink():
@@ -66,7 +72,7 @@ def check_init_weights(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg[KEY] = os.path.abspath(given)
     if (cfg.get("module") or {}).get("net") is not None or cfg.get("model") is not None:  # else: at the load itself
-        load_init_weights(trained_net(cfg), cfg[KEY], strict, quiet=True)  # the file is data: nothing in it runs
+        load_init_weights(trained_net(cfg), cfg[KEY], strict, quiet=True, module=module)  # data: nothing in it runs
 
 
 def trained_net(cfg: DictConfig) -> nn.Module:
@@ -104,17 +110,39 @@ def target(net: nn.Module, state: Mapping[str, Any]) -> nn.Module:
     return inner if len(set(state) & set(inner.state_dict())) > len(set(state) & set(net.state_dict())) else net
 
 
-def load_init_weights(net: nn.Module, path: str | Path, strict: bool = True, quiet: bool = False) -> dict[str, int]:
-    """Load ``path`` into ``net`` (strict, or by matching name and shape); returns the counts of tensors loaded,
-    kept at their fresh initialisation, and unused in the file. Non-finite weights are refused (a diverged run).
-    ``quiet``: a check only (:func:`check_init_weights`), the warning is for the load that counts."""
+def submodule(net: nn.Module, path: str) -> nn.Module:
+    """The sub-module ``path`` (dotted, as ``get_submodule`` takes it) of the net a regulariser wraps when it has
+    one there, else of ``net`` itself (``net.encoder`` of the wrapper reaches the same); a path naming none is one
+    :class:`ConfigError` listing the net's top-level children, so a typo shows what there is."""
+    inner = getattr(net, "net", None)
+    bases = [inner, net] if isinstance(inner, nn.Module) else [net]
+    for base in bases:
+        try:
+            return base.get_submodule(path)
+        except AttributeError:
+            continue
+    names = ", ".join(name for name, _ in bases[0].named_children()) or "none"
+    raise ConfigError(f"{MODULE}={path} names no sub-module of the net ({type(bases[0]).__name__}); its top-level "
+                      f"children: {names}")
+
+
+def load_init_weights(net: nn.Module, path: str | Path, strict: bool = True, quiet: bool = False,
+                      module: str | None = None) -> dict[str, int]:
+    """Load ``path`` into ``net`` (strict, or by matching name and shape), or into its sub-module ``module``
+    (:func:`submodule`); returns the counts of tensors loaded, kept at their fresh initialisation (of the net, or
+    of that sub-module), and unused in the file. Non-finite weights are refused (a diverged run). ``quiet``: a
+    check only (:func:`check_init_weights`), the warning is for the load that counts."""
     state = file_state(path)
-    net = target(net, state)
+    net = target(net, state) if module is None else submodule(net, module)
     own = net.state_dict()
     source = f"{KEY} {path}"  # as load_checkpoint names it
     if strict:
-        load_strict(net, state, f"{source} holds another net than the run builds ({STRICT}=false loads "
-                                f"the tensors that match)", source=source)
+        into = "net than the run builds" if module is None else f"module than the net's {MODULE}={module}"
+        error = f"{source} holds another {into} ({STRICT}=false loads the tensors that match)"
+        why = state_mismatch(own, state)  # compared here: smp's ResNet encoder drops a file's fc.* in its own
+        if why:  # load_state_dict, so a classifier's file loaded "strictly" with two tensors unused
+            raise CheckpointError(f"{error}: {why}")
+        load_strict(net, state, error, source=source)
         return {"loaded": len(state), "kept": 0, "unused": 0}
     match = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if not any(not k.endswith("num_batches_tracked") for k in match):
@@ -136,27 +164,38 @@ def _shapes(key: str, state: Mapping[str, Any], own: Mapping[str, Any]) -> str:
     return ": not in the file"
 
 
+def _module(cfg: Any) -> str | None:
+    value = cfg.get(MODULE)
+    return None if value in (None, "") else str(value)
+
+
 def init_from_config(cfg: DictConfig, net: nn.Module) -> dict[str, int] | None:
-    """Load ``cfg.init_weights`` into ``net`` when set (the run starts from it); None when not set."""
+    """Load ``cfg.init_weights`` into ``net`` (or its ``init_weights_module``) when set (the run starts from it);
+    None when not set."""
     path = cfg.get(KEY)
     if path in (None, ""):
         return None
-    counts = load_init_weights(net, str(path), strict=bool(cfg.get(STRICT, True)))
-    log.info("%s: the net starts from %s (%d tensors)", KEY, path, counts["loaded"])
+    module = _module(cfg)
+    counts = load_init_weights(net, str(path), strict=bool(cfg.get(STRICT, True)), module=module)
+    log.info("%s: the %s starts from %s (%d tensors)", KEY, "net" if module is None else f"net's {module}", path,
+             counts["loaded"])
     return counts
 
 
 def resume_difference(saved: Mapping[str, Any], cfg: Any) -> list[str]:
-    """A resumed run keeps the weights it started from: ``init_weights`` (compared as absolute paths) and
-    ``init_weights_strict`` as its ``config.yaml`` has them (a review: a resume without them rewrote config.yaml
-    with none, and a federation's matrix baselines then trained from a fresh initialisation)."""
+    """A resumed run keeps the weights it started from: ``init_weights`` (compared as absolute paths),
+    ``init_weights_strict`` and ``init_weights_module`` as its ``config.yaml`` has them (a review: a resume without
+    them rewrote config.yaml with none, and a federation's matrix baselines then trained from a fresh
+    initialisation)."""
     out = []
-    for key in (KEY, STRICT):
-        if key not in saved:  # a run from before init_weights existed
-            continue
+    for key in (KEY, STRICT, MODULE):
+        if key not in saved and (key != MODULE or KEY not in saved):  # a run from before init_weights existed
+            continue  # (one from before init_weights_module had none: compared as none)
         old, new = saved.get(key), cfg.get(key, True if key == STRICT else None)
         if key == KEY:
             old, new = (None if v in (None, "") else os.path.abspath(os.path.expanduser(str(v))) for v in (old, new))
+        elif key == MODULE:
+            old, new = (None if v in (None, "") else str(v) for v in (old, new))
         if old != new:
             out.append(f"{key}={new!r} (the run's {old!r})")
     return out

@@ -115,6 +115,15 @@ def collect(root: Path, include_debug: bool = False) -> tuple[list[dict], list[d
     return runs, failed, debug, arms
 
 
+def _init(cfg: dict) -> str:
+    """``fresh``, the ``init_weights=`` file, or ``<init_weights_module> from <file>`` (another setting; first, so
+    a long path cut short still shows it)."""
+    path, module = cfg.get("init_weights"), cfg.get("init_weights_module")
+    if not path:
+        return "fresh"
+    return plain_text(path if module in (None, "") else f"{plain_text(module, 60)} from {plain_text(path)}", 200)
+
+
 def _net(node: Any) -> str:
     """A net config as ``<class>`` or ``<class>(width=w)``, from a run's config (data, bounded)."""
     if not isinstance(node, dict):
@@ -138,7 +147,7 @@ def _setting(cfg: dict, distill: dict, loss: dict, protocol: str) -> dict[str, s
             "data": plain_text(data.get("root") or ("synthetic" if data.get("synthetic") else ""), 200),
             "epochs": plain_text(trainer.get("max_epochs"), 20), "size": plain_text(data.get("image_size"), 20),
             "optimizer": plain_text(json.dumps(module.get("optimizer"), sort_keys=True, default=str), 300),
-            "init": plain_text(cfg.get("init_weights") or "fresh", 200)}  # a student fine-tuned from init_weights=
+            "init": _init(cfg)}  # a student fine-tuned from init_weights=
 
 
 def _variants(sel: list[dict]) -> list[tuple[str, list[dict]]]:

@@ -64,7 +64,8 @@ log = logging.getLogger("federation.server")
 def client_cfg(cfg: DictConfig) -> DictConfig:
     """Resolved, Hydra-free copy of what a client needs (picklable for Ray workers and Flower nodes)."""
     out: dict[str, Any] = {}
-    for key in ("seed", "data", "model", "module", "trainer", "federation", "init_weights", "init_weights_strict"):
+    for key in ("seed", "data", "model", "module", "trainer", "federation", "init_weights", "init_weights_strict",
+                "init_weights_module"):
         value = cfg.get(key)
         out[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
     return OmegaConf.create(out)

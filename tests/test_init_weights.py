@@ -313,3 +313,60 @@ def test_a_file_that_does_not_fit_the_student_is_refused_before_its_teacher_trai
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "holds another net than the run builds" in proc.stderr.strip().splitlines()[-1]
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "data").exists()
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory) -> Path:
+    """An ImageNet-style backbone as a user brings it: torchvision's ``resnet18(weights=None)`` state dict
+    (``conv1.weight``, ``layer1.0...``, ``fc.weight``), saved with ``torch.save`` (nothing is downloaded)."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("backbone") / "resnet18.pt"
+    torch.save(resnet18(weights=None).state_dict(), path)
+    return path
+
+
+def test_a_classification_backbone_loads_into_the_encoder_with_init_weights_module(resnet18_file):
+    """``init_weights_module=encoder``: the file's keys are the encoder's (an smp U-Net's ResNet-18), not the
+    net's; strictly its ``fc.*`` (the classifier head) is refused by name (smp's encoder would drop it silently),
+    by matching name and shape every encoder tensor is the file's, the decoder keeps its initialisation."""
+    import segmentation_models_pytorch as smp
+
+    from lightning_modules.errors import ConfigError
+
+    torch.manual_seed(4)
+    net = smp.Unet("resnet18", encoder_weights=None, in_channels=3, classes=2)
+    decoder = {k: v.clone() for k, v in net.decoder.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"holds another module than the net's init_weights_module=encoder "
+                                              r"\(init_weights_strict=false .*: 2 unexpected \(first: fc.weight\)$"):
+        load_init_weights(net, resnet18_file, module="encoder")
+    with pytest.raises(CheckpointError, match="none of its 122 tensors matches"):  # the whole net: nothing matches
+        load_init_weights(net, resnet18_file, strict=False)
+    counts = load_init_weights(net, resnet18_file, strict=False, module="encoder")
+    given, own = torch.load(resnet18_file, weights_only=True), net.encoder.state_dict()
+    assert counts == {"loaded": len(own), "kept": 0, "unused": 2} and len(given) == len(own) + 2
+    for k, v in own.items():
+        assert torch.equal(v, given[k]), k
+    assert all(torch.equal(v, decoder[k]) for k, v in net.decoder.state_dict().items())
+    with pytest.raises(ConfigError) as err:
+        load_init_weights(net, resnet18_file, strict=False, module="encoder.layer9")
+    assert str(err.value) == ("init_weights_module=encoder.layer9 names no sub-module of the net (Unet); its "
+                              "top-level children: encoder, decoder, segmentation_head")
+
+
+def test_init_weights_module_naming_no_sub_module_or_without_a_file_is_one_line(tmp_path):
+    torch.save(_net().state_dict(), tmp_path / "w.pt")
+    typo = run_in_process("experiments.run", [*DIGITS, f"init_weights={tmp_path / 'w.pt'}", "init_weights_module=enc",
+                                              f"paths.root_dir={tmp_path}"], ROOT)
+    assert typo.returncode == 2, typo.stderr[-2000:]
+    assert typo.stderr.strip().splitlines()[-1] == (
+        "error: ConfigError: init_weights_module=enc names no sub-module of the net (SmallCNN); its top-level "
+        "children: features, head")
+    alone = run_in_process("experiments.run", [*DIGITS, "init_weights_module=features", f"paths.root_dir={tmp_path}"],
+                           ROOT)
+    assert alone.returncode == 2, alone.stderr[-2000:]
+    assert alone.stderr.strip().splitlines()[-1] == (
+        "error: ConfigError: init_weights_module=features names where the file's tensors load, but no init_weights= "
+        "file is given")
+

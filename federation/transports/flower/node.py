@@ -108,7 +108,7 @@ def node_train(client_id: str, server_msg: Any, ccfg: Mapping[str, Any], node: M
         pin_teacher(cfg, client_id, node, mode)
         pin_hardware(cfg, node)
         # a site never opens a file the server names (a review); FedBN's local layers start fresh on a node
-        cfg.init_weights = None
+        cfg.init_weights, cfg.init_weights_module = None, None
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # as the server before its base datamodule
     base = get_base_datamodule(cfg.data)
     indices = site_indices(cfg, base, client_id, mode)
