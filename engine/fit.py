@@ -9,6 +9,7 @@ validate/test pass returning ``{metric: value}``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -34,7 +35,7 @@ from engine.checkpoint_checks import (as_loaded, check_trainer_state, checked_ck
                                      refuse_untrained_test, restore_data_state, test_only_cfg)
 from engine.loggers import build_loggers, forget_from
 from engine.errors import one_line
-from engine.init_weights import init_from_config
+from engine.init_weights import init_from_config, init_metrics
 from engine.tracking import log_run_facts
 from lightning_modules.checkpoints import load_strict, state_mismatch
 from lightning_modules.errors import CheckpointError
@@ -141,8 +142,11 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         # "parameter group that doesn't match the size" traceback when Lightning restored its optimiser
         raise CheckpointError(f"ckpt_path {ckpt_path}: its optimiser state holds {optimised} parameters, this module "
                               f"trains {trainable}; it cannot continue that optimiser: train a new run")
+    init_counts = None
     if train and ckpt_path is None:  # a new run, or resumed before its first checkpoint: from init_weights= if set
-        init_from_config(cfg, module.net)
+        init_counts = init_from_config(cfg, module.net)
+    elif train and cfg.get("init_weights"):  # resumed: the counts of how it started, for metrics.json (the weights
+        init_counts = init_from_config(cfg, copy.deepcopy(module.net), quiet=True)  # trained are last.ckpt's)
     callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
     if not loggers:  # `~logger`: nothing records the learning rate, and Lightning refuses the monitor
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
@@ -181,6 +185,7 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
             metrics["fit_seconds"] = finished_before
             metrics.update({k: v for k, v in earlier_perf(out).items() if k not in metrics})
         metrics["num_parameters"] = sum(p.numel() for p in module.net.parameters())
+        metrics.update(init_metrics(init_counts))  # init_weights/loaded, kept, unused
         metrics.update(extra_metrics or {})
         monitor = getattr(ckpt_cb, "monitor", None)
         best_score = getattr(ckpt_cb, "best_model_score", None)

@@ -169,17 +169,24 @@ def _module(cfg: Any) -> str | None:
     return None if value in (None, "") else str(value)
 
 
-def init_from_config(cfg: DictConfig, net: nn.Module) -> dict[str, int] | None:
+def init_from_config(cfg: DictConfig, net: nn.Module, quiet: bool = False) -> dict[str, int] | None:
     """Load ``cfg.init_weights`` into ``net`` (or its ``init_weights_module``) when set (the run starts from it);
-    None when not set."""
+    None when not set. ``quiet``: only the counts are wanted (a resumed run, whose weights are its checkpoint's)."""
     path = cfg.get(KEY)
     if path in (None, ""):
         return None
     module = _module(cfg)
-    counts = load_init_weights(net, str(path), strict=bool(cfg.get(STRICT, True)), module=module)
-    log.info("%s: the %s starts from %s (%d tensors)", KEY, "net" if module is None else f"net's {module}", path,
-             counts["loaded"])
+    counts = load_init_weights(net, str(path), strict=bool(cfg.get(STRICT, True)), quiet=quiet, module=module)
+    if not quiet:
+        log.info("%s: the %s starts from %s (%d tensors)", KEY, "net" if module is None else f"net's {module}",
+                 path, counts["loaded"])
     return counts
+
+
+def init_metrics(counts: Mapping[str, int] | None) -> dict[str, int]:
+    """``init_weights/loaded``, ``/kept``, ``/unused`` for a run's ``metrics.json`` (none without a file): what
+    the log said once, kept with the run's results so a partial load is seen where they are read."""
+    return {f"{KEY}/{k}": int(v) for k, v in (counts or {}).items()}
 
 
 def resume_difference(saved: Mapping[str, Any], cfg: Any) -> list[str]:

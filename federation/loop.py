@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from engine import artifacts, stop
 from engine.fit import is_debug
+from engine.init_weights import init_metrics
 from engine.wandb_tracking import debug_mode
 from engine.tracking import environment, git_sha
 from federation.core.sampling import clients_per_round
@@ -174,6 +175,7 @@ def _finish(server: Server, finished_before: bool = False) -> dict[str, Any]:
                     "fed/shared_pool": 0 if server.pool is None else len(server.pool),
                     "fit_seconds": _fit_seconds(server, finished_before),
                     "num_parameters": sum(p.numel() for p in server.template.net.parameters())})
+    metrics.update(init_metrics(server.init_counts))  # init_weights=: round 0's load into the global model
     if debug_mode(server.cfg):  # any debug= mode
         metrics["debug"] = True  # fast_dev_run: experiments.report leaves it out of its tables
     if server.fed.get("evaluation_matrix"):

@@ -3,6 +3,7 @@
 is one line and exit code 2."""
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 from pathlib import Path
@@ -82,6 +83,9 @@ def test_a_federation_from_init_weights_starts_its_global_model_and_baselines_fr
             (run / "evaluation_matrix.csv").read_text().splitlines()[1:]}
     assert {"0_baseline", "1_baseline", "centralised"} <= rows.keys()
     assert {rows[k] for k in ("FL_global", "0_baseline", "1_baseline", "centralised")} == {rows["FL_global"]}
+    metrics = json.loads((run / "metrics.json").read_text())  # round 0's load, as a single run's
+    assert {k: metrics.get(f"init_weights/{k}") for k in ("loaded", "kept", "unused")} == {
+        "loaded": len(_net_state(trained)), "kept": 0, "unused": 0}
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -370,3 +374,30 @@ def test_init_weights_module_naming_no_sub_module_or_without_a_file_is_one_line(
         "error: ConfigError: init_weights_module=features names where the file's tensors load, but no init_weights= "
         "file is given")
 
+
+def test_a_student_encoder_from_a_backbone_file_end_to_end_and_its_resume(resnet18_file, tmp_path):
+    """A segmentation run (``+exp=kits_hlfd distill=none``: the ResNet-18 student, one input channel) from a
+    torchvision backbone: its ``metrics.json`` says what loaded (the 3-channel ``conv1.weight`` keeps its fresh
+    initialisation, it and ``fc.*`` are unused), the encoder trained is the file's (lr 1e-12); a resume naming
+    another ``init_weights_module`` is refused."""
+    from tests.test_distill_e2e import TINY
+
+    run = tmp_path / "r"
+    args = ["+exp=kits_hlfd", *TINY, "distill=none", f"init_weights={resnet18_file}", "init_weights_strict=false",
+            f"hydra.run.dir={run}", f"paths.root_dir={tmp_path}"]
+    proc = run_in_process("experiments.run", [*args, "init_weights_module=encoder", "module.optimizer.lr=1e-12"],
+                          ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    given = torch.load(resnet18_file, weights_only=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {k: metrics.get(f"init_weights/{k}") for k in ("loaded", "kept", "unused")} == {
+        "loaded": len(given) - 3, "kept": 1, "unused": 3}
+    started = _learned({k[len("encoder."):]: v for k, v in _net_state(run / "checkpoints" / "last.ckpt").items()
+                        if k.startswith("encoder.") and k != "encoder.conv1.weight"})
+    assert started
+    for k, v in started.items():
+        assert torch.allclose(v, given[k], atol=1e-7), k
+    again = run_in_process("experiments.run", [*args, "init_weights_module=encoder.layer1", "resume=true",
+                                               "module.optimizer.lr=1e-12"], ROOT)
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert "init_weights_module='encoder.layer1' (the run's 'encoder')" in again.stderr.strip().splitlines()[-1]
