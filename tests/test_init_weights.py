@@ -278,6 +278,10 @@ def test_a_resume_keeps_the_weights_the_run_started_from_and_a_new_run_never_ove
     again = run_in_process("experiments.run", [*args, "trainer.max_epochs=2", "resume=true"], ROOT)
     assert again.returncode == 2
     assert f"init_weights=None (the run's '{trained}')" in again.stderr.strip().splitlines()[-1]
+    kept = run_in_process("experiments.run", [*args, "trainer.max_epochs=2", "resume=true", f"init_weights={trained}"],
+                          ROOT)  # its metrics.json still says what the file gave (the weights are last.ckpt's)
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert json.loads((run / "metrics.json").read_text())["init_weights/loaded"] == len(_net_state(trained))
     inside = run / "student.pt"  # what a distillation run writes there
     inside.write_bytes(trained.read_bytes())
     before = sorted(p.name for p in run.iterdir())
