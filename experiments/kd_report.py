@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 
 from engine.artifacts import atomic_write_text
-from engine.run_files import as_number, csv_text, debug_run, md_text, plain_text, run_config
-from experiments.report_runs import json_object
-from experiments.run_folder import set_aside
+from engine.run_files import csv_text, md_text
+from experiments.kd_runs import collect
 
 #: paper 001 Table 1 ("Quantitative Results (beta=0.9 and lambda=0.1)"), transcribed from the paper text:
 #: method -> dataset -> (DSC mean, DSC std, RVD). Pixel KD and AT are not in the paper's table (blank).
@@ -50,104 +49,7 @@ PAPER_TABLE2: dict[tuple[float, float], dict[str, tuple[float, float]]] = {
 METHOD_ORDER = ["teacher", "none", "skd", "ifd", "dkd", "hifd", "hlfd", "pixel_kd", "at"]
 METHOD_NAMES = {"teacher": "Teacher", "none": "Student (w/o KD)", "skd": "SKD", "ifd": "IFD", "dkd": "DKD",
                 "hifd": "HIFD", "hlfd": "HLFD", "pixel_kd": "Pixel KD", "at": "AT"}
-DATASETS = {"kits": "KiTS", "lits": "LiTS"}
 DEFAULT_BETA_LAM = (0.9, 0.1)
-
-
-def _load_config(run: Path) -> dict:
-    return run_config(run)  # a run folder from elsewhere: {} when its config does not parse as a mapping
-
-
-def _dataset(cfg: dict) -> str:
-    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-    layout = plain_text(data.get("layout") or "", 100).lower()  # bounded: an audit's YAML alias bomb
-    name = DATASETS.get(layout, layout or plain_text(cfg.get("exp_name", "?"), 100))
-    target = data.get("target")
-    return name if target in (None, "tumor") else f"{name} ({plain_text(target, 100)})"
-
-
-def _rvd(metrics: dict) -> float | None:
-    if isinstance(metrics.get("test/rvd_tumor"), (int, float)):
-        return float(metrics["test/rvd_tumor"])
-    for k in sorted(metrics):
-        if k.startswith("test/rvd_") and not k.endswith("_std") and isinstance(metrics[k], (int, float)):
-            return float(metrics[k])
-    return None
-
-
-def collect(root: Path, include_debug: bool = False) -> tuple[list[dict], list[dict], int, int]:
-    """``(runs, failed, debug, arms)``: one record per run dir (method, dataset, seed, beta, lam, setting, dsc,
-    rvd), how many debug runs were left out (all of them kept with ``include_debug``), and how many arms of
-    federated distillations (``distill/arm``: their table is ``experiments.report``'s)."""
-    runs, failed, debug, arms = [], [], 0, 0
-    for path in sorted(root.rglob("failed.json")):
-        if set_aside(path):  # an earlier run's, moved aside by a later one in its folder
-            continue
-        info = json_object(path) or {"error": "failed.json does not parse"}
-        overrides = info.get("overrides") if isinstance(info.get("overrides"), list) else []
-        failed.append({"run": plain_text(path.parent.relative_to(root)) or ".", "error": plain_text(info.get("error", "?")),
-                       "overrides": plain_text(" ".join(map(str, overrides)))})
-    for path in sorted(root.rglob("metrics.json")):
-        if set_aside(path):
-            continue
-        metrics = json_object(path) or {}  # a crafted or cut file is no run
-        method = metrics.get("distill/method")
-        if not method or not isinstance(method, str):  # e.g. the teacher pre-training inside a run dir
-            continue
-        method = plain_text(method, 100)
-        cfg = _load_config(path.parent)
-        if debug_run(metrics, cfg) and not include_debug:  # any debug mode: not a result (report's own test)
-            debug += 1
-            continue
-        if metrics.get("distill/arm"):  # an arm of a federated distillation: one site's run, not a seed of a
-            arms += 1  # method (a review: hlfd_local and hlfd_fed of three sites pooled into one "HLFD" row)
-            continue
-        distill = cfg.get("distill") if isinstance(cfg.get("distill"), dict) else {}
-        loss = distill.get("loss") if isinstance(distill.get("loss"), dict) else {}
-        dice = _number(metrics.get("test/dice"))
-        protocol = plain_text(metrics.get("distill/protocol", ""), 40)
-        runs.append({
-            "run": plain_text(path.parent.relative_to(root)) or ".", "method": method,
-            "dataset": plain_text(_dataset(cfg), 100), "seed": cfg.get("seed") if isinstance(cfg.get("seed"), int) else None,
-            "beta": _number(loss.get("beta")), "lam": _number(loss.get("lam")), "protocol": protocol,
-            "setting": _setting(cfg, distill, loss, protocol),
-            "dsc": None if dice is None else 100.0 * dice, "rvd": _rvd(metrics)})
-    return runs, failed, debug, arms
-
-
-def _init(cfg: dict) -> str:
-    """``fresh``, the ``init_weights=`` file, or ``<init_weights_module> from <file>`` (another setting; first, so
-    a long path cut short still shows it)."""
-    path, module = cfg.get("init_weights"), cfg.get("init_weights_module")
-    if not path:
-        return "fresh"
-    return plain_text(path if module in (None, "") else f"{plain_text(module, 60)} from {plain_text(path)}", 200)
-
-
-def _net(node: Any) -> str:
-    """A net config as ``<class>`` or ``<class>(width=w)``, from a run's config (data, bounded)."""
-    if not isinstance(node, dict):
-        return "?"
-    name = plain_text(str(node.get("_target_", "?")).rsplit(".", 1)[-1], 60)
-    return f"{name}(width={plain_text(node['width'], 20)})" if "width" in node else name
-
-
-def _setting(cfg: dict, distill: dict, loss: dict, protocol: str) -> dict[str, str]:
-    """What besides method, dataset and seed makes two runs comparable: a review found D-Net -> U-Net runs of
-    ``distill=hlfd_dnet_unet`` averaged into the paper's HLFD row, and protocol a with protocol b."""
-    teacher = distill.get("teacher") if isinstance(distill.get("teacher"), dict) else {}
-    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-    trainer = cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {}
-    module = cfg.get("module") if isinstance(cfg.get("module"), dict) else {}
-    kd = {k: v for k, v in loss.items() if k not in ("beta", "lam")}
-    # a later review: phantoms and real KiTS (data.root), 20 and 100 epochs, 64 and 128 px were pooled as seeds
-    return {"protocol": protocol, "teacher": _net(teacher.get("model")), "student": _net(cfg.get("model")),
-            "train_cases": plain_text(data.get("train_cases"), 20),
-            "kd loss": plain_text(json.dumps(kd, sort_keys=True, default=str), 300),
-            "data": plain_text(data.get("root") or ("synthetic" if data.get("synthetic") else ""), 200),
-            "epochs": plain_text(trainer.get("max_epochs"), 20), "size": plain_text(data.get("image_size"), 20),
-            "optimizer": plain_text(json.dumps(module.get("optimizer"), sort_keys=True, default=str), 300),
-            "init": _init(cfg)}  # a student fine-tuned from init_weights=
 
 
 def _variants(sel: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -162,11 +64,6 @@ def _variants(sel: list[dict]) -> list[tuple[str, list[dict]]]:
         parts.setdefault(key, []).append(r)
     return [(" [" + ", ".join(f"{k}={runs[0]['setting'][k]}" for k in differ) + "]", runs)
             for _, runs in sorted(parts.items())]
-
-
-def _number(value: Any) -> float | None:
-    """A number from a run file (``None`` for anything else: a crafted file is data)."""
-    return as_number(value)
 
 
 def _stats(values: list[float | None]) -> tuple[float, float, int]:
