@@ -85,3 +85,13 @@ def test_messages_pickle_for_process_executors():
     assert torch.equal(back.weights["w"], upd.weights["w"]) and back.schema == {"w": (2,)} and back.is_delta
     msg = pickle.loads(pickle.dumps(ServerMessage(1, {"w": torch.ones(1)}, {"mu": 0.1})))
     assert msg.round == 1 and msg.config == {"mu": 0.1} and torch.equal(msg.weights["w"], torch.ones(1))
+    assert dict(msg.init_local) == {}
+
+
+def test_the_init_files_local_entries_travel_with_the_message_as_tensors():
+    """``init_local`` (``init_weights=``'s FedBN batch norm) pickles with the message (Ray) and holds tensors only."""
+    msg = pickle.loads(pickle.dumps(ServerMessage(0, {"w": torch.ones(1)}, {}, {"bn.weight": torch.full((2,), 5.0)})))
+    assert list(msg.init_local) == ["bn.weight"] and torch.equal(msg.init_local["bn.weight"], torch.full((2,), 5.0))
+    with pytest.raises(DataLeakError):
+        ServerMessage(0, {}, {}, {"bn.weight": [5.0, 5.0]})  # type: ignore[dict-item]
+

@@ -58,6 +58,39 @@ def test_wire_roundtrip_exact():
             assert torch.equal(got.weights[k], state[k]) and got.weights[k].dtype == state[k].dtype
 
 
+def test_wire_carries_the_init_files_local_entries_exact_in_the_config_record():
+    """``init_weights=``'s entries of FedBN's batch norm (``ServerMessage.init_local``) cross exact, floating and
+    integer, with and without DP, and through SecAgg+'s legacy ``FitIns``; never as a second ArrayRecord
+    (``LocalDpMod`` clips the reply against the message's one). A malformed or non-finite entry is refused."""
+    import json
+
+    from flwr.compat.common.recorddict_compat import fitins_to_recorddict, recorddict_to_fitins
+
+    from federation.transports.flower.wire import INIT_LOCAL
+
+    state = _state()
+    local = {k: v for k, v in state.items() if k.startswith("1.")}
+    local["1.weight"] = torch.tensor([0.1, 1e-30], dtype=torch.float32)
+    local["1.num_batches_tracked"] = torch.tensor(7)
+    msg = ServerMessage(0, {k: v for k, v in state.items() if k.startswith("0.")}, {}, init_local=local)
+    for as_float in (False, True):
+        content = encode_message(msg, "site_a", {}, {}, as_float)
+        assert list(content.array_records) == ["fitins.parameters"]
+        legacy = fitins_to_recorddict(recorddict_to_fitins(content, keep_input=True), keep_input=True)
+        for sent in (content, legacy):
+            back, *_ = decode_message(sent)
+            assert list(back.init_local) == list(local) and list(back.weights) == list(msg.weights)
+            for k, v in local.items():
+                assert torch.equal(back.init_local[k], v) and back.init_local[k].dtype == v.dtype
+    assert INIT_LOCAL not in encode_message(ServerMessage(0, state, {}), "a", {}).config_records["fitins.config"]
+    for bad in ({"1.weight": ["float32", [2], [float("nan"), 1.0]]}, {"1.weight": ["float32", [1], [1e300]]},
+                {"1.weight": ["object", [1], [1.0]]}, {"1.weight": ["float32", [3], [1.0]]},
+                {"1.num_batches_tracked": ["int64", [], [0.5]]}, [1, 2]):
+        content.config_records["fitins.config"][INIT_LOCAL] = json.dumps(bad)
+        with pytest.raises(ValueError, match="init_local"):
+            decode_message(content)
+
+
 def test_wire_refuses_non_scalar_metrics():
     update = FedAvg().make_update("a", _state(), 5, {"acc": 0.5})
     content = encode_update(update)

@@ -114,22 +114,28 @@ class ClientUpdate:
 @dataclass(frozen=True, eq=False)
 class ServerMessage:
     """What the server broadcasts at the start of a round: the global weights a client loads
-    (only the keys the strategy exchanges, see ``Strategy.client_keys``) and a per-round config
-    (``Strategy.configure_client``: e.g. FedProx ``mu``, shared-data indices)."""
+    (only the keys the strategy exchanges, see ``Strategy.client_keys``), a per-round config
+    (``Strategy.configure_client``: e.g. FedProx ``mu``, shared-data indices) and ``init_local``: under
+    ``init_weights=`` with a strategy that keeps layers local (FedBN's batch norm), the file's entries of those
+    layers, which a client without stored local state starts them from (:mod:`federation.init_local`); empty
+    otherwise. Never part of the weights a reply is checked against."""
 
     round: int
     weights: Mapping[str, Tensor]
     config: Mapping[str, Any] = field(default_factory=dict)
+    init_local: Mapping[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.round, bool) or not isinstance(self.round, int) or self.round < 0:
             raise ValueError(f"round must be a non-negative int, got {self.round!r}")
         _check_weights(self.weights, None)
+        _check_weights(self.init_local, None)
         object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
         object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
+        object.__setattr__(self, "init_local", MappingProxyType(dict(self.init_local)))
 
     def __reduce__(self):
-        return (type(self), (self.round, dict(self.weights), dict(self.config)))
+        return (type(self), (self.round, dict(self.weights), dict(self.config), dict(self.init_local)))
 
 
 def assert_no_data(update: ClientUpdate, reference: Mapping[str, Tensor] | Schema) -> None:

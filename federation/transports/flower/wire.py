@@ -11,6 +11,9 @@ state-dict key order as one string. Under DP (``as_float``) integer entries (Bat
 exact beside the ArrayRecord, in the config record, outside ``LocalDpMod``'s clip and noise (a review: with
 200 local steps the counter's delta was 283 of the update's L2 norm 283, so clipping to 1 scaled the
 parameters' delta by 1/283; the counter says how many steps were taken, what ``num_examples`` says already).
+``init_weights=``'s entries of the layers a strategy keeps local (``ServerMessage.init_local``) go down as JSON in the
+config record (:data:`INIT_LOCAL`), not as arrays: ``LocalDpMod`` takes the message's one ArrayRecord for the weights
+its reply is clipped against, and SecAgg+'s ``FitIns`` keeps only the parameters and the config.
 Under SecAgg+ a site replies with its delta ``w_k - w_global`` in
 float64 (:func:`secagg_update`), which the mod masks; the server decodes the unmasked mean with
 :func:`decode_mean`.
@@ -29,14 +32,18 @@ from federation.core.messages import ClientUpdate, ServerMessage
 
 __all__ = ["encode_message", "decode_message", "encode_update", "decode_update", "secagg_update", "decode_mean",
            "clipped_entries",
-           "KEYS", "PREFIX", "INTS"]
+           "KEYS", "PREFIX", "INTS", "INIT_LOCAL"]
 
 PREFIX = "fedmed."
 KEYS = PREFIX + "keys"
 INTS = PREFIX + "ints"  # under DP: the integer entries, exact, as JSON
+INIT_LOCAL = PREFIX + "init_local"  # init_weights='s local entries (ServerMessage.init_local), as JSON
 #: integer dtypes an entry may arrive as (beside the ArrayRecord under DP)
 INT_DTYPES = {"int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8,
               "uint8": torch.uint8}
+#: and floating ones (:data:`INIT_LOCAL`)
+FLOAT_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+                "bfloat16": torch.bfloat16}
 
 
 def _jsonable(value: Any) -> Any:
@@ -59,30 +66,43 @@ def _arrays(weights: Mapping[str, torch.Tensor], as_float: bool) -> ArrayRecord:
                         if not (as_float and _is_int(v))})
 
 
-def _ints(weights: Mapping[str, torch.Tensor]) -> str:
-    """The integer entries as JSON ``{key: [dtype, shape, flat values]}``."""
+def _ints(weights: Mapping[str, torch.Tensor], every: bool = False) -> str:
+    """The integer entries (``every``: all entries) as JSON ``{key: [dtype, shape, flat values]}``; a float's
+    value is its exact decimal (JSON numbers read back as doubles, which hold every float32 exactly)."""
     return json.dumps({k: [str(v.dtype).removeprefix("torch."), list(v.shape), v.flatten().tolist()]
-                       for k, v in weights.items() if _is_int(v)})
+                       for k, v in weights.items() if every or _is_int(v)})
 
 
-def _from_ints(text: Any) -> dict[str, torch.Tensor]:
-    """:func:`_ints` read back from a peer: every entry checked (an integer dtype, a shape its values fill,
-    whole numbers in range), a ``ValueError`` otherwise."""
+def _number(x: Any, floating: bool) -> bool:
+    """A value an entry may hold: a whole number in range, or for a floating entry a finite float too."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return abs(x) < 2 ** 62
+    return floating and isinstance(x, float) and math.isfinite(x)
+
+
+def _from_ints(text: Any, name: str = INTS) -> dict[str, torch.Tensor]:
+    """:func:`_ints` read back from a peer: every entry checked (an integer dtype, or for :data:`INIT_LOCAL` a
+    floating one too, a shape its values fill, whole numbers in range or finite ones), a ``ValueError`` otherwise."""
     if text in (None, ""):
         return {}
     entries = json.loads(str(text))
     if not isinstance(entries, dict):
-        raise ValueError(f"{INTS} is not a mapping")
+        raise ValueError(f"{name} is not a mapping")
+    dtypes = {**INT_DTYPES, **FLOAT_DTYPES} if name == INIT_LOCAL else INT_DTYPES
     out = {}
     for key, entry in entries.items():
-        ok = isinstance(entry, list) and len(entry) == 3 and entry[0] in INT_DTYPES and isinstance(entry[1], list)
+        ok = isinstance(entry, list) and len(entry) == 3 and entry[0] in dtypes and isinstance(entry[1], list)
         shape, values = (entry[1], entry[2]) if ok else ([], None)
+        floating = ok and dtypes[entry[0]].is_floating_point
         ok = ok and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape) \
             and isinstance(values, list) and len(values) == math.prod(shape) \
-            and all(isinstance(x, int) and not isinstance(x, bool) and abs(x) < 2 ** 62 for x in values)
-        if not ok:
-            raise ValueError(f"integer entry {key!r} arrived malformed")
-        out[str(key)] = torch.tensor(values, dtype=INT_DTYPES[entry[0]]).reshape(shape)
+            and all(_number(x, floating) for x in values)
+        value = torch.tensor(values, dtype=dtypes[entry[0]]).reshape(shape) if ok else None
+        if value is None or (floating and not bool(torch.isfinite(value).all())):  # 1e300 is inf in float32
+            raise ValueError(f"{'integer entry' if name == INTS else name} {key!r} arrived malformed")
+        out[str(key)] = value
     return out
 
 
@@ -115,6 +135,8 @@ def encode_message(msg: ServerMessage, client_id: str, client_cfg: Mapping[str, 
     config.update({PREFIX + k: v for k, v in (extra or {}).items()})
     if as_float:
         config[INTS] = _ints(msg.weights)
+    if msg.init_local:
+        config[INIT_LOCAL] = _ints(msg.init_local, every=True)
     return RecordDict({"fitins.parameters": _arrays(msg.weights, as_float), "fitins.config": ConfigRecord(config)})
 
 
@@ -123,13 +145,14 @@ def decode_message(content: RecordDict) -> tuple[ServerMessage, str, dict[str, A
     cfg = dict(content.config_records["fitins.config"])
     keys = str(cfg.pop(KEYS, ""))
     ints = _from_ints(cfg.pop(INTS, None))
+    init_local = _from_ints(cfg.pop(INIT_LOCAL, None), INIT_LOCAL)
     record = content.array_records["fitins.parameters"]
     if keys:
         weights = _merged(keys.split("\n"), record, ints)
     else:
         weights = {k: torch.from_numpy(np.array(record[k].numpy(), copy=True)) for k in record.keys()}
     config = json.loads(str(cfg.pop(PREFIX + "config")))
-    msg = ServerMessage(int(cfg.pop(PREFIX + "round")), weights, config)
+    msg = ServerMessage(int(cfg.pop(PREFIX + "round")), weights, config, init_local)
     client_id = str(cfg.pop(PREFIX + "client_id"))
     client_cfg = json.loads(str(cfg.pop(PREFIX + "cfg")))
     extra = {k[len(PREFIX):]: v for k, v in cfg.items() if k.startswith(PREFIX)}
