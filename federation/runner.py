@@ -6,7 +6,8 @@ round. It builds the client's
 :class:`~datamodules.subset.SubsetDataModule` (local indices + shared indices from the server message),
 the LightningModule from ``cfg.module`` and a Trainer from ``cfg.trainer`` with the experiments'
 builders, loads the global weights (``strategy.client_receive`` keeps FedBN's local BN entries, read from
-the :class:`~federation.store.ClientStore`), adds FedProx's proximal term when the server config asks
+the :class:`~federation.store.ClientStore`, or in its first round the ``init_weights=`` file's entries that the
+message carries: :mod:`federation.init_local`), adds FedProx's proximal term when the server config asks
 for it, fits for ``federation.local_epochs`` (optionally early-stopped on its validation split, paper
 000 step 5 "until the model converges"), validates (the accuracy the data-sharing strategy reads, step
 5), saves its local-only state (and, for the evaluation matrix, its best local checkpoint by its own
@@ -40,13 +41,13 @@ from callbacks.best_weights import BestWeights
 from callbacks.metric_goal import goal
 from datamodules.subset import SubsetDataModule
 from engine.builders import build_datamodule, build_module, build_trainer
-from engine.init_weights import init_from_config
 from engine.fit import evaluate as _evaluate
 from engine.fit import fit_and_evaluate
 from federation.core.messages import ClientUpdate, ServerMessage
 from federation.core.partial_labels import PartialLabels
 from federation.core.sampling import client_seed
 from federation.core.strategies import DataSharing, Strategy, proximal_loss_term, strategy_class
+from federation.init_local import start_local
 from federation.store import ClientStore
 from lightning_modules.base import is_argument_error
 from lightning_modules.errors import ConfigError
@@ -288,9 +289,9 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
     strategy = build_strategy(cfg.federation.strategy, module.net)
     saved = store.load_all(client_id, round=rnd)  # one read: local-only state and history before this round
     stored = saved.get("local_state") or {}
-    if not stored and any(strategy.is_local(k) for k in module.net.state_dict()):  # its first round: the layers
-        init_from_config(cfg, module.net)  # that stay local (FedBN's BN) start from init_weights= as the global model
     local_state = module.net.state_dict()
+    if not stored:  # its first round: the local layers (FedBN's BN) start from init_weights=, sent by the server
+        start_local(local_state, server_message.init_local, strategy.is_local, client_id)
     local_state.update({k: v for k, v in stored.items() if k in local_state})
     if saved.get("private_state") and hasattr(module, "load_private_state"):
         module.load_private_state(saved["private_state"])  # e.g. the KD adapters: stay at the client

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -44,6 +45,7 @@ from federation.core.sampling import clients_per_round, sample_clients
 from federation.core.strategies import Strategy
 from federation.core.strategies.base import MissingFromUpdates
 from federation.errors import FederationError
+from federation.init_local import init_local_entries
 from federation.partition_files import write_partition_report
 from federation.plan import check_federation_config, check_teacher_given, split_clients
 from federation.runner import build_strategy, eval_trainer, quiet_lightning, register_base
@@ -64,8 +66,7 @@ log = logging.getLogger("federation.server")
 def client_cfg(cfg: DictConfig) -> DictConfig:
     """Resolved, Hydra-free copy of what a client needs (picklable for Ray workers and Flower nodes)."""
     out: dict[str, Any] = {}
-    for key in ("seed", "data", "model", "module", "trainer", "federation", "init_weights", "init_weights_strict",
-                "init_weights_module"):
+    for key in ("seed", "data", "model", "module", "trainer", "federation"):  # no init_weights: messages carry it
         value = cfg.get(key)
         out[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
     return OmegaConf.create(out)
@@ -137,6 +138,7 @@ class Server:
         self.global_state = {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}
         self.schema = state_schema(self.global_state)
         self.strategy: Strategy = build_strategy(self.fed.strategy, self.template.net, pool=self.pool, seed=self.seed)
+        self.init_local = init_local_entries(self.init_state, self.strategy.is_local)  # sent: no client reads the file
         from federation.transports.flower.privacy import check_dp_statistics  # (plan.py's import, lazily too)
 
         check_dp_statistics(self.fed, self.global_state, self.strategy.is_local)  # before any client trains
@@ -248,8 +250,9 @@ class Server:
         """The round's :class:`ClientJob` s: live objects in process, a store path otherwise."""
         out = []
         for cid in ids:
-            kw: dict[str, Any] = dict(server_message=self.strategy.server_message(self.global_state, rnd, cid),
-                                      cfg=self.ccfg, indices=self.indices[cid],
+            msg = self.strategy.server_message(self.global_state, rnd, cid)
+            msg = replace(msg, init_local=self.init_local) if self.init_local else msg
+            kw: dict[str, Any] = dict(server_message=msg, cfg=self.ccfg, indices=self.indices[cid],
                                       store=self.store if self.in_process else str(self.store.root))
             if self.in_process:
                 kw["base"] = self.base

@@ -95,3 +95,23 @@ def test_the_init_files_local_entries_travel_with_the_message_as_tensors():
     with pytest.raises(DataLeakError):
         ServerMessage(0, {}, {}, {"bn.weight": [5.0, 5.0]})  # type: ignore[dict-item]
 
+
+def test_a_client_starts_its_local_layers_from_the_init_entries_and_refuses_others():
+    """The server sends ``init_weights=``'s local entries only (FedBN: the batch norm); a client puts them in its
+    fresh net's state, and stops naming an entry that is not one of its local layers of the same shape and dtype."""
+    from federation.errors import FederationError
+    from federation.init_local import init_local_entries, start_local
+
+    model = _model()
+    strategy, state = FedBN(model), model.state_dict()
+    assert init_local_entries(None, strategy.is_local) == {}
+    file_state = {k: v + 4 if v.is_floating_point() else v for k, v in state.items()}
+    sent = init_local_entries(file_state, strategy.is_local)
+    assert set(sent) == {k for k in state if k.startswith("1.")}
+    own = dict(state)
+    start_local(own, sent, strategy.is_local, "c0")
+    assert all(own[k] is sent[k] for k in sent) and own["0.weight"] is state["0.weight"]
+    for bad in ({"0.weight": state["0.weight"]}, {"9.weight": torch.ones(2)}, {"1.weight": torch.ones(3)},
+                {"1.weight": torch.ones(2, dtype=torch.float64)}):
+        with pytest.raises(FederationError, match=r"client c0: the server's init_weights entry"):
+            start_local(dict(state), bad, strategy.is_local, "c0")

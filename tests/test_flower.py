@@ -91,6 +91,45 @@ def test_wire_carries_the_init_files_local_entries_exact_in_the_config_record():
             decode_message(content)
 
 
+def test_a_flower_sites_first_round_starts_its_batch_norm_from_the_init_file_the_server_read(tmp_path):
+    """A review: a Flower node never opens a path the server names, so under FedBN its batch norm (local, never
+    sent as weights) started fresh while in-process and Ray clients started it from ``init_weights=``. The server
+    now sends the file's local entries in the train message: the node's first round (through the wire and the
+    ClientApp's own entry, ``node_train``) starts from them with the file gone from its host."""
+    from engine.init_weights import trained_net
+    from federation.loop import Server
+    from federation.store import ClientStore
+    from federation.transports.flower.node import node_train
+
+    cfg = compose_run([*SMALL, "federation/strategy=fedbn", "module.optimizer.lr=1e-12"], tmp_path)
+    state = trained_net(cfg).state_dict()
+    bn = [k for k in state if k.endswith(".weight") and state[k].dim() == 1]
+    assert bn
+    torch.save({**state, **{k: torch.full_like(state[k], 5.0) for k in bn}}, tmp_path / "bn5.pt")
+    OmegaConf.update(cfg, "init_weights", str(tmp_path / "bn5.pt"), force_add=True)
+    server = Server(cfg)
+    job = server.jobs(0, server.client_ids[:1])[0]
+    content = encode_message(job.kwargs["server_message"], job.client_id,
+                             OmegaConf.to_container(job.kwargs["cfg"], resolve=True), {"privacy": "none"})
+    (tmp_path / "bn5.pt").unlink()  # not on the site's host
+    msg, cid, ccfg, _ = decode_message(content)
+    assert "init_weights" not in ccfg
+    store = tmp_path / "site_store"
+    node_train(cid, msg, ccfg, {"site": cid, "partition": "derive", "store": str(store)})
+    local = ClientStore(store).load(cid, "local_state")
+    for k in bn:
+        assert torch.allclose(local[k], torch.full_like(local[k], 5.0), atol=1e-6), k
+    three = {k: torch.full_like(local[k], 3.0) for k in bn}
+    ClientStore(store).update(cid, {"local_state": {**local, **three}}, round=0)
+    nxt = server.jobs(1, [cid])[0]  # a site with stored state ignores the entries every message carries
+    msg, *_ = decode_message(encode_message(nxt.kwargs["server_message"], cid, ccfg, {"privacy": "none"}))
+    assert msg.init_local
+    node_train(cid, msg, ccfg, {"site": cid, "partition": "derive", "store": str(store)})
+    local = ClientStore(store).load(cid, "local_state")
+    for k in bn:
+        assert torch.allclose(local[k], torch.full_like(local[k], 3.0), atol=1e-6), k
+
+
 def test_wire_refuses_non_scalar_metrics():
     update = FedAvg().make_update("a", _state(), 5, {"acc": 0.5})
     content = encode_update(update)

@@ -243,15 +243,27 @@ def test_a_regularised_net_starts_from_its_own_run_a_plain_net_or_a_federation_o
             assert torch.equal(fresh.net.state_dict()[k], v), (name, k)
 
 
-def test_fedbn_clients_start_their_local_batch_norm_from_init_weights(trained, tmp_path):
+def test_fedbn_clients_start_their_local_batch_norm_from_init_weights(trained, tmp_path, monkeypatch):
     """A review: under FedBN the global model started from the file but each client's batch norm, which never
-    travels, started fresh (weight 1), so the clients trained pre-trained convolutions with untrained batch norm."""
+    travels, started fresh (weight 1), so the clients trained pre-trained convolutions with untrained batch norm.
+    A later one: the clients read the file themselves (a Flower site never does, a Ray node may not have it); the
+    server now sends its local entries, and the file is gone before the first client runs."""
+    import federation.runner as runner
+
     state = _net_state(trained)
     bn = [k for k in state if k.endswith(".weight") and state[k].dim() == 1]
     assert bn
     for k in bn:
         state[k] = torch.full_like(state[k], 5.0)
     torch.save(state, tmp_path / "bn5.pt")
+    run_client = runner.run_client
+
+    def file_gone_then_run(*args, **kwargs):  # the server has read it; no client can
+        if (tmp_path / "bn5.pt").exists():
+            (tmp_path / "bn5.pt").rename(tmp_path / "moved.pt")
+        return run_client(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_client", file_gone_then_run)
     run = tmp_path / "fed"
     proc = run_in_process("experiments.run", [
         "+exp=fed_digits_datashare", "logger=csv", "model.width=4", "federation.progress=false",
@@ -260,6 +272,7 @@ def test_fedbn_clients_start_their_local_batch_norm_from_init_weights(trained, t
         "module.optimizer.lr=1e-12", f"init_weights={tmp_path / 'bn5.pt'}", f"hydra.run.dir={run}",
         f"paths.root_dir={tmp_path}"], ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "moved.pt").exists()
     stored = [torch.load(p, weights_only=True) for p in sorted((run / "client_store").glob("*.pt"))]
     local = [s["local_state"] for s in stored if isinstance(s, dict) and s.get("local_state")]
     assert len(local) == 2

@@ -78,8 +78,10 @@ def node_train(client_id: str, server_msg: Any, ccfg: Mapping[str, Any], node: M
     :func:`federation.received.check_received_config` before anything is built. The node's own settings override
     the server's: its data folder (every other data path the server chose must lie inside it,
     :func:`federation.received.pin_data_paths`) and layout, and its copy of the teacher's weights (the server's
-    path means nothing on a site's host). A real site (``partition="all"``) must name its data folder; only
-    the rehearsal (``derive``, every node holding the same dataset) reads the server's ``data.root``.
+    path means nothing on a site's host). It never opens an ``init_weights`` file: in its first round its local
+    layers start from the file's entries the message carries (:mod:`federation.init_local`). A real site
+    (``partition="all"``) must name its data folder; only the rehearsal (``derive``, every node holding the same
+    dataset) reads the server's ``data.root``.
     """
     import pytorch_lightning as pl  # here, not at import: a site query must not pay for Lightning
 
@@ -107,7 +109,8 @@ def node_train(client_id: str, server_msg: Any, ccfg: Mapping[str, Any], node: M
             cfg.data.layout = str(node_value(node, "layout"))
         pin_teacher(cfg, client_id, node, mode)
         pin_hardware(cfg, node)
-        # a site never opens a file the server names (a review); FedBN's local layers start fresh on a node
+        # a site never opens a file the server names (a review): the init_weights= file's local layers (FedBN's
+        # batch norm) come in the message itself (ServerMessage.init_local); a path in a crafted config is dropped
         cfg.init_weights, cfg.init_weights_module = None, None
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # as the server before its base datamodule
     base = get_base_datamodule(cfg.data)
