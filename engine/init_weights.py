@@ -153,8 +153,9 @@ def load_init_weights(net: nn.Module, path: str | Path, strict: bool = True, qui
     counts = {"loaded": len(match), "kept": len(kept), "unused": len(state) - len(match)}
     if (kept or counts["unused"]) and not quiet:
         first = f" (first: {kept[0]}{_shapes(kept[0], state, own)})" if kept else ""
-        log.warning("%s: loaded %d of the net's %d tensors; %d keep their fresh initialisation%s; %d of the file's "
-                    "are unused", source, counts["loaded"], len(own), counts["kept"], first, counts["unused"])
+        into = "the net's" if module is None else f"{module}'s"  # the counts are of that sub-module's tensors
+        log.warning("%s: loaded %d of %s %d tensors; %d keep their fresh initialisation%s; %d of the file's "
+                    "are unused", source, counts["loaded"], into, len(own), counts["kept"], first, counts["unused"])
     return counts
 
 

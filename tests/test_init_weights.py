@@ -348,7 +348,7 @@ def resnet18_file(tmp_path_factory) -> Path:
     return path
 
 
-def test_a_classification_backbone_loads_into_the_encoder_with_init_weights_module(resnet18_file):
+def test_a_classification_backbone_loads_into_the_encoder_with_init_weights_module(resnet18_file, caplog):
     """``init_weights_module=encoder``: the file's keys are the encoder's (an smp U-Net's ResNet-18), not the
     net's; strictly its ``fc.*`` (the classifier head) is refused by name (smp's encoder would drop it silently),
     by matching name and shape every encoder tensor is the file's, the decoder keeps its initialisation."""
@@ -367,6 +367,8 @@ def test_a_classification_backbone_loads_into_the_encoder_with_init_weights_modu
     counts = load_init_weights(net, resnet18_file, strict=False, module="encoder")
     given, own = torch.load(resnet18_file, weights_only=True), net.encoder.state_dict()
     assert counts == {"loaded": len(own), "kept": 0, "unused": 2} and len(given) == len(own) + 2
+    # the warning counts the encoder's tensors, not the net's (a walkthrough: "119 of the net's 120")
+    assert f"loaded {len(own)} of encoder's {len(own)} tensors; 0 keep" in caplog.text
     for k, v in own.items():
         assert torch.equal(v, given[k]), k
     assert all(torch.equal(v, decoder[k]) for k, v in net.decoder.state_dict().items())
