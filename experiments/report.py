@@ -46,10 +46,13 @@ DEFAULT_KEYS = ("test/dice", "test/miou", "test/hd95", "test/nsd", "val/dice_bes
 #: columns with no better end (when the best came, clients dropped, sizes and counts): never bold (a review);
 #: matched against the key's last part, so a site or class named ``rounds_b`` is still ranked
 UNRANKED = ("_best_step", "dropped_total", "rounds", "num_parameters", "gflops_per_image", "num_cases", "best_round")
+#: whole groups of such columns: ``init_weights/loaded``, ``/kept``, ``/unused`` (what the file gave, counts)
+UNRANKED_GROUPS = ("init_weights/",)
 
 
 def unranked(key: str) -> bool:
-    return key.rsplit("/", 1)[-1].endswith(UNRANKED) and not key.startswith("matrix/")
+    last = key.rsplit("/", 1)[-1]
+    return (last.endswith(UNRANKED) or key.startswith(UNRANKED_GROUPS)) and not key.startswith("matrix/")
 
 
 def default_keys(runs: list[Path]) -> tuple[str, ...]:

@@ -337,6 +337,17 @@ def test_count_columns_are_unranked_but_a_site_named_like_one_is_ranked():
     assert not unranked("test/dice") and not unranked("test/dice_rounds_b")
 
 
+def test_init_weights_counts_are_never_bold():
+    """A review: ``init_weights/unused`` and ``/kept`` (how many tensors a file left unused or fresh) were ranked
+    like a score, the run whose file fitted worst in bold."""
+    from experiments.report import table, unranked
+
+    assert all(unranked(f"init_weights/{k}") for k in ("loaded", "kept", "unused"))
+    md, _ = table({"a": {"init_weights/unused": [3.0], "test/dice": [0.5]},
+                   "b": {"init_weights/unused": [0.0], "test/dice": [0.4]}}, ["init_weights/unused", "test/dice"])
+    assert "**3.0000**" not in md and "**0.0000**" not in md and "**0.5000**" in md
+
+
 def test_the_score_a_run_selects_on_is_a_default_column(tmp_path):
     """A walkthrough: a ``val/acc``-monitored classification sweep showed ``val/auc_best`` by default and not
     ``val/acc_best``, the score its sweep selects on (docs/experiments.md)."""
