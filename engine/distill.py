@@ -139,7 +139,7 @@ def segmentation_cfg(cfg: DictConfig, model: Any, loss: Any, out: Path, max_epoc
             new.logger = {"csv": _plain(cfg.logger.csv, resolve=False)} if cfg.get("logger") and "csv" in cfg.logger else {}
             # resume=<run dir> of a run stopped in its teacher stage continues teacher/checkpoints/last.ckpt
             new.ckpt_path, new.resume, new.test, new.print_per_case = None, bool(cfg.get("resume")), False, False
-            new.init_weights = new.init_weights_module = None  # it initialises the student, never the teacher
+            new.init_weights = new.init_weights_module = new.init_weights_sha256 = None  # the student's file only
     return new
 
 

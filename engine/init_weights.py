@@ -16,6 +16,7 @@ with the same strict or matching rules against that sub-module's tensors.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -35,13 +36,16 @@ log = logging.getLogger("engine.init_weights")
 KEY = "init_weights"
 STRICT = "init_weights_strict"
 MODULE = "init_weights_module"
+#: the file's SHA-256, recorded beside its path in ``config.yaml`` (and W&B's config): which weights, not only where
+SHA = "init_weights_sha256"
 
 
 def check_init_weights(cfg: DictConfig) -> None:
     """Before any data is read: ``init_weights`` names a file that loads into the net this run builds (keys,
     shapes, finite values: a distillation's teacher does not train first for a student the file does not fit) and
     goes with a run that trains a new net from it; one error naming the key otherwise. The path is made absolute
-    in ``cfg`` (``config.yaml`` says where it was; a Flower ServerApp or a Ray driver elsewhere finds it)."""
+    in ``cfg`` (``config.yaml`` says where it was; a Flower ServerApp or a Ray driver elsewhere finds it) and the
+    file's SHA-256 is recorded beside it (``init_weights_sha256``: a file replaced at the same path is told apart)."""
     path = cfg.get(KEY)
     strict = cfg.get(STRICT, True)
     if not isinstance(strict, bool):
@@ -71,8 +75,18 @@ def check_init_weights(cfg: DictConfig) -> None:
                           f"fresh initialisation; it does not take init_weights")
     with open_dict(cfg):
         cfg[KEY] = os.path.abspath(given)
+        cfg[SHA] = file_sha256(cfg[KEY])
     if (cfg.get("module") or {}).get("net") is not None or cfg.get("model") is not None:  # else: at the load itself
         load_init_weights(trained_net(cfg), cfg[KEY], strict, quiet=True, module=module)  # data: nothing in it runs
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of the file's bytes (read in 1 MiB chunks: a large teacher's checkpoint is not held twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def trained_net(cfg: DictConfig) -> nn.Module:
@@ -206,4 +220,18 @@ def resume_difference(saved: Mapping[str, Any], cfg: Any) -> list[str]:
             old, new = (None if v in (None, "") else str(v) for v in (old, new))
         if old != new:
             out.append(f"{key}={new!r} (the run's {old!r})")
-    return out
+    return out or _file_changed(saved, cfg)
+
+
+def _file_changed(saved: Mapping[str, Any], cfg: Any) -> list[str]:
+    """The same ``init_weights`` path holding other bytes than when the run started (its recorded SHA-256): a
+    resumed federation would send other local layers and score its baselines from other weights than it began
+    with. Hashed here, since a resume is checked before :func:`check_init_weights` records the new hash."""
+    old, path = saved.get(SHA), saved.get(KEY)
+    if not old or not path or not os.path.isfile(str(path)):
+        return []  # a run from before the hash was kept; a missing file is check_init_weights' one line
+    new = file_sha256(str(path))
+    if new == old:
+        return []
+    return [f"{KEY}={path} holds other weights than when the run started (sha256 {new[:12]}... now, {old[:12]}... "
+            f"then): give the file it started from"]

@@ -3,6 +3,7 @@
 is one line and exit code 2."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pickle
@@ -218,6 +219,7 @@ def test_a_relative_init_weights_path_is_recorded_absolute(tmp_path, monkeypatch
     OmegaConf.set_struct(cfg, True)
     check_init_weights(cfg)
     assert cfg.init_weights == str(tmp_path / "w.pt")
+    assert cfg.init_weights_sha256 == hashlib.sha256((tmp_path / "w.pt").read_bytes()).hexdigest()  # which weights
 
 
 def test_a_regularised_net_starts_from_its_own_run_a_plain_net_or_a_federation_of_it(tmp_path):
@@ -309,6 +311,29 @@ def test_a_resume_keeps_the_weights_the_run_started_from_and_a_new_run_never_ove
     own.write_bytes(trained.read_bytes())
     assert run_in_process("experiments.run", [*args, f"init_weights={own}"], ROOT).returncode == 0
     assert own.read_bytes() == trained.read_bytes()
+
+
+def test_a_resume_from_a_file_replaced_at_the_same_path_is_refused(trained, tmp_path):
+    """``config.yaml`` keeps the file's SHA-256 beside its path; a resume whose file now holds other bytes (a
+    retrained model saved over it) is refused in one line, and goes on once the file it started from is back."""
+    import yaml
+
+    run, weights = tmp_path / "r", tmp_path / "w.ckpt"
+    weights.write_bytes(trained.read_bytes())
+    args = [*DIGITS, "trainer.max_epochs=1", f"hydra.run.dir={run}", f"paths.root_dir={tmp_path}",
+            f"init_weights={weights}"]
+    assert run_in_process("experiments.run", args, ROOT).returncode == 0
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["init_weights_sha256"]
+    assert recorded == hashlib.sha256(trained.read_bytes()).hexdigest()
+    torch.save(_net().state_dict(), weights)  # another model saved over the file, same path
+    again = run_in_process("experiments.run", [*args, "trainer.max_epochs=2", "resume=true"], ROOT)
+    assert again.returncode == 2
+    assert (f"init_weights={weights} holds other weights than when the run started (sha256 "
+            f"{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}... now, {recorded[:12]}... then)"
+            in again.stderr.strip().splitlines()[-1]), again.stderr[-2000:]
+    weights.write_bytes(trained.read_bytes())
+    back = run_in_process("experiments.run", [*args, "trainer.max_epochs=2", "resume=true"], ROOT)
+    assert back.returncode == 0, back.stderr[-2000:]
 
 
 def test_a_sweep_job_in_a_reused_folder_does_not_overwrite_the_file_it_starts_from(tmp_path):
