@@ -84,11 +84,13 @@ def collect(root: Path, include_debug: bool = False) -> tuple[list[dict], list[d
 
 def _init(cfg: dict) -> str:
     """``fresh``, the ``init_weights=`` file, or ``<init_weights_module> from <file>`` (another setting; first, so
-    a long path cut short still shows it)."""
-    path, module = cfg.get("init_weights"), cfg.get("init_weights_module")
+    a long path cut short still shows it), with the file's recorded SHA-256 prefix first too: two files saved at one
+    path one after the other are two settings, not seeds of one."""
+    path, module, sha = cfg.get("init_weights"), cfg.get("init_weights_module"), cfg.get("init_weights_sha256")
     if not path:
         return "fresh"
-    return plain_text(path if module in (None, "") else f"{plain_text(module, 60)} from {plain_text(path)}", 200)
+    text = plain_text(path if module in (None, "") else f"{plain_text(module, 60)} from {plain_text(path)}", 200)
+    return f"{plain_text(sha, 80)[:12]} {text}"[:200] if sha else text
 
 
 def _net(node: Any) -> str:

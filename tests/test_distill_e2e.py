@@ -193,6 +193,15 @@ def test_a_student_started_from_init_weights_is_not_pooled_with_fresh_ones(tmp_p
     rows = [r for r in kd_report.report(tmp_path)["table1"] if r["method"].startswith("hlfd") and r["dataset"] == "KiTS"]
     assert sorted(r["n_seeds"] for r in rows) == [1, 1], rows
     assert any("init=/runs/pretrained/student.pt" in r["method"] for r in rows), rows
+    # a third student from the same path, but the file saved over since (its recorded SHA-256 differs)
+    _fake_run(tmp_path, "2_s3", "hlfd", "kits", 3, 0.30, -0.3)
+    for name, sha in (("1_s2", "a" * 64), ("2_s3", "b" * 64)):
+        cfg = json.loads((tmp_path / name / "config.yaml").read_text())
+        cfg.update(init_weights="/runs/pretrained/student.pt", init_weights_sha256=sha)
+        (tmp_path / name / "config.yaml").write_text(json.dumps(cfg))
+    rows = [r for r in kd_report.report(tmp_path)["table1"] if r["method"].startswith("hlfd") and r["dataset"] == "KiTS"]
+    assert sorted(r["n_seeds"] for r in rows) == [1, 1, 1], rows
+    assert any("init=aaaaaaaaaaaa /runs/pretrained/student.pt" in r["method"] for r in rows), rows
 
 
 def test_table2_keeps_settings_apart(tmp_path):
