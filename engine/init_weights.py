@@ -230,7 +230,7 @@ def _file_changed(saved: Mapping[str, Any], cfg: Any) -> list[str]:
     old, path = saved.get(SHA), saved.get(KEY)
     if not old or not path or not os.path.isfile(str(path)):
         return []  # a run from before the hash was kept; a missing file is check_init_weights' one line
-    new = file_sha256(str(path))
+    new, old = file_sha256(str(path)), str(old)  # config.yaml is data: whatever it holds is compared as text
     if new == old:
         return []
     return [f"{KEY}={path} holds other weights than when the run started (sha256 {new[:12]}... now, {old[:12]}... "
