@@ -60,6 +60,12 @@ def check_init_weights(cfg: DictConfig) -> None:
         where = "" if given.is_absolute() else f" (relative to the working directory {Path.cwd()})"
         raise ConfigError(f"{KEY}={path}: no such file{where}; a run's checkpoints/best.ckpt, a student.pt or a "
                           f"global_final.pt")
+    if given.is_dir():  # a walkthrough: a run's folder or its checkpoints/ gave an IsADirectoryError traceback
+        inside = [str(given / name) for name in ("checkpoints/best.ckpt", "best.ckpt", "student.pt", "global_final.pt")
+                  if (given / name).is_file()]
+        hint = f": name the file in it, e.g. {KEY}={inside[0]}" if inside else (
+            ": name a file, a run's checkpoints/best.ckpt, a student.pt or a global_final.pt")
+        raise ConfigError(f"{KEY}={path} is a folder{hint}")
     if not cfg.get("train", True):
         raise ConfigError(f"{KEY}={path} starts training from weights, but train=false only tests: test a "
                           f"checkpoint with ckpt_path=")

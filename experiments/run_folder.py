@@ -130,8 +130,13 @@ def another_run(run: Path, config: DictConfig) -> str | None:
     why = (" (a resumed run takes its optimiser and schedule from its checkpoint, so new values would not apply; a "
            "cosine T_max follows trainer.max_epochs: a longer run is a new run)"
            if any(d.startswith(("module.optimizer", "module.scheduler")) for d in diffs) else "")
+    # init_weights= as config.yaml records it (absolute): the overrides keep the path as typed, relative to the
+    # working directory of whichever command last ran there (a walkthrough: the suggested command was refused again)
+    first = saved.get("init_weights")
+    overrides = [f"init_weights={first}" if isinstance(first, str) and first and str(o).lstrip("+").startswith("init_weights=") else o
+                 for o in saved_overrides(run)]
     return (f"resume={run} composes another run than the one in it: {shown}{why}. Repeat the run's overrides: "
-            f"{continue_command(saved_overrides(run), run)}")
+            f"{continue_command(overrides, run)}")
 
 
 def resume_problem(run: Path, config: DictConfig) -> str | None:

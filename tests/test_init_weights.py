@@ -445,3 +445,40 @@ def test_a_student_encoder_from_a_backbone_file_end_to_end_and_its_resume(resnet
                                                "module.optimizer.lr=1e-12"], ROOT)
     assert again.returncode == 2, again.stderr[-2000:]
     assert "init_weights_module='encoder.layer1' (the run's 'encoder')" in again.stderr.strip().splitlines()[-1]
+
+
+def test_a_folder_as_init_weights_is_one_line_naming_the_file_in_it(trained, tmp_path):
+    """A walkthrough: ``init_weights=<run>/checkpoints`` (or the run's folder) ended in an IsADirectoryError
+    traceback (exit 1) from hashing the file, with no failed.json."""
+    for folder, suggested in ((trained.parent, trained), (trained.parent.parent, trained)):
+        run = tmp_path / folder.name
+        proc = run_in_process("experiments.run", [*DIGITS, f"init_weights={folder}", f"hydra.run.dir={run}",
+                                                  f"paths.root_dir={tmp_path}"], ROOT)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines() == [
+            f"error: ConfigError: init_weights={folder} is a folder: name the file in it, e.g. init_weights={suggested}"]
+        assert "is a folder" in json.loads((run / "failed.json").read_text())["error"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_in_process("experiments.run", [*DIGITS, f"init_weights={empty}", f"paths.root_dir={tmp_path}"], ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: ConfigError: init_weights={empty} is a folder: name a file, a run's checkpoints/best.ckpt, a "
+        f"student.pt or a global_final.pt")
+
+
+def test_a_refused_resume_suggests_the_recorded_absolute_init_weights_path(trained, tmp_path):
+    """A walkthrough: a run started (or last resumed) with ``init_weights=<relative path>`` from another working
+    directory was told to repeat ``init_weights=<that relative path>``, which the suggested command then refused."""
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    (where / "w.ckpt").write_bytes(trained.read_bytes())
+    run = tmp_path / "run"
+    first = run_in_process("experiments.run", [*DIGITS, "trainer.max_epochs=1", "test=false", "init_weights=w.ckpt",
+                                               f"hydra.run.dir={run}", f"paths.root_dir={tmp_path}"], where)
+    assert first.returncode == 0, first.stderr[-2000:]
+    proc = run_in_process("experiments.run", [*DIGITS, "trainer.max_epochs=1", "test=false", f"resume={run}",
+                                              f"paths.root_dir={tmp_path}"], ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert f" init_weights={where / 'w.ckpt'} " in line and "init_weights=w.ckpt" not in line, line
