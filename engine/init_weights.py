@@ -226,18 +226,28 @@ def resume_difference(saved: Mapping[str, Any], cfg: Any) -> list[str]:
             old, new = (None if v in (None, "") else str(v) for v in (old, new))
         if old != new:
             out.append(f"{key}={new!r} (the run's {old!r})")
-    return out or _file_changed(saved, cfg)
+    return out
 
 
-def _file_changed(saved: Mapping[str, Any], cfg: Any) -> list[str]:
-    """The same ``init_weights`` path holding other bytes than when the run started (its recorded SHA-256): a
-    resumed federation would send other local layers and score its baselines from other weights than it began
-    with. Hashed here, since a resume is checked before :func:`check_init_weights` records the new hash."""
-    old, path = saved.get(SHA), saved.get(KEY)
-    if not old or not path or not os.path.isfile(str(path)):
-        return []  # a run from before the hash was kept; a missing file is check_init_weights' one line
-    new, old = file_sha256(str(path)), str(old)  # config.yaml is data: whatever it holds is compared as text
-    if new == old:
-        return []
-    return [f"{KEY}={path} holds other weights than when the run started (sha256 {new[:12]}... now, {old[:12]}... "
-            f"then): give the file it started from"]
+def started_file_problem(saved: Mapping[str, Any], cfg: Any) -> str | None:
+    """Why a resume cannot go on with the ``init_weights`` file the run started from, or None: the file is gone, or
+    holds other bytes than its recorded SHA-256 (a retrained model saved over it). A resumed federation sends its
+    local layers and scores its baselines from that file, and a single run counts what it gave (``metrics.json``),
+    so a resume needs it as it was. Checked with the other resume checks, before Hydra writes into the run's folder
+    (a walkthrough: a deleted file was found only after, and the finished run's folder got a ``failed.json``)."""
+    path, old = saved.get(KEY), saved.get(SHA)
+    if not isinstance(path, str) or not path:
+        return None
+    given = cfg.get(KEY)
+    if given in (None, "") or os.path.abspath(os.path.expanduser(str(given))) != os.path.abspath(path):
+        return None  # another path, or none: resume_difference names it
+    then = f" (sha256 {str(old)[:12]}... when it started)" if old else ""
+    if not os.path.isfile(path):
+        return f"{KEY}={path}, the file this run started from, is gone{then}: put it back to resume the run"
+    if not old:
+        return None  # a run from before the checksum was kept
+    new = file_sha256(path)
+    if new == str(old):  # config.yaml is data: whatever it holds is compared as text
+        return None
+    return (f"{KEY}={path} holds other weights than when the run started (sha256 {new[:12]}... now, "
+            f"{str(old)[:12]}... then): put back the file it started from to resume the run")

@@ -109,7 +109,7 @@ def unusable_resume_state(run: Path, federation: bool, store_dir: Any = "client_
 def another_run(run: Path, config: DictConfig) -> str | None:
     """Why ``config`` does not continue the run in ``run`` (another net, other data settings or split than
     its ``config.yaml``), with the command that does; ``None`` when it does or the run has no config yet."""
-    from engine.init_weights import resume_difference
+    from engine.init_weights import resume_difference, started_file_problem
     from engine.run_match import (continue_command, debug_difference, differences, resume_keys, saved_config,
                                   saved_overrides)
 
@@ -124,8 +124,9 @@ def another_run(run: Path, config: DictConfig) -> str | None:
                  *differences(saved, ran, resume_keys(saved))]
     except Exception:  # noqa: BLE001 - a config that does not resolve here fails with its own message later
         return None
-    if not diffs:
-        return None
+    if not diffs:  # the same settings: the init_weights file must still be the one it started from
+        problem = started_file_problem(saved, ran)
+        return None if problem is None else f"resume={run}: {problem}"
     shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
     why = (" (a resumed run takes its optimiser and schedule from its checkpoint, so new values would not apply; a "
            "cosine T_max follows trainer.max_epochs: a longer run is a new run)"
@@ -133,8 +134,8 @@ def another_run(run: Path, config: DictConfig) -> str | None:
     # init_weights= as config.yaml records it (absolute): the overrides keep the path as typed, relative to the
     # working directory of whichever command last ran there (a walkthrough: the suggested command was refused again)
     first = saved.get("init_weights")
-    overrides = [f"init_weights={first}" if isinstance(first, str) and first and str(o).lstrip("+").startswith("init_weights=") else o
-                 for o in saved_overrides(run)]
+    overrides = [f"init_weights={first}" if isinstance(first, str) and first
+                 and str(o).lstrip("+").startswith("init_weights=") else o for o in saved_overrides(run)]
     return (f"resume={run} composes another run than the one in it: {shown}{why}. Repeat the run's overrides: "
             f"{continue_command(overrides, run)}")
 

@@ -328,9 +328,19 @@ def test_a_resume_from_a_file_replaced_at_the_same_path_is_refused(trained, tmp_
     torch.save(_net().state_dict(), weights)  # another model saved over the file, same path
     again = run_in_process("experiments.run", [*args, "trainer.max_epochs=2", "resume=true"], ROOT)
     assert again.returncode == 2
-    assert (f"init_weights={weights} holds other weights than when the run started (sha256 "
-            f"{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}... now, {recorded[:12]}... then)"
-            in again.stderr.strip().splitlines()[-1]), again.stderr[-2000:]
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"error: resume={run}: init_weights={weights} holds other weights than when the run started (sha256 "
+        f"{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}... now, {recorded[:12]}... then): put back the "
+        f"file it started from to resume the run"), again.stderr[-2000:]  # no command to repeat: it cannot help
+    hydra = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
+    weights.unlink()  # gone: refused with the other resume checks, before Hydra writes into the finished run
+    gone = run_in_process("experiments.run", [*args, "trainer.max_epochs=2", "resume=true"], ROOT)
+    assert gone.returncode == 2
+    assert gone.stderr.strip().splitlines()[-1] == (
+        f"error: resume={run}: init_weights={weights}, the file this run started from, is gone (sha256 "
+        f"{recorded[:12]}... when it started): put it back to resume the run"), gone.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == hydra
+    assert not (run / "failed.json").exists()
     weights.write_bytes(trained.read_bytes())
     back = run_in_process("experiments.run", [*args, "trainer.max_epochs=2", "resume=true"], ROOT)
     assert back.returncode == 0, back.stderr[-2000:]
