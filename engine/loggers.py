@@ -1,8 +1,8 @@
 """The run's loggers: :func:`build_loggers` builds ``cfg.logger`` (a W&B run keeps one id per run folder), and
-:class:`ResumableCSVLogger` is a CSV logger that keeps history across ``resume``: Lightning's CSVLogger deletes ``metrics.csv`` when its
-folder exists (so a resumed run lost every epoch before the resume) and cannot widen the header of a file
-whose columns it did not log itself in this process. What the interrupted run logged after its last
-checkpoint is dropped on resume (:func:`forget_from`): those steps run again, and an audit found each of
+:class:`ResumableCSVLogger` is a CSV logger that keeps history across ``resume``: Lightning's CSVLogger deletes
+``metrics.csv`` when its folder exists (so a resumed run lost every epoch before the resume) and cannot widen the
+header of a file whose columns it did not log itself in this process. What the interrupted run logged after its
+last checkpoint is dropped on resume (:func:`forget_from`): those steps run again, and an audit found each of
 them twice in ``metrics.csv``."""
 from __future__ import annotations
 
