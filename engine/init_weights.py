@@ -210,6 +210,11 @@ def init_metrics(counts: Mapping[str, int] | None) -> dict[str, int]:
     return {f"{KEY}/{k}": int(v) for k, v in (counts or {}).items()}
 
 
+def _absolute(path: Any) -> str | None:
+    """An ``init_weights`` value as an absolute path (``~`` expanded), None when unset: how a resume compares them."""
+    return None if path in (None, "") else os.path.abspath(os.path.expanduser(str(path)))
+
+
 def resume_difference(saved: Mapping[str, Any], cfg: Any) -> list[str]:
     """A resumed run keeps the weights it started from: ``init_weights`` (compared as absolute paths),
     ``init_weights_strict`` and ``init_weights_module`` as its ``config.yaml`` has them (a review: a resume without
@@ -221,7 +226,7 @@ def resume_difference(saved: Mapping[str, Any], cfg: Any) -> list[str]:
             continue  # (one from before init_weights_module had none: compared as none)
         old, new = saved.get(key), cfg.get(key, True if key == STRICT else None)
         if key == KEY:
-            old, new = (None if v in (None, "") else os.path.abspath(os.path.expanduser(str(v))) for v in (old, new))
+            old, new = _absolute(old), _absolute(new)
         elif key == MODULE:
             old, new = (None if v in (None, "") else str(v) for v in (old, new))
         if old != new:
@@ -238,8 +243,7 @@ def started_file_problem(saved: Mapping[str, Any], cfg: Any) -> str | None:
     path, old = saved.get(KEY), saved.get(SHA)
     if not isinstance(path, str) or not path:
         return None
-    given = cfg.get(KEY)
-    if given in (None, "") or os.path.abspath(os.path.expanduser(str(given))) != os.path.abspath(path):
+    if _absolute(cfg.get(KEY)) != _absolute(path):
         return None  # another path, or none: resume_difference names it
     then = f" (sha256 {str(old)[:12]}... when it started)" if old else ""
     if not os.path.isfile(path):
