@@ -211,12 +211,13 @@ def init_metrics(counts: Mapping[str, int] | None) -> dict[str, int]:
 
 
 def _absolute(path: Any) -> str | None:
-    """An ``init_weights`` value as an absolute path (``~`` expanded), None when unset: how a resume compares them."""
-    return None if path in (None, "") else os.path.abspath(os.path.expanduser(str(path)))
+    """An ``init_weights`` value as a resolved absolute path (``~`` expanded, symlinks followed), None when unset: how
+    a resume compares them (a link to the file the run started from is that file; its bytes are checked apart)."""
+    return None if path in (None, "") else os.path.realpath(os.path.expanduser(str(path)))
 
 
 def resume_difference(saved: Mapping[str, Any], cfg: Any) -> list[str]:
-    """A resumed run keeps the weights it started from: ``init_weights`` (compared as absolute paths),
+    """A resumed run keeps the weights it started from: ``init_weights`` (compared as resolved absolute paths),
     ``init_weights_strict`` and ``init_weights_module`` as its ``config.yaml`` has them (a review: a resume without
     them rewrote config.yaml with none, and a federation's matrix baselines then trained from a fresh
     initialisation)."""
@@ -225,11 +226,14 @@ def resume_difference(saved: Mapping[str, Any], cfg: Any) -> list[str]:
         if key not in saved and (key != MODULE or KEY not in saved):  # a run from before init_weights existed
             continue  # (one from before init_weights_module had none: compared as none)
         old, new = saved.get(key), cfg.get(key, True if key == STRICT else None)
-        if key == KEY:
-            old, new = _absolute(old), _absolute(new)
-        elif key == MODULE:
-            old, new = (None if v in (None, "") else str(v) for v in (old, new))
-        if old != new:
+        if key == KEY:  # compared resolved, printed as given made absolute (the link a user named)
+            differ = _absolute(old) != _absolute(new)
+            old, new = (None if v in (None, "") else os.path.abspath(os.path.expanduser(str(v))) for v in (old, new))
+        else:
+            if key == MODULE:
+                old, new = (None if v in (None, "") else str(v) for v in (old, new))
+            differ = old != new
+        if differ:
             out.append(f"{key}={new!r} (the run's {old!r})")
     return out
 

@@ -492,3 +492,25 @@ def test_a_refused_resume_suggests_the_recorded_absolute_init_weights_path(train
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = proc.stderr.strip().splitlines()[-1]
     assert f" init_weights={where / 'w.ckpt'} " in line and "init_weights=w.ckpt" not in line, line
+
+
+def test_a_resume_naming_a_link_to_the_file_it_started_from_is_that_file(tmp_path):
+    """A resume compares ``init_weights`` resolved: a symlink to the file the run started from (or the file, for a
+    run started from a link) is the same weights, whose bytes :func:`started_file_problem` checks apart; another
+    file is still a difference (was: compared as link paths, so the same file by a link was refused)."""
+    from engine.init_weights import SHA, file_sha256, resume_difference, started_file_problem
+
+    weights, other = tmp_path / "best.ckpt", tmp_path / "other.ckpt"
+    weights.write_bytes(b"weights")
+    other.write_bytes(b"other")
+    link = tmp_path / "link.ckpt"
+    link.symlink_to(weights)
+    saved = {"init_weights": str(weights), "init_weights_strict": True, SHA: file_sha256(weights)}
+    assert resume_difference(saved, {"init_weights": str(link), "init_weights_strict": True}) == []
+    assert started_file_problem(saved, {"init_weights": str(link)}) is None
+    from_link = {**saved, "init_weights": str(link)}
+    assert resume_difference(from_link, {"init_weights": str(weights), "init_weights_strict": True}) == []
+    assert resume_difference(saved, {"init_weights": str(other), "init_weights_strict": True}) == [
+        f"init_weights={str(other)!r} (the run's {str(weights)!r})"]
+    weights.write_bytes(b"retrained")  # the link's file holds other bytes now: refused by its checksum
+    assert "holds other weights" in started_file_problem(saved, {"init_weights": str(link)})
