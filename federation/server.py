@@ -132,7 +132,8 @@ class Server:
                         str(sched.get("_target_", "?")).rsplit(".", 1)[-1], self.fed.get("local_epochs"))
         self.template = build_module(cfg)
         # init_weights=: round 0's global model and the matrix's baselines start from it (a resume: server.pt's)
-        self.init_counts = init_from_config(cfg, self.template.net)  # metrics.json's init_weights/* (None: no file)
+        resuming = bool(cfg.get("resume")) and (self.out / SERVER_CKPT).is_file()  # its log says round 0's model only
+        self.init_counts = init_from_config(cfg, self.template.net, quiet=resuming)  # metrics.json's init_weights/*
         self.init_state = None if self.init_counts is None else \
             {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}
         self.global_state = {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}

@@ -68,12 +68,12 @@ def test_a_federation_from_init_weights_starts_its_global_model_and_baselines_fr
     matrix's standalone and centralised rows train from it too, so the rows compare like with like: with that lr
     every row scores as the global model does (from a fresh initialisation, the baselines would not)."""
     run = tmp_path / "fed"
-    proc = run_in_process("experiments.run", [
-        "+exp=fed_digits_datashare", "logger=csv", "model.width=4", "federation.progress=false",
-        "trainer.limit_train_batches=2", "federation.rounds=1", "federation.num_clients=4",
-        "federation.clients_per_round=2", "federation.local_epochs=1", "federation.evaluation_matrix=true",
-        "federation.matrix.max_clients=2", "module.optimizer.lr=1e-12", f"init_weights={trained}",
-        f"hydra.run.dir={run}", f"paths.root_dir={tmp_path}"], ROOT)
+    args = ["+exp=fed_digits_datashare", "logger=csv", "model.width=4", "federation.progress=false",
+            "trainer.limit_train_batches=2", "federation.rounds=1", "federation.num_clients=4",
+            "federation.clients_per_round=2", "federation.local_epochs=1", "federation.evaluation_matrix=true",
+            "federation.matrix.max_clients=2", "module.optimizer.lr=1e-12", f"init_weights={trained}",
+            f"hydra.run.dir={run}", f"paths.root_dir={tmp_path}"]
+    proc = run_in_process("experiments.run", args, ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     given = _learned(_net_state(trained))
     final = _learned(torch.load(run / "global_final.pt", weights_only=True))
@@ -85,8 +85,15 @@ def test_a_federation_from_init_weights_starts_its_global_model_and_baselines_fr
     assert {"0_baseline", "1_baseline", "centralised"} <= rows.keys()
     assert {rows[k] for k in ("FL_global", "0_baseline", "1_baseline", "centralised")} == {rows["FL_global"]}
     metrics = json.loads((run / "metrics.json").read_text())  # round 0's load, as a single run's
-    assert {k: metrics.get(f"init_weights/{k}") for k in ("loaded", "kept", "unused")} == {
-        "loaded": len(_net_state(trained)), "kept": 0, "unused": 0}
+    counts = {"loaded": len(_net_state(trained)), "kept": 0, "unused": 0}
+    assert {k: metrics.get(f"init_weights/{k}") for k in ("loaded", "kept", "unused")} == counts
+    said = f"init_weights: the net starts from {trained}"
+    assert said in proc.stdout + proc.stderr
+    again = run_in_process("experiments.run", [*args, "resume=true"], ROOT)  # finished: only its finish runs again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert said not in again.stdout + again.stderr  # its global model is server.pt's (was: said round 0's file)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {k: metrics.get(f"init_weights/{k}") for k in ("loaded", "kept", "unused")} == counts
 
 
 @pytest.mark.parametrize("extra, needle", [
