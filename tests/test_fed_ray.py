@@ -479,3 +479,20 @@ def test_ship_code_on_a_ray_started_without_it_is_one_line(local_ray):
                                             r"working_dir") as err:
         _executor(num_workers=1, ship_code=True)
     assert "\n" not in str(err.value)
+
+
+def test_ship_code_sends_the_project_folders_and_leaves_any_other_top_level_entry(tmp_path):
+    """``ship_code`` names what to send, not what to leave: a checkout's untracked virtual environment, data or run
+    folder under any name stays behind (CI: a venv linked in as ``.venv_unused`` was packed, and the driver spent
+    its 240 s walking it), while the project's packages go, without weights or arrays inside them."""
+    from federation.transports.ray_cluster import SHIPPED, runtime_env, ship_excludes
+
+    for name in ("federation", "experiments", "tests", "venv", ".venv_unused", "scans", ".git", "README.md"):
+        (tmp_path / name).mkdir() if "." not in name[1:] else (tmp_path / name).write_text("x")
+    (tmp_path / "pyproject.toml").write_text("")
+    excludes = ship_excludes(tmp_path)
+    assert [e for e in excludes if e.startswith("/")] == ["/.git", "/.venv_unused", "/README.md", "/scans", "/venv"]
+    assert {"*.ckpt", "*.pt", "*.npy"} <= set(excludes)
+    assert {"federation", "experiments", "tests", "pyproject.toml"} <= set(SHIPPED)
+    env = runtime_env(ship_code=True)
+    assert env["working_dir"] == str(ROOT) and "/docs" in env["excludes"] and "/federation" not in env["excludes"]

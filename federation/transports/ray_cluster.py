@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from federation.transports import ExecutorError
-from federation.transports.code_identity import ROOT
+from federation.transports.code_identity import CODE_PACKAGES, ROOT
 from federation.transports.ray_worker import DRIVER_CWD, STORE_PROBE
 
 __all__ = ["check_address", "check_reachable", "concurrent_clients", "import_ray", "loopback_init", "connect",
@@ -140,11 +140,20 @@ def worker_env(ship_code: bool = False) -> dict[str, str]:
     return {k: v for k, v in env.items() if v}
 
 
-#: what ``ship_code`` leaves out of the uploaded checkout besides its ``.gitignore`` (Ray honours it): history,
-#: run folders, data and weights, which workers never import
-#: (gitignore patterns; ``/data`` is the checkout's data folder, not ``experiments/configs/data``)
-SHIP_EXCLUDES = ["/.git", "/.venv", "/logs", "/outputs", "/multirun", "/data", "/wandb", "/docs", "*.ckpt", "*.pt",
-                 "*.npz", "*.npy", "*.nii", "*.nii.gz", "*.png", "__pycache__"]
+#: the checkout's top-level entries ``ship_code`` sends: the project's packages, the Ray tests' helpers and
+#: benchmarks (``tests.ray_helpers``: a worker imports a test's client function by name), and ``pyproject.toml``
+SHIPPED = (*CODE_PACKAGES, "tests", "benchmarks", "pyproject.toml")
+#: what ``ship_code`` leaves out inside those besides the ``.gitignore`` (Ray honours it): weights, arrays,
+#: images and caches, which workers never import (gitignore patterns)
+SHIP_EXCLUDES = ["*.ckpt", "*.pt", "*.npz", "*.npy", "*.nii", "*.nii.gz", "*.png", "__pycache__"]
+
+
+def ship_excludes(root: Path = ROOT) -> list[str]:
+    """Ray's ``excludes`` for the checkout at ``root``: every top-level entry but :data:`SHIPPED` (anchored), then
+    :data:`SHIP_EXCLUDES`. A list of what to send, not of what to leave: an untracked virtual environment, data or
+    run folder under any name stays behind (CI: a venv linked into the checkout as ``.venv_unused`` was packed,
+    and the driver spent its 240 s walking it before Ray's size limit could refuse it)."""
+    return sorted(f"/{p.name}" for p in root.iterdir() if p.name not in SHIPPED) + list(SHIP_EXCLUDES)
 
 
 def runtime_env(ship_code: bool) -> dict[str, Any]:
@@ -153,7 +162,7 @@ def runtime_env(ship_code: bool) -> dict[str, Any]:
     worker starts), so a node needs no checkout of its own and runs the driver's code, edits included."""
     env: dict[str, Any] = {"env_vars": worker_env(ship_code)}
     if ship_code:
-        env.update(working_dir=str(ROOT), excludes=list(SHIP_EXCLUDES))
+        env.update(working_dir=str(ROOT), excludes=ship_excludes())
     return env
 
 
