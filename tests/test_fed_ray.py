@@ -481,18 +481,30 @@ def test_ship_code_on_a_ray_started_without_it_is_one_line(local_ray):
     assert "\n" not in str(err.value)
 
 
-def test_ship_code_sends_the_project_folders_and_leaves_any_other_top_level_entry(tmp_path):
+def test_ship_code_sends_the_project_folders_and_leaves_any_other_top_level_entry(tmp_path, monkeypatch):
     """``ship_code`` names what to send, not what to leave: a checkout's untracked virtual environment, data or run
     folder under any name stays behind (CI: a venv linked in as ``.venv_unused`` was packed, and the driver spent
-    its 240 s walking it), while the project's packages go, without weights or arrays inside them."""
-    from federation.transports.ray_cluster import SHIPPED, runtime_env, ship_excludes
+    its 240 s walking it), while the project's packages go, without weights or arrays inside them, and so does a
+    user's own package beside them (``__init__.py``) or one ``allow_targets`` names (a review: docs/extending.md's
+    ``my_nets`` stayed behind). A name with pattern characters is that name (``runs[1]``, not ``runs1``)."""
+    import pathspec
 
-    for name in ("federation", "experiments", "tests", "venv", ".venv_unused", "scans", ".git", "README.md"):
-        (tmp_path / name).mkdir() if "." not in name[1:] else (tmp_path / name).write_text("x")
+    from federation.transports.ray_cluster import SHIPPED, runtime_env, ship_excludes
+    from lightning_modules.targets import ENV
+
+    monkeypatch.setenv(ENV, "mylab.nets,other")
+    for name in ("federation", "experiments", "tests", "venv", ".venv_unused", "scans", "runs[1]", ".git", "my_nets",
+                 "mylab"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "my_nets" / "__init__.py").write_text("")
     (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "README.md").write_text("")
     excludes = ship_excludes(tmp_path)
-    assert [e for e in excludes if e.startswith("/")] == ["/.git", "/.venv_unused", "/README.md", "/scans", "/venv"]
+    assert [e for e in excludes if e.startswith("/")] == ["/.git", "/.venv_unused", "/README.md", r"/runs\[1\]",
+                                                          "/scans", "/venv"]
     assert {"*.ckpt", "*.pt", "*.npy"} <= set(excludes)
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", excludes)  # as Ray reads them
+    assert spec.match_file("runs[1]/a.py") and not spec.match_file("my_nets/a.py") and spec.match_file("venv/x.py")
     assert {"federation", "experiments", "tests", "pyproject.toml"} <= set(SHIPPED)
     env = runtime_env(ship_code=True)
     assert env["working_dir"] == str(ROOT) and "/docs" in env["excludes"] and "/federation" not in env["excludes"]

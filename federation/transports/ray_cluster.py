@@ -140,20 +140,34 @@ def worker_env(ship_code: bool = False) -> dict[str, str]:
     return {k: v for k, v in env.items() if v}
 
 
-#: the checkout's top-level entries ``ship_code`` sends: the project's packages, the Ray tests' helpers and
+#: the checkout's top-level entries ``ship_code`` always sends: the project's packages, the Ray tests' helpers and
 #: benchmarks (``tests.ray_helpers``: a worker imports a test's client function by name), and ``pyproject.toml``
 SHIPPED = (*CODE_PACKAGES, "tests", "benchmarks", "pyproject.toml")
-#: what ``ship_code`` leaves out inside those besides the ``.gitignore`` (Ray honours it): weights, arrays,
+#: what ``ship_code`` leaves out inside what it sends besides the ``.gitignore`` (Ray honours it): weights, arrays,
 #: images and caches, which workers never import (gitignore patterns)
 SHIP_EXCLUDES = ["*.ckpt", "*.pt", "*.npz", "*.npy", "*.nii", "*.nii.gz", "*.png", "__pycache__"]
 
 
+def _sent(entry: Path) -> bool:
+    """A top-level entry ``ship_code`` sends: :data:`SHIPPED`, a user's package beside them (a folder with an
+    ``__init__.py``, as docs/extending.md's ``my_nets``), or a folder ``allow_targets`` names (a namespace package)."""
+    from lightning_modules.targets import extra_prefixes
+
+    allowed = {p.split(".", 1)[0] for p in extra_prefixes()}
+    return entry.name in SHIPPED or entry.is_dir() and (entry.name in allowed or (entry / "__init__.py").is_file())
+
+
 def ship_excludes(root: Path = ROOT) -> list[str]:
-    """Ray's ``excludes`` for the checkout at ``root``: every top-level entry but :data:`SHIPPED` (anchored), then
-    :data:`SHIP_EXCLUDES`. A list of what to send, not of what to leave: an untracked virtual environment, data or
-    run folder under any name stays behind (CI: a venv linked into the checkout as ``.venv_unused`` was packed,
-    and the driver spent its 240 s walking it before Ray's size limit could refuse it)."""
-    return sorted(f"/{p.name}" for p in root.iterdir() if p.name not in SHIPPED) + list(SHIP_EXCLUDES)
+    """Ray's ``excludes`` for the checkout at ``root``: an anchored exclude for every top-level entry not sent
+    (:func:`_sent`), then :data:`SHIP_EXCLUDES`. It says what to send, not what to leave: an untracked virtual
+    environment, data or run folder under any name stays behind (CI: a venv linked into the checkout as
+    ``.venv_unused`` was packed, and the driver spent its 240 s walking it before Ray's size limit could refuse it).
+    Names are escaped for gitignore's pattern syntax (a folder ``runs[1]`` is that folder, not a character class)."""
+    return sorted("/" + _escaped(p.name) for p in root.iterdir() if not _sent(p)) + list(SHIP_EXCLUDES)
+
+
+def _escaped(name: str) -> str:
+    return "".join("\\" + c if c in "[]*?!#\\" else c for c in name)
 
 
 def runtime_env(ship_code: bool) -> dict[str, Any]:
