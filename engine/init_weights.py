@@ -66,6 +66,9 @@ def check_init_weights(cfg: DictConfig) -> None:
         hint = f": name the file in it, e.g. {KEY}={inside[0]}" if inside else (
             ": name a file, a run's checkpoints/best.ckpt, a student.pt or a global_final.pt")
         raise ConfigError(f"{KEY}={path} is a folder{hint}")
+    if not given.is_file():  # before it is hashed: a FIFO blocked the run for ever, /dev/zero read for ever (a review)
+        what = "a link to nothing" if not given.exists() else "not a regular file (a FIFO, socket or device)"
+        raise ConfigError(f"{KEY}={path} is {what}; a run's checkpoints/best.ckpt, a student.pt or a global_final.pt")
     if not cfg.get("train", True):
         raise ConfigError(f"{KEY}={path} starts training from weights, but train=false only tests: test a "
                           f"checkpoint with ckpt_path=")

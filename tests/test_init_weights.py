@@ -521,3 +521,38 @@ def test_a_resume_naming_a_link_to_the_file_it_started_from_is_that_file(tmp_pat
         f"init_weights={str(other)!r} (the run's {str(weights)!r})"]
     weights.write_bytes(b"retrained")  # the link's file holds other bytes now: refused by its checksum
     assert "holds other weights" in started_file_problem(saved, {"init_weights": str(link)})
+
+
+def test_a_fifo_or_a_link_to_nothing_as_init_weights_is_one_line_not_a_hang(tmp_path):
+    """A review: the file was hashed before anything checked it was a regular file, so a FIFO without a writer
+    blocked the run for ever (and ``/dev/zero`` read for ever); a link to nothing is named as one too."""
+    import os
+    import threading
+
+    from omegaconf import OmegaConf
+
+    from engine.init_weights import check_init_weights
+    from lightning_modules.errors import ConfigError
+
+    fifo, dangling = tmp_path / "weights.fifo", tmp_path / "gone.ckpt"
+    os.mkfifo(fifo)
+    dangling.symlink_to(tmp_path / "nothing.ckpt")
+    for path, what in ((fifo, "is not a regular file (a FIFO, socket or device)"), (dangling, "is a link to nothing")):
+        raised: list[BaseException] = []
+
+        def check(path=path):
+            try:
+                check_init_weights(OmegaConf.create({"init_weights": str(path)}))
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                raised.append(exc)
+
+        thread = threading.Thread(target=check, daemon=True)
+        thread.start()
+        thread.join(timeout=10)
+        if thread.is_alive():
+            with open(fifo, "wb"):  # unblock the hashing reader so the daemon thread ends
+                pass
+            pytest.fail(f"check_init_weights({path}) still reading after 10 s")
+        assert len(raised) == 1 and isinstance(raised[0], ConfigError), raised
+        assert str(raised[0]) == f"init_weights={path} {what}; a run's checkpoints/best.ckpt, a student.pt or a " \
+                                 f"global_final.pt"
