@@ -185,7 +185,7 @@ RUN_ARTEFACTS = RESULT_FILES + (
     "checkpoints", "csv", "wandb", "wandb_id.txt", "wandb_identity.json", "env.json",  # every run
     "learning_curves.png", "test_roc.png", "test_overlays.png", "confusion_matrix_test.png",
     "teacher", "student.pt", "teacher.pt", "kd_maps.png",  # a distillation
-    "server.pt", "global_best.pt", "global_final.pt", "global_best_local.pt", "best_local", "client_store",
+    "server.pt", "federation_id.txt", "global_best.pt", "global_final.pt", "global_best_local.pt", "best_local", "client_store",
     "rounds.csv", "partition.json", "partition.md", "partition.png", "fed_curves.png", "fed_compare.png",
     "evaluation_matrix.csv", "evaluation_matrix.md",  # a federation (its flower/ stays: the launcher stops what a
     # killed launch of the folder left running by its launcher.json, and refuses while that launcher lives)

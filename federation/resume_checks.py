@@ -10,6 +10,7 @@ were tracebacks (or blamed the clients); a torch RNG state ``expand()``-ed to 3e
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -255,6 +256,7 @@ def _history_row(row: Any) -> bool:
 _CLIENT_KEYS = {
     "history": lambda v: isinstance(v, list),  # its rows: check_resumed_local (the store is generic)
     "last_round": _int,
+    "federation_id": lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{16}", v) is not None,  # store_owner
     "best_local_meta": lambda v: _meta(v, {"round": _int, "value": _real, "monitor": lambda m: isinstance(m, str)}),
     "best_local": lambda v: _meta(v, {"round": _int, "value": _real, "state": lambda s: isinstance(s, dict)}),
 }

@@ -49,6 +49,7 @@ from federation.core.sampling import client_seed
 from federation.core.strategies import DataSharing, Strategy, proximal_loss_term, strategy_class
 from federation.init_local import start_local
 from federation.store import ClientStore
+from federation.store_owner import FEDERATION_ID, claim_store
 from lightning_modules.base import is_argument_error
 from lightning_modules.errors import ConfigError
 
@@ -287,6 +288,7 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
     pl.seed_everything(seed, workers=True, verbose=False)
     module = build_module(client_module_cfg(cfg, client_id))  # the strategy needs the net (FedBN: BN keys)
     strategy = build_strategy(cfg.federation.strategy, module.net)
+    claim_store(store, best_local_store(store), client_id, config.get(FEDERATION_ID))  # another run's: moved aside
     saved = store.load_all(client_id, round=rnd)  # one read: local-only state and history before this round
     stored = saved.get("local_state") or {}
     local_state = module.net.state_dict()
@@ -315,6 +317,8 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
     history = list(saved.get("history") or [])
     history.append({"round": rnd, "num_samples": len(dm.train_dataset), "num_shared": dm.num_shared, **reported})
     record = {"local_state": local_only, "history": history, "last_round": rnd}
+    if config.get(FEDERATION_ID):
+        record[FEDERATION_ID] = str(config[FEDERATION_ID])
     if hasattr(module, "private_state"):
         record["private_state"] = {k: v.detach().cpu() for k, v in module.private_state().items()}
     store.update(client_id, record, round=rnd)  # replaces what a stopped attempt at this round wrote

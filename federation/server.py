@@ -51,6 +51,7 @@ from federation.plan import check_federation_config, check_teacher_given, split_
 from federation.runner import build_strategy, eval_trainer, quiet_lightning, register_base
 from federation.server_eval import evaluate_round, global_view_untrained, update_best
 from federation.server_resume import SERVER_CKPT, client_stores, resume_server, save_checkpoint
+from federation.store_owner import FEDERATION_ID, federation_id
 from federation.server_state import save_atomic
 from federation.deploy import LocalStates, mean_local, save_best_local, stored_local
 from federation.store import ClientStore
@@ -131,6 +132,7 @@ class Server:
                         "epoch(s); set module.scheduler=null for a constant learning rate (the fed_* experiments do)",
                         str(sched.get("_target_", "?")).rsplit(".", 1)[-1], self.fed.get("local_epochs"))
         self.template = build_module(cfg)
+        self.federation_id = federation_id(self.out)  # kept by a resume; a site's store is claimed with it
         # init_weights=: round 0's global model and the matrix's baselines start from it (a resume: server.pt's)
         resuming = bool(cfg.get("resume")) and (self.out / SERVER_CKPT).is_file()  # its log says round 0's model only
         self.init_counts = init_from_config(cfg, self.template.net, quiet=resuming)  # metrics.json's init_weights/*
@@ -253,6 +255,7 @@ class Server:
         for cid in ids:
             msg = self.strategy.server_message(self.global_state, rnd, cid)
             msg = replace(msg, init_local=self.init_local) if self.init_local else msg
+            msg = replace(msg, config={**msg.config, FEDERATION_ID: self.federation_id})  # whose state a store holds
             kw: dict[str, Any] = dict(server_message=msg, cfg=self.ccfg, indices=self.indices[cid],
                                       store=self.store if self.in_process else str(self.store.root))
             if self.in_process:

@@ -69,4 +69,7 @@ def test_a_federation_killed_mid_round_resumes_to_the_uninterrupted_end(tmp_path
     assert stores == sorted(p.relative_to(b / "client_store") for p in (b / "client_store").rglob("*.pt"))
     for rel in stores:
         x, y = _weights(a / "client_store" / rel), _weights(b / "client_store" / rel)
+        if "federation_id" in y:  # each run's own (federation.store_owner); the resumed run kept its first id
+            assert y.pop("federation_id") == (b / "federation_id.txt").read_text().strip(), rel
+            assert x.pop("federation_id") == (a / "federation_id.txt").read_text().strip(), rel
         assert _same(x, y), rel

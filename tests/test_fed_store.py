@@ -155,3 +155,49 @@ def test_fedbn_evaluation_reads_each_store_file_once_per_change(tmp_path, monkey
     _store_bn(server.store, "29", 8.0, rnd=1)  # a client trains: the view follows the store (0 + 1 + 2 + 8) / 4
     assert Server.module_for(server, glob, "5").net[1].running_mean[0].item() == pytest.approx(2.75)
     assert Server.module_for(server, glob, "29").net[1].running_mean[0].item() == 8.0
+
+
+def test_claim_store_sets_aside_another_federations_files_and_keeps_its_own_and_older_ones(tmp_path, caplog):
+    """:func:`federation.store_owner.claim_store`: a file of another federation moves, with its best-local file,
+    to ``earlier/<its id>/``; this federation's, one without an id (written before ids were kept) and a message
+    without an id leave the store as it is. ``federation_id.txt`` is created once and kept; a crafted one is one
+    line."""
+    from federation.errors import FederationError
+    from federation.store_owner import FEDERATION_ID, claim_store, federation_id
+
+    store, best = ClientStore(tmp_path / "s"), ClientStore(tmp_path / "s" / "best_local")
+    store.update("a", {"local_state": {"bn": torch.ones(2)}, FEDERATION_ID: "0" * 16})
+    best.save("a", "best_local", {"round": 1, "value": 0.5, "state": {"w": torch.ones(1)}})
+    store.update("b", {"local_state": {"bn": torch.ones(2)}})  # before ids were kept
+    for fed in (None, "0" * 16):
+        claim_store(store, best, "a", fed)
+        assert store.index() == ["a", "b"] and best.index() == ["a"]
+    claim_store(store, best, "b", "1" * 16)
+    assert store.index() == ["a", "b"]
+    with caplog.at_level("WARNING", logger="federation.runner"):
+        claim_store(store, best, "a", "1" * 16)
+    assert store.index() == ["b"] and best.index() == []
+    earlier = tmp_path / "s" / "earlier" / ("0" * 16)
+    assert ClientStore(earlier).load("a", FEDERATION_ID) == "0" * 16
+    assert ClientStore(earlier / "best_local").load("a", "best_local")["value"] == 0.5
+    assert "held the state of another federation (0000000000000000)" in caplog.text
+    first = federation_id(tmp_path / "run")
+    assert len(first) == 16 and federation_id(tmp_path / "run") == first
+    (tmp_path / "run" / "federation_id.txt").write_text("../x\n")
+    with pytest.raises(FederationError, match=r"federation_id.txt holds '../x', not a federation id"):
+        federation_id(tmp_path / "run")
+
+
+def test_a_crafted_federation_id_from_a_server_or_in_a_store_file_names_no_folder(tmp_path):
+    """The id names a folder (``earlier/<id>``): one from a peer or a file that is not 16 hex digits (``../x``)
+    is one line, never a path."""
+    from federation.errors import FederationError
+    from federation.store_owner import FEDERATION_ID, claim_store
+
+    store = ClientStore(tmp_path / "s")
+    with pytest.raises(FederationError, match=r"client a: the server's federation_id '../../x' is not 16 hex digits"):
+        claim_store(store, ClientStore(tmp_path / "s" / "best_local"), "a", "../../x")
+    store.update("a", {FEDERATION_ID: "../../x"})
+    with pytest.raises(FederationError, match=r"a.pt: federation_id is a str \('../../x'\): not a client store"):
+        claim_store(store, ClientStore(tmp_path / "s" / "best_local"), "a", "1" * 16)
+    assert not (tmp_path / "x").exists()

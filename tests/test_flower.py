@@ -130,6 +130,46 @@ def test_a_flower_sites_first_round_starts_its_batch_norm_from_the_init_file_the
         assert torch.allclose(local[k], torch.full_like(local[k], 3.0), atol=1e-6), k
 
 
+def test_a_sites_store_holding_another_federations_state_is_set_aside_not_loaded(tmp_path):
+    """A review: a Flower site keeps one ``store=`` for every federation its SuperNode serves, and a second
+    federation's first round loaded the first one's batch norm (and best-local weights, history) as its own,
+    ignoring the ``init_weights`` entries its server sent. Each run's server has its own id
+    (``federation_id.txt``), sent in every message and kept with the site's state: another federation's file moves
+    to ``<store>/earlier/<its id>/`` and the new one starts from what its server sent."""
+    from engine.init_weights import trained_net
+    from federation.loop import Server
+    from federation.store import ClientStore
+    from federation.store_owner import FEDERATION_ID
+    from federation.transports.flower.node import node_train
+
+    store = tmp_path / "site_store"
+    ids = []
+    for name, value in (("first", 5.0), ("second", 7.0)):
+        cfg = compose_run([*SMALL, "federation/strategy=fedbn", "module.optimizer.lr=1e-12"], tmp_path / name)
+        state = trained_net(cfg).state_dict()
+        bn = [k for k in state if k.endswith(".weight") and state[k].dim() == 1]
+        torch.save({**state, **{k: torch.full_like(state[k], value) for k in bn}}, tmp_path / f"{name}.pt")
+        OmegaConf.update(cfg, "init_weights", str(tmp_path / f"{name}.pt"), force_add=True)
+        server = Server(cfg)
+        ids.append(server.federation_id)
+        assert (tmp_path / name / "run" / "federation_id.txt").read_text().strip() == server.federation_id
+        job = server.jobs(0, server.client_ids[:1])[0]
+        msg, cid, ccfg, _ = decode_message(encode_message(job.kwargs["server_message"], job.client_id, OmegaConf.to_container(
+            job.kwargs["cfg"], resolve=True), {"privacy": "none"}))
+        assert msg.config[FEDERATION_ID] == server.federation_id
+        node_train(cid, msg, ccfg, {"site": cid, "partition": "derive", "store": str(store)})
+        local = ClientStore(store).load(cid, "local_state")
+        for k in bn:  # the second federation's, not the first's 5.0
+            assert torch.allclose(local[k], torch.full_like(local[k], value), atol=1e-6), (name, k)
+        assert ClientStore(store).load(cid, FEDERATION_ID) == server.federation_id
+        ClientStore(store).commit(cid)  # as its server does once the round's server.pt is saved
+    assert ids[0] != ids[1]
+    earlier = ClientStore(store / "earlier" / ids[0])
+    assert earlier.index() == [cid] and earlier.load(cid, FEDERATION_ID) == ids[0]  # set aside, not deleted
+    assert torch.allclose(earlier.load(cid, "local_state")[bn[0]], torch.full_like(local[bn[0]], 5.0), atol=1e-6)
+    assert Server(cfg).federation_id == ids[1]  # the run folder keeps its id (a resume sends the same)
+
+
 def test_wire_refuses_non_scalar_metrics():
     update = FedAvg().make_update("a", _state(), 5, {"acc": 0.5})
     content = encode_update(update)
