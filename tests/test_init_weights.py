@@ -339,6 +339,13 @@ def test_a_resume_from_a_file_replaced_at_the_same_path_is_refused(trained, tmp_
         f"error: resume={run}: init_weights={weights} holds other weights than when the run started (sha256 "
         f"{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}... now, {recorded[:12]}... then): put back the "
         f"file it started from to resume the run"), again.stderr[-2000:]  # no command to repeat: it cannot help
+    requeued = run_in_process("experiments.run", [*args, "trainer.max_epochs=2"], ROOT, env={"SLURM_RESTART_COUNT": "1"})
+    assert requeued.returncode == 2  # a review: a requeue (resume set by itself) skipped the check and recorded
+    assert requeued.stderr.strip().splitlines()[-1].startswith(  # the new file's checksum in config.yaml
+        f"error: SLURM requeue 1 of {run}: init_weights={weights} holds other weights than when the run started"), \
+        requeued.stderr[-2000:]
+    assert yaml.safe_load((run / "config.yaml").read_text())["init_weights_sha256"] == recorded
+    (run / "failed.json").unlink()  # the requeued job's: it says why the folder holds no new results
     hydra = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
     weights.unlink()  # gone: refused with the other resume checks, before Hydra writes into the finished run
     gone = run_in_process("experiments.run", [*args, "trainer.max_epochs=2", "resume=true"], ROOT)
