@@ -200,6 +200,13 @@ def init_from_config(cfg: DictConfig, net: nn.Module, quiet: bool = False) -> di
     if path in (None, ""):
         return None
     module = _module(cfg)
+    recorded = cfg.get(SHA)
+    if recorded:  # a review: a distillation's teacher trains for hours between the check and this load, and a
+        now = file_sha256(path)  # Flower ServerApp loads when `flwr run` is typed: the weights loaded are those
+        if now != str(recorded):  # config.yaml records, or none
+            raise ConfigError(f"{KEY}={path} changed since the run recorded it (sha256 {now[:12]}... now, "
+                              f"{str(recorded)[:12]}... in its config.yaml): it would train from other weights than "
+                              f"it records; start the run again")
     counts = load_init_weights(net, str(path), strict=bool(cfg.get(STRICT, True)), quiet=quiet, module=module)
     if not quiet:
         log.info("%s: the %s starts from %s (%d tensors)", KEY, "net" if module is None else f"net's {module}",

@@ -563,3 +563,26 @@ def test_a_fifo_or_a_link_to_nothing_as_init_weights_is_one_line_not_a_hang(tmp_
         assert len(raised) == 1 and isinstance(raised[0], ConfigError), raised
         assert str(raised[0]) == f"init_weights={path} {what}; a run's checkpoints/best.ckpt, a student.pt or a " \
                                  f"global_final.pt"
+
+
+def test_a_file_changed_after_its_checksum_was_recorded_is_refused_at_the_load(trained, tmp_path):
+    """A review: the checksum was taken at the start and the file loaded again later (a distillation's student
+    after its teacher trained; a Flower ServerApp when ``flwr run`` is typed), so config.yaml could name bytes the
+    run did not train from. The load compares the file with the recorded checksum."""
+    from omegaconf import OmegaConf
+
+    from engine.init_weights import SHA, file_sha256, init_from_config, trained_net
+    from lightning_modules.errors import ConfigError
+    from tests.hydra_helpers import compose_run
+
+    weights = tmp_path / "w.ckpt"
+    weights.write_bytes(trained.read_bytes())
+    cfg = compose_run([*DIGITS[:3], f"init_weights={weights}"], tmp_path)
+    OmegaConf.update(cfg, SHA, file_sha256(weights), force_add=True)
+    assert init_from_config(cfg, trained_net(cfg), quiet=True)["loaded"] == len(_net_state(trained))
+    recorded = cfg[SHA]
+    torch.save(_net().state_dict(), weights)  # saved over between the check and the load
+    with pytest.raises(ConfigError, match=rf"init_weights={weights} changed since the run recorded it \(sha256 "
+                                          rf"{file_sha256(weights)[:12]}\.\.\. now, {recorded[:12]}\.\.\. in its "
+                                          rf"config.yaml\)"):
+        init_from_config(cfg, trained_net(cfg), quiet=True)
