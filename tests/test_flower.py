@@ -72,6 +72,7 @@ def test_wire_carries_the_init_files_local_entries_exact_in_the_config_record():
     local = {k: v for k, v in state.items() if k.startswith("1.")}
     local["1.weight"] = torch.tensor([0.1, 1e-30], dtype=torch.float32)
     local["1.num_batches_tracked"] = torch.tensor(7)
+    local["1.mask"] = torch.tensor([True, False])  # a bool buffer (a review: refused at every site)
     msg = ServerMessage(0, {k: v for k, v in state.items() if k.startswith("0.")}, {}, init_local=local)
     for as_float in (False, True):
         content = encode_message(msg, "site_a", {}, {}, as_float)
@@ -85,7 +86,8 @@ def test_wire_carries_the_init_files_local_entries_exact_in_the_config_record():
     assert INIT_LOCAL not in encode_message(ServerMessage(0, state, {}), "a", {}).config_records["fitins.config"]
     for bad in ({"1.weight": ["float32", [2], [float("nan"), 1.0]]}, {"1.weight": ["float32", [1], [1e300]]},
                 {"1.weight": ["object", [1], [1.0]]}, {"1.weight": ["float32", [3], [1.0]]},
-                {"1.num_batches_tracked": ["int64", [], [0.5]]}, [1, 2]):
+                {"1.num_batches_tracked": ["int64", [], [0.5]]}, {"1.mask": ["bool", [1], [2]]},
+                {"1.num_batches_tracked": ["int64", [], [True]]}, [1, 2]):
         content.config_records["fitins.config"][INIT_LOCAL] = json.dumps(bad)
         with pytest.raises(ValueError, match="init_local"):
             decode_message(content)

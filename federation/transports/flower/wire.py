@@ -40,7 +40,7 @@ INTS = PREFIX + "ints"  # under DP: the integer entries, exact, as JSON
 INIT_LOCAL = PREFIX + "init_local"  # init_weights='s local entries (ServerMessage.init_local), as JSON
 #: integer dtypes an entry may arrive as (beside the ArrayRecord under DP)
 INT_DTYPES = {"int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8,
-              "uint8": torch.uint8}
+              "uint8": torch.uint8, "bool": torch.bool}  # a bool buffer: True / False values (a review: refused)
 #: and floating ones (:data:`INIT_LOCAL`)
 FLOAT_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
                 "bfloat16": torch.bfloat16}
@@ -73,10 +73,11 @@ def _ints(weights: Mapping[str, torch.Tensor], every: bool = False) -> str:
                        for k, v in weights.items() if every or _is_int(v)})
 
 
-def _number(x: Any, floating: bool) -> bool:
-    """A value an entry may hold: a whole number in range, or for a floating entry a finite float too."""
-    if isinstance(x, bool):
-        return False
+def _number(x: Any, floating: bool, boolean: bool = False) -> bool:
+    """A value an entry may hold: a whole number in range, or for a floating entry a finite float too; for a
+    boolean entry True or False only."""
+    if isinstance(x, bool) or boolean:
+        return boolean and isinstance(x, bool)
     if isinstance(x, int):
         return abs(x) < 2 ** 62
     return floating and isinstance(x, float) and math.isfinite(x)
@@ -98,7 +99,7 @@ def _from_ints(text: Any, name: str = INTS) -> dict[str, torch.Tensor]:
         floating = ok and dtypes[entry[0]].is_floating_point
         ok = ok and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape) \
             and isinstance(values, list) and len(values) == math.prod(shape) \
-            and all(_number(x, floating) for x in values)
+            and all(_number(x, floating, entry[0] == "bool") for x in values)
         value = torch.tensor(values, dtype=dtypes[entry[0]]).reshape(shape) if ok else None
         if value is None or (floating and not bool(torch.isfinite(value).all())):  # 1e300 is inf in float32
             raise ValueError(f"{'integer entry' if name == INTS else name} {key!r} arrived malformed")
