@@ -197,8 +197,21 @@ def continue_command(overrides: Iterable[str], run: Path | str, resume: bool = T
     skip = _NOT_REPEATED if own else tuple(k for k in _NOT_REPEATED if k != "ckpt_path=")
     kept = [str(o) for o in overrides if not str(o).lstrip("+~").startswith(skip)]
     kept = [o for o in kept if not o.startswith("-")]  # never a flag: the command is overrides + resume= only
-    tail = [f"resume={run}"] if resume else []
+    tail = [f"resume={hydra_value(str(run))}"] if resume else []
     return " ".join(["python -m experiments.run", *(shlex.quote(a) for a in [*kept, *tail])])
+
+
+def hydra_value(text: str) -> str:
+    """``text`` as an override's value that Hydra reads back as that string: as it is when it is, else single-quoted
+    (a review: a run folder or file path holding ``=``, ``[`` or ``(`` made a suggested command Hydra refused)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        if OverridesParser.create().parse_overrides([f"k={text}"])[0].value() == text:
+            return text
+    except Exception:  # noqa: BLE001 - Hydra's parse error: quoted below
+        pass
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 def _plain(cfg: Any, key: str) -> Any:

@@ -110,8 +110,8 @@ def another_run(run: Path, config: DictConfig) -> str | None:
     """Why ``config`` does not continue the run in ``run`` (another net, other data settings or split than
     its ``config.yaml``), with the command that does; ``None`` when it does or the run has no config yet."""
     from engine.init_weights import resume_difference, started_file_problem
-    from engine.run_match import (continue_command, debug_difference, differences, resume_keys, saved_config,
-                                  saved_overrides)
+    from engine.run_match import (continue_command, debug_difference, differences, hydra_value, resume_keys,
+                                  saved_config, saved_overrides)
 
     saved = saved_config(run)
     if saved is None:
@@ -134,7 +134,7 @@ def another_run(run: Path, config: DictConfig) -> str | None:
     # init_weights= as config.yaml records it (absolute): the overrides keep the path as typed, relative to the
     # working directory of whichever command last ran there (a walkthrough: the suggested command was refused again)
     first = saved.get("init_weights")
-    overrides = [f"init_weights={first}" if isinstance(first, str) and first
+    overrides = [f"init_weights={hydra_value(first)}" if isinstance(first, str) and first
                  and str(o).lstrip("+").startswith("init_weights=") else o for o in saved_overrides(run)]
     return (f"resume={run} composes another run than the one in it: {shown}{why}. Repeat the run's overrides: "
             f"{continue_command(overrides, run)}")

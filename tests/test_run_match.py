@@ -274,3 +274,24 @@ def test_a_resumed_distillation_keeps_its_losses_protocol_and_the_sites_augmenta
                      "distill.teacher.loss={'_target_': 'x.Loss'} (the run's None)",
                      "module.loss.base={'gamma': 0.0} (the run's {'gamma': 2.0})",
                      "module.eval_slices='foreground' (the run's 'all')"]
+
+
+def test_a_suggested_command_quotes_a_path_hydra_would_not_read_back():
+    """A review: a run folder (``hydra.run.dir=/runs/lr=0.1``) or an ``init_weights`` path holding ``=``, ``,``,
+    ``[`` or ``(`` went into the suggested ``resume=`` unquoted, and Hydra refused the command it was told to run.
+    Each override of the command, split as a shell does, parses back to the path."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from engine.run_match import continue_command, hydra_value
+
+    parser = OverridesParser.create()
+    for path in ("/runs/lr=0.1", "/runs/a,b", "/runs/x[1]", "/runs/(a)", "/d/it's=1", "/runs/plain"):
+        words = shlex.split(continue_command(["trainer.max_epochs=2"], path))
+        assert words[:3] == ["python", "-m", "experiments.run"]
+        parsed = parser.parse_overrides(words[3:])
+        assert [o.key_or_group for o in parsed] == ["trainer.max_epochs", "resume"]
+        assert parsed[1].value() == path
+        assert parser.parse_overrides([f"init_weights={hydra_value(path)}"])[0].value() == path
+    assert hydra_value("/runs/plain") == "/runs/plain"  # quoted only where Hydra needs it
