@@ -7,9 +7,11 @@ whatever federations its SuperNode serves (docs/deployment.md: ``/var/lib/fedmed
 distillation's stages among them. A review found a site's second federation loading the first's state as its own:
 FedBN's batch norm (not the ``init_weights`` file's, whose entries it then ignored), the best-local weights and the
 history; a net of another shape failed at ``load_state_dict``. Now a site whose file holds another federation's
-state moves it (and its best-local file) to ``<store>/earlier/<that id>/`` and starts fresh, saying so; nothing is
-deleted, and the file at ``<store>/<site>.pt`` is always the latest federation's. A file written before ids were
-kept is taken as this federation's (a run resumed across the upgrade keeps its state).
+state moves it (and its best-local file) to ``<store>/earlier/<that id>/`` and starts fresh, saying so; a federation
+resumed after another used the site takes its own state back from there. Nothing is deleted or replaced (a
+second set-aside of one id goes to ``earlier/<id>-2/``), and ``<store>/<site>.pt`` is always the latest
+federation's. A file written before ids were kept is taken as this federation's (a run resumed across the upgrade
+keeps its state).
 """
 from __future__ import annotations
 
@@ -50,20 +52,40 @@ def federation_id(out: str | os.PathLike) -> str:
 def claim_store(store: ClientStore, best_local: ClientStore, client_id: str, fed_id: object) -> None:
     """Before ``client_id`` reads its state for federation ``fed_id`` (None: a message without one, sent by a
     server before ids were kept, or a test's): state of another federation in ``store`` (and ``best_local``) moves
-    to ``<store root>/earlier/<its id>/`` (best-local files to ``.../best_local/``), so this federation starts fresh."""
+    to ``<store root>/earlier/<its id>/`` (best-local files to ``.../best_local/``), and this federation's own state,
+    set aside there while another one ran (a federation resumed after another used the site), comes back."""
     if not fed_id:
         return
     if not isinstance(fed_id, str) or not _ID.fullmatch(fed_id):  # it names a folder below: no path from a peer
         raise FederationError(f"client {client_id}: the server's {FEDERATION_ID} {str(fed_id)[:40]!r} is not 16 hex "
                               f"digits")
     held = store.load(client_id, FEDERATION_ID)  # checked as a store file is (federation.resume_checks)
-    if held is None or str(held) == str(fed_id):
-        return
-    dest = store.root / "earlier" / str(held)
+    if held is not None and str(held) != fed_id:
+        dest = _free(store.root / "earlier" / str(held), store.path(client_id).name)
+        _move(store, best_local, client_id, dest)
+        log.warning("client %s: its store %s held the state of another federation (%s); moved to %s", client_id,
+                    store.root, held, dest)
+    own = store.root / "earlier" / fed_id
+    if not store.path(client_id).exists() and (own / store.path(client_id).name).is_file():
+        back = ClientStore(own)
+        _move(back, ClientStore(own / "best_local"), client_id, store.root)
+        log.warning("client %s: its state of this federation (%s), set aside while another ran, is back from %s",
+                    client_id, fed_id, own)
+
+
+def _free(folder: Path, name: str) -> Path:
+    """``folder``, or ``folder-2``, ``-3``... : the first that does not hold ``name`` (nothing set aside is replaced)."""
+    n, out = 1, folder
+    while (out / name).exists():
+        n += 1
+        out = folder.with_name(f"{folder.name}-{n}")
+    return out
+
+
+def _move(store: ClientStore, best_local: ClientStore, client_id: str, dest: Path) -> None:
+    """The client's store file and best-local file into ``dest`` and ``dest / "best_local"``."""
     for source, folder in ((store, dest), (best_local, dest / "best_local")):
         path = source.path(client_id)
         if path.is_file():
             folder.mkdir(parents=True, exist_ok=True)
             os.replace(path, folder / path.name)
-    log.warning("client %s: its store %s held the state of another federation (%s); moved to %s, and this "
-                "federation (%s) starts its local state fresh", client_id, store.root, held, dest, fed_id)

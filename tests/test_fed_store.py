@@ -201,3 +201,29 @@ def test_a_crafted_federation_id_from_a_server_or_in_a_store_file_names_no_folde
     with pytest.raises(FederationError, match=r"a.pt: federation_id is a str \('../../x'\): not a client store"):
         claim_store(store, ClientStore(tmp_path / "s" / "best_local"), "a", "1" * 16)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_federation_resumed_after_another_used_the_site_takes_its_own_state_back(tmp_path):
+    """A review: federation A set aside by B's round, then resumed, started its batch norm, history and best-local
+    weights fresh, and B's next round replaced A's set-aside file. A's state now comes back from ``earlier/<A>/``
+    when A returns, and B's goes there in turn; a second set-aside of one id never replaces the first."""
+    from federation.store_owner import FEDERATION_ID, claim_store
+
+    a, b = "a" * 16, "b" * 16
+    store, best = ClientStore(tmp_path / "s"), ClientStore(tmp_path / "s" / "best_local")
+    store.update("site", {"local_state": {"bn": torch.ones(1)}, FEDERATION_ID: a})
+    best.save("site", "best_local", {"round": 2, "value": 0.7, "state": {"w": torch.ones(1)}})
+    claim_store(store, best, "site", b)  # B's first round
+    store.update("site", {"local_state": {"bn": torch.zeros(1)}, FEDERATION_ID: b})
+    claim_store(store, best, "site", a)  # A resumed
+    assert float(store.load("site", "local_state")["bn"]) == 1.0 and store.load("site", FEDERATION_ID) == a
+    assert best.load("site", "best_local")["value"] == 0.7
+    assert ClientStore(tmp_path / "s" / "earlier" / b).load("site", FEDERATION_ID) == b
+    claim_store(store, best, "site", b)  # B resumed: its own back, A's set aside again
+    assert float(store.load("site", "local_state")["bn"]) == 0.0
+    (tmp_path / "s" / "earlier" / b).mkdir(exist_ok=True)
+    store.update("site", {FEDERATION_ID: b, "history": []})
+    ClientStore(tmp_path / "s" / "earlier" / b).update("site", {FEDERATION_ID: b, "last_round": 3})  # a stray copy
+    claim_store(store, best, "site", a)
+    assert ClientStore(tmp_path / "s" / "earlier" / b).load("site", "last_round") == 3  # not replaced
+    assert ClientStore(tmp_path / "s" / "earlier" / f"{b}-2").load("site", "history") == []
