@@ -17,6 +17,7 @@ from federation.resume_checks import check_model_entries, check_resumed_local, c
 from federation.runner import best_local_store
 from federation.server_state import load_server_state, rng_state, save_atomic, set_rng_state
 from federation.store import ClientStore
+from federation.store_owner import FEDERATION_ID, ID_FILE, ID_PATTERN
 
 if TYPE_CHECKING:
     from federation.server import Server
@@ -32,7 +33,7 @@ def save_checkpoint(server: Server, rnd: int) -> None:
                  "history": server.history, "best": server.best, "dropped_total": server.dropped_total,
                  "fit_seconds": server.elapsed(),
                  "store_index": server.store.index(), "client_ids": server.client_ids,
-                 "rng": rng_state()}, server.out / SERVER_CKPT)
+                 "federation_id": server.federation_id, "rng": rng_state()}, server.out / SERVER_CKPT)
     for cid in sample_clients(server.client_ids, server.fed.get("clients_per_round"), server.seed, rnd):
         for store in client_stores(server):  # the round is saved: the state before it is not needed
             store.commit(cid)
@@ -74,6 +75,7 @@ def resume_server(server: Server) -> None:
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError) as err:
         raise FederationError(f"{path} does not restore this federation ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}); delete it to start afresh") from err
+    kept_id(server, state, path)
     drop_stopped_round(server, server.start_round)
     for cid in server.store.index():  # FedBN's BN entries go into this model: its names, shapes, dtypes, finite
         data = server.store._read(cid, lazy=True)
@@ -86,6 +88,22 @@ def resume_server(server: Server) -> None:
 
     replay_bests(server.loggers, server.history)  # W&B's val/<m>_best covers the rounds before the resume too
     artifacts.console.print(f"[bold]resume:[/bold] {path} (rounds 1..{server.start_round} done)")
+
+
+def kept_id(server: Server, state: dict, path) -> None:
+    """The federation id ``server.pt`` recorded is the run's (``federation_id.txt`` written again when it was lost
+    or differs): a review found a resume whose id file was deleted moving every client's own state aside."""
+    recorded = state.get(FEDERATION_ID)
+    if recorded is None:  # a server.pt from before ids were kept: the id file's
+        return
+    if not isinstance(recorded, str) or not ID_PATTERN.fullmatch(recorded):
+        raise FederationError(f"{path}: its {FEDERATION_ID} {str(recorded)[:40]!r} is not 16 hex digits; delete it "
+                              f"to start afresh")
+    if recorded != server.federation_id:
+        log.warning("resume: %s is the run's federation id (server.pt), not %s (%s): written there again", recorded,
+                    server.federation_id, server.out / ID_FILE)
+        artifacts.atomic_write_text(server.out / ID_FILE, recorded + "\n")
+        server.federation_id = recorded
 
 
 def drop_stopped_round(server: Server, rnd: int) -> None:

@@ -25,14 +25,14 @@ from federation.errors import FederationError
 from federation.store import ClientStore
 from engine.artifacts import atomic_write_text
 
-__all__ = ["FEDERATION_ID", "ID_FILE", "federation_id", "claim_store"]
+__all__ = ["FEDERATION_ID", "ID_FILE", "ID_PATTERN", "federation_id", "claim_store"]
 
 log = logging.getLogger("federation.runner")
 
 #: the message config's key, and the client store file's
 FEDERATION_ID = "federation_id"
 ID_FILE = "federation_id.txt"
-_ID = re.compile(r"[0-9a-f]{16}")
+ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 
 
 def federation_id(out: str | os.PathLike) -> str:
@@ -40,9 +40,9 @@ def federation_id(out: str | os.PathLike) -> str:
     path = Path(out) / ID_FILE
     if path.is_file():
         value = path.read_text(errors="replace").strip()
-        if not _ID.fullmatch(value):
+        if not ID_PATTERN.fullmatch(value):
             raise FederationError(f"{path} holds {value[:40]!r}, not a federation id (16 hex digits); delete it "
-                                  f"to give the run a new one")
+                                  f"(a resumed run takes the one its server.pt recorded)")
         return value
     value = uuid.uuid4().hex[:16]
     atomic_write_text(path, value + "\n")
@@ -56,7 +56,7 @@ def claim_store(store: ClientStore, best_local: ClientStore, client_id: str, fed
     set aside there while another one ran (a federation resumed after another used the site), comes back."""
     if not fed_id:
         return
-    if not isinstance(fed_id, str) or not _ID.fullmatch(fed_id):  # it names a folder below: no path from a peer
+    if not isinstance(fed_id, str) or not ID_PATTERN.fullmatch(fed_id):  # it names a folder below: no path from a peer
         raise FederationError(f"client {client_id}: the server's {FEDERATION_ID} {str(fed_id)[:40]!r} is not 16 hex "
                               f"digits")
     held = store.load(client_id, FEDERATION_ID)  # checked as a store file is (federation.resume_checks)

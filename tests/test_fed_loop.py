@@ -602,3 +602,20 @@ def test_clients_load_with_data_num_workers_and_train_as_without(tmp_path):
         finals[workers] = torch.load(tmp_path / f"w{workers}" / "run" / "global_final.pt", weights_only=True)
     for k, v in finals[0].items():
         assert torch.equal(v, finals[1][k]), k
+
+
+def test_a_resume_whose_federation_id_file_was_lost_keeps_its_clients_state(tmp_path):
+    """A review: without ``federation_id.txt`` a resume made a new id, and in its next round every client moved its
+    own state (FedBN's batch norm, history) aside as another federation's. ``server.pt`` records the id and a
+    resume takes it back."""
+    common = [*DIGITS, "federation/strategy=fedbn", "trainer.deterministic=true"]
+    dispatch(compose_run([*common, "federation.rounds=1"], tmp_path / "b"))
+    run = tmp_path / "b" / "run"
+    first = (run / "federation_id.txt").read_text().strip()
+    (run / "federation_id.txt").unlink()
+    dispatch(compose_run([*common, "federation.rounds=2", "resume=true"], tmp_path / "b"))
+    assert (run / "federation_id.txt").read_text().strip() == first
+    assert not (run / "client_store" / "earlier").exists()
+    store = ClientStore(run / "client_store")
+    assert {store.load(cid, "federation_id") for cid in store.index()} == {first}
+    assert max(len(store.load(cid, "history")) for cid in store.index()) == 2
