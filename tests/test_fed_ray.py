@@ -492,16 +492,18 @@ def test_ship_code_sends_the_project_folders_and_leaves_any_other_top_level_entr
     from federation.transports.ray_cluster import SHIPPED, runtime_env, ship_excludes
     from lightning_modules.targets import ENV
 
-    monkeypatch.setenv(ENV, "mylab.nets,other")
+    monkeypatch.setenv(ENV, "mylab.nets,other_nets")
     for name in ("federation", "experiments", "tests", "venv", ".venv_unused", "scans", "runs[1]", ".git", "my_nets",
                  "mylab"):
         (tmp_path / name).mkdir()
     (tmp_path / "my_nets" / "__init__.py").write_text("")
     (tmp_path / "pyproject.toml").write_text("")
     (tmp_path / "README.md").write_text("")
+    (tmp_path / "other.py").write_text("")
+    (tmp_path / "other_nets.py").write_text("")  # a one-file module allow_targets names: sent (a review)
     excludes = ship_excludes(tmp_path)
-    assert [e for e in excludes if e.startswith("/")] == ["/.git", "/.venv_unused", "/README.md", r"/runs\[1\]",
-                                                          "/scans", "/venv"]
+    assert [e for e in excludes if e.startswith("/")] == ["/.git", "/.venv_unused", "/README.md", "/other.py",
+                                                          r"/runs\[1\]", "/scans", "/venv"]
     assert {"*.ckpt", "*.pt", "*.npy"} <= set(excludes)
     spec = pathspec.PathSpec.from_lines("gitwildmatch", excludes)  # as Ray reads them
     assert spec.match_file("runs[1]/a.py") and not spec.match_file("my_nets/a.py") and spec.match_file("venv/x.py")

@@ -150,10 +150,12 @@ SHIP_EXCLUDES = ["*.ckpt", "*.pt", "*.npz", "*.npy", "*.nii", "*.nii.gz", "*.png
 
 def _sent(entry: Path) -> bool:
     """A top-level entry ``ship_code`` sends: :data:`SHIPPED`, a user's package beside them (a folder with an
-    ``__init__.py``, as docs/extending.md's ``my_nets``), or a folder ``allow_targets`` names (a namespace package)."""
+    ``__init__.py``, as docs/extending.md's ``my_nets``), or a folder or ``.py`` module ``allow_targets`` names."""
     from lightning_modules.targets import extra_prefixes
 
     allowed = {p.split(".", 1)[0] for p in extra_prefixes()}
+    if entry.is_file() and entry.suffix == ".py":
+        return entry.stem in allowed
     return entry.name in SHIPPED or entry.is_dir() and (entry.name in allowed or (entry / "__init__.py").is_file())
 
 
