@@ -203,7 +203,8 @@ def continue_command(overrides: Iterable[str], run: Path | str, resume: bool = T
 
 def hydra_value(text: str) -> str:
     """``text`` as an override's value that Hydra reads back as that string: as it is when it is, else single-quoted
-    (a review: a run folder or file path holding ``=``, ``[`` or ``(`` made a suggested command Hydra refused)."""
+    (a review: a run folder or file path holding ``=``, ``[`` or ``(`` made a suggested command Hydra refused). A
+    ``${...}`` in it is still an interpolation, quoted or not, as for any value typed on Hydra's command line."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -211,7 +212,9 @@ def hydra_value(text: str) -> str:
             return text
     except Exception:  # noqa: BLE001 - Hydra's parse error: quoted below
         pass
-    return "'" + text.replace("'", "\\'") + "'"
+    # in a quoted value a backslash is itself only before a quote or at the end: doubled there, then \' for '
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
+    return "'" + escaped.replace("'", "\\'") + "'"
 
 
 def _plain(cfg: Any, key: str) -> Any:

@@ -287,7 +287,8 @@ def test_a_suggested_command_quotes_a_path_hydra_would_not_read_back():
     from engine.run_match import continue_command, hydra_value
 
     parser = OverridesParser.create()
-    for path in ("/runs/lr=0.1", "/runs/a,b", "/runs/x[1]", "/runs/(a)", "/d/it's=1", "/runs/plain"):
+    for path in ("/runs/lr=0.1", "/runs/a,b", "/runs/x[1]", "/runs/(a)", "/d/it's=1", "/runs/plain",
+                 "/x\\'y", "/a=b\\", "/a=b\\c"):  # a backslash before a quote or at the end (a review)
         words = shlex.split(continue_command(["trainer.max_epochs=2"], path))
         assert words[:3] == ["python", "-m", "experiments.run"]
         parsed = parser.parse_overrides(words[3:])
