@@ -21,6 +21,7 @@ from federation.errors import FederationError
 from federation.resume_checks import check_model_entries, store_dir_inside
 from federation.server_state import save_atomic
 from federation.store import ClientStore
+from federation.store_owner import FEDERATION_ID, ID_FILE
 from lightning_modules.safe_load import load_checkpoint
 from lightning_modules.targets import extra_prefixes, under_prefixes
 
@@ -120,6 +121,19 @@ def _none_kept(weights: Path, fed: DictConfig, where: Path) -> FederationError:
                            f"client=<site>")
 
 
+def _this_federations(store: ClientStore, clients: list[str], run_dir: Path) -> None:
+    """The store files to be read are this run's federation's (``federation_id.txt``), not a site's file of a later
+    federation copied in (a review: a second federation's batch norm was filled in without a word)."""
+    id_file = Path(run_dir) / ID_FILE
+    run_id = id_file.read_text(errors="replace").strip() if id_file.is_file() else None
+    for cid in clients if run_id else []:
+        held = store.load(cid, FEDERATION_ID)
+        if held is not None and held != run_id:
+            raise FederationError(f"{store.path(cid)} holds the state of another federation ({held}), not this run's "
+                                  f"({run_id}, {id_file}): copy the site's own file for it, <store>/{cid}.pt while "
+                                  f"this was its latest federation, else <store>/earlier/{run_id}/{cid}.pt")
+
+
 def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Mapping[str, torch.Tensor],
                    site: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """``(state, what was filled in)``: ``state`` (the federation's global ``weights``) with the local-only
@@ -143,6 +157,7 @@ def deployed_state(weights: Path, run_dir: Path, run_cfg: DictConfig, state: Map
         raise _none_kept(weights, fed, store_dir)
     for cid in clients:  # read below: the run's own files, not links to another run's
         _own_file(store.path(cid), run_dir, f"client store file of {cid!r}")
+    _this_federations(store, clients if site is None else [c for c in clients if c == site], run_dir)
     snapshot = Path(weights).parent / BEST_LOCAL
     if Path(weights).name == "global_best.pt" and (snapshot.is_symlink() or snapshot.exists()):
         _own_file(snapshot, run_dir, f"best round's local entries ({BEST_LOCAL})")

@@ -209,6 +209,16 @@ def test_a_fedbn_federation_over_pooled_data_picks_a_clients_batch_norm_by_clien
     assert not (tmp_path / "x.nii.gz").exists()
     proc = run_in_process("experiments.predict", [*argv, f"output={tmp_path / 'mm.nii.gz'}", "client=mean"], tmp_path)
     assert proc.returncode == 0 and "the mean of 2 clients'" in " ".join(proc.stdout.split())
+    later = "f" * 16  # a site's file of a later federation copied in (a review: its batch norm was filled in)
+    store.update("client_1", {"federation_id": later})
+    run_id = "0123456789abcdef"
+    (run / "federation_id.txt").write_text(run_id + "\n")  # as the federation's server writes it
+    proc = run_in_process("experiments.predict", [*argv, f"output={tmp_path / 'l.nii.gz'}", "client=client_1"], tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(
+        f"client_1.pt holds the state of another federation ({later}), not this run's ({run_id}, "
+        f"{run / 'federation_id.txt'}): copy the site's own file for it, <store>/client_1.pt while this was its latest "
+        f"federation, else <store>/earlier/{run_id}/client_1.pt"), proc.stderr[-2000:]
+    store.update("client_1", {"federation_id": run_id})
     # client= on a run whose clients keep nothing (FedAvg) is said to be unused, not silently ignored
     plain, _ = fed_run(tmp_path / "avg", ["data=lits", "federation/partition=iid", "federation.num_clients=2"])
     proc = run_in_process("experiments.predict", [f"ckpt={plain / 'global_best.pt'}", *argv[1:],
