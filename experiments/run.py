@@ -32,14 +32,14 @@ from engine.tracking import check_wandb_modes, in_sweep  # noqa: E402
 from datamodules.spatial import forget_warnings as forget_header_warnings  # noqa: E402
 from lightning_modules.base import forget_said_warnings  # noqa: E402
 from engine.fit import output_dir, train_and_test  # noqa: E402
-from engine.init_weights import check_init_weights, started_file_problem  # noqa: E402
+from engine.init_weights import check_init_weights  # noqa: E402
 from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
 from engine.tracking import record_environment  # noqa: E402
 from engine.run_overrides import method_suffix, swept_suffix  # noqa: E402
 from engine.wandb_tracking import trained_model  # noqa: E402
 import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: the checkpoint's mode)
-from engine.run_match import holds_run, interrupted_line, saved_config  # noqa: E402
+from engine.run_match import holds_run, interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
 from experiments import run_lock, sweep_jobs  # noqa: E402
@@ -124,9 +124,9 @@ def main(cfg: DictConfig) -> float | None:
         log.info("SLURM requeue %d of this job: resume=true (continuing %s)", restarts, out)
         with open_dict(cfg):
             cfg.resume = True
-        gone = started_file_problem(saved_config(out) or {}, cfg)  # the one resume check a requeue needs (its
-        if gone is not None:  # command is the job's own): a review found the replaced file's checksum recorded
-            return _failed(out, f"SLURM requeue {restarts} of {out}: {gone}")
+        bad = checked_resume_problem(out, cfg)  # a resume's checks: a review found a requeue, resumed after them,
+        if bad is not None:  # recording a replaced init_weights file's checksum
+            return _failed(out, f"SLURM requeue {restarts}: {bad.splitlines()[0]}")
     previous = stop.install()
     try:
         fresh = cfg.get("resume") in (None, False, "false") or (cfg.get("resume") in (True, "true")

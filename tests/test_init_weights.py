@@ -342,7 +342,8 @@ def test_a_resume_from_a_file_replaced_at_the_same_path_is_refused(trained, tmp_
     requeued = run_in_process("experiments.run", [*args, "trainer.max_epochs=2"], ROOT, env={"SLURM_RESTART_COUNT": "1"})
     assert requeued.returncode == 2  # a review: a requeue (resume set by itself) skipped the check and recorded
     assert requeued.stderr.strip().splitlines()[-1].startswith(  # the new file's checksum in config.yaml
-        f"error: SLURM requeue 1 of {run}: init_weights={weights} holds other weights than when the run started"), \
+        f"error: SLURM requeue 1: resume={run}: init_weights={weights} holds other weights than when the run "
+        f"started"), \
         requeued.stderr[-2000:]
     assert yaml.safe_load((run / "config.yaml").read_text())["init_weights_sha256"] == recorded
     (run / "failed.json").unlink()  # the requeued job's: it says why the folder holds no new results
