@@ -220,10 +220,15 @@ def init_metrics(counts: Mapping[str, int] | None) -> dict[str, int]:
     return {f"{KEY}/{k}": int(v) for k, v in (counts or {}).items()}
 
 
+def _as_given(path: Any) -> str | None:
+    """An ``init_weights`` value made absolute (``~`` expanded) but not resolved: the path a message shows."""
+    return None if path in (None, "") else os.path.abspath(os.path.expanduser(str(path)))
+
+
 def _absolute(path: Any) -> str | None:
     """An ``init_weights`` value as a resolved absolute path (``~`` expanded, symlinks followed), None when unset: how
     a resume compares them (a link to the file the run started from is that file; its bytes are checked apart)."""
-    return None if path in (None, "") else os.path.realpath(os.path.expanduser(str(path)))
+    return None if path in (None, "") else os.path.realpath(_as_given(path))
 
 
 def resume_difference(saved: Mapping[str, Any], cfg: Any) -> list[str]:
@@ -238,7 +243,7 @@ def resume_difference(saved: Mapping[str, Any], cfg: Any) -> list[str]:
         old, new = saved.get(key), cfg.get(key, True if key == STRICT else None)
         if key == KEY:  # compared resolved, printed as given made absolute (the link a user named)
             differ = _absolute(old) != _absolute(new)
-            old, new = (None if v in (None, "") else os.path.abspath(os.path.expanduser(str(v))) for v in (old, new))
+            old, new = _as_given(old), _as_given(new)
         else:
             if key == MODULE:
                 old, new = (None if v in (None, "") else str(v) for v in (old, new))

@@ -253,10 +253,13 @@ def _history_row(row: Any) -> bool:
 
 
 #: what the federation's clients store (federation.runner); other keys are the store's callers' own
+#: a federation's id (federation.store_owner), here so that a store file is checked without importing the store
+FEDERATION_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
+
 _CLIENT_KEYS = {
     "history": lambda v: isinstance(v, list),  # its rows: check_resumed_local (the store is generic)
     "last_round": _int,
-    "federation_id": lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{16}", v) is not None,  # store_owner
+    "federation_id": lambda v: isinstance(v, str) and FEDERATION_ID_PATTERN.fullmatch(v) is not None,
     "best_local_meta": lambda v: _meta(v, {"round": _int, "value": _real, "monitor": lambda m: isinstance(m, str)}),
     "best_local": lambda v: _meta(v, {"round": _int, "value": _real, "state": lambda s: isinstance(s, dict)}),
 }

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import uuid
 from pathlib import Path
 
 from federation.errors import FederationError
+from federation.resume_checks import FEDERATION_ID_PATTERN
 from federation.store import ClientStore
 from engine.artifacts import atomic_write_text
 
@@ -32,7 +32,7 @@ log = logging.getLogger("federation.runner")
 #: the message config's key, and the client store file's
 FEDERATION_ID = "federation_id"
 ID_FILE = "federation_id.txt"
-ID_PATTERN = re.compile(r"[0-9a-f]{16}")
+ID_PATTERN = FEDERATION_ID_PATTERN  # 16 hex digits
 
 
 def federation_id(out: str | os.PathLike) -> str:
