@@ -31,10 +31,13 @@ N = {"a": 30, "b": 50, "c": 20}  # sample counts: FedAvg weights
 def _states():
     g = torch.Generator().manual_seed(0)
     glob = {"w": torch.randn(4, 3, generator=g), "bn.running_var": torch.rand(3, generator=g) + 0.5,
-            "bn.num_batches_tracked": torch.tensor(7)}
+            "bn.num_batches_tracked": torch.tensor(7), "flag": torch.tensor([True, False, True, False])}
+    # a review: a bool entry every site turned False came back True (its mean delta -1, cast to bool, OR global)
+    flags = {"a": [False, True, True, False], "b": [False, True, True, False], "c": [True, False, False, True]}
     local = {s: {"w": glob["w"] + 0.1 * torch.randn(4, 3, generator=g),
                  "bn.running_var": glob["bn.running_var"] + 0.05 * torch.rand(3, generator=g),
-                 "bn.num_batches_tracked": glob["bn.num_batches_tracked"] + n // 10} for s, n in N.items()}
+                 "bn.num_batches_tracked": glob["bn.num_batches_tracked"] + n // 10,
+                 "flag": torch.tensor(flags[s])} for s, n in N.items()}
     return glob, local
 
 
@@ -119,7 +122,8 @@ def test_secagg_gives_the_weighted_mean_within_the_quantisation_bound(grid_env, 
     for k in glob:
         assert got[k].dtype == glob[k].dtype and got[k].shape == glob[k].shape, k
         err = (got[k].double() - plain[k].double()).abs().max().item()
-        assert err <= (0 if k.endswith("tracked") else bound), (k, err)
+        assert err <= (0 if k.endswith("tracked") or k == "flag" else bound), (k, err)
+    assert got["flag"].tolist() == [False, True, True, False]  # the weighted majority (a+b: 80 of 100 samples)
     assert (got["w"] - glob["w"]).abs().max() > 5 * bound  # the sum did move the model (FedAdagrad: 8.7x)
 
 

@@ -226,8 +226,11 @@ def clipped_entries(delta: Mapping[str, Any], num_examples: int, max_weight: flo
 
 def decode_mean(mean: list[np.ndarray], content_metrics: Mapping[str, Any], num_examples: int, client_id: str,
                 sent: Mapping[str, torch.Tensor]) -> ClientUpdate:
-    """Site ``client_id``'s update under SecAgg+: the round's mean delta (the server sees no site's own),
-    with the site's clear sample count and scalar metrics; in the shapes and dtypes of ``sent``."""
+    """Site ``client_id``'s update under SecAgg+: ``sent`` plus the round's mean delta (the server sees no site's
+    own), with the site's clear sample count and scalar metrics; in the shapes and dtypes of ``sent``. Made absolute
+    here, in float64, not left a delta: a bool entry's mean delta (-1..1) cast to bool lost its sign, so a buffer
+    every site turned False came back True (global True OR delta True; a review). A bool entry is the weighted
+    share of sites holding True (>= 0.5: ``weighted_average``'s majority), an integer entry rounded."""
     metrics = dict(content_metrics)
     keys = str(metrics.pop(KEYS)).split("\n")
     metrics.pop(PREFIX + "is_delta", None)
@@ -236,6 +239,6 @@ def decode_mean(mean: list[np.ndarray], content_metrics: Mapping[str, Any], num_
     weights = {}
     for k, v in zip(keys, mean):
         ref = sent[k]
-        t = torch.from_numpy(np.array(v, dtype=np.float64, copy=True)).reshape(ref.shape)
-        weights[k] = (t if ref.is_floating_point() else t.round()).to(ref.dtype)
-    return ClientUpdate(client_id, weights, int(num_examples), metrics, is_delta=True)
+        t = torch.from_numpy(np.array(v, dtype=np.float64, copy=True)).reshape(ref.shape) + ref.double()
+        weights[k] = t >= 0.5 if ref.dtype == torch.bool else (t if ref.is_floating_point() else t.round()).to(ref.dtype)
+    return ClientUpdate(client_id, weights, int(num_examples), metrics)
