@@ -162,6 +162,7 @@ class ImageFolderDataModule(ClassificationDataModule):
             labels += [k] * len(found)
         labels_arr = np.asarray(labels, dtype=np.int64)
         images = np.stack([_load(p, self.size, self.rgb) for p in files])
+        groups = None if self.group_pattern is None else np.asarray([self._group(p.stem) for p in files])
         if self.split_dir is not None:
             if not self.split_dir.is_dir():
                 raise DataError(f"data.split_dir {self.split_dir} does not exist")
@@ -180,11 +181,13 @@ class ImageFolderDataModule(ClassificationDataModule):
             if not all(len(v) for v in parts.values()):
                 raise DataError(f"split lists in {self.split_dir} leave an empty split: "
                                 f"{ {k: len(v) for k, v in parts.items()} }")
-        elif self.group_pattern is not None:
-            parts = group_split(labels_arr, [self._group(p.stem) for p in files], self.val_fraction,
-                                self.test_fraction, self.seed)
+        elif groups is not None:
+            parts = group_split(labels_arr, groups.tolist(), self.val_fraction, self.test_fraction, self.seed)
         else:
             parts = stratified_split(labels_arr, self.val_fraction, self.test_fraction, self.seed)
         made = {s: ArrayClassificationDataset(images[idx], labels_arr[idx], scale=255.0, mean=self.mean, std=self.std)
                 for s, idx in parts.items()}
+        if groups is not None:  # a review: a federation's pool, partition and client val split went image by image
+            for s, idx in parts.items():  # (datamodules.subset.sample_cases): crops of one figure in train and val
+                made[s].case_ids = groups[idx]
         self.train_dataset, self.val_dataset, self.test_dataset = made["train"], made["val"], made["test"]

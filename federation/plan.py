@@ -201,7 +201,7 @@ def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | 
             raise FederationError(f"federation.num_clients=null: the {name} partitioner needs a number of clients")
         if int(num_clients) > len(remaining):
             raise FederationError(f"federation.num_clients={num_clients} is more than the {len(remaining)} "
-                                  + ("whole volumes left for clients (federation.partition_unit=case)" if by_volume
+                                  + ("whole volumes (or image groups) left for clients (federation.partition_unit=case)" if by_volume
                                      else "training samples left for clients"))
         kw = dict(plain)
         if "seed" in params:
@@ -214,7 +214,7 @@ def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | 
         else:
             parts = fn(remaining, **kw)
     except ValueError as exc:  # the partitioner's own check on a parameter value
-        counted = " (a sample here is a whole volume: federation.partition_unit=case)" if by_volume else ""
+        counted = " (a sample here is a whole volume or image group: federation.partition_unit=case)" if by_volume else ""
         raise FederationError(f"federation.partition ({name}): {exc}{counted}") from exc
     return [str(i) for i in range(len(parts))], parts
 

@@ -96,6 +96,36 @@ def test_a_group_pattern_keeps_each_group_in_one_split(tmp_path):
         ImageFolderDataModule(str(root), group_pattern="(")
 
 
+def test_a_federation_keeps_each_group_whole_in_its_pool_clients_and_their_val_splits(tmp_path):
+    """A review: the groups decided only the data module's own split; a federation's shared pool, its partition and
+    each client's validation split went image by image (``sample_cases`` found no case ids), so with COVID-CT's
+    official lists 16 figures had crops in one client's train and val at seed 0 (paper 000 step 7 reads that val
+    accuracy). The datasets now carry their groups as ``case_ids``."""
+    from omegaconf import OmegaConf
+
+    from federation.plan import split_clients
+
+    root = tmp_path / "data"
+    _folder(root, {"neg": [f"n{g}%{k}.png" for g in range(12) for k in range(4)],
+                   "pos": [f"p{g}%{k}.png" for g in range(12) for k in range(4)]})
+    _lists(root / "split", {"train.txt": [f"{c}{g}%{k}.png" for c in "np" for g in range(10) for k in range(4)],
+                            "val.txt": [f"{c}10%{k}.png" for c in "np" for k in range(4)],
+                            "test.txt": [f"{c}11%{k}.png" for c in "np" for k in range(4)]})
+    dm = ImageFolderDataModule(str(root), split_dir="split", size=8, group_pattern=r"^(.+?)(?:%\d+)?$")
+    dm.setup()
+    groups = np.asarray(dm.train_dataset.case_ids)
+    assert len(groups) == 80 and len(set(groups)) == 20 and set(dm.test_dataset.case_ids) == {"n11", "p11"}
+    fed = OmegaConf.create({"partition": {"_target_": "federation.core.partition.pathological", "k": 1},
+                            "num_clients": 4, "shared_fraction": 0.2, "client_val_fraction": 0.3})
+    split = split_clients(fed, dm.train_dataset, None, seed=0)
+    pool = set(groups[split.pool.indices])
+    assert pool and len(split.pool.indices) == 4 * len(pool)  # whole groups
+    held = [set(groups[p]) for p in split.parts]
+    assert sum(len(h) for h in held) + len(pool) == 20  # each group at one place only
+    for ix in split.indices.values():
+        assert ix.val.size and not set(groups[ix.train]) & set(groups[ix.val])
+
+
 def test_an_empty_class_or_an_unreadable_image_is_one_line_naming_it(tmp_path):
     """A review: with ``classes=[neg, pos]`` and no image in ``pos/`` a binary task trained on one class, and a
     truncated JPEG stopped the run with PIL's "image file is truncated", naming no file."""
