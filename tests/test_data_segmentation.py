@@ -110,6 +110,7 @@ def test_covid_stack_each_slice_a_case(tmp_path):
     assert len(dm.case_ids("train")) + len(dm.case_ids("val")) + len(dm.case_ids("test")) == 6
     item = dm.test_dataset[0]
     assert item["slice_index"] == int(item["case_id"].split("-")[1])
+    assert item["stacks"] is False  # unrelated slices: HD95 / NSD in 2D (a review: scored as a one-slice volume)
 
 
 def test_missing_root_without_synthetic(tmp_path):
