@@ -204,8 +204,8 @@ def _secagg_reply(update: Any, sent: Any, extra: dict[str, Any]) -> RecordDict:
     if not all(bool(v.isfinite().all()) for v in delta.weights.values()) or not all(
             math.isfinite(v) for v in delta.metrics.values()):
         raise ValueError(f"site {update.client_id!r}: non-finite update, not sent into the SecAgg+ sum")
-    clipped = clipped_entries({k: v.numpy() for k, v in delta.weights.items()}, delta.num_samples,
-                              float(extra["secagg.max_weight"]), float(extra["secagg.clipping_range"]))
-    content = encode_update(delta)
+    clipped = clipped_entries({k: v.numpy() for k, v in delta.weights.items() if v.is_floating_point()},
+                              delta.num_samples, float(extra["secagg.max_weight"]), float(extra["secagg.clipping_range"]))
+    content = encode_update(delta, as_float=True)  # integer entries in clear (INTS), the floating ones masked
     content.config_records["fitres.metrics"][PREFIX + "secagg_clipped"] = clipped
     return content

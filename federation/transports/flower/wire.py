@@ -14,9 +14,9 @@ parameters' delta by 1/283; the counter says how many steps were taken, what ``n
 ``init_weights=``'s entries of the layers a strategy keeps local (``ServerMessage.init_local``) go down as JSON in the
 config record (:data:`INIT_LOCAL`), not as arrays: ``LocalDpMod`` takes the message's one ArrayRecord for the weights
 its reply is clipped against, and SecAgg+'s ``FitIns`` keeps only the parameters and the config.
-Under SecAgg+ a site replies with its delta ``w_k - w_global`` in
-float64 (:func:`secagg_update`), which the mod masks; the server decodes the unmasked mean with
-:func:`decode_mean`.
+Under SecAgg+ a site replies with its floating entries' delta ``w_k - w_global`` in
+float64 (:func:`secagg_update`), which the mod masks, and its integer entries in clear (:data:`INTS`, as under DP);
+the server decodes the unmasked mean with :func:`decode_mean`.
 """
 from __future__ import annotations
 
@@ -209,11 +209,21 @@ def decode_update(content: RecordDict, client_id: str, dtypes: Mapping[str, torc
 
 
 def secagg_update(update: ClientUpdate, sent: Mapping[str, torch.Tensor]) -> ClientUpdate:
-    """The delta ``w_k - w_global`` (float64) a site hands to ``secaggplus_mod``. 0-d entries (BatchNorm's
-    counter) go as shape ``(1,)``: Flower 1.42's unmasking skips the offset and rescaling of 0-d arrays
-    (``secaggplus_workflow.py``, ``for vec in aggregated_vector: vec += offset`` rebinds a NumPy scalar)."""
-    weights = {k: (v.double() if update.is_delta else v.double() - sent[k].double()).reshape(-1 if v.dim() == 0 else v.shape)
-               for k, v in update.weights.items()}
+    """What a site hands to ``secaggplus_mod``: its floating entries as the delta ``w_k - w_global`` (float64), its
+    integer and bool entries (BatchNorm's step counter) as they are, to travel in clear beside the masked arrays
+    (:data:`INTS`), as under DP. A review: masked, a counter's delta of 200 local steps was scaled by
+    ``n_k / max_weight`` and clipped to ``clipping_range`` (8) at nearly every site and round, and the warning
+    asked for a wider range, which coarsens every weight's quantisation; the count is what ``num_examples``, in
+    clear anyway, says. 0-d floating entries go as shape ``(1,)``: Flower 1.42's unmasking skips the offset and
+    rescaling of 0-d arrays (``secaggplus_workflow.py``, ``for vec in aggregated_vector: vec += offset`` rebinds a
+    NumPy scalar)."""
+    weights = {}
+    for k, v in update.weights.items():
+        if _is_int(v):
+            weights[k] = sent[k] + v if update.is_delta else v
+        else:
+            weights[k] = (v.double() if update.is_delta else v.double() - sent[k].double()).reshape(
+                -1 if v.dim() == 0 else v.shape)
     return ClientUpdate(update.client_id, weights, update.num_samples, dict(update.metrics), is_delta=True)
 
 
@@ -226,19 +236,27 @@ def clipped_entries(delta: Mapping[str, Any], num_examples: int, max_weight: flo
 
 def decode_mean(mean: list[np.ndarray], content_metrics: Mapping[str, Any], num_examples: int, client_id: str,
                 sent: Mapping[str, torch.Tensor]) -> ClientUpdate:
-    """Site ``client_id``'s update under SecAgg+: ``sent`` plus the round's mean delta (the server sees no site's
-    own), with the site's clear sample count and scalar metrics; in the shapes and dtypes of ``sent``. Made absolute
-    here, in float64, not left a delta: a bool entry's mean delta (-1..1) cast to bool lost its sign, so a buffer
-    every site turned False came back True (global True OR delta True; a review). A bool entry is the weighted
-    share of sites holding True (>= 0.5: ``weighted_average``'s majority), an integer entry rounded."""
+    """Site ``client_id``'s update under SecAgg+: ``sent`` plus the round's mean delta for the floating entries
+    (the server sees no site's own), the site's own integer entries (in clear, :func:`secagg_update`), its clear
+    sample count and scalar metrics; in the shapes and dtypes of ``sent``. Made absolute here, in float64, not
+    left a delta (a review: a bool entry's delta cast to bool lost its sign, so a buffer every site turned False
+    came back True)."""
     metrics = dict(content_metrics)
     keys = str(metrics.pop(KEYS)).split("\n")
     metrics.pop(PREFIX + "is_delta", None)
-    if len(mean) != len(keys):
-        raise ValueError(f"{len(mean)} aggregated arrays for {len(keys)} keys")
+    ints = _from_ints(metrics.pop(INTS, None))
+    unknown = sorted(set(ints) - set(keys))
+    if unknown:
+        raise ValueError(f"integer entries {unknown[:3]} are not among the update's keys")
+    floats = [k for k in keys if k not in ints]
+    if len(mean) != len(floats):
+        raise ValueError(f"{len(mean)} aggregated arrays for {len(floats)} floating keys")
     weights = {}
-    for k, v in zip(keys, mean):
+    for k, v in zip(floats, mean):
         ref = sent[k]
         t = torch.from_numpy(np.array(v, dtype=np.float64, copy=True)).reshape(ref.shape) + ref.double()
         weights[k] = t >= 0.5 if ref.dtype == torch.bool else (t if ref.is_floating_point() else t.round()).to(ref.dtype)
-    return ClientUpdate(client_id, weights, int(num_examples), metrics)
+    for k, v in ints.items():  # another kind than sent stays as it came: update_problem names it
+        same_kind = _is_int(sent[k]) and (v.dtype == torch.bool) == (sent[k].dtype == torch.bool)
+        weights[k] = v.to(sent[k].dtype) if same_kind else v
+    return ClientUpdate(client_id, {k: weights[k] for k in keys}, int(num_examples), metrics)
