@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from lightning_modules.base import build, to_plain
 from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_strict, net_state
 from lightning_modules.errors import ConfigError
-from lightning_modules.hooks import FeatureTap, resolve_module
+from lightning_modules.hooks import FeatureTap, indices_by_path, resolve_module
 from lightning_modules.losses.kd.attention import LIST_ROLES, MASK, ROLES, STUDENT_LOGITS, TEACHER_PRED_LATE
 
 __all__ = ["AUTO_ROLES", "Tap", "parse_taps", "build_teacher", "check_tapped_heads_trained", "example_shape", "check_pair", "check_same_padding",
@@ -46,7 +46,7 @@ class Tap:
 
     @property
     def key(self) -> str:
-        return f"{self.side}:{self.path}"
+        return f"{self.side}:{self.path}" + ("" if self.index is None else f"[{self.index}]")
 
 
 def parse_taps(taps: Sequence[Mapping[str, Any]]) -> list[Tap]:
@@ -196,7 +196,7 @@ def dry_run(teacher: nn.Module, student: nn.Module, taps: Sequence[Tap], shape: 
         side_taps = [t for t in taps if t.side == side]
         paths = list(dict.fromkeys(t.path for t in side_taps))
         try:
-            with FeatureTap(net, paths, index={t.path: t.index for t in side_taps}) as tap:
+            with FeatureTap(net, paths, index=indices_by_path((t.path, t.index) for t in side_taps)) as tap:
                 modes = {m: m.training for m in net.modules()}
                 net.eval()
                 try:
@@ -210,7 +210,7 @@ def dry_run(teacher: nn.Module, student: nn.Module, taps: Sequence[Tap], shape: 
                                       f"output in an eval-mode forward (not called? use 'head' on a tapped "
                                       f"feature for heads that only run in training)")
                 for t in side_taps:
-                    x = tap[t.path]
+                    x = tap.get(t.path, t.index)
                     if t.head is not None:
                         x = _resolve(net, t.head, side)(x)
                     shapes[f"{t.key}>{t.head}" if t.head else t.key] = x.shape

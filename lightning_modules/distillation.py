@@ -42,7 +42,7 @@ from lightning_modules.distill_setup import (
     example_shape, main_output, parse_taps,
 )
 from lightning_modules.errors import ConfigError
-from lightning_modules.hooks import FeatureTap
+from lightning_modules.hooks import FeatureTap, indices_by_path
 from lightning_modules.losses.kd.attention import LIST_ROLES, MASK, STUDENT_LOGITS, TEACHER_PRED_LATE
 from lightning_modules.segmentation import SegmentationModule
 
@@ -156,10 +156,10 @@ class DistillationModule(SegmentationModule):
     def attach_taps(self) -> None:
         if self.student_tap is None or not self.student_tap.active:
             s = [t for t in self.taps if t.side == "student"]
-            self.student_tap = FeatureTap(self.net, [t.path for t in s], index={t.path: t.index for t in s})
+            self.student_tap = FeatureTap(self.net, [t.path for t in s], index=indices_by_path((t.path, t.index) for t in s))
         if self.teacher_tap is None or not self.teacher_tap.active:
             t = [t for t in self.taps if t.side == "teacher"]
-            self.teacher_tap = FeatureTap(self.teacher, [x.path for x in t], index={x.path: x.index for x in t},
+            self.teacher_tap = FeatureTap(self.teacher, [x.path for x in t], index=indices_by_path((x.path, x.index) for x in t),
                                           detach=True)
 
     def remove_taps(self) -> None:
@@ -217,7 +217,7 @@ class DistillationModule(SegmentationModule):
                                  MASK: batch.get("mask")}
         declared: set[str] = set()
         for t in self.taps:
-            x = (self.teacher_tap if t.side == "teacher" else self.student_tap)[t.path]
+            x = (self.teacher_tap if t.side == "teacher" else self.student_tap).get(t.path, t.index)
             if t.head is not None:
                 with torch.no_grad():
                     x = self.teacher.get_submodule(t.head)(x)
@@ -273,7 +273,8 @@ class DistillationModule(SegmentationModule):
         if mids is not None:
             heads += [(f"mid{j + 1}", t, h) for j, (t, h) in enumerate(zip(s_taps.get("student_mid", []), mids))]
         out: OrderedDict[str, Tensor] = OrderedDict()
-        with FeatureTap(self.net, [t.path for _, t, _ in heads], index={t.path: t.index for _, t, _ in heads}) as tap:
+        with FeatureTap(self.net, [t.path for _, t, _ in heads],
+                        index=indices_by_path((t.path, t.index) for _, t, _ in heads)) as tap:
             logits = main_output(self.net(image))
             # the tapped maps cover the student's padded grid (a review: resized straight to the image, a map at
             # 60 px was shifted ~2 px, ~12 px at 500): resized to that grid, then cropped as the logits are
@@ -281,7 +282,7 @@ class DistillationModule(SegmentationModule):
             h, w = image.shape[-2:]
             grid = (-(-h // m) * m, -(-w // m) * m)
             for name, t, head in heads:
-                z = nn.functional.interpolate(head(tap[t.path]).float(), size=grid, mode="bilinear",
+                z = nn.functional.interpolate(head(tap.get(t.path, t.index)).float(), size=grid, mode="bilinear",
                                               align_corners=False)
                 out[f"{name} ({t.path})"] = z[..., :h, :w]
         out["final"] = logits

@@ -3,19 +3,30 @@
 ``FeatureTap(model, ["encoder.layer1", "decoder.blocks.2"])`` registers one forward hook per path
 (``model.get_submodule(path)``) and keeps the latest output of each module in ``tap.outputs``
 (a dict ``path -> Tensor``), overwritten on every forward (a module called several times in one
-forward keeps its last output).  Use it as a context manager or call
+forward keeps its last output).  A module returning a list (an smp encoder's stages) may be read at
+several indices (``index={path: [2, 3]}``; :meth:`FeatureTap.get`).  Use it as a context manager or call
 :meth:`FeatureTap.remove` to drop every handle.
 """
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-IndexSpec = int | None | Mapping[str, int | None]
+IndexSpec = int | None | Mapping[str, int | None | Sequence[int | None]]
+
+
+def indices_by_path(pairs: Iterable[tuple[str, int | None]]) -> dict[str, list[int | None]]:
+    """``{path: [index, ...]}`` for a :class:`FeatureTap` from ``(path, index)`` pairs, in their order (a review:
+    ``{path: index}`` kept one index a path, so two taps on one encoder's stages 3 and 4 both read stage 4)."""
+    out: dict[str, list[int | None]] = {}
+    for path, index in pairs:
+        if index not in out.setdefault(path, []):
+            out[path].append(index)
+    return out
 
 
 def resolve_module(model: nn.Module, path: str) -> nn.Module:
@@ -56,7 +67,8 @@ class FeatureTap:
         model: the network to tap.
         paths: module paths as in ``model.named_modules()`` (``""`` is the model itself).
         index: which element to keep when a module returns a tuple/list; one int for every path,
-            a mapping ``path -> int``, or ``None`` (default) for the first tensor.
+            a mapping ``path -> int`` (or a list of ints, each read by :meth:`get`), or ``None`` (default) for
+            the first tensor.
         detach: store detached outputs (for a frozen teacher).
     Raises:
         ValueError: at construction, for a path that does not exist (close matches are listed).
@@ -67,17 +79,21 @@ class FeatureTap:
         self.model = model
         self.paths: list[str] = list(dict.fromkeys(paths))
         self.detach = detach
-        self.outputs: dict[str, Tensor] = {}
+        self.outputs: dict[str, Tensor] = {}  # each path's first index
+        self.selected: dict[tuple[str, int | None], Tensor] = {}  # every (path, index)
         self._handles: list[RemovableHandle] = []
         modules = {path: resolve_module(model, path) for path in self.paths}  # validate all first
         for path, module in modules.items():
             idx = index.get(path) if isinstance(index, Mapping) else index
-            self._handles.append(module.register_forward_hook(self._make_hook(path, idx)))
+            wanted = list(dict.fromkeys(idx)) if isinstance(idx, (list, tuple)) else [idx]
+            self._handles.append(module.register_forward_hook(self._make_hook(path, wanted or [None])))
 
-    def _make_hook(self, path: str, index: int | None):
+    def _make_hook(self, path: str, indices: list[int | None]):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            tensor = select_tensor(output, index)
-            self.outputs[path] = tensor.detach() if self.detach else tensor
+            for index in indices:
+                tensor = select_tensor(output, index)
+                self.selected[(path, index)] = tensor.detach() if self.detach else tensor
+            self.outputs[path] = self.selected[(path, indices[0])]
         return hook
 
     def __getitem__(self, path: str) -> Tensor:
@@ -85,9 +101,17 @@ class FeatureTap:
             raise KeyError(f"no output captured for {path!r} (was the model run? paths: {self.paths})")
         return self.outputs[path]
 
+    def get(self, path: str, index: int | None) -> Tensor:
+        """The output of ``path`` at ``index``, one of the indices it was tapped with."""
+        if (path, index) not in self.selected:
+            raise KeyError(f"no output captured for {path!r} at index {index} (was the model run? paths: "
+                           f"{self.paths})")
+        return self.selected[(path, index)]
+
     def clear(self) -> None:
         """Forget the captured outputs (frees the activations they reference)."""
         self.outputs.clear()
+        self.selected.clear()
 
     def remove(self) -> None:
         """Remove every hook handle; idempotent."""

@@ -108,6 +108,22 @@ def test_hooks_capture_declared_shapes_and_are_removed():
     assert no_hooks(module.net) and no_hooks(module.teacher)
 
 
+def test_two_taps_on_one_module_read_their_own_index():
+    """A review: taps kept one index a module, so ``encoder`` (smp's ResNet: a list of its stages) tapped at stages 3
+    and 4 gave stage 4 twice, and the predictive heads were built for 256 channels both."""
+    stages = [{"role": "student_mid", "student": "encoder", "index": 3},
+              {"role": "student_mid", "student": "encoder", "index": 4}]
+    module = make(taps=TAPS[:1] + stages + TAPS[3:])
+    assert [h.in_channels for h in module.kd_loss.mid_heads] == [128, 256]
+    module.attach_taps()
+    b = batch()
+    roles = module.kd_inputs(b, module.net(b["image"]), module.teacher(b["image"]))
+    assert [t.shape for t in roles["student_mid"]] == [(2, 128, 4, 4), (2, 256, 2, 2)]
+    maps = module.intermediate_predictions(b["image"])  # the heads read their own stage here too (else: a shape error)
+    assert [m.shape for m in maps.values()] == [(2, 2, 32, 32)] * len(maps) and len(maps) == 4
+    module.teardown("fit")
+
+
 def test_fit_leaves_teacher_untouched_and_no_hooks():
     module = make(kd_loss={"_target_": "lightning_modules.losses.kd.HIFDLoss"},
                   taps=[TAPS[1], TAPS[2], TAPS[7], TAPS[11]], method="hifd")
