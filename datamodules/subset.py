@@ -178,7 +178,7 @@ class SubsetDataModule(SplitLoadersMixin, pl.LightningDataModule):
         # the base's data.num_workers unless given (a profile: federated clients always loaded in the main process)
         self.num_workers = int(getattr(base, "num_workers", 0) or 0) if num_workers is None else int(num_workers)
         self.seed = int(seed)
-        for attr in ("in_channels", "num_classes", "class_names", "task"):
+        for attr in ("in_channels", "num_classes", "class_names", "task", "patch_size"):
             if hasattr(base, attr):
                 setattr(self, attr, getattr(base, attr))
         self.train_dataset = IndexSubset(_site_view(base.train_dataset, train_item_fn), self.train_indices, train_item_fn)

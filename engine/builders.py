@@ -164,8 +164,15 @@ def _value_named(node: Any, what: str, message: str) -> str:
 
 def build_module(cfg: DictConfig) -> pl.LightningModule:
     """Instantiate ``cfg.module`` (``_recursive_: false``: the module builds its net/loss from config); only
-    argument errors are the config's here: a ValueError inside a module's constructor may be a bug."""
-    return instantiate_config(cfg.module, "module", values=False)
+    argument errors are the config's here: a ValueError inside a module's constructor may be a bug. On 3D patch
+    data the module's sliding window is set here (``check_volumetric``: ``module.roi_size`` defaults to
+    ``data.patch_size``), not only in ``setup`` from the trainer's datamodule: a review found a federation's
+    modules, evaluated through loaders with no datamodule, feeding whole volumes to the net."""
+    module = instantiate_config(cfg.module, "module", values=False)
+    patch = (cfg.get("data") or {}).get("patch_size")
+    if patch is not None and hasattr(module, "check_volumetric"):
+        module.check_volumetric([int(p) for p in patch])
+    return module
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:

@@ -43,6 +43,18 @@ def test_3d_clients_train_on_patches_and_evaluate_whole_volumes(tmp_path):
     assert 0.0 <= row["test/dice"] <= 1.0 and "test/hd95" in row
 
 
+def test_without_module_roi_size_a_federations_modules_slide_a_patch_sized_window(tmp_path):
+    """A review: ``module.roi_size`` came from the trainer's datamodule in ``setup``, which a federation's
+    evaluation (loaders, no datamodule) and its clients' ``SubsetDataModule`` do not carry: whole volumes went
+    through the net in one piece, unlike predict's patch-sized window. ``build_module`` sets it from the data."""
+    cfg = compose_run([*FED_3D, "federation.rounds=1", "module.roi_size=null"], tmp_path)
+    patch = tuple(int(p) for p in cfg.data.patch_size)
+    server = Server(cfg)
+    assert server.template.roi_size == patch and server.module_for(server.global_state).roi_size == patch
+    dm = client_datamodule(server.ccfg, server.base, server.indices["site1"], None, seed=0)
+    assert tuple(dm.patch_size) == patch
+
+
 @pytest.mark.slow  # two rounds of a 3D net plus the matrix's whole-volume evaluations: about 2 CPU minutes
 def test_two_round_3d_federation_writes_metrics(tmp_path):
     cfg = compose_run([*FED_3D, "federation.rounds=2", "federation.local_epochs=1",
