@@ -40,7 +40,7 @@ SITE_ONLY_KEYS = {"root", "synthetic", "seed", "batch_size", "num_workers", "val
                   "train_cases", "train_slices", "samples_per_volume", "pos", "neg", "case_shard", "image_dir",
                   "mask_dir", "case_pattern", "partial_labels"}
 #: what predict reads of a module's hyper-parameters; a federation's global weights take them from the run config
-HPARAM_KEYS = ("num_classes", "class_names", "fg_threshold", "eval_slices")
+HPARAM_KEYS = ("num_classes", "class_names", "fg_threshold", "eval_slices", "overlap", "roi_size", "nsd_tolerance_mm")
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,7 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
             member_path, member_cfg = own, _same_preprocessing(read_run_config(own), own, first_cfg, run_cfg_path)
         if net_cfg is None:  # a bare state dict: a federation's global weights, built from its own run's config
             net_cfg, hp = _weights_net(member_cfg, path, member_path)
+            check_trained_settings(hp, member_path)  # the run's window and tolerance (a review: predict used 0.5, 1 mm)
             if fill_weights is not None:
                 state = fill_weights(Path(path), state, member_cfg, member_path.resolve().parent)
         if not isinstance(net_cfg, dict):

@@ -54,6 +54,23 @@ def test_predict_runs_a_federations_global_model(tmp_path):
         torch.testing.assert_close(models.nets[0](x), module.net.eval()(x))
 
 
+def test_a_federations_global_model_is_predicted_with_its_runs_window_and_tolerance(tmp_path):
+    """A review: of a federation's run config predict read the classes only, so a run tested with
+    ``module.overlap=0`` and ``nsd_tolerance_mm=2`` was predicted at 0.5 and scored at 1 mm (docs/data.md: predict
+    defaults to the run's test window); a crafted value is one line."""
+    from engine.errors import CheckpointError
+    from engine.predict_models import load_models
+
+    run, _ = fed_run(tmp_path, ["++module.overlap=0", "module.nsd_tolerance_mm=2"])
+    hp = load_models([run / "global_best.pt"]).hparams
+    assert hp["overlap"] == 0 and hp["nsd_tolerance_mm"] == 2
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.module.overlap = "abc"
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    with pytest.raises(CheckpointError, match="overlap"):
+        load_models([run / "global_best.pt"])
+
+
 def test_sites_that_preprocess_differently_need_site(tmp_path):
     run, _ = fed_run(tmp_path, ["data.sites.hospital_b.image_size=32"])
     data = phantom(tmp_path, n_cases=1)
