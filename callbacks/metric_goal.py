@@ -4,7 +4,8 @@ from __future__ import annotations
 
 #: metric names where lower is better (|RVD| for the relative volume difference; surface distances in mm)
 LOWER_IS_BETTER = ("loss", "hd95", "hd", "hausdorff", "rvd", "asd", "assd", "error", "seconds", "peak_memory",
-                   "ece", "brier")  # calibration errors (a review: val/ece was taken as higher-is-better)
+                   "ece", "brier",  # calibration errors (a review: val/ece was taken as higher-is-better)
+                   "ms_per", "latency")  # inference time (a review: fed_distill/*/ms_per_volume's slowest was bold)
 
 
 def goal(key: str) -> str:

@@ -45,7 +45,8 @@ DEFAULT_KEYS = ("test/dice", "test/miou", "test/hd95", "test/nsd", "val/dice_bes
                 "test/auc", "test/acc")
 #: columns with no better end (when the best came, clients dropped, sizes and counts): never bold (a review);
 #: matched against the key's last part, so a site or class named ``rounds_b`` is still ranked
-UNRANKED = ("_best_step", "dropped_total", "rounds", "num_parameters", "gflops_per_image", "num_cases", "best_round")
+UNRANKED = ("_best_step", "dropped_total", "rounds", "parameters", "gflops_per_image", "num_cases", "best_round",
+            "num_clients", "shared_pool")  # a review: fed_distill/*/parameters, fed/num_clients were ranked
 #: whole groups of such columns: ``init_weights/loaded``, ``/kept``, ``/unused`` (what the file gave, counts)
 UNRANKED_GROUPS = ("init_weights/",)
 

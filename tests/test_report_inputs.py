@@ -335,6 +335,10 @@ def test_count_columns_are_unranked_but_a_site_named_like_one_is_ranked():
     assert unranked("fed/rounds") and unranked("perf/num_parameters") and unranked("perf/forward_gflops_per_image")
     assert unranked("val/dice_best_step") and not unranked("matrix/FL_global/rounds_b")
     assert not unranked("test/dice") and not unranked("test/dice_rounds_b")
+    # a review: a federated distillation's sizes and a federation's counts were bold, the slowest net "best"
+    assert unranked("fed_distill/teacher/parameters") and unranked("fed/num_clients") and unranked("fed/shared_pool")
+    from callbacks.metric_goal import goal
+    assert goal("fed_distill/student/ms_per_volume") == "min" and goal("test/dice") == "max"
 
 
 def test_init_weights_counts_are_never_bold():
