@@ -85,6 +85,11 @@ def check_config(cfg: DictConfig) -> list[str]:
     needs = [a for a in arms if a in ("hlfd_fed", *FED_ARMS)]
     if cfg.get("federation") is None and needs:
         raise ConfigError(f"fed_distill: arms {needs} need a federation config (add /federation: default)")
+    partition = OmegaConf.select(cfg, "federation.partition", default=None)
+    if needs and isinstance(partition, DictConfig) and partition.get("_target_") and not _per_site(partition):
+        raise ConfigError(f"federation.partition={partition._target_}: a federated distillation's teachers and "
+                          f"students are scored per site, so its federation has one client per site: use "
+                          f"federation/partition=by_site (a review: mixed clients ran, and FedBN failed after stage 1)")
     if cfg.get("distill") is None or cfg.distill.get("loss") is None:
         raise ConfigError("fed_distill needs distill=<a KD method> (e.g. distill=hlfd)")
     if not isinstance(fd.get("keep_last_ckpt", False), bool):
@@ -100,6 +105,17 @@ def check_config(cfg: DictConfig) -> list[str]:
                           f"keeps nothing local")
     site_names(cfg)
     return arms
+
+
+def _per_site(partition: DictConfig) -> bool:
+    """Whether the partitioner names its clients after the data's sites (an unknown ``_target_``: the federation's
+    own check names it)."""
+    from federation.plan import names_its_clients
+
+    try:
+        return names_its_clients(partition)
+    except Exception:  # noqa: BLE001
+        return True
 
 
 def _real_deployment(cfg: DictConfig) -> bool:

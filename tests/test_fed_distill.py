@@ -196,7 +196,9 @@ def test_config_errors(tmp_path):
                       (["fed_distill.keep_last_ckpt=no"], "fed_distill.keep_last_ckpt='no'"),
                       # a review: ignored (the teachers trained on the sites' budgets), and a pool sent samples
                       (["distill.teacher.data={train_cases:null}"], "give a site's budget as data.sites"),
-                      (["federation/strategy=datashare"], "a federated distillation moves weights only")):
+                      (["federation/strategy=datashare"], "a federated distillation moves weights only"),
+                      # a review: clients mixing the sites' slices, scored per site (FedBN failed after stage 1)
+                      (["federation/partition=iid", "federation.num_clients=3"], "one client per site")):
         with pytest.raises(ConfigError, match=re.escape(said)):
             fed_distill_config.check_config(compose_run(["+exp=fed_kits_hlfd", *bad], tmp_path))
     assert fed_distill_config.check_config(compose_run(["+exp=fed_kits_hlfd", "fed_distill.student_rounds=2"],
