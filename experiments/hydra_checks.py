@@ -127,6 +127,29 @@ class SweepOutcome(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         keep_compact()  # the sweeper's own errors after this job reach run_cli (all trials failed: one line)
+        crashed_job(config, job_return)
+
+
+def crashed_job(config: DictConfig, job_return: Any) -> None:
+    """A sweep job that raised (no bad input: a bug, CUDA out of memory) gets a ``failed.json`` naming the error, so
+    the sweep ends with the failed-jobs line and exit 2 and the report lists it. A review: the Optuna sweeper
+    marks such a trial FAIL and goes on (``max_failure_rate``), and with no file the search exited 0 and the report
+    counted the trial as unfinished. Runs in the job's own process under every launcher."""
+    from hydra.core.utils import JobStatus
+
+    if getattr(job_return, "status", None) != JobStatus.FAILED:
+        return
+    out = Path(str(config.hydra.runtime.output_dir))
+    if not out.is_dir() or (out / "failed.json").exists():
+        return
+    exc = getattr(job_return, "_return_value", None)
+    try:
+        from engine import artifacts
+
+        artifacts.write_json(out / "failed.json", {"error": one_line(exc)[:2000],
+                                                   "overrides": [str(o) for o in job_return.overrides or []]})
+    except OSError:  # the disk that stopped the job may not take this file either
+        pass
 
 
 FULL_ERROR = "HYDRA_FULL_ERROR"

@@ -102,6 +102,30 @@ def test_a_search_whose_trials_all_fail_ends_with_one_line_and_exit_2(tmp_path):
                                                     f"failed.json and above): {', '.join(jobs)}")
 
 
+def test_a_trial_that_crashes_is_counted_as_failed(tmp_path, monkeypatch):
+    """A review: a trial raising an error that is no bad input (CUDA out of memory) was marked FAIL by the Optuna
+    sweeper, which goes on (``max_failure_rate: 1.0``); it left no failed.json, so the search exited 0 and the report
+    took the trial for an unfinished one. Now its folder says why and the search ends with exit 2 naming it."""
+    import engine.fit
+
+    real, calls = engine.fit.train_and_test, []
+
+    def first_crashes(cfg):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(cfg)
+
+    monkeypatch.setattr(engine.fit, "train_and_test", first_crashes)
+    sweep = tmp_path / "sweep"
+    proc = _search(tmp_path, sweep, *TINY, "debug=fdr", "hydra.sweeper.n_trials=2", f"paths.data_dir={tmp_path / 'd'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (failed,) = sweep.rglob("failed.json")
+    assert json.loads(failed.read_text())["error"].startswith("RuntimeError: CUDA out of memory")
+    assert len(list(sweep.rglob("metrics.json"))) == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 sweep jobs failed")
+
+
 def test_a_misspelt_optuna_direction_is_one_line(tmp_path):
     """Found by a walkthrough: ``hydra.sweeper.direction=maximise`` was Optuna's ValueError traceback, exit 1."""
     sweep = tmp_path / "sweep"
