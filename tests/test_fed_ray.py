@@ -66,6 +66,30 @@ def test_failing_and_timed_out_clients_are_dropped_and_the_round_completes(local
         ex.shutdown()
 
 
+def test_a_worker_killed_for_memory_is_replaced_not_reused(local_ray, monkeypatch):
+    """A review: Ray reports a worker its memory monitor killed as ``OutOfMemoryError``, a ``RayError`` but no
+    ``RayActorError``; the worker went back to the idle list, and every later call to it failed at once, dropping
+    most clients of every round. Now it is replaced, as a worker that died."""
+    ex = _executor()
+    try:
+        real_get, retired = ex._get, []
+        monkeypatch.setattr(ex, "_retire", lambda actor, real=ex._retire: (retired.append(actor), real(actor)))
+
+        def get(ref, jobs):
+            value = real_get(ref, jobs)
+            if getattr(value, "client_id", None) == "b":  # a client's update (not a worker's start-up check)
+                raise ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")
+            return value
+
+        monkeypatch.setattr(ex, "_get", get)
+        updates, failures = ex.map(fake_client, [ClientJob(c) for c in "abcd"])
+        assert [u.client_id for u in updates] == ["a", "c", "d"] and len(retired) == 1
+        assert failures["b"] == "its Ray worker died (OutOfMemoryError)"
+        assert all(a is not retired[0] for a in ex._pool) and len(ex.workers()) == 2
+    finally:
+        ex.shutdown()
+
+
 def test_a_replacements_set_up_makes_no_finished_client_late(local_ray):
     """A review: a timed-out client's replacement set up its data (8 s) while the driver waited; two clients
     finished meanwhile, one was collected per pass, and the other (11 s of a 12 s limit) was dropped as timed

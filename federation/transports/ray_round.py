@@ -126,16 +126,21 @@ class RayRound:
             update = self.ex._get(ref, self.jobs)
             reason = check_update(cid, update, self.by_id[cid])
             self.idle.append(actor)
-        except ray.exceptions.RayActorError as exc:  # the worker process died: replace it
-            update, reason = None, f"its Ray worker died ({type(exc).__name__})"
-            self._replace(actor)
         except Exception as exc:  # noqa: BLE001 - RayTaskError wraps the client's exception
-            cause = getattr(exc, "cause", None) or exc
-            fatal = client_user_error(cid, cause)
-            if fatal is not None:  # the user's to mend (a setting, a file): every round would fail
-                raise fatal from exc
-            update, reason = None, f"raised {type(cause).__name__}: {cause}"
-            self.idle.append(actor)
+            update = None
+            if isinstance(exc, ray.exceptions.RayError) and not isinstance(exc, ray.exceptions.RayTaskError):
+                # the worker died (RayActorError), was killed for memory (OutOfMemoryError), crashed or lost its
+                # node: replace it (a review: an OOM-killed worker went back to the idle list, and every later
+                # call to it failed at once with the same error, dropping most clients of every round)
+                reason = f"its Ray worker died ({type(exc).__name__})"
+                self._replace(actor)
+            else:
+                cause = getattr(exc, "cause", None) or exc
+                fatal = client_user_error(cid, cause)
+                if fatal is not None:  # the user's to mend (a setting, a file): every round would fail
+                    raise fatal from exc
+                reason = f"raised {type(cause).__name__}: {cause}"
+                self.idle.append(actor)
         if reason is None:
             self.updates.append(update)
         else:
