@@ -58,3 +58,32 @@ def test_a_supernode_killed_by_a_signal_only_drops_its_site(tmp_path):
         assert watch.failure.startswith("the SuperLink exited (code"), watch.failure
     finally:
         groups.stop(grace_s=2)
+
+
+def test_stop_does_not_wait_out_its_grace_for_groups_that_are_gone(tmp_path, monkeypatch):
+    """A review: a leader that had exited but was not yet reaped kept ``killpg(pgid, 0)`` succeeding, so every
+    rehearsal's stop waited its whole grace (10 s) after every process had ended on SIGTERM."""
+    import os
+
+    groups = ProcessGroups(tmp_path / "pgids.json")
+    proc = groups.start("superlink", [sys.executable, "-c", "pass"], {}, tmp_path / "logs" / "superlink.log")
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie leader
+    naps = []
+    monkeypatch.setattr(time, "sleep", naps.append)
+    groups.stop(grace_s=60)
+    assert naps == [] and proc.returncode == 0
+
+
+def test_a_rehearsal_stopped_by_its_data_leaves_no_private_key(tmp_path):
+    """A review: the throw-away TLS and node keys were made before the sites' data was built and outside the block
+    whose ``finally`` deletes them, so a wrong ``data.root`` left ``certs/server.key`` in the run folder."""
+    import pytest
+
+    from datamodules.errors import DataError
+    from experiments.run import dispatch
+    from tests.hydra_helpers import compose_run
+
+    with pytest.raises(DataError, match="does not exist"):
+        dispatch(compose_run(["+exp=fed_lits_dnet", "data=lits", f"data.root={tmp_path / 'typo'}",
+                              "federation/executor=flower", "federation.executor.node_auth=true"], tmp_path))
+    assert not [p for p in tmp_path.rglob("*") if p.suffix == ".key" or p.name.endswith(".pem") and "key" in p.name]

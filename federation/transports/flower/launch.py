@@ -144,12 +144,10 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     home, port = fdir / "home", free_port()
     marker = claim(fdir, home)  # before anything in the folder is rewritten
     (fdir / "result.json").unlink(missing_ok=True)
-    tls = throwaway_tls(fdir / "certs")
-    flwr_home(home, port, tls["ca"])
     app = fdir / "app"
     shutil.copytree(APP_DIR, app, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     cfg_path = write_run_config(cfg, fdir)
-    ids = _client_ids(cfg)
+    ids = _client_ids(cfg)  # builds the data (a wrong data.root stops here): before any private key is made
     store = out / str(OmegaConf.select(cfg, "federation.store_dir", default="client_store"))
     env = rehearsal_env(home, marker)
     ex = cfg.federation.executor
@@ -161,13 +159,17 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
         signal.signal(signal.SIGTERM, _raise_terminate)
     interrupted = False
     auth = bool(ex.get("node_auth", False))
-    keys = node_keys(fdir / "keys", [f"supernode_{cid}" for cid in ids]) if auth else {}
-    database = None
-    if auth:  # the deployment's SuperLink (docs/deployment.md): node authentication and a file-backed state,
-        database = fdir / "superlink.db"  # fresh per launch (the federation's own state is server.pt)
-        for stale in (database, *database.parent.glob(database.name + "-*")):
-            stale.unlink(missing_ok=True)
-    try:
+    tls: dict = {}
+    keys: dict = {}
+    try:  # the private keys are made inside it, so the finally deletes them whatever stops the launch (a review)
+        tls = throwaway_tls(fdir / "certs")
+        flwr_home(home, port, tls["ca"])
+        keys = node_keys(fdir / "keys", [f"supernode_{cid}" for cid in ids]) if auth else {}
+        database = None
+        if auth:  # the deployment's SuperLink (docs/deployment.md): node authentication and a file-backed state,
+            database = fdir / "superlink.db"  # fresh per launch (the federation's own state is server.pt)
+            for stale in (database, *database.parent.glob(database.name + "-*")):
+                stale.unlink(missing_ok=True)
         superlink = groups.start("superlink", superlink_argv(tls, port, auth, database), env, logs / "superlink.log")
         if not listening(superlink, port):
             why = "within 120 s" if superlink.poll() is None else f"(it exited with code {superlink.returncode})"
@@ -220,8 +222,9 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
         try:
             groups.stop()
         finally:
-            for private in [tls["key"], *(k for k, _ in keys.values())]:  # the throw-away private keys go with the
-                private.unlink(missing_ok=True)  # processes that used them (a review: left in the run folder)
+            # the throw-away private keys go with the processes that used them (a review: left in the run folder)
+            for private in ([tls["key"]] if "key" in tls else []) + [k for k, _ in keys.values()]:
+                private.unlink(missing_ok=True)
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
                 signal.signal(signal.SIGINT, previous_int)

@@ -146,6 +146,12 @@ class ProcessGroups:
         except (ProcessLookupError, PermissionError):
             return False
 
+    def _running(self, proc: subprocess.Popen) -> bool:
+        """Whether ``proc``'s group still has a process: its leader reaped first if it has exited (a review: an
+        exited, unreaped leader kept ``killpg(pgid, 0)`` succeeding, so every stop waited the whole grace)."""
+        proc.poll()
+        return self._alive(proc.pid)
+
     @staticmethod
     def _signal_group(pgid: int, sig: int) -> None:
         """``killpg`` that tolerates a group already gone."""
@@ -163,7 +169,7 @@ class ProcessGroups:
             if self._alive(proc.pid):
                 self._signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(self._alive(p.pid) for p in self.procs.values()):
+        while time.monotonic() < deadline and any(self._running(p) for p in self.procs.values()):
             time.sleep(0.2)
         for proc in self.procs.values():
             if self._alive(proc.pid):
