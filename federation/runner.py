@@ -49,7 +49,7 @@ from federation.core.sampling import client_seed
 from federation.core.strategies import DataSharing, Strategy, proximal_loss_term, strategy_class
 from federation.init_local import start_local
 from federation.store import ClientStore
-from federation.store_owner import FEDERATION_ID, claim_store
+from federation.store_owner import FEDERATION_ID, claim_store, store_round
 from lightning_modules.base import is_argument_error
 from lightning_modules.errors import ConfigError
 
@@ -321,7 +321,10 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
         record[FEDERATION_ID] = str(config[FEDERATION_ID])
     if hasattr(module, "private_state"):
         record["private_state"] = {k: v.detach().cpu() for k, v in module.private_state().items()}
-    store.update(client_id, record, round=rnd)  # replaces what a stopped attempt at this round wrote
-    if _keeps_best_local(cfg):
-        _save_if_best(store, client_id, rnd, new_state, reported, _module_monitor(cfg))
+    def write() -> None:
+        store.update(client_id, record, round=rnd)  # replaces what a stopped attempt at this round wrote
+        if _keeps_best_local(cfg):
+            _save_if_best(store, client_id, rnd, new_state, reported, _module_monitor(cfg))
+
+    store_round(store, best_local_store(store), client_id, rnd, write)
     return strategy.make_update(client_id, new_state, len(dm.train_dataset), reported)

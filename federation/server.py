@@ -289,6 +289,7 @@ class Server:
                 f"round {rnd + 1}: only {len(updates)} of {len(sampled)} clients reported after a retry "
                 f"(federation.min_clients={min_clients}); failures: {failures}. Stopping: {kept}")
         for cid in failures:  # a dropped client's round is not kept: what it stored goes (a review: a client
+            self.store.close_round(cid, rnd)  # (first: one still running, past a timeout, keeps nothing either)
             for store in client_stores(self):  # dropped for NaN weights kept its NaN BN, which then spoilt
                 store.rollback(cid, rnd)  # FedBN's server evaluation and stopped resume)
         for u in updates:

@@ -109,6 +109,7 @@ def kept_id(server: Server, state: dict, path) -> None:
 def drop_stopped_round(server: Server, rnd: int) -> None:
     """What clients stored in round ``rnd`` before the run stopped (after their training, before this
     ``server.pt``) is dropped, so the round runs again from the state it began with."""
+    server.store.reopen_from(rnd)
     for store in client_stores(server):
         dropped = [cid for cid in store.index() if store.rollback(cid, rnd)]
         if dropped:

@@ -19,13 +19,14 @@ import logging
 import os
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from federation.errors import FederationError
 from federation.resume_checks import FEDERATION_ID_PATTERN
 from federation.store import ClientStore
 from engine.artifacts import atomic_write_text
 
-__all__ = ["FEDERATION_ID", "ID_FILE", "ID_PATTERN", "federation_id", "claim_store"]
+__all__ = ["FEDERATION_ID", "ID_FILE", "ID_PATTERN", "federation_id", "claim_store", "store_round"]
 
 log = logging.getLogger("federation.runner")
 
@@ -89,3 +90,17 @@ def _move(store: ClientStore, best_local: ClientStore, client_id: str, dest: Pat
         if path.is_file():
             folder.mkdir(parents=True, exist_ok=True)
             os.replace(path, folder / path.name)
+
+
+def store_round(store: ClientStore, best_local: ClientStore, client_id: str, rnd: int, write: Callable[[], None]) -> None:
+    """``write()`` (the client's state of round ``rnd``) unless the server has closed that round without this
+    client (:meth:`ClientStore.close_round`: it timed out); closed while it wrote, what it wrote is rolled back. The
+    server marks, then rolls back, so every order of the two ends with nothing of the round kept."""
+    if store.round_closed(client_id, rnd):
+        log.warning("client %s: round %d was closed without this client's update (it came too late); nothing of "
+                    "it is stored", client_id, rnd + 1)
+        return
+    write()
+    if store.round_closed(client_id, rnd):
+        for kept in (store, best_local):
+            kept.rollback(client_id, rnd)

@@ -227,3 +227,35 @@ def test_a_federation_resumed_after_another_used_the_site_takes_its_own_state_ba
     claim_store(store, best, "site", a)
     assert ClientStore(tmp_path / "s" / "earlier" / b).load("site", "last_round") == 3  # not replaced
     assert ClientStore(tmp_path / "s" / "earlier" / f"{b}-2").load("site", "history") == []
+
+
+def test_a_client_late_for_a_round_the_server_closed_keeps_nothing_of_it(tmp_path):
+    """A review: a Flower ClientApp past ``timeout_s`` cannot be recalled; in the rehearsal (a store shared with the
+    server) its write came after the server's rollback, so the next round started from the dropped round's state
+    (and a write of round r after round r+1's dropped r+1's). The server marks the round closed, then rolls back;
+    the client checks the mark before writing and after: every order keeps nothing of the round."""
+    from federation.store_owner import store_round
+
+    store, best = ClientStore(tmp_path / "s"), ClientStore(tmp_path / "s" / "best_local")
+    store.update("a", {"bn": torch.zeros(2)}, round=0)
+    store.commit("a")
+
+    def write(rnd, value, close_midway=False):
+        def go():
+            store.update("a", {"bn": torch.full((2,), value)}, round=rnd)
+            best.update("a", {"best_local": {"state": {"w": torch.ones(1)}, "round": rnd, "value": 0.5}}, round=rnd)
+            if close_midway:  # the server closes the round while the client writes
+                store.close_round("a", rnd)
+                for kept in (store, best):
+                    kept.rollback("a", rnd)
+        return go
+
+    store.close_round("a", 1)  # the server dropped a at round 1 (a timeout) ...
+    store_round(store, best, "a", 1, write(1, 1.0))  # ... which still ran and reports late
+    assert torch.equal(store.load_all("a")["bn"], torch.zeros(2)) and best.load_all("a") == {}
+    store_round(store, best, "a", 2, write(2, 2.0, close_midway=True))
+    assert torch.equal(store.load_all("a")["bn"], torch.zeros(2)) and best.load_all("a") == {}
+    store_round(store, best, "a", 3, write(3, 3.0))  # an open round is stored as before
+    assert torch.equal(store.load_all("a")["bn"], torch.full((2,), 3.0))
+    store.reopen_from(2)  # a resume runs rounds 2.. again: their marks go, round 1's stays
+    assert store.round_closed("a", 1) and not store.round_closed("a", 2) and store.index() == ["a"]
