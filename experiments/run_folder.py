@@ -56,13 +56,15 @@ def foreign_link(folder: str | Path) -> tuple[Path, str] | None:
     handed to ``resume=`` with ``csv/hparams.yaml`` linked to another file would have that file replaced.
     Links inside the folder are fine. W&B's own folder is left to W&B (a link there leads into
     ``~/.cache/wandb``): a resumed run writes a new ``wandb/offline-run-*`` folder and W&B re-points its own
-    links rather than writing through them; ``wandb`` itself as a link is refused like any other."""
+    links rather than writing through them; ``wandb`` itself as a link is refused like any other. So are the
+    ``wandb`` folders of a run's stages and sites (a federated distillation's ``teacher/``, ``fed_none/``,
+    ``sites/<site>/<arm>/``: a walkthrough found its resume refused for 56 such links)."""
     root = Path(folder)
     if not root.is_dir():
         return None
     base = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == root and "wandb" in dirnames and not (root / "wandb").is_symlink():
+        if "wandb" in dirnames and not (Path(dirpath) / "wandb").is_symlink():
             dirnames.remove("wandb")
         for name in (*dirnames, *filenames):
             entry = Path(dirpath) / name

@@ -189,6 +189,14 @@ def test_links_inside_a_run_folder_are_fine(tmp_path):
     (tmp_path / "wandb" / "run-1" / "logs").mkdir()
     (tmp_path / "wandb" / "run-1" / "logs" / "debug-core.log").symlink_to(tmp_path.parent)
     assert foreign_link(tmp_path) is None
+    # ... and so are a stage's or site's (a walkthrough: a federated distillation's resume was refused for them)
+    (tmp_path / "sites" / "a" / "none" / "wandb" / "run-2" / "logs").mkdir(parents=True)
+    (tmp_path / "sites" / "a" / "none" / "wandb" / "run-2" / "logs" / "debug-core.log").symlink_to(tmp_path.parent)
+    assert foreign_link(tmp_path) is None
+    (tmp_path / "sites" / "a" / "none" / "csv").mkdir()
+    (tmp_path / "sites" / "a" / "none" / "csv" / "metrics.csv").symlink_to(tmp_path.parent)
+    assert foreign_link(tmp_path) == (Path("sites/a/none/csv/metrics.csv"), str(tmp_path.parent))
+    shutil.rmtree(tmp_path / "sites")
     (tmp_path / "csv").mkdir()
     (tmp_path / "csv" / "dangling").symlink_to(tmp_path / "nowhere")
     assert foreign_link(tmp_path) == (Path("csv/dangling"), str(tmp_path / "nowhere"))
