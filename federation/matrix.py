@@ -39,6 +39,7 @@ from torch.utils.data import ConcatDataset
 
 from datamodules.subset import SubsetDataModule
 from engine import artifacts
+from engine.wandb_tracking import debug_mode
 from federation.core.sampling import client_seed, clients_per_round, round_half_up
 from federation.plan import MATRIX_CHOICES
 from federation.runner import best_local_store, train_local
@@ -159,6 +160,10 @@ def matrix_note(server: Server) -> str | None:
     on_val = [c for c in ids if (server.indices[c].test is None or not len(server.indices[c].test))
               and len(server.indices[c].val)]  # a client with neither has no column (a review)
     notes = []
+    if debug_mode(server.cfg):  # a walkthrough: a fast_dev_run's matrix read like results (its pooled column was
+        notes.append(f"**A debug run (debug mode {debug_mode(server.cfg)}): its rows trained and were scored on a "
+                     f"few batches; these figures are not results.**")  # the pooled column was its first site's
+        return " ".join(notes)
     if on_val:
         notes.append(f"Columns {', '.join(on_val[:8])} are those clients' validation splits (the data has no "
                      f"sites, so they have no test cases of their own).")

@@ -83,3 +83,5 @@ def test_fast_dev_run_exits_zero(exp, tmp_path, zygote):
     if exp.startswith("fed_") and exp != "fed_kits_hlfd" and exp != "fed_kits_hlfd_claim":
         # found by a walkthrough: the banner said "2 local epochs" for a run of one batch per client
         assert "x 1 batch per client (fast_dev_run)" in " ".join(proc.stdout.split()), proc.stdout[-2000:]
+    if (run / "evaluation_matrix.md").is_file():  # a walkthrough: a debug run's matrix read like results
+        assert "**A debug run (debug mode fdr)" in (run / "evaluation_matrix.md").read_text()
