@@ -49,15 +49,16 @@ def _channels_last(x: np.ndarray, path: Path) -> np.ndarray:
     return x
 
 
-#: what an integer image file's grey levels are divided by: its bit depth's maximum (NPY floats kept as stored)
+#: what an 8- or 16-bit PNG/JPEG's grey levels are divided by: its bit depth's maximum (NPY is kept as stored)
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 def load_image(path: Path) -> np.ndarray:
-    """Grey float32 [H, W]: RGB(A) converted with ITU-R 601 luma weights; 8- and 16-bit integer images
-    scaled to [0, 1] by their bit depth, other dtypes kept as stored (e.g. HU or already-normalised NPY)."""
+    """Grey float32 [H, W]: RGB(A) converted with ITU-R 601 luma weights; 8- and 16-bit PNG/JPEG scaled to [0, 1]
+    by their bit depth; NPY kept as stored, whatever its dtype (HU, HU + 1024 in uint16, already normalised): a
+    2D review found uint16 NPY divided by 65535, so a ``window`` in its stored units made every image 0."""
     x = _read(path)
-    scale = 1.0 / _SCALE.get(x.dtype, 1.0)
+    scale = 1.0 if path.suffix.lower() == ".npy" else 1.0 / _SCALE.get(x.dtype, 1.0)
     x = x.astype(np.float32)
     if x.ndim == 3:
         x = x[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32) if x.shape[-1] >= 3 else x[..., 0]

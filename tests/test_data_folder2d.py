@@ -186,6 +186,16 @@ def test_hu_npy_slices_pad_with_air_given_as_background(tmp_path, caplog):
     assert not [r for r in caplog.records if "data.background" in r.getMessage()]
     assert air.fill_value() == 0.0 and air.collate_fn(True).fill == 0.0
     assert float(air.train_dataset[0]["image"].min()) == 0.0  # the stored air, windowed, is the fill
+    # the same slices as uint16 HU + 1024, as CT is often kept: windowed in their stored units (a 2D review: they
+    # were divided by 65535 first, and every image was 0)
+    for c in range(3):
+        hu = np.load(tmp_path / "imgs" / f"{c}_0.npy")
+        np.save(tmp_path / "imgs" / f"{c}_0.npy", (hu + 1024).astype(np.uint16))
+    kw["window"] = [824, 1274]
+    shifted = FolderSegmentationDataModule(str(tmp_path), background=0, **kw)
+    shifted.setup()
+    image = shifted.train_dataset[0]["image"]
+    assert float(image.max()) == pytest.approx(260 / 450) and float(image.min()) == 0.0  # 60 HU, air
 
 
 def test_one_split_file_serves_every_case_shard(tmp_path):
