@@ -166,8 +166,13 @@ class FolderSegmentationDataModule(SliceDataModule):
     def pairs(self, image_dir: Path | None = None, mask_dir: Path | None = None) -> list[tuple[str, Path, Path]]:
         """``(stem, image, mask)`` for every pair; unmatched files are an error."""
         image_dir, mask_dir = image_dir or self.image_dir, mask_dir or self.mask_dir
+        same = image_dir.resolve() == mask_dir.resolve()
+        if same and self.mask_suffix == self.image_suffix:  # a 2D review: every file was paired with itself
+            raise DataError(f"data.image_dir and data.mask_dir are one folder ({image_dir}) with one suffix "
+                            f"({self.image_suffix!r}): each file would be its own mask; set data.mask_suffix (e.g. "
+                            f"'_mask' for x.png + x_mask.png) or data.image_suffix")
         images, masks = self._files(image_dir, self.image_suffix), self._files(mask_dir, self.mask_suffix)
-        if image_dir.resolve() == mask_dir.resolve() and self.mask_suffix != self.image_suffix:
+        if same:
             # one folder of x.png and x_mask.png (or x_img.png and x.png): a file both suffixes match is of the
             # longer, more specific one (a review: x_mask.png was read as an image "without a matching mask";
             # a later one: the mirror layout failed so, and the test was quadratic in the files)

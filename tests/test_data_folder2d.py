@@ -397,3 +397,15 @@ def test_colour_and_alpha_masks_are_read_as_they_are_drawn(tmp_path):
     rgba[2, :3, 3] = 255
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
     assert decode_mask(tmp_path / "alpha.png", 127, 3, None).sum() == 3
+
+
+def test_one_folder_with_one_suffix_for_images_and_masks_is_one_line(tmp_path):
+    """A 2D review: ``image_dir == mask_dir`` with equal suffixes paired every file with itself (each image its own
+    mask, every mask file an image), without a word."""
+    for name in ("c_0.png", "c_0_mask.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name)
+    dm = FolderSegmentationDataModule(str(tmp_path), image_dir=".", mask_dir=".", image_size=None)
+    with pytest.raises(DataError, match=r"one folder .* each file would be its own mask; set data.mask_suffix"):
+        dm.pairs()
+    assert [s for s, _, _ in FolderSegmentationDataModule(str(tmp_path), image_dir=".", mask_dir=".",
+                                                          mask_suffix="_mask").pairs()] == ["c_0"]
