@@ -431,3 +431,40 @@ def test_a_node_whose_site_query_failed_once_is_asked_again(grid_env, monkeypatc
     ex = executor.FlowerExecutor(privacy="none", connect_timeout_s=10)
     ex.discover(set(N))
     assert grid.failed and set(ex.nodes) == set(N), ex.nodes
+
+
+def test_a_reply_flowers_unmasking_cannot_add_halts_the_round_not_the_server(caplog):
+    """A security review: a site answering with fewer masked arrays than the others made Flower's unmasking raise
+    an IndexError, which stopped the whole ServerApp; now the round halts (None), as when too few sites answer,
+    and the executor's retry and ``min_clients`` decide."""
+    import random
+    from types import SimpleNamespace
+
+    from federation.transports.flower.secagg import run_secagg
+
+    def workflow(timeout):
+        def run(grid, context):
+            random.random()
+            raise IndexError("list index out of range")
+        return run
+
+    state = random.getstate()
+    assert run_secagg(None, {}, 1, SimpleNamespace(workflow=workflow)) is None
+    assert random.getstate() == state and "SecAgg+ halted: IndexError" in caplog.text
+
+
+def test_a_sites_clear_integer_outside_the_entrys_dtype_is_refused():
+    """A security review: a site's int64 ``2**40 + 5`` for an int32 buffer became 5 (and ``-1`` for uint8 255)."""
+    import json
+
+    import numpy as np
+
+    from federation.transports.flower.wire import INTS, KEYS, decode_mean
+
+    sent = {"w": torch.zeros(2), "n": torch.tensor([3], dtype=torch.int32)}
+    metrics = {KEYS: "w\nn", INTS: json.dumps({"n": ["int64", [1], [2 ** 40 + 5]]})}
+    with pytest.raises(ValueError, match="outside torch.int32's range"):
+        decode_mean([np.zeros(2)], metrics, 10, "a", sent)
+    metrics[INTS] = json.dumps({"n": ["int64", [1], [7]]})
+    got = decode_mean([np.full(2, 0.5)], metrics, 10, "a", sent).weights
+    assert got["n"].dtype == torch.int32 and got["n"].tolist() == [7] and got["w"].tolist() == [0.5, 0.5]

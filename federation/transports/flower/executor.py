@@ -240,7 +240,7 @@ class FlowerExecutor:
         log.warning("round %d: SecAgg+ over %d sites in %.1f s", int(rnd) + 1, len(msgs), time.monotonic() - t0)
         if result is None:
             for cid in by_node.values():
-                failures[cid] = "SecAgg+ halted: too few sites answered to unmask the sum (see the ServerApp log)"
+                failures[cid] = "SecAgg+ halted: too few sites answered to unmask the sum, or a reply did not add (see the ServerApp log)"
             return got
         sent = next(iter(fitins.values())).config[KEYS]
         for node, cid in by_node.items():

@@ -125,6 +125,11 @@ def run_secagg(grid: Any, fitins: Mapping[int, FitIns], round_number: int, setti
     rng = random.getstate()  # the workflow shuffles the node ids with Python's global generator
     try:
         settings.workflow(timeout)(grid, context)
+    except Exception as exc:  # noqa: BLE001 - a security review: one site's masked reply with fewer arrays (or
+        # shapes that do not add, bad bytes) raised in Flower's unmasking and stopped the whole federation; now the
+        # round halts as when too few sites answer (the executor retries it, then min_clients decides)
+        log.warning("round %d: SecAgg+ halted: %s: %s", round_number, type(exc).__name__, str(exc)[:200])
+        return None
     finally:
         random.setstate(rng)
     if strategy.result is None or not strategy.result[0]:

@@ -192,6 +192,10 @@ def _as_integer(key: str, value: torch.Tensor, dtype: torch.dtype) -> torch.Tens
         raise ValueError(f"entry {key!r}: {dtype} values arrived non-finite or out of range")
     if not bool((value == value.round()).all()):
         raise ValueError(f"entry {key!r}: {dtype} values arrived as fractions")
+    if dtype != torch.bool and value.numel():  # a security review: 2**40 + 5 into int32 became 5, -1 into uint8 255
+        info = torch.iinfo(dtype)
+        if float(value.min()) < info.min or float(value.max()) > info.max:
+            raise ValueError(f"entry {key!r}: values outside {dtype}'s range [{info.min}, {info.max}]")
     return value.round().to(dtype)
 
 
@@ -258,5 +262,5 @@ def decode_mean(mean: list[np.ndarray], content_metrics: Mapping[str, Any], num_
         weights[k] = t >= 0.5 if ref.dtype == torch.bool else (t if ref.is_floating_point() else t.round()).to(ref.dtype)
     for k, v in ints.items():  # another kind than sent stays as it came: update_problem names it
         same_kind = _is_int(sent[k]) and (v.dtype == torch.bool) == (sent[k].dtype == torch.bool)
-        weights[k] = v.to(sent[k].dtype) if same_kind else v
+        weights[k] = _as_integer(k, v, sent[k].dtype) if same_kind and v.dtype != sent[k].dtype else v
     return ClientUpdate(client_id, {k: weights[k] for k in keys}, int(num_examples), metrics)
