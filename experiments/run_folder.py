@@ -64,7 +64,9 @@ def foreign_link(folder: str | Path) -> tuple[Path, str] | None:
         return None
     base = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root):
-        if "wandb" in dirnames and not (Path(dirpath) / "wandb").is_symlink():
+        here = Path(dirpath)  # the run's own W&B folder, or a stage's or site's beside its wandb_id.txt (a security
+        if "wandb" in dirnames and not (here / "wandb").is_symlink() and (  # review: not any folder named wandb)
+                here == root or (here / "wandb_id.txt").is_file()):
             dirnames.remove("wandb")
         for name in (*dirnames, *filenames):
             entry = Path(dirpath) / name

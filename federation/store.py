@@ -19,6 +19,7 @@ re-run round started from the stopped attempt's BN statistics, history and best-
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from lightning_modules.atomic import save_torch
+from federation.errors import FederationError
 from federation.resume_checks import BEFORE, check_client_data
 from lightning_modules.safe_load import load_checkpoint
 
@@ -122,18 +124,32 @@ class ClientStore:
         a client still running it (a Flower ClientApp past ``timeout_s``, whose message cannot be recalled) then
         keeps nothing of it (:func:`federation.store_owner.store_round`). A review: in the rehearsal its late
         write came after the server's rollback, and the next round started from the dropped round's state."""
-        folder = self.root / _CLOSED / quote(str(client_id), safe="")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / str(int(round))).touch()
+        folder = self._closed() / quote(str(client_id), safe="")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / str(int(round))).touch()
+        except OSError as exc:  # a crafted store: a file where the folder goes
+            raise FederationError(f"{folder}: cannot mark round {round + 1} closed ({type(exc).__name__}); "
+                                  f"remove it") from None
 
     def round_closed(self, client_id: str, round: int) -> bool:
         return (self.root / _CLOSED / quote(str(client_id), safe="") / str(int(round))).exists()
 
     def reopen_from(self, round: int) -> None:
-        """Forget the marks of ``round`` and later: a resumed (or new) run runs them again."""
-        for mark in self.root.glob(f"{_CLOSED}/*/*"):
-            if mark.name.isdigit() and int(mark.name) >= round:
+        """Forget the marks of ``round`` and later: a resumed (or new) run runs them again. Only plain files named
+        by a round number are marks (a security review: a crafted ``²`` or a folder named ``5`` was a traceback)."""
+        for mark in self._closed().glob("*/*"):
+            if re.fullmatch(r"[0-9]+", mark.name) and int(mark.name) >= round and mark.is_file() \
+                    and not mark.is_symlink() and not mark.parent.is_symlink():
                 mark.unlink(missing_ok=True)
+
+    def _closed(self) -> Path:
+        """``<root>/.closed``, never through a link (a security review: a linked one made resume delete and
+        create files outside the run folder)."""
+        closed = self.root / _CLOSED
+        if closed.is_symlink():
+            raise FederationError(f"{closed} is a link; a run writes only into its own folder (remove it)")
+        return closed
 
     def save(self, client_id: str, key: str, obj: Any) -> None:
         """Set ``key`` of the client's state to ``obj`` (tensors moved to CPU) and rewrite the file."""

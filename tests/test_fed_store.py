@@ -1,5 +1,6 @@
 """ClientStore: per-client state on disk, atomic writes, weights_only loading."""
 import os
+import shutil
 from fractions import Fraction
 
 import numpy as np
@@ -259,3 +260,30 @@ def test_a_client_late_for_a_round_the_server_closed_keeps_nothing_of_it(tmp_pat
     assert torch.equal(store.load_all("a")["bn"], torch.full((2,), 3.0))
     store.reopen_from(2)  # a resume runs rounds 2.. again: their marks go, round 1's stays
     assert store.round_closed("a", 1) and not store.round_closed("a", 2) and store.index() == ["a"]
+
+
+def test_crafted_closed_marks_are_one_line_or_skipped(tmp_path):
+    """A security review: a mark named ``²`` (a Unicode digit) or a folder named ``5`` made resume a traceback, and a
+    linked ``.closed`` let it delete and create files outside the run folder."""
+    from federation.errors import FederationError
+
+    store = ClientStore(tmp_path / "s")
+    store.close_round("a", 7)
+    (tmp_path / "s" / ".closed" / "a" / "\u00b2").write_text("")
+    (tmp_path / "s" / ".closed" / "a" / "5").mkdir()
+    store.reopen_from(0)  # the crafted entries are no marks: left alone, no traceback
+    assert not store.round_closed("a", 7) and (tmp_path / "s" / ".closed" / "a" / "5").is_dir()
+    outside = tmp_path / "outside" / "a"
+    outside.mkdir(parents=True)
+    (outside / "3").write_text("keep")
+    shutil.rmtree(tmp_path / "s" / ".closed")
+    (tmp_path / "s" / ".closed").symlink_to(tmp_path / "outside")
+    with pytest.raises(FederationError, match=r"\.closed is a link"):
+        store.reopen_from(0)
+    with pytest.raises(FederationError, match=r"\.closed is a link"):
+        store.close_round("b", 1)
+    assert (outside / "3").read_text() == "keep" and not (tmp_path / "outside" / "b").exists()
+    (tmp_path / "s" / ".closed").unlink()
+    (tmp_path / "s" / ".closed").write_text("")  # a file where the folder goes
+    with pytest.raises(FederationError, match="cannot mark round 2 closed"):
+        store.close_round("a", 1)

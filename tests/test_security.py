@@ -192,6 +192,9 @@ def test_links_inside_a_run_folder_are_fine(tmp_path):
     # ... and so are a stage's or site's (a walkthrough: a federated distillation's resume was refused for them)
     (tmp_path / "sites" / "a" / "none" / "wandb" / "run-2" / "logs").mkdir(parents=True)
     (tmp_path / "sites" / "a" / "none" / "wandb" / "run-2" / "logs" / "debug-core.log").symlink_to(tmp_path.parent)
+    link = Path("sites/a/none/wandb/run-2/logs/debug-core.log")
+    assert foreign_link(tmp_path) == (link, str(tmp_path.parent))  # not a run's: no wandb_id.txt beside it
+    (tmp_path / "sites" / "a" / "none" / "wandb_id.txt").write_text("abc\n")
     assert foreign_link(tmp_path) is None
     (tmp_path / "sites" / "a" / "none" / "csv").mkdir()
     (tmp_path / "sites" / "a" / "none" / "csv" / "metrics.csv").symlink_to(tmp_path.parent)
