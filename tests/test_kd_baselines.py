@@ -114,6 +114,20 @@ def test_region_affinity_hand_case_and_fallback():
     assert torch.isfinite(DKDLoss()(roles)["rad"])
 
 
+def test_region_affinity_is_finite_under_float16_autocast():
+    """A review: under 16-mixed a background region's feature sum on a 256 x 256 map passed float16's 65504 in the
+    prototype einsum, and the DKD loss was NaN (training stopped on the non-finite KD term)."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.relu(1.2 + 0.5 * torch.randn(1, 8, 256, 256, generator=g))
+    t = torch.relu(1.2 + 0.5 * torch.randn(1, 8, 256, 256, generator=g))
+    mask = torch.zeros(1, 256, 256, dtype=torch.long)
+    mask[0, 100:140, 100:140] = 1
+    exact = region_affinity_loss(s, t, mask, classes=2)
+    with torch.autocast("cpu", dtype=torch.float16):
+        mixed = region_affinity_loss(s.half(), t.half(), mask, classes=2)
+    assert torch.isfinite(mixed) and mixed.item() == pytest.approx(exact.item(), abs=1e-6)
+
+
 def test_a_region_smaller_than_a_feature_cell_still_counts():
     """A 3 x 3 tumour in a 64 x 64 mask on a 2 x 2 feature map: nearest resizing dropped it (the term was 0 on
     every batch of a 64 px DKD run, a review found); area weights keep it, and the term sees the pair."""

@@ -104,15 +104,19 @@ def region_affinity_loss(s: Tensor, t: Tensor, mask: Tensor, classes: int) -> Te
     map (2 x 2 at 64 px) nearest resizing dropped every tumour of ``synthetic_lits``, so the term was 0 on
     every batch (a review's count: 0 of 50)."""
     def affinity(x: Tensor) -> tuple[Tensor, Tensor]:
-        valid = (mask >= 0) & (mask < classes)
-        onehot = F.one_hot(mask.long().clamp(0, classes - 1), classes).permute(0, 3, 1, 2).to(x.dtype)
-        onehot = onehot * valid[:, None]  # [B, K, H, W] at the mask's size
-        if tuple(onehot.shape[-2:]) != tuple(spatial_size(x)):
-            onehot = F.interpolate(onehot, size=spatial_size(x), mode="area")
-        area = onehot.sum(dim=(2, 3))  # [B, K]
-        proto = torch.einsum("bkhw,bchw->bkc", onehot, x) / area.clamp_min(1e-6)[..., None]
-        proto = F.normalize(proto, dim=2)
-        return proto @ proto.transpose(1, 2), area > 0
+        # in float32 with autocast off: under 16-mixed a region's feature sum (einsum, run in float16) passed 65504
+        # on a 256 x 256 map, and the loss was NaN (a review)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            valid = (mask >= 0) & (mask < classes)
+            onehot = F.one_hot(mask.long().clamp(0, classes - 1), classes).permute(0, 3, 1, 2).float()
+            onehot = onehot * valid[:, None]  # [B, K, H, W] at the mask's size
+            if tuple(onehot.shape[-2:]) != tuple(spatial_size(x)):
+                onehot = F.interpolate(onehot, size=spatial_size(x), mode="area")
+            area = onehot.sum(dim=(2, 3))  # [B, K]
+            proto = torch.einsum("bkhw,bchw->bkc", onehot, x) / area.clamp_min(1e-6)[..., None]
+            proto = F.normalize(proto, dim=2)
+            return proto @ proto.transpose(1, 2), area > 0
     a_s, present_s = affinity(s)
     a_t, present_t = affinity(t.detach())
     present = present_s & present_t
