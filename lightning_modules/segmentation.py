@@ -256,10 +256,13 @@ class SegmentationModule(BaseModule):
         _, self.val_summary = self._case_summary(self.val_cases)
         # each foreground class's Dice too, so a checkpoint can be chosen on the tumour (a review: module.monitor=
         # val/dice_tumor was refused, the per-class values reaching metrics.json only)
-        per_class = [f"dice_{name}" for name in self.class_names[1:]]
-        for key in ("dice", "miou", "accuracy", *per_class):
+        for key in self._val_keys():
             # computed from the DDP-synced case matrices, so every rank holds the same value
             self.log(f"val/{key}", epoch_value(self.val_summary, key), prog_bar=key == "dice", sync_dist=True)
+
+    def _val_keys(self) -> tuple[str, ...]:
+        """The validation scores logged each epoch, and written to metrics.json as logged (:func:`epoch_value`)."""
+        return ("dice", "miou", "accuracy", *[f"dice_{name}" for name in self.class_names[1:]])
 
     def on_test_epoch_end(self) -> None:
         self.test_per_case, self.test_summary = self._case_summary(self.test_cases)
@@ -289,7 +292,7 @@ class SegmentationModule(BaseModule):
     def summary_metrics(self) -> dict[str, float]:
         """Final metrics for the run's ``metrics.json`` (``val/*`` from the last validation, ``test/*``)."""
         out = {f"val/{k}": v for k, v in self.val_summary.items()}
-        out.update({f"val/{k}": epoch_value(self.val_summary, k) for k in ("dice", "miou", "accuracy")
-                    if k in self.val_summary})  # as logged and monitored (a review: metrics.json held NaN for 1.0)
+        out.update({f"val/{k}": epoch_value(self.val_summary, k) for k in self._val_keys()
+                    if k in self.val_summary})  # as logged and monitored (reviews: metrics.json held NaN for 1.0)
         out.update({f"test/{k}": v for k, v in self.test_summary.items()})
         return out

@@ -228,4 +228,6 @@ def test_a_validation_epoch_of_empty_cases_predicted_empty_is_perfect_not_zero()
         module.on_validation_epoch_end()
         values[fg] = logged["val/dice"]
         assert module.summary_metrics()["val/dice"] == logged["val/dice"]  # metrics.json says what was monitored
+        # and so for each class's (a review: val/dice_<class> was logged 1.0 and written NaN)
+        assert module.summary_metrics()["val/dice_class_1"] == logged["val/dice_class_1"]
     assert values == {False: 1.0, True: 0.0}
