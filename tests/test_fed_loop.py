@@ -533,7 +533,7 @@ def test_the_matrix_says_when_a_clients_column_is_its_validation_split(tmp_path)
 
     idx = np.arange(4)
     fed = OmegaConf.create({"matrix": {"fl_local": "best_local"}})
-    server = SimpleNamespace(fed=fed, client_ids=["a", "b"],
+    server = SimpleNamespace(fed=fed, client_ids=["a", "b"], cfg=OmegaConf.create({}),
                              indices={"a": ClientIndices(idx, idx, None), "b": ClientIndices(idx, idx, idx)})
     note = matrix_note(server)
     assert note.startswith("Columns a are") and "optimistic" in note
@@ -545,6 +545,9 @@ def test_the_matrix_says_when_a_clients_column_is_its_validation_split(tmp_path)
     assert matrix_note(server) is None
     server.indices["a"] = ClientIndices(idx, idx, idx)
     assert matrix_note(server) is None
+    # a walkthrough: a debug run's matrix read like results (its pooled column was its first site's one batch)
+    server.cfg = OmegaConf.create({"trainer": {"fast_dev_run": True}})
+    assert matrix_note(server).startswith("**A debug run (debug mode fdr)")
 
 
 def test_the_matrix_baselines_train_the_federations_budget_unless_told_and_then_it_says_so():
@@ -564,7 +567,8 @@ def test_the_matrix_baselines_train_the_federations_budget_unless_told_and_then_
     # a review of the change: 5 of 20 clients per round train a quarter of rounds x local epochs on average
     sampled = OmegaConf.merge(fed, {"clients_per_round": 5})
     assert budgets(sampled, 20) == {"federation": 3, "standalone": 3, "centralised": 3}
-    server = SimpleNamespace(fed=fed, client_ids=["a"], indices={"a": ClientIndices(idx, idx, idx)})
+    server = SimpleNamespace(fed=fed, client_ids=["a"], cfg=OmegaConf.create({}),
+                             indices={"a": ClientIndices(idx, idx, idx)})
     assert matrix_note(server) is None
     fed.matrix.standalone_epochs = 4
     assert matrix_note(server) == ("Budgets differ: a client trained 10 epochs in the federation (5 rounds x 2), "

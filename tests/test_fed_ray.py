@@ -72,6 +72,7 @@ def test_a_worker_killed_for_memory_is_replaced_not_reused(local_ray, monkeypatc
     most clients of every round. Now it is replaced, as a worker that died."""
     ex = _executor()
     try:
+        ex.map(fake_client, [ClientJob("w1"), ClientJob("w2")])  # the pool is up: the checks below are replacements'
         real_get, retired = ex._get, []
         monkeypatch.setattr(ex, "_retire", lambda actor, real=ex._retire: (retired.append(actor), real(actor)))
 
@@ -82,10 +83,21 @@ def test_a_worker_killed_for_memory_is_replaced_not_reused(local_ray, monkeypatc
             return value
 
         monkeypatch.setattr(ex, "_get", get)
+        # ... and its replacement is killed for memory too, while building its data (a review: that Ray error
+        # ended the run with a traceback): replaced again
+        real_accept, accepts = ex._accept, []
+
+        def accept(ref, actor, jobs):
+            accepts.append(actor)
+            if len(accepts) == 1:
+                raise ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")
+            return real_accept(ref, actor, jobs)
+
+        monkeypatch.setattr(ex, "_accept", accept)
         updates, failures = ex.map(fake_client, [ClientJob(c) for c in "abcd"])
-        assert [u.client_id for u in updates] == ["a", "c", "d"] and len(retired) == 1
+        assert [u.client_id for u in updates] == ["a", "c", "d"] and len(retired) == 2 and len(accepts) == 2
         assert failures["b"] == "its Ray worker died (OutOfMemoryError)"
-        assert all(a is not retired[0] for a in ex._pool) and len(ex.workers()) == 2
+        assert all(a not in retired for a in ex._pool) and len(ex.workers()) == 2
     finally:
         ex.shutdown()
 

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from federation.core.messages import ClientUpdate
+from federation.errors import FederationError
 from federation.transports import ClientFn, ClientJob, check_update, client_user_error, drop
 from federation.transports.ray_worker import WEIGHTS_REF
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["RayRound", "shared_weights", "LIVENESS_S"]
 
 LIVENESS_S = 3.0  # the longest the driver waits on ray.wait before checking that its Ray node is alive
+RESTARTS = 3  # replacements of a replacement that died while building its data, per round, before the run stops
 
 
 def shared_weights(ray: Any, jobs: Sequence[ClientJob]) -> dict[str, dict[str, Any]]:
@@ -60,6 +62,7 @@ class RayRound:
         self.starting: dict[Any, Any] = {}  # check ref -> replacement actor, not yet taking jobs
         self.updates: list[ClientUpdate] = []
         self.failures: dict[str, str] = {}
+        self.restarts = 0  # replacements that died in their start-up check this round
 
     def run(self) -> tuple[list[ClientUpdate], dict[str, str]]:
         """Updates in jobs order (aggregation independent of finish order) and the dropped clients' reasons; the
@@ -107,10 +110,28 @@ class RayRound:
         return self.ray.wait(refs, num_returns=len(refs), timeout=0)[0] if refs else []
 
     def _started(self, ref: Any) -> None:
-        """A replacement passed its check: it takes jobs from now on."""
+        """A replacement passed its check: it takes jobs from now on. One that died in it (killed for memory while
+        building its data) is replaced again, up to :data:`RESTARTS` a round (a review: its Ray error ended the run
+        with a traceback, the round's finished updates lost)."""
         actor = self.starting.pop(ref)
-        self.ex._accept(ref, actor, self.jobs)
+        try:
+            self.ex._accept(ref, actor, self.jobs)
+        except Exception as exc:  # noqa: BLE001 - the user's DataError and Ray's own errors alike
+            if not self._worker_lost(exc):
+                raise
+            if self.restarts >= RESTARTS:
+                raise FederationError(f"Ray workers died {self.restarts + 1} times while building their data in one "
+                                      f"round (last: {type(exc).__name__}); see the Ray logs (memory?)") from exc
+            self.restarts += 1
+            self._replace(actor)
+            return
         self.idle.append(actor)
+
+    def _worker_lost(self, exc: BaseException) -> bool:
+        """A Ray error that is no client's own (``RayTaskError``): the worker died, was killed for memory
+        (``OutOfMemoryError``), crashed or lost its node."""
+        errors = self.ray.exceptions
+        return isinstance(exc, errors.RayError) and not isinstance(exc, errors.RayTaskError)
 
     def _replace(self, actor: Any) -> None:
         """Kill ``actor`` and start its replacement's check without waiting for it."""
@@ -120,7 +141,6 @@ class RayRound:
 
     def _result(self, ref: Any) -> None:
         """Collect a finished client: its update, or why it is dropped (the user's error stops the run)."""
-        ray = self.ray
         actor, cid, _ = self.running.pop(ref)
         try:
             update = self.ex._get(ref, self.jobs)
@@ -128,10 +148,8 @@ class RayRound:
             self.idle.append(actor)
         except Exception as exc:  # noqa: BLE001 - RayTaskError wraps the client's exception
             update = None
-            if isinstance(exc, ray.exceptions.RayError) and not isinstance(exc, ray.exceptions.RayTaskError):
-                # the worker died (RayActorError), was killed for memory (OutOfMemoryError), crashed or lost its
-                # node: replace it (a review: an OOM-killed worker went back to the idle list, and every later
-                # call to it failed at once with the same error, dropping most clients of every round)
+            if self._worker_lost(exc):  # replaced (a review: an OOM-killed worker went back to the idle list,
+                # and every later call to it failed at once with the same error, dropping most clients of a round)
                 reason = f"its Ray worker died ({type(exc).__name__})"
                 self._replace(actor)
             else:
