@@ -85,11 +85,12 @@ def sample_cases(dataset: Dataset) -> np.ndarray | None:
 
 def sample_groups(dataset: Dataset) -> np.ndarray | None:
     """Group (site) of every item: ``dataset.groups`` when present, else the case id for slice
-    datasets, else None."""
+    datasets, else None (classification: an image group, e.g. a COVID-CT figure's crops, is no site; a review
+    found ``by_site`` making one client per figure once image folders carried their groups as case ids)."""
     groups = getattr(dataset, "groups", None)
     if groups is not None:
         return np.asarray(groups)
-    return sample_cases(dataset)
+    return None if getattr(dataset, "targets", None) is not None else sample_cases(dataset)
 
 
 def sample_labels(dataset: Dataset) -> np.ndarray:

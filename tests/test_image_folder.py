@@ -124,6 +124,12 @@ def test_a_federation_keeps_each_group_whole_in_its_pool_clients_and_their_val_s
     assert sum(len(h) for h in held) + len(pool) == 20  # each group at one place only
     for ix in split.indices.values():
         assert ix.val.size and not set(groups[ix.train]) & set(groups[ix.val])
+    # a figure is no site: by_site still needs a multi-site datamodule (a review: one client per figure)
+    from federation.errors import FederationError
+
+    by_site = OmegaConf.create({"partition": {"_target_": "federation.core.partition.by_group"}, "num_clients": None})
+    with pytest.raises(FederationError, match="needs a multi-site datamodule"):
+        split_clients(by_site, dm.train_dataset, None, seed=0)
 
 
 def test_an_empty_class_or_an_unreadable_image_is_one_line_naming_it(tmp_path):
