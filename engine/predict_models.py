@@ -214,13 +214,14 @@ _HPARAM_CHECKS: dict[str, tuple[str, Any]] = {
 }
 
 
-def check_trained_settings(hp: Mapping[str, Any], path: Path) -> None:
-    """Each hyper-parameter predict reads from a checkpoint is of its kind, else one line naming file and key (a
-    trust review: ``overlap: "abc"`` or ``fg_threshold: "abc"`` were tracebacks, ``num_classes: "abc"`` passed)."""
+def check_trained_settings(hp: Mapping[str, Any], path: Path, where: str = "checkpoint {path}: hyper_parameters") -> None:
+    """Each hyper-parameter predict reads from a checkpoint (or a run config's ``module``: ``where``) is of its kind,
+    else one line naming file and key (a trust review: ``overlap: "abc"`` or ``fg_threshold: "abc"`` were
+    tracebacks, ``num_classes: "abc"`` passed)."""
     for key, (kind, ok) in _HPARAM_CHECKS.items():
         value = hp.get(key)
         if value is not None and not ok(value):
-            raise CheckpointError(f"checkpoint {path}: hyper_parameters.{key}={str(value)[:60]!r} is not {kind}")
+            raise CheckpointError(f"{where.format(path=path)}.{key}={str(value)[:60]!r} is not {kind}")
 
 
 def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = None, site: str | None = None,
@@ -260,7 +261,7 @@ def load_models(ckpts: Sequence[str | Path], run_config: str | Path | None = Non
             member_path, member_cfg = own, _same_preprocessing(read_run_config(own), own, first_cfg, run_cfg_path)
         if net_cfg is None:  # a bare state dict: a federation's global weights, built from its own run's config
             net_cfg, hp = _weights_net(member_cfg, path, member_path)
-            check_trained_settings(hp, member_path)  # the run's window and tolerance (a review: predict used 0.5, 1 mm)
+            check_trained_settings(hp, member_path, "run config {path}: module")  # its window, tolerance (a review)
             if fill_weights is not None:
                 state = fill_weights(Path(path), state, member_cfg, member_path.resolve().parent)
         if not isinstance(net_cfg, dict):

@@ -468,3 +468,16 @@ def test_a_sites_clear_integer_outside_the_entrys_dtype_is_refused():
     metrics[INTS] = json.dumps({"n": ["int64", [1], [7]]})
     got = decode_mean([np.full(2, 0.5)], metrics, 10, "a", sent).weights
     assert got["n"].dtype == torch.int32 and got["n"].tolist() == [7] and got["w"].tolist() == [0.5, 0.5]
+
+
+def test_a_masked_bool_entry_is_the_weighted_majority_with_its_sign():
+    """A bool entry that reaches the mean masked (a reply without clear integers): its mean delta -0.8 on a True
+    global is False (0.2 of the weight holds True), +0.8 on a False one True; cast to bool and OR-ed with the
+    global, both had come back True (a review)."""
+    import numpy as np
+
+    from federation.transports.flower.wire import KEYS, decode_mean
+
+    sent = {"flag": torch.tensor([True, False, True])}
+    got = decode_mean([np.array([-0.8, 0.8, -0.2])], {KEYS: "flag"}, 10, "a", sent).weights["flag"]
+    assert got.dtype == torch.bool and got.tolist() == [False, True, True]

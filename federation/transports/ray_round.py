@@ -128,10 +128,13 @@ class RayRound:
         self.idle.append(actor)
 
     def _worker_lost(self, exc: BaseException) -> bool:
-        """A Ray error that is no client's own (``RayTaskError``): the worker died, was killed for memory
-        (``OutOfMemoryError``), crashed or lost its node."""
-        errors = self.ray.exceptions
-        return isinstance(exc, errors.RayError) and not isinstance(exc, errors.RayTaskError)
+        """The worker died (``RayActorError``), was killed for memory (``OutOfMemoryError``), crashed or lost its
+        node or objects; not a client's own error (``RayTaskError``) nor a set-up that would fail again (a runtime
+        env, an unschedulable actor), which stay the errors they were."""
+        names = ("RayActorError", "OutOfMemoryError", "WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError",
+                 "ObjectLostError")
+        lost = tuple(c for c in (getattr(self.ray.exceptions, n, None) for n in names) if isinstance(c, type))
+        return isinstance(exc, lost) and not isinstance(exc, self.ray.exceptions.RayTaskError)
 
     def _replace(self, actor: Any) -> None:
         """Kill ``actor`` and start its replacement's check without waiting for it."""

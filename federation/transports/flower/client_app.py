@@ -32,8 +32,8 @@ node is. ``fedmed.privacy=dp`` in the message wraps the handler with Flower's ``
 are withheld unless released). A SecAgg+ message (one carrying the
 ``secaggplus_configs`` record of ``SecAggPlusWorkflow``) goes through Flower's ``secaggplus_mod``, which
 answers the protocol's key stages itself and calls the handler only to collect the masked vector: the
-handler then replies with the delta ``w_k - w_global`` in float64 (:func:`.wire.secagg_update`), which the
-mod weights by ``n_k / max_weight``, clips, quantises and masks.
+handler then replies with its floating entries' delta ``w_k - w_global`` in float64 (:func:`.wire.secagg_update`),
+which the mod weights by ``n_k / max_weight``, clips, quantises and masks, and its integer entries in clear.
 """
 from __future__ import annotations
 

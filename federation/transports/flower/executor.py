@@ -9,10 +9,12 @@ retries once, then drops it and completes the round with ``min_clients``). Only 
 and the experiment's client config go down; the client's indices and data stay on the node.
 
 ``privacy=secagg``: the round's train messages go through one run of Flower's SecAgg+ workflow
-(:mod:`.secagg`) instead; the server learns only the sample-weighted mean of the sites' deltas, plus each
-site's sample count and scalar metrics, which Flower's SecAgg+ sends in clear. ``map`` then returns, for
-every site that took part, an update whose weights are that mean (so the project's strategy, which
-weights by the sites' sample counts, reproduces the mean) with the site's own count and metrics.
+(:mod:`.secagg`) instead; the server learns only the sample-weighted mean of the sites' floating deltas, plus
+each site's sample count, scalar metrics and integer entries (BatchNorm's step counter), which go in clear.
+``map`` then returns, for every site that took part, an update whose floating weights are the global plus that
+mean (so the project's strategy, which weights by the sites' sample counts, reproduces the mean) and whose
+integer entries, count and metrics are the site's own; a round the workflow cannot complete (too few sites, a
+reply that does not add) drops its sites.
 """
 from __future__ import annotations
 

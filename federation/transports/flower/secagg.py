@@ -11,9 +11,10 @@ ClientApp. This module is the adapter between that workflow and our executor:
   summed quantised weights itself) and each site's ``FitRes``, whose ``num_examples`` and ``metrics``
   Flower's SecAgg+ sends *in clear* (only the arrays are masked);
 * :func:`run_secagg` runs the workflow once and returns both, or ``None`` when it halted (fewer than 2
-  sites, or too few left to reconstruct the masks).
+  sites, too few left to reconstruct the masks, or any error inside the workflow: a reply that does not add).
 
-Each site sends its *delta* ``w_k - w_global`` (small, so the quantisation grid is fine); the node
+Each site sends its floating entries' *delta* ``w_k - w_global`` (small, so the quantisation grid is fine; its
+integer entries go in clear, :func:`.wire.secagg_update`); the node
 multiplies it by ``n_k / max_weight`` and clips it to ``[-clipping_range, clipping_range]`` before
 quantising to ``quantization_range`` levels (``secaggplus_mod._collect_masked_vectors``).
 """
