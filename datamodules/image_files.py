@@ -49,6 +49,9 @@ def _channels_last(x: np.ndarray, path: Path) -> np.ndarray:
     return x
 
 
+#: how image files are read into what a net trains on; a fix that changes it retires cached teachers
+#: (``engine.distill.teacher_key``). 2: NPY kept as stored whatever its dtype (uint16 was divided by 65535)
+IMAGE_FILE_FORMAT = 2
 #: what an 8- or 16-bit PNG/JPEG's grey levels are divided by: its bit depth's maximum (NPY is kept as stored)
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 

@@ -28,6 +28,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules.atomic import atomic_output
+from datamodules.image_files import IMAGE_FILE_FORMAT
 from datamodules.volume_cache import CACHE_FORMAT
 from engine import artifacts
 from engine.builders import ConfigError, build_module
@@ -81,7 +82,7 @@ def teacher_key(cfg: DictConfig) -> dict[str, Any]:
             "monitor": [ckpt.get("monitor"), ckpt.get("mode")],
             # a fix to the preprocessing (the slice cache's format) changes what a teacher learnt from the same
             # config: a review found teachers trained on the masks shifted before format 2 still served
-            "data_format": CACHE_FORMAT}
+            "data_format": CACHE_FORMAT, "image_file_format": IMAGE_FILE_FORMAT}
 
 
 #: what ``distill.teacher.data`` may change: how much of the training split the teacher sees and how it is fed
@@ -202,7 +203,9 @@ def _stamp_key(key: dict[str, Any]) -> str:
     moved data folder was refused as another teacher)."""
     if isinstance(key.get("data"), dict):
         key = {**key, "data": _without_movable(key["data"])}
-    return _digest(key)
+    # a teacher folder stamped before the image files' format was in the key is still this run's teacher: the
+    # format retires *cached* teachers (other runs), not a resume of this one
+    return _digest({k: v for k, v in key.items() if k != "image_file_format"})
 
 
 def _claim_teacher_dir(tdir: Path, stamp_key: str, cache_key: str) -> None:
