@@ -140,16 +140,9 @@ def crashed_job(config: DictConfig, job_return: Any) -> None:
     if getattr(job_return, "status", None) != JobStatus.FAILED:
         return
     out = Path(str(config.hydra.runtime.output_dir))
-    if not out.is_dir() or (out / "failed.json").exists():
-        return
-    exc = getattr(job_return, "_return_value", None)
-    try:
-        from engine import artifacts
-
-        artifacts.write_json(out / "failed.json", {"error": one_line(exc)[:2000],
-                                                   "overrides": [str(o) for o in job_return.overrides or []]})
-    except OSError:  # the disk that stopped the job may not take this file either
-        pass
+    if not (out / "failed.json").exists():
+        exc = getattr(job_return, "_return_value", None)
+        sweep_jobs.write_failed(out, one_line(exc)[:2000], list(job_return.overrides or []))
 
 
 FULL_ERROR = "HYDRA_FULL_ERROR"

@@ -178,11 +178,7 @@ def _failed(out: Path, line: str, release: bool = False) -> None:
     """A run stopped by bad input, before or while it ran: its folder says why it holds no results (``failed.json``,
     which experiments.report lists and :class:`experiments.hydra_checks.SweepOutcome` counts), then one line; a
     sweep's job returns so the sweep goes on (and exits 2 naming it), a single run exits 2."""
-    if out.is_dir():
-        try:
-            artifacts.write_json(out / "failed.json", {"error": line, "overrides": list(HydraConfig.get().overrides.task)})
-        except OSError:  # the disk that stopped the run may not take this file either
-            pass
+    sweep_jobs.write_failed(out, line, list(HydraConfig.get().overrides.task))
     if release:  # the run locks a sweep's job took before it stopped (the next job of this process takes its own)
         run_lock.release_all()
     if in_sweep():  # one bad job must not kill the sweep

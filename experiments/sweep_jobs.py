@@ -40,6 +40,19 @@ def count_sweep_jobs() -> None:
     sweep["failed"], sweep["jobs"] = failed, len(jobs)
 
 
+def write_failed(out: Path, line: str, overrides: list[str]) -> None:
+    """``<out>/failed.json``: why the run holds no results (``experiments.report`` lists it, :func:`count_sweep_jobs`
+    counts it); nothing when the folder is gone or the disk that stopped the run takes no file either."""
+    if not out.is_dir():
+        return
+    from engine import artifacts
+
+    try:
+        artifacts.write_json(out / "failed.json", {"error": line, "overrides": [str(o) for o in overrides]})
+    except OSError:
+        pass
+
+
 def job_refused(folder: Path) -> None:
     """A sweep job that did not run because another run writes in its folder (so it writes no ``failed.json``
     there): a file in ``<sweep dir>/.refused_jobs/`` names it, which the sweep's process counts among the failed
