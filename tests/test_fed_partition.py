@@ -160,7 +160,9 @@ def test_slice_data_is_partitioned_by_whole_volume(caplog):
     cases = np.repeat([f"v{i}" for i in range(6)], 5)  # 6 volumes of 5 slices
     targets = np.repeat([0, 0, 1, 1, 2, 2], 5)
     targets[[0, 10, 20]] = 9  # one odd slice in some volumes: the volume's label is its most frequent one
-    train = type("Slices", (), {"targets": targets, "case_ids": cases, "__len__": lambda self: len(cases)})()
+    # slice data has no classification targets: its labels are a per-item summary (``targets`` now marks
+    # classification data, whose image groups are no sites)
+    train = type("Slices", (), {"label_summary": targets, "case_ids": cases, "__len__": lambda self: len(cases)})()
     runs = [("federation.core.partition.iid", {}, "case", False), ("federation.core.partition.iid", {}, "sample", True),
             ("federation.core.partition.pathological", {"k": 1, "major_fraction": 1.0}, "case", False),
             ("federation.core.partition.by_group", {}, "sample", False)]
