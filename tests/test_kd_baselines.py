@@ -111,7 +111,7 @@ def test_region_affinity_hand_case_and_fallback():
     assert region_affinity_loss(s, t, only_bg, classes=2).item() == 0.0
     roles = random_roles()
     del roles["mask"]  # falls back to teacher argmax
-    assert torch.isfinite(DKDLoss()(roles)["rad"])
+    assert torch.isfinite(DKDLoss(rad_weight=0.9)(roles)["rad"])
 
 
 def test_region_affinity_is_finite_under_float16_autocast():
@@ -175,17 +175,24 @@ def test_skd_hand_computed():
 
 
 def test_dkd_hand_computed():
-    """DKD/EMKD (Qin et al. 2021): PMD (T=4) + IMD (attention, p=4) + RAD (region affinity), 0.1/0.9/0.9."""
+    """DKD/EMKD (Qin et al. 2021) as paper 001 runs it, "without the RKD module": PMD (T=4) + IMD (attention,
+    p=4), 0.1/0.9, and no region-affinity term unless ``rad_weight`` asks for it (then RAD at that weight)."""
     roles = {"student_logits": _t((0, 0), (0, 0)), "teacher_pred_late": _t((4 * math.log(3), 0), (0, 0)),
              "student_mid": [_t((1, 0))], "teacher_mid": [_t((1, 1))],
              "student_late": _t((1, 0), (0, 1)), "teacher_late": _t((1, 1), (0, 1)),
              "mask": torch.tensor([[[0, 1]]])}
-    out = DKDLoss()(roles)
     pmd = 16 * KL_75_50 / 2  # T^2 * mean over pixels; softmax((4 ln 3, 0) / 4) = (.75, .25)
     imd = ATT_10_11
     rad = (0 - 1 / math.sqrt(2)) ** 2  # class prototypes = the two pixels; one pair (0, 1)
+    out = DKDLoss()(roles)
+    assert "rad" not in out and set(DKDLoss().required_roles) == {
+        "student_logits", "teacher_pred_late", "student_mid", "teacher_mid"}
     assert out["pmd"].item() == pytest.approx(pmd, rel=1e-5)
     assert out["imd"].item() == pytest.approx(imd, rel=1e-5)
+    assert out["total_kd"].item() == pytest.approx(0.1 * pmd + 0.9 * imd, rel=1e-5)
+    with_rad = DKDLoss(rad_weight=0.9)
+    assert {"student_late", "teacher_late"} <= set(with_rad.required_roles)
+    out = with_rad(roles)
     assert out["rad"].item() == pytest.approx(rad, rel=1e-5)
     assert out["total_kd"].item() == pytest.approx(0.1 * pmd + 0.9 * imd + 0.9 * rad, rel=1e-5)
 
