@@ -233,8 +233,10 @@ def slice_surface_scores(preds: Sequence[np.ndarray], targets: Sequence[np.ndarr
 def surface_scores(pred: np.ndarray, target: np.ndarray, class_names: Sequence[str],
                    spacing: Sequence[float], tolerance_mm: float = 1.0) -> dict[str, float]:
     """HD95 and normalised surface Dice per foreground class of one case, in mm (the values of MONAI's
-    ``compute_hausdorff_distance(percentile=95)`` and ``compute_surface_dice``, Nikolov et al. 2021),
-    plus their means over classes as ``hd95`` / ``nsd``.
+    ``compute_hausdorff_distance(percentile=95)`` and ``compute_surface_dice`` at its default
+    ``use_subvoxels=False``), plus their means over classes as ``hd95`` / ``nsd``.  No paper of the five
+    reports either. Choice: NSD counts boundary voxels, as MONAI's default does; Nikolov et al.'s (2021)
+    surface Dice weighs surface elements by their area, which differs on anisotropic grids (docs/data.md).
 
     Both come from one edge extraction and one symmetric distance query per class
     (``monai.metrics.utils.get_edge_surface_distance``; MONAI's two functions would each redo it):
