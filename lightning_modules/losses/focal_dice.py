@@ -5,11 +5,14 @@
   weighting unless ``alpha`` (a per-class sequence) is given; averaged over the non-ignored pixels.
 * Soft Dice over the foreground classes (``1..K-1``; set ``include_background`` to add class 0):
   per class, ``1 - (2 sum p g + s) / (sum p + sum g + s)`` with the sums over batch *and* pixels
-  (stable on slices without foreground), averaged over classes; ``s = smooth = 1e-5``.
+  (stable on slices without foreground), averaged over classes; ``s = smooth = 1e-5``. Choice: the
+  authors' code smooths by 1.0, so on a batch without foreground their Dice term still pushes foreground
+  probability down (1 - 1/(sum p + 1)); at 1e-5 it is ~1 with no gradient there and only the focal term acts.
+  ``++module.loss.base.smooth=1.0`` gives theirs (the paper prints no smoothing).
 * ``ignore_index`` pixels are left out of both terms.
 * Weights: focal + Dice, 1 : 1. Paper 001 names "the focal dice loss" without weights; the authors' public code
   (``calc_loss``) takes ``0.5 focal + 0.5 Dice``, which halves L_seg against Eq. 5's ``beta L_F + lam L_P``.
-  ``module.loss.base.focal_weight=0.5 module.loss.base.dice_weight=0.5`` gives their balance.
+  ``++module.loss.base.focal_weight=0.5 ++module.loss.base.dice_weight=0.5`` gives their balance.
 
 Inputs: logits ``float[B, K, H, W]`` (K >= 2) and ``int64[B, H, W]`` masks.
 """

@@ -11,7 +11,8 @@ compute the Dice term over the whole batch. We therefore implement
 i.e. the sums over pixels moved inside the fraction (batch Dice with the squared denominator of the
 equation) and the constant 1 added so the loss is non-negative (no effect on gradients). With one output
 channel the net is read as sigmoid (binary) and both classes {1-P, P} enter the sums, so binary and
-two-channel softmax models get the same loss.
+two-channel softmax models get the same loss. Choice: §4.2 B ends each head in "a sigmoid function"; with C ≥ 2
+output channels we take the softmax over classes, so each pixel's P sums to 1 over the c of Eq. (1).
 
 A class absent from the whole batch has Dice 0 whatever the prediction (ε = 1e-6 only guards the division),
 so it adds the constant 1/C and its false positives cost through the CE term alone; the loss then bottoms
