@@ -178,6 +178,24 @@ def test_a_sweep_job_checks_its_resume_folder_too(trained, tmp_path):
     assert "config.yaml" in errors[0] and "1 of 1 sweep jobs failed" in errors[-1], errors
 
 
+@pytest.mark.parametrize("linked", [".hydra/overrides.yaml", ".hydra", "run.log"])
+def test_an_output_folder_linking_out_of_itself_is_refused_before_hydra_writes(tmp_path, linked):
+    """A security review: Hydra saves ``.hydra/*.yaml`` and opens the job log before the run's own checks, so a
+    reused run folder (no ``resume=``) or sweep folder whose ``.hydra/overrides.yaml``, ``.hydra`` or ``run.log``
+    linked elsewhere had that file overwritten or appended to (exit 0 for a run). Now one line, nothing written."""
+    victim = tmp_path / "victim"
+    victim.mkdir() if linked == ".hydra" else victim.write_text("precious")
+    for key, folder, job in (("hydra.run.dir", tmp_path / "run", tmp_path / "run"),
+                             ("hydra.sweep.dir", tmp_path / "sweep", tmp_path / "sweep" / "0_dnet_s0")):
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra").rmdir() if linked == ".hydra" else None
+        (job / linked).symlink_to(victim)
+        sweep = ["-m"] if key == "hydra.sweep.dir" else []
+        proc = run_cli("experiments.run", [*sweep, *TINY, f"{key}={folder}"], tmp_path)
+        line = assert_one_line_error(proc, linked.split("/")[-1], "outside", key)
+        assert (list(victim.iterdir()) == [] if victim.is_dir() else victim.read_text() == "precious"), line
+
+
 def test_links_inside_a_run_folder_are_fine(tmp_path):
     from experiments.run_folder import foreign_link
 
