@@ -72,6 +72,10 @@ def check_target(target: Any, what: str = "object") -> None:
     module = getattr(obj, "__module__", None) or ""
     if not (inspect.isclass(obj) and under_prefixes(module, allowed) and issubclass(obj, ALLOWED_BASES)):
         raise ConfigError(refused)
+    import pytorch_lightning as pl
+
+    if issubclass(obj, pl.LightningModule):  # an nn.Module, but a whole run: a security review's checkpoint net,
+        raise ConfigError(refused)  # DistillationModule(teacher_ckpt=<any file>), opened and parsed that file
 
 
 def check_data_target(target: Any, what: str = "data") -> None:
@@ -127,8 +131,10 @@ HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:", "local_dir:")
 #: ``HoVerNet(pretrained_url=)`` and ``Transchex(path_or_repo_id=)``, timm's ``checkpoint_path`` (torch.load of a
 #: file the config chooses) and ``pretrained_cfg`` / ``pretrained_cfg_overlay`` (a url, file or Hub id), reached
 #: through ``smp.Unet(encoder_name="tu-...", **kwargs)`` (security audit), and MONAI's
-#: ``CellSamWrapper(checkpoint=)`` and ``from_pretrained(pretrained_model_name_or_path=)`` (a second audit)
-FETCH_KEY = re.compile(r"(^|_)(url|uri)$|^checkpoint(_path|_file)?$|repo_id$|^pretrained_(cfg|path|file|model)")
+#: ``CellSamWrapper(checkpoint=)`` and ``from_pretrained(pretrained_model_name_or_path=)`` (a second audit), and
+#: any ``*_ckpt`` (our ``teacher_ckpt``; a third)
+FETCH_KEY = re.compile(r"(^|_)(url|uri)$|^checkpoint(_path|_file)?$|(^|_)ckpt(_path|_file)?$|repo_id$|"
+                       r"^pretrained_(cfg|path|file|model)")
 
 
 def _downloading_defaults(target: Any) -> list[str]:

@@ -258,6 +258,11 @@ CRAFTED = {
     # a _target_ hidden in an interpolation: the check saw a string, instantiate resolved it (found by an audit)
     "interpolation": lambda v, m: {"_target_": "lightning_modules.nets.dnet.DNet", "in_channels": 1, "classes": 2,
                                    "width": f"${{oc.create:'{{_target_: shutil.copyfile, src: {v}, dst: {m}}}'}}"},
+    # a LightningModule is an nn.Module too: as a checkpoint's net it opened and parsed any file it named as its
+    # teacher (a security review); refused as not a net, before anything is read
+    "lightning_module": lambda v, m: {"_target_": "lightning_modules.distillation.DistillationModule",
+                                      "net": {"_target_": "lightning_modules.nets.dnet.DNet", "in_channels": 1,
+                                              "classes": 2}, "teacher": None, "teacher_ckpt": str(v)},
 }
 
 
@@ -270,11 +275,11 @@ def test_crafted_target_in_checkpoint_refused_by_predict(trained, tmp_path, kind
                    tmp_path)
     assert not marker.exists(), f"{kind} ran"
     line = assert_one_line_error(proc, "_target_")
-    assert ("builtins.open" in line) or ("copyfile" in line)
-    assert not (tmp_path / "seg.nii.gz").exists()
+    assert ("builtins.open" in line) or ("copyfile" in line) or ("teacher_ckpt" in line and "refused" in line)
+    assert "not a torch checkpoint" not in line and not (tmp_path / "seg.nii.gz").exists()
 
 
-@pytest.mark.parametrize("kind", ["copyfile", "nested", "interpolation"])
+@pytest.mark.parametrize("kind", ["copyfile", "nested", "interpolation", "lightning_module"])
 def test_crafted_target_in_checkpoint_refused_by_test_only_run(trained, tmp_path, kind):
     victim, marker = _victim(tmp_path)
     ckpt = _crafted_config_ckpt(trained, tmp_path, CRAFTED[kind](victim, marker))
@@ -386,6 +391,10 @@ def test_a_checkpoint_whose_net_names_a_file_to_load_is_refused_by_predict(train
 
 def test_build_allow_list():
     assert type(build({"_target_": "torch.nn.Identity"})).__name__ == "Identity"
+    # a LightningModule is an nn.Module but a whole run (a security review: a checkpoint's net naming one read the
+    # file its teacher_ckpt named): not a net a file's config may build
+    with pytest.raises(ConfigError, match=r"DistillationModule' refused"):
+        build({"_target_": "lightning_modules.distillation.DistillationModule", "net": None})
     for target in ("os.system", "builtins.eval", "lightning_modules.base.instantiate",
                    "engine.artifacts.atomic_write_text", "torch.nn.modules.module.torch.load"):
         with pytest.raises(ConfigError, match=target.replace(".", r"\.")):
@@ -529,8 +538,14 @@ def test_every_shipped_model_config_passes_the_allow_list():
     root = Path(__file__).resolve().parents[1] / "experiments" / "configs"
     configs = sorted(p for d in ("model", "module", "distill") for p in (root / d).rglob("*.yaml"))
     assert len(configs) > 10
+    import pytorch_lightning as pl
+    from hydra.utils import get_object
+
     for path in configs:
         for target in targets(OmegaConf.to_container(OmegaConf.load(path))):
+            if isinstance(target, str) and issubclass(get_object(target), pl.LightningModule):
+                assert path.parent.name == "module", path  # built from our own composition, never from a file
+                continue
             check_target(target, str(path.relative_to(root)))
 
 
@@ -573,3 +588,13 @@ def test_no_downloads_takes_any_true_pretrained_and_refuses_a_checkpoint_argumen
         with pytest.raises(ConfigError, match=rf"net\.{key}=.* refused"):
             no_downloads({"_target_": "x.Net", key: "/tmp/any.pth"})
     assert no_downloads({"_target_": "x.Net", "use_checkpoint": True, "checkpoint": None})["use_checkpoint"] is True
+
+
+def test_a_file_config_naming_a_checkpoint_to_read_is_refused():
+    """A security review: ``teacher_ckpt`` (a file a module would open) passed the fetch-key check; any ``*_ckpt``
+    set in a config read from a file is refused, as ``checkpoint_path`` is."""
+    from lightning_modules.targets import no_downloads
+
+    with pytest.raises(ConfigError, match=r"net\.teacher_ckpt=.* refused"):
+        no_downloads({"_target_": "x.Net", "teacher_ckpt": "/elsewhere/secret.ckpt"})
+    assert no_downloads({"_target_": "x.Net", "teacher_ckpt": None})
