@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from datamodules.medmnist import DECATHLON, MEDMNIST_INFO, medmnist_info
 from engine.artifacts import atomic_write_text, console, fmt
-from engine.run_files import debug_run, run_config
+from engine.run_files import as_number, csv_text, debug_run, md_text, plain_text, run_config
 from experiments.report_overrides import run_overrides
 from experiments.report_runs import json_object
 
@@ -112,8 +113,9 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
     return runs
 
 
-def _mean(values: list[float | None]) -> float | None:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+def _mean(values: list[Any]) -> float | None:
+    """The mean of the finite numbers in ``values``; anything else a run file holds (text, a huge int) is skipped."""
+    vals = [v for v in map(as_number, values) if v is not None and math.isfinite(v)]
     return sum(vals) / len(vals) if vals else None
 
 
@@ -156,7 +158,8 @@ HEADERS = ["model", "dataset", "ours AUC", "ours ACC", "paper R18 AUC", "paper R
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["# MedMNIST Classification Decathlon (test split; paper 002, Table 2 layout)", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(fmt(r.get(c), 3) for c in COLUMNS) + " |" for r in rows]
+    # labels come from run folders: no HTML, link or extra cell
+    lines += ["| " + " | ".join(md_text(fmt(r.get(c), 3)) for c in COLUMNS) + " |" for r in rows]
     lines += ["", "Each mean row is over the datasets that ran here (all ten when none did), ours and the paper's "
               "alike (a walkthrough: ours over 2 datasets stood beside the paper's over 10); the paper's skips those "
               "it does not report. The paper's columns are its ResNets at the resolution in the model's label (28 or "
@@ -169,14 +172,17 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(HEADERS)
-    writer.writerows([["" if r.get(c) is None else r.get(c) for c in COLUMNS] for r in rows])
+    # labels come from run folders: no spreadsheet formula
+    writer.writerows([["" if r.get(c) is None else csv_text(r.get(c)) if isinstance(r.get(c), str) else r.get(c)
+                       for c in COLUMNS] for r in rows])
     return buf.getvalue()
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     """One rich table per model (the model goes in the title, so the table fits 80 columns)."""
     for model in dict.fromkeys(r["model"] for r in rows):
-        table = Table(title=f"Decathlon test AUC / ACC — ours: {model} (paper 002, Table 2)")
+        # the model's label comes from a run's config: plain text, not rich markup ("[/bold]" was a MarkupError)
+        table = Table(title=Text(f"Decathlon test AUC / ACC — ours: {plain_text(model)} (paper 002, Table 2)"))
         for h in ("dataset", "AUC", "ACC", "R18 AUC", "R18 ACC", "R50 AUC", "R50 ACC", "status"):
             table.add_column(h, justify="left" if h in ("dataset", "status") else "right")
         for r in (r for r in rows if r["model"] == model):

@@ -34,11 +34,13 @@ def _dataset(cfg: dict) -> str:
 
 
 def _rvd(metrics: dict) -> float | None:
-    if isinstance(metrics.get("test/rvd_tumor"), (int, float)):
-        return float(metrics["test/rvd_tumor"])
+    """The tumour's RVD, else the first other class's, read by :func:`number` (an audit's ``1`` and 400 zeros was an
+    OverflowError in ``float``)."""
+    if number(metrics.get("test/rvd_tumor")) is not None:
+        return number(metrics["test/rvd_tumor"])
     for k in sorted(metrics):
-        if k.startswith("test/rvd_") and not k.endswith("_std") and isinstance(metrics[k], (int, float)):
-            return float(metrics[k])
+        if k.startswith("test/rvd_") and not k.endswith("_std") and number(metrics[k]) is not None:
+            return number(metrics[k])
     return None
 
 

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from engine.predict import Models
 from engine.run_files import csv_text, md_text, plain_text, run_figure
-from experiments import kd_report, report
+from experiments import decathlon_report, kd_report, report
+from experiments.kd_runs import collect
 from lightning_modules.errors import CheckpointError
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
@@ -240,3 +241,34 @@ def test_linked_folders_inside_a_run_huge_numbers_and_alias_bombs(tmp_path, caps
     cfg.write_text(bomb + "data: {_target_: datamodules.segmentation.VolumeSegmentationDataModule, x: *h}\n")
     with pytest.raises(CheckpointError, match="does not parse.*alias"):
         read_run_config(cfg)
+
+
+def test_decathlon_report_treats_a_runs_config_and_metrics_as_data(tmp_path, capsys):
+    """A security review: ``decathlon_report`` put a run's model label raw into decathlon.md (HTML, an extra cell),
+    decathlon.csv (a spreadsheet formula) and a rich title (``[/bold]`` was rich's MarkupError), and ``float()`` of
+    a text AUC in metrics.json was a ValueError traceback. The label is plain text now, a non-number skipped."""
+    target = "=cmd|' /C calc'!A0 [/bold] <script>alert(1)</script>"  # no dot: _target_'s last part is the label
+    for num, flag, metrics in ((0, "breastmnist", {"test/auc": "abc", "test/acc": 0.8}),
+                               (1, "retinamnist", {"test/auc": 0.7, "test/acc": 0.5})):
+        job = tmp_path / f"{num}_job"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "config.yaml").write_text(json.dumps({"data": {"flag": flag}, "model": {"_target_": target}}))
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    assert decathlon_report.main([str(tmp_path)]) == 0
+    assert "[/bold]" in capsys.readouterr().out  # printed as typed, not read as markup
+    md = (tmp_path / "decathlon.md").read_text()
+    assert "<script>" not in md and "&lt;script&gt;" in md and "cmd\\|" in md
+    assert "| BreastMNIST | – | 0.800 |" in md and "| mean | 0.700 | 0.650 |" in md  # "abc" is no AUC
+    rows = (tmp_path / "decathlon.csv").read_text().splitlines()[1:]
+    assert rows and all(r.startswith("'=cmd") for r in rows), rows
+
+
+def test_kd_report_reads_a_huge_rvd_as_no_number(tmp_path):
+    """A security review: ``"test/rvd_tumor": 1`` and 400 zeros in metrics.json was an OverflowError in kd_report."""
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"distill/method": "hlfd", "test/dice": 0.5, "test/rvd_tumor": 1'
+                                      + "0" * 400 + ', "test/rvd_liver": 0.25}')
+    (run / "config.yaml").write_text("seed: 1\n")
+    kd_report.report(tmp_path)
+    assert collect(tmp_path)[0][0]["rvd"] == 0.25  # the next class's RVD, as for a missing tumour one
