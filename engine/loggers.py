@@ -31,8 +31,7 @@ class KeepingExperimentWriter(ExperimentWriter):
     def __init__(self, log_dir: str) -> None:
         super().__init__(log_dir)
         if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as fh:
-                self.metrics_keys = sorted(next(csv.reader(fh), []))
+            self.metrics_keys = sorted(_read_log(self.metrics_file_path, header_only=True)[0])
 
     def _check_log_dir_exists(self) -> None:  # Lightning deletes metrics.csv here
         return
@@ -51,10 +50,24 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
+def _read_log(path: str, header_only: bool = False) -> tuple[list[str], list[dict[str, str]]]:
+    """A ``metrics.csv``'s header and rows; one :class:`ConfigError` naming the file when it is no CSV text (an audit:
+    a stray byte, or a field over csv's size limit, was a traceback on resume)."""
+    try:
+        with open(path, newline="") as fh:
+            if header_only:
+                return next(csv.reader(fh), []), []
+            reader = csv.DictReader(fh)
+            return reader.fieldnames or [], list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"{path} does not read as a CSV log ({err}); move it aside to "
+                          f"resume with a new one") from None
+
+
 def _before(row: dict[str, str], step: int) -> bool:
     try:
         return int(float(row.get("step") or "")) < step
-    except ValueError:  # a row without a step (none are written so) is kept
+    except (ValueError, OverflowError):  # a row without a step (none are written so; nan, inf: an audit) is kept
         return True
 
 
@@ -67,9 +80,7 @@ def forget_from(loggers: Iterable[Any], step: int) -> None:
         path = logger.experiment.metrics_file_path
         if not os.path.isfile(path):
             continue
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            header, rows = reader.fieldnames or [], list(reader)
+        header, rows = _read_log(path)
         kept = [r for r in rows if _before(r, step)]
         if len(kept) == len(rows):
             continue

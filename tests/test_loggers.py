@@ -199,3 +199,25 @@ def test_test_media_takes_a_classifier_and_a_segmenter():
         media = test_media(module)
         assert {"test/roc", "test/confusion_matrix"} <= set(media), sorted(media)
     assert "test/confusion_matrix" not in test_media(SimpleNamespace(confusion_matrix=np.zeros((3, 2, 2))))
+
+
+def test_a_resumed_csv_log_that_is_no_csv_text_is_one_line(tmp_path):
+    """A security review: on resume, a ``csv/metrics.csv`` row whose step is ``inf`` was an OverflowError, a
+    stray byte a UnicodeDecodeError and an overlong field a csv.Error traceback. The row is kept (as a row with no
+    step), the others are one line naming the file."""
+    from engine.loggers import ResumableCSVLogger, forget_from
+    from lightning_modules.errors import ConfigError
+
+    def resume(content: bytes, name: str) -> str:
+        log = tmp_path / name / "csv" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        log.write_bytes(content)
+        forget_from([ResumableCSVLogger(save_dir=str(tmp_path / name), name="csv", version="")], 3)
+        return log.read_text()
+
+    assert resume(b"epoch,step,a\n0,1,0.5\n0,inf,0.5\n0,5,0.5\n", "inf").splitlines()[1:] == ["0,1,0.5", "0,inf,0.5"]
+    for name, content in (("byte", b"epoch,step,a\n0,1,\xff\xfe\n0,5,0.5\n"), ("header", b"epoch,st\xffep\n0,1\n"),
+                          ("long", b"epoch,step,a\n0,1," + b"x" * 200_000 + b"\n0,5,0.5\n")):
+        with pytest.raises(ConfigError, match=r"metrics\.csv does not read as a CSV log") as info:
+            resume(content, name)
+        assert str(tmp_path / name / "csv" / "metrics.csv") in str(info.value) and "\n" not in str(info.value)
