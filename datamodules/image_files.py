@@ -23,7 +23,10 @@ def _read_file(path: Path, labels: bool) -> tuple[np.ndarray, bool]:
     their colours."""
     try:
         if path.suffix.lower() == ".npy":
-            return _channels_last(np.load(path, allow_pickle=False), path), False  # a file is data, never code
+            x = np.load(path, allow_pickle=False)  # a file is data, never code
+            if x.dtype.kind not in "biuf":  # text: its astype(float32) was a traceback (an audit)
+                raise DataError(f"image file {path} has dtype {x.dtype}, expected numbers")
+            return _channels_last(x, path), False
         with Image.open(path) as im:
             if labels and im.mode == "P":
                 return np.asarray(im), True

@@ -116,17 +116,22 @@ def find_npz(root: str | Path, flag: str, image_size: int = 28) -> Path:
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
-    """All six arrays of an official MedMNIST file; :class:`DataError` if unreadable or keys are missing."""
+    """All six arrays of an official MedMNIST file; :class:`DataError` if unreadable, a key is missing or holds
+    no numbers."""
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in KEYS if k not in z.files]
             if missing:
                 raise DataError(f"{path}: missing keys {', '.join(missing)} (a MedMNIST file has {', '.join(KEYS)})")
-            return {k: z[k] for k in KEYS}
+            arrays = {k: z[k] for k in KEYS}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from exc
+    for key, array in arrays.items():  # text or objects: numpy's min/max on string labels was a traceback (an audit)
+        if array.dtype.kind not in "biuf":
+            raise DataError(f"{path}: {key} has dtype {array.dtype}; a MedMNIST file holds numbers")
+    return arrays
 
 
 def check_images(images: np.ndarray, channels: int, image_size: int, where: str) -> np.ndarray:

@@ -190,3 +190,12 @@ def test_a_missing_shared_data_folder_says_how_the_configs_find_it(tmp_path):
     said = str(missing_root(tmp_path / "../shared/data/covid-ct-ucsd-cropped", expected="class subfolders"))
     assert "does not exist (expected class subfolders); the configs read the real sets under $FEDMED_SHARED_DATA" in said
     assert str(missing_root(tmp_path / "mine")) == f"data.root {tmp_path / 'mine'} does not exist"
+
+
+@pytest.mark.parametrize("flag", ["breastmnist", "bloodmnist"])  # in the table, and inferred from the file
+def test_arrays_that_hold_no_numbers_are_one_line_naming_the_key(tmp_path, flag):
+    """A security review: a MedMNIST file with string labels was numpy's _UFuncNoLoopError traceback."""
+    path = write_npz(tmp_path, f"{flag}.npz", val_labels=np.array([["a"]] * 4))
+    with pytest.raises(DataError, match=r"val_labels has dtype <U1") as info:
+        MedMNISTDataModule(root=str(tmp_path), flag=flag).setup()
+    assert str(path) in str(info.value) and "\n" not in str(info.value)

@@ -409,3 +409,22 @@ def test_one_folder_with_one_suffix_for_images_and_masks_is_one_line(tmp_path):
         dm.pairs()
     assert [s for s, _, _ in FolderSegmentationDataModule(str(tmp_path), image_dir=".", mask_dir=".",
                                                           mask_suffix="_mask").pairs()] == ["c_0"]
+
+
+def test_npy_images_and_masks_of_text_are_one_line(tmp_path):
+    """A security review: a 2D ``.npy`` of strings was ``ValueError: could not convert string to float`` (an
+    image) or a traceback in ``decode_mask`` (a mask); each is now a DataError naming the file."""
+    for d in ("images", "masks"):
+        (tmp_path / d).mkdir()
+    np.save(tmp_path / "images" / "s0.npy", np.full((32, 32), "abc"))
+    np.save(tmp_path / "masks" / "s0.npy", np.zeros((32, 32), np.uint8))
+    dm = FolderSegmentationDataModule(str(tmp_path), image_dir="images", mask_dir="masks", case_pattern=None,
+                                      class_names=None, augment=False)
+    with pytest.raises(DataError, match=r"images/s0\.npy has dtype <U3, expected numbers"):
+        dm.setup()
+    from datamodules.image_files import decode_mask
+
+    np.save(tmp_path / "masks" / "s1.npy", np.full((32, 32), "1"))
+    for threshold in (None, 0.5):
+        with pytest.raises(DataError, match=r"masks/s1\.npy has dtype <U1, expected numbers"):
+            decode_mask(tmp_path / "masks" / "s1.npy", threshold, None, None)
