@@ -22,7 +22,7 @@ from datamodules.progress import log_progress
 from datamodules.slices import TARGETS, SliceCase, SliceDataModule, SliceDataset, TargetMap
 from datamodules.spatial import GridMeta
 from datamodules.synthetic import needs_phantom, site_params, write_phantom_dataset
-from datamodules.volume_cache import VolumeCache
+from datamodules.volume_cache import VolumeCache, default_cache_dir
 from datamodules.volumes import (PreprocessParams, load_on_grid, preprocess_image,
                                  restore_label_map, restore_label_volume, restore_probability_volume)
 
@@ -206,6 +206,8 @@ class VolumeSegmentationDataModule(SliceDataModule):
                             f"cases unlabelled); add the labels or move those volumes out of data.root {self.root}")
         if not cases:
             raise DataError(f"data.root {self.root} has {self.layout} images but no label files")
+        if self.cache_dir == self.root / ".cache":
+            default_cache_dir(self.root)
         self.cache = VolumeCache(self.cache_dir, self.params)
         out = []
         cache = self.cache

@@ -80,6 +80,19 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 CACHE_FORMAT = 3
 
 
+def default_cache_dir(root: Path) -> Path:
+    """``<root>/.cache``, refused (one line) when it is a link out of the data folder: a handed-over data folder's
+    ``.cache`` linked elsewhere made every run write slices there (a security review). A cache on another disk is
+    ``data.cache_dir``'s to name."""
+    cache = root / ".cache"
+    if cache.is_symlink():
+        target = os.path.realpath(cache)
+        if not Path(target).is_relative_to(os.path.realpath(root)):
+            raise DataError(f"{cache} is a link to {os.readlink(cache)}, outside data.root {root}; a data folder's "
+                            f"cache stays inside it (remove the link, or name a cache folder with data.cache_dir)")
+    return cache
+
+
 class VolumeCache:
     """Disk cache of preprocessed slices.
 
@@ -113,6 +126,9 @@ class VolumeCache:
         if label is not None and not label.is_file():
             raise DataError(f"label file {label} does not exist")
         d = self.entry_dir(image, label)
+        if d.is_symlink():  # a security review: a handed-over cache's entry linked elsewhere was written through
+            raise DataError(f"slice cache entry {d} is a link ({os.readlink(d)}); a cache entry is a folder of its own "
+                            f"(remove the link)")
         img_f, lab_f, meta_f = (d / f"{name}_image.npy", d / f"{name}_label.npy", d / f"{name}_meta.json")
         if img_f.is_file() and meta_f.is_file() and (label is None or lab_f.is_file()):
             try:

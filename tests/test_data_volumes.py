@@ -123,6 +123,30 @@ def test_cache_hit_and_no_temp_files(tmp_path):
     assert other.decode_count == 1, "different preprocessing -> different cache entry"
 
 
+def test_a_cache_linked_out_of_the_data_folder_is_not_written_through(tmp_path):
+    """A security review: a handed-over data folder whose ``.cache`` (or a cache entry) linked elsewhere made a run
+    write its slices there. Both are one line now and nothing is written; a link inside the folder is fine."""
+    from datamodules.volume_cache import default_cache_dir
+
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    (root / ".cache").symlink_to(outside)
+    with pytest.raises(DataError, match=r"\.cache is a link to .*outside data\.root"):
+        default_cache_dir(root)
+    (root / ".cache").unlink()
+    (root / "fast").mkdir()
+    (root / ".cache").symlink_to(root / "fast")
+    assert default_cache_dir(root) == root / ".cache"
+    img, lab = _pair(tmp_path)
+    cache = VolumeCache(tmp_path / "c", PreprocessParams(image_size=8))
+    entry = cache.entry_dir(img, lab)
+    entry.parent.mkdir()
+    entry.symlink_to(outside)
+    with pytest.raises(DataError, match="is a link"):
+        cache.load(img, lab, "case0")
+    assert list(outside.iterdir()) == []
+
+
 def test_interrupted_write_leaves_no_partial_cache(tmp_path, monkeypatch):
     img, lab = _pair(tmp_path)
     real_save = np.save
