@@ -4,6 +4,7 @@ epochs reported only its last epoch's 15 s). Time spent after the last checkpoin
 not counted: that work was redone."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -35,4 +36,8 @@ class FitTime(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         value = state_dict.get("seconds", 0.0)
-        self.before = float(value) if isinstance(value, (int, float)) and value >= 0 else 0.0
+        try:  # a crafted 10**400 was an OverflowError on resume (a security review)
+            seconds = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else -1.0
+        except OverflowError:
+            seconds = -1.0
+        self.before = seconds if math.isfinite(seconds) and seconds >= 0 else 0.0

@@ -108,7 +108,11 @@ def test_only_cfg(cfg: DictConfig, ckpt: dict[str, Any], path: str) -> DictConfi
         raise CheckpointError(str(err)) from err
     declared = (cfg.get("data") or {}).get("num_classes")
     for key in ("classes", "num_classes", "out_channels"):
-        if declared is not None and key in stored and int(stored[key]) != int(declared):
+        if stored.get(key) is None:
+            continue
+        if isinstance(stored[key], bool) or not isinstance(stored[key], int):  # a security review: a traceback
+            raise CheckpointError(f"ckpt_path {path}: its net's {key}={stored[key]!r} is not a whole number")
+        if declared is not None and int(stored[key]) != int(declared):
             raise CheckpointError(f"ckpt_path {path} predicts {key}={stored[key]} but data.num_classes={declared}")
     trained = saved_config(Path(path).resolve().parent.parent)  # <run>/checkpoints/<name>.ckpt
     diffs = differences(trained, cfg, TEST_ONLY) if trained is not None else []

@@ -40,6 +40,9 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", lazy: bool = Fal
     for key in ("state_dict", "hyper_parameters"):  # a trust review: a list here was a traceback in predict
         if ckpt.get(key) is not None and not isinstance(ckpt[key], Mapping):
             raise CheckpointError(f"{what} {path}: its {key!r} is a {type(ckpt[key]).__name__}, not a mapping")
+    odd = next((k for k in (ckpt.get("state_dict") or {}) if not isinstance(k, str)), None)
+    if odd is not None:  # a security review: an int key was an AttributeError inside torch's load_state_dict
+        raise CheckpointError(f"{what} {path}: its 'state_dict' has the key {odd!r}, not a parameter name")
     return dict(ckpt)
 
 

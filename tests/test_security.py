@@ -300,6 +300,37 @@ def test_crafted_target_in_teacher_checkpoint_refused(trained, tmp_path):
     assert_one_line_error(proc, "shutil.copyfile")
 
 
+@pytest.mark.parametrize("kind", ["classes_text", "int_weight_key"])
+def test_crafted_values_in_a_checkpoint_are_one_line(trained, tmp_path, kind):
+    """A security review: a net config's ``classes: "abc"`` was a ValueError traceback in a test-only run, and a
+    state dict keyed by an int an AttributeError inside torch (test-only run and predict)."""
+    ckpt = torch.load(trained / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    if kind == "classes_text":
+        ckpt["hyper_parameters"]["net"] = {**ckpt["hyper_parameters"]["net"], "classes": "abc"}
+    else:
+        ckpt["state_dict"] = {7: torch.zeros(1), **ckpt["state_dict"]}
+    path = tmp_path / "crafted.ckpt"
+    torch.save(ckpt, path)
+    proc = run_cli("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", f"hydra.run.dir={tmp_path / 'r'}",
+                                       "train=false", f"ckpt_path={path}"], tmp_path)
+    assert_one_line_error(proc, "crafted.ckpt", "'abc'" if kind == "classes_text" else "key 7")
+    if kind == "int_weight_key":
+        volume = trained / "data" / "synthetic_lits" / "volume-0.nii.gz"
+        proc = run_cli("experiments.predict", [f"ckpt={path}", f"input={volume}", f"output={tmp_path / 's.nii.gz'}"],
+                       tmp_path)
+        assert_one_line_error(proc, "crafted.ckpt", "key 7")
+
+
+def test_a_crafted_fit_time_in_a_checkpoint_is_no_overflow():
+    """A security review: ``seconds: 10**400`` in a resumed checkpoint's FitTime state was an OverflowError."""
+    from callbacks.fit_time import FitTime
+
+    cb = FitTime()
+    for value, before in ((10 ** 400, 0.0), (float("inf"), 0.0), (True, 0.0), (-3, 0.0), ("5", 0.0), (12.5, 12.5)):
+        cb.load_state_dict({"seconds": value})
+        assert cb.before == before, value
+
+
 HUB_NET = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "tu-hf-hub:attacker-org/beacon-model",
            "encoder_weights": "imagenet", "in_channels": 1, "classes": 2}
 
