@@ -67,7 +67,8 @@ def one_hot(target: torch.Tensor, num_classes: int, ignore_index: int | None = N
     """One-hot [B, C, *spatial] float target and the [B, 1, *spatial] mask of voxels that count (2D or 3D)."""
     valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
     safe = torch.where(valid, target, torch.zeros_like(target))
-    if int(safe.max()) >= num_classes or int(safe.min()) < 0:
+    lo, hi = torch.aminmax(safe) if safe.numel() else (torch.zeros(()), torch.zeros(()))
+    if bool((hi >= num_classes) | (lo < 0)):  # one host sync per head, not two (a performance review)
         raise ValueError(f"mask values {sorted(safe.unique().tolist())} outside [0, {num_classes - 1}]")
     y = F.one_hot(safe, num_classes).movedim(-1, 1).to(torch.float32)
     return y, valid.unsqueeze(1)
