@@ -93,6 +93,15 @@ def test_padding_under_ct_normalisation_is_air_not_tissue(tmp_path):
     window pads with the volume's lowest value. Air is the clipped lower bound ``(lo - mean) / std``."""
     dm = build_datamodule(compose_run([*TINY, "data.normalization=ct"], tmp_path).data)
     dm.setup()
+    # the statistics themselves (nnU-Net's CTNormalization): the training cases' foreground (label > 0) voxels in
+    # raw HU on the working grid the slices are cached on, their 0.5 / 99.5 percentiles, mean / std once clipped
+    cases = {c.case_id: c for c in dm.load_cases()}
+    fg = np.concatenate([np.asarray(cases[k].image.raw, np.float64)[np.asarray(cases[k].label) > 0]
+                         for k in dm.splits["train"]])
+    assert 0 < len(dm.splits["train"]) < len(cases) and 0 < fg.size < 1_000_000  # no subsample
+    lo, hi = np.percentile(fg, [0.5, 99.5])
+    clipped = np.clip(fg, lo, hi)
+    assert dm.ct_stats == pytest.approx((lo, hi, clipped.mean(), clipped.std()), rel=1e-9)
     lowest = min(float(np.asarray(c.image).min()) for c in dm.load_cases())
     assert dm.fill_value() == pytest.approx(lowest, abs=1e-5) and dm.fill_value() < -1.0
     window = build_datamodule(compose_run(TINY, tmp_path / "window").data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -105,6 +106,20 @@ def test_ct_normalisation_uses_training_foreground(tmp_path):
     dm.setup()
     lo, hi, mean, std = dm.ct_stats
     assert lo < mean < hi and std > 0 and 45 < mean < 110  # foreground = raw + 50 or + 100 (labels 1, 2)
+    # nnU-Net's CTNormalization, by hand: the foreground (label > 0) voxels of the training cases only (no
+    # resampling or resizing here: the working grid holds the files' voxels, reoriented), their 0.5 / 99.5
+    # percentiles, and the mean / std of those voxels clipped to them (far below the subsample cap)
+    fg = []
+    for case in dm.splits["train"]:
+        img = np.asarray(nib.load(root / "imagesTr" / f"{case}_0000.nii.gz").dataobj, np.float64)
+        lab = np.asarray(nib.load(root / "labelsTr" / f"{case}.nii.gz").dataobj)
+        fg.append(img[lab > 0])
+    fg = np.concatenate(fg)
+    assert 0 < len(dm.splits["train"]) < 5 and fg.size == 360 * len(dm.splits["train"])
+    p_lo, p_hi = np.percentile(fg, [0.5, 99.5])
+    clipped = np.clip(fg, p_lo, p_hi)
+    assert abs(clipped.std() - fg.std()) > 1e-4 and abs(np.percentile(fg, 90) - p_hi) > 1  # the test can tell
+    assert dm.ct_stats == pytest.approx((p_lo, p_hi, clipped.mean(), clipped.std()), rel=1e-9)
     x = np.stack([np.asarray(dm.train_dataset[i]["image"]) for i in range(len(dm.train_dataset))])
     assert x.min() >= (lo - mean) / std - 1e-4 and x.max() <= (hi - mean) / std + 1e-4
     fixed = VolumeSegmentationDataModule(str(root), layout="nnunet", normalization="ct", ct_stats=[0, 100, 50, 10])
