@@ -204,24 +204,24 @@ class SegmentationModule(BaseModule):
         loss = self.seg_loss(logits, batch)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(mask), sync_dist=True)
         prob = self.probabilities(logits)
-        keep = torch.ones(len(mask), dtype=torch.bool, device=mask.device)
-        if self.eval_slices == "foreground":
-            keep = foreground_slices(mask, self.num_classes)
-        if keep.any():
+        every = self.eval_slices != "foreground"  # every item counts: no boolean indexing, which copies (a
+        keep = torch.ones(len(mask), dtype=torch.bool) if every else foreground_slices(mask, self.num_classes)
+        if every or keep.any():  # performance review: twice a whole volume's probabilities per 3D test case)
+            pick = (lambda t: t) if every else (lambda t: t[keep])
             ids = [c for c, k in zip(batch["case_id"], keep.tolist()) if k]
-            pred = self.predict_labels(prob[keep])
+            pred = self.predict_labels(pick(prob))
             valid = batch.get("valid")  # padded mixed-size batches: only the slices' own pixels count
-            valid = None if valid is None else valid[keep]
-            target = mask[keep]
+            valid = None if valid is None else pick(valid)
+            target = pick(mask)
             if "annotated" in batch:  # a partially annotated site's validation: the classes it labels only
-                pred, target, valid = annotated_view(pred, target, batch["annotated"][keep], valid)
+                pred, target, valid = annotated_view(pred, target, pick(batch["annotated"]), valid)
             cases.update(pred, target, ids, valid)
             if stage == "test":
                 if self.surface_metrics:
-                    self.surfaces.add(batch, pred, mask[keep], ids, keep, valid, self.class_names,
+                    self.surfaces.add(batch, pred, pick(mask), ids, keep, valid, self.class_names,
                                       self.nsd_tolerance_mm)
-                flat_p = prob[keep].movedim(1, -1).reshape(-1, prob.shape[1])
-                flat_t = mask[keep].reshape(-1)
+                flat_p = pick(prob).movedim(1, -1).reshape(-1, prob.shape[1])
+                flat_t = pick(mask).reshape(-1)
                 if valid is not None:
                     flat_p, flat_t = flat_p[valid.reshape(-1)], flat_t[valid.reshape(-1)]
                 self.test_roc.update(flat_p, flat_t)
