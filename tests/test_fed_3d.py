@@ -38,7 +38,12 @@ def test_3d_clients_train_on_patches_and_evaluate_whole_volumes(tmp_path):
     assert whole["case_id"][0].startswith("site1/")
     test = next(iter(server.client_loader("site2", "test")))
     assert test["image"].shape[0] == 1 and test["case_id"][0].startswith("site2/")
-    assert (test["mask"] == 2).any() or (test["mask"] == 1).any()  # full labels at test
+    assert (test["mask"] == 2).any() or (test["mask"] == 1).any()
+    # full labels at test, at the partially labelled site too: site 1 trains on its organ only, but its own test
+    # cases are scored on organ and tumour (site 2 annotates everything anyway, so it alone cannot tell)
+    for cid in ("site1", "site2"):
+        seen = set().union(*(set(torch.unique(b["mask"]).tolist()) for b in server.client_loader(cid, "test")))
+        assert seen == {0, 1, 2}, (cid, seen)
     row = server.evaluate(server.module_for(server.global_state), server.client_loader("site2", "test"), "test")
     assert 0.0 <= row["test/dice"] <= 1.0 and "test/hd95" in row
 

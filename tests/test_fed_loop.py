@@ -623,3 +623,100 @@ def test_a_resume_whose_federation_id_file_was_lost_keeps_its_clients_state(tmp_
     store = ClientStore(run / "client_store")
     assert {store.load(cid, "federation_id") for cid in store.index()} == {first}
     assert max(len(store.load(cid, "history")) for cid in store.index()) == 2
+
+
+def _fit_trainers(monkeypatch):
+    """Every Trainer a client builds, in order (``train_local``'s fit Trainer comes before its evaluator)."""
+    built = []
+    real = fed_client.build_trainer
+
+    def wrapper(*args, **kwargs):
+        trainer = real(*args, **kwargs)
+        built.append(trainer)
+        return trainer
+
+    monkeypatch.setattr(fed_client, "build_trainer", wrapper)
+    return built
+
+
+def test_fedprox_proximal_term_reaches_the_clients_training_loss(tmp_path, monkeypatch):
+    """FedProx's mu travels in the server message (``proximal_mu``) and the client adds mu/2 ||w - w_global||^2 to
+    its training loss: ``train/proximal`` is logged and a large mu keeps the client's weights nearer the global
+    model than mu=0 from the same seed and data."""
+    from dataclasses import replace
+
+    from federation.server import Server
+
+    cfg = compose_run([*DIGITS, "federation/strategy=fedprox", "federation.strategy.mu=30", "federation.num_clients=2",
+                       "federation.clients_per_round=2", "federation.rounds=1"], tmp_path)
+    server = Server(cfg)
+    built = _fit_trainers(monkeypatch)
+    glob = server.global_state
+    dist, logged = {}, {}
+    for mu in (0.0, 30.0):
+        kw = dict(server.jobs(0, ["0"])[0].kwargs)
+        msg = kw["server_message"]
+        assert msg.config["proximal_mu"] == 30.0  # the strategy's mu, sent to the client
+        kw["server_message"] = replace(msg, config={**msg.config, "proximal_mu": mu})
+        built.clear()
+        update = fed_client.run_client("0", **kw)
+        logged[mu] = dict(built[0].callback_metrics)
+        dist[mu] = sum(float((update.weights[k].double() - glob[k].double()).pow(2).sum())
+                       for k in update.weights if glob[k].is_floating_point())
+    assert "train/proximal" not in logged[0.0]
+    assert float(logged[30.0]["train/proximal"]) > 0, logged[30.0]
+    assert 0 < dist[30.0] < dist[0.0], dist
+
+
+def test_eval_clients_sampled_scores_only_the_rounds_sampled_clients(tmp_path, monkeypatch):
+    """``federation.eval_clients=sampled`` (docs/federation.md): each round the global model is scored on the
+    validation split of the clients sampled that round only, not on every client's."""
+    from federation.server import Server
+
+    trained: dict[int, set[str]] = {}
+
+    def hook(cid, real, kw):
+        trained.setdefault(int(kw["server_message"].round), set()).add(cid)
+        return real(cid, **kw)
+
+    _record(monkeypatch, hook)
+    scored: list[str] = []
+    real_loader = Server.client_loader
+
+    def client_loader(self, cid, split):
+        if split == "val":
+            scored.append(cid)
+        return real_loader(self, cid, split)
+
+    monkeypatch.setattr(Server, "client_loader", client_loader)
+    cfg = compose_run([*DIGITS, "federation.clients_per_round=2", "federation.rounds=2", "federation.strategy.mode=none",
+                       "federation.eval_clients=sampled", "federation.evaluation_matrix=false"], tmp_path)
+    dispatch(cfg)
+    assert sorted(trained) == [0, 1] and all(len(ids) == 2 for ids in trained.values())
+    assert len(scored) == 4, scored  # 2 of the 4 clients in each of 2 rounds (all of them: 8)
+    assert [set(scored[:2]), set(scored[2:])] == [trained[0], trained[1]]
+
+
+def test_client_early_stopping_stops_local_training_when_enabled(tmp_path, monkeypatch):
+    """``federation.early_stopping.enabled=true`` (paper 000 step 5, "until the model converges"): the client's
+    local training stops on its validation split before ``federation.local_epochs``. Patience 1 and a min_delta no
+    epoch can beat: the first epoch sets the best, the second does not improve on it, and training stops there."""
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    from federation.server import Server
+
+    common = [*DIGITS, "federation.num_clients=2", "federation.clients_per_round=2", "federation.rounds=1",
+              "federation.local_epochs=4", "federation.early_stopping.patience=1",
+              "federation.early_stopping.min_delta=1e9"]
+    built = _fit_trainers(monkeypatch)
+    epochs = {}
+    for enabled in (False, True):
+        server = Server(compose_run([*common, f"federation.early_stopping.enabled={str(enabled).lower()}"],
+                                    tmp_path / str(enabled)))
+        built.clear()
+        fed_client.run_client("0", **server.jobs(0, ["0"])[0].kwargs)
+        fit = built[0]
+        stoppers = [cb for cb in fit.callbacks if isinstance(cb, EarlyStopping)]
+        assert len(stoppers) == int(enabled)
+        epochs[enabled] = fit.current_epoch
+    assert epochs == {False: 4, True: 2}

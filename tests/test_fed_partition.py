@@ -71,6 +71,9 @@ def test_quantity_skew_sizes():
     assert [len(p) for p in parts] == [50, 30, 20]
     parts = quantity_skew(100, 4, seed=0, sizes=[0.4, 0.3, 0.2, 0.1])
     assert [len(p) for p in parts] == [40, 30, 20, 10]
+    # sizes that do not divide exactly: largest remainder (2.6, 7.4 -> floors 2, 7; the one left goes to .6)
+    assert [len(p) for p in quantity_skew(10, 2, seed=0, sizes=[0.26, 0.74])] == [3, 7]
+    assert [len(p) for p in quantity_skew(10, 2, seed=0, sizes=[0.74, 0.26])] == [7, 3]
     sizes = [len(p) for p in quantity_skew(1000, 5, seed=1, alpha=0.5)]
     assert sum(sizes) == 1000 and max(sizes) > 1.5 * min(sizes)
 
@@ -105,6 +108,12 @@ def test_feature_shift_deterministic_per_site():
     assert torch.allclose(fs(img), img * 2 + 1)
     g = FeatureShift(contrast_gamma=2.0)(torch.tensor([0.0, 0.5, 1.0]))
     assert torch.allclose(g, torch.tensor([0.0, 0.25, 1.0]))
+    # gamma on the image's own [min, max] range (lo=-1, span=2): ((x - lo) / span) ** 2 * span + lo; an input whose
+    # range is not [0, 1] tells a dropped "+ lo" ([0, .5, 2]) or "* span" and "/ span" swapped ([-1, -.5, -.5])
+    g = FeatureShift(contrast_gamma=2.0)(torch.tensor([-1.0, 0.0, 1.0]))
+    assert torch.allclose(g, torch.tensor([-1.0, -0.5, 1.0]))
+    g = FeatureShift(contrast_gamma=2.0)(torch.tensor([1.0, 3.0, 5.0]))   # lo=1, span=4: [0, .5, 1] -> [0, .25, 1]
+    assert torch.allclose(g, torch.tensor([1.0, 2.0, 5.0]))
 
 
 def test_partial_label_sets():

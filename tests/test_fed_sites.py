@@ -122,6 +122,21 @@ def test_remote_sites_is_told_by_the_function_not_the_name():
     assert not is_remote_sites(None)
 
 
+def test_remote_sites_names_must_be_distinct_and_non_empty():
+    """The names are the client ids everywhere (store, W&B keys, node config): a duplicate or empty one is refused
+    before anything runs, and each named site gets an empty part (the server holds none of their data)."""
+    import numpy as np
+    import pytest
+
+    from federation.core.partition import remote_sites
+
+    parts = remote_sites(None, ["hospital_a", "hospital_b"])
+    assert len(parts) == 2 and all(p.dtype == np.int64 and p.size == 0 for p in parts)
+    for bad in (["hospital_a", "hospital_a"], ["hospital_a", ""], [], None):
+        with pytest.raises(ValueError, match="distinct, non-empty"):
+            remote_sites(None, bad)
+
+
 def _own_stores(tmp_path, rounds: int, extra: list[str]):
     """A real deployment (docs/deployment.md step 4): each site's node keeps its own ``store=`` on its host, so
     the server's ``client_store/`` holds nothing; returns ``(cfg, nodes, run dir)`` after the rounds."""

@@ -107,6 +107,28 @@ def test_fedopt_first_step_by_hand(cls, yogi):
     assert torch.allclose(s.aggregate(new, ups, 2)["w"], s2.aggregate(new, ups, 2)["w"])
 
 
+def test_fedadagrad_first_and_second_step_by_hand():
+    """FedAdagrad (Reddi et al. 2021, Alg. 2): v_t = v_{t-1} + Delta_t^2 from v_{-1} = tau^2, no beta2."""
+    eta, b1, tau = 0.5, 0.9, 0.1
+    g = {"w": torch.tensor([0.0, 1.0])}
+    ups = [_upd("a", 1, w=[0.5, 1.0]), _upd("b", 1, w=[1.5, 2.0])]   # mean [1, 1.5] -> Delta [1, .5]
+    s = FedAdagrad(eta=eta, beta1=b1, tau=tau)
+    new = s.aggregate(g, ups, 1)
+    w, d = np.array([0.0, 1.0]), np.array([1.0, 0.5])
+    m, v = (1 - b1) * d, tau ** 2 + d * d
+    w = w + eta * m / (np.sqrt(v) + tau)
+    assert torch.allclose(s.v["w"], torch.tensor(v, dtype=torch.float32), atol=1e-7)   # [1.01, 0.26]
+    assert torch.allclose(new["w"], torch.tensor(w, dtype=torch.float32), atol=1e-6)
+    # second step: the same client weights, now Delta = [1, 1.5] - w_1; v keeps growing by Delta^2 (never decays)
+    new2 = s.aggregate(new, ups, 2)
+    d = np.array([1.0, 1.5]) - new["w"].double().numpy()
+    m, v = b1 * m + (1 - b1) * d, v + d * d
+    w = new["w"].double().numpy() + eta * m / (np.sqrt(v) + tau)
+    assert torch.allclose(s.v["w"], torch.tensor(v, dtype=torch.float32), atol=1e-6)
+    assert torch.allclose(new2["w"], torch.tensor(w, dtype=torch.float32), atol=1e-6)
+    assert not torch.allclose(new2["w"], FedAdam(eta=eta, beta1=b1, tau=tau).aggregate(new, ups, 2)["w"])
+
+
 def test_fedyogi_differs_from_fedadam():
     g = {"w": torch.tensor([0.0])}
     ups = [_upd("a", 1, w=[1.0])]
