@@ -240,7 +240,9 @@ class DistillationModule(SegmentationModule):
         seg = self.seg_loss(student_out, batch)
         terms = self.kd_loss(self.kd_inputs(batch, student_out, teacher_out))
         self.student_tap.clear(), self.teacher_tap.clear()
-        for name, value in {"seg": seg, **terms}.items():
+        named = {"seg": seg, **terms}
+        finite = torch.stack([torch.isfinite(v).all() for v in named.values()])
+        for name, value in ([] if bool(finite.all()) else named.items()):  # one host sync a step, not one a term
             if not torch.isfinite(value).all():
                 raise NonFiniteLossError(f"non-finite {'L_seg' if name == 'seg' else 'KD term ' + repr(name)} "
                                          f"({float(value.detach())}) at global step {self.global_step} (epoch "
