@@ -19,6 +19,7 @@ Public API used by :mod:`federation.loop` and :mod:`federation.matrix`: :meth:`m
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -309,10 +310,13 @@ class Server:
                                  "fed/round/train_samples": sum(u.num_samples for u in updates),
                                  "fed/round/shared_sent": sum(sent[u.client_id] for u in updates)}
         row.update({f"client/{u.client_id}/num_samples": u.num_samples for u in updates})  # FedAvg's n_k, as each said
-        for key in sorted(set.intersection(*(set(u.metrics) for u in updates))):
-            row[f"fed/round/local_val/{key}"] = float(np.mean([u.metrics[key] for u in updates]))
+        for key in sorted(set.union(*(set(u.metrics) for u in updates))):  # a class a site does not label is
+            scored = [u.metrics[key] for u in updates if math.isfinite(u.metrics.get(key, math.nan))]  # not scored
+            if scored:  # there (a walkthrough: its 1.0 went into the mean), so the mean is of the sites that do
+                row[f"fed/round/local_val/{key}"] = float(np.mean(scored))
             for u in updates:
-                row[f"client/{u.client_id}/local_val/{key}"] = float(u.metrics[key])
+                if key in u.metrics:
+                    row[f"client/{u.client_id}/local_val/{key}"] = float(u.metrics[key])
         row.update(self.evaluate_round(sampled))
         return row
 

@@ -120,6 +120,8 @@ class SegmentationModule(BaseModule):
         self.test_per_case: dict[str, dict[str, float]] = {}
         self.test_summary: dict[str, float] = {}
         self.val_summary: dict[str, float] = {}
+        self.val_annotated: torch.Tensor | None = None
+        self.val_unlabelled: set[str] = set()
         self.roc_curves: dict[str, tuple[Any, Any]] = {}
         self.surface_metrics, self.nsd_tolerance_mm = surface_metrics, nsd_tolerance_mm
         self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
@@ -214,6 +216,9 @@ class SegmentationModule(BaseModule):
             valid = None if valid is None else pick(valid)
             target = pick(mask)
             if "annotated" in batch:  # a partially annotated site's validation: the classes it labels only
+                seen = batch["annotated"].any(0)
+                if stage == "val":
+                    self.val_annotated = seen if self.val_annotated is None else self.val_annotated | seen
                 pred, target, valid = annotated_view(pred, target, pick(batch["annotated"]), valid)
             cases.update(pred, target, ids, valid)
             if stage == "test":
@@ -252,13 +257,23 @@ class SegmentationModule(BaseModule):
         cases.reset()
         return per_case, summarise(per_case) if per_case else {}
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_annotated = None  # the classes this epoch's validation labels, where its batches say (partial labels)
+
     def on_validation_epoch_end(self) -> None:
         _, self.val_summary = self._case_summary(self.val_cases)
+        self.val_unlabelled = set()  # a class no batch labels has no score: NaN, not the 1.0 of "nothing there" (a
+        if self.val_annotated is not None:  # walkthrough: a site's unlabelled tumour was averaged in as 1.0)
+            seen = self.trainer.strategy.reduce(self.val_annotated.float(), reduce_op="sum") > 0
+            self.val_unlabelled = {f"dice_{n}" for c, n in enumerate(self.class_names) if c and not bool(seen[c])}
         # each foreground class's Dice too, so a checkpoint can be chosen on the tumour (a review: module.monitor=
         # val/dice_tumor was refused, the per-class values reaching metrics.json only)
         for key in self._val_keys():
             # computed from the DDP-synced case matrices, so every rank holds the same value
-            self.log(f"val/{key}", epoch_value(self.val_summary, key), prog_bar=key == "dice", sync_dist=True)
+            self.log(f"val/{key}", self._epoch_value(key), prog_bar=key == "dice", sync_dist=True)
+
+    def _epoch_value(self, key: str) -> float:
+        return math.nan if key in getattr(self, "val_unlabelled", ()) else epoch_value(self.val_summary, key)
 
     def _val_keys(self) -> tuple[str, ...]:
         """The validation scores logged each epoch, and written to metrics.json as logged (:func:`epoch_value`)."""
@@ -292,7 +307,7 @@ class SegmentationModule(BaseModule):
     def summary_metrics(self) -> dict[str, float]:
         """Final metrics for the run's ``metrics.json`` (``val/*`` from the last validation, ``test/*``)."""
         out = {f"val/{k}": v for k, v in self.val_summary.items()}
-        out.update({f"val/{k}": epoch_value(self.val_summary, k) for k in self._val_keys()
+        out.update({f"val/{k}": self._epoch_value(k) for k in self._val_keys()
                     if k in self.val_summary})  # as logged and monitored (reviews: metrics.json held NaN for 1.0)
         out.update({f"test/{k}": v for k, v in self.test_summary.items()})
         return out

@@ -286,6 +286,25 @@ def test_partial_labels_mask_unannotated(tmp_path):
     assert val[0]["annotated"].tolist() == [True, True, False] and "annotated" not in dm.train_dataset[0]
 
 
+def test_a_class_a_site_does_not_label_is_not_scored_there(tmp_path):
+    """A walkthrough: site 1 of ``fed_pancreas`` does not label the tumour, yet its local validation logged
+    ``dice_tumor=1.0`` (no tumour in its labels nor, after the annotated view, in its predictions) and the round's
+    ``local_val/dice_tumor`` averaged that 1.0 in (0.5 with site 2's 0.0). It is NaN there now, so the round's mean
+    is the mean of the sites that label the class."""
+    import csv
+
+    cfg = compose_run(_seg("fed_pancreas", ["site1", "site2"], ["federation.rounds=1",
+                                                                "federation.evaluation_matrix=false"]), tmp_path)
+    dispatch(cfg)
+    logged: dict[str, float] = {}
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
+        for row in csv.DictReader(fh):
+            logged.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    assert math.isnan(logged.get("client/site1/local_val/dice_tumor", math.nan))
+    assert math.isfinite(logged["client/site1/local_val/dice_organ"])
+    assert logged["fed/round/local_val/dice_tumor"] == pytest.approx(logged["client/site2/local_val/dice_tumor"])
+
+
 def test_covid_datashare_real_data(tmp_path, shared_data):
     root = shared_data / "covid-ct-ucsd-cropped"
     if not root.is_dir():
