@@ -91,8 +91,10 @@ class KDMaps(pl.Callback):
         # one colour bar for every probability panel (a review: the maps had no scale)
         scale = plt.cm.ScalarMappable(cmap="magma", norm=plt.Normalize(0.0, 1.0))
         fig.colorbar(scale, ax=axes.ravel().tolist(), shrink=0.6, pad=0.01, label="P(foreground)")
-        method = getattr(pl_module, "method", None) or type(pl_module).__name__
-        fig.suptitle(f"student predictive maps ({method}{tag}) - P(foreground), green: masks", fontsize=9)
+        method = getattr(pl_module, "method", None)  # a distillation's student; else a plain run (a walkthrough:
+        whose = "student" if method else "net"  # a distill=teacher run's UNet++ was titled "student")
+        fig.suptitle(f"{whose} predictive maps ({type(pl_module.net).__name__}, {method or type(pl_module).__name__}"
+                     f"{tag}) - P(foreground), green: masks", fontsize=9)
         path = save_figure(fig, run_dir(trainer) / self.filename)
         log_images(trainer, "val/kd_maps", [path])
         return path

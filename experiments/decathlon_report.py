@@ -119,9 +119,10 @@ def _mean(values: list[Any]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def build_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def build_rows(runs: list[dict[str, Any]], left_out: set[tuple[str, str]] = frozenset()) -> list[dict[str, Any]]:
     """One row per (model, dataset) in Table 2 order, plus a mean row per model; runs of one dataset
-    (several seeds) are averaged."""
+    (several seeds) are averaged. ``left_out``: the (model, flag) pairs whose only runs were debug ones, left out
+    (status "debug, left out", not "not run": a walkthrough)."""
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         by_key[(run["model"], run["flag"])].append(run)
@@ -132,7 +133,8 @@ def build_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for flag in DECATHLON:
             jobs = by_key.get((model, flag), [])
             ok = [j for j in jobs if j["status"] == "ok"]
-            status = "ok" if ok else (jobs[0]["status"] if jobs else "not run")
+            status = "ok" if ok else (jobs[0]["status"] if jobs else
+                                      "debug, left out" if (model, flag) in left_out else "not run")
             row = {"model": model, "dataset": MEDMNIST_INFO[flag].name, "status": status, "runs": len(ok),
                    "auc": _mean([j["auc"] for j in ok]), "acc": _mean([j["acc"] for j in ok])}
             for arch in PAPER_ARCHS:
@@ -203,7 +205,7 @@ def report(root: str | Path, out: str | Path | None = None, include_debug: bool 
                       "--all includes them")
         debug_ids = {id(r) for r in debug}  # records are dicts: by identity, in one pass
         runs = [r for r in runs if id(r) not in debug_ids]
-    rows = build_rows(runs)
+    rows = build_rows(runs, {(r["model"], r["flag"]) for r in debug} if not include_debug else set())
     out = Path(out or root)
     atomic_write_text(out / "decathlon.md", to_markdown(rows))
     atomic_write_text(out / "decathlon.csv", to_csv(rows))
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = report(args.multirun_dir, args.out, include_debug=args.all, runs=runs)
     jobs = [r for r in rows if r["dataset"] != "mean"]
     if not any(r["status"] == "ok" for r in jobs):  # a walkthrough: "0/10 ok" exited 0
-        ran = [r for r in jobs if r["status"] != "not run"]
+        ran = [r for r in jobs if r["status"] not in ("not run", "debug, left out")]
         # a walkthrough: "every run failed" where one had finished and was left out as a debug run
         print(f"error: no finished run to report under {args.multirun_dir}"
               + (f" ({len(ran)} failed or missed their data)" if ran else "")
