@@ -1,4 +1,4 @@
-"""The test confusion matrix of a classifier as ``confusion_matrix_test.png`` (and ``test/confusion_matrix``
+"""The test confusion matrix of a classifier as ``confusion_matrix_test.png`` (and ``test/confusion_matrix_figure``
 in W&B). A callback, not module code, so the federation's many evaluation passes (a Trainer without
 callbacks) draw nothing; the module only keeps the matrix (``confusion_matrix``)."""
 from __future__ import annotations
@@ -43,4 +43,5 @@ class ConfusionFigure(pl.Callback):
         names = list(getattr(pl_module, "class_names", None) or [str(i) for i in range(len(cm))])
         fig = plot_confusion(np.asarray(cm), names, f"test confusion matrix ({getattr(pl_module, 'task', '')})")
         path = save_figure(fig, run_dir(trainer) / "confusion_matrix_test.png", dpi=120)
-        log_images(trainer, "test/confusion_matrix", [path])
+        # its own key: test/confusion_matrix is W&B's chart, as segmenters and federations log it (a W&B review: one
+        log_images(trainer, "test/confusion_matrix_figure", [path])  # key, an image here and a chart there)

@@ -49,6 +49,16 @@ def test_centralised_run_name_tags_best_summary_and_media(tmp_path):
     assert list(media.glob("images/mask/test/overlay_masks_*.mask.png"))  # ground truth + prediction layers
 
 
+def test_a_centralised_classifier_logs_the_charts_a_federated_one_does(tmp_path):
+    """A W&B review: a centralised classifier logged its confusion-matrix PNG under ``test/confusion_matrix``, the key
+    on which segmenters and federations log W&B's chart, and no ``test/roc`` chart: one workspace panel was empty for
+    half the runs. The chart and table pairs are the same now, and the PNG has a key of its own."""
+    dispatch(compose_run(["+exp=digits_cnn", "model.width=4", "trainer.max_epochs=1", "logger=wandb"], tmp_path))
+    keys = _keys(read_run(tmp_path / "run"))
+    assert {"test/roc_table/path", "test/confusion_matrix_table/path", "test/confusion_matrix_figure/_type"} <= keys
+    assert "test/confusion_matrix/_type" not in keys, sorted(k for k in keys if "confusion" in k)
+
+
 def test_federated_run_logs_the_global_model_on_centralised_keys(tmp_path):
     dispatch(compose_run([*FED, "logger=wandb", "federation/strategy=fedprox", "federation.evaluation_matrix=true",
                           "federation.matrix.standalone_epochs=1", "federation.matrix.centralised_epochs=1"], tmp_path))
