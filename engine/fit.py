@@ -200,19 +200,22 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
             if on_tested is not None:
                 on_tested(module)
             _report(cfg, module, metrics, trainer)
-    except BaseException:  # a review: a failed sweep job left its W&B run open and the next job logged
-        finish_wandb(trainer.loggers, exit_code=1)  # into it (Lightning reuses an open wandb.run)
+    except BaseException as exc:  # a review: a failed sweep job left its W&B run open and the next job logged
+        finish_wandb(trainer.loggers, exit_code=1, error=one_line(exc))  # into it (Lightning reuses an open wandb.run)
         raise
     finish_wandb(trainer.loggers)  # its summary and config are written to disk
     return metrics
 
 
-def finish_wandb(loggers: list, exit_code: int = 0) -> None:
-    """Close the W&B runs among ``loggers`` (``exit_code`` 1: a failed run, marked so). A run that will not close
-    is a warning: after a failure its error would replace the run's own (a review)."""
+def finish_wandb(loggers: list, exit_code: int = 0, error: str | None = None) -> None:
+    """Close the W&B runs among ``loggers`` (``exit_code`` 1: a failed run, marked so, with ``error`` in its summary
+    as ``error``: a W&B review found a failed run's reason in failed.json only). A run that will not close is a
+    warning: after a failure its error would replace the run's own (a review)."""
     for lg in loggers:
         if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
             try:
+                if error:
+                    lg.experiment.summary["error"] = error[:1000]
                 lg.experiment.finish(exit_code=exit_code)
             except Exception as exc:  # noqa: BLE001 - closing the log must not hide the run's outcome
                 log.warning("closing the W&B run failed: %s", one_line(exc))

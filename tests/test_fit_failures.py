@@ -24,6 +24,10 @@ def test_a_failed_job_closes_its_wandb_run(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated"):
         engine.fit.train_and_test(cfg)
     assert wandb.run is None
+    # and says why (a W&B review: a failed run's reason was in failed.json only)
+    from tests.wandb_offline import read_run
+
+    assert "CUDA out of memory (simulated)" in read_run(tmp_path / "run")["summary"]["error"]
 
 
 def test_resume_true_before_the_first_checkpoint_starts_its_csv_afresh(tmp_path):
