@@ -185,11 +185,12 @@ def _finish(server: Server, finished_before: bool = False) -> dict[str, Any]:
         metrics["evaluation_matrix_metric"] = metric  # what its cells hold: experiments.report ranks by it
     metrics.update(best_of_rounds(server.history))  # val/<m>_best: the global model's best server validation
     artifacts.write_json(out / "metrics.json", metrics)
-    # at the last round's epoch: the final model is its global model (a review: with no epoch the final test
-    # point was drawn at x=0 by report --curve)
+    # at the last round's epoch and step: the final model is its global model (a review: with no epoch the final
+    # test point was drawn at x=0 by report --curve; a W&B review: at step rounds + 1 the default x axis showed a
+    # round that never ran)
     log_metrics(server.loggers, {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                                  **matrix_scalars(metrics.get("evaluation_matrix") or {}),
-                                 "epoch": len(server.history)}, step=len(server.history) + 1)
+                                 "epoch": len(server.history)}, step=len(server.history))
     if metrics.get("evaluation_matrix"):
         log_matrix_table(server.loggers, metrics["evaluation_matrix"], str(metrics["evaluation_matrix_metric"]))
     artifacts.print_metrics({k: v for k, v in metrics.items() if k.startswith(("fed/global/", "fed/best/"))},

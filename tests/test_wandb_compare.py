@@ -84,6 +84,7 @@ def test_federated_run_logs_the_global_model_on_centralised_keys(tmp_path):
     # the evaluation matrix (a review: it reached metrics.json only): cells as scalars W&B compares, and a table
     matrix = json.loads((tmp_path / "run" / "metrics.json").read_text())["evaluation_matrix"]
     final = next(h for h in run["history"] if "fed/matrix/FL_global/pooled" in h)
+    assert final["trainer/global_step"] == 2 and final["epoch"] == 2  # the last round's (a W&B review: it was at 3)
     assert final["fed/matrix/FL_global/pooled"] == pytest.approx(matrix["FL_global"]["pooled"])
     assert {f"fed/matrix/{row}/pooled" for row in matrix} <= set(final)
     cells = json.loads(next(media.glob("table/fed/evaluation_matrix_*.table.json")).read_text())
