@@ -227,6 +227,10 @@ def _report(cfg: DictConfig, module: Any, metrics: dict, trainer: pl.Trainer) ->
         artifacts.print_case_table(module.test_per_case, module.test_summary, "test: per case (volume)")
     else:
         artifacts.print_metrics({k: v for k, v in metrics.items() if k.startswith("test/")}, "test")
+    protocol_a = getattr(module, "eval_slices", None) == "foreground"
+    if protocol_a and "test_checkpoint" in metrics and "test/dice" not in metrics:
+        log.warning("no test slice held foreground, and module.eval_slices=foreground (paper 001's protocol a) scores "
+                    "only those: no test Dice (a walkthrough saw none after a fast_dev_run's one batch)")
     artifacts.console.print(artifacts.artefacts_line(output_dir(cfg)))
 
 

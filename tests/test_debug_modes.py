@@ -114,3 +114,24 @@ def test_the_run_folders_config_is_the_one_that_ran(tmp_path):
     cfg = compose_run(["+exp=lits_dnet", *TINY_LITS, "debug=limit"], tmp_path)
     ran = as_run(cfg)
     assert ran.trainer.limit_train_batches == 3 and cfg.trainer.limit_train_batches != 3
+
+
+def test_a_protocol_a_test_without_foreground_says_why_there_is_no_dice(tmp_path, caplog):
+    """A walkthrough: a ``lits_hlfd`` fast_dev_run printed no test Dice and did not say why (its one test batch held
+    no tumour slice, and protocol a scores only those)."""
+    import logging
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from engine.fit import _report
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
+    trainer = SimpleNamespace(loggers=[])
+    for slices, metrics, said in (("foreground", {"test_checkpoint": "x", "test/loss": 0.5}, True),
+                                  ("foreground", {"test_checkpoint": "x", "test/dice": 0.5}, False),
+                                  ("all", {"test_checkpoint": "x", "test/loss": 0.5}, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="engine.fit"):
+            _report(cfg, SimpleNamespace(eval_slices=slices), metrics, trainer)
+        assert ("no test slice held foreground" in caplog.text) == said, (slices, metrics)
