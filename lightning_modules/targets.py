@@ -131,10 +131,10 @@ HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:", "local_dir:")
 #: ``HoVerNet(pretrained_url=)`` and ``Transchex(path_or_repo_id=)``, timm's ``checkpoint_path`` (torch.load of a
 #: file the config chooses) and ``pretrained_cfg`` / ``pretrained_cfg_overlay`` (a url, file or Hub id), reached
 #: through ``smp.Unet(encoder_name="tu-...", **kwargs)`` (security audit), and MONAI's
-#: ``CellSamWrapper(checkpoint=)`` and ``from_pretrained(pretrained_model_name_or_path=)`` (a second audit), and
-#: any ``*_ckpt`` (our ``teacher_ckpt``; a third)
-FETCH_KEY = re.compile(r"(^|_)(url|uri)$|^checkpoint(_path|_file)?$|(^|_)ckpt(_path|_file)?$|repo_id$|"
-                       r"^pretrained_(cfg|path|file|model)")
+#: ``CellSamWrapper(checkpoint=)`` and ``from_pretrained(pretrained_model_name_or_path=)`` (a second audit). Our
+#: ``teacher_ckpt`` is not one: a received client config carries it (pinned by the node), and a file's net may not be
+#: the LightningModule that takes it (:func:`check_target`)
+FETCH_KEY = re.compile(r"(^|_)(url|uri)$|^checkpoint(_path|_file)?$|repo_id$|^pretrained_(cfg|path|file|model)")
 
 
 def _downloading_defaults(target: Any) -> list[str]:
