@@ -81,15 +81,17 @@ CACHE_FORMAT = 3
 
 
 def default_cache_dir(root: Path) -> Path:
-    """``<root>/.cache``, refused (one line) when it is a link out of the data folder: a handed-over data folder's
-    ``.cache`` linked elsewhere made every run write slices there (a security review). A cache on another disk is
-    ``data.cache_dir``'s to name."""
+    """``<root>/.cache``; a warning names it when it is a link out of the data folder. A security review: a
+    handed-over data folder's ``.cache`` linked elsewhere made every run write its slices there, unsaid. Not
+    refused: a site may link its cache to a scratch disk on purpose, and a Flower node cannot set
+    ``data.cache_dir`` (the received config's is dropped); what is written there is new cache entries only (each
+    file replaced atomically, a linked entry refused)."""
     cache = root / ".cache"
     if cache.is_symlink():
         target = os.path.realpath(cache)
         if not Path(target).is_relative_to(os.path.realpath(root)):
-            raise DataError(f"{cache} is a link to {os.readlink(cache)}, outside data.root {root}; a data folder's "
-                            f"cache stays inside it (remove the link, or name a cache folder with data.cache_dir)")
+            log.warning("%s is a link to %s, outside data.root %s: the slice cache is written there (remove the "
+                        "link if you did not make it; data.cache_dir names a cache folder)", cache, target, root)
     return cache
 
 

@@ -123,20 +123,26 @@ def test_cache_hit_and_no_temp_files(tmp_path):
     assert other.decode_count == 1, "different preprocessing -> different cache entry"
 
 
-def test_a_cache_linked_out_of_the_data_folder_is_not_written_through(tmp_path):
+def test_a_cache_linked_out_of_the_data_folder_is_said_and_a_linked_entry_refused(tmp_path, caplog):
     """A security review: a handed-over data folder whose ``.cache`` (or a cache entry) linked elsewhere made a run
-    write its slices there. Both are one line now and nothing is written; a link inside the folder is fine."""
+    write its slices there, unsaid. A ``.cache`` linked out is a warning naming it (a site may link it to a scratch
+    disk on purpose: a review of that fix found a Flower node left no other way); a linked entry, never ours, is one
+    line and nothing is written through it; a link inside the folder is fine."""
+    import logging
+
     from datamodules.volume_cache import default_cache_dir
 
     root, outside = tmp_path / "data", tmp_path / "outside"
     root.mkdir(), outside.mkdir()
     (root / ".cache").symlink_to(outside)
-    with pytest.raises(DataError, match=r"\.cache is a link to .*outside data\.root"):
-        default_cache_dir(root)
+    with caplog.at_level(logging.WARNING, logger="datamodules.volume_cache"):
+        assert default_cache_dir(root) == root / ".cache"
+    assert "outside data.root" in caplog.text and str(outside) in caplog.text
     (root / ".cache").unlink()
     (root / "fast").mkdir()
     (root / ".cache").symlink_to(root / "fast")
-    assert default_cache_dir(root) == root / ".cache"
+    caplog.clear()
+    assert default_cache_dir(root) == root / ".cache" and "outside" not in caplog.text
     img, lab = _pair(tmp_path)
     cache = VolumeCache(tmp_path / "c", PreprocessParams(image_size=8))
     entry = cache.entry_dir(img, lab)
