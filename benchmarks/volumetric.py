@@ -174,7 +174,8 @@ def bench_patches(steps: int) -> None:
             t2 = time.perf_counter()
             if i:  # first step warms up (cache fill, allocator)
                 data_t, step_t = data_t + t1 - t0, step_t + t2 - t1
-    print(f"3D patches 2x2x32^3 of 96x96x32 phantoms, SegResNetVAE on {device.type}: data {data_t / steps * 1000:.0f} ms/step, "
+    print(f"3D patches 2x2x32^3 of 96x96x32 phantoms, SegResNetVAE on {device.type}: "
+          f"data {data_t / steps * 1000:.0f} ms/step, "
           f"train step {step_t / steps * 1000:.0f} ms/step, data share {data_t / (data_t + step_t):.1%}")
 
 

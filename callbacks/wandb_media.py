@@ -1,7 +1,7 @@
 """Test results as interactive W&B media: overlays with mask layers, a per-case table, ROC and confusion plots.
 
-After testing a segmentation module, to every live W&B run (nothing without one; fast_dev_run's dummy
-logger is skipped):
+After testing a module (a segmenter; a classifier has no per-case table nor overlays), to every live W&B run
+(nothing without one; fast_dev_run's dummy logger is skipped):
 
 * ``test/overlay_masks`` - the slices :class:`~callbacks.overlays.SegmentationOverlays` picked, as
   ``wandb.Image`` with ``ground_truth`` and ``prediction`` mask layers (each class can be toggled);
@@ -109,7 +109,7 @@ def test_media(pl_module: Any, overlays: Any = None, max_roc_points: int = 200) 
 
 
 class WandbSegmentationMedia(pl.Callback):
-    """See the module docstring (``callbacks/segmentation.yaml``)."""
+    """See the module docstring (``callbacks/default.yaml``: every centralised run's)."""
 
     def __init__(self, max_roc_points: int = 200) -> None:
         self.max_roc_points = max_roc_points

@@ -300,7 +300,7 @@ def test_a_class_a_site_does_not_label_is_not_scored_there(tmp_path):
     with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
         for row in csv.DictReader(fh):
             logged.update({k: float(v) for k, v in row.items() if v not in ("", None)})
-    assert math.isnan(logged.get("client/site1/local_val/dice_tumor", math.nan))
+    assert "client/site1/local_val/dice_tumor" not in logged  # NaN: not logged (1.0 before)
     assert math.isfinite(logged["client/site1/local_val/dice_organ"])
     assert logged["fed/round/local_val/dice_tumor"] == pytest.approx(logged["client/site2/local_val/dice_tumor"])
 

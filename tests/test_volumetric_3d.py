@@ -215,14 +215,26 @@ def test_a_training_item_reads_only_its_patches_and_centres_them_on_their_kind()
                 assert p["image"].shape == (1, 6, 6, 6) and p["mask"].shape == (6, 6, 6)
                 centre = int(p["mask"][3, 3, 3])
                 assert (centre > 0) == (kind == "fg"), (kind, centre)
-                # the patch is the image's own voxels at the mask's place: [H, W, D] of a [D, H, W] cache
-                hits = np.argwhere((np.moveaxis(image, 0, -1) == float(p["image"][0, 0, 0, 0])))
-                assert len(hits) == 1
+                # the patch is the image's own voxels, and the mask the labels at the same place ([H, W, D] of a
+                # [D, H, W] cache): found by its first voxel, a unique random value
+                (h, w, d), = np.argwhere(np.moveaxis(image, 0, -1) == float(p["image"][0, 0, 0, 0]))
+                where = np.s_[h:h + 6, w:w + 6, d:d + 6]
+                assert np.array_equal(np.moveaxis(image, 0, -1)[where], p["image"][0].numpy())
+                assert np.array_equal(np.moveaxis(label, 0, -1)[where], p["mask"].numpy())
     sited = PatchDataset([case], lambda lab: lab, (6, 6, 6), samples=4, pos=1.0, neg=0.0, fill=-1.0,
                          flip=False).restricted_to([2])
     sited.set_random_state(0)
     assert all(int(p["mask"][3, 3, 3]) == 2 for _ in range(5) for p in sited[0])
     assert len(sited.foreground(0)) == 8 and FG_KEPT >= 8
+    import datamodules.patches3d as patches3d  # more foreground than it keeps: a sample fixed by the case id
+
+    kept_before, patches3d.FG_KEPT = patches3d.FG_KEPT, 20
+    try:
+        a, b = (PatchDataset([case], lambda lab: lab, (6, 6, 6), samples=2, pos=1.0, neg=0.0, fill=-1.0,
+                             flip=False).foreground(0) for _ in range(2))
+    finally:
+        patches3d.FG_KEPT = kept_before
+    assert len(a) == 20 and np.array_equal(a, b) and bool((np.moveaxis(label, 0, -1).ravel()[a] > 0).all())
     short = SliceCase("c1", _ImageGuard(image[:4]), label[:4], list(range(4)), list(range(4)))
     ds = PatchDataset([short], lambda lab: lab, (6, 6, 6), samples=2, pos=1.0, neg=1.0, fill=-1.0, flip=False)
     ds.set_random_state(0)
