@@ -54,6 +54,16 @@ def _panels(metric: str) -> list[tuple[str, str]]:
 Rows = Sequence[Mapping[str, float]]
 
 
+def curve_columns(runs: Sequence[Rows], key: str) -> list[tuple[str, str, str]]:
+    """(column, line style, kind) of each curve ``runs`` have of ``key``: the pooled test solid and the server
+    validation dashed; where they have neither (FedBN with each site's batch norm at its own node: the server
+    scores nothing), the sites' mean local validation, dotted (a Flower walkthrough: the curves were empty)."""
+    cols = [(key, "-", "test"), (key.replace("test/", "server_val/"), "--", "server val")]
+    found = [c for c in cols if seed_band(runs, c[0])[0]]
+    local = (key.replace("test/", "local_val/"), ":", "sites' local val")
+    return found or ([local] if seed_band(runs, local[0])[0] else [])
+
+
 def seed_band(runs: Sequence[Rows], col: str) -> tuple[list[float], list[float], list[float], list[int]]:
     """Rounds, mean, population std and number of runs with a finite ``col`` at each round, over ``runs``
     (the same setting at several seeds; rounds a run lacks are left out of that round's statistics)."""
@@ -99,12 +109,9 @@ def plot_rounds(runs: Mapping[str, Rows | Sequence[Rows]], path: str | Path, met
         for (label, group), color in zip(runs.items(), colors):
             group = [group] if group and isinstance(group[0], Mapping) else list(group)
             n = f", n={len(group)}" if len(group) > 1 else ""
-            for col, style in ((key, "-"), (key.replace("test/", "server_val/"), "--")):
+            for col, style, kind in curve_columns(group, key):
                 x, y, sd, _ = seed_band(group, col)
-                if not x:
-                    continue
-                line, = ax.plot(x, y, style, marker="o", ms=3, color=color,
-                                label=f"{label} ({'test' if style == '-' else 'server val'}{n})")
+                line, = ax.plot(x, y, style, marker="o", ms=3, color=color, label=f"{label} ({kind}{n})")
                 if len(group) > 1:
                     ax.fill_between(x, [m - s for m, s in zip(y, sd)], [m + s for m, s in zip(y, sd)],
                                     color=line.get_color(), alpha=0.15 if style == "-" else 0.07, lw=0)

@@ -150,3 +150,17 @@ def test_each_label_has_one_colour_for_its_test_and_server_validation_lines(tmp_
         by_label.setdefault(label.split(" (")[0], set()).add(tuple(color))
     assert len(by_label) == 6 and all(len(c) == 1 for c in by_label.values())  # test and server val alike
     assert len({next(iter(c)) for c in by_label.values()}) == 6                  # and no two settings alike
+
+
+def test_a_federation_the_server_cannot_score_is_drawn_from_the_sites_local_validation(tmp_path):
+    """A Flower walkthrough: FedBN with each site's batch norm at its own node (the server scores nothing) drew an
+    empty fed_curves.png. Its curves are the sites' mean local validation then, dotted; a federation the server
+    scores keeps its test and server-validation curves only."""
+    from federation.curves import curve_columns, plot_rounds
+
+    unscored = [{"round": r, "local_val/dice": 0.1 * r, "local_val/loss": 1.0 / r} for r in (1, 2)]
+    assert curve_columns([unscored], "test/dice") == [("local_val/dice", ":", "sites' local val")]
+    scored = [{**row, "test/dice": 0.5, "server_val/dice": 0.4} for row in unscored]
+    assert [c[0] for c in curve_columns([scored], "test/dice")] == ["test/dice", "server_val/dice"]
+    assert curve_columns([[{"round": 1}]], "test/dice") == []
+    assert plot_rounds({"fedbn": unscored}, tmp_path / "c.png", "dice").stat().st_size > 0
