@@ -30,7 +30,8 @@ from experiments.optuna_checks import commit_optuna_alembic_stamp, optuna_sweep,
 from engine.run_overrides import COMMAND_ENV
 from experiments import run_lock, sweep_jobs
 from experiments.run_folder import (checked_resume_problem, earlier_run, first_start, foreign_link, live_launcher_of,
-                                    main_process, named_file_clash, not_resumable_line, resumable, unwritable)
+                                    main_process, named_file_clash, not_resumable_line, outside_link_line,
+                                    resumable, unwritable)
 
 
 class WritableOutput(Callback):
@@ -72,7 +73,7 @@ class WritableOutput(Callback):
             run = Path(str(config.hydra.run.dir))
             link = foreign_link(run) if first_start() else None
             if link is not None:  # a security review: Hydra wrote .hydra/*.yaml and run.log through such links
-                _refuse(outside_link_line("hydra.run.dir", run, link))
+                _refuse(outside_link_line("hydra.run.dir=", run, link))
             clash = named_file_clash(run, config) if first_start() else None
             if clash is not None:  # before anything of the earlier run moves
                 _refuse(clash)
@@ -96,19 +97,12 @@ class WritableOutput(Callback):
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
         sweep = Path(str(config.hydra.sweep.dir))
         link = foreign_link(sweep)  # a reused sweep folder: each job's .hydra/ and run.log are written before any
-        bad = outside_link_line("hydra.sweep.dir", sweep, link) if link is not None else None  # job-side check
+        bad = outside_link_line("hydra.sweep.dir=", sweep, link) if link is not None else None  # job-side check
         bad = bad or sweep_config_line(config) or sweep_jobs.live_jobs(sweep)
         if bad is not None:  # before the sweeper starts: no trial trains, no sweep folder is made
             _refuse(bad)
         if optuna_sweep(config):
             commit_optuna_alembic_stamp()
-
-
-def outside_link_line(key: str, folder: Path, link: tuple[Path, str]) -> str:
-    """The refusal of an output folder holding a link out of it: Hydra writes ``.hydra/*.yaml`` and ``run.log``
-    (a sweep: every job's) before any check of the run's own can stop it, and would write through the link."""
-    return (f"{key}={folder} holds {link[0]}, a link to {link[1]} outside it; a run writes only into its own "
-            f"folder (remove the link, or give the run another folder)")
 
 
 def _refuse(line: str) -> NoReturn:

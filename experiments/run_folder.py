@@ -144,13 +144,21 @@ def another_run(run: Path, config: DictConfig) -> str | None:
             f"{continue_command(overrides, run)}")
 
 
+def outside_link_line(what: str, folder: Path, link: tuple[Path, str]) -> str:
+    """The refusal of a run folder (``what``: ``run dir``, ``hydra.run.dir=``, ...) holding :func:`foreign_link`'s
+    ``link``: a resumed run, and Hydra's ``.hydra/*.yaml`` and ``run.log`` before any check of the run's own, would
+    write through it."""
+    sep = "" if what.endswith("=") else " "
+    return (f"{what}{sep}{folder} holds {link[0]}, a link to {link[1]} outside it; a run writes only into its own "
+            f"folder (remove the link, or give the run another folder)")
+
+
 def resume_problem(run: Path, config: DictConfig) -> str | None:
     """Why ``config`` cannot continue the run in ``run``, or ``None``: a link out of the folder, a state
     that does not load, another net or data than the run's."""
     link = foreign_link(run)
     if link is not None:
-        return (f"run dir {run} holds {link[0]}, a link to {link[1]} outside it; a run writes only into its own "
-                f"folder (remove the link)")
+        return outside_link_line("run dir", run, link)
     federation = config.get("federation") is not None and config.get("fed_distill") is None
     store_dir = OmegaConf.select(config, "federation.store_dir", default=None) if federation else None
     return unusable_resume_state(run, federation, store_dir) or another_run(run, config)

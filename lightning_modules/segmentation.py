@@ -216,8 +216,8 @@ class SegmentationModule(BaseModule):
             valid = None if valid is None else pick(valid)
             target = pick(mask)
             if "annotated" in batch:  # a partially annotated site's validation: the classes it labels only
-                seen = batch["annotated"].any(0)
                 if stage == "val":
+                    seen = batch["annotated"].any(0)
                     self.val_annotated = seen if self.val_annotated is None else self.val_annotated | seen
                 pred, target, valid = annotated_view(pred, target, pick(batch["annotated"]), valid)
             cases.update(pred, target, ids, valid)
@@ -273,7 +273,7 @@ class SegmentationModule(BaseModule):
             self.log(f"val/{key}", self._epoch_value(key), prog_bar=key == "dice", sync_dist=True)
 
     def _epoch_value(self, key: str) -> float:
-        return math.nan if key in getattr(self, "val_unlabelled", ()) else epoch_value(self.val_summary, key)
+        return math.nan if key in self.val_unlabelled else epoch_value(self.val_summary, key)
 
     def _val_keys(self) -> tuple[str, ...]:
         """The validation scores logged each epoch, and written to metrics.json as logged (:func:`epoch_value`)."""
