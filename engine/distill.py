@@ -137,7 +137,11 @@ def segmentation_cfg(cfg: DictConfig, model: Any, loss: Any, out: Path, max_epoc
                              if k in cfg.callbacks and cfg.callbacks[k] is not None}
             if "epoch_log" in new.callbacks:
                 new.callbacks["epoch_log"]["prefix"] = "teacher "
-            new.logger = {"csv": _plain(cfg.logger.csv, resolve=False)} if cfg.get("logger") and "csv" in cfg.logger else {}
+            # the CSV log, and a W&B run of its own (a W&B review: the teacher's curves reached no dashboard); the
+            # sub-run is a distill=teacher run in all but name, so it is named and tagged as one (wandb_tracking)
+            new.logger = {k: _plain(cfg.logger[k], resolve=False) for k in ("csv", "wandb")
+                          if cfg.get("logger") and cfg.logger.get(k) is not None}
+            new.distill.method = "teacher"
             # resume=<run dir> of a run stopped in its teacher stage continues teacher/checkpoints/last.ckpt
             new.ckpt_path, new.resume, new.test, new.print_per_case = None, bool(cfg.get("resume")), False, False
             new.init_weights = new.init_weights_module = new.init_weights_sha256 = None  # the student's file only
@@ -176,6 +180,8 @@ def ensure_teacher(cfg: DictConfig) -> Path:
         with open_dict(tcfg):
             tcfg.trainer.update(fast_dev_run=False, max_epochs=1, limit_train_batches=n, limit_val_batches=n,
                                 log_every_n_steps=1)  # as fast_dev_run logs (Lightning warns about n < 5 batches)
+            if not OmegaConf.select(tcfg, "debug.mode", default=None):  # still a debug run for its W&B run and
+                tcfg.debug = {"mode": "fdr"}  # metrics.json (wandb_tracking.debug_mode), fast_dev_run set or not
     train_and_test(tcfg)
     ckpt_dir = Path(tcfg.paths.output_dir) / "checkpoints"
     best = ckpt_dir / "best.ckpt"

@@ -67,8 +67,8 @@ def _model_name(cfg: DictConfig) -> str | None:
     teacher's choice when it does, else the first such option. ``cfg.model`` is replaced for a test-only run
     (the checkpoint's net) and in the federated teacher stage of ``fed_distill`` (``teacher_stage_cfg``: the
     teacher's net, with ``distill`` removed), whose W&B run was named after the student's ``model=`` choice."""
-    if OmegaConf.select(cfg, "distill.method", default=None) == "teacher":
-        return trained_model() or _target_name(OmegaConf.select(cfg, "distill.teacher.model", default=None))
+    if OmegaConf.select(cfg, "distill.method", default=None) == "teacher":  # distill=teacher, or a KD run's teacher
+        return _choice(TEACHER_MODEL) or _target_name(OmegaConf.select(cfg, "distill.teacher.model", default=None))
     choice = _choice("model")
     options = model_options(OmegaConf.select(cfg, "model._target_", default=None,
                                              throw_on_resolution_failure=False))
@@ -109,8 +109,10 @@ def run_facts(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """``name``/``tags``/``config`` for ``WandbLogger``: the run's facts (:func:`run_facts`) plus, in the
-    name and the tags, the overrides a sweep varies; every method override is in ``config.run.overrides``."""
+    """``name``/``tags``/``config`` for ``WandbLogger``: the run's facts (:func:`run_facts`) plus, in the name and
+    the tags, the overrides a sweep varies, or a single run's method overrides but paths (a W&B review: two runs of
+    ``trainer.max_epochs=2`` and ``=5`` were both ``lits_dnet-dnet-s1``; a sweep's fixed ones are its jobs' alike,
+    and its ``sweep:`` tag tells sweeps apart); every method override is in ``config.run.overrides``."""
     facts = run_facts(cfg)
     typed = {override_key(a) for a in typed_command() if "=" in a}
     data = facts.get("data") if "data" in typed else None  # a review: a data= sweep's runs shared one name
@@ -118,14 +120,14 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
              facts.get("partition"), f"s{facts['seed']}"]
     name = "-".join(str(p) for p in parts if p)
     overrides = method_overrides()
-    varied = swept_keys()
-    swept = [short_override(o) for o in overrides if override_key(o) in varied]
+    sweep = sweep_name()
+    swept = [short_override(o) for o in overrides if override_key(o) in swept_keys()] if sweep else [
+        short_override(o) for o in overrides if "/" not in o.partition("=")[2]]  # a single run: its settings
     if swept:
         name += "-" + ",".join(swept)
     tags = [str(t) for t in (cfg.get("tags") or [])]
     tags += [f"{k}:{v}" for k, v in facts.items()] + swept
     run = {**facts, "overrides": overrides, "method": method_id(facts, overrides)}
-    sweep = sweep_name()
     if sweep:
         run["sweep"] = sweep
         tags.append(f"sweep:{sweep}")

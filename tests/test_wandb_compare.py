@@ -27,9 +27,10 @@ def _keys(run):
 
 
 def test_centralised_run_name_tags_best_summary_and_media(tmp_path):
-    dispatch(compose_run(["+exp=lits_dnet", *TINY, "trainer.max_epochs=2", "logger=wandb"], tmp_path))
+    dispatch(compose_run(["+exp=lits_dnet", "trainer.max_epochs=2", *TINY, "logger=wandb"], tmp_path))
     run = read_run(tmp_path / "run")
-    assert run["name"] == "lits_dnet-dnet-s42"
+    # a single run's settings are in its name (a W&B review: runs of 2 and 5 epochs were both lits_dnet-dnet-s42)
+    assert run["name"].startswith("lits_dnet-dnet-s42-trainer.max_epochs=2,model.width=4,"), run["name"]
     assert {"exp:lits_dnet", "model:dnet", "data:synthetic_lits", "seed:42"} <= set(run["tags"])
     assert run["config"]["run"]["exp"] == "lits_dnet" and "model.width=4" in run["config"]["run"]["overrides"]
     vals = [(h["epoch"], h["val/dice"]) for h in run["history"] if "val/dice" in h]
@@ -63,7 +64,7 @@ def test_federated_run_logs_the_global_model_on_centralised_keys(tmp_path):
     dispatch(compose_run([*FED, "logger=wandb", "federation/strategy=fedprox", "federation.evaluation_matrix=true",
                           "federation.matrix.standalone_epochs=1", "federation.matrix.centralised_epochs=1"], tmp_path))
     run = read_run(tmp_path / "run")
-    assert run["name"] == "fed_lits_dnet-dnet-fedprox-by_site-s42"
+    assert run["name"].startswith("fed_lits_dnet-dnet-fedprox-by_site-s42-model.width=4,"), run["name"]
     assert {"strategy:fedprox", "partition:by_site", "exp:fed_lits_dnet"} <= set(run["tags"])
     rounds = [h for h in run["history"] if "fed/round/server_val/dice" in h]
     assert [h["epoch"] for h in rounds] == [1, 2] and [h["trainer/global_step"] for h in rounds] == [1, 2]
@@ -232,3 +233,29 @@ def test_experiment_tags_name_no_model_method_or_strategy():
     for exp in sorted((configs / "exp").glob("*.yaml")):
         tags = yaml.safe_load(exp.read_text()).get("tags") or []
         assert not [t for t in tags if str(t).replace("-", "").replace("_", "") in names], (exp.name, tags)
+
+
+def test_a_distillation_s_teacher_stage_is_a_w_and_b_run_of_its_own(tmp_path):
+    """A W&B review: the teacher a KD run trains first logged to its CSV only, so its curves reached no dashboard.
+    It is a W&B run of its own now, named and tagged as a ``distill=teacher`` run of the teacher's net, in the
+    student's group; the student's run follows it as before."""
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "logger=wandb",
+            "data.synthetic.n_cases=6", "data.synthetic.shape=[48,48,12]", "data.image_size=32",
+            "data.batch_size=4", "data.augment=false", "module.example_size=32"]
+    dispatch(compose_run(["+exp=kits_hlfd", *tiny], tmp_path))
+    teacher, student = read_run(tmp_path / "run" / "teacher"), read_run(tmp_path / "run")
+    assert teacher["name"].startswith("kits_hlfd-nested_unet-teacher-s42-trainer.max_epochs=1,"), teacher["name"]
+    assert {"distill:teacher", "model:nested_unet"} <= set(teacher["tags"])
+    assert student["name"].startswith("kits_hlfd-resnet18_student-hlfd-s42-trainer.max_epochs=1,"), student["name"]
+    assert teacher["group"] == student["group"] == "kits_hlfd" and teacher["id"] != student["id"]
+    assert any("val/dice" in h for h in teacher["history"]) and any("val/dice" in h for h in student["history"])
+
+
+def test_a_fast_dev_run_s_teacher_stage_is_a_debug_run(tmp_path):
+    """The teacher of ``++trainer.fast_dev_run=true`` trains one batch for an epoch (fast_dev_run writes no
+    checkpoint), so its sub-run is no fast_dev_run to Lightning; its W&B run and metrics.json still say debug."""
+    dispatch(compose_run(["+exp=kits_hlfd", "logger=wandb", "data.synthetic.n_cases=6", "data.image_size=32",
+                          "data.synthetic.shape=[48,48,12]", "++trainer.fast_dev_run=true"], tmp_path))
+    teacher = read_run(tmp_path / "run" / "teacher")
+    assert teacher["job_type"] == "debug" and "debug:fdr" in teacher["tags"], (teacher["job_type"], teacher["tags"])
+    assert json.loads((tmp_path / "run" / "teacher" / "metrics.json").read_text())["debug"] is True

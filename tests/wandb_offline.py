@@ -68,7 +68,8 @@ def _finished_records(path: Path, wait_s: float = 60.0) -> list:
 
 
 def read_run(run_dir: Path) -> dict:
-    """``{"name", "tags", "config", "history": [{key: value}], "summary": {key: value}}`` of a run dir's W&B run."""
+    """``{"name", "tags", "id", "group", "job_type", "config", "history": [{key: value}], "summary": {key: value}}``
+    of a run dir's W&B run."""
     files = list(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, f"expected one offline W&B run under {run_dir}, found {files}"
     recs = _finished_records(files[0])
@@ -77,6 +78,7 @@ def read_run(run_dir: Path) -> dict:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out["name"], out["tags"] = rec.run.display_name, list(rec.run.tags)
+            out["id"], out["group"], out["job_type"] = rec.run.run_id, rec.run.run_group, rec.run.job_type
             out["config"].update({_key(i): json.loads(i.value_json) for i in rec.run.config.update})
         elif kind == "config":
             out["config"].update({_key(i): json.loads(i.value_json) for i in rec.config.update})
