@@ -1,7 +1,6 @@
 """Small shared helpers for figure callbacks: Agg backend, atomic PNG save, W&B image logging."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -13,20 +12,17 @@ matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 
-from lightning_modules.atomic import temp_beside  # noqa: E402
+from lightning_modules.atomic import atomic_output  # noqa: E402
 
 
 def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 110) -> Path:
-    """Save ``fig`` to ``path`` atomically (temp file + rename) and close it."""
+    """Save ``fig`` to ``path`` atomically (:func:`~lightning_modules.atomic.atomic_output`) and close it."""
     path = Path(path)
-    fd, tmp = temp_beside(path, ".png")  # the user's umask, not mkstemp's 0600
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_output(path, ".png") as tmp:  # ".png": savefig picks the format by the temp name's extension
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

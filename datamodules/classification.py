@@ -7,7 +7,7 @@ that owns the loaders (:class:`ClassificationDataModule`). Batches follow ``docs
 
 Task names are MedMNIST's four task types (paper 002, Table 1; ``medmnist/info.py``): ``multi-class``,
 ``binary``, ``multi-label`` and ``ordinal-regression``; MedMNIST's own spellings (``binary-class``,
-``multi-label, binary-class``) are accepted as aliases.
+``multi-label, binary-class``) are accepted as aliases (:mod:`lightning_modules.tasks`).
 """
 from __future__ import annotations
 
@@ -26,23 +26,7 @@ from torch.utils.data import Dataset
 from datamodules.errors import DataError
 from datamodules.loaders import SplitLoadersMixin
 from datamodules.transforms import reseed_from_torch
-
-TASKS = ("multi-class", "binary", "multi-label", "ordinal-regression")
-_TASK_ALIASES = {
-    "binary-class": "binary",
-    "multi-label, binary-class": "multi-label",
-    "multilabel": "multi-label",
-    "multiclass": "multi-class",
-    "ordinal": "ordinal-regression",
-}
-
-
-def normalize_task(task: str) -> str:
-    """Canonical task name (one of :data:`TASKS`); ``ValueError`` naming the valid ones otherwise."""
-    name = _TASK_ALIASES.get(str(task).strip().lower(), str(task).strip().lower())
-    if name not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    return name
+from lightning_modules.tasks import normalize_task
 
 
 def check_labels(labels: np.ndarray, task: str, num_classes: int, where: str) -> np.ndarray:

@@ -12,8 +12,9 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from datamodules.classification import ArrayClassificationDataset, ClassificationDataModule, normalize_task
+from datamodules.classification import ArrayClassificationDataset, ClassificationDataModule
 from datamodules.errors import DataError
+from lightning_modules.tasks import normalize_task
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float,

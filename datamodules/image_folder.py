@@ -20,10 +20,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from datamodules.classification import ArrayClassificationDataset, ClassificationDataModule, normalize_task
+from datamodules.classification import ArrayClassificationDataset, ClassificationDataModule
 from datamodules.digits import stratified_split
 from datamodules.errors import DataError, missing_root
 from datamodules.jsonfile import data_file_text
+from lightning_modules.tasks import normalize_task
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from datamodules.classification import (
     ClassificationDataModule,
     check_labels,
     default_class_names,
-    normalize_task,
 )
 from datamodules.errors import DataError
+from lightning_modules.tasks import normalize_task
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -29,6 +28,7 @@ import numpy as np
 
 from datamodules.errors import DataError
 from datamodules.phantom_anatomy import STRUCTURES, SiteParams, label_volume, make_phantom
+from lightning_modules.atomic import atomic_output
 
 LAYOUT_LABELS = {"lits": ("liver", "liver_tumor"), "kits": ("kidney", "kidney_tumor"),
                  "msd": ("liver", "liver_tumor")}
@@ -51,17 +51,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Temp name unique to this process, created with the user's umask (not mkstemp's 0600), renamed over."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -217,7 +206,8 @@ def write_phantom_dataset(root: str | Path, layout: str = "lits", n_cases: int =
             for name in files:
                 (root / name).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(Path(tmp) / name, root / name)
-        _atomic_write_text(root / MANIFEST, json.dumps({"params": params, "files": files}, indent=1))
+        with atomic_output(root / MANIFEST) as tmp:
+            tmp.write_text(json.dumps({"params": params, "files": files}, indent=1))
     return root
 
 

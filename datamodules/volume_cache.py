@@ -19,7 +19,7 @@ from datamodules.errors import DataError
 from datamodules.spatial import GridMeta
 from datamodules.volumes import (PreprocessParams, check_labels, load_on_grid, preprocess_image, resize_slices,
                                  to_slices)
-from lightning_modules.atomic import temp_beside
+from lightning_modules.atomic import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,10 @@ def _only_classes(label: np.ndarray, classes: Sequence[int]) -> bool:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    """np.save to a temp file in the same folder, then os.replace: never a half-written file."""
-    fd, tmp = temp_beside(path)  # the user's umask, not mkstemp's 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """np.save through :func:`~lightning_modules.atomic.atomic_output` (a temp name unique to each writer, as
+    data-loader workers and runs sharing a cache may write one entry at once): never a half-written file."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 #: bumped when the cached slices change for the same params and files (2: labels resized pixel-centre aligned;
@@ -101,7 +96,8 @@ class VolumeCache:
     Layout: ``cache_dir/<hash>/<name>_image.npy`` (+ ``<name>_label.npy``, ``<name>_meta.json``) where
     ``<hash>`` covers :data:`CACHE_FORMAT`, the preprocessing params and the source files' paths, mtimes and
     sizes, so editing a file or a param, or a fix to the preprocessing, never serves stale slices. Files are
-    written atomically (temp file + ``os.replace``), the image last, so its presence marks a complete entry.
+    written atomically (:func:`~lightning_modules.atomic.atomic_output`), the image last, so its presence marks
+    a complete entry.
     Cached arrays are memory-mapped, hence large datasets do not have to fit in RAM.
     ``decode_count`` counts NIfTI decodes done by this instance (a cache hit does none).
     """
@@ -141,11 +137,9 @@ class VolumeCache:
         d.mkdir(parents=True, exist_ok=True)
         if vol.label is not None:
             _atomic_save(lab_f, vol.label)
-        fd, tmp = temp_beside(meta_f)
-        with os.fdopen(fd, "w") as fh:
+        with atomic_output(meta_f) as tmp, open(tmp, "w") as fh:
             json.dump({"grid": vol.grid.to_json(), "image": str(image),
                        "label": str(label) if label else None}, fh)
-        os.replace(tmp, meta_f)
         _atomic_save(img_f, vol.image)
         return vol
 

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from lightning_modules.atomic import durable_replace, temp_beside
+from lightning_modules.atomic import atomic_output
 
 #: piped output (sbatch logs, ``| tee``) is not cut to rich's 80-column default: per-case tables stay readable
 console = Console(width=None if os.isatty(1) or os.environ.get("COLUMNS") else 160)
@@ -41,16 +41,11 @@ def artefacts_line(out: str | Path) -> str:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temp file beside ``path`` and rename it over: readers never see half a file."""
+    """Write ``text`` to a temp file beside ``path`` and rename it over
+    (:func:`~lightning_modules.atomic.atomic_output`): readers never see half a file."""
     path = Path(path)
-    fd, tmp = temp_beside(path)  # the user's umask, not mkstemp's 0600
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        durable_replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w") as fh:
+        fh.write(text)
     return path
 
 

@@ -21,7 +21,7 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from engine.artifacts import atomic_write_text
 from engine.builders import instantiate_config
 from engine.tracking import WANDB_RUN_ID, wandb_mode
-from lightning_modules.atomic import temp_beside
+from lightning_modules.atomic import atomic_output
 from lightning_modules.errors import ConfigError
 
 
@@ -84,12 +84,10 @@ def forget_from(loggers: Iterable[Any], step: int) -> None:
         kept = [r for r in rows if _before(r, step)]
         if len(kept) == len(rows):
             continue
-        fd, tmp = temp_beside(Path(path))
-        with os.fdopen(fd, "w", newline="") as fh:
+        with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=header)
             writer.writeheader()
             writer.writerows(kept)
-        os.replace(tmp, path)
 
 
 def is_main_run(cfg: DictConfig) -> bool:

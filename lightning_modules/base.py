@@ -206,9 +206,6 @@ class BaseModule(pl.LightningModule):
         """Register ``fn(module) -> scalar`` to be added to the training loss (e.g. FedProx's proximal term)."""
         self._loss_terms[name] = fn
 
-    def remove_loss_term(self, name: str) -> None:
-        self._loss_terms.pop(name, None)
-
     def extra_loss(self, batch_size: int | None = None) -> torch.Tensor | None:
         """Sum of registered extra terms and of the net's ``auxiliary_losses()`` (a regulariser branch),
         each logged as ``train/<name>`` (epoch means weighted by ``batch_size``, which Lightning cannot infer

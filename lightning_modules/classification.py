@@ -38,8 +38,8 @@ from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics import classification as tmc
 from torchmetrics.utilities import dim_zero_cat
 
-from datamodules.classification import normalize_task
 from lightning_modules.base import BaseModule, to_plain
+from lightning_modules.tasks import normalize_task
 
 SPLITS = ("train", "val", "test")
 

@@ -24,18 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def _valid(target: Tensor, ignore_index: int | None) -> Tensor:
-    if ignore_index is None:
-        return torch.ones_like(target, dtype=torch.bool)
-    return target != ignore_index
+from lightning_modules.losses.hybrid import valid_target
 
 
 def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0,
                alpha: Sequence[float] | Tensor | None = None, ignore_index: int | None = None) -> Tensor:
     """Multi-class focal loss (Lin et al. 2017) averaged over the non-ignored pixels."""
-    valid = _valid(target, ignore_index)
-    safe_target = torch.where(valid, target, torch.zeros_like(target))
+    safe_target, valid = valid_target(target, ignore_index)
     log_p = F.log_softmax(logits.float(), dim=1)
     log_pt = log_p.gather(1, safe_target[:, None]).squeeze(1)  # [B, H, W]
     loss = -(1.0 - log_pt.exp()).pow(gamma) * log_pt
@@ -50,8 +45,7 @@ def soft_dice_loss(logits: Tensor, target: Tensor, include_background: bool = Fa
                    smooth: float = 1e-5, ignore_index: int | None = None) -> Tensor:
     """``1 - mean_k Dice_k`` of softmax probabilities vs one-hot masks (foreground classes by default)."""
     num_classes = logits.shape[1]
-    valid = _valid(target, ignore_index)
-    safe_target = torch.where(valid, target, torch.zeros_like(target))
+    safe_target, valid = valid_target(target, ignore_index)
     probs = F.softmax(logits.float(), dim=1) * valid[:, None]
     onehot = F.one_hot(safe_target, num_classes).permute(0, 3, 1, 2).to(probs.dtype) * valid[:, None]
     dims = (0, 2, 3)

@@ -63,10 +63,17 @@ def marginal_log_probabilities(logp: torch.Tensor, lm: torch.Tensor, background:
     return torch.cat([out[:, :background], merged.unsqueeze(1), out[:, background + 1:]], dim=1)
 
 
+def valid_target(target: torch.Tensor, ignore_index: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(safe, valid)``: ``target`` with its ``ignore_index`` voxels set to class 0 (so it can index and one-hot)
+    and the bool mask, of ``target``'s shape, of the voxels that count. Shared with :mod:`.focal_dice`."""
+    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    return torch.where(valid, target, torch.zeros_like(target)), valid
+
+
 def one_hot(target: torch.Tensor, num_classes: int, ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One-hot [B, C, *spatial] float target and the [B, 1, *spatial] mask of voxels that count (2D or 3D)."""
-    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
-    safe = torch.where(valid, target, torch.zeros_like(target))
+    safe, valid = valid_target(target, ignore_index)
     lo, hi = torch.aminmax(safe) if safe.numel() else (torch.zeros(()), torch.zeros(()))
     if bool((hi >= num_classes) | (lo < 0)):  # one host sync per head, not two (a performance review)
         raise ValueError(f"mask values {sorted(safe.unique().tolist())} outside [0, {num_classes - 1}]")

@@ -9,6 +9,7 @@
   branches are concatenated and fused by a 3x3 conv -> ``out_channels`` + BN + ReLU.
 * :class:`SideHead` - a deep-supervision head (conv -> ``classes`` then bilinear up-sampling to the
   input size); 3x3 for UNet3+'s full-scale supervision, 1x1 for UNet++-style heads.
+* :func:`freeze_side_heads` - side heads frozen when deep supervision is off.
 * :func:`resolve_filters`, :func:`pad_to_multiple`, :func:`crop_to` - width presets and the input-size
   policy shared by all own nets.
 
@@ -18,7 +19,7 @@ outputs always have the input resolution.  Inputs already divisible are untouche
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -28,7 +29,7 @@ from lightning_modules.errors import ConfigError
 
 __all__ = [
     "PRESETS", "resolve_filters", "pad_to_multiple", "crop_to", "resample",
-    "ConvBNReLU", "DoubleConv", "FullScaleNode", "SideHead", "init_weights",
+    "ConvBNReLU", "DoubleConv", "FullScaleNode", "SideHead", "freeze_side_heads", "init_weights",
 ]
 
 #: base width (channels of the first level) per preset; filters double per level.
@@ -164,6 +165,14 @@ class SideHead(nn.Module):
         if size is not None and tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
         return x
+
+
+def freeze_side_heads(heads: Mapping[str, nn.Module], main: str, deep_supervision: bool) -> None:
+    """Without deep supervision the side heads (all but ``main``) never reach the loss: frozen, so DDP (no
+    unused parameters) can train the net (a review: the second step failed) and the trainable count is what
+    trains."""
+    for name, head in heads.items():
+        head.requires_grad_(deep_supervision or name == main)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -43,7 +43,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .blocks import SideHead, crop_to, init_weights, pad_to_multiple, resolve_filters
+from .blocks import SideHead, crop_to, freeze_side_heads, init_weights, pad_to_multiple, resolve_filters
 from .registry import register_model
 from .unet3plus import FullScaleDecoder, UNet3PlusEncoder
 
@@ -98,10 +98,7 @@ class DNet(nn.Module):
             f"en{self.levels - 1}": SideHead(f[-1], classes, 3),
         })
         init_weights(self)
-        # without deep supervision the side heads never reach the loss: frozen, so DDP (no unused parameters) can
-        # train the net (a review: the second step failed) and the trainable count is what trains
-        for name, head in self.heads.items():
-            head.requires_grad_(deep_supervision or name == "de0")
+        freeze_side_heads(self.heads, "de0", deep_supervision)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         x, size = pad_to_multiple(x, self.size_multiple)

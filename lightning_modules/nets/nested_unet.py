@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import DoubleConv, crop_to, init_weights, pad_to_multiple, resolve_filters
+from .blocks import DoubleConv, crop_to, freeze_side_heads, init_weights, pad_to_multiple, resolve_filters
 from .registry import register_model
 
 __all__ = ["NestedUNet"]
@@ -63,10 +63,8 @@ class NestedUNet(nn.Module):
         n = self.levels - 1
         self.head_names: list[str] = [f"x0_{n}"] + [f"x0_{j}" for j in range(1, n)]
         init_weights(self)
-        # without deep supervision the side heads never reach the loss: frozen, so DDP (no unused parameters) can
-        # train the net (a review: the second step failed) and the trainable count is what trains
-        for j in range(1, n):
-            getattr(self, f"final{j}").requires_grad_(deep_supervision)
+        freeze_side_heads({f"final{j}": getattr(self, f"final{j}") for j in range(1, n + 1)}, f"final{n}",
+                          deep_supervision)
 
     @staticmethod
     def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

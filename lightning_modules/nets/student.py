@@ -53,10 +53,6 @@ class ResNet18Student(nn.Module):
         self.decoder = net.decoder
         self.segmentation_head = net.segmentation_head
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder feature maps ``[x, stem, layer1, layer2, layer3, layer4]`` (x must be /32-divisible)."""
-        return self.encoder(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, size = pad_to_multiple(x, self.size_multiple)
         logits = self.segmentation_head(self.decoder(self.encoder(x)))
