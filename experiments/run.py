@@ -80,6 +80,12 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
 
         return run_fed_distill(cfg, federate=dispatch)
     if cfg.get("federation") is not None:
+        from federation.transports.flower import launches
+
+        if launches(cfg):  # federation/executor=flower outside a ServerApp: the deployment, rehearsed or handed over
+            from federation.transports.flower.launch import rehearse
+
+            return rehearse(cfg)
         from federation.loop import run_federation
 
         return run_federation(cfg)

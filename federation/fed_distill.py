@@ -30,7 +30,8 @@ by the same federation (strategy, executor, transport) as the teacher:
 Resume: a finished stage is skipped - the teacher when ``<run>/teacher/metrics.json`` exists, a site arm
 when the file it hands on (``student.pt``, or ``teacher.pt`` for the local teacher) exists, a federated
 student when ``<run>/<arm>/metrics.json`` exists; an interrupted federation continues from its ``server.pt``. Evaluation (every
-model on every site's test set, one table + one figure) is :mod:`federation.fed_distill_eval`.
+model on every site's test set, one table + one figure) is :mod:`federation.fed_distill_eval`; the weights a site
+receives (global, or FedBN's personalised) are picked in :mod:`federation.fed_distill_weights`.
 """
 from __future__ import annotations
 
@@ -41,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from engine import artifacts
@@ -49,15 +49,13 @@ from engine.builders import ConfigError, build_module
 from engine.distill import run_distillation, segmentation_cfg, teacher_loss
 from engine.fit import output_dir, train_and_test
 from engine.wandb_tracking import debug_mode
-from federation.deploy import deployed_state, keeps_local
-from federation.fed_distill_config import (FED_ARMS, LOCAL_ARMS, WEIGHTS, check_config, check_kd_pair, site_cfg,
-                                           site_names)
-from lightning_modules.atomic import save_torch
-from lightning_modules.checkpoints import CheckpointError, load_checkpoint
+from federation.deploy import keeps_local
+from federation.fed_distill_config import FED_ARMS, LOCAL_ARMS, check_config, check_kd_pair, site_cfg, site_names
+from federation.fed_distill_eval import evaluate_run
+from federation.fed_distill_weights import TEACHER_DIR, global_weights, save_state, site_teacher
 
 log = logging.getLogger("federation.fed_distill")
 
-TEACHER_DIR = "teacher"
 DONE = "metrics.json"
 
 
@@ -85,47 +83,6 @@ def federated_teacher(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -
         artifacts.console.print(f"[bold]stage 1:[/bold] federated teacher -> {out}")
         _federate_stage(federate, teacher_stage_cfg(cfg), out, "stage 1 (the federated teacher)")
     return global_weights(cfg, out, "stage 1")
-
-
-def global_weights(cfg: DictConfig, fed_dir: Path, what: str) -> Path:
-    """``global_best.pt`` or ``global_final.pt`` of the federation in ``fed_dir`` (``fed_distill.teacher_weights``)."""
-    choice = str(cfg.fed_distill.get("teacher_weights", "best"))
-    path = fed_dir / WEIGHTS[choice]
-    if not path.is_file() and choice == "best":
-        path = fed_dir / WEIGHTS["final"]  # no server validation round finished (e.g. fast_dev_run)
-        if path.is_file() and not cfg.get("trainer", {}).get("fast_dev_run"):  # a review: it changed silently
-            log.warning("%s: no server validation round chose a best global model (fed_distill.teacher_weights="
-                        "best), so its final weights are used: %s", what, path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} wrote no global weights in {fed_dir} ({', '.join(WEIGHTS.values())})")
-    return path.resolve()
-
-
-def site_teacher(cfg: DictConfig, global_path: Path, site: str) -> Path:
-    """The teacher weights a site receives: the global ones, plus - for strategies that keep entries
-    local (FedBN's batch norm) - the site's own local entries from the federation's client store."""
-    return site_weights(cfg, global_path, output_dir(cfg) / TEACHER_DIR, site,
-                        output_dir(cfg) / "sites" / site / "teacher_fed.pt")
-
-
-def site_weights(cfg: DictConfig, global_path: Path, fed_dir: Path, site: str, out: Path) -> Path:
-    """A site's weights from the federation in ``fed_dir``: ``global_path``, or with FedBN the global
-    weights + the site's own local entries of the same round (:func:`federation.deploy.deployed_state`, as
-    predict and the server deploy them), written once to ``out``."""
-    if not keeps_local(cfg.federation):
-        return global_path
-    if out.is_file():
-        return out
-    state, filled = deployed_state(global_path, fed_dir, cfg, load_checkpoint(global_path, "global weights"), site)
-    if not filled:
-        raise CheckpointError(f"{fed_dir} holds no local entries of {site}: cannot personalise the site's weights")
-    return save_state(state, out)
-
-
-def save_state(state: dict[str, torch.Tensor], path: Path) -> Path:
-    """A bare net state dict, atomically (the format of the federation's global weights)."""
-    save_torch({k: v.detach().cpu() for k, v in state.items()}, path)
-    return path
 
 
 # ------------------------------------------------------------------------------------------ stage 2
@@ -245,12 +202,6 @@ def _with_config(stage_cfg: DictConfig, out: Path) -> DictConfig:
     return stage_cfg
 
 
-def site_student(cfg: DictConfig, fed_dir: Path, site: str) -> Path:
-    """The weights of a federated student at ``site`` (global; FedBN: + the site's own BN entries)."""
-    return site_weights(cfg, global_weights(cfg, fed_dir, fed_dir.name), fed_dir, site,
-                        output_dir(cfg) / "sites" / site / f"{fed_dir.name}.pt")
-
-
 def _paused(pending: StagePending, run: Path) -> dict[str, Any]:
     """What a paused run says (the finished stages stay; the run's ``metrics.json`` is not written)."""
     if (pending.out / "server.pt").is_file():  # submitted before: running there now, or stopped mid-way
@@ -269,8 +220,6 @@ def _paused(pending: StagePending, run: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ entry
 def run_fed_distill(cfg: DictConfig, federate: Callable[[DictConfig], dict]) -> dict[str, Any]:
     """Both stages, then the cross-site evaluation; returns (and writes) the run's ``metrics.json``."""
-    from federation.fed_distill_eval import evaluate_run
-
     arms = check_config(cfg)
     check_kd_pair(cfg, arms)
     out = output_dir(cfg)

@@ -24,7 +24,7 @@ from torch import nn
 
 from engine import artifacts
 from engine.builders import build_datamodule
-from federation.fed_distill import site_student, site_teacher
+from federation.fed_distill_weights import site_student, site_teacher
 from federation.fed_distill_config import site_cfg, site_names
 from engine.fit import output_dir
 from lightning_modules.atomic import atomic_output

@@ -42,13 +42,8 @@ log = logging.getLogger("federation.loop")
 
 def run_federation(cfg, executor: Any | None = None) -> dict[str, Any]:
     """Run the federation described by ``cfg.federation``; returns the final metrics. ``executor``
-    overrides ``federation.executor`` (any object with the executor contract of :mod:`federation.transports`)."""
-    from federation.transports.flower import launches
-
-    if executor is None and launches(cfg):  # federation/executor=flower outside a ServerApp: local deployment
-        from federation.transports.flower.launch import rehearse
-
-        return rehearse(cfg)
+    overrides ``federation.executor`` (any object with the executor contract of :mod:`federation.transports`).
+    A Flower federation outside its ServerApp is started by ``experiments.run.dispatch``, not here."""
     t_start = time.perf_counter()
     server = Server(cfg, executor)
     server.t_start = t_start  # fit_seconds from the command's start, as before: set-up included

@@ -16,19 +16,19 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from hydra.utils import get_method
+from hydra.utils import get_method, get_object
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.subset import carve_val, sample_cases, sample_groups, sample_labels
 from federation.core.partial_labels import PartialLabels, check_partial_spec, unknown_client_key
-from federation.core.partition import PARTITIONERS
+from federation.core.partition import PARTITIONERS, remote_sites
 from federation.core.sampling import client_seed, sample_clients  # noqa: F401 (re-exported)
 from federation.core.sharing import SharedPool
 from federation.errors import FederationError
 from federation.runner import ClientIndices
-from federation.transports import executor_kind
 
-__all__ = ["check_federation_config", "call_partitioner", "sample_clients", "split_clients", "ClientSplit"]
+__all__ = ["check_federation_config", "call_partitioner", "is_remote_sites", "sample_clients", "split_clients",
+           "ClientSplit"]
 
 log = logging.getLogger("federation.plan")
 _DATA_ARGS = {"labels", "groups", "indices", "n", "num_clients", "seed"}
@@ -100,6 +100,8 @@ def check_federation_config(fed: Any) -> None:
             value = matrix.get(key)
             if value is not None and str(value) not in allowed:
                 raise FederationError(f"federation.matrix.{key}={value}: expected {' or '.join(allowed)}")
+    from federation.transports.checks import check_executor_config  # each executor's checks live there
+
     check_executor_config(fed)
 
 
@@ -136,21 +138,6 @@ def check_teacher_given(cfg: Any) -> None:
                               "run +exp=fed_kits_hlfd, whose fed_distill trains it by federation first")
 
 
-def check_executor_config(fed: Any) -> None:
-    """``federation.privacy`` and the executor's own values, before any process starts (a walkthrough found
-    privacy=secagg ignored off the Flower executor, a malformed Ray address ending in Hydra's traceback, and
-    every executor's timeout_s unchecked but Flower's: :mod:`federation.transports.checks`)."""
-    from federation.transports.checks import check_executor_values
-    from federation.transports.flower.privacy import check_flower_privacy
-
-    check_flower_privacy(fed)
-    check_executor_values(fed)
-    if executor_kind(fed) == "ray":
-        from federation.transports.ray import check_address
-
-        check_address(OmegaConf.select(fed, "executor.address", default=None))
-
-
 def _known_params() -> set[str]:
     return {p for fn in PARTITIONERS.values() for p in inspect.signature(fn).parameters} - _DATA_ARGS
 
@@ -159,6 +146,18 @@ def names_its_clients(pcfg: Any) -> bool:
     """Whether the partitioner names its clients after the data's sites or groups (it takes ``groups`` or
     ``sites``), not ``0 .. num_clients-1``."""
     return bool({"groups", "sites"} & set(inspect.signature(get_method(str(pcfg["_target_"]))).parameters))
+
+
+def is_remote_sites(partition: Any) -> bool:
+    """Whether a ``federation.partition`` config is :func:`~federation.core.partition.remote_sites` (the server
+    holds none of the sites' data): its ``_target_`` is resolved and compared with the function, not as text."""
+    target = getattr(partition, "get", lambda *_: None)("_target_", None)
+    if not target:
+        return False
+    try:
+        return get_object(str(target)) is remote_sites
+    except Exception:  # noqa: BLE001 - an unknown target is reported where the partition is built
+        return False
 
 
 def call_partitioner(pcfg: Any, labels: np.ndarray | None, groups: np.ndarray | None, remaining: np.ndarray,

@@ -41,14 +41,13 @@ from engine.loggers import build_loggers
 from engine.one_process import check_one_process_trainer
 from federation import runner
 from federation.core.messages import assert_no_data, state_schema
-from federation.core.partition import is_remote_sites
 from federation.core.sampling import clients_per_round, sample_clients
 from federation.core.strategies import Strategy
 from federation.core.strategies.base import MissingFromUpdates
 from federation.errors import FederationError
 from federation.init_local import init_local_entries
 from federation.partition_files import write_partition_report
-from federation.plan import check_federation_config, check_teacher_given, split_clients
+from federation.plan import check_federation_config, check_teacher_given, is_remote_sites, split_clients
 from federation.runner import build_strategy, eval_trainer, quiet_lightning, register_base
 from federation.server_eval import evaluate_round, global_view_untrained, update_best
 from federation.server_resume import SERVER_CKPT, client_stores, resume_server, save_checkpoint

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from federation import fed_distill, fed_distill_config
+from federation import fed_distill, fed_distill_config, fed_distill_weights
 from engine.builders import ConfigError
 from hydra_helpers import compose_run
 
@@ -232,23 +232,23 @@ def test_fedbn_site_teacher_keeps_the_sites_own_bn(tmp_path):
     torch.save({"local_state": {"bn.running_mean": torch.full((2,), 7.0)}}, run / "teacher" / "client_store" / "site_a.pt")
     cfg = OmegaConf.create({"paths": {"output_dir": str(run)},
                             "federation": {"strategy": {"_target_": "federation.core.strategies.FedBN"}, "store_dir": "client_store"}})
-    path = fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_a")
+    path = fed_distill_weights.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_a")
     state = torch.load(path, weights_only=True)
     assert path == run / "sites" / "site_a" / "teacher_fed.pt"
     assert torch.equal(state["bn.running_mean"], torch.full((2,), 7.0)) and torch.equal(state["conv.weight"], torch.ones(2))
     from federation.errors import FederationError
 
     with pytest.raises(FederationError, match="'site_b' is no client of"):
-        fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b")
+        fed_distill_weights.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b")
     torch.save({"round": 1}, run / "teacher" / "client_store" / "site_b.pt")  # a client that kept nothing
     with pytest.raises(FederationError, match="client 'site_b' kept no local entries"):
-        fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b")
+        fed_distill_weights.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b")
     cfg.federation.strategy._target_ = "federation.core.strategies.FedAvg"
-    assert fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b") == run / "teacher" / "global_best.pt"
+    assert fed_distill_weights.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_b") == run / "teacher" / "global_best.pt"
     # what the strategy does, not its name: FedAvg keeping entries local personalises as FedBN does
     (run / "sites" / "site_a" / "teacher_fed.pt").unlink()
     cfg.federation.strategy.local_prefixes = ["bn"]
-    path = fed_distill.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_a")
+    path = fed_distill_weights.site_teacher(cfg, run / "teacher" / "global_best.pt", "site_a")
     assert torch.equal(torch.load(path, weights_only=True)["bn.running_mean"], torch.full((2,), 7.0))
 
 
@@ -389,7 +389,7 @@ def test_falling_back_from_the_best_to_the_final_global_weights_is_said(tmp_path
         caplog.clear()
         cfg = OmegaConf.create({"fed_distill": {"teacher_weights": "best"}, "trainer": {"fast_dev_run": smoke}})
         with caplog.at_level(logging.WARNING, logger="federation.fed_distill"):
-            assert fed_distill.global_weights(cfg, tmp_path, "stage 1").name == "global_final.pt"
+            assert fed_distill_weights.global_weights(cfg, tmp_path, "stage 1").name == "global_final.pt"
         assert ("no server validation round chose a best" in caplog.text) is said, caplog.text
 
 

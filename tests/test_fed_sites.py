@@ -114,7 +114,7 @@ def test_remote_sites_refused_in_process(tmp_path):
 def test_remote_sites_is_told_by_the_function_not_the_name():
     from omegaconf import OmegaConf
 
-    from federation.core.partition import is_remote_sites
+    from federation.plan import is_remote_sites
 
     assert is_remote_sites(OmegaConf.create({"_target_": "federation.core.partition.remote_sites", "sites": ["a"]}))
     assert not is_remote_sites(OmegaConf.create({"_target_": "federation.core.partition.iid"}))

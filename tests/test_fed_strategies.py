@@ -230,13 +230,15 @@ def test_fedopt_refuses_values_that_walk_away_and_ignores_an_unused_beta2():
     assert FedAdagrad(beta2=5.0).eta == 1e-2  # Adagrad's v_t takes no beta2
 
 
-def test_the_documented_fedavg_function_is_importable_from_the_package():
-    """A review: importing the submodule ``strategies.fedavg`` rebound the package's ``fedavg`` to that module, so
-    docs/extending.md's ``fedavg(global_state, updates, keys, weighted)`` raised "'module' object is not callable"."""
-    import federation.core
-    from federation.core.strategies import fedavg
+def test_the_documented_mean_function_is_importable_from_the_package():
+    """docs/extending.md's ``weighted_state_mean(global_state, updates, keys, weighted)``: a review found it, then
+    named ``fedavg``, shadowed by the submodule ``strategies.fedavg`` ("'module' object is not callable")."""
+    import types
 
-    assert callable(fedavg) and callable(federation.core.fedavg)
+    import federation.core
+    from federation.core.strategies import fedavg, weighted_state_mean
+
+    assert isinstance(fedavg, types.ModuleType) and federation.core.weighted_state_mean is weighted_state_mean
     g = {"w": torch.zeros(2)}
     ups = [ClientUpdate("a", {"w": torch.ones(2)}, 1), ClientUpdate("b", {"w": torch.full((2,), 4.0)}, 3)]
-    assert torch.allclose(fedavg(g, ups, ["w"])["w"], torch.full((2,), 3.25))
+    assert torch.allclose(weighted_state_mean(g, ups, ["w"])["w"], torch.full((2,), 3.25))

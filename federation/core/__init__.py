@@ -21,7 +21,7 @@ from .sampling import client_seed, sample_clients
 from .sharing import SharedPool, allocate_shared, client_rng, select_shared_indices
 from .strategies import (
     STRATEGIES, DataSharing, FedAdagrad, FedAdam, FedAvg, FedBN, FedOpt, FedProx, FedYogi, Strategy,
-    bn_state_keys, fedavg, proximal_loss_term, proximal_term, weighted_average,
+    bn_state_keys, proximal_loss_term, proximal_term, weighted_average, weighted_state_mean,
 )
 
 __all__ = [
@@ -31,5 +31,5 @@ __all__ = [
     "partition_report", "pathological", "quantity_skew", "client_seed", "sample_clients",
     "SharedPool", "allocate_shared", "client_rng", "select_shared_indices", "STRATEGIES", "DataSharing",
     "FedAdagrad", "FedAdam", "FedAvg", "FedBN", "FedOpt", "FedProx", "FedYogi", "Strategy", "bn_state_keys",
-    "fedavg", "proximal_loss_term", "proximal_term", "weighted_average",
+    "proximal_loss_term", "proximal_term", "weighted_average", "weighted_state_mean",
 ]

@@ -30,7 +30,7 @@ from .partial_labels import label_mask, mask_unannotated, partial_label_sets
 from .partition_report import partition_report
 
 __all__ = [
-    "iid", "dirichlet", "pathological", "quantity_skew", "by_group", "remote_sites", "is_remote_sites", "FeatureShift",
+    "iid", "dirichlet", "pathological", "quantity_skew", "by_group", "remote_sites", "FeatureShift",
     "feature_skew_params", "partial_label_sets", "mask_unannotated", "label_mask",
     "partition_report", "PARTITIONERS",
 ]
@@ -261,20 +261,6 @@ def feature_skew_params(num_clients: int, seed: int = 0, strength: float = 1.0) 
     return [FeatureShift(float(0.1 * strength * a), float(np.exp(0.2 * strength * b)),
                          float(np.exp(0.4 * strength * c)), float(0.025 * strength * (d + 1)), seed * 1000 + i)
             for i, (a, b, c, d) in enumerate(u)]
-
-
-def is_remote_sites(partition: object) -> bool:
-    """Whether a ``federation.partition`` config is :func:`remote_sites` (the server holds none of the
-    sites' data): its ``_target_`` is resolved and compared with the function, not matched as text."""
-    target = getattr(partition, "get", lambda *_: None)("_target_", None)
-    if not target:
-        return False
-    from hydra.utils import get_object
-
-    try:
-        return get_object(str(target)) is remote_sites
-    except Exception:  # noqa: BLE001 - an unknown target is reported where the partition is built
-        return False
 
 
 PARTITIONERS = {"iid": iid, "quantity_skew": quantity_skew, "dirichlet": dirichlet, "pathological": pathological,

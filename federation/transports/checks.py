@@ -15,12 +15,24 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from federation.transports import EXECUTORS, executor_kind
-from federation.transports.flower.privacy import _number
+from federation.transports.flower.privacy import _number, check_flower_privacy
 from lightning_modules.errors import ConfigError
 
-__all__ = ["check_executor_values"]
+__all__ = ["check_executor_config", "check_executor_values"]
 
 KEY = "federation.executor"
+
+
+def check_executor_config(fed: Any) -> None:
+    """Everything :func:`federation.plan.check_federation_config` asks of the executor: ``federation.privacy``
+    (a walkthrough found privacy=secagg ignored off the Flower executor), the executor's values, and Ray's
+    address (a malformed one ended in Hydra's traceback). The one place that knows each executor's checks."""
+    check_flower_privacy(fed)
+    check_executor_values(fed)
+    if executor_kind(fed) == "ray":
+        from federation.transports.ray import check_address
+
+        check_address(OmegaConf.select(fed, "executor.address", default=None))
 
 
 def check_executor_values(fed: Any) -> None:

@@ -17,21 +17,17 @@ e.g. FedBN's batch-norm entries), ``configure_client`` gives the per-round clien
 """
 from __future__ import annotations
 
-from .base import (StateDict, Strategy, absolute_weights, bn_state_keys, fedavg, strategy_class,
-                   weighted_average)
+from .base import (StateDict, Strategy, absolute_weights, bn_state_keys, strategy_class, weighted_average,
+                   weighted_state_mean)
 from .datasharing import DataSharing
 from .fedavg import FedAvg
 from .fedbn import FedBN
 from .fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from .fedprox import FedProx, proximal_loss_term, proximal_term
 
-# importing the submodule ``.fedavg`` rebinds the package's name ``fedavg`` to that module (a review: the
-# documented ``from federation.core.strategies import fedavg`` gave a module): the function again
-from .base import fedavg  # noqa: E402,F811
-
 __all__ = [
     "Strategy", "FedAvg", "FedProx", "FedBN", "FedOpt", "FedAdam", "FedYogi", "FedAdagrad",
-    "DataSharing", "STRATEGIES", "weighted_average", "fedavg", "proximal_term",
+    "DataSharing", "STRATEGIES", "weighted_average", "weighted_state_mean", "proximal_term",
     "proximal_loss_term", "bn_state_keys", "StateDict", "absolute_weights", "strategy_class",
 ]
 

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..messages import ClientUpdate, ServerMessage, is_finite, state_schema
 
-__all__ = ["Strategy", "StateDict", "STAT_SUFFIXES", "MissingFromUpdates", "weighted_average", "fedavg",
+__all__ = ["Strategy", "StateDict", "STAT_SUFFIXES", "MissingFromUpdates", "weighted_average", "weighted_state_mean",
            "bn_state_keys"]
 
 
@@ -54,10 +54,11 @@ def absolute_weights(global_state: Mapping[str, Tensor], update: ClientUpdate, k
     return global_state[key] + value.to(global_state[key].device) if update.is_delta else value
 
 
-def fedavg(
+def weighted_state_mean(
     global_state: Mapping[str, Tensor], updates: Sequence[ClientUpdate], keys: Iterable[str], weighted: bool = True
 ) -> StateDict:
-    """Pure FedAvg (McMahan et al. 2017, Alg. 1) over ``keys``; other entries copied from global.
+    """A new state: the updates' mean over ``keys`` (FedAvg's rule, McMahan et al. 2017, Alg. 1), the other
+    entries copied from ``global_state``.
 
     Weights are n_k (``num_samples``) when ``weighted`` else uniform. Delta updates are made
     absolute against ``global_state`` first.

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 from torch import Tensor
 
 from ..messages import ClientUpdate
-from .base import StateDict, Strategy, fedavg
+from .base import StateDict, Strategy, weighted_state_mean
 
 __all__ = ["FedAvg"]
 
@@ -25,4 +25,4 @@ class FedAvg(Strategy):
 
     def aggregate(self, global_state: Mapping[str, Tensor], updates: Sequence[ClientUpdate], round: int) -> StateDict:
         self._check_local_not_sent(updates)
-        return fedavg(global_state, self._usable(updates), self.client_keys(global_state), self.weighted)
+        return weighted_state_mean(global_state, self._usable(updates), self.client_keys(global_state), self.weighted)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..messages import ClientUpdate
-from .base import STAT_SUFFIXES, StateDict, fedavg
+from .base import STAT_SUFFIXES, StateDict, weighted_state_mean
 from .fedavg import FedAvg
 
 __all__ = ["FedOpt", "FedAdam", "FedYogi", "FedAdagrad"]
@@ -47,7 +47,7 @@ class FedOpt(FedAvg):
     def aggregate(self, global_state: Mapping[str, Tensor], updates: Sequence[ClientUpdate], round: int) -> StateDict:
         self._check_local_not_sent(updates)
         usable = self._usable(updates)
-        avg = fedavg(global_state, usable, self.client_keys(global_state), self.weighted)
+        avg = weighted_state_mean(global_state, usable, self.client_keys(global_state), self.weighted)
         if not usable:
             return avg
         for key in self.client_keys(global_state):

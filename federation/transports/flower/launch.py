@@ -32,7 +32,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from engine import artifacts
-from federation.core.partition import is_remote_sites
 from federation.errors import FederationError
 from federation.transports.flower.commands import (flower_bin, flwr_home, register_nodes, rehearsal_env,
                                                    rehearsal_node_config, superlink_argv, supernode_argv)
@@ -128,6 +127,8 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.federation.executor.get("launch", True):
         return prepare(cfg)
     from federation.transports.flower.tls import node_keys, throwaway_tls  # cryptography: the flower extra
+
+    from federation.plan import is_remote_sites
 
     check(cfg)
     artifacts.console.print(f"[bold]flower:[/bold] {privacy_line(cfg)}")

@@ -48,7 +48,7 @@ def check_data_transfer(cfg) -> str | None:
         raise ConfigError(str(exc)) from None
     if not moves_data:
         return None
-    from federation.core.partition import is_remote_sites
+    from federation.plan import is_remote_sites
 
     if is_remote_sites(OmegaConf.select(cfg, "federation.partition", default=None)):
         raise ConfigError("federation.strategy=datashare with federation.partition=remote_sites: the shared pool "
