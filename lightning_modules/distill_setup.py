@@ -25,6 +25,7 @@ from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load
 from lightning_modules.errors import ConfigError
 from lightning_modules.hooks import FeatureTap, indices_by_path, resolve_module
 from lightning_modules.losses.kd.attention import LIST_ROLES, MASK, ROLES, STUDENT_LOGITS, TEACHER_PRED_LATE
+from lightning_modules.targets import check_targets
 
 __all__ = ["AUTO_ROLES", "Tap", "parse_taps", "build_teacher", "check_tapped_heads_trained", "example_shape", "check_pair", "check_same_padding",
            "dry_run",
@@ -238,7 +239,8 @@ def build_kd_loss(kd_loss: Any, taps: Sequence[Tap], shapes: Mapping[str, torch.
     cfg = dict(to_plain(kd_loss))
     if "_target_" not in cfg:
         raise ConfigError(f"distill.loss has no _target_: {cfg}")
-    params = inspect.signature(get_class(cfg["_target_"]).__init__).parameters
+    check_targets(cfg, "distill.loss")  # before get_class imports anything it names (a checkpoint's config is data),
+    params = inspect.signature(get_class(cfg["_target_"]).__init__).parameters  # and a typo is one line (a walkthrough)
     if "classes" in params and "classes" not in cfg:
         cfg["classes"] = int(shapes["student:<output>"][1])
     for name in params:

@@ -23,7 +23,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from lightning_modules.errors import ConfigError
+from lightning_modules.errors import ConfigError, one_line
 
 #: the project's own packages
 PROJECT_PACKAGES = ("lightning_modules", "datamodules", "callbacks", "federation", "engine")
@@ -55,6 +55,12 @@ def under_prefixes(name: str, prefixes: Iterable[str]) -> bool:
     return any(name == p.rstrip(".") or name.startswith(p.rstrip(".") + ".") for p in prefixes)
 
 
+def _why(err: BaseException) -> str:
+    """Why a name did not resolve, in one line: what Hydra's "Error loading 'x.Y'" was raised from (a walkthrough:
+    the type alone, ``ImportError``, hid a broken net folder that every ``model=`` choice failed on)."""
+    return one_line(err.__cause__ or err)[:300]
+
+
 def check_target(target: Any, what: str = "object") -> None:
     """Raise :class:`ConfigError` (one line naming ``target``) unless ``target`` may be instantiated."""
     if not isinstance(target, str):
@@ -68,7 +74,7 @@ def check_target(target: Any, what: str = "object") -> None:
     try:
         obj = get_object(target)
     except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
-        raise ConfigError(f"{what} _target_ {target!r} does not resolve ({type(err).__name__})") from err
+        raise ConfigError(f"{what} _target_ {target!r} does not resolve ({_why(err)})") from err
     module = getattr(obj, "__module__", None) or ""
     if not (inspect.isclass(obj) and under_prefixes(module, allowed) and issubclass(obj, ALLOWED_BASES)):
         raise ConfigError(refused)
@@ -85,7 +91,7 @@ def check_data_target(target: Any, what: str = "data") -> None:
     try:
         obj = get_object(target) if isinstance(target, str) and under_prefixes(target, packages) else None
     except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
-        raise ConfigError(f"{what} _target_ {target!r} does not resolve ({type(err).__name__})") from err
+        raise ConfigError(f"{what} _target_ {target!r} does not resolve ({_why(err)})") from err
     import pytorch_lightning as pl
 
     if not (inspect.isclass(obj) and under_prefixes(getattr(obj, "__module__", "") or "", packages)

@@ -187,6 +187,21 @@ def test_config_errors_for_roles_and_pairs():
         make(taps=[*TAPS[:8], {"role": "teacher_pred_mid", "teacher": "final1"}])
 
 
+def test_a_kd_loss_target_is_checked_before_anything_it_names_is_imported():
+    """A walkthrough: a typo in ``distill.loss._target_`` was Hydra's multi-line error, exit 1 (the loss class was
+    read before the allow-list check). A checkpoint's KD loss is data too: a module it names outside the project is
+    refused before it is imported (importing runs a module's code)."""
+    import sys
+
+    with pytest.raises(ConfigError, match=r"^distill.loss _target_ 'lightning_modules.losses.logit_mse.LogitMSE' "
+                                          r"does not resolve \(ModuleNotFoundError: No module named"):
+        make(kd_loss={"_target_": "lightning_modules.losses.logit_mse.LogitMSE"})
+    sys.modules.pop("this", None)
+    with pytest.raises(ConfigError, match=r"^distill.loss _target_ 'this.Zen' refused"):
+        make(kd_loss={"_target_": "this.Zen"})  # the standard library's `this` prints the Zen when imported
+    assert "this" not in sys.modules
+
+
 def _teacher_ckpt(tmp_path, net_cfg) -> tuple:
     seg = SegmentationModule(net=net_cfg, loss=LOSS, num_classes=2)
     path = tmp_path / "teacher.ckpt"

@@ -57,6 +57,38 @@ def test_a_net_folder_registers_itself_on_import(tmp_path, monkeypatch):
             del sys.modules[mod]
 
 
+def test_a_broken_net_folder_is_named_in_the_one_line_error(tmp_path, monkeypatch):
+    """A walkthrough copied a net folder (a second ``register_model`` of one name): every ``model=`` choice then
+    failed as "net _target_ '...DNet' does not resolve (ImportError)", the folder and the cause on no line."""
+    from lightning_modules.errors import ConfigError
+    from lightning_modules.targets import check_target
+
+    pkg = tmp_path / "broken_nets"
+    (pkg / "copied").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "copied" / "__init__.py").write_text("x = (\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import broken_nets
+    try:
+        with pytest.raises(ImportError, match=r"^net folder broken_nets/copied/ does not import: SyntaxError: "):
+            import_subpackages("broken_nets", broken_nets.__path__)
+    finally:
+        for mod in [m for m in sys.modules if m.split(".")[0] == "broken_nets"]:
+            del sys.modules[mod]
+
+    def failing(target):
+        try:
+            raise ImportError("net folder lightning_modules/nets/copied/ does not import: SyntaxError: x")
+        except ImportError as err:  # as Hydra's get_object wraps what the import raised
+            raise ImportError(f"Error loading '{target}':\n{err!r}") from err
+
+    monkeypatch.setattr("lightning_modules.targets.get_object", failing)
+    with pytest.raises(ConfigError) as info:
+        check_target("lightning_modules.nets.dnet.DNet", "net")
+    assert str(info.value) == ("net _target_ 'lightning_modules.nets.dnet.DNet' does not resolve (ImportError: net "
+                               "folder lightning_modules/nets/copied/ does not import: SyntaxError: x)")
+
+
 def test_every_strategy_has_one_config_and_every_config_is_a_listed_strategy():
     by_class: dict[type, list[str]] = {}
     for name, target in _targets("federation/strategy").items():

@@ -16,10 +16,13 @@ raise smp's own ``RuntimeError`` naming the size otherwise; the nets implemented
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from typing import Callable, Iterable, TypeVar
 
 import torch.nn as nn
+
+from lightning_modules.errors import one_line
 
 __all__ = ["register_model", "build_model", "list_models", "get_model_class", "count_parameters",
            "import_subpackages"]
@@ -49,7 +52,11 @@ def import_subpackages(package: str, path: Iterable[str]) -> list[str]:
     names. Flat modules are left alone. An import error is not swallowed: a broken net folder fails loudly."""
     names = sorted(info.name for info in pkgutil.iter_modules(list(path)) if info.ispkg)
     for name in names:
-        importlib.import_module(f"{package}.{name}")
+        try:
+            importlib.import_module(f"{package}.{name}")
+        except Exception as err:  # a walkthrough: a copied net folder (a second register_model of one name) failed
+            where = os.path.join(*package.split("."), name)  # every model= choice as "DNet does not resolve"
+            raise ImportError(f"net folder {where}/ does not import: {one_line(err)}") from err
     return names
 
 
