@@ -31,6 +31,7 @@ from lightning_modules.atomic import atomic_output
 from lightning_modules.base import build
 from lightning_modules.checkpoints import CheckpointError, load_checkpoint, load_net
 from lightning_modules.distill_setup import main_output
+from lightning_modules.inference import VolumePredictor
 from lightning_modules.losses.hybrid import class_probabilities
 from lightning_modules.metrics import PerCaseConfusion, case_scores, foreground_slices, summarise
 
@@ -73,13 +74,6 @@ def arm_net(cfg: DictConfig, run_dir: Path, arm: str) -> nn.Module:
     return teacher_net(cfg, run_dir / "teacher.pt") if arm == "teacher_local" else load_net(run_dir / "student.pt")
 
 
-def _labels(prob: torch.Tensor, fg_threshold: float | None) -> torch.Tensor:
-    """As :meth:`SegmentationModule.predict_labels`: threshold P(fg) for binary tasks, else arg-max."""
-    if fg_threshold is not None and prob.shape[1] == 2:
-        return (prob[:, 1] > fg_threshold).long()
-    return prob.argmax(1)
-
-
 @torch.no_grad()
 def evaluate_net(net: nn.Module, loader: Any, class_names: list[str], fg_threshold: float | None,
                  eval_slices: str, max_batches: int | None = None,
@@ -112,7 +106,7 @@ def evaluate_net(net: nn.Module, loader: Any, class_names: list[str], fg_thresho
         if eval_slices == "foreground":  # as SegmentationModule's test: the ignore label (255) is no foreground
             keep = foreground_slices(mask, len(class_names))
         if keep.any():
-            pred = _labels(class_probabilities(logits.float()), fg_threshold)
+            pred = VolumePredictor.labels(class_probabilities(logits.float()), fg_threshold)
             valid = batch.get("valid")  # padded mixed-size batches: only each slice's own pixels count (a review)
             cases.update(pred[keep], mask[keep], [c for c, k in zip(batch["case_id"], keep.tolist()) if k],
                          None if valid is None else valid[keep])

@@ -17,7 +17,7 @@ from torch import nn
 from lightning_modules.base import BaseModule, build, is_argument_error, to_plain
 from lightning_modules.errors import ConfigError
 from lightning_modules.losses.hybrid import class_probabilities
-from lightning_modules.inference import main_head
+from lightning_modules.inference import VolumePredictor, main_head
 from lightning_modules.metrics import (
     PerCaseConfusion, annotated_view, case_scores, foreground_slices, quiet_if_idle, summarise, updated_anywhere,
 )
@@ -180,9 +180,7 @@ class SegmentationModule(BaseModule):
         return class_probabilities(logits.float())
 
     def predict_labels(self, prob: torch.Tensor) -> torch.Tensor:
-        if self.fg_threshold is not None and prob.shape[1] == 2:
-            return (prob[:, 1] > self.fg_threshold).long()
-        return prob.argmax(1)
+        return VolumePredictor.labels(prob, self.fg_threshold)
 
     def forward_eval(self, image: torch.Tensor, pad_value: torch.Tensor | float | None = None) -> torch.Tensor:
         """Main-head logits; a 3D net given whole volumes runs MONAI's Gaussian sliding window over logits
