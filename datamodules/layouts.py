@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,16 @@ def _nii_stem(p: Path) -> str:
     return re.sub(r"\.nii(\.gz)?$", "", p.name)
 
 
+def _file(p: Path) -> bool:
+    """``p.is_file()``, but a link to a missing file is one line naming it, not skipped (a walkthrough: ``ln -sf``
+    to a missing source gave "no nnunet cases found ... expected imagesTr/<case>_0000.nii.gz" beside those names)."""
+    if p.is_symlink() and not p.exists():
+        raise DataError(f"{p} is a link to a missing file {os.readlink(p)}")
+    return p.is_file()
+
+
 def _is_nifti(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith("._") and re.search(r"\.nii(\.gz)?$", p.name) is not None
+    return not p.name.startswith("._") and re.search(r"\.nii(\.gz)?$", p.name) is not None and _file(p)
 
 
 def _lits(root: Path) -> list[Case]:
@@ -91,7 +100,7 @@ def _msd(root: Path) -> list[Case]:
     for p in sorted((root / "imagesTr").glob("*.nii*")):
         if _is_nifti(p):
             lab = root / "labelsTr" / p.name
-            cases.append(Case(_nii_stem(p), p, lab if lab.is_file() else None))
+            cases.append(Case(_nii_stem(p), p, lab if _file(lab) else None))
     return cases
 
 
@@ -132,7 +141,7 @@ def _nnunet(root: Path) -> list[Case]:
                             f"(dataset.json declares {n} channel(s))")
         lab = root / "labelsTr" / f"{case}{ending}"
         files = tuple(chans[c] for c in range(n))
-        cases.append(Case(case, files[0], lab if lab.is_file() else None, channels=files))
+        cases.append(Case(case, files[0], lab if _file(lab) else None, channels=files))
     return cases
 
 

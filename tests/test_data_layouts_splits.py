@@ -64,6 +64,21 @@ def test_missing_root_and_no_cases(tmp_path):
         find_cases(tmp_path, "brats")
 
 
+def test_a_dangling_link_is_named_not_skipped(tmp_path):
+    """A walkthrough: ``ln -sf`` to a missing source gave "no nnunet cases found ... expected
+    imagesTr/<case>_0000.nii.gz" with files of exactly those names there."""
+    root = write_phantom_dataset(tmp_path / "m", "msd", 1, SHAPE)
+    (root / "imagesTr" / "pt0_0000.nii.gz").symlink_to(tmp_path / "gone" / "volume-0.nii.gz")
+    (root / "dataset.json").write_text('{"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}}')
+    with pytest.raises(DataError, match=r"imagesTr/pt0_0000\.nii\.gz is a link to a missing file .*gone/volume-0"):
+        find_cases(root, "nnunet")
+    (root / "imagesTr" / "pt0_0000.nii.gz").unlink()
+    (root / "imagesTr" / "phantom_000.nii.gz").rename(root / "imagesTr" / "pt0_0000.nii.gz")
+    (root / "labelsTr" / "pt0.nii.gz").symlink_to(tmp_path / "gone" / "segmentation-0.nii.gz")
+    with pytest.raises(DataError, match=r"labelsTr/pt0\.nii\.gz is a link to a missing file"):
+        find_cases(root, "nnunet")  # was silently an unlabelled case
+
+
 def test_patient_split_properties():
     ids = [f"case{i}" for i in range(10)]
     s = patient_split(ids, 0.2, 0.2, seed=0)
