@@ -88,9 +88,9 @@ def _lits(root: Path) -> list[Case]:
 def _kits(root: Path) -> list[Case]:
     cases = []
     for d in sorted(root.glob("case_*")):
-        img = next((p for p in (d / "imaging.nii.gz", d / "imaging.nii") if p.is_file()), None)
+        img = next((p for p in (d / "imaging.nii.gz", d / "imaging.nii") if _file(p)), None)
         if img is not None:
-            seg = next((p for p in (d / "segmentation.nii.gz", d / "segmentation.nii") if p.is_file()), None)
+            seg = next((p for p in (d / "segmentation.nii.gz", d / "segmentation.nii") if _file(p)), None)
             cases.append(Case(d.name, img, seg))
     return cases
 
@@ -166,13 +166,13 @@ def nnunet_classes(root: str | Path) -> dict[int, str]:
 
 def _covid_stack(root: Path, group_size: int) -> list[Case]:
     img, lab = root / "tr_im.nii.gz", root / "tr_mask.nii.gz"
-    if not img.is_file():
+    if not _file(img):
         return []
     try:
         depth = nib.load(str(img)).shape[2]  # header only, no voxel decoding
     except Exception as exc:
         raise DataError(f"cannot read NIfTI header of {img}: {exc}") from None
-    return [Case(f"slice-{s:03d}", img, lab if lab.is_file() else None,
+    return [Case(f"slice-{s:03d}", img, lab if _file(lab) else None,
                  tuple(range(s, min(s + group_size, depth)))) for s in range(0, depth, group_size)]
 
 

@@ -34,6 +34,7 @@ from engine import artifacts
 from engine.builders import ConfigError, build_module
 from engine.checkpoint_checks import refuse_untrained_test
 from engine.fit import output_dir, train_and_test
+from engine.wandb_tracking import TEACHER_STAGE
 from lightning_modules.base import build
 from lightning_modules.distill_setup import check_same_padding
 from lightning_modules.kinds import is_whole
@@ -115,8 +116,8 @@ def segmentation_cfg(cfg: DictConfig, model: Any, loss: Any, out: Path, max_epoc
                      sub_run: bool = False, data: DictConfig | None = None) -> DictConfig:
     """A copy of ``cfg`` that is a plain centralised run of ``model`` with ``loss`` and the distillation
     module's optimiser, scheduler and evaluation protocol, writing into ``out``. ``sub_run``: keep only
-    the checkpoint callbacks, the progress (bar and ``teacher epoch i/N`` lines) and the CSV logger (the
-    teacher pre-training inside a distillation run).
+    the checkpoint callbacks, the progress (bar and ``teacher epoch i/N`` lines), the best-of summaries and the
+    CSV and W&B loggers (the teacher pre-training inside a distillation run, ``distill.method=teacher_stage``).
     ``data``: the data config to use instead of ``cfg.data`` (the teacher's, :func:`teacher_data`)."""
     new = copy.deepcopy(cfg)
     if data is not None:
@@ -132,16 +133,19 @@ def segmentation_cfg(cfg: DictConfig, model: Any, loss: Any, out: Path, max_epoc
         if max_epochs is not None:
             new.trainer.max_epochs = int(max_epochs)
         if sub_run:
-            kept = ("model_checkpoint", "last_checkpoint", "rich_progress_bar", "epoch_log")  # progress: a walkthrough
+            kept = ("model_checkpoint", "last_checkpoint", "rich_progress_bar", "epoch_log",  # progress: a walkthrough
+                    "best_metric")
             new.callbacks = {k: _plain(cfg.callbacks[k], resolve=False) for k in kept  # saw no line for the teacher
                              if k in cfg.callbacks and cfg.callbacks[k] is not None}
             if "epoch_log" in new.callbacks:
                 new.callbacks["epoch_log"]["prefix"] = "teacher "
-            # the CSV log, and a W&B run of its own (a W&B review: the teacher's curves reached no dashboard); the
-            # sub-run is a distill=teacher run in all but name, so it is named and tagged as one (wandb_tracking)
+            # the CSV log, and a W&B run of its own (a W&B review: the teacher's curves reached no dashboard), named,
+            # tagged and grouped as the teacher stage, apart from the student and a distill=teacher job
             new.logger = {k: _plain(cfg.logger[k], resolve=False) for k in ("csv", "wandb")
                           if cfg.get("logger") and cfg.logger.get(k) is not None}
-            new.distill.method = "teacher"
+            if new.logger.get("wandb", {}).get("name"):  # a name given to the run: the student's, not the teacher's
+                new.logger["wandb"]["name"] = f"{new.logger['wandb']['name']}-teacher"
+            new.distill.method = TEACHER_STAGE
             # resume=<run dir> of a run stopped in its teacher stage continues teacher/checkpoints/last.ckpt
             new.ckpt_path, new.resume, new.test, new.print_per_case = None, bool(cfg.get("resume")), False, False
             new.init_weights = new.init_weights_module = new.init_weights_sha256 = None  # the student's file only

@@ -53,6 +53,10 @@ def model_options(target: Any) -> list[str]:
 
 #: the config group choice of a distillation's teacher net (``distill/_base.yaml``)
 TEACHER_MODEL = "model@distill.teacher.model"
+#: ``distill.method`` of the teacher a distillation run trains first (``engine.distill.segmentation_cfg``): its W&B
+#: run is named, tagged (``distill:teacher_stage``), typed (``job_type: teacher``) and grouped by method apart from
+#: a ``distill=teacher`` job, which tests that cached teacher (a review: the two counted each seed twice)
+TEACHER_STAGE = "teacher_stage"
 
 
 def trained_model() -> str:
@@ -67,7 +71,7 @@ def _model_name(cfg: DictConfig) -> str | None:
     teacher's choice when it does, else the first such option. ``cfg.model`` is replaced for a test-only run
     (the checkpoint's net) and in the federated teacher stage of ``fed_distill`` (``teacher_stage_cfg``: the
     teacher's net, with ``distill`` removed), whose W&B run was named after the student's ``model=`` choice."""
-    if OmegaConf.select(cfg, "distill.method", default=None) == "teacher":  # distill=teacher, or a KD run's teacher
+    if OmegaConf.select(cfg, "distill.method", default=None) in ("teacher", TEACHER_STAGE):  # or a KD run's teacher
         return _choice(TEACHER_MODEL) or _target_name(OmegaConf.select(cfg, "distill.teacher.model", default=None))
     choice = _choice("model")
     options = model_options(OmegaConf.select(cfg, "model._target_", default=None,
@@ -120,9 +124,12 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
              facts.get("partition"), f"s{facts['seed']}"]
     name = "-".join(str(p) for p in parts if p)
     overrides = method_overrides()
-    sweep = sweep_name()
-    swept = [short_override(o) for o in overrides if override_key(o) in swept_keys()] if sweep else [
-        short_override(o) for o in overrides if "/" not in o.partition("=")[2]]  # a single run: its settings
+    if facts.get("distill") == TEACHER_STAGE:  # the student's KD settings are not the teacher's (a review)
+        overrides = [o for o in overrides if not override_key(o).startswith("distill.")
+                     or override_key(o).startswith("distill.teacher.")]
+    sweep, varied = sweep_name(), swept_keys()
+    swept = [short_override(o) for o in overrides if override_key(o) in varied] if sweep and varied else [
+        short_override(o) for o in overrides if "/" not in o.partition("=")[2]]  # one run (-m of one job too)
     if swept:
         name += "-" + ",".join(swept)
     tags = [str(t) for t in (cfg.get("tags") or [])]
@@ -211,6 +218,8 @@ def with_identity(cfg: DictConfig, logger_cfg: DictConfig) -> DictConfig:
     plain["name"], plain["tags"], plain["config"] = ident["name"], ident["tags"], ident["config"]
     if "debug" in ident["config"]["run"] and not _job_type_given():
         plain["job_type"] = DEBUG_JOB_TYPE
+    elif ident["config"]["run"].get("distill") == TEACHER_STAGE and not _job_type_given():
+        plain["job_type"] = "teacher"
     plain["_convert_"] = "all"  # wandb.init wants a plain dict, not a DictConfig
     return OmegaConf.create(plain)
 

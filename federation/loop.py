@@ -43,7 +43,14 @@ log = logging.getLogger("federation.loop")
 def run_federation(cfg, executor: Any | None = None) -> dict[str, Any]:
     """Run the federation described by ``cfg.federation``; returns the final metrics. ``executor``
     overrides ``federation.executor`` (any object with the executor contract of :mod:`federation.transports`).
-    A Flower federation outside its ServerApp is started by ``experiments.run.dispatch``, not here."""
+    A Flower federation outside its ServerApp is started by ``experiments.run.dispatch``, not here: refused before
+    any set-up (a review: the server built its data and opened a W&B run first)."""
+    from federation.transports.flower import launches  # imports no Flower
+
+    if executor is None and launches(cfg):
+        raise FederationError("federation/executor=flower: the deployment is started by python -m experiments.run "
+                              "(experiments.run.dispatch), which rehearses it locally or hands it over; "
+                              "run_federation runs inside its ServerApp")
     t_start = time.perf_counter()
     server = Server(cfg, executor)
     server.t_start = t_start  # fit_seconds from the command's start, as before: set-up included

@@ -77,6 +77,11 @@ def test_a_dangling_link_is_named_not_skipped(tmp_path):
     (root / "labelsTr" / "pt0.nii.gz").symlink_to(tmp_path / "gone" / "segmentation-0.nii.gz")
     with pytest.raises(DataError, match=r"labelsTr/pt0\.nii\.gz is a link to a missing file"):
         find_cases(root, "nnunet")  # was silently an unlabelled case
+    kits = write_phantom_dataset(tmp_path / "k", "kits", 2, SHAPE)
+    (kits / "case_00001" / "imaging.nii.gz").unlink()
+    (kits / "case_00001" / "imaging.nii.gz").symlink_to(tmp_path / "gone" / "imaging.nii.gz")
+    with pytest.raises(DataError, match=r"case_00001/imaging\.nii\.gz is a link to a missing file"):
+        find_cases(kits, "kits")  # was silently one case fewer (a review)
 
 
 def test_patient_split_properties():

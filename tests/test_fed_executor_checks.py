@@ -381,3 +381,14 @@ def test_executor_kind_names_each_executor_group(tmp_path, group, kind):
     assert get_class(EXECUTORS[kind]).__name__.endswith("Executor")
     fed.executor = {"_target_": "mypackage.RayExecutor"}
     assert executor_kind(fed) is None
+
+
+def test_run_federation_called_directly_refuses_flower_before_any_set_up(tmp_path):
+    """``experiments.run.dispatch`` starts a Flower deployment; ``run_federation`` runs inside its ServerApp. A
+    review: called directly, it built the server's data and opened a W&B run before the executor refused."""
+    from federation.loop import run_federation
+
+    cfg = compose_run(FLOWER, tmp_path)
+    with pytest.raises(FederationError, match=r"^federation/executor=flower: the deployment is started by python -m "):
+        run_federation(cfg)
+    assert not Path(cfg.paths.output_dir).exists() or not any(Path(cfg.paths.output_dir).iterdir())

@@ -103,12 +103,22 @@ def test_alias_and_best_of_rounds_are_pure():
 
 
 def test_sweep_values_enter_name_and_tags(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["run", "-m", "+exp=lits_dnet", "module.optimizer.lr=0.001,0.01", "seed=1,2"])
+    """A sweep job's name holds what the sweep varies, not what it fixes (compose sets no multirun mode, so the
+    sweep is patched in: a review found this test on the single-run branch); a ``-m`` run of one job is named as a
+    single run is, with its settings."""
+    monkeypatch.setattr(sys, "argv", ["run", "-m", "+exp=lits_dnet", "module.optimizer.lr=0.001,0.01", "seed=1,2",
+                                      "model.width=4"])
     monkeypatch.delenv("FEDMED_COMMAND_ARGV", raising=False)  # the typed command is this argv, not an earlier one's
-    cfg = compose_run(["+exp=lits_dnet", "module.optimizer.lr=0.01", "seed=2", "paths.log_dir=/x"], tmp_path)
+    monkeypatch.setattr("engine.wandb_tracking.sweep_name", lambda: "2026-12-07_15-00-00")
+    cfg = compose_run(["+exp=lits_dnet", "module.optimizer.lr=0.01", "seed=2", "model.width=4", "paths.log_dir=/x"],
+                      tmp_path)
     ident = run_identity(cfg)
     assert ident["name"] == "lits_dnet-dnet-s2-module.optimizer.lr=0.01"
     assert "module.optimizer.lr=0.01" in ident["tags"] and "seed:2" in ident["tags"]
+    assert "sweep:2026-12-07_15-00-00" in ident["tags"] and "model.width=4" in ident["config"]["run"]["overrides"]
+    monkeypatch.setattr(sys, "argv", ["run", "-m", "+exp=lits_dnet", "module.optimizer.lr=0.01", "model.width=4"])
+    one = run_identity(compose_run(["+exp=lits_dnet", "module.optimizer.lr=0.01", "model.width=4"], tmp_path / "one"))
+    assert one["name"] == "lits_dnet-dnet-s42-module.optimizer.lr=0.01,model.width=4", one["name"]
     assert method_overrides(["paths.log_dir=/x", "logger=csv", "model.width=4", "+exp=a"]) == ["model.width=4"]
 
 
@@ -170,6 +180,7 @@ def test_swept_keys_come_from_the_typed_command_and_skip_fixed_sweeper_params(mo
 def test_an_optuna_trials_float_is_short_in_the_name_and_exact_in_the_config(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["run", "-m", "+exp=lits_dnet", "module.optimizer.lr=0.001,0.01", "seed=1,2"])
     monkeypatch.delenv("FEDMED_COMMAND_ARGV", raising=False)
+    monkeypatch.setattr("engine.wandb_tracking.sweep_name", lambda: "2026-12-07_15-00-00")
     cfg = compose_run(["+exp=lits_dnet", "module.optimizer.lr=0.000341234567", "seed=2"], tmp_path)
     ident = run_identity(cfg)
     assert ident["name"].endswith("-module.optimizer.lr=0.0003412") and "module.optimizer.lr=0.0003412" in ident["tags"]
@@ -242,20 +253,26 @@ def test_a_distillation_s_teacher_stage_is_a_w_and_b_run_of_its_own(tmp_path):
     tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "logger=wandb",
             "data.synthetic.n_cases=6", "data.synthetic.shape=[48,48,12]", "data.image_size=32",
             "data.batch_size=4", "data.augment=false", "module.example_size=32"]
-    dispatch(compose_run(["+exp=kits_hlfd", *tiny], tmp_path))
+    dispatch(compose_run(["+exp=kits_hlfd", "distill.loss.beta=0.8", *tiny], tmp_path))
     teacher, student = read_run(tmp_path / "run" / "teacher"), read_run(tmp_path / "run")
-    assert teacher["name"].startswith("kits_hlfd-nested_unet-teacher-s42-trainer.max_epochs=1,"), teacher["name"]
-    assert {"distill:teacher", "model:nested_unet"} <= set(teacher["tags"])
-    assert student["name"].startswith("kits_hlfd-resnet18_student-hlfd-s42-trainer.max_epochs=1,"), student["name"]
+    assert teacher["name"].startswith("kits_hlfd-nested_unet-teacher_stage-s42-trainer.max_epochs=1,"), teacher["name"]
+    assert {"distill:teacher_stage", "model:nested_unet"} <= set(teacher["tags"]) and teacher["job_type"] == "teacher"
+    # the student's KD settings are not the teacher's (a review: a beta sweep's filter pulled the teachers in)
+    assert "beta" not in teacher["name"] + teacher["config"]["run"]["method"] + " ".join(teacher["tags"])
+    assert student["name"].startswith("kits_hlfd-resnet18_student-hlfd-s42-distill.loss.beta=0.8,trainer.max_epochs=1,")
+    assert student["job_type"] == "train"
     assert teacher["group"] == student["group"] == "kits_hlfd" and teacher["id"] != student["id"]
     assert any("val/dice" in h for h in teacher["history"]) and any("val/dice" in h for h in student["history"])
+    assert "val/dice_best" in teacher["summary"] and "val/miou_best" in teacher["summary"]  # BestMetric kept
 
 
 def test_a_fast_dev_run_s_teacher_stage_is_a_debug_run(tmp_path):
     """The teacher of ``++trainer.fast_dev_run=true`` trains one batch for an epoch (fast_dev_run writes no
     checkpoint), so its sub-run is no fast_dev_run to Lightning; its W&B run and metrics.json still say debug."""
     dispatch(compose_run(["+exp=kits_hlfd", "logger=wandb", "data.synthetic.n_cases=6", "data.image_size=32",
-                          "data.synthetic.shape=[48,48,12]", "++trainer.fast_dev_run=true"], tmp_path))
+                          "data.synthetic.shape=[48,48,12]", "++trainer.fast_dev_run=true",
+                          "logger.wandb.name=mine"], tmp_path))
     teacher = read_run(tmp_path / "run" / "teacher")
     assert teacher["job_type"] == "debug" and "debug:fdr" in teacher["tags"], (teacher["job_type"], teacher["tags"])
+    assert teacher["name"] == "mine-teacher"  # a name given to the run is the student's
     assert json.loads((tmp_path / "run" / "teacher" / "metrics.json").read_text())["debug"] is True
