@@ -1,12 +1,13 @@
-"""The federation core: what a server and its clients agree on, with no Lightning, Ray or Flower import.
+"""The federation core: what a server and its clients agree on, with no Hydra, Lightning, Ray or Flower import.
 
 * :mod:`.messages`   ``ServerMessage`` down, ``ClientUpdate`` up (weights, a sample count, scalar metrics)
   and the no-data check every transport runs on what arrived.
 * :mod:`.strategies` aggregation over state dicts: FedAvg, FedProx, FedBN, FedAdam/FedYogi/FedAdagrad and
   paper 000's data sharing.
 * :mod:`.sharing`    paper 000 §4.1: the server's shared pool and its accuracy-driven allocation.
-* :mod:`.partition`  non-IID partitioners (IID, Dirichlet, pathological, quantity, by site), feature shift,
-  the partition report (a table and its statistics); :mod:`.partial_labels` per-site annotation.
+* :mod:`.partition`  non-IID partitioners (IID, Dirichlet, pathological, quantity, by site), feature shift;
+  :mod:`.partition_report` the partition report (a table and its statistics); :mod:`.partial_labels` per-site
+  annotation.
 * :mod:`.sampling`   each round's clients and every client's seed, from (seed, round, client) only.
 
 Transports (in-process, Ray, Flower) move these objects; they never interpret weights.
