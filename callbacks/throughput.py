@@ -73,7 +73,8 @@ class Throughput(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._read_events()
-        self.summary["perf/num_parameters"] = float(sum(p.numel() for p in pl_module.parameters()))
+        net = getattr(pl_module, "net", pl_module)  # the net that is deployed: a distillation's frozen teacher and its
+        self.summary["perf/num_parameters"] = float(sum(p.numel() for p in net.parameters()))  # adapters left out
         self.summary["perf/train_images_per_s"] = self._images / max(self._seconds, 1e-9)
         self.summary["perf/peak_memory_mib"] = peak_memory_mib(pl_module.device)
         for lg in trainer.loggers:

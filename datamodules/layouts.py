@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import nibabel as nib
 
 from datamodules.errors import DataError, missing_root
 from datamodules.jsonfile import read_json
+
+log = logging.getLogger(__name__)
 
 LAYOUTS = ("lits", "kits", "msd", "nnunet", "covid_stack")
 
@@ -76,11 +79,31 @@ def _is_nifti(p: Path) -> bool:
     return not p.name.startswith("._") and re.search(r"\.nii(\.gz)?$", p.name) is not None and _file(p)
 
 
+def _tree(root: Path) -> list[Path]:
+    """Every file name under ``root``, through linked folders (``rglob`` does not follow them before Python 3.13: a
+    walkthrough's LiTS batches linked in were silently left out), each real folder once; a link to a missing folder
+    or file is a warning naming it (a LiTS case in it is missing; a dangling ``volume-*`` is an error, ``_file``)."""
+    files, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in names:
+            path = Path(folder) / name
+            if path.is_symlink() and not path.exists() and not name.startswith(("volume-", "segmentation-")):
+                log.warning("skipped: %s is a link to a missing file or folder %s", path, os.readlink(path))
+            files.append(path)
+    return sorted(files)
+
+
 def _lits(root: Path) -> list[Case]:
-    labels = {m.group(1): p for p in root.rglob("segmentation-*") if _is_nifti(p)
+    files = _tree(root)
+    labels = {m.group(1): p for p in files if p.name.startswith("segmentation-") and _is_nifti(p)
               and (m := re.fullmatch(r"segmentation-(\d+)", _nii_stem(p)))}
     cases = [Case(f"volume-{m.group(1)}", p, labels.get(m.group(1)))
-             for p in root.rglob("volume-*") if _is_nifti(p)
+             for p in files if p.name.startswith("volume-") and _is_nifti(p)
              and (m := re.fullmatch(r"volume-(\d+)", _nii_stem(p)))]
     return sorted(cases, key=lambda c: int(c.case_id.split("-")[1]))
 
@@ -88,6 +111,8 @@ def _lits(root: Path) -> list[Case]:
 def _kits(root: Path) -> list[Case]:
     cases = []
     for d in sorted(root.glob("case_*")):
+        if d.is_symlink() and not d.exists():  # a walkthrough: one case fewer, without a word
+            raise DataError(f"{d} is a link to a missing folder {os.readlink(d)}")
         img = next((p for p in (d / "imaging.nii.gz", d / "imaging.nii") if _file(p)), None)
         if img is not None:
             seg = next((p for p in (d / "segmentation.nii.gz", d / "segmentation.nii") if _file(p)), None)

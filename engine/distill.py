@@ -39,6 +39,7 @@ from lightning_modules.base import build
 from lightning_modules.distill_setup import check_same_padding
 from lightning_modules.kinds import is_whole
 from lightning_modules.segmentation import SegmentationModule
+from lightning_modules.targets import check_targets
 
 log = logging.getLogger("engine.distill")
 
@@ -278,6 +279,8 @@ def run_distillation(cfg: DictConfig) -> dict[str, Any]:
                               on_tested=lambda m: save_student(m, out / "student.pt", method=method))
     if cfg.distill.get("loss") is None:
         raise ConfigError(f"distill.method={method!r} has no distill.loss; valid methods: teacher, none, or a KD loss")
+    # the KD loss's _target_ before a teacher is trained for it (a walkthrough: a typo was reported after the teacher)
+    check_targets(OmegaConf.to_container(cfg.distill.loss, resolve=True), "distill.loss")
     check_padding_before_the_teacher(cfg)
     if not cfg.get("train", True) and not cfg.get("ckpt_path") and not (
             cfg.get("resume") and (out / "checkpoints" / "last.ckpt").is_file()):

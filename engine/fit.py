@@ -23,7 +23,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from callbacks.fit_time import FitTime
-from engine import artifacts
+from engine import artifacts, stop
 from engine.builders import (
     build_callbacks,
     build_datamodule,
@@ -201,10 +201,21 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
                 on_tested(module)
             _report(cfg, module, metrics, trainer)
     except BaseException as exc:  # a review: a failed sweep job left its W&B run open and the next job logged
-        finish_wandb(trainer.loggers, exit_code=1, error=one_line(exc))  # into it (Lightning reuses an open wandb.run)
-        raise
+        finish_wandb(trainer.loggers, exit_code=1, error=stop_reason(exc, out))  # into it (Lightning reuses an
+        raise  # open wandb.run)
     finish_wandb(trainer.loggers)  # its summary and config are written to disk
     return metrics
+
+
+def stop_reason(exc: BaseException, out: Path) -> str:
+    """What a W&B run's ``error`` says of ``exc``: a stop (Ctrl-C, SIGTERM; Lightning turns Ctrl-C into
+    ``SystemExit(1)``) as how to continue it (a walkthrough read ``SystemExit: 1``), anything else as one line."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    stopped = stop.requested("sigint") or stop.requested()
+    if isinstance(exc, (KeyboardInterrupt, SIGTERMException)) or (isinstance(exc, SystemExit) and stopped):
+        return f"interrupted ({type(exc).__name__}); continue with resume={out}"
+    return one_line(exc)
 
 
 def finish_wandb(loggers: list, exit_code: int = 0, error: str | None = None) -> None:

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -138,7 +139,15 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     if sweep:
         run["sweep"] = sweep
         tags.append(f"sweep:{sweep}")
-    return {"name": name[:128], "tags": list(dict.fromkeys(t[:64] for t in tags)), "config": {"run": run}}
+    return {"name": short_name(name), "tags": list(dict.fromkeys(t[:64] for t in tags)), "config": {"run": run}}
+
+
+def short_name(name: str, limit: int = 128) -> str:
+    """``name`` if it fits, else cut with an 8-hex digest of the whole (a walkthrough: two runs differing only past
+    the cut shared a name)."""
+    if len(name) <= limit:
+        return name
+    return f"{name[:limit - 9].rstrip(',-')}~{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def method_id(facts: Mapping[str, Any], overrides: Iterable[str]) -> str:

@@ -13,6 +13,7 @@ through the ``import torch`` of ``mylab/nets.py``, and run a hub folder's code).
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -55,6 +56,17 @@ def under_prefixes(name: str, prefixes: Iterable[str]) -> bool:
     return any(name == p.rstrip(".") or name.startswith(p.rstrip(".") + ".") for p in prefixes)
 
 
+def _resolve(target: str) -> Any:
+    """``hydra.utils.get_object`` without its own ERROR log line: a name that does not resolve is our one line
+    (a walkthrough saw Hydra's three lines printed before it)."""
+    hydra_log = logging.getLogger("hydra.utils")
+    was, hydra_log.disabled = hydra_log.disabled, True
+    try:
+        return get_object(target)
+    finally:
+        hydra_log.disabled = was
+
+
 def _why(err: BaseException) -> str:
     """Why a name did not resolve, in one line: what Hydra's "Error loading 'x.Y'" was raised from (a walkthrough:
     the type alone, ``ImportError``, hid a broken net folder that every ``model=`` choice failed on)."""
@@ -72,7 +84,7 @@ def check_target(target: Any, what: str = "object") -> None:
     if not under_prefixes(target, allowed):
         raise ConfigError(refused)
     try:
-        obj = get_object(target)
+        obj = _resolve(target)
     except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
         raise ConfigError(f"{what} _target_ {target!r} does not resolve ({_why(err)})") from err
     module = getattr(obj, "__module__", None) or ""
@@ -89,7 +101,7 @@ def check_data_target(target: Any, what: str = "data") -> None:
     of the project's ``datamodules`` package: one line naming ``target`` otherwise."""
     packages = ("datamodules", *extra_prefixes())  # allow_targets adds packages, not a way around the rule
     try:
-        obj = get_object(target) if isinstance(target, str) and under_prefixes(target, packages) else None
+        obj = _resolve(target) if isinstance(target, str) and under_prefixes(target, packages) else None
     except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
         raise ConfigError(f"{what} _target_ {target!r} does not resolve ({_why(err)})") from err
     import pytorch_lightning as pl

@@ -82,6 +82,30 @@ def test_a_dangling_link_is_named_not_skipped(tmp_path):
     (kits / "case_00001" / "imaging.nii.gz").symlink_to(tmp_path / "gone" / "imaging.nii.gz")
     with pytest.raises(DataError, match=r"case_00001/imaging\.nii\.gz is a link to a missing file"):
         find_cases(kits, "kits")  # was silently one case fewer (a review)
+    (kits / "case_00001" / "imaging.nii.gz").unlink()
+    (kits / "case_00009").symlink_to(tmp_path / "gone" / "case_00009")
+    with pytest.raises(DataError, match=r"case_00009 is a link to a missing folder"):
+        find_cases(kits, "kits")  # a walkthrough: trained on one case fewer, rc 0
+
+
+def test_lits_cases_in_linked_folders_are_found(tmp_path, caplog):
+    """A walkthrough: ``rglob`` does not follow folder links (Python < 3.13), so LiTS batches linked into the
+    root were left out without a word; a link to a missing folder is a warning naming it."""
+    import logging
+
+    first, second = (write_phantom_dataset(tmp_path / n, "lits", 1, SHAPE) for n in ("b1", "b2"))
+    (second / "volume-0.nii.gz").rename(second / "volume-1.nii.gz")
+    (second / "segmentation-0.nii.gz").rename(second / "segmentation-1.nii.gz")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "batch1").symlink_to(first)
+    (root / "batch2").symlink_to(second)
+    (root / "loop").symlink_to(root)  # a link back up the tree is walked once
+    (root / "batch3").symlink_to(tmp_path / "gone")
+    with caplog.at_level(logging.WARNING, logger="datamodules.layouts"):
+        cases = find_cases(root, "lits")
+    assert [(c.case_id, c.label is not None) for c in cases] == [("volume-0", True), ("volume-1", True)]
+    assert any("batch3 is a link to a missing file or folder" in r.getMessage() for r in caplog.records)
 
 
 def test_patient_split_properties():

@@ -218,6 +218,18 @@ def test_table2_keeps_settings_apart(tmp_path):
     assert all(r["n_seeds"] <= 1 for r in res["table2"])
 
 
+def test_students_of_differently_trained_teachers_are_not_pooled(tmp_path):
+    """A walkthrough: HLFD students of teachers trained 1 and 12 epochs (``distill.teacher.max_epochs``) were one
+    row of three seeds in kd_report, while experiments.report kept them apart."""
+    for name, seed, epochs, dice in (("t1_s1", 1, 1, 0.2), ("t1_s2", 2, 1, 0.4), ("t12_s1", 1, 12, 0.8)):
+        _fake_run(tmp_path, name, "hlfd", "kits", seed, dice, 0.0)
+        cfg = json.loads((tmp_path / name / "config.yaml").read_text())
+        cfg["distill"]["teacher"] = {"max_epochs": epochs}
+        (tmp_path / name / "config.yaml").write_text(json.dumps(cfg))
+    rows = [r for r in kd_report.report(tmp_path)["table1"] if r["method"].startswith("hlfd")]
+    assert sorted((r["n_seeds"], round(r["dsc_mean"], 6)) for r in rows) == [(1, 80.0), (2, 30.0)], rows
+
+
 def test_the_teacher_stamp_follows_what_the_teacher_learns_not_where_the_data_lies(tmp_path):
     """A review: the stamp held the cache key, which hashes ``data.root`` and ``data.num_workers``, so a resume from
     a moved data folder (allowed: ``data.root`` may move) was refused as another teacher."""

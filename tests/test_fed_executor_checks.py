@@ -383,6 +383,19 @@ def test_executor_kind_names_each_executor_group(tmp_path, group, kind):
     assert executor_kind(fed) is None
 
 
+def test_flower_executor_values_a_user_sets_by_hand_are_checked_first(tmp_path):
+    """A walkthrough: ``federation.executor.privacy=dpp`` started the SuperLink and every SuperNode before a cut-off
+    error line, and ``launch=maybe`` ran a rehearsal (so would ``launch=no``)."""
+    with pytest.raises(ConfigError, match=r"^federation.executor.privacy=dpp differs from federation.privacy=none"):
+        _check([*FLOWER, "federation.executor.privacy=dpp"], tmp_path)
+    with pytest.raises(ConfigError, match=r"^federation.executor.privacy=none differs from federation.privacy=dp"):
+        _check([*FLOWER, "federation.privacy=dp", "federation.executor.privacy=none"], tmp_path)
+    for key, value in (("launch", "maybe"), ("stream", "2"), ("node_auth", "no")):
+        with pytest.raises(ConfigError, match=rf"^federation.executor.{key}={value}: must be true or false"):
+            _check([*FLOWER, f"federation.executor.{key}={value}"], tmp_path)
+    _check([*FLOWER, "federation.privacy=secagg", "federation.executor.launch=false"], tmp_path)  # as shipped
+
+
 def test_run_federation_called_directly_refuses_flower_before_any_set_up(tmp_path):
     """``experiments.run.dispatch`` starts a Flower deployment; ``run_federation`` runs inside its ServerApp. A
     review: called directly, it built the server's data and opened a W&B run before the executor refused."""

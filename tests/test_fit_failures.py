@@ -30,6 +30,22 @@ def test_a_failed_job_closes_its_wandb_run(tmp_path, monkeypatch):
     assert "CUDA out of memory (simulated)" in read_run(tmp_path / "run")["summary"]["error"]
 
 
+def test_a_stopped_runs_w_and_b_error_says_how_to_continue(monkeypatch, tmp_path):
+    """A walkthrough: Ctrl-C left ``error: "SystemExit: 1"`` (Lightning's exit on a Ctrl-C) in the W&B summary and
+    SIGTERM ``SIGTERMException: SIGTERMException()``, while the console said how to continue."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from engine import stop
+    from engine.fit import stop_reason
+
+    assert stop_reason(SIGTERMException(), tmp_path) == f"interrupted (SIGTERMException); continue with resume={tmp_path}"
+    assert stop_reason(KeyboardInterrupt(), tmp_path).startswith("interrupted (KeyboardInterrupt); continue with")
+    assert stop_reason(SystemExit(1), tmp_path) == "SystemExit: 1"  # an exit no signal asked for
+    monkeypatch.setitem(stop._requested, "sigint", True)
+    assert stop_reason(SystemExit(1), tmp_path).startswith("interrupted (SystemExit); continue with resume=")
+    assert stop_reason(ValueError("bad\nsecond line"), tmp_path) == "ValueError: bad"
+
+
 def test_resume_true_before_the_first_checkpoint_starts_its_csv_afresh(tmp_path):
     """A review: a run stopped before its first checkpoint, resumed with ``resume=true`` (SLURM's requeue), started
     afresh and appended to the stopped attempt's ``metrics.csv``: every row before the stop was there twice."""

@@ -67,3 +67,15 @@ def test_cpu_steps_are_timed_by_the_clock():
         cb.on_train_batch_end(trainer, None, None, {"image": image}, i)
     cb.on_train_end(trainer, SimpleNamespace(parameters=lambda: [torch.zeros(3)], device=torch.device("cpu")))
     assert cb._images == 6 and cb._seconds > 0 and cb.summary["perf/num_parameters"] == 3.0
+
+
+def test_the_parameter_count_is_the_deployed_nets():
+    """A walkthrough: a distillation's ``perf/num_parameters`` counted its frozen teacher (and adapters), so HLFD's
+    student looked larger than the same student trained without KD."""
+    cb, trainer = Throughput(), SimpleNamespace(world_size=1, loggers=[], global_step=0)
+    cb._flops_done = True
+    student = torch.nn.Linear(2, 1)  # 3 parameters
+    module = SimpleNamespace(net=student, parameters=lambda: [*student.parameters(), torch.zeros(100)],
+                             device=torch.device("cpu"))
+    cb.on_train_end(trainer, module)
+    assert cb.summary["perf/num_parameters"] == 3.0

@@ -276,3 +276,13 @@ def test_a_fast_dev_run_s_teacher_stage_is_a_debug_run(tmp_path):
     assert teacher["job_type"] == "debug" and "debug:fdr" in teacher["tags"], (teacher["job_type"], teacher["tags"])
     assert teacher["name"] == "mine-teacher"  # a name given to the run is the student's
     assert json.loads((tmp_path / "run" / "teacher" / "metrics.json").read_text())["debug"] is True
+
+
+def test_names_past_the_cut_stay_apart():
+    """A walkthrough: two runs differing only in an override past the 128th character shared a name."""
+    from engine.wandb_tracking import short_name
+
+    head = "lits_dnet-dnet-s42-" + ",".join(f"data.synthetic.n_cases={i}" for i in range(5))
+    a, b = short_name(head + ",trainer.limit_train_batches=2"), short_name(head + ",trainer.limit_train_batches=3")
+    assert a != b and len(a) <= 128 and len(b) <= 128 and a.startswith(head[:100])
+    assert short_name("lits_dnet-dnet-s42") == "lits_dnet-dnet-s42"

@@ -71,6 +71,13 @@ def check_flower_privacy(fed: Any) -> None:
                               f"federation/executor=flower or set federation.privacy=none")
         return
     ex = fed.executor
+    given = "none" if ex.get("privacy") is None else str(ex.get("privacy"))
+    if given != privacy:  # a walkthrough: executor.privacy=dpp started every process, then a cut-off traceback line
+        raise ConfigError(f"federation.executor.privacy={given} differs from federation.privacy={privacy}: "
+                          f"set federation.privacy (none, dp or secagg), which the executor follows")
+    for key in ("launch", "stream", "node_auth"):  # a walkthrough: launch=maybe (and launch=no) started a rehearsal
+        if ex.get(key) is not None and not isinstance(ex.get(key), bool):
+            raise ConfigError(f"federation.executor.{key}={ex.get(key)}: must be true or false")
     _number("federation.executor.timeout_s", ex.get("timeout_s"), 0, allow_none=True)
     _number("federation.executor.connect_timeout_s", ex.get("connect_timeout_s", 180.0), 0)
     if privacy == "dp":
