@@ -185,28 +185,54 @@ def _job_type_given() -> bool:
 IDENTITY_FILE = "wandb_identity.json"
 
 
+def _under_hydra() -> bool:
+    """Whether this process runs a Hydra command (the Flower ServerApp does not: it reads a written config)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.get()
+        return True
+    except (ValueError, ImportError):
+        return False
+
+
+def _kept_facts(kept: Any) -> dict[str, Any] | None:
+    """The run facts a launcher kept (``wandb_identity.json``'s ``facts``: short strings and numbers), else None."""
+    facts = kept.get("facts") if isinstance(kept, dict) else None
+    if not isinstance(facts, dict) or not all(isinstance(k, str) and isinstance(v, (str, int)) and
+                                              not isinstance(v, bool) for k, v in facts.items()):
+        return None
+    return {k[:32]: (v[:64] if isinstance(v, str) else v) for k, v in list(facts.items())[:16]}
+
+
 def kept_identity(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
     """A resumed run's W&B name, tags and method overrides as its first start set them (``wandb_identity.json``
     in its run dir, written by global rank 0 then): a review resumed a sweep job with ``resume=<job dir>`` and its
-    run lost the swept values from its name and tags (the command typed to resume it is no sweep)."""
+    run lost the swept values from its name and tags (the command typed to resume it is no sweep). A process that
+    runs no Hydra command (the Flower ServerApp) reads what its launcher kept there, run facts included: a
+    walkthrough found every Flower run named alike, without its overrides, and tagged ``partition:by_group``."""
     from engine.artifacts import atomic_write_text
     from engine.run_files import run_json
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     out = Path(str(cfg.paths.output_dir))
-    kept = run_json(out / IDENTITY_FILE, out) if cfg.get("resume") else None
+    hydra = _under_hydra()
+    path = out / IDENTITY_FILE
+    kept = run_json(path, out) if cfg.get("resume") or (not hydra and path.is_file()) else None
     run = ident["config"]["run"]
     if (isinstance(kept, dict) and isinstance(kept.get("name"), str) and isinstance(kept.get("tags"), list)
             and isinstance(kept.get("overrides"), list)):
         overrides = [str(o) for o in kept["overrides"]]
         facts = {k: v for k, v in run.items() if k not in ("overrides", "method", "sweep")}
+        facts = (None if hydra else _kept_facts(kept)) or facts
         run = {**facts, "overrides": overrides, "method": method_id(facts, overrides)}
         if isinstance(kept.get("sweep"), str):
             run["sweep"] = kept["sweep"][:48]
         return {**ident, "name": kept["name"][:128], "tags": [str(t)[:64] for t in kept["tags"]][:64],
                 "config": {"run": run}}
     if getattr(rank_zero_only, "rank", 0) == 0:
-        first = {"name": ident["name"], "tags": ident["tags"], "overrides": run.get("overrides", [])}
+        first = {"name": ident["name"], "tags": ident["tags"], "overrides": run.get("overrides", []),
+                 "facts": {k: v for k, v in run.items() if k not in ("overrides", "method", "sweep")}}
         if run.get("sweep"):
             first["sweep"] = run["sweep"]
         atomic_write_text(out / IDENTITY_FILE, json.dumps(first) + "\n")

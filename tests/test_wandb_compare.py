@@ -286,3 +286,29 @@ def test_names_past_the_cut_stay_apart():
     a, b = short_name(head + ",trainer.limit_train_batches=2"), short_name(head + ",trainer.limit_train_batches=3")
     assert a != b and len(a) <= 128 and len(b) <= 128 and a.startswith(head[:100])
     assert short_name("lits_dnet-dnet-s42") == "lits_dnet-dnet-s42"
+
+
+def test_a_flower_server_app_names_its_w_and_b_run_as_its_launcher_did(tmp_path, monkeypatch):
+    """A walkthrough: the ServerApp reads a written config and runs no Hydra command, so every Flower run was named
+    ``fed_lits_dnet-dnet-fedavg-by_group-s42`` (no overrides; ``partition:by_group``, ``data:multisitedatamodule``
+    guessed from class names). The launcher keeps the identity in the run dir, and the ServerApp reads it."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from engine.wandb_tracking import with_identity
+    from federation.transports.flower.launch import write_run_config
+
+    cfg = compose_run([*FED, "logger=wandb", "federation/executor=flower"], tmp_path)
+    path = write_run_config(cfg, tmp_path / "run" / "flower")
+    launcher = json.loads((tmp_path / "run" / "wandb_identity.json").read_text())
+    assert launcher["name"].startswith("fed_lits_dnet-dnet-fedavg-by_site-s42-model.width=4,"), launcher["name"]
+
+    def no_hydra():
+        raise ValueError("HydraConfig was not set")
+
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(no_hydra))
+    served = OmegaConf.load(path)
+    ident = with_identity(served, served.logger.wandb)  # as the ServerApp's build_loggers does
+    assert ident.name == launcher["name"] and list(ident.tags) == launcher["tags"]
+    run = ident.config["run"]
+    assert (run["partition"], run["data"]) == ("by_site", "multisite_lits") and "federation.rounds=2" in run["overrides"]

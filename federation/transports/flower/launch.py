@@ -67,7 +67,14 @@ def _raise_terminate(signum: int, frame: Any) -> None:
 
 
 def write_run_config(cfg: DictConfig, fdir: Path) -> Path:
-    """The resolved experiment config the ServerApp reads (``cfg-path``), with an absolute output dir."""
+    """The resolved experiment config the ServerApp reads (``cfg-path``), with an absolute output dir; and the W&B
+    run's name, tags and facts, which only this Hydra command knows, kept in the run dir for the ServerApp
+    (:func:`engine.wandb_tracking.kept_identity`)."""
+    wandb = OmegaConf.select(cfg, "logger.wandb", default=None)
+    if isinstance(wandb, DictConfig) and str(wandb.get("_target_", "")).endswith("WandbLogger"):
+        from engine.wandb_tracking import with_identity
+
+        with_identity(cfg, wandb)  # writes <run dir>/wandb_identity.json (a resumed run keeps its first one)
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain["paths"]["output_dir"] = str(Path(cfg.paths.output_dir).resolve())
     path = fdir / "config.yaml"
