@@ -50,7 +50,8 @@ from engine.distill import run_distillation, segmentation_cfg, teacher_loss
 from engine.fit import output_dir, train_and_test
 from engine.wandb_tracking import debug_mode
 from federation.deploy import keeps_local
-from federation.fed_distill_config import FED_ARMS, LOCAL_ARMS, check_config, check_kd_pair, site_cfg, site_names
+from federation.fed_distill_config import (FED_ARMS, LOCAL_ARMS, check_config, check_kd_pair, in_experiment_group,
+                                           site_cfg, site_names)
 from federation.fed_distill_eval import evaluate_run
 from federation.fed_distill_weights import TEACHER_DIR, global_weights, save_state, site_teacher
 
@@ -68,6 +69,7 @@ def teacher_stage_cfg(cfg: DictConfig) -> DictConfig:
     with open_dict(tcfg):
         del tcfg["distill"], tcfg["fed_distill"]
         tcfg.exp_name = f"{cfg.get('exp_name', 'fed_distill')}_teacher"
+        in_experiment_group(tcfg, cfg, "teacher")
         tcfg.module.scheduler = cfg.fed_distill.get("teacher_scheduler")  # rounds restart local optimisers
         if (out / "server.pt").is_file():
             tcfg.resume = True  # an interrupted federation continues after its last completed round
@@ -155,6 +157,7 @@ def student_stage_cfg(cfg: DictConfig, arm: str, fed_teacher: Path | None) -> Di
     with open_dict(scfg):
         del scfg["fed_distill"]
         scfg.exp_name = f"{cfg.get('exp_name', 'fed_distill')}_{arm}"
+        in_experiment_group(scfg, cfg)
         scfg.module.scheduler = cfg.fed_distill.get("student_scheduler")  # rounds restart local optimisers
         if cfg.fed_distill.get("student_rounds") is not None:
             scfg.federation.rounds = int(cfg.fed_distill.student_rounds)

@@ -125,6 +125,17 @@ def _real_deployment(cfg: DictConfig) -> bool:
     return launches(cfg) and OmegaConf.select(cfg, "federation.executor.launch", default=True) is False
 
 
+def in_experiment_group(new: DictConfig, cfg: DictConfig, job_type: str | None = None) -> None:
+    """A stage's W&B run in the experiment's group (``logger.wandb.group``, which follows ``exp_name``, renamed per
+    stage): a walkthrough found each stage and site arm a group of its own, so ``group = fed_kits_hlfd`` found
+    nothing; ``job_type`` tells a teacher stage from the students'. Call it inside ``open_dict(new)``."""
+    wandb = OmegaConf.select(new, "logger.wandb", default=None)
+    if isinstance(wandb, DictConfig):
+        wandb.group = str(cfg.get("exp_name", "fed_distill"))
+        if job_type:
+            wandb.job_type = job_type
+
+
 def site_cfg(cfg: DictConfig, site: str, arm: str, teacher_ckpt: Path | None = None) -> DictConfig:
     """A centralised distillation config on ``site``'s data only, writing into ``<run>/sites/<site>/<arm>``."""
     new = copy.deepcopy(cfg)
@@ -137,6 +148,7 @@ def site_cfg(cfg: DictConfig, site: str, arm: str, teacher_ckpt: Path | None = N
         new.data = data
         new.paths.output_dir = str(output_dir(cfg) / "sites" / site / arm)
         new.exp_name = f"{cfg.get('exp_name', 'fed_distill')}_{site}_{arm}"
+        in_experiment_group(new, cfg, "teacher" if arm == "teacher_local" else None)
         new.distill.method = "none" if arm == "none" else ("teacher" if arm == "teacher_local"
                                                             else str(cfg.distill.method))
         new.distill.teacher.ckpt = str(teacher_ckpt) if teacher_ckpt is not None else None

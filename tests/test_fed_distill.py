@@ -141,6 +141,23 @@ def test_stage_configs(tiny_run):
     assert ncfg.module._target_.endswith("SegmentationModule") and ncfg.model == cfg.model and "distill" not in ncfg
 
 
+def test_every_stage_logs_to_the_experiments_w_and_b_group(tmp_path):
+    """A walkthrough: each stage and site arm renames ``exp_name``, which the W&B group follows, so the run was
+    eight groups (``fed_kits_hlfd_teacher``, ``fed_kits_hlfd_site_a_none``...) and ``group = fed_kits_hlfd`` found
+    nothing; the teacher stages are ``job_type: teacher``."""
+    cfg = compose_run(["+exp=fed_kits_hlfd", *[o for o in TINY if o != "logger=csv"], "logger=wandb"], tmp_path)
+    teacher = tmp_path / "run" / "teacher" / "global_best.pt"
+    stages = {"teacher": fed_distill.teacher_stage_cfg(cfg),
+              "fed_none": fed_distill.student_stage_cfg(cfg, "fed_none", teacher),
+              "site_b none": fed_distill_config.site_cfg(cfg, "site_b", "none"),
+              "site_b teacher_local": fed_distill_config.site_cfg(cfg, "site_b", "teacher_local")}
+    groups = {k: (c.logger.wandb.group, c.logger.wandb.job_type, c.exp_name) for k, c in stages.items()}
+    assert {k: g[:2] for k, g in groups.items()} == {
+        "teacher": ("fed_kits_hlfd", "teacher"), "fed_none": ("fed_kits_hlfd", "train"),
+        "site_b none": ("fed_kits_hlfd", "train"), "site_b teacher_local": ("fed_kits_hlfd", "teacher")}, groups
+    assert groups["teacher"][2] == "fed_kits_hlfd_teacher"  # the stage's own name (its runs' names and folders)
+
+
 def test_fedbn_federated_student_loads_each_sites_own_teacher(tiny_run):
     """With FedBN each client of fed_hlfd distils from its own site's teacher (federation.client_module)."""
     from federation.errors import FederationError
