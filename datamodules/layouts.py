@@ -82,14 +82,18 @@ def _is_nifti(p: Path) -> bool:
 def _tree(root: Path) -> list[Path]:
     """Every file name under ``root``, through linked folders (``rglob`` does not follow them before Python 3.13: a
     walkthrough's LiTS batches linked in were silently left out), each real folder once; a link to a missing folder
-    or file is a warning naming it (a LiTS case in it is missing; a dangling ``volume-*`` is an error, ``_file``)."""
-    files, seen = [], set()
+    or file is a warning naming it (a LiTS case in it is missing; a dangling ``volume-*`` is an error, ``_file``).
+    Hidden folders (the slice ``.cache``, perhaps linked to a scratch disk) and links to a folder above ``root``
+    (its sibling datasets) are not walked (a review); folders are walked in name order, so the same link wins on
+    every machine."""
+    files, seen, top = [], set(), os.path.realpath(root)
     for folder, dirs, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
-        if real in seen:  # a link back up the tree
+        if real in seen or (top.startswith(real + os.sep) if real != top else False):  # walked, or above root
             dirs[:] = []
             continue
         seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in names:
             path = Path(folder) / name
             if path.is_symlink() and not path.exists() and not name.startswith(("volume-", "segmentation-")):

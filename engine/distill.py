@@ -280,6 +280,9 @@ def run_distillation(cfg: DictConfig) -> dict[str, Any]:
     if cfg.distill.get("loss") is None:
         raise ConfigError(f"distill.method={method!r} has no distill.loss; valid methods: teacher, none, or a KD loss")
     # the KD loss's _target_ before a teacher is trained for it (a walkthrough: a typo was reported after the teacher)
+    if not isinstance(cfg.distill.loss, DictConfig) or "_target_" not in cfg.distill.loss:
+        raise ConfigError(f"distill.loss={str(cfg.distill.loss)[:80]}: expected a KD loss config with a _target_ "
+                          f"(pick a method with distill=<name>, e.g. distill=hlfd)")
     check_targets(OmegaConf.to_container(cfg.distill.loss, resolve=True), "distill.loss")
     check_padding_before_the_teacher(cfg)
     if not cfg.get("train", True) and not cfg.get("ckpt_path") and not (

@@ -201,20 +201,22 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
                 on_tested(module)
             _report(cfg, module, metrics, trainer)
     except BaseException as exc:  # a review: a failed sweep job left its W&B run open and the next job logged
-        finish_wandb(trainer.loggers, exit_code=1, error=stop_reason(exc, out))  # into it (Lightning reuses an
+        finish_wandb(trainer.loggers, exit_code=1, error=stop_reason(exc))  # into it (Lightning reuses an
         raise  # open wandb.run)
     finish_wandb(trainer.loggers)  # its summary and config are written to disk
     return metrics
 
 
-def stop_reason(exc: BaseException, out: Path) -> str:
+def stop_reason(exc: BaseException) -> str:
     """What a W&B run's ``error`` says of ``exc``: a stop (Ctrl-C, SIGTERM; Lightning turns Ctrl-C into
-    ``SystemExit(1)``) as how to continue it (a walkthrough read ``SystemExit: 1``), anything else as one line."""
+    ``SystemExit(1)``, and an error raised while a stop is acted on is that stop) as a stop (a walkthrough read
+    ``SystemExit: 1``), anything else as one line. How to continue is the console's line: a sub-run (a teacher, a
+    site arm) is continued through its parent run, and a run with nothing saved yet is run again (a review)."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    stopped = stop.requested("sigint") or stop.requested()
-    if isinstance(exc, (KeyboardInterrupt, SIGTERMException)) or (isinstance(exc, SystemExit) and stopped):
-        return f"interrupted ({type(exc).__name__}); continue with resume={out}"
+    if stop.requested("sigint") or stop.requested() or isinstance(exc, (KeyboardInterrupt, SIGTERMException)):
+        signame = "SIGINT" if stop.requested("sigint") or isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        return f"interrupted by {signame}; the console's last line and run.log say how to continue it"
     return one_line(exc)
 
 

@@ -175,7 +175,7 @@ def sweep_name() -> str | None:
 DEBUG_JOB_TYPE = "debug"
 
 
-def _job_type_given() -> bool:
+def job_type_given() -> bool:
     """Whether the command line sets a logger's ``job_type`` (``logger.wandb.job_type=eval``)."""
     from engine.debug import command_line_keys
 
@@ -251,9 +251,9 @@ def with_identity(cfg: DictConfig, logger_cfg: DictConfig) -> DictConfig:
     ident = kept_identity(cfg, {**ident, "name": plain.get("name") or ident["name"],
                                 "tags": list(dict.fromkeys([*(plain.get("tags") or []), *ident["tags"]]))})
     plain["name"], plain["tags"], plain["config"] = ident["name"], ident["tags"], ident["config"]
-    if "debug" in ident["config"]["run"] and not _job_type_given():
+    if "debug" in ident["config"]["run"] and not job_type_given():
         plain["job_type"] = DEBUG_JOB_TYPE
-    elif ident["config"]["run"].get("distill") == TEACHER_STAGE and not _job_type_given():
+    elif ident["config"]["run"].get("distill") == TEACHER_STAGE and not job_type_given():
         plain["job_type"] = "teacher"
     plain["_convert_"] = "all"  # wandb.init wants a plain dict, not a DictConfig
     return OmegaConf.create(plain)

@@ -113,7 +113,8 @@ def _setting(cfg: dict, distill: dict, loss: dict, protocol: str) -> dict[str, s
     kd = {k: v for k, v in loss.items() if k not in ("beta", "lam")}
     # a later review: phantoms and real KiTS (data.root), 20 and 100 epochs, 64 and 128 px were pooled as seeds
     # a walkthrough: HLFD students of teachers trained 1 and 12 epochs were pooled as seeds of one row
-    trained = {k: teacher.get(k) for k in ("max_epochs", "loss", "data", "ckpt") if teacher.get(k) is not None}
+    # (a given teacher file is no key: one file per seed would make one-run rows, a review)
+    trained = {k: teacher.get(k) for k in ("max_epochs", "loss", "data") if teacher.get(k) is not None}
     return {"protocol": protocol, "teacher": _net(teacher.get("model")), "student": _net(cfg.get("model")),
             "teacher training": plain_text(json.dumps(trained, sort_keys=True, default=str), 300),
             "train_cases": plain_text(data.get("train_cases"), 20),

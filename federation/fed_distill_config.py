@@ -129,10 +129,13 @@ def in_experiment_group(new: DictConfig, cfg: DictConfig, job_type: str | None =
     """A stage's W&B run in the experiment's group (``logger.wandb.group``, which follows ``exp_name``, renamed per
     stage): a walkthrough found each stage and site arm a group of its own, so ``group = fed_kits_hlfd`` found
     nothing; ``job_type`` tells a teacher stage from the students'. Call it inside ``open_dict(new)``."""
+    from engine.wandb_tracking import job_type_given
+
     wandb = OmegaConf.select(new, "logger.wandb", default=None)
-    if isinstance(wandb, DictConfig):
-        wandb.group = str(cfg.get("exp_name", "fed_distill"))
-        if job_type:
+    if isinstance(wandb, DictConfig):  # the experiment's group, or one the command line gave (a review)
+        given = OmegaConf.select(cfg, "logger.wandb.group", default=None)  # ${exp_name}: the parent's name
+        wandb.group = str(given or cfg.get("exp_name", "fed_distill"))
+        if job_type and not job_type_given():
             wandb.job_type = job_type
 
 

@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -56,15 +57,19 @@ def under_prefixes(name: str, prefixes: Iterable[str]) -> bool:
     return any(name == p.rstrip(".") or name.startswith(p.rstrip(".") + ".") for p in prefixes)
 
 
+_QUIET = threading.Lock()
+
+
 def _resolve(target: str) -> Any:
     """``hydra.utils.get_object`` without its own ERROR log line: a name that does not resolve is our one line
     (a walkthrough saw Hydra's three lines printed before it)."""
     hydra_log = logging.getLogger("hydra.utils")
-    was, hydra_log.disabled = hydra_log.disabled, True
-    try:
-        return get_object(target)
-    finally:
-        hydra_log.disabled = was
+    with _QUIET:  # one thread at a time: two interleaved could leave the logger off for good (a review)
+        was, hydra_log.disabled = hydra_log.disabled, True
+        try:
+            return get_object(target)
+        finally:
+            hydra_log.disabled = was
 
 
 def _why(err: BaseException) -> str:

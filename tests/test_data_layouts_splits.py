@@ -101,6 +101,11 @@ def test_lits_cases_in_linked_folders_are_found(tmp_path, caplog):
     (root / "batch1").symlink_to(first)
     (root / "batch2").symlink_to(second)
     (root / "loop").symlink_to(root)  # a link back up the tree is walked once
+    sibling = write_phantom_dataset(tmp_path / "sibling", "lits", 1, SHAPE)
+    (sibling / "volume-0.nii.gz").rename(sibling / "volume-5.nii.gz")
+    (root / "up").symlink_to(tmp_path)  # a folder above the root (its sibling datasets) is not walked
+    (root / ".cache").mkdir()  # nor a hidden one (the slice cache)
+    (root / ".cache" / "volume-7.nii.gz").write_bytes(b"")
     (root / "batch3").symlink_to(tmp_path / "gone")
     with caplog.at_level(logging.WARNING, logger="datamodules.layouts"):
         cases = find_cases(root, "lits")

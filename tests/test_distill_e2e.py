@@ -247,3 +247,17 @@ def test_the_teacher_stamp_follows_what_the_teacher_learns_not_where_the_data_li
     sites = ["+exp=kits_hlfd", "data=multisite_kits", "logger=csv"]
     # each site's root follows data.root
     assert stamp([*sites, f"data.root={tmp_path / 'moved'}"]) == stamp(sites)
+
+
+@pytest.mark.parametrize("bad", ["distill.loss=hlfd", "distill.loss._target_=lightning_modules.losses.kd.HLFDLos",
+                                 "~distill.loss._target_"])
+def test_a_bad_kd_loss_is_one_line_before_a_teacher_trains(tmp_path, bad):
+    """A walkthrough: a typo in the loss's ``_target_`` was reported after the teacher had trained (hours at paper
+    size); a review: ``distill.loss=hlfd`` (a string) was a traceback, and a loss without ``_target_`` passed."""
+    from engine.distill import run_distillation
+    from engine.errors import ConfigError
+
+    cfg = compose_run(["+exp=kits_hlfd", *TINY, bad], tmp_path)
+    with pytest.raises(ConfigError, match=r"^distill.loss"):
+        run_distillation(cfg)
+    assert not (tmp_path / "run" / "teacher").exists() and not (tmp_path / "data" / "teachers").exists()

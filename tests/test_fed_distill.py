@@ -156,6 +156,9 @@ def test_every_stage_logs_to_the_experiments_w_and_b_group(tmp_path):
         "teacher": ("fed_kits_hlfd", "teacher"), "fed_none": ("fed_kits_hlfd", "train"),
         "site_b none": ("fed_kits_hlfd", "train"), "site_b teacher_local": ("fed_kits_hlfd", "teacher")}, groups
     assert groups["teacher"][2] == "fed_kits_hlfd_teacher"  # the stage's own name (its runs' names and folders)
+    mine = compose_run(["+exp=fed_kits_hlfd", *[o for o in TINY if o != "logger=csv"], "logger=wandb",
+                        "logger.wandb.group=my_sweep"], tmp_path / "mine")
+    assert fed_distill.teacher_stage_cfg(mine).logger.wandb.group == "my_sweep"  # a given group is kept (a review)
 
 
 def test_fedbn_federated_student_loads_each_sites_own_teacher(tiny_run):

@@ -38,12 +38,14 @@ def test_a_stopped_runs_w_and_b_error_says_how_to_continue(monkeypatch, tmp_path
     from engine import stop
     from engine.fit import stop_reason
 
-    assert stop_reason(SIGTERMException(), tmp_path) == f"interrupted (SIGTERMException); continue with resume={tmp_path}"
-    assert stop_reason(KeyboardInterrupt(), tmp_path).startswith("interrupted (KeyboardInterrupt); continue with")
-    assert stop_reason(SystemExit(1), tmp_path) == "SystemExit: 1"  # an exit no signal asked for
+    assert stop_reason(SIGTERMException()).startswith("interrupted by SIGTERM; the console's last line and run.log")
+    assert stop_reason(KeyboardInterrupt()).startswith("interrupted by SIGINT;")
+    assert stop_reason(SystemExit(1)) == "SystemExit: 1"  # an exit no signal asked for
     monkeypatch.setitem(stop._requested, "sigint", True)
-    assert stop_reason(SystemExit(1), tmp_path).startswith("interrupted (SystemExit); continue with resume=")
-    assert stop_reason(ValueError("bad\nsecond line"), tmp_path) == "ValueError: bad"
+    assert stop_reason(SystemExit(1)).startswith("interrupted by SIGINT;")
+    assert stop_reason(ValueError("raised while stopping")).startswith("interrupted by SIGINT;")
+    monkeypatch.setitem(stop._requested, "sigint", False)
+    assert stop_reason(ValueError("bad\nsecond line")) == "ValueError: bad"
 
 
 def test_resume_true_before_the_first_checkpoint_starts_its_csv_afresh(tmp_path):
