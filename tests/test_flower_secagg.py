@@ -343,7 +343,7 @@ def test_dp_withholds_the_sites_validation_metrics_unless_released(grid_env):
     fed = OmegaConf.create({"privacy": "dp", "strategy": {"_target_": "federation.core.strategies.DataSharing",
                                                           "mode": "part"},
                             "executor": {"_target_": "federation.transports.flower.executor.FlowerExecutor",
-                                         "dp": {**dp, "release_metrics": False}}})
+                                         "privacy": "dp", "dp": {**dp, "release_metrics": False}}})
     with pytest.raises(ConfigError, match="allocates by each site's accuracy.*release_metrics=true"):
         check_flower_privacy(fed)  # before any process starts, not after a round trained
     fed.executor.dp.release_metrics = "yes"
