@@ -196,35 +196,21 @@ def _under_hydra() -> bool:
         return False
 
 
-def _kept_facts(kept: Any) -> dict[str, Any] | None:
-    """The run facts a launcher kept (``wandb_identity.json``'s ``facts``: short strings and numbers), else None."""
-    facts = kept.get("facts") if isinstance(kept, dict) else None
-    if not isinstance(facts, dict) or not all(isinstance(k, str) and isinstance(v, (str, int)) and
-                                              not isinstance(v, bool) for k, v in facts.items()):
-        return None
-    return {k[:32]: (v[:64] if isinstance(v, str) else v) for k, v in list(facts.items())[:16]}
-
-
 def kept_identity(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
     """A resumed run's W&B name, tags and method overrides as its first start set them (``wandb_identity.json``
     in its run dir, written by global rank 0 then): a review resumed a sweep job with ``resume=<job dir>`` and its
-    run lost the swept values from its name and tags (the command typed to resume it is no sweep). A process that
-    runs no Hydra command (the Flower ServerApp) reads what its launcher kept there, run facts included: a
-    walkthrough found every Flower run named alike, without its overrides, and tagged ``partition:by_group``."""
+    run lost the swept values from its name and tags (the command typed to resume it is no sweep)."""
     from engine.artifacts import atomic_write_text
     from engine.run_files import run_json
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     out = Path(str(cfg.paths.output_dir))
-    hydra = _under_hydra()
-    path = out / IDENTITY_FILE
-    kept = run_json(path, out) if cfg.get("resume") or (not hydra and path.is_file()) else None
+    kept = run_json(out / IDENTITY_FILE, out) if cfg.get("resume") else None
     run = ident["config"]["run"]
     if (isinstance(kept, dict) and isinstance(kept.get("name"), str) and isinstance(kept.get("tags"), list)
             and isinstance(kept.get("overrides"), list)):
         overrides = [str(o) for o in kept["overrides"]]
         facts = {k: v for k, v in run.items() if k not in ("overrides", "method", "sweep")}
-        facts = (None if hydra else _kept_facts(kept)) or facts
         run = {**facts, "overrides": overrides, "method": method_id(facts, overrides)}
         if isinstance(kept.get("sweep"), str):
             run["sweep"] = kept["sweep"][:48]
@@ -239,14 +225,29 @@ def kept_identity(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
     return ident
 
 
+def carried_identity(logger_cfg: DictConfig) -> bool:
+    """Whether ``logger_cfg`` already holds a launcher's W&B identity (a written config read by a process that runs
+    no Hydra command, the Flower ServerApp): its ``config.run`` names the experiment. A walkthrough found every
+    Flower run named alike (no overrides; ``partition:by_group`` guessed from class names), and a later review the
+    flaws of keeping it in a side file beside the run (a copied config had none; a reused folder lent the earlier
+    run's name; a logger under another key wrote none)."""
+    run = OmegaConf.select(logger_cfg, "config.run", default=None)
+    return (not _under_hydra() and isinstance(run, DictConfig) and isinstance(run.get("exp"), str)
+            and isinstance(logger_cfg.get("name"), str))
+
+
 def with_identity(cfg: DictConfig, logger_cfg: DictConfig) -> DictConfig:
     """``logger_cfg`` (a WandbLogger config) with :func:`run_identity`'s name, tags and ``config``; a name
     set in ``logger.wandb.name`` is kept, given tags come first. A debug run (``debug=<mode>``, centralised or
     federated) has ``job_type`` ``debug`` (unless the command line sets it) and the tag ``debug:<mode>``, so
     a dashboard filtering ``group = <exp>`` can leave debug runs out (they shared the real runs' name, tags and
-    ``job_type: train``)."""
-    ident = run_identity(cfg)
+    ``job_type: train``). One that carries its identity (:func:`carried_identity`) is used as written."""
     plain = OmegaConf.to_container(logger_cfg, resolve=True)
+    if carried_identity(logger_cfg):
+        plain["tags"] = [str(t)[:64] for t in plain.get("tags") or []][:64]
+        plain["name"], plain["_convert_"] = short_name(plain["name"]), "all"
+        return OmegaConf.create(plain)
+    ident = run_identity(cfg)
     # the name and tags as used (a given logger.wandb.name included), kept for a resume of this run dir
     ident = kept_identity(cfg, {**ident, "name": plain.get("name") or ident["name"],
                                 "tags": list(dict.fromkeys([*(plain.get("tags") or []), *ident["tags"]]))})

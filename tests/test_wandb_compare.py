@@ -291,7 +291,11 @@ def test_names_past_the_cut_stay_apart():
 def test_a_flower_server_app_names_its_w_and_b_run_as_its_launcher_did(tmp_path, monkeypatch):
     """A walkthrough: the ServerApp reads a written config and runs no Hydra command, so every Flower run was named
     ``fed_lits_dnet-dnet-fedavg-by_group-s42`` (no overrides; ``partition:by_group``, ``data:multisitedatamodule``
-    guessed from class names). The launcher keeps the identity in the run dir, and the ServerApp reads it."""
+    guessed from class names). The written config carries the launcher's identity, in every W&B logger whatever
+    its key; a review: kept in a side file beside the run, a copied config lost it and a reused folder lent the
+    earlier run's name."""
+    import shutil
+
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
@@ -299,16 +303,28 @@ def test_a_flower_server_app_names_its_w_and_b_run_as_its_launcher_did(tmp_path,
     from federation.transports.flower.launch import write_run_config
 
     cfg = compose_run([*FED, "logger=wandb", "federation/executor=flower"], tmp_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.logger["team"] = cfg.logger.wandb  # a second W&B logger under a key of the user's
     path = write_run_config(cfg, tmp_path / "run" / "flower")
-    launcher = json.loads((tmp_path / "run" / "wandb_identity.json").read_text())
-    assert launcher["name"].startswith("fed_lits_dnet-dnet-fedavg-by_site-s42-model.width=4,"), launcher["name"]
+    elsewhere = tmp_path / "copied" / "config.yaml"  # a config copied to another host: no run dir beside it
+    elsewhere.parent.mkdir()
+    shutil.copy(path, elsewhere)
+    (tmp_path / "run" / "wandb_identity.json").write_text(json.dumps(  # an earlier run's identity in the folder
+        {"name": "earlier", "tags": ["earlier"], "overrides": [], "facts": {"exp": "earlier"}}))
 
     def no_hydra():
         raise ValueError("HydraConfig was not set")
 
     monkeypatch.setattr(HydraConfig, "get", staticmethod(no_hydra))
-    served = OmegaConf.load(path)
-    ident = with_identity(served, served.logger.wandb)  # as the ServerApp's build_loggers does
-    assert ident.name == launcher["name"] and list(ident.tags) == launcher["tags"]
-    run = ident.config["run"]
-    assert (run["partition"], run["data"]) == ("by_site", "multisite_lits") and "federation.rounds=2" in run["overrides"]
+    served = OmegaConf.load(elsewhere)
+    for key in ("wandb", "team"):
+        ident = with_identity(served, served.logger[key])  # as the ServerApp's build_loggers does
+        assert ident.name.startswith("fed_lits_dnet-dnet-fedavg-by_site-s42-model.width=4,"), ident.name
+        assert "partition:by_site" in ident.tags and "earlier" not in ident.tags
+        run = ident.config["run"]
+        assert (run["partition"], run["data"]) == ("by_site", "multisite_lits")
+        assert "federation.rounds=2" in run["overrides"]
+    plain = OmegaConf.create({"_target_": "pytorch_lightning.loggers.WandbLogger", "project": "p"})
+    assert with_identity(served, plain).name != "earlier"  # a hand-written config: its own, never the folder's
+
+

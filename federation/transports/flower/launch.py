@@ -67,16 +67,18 @@ def _raise_terminate(signum: int, frame: Any) -> None:
 
 
 def write_run_config(cfg: DictConfig, fdir: Path) -> Path:
-    """The resolved experiment config the ServerApp reads (``cfg-path``), with an absolute output dir; and the W&B
-    run's name, tags and facts, which only this Hydra command knows, kept in the run dir for the ServerApp
-    (:func:`engine.wandb_tracking.kept_identity`)."""
-    wandb = OmegaConf.select(cfg, "logger.wandb", default=None)
-    if isinstance(wandb, DictConfig) and str(wandb.get("_target_", "")).endswith("WandbLogger"):
-        from engine.wandb_tracking import with_identity
+    """The resolved experiment config the ServerApp reads (``cfg-path``), with an absolute output dir; each W&B
+    logger in it carries the run's name, tags, facts and job type, which only this Hydra command knows
+    (:func:`engine.wandb_tracking.carried_identity`)."""
+    from engine.wandb_tracking import with_identity
 
-        with_identity(cfg, wandb)  # writes <run dir>/wandb_identity.json (a resumed run keeps its first one)
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain["paths"]["output_dir"] = str(Path(cfg.paths.output_dir).resolve())
+    for key, lg in (cfg.get("logger") or {}).items():
+        if isinstance(lg, DictConfig) and str(lg.get("_target_", "")).endswith("WandbLogger"):
+            ident = OmegaConf.to_container(with_identity(cfg, lg))  # a resumed run keeps its first identity
+            ident.pop("_convert_", None)
+            plain["logger"][key] = ident
     path = fdir / "config.yaml"
     artifacts.atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(plain)))
     return path
