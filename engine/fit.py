@@ -147,7 +147,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         init_counts = init_from_config(cfg, module.net)
     elif train and cfg.get("init_weights"):  # resumed: the counts of how it started, for metrics.json (the weights
         init_counts = init_from_config(cfg, copy.deepcopy(module.net), quiet=True)  # trained are last.ckpt's)
-    callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg, wandb=not OmegaConf.select(cfg, "trainer.fast_dev_run", default=False))
     if not loggers:  # `~logger`: nothing records the learning rate, and Lightning refuses the monitor
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers)

@@ -126,11 +126,13 @@ def wandb_run_id(output_dir: str | Path, given: Any = None) -> str:
     return run_id
 
 
-def build_loggers(cfg: DictConfig, job_type: str | None = None) -> list[Any]:
-    """Loggers of ``cfg.logger``; a W&B logger gets the run dir's stable id (and ``resume='allow'``)."""
+def build_loggers(cfg: DictConfig, job_type: str | None = None, wandb: bool = True) -> list[Any]:
+    """Loggers of ``cfg.logger``; a W&B logger gets the run dir's stable id (and ``resume='allow'``). ``wandb=False``
+    leaves W&B loggers out: a fast_dev_run Trainer swaps its loggers for a dummy, so one built there opened no run
+    but left ``wandb_id.txt`` and ``wandb_identity.json`` naming a run that never was (a review)."""
     loggers = []
     for name, lg in (cfg.get("logger") or {}).items():
-        if lg is None or "_target_" not in lg:
+        if lg is None or "_target_" not in lg or (not wandb and str(lg._target_).endswith("WandbLogger")):
             continue
         extra: dict[str, Any] = {}
         if lg._target_.endswith("WandbLogger"):

@@ -221,3 +221,12 @@ def test_a_resumed_csv_log_that_is_no_csv_text_is_one_line(tmp_path):
         with pytest.raises(ConfigError, match=r"metrics\.csv does not read as a CSV log") as info:
             resume(content, name)
         assert str(tmp_path / name / "csv" / "metrics.csv") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_fast_dev_run_leaves_no_w_and_b_files(tmp_path):
+    """A review: a fast_dev_run (its Trainer swaps every logger for a dummy, so no W&B run opens) wrote
+    ``wandb_id.txt`` and ``wandb_identity.json``, which a later ``resume=`` of the folder took for a real run."""
+    cfg = compose_run([*TINY, "logger=default", "++trainer.fast_dev_run=true"], tmp_path)
+    dispatch(cfg)
+    left = {p.name for p in (tmp_path / "run").iterdir()}
+    assert not left & {"wandb", "wandb_id.txt", "wandb_identity.json"}, left
