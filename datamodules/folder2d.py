@@ -88,9 +88,10 @@ class FolderSegmentationDataModule(SliceDataModule):
                  test_image_dir: str | None = None, test_mask_dir: str | None = None,
                  split_file: str | None = None, train_cases: int | None = None,
                  case_shard: Sequence[int] | None = None, window: Sequence[float] | None = None,
-                 background: float = 0.0) -> None:
+                 background: float = 0.0,
+                 augmentation: Sequence[Any] | None = None) -> None:
         super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
-                         rotation_limit, train_slices, train_cases)
+                         rotation_limit, train_slices, train_cases, augmentation)
         self.root = Path(root)
         self.image_dir, self.mask_dir = self.root / image_dir, self.root / mask_dir
         self.image_suffix, self.mask_suffix = image_suffix, mask_suffix

@@ -215,6 +215,9 @@ class PatchVolumeDataModule(VolumeSegmentationDataModule):
         kwargs["image_size"] = None
         kwargs.pop("train_slices", None)
         kwargs.pop("rotation_limit", None)
+        if kwargs.get("augmentation") is not None:  # 2D albumentations; the 3D pipeline is MONAI's
+            raise DataError("data.augmentation is a 2D slice pipeline (albumentations); 3D patches are augmented by "
+                            "MONAI's flips and rotations (data.augment)")
         super().__init__(root, class_names=class_names, **kwargs)
         if self.layout == "covid_stack":  # a review: every case (train and test) was the whole shared stack
             raise DataError("data.layout=covid_stack is one stack of unrelated 2D slices (tr_im.nii.gz), not volumes: "

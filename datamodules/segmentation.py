@@ -90,9 +90,10 @@ class VolumeSegmentationDataModule(SliceDataModule):
                  synthetic: Mapping[str, Any] | None = None, stack_group_size: int = 1,
                  orientation: str | None = "RAS", spacing: Sequence[float] | None = None,
                  normalization: str = "window", ct_stats: Sequence[float] | None = None, train_cases: int | None = None,
-                 class_names: Sequence[str] | None = None, source_classes: Mapping[Any, str] | None = None) -> None:
+                 class_names: Sequence[str] | None = None, source_classes: Mapping[Any, str] | None = None,
+                 augmentation: Sequence[Any] | None = None) -> None:
         super().__init__(val_fraction, test_fraction, seed, batch_size, num_workers, augment,
-                         rotation_limit, train_slices, train_cases)
+                         rotation_limit, train_slices, train_cases, augmentation)
         self.root, self.layout, self.target = Path(root), layout, target
         self.window = tuple(float(v) for v in window)
         self.out_range = tuple(float(v) for v in out_range)

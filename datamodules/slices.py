@@ -121,7 +121,7 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def __init__(self, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
                  batch_size: int = 16, num_workers: int = 0, augment: bool = True,
                  rotation_limit: float = 15.0, train_slices: str | float = 0.25,
-                 train_cases: int | None = None) -> None:
+                 train_cases: int | None = None, augmentation: Sequence[Any] | None = None) -> None:
         super().__init__()
         if not (train_slices in ("all", "foreground") or isinstance(train_slices, (int, float))):
             raise DataError(f"data.train_slices={train_slices!r} must be 'all', 'foreground' or a float")
@@ -130,6 +130,7 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment, self.rotation_limit, self.train_slices = augment, rotation_limit, train_slices
+        self.augmentation = None if augmentation is None else list(augmentation)
         if train_cases is not None and int(train_cases) < 1:
             raise DataError(f"data.train_cases={train_cases!r} must be a positive number of cases or null")
         self.train_cases = None if train_cases is None else int(train_cases)
@@ -154,7 +155,7 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
         self.splits = self.make_splits([c.case_id for c in cases])
         pos = {c.case_id: i for i, c in enumerate(cases)}
         fn = self.label_fn()
-        aug = build_augmentation(self.augment, self.rotation_limit, self.fill_value())
+        aug = build_augmentation(self.augment, self.rotation_limit, self.fill_value(), self.augmentation)
         self.train_dataset = SliceDataset(cases, self._train_items(cases, pos), fn, aug)
         self.val_dataset, self.test_dataset = (
             SliceDataset(cases, [(pos[cid], k) for cid in self.splits[s]

@@ -4,16 +4,21 @@ Random rotation (default limit 15 degrees) and horizontal/vertical flips, as in 
 ``001_b32febb3a09ef2c2.txt`` §3, Implementation Details: "random rotation and flipping were applied").
 Deliberately NO Gaussian noise: the same paper reports that "Gaussian noise augmentation is
 unsuitable for medical images" (it degrades the HU texture the nets rely on for CT).
+``data.augmentation`` (a list of albumentations transforms, each a ``_target_`` config) replaces that default
+pipeline; the transforms are seeded as the default's are (:func:`reseed_from_torch`).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
+
+from datamodules.errors import DataError
 
 
 def reseed_from_torch(transform: Any, last: tuple[int, int] | None) -> tuple[int, int]:
@@ -56,15 +61,17 @@ class SliceAugment:
     """
 
     def __init__(self, rotation_limit: float = 15.0, hflip: bool = True, vflip: bool = True,
-                 p_rotate: float = 0.5, fill: float = 0.0) -> None:
+                 p_rotate: float = 0.5, fill: float = 0.0, transforms: Sequence[Any] | None = None) -> None:
         ops: list[A.BasicTransform] = []
-        if rotation_limit > 0:
+        if transforms is not None:  # data.augmentation: the user's own pipeline replaces the paper's
+            ops = [_transform(t, i) for i, t in enumerate(transforms)]
+        elif rotation_limit > 0:
             ops.append(A.Rotate(limit=rotation_limit, interpolation=cv2.INTER_LINEAR,
                                 border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=0,
                                 mask_interpolation=cv2.INTER_NEAREST, p=p_rotate))
-        if hflip:
+        if hflip and transforms is None:
             ops.append(A.HorizontalFlip(p=0.5))
-        if vflip:
+        if vflip and transforms is None:
             ops.append(A.VerticalFlip(p=0.5))
         self.compose = A.Compose(ops)
         self._seeded: tuple[int, int] | None = None
@@ -79,6 +86,66 @@ class SliceAugment:
         return img, out["mask"]
 
 
-def build_augmentation(enabled: bool, rotation_limit: float = 15.0, fill: float = 0.0) -> SliceAugment | None:
-    """The training augmentation, or None when ``enabled`` is False."""
-    return SliceAugment(rotation_limit=rotation_limit, fill=fill) if enabled else None
+def check_augmentation(items: Any, what: str = "data.augmentation") -> None:
+    """``data.augmentation`` before Hydra builds it: a list of ``{_target_: albumentations.<Transform>, ...}``
+    whose keys the transform takes (composes' ``transforms`` checked alike); anything else is one line naming the
+    item (a walkthrough: a typo in the class was Hydra's multi-line error, one in an argument only a warning)."""
+    import inspect
+
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_class, instantiate
+
+    from lightning_modules.targets import is_augmentation
+
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(items, (DictConfig, ListConfig)):
+        items = OmegaConf.to_container(items, resolve=True)
+    if items is None:
+        return
+    if not isinstance(items, (list, tuple)):
+        raise DataError(f"{what}={items!r} must be a list of albumentations transforms "
+                        f"([{{_target_: albumentations.HorizontalFlip, p: 0.5}}, ...]) or null")
+    for i, item in enumerate(items):
+        where = f"{what}[{i}]"
+        target = item.get("_target_") if isinstance(item, Mapping) else None
+        if not is_augmentation(target, where):
+            raise DataError(f"{where}: {target or item!r} is not an albumentations transform "
+                            f"(each item: {{_target_: albumentations.<Transform>, ...}}; Lambda is not built)")
+        params = inspect.signature(get_class(target)).parameters
+        unknown = sorted(k for k in item if k != "_target_" and k not in params)
+        if unknown:
+            raise DataError(f"{where} ({target}) takes no {', '.join(unknown)}; it takes "
+                            f"{', '.join(k for k in params if k not in ('args', 'kwargs'))}")
+        if "transforms" in item:  # Compose, OneOf, SomeOf, Sequential: their children alike
+            check_augmentation(item["transforms"], f"{where}.transforms")
+        try:  # a value it refuses (p: high): albumentations' pydantic message, on one line
+            instantiate(item)
+        except InstantiationException as err:
+            why = " ".join(str(err.__cause__ or err).split()).split(" For further information")[0]
+            raise DataError(f"{where} ({target}): {why[:300]}") from err
+
+
+def check_augmentations(data: Mapping[str, Any]) -> None:
+    """:func:`check_augmentation` on a data config's ``augmentation`` and on each of its sites' (a multi-site
+    datamodule's sites are built by Hydra with it)."""
+    check_augmentation(data.get("augmentation"))
+    sites = data.get("sites")
+    for name, site in (sites.items() if isinstance(sites, Mapping) else ()):
+        if isinstance(site, Mapping):
+            check_augmentation(site.get("augmentation"), f"data.sites.{name}.augmentation")
+
+
+def _transform(t: Any, i: int) -> Any:
+    """Item ``i`` of ``data.augmentation``, built by Hydra from its ``_target_``; anything else is one line."""
+    if not isinstance(t, (A.BasicTransform, A.BaseCompose)):
+        raise DataError(f"data.augmentation[{i}] is {type(t).__name__}, not an albumentations transform "
+                        f"(each item: {{_target_: albumentations.<Transform>, ...}})")
+    return t
+
+
+def build_augmentation(enabled: bool, rotation_limit: float = 15.0, fill: float = 0.0,
+                       transforms: Sequence[Any] | None = None) -> SliceAugment | None:
+    """The training augmentation, or None when ``enabled`` is False: ``transforms`` (``data.augmentation``, built
+    albumentations transforms) if given, else the paper's rotation and flips."""
+    return SliceAugment(rotation_limit=rotation_limit, fill=fill, transforms=transforms) if enabled else None

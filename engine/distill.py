@@ -88,7 +88,8 @@ def teacher_key(cfg: DictConfig) -> dict[str, Any]:
 
 
 #: what ``distill.teacher.data`` may change: how much of the training split the teacher sees and how it is fed
-TEACHER_DATA_KEYS = ("train_cases", "train_slices", "augment", "rotation_limit", "batch_size", "num_workers")
+TEACHER_DATA_KEYS = ("train_cases", "train_slices", "augment", "augmentation", "rotation_limit", "batch_size",
+                     "num_workers")
 
 
 def teacher_data(cfg: DictConfig) -> DictConfig:

@@ -79,7 +79,7 @@ def resume_keys(saved: Mapping[str, Any]) -> tuple[str, ...]:
     if isinstance(sites, Mapping):
         keys += [f"data.sites.{site}.{k}" for site in sites for k in (*PIXELS, *SOURCE)]
         if isinstance(_plain(saved, "fed_distill"), Mapping):  # finished stages are reused: how they were fed too
-            keys += [f"data.sites.{site}.{k}" for site in sites for k in ("augment", "rotation_limit")]
+            keys += [f"data.sites.{site}.{k}" for site in sites for k in ("augment", "augmentation", "rotation_limit")]
     if isinstance(_plain(saved, "distill"), Mapping):
         keys += DISTILL
     if isinstance(_plain(saved, "federation"), Mapping):

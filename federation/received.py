@@ -3,7 +3,8 @@
 The server's client config is data from the wire, so before anything is built:
 
 * every ``_target_`` must be of the kind a client run builds, judged on the resolved object, not the
-  string: a datamodule class of ``datamodules``, a LightningModule class of ``lightning_modules``, a
+  string: a datamodule class of ``datamodules``, an albumentations transform (``data.augmentation``;
+  :func:`lightning_modules.targets.is_augmentation`), a LightningModule class of ``lightning_modules``, a
   net/loss/optimiser/scheduler class (:func:`lightning_modules.targets.check_target`'s rule), a
   :class:`~federation.core.strategies.Strategy` class, one of the partition functions of
   :data:`~federation.core.partition.PARTITIONERS`, or Lightning's ``Trainer``. Any other function or
@@ -34,7 +35,7 @@ from hydra.utils import get_object
 
 from lightning_modules.errors import ConfigError
 from lightning_modules.targets import (LIBRARY_PACKAGES, PROJECT_PACKAGES, check_target, check_targets,
-                                       extra_prefixes, no_downloads, under_prefixes)
+                                       extra_prefixes, is_augmentation, no_downloads, under_prefixes)
 
 __all__ = ["check_received_config", "check_received_target", "check_server_target", "pin_data_paths", "TEACHER_KEYS"]
 
@@ -55,8 +56,11 @@ def check_received_target(target: Any, what: str = "received config") -> None:
     """One line naming ``target`` unless it is of a kind a client run builds (see the module docstring)."""
     if isinstance(target, str) and target in TRAINERS:
         return
+    if is_augmentation(target, what):  # a slice datamodule's data.augmentation
+        return
     refused = (f"{what} _target_ {target!r} refused: a config received from elsewhere may only build datamodules, "
-               f"LightningModules, nets/losses/optimisers, strategies, partitioners or Lightning's Trainer")
+               f"albumentations transforms, LightningModules, nets/losses/optimisers, strategies, partitioners or "
+               f"Lightning's Trainer")
     extra = extra_prefixes()  # allow_targets adds packages, not a way around the kinds (a security audit)
     if not (isinstance(target, str) and under_prefixes(target, PROJECT_PACKAGES + LIBRARY_PACKAGES + extra)):
         raise ConfigError(refused)

@@ -101,9 +101,32 @@ def check_target(target: Any, what: str = "object") -> None:
         raise ConfigError(refused)  # DistillationModule(teacher_ckpt=<any file>), opened and parsed that file
 
 
+#: the library whose 2D transforms a data config may build (``data.augmentation``, a slice datamodule's pipeline)
+AUGMENTATION_PACKAGE = "albumentations"
+
+
+def is_augmentation(target: Any, what: str = "data") -> bool:
+    """Whether ``target`` names an albumentations transform (or compose) class; its ``Lambda`` left out, whose
+    point is to call whatever it is handed. Raises :class:`ConfigError` for a name under albumentations that
+    does not resolve (a typo is one line, not a refusal)."""
+    if not (isinstance(target, str) and under_prefixes(target, (AUGMENTATION_PACKAGE,))):
+        return False
+    try:
+        obj = _resolve(target)
+    except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
+        raise ConfigError(f"{what} _target_ {target!r} does not resolve ({_why(err)})") from err
+    import albumentations as A
+
+    return (inspect.isclass(obj) and under_prefixes(getattr(obj, "__module__", "") or "", (AUGMENTATION_PACKAGE,))
+            and issubclass(obj, (A.BasicTransform, A.BaseCompose)) and not issubclass(obj, A.Lambda))
+
+
 def check_data_target(target: Any, what: str = "data") -> None:
     """A data config read from a file (a run's ``config.yaml`` beside a checkpoint) may only build classes
-    of the project's ``datamodules`` package: one line naming ``target`` otherwise."""
+    of the project's ``datamodules`` package, and albumentations transforms (:func:`is_augmentation`): one line
+    naming ``target`` otherwise."""
+    if is_augmentation(target, what):
+        return
     packages = ("datamodules", *extra_prefixes())  # allow_targets adds packages, not a way around the rule
     try:
         obj = _resolve(target) if isinstance(target, str) and under_prefixes(target, packages) else None
@@ -114,7 +137,8 @@ def check_data_target(target: Any, what: str = "data") -> None:
     if not (inspect.isclass(obj) and under_prefixes(getattr(obj, "__module__", "") or "", packages)
             and issubclass(obj, pl.LightningDataModule)):
         raise ConfigError(f"{what} _target_ {target!r} refused: a data config read from a file may only build "
-                          f"classes of the project's datamodules package (trust more with allow_targets=[prefix])")
+                          f"classes of the project's datamodules package or albumentations transforms (trust more "
+                          f"with allow_targets=[prefix])")
 
 
 def check_targets(cfg: Any, what: str = "object", check: Any = None) -> None:

@@ -1,0 +1,100 @@
+"""``data.augmentation``: a slice datamodule's 2D pipeline as albumentations ``_target_`` configs (replacing the
+paper's rotation and flips), checked in one line before Hydra builds it, and allowed in configs read from files
+or the network only as albumentations transform classes."""
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import pytest
+
+from datamodules.errors import DataError
+from datamodules.transforms import check_augmentation
+from engine.builders import build_datamodule
+from lightning_modules.errors import ConfigError
+from tests.hydra_helpers import compose_run
+
+TINY = ["+exp=lits_dnet", "data.image_size=32", "data.batch_size=4", "data.synthetic.n_cases=4",
+        "data.synthetic.shape=[40,40,8]"]
+BRIGHTNESS = "{_target_: albumentations.RandomBrightnessContrast, brightness_limit: [0.3, 0.3], contrast_limit: 0, p: 1}"
+
+
+def _train_images(tmp_path, name, *overrides):
+    import pytorch_lightning as pl
+
+    cfg = compose_run([*TINY, *overrides], tmp_path / name)
+    dm = build_datamodule(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    pl.seed_everything(0, verbose=False)
+    items = [dm.train_dataset[i] for i in range(4)]
+    return dm, np.stack([it["image"].numpy() for it in items]), np.stack([it["mask"].numpy() for it in items])
+
+
+def test_the_configured_pipeline_replaces_the_default_and_augments_only_the_image(tmp_path):
+    dm, plain, masks = _train_images(tmp_path, "none", "data.augment=false")
+    aug, images, aug_masks = _train_images(tmp_path, "bright", f"data.augmentation=[{BRIGHTNESS}]")
+    ops = aug.train_dataset.augment.compose.transforms
+    assert [type(t) for t in ops] == [A.RandomBrightnessContrast]  # no rotation, no flips: the config's alone
+    assert np.array_equal(masks, aug_masks)  # a brightness change leaves the masks as they were
+    lit = plain > 0.05  # brightness + 0.3 of the maximum, clipped to [0, 1]
+    assert lit.any() and np.allclose(images[lit], np.clip(plain[lit] + 0.3 * plain.max(), 0, 1), atol=0.02)
+    default, _, _ = _train_images(tmp_path, "default")  # data.augmentation: null keeps the paper's pipeline
+    assert [type(t) for t in default.train_dataset.augment.compose.transforms] == [A.Rotate, A.HorizontalFlip,
+                                                                                   A.VerticalFlip]
+
+
+@pytest.mark.parametrize("items, says", [
+    ([{"_target_": "albumentations.HorizontalFlp"}], "data.augmentation[0] _target_ 'albumentations.HorizontalFlp' "
+                                                      "does not resolve"),
+    ([{"_target_": "albumentations.HorizontalFlip", "q": 0.5}], "data.augmentation[0] (albumentations.HorizontalFlip) "
+                                                               "takes no q; it takes p"),
+    ([{"_target_": "albumentations.HorizontalFlip", "p": "high"}], "data.augmentation[0] (albumentations.HorizontalFlip)"
+                                                                  ": 1 validation error"),
+    ([{"_target_": "os.system", "command": "true"}], "data.augmentation[0]: 'os.system' is not an albumentations"),
+    ([{"_target_": "albumentations.Lambda"}], "data.augmentation[0]: 'albumentations.Lambda' is not an"),
+    ([{"_target_": "albumentations.OneOf", "transforms": [{"_target_": "builtins.print"}]}],
+     "data.augmentation[0].transforms[0]: 'builtins.print' is not an albumentations"),
+    ({"_target_": "albumentations.HorizontalFlip"}, "must be a list of albumentations transforms"),
+])
+def test_a_bad_item_is_one_line_naming_it(items, says):
+    with pytest.raises((DataError, ConfigError)) as err:
+        check_augmentation(items)
+    assert says in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_bad_item_from_the_command_line_exits_with_one_line(tmp_path):
+    cfg = compose_run([*TINY, "data.augmentation=[{_target_: albumentations.HorizontalFlip, q: 0.5}]"], tmp_path)
+    with pytest.raises(DataError, match=r"takes no q"):
+        build_datamodule(cfg.data)
+
+
+def test_configs_read_from_files_or_the_network_may_name_albumentations_transforms_only():
+    from federation.received import check_received_target
+    from lightning_modules.targets import check_data_target, check_targets
+
+    data = {"_target_": "datamodules.segmentation.VolumeSegmentationDataModule",
+            "augmentation": [{"_target_": "albumentations.OneOf", "transforms": [
+                {"_target_": "albumentations.HorizontalFlip"}, {"_target_": "albumentations.Rotate", "limit": 10}]}]}
+    check_targets(data, "run config data", check_data_target)
+    check_targets(data, "received config", check_received_target)
+    for bad in ("albumentations.Lambda", "albumentations.core.serialization.load", "albumentations.BboxParams"):
+        with pytest.raises(ConfigError, match="refused"):
+            check_data_target(bad, "run config data")
+        with pytest.raises(ConfigError, match="refused"):
+            check_received_target(bad)
+
+
+def test_3d_patches_refuse_a_2d_pipeline(tmp_path):
+    from datamodules.patches3d import PatchVolumeDataModule
+
+    with pytest.raises(DataError, match="data.augmentation is a 2D slice pipeline"):
+        PatchVolumeDataModule(str(tmp_path), augmentation=[A.HorizontalFlip()])
+
+
+def test_a_sites_pipeline_is_checked_and_named_by_its_site(tmp_path):
+    """A multi-site datamodule builds its sites itself: a site's bad item names ``data.sites.<site>``."""
+    cfg = compose_run(["+exp=fed_lits_dnet",
+                       "+data.sites.hospital_b.augmentation=[{_target_: albumentations.HorizontalFlip, q: 1}]"], tmp_path)
+    with pytest.raises(DataError, match=r"data.sites.hospital_b.augmentation\[0\] \(albumentations.HorizontalFlip\) "
+                                        r"takes no q"):
+        build_datamodule(cfg.data).prepare_data()
