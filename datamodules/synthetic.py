@@ -13,7 +13,6 @@ The liver is large and homogeneous on purpose, so a small net learns it in a few
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import tempfile
@@ -28,7 +27,7 @@ import numpy as np
 
 from datamodules.errors import DataError
 from datamodules.phantom_anatomy import STRUCTURES, SiteParams, label_volume, make_phantom
-from lightning_modules.atomic import atomic_output
+from lightning_modules.atomic import atomic_output, file_sha256
 
 LAYOUT_LABELS = {"lits": ("liver", "liver_tumor"), "kits": ("kidney", "kidney_tumor"),
                  "msd": ("liver", "liver_tumor")}
@@ -43,14 +42,6 @@ def _paths(root: Path, layout: str, i: int) -> tuple[Path, Path]:
     if layout == "kits":
         return root / f"case_{i:05d}" / "imaging.nii.gz", root / f"case_{i:05d}" / "segmentation.nii.gz"
     return root / "imagesTr" / f"phantom_{i:03d}.nii.gz", root / "labelsTr" / f"phantom_{i:03d}.nii.gz"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -106,7 +97,7 @@ def _own_files(root: Path) -> tuple[dict | None, dict[str, str]]:
         if (Path(name).is_absolute() or ".." in Path(name).parts or path.is_symlink()
                 or not path.resolve().is_relative_to(real_root)):
             raise DataError(f"synthetic: {manifest} lists {name!r}, outside {root}; refusing to touch it")
-        if path.exists() and digest is not None and _sha256(path) != digest:
+        if path.exists() and digest is not None and file_sha256(path) != digest:
             raise DataError(f"synthetic: {path} changed since the generator wrote it; delete {root} to regenerate")
     listed = {Path(n).parts[0] for n in files} | {MANIFEST}
     foreign = [p.name for p in entries if p.name not in listed]
@@ -231,4 +222,4 @@ def _generate(out: Path, layout: str, n_cases: int, shape: Sequence[int], seed: 
                            for i in range(n_cases)]}
         (out / "dataset.json").write_text(json.dumps(ds, indent=1))
         names.append("dataset.json")
-    return {name: _sha256(out / name) for name in names}
+    return {name: file_sha256(out / name) for name in names}

@@ -16,7 +16,6 @@ with the same strict or matching rules against that sub-module's tensors.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
+from lightning_modules.atomic import file_sha256
 from lightning_modules.checkpoints import load_strict, net_state, state_mismatch
 from lightning_modules.errors import CheckpointError, ConfigError
 from lightning_modules.safe_load import load_checkpoint
@@ -87,15 +87,6 @@ def check_init_weights(cfg: DictConfig) -> None:
         cfg[SHA] = file_sha256(cfg[KEY])
     if (cfg.get("module") or {}).get("net") is not None or cfg.get("model") is not None:  # else: at the load itself
         load_init_weights(trained_net(cfg), cfg[KEY], strict, quiet=True, module=module)  # data: nothing in it runs
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of the file's bytes (read in 1 MiB chunks: a large teacher's checkpoint is not held twice)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def trained_net(cfg: DictConfig) -> nn.Module:

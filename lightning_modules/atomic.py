@@ -1,7 +1,9 @@
-"""Atomic file output: write to a temp file beside the target, rename over it on success, else delete it."""
+"""Atomic file output: write to a temp file beside the target, rename over it on success, else delete it; and a
+file's digest (:func:`file_sha256`), which the checks of what was written or loaded compare."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import signal
 import threading
@@ -102,3 +104,12 @@ def save_torch(obj: Any, path: str | Path) -> None:
     line); torch's own path-based writer hides the errno. Stop and requeue signals wait until it is written."""
     with signals_deferred(), atomic_output(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of the file's bytes (read in 1 MiB chunks: a large teacher's checkpoint is not held twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

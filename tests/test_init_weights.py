@@ -513,7 +513,8 @@ def test_a_resume_naming_a_link_to_the_file_it_started_from_is_that_file(tmp_pat
     """A resume compares ``init_weights`` resolved: a symlink to the file the run started from (or the file, for a
     run started from a link) is the same weights, whose bytes :func:`started_file_problem` checks apart; another
     file is still a difference (was: compared as link paths, so the same file by a link was refused)."""
-    from engine.init_weights import SHA, file_sha256, resume_difference, started_file_problem
+    from engine.init_weights import SHA, resume_difference, started_file_problem
+    from lightning_modules.atomic import file_sha256
 
     weights, other = tmp_path / "best.ckpt", tmp_path / "other.ckpt"
     weights.write_bytes(b"weights")
@@ -572,7 +573,8 @@ def test_a_file_changed_after_its_checksum_was_recorded_is_refused_at_the_load(t
     run did not train from. The load compares the file with the recorded checksum."""
     from omegaconf import OmegaConf
 
-    from engine.init_weights import SHA, file_sha256, init_from_config, trained_net
+    from engine.init_weights import SHA, init_from_config, trained_net
+    from lightning_modules.atomic import file_sha256
     from lightning_modules.errors import ConfigError
     from tests.hydra_helpers import compose_run
 
