@@ -1,7 +1,11 @@
 """Training time across resumes: ``fit_seconds`` of a run stopped and continued counts the time of the
 processes before (kept in every checkpoint) as well as this one's (a walkthrough: a run resumed after 2 of 3
 epochs reported only its last epoch's 15 s). Time spent after the last checkpoint of a stopped process is
-not counted: that work was redone."""
+not counted: that work was redone.
+
+Not Lightning's ``Timer``, which keeps a like offset: ``trainer.test(ckpt_path=best)`` reloads the callback states
+of ``best.ckpt``, which moves the training time a ``Timer`` reports after the fit by the best epoch's offset, and
+its ``load_state_dict`` takes a checkpoint's number unchecked (a crafted one below)."""
 from __future__ import annotations
 
 import math
