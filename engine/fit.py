@@ -94,6 +94,36 @@ def earlier_perf(out: Path) -> dict[str, Any]:
             and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+class _ResumedFrom:
+    """What a training run continued from ``last.ckpt`` (or a given ``ckpt_path``) must match before Lightning
+    restores it: the module's tensor shapes and the optimiser's parameter count; read from the checkpoint first,
+    checked once the module is built."""
+
+    def __init__(self, path: str, step: int, shapes: dict[str, Any], optimised: int | None) -> None:
+        self.path, self.step, self.shapes, self.optimised = path, step, shapes, optimised
+
+    @classmethod
+    def read(cls, given: dict[str, Any], path: str) -> "_ResumedFrom":
+        check_trainer_state(given, path)
+        shapes = {k: SimpleNamespace(shape=tuple(v.shape)) for k, v in (given.get("state_dict") or {}).items()
+                  if hasattr(v, "shape")}
+        return cls(path, int(given.get("global_step", 0)), shapes, optimised_count(given))
+
+    def check(self, module: pl.LightningModule) -> None:
+        """One line (:class:`CheckpointError`) where ``module`` cannot continue this checkpoint."""
+        why = state_mismatch(module.state_dict(), as_loaded(module, self.shapes)) if self.shapes else ""
+        if why:  # a review: Lightning's strict load was a 55-line traceback (exit 1, no failed.json)
+            raise CheckpointError(f"ckpt_path {self.path} holds another model than module {type(module).__name__} "
+                                  f"builds: {why}")
+        counts = callable(getattr(module, "trainable_parameters", None))
+        trainable = len(module.trainable_parameters()) if counts else None
+        if self.shapes and self.optimised is not None and trainable is not None and self.optimised != trainable:
+            # a review: a checkpoint from before the side heads of a net without deep supervision were frozen was
+            # torch's "parameter group that doesn't match the size" traceback when Lightning restored its optimiser
+            raise CheckpointError(f"ckpt_path {self.path}: its optimiser state holds {self.optimised} parameters, "
+                                  f"this module trains {trainable}; it cannot continue that optimiser: train a new run")
+
+
 def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
                    extra_metrics: dict[str, Any] | None = None,
                    on_tested: Callable[[pl.LightningModule], Any] | None = None) -> dict[str, Any]:
@@ -118,13 +148,9 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     if given is not None and not train and module is None:
         cfg = test_only_cfg(cfg, given, str(ckpt_path))
         artifacts.atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # the net tested
-    resumed_step, shapes, optimised = None, None, None
-    if given is not None and train:
-        check_trainer_state(given, str(ckpt_path))
-        shapes = {k: SimpleNamespace(shape=tuple(v.shape)) for k, v in (given.get("state_dict") or {}).items()
-                  if hasattr(v, "shape")}  # compared with the module once it is built
-        optimised = optimised_count(given)
-        resumed_step, given = int(given.get("global_step", 0)), None  # no mapped view of a file Lightning rewrites
+    resumed = _ResumedFrom.read(given, str(ckpt_path)) if given is not None and train else None
+    given = None if resumed is not None else given  # no mapped view of a file Lightning rewrites
+    resumed_step = resumed.step if resumed is not None else None
     datamodule = build_datamodule(cfg.data)
     if given is not None and not train:  # test-only: the checkpoint's data state (CT statistics) as training and
         restore_data_state(datamodule, given)  # predict have it (a review: recomputed from the tested site's cases)
@@ -132,16 +158,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     datamodule.setup("fit")
     check_datamodule(datamodule)
     module = build_module(cfg) if module is None else module
-    why = state_mismatch(module.state_dict(), as_loaded(module, shapes)) if shapes else ""
-    if why:  # a review: Lightning's strict load was a 55-line traceback (exit 1, no failed.json)
-        raise CheckpointError(f"ckpt_path {ckpt_path} holds another model than module {type(module).__name__} "
-                              f"builds: {why}")
-    trainable = len(module.trainable_parameters()) if callable(getattr(module, "trainable_parameters", None)) else None
-    if shapes and optimised is not None and trainable is not None and optimised != trainable:
-        # a review: a checkpoint from before the side heads of a net without deep supervision were frozen was torch's
-        # "parameter group that doesn't match the size" traceback when Lightning restored its optimiser
-        raise CheckpointError(f"ckpt_path {ckpt_path}: its optimiser state holds {optimised} parameters, this module "
-                              f"trains {trainable}; it cannot continue that optimiser: train a new run")
+    if resumed is not None:
+        resumed.check(module)
     init_counts = None
     if train and ckpt_path is None:  # a new run, or resumed before its first checkpoint: from init_weights= if set
         init_counts = init_from_config(cfg, module.net)
