@@ -184,6 +184,46 @@ def glob_root(path: str) -> Path:
     return Path(*plain) if plain else Path(".")
 
 
+def with_notes(md: str, runs: list, failed: list, groups: dict, ordered: list, contexts: dict, left: dict,
+               debug: list, unfinished: list, show_all: bool) -> str:
+    """The report's table with what a reader must know beside it: settings common to every run, how means are
+    taken, mixed experiments, seeds counted twice, differing environments, failed, unreadable, debug and
+    unfinished runs."""
+    common = run_labels(runs, failed)[1]
+    if common:
+        md = f"Common to every run: `{md_code(' '.join(common))}`\n\n" + md
+    if runs and any(len(v) > 1 for vals in groups.values() for v in vals.values()):
+        md += "\nmean ± std over a method's runs (population std, numpy's ddof=0; best mean in bold).\n"
+    if any(0 < len(vals.get(k, [])) < max(map(len, vals.values())) for vals in groups.values() for k in ordered):
+        md += ("\n(n=k): the metric is missing (NaN or absent) in the method's other runs; its mean and std are over "
+               "those k runs only, and it is not ranked for the bold.\n")
+    if len(set(contexts.values())) > 1:
+        md += "\nThe runs are of several experiments (`+exp`, `data`): the best is bold within each, not across.\n"
+    twice = seeds_counted_twice(runs, failed)
+    if twice:  # a review: two overlapping sweeps given together shrank the std without a word
+        md += f"\nSeeds counted more than once (the same run made twice?): {md_text('; '.join(twice), 2000, cell=False)}\n"
+        print(f"warning: seeds counted more than once: {'; '.join(twice)[:300]}", file=sys.stderr)
+    federated = [any(k.startswith("fed/") for k in vals) for vals in groups.values()]
+    if any(federated) and not all(federated) and any(k.startswith("test/") for k in ordered):
+        md += ("\nA federation's `test/*` is its final global model's; a centralised run's `test/*` is its best "
+               "validation checkpoint's (a federation's best round: `fed/best/test/*`).\n")
+    differ = environment_differences(runs)
+    if differ:
+        md += f"\nThe runs' environments differ (env.json; equal settings need not give equal numbers): {md_text('; '.join(differ), 2000, cell=False)}\n"
+    fails = failures(failed)
+    if fails:
+        md += f"\nFailed runs ({len(fails)}):\n" + "\n".join(fails) + "\n"
+    if left:  # a review: an unreadable run was a stderr line only, one holding {} went without a word
+        md += f"\nLeft out, unreadable or without metrics ({len(left)}):\n" + "\n".join(
+            f"- `{md_code(r)}`: {md_text(why, cell=False)}" for r, why in left.items()) + "\n"
+    if show_all and unfinished:
+        md += f"\nUnfinished runs ({len(unfinished)}):\n" + "\n".join(f"- `{md_code(r)}`" for r in unfinished) + "\n"
+    if not show_all and (debug or unfinished):
+        md += (f"\nLeft out: {len(debug)} debug (fast_dev_run, debug=) and {len(unfinished)} unfinished run(s); "
+               f"`--all` includes them.\n")
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="multirun dirs, run dirs or globs")
@@ -240,38 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     md, csv_text = table(groups, ordered, contexts, goal_keys)
     if not runs:  # only failed jobs (the others left out): no table to draw
         md = "No finished run to compare.\n"
-    common = run_labels(runs, failed)[1]
-    if common:
-        md = f"Common to every run: `{md_code(' '.join(common))}`\n\n" + md
-    if runs and any(len(v) > 1 for vals in groups.values() for v in vals.values()):
-        md += "\nmean ± std over a method's runs (population std, numpy's ddof=0; best mean in bold).\n"
-    if any(0 < len(vals.get(k, [])) < max(map(len, vals.values())) for vals in groups.values() for k in ordered):
-        md += ("\n(n=k): the metric is missing (NaN or absent) in the method's other runs; its mean and std are over "
-               "those k runs only, and it is not ranked for the bold.\n")
-    if len(set(contexts.values())) > 1:
-        md += "\nThe runs are of several experiments (`+exp`, `data`): the best is bold within each, not across.\n"
-    twice = seeds_counted_twice(runs, failed)
-    if twice:  # a review: two overlapping sweeps given together shrank the std without a word
-        md += f"\nSeeds counted more than once (the same run made twice?): {md_text('; '.join(twice), 2000, cell=False)}\n"
-        print(f"warning: seeds counted more than once: {'; '.join(twice)[:300]}", file=sys.stderr)
-    federated = [any(k.startswith("fed/") for k in vals) for vals in groups.values()]
-    if any(federated) and not all(federated) and any(k.startswith("test/") for k in ordered):
-        md += ("\nA federation's `test/*` is its final global model's; a centralised run's `test/*` is its best "
-               "validation checkpoint's (a federation's best round: `fed/best/test/*`).\n")
-    differ = environment_differences(runs)
-    if differ:
-        md += f"\nThe runs' environments differ (env.json; equal settings need not give equal numbers): {md_text('; '.join(differ), 2000, cell=False)}\n"
-    fails = failures(failed)
-    if fails:
-        md += f"\nFailed runs ({len(fails)}):\n" + "\n".join(fails) + "\n"
-    if left:  # a review: an unreadable run was a stderr line only, one holding {} went without a word
-        md += f"\nLeft out, unreadable or without metrics ({len(left)}):\n" + "\n".join(
-            f"- `{md_code(r)}`: {md_text(why, cell=False)}" for r, why in left.items()) + "\n"
-    if args.all and unfinished:
-        md += f"\nUnfinished runs ({len(unfinished)}):\n" + "\n".join(f"- `{md_code(r)}`" for r in unfinished) + "\n"
-    if not args.all and (debug or unfinished):
-        md += (f"\nLeft out: {len(debug)} debug (fast_dev_run, debug=) and {len(unfinished)} unfinished run(s); "
-               f"`--all` includes them.\n")
+    md = with_notes(md, runs, failed, groups, ordered, contexts, left, debug, unfinished, args.all)
     out = Path(args.out) if args.out else glob_root(args.paths[0])
     try:
         out.mkdir(parents=True, exist_ok=True)
