@@ -193,13 +193,7 @@ def predict(cfg: DictConfig) -> dict:
             from None
     if callable(getattr(dm, "fill_value", None)):  # windows past the edge padded as training padded
         predictor.pad_value = float(dm.fill_value())
-    if images and not callable(getattr(dm, "preprocess_image", None)):
-        raise ConfigError(f"input={src} holds 2D image files, but checkpoint {ckpts[0]} was trained on {data_kind} "
-                          f"(volumes): give it NIfTI volumes (.nii/.nii.gz)")
-    if not images and not callable(getattr(dm, "preprocess_volume", None)):
-        raise ConfigError(f"input={src} holds NIfTI volumes, but checkpoint {ckpts[0]} was trained on {data_kind} "
-                          f"(2D image files): give it image files (.png/.jpg/.npy), or a checkpoint trained on "
-                          f"volumes (data=lits, kits, msd, nnunet...)")
+    _check_input_kind(images, dm, src, ckpts[0], data_kind)
     if images:
         data = models.run_cfg.data
         cases = plan_images(cfg.input, cfg.output, cfg.labels, str(data.get("mask_suffix") or ""),
@@ -209,17 +203,7 @@ def predict(cfg: DictConfig) -> dict:
         check_label_shapes(cases)  # before any folder is made (a walkthrough: a bad labels= left an empty output/)
     else:
         check_image_label_sizes(cases)
-    folders = sorted({c.output.parent for c in cases})
-    created = [f for f in folders if not f.exists()]  # removed again if a failure leaves them empty
-    for folder in folders:
-        check_writable(folder)
-    if src.is_dir():
-        outputs = [c.output for c in cases] + ([c.output.with_name(f"{_bare(c.output.name)}.npz") for c in cases]
-                                               if keep_prob else [])
-        for folder in folders:  # each folder its outputs go to (a reread: the first one only was checked)
-            claim_output_folder(folder, [o for o in outputs if o.parent == folder], cfg.get("overwrite") is True)
-    else:
-        claim_output_file(cases[0].output, cfg.get("overwrite") is True)
+    folders, created = _claim_outputs(cases, src, keep_prob, cfg.get("overwrite") is True)
     class_names = models.hparams.get("class_names") or dm.class_names
     threshold = models.hparams.get("fg_threshold")
     out = cases[0].output
@@ -242,6 +226,34 @@ def predict(cfg: DictConfig) -> dict:
         print(f"scores: {where}")
         return summary
     return {}
+
+
+def _check_input_kind(images: bool, dm: Any, src: Path, ckpt: Any, data_kind: str) -> None:
+    """2D image files for a net trained on image files, NIfTI volumes for one trained on volumes: one line else."""
+    if images and not callable(getattr(dm, "preprocess_image", None)):
+        raise ConfigError(f"input={src} holds 2D image files, but checkpoint {ckpt} was trained on {data_kind} "
+                          f"(volumes): give it NIfTI volumes (.nii/.nii.gz)")
+    if not images and not callable(getattr(dm, "preprocess_volume", None)):
+        raise ConfigError(f"input={src} holds NIfTI volumes, but checkpoint {ckpt} was trained on {data_kind} "
+                          f"(2D image files): give it image files (.png/.jpg/.npy), or a checkpoint trained on "
+                          f"volumes (data=lits, kits, msd, nnunet...)")
+
+
+def _claim_outputs(cases: list, src: Path, keep_prob: bool, overwrite: bool) -> tuple[list[Path], list[Path]]:
+    """Check and claim the output folders (or the one output file) before anything is written; returns the folders
+    and those this call creates (removed again if a failure leaves them empty)."""
+    folders = sorted({c.output.parent for c in cases})
+    created = [f for f in folders if not f.exists()]
+    for folder in folders:
+        check_writable(folder)
+    if src.is_dir():
+        outputs = [c.output for c in cases] + ([c.output.with_name(f"{_bare(c.output.name)}.npz") for c in cases]
+                                               if keep_prob else [])
+        for folder in folders:  # each folder its outputs go to (a reread: the first one only was checked)
+            claim_output_folder(folder, [o for o in outputs if o.parent == folder], overwrite)
+    else:
+        claim_output_file(cases[0].output, overwrite)
+    return folders, created
 
 
 def _segment(cases, images: bool, dm, predictor: VolumePredictor, threshold, keep_prob: bool, class_names,
