@@ -199,30 +199,12 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
         watch = ExitWatch(groups, run, logs, on_drop=_dropped)
         watch.start()
         try:
-            with open(logs / "flwr_run.log", "a", encoding="utf-8") as log_fh:
-                for raw in iter(run.stdout.readline, b""):
-                    line = raw.decode("utf-8", "replace")
-                    log_fh.write(line)
-                    if ex.get("stream", True):
-                        sys.stdout.write(line)
-                        sys.stdout.flush()
-            run.wait()
+            _follow(run, logs / "flwr_run.log", bool(ex.get("stream", True)))
         finally:
             watch.stop()
         if watch.failure:
             raise FederationError(watch.failure)
-        result_path = fdir / "result.json"
-        if not result_path.is_file():
-            raise FederationError(f"the Flower run ended (flwr run exit {run.returncode}) without a result; "
-                                  f"see {logs}")
-        try:
-            result = json.loads(result_path.read_text())
-        except (OSError, ValueError) as err:
-            raise FederationError(f"the Flower run's {result_path} is unreadable ({type(err).__name__}); see "
-                                  f"{logs}") from None
-        if not isinstance(result, dict) or not result.get("ok"):
-            error = result.get("error") if isinstance(result, dict) else f"not a JSON object: {str(result)[:80]}"
-            raise FederationError(f"ServerApp failed: {error} (traceback in {result_path})")
+        _check_result(fdir / "result.json", run.returncode, logs)
         return json.loads((out / "metrics.json").read_text())
     except KeyboardInterrupt:  # Ctrl-C: every group is stopped (finally), then the line that continues the run
         interrupted = True
@@ -240,6 +222,32 @@ def rehearse(cfg: DictConfig) -> dict[str, Any]:
                 signal.signal(signal.SIGINT, previous_int)
     if interrupted:
         interrupted_exit(cfg)
+
+
+def _follow(run: subprocess.Popen, log: Path, stream: bool) -> None:
+    """Copy ``flwr run``'s output into ``log`` (and to the console with ``stream``) until it exits."""
+    with open(log, "a", encoding="utf-8") as log_fh:
+        for raw in iter(run.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            log_fh.write(line)
+            if stream:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+    run.wait()
+
+
+def _check_result(result_path: Path, code: int | None, logs: Path) -> None:
+    """The ServerApp's ``result.json`` says it finished; else one :class:`FederationError` saying why and where."""
+    if not result_path.is_file():
+        raise FederationError(f"the Flower run ended (flwr run exit {code}) without a result; see {logs}")
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, ValueError) as err:
+        raise FederationError(f"the Flower run's {result_path} is unreadable ({type(err).__name__}); see "
+                              f"{logs}") from None
+    if not isinstance(result, dict) or not result.get("ok"):
+        error = result.get("error") if isinstance(result, dict) else f"not a JSON object: {str(result)[:80]}"
+        raise FederationError(f"ServerApp failed: {error} (traceback in {result_path})")
 
 
 def _dropped(site: str, code: int) -> None:
