@@ -35,7 +35,7 @@ from datamodules.collate import PadCollate
 from datamodules.errors import DataError
 from datamodules.loaders import SplitLoadersMixin, train_eval_dataset
 from datamodules.subset import sample_cases
-from datamodules.transforms import check_augmentation
+from datamodules.augmentation_checks import check_augmentation
 
 __all__ = ["SiteConcat", "MultiSiteDataModule"]
 
@@ -237,7 +237,7 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
             for n, c in self.site_cfgs.items():
                 with _named_site(n):
                     if isinstance(c, Mapping) and c.get("augmentation") is not None:
-                        check_augmentation(c["augmentation"], f"data.sites.{n}.augmentation")
+                        check_augmentation(c["augmentation"])  # named under its site by _named_site
                     built[n] = instantiate(c, _convert_="all") if isinstance(c, Mapping) else c
             self.sites = built
         return self.sites

@@ -6,6 +6,7 @@ splits, training-slice selection, augmentation, loaders). Subclasses only say ho
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -14,11 +15,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.augmentation_checks import probe_augmentation
 from datamodules.collate import PadCollate
 from datamodules.errors import DataError
 from datamodules.loaders import SplitLoadersMixin
 from datamodules.splits import patient_split, read_split_file
 from datamodules.transforms import SliceAugment, build_augmentation
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TARGETS", "SliceCase", "TargetMap", "SliceDataset", "SliceDataModule"]
 
@@ -90,12 +94,17 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``i``'s slice and mask as stored, before augmentation."""
         c, k = self.items[i]
         case = self.cases[c]
         p = case.positions[k]
-        image = np.array(case.image[p], dtype=np.float32)
-        mask = self.label_fn(np.asarray(case.label[p]))
+        return np.array(case.image[p], dtype=np.float32), self.label_fn(np.asarray(case.label[p]))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image, mask = self.raw(i)
+        c, k = self.items[i]
+        case = self.cases[c]
         if self.augment is not None:
             image, mask = self.augment(image, mask)
         image = torch.from_numpy(np.ascontiguousarray(image))
@@ -157,10 +166,25 @@ class SliceDataModule(SplitLoadersMixin, pl.LightningDataModule):
         fn = self.label_fn()
         aug = build_augmentation(self.augment, self.rotation_limit, self.fill_value(), self.augmentation)
         self.train_dataset = SliceDataset(cases, self._train_items(cases, pos), fn, aug)
+        if self.augmentation is not None:
+            self._probe_augmentation(aug)
         self.val_dataset, self.test_dataset = (
             SliceDataset(cases, [(pos[cid], k) for cid in self.splits[s]
                                  for k in range(len(cases[pos[cid]].positions))], fn)
             for s in ("val", "test"))
+
+    def _probe_augmentation(self, aug: SliceAugment | None) -> None:
+        """``data.augmentation`` tried on a training slice with labels (:func:`probe_augmentation`); a pipeline
+        that ``augment: false`` turns off is said so."""
+        if aug is None:
+            log.warning("data.augmentation is not used: data.augment=false")
+            return
+        train = self.train_dataset
+        for i in range(min(len(train), 64)):
+            image, mask = train.raw(i)
+            if np.any(mask > 0) or i == min(len(train), 64) - 1:
+                probe_augmentation(aug, image, mask)
+                return
 
     def train_eval_dataset(self) -> SliceDataset | None:
         """The training slices as evaluated (no augmentation), index-aligned with ``train_dataset``: a

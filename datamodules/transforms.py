@@ -10,7 +10,7 @@ pipeline; the transforms are seeded as the default's are (:func:`reseed_from_tor
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
@@ -78,62 +78,16 @@ class SliceAugment:
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._seeded = reseed_from_torch(self.compose, self._seeded)
+        return self.apply(image, mask)
+
+    def apply(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One draw of the pipeline as seeded (``__call__`` seeds it from the run first)."""
         channels_first = image.ndim == 3  # [C, H, W] multi-channel slice -> albumentations' H, W, C
         img = np.moveaxis(image, 0, -1) if channels_first else image
         out = self.compose(image=np.ascontiguousarray(img, dtype=np.float32),
                            mask=np.ascontiguousarray(mask, dtype=np.uint8))
         img = np.moveaxis(out["image"], -1, 0) if channels_first else out["image"]
         return img, out["mask"]
-
-
-def check_augmentation(items: Any, what: str = "data.augmentation") -> None:
-    """``data.augmentation`` before Hydra builds it: a list of ``{_target_: albumentations.<Transform>, ...}``
-    whose keys the transform takes (composes' ``transforms`` checked alike); anything else is one line naming the
-    item (a walkthrough: a typo in the class was Hydra's multi-line error, one in an argument only a warning)."""
-    import inspect
-
-    from hydra.errors import InstantiationException
-    from hydra.utils import get_class, instantiate
-
-    from lightning_modules.targets import is_augmentation
-
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(items, (DictConfig, ListConfig)):
-        items = OmegaConf.to_container(items, resolve=True)
-    if items is None:
-        return
-    if not isinstance(items, (list, tuple)):
-        raise DataError(f"{what}={items!r} must be a list of albumentations transforms "
-                        f"([{{_target_: albumentations.HorizontalFlip, p: 0.5}}, ...]) or null")
-    for i, item in enumerate(items):
-        where = f"{what}[{i}]"
-        target = item.get("_target_") if isinstance(item, Mapping) else None
-        if not is_augmentation(target, where):
-            raise DataError(f"{where}: {target or item!r} is not an albumentations transform "
-                            f"(each item: {{_target_: albumentations.<Transform>, ...}}; Lambda is not built)")
-        params = inspect.signature(get_class(target)).parameters
-        unknown = sorted(k for k in item if k != "_target_" and k not in params)
-        if unknown:
-            raise DataError(f"{where} ({target}) takes no {', '.join(unknown)}; it takes "
-                            f"{', '.join(k for k in params if k not in ('args', 'kwargs'))}")
-        if "transforms" in item:  # Compose, OneOf, SomeOf, Sequential: their children alike
-            check_augmentation(item["transforms"], f"{where}.transforms")
-        try:  # a value it refuses (p: high): albumentations' pydantic message, on one line
-            instantiate(item)
-        except InstantiationException as err:
-            why = " ".join(str(err.__cause__ or err).split()).split(" For further information")[0]
-            raise DataError(f"{where} ({target}): {why[:300]}") from err
-
-
-def check_augmentations(data: Mapping[str, Any]) -> None:
-    """:func:`check_augmentation` on a data config's ``augmentation`` and on each of its sites' (a multi-site
-    datamodule's sites are built by Hydra with it)."""
-    check_augmentation(data.get("augmentation"))
-    sites = data.get("sites")
-    for name, site in (sites.items() if isinstance(sites, Mapping) else ()):
-        if isinstance(site, Mapping):
-            check_augmentation(site.get("augmentation"), f"data.sites.{name}.augmentation")
 
 
 def _transform(t: Any, i: int) -> Any:

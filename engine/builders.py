@@ -58,7 +58,7 @@ def build_datamodule(data_cfg: DictConfig, **overrides: Any) -> pl.LightningData
     plain = OmegaConf.to_container(data_cfg, resolve=True)
     meta = {k: plain[k] if _takes(plain.get("_target_"), k) else plain.pop(k) for k in DATA_META_KEYS if k in plain}
     plain.update(overrides)
-    from datamodules.transforms import check_augmentations
+    from datamodules.augmentation_checks import check_augmentations
 
     check_augmentations(plain)  # a typo in a class or argument: one line, not Hydra's
     null = _null_required(plain)

@@ -102,6 +102,10 @@ def teacher_data(cfg: DictConfig) -> DictConfig:
     if bad:  # a review: case_pattern, case_shard or layout (not on the old list of refused keys) changed the split
         raise ConfigError(f"distill.teacher.data may set only {', '.join(TEACHER_DATA_KEYS)}, not "
                           f"{', '.join(bad)}: teacher and student are split and tested on the same cases")
+    if extra.get("augmentation") is not None:  # named as set, before the teacher trains (a review: data.augmentation)
+        from datamodules.augmentation_checks import check_augmentation
+
+        check_augmentation(extra.augmentation, "distill.teacher.data.augmentation")
     return OmegaConf.merge(cfg.data, extra)
 
 

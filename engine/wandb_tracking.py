@@ -217,8 +217,7 @@ def kept_identity(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
         return {**ident, "name": kept["name"][:128], "tags": [str(t)[:64] for t in kept["tags"]][:64],
                 "config": {"run": run}}
     if getattr(rank_zero_only, "rank", 0) == 0:
-        first = {"name": ident["name"], "tags": ident["tags"], "overrides": run.get("overrides", []),
-                 "facts": {k: v for k, v in run.items() if k not in ("overrides", "method", "sweep")}}
+        first = {"name": ident["name"], "tags": ident["tags"], "overrides": run.get("overrides", [])}
         if run.get("sweep"):
             first["sweep"] = run["sweep"]
         atomic_write_text(out / IDENTITY_FILE, json.dumps(first) + "\n")

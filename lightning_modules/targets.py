@@ -111,12 +111,13 @@ def is_augmentation(target: Any, what: str = "data") -> bool:
     does not resolve (a typo is one line, not a refusal)."""
     if not (isinstance(target, str) and under_prefixes(target, (AUGMENTATION_PACKAGE,))):
         return False
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import asks pypi.org otherwise (datamodules/)
+    import albumentations as A
+
     try:
         obj = _resolve(target)
     except Exception as err:  # noqa: BLE001 - an unresolvable name is a bad config
         raise ConfigError(f"{what} _target_ {target!r} does not resolve ({_why(err)})") from err
-    import albumentations as A
-
     return (inspect.isclass(obj) and under_prefixes(getattr(obj, "__module__", "") or "", (AUGMENTATION_PACKAGE,))
             and issubclass(obj, (A.BasicTransform, A.BaseCompose)) and not issubclass(obj, A.Lambda))
 
