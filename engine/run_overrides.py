@@ -10,7 +10,10 @@ from typing import Iterable
 
 #: groups the name already holds (``data`` when the command line chose it), and keys that say nothing about the method
 _IN_NAME = {"exp", "model", "data", "distill", "seed", "federation/strategy", "federation/partition"}
-NOT_METHOD = ("paths.", "hydra.", "hydra/", "logger", "debug", "hparams_search", "print_per_case", "resume")
+#: override keys that say how or where a run ran, not its method: a federation's transport (``federation/executor``:
+#: sequential, Ray and Flower give the same model; its ``federation.executor.*`` settings, DP's included, stay in)
+NOT_METHOD = ("paths.", "hydra.", "hydra/", "logger", "debug", "hparams_search", "print_per_case", "resume",
+              "federation/executor")
 
 
 def _task_overrides() -> list[str]:

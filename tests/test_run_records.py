@@ -184,12 +184,13 @@ def test_wandb_online_without_network_falls_back_to_offline(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "online",
            "WANDB_BASE_URL": f"http://127.0.0.1:{port}", "FEDMED_WANDB_TIMEOUT": "3", "WANDB_API_KEY": "x" * 40}
     proc = subprocess.run([sys.executable, "-m", "experiments.run", *TINY[:-3], "logger=default",
-                           "++trainer.fast_dev_run=true", f"paths.data_dir={tmp_path / 'data'}",
-                           f"hydra.run.dir={tmp_path / 'run'}"],
+                           "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false",
+                           f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "unreachable" in ln]
-    assert len(warnings) == 1 and "offline" in warnings[0]  # (fast_dev_run then swaps loggers for a dummy)
+    assert len(warnings) == 1 and "offline" in warnings[0]  # (a fast_dev_run builds no W&B logger: not one)
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "the run logged offline"
 
 
 def test_a_misspelt_wandb_mode_is_one_config_line():
