@@ -26,7 +26,7 @@ from lightning_modules.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PIXELS", "SOURCE", "RESUME", "DISTILL", "FED_DISTILL", "FEDERATION", "TEST_ONLY", "resume_keys",
+__all__ = ["PIXELS", "SOURCE", "AUGMENTATION", "RESUME", "DISTILL", "FED_DISTILL", "FEDERATION", "TEST_ONLY", "resume_keys",
            "saved_config", "differences", "debug_difference", "saved_overrides", "continue_command", "holds_run",
            "interrupted_line"]
 
@@ -36,11 +36,15 @@ PIXELS = ("window", "out_range", "image_size", "spacing", "orientation", "normal
 #: data keys that decide which data, labels and cases a run trains, validates and tests on
 SOURCE = ("_target_", "layout", "target", "label_map", "mask_threshold", "mask_channel", "val_fraction",
           "test_fraction", "seed", "train_cases", "train_slices", "split_file", "case_pattern")
+#: data keys that decide how the training slices are augmented (a review: a resume with another ``data.augmentation``
+#: rewrote config.yaml as if the whole run had trained with it)
+AUGMENTATION = ("augment", "augmentation", "rotation_limit")
 #: what a resumed run must keep: its net, what it sees and its data (``data.root`` may move); and its optimiser and
 #: schedule, resolved: Lightning restores their state from the checkpoint, so a new lr or a cosine ``T_max`` that
 #: follows a larger ``trainer.max_epochs`` did not apply (a review: the lr restarted its cosine, 0.05 -> 0 -> 0.05,
 #: while config.yaml said ``T_max: 6``)
-RESUME = ("module.net", "module.optimizer", "module.scheduler", *(f"data.{k}" for k in (*PIXELS, *SOURCE)))
+RESUME = ("module.net", "module.optimizer", "module.scheduler",
+          *(f"data.{k}" for k in (*PIXELS, *SOURCE, *AUGMENTATION)))
 #: what a resumed distillation must keep: its teacher, method, loss and taps (another one switched the teacher
 #: mid-run silently, or failed after rewriting config.yaml on the KD adapters' state)
 DISTILL = ("distill.method", "distill.loss", "distill.taps", "distill.teacher.model", "distill.teacher.ckpt",
@@ -77,9 +81,7 @@ def resume_keys(saved: Mapping[str, Any]) -> tuple[str, ...]:
     keys = list(RESUME)
     sites = _plain(saved, "data.sites")
     if isinstance(sites, Mapping):
-        keys += [f"data.sites.{site}.{k}" for site in sites for k in (*PIXELS, *SOURCE)]
-        if isinstance(_plain(saved, "fed_distill"), Mapping):  # finished stages are reused: how they were fed too
-            keys += [f"data.sites.{site}.{k}" for site in sites for k in ("augment", "augmentation", "rotation_limit")]
+        keys += [f"data.sites.{site}.{k}" for site in sites for k in (*PIXELS, *SOURCE, *AUGMENTATION)]
     if isinstance(_plain(saved, "distill"), Mapping):
         keys += DISTILL
     if isinstance(_plain(saved, "federation"), Mapping):

@@ -296,3 +296,16 @@ def test_a_suggested_command_quotes_a_path_hydra_would_not_read_back():
         assert parsed[1].value() == path
         assert parser.parse_overrides([f"init_weights={hydra_value(path)}"])[0].value() == path
     assert hydra_value("/runs/plain") == "/runs/plain"  # quoted only where Hydra needs it
+
+
+def test_a_resumed_run_keeps_its_augmentation():
+    """A review: ``resume=<run> 'data.augmentation=[...]'`` went on and rewrote config.yaml with the new pipeline, as
+    if the whole run had trained with it; a saved config from before the key existed is not compared."""
+    from engine.run_match import resume_keys
+
+    flip = [{"_target_": "albumentations.HorizontalFlip"}]
+    saved = {"data": {"augment": True, "augmentation": None}}
+    assert differences(saved, {"data": {"augment": True, "augmentation": flip}}, resume_keys(saved)) == [
+        f"data.augmentation={flip!r} (the run's None)"]
+    assert differences({"data": {"augment": True}}, {"data": {"augment": True, "augmentation": flip}},
+                       resume_keys(saved)) == []
