@@ -26,8 +26,8 @@ from lightning_modules.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PIXELS", "SOURCE", "AUGMENTATION", "RESUME", "DISTILL", "FED_DISTILL", "FEDERATION", "TEST_ONLY", "resume_keys",
-           "saved_config", "differences", "debug_difference", "saved_overrides", "continue_command", "holds_run",
+__all__ = ["PIXELS", "SOURCE", "AUGMENTATION", "RESUME", "DISTILL", "FED_DISTILL", "FEDERATION", "TEST_ONLY",
+           "resume_keys", "saved_config", "differences", "debug_difference", "saved_overrides", "continue_command", "holds_run",
            "interrupted_line"]
 
 #: data keys that decide what the net sees of an image: a checkpoint is only meaningful with the same ones
@@ -82,6 +82,9 @@ def resume_keys(saved: Mapping[str, Any]) -> tuple[str, ...]:
     sites = _plain(saved, "data.sites")
     if isinstance(sites, Mapping):
         keys += [f"data.sites.{site}.{k}" for site in sites for k in (*PIXELS, *SOURCE, *AUGMENTATION)]
+        # what every site takes from data.site_defaults (a review: resume=<run> data.site_defaults.augment=false,
+        # or another site_defaults.image_size, went on silently)
+        keys += [f"data.site_defaults.{k}" for k in (*PIXELS, *SOURCE, *AUGMENTATION)]
     if isinstance(_plain(saved, "distill"), Mapping):
         keys += DISTILL
     if isinstance(_plain(saved, "federation"), Mapping):

@@ -10,10 +10,7 @@ from typing import Iterable
 
 #: groups the name already holds (``data`` when the command line chose it), and keys that say nothing about the method
 _IN_NAME = {"exp", "model", "data", "distill", "seed", "federation/strategy", "federation/partition"}
-#: override keys that say how or where a run ran, not its method: a federation's transport (``federation/executor``:
-#: sequential, Ray and Flower give the same model; its ``federation.executor.*`` settings, DP's included, stay in)
-NOT_METHOD = ("paths.", "hydra.", "hydra/", "logger", "debug", "hparams_search", "print_per_case", "resume",
-              "federation/executor")
+NOT_METHOD = ("paths.", "hydra.", "hydra/", "logger", "debug", "hparams_search", "print_per_case", "resume")
 
 
 def _task_overrides() -> list[str]:

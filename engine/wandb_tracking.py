@@ -107,7 +107,7 @@ def run_facts(cfg: DictConfig) -> dict[str, Any]:
         "distill": str(distill.get("method")) if isinstance(distill, DictConfig) else None,
         "strategy": (_choice("federation/strategy") or _target_name(fed.get("strategy"))) if fed else None,
         "partition": (_choice("federation/partition") or _target_name(fed.get("partition"))) if fed else None,
-        "executor": _choice("federation/executor") if fed else None,  # a tag, not part of the method (method_id)
+        "executor": _choice("federation/executor") if fed else None,  # a tag; a given one is in the overrides
         "seed": int(cfg.get("seed", 0)),
         "debug": debug_mode(cfg),  # a debug run: tag debug:<mode>, job_type debug (with_identity)
     }
@@ -152,9 +152,9 @@ def short_name(name: str, limit: int = 128) -> str:
 
 
 def method_id(facts: Mapping[str, Any], overrides: Iterable[str]) -> str:
-    """All that makes a run's method, its seed (and a federation's transport) left out: what a dashboard groups
-    seeds by (``config.run.method``; a review: Flower and in-process runs of one federation were two methods).
-    A review: the recipe grouped by ``config.run.model``, which pooled runs of one model with other settings
+    """All that makes a run's method, its seed left out: what a dashboard groups seeds by (``config.run.method``).
+    A federation's transport counts where the command chose it (``federation/executor=flower``, an override): a
+    Flower-vs-in-process comparison stays two rows, in W&B as in ``experiments.report``. A review: the recipe grouped by ``config.run.model``, which pooled runs of one model with other settings
     (two epochs and one, each ``lits_dnet-dnet-s1`` in group ``lits_dnet``) into one mean."""
     parts = [f"{k}={v}" for k, v in facts.items() if k not in ("seed", "debug", "executor")]
     return " ".join([*parts, *sorted(str(o) for o in overrides)])[:500]

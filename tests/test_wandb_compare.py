@@ -321,10 +321,9 @@ def test_a_flower_server_app_names_its_w_and_b_run_as_its_launcher_did(tmp_path,
         ident = with_identity(served, served.logger[key])  # as the ServerApp's build_loggers does
         assert ident.name.startswith("fed_lits_dnet-dnet-fedavg-by_site-s42-model.width=4,"), ident.name
         assert "partition:by_site" in ident.tags and "earlier" not in ident.tags
-        # the transport is a tag, not the method: Flower and in-process runs of it are seeds of one method
-        assert "executor:flower" in ident.tags and "executor" not in ident.name
-        assert "executor" not in ident.config["run"]["method"]
+        assert "executor:flower" in ident.tags and ident.config["run"]["executor"] == "flower"
         run = ident.config["run"]
+        assert "federation/executor=flower" in run["overrides"]  # in the method: two rows beside in-process runs
         assert (run["partition"], run["data"]) == ("by_site", "multisite_lits")
         assert "federation.rounds=2" in run["overrides"]
     plain = OmegaConf.create({"_target_": "pytorch_lightning.loggers.WandbLogger", "project": "p"})
