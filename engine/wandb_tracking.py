@@ -140,7 +140,10 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     if sweep:
         run["sweep"] = sweep
         tags.append(f"sweep:{sweep}")
-    return {"name": short_name(name), "tags": list(dict.fromkeys(t[:64] for t in tags)), "config": {"run": run}}
+    # W&B takes tags of up to 64 characters: a longer one (a swept augmentation pipeline) is cut with a digest of
+    # the whole, so two runs that differ past the cut keep two tags (a review: they shared one)
+    return {"name": short_name(name), "tags": list(dict.fromkeys(short_name(t, 64) for t in tags)),
+            "config": {"run": run}}
 
 
 def short_name(name: str, limit: int = 128) -> str:

@@ -330,3 +330,18 @@ def test_a_flower_server_app_names_its_w_and_b_run_as_its_launcher_did(tmp_path,
     assert with_identity(served, plain).name != "earlier"  # a hand-written config: its own, never the folder's
 
 
+def test_runs_of_a_sweep_over_long_values_keep_tags_apart(tmp_path, monkeypatch):
+    """W&B takes tags of up to 64 characters; a review: two augmentation pipelines of one sweep, alike in their
+    first 64 characters, shared one tag."""
+    monkeypatch.delenv("FEDMED_COMMAND_ARGV", raising=False)
+    monkeypatch.setattr("engine.wandb_tracking.sweep_name", lambda: "2026-12-07_15-00-00")
+    pipeline = "[{_target_:albumentations.RandomBrightnessContrast,brightness_limit:%s}]"
+    tags = {}
+    for limit in ("0.1", "0.2"):
+        monkeypatch.setattr(sys, "argv", ["run", "-m", "+exp=lits_dnet", f"data.augmentation={pipeline % '0.1'},"
+                                          f"{pipeline % '0.2'}"])
+        cfg = compose_run(["+exp=lits_dnet", f"data.augmentation={pipeline % limit}"], tmp_path / limit)
+        tags[limit] = [t for t in run_identity(cfg)["tags"] if t.startswith("data.augmentation")]
+    assert len(tags["0.1"]) == len(tags["0.2"]) == 1 and tags["0.1"] != tags["0.2"], tags
+    assert all(len(t[0]) <= 64 for t in tags.values())
+
