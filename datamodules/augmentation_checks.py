@@ -148,3 +148,28 @@ def _clipped(image: np.ndarray, out: np.ndarray) -> bool:
     below = np.min(image) < 0 and np.min(out) >= 0 and int(np.sum(out == 0)) >= pinned
     above = np.max(image) > 1 and np.max(out) <= 1 and int(np.sum(out == 1)) >= pinned
     return bool(below or above)
+
+
+def probe_image_transform(transform: Any, image: np.ndarray, what: str = "data.augmentation") -> None:
+    """A classification pipeline drawn :data:`PROBE_DRAWS` times on one training image (HWC float in [0, 1], as
+    the dataset hands it over; the image is resized after it, so a size change is allowed): one line where a
+    draw fails, makes non-finite values or changes the channels."""
+    from datamodules.transforms import seed_albumentations
+
+    probe = copy.deepcopy(transform)
+    seen = f"a training image ({'x'.join(map(str, image.shape))})"
+    for draw in range(PROBE_DRAWS):
+        seed_albumentations(probe, draw)
+        try:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = probe(image=image)["image"]
+        except Exception as err:  # noqa: BLE001 - any failure of the user's pipeline is the config's
+            raise DataError(f"{what} fails on {seen}: {type(err).__name__}: "
+                            f"{' '.join(str(err).split())[:200]}") from None
+        if not np.all(np.isfinite(out)):
+            raise DataError(f"{what} makes NaN or inf values of {seen}")
+        if np.ndim(out) != 3 or np.shape(out)[2] != image.shape[2]:
+            raise DataError(f"{what} makes {seen} {'x'.join(map(str, np.shape(out)))}: the net takes "
+                            f"{image.shape[2]} channel(s) (data.in_channels; data.as_rgb for three)")
+

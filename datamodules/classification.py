@@ -118,12 +118,31 @@ class ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
     num_classes: int
     class_names: list[str]
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, seed: int = 0,
+                 augmentation: Sequence[Any] | None = None) -> None:
         super().__init__()
         self.batch_size, self.num_workers, self.seed = int(batch_size), int(num_workers), int(seed)
+        self.augmentation = None if augmentation is None else list(augmentation)
         self.train_dataset: ArrayClassificationDataset | None = None
         self.val_dataset: ArrayClassificationDataset | None = None
         self.test_dataset: ArrayClassificationDataset | None = None
+
+    def train_augmentation(self, given: Any = None) -> Any:
+        """The training images' transform: ``given`` (a subclass's own, e.g. MedMNIST's ``train_transform``), else
+        ``data.augmentation`` (built albumentations transforms, checked by
+        :mod:`datamodules.augmentation_checks`) as one compose, else None."""
+        if given is not None and self.augmentation is not None:
+            raise DataError("data.train_transform and data.augmentation both set: give one")
+        return given if given is not None or self.augmentation is None else A.Compose(self.augmentation)
+
+    def probe_augmentation(self) -> None:
+        """``data.augmentation`` drawn on the first training image (:func:`probe_image_transform`)."""
+        from datamodules.augmentation_checks import probe_image_transform
+
+        train = self.train_dataset
+        if self.augmentation is not None and train is not None and len(train) and train._albu:
+            image = np.asarray(train.images[0], dtype=np.float32) / train.scale
+            probe_image_transform(train.transform, image[:, :, None] if image.ndim == 2 else image)
 
     def train_eval_dataset(self) -> Dataset | None:
         """The training images as evaluated (no ``transform``), index-aligned with ``train_dataset``: a federated

@@ -15,7 +15,7 @@ import logging
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -112,8 +112,8 @@ class ImageFolderDataModule(ClassificationDataModule):
                  split_dir: str | None = None, size: int = 64, rgb: bool = False, batch_size: int = 32,
                  val_fraction: float = 0.15, test_fraction: float = 0.25, seed: int = 0, num_workers: int = 0,
                  task: str | None = None, mean: float = 0.0, std: float = 1.0,
-                 group_pattern: str | None = None) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+                 group_pattern: str | None = None, augmentation: Sequence[Any] | None = None) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, augmentation=augmentation)
         self.root = Path(root)
         self.classes = list(classes) if classes else None
         self.split_dir = None if split_dir in (None, "") else Path(split_dir)
@@ -186,9 +186,11 @@ class ImageFolderDataModule(ClassificationDataModule):
             parts = group_split(labels_arr, groups.tolist(), self.val_fraction, self.test_fraction, self.seed)
         else:
             parts = stratified_split(labels_arr, self.val_fraction, self.test_fraction, self.seed)
-        made = {s: ArrayClassificationDataset(images[idx], labels_arr[idx], scale=255.0, mean=self.mean, std=self.std)
+        made = {s: ArrayClassificationDataset(images[idx], labels_arr[idx], scale=255.0, mean=self.mean, std=self.std,
+                                              transform=self.train_augmentation() if s == "train" else None)
                 for s, idx in parts.items()}
         if groups is not None:  # a review: a federation's pool, partition and client val split went image by image
             for s, idx in parts.items():  # (datamodules.subset.sample_cases): crops of one figure in train and val
                 made[s].case_ids = groups[idx]
         self.train_dataset, self.val_dataset, self.test_dataset = made["train"], made["val"], made["test"]
+        self.probe_augmentation()

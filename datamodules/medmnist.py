@@ -21,7 +21,7 @@ import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from omegaconf import ListConfig, OmegaConf
@@ -172,8 +172,9 @@ class MedMNISTDataModule(ClassificationDataModule):
 
     def __init__(self, root: str, flag: str, size: int | None = None, batch_size: int = 128, num_workers: int = 0,
                  as_rgb: bool = False, seed: int = 0, task: str | None = None, num_classes: int | None = None,
-                 in_channels: int | None = None, image_size: int = 28, train_transform: Any = None) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+                 in_channels: int | None = None, image_size: int = 28, train_transform: Any = None,
+                 augmentation: Sequence[Any] | None = None) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, augmentation=augmentation)
         self.image_size, self.train_transform = int(image_size), train_transform
         # a review: a 64 px MedMNIST+ file was shrunk to the 28 px default without a word
         size = self.image_size if size is None else int(size)
@@ -219,8 +220,9 @@ class MedMNISTDataModule(ClassificationDataModule):
             datasets[split] = ArrayClassificationDataset(
                 images, labels, size=self.size, scale=255.0 if images.dtype.kind != "f" else 1.0,
                 mean=0.5, std=0.5, as_rgb=self.as_rgb, interpolation="nearest-exact",
-                transform=self.train_transform if split == "train" else None)
+                transform=self.train_augmentation(self.train_transform) if split == "train" else None)
         self.train_dataset, self.val_dataset, self.test_dataset = (datasets[s] for s in SPLITS)
+        self.probe_augmentation()
 
 
 def _resolve(flag: str, key: str, as_rgb: Any = False) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import albumentations as A
 import numpy as np
+import torch
 import pytest
 
 from datamodules.errors import DataError
@@ -159,3 +160,24 @@ def test_a_sites_pipeline_is_checked_and_named_by_its_site(tmp_path):
     with pytest.raises(DataError, match=r"data.sites.hospital_b.augmentation\[0\] \(albumentations.HorizontalFlip\) "
                                         r"takes no q"):
         build_datamodule(cfg.data).prepare_data()
+
+
+def test_classification_data_takes_the_same_key(tmp_path):
+    """MedMNIST (and the image-folder datamodule) take ``data.augmentation`` as the slice data does: one compose
+    for the training images only, tried on one before training."""
+    from datamodules.medmnist import MedMNISTDataModule
+    from tests.test_cls_data import write_npz
+
+    write_npz(tmp_path, "breastmnist.npz")
+    flip = [A.HorizontalFlip(p=1.0)]
+    dm = MedMNISTDataModule(root=str(tmp_path), flag="breastmnist", batch_size=4, augmentation=flip)
+    dm.setup("fit")
+    plain = MedMNISTDataModule(root=str(tmp_path), flag="breastmnist", batch_size=4)
+    plain.setup("fit")
+    assert torch.equal(dm.train_dataset[0]["image"], plain.train_dataset[0]["image"].flip(-1))
+    assert torch.equal(dm.val_dataset[0]["image"], plain.val_dataset[0]["image"])  # training images only
+    for ops, says in (([A.RandomCrop(height=64, width=64)], r"fails on a training image \(28x28x1\)"),
+                      ([A.ToRGB(p=1.0)], r"makes a training image \(28x28x1\) 28x28x3: the net takes 1 channel")):
+        bad = MedMNISTDataModule(root=str(tmp_path), flag="breastmnist", augmentation=ops)
+        with pytest.raises(DataError, match=says):
+            bad.setup("fit")
