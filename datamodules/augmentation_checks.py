@@ -171,5 +171,5 @@ def probe_image_transform(transform: Any, image: np.ndarray, what: str = "data.a
             raise DataError(f"{what} makes NaN or inf values of {seen}")
         if np.ndim(out) != 3 or np.shape(out)[2] != image.shape[2]:
             raise DataError(f"{what} makes {seen} {'x'.join(map(str, np.shape(out)))}: the net takes "
-                            f"{image.shape[2]} channel(s) (data.in_channels; data.as_rgb for three)")
+                            f"{image.shape[2]} channel(s) (data.in_channels)")
 

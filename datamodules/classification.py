@@ -85,12 +85,17 @@ class ArrayClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def as_handed(self, index: int) -> np.ndarray:
+        """Image ``index`` as the transform gets it: HWC float, scaled to [0, 1], grey repeated to RGB (as_rgb)."""
         img = np.asarray(self.images[index], dtype=np.float32) / self.scale
         if img.ndim == 2:
             img = img[:, :, None]
         if self.as_rgb and img.shape[2] == 1:
             img = np.repeat(img, 3, axis=2)
+        return img
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        img = self.as_handed(index)
         if self._albu:
             self._seeded = reseed_from_torch(self.transform, self._seeded)
             img = self.transform(image=img)["image"]
@@ -141,8 +146,7 @@ class ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
 
         train = self.train_dataset
         if self.augmentation is not None and train is not None and len(train) and train._albu:
-            image = np.asarray(train.images[0], dtype=np.float32) / train.scale
-            probe_image_transform(train.transform, image[:, :, None] if image.ndim == 2 else image)
+            probe_image_transform(train.transform, train.as_handed(0))
 
     def train_eval_dataset(self) -> Dataset | None:
         """The training images as evaluated (no ``transform``), index-aligned with ``train_dataset``: a federated

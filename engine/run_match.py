@@ -123,13 +123,38 @@ _NOT_REPEATED = ("resume=", "hydra.", "ckpt_path=")
 _CODE = re.compile(r"_(target|args|partial|recursive|convert)_|allow_targets", re.IGNORECASE)
 
 
+_TARGET = re.compile(r"_target_\s*:\s*['\"]?([A-Za-z_][\w.]*)['\"]?\s*[,}]")
+
+
 def _names_code(override: str) -> bool:
     """Whether a saved override could make a pasted command run code: :data:`_CODE` anywhere, a flag
     (``--config-dir``, ``-cd``, ``--run``: another config tree, whose YAMLs may build anything) or a key of
-    Hydra's own (``hydra/callbacks=...``, ``hydra.callbacks...``), which the run's folder does not need."""
+    Hydra's own (``hydra/callbacks=...``, ``hydra.callbacks...``), which the run's folder does not need. An
+    augmentation pipeline whose every ``_target_`` is an albumentations transform is data (a review: left out,
+    the suggested command composed no pipeline, and the resume it offered was refused for that)."""
     text = override.strip()
     key = text.lstrip("+~").split("=", 1)[0].strip().lower()
-    return bool(_CODE.search(text)) or text.startswith("-") or key.startswith("hydra")
+    if text.startswith("-") or key.startswith("hydra"):
+        return True
+    return bool(_CODE.search(text)) and not _augmentation_only(key, text)
+
+
+def _augmentation_only(key: str, text: str) -> bool:
+    """``<...>.augmentation=[...]`` whose ``_target_``s are all albumentations transforms, with no other code key
+    and no interpolation."""
+    from lightning_modules.errors import ConfigError
+    from lightning_modules.targets import is_augmentation
+
+    if not key.endswith("augmentation") or "${" in text or re.search(r"_(args|partial|recursive|convert)_|"
+                                                                      r"allow_targets", text, re.IGNORECASE):
+        return False
+    names = _TARGET.findall(text)
+    if not names or len(names) != len(re.findall("_target_", text, re.IGNORECASE)):
+        return False
+    try:
+        return all(is_augmentation(name) for name in names)
+    except ConfigError:  # a name that does not resolve here
+        return False
 
 
 def saved_overrides(run: Path) -> list[str]:

@@ -157,8 +157,9 @@ def short_name(name: str, limit: int = 128) -> str:
 def method_id(facts: Mapping[str, Any], overrides: Iterable[str]) -> str:
     """All that makes a run's method, its seed left out: what a dashboard groups seeds by (``config.run.method``).
     A federation's transport counts where the command chose it (``federation/executor=flower``, an override): a
-    Flower-vs-in-process comparison stays two rows, in W&B as in ``experiments.report``. A review: the recipe grouped by ``config.run.model``, which pooled runs of one model with other settings
-    (two epochs and one, each ``lits_dnet-dnet-s1`` in group ``lits_dnet``) into one mean."""
+    Flower-vs-in-process comparison stays two rows, in W&B as in ``experiments.report``. A review: the recipe
+    grouped by ``config.run.model``, which pooled runs of one model with other settings (two epochs and one, each
+    ``lits_dnet-dnet-s1`` in group ``lits_dnet``) into one mean."""
     parts = [f"{k}={v}" for k, v in facts.items() if k not in ("seed", "debug", "executor")]
     return " ".join([*parts, *sorted(str(o) for o in overrides)])[:500]
 
@@ -219,7 +220,7 @@ def kept_identity(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
         run = {**facts, "overrides": overrides, "method": method_id(facts, overrides)}
         if isinstance(kept.get("sweep"), str):
             run["sweep"] = kept["sweep"][:48]
-        return {**ident, "name": kept["name"][:128], "tags": [str(t)[:64] for t in kept["tags"]][:64],
+        return {**ident, "name": kept["name"][:128], "tags": [short_name(str(t), 64) for t in kept["tags"]][:64],
                 "config": {"run": run}}
     if getattr(rank_zero_only, "rank", 0) == 0:
         first = {"name": ident["name"], "tags": ident["tags"], "overrides": run.get("overrides", [])}
@@ -248,13 +249,14 @@ def with_identity(cfg: DictConfig, logger_cfg: DictConfig) -> DictConfig:
     ``job_type: train``). One that carries its identity (:func:`carried_identity`) is used as written."""
     plain = OmegaConf.to_container(logger_cfg, resolve=True)
     if carried_identity(logger_cfg):
-        plain["tags"] = [str(t)[:64] for t in plain.get("tags") or []][:64]
+        plain["tags"] = [short_name(str(t), 64) for t in plain.get("tags") or []][:64]
         plain["name"], plain["_convert_"] = short_name(plain["name"]), "all"
         return OmegaConf.create(plain)
     ident = run_identity(cfg)
     # the name and tags as used (a given logger.wandb.name included), kept for a resume of this run dir
     ident = kept_identity(cfg, {**ident, "name": plain.get("name") or ident["name"],
-                                "tags": list(dict.fromkeys([*(plain.get("tags") or []), *ident["tags"]]))})
+                                "tags": list(dict.fromkeys([*(short_name(str(t), 64) for t in plain.get("tags") or ()),
+                                                            *ident["tags"]]))})
     plain["name"], plain["tags"], plain["config"] = ident["name"], ident["tags"], ident["config"]
     if "debug" in ident["config"]["run"] and not job_type_given():
         plain["job_type"] = DEBUG_JOB_TYPE

@@ -181,3 +181,8 @@ def test_classification_data_takes_the_same_key(tmp_path):
         bad = MedMNISTDataModule(root=str(tmp_path), flag="breastmnist", augmentation=ops)
         with pytest.raises(DataError, match=says):
             bad.setup("fit")
+    # drawn on the image as training hands it over (a review: as_rgb's grey-to-RGB came after the check)
+    grey = MedMNISTDataModule(root=str(tmp_path), flag="breastmnist", as_rgb=True,
+                              augmentation=[A.ToGray(num_output_channels=1, p=1.0)])
+    with pytest.raises(DataError, match=r"makes a training image \(28x28x3\) 28x28(x1)?: the net takes 3 channel"):
+        grey.setup("fit")

@@ -71,6 +71,19 @@ def test_saved_overrides_naming_code_are_left_out_of_the_command_shown(tmp_path,
     assert "names code in 8 override(s)" in caplog.text and "shutil.rmtree" in caplog.text
 
 
+def test_an_augmentation_pipeline_is_kept_in_the_command_shown_and_a_disguised_one_is_not(tmp_path):
+    """A review: every ``data.augmentation`` holds ``_target_``s, so it was left out as code, and the suggested
+    command, which composed no pipeline, was refused by the resume check it was offered for."""
+    good = "data.augmentation=[{_target_: albumentations.OneOf, transforms: [{_target_: albumentations.HorizontalFlip}]}]"
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        [good, "data.sites.a.augmentation=[{_target_: albumentations.HorizontalFlip, p: {_target_: os.system}}]",
+         "data.augmentation=[{_target_: albumentations.Lambda}]",
+         "data.augmentation=[{_target_: albumentations.HorizontalFlip, _args_: [1]}]",
+         "data.augmentation=[{_target_: '${oc.env:X}'}]"]))
+    assert saved_overrides(tmp_path) == [good]
+
+
 def test_continue_command_is_shell_quoted_and_leaves_out_what_a_resume_sets(tmp_path):
     """One command for the SIGTERM line and the refused resume; a list override (a glob to a POSIX shell)
     and a value with a space reach the run as typed when the line is pasted into ``sh``."""

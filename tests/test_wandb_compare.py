@@ -345,3 +345,14 @@ def test_runs_of_a_sweep_over_long_values_keep_tags_apart(tmp_path, monkeypatch)
     assert len(tags["0.1"]) == len(tags["0.2"]) == 1 and tags["0.1"] != tags["0.2"], tags
     assert all(len(t[0]) <= 64 for t in tags.values())
 
+
+
+def test_a_given_tag_over_64_characters_reaches_w_and_b_cut_once(tmp_path):
+    """A review: a ``tags=[...]`` entry over 64 characters went to W&B uncut beside its cut form, and wandb.init
+    refused the run (a traceback)."""
+    from engine.wandb_tracking import with_identity
+
+    long_tag = "my-very-long-user-tag-" + "x" * 60
+    cfg = compose_run(["+exp=lits_dnet", "logger=wandb", f"tags=[{long_tag}]"], tmp_path)
+    tags = list(with_identity(cfg, cfg.logger.wandb).tags)
+    assert all(len(t) <= 64 for t in tags) and sum(t.startswith("my-very-long-user-tag-") for t in tags) == 1, tags
