@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import inspect
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -109,8 +109,6 @@ def probe_augmentation(augment: Any, image: np.ndarray, mask: np.ndarray, what: 
     """Draw ``augment`` (a :class:`~datamodules.transforms.SliceAugment`, copied: the run's draws are untouched)
     :data:`PROBE_DRAWS` times on one training slice; one line where a draw fails, changes the slice's size,
     makes non-finite values or new labels, or clips values outside [0, 1]."""
-    from datamodules.transforms import seed_albumentations
-
     probe = copy.deepcopy(augment)
     lo, hi = float(np.min(image)), float(np.max(image))
     seen = f"a training slice ({'x'.join(map(str, image.shape))}, values [{lo:.2f}, {hi:.2f}])"
@@ -118,15 +116,7 @@ def probe_augmentation(augment: Any, image: np.ndarray, mask: np.ndarray, what: 
     range_hint = ("albumentations' intensity transforms take float images in [0, 1]: use data.out_range=[0, 1] "
                   "with data.normalization=window, or transforms that keep values (geometric ones)")
     labels = set(np.unique(mask).tolist()) | {0}
-    for draw in range(PROBE_DRAWS):
-        seed_albumentations(probe.compose, draw)
-        try:
-            with np.errstate(all="ignore"), warnings.catch_warnings():  # a NaN is said below, in one line
-                warnings.simplefilter("ignore")
-                out, out_mask = probe.apply(image, mask)
-        except Exception as err:  # noqa: BLE001 - any failure of the user's pipeline is the config's
-            raise DataError(f"{what} fails on {seen}: {type(err).__name__}: "
-                            f"{' '.join(str(err).split())[:200]}") from None
+    for out, out_mask in _draws(probe.compose, lambda: probe.apply(image, mask), seen, what):
         if np.shape(out) != np.shape(image) or np.shape(out_mask) != np.shape(mask):
             raise DataError(f"{what} makes {seen} {'x'.join(map(str, np.shape(out)))} (mask "
                             f"{'x'.join(map(str, np.shape(out_mask)))}); validation and test see it unchanged: "
@@ -154,22 +144,30 @@ def probe_image_transform(transform: Any, image: np.ndarray, what: str = "data.a
     """A classification pipeline drawn :data:`PROBE_DRAWS` times on one training image (HWC float in [0, 1], as
     the dataset hands it over; the image is resized after it, so a size change is allowed): one line where a
     draw fails, makes non-finite values or changes the channels."""
-    from datamodules.transforms import seed_albumentations
-
     probe = copy.deepcopy(transform)
     seen = f"a training image ({'x'.join(map(str, image.shape))})"
-    for draw in range(PROBE_DRAWS):
-        seed_albumentations(probe, draw)
-        try:
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = probe(image=image)["image"]
-        except Exception as err:  # noqa: BLE001 - any failure of the user's pipeline is the config's
-            raise DataError(f"{what} fails on {seen}: {type(err).__name__}: "
-                            f"{' '.join(str(err).split())[:200]}") from None
+    for out in _draws(probe, lambda: probe(image=image)["image"], seen, what):
         if not np.all(np.isfinite(out)):
             raise DataError(f"{what} makes NaN or inf values of {seen}")
         if np.ndim(out) != 3 or np.shape(out)[2] != image.shape[2]:
             raise DataError(f"{what} makes {seen} {'x'.join(map(str, np.shape(out)))}: the net takes "
                             f"{image.shape[2]} channel(s) (data.in_channels)")
+
+
+def _draws(compose: Any, apply: Callable[[], Any], seen: str, what: str) -> Iterator[Any]:
+    """``apply()``'s output for each of :data:`PROBE_DRAWS` seeds of ``compose`` (a copy of the run's); a draw
+    that raises is one line naming ``seen``; numpy's and albumentations' warnings are kept quiet (a NaN is the
+    caller's one line)."""
+    from datamodules.transforms import seed_albumentations
+
+    for draw in range(PROBE_DRAWS):
+        seed_albumentations(compose, draw)
+        try:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = apply()
+        except Exception as err:  # noqa: BLE001 - any failure of the user's pipeline is the config's
+            raise DataError(f"{what} fails on {seen}: {type(err).__name__}: "
+                            f"{' '.join(str(err).split())[:200]}") from None
+        yield out
 

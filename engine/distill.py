@@ -34,6 +34,7 @@ from engine import artifacts
 from engine.builders import ConfigError, build_module
 from engine.checkpoint_checks import refuse_untrained_test
 from engine.fit import output_dir, train_and_test
+from engine.run_match import AUGMENTATION
 from engine.wandb_tracking import TEACHER_STAGE
 from lightning_modules.base import build
 from lightning_modules.distill_setup import check_same_padding
@@ -88,8 +89,7 @@ def teacher_key(cfg: DictConfig) -> dict[str, Any]:
 
 
 #: what ``distill.teacher.data`` may change: how much of the training split the teacher sees and how it is fed
-TEACHER_DATA_KEYS = ("train_cases", "train_slices", "augment", "augmentation", "rotation_limit", "batch_size",
-                     "num_workers")
+TEACHER_DATA_KEYS = ("train_cases", "train_slices", *AUGMENTATION, "batch_size", "num_workers")
 
 
 def teacher_data(cfg: DictConfig) -> DictConfig:

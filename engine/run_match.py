@@ -27,8 +27,8 @@ from lightning_modules.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["PIXELS", "SOURCE", "AUGMENTATION", "RESUME", "DISTILL", "FED_DISTILL", "FEDERATION", "TEST_ONLY",
-           "resume_keys", "saved_config", "differences", "debug_difference", "saved_overrides", "continue_command", "holds_run",
-           "interrupted_line"]
+           "resume_keys", "saved_config", "differences", "debug_difference", "saved_overrides", "continue_command",
+           "holds_run", "interrupted_line"]
 
 #: data keys that decide what the net sees of an image: a checkpoint is only meaningful with the same ones
 PIXELS = ("window", "out_range", "image_size", "spacing", "orientation", "normalization", "in_channels",
