@@ -189,6 +189,8 @@ def job_type_given() -> bool:
 
 
 IDENTITY_FILE = "wandb_identity.json"
+#: the tag of a federation's transport (``executor:flower``; :func:`run_facts`)
+EXECUTOR_TAG = "executor:"
 
 
 def _under_hydra() -> bool:
@@ -220,8 +222,11 @@ def kept_identity(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
         run = {**facts, "overrides": overrides, "method": method_id(facts, overrides)}
         if isinstance(kept.get("sweep"), str):
             run["sweep"] = kept["sweep"][:48]
-        return {**ident, "name": kept["name"][:128], "tags": [short_name(str(t), 64) for t in kept["tags"]][:64],
-                "config": {"run": run}}
+        # the transport is this start's (a federation may resume under another executor): its tag follows
+        # ``config.run.executor`` (a review: a run resumed under Flower kept ``executor:sequential``)
+        now = [t for t in ident["tags"] if str(t).startswith(EXECUTOR_TAG)]
+        tags = [short_name(str(t), 64) for t in kept["tags"] if not str(t).startswith(EXECUTOR_TAG)][:63] + now[:1]
+        return {**ident, "name": kept["name"][:128], "tags": tags, "config": {"run": run}}
     if getattr(rank_zero_only, "rank", 0) == 0:
         first = {"name": ident["name"], "tags": ident["tags"], "overrides": run.get("overrides", [])}
         if run.get("sweep"):

@@ -180,6 +180,26 @@ def test_a_resumed_run_keeps_its_wandb_name_tags_and_overrides(tmp_path):
     assert "resume" in NOT_METHOD and method_overrides(["resume=/x", "lr=0.1"]) == ["lr=0.1"]
 
 
+def test_a_federation_resumed_under_another_executor_is_tagged_with_the_new_one(tmp_path):
+    """Found by a review: a federation resumed under Flower kept its first start's ``executor:sequential`` tag
+    while ``config.run.executor`` said ``flower``; the other kept tags (the swept values) stay as first set."""
+    from omegaconf import open_dict
+
+    from engine.wandb_tracking import kept_identity
+
+    cfg = compose_run([*TINY, "logger=wandb"], tmp_path)
+    first = {"name": "fed-s0-lr=0.1", "tags": ["lr=0.1", "executor:sequential"],
+             "config": {"run": {"seed": 0, "executor": "sequential", "overrides": ["lr=0.1"]}}}
+    kept_identity(cfg, first)
+    typed = {"name": "fed-s0", "tags": ["executor:flower"],
+             "config": {"run": {"seed": 0, "executor": "flower", "overrides": []}}}
+    with open_dict(cfg):
+        cfg.resume = True
+    resumed = kept_identity(cfg, typed)
+    assert resumed["tags"] == ["lr=0.1", "executor:flower"] and resumed["name"] == "fed-s0-lr=0.1"
+    assert resumed["config"]["run"]["executor"] == "flower"
+
+
 def test_test_media_takes_a_classifier_and_a_segmenter():
     """Found by a walkthrough: a federated classifier's final W&B media failed ("too many values to unpack": its
     ROC curves hold their AUC third) and its confusion matrix (``confusion_matrix``, not ``confusion``) was never
