@@ -12,15 +12,3 @@ def goal(key: str) -> str:
     """``min`` or ``max``: which way ``key`` improves (``test/hd95_tumor``: min; ``test/nsd``: max)."""
     name = key.rsplit("/", 1)[-1]
     return "min" if any(name.startswith(s) or f"_{s}" in name for s in LOWER_IS_BETTER) else "max"
-
-
-def register_resolver() -> None:
-    """``${fedmed_goal:<metric>}`` in configs: the checkpoint callback's ``mode`` follows ``module.monitor``
-    (a review: ``mode: max`` kept the worst epoch of ``module.monitor=val/loss`` as best.ckpt and tested it)."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("fedmed_goal"):
-        OmegaConf.register_new_resolver("fedmed_goal", goal)
-
-
-register_resolver()

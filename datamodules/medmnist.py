@@ -12,8 +12,9 @@ accepted too (the BreastMNIST copy in ``../shared/data`` has them so). Like MedM
 pixels are mapped to ``[-1, 1]`` (``Normalize(mean=.5, std=.5)``) and, for the 224 setting of §3.1,
 resized from 28 with nearest-neighbour interpolation.
 
-Importing this module registers the OmegaConf resolver ``${medmnist:<flag>,<key>[,<as_rgb>]}`` with keys
-``task``, ``num_classes``, ``in_channels``, ``class_names``, used by ``configs/data/medmnist.yaml``.
+Its :func:`table_value` is the OmegaConf resolver ``${medmnist:<flag>,<key>[,<as_rgb>]}`` (registered by
+:func:`engine.resolvers.register_resolvers`) with keys ``task``, ``num_classes``, ``in_channels``,
+``class_names``, used by ``configs/data/medmnist.yaml``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import ListConfig
 
 from datamodules.classification import (
     ArrayClassificationDataset,
@@ -225,8 +226,8 @@ class MedMNISTDataModule(ClassificationDataModule):
         self.probe_augmentation()
 
 
-def _resolve(flag: str, key: str, as_rgb: Any = False) -> Any:
-    """``${medmnist:flag,key[,as_rgb]}``: a table value for the Hydra configs."""
+def table_value(flag: str, key: str, as_rgb: Any = False) -> Any:
+    """``${medmnist:flag,key[,as_rgb]}``: a table value for the Hydra configs (:mod:`engine.resolvers`)."""
     info = medmnist_info(flag)
     if info is None and key == "class_names":
         return None  # a file outside the table: classes are named 0..n-1 (data.class_names=[...] to name them)
@@ -240,6 +241,3 @@ def _resolve(flag: str, key: str, as_rgb: Any = False) -> Any:
         raise ValueError(f"unknown medmnist key {key!r}; expected one of {', '.join(values)}")
     return values[key]
 
-
-if not OmegaConf.has_resolver("medmnist"):
-    OmegaConf.register_new_resolver("medmnist", _resolve)

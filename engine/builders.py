@@ -17,7 +17,6 @@ from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelSummary, ProgressBar
 
-import callbacks.metric_goal  # noqa: F401  (registers ${fedmed_goal:...}, the checkpoint's mode)
 from callbacks.checkpoint_paths import ConfineCheckpointPaths
 from callbacks.epoch_seeding import EpochSeeding
 from callbacks.fit_time import FitTime

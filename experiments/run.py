@@ -22,11 +22,11 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from pytorch_lightning.utilities.exceptions import SIGTERMException  # noqa: E402
 
-import datamodules.medmnist  # noqa: E402,F401  (registers the ${medmnist:...} resolver used by data configs)
 from engine import artifacts, stop  # noqa: E402
 from engine.debug import apply_debug, as_run, fast_dev_rounds  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
 from engine.builders import check_dimensions, check_task  # noqa: E402
+from engine.resolvers import register_resolvers  # noqa: E402
 from engine.scalars import check_scalars  # noqa: E402
 from engine.tracking import check_wandb_modes, in_sweep  # noqa: E402
 from datamodules.spatial import forget_warnings as forget_header_warnings  # noqa: E402
@@ -38,7 +38,6 @@ from engine.objective import optimized_value  # noqa: E402
 from engine.tracking import record_environment  # noqa: E402
 from engine.run_overrides import method_suffix, swept_suffix  # noqa: E402
 from engine.wandb_tracking import trained_model  # noqa: E402
-import callbacks.metric_goal  # noqa: E402,F401  (registers ${fedmed_goal:...}: the checkpoint's mode)
 from engine.run_match import holds_run, interrupted_line  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
@@ -60,11 +59,10 @@ def _run_dir(resume: Any, default: str) -> str:
     return default
 
 
-for _name, _fn in (("fedmed_uid", lambda: RUN_UID), ("fedmed_run_dir", _run_dir), ("fedmed_swept", swept_suffix),
-                   ("fedmed_method", method_suffix), ("fedmed_model", trained_model),
-                   ("fedmed_sweep_name", sweep_folder_name)):
-    if not OmegaConf.has_resolver(_name):
-        OmegaConf.register_new_resolver(_name, _fn)
+# the library's resolvers and the run folder's names, before Hydra composes the config
+register_resolvers({"fedmed_uid": lambda: RUN_UID, "fedmed_run_dir": _run_dir, "fedmed_swept": swept_suffix,
+                    "fedmed_method": method_suffix, "fedmed_model": trained_model,
+                    "fedmed_sweep_name": sweep_folder_name})
 
 
 def dispatch(cfg: DictConfig) -> dict[str, Any]:

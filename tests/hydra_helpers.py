@@ -8,14 +8,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-import callbacks.metric_goal  # noqa: F401  (registers ${fedmed_goal:...}, as experiments.run does)
-import datamodules.medmnist  # noqa: F401  (registers the ${medmnist:...} resolver, as experiments.run does)
+from engine.resolvers import register_resolvers
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 
 def compose_run(overrides: list[str], tmp_path: Path, config_name: str = "train") -> DictConfig:
     """Compose ``train.yaml`` + overrides with outputs and data under ``tmp_path`` (W&B offline)."""
+    register_resolvers()  # as experiments.run does before Hydra composes
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(

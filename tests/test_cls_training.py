@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 
-import datamodules.medmnist  # noqa: F401 - registers the ${medmnist:...} resolver
 from experiments import decathlon_report
 from engine.fit import train_and_test
 from hydra_helpers import compose_run

@@ -175,9 +175,11 @@ def test_a_direction_against_the_objectives_goal_is_said(tmp_path, caplog):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from engine.resolvers import register_resolvers
     from tests.hydra_helpers import CONFIG_DIR
 
     def with_sweeper(*overrides):
+        register_resolvers()
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return compose("train", overrides=["+exp=lits_dnet", "hparams_search=lits_dnet_optuna", *overrides],

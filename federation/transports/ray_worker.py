@@ -81,7 +81,10 @@ class RayWorker:
     """A Ray actor running clients (``fn``) one after the other in its own process."""
 
     def __init__(self) -> None:
+        from engine.resolvers import register_resolvers
+
         back_to_the_drivers_folder()
+        register_resolvers()  # a client's config may hold ${medmnist:...} or ${fedmed_goal:...} unresolved
 
     def where(self) -> dict[str, Any]:
         import ray
