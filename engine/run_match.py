@@ -123,9 +123,6 @@ _NOT_REPEATED = ("resume=", "hydra.", "ckpt_path=")
 _CODE = re.compile(r"_(target|args|partial|recursive|convert)_|allow_targets", re.IGNORECASE)
 
 
-_TARGET = re.compile(r"_target_\s*:\s*['\"]?([A-Za-z_][\w.]*)['\"]?\s*[,}]")
-
-
 def _names_code(override: str) -> bool:
     """Whether a saved override could make a pasted command run code: :data:`_CODE` anywhere, a flag
     (``--config-dir``, ``-cd``, ``--run``: another config tree, whose YAMLs may build anything) or a key of
@@ -140,21 +137,42 @@ def _names_code(override: str) -> bool:
 
 
 def _augmentation_only(key: str, text: str) -> bool:
-    """``<...>.augmentation=[...]`` whose ``_target_``s are all albumentations transforms, with no other code key
-    and no interpolation."""
+    """``<...>.augmentation=[...]`` whose value, parsed as Hydra parses the command line, holds no interpolation,
+    no instantiate key but ``_target_`` and no ``allow_targets``, and whose every ``_target_`` is an albumentations
+    transform (:func:`_albumentations_only`); a value Hydra does not parse, or a sweep, is not."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if key != "augmentation" and not key.endswith(".augmentation"):
+        return False
+    try:
+        override = OverridesParser.create().parse_overrides([text])[0]
+    except Exception:  # noqa: BLE001 - Hydra's parse errors have no common base: not data then
+        return False
+    return not override.is_sweep_override() and _albumentations_only(override.value())
+
+
+def _albumentations_only(node: Any) -> bool:
+    """Whether a parsed override value is plain data whose ``_target_``s are all albumentations transforms."""
     from lightning_modules.errors import ConfigError
     from lightning_modules.targets import is_augmentation
 
-    if not key.endswith("augmentation") or "${" in text or re.search(r"_(args|partial|recursive|convert)_|"
-                                                                      r"allow_targets", text, re.IGNORECASE):
+    if isinstance(node, str):
+        return "${" not in node
+    if node is None or isinstance(node, (bool, int, float)):
+        return True
+    if isinstance(node, list):
+        return all(_albumentations_only(v) for v in node)
+    if not isinstance(node, dict) or not all(isinstance(k, str) for k in node):
         return False
-    names = _TARGET.findall(text)
-    if not names or len(names) != len(re.findall("_target_", text, re.IGNORECASE)):
+    if any(_CODE.search(k) and k != "_target_" for k in node):  # _args_, _partial_, allow_targets...
         return False
+    target = node.get("_target_")
     try:
-        return all(is_augmentation(name) for name in names)
+        if target is not None and not (isinstance(target, str) and is_augmentation(target)):
+            return False
     except ConfigError:  # a name that does not resolve here
         return False
+    return all(_albumentations_only(v) for v in node.values())
 
 
 def saved_overrides(run: Path) -> list[str]:

@@ -80,7 +80,13 @@ def test_an_augmentation_pipeline_is_kept_in_the_command_shown_and_a_disguised_o
         [good, "data.sites.a.augmentation=[{_target_: albumentations.HorizontalFlip, p: {_target_: os.system}}]",
          "data.augmentation=[{_target_: albumentations.Lambda}]",
          "data.augmentation=[{_target_: albumentations.HorizontalFlip, _args_: [1]}]",
-         "data.augmentation=[{_target_: '${oc.env:X}'}]"]))
+         "data.augmentation=[{_target_: '${oc.env:X}'}]",
+         "data.augmentation=[{_target_: albumentations.HorizontalFlip, p: '${oc.env:P}'}]",
+         "data.augmentation=[{_target_: albumentations.HorizontalFlip, allow_targets: [os]}]",
+         "data.augmentation=[{_TARGET_: os.system}]",
+         "data.augmentation=choice([{_target_: albumentations.HorizontalFlip}],[{_target_: os.system}])",
+         "data.not_augmentation=[{_target_: albumentations.HorizontalFlip}]",
+         "data.augmentation=[{_target_: albumentations.HorizontalFlip"]))  # one Hydra does not parse
     assert saved_overrides(tmp_path) == [good]
 
 
