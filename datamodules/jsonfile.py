@@ -37,7 +37,8 @@ def data_file_text(path: str | Path, what: str) -> str:
 def read_json(path: str | Path, what: str) -> Any:
     """The parsed JSON at ``path``; ``what`` names the file in the error (e.g. ``data.split_file``)."""
     p = Path(path)
+    text = data_file_text(p, what)  # missing or unreadable: its own line (a walkthrough: "is not valid JSON")
     try:
-        return json.loads(data_file_text(p, what))
+        return json.loads(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's parser goes
         raise DataError(f"{what} {p} is not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None

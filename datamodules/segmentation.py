@@ -162,7 +162,26 @@ class VolumeSegmentationDataModule(SliceDataModule):
         if self.declared_names is not None and len(self.declared_names) != len(found):
             raise DataError(f"data.class_names={self.declared_names} names {len(self.declared_names)} classes but "
                             f"data.target={self.target!r} gives {len(found)} ({found})")
+        if self.declared_names is not None:
+            self._check_order(found)
         return list(self.declared_names) if self.declared_names is not None else found
+
+    def _check_order(self, found: list[str]) -> None:
+        """A declared name the data gives another class is refused: a walkthrough's ``[background, tumour,
+        liver]`` on a ``dataset.json`` of liver 1, tumour 2 logged each class's Dice under the other's name, and
+        ``[background, liver]`` with ``target=tumor`` the tumour's as liver. A name the data does not use (a
+        phantom's ``organ``) is a rename, and kept."""
+        where = {n.casefold(): i for i, n in enumerate(found)}
+        labels = {n.casefold() for n in self.classes.values()}
+        source = self.root / "dataset.json" if self.layout in ("msd", "nnunet") else f"the {self.layout} layout"
+        for i, name in enumerate(self.declared_names):
+            j = where.get(name.casefold())
+            if j == i or (j is None and name.casefold() not in labels):
+                continue
+            said = f"names class {j}" if j is not None else "names a label this target does not select"
+            raise DataError(f"data.class_names={self.declared_names} names class {i} {name!r}, which {source} "
+                            f"{said} (data.target={self.target!r} gives {found}): leave data.class_names=null "
+                            f"to use those names, or list them in that order")
 
     def _layout_names(self) -> list[str]:
         names = self.classes

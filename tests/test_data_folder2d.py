@@ -428,3 +428,19 @@ def test_npy_images_and_masks_of_text_are_one_line(tmp_path):
     for threshold in (None, 0.5):
         with pytest.raises(DataError, match=r"masks/s1\.npy has dtype <U1, expected numbers"):
             decode_mask(tmp_path / "masks" / "s1.npy", threshold, None, None)
+
+
+@pytest.mark.parametrize("data", ["liver_slices", "kits_slices"])
+def test_the_documented_folder_keys_are_in_the_shipped_configs(data, tmp_path):
+    """A walkthrough: ``data=liver_slices data.test_image_dir=...`` (docs/data.md) was "Key 'test_image_dir' is not
+    in struct (did you mean data.image_dir?)": only ``+data.test_image_dir=`` worked."""
+    import inspect
+
+    from datamodules.folder2d import FolderSegmentationDataModule
+    from hydra_helpers import compose_run
+
+    keys = ["test_image_dir=t/i", "test_mask_dir=t/m", "split_file=s.json", "case_shard=[0,2]", "window=[0.1,0.9]"]
+    cfg = compose_run(["+exp=lits_dnet", f"data={data}", *(f"data.{k}" for k in keys)], tmp_path)
+    assert [cfg.data[k.split("=")[0]] for k in keys[:3]] == ["t/i", "t/m", "s.json"]
+    takes = inspect.signature(FolderSegmentationDataModule).parameters
+    assert set(cfg.data) - {"_target_", "in_channels", "num_classes"} <= set(takes)

@@ -147,3 +147,36 @@ def test_a_split_file_names_the_cases_it_leaves_out(tmp_path, caplog):
         read_split_file(str(path), ["a", "b", "c", "d", "e"])
     (record,) = caplog.records
     assert "lists 3 of the 5 cases found; 2 in no list are left out (e.g. d, e)" in record.getMessage()
+
+
+def test_class_names_follow_dataset_json_and_a_crossed_name_is_refused(tmp_path):
+    """A walkthrough: ``data=lits``'s ``class_names: [background, liver]`` named a spleen ``dataset.json``'s class
+    liver and ``target=tumor``'s tumour liver, and ``[background, liver_tumor, liver]`` swapped two classes' Dice,
+    all without a word. ``class_names=null`` (now ``data=lits``'s and ``data=kits``'s default) takes the data's
+    names; a declared name the data gives another class is one line; a name the data does not use is a rename."""
+    from datamodules.segmentation import VolumeSegmentationDataModule
+
+    root = write_phantom_dataset(tmp_path / "m", "msd", 2, SHAPE)
+
+    def names(target, declared=None):
+        return VolumeSegmentationDataModule(str(root), layout="msd", target=target, class_names=declared).class_names
+
+    assert names("organ") == ["background", "liver"]
+    assert names("tumor") == ["background", "liver_tumor"]
+    assert names("multiclass") == ["background", "liver", "liver_tumor"]
+    assert names("multiclass", ["background", "Liver", "lesion"]) == ["background", "Liver", "lesion"]
+    with pytest.raises(DataError, match=r"names class 1 'liver_tumor', which .*dataset\.json names class 2 "
+                                        r"\(data\.target='multiclass' gives"):
+        names("multiclass", ["background", "liver_tumor", "liver"])
+    lits = str(write_phantom_dataset(tmp_path / "l", "lits", 2, SHAPE))
+    with pytest.raises(DataError, match=r"names class 1 'liver', which the lits layout names a label this target "
+                                        r"does not select \(data\.target='tumor' gives \['background', 'tumor'\]\)"):
+        VolumeSegmentationDataModule(lits, layout="lits", target="tumor", class_names=["background", "liver"]).class_names
+
+
+def test_a_missing_dataset_json_is_said_to_be_missing(tmp_path):
+    """A walkthrough pointed ``data.root`` at nnU-Net's ``nnUNet_raw`` (the parent folder) and was told its
+    ``dataset.json`` "is not valid JSON (DataError: ... does not exist)"."""
+    with pytest.raises(DataError) as err:
+        layout_classes(tmp_path, "nnunet")
+    assert str(err.value).endswith(f"{tmp_path / 'dataset.json'} does not exist") and "JSON" not in str(err.value)
