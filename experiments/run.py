@@ -25,6 +25,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException  # noqa: E40
 from engine import artifacts, stop  # noqa: E402
 from engine.debug import apply_debug, as_run, fast_dev_rounds  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
+from engine.finished_run import finished_line, finished_metrics  # noqa: E402
 from engine.builders import check_dimensions, check_task  # noqa: E402
 from engine.resolvers import register_resolvers  # noqa: E402
 from engine.scalars import check_scalars  # noqa: E402
@@ -36,9 +37,9 @@ from engine.init_weights import check_init_weights  # noqa: E402
 from lightning_modules import targets  # noqa: E402
 from engine.objective import optimized_value  # noqa: E402
 from engine.tracking import record_environment  # noqa: E402
-from engine.run_overrides import method_suffix, swept_suffix  # noqa: E402
+from engine.run_overrides import method_suffix, swept_suffix, typed_command  # noqa: E402
 from engine.wandb_tracking import trained_model  # noqa: E402
-from engine.run_match import holds_run, interrupted_line  # noqa: E402
+from engine.run_match import holds_run, interrupted_line, sweep_continue_command  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
 from experiments import run_lock, sweep_jobs  # noqa: E402
@@ -131,6 +132,10 @@ def main(cfg: DictConfig) -> float | None:
         bad = checked_resume_problem(out, cfg)  # a resume's checks: a review found a requeue, resumed after them,
         if bad is not None:  # recording a replaced init_weights file's checksum
             return _failed(out, f"SLURM requeue {restarts}: {bad.splitlines()[0]}")
+    done = finished_metrics(out, cfg) if holds_run(out) else None
+    if done is not None:  # a finished run resumed as it ran (a repeated "continue" command, a SLURM requeue)
+        print(finished_line(out), file=sys.stderr)
+        return optimized_value(cfg, done)  # a sweep's objective, as the run returned it
     previous = stop.install()
     try:
         fresh = cfg.get("resume") in (None, False, "false") or (cfg.get("resume") in (True, "true")
@@ -195,7 +200,11 @@ def _failed(out: Path, line: str, release: bool = False) -> None:
 def _interrupted(out: Path, signame: str) -> None:
     """One line with the command that continues the run, exit 128 + the signal (a walkthrough: Ctrl-C in a
     sequential or Ray federation ended in Lightning's exit 1 and no such line, where SIGTERM gave one)."""
-    print(interrupted_line(signame, HydraConfig.get().overrides.task, out), file=sys.stderr)
+    line = interrupted_line(signame, HydraConfig.get().overrides.task, out)
+    sweeper = str(OmegaConf.select(HydraConfig.get(), "sweeper._target_", default="") or "")
+    if in_sweep() and "optuna" not in sweeper.lower():  # an Optuna sweep's trials would be drawn anew
+        line += f"; the whole sweep: {sweep_continue_command(typed_command(), HydraConfig.get().sweep.dir)}"
+    print(line, file=sys.stderr)
     sys.exit(128 + int(getattr(signal, signame)))
 
 

@@ -115,6 +115,7 @@ def test_a_slurm_requeue_continues_the_run_without_resume(tmp_path):
     args = [*TINY, "trainer.max_epochs=2", f"paths.data_dir={tmp_path / 'data'}"]
     stop = "+callbacks.stop_after={_target_: tests.test_exact_resume.StopAfter, epoch: 0}"  # a preempted job
     assert run_in_process("experiments.run", [*args, stop, f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    (run_dir / "metrics.json").unlink()  # a preempted job writes none (a requeued finished job is left as it is)
     done = run_in_process("experiments.run", [*args, f"hydra.run.dir={run_dir}"], tmp_path,
                           env={"SLURM_RESTART_COUNT": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
