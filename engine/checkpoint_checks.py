@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from datamodules.errors import DataError
 from datamodules.intensity import checked_ct_stats
 from datamodules.segmentation import checked_source_classes
-from engine.run_match import TEST_ONLY, differences, saved_config
+from engine.run_match import TEST_ONLY, TEST_SPLIT, differences, same_data_root, saved_config
 from lightning_modules.checkpoints import load_checkpoint, stored_net_cfg
 from lightning_modules.errors import CheckpointError, ConfigError
 from lightning_modules.targets import check_targets
@@ -119,6 +119,12 @@ def test_only_cfg(cfg: DictConfig, ckpt: dict[str, Any], path: str) -> DictConfi
     if diffs:
         raise CheckpointError(f"ckpt_path {path} was trained with other data settings than this run composes: "
                               f"{'; '.join(diffs)}; set them as the run had them (its config.yaml)")
+    root = same_data_root(trained, cfg) if trained is not None else None
+    split = differences(trained, cfg, TEST_SPLIT) if root is not None else []
+    if split:
+        raise CheckpointError(f"ckpt_path {path} was trained on data.root={root} split otherwise: {'; '.join(split)}; "
+                              f"its test cases would include ones it trained or validated on: set them as the run "
+                              f"had them (its config.yaml), or test on other data")
     composed = OmegaConf.select(cfg, "model._target_", default=None)
     if composed is not None and composed != stored.get("_target_"):  # the folder's name came from model=
         log.warning("ckpt_path %s holds a %s, not the %s that model= composes: this run tests the checkpoint's "

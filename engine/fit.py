@@ -157,6 +157,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     datamodule.prepare_data()
     datamodule.setup("fit")
     check_datamodule(datamodule)
+    if train:
+        warn_no_validation(datamodule, cfg)
     module = build_module(cfg) if module is None else module
     if resumed is not None:
         resumed.check(module)
@@ -224,6 +226,19 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
         raise  # open wandb.run)
     finish_wandb(trainer.loggers)  # its summary and config are written to disk
     return metrics
+
+
+def warn_no_validation(datamodule: pl.LightningDataModule, cfg: DictConfig) -> None:
+    """A training split with no validation cases is one warning of what follows (a walkthrough: with
+    ``data.val_fraction=0`` only Lightning's "could not find the monitored key" said so, and the test silently took
+    the last epoch's weights)."""
+    val = getattr(datamodule, "val_dataset", False)
+    if val is False or (val is not None and len(val) > 0):
+        return
+    monitor = OmegaConf.select(cfg, "module.monitor", default=None)
+    log.warning("no validation cases (data.val_fraction=%s): %s is never logged, no best.ckpt is kept, and the "
+                "test takes the last epoch's weights", OmegaConf.select(cfg, "data.val_fraction", default=None),
+                monitor or "the monitored metric")
 
 
 def stop_reason(exc: BaseException) -> str:

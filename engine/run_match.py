@@ -27,8 +27,8 @@ from lightning_modules.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["PIXELS", "SOURCE", "AUGMENTATION", "RESUME", "DISTILL", "FED_DISTILL", "FEDERATION", "TEST_ONLY",
-           "resume_keys", "saved_config", "differences", "debug_difference", "saved_overrides", "continue_command",
-           "holds_run", "interrupted_line"]
+           "TEST_SPLIT", "same_data_root", "resume_keys", "saved_config", "differences", "debug_difference",
+           "saved_overrides", "continue_command", "sweep_continue_command", "holds_run", "interrupted_line"]
 
 #: data keys that decide what the net sees of an image: a checkpoint is only meaningful with the same ones
 PIXELS = ("window", "out_range", "image_size", "spacing", "orientation", "normalization", "in_channels",
@@ -97,6 +97,23 @@ def resume_keys(saved: Mapping[str, Any]) -> tuple[str, ...]:
 #: what a test-only run must keep of the checkpoint's training run (its net comes from the checkpoint; the
 #: data may be another site's: cross-site testing is a use, not a mistake)
 TEST_ONLY = tuple(f"data.{k}" for k in PIXELS)
+#: what decides a dataset's split into training, validation and test cases: a test-only run on the checkpoint's
+#: own ``data.root`` keeps them, else its test cases include ones the net trained on (a walkthrough: ``seed=42``
+#: against a ``seed=1`` checkpoint scored two of its training cases as test, Dice 0.80, without a word)
+TEST_SPLIT = tuple(f"data.{k}" for k in ("_target_", "layout", "val_fraction", "test_fraction", "seed", "split_file",
+                                         "case_pattern", "stack_group_size", "synthetic"))
+
+
+def same_data_root(saved: Mapping[str, Any], cfg: Any) -> str | None:
+    """This run's ``data.root`` when the saved run's is the same folder (as written, or resolved), else None."""
+    old, new = _plain(saved, "data.root"), _plain(cfg, "data.root")
+    if not isinstance(old, str) or not isinstance(new, str):
+        return None
+    try:
+        same = old == new or Path(old).resolve() == Path(new).resolve()
+    except (OSError, RuntimeError, ValueError):
+        same = False
+    return new if same else None
 
 
 def saved_config(run: Path) -> dict[str, Any] | None:
@@ -234,6 +251,16 @@ def interrupted_line(signame: str, overrides: Iterable[str], run: Path | str) ->
             f"{continue_command(overrides, run, resume=False)}")
 
 
+def sweep_continue_command(typed: Iterable[str], sweep_dir: Path | str) -> str:
+    """The shell command that continues a whole stopped sweep: its typed overrides (the ``a,b`` values with them),
+    ``resume=true`` (each job continues its own folder; a finished one is left as it is) and the sweep's folder. A
+    walkthrough: Ctrl-C in a sweep was told only the stopped job's command, without ``-m`` and the other jobs."""
+    kept = [str(a) for a in typed if not str(a).startswith("-")
+            and not str(a).lstrip("+~").startswith(("resume=", "hydra.sweep.dir="))]
+    tail = ["resume=true", f"hydra.sweep.dir={hydra_value(str(sweep_dir))}"]
+    return " ".join(["python -m experiments.run -m", *(shlex.quote(a) for a in [*kept, *tail])])
+
+
 def continue_command(overrides: Iterable[str], run: Path | str, resume: bool = True) -> str:
     """The shell command that continues the run in ``run``: ``overrides`` (less those a resume must not
     repeat), each quoted for a POSIX shell (``data.window=[-40,160]`` is a glob there), then ``resume=<run>``
@@ -243,7 +270,9 @@ def continue_command(overrides: Iterable[str], run: Path | str, resume: bool = T
     # its teacher/ stage was told to continue without it, and its student then trained from scratch)
     own = resume and (Path(run) / "checkpoints" / "last.ckpt").is_file()
     skip = _NOT_REPEATED if own else tuple(k for k in _NOT_REPEATED if k != "ckpt_path=")
-    kept = [str(o) for o in overrides if not str(o).lstrip("+~").startswith(skip)]
+    # run again: in the folder it was given (a walkthrough: the command dropped the user's hydra.run.dir=)
+    kept = [str(o) for o in overrides if not str(o).lstrip("+~").startswith(skip)
+            or (not resume and str(o).lstrip("+~").startswith("hydra.run.dir="))]
     kept = [o for o in kept if not o.startswith("-")]  # never a flag: the command is overrides + resume= only
     tail = [f"resume={hydra_value(str(run))}"] if resume else []
     return " ".join(["python -m experiments.run", *(shlex.quote(a) for a in [*kept, *tail])])

@@ -89,6 +89,7 @@ def check_scalars(cfg: DictConfig) -> None:
         why = _problem(kind, low, value)
         if why is not None:
             raise ConfigError(f"{key}={value!r} {why}")
+    check_nodes(cfg)
     loss = OmegaConf.select(cfg, "distill.loss", default=None, throw_on_resolution_failure=False)
     if isinstance(loss, DictConfig):
         for name in loss:
@@ -97,3 +98,19 @@ def check_scalars(cfg: DictConfig) -> None:
             why = None if kind is None or value is None else _problem(kind, 0, value)
             if why is not None:
                 raise ConfigError(f"distill.loss.{name}={value!r} {why}")
+
+
+#: module settings that are configs a class is built from (``_target_`` and its arguments), never a bare value
+NODES = {"module.optimizer": "{_target_: torch.optim.SGD, _partial_: true, lr: 0.01, momentum: 0.9}",
+         "module.scheduler": "{_target_: torch.optim.lr_scheduler.StepLR, _partial_: true, step_size: 10}",
+         "module.loss": "{_target_: lightning_modules.losses.hybrid.HybridCEDiceLoss}"}
+
+
+def check_nodes(cfg: DictConfig) -> None:
+    """A bare value where a config is built (``module.optimizer=sgd``) is one line (a walkthrough: ``TypeError:
+    'str' object is not callable`` once the data and net were built); ``module.scheduler=null`` is no scheduler."""
+    for key, example in NODES.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if value is not None and not isinstance(value, DictConfig):
+            raise ConfigError(f"{key}={value!r} is a value, not a config to build: replace the config, e.g. "
+                              f"'~{key}' '+{key}={example}'")

@@ -217,7 +217,7 @@ def kept_identity(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
     run = ident["config"]["run"]
     if (isinstance(kept, dict) and isinstance(kept.get("name"), str) and isinstance(kept.get("tags"), list)
             and isinstance(kept.get("overrides"), list)):
-        overrides = [str(o) for o in kept["overrides"]]
+        overrides, grown = _lengths_now([str(o) for o in kept["overrides"]], run.get("overrides", []))
         facts = {k: v for k, v in run.items() if k not in ("overrides", "method", "sweep")}
         run = {**facts, "overrides": overrides, "method": method_id(facts, overrides)}
         if isinstance(kept.get("sweep"), str):
@@ -225,7 +225,8 @@ def kept_identity(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
         # the transport is this start's (a federation may resume under another executor): its tag follows
         # ``config.run.executor`` (a review: a run resumed under Flower kept ``executor:sequential``)
         now = [t for t in ident["tags"] if str(t).startswith(EXECUTOR_TAG)]
-        tags = [short_name(str(t), 64) for t in kept["tags"] if not str(t).startswith(EXECUTOR_TAG)][:63] + now[:1]
+        tags = [short_name(str(grown.get(t, t)), 64) for t in kept["tags"] if not str(t).startswith(EXECUTOR_TAG)]
+        tags = tags[:63] + now[:1]
         return {**ident, "name": kept["name"][:128], "tags": tags, "config": {"run": run}}
     if getattr(rank_zero_only, "rank", 0) == 0:
         first = {"name": ident["name"], "tags": ident["tags"], "overrides": run.get("overrides", [])}
@@ -233,6 +234,19 @@ def kept_identity(cfg: DictConfig, ident: dict[str, Any]) -> dict[str, Any]:
             first["sweep"] = run["sweep"]
         atomic_write_text(out / IDENTITY_FILE, json.dumps(first) + "\n")
     return ident
+
+
+def _lengths_now(kept: list[str], typed: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The kept method overrides with this start's value of each setting that trains a run longer
+    (:data:`engine.finished_run.LENGTH`: a resume may raise them), and the tags that change with them. A
+    walkthrough: a 3-round federation resumed with ``federation.rounds=4`` kept ``federation.rounds=3`` in its
+    ``config.run.method``, and a dashboard pooled it with the 3-round runs."""
+    from engine.finished_run import LENGTH
+
+    now = {override_key(o): o for o in typed if override_key(o) in LENGTH}
+    out = [now.pop(override_key(o), o) if override_key(o) in LENGTH else o for o in kept]
+    grown = {short_override(o): short_override(n) for o, n in zip(kept, out) if o != n}
+    return out + list(now.values()), grown
 
 
 def carried_identity(logger_cfg: DictConfig) -> bool:

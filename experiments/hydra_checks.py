@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -85,7 +86,13 @@ class WritableOutput(Callback):
                       file=sys.stderr)
         else:
             # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it
-            bad = checked_resume_problem(Path(str(config.hydra.run.dir)), config)
+            run = Path(str(config.hydra.run.dir))
+            if resumable(resume) and run.resolve() != Path(str(resume)).resolve():
+                # a walkthrough: with another hydra.run.dir the resume's checks read that folder, and a FedAvg
+                # run continued as FedProx, its .hydra/ and run.log written elsewhere
+                _refuse(f"resume={resume} continues that run in its own folder, but hydra.run.dir={run} is another "
+                        f"one: leave hydra.run.dir out (or set it to the run's folder)")
+            bad = checked_resume_problem(run, config)
             if bad is not None:  # before Hydra rewrites .hydra/ and the run its config.yaml: the folder stays as it was
                 _refuse(bad.splitlines()[0] if bad else bad)
         in_use = run_lock.first_refusal(folders, take=True) if main_process() else None  # run.main lets go
@@ -205,6 +212,10 @@ def user_command(task: Callable[[DictConfig], Any], cfg: DictConfig, config_name
         if config_name is not None:
             _refuse_unknown_keys(cfg, config_name)
         return task(cfg)
+    except KeyboardInterrupt:  # a walkthrough: Ctrl-C in a folder's predict was a 97-line traceback
+        print("stopped (SIGINT): each output written so far is whole (written to a temporary file, then renamed); "
+              "the same command again redoes them all", file=sys.stderr)
+        sys.exit(128 + int(signal.SIGINT))
     except Exception as exc:  # noqa: BLE001 - user errors become one line, the rest propagate
         err = find_user_error(exc)
         if err is None:

@@ -45,6 +45,10 @@ def slurm_restarts() -> int:
 
 
 def not_resumable_line(resume: str) -> str:
+    """Why ``resume=<dir>`` cannot continue: no such folder (a walkthrough: a mistyped path was said to hold no
+    checkpoints), or one holding nothing a run saves."""
+    if not Path(str(resume)).exists():
+        return f"resume={resume} does not exist: give the run dir to continue (logs/<exp>/runs/<run>)"
     return f"resume={resume} is not a run dir to continue (no checkpoints/, server.pt or teacher/ in it)"
 
 

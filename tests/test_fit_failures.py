@@ -188,3 +188,22 @@ def test_a_wandb_run_that_will_not_close_is_a_warning_not_the_error(caplog):
     with caplog.at_level(logging.WARNING, logger="engine.fit"):
         finish_wandb([lg], exit_code=1)
     assert "closing the W&B run failed: OSError: wandb service gone" in caplog.text
+
+
+def test_training_without_validation_cases_says_what_follows(caplog):
+    """A walkthrough: ``data.val_fraction=0`` was only Lightning's "could not find the monitored key" warning; the
+    test then took the last epoch's weights without a word of it."""
+    import logging
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from engine.fit import warn_no_validation
+
+    cfg = OmegaConf.create({"module": {"monitor": "val/dice"}, "data": {"val_fraction": 0}})
+    with caplog.at_level(logging.WARNING, logger="engine.fit"):
+        warn_no_validation(SimpleNamespace(val_dataset=[1]), cfg)
+        warn_no_validation(SimpleNamespace(), cfg)  # a datamodule without the attribute: nothing said
+        assert not caplog.records
+        warn_no_validation(SimpleNamespace(val_dataset=[]), cfg)
+    assert "no validation cases (data.val_fraction=0): val/dice is never logged" in caplog.text

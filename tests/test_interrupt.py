@@ -174,3 +174,28 @@ def test_a_swallowed_ctrl_c_stops_the_federation_at_its_next_safe_point():
     finally:
         stop.restore(previous)
     assert not stop.requested("sigint")
+
+
+def test_ctrl_c_in_predict_or_ensemble_is_one_line_and_130(capsys):
+    """A walkthrough: Ctrl-C in a folder's predict printed a 97-line traceback (its outputs were whole)."""
+    from omegaconf import OmegaConf
+
+    from experiments.hydra_checks import user_command
+
+    def task(cfg):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as done:
+        user_command(task, OmegaConf.create({}))
+    assert done.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stopped (SIGINT): each output written so far is whole") and "\n" not in err
+
+
+def test_a_resume_of_a_folder_that_does_not_exist_says_so(tmp_path):
+    """A walkthrough: a mistyped ``resume=`` path was "not a run dir to continue (no checkpoints/ ...)"."""
+    from experiments.run_folder import not_resumable_line
+
+    assert not_resumable_line(str(tmp_path / "nope")).endswith("nope does not exist: give the run dir to continue "
+                                                                 "(logs/<exp>/runs/<run>)")
+    assert "is not a run dir to continue" in not_resumable_line(str(tmp_path))

@@ -35,3 +35,16 @@ def test_run_scalars_refuse_what_is_not_their_kind(key, value):
     OmegaConf.update(cfg, key, value, force_add=True)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         check_scalars(cfg)
+
+
+@pytest.mark.parametrize("key", ["module.optimizer", "module.scheduler", "module.loss"])
+def test_a_bare_value_where_a_config_is_built_is_one_line(key):
+    """A walkthrough: ``module.optimizer=sgd`` was ``TypeError: 'str' object is not callable`` once the data and
+    net were built; the line's suggestion replaces the whole config (a merge keeps Adam's ``betas``)."""
+    cfg = OmegaConf.create({})
+    OmegaConf.update(cfg, key, "sgd", force_add=True)
+    with pytest.raises(ConfigError, match=rf"{key}='sgd' is a value, not a config to build: replace the config, "
+                                          rf"e.g. '~{key}' '\+{key}=\{{_target_: "):
+        check_scalars(cfg)
+    OmegaConf.update(cfg, key, None, force_add=True)
+    check_scalars(cfg)  # module.scheduler=null: none

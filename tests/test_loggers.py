@@ -200,6 +200,28 @@ def test_a_federation_resumed_under_another_executor_is_tagged_with_the_new_one(
     assert resumed["config"]["run"]["executor"] == "flower"
 
 
+
+def test_a_federation_resumed_with_more_rounds_says_so_in_its_method(tmp_path):
+    """A walkthrough: a 3-round federation resumed with ``federation.rounds=4`` kept ``federation.rounds=3`` in
+    ``config.run.method`` (and its tag), so a dashboard pooled it with 3-round runs; its name stays the first."""
+    from omegaconf import open_dict
+
+    from engine.wandb_tracking import kept_identity
+
+    cfg = compose_run([*TINY, "logger=wandb"], tmp_path)
+    first = {"name": "fed-s0-federation.rounds=3", "tags": ["federation.rounds=3", "lr=0.1"],
+             "config": {"run": {"seed": 0, "overrides": ["federation.rounds=3", "lr=0.1"]}}}
+    kept_identity(cfg, first)
+    with open_dict(cfg):
+        cfg.resume = True
+    typed = {"name": "x", "tags": [], "config": {"run": {"seed": 0, "overrides": ["federation.rounds=4",
+                                                                                     "trainer.max_epochs=2"]}}}
+    run = kept_identity(cfg, typed)
+    assert run["config"]["run"]["overrides"] == ["federation.rounds=4", "lr=0.1", "trainer.max_epochs=2"]
+    assert run["config"]["run"]["method"] == "federation.rounds=4 lr=0.1 trainer.max_epochs=2"
+    assert run["tags"] == ["federation.rounds=4", "lr=0.1"] and run["name"] == first["name"]
+
+
 def test_test_media_takes_a_classifier_and_a_segmenter():
     """Found by a walkthrough: a federated classifier's final W&B media failed ("too many values to unpack": its
     ROC curves hold their AUC third) and its confusion matrix (``confusion_matrix``, not ``confusion``) was never

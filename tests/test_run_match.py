@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.run_match import TEST_ONLY, continue_command, debug_difference, differences, saved_overrides
+from engine.run_match import (TEST_ONLY, continue_command, debug_difference, differences, saved_overrides,
+                              sweep_continue_command)
 from tests.cli import run_in_process
 
 TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
@@ -102,6 +103,7 @@ def test_continue_command_is_shell_quoted_and_leaves_out_what_a_resume_sets(tmp_
                                  "task_name=two words", f"resume={tmp_path / 'my run'}"]
     again = continue_command(over, tmp_path / "my run", resume=False)  # run again from the start: a fine-tune
     assert shlex.split(again)[3:] == ["+exp=lits_dnet", "data.window=[-40,160]", "task_name=two words",
+                                      "hydra.run.dir=/x",  # its folder kept (a walkthrough: it was dropped)
                                       "ckpt_path=/y.ckpt"]  # stays one (a review: it trained from scratch)
     (tmp_path / "my run" / "checkpoints" / "last.ckpt").unlink()  # stopped before its own first checkpoint (a
     resumed = shlex.split(continue_command(over, tmp_path / "my run"))  # distillation in its teacher/ stage)
@@ -165,9 +167,34 @@ def test_test_only_run_with_other_data_settings_is_one_line(trained, tmp_path):
     line = _error_line(run_in_process("experiments.run", [*args, "data.image_size=64"], tmp_path))
     assert "best.ckpt" in line and "data.image_size=64 (the run's 32)" in line, line
     assert not (tmp_path / "r" / "metrics.json").exists()
+    # a walkthrough: another seed split the checkpoint's own data otherwise, and its training cases were tested
+    line = _error_line(run_in_process("experiments.run", [*args, "seed=7"], tmp_path))
+    assert "split otherwise: data.seed=7 (the run's" in line and "trained or validated on" in line, line
+    assert not (tmp_path / "r" / "metrics.json").exists()
     proc = run_in_process("experiments.run", [*args, "model.width=8"], tmp_path)  # the net comes from the checkpoint
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["module"]["net"]["width"] == 4
+
+
+def test_a_finished_run_resumed_as_it_ran_is_left_as_it_is(trained, tmp_path):
+    """A walkthrough repeated a stopped run's "continue with" command after the run had finished: it was tested
+    again, and its metrics.json lost the last epoch's val/* and its CSV log the perf/* row."""
+    run = trained / "run"
+    kept = {name: (run / name).read_bytes() for name in ("metrics.json", "config.yaml", "csv/metrics.csv")}
+    proc = run_in_process("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", f"resume={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "has finished (its metrics.json): nothing to continue" in proc.stderr
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+
+
+def test_a_resume_with_another_hydra_run_dir_is_refused(trained, tmp_path):
+    """A walkthrough: ``resume=<run> hydra.run.dir=<elsewhere>`` ran the resume's checks on the other folder, and
+    a FedAvg run was continued as FedProx, its ``.hydra/`` and ``run.log`` written elsewhere."""
+    run, elsewhere = trained / "run", tmp_path / "elsewhere"
+    proc = run_in_process("experiments.run", [*TINY, f"paths.data_dir={trained / 'data'}", f"resume={run}",
+                                              "module.optimizer.lr=0.5", f"hydra.run.dir={elsewhere}"], tmp_path)
+    assert proc.returncode == 2 and f"hydra.run.dir={elsewhere} is another one" in _error_line(proc), proc.stderr
+    assert not elsewhere.exists()
 
 
 def test_a_run_with_the_default_loggers_resumes(module_tmp, tmp_path):
@@ -332,3 +359,11 @@ def test_a_resumed_run_keeps_its_augmentation():
     changed = {"data": {"sites": {"a": {}}, "site_defaults": {"augment": False, "image_size": 64}}}
     assert differences(defaults, changed, resume_keys(defaults)) == [
         "data.site_defaults.augment=False (the run's True)"]  # a review: what every site takes went unchecked
+
+
+def test_a_stopped_sweep_is_told_the_command_that_continues_all_its_jobs():
+    """A walkthrough: Ctrl-C in ``-m ... seed=1,2`` was told only the stopped job's command (no ``-m``, no seed=2)."""
+    typed = ["-m", "+exp=lits_dnet", "seed=1,2", "data.window=[-40,160]", "resume=true", "hydra.sweep.dir=/old"]
+    line = sweep_continue_command(typed, "/s w/sweep")
+    assert shlex.split(line) == ["python", "-m", "experiments.run", "-m", "+exp=lits_dnet", "seed=1,2",
+                                 "data.window=[-40,160]", "resume=true", "hydra.sweep.dir=/s w/sweep"]
