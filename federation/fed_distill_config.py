@@ -78,6 +78,10 @@ def check_config(cfg: DictConfig) -> list[str]:
         raise ConfigError("distill.teacher.data: a federated distillation's teachers (stage 1 and teacher_local) "
                           "train on each site's training split as its students do; give a site's budget as "
                           "data.sites.<site>.train_cases (it applies to every arm) and remove distill.teacher.data")
+    if cfg.get("federation") is not None:  # a name given with "." for "/": before any stage is built
+        from federation.config_shapes import check_federation_shapes
+
+        check_federation_shapes(cfg.federation)
     target = str(OmegaConf.select(cfg, "federation.strategy._target_", default="") or "")
     if target.rsplit(".", 1)[-1] == "DataSharing":  # its pool sends samples to the sites: not the stated boundary
         raise ConfigError("federation/strategy=datashare sends shared samples to the sites; a federated distillation "

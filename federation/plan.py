@@ -24,6 +24,7 @@ from federation.core.partial_labels import PartialLabels, check_partial_spec, un
 from federation.core.partition import PARTITIONERS, remote_sites
 from federation.core.sampling import client_seed, sample_clients  # noqa: F401 (re-exported)
 from federation.core.sharing import SharedPool
+from federation.config_shapes import check_federation_shapes, check_is_federation
 from federation.errors import FederationError
 from federation.runner import ClientIndices
 
@@ -53,16 +54,16 @@ FEDERATION_KEYS = frozenset({
     "partition_unit", "early_stopping", "eval_clients", "eval_test_every_round", "store_dir", "client_module",
     "partial_labels", "unannotated", "ignore_index", "evaluation_matrix", "matrix_metric", "matrix", "privacy",
     "progress", "strategy", "partition", "executor", "shared_fraction", "test_overlays"})
-
-
 def check_federation_config(fed: Any) -> None:
     """Refuse ``federation.*`` values that cannot work, before any data is built (one line each)."""
+    check_is_federation(fed)
     unknown = sorted(str(k) for k in fed if str(k) not in FEDERATION_KEYS)
     if unknown:  # a walkthrough: ++federation.roundz=3 ran one round without a word (other groups refuse it)
         close = difflib.get_close_matches(unknown[0], sorted(FEDERATION_KEYS), n=1)
         raise FederationError(f"federation.{unknown[0]} is no federation setting"
                               + (f" (did you mean federation.{close[0]}?)" if close else
                                  f"; they are: {', '.join(sorted(FEDERATION_KEYS))}"))
+    check_federation_shapes(fed)
     _int(fed, "rounds", 1)
     _int(fed, "num_clients", 1, allow_none=True)
     _int(fed, "local_epochs", 1)

@@ -47,14 +47,16 @@ from federation.core.messages import ClientUpdate, ServerMessage
 from federation.core.partial_labels import PartialLabels
 from federation.core.sampling import client_seed
 from federation.core.strategies import DataSharing, Strategy, proximal_loss_term, strategy_class
+from federation.core.strategies.fedbn import NoBatchNorm
 from federation.init_local import start_local
 from federation.store import ClientStore
 from federation.store_owner import FEDERATION_ID, claim_store, store_round
 from lightning_modules.base import is_argument_error
 from lightning_modules.errors import ConfigError
 
-__all__ = ["ClientIndices", "run_client", "train_local", "client_datamodule", "client_module_cfg", "best_local_store", "build_strategy",
-           "get_base_datamodule", "register_base", "client_seed", "quiet_lightning", "evaluate", "eval_trainer"]
+__all__ = ["ClientIndices", "run_client", "train_local", "client_datamodule", "client_module_cfg", "best_local_store",
+           "build_strategy", "model_named", "get_base_datamodule", "register_base", "client_seed", "quiet_lightning",
+           "evaluate", "eval_trainer"]
 
 log = logging.getLogger("federation.runner")
 _BASE_CACHE: dict[str, pl.LightningDataModule] = {}
@@ -103,9 +105,24 @@ def get_base_datamodule(data_cfg: Any) -> pl.LightningDataModule:
     return _BASE_CACHE[key]
 
 
-def build_strategy(strategy_cfg: Any, net: torch.nn.Module | None = None, **extra: Any) -> Strategy:
+def model_named(cfg: Any, net: torch.nn.Module) -> str:
+    """How a refusal names the run's model: its Hydra choice (``model=small_cnn``), else the net's class, with
+    ``model.norm`` where the model has one (a walkthrough: FedBN's refusal of a net without BatchNorm named none).
+    A federated distillation's stages build nets that are no Hydra choice: their class names them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    plain_run = HydraConfig.initialized() and OmegaConf.select(cfg, "fed_distill", default=None) is None
+    choice = HydraConfig.get().runtime.choices.get("model") if plain_run else None
+    name = f"model={choice}" if choice else f"the net {type(net).__name__}"
+    norm = OmegaConf.select(cfg, "model.norm", default=None)
+    return name if norm is None else f"{name} (model.norm={norm})"
+
+
+def build_strategy(strategy_cfg: Any, net: torch.nn.Module | None = None, named: str | None = None,
+                   **extra: Any) -> Strategy:
     """Instantiate ``federation.strategy``; ``model=net`` is passed to strategies that take it (FedBN)
-    and each of ``extra`` (e.g. ``pool``, ``seed``) to those whose constructor names it."""
+    and each of ``extra`` (e.g. ``pool``, ``seed``) to those whose constructor names it. ``named``: how a refusal
+    names the model (:func:`model_named`; the net's class when not given)."""
     plain = OmegaConf.to_container(strategy_cfg, resolve=True) if isinstance(strategy_cfg, DictConfig) \
         else dict(strategy_cfg)
     try:  # a Strategy class, nothing else (a trust review: a crafted config's subprocess.Popen was built here)
@@ -122,6 +139,9 @@ def build_strategy(strategy_cfg: Any, net: torch.nn.Module | None = None, **extr
         plain["n_shared"] = 0  # client side: only client_keys/client_receive/make_update are used
     try:
         return cls(**plain)
+    except NoBatchNorm as err:
+        who = named or (f"the net {type(net).__name__}" if net is not None else "no model was given and it")
+        raise ConfigError(f"federation.strategy ({cls.__name__}): {err}, but {who} has no BatchNorm layer") from err
     except (ValueError, TypeError) as err:  # a bad value (mu=-1, mode=bogus) or key: one line, not a traceback
         if isinstance(err, TypeError) and not is_argument_error(err):
             raise  # a TypeError from inside the constructor is a bug to see, not the user's value
@@ -287,7 +307,7 @@ def run_client(client_id: str, server_message: ServerMessage, cfg: DictConfig, i
 
     pl.seed_everything(seed, workers=True, verbose=False)
     module = build_module(client_module_cfg(cfg, client_id))  # the strategy needs the net (FedBN: BN keys)
-    strategy = build_strategy(cfg.federation.strategy, module.net)
+    strategy = build_strategy(cfg.federation.strategy, module.net, model_named(cfg, module.net))
     claim_store(store, best_local_store(store), client_id, config.get(FEDERATION_ID))  # another run's: moved aside
     saved = store.load_all(client_id, round=rnd)  # one read: local-only state and history before this round
     stored = saved.get("local_state") or {}

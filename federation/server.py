@@ -48,7 +48,7 @@ from federation.errors import FederationError
 from federation.init_local import init_local_entries
 from federation.partition_files import write_partition_report
 from federation.plan import check_federation_config, check_teacher_given, is_remote_sites, split_clients
-from federation.runner import build_strategy, eval_trainer, quiet_lightning, register_base
+from federation.runner import build_strategy, eval_trainer, model_named, quiet_lightning, register_base
 from federation.server_eval import evaluate_round, global_view_untrained, update_best
 from federation.server_resume import SERVER_CKPT, client_stores, resume_server, save_checkpoint
 from federation.store_owner import FEDERATION_ID, federation_id
@@ -140,7 +140,9 @@ class Server:
             {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}
         self.global_state = {k: v.detach().cpu().clone() for k, v in self.template.net.state_dict().items()}
         self.schema = state_schema(self.global_state)
-        self.strategy: Strategy = build_strategy(self.fed.strategy, self.template.net, pool=self.pool, seed=self.seed)
+        named = model_named(cfg, self.template.net)  # FedBN's refusal of a net without BatchNorm names the model
+        self.strategy: Strategy = build_strategy(self.fed.strategy, self.template.net, named, pool=self.pool,
+                                                 seed=self.seed)
         self.init_local = init_local_entries(self.init_state, self.strategy.is_local)  # sent: no client reads the file
         from federation.transports.flower.privacy import check_dp_statistics  # (plan.py's import, lazily too)
 

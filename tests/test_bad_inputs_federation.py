@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from federation.errors import FederationError
+from lightning_modules.errors import ConfigError
 from tests.cli import run_in_process, run_subprocess
+from tests.hydra_helpers import compose_run
 from tests.wandb_offline import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,10 +65,14 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     (["federation.executor.timeout_s=abc"], ["ConfigError: federation.executor.timeout_s=abc", "> 0 or null"]),
     (["federation.executor.timeout_s=-5"], ["ConfigError: federation.executor.timeout_s=-5", "> 0 or null"]),
     (["federation/executor=ray", "federation.executor.num_workers=0"], ["federation.executor.num_workers=0"]),
+    # a walkthrough: "." for "/" put the group's name where its config goes: an AttributeError deep in a check, exit 1
+    (["federation.strategy=fedprox"], ["FederationError: federation.strategy='fedprox' is a name, not a config",
+                                       "federation/strategy=fedprox"]),
 ], ids=["rounds0", "float_per_round", "negative_per_round", "too_many_clients", "alpha0", "alpha_negative", "partition_typo", "unit",
         "client_val_fraction", "no_client_val_for_sharing",
         "sharing_mode", "fedprox_mu", "fedadam_eta", "ray_address_unreachable",
-        "ray_client_address_unreachable", "timeout_abc", "timeout_negative", "ray_no_workers"])
+        "ray_client_address_unreachable", "timeout_abc", "timeout_negative", "ray_no_workers",
+        "group_name_with_a_dot"])
 def test_bad_federation_value_is_one_line_exit_2(tmp_path, args, needles):
     run = tmp_path / "run"
     proc = _run([*args, f"hydra.run.dir={run}"], tmp_path)
@@ -281,3 +288,70 @@ def test_a_metric_no_client_reports_stops_the_round_in_one_line(tmp_path):
     _one_line_error(proc, "FederationError: round 1: no client reported the 'balanced_acc' metric",
                     "federation.executor.dp.release_metrics")
     assert not (run / "metrics.json").exists()
+
+
+def _check(overrides: list[str], tmp_path: Path) -> None:
+    """``federation.*`` checked as the server checks it first, on the config the command line composes."""
+    from federation.plan import check_federation_config
+
+    check_federation_config(compose_run(overrides, tmp_path).federation)
+
+
+@pytest.mark.parametrize("given, said", [
+    ("federation.strategy=fedprox", "federation.strategy='fedprox' is a name, not a config: choose the group with "
+                                    "federation/strategy=fedprox"),
+    ("federation.partition=iid", "federation.partition='iid' is a name, not a config: choose the group with "
+                                 "federation/partition=iid"),
+    ("federation.executor=ray", "federation.executor='ray' is a name, not a config: choose the group with "
+                                "federation/executor=ray"),
+    ("federation.strategy=fedprx", "federation/strategy=fedprx (federation/strategy is one of datashare,"),
+    ("federation.strategy=null", "federation.strategy=null is no config: choose one with federation/strategy=<name>"),
+    ("federation.partition=null", "federation.partition=null is no config"),
+    ("federation.early_stopping=true", "federation.early_stopping=true must hold settings"),
+    ("federation.matrix=best", "federation.matrix='best' must hold settings"),
+    ("federation.client_module=abc", "federation.client_module='abc' must hold settings"),
+], ids=["strategy", "partition", "executor", "unknown_name", "strategy_null", "partition_null", "early_stopping",
+        "matrix", "client_module"])
+def test_a_config_group_given_with_a_dot_is_one_line(tmp_path, given, said):
+    """A walkthrough: ``federation.strategy=fedprox`` (``.`` for ``/``) was an AttributeError, ``executor=ray`` and
+    ``partition=iid`` a TypeError, exit 1; each node that holds settings is checked before anything is built."""
+    with pytest.raises(FederationError) as err:
+        _check(["+exp=fed_lits_dnet", given], tmp_path)
+    assert said in str(err.value) and "\n" not in str(err.value)
+    _check(["+exp=fed_lits_dnet", "federation.executor=null"], tmp_path)  # null: the sequential executor
+
+
+def test_a_config_group_given_with_a_dot_to_a_federated_distillation_is_refused_before_stage_1(tmp_path):
+    from federation.fed_distill_config import check_config
+
+    with pytest.raises(FederationError, match="federation.strategy='fedbn' is a name, not a config"):
+        check_config(compose_run(["+exp=fed_kits_hlfd", "federation.strategy=fedbn"], tmp_path))
+
+
+@pytest.mark.parametrize("given", [["+federation/strategy=fedprox"], ["+federation.rounds=3"]])
+def test_a_federation_group_on_a_centralised_experiment_says_it_is_no_federation(tmp_path, given):
+    """A walkthrough: ``+exp=lits_dnet +federation/strategy=fedprox`` said ``federation.rounds=None: must be an
+    integer >= 1``; the line says the experiment is no federation and names the federated ones."""
+    with pytest.raises(FederationError) as err:
+        _check(["+exp=lits_dnet", *given], tmp_path)
+    line = str(err.value)
+    key = given[0].lstrip("+").split("=")[0].replace("/", ".")
+    assert line.startswith(f"+exp=lits_dnet is not a federation ({key} given): federation/* groups"), line
+    assert "+exp=fed_lits_dnet" in line and "+exp=segviz_fedbn" in line and "+exp=lits_dnet," not in line
+    _check(["+exp=kits_hlfd", "+federation=default"], tmp_path)  # a centralised experiment made one: a federation
+
+
+def test_fedbn_without_batchnorm_names_the_model_and_its_norm(tmp_path):
+    """A walkthrough: ``federation/strategy=fedbn model.norm=group`` said only "FedBN needs a model with BatchNorm
+    layers", not which model (the Hydra choice, else the net's class) had none."""
+    from engine.builders import build_module
+    from federation.runner import build_strategy, model_named
+
+    cfg = compose_run(["+exp=fed_digits_datashare", "federation/strategy=fedbn", "model.norm=group", "model.width=4"],
+                      tmp_path)
+    net = build_module(cfg).net
+    with pytest.raises(ConfigError, match=r"FedBN needs a model with BatchNorm layers.*, but model=small_cnn "
+                                          r"\(model.norm=group\) has no BatchNorm layer$"):
+        build_strategy(cfg.federation.strategy, net, model_named(cfg, net), pool=None, seed=0)
+    with pytest.raises(ConfigError, match=rf"but the net {type(net).__name__} has no BatchNorm layer$"):
+        build_strategy(cfg.federation.strategy, net)  # a caller that names no model: the net's class

@@ -8,7 +8,13 @@ from torch import nn
 from .base import bn_state_keys
 from .fedavg import FedAvg
 
-__all__ = ["FedBN"]
+__all__ = ["FedBN", "NoBatchNorm"]
+
+
+class NoBatchNorm(ValueError):
+    """FedBN given a net without BatchNorm layers and no ``bn_keys``/``bn_prefixes``: raised apart from the other
+    values' errors so that :func:`federation.runner.build_strategy`, which knows the model's config, names it."""
+
 
 class FedBN(FedAvg):
     """FedBN (Li et al. 2021, Alg. 1): FedAvg over everything except batch-norm entries, which are
@@ -28,6 +34,6 @@ class FedBN(FedAvg):
         keys = set(bn_keys) | (bn_state_keys(model, prefix) if model is not None else set())
         prefixes = tuple(bn_prefixes)
         if not keys and not prefixes:
-            raise ValueError("FedBN needs a model with BatchNorm layers, bn_keys or bn_prefixes")
+            raise NoBatchNorm("FedBN needs a model with BatchNorm layers, bn_keys or bn_prefixes")
         super().__init__(local_keys=keys | set(kw.pop("local_keys", ())),
                          local_prefixes=prefixes + tuple(kw.pop("local_prefixes", ())), **kw)

@@ -94,10 +94,11 @@ def check(cfg: DictConfig) -> None:
         check_secagg(cfg)
     if str(OmegaConf.select(cfg, "federation.privacy", default="none")) == "dp":  # as the ServerApp would
         from engine.builders import build_module
-        from federation.runner import build_strategy
+        from federation.runner import build_strategy, model_named
 
         net = build_module(cfg).net
-        check_dp_statistics(cfg.federation, net.state_dict(), build_strategy(cfg.federation.strategy, net).is_local)
+        strategy = build_strategy(cfg.federation.strategy, net, model_named(cfg, net))
+        check_dp_statistics(cfg.federation, net.state_dict(), strategy.is_local)
     check_data_transfer(cfg)
 
 
