@@ -18,7 +18,8 @@ from engine import artifacts
 from lightning_modules.segmentation import SegmentationModule
 
 __all__ = ["fmt", "log_metrics", "log_image", "close_loggers", "rounds_table", "write_rounds_csv", "global_model_keys",
-           "best_of_rounds", "log_round", "log_test_media", "test_overlays", "replay_bests"]
+           "best_of_rounds", "log_round", "log_test_media", "test_overlays", "replay_bests", "perf_keys",
+           "case_spread"]
 
 log = logging.getLogger("federation.loop")
 
@@ -66,18 +67,29 @@ def log_round(row: Mapping[str, float], rounds: int) -> None:
                                                            for k, v in shown.items()))
 
 
+def perf_keys(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``perf/num_parameters`` as a centralised run logs it (:class:`callbacks.throughput.Throughput`): a walkthrough
+    found federations under ``num_parameters`` only, an empty W&B column beside centralised runs. The throughput
+    numbers a federation does not measure (images/s, FLOPs, peak memory) are not made up."""
+    n = metrics.get("num_parameters")
+    return {"perf/num_parameters": float(n)} if isinstance(n, (int, float)) and not isinstance(n, bool) else {}
+
+
 def log_metrics(loggers: list, metrics: Mapping[str, float], step: int) -> None:
-    metrics = {**metrics, **global_model_keys(metrics)}
+    """``metrics`` and their centralised keys to every logger; each ``val/*`` key's W&B max/min summary is defined
+    before its first log (a walkthrough: defined after, a one-round federation's ``val/dice`` summary was a plain
+    number and a ``val/dice.max`` column empty)."""
+    metrics = {**metrics, **global_model_keys(metrics), **perf_keys(metrics)}
     clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    try:
+        track_best(loggers, clean, step)  # define_metric, then val/<m>_best and the round it came from
+    except Exception as exc:  # noqa: BLE001
+        log.warning("W&B summary failed: %s", exc)
     for lg in loggers:
         try:
             lg.log_metrics(clean, step=step)
         except Exception as exc:  # noqa: BLE001 - a logger must not stop the federation
             log.warning("logger %s failed: %s", type(lg).__name__, exc)
-    try:
-        track_best(loggers, clean, step)  # W&B summary: val/<m>_best and the round it came from
-    except Exception as exc:  # noqa: BLE001
-        log.warning("W&B summary failed: %s", exc)
 
 
 def replay_bests(loggers: list, history: list[Mapping[str, float]]) -> None:
@@ -111,8 +123,10 @@ def test_overlays(module: Any, fed: Mapping[str, Any]) -> SegmentationOverlays |
 def log_test_media(loggers: list, module: Any, overlays: SegmentationOverlays | None = None) -> None:
     """The tested module's W&B media (:func:`callbacks.wandb_media.test_media`: per-case table, ROC, confusion
     matrix, and ``overlays``' slices with mask layers) to every live W&B run, as a centralised run's callbacks
-    log them. A walkthrough found federations logged none."""
+    log them, and its ``test/<m>_std`` summary (:func:`summarise_spread`). A walkthrough found federations logged
+    none."""
     runs = wandb_runs(loggers)
+    summarise_spread(runs, module)
     if overlays is not None and overlays.picked and (Path(overlays.saved or "").is_file()):
         log_image(loggers, "test/overlays", Path(overlays.saved))
     if not runs:
@@ -123,6 +137,24 @@ def log_test_media(loggers: list, module: Any, overlays: SegmentationOverlays | 
             run.log(media, commit=True)
     except Exception as exc:  # noqa: BLE001 - media are extras: never fail the federation on them
         log.warning("logging the test media failed: %s", exc)
+
+
+def case_spread(module: Any) -> dict[str, float]:
+    """The tested module's ``test/<m>_std`` across cases (:func:`lightning_modules.metrics.summarise`), which a
+    centralised run's summary holds from its ``metrics.json`` (NaN with one case, as there)."""
+    summary = getattr(module, "test_summary", None) or {}
+    return {f"test/{k}": float(v) for k, v in summary.items() if str(k).endswith("_std")
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def summarise_spread(runs: list, module: Any) -> None:
+    """:func:`case_spread` into each W&B run's summary (a walkthrough: federations had no ``test/*_std``)."""
+    try:
+        spread = case_spread(module)
+        for run in runs if spread else ():
+            run.summary.update(spread)
+    except Exception as exc:  # noqa: BLE001 - a summary extra must not fail the federation
+        log.warning("W&B summary of the test spread failed: %s", exc)
 
 
 def matrix_scalars(matrix: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

@@ -73,6 +73,12 @@ def test_federated_run_logs_the_global_model_on_centralised_keys(tmp_path):
     best = max(rounds, key=lambda h: h["val/dice"])
     assert run["summary"]["val/dice_best"] == pytest.approx(best["val/dice"])
     assert run["summary"]["val/dice_best_step"] == best["epoch"]
+    # W&B's own best-of over every round, round 1 included (a walkthrough: defined after round 1's log), and the
+    # centralised run's parameter count and per-case spread
+    assert run["summary"]["val/dice"]["max"] == pytest.approx(best["val/dice"])
+    fed_metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert run["summary"]["perf/num_parameters"] == fed_metrics["num_parameters"]
+    assert "test/dice_std" in run["summary"] and "test/miou_std" in run["summary"]
     # the final global model's test media, as a centralised run's (a walkthrough: federations logged none)
     assert {"test/per_case/path", "test/roc_table/path", "test/confusion_matrix_table/path",
             "test/overlay_masks/all_masks", "test/overlays/_type"} <= _keys(run)
@@ -356,3 +362,71 @@ def test_a_given_tag_over_64_characters_reaches_w_and_b_cut_once(tmp_path):
     cfg = compose_run(["+exp=lits_dnet", "logger=wandb", f"tags=[{long_tag}]"], tmp_path)
     tags = list(with_identity(cfg, cfg.logger.wandb).tags)
     assert all(len(t) <= 64 for t in tags) and sum(t.startswith("my-very-long-user-tag-") for t in tags) == 1, tags
+
+
+class _Run:
+    """A W&B run that records the order of ``define_metric`` and ``log``."""
+
+    def __init__(self, events):
+        self.events, self.summary = events, {}
+
+    def define_metric(self, key, summary):
+        self.events.append(("define", key, summary))
+
+
+class WandbLogger:  # the name wandb_runs and track_best look for
+    def __init__(self):
+        self.events = []
+        self.experiment = _Run(self.events)
+
+    def log_metrics(self, metrics, step):
+        self.events.append(("log", dict(metrics), step))
+
+
+def test_a_one_round_federation_defines_each_val_metric_before_logging_it():
+    """A walkthrough: ``define_metric`` came after the first log of ``val/<m>``, so a one-round federation's W&B
+    summary of ``val/dice`` was a plain number and a dashboard's ``val/dice.max`` column empty for it."""
+    from federation.records import log_metrics
+
+    lg = WandbLogger()
+    log_metrics([lg], {"round": 1, "fed/round/server_val/dice": 0.4, "fed/round/server_val/loss": 0.9}, step=1)
+    first_log = next(i for i, e in enumerate(lg.events) if e[0] == "log")
+    defined = {e[1]: e[2] for e in lg.events[:first_log] if e[0] == "define"}
+    assert defined == {"val/dice": "max,last", "val/loss": "min,last"}, lg.events
+    assert lg.events[first_log][1]["val/dice"] == 0.4 and lg.experiment.summary["val/dice_best"] == 0.4
+
+
+def test_a_federation_s_summary_has_a_centralised_run_s_parameter_count_and_case_spread():
+    """A walkthrough: federations logged ``num_parameters`` only (centralised runs ``perf/num_parameters`` too) and
+    no ``test/<m>_std``, which a centralised run's summary has from its per-case scores."""
+    from types import SimpleNamespace
+
+    from federation.records import log_metrics, log_test_media
+
+    lg = WandbLogger()
+    log_metrics([lg], {"num_parameters": 1234, "test/dice": 0.5}, step=2)
+    logged = next(e[1] for e in lg.events if e[0] == "log")
+    assert logged["perf/num_parameters"] == 1234.0 and logged["num_parameters"] == 1234
+    tested = SimpleNamespace(test_summary={"dice": 0.5, "dice_std": 0.1, "rvd_liver_std": float("nan"),
+                                           "num_cases": 2.0})
+    log_test_media([lg], tested)  # no media of a stand-in module: warned, the summary still written
+    summary = lg.experiment.summary
+    assert summary["test/dice_std"] == 0.1 and "test/rvd_liver_std" in summary  # NaN with one case, as centralised
+    assert "test/dice" not in summary and "test/num_cases" not in summary  # those are logged, not set here
+
+
+def test_the_federated_student_without_kd_is_tagged_distill_none(tmp_path, monkeypatch):
+    """A walkthrough: ``fed_kits_hlfd``'s ``fed_none`` stage had no ``distill:`` tag and no ``config.run.distill``
+    in W&B, where a centralised ``distill=none`` run and the local ``none`` arm have ``distill:none``."""
+    from federation import fed_distill, fed_distill_config
+
+    monkeypatch.setattr(sys, "argv", ["run", "+exp=fed_kits_hlfd", "logger=wandb"])
+    monkeypatch.delenv("FEDMED_COMMAND_ARGV", raising=False)
+    cfg = compose_run(["+exp=fed_kits_hlfd", "logger=wandb"], tmp_path)
+    stages = {"fed_none": fed_distill.student_stage_cfg(cfg, "fed_none", tmp_path / "teacher" / "global_best.pt"),
+              "none": fed_distill_config.site_cfg(cfg, fed_distill_config.site_names(cfg)[0], "none")}
+    for arm, stage in stages.items():
+        ident = run_identity(stage)
+        assert "distill:none" in ident["tags"] and ident["config"]["run"]["distill"] == "none", (arm, ident["tags"])
+    models = {arm: run_identity(stage)["config"]["run"]["model"] for arm, stage in stages.items()}
+    assert models["fed_none"] == models["none"] == "resnet18_student", models
