@@ -71,7 +71,9 @@ def plan_cases(input: str | Path, output: str | Path, labels: str | Path | None 
         raise DataError(f"labels {lab} does not exist")
     if src.is_file():
         if not is_nifti(src):
-            raise DataError(f"input {src} is not a NIfTI file (.nii or .nii.gz)")
+            # a walkthrough: a TIFF given to a checkpoint trained on PNGs was "not a NIfTI file"
+            raise DataError(f"input {src} is neither a NIfTI volume (.nii/.nii.gz) nor a 2D image file "
+                            f"(.png/.jpg/.jpeg/.npy): convert a TIFF or DICOM to one of them first")
         case_id = single_case_id(src)
         # named by its case (a review: two KiTS cases' imaging.nii.gz both wrote output/imaging.nii.gz)
         target = out / f"{case_id}.nii.gz" if out.is_dir() else out

@@ -11,6 +11,7 @@ is scored (Dice, IoU, RVD per class) against its mask, decoded as training decod
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,8 @@ from lightning_modules.atomic import atomic_output
 from lightning_modules.errors import ConfigError
 from lightning_modules.inference import VolumePredictor
 from lightning_modules.metrics import case_scores, confusion_matrix
+
+log = logging.getLogger("experiments.predict")
 
 __all__ = ["ImageCase", "is_image", "plan_images", "predict_image", "save_png", "score_image"]
 
@@ -72,6 +75,10 @@ def plan_images(input: str | Path, output: str | Path, labels: str | Path | None
         files = sorted(p for p in src.iterdir() if p.is_file() and is_image(p))
         if not files:
             raise DataError(f"input folder {src} holds no image file ({'/'.join(EXTENSIONS)})")
+        others = sorted(p.name for p in src.iterdir() if p.is_file() and not is_image(p) and not p.name.startswith("."))
+        if others:  # a walkthrough: a TIFF among the PNGs was skipped without a word
+            log.warning("input folder %s: %d file(s) not %s are not predicted: %s", src, len(others),
+                        "/".join(EXTENSIONS), ", ".join(others[:5]) + (", ..." if len(others) > 5 else ""))
         if out.is_file() or (not out.is_dir() and (is_image(out) or out.name.lower().endswith((".nii", ".nii.gz")))):
             # a walkthrough: output=p4.nii.gz made a folder of that name and filled it with PNGs
             raise ConfigError(f"output={out} must be a folder when input={src} is a folder")

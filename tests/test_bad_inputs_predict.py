@@ -39,6 +39,7 @@ def files(module_tmp):
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 3, 1), np.float32), np.eye(4)), tmp / "vol4d.nii.gz")
     (tmp / "notes.txt").write_text("not a volume")
     (tmp / "image.png").write_bytes(b"\x89PNG\r\n")
+    (tmp / "scan.tif").write_bytes(b"II*\x00")
     cls = torch.load(ckpt, weights_only=True)
     cls["hyper_parameters"] = {"task": "multi-class", "num_classes": 2, "net": cls["hyper_parameters"]["net"]}
     torch.save(cls, tmp / "classifier.ckpt")
@@ -166,6 +167,9 @@ CASES = [  # (name, args with {t}=tmp dir and {c}=good checkpoint, text the one 
      "o23.nii.gz"),
     ("overwrite not a flag", ["ckpt={c}", "input={t}/vol.nii.gz", "output={t}/o25.nii.gz", "overwrite=yes"],
      "overwrite='yes' must be true or false", "o25.nii.gz"),
+    # found by a walkthrough: a TIFF given to a checkpoint trained on PNGs was "not a NIfTI file"
+    ("a TIFF, 2D image checkpoint", ["ckpt={t}/folder_run/checkpoints/best.ckpt", "input={t}/scan.tif",
+                                     "output={t}/o32.png"], "scan.tif is neither a NIfTI volume", "o32.png"),
     ("probabilities of 2D image files", ["ckpt={t}/folder_run/checkpoints/best.ckpt", "input={t}/image.png",
                                          "output={t}/o24.png", "save_probabilities=true"],
      "save_probabilities=true writes volumes' class probabilities", "o24.png"),
@@ -329,3 +333,19 @@ def test_trained_settings_of_numpy_and_plain_kinds_pass(tmp_path):
 
     check_trained_settings({"num_classes": np.int64(2), "roi_size": (np.int32(8), 8), "overlap": 0,
                             "fg_threshold": None, "class_names": ("background", "liver")}, tmp_path / "c.ckpt")
+
+
+def test_files_a_folder_predict_leaves_out_are_named(tmp_path, caplog):
+    """A walkthrough: a TIFF among a folder's PNGs was skipped without a word."""
+    import logging
+
+    from engine.predict_images import plan_images
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"\x89PNG\r\n")
+    (src / "b.tif").write_bytes(b"II*\x00")
+    with caplog.at_level(logging.WARNING, logger="experiments.predict"):
+        cases = plan_images(src, tmp_path / "out", None, "", "")
+    assert [c.case_id for c in cases] == ["a"]
+    assert "1 file(s) not .png/.jpg/.jpeg/.npy are not predicted: b.tif" in caplog.text
