@@ -37,7 +37,7 @@ from experiments.report_curves import CURVE_KEYS, completed, curve_key, plot_cur
 from experiments.report_html import write_html
 from experiments.report_overrides import MAX_OVERRIDE_CHARS, MAX_OVERRIDES, overrides_beyond_caps
 from experiments.report_runs import (environment_differences, find_runs, find_unfinished, is_debug,  # noqa: F401
-                                     json_object, method_contexts, run_labels, seeds_counted_twice)
+                                     json_object, label_parts, method_contexts, run_labels, seeds_counted_twice)
 
 #: the columns a report shows by default, those present in the runs (surface metrics and the best validation
 #: score, what a sweep selects on, included: a walkthrough missed them)
@@ -169,10 +169,13 @@ def left_out(runs: list[Path]) -> dict[Path, str]:
 
 
 def failures(failed: list[Path]) -> list[str]:
+    """One Markdown list line per failed run: its folder and ``failed.json``'s error."""
     lines = []
     for run in failed:
         info = json_object(run / "failed.json") or {"error": "failed.json does not parse"}
-        lines.append(f"- `{md_code(run)}`: {md_text(info.get('error', '?'), cell=False)}")
+        # its metrics.json, written before it failed, is no result (a walkthrough: it was pooled as one)
+        kept = " (its metrics.json, written before it failed, is left out)" if (run / "metrics.json").is_file() else ""
+        lines.append(f"- `{md_code(run)}`: {md_text(info.get('error', '?'), cell=False)}{kept}")
     return lines
 
 
@@ -184,14 +187,22 @@ def glob_root(path: str) -> Path:
     return Path(*plain) if plain else Path(".")
 
 
+def common_lines(runs: list[Path], failed: list[Path]) -> str:
+    """The settings left out of the labels: those common to every run, then, over several experiments, those
+    common to every run of one (a walkthrough: each experiment's own ``trainer.max_epochs`` was nowhere)."""
+    _, common, by_experiment = label_parts(runs, failed)
+    lines = [f"Common to every run: `{md_code(' '.join(common))}`"] if common else []
+    lines += [f"Common to the runs of `{md_code(name)}`: `{md_code(' '.join(shared))}`"
+              for name, shared in by_experiment.items()]
+    return "".join(f"{line}\n\n" for line in lines)
+
+
 def with_notes(md: str, runs: list, failed: list, groups: dict, ordered: list, contexts: dict, left: dict,
                debug: list, unfinished: list, show_all: bool) -> str:
-    """The report's table with what a reader must know beside it: settings common to every run, how means are
-    taken, mixed experiments, seeds counted twice, differing environments, failed, unreadable, debug and
-    unfinished runs."""
-    common = run_labels(runs, failed)[1]
-    if common:
-        md = f"Common to every run: `{md_code(' '.join(common))}`\n\n" + md
+    """The report's table with what a reader must know beside it: settings common to every run (and to every run
+    of one experiment), how means are taken, mixed experiments, seeds counted twice, differing environments,
+    failed, unreadable, debug and unfinished runs."""
+    md = common_lines(runs, failed) + md
     if runs and any(len(v) > 1 for vals in groups.values() for v in vals.values()):
         md += "\nmean ± std over a method's runs (population std, numpy's ddof=0; best mean in bold).\n"
     if any(0 < len(vals.get(k, [])) < max(map(len, vals.values())) for vals in groups.values() for k in ordered):

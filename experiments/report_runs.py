@@ -1,22 +1,26 @@
 """Which runs a report holds and which method each belongs to (:mod:`experiments.report`): run dirs below the
 given paths (finished, failed, unfinished; a run's own stages and what a later run set aside are none of them),
-their labels (the overrides that differ between runs, judged within each experiment), and what says two runs
-are not comparable (a seed counted twice, environments that differ).
+their labels (the overrides that differ between runs, judged within each experiment; what all runs, or all
+runs of one experiment, share is returned apart), and what says two runs are not comparable (a seed counted
+twice, environments that differ).
 """
 from __future__ import annotations
 
 import glob
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from engine.run_files import debug_run, run_config, run_json
+from engine.run_files import debug_run, plain_text, run_config, run_json
+from engine.run_match import canonical_override
 from experiments.report_overrides import run_overrides
 from experiments.run_folder import set_aside
 from lightning_modules.kinds import is_whole
 
 
 CONTEXT_KEYS = ("exp", "data", "data.root", "exp_name")  # overrides that change the task, not the method
+NO_CONTEXT = "no +exp, data, data.root or exp_name override"  # the experiment of runs typed none of those
 
 
 def json_object(path: Path, root: Path | None = None) -> dict | None:
@@ -28,7 +32,8 @@ def json_object(path: Path, root: Path | None = None) -> dict | None:
 
 
 def find_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
-    """Run dirs holding ``metrics.json`` and those holding ``failed.json`` below the given paths/globs."""
+    """Run dirs holding ``metrics.json`` and those holding ``failed.json`` below the given paths/globs; one holding
+    both is failed when its ``failed.json`` is the newer (:func:`failed_last`)."""
     done, failed = set(), set()
     for pattern in paths:
         for root in [Path(p) for p in glob.glob(pattern)] or [Path(pattern)]:
@@ -38,8 +43,20 @@ def find_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
             # distillation's teacher/ became a "(defaults)" row of teachers' scores)
             found = {d for d in found if not any(_is_run_dir(a) for a in _parents_within(d, root))}
             done.update(d for d in found if (d / "metrics.json").is_file())
-            failed.update(d for d in found if (d / "failed.json").is_file())
-    return sorted(done), sorted(failed - done)
+            failed.update(d for d in found if failed_last(d))
+    return sorted(done - failed), sorted(failed)
+
+
+def failed_last(d: Path) -> bool:
+    """Whether ``d``'s ``failed.json`` is its last word: one at least as new as its ``metrics.json``. A walkthrough:
+    an Optuna trial trained, tested and wrote ``metrics.json``, then failed on an ``optimized_metric`` it lacks and
+    wrote ``failed.json``; the report showed it as a finished n=1 row while the sweep said the job failed. A failed
+    run resumed to its end keeps its older ``failed.json`` (nothing removes it; :mod:`federation.curves`), so an
+    older one is stale, as :func:`experiments.sweep_jobs.count_sweep_jobs` judges one by its time too."""
+    try:
+        return (d / "failed.json").stat().st_mtime_ns >= (d / "metrics.json").stat().st_mtime_ns
+    except OSError:  # no metrics.json (or no failed.json): failed when failed.json is there
+        return (d / "failed.json").is_file()
 
 
 def _parents_within(d: Path, root: Path) -> list[Path]:
@@ -80,17 +97,29 @@ def run_labels(runs: list[Path], siblings: list[Path] = ()) -> tuple[dict[Path, 
     """The method each run belongs to: the overrides that differ between runs (those shared by every
     run are returned separately, printed once above the table). ``siblings`` (the sweep's failed jobs) count
     in what is shared: one finished job beside a failed one is labelled by what differs, not by its whole
-    command."""
-    ovs = {run: run_overrides(run) for run in runs}
-    every = [*ovs.values(), *(run_overrides(r) for r in siblings)]
+    command. :func:`label_parts` says what each experiment's runs share beside."""
+    labels, common, _ = label_parts(runs, siblings)
+    return labels, common
+
+
+def label_parts(runs: list[Path], siblings: list[Path] = ()) -> tuple[dict[Path, str], list[str], dict[str, list[str]]]:
+    """:func:`run_labels`, and, when the runs are of several experiments, what all runs of one experiment share
+    beyond what every run shares ({experiment: overrides}, printed once per experiment above the table). A
+    walkthrough: over a centralised sweep (``trainer.max_epochs=2``) and a federated one (``trainer.max_epochs=1
+    federation.rounds=1``) only what both shared was printed, and each one's own settings were nowhere. A key
+    typed in some runs of an experiment and not in others is in all their labels (:func:`_filled`)."""
+    filled = _filled({run: run_overrides(run) for run in [*siblings, *runs]})
+    ovs = {run: filled[run] for run in runs}
+    every = [*ovs.values(), *(filled[r] for r in siblings)]
     common = _shared(next(iter(ovs.values()), []), every)
     contexts = {tuple(_context(v)) for v in every}
     if len(contexts) > 1:  # several experiments: what differs is judged within each (a review: one sweep's
-        return _labels_by_context(ovs, every, common), common  # data.sites.* entered every label)
+        # data.sites.* entered every label)
+        return _labels_by_context(ovs, every, common), common, _by_experiment(every, common)
     labels = {run: _by_key(o for o in v if o not in common) for run, v in ovs.items()}
     if not any(labels.values()):  # one method over seeds: name it by its overrides
-        return {run: " ".join(v) or run.parent.name for run, v in ovs.items()}, []
-    return {run: label or "(defaults)" for run, label in labels.items()}, common
+        return {run: " ".join(v) or run.parent.name for run, v in ovs.items()}, [], {}
+    return {run: label or "(defaults)" for run, label in labels.items()}, common, {}
 
 
 def _shared(first: list[str], every: list[list[str]]) -> list[str]:
@@ -98,18 +127,55 @@ def _shared(first: list[str], every: list[list[str]]) -> list[str]:
     return [o for o in first if all(o in v for v in every)] if len(every) > 1 else []
 
 
+def _key(override: str) -> str:
+    return override.split("=")[0].lstrip("+~")
+
+
 def _by_key(overrides: Iterable[str]) -> str:
     """Sorted by key: one method however its overrides were typed (a review: two orders were two rows)."""
-    return " ".join(sorted(overrides, key=lambda o: o.split("=")[0].lstrip("+~")))
+    return " ".join(sorted(overrides, key=_key))
 
 
 def _context(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if o.split("=")[0].lstrip("+~") in CONTEXT_KEYS]
+    return [o for o in overrides if _key(o) in CONTEXT_KEYS]
+
+
+def _filled(ovs: dict[Path, list[str]]) -> dict[Path, list[str]]:
+    """Each run's overrides and, for each key another run of its experiment typed and it did not, that key at
+    the run's own value (:func:`_own_value`). A walkthrough: runs of ``model.width=32``, ``data.layout=...`` and
+    ``data.target=...`` were each labelled by their own override only, as if the others' were the same in all."""
+    typed: dict[tuple, dict[str, None]] = defaultdict(dict)  # per experiment, its keys in the order first typed
+    for v in ovs.values():
+        typed[tuple(_context(v))].update(dict.fromkeys(map(_key, v)))
+    out = {}
+    for run, v in ovs.items():
+        own = set(map(_key, v))
+        missing = [k for k in typed[tuple(_context(v))] if k not in own]
+        cfg = run_config(run) if missing else {}
+        out[run] = [*v, *(_own_value(cfg, k) for k in missing)]
+    return out
+
+
+_ABSENT = object()
+
+
+def _own_value(cfg: dict, key: str) -> str:
+    """``key=<value>`` as the run's resolved config (``config.yaml``) holds it, as Hydra would parse it typed;
+    ``key=(default)`` where that is no plain value (a config group such as ``model``: the config does not name
+    its choice) or no value at all."""
+    value = cfg
+    for part in key.replace("/", ".").split("."):
+        value = value.get(part, _ABSENT) if isinstance(value, dict) else _ABSENT
+    if value is _ABSENT or isinstance(value, dict):
+        return f"{key}=(default)"
+    text = json.dumps(value) if value is None or isinstance(value, (bool, list)) else str(value)
+    return canonical_override(plain_text(f"{key}={text}", 200))
 
 
 def _labels_by_context(ovs: dict[Path, list[str]], every: list[list[str]], common: list[str]) -> dict[Path, str]:
     """A run's experiment (its :data:`CONTEXT_KEYS` overrides), then what differs between the runs of that
-    experiment; what all runs share is left out (printed once above the table)."""
+    experiment; what all runs share is left out (printed once above the table), and so is what all runs of the
+    experiment share (:func:`_by_experiment`, printed once per experiment)."""
     labels = {}
     for run, v in ovs.items():
         ctx = _context(v)
@@ -120,11 +186,23 @@ def _labels_by_context(ovs: dict[Path, list[str]], every: list[list[str]], commo
     return labels
 
 
+def _by_experiment(every: list[list[str]], common: list[str]) -> dict[str, list[str]]:
+    """{experiment (its :data:`CONTEXT_KEYS` overrides): what all its runs share beyond ``common`` and the
+    experiment's own overrides}, for the experiments that share such."""
+    out = {}
+    for ctx in dict.fromkeys(tuple(_context(v)) for v in every):
+        mates = [w for w in every if tuple(_context(w)) == ctx]
+        shared = [o for o in _shared(mates[0], mates) if o not in common and o not in ctx]
+        if shared:
+            out[_by_key(ctx) or NO_CONTEXT] = sorted(shared, key=_key)
+    return dict(sorted(out.items()))
+
+
 def method_contexts(runs: list[Path], siblings: list[Path] = ()) -> dict[str, str]:
     """Each method's experiment: its ``+exp``, ``data``, ``data.root`` and ``exp_name`` overrides. Methods are
     ranked only against methods of the same experiment (a Dice on liver is no rival to one on kidneys)."""
     labels, _ = run_labels(runs, siblings)
-    return {labels[run]: " ".join(o for o in run_overrides(run) if o.split("=")[0].lstrip("+~") in CONTEXT_KEYS)
+    return {labels[run]: " ".join(o for o in run_overrides(run) if _key(o) in CONTEXT_KEYS)
             for run in runs}
 
 

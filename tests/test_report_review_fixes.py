@@ -102,3 +102,74 @@ def test_decathlon_report_of_a_folder_that_is_no_decathlon_sweep_writes_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a decathlon sweep" in err[0]
     assert not (tmp_path / "decathlon.md").exists() and not (tmp_path / "decathlon.csv").exists()
+
+
+def test_a_run_that_failed_after_writing_its_metrics_is_listed_as_failed(tmp_path, capsys):
+    """A walkthrough: an Optuna trial trained, tested and wrote metrics.json, then failed on an ``optimized_metric``
+    it lacks and wrote failed.json; the report showed it as a finished n=1 row and exited 0, while the sweep said
+    "1 of 1 sweep jobs failed". A failed run resumed to its end keeps its older failed.json: it is finished."""
+    import os
+
+    trial = _run(tmp_path, "0", {"test/dice": 0.5}, ["model=unet"])
+    (trial / "failed.json").write_text(json.dumps({"error": "optimized_metric=val/nope: no such metric"}))
+    os.utime(trial / "metrics.json", ns=(10**18, 10**18))
+    os.utime(trial / "failed.json", ns=(10**18 + 10**9, 10**18 + 10**9))  # written after metrics.json
+    assert report.find_runs([str(tmp_path)]) == ([], [trial])
+    assert report.main([str(tmp_path)]) == 1
+    md = (tmp_path / "report.md").read_text()
+    assert "Failed runs (1)" in md and "no such metric" in md and "0.5000" not in md
+    assert "metrics.json, written before it failed, is left out" in md
+    os.utime(trial / "failed.json", ns=(10**18 - 10**9, 10**18 - 10**9))  # an earlier failure, then resumed
+    assert report.find_runs([str(tmp_path)]) == ([trial], [])
+    assert report.main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "0.5000" in md and "Failed runs" not in md
+
+
+def _configured(root: Path, name: str, overrides: list[str], config: str) -> Path:
+    run = _run(root, name, {"test/dice": 0.5}, overrides)
+    (run / "config.yaml").write_text(config)
+    return run
+
+
+def test_an_override_typed_in_some_runs_shows_in_every_label_at_its_value(tmp_path):
+    """A walkthrough: runs of ``model.width``, ``data.layout`` and ``data.target`` were each labelled by their own
+    override only, as if the others' settings were the same in every row; the others are shown at the value their
+    config.yaml holds, a config group's choice (not in config.yaml) as ``(default)``."""
+    base = "model: {width: %s}\ndata: {layout: %s, target: %s}\n"
+    a = _configured(tmp_path, "a", ["+exp=lits_dnet", "model.width=32"], base % (32, "nested", "liver"))
+    b = _configured(tmp_path, "b", ["+exp=lits_dnet", "data.layout=flat"], base % (16, "flat", "liver"))
+    c = _configured(tmp_path, "c", ["+exp=lits_dnet", "data.target=tumor", "model=unet"],
+                    base % (16, "nested", "tumor"))
+    labels, common = report.run_labels([a, b, c])
+    assert common == ["+exp=lits_dnet"]
+    assert labels == {a: "data.layout=nested data.target=liver model=(default) model.width=32",
+                      b: "data.layout=flat data.target=liver model=(default) model.width=16",
+                      c: "data.layout=nested data.target=tumor model=unet model.width=16"}
+
+
+def test_what_the_runs_of_one_experiment_share_is_shown_once_per_experiment(tmp_path):
+    """A walkthrough: over a centralised sweep (``trainer.max_epochs=2``) and a federated one
+    (``trainer.max_epochs=1 federation.rounds=1``), "Common to every run" listed only what both shared, and each
+    experiment's own settings were nowhere in the report."""
+    cfg = "model: {width: %s}\n"
+    central = [_configured(tmp_path, f"a{i}", ["+exp=lits_dnet", f"model={m}", "trainer.max_epochs=2",
+                                                "data.image_size=32", *extra], cfg % w)
+               for i, (m, w, extra) in enumerate([("dnet", 16, []), ("unet", 8, ["model.width=8"])])]
+    fed = [_configured(tmp_path, f"f{i}", ["+exp=fed_lits_dnet", f"federation/strategy={s}", "trainer.max_epochs=1",
+                                            "federation.rounds=1", "data.image_size=32"], cfg % 16)
+           for i, s in enumerate(["fedavg", "fedprox"])]
+    assert report.main([str(tmp_path)]) == 0
+    md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    for line in ("Common to every run: `data.image_size=32`",
+                 "Common to the runs of `+exp=fed_lits_dnet`: `federation.rounds=1 trainer.max_epochs=1`",
+                 "Common to the runs of `+exp=lits_dnet`: `trainer.max_epochs=2`"):
+        assert line in md
+    assert "<code>federation.rounds=1 trainer.max_epochs=1</code>" in page
+    labels, common, by_experiment = report.label_parts([*central, *fed])
+    assert common == ["data.image_size=32"]
+    assert by_experiment == {"+exp=fed_lits_dnet": ["federation.rounds=1", "trainer.max_epochs=1"],
+                             "+exp=lits_dnet": ["trainer.max_epochs=2"]}
+    assert [labels[r] for r in [*central, *fed]] == [
+        "+exp=lits_dnet model=dnet model.width=16", "+exp=lits_dnet model=unet model.width=8",
+        "+exp=fed_lits_dnet federation/strategy=fedavg", "+exp=fed_lits_dnet federation/strategy=fedprox"]
