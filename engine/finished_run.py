@@ -24,12 +24,21 @@ def finished_metrics(out: Path, cfg: DictConfig) -> dict[str, Any] | None:
     if not cfg.get("resume") or cfg.get("train", True) is False:
         return None
     metrics = run_json(out / "metrics.json", out)  # read as data, bounded, no link followed
-    if not isinstance(metrics, dict) or metrics.get("fed_distill/pending") or (out / "failed.json").exists():
+    if not isinstance(metrics, dict) or metrics.get("fed_distill/pending") or _failed_since(out):
         return None
     saved = saved_config(out)
     if saved is None or differences(saved, cfg, LENGTH):
         return None
     return metrics
+
+
+def _failed_since(out: Path) -> bool:
+    """Whether the run's ``failed.json`` is at least as new as its ``metrics.json`` (an Optuna trial refused for its
+    objective after testing); an older one is a failure the run was resumed past (as the report judges it)."""
+    try:
+        return (out / "failed.json").stat().st_mtime_ns >= (out / "metrics.json").stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def finished_line(out: Path) -> str:
