@@ -182,7 +182,7 @@ def test_ray_init_failure_names_the_address():
 
 @pytest.mark.skipif(Path(tempfile.gettempdir(), "ray", "ray_current_cluster").exists(),
                     reason="a Ray cluster may run on this machine: address=auto would join it")
-def test_ray_auto_without_a_cluster(monkeypatch):
+def test_ray_auto_without_a_cluster(monkeypatch, tmp_path):
     pytest.importorskip("ray")
     import ray
 
@@ -191,6 +191,9 @@ def test_ray_auto_without_a_cluster(monkeypatch):
     if ray.is_initialized():
         pytest.skip("Ray is already initialised in this process")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # Ray looks for the address of a running cluster in <tmp>/ray/ray_current_cluster: a Ray test of another worker
+    # wrote it there meanwhile, and address=auto waited for minutes on that cluster's GCS (a local run, once)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     with pytest.raises(FederationError, match="federation.executor.address=auto: no Ray cluster"):
         RayExecutor(num_workers=1, gpus_per_client=0, address="auto")
     assert not ray.is_initialized()
