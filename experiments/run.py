@@ -132,12 +132,12 @@ def main(cfg: DictConfig) -> float | None:
         bad = checked_resume_problem(out, cfg)  # a resume's checks: a review found a requeue, resumed after them,
         if bad is not None:  # recording a replaced init_weights file's checksum
             return _failed(out, f"SLURM requeue {restarts}: {bad.splitlines()[0]}")
-    done = finished_metrics(out, cfg) if holds_run(out) else None
-    if done is not None:  # a finished run resumed as it ran (a repeated "continue" command, a SLURM requeue)
-        print(finished_line(out), file=sys.stderr)
-        return optimized_value(cfg, done)  # a sweep's objective, as the run returned it
     previous = stop.install()
     try:
+        done = finished_metrics(out, cfg) if holds_run(out) else None
+        if done is not None:  # a finished run resumed as it ran (a repeated "continue" command, a SLURM requeue)
+            print(finished_line(out), file=sys.stderr)
+            return optimized_value(cfg, done)  # a sweep's objective, as the run returned it; its lock let go below
         fresh = cfg.get("resume") in (None, False, "false") or (cfg.get("resume") in (True, "true")
                                                                    and not holds_run(out))  # nothing to continue
         if fresh and first_start():  # a new run: nothing of the earlier run's is continued, reused or mixed in
