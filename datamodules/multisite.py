@@ -261,6 +261,13 @@ class MultiSiteDataModule(SplitLoadersMixin, pl.LightningDataModule):
             if len(self.declared_names) != len(self.class_names):
                 raise DataError(f"data.class_names={self.declared_names} names {len(self.declared_names)} classes "
                                 f"but the sites have {len(self.class_names)} ({self.class_names})")
+            # a review: data.sites.<site>.target=tumor under the shared [background, liver] was logged as liver
+            from datamodules.segmentation import check_name_order
+
+            labels = getattr(first, "classes", None)
+            check_name_order(self.declared_names, self.class_names,
+                             labels.values() if isinstance(labels, Mapping) else self.class_names,
+                             f"site {next(iter(sites))}'s data")
             self.class_names = list(self.declared_names)
         dims = {n: "3D patches" if getattr(dm, "patch_size", None) is not None else "2D" for n, dm in sites.items()}
         if len(set(dims.values())) != 1:

@@ -7,7 +7,7 @@ shares with 2D folders are in :mod:`datamodules.slices`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as AbcSequence
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -167,21 +167,9 @@ class VolumeSegmentationDataModule(SliceDataModule):
         return list(self.declared_names) if self.declared_names is not None else found
 
     def _check_order(self, found: list[str]) -> None:
-        """A declared name the data gives another class is refused: a walkthrough's ``[background, tumour,
-        liver]`` on a ``dataset.json`` of liver 1, tumour 2 logged each class's Dice under the other's name, and
-        ``[background, liver]`` with ``target=tumor`` the tumour's as liver. A name the data does not use (a
-        phantom's ``organ``) is a rename, and kept."""
-        where = {n.casefold(): i for i, n in enumerate(found)}
-        labels = {n.casefold() for n in self.classes.values()}
+        """A declared name the data gives another class is refused (:func:`check_name_order`)."""
         source = self.root / "dataset.json" if self.layout in ("msd", "nnunet") else f"the {self.layout} layout"
-        for i, name in enumerate(self.declared_names):
-            j = where.get(name.casefold())
-            if j == i or (j is None and name.casefold() not in labels):
-                continue
-            said = f"names class {j}" if j is not None else "names a label this target does not select"
-            raise DataError(f"data.class_names={self.declared_names} names class {i} {name!r}, which {source} "
-                            f"{said} (data.target={self.target!r} gives {found}): leave data.class_names=null "
-                            f"to use those names, or list them in that order")
+        check_name_order(self.declared_names, found, self.classes.values(), f"{source} (data.target={self.target!r})")
 
     def _layout_names(self) -> list[str]:
         names = self.classes
@@ -318,3 +306,20 @@ class VolumeSegmentationDataModule(SliceDataModule):
         """Predicted labels ``[D, h, w]`` on the working grid -> uint8 volume on the source NIfTI's grid."""
         pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else pred
         return restore_label_volume(pred, grid)
+
+
+def check_name_order(declared: Sequence[str], found: Sequence[str], labels: Iterable[str], source: str) -> None:
+    """A declared class name (``data.class_names``) the data gives another class, or a label the target does not
+    select, is one :class:`DataError`: a walkthrough's ``[background, tumour, liver]`` on a ``dataset.json`` of
+    liver 1, tumour 2 logged each class's Dice under the other's name, and ``[background, liver]`` with
+    ``target=tumor`` the tumour's as liver. A name the data does not use (a phantom's ``organ``) is a rename."""
+    where = {n.casefold(): i for i, n in enumerate(found)}
+    known = {str(n).casefold() for n in labels}
+    for i, name in enumerate(declared):
+        j = where.get(name.casefold())
+        if j == i or (j is None and name.casefold() not in known):
+            continue
+        said = f"names class {j}" if j is not None else "names a label this target does not select"
+        raise DataError(f"data.class_names={list(declared)} names class {i} {name!r}, which {source} {said} "
+                        f"(the data gives {list(found)}): leave data.class_names=null to use those names, or list "
+                        f"them in that order")

@@ -16,32 +16,47 @@ from engine.run_match import differences, saved_config
 #: or refused by the resume's own checks)
 LENGTH = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs", "federation.rounds",
           "fed_distill.student_rounds", "distill.teacher.max_epochs")
+#: what else a resume may add to a finished run: a federated distillation's arms and evaluation (its finished
+#: stages are reused, the new ones trained; a review found those resumes turned into no-ops)
+MORE_WORK = ("fed_distill.arms", "fed_distill.evaluate")
+
+
+def holds_result(out: Path) -> bool:
+    """Whether ``out``'s ``metrics.json`` was written after its ``config.yaml``, which every start that trains or
+    tests rewrites: the run finished since it last started. A review: a finished run resumed to train longer and
+    stopped there kept its first ``metrics.json``, and was then taken for finished."""
+    return _newer(out / "metrics.json", out / "config.yaml")
 
 
 def finished_metrics(out: Path, cfg: DictConfig) -> dict[str, Any] | None:
-    """The ``metrics.json`` of the finished run in ``out`` when ``cfg`` resumes it as it ran (every :data:`LENGTH`
-    setting as its ``config.yaml`` says; ``train=false``, which tests it again, is not such a resume); else None."""
-    if not cfg.get("resume") or cfg.get("train", True) is False:
+    """The ``metrics.json`` of the finished run in ``out`` (:func:`holds_result`, no newer ``failed.json``) when
+    ``cfg`` resumes it as it ran (every :data:`LENGTH` and :data:`MORE_WORK` setting as its ``config.yaml`` says;
+    ``train=false``, which tests, is not such a resume); else None."""
+    if not cfg.get("resume") or cfg.get("train", True) is False or not holds_result(out):
         return None
     metrics = run_json(out / "metrics.json", out)  # read as data, bounded, no link followed
-    if not isinstance(metrics, dict) or metrics.get("fed_distill/pending") or _failed_since(out):
-        return None
+    if not isinstance(metrics, dict) or metrics.get("fed_distill/pending") or _newer(out / "failed.json",
+                                                                                     out / "metrics.json"):
+        return None  # an Optuna trial refused for its objective after it tested: failed, not finished
     saved = saved_config(out)
-    if saved is None or differences(saved, cfg, LENGTH):
+    if saved is None or differences(saved, cfg, LENGTH + MORE_WORK):
         return None
     return metrics
 
 
-def _failed_since(out: Path) -> bool:
-    """Whether the run's ``failed.json`` is at least as new as its ``metrics.json`` (an Optuna trial refused for its
-    objective after testing); an older one is a failure the run was resumed past (as the report judges it)."""
+def _newer(a: Path, b: Path) -> bool:
+    """Whether file ``a`` is at least as new as file ``b`` (False when either is missing)."""
     try:
-        return (out / "failed.json").stat().st_mtime_ns >= (out / "metrics.json").stat().st_mtime_ns
+        return a.stat().st_mtime_ns >= b.stat().st_mtime_ns
     except OSError:
         return False
 
 
 def finished_line(out: Path) -> str:
-    """What the console says of a finished run resumed: nothing to do, and how to do more."""
-    return (f"{out} has finished (its metrics.json): nothing to continue. Raise trainer.max_epochs (a federation's "
-            f"federation.rounds) to train it longer, or add train=false to test it again")
+    """What the console says of a finished run resumed: nothing to do, and how to do more. Not ``resume=...
+    train=false``, which would test ``last.ckpt`` where the run tested its best (a review)."""
+    best = out / "checkpoints" / "best.ckpt"
+    again = (f"; to test it again, train=false ckpt_path={best} without resume= (a new run folder)"
+             if best.is_file() else "")
+    return (f"{out} has finished (its metrics.json): nothing to continue. To train it longer, raise "
+            f"trainer.max_epochs (a federation: federation.rounds){again}")

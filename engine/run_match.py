@@ -255,7 +255,8 @@ def sweep_continue_command(typed: Iterable[str], sweep_dir: Path | str) -> str:
     """The shell command that continues a whole stopped sweep: its typed overrides (the ``a,b`` values with them),
     ``resume=true`` (each job continues its own folder; a finished one is left as it is) and the sweep's folder. A
     walkthrough: Ctrl-C in a sweep was told only the stopped job's command, without ``-m`` and the other jobs."""
-    kept = [str(a) for a in typed if not str(a).startswith("-")
+    # its flags stay, with their values (-cn other, --config-dir x: a review), but -m, written first
+    kept = [str(a) for a in typed if str(a) not in ("-m", "--multirun")
             and not str(a).lstrip("+~").startswith(("resume=", "hydra.sweep.dir="))]
     tail = ["resume=true", f"hydra.sweep.dir={hydra_value(str(sweep_dir))}"]
     return " ".join(["python -m experiments.run -m", *(shlex.quote(a) for a in [*kept, *tail])])

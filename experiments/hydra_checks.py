@@ -87,7 +87,8 @@ class WritableOutput(Callback):
         else:
             # Hydra logs an exception raised in a callback and starts the run anyway: only an exit stops it
             run = Path(str(config.hydra.run.dir))
-            if resumable(resume) and run.resolve() != Path(str(resume)).resolve():
+            # (not a DDP rank > 0, which runs in the folder rank 0 gave it: a sweep job's, a review)
+            if resumable(resume) and main_process() and run.resolve() != Path(str(resume)).resolve():
                 # a walkthrough: with another hydra.run.dir the resume's checks read that folder, and a FedAvg
                 # run continued as FedProx, its .hydra/ and run.log written elsewhere
                 _refuse(f"resume={resume} continues that run in its own folder, but hydra.run.dir={run} is another "

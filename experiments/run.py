@@ -25,7 +25,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException  # noqa: E40
 from engine import artifacts, stop  # noqa: E402
 from engine.debug import apply_debug, as_run, fast_dev_rounds  # noqa: E402
 from engine.errors import find_user_error, one_line  # noqa: E402
-from engine.finished_run import finished_line, finished_metrics  # noqa: E402
+from engine.finished_run import finished_line, finished_metrics, holds_result  # noqa: E402
 from engine.builders import check_dimensions, check_task  # noqa: E402
 from engine.resolvers import register_resolvers  # noqa: E402
 from engine.scalars import check_scalars  # noqa: E402
@@ -103,7 +103,7 @@ def main(cfg: DictConfig) -> float | None:
     # here, resume=<dir> and resume=true alike (a trust review: `-m ... resume=<dir>` wrote through a link in a
     # handed-over run folder; a review of that fix: `-m ... resume=true` through one in the job's own folder)
     if resumable(resume) is False:
-        return _failed(output_dir(cfg), not_resumable_line(resume))
+        return _failed(output_dir(cfg), not_resumable_line(resume), refused=True)
     if in_sweep() and main_process():  # a single run's locks: taken by WritableOutput before Hydra wrote
         in_use = run_lock.first_refusal([("hydra.runtime.output_dir", str(output_dir(cfg)))], take=True)
         if in_use is not None:  # a review: a single run started in a live job's folder moved its files aside
@@ -112,11 +112,11 @@ def main(cfg: DictConfig) -> float | None:
             return None
         in_use = run_lock.first_refusal([("resume", resume)], take=True) if resumable(resume) else None
         if in_use is not None:  # a review: `-m ... resume=<dir>` continued a folder whose run still ran
-            return _failed(output_dir(cfg), in_use, release=True)
+            return _failed(output_dir(cfg), in_use, release=True, refused=True)
     continued = Path(resume).resolve() if resumable(resume) else output_dir(cfg) if resume in (True, "true") else None
     bad = checked_resume_problem(continued, cfg) if continued is not None and in_sweep() else None
     if bad is not None:
-        return _failed(output_dir(cfg), bad.splitlines()[0], release=True)
+        return _failed(output_dir(cfg), bad.splitlines()[0], release=True, refused=True)
     if resumable(resume):  # resume=<run dir>: continue that run in its own folder (same checkpoints, W&B run id)
         with open_dict(cfg):
             cfg.paths.output_dir = str(Path(resume).resolve())
@@ -131,7 +131,7 @@ def main(cfg: DictConfig) -> float | None:
             cfg.resume = True
         bad = checked_resume_problem(out, cfg)  # a resume's checks: a review found a requeue, resumed after them,
         if bad is not None:  # recording a replaced init_weights file's checksum
-            return _failed(out, f"SLURM requeue {restarts}: {bad.splitlines()[0]}")
+            return _failed(out, f"SLURM requeue {restarts}: {bad.splitlines()[0]}", refused=True)
     previous = stop.install()
     try:
         done = finished_metrics(out, cfg) if holds_run(out) else None
@@ -183,11 +183,17 @@ def main(cfg: DictConfig) -> float | None:
         run_lock.release_all()  # taken above or by WritableOutput.on_run_start
 
 
-def _failed(out: Path, line: str, release: bool = False) -> None:
+def _failed(out: Path, line: str, release: bool = False, refused: bool = False) -> None:
     """A run stopped by bad input, before or while it ran: its folder says why it holds no results (``failed.json``,
     which experiments.report lists and :class:`experiments.hydra_checks.SweepOutcome` counts), then one line; a
-    sweep's job returns so the sweep goes on (and exits 2 naming it), a single run exits 2."""
-    sweep_jobs.write_failed(out, line, list(HydraConfig.get().overrides.task))
+    sweep's job returns so the sweep goes on (and exits 2 naming it), a single run exits 2. A resume ``refused``
+    before anything ran leaves a finished run's folder as it was (a review: its ``failed.json``, newer than the
+    results, listed the run as failed); a sweep counts the job among its failed ones all the same."""
+    if refused and holds_result(out):
+        if in_sweep():
+            sweep_jobs.job_refused(out)
+    else:
+        sweep_jobs.write_failed(out, line, list(HydraConfig.get().overrides.task))
     if release:  # the run locks a sweep's job took before it stopped (the next job of this process takes its own)
         run_lock.release_all()
     if in_sweep():  # one bad job must not kill the sweep

@@ -111,8 +111,11 @@ def model_named(cfg: Any, net: torch.nn.Module) -> str:
     A federated distillation's stages build nets that are no Hydra choice: their class names them."""
     from hydra.core.hydra_config import HydraConfig
 
-    plain_run = HydraConfig.initialized() and OmegaConf.select(cfg, "fed_distill", default=None) is None
-    choice = HydraConfig.get().runtime.choices.get("model") if plain_run else None
+    from engine.wandb_tracking import model_options
+
+    choice = HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
+    if choice not in model_options(OmegaConf.select(cfg, "model._target_", default=None)):
+        choice = None  # a stage's net (the federated teacher's) is not what model= chose (a review)
     name = f"model={choice}" if choice else f"the net {type(net).__name__}"
     norm = OmegaConf.select(cfg, "model.norm", default=None)
     return name if norm is None else f"{name} (model.norm={norm})"

@@ -165,12 +165,13 @@ def test_class_names_follow_dataset_json_and_a_crossed_name_is_refused(tmp_path)
     assert names("tumor") == ["background", "liver_tumor"]
     assert names("multiclass") == ["background", "liver", "liver_tumor"]
     assert names("multiclass", ["background", "Liver", "lesion"]) == ["background", "Liver", "lesion"]
-    with pytest.raises(DataError, match=r"names class 1 'liver_tumor', which .*dataset\.json names class 2 "
-                                        r"\(data\.target='multiclass' gives"):
+    with pytest.raises(DataError, match=r"names class 1 'liver_tumor', which .*dataset\.json \(data\.target="
+                                        r"'multiclass'\) names class 2 \(the data gives"):
         names("multiclass", ["background", "liver_tumor", "liver"])
     lits = str(write_phantom_dataset(tmp_path / "l", "lits", 2, SHAPE))
-    with pytest.raises(DataError, match=r"names class 1 'liver', which the lits layout names a label this target "
-                                        r"does not select \(data\.target='tumor' gives \['background', 'tumor'\]\)"):
+    with pytest.raises(DataError, match=r"names class 1 'liver', which the lits layout \(data\.target='tumor'\) "
+                                        r"names a label this target does not select \(the data gives \['background', "
+                                        r"'tumor'\]\)"):
         VolumeSegmentationDataModule(lits, layout="lits", target="tumor", class_names=["background", "liver"]).class_names
 
 

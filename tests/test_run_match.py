@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,22 @@ def test_a_finished_run_resumed_as_it_ran_is_left_as_it_is(trained, tmp_path):
     assert {name: (run / name).read_bytes() for name in kept} == kept
 
 
+def test_a_refused_resume_of_a_finished_sweep_job_leaves_its_folder_as_it_was(trained, tmp_path):
+    """A review: a sweep resumed with ``resume=true`` and a mistyped override was refused job by job, and each
+    refusal wrote a failed.json, newer than the results, into the finished job's folder: the report then listed
+    the good runs as failed, and the corrected resume tested them again."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, f"paths.data_dir={trained / 'data'}", f"hydra.sweep.dir={sweep}"]
+    assert run_in_process("experiments.run", args, tmp_path).returncode == 0
+    job = next(p.parent for p in sweep.glob("*/metrics.json"))
+    proc = run_in_process("experiments.run", [*args, "resume=true", "module.optimizer.lr=0.5"], tmp_path)
+    assert proc.returncode == 2 and "1 of 1 sweep jobs failed" in proc.stderr, proc.stderr[-2000:]
+    assert not (job / "failed.json").exists()
+    time.sleep(1.1)  # a sweep counts what was refused from its start on, less a second of rounded file times
+    again = run_in_process("experiments.run", [*args, "resume=true"], tmp_path)
+    assert again.returncode == 0 and "has finished (its metrics.json)" in again.stderr, again.stderr[-2000:]
+
+
 def test_a_resume_with_another_hydra_run_dir_is_refused(trained, tmp_path):
     """A walkthrough: ``resume=<run> hydra.run.dir=<elsewhere>`` ran the resume's checks on the other folder, and
     a FedAvg run was continued as FedProx, its ``.hydra/`` and ``run.log`` written elsewhere."""
@@ -363,7 +380,8 @@ def test_a_resumed_run_keeps_its_augmentation():
 
 def test_a_stopped_sweep_is_told_the_command_that_continues_all_its_jobs():
     """A walkthrough: Ctrl-C in ``-m ... seed=1,2`` was told only the stopped job's command (no ``-m``, no seed=2)."""
-    typed = ["-m", "+exp=lits_dnet", "seed=1,2", "data.window=[-40,160]", "resume=true", "hydra.sweep.dir=/old"]
+    typed = ["-m", "-cn", "train", "+exp=lits_dnet", "seed=1,2", "data.window=[-40,160]", "resume=true",
+             "hydra.sweep.dir=/old"]
     line = sweep_continue_command(typed, "/s w/sweep")
-    assert shlex.split(line) == ["python", "-m", "experiments.run", "-m", "+exp=lits_dnet", "seed=1,2",
+    assert shlex.split(line) == ["python", "-m", "experiments.run", "-m", "-cn", "train", "+exp=lits_dnet", "seed=1,2",
                                  "data.window=[-40,160]", "resume=true", "hydra.sweep.dir=/s w/sweep"]
