@@ -342,7 +342,7 @@ def test_bad_input_is_one_line_exit_2(name, env, tmp_path):
         base = [b for b in base if not b.startswith("data.synthetic")]
     run = tmp_path / "run_out"
     args = [*base, *overrides, f"paths.data_dir={env['data']}"]
-    if not any(a.startswith("paths.log_dir") for a in args):
+    if not any(a.startswith(("paths.log_dir", "resume=")) for a in args):  # a resume runs in the run's folder
         args += [f"hydra.run.dir={run}"]
     run_cli = run_subprocess if name in AS_PROCESS else run_in_process
     proc = run_cli("experiments.run", args, tmp_path)
