@@ -346,7 +346,7 @@ def test_a_resume_from_a_file_replaced_at_the_same_path_is_refused(trained, tmp_
         f"started"), \
         requeued.stderr[-2000:]
     assert yaml.safe_load((run / "config.yaml").read_text())["init_weights_sha256"] == recorded
-    (run / "failed.json").unlink()  # the requeued job's: it says why the folder holds no new results
+    assert not (run / "failed.json").exists()  # refused before anything ran: the finished run's folder as it was
     hydra = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
     weights.unlink()  # gone: refused with the other resume checks, before Hydra writes into the finished run
     gone = run_in_process("experiments.run", [*args, "trainer.max_epochs=2", "resume=true"], ROOT)
