@@ -35,13 +35,23 @@ def finished_metrics(out: Path, cfg: DictConfig) -> dict[str, Any] | None:
     if not cfg.get("resume") or cfg.get("train", True) is False or not holds_result(out):
         return None
     metrics = run_json(out / "metrics.json", out)  # read as data, bounded, no link followed
-    if not isinstance(metrics, dict) or metrics.get("fed_distill/pending") or _newer(out / "failed.json",
-                                                                                     out / "metrics.json"):
+    if not isinstance(metrics, dict) or metrics.get("fed_distill/pending") or failed_last(out):
         return None  # an Optuna trial refused for its objective after it tested: failed, not finished
     saved = saved_config(out)
     if saved is None or differences(saved, cfg, LENGTH + MORE_WORK):
         return None
     return metrics
+
+
+def failed_last(d: Path) -> bool:
+    """Whether ``d``'s ``failed.json`` is its last word: one at least as new as its ``metrics.json`` (or one with no
+    ``metrics.json``). A walkthrough: an Optuna trial tested, wrote ``metrics.json``, then failed on an
+    ``optimized_metric`` it lacks and wrote ``failed.json``; the report showed it as a finished row while the sweep
+    said the job failed. A failed run resumed to its end keeps its older ``failed.json``, which is stale. The one
+    rule for the report, the distillation table and a finished run's resume."""
+    if not (d / "failed.json").is_file():
+        return False
+    return not (d / "metrics.json").is_file() or _newer(d / "failed.json", d / "metrics.json")
 
 
 def _newer(a: Path, b: Path) -> bool:

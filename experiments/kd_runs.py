@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.finished_run import failed_last
 from engine.run_files import as_number, debug_run, plain_text, run_config
 from experiments.report_runs import json_object
 from experiments.run_folder import set_aside
@@ -50,14 +51,14 @@ def collect(root: Path, include_debug: bool = False) -> tuple[list[dict], list[d
     federated distillations (``distill/arm``: their table is ``experiments.report``'s)."""
     runs, failed, debug, arms = [], [], 0, 0
     for path in sorted(root.rglob("failed.json")):
-        if set_aside(path):  # an earlier run's, moved aside by a later one in its folder
+        if set_aside(path) or not failed_last(path.parent):  # moved aside by a later run, or stale (resumed to end)
             continue
         info = json_object(path) or {"error": "failed.json does not parse"}
         overrides = info.get("overrides") if isinstance(info.get("overrides"), list) else []
         failed.append({"run": plain_text(path.parent.relative_to(root)) or ".", "error": plain_text(info.get("error", "?")),
                        "overrides": plain_text(" ".join(map(str, overrides)))})
     for path in sorted(root.rglob("metrics.json")):
-        if set_aside(path):
+        if set_aside(path) or failed_last(path.parent):  # failed after it tested: listed among the failed
             continue
         metrics = json_object(path) or {}  # a crafted or cut file is no run
         method = metrics.get("distill/method")

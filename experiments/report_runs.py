@@ -12,8 +12,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from engine.finished_run import failed_last
 from engine.run_files import debug_run, plain_text, run_config, run_json
 from engine.run_match import canonical_override
+from engine.run_overrides import override_key
 from experiments.report_overrides import run_overrides
 from experiments.run_folder import set_aside
 from lightning_modules.kinds import is_whole
@@ -45,18 +47,6 @@ def find_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
             done.update(d for d in found if (d / "metrics.json").is_file())
             failed.update(d for d in found if failed_last(d))
     return sorted(done - failed), sorted(failed)
-
-
-def failed_last(d: Path) -> bool:
-    """Whether ``d``'s ``failed.json`` is its last word: one at least as new as its ``metrics.json``. A walkthrough:
-    an Optuna trial trained, tested and wrote ``metrics.json``, then failed on an ``optimized_metric`` it lacks and
-    wrote ``failed.json``; the report showed it as a finished n=1 row while the sweep said the job failed. A failed
-    run resumed to its end keeps its older ``failed.json`` (nothing removes it; :mod:`federation.curves`), so an
-    older one is stale, as :func:`experiments.sweep_jobs.count_sweep_jobs` judges one by its time too."""
-    try:
-        return (d / "failed.json").stat().st_mtime_ns >= (d / "metrics.json").stat().st_mtime_ns
-    except OSError:  # no metrics.json (or no failed.json): failed when failed.json is there
-        return (d / "failed.json").is_file()
 
 
 def _parents_within(d: Path, root: Path) -> list[Path]:
@@ -127,17 +117,13 @@ def _shared(first: list[str], every: list[list[str]]) -> list[str]:
     return [o for o in first if all(o in v for v in every)] if len(every) > 1 else []
 
 
-def _key(override: str) -> str:
-    return override.split("=")[0].lstrip("+~")
-
-
 def _by_key(overrides: Iterable[str]) -> str:
     """Sorted by key: one method however its overrides were typed (a review: two orders were two rows)."""
-    return " ".join(sorted(overrides, key=_key))
+    return " ".join(sorted(overrides, key=override_key))
 
 
 def _context(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if _key(o) in CONTEXT_KEYS]
+    return [o for o in overrides if override_key(o) in CONTEXT_KEYS]
 
 
 def _filled(ovs: dict[Path, list[str]]) -> dict[Path, list[str]]:
@@ -146,10 +132,10 @@ def _filled(ovs: dict[Path, list[str]]) -> dict[Path, list[str]]:
     ``data.target=...`` were each labelled by their own override only, as if the others' were the same in all."""
     typed: dict[tuple, dict[str, None]] = defaultdict(dict)  # per experiment, its keys in the order first typed
     for v in ovs.values():
-        typed[tuple(_context(v))].update(dict.fromkeys(map(_key, v)))
+        typed[tuple(_context(v))].update(dict.fromkeys(map(override_key, v)))
     out = {}
     for run, v in ovs.items():
-        own = set(map(_key, v))
+        own = set(map(override_key, v))
         missing = [k for k in typed[tuple(_context(v))] if k not in own]
         cfg = run_config(run) if missing else {}
         out[run] = [*v, *(_own_value(cfg, k) for k in missing)]
@@ -194,7 +180,7 @@ def _by_experiment(every: list[list[str]], common: list[str]) -> dict[str, list[
         mates = [w for w in every if tuple(_context(w)) == ctx]
         shared = [o for o in _shared(mates[0], mates) if o not in common and o not in ctx]
         if shared:
-            out[_by_key(ctx) or NO_CONTEXT] = sorted(shared, key=_key)
+            out[_by_key(ctx) or NO_CONTEXT] = sorted(shared, key=override_key)
     return dict(sorted(out.items()))
 
 
@@ -202,7 +188,7 @@ def method_contexts(runs: list[Path], siblings: list[Path] = ()) -> dict[str, st
     """Each method's experiment: its ``+exp``, ``data``, ``data.root`` and ``exp_name`` overrides. Methods are
     ranked only against methods of the same experiment (a Dice on liver is no rival to one on kidneys)."""
     labels, _ = run_labels(runs, siblings)
-    return {labels[run]: " ".join(o for o in run_overrides(run) if _key(o) in CONTEXT_KEYS)
+    return {labels[run]: " ".join(o for o in run_overrides(run) if override_key(o) in CONTEXT_KEYS)
             for run in runs}
 
 

@@ -173,3 +173,25 @@ def test_what_the_runs_of_one_experiment_share_is_shown_once_per_experiment(tmp_
     assert [labels[r] for r in [*central, *fed]] == [
         "+exp=lits_dnet model=dnet model.width=16", "+exp=lits_dnet model=unet model.width=8",
         "+exp=fed_lits_dnet federation/strategy=fedavg", "+exp=fed_lits_dnet federation/strategy=fedprox"]
+
+
+def test_the_distillation_table_judges_a_failed_json_by_its_time_as_the_report_does(tmp_path):
+    """A session's review: ``experiments.kd_runs`` listed every ``failed.json`` as a failure, so a run that failed,
+    was resumed and finished was both a row and a failed run; and a run that tested, then failed, was a row. Both
+    tables now read :func:`engine.finished_run.failed_last`."""
+    import os
+
+    from experiments.kd_runs import collect
+
+    run = tmp_path / "hlfd"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"distill/method": "hlfd", "test/dice": 0.6}))
+    (run / "config.yaml").write_text("seed: 1\n")
+    (run / "failed.json").write_text(json.dumps({"error": "killed by OOM"}))
+    os.utime(run / "failed.json", ns=(10**18, 10**18))
+    os.utime(run / "metrics.json", ns=(10**18 + 10**9, 10**18 + 10**9))  # failed, then resumed to its end
+    runs, failed, _, _ = collect(tmp_path)
+    assert [r["method"] for r in runs] == ["hlfd"] and failed == []
+    os.utime(run / "failed.json", ns=(10**18 + 2 * 10**9, 10**18 + 2 * 10**9))  # tested, then failed
+    runs, failed, _, _ = collect(tmp_path)
+    assert runs == [] and [f["error"] for f in failed] == ["killed by OOM"]
