@@ -57,16 +57,23 @@ def track_best(loggers: Iterable[Any], metrics: Mapping[str, Any], step: int,
     out: dict[str, float] = {}
     for key, (value, at) in state.items():
         out[f"{key}_best"], out[f"{key}_best_step"] = value, at
+    define_goals(loggers, state)
     for run in wandb_runs(loggers):
-        defined = run.__dict__.setdefault("_fedmed_defined", set())
-        for key in state:
-            if key not in defined:
-                # W&B's own best-of and last; RVD's best is the smallest |RVD|, which W&B cannot say (its "min"
-                # kept the most negative, a review), so only our val/rvd_*_best is its best there
-                run.define_metric(key, summary="last" if "rvd" in key else f"{goal(key)},last")
-                defined.add(key)
         run.summary.update(out)
     return out
+
+
+def define_goals(loggers: Iterable[Any], keys: Iterable[str]) -> None:
+    """``define_metric`` on each W&B run for every key not yet defined: W&B's own best-of and last. RVD's best is
+    the smallest |RVD|, which W&B cannot say (its "min" kept the most negative, a review), so only our
+    ``val/rvd_*_best`` is its best there. Before a key's first log, or its summary stays a plain number."""
+    keys = list(keys)
+    for run in wandb_runs(loggers):
+        defined = run.__dict__.setdefault("_fedmed_defined", set())
+        for key in keys:
+            if key not in defined:
+                run.define_metric(key, summary="last" if "rvd" in key else f"{goal(key)},last")
+                defined.add(key)
 
 
 class BestMetric(pl.Callback):
@@ -76,6 +83,12 @@ class BestMetric(pl.Callback):
     def __init__(self) -> None:
         self.summary: dict[str, float] = {}
         self._state: dict[str, tuple[float, int]] = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The module's ``val/*`` keys defined on W&B before the first epoch logs them (a session found a 1-epoch
+        run's ``val/*`` summary a plain number: defined after its only log, W&B kept no best-of)."""
+        keys = pl_module.val_metric_keys() if callable(getattr(pl_module, "val_metric_keys", None)) else ()
+        define_goals(trainer.loggers, keys)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:

@@ -194,6 +194,23 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return out
 
 
+def check_monitors(cfg: DictConfig, module: pl.LightningModule) -> None:
+    """``module.monitor`` and every ``callbacks.<name>.monitor`` naming a ``val/`` key are keys ``module`` logs
+    (its ``val_metric_keys()``), else one line listing them. A walkthrough: ``module.monitor=val/acuc`` trained a
+    whole epoch before Lightning's "could not find the monitored key" (sanity validation is off)."""
+    keys = module.val_metric_keys() if callable(getattr(module, "val_metric_keys", None)) else None
+    if not keys:
+        return
+    named = [("module.monitor", OmegaConf.select(cfg, "module.monitor", default=None))]
+    for name, c in (cfg.get("callbacks") or {}).items():
+        if isinstance(c, DictConfig) and "monitor" in c:
+            named.append((f"callbacks.{name}.monitor", OmegaConf.select(c, "monitor", default=None)))
+    for key, value in named:
+        if isinstance(value, str) and value.startswith("val/") and value not in keys:
+            raise ConfigError(f"{key}={value}: {type(module).__name__} logs no such key; its validation keys are "
+                              f"{', '.join(keys)}")
+
+
 def _resolved(target: Any) -> Any:
     """What a ``_target_`` names, or None when it does not resolve (instantiate then says why, as for any)."""
     try:

@@ -30,6 +30,7 @@ from engine.builders import (
     build_module,
     build_trainer,
     check_datamodule,
+    check_monitors,
 )
 from engine.checkpoint_checks import (as_loaded, check_trainer_state, checked_ckpt, optimised_count,
                                      refuse_untrained_test, restore_data_state, test_only_cfg)
@@ -160,6 +161,8 @@ def train_and_test(cfg: DictConfig, module: pl.LightningModule | None = None,
     if train:
         warn_no_validation(datamodule, cfg)
     module = build_module(cfg) if module is None else module
+    if train:
+        check_monitors(cfg, module)
     if resumed is not None:
         resumed.check(module)
     init_counts = None

@@ -220,6 +220,10 @@ class ClassificationModule(BaseModule):
         losses.reset()
         self._updated.discard(split)
 
+    def val_metric_keys(self) -> tuple[str, ...]:
+        """Every key logged under ``val/`` each epoch (as :meth:`SegmentationModule.val_metric_keys`)."""
+        return (*[f"val/{k}" for k in self.split_metrics["val_metrics"].keys()], "val/loss")
+
     def on_train_epoch_end(self) -> None:
         self._epoch_end("train")
 

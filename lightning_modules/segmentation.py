@@ -273,6 +273,11 @@ class SegmentationModule(BaseModule):
     def _epoch_value(self, key: str) -> float:
         return math.nan if key in self.val_unlabelled else epoch_value(self.val_summary, key)
 
+    def val_metric_keys(self) -> tuple[str, ...]:
+        """Every key logged under ``val/`` each epoch: what ``module.monitor`` may name, and what
+        :class:`callbacks.best_metric.BestMetric` defines on W&B before the first epoch logs."""
+        return ("val/loss", *[f"val/{k}" for k in self._val_keys()])
+
     def _val_keys(self) -> tuple[str, ...]:
         """The validation scores logged each epoch, and written to metrics.json as logged (:func:`epoch_value`)."""
         return ("dice", "miou", "accuracy", *[f"dice_{name}" for name in self.class_names[1:]])

@@ -302,6 +302,11 @@ CASES: dict[str, Setup] = {
     "trainer_bad_value": simple(["++trainer.fast_dev_run=ture"], "trainer (pytorch_lightning.Trainer): invalid literal for int() with base 10: 'ture' (trainer.fast_dev_run='ture')"),
     "module_key_typo": simple(["++module.monitr=val/dice"], "module (lightning_modules.segmentation.SegmentationModule)"),
     "module_key_typo_hint": simple(["++module.monitr=val/dice"], "(did you mean module.monitor?)"),
+    # a monitor the module never logs: Lightning's "could not find the monitored key" after a whole epoch before
+    "monitor_typo": simple(["module.monitor=val/dcie"], "module.monitor=val/dcie: SegmentationModule logs no such key"),
+    "callback_monitor_typo": simple(["+callbacks.early_stopping._target_=pytorch_lightning.callbacks.EarlyStopping",
+                                     "+callbacks.early_stopping.monitor=val/dice_livr"],
+                                    "callbacks.early_stopping.monitor=val/dice_livr"),
     "logger_key_typo": simple(["++logger.csv.nme=x"], "logger.csv (engine.loggers.ResumableCSVLogger)"),
     "callback_key_typo": simple(["++callbacks.model_checkpoint.monitr=x"], "callbacks.model_checkpoint"),
     # not a Lightning callback: Lightning's AttributeError traceback after the object was built (an audit)

@@ -55,7 +55,12 @@ def test_a_centralised_classifier_logs_the_charts_a_federated_one_does(tmp_path)
     on which segmenters and federations log W&B's chart, and no ``test/roc`` chart: one workspace panel was empty for
     half the runs. The chart and table pairs are the same now, and the PNG has a key of its own."""
     dispatch(compose_run(["+exp=digits_cnn", "model.width=4", "trainer.max_epochs=1", "logger=wandb"], tmp_path))
-    keys = _keys(read_run(tmp_path / "run"))
+    run = read_run(tmp_path / "run")
+    keys = _keys(run)
+    # one epoch: each val/* defined before its only log, so W&B's summary holds its best-of (a session found a plain
+    # number, the key defined after it was logged)
+    assert run["summary"]["val/auc"]["max"] == pytest.approx(run["summary"]["val/auc_best"])
+    assert "min" in run["summary"]["val/loss"], run["summary"]["val/loss"]
     assert {"test/roc_table/path", "test/confusion_matrix_table/path", "test/confusion_matrix_figure/_type"} <= keys
     assert "test/confusion_matrix/_type" not in keys, sorted(k for k in keys if "confusion" in k)
 
