@@ -48,7 +48,7 @@ from engine import artifacts
 from engine.builders import ConfigError, build_module
 from engine.distill import run_distillation, segmentation_cfg, teacher_loss
 from engine.fit import output_dir, train_and_test
-from engine.wandb_tracking import debug_mode
+from engine.wandb_tracking import TEACHER_STAGE, debug_mode
 from federation.deploy import keeps_local
 from federation.fed_distill_config import (FED_ARMS, LOCAL_ARMS, check_config, check_kd_pair, in_experiment_group,
                                            site_cfg, site_names)
@@ -67,7 +67,8 @@ def teacher_stage_cfg(cfg: DictConfig) -> DictConfig:
     out = output_dir(cfg) / TEACHER_DIR
     tcfg = segmentation_cfg(cfg, cfg.distill.teacher.model, teacher_loss(cfg), out)
     with open_dict(tcfg):
-        del tcfg["distill"], tcfg["fed_distill"]
+        del tcfg["fed_distill"]  # the student's KD settings are not the teacher's; its stage is (W&B tag, job type,
+        tcfg.distill = {"method": TEACHER_STAGE}  # as the centralised teacher stage's; a session found it untagged)
         tcfg.exp_name = f"{cfg.get('exp_name', 'fed_distill')}_teacher"
         in_experiment_group(tcfg, cfg, "teacher")
         tcfg.module.scheduler = cfg.fed_distill.get("teacher_scheduler")  # rounds restart local optimisers

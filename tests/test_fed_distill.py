@@ -126,7 +126,8 @@ def test_stage_configs(tiny_run):
     cfg, _, run, _ = tiny_run
     tcfg = fed_distill.teacher_stage_cfg(cfg)
     assert tcfg.federation == cfg.federation  # passed through unchanged (any strategy / executor / transport)
-    assert tcfg.model._target_.endswith("NestedUNet") and "distill" not in tcfg and "fed_distill" not in tcfg
+    assert tcfg.model._target_.endswith("NestedUNet") and "fed_distill" not in tcfg
+    assert OmegaConf.to_container(tcfg.distill) == {"method": "teacher_stage"}  # its stage only, no student's KD
     assert tcfg.paths.output_dir == str(run / "teacher")
     scfg = fed_distill_config.site_cfg(cfg, "site_b", "hlfd_fed", run / "teacher" / "global_best.pt")
     assert "sites" not in scfg.data and scfg.data.root.endswith("site_b")  # the site's own data only

@@ -435,3 +435,7 @@ def test_the_federated_student_without_kd_is_tagged_distill_none(tmp_path, monke
         assert "distill:none" in ident["tags"] and ident["config"]["run"]["distill"] == "none", (arm, ident["tags"])
     models = {arm: run_identity(stage)["config"]["run"]["model"] for arm, stage in stages.items()}
     assert models["fed_none"] == models["none"] == "resnet18_student", models
+    # the federated teacher stage: tagged and named as the centralised teacher stage is, after the teacher's net
+    teacher = run_identity(fed_distill.teacher_stage_cfg(cfg))
+    assert "distill:teacher_stage" in teacher["tags"] and teacher["config"]["run"]["model"] != "resnet18_student", \
+        teacher
