@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from engine.continue_command import canonical_override
 from engine.run_files import load_yaml_data, plain_text, run_file_text
-from engine.run_match import canonical_override
 
 #: what a run's ``.hydra/overrides.yaml`` may hold to be read: a review's crafted file of 20,000 overrides held the
 #: report for minutes (Hydra parses each one); a run beyond these is left out, listed as unreadable

@@ -12,9 +12,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from engine.continue_command import canonical_override
 from engine.finished_run import failed_last
 from engine.run_files import debug_run, plain_text, run_config, run_json
-from engine.run_match import canonical_override
 from engine.run_overrides import override_key
 from experiments.report_overrides import run_overrides
 from experiments.run_folder import set_aside

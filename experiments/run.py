@@ -39,7 +39,7 @@ from engine.objective import optimized_value  # noqa: E402
 from engine.tracking import record_environment  # noqa: E402
 from engine.run_overrides import method_suffix, swept_suffix, typed_command  # noqa: E402
 from engine.wandb_tracking import trained_model  # noqa: E402
-from engine.run_match import holds_run, interrupted_line, sweep_continue_command  # noqa: E402
+from engine.continue_command import holds_run, interrupted_line, sweep_continue_command  # noqa: E402
 from experiments.ddp_job import job_command  # noqa: E402
 from experiments.hydra_checks import run_cli, sweep_folder_name, task_started  # noqa: E402
 from experiments import run_lock, sweep_jobs  # noqa: E402

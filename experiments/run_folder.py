@@ -30,7 +30,7 @@ def resumable(resume: Any) -> bool | None:
     ``None`` when ``resume`` names no folder (``true``/``false``/unset)."""
     if not isinstance(resume, str) or resume in ("true", "false"):
         return None
-    from engine.run_match import holds_run
+    from engine.continue_command import holds_run
 
     return holds_run(resume)
 
@@ -117,9 +117,9 @@ def unusable_resume_state(run: Path, federation: bool, store_dir: Any = "client_
 def another_run(run: Path, config: DictConfig) -> str | None:
     """Why ``config`` does not continue the run in ``run`` (another net, other data settings or split than
     its ``config.yaml``), with the command that does; ``None`` when it does or the run has no config yet."""
+    from engine.continue_command import continue_command, hydra_value, saved_overrides
     from engine.init_weights import resume_difference, started_file_problem
-    from engine.run_match import (continue_command, debug_difference, differences, hydra_value, resume_keys,
-                                  saved_config, saved_overrides)
+    from engine.run_match import debug_difference, differences, resume_keys, saved_config
 
     saved = saved_config(run)
     if saved is None:

@@ -139,7 +139,7 @@ def _other_differences(run_dirs: Sequence[Path], label_key: str) -> dict[Path, s
     """Per run, the command-line overrides that differ between the runs besides the seed and ``label_key``
     (e.g. ``federation.partition.k=2`` in a mode x k sweep), so runs of different settings are not pooled into
     one seed band (a walkthrough found ``none (n=2)`` averaging k=1 with k=2)."""
-    from engine.run_match import canonical_override, saved_overrides
+    from engine.continue_command import canonical_override, saved_overrides
 
     def key(override: str) -> str:
         return override.lstrip("+~").split("=", 1)[0]

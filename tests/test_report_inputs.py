@@ -222,7 +222,7 @@ def test_a_run_and_a_sweep_of_one_method_are_one_group(tmp_path):
         runs.append(run)
     labels, common = report.run_labels(runs)
     assert labels[runs[0]] == labels[runs[1]] == "federation/strategy=fedavg" and common == ["x=True"]
-    from engine.run_match import canonical_override
+    from engine.continue_command import canonical_override
 
     assert canonical_override("~callbacks.rich_progress_bar") == "~callbacks.rich_progress_bar"
     assert canonical_override("not an override ==") == "not an override =="

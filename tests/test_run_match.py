@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.run_match import (TEST_ONLY, continue_command, debug_difference, differences, saved_overrides,
-                              sweep_continue_command)
+from engine.continue_command import continue_command, saved_overrides, sweep_continue_command
+from engine.run_match import TEST_ONLY, debug_difference, differences
 from tests.cli import run_in_process
 
 TINY = ["+exp=lits_dnet", "model.width=4", "data.image_size=32", "data.batch_size=8", "data.synthetic.n_cases=6",
@@ -347,7 +347,7 @@ def test_a_suggested_command_quotes_a_path_hydra_would_not_read_back():
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from engine.run_match import continue_command, hydra_value
+    from engine.continue_command import continue_command, hydra_value
 
     parser = OverridesParser.create()
     for path in ("/runs/lr=0.1", "/runs/a,b", "/runs/x[1]", "/runs/(a)", "/d/it's=1", "/runs/plain",

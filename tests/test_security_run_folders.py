@@ -80,9 +80,10 @@ def test_yaml_tags_in_run_folder_files_run_nothing(tmp_path):
     """Every reader of a run folder's YAML (config.yaml, .hydra/overrides.yaml) loads it safely: a
     ``!!python/object/apply`` tag is a parse error, never a call (a safe_load turned into unsafe_load would pass
     every other test)."""
+    from engine.continue_command import saved_overrides
     from engine.errors import CheckpointError, ConfigError
     from engine.predict_models import read_run_config
-    from engine.run_match import saved_config, saved_overrides
+    from engine.run_match import saved_config
 
     marker = tmp_path / "MARKER"
     tag = f"!!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path ['{marker}']]"

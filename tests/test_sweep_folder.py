@@ -132,7 +132,7 @@ def test_what_the_new_run_names_moves_with_it_and_a_live_launcher_refuses(tmp_pa
 
     from omegaconf import OmegaConf
 
-    from engine.run_match import holds_run
+    from engine.continue_command import holds_run
     from experiments.run_folder import set_aside_run
     from federation.transports.flower.launcher_record import _started_at
 

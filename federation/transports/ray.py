@@ -68,7 +68,7 @@ def _continue_hint(jobs: Sequence[ClientJob]) -> str:
         out = Path(store).parent
     if not out:
         return "Continue the run with resume=<its run dir>."
-    from engine.run_match import continue_command, saved_overrides
+    from engine.continue_command import continue_command, saved_overrides
 
     run = Path(str(out)).resolve()
     try:

@@ -261,7 +261,7 @@ def interrupted_exit(cfg: DictConfig) -> None:
     """Ctrl-C during the rehearsal ends as SIGTERM does (``experiments.run``): one line with the command that
     continues the run, exit 130 (a walkthrough: SIGINT printed a 35-line KeyboardInterrupt traceback)."""
     from engine.fit import output_dir
-    from engine.run_match import interrupted_line, saved_overrides
+    from engine.continue_command import interrupted_line, saved_overrides
 
     run = output_dir(cfg)
     try:
