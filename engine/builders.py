@@ -9,6 +9,7 @@ import inspect
 import logging
 import re
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -194,18 +195,19 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return out
 
 
-def check_monitors(cfg: DictConfig, module: pl.LightningModule) -> None:
-    """``module.monitor`` and every ``callbacks.<name>.monitor`` naming a ``val/`` key are keys ``module`` logs
-    (its ``val_metric_keys()``), else one line listing them. A walkthrough: ``module.monitor=val/acuc`` trained a
-    whole epoch before Lightning's "could not find the monitored key" (sanity validation is off)."""
+def check_monitors(cfg: DictConfig, module: pl.LightningModule, where: Iterable[str] | None = None) -> None:
+    """Each monitor setting in ``where`` (default: ``module.monitor`` and every ``callbacks.<name>.monitor``) that
+    names a ``val/`` key is one ``module`` logs (its ``val_metric_keys()``), else one line listing them. A
+    walkthrough: ``module.monitor=val/acuc`` trained a whole epoch before Lightning's "could not find the monitored
+    key" (sanity validation is off); a federation trained a whole round before saying so."""
     keys = module.val_metric_keys() if callable(getattr(module, "val_metric_keys", None)) else None
     if not keys:
         return
-    named = [("module.monitor", OmegaConf.select(cfg, "module.monitor", default=None))]
-    for name, c in (cfg.get("callbacks") or {}).items():
-        if isinstance(c, DictConfig) and "monitor" in c:
-            named.append((f"callbacks.{name}.monitor", OmegaConf.select(c, "monitor", default=None)))
-    for key, value in named:
+    if where is None:
+        where = ["module.monitor", *(f"callbacks.{name}.monitor" for name, c in (cfg.get("callbacks") or {}).items()
+                                     if isinstance(c, DictConfig) and "monitor" in c)]
+    for key in where:
+        value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, str) and value.startswith("val/") and value not in keys:
             raise ConfigError(f"{key}={value}: {type(module).__name__} logs no such key; its validation keys are "
                               f"{', '.join(keys)}")

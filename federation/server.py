@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from datamodules.loaders import eval_loader
 from datamodules.subset import (IndexSubset, SubsetDataModule, sample_cases, sample_groups, sample_labels,
                                 val_carved_from_train)
-from engine.builders import build_datamodule, build_module, check_datamodule
+from engine.builders import build_datamodule, build_module, check_datamodule, check_monitors
 from engine.init_weights import init_from_config
 from engine.loggers import build_loggers
 from engine.one_process import check_one_process_trainer
@@ -132,6 +132,7 @@ class Server:
                         "epoch(s); set module.scheduler=null for a constant learning rate (the fed_* experiments do)",
                         str(sched.get("_target_", "?")).rsplit(".", 1)[-1], self.fed.get("local_epochs"))
         self.template = build_module(cfg)
+        check_monitors(cfg, self.template, ("module.monitor", "federation.early_stopping.monitor"))  # not a round on
         self.federation_id = federation_id(self.out)  # kept by a resume; a site's store is claimed with it
         # init_weights=: round 0's global model and the matrix's baselines start from it (a resume: server.pt's)
         resuming = bool(cfg.get("resume")) and (self.out / SERVER_CKPT).is_file()  # its log says round 0's model only

@@ -68,11 +68,15 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     # a walkthrough: "." for "/" put the group's name where its config goes: an AttributeError deep in a check, exit 1
     (["federation.strategy=fedprox"], ["FederationError: federation.strategy='fedprox' is a name, not a config",
                                        "federation/strategy=fedprox"]),
+    # a monitor the module never logs: a whole round trained before the server said so (a session)
+    (["module.monitor=val/acuc"], ["module.monitor=val/acuc: ClassificationModule logs no such key"]),
+    (["federation.early_stopping.enabled=true", "federation.early_stopping.monitor=val/los"],
+     ["federation.early_stopping.monitor=val/los"]),
 ], ids=["rounds0", "float_per_round", "negative_per_round", "too_many_clients", "alpha0", "alpha_negative", "partition_typo", "unit",
         "client_val_fraction", "no_client_val_for_sharing",
         "sharing_mode", "fedprox_mu", "fedadam_eta", "ray_address_unreachable",
         "ray_client_address_unreachable", "timeout_abc", "timeout_negative", "ray_no_workers",
-        "group_name_with_a_dot"])
+        "group_name_with_a_dot", "monitor_typo", "early_stopping_monitor_typo"])
 def test_bad_federation_value_is_one_line_exit_2(tmp_path, args, needles):
     run = tmp_path / "run"
     proc = _run([*args, f"hydra.run.dir={run}"], tmp_path)
