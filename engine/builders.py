@@ -206,10 +206,13 @@ def check_monitors(cfg: DictConfig, module: pl.LightningModule, where: Iterable[
     if where is None:
         where = ["module.monitor", *(f"callbacks.{name}.monitor" for name, c in (cfg.get("callbacks") or {}).items()
                                      if isinstance(c, DictConfig) and "monitor" in c)]
-    for key in where:
+    for key in [*where, "optimized_metric"]:
         value = OmegaConf.select(cfg, key, default=None)
+        if key == "optimized_metric":  # a search's val/<key>_best: the best of a logged key (a trial trained, then
+            value = value[:-len("_best")] if isinstance(value, str) and value.endswith("_best") else None  # failed)
         if isinstance(value, str) and value.startswith("val/") and value not in keys:
-            raise ConfigError(f"{key}={value}: {type(module).__name__} logs no such key; its validation keys are "
+            given = OmegaConf.select(cfg, key, default=None)
+            raise ConfigError(f"{key}={given}: {type(module).__name__} logs no such key; its validation keys are "
                               f"{', '.join(keys)}")
 
 

@@ -307,6 +307,9 @@ CASES: dict[str, Setup] = {
     "callback_monitor_typo": simple(["+callbacks.early_stopping._target_=pytorch_lightning.callbacks.EarlyStopping",
                                      "+callbacks.early_stopping.monitor=val/dice_livr"],
                                     "callbacks.early_stopping.monitor=val/dice_livr"),
+    # a search's objective: every trial trained and tested, then failed on the key it lacks
+    "optimized_metric_typo": simple(["optimized_metric=val/dcie_best"],
+                                    "optimized_metric=val/dcie_best: SegmentationModule logs no such key"),
     "logger_key_typo": simple(["++logger.csv.nme=x"], "logger.csv (engine.loggers.ResumableCSVLogger)"),
     "callback_key_typo": simple(["++callbacks.model_checkpoint.monitr=x"], "callbacks.model_checkpoint"),
     # not a Lightning callback: Lightning's AttributeError traceback after the object was built (an audit)
