@@ -197,6 +197,28 @@ def common_lines(runs: list[Path], failed: list[Path]) -> str:
     return "".join(f"{line}\n\n" for line in lines)
 
 
+def matrix_note(runs: list[Path], ordered: list[str]) -> str:
+    """What the ``matrix/*`` columns hold: ``test/<federation.matrix_metric>``, which the keys do not name (a
+    walkthrough: ``--keys 'matrix/FL_global/*'`` gave a table of numbers without saying Dice), and a warning when
+    the runs' matrices hold different metrics, which one column then mixes."""
+    if not any(k.startswith("matrix/") for k in ordered):
+        return ""
+    held: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        metric = (json_object(run / "metrics.json") or {}).get("evaluation_matrix_metric")
+        if isinstance(metric, str) and isinstance((json_object(run / "metrics.json") or {}).get("evaluation_matrix"),
+                                                  dict):
+            held[f"test/{plain_text(metric, 100)}"].append(run.name)
+    if len(held) == 1:
+        return f"\n`matrix/*` cells: each run's evaluation matrix of `{md_code(next(iter(held)))}`.\n"
+    if len(held) > 1:
+        said = "; ".join(f"`{md_code(m)}`: {md_text(', '.join(names[:5]), 400, cell=False)}"
+                         for m, names in held.items())
+        return (f"\n**The runs' evaluation matrices hold different metrics** ({said}): a `matrix/*` column mixes them "
+                f"and its bold follows one of them; report them apart.\n")
+    return ""
+
+
 def with_notes(md: str, runs: list, failed: list, groups: dict, ordered: list, contexts: dict, left: dict,
                debug: list, unfinished: list, show_all: bool) -> str:
     """The report's table with what a reader must know beside it: settings common to every run (and to every run
@@ -210,6 +232,7 @@ def with_notes(md: str, runs: list, failed: list, groups: dict, ordered: list, c
                "those k runs only, and it is not ranked for the bold.\n")
     if len(set(contexts.values())) > 1:
         md += "\nThe runs are of several experiments (`+exp`, `data`): the best is bold within each, not across.\n"
+    md += matrix_note(runs, ordered)
     twice = seeds_counted_twice(runs, failed)
     if twice:  # a review: two overlapping sweeps given together shrank the std without a word
         md += f"\nSeeds counted more than once (the same run made twice?): {md_text('; '.join(twice), 2000, cell=False)}\n"

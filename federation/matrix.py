@@ -170,6 +170,12 @@ def matrix_note(server: Server) -> str | None:
         if str(mcfg.get("fl_local", MATRIX_CHOICES["fl_local"][0])) == "best_local":
             notes.append("Each <client>_FL_local is the round its validation score was best, chosen on that same "
                          "split: its own cell is optimistic; matrix.fl_local=finetune, or data with sites, avoids it.")
+    strategy = getattr(server, "strategy", None)
+    if strategy is not None and any(strategy.is_local(k) for k in getattr(server, "global_state", {})):
+        # a walkthrough: FedBN's FL_global pooled cell (0.1195) sat beside its site columns' mean (0.1213) over
+        # equal test cases per site, with nothing saying it is another model
+        notes.append(f"FL_global's client columns use each client's own local entries ({strategy.name}, e.g. "
+                     f"FedBN's batch norm), its pooled column their mean over the clients, a model no site holds.")
     epochs = budgets(server.fed, len(server.client_ids))
     rows = [k for k in ("standalone", "centralised") if mcfg.get(k, True) and epochs[k] != epochs["federation"]]
     if rows:

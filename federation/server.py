@@ -47,7 +47,8 @@ from federation.core.strategies.base import MissingFromUpdates
 from federation.errors import FederationError
 from federation.init_local import init_local_entries
 from federation.partition_files import write_partition_report
-from federation.plan import check_federation_config, check_teacher_given, is_remote_sites, split_clients
+from federation.plan import (check_federation_config, check_matrix_metric, check_teacher_given, is_remote_sites,
+                             split_clients)
 from federation.runner import build_strategy, eval_trainer, model_named, quiet_lightning, register_base
 from federation.server_eval import evaluate_round, global_view_untrained, update_best
 from federation.server_resume import SERVER_CKPT, client_stores, resume_server, save_checkpoint
@@ -133,6 +134,7 @@ class Server:
                         str(sched.get("_target_", "?")).rsplit(".", 1)[-1], self.fed.get("local_epochs"))
         self.template = build_module(cfg)
         check_monitors(cfg, self.template, ("module.monitor", "federation.early_stopping.monitor"))  # not a round on
+        check_matrix_metric(self.fed, self.template)
         self.federation_id = federation_id(self.out)  # kept by a resume; a site's store is claimed with it
         # init_weights=: round 0's global model and the matrix's baselines start from it (a resume: server.pt's)
         resuming = bool(cfg.get("resume")) and (self.out / SERVER_CKPT).is_file()  # its log says round 0's model only

@@ -224,6 +224,11 @@ class ClassificationModule(BaseModule):
         """Every key logged under ``val/`` each epoch (as :meth:`SegmentationModule.val_metric_keys`)."""
         return (*[f"val/{k}" for k in self.split_metrics["val_metrics"].keys()], "val/loss")
 
+    def test_metric_keys(self) -> tuple[str, ...]:
+        """Every key logged under ``test/`` (the same metrics as ``val/``): what ``federation.matrix_metric``
+        may name."""
+        return (*[f"test/{k}" for k in self.split_metrics["test_metrics"].keys()], "test/loss")
+
     def on_train_epoch_end(self) -> None:
         self._epoch_end("train")
 

@@ -278,6 +278,15 @@ class SegmentationModule(BaseModule):
         :class:`callbacks.best_metric.BestMetric` defines on W&B before the first epoch logs."""
         return ("val/loss", *[f"val/{k}" for k in self._val_keys()])
 
+    def test_metric_keys(self) -> tuple[str, ...]:
+        """Every key :meth:`on_test_epoch_end` can log under ``test/``: what ``federation.matrix_metric`` may
+        name (a walkthrough: ``dice_tumor`` on liver-only data trained the whole matrix into a table of dashes)."""
+        fg = self.class_names[1:]
+        fams = ("dice", "iou", "rvd", "auc", *(("hd95", "nsd") if self.surface_metrics else ()))
+        return ("test/loss", "test/dice", "test/miou", "test/accuracy", "test/num_cases",
+                *(("test/hd95", "test/nsd") if self.surface_metrics else ()),
+                *[f"test/{f}_{name}" for f in fams for name in fg])
+
     def _val_keys(self) -> tuple[str, ...]:
         """The validation scores logged each epoch, and written to metrics.json as logged (:func:`epoch_value`)."""
         return ("dice", "miou", "accuracy", *[f"dice_{name}" for name in self.class_names[1:]])

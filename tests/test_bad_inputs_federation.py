@@ -359,3 +359,58 @@ def test_fedbn_without_batchnorm_names_the_model_and_its_norm(tmp_path):
         build_strategy(cfg.federation.strategy, net, model_named(cfg, net), pool=None, seed=0)
     with pytest.raises(ConfigError, match=rf"but the net {type(net).__name__} has no BatchNorm layer$"):
         build_strategy(cfg.federation.strategy, net)  # a caller that names no model: the net's class
+
+
+def test_a_matrix_metric_the_module_never_logs_is_one_line_before_any_round(tmp_path):
+    """A walkthrough: ``federation.matrix_metric=dice_tumor`` on liver-only sites trained every round and every
+    matrix row, then wrote a table of dashes and exited 0; now one line listing the module's test keys."""
+    run = tmp_path / "run"
+    proc = _run(["federation.evaluation_matrix=true", "federation.matrix_metric=acuc", f"hydra.run.dir={run}"],
+                tmp_path)
+    line = _one_line_error(proc, "FederationError: federation.matrix_metric=acuc", "logs no test/acuc", "acc")
+    assert "loss" in line
+    assert not any((run / f).exists() for f in ("rounds.csv", "metrics.json", "evaluation_matrix.md", "server.pt"))
+
+
+@pytest.mark.parametrize("surface", [True, False])
+def test_test_metric_keys_are_the_keys_a_segmentation_test_logs(surface):
+    """``SegmentationModule.test_metric_keys`` (what ``federation.matrix_metric`` is checked against) is exactly
+    what its test epoch logs, with and without surface metrics, so no valid metric is refused."""
+    from federation.plan import check_matrix_metric
+    from lightning_modules.losses.hybrid import HybridCEDiceLoss
+    from lightning_modules.segmentation import SegmentationModule
+    from tests.test_padded_eval import Threshold, _slices
+    from datamodules.collate import PadCollate
+
+    module = SegmentationModule(Threshold(), HybridCEDiceLoss(), num_classes=2, surface_metrics=surface)
+    logged = set()
+    module.log = lambda key, *a, **k: logged.add(key)
+    for b in [PadCollate(4)([s]) for s in _slices()]:
+        module._evaluate(b, "test", module.test_cases)
+    module.on_test_epoch_end()
+    logged.add("test/loss")  # logged by the test step, which this bypasses
+    assert logged == set(module.test_metric_keys())
+    check_matrix_metric({"matrix_metric": "rvd_class_1"}, module)
+    with pytest.raises(FederationError, match="matrix_metric=dice_tumor: SegmentationModule logs no test/dice_tumor"):
+        check_matrix_metric({"matrix_metric": "dice_tumor"}, module)
+
+
+@pytest.mark.parametrize("sites, needles", [
+    ([], ["FederationError: federation.partition.sites is not set", "name each site once"]),
+    (["federation.partition.sites=[]"], ["federation.partition.sites=[]", "name each site once"]),
+    (["federation.partition.sites=[hospital_a,hospital_a]"],
+     ["federation.partition.sites=['hospital_a', 'hospital_a']", "name each site once"]),
+    (["federation.partition.sites=[a,b]", "federation.num_clients=3"],
+     ["federation.num_clients=3 but federation.partition.sites names 2 sites"]),
+], ids=["missing", "empty", "twice", "num_clients"])
+def test_bad_remote_sites_are_one_line_before_the_deployment_config_is_written(tmp_path, sites, needles):
+    """A walkthrough: ``launch=false`` with no ``federation.partition.sites``, ``[]`` or a site named twice wrote
+    ``flower/config.yaml`` and printed the ``flwr run`` command (exit 0); the ServerApp refused it only after
+    ``flwr run`` on the server host."""
+    pytest.importorskip("flwr")
+    run = tmp_path / "run"
+    proc = _run(["federation/partition=remote_sites", "federation.num_clients=null",
+                 "federation.clients_per_round=null", "federation/strategy=fedavg", "federation/executor=flower",
+                 "federation.executor.launch=false", *sites, f"hydra.run.dir={run}"], tmp_path)
+    _one_line_error(proc, *needles)
+    assert not (run / "flower" / "config.yaml").exists()

@@ -569,6 +569,29 @@ def test_the_matrix_says_when_a_clients_column_is_its_validation_split(tmp_path)
     assert matrix_note(server).startswith("**A debug run (debug mode fdr)")
 
 
+def test_the_matrix_says_fedbn_scores_fl_globals_pooled_column_with_the_mean_batch_norm():
+    """A walkthrough: under FedBN FL_global's client columns are scored with each client's own batch norm and its
+    pooled column with their mean (a model no site holds), so its pooled cell differed from the site columns'
+    average over equal test sets, and nothing under the table said why."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from federation.matrix import matrix_note
+    from federation.runner import ClientIndices
+
+    idx = np.arange(4)
+    bn = SimpleNamespace(name="fedbn", is_local=lambda key: "bn" in key)
+    server = SimpleNamespace(fed=OmegaConf.create({"matrix": {}}), client_ids=["a"], cfg=OmegaConf.create({}),
+                             indices={"a": ClientIndices(idx, idx, idx)}, strategy=bn,
+                             global_state={"conv.weight": None, "bn.running_mean": None})
+    assert matrix_note(server) == ("FL_global's client columns use each client's own local entries (fedbn, e.g. "
+                                   "FedBN's batch norm), its pooled column their mean over the clients, a model no "
+                                   "site holds.")
+    server.strategy = SimpleNamespace(name="fedavg", is_local=lambda key: False)
+    assert matrix_note(server) is None
+
+
 def test_the_matrix_baselines_train_the_federations_budget_unless_told_and_then_it_says_so():
     """A federation review: the baselines and the centralised row trained 2 epochs by default against the
     federation's rounds x local epochs (10 x 2 in fed_lits_dnet), and nothing in the table said so."""

@@ -87,3 +87,40 @@ def test_a_rehearsal_stopped_by_its_data_leaves_no_private_key(tmp_path):
         dispatch(compose_run(["+exp=fed_lits_dnet", "data=lits", f"data.root={tmp_path / 'typo'}",
                               "federation/executor=flower", "federation.executor.node_auth=true"], tmp_path))
     assert not [p for p in tmp_path.rglob("*") if p.suffix == ".key" or p.name.endswith(".pem") and "key" in p.name]
+
+
+
+def test_stop_lets_the_server_app_outside_our_groups_exit_on_sigterm_first(tmp_path):
+    """Flower runs the ServerApp under the SuperLink's SuperExec, in a session of its own: a stop SIGKILLed it by
+    the marker sweep with no signal it could act on, so its loggers never closed (a walkthrough: Ctrl-C after
+    round 1 lost that round from ``csv/metrics.csv`` and the W&B run). A stand-in ServerApp carrying the marker
+    gets SIGTERM, and its handler runs while the SuperLink is still up."""
+    token = f"{tmp_path}:test"
+    groups = ProcessGroups(tmp_path / "pgids.json", marker=f"FEDMED_REHEARSAL={token}")
+    superlink = groups.start("superlink", SLEEP, {"FEDMED_REHEARSAL": token}, tmp_path / "superlink.log")
+    closed = tmp_path / "closed"
+    code = (f"import os, pathlib, signal, sys, time\n"
+            f"def close(*_):\n"
+            f"    try:\n"
+            f"        os.kill({superlink.pid}, 0)\n"
+            f"        up = 'superlink up'\n"
+            f"    except ProcessLookupError:\n"
+            f"        up = 'superlink gone'\n"
+            f"    pathlib.Path({str(closed)!r}).write_text(up)\n"
+            f"    sys.exit(0)\n"
+            f"signal.signal(signal.SIGTERM, close)\n"
+            f"print('ready', flush=True)\n"
+            f"time.sleep(60)\n")
+    app = subprocess.Popen([sys.executable, "-c", code, "flwr-serverapp"], stdout=subprocess.PIPE,
+                           env={"FEDMED_REHEARSAL": token}, start_new_session=True)
+    try:
+        assert app.stdout.readline() == b"ready\n"
+        groups.stop(grace_s=10)
+        assert app.wait(timeout=10) == 0  # its SIGTERM handler ran (before: -SIGKILL, no handler)
+        assert closed.read_text() == "superlink up"
+        assert superlink.poll() is not None
+    finally:
+        for p in (app, superlink):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -375,3 +375,25 @@ def test_a_method_is_one_group_whatever_order_its_overrides_were_typed_in(tmp_pa
         ("c", ["data.batch_size=32", "module.optimizer.lr=0.01", "seed=0"]))]
     labels, _ = report.run_labels(runs)
     assert labels[runs[0]] == labels[runs[1]] == "data.batch_size=16 module.optimizer.lr=0.05", labels
+
+
+def test_the_report_says_what_the_matrix_columns_hold_and_when_runs_mix_metrics(tmp_path):
+    """A walkthrough: ``report --keys 'matrix/FL_global/*'`` printed numbers whose metric (Dice) nothing named, and
+    runs whose matrices held Dice and HD95 shared one column without a word (bolded by one run's goal)."""
+    for name, model, metric, value in (("a", "unet", "dice", 0.5), ("b", "dnet", "dice", 0.4)):
+        run = _run(tmp_path, name, {"test/dice": value, "evaluation_matrix_metric": metric,
+                                    "evaluation_matrix": {"FL_global": {"site1": value}}})
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n")
+    assert report.main([str(tmp_path), "--keys", "matrix/FL_global/*"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "`matrix/*` cells: each run's evaluation matrix of `test/dice`." in md
+    assert report.main([str(tmp_path), "--keys", "test/dice"]) == 0  # no matrix column: nothing to say
+    assert "matrix/*" not in (tmp_path / "report.md").read_text()
+    run = _run(tmp_path, "c", {"test/dice": 0.3, "evaluation_matrix_metric": "hd95",
+                               "evaluation_matrix": {"FL_global": {"site1": 7.0}}})
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- model=unet3plus\n")
+    assert report.main([str(tmp_path), "--keys", "matrix/FL_global/*"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "**The runs' evaluation matrices hold different metrics** (`test/dice`: a, b; `test/hd95`: c)" in md

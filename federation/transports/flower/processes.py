@@ -43,6 +43,14 @@ def marked(marker: bytes | str) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    """A process's command line (NUL-separated), empty once it is gone."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def stop_marked(marker: bytes | str, grace_s: float = 10.0) -> list[int]:
     """SIGTERM every process carrying ``marker``, SIGKILL those left after ``grace_s``; the pids found."""
     found = marked(marker)
@@ -164,7 +172,24 @@ class ProcessGroups:
         """Signal one child's whole group (the fault tests kill a SuperNode this way)."""
         self._signal_group(self.procs[name].pid, sig)
 
+    def _stop_server_apps(self, grace_s: float) -> None:
+        """SIGTERM the ServerApp and wait for it (at most ``grace_s``) before anything else stops. Flower starts
+        it under the SuperLink's SuperExec, in no group of ours, so it got only the marker sweep's SIGKILL: its
+        loggers were never closed, and a Ctrl-C after round 1 lost that round from ``csv/metrics.csv`` and the
+        W&B run, which hold the last row until they close (a walkthrough; ``rounds.csv`` had it). On SIGTERM
+        Flower's exit unwinds the federation's ``finally`` while the SuperLink still answers."""
+        apps = [pid for pid in self._marked() if b"flwr-serverapp" in _cmdline(pid)]
+        for pid in apps:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace_s
+        while apps and time.monotonic() < deadline and set(apps) & set(self._marked()):
+            time.sleep(0.2)
+
     def stop(self, grace_s: float = 10.0) -> None:
+        self._stop_server_apps(grace_s)
         for proc in self.procs.values():
             if self._alive(proc.pid):
                 self._signal_group(proc.pid, signal.SIGTERM)
