@@ -20,7 +20,7 @@ from datamodules.intensity import CTNormalised, checked_ct_stats, foreground_sta
 from datamodules.layouts import find_cases, layout_classes, nnunet_channels
 from datamodules.progress import log_progress
 from datamodules.slices import TARGETS, SliceCase, SliceDataModule, SliceDataset, TargetMap
-from datamodules.spatial import GridMeta
+from datamodules.spatial import GridMeta, target_spacing
 from datamodules.synthetic import needs_phantom, site_params, write_phantom_dataset
 from datamodules.volume_cache import VolumeCache, default_cache_dir
 from datamodules.volumes import (PreprocessParams, load_on_grid, preprocess_image,
@@ -104,9 +104,11 @@ class VolumeSegmentationDataModule(SliceDataModule):
         self.target_map = TargetMap(target)
         self.cache: VolumeCache | None = None
         self.orientation = None if layout == "covid_stack" else orientation
-        self.spacing = None if spacing is None else tuple(float(v) for v in spacing)
+        self.spacing = None if spacing is None else target_spacing(spacing)  # checked before anything is read
         self.normalization = normalization
-        self.ct_stats = None if ct_stats is None else tuple(float(v) for v in ct_stats)
+        # checked here, as data.spacing (data.ct_stats=5 was a TypeError traceback); Hydra passes a ListConfig
+        stats = list(ct_stats) if isinstance(ct_stats, AbcSequence) and not isinstance(ct_stats, str) else ct_stats
+        self.ct_stats = checked_ct_stats(stats, "data.ct_stats")
         self.declared_names = None if class_names is None else [str(n) for n in class_names]
         self.source_classes = None if not source_classes else checked_source_classes(source_classes, "data.source_classes")
 

@@ -59,6 +59,20 @@ def check_orientation(codes: str | None) -> str | None:
     return codes
 
 
+def target_spacing(spacing: object) -> tuple[float, float, float]:
+    """``data.spacing`` as three positive floats, else one :class:`DataError` line: a walkthrough's
+    ``data.spacing=1.0`` (one number for "1 mm isotropic") and ``[1,1,abc]`` stopped in Hydra's multi-line
+    "Error in call to target" with exit 1, from the datamodule's constructor."""
+    try:
+        target = () if isinstance(spacing, str) else tuple(float(v) for v in spacing)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        target = ()
+    if len(target) != 3 or not all(math.isfinite(v) and v > 0 for v in target):
+        shown = list(spacing) if isinstance(spacing, (list, tuple)) else spacing
+        raise DataError(f"data.spacing={shown!r} must be three positive numbers (mm) or null, e.g. [1, 1, 1]")
+    return target  # type: ignore[return-value]
+
+
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (mm) along each array axis from the affine's column norms."""
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
@@ -195,9 +209,7 @@ def to_grid(x: np.ndarray, affine: np.ndarray, orientation: str | None = "RAS",
     if spacing is None:
         shape, out_spacing = oriented_shape, oriented_spacing
     else:
-        target = [float(s) for s in spacing]
-        if len(target) != 3 or min(target) <= 0:
-            raise DataError(f"data.spacing={list(spacing)} must be three positive numbers (mm) or null")
+        target = list(target_spacing(spacing))
         shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(oriented_shape, oriented_spacing, target))
         grown = math.prod(shape) / max(1, math.prod(oriented_shape))
         if math.prod(shape) > MAX_VOXELS or grown > MAX_GROWTH:

@@ -37,7 +37,8 @@ from engine.fit import output_dir, train_and_test
 from engine.run_match import AUGMENTATION
 from engine.wandb_tracking import TEACHER_STAGE
 from lightning_modules.base import build
-from lightning_modules.distill_setup import check_same_padding
+from lightning_modules.distill_setup import check_same_padding, dry_run, example_shape, parse_taps
+from lightning_modules.hooks import resolve_module
 from lightning_modules.kinds import is_whole
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.targets import check_targets
@@ -242,12 +243,34 @@ def _claim_teacher_dir(tdir: Path, stamp_key: str, cache_key: str) -> None:
 
 
 def check_padding_before_the_teacher(cfg: DictConfig) -> None:
-    """:func:`~lightning_modules.distill_setup.check_same_padding` at ``data.image_size``, from the two nets'
-    configs, before a teacher is trained for a pair the student's first batch would refuse."""
+    """:func:`~lightning_modules.distill_setup.check_same_padding` at ``data.image_size``, and every
+    ``distill.taps`` path and head naming a module of its net, from the two nets' configs, before a teacher is
+    trained for a pair the student's module would refuse (a walkthrough: ``distill.taps.0.student=encoder.layer9``
+    and a teacher ``head`` typo were reported only after the teacher had trained, hours at paper size). The
+    teacher's taps, and the module's dry forward of both nets (an ``index`` that picks nothing, a module that never
+    runs, other class counts), are checked only when its net comes from ``distill.teacher.model`` without a given
+    checkpoint (with one, the module checks them against the checkpoint's own net before anything trains)."""
+    teacher_cfg = cfg.distill.teacher.get("model")
+    teacher = build(teacher_cfg, what="distill.teacher.model") if teacher_cfg is not None else None
+    student = build(cfg.model, what="model")
     size = OmegaConf.select(cfg, "data.image_size", default=None)
-    if is_whole(size):
-        check_same_padding(build(cfg.distill.teacher.model, what="distill.teacher.model"),
-                           build(cfg.model, what="model"), (size, size))
+    if is_whole(size) and teacher is not None:
+        check_same_padding(teacher, student, (size, size))
+    nets = {"student": student, "teacher": None if cfg.distill.teacher.get("ckpt") else teacher}
+    taps = cfg.distill.get("taps")
+    parsed = parse_taps(OmegaConf.to_container(taps, resolve=True) if taps is not None else [])
+    for tap in parsed:
+        net = nets[tap.side]
+        for path, what in ((tap.path, "path"), (tap.head, "head path")):
+            if net is None or path is None:
+                continue
+            try:
+                resolve_module(net, path)
+            except ValueError as err:  # the words DistillationModule's own check uses
+                raise ConfigError(f"distill.taps: bad {tap.side} {what} for {type(net).__name__}: {err}") from None
+    example = OmegaConf.select(cfg, "module.example_size", default=None)
+    if nets["teacher"] is not None and example is not None:  # the module's dry forward: an index that picks nothing,
+        dry_run(teacher, student, parsed, example_shape(student, _plain(example)))  # a module that never runs
 
 
 def run_distillation(cfg: DictConfig) -> dict[str, Any]:

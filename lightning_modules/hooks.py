@@ -45,14 +45,19 @@ def select_tensor(output: Any, index: int | None = None) -> Tensor:
     """Pick the tensor out of a module output: the tensor itself, ``output[index]`` for a
     tuple/list when ``index`` is given, else its first tensor (first tensor value for a dict)."""
     if isinstance(output, Tensor):
+        if index is not None:  # a walkthrough: ignored, so taps at index 0 and 1 of one module read one tensor twice
+            raise ValueError(f"index={index} given, but the module returns one Tensor (index picks an element of a "
+                             f"tuple/list output)")
         return output
     if isinstance(output, Mapping):
         output = list(output.values())
     if isinstance(output, (tuple, list)):
-        if index is not None:
+        if index is not None:  # ValueErrors: a tap's config, named at start-up by the dry forward (not a traceback)
+            if not -len(output) <= index < len(output):
+                raise ValueError(f"index={index} is out of range for a module output of {len(output)} elements")
             chosen = output[index]
             if not isinstance(chosen, Tensor):
-                raise TypeError(f"output[{index}] is {type(chosen).__name__}, not a Tensor")
+                raise ValueError(f"output[{index}] is {type(chosen).__name__}, not a Tensor")
             return chosen
         for item in output:
             if isinstance(item, Tensor):
@@ -91,7 +96,10 @@ class FeatureTap:
     def _make_hook(self, path: str, indices: list[int | None]):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             for index in indices:
-                tensor = select_tensor(output, index)
+                try:
+                    tensor = select_tensor(output, index)
+                except ValueError as err:
+                    raise ValueError(f"module {path!r}: {err}") from None
                 self.selected[(path, index)] = tensor.detach() if self.detach else tensor
             self.outputs[path] = self.selected[(path, indices[0])]
         return hook

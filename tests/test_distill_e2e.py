@@ -261,3 +261,20 @@ def test_a_bad_kd_loss_is_one_line_before_a_teacher_trains(tmp_path, bad):
     with pytest.raises(ConfigError, match=r"^distill.loss"):
         run_distillation(cfg)
     assert not (tmp_path / "run" / "teacher").exists() and not (tmp_path / "data" / "teachers").exists()
+
+
+@pytest.mark.parametrize("bad, said", [
+    ("distill.taps.0.student=encoder.layer9", r"bad student path for ResNet18Student: module path 'encoder.layer9'"),
+    ("distill.taps.4.teacher=conv9_0", r"bad teacher path for NestedUNet: module path 'conv9_0'"),
+    ("distill.taps.8.head=final9", r"bad teacher head path for NestedUNet: module path 'final9'"),
+    ("+distill.taps.0.index=1", r"bad student path for ResNet18Student: module 'encoder.layer1': index=1 given")])
+def test_a_tap_naming_no_module_is_one_line_before_a_teacher_trains(tmp_path, bad, said):
+    """A walkthrough: a tap or head path that names no module was reported only after the teacher had trained
+    (docs/distillation.md: "a wrong path fails before any training")."""
+    from engine.distill import run_distillation
+    from engine.errors import ConfigError
+
+    cfg = compose_run(["+exp=kits_hlfd", *TINY, bad], tmp_path)
+    with pytest.raises(ConfigError, match=rf"^distill.taps: {said}"):
+        run_distillation(cfg)
+    assert not (tmp_path / "run" / "teacher").exists() and not (tmp_path / "data" / "teachers").exists()

@@ -115,3 +115,19 @@ def test_adapters_shapes():
     assert isinstance(channel_adapter(3, 3, identity_if_equal=True), nn.Identity)
     assert predictive_head(3, 2)(x).shape == (2, 2, 4, 4)
     assert isinstance(predictive_head(None, 2), nn.Identity)
+
+
+@pytest.mark.parametrize("tap, said", [
+    ({"role": "teacher_mid", "teacher": "0", "index": 1},
+     r"module '0': index=1 given, but the module returns one Tensor"),
+    ({"role": "teacher_mid", "teacher": "2", "index": 5}, r"module '2': index=5 is out of range .* of 2 elements")])
+def test_a_tap_index_that_picks_nothing_is_one_line_at_start_up(tap, said):
+    """A walkthrough: an ``index`` on a module returning one tensor was ignored (taps at index 0 and 1 read the same
+    tensor twice, silently), and one past a tuple's end was an IndexError traceback from the dry forward."""
+    from lightning_modules.distill_setup import dry_run, parse_taps
+    from lightning_modules.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^distill.taps: bad teacher path for Sequential: {said}"):
+        dry_run(small_net(), small_net(), parse_taps([tap]), (1, 1, 8, 8))
+    with pytest.raises(ValueError, match="index=0 given"):
+        select_tensor(torch.zeros(1), index=0)

@@ -195,3 +195,18 @@ def test_the_distillation_table_judges_a_failed_json_by_its_time_as_the_report_d
     os.utime(run / "failed.json", ns=(10**18 + 2 * 10**9, 10**18 + 2 * 10**9))  # tested, then failed
     runs, failed, _, _ = collect(tmp_path)
     assert runs == [] and [f["error"] for f in failed] == ["killed by OOM"]
+
+
+def test_the_real_kits_slices_are_the_kits_rows_of_the_distillation_table(tmp_path):
+    """A walkthrough: ``+exp=kits_hlfd data=kits_slices`` (the real KiTS19 slices of docs/benchmarks.md, a 2D folder
+    with no ``data.layout``) was the dataset "kits_hlfd", with none of paper 001's KiTS figures beside it."""
+    from experiments.kd_runs import collect
+
+    for name, data in (("real", "data: {image_dir: mini_eval/images}\n"), ("phantom", "data: {layout: kits}\n"),
+                       ("other", "data: {layout: msd}\n")):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"distill/method": "hlfd", "test/dice": 0.5}))
+        (run / "config.yaml").write_text(f"seed: 1\nexp_name: kits_hlfd\n{data}")
+    runs, _, _, _ = collect(tmp_path)
+    assert sorted(r["dataset"] for r in runs) == ["KiTS", "KiTS", "msd"]

@@ -161,3 +161,32 @@ def test_predict_of_an_msd_run_needs_no_training_folder(tmp_path):
                                   mode="gaussian", tta=False, nsd_tolerance_mm=1.0, device="cpu", ckpt=str(ckpt),
                                   input=str(volume), output=str(out))))
     assert out.is_file()
+
+
+@pytest.mark.parametrize("spacing, shown", [(1.0, "1.0"), ([1, 1, "abc"], r"\[1, 1, 'abc'\]"), ("111", "'111'"),
+                                            ([1, 1], r"\[1, 1\]"), ([0, 1, 1], r"\[0, 1, 1\]")])
+def test_a_spacing_that_is_not_three_millimetre_sizes_is_one_line(tmp_path, spacing, shown):
+    """A walkthrough: ``data.spacing=1.0`` (one number for "1 mm isotropic") and ``[1,1,abc]`` were a TypeError and a
+    ValueError in the datamodule's constructor, Hydra's multi-line "Error in call to target", exit 1."""
+    from datamodules.patches3d import PatchVolumeDataModule
+    from datamodules.segmentation import VolumeSegmentationDataModule
+
+    with pytest.raises(DataError, match=rf"^data.spacing={shown} must be three positive numbers \(mm\) or null"):
+        PatchVolumeDataModule(str(tmp_path), patch_size=(8, 8, 8), spacing=spacing)
+    with pytest.raises(DataError, match=rf"^data.spacing={shown} must be three positive numbers"):
+        VolumeSegmentationDataModule(str(tmp_path), spacing=spacing)
+    assert PatchVolumeDataModule(str(tmp_path), patch_size=(8, 8, 8), spacing=[1, 1, 1.5]).spacing == (1.0, 1.0, 1.5)
+
+
+@pytest.mark.parametrize("stats", [5, [0, 1, 2], "abc"])
+def test_ct_stats_that_are_not_four_numbers_are_one_line(tmp_path, stats):
+    """As ``data.spacing``: ``data.ct_stats=5`` was a TypeError in the constructor (Hydra's "Error in call to
+    target", exit 1)."""
+    from omegaconf import OmegaConf
+
+    from datamodules.segmentation import VolumeSegmentationDataModule
+
+    with pytest.raises(DataError, match=r"^data.ct_stats=.* is not \[lo, hi, mean, std\]"):
+        VolumeSegmentationDataModule(str(tmp_path), ct_stats=stats)
+    given = OmegaConf.create({"s": [-100, 200, 40.5, 60]}).s  # as Hydra passes it
+    assert VolumeSegmentationDataModule(str(tmp_path), ct_stats=given).ct_stats == (-100.0, 200.0, 40.5, 60.0)
