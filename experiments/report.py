@@ -205,9 +205,9 @@ def matrix_note(runs: list[Path], ordered: list[str]) -> str:
         return ""
     held: dict[str, list[str]] = defaultdict(list)
     for run in runs:
-        metric = (json_object(run / "metrics.json") or {}).get("evaluation_matrix_metric")
-        if isinstance(metric, str) and isinstance((json_object(run / "metrics.json") or {}).get("evaluation_matrix"),
-                                                  dict):
+        metrics = json_object(run / "metrics.json") or {}
+        metric = metrics.get("evaluation_matrix_metric")
+        if isinstance(metric, str) and isinstance(metrics.get("evaluation_matrix"), dict):
             held[f"test/{plain_text(metric, 100)}"].append(run.name)
     if len(held) == 1:
         return f"\n`matrix/*` cells: each run's evaluation matrix of `{md_code(next(iter(held)))}`.\n"
